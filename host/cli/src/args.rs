@@ -1,0 +1,136 @@
+//! Command-line arguments, parsed raw by clap; `run_cmd` turns them into a validated request.
+
+use crate::exit::EXIT_CODES_HELP;
+use clap::{Args, Parser, Subcommand};
+use guild_runtime::{Access, Mount};
+use std::path::PathBuf;
+
+/// Guild: run WebAssembly tools for AI agents under hard limits and explicit capabilities.
+#[derive(Debug, Parser)]
+#[command(name = "guild", version, about, long_about = None, after_help = EXIT_CODES_HELP)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    /// Where Guild keeps what it keeps (compiled-component cache; later bundles, keys, audit log).
+    /// Defaults to the platform data directory, e.g. ~/.local/share/guild.
+    #[arg(long, global = true, env = "GUILD_HOME", value_name = "DIR")]
+    pub(crate) home: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run a tool once: output JSON on stdout, one summary line on stderr.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Run(RunArgs),
+    /// Print what a tool says about itself (name, schemas, capabilities) as JSON.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Describe(DescribeArgs),
+    /// Work with tool sources.
+    #[command(subcommand)]
+    Tool(ToolCommand),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The tool: a WebAssembly component (.wasm) built for wasm32-wasip2.
+    #[arg(value_name = "COMPONENT.wasm")]
+    pub(crate) component: PathBuf,
+    /// Input JSON. Defaults to `{}`.
+    #[arg(long, value_name = "JSON", conflicts_with = "input_file")]
+    pub(crate) input: Option<String>,
+    /// Read the input JSON from a file (`-` for stdin).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) input_file: Option<PathBuf>,
+    /// Mount a host directory: HOST::GUEST[:ro|:rw] (read-only unless `:rw`). The tool must ask
+    /// for GUEST in its capabilities; the access is the lesser of yours and the tool's.
+    #[arg(long = "dir", value_name = "HOST::GUEST[:ro|:rw]", value_parser = parse_mount)]
+    pub(crate) dirs: Vec<Mount>,
+    /// Fuel units the run may burn (~11 billion per second of compute).
+    #[arg(long, value_name = "UNITS", default_value_t = guild_runtime::FUEL_UNITS_DEFAULT)]
+    pub(crate) fuel: u64,
+    /// Wall-clock limit, e.g. 2s or 500ms.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::units::parse_duration_ms)]
+    pub(crate) timeout: u64,
+    /// Linear memory limit, e.g. 64MiB.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = crate::units::parse_size)]
+    pub(crate) memory: u64,
+    /// Largest output the tool may return, e.g. 1MiB.
+    #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = crate::units::parse_size)]
+    pub(crate) output_bytes: u64,
+    /// Log budget (log lines, stdout and stderr together), e.g. 256KiB.
+    #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = crate::units::parse_size)]
+    pub(crate) log_bytes: u64,
+    /// Print the tool's log lines on stderr.
+    #[arg(long)]
+    pub(crate) logs: bool,
+    /// Print the summary on stderr as one JSON object instead of a line for people.
+    #[arg(long)]
+    pub(crate) summary_json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DescribeArgs {
+    /// The tool component.
+    #[arg(value_name = "COMPONENT.wasm")]
+    pub(crate) component: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ToolCommand {
+    /// Scaffold a new Rust tool crate that builds to a component with one cargo command.
+    New(NewToolArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NewToolArgs {
+    /// The tool's name: lowercase letters, digits and `-`, starting with a letter.
+    pub(crate) name: String,
+    /// Directory to create (defaults to ./NAME).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) path: Option<PathBuf>,
+    /// Path to guild-sdk (defaults to the sdk/ of the source tree this guild was built from).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) sdk: Option<PathBuf>,
+}
+
+/// Parse `HOST::GUEST[:ro|:rw]`.
+fn parse_mount(text: &str) -> Result<Mount, String> {
+    let (host, rest) =
+        text.split_once("::").ok_or_else(|| format!("{text:?} is not HOST::GUEST[:ro|:rw], e.g. ./docs::/data:ro"))?;
+    let (guest, access) = match rest.rsplit_once(':') {
+        Some((guest, "ro")) => (guest, Access::ReadOnly),
+        Some((guest, "rw")) => (guest, Access::ReadWrite),
+        Some((_, other)) => return Err(format!("unknown access {other:?} in {text:?}; use :ro or :rw")),
+        None => (rest, Access::ReadOnly),
+    };
+    if host.is_empty() || guest.is_empty() {
+        return Err(format!("{text:?} needs both a host directory and a guest path"));
+    }
+    Ok(Mount { host_path: PathBuf::from(host), guest_path: guest.to_string(), access })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mounts_parse() {
+        let m = parse_mount("./docs::/data:rw").expect("valid");
+        assert_eq!(
+            (m.host_path, m.guest_path.as_str(), m.access),
+            (PathBuf::from("./docs"), "/data", Access::ReadWrite)
+        );
+        let m = parse_mount("/tmp/x::/data").expect("valid");
+        assert_eq!(m.access, Access::ReadOnly);
+        assert!(parse_mount("/tmp/x").is_err());
+        assert!(parse_mount("/tmp/x::/data:rx").is_err());
+        assert!(parse_mount("::/data").is_err());
+    }
+}

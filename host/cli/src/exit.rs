@@ -1,0 +1,56 @@
+//! Exit codes of `guild`, shared by every subcommand and documented in `guild run --help` and the
+//! README.
+
+/// What the process exit code says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// The tool produced output.
+    Success = 0,
+    /// The tool returned an error, or crashed (trapped).
+    ToolError = 1,
+    /// Usage error or bad input (also the tool's own `invalid-input`).
+    Usage = 2,
+    /// A limit was hit: fuel, time, memory, stack, output or log bytes.
+    Limit = 3,
+    /// A capability was denied: a mount the tool did not ask for, or the tool was refused a file.
+    Denied = 4,
+    /// The component is invalid, or the host failed.
+    Host = 5,
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(exit: Exit) -> Self {
+        std::process::ExitCode::from(exit as u8)
+    }
+}
+
+/// An error that ends the command, with the exit code it maps to.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) code: Exit,
+    pub(crate) message: String,
+}
+
+impl Failure {
+    pub(crate) fn new(code: Exit, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
+        Self::new(Exit::Usage, message)
+    }
+
+    pub(crate) fn host(message: impl Into<String>) -> Self {
+        Self::new(Exit::Host, message)
+    }
+}
+
+/// The text `guild run --help` ends with.
+pub(crate) const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success: the tool's output JSON is on stdout
+  1  the tool returned an error, or crashed (trapped)
+  2  usage error or bad input (including the tool's own invalid-input)
+  3  a limit was hit: fuel, time, memory, stack, output or log bytes
+  4  a capability was denied (a mount the tool did not ask for, a refused file)
+  5  the component is invalid, or the host failed";

@@ -1,0 +1,36 @@
+//! The `guild` binary: parses arguments, wires the crates together, and maps outcomes to exit
+//! codes. No run logic lives here; it all sits in guild-runtime.
+
+mod args;
+mod exit;
+mod run_cmd;
+mod scaffold;
+mod units;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+/// `println!` that ignores a closed stdout (`guild describe x.wasm | head`) instead of panicking.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    let result = match cli.command {
+        args::Command::Run(run) => run_cmd::run(&cli.global, run),
+        args::Command::Describe(describe) => run_cmd::describe(&cli.global, describe),
+        args::Command::Tool(args::ToolCommand::New(new)) => scaffold::new_tool(new),
+    };
+    match result {
+        Ok(code) => code.into(),
+        Err(failure) => {
+            eprintln!("guild: error: {}", failure.message);
+            failure.code.into()
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! `guild run` and `guild describe`: load a component through the runtime, run it once, print
+//! the output on stdout and a summary on stderr, and map the outcome to an exit code.
+
+use crate::args::{DescribeArgs, Global, RunArgs};
+use crate::exit::{Exit, Failure};
+use guild_runtime::{
+    CacheSource, EngineSettings, Grants, Limits, LoadError, Outcome, RunError, RunReport, Runtime, RuntimeConfig,
+    ToolErrorKind, human_bytes,
+};
+use std::io::Read;
+use std::path::PathBuf;
+
+/// Runs one command needs at most (describe, then run); keeps the pools small for a quick start.
+const CLI_CONCURRENT_RUNS_MAX: u32 = 4;
+
+pub(crate) fn run(global: &Global, args: RunArgs) -> Result<Exit, Failure> {
+    let input = read_input(&args)?;
+    let runtime = open_runtime(global)?;
+    let limits = Limits {
+        fuel_units: args.fuel,
+        timeout_ms: args.timeout,
+        memory_bytes_max: args.memory,
+        output_bytes_max: args.output_bytes,
+        log_bytes_max: args.log_bytes,
+        ..Limits::default()
+    };
+    let grants = Grants { mounts: args.dirs.clone() };
+    block_on(async {
+        let (tool, source) = runtime.load_file(&args.component).await.map_err(load_failure)?;
+        let report = runtime.run(&tool, &input, &grants, &limits).await.map_err(run_failure)?;
+        Ok(print_report(&report, source, &args))
+    })
+}
+
+pub(crate) fn describe(global: &Global, args: DescribeArgs) -> Result<Exit, Failure> {
+    let runtime = open_runtime(global)?;
+    block_on(async {
+        let (tool, _) = runtime.load_file(&args.component).await.map_err(load_failure)?;
+        let mut value = serde_json::to_value(tool.info()).map_err(|e| Failure::host(e.to_string()))?;
+        if let Some(object) = value.as_object_mut() {
+            object.insert("component".into(), tool.digest().to_hex().into());
+        }
+        let text = serde_json::to_string_pretty(&value).map_err(|e| Failure::host(e.to_string()))?;
+        crate::out!("{text}");
+        Ok(Exit::Success)
+    })
+}
+
+fn block_on<F: std::future::Future<Output = Result<Exit, Failure>>>(future: F) -> Result<Exit, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| Failure::host(format!("cannot start the async runtime: {e}")))?
+        .block_on(future)
+}
+
+fn read_input(args: &RunArgs) -> Result<String, Failure> {
+    let text = match (&args.input, &args.input_file) {
+        (Some(text), _) => text.clone(),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| Failure::usage(format!("cannot read input from stdin: {e}")))?;
+            text
+        }
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| Failure::usage(format!("cannot read input file {}: {e}", path.display())))?,
+        (None, None) => "{}".to_string(),
+    };
+    serde_json::from_str::<serde::de::IgnoredAny>(&text)
+        .map_err(|e| Failure::usage(format!("input is not valid JSON: {e}")))?;
+    Ok(text)
+}
+
+/// The directory Guild keeps its state in: `--home`, `GUILD_HOME`, or the platform data dir.
+pub(crate) fn home_dir(global: &Global) -> Result<PathBuf, Failure> {
+    let home = match &global.home {
+        Some(home) => home.clone(),
+        None => dirs::data_dir()
+            .map(|d| d.join("guild"))
+            .ok_or_else(|| Failure::usage("no data directory on this platform; set GUILD_HOME or pass --home"))?,
+    };
+    std::fs::create_dir_all(&home)
+        .map_err(|e| Failure::host(format!("cannot create Guild's home {}: {e}", home.display())))?;
+    Ok(home)
+}
+
+fn open_runtime(global: &Global) -> Result<Runtime, Failure> {
+    let home = home_dir(global)?;
+    let config = RuntimeConfig {
+        cache_dir: Some(home.join("cache")),
+        engine: EngineSettings { concurrent_runs_max: CLI_CONCURRENT_RUNS_MAX, ..EngineSettings::default() },
+        ..RuntimeConfig::default()
+    };
+    Runtime::new(config).map_err(|e| Failure::host(e.to_string()))
+}
+
+fn load_failure(error: LoadError) -> Failure {
+    match error {
+        LoadError::Read { .. } => Failure::usage(error.to_string()),
+        _ => Failure::host(error.to_string()),
+    }
+}
+
+fn run_failure(error: RunError) -> Failure {
+    match error {
+        RunError::Denied(_) => Failure::new(Exit::Denied, error.to_string()),
+        RunError::Limits(_) => Failure::usage(error.to_string()),
+        RunError::Busy { .. } | RunError::Host(_) => Failure::host(error.to_string()),
+    }
+}
+
+/// Print output and summary; return the exit code the outcome maps to.
+fn print_report(report: &RunReport, source: CacheSource, args: &RunArgs) -> Exit {
+    if args.logs {
+        for line in &report.logs {
+            ecrate::out!("[{:?} {:?}] {}", line.level, line.source, line.message);
+        }
+    }
+    let (exit, status, message) = match &report.outcome {
+        Outcome::Output { output } => {
+            crate::out!("{output}");
+            (Exit::Success, "ok", None)
+        }
+        Outcome::ToolError { kind, message } => {
+            let exit = match kind {
+                ToolErrorKind::InvalidInput => Exit::Usage,
+                ToolErrorKind::Failed => Exit::ToolError,
+                ToolErrorKind::Denied => Exit::Denied,
+            };
+            let label = match kind {
+                ToolErrorKind::InvalidInput => "invalid input",
+                ToolErrorKind::Failed => "tool failed",
+                ToolErrorKind::Denied => "denied",
+            };
+            (exit, "tool-error", Some(format!("{label}: {message}")))
+        }
+        Outcome::Limit(hit) => (Exit::Limit, "limit", Some(hit.to_string())),
+        Outcome::Trap { message } => (Exit::ToolError, "trap", Some(message.clone())),
+    };
+    if args.summary_json {
+        let summary = serde_json::json!({
+            "status": status,
+            "exit_code": exit as u8,
+            "message": message,
+            "tool": report.tool,
+            "tool_version": report.tool_version,
+            "component": report.component,
+            "fuel_used_units": report.fuel_used_units,
+            "memory_bytes_peak": report.memory_bytes_peak,
+            "wall_time_us": report.wall_time.as_micros() as u64,
+            "log_lines": report.logs.len(),
+            "cache": source,
+            "outcome": report.outcome,
+        });
+        ecrate::out!("{summary}");
+        return exit;
+    }
+    if let Some(message) = &message {
+        ecrate::out!("guild: {status}: {message}");
+    }
+    ecrate::out!(
+        "guild: {} {} {status} · fuel {} units · {:.2} ms · memory {} · {} log lines · compiled code from {}",
+        report.tool,
+        report.tool_version,
+        report.fuel_used_units,
+        report.wall_time.as_secs_f64() * 1000.0,
+        human_bytes(report.memory_bytes_peak),
+        report.logs.len(),
+        match source {
+            CacheSource::Memory | CacheSource::Disk => "cache",
+            CacheSource::Compiled => "a fresh compile",
+        },
+    );
+    exit
+}

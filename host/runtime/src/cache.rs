@@ -1,0 +1,94 @@
+//! The compiled-component cache on disk: `<home>/cache/<engine fingerprint>/<component blake3>.cwasm`,
+//! with a `.blake3` sidecar holding the artifact's own hash so that a truncated or altered file
+//! is recompiled instead of loaded. Keyed by the fingerprint, an engine upgrade never loads an
+//! artifact built by another engine.
+
+use crate::error::LoadError;
+use guild_replay::Digest;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// Where a loaded tool's compiled code came from; reported so cold and warm paths can be measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheSource {
+    /// Already loaded in this process.
+    Memory,
+    /// Deserialized from the disk cache.
+    Disk,
+    /// Compiled now (and written to the disk cache).
+    Compiled,
+}
+
+/// The on-disk half of the cache.
+pub(crate) struct DiskCache {
+    dir: Option<PathBuf>,
+}
+
+impl DiskCache {
+    /// A cache under `dir` (created on first write), or none.
+    pub(crate) fn new(dir: Option<PathBuf>) -> Self {
+        Self { dir }
+    }
+
+    /// Load `digest` from disk, or compile `bytes` and store the artifact.
+    pub(crate) fn load_or_compile(
+        &self,
+        engine: &Engine,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<(Component, CacheSource), LoadError> {
+        if let Some(component) = self.dir.as_deref().and_then(|dir| load(engine, dir, digest)) {
+            return Ok((component, CacheSource::Disk));
+        }
+        let artifact = engine.precompile_component(bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let component = deserialize(engine, &artifact).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        if let Some(dir) = &self.dir {
+            // A cache that cannot be written only costs a recompile next time.
+            let _ = store(dir, digest, &artifact);
+        }
+        Ok((component, CacheSource::Compiled))
+    }
+}
+
+fn paths(dir: &Path, digest: &Digest) -> (PathBuf, PathBuf) {
+    (dir.join(format!("{digest}.cwasm")), dir.join(format!("{digest}.blake3")))
+}
+
+fn load(engine: &Engine, dir: &Path, digest: &Digest) -> Option<Component> {
+    let (artifact_path, sum_path) = paths(dir, digest);
+    let artifact = std::fs::read(&artifact_path).ok()?;
+    let sum = std::fs::read_to_string(&sum_path).ok()?;
+    if Digest::of(&artifact).to_hex() != sum.trim() {
+        let _ = std::fs::remove_file(&artifact_path);
+        return None;
+    }
+    deserialize(engine, &artifact).ok()
+}
+
+fn store(dir: &Path, digest: &Digest, artifact: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let (artifact_path, sum_path) = paths(dir, digest);
+    write_atomically(&artifact_path, artifact)?;
+    write_atomically(&sum_path, Digest::of(artifact).to_hex().as_bytes())
+}
+
+/// Write to a temporary file beside `path` and rename it into place, so concurrent processes
+/// never see half a file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[allow(unsafe_code)]
+fn deserialize(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
+    // SAFETY: `artifact` is either what `precompile_component` just produced in this process, or
+    // a file in Guild's own cache directory whose blake3 matches the sidecar written with it.
+    // wasmtime additionally checks that it was produced by a compatible engine.
+    unsafe { Component::deserialize(engine, artifact) }
+}

@@ -1,0 +1,84 @@
+//! The runtime's errors, one enum per stage: setting up the engine, loading a component, and
+//! starting a run. What happens *inside* a run (tool errors, traps, limits) is not an error of the
+//! host but an [`crate::Outcome`].
+
+use crate::policy::PolicyError;
+
+/// Setting up the runtime failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A setting is out of range.
+    #[error("invalid runtime setting: {0}")]
+    Config(String),
+    /// wasmtime refused the configuration.
+    #[error("could not start the wasm engine: {0}")]
+    Engine(String),
+    /// The cache directory could not be prepared.
+    #[error("cannot use cache directory {path}: {source}")]
+    CacheDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A component could not be loaded as a Guild tool.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not WebAssembly at all.
+    #[error("not a WebAssembly component: the file does not start with the `\\0asm` header")]
+    NotWasm,
+    /// A core module, not a component.
+    #[error(
+        "this is a core WebAssembly module, not a component: build the tool with \
+         `--target wasm32-wasip2` (or wrap it with `wasm-tools component new`)"
+    )]
+    CoreModule,
+    /// wasmtime could not compile it.
+    #[error("invalid component: {0}")]
+    Invalid(String),
+    /// It imports something Guild does not provide.
+    #[error(
+        "the component imports {0}, which Guild does not provide; a tool may import WASI 0.2 \
+         cli, clocks, random and filesystem, and guild:tool/log"
+    )]
+    UnsupportedImport(String),
+    /// It is a component of another world.
+    #[error(
+        "the component does not export guild:tool/tool@0.1.0 (it is a component of another \
+         world); build it against wit/ with guild-sdk: {0}"
+    )]
+    WrongWorld(String),
+    /// `describe` failed or returned nonsense.
+    #[error("the component's describe() failed: {0}")]
+    Describe(String),
+}
+
+/// A run could not start. Once started, every run ends in an [`crate::Outcome`].
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The grants are not acceptable for this tool.
+    #[error("capability denied: {0}")]
+    Denied(#[from] PolicyError),
+    /// The requested limits exceed what this engine was built for.
+    #[error("{0}")]
+    Limits(String),
+    /// Every run slot is taken.
+    #[error("all {slots} run slots are busy; retry, or raise concurrent_runs_max")]
+    Busy {
+        /// How many runs the pools hold.
+        slots: u32,
+    },
+    /// The host failed (not the tool).
+    #[error("host failure: {0}")]
+    Host(String),
+}

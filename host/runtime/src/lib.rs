@@ -1,0 +1,35 @@
+//! guild-runtime: the one run pipeline that `guild run`, the daemon and workers all call.
+//!
+//! It owns the wasmtime engine (determinism settings, pooling allocator, epoch ticker), the
+//! compiled-component cache, per-run [`Limits`], and the sandbox policy (which directories a run
+//! sees, and how). A run goes: resolve the tool by blake3 digest → intersect grants with what the
+//! tool asks for → instantiate a fresh store from the cached `InstancePre` with fuel, an epoch
+//! deadline and memory/table/instance limits → call `run` → classify what happened into an
+//! [`Outcome`]. It knows nothing of HTTP or Redis.
+
+mod bindings;
+mod cache;
+mod engine;
+mod error;
+mod info;
+mod limits;
+mod logs;
+mod policy;
+mod run;
+mod state;
+
+pub use cache::CacheSource;
+pub use engine::{
+    CONCURRENT_RUNS_MAX_DEFAULT, Determinism, EPOCH_TICK_MS, EngineFingerprint, EngineSettings,
+    MEMORY_BYTES_CEILING_DEFAULT, WASM_STACK_BYTES_DEFAULT, wasmtime_version,
+};
+pub use error::{LoadError, RunError, RuntimeError};
+pub use guild_replay::Digest;
+pub use info::{Access, Capabilities, DirRequest, ToolInfo};
+pub use limits::{
+    FUEL_UNITS_DEFAULT, INSTANCES_MAX_DEFAULT, LOG_BYTES_MAX_DEFAULT, LimitHit, Limits, MEMORY_BYTES_MAX_DEFAULT,
+    OUTPUT_BYTES_MAX_DEFAULT, TABLE_ELEMENTS_MAX_DEFAULT, TIMEOUT_MS_DEFAULT, human_bytes, human_ms,
+};
+pub use logs::{LogLevel, LogLine, LogSource};
+pub use policy::{EffectivePolicy, Grants, Mount, PolicyError};
+pub use run::{Outcome, RunReport, Runtime, RuntimeConfig, TOOLS_LOADED_MAX_DEFAULT, Tool, ToolErrorKind};

@@ -1,0 +1,168 @@
+//! The limits a run is held to. Each has a name with its unit, a default, and an error that says
+//! which flag raises it. Engine-wide settings (pool sizes, the wasm stack) live in
+//! [`crate::EngineSettings`] because changing them changes the engine, not one run.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Per-run limits. A guest that pushes against one ends with [`crate::LimitHit`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Fuel units the run may burn (roughly one per wasm instruction; ~11 billion per second on
+    /// the reference 2-core machine). Deterministic, unlike wall time. `--fuel`.
+    pub fuel_units: u64,
+    /// Wall-clock deadline for the whole call, enforced by epoch interruption with
+    /// [`crate::EPOCH_TICK_MS`] granularity. Catches guests blocked in host calls too. `--timeout`.
+    pub timeout_ms: u64,
+    /// Linear memory a run may grow to, over all its memories. `--memory`.
+    pub memory_bytes_max: u64,
+    /// Elements any one table may hold.
+    pub table_elements_max: u32,
+    /// Core and component instances a run may create (a component holds several core ones).
+    pub instances_max: u32,
+    /// Bytes of JSON output `run` may return. `--output-bytes`.
+    pub output_bytes_max: u64,
+    /// Bytes of log lines, stdout and stderr together, a run may emit. `--log-bytes`.
+    pub log_bytes_max: u64,
+}
+
+/// Default fuel: about a second of compute on the reference machine.
+pub const FUEL_UNITS_DEFAULT: u64 = 10_000_000_000;
+/// Default wall-clock limit.
+pub const TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Default memory: enough for interpreters (Python, JS) inside components, small enough that a
+/// machine holds hundreds of concurrent runs.
+pub const MEMORY_BYTES_MAX_DEFAULT: u64 = 256 * 1024 * 1024;
+/// Default table size: interpreter components have tens of thousands of functions in tables.
+pub const TABLE_ELEMENTS_MAX_DEFAULT: u32 = 100_000;
+/// Default instance count: a Rust tool uses ~4, interpreter components a few dozen.
+pub const INSTANCES_MAX_DEFAULT: u32 = 64;
+/// Default output cap.
+pub const OUTPUT_BYTES_MAX_DEFAULT: u64 = 1024 * 1024;
+/// Default log cap.
+pub const LOG_BYTES_MAX_DEFAULT: u64 = 256 * 1024;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            fuel_units: FUEL_UNITS_DEFAULT,
+            timeout_ms: TIMEOUT_MS_DEFAULT,
+            memory_bytes_max: MEMORY_BYTES_MAX_DEFAULT,
+            table_elements_max: TABLE_ELEMENTS_MAX_DEFAULT,
+            instances_max: INSTANCES_MAX_DEFAULT,
+            output_bytes_max: OUTPUT_BYTES_MAX_DEFAULT,
+            log_bytes_max: LOG_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+impl Limits {
+    /// The wall-clock limit as a [`Duration`].
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// Which limit a run hit, with the numbers a person needs to decide what to raise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "limit", rename_all = "snake_case")]
+pub enum LimitHit {
+    /// All fuel was burnt.
+    #[error("fuel exhausted: used {used_units} of {limit_units} units (raise --fuel)")]
+    Fuel {
+        /// Fuel burnt.
+        used_units: u64,
+        /// The limit.
+        limit_units: u64,
+    },
+    /// The wall-clock deadline passed.
+    #[error("timed out after {} (raise --timeout)", human_ms(*limit_ms))]
+    Timeout {
+        /// The limit.
+        limit_ms: u64,
+    },
+    /// Linear memory (or a table) could not grow within the limit.
+    #[error("memory limit {} reached (raise --memory)", human_bytes(*limit_bytes))]
+    Memory {
+        /// The limit.
+        limit_bytes: u64,
+    },
+    /// A table could not grow within the limit.
+    #[error("table limit of {limit_elements} elements reached")]
+    Table {
+        /// The limit.
+        limit_elements: u32,
+    },
+    /// The wasm stack overflowed, usually unbounded recursion.
+    #[error("wasm stack of {} exhausted: the tool recursed too deeply", human_bytes(*stack_bytes))]
+    Stack {
+        /// The engine's fixed stack size.
+        stack_bytes: u64,
+    },
+    /// `run` returned more output than allowed.
+    #[error("output of {got_bytes} bytes exceeds the limit of {} (raise --output-bytes)", human_bytes(*limit_bytes))]
+    Output {
+        /// Output size.
+        got_bytes: u64,
+        /// The limit.
+        limit_bytes: u64,
+    },
+    /// The tool logged (or printed) more than allowed.
+    #[error("log limit of {} reached (raise --log-bytes)", human_bytes(*limit_bytes))]
+    Log {
+        /// The limit.
+        limit_bytes: u64,
+    },
+}
+
+/// `1500` → `1.5s`, `2000` → `2s`, `250` → `250ms`.
+pub fn human_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    }
+}
+
+/// `67108864` → `64 MiB`; exact multiples print without decimals.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if bytes >= size {
+            return if bytes % size == 0 {
+                format!("{} {unit}", bytes / size)
+            } else {
+                format!("{:.1} {unit}", bytes as f64 / size as f64)
+            };
+        }
+    }
+    format!("{bytes} bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_say_what_to_raise() {
+        let fuel = LimitHit::Fuel { used_units: 1_000_000, limit_units: 1_000_000 };
+        assert_eq!(fuel.to_string(), "fuel exhausted: used 1000000 of 1000000 units (raise --fuel)");
+        assert_eq!(LimitHit::Timeout { limit_ms: 2000 }.to_string(), "timed out after 2s (raise --timeout)");
+        assert_eq!(
+            LimitHit::Memory { limit_bytes: 64 << 20 }.to_string(),
+            "memory limit 64 MiB reached (raise --memory)"
+        );
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_ms(250), "250ms");
+        assert_eq!(human_ms(1500), "1.5s");
+        assert_eq!(human_bytes(512), "512 bytes");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(1 << 30), "1 GiB");
+    }
+}

@@ -1,0 +1,400 @@
+//! [`Runtime`]: load a component as a [`Tool`] (digest, compile-or-cache, link, describe) and run
+//! it under [`Limits`] and an [`EffectivePolicy`], classifying the end of every run into an
+//! [`Outcome`].
+
+use crate::bindings::exports::guild::tool::tool as wit;
+use crate::bindings::{GuildTool, GuildToolPre};
+use crate::cache::{CacheSource, DiskCache};
+use crate::engine::{EngineFingerprint, EngineSettings, build_engine, deadline_ticks, spawn_epoch_ticker};
+use crate::error::{LoadError, RunError, RuntimeError};
+use crate::info::{Access, ToolInfo};
+use crate::logs::{LogLine, LogSink, LogSource};
+use crate::policy::{EffectivePolicy, Grants};
+use crate::state::{HostState, RunLimiter};
+use crate::{LimitHit, Limits};
+use guild_replay::Digest;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store, Trap};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+
+/// How the runtime is set up.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeConfig {
+    /// Directory for compiled artifacts (`<GUILD_HOME>/cache`); `None` keeps them in memory only.
+    pub cache_dir: Option<PathBuf>,
+    /// Engine-wide settings.
+    pub engine: EngineSettings,
+    /// Loaded tools kept in memory; the least recently used is dropped past this.
+    pub tools_loaded_max: usize,
+}
+
+/// Default for [`RuntimeConfig::tools_loaded_max`].
+pub const TOOLS_LOADED_MAX_DEFAULT: usize = 256;
+
+/// A component ready to run: compiled, linked, and described.
+pub struct Tool {
+    digest: Digest,
+    info: ToolInfo,
+    pre: GuildToolPre<HostState>,
+    size_bytes: u64,
+}
+
+impl Tool {
+    /// The blake3 digest of the component's bytes.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// What the tool says about itself.
+    pub fn info(&self) -> &ToolInfo {
+        &self.info
+    }
+
+    /// Size of the component file.
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+}
+
+/// The kind of error a tool returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolErrorKind {
+    /// Bad input.
+    InvalidInput,
+    /// The tool failed.
+    Failed,
+    /// The tool was refused something.
+    Denied,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// `run` returned JSON.
+    Output {
+        /// The JSON text.
+        output: String,
+    },
+    /// `run` returned an error.
+    ToolError {
+        /// Which kind.
+        kind: ToolErrorKind,
+        /// The tool's message.
+        message: String,
+    },
+    /// A limit stopped the run.
+    Limit(LimitHit),
+    /// The guest trapped (a panic, an `unreachable`, an out-of-bounds access, an exit).
+    Trap {
+        /// What happened, with the tail of the guest's stderr.
+        message: String,
+    },
+}
+
+/// What one run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Tool name from `describe`.
+    pub tool: String,
+    /// Tool version.
+    pub tool_version: String,
+    /// The component's digest.
+    pub component: Digest,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Fuel burnt.
+    pub fuel_used_units: u64,
+    /// Peak linear memory.
+    pub memory_bytes_peak: u64,
+    /// Wall time of instantiate + call.
+    pub wall_time: Duration,
+    /// Everything the tool logged or printed.
+    pub logs: Vec<LogLine>,
+    /// The policy the run had.
+    pub policy: EffectivePolicy,
+    /// The limits the run had.
+    pub limits: Limits,
+}
+
+/// The engine, linker and caches. Cheap to share behind an `Arc`; runs are independent.
+pub struct Runtime {
+    engine: Engine,
+    fingerprint: EngineFingerprint,
+    settings: EngineSettings,
+    linker: Linker<HostState>,
+    disk: DiskCache,
+    tools: Mutex<LoadedTools>,
+}
+
+struct LoadedTools {
+    by_digest: HashMap<Digest, (Arc<Tool>, u64)>,
+    clock: u64,
+    max: usize,
+}
+
+impl Runtime {
+    /// Build the engine, the linker and the caches.
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let (engine, fingerprint) = build_engine(&config.engine)?;
+        spawn_epoch_ticker(&engine)?;
+        let mut linker = Linker::new(&engine);
+        let link_error = |e: wasmtime::Error| RuntimeError::Engine(format!("{e:#}"));
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link_error)?;
+        GuildTool::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link_error)?;
+        let cache_dir = config.cache_dir.map(|dir| dir.join(&fingerprint.id));
+        let max = if config.tools_loaded_max == 0 { TOOLS_LOADED_MAX_DEFAULT } else { config.tools_loaded_max };
+        Ok(Self {
+            engine,
+            fingerprint,
+            settings: config.engine,
+            linker,
+            disk: DiskCache::new(cache_dir),
+            tools: Mutex::new(LoadedTools { by_digest: HashMap::new(), clock: 0, max }),
+        })
+    }
+
+    /// The fingerprint of this engine.
+    pub fn fingerprint(&self) -> &EngineFingerprint {
+        &self.fingerprint
+    }
+
+    /// Read and load a component file.
+    pub async fn load_file(&self, path: &std::path::Path) -> Result<(Arc<Tool>, CacheSource), LoadError> {
+        let bytes =
+            std::fs::read(path).map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
+        self.load(&bytes).await
+    }
+
+    /// Load a component: from memory if this process has it, else from the disk cache, else by
+    /// compiling it. Then link it and call `describe` once.
+    pub async fn load(&self, bytes: &[u8]) -> Result<(Arc<Tool>, CacheSource), LoadError> {
+        check_header(bytes)?;
+        let digest = Digest::of(bytes);
+        if let Some(tool) = self.loaded(&digest) {
+            return Ok((tool, CacheSource::Memory));
+        }
+        let (component, source) = self.disk.load_or_compile(&self.engine, &digest, bytes)?;
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(link_error)?;
+        let pre = GuildToolPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let info = self.describe(&pre).await?;
+        let tool = Arc::new(Tool { digest, info, pre, size_bytes: bytes.len() as u64 });
+        self.remember(tool.clone());
+        Ok((tool, source))
+    }
+
+    fn loaded(&self, digest: &Digest) -> Option<Arc<Tool>> {
+        let mut tools = self.tools.lock().unwrap_or_else(|p| p.into_inner());
+        tools.clock += 1;
+        let now = tools.clock;
+        tools.by_digest.get_mut(digest).map(|(tool, used)| {
+            *used = now;
+            tool.clone()
+        })
+    }
+
+    fn remember(&self, tool: Arc<Tool>) {
+        let mut tools = self.tools.lock().unwrap_or_else(|p| p.into_inner());
+        if tools.by_digest.len() >= tools.max {
+            let oldest = tools.by_digest.iter().min_by_key(|(_, (_, used))| *used).map(|(d, _)| *d);
+            if let Some(oldest) = oldest {
+                tools.by_digest.remove(&oldest);
+            }
+        }
+        tools.clock += 1;
+        let now = tools.clock;
+        tools.by_digest.insert(tool.digest, (tool, now));
+    }
+
+    async fn describe(&self, pre: &GuildToolPre<HostState>) -> Result<ToolInfo, LoadError> {
+        let limits = Limits::default();
+        let mut store =
+            self.new_store(&EffectivePolicy::default(), &limits).map_err(|e| LoadError::Describe(e.to_string()))?;
+        let instance = pre.instantiate_async(&mut store).await.map_err(|e| LoadError::Describe(format!("{e:#}")))?;
+        let info = instance
+            .guild_tool_tool()
+            .call_describe(&mut store)
+            .await
+            .map_err(|e| LoadError::Describe(format!("{e:#}")))?;
+        ToolInfo::from_wit(info).map_err(LoadError::Describe)
+    }
+
+    /// Run `tool` on `input` with `grants` under `limits`.
+    ///
+    /// `Err` means the run never started (denied, busy, bad limits); every run that starts ends
+    /// in a [`RunReport`] whose [`Outcome`] says how.
+    pub async fn run(&self, tool: &Tool, input: &str, grants: &Grants, limits: &Limits) -> Result<RunReport, RunError> {
+        let policy = EffectivePolicy::resolve(&tool.info.name, grants, &tool.info.capabilities)?;
+        self.check_limits(limits)?;
+        let mut store = self.new_store(&policy, limits)?;
+        let started = Instant::now();
+        // The epoch deadline interrupts wasm; this outer deadline also covers a guest parked in a
+        // host call. Dropping the future abandons the run and its store.
+        let backstop = limits.timeout() + Duration::from_millis(2 * crate::EPOCH_TICK_MS);
+        let called = tokio::time::timeout(backstop, call_run(&tool.pre, &mut store, input)).await;
+        let wall_time = started.elapsed();
+        let logs = store.data().logs.finish();
+        let outcome = match called {
+            Err(_elapsed) => Outcome::Limit(LimitHit::Timeout { limit_ms: limits.timeout_ms }),
+            Ok(Ok(Ok(output))) => check_output(output, limits),
+            Ok(Ok(Err(error))) => tool_error(error),
+            Ok(Err(trap)) => self.classify_trap(&trap, limits, &logs)?,
+        };
+        let fuel_left = store.get_fuel().unwrap_or(0);
+        Ok(RunReport {
+            tool: tool.info.name.clone(),
+            tool_version: tool.info.version.clone(),
+            component: tool.digest,
+            outcome,
+            fuel_used_units: limits.fuel_units.saturating_sub(fuel_left),
+            memory_bytes_peak: store.data().limiter.memory_bytes_used(),
+            wall_time,
+            logs,
+            policy,
+            limits: limits.clone(),
+        })
+    }
+
+    fn check_limits(&self, limits: &Limits) -> Result<(), RunError> {
+        if limits.memory_bytes_max > self.settings.memory_bytes_ceiling {
+            return Err(RunError::Limits(format!(
+                "memory limit {} is above this host's ceiling of {} (memory_bytes_ceiling)",
+                crate::human_bytes(limits.memory_bytes_max),
+                crate::human_bytes(self.settings.memory_bytes_ceiling)
+            )));
+        }
+        if limits.table_elements_max > self.settings.table_elements_ceiling {
+            return Err(RunError::Limits(format!(
+                "table limit {} is above this host's ceiling of {} (table_elements_ceiling)",
+                limits.table_elements_max, self.settings.table_elements_ceiling
+            )));
+        }
+        Ok(())
+    }
+
+    fn new_store(&self, policy: &EffectivePolicy, limits: &Limits) -> Result<Store<HostState>, RunError> {
+        let logs = LogSink::new(limits.log_bytes_max);
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(logs.stdio(LogSource::Stdout)).stderr(logs.stdio(LogSource::Stderr));
+        for mount in &policy.mounts {
+            let perms = match mount.access {
+                Access::ReadOnly => FsPerms::ReadOnly,
+                Access::ReadWrite => FsPerms::ReadWrite,
+            };
+            wasi.preopened_dir(&mount.host_path, &mount.guest_path, perms).map_err(|e| {
+                RunError::Host(format!("cannot open {} for mounting: {e:#}", mount.host_path.display()))
+            })?;
+        }
+        let state =
+            HostState { wasi: wasi.build(), table: ResourceTable::new(), limiter: RunLimiter::new(limits), logs };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_fuel(limits.fuel_units).map_err(|e| RunError::Host(format!("{e:#}")))?;
+        store.set_epoch_deadline(deadline_ticks(limits.timeout_ms));
+        store.epoch_deadline_trap();
+        Ok(store)
+    }
+
+    fn classify_trap(&self, error: &wasmtime::Error, limits: &Limits, logs: &[LogLine]) -> Result<Outcome, RunError> {
+        if let Some(hit) = error.downcast_ref::<LimitHit>() {
+            return Ok(Outcome::Limit(hit.clone()));
+        }
+        if error.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+            return Err(RunError::Busy { slots: self.settings.concurrent_runs_max });
+        }
+        if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            return Ok(Outcome::Trap { message: with_stderr(format!("the tool exited with code {}", exit.0), logs) });
+        }
+        let hit = match error.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => {
+                Some(LimitHit::Fuel { used_units: limits.fuel_units, limit_units: limits.fuel_units })
+            }
+            Some(Trap::Interrupt) => Some(LimitHit::Timeout { limit_ms: limits.timeout_ms }),
+            Some(Trap::StackOverflow) => Some(LimitHit::Stack { stack_bytes: self.settings.wasm_stack_bytes }),
+            _ => None,
+        };
+        Ok(match hit {
+            Some(hit) => Outcome::Limit(hit),
+            None => Outcome::Trap { message: with_stderr(format!("the tool trapped: {}", trap_summary(error)), logs) },
+        })
+    }
+}
+
+async fn call_run(
+    pre: &GuildToolPre<HostState>,
+    store: &mut Store<HostState>,
+    input: &str,
+) -> wasmtime::Result<Result<String, wit::ToolError>> {
+    let instance = pre.instantiate_async(&mut *store).await?;
+    instance.guild_tool_tool().call_run(&mut *store, input).await
+}
+
+fn check_output(output: String, limits: &Limits) -> Outcome {
+    let got_bytes = output.len() as u64;
+    if got_bytes > limits.output_bytes_max {
+        return Outcome::Limit(LimitHit::Output { got_bytes, limit_bytes: limits.output_bytes_max });
+    }
+    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&output) {
+        return Outcome::ToolError {
+            kind: ToolErrorKind::Failed,
+            message: format!("the tool returned output that is not JSON: {e}"),
+        };
+    }
+    Outcome::Output { output }
+}
+
+fn tool_error(error: wit::ToolError) -> Outcome {
+    let (kind, message) = match error {
+        wit::ToolError::InvalidInput(m) => (ToolErrorKind::InvalidInput, m),
+        wit::ToolError::Failed(m) => (ToolErrorKind::Failed, m),
+        wit::ToolError::Denied(m) => (ToolErrorKind::Denied, m),
+    };
+    Outcome::ToolError { kind, message }
+}
+
+/// The first line of a trap's message: the trap itself, without wasmtime's backtrace.
+fn trap_summary(error: &wasmtime::Error) -> String {
+    match error.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => format!("{error}").lines().next().unwrap_or("unknown error").to_string(),
+    }
+}
+
+/// Append the last lines of the guest's stderr (a Rust panic message lands there).
+fn with_stderr(summary: String, logs: &[LogLine]) -> String {
+    const STDERR_LINES_SHOWN: usize = 5;
+    let stderr: Vec<&str> = logs.iter().filter(|l| l.source == LogSource::Stderr).map(|l| l.message.as_str()).collect();
+    if stderr.is_empty() {
+        return summary;
+    }
+    let tail = &stderr[stderr.len().saturating_sub(STDERR_LINES_SHOWN)..];
+    format!("{summary}; stderr: {}", tail.join(" | "))
+}
+
+fn link_error(error: wasmtime::Error) -> LoadError {
+    let text = format!("{error:#}");
+    match text.split('`').nth(1) {
+        Some(name) if text.contains("matching implementation was not found") => {
+            LoadError::UnsupportedImport(name.to_string())
+        }
+        _ => LoadError::Invalid(text),
+    }
+}
+
+fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+    const MAGIC: &[u8; 4] = b"\0asm";
+    const CORE_VERSION: [u8; 4] = [1, 0, 0, 0];
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        return Err(LoadError::NotWasm);
+    }
+    if bytes[4..8] == CORE_VERSION {
+        return Err(LoadError::CoreModule);
+    }
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! The per-run store state: the WASI context, the resource limiter and the log sink, and the
+//! host side of `guild:tool/log`.
+
+use crate::bindings::guild::tool::{log, types};
+use crate::logs::{LogLevel, LogSink};
+use crate::{LimitHit, Limits};
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// What a [`wasmtime::Store`] holds for one run.
+pub(crate) struct HostState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: RunLimiter,
+    pub(crate) logs: LogSink,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        let level = match level {
+            log::Level::Trace => LogLevel::Trace,
+            log::Level::Debug => LogLevel::Debug,
+            log::Level::Info => LogLevel::Info,
+            log::Level::Warn => LogLevel::Warn,
+            log::Level::Error => LogLevel::Error,
+        };
+        self.logs.log(level, message).map_err(wasmtime::Error::new)
+    }
+}
+
+/// Enforces a run's memory, table and instance limits. A refused growth traps with a
+/// [`LimitHit`] so the run's outcome names the limit instead of a generic trap.
+pub(crate) struct RunLimiter {
+    memory_bytes_max: u64,
+    memory_bytes_used: u64,
+    table_elements_max: u32,
+    instances_max: u32,
+}
+
+impl RunLimiter {
+    pub(crate) fn new(limits: &Limits) -> Self {
+        Self {
+            memory_bytes_max: limits.memory_bytes_max,
+            memory_bytes_used: 0,
+            table_elements_max: limits.table_elements_max,
+            instances_max: limits.instances_max,
+        }
+    }
+
+    /// Peak linear memory the run has held, over all its memories.
+    pub(crate) fn memory_bytes_used(&self) -> u64 {
+        self.memory_bytes_used
+    }
+}
+
+impl ResourceLimiter for RunLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let growth = desired.saturating_sub(current) as u64;
+        let next = self.memory_bytes_used.saturating_add(growth);
+        if next > self.memory_bytes_max {
+            return Err(wasmtime::Error::new(LimitHit::Memory { limit_bytes: self.memory_bytes_max }));
+        }
+        self.memory_bytes_used = next;
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        // The engine's own ceiling refused the growth: to the tool it is the same limit.
+        Err(wasmtime::Error::new(LimitHit::Memory { limit_bytes: self.memory_bytes_max }))
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired as u64 > u64::from(self.table_elements_max) {
+            return Err(wasmtime::Error::new(LimitHit::Table { limit_elements: self.table_elements_max }));
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        self.instances_max as usize
+    }
+
+    fn tables(&self) -> usize {
+        self.instances_max as usize
+    }
+
+    fn memories(&self) -> usize {
+        self.instances_max as usize
+    }
+}

@@ -1,0 +1,113 @@
+//! Builds every crate under `tools/` and `tests/fixtures/` for `wasm32-wasip2` once per test
+//! build (in the manner of wasmtime's test-programs), and writes their paths as constants.
+//!
+//! The guest build uses its own target directory (`target/guild-wasm`) so it neither waits on
+//! the outer cargo's lock nor discards the host build's artifacts.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const GUEST_TARGET: &str = "wasm32-wasip2";
+const GUEST_PROFILE: &str = "wasm";
+
+struct Guest {
+    package: String,
+    artifact: String,
+}
+
+fn main() {
+    let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
+    let root = manifest_dir.join("../..").canonicalize().expect("workspace root exists");
+    for watched in ["tools", "tests/fixtures", "sdk", "wit", "Cargo.toml", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+    let mut guests = guests_in(&root.join("tools"));
+    guests.extend(guests_in(&root.join("tests/fixtures")));
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("guild-wasm");
+    build(&root, &target_dir, &guests);
+    let out_dir = target_dir.join(GUEST_TARGET).join(GUEST_PROFILE);
+    write_constants(&out_dir, &guests);
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("cargo sets {name}"))
+}
+
+/// Every crate directly under `dir`, with the name of the `.wasm` it produces.
+fn guests_in(dir: &Path) -> Vec<Guest> {
+    let mut entries: Vec<PathBuf> =
+        std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
+    entries.sort();
+    entries
+        .into_iter()
+        .filter_map(|crate_dir| {
+            let manifest = std::fs::read_to_string(crate_dir.join("Cargo.toml")).ok()?;
+            let package = manifest_value(&manifest, "[package]", "name")?;
+            let artifact = manifest_value(&manifest, "[lib]", "name")
+                .or_else(|| manifest_value(&manifest, "[[bin]]", "name"))
+                .unwrap_or_else(|| package.replace('-', "_"));
+            Some(Guest { package, artifact })
+        })
+        .collect()
+}
+
+/// The string value of `key` in `section` of a simple Cargo manifest.
+fn manifest_value(manifest: &str, section: &str, key: &str) -> Option<String> {
+    let mut in_section = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_section = line == section;
+            continue;
+        }
+        if in_section && let Some((k, v)) = line.split_once('=') {
+            if k.trim() == key {
+                return Some(v.trim().trim_matches('"').to_string());
+            }
+        }
+    }
+    None
+}
+
+fn build(root: &Path, target_dir: &Path, guests: &[Guest]) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root)
+        .args(["build", "--target", GUEST_TARGET, "--profile", GUEST_PROFILE])
+        .arg("--target-dir")
+        .arg(target_dir)
+        // Flags meant for the host build (coverage, clippy's wrapper) must not leak into guests.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("CARGO_BUILD_TARGET");
+    for guest in guests {
+        cmd.args(["-p", &guest.package]);
+    }
+    let status = cmd.status().expect("cargo can be started");
+    assert!(
+        status.success(),
+        "building the guest tools for {GUEST_TARGET} failed (is the target installed? \
+         `rustup target add {GUEST_TARGET}`)"
+    );
+}
+
+fn write_constants(out_dir: &Path, guests: &[Guest]) {
+    let mut code = String::new();
+    let mut all = String::from("/// Every guest, as (artifact name, path).\npub const ALL: &[(&str, &str)] = &[\n");
+    for guest in guests {
+        let path = out_dir.join(format!("{}.wasm", guest.artifact));
+        assert!(path.exists(), "{} was built but {} is missing", guest.package, path.display());
+        let constant = guest.artifact.to_uppercase().replace('-', "_");
+        writeln!(code, "/// `{}` built for wasm32-wasip2.", guest.package).expect("string write");
+        writeln!(code, "pub const {constant}: &str = {:?};", path.display().to_string()).expect("string write");
+        writeln!(all, "    ({:?}, {constant}),", guest.artifact).expect("string write");
+    }
+    all.push_str("];\n");
+    code.push_str(&all);
+    let out = PathBuf::from(env("OUT_DIR")).join("artifacts.rs");
+    std::fs::write(out, code).expect("OUT_DIR is writable");
+}
