@@ -115,7 +115,7 @@ fn run_failure(error: RunError) -> Failure {
 fn print_report(report: &RunReport, source: CacheSource, args: &RunArgs) -> Exit {
     if args.logs {
         for line in &report.logs {
-            ecrate::out!("[{:?} {:?}] {}", line.level, line.source, line.message);
+            eprintln!("[{:?} {:?}] {}", line.level, line.source, line.message);
         }
     }
     let (exit, status, message) = match &report.outcome {
@@ -154,13 +154,13 @@ fn print_report(report: &RunReport, source: CacheSource, args: &RunArgs) -> Exit
             "cache": source,
             "outcome": report.outcome,
         });
-        ecrate::out!("{summary}");
+        eprintln!("{summary}");
         return exit;
     }
     if let Some(message) = &message {
-        ecrate::out!("guild: {status}: {message}");
+        eprintln!("guild: {status}: {message}");
     }
-    ecrate::out!(
+    eprintln!(
         "guild: {} {} {status} · fuel {} units · {:.2} ms · memory {} · {} log lines · compiled code from {}",
         report.tool,
         report.tool_version,

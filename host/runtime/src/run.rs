@@ -361,6 +361,10 @@ fn tool_error(error: wit::ToolError) -> Outcome {
 /// The first line of a trap's message: the trap itself, without wasmtime's backtrace.
 fn trap_summary(error: &wasmtime::Error) -> String {
     match error.downcast_ref::<Trap>() {
+        Some(Trap::MemoryOutOfBounds) => format!(
+            "{} (in a Rust tool this is often its shadow stack overflowing from deep recursion)",
+            Trap::MemoryOutOfBounds
+        ),
         Some(trap) => trap.to_string(),
         None => format!("{error}").lines().next().unwrap_or("unknown error").to_string(),
     }

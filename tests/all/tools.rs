@@ -1,0 +1,1 @@
+//! The shipped example tools, run through `guild run` against real directories.
