@@ -32,6 +32,10 @@ pub struct EngineSettings {
     pub memories_per_component_max: u32,
     /// Tables one component may define.
     pub tables_per_component_max: u32,
+    /// Meter execution in fuel. Always on in production: fuel is the deterministic measure of a
+    /// run and the CPU limit. Off only to measure what metering costs (`cargo bench`); runs
+    /// then have only the wall-clock limit and report zero fuel.
+    pub fuel_metering: bool,
 }
 
 /// Default wasm stack: 1 MiB, deep enough for ordinary recursion, shallow enough to fail fast.
@@ -51,6 +55,7 @@ impl Default for EngineSettings {
             core_instances_per_component_max: 64,
             memories_per_component_max: 4,
             tables_per_component_max: 8,
+            fuel_metering: true,
         }
     }
 }
@@ -90,7 +95,7 @@ pub(crate) fn build_engine(settings: &EngineSettings) -> Result<(Engine, EngineF
     let mut config = Config::new();
     config
         .wasm_component_model(true)
-        .consume_fuel(true)
+        .consume_fuel(settings.fuel_metering)
         .epoch_interruption(true)
         .cranelift_nan_canonicalization(true)
         .relaxed_simd_deterministic(true)
@@ -150,7 +155,7 @@ fn fingerprint(engine: &Engine, settings: &EngineSettings) -> EngineFingerprint 
         nan_canonicalization: true,
         relaxed_simd_deterministic: true,
         threads: false,
-        fuel: true,
+        fuel: settings.fuel_metering,
         wasm_stack_bytes: settings.wasm_stack_bytes,
     };
     let version = format!("wasmtime {}", wasmtime_version());

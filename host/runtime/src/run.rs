@@ -246,13 +246,16 @@ impl Runtime {
             Ok(Ok(Err(error))) => tool_error(error),
             Ok(Err(trap)) => self.classify_trap(&trap, limits, &logs)?,
         };
-        let fuel_left = store.get_fuel().unwrap_or(0);
+        let fuel_used_units = match store.get_fuel() {
+            Ok(left) => limits.fuel_units.saturating_sub(left),
+            Err(_) => 0,
+        };
         Ok(RunReport {
             tool: tool.info.name.clone(),
             tool_version: tool.info.version.clone(),
             component: tool.digest,
             outcome,
-            fuel_used_units: limits.fuel_units.saturating_sub(fuel_left),
+            fuel_used_units,
             memory_bytes_peak: store.data().limiter.memory_bytes_used(),
             wall_time,
             logs,
@@ -295,7 +298,9 @@ impl Runtime {
             HostState { wasi: wasi.build(), table: ResourceTable::new(), limiter: RunLimiter::new(limits), logs };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.set_fuel(limits.fuel_units).map_err(|e| RunError::Host(format!("{e:#}")))?;
+        if self.settings.fuel_metering {
+            store.set_fuel(limits.fuel_units).map_err(|e| RunError::Host(format!("{e:#}")))?;
+        }
         store.set_epoch_deadline(deadline_ticks(limits.timeout_ms));
         store.epoch_deadline_trap();
         Ok(store)
