@@ -80,10 +80,7 @@ async fn load_paths() {
     let memory = started.elapsed() / 1000;
     cold.sort();
     disk.sort();
-    row(
-        &format!("load echo.wasm ({} KiB): cold compile, median of 5", bytes.len() / 1024),
-        millis(cold[2]),
-    );
+    row(&format!("load echo.wasm ({} KiB): cold compile, median of 5", bytes.len() / 1024), millis(cold[2]));
     row("load echo.wasm: from the disk cache, median of 5", millis(disk[2]));
     row("load echo.wasm: already in memory (hash + lookup)", micros(memory));
 }
@@ -149,7 +146,11 @@ async fn fuel_overhead() {
     row("CPU-heavy guest, epoch only, median of 7", millis(off));
     row(
         "fuel metering overhead",
-        format!("{:+.1}% ({fuel} units, {:.1} billion units/s)", (on.as_secs_f64() / off.as_secs_f64() - 1.0) * 100.0, fuel as f64 / on.as_secs_f64() / 1e9),
+        format!(
+            "{:+.1}% ({fuel} units, {:.1} billion units/s)",
+            (on.as_secs_f64() / off.as_secs_f64() - 1.0) * 100.0,
+            fuel as f64 / on.as_secs_f64() / 1e9
+        ),
     );
 }
 

@@ -18,8 +18,12 @@ fn wc_counts_a_mounted_tree() {
     let ran = Guild::new().run_tool(WC, "{}", &["--dir", &mount(dir.path(), "/data", "ro")]);
     let out = ran.expect_code(0).json();
     assert_eq!(out["files"].as_array().map(Vec::len), Some(4), "{out}");
-    let readme = out["files"].as_array().expect("files").iter().find(|f| f["path"] == "/data/README.md").expect("README");
-    assert_eq!((readme["lines"].as_u64(), readme["words"].as_u64(), readme["bytes"].as_u64()), (Some(2), Some(7), Some(39)));
+    let readme =
+        out["files"].as_array().expect("files").iter().find(|f| f["path"] == "/data/README.md").expect("README");
+    assert_eq!(
+        (readme["lines"].as_u64(), readme["words"].as_u64(), readme["bytes"].as_u64()),
+        (Some(2), Some(7), Some(39))
+    );
     let expected_bytes: u64 = ["README.md", "notes/todo.txt", "notes/empty.txt", "data.json"]
         .iter()
         .map(|f| std::fs::metadata(dir.path().join(f)).expect("meta").len())
@@ -31,9 +35,7 @@ fn wc_counts_a_mounted_tree() {
 #[test]
 fn wc_reports_a_missing_path_as_a_tool_failure() {
     let dir = docs();
-    Guild::new()
-        .run_tool(WC, r#"{"path":"/data/nope"}"#, &["--dir", &mount(dir.path(), "/data", "ro")])
-        .expect_code(1);
+    Guild::new().run_tool(WC, r#"{"path":"/data/nope"}"#, &["--dir", &mount(dir.path(), "/data", "ro")]).expect_code(1);
 }
 
 #[test]

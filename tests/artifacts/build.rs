@@ -63,10 +63,11 @@ fn manifest_value(manifest: &str, section: &str, key: &str) -> Option<String> {
             in_section = line == section;
             continue;
         }
-        if in_section && let Some((k, v)) = line.split_once('=') {
-            if k.trim() == key {
-                return Some(v.trim().trim_matches('"').to_string());
-            }
+        if in_section
+            && let Some((k, v)) = line.split_once('=')
+            && k.trim() == key
+        {
+            return Some(v.trim().trim_matches('"').to_string());
         }
     }
     None

@@ -55,9 +55,7 @@ pub enum PolicyError {
         reason: String,
     },
     /// The tool did not ask for this mount.
-    #[error(
-        "tool {tool} does not ask for a directory at {guest_path}; it asks for {asked}. Mount one of those instead"
-    )]
+    #[error("tool {tool} does not ask for a directory at {guest_path}; it asks for {asked}")]
     NotRequested {
         /// The tool's name.
         tool: String,

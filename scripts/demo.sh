@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The main job: set up, build `guild` and the example tools, then run each tool on this
+# repository's own files, under limits, through mounts — and show a limit being enforced.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+echo "== building guild (release) and the example tools (wasm32-wasip2)"
+cargo build --release --bin guild
+cargo build --profile wasm --target wasm32-wasip2 \
+    -p guild-tool-echo -p guild-tool-wc -p guild-tool-grep -p guild-tool-hash -p guild-tool-json-query
+
+guild=target/release/guild
+tools=target/wasm32-wasip2/wasm
+export GUILD_HOME="${GUILD_HOME:-$PWD/target/guild-home}"
+
+step() { echo; echo "== $*"; }
+
+step "guild describe wc"
+"$guild" describe "$tools/wc.wasm"
+
+step "wc: lines, words and bytes of the WIT contract (wit/ mounted read-only at /data)"
+"$guild" run "$tools/wc.wasm" --dir wit::/data:ro --input '{}'
+
+step "grep: where the SDK's export macro is defined (sdk/ mounted at /data)"
+"$guild" run "$tools/grep.wasm" --dir sdk::/data:ro --input '{"pattern":"macro_rules!"}'
+
+step "hash: blake3 of the WIT contract"
+"$guild" run "$tools/hash.wasm" --dir wit::/data:ro --input '{"path":"/data"}'
+
+step "json-query: the package name of the first member in a document"
+"$guild" run "$tools/json_query.wasm" \
+    --input '{"document":{"members":[{"name":"guild-runtime"},{"name":"guild-sdk"}]},"query":"members[0].name"}'
+
+step "a limit at work: wc with almost no fuel (exit code 3 expected)"
+set +e
+"$guild" run "$tools/wc.wasm" --dir wit::/data:ro --input '{}' --fuel 10000
+code=$?
+set -e
+echo "exit code: $code"
+[ "$code" -eq 3 ]
+
+step "a denial: mounting a directory the tool did not ask for (exit code 4 expected)"
+set +e
+"$guild" run "$tools/echo.wasm" --dir wit::/secrets:ro --input '{"message":"hi"}'
+code=$?
+set -e
+echo "exit code: $code"
+[ "$code" -eq 4 ]
+
+echo
+echo "done: guild is at $guild, the tools under $tools"
