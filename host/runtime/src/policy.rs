@@ -4,7 +4,7 @@
 
 use crate::info::{Access, Capabilities};
 use serde::{Deserialize, Serialize};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// A host directory mapped into the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,16 +102,16 @@ fn describe_requests(capabilities: &Capabilities) -> String {
 }
 
 fn check_guest_path(guest_path: &str) -> Result<(), PolicyError> {
-    let error = || PolicyError::GuestPath { guest_path: guest_path.to_string() };
-    let path = Path::new(guest_path);
-    if !path.is_absolute() || (guest_path.len() > 1 && guest_path.ends_with('/')) || guest_path.contains("//") {
-        return Err(error());
-    }
-    let normal = path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-    if !normal {
-        return Err(error());
-    }
-    Ok(())
+    // Checked on the raw text: `Path::components` silently drops `.` parts, which would let
+    // `/./data` through as `/data`.
+    let valid = match guest_path.strip_prefix('/') {
+        Some("") => true,
+        Some(rest) => {
+            rest.split('/').all(|part| !part.is_empty() && part != "." && part != ".." && !part.contains('\0'))
+        }
+        None => false,
+    };
+    if valid { Ok(()) } else { Err(PolicyError::GuestPath { guest_path: guest_path.to_string() }) }
 }
 
 fn check_host_dir(host_path: &Path) -> Result<PathBuf, PolicyError> {
