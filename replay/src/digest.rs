@@ -44,10 +44,7 @@ impl Digest {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for byte in self.0 {
-            write!(f, "{byte:02x}")?;
-        }
-        Ok(())
+        f.write_str(&crate::hex::encode(&self.0))
     }
 }
 
@@ -61,16 +58,7 @@ impl FromStr for Digest {
     type Err = DigestParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let error = || DigestParseError { got: s.chars().take(80).collect() };
-        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(error());
-        }
-        let mut out = [0u8; 32];
-        for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-            let pair = std::str::from_utf8(chunk).map_err(|_| error())?;
-            out[i] = u8::from_str_radix(pair, 16).map_err(|_| error())?;
-        }
-        Ok(Self(out))
+        crate::hex::decode::<32>(s).map(Self).ok_or_else(|| DigestParseError { got: s.chars().take(80).collect() })
     }
 }
 

@@ -1,9 +1,25 @@
-//! guild-replay: content addressing for Guild. Everything an auditor needs to check a run lives
-//! here, and so this crate never depends on wasmtime: an auditor's code stays small.
+//! guild-replay: everything an auditor needs to check a Guild run, and nothing that runs one.
+//! This crate never depends on wasmtime, so an auditor's code stays small.
 //!
-//! Today it owns [`Digest`], the blake3 content address that names components, inputs and blobs.
-//! Bundles, the tape and verification build on it.
+//! It owns content addressing ([`Digest`], [`BlobStore`], [`DirStore`]), Merkle trees of
+//! directories ([`tree`]), the hash-chained [`Tape`] of effects, the bundle format and its
+//! verification ([`Bundle`], [`BundleWriter`]), ed25519 signing ([`HostKey`]), and the
+//! normalised `.tar.zst` archive ([`archive`]).
 
+pub mod archive;
+mod bundle;
+pub mod canonical;
 mod digest;
+mod hex;
+mod sign;
+mod store;
+mod tape;
+pub mod tree;
 
+pub use bundle::{
+    Action, BlobRef, Bundle, BundleWriter, FORMAT, Manifest, OutputTree, RunResult, Sealed, ToolRef, VerifyError,
+};
 pub use digest::{Digest, DigestParseError};
+pub use sign::{ALGORITHM, BundleSignature, HostKey, KeyError, PublicKey, SignatureError};
+pub use store::{BLOB_BYTES_MAX, BlobStore, DirStore, MemoryStore, StoreError};
+pub use tape::{Effect, Event, TAPE_EVENTS_MAX, Tape, TapeError, genesis};

@@ -33,6 +33,11 @@ pub struct RuntimeConfig {
     pub tools_loaded_max: usize,
 }
 
+/// Fuel `describe` may burn when a tool is loaded (~0.1 s of compute).
+pub const DESCRIBE_FUEL_UNITS: u64 = 2_000_000_000;
+/// Wall-clock limit for `describe` when a tool is loaded.
+pub const DESCRIBE_TIMEOUT_MS: u64 = 5_000;
+
 /// Default for [`RuntimeConfig::tools_loaded_max`].
 pub const TOOLS_LOADED_MAX_DEFAULT: usize = 256;
 
@@ -213,7 +218,9 @@ impl Runtime {
     }
 
     async fn describe(&self, pre: &GuildToolPre<HostState>) -> Result<ToolInfo, LoadError> {
-        let limits = Limits::default();
+        // `describe` only returns constants: a tool that computes for longer is broken or
+        // hostile, and loading it must not cost a full run's budget.
+        let limits = Limits { fuel_units: DESCRIBE_FUEL_UNITS, timeout_ms: DESCRIBE_TIMEOUT_MS, ..Limits::default() };
         let mut store =
             self.new_store(&EffectivePolicy::default(), &limits).map_err(|e| LoadError::Describe(e.to_string()))?;
         let instance = pre.instantiate_async(&mut store).await.map_err(|e| LoadError::Describe(format!("{e:#}")))?;

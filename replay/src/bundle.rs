@@ -1,0 +1,380 @@
+//! Bundles: the signed record of one run. The manifest names every part by digest and size; its
+//! own blake3 is the bundle id; the signature covers the id. Parts are blobs in a
+//! [`BlobStore`], so a component run a thousand times is stored once.
+//!
+//! - `action.json` — what was asked (component, tool, input, policy, limits, engine);
+//! - the tape — every effect the guest observed (see [`crate::Tape`]);
+//! - `result.json` — how it ended, fuel, output trees, the tape head;
+//! - `exec.json` — where and when it ran: signed, but not part of the determinism check.
+
+use crate::Digest;
+use crate::canonical::{is_canonical, to_canonical_bytes};
+use crate::sign::{BundleSignature, HostKey, PublicKey, SignatureError};
+use crate::store::{BlobStore, StoreError};
+use crate::tape::{Effect, Tape, TapeError};
+use crate::tree::{TreeError, TreeLimits, walk_blobs};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The format every document of this version carries.
+pub const FORMAT: &str = "guild-bundle/1";
+
+/// A blob by digest and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobRef {
+    /// blake3 of the bytes.
+    pub digest: Digest,
+    /// Number of bytes.
+    pub size_bytes: u64,
+}
+
+/// `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// [`FORMAT`].
+    pub format: String,
+    /// `action.json`.
+    pub action: BlobRef,
+    /// The tape, as JSON lines.
+    pub tape: BlobRef,
+    /// `result.json`.
+    pub result: BlobRef,
+    /// `exec.json`.
+    pub exec: BlobRef,
+    /// Every other blob the bundle needs, sorted by digest.
+    pub blobs: Vec<BlobRef>,
+}
+
+/// The tool a bundle ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolRef {
+    /// Name from `describe`.
+    pub name: String,
+    /// Version from `describe`.
+    pub version: String,
+}
+
+/// `action.json`: what was asked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    /// [`FORMAT`].
+    pub format: String,
+    /// The component.
+    pub component: BlobRef,
+    /// The tool's name and version.
+    pub tool: ToolRef,
+    /// The input JSON.
+    pub input: BlobRef,
+    /// The effective policy, as the host describes it.
+    pub policy: serde_json::Value,
+    /// The limits.
+    pub limits: serde_json::Value,
+    /// The engine fingerprint.
+    pub engine: serde_json::Value,
+}
+
+/// A writable mount's contents when the run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputTree {
+    /// Where the guest saw it.
+    pub guest_path: String,
+    /// Root of its tree.
+    pub tree: Digest,
+}
+
+/// `result.json`: how the run ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunResult {
+    /// The outcome as the host reports it (status, error, limit, trap).
+    pub outcome: serde_json::Value,
+    /// The output JSON, when there was one.
+    pub output: Option<BlobRef>,
+    /// Fuel burnt.
+    pub fuel_used_units: u64,
+    /// Writable mounts at the end.
+    pub output_trees: Vec<OutputTree>,
+    /// The tape's head digest.
+    pub tape_head: Digest,
+    /// Events on the tape.
+    pub tape_events: u64,
+}
+
+/// A sealed bundle, ready to store or export.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    /// blake3 of `manifest`.
+    pub id: Digest,
+    /// Canonical manifest bytes.
+    pub manifest: Vec<u8>,
+    /// Canonical signature bytes.
+    pub signature: Vec<u8>,
+}
+
+/// Gathers a bundle's blobs as a run proceeds, then seals it.
+pub struct BundleWriter<'a> {
+    store: &'a dyn BlobStore,
+    blobs: BTreeMap<Digest, u64>,
+}
+
+impl<'a> BundleWriter<'a> {
+    /// A writer putting blobs into `store`.
+    pub fn new(store: &'a dyn BlobStore) -> Self {
+        Self { store, blobs: BTreeMap::new() }
+    }
+
+    /// Store `bytes` as part of the bundle.
+    pub fn add_blob(&mut self, bytes: &[u8]) -> Result<BlobRef, StoreError> {
+        let digest = self.store.put(bytes)?;
+        self.blobs.insert(digest, bytes.len() as u64);
+        Ok(BlobRef { digest, size_bytes: bytes.len() as u64 })
+    }
+
+    /// Make the tree `root` (already captured into the store) part of the bundle.
+    pub fn add_tree(&mut self, root: &Digest, limits: TreeLimits) -> Result<(), TreeError> {
+        for digest in walk_blobs(self.store, root, limits)? {
+            let size = self.store.get(&digest)?.len() as u64;
+            self.blobs.insert(digest, size);
+        }
+        Ok(())
+    }
+
+    /// Write the documents, build the manifest and sign it.
+    pub fn seal(
+        mut self,
+        action: &Action,
+        tape: &Tape,
+        result: &RunResult,
+        exec: &serde_json::Value,
+        key: &HostKey,
+    ) -> Result<Sealed, StoreError> {
+        let document = |value: &dyn erased::Canonical| -> Result<BlobRef, StoreError> {
+            let bytes = value.canonical();
+            let digest = self.store.put(&bytes)?;
+            Ok(BlobRef { digest, size_bytes: bytes.len() as u64 })
+        };
+        let action = document(action)?;
+        let result_ref = document(result)?;
+        let exec = document(exec)?;
+        let tape_bytes = tape.to_jsonl();
+        let tape_ref = BlobRef { digest: self.store.put(&tape_bytes)?, size_bytes: tape_bytes.len() as u64 };
+        for doc in [action, result_ref, exec, tape_ref] {
+            self.blobs.remove(&doc.digest);
+        }
+        let manifest = Manifest {
+            format: FORMAT.to_string(),
+            action,
+            tape: tape_ref,
+            result: result_ref,
+            exec,
+            blobs: self
+                .blobs
+                .iter()
+                .map(|(digest, size_bytes)| BlobRef { digest: *digest, size_bytes: *size_bytes })
+                .collect(),
+        };
+        let manifest = to_canonical_bytes(&manifest).unwrap_or_default();
+        let id = Digest::of(&manifest);
+        let signature = to_canonical_bytes(&key.sign(&id)).unwrap_or_default();
+        Ok(Sealed { id, manifest, signature })
+    }
+}
+
+mod erased {
+    /// Object-safe canonical serialization, so one closure serializes every document kind.
+    pub(super) trait Canonical {
+        fn canonical(&self) -> Vec<u8>;
+    }
+
+    impl<T: serde::Serialize> Canonical for T {
+        fn canonical(&self) -> Vec<u8> {
+            super::to_canonical_bytes(self).unwrap_or_default()
+        }
+    }
+}
+
+/// Why a bundle is not valid. Each variant is one class an auditor can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The manifest is not a canonical manifest of this format.
+    #[error("manifest is invalid: {0}")]
+    Manifest(String),
+    /// The signature is missing, malformed, wrong, or not the required key's.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// A part is missing or its bytes do not match its digest.
+    #[error(transparent)]
+    Blob(#[from] StoreError),
+    /// A part's size differs from the manifest.
+    #[error("blob {digest} is {found} bytes; the manifest says {expected}")]
+    Size {
+        /// The blob.
+        digest: Digest,
+        /// Manifest size.
+        expected: u64,
+        /// Actual size.
+        found: u64,
+    },
+    /// A document does not parse or is not canonical.
+    #[error("{name} is invalid: {reason}")]
+    Document {
+        /// Which.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The tape is malformed or its chain broken.
+    #[error(transparent)]
+    Tape(#[from] TapeError),
+    /// The result's tape head does not match the tape.
+    #[error(
+        "result.json names tape head {expected} ({expected_events} events) but the tape ends at {found} ({found_events} events)"
+    )]
+    TapeHead {
+        /// From result.json.
+        expected: Digest,
+        /// From result.json.
+        expected_events: u64,
+        /// From the tape.
+        found: Digest,
+        /// From the tape.
+        found_events: u64,
+    },
+    /// Something a document points at is not in the manifest.
+    #[error("{what} {digest} is referenced but not listed in the manifest")]
+    Unlisted {
+        /// What referenced it.
+        what: String,
+        /// The digest.
+        digest: Digest,
+    },
+    /// A tree is malformed (names escaping their directory, too large).
+    #[error(transparent)]
+    Tree(#[from] TreeError),
+}
+
+/// A verified bundle.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// Its id.
+    pub id: Digest,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Who signed it.
+    pub signer: PublicKey,
+    /// What was asked.
+    pub action: Action,
+    /// What the guest observed.
+    pub tape: Tape,
+    /// How it ended.
+    pub result: RunResult,
+    /// Where and when it ran.
+    pub exec: serde_json::Value,
+}
+
+impl Bundle {
+    /// Check everything about a bundle whose parts are in `store`: the manifest, the signature
+    /// (against `required_key` when given), every blob's digest and size, the documents, the
+    /// tape's chain and head, and that every referenced blob and tree is listed.
+    pub fn open(
+        store: &dyn BlobStore,
+        manifest_bytes: &[u8],
+        signature_bytes: &[u8],
+        required_key: Option<&PublicKey>,
+    ) -> Result<Self, VerifyError> {
+        if !is_canonical(manifest_bytes) {
+            return Err(VerifyError::Manifest("not canonical JSON".into()));
+        }
+        let manifest: Manifest =
+            serde_json::from_slice(manifest_bytes).map_err(|e| VerifyError::Manifest(e.to_string()))?;
+        if manifest.format != FORMAT {
+            return Err(VerifyError::Manifest(format!("format {:?}, expected {FORMAT:?}", manifest.format)));
+        }
+        let id = Digest::of(manifest_bytes);
+        let signature: BundleSignature =
+            serde_json::from_slice(signature_bytes).map_err(|e| SignatureError::Malformed(e.to_string()))?;
+        let signer = signature.verify(&id, required_key)?;
+
+        let listed: BTreeSet<Digest> = manifest.blobs.iter().map(|b| b.digest).collect();
+        if listed.len() != manifest.blobs.len() || !manifest.blobs.windows(2).all(|w| w[0].digest < w[1].digest) {
+            return Err(VerifyError::Manifest("blobs are not sorted and unique".into()));
+        }
+        for blob in manifest.blobs.iter().chain([&manifest.action, &manifest.tape, &manifest.result, &manifest.exec]) {
+            fetch(store, blob)?;
+        }
+        let action: Action = document(store, &manifest.action, "action.json")?;
+        let result: RunResult = document(store, &manifest.result, "result.json")?;
+        let exec: serde_json::Value = document(store, &manifest.exec, "exec.json")?;
+        let tape = Tape::from_jsonl(&fetch(store, &manifest.tape)?)?;
+        if action.format != FORMAT {
+            return Err(VerifyError::Document { name: "action.json", reason: format!("format {:?}", action.format) });
+        }
+        if result.tape_head != tape.head() || result.tape_events != tape.events().len() as u64 {
+            return Err(VerifyError::TapeHead {
+                expected: result.tape_head,
+                expected_events: result.tape_events,
+                found: tape.head(),
+                found_events: tape.events().len() as u64,
+            });
+        }
+        let bundle = Self { id, manifest, signer, action, tape, result, exec };
+        bundle.check_references(store, &listed)?;
+        Ok(bundle)
+    }
+
+    fn check_references(&self, store: &dyn BlobStore, listed: &BTreeSet<Digest>) -> Result<(), VerifyError> {
+        let require = |what: &str, digest: &Digest| {
+            if listed.contains(digest) {
+                Ok(())
+            } else {
+                Err(VerifyError::Unlisted { what: what.to_string(), digest: *digest })
+            }
+        };
+        require("the component", &self.action.component.digest)?;
+        require("the input", &self.action.input.digest)?;
+        if let Some(output) = &self.result.output {
+            require("the output", &output.digest)?;
+        }
+        let mut trees: Vec<(String, Digest)> =
+            self.result.output_trees.iter().map(|t| (format!("output tree {}", t.guest_path), t.tree)).collect();
+        for event in self.tape.events() {
+            if let Effect::Mount { guest_path, tree, .. } = &event.effect {
+                trees.push((format!("mount tree {guest_path}"), *tree));
+            }
+        }
+        for (what, root) in trees {
+            for digest in walk_blobs(store, &root, TreeLimits::default())? {
+                require(&what, &digest)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The input JSON.
+    pub fn input(&self, store: &dyn BlobStore) -> Result<String, VerifyError> {
+        let bytes = fetch(store, &self.action.input)?;
+        String::from_utf8(bytes).map_err(|e| VerifyError::Document { name: "input", reason: e.to_string() })
+    }
+}
+
+fn fetch(store: &dyn BlobStore, blob: &BlobRef) -> Result<Vec<u8>, VerifyError> {
+    let bytes = store.get(&blob.digest)?;
+    if bytes.len() as u64 != blob.size_bytes {
+        return Err(VerifyError::Size { digest: blob.digest, expected: blob.size_bytes, found: bytes.len() as u64 });
+    }
+    Ok(bytes)
+}
+
+fn document<T: DeserializeOwned>(store: &dyn BlobStore, blob: &BlobRef, name: &'static str) -> Result<T, VerifyError> {
+    let bytes = fetch(store, blob)?;
+    if !is_canonical(&bytes) {
+        return Err(VerifyError::Document { name, reason: "not canonical JSON".into() });
+    }
+    serde_json::from_slice(&bytes).map_err(|e| VerifyError::Document { name, reason: e.to_string() })
+}

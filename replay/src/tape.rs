@@ -1,0 +1,275 @@
+//! The tape: every effect a guest observed, in order. Each [`Event`] carries its `seq`, the fuel
+//! the guest had burnt when it happened, and a link of a hash chain over all events before it,
+//! so the tape's head digest commits to the whole history. New kinds of effect (HTTP exchanges,
+//! GPU dispatches) are new [`Effect`] variants, not a new format.
+
+use crate::Digest;
+use crate::canonical::to_canonical_bytes;
+use serde::{Deserialize, Serialize};
+
+/// What the chain starts from.
+const GENESIS: &[u8] = b"guild tape v1";
+
+/// Most events one tape holds; a guest that reads the clock more often than this is stopped.
+pub const TAPE_EVENTS_MAX: u64 = 1_000_000;
+
+/// One effect the guest observed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Effect {
+    /// The seed all of the guest's randomness was drawn from.
+    RandomSeed {
+        /// 32 bytes, hex.
+        seed: String,
+    },
+    /// A directory mounted into the sandbox, as the guest could read it when the run began.
+    Mount {
+        /// Where the guest saw it.
+        guest_path: String,
+        /// `read-only` or `read-write`.
+        access: String,
+        /// Root of its Merkle tree.
+        tree: Digest,
+        /// Entries in the tree.
+        entries: u64,
+        /// Bytes of file contents.
+        bytes: u64,
+    },
+    /// A wall-clock reading.
+    WallClock {
+        /// Seconds since the Unix epoch.
+        seconds: u64,
+        /// Nanoseconds past the second.
+        nanoseconds: u32,
+    },
+    /// A monotonic-clock reading.
+    MonotonicClock {
+        /// Nanoseconds from an arbitrary start.
+        nanoseconds: u64,
+    },
+    /// A log line, or a line of stdout or stderr.
+    Log {
+        /// Severity.
+        level: String,
+        /// `tool`, `stdout` or `stderr`.
+        source: String,
+        /// The text.
+        message: String,
+    },
+}
+
+impl Effect {
+    /// The kind's name, as serialized.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Effect::RandomSeed { .. } => "random_seed",
+            Effect::Mount { .. } => "mount",
+            Effect::WallClock { .. } => "wall_clock",
+            Effect::MonotonicClock { .. } => "monotonic_clock",
+            Effect::Log { .. } => "log",
+        }
+    }
+}
+
+/// An effect with its place on the tape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// Position, from 0.
+    pub seq: u64,
+    /// Fuel the guest had burnt when the effect happened.
+    pub fuel: u64,
+    /// What happened.
+    pub effect: Effect,
+    /// blake3(previous link ‖ canonical {seq, fuel, effect}).
+    pub chain: Digest,
+}
+
+#[derive(Serialize)]
+struct Link<'a> {
+    seq: u64,
+    fuel: u64,
+    effect: &'a Effect,
+}
+
+fn link(previous: &Digest, seq: u64, fuel: u64, effect: &Effect) -> Digest {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(previous.as_bytes());
+    // Serializing a plain enum of strings and integers cannot fail.
+    let body = to_canonical_bytes(&Link { seq, fuel, effect }).unwrap_or_default();
+    hasher.update(&body);
+    Digest::from_bytes(*hasher.finalize().as_bytes())
+}
+
+/// The digest a tape with no events has as its head.
+pub fn genesis() -> Digest {
+    Digest::of(GENESIS)
+}
+
+/// A tape is malformed or its chain is broken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TapeError {
+    /// A line is not an event.
+    #[error("tape line {line} is not an event: {reason}")]
+    Malformed {
+        /// 1-based line.
+        line: usize,
+        /// Why.
+        reason: String,
+    },
+    /// Events are out of order.
+    #[error("tape event at line {line} has seq {found}, expected {expected}")]
+    Sequence {
+        /// 1-based line.
+        line: usize,
+        /// Expected seq.
+        expected: u64,
+        /// Found seq.
+        found: u64,
+    },
+    /// Fuel went backwards.
+    #[error("tape event {seq} says fuel {found}, less than the {previous} before it")]
+    FuelBackwards {
+        /// The event.
+        seq: u64,
+        /// Its fuel.
+        found: u64,
+        /// The fuel before.
+        previous: u64,
+    },
+    /// The hash chain does not hold.
+    #[error("tape hash chain broken at event {seq}: expected {expected}, found {found}")]
+    Chain {
+        /// The event.
+        seq: u64,
+        /// The recomputed link.
+        expected: Digest,
+        /// The recorded link.
+        found: Digest,
+    },
+    /// Too many events.
+    #[error("tape holds more than {limit} events (TAPE_EVENTS_MAX)")]
+    TooLong {
+        /// The limit.
+        limit: u64,
+    },
+}
+
+/// An append-only, hash-chained list of events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tape {
+    events: Vec<Event>,
+    head: Digest,
+}
+
+impl Default for Tape {
+    fn default() -> Self {
+        Self { events: Vec::new(), head: genesis() }
+    }
+}
+
+impl Tape {
+    /// An empty tape.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Append `effect`, observed with `fuel` burnt. Fails past [`TAPE_EVENTS_MAX`].
+    pub fn push(&mut self, fuel: u64, effect: Effect) -> Result<&Event, TapeError> {
+        let seq = self.events.len() as u64;
+        if seq >= TAPE_EVENTS_MAX {
+            return Err(TapeError::TooLong { limit: TAPE_EVENTS_MAX });
+        }
+        let fuel = fuel.max(self.events.last().map_or(0, |e| e.fuel));
+        let chain = link(&self.head, seq, fuel, &effect);
+        self.head = chain;
+        self.events.push(Event { seq, fuel, effect, chain });
+        Ok(&self.events[seq as usize])
+    }
+
+    /// The events, in order.
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// The last link of the chain (the genesis digest when empty).
+    pub fn head(&self) -> Digest {
+        self.head
+    }
+
+    /// One canonical JSON object per line.
+    pub fn to_jsonl(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for event in &self.events {
+            out.extend(to_canonical_bytes(event).unwrap_or_default());
+            out.push(b'\n');
+        }
+        out
+    }
+
+    /// Parse and check a tape: order, fuel, and every link of the chain.
+    pub fn from_jsonl(bytes: &[u8]) -> Result<Self, TapeError> {
+        let mut tape = Tape::new();
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| TapeError::Malformed { line: 0, reason: format!("not UTF-8: {e}") })?;
+        for (index, raw) in text.lines().enumerate() {
+            let line = index + 1;
+            let event: Event =
+                serde_json::from_str(raw).map_err(|e| TapeError::Malformed { line, reason: e.to_string() })?;
+            let expected = tape.events.len() as u64;
+            if expected >= TAPE_EVENTS_MAX {
+                return Err(TapeError::TooLong { limit: TAPE_EVENTS_MAX });
+            }
+            if event.seq != expected {
+                return Err(TapeError::Sequence { line, expected, found: event.seq });
+            }
+            let previous = tape.events.last().map_or(0, |e| e.fuel);
+            if event.fuel < previous {
+                return Err(TapeError::FuelBackwards { seq: event.seq, found: event.fuel, previous });
+            }
+            let chain = link(&tape.head, event.seq, event.fuel, &event.effect);
+            if chain != event.chain {
+                return Err(TapeError::Chain { seq: event.seq, expected: chain, found: event.chain });
+            }
+            tape.head = chain;
+            tape.events.push(event);
+        }
+        Ok(tape)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Tape {
+        let mut tape = Tape::new();
+        tape.push(0, Effect::RandomSeed { seed: "00".repeat(32) }).expect("push");
+        tape.push(120, Effect::WallClock { seconds: 1_700_000_000, nanoseconds: 5 }).expect("push");
+        tape.push(300, Effect::Log { level: "info".into(), source: "tool".into(), message: "hi".into() })
+            .expect("push");
+        tape
+    }
+
+    #[test]
+    fn round_trips_and_the_head_commits_to_everything() {
+        let tape = sample();
+        let parsed = Tape::from_jsonl(&tape.to_jsonl()).expect("parses");
+        assert_eq!(parsed, tape);
+        assert_ne!(tape.head(), genesis());
+        let mut other = Tape::new();
+        other.push(0, Effect::RandomSeed { seed: "00".repeat(32) }).expect("push");
+        other.push(121, Effect::WallClock { seconds: 1_700_000_000, nanoseconds: 5 }).expect("push");
+        assert_ne!(other.events()[1].chain, tape.events()[1].chain);
+    }
+
+    #[test]
+    fn edits_break_the_chain() {
+        let text = String::from_utf8(sample().to_jsonl()).expect("utf-8");
+        let edited = text.replace("\"hi\"", "\"ho\"");
+        assert!(matches!(Tape::from_jsonl(edited.as_bytes()), Err(TapeError::Chain { seq: 2, .. })));
+        let dropped: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+        assert!(matches!(Tape::from_jsonl(dropped.as_bytes()), Err(TapeError::Sequence { .. })));
+        assert!(matches!(Tape::from_jsonl(b"{not json}\n"), Err(TapeError::Malformed { line: 1, .. })));
+    }
+}

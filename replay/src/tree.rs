@@ -1,0 +1,372 @@
+//! Merkle trees of directories, in the manner of REAPI's `Directory` messages: each directory is
+//! a canonical JSON node listing its files (name, digest, size), subdirectories (name, digest of
+//! their node) and symlinks (name, target), sorted by name. A tree's identity is the digest of
+//! its root node; file contents and nodes are blobs in a [`crate::BlobStore`].
+
+use crate::Digest;
+use crate::canonical::to_canonical_bytes;
+use crate::store::{BlobStore, StoreError};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// One directory of a tree.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryNode {
+    /// Regular files, sorted by name.
+    pub files: Vec<FileNode>,
+    /// Subdirectories, sorted by name.
+    pub dirs: Vec<DirNode>,
+    /// Symbolic links, sorted by name; recorded, never followed.
+    pub symlinks: Vec<SymlinkNode>,
+}
+
+/// A regular file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileNode {
+    /// Name within its directory.
+    pub name: String,
+    /// Digest of its contents.
+    pub digest: Digest,
+    /// Size of its contents.
+    pub size_bytes: u64,
+}
+
+/// A subdirectory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirNode {
+    /// Name within its directory.
+    pub name: String,
+    /// Digest of its [`DirectoryNode`].
+    pub digest: Digest,
+}
+
+/// A symbolic link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SymlinkNode {
+    /// Name within its directory.
+    pub name: String,
+    /// Where it points, as written.
+    pub target: String,
+}
+
+/// Bounds on a tree, so a huge mount fails clearly instead of filling the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeLimits {
+    /// Files, directories and links in the tree.
+    pub entries_max: u64,
+    /// Bytes of file contents.
+    pub bytes_max: u64,
+    /// Directory nesting.
+    pub depth_max: u32,
+}
+
+/// Default tree bounds: enough for a project checkout, small enough to record.
+pub const TREE_LIMITS_DEFAULT: TreeLimits = TreeLimits { entries_max: 100_000, bytes_max: 1 << 30, depth_max: 64 };
+
+impl Default for TreeLimits {
+    fn default() -> Self {
+        TREE_LIMITS_DEFAULT
+    }
+}
+
+/// What a captured tree holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeSummary {
+    /// Digest of the root node.
+    pub root: Digest,
+    /// Entries (files, directories, links) below the root.
+    pub entries: u64,
+    /// Bytes of file contents.
+    pub bytes: u64,
+}
+
+/// A tree could not be captured or restored.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    /// A bound was exceeded.
+    #[error("{what} exceeds the limit of {limit} ({setting}); record a smaller directory or raise the limit")]
+    TooLarge {
+        /// What was too large.
+        what: String,
+        /// The limit.
+        limit: u64,
+        /// The setting that raises it.
+        setting: &'static str,
+    },
+    /// A name that could escape its directory or is not portable.
+    #[error("tree entry {name:?} is not a plain name (no '/', '..', '.', NUL or empty names)")]
+    BadName {
+        /// The name.
+        name: String,
+    },
+    /// A node is malformed or unsorted.
+    #[error("tree node {digest} is malformed: {reason}")]
+    BadNode {
+        /// The node.
+        digest: Digest,
+        /// Why.
+        reason: String,
+    },
+    /// Reading or writing the file system failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The blob store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TreeError + '_ {
+    move |source| TreeError::Io { path: path.display().to_string(), source }
+}
+
+/// Check that `name` is a single, plain path component.
+pub fn check_name(name: &str) -> Result<(), TreeError> {
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains('/')
+        || name.contains('\0')
+        || name.contains('\\')
+    {
+        return Err(TreeError::BadName { name: name.to_string() });
+    }
+    Ok(())
+}
+
+struct Budget {
+    limits: TreeLimits,
+    entries: u64,
+    bytes: u64,
+}
+
+impl Budget {
+    fn entry(&mut self) -> Result<(), TreeError> {
+        self.entries += 1;
+        if self.entries > self.limits.entries_max {
+            return Err(TreeError::TooLarge {
+                what: format!("a tree of more than {} entries", self.limits.entries_max),
+                limit: self.limits.entries_max,
+                setting: "tree entries_max",
+            });
+        }
+        Ok(())
+    }
+
+    fn bytes(&mut self, size: u64) -> Result<(), TreeError> {
+        self.bytes = self.bytes.saturating_add(size);
+        if self.bytes > self.limits.bytes_max {
+            return Err(TreeError::TooLarge {
+                what: format!("a tree of more than {} bytes", self.limits.bytes_max),
+                limit: self.limits.bytes_max,
+                setting: "tree bytes_max",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Capture the directory at `root` into `store`, returning its root digest and totals.
+pub fn capture(root: &Path, store: &dyn BlobStore, limits: TreeLimits) -> Result<TreeSummary, TreeError> {
+    let mut budget = Budget { limits, entries: 0, bytes: 0 };
+    let digest = capture_dir(root, store, &mut budget, 0)?;
+    Ok(TreeSummary { root: digest, entries: budget.entries, bytes: budget.bytes })
+}
+
+fn capture_dir(dir: &Path, store: &dyn BlobStore, budget: &mut Budget, depth: u32) -> Result<Digest, TreeError> {
+    if depth > budget.limits.depth_max {
+        return Err(TreeError::TooLarge {
+            what: format!("{} (nested more than {} deep)", dir.display(), budget.limits.depth_max),
+            limit: u64::from(budget.limits.depth_max),
+            setting: "tree depth_max",
+        });
+    }
+    let mut node = DirectoryNode::default();
+    let mut entries: Vec<std::fs::DirEntry> =
+        std::fs::read_dir(dir).map_err(io(dir))?.collect::<Result<_, _>>().map_err(io(dir))?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        budget.entry()?;
+        let path = entry.path();
+        let name = entry
+            .file_name()
+            .into_string()
+            .map_err(|raw| TreeError::BadName { name: raw.to_string_lossy().into_owned() })?;
+        let kind = entry.file_type().map_err(io(&path))?;
+        if kind.is_symlink() {
+            let target = std::fs::read_link(&path).map_err(io(&path))?;
+            node.symlinks.push(SymlinkNode { name, target: target.to_string_lossy().into_owned() });
+        } else if kind.is_dir() {
+            let digest = capture_dir(&path, store, budget, depth + 1)?;
+            node.dirs.push(DirNode { name, digest });
+        } else if kind.is_file() {
+            let size = entry.metadata().map_err(io(&path))?.len();
+            budget.bytes(size)?;
+            let contents = std::fs::read(&path).map_err(io(&path))?;
+            let digest = store.put(&contents)?;
+            node.files.push(FileNode { name, digest, size_bytes: contents.len() as u64 });
+        }
+        // Sockets, FIFOs and devices are not content: a guest cannot read them through WASI.
+    }
+    let bytes =
+        to_canonical_bytes(&node).map_err(|e| TreeError::BadNode { digest: Digest::of(b""), reason: e.to_string() })?;
+    Ok(store.put(&bytes)?)
+}
+
+/// Read and check one directory node: canonical, sorted, plain names.
+pub fn read_node(store: &dyn BlobStore, digest: &Digest) -> Result<DirectoryNode, TreeError> {
+    let bytes = store.get(digest)?;
+    let bad = |reason: String| TreeError::BadNode { digest: *digest, reason };
+    let node: DirectoryNode = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+    let names: Vec<&str> = node
+        .files
+        .iter()
+        .map(|f| f.name.as_str())
+        .chain(node.dirs.iter().map(|d| d.name.as_str()))
+        .chain(node.symlinks.iter().map(|s| s.name.as_str()))
+        .collect();
+    for name in &names {
+        check_name(name)?;
+    }
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != names.len() {
+        return Err(bad("an entry name appears twice".into()));
+    }
+    let in_order = |v: Vec<&str>| v.windows(2).all(|w| w[0] < w[1]);
+    if !in_order(node.files.iter().map(|f| f.name.as_str()).collect())
+        || !in_order(node.dirs.iter().map(|d| d.name.as_str()).collect())
+        || !in_order(node.symlinks.iter().map(|s| s.name.as_str()).collect())
+    {
+        return Err(bad("entries are not sorted by name".into()));
+    }
+    Ok(node)
+}
+
+/// Every blob a tree references (nodes and file contents), checking structure and bounds on
+/// the way. Used by verification and export.
+pub fn walk_blobs(store: &dyn BlobStore, root: &Digest, limits: TreeLimits) -> Result<Vec<Digest>, TreeError> {
+    let mut budget = Budget { limits, entries: 0, bytes: 0 };
+    let mut out = Vec::new();
+    let mut stack = vec![(*root, 0u32)];
+    while let Some((digest, depth)) = stack.pop() {
+        if depth > limits.depth_max {
+            return Err(TreeError::TooLarge {
+                what: format!("tree {root} (nested more than {} deep)", limits.depth_max),
+                limit: u64::from(limits.depth_max),
+                setting: "tree depth_max",
+            });
+        }
+        let node = read_node(store, &digest)?;
+        out.push(digest);
+        for file in &node.files {
+            budget.entry()?;
+            budget.bytes(file.size_bytes)?;
+            out.push(file.digest);
+        }
+        for dir in &node.dirs {
+            budget.entry()?;
+            stack.push((dir.digest, depth + 1));
+        }
+        for _ in &node.symlinks {
+            budget.entry()?;
+        }
+    }
+    Ok(out)
+}
+
+/// Recreate the tree `root` under `dest` (which must exist and be empty).
+pub fn materialize(store: &dyn BlobStore, root: &Digest, dest: &Path, limits: TreeLimits) -> Result<(), TreeError> {
+    // Check the whole tree first so nothing is written for a malformed one.
+    walk_blobs(store, root, limits)?;
+    let mut stack = vec![(*root, dest.to_path_buf())];
+    while let Some((digest, dir)) = stack.pop() {
+        let node = read_node(store, &digest)?;
+        for file in &node.files {
+            let contents = store.get(&file.digest)?;
+            let path = dir.join(&file.name);
+            std::fs::write(&path, contents).map_err(io(&path))?;
+        }
+        for link in &node.symlinks {
+            let path = dir.join(&link.name);
+            std::os::unix::fs::symlink(&link.target, &path).map_err(io(&path))?;
+        }
+        for sub in &node.dirs {
+            let path = dir.join(&sub.name);
+            std::fs::create_dir(&path).map_err(io(&path))?;
+            stack.push((sub.digest, path));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn sample() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("b/c")).expect("mkdir");
+        std::fs::write(dir.path().join("a.txt"), "alpha").expect("write");
+        std::fs::write(dir.path().join("b/c/d.txt"), "delta").expect("write");
+        std::os::unix::fs::symlink("a.txt", dir.path().join("link")).expect("symlink");
+        dir
+    }
+
+    #[test]
+    fn capture_is_stable_and_round_trips() {
+        let store = MemoryStore::default();
+        let dir = sample();
+        let first = capture(dir.path(), &store, TreeLimits::default()).expect("capture");
+        let again = capture(dir.path(), &store, TreeLimits::default()).expect("capture");
+        assert_eq!(first, again);
+        assert_eq!((first.entries, first.bytes), (5, 10));
+
+        let out = tempfile::tempdir().expect("tempdir");
+        materialize(&store, &first.root, out.path(), TreeLimits::default()).expect("materialize");
+        assert_eq!(std::fs::read_to_string(out.path().join("b/c/d.txt")).expect("read"), "delta");
+        assert_eq!(std::fs::read_link(out.path().join("link")).expect("link").to_str(), Some("a.txt"));
+        assert_eq!(capture(out.path(), &store, TreeLimits::default()).expect("capture").root, first.root);
+
+        std::fs::write(dir.path().join("b/c/d.txt"), "delta!").expect("write");
+        assert_ne!(capture(dir.path(), &store, TreeLimits::default()).expect("capture").root, first.root);
+    }
+
+    #[test]
+    fn limits_are_enforced_with_the_setting_named() {
+        let store = MemoryStore::default();
+        let dir = sample();
+        let small = TreeLimits { bytes_max: 7, ..TreeLimits::default() };
+        let err = capture(dir.path(), &store, small).expect_err("too many bytes");
+        assert!(err.to_string().contains("tree bytes_max"), "{err}");
+        let few = TreeLimits { entries_max: 2, ..TreeLimits::default() };
+        assert!(matches!(capture(dir.path(), &store, few), Err(TreeError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn escaping_names_are_refused_before_anything_is_written() {
+        let store = MemoryStore::default();
+        let contents = store.put(b"evil").expect("put");
+        for name in ["..", "../x", "a/b", "", "."] {
+            let node = DirectoryNode {
+                files: vec![FileNode { name: name.into(), digest: contents, size_bytes: 4 }],
+                ..DirectoryNode::default()
+            };
+            let root = store.put(&to_canonical_bytes(&node).expect("json")).expect("put");
+            let out = tempfile::tempdir().expect("tempdir");
+            let err = materialize(&store, &root, out.path(), TreeLimits::default()).expect_err("refused");
+            assert!(matches!(err, TreeError::BadName { .. }), "{name:?}: {err}");
+            assert_eq!(std::fs::read_dir(out.path()).expect("dir").count(), 0);
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Bundles end to end, without a host: write one, store it, export it, read it back, and catch
+//! every kind of tampering with the right error.
+
+use guild_replay::archive::{self, ArchiveError, ArchiveLimits};
+use guild_replay::tree::{self, TreeLimits};
+use guild_replay::{
+    Action, BlobStore, Bundle, BundleWriter, DirStore, Effect, FORMAT, HostKey, RunResult, Sealed, Tape, ToolRef,
+    VerifyError,
+};
+use std::io::{Read, Write};
+
+struct Scene {
+    _dir: tempfile::TempDir,
+    store: DirStore,
+    key: HostKey,
+    sealed: Sealed,
+}
+
+fn scene() -> Scene {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = DirStore::open(dir.path().join("store")).expect("store");
+    let key = HostKey::generate().expect("key");
+    let mount = dir.path().join("mount");
+    std::fs::create_dir_all(mount.join("sub")).expect("mkdir");
+    std::fs::write(mount.join("sub/file.txt"), "mounted contents").expect("write");
+
+    let mut writer = BundleWriter::new(&store);
+    let component = writer.add_blob(b"\0asm component bytes").expect("component");
+    let input = writer.add_blob(br#"{"path":"/data"}"#).expect("input");
+    let output = writer.add_blob(br#"{"ok":true}"#).expect("output");
+    let tree = tree::capture(&mount, &store, TreeLimits::default()).expect("tree");
+    writer.add_tree(&tree.root, TreeLimits::default()).expect("add tree");
+    let mut tape = Tape::new();
+    tape.push(0, Effect::RandomSeed { seed: "ab".repeat(32) }).expect("push");
+    tape.push(
+        0,
+        Effect::Mount {
+            guest_path: "/data".into(),
+            access: "read-only".into(),
+            tree: tree.root,
+            entries: tree.entries,
+            bytes: tree.bytes,
+        },
+    )
+    .expect("push");
+    tape.push(1234, Effect::WallClock { seconds: 1_800_000_000, nanoseconds: 1 }).expect("push");
+    let action = Action {
+        format: FORMAT.into(),
+        component,
+        tool: ToolRef { name: "wc".into(), version: "0.1.0".into() },
+        input,
+        policy: serde_json::json!({"mounts": []}),
+        limits: serde_json::json!({"fuel_units": 1000}),
+        engine: serde_json::json!({"engine": "wasmtime 48.0.8"}),
+    };
+    let result = RunResult {
+        outcome: serde_json::json!({"status": "output"}),
+        output: Some(output),
+        fuel_used_units: 5000,
+        output_trees: vec![],
+        tape_head: tape.head(),
+        tape_events: tape.events().len() as u64,
+    };
+    let exec = serde_json::json!({"host": "test"});
+    let sealed = writer.seal(&action, &tape, &result, &exec, &key).expect("seal");
+    store.put_bundle(&sealed.id, &sealed.manifest, &sealed.signature).expect("put bundle");
+    Scene { _dir: dir, store, key, sealed }
+}
+
+fn open(scene: &Scene) -> Result<Bundle, VerifyError> {
+    Bundle::open(&scene.store, &scene.sealed.manifest, &scene.sealed.signature, Some(&scene.key.public()))
+}
+
+fn export(scene: &Scene) -> Vec<u8> {
+    let mut out = Vec::new();
+    archive::export(&scene.store, &scene.sealed.manifest, &scene.sealed.signature, &mut out).expect("export");
+    out
+}
+
+fn open_archive(bytes: &[u8]) -> Result<Bundle, String> {
+    let imported = archive::import(bytes, ArchiveLimits::default()).map_err(|e| e.to_string())?;
+    Bundle::open(&imported.store, &imported.manifest, &imported.signature, None).map_err(|e| e.to_string())
+}
+
+/// Rewrite the tar inside an archive with `edit` applied to each (name, bytes) entry.
+fn rewrite(archive_bytes: &[u8], edit: impl Fn(&str, &mut Vec<u8>)) -> Vec<u8> {
+    let mut entries = Vec::new();
+    let decoder = zstd::stream::Decoder::new(archive_bytes).expect("zstd");
+    let mut tar = tar::Archive::new(decoder);
+    for entry in tar.entries().expect("entries") {
+        let mut entry = entry.expect("entry");
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).expect("read");
+        edit(&name, &mut bytes);
+        entries.push((name, bytes));
+    }
+    pack(&entries)
+}
+
+fn pack(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, bytes) in entries {
+        // Names are written raw: the tar crate refuses to write `..`, a hostile packer does not.
+        let mut header = tar::Header::new_gnu();
+        let raw = &mut header.as_old_mut().name;
+        raw[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        builder.append(&header, bytes.as_slice()).expect("append");
+    }
+    let tar_bytes = builder.into_inner().expect("tar");
+    let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).expect("zstd");
+    encoder.write_all(&tar_bytes).expect("write");
+    encoder.finish().expect("finish")
+}
+
+#[test]
+fn a_bundle_verifies_from_the_store_and_from_its_archive() {
+    let scene = scene();
+    let bundle = open(&scene).expect("verifies");
+    assert_eq!(bundle.id, scene.sealed.id);
+    assert_eq!(bundle.signer, scene.key.public());
+    assert_eq!(bundle.tape.events().len(), 3);
+    assert_eq!(bundle.input(&scene.store).expect("input"), r#"{"path":"/data"}"#);
+
+    let packed = export(&scene);
+    assert_eq!(packed, export(&scene), "the same bundle must pack to the same bytes");
+    let again = open_archive(&packed).expect("archive verifies");
+    assert_eq!(again.id, bundle.id);
+}
+
+#[test]
+fn blobs_are_shared_between_bundles() {
+    let scene = scene();
+    let count = || std::fs::read_dir(scene.store.root().join("blobs")).expect("dir").count();
+    let before = count();
+    let mut writer = BundleWriter::new(&scene.store);
+    writer.add_blob(b"\0asm component bytes").expect("same component");
+    assert_eq!(count(), before);
+}
+
+/// Changes an archive entry (name, bytes) in place.
+type EntryEdit = dyn Fn(&str, &mut Vec<u8>);
+
+#[test]
+fn tampering_with_any_part_is_caught_with_its_class() {
+    let scene = scene();
+    let packed = export(&scene);
+    let flip_last = |bytes: &mut Vec<u8>| {
+        let last = bytes.len() - 2;
+        bytes[last] ^= 1;
+    };
+    let cases: Vec<(&str, Box<EntryEdit>, &str)> = vec![
+        (
+            "a blob byte",
+            Box::new(move |n, b| {
+                if n.starts_with("blobs/") {
+                    flip_last(b)
+                }
+            }),
+            "corrupt",
+        ),
+        (
+            "the manifest",
+            Box::new(|n, b| {
+                if n == "manifest.json" {
+                    *b = String::from_utf8_lossy(b).replace("\"format\"", "\"format\" ").into_bytes()
+                }
+            }),
+            "manifest is invalid",
+        ),
+        (
+            "the tape",
+            Box::new(|n, b| {
+                if n == "tape.jsonl" {
+                    *b = String::from_utf8_lossy(b).replace("1234", "1235").into_bytes()
+                }
+            }),
+            "corrupt",
+        ),
+        (
+            "the signature",
+            Box::new(|n, b| {
+                if n == "signature" {
+                    let s = String::from_utf8_lossy(b).into_owned();
+                    let i = s.find("\"signature\":\"").expect("field") + 13;
+                    let mut s = s.into_bytes();
+                    s[i] = if s[i] == b'0' { b'1' } else { b'0' };
+                    *b = s
+                }
+            }),
+            "signature does not verify",
+        ),
+        (
+            "result.json",
+            Box::new(|n, b| {
+                if n == "result.json" {
+                    *b = String::from_utf8_lossy(b).replace("5000", "5001").into_bytes()
+                }
+            }),
+            "corrupt",
+        ),
+    ];
+    for (what, edit, expected) in cases {
+        let err = open_archive(&rewrite(&packed, edit)).expect_err(what);
+        assert!(err.contains(expected), "{what}: {err}");
+    }
+}
+
+#[test]
+fn a_consistent_forgery_fails_the_signature() {
+    // Re-hash everything after an edit: digests line up, but the signature no longer does.
+    let scene = scene();
+    let bundle = open(&scene).expect("verifies");
+    let mut result = bundle.result.clone();
+    result.fuel_used_units += 1;
+    let mut writer = BundleWriter::new(&scene.store);
+    writer.add_blob(b"\0asm component bytes").expect("blob");
+    let forged = writer
+        .seal(&bundle.action, &bundle.tape, &result, &bundle.exec, &HostKey::generate().expect("key"))
+        .expect("seal");
+    let err = Bundle::open(&scene.store, &forged.manifest, &scene.sealed.signature, None).expect_err("forged");
+    assert!(matches!(err, VerifyError::Signature(_)), "{err}");
+    let err = Bundle::open(&scene.store, &forged.manifest, &forged.signature, Some(&scene.key.public()))
+        .expect_err("wrong key");
+    assert!(err.to_string().contains("not by the required key"), "{err}");
+}
+
+#[test]
+fn malformed_archives_get_clear_errors() {
+    let scene = scene();
+    let packed = export(&scene);
+    let truncated = &packed[..packed.len() / 2];
+    assert!(open_archive(truncated).expect_err("truncated").contains("not a readable bundle archive"));
+    assert!(open_archive(b"plain text").expect_err("text").contains("not a readable bundle archive"));
+
+    let escaping = rewrite(&packed, |_, _| {});
+    let mut entries: Vec<(String, Vec<u8>)> = Vec::new();
+    let decoder = zstd::stream::Decoder::new(escaping.as_slice()).expect("zstd");
+    for entry in tar::Archive::new(decoder).entries().expect("entries") {
+        let mut entry = entry.expect("entry");
+        let mut bytes = Vec::new();
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        entry.read_to_end(&mut bytes).expect("read");
+        entries.push((name, bytes));
+    }
+    let mut with_escape = entries.clone();
+    with_escape.push(("../../etc/evil".into(), b"x".to_vec()));
+    assert!(open_archive(&pack(&with_escape)).expect_err("escape").contains("is not part of a bundle"));
+    let mut duplicated = entries.clone();
+    duplicated.push(entries[0].clone());
+    assert!(open_archive(&pack(&duplicated)).expect_err("dup").contains("appears twice"));
+    let missing: Vec<_> = entries.iter().filter(|(n, _)| n != "tape.jsonl").cloned().collect();
+    assert!(open_archive(&pack(&missing)).expect_err("missing").contains("has no tape.jsonl"));
+
+    let tight = ArchiveLimits { total_bytes_max: 100, ..ArchiveLimits::default() };
+    let err = archive::import(packed.as_slice(), tight).err().expect("bomb guard");
+    assert!(matches!(err, ArchiveError::TooLarge { .. }), "{err}");
+}
+
+#[test]
+fn a_tree_entry_escaping_its_root_is_refused() {
+    let scene = scene();
+    let bundle = open(&scene).expect("verifies");
+    let evil_file = scene.store.put(b"evil").expect("put");
+    let node = format!(
+        r#"{{"dirs":[],"files":[{{"digest":"{evil_file}","name":"../escape","size_bytes":4}}],"symlinks":[]}}"#
+    );
+    let evil_root = scene.store.put(node.as_bytes()).expect("put");
+    let mut tape = Tape::new();
+    tape.push(
+        0,
+        Effect::Mount { guest_path: "/data".into(), access: "read-only".into(), tree: evil_root, entries: 1, bytes: 4 },
+    )
+    .expect("push");
+    let result = RunResult { tape_head: tape.head(), tape_events: 1, ..bundle.result.clone() };
+    let mut writer = BundleWriter::new(&scene.store);
+    for digest in [bundle.action.component, bundle.action.input] {
+        writer.add_blob(&scene.store.get(&digest.digest).expect("blob")).expect("add");
+    }
+    writer.add_blob(&scene.store.get(&bundle.result.output.expect("output").digest).expect("blob")).expect("add");
+    writer.add_blob(node.as_bytes()).expect("node");
+    writer.add_blob(b"evil").expect("file");
+    let sealed = writer.seal(&bundle.action, &tape, &result, &bundle.exec, &scene.key).expect("seal");
+    let err = Bundle::open(&scene.store, &sealed.manifest, &sealed.signature, None).expect_err("escape");
+    assert!(err.to_string().contains("is not a plain name"), "{err}");
+}
