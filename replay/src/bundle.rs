@@ -136,6 +136,16 @@ impl<'a> BundleWriter<'a> {
         Ok(BlobRef { digest, size_bytes: bytes.len() as u64 })
     }
 
+    /// Make a blob already in the store (a component stored when it was loaded) part of the
+    /// bundle.
+    pub fn add_stored(&mut self, blob: &BlobRef) -> Result<(), StoreError> {
+        if !self.store.has(&blob.digest) {
+            return Err(StoreError::NotFound(blob.digest));
+        }
+        self.blobs.insert(blob.digest, blob.size_bytes);
+        Ok(())
+    }
+
     /// Make the tree `root` (already captured into the store) part of the bundle.
     pub fn add_tree(&mut self, root: &Digest, limits: TreeLimits) -> Result<(), TreeError> {
         for digest in walk_blobs(self.store, root, limits)? {

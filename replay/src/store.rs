@@ -222,9 +222,11 @@ fn io_error(path: &Path, source: std::io::Error) -> StoreError {
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let tmp = path.with_extension(format!("tmp.{}.{:?}", std::process::id(), std::thread::current().id()));
     let result = (|| {
+        // Not fsynced: every run writes a bundle, and a sync per file would cost more than the
+        // run. A crash can lose the newest bundles; it cannot make a wrong one pass, because
+        // every read checks the digest.
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
-        file.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
     if result.is_err() {

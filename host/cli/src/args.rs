@@ -22,6 +22,10 @@ pub(crate) struct Global {
     /// Defaults to the platform data directory, e.g. ~/.local/share/guild.
     #[arg(long, global = true, env = "GUILD_HOME", value_name = "DIR")]
     pub(crate) home: Option<PathBuf>,
+    /// The bundle store: every run's signed replay bundle, and the blobs they share.
+    /// Defaults to HOME/store.
+    #[arg(long, global = true, env = "GUILD_STORE", value_name = "DIR")]
+    pub(crate) store: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -35,6 +39,65 @@ pub(crate) enum Command {
     /// Work with tool sources.
     #[command(subcommand)]
     Tool(ToolCommand),
+    /// Verify, inspect and export replay bundles.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+    /// Re-run a bundle offline with every effect answered from its tape, and compare.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Replay(ReplayArgs),
+    /// The host's signing key.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BundleCommand {
+    /// Check a bundle's signature, every digest and size, and its tape's hash chain, without
+    /// running anything.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Verify(BundleArgs),
+    /// Show a bundle for a person to audit: tool, input, grants, effects, result, fuel, signer.
+    Inspect(BundleArgs),
+    /// Write a bundle from the store as a normalised .tar.zst.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BundleArgs {
+    /// A bundle file (.tar.zst) or a bundle id (or unique prefix) in the store.
+    #[arg(value_name = "FILE|ID")]
+    pub(crate) bundle: String,
+    /// Require the bundle to be signed by this public key (hex, from `guild key show`).
+    #[arg(long, value_name = "PUBLIC_KEY")]
+    pub(crate) key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    /// A bundle id (or unique prefix) in the store.
+    #[arg(value_name = "ID")]
+    pub(crate) bundle: String,
+    /// Where to write the archive.
+    #[arg(short, long, value_name = "FILE.tar.zst")]
+    pub(crate) output: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReplayArgs {
+    #[command(flatten)]
+    pub(crate) bundle: BundleArgs,
+    /// Replay even if the bundle was recorded by a different engine configuration.
+    #[arg(long)]
+    pub(crate) allow_engine_mismatch: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Print the public half of the host's signing key (created on first use).
+    Show,
 }
 
 #[derive(Debug, Args)]

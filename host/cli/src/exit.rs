@@ -16,6 +16,18 @@ pub(crate) enum Exit {
     Denied = 4,
     /// The component is invalid, or the host failed.
     Host = 5,
+    /// `verify`/`replay`: the bundle is malformed, incomplete or altered.
+    InvalidBundle = 10,
+    /// `verify`/`replay`: the signature is wrong, or not the required key's.
+    Signature = 11,
+    /// `replay`: recorded by another engine configuration.
+    EngineMismatch = 12,
+    /// `replay`: the guest observed or did something else (first diverging event reported).
+    Nondeterminism = 13,
+    /// `replay`: same kind of ending, different output.
+    OutputMismatch = 14,
+    /// `replay`: a different kind of ending (output, error, limit, trap).
+    TrapMismatch = 15,
 }
 
 impl From<Exit> for std::process::ExitCode {
@@ -53,4 +65,10 @@ Exit codes:
   2  usage error or bad input (including the tool's own invalid-input)
   3  a limit was hit: fuel, time, memory, stack, output or log bytes
   4  a capability was denied (a mount the tool did not ask for, a refused file)
-  5  the component is invalid, or the host failed";
+  5  the component is invalid, or the host failed
+
+guild bundle verify / guild replay:
+  0  valid / replayed identically
+  10 invalid bundle (malformed, incomplete, altered)      11 bad signature or not the required key
+  12 engine mismatch (--allow-engine-mismatch)            13 nondeterminism (first diverging seq shown)
+  14 output mismatch                                      15 trap mismatch (a different kind of ending)";

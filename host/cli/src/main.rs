@@ -2,6 +2,7 @@
 //! codes. No run logic lives here; it all sits in guild-runtime.
 
 mod args;
+mod bundle_cmd;
 mod exit;
 mod run_cmd;
 mod scaffold;
@@ -25,6 +26,11 @@ fn main() -> ExitCode {
         args::Command::Run(run) => run_cmd::run(&cli.global, run),
         args::Command::Describe(describe) => run_cmd::describe(&cli.global, describe),
         args::Command::Tool(args::ToolCommand::New(new)) => scaffold::new_tool(new),
+        args::Command::Bundle(args::BundleCommand::Verify(a)) => bundle_cmd::verify(&cli.global, a),
+        args::Command::Bundle(args::BundleCommand::Inspect(a)) => bundle_cmd::inspect(&cli.global, a),
+        args::Command::Bundle(args::BundleCommand::Export(a)) => bundle_cmd::export(&cli.global, a),
+        args::Command::Replay(a) => bundle_cmd::replay(&cli.global, a),
+        args::Command::Key(args::KeyCommand::Show) => bundle_cmd::key_show(&cli.global),
     };
     match result {
         Ok(code) => code.into(),

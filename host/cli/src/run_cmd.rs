@@ -3,19 +3,22 @@
 
 use crate::args::{DescribeArgs, Global, RunArgs};
 use crate::exit::{Exit, Failure};
+use guild_replay::tree::TreeLimits;
+use guild_replay::{DirStore, HostKey};
 use guild_runtime::{
-    CacheSource, EngineSettings, Grants, Limits, LoadError, Outcome, RunError, RunReport, Runtime, RuntimeConfig,
-    ToolErrorKind, human_bytes,
+    CacheSource, EngineSettings, Grants, Limits, LoadError, Outcome, RecordingConfig, RunError, RunReport, Runtime,
+    RuntimeConfig, ToolErrorKind, human_bytes,
 };
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Runs one command needs at most (describe, then run); keeps the pools small for a quick start.
 const CLI_CONCURRENT_RUNS_MAX: u32 = 4;
 
 pub(crate) fn run(global: &Global, args: RunArgs) -> Result<Exit, Failure> {
     let input = read_input(&args)?;
-    let runtime = open_runtime(global)?;
+    let runtime = open_runtime(global, true)?;
     let limits = Limits {
         fuel_units: args.fuel,
         timeout_ms: args.timeout,
@@ -33,7 +36,7 @@ pub(crate) fn run(global: &Global, args: RunArgs) -> Result<Exit, Failure> {
 }
 
 pub(crate) fn describe(global: &Global, args: DescribeArgs) -> Result<Exit, Failure> {
-    let runtime = open_runtime(global)?;
+    let runtime = open_runtime(global, false)?;
     block_on(async {
         let (tool, _) = runtime.load_file(&args.component).await.map_err(load_failure)?;
         let mut value = serde_json::to_value(tool.info()).map_err(|e| Failure::host(e.to_string()))?;
@@ -46,7 +49,7 @@ pub(crate) fn describe(global: &Global, args: DescribeArgs) -> Result<Exit, Fail
     })
 }
 
-fn block_on<F: std::future::Future<Output = Result<Exit, Failure>>>(future: F) -> Result<Exit, Failure> {
+pub(crate) fn block_on<F: std::future::Future<Output = Result<Exit, Failure>>>(future: F) -> Result<Exit, Failure> {
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -86,11 +89,36 @@ pub(crate) fn home_dir(global: &Global) -> Result<PathBuf, Failure> {
     Ok(home)
 }
 
-fn open_runtime(global: &Global) -> Result<Runtime, Failure> {
+/// The bundle store: `--store`, `GUILD_STORE`, or `HOME/store`.
+pub(crate) fn open_store(global: &Global) -> Result<DirStore, Failure> {
+    let dir = match &global.store {
+        Some(dir) => dir.clone(),
+        None => home_dir(global)?.join("store"),
+    };
+    DirStore::open(&dir).map_err(|e| Failure::host(format!("cannot open the bundle store: {e}")))
+}
+
+/// The host's signing key, created on first use under `HOME/keys`.
+pub(crate) fn host_key(global: &Global) -> Result<HostKey, Failure> {
+    let path = home_dir(global)?.join("keys").join("host.key");
+    HostKey::load_or_create(&path).map_err(|e| Failure::host(e.to_string()))
+}
+
+/// A runtime for this command; recording every run into the store when `record` is set.
+pub(crate) fn open_runtime(global: &Global, record: bool) -> Result<Runtime, Failure> {
     let home = home_dir(global)?;
+    let recording = match record {
+        true => Some(RecordingConfig {
+            store: Arc::new(open_store(global)?),
+            key: Arc::new(host_key(global)?),
+            tree_limits: TreeLimits::default(),
+        }),
+        false => None,
+    };
     let config = RuntimeConfig {
         cache_dir: Some(home.join("cache")),
         engine: EngineSettings { concurrent_runs_max: CLI_CONCURRENT_RUNS_MAX, ..EngineSettings::default() },
+        recording,
         ..RuntimeConfig::default()
     };
     Runtime::new(config).map_err(|e| Failure::host(e.to_string()))
@@ -107,7 +135,7 @@ fn run_failure(error: RunError) -> Failure {
     match error {
         RunError::Denied(_) => Failure::new(Exit::Denied, error.to_string()),
         RunError::Limits(_) => Failure::usage(error.to_string()),
-        RunError::Busy { .. } | RunError::Host(_) => Failure::host(error.to_string()),
+        RunError::Busy { .. } | RunError::Host(_) | RunError::Record(_) => Failure::host(error.to_string()),
     }
 }
 
@@ -152,6 +180,7 @@ fn print_report(report: &RunReport, source: CacheSource, args: &RunArgs) -> Exit
             "wall_time_us": report.wall_time.as_micros() as u64,
             "log_lines": report.logs.len(),
             "cache": source,
+            "bundle": report.bundle,
             "outcome": report.outcome,
         });
         eprintln!("{summary}");
@@ -160,8 +189,9 @@ fn print_report(report: &RunReport, source: CacheSource, args: &RunArgs) -> Exit
     if let Some(message) = &message {
         eprintln!("guild: {status}: {message}");
     }
+    let bundle = report.bundle.map(|id| format!(" · bundle {}", id.short())).unwrap_or_default();
     eprintln!(
-        "guild: {} {} {status} · fuel {} units · {:.2} ms · memory {} · {} log lines · compiled code from {}",
+        "guild: {} {} {status} · fuel {} units · {:.2} ms · memory {} · {} log lines · compiled code from {}{bundle}",
         report.tool,
         report.tool_version,
         report.fuel_used_units,

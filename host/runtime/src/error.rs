@@ -61,6 +61,9 @@ pub enum LoadError {
     /// `describe` failed or returned nonsense.
     #[error("the component's describe() failed: {0}")]
     Describe(String),
+    /// The component could not be kept in the bundle store.
+    #[error("cannot store the component for recording: {0}")]
+    Store(String),
 }
 
 /// A run could not start. Once started, every run ends in an [`crate::Outcome`].
@@ -81,4 +84,7 @@ pub enum RunError {
     /// The host failed (not the tool).
     #[error("host failure: {0}")]
     Host(String),
+    /// The run could not be recorded (the store failed); its result is not trusted either.
+    #[error("the run could not be recorded: {0}")]
+    Record(String),
 }

@@ -15,6 +15,9 @@ mod info;
 mod limits;
 mod logs;
 mod policy;
+mod record;
+mod recording;
+mod replaying;
 mod run;
 mod state;
 
@@ -32,4 +35,10 @@ pub use limits::{
 };
 pub use logs::{LogLevel, LogLine, LogSource};
 pub use policy::{EffectivePolicy, Grants, Mount, PolicyError};
-pub use run::{Outcome, RunReport, Runtime, RuntimeConfig, TOOLS_LOADED_MAX_DEFAULT, Tool, ToolErrorKind};
+pub use record::Divergence;
+pub use recording::RecordingConfig;
+pub use replaying::{DivergenceClass, Mismatch, ReplayError, ReplayOptions, ReplayReport};
+pub use run::{
+    DESCRIBE_FUEL_UNITS, DESCRIBE_TIMEOUT_MS, Outcome, RunReport, Runtime, RuntimeConfig, TOOLS_LOADED_MAX_DEFAULT,
+    Tool, ToolErrorKind,
+};

@@ -108,6 +108,12 @@ pub enum LimitHit {
         /// The limit.
         limit_bytes: u64,
     },
+    /// The guest caused more recorded effects than a tape holds.
+    #[error("tape limit of {limit_events} events reached: the tool read the clock or logged too often")]
+    Tape {
+        /// The limit.
+        limit_events: u64,
+    },
     /// The tool logged (or printed) more than allowed.
     #[error("log limit of {} reached (raise --log-bytes)", human_bytes(*limit_bytes))]
     Log {

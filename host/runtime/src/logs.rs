@@ -3,7 +3,9 @@
 //! [`LimitHit::Log`] rather than the host buffering without bound.
 
 use crate::LimitHit;
+use crate::record::Recorder;
 use bytes::Bytes;
+use guild_replay::Effect;
 use serde::{Deserialize, Serialize};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -50,11 +52,47 @@ pub struct LogLine {
     pub message: String,
 }
 
+impl LogLevel {
+    /// The name used in JSON and on the tape.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+impl LogSource {
+    /// The name used in JSON and on the tape.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogSource::Tool => "tool",
+            LogSource::Stdout => "stdout",
+            LogSource::Stderr => "stderr",
+        }
+    }
+}
+
+impl LogLine {
+    /// The tape effect for this line.
+    fn effect(&self) -> Effect {
+        Effect::Log {
+            level: self.level.as_str().to_string(),
+            source: self.source.as_str().to_string(),
+            message: self.message.clone(),
+        }
+    }
+}
+
 /// The shared, bounded log of one run.
 #[derive(Clone)]
 pub(crate) struct LogSink(Arc<Mutex<LogBuffer>>);
 
 struct LogBuffer {
+    recorder: Option<Recorder>,
     lines: Vec<LogLine>,
     bytes_used: u64,
     bytes_max: u64,
@@ -64,8 +102,9 @@ struct LogBuffer {
 }
 
 impl LogSink {
-    pub(crate) fn new(bytes_max: u64) -> Self {
+    pub(crate) fn new(bytes_max: u64, recorder: Option<Recorder>) -> Self {
         Self(Arc::new(Mutex::new(LogBuffer {
+            recorder,
             lines: Vec::new(),
             bytes_used: 0,
             bytes_max,
@@ -84,7 +123,7 @@ impl LogSink {
     pub(crate) fn log(&self, level: LogLevel, message: String) -> Result<(), LimitHit> {
         let mut buffer = self.lock();
         buffer.charge(message.len())?;
-        buffer.lines.push(LogLine { level, source: LogSource::Tool, message });
+        buffer.push(LogLine { level, source: LogSource::Tool, message });
         Ok(())
     }
 
@@ -103,7 +142,7 @@ impl LogSink {
             complete.push(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned());
         }
         for message in complete {
-            buffer.lines.push(LogLine { level: stdio_level(source), source, message });
+            buffer.push(LogLine { level: stdio_level(source), source, message });
         }
         Ok(())
     }
@@ -118,7 +157,7 @@ impl LogSink {
             };
             if !partial.is_empty() {
                 let message = String::from_utf8_lossy(&partial).into_owned();
-                buffer.lines.push(LogLine { level: stdio_level(source), source, message });
+                buffer.push(LogLine { level: stdio_level(source), source, message });
             }
         }
         std::mem::take(&mut buffer.lines)
@@ -131,6 +170,13 @@ impl LogSink {
 }
 
 impl LogBuffer {
+    fn push(&mut self, line: LogLine) {
+        if let Some(recorder) = &self.recorder {
+            recorder.record(line.effect());
+        }
+        self.lines.push(line);
+    }
+
     fn charge(&mut self, len: usize) -> Result<(), LimitHit> {
         let next = self.bytes_used.saturating_add(len as u64);
         if next > self.bytes_max {
@@ -213,7 +259,7 @@ mod tests {
 
     #[test]
     fn stdio_is_split_into_lines_and_partials_kept() {
-        let sink = LogSink::new(1024);
+        let sink = LogSink::new(1024, None);
         sink.write_stdio(LogSource::Stdout, b"one\ntw").expect("within budget");
         sink.write_stdio(LogSource::Stdout, b"o\nthree").expect("within budget");
         sink.log(LogLevel::Info, "from tool".into()).expect("within budget");
@@ -223,7 +269,7 @@ mod tests {
 
     #[test]
     fn budget_is_shared_and_enforced() {
-        let sink = LogSink::new(10);
+        let sink = LogSink::new(10, None);
         sink.log(LogLevel::Info, "12345".into()).expect("within budget");
         sink.write_stdio(LogSource::Stderr, b"1234\n").expect("exactly at budget");
         let hit = sink.log(LogLevel::Info, "x".into()).expect_err("over budget");

@@ -10,12 +10,16 @@ use crate::error::{LoadError, RunError, RuntimeError};
 use crate::info::{Access, ToolInfo};
 use crate::logs::{LogLine, LogSink, LogSource};
 use crate::policy::{EffectivePolicy, Grants};
+use crate::record::{Recorder, SeededRandom, TapeMonotonicClock, TapeWallClock, fresh_seed};
+use crate::recording::{RecordingConfig, record_prelude};
 use crate::state::{HostState, RunLimiter};
 use crate::{LimitHit, Limits};
+use guild_replay::BlobStore;
 use guild_replay::Digest;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -23,7 +27,7 @@ use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 /// How the runtime is set up.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct RuntimeConfig {
     /// Directory for compiled artifacts (`<GUILD_HOME>/cache`); `None` keeps them in memory only.
     pub cache_dir: Option<PathBuf>,
@@ -31,6 +35,8 @@ pub struct RuntimeConfig {
     pub engine: EngineSettings,
     /// Loaded tools kept in memory; the least recently used is dropped past this.
     pub tools_loaded_max: usize,
+    /// Where to record a bundle of every run; `None` records nothing.
+    pub recording: Option<RecordingConfig>,
 }
 
 /// Fuel `describe` may burn when a tool is loaded (~0.1 s of compute).
@@ -126,6 +132,17 @@ pub struct RunReport {
     pub policy: EffectivePolicy,
     /// The limits the run had.
     pub limits: Limits,
+    /// The id of the run's bundle, when the runtime records.
+    pub bundle: Option<Digest>,
+}
+
+/// What executing a tool once produced, before it becomes a report or a replay verdict.
+pub(crate) struct Execution {
+    pub(crate) outcome: Outcome,
+    pub(crate) fuel_used_units: u64,
+    pub(crate) memory_bytes_peak: u64,
+    pub(crate) wall_time: Duration,
+    pub(crate) logs: Vec<LogLine>,
 }
 
 /// The engine, linker and caches. Cheap to share behind an `Arc`; runs are independent.
@@ -136,6 +153,7 @@ pub struct Runtime {
     linker: Linker<HostState>,
     disk: DiskCache,
     tools: Mutex<LoadedTools>,
+    recording: Option<RecordingConfig>,
 }
 
 struct LoadedTools {
@@ -162,6 +180,7 @@ impl Runtime {
             linker,
             disk: DiskCache::new(cache_dir),
             tools: Mutex::new(LoadedTools { by_digest: HashMap::new(), clock: 0, max }),
+            recording: config.recording,
         })
     }
 
@@ -186,6 +205,10 @@ impl Runtime {
             return Ok((tool, CacheSource::Memory));
         }
         let (component, source) = self.disk.load_or_compile(&self.engine, &digest, bytes)?;
+        if let Some(recording) = &self.recording {
+            // Bundles refer to the component by digest; keep it (once) in the store.
+            recording.store.put(bytes).map_err(|e| LoadError::Store(e.to_string()))?;
+        }
         let instance_pre = self.linker.instantiate_pre(&component).map_err(link_error)?;
         let pre = GuildToolPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let info = self.describe(&pre).await?;
@@ -221,8 +244,9 @@ impl Runtime {
         // `describe` only returns constants: a tool that computes for longer is broken or
         // hostile, and loading it must not cost a full run's budget.
         let limits = Limits { fuel_units: DESCRIBE_FUEL_UNITS, timeout_ms: DESCRIBE_TIMEOUT_MS, ..Limits::default() };
-        let mut store =
-            self.new_store(&EffectivePolicy::default(), &limits).map_err(|e| LoadError::Describe(e.to_string()))?;
+        let mut store = self
+            .new_store(&EffectivePolicy::default(), &limits, &fresh_seed(), None)
+            .map_err(|e| LoadError::Describe(e.to_string()))?;
         let instance = pre.instantiate_async(&mut store).await.map_err(|e| LoadError::Describe(format!("{e:#}")))?;
         let info = instance
             .guild_tool_tool()
@@ -232,14 +256,56 @@ impl Runtime {
         ToolInfo::from_wit(info).map_err(LoadError::Describe)
     }
 
-    /// Run `tool` on `input` with `grants` under `limits`.
+    /// Run `tool` on `input` with `grants` under `limits`, recording a bundle when the runtime
+    /// was configured with a store.
     ///
-    /// `Err` means the run never started (denied, busy, bad limits); every run that starts ends
-    /// in a [`RunReport`] whose [`Outcome`] says how.
+    /// `Err` means the run never started (denied, busy, bad limits) or could not be recorded;
+    /// every run that starts ends in a [`RunReport`] whose [`Outcome`] says how.
     pub async fn run(&self, tool: &Tool, input: &str, grants: &Grants, limits: &Limits) -> Result<RunReport, RunError> {
         let policy = EffectivePolicy::resolve(&tool.info.name, grants, &tool.info.capabilities)?;
         self.check_limits(limits)?;
-        let mut store = self.new_store(&policy, limits)?;
+        let seed = fresh_seed();
+        let recorder = match &self.recording {
+            Some(recording) => {
+                let recorder = Recorder::live(limits.fuel_units);
+                record_prelude(&recorder, recording.store.as_ref(), &policy, &seed, recording.tree_limits)?;
+                Some(recorder)
+            }
+            None => None,
+        };
+        let execution = self.execute(tool, input, &policy, limits, &seed, recorder.as_ref()).await?;
+        let bundle = match (&self.recording, &recorder) {
+            (Some(recording), Some(recorder)) => {
+                Some(recording.seal(&self.fingerprint, tool, input, &policy, limits, &execution, recorder)?)
+            }
+            _ => None,
+        };
+        Ok(RunReport {
+            tool: tool.info.name.clone(),
+            tool_version: tool.info.version.clone(),
+            component: tool.digest,
+            outcome: execution.outcome,
+            fuel_used_units: execution.fuel_used_units,
+            memory_bytes_peak: execution.memory_bytes_peak,
+            wall_time: execution.wall_time,
+            logs: execution.logs,
+            policy,
+            limits: limits.clone(),
+            bundle,
+        })
+    }
+
+    /// Instantiate and call `run` once: the part a live run and a replay share.
+    pub(crate) async fn execute(
+        &self,
+        tool: &Tool,
+        input: &str,
+        policy: &EffectivePolicy,
+        limits: &Limits,
+        seed: &[u8; 32],
+        recorder: Option<&Recorder>,
+    ) -> Result<Execution, RunError> {
+        let mut store = self.new_store(policy, limits, seed, recorder)?;
         let started = Instant::now();
         // The epoch deadline interrupts wasm; this outer deadline also covers a guest parked in a
         // host call. Dropping the future abandons the run and its store.
@@ -247,27 +313,25 @@ impl Runtime {
         let called = tokio::time::timeout(backstop, call_run(&tool.pre, &mut store, input)).await;
         let wall_time = started.elapsed();
         let logs = store.data().logs.finish();
-        let outcome = match called {
+        let mut outcome = match called {
             Err(_elapsed) => Outcome::Limit(LimitHit::Timeout { limit_ms: limits.timeout_ms }),
             Ok(Ok(Ok(output))) => check_output(output, limits),
             Ok(Ok(Err(error))) => tool_error(error),
             Ok(Err(trap)) => self.classify_trap(&trap, limits, &logs)?,
         };
+        if recorder.is_some_and(Recorder::overflowed) {
+            outcome = Outcome::Limit(LimitHit::Tape { limit_events: guild_replay::TAPE_EVENTS_MAX });
+        }
         let fuel_used_units = match store.get_fuel() {
             Ok(left) => limits.fuel_units.saturating_sub(left),
             Err(_) => 0,
         };
-        Ok(RunReport {
-            tool: tool.info.name.clone(),
-            tool_version: tool.info.version.clone(),
-            component: tool.digest,
+        Ok(Execution {
             outcome,
             fuel_used_units,
             memory_bytes_peak: store.data().limiter.memory_bytes_used(),
             wall_time,
             logs,
-            policy,
-            limits: limits.clone(),
         })
     }
 
@@ -288,10 +352,27 @@ impl Runtime {
         Ok(())
     }
 
-    fn new_store(&self, policy: &EffectivePolicy, limits: &Limits) -> Result<Store<HostState>, RunError> {
-        let logs = LogSink::new(limits.log_bytes_max);
+    fn new_store(
+        &self,
+        policy: &EffectivePolicy,
+        limits: &Limits,
+        seed: &[u8; 32],
+        recorder: Option<&Recorder>,
+    ) -> Result<Store<HostState>, RunError> {
+        let logs = LogSink::new(limits.log_bytes_max, recorder.cloned());
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(logs.stdio(LogSource::Stdout)).stderr(logs.stdio(LogSource::Stderr));
+        // All of the guest's randomness flows from the seed, so the seed alone replays it.
+        let mut insecure_seed = [0u8; 16];
+        rand::TryRng::try_fill_bytes(&mut SeededRandom::new(seed, "insecure-seed"), &mut insecure_seed)
+            .unwrap_or_else(|never| match never {});
+        wasi.secure_random(SeededRandom::new(seed, "secure"))
+            .insecure_random(SeededRandom::new(seed, "insecure"))
+            .insecure_random_seed(u128::from_le_bytes(insecure_seed));
+        if let Some(recorder) = recorder {
+            wasi.wall_clock(TapeWallClock(recorder.clone()))
+                .monotonic_clock(TapeMonotonicClock { recorder: recorder.clone(), start: Instant::now() });
+        }
         for mount in &policy.mounts {
             let perms = match mount.access {
                 Access::ReadOnly => FsPerms::ReadOnly,
@@ -310,6 +391,21 @@ impl Runtime {
         }
         store.set_epoch_deadline(deadline_ticks(limits.timeout_ms));
         store.epoch_deadline_trap();
+        if let Some(recorder) = recorder
+            && self.settings.fuel_metering
+        {
+            // Every entry into the host notes the fuel left, so each effect records when it
+            // happened in the guest's own deterministic time.
+            let gauge = recorder.fuel_gauge();
+            store.call_hook(move |context, hook| {
+                if hook.entering_host()
+                    && let Ok(left) = context.get_fuel()
+                {
+                    gauge.store(left, Ordering::Relaxed);
+                }
+                Ok(())
+            });
+        }
         Ok(store)
     }
 

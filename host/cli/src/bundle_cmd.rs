@@ -1,0 +1,228 @@
+//! `guild bundle verify|inspect|export`, `guild replay` and `guild key show`: what an auditor
+//! runs. A bundle is named by a `.tar.zst` file or by its id (or a unique prefix) in the store.
+
+use crate::args::{BundleArgs, ExportArgs, Global, ReplayArgs};
+use crate::exit::{Exit, Failure};
+use crate::run_cmd::{block_on, host_key, open_runtime, open_store};
+use guild_replay::archive::{self, ArchiveLimits};
+use guild_replay::{BlobStore, Bundle, Effect, PublicKey, StoreError, VerifyError};
+use guild_runtime::{DivergenceClass, ReplayError, ReplayOptions, human_bytes, human_ms};
+use std::path::Path;
+
+/// A verified bundle and the store holding its parts.
+struct Opened {
+    bundle: Bundle,
+    store: Box<dyn BlobStore>,
+}
+
+fn required_key(args: &BundleArgs) -> Result<Option<PublicKey>, Failure> {
+    args.key
+        .as_deref()
+        .map(|k| k.parse().map_err(|e: guild_replay::KeyError| Failure::usage(e.to_string())))
+        .transpose()
+}
+
+fn open(global: &Global, args: &BundleArgs) -> Result<Opened, Failure> {
+    let key = required_key(args)?;
+    let path = Path::new(&args.bundle);
+    if path.is_file() {
+        let file =
+            std::fs::File::open(path).map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
+        let imported = archive::import(std::io::BufReader::new(file), ArchiveLimits::default())
+            .map_err(|e| Failure::new(Exit::InvalidBundle, format!("invalid bundle: {e}")))?;
+        let bundle = Bundle::open(&imported.store, &imported.manifest, &imported.signature, key.as_ref())
+            .map_err(verify_failure)?;
+        return Ok(Opened { bundle, store: Box::new(imported.store) });
+    }
+    let store = open_store(global)?;
+    let id = store.resolve(&args.bundle).map_err(store_failure)?;
+    let (manifest, signature) = store.get_bundle(&id).map_err(store_failure)?;
+    let bundle = Bundle::open(&store, &manifest, &signature, key.as_ref()).map_err(verify_failure)?;
+    Ok(Opened { bundle, store: Box::new(store) })
+}
+
+fn store_failure(error: StoreError) -> Failure {
+    match error {
+        StoreError::BundleNotFound(_) | StoreError::AmbiguousPrefix(_) => {
+            Failure::usage(format!("{error} (give a bundle file, or an id from `guild run`'s summary line)"))
+        }
+        other => Failure::new(Exit::InvalidBundle, format!("invalid bundle: {other}")),
+    }
+}
+
+fn verify_failure(error: VerifyError) -> Failure {
+    match error {
+        VerifyError::Signature(e) => Failure::new(Exit::Signature, format!("bad signature: {e}")),
+        other => Failure::new(Exit::InvalidBundle, format!("invalid bundle: {other}")),
+    }
+}
+
+pub(crate) fn verify(global: &Global, args: BundleArgs) -> Result<Exit, Failure> {
+    let Opened { bundle, .. } = open(global, &args)?;
+    let blobs = bundle.manifest.blobs.len() + 4;
+    let bytes: u64 = bundle.manifest.blobs.iter().map(|b| b.size_bytes).sum();
+    crate::out!(
+        "valid: bundle {} · {} {} · signed by {} · {blobs} blobs, {} · {} tape events",
+        bundle.id,
+        bundle.action.tool.name,
+        bundle.action.tool.version,
+        bundle.signer,
+        human_bytes(bytes),
+        bundle.tape.events().len()
+    );
+    Ok(Exit::Success)
+}
+
+pub(crate) fn export(global: &Global, args: ExportArgs) -> Result<Exit, Failure> {
+    let store = open_store(global)?;
+    let id = store.resolve(&args.bundle).map_err(store_failure)?;
+    let (manifest, signature) = store.get_bundle(&id).map_err(store_failure)?;
+    Bundle::open(&store, &manifest, &signature, None).map_err(verify_failure)?;
+    let file = std::fs::File::create(&args.output)
+        .map_err(|e| Failure::usage(format!("cannot create {}: {e}", args.output.display())))?;
+    archive::export(&store, &manifest, &signature, std::io::BufWriter::new(file))
+        .map_err(|e| Failure::host(e.to_string()))?;
+    crate::out!("wrote bundle {id} to {}", args.output.display());
+    Ok(Exit::Success)
+}
+
+pub(crate) fn key_show(global: &Global) -> Result<Exit, Failure> {
+    crate::out!("{}", host_key(global)?.public());
+    Ok(Exit::Success)
+}
+
+/// Events shown by `inspect` before it summarises the rest.
+const INSPECT_EVENTS_SHOWN: usize = 50;
+/// Characters of input or output shown by `inspect`.
+const INSPECT_TEXT_CHARS: usize = 400;
+
+fn clip(text: &str) -> String {
+    let mut clipped: String = text.chars().take(INSPECT_TEXT_CHARS).collect();
+    if clipped.len() < text.len() {
+        clipped.push_str(&format!("… ({} bytes in all)", text.len()));
+    }
+    clipped
+}
+
+pub(crate) fn inspect(global: &Global, args: BundleArgs) -> Result<Exit, Failure> {
+    let Opened { bundle, store } = open(global, &args)?;
+    let action = &bundle.action;
+    let result = &bundle.result;
+    let get_text = |digest| store.get(digest).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    crate::out!("bundle    {}", bundle.id);
+    crate::out!("signer    {} (ed25519, signature valid)", bundle.signer);
+    crate::out!(
+        "tool      {} {} · component {} ({})",
+        action.tool.name,
+        action.tool.version,
+        action.component.digest,
+        human_bytes(action.component.size_bytes)
+    );
+    crate::out!(
+        "engine    {} ({})",
+        action.engine["engine"].as_str().unwrap_or("?"),
+        action.engine["id"].as_str().unwrap_or("?")
+    );
+    crate::out!("input     {}", clip(&get_text(&action.input.digest)));
+    let mounts = action.policy["mounts"].as_array().cloned().unwrap_or_default();
+    if mounts.is_empty() {
+        crate::out!("grants    no directories");
+    }
+    for mount in mounts {
+        crate::out!(
+            "grants    {} {}",
+            mount["guest_path"].as_str().unwrap_or("?"),
+            mount["access"].as_str().unwrap_or("?")
+        );
+    }
+    let limits = &action.limits;
+    crate::out!(
+        "limits    fuel {} units · timeout {} · memory {} · output {} · log {}",
+        limits["fuel_units"],
+        human_ms(limits["timeout_ms"].as_u64().unwrap_or(0)),
+        human_bytes(limits["memory_bytes_max"].as_u64().unwrap_or(0)),
+        human_bytes(limits["output_bytes_max"].as_u64().unwrap_or(0)),
+        human_bytes(limits["log_bytes_max"].as_u64().unwrap_or(0)),
+    );
+    crate::out!("effects   {} events, tape head {}", bundle.tape.events().len(), bundle.tape.head());
+    for event in bundle.tape.events().iter().take(INSPECT_EVENTS_SHOWN) {
+        crate::out!("  #{:<5} fuel {:<12} {}", event.seq, event.fuel, describe_effect(&event.effect));
+    }
+    if bundle.tape.events().len() > INSPECT_EVENTS_SHOWN {
+        crate::out!("  … {} more", bundle.tape.events().len() - INSPECT_EVENTS_SHOWN);
+    }
+    match &result.output {
+        Some(output) => crate::out!("result    output: {}", clip(&get_text(&output.digest))),
+        None => crate::out!("result    {}", result.outcome),
+    }
+    for tree in &result.output_trees {
+        crate::out!("          {} after the run: tree {}", tree.guest_path, tree.tree);
+    }
+    crate::out!("fuel      {} units", result.fuel_used_units);
+    crate::out!(
+        "exec      host {} · wall {} µs · finished at {} (unix ms) · guild {}",
+        bundle.exec["hostname"].as_str().unwrap_or("?"),
+        bundle.exec["wall_time_us"],
+        bundle.exec["finished_at_unix_ms"],
+        bundle.exec["guild_version"].as_str().unwrap_or("?"),
+    );
+    Ok(Exit::Success)
+}
+
+fn describe_effect(effect: &Effect) -> String {
+    match effect {
+        Effect::RandomSeed { seed } => format!("random seed {}…", &seed[..seed.len().min(16)]),
+        Effect::Mount { guest_path, access, tree, entries, bytes } => {
+            format!("mount {guest_path} {access}: tree {} ({entries} entries, {})", tree.short(), human_bytes(*bytes))
+        }
+        Effect::WallClock { seconds, nanoseconds } => format!("wall clock {seconds}.{nanoseconds:09}"),
+        Effect::MonotonicClock { nanoseconds } => format!("monotonic clock {nanoseconds} ns"),
+        Effect::Log { level, source, message } => format!("log {level} ({source}) {}", clip(message)),
+    }
+}
+
+pub(crate) fn replay(global: &Global, args: ReplayArgs) -> Result<Exit, Failure> {
+    let Opened { bundle, store } = open(global, &args.bundle)?;
+    let runtime = open_runtime(global, false)?;
+    let options = ReplayOptions { allow_engine_mismatch: args.allow_engine_mismatch };
+    block_on(async {
+        let report = runtime.replay(&bundle, store.as_ref(), &options).await.map_err(|e| match e {
+            ReplayError::EngineMismatch { .. } => Failure::new(Exit::EngineMismatch, e.to_string()),
+            ReplayError::Invalid(_) => Failure::new(Exit::InvalidBundle, e.to_string()),
+            ReplayError::Host(_) => Failure::host(e.to_string()),
+        })?;
+        let exit = match report.mismatch.as_ref().map(|m| m.class) {
+            None => Exit::Success,
+            Some(DivergenceClass::Nondeterminism) => Exit::Nondeterminism,
+            Some(DivergenceClass::OutputMismatch) => Exit::OutputMismatch,
+            Some(DivergenceClass::TrapMismatch) => Exit::TrapMismatch,
+        };
+        if args.json {
+            crate::out!("{}", serde_json::json!({ "exit_code": exit as u8, "report": report }));
+            return Ok(exit);
+        }
+        for note in &report.notes {
+            crate::out!("note: {note}");
+        }
+        match &report.mismatch {
+            None => crate::out!(
+                "replay identical: bundle {} · fuel {} units (recorded {}) · {} tape events · {:.2} ms",
+                report.bundle.short(),
+                report.fuel_replayed_units,
+                report.fuel_recorded_units,
+                report.tape_events,
+                report.wall_time.as_secs_f64() * 1000.0
+            ),
+            Some(m) => {
+                let class =
+                    serde_json::to_value(m.class).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+                let at = m.seq.map(|s| format!(" at seq {s}")).unwrap_or_default();
+                let fuel = m.fuel.map(|f| format!(" (fuel {f})")).unwrap_or_default();
+                crate::out!("replay diverged: {class}: {}{at}{fuel}", m.what);
+                crate::out!("  expected: {}", clip(&m.expected));
+                crate::out!("  found:    {}", clip(&m.found));
+            }
+        }
+        Ok(exit)
+    })
+}

@@ -1,0 +1,246 @@
+//! Recording and replaying effects. A [`Recorder`] is the tape of one run, shared by every host
+//! implementation that hands the guest something from outside: the clocks, the random seed, the
+//! mounts and the log. Live, it takes real values and writes them down; replaying, it answers
+//! from the bundle's tape and notes the first event where the guest asked for something else.
+//!
+//! Each event carries the fuel burnt when it happened, read from a gauge that a store call hook
+//! updates every time the guest enters the host.
+
+use guild_replay::{Effect, Event, Tape};
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock};
+
+/// Where a replay first differed from its bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Divergence {
+    /// The first differing event.
+    pub seq: u64,
+    /// What the bundle recorded there (none: the original run ended sooner).
+    pub expected: Option<Event>,
+    /// What the replay did there (none: the replay ended sooner).
+    pub found: Option<Event>,
+}
+
+/// The tape of one run, live or replaying.
+#[derive(Clone)]
+pub(crate) struct Recorder {
+    state: Arc<Mutex<RecorderState>>,
+    /// Fuel left, as of the guest's latest entry into the host.
+    fuel_left: Arc<AtomicU64>,
+    fuel_limit: u64,
+    /// Set when the tape overflowed; the run is then failed rather than recorded partially.
+    overflowed: Arc<AtomicBool>,
+}
+
+struct RecorderState {
+    tape: Tape,
+    expected: Option<Vec<Event>>,
+    divergence: Option<Divergence>,
+}
+
+impl Recorder {
+    /// Record real effects.
+    pub(crate) fn live(fuel_limit: u64) -> Self {
+        Self::new(fuel_limit, None)
+    }
+
+    /// Answer from `expected` and compare.
+    pub(crate) fn replaying(fuel_limit: u64, expected: Vec<Event>) -> Self {
+        Self::new(fuel_limit, Some(expected))
+    }
+
+    fn new(fuel_limit: u64, expected: Option<Vec<Event>>) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(RecorderState { tape: Tape::new(), expected, divergence: None })),
+            fuel_left: Arc::new(AtomicU64::new(fuel_limit)),
+            fuel_limit,
+            overflowed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RecorderState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The gauge the store's call hook writes.
+    pub(crate) fn fuel_gauge(&self) -> Arc<AtomicU64> {
+        self.fuel_left.clone()
+    }
+
+    fn fuel_used(&self) -> u64 {
+        self.fuel_limit.saturating_sub(self.fuel_left.load(Ordering::Relaxed))
+    }
+
+    /// Append an effect observed now.
+    pub(crate) fn record(&self, effect: Effect) {
+        let fuel = self.fuel_used();
+        let mut state = self.lock();
+        let event = match state.tape.push(fuel, effect) {
+            Ok(event) => event.clone(),
+            Err(_) => {
+                self.overflowed.store(true, Ordering::Relaxed);
+                return;
+            }
+        };
+        if state.divergence.is_none()
+            && let Some(expected) = &state.expected
+        {
+            let original = expected.get(event.seq as usize);
+            let same = original.is_some_and(|o| o.fuel == event.fuel && o.effect == event.effect);
+            if !same {
+                state.divergence = Some(Divergence { seq: event.seq, expected: original.cloned(), found: Some(event) });
+            }
+        }
+    }
+
+    /// When replaying, the effect the bundle recorded at the next position.
+    pub(crate) fn expected_next(&self) -> Option<Effect> {
+        let state = self.lock();
+        let next = state.tape.events().len();
+        state.expected.as_ref()?.get(next).map(|e| e.effect.clone())
+    }
+
+    /// Whether more events were attempted than a tape holds.
+    pub(crate) fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// The finished tape, and where a replay first diverged (including a replay that ended
+    /// before or after the original).
+    pub(crate) fn finish(&self) -> (Tape, Option<Divergence>) {
+        let state = self.lock();
+        let mut divergence = state.divergence.clone();
+        if divergence.is_none()
+            && let Some(expected) = &state.expected
+        {
+            let recorded = state.tape.events().len();
+            if recorded < expected.len() {
+                divergence =
+                    Some(Divergence { seq: recorded as u64, expected: Some(expected[recorded].clone()), found: None });
+            }
+        }
+        (state.tape.clone(), divergence)
+    }
+}
+
+/// The wall clock a guest reads: real and recorded, or answered from the tape.
+pub(crate) struct TapeWallClock(pub(crate) Recorder);
+
+impl HostWallClock for TapeWallClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_nanos(1)
+    }
+
+    fn now(&self) -> Duration {
+        let now = match self.0.expected_next() {
+            Some(Effect::WallClock { seconds, nanoseconds }) => Duration::new(seconds, nanoseconds),
+            _ => SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default(),
+        };
+        self.0.record(Effect::WallClock { seconds: now.as_secs(), nanoseconds: now.subsec_nanos() });
+        now
+    }
+}
+
+/// The monotonic clock a guest reads, in nanoseconds since the run's store was made.
+pub(crate) struct TapeMonotonicClock {
+    pub(crate) recorder: Recorder,
+    pub(crate) start: Instant,
+}
+
+impl HostMonotonicClock for TapeMonotonicClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        let now = match self.recorder.expected_next() {
+            Some(Effect::MonotonicClock { nanoseconds }) => nanoseconds,
+            _ => u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        };
+        self.recorder.record(Effect::MonotonicClock { nanoseconds: now });
+        now
+    }
+}
+
+/// A random stream derived from a recorded seed: blake3 in key-derivation mode, then its
+/// extendable output. Stable across Rust and crate versions, unlike a library's `StdRng`.
+pub(crate) struct SeededRandom(blake3::OutputReader);
+
+impl SeededRandom {
+    pub(crate) fn new(seed: &[u8; 32], purpose: &str) -> Self {
+        let key = blake3::derive_key(&format!("guild random v1 {purpose}"), seed);
+        Self(blake3::Hasher::new_keyed(&key).finalize_xof())
+    }
+}
+
+impl rand::TryRng for SeededRandom {
+    type Error = std::convert::Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        let mut bytes = [0u8; 4];
+        self.0.fill(&mut bytes);
+        Ok(u32::from_le_bytes(bytes))
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        let mut bytes = [0u8; 8];
+        self.0.fill(&mut bytes);
+        Ok(u64::from_le_bytes(bytes))
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), Self::Error> {
+        self.0.fill(dest);
+        Ok(())
+    }
+}
+
+/// A fresh seed from the operating system, or a fixed one if it has none to give.
+pub(crate) fn fresh_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    if getrandom::fill(&mut seed).is_err() {
+        // Without OS randomness, derive from the time: runs stay recordable and replayable.
+        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        seed = *blake3::hash(&nanos.to_le_bytes()).as_bytes();
+    }
+    seed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::Rng;
+
+    #[test]
+    fn seeded_random_is_reproducible_and_purpose_bound() {
+        let seed = [7u8; 32];
+        let (mut a, mut b) = (SeededRandom::new(&seed, "secure"), SeededRandom::new(&seed, "secure"));
+        assert_eq!(a.next_u64(), b.next_u64());
+        let mut other = SeededRandom::new(&seed, "insecure");
+        assert_ne!(SeededRandom::new(&seed, "secure").next_u64(), other.next_u64());
+    }
+
+    #[test]
+    fn replay_answers_from_the_tape_and_reports_the_first_difference() {
+        let live = Recorder::live(100);
+        let clock = TapeWallClock(live.clone());
+        let first = clock.now();
+        live.record(Effect::Log { level: "info".into(), source: "tool".into(), message: "a".into() });
+        let (tape, none) = live.finish();
+        assert!(none.is_none());
+
+        let replay = Recorder::replaying(100, tape.events().to_vec());
+        assert_eq!(TapeWallClock(replay.clone()).now(), first);
+        replay.record(Effect::Log { level: "info".into(), source: "tool".into(), message: "b".into() });
+        let (_, divergence) = replay.finish();
+        let divergence = divergence.expect("differs");
+        assert_eq!(divergence.seq, 1);
+        assert!(matches!(divergence.found.map(|e| e.effect), Some(Effect::Log { message, .. }) if message == "b"));
+
+        let short = Recorder::replaying(100, tape.events().to_vec());
+        TapeWallClock(short.clone()).now();
+        assert_eq!(short.finish().1.map(|d| (d.seq, d.found.is_none())), Some((1, true)));
+    }
+}

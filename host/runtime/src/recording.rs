@@ -1,0 +1,147 @@
+//! Turning a run into a bundle: the prelude every tape starts with (the random seed, then each
+//! mount's Merkle tree), and sealing action, tape, result and exec into a signed bundle in the
+//! store.
+
+use crate::Limits;
+use crate::engine::EngineFingerprint;
+use crate::error::RunError;
+use crate::info::Access;
+use crate::policy::EffectivePolicy;
+use crate::record::Recorder;
+use crate::run::{Execution, Outcome, Tool};
+use guild_replay::tree::{self, TreeError, TreeLimits};
+use guild_replay::{
+    Action, BlobRef, BlobStore, BundleWriter, Digest, DirStore, Effect, FORMAT, HostKey, OutputTree, RunResult, ToolRef,
+};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Where and how runs are recorded.
+#[derive(Clone)]
+pub struct RecordingConfig {
+    /// The store bundles and their blobs go to.
+    pub store: Arc<DirStore>,
+    /// The key bundles are signed with.
+    pub key: Arc<HostKey>,
+    /// Bounds on each mount's recorded tree.
+    pub tree_limits: TreeLimits,
+}
+
+fn tree_error(error: TreeError) -> RunError {
+    match error {
+        TreeError::TooLarge { .. } => RunError::Limits(format!("a mount is too large to record: {error}")),
+        other => RunError::Record(other.to_string()),
+    }
+}
+
+/// Record what every tape starts with: the seed, then each mount as the guest will find it.
+pub(crate) fn record_prelude(
+    recorder: &Recorder,
+    store: &dyn BlobStore,
+    policy: &EffectivePolicy,
+    seed: &[u8; 32],
+    tree_limits: TreeLimits,
+) -> Result<(), RunError> {
+    recorder.record(Effect::RandomSeed { seed: Digest::from_bytes(*seed).to_hex() });
+    for mount in &policy.mounts {
+        let summary = tree::capture(&mount.host_path, store, tree_limits).map_err(tree_error)?;
+        recorder.record(Effect::Mount {
+            guest_path: mount.guest_path.clone(),
+            access: mount.access.to_string(),
+            tree: summary.root,
+            entries: summary.entries,
+            bytes: summary.bytes,
+        });
+    }
+    Ok(())
+}
+
+/// The trees of the writable mounts, after the run.
+pub(crate) fn output_trees(
+    store: &dyn BlobStore,
+    policy: &EffectivePolicy,
+    tree_limits: TreeLimits,
+) -> Result<Vec<OutputTree>, RunError> {
+    policy
+        .mounts
+        .iter()
+        .filter(|m| m.access == Access::ReadWrite)
+        .map(|mount| {
+            let summary = tree::capture(&mount.host_path, store, tree_limits).map_err(tree_error)?;
+            Ok(OutputTree { guest_path: mount.guest_path.clone(), tree: summary.root })
+        })
+        .collect()
+}
+
+/// How an outcome is written in `result.json`: the output itself is a blob, not inline.
+pub(crate) fn outcome_record(outcome: &Outcome) -> serde_json::Value {
+    match outcome {
+        Outcome::Output { .. } => serde_json::json!({ "status": "output" }),
+        other => serde_json::to_value(other).unwrap_or_default(),
+    }
+}
+
+impl RecordingConfig {
+    /// Seal a finished run into a signed bundle in the store; returns its id.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn seal(
+        &self,
+        fingerprint: &EngineFingerprint,
+        tool: &Tool,
+        input: &str,
+        policy: &EffectivePolicy,
+        limits: &Limits,
+        execution: &Execution,
+        recorder: &Recorder,
+    ) -> Result<Digest, RunError> {
+        let store_error = |e: guild_replay::StoreError| RunError::Record(e.to_string());
+        let store: &dyn BlobStore = self.store.as_ref();
+        let output_trees = output_trees(store, policy, self.tree_limits)?;
+        let (tape, _) = recorder.finish();
+        let mut writer = BundleWriter::new(store);
+        let component = BlobRef { digest: *tool.digest(), size_bytes: tool.size_bytes() };
+        writer.add_stored(&component).map_err(store_error)?;
+        let input = writer.add_blob(input.as_bytes()).map_err(store_error)?;
+        let output = match &execution.outcome {
+            Outcome::Output { output } => Some(writer.add_blob(output.as_bytes()).map_err(store_error)?),
+            _ => None,
+        };
+        let mut roots: Vec<Digest> = output_trees.iter().map(|t| t.tree).collect();
+        roots.extend(tape.events().iter().filter_map(|e| match &e.effect {
+            Effect::Mount { tree, .. } => Some(*tree),
+            _ => None,
+        }));
+        for root in roots {
+            writer.add_tree(&root, self.tree_limits).map_err(tree_error)?;
+        }
+        let info = tool.info();
+        let action = Action {
+            format: FORMAT.to_string(),
+            component,
+            tool: ToolRef { name: info.name.clone(), version: info.version.clone() },
+            input,
+            policy: serde_json::to_value(policy).unwrap_or_default(),
+            limits: serde_json::to_value(limits).unwrap_or_default(),
+            engine: serde_json::to_value(fingerprint).unwrap_or_default(),
+        };
+        let result = RunResult {
+            outcome: outcome_record(&execution.outcome),
+            output,
+            fuel_used_units: execution.fuel_used_units,
+            output_trees,
+            tape_head: tape.head(),
+            tape_events: tape.events().len() as u64,
+        };
+        let exec = serde_json::json!({
+            "guild_version": env!("CARGO_PKG_VERSION"),
+            "hostname": std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim(),
+            "finished_at_unix_ms": SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
+            "wall_time_us": execution.wall_time.as_micros() as u64,
+            "memory_bytes_peak": execution.memory_bytes_peak,
+            "log_lines": execution.logs.len(),
+        });
+        let sealed = writer.seal(&action, &tape, &result, &exec, &self.key).map_err(store_error)?;
+        self.store.put_bundle(&sealed.id, &sealed.manifest, &sealed.signature).map_err(store_error)?;
+        Ok(sealed.id)
+    }
+}

@@ -1,0 +1,279 @@
+//! Replaying a bundle: the same component, re-run with every effect answered from the tape (no
+//! real clock, no real randomness, mounts rebuilt from their recorded trees), then compared with
+//! what was recorded: the tape event by event, the outcome, the output, the fuel, the output
+//! trees. The first difference is reported with its class.
+
+use crate::policy::{EffectivePolicy, Grants, Mount};
+use crate::record::{Divergence, Recorder};
+use crate::recording::{outcome_record, output_trees, record_prelude};
+use crate::run::{Execution, Outcome, Runtime};
+use crate::{Access, Limits, RunError};
+use guild_replay::tree::{self, TreeLimits};
+use guild_replay::{BlobStore, Bundle, Digest, Effect, Event};
+use serde::Serialize;
+use std::time::Duration;
+
+/// How to replay.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    /// Replay even when the bundle was recorded by a different engine configuration.
+    pub allow_engine_mismatch: bool,
+}
+
+/// A bundle that cannot be replayed at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// Recorded by another engine.
+    #[error(
+        "engine mismatch: the bundle was recorded by {expected}, this host runs {found}; \
+         pass --allow-engine-mismatch to replay anyway"
+    )]
+    EngineMismatch {
+        /// The bundle's engine.
+        expected: String,
+        /// This host's.
+        found: String,
+    },
+    /// The bundle verifies but does not describe a replayable run.
+    #[error("the bundle cannot be replayed: {0}")]
+    Invalid(String),
+    /// The host failed while replaying.
+    #[error("replay failed on this host: {0}")]
+    Host(String),
+}
+
+/// The kind of difference a replay found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DivergenceClass {
+    /// The guest observed or did something else: a different effect, fuel, or tape.
+    Nondeterminism,
+    /// The same kind of ending, but different output (or tool error, or output tree).
+    OutputMismatch,
+    /// A different kind of ending: output vs error vs limit vs trap, or a different limit/trap.
+    TrapMismatch,
+}
+
+/// The first difference between a bundle and its replay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Mismatch {
+    /// Its class.
+    pub class: DivergenceClass,
+    /// What differs, for people.
+    pub what: String,
+    /// The first diverging tape event, when the difference is on the tape.
+    pub seq: Option<u64>,
+    /// What the bundle says.
+    pub expected: String,
+    /// What the replay did.
+    pub found: String,
+    /// Fuel burnt at the divergence.
+    pub fuel: Option<u64>,
+}
+
+/// What a replay found.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayReport {
+    /// The bundle replayed.
+    pub bundle: Digest,
+    /// `None` when the replay is identical.
+    pub mismatch: Option<Mismatch>,
+    /// Fuel the original run burnt.
+    pub fuel_recorded_units: u64,
+    /// Fuel the replay burnt.
+    pub fuel_replayed_units: u64,
+    /// Tape events compared.
+    pub tape_events: u64,
+    /// Wall time of the replayed call.
+    pub wall_time: Duration,
+    /// Something a reader should know (an allowed engine mismatch, a timed-out original).
+    pub notes: Vec<String>,
+}
+
+impl Runtime {
+    /// Replay `bundle`, whose parts are in `store`.
+    pub async fn replay(
+        &self,
+        bundle: &Bundle,
+        store: &dyn BlobStore,
+        options: &ReplayOptions,
+    ) -> Result<ReplayReport, ReplayError> {
+        let invalid = |what: String| ReplayError::Invalid(what);
+        let mut notes = Vec::new();
+        let ours = serde_json::to_value(self.fingerprint()).unwrap_or_default();
+        if bundle.action.engine != ours {
+            let describe = |v: &serde_json::Value| {
+                format!("{} ({})", v["engine"].as_str().unwrap_or("?"), v["id"].as_str().unwrap_or("?"))
+            };
+            let (expected, found) = (describe(&bundle.action.engine), describe(&ours));
+            if !options.allow_engine_mismatch {
+                return Err(ReplayError::EngineMismatch { expected, found });
+            }
+            notes.push(format!("engine mismatch allowed: recorded by {expected}, replayed on {found}"));
+        }
+        let component = store.get(&bundle.action.component.digest).map_err(|e| invalid(e.to_string()))?;
+        let (tool, _) = self.load(&component).await.map_err(|e| invalid(e.to_string()))?;
+        if tool.info().name != bundle.action.tool.name || tool.info().version != bundle.action.tool.version {
+            return Err(invalid(format!(
+                "the component describes itself as {} {}, the bundle says {} {}",
+                tool.info().name,
+                tool.info().version,
+                bundle.action.tool.name,
+                bundle.action.tool.version
+            )));
+        }
+        let limits: Limits =
+            serde_json::from_value(bundle.action.limits.clone()).map_err(|e| invalid(format!("limits: {e}")))?;
+        let input = bundle.input(store).map_err(|e| invalid(e.to_string()))?;
+        let events = bundle.tape.events();
+        let seed = match events.first().map(|e| &e.effect) {
+            Some(Effect::RandomSeed { seed }) => {
+                *seed.parse::<Digest>().map_err(|e| invalid(format!("random seed: {e}")))?.as_bytes()
+            }
+            _ => return Err(invalid("the tape does not start with the random seed".into())),
+        };
+        let workdir = tempfile::tempdir().map_err(|e| ReplayError::Host(e.to_string()))?;
+        let grants = materialize_mounts(events, store, workdir.path())?;
+        let policy = EffectivePolicy::resolve(&tool.info().name, &grants, &tool.info().capabilities)
+            .map_err(|e| invalid(e.to_string()))?;
+        let recorder = Recorder::replaying(limits.fuel_units, events.to_vec());
+        record_prelude(&recorder, store, &policy, &seed, TreeLimits::default()).map_err(host)?;
+        let execution = self.execute(&tool, &input, &policy, &limits, &seed, Some(&recorder)).await.map_err(host)?;
+        let trees = output_trees(store, &policy, TreeLimits::default()).map_err(host)?;
+        let (tape, divergence) = recorder.finish();
+        let timed_out = bundle.result.outcome["limit"] == "timeout";
+        if timed_out {
+            notes.push("the original run timed out: where it stopped depends on wall time, so the fuel and the tape's length are not compared".into());
+        }
+        let mismatch = compare(bundle, store, &execution, divergence, &tape, &trees, timed_out);
+        Ok(ReplayReport {
+            bundle: bundle.id,
+            mismatch,
+            fuel_recorded_units: bundle.result.fuel_used_units,
+            fuel_replayed_units: execution.fuel_used_units,
+            tape_events: tape.events().len() as u64,
+            wall_time: execution.wall_time,
+            notes,
+        })
+    }
+}
+
+fn host(error: RunError) -> ReplayError {
+    ReplayError::Host(error.to_string())
+}
+
+/// Rebuild each recorded mount under `workdir` and grant it at its guest path.
+fn materialize_mounts(
+    events: &[Event],
+    store: &dyn BlobStore,
+    workdir: &std::path::Path,
+) -> Result<Grants, ReplayError> {
+    let mut grants = Grants::default();
+    for (index, event) in events.iter().enumerate() {
+        let Effect::Mount { guest_path, access, tree: root, .. } = &event.effect else { continue };
+        let dir = workdir.join(format!("mount-{index}"));
+        std::fs::create_dir(&dir).map_err(|e| ReplayError::Host(e.to_string()))?;
+        tree::materialize(store, root, &dir, TreeLimits::default())
+            .map_err(|e| ReplayError::Invalid(format!("mount {guest_path}: {e}")))?;
+        let access = match access.as_str() {
+            "read-only" => Access::ReadOnly,
+            "read-write" => Access::ReadWrite,
+            other => return Err(ReplayError::Invalid(format!("mount {guest_path} has unknown access {other:?}"))),
+        };
+        grants.mounts.push(Mount { host_path: dir, guest_path: guest_path.clone(), access });
+    }
+    Ok(grants)
+}
+
+fn show_event(event: &Option<Event>) -> String {
+    match event {
+        Some(event) => serde_json::json!({"seq": event.seq, "fuel": event.fuel, "effect": event.effect}).to_string(),
+        None => "nothing (the run had ended)".to_string(),
+    }
+}
+
+fn compare(
+    bundle: &Bundle,
+    store: &dyn BlobStore,
+    execution: &Execution,
+    divergence: Option<Divergence>,
+    tape: &guild_replay::Tape,
+    trees: &[guild_replay::OutputTree],
+    timed_out: bool,
+) -> Option<Mismatch> {
+    let mismatch = |class, what: &str, expected: String, found: String| Mismatch {
+        class,
+        what: what.to_string(),
+        seq: None,
+        expected,
+        found,
+        fuel: None,
+    };
+    if let Some(d) = divergence.filter(|d| !timed_out || (d.expected.is_some() && d.found.is_some())) {
+        let fuel = d.found.as_ref().or(d.expected.as_ref()).map(|e| e.fuel);
+        return Some(Mismatch {
+            class: DivergenceClass::Nondeterminism,
+            what: format!("tape event {}", d.seq),
+            seq: Some(d.seq),
+            expected: show_event(&d.expected),
+            found: show_event(&d.found),
+            fuel,
+        });
+    }
+    let recorded = &bundle.result.outcome;
+    let replayed = outcome_record(&execution.outcome);
+    if recorded["status"] != replayed["status"] {
+        return Some(mismatch(
+            DivergenceClass::TrapMismatch,
+            "how the run ended",
+            recorded.to_string(),
+            replayed.to_string(),
+        ));
+    }
+    if let Outcome::Output { output } = &execution.outcome {
+        let expected = bundle.result.output.map(|b| b.digest);
+        if expected != Some(Digest::of(output.as_bytes())) {
+            let original = expected
+                .and_then(|d| store.get(&d).ok())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            return Some(mismatch(DivergenceClass::OutputMismatch, "output", original, output.clone()));
+        }
+    } else if *recorded != replayed {
+        let class = if replayed["status"] == "tool_error" {
+            DivergenceClass::OutputMismatch
+        } else {
+            DivergenceClass::TrapMismatch
+        };
+        return Some(mismatch(class, "how the run ended", recorded.to_string(), replayed.to_string()));
+    }
+    if timed_out {
+        return None;
+    }
+    if bundle.result.fuel_used_units != execution.fuel_used_units {
+        return Some(mismatch(
+            DivergenceClass::Nondeterminism,
+            "fuel used",
+            bundle.result.fuel_used_units.to_string(),
+            execution.fuel_used_units.to_string(),
+        ));
+    }
+    if bundle.result.tape_head != tape.head() {
+        return Some(mismatch(
+            DivergenceClass::Nondeterminism,
+            "tape head",
+            bundle.result.tape_head.to_hex(),
+            tape.head().to_hex(),
+        ));
+    }
+    if bundle.result.output_trees != trees {
+        let show = |t: &[guild_replay::OutputTree]| serde_json::to_string(t).unwrap_or_default();
+        return Some(mismatch(
+            DivergenceClass::OutputMismatch,
+            "output trees",
+            show(&bundle.result.output_trees),
+            show(trees),
+        ));
+    }
+    None
+}
