@@ -4,6 +4,7 @@
 
 mod cli;
 mod hostile;
+mod replay;
 mod runtime_api;
 mod scaffold;
 mod tools;
