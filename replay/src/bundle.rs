@@ -148,8 +148,7 @@ impl<'a> BundleWriter<'a> {
 
     /// Make the tree `root` (already captured into the store) part of the bundle.
     pub fn add_tree(&mut self, root: &Digest, limits: TreeLimits) -> Result<(), TreeError> {
-        for digest in walk_blobs(self.store, root, limits)? {
-            let size = self.store.get(&digest)?.len() as u64;
+        for (digest, size) in walk_blobs(self.store, root, limits)? {
             self.blobs.insert(digest, size);
         }
         Ok(())
@@ -359,7 +358,7 @@ impl Bundle {
             }
         }
         for (what, root) in trees {
-            for digest in walk_blobs(store, &root, TreeLimits::default())? {
+            for (digest, _) in walk_blobs(store, &root, TreeLimits::default())? {
                 require(&what, &digest)?;
             }
         }

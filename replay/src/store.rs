@@ -129,8 +129,10 @@ impl DirStore {
         &self.root
     }
 
+    /// `blobs/<first two hex digits>/<digest>`: 256 shards keep directories small.
     fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("blobs").join(digest.to_hex())
+        let hex = digest.to_hex();
+        self.root.join("blobs").join(&hex[..2]).join(hex)
     }
 
     /// Record a bundle's manifest and signature under its id.
@@ -190,6 +192,9 @@ impl BlobStore for DirStore {
         let digest = Digest::of(bytes);
         let path = self.blob_path(&digest);
         if !path.exists() {
+            if let Some(shard) = path.parent() {
+                std::fs::create_dir_all(shard).map_err(|source| io_error(shard, source))?;
+            }
             write_atomically(&path, bytes)?;
         }
         Ok(digest)
@@ -245,9 +250,10 @@ mod tests {
         let store = DirStore::open(dir.path()).expect("open");
         let a = store.put(b"component").expect("put");
         assert_eq!(store.put(b"component").expect("put"), a);
-        assert_eq!(std::fs::read_dir(dir.path().join("blobs")).expect("dir").count(), 1);
+        let shard = dir.path().join("blobs").join(&a.to_hex()[..2]);
+        assert_eq!(std::fs::read_dir(&shard).expect("dir").count(), 1);
         assert_eq!(store.get(&a).expect("get"), b"component");
-        std::fs::write(dir.path().join("blobs").join(a.to_hex()), b"tampered").expect("write");
+        std::fs::write(shard.join(a.to_hex()), b"tampered").expect("write");
         assert!(matches!(store.get(&a), Err(StoreError::Corrupt { .. })));
         assert!(matches!(store.get(&Digest::of(b"absent")), Err(StoreError::NotFound(_))));
     }

@@ -174,14 +174,107 @@ impl Budget {
     }
 }
 
+/// Remembers the digest of files already captured into one store, keyed by device and inode
+/// and trusted only while size, mtime and ctime are unchanged (the check git's index makes; ctime
+/// cannot be set from user space). Recording the same mount run after run then hashes only
+/// what changed.
+pub struct FileDigestCache {
+    entries: std::sync::Mutex<std::collections::HashMap<(u64, u64), (FileStamp, Digest)>>,
+    entries_max: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+/// Default bound on [`FileDigestCache`]: past it the cache starts over.
+pub const FILE_DIGEST_CACHE_ENTRIES_MAX: usize = 200_000;
+
+impl Default for FileDigestCache {
+    fn default() -> Self {
+        Self { entries: Default::default(), entries_max: FILE_DIGEST_CACHE_ENTRIES_MAX }
+    }
+}
+
+impl FileDigestCache {
+    fn key_and_stamp(meta: &std::fs::Metadata) -> ((u64, u64), FileStamp) {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |secs: i64, nanos: i64| i128::from(secs) * 1_000_000_000 + i128::from(nanos);
+        (
+            (meta.dev(), meta.ino()),
+            FileStamp {
+                size: meta.len(),
+                mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+                ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+            },
+        )
+    }
+
+    fn get(&self, meta: &std::fs::Metadata) -> Option<Digest> {
+        let (key, stamp) = Self::key_and_stamp(meta);
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(&key).filter(|(s, _)| *s == stamp).map(|(_, d)| *d)
+    }
+
+    fn insert(&self, meta: &std::fs::Metadata, digest: Digest) {
+        let (key, stamp) = Self::key_and_stamp(meta);
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= self.entries_max {
+            entries.clear();
+        }
+        entries.insert(key, (stamp, digest));
+    }
+}
+
 /// Capture the directory at `root` into `store`, returning its root digest and totals.
 pub fn capture(root: &Path, store: &dyn BlobStore, limits: TreeLimits) -> Result<TreeSummary, TreeError> {
+    capture_cached(root, store, limits, None)
+}
+
+/// [`capture`], skipping files `cache` says are already in `store` unchanged. The cache must
+/// belong to this store.
+pub fn capture_cached(
+    root: &Path,
+    store: &dyn BlobStore,
+    limits: TreeLimits,
+    cache: Option<&FileDigestCache>,
+) -> Result<TreeSummary, TreeError> {
     let mut budget = Budget { limits, entries: 0, bytes: 0 };
-    let digest = capture_dir(root, store, &mut budget, 0)?;
+    let digest = capture_dir(root, store, &mut budget, 0, cache)?;
     Ok(TreeSummary { root: digest, entries: budget.entries, bytes: budget.bytes })
 }
 
-fn capture_dir(dir: &Path, store: &dyn BlobStore, budget: &mut Budget, depth: u32) -> Result<Digest, TreeError> {
+fn capture_file(
+    path: &Path,
+    store: &dyn BlobStore,
+    cache: Option<&FileDigestCache>,
+) -> Result<(Digest, u64), TreeError> {
+    let before = std::fs::metadata(path).map_err(io(path))?;
+    if let Some(digest) = cache.and_then(|c| c.get(&before)) {
+        return Ok((digest, before.len()));
+    }
+    let contents = std::fs::read(path).map_err(io(path))?;
+    let digest = store.put(&contents)?;
+    // Only cache what did not change while it was read.
+    if let (Some(cache), Ok(after)) = (cache, std::fs::metadata(path))
+        && FileDigestCache::key_and_stamp(&after) == FileDigestCache::key_and_stamp(&before)
+        && after.len() == contents.len() as u64
+    {
+        cache.insert(&after, digest);
+    }
+    Ok((digest, contents.len() as u64))
+}
+
+fn capture_dir(
+    dir: &Path,
+    store: &dyn BlobStore,
+    budget: &mut Budget,
+    depth: u32,
+    cache: Option<&FileDigestCache>,
+) -> Result<Digest, TreeError> {
     if depth > budget.limits.depth_max {
         return Err(TreeError::TooLarge {
             what: format!("{} (nested more than {} deep)", dir.display(), budget.limits.depth_max),
@@ -205,14 +298,13 @@ fn capture_dir(dir: &Path, store: &dyn BlobStore, budget: &mut Budget, depth: u3
             let target = std::fs::read_link(&path).map_err(io(&path))?;
             node.symlinks.push(SymlinkNode { name, target: target.to_string_lossy().into_owned() });
         } else if kind.is_dir() {
-            let digest = capture_dir(&path, store, budget, depth + 1)?;
+            let digest = capture_dir(&path, store, budget, depth + 1, cache)?;
             node.dirs.push(DirNode { name, digest });
         } else if kind.is_file() {
             let size = entry.metadata().map_err(io(&path))?.len();
             budget.bytes(size)?;
-            let contents = std::fs::read(&path).map_err(io(&path))?;
-            let digest = store.put(&contents)?;
-            node.files.push(FileNode { name, digest, size_bytes: contents.len() as u64 });
+            let (digest, size_bytes) = capture_file(&path, store, cache)?;
+            node.files.push(FileNode { name, digest, size_bytes });
         }
         // Sockets, FIFOs and devices are not content: a guest cannot read them through WASI.
     }
@@ -223,7 +315,13 @@ fn capture_dir(dir: &Path, store: &dyn BlobStore, budget: &mut Budget, depth: u3
 
 /// Read and check one directory node: canonical, sorted, plain names.
 pub fn read_node(store: &dyn BlobStore, digest: &Digest) -> Result<DirectoryNode, TreeError> {
+    read_node_sized(store, digest).map(|(node, _)| node)
+}
+
+/// [`read_node`], with the node's size in bytes.
+fn read_node_sized(store: &dyn BlobStore, digest: &Digest) -> Result<(DirectoryNode, u64), TreeError> {
     let bytes = store.get(digest)?;
+    let size = bytes.len() as u64;
     let bad = |reason: String| TreeError::BadNode { digest: *digest, reason };
     let node: DirectoryNode = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
     let names: Vec<&str> = node
@@ -249,12 +347,12 @@ pub fn read_node(store: &dyn BlobStore, digest: &Digest) -> Result<DirectoryNode
     {
         return Err(bad("entries are not sorted by name".into()));
     }
-    Ok(node)
+    Ok((node, size))
 }
 
-/// Every blob a tree references (nodes and file contents), checking structure and bounds on
-/// the way. Used by verification and export.
-pub fn walk_blobs(store: &dyn BlobStore, root: &Digest, limits: TreeLimits) -> Result<Vec<Digest>, TreeError> {
+/// Every blob a tree references (nodes and file contents) with its size, checking structure and
+/// bounds on the way. File contents are not read: their sizes come from the nodes.
+pub fn walk_blobs(store: &dyn BlobStore, root: &Digest, limits: TreeLimits) -> Result<Vec<(Digest, u64)>, TreeError> {
     let mut budget = Budget { limits, entries: 0, bytes: 0 };
     let mut out = Vec::new();
     let mut stack = vec![(*root, 0u32)];
@@ -266,12 +364,12 @@ pub fn walk_blobs(store: &dyn BlobStore, root: &Digest, limits: TreeLimits) -> R
                 setting: "tree depth_max",
             });
         }
-        let node = read_node(store, &digest)?;
-        out.push(digest);
+        let (node, size) = read_node_sized(store, &digest)?;
+        out.push((digest, size));
         for file in &node.files {
             budget.entry()?;
             budget.bytes(file.size_bytes)?;
-            out.push(file.digest);
+            out.push((file.digest, file.size_bytes));
         }
         for dir in &node.dirs {
             budget.entry()?;
@@ -340,6 +438,21 @@ mod tests {
 
         std::fs::write(dir.path().join("b/c/d.txt"), "delta!").expect("write");
         assert_ne!(capture(dir.path(), &store, TreeLimits::default()).expect("capture").root, first.root);
+    }
+
+    #[test]
+    fn the_digest_cache_never_hides_a_change() {
+        let store = MemoryStore::default();
+        let cache = FileDigestCache::default();
+        let dir = sample();
+        let capture = |cache| capture_cached(dir.path(), &store, TreeLimits::default(), cache).expect("capture");
+        let cold = capture(Some(&cache));
+        assert_eq!(capture(Some(&cache)), cold);
+        // Same size, rewritten: ctime moves, so the cache must not answer.
+        std::fs::write(dir.path().join("a.txt"), "ALPHA").expect("write");
+        let changed = capture(Some(&cache));
+        assert_ne!(changed.root, cold.root);
+        assert_eq!(changed, capture(None));
     }
 
     #[test]

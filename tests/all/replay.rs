@@ -212,11 +212,7 @@ async fn a_bundle_from_another_engine_is_refused_unless_allowed() {
     use std::sync::Arc;
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(DirStore::open(dir.path().join("store")).expect("store"));
-    let recording = RecordingConfig {
-        store: store.clone(),
-        key: Arc::new(HostKey::generate().expect("key")),
-        tree_limits: Default::default(),
-    };
+    let recording = RecordingConfig::new(store.clone(), Arc::new(HostKey::generate().expect("key")));
     let config = |wasm_stack_bytes| RuntimeConfig {
         engine: EngineSettings { concurrent_runs_max: 2, wasm_stack_bytes, ..EngineSettings::default() },
         recording: Some(recording.clone()),

@@ -3,7 +3,6 @@
 
 use crate::args::{DescribeArgs, Global, RunArgs};
 use crate::exit::{Exit, Failure};
-use guild_replay::tree::TreeLimits;
 use guild_replay::{DirStore, HostKey};
 use guild_runtime::{
     CacheSource, EngineSettings, Grants, Limits, LoadError, Outcome, RecordingConfig, RunError, RunReport, Runtime,
@@ -108,11 +107,7 @@ pub(crate) fn host_key(global: &Global) -> Result<HostKey, Failure> {
 pub(crate) fn open_runtime(global: &Global, record: bool) -> Result<Runtime, Failure> {
     let home = home_dir(global)?;
     let recording = match record {
-        true => Some(RecordingConfig {
-            store: Arc::new(open_store(global)?),
-            key: Arc::new(host_key(global)?),
-            tree_limits: TreeLimits::default(),
-        }),
+        true => Some(RecordingConfig::new(Arc::new(open_store(global)?), Arc::new(host_key(global)?))),
         false => None,
     };
     let config = RuntimeConfig {

@@ -9,7 +9,7 @@ use crate::info::Access;
 use crate::policy::EffectivePolicy;
 use crate::record::Recorder;
 use crate::run::{Execution, Outcome, Tool};
-use guild_replay::tree::{self, TreeError, TreeLimits};
+use guild_replay::tree::{self, FileDigestCache, TreeError, TreeLimits};
 use guild_replay::{
     Action, BlobRef, BlobStore, BundleWriter, Digest, DirStore, Effect, FORMAT, HostKey, OutputTree, RunResult, ToolRef,
 };
@@ -25,6 +25,15 @@ pub struct RecordingConfig {
     pub key: Arc<HostKey>,
     /// Bounds on each mount's recorded tree.
     pub tree_limits: TreeLimits,
+    /// Digests of files already stored, so an unchanged mount is not hashed again each run.
+    pub file_digests: Arc<FileDigestCache>,
+}
+
+impl RecordingConfig {
+    /// Record into `store`, signing with `key`, with default tree limits.
+    pub fn new(store: Arc<DirStore>, key: Arc<HostKey>) -> Self {
+        Self { store, key, tree_limits: TreeLimits::default(), file_digests: Arc::new(FileDigestCache::default()) }
+    }
 }
 
 fn tree_error(error: TreeError) -> RunError {
@@ -41,10 +50,11 @@ pub(crate) fn record_prelude(
     policy: &EffectivePolicy,
     seed: &[u8; 32],
     tree_limits: TreeLimits,
+    file_digests: Option<&FileDigestCache>,
 ) -> Result<(), RunError> {
     recorder.record(Effect::RandomSeed { seed: Digest::from_bytes(*seed).to_hex() });
     for mount in &policy.mounts {
-        let summary = tree::capture(&mount.host_path, store, tree_limits).map_err(tree_error)?;
+        let summary = tree::capture_cached(&mount.host_path, store, tree_limits, file_digests).map_err(tree_error)?;
         recorder.record(Effect::Mount {
             guest_path: mount.guest_path.clone(),
             access: mount.access.to_string(),
@@ -61,13 +71,15 @@ pub(crate) fn output_trees(
     store: &dyn BlobStore,
     policy: &EffectivePolicy,
     tree_limits: TreeLimits,
+    file_digests: Option<&FileDigestCache>,
 ) -> Result<Vec<OutputTree>, RunError> {
     policy
         .mounts
         .iter()
         .filter(|m| m.access == Access::ReadWrite)
         .map(|mount| {
-            let summary = tree::capture(&mount.host_path, store, tree_limits).map_err(tree_error)?;
+            let summary =
+                tree::capture_cached(&mount.host_path, store, tree_limits, file_digests).map_err(tree_error)?;
             Ok(OutputTree { guest_path: mount.guest_path.clone(), tree: summary.root })
         })
         .collect()
@@ -96,7 +108,7 @@ impl RecordingConfig {
     ) -> Result<Digest, RunError> {
         let store_error = |e: guild_replay::StoreError| RunError::Record(e.to_string());
         let store: &dyn BlobStore = self.store.as_ref();
-        let output_trees = output_trees(store, policy, self.tree_limits)?;
+        let output_trees = output_trees(store, policy, self.tree_limits, Some(&self.file_digests))?;
         let (tape, _) = recorder.finish();
         let mut writer = BundleWriter::new(store);
         let component = BlobRef { digest: *tool.digest(), size_bytes: tool.size_bytes() };

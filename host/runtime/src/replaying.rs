@@ -137,9 +137,9 @@ impl Runtime {
         let policy = EffectivePolicy::resolve(&tool.info().name, &grants, &tool.info().capabilities)
             .map_err(|e| invalid(e.to_string()))?;
         let recorder = Recorder::replaying(limits.fuel_units, events.to_vec());
-        record_prelude(&recorder, store, &policy, &seed, TreeLimits::default()).map_err(host)?;
+        record_prelude(&recorder, store, &policy, &seed, TreeLimits::default(), None).map_err(host)?;
         let execution = self.execute(&tool, &input, &policy, &limits, &seed, Some(&recorder)).await.map_err(host)?;
-        let trees = output_trees(store, &policy, TreeLimits::default()).map_err(host)?;
+        let trees = output_trees(store, &policy, TreeLimits::default(), None).map_err(host)?;
         let (tape, divergence) = recorder.finish();
         let timed_out = bundle.result.outcome["limit"] == "timeout";
         if timed_out {

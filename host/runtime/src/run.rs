@@ -268,7 +268,14 @@ impl Runtime {
         let recorder = match &self.recording {
             Some(recording) => {
                 let recorder = Recorder::live(limits.fuel_units);
-                record_prelude(&recorder, recording.store.as_ref(), &policy, &seed, recording.tree_limits)?;
+                record_prelude(
+                    &recorder,
+                    recording.store.as_ref(),
+                    &policy,
+                    &seed,
+                    recording.tree_limits,
+                    Some(&recording.file_digests),
+                )?;
                 Some(recorder)
             }
             None => None,
