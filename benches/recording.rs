@@ -2,8 +2,9 @@
 //!
 //! Measured: a run of `wc` over a ~4 MiB mounted tree with and without recording (the first
 //! recorded run stores the tree; later ones find every blob already stored); a trivial warm call
-//! with and without recording; the size of a typical bundle; replay time against the original
-//! run; and verification throughput.
+//! unrecorded, recorded into a write-behind store (as a long-running host records), and recorded
+//! with every write in the call (as `guild run` does); the size of a typical bundle; replay time
+//! against the original run; and verification throughput.
 
 use guild_replay::archive;
 use guild_replay::{Bundle, DirStore, HostKey};
@@ -54,7 +55,10 @@ async fn run(runtime: &Runtime, tool: &Tool, input: &str, grants: &Grants) -> (D
 
 async fn bench() {
     let home = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(DirStore::open(home.path().join("store")).expect("store"));
+    // The store a long-running host uses: writes land in the background.
+    let store = Arc::new(
+        DirStore::open_write_behind(home.path().join("store"), guild_replay::PENDING_BYTES_MAX_DEFAULT).expect("store"),
+    );
     let recording = RecordingConfig::new(store.clone(), Arc::new(HostKey::generate().expect("key")));
     let plain = Runtime::new(RuntimeConfig::default()).expect("runtime");
     let recorded =
@@ -127,20 +131,32 @@ async fn bench() {
         format!("{} ({:.0} MiB/s)", ms(verify), bundle_bytes as f64 / 1048576.0 / verify.as_secs_f64()),
     );
 
-    let (echo_plain, _) = plain.load_file(ECHO.as_ref()).await.expect("load");
-    let (echo_recorded, _) = recorded.load_file(ECHO.as_ref()).await.expect("load");
+    let sync_store = Arc::new(DirStore::open(home.path().join("store-sync")).expect("store"));
+    let sync = Runtime::new(RuntimeConfig {
+        recording: Some(RecordingConfig::new(sync_store, Arc::new(HostKey::generate().expect("key")))),
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
     let none = Grants::default();
     let input = r#"{"message":"hello"}"#;
-    let mut calls = (Vec::new(), Vec::new());
-    for _ in 0..2000 {
-        calls.0.push(run(&plain, &echo_plain, input, &none).await.0);
-        calls.1.push(run(&recorded, &echo_recorded, input, &none).await.0);
-    }
-    row("warm call of echo, unrecorded, p50 of 2000", format!("{:.1} µs", median(calls.0).as_secs_f64() * 1e6));
-    row(
-        "warm call of echo, recorded (bundle sealed, signed, stored), p50 of 2000",
-        format!("{:.1} µs", median(calls.1).as_secs_f64() * 1e6),
+    let echo = (
+        plain.load_file(ECHO.as_ref()).await.expect("load").0,
+        recorded.load_file(ECHO.as_ref()).await.expect("load").0,
+        sync.load_file(ECHO.as_ref()).await.expect("load").0,
     );
+    let mut calls = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..2000 {
+        calls.0.push(run(&plain, &echo.0, input, &none).await.0);
+        calls.1.push(run(&recorded, &echo.1, input, &none).await.0);
+        calls.2.push(run(&sync, &echo.2, input, &none).await.0);
+    }
+    let started = Instant::now();
+    store.flush().expect("flush");
+    let us = |d: Duration| format!("{:.1} µs", d.as_secs_f64() * 1e6);
+    row("warm call of echo, unrecorded, p50 of 2000", us(median(calls.0)));
+    row("warm call of echo, recorded into the write-behind store, p50 of 2000", us(median(calls.1)));
+    row("warm call of echo, recorded with every store write in the call, p50 of 2000", us(median(calls.2)));
+    row("write-behind backlog left after those calls, flushed in", ms(started.elapsed()));
 }
 
 fn walk_bytes(dir: &std::path::Path) -> u64 {

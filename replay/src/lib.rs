@@ -7,6 +7,7 @@
 //! normalised `.tar.zst` archive ([`archive`]).
 
 pub mod archive;
+mod behind;
 mod bundle;
 pub mod canonical;
 mod digest;
@@ -16,6 +17,7 @@ mod store;
 mod tape;
 pub mod tree;
 
+pub use behind::PENDING_BYTES_MAX_DEFAULT;
 pub use bundle::{
     Action, BlobRef, Bundle, BundleWriter, FORMAT, Manifest, OutputTree, RunResult, Sealed, ToolRef, VerifyError,
 };

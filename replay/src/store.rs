@@ -4,6 +4,7 @@
 //! read from an archive.
 
 use crate::Digest;
+use crate::behind::WriteBehind;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,8 +24,8 @@ pub enum StoreError {
         /// What its bytes hash to.
         found: Digest,
     },
-    /// A blob larger than the store will read.
-    #[error("blob {digest} is {size_bytes} bytes, more than the {limit_bytes}-byte limit (blob_bytes_max)")]
+    /// A blob (or bundle file) larger than the store will read.
+    #[error("{digest} is {size_bytes} bytes, more than the store reads ({limit_bytes} bytes)")]
     TooLarge {
         /// The blob.
         digest: Digest,
@@ -60,6 +61,12 @@ pub trait BlobStore: Send + Sync {
     fn get(&self, digest: &Digest) -> Result<Vec<u8>, StoreError>;
     /// Whether `digest` is present (not checked).
     fn has(&self, digest: &Digest) -> bool;
+
+    /// A file on disk holding `digest`, when the store keeps blobs as files: lets a read-only
+    /// tree be rebuilt with hard links instead of copies.
+    fn file_path(&self, _digest: &Digest) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// Check that `bytes` really are `digest`.
@@ -107,21 +114,43 @@ impl BlobStore for MemoryStore {
     }
 }
 
-/// The on-disk store: `blobs/<digest>` and `bundles/<id>.json` (the manifest) with
-/// `bundles/<id>.sig` (its signature).
+/// The on-disk store: `blobs/<xx>/<digest>` and `bundles/<id>.json` (the manifest) with
+/// `bundles/<id>.sig` (its signature). Opened with [`DirStore::open_write_behind`], writes land
+/// in the background (see `behind.rs`) and are read from memory until they do.
 pub struct DirStore {
     root: PathBuf,
+    behind: Option<WriteBehind>,
 }
 
 impl DirStore {
-    /// Open (creating if needed) the store at `root`.
+    /// Open (creating if needed) the store at `root`; every write lands before it returns.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
         for sub in ["blobs", "bundles"] {
             let dir = root.join(sub);
             std::fs::create_dir_all(&dir).map_err(|source| io_error(&dir, source))?;
         }
-        Ok(Self { root })
+        Ok(Self { root, behind: None })
+    }
+
+    /// Open the store at `root` with writes done by a background thread, holding at most
+    /// `pending_bytes_max` in memory. [`DirStore::flush`] (and dropping the store) waits for them.
+    pub fn open_write_behind(root: impl Into<PathBuf>, pending_bytes_max: u64) -> Result<Self, StoreError> {
+        let mut store = Self::open(root)?;
+        let behind = WriteBehind::start(pending_bytes_max).map_err(|source| io_error(&store.root, source))?;
+        store.behind = Some(behind);
+        Ok(store)
+    }
+
+    /// Wait until every write has landed on disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        match &self.behind {
+            Some(behind) => behind.flush().map_err(|e| StoreError::Io {
+                path: self.root.display().to_string(),
+                source: std::io::Error::other(e),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Where the store lives.
@@ -135,21 +164,59 @@ impl DirStore {
         self.root.join("blobs").join(&hex[..2]).join(hex)
     }
 
+    fn write(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        if let Some(behind) = &self.behind
+            && behind.queue(path, bytes)
+        {
+            return Ok(());
+        }
+        write_file(path, bytes).map_err(|source| io_error(path, source))
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        self.behind.as_ref().is_some_and(|b| b.read(path).is_some()) || path.exists()
+    }
+
+    /// The size of a stored file, pending or on disk; `None` when absent.
+    fn size_of(&self, path: &Path) -> Result<Option<u64>, StoreError> {
+        if let Some(bytes) = self.behind.as_ref().and_then(|b| b.read(path)) {
+            return Ok(Some(bytes.len() as u64));
+        }
+        match std::fs::metadata(path) {
+            Ok(meta) => Ok(Some(meta.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error(path, e)),
+        }
+    }
+
+    /// A stored file's bytes, pending or on disk; `None` when absent.
+    fn read(&self, path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(bytes) = self.behind.as_ref().and_then(|b| b.read(path)) {
+            return Ok(Some(bytes.as_ref().clone()));
+        }
+        match std::fs::read(path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error(path, e)),
+        }
+    }
+
     /// Record a bundle's manifest and signature under its id.
     pub fn put_bundle(&self, id: &Digest, manifest: &[u8], signature: &[u8]) -> Result<(), StoreError> {
         let dir = self.root.join("bundles");
-        write_atomically(&dir.join(format!("{id}.sig")), signature)?;
-        write_atomically(&dir.join(format!("{id}.json")), manifest)
+        self.write(&dir.join(format!("{id}.sig")), signature)?;
+        self.write(&dir.join(format!("{id}.json")), manifest)
     }
 
     /// A bundle's manifest and signature bytes.
     pub fn get_bundle(&self, id: &Digest) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
         let dir = self.root.join("bundles");
         let read = |path: PathBuf| {
-            std::fs::read(&path).map_err(|source| match source.kind() {
-                std::io::ErrorKind::NotFound => StoreError::BundleNotFound(id.to_hex()),
-                _ => io_error(&path, source),
-            })
+            let size_bytes = self.size_of(&path)?.ok_or_else(|| StoreError::BundleNotFound(id.to_hex()))?;
+            if size_bytes > BUNDLE_FILE_BYTES_MAX {
+                return Err(StoreError::TooLarge { digest: *id, size_bytes, limit_bytes: BUNDLE_FILE_BYTES_MAX });
+            }
+            self.read(&path)?.ok_or_else(|| StoreError::BundleNotFound(id.to_hex()))
         };
         Ok((read(dir.join(format!("{id}.json")))?, read(dir.join(format!("{id}.sig")))?))
     }
@@ -157,14 +224,16 @@ impl DirStore {
     /// Every bundle id in the store, sorted.
     pub fn bundle_ids(&self) -> Result<Vec<Digest>, StoreError> {
         let dir = self.root.join("bundles");
+        let id_of = |path: &Path| path.file_name()?.to_str()?.strip_suffix(".json")?.parse::<Digest>().ok();
         let mut ids: Vec<Digest> = std::fs::read_dir(&dir)
             .map_err(|source| io_error(&dir, source))?
-            .filter_map(|entry| {
-                let name = entry.ok()?.file_name().into_string().ok()?;
-                name.strip_suffix(".json")?.parse().ok()
-            })
+            .filter_map(|entry| id_of(&entry.ok()?.path()))
             .collect();
+        if let Some(behind) = &self.behind {
+            ids.extend(behind.pending_in(&dir).iter().filter_map(|p| id_of(p)));
+        }
         ids.sort();
+        ids.dedup();
         Ok(ids)
     }
 
@@ -187,35 +256,36 @@ impl DirStore {
     }
 }
 
+/// Largest manifest or signature file the store reads.
+const BUNDLE_FILE_BYTES_MAX: u64 = 256 << 20;
+
 impl BlobStore for DirStore {
     fn put(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
         let digest = Digest::of(bytes);
         let path = self.blob_path(&digest);
-        if !path.exists() {
-            if let Some(shard) = path.parent() {
-                std::fs::create_dir_all(shard).map_err(|source| io_error(shard, source))?;
-            }
-            write_atomically(&path, bytes)?;
+        if !self.exists(&path) {
+            self.write(&path, bytes)?;
         }
         Ok(digest)
     }
 
     fn get(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
         let path = self.blob_path(digest);
-        let size_bytes = match std::fs::metadata(&path) {
-            Ok(meta) => meta.len(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::NotFound(*digest)),
-            Err(e) => return Err(io_error(&path, e)),
-        };
+        let size_bytes = self.size_of(&path)?.ok_or(StoreError::NotFound(*digest))?;
         if size_bytes > BLOB_BYTES_MAX {
             return Err(StoreError::TooLarge { digest: *digest, size_bytes, limit_bytes: BLOB_BYTES_MAX });
         }
-        let bytes = std::fs::read(&path).map_err(|source| io_error(&path, source))?;
-        checked(digest, bytes)
+        checked(digest, self.read(&path)?.ok_or(StoreError::NotFound(*digest))?)
     }
 
     fn has(&self, digest: &Digest) -> bool {
-        self.blob_path(digest).exists()
+        self.exists(&self.blob_path(digest))
+    }
+
+    fn file_path(&self, digest: &Digest) -> Option<PathBuf> {
+        let path = self.blob_path(digest);
+        let pending = self.behind.as_ref().is_some_and(|b| b.read(&path).is_some());
+        (!pending && path.is_file()).then_some(path)
     }
 }
 
@@ -223,8 +293,12 @@ fn io_error(path: &Path, source: std::io::Error) -> StoreError {
     StoreError::Io { path: path.display().to_string(), source }
 }
 
-/// Write beside `path` and rename into place: readers never see half a file.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+/// Write beside `path` (creating its directory) and rename into place: readers never see half
+/// a file.
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
     let tmp = path.with_extension(format!("tmp.{}.{:?}", std::process::id(), std::thread::current().id()));
     let result = (|| {
         // Not fsynced: every run writes a bundle, and a sync per file would cost more than the
@@ -237,7 +311,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.map_err(|source| io_error(path, source))
+    result
 }
 
 #[cfg(test)]
@@ -256,6 +330,30 @@ mod tests {
         std::fs::write(shard.join(a.to_hex()), b"tampered").expect("write");
         assert!(matches!(store.get(&a), Err(StoreError::Corrupt { .. })));
         assert!(matches!(store.get(&Digest::of(b"absent")), Err(StoreError::NotFound(_))));
+    }
+
+    #[test]
+    fn write_behind_serves_reads_before_and_after_landing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DirStore::open_write_behind(dir.path(), 1 << 20).expect("open");
+        let digests: Vec<Digest> = (0..200).map(|i| store.put(format!("blob {i}").as_bytes()).expect("put")).collect();
+        let id = Digest::of(b"manifest");
+        store.put_bundle(&id, b"{}", b"sig").expect("put");
+        assert_eq!(store.get(&digests[7]).expect("get"), b"blob 7");
+        assert_eq!(store.resolve(&id.to_hex()[..8]).expect("resolve"), id);
+        store.flush().expect("flush");
+        drop(store);
+        let reopened = DirStore::open(dir.path()).expect("open");
+        assert_eq!(reopened.get(&digests[199]).expect("landed"), b"blob 199");
+        assert_eq!(reopened.get_bundle(&id).expect("landed").1, b"sig");
+    }
+
+    #[test]
+    fn write_behind_past_its_budget_writes_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DirStore::open_write_behind(dir.path(), 16).expect("open");
+        let big = store.put(&[9u8; 1000]).expect("put");
+        assert!(store.blob_path(&big).exists(), "over budget: written before put returned");
     }
 
     #[test]

@@ -382,17 +382,37 @@ pub fn walk_blobs(store: &dyn BlobStore, root: &Digest, limits: TreeLimits) -> R
     Ok(out)
 }
 
-/// Recreate the tree `root` under `dest` (which must exist and be empty).
-pub fn materialize(store: &dyn BlobStore, root: &Digest, dest: &Path, limits: TreeLimits) -> Result<(), TreeError> {
+/// How [`materialize`] writes files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Materialize {
+    /// Copy every file: the tree may be written to.
+    Copy,
+    /// Hard-link files from the store where it keeps them as files (falling back to copies):
+    /// only for trees nothing will write to, since a write would change the stored blob.
+    LinkReadOnly,
+}
+
+/// Recreate the tree `root` under `dest` (which must exist and be empty). With
+/// [`Materialize::LinkReadOnly`] linked files are not re-hashed: verify the bundle first.
+pub fn materialize(
+    store: &dyn BlobStore,
+    root: &Digest,
+    dest: &Path,
+    limits: TreeLimits,
+    how: Materialize,
+) -> Result<(), TreeError> {
     // Check the whole tree first so nothing is written for a malformed one.
     walk_blobs(store, root, limits)?;
     let mut stack = vec![(*root, dest.to_path_buf())];
     while let Some((digest, dir)) = stack.pop() {
         let node = read_node(store, &digest)?;
         for file in &node.files {
-            let contents = store.get(&file.digest)?;
             let path = dir.join(&file.name);
-            std::fs::write(&path, contents).map_err(io(&path))?;
+            let linked = how == Materialize::LinkReadOnly
+                && store.file_path(&file.digest).is_some_and(|blob| std::fs::hard_link(blob, &path).is_ok());
+            if !linked {
+                std::fs::write(&path, store.get(&file.digest)?).map_err(io(&path))?;
+            }
         }
         for link in &node.symlinks {
             let path = dir.join(&link.name);
@@ -431,7 +451,7 @@ mod tests {
         assert_eq!((first.entries, first.bytes), (5, 10));
 
         let out = tempfile::tempdir().expect("tempdir");
-        materialize(&store, &first.root, out.path(), TreeLimits::default()).expect("materialize");
+        materialize(&store, &first.root, out.path(), TreeLimits::default(), Materialize::Copy).expect("materialize");
         assert_eq!(std::fs::read_to_string(out.path().join("b/c/d.txt")).expect("read"), "delta");
         assert_eq!(std::fs::read_link(out.path().join("link")).expect("link").to_str(), Some("a.txt"));
         assert_eq!(capture(out.path(), &store, TreeLimits::default()).expect("capture").root, first.root);
@@ -477,7 +497,8 @@ mod tests {
             };
             let root = store.put(&to_canonical_bytes(&node).expect("json")).expect("put");
             let out = tempfile::tempdir().expect("tempdir");
-            let err = materialize(&store, &root, out.path(), TreeLimits::default()).expect_err("refused");
+            let err =
+                materialize(&store, &root, out.path(), TreeLimits::default(), Materialize::Copy).expect_err("refused");
             assert!(matches!(err, TreeError::BadName { .. }), "{name:?}: {err}");
             assert_eq!(std::fs::read_dir(out.path()).expect("dir").count(), 0);
         }

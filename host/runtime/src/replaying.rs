@@ -8,7 +8,7 @@ use crate::record::{Divergence, Recorder};
 use crate::recording::{outcome_record, output_trees, record_prelude};
 use crate::run::{Execution, Outcome, Runtime};
 use crate::{Access, Limits, RunError};
-use guild_replay::tree::{self, TreeLimits};
+use guild_replay::tree::{self, Materialize, TreeLimits};
 use guild_replay::{BlobStore, Bundle, Digest, Effect, Event};
 use serde::Serialize;
 use std::time::Duration;
@@ -173,13 +173,19 @@ fn materialize_mounts(
         let Effect::Mount { guest_path, access, tree: root, .. } = &event.effect else { continue };
         let dir = workdir.join(format!("mount-{index}"));
         std::fs::create_dir(&dir).map_err(|e| ReplayError::Host(e.to_string()))?;
-        tree::materialize(store, root, &dir, TreeLimits::default())
-            .map_err(|e| ReplayError::Invalid(format!("mount {guest_path}: {e}")))?;
         let access = match access.as_str() {
             "read-only" => Access::ReadOnly,
             "read-write" => Access::ReadWrite,
             other => return Err(ReplayError::Invalid(format!("mount {guest_path} has unknown access {other:?}"))),
         };
+        // The bundle was verified, digests included, before it got here; a read-only mount can
+        // share the store's files.
+        let how = match access {
+            Access::ReadOnly => Materialize::LinkReadOnly,
+            Access::ReadWrite => Materialize::Copy,
+        };
+        tree::materialize(store, root, &dir, TreeLimits::default(), how)
+            .map_err(|e| ReplayError::Invalid(format!("mount {guest_path}: {e}")))?;
         grants.mounts.push(Mount { host_path: dir, guest_path: guest_path.clone(), access });
     }
     Ok(grants)

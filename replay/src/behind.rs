@@ -1,0 +1,122 @@
+//! Write-behind for [`crate::DirStore`]: files are handed to one background thread and served
+//! from memory until they land, so recording a run costs no file-system round trips on the
+//! run's path. Bounded: past `pending_bytes_max` a write is done in place (backpressure), and
+//! dropping the store waits for everything to land.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+/// Default bound on bytes waiting to be written.
+pub const PENDING_BYTES_MAX_DEFAULT: u64 = 64 << 20;
+/// Files queued before a writer blocks (also bounded by bytes).
+const QUEUE_FILES_MAX: usize = 65_536;
+
+#[derive(Default)]
+struct Pending {
+    files: HashMap<PathBuf, Arc<Vec<u8>>>,
+    bytes: u64,
+    /// The first write that failed, reported by [`WriteBehind::flush`].
+    failed: Option<String>,
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    landed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The background writer.
+pub(crate) struct WriteBehind {
+    shared: Arc<Shared>,
+    sender: Option<SyncSender<PathBuf>>,
+    thread: Option<JoinHandle<()>>,
+    pending_bytes_max: u64,
+}
+
+impl WriteBehind {
+    pub(crate) fn start(pending_bytes_max: u64) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared { pending: Mutex::new(Pending::default()), landed: Condvar::new() });
+        let (sender, receiver) = sync_channel(QUEUE_FILES_MAX);
+        let worker = shared.clone();
+        let thread =
+            std::thread::Builder::new().name("guild-store-writer".into()).spawn(move || drain(&worker, receiver))?;
+        Ok(Self { shared, sender: Some(sender), thread: Some(thread), pending_bytes_max })
+    }
+
+    /// Queue `bytes` for `path`; false when the queue is full and the caller should write now.
+    pub(crate) fn queue(&self, path: &Path, bytes: &[u8]) -> bool {
+        let mut pending = self.shared.lock();
+        if pending.files.contains_key(path) {
+            return true;
+        }
+        if pending.bytes + bytes.len() as u64 > self.pending_bytes_max {
+            return false;
+        }
+        let Some(sender) = &self.sender else { return false };
+        if sender.try_send(path.to_path_buf()).is_err() {
+            return false;
+        }
+        pending.bytes += bytes.len() as u64;
+        pending.files.insert(path.to_path_buf(), Arc::new(bytes.to_vec()));
+        true
+    }
+
+    /// The bytes of a file not yet written.
+    pub(crate) fn read(&self, path: &Path) -> Option<Arc<Vec<u8>>> {
+        self.shared.lock().files.get(path).cloned()
+    }
+
+    /// Paths waiting under `dir`.
+    pub(crate) fn pending_in(&self, dir: &Path) -> Vec<PathBuf> {
+        self.shared.lock().files.keys().filter(|p| p.parent() == Some(dir)).cloned().collect()
+    }
+
+    /// Wait until everything queued has been written; the first failure, if any.
+    pub(crate) fn flush(&self) -> Result<(), String> {
+        let mut pending = self.shared.lock();
+        while !pending.files.is_empty() && pending.failed.is_none() {
+            pending = self.shared.landed.wait(pending).unwrap_or_else(|p| p.into_inner());
+        }
+        match &pending.failed {
+            Some(error) => Err(error.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for WriteBehind {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer finish the queue and stop.
+        self.sender.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn drain(shared: &Shared, receiver: Receiver<PathBuf>) {
+    for path in receiver {
+        let Some(bytes) = shared.lock().files.get(&path).cloned() else { continue };
+        let written = crate::store::write_file(&path, &bytes);
+        let mut pending = shared.lock();
+        match written {
+            Ok(()) => {
+                pending.files.remove(&path);
+                pending.bytes = pending.bytes.saturating_sub(bytes.len() as u64);
+            }
+            // Kept in memory so reads still work; flush reports it.
+            Err(e) => {
+                pending.failed.get_or_insert(e.to_string());
+            }
+        }
+        shared.landed.notify_all();
+    }
+}
