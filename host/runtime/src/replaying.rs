@@ -5,7 +5,7 @@
 
 use crate::policy::{EffectivePolicy, Grants, Mount};
 use crate::record::{Divergence, Recorder};
-use crate::recording::{outcome_record, output_trees, record_prelude};
+use crate::recording::{outcome_record, output_trees};
 use crate::run::{Execution, Outcome, Runtime};
 use crate::{Access, Limits, RunError};
 use guild_replay::tree::{self, Materialize, TreeLimits};
@@ -137,7 +137,12 @@ impl Runtime {
         let policy = EffectivePolicy::resolve(&tool.info().name, &grants, &tool.info().capabilities)
             .map_err(|e| invalid(e.to_string()))?;
         let recorder = Recorder::replaying(limits.fuel_units, events.to_vec());
-        record_prelude(&recorder, store, &policy, &seed, TreeLimits::default(), None).map_err(host)?;
+        // The prelude is the recorded one: the seed, and each mount rebuilt from exactly the
+        // tree it names (capturing the rebuilt directory again would give the same digest).
+        for event in events.iter().take_while(|e| matches!(e.effect, Effect::RandomSeed { .. } | Effect::Mount { .. }))
+        {
+            recorder.record(event.effect.clone());
+        }
         let execution = self.execute(&tool, &input, &policy, &limits, &seed, Some(&recorder)).await.map_err(host)?;
         let trees = output_trees(store, &policy, TreeLimits::default(), None).map_err(host)?;
         let (tape, divergence) = recorder.finish();
