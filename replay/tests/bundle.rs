@@ -268,6 +268,16 @@ fn malformed_archives_get_clear_errors() {
 }
 
 #[test]
+fn a_decompression_bomb_entry_is_refused_before_it_is_read() {
+    // 64 MiB of zeros compresses to a few KiB; the header's size is checked before reading.
+    let bomb = pack(&[("blobs/".to_string() + &"ab".repeat(32), vec![0u8; 64 << 20])]);
+    assert!(bomb.len() < 1 << 20, "the bomb is small on disk: {} bytes", bomb.len());
+    let limits = ArchiveLimits { entry_bytes_max: 1 << 20, ..ArchiveLimits::default() };
+    let err = archive::import(bomb.as_slice(), limits).err().expect("refused");
+    assert!(err.to_string().contains("entry_bytes_max"), "{err}");
+}
+
+#[test]
 fn a_tree_entry_escaping_its_root_is_refused() {
     let scene = scene();
     let bundle = open(&scene).expect("verifies");
