@@ -88,7 +88,7 @@ pub struct TreeSummary {
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
     /// A bound was exceeded.
-    #[error("{what} exceeds the limit of {limit} ({setting}); record a smaller directory or raise the limit")]
+    #[error("{what} exceeds the limit of {limit} ({setting})")]
     TooLarge {
         /// What was too large.
         what: String,

@@ -114,6 +114,23 @@ fn files_that_are_not_guild_tools_are_refused_clearly() {
 }
 
 #[test]
+fn a_mount_too_large_to_record_is_refused_with_the_flag_to_raise() {
+    let dir = tree(&[("a.txt", "0123456789"), ("b.txt", "0123456789")]);
+    let guild = Guild::new();
+    let data = mount(dir.path(), "/data", "rw");
+    guild
+        .run(&["run", HOSTILE, "--input", r#"{"attack":"spin","rounds":1}"#, "--dir", &data, "--mount-bytes", "15"])
+        .expect_code(2)
+        .expect_stderr("a mount is too large to record")
+        .expect_stderr("raise --mount-bytes");
+    guild
+        .run(&["run", HOSTILE, "--input", r#"{"attack":"spin","rounds":1}"#, "--dir", &data, "--mount-entries", "1"])
+        .expect_code(2)
+        .expect_stderr("raise --mount-entries");
+    guild.run(&["run", HOSTILE, "--input", r#"{"attack":"spin","rounds":1}"#, "--dir", &data]).expect_code(0);
+}
+
+#[test]
 fn help_documents_the_exit_codes() {
     let ran = Guild::new().run(&["run", "--help"]);
     ran.expect_code(0);

@@ -130,6 +130,12 @@ pub(crate) struct RunArgs {
     /// Log budget (log lines, stdout and stderr together), e.g. 256KiB.
     #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = crate::units::parse_size)]
     pub(crate) log_bytes: u64,
+    /// Largest mount that can be recorded into the run's bundle (file contents), e.g. 1GiB.
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = crate::units::parse_size)]
+    pub(crate) mount_bytes: u64,
+    /// Most files, directories and links a recorded mount may hold.
+    #[arg(long, value_name = "COUNT", default_value_t = guild_replay::tree::TREE_LIMITS_DEFAULT.entries_max)]
+    pub(crate) mount_entries: u64,
     /// Print the tool's log lines on stderr.
     #[arg(long)]
     pub(crate) logs: bool,

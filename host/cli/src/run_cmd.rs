@@ -3,6 +3,7 @@
 
 use crate::args::{DescribeArgs, Global, RunArgs};
 use crate::exit::{Exit, Failure};
+use guild_replay::tree::TreeLimits;
 use guild_replay::{DirStore, HostKey};
 use guild_runtime::{
     CacheSource, EngineSettings, Grants, Limits, LoadError, Outcome, RecordingConfig, RunError, RunReport, Runtime,
@@ -17,7 +18,9 @@ const CLI_CONCURRENT_RUNS_MAX: u32 = 4;
 
 pub(crate) fn run(global: &Global, args: RunArgs) -> Result<Exit, Failure> {
     let input = read_input(&args)?;
-    let runtime = open_runtime(global, true)?;
+    let tree_limits =
+        TreeLimits { bytes_max: args.mount_bytes, entries_max: args.mount_entries, ..TreeLimits::default() };
+    let runtime = open_runtime(global, Some(tree_limits))?;
     let limits = Limits {
         fuel_units: args.fuel,
         timeout_ms: args.timeout,
@@ -35,7 +38,7 @@ pub(crate) fn run(global: &Global, args: RunArgs) -> Result<Exit, Failure> {
 }
 
 pub(crate) fn describe(global: &Global, args: DescribeArgs) -> Result<Exit, Failure> {
-    let runtime = open_runtime(global, false)?;
+    let runtime = open_runtime(global, None)?;
     block_on(async {
         let (tool, _) = runtime.load_file(&args.component).await.map_err(load_failure)?;
         let mut value = serde_json::to_value(tool.info()).map_err(|e| Failure::host(e.to_string()))?;
@@ -103,12 +106,16 @@ pub(crate) fn host_key(global: &Global) -> Result<HostKey, Failure> {
     HostKey::load_or_create(&path).map_err(|e| Failure::host(e.to_string()))
 }
 
-/// A runtime for this command; recording every run into the store when `record` is set.
-pub(crate) fn open_runtime(global: &Global, record: bool) -> Result<Runtime, Failure> {
+/// A runtime for this command; recording every run into the store, with mounts bounded by
+/// `record`, when it is given.
+pub(crate) fn open_runtime(global: &Global, record: Option<TreeLimits>) -> Result<Runtime, Failure> {
     let home = home_dir(global)?;
     let recording = match record {
-        true => Some(RecordingConfig::new(Arc::new(open_store(global)?), Arc::new(host_key(global)?))),
-        false => None,
+        Some(tree_limits) => Some(RecordingConfig {
+            tree_limits,
+            ..RecordingConfig::new(Arc::new(open_store(global)?), Arc::new(host_key(global)?))
+        }),
+        None => None,
     };
     let config = RuntimeConfig {
         cache_dir: Some(home.join("cache")),

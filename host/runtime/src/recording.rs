@@ -37,9 +37,16 @@ impl RecordingConfig {
 }
 
 fn tree_error(error: TreeError) -> RunError {
-    match error {
-        TreeError::TooLarge { .. } => RunError::Limits(format!("a mount is too large to record: {error}")),
-        other => RunError::Record(other.to_string()),
+    match &error {
+        TreeError::TooLarge { setting, .. } => {
+            let raise = match *setting {
+                "tree bytes_max" => "raise --mount-bytes",
+                "tree entries_max" => "raise --mount-entries",
+                _ => "mount a shallower directory",
+            };
+            RunError::Limits(format!("a mount is too large to record: {error}; {raise}"))
+        }
+        _ => RunError::Record(error.to_string()),
     }
 }
 
