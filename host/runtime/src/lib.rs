@@ -9,6 +9,7 @@
 
 mod bindings;
 mod cache;
+pub mod egress;
 mod engine;
 mod error;
 mod info;
