@@ -70,6 +70,7 @@ async fn bench() {
             guest_path: "/data".into(),
             access: Access::ReadOnly,
         }],
+        ..Grants::default()
     };
     let data_bytes: u64 = walk_bytes(data.path());
     let (wc_plain, _) = plain.load_file(WC.as_ref()).await.expect("load");

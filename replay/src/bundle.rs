@@ -353,8 +353,17 @@ impl Bundle {
         let mut trees: Vec<(String, Digest)> =
             self.result.output_trees.iter().map(|t| (format!("output tree {}", t.guest_path), t.tree)).collect();
         for event in self.tape.events() {
-            if let Effect::Mount { guest_path, tree, .. } = &event.effect {
-                trees.push((format!("mount tree {guest_path}"), *tree));
+            match &event.effect {
+                Effect::Mount { guest_path, tree, .. } => trees.push((format!("mount tree {guest_path}"), *tree)),
+                Effect::Http { request, response, .. } => {
+                    if let Some(body) = &request.body {
+                        require(&format!("the body of request {}", event.seq), body)?;
+                    }
+                    if let Some(response) = response {
+                        require(&format!("the body of response {}", event.seq), &response.body)?;
+                    }
+                }
+                _ => {}
             }
         }
         for (what, root) in trees {

@@ -47,6 +47,15 @@ pub enum Effect {
         /// Nanoseconds from an arbitrary start.
         nanoseconds: u64,
     },
+    /// An outgoing HTTP exchange, as the guest saw it. Secrets stay as their placeholders.
+    Http {
+        /// What the guest asked for.
+        request: HttpRequestRecord,
+        /// What came back, when something did.
+        response: Option<HttpResponseRecord>,
+        /// Why the guest got an error instead (a denial, a network failure), as it saw it.
+        error: Option<String>,
+    },
     /// A log line, or a line of stdout or stderr.
     Log {
         /// Severity.
@@ -67,8 +76,39 @@ impl Effect {
             Effect::WallClock { .. } => "wall_clock",
             Effect::MonotonicClock { .. } => "monotonic_clock",
             Effect::Log { .. } => "log",
+            Effect::Http { .. } => "http",
         }
     }
+}
+
+/// An HTTP request as a guest made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRequestRecord {
+    /// Method.
+    pub method: String,
+    /// Full URL.
+    pub url: String,
+    /// Headers in order, values with `{{secret:NAME}}` placeholders as the guest wrote them.
+    pub headers: Vec<(String, String)>,
+    /// The body's blob, when there was one.
+    pub body: Option<Digest>,
+    /// The body's size.
+    pub body_bytes: u64,
+}
+
+/// An HTTP response as a guest received it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpResponseRecord {
+    /// Status code.
+    pub status: u16,
+    /// Headers in order.
+    pub headers: Vec<(String, String)>,
+    /// The body's blob.
+    pub body: Digest,
+    /// The body's size.
+    pub body_bytes: u64,
 }
 
 /// An effect with its place on the tape.

@@ -2,6 +2,7 @@
 
 use crate::exit::EXIT_CODES_HELP;
 use clap::{Args, Parser, Subcommand};
+use guild_runtime::egress::EgressRule;
 use guild_runtime::{Access, Mount};
 use std::path::PathBuf;
 
@@ -130,6 +131,18 @@ pub(crate) struct RunArgs {
     /// Log budget (log lines, stdout and stderr together), e.g. 256KiB.
     #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = crate::units::parse_size)]
     pub(crate) log_bytes: u64,
+    /// Allow outgoing HTTP matching RULE: [METHODS ]SCHEME://HOST[:PORT][/PATH-PREFIX], e.g.
+    /// https://api.github.com, https://*.example.com:8443, GET http://127.0.0.1:8080/v1.
+    /// Deny by default; names never reach private, loopback or link-local addresses unless a
+    /// rule names the address.
+    #[arg(long = "allow-host", value_name = "RULE", value_parser = parse_rule)]
+    pub(crate) allow_hosts: Vec<EgressRule>,
+    /// Outgoing HTTP requests the run may make.
+    #[arg(long, value_name = "COUNT", default_value_t = guild_runtime::HTTP_REQUESTS_MAX_DEFAULT)]
+    pub(crate) http_requests: u32,
+    /// Largest HTTP response body the tool may receive, e.g. 8MiB.
+    #[arg(long, value_name = "SIZE", default_value = "8MiB", value_parser = crate::units::parse_size)]
+    pub(crate) http_response_bytes: u64,
     /// Largest mount that can be recorded into the run's bundle (file contents), e.g. 1GiB.
     #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = crate::units::parse_size)]
     pub(crate) mount_bytes: u64,
@@ -167,6 +180,10 @@ pub(crate) struct NewToolArgs {
     /// Path to guild-sdk (defaults to the sdk/ of the source tree this guild was built from).
     #[arg(long, value_name = "DIR")]
     pub(crate) sdk: Option<PathBuf>,
+}
+
+fn parse_rule(text: &str) -> Result<EgressRule, String> {
+    EgressRule::parse(text).map_err(|e| e.to_string())
 }
 
 /// Parse `HOST::GUEST[:ro|:rw]`.

@@ -178,6 +178,14 @@ fn describe_effect(effect: &Effect) -> String {
         Effect::WallClock { seconds, nanoseconds } => format!("wall clock {seconds}.{nanoseconds:09}"),
         Effect::MonotonicClock { nanoseconds } => format!("monotonic clock {nanoseconds} ns"),
         Effect::Log { level, source, message } => format!("log {level} ({source}) {}", clip(message)),
+        Effect::Http { request, response, error } => {
+            let ending = match (response, error) {
+                (Some(r), _) => format!("{} ({})", r.status, human_bytes(r.body_bytes)),
+                (None, Some(e)) => format!("error: {e}"),
+                (None, None) => "no response".to_string(),
+            };
+            format!("http {} {} → {ending}", request.method, request.url)
+        }
     }
 }
 

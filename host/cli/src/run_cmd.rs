@@ -27,9 +27,11 @@ pub(crate) fn run(global: &Global, args: RunArgs) -> Result<Exit, Failure> {
         memory_bytes_max: args.memory,
         output_bytes_max: args.output_bytes,
         log_bytes_max: args.log_bytes,
+        http_requests_max: args.http_requests,
+        http_response_bytes_max: args.http_response_bytes,
         ..Limits::default()
     };
-    let grants = Grants { mounts: args.dirs.clone() };
+    let grants = Grants { mounts: args.dirs.clone(), egress: args.allow_hosts.clone() };
     block_on(async {
         let (tool, source) = runtime.load_file(&args.component).await.map_err(load_failure)?;
         let report = runtime.run(&tool, &input, &grants, &limits).await.map_err(run_failure)?;
@@ -53,7 +55,7 @@ pub(crate) fn describe(global: &Global, args: DescribeArgs) -> Result<Exit, Fail
 
 pub(crate) fn block_on<F: std::future::Future<Output = Result<Exit, Failure>>>(future: F) -> Result<Exit, Failure> {
     tokio::runtime::Builder::new_current_thread()
-        .enable_time()
+        .enable_all()
         .build()
         .map_err(|e| Failure::host(format!("cannot start the async runtime: {e}")))?
         .block_on(future)
@@ -148,6 +150,9 @@ fn print_report(report: &RunReport, source: CacheSource, args: &RunArgs) -> Exit
             eprintln!("[{:?} {:?}] {}", line.level, line.source, line.message);
         }
     }
+    for denial in &report.egress_denials {
+        eprintln!("guild: {denial}");
+    }
     let (exit, status, message) = match &report.outcome {
         Outcome::Output { output } => {
             crate::out!("{output}");
@@ -183,6 +188,7 @@ fn print_report(report: &RunReport, source: CacheSource, args: &RunArgs) -> Exit
             "log_lines": report.logs.len(),
             "cache": source,
             "bundle": report.bundle,
+            "egress_denials": report.egress_denials,
             "outcome": report.outcome,
         });
         eprintln!("{summary}");

@@ -49,7 +49,8 @@ pub enum LoadError {
     /// It imports something Guild does not provide.
     #[error(
         "the component imports {0}, which Guild does not provide; a tool may import WASI 0.2 \
-         cli, clocks, random and filesystem, and guild:tool/log"
+         cli, clocks, random and filesystem, wasi:http/outgoing-handler (under egress rules) and \
+         guild:tool/log"
     )]
     UnsupportedImport(String),
     /// It is a component of another world.

@@ -31,8 +31,10 @@ pub use error::{LoadError, RunError, RuntimeError};
 pub use guild_replay::Digest;
 pub use info::{Access, Capabilities, DirRequest, ToolInfo};
 pub use limits::{
-    FUEL_UNITS_DEFAULT, INSTANCES_MAX_DEFAULT, LOG_BYTES_MAX_DEFAULT, LimitHit, Limits, MEMORY_BYTES_MAX_DEFAULT,
-    OUTPUT_BYTES_MAX_DEFAULT, TABLE_ELEMENTS_MAX_DEFAULT, TIMEOUT_MS_DEFAULT, human_bytes, human_ms,
+    FUEL_UNITS_DEFAULT, HTTP_CONNECT_TIMEOUT_MS_DEFAULT, HTTP_REQUEST_BODY_BYTES_MAX_DEFAULT,
+    HTTP_REQUESTS_MAX_DEFAULT, HTTP_RESPONSE_BYTES_MAX_DEFAULT, HTTP_TIMEOUT_MS_DEFAULT, INSTANCES_MAX_DEFAULT,
+    LOG_BYTES_MAX_DEFAULT, LimitHit, Limits, MEMORY_BYTES_MAX_DEFAULT, OUTPUT_BYTES_MAX_DEFAULT,
+    TABLE_ELEMENTS_MAX_DEFAULT, TIMEOUT_MS_DEFAULT, human_bytes, human_ms,
 };
 pub use logs::{LogLevel, LogLine, LogSource};
 pub use policy::{EffectivePolicy, Grants, Mount, PolicyError};

@@ -25,6 +25,16 @@ pub struct Limits {
     pub output_bytes_max: u64,
     /// Bytes of log lines, stdout and stderr together, a run may emit. `--log-bytes`.
     pub log_bytes_max: u64,
+    /// Outgoing HTTP requests a run may make. `--http-requests`.
+    pub http_requests_max: u32,
+    /// Bytes of one outgoing request body.
+    pub http_request_body_bytes_max: u64,
+    /// Bytes of one response body the guest may receive. `--http-response-bytes`.
+    pub http_response_bytes_max: u64,
+    /// Time to resolve and connect to an upstream.
+    pub http_connect_timeout_ms: u64,
+    /// Time for one whole exchange, connect to last body byte.
+    pub http_timeout_ms: u64,
 }
 
 /// Default fuel: about a second of compute on the reference machine.
@@ -42,6 +52,16 @@ pub const INSTANCES_MAX_DEFAULT: u32 = 64;
 pub const OUTPUT_BYTES_MAX_DEFAULT: u64 = 1024 * 1024;
 /// Default log cap.
 pub const LOG_BYTES_MAX_DEFAULT: u64 = 256 * 1024;
+/// Default number of outgoing requests per run.
+pub const HTTP_REQUESTS_MAX_DEFAULT: u32 = 32;
+/// Default cap on one request body.
+pub const HTTP_REQUEST_BODY_BYTES_MAX_DEFAULT: u64 = 1024 * 1024;
+/// Default cap on one response body.
+pub const HTTP_RESPONSE_BYTES_MAX_DEFAULT: u64 = 8 * 1024 * 1024;
+/// Default connect timeout.
+pub const HTTP_CONNECT_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Default timeout for a whole exchange.
+pub const HTTP_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -53,6 +73,11 @@ impl Default for Limits {
             instances_max: INSTANCES_MAX_DEFAULT,
             output_bytes_max: OUTPUT_BYTES_MAX_DEFAULT,
             log_bytes_max: LOG_BYTES_MAX_DEFAULT,
+            http_requests_max: HTTP_REQUESTS_MAX_DEFAULT,
+            http_request_body_bytes_max: HTTP_REQUEST_BODY_BYTES_MAX_DEFAULT,
+            http_response_bytes_max: HTTP_RESPONSE_BYTES_MAX_DEFAULT,
+            http_connect_timeout_ms: HTTP_CONNECT_TIMEOUT_MS_DEFAULT,
+            http_timeout_ms: HTTP_TIMEOUT_MS_DEFAULT,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! run gets, which is their intersection. Today that covers directories; egress, secrets and GPU
 //! grants join it as new fields of [`Grants`] and [`EffectivePolicy`].
 
+use crate::egress::{EgressRule, RuleError};
 use crate::info::{Access, Capabilities};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -22,6 +23,9 @@ pub struct Mount {
 pub struct Grants {
     /// Directories to mount.
     pub mounts: Vec<Mount>,
+    /// Where outgoing HTTP may go. Empty: nowhere.
+    #[serde(default)]
+    pub egress: Vec<EgressRule>,
 }
 
 /// What the run actually gets: granted ∩ asked for. Recorded with the run.
@@ -29,6 +33,12 @@ pub struct Grants {
 pub struct EffectivePolicy {
     /// Directories mounted, each with the lesser of the granted and requested access.
     pub mounts: Vec<Mount>,
+    /// The operator's egress rules; a request must match one of these …
+    #[serde(default)]
+    pub egress: Vec<EgressRule>,
+    /// … and one of the hosts the tool declared.
+    #[serde(default)]
+    pub tool_hosts: Vec<EgressRule>,
 }
 
 /// Why a grant could not become a policy.
@@ -53,6 +63,14 @@ pub enum PolicyError {
         host_path: String,
         /// What is wrong with it.
         reason: String,
+    },
+    /// The tool declares a host rule that does not parse.
+    #[error("tool {tool} declares an invalid host: {error}")]
+    ToolHost {
+        /// The tool.
+        tool: String,
+        /// The parse error.
+        error: RuleError,
     },
     /// The tool did not ask for this mount.
     #[error("tool {tool} does not ask for a directory at {guest_path}; it asks for {asked}")]
@@ -89,7 +107,13 @@ impl EffectivePolicy {
                 access: mount.access.min(request.access),
             });
         }
-        Ok(Self { mounts })
+        let tool_hosts = capabilities
+            .hosts
+            .iter()
+            .map(|h| EgressRule::parse(h).map_err(|error| PolicyError::ToolHost { tool: tool.to_string(), error }))
+            .collect::<Result<Vec<_>, _>>()?;
+        let egress = if tool_hosts.is_empty() { Vec::new() } else { grants.egress.clone() };
+        Ok(Self { mounts, egress, tool_hosts })
     }
 }
 
@@ -139,7 +163,10 @@ mod tests {
     }
 
     fn grant(host: &Path, guest: &str, access: Access) -> Grants {
-        Grants { mounts: vec![Mount { host_path: host.to_path_buf(), guest_path: guest.into(), access }] }
+        Grants {
+            mounts: vec![Mount { host_path: host.to_path_buf(), guest_path: guest.into(), access }],
+            ..Grants::default()
+        }
     }
 
     #[test]

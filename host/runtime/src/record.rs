@@ -37,6 +37,8 @@ pub(crate) struct Recorder {
 
 struct RecorderState {
     tape: Tape,
+    /// Bytes events refer to by digest (HTTP bodies), for the bundle.
+    blobs: Vec<Vec<u8>>,
     expected: Option<Vec<Event>>,
     divergence: Option<Divergence>,
 }
@@ -54,7 +56,12 @@ impl Recorder {
 
     fn new(fuel_limit: u64, expected: Option<Vec<Event>>) -> Self {
         Self {
-            state: Arc::new(Mutex::new(RecorderState { tape: Tape::new(), expected, divergence: None })),
+            state: Arc::new(Mutex::new(RecorderState {
+                tape: Tape::new(),
+                blobs: Vec::new(),
+                expected,
+                divergence: None,
+            })),
             fuel_left: Arc::new(AtomicU64::new(fuel_limit)),
             fuel_limit,
             overflowed: Arc::new(AtomicBool::new(false)),
@@ -94,6 +101,18 @@ impl Recorder {
                 state.divergence = Some(Divergence { seq: event.seq, expected: original.cloned(), found: Some(event) });
             }
         }
+    }
+
+    /// Keep `bytes` for the bundle; events name them by the returned digest.
+    pub(crate) fn attach_blob(&self, bytes: &[u8]) -> guild_replay::Digest {
+        let digest = guild_replay::Digest::of(bytes);
+        self.lock().blobs.push(bytes.to_vec());
+        digest
+    }
+
+    /// The attached blobs, leaving none.
+    pub(crate) fn take_blobs(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.lock().blobs)
     }
 
     /// When replaying, the effect the bundle recorded at the next position.

@@ -121,6 +121,9 @@ impl RecordingConfig {
         let component = BlobRef { digest: *tool.digest(), size_bytes: tool.size_bytes() };
         writer.add_stored(&component).map_err(store_error)?;
         let input = writer.add_blob(input.as_bytes()).map_err(store_error)?;
+        for blob in recorder.take_blobs() {
+            writer.add_blob(&blob).map_err(store_error)?;
+        }
         let output = match &execution.outcome {
             Outcome::Output { output } => Some(writer.add_blob(output.as_bytes()).map_err(store_error)?),
             _ => None,

@@ -6,11 +6,12 @@
 use crate::policy::{EffectivePolicy, Grants, Mount};
 use crate::record::{Divergence, Recorder};
 use crate::recording::{outcome_record, output_trees};
-use crate::run::{Execution, Outcome, Runtime};
+use crate::run::{Execution, Outcome, RunEnv, Runtime};
 use crate::{Access, Limits, RunError};
 use guild_replay::tree::{self, Materialize, TreeLimits};
 use guild_replay::{BlobStore, Bundle, Digest, Effect, Event};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// How to replay.
@@ -143,7 +144,9 @@ impl Runtime {
         {
             recorder.record(event.effect.clone());
         }
-        let execution = self.execute(&tool, &input, &policy, &limits, &seed, Some(&recorder)).await.map_err(host)?;
+        let replay_bodies = http_bodies(events, store)?;
+        let env = RunEnv { seed, recorder: Some(recorder.clone()), replay_bodies: Some(replay_bodies) };
+        let execution = self.execute(&tool, &input, &policy, &limits, env).await.map_err(host)?;
         let trees = output_trees(store, &policy, TreeLimits::default(), None).map_err(host)?;
         let (tape, divergence) = recorder.finish();
         let timed_out = bundle.result.outcome["limit"] == "timeout";
@@ -161,6 +164,18 @@ impl Runtime {
             notes,
         })
     }
+}
+
+/// The response bodies the tape's HTTP exchanges name, read from the bundle.
+fn http_bodies(events: &[Event], store: &dyn BlobStore) -> Result<HashMap<Digest, bytes::Bytes>, ReplayError> {
+    let mut bodies = HashMap::new();
+    for event in events {
+        if let Effect::Http { response: Some(response), .. } = &event.effect {
+            let bytes = store.get(&response.body).map_err(|e| ReplayError::Invalid(e.to_string()))?;
+            bodies.insert(response.body, bytes::Bytes::from(bytes));
+        }
+    }
+    Ok(bodies)
 }
 
 fn host(error: RunError) -> ReplayError {

@@ -5,6 +5,7 @@
 use crate::bindings::exports::guild::tool::tool as wit;
 use crate::bindings::{GuildTool, GuildToolPre};
 use crate::cache::{CacheSource, DiskCache};
+use crate::egress::hook::{EgressHooks, EgressRun};
 use crate::engine::{EngineFingerprint, EngineSettings, build_engine, deadline_ticks, spawn_epoch_ticker};
 use crate::error::{LoadError, RunError, RuntimeError};
 use crate::info::{Access, ToolInfo};
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime_wasi_http::WasiHttpCtx;
 
 /// How the runtime is set up.
 #[derive(Clone, Default)]
@@ -134,6 +136,18 @@ pub struct RunReport {
     pub limits: Limits,
     /// The id of the run's bundle, when the runtime records.
     pub bundle: Option<Digest>,
+    /// Outgoing requests refused or failed, with the reason, for the operator.
+    pub egress_denials: Vec<String>,
+}
+
+/// Where a run's outside effects come from.
+pub(crate) struct RunEnv {
+    /// The seed of all its randomness.
+    pub(crate) seed: [u8; 32],
+    /// Its tape, when recorded or replayed.
+    pub(crate) recorder: Option<Recorder>,
+    /// In a replay: the HTTP response bodies the tape names.
+    pub(crate) replay_bodies: Option<HashMap<Digest, bytes::Bytes>>,
 }
 
 /// What executing a tool once produced, before it becomes a report or a replay verdict.
@@ -143,6 +157,7 @@ pub(crate) struct Execution {
     pub(crate) memory_bytes_peak: u64,
     pub(crate) wall_time: Duration,
     pub(crate) logs: Vec<LogLine>,
+    pub(crate) egress_denials: Vec<String>,
 }
 
 /// The engine, linker and caches. Cheap to share behind an `Arc`; runs are independent.
@@ -170,6 +185,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         let link_error = |e: wasmtime::Error| RuntimeError::Engine(format!("{e:#}"));
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link_error)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link_error)?;
         GuildTool::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link_error)?;
         let cache_dir = config.cache_dir.map(|dir| dir.join(&fingerprint.id));
         let max = if config.tools_loaded_max == 0 { TOOLS_LOADED_MAX_DEFAULT } else { config.tools_loaded_max };
@@ -244,8 +260,9 @@ impl Runtime {
         // `describe` only returns constants: a tool that computes for longer is broken or
         // hostile, and loading it must not cost a full run's budget.
         let limits = Limits { fuel_units: DESCRIBE_FUEL_UNITS, timeout_ms: DESCRIBE_TIMEOUT_MS, ..Limits::default() };
+        let no_egress = Arc::new(EgressRun::new(String::new(), Vec::new(), Vec::new(), limits.clone(), None, None));
         let mut store = self
-            .new_store(&EffectivePolicy::default(), &limits, &fresh_seed(), None)
+            .new_store(&EffectivePolicy::default(), &limits, &fresh_seed(), None, no_egress)
             .map_err(|e| LoadError::Describe(e.to_string()))?;
         let instance = pre.instantiate_async(&mut store).await.map_err(|e| LoadError::Describe(format!("{e:#}")))?;
         let info = instance
@@ -280,7 +297,8 @@ impl Runtime {
             }
             None => None,
         };
-        let execution = self.execute(tool, input, &policy, limits, &seed, recorder.as_ref()).await?;
+        let env = RunEnv { seed, recorder: recorder.clone(), replay_bodies: None };
+        let execution = self.execute(tool, input, &policy, limits, env).await?;
         let bundle = match (&self.recording, &recorder) {
             (Some(recording), Some(recorder)) => {
                 Some(recording.seal(&self.fingerprint, tool, input, &policy, limits, &execution, recorder)?)
@@ -299,6 +317,7 @@ impl Runtime {
             policy,
             limits: limits.clone(),
             bundle,
+            egress_denials: execution.egress_denials,
         })
     }
 
@@ -309,10 +328,19 @@ impl Runtime {
         input: &str,
         policy: &EffectivePolicy,
         limits: &Limits,
-        seed: &[u8; 32],
-        recorder: Option<&Recorder>,
+        env: RunEnv,
     ) -> Result<Execution, RunError> {
-        let mut store = self.new_store(policy, limits, seed, recorder)?;
+        let recorder = env.recorder.clone();
+        let recorder = recorder.as_ref();
+        let egress = Arc::new(EgressRun::new(
+            tool.info.name.clone(),
+            policy.egress.clone(),
+            policy.tool_hosts.clone(),
+            limits.clone(),
+            env.recorder.clone(),
+            env.replay_bodies,
+        ));
+        let mut store = self.new_store(policy, limits, &env.seed, recorder, egress.clone())?;
         let started = Instant::now();
         // The epoch deadline interrupts wasm; this outer deadline also covers a guest parked in a
         // host call. Dropping the future abandons the run and its store.
@@ -339,6 +367,7 @@ impl Runtime {
             memory_bytes_peak: store.data().limiter.memory_bytes_used(),
             wall_time,
             logs,
+            egress_denials: egress.denials(),
         })
     }
 
@@ -365,6 +394,7 @@ impl Runtime {
         limits: &Limits,
         seed: &[u8; 32],
         recorder: Option<&Recorder>,
+        egress: Arc<EgressRun>,
     ) -> Result<Store<HostState>, RunError> {
         let logs = LogSink::new(limits.log_bytes_max, recorder.cloned());
         let mut wasi = WasiCtxBuilder::new();
@@ -389,8 +419,14 @@ impl Runtime {
                 RunError::Host(format!("cannot open {} for mounting: {e:#}", mount.host_path.display()))
             })?;
         }
-        let state =
-            HostState { wasi: wasi.build(), table: ResourceTable::new(), limiter: RunLimiter::new(limits), logs };
+        let state = HostState {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            egress: EgressHooks(egress),
+            table: ResourceTable::new(),
+            limiter: RunLimiter::new(limits),
+            logs,
+        };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         if self.settings.fuel_metering {

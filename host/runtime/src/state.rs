@@ -2,15 +2,19 @@
 //! host side of `guild:tool/log`.
 
 use crate::bindings::guild::tool::{log, types};
+use crate::egress::hook::EgressHooks;
 use crate::logs::{LogLevel, LogSink};
 use crate::{LimitHit, Limits};
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// What a [`wasmtime::Store`] holds for one run.
 pub(crate) struct HostState {
     pub(crate) wasi: WasiCtx,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) egress: EgressHooks,
     pub(crate) table: ResourceTable,
     pub(crate) limiter: RunLimiter,
     pub(crate) logs: LogSink,
@@ -19,6 +23,12 @@ pub(crate) struct HostState {
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.egress }
     }
 }
 

@@ -1,6 +1,9 @@
-//! Outgoing HTTP under the host's rules: which requests a run may make ([`rules`]), and the
-//! `wasi:http` hook that enforces them.
+//! Outgoing HTTP under the host's rules: which requests a run may make ([`rules`]), the
+//! `wasi:http` hook that enforces and records them (`hook`), and the connection to a checked
+//! address (`connect`).
 
+mod connect;
+pub(crate) mod hook;
 pub mod rules;
 
 pub use rules::{Destination, EgressRule, RuleError, blocked_reason};

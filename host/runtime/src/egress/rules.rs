@@ -29,6 +29,8 @@ pub enum SchemeRule {
 /// Which hosts a rule allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostRule {
+    /// Any host name or address (`*`); addresses are still screened.
+    Any,
     /// Exactly this name (lowercase, no trailing dot).
     Name(String),
     /// Any name ending in `.suffix`.
@@ -143,6 +145,7 @@ impl EgressRule {
         };
         let host = dest.host.trim_end_matches('.').to_ascii_lowercase();
         let host_ok = match &self.host {
+            HostRule::Any => !host.is_empty(),
             HostRule::Name(name) => host == *name,
             HostRule::Subdomains(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
             HostRule::Ip(_) | HostRule::Range { .. } => {
@@ -153,6 +156,19 @@ impl EgressRule {
         let method_ok = self.methods.is_empty() || self.methods.iter().any(|m| m == dest.method);
         let path_ok = self.path_prefix.as_deref().is_none_or(|prefix| dest.path.starts_with(prefix));
         scheme_ok && host_ok && port_ok && method_ok && path_ok
+    }
+}
+
+impl serde::Serialize for EgressRule {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for EgressRule {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        EgressRule::parse(&text).map_err(serde::de::Error::custom)
     }
 }
 
@@ -202,6 +218,9 @@ fn parse_host(host: &str) -> Result<HostRule, String> {
     }
     if let Ok(ip) = host.parse::<Ipv4Addr>() {
         return Ok(HostRule::Ip(IpAddr::V4(ip)));
+    }
+    if host == "*" {
+        return Ok(HostRule::Any);
     }
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     let (wildcard, name) = match host.strip_prefix("*.") {

@@ -1,0 +1,329 @@
+//! The `wasi:http` hook of one run: every outgoing request is checked against the operator's
+//! rules and the tool's declared hosts, its name resolved and each address screened by the host,
+//! then sent to the address that passed — or, in a replay, answered from the tape. Each exchange
+//! (or refusal) becomes a tape event.
+
+use super::connect::{self, Answer};
+use super::rules::{Destination, EgressRule, blocked_reason, parse_ip_literal};
+use crate::Limits;
+use crate::record::Recorder;
+use bytes::Bytes;
+use guild_replay::{Digest, Effect, HttpRequestRecord, HttpResponseRecord};
+use http_body_util::{BodyExt, Full};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+/// The guest-visible failure and the operator-visible reason.
+struct Refusal {
+    error: Error,
+    reason: String,
+}
+
+impl Refusal {
+    fn denied(reason: String) -> Self {
+        Self { error: Error::HttpRequestDenied, reason }
+    }
+}
+
+/// One run's egress state, shared by the hooks object wasmtime keeps and the runtime.
+pub(crate) struct EgressRun {
+    pub(crate) tool: String,
+    pub(crate) operator_rules: Vec<EgressRule>,
+    pub(crate) tool_rules: Vec<EgressRule>,
+    pub(crate) limits: Limits,
+    pub(crate) recorder: Option<Recorder>,
+    /// In a replay: the response bodies the tape names.
+    pub(crate) replay_bodies: Option<HashMap<Digest, Bytes>>,
+    requests: AtomicU32,
+    denials: Mutex<Vec<String>>,
+}
+
+impl EgressRun {
+    pub(crate) fn new(
+        tool: String,
+        operator_rules: Vec<EgressRule>,
+        tool_rules: Vec<EgressRule>,
+        limits: Limits,
+        recorder: Option<Recorder>,
+        replay_bodies: Option<HashMap<Digest, Bytes>>,
+    ) -> Self {
+        Self {
+            tool,
+            operator_rules,
+            tool_rules,
+            limits,
+            recorder,
+            replay_bodies,
+            requests: AtomicU32::new(0),
+            denials: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The refusals so far, for the operator.
+    pub(crate) fn denials(&self) -> Vec<String> {
+        self.denials.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn note(&self, reason: &str) {
+        self.denials.lock().unwrap_or_else(|p| p.into_inner()).push(reason.to_string());
+    }
+
+    async fn exchange(self: Arc<Self>, request: http::Request<WasiBody>) -> Result<http::Response<WasiBody>, Error> {
+        let (parts, body) = request.into_parts();
+        let body = connect::collect_capped(body, self.limits.http_request_body_bytes_max).await?;
+        let record = self.request_record(&parts, &body);
+        let result = match &self.replay_bodies {
+            Some(bodies) => self.answer_from_tape(&record, bodies),
+            None => self.live(parts, body).await,
+        };
+        let (response, error) = match &result {
+            Ok(answer) => (Some(self.response_record(answer)), None),
+            Err(refusal) => {
+                self.note(&refusal.reason);
+                (None, Some(format!("{}: {}", error_kind(&refusal.error), refusal.reason)))
+            }
+        };
+        if let Some(recorder) = &self.recorder {
+            recorder.record(Effect::Http { request: record, response, error });
+        }
+        match result {
+            Ok(answer) => Ok(to_response(answer)),
+            Err(refusal) => Err(refusal.error),
+        }
+    }
+
+    fn request_record(&self, parts: &http::request::Parts, body: &Bytes) -> HttpRequestRecord {
+        let body_digest = match (&self.recorder, body.is_empty()) {
+            (_, true) => None,
+            (Some(recorder), false) => Some(recorder.attach_blob(body)),
+            (None, false) => Some(Digest::of(body)),
+        };
+        HttpRequestRecord {
+            method: parts.method.as_str().to_string(),
+            url: parts.uri.to_string(),
+            headers: header_pairs(&parts.headers),
+            body: body_digest,
+            body_bytes: body.len() as u64,
+        }
+    }
+
+    fn response_record(&self, answer: &Answer) -> HttpResponseRecord {
+        let body = match &self.recorder {
+            Some(recorder) if self.replay_bodies.is_none() => recorder.attach_blob(&answer.body),
+            _ => Digest::of(&answer.body),
+        };
+        HttpResponseRecord {
+            status: answer.status,
+            headers: answer.headers.clone(),
+            body,
+            body_bytes: answer.body.len() as u64,
+        }
+    }
+
+    /// The recorded answer to the same request, or a refusal the divergence check will name.
+    fn answer_from_tape(&self, record: &HttpRequestRecord, bodies: &HashMap<Digest, Bytes>) -> Result<Answer, Refusal> {
+        let expected = self.recorder.as_ref().and_then(Recorder::expected_next);
+        let Some(Effect::Http { request, response, error }) = expected else {
+            return Err(Refusal::denied("replay: the original run made no request here".into()));
+        };
+        if request != *record {
+            return Err(Refusal::denied("replay: the original run made a different request here".into()));
+        }
+        match (response, error) {
+            (Some(response), _) => {
+                let body = bodies.get(&response.body).cloned().unwrap_or_default();
+                Ok(Answer { status: response.status, headers: response.headers, body })
+            }
+            (None, Some(error)) => {
+                let (kind, reason) = error.split_once(": ").unwrap_or((error.as_str(), ""));
+                Err(Refusal { error: error_from_kind(kind), reason: reason.to_string() })
+            }
+            (None, None) => Err(Refusal::denied("replay: the recorded exchange has no outcome".into())),
+        }
+    }
+
+    async fn live(&self, parts: http::request::Parts, body: Bytes) -> Result<Answer, Refusal> {
+        let made = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if made > self.limits.http_requests_max {
+            return Err(Refusal::denied(format!(
+                "egress denied: more than {} requests in one run (raise --http-requests)",
+                self.limits.http_requests_max
+            )));
+        }
+        let uri = parts.uri.clone();
+        let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
+        let host = uri.host().unwrap_or_default().to_string();
+        let port = uri.port_u16().unwrap_or(if scheme == "http" { 80 } else { 443 });
+        let dest = Destination { scheme: &scheme, host: &host, port, method: parts.method.as_str(), path: uri.path() };
+        let shown = format!("{scheme}://{host}:{port}");
+        if !self.operator_rules.iter().any(|r| r.matches(&dest)) {
+            return Err(Refusal::denied(format!(
+                "egress denied: {} {shown}{} matches no rule (rules: {})",
+                dest.method,
+                dest.path,
+                list(&self.operator_rules)
+            )));
+        }
+        if !self.tool_rules.iter().any(|r| r.matches(&dest)) {
+            return Err(Refusal::denied(format!(
+                "egress denied: tool {} does not ask for {shown} (it asks for {})",
+                self.tool,
+                list(&self.tool_rules)
+            )));
+        }
+        let connect_timeout = Duration::from_millis(self.limits.http_connect_timeout_ms);
+        let addr = self.resolve(&host, port, connect_timeout).await?;
+        let request = http::Request::from_parts(parts, Full::new(body));
+        let total = Duration::from_millis(self.limits.http_timeout_ms);
+        let sent = connect::exchange(
+            addr,
+            &host,
+            scheme == "https",
+            request,
+            connect_timeout,
+            self.limits.http_response_bytes_max,
+        );
+        match tokio::time::timeout(total, sent).await {
+            Err(_) => Err(Refusal {
+                error: Error::HttpResponseTimeout,
+                reason: format!("{shown} did not answer within {}ms", total.as_millis()),
+            }),
+            Ok(Err(error)) => {
+                let reason = format!("{shown}: {}", describe_error(&error));
+                Err(Refusal { error, reason })
+            }
+            Ok(Ok(answer)) => Ok(answer),
+        }
+    }
+
+    /// Resolve `host` and pick the first address that is public or named by a rule.
+    async fn resolve(&self, host: &str, port: u16, timeout: Duration) -> Result<SocketAddr, Refusal> {
+        let candidates: Vec<IpAddr> = match parse_ip_literal(host) {
+            Some(ip) => vec![ip],
+            None => match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
+                Err(_) => {
+                    return Err(Refusal { error: Error::DnsTimeout, reason: format!("resolving {host} timed out") });
+                }
+                Ok(Err(e)) => {
+                    let error = Error::DnsError { rcode: Some(e.to_string()), info_code: None };
+                    return Err(Refusal { error, reason: format!("cannot resolve {host}: {e}") });
+                }
+                Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
+            },
+        };
+        let mut refused = Vec::new();
+        for ip in &candidates {
+            match blocked_reason(*ip) {
+                Some(reason) if !self.operator_rules.iter().any(|r| r.names_address(*ip)) => {
+                    refused.push((*ip, reason))
+                }
+                _ => return Ok(SocketAddr::new(*ip, port)),
+            }
+        }
+        let (ip, reason) = refused.first().copied().ok_or_else(|| Refusal {
+            error: Error::DestinationNotFound,
+            reason: format!("{host} resolves to no address"),
+        })?;
+        let what = match parse_ip_literal(host) {
+            Some(_) => format!("{ip} is {reason}"),
+            None => format!("{host} resolves to {ip}, {reason}"),
+        };
+        Err(Refusal {
+            error: Error::DestinationIpProhibited,
+            reason: format!("egress denied: {what}; add a rule naming that address to allow it"),
+        })
+    }
+}
+
+fn list(rules: &[EgressRule]) -> String {
+    if rules.is_empty() {
+        return "none".into();
+    }
+    rules.iter().map(EgressRule::as_str).collect::<Vec<_>>().join(", ")
+}
+
+fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers.iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect()
+}
+
+fn to_response(answer: Answer) -> http::Response<WasiBody> {
+    let mut builder = http::Response::builder().status(answer.status);
+    for (name, value) in &answer.headers {
+        builder = builder.header(name, value);
+    }
+    let body = Full::new(answer.body).map_err(|never| match never {}).boxed_unsync();
+    builder
+        .body(body)
+        .unwrap_or_else(|_| http::Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync()))
+}
+
+/// A stable name for the errors this hook produces, kept on the tape.
+fn error_kind(error: &Error) -> &'static str {
+    match error {
+        Error::HttpRequestDenied => "denied",
+        Error::DestinationIpProhibited => "address-prohibited",
+        Error::DestinationNotFound => "not-found",
+        Error::DnsTimeout => "dns-timeout",
+        Error::DnsError { .. } => "dns-error",
+        Error::ConnectionRefused => "connection-refused",
+        Error::ConnectionTimeout => "connection-timeout",
+        Error::HttpResponseTimeout => "response-timeout",
+        Error::HttpResponseBodySize(_) => "response-too-large",
+        Error::HttpRequestBodySize(_) => "request-too-large",
+        Error::Tls(_) | Error::InvalidDnsNameError(_) => "tls",
+        _ => "connection-failed",
+    }
+}
+
+fn error_from_kind(kind: &str) -> Error {
+    match kind {
+        "denied" => Error::HttpRequestDenied,
+        "address-prohibited" => Error::DestinationIpProhibited,
+        "not-found" => Error::DestinationNotFound,
+        "dns-timeout" => Error::DnsTimeout,
+        "dns-error" => Error::DnsError { rcode: None, info_code: None },
+        "connection-refused" => Error::ConnectionRefused,
+        "connection-timeout" => Error::ConnectionTimeout,
+        "response-timeout" => Error::HttpResponseTimeout,
+        "response-too-large" => Error::HttpResponseBodySize(None),
+        "request-too-large" => Error::HttpRequestBodySize(None),
+        "tls" => Error::TlsProtocolError,
+        _ => Error::ConnectionTerminated,
+    }
+}
+
+fn describe_error(error: &Error) -> String {
+    match error {
+        Error::HttpResponseBodySize(Some(limit)) => {
+            format!("response body larger than {limit} bytes (raise --http-response-bytes)")
+        }
+        Error::ConnectionRefused => "connection refused".into(),
+        Error::ConnectionTimeout => "connect timed out".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The hooks object a run's store holds.
+pub(crate) struct EgressHooks(pub(crate) Arc<EgressRun>);
+
+type DriverFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
+
+impl WasiHttpHooks for EgressHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        _options: Option<RequestOptions>,
+        _fut: DriverFuture,
+    ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, DriverFuture), Error>> + Send> {
+        let run = self.0.clone();
+        Box::new(async move {
+            let response = run.exchange(request).await?;
+            Ok((response, Box::new(async { Ok(()) }) as DriverFuture))
+        })
+    }
+}

@@ -1,0 +1,168 @@
+//! Outgoing HTTP through the host's rules, against real HTTP servers on 127.0.0.1 that each test
+//! starts and stops itself.
+
+use crate::Guild;
+use guild_test_artifacts::HTTP_GET;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+
+/// A small HTTP/1.1 server on a free loopback port, answering from `route` until dropped.
+struct Upstream {
+    port: u16,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Upstream {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let log = log.clone();
+                std::thread::spawn(move || serve(stream, port, &log));
+            }
+        });
+        Self { port, seen }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+fn serve(stream: TcpStream, port: u16, log: &Mutex<Vec<String>>) {
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    let _ = reader.read_exact(&mut body);
+    log.lock().expect("lock").push(format!("{head}\n{}", String::from_utf8_lossy(&body)));
+    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let (status, extra, body) = match path.as_str() {
+        "/json" => {
+            ("200 OK", "content-type: application/json\r\n".to_string(), r#"{"data":[{"name":"guild"}]}"#.to_string())
+        }
+        "/redirect" => ("302 Found", format!("location: http://localhost:{port}/json\r\n"), String::new()),
+        "/big" => ("200 OK", String::new(), "x".repeat(200_000)),
+        "/headers" => ("200 OK", String::new(), head.clone()),
+        _ => ("404 Not Found", String::new(), "no such page".to_string()),
+    };
+    let response =
+        format!("HTTP/1.1 {status}\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+    let mut stream = stream;
+    let _ = stream.write_all(response.as_bytes());
+}
+
+fn get(url: &str) -> String {
+    serde_json::json!({ "url": url }).to_string()
+}
+
+#[test]
+fn egress_is_denied_by_default_and_allowed_by_an_explicit_rule() {
+    let upstream = Upstream::start();
+    let guild = Guild::new();
+    let denied = guild.run_tool(HTTP_GET, &get(&upstream.url("/json")), &[]);
+    denied.expect_code(4).expect_stderr("matches no rule (rules: none)");
+    assert!(upstream.requests().is_empty(), "a denied request reached the server");
+
+    let rule = format!("http://127.0.0.1:{}", upstream.port);
+    let input = serde_json::json!({ "url": upstream.url("/json"), "json_pointer": "/data/0/name" }).to_string();
+    let ran = guild.run_tool(HTTP_GET, &input, &["--allow-host", &rule]);
+    let out = ran.expect_code(0).json();
+    assert_eq!(out["status"], 200);
+    assert_eq!(out["json"], "guild");
+    assert_eq!(upstream.requests().len(), 1);
+}
+
+#[test]
+fn a_name_resolving_to_a_blocked_address_is_refused() {
+    let upstream = Upstream::start();
+    let guild = Guild::new();
+    let by_name = format!("http://localhost:{}/json", upstream.port);
+    guild
+        .run_tool(HTTP_GET, &get(&by_name), &["--allow-host", &format!("http://localhost:{}", upstream.port)])
+        .expect_code(4)
+        .expect_stderr("localhost resolves to 127.0.0.1, a loopback address");
+    guild
+        .run_tool(HTTP_GET, &get("http://169.254.169.254/latest/meta-data/"), &["--allow-host", "http://*"])
+        .expect_code(4)
+        .expect_stderr("169.254.169.254 is a link-local/metadata address");
+    guild
+        .run_tool(HTTP_GET, &get(&upstream.url("/json")), &["--allow-host", "http://*:*"])
+        .expect_code(4)
+        .expect_stderr("127.0.0.1 is a loopback address");
+    assert!(upstream.requests().is_empty());
+}
+
+#[test]
+fn redirects_are_not_followed_by_the_host() {
+    let upstream = Upstream::start();
+    let rule = format!("http://127.0.0.1:{}", upstream.port);
+    let ran = Guild::new().run_tool(HTTP_GET, &get(&upstream.url("/redirect")), &["--allow-host", &rule]);
+    let out = ran.expect_code(0).json();
+    assert_eq!(out["status"], 302);
+    assert_eq!(upstream.requests().len(), 1, "the host must not follow the redirect itself");
+}
+
+#[test]
+fn ports_methods_and_paths_in_rules_are_enforced() {
+    let upstream = Upstream::start();
+    let guild = Guild::new();
+    let other_port = format!("http://127.0.0.1:{}", upstream.port.wrapping_add(1));
+    guild.run_tool(HTTP_GET, &get(&upstream.url("/json")), &["--allow-host", &other_port]).expect_code(4);
+    let post_only = format!("POST http://127.0.0.1:{}", upstream.port);
+    guild.run_tool(HTTP_GET, &get(&upstream.url("/json")), &["--allow-host", &post_only]).expect_code(4);
+    let wrong_path = format!("http://127.0.0.1:{}/api/", upstream.port);
+    guild.run_tool(HTTP_GET, &get(&upstream.url("/json")), &["--allow-host", &wrong_path]).expect_code(4);
+    let any_port = "http://127.0.0.1:*".to_string();
+    guild.run_tool(HTTP_GET, &get(&upstream.url("/json")), &["--allow-host", &any_port]).expect_code(0);
+    assert_eq!(upstream.requests().len(), 1);
+}
+
+#[test]
+fn response_size_and_request_count_are_capped() {
+    let upstream = Upstream::start();
+    let rule = format!("http://127.0.0.1:{}", upstream.port);
+    let guild = Guild::new();
+    guild
+        .run_tool(HTTP_GET, &get(&upstream.url("/big")), &["--allow-host", &rule, "--http-response-bytes", "64KiB"])
+        .expect_code(1)
+        .expect_stderr("response body larger than 65536 bytes (raise --http-response-bytes)");
+    guild
+        .run_tool(HTTP_GET, &get(&upstream.url("/json")), &["--allow-host", &rule, "--http-requests", "0"])
+        .expect_code(4)
+        .expect_stderr("more than 0 requests in one run (raise --http-requests)");
+}
+
+#[test]
+fn an_exchange_replays_from_the_tape_without_the_network() {
+    let upstream = Upstream::start();
+    let rule = format!("http://127.0.0.1:{}", upstream.port);
+    let guild = Guild::new();
+    let ran = guild.run_tool(HTTP_GET, &get(&upstream.url("/json")), &["--allow-host", &rule]);
+    ran.expect_code(0);
+    let id = ran.summary()["bundle"].as_str().expect("bundle").to_string();
+    let before = upstream.requests().len();
+    let replay = guild.run(&["replay", &id]);
+    assert!(replay.expect_code(0).stdout.contains("replay identical"), "{replay:?}");
+    assert_eq!(upstream.requests().len(), before, "replay must not touch the network");
+    let inspect = guild.run(&["bundle", "inspect", &id]);
+    assert!(inspect.stdout.contains(&format!("http GET {} → 200", upstream.url("/json"))), "{}", inspect.stdout);
+}
