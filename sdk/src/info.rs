@@ -56,7 +56,8 @@ impl Info {
         self
     }
 
-    /// Ask to use the secret `name` as a `{{secret:NAME}}` header placeholder.
+    /// Ask to use the secret `name` as a `{{secret:NAME}}` header placeholder (`*`: whichever
+    /// secrets the operator grants).
     pub fn secret(mut self, name: impl Into<String>) -> Self {
         self.secrets.push(name.into());
         self

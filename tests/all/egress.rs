@@ -166,3 +166,69 @@ fn an_exchange_replays_from_the_tape_without_the_network() {
     let inspect = guild.run(&["bundle", "inspect", &id]);
     assert!(inspect.stdout.contains(&format!("http GET {} → 200", upstream.url("/json"))), "{}", inspect.stdout);
 }
+
+/// Every file under `dir`, searched for `needle`.
+fn files_containing(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
+    crate::listing(dir)
+        .into_iter()
+        .map(|p| dir.join(p))
+        .filter(|p| {
+            p.is_file() && std::fs::read(p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_secret_reaches_only_the_granted_host_and_never_the_guest_logs_or_bundle() {
+    const VALUE: &str = "tok-9f8e7d6c5b4a-guild";
+    let upstream = Upstream::start();
+    let guild = Guild::new();
+    let rule = format!("http://127.0.0.1:{}", upstream.port);
+    let input = serde_json::json!({
+        "url": upstream.url("/headers"),
+        "headers": { "authorization": "Bearer {{secret:TOKEN}}" },
+    })
+    .to_string();
+    let run = |grant: &str| {
+        let output = guild
+            .command()
+            .env("GUILD_TEST_TOKEN", VALUE)
+            .args(["run", HTTP_GET, "--input", &input, "--allow-host", &rule, "--logs"])
+            .args(["--secret", "TOKEN=env:GUILD_TEST_TOKEN", "--grant-secret", grant])
+            .output()
+            .expect("guild runs");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+
+    let (code, stdout, stderr) = run(&format!("TOKEN={rule}"));
+    assert_eq!(code, Some(0), "{stderr}");
+    let seen = upstream.requests();
+    assert!(seen[0].contains(&format!("Bearer {VALUE}")), "the server did not get the secret: {seen:?}");
+    assert!(
+        stdout.contains("Bearer {{secret:TOKEN}}"),
+        "the echoed header must come back as the placeholder: {stdout}"
+    );
+    assert!(!stdout.contains(VALUE) && !stderr.contains(VALUE), "the value leaked to the guest's output or logs");
+    assert!(
+        files_containing(guild.home(), VALUE).is_empty(),
+        "the value reached the store: {:?}",
+        files_containing(guild.home(), VALUE)
+    );
+
+    let elsewhere = format!("TOKEN=http://127.0.0.1:{}", upstream.port.wrapping_add(1));
+    let (code, stdout, stderr) = run(&elsewhere);
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(
+        stderr.contains(&format!("secret TOKEN may not be sent to http://127.0.0.1:{}", upstream.port)),
+        "{stderr}"
+    );
+    assert!(!stdout.contains(VALUE) && !stderr.contains(VALUE));
+    assert_eq!(upstream.requests().len(), 1, "a refused secret must not reach the server");
+
+    let plain = Guild::new().run_tool(HTTP_GET, &input, &["--allow-host", &rule]);
+    plain.expect_code(4).expect_stderr("secret TOKEN is not granted to this run");
+}

@@ -137,6 +137,13 @@ pub(crate) struct RunArgs {
     /// rule names the address.
     #[arg(long = "allow-host", value_name = "RULE", value_parser = parse_rule)]
     pub(crate) allow_hosts: Vec<EgressRule>,
+    /// Define a secret: NAME=env:VARIABLE or NAME=file:PATH. Its value never enters the sandbox:
+    /// a tool writes {{secret:NAME}} in a header and the host fills it in at send time.
+    #[arg(long = "secret", value_name = "NAME=env:VAR|file:PATH", value_parser = parse_secret_source)]
+    pub(crate) secrets: Vec<(String, SecretSource)>,
+    /// Let secret NAME be sent to destinations matching RULE (repeatable).
+    #[arg(long = "grant-secret", value_name = "NAME=RULE", value_parser = parse_secret_grant)]
+    pub(crate) secret_grants: Vec<(String, EgressRule)>,
     /// Outgoing HTTP requests the run may make.
     #[arg(long, value_name = "COUNT", default_value_t = guild_runtime::HTTP_REQUESTS_MAX_DEFAULT)]
     pub(crate) http_requests: u32,
@@ -180,6 +187,33 @@ pub(crate) struct NewToolArgs {
     /// Path to guild-sdk (defaults to the sdk/ of the source tree this guild was built from).
     #[arg(long, value_name = "DIR")]
     pub(crate) sdk: Option<PathBuf>,
+}
+
+/// Where a secret's value comes from.
+#[derive(Debug, Clone)]
+pub(crate) enum SecretSource {
+    /// An environment variable of the `guild` process.
+    Env(String),
+    /// A file (its trailing newline removed).
+    File(PathBuf),
+}
+
+fn parse_secret_source(text: &str) -> Result<(String, SecretSource), String> {
+    let (name, source) =
+        text.split_once('=').ok_or_else(|| format!("{text:?} is not NAME=env:VAR or NAME=file:PATH"))?;
+    guild_runtime::egress::secrets::check_name(name)?;
+    let source = match source.split_once(':') {
+        Some(("env", var)) if !var.is_empty() => SecretSource::Env(var.to_string()),
+        Some(("file", path)) if !path.is_empty() => SecretSource::File(PathBuf::from(path)),
+        _ => return Err(format!("secret {name}: the source must be env:VARIABLE or file:PATH")),
+    };
+    Ok((name.to_string(), source))
+}
+
+fn parse_secret_grant(text: &str) -> Result<(String, EgressRule), String> {
+    let (name, rule) = text.split_once('=').ok_or_else(|| format!("{text:?} is not NAME=RULE"))?;
+    guild_runtime::egress::secrets::check_name(name)?;
+    Ok((name.to_string(), parse_rule(rule)?))
 }
 
 fn parse_rule(text: &str) -> Result<EgressRule, String> {

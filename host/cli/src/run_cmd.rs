@@ -1,10 +1,11 @@
 //! `guild run` and `guild describe`: load a component through the runtime, run it once, print
 //! the output on stdout and a summary on stderr, and map the outcome to an exit code.
 
-use crate::args::{DescribeArgs, Global, RunArgs};
+use crate::args::{DescribeArgs, Global, RunArgs, SecretSource};
 use crate::exit::{Exit, Failure};
 use guild_replay::tree::TreeLimits;
 use guild_replay::{DirStore, HostKey};
+use guild_runtime::egress::{Secret, SecretGrant};
 use guild_runtime::{
     CacheSource, EngineSettings, Grants, Limits, LoadError, Outcome, RecordingConfig, RunError, RunReport, Runtime,
     RuntimeConfig, ToolErrorKind, human_bytes,
@@ -31,12 +32,40 @@ pub(crate) fn run(global: &Global, args: RunArgs) -> Result<Exit, Failure> {
         http_response_bytes_max: args.http_response_bytes,
         ..Limits::default()
     };
-    let grants = Grants { mounts: args.dirs.clone(), egress: args.allow_hosts.clone() };
+    let (secrets, secret_grants) = load_secrets(&args)?;
+    let grants = Grants { mounts: args.dirs.clone(), egress: args.allow_hosts.clone(), secrets, secret_grants };
     block_on(async {
         let (tool, source) = runtime.load_file(&args.component).await.map_err(load_failure)?;
         let report = runtime.run(&tool, &input, &grants, &limits).await.map_err(run_failure)?;
         Ok(print_report(&report, source, &args))
     })
+}
+
+/// Read each `--secret` value and gather `--grant-secret` rules by name.
+fn load_secrets(args: &RunArgs) -> Result<(Vec<Secret>, Vec<SecretGrant>), Failure> {
+    let mut secrets = Vec::new();
+    for (name, source) in &args.secrets {
+        let value = match source {
+            SecretSource::Env(var) => std::env::var(var)
+                .map_err(|_| Failure::usage(format!("secret {name}: environment variable {var} is not set")))?,
+            SecretSource::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| Failure::usage(format!("secret {name}: cannot read {}: {e}", path.display())))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+        };
+        secrets.push(Secret::new(name, value).map_err(Failure::usage)?);
+    }
+    let mut grants: Vec<SecretGrant> = Vec::new();
+    for (name, rule) in &args.secret_grants {
+        if !secrets.iter().any(|s: &Secret| s.name() == name) {
+            return Err(Failure::usage(format!("--grant-secret {name}: no --secret {name}=... defines it")));
+        }
+        match grants.iter_mut().find(|g| g.name == *name) {
+            Some(grant) => grant.rules.push(rule.clone()),
+            None => grants.push(SecretGrant { name: name.clone(), rules: vec![rule.clone()] }),
+        }
+    }
+    Ok((secrets, grants))
 }
 
 pub(crate) fn describe(global: &Global, args: DescribeArgs) -> Result<Exit, Failure> {

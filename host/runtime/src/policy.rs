@@ -2,7 +2,7 @@
 //! run gets, which is their intersection. Today that covers directories; egress, secrets and GPU
 //! grants join it as new fields of [`Grants`] and [`EffectivePolicy`].
 
-use crate::egress::{EgressRule, RuleError};
+use crate::egress::{EgressRule, RuleError, Secret, SecretGrant};
 use crate::info::{Access, Capabilities};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -26,6 +26,12 @@ pub struct Grants {
     /// Where outgoing HTTP may go. Empty: nowhere.
     #[serde(default)]
     pub egress: Vec<EgressRule>,
+    /// Secret values; never serialized.
+    #[serde(skip)]
+    pub secrets: Vec<Secret>,
+    /// Where each secret may be sent.
+    #[serde(default)]
+    pub secret_grants: Vec<SecretGrant>,
 }
 
 /// What the run actually gets: granted ∩ asked for. Recorded with the run.
@@ -39,6 +45,9 @@ pub struct EffectivePolicy {
     /// … and one of the hosts the tool declared.
     #[serde(default)]
     pub tool_hosts: Vec<EgressRule>,
+    /// Secrets the tool declared and the operator granted (and defined), with where they may go.
+    #[serde(default)]
+    pub secret_grants: Vec<SecretGrant>,
 }
 
 /// Why a grant could not become a policy.
@@ -113,7 +122,16 @@ impl EffectivePolicy {
             .map(|h| EgressRule::parse(h).map_err(|error| PolicyError::ToolHost { tool: tool.to_string(), error }))
             .collect::<Result<Vec<_>, _>>()?;
         let egress = if tool_hosts.is_empty() { Vec::new() } else { grants.egress.clone() };
-        Ok(Self { mounts, egress, tool_hosts })
+        let secret_grants = grants
+            .secret_grants
+            .iter()
+            .filter(|g| {
+                let declared = capabilities.secrets.iter().any(|s| *s == g.name || s == "*");
+                declared && grants.secrets.iter().any(|s| s.name() == g.name)
+            })
+            .cloned()
+            .collect();
+        Ok(Self { mounts, egress, tool_hosts, secret_grants })
     }
 }
 

@@ -145,7 +145,8 @@ impl Runtime {
             recorder.record(event.effect.clone());
         }
         let replay_bodies = http_bodies(events, store)?;
-        let env = RunEnv { seed, recorder: Some(recorder.clone()), replay_bodies: Some(replay_bodies) };
+        let env =
+            RunEnv { seed, recorder: Some(recorder.clone()), replay_bodies: Some(replay_bodies), secrets: Vec::new() };
         let execution = self.execute(&tool, &input, &policy, &limits, env).await.map_err(host)?;
         let trees = output_trees(store, &policy, TreeLimits::default(), None).map_err(host)?;
         let (tape, divergence) = recorder.finish();

@@ -148,6 +148,8 @@ pub(crate) struct RunEnv {
     pub(crate) recorder: Option<Recorder>,
     /// In a replay: the HTTP response bodies the tape names.
     pub(crate) replay_bodies: Option<HashMap<Digest, bytes::Bytes>>,
+    /// Values of the secrets the policy grants (none in a replay: it never sends).
+    pub(crate) secrets: Vec<crate::egress::Secret>,
 }
 
 /// What executing a tool once produced, before it becomes a report or a replay verdict.
@@ -297,7 +299,13 @@ impl Runtime {
             }
             None => None,
         };
-        let env = RunEnv { seed, recorder: recorder.clone(), replay_bodies: None };
+        let secrets = grants
+            .secrets
+            .iter()
+            .filter(|s| policy.secret_grants.iter().any(|g| g.name == s.name()))
+            .cloned()
+            .collect();
+        let env = RunEnv { seed, recorder: recorder.clone(), replay_bodies: None, secrets };
         let execution = self.execute(tool, input, &policy, limits, env).await?;
         let bundle = match (&self.recording, &recorder) {
             (Some(recording), Some(recorder)) => {
@@ -332,14 +340,17 @@ impl Runtime {
     ) -> Result<Execution, RunError> {
         let recorder = env.recorder.clone();
         let recorder = recorder.as_ref();
-        let egress = Arc::new(EgressRun::new(
-            tool.info.name.clone(),
-            policy.egress.clone(),
-            policy.tool_hosts.clone(),
-            limits.clone(),
-            env.recorder.clone(),
-            env.replay_bodies,
-        ));
+        let egress = Arc::new(
+            EgressRun::new(
+                tool.info.name.clone(),
+                policy.egress.clone(),
+                policy.tool_hosts.clone(),
+                limits.clone(),
+                env.recorder.clone(),
+                env.replay_bodies,
+            )
+            .with_secrets(policy.secret_grants.clone(), env.secrets),
+        );
         let mut store = self.new_store(policy, limits, &env.seed, recorder, egress.clone())?;
         let started = Instant::now();
         // The epoch deadline interrupts wasm; this outer deadline also covers a guest parked in a

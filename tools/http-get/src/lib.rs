@@ -106,7 +106,8 @@ guild_sdk::export_tool! {
     run: http_get,
     describe: Info::new("http-get", "Makes one HTTP request and returns its status, headers and body (or one JSON field).")
         .host("http://*:*")
-        .host("https://*:*"),
+        .host("https://*:*")
+        .secret("*"),
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 use super::connect::{self, Answer};
 use super::rules::{Destination, EgressRule, blocked_reason, parse_ip_literal};
+use super::secrets::{self, Secret, SecretGrant};
 use crate::Limits;
 use crate::record::Recorder;
 use bytes::Bytes;
@@ -39,6 +40,9 @@ pub(crate) struct EgressRun {
     pub(crate) recorder: Option<Recorder>,
     /// In a replay: the response bodies the tape names.
     pub(crate) replay_bodies: Option<HashMap<Digest, Bytes>>,
+    /// Where each granted secret may go, and the values (only ever used at send time).
+    secret_grants: Vec<SecretGrant>,
+    secrets: Vec<Secret>,
     requests: AtomicU32,
     denials: Mutex<Vec<String>>,
 }
@@ -59,9 +63,18 @@ impl EgressRun {
             limits,
             recorder,
             replay_bodies,
+            secret_grants: Vec::new(),
+            secrets: Vec::new(),
             requests: AtomicU32::new(0),
             denials: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Grant these secrets (already intersected with what the tool declared).
+    pub(crate) fn with_secrets(mut self, grants: Vec<SecretGrant>, secrets: Vec<Secret>) -> Self {
+        self.secret_grants = grants;
+        self.secrets = secrets;
+        self
     }
 
     /// The refusals so far, for the operator.
@@ -147,7 +160,7 @@ impl EgressRun {
         }
     }
 
-    async fn live(&self, parts: http::request::Parts, body: Bytes) -> Result<Answer, Refusal> {
+    async fn live(&self, mut parts: http::request::Parts, body: Bytes) -> Result<Answer, Refusal> {
         let made = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         if made > self.limits.http_requests_max {
             return Err(Refusal::denied(format!(
@@ -159,7 +172,8 @@ impl EgressRun {
         let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
         let host = uri.host().unwrap_or_default().to_string();
         let port = uri.port_u16().unwrap_or(if scheme == "http" { 80 } else { 443 });
-        let dest = Destination { scheme: &scheme, host: &host, port, method: parts.method.as_str(), path: uri.path() };
+        let method = parts.method.as_str().to_string();
+        let dest = Destination { scheme: &scheme, host: &host, port, method: &method, path: uri.path() };
         let shown = format!("{scheme}://{host}:{port}");
         if !self.operator_rules.iter().any(|r| r.matches(&dest)) {
             return Err(Refusal::denied(format!(
@@ -176,6 +190,7 @@ impl EgressRun {
                 list(&self.tool_rules)
             )));
         }
+        let used = self.fill_secrets(&mut parts.headers, &dest, &shown)?;
         let connect_timeout = Duration::from_millis(self.limits.http_connect_timeout_ms);
         let addr = self.resolve(&host, port, connect_timeout).await?;
         let request = http::Request::from_parts(parts, Full::new(body));
@@ -197,8 +212,50 @@ impl EgressRun {
                 let reason = format!("{shown}: {}", describe_error(&error));
                 Err(Refusal { error, reason })
             }
-            Ok(Ok(answer)) => Ok(answer),
+            Ok(Ok(answer)) => Ok(scrub_answer(answer, &used)),
         }
+    }
+
+    /// Replace each `{{secret:NAME}}` in header values, if this destination may receive it.
+    /// Returns the secrets used, to take their values back out of the response.
+    fn fill_secrets(
+        &self,
+        headers: &mut http::HeaderMap,
+        dest: &Destination<'_>,
+        shown: &str,
+    ) -> Result<Vec<Secret>, Refusal> {
+        let mut used: Vec<Secret> = Vec::new();
+        for value in headers.values_mut() {
+            let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            let names = secrets::placeholders(&text)
+                .map_err(|e| Refusal::denied(format!("egress denied: malformed secret placeholder: {e}")))?;
+            if names.is_empty() {
+                continue;
+            }
+            for name in names {
+                let grant = self.secret_grants.iter().find(|g| g.name == name).ok_or_else(|| {
+                    Refusal::denied(format!(
+                        "egress denied: secret {name} is not granted to this run (define it with --secret and grant it with --grant-secret {name}=RULE; the tool must declare it)"
+                    ))
+                })?;
+                if !secrets::allows(grant, dest) {
+                    return Err(Refusal::denied(format!(
+                        "egress denied: secret {name} may not be sent to {shown} (granted for: {})",
+                        list(&grant.rules)
+                    )));
+                }
+                if let Some(secret) = self.secrets.iter().find(|s| s.name() == name)
+                    && !used.iter().any(|u| u.name() == name)
+                {
+                    used.push(secret.clone());
+                }
+            }
+            let filled = secrets::fill(&text, &used);
+            *value = http::HeaderValue::from_str(&filled).map_err(|_| {
+                Refusal::denied(format!("egress denied: a header with a secret is not a valid header value"))
+            })?;
+        }
+        Ok(used)
     }
 
     /// Resolve `host` and pick the first address that is public or named by a rule.
@@ -238,6 +295,19 @@ impl EgressRun {
             reason: format!("egress denied: {what}; add a rule naming that address to allow it"),
         })
     }
+}
+
+/// Take secret values back out of what the guest will see.
+fn scrub_answer(answer: Answer, used: &[Secret]) -> Answer {
+    if used.is_empty() {
+        return answer;
+    }
+    let headers = answer
+        .headers
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&secrets::scrub(v.as_bytes(), used)).into_owned()))
+        .collect();
+    Answer { status: answer.status, headers, body: Bytes::from(secrets::scrub(&answer.body, used)) }
 }
 
 fn list(rules: &[EgressRule]) -> String {

@@ -5,5 +5,7 @@
 mod connect;
 pub(crate) mod hook;
 pub mod rules;
+pub mod secrets;
 
 pub use rules::{Destination, EgressRule, RuleError, blocked_reason};
+pub use secrets::{Secret, SecretGrant};

@@ -1,0 +1,129 @@
+//! Secrets that never enter the sandbox. An operator defines a secret's value and grants it to
+//! egress rules; a tool writes `{{secret:NAME}}` in a header value; the host fills the value in
+//! at send time, only for a destination the grant covers, and takes it back out of anything the
+//! response carries to the guest. Bundles, logs and errors only ever hold the placeholder.
+
+use super::rules::{Destination, EgressRule};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A secret's value, kept out of `Debug`, `Display` and serialization.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    name: String,
+    value: String,
+}
+
+impl Secret {
+    /// A secret named `name` (letters, digits, `_`) with `value`.
+    pub fn new(name: &str, value: String) -> Result<Self, String> {
+        check_name(name)?;
+        if value.is_empty() {
+            return Err(format!("secret {name} is empty"));
+        }
+        Ok(Self { name: name.to_string(), value })
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({}, <redacted>)", self.name)
+    }
+}
+
+/// Which destinations a secret may be sent to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretGrant {
+    /// The secret's name.
+    pub name: String,
+    /// Where it may go.
+    pub rules: Vec<EgressRule>,
+}
+
+/// A secret name: `[A-Za-z_][A-Za-z0-9_]*`, at most 64 characters.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 64;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a secret name (letters, digits and _, starting with a letter)"))
+    }
+}
+
+const OPEN: &str = "{{secret:";
+const CLOSE: &str = "}}";
+
+/// The secret names a header value refers to, or why it is malformed.
+pub(crate) fn placeholders(value: &str) -> Result<Vec<&str>, String> {
+    let mut names = Vec::new();
+    let mut rest = value;
+    while let Some(start) = rest.find(OPEN) {
+        let after = &rest[start + OPEN.len()..];
+        let end = after.find(CLOSE).ok_or_else(|| "an unclosed {{secret:".to_string())?;
+        let name = &after[..end];
+        check_name(name)?;
+        names.push(name);
+        rest = &after[end + CLOSE.len()..];
+    }
+    Ok(names)
+}
+
+/// Fill in every placeholder of `value` from `secrets`, which the caller has checked.
+pub(crate) fn fill(value: &str, secrets: &[Secret]) -> String {
+    let mut out = value.to_string();
+    for secret in secrets {
+        out = out.replace(&format!("{OPEN}{}{CLOSE}", secret.name), &secret.value);
+    }
+    out
+}
+
+/// Replace any secret value in `text` by its placeholder.
+pub(crate) fn scrub(text: &[u8], secrets: &[Secret]) -> Vec<u8> {
+    let mut out = text.to_vec();
+    for secret in secrets {
+        let needle = secret.value.as_bytes();
+        let placeholder = format!("{OPEN}{}{CLOSE}", secret.name);
+        let mut scrubbed = Vec::with_capacity(out.len());
+        let mut i = 0;
+        while i < out.len() {
+            if out[i..].starts_with(needle) {
+                scrubbed.extend_from_slice(placeholder.as_bytes());
+                i += needle.len();
+            } else {
+                scrubbed.push(out[i]);
+                i += 1;
+            }
+        }
+        out = scrubbed;
+    }
+    out
+}
+
+/// Whether `grant` allows `dest`.
+pub(crate) fn allows(grant: &SecretGrant, dest: &Destination<'_>) -> bool {
+    grant.rules.iter().any(|rule| rule.matches(dest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_fill_and_scrub() {
+        let token = Secret::new("TOKEN", "s3cr3t".into()).expect("secret");
+        assert_eq!(placeholders("Bearer {{secret:TOKEN}}").expect("ok"), ["TOKEN"]);
+        assert!(placeholders("Bearer {{secret:TOKEN").is_err());
+        assert!(placeholders("{{secret:bad-name}}").is_err());
+        assert_eq!(fill("Bearer {{secret:TOKEN}}", std::slice::from_ref(&token)), "Bearer s3cr3t");
+        assert_eq!(scrub(b"echo: Bearer s3cr3t!", std::slice::from_ref(&token)), b"echo: Bearer {{secret:TOKEN}}!");
+        assert_eq!(format!("{token:?}"), "Secret(TOKEN, <redacted>)");
+    }
+}
