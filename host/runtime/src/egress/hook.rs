@@ -252,7 +252,7 @@ impl EgressRun {
             }
             let filled = secrets::fill(&text, &used);
             *value = http::HeaderValue::from_str(&filled).map_err(|_| {
-                Refusal::denied(format!("egress denied: a header with a secret is not a valid header value"))
+                Refusal::denied("egress denied: a header with a secret is not a valid header value".to_string())
             })?;
         }
         Ok(used)
