@@ -232,3 +232,37 @@ fn a_secret_reaches_only_the_granted_host_and_never_the_guest_logs_or_bundle() {
     let plain = Guild::new().run_tool(HTTP_GET, &input, &["--allow-host", &rule]);
     plain.expect_code(4).expect_stderr("secret TOKEN is not granted to this run");
 }
+
+#[tokio::test]
+async fn a_dead_upstream_trips_the_breaker_and_then_fails_fast() {
+    use guild_runtime::egress::{BreakerSettings, EgressRule};
+    use guild_runtime::{Grants, Limits, Runtime, RuntimeConfig};
+    let dead_port = {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let runtime = Runtime::new(RuntimeConfig {
+        breakers: BreakerSettings { failures_to_open: 3, open_ms: 60_000, ..BreakerSettings::default() },
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    let (tool, _) = runtime.load_file(HTTP_GET.as_ref()).await.expect("load");
+    let grants = Grants {
+        egress: vec![EgressRule::parse(&format!("http://127.0.0.1:{dead_port}")).expect("rule")],
+        ..Grants::default()
+    };
+    let input = get(&format!("http://127.0.0.1:{dead_port}/"));
+    for attempt in 0..3 {
+        let report = runtime.run(&tool, &input, &grants, &Limits::default()).await.expect("run");
+        assert!(
+            report.egress_denials[0].contains("connection refused"),
+            "attempt {attempt}: {:?}",
+            report.egress_denials
+        );
+    }
+    let started = std::time::Instant::now();
+    let report = runtime.run(&tool, &input, &grants, &Limits::default()).await.expect("run");
+    assert!(report.egress_denials[0].contains("circuit open for http://127.0.0.1"), "{:?}", report.egress_denials);
+    assert!(report.egress_denials[0].contains("after 3 consecutive failures"), "{:?}", report.egress_denials);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+}

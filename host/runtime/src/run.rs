@@ -5,6 +5,8 @@
 use crate::bindings::exports::guild::tool::tool as wit;
 use crate::bindings::{GuildTool, GuildToolPre};
 use crate::cache::{CacheSource, DiskCache};
+use crate::egress::BreakerSettings;
+use crate::egress::breaker::Breakers;
 use crate::egress::hook::{EgressHooks, EgressRun};
 use crate::engine::{EngineFingerprint, EngineSettings, build_engine, deadline_ticks, spawn_epoch_ticker};
 use crate::error::{LoadError, RunError, RuntimeError};
@@ -39,6 +41,8 @@ pub struct RuntimeConfig {
     pub tools_loaded_max: usize,
     /// Where to record a bundle of every run; `None` records nothing.
     pub recording: Option<RecordingConfig>,
+    /// Circuit breakers for egress upstreams.
+    pub breakers: BreakerSettings,
 }
 
 /// Fuel `describe` may burn when a tool is loaded (~0.1 s of compute).
@@ -171,6 +175,7 @@ pub struct Runtime {
     disk: DiskCache,
     tools: Mutex<LoadedTools>,
     recording: Option<RecordingConfig>,
+    breakers: Arc<Breakers>,
 }
 
 struct LoadedTools {
@@ -199,6 +204,7 @@ impl Runtime {
             disk: DiskCache::new(cache_dir),
             tools: Mutex::new(LoadedTools { by_digest: HashMap::new(), clock: 0, max }),
             recording: config.recording,
+            breakers: Arc::new(Breakers::new(config.breakers)),
         })
     }
 
@@ -349,7 +355,8 @@ impl Runtime {
                 env.recorder.clone(),
                 env.replay_bodies,
             )
-            .with_secrets(policy.secret_grants.clone(), env.secrets),
+            .with_secrets(policy.secret_grants.clone(), env.secrets)
+            .with_breakers(self.breakers.clone()),
         );
         let mut store = self.new_store(policy, limits, &env.seed, recorder, egress.clone())?;
         let started = Instant::now();

@@ -3,6 +3,7 @@
 //! then sent to the address that passed — or, in a replay, answered from the tape. Each exchange
 //! (or refusal) becomes a tape event.
 
+use super::breaker::Breakers;
 use super::connect::{self, Answer};
 use super::rules::{Destination, EgressRule, blocked_reason, parse_ip_literal};
 use super::secrets::{self, Secret, SecretGrant};
@@ -43,6 +44,7 @@ pub(crate) struct EgressRun {
     /// Where each granted secret may go, and the values (only ever used at send time).
     secret_grants: Vec<SecretGrant>,
     secrets: Vec<Secret>,
+    breakers: Option<Arc<Breakers>>,
     requests: AtomicU32,
     denials: Mutex<Vec<String>>,
 }
@@ -65,6 +67,7 @@ impl EgressRun {
             replay_bodies,
             secret_grants: Vec::new(),
             secrets: Vec::new(),
+            breakers: None,
             requests: AtomicU32::new(0),
             denials: Mutex::new(Vec::new()),
         }
@@ -74,6 +77,12 @@ impl EgressRun {
     pub(crate) fn with_secrets(mut self, grants: Vec<SecretGrant>, secrets: Vec<Secret>) -> Self {
         self.secret_grants = grants;
         self.secrets = secrets;
+        self
+    }
+
+    /// Share the runtime's circuit breakers.
+    pub(crate) fn with_breakers(mut self, breakers: Arc<Breakers>) -> Self {
+        self.breakers = Some(breakers);
         self
     }
 
@@ -191,6 +200,9 @@ impl EgressRun {
             )));
         }
         let used = self.fill_secrets(&mut parts.headers, &dest, &shown)?;
+        if let Some(breakers) = &self.breakers {
+            breakers.admit(&shown).map_err(|reason| Refusal { error: Error::DestinationUnavailable, reason })?;
+        }
         let connect_timeout = Duration::from_millis(self.limits.http_connect_timeout_ms);
         let addr = self.resolve(&host, port, connect_timeout).await?;
         let request = http::Request::from_parts(parts, Full::new(body));
@@ -203,7 +215,17 @@ impl EgressRun {
             connect_timeout,
             self.limits.http_response_bytes_max,
         );
-        match tokio::time::timeout(total, sent).await {
+        let outcome = tokio::time::timeout(total, sent).await;
+        if let Some(breakers) = &self.breakers {
+            // A refusal for size is the guest's doing, not the upstream's.
+            let upstream_ok = match &outcome {
+                Ok(Ok(answer)) => answer.status < 500,
+                Ok(Err(Error::HttpResponseBodySize(_))) => true,
+                _ => false,
+            };
+            breakers.record(&shown, upstream_ok);
+        }
+        match outcome {
             Err(_) => Err(Refusal {
                 error: Error::HttpResponseTimeout,
                 reason: format!("{shown} did not answer within {}ms", total.as_millis()),
