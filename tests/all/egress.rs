@@ -266,3 +266,17 @@ async fn a_dead_upstream_trips_the_breaker_and_then_fails_fast() {
     assert!(report.egress_denials[0].contains("after 3 consecutive failures"), "{:?}", report.egress_denials);
     assert!(started.elapsed() < std::time::Duration::from_secs(2));
 }
+
+#[test]
+fn raw_sockets_stay_denied() {
+    let upstream = Upstream::start();
+    let address = format!("127.0.0.1:{}", upstream.port);
+    let input = serde_json::json!({ "attack": "socket", "address": address }).to_string();
+    let rule = format!("http://{address}");
+    Guild::new()
+        .run_tool(guild_test_artifacts::HOSTILE, &input, &["--allow-host", &rule])
+        .expect_code(4)
+        .expect_stderr("raw socket to 127.0.0.1");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(upstream.requests().is_empty(), "a raw socket reached the server");
+}
