@@ -119,6 +119,13 @@ fn redirects_are_not_followed_by_the_host() {
     let out = ran.expect_code(0).json();
     assert_eq!(out["status"], 302);
     assert_eq!(upstream.requests().len(), 1, "the host must not follow the redirect itself");
+    // A tool that follows it makes a new request, checked anew: this one is to a name.
+    let location = out["headers"]["location"].as_str().expect("location").to_string();
+    Guild::new()
+        .run_tool(HTTP_GET, &get(&location), &["--allow-host", &rule])
+        .expect_code(4)
+        .expect_stderr("matches no rule");
+    assert_eq!(upstream.requests().len(), 1);
 }
 
 #[test]
