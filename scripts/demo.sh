@@ -8,7 +8,8 @@ bash scripts/setup.sh
 echo "== building guild (release) and the example tools (wasm32-wasip2)"
 cargo build --release --bin guild
 cargo build --profile wasm --target wasm32-wasip2 \
-    -p guild-tool-echo -p guild-tool-wc -p guild-tool-grep -p guild-tool-hash -p guild-tool-json-query
+    -p guild-tool-echo -p guild-tool-wc -p guild-tool-grep -p guild-tool-hash -p guild-tool-json-query \
+    -p guild-tool-http-get
 
 guild=target/release/guild
 tools=target/wasm32-wasip2/wasm
@@ -31,6 +32,31 @@ step "hash: blake3 of the WIT contract"
 step "json-query: the package name of the first member in a document"
 "$guild" run "$tools/json_query.wasm" \
     --input '{"document":{"members":[{"name":"guild-runtime"},{"name":"guild-sdk"}]},"query":"members[0].name"}'
+
+step "replay: the last wc run, verified and re-run from its bundle"
+bundle=$("$guild" run "$tools/wc.wasm" --dir wit::/data:ro --input '{}' --summary-json 2>&1 >/dev/null | tail -n 1 \
+    | sed -n 's/.*"bundle":"\([0-9a-f]*\)".*/\1/p')
+"$guild" bundle verify "$bundle"
+"$guild" replay "$bundle"
+
+step "egress: http-get through an explicit rule to a server on loopback"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+python3 -m http.server "$port" --bind 127.0.0.1 --directory wit >/dev/null 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null' EXIT
+for _ in $(seq 50); do (echo >/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
+"$guild" run "$tools/http_get.wasm" --allow-host "http://127.0.0.1:$port" \
+    --input "{\"url\":\"http://127.0.0.1:$port/guild.wit\"}" | head -c 300
+echo
+
+step "egress refused: the same server by name resolves to loopback (exit code 4 expected)"
+set +e
+"$guild" run "$tools/http_get.wasm" --allow-host "http://localhost:$port" \
+    --input "{\"url\":\"http://localhost:$port/guild.wit\"}"
+code=$?
+set -e
+echo "exit code: $code"
+[ "$code" -eq 4 ]
 
 step "a limit at work: wc with almost no fuel (exit code 3 expected)"
 set +e
