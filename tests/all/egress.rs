@@ -287,3 +287,71 @@ fn raw_sockets_stay_denied() {
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert!(upstream.requests().is_empty(), "a raw socket reached the server");
 }
+
+/// A TLS server on loopback with a certificate for 127.0.0.1 issued by a fresh test CA; returns
+/// its port and the CA's PEM.
+fn tls_upstream() -> (u16, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().expect("key");
+    let server_params = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+    let server_cert = server_params.signed_by(&server_key, &issuer).expect("cert");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![server_cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+        )
+        .expect("server config");
+    let config = std::sync::Arc::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let Ok(connection) = rustls::ServerConnection::new(config) else { return };
+                let mut tls = rustls::StreamOwned::new(connection, tcp);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && tls.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let body = "secure hello";
+                let _ =
+                    write!(tls, "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let _ = tls.flush();
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            });
+        }
+    });
+    (port, ca_cert.pem())
+}
+
+#[test]
+fn https_is_verified_against_the_roots_and_an_added_ca() {
+    let (port, ca_pem) = tls_upstream();
+    let dir = crate::tree(&[("ca.pem", &ca_pem)]);
+    let ca_file = dir.path().join("ca.pem");
+    let guild = Guild::new();
+    let rule = format!("https://127.0.0.1:{port}");
+    let input = get(&format!("https://127.0.0.1:{port}/"));
+    // Unknown issuer: the webpki roots do not trust the test CA.
+    guild.run_tool(HTTP_GET, &input, &["--allow-host", &rule]).expect_code(1).expect_stderr("Tls");
+    let ran = guild.run_tool(HTTP_GET, &input, &["--allow-host", &rule, "--tls-ca", ca_file.to_str().expect("utf-8")]);
+    let out = ran.expect_code(0).json();
+    assert_eq!(out["status"], 200);
+    assert_eq!(out["body"], "secure hello");
+    guild
+        .run_tool(HTTP_GET, &input, &["--allow-host", &rule, "--tls-ca", "/nonexistent.pem"])
+        .expect_code(2)
+        .expect_stderr("cannot read CA file /nonexistent.pem");
+}

@@ -144,6 +144,9 @@ pub(crate) struct RunArgs {
     /// Let secret NAME be sent to destinations matching RULE (repeatable).
     #[arg(long = "grant-secret", value_name = "NAME=RULE", value_parser = parse_secret_grant)]
     pub(crate) secret_grants: Vec<(String, EgressRule)>,
+    /// Trust the CA certificates in this PEM file for egress TLS, besides the webpki roots.
+    #[arg(long = "tls-ca", value_name = "FILE.pem")]
+    pub(crate) tls_ca: Vec<PathBuf>,
     /// Outgoing HTTP requests the run may make.
     #[arg(long, value_name = "COUNT", default_value_t = guild_runtime::HTTP_REQUESTS_MAX_DEFAULT)]
     pub(crate) http_requests: u32,

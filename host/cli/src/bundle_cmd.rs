@@ -191,7 +191,7 @@ fn describe_effect(effect: &Effect) -> String {
 
 pub(crate) fn replay(global: &Global, args: ReplayArgs) -> Result<Exit, Failure> {
     let Opened { bundle, store } = open(global, &args.bundle)?;
-    let runtime = open_runtime(global, None)?;
+    let runtime = open_runtime(global, None, &[])?;
     let options = ReplayOptions { allow_engine_mismatch: args.allow_engine_mismatch };
     block_on(async {
         let report = runtime.replay(&bundle, store.as_ref(), &options).await.map_err(|e| match e {

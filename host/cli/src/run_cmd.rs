@@ -21,7 +21,7 @@ pub(crate) fn run(global: &Global, args: RunArgs) -> Result<Exit, Failure> {
     let input = read_input(&args)?;
     let tree_limits =
         TreeLimits { bytes_max: args.mount_bytes, entries_max: args.mount_entries, ..TreeLimits::default() };
-    let runtime = open_runtime(global, Some(tree_limits))?;
+    let runtime = open_runtime(global, Some(tree_limits), &args.tls_ca)?;
     let limits = Limits {
         fuel_units: args.fuel,
         timeout_ms: args.timeout,
@@ -69,7 +69,7 @@ fn load_secrets(args: &RunArgs) -> Result<(Vec<Secret>, Vec<SecretGrant>), Failu
 }
 
 pub(crate) fn describe(global: &Global, args: DescribeArgs) -> Result<Exit, Failure> {
-    let runtime = open_runtime(global, None)?;
+    let runtime = open_runtime(global, None, &[])?;
     block_on(async {
         let (tool, _) = runtime.load_file(&args.component).await.map_err(load_failure)?;
         let mut value = serde_json::to_value(tool.info()).map_err(|e| Failure::host(e.to_string()))?;
@@ -139,7 +139,11 @@ pub(crate) fn host_key(global: &Global) -> Result<HostKey, Failure> {
 
 /// A runtime for this command; recording every run into the store, with mounts bounded by
 /// `record`, when it is given.
-pub(crate) fn open_runtime(global: &Global, record: Option<TreeLimits>) -> Result<Runtime, Failure> {
+pub(crate) fn open_runtime(
+    global: &Global,
+    record: Option<TreeLimits>,
+    tls_ca: &[PathBuf],
+) -> Result<Runtime, Failure> {
     let home = home_dir(global)?;
     let recording = match record {
         Some(tree_limits) => Some(RecordingConfig {
@@ -152,9 +156,13 @@ pub(crate) fn open_runtime(global: &Global, record: Option<TreeLimits>) -> Resul
         cache_dir: Some(home.join("cache")),
         engine: EngineSettings { concurrent_runs_max: CLI_CONCURRENT_RUNS_MAX, ..EngineSettings::default() },
         recording,
+        tls_ca_files: tls_ca.to_vec(),
         ..RuntimeConfig::default()
     };
-    Runtime::new(config).map_err(|e| Failure::host(e.to_string()))
+    Runtime::new(config).map_err(|e| match e {
+        guild_runtime::RuntimeError::Config(_) => Failure::usage(e.to_string()),
+        other => Failure::host(other.to_string()),
+    })
 }
 
 fn load_failure(error: LoadError) -> Failure {

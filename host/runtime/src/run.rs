@@ -43,6 +43,8 @@ pub struct RuntimeConfig {
     pub recording: Option<RecordingConfig>,
     /// Circuit breakers for egress upstreams.
     pub breakers: BreakerSettings,
+    /// PEM files of CA certificates trusted for egress TLS besides the webpki roots.
+    pub tls_ca_files: Vec<PathBuf>,
 }
 
 /// Fuel `describe` may burn when a tool is loaded (~0.1 s of compute).
@@ -176,6 +178,7 @@ pub struct Runtime {
     tools: Mutex<LoadedTools>,
     recording: Option<RecordingConfig>,
     breakers: Arc<Breakers>,
+    tls: Arc<rustls::ClientConfig>,
 }
 
 struct LoadedTools {
@@ -205,6 +208,7 @@ impl Runtime {
             tools: Mutex::new(LoadedTools { by_digest: HashMap::new(), clock: 0, max }),
             recording: config.recording,
             breakers: Arc::new(Breakers::new(config.breakers)),
+            tls: crate::egress::connect::tls_config(&config.tls_ca_files).map_err(RuntimeError::Config)?,
         })
     }
 
@@ -356,7 +360,8 @@ impl Runtime {
                 env.replay_bodies,
             )
             .with_secrets(policy.secret_grants.clone(), env.secrets)
-            .with_breakers(self.breakers.clone()),
+            .with_breakers(self.breakers.clone())
+            .with_tls(self.tls.clone()),
         );
         let mut store = self.new_store(policy, limits, &env.seed, recorder, egress.clone())?;
         let started = Instant::now();

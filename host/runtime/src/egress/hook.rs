@@ -45,6 +45,7 @@ pub(crate) struct EgressRun {
     secret_grants: Vec<SecretGrant>,
     secrets: Vec<Secret>,
     breakers: Option<Arc<Breakers>>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     requests: AtomicU32,
     denials: Mutex<Vec<String>>,
 }
@@ -68,6 +69,7 @@ impl EgressRun {
             secret_grants: Vec::new(),
             secrets: Vec::new(),
             breakers: None,
+            tls: None,
             requests: AtomicU32::new(0),
             denials: Mutex::new(Vec::new()),
         }
@@ -77,6 +79,12 @@ impl EgressRun {
     pub(crate) fn with_secrets(mut self, grants: Vec<SecretGrant>, secrets: Vec<Secret>) -> Self {
         self.secret_grants = grants;
         self.secrets = secrets;
+        self
+    }
+
+    /// Use the runtime's TLS configuration.
+    pub(crate) fn with_tls(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -207,7 +215,9 @@ impl EgressRun {
         let addr = self.resolve(&host, port, connect_timeout).await?;
         let request = http::Request::from_parts(parts, Full::new(body));
         let total = Duration::from_millis(self.limits.http_timeout_ms);
+        let tls = self.tls.clone().ok_or_else(|| Refusal::denied("egress is not configured on this host".into()))?;
         let sent = connect::exchange(
+            tls,
             addr,
             &host,
             scheme == "https",

@@ -3,7 +3,7 @@
 //! address (`connect`).
 
 pub mod breaker;
-mod connect;
+pub(crate) mod connect;
 pub(crate) mod hook;
 pub mod rules;
 pub mod secrets;
