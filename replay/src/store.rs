@@ -120,7 +120,13 @@ impl BlobStore for MemoryStore {
 pub struct DirStore {
     root: PathBuf,
     behind: Option<WriteBehind>,
+    /// Digests known to be stored, so a busy host does not stat the same blob on every run.
+    /// The store is append-only while a host uses it.
+    known: Mutex<std::collections::HashSet<Digest>>,
 }
+
+/// Digests [`DirStore`] remembers as present; past this it starts over.
+const KNOWN_DIGESTS_MAX: usize = 100_000;
 
 impl DirStore {
     /// Open (creating if needed) the store at `root`; every write lands before it returns.
@@ -130,7 +136,7 @@ impl DirStore {
             let dir = root.join(sub);
             std::fs::create_dir_all(&dir).map_err(|source| io_error(&dir, source))?;
         }
-        Ok(Self { root, behind: None })
+        Ok(Self { root, behind: None, known: Mutex::default() })
     }
 
     /// Open the store at `root` with writes done by a background thread, holding at most
@@ -259,13 +265,31 @@ impl DirStore {
 /// Largest manifest or signature file the store reads.
 const BUNDLE_FILE_BYTES_MAX: u64 = 256 << 20;
 
+impl DirStore {
+    fn is_known(&self, digest: &Digest) -> bool {
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).contains(digest)
+    }
+
+    fn remember(&self, digest: Digest) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() >= KNOWN_DIGESTS_MAX {
+            known.clear();
+        }
+        known.insert(digest);
+    }
+}
+
 impl BlobStore for DirStore {
     fn put(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
         let digest = Digest::of(bytes);
+        if self.is_known(&digest) {
+            return Ok(digest);
+        }
         let path = self.blob_path(&digest);
         if !self.exists(&path) {
             self.write(&path, bytes)?;
         }
+        self.remember(digest);
         Ok(digest)
     }
 
@@ -279,7 +303,7 @@ impl BlobStore for DirStore {
     }
 
     fn has(&self, digest: &Digest) -> bool {
-        self.exists(&self.blob_path(digest))
+        self.is_known(digest) || self.exists(&self.blob_path(digest))
     }
 
     fn file_path(&self, digest: &Digest) -> Option<PathBuf> {

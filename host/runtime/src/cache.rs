@@ -23,6 +23,7 @@ pub enum CacheSource {
 }
 
 /// The on-disk half of the cache.
+#[derive(Clone)]
 pub(crate) struct DiskCache {
     dir: Option<PathBuf>,
 }

@@ -92,6 +92,14 @@ pub(crate) fn output_trees(
         .collect()
 }
 
+/// This machine's name, read once.
+fn hostname() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|n| n.trim().to_string()).unwrap_or_default()
+    })
+}
+
 /// How an outcome is written in `result.json`: the output itself is a blob, not inline.
 pub(crate) fn outcome_record(outcome: &Outcome) -> serde_json::Value {
     match outcome {
@@ -156,7 +164,7 @@ impl RecordingConfig {
         };
         let exec = serde_json::json!({
             "guild_version": env!("CARGO_PKG_VERSION"),
-            "hostname": std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim(),
+            "hostname": hostname(),
             "finished_at_unix_ms": SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
             "wall_time_us": execution.wall_time.as_micros() as u64,
             "memory_bytes_peak": execution.memory_bytes_peak,

@@ -232,7 +232,12 @@ impl Runtime {
         if let Some(tool) = self.loaded(&digest) {
             return Ok((tool, CacheSource::Memory));
         }
-        let (component, source) = self.disk.load_or_compile(&self.engine, &digest, bytes)?;
+        // Compiling takes ~100 ms of CPU per component: off the async workers, so a daemon
+        // keeps answering while a new tool compiles.
+        let (disk, engine, owned) = (self.disk.clone(), self.engine.clone(), bytes.to_vec());
+        let (component, source) = tokio::task::spawn_blocking(move || disk.load_or_compile(&engine, &digest, &owned))
+            .await
+            .map_err(|e| LoadError::Invalid(format!("the compilation task failed: {e}")))??;
         if let Some(recording) = &self.recording {
             // Bundles refer to the component by digest; keep it (once) in the store.
             recording.store.put(bytes).map_err(|e| LoadError::Store(e.to_string()))?;
