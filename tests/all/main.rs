@@ -8,6 +8,7 @@ mod hostile;
 mod replay;
 mod runtime_api;
 mod scaffold;
+mod serve;
 mod tools;
 
 use std::path::{Path, PathBuf};

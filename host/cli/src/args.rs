@@ -49,6 +49,22 @@ pub(crate) enum Command {
     /// The host's signing key.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Run the daemon: the HTTP API over the run pipeline (bearer token from GUILD_TOKEN, or
+    /// generated on first start and kept under the home).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8480")]
+    pub(crate) listen: std::net::SocketAddr,
+    /// Register a tool component (repeatable); clients call it by its name.
+    #[arg(long = "tool", value_name = "COMPONENT.wasm")]
+    pub(crate) tools: Vec<PathBuf>,
+    /// Egress rules every run gets (see `guild run --help`).
+    #[arg(long = "allow-host", value_name = "RULE", value_parser = parse_rule)]
+    pub(crate) allow_hosts: Vec<EgressRule>,
 }
 
 #[derive(Debug, Subcommand)]

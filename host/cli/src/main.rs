@@ -6,6 +6,7 @@ mod bundle_cmd;
 mod exit;
 mod run_cmd;
 mod scaffold;
+mod serve_cmd;
 mod units;
 
 use clap::Parser;
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
         args::Command::Bundle(args::BundleCommand::Export(a)) => bundle_cmd::export(&cli.global, a),
         args::Command::Replay(a) => bundle_cmd::replay(&cli.global, a),
         args::Command::Key(args::KeyCommand::Show) => bundle_cmd::key_show(&cli.global),
+        args::Command::Serve(a) => serve_cmd::serve(&cli.global, a),
     };
     match result {
         Ok(code) => code.into(),
