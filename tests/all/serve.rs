@@ -106,6 +106,12 @@ fn runs_over_http_leave_replayable_bundles_and_the_daemon_drains_on_sigterm() {
     assert_eq!((status, error["error"]["code"].as_str()), (400, Some("bad_request")));
 
     let id = run["bundle"].as_str().expect("bundle id");
+    let (status, stored) = daemon.json("GET", &format!("/v1/runs/{id}"), "secret-token", "");
+    assert_eq!(status, 200, "{stored}");
+    assert_eq!(stored["output"], run["output"]);
+    assert_eq!(stored["outcome"]["status"], "output");
+    let (status, _) = daemon.json("GET", "/v1/runs/0123456789abcdef", "secret-token", "");
+    assert_eq!(status, 404);
     let (status, archive) = daemon.call("GET", &format!("/v1/bundles/{id}"), "secret-token", "");
     assert_eq!(status, 200);
     let dir = tempfile::tempdir().expect("tempdir");

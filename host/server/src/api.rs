@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use guild_replay::{Digest, DirStore, archive};
+use guild_replay::{BlobStore, Digest, DirStore, archive};
 use guild_runtime::{Grants, Limits, Outcome, RunError, Runtime, Tool, egress::EgressRule};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -86,6 +86,7 @@ pub fn router(config: ServerConfig, runtime: Arc<Runtime>, store: Arc<DirStore>)
         .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route("/v1/tools", get(list_tools))
         .route("/v1/runs", post(create_run))
+        .route("/v1/runs/{id}", get(get_run))
         .route("/v1/bundles/{id}", get(get_bundle))
         .layer(axum::extract::DefaultBodyLimit::max(config.request_bytes_max))
         .with_state(state)
@@ -187,6 +188,40 @@ fn run_error(error: RunError) -> ApiError {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "host_failure", error.to_string())
         }
     }
+}
+
+/// A finished run, read back from its bundle (the run id is the bundle id), so any node that
+/// shares the store can answer.
+async fn get_run(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authenticate(&state, &headers)?;
+    let not_found = |e: &dyn std::fmt::Display| ApiError::new(StatusCode::NOT_FOUND, "unknown_run", e.to_string());
+    let id = state.store.resolve(&id).map_err(|e| not_found(&e))?;
+    let (manifest, signature) = state.store.get_bundle(&id).map_err(|e| not_found(&e))?;
+    let bundle = guild_replay::Bundle::open(state.store.as_ref(), &manifest, &signature, None)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "invalid_bundle", e.to_string()))?;
+    let output = match &bundle.result.output {
+        Some(blob) => {
+            let bytes = state
+                .store
+                .get(&blob.digest)
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "invalid_bundle", e.to_string()))?;
+            serde_json::from_slice(&bytes).unwrap_or_default()
+        }
+        None => serde_json::Value::Null,
+    };
+    Ok(Json(serde_json::json!({
+        "id": bundle.id,
+        "tool": bundle.action.tool.name,
+        "tool_version": bundle.action.tool.version,
+        "outcome": bundle.result.outcome,
+        "output": output,
+        "fuel_used_units": bundle.result.fuel_used_units,
+        "bundle": bundle.id,
+    })))
 }
 
 async fn get_bundle(
