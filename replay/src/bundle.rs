@@ -163,16 +163,14 @@ impl<'a> BundleWriter<'a> {
         exec: &serde_json::Value,
         key: &HostKey,
     ) -> Result<Sealed, StoreError> {
-        let document = |value: &dyn erased::Canonical| -> Result<BlobRef, StoreError> {
-            let bytes = value.canonical();
-            let digest = self.store.put(&bytes)?;
-            Ok(BlobRef { digest, size_bytes: bytes.len() as u64 })
+        let put = |bytes: Vec<u8>| -> Result<BlobRef, StoreError> {
+            Ok(BlobRef { digest: self.store.put(&bytes)?, size_bytes: bytes.len() as u64 })
         };
-        let action = document(action)?;
-        let result_ref = document(result)?;
-        let exec = document(exec)?;
-        let tape_bytes = tape.to_jsonl();
-        let tape_ref = BlobRef { digest: self.store.put(&tape_bytes)?, size_bytes: tape_bytes.len() as u64 };
+        // Serializing these plain documents cannot fail.
+        let action = put(to_canonical_bytes(action).unwrap_or_default())?;
+        let result_ref = put(to_canonical_bytes(result).unwrap_or_default())?;
+        let exec = put(to_canonical_bytes(exec).unwrap_or_default())?;
+        let tape_ref = put(tape.to_jsonl())?;
         for doc in [action, result_ref, exec, tape_ref] {
             self.blobs.remove(&doc.digest);
         }
@@ -192,19 +190,6 @@ impl<'a> BundleWriter<'a> {
         let id = Digest::of(&manifest);
         let signature = to_canonical_bytes(&key.sign(&id)).unwrap_or_default();
         Ok(Sealed { id, manifest, signature })
-    }
-}
-
-mod erased {
-    /// Object-safe canonical serialization, so one closure serializes every document kind.
-    pub(super) trait Canonical {
-        fn canonical(&self) -> Vec<u8>;
-    }
-
-    impl<T: serde::Serialize> Canonical for T {
-        fn canonical(&self) -> Vec<u8> {
-            super::to_canonical_bytes(self).unwrap_or_default()
-        }
     }
 }
 

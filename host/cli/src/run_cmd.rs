@@ -124,11 +124,15 @@ pub(crate) fn home_dir(global: &Global) -> Result<PathBuf, Failure> {
 
 /// The bundle store: `--store`, `GUILD_STORE`, or `HOME/store`.
 pub(crate) fn open_store(global: &Global) -> Result<DirStore, Failure> {
-    let dir = match &global.store {
-        Some(dir) => dir.clone(),
-        None => home_dir(global)?.join("store"),
-    };
-    DirStore::open(&dir).map_err(|e| Failure::host(format!("cannot open the bundle store: {e}")))
+    DirStore::open(store_dir(global)?).map_err(|e| Failure::host(format!("cannot open the bundle store: {e}")))
+}
+
+/// Where the bundle store lives: `--store`, `GUILD_STORE`, or `HOME/store`.
+pub(crate) fn store_dir(global: &Global) -> Result<PathBuf, Failure> {
+    match &global.store {
+        Some(dir) => Ok(dir.clone()),
+        None => Ok(home_dir(global)?.join("store")),
+    }
 }
 
 /// The host's signing key, created on first use under `HOME/keys`.
@@ -196,15 +200,10 @@ fn print_report(report: &RunReport, source: CacheSource, args: &RunArgs) -> Exit
             (Exit::Success, "ok", None)
         }
         Outcome::ToolError { kind, message } => {
-            let exit = match kind {
-                ToolErrorKind::InvalidInput => Exit::Usage,
-                ToolErrorKind::Failed => Exit::ToolError,
-                ToolErrorKind::Denied => Exit::Denied,
-            };
-            let label = match kind {
-                ToolErrorKind::InvalidInput => "invalid input",
-                ToolErrorKind::Failed => "tool failed",
-                ToolErrorKind::Denied => "denied",
+            let (exit, label) = match kind {
+                ToolErrorKind::InvalidInput => (Exit::Usage, "invalid input"),
+                ToolErrorKind::Failed => (Exit::ToolError, "tool failed"),
+                ToolErrorKind::Denied => (Exit::Denied, "denied"),
             };
             (exit, "tool-error", Some(format!("{label}: {message}")))
         }

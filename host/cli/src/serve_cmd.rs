@@ -3,7 +3,7 @@
 
 use crate::args::{Global, ServeArgs};
 use crate::exit::{Exit, Failure};
-use crate::run_cmd::{home_dir, host_key};
+use crate::run_cmd::{home_dir, host_key, store_dir};
 use guild_replay::{Digest, DirStore, PENDING_BYTES_MAX_DEFAULT};
 use guild_runtime::{EngineSettings, Limits, RecordingConfig, Runtime, RuntimeConfig};
 use guild_server::ServerConfig;
@@ -15,9 +15,8 @@ const REQUEST_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub(crate) fn serve(global: &Global, args: ServeArgs) -> Result<Exit, Failure> {
     let token = bearer_token(global)?;
     let home = home_dir(global)?;
-    let store_dir = global.store.clone().unwrap_or_else(|| home.join("store"));
     let store = Arc::new(
-        DirStore::open_write_behind(&store_dir, PENDING_BYTES_MAX_DEFAULT)
+        DirStore::open_write_behind(store_dir(global)?, PENDING_BYTES_MAX_DEFAULT)
             .map_err(|e| Failure::host(format!("cannot open the bundle store: {e}")))?,
     );
     let config = RuntimeConfig {

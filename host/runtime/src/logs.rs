@@ -131,10 +131,7 @@ impl LogSink {
     fn write_stdio(&self, source: LogSource, bytes: &[u8]) -> Result<(), LimitHit> {
         let mut buffer = self.lock();
         buffer.charge(bytes.len())?;
-        let partial = match source {
-            LogSource::Stderr => &mut buffer.partial_stderr,
-            _ => &mut buffer.partial_stdout,
-        };
+        let partial = buffer.partial(source);
         partial.extend_from_slice(bytes);
         let mut complete = Vec::new();
         while let Some(newline) = partial.iter().position(|&b| b == b'\n') {
@@ -151,10 +148,7 @@ impl LogSink {
     pub(crate) fn finish(&self) -> Vec<LogLine> {
         let mut buffer = self.lock();
         for source in [LogSource::Stdout, LogSource::Stderr] {
-            let partial = match source {
-                LogSource::Stderr => std::mem::take(&mut buffer.partial_stderr),
-                _ => std::mem::take(&mut buffer.partial_stdout),
-            };
+            let partial = std::mem::take(buffer.partial(source));
             if !partial.is_empty() {
                 let message = String::from_utf8_lossy(&partial).into_owned();
                 buffer.push(LogLine { level: stdio_level(source), source, message });
@@ -170,6 +164,14 @@ impl LogSink {
 }
 
 impl LogBuffer {
+    /// The unterminated text of stdout or stderr.
+    fn partial(&mut self, source: LogSource) -> &mut Vec<u8> {
+        match source {
+            LogSource::Stderr => &mut self.partial_stderr,
+            _ => &mut self.partial_stdout,
+        }
+    }
+
     fn push(&mut self, line: LogLine) {
         if let Some(recorder) = &self.recorder {
             recorder.record(line.effect());

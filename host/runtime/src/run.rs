@@ -353,22 +353,22 @@ impl Runtime {
         limits: &Limits,
         env: RunEnv,
     ) -> Result<Execution, RunError> {
-        let recorder = env.recorder.clone();
-        let recorder = recorder.as_ref();
+        let RunEnv { seed, recorder, replay_bodies, secrets } = env;
         let egress = Arc::new(
             EgressRun::new(
                 tool.info.name.clone(),
                 policy.egress.clone(),
                 policy.tool_hosts.clone(),
                 limits.clone(),
-                env.recorder.clone(),
-                env.replay_bodies,
+                recorder.clone(),
+                replay_bodies,
             )
-            .with_secrets(policy.secret_grants.clone(), env.secrets)
+            .with_secrets(policy.secret_grants.clone(), secrets)
             .with_breakers(self.breakers.clone())
             .with_tls(self.tls.clone()),
         );
-        let mut store = self.new_store(policy, limits, &env.seed, recorder, egress.clone())?;
+        let recorder = recorder.as_ref();
+        let mut store = self.new_store(policy, limits, &seed, recorder, egress.clone())?;
         let started = Instant::now();
         // The epoch deadline interrupts wasm; this outer deadline also covers a guest parked in a
         // host call. Dropping the future abandons the run and its store.

@@ -45,6 +45,11 @@ pub(crate) fn tls_config(extra_ca_files: &[std::path::PathBuf]) -> Result<Arc<ru
     Ok(Arc::new(config))
 }
 
+/// Headers as (name, value) pairs in order, values decoded lossily, as the tape records them.
+pub(crate) fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers.iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect()
+}
+
 /// Send `request` (whose URI is reduced to its path here) to `addr`.
 pub(crate) async fn exchange(
     tls: Arc<rustls::ClientConfig>,
@@ -75,11 +80,7 @@ pub(crate) async fn exchange(
         send(TokioIo::new(stream), request).await?
     };
     let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-        .collect();
+    let headers = header_pairs(response.headers());
     let limited = Limited::new(response.into_body(), usize::try_from(response_bytes_max).unwrap_or(usize::MAX));
     let body = match limited.collect().await {
         Ok(collected) => collected.to_bytes(),

@@ -4,7 +4,7 @@
 //! (or refusal) becomes a tape event.
 
 use super::breaker::Breakers;
-use super::connect::{self, Answer};
+use super::connect::{self, Answer, header_pairs};
 use super::rules::{Destination, EgressRule, blocked_reason, parse_ip_literal};
 use super::secrets::{self, Secret, SecretGrant};
 use crate::Limits;
@@ -347,10 +347,6 @@ fn list(rules: &[EgressRule]) -> String {
         return "none".into();
     }
     rules.iter().map(EgressRule::as_str).collect::<Vec<_>>().join(", ")
-}
-
-fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
-    headers.iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect()
 }
 
 fn to_response(answer: Answer) -> http::Response<WasiBody> {
