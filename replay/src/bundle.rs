@@ -115,6 +115,8 @@ pub struct Sealed {
     pub manifest: Vec<u8>,
     /// Canonical signature bytes.
     pub signature: Vec<u8>,
+    /// Bytes the bundle holds: every blob it lists, its manifest and its signature.
+    pub size_bytes: u64,
 }
 
 /// Gathers a bundle's blobs as a run proceeds, then seals it.
@@ -189,7 +191,9 @@ impl<'a> BundleWriter<'a> {
         let manifest = to_canonical_bytes(&manifest).unwrap_or_default();
         let id = Digest::of(&manifest);
         let signature = to_canonical_bytes(&key.sign(&id)).unwrap_or_default();
-        Ok(Sealed { id, manifest, signature })
+        let blob_bytes: u64 = self.blobs.values().sum();
+        let size_bytes = blob_bytes + manifest.len() as u64 + signature.len() as u64;
+        Ok(Sealed { id, manifest, signature, size_bytes })
     }
 }
 

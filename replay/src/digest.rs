@@ -22,7 +22,7 @@ impl Digest {
     }
 
     /// Wrap raw hash bytes.
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }
 

@@ -49,22 +49,56 @@ pub(crate) enum Command {
     /// The host's signing key.
     #[command(subcommand)]
     Key(KeyCommand),
-    /// Run the daemon: the HTTP API over the run pipeline (bearer token from GUILD_TOKEN, or
-    /// generated on first start and kept under the home).
+    /// Run the daemon: the HTTP API over the run pipeline. Without a config it serves the
+    /// example tools on 127.0.0.1 with one bearer token (GUILD_TOKEN, or generated on first
+    /// start, printed once and kept under the home).
     Serve(ServeArgs),
+    /// The daemon's audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Bearer tokens for the daemon's tenants.
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8480")]
-    pub(crate) listen: std::net::SocketAddr,
-    /// Register a tool component (repeatable); clients call it by its name.
+    /// The daemon's TOML configuration (see guild.example.toml). Without one, Guild serves its
+    /// example tools on 127.0.0.1 to one admin tenant. Every field can be set from the
+    /// environment as GUILD_<FIELD> (nested: GUILD_QUEUE__DEPTH_MAX, GUILD_TENANTS__<NAME>__BURST).
+    #[arg(long, env = "GUILD_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Address to listen on (overrides the config's `listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<std::net::SocketAddr>,
+    /// Register a tool component (repeatable), beside the config's; clients call it by its name.
     #[arg(long = "tool", value_name = "COMPONENT.wasm")]
     pub(crate) tools: Vec<PathBuf>,
-    /// Egress rules every run gets (see `guild run --help`).
+    /// Egress rules for the example tools and `--tool` tools (see `guild run --help`).
     #[arg(long = "allow-host", value_name = "RULE", value_parser = parse_rule)]
     pub(crate) allow_hosts: Vec<EgressRule>,
+    /// Mount a directory into the example tools and `--tool` tools: HOST::GUEST[:ro|:rw].
+    #[arg(long = "dir", value_name = "HOST::GUEST[:ro|:rw]", value_parser = parse_mount)]
+    pub(crate) dirs: Vec<Mount>,
+    /// Do not serve the embedded example tools when there is no config.
+    #[arg(long)]
+    pub(crate) no_examples: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check the audit log's hash chain and head; names the first broken record (exit 10).
+    Verify {
+        /// The log; defaults to HOME/audit.log.
+        #[arg(value_name = "FILE")]
+        log: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Make a new bearer token; prints it and the `token_blake3` line for a tenant's config.
+    New,
 }
 
 #[derive(Debug, Subcommand)]

@@ -33,6 +33,8 @@ fn main() -> ExitCode {
         args::Command::Replay(a) => bundle_cmd::replay(&cli.global, a),
         args::Command::Key(args::KeyCommand::Show) => bundle_cmd::key_show(&cli.global),
         args::Command::Serve(a) => serve_cmd::serve(&cli.global, a),
+        args::Command::Audit(a) => serve_cmd::audit(&cli.global, a),
+        args::Command::Token(a) => serve_cmd::token(a),
     };
     match result {
         Ok(code) => code.into(),

@@ -1,109 +1,185 @@
-//! `guild serve`: the daemon. Loads the given tools once, records every run into the store with
-//! writes in the background, and serves the HTTP API until SIGTERM or Ctrl-C, then drains.
+//! `guild serve`, `guild audit verify` and `guild token new`: wiring the daemon from its config
+//! (or the embedded default: the example tools on 127.0.0.1 for one admin token), logging as
+//! JSON lines, and stopping cleanly on SIGTERM or Ctrl-C.
 
-use crate::args::{Global, ServeArgs};
+use crate::args::{AuditCommand, Global, ServeArgs, TokenCommand};
 use crate::exit::{Exit, Failure};
-use crate::run_cmd::{home_dir, host_key, store_dir};
+use crate::run_cmd::{home_dir, host_key};
 use guild_replay::{Digest, DirStore, PENDING_BYTES_MAX_DEFAULT};
-use guild_runtime::{EngineSettings, Limits, RecordingConfig, Runtime, RuntimeConfig};
-use guild_server::ServerConfig;
+use guild_runtime::{EngineSettings, Grants, Limits, RecordingConfig, Runtime, RuntimeConfig};
+use guild_server::config::{DaemonConfig, LogFormat};
+use guild_server::registry::{ToolSource, ToolSpec};
+use guild_server::{DaemonSetup, audit};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-/// Largest request body the API accepts.
-const REQUEST_BYTES_MAX: usize = 4 * 1024 * 1024;
+include!(concat!(env!("OUT_DIR"), "/embedded_tools.rs"));
 
 pub(crate) fn serve(global: &Global, args: ServeArgs) -> Result<Exit, Failure> {
-    let token = bearer_token(global)?;
     let home = home_dir(global)?;
+    let (text, origin) = match &args.config {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .map_err(|e| Failure::usage(format!("cannot read the config {}: {e}", path.display())))?,
+            path.clone(),
+        ),
+        None => (String::new(), PathBuf::from("(embedded default config)")),
+    };
+    let (mut config, ignored) =
+        DaemonConfig::load(&text, &origin, std::env::vars()).map_err(|e| Failure::usage(e.to_string()))?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    init_logging(config.log_format);
+    for variable in ignored {
+        tracing::warn!(variable = %variable, "ignoring an environment variable that names no config field");
+    }
+    let store_dir = global.store.clone().or_else(|| config.store.clone()).unwrap_or_else(|| home.join("store"));
+    let state_dir = config.state.clone().unwrap_or_else(|| home.clone());
+    let default_token = if config.tenants.is_empty() { Some(bearer_token(&state_dir)?) } else { None };
     let store = Arc::new(
-        DirStore::open_write_behind(store_dir(global)?, PENDING_BYTES_MAX_DEFAULT)
-            .map_err(|e| Failure::host(format!("cannot open the bundle store: {e}")))?,
+        DirStore::open_write_behind(&store_dir, PENDING_BYTES_MAX_DEFAULT)
+            .map_err(|e| Failure::host(format!("cannot open the bundle store {}: {e}", store_dir.display())))?,
     );
-    let config = RuntimeConfig {
+    let runtime_config = RuntimeConfig {
         cache_dir: Some(home.join("cache")),
         engine: EngineSettings::default(),
         recording: Some(RecordingConfig::new(store.clone(), Arc::new(host_key(global)?))),
         ..RuntimeConfig::default()
     };
-    let runtime = Arc::new(Runtime::new(config).map_err(|e| Failure::host(e.to_string()))?);
+    let runtime = Arc::new(Runtime::new(runtime_config).map_err(|e| Failure::host(e.to_string()))?);
+    let extra_tools = extra_tools(&args, args.config.is_none());
+    let drain = Duration::from_millis(config.queue.drain_timeout_ms);
+    let listen = config.listen;
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::host(format!("cannot start the async runtime: {e}")))?;
-    let result = tokio.block_on(async {
-        let mut tools = Vec::new();
-        for path in &args.tools {
-            let (tool, _) = runtime
-                .load_file(path)
-                .await
-                .map_err(|e| Failure::usage(format!("cannot register {}: {e}", path.display())))?;
-            tools.push(tool);
-        }
-        let server = ServerConfig {
-            token_digests: vec![Digest::of(token.as_bytes())],
-            tools,
-            limits: Limits::default(),
-            egress: args.allow_hosts.clone(),
-            request_bytes_max: REQUEST_BYTES_MAX,
-        };
-        let count = server.tools.len();
-        let router = guild_server::router(server, runtime.clone(), store.clone());
-        let listener = tokio::net::TcpListener::bind(args.listen)
+    tokio.block_on(async {
+        let setup = DaemonSetup { config, runtime, store, state_dir, default_token, extra_tools };
+        let parts = guild_server::start(setup).await.map_err(|e| Failure::usage(e.to_string()))?;
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .map_err(|e| Failure::usage(format!("cannot listen on {}: {e}", args.listen)))?;
+            .map_err(|e| Failure::usage(format!("cannot listen on {listen}: {e} (change `listen` or --listen)")))?;
         let addr = listener.local_addr().map_err(|e| Failure::host(e.to_string()))?;
-        eprintln!("guild: serving {count} tools on http://{addr}");
-        guild_server::serve(listener, router, shutdown_signal()).await.map_err(|e| Failure::host(e.to_string()))
-    });
-    store.flush().map_err(|e| Failure::host(format!("bundles could not be written: {e}")))?;
-    result.map(|()| Exit::Success)
+        let tools: Vec<String> = parts.daemon.tools.all().iter().map(|t| t.name.clone()).collect();
+        tracing::info!(addr = %addr, tools = ?tools, runs_restored = parts.runs_restored, "listening on http://{addr}");
+        let drained = guild_server::run(parts.daemon, listener, shutdown_signal(), drain)
+            .await
+            .map_err(|e| Failure::host(e.to_string()))?;
+        if !drained {
+            tracing::warn!("the drain deadline passed with runs still queued or running");
+        }
+        Ok(Exit::Success)
+    })
+}
+
+/// The embedded example tools (without a config) and `--tool` components, with the `--dir`
+/// mounts each asks for and the `--allow-host` rules.
+fn extra_tools(args: &ServeArgs, examples: bool) -> Vec<ToolSpec> {
+    let grants = Grants { mounts: args.dirs.clone(), egress: args.allow_hosts.clone(), ..Grants::default() };
+    let spec = |source: ToolSource, field: String| ToolSpec {
+        source,
+        name: None,
+        digest: None,
+        grants: grants.clone(),
+        limits: Limits::default(),
+        field,
+        only_requested_mounts: true,
+    };
+    let mut specs = Vec::new();
+    if examples && !args.no_examples {
+        for (artifact, bytes) in EMBEDDED_TOOLS {
+            specs.push(spec(ToolSource::Embedded { label: format!("embedded {artifact}"), bytes }, "--tool".into()));
+        }
+    }
+    for path in &args.tools {
+        specs.push(spec(ToolSource::File(path.clone()), "--tool".into()));
+    }
+    specs
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GUILD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
             }
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    eprintln!("guild: shutting down; finishing requests in flight");
 }
 
-/// `GUILD_TOKEN`, else the token kept under the home, else a new one (printed once).
-fn bearer_token(global: &Global) -> Result<String, Failure> {
+/// `GUILD_TOKEN`, else the token kept in the state directory, else a new one (printed once).
+fn bearer_token(state_dir: &Path) -> Result<String, Failure> {
     if let Ok(token) = std::env::var("GUILD_TOKEN")
         && !token.trim().is_empty()
     {
         return Ok(token.trim().to_string());
     }
-    let path = home_dir(global)?.join("token");
+    let path = state_dir.join("token");
     if let Ok(token) = std::fs::read_to_string(&path) {
         return Ok(token.trim().to_string());
     }
-    let mut secret = [0u8; 32];
-    getrandom::fill(&mut secret).map_err(|e| Failure::host(format!("no randomness for a token: {e}")))?;
-    let token = Digest::from_bytes(secret).to_hex();
-    write_private(&path, &token)
+    let token = new_token()?;
+    std::fs::create_dir_all(state_dir)
+        .and_then(|()| write_private(&path, &token))
         .map_err(|e| Failure::host(format!("cannot keep the token in {}: {e}", path.display())))?;
     eprintln!("guild: generated an API token (kept in {}): {token}", path.display());
     Ok(token)
 }
 
-fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+fn new_token() -> Result<String, Failure> {
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| Failure::host(format!("no randomness for a token: {e}")))?;
+    Ok(Digest::from_bytes(secret).to_hex())
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     file.write_all(text.as_bytes())
+}
+
+pub(crate) fn audit(global: &Global, command: AuditCommand) -> Result<Exit, Failure> {
+    let AuditCommand::Verify { log } = command;
+    let path = match log {
+        Some(path) => path,
+        None => home_dir(global)?.join("audit.log"),
+    };
+    if !path.exists() {
+        return Err(Failure::usage(format!("no audit log at {}", path.display())));
+    }
+    match audit::verify(&path, |_| {}) {
+        Ok(head) => {
+            crate::out!("audit log {}: intact, {} records, head {}", path.display(), head.seq, head.hash.short());
+            Ok(Exit::Success)
+        }
+        Err(e) => Err(Failure::new(Exit::InvalidBundle, e.to_string())),
+    }
+}
+
+pub(crate) fn token(command: TokenCommand) -> Result<Exit, Failure> {
+    let TokenCommand::New = command;
+    let token = new_token()?;
+    crate::out!("token: {token}");
+    crate::out!("token_blake3 = \"{}\"", Digest::of(token.as_bytes()));
+    Ok(Exit::Success)
 }

@@ -11,7 +11,8 @@ use crate::record::Recorder;
 use crate::run::{Execution, Outcome, Tool};
 use guild_replay::tree::{self, FileDigestCache, TreeError, TreeLimits};
 use guild_replay::{
-    Action, BlobRef, BlobStore, BundleWriter, Digest, DirStore, Effect, FORMAT, HostKey, OutputTree, RunResult, ToolRef,
+    Action, BlobRef, BlobStore, BundleWriter, Digest, DirStore, Effect, FORMAT, HostKey, OutputTree, RunResult, Sealed,
+    ToolRef,
 };
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -120,7 +121,7 @@ impl RecordingConfig {
         limits: &Limits,
         execution: &Execution,
         recorder: &Recorder,
-    ) -> Result<Digest, RunError> {
+    ) -> Result<Sealed, RunError> {
         let store_error = |e: guild_replay::StoreError| RunError::Record(e.to_string());
         let store: &dyn BlobStore = self.store.as_ref();
         let output_trees = output_trees(store, policy, self.tree_limits, Some(&self.file_digests))?;
@@ -172,6 +173,6 @@ impl RecordingConfig {
         });
         let sealed = writer.seal(&action, &tape, &result, &exec, &self.key).map_err(store_error)?;
         self.store.put_bundle(&sealed.id, &sealed.manifest, &sealed.signature).map_err(store_error)?;
-        Ok(sealed.id)
+        Ok(sealed)
     }
 }

@@ -144,6 +144,10 @@ pub struct RunReport {
     pub bundle: Option<Digest>,
     /// Outgoing requests refused or failed, with the reason, for the operator.
     pub egress_denials: Vec<String>,
+    /// Outgoing requests the guest attempted (sent, refused or failed).
+    pub egress_requests: u32,
+    /// Bytes the run's bundle holds (its blobs, manifest and signature), 0 when not recorded.
+    pub bundle_bytes: u64,
 }
 
 /// Where a run's outside effects come from.
@@ -166,6 +170,7 @@ pub(crate) struct Execution {
     pub(crate) wall_time: Duration,
     pub(crate) logs: Vec<LogLine>,
     pub(crate) egress_denials: Vec<String>,
+    pub(crate) egress_requests: u32,
 }
 
 /// The engine, linker and caches. Cheap to share behind an `Arc`; runs are independent.
@@ -322,11 +327,12 @@ impl Runtime {
             .collect();
         let env = RunEnv { seed, recorder: recorder.clone(), replay_bodies: None, secrets };
         let execution = self.execute(tool, input, &policy, limits, env).await?;
-        let bundle = match (&self.recording, &recorder) {
+        let (bundle, bundle_bytes) = match (&self.recording, &recorder) {
             (Some(recording), Some(recorder)) => {
-                Some(recording.seal(&self.fingerprint, tool, input, &policy, limits, &execution, recorder)?)
+                let sealed = recording.seal(&self.fingerprint, tool, input, &policy, limits, &execution, recorder)?;
+                (Some(sealed.id), sealed.size_bytes)
             }
-            _ => None,
+            _ => (None, 0),
         };
         Ok(RunReport {
             tool: tool.info.name.clone(),
@@ -341,6 +347,8 @@ impl Runtime {
             limits: limits.clone(),
             bundle,
             egress_denials: execution.egress_denials,
+            egress_requests: execution.egress_requests,
+            bundle_bytes,
         })
     }
 
@@ -396,6 +404,7 @@ impl Runtime {
             wall_time,
             logs,
             egress_denials: egress.denials(),
+            egress_requests: egress.requests(),
         })
     }
 

@@ -1,95 +1,91 @@
-//! Routes, authentication and error bodies.
+//! Routes, authentication and error bodies. Every error is `{"error": {"code", "message"}}`
+//! (plus `field` for invalid input) with a stable code; 429 and 503 carry `Retry-After`.
 
+use crate::daemon::{Daemon, Rejection, RunRequest, Submitted};
+use crate::registry::RegisteredTool;
+use crate::runs::{Finished, RunEntry, RunState};
+use crate::tenants::Tenant;
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use guild_replay::{BlobStore, Digest, DirStore, archive};
-use guild_runtime::{Grants, Limits, Outcome, RunError, Runtime, Tool, egress::EgressRule};
+use guild_replay::{BlobStore, archive};
 use serde::Deserialize;
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// What the daemon serves and to whom.
-pub struct ServerConfig {
-    /// blake3 digests of the accepted bearer tokens (tokens themselves are never kept).
-    pub token_digests: Vec<Digest>,
-    /// Registered tools, by name.
-    pub tools: Vec<Arc<Tool>>,
-    /// Limits every run gets.
-    pub limits: Limits,
-    /// Egress rules every run gets.
-    pub egress: Vec<EgressRule>,
-    /// Largest request body accepted.
-    pub request_bytes_max: usize,
-}
+/// The OpenAPI document of this API (kept in the repo beside the code).
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 
-/// The daemon could not start or stopped with an error.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    /// The address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// Serving failed.
-    #[error("server failed: {0}")]
-    Serve(std::io::Error),
-}
-
-struct AppState {
-    runtime: Arc<Runtime>,
-    store: Arc<DirStore>,
-    tools: BTreeMap<String, Arc<Tool>>,
-    token_digests: Vec<Digest>,
-    limits: Limits,
-    egress: Vec<EgressRule>,
-}
-
-/// An API error: a status, a stable code and a message.
-struct ApiError {
+/// An API error: a status, a stable code, a message, and sometimes a field or a retry delay.
+pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    field: Option<String>,
+    retry_after_s: Option<u64>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), field: None, retry_after_s: None }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut error = serde_json::json!({ "code": self.code, "message": self.message });
+        if let Some(field) = self.field {
+            error["field"] = field.into();
+        }
+        let mut response = (self.status, Json(serde_json::json!({ "error": error }))).into_response();
+        response.extensions_mut().insert(ErrorCode(self.code));
+        if let Some(seconds) = self.retry_after_s {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
-/// The router for `config`, running tools on `runtime` and serving bundles from `store`.
-pub fn router(config: ServerConfig, runtime: Arc<Runtime>, store: Arc<DirStore>) -> axum::Router {
-    let tools = config.tools.iter().map(|t| (t.info().name.clone(), t.clone())).collect();
-    let state = Arc::new(AppState {
-        runtime,
-        store,
-        tools,
-        token_digests: config.token_digests,
-        limits: config.limits,
-        egress: config.egress,
-    });
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Marks an error response with its code, for the error metric.
+#[derive(Clone, Copy)]
+struct ErrorCode(&'static str);
+
+async fn count_errors(
+    State(daemon): State<Arc<Daemon>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
+        daemon.metrics.api_errors.with_label_values(&[code]).inc();
+    }
+    response
+}
+
+/// The router over `daemon`.
+pub fn router(daemon: Arc<Daemon>) -> axum::Router {
+    let component_bytes_max = daemon.component_bytes_max;
+    let request_bytes_max = daemon.request_bytes_max;
     axum::Router::new()
         .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON) }))
         .route("/v1/tools", get(list_tools))
-        .route("/v1/runs", post(create_run))
+        .route("/v1/tools", post(upload_tool).layer(DefaultBodyLimit::max(component_bytes_max)))
+        .route("/v1/runs", post(create_run).layer(DefaultBodyLimit::max(request_bytes_max)))
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/bundles/{id}", get(get_bundle))
-        .layer(axum::extract::DefaultBodyLimit::max(config.request_bytes_max))
-        .with_state(state)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; see /openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route takes another method")
+        })
+        .layer(axum::middleware::from_fn_with_state(daemon.clone(), count_errors))
+        .with_state(daemon)
 }
 
 /// Serve `router` on `listener` until `shutdown` resolves, then finish the requests in flight.
@@ -97,144 +93,301 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await.map_err(ServerError::Serve)
+) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// A body that could not be read: over its limit (413, naming the setting) or cut off (400).
+fn too_large(rejection: BytesRejection, setting: &str, limit: usize) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("the body is larger than {limit} bytes; send less or raise {setting}"),
+        )
+    } else {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("the body could not be read: {rejection}"))
+    }
+}
+
+fn authenticate(daemon: &Daemon, headers: &HeaderMap) -> ApiResult<Arc<Tenant>> {
     let unauthorized = || ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or invalid bearer token");
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(unauthorized)?;
-    let presented = blake3::hash(token.trim().as_bytes());
-    // blake3::Hash compares in constant time.
-    if state.token_digests.iter().any(|d| blake3::Hash::from(*d.as_bytes()) == presented) {
-        Ok(())
+    daemon.tenant_for(token.trim()).ok_or_else(unauthorized)
+}
+
+async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
+    let mut problems = Vec::new();
+    if daemon.is_draining() {
+        problems.push("draining: the daemon is shutting down".to_string());
+    }
+    if !daemon.audit.is_running() {
+        problems.push("the audit log writer has stopped".to_string());
+    }
+    if let Err(e) = std::fs::metadata(daemon.store.root()) {
+        problems.push(format!("the bundle store is not reachable: {e}"));
+    }
+    if problems.is_empty() {
+        Json(serde_json::json!({ "status": "ready" })).into_response()
     } else {
-        Err(unauthorized())
+        (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "not_ready", "problems": problems })))
+            .into_response()
     }
 }
 
-async fn list_tools(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    authenticate(&state, &headers)?;
-    let tools: Vec<serde_json::Value> = state
-        .tools
-        .values()
-        .map(|tool| {
-            let mut value = serde_json::to_value(tool.info()).unwrap_or_default();
-            if let Some(object) = value.as_object_mut() {
-                object.insert("component".into(), tool.digest().to_hex().into());
-            }
-            value
-        })
-        .collect();
+async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
+    daemon.metrics.queue_depth.set(daemon.queue.depth() as i64);
+    daemon.metrics.runs_in_flight.set(daemon.queue.in_flight() as i64);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], daemon.metrics.render()).into_response()
+}
+
+fn describe_tool(tool: &RegisteredTool) -> serde_json::Value {
+    let mut value = serde_json::to_value(tool.tool.info()).unwrap_or_default();
+    if let Some(object) = value.as_object_mut() {
+        object.insert("name".into(), tool.name.clone().into());
+        object.insert("component".into(), tool.tool.digest().to_hex().into());
+        object.insert("limits".into(), serde_json::to_value(&tool.limits).unwrap_or_default());
+    }
+    value
+}
+
+async fn list_tools(State(daemon): State<Arc<Daemon>>, headers: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
+    let tenant = authenticate(&daemon, &headers)?;
+    let tools: Vec<serde_json::Value> =
+        daemon.tools.all().iter().filter(|t| tenant.tools.allows(&t.name)).map(|t| describe_tool(t)).collect();
     Ok(Json(serde_json::json!({ "tools": tools })))
+}
+
+async fn upload_tool(
+    State(daemon): State<Arc<Daemon>>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let tenant = authenticate(&daemon, &headers)?;
+    let body = body.map_err(|e| too_large(e, "component_bytes_max", daemon.component_bytes_max))?;
+    if !tenant.admin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("tenant {} may not upload tools; uploading needs an admin tenant", tenant.name),
+        ));
+    }
+    let (tool, _) = daemon
+        .runtime
+        .load(&body)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_component", e.to_string()))?;
+    let registered =
+        RegisteredTool::new(tool.info().name.clone(), tool.clone(), Default::default(), Default::default());
+    let registered = daemon
+        .tools
+        .insert(registered)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "tool_name_taken", e.to_string()))?;
+    keep_upload(&daemon, tool.digest(), &body)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "host_failure", e))?;
+    tracing::info!(tenant = %tenant.name, tool = %registered.name, component = %tool.digest(), "tool uploaded");
+    Ok((StatusCode::CREATED, Json(describe_tool(&registered))))
+}
+
+/// Keep an uploaded component so a restart registers it again (written whole, then renamed).
+fn keep_upload(daemon: &Daemon, digest: &guild_replay::Digest, bytes: &[u8]) -> Result<(), String> {
+    let path = daemon.uploads_dir.join(format!("{digest}.wasm"));
+    if path.exists() {
+        return Ok(());
+    }
+    let temp = daemon.uploads_dir.join(format!(".{digest}.partial"));
+    std::fs::create_dir_all(&daemon.uploads_dir)
+        .and_then(|()| std::fs::write(&temp, bytes))
+        .and_then(|()| std::fs::rename(&temp, &path))
+        .map_err(|e| format!("cannot keep the component in {}: {e}", daemon.uploads_dir.display()))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RunRequest {
+struct RunBody {
     tool: String,
     #[serde(default = "empty_object")]
     input: serde_json::Value,
+    #[serde(default, rename = "async")]
+    asynchronous: bool,
+    #[serde(default)]
+    idempotency_key: Option<String>,
 }
 
 fn empty_object() -> serde_json::Value {
     serde_json::json!({})
 }
 
+/// Longest idempotency key accepted.
+const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
+
 async fn create_run(
-    State(state): State<Arc<AppState>>,
+    State(daemon): State<Arc<Daemon>>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    authenticate(&state, &headers)?;
-    let request: RunRequest = serde_json::from_slice(&body).map_err(|e| {
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let tenant = authenticate(&daemon, &headers)?;
+    let body = body.map_err(|e| too_large(e, "request_bytes_max", daemon.request_bytes_max))?;
+    let body: RunBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("the body is not a run request: {e}"))
     })?;
-    let tool = state.tools.get(&request.tool).ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, "unknown_tool", format!("no tool named {:?} is registered", request.tool))
-    })?;
-    let grants = Grants { egress: state.egress.clone(), ..Grants::default() };
-    let input = request.input.to_string();
-    let report = state.runtime.run(tool, &input, &grants, &state.limits).await.map_err(run_error)?;
-    let (status, output, error) = match &report.outcome {
-        Outcome::Output { output } => ("ok", serde_json::from_str(output).unwrap_or_default(), serde_json::Value::Null),
-        other => ("error", serde_json::Value::Null, serde_json::to_value(other).unwrap_or_default()),
-    };
-    Ok(Json(serde_json::json!({
-        "status": status,
-        "tool": report.tool,
-        "output": output,
-        "error": error,
-        "bundle": report.bundle,
-        "fuel_used_units": report.fuel_used_units,
-        "wall_time_us": report.wall_time.as_micros() as u64,
-        "egress_denials": report.egress_denials,
-    })))
+    let header_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let idempotency_key = body.idempotency_key.or(header_key);
+    if idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > IDEMPOTENCY_KEY_BYTES_MAX) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("an idempotency key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes"),
+        ));
+    }
+    let request = RunRequest { tool: body.tool, input: body.input, asynchronous: body.asynchronous, idempotency_key };
+    let submitted = daemon.submit(&tenant, request).await.map_err(rejection)?;
+    let daemon = &daemon;
+    Ok(match submitted {
+        Submitted::Finished { entry, finished, output } => {
+            if let Some(error) = not_started(&finished) {
+                return Err(error);
+            }
+            let output = output.and_then(|o| serde_json::from_str(&o).ok()).unwrap_or(serde_json::Value::Null);
+            Json(run_body(&entry, &RunState::Finished(finished), output)).into_response()
+        }
+        Submitted::Accepted { entry, replayed } => {
+            let state = entry.state.borrow().clone();
+            let mut response =
+                (StatusCode::ACCEPTED, Json(run_body(&entry, &state, serde_json::Value::Null))).into_response();
+            response.headers_mut().insert(header::LOCATION, location(&entry.id));
+            if replayed {
+                response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            }
+            response
+        }
+        Submitted::Replayed { entry, finished } => {
+            let output = read_output(daemon, &finished);
+            let mut response = Json(run_body(&entry, &RunState::Finished(finished), output)).into_response();
+            response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            response
+        }
+    })
 }
 
-fn run_error(error: RunError) -> ApiError {
-    match error {
-        RunError::Denied(_) => ApiError::new(StatusCode::FORBIDDEN, "denied", error.to_string()),
-        RunError::Limits(_) => ApiError::new(StatusCode::BAD_REQUEST, "bad_limits", error.to_string()),
-        RunError::Busy { .. } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", error.to_string()),
-        RunError::Host(_) | RunError::Record(_) => {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "host_failure", error.to_string())
+fn location(id: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("/v1/runs/{id}")).unwrap_or_else(|_| HeaderValue::from_static("/v1/runs"))
+}
+
+/// A run that never started (denied, bad limits, host failure) answers with its own status.
+fn not_started(finished: &Finished) -> Option<ApiError> {
+    let code = finished.error.get("status").and_then(|s| s.as_str())?;
+    let message = finished.error.get("message").and_then(|s| s.as_str()).unwrap_or_default().to_string();
+    let (status, code) = match code {
+        "denied" => (StatusCode::FORBIDDEN, "denied"),
+        "bad_limits" => (StatusCode::BAD_REQUEST, "bad_limits"),
+        "busy" => (StatusCode::TOO_MANY_REQUESTS, "busy"),
+        "host_failure" => (StatusCode::INTERNAL_SERVER_ERROR, "host_failure"),
+        _ => return None,
+    };
+    Some(ApiError::new(status, code, message))
+}
+
+fn rejection(rejection: Rejection) -> ApiError {
+    match rejection {
+        Rejection::Forbidden(message) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
+        Rejection::UnknownTool(name) => {
+            ApiError::new(StatusCode::NOT_FOUND, "unknown_tool", format!("no tool named {name:?} is registered"))
         }
+        Rejection::InvalidInput(invalid) => ApiError {
+            field: Some(invalid.field.clone()),
+            ..ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_input",
+                format!("input does not match the tool's schema at {}: {}", invalid.field, invalid.message),
+            )
+        },
+        Rejection::KeyConflict { key, run } => ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_reused",
+            format!("idempotency key {key:?} already names run {run}, of a different request; use a new key"),
+        ),
+        Rejection::Tenant { tenant, refusal } => ApiError {
+            retry_after_s: Some(refusal.retry_after_s()),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, refusal.code(), refusal.message(&tenant))
+        },
+        Rejection::Queue(full) if full.draining => ApiError {
+            retry_after_s: Some(full.retry_after_s),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "the daemon is shutting down; retry on another node",
+            )
+        },
+        Rejection::Queue(full) => ApiError {
+            retry_after_s: Some(full.retry_after_s),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "queue_full",
+                format!("the run queue is full ({} waiting); retry after {} s", full.depth, full.retry_after_s),
+            )
+        },
     }
 }
 
-/// A finished run, read back from its bundle (the run id is the bundle id), so any node that
-/// shares the store can answer.
+/// The JSON a client sees for a run.
+fn run_body(entry: &RunEntry, state: &RunState, output: serde_json::Value) -> serde_json::Value {
+    let mut body = serde_json::json!({ "id": entry.id, "status": state.word(), "tool": entry.tool });
+    if let RunState::Finished(finished) = state {
+        body["output"] = output;
+        body["error"] = finished.error.clone();
+        body["bundle"] = finished.bundle.map(|b| b.to_hex()).into();
+        body["fuel_used_units"] = finished.fuel_used_units.into();
+        body["wall_time_us"] = finished.wall_time_us.into();
+    }
+    body
+}
+
+/// A finished run's output, read back from its bundle.
+fn read_output(daemon: &Daemon, finished: &Finished) -> serde_json::Value {
+    let output = finished.bundle.and_then(|id| {
+        let (manifest, _) = daemon.store.get_bundle(&id).ok()?;
+        let manifest: guild_replay::Manifest = serde_json::from_slice(&manifest).ok()?;
+        let result = daemon.store.get(&manifest.result.digest).ok()?;
+        let result: guild_replay::RunResult = serde_json::from_slice(&result).ok()?;
+        daemon.store.get(&result.output?.digest).ok()
+    });
+    output.and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or(serde_json::Value::Null)
+}
+
 async fn get_run(
-    State(state): State<Arc<AppState>>,
+    State(daemon): State<Arc<Daemon>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    authenticate(&state, &headers)?;
-    let not_found = |e: &dyn std::fmt::Display| ApiError::new(StatusCode::NOT_FOUND, "unknown_run", e.to_string());
-    let id = state.store.resolve(&id).map_err(|e| not_found(&e))?;
-    let (manifest, signature) = state.store.get_bundle(&id).map_err(|e| not_found(&e))?;
-    let bundle = guild_replay::Bundle::open(state.store.as_ref(), &manifest, &signature, None)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "invalid_bundle", e.to_string()))?;
-    let output = match &bundle.result.output {
-        Some(blob) => {
-            let bytes = state
-                .store
-                .get(&blob.digest)
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "invalid_bundle", e.to_string()))?;
-            serde_json::from_slice(&bytes).unwrap_or_default()
-        }
-        None => serde_json::Value::Null,
+) -> ApiResult<Json<serde_json::Value>> {
+    let tenant = authenticate(&daemon, &headers)?;
+    let unknown =
+        || ApiError::new(StatusCode::NOT_FOUND, "unknown_run", format!("no run {id:?} is known to this node"));
+    // Another tenant's run is answered exactly like one that does not exist.
+    let entry = daemon.runs.get(&id).filter(|e| e.tenant == tenant.name || tenant.admin).ok_or_else(unknown)?;
+    let state = entry.state.borrow().clone();
+    let output = match &state {
+        RunState::Finished(finished) => read_output(&daemon, finished),
+        _ => serde_json::Value::Null,
     };
-    Ok(Json(serde_json::json!({
-        "id": bundle.id,
-        "tool": bundle.action.tool.name,
-        "tool_version": bundle.action.tool.version,
-        "outcome": bundle.result.outcome,
-        "output": output,
-        "fuel_used_units": bundle.result.fuel_used_units,
-        "bundle": bundle.id,
-    })))
+    Ok(Json(run_body(&entry, &state, output)))
 }
 
 async fn get_bundle(
-    State(state): State<Arc<AppState>>,
+    State(daemon): State<Arc<Daemon>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    authenticate(&state, &headers)?;
+) -> ApiResult<Response> {
+    authenticate(&daemon, &headers)?;
     let not_found = |e: &dyn std::fmt::Display| ApiError::new(StatusCode::NOT_FOUND, "unknown_bundle", e.to_string());
-    let id = state.store.resolve(&id).map_err(|e| not_found(&e))?;
-    let (manifest, signature) = state.store.get_bundle(&id).map_err(|e| not_found(&e))?;
+    let id = daemon.store.resolve(&id).map_err(|e| not_found(&e))?;
+    let (manifest, signature) = daemon.store.get_bundle(&id).map_err(|e| not_found(&e))?;
     let mut archive_bytes = Vec::new();
-    archive::export(state.store.as_ref(), &manifest, &signature, &mut archive_bytes)
+    archive::export(daemon.store.as_ref(), &manifest, &signature, &mut archive_bytes)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "host_failure", e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "application/zstd")], archive_bytes).into_response())
 }

@@ -1,11 +1,28 @@
-//! guild-server: the daemon's HTTP API over the same run pipeline `guild run` uses. Runs are
-//! recorded into the host's store; any client holding a bearer token can run a registered tool,
-//! read its result and fetch its bundle.
+//! guild-server: the daemon. Tenants call registered tools over HTTP; every run goes through
+//! the same pipeline as `guild run` (grants, limits, recording), behind tenant admission
+//! (token-bucket rate limit, concurrency cap, fuel budget) and a bounded queue, and leaves a
+//! signed bundle and a hash-chained, fsynced audit record.
 //!
-//! Routes: `GET /healthz`, `GET /v1/tools`, `POST /v1/runs`, `GET /v1/runs/{id}` (the run id is
-//! its bundle id), `GET /v1/bundles/{id}`. Every error
-//! is a JSON body `{"error": {"code", "message"}}` with its status.
+//! Modules: `config` (the TOML file and its `GUILD_*` overrides), `tenants`, `registry` (tools,
+//! schemas), `queue`, `runs` (the run table and idempotency keys), `audit`, `metrics`,
+//! `daemon` (state and the run pipeline), `api` (routes and error bodies), `start` (assembly
+//! and graceful shutdown).
 
 mod api;
+pub mod audit;
+pub mod config;
+mod daemon;
+mod metrics;
+mod queue;
+pub mod registry;
+mod runs;
+mod start;
+mod tenants;
 
-pub use api::{ServerConfig, ServerError, router, serve};
+pub use api::{OPENAPI_JSON, router, serve};
+pub use daemon::{Daemon, outcome_label, outcome_message};
+pub use metrics::Metrics;
+pub use queue::RunQueue;
+pub use runs::{RunTable, new_run_id};
+pub use start::{DaemonParts, DaemonSetup, StartError, run, start};
+pub use tenants::{Tenant, ToolAccess};

@@ -99,6 +99,11 @@ impl EgressRun {
         self.denials.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Requests the guest attempted so far.
+    pub(crate) fn requests(&self) -> u32 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
     fn note(&self, reason: &str) {
         self.denials.lock().unwrap_or_else(|p| p.into_inner()).push(reason.to_string());
     }

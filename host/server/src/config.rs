@@ -1,0 +1,484 @@
+//! The daemon's configuration: one TOML file, every field overridable from `GUILD_*` environment
+//! variables, validated once at start with errors that name the field. Nothing downstream
+//! re-checks what this module accepted.
+
+use guild_runtime::Limits;
+use guild_runtime::egress::EgressRule;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Default listen address: loopback only.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:8480";
+/// Default cap on a request body (a run request; component uploads have their own).
+pub const REQUEST_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
+/// Default cap on an uploaded component (`POST /v1/tools`): interpreter components are tens of MB.
+pub const COMPONENT_BYTES_MAX_DEFAULT: usize = 128 * 1024 * 1024;
+/// Default number of runs waiting for a slot before the daemon answers 429.
+pub const QUEUE_DEPTH_MAX_DEFAULT: usize = 1024;
+/// Default time SIGTERM waits for queued and running runs before exiting.
+pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Default number of finished runs whose status is kept in memory (older ones are read back
+/// from the audit log index and their bundles).
+pub const RUNS_KEPT_MAX_DEFAULT: usize = 100_000;
+/// Default rate limit of a tenant, runs per second.
+pub const RATE_PER_SECOND_DEFAULT: f64 = 1000.0;
+/// Default burst of a tenant's token bucket, runs.
+pub const BURST_DEFAULT: u32 = 2000;
+/// Default concurrency cap of a tenant, runs at once (queued or running).
+pub const CONCURRENCY_MAX_DEFAULT: u32 = 256;
+/// Default length of a tenant's fuel-budget period.
+pub const FUEL_BUDGET_PERIOD_S_DEFAULT: u64 = 3600;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Address to listen on. `GUILD_LISTEN`.
+    #[serde(default = "listen_default")]
+    pub listen: SocketAddr,
+    /// The bundle store. Defaults to HOME/store. `GUILD_STORE`.
+    #[serde(default)]
+    pub store: Option<PathBuf>,
+    /// Where the audit log, uploaded tools and the generated token live. Defaults to HOME.
+    #[serde(default)]
+    pub state: Option<PathBuf>,
+    /// Largest run request body, bytes.
+    #[serde(default = "request_bytes_max_default")]
+    pub request_bytes_max: usize,
+    /// Largest uploaded component, bytes.
+    #[serde(default = "component_bytes_max_default")]
+    pub component_bytes_max: usize,
+    /// `json` (default) or `text`.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// The run queue.
+    #[serde(default)]
+    pub queue: QueueConfig,
+    /// Tools to register at start.
+    #[serde(default)]
+    pub tools: Vec<ToolConfig>,
+    /// Who may call. Empty: one admin tenant, `default`, whose token is `GUILD_TOKEN` or generated.
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+    /// Secret values by name: `env:VAR` or `file:PATH`. Values never reach logs or bundles.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line (the default, for log shippers).
+    #[default]
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// The bounded run queue.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Runs executing at once. Defaults to the number of CPUs (runs are CPU-bound).
+    pub runs_in_flight_max: usize,
+    /// Runs waiting for a slot; one more gets 429 with `Retry-After`.
+    pub depth_max: usize,
+    /// How long SIGTERM waits for queued and running runs.
+    pub drain_timeout_ms: u64,
+    /// Finished runs kept in memory for `GET /v1/runs/{id}` and idempotency keys.
+    pub runs_kept_max: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            runs_in_flight_max: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            depth_max: QUEUE_DEPTH_MAX_DEFAULT,
+            drain_timeout_ms: DRAIN_TIMEOUT_MS_DEFAULT,
+            runs_kept_max: RUNS_KEPT_MAX_DEFAULT,
+        }
+    }
+}
+
+/// One tool (or a directory of them) and what it is granted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolConfig {
+    /// A component file, or a directory whose `*.wasm` files are each registered.
+    pub path: PathBuf,
+    /// The name clients call it by; defaults to the name it gives in `describe`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Pin: refuse to start unless the file's blake3 is this (hex).
+    #[serde(default)]
+    pub digest: Option<String>,
+    /// Directories mounted into its runs.
+    #[serde(default)]
+    pub mounts: Vec<MountConfig>,
+    /// Egress rules (`[METHODS ]SCHEME://HOST[:PORT][/PREFIX]`).
+    #[serde(default)]
+    pub allow_hosts: Vec<EgressRule>,
+    /// Secrets it may use, with where each may be sent.
+    #[serde(default)]
+    pub secrets: Vec<SecretGrantConfig>,
+    /// Per-run limits (fields of `Limits`; unset ones keep their defaults).
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// A directory mount.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountConfig {
+    /// Directory on the host.
+    pub host: PathBuf,
+    /// Where the tool sees it, e.g. `/data`.
+    pub guest: String,
+    /// `ro` (default) or `rw`.
+    #[serde(default = "access_default")]
+    pub access: String,
+}
+
+/// A secret a tool may use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretGrantConfig {
+    /// The secret's name (defined under `[secrets]`).
+    pub name: String,
+    /// Where it may be sent: an egress rule.
+    pub to: EgressRule,
+}
+
+/// A tenant: one bearer token, what it may call, and how much.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Name in logs, metrics and the audit log.
+    pub name: String,
+    /// blake3 of the bearer token, hex (`guild token new` prints a token and its digest).
+    pub token_blake3: String,
+    /// Tool names it may call; `["*"]` for all.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// May upload components (`POST /v1/tools`).
+    #[serde(default)]
+    pub admin: bool,
+    /// Sustained runs per second.
+    #[serde(default = "rate_default")]
+    pub rate_per_second: f64,
+    /// Runs it may start at once above the sustained rate.
+    #[serde(default = "burst_default")]
+    pub burst: u32,
+    /// Runs queued or running at once.
+    #[serde(default = "concurrency_default")]
+    pub concurrency_max: u32,
+    /// Fuel its runs may burn per period; unset: unlimited.
+    #[serde(default)]
+    pub fuel_budget_units: Option<u64>,
+    /// Length of the fuel-budget period, seconds.
+    #[serde(default = "fuel_period_default")]
+    pub fuel_budget_period_s: u64,
+}
+
+fn listen_default() -> SocketAddr {
+    LISTEN_DEFAULT.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8480)))
+}
+fn request_bytes_max_default() -> usize {
+    REQUEST_BYTES_MAX_DEFAULT
+}
+fn component_bytes_max_default() -> usize {
+    COMPONENT_BYTES_MAX_DEFAULT
+}
+fn access_default() -> String {
+    "ro".into()
+}
+fn rate_default() -> f64 {
+    RATE_PER_SECOND_DEFAULT
+}
+fn burst_default() -> u32 {
+    BURST_DEFAULT
+}
+fn concurrency_default() -> u32 {
+    CONCURRENCY_MAX_DEFAULT
+}
+fn fuel_period_default() -> u64 {
+    FUEL_BUDGET_PERIOD_S_DEFAULT
+}
+
+/// A configuration that cannot be used, naming the field (or variable) and what to change.
+#[derive(Debug, thiserror::Error)]
+#[error("config: {field}: {message}")]
+pub struct ConfigError {
+    /// `tenants[1].rate_per_second`, `GUILD_QUEUE__DEPTH_MAX`, or the file.
+    pub field: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+/// Environment variables that belong to the CLI rather than to this file.
+const ENV_NOT_CONFIG: &[&str] = &["GUILD_HOME", "GUILD_TOKEN", "GUILD_CONFIG", "GUILD_LOG"];
+/// Keys holding lists whose elements the environment can override but not create.
+const LIST_KEYS: &[&str] = &["tools", "tenants", "mounts"];
+/// Top-level keys the environment may override.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "store",
+    "state",
+    "request_bytes_max",
+    "component_bytes_max",
+    "log_format",
+    "queue",
+    "tools",
+    "tenants",
+    "secrets",
+];
+
+impl DaemonConfig {
+    /// Parse `text` (the file's contents; empty for none), apply `GUILD_*` overrides from `env`,
+    /// and validate. Returns the config and the `GUILD_*` variables that were not understood.
+    pub fn load(
+        text: &str,
+        origin: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Self, Vec<String>), ConfigError> {
+        let mut table: toml::Table =
+            text.parse().map_err(|e: toml::de::Error| ConfigError::new(origin.display().to_string(), e.to_string()))?;
+        let mut ignored = Vec::new();
+        let mut overrides: Vec<(String, String)> =
+            env.into_iter().filter(|(k, _)| k.starts_with("GUILD_") && !ENV_NOT_CONFIG.contains(&k.as_str())).collect();
+        overrides.sort();
+        for (name, value) in overrides {
+            let path: Vec<String> = name["GUILD_".len()..].split("__").map(str::to_string).collect();
+            if !path.first().is_some_and(|k| TOP_LEVEL_KEYS.contains(&k.to_lowercase().as_str())) {
+                ignored.push(name);
+                continue;
+            }
+            apply_override(&mut table, &path, &value).map_err(|message| ConfigError::new(name.clone(), message))?;
+        }
+        let config: DaemonConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::new(origin.display().to_string(), e.to_string()))?;
+        config.validate()?;
+        Ok((config, ignored))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.request_bytes_max == 0 {
+            return Err(ConfigError::new("request_bytes_max", "must be at least 1 byte"));
+        }
+        if self.queue.runs_in_flight_max == 0 {
+            return Err(ConfigError::new("queue.runs_in_flight_max", "must be at least 1"));
+        }
+        if self.queue.runs_kept_max == 0 {
+            return Err(ConfigError::new("queue.runs_kept_max", "must be at least 1"));
+        }
+        for (i, tool) in self.tools.iter().enumerate() {
+            let field = |f: &str| format!("tools[{i}].{f}");
+            if let Some(digest) = &tool.digest
+                && digest.parse::<guild_replay::Digest>().is_err()
+            {
+                return Err(ConfigError::new(field("digest"), "must be 64 hex digits (a blake3 digest)"));
+            }
+            for (j, mount) in tool.mounts.iter().enumerate() {
+                if mount.access != "ro" && mount.access != "rw" {
+                    return Err(ConfigError::new(
+                        field(&format!("mounts[{j}].access")),
+                        format!("is {:?}; use \"ro\" or \"rw\"", mount.access),
+                    ));
+                }
+                if !mount.guest.starts_with('/') {
+                    return Err(ConfigError::new(
+                        field(&format!("mounts[{j}].guest")),
+                        "must be an absolute path such as /data",
+                    ));
+                }
+            }
+            for (j, grant) in tool.secrets.iter().enumerate() {
+                if !self.secrets.contains_key(&grant.name) {
+                    return Err(ConfigError::new(
+                        field(&format!("secrets[{j}].name")),
+                        format!("no secret {:?} is defined under [secrets]", grant.name),
+                    ));
+                }
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, tenant) in self.tenants.iter().enumerate() {
+            let field = |f: &str| format!("tenants[{i}].{f}");
+            if tenant.name.is_empty() || !names.insert(tenant.name.as_str()) {
+                return Err(ConfigError::new(field("name"), format!("{:?} is empty or used twice", tenant.name)));
+            }
+            if tenant.token_blake3.parse::<guild_replay::Digest>().is_err() {
+                return Err(ConfigError::new(
+                    field("token_blake3"),
+                    "must be 64 hex digits: the blake3 of the token (`guild token new` prints both)",
+                ));
+            }
+            if !(tenant.rate_per_second.is_finite() && tenant.rate_per_second > 0.0) {
+                return Err(ConfigError::new(
+                    field("rate_per_second"),
+                    format!("must be a positive number of runs per second (got {})", tenant.rate_per_second),
+                ));
+            }
+            if tenant.burst == 0 {
+                return Err(ConfigError::new(field("burst"), "must be at least 1 run"));
+            }
+            if tenant.concurrency_max == 0 {
+                return Err(ConfigError::new(field("concurrency_max"), "must be at least 1 run"));
+            }
+            if tenant.fuel_budget_period_s == 0 {
+                return Err(ConfigError::new(field("fuel_budget_period_s"), "must be at least 1 second"));
+            }
+        }
+        for (name, source) in &self.secrets {
+            if !(source.starts_with("env:") || source.starts_with("file:")) {
+                return Err(ConfigError::new(
+                    format!("secrets.{name}"),
+                    "must be \"env:VARIABLE\" or \"file:/path\" (values are never written in the config)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Set the value at `path` (the variable's name split on `__`) in `table`. Keys match
+/// case-insensitively; an array element is named by its index or its `name` (tools: also the
+/// file stem of its `path`).
+fn apply_override(table: &mut toml::Table, path: &[String], raw: &str) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty variable name")?;
+    let mut current = table;
+    let mut segments = parents.iter();
+    while let Some(segment) = segments.next() {
+        let key = matching_key(current, segment);
+        if LIST_KEYS.contains(&key.as_str()) && !current.contains_key(&key) {
+            return Err(format!("the config defines no {key}; define them in the file, then override their fields"));
+        }
+        let entry = current.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = match entry {
+            toml::Value::Table(t) => t,
+            toml::Value::Array(items) => {
+                let name = segments.next().ok_or_else(|| format!("name an element of {key} (by index or name)"))?;
+                element(items, name)?
+            }
+            _ => return Err(format!("{key} is not a table")),
+        };
+    }
+    let key = matching_key(current, last);
+    let value = parse_value(raw, current.get(&key));
+    current.insert(key, value);
+    Ok(())
+}
+
+fn matching_key(table: &toml::Table, segment: &str) -> String {
+    table.keys().find(|k| k.eq_ignore_ascii_case(segment)).cloned().unwrap_or_else(|| segment.to_lowercase())
+}
+
+fn element<'a>(items: &'a mut [toml::Value], segment: &str) -> Result<&'a mut toml::Table, String> {
+    let wanted = segment.to_lowercase();
+    let position = match segment.parse::<usize>() {
+        Ok(index) => Some(index),
+        Err(_) => items.iter().position(|item| {
+            let name = item.get("name").and_then(|v| v.as_str()).map(str::to_lowercase);
+            let stem = item
+                .get("path")
+                .and_then(|v| v.as_str())
+                .and_then(|p| Path::new(p).file_stem())
+                .map(|s| s.to_string_lossy().to_lowercase());
+            name.as_deref() == Some(wanted.as_str()) || stem.as_deref() == Some(wanted.as_str())
+        }),
+    };
+    match position.and_then(|i| items.get_mut(i)) {
+        Some(toml::Value::Table(t)) => Ok(t),
+        _ => Err(format!("no element {segment:?} in the list (name it by index or by its name)")),
+    }
+}
+
+/// A variable's value as TOML (numbers, booleans, arrays), else as a string; a field that is a
+/// string in the file stays a string.
+fn parse_value(raw: &str, existing: Option<&toml::Value>) -> toml::Value {
+    if matches!(existing, Some(toml::Value::String(_))) {
+        return toml::Value::String(raw.to_string());
+    }
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<DaemonConfig, ConfigError> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        DaemonConfig::load(text, Path::new("guild.toml"), env).map(|(c, _)| c)
+    }
+
+    const TOKEN: &str = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262";
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = load("", &[]).expect("loads");
+        assert_eq!(config.listen.to_string(), LISTEN_DEFAULT);
+        assert_eq!(config.queue.depth_max, QUEUE_DEPTH_MAX_DEFAULT);
+        assert_eq!(config.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn environment_overrides_nested_fields_by_name() {
+        let text = format!(
+            "[[tenants]]\nname = \"alice\"\ntoken_blake3 = \"{TOKEN}\"\ntools = [\"wc\"]\n\n\
+             [[tools]]\npath = \"/opt/wc.wasm\"\n[tools.limits]\nfuel_units = 5\n"
+        );
+        let config = load(
+            &text,
+            &[
+                ("GUILD_LISTEN", "0.0.0.0:9000"),
+                ("GUILD_QUEUE__DEPTH_MAX", "7"),
+                ("GUILD_TENANTS__ALICE__RATE_PER_SECOND", "2.5"),
+                ("GUILD_TOOLS__WC__LIMITS__TIMEOUT_MS", "250"),
+                ("GUILD_HOME", "/ignored"),
+            ],
+        )
+        .expect("loads");
+        assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(config.queue.depth_max, 7);
+        assert_eq!(config.tenants[0].rate_per_second, 2.5);
+        assert_eq!(config.tools[0].limits.timeout_ms, 250);
+        assert_eq!(config.tools[0].limits.fuel_units, 5);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad_rate = format!("[[tenants]]\nname = \"a\"\ntoken_blake3 = \"{TOKEN}\"\nrate_per_second = -1\n");
+        let e = load(&bad_rate, &[]).expect_err("negative rate");
+        assert_eq!(e.field, "tenants[0].rate_per_second");
+        let e = load("[[tenants]]\nname = \"a\"\ntoken_blake3 = \"abc\"\n", &[]).expect_err("short digest");
+        assert_eq!(e.field, "tenants[0].token_blake3");
+        let e = load("[queue]\ndepth_maxx = 3\n", &[]).expect_err("unknown field");
+        assert!(e.message.contains("depth_maxx"), "{e}");
+        let e = load("", &[("GUILD_QUEUE__RUNS_IN_FLIGHT_MAX", "0")]).expect_err("zero");
+        assert_eq!(e.field, "queue.runs_in_flight_max");
+        let e = load("", &[("GUILD_TENANTS__BOB__BURST", "3")]).expect_err("no such tenant");
+        assert_eq!(e.field, "GUILD_TENANTS__BOB__BURST");
+        let e = load("[secrets]\nKEY = \"hunter2\"\n", &[]).expect_err("inline secret value");
+        assert_eq!(e.field, "secrets.KEY");
+    }
+
+    #[test]
+    fn unknown_guild_variables_are_reported_not_applied() {
+        let env = [("GUILD_LISTN".to_string(), "x".to_string())];
+        let (_, ignored) = DaemonConfig::load("", Path::new("-"), env).expect("loads");
+        assert_eq!(ignored, vec!["GUILD_LISTN".to_string()]);
+    }
+}

@@ -1,0 +1,397 @@
+//! The daemon's state and its run pipeline: authenticate → tool and tenant checks → schema →
+//! idempotency → tenant admission (rate, concurrency, fuel budget) → bounded queue → run on the
+//! shared runtime (recorded) → audit record (fsynced) → metrics. Every run executes in its own
+//! task, so a client that disconnects never cuts a run, its bundle or its audit record short.
+
+use crate::audit::{AuditEntry, AuditLog};
+use crate::metrics::Metrics;
+use crate::queue::{QueueFull, RunQueue, Ticket};
+use crate::registry::{InvalidInput, RegisteredTool, Registry};
+use crate::runs::{Finished, Inserted, RunEntry, RunState, RunTable, request_digest};
+use crate::tenants::{Admission, Refusal, Tenant};
+use guild_replay::{Digest, DirStore};
+use guild_runtime::{Outcome, RunError, RunReport, Runtime};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tracing::Instrument;
+
+/// Everything the handlers share.
+pub struct Daemon {
+    /// The run pipeline.
+    pub runtime: Arc<Runtime>,
+    /// Where bundles go.
+    pub store: Arc<DirStore>,
+    /// Registered tools.
+    pub tools: Registry,
+    /// Who may call.
+    pub tenants: Vec<Arc<Tenant>>,
+    /// The bounded run queue.
+    pub queue: Arc<RunQueue>,
+    /// Runs by id.
+    pub runs: RunTable,
+    /// The audit log.
+    pub audit: AuditLog,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Where uploaded components are kept (registered again at start).
+    pub uploads_dir: PathBuf,
+    /// Largest run request body.
+    pub request_bytes_max: usize,
+    /// Largest uploaded component.
+    pub component_bytes_max: usize,
+    draining: AtomicBool,
+}
+
+/// A request to run a tool, as the API received it.
+#[derive(Debug)]
+pub struct RunRequest {
+    /// Tool name.
+    pub tool: String,
+    /// Its input.
+    pub input: serde_json::Value,
+    /// Answer 202 at once rather than wait.
+    pub asynchronous: bool,
+    /// Resubmissions with the same key return the first run.
+    pub idempotency_key: Option<String>,
+}
+
+/// Why a run request was refused before it became a run.
+#[derive(Debug)]
+pub enum Rejection {
+    /// The tenant may not call the tool.
+    Forbidden(String),
+    /// No such tool.
+    UnknownTool(String),
+    /// The input does not match the schema.
+    InvalidInput(InvalidInput),
+    /// The idempotency key names a different request.
+    KeyConflict {
+        /// The key.
+        key: String,
+        /// The run it names.
+        run: String,
+    },
+    /// The tenant's limits refuse it.
+    Tenant {
+        /// The tenant's name.
+        tenant: String,
+        /// Why.
+        refusal: Refusal,
+    },
+    /// The queue is full or draining.
+    Queue(QueueFull),
+}
+
+/// What a submission gives back.
+pub enum Submitted {
+    /// The run finished (sync), with its output text when it produced one.
+    Finished {
+        /// The run.
+        entry: RunEntry,
+        /// How it ended.
+        finished: Arc<Finished>,
+        /// Its output text.
+        output: Option<String>,
+    },
+    /// Accepted (async) or an idempotent resubmission of a run not yet finished.
+    Accepted {
+        /// The run.
+        entry: RunEntry,
+        /// True for a resubmission.
+        replayed: bool,
+    },
+    /// An idempotent resubmission of a finished run (its output is read from the bundle).
+    Replayed {
+        /// The run.
+        entry: RunEntry,
+        /// How it ended.
+        finished: Arc<Finished>,
+    },
+}
+
+impl Daemon {
+    /// Assemble the daemon's state.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        runtime: Arc<Runtime>,
+        store: Arc<DirStore>,
+        tools: Registry,
+        tenants: Vec<Arc<Tenant>>,
+        queue: Arc<RunQueue>,
+        runs: RunTable,
+        audit: AuditLog,
+        metrics: Metrics,
+        uploads_dir: PathBuf,
+        request_bytes_max: usize,
+        component_bytes_max: usize,
+    ) -> Self {
+        Self {
+            runtime,
+            store,
+            tools,
+            tenants,
+            queue,
+            runs,
+            audit,
+            metrics,
+            uploads_dir,
+            request_bytes_max,
+            component_bytes_max,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// The tenant whose token this is.
+    pub fn tenant_for(&self, token: &str) -> Option<Arc<Tenant>> {
+        let digest = blake3::hash(token.as_bytes());
+        self.tenants.iter().find(|t| t.owns(&digest)).cloned()
+    }
+
+    /// Stop taking runs: `/readyz` fails, new runs get 503.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.queue.close();
+    }
+
+    /// True once draining started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Submit a run for `tenant`.
+    pub async fn submit(self: &Arc<Self>, tenant: &Arc<Tenant>, request: RunRequest) -> Result<Submitted, Rejection> {
+        if !tenant.tools.allows(&request.tool) {
+            return Err(Rejection::Forbidden(format!(
+                "tenant {} may not call tool {:?}; ask the operator to add it to the tenant's tools",
+                tenant.name, request.tool
+            )));
+        }
+        let tool = self.tools.get(&request.tool).ok_or_else(|| Rejection::UnknownTool(request.tool.clone()))?;
+        tool.validate(&request.input).map_err(Rejection::InvalidInput)?;
+        let input = request.input.to_string();
+        let request_digest = request_digest(&tool.name, &Digest::of(input.as_bytes()));
+        let key = request.idempotency_key.as_deref();
+        if let Some(key) = key
+            && let Some(existing) = self.runs.by_key(&tenant.name, key)
+        {
+            if existing.request_digest == request_digest {
+                return wait_existing(existing, request.asynchronous).await;
+            }
+            return Err(Rejection::KeyConflict { key: key.to_string(), run: existing.id });
+        }
+        let admission = tenant.admit(tool.limits.fuel_units).map_err(|refusal| {
+            self.metrics.rejections.with_label_values(&[&tenant.name, refusal.code()]).inc();
+            Rejection::Tenant { tenant: tenant.name.clone(), refusal }
+        })?;
+        let ticket = self.queue.enter().map_err(|full| {
+            let reason = if full.draining { "draining" } else { "queue_full" };
+            self.metrics.rejections.with_label_values(&[&tenant.name, reason]).inc();
+            Rejection::Queue(full)
+        })?;
+        let (entry, state) = match self.runs.insert(&tenant.name, &tool.name, request_digest, key, RunState::Queued) {
+            Inserted::New(entry, state) => (entry, state),
+            // A concurrent submission with the same key won the race: answer with its run.
+            Inserted::Existing(entry) => return wait_existing(entry, request.asynchronous).await,
+            Inserted::Conflict(run) => {
+                return Err(Rejection::KeyConflict { key: key.unwrap_or_default().to_string(), run });
+            }
+        };
+        self.metrics.queue_depth.set(self.queue.depth() as i64);
+        let (done, finished) = oneshot::channel();
+        let job = Job { tool, input, admission, ticket, state, done, key: request.idempotency_key.clone() };
+        let span = tracing::info_span!("run", run_id = %entry.id, tenant = %tenant.name, tool = %entry.tool);
+        tokio::spawn(self.clone().execute(job, entry.clone()).instrument(span));
+        if request.asynchronous {
+            return Ok(Submitted::Accepted { entry, replayed: false });
+        }
+        match finished.await {
+            Ok((finished, output)) => Ok(Submitted::Finished { entry, finished, output }),
+            // The task ended without answering (it panicked): report what the table says.
+            Err(_) => wait_existing(entry, false).await,
+        }
+    }
+
+    async fn execute(self: Arc<Self>, job: Job, entry: RunEntry) {
+        let Job { tool, input, admission, ticket, state, done, key } = job;
+        let queued = Instant::now();
+        tracing::info!("run queued");
+        let slot = ticket.start().await;
+        self.metrics.queue_wait_seconds.observe(queued.elapsed().as_secs_f64());
+        self.metrics.queue_depth.set(self.queue.depth() as i64);
+        self.metrics.runs_in_flight.set(self.queue.in_flight() as i64);
+        let _ = state.send(RunState::Running);
+        let mut limits = tool.limits.clone();
+        limits.fuel_units = admission.fuel_units;
+        let started = Instant::now();
+        let result = match slot {
+            Ok(_slot) => self.runtime.run(&tool.tool, &input, &tool.grants, &limits).await,
+            Err(_) => Err(RunError::Host("the daemon is shutting down; the run was not started".into())),
+        };
+        self.queue.observe(started.elapsed());
+        self.metrics.runs_in_flight.set(self.queue.in_flight() as i64);
+        let (finished, output, audit) = self.conclude(&tool, &entry, &input, key, result);
+        admission.settle(finished.fuel_used_units);
+        let finished = Arc::new(finished);
+        match self.audit.append(audit).await {
+            Ok(_) => self.metrics.audit_records.inc(),
+            Err(e) => tracing::error!(error = %e, "the run's audit record was not written"),
+        }
+        tracing::info!(
+            status = finished.status,
+            outcome = %finished.error.get("status").and_then(|s| s.as_str()).unwrap_or("output"),
+            fuel_used_units = finished.fuel_used_units,
+            wall_time_us = finished.wall_time_us,
+            bundle = %finished.bundle.map(|b| b.to_hex()).unwrap_or_default(),
+            "run finished"
+        );
+        let _ = state.send(RunState::Finished(finished.clone()));
+        let _ = done.send((finished, output));
+    }
+
+    /// Turn a run's result into its table entry, output, metrics and audit record.
+    fn conclude(
+        &self,
+        tool: &RegisteredTool,
+        entry: &RunEntry,
+        input: &str,
+        key: Option<String>,
+        result: Result<RunReport, RunError>,
+    ) -> (Finished, Option<String>, AuditEntry) {
+        let input_digest = Digest::of(input.as_bytes());
+        let mut audit = AuditEntry {
+            run: entry.id.clone(),
+            tenant: entry.tenant.clone(),
+            tool: tool.name.clone(),
+            tool_digest: *tool.tool.digest(),
+            input_digest,
+            grants: serde_json::json!({ "grants": tool.grants, "limits": tool.limits }),
+            outcome: String::new(),
+            fuel_used_units: 0,
+            bundle: None,
+            idempotency_key: key,
+        };
+        let (finished, output) = match result {
+            Ok(report) => {
+                self.observe(&tool.name, &entry.tenant, &report);
+                audit.grants = serde_json::json!({ "policy": report.policy, "limits": report.limits });
+                audit.bundle = report.bundle;
+                audit.fuel_used_units = report.fuel_used_units;
+                finished_from_report(report)
+            }
+            Err(error) => {
+                let code = run_error_code(&error);
+                self.metrics.runs.with_label_values(&[&tool.name, &entry.tenant, code]).inc();
+                let finished = Finished {
+                    status: "failed",
+                    error: serde_json::json!({ "status": code, "message": error.to_string() }),
+                    bundle: None,
+                    fuel_used_units: 0,
+                    wall_time_us: 0,
+                };
+                (finished, None)
+            }
+        };
+        audit.outcome = finished.error.get("status").and_then(|s| s.as_str()).unwrap_or("output").to_string();
+        (finished, output, audit)
+    }
+
+    fn observe(&self, tool: &str, tenant: &str, report: &RunReport) {
+        let label = outcome_label(&report.outcome);
+        self.metrics.runs.with_label_values(&[tool, tenant, label]).inc();
+        self.metrics.run_seconds.with_label_values(&[tool]).observe(report.wall_time.as_secs_f64());
+        self.metrics.run_fuel_units.with_label_values(&[tool]).observe(report.fuel_used_units as f64);
+        self.metrics.bundle_bytes.inc_by(report.bundle_bytes);
+        let refused = report.egress_denials.len() as u64;
+        let attempted = u64::from(report.egress_requests);
+        if attempted > 0 {
+            self.metrics.egress.with_label_values(&[tool, "attempted"]).inc_by(attempted);
+        }
+        if refused > 0 {
+            self.metrics.egress.with_label_values(&[tool, "refused"]).inc_by(refused);
+        }
+    }
+
+    /// Drain: stop taking runs, then wait for queued and running ones up to `deadline`.
+    pub async fn drain(&self, deadline: Duration) -> bool {
+        self.start_draining();
+        self.queue.drained(deadline).await
+    }
+}
+
+struct Job {
+    tool: Arc<RegisteredTool>,
+    input: String,
+    admission: Admission,
+    ticket: Ticket,
+    state: tokio::sync::watch::Sender<RunState>,
+    done: oneshot::Sender<(Arc<Finished>, Option<String>)>,
+    key: Option<String>,
+}
+
+fn finished_from_report(report: RunReport) -> (Finished, Option<String>) {
+    let wall_time_us = report.wall_time.as_micros() as u64;
+    let (status, error, output) = match report.outcome {
+        Outcome::Output { output } => ("succeeded", serde_json::Value::Null, Some(output)),
+        other => {
+            let message = outcome_message(&other);
+            let mut error = serde_json::to_value(&other).unwrap_or_default();
+            if let Some(object) = error.as_object_mut() {
+                object.insert("message".into(), message.into());
+            }
+            ("failed", error, None)
+        }
+    };
+    let finished =
+        Finished { status, error, bundle: report.bundle, fuel_used_units: report.fuel_used_units, wall_time_us };
+    (finished, output)
+}
+
+/// The message `guild run` prints for an outcome.
+pub fn outcome_message(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Output { .. } => String::new(),
+        Outcome::ToolError { kind, message } => format!("tool error ({}): {message}", serde_label(kind)),
+        Outcome::Limit(hit) => hit.to_string(),
+        Outcome::Trap { message } => format!("trap: {message}"),
+    }
+}
+
+fn serde_label<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+/// The metric and audit label of an outcome.
+pub fn outcome_label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Output { .. } => "output",
+        Outcome::ToolError { .. } => "tool_error",
+        Outcome::Limit(_) => "limit",
+        Outcome::Trap { .. } => "trap",
+    }
+}
+
+/// Stable code of a run that could not start (the API maps it to its HTTP status).
+fn run_error_code(error: &RunError) -> &'static str {
+    match error {
+        RunError::Denied(_) => "denied",
+        RunError::Limits(_) => "bad_limits",
+        RunError::Busy { .. } => "busy",
+        RunError::Host(_) | RunError::Record(_) => "host_failure",
+    }
+}
+
+async fn wait_existing(entry: RunEntry, asynchronous: bool) -> Result<Submitted, Rejection> {
+    let mut state = entry.state.clone();
+    if !asynchronous {
+        // Wait for the first submission to finish; a closed channel means it already has.
+        let _ = state.wait_for(|s| matches!(s, RunState::Finished(_))).await;
+    }
+    let current = state.borrow().clone();
+    Ok(match current {
+        RunState::Finished(finished) => Submitted::Replayed { entry, finished },
+        _ => Submitted::Accepted { entry, replayed: true },
+    })
+}

@@ -1,0 +1,126 @@
+//! Prometheus metrics for `GET /metrics`: runs by tool, tenant and outcome; run duration and
+//! fuel; the queue; rejections; egress decisions; GPU time; bundle bytes; the audit log; build
+//! information. Names follow Prometheus conventions (base units, `_total` counters).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric the daemon exports, registered in one registry.
+pub struct Metrics {
+    registry: Registry,
+    /// Finished runs.
+    pub runs: IntCounterVec,
+    /// Wall time of a run (queue wait excluded).
+    pub run_seconds: HistogramVec,
+    /// Time a run waited for a slot.
+    pub queue_wait_seconds: Histogram,
+    /// Fuel a run burnt.
+    pub run_fuel_units: HistogramVec,
+    /// Runs waiting for a slot.
+    pub queue_depth: IntGauge,
+    /// Runs executing.
+    pub runs_in_flight: IntGauge,
+    /// Runs refused before starting, by reason.
+    pub rejections: IntCounterVec,
+    /// Outgoing HTTP requests by decision (`attempted`, `refused`).
+    pub egress: IntCounterVec,
+    /// GPU time used by runs.
+    pub gpu_seconds: IntCounterVec,
+    /// Bytes of sealed bundles.
+    pub bundle_bytes: IntCounter,
+    /// Audit records written.
+    pub audit_records: IntCounter,
+    /// API errors by code.
+    pub api_errors: IntCounterVec,
+}
+
+/// Buckets for run wall time: 50 µs to ~30 s.
+const RUN_SECONDS_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0,
+];
+
+impl Metrics {
+    /// Register every metric; `version` and `wasmtime` label the build-info gauge.
+    pub fn new(version: &str, wasmtime: &str) -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("guild".into()), None)?;
+        let runs = IntCounterVec::new(
+            Opts::new("runs_total", "Finished runs by tool, tenant and outcome."),
+            &["tool", "tenant", "outcome"],
+        )?;
+        let run_seconds = HistogramVec::new(
+            HistogramOpts::new("run_duration_seconds", "Wall time of a run, instantiate to result.")
+                .buckets(RUN_SECONDS_BUCKETS.to_vec()),
+            &["tool"],
+        )?;
+        let queue_wait_seconds = Histogram::with_opts(
+            HistogramOpts::new("queue_wait_seconds", "Time a run waited for a slot.")
+                .buckets(RUN_SECONDS_BUCKETS.to_vec()),
+        )?;
+        let run_fuel_units = HistogramVec::new(
+            HistogramOpts::new("run_fuel_units", "Fuel a run burnt (about one unit per wasm instruction).")
+                .buckets(prometheus::exponential_buckets(1e4, 10.0, 8)?),
+            &["tool"],
+        )?;
+        let queue_depth = IntGauge::new("queue_depth", "Runs waiting for a slot.")?;
+        let runs_in_flight = IntGauge::new("runs_in_flight", "Runs executing now.")?;
+        let rejections = IntCounterVec::new(
+            Opts::new("rejections_total", "Runs refused before starting, by tenant and reason."),
+            &["tenant", "reason"],
+        )?;
+        let egress = IntCounterVec::new(
+            Opts::new("egress_requests_total", "Outgoing HTTP requests of runs, by tool and decision."),
+            &["tool", "decision"],
+        )?;
+        let gpu_seconds = IntCounterVec::new(
+            Opts::new("gpu_microseconds_total", "GPU time used by runs, microseconds, by tool."),
+            &["tool"],
+        )?;
+        let bundle_bytes = IntCounter::new("bundle_bytes_total", "Bytes of sealed replay bundles.")?;
+        let audit_records = IntCounter::new("audit_records_total", "Records appended to the audit log.")?;
+        let api_errors = IntCounterVec::new(Opts::new("api_errors_total", "API error responses by code."), &["code"])?;
+        let build = IntGaugeVec::new(
+            Opts::new("build_info", "Build information; the value is always 1."),
+            &["version", "wasmtime"],
+        )?;
+        build.with_label_values(&[version, wasmtime]).set(1);
+        registry.register(Box::new(runs.clone()))?;
+        registry.register(Box::new(run_seconds.clone()))?;
+        registry.register(Box::new(queue_wait_seconds.clone()))?;
+        registry.register(Box::new(run_fuel_units.clone()))?;
+        registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(runs_in_flight.clone()))?;
+        registry.register(Box::new(rejections.clone()))?;
+        registry.register(Box::new(egress.clone()))?;
+        registry.register(Box::new(gpu_seconds.clone()))?;
+        registry.register(Box::new(bundle_bytes.clone()))?;
+        registry.register(Box::new(audit_records.clone()))?;
+        registry.register(Box::new(api_errors.clone()))?;
+        registry.register(Box::new(build))?;
+        Ok(Self {
+            registry,
+            runs,
+            run_seconds,
+            queue_wait_seconds,
+            run_fuel_units,
+            queue_depth,
+            runs_in_flight,
+            rejections,
+            egress,
+            gpu_seconds,
+            bundle_bytes,
+            audit_records,
+            api_errors,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec fails only on invalid metric names, which `new` rules out.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

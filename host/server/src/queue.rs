@@ -1,0 +1,159 @@
+//! The bounded run queue: at most `runs_in_flight_max` runs execute at once and at most
+//! `depth_max` wait behind them. A run that finds the queue full is refused at once with an
+//! estimate of when to retry — backpressure, never unbounded memory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The queue. Shared by every request handler and async run.
+#[derive(Debug)]
+pub struct RunQueue {
+    slots: Arc<Semaphore>,
+    runs_in_flight_max: usize,
+    depth_max: usize,
+    waiting: AtomicUsize,
+    /// Exponentially weighted mean run time, µs: what `Retry-After` is estimated from.
+    mean_run_us: AtomicU64,
+    closed: AtomicBool,
+}
+
+/// The queue is full (or draining).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueFull {
+    /// Runs waiting when refused.
+    pub depth: usize,
+    /// Seconds until a slot is likely (at least 1).
+    pub retry_after_s: u64,
+    /// True when refused because the daemon is shutting down.
+    pub draining: bool,
+}
+
+/// A place in the queue; [`Ticket::start`] waits for a slot to run in.
+#[derive(Debug)]
+pub struct Ticket {
+    queue: Arc<RunQueue>,
+    waiting: bool,
+}
+
+/// A slot: the run executes while this is held.
+#[derive(Debug)]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl RunQueue {
+    /// A queue with these bounds.
+    pub fn new(runs_in_flight_max: usize, depth_max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            slots: Arc::new(Semaphore::new(runs_in_flight_max)),
+            runs_in_flight_max,
+            depth_max,
+            waiting: AtomicUsize::new(0),
+            mean_run_us: AtomicU64::new(1_000),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Take a place in the queue, or be refused because it is full.
+    pub fn enter(self: &Arc<Self>) -> Result<Ticket, QueueFull> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(QueueFull { depth: self.depth(), retry_after_s: 5, draining: true });
+        }
+        // A run that can start at once does not count as waiting.
+        let free = self.slots.available_permits();
+        let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
+        if free == 0 && waiting >= self.depth_max {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(QueueFull { depth: waiting, retry_after_s: self.retry_after_s(waiting), draining: false });
+        }
+        Ok(Ticket { queue: self.clone(), waiting: true })
+    }
+
+    fn retry_after_s(&self, waiting: usize) -> u64 {
+        let mean = self.mean_run_us.load(Ordering::Relaxed) as f64;
+        let seconds = (waiting as f64 + 1.0) * mean / self.runs_in_flight_max as f64 / 1e6;
+        seconds.ceil().clamp(1.0, 60.0) as u64
+    }
+
+    /// Runs waiting for a slot.
+    pub fn depth(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Runs executing now.
+    pub fn in_flight(&self) -> usize {
+        self.runs_in_flight_max - self.slots.available_permits()
+    }
+
+    /// Note how long a run took, for `Retry-After` estimates.
+    pub fn observe(&self, run_time: Duration) {
+        let sample = run_time.as_micros().min(u128::from(u64::MAX / 2)) as u64;
+        let old = self.mean_run_us.load(Ordering::Relaxed);
+        self.mean_run_us.store(old - old / 8 + sample / 8, Ordering::Relaxed);
+    }
+
+    /// Refuse new runs from now on (draining).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// Wait until no run is waiting or running, or `deadline` passes; true when idle.
+    pub async fn drained(&self, deadline: Duration) -> bool {
+        let wait = async {
+            while self.depth() > 0 || self.in_flight() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(deadline, wait).await.is_ok()
+    }
+}
+
+impl Ticket {
+    /// Wait for a slot. Fails only if the queue's slots were closed, which the daemon never does.
+    pub async fn start(mut self) -> Result<Slot, QueueFull> {
+        let permit = self.queue.slots.clone().acquire_owned().await;
+        self.queue.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.waiting = false;
+        permit.map(|permit| Slot { _permit: permit }).map_err(|_| QueueFull {
+            depth: self.queue.depth(),
+            retry_after_s: 5,
+            draining: true,
+        })
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.waiting {
+            self.queue.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn full_queue_refuses_with_retry_after_and_frees_on_drop() {
+        let queue = RunQueue::new(1, 2);
+        let running = queue.enter().expect("first").start().await.expect("slot");
+        let a = queue.enter().expect("waits 1");
+        let b = queue.enter().expect("waits 2");
+        let full = queue.enter().expect_err("third waiter is over depth 2");
+        assert_eq!(full.depth, 2);
+        assert!(full.retry_after_s >= 1);
+        assert!(!full.draining);
+        drop(a);
+        let c = queue.enter().expect("a place came back");
+        assert_eq!(queue.depth(), 2);
+        drop((b, c, running));
+        assert_eq!(queue.depth(), 0);
+        assert_eq!(queue.in_flight(), 0);
+        queue.close();
+        assert!(queue.enter().expect_err("closed").draining);
+        assert!(queue.drained(Duration::from_millis(50)).await);
+    }
+}

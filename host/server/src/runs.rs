@@ -1,0 +1,270 @@
+//! The run table: every run the daemon accepted, queued, running or finished, by run id, and
+//! the idempotency keys that name them. Bounded: finished runs beyond `runs_kept_max` are
+//! forgotten oldest first (their bundles and audit records stay). On start the table is
+//! refilled from the audit log, so run ids and idempotency keys survive a restart.
+
+use guild_replay::Digest;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// A run's id: 32 hex characters, random.
+pub(crate) type RunId = String;
+
+/// A new random run id.
+pub fn new_run_id() -> RunId {
+    let mut bytes = [0u8; 16];
+    // Without randomness, fall back to a digest of the time: unique enough, never a panic.
+    if getrandom::fill(&mut bytes).is_err() {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        bytes.copy_from_slice(&Digest::of(&now.as_nanos().to_le_bytes()).as_bytes()[..16]);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What an idempotency key must name the same of: the tool and the input's digest (both are in
+/// the audit log, so the check survives a restart).
+pub(crate) fn request_digest(tool: &str, input_digest: &Digest) -> Digest {
+    Digest::of(format!("{tool}\0{input_digest}").as_bytes())
+}
+
+/// How a finished run ended, small enough to keep many of (the output itself is in the bundle).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    /// `succeeded` (the tool returned output) or `failed`.
+    pub status: &'static str,
+    /// The outcome as recorded (`status`, `kind`, `message`, …); null on success.
+    pub error: serde_json::Value,
+    /// The sealed bundle.
+    pub bundle: Option<Digest>,
+    /// Fuel burnt.
+    pub fuel_used_units: u64,
+    /// Wall time of the run, µs.
+    pub wall_time_us: u64,
+}
+
+/// Where a run is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunState {
+    /// Waiting for a slot.
+    Queued,
+    /// Executing.
+    Running,
+    /// Done; see [`Finished`].
+    Finished(Arc<Finished>),
+}
+
+impl RunState {
+    /// The word the API uses.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Finished(f) => f.status,
+        }
+    }
+}
+
+/// One run's entry.
+#[derive(Debug, Clone)]
+pub struct RunEntry {
+    /// Its id.
+    pub id: RunId,
+    /// Who asked.
+    pub tenant: String,
+    /// The tool's name.
+    pub tool: String,
+    /// blake3 of tool name and input: an idempotency key must name the same request.
+    pub request_digest: Digest,
+    /// Watch this to learn when it changes state.
+    pub state: watch::Receiver<RunState>,
+}
+
+/// Outcome of [`RunTable::insert`].
+pub enum Inserted {
+    /// A new run: update its state through the sender.
+    New(RunEntry, watch::Sender<RunState>),
+    /// The idempotency key already names this run.
+    Existing(RunEntry),
+    /// The key names a run of a different request.
+    Conflict(RunId),
+}
+
+/// The table.
+pub struct RunTable {
+    inner: Mutex<Inner>,
+    runs_kept_max: usize,
+}
+
+struct Inner {
+    runs: HashMap<RunId, RunEntry>,
+    keys: HashMap<(String, String), RunId>,
+    /// Runs in the order they were added, for eviction.
+    order: VecDeque<(RunId, Option<String>)>,
+}
+
+impl RunTable {
+    /// An empty table keeping at most `runs_kept_max` runs.
+    pub fn new(runs_kept_max: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner { runs: HashMap::new(), keys: HashMap::new(), order: VecDeque::new() }),
+            runs_kept_max,
+        }
+    }
+
+    /// Add a run, unless its tenant's idempotency key already names one.
+    pub fn insert(
+        &self,
+        tenant: &str,
+        tool: &str,
+        request_digest: Digest,
+        idempotency_key: Option<&str>,
+        state: RunState,
+    ) -> Inserted {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(key) = idempotency_key
+            && let Some(id) = inner.keys.get(&(tenant.to_string(), key.to_string()))
+            && let Some(entry) = inner.runs.get(id)
+        {
+            return if entry.request_digest == request_digest {
+                Inserted::Existing(entry.clone())
+            } else {
+                Inserted::Conflict(entry.id.clone())
+            };
+        }
+        let (sender, receiver) = watch::channel(state);
+        let entry = RunEntry {
+            id: new_run_id(),
+            tenant: tenant.to_string(),
+            tool: tool.to_string(),
+            request_digest,
+            state: receiver,
+        };
+        inner.add(entry.clone(), idempotency_key, self.runs_kept_max);
+        Inserted::New(entry, sender)
+    }
+
+    /// Put back a run finished before a restart (from the audit log).
+    pub fn restore(
+        &self,
+        id: RunId,
+        tenant: &str,
+        tool: &str,
+        input_digest: &Digest,
+        idempotency_key: Option<&str>,
+        finished: Finished,
+    ) {
+        let (_, receiver) = watch::channel(RunState::Finished(Arc::new(finished)));
+        let entry = RunEntry {
+            id,
+            tenant: tenant.to_string(),
+            tool: tool.to_string(),
+            request_digest: request_digest(tool, input_digest),
+            state: receiver,
+        };
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.add(entry, idempotency_key, self.runs_kept_max);
+    }
+
+    /// The run with this id.
+    pub fn get(&self, id: &str) -> Option<RunEntry> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).runs.get(id).cloned()
+    }
+
+    /// The run a tenant's idempotency key names.
+    pub fn by_key(&self, tenant: &str, key: &str) -> Option<RunEntry> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let id = inner.keys.get(&(tenant.to_string(), key.to_string()))?;
+        inner.runs.get(id).cloned()
+    }
+
+    /// Runs held now.
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).runs.len()
+    }
+
+    /// True when no run is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Inner {
+    fn add(&mut self, entry: RunEntry, idempotency_key: Option<&str>, kept_max: usize) {
+        let key = idempotency_key.map(str::to_string);
+        if let Some(key) = &key {
+            self.keys.insert((entry.tenant.clone(), key.clone()), entry.id.clone());
+        }
+        self.order.push_back((entry.id.clone(), key));
+        self.runs.insert(entry.id.clone(), entry);
+        // Runs in progress are never forgotten: they go back to the end (at most one pass).
+        let mut rotations = 0;
+        while self.runs.len() > kept_max && rotations < self.order.len() {
+            let Some((oldest, key)) = self.order.pop_front() else { break };
+            let in_progress =
+                self.runs.get(&oldest).is_some_and(|e| !matches!(*e.state.borrow(), RunState::Finished(_)));
+            if in_progress {
+                self.order.push_back((oldest, key));
+                rotations += 1;
+                continue;
+            }
+            if let Some(entry) = self.runs.remove(&oldest)
+                && let Some(key) = key
+            {
+                self.keys.remove(&(entry.tenant, key));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished() -> Finished {
+        Finished {
+            status: "succeeded",
+            error: serde_json::Value::Null,
+            bundle: None,
+            fuel_used_units: 1,
+            wall_time_us: 1,
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_return_the_first_run_or_conflict() {
+        let table = RunTable::new(10);
+        let request = Digest::of(b"wc {}");
+        let Inserted::New(first, _tx) = table.insert("a", "wc", request, Some("k1"), RunState::Queued) else {
+            panic!("first insert is new")
+        };
+        match table.insert("a", "wc", request, Some("k1"), RunState::Queued) {
+            Inserted::Existing(again) => assert_eq!(again.id, first.id),
+            _ => panic!("same key, same request: the first run"),
+        }
+        assert!(matches!(
+            table.insert("a", "wc", Digest::of(b"other"), Some("k1"), RunState::Queued),
+            Inserted::Conflict(_)
+        ));
+        assert!(
+            matches!(table.insert("b", "wc", request, Some("k1"), RunState::Queued), Inserted::New(..)),
+            "keys are per tenant"
+        );
+    }
+
+    #[test]
+    fn finished_runs_are_evicted_oldest_first_but_running_ones_are_kept() {
+        let table = RunTable::new(2);
+        let Inserted::New(running, _keep) = table.insert("a", "wc", Digest::of(b"1"), None, RunState::Running) else {
+            panic!()
+        };
+        let Inserted::New(done, tx) = table.insert("a", "wc", Digest::of(b"2"), Some("k"), RunState::Queued) else {
+            panic!()
+        };
+        let _ = tx.send(RunState::Finished(Arc::new(finished())));
+        table.insert("a", "wc", Digest::of(b"3"), None, RunState::Queued);
+        assert!(table.get(&running.id).is_some(), "in progress: kept");
+        assert!(table.get(&done.id).is_none(), "oldest finished: evicted");
+        assert!(matches!(table.insert("a", "wc", Digest::of(b"2"), Some("k"), RunState::Queued), Inserted::New(..)));
+    }
+}

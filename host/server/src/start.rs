@@ -1,0 +1,174 @@
+//! Assembling the daemon from its configuration, and its lifecycle: serve until a shutdown
+//! signal, then drain — stop accepting, let requests and queued runs finish up to the drain
+//! deadline, close the audit log and flush bundles to disk.
+
+use crate::audit::{AuditError, AuditLog, AuditRecord};
+use crate::config::{ConfigError, DaemonConfig, TenantConfig};
+use crate::daemon::Daemon;
+use crate::metrics::Metrics;
+use crate::queue::RunQueue;
+use crate::registry::{Registry, ToolSource, ToolSpec};
+use crate::runs::{Finished, RunTable};
+use crate::tenants::Tenant;
+use guild_replay::{Digest, DirStore};
+use guild_runtime::Runtime;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What `start` needs besides the config.
+pub struct DaemonSetup {
+    /// The validated configuration.
+    pub config: DaemonConfig,
+    /// The runtime (recording into `store`).
+    pub runtime: Arc<Runtime>,
+    /// The bundle store.
+    pub store: Arc<DirStore>,
+    /// Audit log and uploaded components live here.
+    pub state_dir: PathBuf,
+    /// The token of the `default` tenant, used when the config names no tenants.
+    pub default_token: Option<String>,
+    /// Tools to register beside the config's (the embedded examples, `--tool` flags).
+    pub extra_tools: Vec<ToolSpec>,
+}
+
+/// The pieces `start` returns besides the daemon.
+pub struct DaemonParts {
+    /// The daemon.
+    pub daemon: Arc<Daemon>,
+    /// Runs restored from the audit log.
+    pub runs_restored: usize,
+}
+
+/// The daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration (or a tool it names) is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The audit log is broken or unwritable.
+    #[error("{0}; `guild audit verify` names the break; move the log aside to start a new chain")]
+    Audit(#[from] AuditError),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Build the daemon: tenants, tools (config, extra, uploaded), the audit log (verified, and
+/// the run table refilled from it), metrics and the queue.
+pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
+    let DaemonSetup { config, runtime, store, state_dir, default_token, extra_tools } = setup;
+    let tenants = tenants(&config, default_token)?;
+    let tools = Registry::default();
+    let mut specs = ToolSpec::from_config(&config)?;
+    specs.extend(extra_tools);
+    specs.extend(uploaded(&state_dir.join("tools")));
+    tools.load(&runtime, specs).await?;
+    let runs = RunTable::new(config.queue.runs_kept_max);
+    let mut runs_restored = 0;
+    let audit = AuditLog::open(&state_dir.join("audit.log"), |record| {
+        restore(&runs, record);
+        runs_restored += 1;
+    })?;
+    let metrics = Metrics::new(env!("CARGO_PKG_VERSION"), guild_runtime::wasmtime_version())?;
+    let queue = RunQueue::new(config.queue.runs_in_flight_max, config.queue.depth_max);
+    let daemon = Daemon::new(
+        runtime,
+        store,
+        tools,
+        tenants,
+        queue,
+        runs,
+        audit,
+        metrics,
+        state_dir.join("tools"),
+        config.request_bytes_max,
+        config.component_bytes_max,
+    );
+    Ok(DaemonParts { daemon: Arc::new(daemon), runs_restored })
+}
+
+fn tenants(config: &DaemonConfig, default_token: Option<String>) -> Result<Vec<Arc<Tenant>>, ConfigError> {
+    if !config.tenants.is_empty() {
+        return Ok(config.tenants.iter().map(|t| Arc::new(Tenant::from_config(t))).collect());
+    }
+    let token = default_token.ok_or_else(|| ConfigError {
+        field: "tenants".into(),
+        message: "no tenants are configured and no token was given; set GUILD_TOKEN or add [[tenants]]".into(),
+    })?;
+    let default = TenantConfig {
+        name: "default".into(),
+        token_blake3: Digest::of(token.as_bytes()).to_hex(),
+        tools: vec!["*".into()],
+        admin: true,
+        rate_per_second: crate::config::RATE_PER_SECOND_DEFAULT,
+        burst: crate::config::BURST_DEFAULT,
+        concurrency_max: crate::config::CONCURRENCY_MAX_DEFAULT,
+        fuel_budget_units: None,
+        fuel_budget_period_s: crate::config::FUEL_BUDGET_PERIOD_S_DEFAULT,
+    };
+    Ok(vec![Arc::new(Tenant::from_config(&default))])
+}
+
+/// Components uploaded through `POST /v1/tools` before a restart.
+fn uploaded(dir: &std::path::Path) -> Vec<ToolSpec> {
+    let mut paths: Vec<PathBuf> =
+        std::fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect()).unwrap_or_default();
+    paths.retain(|p| p.extension().is_some_and(|x| x == "wasm"));
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| ToolSpec {
+            field: format!("uploaded tool {}", path.display()),
+            digest: path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()),
+            source: ToolSource::File(path),
+            name: None,
+            grants: Default::default(),
+            limits: Default::default(),
+            only_requested_mounts: false,
+        })
+        .collect()
+}
+
+fn restore(runs: &RunTable, record: &AuditRecord) {
+    let entry = &record.entry;
+    let succeeded = entry.outcome == "output";
+    let finished = Finished {
+        status: if succeeded { "succeeded" } else { "failed" },
+        error: if succeeded { serde_json::Value::Null } else { serde_json::json!({ "status": entry.outcome }) },
+        bundle: entry.bundle,
+        fuel_used_units: entry.fuel_used_units,
+        wall_time_us: 0,
+    };
+    runs.restore(
+        entry.run.clone(),
+        &entry.tenant,
+        &entry.tool,
+        &entry.input_digest,
+        entry.idempotency_key.as_deref(),
+        finished,
+    );
+}
+
+/// Serve on `listener` until `shutdown` resolves; then drain for up to `drain`: finish the
+/// requests in flight and the queued runs, close the audit log, flush bundles. Returns whether
+/// everything finished within the deadline.
+pub async fn run(
+    daemon: Arc<Daemon>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    drain: Duration,
+) -> std::io::Result<bool> {
+    let draining = daemon.clone();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new runs; draining");
+        draining.start_draining();
+    };
+    crate::api::serve(listener, crate::api::router(daemon.clone()), signal).await?;
+    let drained = daemon.drain(drain).await;
+    daemon.audit.close();
+    daemon.store.flush().map_err(|e| std::io::Error::other(format!("bundles could not be written: {e}")))?;
+    tracing::info!(drained, "stopped");
+    Ok(drained)
+}

@@ -1,0 +1,315 @@
+//! Tenants: who a bearer token belongs to, which tools it may call, and how much it may run —
+//! a token-bucket rate limit, a cap on runs at once, and a fuel budget per period. Tokens are
+//! kept only as blake3 digests and compared in constant time.
+
+use crate::config::TenantConfig;
+use guild_replay::Digest;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Which tools a tenant may call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolAccess {
+    /// Every registered tool.
+    All,
+    /// Only these names.
+    Named(Vec<String>),
+}
+
+impl ToolAccess {
+    fn from_names(names: &[String]) -> Self {
+        if names.iter().any(|n| n == "*") { Self::All } else { Self::Named(names.to_vec()) }
+    }
+
+    /// May `tool` be called?
+    pub fn allows(&self, tool: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Named(names) => names.iter().any(|n| n == tool),
+        }
+    }
+}
+
+/// One tenant and its live counters.
+#[derive(Debug)]
+pub struct Tenant {
+    /// Name in logs, metrics and the audit log.
+    pub name: String,
+    token: blake3::Hash,
+    /// Tools it may call.
+    pub tools: ToolAccess,
+    /// May upload components.
+    pub admin: bool,
+    bucket: Mutex<TokenBucket>,
+    concurrency_max: u32,
+    running: AtomicU32,
+    budget: Option<Mutex<FuelBudget>>,
+}
+
+/// Why a tenant may not start a run now, and when to try again.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// The token bucket is empty.
+    RateLimited {
+        /// When a token will be there.
+        retry_after: Duration,
+        /// The configured rate.
+        rate_per_second: f64,
+    },
+    /// As many runs as its cap are queued or running.
+    Concurrency {
+        /// The cap.
+        concurrency_max: u32,
+    },
+    /// This period's fuel is spent (or reserved by runs in flight).
+    FuelBudget {
+        /// When the period ends.
+        retry_after: Duration,
+        /// The budget.
+        budget_units: u64,
+    },
+}
+
+impl Refusal {
+    /// Stable code for the API and the metric label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Concurrency { .. } => "concurrency_limited",
+            Self::FuelBudget { .. } => "fuel_budget_exhausted",
+        }
+    }
+
+    /// Seconds for `Retry-After` (at least 1).
+    pub fn retry_after_s(&self) -> u64 {
+        match self {
+            Self::RateLimited { retry_after, .. } | Self::FuelBudget { retry_after, .. } => {
+                retry_after.as_secs_f64().ceil().max(1.0) as u64
+            }
+            Self::Concurrency { .. } => 1,
+        }
+    }
+
+    /// The message for the caller, saying what to change.
+    pub fn message(&self, tenant: &str) -> String {
+        match self {
+            Self::RateLimited { rate_per_second, .. } => format!(
+                "tenant {tenant} is over its rate limit of {rate_per_second} runs/s; retry later or raise \
+                 tenants.rate_per_second / burst"
+            ),
+            Self::Concurrency { concurrency_max } => format!(
+                "tenant {tenant} already has {concurrency_max} runs queued or running; wait for one or raise \
+                 tenants.concurrency_max"
+            ),
+            Self::FuelBudget { budget_units, .. } => format!(
+                "tenant {tenant} has used its fuel budget of {budget_units} units for this period; retry after the \
+                 period or raise tenants.fuel_budget_units"
+            ),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct TokenBucket {
+    rate_per_second: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate_per_second).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate_per_second))
+        }
+    }
+}
+
+#[derive(Debug)]
+struct FuelBudget {
+    budget_units: u64,
+    period: Duration,
+    started: Instant,
+    /// Fuel burnt this period plus fuel reserved by runs in flight.
+    committed_units: u64,
+}
+
+impl FuelBudget {
+    fn roll(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.started) >= self.period {
+            self.started = now;
+            self.committed_units = 0;
+        }
+    }
+}
+
+/// A started run's hold on its tenant: the concurrency slot and the fuel it reserved. Dropping
+/// it without [`Admission::settle`] refunds the whole reservation.
+#[derive(Debug)]
+pub struct Admission {
+    tenant: Arc<Tenant>,
+    /// Fuel the run may burn: its limit, lowered to what is left of the budget.
+    pub fuel_units: u64,
+    settled: bool,
+}
+
+impl Admission {
+    /// The run burnt `used` units: keep those, refund the rest of the reservation.
+    pub fn settle(mut self, used: u64) {
+        self.tenant.refund(self.fuel_units.saturating_sub(used));
+        self.settled = true;
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.tenant.refund(self.fuel_units);
+        }
+        self.tenant.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Tenant {
+    /// A tenant from its config entry (already validated).
+    pub fn from_config(config: &TenantConfig) -> Self {
+        let token = config.token_blake3.parse::<Digest>().map(|d| blake3::Hash::from(*d.as_bytes()));
+        let now = Instant::now();
+        Self {
+            name: config.name.clone(),
+            // An unparsable digest (rejected by validation) matches no token.
+            token: token.unwrap_or_else(|_| blake3::hash(b"no token hashes to this")),
+            tools: ToolAccess::from_names(&config.tools),
+            admin: config.admin,
+            bucket: Mutex::new(TokenBucket {
+                rate_per_second: config.rate_per_second,
+                burst: f64::from(config.burst),
+                tokens: f64::from(config.burst),
+                last: now,
+            }),
+            concurrency_max: config.concurrency_max,
+            running: AtomicU32::new(0),
+            budget: config.fuel_budget_units.map(|budget_units| {
+                Mutex::new(FuelBudget {
+                    budget_units,
+                    period: Duration::from_secs(config.fuel_budget_period_s),
+                    started: now,
+                    committed_units: 0,
+                })
+            }),
+        }
+    }
+
+    /// Does `token` belong to this tenant? (Constant-time comparison of digests.)
+    pub fn owns(&self, token_digest: &blake3::Hash) -> bool {
+        self.token == *token_digest
+    }
+
+    /// Take a rate-limit token, a concurrency slot and a fuel reservation of up to `fuel_units`,
+    /// or say why not.
+    pub fn admit(self: &Arc<Self>, fuel_units: u64) -> Result<Admission, Refusal> {
+        let now = Instant::now();
+        let running = self.running.fetch_add(1, Ordering::AcqRel);
+        // From here every early return must give the slot back: the Admission's drop does.
+        let mut admission = Admission { tenant: self.clone(), fuel_units: 0, settled: false };
+        if running >= self.concurrency_max {
+            return Err(Refusal::Concurrency { concurrency_max: self.concurrency_max });
+        }
+        {
+            let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(retry_after) = bucket.take(now) {
+                return Err(Refusal::RateLimited { retry_after, rate_per_second: bucket.rate_per_second });
+            }
+        }
+        admission.fuel_units = match &self.budget {
+            None => fuel_units,
+            Some(budget) => {
+                let mut budget = budget.lock().unwrap_or_else(|p| p.into_inner());
+                budget.roll(now);
+                let left = budget.budget_units.saturating_sub(budget.committed_units);
+                if left == 0 {
+                    let retry_after = budget.period.saturating_sub(now.saturating_duration_since(budget.started));
+                    return Err(Refusal::FuelBudget { retry_after, budget_units: budget.budget_units });
+                }
+                let reserved = fuel_units.min(left);
+                budget.committed_units += reserved;
+                reserved
+            }
+        };
+        Ok(admission)
+    }
+
+    fn refund(&self, units: u64) {
+        if let Some(budget) = &self.budget {
+            let mut budget = budget.lock().unwrap_or_else(|p| p.into_inner());
+            budget.committed_units = budget.committed_units.saturating_sub(units);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(rate: f64, burst: u32, concurrency: u32, budget: Option<u64>) -> Arc<Tenant> {
+        Arc::new(Tenant::from_config(&TenantConfig {
+            name: "t".into(),
+            token_blake3: Digest::of(b"secret").to_hex(),
+            tools: vec!["wc".into()],
+            admin: false,
+            rate_per_second: rate,
+            burst,
+            concurrency_max: concurrency,
+            fuel_budget_units: budget,
+            fuel_budget_period_s: 3600,
+        }))
+    }
+
+    #[test]
+    fn token_digest_identifies_the_tenant() {
+        let t = tenant(1.0, 1, 1, None);
+        assert!(t.owns(&blake3::hash(b"secret")));
+        assert!(!t.owns(&blake3::hash(b"guess")));
+        assert!(t.tools.allows("wc") && !t.tools.allows("grep"));
+    }
+
+    #[test]
+    fn bucket_allows_burst_then_refuses_with_a_wait() {
+        let t = tenant(0.5, 2, 100, None);
+        let a = t.admit(10).expect("first");
+        let b = t.admit(10).expect("second");
+        let refusal = t.admit(10).expect_err("third is over the burst");
+        assert_eq!(refusal.code(), "rate_limited");
+        assert!(refusal.retry_after_s() >= 1);
+        drop((a, b));
+    }
+
+    #[test]
+    fn concurrency_cap_counts_live_admissions() {
+        let t = tenant(1000.0, 1000, 2, None);
+        let a = t.admit(1).expect("one");
+        let _b = t.admit(1).expect("two");
+        assert_eq!(t.admit(1).expect_err("three").code(), "concurrency_limited");
+        drop(a);
+        t.admit(1).expect("a slot came back");
+    }
+
+    #[test]
+    fn fuel_budget_reserves_caps_and_refunds() {
+        let t = tenant(1000.0, 1000, 10, Some(100));
+        let a = t.admit(70).expect("reserve 70");
+        let b = t.admit(70).expect("only 30 left");
+        assert_eq!(b.fuel_units, 30);
+        assert_eq!(t.admit(1).expect_err("all reserved").code(), "fuel_budget_exhausted");
+        a.settle(10); // 60 refunded
+        b.settle(30);
+        assert_eq!(t.admit(100).expect("60 left").fuel_units, 60);
+    }
+}
