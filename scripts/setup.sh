@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Guild needs on a fresh Debian machine with rustup: the wasm32-wasip2 target for
-# the tools. Safe to run again; it only installs what is missing.
+# the tools, and the Debian packages the tests use (promtool from `prometheus`, to check the
+# daemon's /metrics). Safe to run again; it only installs what is missing.
 set -euo pipefail
 
 if ! command -v cargo >/dev/null; then
@@ -9,4 +10,21 @@ if ! command -v cargo >/dev/null; then
 fi
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2
+fi
+
+# Debian packages: command that must exist -> package that provides it.
+declare -A packages=(
+    [promtool]=prometheus
+)
+missing=()
+for command in "${!packages[@]}"; do
+    command -v "$command" >/dev/null || missing+=("${packages[$command]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    # --no-install-recommends: promtool needs none of prometheus's web assets or exporters.
+    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

@@ -215,6 +215,13 @@ fn a_flood_beyond_the_queue_gets_429s_while_accepted_runs_complete_and_memory_st
     assert!(grown < 256 * 1024 * 1024, "memory stays bounded under a flood: grew {grown} bytes");
 
     let metrics = daemon.call("GET", "/metrics", "", "");
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    let dashboard = include_str!("../../deploy/grafana-dashboard.json");
+    let used = dashboard_metric_names(dashboard);
+    assert!(used.len() >= 10, "the dashboard uses the metrics: {used:?}");
+    for name in used {
+        assert!(text.contains(&format!("# TYPE {name} ")), "the Grafana dashboard uses {name}, which /metrics lacks");
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("metrics.txt");
     std::fs::write(&file, &metrics.body).expect("write");
@@ -316,4 +323,20 @@ fn config_errors_name_the_field() {
     let ran =
         command.args(["serve", "--config", &config]).env("GUILD_QUEUE__DEPTH_MAX", "many").output().expect("runs");
     assert!(String::from_utf8_lossy(&ran.stderr).contains("depth_max"), "{}", String::from_utf8_lossy(&ran.stderr));
+}
+
+/// Metric families named in a dashboard (`guild_…`, without histogram suffixes).
+fn dashboard_metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for (start, _) in text.match_indices("guild_") {
+        let name: String =
+            text[start..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit()).collect();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .fold(name.clone(), |n, s| n.strip_suffix(s).map(str::to_string).unwrap_or(n));
+        if family != "guild_" && !family.ends_with("daemon") {
+            names.insert(family);
+        }
+    }
+    names
 }

@@ -187,6 +187,7 @@ async fn upload_tool(
         .tools
         .insert(registered)
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "tool_name_taken", e.to_string()))?;
+    daemon.metrics.register_tool(&registered.name);
     keep_upload(&daemon, tool.digest(), &body)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "host_failure", e))?;
     tracing::info!(tenant = %tenant.name, tool = %registered.name, component = %tool.digest(), "tool uploaded");
@@ -390,4 +391,35 @@ async fn get_bundle(
     archive::export(daemon.store.as_ref(), &manifest, &signature, &mut archive_bytes)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "host_failure", e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "application/zstd")], archive_bytes).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The document in the repo names every route the router serves, with the same methods.
+    #[test]
+    fn openapi_document_covers_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI_JSON).expect("openapi.json is JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let routes = [
+            ("/healthz", "get"),
+            ("/readyz", "get"),
+            ("/metrics", "get"),
+            ("/openapi.json", "get"),
+            ("/v1/tools", "get"),
+            ("/v1/tools", "post"),
+            ("/v1/runs", "post"),
+            ("/v1/runs/{id}", "get"),
+            ("/v1/bundles/{id}", "get"),
+        ];
+        for (path, method) in routes {
+            assert!(doc["paths"][path][method].is_object(), "openapi.json lacks {method} {path}");
+        }
+        let documented: usize = doc["paths"]
+            .as_object()
+            .map(|p| p.values().map(|m| m.as_object().map_or(0, |m| m.len())).sum())
+            .unwrap_or(0);
+        assert_eq!(documented, routes.len(), "openapi.json documents a route the router does not serve");
+    }
 }

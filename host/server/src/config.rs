@@ -476,6 +476,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_in_deploy_is_valid() {
+        let text = include_str!("../../../deploy/guild.example.toml");
+        let config = load(text, &[]).expect("deploy/guild.example.toml loads");
+        assert_eq!(config.tenants.len(), 2);
+        assert_eq!(config.tools[0].limits.timeout_ms, 2000);
+        assert_eq!(config.tools[1].secrets[0].name, "GITHUB_TOKEN");
+    }
+
+    #[test]
     fn unknown_guild_variables_are_reported_not_applied() {
         let env = [("GUILD_LISTN".to_string(), "x".to_string())];
         let (_, ignored) = DaemonConfig::load("", Path::new("-"), env).expect("loads");

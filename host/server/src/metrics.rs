@@ -3,7 +3,7 @@
 //! information. Names follow Prometheus conventions (base units, `_total` counters).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
@@ -27,7 +27,7 @@ pub struct Metrics {
     /// Outgoing HTTP requests by decision (`attempted`, `refused`).
     pub egress: IntCounterVec,
     /// GPU time used by runs.
-    pub gpu_seconds: IntCounterVec,
+    pub gpu_seconds: CounterVec,
     /// Bytes of sealed bundles.
     pub bundle_bytes: IntCounter,
     /// Audit records written.
@@ -35,6 +35,10 @@ pub struct Metrics {
     /// API errors by code.
     pub api_errors: IntCounterVec,
 }
+
+/// Every `reason` label of `guild_rejections_total`.
+pub const REJECTION_REASONS: &[&str] =
+    &["rate_limited", "concurrency_limited", "fuel_budget_exhausted", "queue_full", "draining"];
 
 /// Buckets for run wall time: 50 µs to ~30 s.
 const RUN_SECONDS_BUCKETS: &[f64] = &[
@@ -74,8 +78,8 @@ impl Metrics {
             Opts::new("egress_requests_total", "Outgoing HTTP requests of runs, by tool and decision."),
             &["tool", "decision"],
         )?;
-        let gpu_seconds = IntCounterVec::new(
-            Opts::new("gpu_microseconds_total", "GPU time used by runs, microseconds, by tool."),
+        let gpu_seconds = CounterVec::new(
+            Opts::new("gpu_seconds_total", "GPU time used by runs, by tool."),
             &["tool"],
         )?;
         let bundle_bytes = IntCounter::new("bundle_bytes_total", "Bytes of sealed replay bundles.")?;
@@ -114,6 +118,23 @@ impl Metrics {
             audit_records,
             api_errors,
         })
+    }
+
+    /// Start a tool's series at zero, so dashboards show it before its first run.
+    pub fn register_tool(&self, tool: &str) {
+        for decision in ["attempted", "refused"] {
+            self.egress.with_label_values(&[tool, decision]);
+        }
+        self.gpu_seconds.with_label_values(&[tool]);
+        self.run_seconds.with_label_values(&[tool]);
+        self.run_fuel_units.with_label_values(&[tool]);
+    }
+
+    /// Start a tenant's rejection series at zero.
+    pub fn register_tenant(&self, tenant: &str) {
+        for reason in REJECTION_REASONS {
+            self.rejections.with_label_values(&[tenant, reason]);
+        }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -71,6 +71,12 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         runs_restored += 1;
     })?;
     let metrics = Metrics::new(env!("CARGO_PKG_VERSION"), guild_runtime::wasmtime_version())?;
+    for tool in tools.all() {
+        metrics.register_tool(&tool.name);
+    }
+    for tenant in &tenants {
+        metrics.register_tenant(&tenant.name);
+    }
     let queue = RunQueue::new(config.queue.runs_in_flight_max, config.queue.depth_max);
     let daemon = Daemon::new(
         runtime,
