@@ -37,7 +37,7 @@ pub struct Metrics {
 }
 
 /// Every `reason` label of `guild_rejections_total`.
-pub const REJECTION_REASONS: &[&str] =
+const REJECTION_REASONS: &[&str] =
     &["rate_limited", "concurrency_limited", "fuel_budget_exhausted", "queue_full", "draining"];
 
 /// Buckets for run wall time: 50 µs to ~30 s.
