@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The main job: set up, build `guild` and the example tools, then run each tool on this
-# repository's own files, under limits, through mounts — and show a limit being enforced.
+# The main job: set up, build `guild` and the example tools, run each tool on this repository's
+# own files under limits through mounts (a limit and a denial included), then start the daemon,
+# `guild serve`, with its embedded default: the example tools on 127.0.0.1:8480.
+# GUILD_DEMO_SERVE=0 stops after the tour instead of serving.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -76,3 +78,14 @@ echo "exit code: $code"
 
 echo
 echo "done: guild is at $guild, the tools under $tools"
+[ "${GUILD_DEMO_SERVE:-1}" = 0 ] && exit 0
+
+step "guild serve: the example tools over HTTP (Ctrl-C drains and stops)"
+export GUILD_TOKEN="${GUILD_TOKEN:-demo-token}"
+cat <<EOF
+In another terminal:
+  curl -s -H 'authorization: Bearer $GUILD_TOKEN' localhost:8480/v1/tools
+  curl -s -H 'authorization: Bearer $GUILD_TOKEN' -d '{"tool":"wc","input":{"path":"/data"}}' localhost:8480/v1/runs
+  curl -s localhost:8480/metrics | grep guild_runs_total
+EOF
+exec "$guild" serve --dir wit::/data:ro

@@ -99,6 +99,8 @@ pub(crate) enum AuditCommand {
 pub(crate) enum TokenCommand {
     /// Make a new bearer token; prints it and the `token_blake3` line for a tenant's config.
     New,
+    /// Print the `token_blake3` line for a token read from stdin.
+    Hash,
 }
 
 #[derive(Debug, Subcommand)]

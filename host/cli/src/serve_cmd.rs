@@ -177,9 +177,19 @@ pub(crate) fn audit(global: &Global, command: AuditCommand) -> Result<Exit, Fail
 }
 
 pub(crate) fn token(command: TokenCommand) -> Result<Exit, Failure> {
-    let TokenCommand::New = command;
-    let token = new_token()?;
-    crate::out!("token: {token}");
+    let token = match command {
+        TokenCommand::New => {
+            let token = new_token()?;
+            crate::out!("token: {token}");
+            token
+        }
+        TokenCommand::Hash => {
+            let mut token = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut token)
+                .map_err(|e| Failure::usage(format!("cannot read the token from stdin: {e}")))?;
+            token.trim().to_string()
+        }
+    };
     crate::out!("token_blake3 = \"{}\"", Digest::of(token.as_bytes()));
     Ok(Exit::Success)
 }

@@ -3,8 +3,8 @@
 //! information. Names follow Prometheus conventions (base units, `_total` counters).
 
 use prometheus::{
-    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Every metric the daemon exports, registered in one registry.
@@ -78,10 +78,8 @@ impl Metrics {
             Opts::new("egress_requests_total", "Outgoing HTTP requests of runs, by tool and decision."),
             &["tool", "decision"],
         )?;
-        let gpu_seconds = CounterVec::new(
-            Opts::new("gpu_seconds_total", "GPU time used by runs, by tool."),
-            &["tool"],
-        )?;
+        let gpu_seconds =
+            CounterVec::new(Opts::new("gpu_seconds_total", "GPU time used by runs, by tool."), &["tool"])?;
         let bundle_bytes = IntCounter::new("bundle_bytes_total", "Bytes of sealed replay bundles.")?;
         let audit_records = IntCounter::new("audit_records_total", "Records appended to the audit log.")?;
         let api_errors = IntCounterVec::new(Opts::new("api_errors_total", "API error responses by code."), &["code"])?;
