@@ -10,7 +10,7 @@ threads=${3:-1}
 command -v wrk >/dev/null || { echo "bench: wrk not found (apt-get install wrk)" >&2; exit 1; }
 cargo build --release --bin guild >/dev/null 2>&1
 guild=$PWD/target/release/guild
-work=$(mktemp -d)
+work=$(mktemp -d ${GUILD_BENCH_TMP:+-p "$GUILD_BENCH_TMP"})
 server=""
 cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
@@ -38,5 +38,9 @@ addr=$(sed -n 's/.*listening on http:\/\/\([0-9.:]*\).*/\1/p' "$work/serve.log" 
 curl -fsS -H "Authorization: Bearer bench-token" -d '{"tool":"echo","input":{"message":"warm"}}' "http://$addr/v1/runs" >/dev/null
 echo "guild serve on $addr; wrk -t$threads -c$connections -d${seconds}s, echo, recording on"
 wrk -t"$threads" -c"$connections" -d"${seconds}s" --latency -s benches/daemon/run.lua "http://$addr" | tail -n 1
-echo "daemon RSS: $(awk '/VmRSS/ {print $2, $3}' /proc/$server/status)"
-echo "audit records: $(wc -l < "$GUILD_HOME/audit.log")"
+records=$(wc -l < "$GUILD_HOME/audit.log")
+# CPU the daemon used per run (user + system), which the machine's other load does not inflate.
+ticks=$(awk '{print $14 + $15}' /proc/$server/stat)
+hz=$(getconf CLK_TCK)
+echo "daemon RSS: $(awk '/VmRSS/ {print $2, $3}' /proc/$server/status); audit records: $records"
+python3 -c "print(f'daemon CPU per run: {$ticks / $hz / $records * 1e6:.0f} us')"

@@ -1,8 +1,10 @@
 //! Write-behind for [`crate::DirStore`]: files are handed to one background thread and served
 //! from memory until they land, so recording a run costs no file-system round trips on the
-//! run's path. Bounded: past `pending_bytes_max` a write is done in place (backpressure), and
-//! dropping the store waits for everything to land.
+//! run's path. Small entries land in pack files (`pack.rs`), large ones in files of their own.
+//! Bounded: past `pending_bytes_max` a write is done in place (backpressure), and dropping the
+//! store waits for everything to land.
 
+use crate::pack::{Key, PACKED_BYTES_MAX, Packs};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -16,7 +18,7 @@ const QUEUE_FILES_MAX: usize = 65_536;
 
 #[derive(Default)]
 struct Pending {
-    files: HashMap<PathBuf, Arc<Vec<u8>>>,
+    files: HashMap<PathBuf, (Arc<Vec<u8>>, Key)>,
     bytes: u64,
     /// The first write that failed, reported by [`WriteBehind::flush`].
     failed: Option<String>,
@@ -42,17 +44,19 @@ pub(crate) struct WriteBehind {
 }
 
 impl WriteBehind {
-    pub(crate) fn start(pending_bytes_max: u64) -> std::io::Result<Self> {
+    pub(crate) fn start(pending_bytes_max: u64, packs: Arc<Packs>) -> std::io::Result<Self> {
         let shared = Arc::new(Shared { pending: Mutex::new(Pending::default()), landed: Condvar::new() });
         let (sender, receiver) = sync_channel(QUEUE_FILES_MAX);
         let worker = shared.clone();
-        let thread =
-            std::thread::Builder::new().name("guild-store-writer".into()).spawn(move || drain(&worker, receiver))?;
+        let thread = std::thread::Builder::new()
+            .name("guild-store-writer".into())
+            .spawn(move || drain(&worker, &packs, receiver))?;
         Ok(Self { shared, sender: Some(sender), thread: Some(thread), pending_bytes_max })
     }
 
-    /// Queue `bytes` for `path`; false when the queue is full and the caller should write now.
-    pub(crate) fn queue(&self, path: &Path, bytes: &[u8]) -> bool {
+    /// Queue `bytes` for `path` (packed under `key` when small); false when the queue is full
+    /// and the caller should write now.
+    pub(crate) fn queue(&self, path: &Path, key: Key, bytes: &[u8]) -> bool {
         let mut pending = self.shared.lock();
         if pending.files.contains_key(path) {
             return true;
@@ -65,13 +69,13 @@ impl WriteBehind {
             return false;
         }
         pending.bytes += bytes.len() as u64;
-        pending.files.insert(path.to_path_buf(), Arc::new(bytes.to_vec()));
+        pending.files.insert(path.to_path_buf(), (Arc::new(bytes.to_vec()), key));
         true
     }
 
     /// The bytes of a file not yet written.
     pub(crate) fn read(&self, path: &Path) -> Option<Arc<Vec<u8>>> {
-        self.shared.lock().files.get(path).cloned()
+        self.shared.lock().files.get(path).map(|(bytes, _)| bytes.clone())
     }
 
     /// Paths waiting under `dir`.
@@ -102,10 +106,14 @@ impl Drop for WriteBehind {
     }
 }
 
-fn drain(shared: &Shared, receiver: Receiver<PathBuf>) {
+fn drain(shared: &Shared, packs: &Packs, receiver: Receiver<PathBuf>) {
     for path in receiver {
-        let Some(bytes) = shared.lock().files.get(&path).cloned() else { continue };
-        let written = crate::store::write_file(&path, &bytes);
+        let Some((bytes, key)) = shared.lock().files.get(&path).cloned() else { continue };
+        let written = if bytes.len() <= PACKED_BYTES_MAX {
+            packs.append(key, &bytes)
+        } else {
+            crate::store::write_file(&path, &bytes)
+        };
         let mut pending = shared.lock();
         match written {
             Ok(()) => {

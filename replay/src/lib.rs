@@ -12,6 +12,7 @@ mod bundle;
 pub mod canonical;
 mod digest;
 mod hex;
+mod pack;
 mod sign;
 mod store;
 mod tape;

@@ -5,10 +5,11 @@
 
 use crate::Digest;
 use crate::behind::WriteBehind;
+use crate::pack::{Key, Kind, Packs};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// A blob store failed.
 #[derive(Debug, thiserror::Error)]
@@ -116,10 +117,12 @@ impl BlobStore for MemoryStore {
 
 /// The on-disk store: `blobs/<xx>/<digest>` and `bundles/<id>.json` (the manifest) with
 /// `bundles/<id>.sig` (its signature). Opened with [`DirStore::open_write_behind`], writes land
-/// in the background (see `behind.rs`) and are read from memory until they do.
+/// in the background (see `behind.rs`), small ones appended to `packs/*.pack` (see `pack.rs`),
+/// and are read from memory until they do. Readers look in packs, then in files.
 pub struct DirStore {
     root: PathBuf,
     behind: Option<WriteBehind>,
+    packs: Arc<Packs>,
     /// Digests known to be stored, so a busy host does not stat the same blob on every run.
     /// The store is append-only while a host uses it.
     known: Mutex<std::collections::HashSet<Digest>>,
@@ -136,14 +139,17 @@ impl DirStore {
             let dir = root.join(sub);
             std::fs::create_dir_all(&dir).map_err(|source| io_error(&dir, source))?;
         }
-        Ok(Self { root, behind: None, known: Mutex::default() })
+        let packs_dir = root.join("packs");
+        let packs = Packs::open(packs_dir.clone()).map_err(|source| io_error(&packs_dir, source))?;
+        Ok(Self { root, behind: None, packs: Arc::new(packs), known: Mutex::default() })
     }
 
     /// Open the store at `root` with writes done by a background thread, holding at most
     /// `pending_bytes_max` in memory. [`DirStore::flush`] (and dropping the store) waits for them.
     pub fn open_write_behind(root: impl Into<PathBuf>, pending_bytes_max: u64) -> Result<Self, StoreError> {
         let mut store = Self::open(root)?;
-        let behind = WriteBehind::start(pending_bytes_max).map_err(|source| io_error(&store.root, source))?;
+        let behind = WriteBehind::start(pending_bytes_max, store.packs.clone())
+            .map_err(|source| io_error(&store.root, source))?;
         store.behind = Some(behind);
         Ok(store)
     }
@@ -170,61 +176,86 @@ impl DirStore {
         self.root.join("blobs").join(&hex[..2]).join(hex)
     }
 
-    fn write(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    fn blob_slot(&self, digest: &Digest) -> Slot {
+        Slot { path: self.blob_path(digest), key: (Kind::Blob, *digest) }
+    }
+
+    fn bundle_slot(&self, id: &Digest, kind: Kind) -> Slot {
+        let extension = if kind == Kind::Signature { "sig" } else { "json" };
+        Slot { path: self.root.join("bundles").join(format!("{id}.{extension}")), key: (kind, *id) }
+    }
+
+    fn write(&self, slot: &Slot, bytes: &[u8]) -> Result<(), StoreError> {
         if let Some(behind) = &self.behind
-            && behind.queue(path, bytes)
+            && behind.queue(&slot.path, slot.key, bytes)
         {
             return Ok(());
         }
-        write_file(path, bytes).map_err(|source| io_error(path, source))
+        write_file(&slot.path, bytes).map_err(|source| io_error(&slot.path, source))
     }
 
-    fn exists(&self, path: &Path) -> bool {
-        self.behind.as_ref().is_some_and(|b| b.read(path).is_some()) || path.exists()
+    fn pending(&self, slot: &Slot) -> Option<Arc<Vec<u8>>> {
+        self.behind.as_ref().and_then(|b| b.read(&slot.path))
     }
 
-    /// The size of a stored file, pending or on disk; `None` when absent.
-    fn size_of(&self, path: &Path) -> Result<Option<u64>, StoreError> {
-        if let Some(bytes) = self.behind.as_ref().and_then(|b| b.read(path)) {
+    fn exists(&self, slot: &Slot) -> bool {
+        self.pending(slot).is_some() || self.packs.contains(&slot.key) || slot.path.exists()
+    }
+
+    /// The size of a stored entry, pending, packed or on disk; `None` when absent.
+    fn size_of(&self, slot: &Slot) -> Result<Option<u64>, StoreError> {
+        if let Some(bytes) = self.pending(slot) {
             return Ok(Some(bytes.len() as u64));
         }
-        match std::fs::metadata(path) {
+        if let Some(len) = self.packs.len_of(&slot.key) {
+            return Ok(Some(len));
+        }
+        match std::fs::metadata(&slot.path) {
             Ok(meta) => Ok(Some(meta.len())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_error(path, e)),
+            // Another process may have packed it since this one looked.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.packs.rescan().map_err(|source| io_error(&self.root.join("packs"), source))?;
+                Ok(self.packs.len_of(&slot.key))
+            }
+            Err(e) => Err(io_error(&slot.path, e)),
         }
     }
 
-    /// A stored file's bytes, pending or on disk; `None` when absent.
-    fn read(&self, path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
-        if let Some(bytes) = self.behind.as_ref().and_then(|b| b.read(path)) {
+    /// A stored entry's bytes, pending, packed or on disk; `None` when absent.
+    fn read(&self, slot: &Slot) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(bytes) = self.pending(slot) {
             return Ok(Some(bytes.as_ref().clone()));
         }
-        match std::fs::read(path) {
+        let packs_error = |source| io_error(&self.root.join("packs"), source);
+        if let Some(bytes) = self.packs.read(&slot.key).map_err(packs_error)? {
+            return Ok(Some(bytes));
+        }
+        match std::fs::read(&slot.path) {
             Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_error(path, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.packs.rescan().map_err(packs_error)?;
+                self.packs.read(&slot.key).map_err(packs_error)
+            }
+            Err(e) => Err(io_error(&slot.path, e)),
         }
     }
 
     /// Record a bundle's manifest and signature under its id.
     pub fn put_bundle(&self, id: &Digest, manifest: &[u8], signature: &[u8]) -> Result<(), StoreError> {
-        let dir = self.root.join("bundles");
-        self.write(&dir.join(format!("{id}.sig")), signature)?;
-        self.write(&dir.join(format!("{id}.json")), manifest)
+        self.write(&self.bundle_slot(id, Kind::Signature), signature)?;
+        self.write(&self.bundle_slot(id, Kind::Manifest), manifest)
     }
 
     /// A bundle's manifest and signature bytes.
     pub fn get_bundle(&self, id: &Digest) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
-        let dir = self.root.join("bundles");
-        let read = |path: PathBuf| {
-            let size_bytes = self.size_of(&path)?.ok_or_else(|| StoreError::BundleNotFound(id.to_hex()))?;
+        let read = |slot: Slot| {
+            let size_bytes = self.size_of(&slot)?.ok_or_else(|| StoreError::BundleNotFound(id.to_hex()))?;
             if size_bytes > BUNDLE_FILE_BYTES_MAX {
                 return Err(StoreError::TooLarge { digest: *id, size_bytes, limit_bytes: BUNDLE_FILE_BYTES_MAX });
             }
-            self.read(&path)?.ok_or_else(|| StoreError::BundleNotFound(id.to_hex()))
+            self.read(&slot)?.ok_or_else(|| StoreError::BundleNotFound(id.to_hex()))
         };
-        Ok((read(dir.join(format!("{id}.json")))?, read(dir.join(format!("{id}.sig")))?))
+        Ok((read(self.bundle_slot(id, Kind::Manifest))?, read(self.bundle_slot(id, Kind::Signature))?))
     }
 
     /// Every bundle id in the store, sorted.
@@ -238,6 +269,8 @@ impl DirStore {
         if let Some(behind) = &self.behind {
             ids.extend(behind.pending_in(&dir).iter().filter_map(|p| id_of(p)));
         }
+        self.packs.rescan().map_err(|source| io_error(&self.root.join("packs"), source))?;
+        ids.extend(self.packs.keys_of(Kind::Manifest));
         ids.sort();
         ids.dedup();
         Ok(ids)
@@ -285,32 +318,38 @@ impl BlobStore for DirStore {
         if self.is_known(&digest) {
             return Ok(digest);
         }
-        let path = self.blob_path(&digest);
-        if !self.exists(&path) {
-            self.write(&path, bytes)?;
+        let slot = self.blob_slot(&digest);
+        if !self.exists(&slot) {
+            self.write(&slot, bytes)?;
         }
         self.remember(digest);
         Ok(digest)
     }
 
     fn get(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
-        let path = self.blob_path(digest);
-        let size_bytes = self.size_of(&path)?.ok_or(StoreError::NotFound(*digest))?;
+        let slot = self.blob_slot(digest);
+        let size_bytes = self.size_of(&slot)?.ok_or(StoreError::NotFound(*digest))?;
         if size_bytes > BLOB_BYTES_MAX {
             return Err(StoreError::TooLarge { digest: *digest, size_bytes, limit_bytes: BLOB_BYTES_MAX });
         }
-        checked(digest, self.read(&path)?.ok_or(StoreError::NotFound(*digest))?)
+        checked(digest, self.read(&slot)?.ok_or(StoreError::NotFound(*digest))?)
     }
 
     fn has(&self, digest: &Digest) -> bool {
-        self.is_known(digest) || self.exists(&self.blob_path(digest))
+        self.is_known(digest) || self.exists(&self.blob_slot(digest))
     }
 
+    /// Only blobs in files of their own can be hard-linked; packed ones are copied.
     fn file_path(&self, digest: &Digest) -> Option<PathBuf> {
-        let path = self.blob_path(digest);
-        let pending = self.behind.as_ref().is_some_and(|b| b.read(&path).is_some());
-        (!pending && path.is_file()).then_some(path)
+        let slot = self.blob_slot(digest);
+        (self.pending(&slot).is_none() && slot.path.is_file()).then_some(slot.path)
     }
+}
+
+/// Where an entry lives: its own file, or a pack record under its key.
+struct Slot {
+    path: PathBuf,
+    key: Key,
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> StoreError {
@@ -370,6 +409,14 @@ mod tests {
         let reopened = DirStore::open(dir.path()).expect("open");
         assert_eq!(reopened.get(&digests[199]).expect("landed"), b"blob 199");
         assert_eq!(reopened.get_bundle(&id).expect("landed").1, b"sig");
+        let files = |sub: &str| walkdir_count(&dir.path().join(sub));
+        assert_eq!((files("blobs"), files("bundles"), files("packs")), (0, 0, 1), "small entries land in one pack");
+    }
+
+    fn walkdir_count(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .map(|rd| rd.flatten().map(|e| if e.path().is_dir() { walkdir_count(&e.path()) } else { 1 }).sum())
+            .unwrap_or(0)
     }
 
     #[test]

@@ -135,7 +135,11 @@ fn pooling(settings: &EngineSettings) -> Result<PoolingAllocationConfig, Runtime
         .decommit_batch_size(DECOMMIT_BATCH_SLOTS)
         .async_stack_keep_resident(ASYNC_STACK_KEEP_RESIDENT_BYTES)
         .table_keep_resident(TABLE_KEEP_RESIDENT_BYTES)
-        .linear_memory_keep_resident(LINEAR_MEMORY_KEEP_RESIDENT_BYTES);
+        .linear_memory_keep_resident(LINEAR_MEMORY_KEEP_RESIDENT_BYTES)
+        // Reset only the pages a run touched (Linux 6.7+ PAGEMAP_SCAN) instead of memsetting the
+        // whole kept-resident prefix: that memset was ~14% of a daemon's CPU per trivial run.
+        // Same memory contents afterwards either way, so nothing a guest sees changes.
+        .pagemap_scan(wasmtime::Enabled::Auto);
     Ok(pool)
 }
 
