@@ -109,10 +109,20 @@ impl Daemon {
         }
     }
 
-    /// Send SIGTERM and wait for the exit code.
-    pub(crate) fn terminate(mut self) -> Option<i32> {
+    /// Send SIGTERM (the daemon starts draining).
+    pub(crate) fn signal_term(&self) {
         let pid = self.child.id().to_string();
         assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    }
+
+    /// Send SIGTERM and wait for the exit code.
+    pub(crate) fn terminate(mut self) -> Option<i32> {
+        self.signal_term();
+        self.child.wait().expect("exits").code()
+    }
+
+    /// Wait for the process to exit; its code.
+    pub(crate) fn wait(mut self) -> Option<i32> {
         self.child.wait().expect("exits").code()
     }
 

@@ -241,9 +241,10 @@ fn a_flood_beyond_the_queue_gets_429s_while_accepted_runs_complete_and_memory_st
 #[test]
 fn sigterm_mid_load_drains_queued_runs_and_loses_no_bundle_or_audit_record() {
     let guild = Guild::new();
-    let config = config_file(guild.home(), &tenants_config("[queue]\nruns_in_flight_max = 2\n"));
+    let config =
+        config_file(guild.home(), &tenants_config("[queue]\nruns_in_flight_max = 2\ndrain_notice_ms = 1500\n"));
     let daemon = Daemon::start(&guild, &["--config", &config], &[]);
-    let ids: Vec<String> = (0..8)
+    let ids: Vec<String> = (0..16)
         .map(|_| {
             let reply = daemon.run(ROOT, json!({"tool": "hostile", "input": {"attack": "sleep"}, "async": true}));
             assert_eq!(reply.status, 202, "{}", String::from_utf8_lossy(&reply.body));
@@ -267,12 +268,18 @@ fn sigterm_mid_load_drains_queued_runs_and_loses_no_bundle_or_audit_record() {
 
     let store = guild.home().join("store");
     let started = std::time::Instant::now();
-    assert_eq!(daemon.terminate(), Some(0));
+    daemon.signal_term();
+    std::thread::sleep(Duration::from_millis(300));
+    let ready = daemon.call("GET", "/readyz", "", "");
+    assert_eq!(ready.status, 503, "draining: not ready");
+    let refused = daemon.run(ROOT, json!({"tool": "echo", "input": {"message": "late"}}));
+    assert_eq!((refused.status, refused.code().as_str()), (503, "draining"));
+    assert_eq!(daemon.wait(), Some(0));
     assert!(started.elapsed() < Duration::from_secs(20), "drained within the deadline");
 
     let audit = std::fs::read_to_string(guild.home().join("audit.log")).expect("audit log");
     let records: Vec<serde_json::Value> = audit.lines().map(|l| serde_json::from_str(l).expect("record")).collect();
-    assert_eq!(records.len(), 9, "8 queued runs and one keyed run, each recorded once");
+    assert_eq!(records.len(), 17, "16 queued runs and one keyed run, each recorded once");
     for id in &ids {
         let record = records.iter().find(|r| r["run"] == id.as_str()).expect("every queued run finished");
         let bundle = record["bundle"].as_str().expect("a bundle");

@@ -51,6 +51,7 @@ pub(crate) fn serve(global: &Global, args: ServeArgs) -> Result<Exit, Failure> {
     let runtime = Arc::new(Runtime::new(runtime_config).map_err(|e| Failure::host(e.to_string()))?);
     let extra_tools = extra_tools(&args, args.config.is_none());
     let drain = Duration::from_millis(config.queue.drain_timeout_ms);
+    let notice = Duration::from_millis(config.queue.drain_notice_ms);
     let listen = config.listen;
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -65,7 +66,7 @@ pub(crate) fn serve(global: &Global, args: ServeArgs) -> Result<Exit, Failure> {
         let addr = listener.local_addr().map_err(|e| Failure::host(e.to_string()))?;
         let tools: Vec<String> = parts.daemon.tools.all().iter().map(|t| t.name.clone()).collect();
         tracing::info!(addr = %addr, tools = ?tools, runs_restored = parts.runs_restored, "listening on http://{addr}");
-        let drained = guild_server::run(parts.daemon, listener, shutdown_signal(), drain)
+        let drained = guild_server::run(parts.daemon, listener, shutdown_signal(), notice, drain)
             .await
             .map_err(|e| Failure::host(e.to_string()))?;
         if !drained {

@@ -88,6 +88,9 @@ pub struct QueueConfig {
     pub depth_max: usize,
     /// How long SIGTERM waits for queued and running runs.
     pub drain_timeout_ms: u64,
+    /// After SIGTERM, how long the daemon still accepts connections while `/readyz` answers 503
+    /// and new runs get 503 `draining`, so a load balancer stops routing to it first.
+    pub drain_notice_ms: u64,
     /// Finished runs kept in memory for `GET /v1/runs/{id}` and idempotency keys.
     pub runs_kept_max: usize,
 }
@@ -98,6 +101,7 @@ impl Default for QueueConfig {
             runs_in_flight_max: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
             depth_max: QUEUE_DEPTH_MAX_DEFAULT,
             drain_timeout_ms: DRAIN_TIMEOUT_MS_DEFAULT,
+            drain_notice_ms: 0,
             runs_kept_max: RUNS_KEPT_MAX_DEFAULT,
         }
     }

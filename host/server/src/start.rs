@@ -156,20 +156,23 @@ fn restore(runs: &RunTable, record: &AuditRecord) {
     );
 }
 
-/// Serve on `listener` until `shutdown` resolves; then drain for up to `drain`: finish the
-/// requests in flight and the queued runs, close the audit log, flush bundles. Returns whether
-/// everything finished within the deadline.
+/// Serve on `listener` until `shutdown` resolves; then drain: refuse new runs and fail
+/// `/readyz` for `notice` while still accepting connections, stop accepting, finish the requests
+/// in flight and the queued runs (up to `drain`), close the audit log, flush bundles. Returns
+/// whether everything finished within the deadline.
 pub async fn run(
     daemon: Arc<Daemon>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    notice: Duration,
     drain: Duration,
 ) -> std::io::Result<bool> {
     let draining = daemon.clone();
     let signal = async move {
         shutdown.await;
-        tracing::info!("shutting down: no new runs; draining");
+        tracing::info!(notice_ms = notice.as_millis() as u64, "shutting down: no new runs; draining");
         draining.start_draining();
+        tokio::time::sleep(notice).await;
     };
     crate::api::serve(listener, crate::api::router(daemon.clone()), signal).await?;
     let drained = daemon.drain(drain).await;
