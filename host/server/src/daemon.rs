@@ -226,12 +226,13 @@ impl Daemon {
         let mut limits = tool.limits.clone();
         limits.fuel_units = admission.fuel_units;
         let started = Instant::now();
-        let result = match slot {
-            Ok(_slot) => self.runtime.run(&tool.tool, &input, &tool.grants, &limits).await,
+        // The slot is held until the audit record is written: draining waits for slots, so no
+        // run's record can miss the log's close.
+        let result = match &slot {
+            Ok(_) => self.runtime.run(&tool.tool, &input, &tool.grants, &limits).await,
             Err(_) => Err(RunError::Host("the daemon is shutting down; the run was not started".into())),
         };
         self.queue.observe(started.elapsed());
-        self.metrics.runs_in_flight.set(self.queue.in_flight() as i64);
         let (finished, output, audit) = self.conclude(&tool, &entry, &input, key, result);
         admission.settle(finished.fuel_used_units);
         let finished = Arc::new(finished);
@@ -247,6 +248,8 @@ impl Daemon {
             bundle = %finished.bundle.map(|b| b.to_hex()).unwrap_or_default(),
             "run finished"
         );
+        drop(slot);
+        self.metrics.runs_in_flight.set(self.queue.in_flight() as i64);
         let _ = state.send(RunState::Finished(finished.clone()));
         let _ = done.send((finished, output));
     }
