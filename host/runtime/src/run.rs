@@ -307,14 +307,16 @@ impl Runtime {
         let recorder = match &self.recording {
             Some(recording) => {
                 let recorder = Recorder::live(limits.fuel_units);
-                record_prelude(
-                    &recorder,
-                    recording.store.as_ref(),
-                    &policy,
-                    &seed,
-                    recording.tree_limits,
-                    Some(&recording.file_digests),
-                )?;
+                off_the_async_workers(!policy.mounts.is_empty(), || {
+                    record_prelude(
+                        &recorder,
+                        recording.store.as_ref(),
+                        &policy,
+                        &seed,
+                        recording.tree_limits,
+                        Some(&recording.file_digests),
+                    )
+                })?;
                 Some(recorder)
             }
             None => None,
@@ -329,7 +331,10 @@ impl Runtime {
         let execution = self.execute(tool, input, &policy, limits, env).await?;
         let (bundle, bundle_bytes) = match (&self.recording, &recorder) {
             (Some(recording), Some(recorder)) => {
-                let sealed = recording.seal(&self.fingerprint, tool, input, &policy, limits, &execution, recorder)?;
+                let writable = policy.mounts.iter().any(|m| m.access == crate::Access::ReadWrite);
+                let sealed = off_the_async_workers(writable, || {
+                    recording.seal(&self.fingerprint, tool, input, &policy, limits, &execution, recorder)
+                })?;
                 (Some(sealed.id), sealed.size_bytes)
             }
             _ => (None, 0),
@@ -589,4 +594,14 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
         return Err(LoadError::CoreModule);
     }
     Ok(())
+}
+
+/// Run file-system work that can take long (capturing a mount's tree, hashing a writable
+/// mount's outputs) without stalling the async workers: on a multi-threaded runtime tokio hands
+/// this worker's other tasks (a daemon's HTTP requests) to another thread meanwhile. Skipped
+/// when there is no such work, since the hand-off itself costs a few microseconds.
+fn off_the_async_workers<T>(heavy: bool, work: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if heavy && multi_thread { tokio::task::block_in_place(work) } else { work() }
 }
