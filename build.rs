@@ -8,19 +8,23 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
 
-/// (package, artifact name, the name `guild serve` registers it under).
-const EMBEDDED: &[(&str, &str)] = &[
-    ("guild-tool-echo", "echo"),
-    ("guild-tool-wc", "wc"),
-    ("guild-tool-grep", "grep"),
-    ("guild-tool-hash", "hash"),
-    ("guild-tool-json-query", "json_query"),
-    ("guild-tool-http-get", "http_get"),
+/// (directory under tools/, package, artifact name).
+const EMBEDDED: &[(&str, &str, &str)] = &[
+    ("echo", "guild-tool-echo", "echo"),
+    ("wc", "guild-tool-wc", "wc"),
+    ("grep", "guild-tool-grep", "grep"),
+    ("hash", "guild-tool-hash", "hash"),
+    ("json-query", "guild-tool-json-query", "json_query"),
+    ("http-get", "guild-tool-http-get", "http_get"),
 ];
 
 fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    for watched in ["tools", "sdk", "wit", "Cargo.lock"] {
+    // Each embedded tool's own directory, not all of tools/ (a JS tool's node_modules is huge).
+    for (dir, _, _) in EMBEDDED {
+        println!("cargo:rerun-if-changed={}", root.join("tools").join(dir).display());
+    }
+    for watched in ["sdk", "wit", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
@@ -36,7 +40,7 @@ fn main() {
         .env_remove("RUSTFLAGS")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .env_remove("CARGO_BUILD_TARGET");
-    for (package, _) in EMBEDDED {
+    for (_, package, _) in EMBEDDED {
         cmd.args(["-p", package]);
     }
     let status = cmd.status().expect("cargo can be started");
@@ -48,7 +52,7 @@ fn main() {
     let out = target_dir.join("wasm32-wasip2").join("wasm");
     let mut code = String::from("/// The example tools, as (artifact, component bytes).\n");
     code.push_str("pub(crate) const EMBEDDED_TOOLS: &[(&str, &[u8])] = &[\n");
-    for (_, artifact) in EMBEDDED {
+    for (_, _, artifact) in EMBEDDED {
         let path = out.join(format!("{artifact}.wasm"));
         assert!(path.exists(), "{} is missing after the build", path.display());
         writeln!(code, "    ({artifact:?}, include_bytes!({:?})),", path.display().to_string()).expect("string write");
