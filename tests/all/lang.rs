@@ -9,12 +9,19 @@ use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
 /// A home kept under `target/` between test runs: interpreter components take many seconds to
-/// compile, so they compile once into its cache instead of once per test.
+/// compile, so they compile once into its cache instead of once per test. Its host key is made
+/// once, before any test uses it, so that parallel tests never race to create it.
 pub(crate) fn shared_home() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
-        .join("guild-lang-test-home")
+    static HOME: OnceLock<PathBuf> = OnceLock::new();
+    HOME.get_or_init(|| {
+        let home = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+            .join("guild-lang-test-home");
+        Guild::with_shared_cache(&home).run(&["key", "show"]).expect_code(0);
+        home
+    })
+    .clone()
 }
 
 /// A `guild` sharing the compiled cache, with `component` already compiled into it (by the
