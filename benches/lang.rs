@@ -3,7 +3,7 @@
 //! reading one small file from a mount. Printed as a Markdown table for `benches/RESULTS.md`.
 //!
 //! Per tool: component size; cold compile (Cranelift, median of `GUILD_BENCH_COLD` runs,
-//! default 3); load from the disk cache (deserialize + link + `describe`); a warm call (fresh
+//! default 3, 0 to skip); load from the disk cache (deserialize + link + `describe`); a warm call (fresh
 //! pooled store + instantiate + call + drop, unrecorded; p50 and p99 of `GUILD_BENCH_LANG_CALLS`,
 //! default 300) with its fuel and memory; and one recorded `guild run` process per call.
 
@@ -26,7 +26,8 @@ const CASES: [Case; 3] = [
 ];
 
 fn main() {
-    let cold_runs: usize = env_number("GUILD_BENCH_COLD", 3).max(1);
+    // 0 skips the compile measurements (minutes for the interpreter components).
+    let cold_runs: usize = env_number("GUILD_BENCH_COLD", 3);
     let calls: usize = env_number("GUILD_BENCH_LANG_CALLS", 300).max(10);
     let data = tempfile::tempdir().expect("tempdir");
     std::fs::write(data.path().join("people.csv"), "name,age,city\nann,31,Oslo\nbob,45,Lima\ncid,,Oslo\n")
@@ -51,15 +52,20 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|");
     for case in &CASES {
         let bytes = std::fs::read(case.component).expect("component built by guild-test-artifacts");
-        let (cold, disk) = rt.block_on(load_times(&bytes, cold_runs));
+        let (cold, disk) = if cold_runs > 0 {
+            let (cold, disk) = rt.block_on(load_times(&bytes, cold_runs));
+            (millis(cold), millis(disk))
+        } else {
+            ("—".to_string(), "—".to_string())
+        };
         let (p50, p99, fuel, memory) = rt.block_on(warm_calls(case, &grants, calls));
         let process = process_per_call(case, data.path());
         println!(
             "| {} | {:.1} MiB | {} | {} | {} / {} | {} | {:.1} MiB | {} |",
             case.label,
             bytes.len() as f64 / 1048576.0,
-            millis(cold),
-            millis(disk),
+            cold,
+            disk,
             micros(p50),
             micros(p99),
             fuel,

@@ -90,7 +90,7 @@ fn python_summarize_csv_reports_column_statistics_and_logs() {
 }
 
 #[test]
-fn python_tool_hits_the_fuel_limit_and_cannot_leave_its_mount() {
+fn python_tool_hits_fuel_and_memory_limits_and_cannot_leave_its_mount() {
     let guild = guild_with(SUMMARIZE_CSV);
     let scene = tree(&[("data/people.csv", PEOPLE_CSV), ("secret.csv", "password\nhunter2\n")]);
     std::os::unix::fs::symlink(scene.path().join("secret.csv"), scene.path().join("data/link.csv")).expect("symlink");
@@ -99,6 +99,10 @@ fn python_tool_hits_the_fuel_limit_and_cannot_leave_its_mount() {
     let starved =
         guild.run_tool(SUMMARIZE_CSV, r#"{"path":"/data/people.csv"}"#, &["--dir", &data, "--fuel", "200000"]);
     starved.expect_code(3).expect_stderr("fuel exhausted: used 200000 of 200000 units (raise --fuel)");
+    // The interpreter's 13 MiB memory image does not fit in 8 MiB: refused at instantiation.
+    let cramped =
+        guild.run_tool(SUMMARIZE_CSV, r#"{"path":"/data/people.csv"}"#, &["--dir", &data, "--memory", "8MiB"]);
+    cramped.expect_code(3).expect_stderr("memory limit 8 MiB reached (raise --memory)");
 
     for escape in ["/data/../secret.csv", "/data/link.csv"] {
         let ran = guild.run_tool(SUMMARIZE_CSV, &format!(r#"{{"path":"{escape}"}}"#), &["--dir", &data]);
@@ -161,7 +165,7 @@ fn javascript_markdown_links_lists_links_and_flags_broken_ones() {
 }
 
 #[test]
-fn javascript_tool_hits_the_fuel_limit_and_cannot_leave_its_mount() {
+fn javascript_tool_hits_fuel_and_memory_limits_and_cannot_leave_its_mount() {
     let guild = guild_with(MARKDOWN_LINKS);
     let scene = tree(&[("data/README.md", README_MD), ("secret.md", "[token](https://example.com/hunter2)\n")]);
     std::os::unix::fs::symlink(scene.path().join("secret.md"), scene.path().join("data/link.md")).expect("symlink");
@@ -170,6 +174,8 @@ fn javascript_tool_hits_the_fuel_limit_and_cannot_leave_its_mount() {
 
     let starved = guild.run_tool(MARKDOWN_LINKS, "{}", &["--dir", &data, "--fuel", "2000000"]);
     starved.expect_code(3).expect_stderr("fuel exhausted: used 2000000 of 2000000 units (raise --fuel)");
+    let cramped = guild.run_tool(MARKDOWN_LINKS, "{}", &["--dir", &data, "--memory", "8MiB"]);
+    cramped.expect_code(3).expect_stderr("memory limit 8 MiB reached (raise --memory)");
 
     for escape in ["/data/../secret.md", "/data/link.md"] {
         let ran = guild.run_tool(MARKDOWN_LINKS, &format!(r#"{{"path":"{escape}"}}"#), &["--dir", &data]);
