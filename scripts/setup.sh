@@ -25,7 +25,7 @@ if ! grep -qx "Version: $COMPONENTIZE_PY_VERSION" .toolchains/python/componentiz
     rm -rf .toolchains/python
     # --target installs beside the repository: no virtualenv needed, and Debian's
     # externally-managed system Python is left alone.
-    python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
+    python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --root-user-action=ignore \
         --target .toolchains/python "componentize-py==$COMPONENTIZE_PY_VERSION"
 fi
 for tool in tools/*/; do
