@@ -76,8 +76,36 @@ set -e
 echo "exit code: $code"
 [ "$code" -eq 4 ]
 
+step "tools in Python and JavaScript: build summarize-csv (componentize-py) and markdown-links (componentize-js)"
+lang="$PWD/target/lang-demo"
+mkdir -p "$lang"
+(cd tools/summarize-csv && PYTHONPATH=../../.toolchains/python PYTHONDONTWRITEBYTECODE=1 \
+    python3 ../../.toolchains/python/bin/componentize-py -d ../../wit -w guild-tool componentize app \
+    -o "$lang/summarize_csv.wasm")
+(cd tools/markdown-links && node build.mjs "$lang/markdown_links.wasm")
+find host -name '*.rs' -exec wc -l -c {} + | awk 'BEGIN { print "file,lines,bytes" } $3 != "total" { print $3 "," $1 "," $2 }' \
+    > "$lang/sources.csv"
+
+step "summarize-csv: statistics of the host's Rust files (compiled once into the cache, then warm)"
+"$guild" run "$lang/summarize_csv.wasm" --dir "$lang::/data:ro" --input '{"path":"/data/sources.csv"}' | head -c 600
 echo
-echo "done: guild is at $guild, the tools under $tools"
+
+step "markdown-links: the relative links of this repository's Markdown files, broken ones flagged"
+# A copy of the docs, not the whole checkout: every mount is captured into the run's bundle.
+git ls-files '*.md' | tar -cf - -T - | (mkdir -p "$lang/docs" && tar -xf - -C "$lang/docs")
+"$guild" run "$lang/markdown_links.wasm" --dir "$lang/docs::/data:ro" --input '{"external":false}' | head -c 600
+echo
+
+step "a Python tool leaving its mount is refused by the host (exit code 4 expected)"
+set +e
+"$guild" run "$lang/summarize_csv.wasm" --dir "$lang::/data:ro" --input '{"path":"/data/../../Cargo.toml"}'
+code=$?
+set -e
+echo "exit code: $code"
+[ "$code" -eq 4 ]
+
+echo
+echo "done: guild is at $guild, the tools under $tools (Python and JavaScript ones under $lang)"
 [ "${GUILD_DEMO_SERVE:-1}" = 0 ] && exit 0
 
 step "guild serve: the example tools over HTTP (Ctrl-C drains and stops)"

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs what Guild needs on a fresh Debian machine with rustup: the wasm32-wasip2 target for
-# the tools, and the Debian packages the tests use (promtool from `prometheus`, to check the
-# daemon's /metrics). Safe to run again; it only installs what is missing.
+# the tools, the Debian packages the tests use (promtool from `prometheus`, to check the
+# daemon's /metrics), and the pinned Python and JavaScript component toolchains (componentize-py,
+# componentize-js) for the example tools in those languages. Safe to run again; it only installs
+# what is missing.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo not found; install Rust 1.95 with rustup first" >&2
@@ -28,3 +31,27 @@ if [ ${#missing[@]} -gt 0 ]; then
     # --no-install-recommends: promtool needs none of prometheus's web assets or exporters.
     $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# Toolchains for the Python and JavaScript example tools, which the tests build from source.
+# Pinned; installed into the repository (.toolchains/, tools/*/node_modules), skipped when present.
+COMPONENTIZE_PY_VERSION=0.25.1
+if ! grep -qx "Version: $COMPONENTIZE_PY_VERSION" .toolchains/python/componentize_py-*.dist-info/METADATA 2>/dev/null; then
+    if ! command -v python3 >/dev/null; then
+        echo "setup: python3 not found; install Python 3.11 with pip (Debian: apt-get install python3-pip)" >&2
+        exit 1
+    fi
+    rm -rf .toolchains/python
+    # --target installs beside the repository: no virtualenv needed, and Debian's
+    # externally-managed system Python is left alone.
+    python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --root-user-action=ignore \
+        --target .toolchains/python "componentize-py==$COMPONENTIZE_PY_VERSION"
+fi
+for tool in tools/*/; do
+    if [ -f "$tool/package-lock.json" ] && ! cmp -s "$tool/package-lock.json" "$tool/node_modules/.package-lock.json.installed"; then
+        if ! command -v npm >/dev/null; then
+            echo "setup: npm not found; install Node.js 20 (Debian: apt-get install nodejs npm)" >&2
+            exit 1
+        fi
+        (cd "$tool" && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.package-lock.json.installed)
+    fi
+done

@@ -6,6 +6,7 @@ mod cli;
 mod daemon;
 mod egress;
 mod hostile;
+mod lang;
 mod replay;
 mod runtime_api;
 mod scaffold;
@@ -19,6 +20,9 @@ use std::time::{Duration, Instant};
 /// A `guild` with its own fresh home directory.
 pub(crate) struct Guild {
     home: tempfile::TempDir,
+    /// A home kept between test runs (compiled-component cache, host key), when set; `home`
+    /// then holds only this `Guild`'s bundle store.
+    shared_home: Option<PathBuf>,
 }
 
 /// What one `guild` invocation did.
@@ -59,7 +63,13 @@ impl Ran {
 
 impl Guild {
     pub(crate) fn new() -> Self {
-        Self { home: tempfile::tempdir().expect("tempdir") }
+        Self { home: tempfile::tempdir().expect("tempdir"), shared_home: None }
+    }
+
+    /// A `guild` whose compiled-component cache lives in `shared_home` (kept between runs, so
+    /// large components compile once), with a fresh bundle store of its own.
+    pub(crate) fn with_shared_cache(shared_home: &Path) -> Self {
+        Self { home: tempfile::tempdir().expect("tempdir"), shared_home: Some(shared_home.to_path_buf()) }
     }
 
     pub(crate) fn home(&self) -> &Path {
@@ -68,7 +78,11 @@ impl Guild {
 
     pub(crate) fn command(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_guild"));
-        command.env("GUILD_HOME", self.home.path()).env_remove("RUST_BACKTRACE");
+        match &self.shared_home {
+            Some(shared) => command.env("GUILD_HOME", shared).env("GUILD_STORE", self.home.path()),
+            None => command.env("GUILD_HOME", self.home.path()).env_remove("GUILD_STORE"),
+        };
+        command.env_remove("RUST_BACKTRACE");
         command
     }
 

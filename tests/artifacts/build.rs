@@ -2,7 +2,11 @@
 //! build (in the manner of wasmtime's test-programs), and writes their paths as constants.
 //!
 //! The guest build uses its own target directory (`target/guild-wasm`) so it neither waits on
-//! the outer cargo's lock nor discards the host build's artifacts.
+//! the outer cargo's lock nor discards the host build's artifacts. Tools written in Python or
+//! JavaScript are built alongside, with their own toolchains (`lang.rs`).
+
+#[path = "lang.rs"]
+mod lang;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -12,6 +16,7 @@ const GUEST_TARGET: &str = "wasm32-wasip2";
 const GUEST_PROFILE: &str = "wasm";
 
 struct Guest {
+    dir: PathBuf,
     package: String,
     artifact: String,
 }
@@ -19,18 +24,34 @@ struct Guest {
 fn main() {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
     let root = manifest_dir.join("../..").canonicalize().expect("workspace root exists");
-    for watched in ["tools", "tests/fixtures", "sdk", "wit", "Cargo.toml", "Cargo.lock"] {
+    for watched in ["tests/fixtures", "sdk", "wit", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let mut guests = guests_in(&root.join("tools"));
     guests.extend(guests_in(&root.join("tests/fixtures")));
+    let lang_tools = lang::lang_tools_in(&root.join("tools"));
+    // Rust tools by crate; other languages by source file, so that `node_modules` is not scanned.
+    for guest in guests.iter().filter(|g| g.dir.starts_with(root.join("tools"))) {
+        println!("cargo:rerun-if-changed={}", guest.dir.display());
+    }
+    for tool in &lang_tools {
+        lang::watch(&root, tool);
+    }
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
         .join("guild-wasm");
-    build(&root, &target_dir, &guests);
+    let lang_out = target_dir.join("lang");
+    let built = std::thread::scope(|scope| {
+        let others: Vec<_> = lang_tools
+            .iter()
+            .map(|tool| scope.spawn(|| (tool.artifact.clone(), lang::build(&root, tool, &lang_out))))
+            .collect();
+        build(&root, &target_dir, &guests);
+        others.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect::<Vec<_>>()
+    });
     let out_dir = target_dir.join(GUEST_TARGET).join(GUEST_PROFILE);
-    write_constants(&out_dir, &guests);
+    write_constants(&out_dir, &guests, &built);
 }
 
 fn env(name: &str) -> String {
@@ -50,7 +71,7 @@ fn guests_in(dir: &Path) -> Vec<Guest> {
             let artifact = manifest_value(&manifest, "[lib]", "name")
                 .or_else(|| manifest_value(&manifest, "[[bin]]", "name"))
                 .unwrap_or_else(|| package.replace('-', "_"));
-            Some(Guest { package, artifact })
+            Some(Guest { dir: crate_dir, package, artifact })
         })
         .collect()
 }
@@ -96,7 +117,7 @@ fn build(root: &Path, target_dir: &Path, guests: &[Guest]) {
     );
 }
 
-fn write_constants(out_dir: &Path, guests: &[Guest]) {
+fn write_constants(out_dir: &Path, guests: &[Guest], others: &[(String, PathBuf)]) {
     let mut code = String::new();
     let mut all = String::from("/// Every guest, as (artifact name, path).\npub const ALL: &[(&str, &str)] = &[\n");
     for guest in guests {
@@ -106,6 +127,13 @@ fn write_constants(out_dir: &Path, guests: &[Guest]) {
         writeln!(code, "/// `{}` built for wasm32-wasip2.", guest.package).expect("string write");
         writeln!(code, "pub const {constant}: &str = {:?};", path.display().to_string()).expect("string write");
         writeln!(all, "    ({:?}, {constant}),", guest.artifact).expect("string write");
+    }
+    for (artifact, path) in others {
+        let constant = artifact.to_uppercase();
+        writeln!(code, "/// `tools/{}` built with its language's toolchain.", artifact.replace('_', "-"))
+            .expect("string write");
+        writeln!(code, "pub const {constant}: &str = {:?};", path.display().to_string()).expect("string write");
+        writeln!(all, "    ({artifact:?}, {constant}),").expect("string write");
     }
     all.push_str("];\n");
     code.push_str(&all);

@@ -228,7 +228,7 @@ pub(crate) struct DescribeArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ToolCommand {
-    /// Scaffold a new Rust tool crate that builds to a component with one cargo command.
+    /// Scaffold a new tool (Rust, Python or JavaScript) that builds to a component with one command.
     New(NewToolArgs),
 }
 
@@ -239,9 +239,24 @@ pub(crate) struct NewToolArgs {
     /// Directory to create (defaults to ./NAME).
     #[arg(long, value_name = "DIR")]
     pub(crate) path: Option<PathBuf>,
+    /// The language to write the tool in.
+    #[arg(long, value_enum, default_value = "rust")]
+    pub(crate) lang: ToolLang,
     /// Path to guild-sdk (defaults to the sdk/ of the source tree this guild was built from).
+    /// Rust tools only.
     #[arg(long, value_name = "DIR")]
     pub(crate) sdk: Option<PathBuf>,
+}
+
+/// The languages `guild tool new` scaffolds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ToolLang {
+    /// A Rust crate on guild-sdk, built with cargo for wasm32-wasip2.
+    Rust,
+    /// A Python module built with componentize-py.
+    Python,
+    /// A JavaScript module built with componentize-js.
+    Js,
 }
 
 /// Where a secret's value comes from.

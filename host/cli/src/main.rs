@@ -6,6 +6,7 @@ mod bundle_cmd;
 mod exit;
 mod run_cmd;
 mod scaffold;
+mod scaffold_lang;
 mod serve_cmd;
 mod units;
 

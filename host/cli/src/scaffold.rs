@@ -1,7 +1,8 @@
 //! `guild tool new NAME`: write a tool crate that builds to a working component with one
-//! command (`cargo build --release`; its `.cargo/config.toml` selects `wasm32-wasip2`).
+//! command (`cargo build --release`; its `.cargo/config.toml` selects `wasm32-wasip2`). With
+//! `--lang python|js`, a Python or JavaScript tool instead (`scaffold_lang.rs`).
 
-use crate::args::NewToolArgs;
+use crate::args::{NewToolArgs, ToolLang};
 use crate::exit::{Exit, Failure};
 use std::path::{Path, PathBuf};
 
@@ -115,6 +116,9 @@ pub(crate) fn new_tool(args: NewToolArgs) -> Result<Exit, Failure> {
     if dir.exists() {
         return Err(Failure::usage(format!("{} already exists; choose another name or --path", dir.display())));
     }
+    if args.lang != ToolLang::Rust {
+        return new_lang_tool(&args, &dir);
+    }
     let sdk = sdk_dir(args.sdk.as_deref())?;
     let artifact = args.name.replace('-', "_");
     let fill = |template: &str| {
@@ -139,6 +143,24 @@ pub(crate) fn new_tool(args: NewToolArgs) -> Result<Exit, Failure> {
         "run:    guild run {}/target/wasm32-wasip2/release/{artifact}.wasm --input '{{\"text\": \"hello hello world\"}}'",
         dir.display()
     );
+    Ok(Exit::Success)
+}
+
+fn new_lang_tool(args: &NewToolArgs, dir: &Path) -> Result<Exit, Failure> {
+    if args.sdk.is_some() {
+        return Err(Failure::usage("--sdk is for Rust tools; Python and JavaScript tools need no SDK"));
+    }
+    let artifact = args.name.replace('-', "_");
+    for (relative, contents) in crate::scaffold_lang::files(args.lang, &args.name, &artifact) {
+        write(&dir.join(relative), &contents)?;
+    }
+    let lang = match args.lang {
+        ToolLang::Python => "Python",
+        _ => "JavaScript",
+    };
+    crate::out!("created {} ({} tool in {lang}; see its README.md)", dir.display(), args.name);
+    crate::out!("build:  cd {} && {}", dir.display(), crate::scaffold_lang::build_hint(args.lang, &artifact));
+    crate::out!("run:    guild run {}/{artifact}.wasm --input '{{\"text\": \"hello hello world\"}}'", dir.display());
     Ok(Exit::Success)
 }
 

@@ -42,11 +42,16 @@ pub const FUEL_UNITS_DEFAULT: u64 = 10_000_000_000;
 /// Default wall-clock limit.
 pub const TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// Default memory: enough for interpreters (Python, JS) inside components, small enough that a
-/// machine holds hundreds of concurrent runs.
+/// machine holds hundreds of concurrent runs. Measured: the Python `summarize-csv`
+/// (componentize-py 0.25, 13 MiB initial memory) peaks at 12.9 MiB on a small CSV, the
+/// JavaScript `markdown-links` (componentize-js 0.22) at 10.1 MiB; a Rust tool at ~1 MiB.
 pub const MEMORY_BYTES_MAX_DEFAULT: u64 = 256 * 1024 * 1024;
-/// Default table size: interpreter components have tens of thousands of functions in tables.
+/// Default table size: interpreter components have thousands of functions in tables (measured:
+/// 5 672 elements in componentize-py's, 7 745 in componentize-js's); ten times that leaves room
+/// for larger interpreters and extension modules.
 pub const TABLE_ELEMENTS_MAX_DEFAULT: u32 = 100_000;
-/// Default instance count: a Rust tool uses ~4, interpreter components a few dozen.
+/// Default instance count: a Rust tool uses ~4; componentize-py components hold 14 core modules,
+/// componentize-js ones 4 (plus the component instance).
 pub const INSTANCES_MAX_DEFAULT: u32 = 64;
 /// Default output cap.
 pub const OUTPUT_BYTES_MAX_DEFAULT: u64 = 1024 * 1024;
