@@ -4,6 +4,7 @@
 
 mod cli;
 mod egress;
+mod gpu;
 mod hostile;
 mod replay;
 mod runtime_api;

@@ -4,6 +4,7 @@
 mod args;
 mod bundle_cmd;
 mod exit;
+mod gpu_cmd;
 mod run_cmd;
 mod scaffold;
 mod serve_cmd;
@@ -33,6 +34,8 @@ fn main() -> ExitCode {
         args::Command::Replay(a) => bundle_cmd::replay(&cli.global, a),
         args::Command::Key(args::KeyCommand::Show) => bundle_cmd::key_show(&cli.global),
         args::Command::Serve(a) => serve_cmd::serve(&cli.global, a),
+        args::Command::Gpu(args::GpuCommand::Info(a)) => gpu_cmd::info(&cli.global, a),
+        args::Command::Gpu(args::GpuCommand::Bench(a)) => gpu_cmd::bench(&cli.global, a),
     };
     match result {
         Ok(code) => code.into(),
