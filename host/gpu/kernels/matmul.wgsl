@@ -21,10 +21,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let depth = p.k;
     let row0 = wid.y * TILE;
     let col0 = wid.x * TILE;
-    var acc: array<f32, 16>;
-    for (var i = 0u; i < 16u; i++) {
-        acc[i] = 0.0;
-    }
+    // One vec4 of outputs per row of the thread's 4×4 block: no dynamically indexed private
+    // arrays, which some drivers (lavapipe among them) keep in memory instead of registers.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     let steps = (depth + DEPTH - 1u) / DEPTH;
     for (var s = 0u; s < steps; s++) {
         let k0 = s * DEPTH;
@@ -49,27 +51,29 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
         workgroupBarrier();
         for (var kk = 0u; kk < DEPTH; kk++) {
-            var av: array<f32, 4>;
-            var bv: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                av[i] = tile_a[kk][lid.y + 16u * i];
-                bv[i] = tile_b[kk][lid.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] = acc[i * 4u + j] + av[i] * bv[j];
-                }
-            }
+            let bv = vec4<f32>(tile_b[kk][lid.x], tile_b[kk][lid.x + 16u], tile_b[kk][lid.x + 32u], tile_b[kk][lid.x + 48u]);
+            acc0 = acc0 + tile_a[kk][lid.y] * bv;
+            acc1 = acc1 + tile_a[kk][lid.y + 16u] * bv;
+            acc2 = acc2 + tile_a[kk][lid.y + 32u] * bv;
+            acc3 = acc3 + tile_a[kk][lid.y + 48u] * bv;
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-            let r = row0 + lid.y + 16u * i;
-            let c = col0 + lid.x + 16u * j;
-            if (r < rows && c < cols) {
-                out[r * cols + c] = acc[i * 4u + j];
-            }
+    store_row(row0 + lid.y, col0 + lid.x, acc0);
+    store_row(row0 + lid.y + 16u, col0 + lid.x, acc1);
+    store_row(row0 + lid.y + 32u, col0 + lid.x, acc2);
+    store_row(row0 + lid.y + 48u, col0 + lid.x, acc3);
+}
+
+// Write the four outputs of one row of a thread's block (columns c, c+16, c+32, c+48).
+fn store_row(r: u32, c: u32, v: vec4<f32>) {
+    if (r >= p.m) {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let col = c + 16u * j;
+        if (col < p.n) {
+            out[r * p.n + col] = v[j];
         }
     }
 }

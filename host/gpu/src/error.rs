@@ -51,7 +51,7 @@ pub enum GpuError {
         flag: &'static str,
     },
     /// The shared device's submission queue is full.
-    #[error("gpu busy: {queued} dispatches already queued for the shared device (raise --gpu-queue or retry)")]
+    #[error("gpu busy: {queued} dispatches already waiting for the shared device (its queue_depth_max); retry later")]
     Busy {
         /// Dispatches waiting.
         queued: usize,

@@ -124,3 +124,34 @@ guild_sdk::export_tool! {
     run: matmul,
     describe: Info::new("matmul", "Multiply two matrices on the GPU: given as rows, or generated from a seed.").gpu(),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_are_checked_before_any_gpu_call() {
+        assert_eq!(
+            flatten("a", &[vec![1.0, 2.0], vec![3.0, 4.0]]).expect("matrix"),
+            (vec![1.0, 2.0, 3.0, 4.0], [2, 2])
+        );
+        assert!(flatten("a", &[vec![1.0], vec![2.0, 3.0]]).is_err());
+        assert!(flatten("a", &[]).is_err());
+        let neither = Input { a: None, b: None, random: None, repeat: None, op: None };
+        assert!(matches!(matmul(neither), Err(ToolError::InvalidInput(_))));
+        let huge = Input { random: Some(Random { m: 1, k: SIDE_MAX + 1, n: 1, seed: 0 }), ..empty() };
+        assert!(matches!(matmul(huge), Err(ToolError::InvalidInput(_))));
+    }
+
+    #[test]
+    fn generated_values_are_seeded_and_in_range() {
+        let a = random_values(1000, 7);
+        assert_eq!(a, random_values(1000, 7));
+        assert_ne!(a, random_values(1000, 8));
+        assert!(a.iter().all(|v| (-1.0..1.0).contains(v)));
+    }
+
+    fn empty() -> Input {
+        Input { a: None, b: None, random: None, repeat: None, op: None }
+    }
+}

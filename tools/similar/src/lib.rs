@@ -107,3 +107,16 @@ guild_sdk::export_tool! {
         .dir("/data", Access::ReadOnly, "the embeddings file")
         .gpu(),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_outside_data_and_bad_queries_are_refused() {
+        let outside = Input { file: "/etc/passwd".into(), query: vec![1.0], k: 1 };
+        assert!(matches!(similar(outside), Err(ToolError::InvalidInput(m)) if m.contains("/data")));
+        let empty = Input { file: "/data/x.json".into(), query: vec![], k: 1 };
+        assert!(matches!(similar(empty), Err(ToolError::InvalidInput(m)) if m.contains("empty")));
+    }
+}
