@@ -84,7 +84,7 @@ pub(crate) fn bench(global: &Global, args: GpuBenchArgs) -> Result<Exit, Failure
         Case::new("max", &[&[4096, 1024]], &[(DType::F32, &[4096])], &[]),
         Case::new("softmax", &[&[4096, 1024]], &[(DType::F32, &[4096, 1024])], &[]),
         Case::new("layer_norm", &[&[4096, 1024], &[1024], &[1024]], &[(DType::F32, &[4096, 1024])], &[]),
-        Case::new("cosine_topk", &[&[384], &[100_000, 384]], &[(DType::U32, &[10]), (DType::F32, &[10])], &[]),
+        Case::new("cosine_topk", &[&[256], &[50_000, 256]], &[(DType::U32, &[10]), (DType::F32, &[10])], &[]),
     ];
     for &n in &args.matmul {
         cases.push(Case::new("matmul", &[&[n, n], &[n, n]], &[(DType::F32, &[n, n])], &[]));
@@ -102,7 +102,7 @@ pub(crate) fn bench(global: &Global, args: GpuBenchArgs) -> Result<Exit, Failure
     let device = info.adapter.as_ref().map(|a| a.label()).unwrap_or_else(|| "none (CPU reference only)".into());
     crate::out!("device: {device}");
     crate::out!(
-        "{:<12} {:<22} {:>11} {:>10} {:>11} {:>10} {:>8}",
+        "{:<12} {:<28} {:>11} {:>10} {:>11} {:>10} {:>8}",
         "kernel",
         "shape",
         "device ms",
@@ -116,7 +116,7 @@ pub(crate) fn bench(global: &Global, args: GpuBenchArgs) -> Result<Exit, Failure
         let cpu_g = r.cpu_gflops.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
         let speedup = r.cpu_ms.map(|c| format!("{:.1}×", c / r.device_ms)).unwrap_or_else(|| "-".into());
         crate::out!(
-            "{:<12} {:<22} {:>11.2} {:>10.2} {:>11} {:>10} {:>8}",
+            "{:<12} {:<28} {:>11.2} {:>10.2} {:>11} {:>10} {:>8}",
             r.kernel,
             r.shape,
             r.device_ms,
