@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Guild needs on a fresh Debian machine with rustup: the wasm32-wasip2 target for
 # the tools, the Debian packages the tests use (promtool from `prometheus`, to check the
-# daemon's /metrics), and the pinned Python and JavaScript component toolchains (componentize-py,
+# daemon's /metrics; Mesa's Vulkan drivers, whose lavapipe is the GPU kernels' device on machines
+# without a GPU), and the pinned Python and JavaScript component toolchains (componentize-py,
 # componentize-js) for the example tools in those languages. Safe to run again; it only installs
 # what is missing.
 set -euo pipefail
@@ -15,21 +16,24 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2
 fi
 
-# Debian packages: command that must exist -> package that provides it.
-declare -A packages=(
-    [promtool]=prometheus
-)
+# Debian packages, installed only when missing (a set-up machine pays one dpkg query):
+# promtool checks the daemon's /metrics; lavapipe (mesa-vulkan-drivers + the Vulkan loader) is a
+# Vulkan device on the CPU for the GPU kernels' tests.
 missing=()
-for command in "${!packages[@]}"; do
-    command -v "$command" >/dev/null || missing+=("${packages[$command]}")
+command -v promtool >/dev/null || missing+=(prometheus)
+for package in mesa-vulkan-drivers libvulkan1; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
 done
 if [ ${#missing[@]} -gt 0 ]; then
+    if ! command -v apt-get >/dev/null; then
+        echo "setup: install ${missing[*]} (Debian packages) with your package manager" >&2
+        exit 1
+    fi
     sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update -qq
+    if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then sudo="sudo"; fi
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     # --no-install-recommends: promtool needs none of prometheus's web assets or exporters.
-    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # Toolchains for the Python and JavaScript example tools, which the tests build from source.

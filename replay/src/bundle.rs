@@ -352,6 +352,11 @@ impl Bundle {
                         require(&format!("the body of response {}", event.seq), &response.body)?;
                     }
                 }
+                Effect::GpuDispatch { outputs, .. } => {
+                    for (i, digest) in outputs.iter().filter_map(|o| o.digest.as_ref()).enumerate() {
+                        require(&format!("output {i} of gpu dispatch {}", event.seq), digest)?;
+                    }
+                }
                 _ => {}
             }
         }

@@ -25,4 +25,6 @@ pub use bundle::{
 pub use digest::{Digest, DigestParseError};
 pub use sign::{ALGORITHM, BundleSignature, HostKey, KeyError, PublicKey, SignatureError};
 pub use store::{BLOB_BYTES_MAX, BlobStore, DirStore, MemoryStore, StoreError};
-pub use tape::{Effect, Event, HttpRequestRecord, HttpResponseRecord, TAPE_EVENTS_MAX, Tape, TapeError, genesis};
+pub use tape::{
+    Effect, Event, HttpRequestRecord, HttpResponseRecord, TAPE_EVENTS_MAX, Tape, TapeError, TensorRecord, genesis,
+};

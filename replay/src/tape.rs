@@ -56,6 +56,28 @@ pub enum Effect {
         /// Why the guest got an error instead (a denial, a network failure), as it saw it.
         error: Option<String>,
     },
+    /// A GPU dispatch: which kernel (name, version, digest of its WGSL), on what (input digests,
+    /// parameters), where it ran (adapter and driver, or the CPU reference), and what came out
+    /// (output digests; the outputs themselves are blobs of the bundle).
+    GpuDispatch {
+        /// Kernel name.
+        kernel: String,
+        /// Kernel version.
+        version: u32,
+        /// blake3 of the kernel's WGSL source.
+        wgsl: Digest,
+        /// The input buffers.
+        inputs: Vec<TensorRecord>,
+        /// Scalar parameters, as `f32:3f800000` (type and bits, so floats round-trip exactly).
+        params: Vec<String>,
+        /// The output buffers; their digests are absent when the dispatch failed.
+        outputs: Vec<TensorRecord>,
+        /// Adapter and driver, or `cpu-reference`.
+        device: String,
+        /// Why the dispatch failed, when it failed for a reason outside the guest (no adapter, a
+        /// lost device, a deadline): `unavailable: ...`, `lost: ...` or `limit: ...`.
+        error: Option<String>,
+    },
     /// A log line, or a line of stdout or stderr.
     Log {
         /// Severity.
@@ -77,6 +99,7 @@ impl Effect {
             Effect::MonotonicClock { .. } => "monotonic_clock",
             Effect::Log { .. } => "log",
             Effect::Http { .. } => "http",
+            Effect::GpuDispatch { .. } => "gpu_dispatch",
         }
     }
 }
@@ -109,6 +132,18 @@ pub struct HttpResponseRecord {
     pub body: Digest,
     /// The body's size.
     pub body_bytes: u64,
+}
+
+/// A GPU buffer as a dispatch saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorRecord {
+    /// `f32`, `u32` or `i32`.
+    pub dtype: String,
+    /// Dimensions, outermost first.
+    pub shape: Vec<u32>,
+    /// blake3 of its little-endian bytes (absent for the outputs of a failed dispatch).
+    pub digest: Option<Digest>,
 }
 
 /// An effect with its place on the tape.

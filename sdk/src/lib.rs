@@ -38,10 +38,13 @@
 //! # fn main() {}
 //! ```
 //!
+//! GPU work goes through [`gpu`]: typed [`gpu::Tensor`]s and the host's kernel catalogue.
+//!
 //! Build it with `cargo build --release --target wasm32-wasip2`; the `.wasm` under
 //! `target/wasm32-wasip2/release/` is the tool.
 
 mod error;
+pub mod gpu;
 mod info;
 pub mod log;
 

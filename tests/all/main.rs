@@ -5,6 +5,7 @@
 mod cli;
 mod daemon;
 mod egress;
+mod gpu;
 mod hostile;
 mod lang;
 mod replay;

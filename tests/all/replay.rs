@@ -228,8 +228,10 @@ async fn a_bundle_from_another_engine_is_refused_unless_allowed() {
     let other = Runtime::new(config(2 << 20)).expect("runtime");
     let refused = other.replay(&bundle, store.as_ref(), &ReplayOptions::default()).await;
     assert!(matches!(refused, Err(ReplayError::EngineMismatch { .. })), "{refused:?}");
-    let allowed =
-        other.replay(&bundle, store.as_ref(), &ReplayOptions { allow_engine_mismatch: true }).await.expect("replays");
+    let allowed = other
+        .replay(&bundle, store.as_ref(), &ReplayOptions { allow_engine_mismatch: true, ..ReplayOptions::default() })
+        .await
+        .expect("replays");
     assert!(allowed.mismatch.is_none(), "{allowed:?}");
     assert!(allowed.notes[0].contains("engine mismatch allowed"));
 }

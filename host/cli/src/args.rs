@@ -27,8 +27,14 @@ pub(crate) struct Global {
     /// Defaults to HOME/store.
     #[arg(long, global = true, env = "GUILD_STORE", value_name = "DIR")]
     pub(crate) store: Option<PathBuf>,
+    /// GPU work: auto (the adapter, else the CPU reference), device (the adapter, else refuse),
+    /// cpu (always the CPU reference), off (refuse). Replay never needs a device.
+    #[arg(long, global = true, env = "GUILD_GPU", value_name = "MODE", default_value = "auto")]
+    pub(crate) gpu: guild_runtime::GpuMode,
 }
 
+// Parsed once per process: the size of the largest variant costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run a tool once: output JSON on stdout, one summary line on stderr.
@@ -49,6 +55,9 @@ pub(crate) enum Command {
     /// The host's signing key.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// The GPU: adapter, limits and kernel catalogue; kernel throughput.
+    #[command(subcommand)]
+    Gpu(GpuCommand),
     /// Run the daemon: the HTTP API over the run pipeline. Without a config it serves the
     /// example tools on 127.0.0.1 with one bearer token (GUILD_TOKEN, or generated on first
     /// start, printed once and kept under the home).
@@ -104,6 +113,35 @@ pub(crate) enum TokenCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub(crate) enum GpuCommand {
+    /// Show the adapter (or why there is none), its backend and limits, and the kernel catalogue
+    /// with each kernel's version and WGSL hash.
+    Info(GpuInfoArgs),
+    /// Time every kernel on the device against its CPU reference, and matmul at several sizes.
+    Bench(GpuBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GpuInfoArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GpuBenchArgs {
+    /// Matmul sizes (square), comma-separated.
+    #[arg(long, value_name = "N,N,...", value_delimiter = ',', default_values_t = [256u32, 1024, 2048])]
+    pub(crate) matmul: Vec<u32>,
+    /// Skip the CPU reference for matmuls larger than this (it is slow).
+    #[arg(long, value_name = "N", default_value_t = 2048)]
+    pub(crate) cpu_max: u32,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
 pub(crate) enum BundleCommand {
     /// Check a bundle's signature, every digest and size, and its tape's hash chain, without
     /// running anything.
@@ -142,6 +180,10 @@ pub(crate) struct ReplayArgs {
     /// Replay even if the bundle was recorded by a different engine configuration.
     #[arg(long)]
     pub(crate) allow_engine_mismatch: bool,
+    /// Also re-run every GPU dispatch here (this host's device, or the CPU reference) and
+    /// compare: exactly for deterministic kernels, within each kernel's tolerance otherwise.
+    #[arg(long)]
+    pub(crate) recompute_gpu: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub(crate) json: bool,
@@ -211,6 +253,18 @@ pub(crate) struct RunArgs {
     /// Most files, directories and links a recorded mount may hold.
     #[arg(long, value_name = "COUNT", default_value_t = guild_replay::tree::TREE_LIMITS_DEFAULT.entries_max)]
     pub(crate) mount_entries: u64,
+    /// Bytes of GPU buffers the run may hold at once, e.g. 64MiB.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = crate::units::parse_size)]
+    pub(crate) gpu_buffer_bytes: u64,
+    /// GPU buffers the run may hold at once.
+    #[arg(long, value_name = "COUNT", default_value_t = guild_runtime::GPU_BUFFERS_MAX_DEFAULT)]
+    pub(crate) gpu_buffers: u32,
+    /// GPU dispatches the run may make.
+    #[arg(long, value_name = "COUNT", default_value_t = guild_runtime::GPU_DISPATCHES_MAX_DEFAULT)]
+    pub(crate) gpu_dispatches: u32,
+    /// Time one GPU dispatch may take to complete, e.g. 30s.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::units::parse_duration_ms)]
+    pub(crate) gpu_timeout: u64,
     /// Print the tool's log lines on stderr.
     #[arg(long)]
     pub(crate) logs: bool,

@@ -186,13 +186,24 @@ fn describe_effect(effect: &Effect) -> String {
             };
             format!("http {} {} → {ending}", request.method, request.url)
         }
+        Effect::GpuDispatch { kernel, version, inputs, outputs, device, error, .. } => {
+            let shapes = |t: &[guild_replay::TensorRecord]| {
+                t.iter().map(|t| format!("{}{:?}", t.dtype, t.shape)).collect::<Vec<_>>().join(", ")
+            };
+            let ending = match error {
+                Some(e) => format!("error: {}", clip(e)),
+                None => format!("{} on {}", shapes(outputs), clip(device)),
+            };
+            format!("gpu {kernel} v{version} ({}) → {ending}", shapes(inputs))
+        }
     }
 }
 
 pub(crate) fn replay(global: &Global, args: ReplayArgs) -> Result<Exit, Failure> {
     let Opened { bundle, store } = open(global, &args.bundle)?;
     let runtime = open_runtime(global, None, &[])?;
-    let options = ReplayOptions { allow_engine_mismatch: args.allow_engine_mismatch };
+    let options =
+        ReplayOptions { allow_engine_mismatch: args.allow_engine_mismatch, recompute_gpu: args.recompute_gpu };
     block_on(async {
         let report = runtime.replay(&bundle, store.as_ref(), &options).await.map_err(|e| match e {
             ReplayError::EngineMismatch { .. } => Failure::new(Exit::EngineMismatch, e.to_string()),
@@ -204,6 +215,7 @@ pub(crate) fn replay(global: &Global, args: ReplayArgs) -> Result<Exit, Failure>
             Some(DivergenceClass::Nondeterminism) => Exit::Nondeterminism,
             Some(DivergenceClass::OutputMismatch) => Exit::OutputMismatch,
             Some(DivergenceClass::TrapMismatch) => Exit::TrapMismatch,
+            Some(DivergenceClass::GpuMismatch) => Exit::GpuMismatch,
         };
         if args.json {
             crate::out!("{}", serde_json::json!({ "exit_code": exit as u8, "report": report }));
@@ -211,6 +223,13 @@ pub(crate) fn replay(global: &Global, args: ReplayArgs) -> Result<Exit, Failure>
         }
         for note in &report.notes {
             crate::out!("note: {note}");
+        }
+        for check in &report.gpu_checks {
+            let how = if check.exact { "bit for bit" } else { "within tolerance" };
+            match &check.mismatch {
+                None => crate::out!("gpu {}: recomputed on {} and agrees {how}", check.kernel, check.recomputed_on),
+                Some(m) => crate::out!("gpu {}: recomputed on {} and differs: {m}", check.kernel, check.recomputed_on),
+            }
         }
         match &report.mismatch {
             None => crate::out!(

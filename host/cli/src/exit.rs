@@ -10,7 +10,7 @@ pub(crate) enum Exit {
     ToolError = 1,
     /// Usage error or bad input (also the tool's own `invalid-input`).
     Usage = 2,
-    /// A limit was hit: fuel, time, memory, stack, output or log bytes.
+    /// A limit was hit: fuel, time, memory, stack, output or log bytes, a GPU quota.
     Limit = 3,
     /// A capability was denied: a mount the tool did not ask for, or the tool was refused a file.
     Denied = 4,
@@ -28,6 +28,8 @@ pub(crate) enum Exit {
     OutputMismatch = 14,
     /// `replay`: a different kind of ending (output, error, limit, trap).
     TrapMismatch = 15,
+    /// `replay --recompute-gpu`: a recomputed GPU dispatch differs beyond its kernel's tolerance.
+    GpuMismatch = 16,
 }
 
 impl From<Exit> for std::process::ExitCode {
@@ -63,7 +65,7 @@ Exit codes:
   0  success: the tool's output JSON is on stdout
   1  the tool returned an error, or crashed (trapped)
   2  usage error or bad input (including the tool's own invalid-input)
-  3  a limit was hit: fuel, time, memory, stack, output or log bytes
+  3  a limit was hit: fuel, time, memory, stack, output or log bytes, a GPU quota
   4  a capability was denied (a mount the tool did not ask for, a refused file)
   5  the component is invalid, or the host failed
 
@@ -71,4 +73,5 @@ guild bundle verify / guild replay:
   0  valid / replayed identically
   10 invalid bundle (malformed, incomplete, altered)      11 bad signature or not the required key
   12 engine mismatch (--allow-engine-mismatch)            13 nondeterminism (first diverging seq shown)
-  14 output mismatch                                      15 trap mismatch (a different kind of ending)";
+  14 output mismatch                                      15 trap mismatch (a different kind of ending)
+  16 gpu mismatch (--recompute-gpu: a dispatch differs beyond its kernel's tolerance)";

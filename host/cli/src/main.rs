@@ -4,6 +4,7 @@
 mod args;
 mod bundle_cmd;
 mod exit;
+mod gpu_cmd;
 mod run_cmd;
 mod scaffold;
 mod scaffold_lang;
@@ -36,6 +37,8 @@ fn main() -> ExitCode {
         args::Command::Serve(a) => serve_cmd::serve(&cli.global, a),
         args::Command::Audit(a) => serve_cmd::audit(&cli.global, a),
         args::Command::Token(a) => serve_cmd::token(a),
+        args::Command::Gpu(args::GpuCommand::Info(a)) => gpu_cmd::info(&cli.global, a),
+        args::Command::Gpu(args::GpuCommand::Bench(a)) => gpu_cmd::bench(&cli.global, a),
     };
     match result {
         Ok(code) => code.into(),

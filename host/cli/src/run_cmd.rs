@@ -7,8 +7,8 @@ use guild_replay::tree::TreeLimits;
 use guild_replay::{DirStore, HostKey};
 use guild_runtime::egress::{Secret, SecretGrant};
 use guild_runtime::{
-    CacheSource, EngineSettings, Grants, Limits, LoadError, Outcome, RecordingConfig, RunError, RunReport, Runtime,
-    RuntimeConfig, ToolErrorKind, human_bytes,
+    CacheSource, EngineSettings, GpuConfig, Grants, Limits, LoadError, Outcome, RecordingConfig, RunError, RunReport,
+    Runtime, RuntimeConfig, ToolErrorKind, human_bytes,
 };
 use std::io::Read;
 use std::path::PathBuf;
@@ -30,6 +30,10 @@ pub(crate) fn run(global: &Global, args: RunArgs) -> Result<Exit, Failure> {
         log_bytes_max: args.log_bytes,
         http_requests_max: args.http_requests,
         http_response_bytes_max: args.http_response_bytes,
+        gpu_buffer_bytes_max: args.gpu_buffer_bytes,
+        gpu_buffers_max: args.gpu_buffers,
+        gpu_dispatches_max: args.gpu_dispatches,
+        gpu_dispatch_timeout_ms: args.gpu_timeout,
         ..Limits::default()
     };
     let (secrets, secret_grants) = load_secrets(&args)?;
@@ -161,6 +165,7 @@ pub(crate) fn open_runtime(
         engine: EngineSettings { concurrent_runs_max: CLI_CONCURRENT_RUNS_MAX, ..EngineSettings::default() },
         recording,
         tls_ca_files: tls_ca.to_vec(),
+        gpu: GpuConfig { mode: global.gpu, ..GpuConfig::default() },
         ..RuntimeConfig::default()
     };
     Runtime::new(config).map_err(|e| match e {

@@ -12,6 +12,7 @@ mod cache;
 pub mod egress;
 mod engine;
 mod error;
+mod gpu;
 mod info;
 mod limits;
 mod logs;
@@ -28,6 +29,11 @@ pub use engine::{
     MEMORY_BYTES_CEILING_DEFAULT, WASM_STACK_BYTES_DEFAULT, wasmtime_version,
 };
 pub use error::{LoadError, RunError, RuntimeError};
+pub use gpu::GpuCheck;
+pub use guild_gpu::{
+    GPU_BUFFER_BYTES_MAX_DEFAULT, GPU_BUFFERS_MAX_DEFAULT, GPU_DISPATCH_TIMEOUT_MS_DEFAULT, GPU_DISPATCHES_MAX_DEFAULT,
+    GpuConfig, GpuHost, GpuMode,
+};
 pub use guild_replay::Digest;
 pub use info::{Access, Capabilities, DirRequest, ToolInfo};
 pub use limits::{

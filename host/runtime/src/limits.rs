@@ -35,6 +35,14 @@ pub struct Limits {
     pub http_connect_timeout_ms: u64,
     /// Time for one whole exchange, connect to last body byte.
     pub http_timeout_ms: u64,
+    /// Bytes of GPU buffers a run may hold at once. `--gpu-buffer-bytes`.
+    pub gpu_buffer_bytes_max: u64,
+    /// GPU buffers a run may hold at once. `--gpu-buffers`.
+    pub gpu_buffers_max: u32,
+    /// GPU dispatches a run may make. `--gpu-dispatches`.
+    pub gpu_dispatches_max: u32,
+    /// Time one GPU dispatch may take, waiting for the shared device included. `--gpu-timeout`.
+    pub gpu_dispatch_timeout_ms: u64,
 }
 
 /// Default fuel: about a second of compute on the reference machine.
@@ -83,6 +91,10 @@ impl Default for Limits {
             http_response_bytes_max: HTTP_RESPONSE_BYTES_MAX_DEFAULT,
             http_connect_timeout_ms: HTTP_CONNECT_TIMEOUT_MS_DEFAULT,
             http_timeout_ms: HTTP_TIMEOUT_MS_DEFAULT,
+            gpu_buffer_bytes_max: guild_gpu::GPU_BUFFER_BYTES_MAX_DEFAULT,
+            gpu_buffers_max: guild_gpu::GPU_BUFFERS_MAX_DEFAULT,
+            gpu_dispatches_max: guild_gpu::GPU_DISPATCHES_MAX_DEFAULT,
+            gpu_dispatch_timeout_ms: guild_gpu::GPU_DISPATCH_TIMEOUT_MS_DEFAULT,
         }
     }
 }
@@ -91,6 +103,16 @@ impl Limits {
     /// The wall-clock limit as a [`Duration`].
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The GPU quotas.
+    pub fn gpu(&self) -> guild_gpu::GpuLimits {
+        guild_gpu::GpuLimits {
+            buffer_bytes_max: self.gpu_buffer_bytes_max,
+            buffers_max: self.gpu_buffers_max,
+            dispatches_max: self.gpu_dispatches_max,
+            dispatch_timeout_ms: self.gpu_dispatch_timeout_ms,
+        }
     }
 }
 
@@ -143,6 +165,12 @@ pub enum LimitHit {
     Tape {
         /// The limit.
         limit_events: u64,
+    },
+    /// A GPU quota, the GPU deadline, or a full device queue; the message names the flag.
+    #[error("{message}")]
+    Gpu {
+        /// What was exceeded and what to raise.
+        message: String,
     },
     /// The tool logged (or printed) more than allowed.
     #[error("log limit of {} reached (raise --log-bytes)", human_bytes(*limit_bytes))]

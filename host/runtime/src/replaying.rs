@@ -1,8 +1,10 @@
 //! Replaying a bundle: the same component, re-run with every effect answered from the tape (no
 //! real clock, no real randomness, mounts rebuilt from their recorded trees), then compared with
 //! what was recorded: the tape event by event, the outcome, the output, the fuel, the output
-//! trees. The first difference is reported with its class.
+//! trees. The first difference is reported with its class. GPU dispatches are answered from
+//! the tape too; with `recompute_gpu` each is also re-run here and compared.
 
+use crate::gpu::GpuReplay;
 use crate::policy::{EffectivePolicy, Grants, Mount};
 use crate::record::{Divergence, Recorder};
 use crate::recording::{outcome_record, output_trees};
@@ -12,6 +14,7 @@ use guild_replay::tree::{self, Materialize, TreeLimits};
 use guild_replay::{BlobStore, Bundle, Digest, Effect, Event};
 use serde::Serialize;
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How to replay.
@@ -19,6 +22,9 @@ use std::time::Duration;
 pub struct ReplayOptions {
     /// Replay even when the bundle was recorded by a different engine configuration.
     pub allow_engine_mismatch: bool,
+    /// Re-run every GPU dispatch on this host (its device, or the CPU reference) and compare
+    /// with the recording: exactly for deterministic kernels, within tolerance otherwise.
+    pub recompute_gpu: bool,
 }
 
 /// A bundle that cannot be replayed at all.
@@ -53,6 +59,8 @@ pub enum DivergenceClass {
     OutputMismatch,
     /// A different kind of ending: output vs error vs limit vs trap, or a different limit/trap.
     TrapMismatch,
+    /// A recomputed GPU dispatch differs from the recording beyond what its kernel allows.
+    GpuMismatch,
 }
 
 /// The first difference between a bundle and its replay.
@@ -89,6 +97,8 @@ pub struct ReplayReport {
     pub wall_time: Duration,
     /// Something a reader should know (an allowed engine mismatch, a timed-out original).
     pub notes: Vec<String>,
+    /// GPU dispatches recomputed (with `recompute_gpu`), in tape order.
+    pub gpu_checks: Vec<crate::GpuCheck>,
 }
 
 impl Runtime {
@@ -145,8 +155,18 @@ impl Runtime {
             recorder.record(event.effect.clone());
         }
         let replay_bodies = http_bodies(events, store)?;
-        let env =
-            RunEnv { seed, recorder: Some(recorder.clone()), replay_bodies: Some(replay_bodies), secrets: Vec::new() };
+        let replay_gpu = GpuReplay {
+            outputs: Arc::new(gpu_outputs(events, store)?),
+            recompute: options.recompute_gpu,
+            checks: Arc::new(Mutex::new(Vec::new())),
+        };
+        let env = RunEnv {
+            seed,
+            recorder: Some(recorder.clone()),
+            replay_bodies: Some(replay_bodies),
+            secrets: Vec::new(),
+            replay_gpu: Some(replay_gpu.clone()),
+        };
         let execution = self.execute(&tool, &input, &policy, &limits, env).await.map_err(host)?;
         let trees = output_trees(store, &policy, TreeLimits::default(), None).map_err(host)?;
         let (tape, divergence) = recorder.finish();
@@ -154,7 +174,9 @@ impl Runtime {
         if timed_out {
             notes.push("the original run timed out: where it stopped depends on wall time, so the fuel and the tape's length are not compared".into());
         }
-        let mismatch = compare(bundle, store, &execution, divergence, &tape, &trees, timed_out);
+        let gpu_checks = replay_gpu.checks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mismatch = compare(bundle, store, &execution, divergence, &tape, &trees, timed_out)
+            .or_else(|| gpu_mismatch(&gpu_checks));
         Ok(ReplayReport {
             bundle: bundle.id,
             mismatch,
@@ -163,6 +185,7 @@ impl Runtime {
             tape_events: tape.events().len() as u64,
             wall_time: execution.wall_time,
             notes,
+            gpu_checks,
         })
     }
 }
@@ -177,6 +200,33 @@ fn http_bodies(events: &[Event], store: &dyn BlobStore) -> Result<HashMap<Digest
         }
     }
     Ok(bodies)
+}
+
+/// The GPU outputs the tape's dispatches name, read from the bundle.
+fn gpu_outputs(events: &[Event], store: &dyn BlobStore) -> Result<HashMap<Digest, Vec<u8>>, ReplayError> {
+    let mut outputs = HashMap::new();
+    for event in events {
+        if let Effect::GpuDispatch { outputs: records, .. } = &event.effect {
+            for digest in records.iter().filter_map(|r| r.digest) {
+                let bytes = store.get(&digest).map_err(|e| ReplayError::Invalid(e.to_string()))?;
+                outputs.insert(digest, bytes);
+            }
+        }
+    }
+    Ok(outputs)
+}
+
+/// The first recomputed dispatch that differs beyond its kernel's allowance.
+fn gpu_mismatch(checks: &[crate::GpuCheck]) -> Option<Mismatch> {
+    let (index, check) = checks.iter().enumerate().find(|(_, c)| c.mismatch.is_some())?;
+    Some(Mismatch {
+        class: DivergenceClass::GpuMismatch,
+        what: format!("gpu dispatch {} ({}) recomputed on {}", index + 1, check.kernel, check.recomputed_on),
+        seq: None,
+        expected: format!("the outputs recorded on {}", check.recorded_on),
+        found: check.mismatch.clone().unwrap_or_default(),
+        fuel: None,
+    })
 }
 
 fn host(error: RunError) -> ReplayError {

@@ -10,6 +10,7 @@ use crate::egress::breaker::Breakers;
 use crate::egress::hook::{EgressHooks, EgressRun};
 use crate::engine::{EngineFingerprint, EngineSettings, build_engine, deadline_ticks, spawn_epoch_ticker};
 use crate::error::{LoadError, RunError, RuntimeError};
+use crate::gpu::{GpuReplay, GpuRun};
 use crate::info::{Access, ToolInfo};
 use crate::logs::{LogLine, LogSink, LogSource};
 use crate::policy::{EffectivePolicy, Grants};
@@ -45,6 +46,8 @@ pub struct RuntimeConfig {
     pub breakers: BreakerSettings,
     /// PEM files of CA certificates trusted for egress TLS besides the webpki roots.
     pub tls_ca_files: Vec<PathBuf>,
+    /// What to do with GPU work (the device is opened on the first dispatch that needs it).
+    pub gpu: guild_gpu::GpuConfig,
 }
 
 /// Fuel `describe` may burn when a tool is loaded (~0.1 s of compute).
@@ -160,6 +163,8 @@ pub(crate) struct RunEnv {
     pub(crate) replay_bodies: Option<HashMap<Digest, bytes::Bytes>>,
     /// Values of the secrets the policy grants (none in a replay: it never sends).
     pub(crate) secrets: Vec<crate::egress::Secret>,
+    /// In a replay: the GPU outputs the tape names, and whether to recompute them.
+    pub(crate) replay_gpu: Option<GpuReplay>,
 }
 
 /// What executing a tool once produced, before it becomes a report or a replay verdict.
@@ -184,6 +189,7 @@ pub struct Runtime {
     recording: Option<RecordingConfig>,
     breakers: Arc<Breakers>,
     tls: Arc<rustls::ClientConfig>,
+    gpu: Arc<guild_gpu::GpuHost>,
 }
 
 struct LoadedTools {
@@ -214,7 +220,13 @@ impl Runtime {
             recording: config.recording,
             breakers: Arc::new(Breakers::new(config.breakers)),
             tls: crate::egress::connect::tls_config(&config.tls_ca_files).map_err(RuntimeError::Config)?,
+            gpu: Arc::new(guild_gpu::GpuHost::new(config.gpu).map_err(|e| RuntimeError::Engine(e.to_string()))?),
         })
+    }
+
+    /// The host's GPU service, shared by all runs.
+    pub fn gpu(&self) -> &Arc<guild_gpu::GpuHost> {
+        &self.gpu
     }
 
     /// The fingerprint of this engine.
@@ -283,8 +295,9 @@ impl Runtime {
         // hostile, and loading it must not cost a full run's budget.
         let limits = Limits { fuel_units: DESCRIBE_FUEL_UNITS, timeout_ms: DESCRIBE_TIMEOUT_MS, ..Limits::default() };
         let no_egress = Arc::new(EgressRun::new(String::new(), Vec::new(), Vec::new(), limits.clone(), None, None));
+        let no_gpu = GpuRun::new(self.gpu.clone(), "", false, &limits, None, None);
         let mut store = self
-            .new_store(&EffectivePolicy::default(), &limits, &fresh_seed(), None, no_egress)
+            .new_store(&EffectivePolicy::default(), &limits, &fresh_seed(), None, no_egress, no_gpu)
             .map_err(|e| LoadError::Describe(e.to_string()))?;
         let instance = pre.instantiate_async(&mut store).await.map_err(|e| LoadError::Describe(format!("{e:#}")))?;
         let info = instance
@@ -327,7 +340,7 @@ impl Runtime {
             .filter(|s| policy.secret_grants.iter().any(|g| g.name == s.name()))
             .cloned()
             .collect();
-        let env = RunEnv { seed, recorder: recorder.clone(), replay_bodies: None, secrets };
+        let env = RunEnv { seed, recorder: recorder.clone(), replay_bodies: None, secrets, replay_gpu: None };
         let execution = self.execute(tool, input, &policy, limits, env).await?;
         let (bundle, bundle_bytes) = match (&self.recording, &recorder) {
             (Some(recording), Some(recorder)) => {
@@ -366,7 +379,7 @@ impl Runtime {
         limits: &Limits,
         env: RunEnv,
     ) -> Result<Execution, RunError> {
-        let RunEnv { seed, recorder, replay_bodies, secrets } = env;
+        let RunEnv { seed, recorder, replay_bodies, secrets, replay_gpu } = env;
         let egress = Arc::new(
             EgressRun::new(
                 tool.info.name.clone(),
@@ -380,8 +393,11 @@ impl Runtime {
             .with_breakers(self.breakers.clone())
             .with_tls(self.tls.clone()),
         );
+        let info = &tool.info;
+        let gpu =
+            GpuRun::new(self.gpu.clone(), &info.name, info.capabilities.gpu, limits, recorder.clone(), replay_gpu);
         let recorder = recorder.as_ref();
-        let mut store = self.new_store(policy, limits, &seed, recorder, egress.clone())?;
+        let mut store = self.new_store(policy, limits, &seed, recorder, egress.clone(), gpu)?;
         let started = Instant::now();
         // The epoch deadline interrupts wasm; this outer deadline also covers a guest parked in a
         // host call. Dropping the future abandons the run and its store.
@@ -437,6 +453,7 @@ impl Runtime {
         seed: &[u8; 32],
         recorder: Option<&Recorder>,
         egress: Arc<EgressRun>,
+        gpu: GpuRun,
     ) -> Result<Store<HostState>, RunError> {
         let logs = LogSink::new(limits.log_bytes_max, recorder.cloned());
         let mut wasi = WasiCtxBuilder::new();
@@ -468,6 +485,7 @@ impl Runtime {
             table: ResourceTable::new(),
             limiter: RunLimiter::new(limits),
             logs,
+            gpu,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);

@@ -1,8 +1,9 @@
-//! The per-run store state: the WASI context, the resource limiter and the log sink, and the
-//! host side of `guild:tool/log`.
+//! The per-run store state: the WASI context, the resource limiter, the log sink and the GPU
+//! state, and the host side of `guild:tool/log`.
 
 use crate::bindings::guild::tool::{log, types};
 use crate::egress::hook::EgressHooks;
+use crate::gpu::GpuRun;
 use crate::logs::{LogLevel, LogSink};
 use crate::{LimitHit, Limits};
 use wasmtime::ResourceLimiter;
@@ -18,6 +19,7 @@ pub(crate) struct HostState {
     pub(crate) table: ResourceTable,
     pub(crate) limiter: RunLimiter,
     pub(crate) logs: LogSink,
+    pub(crate) gpu: GpuRun,
 }
 
 impl WasiView for HostState {

@@ -1,0 +1,14 @@
+// Guild kernel `scale`: out[i] = a[i] * factor over n elements, 256 per workgroup, workgroups laid out in 2-D.
+// Uniform parameters every Guild kernel receives; the host fills them from shapes and params.
+struct Params { n: u32, m: u32, k: u32, groups_x: u32, f0: f32, f1: f32, u0: u32, u1: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.y * p.groups_x + wid.x) * 256u + lid;
+    if (i < p.n) {
+        out[i] = a[i] * p.f0;
+    }
+}
