@@ -28,3 +28,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     # --no-install-recommends: promtool needs none of prometheus's web assets or exporters.
     $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# The MCP tests drive `guild mcp` and `/mcp` with the official MCP Python SDK client (PyPI `mcp`),
+# pinned so that a new SDK release cannot change what the tests mean.
+MCP_PYTHON_SDK_VERSION=2.3.0
+if ! python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('mcp') != '$MCP_PYTHON_SDK_VERSION')" 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check "mcp==$MCP_PYTHON_SDK_VERSION"
+fi

@@ -6,6 +6,7 @@ mod cli;
 mod daemon;
 mod egress;
 mod hostile;
+mod mcp;
 mod replay;
 mod runtime_api;
 mod scaffold;

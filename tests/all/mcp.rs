@@ -1,0 +1,147 @@
+//! MCP: a client nobody here wrote — the official MCP Python SDK (PyPI `mcp`, installed by
+//! scripts/setup.sh) driven by tests/mcp/client.py — against the real `guild mcp` over stdio and
+//! `/mcp` on the real `guild serve`. Every call must leave a bundle that `guild replay`
+//! reproduces, the cancelled one included.
+
+use crate::Guild;
+use crate::daemon::Daemon;
+use guild_test_artifacts::HOSTILE;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+/// The Python client script, beside the tests.
+const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/client.py");
+
+/// Run the client script with `args`; its report.
+fn client(args: &[&str]) -> Value {
+    let output = Command::new("python3")
+        .arg(CLIENT)
+        .args(args)
+        .output()
+        .expect("python3 runs (scripts/setup.sh installs the MCP Python SDK)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the MCP client failed (is the `mcp` package installed? run scripts/setup.sh)\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("the client's report is not JSON ({e}): {stdout}"))
+}
+
+/// What every transport must show: the tools with their schemas; outputs as structured content
+/// and text with the bundle in `_meta`; a denial, a limit and bad input as tool errors with the
+/// CLI's messages; an unknown tool as a protocol error; progress, then a cancelled run.
+fn check_report(report: &Value) {
+    let tools = report["tools"].as_object().expect("tools listed");
+    for name in ["echo", "wc", "grep", "hash", "json-query", "http-get", "hostile"] {
+        assert!(tools.contains_key(name), "{name} is not listed: {:?}", tools.keys());
+    }
+    let echo = &tools["echo"];
+    assert_eq!(echo["description"], "Returns the message it is given, unchanged.");
+    assert_eq!(echo["input_schema"]["properties"]["message"]["type"], "string", "{echo}");
+    assert_eq!(tools["hostile"]["input_schema"]["type"], "object", "MCP input schemas are objects");
+
+    let calls = &report["calls"];
+    for name in ["echo", "wc", "grep", "hash", "json_query"] {
+        let call = &calls[name];
+        assert_eq!(call["is_error"], false, "{name}: {call}");
+        let bundle = call["meta"]["guild/bundle"].as_str().unwrap_or_default();
+        assert_eq!(bundle.len(), 64, "{name} names its bundle in _meta: {call}");
+        let text: Value = serde_json::from_str(call["text"][0].as_str().expect("text")).expect("text is the JSON");
+        if call["structured"].is_object() {
+            assert_eq!(text, call["structured"], "{name}: text and structured content agree");
+        }
+    }
+    assert_eq!(calls["echo"]["structured"], serde_json::json!({ "message": "hello from an MCP client" }));
+    assert_eq!(calls["wc"]["structured"]["total"]["words"], 3, "{}", calls["wc"]);
+
+    let error_text = |name: &str| -> String {
+        let call = &calls[name];
+        assert_eq!(call["is_error"], true, "{name} is a tool error: {call}");
+        call["text"][0].as_str().unwrap_or_default().to_string()
+    };
+    let denied = error_text("denied");
+    assert!(denied.contains("denied"), "{denied}");
+    assert_eq!(calls["denied"]["meta"]["guild/bundle"].as_str().map(str::len), Some(64), "a denial is recorded too");
+    let limit = error_text("limit");
+    assert!(limit.starts_with("fuel exhausted") && limit.contains("raise --fuel"), "{limit}");
+    let invalid = error_text("invalid");
+    assert!(invalid.starts_with("input does not match the tool's schema"), "{invalid}");
+    let unknown = report["unknown_tool"].as_str().unwrap_or_default();
+    assert!(unknown.contains("no_such_tool"), "an unknown tool is a protocol error: {unknown}");
+
+    let cancel = &report["cancel"];
+    let progress = cancel["progress"].as_array().expect("progress");
+    assert!(!progress.is_empty(), "a run asked for progress reports it: {cancel}");
+    assert!(progress[0]["message"].as_str().unwrap_or_default().starts_with("running for"), "{cancel}");
+    assert!(cancel["finished"].is_null(), "the cancelled call did not answer: {cancel}");
+}
+
+/// Every run in the audit log: (tool, outcome, bundle). Checks one was cancelled, and that
+/// `guild replay` reproduces every bundle.
+fn replay_every_run(guild: &Guild, audit_log: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(audit_log).unwrap_or_else(|e| panic!("{}: {e}", audit_log.display()));
+    let mut runs = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let record: Value = serde_json::from_str(line).expect("an audit record is JSON");
+        let tool = record["tool"].as_str().unwrap_or_default().to_string();
+        let outcome = record["outcome"].as_str().unwrap_or_default().to_string();
+        let bundle = record["bundle"].as_str().unwrap_or_else(|| panic!("every run has a bundle: {record}"));
+        let replayed = guild.run(&["replay", bundle]);
+        assert_eq!(replayed.code, 0, "{tool} ({outcome}) replays: {replayed:#?}");
+        runs.push((tool, outcome));
+    }
+    assert!(
+        runs.iter().any(|(tool, outcome)| tool == "hostile" && outcome == "cancelled"),
+        "the cancelled run's bundle says cancelled: {runs:?}"
+    );
+    runs
+}
+
+#[test]
+fn the_python_sdk_client_uses_guild_mcp_over_stdio() {
+    let guild = Guild::new();
+    let data = crate::tree(&[("a.txt", "guild runs tools\n")]);
+    let dir = crate::mount(data.path(), "/data", "ro");
+    let home = guild.home().to_str().expect("utf-8").to_string();
+    let guild_binary = env!("CARGO_BIN_EXE_guild");
+    let report = client(&["stdio", guild_binary, "--home", &home, "mcp", "--dir", &dir, "--tool", HOSTILE]);
+    check_report(&report);
+    let runs = replay_every_run(&guild, &guild.home().join("mcp/session-0/audit.log"));
+    assert_eq!(runs.len(), 8, "one bundle per call that ran: {runs:?}");
+}
+
+#[test]
+fn the_python_sdk_client_uses_mcp_over_http_with_a_token() {
+    let guild = Guild::new();
+    let data = crate::tree(&[("a.txt", "guild runs tools\n")]);
+    let dir = crate::mount(data.path(), "/data", "ro");
+    let daemon = Daemon::start(&guild, &["--dir", &dir], &[("GUILD_TOKEN", "mcp-token")]);
+    let url = format!("http://127.0.0.1:{}/mcp", daemon.port);
+
+    let report = client(&["http", &url, "mcp-token", HOSTILE]);
+    assert_eq!(report["list_changed"]["announced"], true, "an upload is announced: {}", report["list_changed"]);
+    check_report(&report);
+    replay_every_run(&guild, &guild.home().join("audit.log"));
+}
+
+#[test]
+fn mcp_over_http_refuses_bad_tokens_foreign_hosts_and_browser_origins() {
+    let guild = Guild::new();
+    let daemon = Daemon::start(&guild, &[], &[("GUILD_TOKEN", "mcp-token")]);
+    let ping = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let accept = ("accept", "application/json, text/event-stream");
+    let json = ("content-type", "application/json");
+
+    let reply = daemon.call_with("POST", "/mcp", "wrong", ping, &[accept, json]);
+    assert_eq!((reply.status, reply.code().as_str()), (401, "unauthorized"));
+    assert_eq!(reply.headers.get("www-authenticate").map(String::as_str), Some("Bearer"));
+
+    // DNS rebinding: a page served from evil.example resolving to 127.0.0.1.
+    let reply = daemon.call_with("POST", "/mcp", "mcp-token", ping, &[accept, json, ("host", "evil.example")]);
+    assert_eq!(reply.status, 403, "a foreign Host is refused: {}", String::from_utf8_lossy(&reply.body));
+    let origin = ("origin", "http://evil.example");
+    let reply = daemon.call_with("POST", "/mcp", "mcp-token", ping, &[accept, json, origin]);
+    assert_eq!(reply.status, 403, "a browser Origin is refused: {}", String::from_utf8_lossy(&reply.body));
+}
