@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Guild needs on a fresh Debian machine with rustup: the wasm32-wasip2 target for
-# the tools, and the Debian packages the tests use (promtool from `prometheus`, to check the
-# daemon's /metrics). Safe to run again; it only installs what is missing.
+# the tools, the Debian packages the tests use (promtool from `prometheus`, to check the daemon's
+# /metrics), and the MCP clients the MCP tests drive (the MCP Python SDK from PyPI, the MCP
+# Inspector from npm). Safe to run again; it only installs what is missing.
 set -euo pipefail
 
 if ! command -v cargo >/dev/null; then
@@ -34,4 +35,16 @@ fi
 MCP_PYTHON_SDK_VERSION=2.3.0
 if ! python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('mcp') != '$MCP_PYTHON_SDK_VERSION')" 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check "mcp==$MCP_PYTHON_SDK_VERSION"
+fi
+
+# ... and with the MCP Inspector's CLI mode (npm `@modelcontextprotocol/inspector`, pinned in
+# tests/mcp/package.json), installed beside the test script.
+if ! [ -x tests/mcp/node_modules/.bin/mcp-inspector ]; then
+    if ! command -v npm >/dev/null; then
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        $sudo apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+    fi
+    npm install --prefix tests/mcp --no-package-lock --no-audit --no-fund --loglevel=error
 fi

@@ -145,3 +145,66 @@ fn mcp_over_http_refuses_bad_tokens_foreign_hosts_and_browser_origins() {
     let reply = daemon.call_with("POST", "/mcp", "mcp-token", ping, &[accept, json, origin]);
     assert_eq!(reply.status, 403, "a browser Origin is refused: {}", String::from_utf8_lossy(&reply.body));
 }
+
+/// The MCP Inspector's CLI (npm `@modelcontextprotocol/inspector`, installed by scripts/setup.sh
+/// under tests/mcp), installed beside the client script.
+const INSPECTOR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/node_modules/.bin/mcp-inspector");
+
+/// `mcp-inspector --cli TARGET... ARGS...`: its exit code and the JSON it printed.
+fn inspector(target: &[&str], args: &[&str]) -> (i32, Value) {
+    let output = Command::new(INSPECTOR)
+        .args(["--cli", "--connect-timeout", "120000"])
+        .args(target)
+        .args(args)
+        .output()
+        .expect("the MCP Inspector runs (scripts/setup.sh installs it under tests/mcp)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Results go to stdout; a failure is one JSON line on stderr.
+    let text = if stdout.trim().is_empty() { stderr.lines().last().unwrap_or_default() } else { stdout.trim() };
+    let value = serde_json::from_str(text)
+        .unwrap_or_else(|e| panic!("the Inspector printed no JSON ({e}): {stdout}\n{stderr}"));
+    (output.status.code().unwrap_or(-1), value)
+}
+
+#[test]
+fn the_mcp_inspector_cli_lists_and_calls_tools_over_stdio_and_http() {
+    let guild = Guild::new();
+    let data = crate::tree(&[("a.txt", "guild runs tools\n")]);
+    let dir = crate::mount(data.path(), "/data", "ro");
+    let home = guild.home().join("stdio");
+    let home = home.to_str().expect("utf-8");
+    let stdio = [env!("CARGO_BIN_EXE_guild"), "--home", home, "mcp", "--dir", &dir, "--tool", HOSTILE];
+
+    let (code, listed) = inspector(&stdio, &["--method", "tools/list"]);
+    assert_eq!(code, 0, "{listed}");
+    let names: Vec<&str> =
+        listed["tools"].as_array().expect("tools").iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(names, ["echo", "grep", "hash", "hostile", "http-get", "json-query", "wc"]);
+
+    let (code, wc) = inspector(&stdio, &["--method", "tools/call", "--tool-name", "wc", "--tool-arg", "path=/data"]);
+    assert_eq!((code, &wc["isError"]), (0, &Value::Bool(false)), "{wc}");
+    assert_eq!(wc["structuredContent"]["total"]["words"], 3, "{wc}");
+    let call = ["--method", "tools/call", "--tool-name"];
+    let (_, denied) = inspector(&stdio, &[&call[..], &["http-get", "--tool-arg", "url=http://127.0.0.1:9/"]].concat());
+    assert_eq!(denied["isError"], true, "{denied}");
+    assert!(denied["content"][0]["text"].as_str().unwrap_or_default().contains("denied"), "{denied}");
+    let (_, limit) = inspector(&stdio, &[&call[..], &["hostile", "--tool-arg", "attack=loop"]].concat());
+    assert_eq!(limit["isError"], true, "{limit}");
+    assert!(limit["content"][0]["text"].as_str().unwrap_or_default().starts_with("fuel exhausted"), "{limit}");
+    for result in [&wc, &denied, &limit] {
+        let bundle = result["_meta"]["guild/bundle"].as_str().expect("the bundle is in _meta");
+        let replayed = guild.run(&["--home", home, "replay", bundle]);
+        assert_eq!(replayed.code, 0, "{replayed:#?}");
+    }
+
+    let daemon = Daemon::start(&guild, &[], &[("GUILD_TOKEN", "mcp-token")]);
+    let url = format!("http://127.0.0.1:{}/mcp", daemon.port);
+    let http = ["--transport", "http", "--server-url", &url, "--header", "Authorization: Bearer mcp-token"];
+    let (code, echo) = inspector(&[], &[&http[..], &call[..], &["echo", "--tool-arg", "message=over http"]].concat());
+    assert_eq!((code, &echo["structuredContent"]), (0, &serde_json::json!({ "message": "over http" })), "{echo}");
+    let wrong = ["--transport", "http", "--server-url", &url, "--header", "Authorization: Bearer wrong"];
+    let (code, refused) = inspector(&[], &[&wrong[..], &["--method", "tools/list"]].concat());
+    assert_ne!(code, 0, "a wrong token is refused: {refused}");
+    assert_eq!(refused["error"]["code"], "auth_required", "{refused}");
+}

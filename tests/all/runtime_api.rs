@@ -88,7 +88,7 @@ async fn a_cancelled_run_stops_computing_or_waiting() {
         let input = format!(r#"{{"attack":"{attack}"}}"#);
         let report = runtime.run_cancellable(&hostile, &input, &Grants::default(), &limits, cancel).await.expect("run");
         assert!(
-            matches!(report.outcome, Outcome::Cancelled { after_ms } if after_ms >= 300),
+            matches!(report.outcome, Outcome::Cancelled { after_ms } if after_ms >= 200),
             "{attack}: {:?}",
             report.outcome
         );
