@@ -420,6 +420,7 @@ mod tests {
             ("/v1/runs", "post"),
             ("/v1/runs/{id}", "get"),
             ("/v1/bundles/{id}", "get"),
+            ("/mcp", "post"),
         ];
         for (path, method) in routes {
             assert!(doc["paths"][path][method].is_object(), "openapi.json lacks {method} {path}");
