@@ -71,15 +71,17 @@ fn check_report(report: &Value) {
     let unknown = report["unknown_tool"].as_str().unwrap_or_default();
     assert!(unknown.contains("no_such_tool"), "an unknown tool is a protocol error: {unknown}");
 
-    let cancel = &report["cancel"];
-    let progress = cancel["progress"].as_array().expect("progress");
-    assert!(!progress.is_empty(), "a run asked for progress reports it: {cancel}");
-    assert!(progress[0]["message"].as_str().unwrap_or_default().starts_with("running for"), "{cancel}");
-    assert!(cancel["finished"].is_null(), "the cancelled call did not answer: {cancel}");
+    for cancel in [&report["cancel"], &report["cancel_computing"]] {
+        let progress = cancel["progress"].as_array().expect("progress");
+        assert!(!progress.is_empty(), "a run asked for progress reports it: {cancel}");
+        assert!(progress[0]["message"].as_str().unwrap_or_default().starts_with("running for"), "{cancel}");
+        assert_eq!(progress[0]["total"], 10_000.0, "out of the tool's timeout: {cancel}");
+        assert!(cancel["finished"].is_null(), "the cancelled call did not answer: {cancel}");
+    }
 }
 
-/// Every run in the audit log: (tool, outcome, bundle). Checks one was cancelled, and that
-/// `guild replay` reproduces every bundle.
+/// Every run in the audit log: (tool, outcome). Checks that both cancelled runs' bundles say so,
+/// and that `guild replay` reproduces every bundle.
 fn replay_every_run(guild: &Guild, audit_log: &Path) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(audit_log).unwrap_or_else(|e| panic!("{}: {e}", audit_log.display()));
     let mut runs = Vec::new();
@@ -92,10 +94,8 @@ fn replay_every_run(guild: &Guild, audit_log: &Path) -> Vec<(String, String)> {
         assert_eq!(replayed.code, 0, "{tool} ({outcome}) replays: {replayed:#?}");
         runs.push((tool, outcome));
     }
-    assert!(
-        runs.iter().any(|(tool, outcome)| tool == "hostile" && outcome == "cancelled"),
-        "the cancelled run's bundle says cancelled: {runs:?}"
-    );
+    let cancelled = runs.iter().filter(|(tool, outcome)| tool == "hostile" && outcome == "cancelled").count();
+    assert_eq!(cancelled, 2, "the cancelled runs' bundles say cancelled: {runs:?}");
     runs
 }
 
@@ -109,7 +109,7 @@ fn the_python_sdk_client_uses_guild_mcp_over_stdio() {
     let report = client(&["stdio", guild_binary, "--home", &home, "mcp", "--dir", &dir, "--tool", HOSTILE]);
     check_report(&report);
     let runs = replay_every_run(&guild, &guild.home().join("mcp/session-0/audit.log"));
-    assert_eq!(runs.len(), 8, "one bundle per call that ran: {runs:?}");
+    assert_eq!(runs.len(), 9, "one bundle per call that ran: {runs:?}");
 }
 
 #[test]

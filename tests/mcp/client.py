@@ -7,7 +7,7 @@ would, and prints what it saw as one JSON object on stdout for tests/all/mcp.rs 
 
 The scenario: list the tools; call each example tool; a denial and a limit hit (tool errors,
 not protocol errors); invalid input; an unknown tool (a protocol error); then a long run that
-reports progress and is cancelled once it is under way. Over HTTP it first listens
+reports progress and is cancelled once it is under way (asleep, and computing). Over HTTP it first listens
 for tool list changes and uploads UPLOAD.wasm through the daemon's API (`POST /v1/tools`): the
 server must announce notifications/tools/list_changed, and the new tool is then listed.
 """
@@ -65,26 +65,28 @@ async def scenario(client):
         report["unknown_tool"] = "no error"
     except MCPError as error:
         report["unknown_tool"] = str(error)
-    report["cancel"] = await cancel_long_run(client)
+    # A run asleep in a host call, cancelled at the second progress report (~500 ms in), and
+    # one computing, cancelled at the first (it would spin until its fuel runs out).
+    report["cancel"] = await cancel_long_run(client, "sleep", reports=2)
+    report["cancel_computing"] = await cancel_long_run(client, "loop", reports=1)
     return report
 
 
-async def cancel_long_run(client):
-    """Call a run that sleeps until its timeout, asking for progress; cancel at the second report."""
+async def cancel_long_run(client, attack, reports):
+    """Call a long `hostile` run asking for progress; cancel it after `reports` reports."""
     progress = []
     first = anyio.Event()
 
     async def on_progress(value, total, message):
         progress.append({"progress": value, "total": total, "message": message})
-        # The first report comes at once; by the second the run is asleep in a host call.
-        if len(progress) >= 2:
+        if len(progress) >= reports:
             first.set()
 
     outcome = {"finished": None}
     async with anyio.create_task_group() as group:
 
         async def call():
-            result = await client.call_tool("hostile", {"attack": "sleep"}, progress_callback=on_progress)
+            result = await client.call_tool("hostile", {"attack": attack}, progress_callback=on_progress)
             outcome["finished"] = result_json(result)
 
         group.start_soon(call)

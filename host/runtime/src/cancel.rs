@@ -45,16 +45,19 @@ pub(crate) fn arm_deadline(store: &mut Store<HostState>, deadline_ticks: u64, ca
 }
 
 /// A token that cancels itself after `after_ms`: a replay stops a cancelled run when the
-/// original was stopped (wall time, as a timeout is).
+/// original was stopped (wall time, as a timeout is). A thread, not a task: `guild replay`
+/// runs on a current-thread runtime that a computing guest keeps busy.
 pub(crate) fn cancel_after(after_ms: u64) -> CancellationToken {
     let token = CancellationToken::new();
     let timer = token.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(after_ms)) => timer.cancel(),
-            () = timer.cancelled() => {}
-        }
+    let spawned = std::thread::Builder::new().name("guild-cancel-after".into()).spawn(move || {
+        std::thread::sleep(Duration::from_millis(after_ms));
+        timer.cancel();
     });
+    if spawned.is_err() {
+        // No thread for the timer: stop at once rather than never (the outcome still matches).
+        token.cancel();
+    }
     token
 }
 
