@@ -3,8 +3,9 @@
 # the tools, the Debian packages the tests use (promtool from `prometheus`, to check the
 # daemon's /metrics; Mesa's Vulkan drivers, whose lavapipe is the GPU kernels' device on machines
 # without a GPU), and the pinned Python and JavaScript component toolchains (componentize-py,
-# componentize-js) for the example tools in those languages. Safe to run again; it only installs
-# what is missing.
+# componentize-js) for the example tools in those languages, and the MCP clients the MCP tests
+# drive (the MCP Python SDK from PyPI, the MCP Inspector from npm). Safe to run again; it only
+# installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,3 +60,22 @@ for tool in tools/*/; do
         (cd "$tool" && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.package-lock.json.installed)
     fi
 done
+
+# The MCP tests drive `guild mcp` and `/mcp` with the official MCP Python SDK client (PyPI `mcp`),
+# pinned so that a new SDK release cannot change what the tests mean.
+MCP_PYTHON_SDK_VERSION=2.3.0
+if ! python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('mcp') != '$MCP_PYTHON_SDK_VERSION')" 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check "mcp==$MCP_PYTHON_SDK_VERSION"
+fi
+
+# ... and with the MCP Inspector's CLI mode (npm `@modelcontextprotocol/inspector`, pinned in
+# tests/mcp/package.json), installed beside the test script.
+if ! [ -x tests/mcp/node_modules/.bin/mcp-inspector ]; then
+    if ! command -v npm >/dev/null; then
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        $sudo apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+    fi
+    npm install --prefix tests/mcp --no-package-lock --no-audit --no-fund --loglevel=error
+fi

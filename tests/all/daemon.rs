@@ -151,8 +151,10 @@ impl Drop for Daemon {
 
 pub(crate) fn call(port: u16, method: &str, path: &str, token: &str, body: &[u8], extra: &[(&str, &str)]) -> Reply {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    // An explicit `host` in `extra` replaces the loopback one (to test Host checks).
+    let host = if extra.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) { "" } else { "host: 127.0.0.1\r\n" };
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {token}\r\ncontent-length: {}\r\nconnection: close\r\n",
+        "{method} {path} HTTP/1.1\r\n{host}authorization: Bearer {token}\r\ncontent-length: {}\r\nconnection: close\r\n",
         body.len()
     );
     for (k, v) in extra {

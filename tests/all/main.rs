@@ -8,6 +8,7 @@ mod egress;
 mod gpu;
 mod hostile;
 mod lang;
+mod mcp;
 mod replay;
 mod runtime_api;
 mod scaffold;

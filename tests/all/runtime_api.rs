@@ -68,3 +68,30 @@ async fn a_full_pool_refuses_with_busy_instead_of_waiting() {
     let after = runtime.run(&echo, r#"{"message":"x"}"#, &Grants::default(), &Limits::default()).await;
     assert!(matches!(after.map(|r| r.outcome), Ok(Outcome::Output { .. })));
 }
+
+/// A cancelled run stops promptly whether the guest computes (stopped at an epoch check) or
+/// waits in a host call (dropped), and ends in `Outcome::Cancelled` rather than a limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_stops_computing_or_waiting() {
+    let runtime = runtime(4);
+    let (hostile, _) = runtime.load_file(HOSTILE.as_ref()).await.expect("load");
+    // Enough fuel and time that only the cancellation can stop either attack within the test.
+    let limits = Limits { fuel_units: u64::MAX / 2, timeout_ms: 60_000, ..Limits::default() };
+    for attack in ["loop", "sleep"] {
+        let cancel = guild_runtime::CancellationToken::new();
+        let canceller = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            canceller.cancel();
+        });
+        let started = std::time::Instant::now();
+        let input = format!(r#"{{"attack":"{attack}"}}"#);
+        let report = runtime.run_cancellable(&hostile, &input, &Grants::default(), &limits, cancel).await.expect("run");
+        assert!(
+            matches!(report.outcome, Outcome::Cancelled { after_ms } if after_ms >= 200),
+            "{attack}: {:?}",
+            report.outcome
+        );
+        assert!(started.elapsed().as_secs() < 10, "{attack}: stopped promptly ({:?})", started.elapsed());
+    }
+}

@@ -58,10 +58,13 @@ pub(crate) enum Command {
     /// The GPU: adapter, limits and kernel catalogue; kernel throughput.
     #[command(subcommand)]
     Gpu(GpuCommand),
-    /// Run the daemon: the HTTP API over the run pipeline. Without a config it serves the
-    /// example tools on 127.0.0.1 with one bearer token (GUILD_TOKEN, or generated on first
-    /// start, printed once and kept under the home).
+    /// Run the daemon: the HTTP API (and MCP at /mcp) over the run pipeline. Without a config it
+    /// serves the example tools on 127.0.0.1 with one bearer token (GUILD_TOKEN, or generated on
+    /// first start, printed once and kept under the home).
     Serve(ServeArgs),
+    /// Serve the tools to an MCP client over stdio (the client launches `guild mcp`): the same
+    /// pipeline as the daemon, every call recorded in a bundle. Logs go to stderr.
+    Mcp(McpArgs),
     /// The daemon's audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -80,6 +83,27 @@ pub(crate) struct ServeArgs {
     /// Address to listen on (overrides the config's `listen`).
     #[arg(long, value_name = "ADDR")]
     pub(crate) listen: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub(crate) tools: ToolFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct McpArgs {
+    /// The daemon's TOML configuration (see guild.example.toml): its tools, limits and grants.
+    /// Without one, Guild serves its example tools.
+    #[arg(long, env = "GUILD_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Call tools as this tenant of the config (its tools, rate, fuel budget). Without tenants
+    /// in the config, calls are made as one local tenant that may call every tool.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) tenant: Option<String>,
+    #[command(flatten)]
+    pub(crate) tools: ToolFlags,
+}
+
+/// Tools to serve besides the config's, and what they are granted.
+#[derive(Debug, Args)]
+pub(crate) struct ToolFlags {
     /// Register a tool component (repeatable), beside the config's; clients call it by its name.
     #[arg(long = "tool", value_name = "COMPONENT.wasm")]
     pub(crate) tools: Vec<PathBuf>,

@@ -5,6 +5,7 @@ mod args;
 mod bundle_cmd;
 mod exit;
 mod gpu_cmd;
+mod mcp_cmd;
 mod run_cmd;
 mod scaffold;
 mod scaffold_lang;
@@ -35,6 +36,7 @@ fn main() -> ExitCode {
         args::Command::Replay(a) => bundle_cmd::replay(&cli.global, a),
         args::Command::Key(args::KeyCommand::Show) => bundle_cmd::key_show(&cli.global),
         args::Command::Serve(a) => serve_cmd::serve(&cli.global, a),
+        args::Command::Mcp(a) => mcp_cmd::mcp(&cli.global, a),
         args::Command::Audit(a) => serve_cmd::audit(&cli.global, a),
         args::Command::Token(a) => serve_cmd::token(a),
         args::Command::Gpu(args::GpuCommand::Info(a)) => gpu_cmd::info(&cli.global, a),

@@ -2,7 +2,7 @@
 //! (or the embedded default: the example tools on 127.0.0.1 for one admin token), logging as
 //! JSON lines, and stopping cleanly on SIGTERM or Ctrl-C.
 
-use crate::args::{AuditCommand, Global, ServeArgs, TokenCommand};
+use crate::args::{AuditCommand, Global, ServeArgs, TokenCommand, ToolFlags};
 use crate::exit::{Exit, Failure};
 use crate::run_cmd::{home_dir, host_key};
 use guild_replay::{Digest, DirStore, PENDING_BYTES_MAX_DEFAULT};
@@ -18,38 +18,14 @@ include!(concat!(env!("OUT_DIR"), "/embedded_tools.rs"));
 
 pub(crate) fn serve(global: &Global, args: ServeArgs) -> Result<Exit, Failure> {
     let home = home_dir(global)?;
-    let (text, origin) = match &args.config {
-        Some(path) => (
-            std::fs::read_to_string(path)
-                .map_err(|e| Failure::usage(format!("cannot read the config {}: {e}", path.display())))?,
-            path.clone(),
-        ),
-        None => (String::new(), PathBuf::from("(embedded default config)")),
-    };
-    let (mut config, ignored) =
-        DaemonConfig::load(&text, &origin, std::env::vars()).map_err(|e| Failure::usage(e.to_string()))?;
+    let mut config = load_config(args.config.as_deref())?;
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
-    init_logging(config.log_format);
-    for variable in ignored {
-        tracing::warn!(variable = %variable, "ignoring an environment variable that names no config field");
-    }
-    let store_dir = global.store.clone().or_else(|| config.store.clone()).unwrap_or_else(|| home.join("store"));
     let state_dir = config.state.clone().unwrap_or_else(|| home.clone());
     let default_token = if config.tenants.is_empty() { Some(bearer_token(&state_dir)?) } else { None };
-    let store = Arc::new(
-        DirStore::open_write_behind(&store_dir, PENDING_BYTES_MAX_DEFAULT)
-            .map_err(|e| Failure::host(format!("cannot open the bundle store {}: {e}", store_dir.display())))?,
-    );
-    let runtime_config = RuntimeConfig {
-        cache_dir: Some(home.join("cache")),
-        engine: EngineSettings::default(),
-        recording: Some(RecordingConfig::new(store.clone(), Arc::new(host_key(global)?))),
-        ..RuntimeConfig::default()
-    };
-    let runtime = Arc::new(Runtime::new(runtime_config).map_err(|e| Failure::host(e.to_string()))?);
-    let extra_tools = extra_tools(&args, args.config.is_none());
+    let (runtime, store) = open_runtime(global, &config, &home)?;
+    let extra_tools = extra_tools(&args.tools, args.config.is_none());
     let drain = Duration::from_millis(config.queue.drain_timeout_ms);
     let notice = Duration::from_millis(config.queue.drain_notice_ms);
     let listen = config.listen;
@@ -76,9 +52,50 @@ pub(crate) fn serve(global: &Global, args: ServeArgs) -> Result<Exit, Failure> {
     })
 }
 
+/// Read the config (or the embedded default), apply `GUILD_*` overrides, start logging on
+/// stderr, and warn about variables that name no field.
+pub(crate) fn load_config(path: Option<&Path>) -> Result<DaemonConfig, Failure> {
+    let (text, origin) = match path {
+        Some(path) => (
+            std::fs::read_to_string(path)
+                .map_err(|e| Failure::usage(format!("cannot read the config {}: {e}", path.display())))?,
+            path.to_path_buf(),
+        ),
+        None => (String::new(), PathBuf::from("(embedded default config)")),
+    };
+    let (config, ignored) =
+        DaemonConfig::load(&text, &origin, std::env::vars()).map_err(|e| Failure::usage(e.to_string()))?;
+    init_logging(config.log_format);
+    for variable in ignored {
+        tracing::warn!(variable = %variable, "ignoring an environment variable that names no config field");
+    }
+    Ok(config)
+}
+
+/// The bundle store and a runtime recording into it, with the compiled cache under `home`.
+pub(crate) fn open_runtime(
+    global: &Global,
+    config: &DaemonConfig,
+    home: &Path,
+) -> Result<(Arc<Runtime>, Arc<DirStore>), Failure> {
+    let store_dir = global.store.clone().or_else(|| config.store.clone()).unwrap_or_else(|| home.join("store"));
+    let store = Arc::new(
+        DirStore::open_write_behind(&store_dir, PENDING_BYTES_MAX_DEFAULT)
+            .map_err(|e| Failure::host(format!("cannot open the bundle store {}: {e}", store_dir.display())))?,
+    );
+    let runtime_config = RuntimeConfig {
+        cache_dir: Some(home.join("cache")),
+        engine: EngineSettings::default(),
+        recording: Some(RecordingConfig::new(store.clone(), Arc::new(host_key(global)?))),
+        ..RuntimeConfig::default()
+    };
+    let runtime = Arc::new(Runtime::new(runtime_config).map_err(|e| Failure::host(e.to_string()))?);
+    Ok((runtime, store))
+}
+
 /// The embedded example tools (without a config) and `--tool` components, with the `--dir`
 /// mounts each asks for and the `--allow-host` rules.
-fn extra_tools(args: &ServeArgs, examples: bool) -> Vec<ToolSpec> {
+pub(crate) fn extra_tools(args: &ToolFlags, examples: bool) -> Vec<ToolSpec> {
     let grants = Grants { mounts: args.dirs.clone(), egress: args.allow_hosts.clone(), ..Grants::default() };
     let spec = |source: ToolSource, field: String| ToolSpec {
         source,
@@ -146,7 +163,7 @@ fn bearer_token(state_dir: &Path) -> Result<String, Failure> {
     Ok(token)
 }
 
-fn new_token() -> Result<String, Failure> {
+pub(crate) fn new_token() -> Result<String, Failure> {
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(|e| Failure::host(format!("no randomness for a token: {e}")))?;
     Ok(Digest::from_bytes(secret).to_hex())

@@ -9,6 +9,7 @@
 
 mod bindings;
 mod cache;
+mod cancel;
 pub mod egress;
 mod engine;
 mod error;
@@ -24,6 +25,7 @@ mod run;
 mod state;
 
 pub use cache::CacheSource;
+pub use cancel::{CANCEL_CHECK_TICKS, CancellationToken};
 pub use engine::{
     CONCURRENT_RUNS_MAX_DEFAULT, Determinism, EPOCH_TICK_MS, EngineFingerprint, EngineSettings,
     MEMORY_BYTES_CEILING_DEFAULT, WASM_STACK_BYTES_DEFAULT, wasmtime_version,

@@ -155,6 +155,12 @@ impl Runtime {
             recorder.record(event.effect.clone());
         }
         let replay_bodies = http_bodies(events, store)?;
+        // A cancelled run is stopped after the same wall time as the original was.
+        let cancelled_after_ms = bundle.result.outcome.get("after_ms").and_then(|v| v.as_u64());
+        let cancel = match cancelled_after_ms {
+            Some(after_ms) if bundle.result.outcome["status"] == "cancelled" => crate::cancel::cancel_after(after_ms),
+            _ => crate::cancel::CancellationToken::new(),
+        };
         let replay_gpu = GpuReplay {
             outputs: Arc::new(gpu_outputs(events, store)?),
             recompute: options.recompute_gpu,
@@ -166,14 +172,22 @@ impl Runtime {
             replay_bodies: Some(replay_bodies),
             secrets: Vec::new(),
             replay_gpu: Some(replay_gpu.clone()),
+            cancel: cancel.clone(),
         };
-        let execution = self.execute(&tool, &input, &policy, &limits, env).await.map_err(host)?;
+        let execution = self.execute(&tool, &input, &policy, &limits, env).await.map_err(host);
+        cancel.cancel();
+        let execution = execution?;
         let trees = output_trees(store, &policy, TreeLimits::default(), None).map_err(host)?;
         let (tape, divergence) = recorder.finish();
         let timed_out = bundle.result.outcome["limit"] == "timeout";
+        let cancelled = bundle.result.outcome["status"] == "cancelled";
         if timed_out {
             notes.push("the original run timed out: where it stopped depends on wall time, so the fuel and the tape's length are not compared".into());
         }
+        if cancelled {
+            notes.push("the original run was cancelled: the replay was stopped after the same wall time, so the fuel and the tape's length are not compared".into());
+        }
+        let timed_out = timed_out || cancelled;
         let gpu_checks = replay_gpu.checks.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mismatch = compare(bundle, store, &execution, divergence, &tape, &trees, timed_out)
             .or_else(|| gpu_mismatch(&gpu_checks));
@@ -316,7 +330,7 @@ fn compare(
                 .unwrap_or_default();
             return Some(mismatch(DivergenceClass::OutputMismatch, "output", original, output.clone()));
         }
-    } else if *recorded != replayed {
+    } else if *recorded != replayed && recorded["status"] != "cancelled" {
         let class = if replayed["status"] == "tool_error" {
             DivergenceClass::OutputMismatch
         } else {

@@ -5,6 +5,7 @@
 use crate::bindings::exports::guild::tool::tool as wit;
 use crate::bindings::{GuildTool, GuildToolPre};
 use crate::cache::{CacheSource, DiskCache};
+use crate::cancel::{CancellationToken, Cancelled, arm_deadline, elapsed_ms};
 use crate::egress::BreakerSettings;
 use crate::egress::breaker::Breakers;
 use crate::egress::hook::{EgressHooks, EgressRun};
@@ -118,6 +119,11 @@ pub enum Outcome {
         /// What happened, with the tail of the guest's stderr.
         message: String,
     },
+    /// Whoever asked for the run cancelled it before it ended.
+    Cancelled {
+        /// Wall time from the call to the cancellation (a replay stops at the same point).
+        after_ms: u64,
+    },
 }
 
 /// What one run produced.
@@ -165,6 +171,8 @@ pub(crate) struct RunEnv {
     pub(crate) secrets: Vec<crate::egress::Secret>,
     /// In a replay: the GPU outputs the tape names, and whether to recompute them.
     pub(crate) replay_gpu: Option<GpuReplay>,
+    /// Stops the run early.
+    pub(crate) cancel: CancellationToken,
 }
 
 /// What executing a tool once produced, before it becomes a report or a replay verdict.
@@ -297,7 +305,13 @@ impl Runtime {
         let no_egress = Arc::new(EgressRun::new(String::new(), Vec::new(), Vec::new(), limits.clone(), None, None));
         let no_gpu = GpuRun::new(self.gpu.clone(), "", false, &limits, None, None);
         let mut store = self
-            .new_store(&EffectivePolicy::default(), &limits, &fresh_seed(), None, no_egress, no_gpu)
+            .new_store(
+                &EffectivePolicy::default(),
+                &limits,
+                &fresh_seed(),
+                None,
+                StoreHooks { egress: no_egress, gpu: no_gpu, cancel: None },
+            )
             .map_err(|e| LoadError::Describe(e.to_string()))?;
         let instance = pre.instantiate_async(&mut store).await.map_err(|e| LoadError::Describe(format!("{e:#}")))?;
         let info = instance
@@ -314,6 +328,19 @@ impl Runtime {
     /// `Err` means the run never started (denied, busy, bad limits) or could not be recorded;
     /// every run that starts ends in a [`RunReport`] whose [`Outcome`] says how.
     pub async fn run(&self, tool: &Tool, input: &str, grants: &Grants, limits: &Limits) -> Result<RunReport, RunError> {
+        self.run_cancellable(tool, input, grants, limits, CancellationToken::new()).await
+    }
+
+    /// [`Runtime::run`], stopped early when `cancel` is cancelled: the run then ends in
+    /// [`Outcome::Cancelled`] and is recorded like any other.
+    pub async fn run_cancellable(
+        &self,
+        tool: &Tool,
+        input: &str,
+        grants: &Grants,
+        limits: &Limits,
+        cancel: CancellationToken,
+    ) -> Result<RunReport, RunError> {
         let policy = EffectivePolicy::resolve(&tool.info.name, grants, &tool.info.capabilities)?;
         self.check_limits(limits)?;
         let seed = fresh_seed();
@@ -340,7 +367,7 @@ impl Runtime {
             .filter(|s| policy.secret_grants.iter().any(|g| g.name == s.name()))
             .cloned()
             .collect();
-        let env = RunEnv { seed, recorder: recorder.clone(), replay_bodies: None, secrets, replay_gpu: None };
+        let env = RunEnv { seed, recorder: recorder.clone(), replay_bodies: None, secrets, replay_gpu: None, cancel };
         let execution = self.execute(tool, input, &policy, limits, env).await?;
         let (bundle, bundle_bytes) = match (&self.recording, &recorder) {
             (Some(recording), Some(recorder)) => {
@@ -379,7 +406,7 @@ impl Runtime {
         limits: &Limits,
         env: RunEnv,
     ) -> Result<Execution, RunError> {
-        let RunEnv { seed, recorder, replay_bodies, secrets, replay_gpu } = env;
+        let RunEnv { seed, recorder, replay_bodies, secrets, replay_gpu, cancel } = env;
         let egress = Arc::new(
             EgressRun::new(
                 tool.info.name.clone(),
@@ -397,19 +424,29 @@ impl Runtime {
         let gpu =
             GpuRun::new(self.gpu.clone(), &info.name, info.capabilities.gpu, limits, recorder.clone(), replay_gpu);
         let recorder = recorder.as_ref();
-        let mut store = self.new_store(policy, limits, &seed, recorder, egress.clone(), gpu)?;
+        let hooks = StoreHooks { egress: egress.clone(), gpu, cancel: Some(&cancel) };
+        let mut store = self.new_store(policy, limits, &seed, recorder, hooks)?;
         let started = Instant::now();
         // The epoch deadline interrupts wasm; this outer deadline also covers a guest parked in a
         // host call. Dropping the future abandons the run and its store.
         let backstop = limits.timeout() + Duration::from_millis(2 * crate::EPOCH_TICK_MS);
-        let called = tokio::time::timeout(backstop, call_run(&tool.pre, &mut store, input)).await;
+        // Cancelling drops a guest parked in a host call here; a computing guest traps with
+        // `Cancelled` at its next epoch check.
+        let called = tokio::select! {
+            called = tokio::time::timeout(backstop, call_run(&tool.pre, &mut store, input)) => Some(called),
+            () = cancel.cancelled() => None,
+        };
         let wall_time = started.elapsed();
         let logs = store.data().logs.finish();
         let mut outcome = match called {
-            Err(_elapsed) => Outcome::Limit(LimitHit::Timeout { limit_ms: limits.timeout_ms }),
-            Ok(Ok(Ok(output))) => check_output(output, limits),
-            Ok(Ok(Err(error))) => tool_error(error),
-            Ok(Err(trap)) => self.classify_trap(&trap, limits, &logs)?,
+            None => Outcome::Cancelled { after_ms: elapsed_ms(wall_time) },
+            Some(Err(_elapsed)) => Outcome::Limit(LimitHit::Timeout { limit_ms: limits.timeout_ms }),
+            Some(Ok(Ok(Ok(output)))) => check_output(output, limits),
+            Some(Ok(Ok(Err(error)))) => tool_error(error),
+            Some(Ok(Err(trap))) if trap.downcast_ref::<Cancelled>().is_some() => {
+                Outcome::Cancelled { after_ms: elapsed_ms(wall_time) }
+            }
+            Some(Ok(Err(trap))) => self.classify_trap(&trap, limits, &logs)?,
         };
         if recorder.is_some_and(Recorder::overflowed) {
             outcome = Outcome::Limit(LimitHit::Tape { limit_events: guild_replay::TAPE_EVENTS_MAX });
@@ -452,9 +489,9 @@ impl Runtime {
         limits: &Limits,
         seed: &[u8; 32],
         recorder: Option<&Recorder>,
-        egress: Arc<EgressRun>,
-        gpu: GpuRun,
+        hooks: StoreHooks<'_>,
     ) -> Result<Store<HostState>, RunError> {
+        let StoreHooks { egress, gpu, cancel } = hooks;
         let logs = LogSink::new(limits.log_bytes_max, recorder.cloned());
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(logs.stdio(LogSource::Stdout)).stderr(logs.stdio(LogSource::Stderr));
@@ -492,8 +529,7 @@ impl Runtime {
         if self.settings.fuel_metering {
             store.set_fuel(limits.fuel_units).map_err(|e| RunError::Host(format!("{e:#}")))?;
         }
-        store.set_epoch_deadline(deadline_ticks(limits.timeout_ms));
-        store.epoch_deadline_trap();
+        arm_deadline(&mut store, deadline_ticks(limits.timeout_ms), cancel);
         if let Some(recorder) = recorder
             && self.settings.fuel_metering
         {
@@ -612,6 +648,13 @@ fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
         return Err(LoadError::CoreModule);
     }
     Ok(())
+}
+
+/// The host services a run's store is wired to.
+struct StoreHooks<'a> {
+    egress: Arc<EgressRun>,
+    gpu: GpuRun,
+    cancel: Option<&'a CancellationToken>,
 }
 
 /// Run file-system work that can take long (capturing a mount's tree, hashing a writable

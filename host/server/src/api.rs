@@ -80,6 +80,7 @@ pub fn router(daemon: Arc<Daemon>) -> axum::Router {
         .route("/v1/runs", post(create_run).layer(DefaultBodyLimit::max(request_bytes_max)))
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/bundles/{id}", get(get_bundle))
+        .merge(crate::mcp_http::mcp_router(daemon.clone()))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route takes another method")
@@ -188,6 +189,7 @@ async fn upload_tool(
         .insert(registered)
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "tool_name_taken", e.to_string()))?;
     daemon.metrics.register_tool(&registered.name);
+    daemon.tools_changed();
     keep_upload(&daemon, tool.digest(), &body)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "host_failure", e))?;
     tracing::info!(tenant = %tenant.name, tool = %registered.name, component = %tool.digest(), "tool uploaded");
@@ -245,7 +247,13 @@ async fn create_run(
             format!("an idempotency key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes"),
         ));
     }
-    let request = RunRequest { tool: body.tool, input: body.input, asynchronous: body.asynchronous, idempotency_key };
+    let request = RunRequest {
+        tool: body.tool,
+        input: body.input,
+        asynchronous: body.asynchronous,
+        idempotency_key,
+        cancel: None,
+    };
     let submitted = daemon.submit(&tenant, request).await.map_err(rejection)?;
     let daemon = &daemon;
     Ok(match submitted {
@@ -412,6 +420,7 @@ mod tests {
             ("/v1/runs", "post"),
             ("/v1/runs/{id}", "get"),
             ("/v1/bundles/{id}", "get"),
+            ("/mcp", "post"),
         ];
         for (path, method) in routes {
             assert!(doc["paths"][path][method].is_object(), "openapi.json lacks {method} {path}");

@@ -65,6 +65,32 @@ pub struct DaemonConfig {
     /// Secret values by name: `env:VAR` or `file:PATH`. Values never reach logs or bundles.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    /// The MCP endpoint, `/mcp`.
+    #[serde(default)]
+    pub mcp: McpConfig,
+}
+
+/// The MCP endpoint (`/mcp`, streamable HTTP). It takes the same bearer tokens as the API;
+/// these two lists guard it against DNS rebinding, where a web page reaches a daemon on
+/// loopback through a name it controls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpConfig {
+    /// `Host` header values accepted, as `name` (any port) or `name:port`. Defaults to the
+    /// loopback names; a daemon reached by another name must list it.
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins accepted, as `scheme://host:port` (`:*` for any port). Requests without
+    /// an `Origin` (agents, not browsers) always pass; empty refuses every browser origin.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec(),
+            allowed_origins: Vec::new(),
+        }
+    }
 }
 
 /// Log line format.
@@ -244,6 +270,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "tools",
     "tenants",
     "secrets",
+    "mcp",
 ];
 
 impl DaemonConfig {

@@ -4,18 +4,20 @@
 //! task, so a client that disconnects never cuts a run, its bundle or its audit record short.
 
 use crate::audit::{AuditEntry, AuditLog};
+use crate::config::McpConfig;
 use crate::metrics::Metrics;
 use crate::queue::{QueueFull, RunQueue, Ticket};
 use crate::registry::{InvalidInput, RegisteredTool, Registry};
 use crate::runs::{Finished, Inserted, RunEntry, RunState, RunTable, request_digest};
 use crate::tenants::{Admission, Refusal, Tenant};
 use guild_replay::{Digest, DirStore};
+use guild_runtime::CancellationToken;
 use guild_runtime::{Outcome, RunError, RunReport, Runtime};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
 /// Everything the handlers share.
@@ -42,7 +44,10 @@ pub struct Daemon {
     pub request_bytes_max: usize,
     /// Largest uploaded component.
     pub component_bytes_max: usize,
+    /// The `/mcp` endpoint's Host and Origin allow-lists.
+    pub mcp: McpConfig,
     draining: AtomicBool,
+    tools_changed: watch::Sender<u64>,
 }
 
 /// A request to run a tool, as the API received it.
@@ -56,6 +61,9 @@ pub struct RunRequest {
     pub asynchronous: bool,
     /// Resubmissions with the same key return the first run.
     pub idempotency_key: Option<String>,
+    /// Stops the run once cancelled (an MCP client's `notifications/cancelled`); the run
+    /// still ends in a bundle, whose outcome says cancelled.
+    pub cancel: Option<CancellationToken>,
 }
 
 /// Why a run request was refused before it became a run.
@@ -140,8 +148,20 @@ impl Daemon {
             uploads_dir,
             request_bytes_max,
             component_bytes_max,
+            mcp: McpConfig::default(),
             draining: AtomicBool::new(false),
+            tools_changed: watch::Sender::new(0),
         }
+    }
+
+    /// Say that tools were added or removed (MCP sessions announce `tools/list_changed`).
+    pub fn tools_changed(&self) {
+        self.tools_changed.send_modify(|version| *version += 1);
+    }
+
+    /// Wakes whenever [`Daemon::tools_changed`] is called.
+    pub fn watch_tools(&self) -> watch::Receiver<u64> {
+        self.tools_changed.subscribe()
     }
 
     /// The tenant whose token this is.
@@ -201,7 +221,8 @@ impl Daemon {
         };
         self.metrics.queue_depth.set(self.queue.depth() as i64);
         let (done, finished) = oneshot::channel();
-        let job = Job { tool, input, admission, ticket, state, done, key: request.idempotency_key.clone() };
+        let cancel = request.cancel.unwrap_or_default();
+        let job = Job { tool, input, admission, ticket, state, done, key: request.idempotency_key.clone(), cancel };
         let span = tracing::info_span!("run", run_id = %entry.id, tenant = %tenant.name, tool = %entry.tool);
         tokio::spawn(self.clone().execute(job, entry.clone()).instrument(span));
         if request.asynchronous {
@@ -215,7 +236,7 @@ impl Daemon {
     }
 
     async fn execute(self: Arc<Self>, job: Job, entry: RunEntry) {
-        let Job { tool, input, admission, ticket, state, done, key } = job;
+        let Job { tool, input, admission, ticket, state, done, key, cancel } = job;
         let queued = Instant::now();
         tracing::info!("run queued");
         let slot = ticket.start().await;
@@ -229,7 +250,7 @@ impl Daemon {
         // The slot is held until the audit record is written: draining waits for slots, so no
         // run's record can miss the log's close.
         let result = match &slot {
-            Ok(_) => self.runtime.run(&tool.tool, &input, &tool.grants, &limits).await,
+            Ok(_) => self.runtime.run_cancellable(&tool.tool, &input, &tool.grants, &limits, cancel).await,
             Err(_) => Err(RunError::Host("the daemon is shutting down; the run was not started".into())),
         };
         self.queue.observe(started.elapsed());
@@ -332,6 +353,7 @@ struct Job {
     state: tokio::sync::watch::Sender<RunState>,
     done: oneshot::Sender<(Arc<Finished>, Option<String>)>,
     key: Option<String>,
+    cancel: CancellationToken,
 }
 
 fn finished_from_report(report: RunReport) -> (Finished, Option<String>) {
@@ -359,6 +381,9 @@ pub fn outcome_message(outcome: &Outcome) -> String {
         Outcome::ToolError { kind, message } => format!("tool error ({}): {message}", serde_label(kind)),
         Outcome::Limit(hit) => hit.to_string(),
         Outcome::Trap { message } => format!("trap: {message}"),
+        Outcome::Cancelled { after_ms } => {
+            format!("cancelled by the client after {}", guild_runtime::human_ms(*after_ms))
+        }
     }
 }
 
@@ -373,6 +398,7 @@ pub fn outcome_label(outcome: &Outcome) -> &'static str {
         Outcome::ToolError { .. } => "tool_error",
         Outcome::Limit(_) => "limit",
         Outcome::Trap { .. } => "trap",
+        Outcome::Cancelled { .. } => "cancelled",
     }
 }
 

@@ -5,13 +5,16 @@
 //!
 //! Modules: `config` (the TOML file and its `GUILD_*` overrides), `tenants`, `registry` (tools,
 //! schemas), `queue`, `runs` (the run table and idempotency keys), `audit`, `metrics`,
-//! `daemon` (state and the run pipeline), `api` (routes and error bodies), `start` (assembly
-//! and graceful shutdown).
+//! `daemon` (state and the run pipeline), `api` (routes and error bodies), `mcp` (the Model
+//! Context Protocol server over the same pipeline) and `mcp_http` (its `/mcp` route), `start`
+//! (assembly and graceful shutdown).
 
 mod api;
 pub mod audit;
 pub mod config;
 mod daemon;
+mod mcp;
+mod mcp_http;
 mod metrics;
 mod queue;
 pub mod registry;
@@ -21,6 +24,7 @@ mod tenants;
 
 pub use api::{OPENAPI_JSON, router, serve};
 pub use daemon::{Daemon, outcome_label, outcome_message};
+pub use mcp::{GuildMcp, PROGRESS_INTERVAL_MS, mcp_tool, serve_stdio};
 pub use metrics::Metrics;
 pub use queue::RunQueue;
 pub use runs::{RunTable, new_run_id};

@@ -78,7 +78,7 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         metrics.register_tenant(&tenant.name);
     }
     let queue = RunQueue::new(config.queue.runs_in_flight_max, config.queue.depth_max);
-    let daemon = Daemon::new(
+    let mut daemon = Daemon::new(
         runtime,
         store,
         tools,
@@ -91,6 +91,7 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         config.request_bytes_max,
         config.component_bytes_max,
     );
+    daemon.mcp = config.mcp.clone();
     Ok(DaemonParts { daemon: Arc::new(daemon), runs_restored })
 }
 

@@ -1,0 +1,316 @@
+//! The Model Context Protocol face of the daemon, on the official Rust SDK (`rmcp`): every
+//! registered tool the caller may use is an MCP tool with its `describe` schemas, and
+//! `tools/call` goes through [`Daemon::submit`] — the same tenant checks, schema validation,
+//! admission, queue, recording, audit record and metrics as `POST /v1/runs`. The transports
+//! (stdio for `guild mcp`, streamable HTTP at `/mcp`) live in `mcp_http.rs` and the CLI.
+
+use crate::daemon::{Daemon, Rejection, RunRequest, Submitted};
+use crate::registry::RegisteredTool;
+use crate::runs::Finished;
+use crate::tenants::Tenant;
+use guild_runtime::CancellationToken;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, JsonObject, ListToolsResult,
+    MetaObject, PaginatedRequestParams, ProgressNotificationParam, ProgressToken, ServerCapabilities, ServerConfig,
+    SubscriptionFilter, Tool,
+};
+use rmcp::service::{NotificationContext, Peer, RequestContext, RoleServer, SubscriptionContext};
+use rmcp::{ErrorData, ServerHandler};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often a run that the client asked progress for reports it.
+pub const PROGRESS_INTERVAL_MS: u64 = 500;
+
+/// Where a session's tenant comes from.
+#[derive(Clone)]
+enum Caller {
+    /// Fixed for the session: stdio, where the client launched the process.
+    Fixed(Arc<Tenant>),
+    /// Per HTTP request: the bearer token's tenant, put in the request's extensions by the
+    /// authentication layer in front of `/mcp`.
+    PerRequest,
+}
+
+/// One MCP session's handler over the daemon.
+#[derive(Clone)]
+pub struct GuildMcp {
+    daemon: Arc<Daemon>,
+    caller: Caller,
+}
+
+impl GuildMcp {
+    /// A handler whose every call is made as `tenant` (stdio).
+    pub fn for_tenant(daemon: Arc<Daemon>, tenant: Arc<Tenant>) -> Self {
+        Self { daemon, caller: Caller::Fixed(tenant) }
+    }
+
+    /// A handler that takes each request's tenant from its HTTP request (`/mcp`).
+    pub(crate) fn per_request(daemon: Arc<Daemon>) -> Self {
+        Self { daemon, caller: Caller::PerRequest }
+    }
+
+    fn tenant(&self, context: &RequestContext<RoleServer>) -> Result<Arc<Tenant>, ErrorData> {
+        match &self.caller {
+            Caller::Fixed(tenant) => Ok(tenant.clone()),
+            Caller::PerRequest => context
+                .extensions
+                .get::<axum::http::request::Parts>()
+                .and_then(|parts| parts.extensions.get::<Arc<Tenant>>())
+                .cloned()
+                .ok_or_else(|| ErrorData::invalid_request("missing or invalid bearer token", None)),
+        }
+    }
+
+    async fn call(
+        &self,
+        tenant: &Arc<Tenant>,
+        request: CallToolRequestParams,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let name = request.name.to_string();
+        let input = serde_json::Value::Object(request.arguments.unwrap_or_default());
+        let cancel = context.ct.child_token();
+        let run = RunRequest {
+            tool: name.clone(),
+            input,
+            asynchronous: false,
+            idempotency_key: None,
+            cancel: Some(cancel.clone()),
+        };
+        let timeout_ms = self.daemon.tools.get(&name).map_or(0, |t| t.limits.timeout_ms);
+        let submitted = self.daemon.submit(tenant, run);
+        let submitted = match context.meta.get_progress_token() {
+            Some(token) => with_progress(submitted, &context.peer, token, timeout_ms, &cancel).await,
+            None => submitted.await,
+        };
+        match submitted {
+            Ok(Submitted::Finished { entry, finished, output }) => Ok(finished_result(&entry.id, &finished, output)),
+            // Neither happens for a synchronous call without an idempotency key.
+            Ok(Submitted::Accepted { entry, .. } | Submitted::Replayed { entry, .. }) => {
+                Err(ErrorData::internal_error(format!("run {} did not finish in this call", entry.id), None))
+            }
+            Err(Rejection::UnknownTool(name)) => {
+                Err(ErrorData::invalid_params(format!("no tool named {name:?} is registered"), None))
+            }
+            Err(rejection) => Ok(tool_error(rejection_message(rejection), MetaObject::new())),
+        }
+    }
+}
+
+/// Serve MCP over this process's stdin and stdout, every call made as `tenant`, until the
+/// client closes the stream (`guild mcp`).
+pub async fn serve_stdio(daemon: Arc<Daemon>, tenant: Arc<Tenant>) -> std::io::Result<()> {
+    use rmcp::ServiceExt;
+    let running = GuildMcp::for_tenant(daemon, tenant)
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| std::io::Error::other(format!("the MCP session did not start: {e}")))?;
+    running.waiting().await.map_err(std::io::Error::other)?;
+    Ok(())
+}
+
+/// Await `submitted`, telling the client how long the run has been going every
+/// [`PROGRESS_INTERVAL_MS`] (its total is the tool's timeout, the longest a run can take).
+async fn with_progress<F: Future>(
+    submitted: F,
+    peer: &Peer<RoleServer>,
+    token: ProgressToken,
+    timeout_ms: u64,
+    cancel: &CancellationToken,
+) -> F::Output {
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_millis(PROGRESS_INTERVAL_MS));
+    tokio::pin!(submitted);
+    loop {
+        tokio::select! {
+            done = &mut submitted => return done,
+            _ = ticks.tick(), if !cancel.is_cancelled() => {
+                let elapsed_ms = started.elapsed().as_millis() as f64;
+                let message = format!("running for {}", guild_runtime::human_ms(elapsed_ms as u64));
+                let mut progress = ProgressNotificationParam::new(token.clone(), elapsed_ms).with_message(message);
+                if timeout_ms > 0 {
+                    progress = progress.with_total(timeout_ms as f64);
+                }
+                // A client that went away is not a reason to stop the run.
+                let _ = peer.notify_progress(progress).await;
+            }
+        }
+    }
+}
+
+/// A finished run as an MCP result: the output as structured content (when it is an object,
+/// as MCP requires) and as text; anything else as a tool error with the CLI's message. The
+/// bundle id and run id are in `_meta` either way.
+fn finished_result(run: &str, finished: &Finished, output: Option<String>) -> CallToolResult {
+    let mut meta = MetaObject::new();
+    meta.0.insert("guild/run".into(), run.into());
+    if let Some(bundle) = finished.bundle {
+        meta.0.insert("guild/bundle".into(), bundle.to_hex().into());
+    }
+    meta.0.insert("guild/fuel_used_units".into(), finished.fuel_used_units.into());
+    meta.0.insert("guild/wall_time_us".into(), finished.wall_time_us.into());
+    let Some(output) = output else {
+        let message = finished.error.get("message").and_then(|m| m.as_str()).unwrap_or("the run failed");
+        meta.0.insert("guild/error".into(), finished.error.clone());
+        return tool_error(message.to_string(), meta);
+    };
+    let mut result = match serde_json::from_str::<serde_json::Value>(&output) {
+        Ok(value @ serde_json::Value::Object(_)) => CallToolResult::structured(value),
+        _ => CallToolResult::success(vec![ContentBlock::text(output.clone())]),
+    };
+    // `structured` also fills in the text; keep exactly the tool's own JSON text.
+    result.content = vec![ContentBlock::text(output)];
+    result.with_meta(Some(meta))
+}
+
+fn tool_error(message: String, meta: MetaObject) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(message)]).with_meta(Some(meta))
+}
+
+/// The HTTP API's message for a refused request, as the text of an MCP tool error.
+fn rejection_message(rejection: Rejection) -> String {
+    match rejection {
+        Rejection::Forbidden(message) => message,
+        Rejection::UnknownTool(name) => format!("no tool named {name:?} is registered"),
+        Rejection::InvalidInput(invalid) => {
+            format!("input does not match the tool's schema at {}: {}", invalid.field, invalid.message)
+        }
+        Rejection::KeyConflict { key, run } => format!("idempotency key {key:?} already names run {run}"),
+        Rejection::Tenant { tenant, refusal } => refusal.message(&tenant),
+        Rejection::Queue(full) if full.draining => "the daemon is shutting down; retry on another node".into(),
+        Rejection::Queue(full) => {
+            format!("the run queue is full ({} waiting); retry after {} s", full.depth, full.retry_after_s)
+        }
+    }
+}
+
+/// A registered tool as MCP lists it, its component digest and version in `_meta`. The output schema is given only when it describes an
+/// object: MCP's structured content is always one.
+pub fn mcp_tool(tool: &RegisteredTool) -> Tool {
+    let info = tool.tool.info();
+    let mut input_schema = match &info.input_schema {
+        serde_json::Value::Object(schema) => schema.clone(),
+        _ => JsonObject::new(),
+    };
+    // MCP arguments are always an object, and clients before 2026 require the schema to say so
+    // at its root (a tagged enum's schema is a `oneOf` of objects with no root `type`).
+    input_schema.entry("type").or_insert_with(|| "object".into());
+    let mut listed = Tool::new(tool.name.clone(), info.description.clone(), Arc::new(input_schema));
+    if let Some(serde_json::Value::Object(schema)) = &info.output_schema
+        && schema.get("type").and_then(|t| t.as_str()) == Some("object")
+    {
+        listed = listed.with_raw_output_schema(Arc::new(schema.clone()));
+    }
+    let mut meta = MetaObject::new();
+    meta.0.insert("guild/component".into(), tool.tool.digest().to_hex().into());
+    meta.0.insert("guild/version".into(), info.version.clone().into());
+    listed.with_meta(meta)
+}
+
+/// Announce tool list changes to one legacy (pre-2026) session until its client goes away.
+async fn announce_legacy(mut changes: tokio::sync::watch::Receiver<u64>, peer: Peer<RoleServer>) {
+    while changes.changed().await.is_ok() {
+        if peer.notify_tool_list_changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+impl ServerHandler for GuildMcp {
+    fn get_info(&self) -> ServerConfig {
+        let capabilities = ServerCapabilities::builder().enable_tools().enable_tool_list_changed().build();
+        ServerConfig::new(capabilities)
+            .with_server_info(Implementation::new("guild", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Guild runs each tool as a sandboxed WebAssembly component under hard limits. Every call \
+                 leaves a signed replay bundle; its id is in the result's _meta as guild/bundle.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let tenant = self.tenant(&context)?;
+        let tools =
+            self.daemon.tools.all().iter().filter(|t| tenant.tools.allows(&t.name)).map(|t| mcp_tool(t)).collect();
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let tenant = self.tenant(&context)?;
+        self.call(&tenant, request, &context).await.map(CallToolResponse::from)
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.daemon.tools.get(name).map(|t| mcp_tool(&t))
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        tokio::spawn(announce_legacy(self.daemon.watch_tools(), context.peer));
+    }
+
+    fn accepted_subscription_filter(&self, _requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        Some(SubscriptionFilter::builder().tools_list_changed().build())
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let mut changes = self.daemon.watch_tools();
+        loop {
+            tokio::select! {
+                () = context.cancelled() => return Ok(()),
+                changed = changes.changed() => {
+                    if changed.is_err() || context.sink().notify_tool_list_changed().await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_run_is_a_tool_error_with_its_bundle() {
+        let bundle = guild_replay::Digest::of(b"bundle");
+        let finished = Finished {
+            status: "failed",
+            error: serde_json::json!({ "status": "limit", "message": "timed out after 1s (raise --timeout)" }),
+            bundle: Some(bundle),
+            fuel_used_units: 7,
+            wall_time_us: 1,
+        };
+        let result = serde_json::to_value(finished_result("run-1", &finished, None)).expect("serializes");
+        assert_eq!(result["isError"], true);
+        assert_eq!(result["content"][0]["text"], "timed out after 1s (raise --timeout)");
+        assert_eq!(result["_meta"]["guild/bundle"], bundle.to_hex());
+    }
+
+    #[test]
+    fn object_output_is_structured_and_text() {
+        let finished = Finished {
+            status: "succeeded",
+            error: serde_json::Value::Null,
+            bundle: None,
+            fuel_used_units: 1,
+            wall_time_us: 1,
+        };
+        let result = finished_result("r", &finished, Some(r#"{"n":1}"#.into()));
+        let result = serde_json::to_value(result).expect("serializes");
+        assert_eq!(result["structuredContent"], serde_json::json!({ "n": 1 }));
+        assert_eq!(result["content"][0]["text"], r#"{"n":1}"#);
+        assert_eq!(result["isError"], false);
+        let array = serde_json::to_value(finished_result("r", &finished, Some("[1]".into()))).expect("serializes");
+        assert!(array.get("structuredContent").is_none());
+        assert_eq!(array["content"][0]["text"], "[1]");
+    }
+}

@@ -1,0 +1,210 @@
+//! MCP: a client nobody here wrote — the official MCP Python SDK (PyPI `mcp`, installed by
+//! scripts/setup.sh) driven by tests/mcp/client.py — against the real `guild mcp` over stdio and
+//! `/mcp` on the real `guild serve`. Every call must leave a bundle that `guild replay`
+//! reproduces, the cancelled one included.
+
+use crate::Guild;
+use crate::daemon::Daemon;
+use guild_test_artifacts::HOSTILE;
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+
+/// The Python client script, beside the tests.
+const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/client.py");
+
+/// Run the client script with `args`; its report.
+fn client(args: &[&str]) -> Value {
+    let output = Command::new("python3")
+        .arg(CLIENT)
+        .args(args)
+        .output()
+        .expect("python3 runs (scripts/setup.sh installs the MCP Python SDK)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the MCP client failed (is the `mcp` package installed? run scripts/setup.sh)\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("the client's report is not JSON ({e}): {stdout}"))
+}
+
+/// What every transport must show: the tools with their schemas; outputs as structured content
+/// and text with the bundle in `_meta`; a denial, a limit and bad input as tool errors with the
+/// CLI's messages; an unknown tool as a protocol error; progress, then a cancelled run.
+fn check_report(report: &Value) {
+    let tools = report["tools"].as_object().expect("tools listed");
+    for name in ["echo", "wc", "grep", "hash", "json-query", "http-get", "hostile"] {
+        assert!(tools.contains_key(name), "{name} is not listed: {:?}", tools.keys());
+    }
+    let echo = &tools["echo"];
+    assert_eq!(echo["description"], "Returns the message it is given, unchanged.");
+    assert_eq!(echo["input_schema"]["properties"]["message"]["type"], "string", "{echo}");
+    assert_eq!(tools["hostile"]["input_schema"]["type"], "object", "MCP input schemas are objects");
+
+    let calls = &report["calls"];
+    for name in ["echo", "wc", "grep", "hash", "json_query"] {
+        let call = &calls[name];
+        assert_eq!(call["is_error"], false, "{name}: {call}");
+        let bundle = call["meta"]["guild/bundle"].as_str().unwrap_or_default();
+        assert_eq!(bundle.len(), 64, "{name} names its bundle in _meta: {call}");
+        let text: Value = serde_json::from_str(call["text"][0].as_str().expect("text")).expect("text is the JSON");
+        if call["structured"].is_object() {
+            assert_eq!(text, call["structured"], "{name}: text and structured content agree");
+        }
+    }
+    assert_eq!(calls["echo"]["structured"], serde_json::json!({ "message": "hello from an MCP client" }));
+    assert_eq!(calls["wc"]["structured"]["total"]["words"], 3, "{}", calls["wc"]);
+
+    let error_text = |name: &str| -> String {
+        let call = &calls[name];
+        assert_eq!(call["is_error"], true, "{name} is a tool error: {call}");
+        call["text"][0].as_str().unwrap_or_default().to_string()
+    };
+    let denied = error_text("denied");
+    assert!(denied.contains("denied"), "{denied}");
+    assert_eq!(calls["denied"]["meta"]["guild/bundle"].as_str().map(str::len), Some(64), "a denial is recorded too");
+    let limit = error_text("limit");
+    assert!(limit.starts_with("fuel exhausted") && limit.contains("raise --fuel"), "{limit}");
+    let invalid = error_text("invalid");
+    assert!(invalid.starts_with("input does not match the tool's schema"), "{invalid}");
+    let unknown = report["unknown_tool"].as_str().unwrap_or_default();
+    assert!(unknown.contains("no_such_tool"), "an unknown tool is a protocol error: {unknown}");
+
+    for cancel in [&report["cancel"], &report["cancel_computing"]] {
+        let progress = cancel["progress"].as_array().expect("progress");
+        assert!(!progress.is_empty(), "a run asked for progress reports it: {cancel}");
+        assert!(progress[0]["message"].as_str().unwrap_or_default().starts_with("running for"), "{cancel}");
+        assert_eq!(progress[0]["total"], 10_000.0, "out of the tool's timeout: {cancel}");
+        assert!(cancel["finished"].is_null(), "the cancelled call did not answer: {cancel}");
+    }
+}
+
+/// Every run in the audit log: (tool, outcome). Checks that both cancelled runs' bundles say so,
+/// and that `guild replay` reproduces every bundle.
+fn replay_every_run(guild: &Guild, audit_log: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(audit_log).unwrap_or_else(|e| panic!("{}: {e}", audit_log.display()));
+    let mut runs = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let record: Value = serde_json::from_str(line).expect("an audit record is JSON");
+        let tool = record["tool"].as_str().unwrap_or_default().to_string();
+        let outcome = record["outcome"].as_str().unwrap_or_default().to_string();
+        let bundle = record["bundle"].as_str().unwrap_or_else(|| panic!("every run has a bundle: {record}"));
+        let replayed = guild.run(&["replay", bundle]);
+        assert_eq!(replayed.code, 0, "{tool} ({outcome}) replays: {replayed:#?}");
+        runs.push((tool, outcome));
+    }
+    let cancelled = runs.iter().filter(|(tool, outcome)| tool == "hostile" && outcome == "cancelled").count();
+    assert_eq!(cancelled, 2, "the cancelled runs' bundles say cancelled: {runs:?}");
+    runs
+}
+
+#[test]
+fn the_python_sdk_client_uses_guild_mcp_over_stdio() {
+    let guild = Guild::new();
+    let data = crate::tree(&[("a.txt", "guild runs tools\n")]);
+    let dir = crate::mount(data.path(), "/data", "ro");
+    let home = guild.home().to_str().expect("utf-8").to_string();
+    let guild_binary = env!("CARGO_BIN_EXE_guild");
+    let report = client(&["stdio", guild_binary, "--home", &home, "mcp", "--dir", &dir, "--tool", HOSTILE]);
+    check_report(&report);
+    let runs = replay_every_run(&guild, &guild.home().join("mcp/session-0/audit.log"));
+    assert_eq!(runs.len(), 9, "one bundle per call that ran: {runs:?}");
+}
+
+#[test]
+fn the_python_sdk_client_uses_mcp_over_http_with_a_token() {
+    let guild = Guild::new();
+    let data = crate::tree(&[("a.txt", "guild runs tools\n")]);
+    let dir = crate::mount(data.path(), "/data", "ro");
+    let daemon = Daemon::start(&guild, &["--dir", &dir], &[("GUILD_TOKEN", "mcp-token")]);
+    let url = format!("http://127.0.0.1:{}/mcp", daemon.port);
+
+    let report = client(&["http", &url, "mcp-token", HOSTILE]);
+    assert_eq!(report["list_changed"]["announced"], true, "an upload is announced: {}", report["list_changed"]);
+    check_report(&report);
+    replay_every_run(&guild, &guild.home().join("audit.log"));
+}
+
+#[test]
+fn mcp_over_http_refuses_bad_tokens_foreign_hosts_and_browser_origins() {
+    let guild = Guild::new();
+    let daemon = Daemon::start(&guild, &[], &[("GUILD_TOKEN", "mcp-token")]);
+    let ping = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let accept = ("accept", "application/json, text/event-stream");
+    let json = ("content-type", "application/json");
+
+    let reply = daemon.call_with("POST", "/mcp", "wrong", ping, &[accept, json]);
+    assert_eq!((reply.status, reply.code().as_str()), (401, "unauthorized"));
+    assert_eq!(reply.headers.get("www-authenticate").map(String::as_str), Some("Bearer"));
+
+    // DNS rebinding: a page served from evil.example resolving to 127.0.0.1.
+    let reply = daemon.call_with("POST", "/mcp", "mcp-token", ping, &[accept, json, ("host", "evil.example")]);
+    assert_eq!(reply.status, 403, "a foreign Host is refused: {}", String::from_utf8_lossy(&reply.body));
+    let origin = ("origin", "http://evil.example");
+    let reply = daemon.call_with("POST", "/mcp", "mcp-token", ping, &[accept, json, origin]);
+    assert_eq!(reply.status, 403, "a browser Origin is refused: {}", String::from_utf8_lossy(&reply.body));
+}
+
+/// The MCP Inspector's CLI (npm `@modelcontextprotocol/inspector`, installed by scripts/setup.sh
+/// under tests/mcp), installed beside the client script.
+const INSPECTOR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/node_modules/.bin/mcp-inspector");
+
+/// `mcp-inspector --cli TARGET... ARGS...`: its exit code and the JSON it printed.
+fn inspector(target: &[&str], args: &[&str]) -> (i32, Value) {
+    let output = Command::new(INSPECTOR)
+        .args(["--cli", "--connect-timeout", "120000"])
+        .args(target)
+        .args(args)
+        .output()
+        .expect("the MCP Inspector runs (scripts/setup.sh installs it under tests/mcp)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // Results go to stdout; a failure is one JSON line on stderr.
+    let text = if stdout.trim().is_empty() { stderr.lines().last().unwrap_or_default() } else { stdout.trim() };
+    let value = serde_json::from_str(text)
+        .unwrap_or_else(|e| panic!("the Inspector printed no JSON ({e}): {stdout}\n{stderr}"));
+    (output.status.code().unwrap_or(-1), value)
+}
+
+#[test]
+fn the_mcp_inspector_cli_lists_and_calls_tools_over_stdio_and_http() {
+    let guild = Guild::new();
+    let data = crate::tree(&[("a.txt", "guild runs tools\n")]);
+    let dir = crate::mount(data.path(), "/data", "ro");
+    let home = guild.home().join("stdio");
+    let home = home.to_str().expect("utf-8");
+    let stdio = [env!("CARGO_BIN_EXE_guild"), "--home", home, "mcp", "--dir", &dir, "--tool", HOSTILE];
+
+    let (code, listed) = inspector(&stdio, &["--method", "tools/list"]);
+    assert_eq!(code, 0, "{listed}");
+    let names: Vec<&str> =
+        listed["tools"].as_array().expect("tools").iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(names, ["echo", "grep", "hash", "hostile", "http-get", "json-query", "wc"]);
+
+    let (code, wc) = inspector(&stdio, &["--method", "tools/call", "--tool-name", "wc", "--tool-arg", "path=/data"]);
+    assert_eq!((code, &wc["isError"]), (0, &Value::Bool(false)), "{wc}");
+    assert_eq!(wc["structuredContent"]["total"]["words"], 3, "{wc}");
+    let call = ["--method", "tools/call", "--tool-name"];
+    let (_, denied) = inspector(&stdio, &[&call[..], &["http-get", "--tool-arg", "url=http://127.0.0.1:9/"]].concat());
+    assert_eq!(denied["isError"], true, "{denied}");
+    assert!(denied["content"][0]["text"].as_str().unwrap_or_default().contains("denied"), "{denied}");
+    let (_, limit) = inspector(&stdio, &[&call[..], &["hostile", "--tool-arg", "attack=loop"]].concat());
+    assert_eq!(limit["isError"], true, "{limit}");
+    assert!(limit["content"][0]["text"].as_str().unwrap_or_default().starts_with("fuel exhausted"), "{limit}");
+    for result in [&wc, &denied, &limit] {
+        let bundle = result["_meta"]["guild/bundle"].as_str().expect("the bundle is in _meta");
+        let replayed = guild.run(&["--home", home, "replay", bundle]);
+        assert_eq!(replayed.code, 0, "{replayed:#?}");
+    }
+
+    let daemon = Daemon::start(&guild, &[], &[("GUILD_TOKEN", "mcp-token")]);
+    let url = format!("http://127.0.0.1:{}/mcp", daemon.port);
+    let http = ["--transport", "http", "--server-url", &url, "--header", "Authorization: Bearer mcp-token"];
+    let (code, echo) = inspector(&[], &[&http[..], &call[..], &["echo", "--tool-arg", "message=over http"]].concat());
+    assert_eq!((code, &echo["structuredContent"]), (0, &serde_json::json!({ "message": "over http" })), "{echo}");
+    let wrong = ["--transport", "http", "--server-url", &url, "--header", "Authorization: Bearer wrong"];
+    let (code, refused) = inspector(&[], &[&wrong[..], &["--method", "tools/list"]].concat());
+    assert_ne!(code, 0, "a wrong token is refused: {refused}");
+    assert_eq!(refused["error"]["code"], "auth_required", "{refused}");
+}
