@@ -35,9 +35,8 @@ pub(crate) fn mcp(global: &Global, args: McpArgs) -> Result<Exit, Failure> {
         let tools: Vec<String> = daemon.tools.all().iter().map(|t| t.name.clone()).collect();
         tracing::info!(tenant = %tenant.name, tools = ?tools, "serving MCP on stdio");
         let served = guild_server::serve_stdio(daemon.clone(), tenant).await;
-        let drained = daemon.drain(drain).await;
-        daemon.audit.close();
-        daemon.store.flush().map_err(|e| Failure::host(format!("bundles could not be written: {e}")))?;
+        let drained =
+            daemon.drain(drain).await.map_err(|e| Failure::host(format!("bundles could not be written: {e}")))?;
         served.map_err(|e| Failure::host(e.to_string()))?;
         if !drained {
             tracing::warn!("the drain deadline passed with runs still queued or running");

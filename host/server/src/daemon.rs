@@ -192,7 +192,8 @@ impl Daemon {
         let tool = self.tools.get(&request.tool).ok_or_else(|| Rejection::UnknownTool(request.tool.clone()))?;
         tool.validate(&request.input).map_err(Rejection::InvalidInput)?;
         let input = request.input.to_string();
-        let request_digest = request_digest(&tool.name, &Digest::of(input.as_bytes()));
+        let input_digest = Digest::of(input.as_bytes());
+        let request_digest = request_digest(&tool.name, &input_digest);
         let key = request.idempotency_key.as_deref();
         if let Some(key) = key
             && let Some(existing) = self.runs.by_key(&tenant.name, key)
@@ -222,7 +223,8 @@ impl Daemon {
         self.metrics.queue_depth.set(self.queue.depth() as i64);
         let (done, finished) = oneshot::channel();
         let cancel = request.cancel.unwrap_or_default();
-        let job = Job { tool, input, admission, ticket, state, done, key: request.idempotency_key.clone(), cancel };
+        let key = request.idempotency_key.clone();
+        let job = Job { tool, input, input_digest, admission, ticket, state, done, key, cancel };
         let span = tracing::info_span!("run", run_id = %entry.id, tenant = %tenant.name, tool = %entry.tool);
         tokio::spawn(self.clone().execute(job, entry.clone()).instrument(span));
         if request.asynchronous {
@@ -236,7 +238,7 @@ impl Daemon {
     }
 
     async fn execute(self: Arc<Self>, job: Job, entry: RunEntry) {
-        let Job { tool, input, admission, ticket, state, done, key, cancel } = job;
+        let Job { tool, input, input_digest, admission, ticket, state, done, key, cancel } = job;
         let queued = Instant::now();
         tracing::info!("run queued");
         let slot = ticket.start().await;
@@ -254,7 +256,7 @@ impl Daemon {
             Err(_) => Err(RunError::Host("the daemon is shutting down; the run was not started".into())),
         };
         self.queue.observe(started.elapsed());
-        let (finished, output, audit) = self.conclude(&tool, &entry, &input, key, result);
+        let (finished, output, audit) = self.conclude(&tool, &entry, input_digest, key, result);
         admission.settle(finished.fuel_used_units);
         let finished = Arc::new(finished);
         match self.audit.append(audit).await {
@@ -280,11 +282,10 @@ impl Daemon {
         &self,
         tool: &RegisteredTool,
         entry: &RunEntry,
-        input: &str,
+        input_digest: Digest,
         key: Option<String>,
         result: Result<RunReport, RunError>,
     ) -> (Finished, Option<String>, AuditEntry) {
-        let input_digest = Digest::of(input.as_bytes());
         let mut audit = AuditEntry {
             run: entry.id.clone(),
             tenant: entry.tenant.clone(),
@@ -338,16 +339,21 @@ impl Daemon {
         }
     }
 
-    /// Drain: stop taking runs, then wait for queued and running ones up to `deadline`.
-    pub async fn drain(&self, deadline: Duration) -> bool {
+    /// Shut down: stop taking runs, wait for queued and running ones up to `deadline`, close
+    /// the audit log and flush bundles to disk. Returns whether every run finished in time.
+    pub async fn drain(&self, deadline: Duration) -> Result<bool, guild_replay::StoreError> {
         self.start_draining();
-        self.queue.drained(deadline).await
+        let drained = self.queue.drained(deadline).await;
+        self.audit.close();
+        self.store.flush()?;
+        Ok(drained)
     }
 }
 
 struct Job {
     tool: Arc<RegisteredTool>,
     input: String,
+    input_digest: Digest,
     admission: Admission,
     ticket: Ticket,
     state: tokio::sync::watch::Sender<RunState>,

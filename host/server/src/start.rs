@@ -176,9 +176,8 @@ pub async fn run(
         tokio::time::sleep(notice).await;
     };
     crate::api::serve(listener, crate::api::router(daemon.clone()), signal).await?;
-    let drained = daemon.drain(drain).await;
-    daemon.audit.close();
-    daemon.store.flush().map_err(|e| std::io::Error::other(format!("bundles could not be written: {e}")))?;
+    let drained =
+        daemon.drain(drain).await.map_err(|e| std::io::Error::other(format!("bundles could not be written: {e}")))?;
     tracing::info!(drained, "stopped");
     Ok(drained)
 }
