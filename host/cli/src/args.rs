@@ -2,7 +2,7 @@
 
 use crate::exit::EXIT_CODES_HELP;
 use clap::{Args, Parser, Subcommand};
-use guild_runtime::egress::EgressRule;
+use guild_runtime::egress::{EgressRule, SecretSource};
 use guild_runtime::{Access, Mount};
 use std::path::PathBuf;
 
@@ -337,24 +337,11 @@ pub(crate) enum ToolLang {
     Js,
 }
 
-/// Where a secret's value comes from.
-#[derive(Debug, Clone)]
-pub(crate) enum SecretSource {
-    /// An environment variable of the `guild` process.
-    Env(String),
-    /// A file (its trailing newline removed).
-    File(PathBuf),
-}
-
 fn parse_secret_source(text: &str) -> Result<(String, SecretSource), String> {
     let (name, source) =
         text.split_once('=').ok_or_else(|| format!("{text:?} is not NAME=env:VAR or NAME=file:PATH"))?;
     guild_runtime::egress::secrets::check_name(name)?;
-    let source = match source.split_once(':') {
-        Some(("env", var)) if !var.is_empty() => SecretSource::Env(var.to_string()),
-        Some(("file", path)) if !path.is_empty() => SecretSource::File(PathBuf::from(path)),
-        _ => return Err(format!("secret {name}: the source must be env:VARIABLE or file:PATH")),
-    };
+    let source = SecretSource::parse(source).map_err(|e| format!("secret {name}: {e}"))?;
     Ok((name.to_string(), source))
 }
 

@@ -1,7 +1,7 @@
 //! `guild run` and `guild describe`: load a component through the runtime, run it once, print
 //! the output on stdout and a summary on stderr, and map the outcome to an exit code.
 
-use crate::args::{DescribeArgs, Global, RunArgs, SecretSource};
+use crate::args::{DescribeArgs, Global, RunArgs};
 use crate::exit::{Exit, Failure};
 use guild_replay::tree::TreeLimits;
 use guild_replay::{DirStore, HostKey};
@@ -49,15 +49,7 @@ pub(crate) fn run(global: &Global, args: RunArgs) -> Result<Exit, Failure> {
 fn load_secrets(args: &RunArgs) -> Result<(Vec<Secret>, Vec<SecretGrant>), Failure> {
     let mut secrets = Vec::new();
     for (name, source) in &args.secrets {
-        let value = match source {
-            SecretSource::Env(var) => std::env::var(var)
-                .map_err(|_| Failure::usage(format!("secret {name}: environment variable {var} is not set")))?,
-            SecretSource::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| Failure::usage(format!("secret {name}: cannot read {}: {e}", path.display())))?
-                .trim_end_matches(['\n', '\r'])
-                .to_string(),
-        };
-        secrets.push(Secret::new(name, value).map_err(Failure::usage)?);
+        secrets.push(Secret::read(name, source).map_err(Failure::usage)?);
     }
     let mut grants: Vec<SecretGrant> = Vec::new();
     for (name, rule) in &args.secret_grants {

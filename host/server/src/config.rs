@@ -371,7 +371,7 @@ impl DaemonConfig {
             }
         }
         for (name, source) in &self.secrets {
-            if !(source.starts_with("env:") || source.starts_with("file:")) {
+            if guild_runtime::egress::SecretSource::parse(source).is_err() {
                 return Err(ConfigError::new(
                     format!("secrets.{name}"),
                     "must be \"env:VARIABLE\" or \"file:/path\" (values are never written in the config)",

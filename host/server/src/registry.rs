@@ -4,7 +4,7 @@
 
 use crate::config::{ConfigError, DaemonConfig};
 use guild_replay::Digest;
-use guild_runtime::egress::{Secret, SecretGrant};
+use guild_runtime::egress::{Secret, SecretGrant, SecretSource};
 use guild_runtime::{Access, Grants, Limits, Mount, Runtime, Tool};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -206,7 +206,14 @@ impl ToolSpec {
                 secrets: tool
                     .secrets
                     .iter()
-                    .map(|g| read_secret(&g.name, config.secrets.get(&g.name).map(String::as_str).unwrap_or("")))
+                    .map(|g| {
+                        // Validation made sure every granted secret is defined, with a valid source.
+                        let source = config.secrets.get(&g.name).map(String::as_str).unwrap_or_default();
+                        Secret::read(
+                            &g.name,
+                            &SecretSource::parse(source).map_err(|e| format!("secret {}: {e}", g.name))?,
+                        )
+                    })
                     .collect::<Result<_, _>>()
                     .map_err(|m| fail(".secrets", m))?,
                 secret_grants: tool
@@ -249,19 +256,4 @@ impl ToolSpec {
         }
         Ok(specs)
     }
-}
-
-/// Read a secret from `env:VAR` or `file:PATH`.
-pub fn read_secret(name: &str, source: &str) -> Result<Secret, String> {
-    let value = if let Some(var) = source.strip_prefix("env:") {
-        std::env::var(var).map_err(|_| format!("secret {name}: environment variable {var} is not set"))?
-    } else if let Some(path) = source.strip_prefix("file:") {
-        std::fs::read_to_string(path)
-            .map_err(|e| format!("secret {name}: cannot read {path}: {e}"))?
-            .trim_end_matches(['\n', '\r'])
-            .to_string()
-    } else {
-        return Err(format!("secret {name}: no source; define it under [secrets] as env:VAR or file:PATH"));
-    };
-    Secret::new(name, value)
 }

@@ -10,4 +10,4 @@ pub mod secrets;
 
 pub use breaker::BreakerSettings;
 pub use rules::{Destination, EgressRule, RuleError, blocked_reason};
-pub use secrets::{Secret, SecretGrant};
+pub use secrets::{Secret, SecretGrant, SecretSource};

@@ -28,6 +28,40 @@ impl Secret {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Read the secret `name` from where `source` says (a file's trailing newline removed).
+    pub fn read(name: &str, source: &SecretSource) -> Result<Self, String> {
+        let value = match source {
+            SecretSource::Env(var) => {
+                std::env::var(var).map_err(|_| format!("secret {name}: environment variable {var} is not set"))?
+            }
+            SecretSource::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("secret {name}: cannot read {}: {e}", path.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+        };
+        Self::new(name, value)
+    }
+}
+
+/// Where a secret's value comes from: `env:VARIABLE` or `file:PATH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// An environment variable of the host process.
+    Env(String),
+    /// A file (its trailing newline removed).
+    File(std::path::PathBuf),
+}
+
+impl SecretSource {
+    /// Parse `env:VARIABLE` or `file:PATH`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text.split_once(':') {
+            Some(("env", var)) if !var.is_empty() => Ok(Self::Env(var.to_string())),
+            Some(("file", path)) if !path.is_empty() => Ok(Self::File(path.into())),
+            _ => Err("the source must be env:VARIABLE or file:PATH".into()),
+        }
+    }
 }
 
 impl fmt::Debug for Secret {
