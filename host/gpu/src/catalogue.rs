@@ -182,7 +182,7 @@ pub static KERNELS: &[KernelSpec] = &[
         outputs: &["out: f32[...] (f32[1] for a vector)"],
         params: &[],
         description: "sum over the last axis",
-        wgsl: include_str!("../kernels/sum.wgsl"),
+        wgsl: concat!(include_str!("../kernels/sum.wgsl"), include_str!("../kernels/rows.wgsl")),
         entries: &["main"],
     },
     KernelSpec {
@@ -195,7 +195,7 @@ pub static KERNELS: &[KernelSpec] = &[
         outputs: &["out: f32[...] (f32[1] for a vector)"],
         params: &[],
         description: "maximum over the last axis (NaN inputs give an unspecified result)",
-        wgsl: include_str!("../kernels/max.wgsl"),
+        wgsl: concat!(include_str!("../kernels/max.wgsl"), include_str!("../kernels/rows.wgsl")),
         entries: &["main"],
     },
     KernelSpec {
@@ -208,7 +208,7 @@ pub static KERNELS: &[KernelSpec] = &[
         outputs: &["out: f32[same shape]"],
         params: &[],
         description: "softmax over the last axis",
-        wgsl: include_str!("../kernels/softmax.wgsl"),
+        wgsl: concat!(include_str!("../kernels/softmax.wgsl"), include_str!("../kernels/rows.wgsl")),
         entries: &["main"],
     },
     KernelSpec {
@@ -221,7 +221,7 @@ pub static KERNELS: &[KernelSpec] = &[
         outputs: &["out: f32[same shape as x]"],
         params: &["eps: f32 (optional, default 1e-5)"],
         description: "layer normalisation over the last axis, then gamma * x + beta",
-        wgsl: include_str!("../kernels/layer_norm.wgsl"),
+        wgsl: concat!(include_str!("../kernels/layer_norm.wgsl"), include_str!("../kernels/rows.wgsl")),
         entries: &["main"],
     },
     KernelSpec {
