@@ -65,6 +65,12 @@ pub(crate) enum Command {
     /// Serve the tools to an MCP client over stdio (the client launches `guild mcp`): the same
     /// pipeline as the daemon, every call recorded in a bundle. Logs go to stderr.
     Mcp(McpArgs),
+    /// Run jobs from the Redis queue (filled by `guild serve --redis URL`) on this machine:
+    /// components are fetched by digest, leases renewed, dead workers' jobs taken over.
+    Worker(WorkerArgs),
+    /// The Redis queue's dead-letter stream: list dead jobs, requeue one.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
     /// The daemon's audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -83,8 +89,62 @@ pub(crate) struct ServeArgs {
     /// Address to listen on (overrides the config's `listen`).
     #[arg(long, value_name = "ADDR")]
     pub(crate) listen: Option<std::net::SocketAddr>,
+    /// Enqueue runs into this Redis (`redis://HOST:PORT/DB`) for `guild worker`s instead of
+    /// running them here (overrides the config's `redis.url`).
+    #[arg(long, value_name = "URL")]
+    pub(crate) redis: Option<String>,
     #[command(flatten)]
     pub(crate) tools: ToolFlags,
+}
+
+/// Where the Redis queue is: `--redis`, else the config's `[redis]`.
+#[derive(Debug, Args)]
+pub(crate) struct RedisArgs {
+    /// The queue's Redis, `redis://HOST:PORT/DB` (overrides the config's `redis.url`).
+    #[arg(long, value_name = "URL")]
+    pub(crate) redis: Option<String>,
+    /// A daemon config whose `[redis]` settings (and `[secrets]`, for a worker) apply.
+    #[arg(long, env = "GUILD_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WorkerArgs {
+    #[command(flatten)]
+    pub(crate) redis: RedisArgs,
+    /// Jobs run at once. Defaults to the number of CPUs.
+    #[arg(long, value_name = "N")]
+    pub(crate) concurrency: Option<usize>,
+    /// This worker's name in the queue and in metrics; must be unique among live workers.
+    /// Defaults to worker-HOST-PID.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) name: Option<String>,
+    /// After SIGTERM, how long running jobs may take to finish before the worker exits (their
+    /// leases then lapse and other workers take them over).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::units::parse_duration_ms)]
+    pub(crate) drain: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum JobsCommand {
+    /// List the dead-letter stream, oldest first: job, tenant, tool, attempts, last error, bundle.
+    Dead {
+        #[command(flatten)]
+        redis: RedisArgs,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a dead job back in the queue with fresh attempts.
+    Retry {
+        /// The job (run) id.
+        id: String,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ mod scaffold;
 mod scaffold_lang;
 mod serve_cmd;
 mod units;
+mod worker_cmd;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ fn main() -> ExitCode {
         args::Command::Serve(a) => serve_cmd::serve(&cli.global, a),
         args::Command::Mcp(a) => mcp_cmd::mcp(&cli.global, a),
         args::Command::Audit(a) => serve_cmd::audit(&cli.global, a),
+        args::Command::Worker(a) => worker_cmd::worker(&cli.global, a),
+        args::Command::Jobs(a) => worker_cmd::jobs(a),
         args::Command::Token(a) => serve_cmd::token(a),
         args::Command::Gpu(args::GpuCommand::Info(a)) => gpu_cmd::info(&cli.global, a),
         args::Command::Gpu(args::GpuCommand::Bench(a)) => gpu_cmd::bench(&cli.global, a),

@@ -22,6 +22,9 @@ pub(crate) fn serve(global: &Global, args: ServeArgs) -> Result<Exit, Failure> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    if let Some(url) = args.redis {
+        config.redis.url = Some(url);
+    }
     let state_dir = config.state.clone().unwrap_or_else(|| home.clone());
     let default_token = if config.tenants.is_empty() { Some(bearer_token(&state_dir)?) } else { None };
     let (runtime, store) = open_runtime(global, &config, &home)?;
@@ -129,7 +132,7 @@ fn init_logging(format: LogFormat) {
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(mut term) => {

@@ -132,6 +132,11 @@ async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
     if let Err(e) = std::fs::metadata(daemon.store.root()) {
         problems.push(format!("the bundle store is not reachable: {e}"));
     }
+    if let Some(remote) = &daemon.remote
+        && let Err(e) = remote.queue.ping().await
+    {
+        problems.push(e.to_string());
+    }
     if problems.is_empty() {
         Json(serde_json::json!({ "status": "ready" })).into_response()
     } else {
@@ -143,6 +148,12 @@ async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
 async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
     daemon.metrics.queue_depth.set(daemon.queue.depth() as i64);
     daemon.metrics.runs_in_flight.set(daemon.queue.in_flight() as i64);
+    if let Some(remote) = &daemon.remote {
+        match remote.queue.stats().await {
+            Ok(stats) => daemon.metrics.redis.set(&stats),
+            Err(_) => daemon.metrics.redis.up.set(0),
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], daemon.metrics.render()).into_response()
 }
 
@@ -182,8 +193,14 @@ async fn upload_tool(
         .load(&body)
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_component", e.to_string()))?;
-    let registered =
-        RegisteredTool::new(tool.info().name.clone(), tool.clone(), Default::default(), Default::default());
+    let kept = daemon.uploads_dir.join(format!("{}.wasm", tool.digest()));
+    let registered = RegisteredTool::new(
+        tool.info().name.clone(),
+        tool.clone(),
+        Default::default(),
+        Default::default(),
+        crate::registry::ToolSource::File(kept),
+    );
     let registered = daemon
         .tools
         .insert(registered)
@@ -274,8 +291,11 @@ async fn create_run(
             }
             response
         }
-        Submitted::Replayed { entry, finished } => {
-            let output = read_output(daemon, &finished);
+        Submitted::Replayed { entry, finished, output } => {
+            let output = match output {
+                Some(text) => serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+                None => read_output(daemon, &finished),
+            };
             let mut response = Json(run_body(&entry, &RunState::Finished(finished), output)).into_response();
             response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
             response
@@ -340,6 +360,10 @@ fn rejection(rejection: Rejection) -> ApiError {
                 format!("the run queue is full ({} waiting); retry after {} s", full.depth, full.retry_after_s),
             )
         },
+        Rejection::Unavailable { message, retry_after_s } => ApiError {
+            retry_after_s: Some(retry_after_s),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", message)
+        },
     }
 }
 
@@ -377,7 +401,17 @@ async fn get_run(
     let unknown =
         || ApiError::new(StatusCode::NOT_FOUND, "unknown_run", format!("no run {id:?} is known to this node"));
     // Another tenant's run is answered exactly like one that does not exist.
-    let entry = daemon.runs.get(&id).filter(|e| e.tenant == tenant.name || tenant.admin).ok_or_else(unknown)?;
+    let Some(entry) = daemon.runs.get(&id).filter(|e| e.tenant == tenant.name || tenant.admin) else {
+        // With --redis, any node answers for any job.
+        let Some(remote) = &daemon.remote else { return Err(unknown()) };
+        let status = remote
+            .queue
+            .status(&id)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", e.to_string()))?;
+        let status = status.filter(|s| s.tenant == tenant.name || tenant.admin).ok_or_else(unknown)?;
+        return Ok(Json(crate::remote::run_body(&id, &status)));
+    };
     let state = entry.state.borrow().clone();
     let output = match &state {
         RunState::Finished(finished) => read_output(&daemon, finished),
@@ -393,8 +427,22 @@ async fn get_bundle(
 ) -> ApiResult<Response> {
     authenticate(&daemon, &headers)?;
     let not_found = |e: &dyn std::fmt::Display| ApiError::new(StatusCode::NOT_FOUND, "unknown_bundle", e.to_string());
-    let id = daemon.store.resolve(&id).map_err(|e| not_found(&e))?;
-    let (manifest, signature) = daemon.store.get_bundle(&id).map_err(|e| not_found(&e))?;
+    let local = daemon.store.resolve(&id).and_then(|id| daemon.store.get_bundle(&id));
+    let (manifest, signature) = match (local, &daemon.remote) {
+        (Ok(found), _) => found,
+        // With --redis, a worker left the archive in Redis.
+        (Err(e), Some(remote)) => {
+            let digest: guild_replay::Digest = id.parse().map_err(|_| not_found(&e))?;
+            let archive = remote
+                .queue
+                .get_bundle(&digest)
+                .await
+                .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", e.to_string()))?;
+            let archive = archive.ok_or_else(|| not_found(&e))?;
+            return Ok(([(header::CONTENT_TYPE, "application/zstd")], archive).into_response());
+        }
+        (Err(e), None) => return Err(not_found(&e)),
+    };
     let mut archive_bytes = Vec::new();
     archive::export(daemon.store.as_ref(), &manifest, &signature, &mut archive_bytes)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "host_failure", e.to_string()))?;

@@ -46,6 +46,17 @@ pub struct AuditEntry {
     pub bundle: Option<Digest>,
     /// The caller's idempotency key, if any.
     pub idempotency_key: Option<String>,
+    /// For a job run by a `guild worker`: which attempt this was, from 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// For a job run by a `guild worker`: the worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// For a job run by a `guild worker`: `completed` (this attempt's result is the job's),
+    /// `duplicate` (another attempt finished first: at-least-once) or `dead` (the last attempt
+    /// failed; the job is in the dead-letter stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion: Option<String>,
 }
 
 /// One line of the log.
@@ -245,6 +256,30 @@ impl AuditLog {
         }
     }
 
+    /// Append several records, written together; resolves once all are on disk.
+    pub async fn append_many(&self, entries: Vec<AuditEntry>) -> Result<(), AuditError> {
+        let mut waits = Vec::with_capacity(entries.len());
+        {
+            let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+            let sender = sender.as_ref().ok_or(AuditError::Stopped)?;
+            for entry in entries {
+                let (done, wait) = oneshot::channel();
+                sender.send(Request::Append(Box::new(entry), done)).map_err(|_| AuditError::Stopped)?;
+                waits.push(wait);
+            }
+        }
+        for wait in waits {
+            match wait.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(reason)) => {
+                    return Err(AuditError::Io { path: self.path.clone(), source: std::io::Error::other(reason) });
+                }
+                Err(_) => return Err(AuditError::Stopped),
+            }
+        }
+        Ok(())
+    }
+
     /// Is the writer thread still taking records?
     pub fn is_running(&self) -> bool {
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
@@ -356,6 +391,9 @@ mod tests {
             fuel_used_units: n,
             bundle: Some(Digest::of(b"bundle")),
             idempotency_key: None,
+            attempt: None,
+            worker: None,
+            completion: None,
         }
     }
 

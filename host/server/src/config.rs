@@ -68,6 +68,104 @@ pub struct DaemonConfig {
     /// The MCP endpoint, `/mcp`.
     #[serde(default)]
     pub mcp: McpConfig,
+    /// The shared Redis queue; without a `url` runs execute in this process.
+    #[serde(default)]
+    pub redis: RedisConfig,
+}
+
+/// `[redis]`: with a `url`, the daemon enqueues runs into Redis for `guild worker` processes
+/// on any machine instead of running them itself (`guild serve --redis URL`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`. `GUILD_REDIS__URL`.
+    pub url: Option<String>,
+    /// The queue's name; its keys live under `guild:{<queue>}:`.
+    pub queue: String,
+    /// A worker silent this long (ms) is taken to be dead and its job goes to another.
+    pub lease_ms: u64,
+    /// Attempts before a job goes to the dead-letter stream.
+    pub attempts_max: u32,
+    /// First retry's backoff, ms (doubling, with jitter).
+    pub backoff_base_ms: u64,
+    /// Longest backoff, ms.
+    pub backoff_max_ms: u64,
+    /// How long results, bundles and idempotency keys are kept in Redis, s.
+    pub results_ttl_s: u64,
+    /// How long dead jobs are kept for `guild jobs retry`, s.
+    pub dead_ttl_s: u64,
+    /// After a Redis failure, runs get 503 at once for this long, ms.
+    pub breaker_open_ms: u64,
+    /// A Redis command slower than this fails, ms.
+    pub response_timeout_ms: u64,
+    /// Bundles up to this many bytes are kept in Redis for every node to serve.
+    pub bundle_inline_bytes_max: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        let d = guild_queue::RedisSettings::new("");
+        Self {
+            url: None,
+            queue: d.queue,
+            lease_ms: d.lease_ms,
+            attempts_max: d.attempts_max,
+            backoff_base_ms: d.backoff_base_ms,
+            backoff_max_ms: d.backoff_max_ms,
+            results_ttl_s: d.results_ttl_s,
+            dead_ttl_s: d.dead_ttl_s,
+            breaker_open_ms: d.breaker_open_ms,
+            response_timeout_ms: d.response_timeout_ms,
+            bundle_inline_bytes_max: d.bundle_inline_bytes_max,
+        }
+    }
+}
+
+impl RedisConfig {
+    /// The queue settings, when a URL is set.
+    pub fn settings(&self) -> Option<guild_queue::RedisSettings> {
+        let url = self.url.clone()?;
+        Some(guild_queue::RedisSettings {
+            queue: self.queue.clone(),
+            lease_ms: self.lease_ms,
+            attempts_max: self.attempts_max,
+            backoff_base_ms: self.backoff_base_ms,
+            backoff_max_ms: self.backoff_max_ms,
+            results_ttl_s: self.results_ttl_s,
+            dead_ttl_s: self.dead_ttl_s,
+            breaker_open_ms: self.breaker_open_ms,
+            response_timeout_ms: self.response_timeout_ms,
+            bundle_inline_bytes_max: self.bundle_inline_bytes_max,
+            ..guild_queue::RedisSettings::new(url)
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.url
+            && !["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|s| url.starts_with(s))
+        {
+            return Err(ConfigError::new("redis.url", format!("is {url:?}; use redis://HOST:PORT/DB")));
+        }
+        if self.queue.is_empty() || self.queue.contains(['{', '}', ':']) {
+            return Err(ConfigError::new("redis.queue", "must be a non-empty name without `{`, `}` or `:`"));
+        }
+        for (field, value, least) in [
+            ("redis.lease_ms", self.lease_ms, 100),
+            ("redis.attempts_max", u64::from(self.attempts_max), 1),
+            ("redis.backoff_base_ms", self.backoff_base_ms, 1),
+            ("redis.results_ttl_s", self.results_ttl_s, 1),
+            ("redis.dead_ttl_s", self.dead_ttl_s, 1),
+            ("redis.response_timeout_ms", self.response_timeout_ms, 10),
+        ] {
+            if value < least {
+                return Err(ConfigError::new(field, format!("is {value}; must be at least {least}")));
+            }
+        }
+        if self.backoff_max_ms < self.backoff_base_ms {
+            return Err(ConfigError::new("redis.backoff_max_ms", "must be at least redis.backoff_base_ms"));
+        }
+        Ok(())
+    }
 }
 
 /// The MCP endpoint (`/mcp`, streamable HTTP). It takes the same bearer tokens as the API;
@@ -249,7 +347,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self { field: field.into(), message: message.into() }
     }
 }
@@ -303,6 +401,7 @@ impl DaemonConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.redis.validate()?;
         if self.request_bytes_max == 0 {
             return Err(ConfigError::new("request_bytes_max", "must be at least 1 byte"));
         }

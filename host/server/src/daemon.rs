@@ -6,10 +6,11 @@
 use crate::audit::{AuditEntry, AuditLog};
 use crate::config::McpConfig;
 use crate::metrics::Metrics;
-use crate::queue::{QueueFull, RunQueue, Ticket};
 use crate::registry::{InvalidInput, RegisteredTool, Registry};
-use crate::runs::{Finished, Inserted, RunEntry, RunState, RunTable, request_digest};
+use crate::remote::{self, Remote};
+use crate::runs::{Finished, Inserted, RunEntry, RunState, RunTable, new_run_id, request_digest};
 use crate::tenants::{Admission, Refusal, Tenant};
+use guild_queue::{QueueError, QueueFull, RunQueue, Ticket};
 use guild_replay::{Digest, DirStore};
 use guild_runtime::CancellationToken;
 use guild_runtime::{Outcome, RunError, RunReport, Runtime};
@@ -46,6 +47,10 @@ pub struct Daemon {
     pub component_bytes_max: usize,
     /// The `/mcp` endpoint's Host and Origin allow-lists.
     pub mcp: McpConfig,
+    /// With `--redis`: runs go to the shared queue for `guild worker`s instead of running here.
+    pub remote: Option<Arc<Remote>>,
+    /// The task writing remote jobs' audit records.
+    auditing: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     draining: AtomicBool,
     tools_changed: watch::Sender<u64>,
 }
@@ -91,6 +96,13 @@ pub enum Rejection {
     },
     /// The queue is full or draining.
     Queue(QueueFull),
+    /// The shared queue (Redis) cannot be reached.
+    Unavailable {
+        /// What failed.
+        message: String,
+        /// Seconds until worth retrying.
+        retry_after_s: u64,
+    },
 }
 
 /// What a submission gives back.
@@ -111,12 +123,14 @@ pub enum Submitted {
         /// True for a resubmission.
         replayed: bool,
     },
-    /// An idempotent resubmission of a finished run (its output is read from the bundle).
+    /// An idempotent resubmission of a finished run.
     Replayed {
         /// The run.
         entry: RunEntry,
         /// How it ended.
         finished: Arc<Finished>,
+        /// Its output text, when known here (else it is read from the bundle).
+        output: Option<String>,
     },
 }
 
@@ -149,8 +163,18 @@ impl Daemon {
             request_bytes_max,
             component_bytes_max,
             mcp: McpConfig::default(),
+            remote: None,
+            auditing: std::sync::Mutex::new(None),
             draining: AtomicBool::new(false),
             tools_changed: watch::Sender::new(0),
+        }
+    }
+
+    /// With `--redis`: start writing the audit records of finished jobs.
+    pub fn start_auditing(self: &Arc<Self>) {
+        if let Some(remote) = self.remote.clone() {
+            let task = tokio::spawn(remote.audit_loop(self.clone()));
+            *self.auditing.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         }
     }
 
@@ -194,6 +218,9 @@ impl Daemon {
         let input = request.input.to_string();
         let input_digest = Digest::of(input.as_bytes());
         let request_digest = request_digest(&tool.name, &input_digest);
+        if let Some(remote) = self.remote.clone() {
+            return self.submit_remote(&remote, tenant, tool, request, input, input_digest, request_digest).await;
+        }
         let key = request.idempotency_key.as_deref();
         if let Some(key) = key
             && let Some(existing) = self.runs.by_key(&tenant.name, key)
@@ -203,10 +230,7 @@ impl Daemon {
             }
             return Err(Rejection::KeyConflict { key: key.to_string(), run: existing.id });
         }
-        let admission = tenant.admit(tool.limits.fuel_units).map_err(|refusal| {
-            self.metrics.rejections.with_label_values(&[&tenant.name, refusal.code()]).inc();
-            Rejection::Tenant { tenant: tenant.name.clone(), refusal }
-        })?;
+        let admission = self.admit(tenant, &tool)?;
         let ticket = self.queue.enter().map_err(|full| {
             let reason = if full.draining { "draining" } else { "queue_full" };
             self.metrics.rejections.with_label_values(&[&tenant.name, reason]).inc();
@@ -235,6 +259,132 @@ impl Daemon {
             // The task ended without answering (it panicked): report what the table says.
             Err(_) => wait_existing(entry, false).await,
         }
+    }
+
+    fn admit(&self, tenant: &Arc<Tenant>, tool: &RegisteredTool) -> Result<Admission, Rejection> {
+        tenant.admit(tool.limits.fuel_units).map_err(|refusal| {
+            self.metrics.rejections.with_label_values(&[&tenant.name, refusal.code()]).inc();
+            Rejection::Tenant { tenant: tenant.name.clone(), refusal }
+        })
+    }
+
+    /// With `--redis`: enqueue the run as a job for the workers, then wait for its result
+    /// (sync) or answer 202 (async). The tenant's fuel is settled when the result arrives.
+    #[allow(clippy::too_many_arguments)]
+    async fn submit_remote(
+        self: &Arc<Self>,
+        remote: &Arc<Remote>,
+        tenant: &Arc<Tenant>,
+        tool: Arc<RegisteredTool>,
+        request: RunRequest,
+        input: String,
+        input_digest: Digest,
+        request_digest: Digest,
+    ) -> Result<Submitted, Rejection> {
+        if self.is_draining() {
+            return Err(Rejection::Queue(QueueFull { depth: 0, retry_after_s: 5, draining: true }));
+        }
+        let unavailable = |e: QueueError| {
+            self.metrics.rejections.with_label_values(&[&tenant.name, "queue_unavailable"]).inc();
+            self.metrics.redis.up.set(0);
+            let retry_after_s = match &e {
+                QueueError::Unavailable { retry_after_s, .. } => *retry_after_s,
+                _ => 1,
+            };
+            Rejection::Unavailable { message: e.to_string(), retry_after_s }
+        };
+        let admission = self.admit(tenant, &tool)?;
+        remote.push_component(&tool).await.map_err(|e| {
+            remote.forget_pushed();
+            unavailable(e)
+        })?;
+        let mut limits = tool.limits.clone();
+        limits.fuel_units = admission.fuel_units;
+        let job = guild_queue::Job {
+            id: new_run_id(),
+            tenant: tenant.name.clone(),
+            tool: tool.name.clone(),
+            tool_digest: *tool.tool.digest(),
+            input,
+            input_digest,
+            grants: serde_json::to_value(&tool.grants).unwrap_or_default(),
+            limits: serde_json::to_value(&limits).unwrap_or_default(),
+            idempotency_key: request.idempotency_key.clone(),
+            attempts_max: remote.queue.settings().attempts_max,
+            submitted_unix_ms: guild_queue::now_unix_ms(),
+        };
+        let accepted = remote.queue.submit(&job).await.map_err(|e| {
+            remote.forget_pushed();
+            unavailable(e)
+        })?;
+        let entry = |id: String, state| RunEntry {
+            id,
+            tenant: tenant.name.clone(),
+            tool: tool.name.clone(),
+            request_digest,
+            state,
+        };
+        if accepted.existing {
+            drop(admission);
+            let status = remote.queue.status(&accepted.id).await.map_err(unavailable)?;
+            let key = request.idempotency_key.unwrap_or_default();
+            let Some(status) = status else {
+                return Err(Rejection::Unavailable {
+                    message: format!("idempotency key {key:?} names job {} which just expired; retry", accepted.id),
+                    retry_after_s: 1,
+                });
+            };
+            if status.tool != tool.name || status.input_digest != Some(input_digest) {
+                return Err(Rejection::KeyConflict { key, run: accepted.id });
+            }
+            if let Some(result) = status.result {
+                let finished = Arc::new(remote::finished(&result));
+                let (_, state) = watch::channel(RunState::Finished(finished.clone()));
+                return Ok(Submitted::Replayed { entry: entry(accepted.id, state), finished, output: result.output });
+            }
+            let state = remote.watch(&accepted.id);
+            return self.wait_remote(remote, entry(accepted.id, state), request.asynchronous, true).await;
+        }
+        tracing::info!(run_id = %job.id, tenant = %tenant.name, tool = %tool.name, "job enqueued");
+        let state = remote.watch(&job.id);
+        let mut settling = state.clone();
+        tokio::spawn(async move {
+            if settling.wait_for(|s| matches!(s, RunState::Finished(_))).await.is_ok()
+                && let RunState::Finished(finished) = &*settling.borrow()
+            {
+                return admission.settle(finished.fuel_used_units);
+            }
+            drop(admission);
+        });
+        self.wait_remote(remote, entry(job.id, state), request.asynchronous, false).await
+    }
+
+    async fn wait_remote(
+        &self,
+        remote: &Remote,
+        entry: RunEntry,
+        asynchronous: bool,
+        replayed: bool,
+    ) -> Result<Submitted, Rejection> {
+        if asynchronous {
+            return Ok(Submitted::Accepted { entry, replayed });
+        }
+        let mut state = entry.state.clone();
+        let _ = state.wait_for(|s| matches!(s, RunState::Finished(_))).await;
+        let finished = match &*state.borrow() {
+            RunState::Finished(finished) => finished.clone(),
+            _ => return Ok(Submitted::Accepted { entry, replayed }),
+        };
+        // The output is in the result, in Redis (one read; waiters are told only the state).
+        let output = match remote.queue.status(&entry.id).await {
+            Ok(Some(status)) => status.result.and_then(|r| r.output),
+            _ => None,
+        };
+        Ok(if replayed {
+            Submitted::Replayed { entry, finished, output }
+        } else {
+            Submitted::Finished { entry, finished, output }
+        })
     }
 
     async fn execute(self: Arc<Self>, job: Job, entry: RunEntry) {
@@ -297,6 +447,9 @@ impl Daemon {
             fuel_used_units: 0,
             bundle: None,
             idempotency_key: key,
+            attempt: None,
+            worker: None,
+            completion: None,
         };
         let (finished, output) = match result {
             Ok(report) => {
@@ -341,9 +494,15 @@ impl Daemon {
 
     /// Shut down: stop taking runs, wait for queued and running ones up to `deadline`, close
     /// the audit log and flush bundles to disk. Returns whether every run finished in time.
+    /// (With `--redis`, queued jobs stay in Redis for the workers; finished attempts not yet
+    /// audited stay in the done stream for the next node.)
     pub async fn drain(&self, deadline: Duration) -> Result<bool, guild_replay::StoreError> {
         self.start_draining();
         let drained = self.queue.drained(deadline).await;
+        let auditing = self.auditing.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(audit) = auditing {
+            let _ = tokio::time::timeout(deadline, audit).await;
+        }
         self.audit.close();
         self.store.flush()?;
         Ok(drained)
@@ -426,7 +585,7 @@ async fn wait_existing(entry: RunEntry, asynchronous: bool) -> Result<Submitted,
     }
     let current = state.borrow().clone();
     Ok(match current {
-        RunState::Finished(finished) => Submitted::Replayed { entry, finished },
+        RunState::Finished(finished) => Submitted::Replayed { entry, finished, output: None },
         _ => Submitted::Accepted { entry, replayed: true },
     })
 }

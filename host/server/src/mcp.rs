@@ -182,6 +182,7 @@ fn rejection_message(rejection: Rejection) -> String {
         Rejection::Queue(full) => {
             format!("the run queue is full ({} waiting); retry after {} s", full.depth, full.retry_after_s)
         }
+        Rejection::Unavailable { message, .. } => message,
     }
 }
 

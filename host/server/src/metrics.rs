@@ -34,11 +34,84 @@ pub struct Metrics {
     pub audit_records: IntCounter,
     /// API errors by code.
     pub api_errors: IntCounterVec,
+    /// The shared Redis queue, read from Redis at each scrape (with `--redis`).
+    pub redis: RedisMetrics,
+}
+
+/// The Redis queue's state: gauges set from Redis when `/metrics` is scraped, so every API node
+/// shows the same figures.
+pub struct RedisMetrics {
+    /// Jobs by state: `waiting` (not yet delivered), `pending` (held by a worker), `delayed`
+    /// (backing off before a retry), `dead` (in the dead-letter stream).
+    pub jobs: IntGaugeVec,
+    /// Counts since the queue was created: `completed`, `claims` (taken over from dead
+    /// workers), `retries`, `duplicates` (attempts that finished after another had).
+    pub events: IntGaugeVec,
+    /// Jobs each live worker completed since it started.
+    pub worker_completed: IntGaugeVec,
+    /// Jobs each live worker runs now.
+    pub worker_running: IntGaugeVec,
+    /// 1 while Redis answers, 0 while the circuit breaker refuses runs.
+    pub up: IntGauge,
+}
+
+impl RedisMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let jobs = IntGaugeVec::new(Opts::new("redis_queue_jobs", "Jobs in the Redis queue by state."), &["state"])?;
+        let events = IntGaugeVec::new(
+            Opts::new("redis_queue_events", "Queue events counted in Redis since the queue was created."),
+            &["event"],
+        )?;
+        let worker_completed = IntGaugeVec::new(
+            Opts::new("redis_worker_completed_jobs", "Jobs a live worker completed since it started."),
+            &["worker"],
+        )?;
+        let worker_running =
+            IntGaugeVec::new(Opts::new("redis_worker_running_jobs", "Jobs a live worker runs now."), &["worker"])?;
+        let up = IntGauge::new("redis_up", "1 while Redis answers the daemon, 0 while runs are refused with 503.")?;
+        for state in ["waiting", "pending", "delayed", "dead"] {
+            jobs.with_label_values(&[state]);
+        }
+        for event in ["completed", "claims", "retries", "duplicates"] {
+            events.with_label_values(&[event]);
+        }
+        registry.register(Box::new(jobs.clone()))?;
+        registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(worker_completed.clone()))?;
+        registry.register(Box::new(worker_running.clone()))?;
+        registry.register(Box::new(up.clone()))?;
+        Ok(Self { jobs, events, worker_completed, worker_running, up })
+    }
+
+    /// Show `stats`.
+    pub fn set(&self, stats: &guild_queue::QueueStats) {
+        self.up.set(1);
+        for (state, value) in
+            [("waiting", stats.depth), ("pending", stats.pending), ("delayed", stats.delayed), ("dead", stats.dead)]
+        {
+            self.jobs.with_label_values(&[state]).set(value as i64);
+        }
+        for (event, value) in [
+            ("completed", stats.completed),
+            ("claims", stats.claims),
+            ("retries", stats.retries),
+            ("duplicates", stats.duplicates),
+        ] {
+            self.events.with_label_values(&[event]).set(value as i64);
+        }
+        // Only live workers: a restarted worker's old name goes away.
+        self.worker_completed.reset();
+        self.worker_running.reset();
+        for worker in &stats.workers {
+            self.worker_completed.with_label_values(&[&worker.name]).set(worker.completed as i64);
+            self.worker_running.with_label_values(&[&worker.name]).set(worker.running as i64);
+        }
+    }
 }
 
 /// Every `reason` label of `guild_rejections_total`.
 const REJECTION_REASONS: &[&str] =
-    &["rate_limited", "concurrency_limited", "fuel_budget_exhausted", "queue_full", "draining"];
+    &["rate_limited", "concurrency_limited", "fuel_budget_exhausted", "queue_full", "draining", "queue_unavailable"];
 
 /// Buckets for run wall time: 50 µs to ~30 s.
 const RUN_SECONDS_BUCKETS: &[f64] = &[
@@ -101,7 +174,9 @@ impl Metrics {
         registry.register(Box::new(audit_records.clone()))?;
         registry.register(Box::new(api_errors.clone()))?;
         registry.register(Box::new(build))?;
+        let redis = RedisMetrics::new(&registry)?;
         Ok(Self {
+            redis,
             registry,
             runs,
             run_seconds,

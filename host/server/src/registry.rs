@@ -53,6 +53,8 @@ pub struct RegisteredTool {
     pub grants: Grants,
     /// Limits every run of it gets.
     pub limits: Limits,
+    /// Where its bytes can be read again (to hand them to Redis workers).
+    pub source: ToolSource,
     validator: Option<jsonschema::Validator>,
 }
 
@@ -68,7 +70,7 @@ pub struct InvalidInput {
 impl RegisteredTool {
     /// Register `tool` as `name`; its input schema is compiled here. A schema that does not
     /// compile leaves the tool's own check (the SDK validates input) as the only one.
-    pub fn new(name: String, tool: Arc<Tool>, grants: Grants, limits: Limits) -> Self {
+    pub fn new(name: String, tool: Arc<Tool>, grants: Grants, limits: Limits, source: ToolSource) -> Self {
         let validator = match jsonschema::validator_for(&tool.info().input_schema) {
             Ok(v) => Some(v),
             Err(e) => {
@@ -76,7 +78,15 @@ impl RegisteredTool {
                 None
             }
         };
-        Self { name, tool, grants, limits, validator }
+        Self { name, tool, grants, limits, source, validator }
+    }
+
+    /// The component's bytes, read again from where it was registered from.
+    pub fn component_bytes(&self) -> std::io::Result<std::borrow::Cow<'static, [u8]>> {
+        match &self.source {
+            ToolSource::File(path) => std::fs::read(path).map(std::borrow::Cow::Owned),
+            ToolSource::Embedded { bytes, .. } => Ok(std::borrow::Cow::Borrowed(bytes)),
+        }
     }
 
     /// Check `input` against the tool's input schema.
@@ -170,7 +180,7 @@ impl Registry {
                 let asked = &tool.info().capabilities.dirs;
                 grants.mounts.retain(|m| asked.iter().any(|d| d.guest_path == m.guest_path));
             }
-            self.insert(RegisteredTool::new(name, tool, grants, spec.limits.clone()))
+            self.insert(RegisteredTool::new(name, tool, grants, spec.limits.clone(), spec.source.clone()))
                 .map_err(|e| fail(e.to_string()))?;
         }
         Ok(())

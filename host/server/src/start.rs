@@ -6,10 +6,11 @@ use crate::audit::{AuditError, AuditLog, AuditRecord};
 use crate::config::{ConfigError, DaemonConfig, TenantConfig};
 use crate::daemon::Daemon;
 use crate::metrics::Metrics;
-use crate::queue::RunQueue;
 use crate::registry::{Registry, ToolSource, ToolSpec};
+use crate::remote::Remote;
 use crate::runs::{Finished, RunTable};
 use crate::tenants::Tenant;
+use guild_queue::{RedisQueue, RunQueue};
 use guild_replay::{Digest, DirStore};
 use guild_runtime::Runtime;
 use std::path::PathBuf;
@@ -65,10 +66,23 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
     specs.extend(uploaded(&state_dir.join("tools")));
     tools.load(&runtime, specs).await?;
     let runs = RunTable::new(config.queue.runs_kept_max);
+    let remote = match config.redis.settings() {
+        Some(settings) => {
+            let queue = RedisQueue::open(settings).map_err(|e| ConfigError::new("redis.url", e.to_string()))?;
+            Some(Arc::new(Remote::new(queue, node_name(config.listen.port()))))
+        }
+        None => None,
+    };
     let mut runs_restored = 0;
     let audit = AuditLog::open(&state_dir.join("audit.log"), |record| {
-        restore(&runs, record);
-        runs_restored += 1;
+        let entry = &record.entry;
+        if let (Some(remote), Some(attempt), Some(worker)) = (&remote, entry.attempt, &entry.worker) {
+            remote.remember_audited(&entry.run, attempt, worker);
+        }
+        if entry.completion.as_deref() != Some("duplicate") {
+            restore(&runs, record);
+            runs_restored += 1;
+        }
     })?;
     let metrics = Metrics::new(env!("CARGO_PKG_VERSION"), guild_runtime::wasmtime_version())?;
     for tool in tools.all() {
@@ -92,7 +106,19 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         config.component_bytes_max,
     );
     daemon.mcp = config.mcp.clone();
-    Ok(DaemonParts { daemon: Arc::new(daemon), runs_restored })
+    daemon.remote = remote;
+    let daemon = Arc::new(daemon);
+    daemon.start_auditing();
+    Ok(DaemonParts { daemon, runs_restored })
+}
+
+/// This node's name among the API nodes of a Redis queue: host, port and process.
+fn node_name(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "node".into());
+    format!("api-{host}-{port}-{}", std::process::id())
 }
 
 fn tenants(config: &DaemonConfig, default_token: Option<String>) -> Result<Vec<Arc<Tenant>>, ConfigError> {

@@ -1,0 +1,113 @@
+//! `guild worker` (run jobs from the Redis queue) and `guild jobs dead|retry` (its dead-letter
+//! stream).
+
+use crate::args::{Global, JobsCommand, RedisArgs, WorkerArgs};
+use crate::exit::{Exit, Failure};
+use crate::run_cmd::home_dir;
+use crate::serve_cmd::{load_config, open_runtime, shutdown_signal};
+use guild_queue::{RedisQueue, RedisSettings};
+use guild_runtime::egress::{Secret, SecretSource};
+use guild_server::config::DaemonConfig;
+use guild_server::{WorkerSetup, run_worker};
+use std::time::Duration;
+
+pub(crate) fn worker(global: &Global, args: WorkerArgs) -> Result<Exit, Failure> {
+    let home = home_dir(global)?;
+    let config = load_config(args.redis.config.as_deref())?;
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::host(format!("cannot start the async runtime: {e}")))?;
+    let _in_tokio = tokio.enter();
+    let queue = open_queue(&args.redis, &config)?;
+    let secrets = secrets(&config)?;
+    let (runtime, store) = open_runtime(global, &config, &home)?;
+    let concurrency = args.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    if concurrency == 0 {
+        return Err(Failure::usage("--concurrency must be at least 1"));
+    }
+    let name = args.name.unwrap_or_else(|| format!("worker-{}-{}", hostname(), std::process::id()));
+    tokio.block_on(async {
+        tracing::info!(worker = %name, concurrency, queue = %queue.settings().queue, "worker started");
+        let setup = WorkerSetup { queue, runtime, store: store.clone(), name: name.clone(), concurrency, secrets };
+        let summary = run_worker(setup, shutdown_signal(), Duration::from_millis(args.drain)).await;
+        if let Err(e) = store.flush() {
+            tracing::error!(error = %e, "bundles could not be written");
+        }
+        tracing::info!(
+            worker = %name,
+            completed = summary.completed,
+            duplicates = summary.duplicates,
+            retried = summary.retried,
+            dead = summary.dead,
+            "worker stopped"
+        );
+        Ok(Exit::Success)
+    })
+}
+
+pub(crate) fn jobs(command: JobsCommand) -> Result<Exit, Failure> {
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::host(format!("cannot start the async runtime: {e}")))?;
+    let _in_tokio = tokio.enter();
+    let unreachable = |e: guild_queue::QueueError| Failure::host(e.to_string());
+    match command {
+        JobsCommand::Dead { redis, limit, json } => {
+            let queue = open_queue(&redis, &load_config(redis.config.as_deref())?)?;
+            let dead = tokio.block_on(queue.dead(limit)).map_err(unreachable)?;
+            if json {
+                for job in &dead {
+                    crate::out!("{}", serde_json::to_string(job).unwrap_or_default());
+                }
+            } else if dead.is_empty() {
+                crate::out!("no dead jobs");
+            } else {
+                crate::out!("{:<32}  {:<12}  {:<14}  {:>8}  error", "job", "tenant", "tool", "attempts");
+                for job in &dead {
+                    let error = job.error.get("message").and_then(|m| m.as_str()).unwrap_or_default();
+                    crate::out!("{:<32}  {:<12}  {:<14}  {:>8}  {error}", job.id, job.tenant, job.tool, job.attempts);
+                }
+            }
+            Ok(Exit::Success)
+        }
+        JobsCommand::Retry { id, redis } => {
+            let queue = open_queue(&redis, &load_config(redis.config.as_deref())?)?;
+            if tokio.block_on(queue.requeue(&id)).map_err(unreachable)? {
+                crate::out!("job {id} is back in the queue with fresh attempts");
+                Ok(Exit::Success)
+            } else {
+                Err(Failure::usage(format!("job {id} is not in the dead-letter stream (see `guild jobs dead`)")))
+            }
+        }
+    }
+}
+
+/// The queue `--redis` (or the config's `[redis]`) names.
+fn open_queue(args: &RedisArgs, config: &DaemonConfig) -> Result<RedisQueue, Failure> {
+    let url = args.redis.clone().or_else(|| config.redis.url.clone()).ok_or_else(|| {
+        Failure::usage("no Redis: pass --redis redis://HOST:PORT/DB or set redis.url in the config (GUILD_REDIS__URL)")
+    })?;
+    let mut redis = config.redis.clone();
+    redis.url = Some(url.clone());
+    let settings = redis.settings().unwrap_or_else(|| RedisSettings::new(url));
+    RedisQueue::open(settings).map_err(|e| Failure::usage(e.to_string()))
+}
+
+/// Every secret the config's `[secrets]` defines: jobs name the ones they are granted.
+fn secrets(config: &DaemonConfig) -> Result<Vec<Secret>, Failure> {
+    config
+        .secrets
+        .iter()
+        .map(|(name, source)| {
+            let source =
+                SecretSource::parse(source).map_err(|e| Failure::usage(format!("config: secrets.{name}: {e}")))?;
+            Secret::read(name, &source).map_err(|e| Failure::usage(format!("config: secrets.{name}: {e}")))
+        })
+        .collect()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into())
+}

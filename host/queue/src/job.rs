@@ -1,0 +1,277 @@
+//! Jobs and their results as plain data: what an API node puts on a shared queue and what a
+//! worker on any machine needs to run it, then what it leaves for every node to read.
+
+use guild_replay::Digest;
+use serde::{Deserialize, Serialize};
+
+/// One run to do, as it travels between machines.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// The run id (32 hex characters), also the job's key.
+    pub id: String,
+    /// Who asked.
+    pub tenant: String,
+    /// The tool's name, for logs and metrics.
+    pub tool: String,
+    /// blake3 of the component: workers fetch it by this.
+    pub tool_digest: Digest,
+    /// The input JSON text.
+    pub input: String,
+    /// blake3 of `input`.
+    pub input_digest: Digest,
+    /// The grants the run gets (the runtime's `Grants`; secret values never travel, only their
+    /// names: a worker reads them from its own configuration).
+    pub grants: serde_json::Value,
+    /// The limits the run gets (the runtime's `Limits`).
+    pub limits: serde_json::Value,
+    /// The caller's idempotency key, if any.
+    pub idempotency_key: Option<String>,
+    /// Attempts allowed before the job goes to the dead-letter stream.
+    pub attempts_max: u32,
+    /// When it was submitted, ms since the Unix epoch.
+    pub submitted_unix_ms: u64,
+}
+
+/// How a job ended: what `GET /v1/runs/{id}` shows on every node and what the audit log keeps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    /// The run id.
+    pub id: String,
+    /// Who asked.
+    pub tenant: String,
+    /// The tool's name.
+    pub tool: String,
+    /// blake3 of the component.
+    pub tool_digest: Digest,
+    /// blake3 of the input.
+    pub input_digest: Digest,
+    /// The caller's idempotency key, if any.
+    pub idempotency_key: Option<String>,
+    /// `succeeded`, `failed` (deterministically: tool error, limit, denial, trap) or `dead`
+    /// (retryable failures until the last attempt).
+    pub status: String,
+    /// The outcome as recorded (`status`, `message`, …); null on success.
+    pub error: serde_json::Value,
+    /// The tool's output text, on success.
+    pub output: Option<String>,
+    /// The attempt's bundle, when one was sealed.
+    pub bundle: Option<Digest>,
+    /// Fuel burnt by the attempt.
+    pub fuel_used_units: u64,
+    /// Wall time of the attempt, µs.
+    pub wall_time_us: u64,
+    /// The effective policy and limits the attempt had (for the audit log).
+    pub policy: serde_json::Value,
+    /// Which attempt this was, from 1.
+    pub attempt: u32,
+    /// The worker that ran it.
+    pub worker: String,
+}
+
+/// A job a worker holds: it runs it, renews the lease while it does, then completes or fails it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    /// The job.
+    pub job: Job,
+    /// The stream entry that delivered it; the lease is on this entry.
+    pub entry: String,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting in the stream.
+    Queued,
+    /// A worker holds it.
+    Running,
+    /// Waiting out a retry's backoff.
+    Delayed,
+    /// Finished; its result is kept.
+    Done,
+    /// Out of attempts; in the dead-letter stream.
+    Dead,
+}
+
+impl JobState {
+    /// The word the API shows.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Queued | Self::Delayed => "queued",
+            Self::Running => "running",
+            Self::Done | Self::Dead => "finished",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "delayed" => Self::Delayed,
+            "done" => Self::Done,
+            "dead" => Self::Dead,
+            _ => return None,
+        })
+    }
+}
+
+/// A job's state as any node sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobStatus {
+    /// The tenant that submitted it.
+    pub tenant: String,
+    /// The tool's name.
+    pub tool: String,
+    /// blake3 of its input (an idempotency key must name the same tool and input).
+    pub input_digest: Option<Digest>,
+    /// Where it is.
+    pub state: JobState,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Its result, once done or dead (until it expires).
+    pub result: Option<JobResult>,
+}
+
+/// What a submission did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The job's id: the submitted one, or the first job's for a reused idempotency key.
+    pub id: String,
+    /// True when the idempotency key already named a job.
+    pub existing: bool,
+}
+
+/// What completing a job did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// This attempt's result is the job's result.
+    Recorded,
+    /// Another attempt already finished the job, or took it over after this worker's lease
+    /// lapsed: this attempt is kept as a duplicate (its bundle and audit record remain).
+    Duplicate,
+}
+
+/// What failing an attempt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Back in the queue after this delay.
+    Retry {
+        /// The backoff, ms.
+        delay_ms: u64,
+    },
+    /// That was the last attempt: the job is in the dead-letter stream.
+    Dead,
+    /// The lease had lapsed and another worker holds the job.
+    Duplicate,
+}
+
+/// One entry of the dead-letter stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadJob {
+    /// The job id.
+    pub id: String,
+    /// Who asked.
+    pub tenant: String,
+    /// The tool's name.
+    pub tool: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last attempt's error.
+    pub error: serde_json::Value,
+    /// The last attempt's bundle, if it sealed one.
+    pub bundle: Option<Digest>,
+    /// When it died, ms since the Unix epoch.
+    pub dead_unix_ms: u64,
+}
+
+/// Counts for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// Jobs waiting in the stream, not yet delivered.
+    pub depth: u64,
+    /// Jobs delivered to a worker and not yet finished.
+    pub pending: u64,
+    /// Jobs waiting out a retry backoff.
+    pub delayed: u64,
+    /// Jobs in the dead-letter stream.
+    pub dead: u64,
+    /// Jobs taken over from workers whose lease lapsed, ever.
+    pub claims: u64,
+    /// Retries scheduled, ever.
+    pub retries: u64,
+    /// Jobs completed, ever.
+    pub completed: u64,
+    /// Attempts that finished after another attempt had (at-least-once duplicates), ever.
+    pub duplicates: u64,
+    /// Live workers: name and jobs completed since it started.
+    pub workers: Vec<WorkerStats>,
+}
+
+/// A worker's heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStats {
+    /// Its name.
+    pub name: String,
+    /// Jobs it completed since it started.
+    pub completed: u64,
+    /// Jobs it runs now.
+    pub running: u64,
+    /// Its last heartbeat, ms since the Unix epoch.
+    pub seen_unix_ms: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The backoff before retry number `attempt` (1 for the first retry): exponential from
+/// `base_ms`, capped at `max_ms`, with "full jitter" — a uniform draw between half and all of
+/// it — so that jobs failed together do not come back together.
+pub fn backoff_ms(attempt: u32, base_ms: u64, max_ms: u64) -> u64 {
+    let exponential = base_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(32)).min(max_ms);
+    let mut bytes = [0u8; 8];
+    let draw = if getrandom::fill(&mut bytes).is_ok() { u64::from_le_bytes(bytes) } else { now_unix_ms() };
+    let half = exponential / 2;
+    half + draw % (exponential - half + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_is_capped_and_jittered() {
+        for attempt in 1..=3 {
+            let full = 100u64 << (attempt - 1);
+            for _ in 0..50 {
+                let delay = backoff_ms(attempt, 100, 10_000);
+                assert!((full / 2..=full).contains(&delay), "attempt {attempt}: {delay} ms");
+            }
+        }
+        assert!(backoff_ms(40, 100, 10_000) <= 10_000);
+        let draws: std::collections::BTreeSet<u64> = (0..20).map(|_| backoff_ms(5, 1000, 60_000)).collect();
+        assert!(draws.len() > 1, "jittered");
+    }
+
+    #[test]
+    fn job_round_trips_as_json() {
+        let job = Job {
+            id: "ab".repeat(16),
+            tenant: "alice".into(),
+            tool: "wc".into(),
+            tool_digest: Digest::of(b"component"),
+            input: "{}".into(),
+            input_digest: Digest::of(b"{}"),
+            grants: serde_json::json!({ "mounts": [] }),
+            limits: serde_json::json!({ "fuel_units": 1 }),
+            idempotency_key: Some("k".into()),
+            attempts_max: 3,
+            submitted_unix_ms: 1,
+        };
+        let text = serde_json::to_string(&job).expect("serializes");
+        assert_eq!(serde_json::from_str::<Job>(&text).expect("parses"), job);
+    }
+}

@@ -1,0 +1,26 @@
+//! guild-queue: where runs wait. Two queues with one job model:
+//!
+//! - `embedded`: the default, in-process and bounded ([`RunQueue`]): at most
+//!   `runs_in_flight_max` runs execute and at most `depth_max` wait; one machine needs nothing
+//!   else.
+//! - `redis`: a shared queue ([`RedisQueue`]) that API nodes enqueue into and `guild worker`
+//!   processes on any machine consume: a stream with a consumer group, leases renewed while a
+//!   job runs and taken over (`XAUTOCLAIM`) when a worker dies, retries with backoff through a
+//!   delayed set, a dead-letter stream, idempotency keys, expiring results, components and
+//!   bundles by digest, and a circuit breaker so callers get a fast 503 when Redis is down.
+//!
+//! Both carry a job as plain data ([`Job`]): tool digest, input, grants, limits, idempotency
+//! key, attempts. This crate knows nothing of wasmtime: it moves jobs, it does not run them.
+
+mod breaker;
+mod embedded;
+mod job;
+mod redis;
+
+pub use breaker::{Breaker, Open};
+pub use embedded::{QueueFull, RunQueue, Slot, Ticket};
+pub use job::{
+    Accepted, Completion, DeadJob, Disposition, Job, JobResult, JobState, JobStatus, Lease, QueueStats, WorkerStats,
+    backoff_ms, now_unix_ms,
+};
+pub use redis::{DoneEntry, QueueError, RedisQueue, RedisSettings};

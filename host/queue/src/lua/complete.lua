@@ -1,0 +1,18 @@
+-- KEYS: stream, job hash, result, done stream, stats
+-- ARGV: entry, worker, result json, ttl seconds, done stream length kept
+-- Returns 'recorded' when this attempt's result became the job's, 'duplicate' otherwise.
+local mine, fields = holds(KEYS[2], ARGV[1], ARGV[2])
+if mine then
+  settle(KEYS[1], ARGV[1])
+  keep_result(KEYS[3], KEYS[2], ARGV[3], 'done', tonumber(ARGV[4]))
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'kind', 'completed', 'result', ARGV[3])
+  redis.call('HINCRBY', KEYS[5], 'completed', 1)
+  return 'recorded'
+end
+-- Another worker holds this very entry (it took over the lapsed lease): leave its lease alone.
+if not (fields[1] == 'running' and fields[3] == ARGV[1]) then
+  settle(KEYS[1], ARGV[1])
+end
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'kind', 'duplicate', 'result', ARGV[3])
+redis.call('HINCRBY', KEYS[5], 'duplicates', 1)
+return 'duplicate'

@@ -1,0 +1,280 @@
+//! The daemon with `--redis`: runs become jobs in the shared queue, `guild worker` processes
+//! run them, and this node
+//! - hands each tool's component to Redis the first time it enqueues it (again after Redis
+//!   failed, in case it came back empty);
+//! - answers sync requests and settles tenants' fuel when the job's result arrives;
+//! - writes the audit record of every finished attempt, reading them from the done stream
+//!   (with the other API nodes, in one consumer group: each attempt lands in one node's log);
+//! - answers `GET /v1/runs/{id}` and `GET /v1/bundles/{id}` for jobs any node enqueued.
+
+use crate::audit::AuditEntry;
+use crate::daemon::Daemon;
+use crate::runs::{Finished, RunState};
+use guild_queue::{DoneEntry, JobResult, JobState, JobStatus, QueueError, RedisQueue};
+use guild_replay::Digest;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How many finished attempts the audit writer takes at once.
+const AUDIT_BATCH_MAX: usize = 512;
+/// Attempt keys remembered to drop redeliveries (after a crash between fsync and ack).
+const AUDITED_REMEMBERED_MAX: usize = 100_000;
+/// Waiters on another node's jobs look at Redis this often.
+const POLL: Duration = Duration::from_millis(250);
+
+/// The Redis side of a daemon.
+pub struct Remote {
+    /// The queue.
+    pub queue: RedisQueue,
+    /// This node's consumer name in the audit group.
+    node: String,
+    waiters: Mutex<HashMap<String, Vec<watch::Sender<RunState>>>>,
+    pushed: Mutex<HashSet<Digest>>,
+    audited: Mutex<Remembered>,
+}
+
+#[derive(Default)]
+struct Remembered {
+    keys: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Remembered {
+    /// True the first time `key` is seen.
+    fn insert(&mut self, key: String) -> bool {
+        if !self.keys.insert(key.clone()) {
+            return false;
+        }
+        self.order.push_back(key);
+        while self.order.len() > AUDITED_REMEMBERED_MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.keys.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+fn attempt_key(run: &str, attempt: u32, worker: &str) -> String {
+    format!("{run}/{attempt}/{worker}")
+}
+
+impl Remote {
+    /// A node called `node` (unique among API nodes) on `queue`.
+    pub fn new(queue: RedisQueue, node: String) -> Self {
+        Self {
+            queue,
+            node,
+            waiters: Mutex::new(HashMap::new()),
+            pushed: Mutex::new(HashSet::new()),
+            audited: Mutex::new(Remembered::default()),
+        }
+    }
+
+    /// An attempt already in the audit log (from the log, at start).
+    pub fn remember_audited(&self, run: &str, attempt: u32, worker: &str) {
+        self.audited.lock().unwrap_or_else(|p| p.into_inner()).insert(attempt_key(run, attempt, worker));
+    }
+
+    /// Put the tool's component in Redis unless this node already did.
+    pub async fn push_component(&self, tool: &crate::registry::RegisteredTool) -> Result<(), QueueError> {
+        let digest = *tool.tool.digest();
+        if self.pushed.lock().unwrap_or_else(|p| p.into_inner()).contains(&digest) {
+            return Ok(());
+        }
+        let bytes =
+            tool.component_bytes().map_err(|e| QueueError::Corrupt(format!("component of {}: {e}", tool.name)))?;
+        self.queue.put_component(&digest, &bytes).await?;
+        self.pushed.lock().unwrap_or_else(|p| p.into_inner()).insert(digest);
+        Ok(())
+    }
+
+    /// Forget which components were pushed (Redis failed; it may come back without them).
+    pub fn forget_pushed(&self) {
+        self.pushed.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// A state channel for job `id` that turns `Finished` when its result arrives.
+    pub fn watch(self: &Arc<Self>, id: &str) -> watch::Receiver<RunState> {
+        let (sender, receiver) = watch::channel(RunState::Queued);
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_string()).or_default().push(sender);
+        // Another node may audit this job: look at Redis now and then too.
+        let remote = self.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(POLL).await;
+                let listening = {
+                    let waiters = remote.waiters.lock().unwrap_or_else(|p| p.into_inner());
+                    waiters.get(&id).is_some_and(|senders| senders.iter().any(|s| !s.is_closed()))
+                };
+                if !listening {
+                    remote.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                    return;
+                }
+                if let Ok(Some(status)) = remote.queue.status(&id).await {
+                    if let Some(result) = status.result {
+                        remote.notify(&result);
+                        return;
+                    }
+                    if status.state == JobState::Running {
+                        remote.mark_running(&id);
+                    }
+                }
+            }
+        });
+        receiver
+    }
+
+    fn mark_running(&self, id: &str) {
+        if let Some(senders) = self.waiters.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            for sender in senders {
+                sender.send_if_modified(|state| {
+                    let queued = matches!(state, RunState::Queued);
+                    if queued {
+                        *state = RunState::Running;
+                    }
+                    queued
+                });
+            }
+        }
+    }
+
+    fn notify(&self, result: &JobResult) {
+        let Some(senders) = self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&result.id) else { return };
+        let finished = Arc::new(finished(result));
+        for sender in senders {
+            let _ = sender.send(RunState::Finished(finished.clone()));
+        }
+    }
+
+    /// Write audit records for finished attempts until the daemon drains; wakes waiters.
+    pub async fn audit_loop(self: Arc<Self>, daemon: Arc<Daemon>) {
+        let mut delay = Duration::from_millis(100);
+        let mut ready = false;
+        while !daemon.is_draining() {
+            if !ready {
+                ready = self.queue.ensure_groups().await.is_ok();
+            }
+            let entries = match self.queue.read_done(&self.node, AUDIT_BATCH_MAX, Duration::from_millis(500)).await {
+                Ok(entries) => {
+                    delay = Duration::from_millis(100);
+                    entries
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read finished jobs; retrying");
+                    ready = false;
+                    self.forget_pushed();
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            if entries.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.audit(&daemon, &entries).await {
+                tracing::error!(error = %e, "cannot write audit records of finished jobs; they stay in Redis");
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            let acked: Vec<String> = entries.iter().map(|e| e.entry.clone()).collect();
+            if let Err(e) = self.queue.ack_done(&acked).await {
+                tracing::warn!(error = %e, "audited jobs not acknowledged; they will be delivered again and skipped");
+            }
+            for entry in &entries {
+                if entry.kind != "duplicate" {
+                    self.notify(&entry.result);
+                }
+            }
+        }
+    }
+
+    async fn audit(&self, daemon: &Daemon, entries: &[DoneEntry]) -> Result<(), crate::audit::AuditError> {
+        let mut records = Vec::new();
+        {
+            let mut audited = self.audited.lock().unwrap_or_else(|p| p.into_inner());
+            for entry in entries {
+                let r = &entry.result;
+                if audited.insert(attempt_key(&r.id, r.attempt, &r.worker)) {
+                    records.push(audit_entry(entry));
+                }
+            }
+        }
+        let count = records.len() as u64;
+        daemon.audit.append_many(records).await?;
+        daemon.metrics.audit_records.inc_by(count);
+        for entry in entries {
+            let r = &entry.result;
+            let outcome = outcome_of(r);
+            daemon.metrics.runs.with_label_values(&[&r.tool, &r.tenant, &outcome]).inc();
+        }
+        Ok(())
+    }
+}
+
+/// The outcome label of a job result, as in the audit log and metrics.
+fn outcome_of(result: &JobResult) -> String {
+    match result.status.as_str() {
+        "succeeded" => "output".into(),
+        "dead" => "dead".into(),
+        _ => result.error.get("status").and_then(|s| s.as_str()).unwrap_or("failed").to_string(),
+    }
+}
+
+fn audit_entry(done: &DoneEntry) -> AuditEntry {
+    let r = &done.result;
+    AuditEntry {
+        run: r.id.clone(),
+        tenant: r.tenant.clone(),
+        tool: r.tool.clone(),
+        tool_digest: r.tool_digest,
+        input_digest: r.input_digest,
+        grants: r.policy.clone(),
+        outcome: outcome_of(r),
+        fuel_used_units: r.fuel_used_units,
+        bundle: r.bundle,
+        idempotency_key: r.idempotency_key.clone(),
+        attempt: Some(r.attempt),
+        worker: Some(r.worker.clone()),
+        completion: Some(done.kind.clone()),
+    }
+}
+
+/// A job result as the run table's `Finished`.
+pub(crate) fn finished(result: &JobResult) -> Finished {
+    let status = match result.status.as_str() {
+        "succeeded" => "succeeded",
+        "dead" => "dead",
+        _ => "failed",
+    };
+    Finished {
+        status,
+        error: result.error.clone(),
+        bundle: result.bundle,
+        fuel_used_units: result.fuel_used_units,
+        wall_time_us: result.wall_time_us,
+    }
+}
+
+/// What `GET /v1/runs/{id}` shows for a job in Redis.
+pub(crate) fn run_body(id: &str, status: &JobStatus) -> serde_json::Value {
+    let mut body = serde_json::json!({ "id": id, "tool": status.tool, "attempts": status.attempts });
+    match &status.result {
+        Some(result) => {
+            let finished = finished(result);
+            body["status"] = finished.status.into();
+            body["output"] =
+                result.output.as_deref().and_then(|o| serde_json::from_str(o).ok()).unwrap_or(serde_json::Value::Null);
+            body["error"] = finished.error;
+            body["bundle"] = finished.bundle.map(|b| b.to_hex()).into();
+            body["fuel_used_units"] = finished.fuel_used_units.into();
+            body["wall_time_us"] = finished.wall_time_us.into();
+            body["worker"] = result.worker.clone().into();
+        }
+        None => body["status"] = status.state.word().into(),
+    }
+    body
+}

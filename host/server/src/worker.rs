@@ -1,0 +1,511 @@
+//! `guild worker`: runs jobs from the Redis queue on any machine. It takes up to `concurrency`
+//! jobs at a time, renews each job's lease while it runs, takes over jobs of workers that died
+//! (`XAUTOCLAIM`), promotes retries whose backoff is over, and says it is alive. A job's
+//! component is fetched from Redis by digest the first time and compiled into the local cache.
+//! Each attempt is recorded as a bundle, left in Redis for every node to serve.
+//!
+//! Redis going away never stops a worker: every loop waits with backoff and carries on when
+//! it answers again, recreating the consumer groups if Redis lost them.
+
+use crate::daemon::{outcome_label, outcome_message};
+use guild_queue::{
+    Completion, Disposition, JobResult, Lease, QueueError, RedisQueue, WorkerStats, backoff_ms, now_unix_ms,
+};
+use guild_replay::{Digest, DirStore, archive};
+use guild_runtime::egress::Secret;
+use guild_runtime::{Grants, Limits, Outcome, RunError, RunReport, Runtime, Tool};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+/// How long a read waits for jobs before the loop looks around (shutdown, reconnects).
+const TAKE_BLOCK: Duration = Duration::from_millis(1_000);
+/// Longest wait between reconnection attempts.
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// What a worker needs.
+pub struct WorkerSetup {
+    /// The queue.
+    pub queue: RedisQueue,
+    /// The runtime, recording into `store`.
+    pub runtime: Arc<Runtime>,
+    /// Where this worker's bundles are sealed.
+    pub store: Arc<DirStore>,
+    /// Its name in the consumer group and in metrics (unique per process).
+    pub name: String,
+    /// Jobs run at once.
+    pub concurrency: usize,
+    /// Secret values jobs may be granted (by name); they never travel through Redis.
+    pub secrets: Vec<Secret>,
+}
+
+/// What a worker did, for its last log line.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerSummary {
+    /// Attempts whose result became their job's.
+    pub completed: u64,
+    /// Attempts that finished after another attempt had.
+    pub duplicates: u64,
+    /// Attempts that failed and were scheduled again.
+    pub retried: u64,
+    /// Jobs this worker moved to the dead-letter stream.
+    pub dead: u64,
+}
+
+struct Worker {
+    queue: RedisQueue,
+    runtime: Arc<Runtime>,
+    store: Arc<DirStore>,
+    name: String,
+    secrets: Vec<Secret>,
+    tools: Mutex<HashMap<Digest, Arc<Tool>>>,
+    completed: AtomicU64,
+    duplicates: AtomicU64,
+    retried: AtomicU64,
+    dead: AtomicU64,
+    running: AtomicU64,
+}
+
+/// Run jobs until `shutdown` resolves; then take no more, let the running ones finish (up to
+/// `drain`) and return. Jobs still running then keep their lease entries and are taken over
+/// by another worker once the lease lapses.
+pub async fn run_worker(
+    setup: WorkerSetup,
+    shutdown: impl Future<Output = ()> + Send,
+    drain: Duration,
+) -> WorkerSummary {
+    let concurrency = setup.concurrency.max(1);
+    let worker = Arc::new(Worker {
+        queue: setup.queue,
+        runtime: setup.runtime,
+        store: setup.store,
+        name: setup.name,
+        secrets: setup.secrets,
+        tools: Mutex::new(HashMap::new()),
+        completed: AtomicU64::new(0),
+        duplicates: AtomicU64::new(0),
+        retried: AtomicU64::new(0),
+        dead: AtomicU64::new(0),
+        running: AtomicU64::new(0),
+    });
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let taking = tokio::spawn(worker.clone().take_loop(slots.clone(), concurrency, stop.clone()));
+    let upkeep = tokio::spawn(worker.clone().upkeep_loop(slots.clone(), stop.clone()));
+    shutdown.await;
+    tracing::info!(worker = %worker.name, "stopping: no new jobs; finishing the running ones");
+    let _ = stop_tx.send(true);
+    let _ = taking.await;
+    let _ = upkeep.await;
+    let all = u32::try_from(concurrency).unwrap_or(u32::MAX);
+    if tokio::time::timeout(drain, slots.acquire_many(all)).await.is_err() {
+        tracing::warn!(worker = %worker.name, "the drain deadline passed with jobs running; their leases will lapse");
+    }
+    worker.heartbeat().await;
+    worker.summary()
+}
+
+impl Worker {
+    fn summary(&self) -> WorkerSummary {
+        WorkerSummary {
+            completed: self.completed.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            dead: self.dead.load(Ordering::Relaxed),
+        }
+    }
+
+    async fn heartbeat(&self) {
+        let stats = WorkerStats {
+            name: self.name.clone(),
+            completed: self.completed.load(Ordering::Relaxed),
+            running: self.running.load(Ordering::Relaxed),
+            seen_unix_ms: now_unix_ms(),
+        };
+        if let Err(e) = self.queue.heartbeat(&stats).await {
+            tracing::debug!(error = %e, "heartbeat not sent");
+        }
+    }
+
+    /// Take jobs whenever a slot is free.
+    async fn take_loop(self: Arc<Self>, slots: Arc<Semaphore>, concurrency: usize, stop: Stop) {
+        let mut reconnect = Reconnect::default();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let Ok(first) = slots.clone().acquire_owned().await else { return };
+            let mut permits = vec![first];
+            while permits.len() < concurrency {
+                match slots.clone().try_acquire_owned() {
+                    Ok(permit) => permits.push(permit),
+                    Err(_) => break,
+                }
+            }
+            match self.queue.take(&self.name, permits.len(), TAKE_BLOCK).await {
+                Ok(leases) => {
+                    reconnect.succeeded(&self.name);
+                    for (lease, permit) in leases.into_iter().zip(permits.drain(..)) {
+                        self.clone().spawn_job(lease, permit);
+                    }
+                }
+                Err(e) => {
+                    drop(permits);
+                    if !reconnect.wait(&self.queue, &self.name, &e, &stop).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every quarter lease: promote due retries, take over jobs of dead workers (as many as
+    /// there are free slots), send a heartbeat.
+    async fn upkeep_loop(self: Arc<Self>, slots: Arc<Semaphore>, mut stop: Stop) {
+        let period = Duration::from_millis((self.queue.settings().lease_ms / 4).clamp(50, 1_000));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = stop.changed() => return,
+            }
+            if self.queue.promote().await.is_err() {
+                continue;
+            }
+            let mut permits = Vec::new();
+            while let Ok(permit) = slots.clone().try_acquire_owned() {
+                permits.push(permit);
+            }
+            if !permits.is_empty() {
+                match self.queue.reclaim(&self.name, permits.len()).await {
+                    Ok(leases) => {
+                        for (lease, permit) in leases.into_iter().zip(permits.drain(..)) {
+                            tracing::warn!(run_id = %lease.job.id, attempt = lease.attempt, "took over a job whose worker's lease lapsed");
+                            self.clone().spawn_job(lease, permit);
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "reclaim failed"),
+                }
+            }
+            drop(permits);
+            self.heartbeat().await;
+        }
+    }
+
+    fn spawn_job(self: Arc<Self>, lease: Lease, permit: tokio::sync::OwnedSemaphorePermit) {
+        let span = tracing::info_span!(
+            "job",
+            run_id = %lease.job.id,
+            tenant = %lease.job.tenant,
+            tool = %lease.job.tool,
+            attempt = lease.attempt
+        );
+        tokio::spawn(
+            async move {
+                self.running.fetch_add(1, Ordering::Relaxed);
+                self.attempt(lease).await;
+                self.running.fetch_sub(1, Ordering::Relaxed);
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// One attempt: hold the lease, run, settle.
+    async fn attempt(self: &Arc<Self>, lease: Lease) {
+        let renewing = tokio::spawn(self.clone().renew_loop(lease.clone()));
+        let result = if lease.attempt > lease.job.attempts_max {
+            // Its workers kept dying while running it: do not try a fifth time.
+            Err(Failure::retryable(
+                "worker_lost",
+                format!("the job's worker stopped before finishing on {} attempts", lease.attempt - 1),
+            ))
+        } else {
+            self.execute(&lease).await
+        };
+        renewing.abort();
+        self.settle(&lease, result).await;
+    }
+
+    async fn renew_loop(self: Arc<Self>, lease: Lease) {
+        let period = Duration::from_millis((self.queue.settings().lease_ms / 3).max(10));
+        loop {
+            tokio::time::sleep(period).await;
+            match self.queue.renew(&self.name, &lease).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(
+                        "lost the job's lease: another worker took it over; this attempt will be a duplicate"
+                    );
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "could not renew the job's lease"),
+            }
+        }
+    }
+
+    async fn execute(&self, lease: &Lease) -> Result<JobResult, Failure> {
+        let job = &lease.job;
+        let tool = self.tool(&job.tool_digest).await?;
+        let mut grants: Grants = serde_json::from_value(job.grants.clone())
+            .map_err(|e| Failure::deterministic("bad_job", format!("the job's grants do not parse: {e}")))?;
+        grants.secrets = self.secrets.clone();
+        let limits: Limits = serde_json::from_value(job.limits.clone())
+            .map_err(|e| Failure::deterministic("bad_job", format!("the job's limits do not parse: {e}")))?;
+        let report = match self.runtime.run(&tool, &job.input, &grants, &limits).await {
+            Ok(report) => report,
+            Err(error) => {
+                let code = match &error {
+                    RunError::Denied(_) => "denied",
+                    RunError::Limits(_) => "bad_limits",
+                    RunError::Busy { .. } => "busy",
+                    RunError::Host(_) | RunError::Record(_) => "host_failure",
+                };
+                let failure = FailureInfo { code, message: error.to_string(), bundle: None };
+                // Denials and bad limits come out the same on every machine; the rest may not.
+                return Err(if matches!(error, RunError::Denied(_) | RunError::Limits(_)) {
+                    Failure::Deterministic(failure)
+                } else {
+                    Failure::Retryable(failure)
+                });
+            }
+        };
+        if let Some(bundle) = report.bundle {
+            self.share_bundle(&bundle).await;
+        }
+        Ok(self.result(lease, report))
+    }
+
+    /// The component, from memory, else from Redis (then compiled, or loaded from the local cache).
+    async fn tool(&self, digest: &Digest) -> Result<Arc<Tool>, Failure> {
+        if let Some(tool) = self.tools.lock().unwrap_or_else(|p| p.into_inner()).get(digest) {
+            return Ok(tool.clone());
+        }
+        let bytes = self
+            .queue
+            .get_component(digest)
+            .await
+            .map_err(|e| Failure::retryable("host_failure", format!("cannot fetch component {digest}: {e}")))?
+            .ok_or_else(|| {
+                Failure::retryable(
+                    "host_failure",
+                    format!("component {digest} is not in Redis; an API node puts it there when it enqueues a job"),
+                )
+            })?;
+        let (tool, _) = self
+            .runtime
+            .load(&bytes)
+            .await
+            .map_err(|e| Failure::deterministic("host_failure", format!("cannot load component {digest}: {e}")))?;
+        self.tools.lock().unwrap_or_else(|p| p.into_inner()).insert(*digest, tool.clone());
+        Ok(tool)
+    }
+
+    /// Leave the bundle in Redis for every API node to serve (small ones; big ones stay here).
+    async fn share_bundle(&self, id: &Digest) {
+        let store = self.store.clone();
+        let id = *id;
+        let exported = tokio::task::spawn_blocking(move || {
+            let (manifest, signature) = store.get_bundle(&id).map_err(|e| e.to_string())?;
+            let mut bytes = Vec::new();
+            archive::export(store.as_ref(), &manifest, &signature, &mut bytes).map_err(|e| e.to_string())?;
+            Ok::<_, String>(bytes)
+        })
+        .await;
+        let bytes = match exported {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => return tracing::warn!(bundle = %id, error = %e, "cannot export the bundle"),
+            Err(e) => return tracing::warn!(bundle = %id, error = %e, "cannot export the bundle"),
+        };
+        let limit = self.queue.settings().bundle_inline_bytes_max;
+        if bytes.len() as u64 > limit {
+            tracing::warn!(bundle = %id, bytes = bytes.len(), "the bundle is larger than redis.bundle_inline_bytes_max ({limit}); it stays in this worker's store");
+            return;
+        }
+        if let Err(e) = self.queue.put_bundle(&id, &bytes).await {
+            tracing::warn!(bundle = %id, error = %e, "cannot leave the bundle in Redis; it stays in this worker's store");
+        }
+    }
+
+    fn result(&self, lease: &Lease, report: RunReport) -> JobResult {
+        let (status, error, output) = match report.outcome {
+            Outcome::Output { output } => ("succeeded", serde_json::Value::Null, Some(output)),
+            other => {
+                let message = outcome_message(&other);
+                let label = outcome_label(&other);
+                let mut error = serde_json::to_value(&other).unwrap_or_default();
+                if let Some(object) = error.as_object_mut() {
+                    object.insert("message".into(), message.into());
+                    object.entry("status").or_insert_with(|| label.into());
+                }
+                ("failed", error, None)
+            }
+        };
+        JobResult {
+            status: status.into(),
+            error,
+            output,
+            bundle: report.bundle,
+            fuel_used_units: report.fuel_used_units,
+            wall_time_us: report.wall_time.as_micros() as u64,
+            policy: serde_json::json!({ "policy": report.policy, "limits": report.limits }),
+            ..self.empty_result(lease)
+        }
+    }
+
+    fn empty_result(&self, lease: &Lease) -> JobResult {
+        let job = &lease.job;
+        JobResult {
+            id: job.id.clone(),
+            tenant: job.tenant.clone(),
+            tool: job.tool.clone(),
+            tool_digest: job.tool_digest,
+            input_digest: job.input_digest,
+            idempotency_key: job.idempotency_key.clone(),
+            status: String::new(),
+            error: serde_json::Value::Null,
+            output: None,
+            bundle: None,
+            fuel_used_units: 0,
+            wall_time_us: 0,
+            policy: serde_json::json!({ "grants": job.grants, "limits": job.limits }),
+            attempt: lease.attempt,
+            worker: self.name.clone(),
+        }
+    }
+
+    /// Complete or fail the job in Redis, retrying while Redis is away: the attempt's result
+    /// is not dropped for a blip. If Redis stays away past two leases, the job is left to be
+    /// taken over and run again (at least once).
+    async fn settle(&self, lease: &Lease, result: Result<JobResult, Failure>) {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.queue.settings().lease_ms * 2);
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let settled = match &result {
+                Ok(result) => self.complete(lease, result).await,
+                Err(Failure::Deterministic(f)) => {
+                    let result = JobResult { status: "failed".into(), ..f.result(self.empty_result(lease)) };
+                    self.complete(lease, &result).await
+                }
+                Err(Failure::Retryable(f)) => self.retry(lease, f).await,
+            };
+            match settled {
+                Ok(()) => return,
+                Err(e) if e.is_unavailable() && tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "cannot settle the job yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RECONNECT_MAX);
+                }
+                Err(e) => {
+                    return tracing::error!(error = %e, "cannot settle the job; it will be taken over and run again");
+                }
+            }
+        }
+    }
+
+    async fn complete(&self, lease: &Lease, result: &JobResult) -> Result<(), QueueError> {
+        match self.queue.complete(&self.name, lease, result).await? {
+            Completion::Recorded => {
+                self.completed.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(status = %result.status, fuel_used_units = result.fuel_used_units, wall_time_us = result.wall_time_us, "job finished");
+            }
+            Completion::Duplicate => {
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("job finished, but another attempt had already: recorded as a duplicate");
+            }
+        }
+        Ok(())
+    }
+
+    async fn retry(&self, lease: &Lease, failure: &FailureInfo) -> Result<(), QueueError> {
+        let settings = self.queue.settings();
+        let delay = backoff_ms(lease.attempt, settings.backoff_base_ms, settings.backoff_max_ms);
+        let last = JobResult { status: "dead".into(), ..failure.result(self.empty_result(lease)) };
+        match self.queue.fail(&self.name, lease, delay, &last).await? {
+            Disposition::Retry { delay_ms } => {
+                self.retried.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %failure.message, delay_ms, "attempt failed; retrying after a backoff");
+            }
+            Disposition::Dead => {
+                self.dead.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %failure.message, "attempt failed and was the last: the job is in the dead-letter stream");
+            }
+            Disposition::Duplicate => {
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %failure.message, "attempt failed after another worker took the job over");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why an attempt produced no report.
+enum Failure {
+    /// The same on any machine (a denial, bad limits, a component that does not load): the job
+    /// completes, failed, without a retry.
+    Deterministic(FailureInfo),
+    /// Might work elsewhere or later (a host error, a lost worker): retried with backoff.
+    Retryable(FailureInfo),
+}
+
+struct FailureInfo {
+    code: &'static str,
+    message: String,
+    bundle: Option<Digest>,
+}
+
+impl Failure {
+    fn retryable(code: &'static str, message: String) -> Self {
+        Self::Retryable(FailureInfo { code, message, bundle: None })
+    }
+    fn deterministic(code: &'static str, message: String) -> Self {
+        Self::Deterministic(FailureInfo { code, message, bundle: None })
+    }
+}
+
+impl FailureInfo {
+    fn result(&self, base: JobResult) -> JobResult {
+        JobResult {
+            error: serde_json::json!({ "status": self.code, "message": self.message }),
+            bundle: self.bundle,
+            ..base
+        }
+    }
+}
+
+type Stop = tokio::sync::watch::Receiver<bool>;
+
+/// Backoff between attempts to reach Redis again, logged once per outage.
+#[derive(Default)]
+struct Reconnect {
+    delay: Option<Duration>,
+}
+
+impl Reconnect {
+    /// After a failed read: wait (or stop), and make sure the groups exist again. False when
+    /// the worker is stopping.
+    async fn wait(&mut self, queue: &RedisQueue, name: &str, error: &QueueError, stop: &Stop) -> bool {
+        let delay = self.delay.map_or(Duration::from_millis(100), |d| (d * 2).min(RECONNECT_MAX));
+        if self.delay.is_none() {
+            tracing::warn!(worker = %name, error = %error, "Redis is not answering; waiting for it");
+        }
+        self.delay = Some(delay);
+        let mut stop = stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return false,
+        }
+        if let Err(e) = queue.ensure_groups().await {
+            tracing::debug!(error = %e, "Redis still away");
+        }
+        true
+    }
+
+    fn succeeded(&mut self, name: &str) {
+        if self.delay.take().is_some() {
+            tracing::info!(worker = %name, "Redis answers again; consuming");
+        }
+    }
+}
