@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Guild needs on a fresh Debian machine with rustup: the wasm32-wasip2 target for
 # the tools, the Debian packages the tests use (promtool from `prometheus`, to check the
-# daemon's /metrics; Mesa's Vulkan drivers, whose lavapipe is the GPU kernels' device on machines
+# daemon's /metrics; redis-server for the distributed queue; Mesa's Vulkan drivers, whose lavapipe is the GPU kernels' device on machines
 # without a GPU), and the pinned Python and JavaScript component toolchains (componentize-py,
 # componentize-js) for the example tools in those languages, and the MCP clients the MCP tests
 # drive (the MCP Python SDK from PyPI, the MCP Inspector from npm). Safe to run again; it only
@@ -18,10 +18,14 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
 fi
 
 # Debian packages, installed only when missing (a set-up machine pays one dpkg query):
-# promtool checks the daemon's /metrics; lavapipe (mesa-vulkan-drivers + the Vulkan loader) is a
+# promtool checks the daemon's /metrics; redis-server runs the Redis queue's tests; lavapipe (mesa-vulkan-drivers + the Vulkan loader) is a
 # Vulkan device on the CPU for the GPU kernels' tests.
 missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
+# Redis for the distributed queue's tests (each starts its own redis-server on a free loopback
+# port) and redis-benchmark for its benchmark.
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-benchmark >/dev/null || missing+=(redis-tools)
 for package in mesa-vulkan-drivers libvulkan1; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
 done

@@ -9,6 +9,7 @@ mod gpu;
 mod hostile;
 mod lang;
 mod mcp;
+mod redis;
 mod replay;
 mod runtime_api;
 mod scaffold;

@@ -369,6 +369,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "tenants",
     "secrets",
     "mcp",
+    "redis",
 ];
 
 impl DaemonConfig {

@@ -1,0 +1,456 @@
+//! Jobs across machines through Redis: a real `redis-server` per test on a free loopback port,
+//! a real `guild serve --redis` and real `guild worker` processes, killed with SIGKILL.
+
+use crate::Guild;
+use crate::daemon::Daemon;
+use guild_test_artifacts::HOSTILE;
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "redis-test-token";
+
+/// A `redis-server` of our own: append-only file on, in a temporary directory.
+struct RedisServer {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+impl RedisServer {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let child = spawn_redis(dir.path(), port);
+        Self { child, port, dir }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// SIGKILL it (no shutdown save: only what the append-only file holds survives).
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start it again on the same port and directory.
+    fn restart(&mut self) {
+        self.child = spawn_redis(self.dir.path(), self.port);
+    }
+
+    /// One command through redis-cli; its output.
+    fn cli(&self, args: &[&str]) -> String {
+        let out =
+            Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn set_bytes(&self, key: &str, value: &[u8]) {
+        let mut child = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "-x", "SET", key])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-cli");
+        child.stdin.take().expect("stdin").write_all(value).expect("write");
+        assert!(child.wait().expect("redis-cli").success());
+    }
+}
+
+fn spawn_redis(dir: &Path, port: u16) -> Child {
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+        .args(["--appendfsync", "everysec", "--maxmemory-policy", "noeviction", "--dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server starts (scripts/setup.sh installs it)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = stream.write_all(b"PING\r\n");
+            let mut reply = [0u8; 7];
+            if stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n" {
+                return child;
+            }
+        }
+        assert!(Instant::now() < deadline, "redis-server did not answer on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Settings that make leases and backoffs short enough for a test.
+const QUEUE_ENV: &[(&str, &str)] = &[
+    ("GUILD_TOKEN", TOKEN),
+    ("GUILD_REDIS__LEASE_MS", "1000"),
+    ("GUILD_REDIS__BACKOFF_BASE_MS", "50"),
+    ("GUILD_REDIS__BACKOFF_MAX_MS", "200"),
+    ("GUILD_REDIS__ATTEMPTS_MAX", "3"),
+    ("GUILD_REDIS__BREAKER_OPEN_MS", "200"),
+];
+
+/// A `guild worker` process; its log goes to a file beside its home.
+struct Worker {
+    child: Child,
+    log: PathBuf,
+    _guild: Guild,
+}
+
+impl Worker {
+    fn start(redis: &str, cache: &Path, name: &str, concurrency: usize) -> Self {
+        let guild = Guild::with_shared_cache(cache);
+        let log = guild.home().join("worker.log");
+        let child = guild
+            .command()
+            .args(["worker", "--redis", redis, "--concurrency", &concurrency.to_string(), "--name", name])
+            .envs(QUEUE_ENV.iter().copied())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("guild worker starts");
+        Self { child, log, _guild: guild }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `guild serve --redis` with the example tools and the hostile fixture.
+fn api_node(guild: &Guild, redis: &RedisServer) -> Daemon {
+    Daemon::start(guild, &["--redis", &redis.url(), "--tool", HOSTILE], QUEUE_ENV)
+}
+
+/// The hostile fixture's `spin` result for `rounds` (the same mixing loop).
+fn spin(rounds: u64) -> u64 {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..rounds {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x = x.wrapping_add(i);
+    }
+    x
+}
+
+/// Submit an async job, retrying while the daemon answers 503 (Redis away) or 429 (the
+/// tenant's jobs in flight are at its cap) — what a client does. Returns the job id once the
+/// daemon acknowledged it.
+fn submit(daemon: &Daemon, body: &serde_json::Value) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let reply = daemon.run(TOKEN, body.clone());
+        match reply.status {
+            202 | 200 => return reply.json()["id"].as_str().expect("id").to_string(),
+            503 | 429 => {
+                assert!(reply.headers.contains_key("retry-after"), "{} without Retry-After", reply.status);
+                let expected = if reply.status == 503 { "queue_unavailable" } else { "concurrency_limited" };
+                assert_eq!(reply.code(), expected);
+            }
+            other => panic!("submission answered {other}: {}", String::from_utf8_lossy(&reply.body)),
+        }
+        assert!(Instant::now() < deadline, "the daemon refused submissions for a minute");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Wait until every job has a result; their bodies by id.
+fn wait_all(daemon: &Daemon, ids: &[String], within: Duration) -> BTreeMap<String, serde_json::Value> {
+    let deadline = Instant::now() + within;
+    let mut done = BTreeMap::new();
+    while done.len() < ids.len() {
+        for id in ids {
+            if done.contains_key(id) {
+                continue;
+            }
+            let reply = daemon.call("GET", &format!("/v1/runs/{id}"), TOKEN, "");
+            if reply.status != 200 {
+                continue;
+            }
+            let body = reply.json();
+            if !matches!(body["status"].as_str(), Some("queued" | "running")) {
+                done.insert(id.clone(), body);
+            }
+        }
+        assert!(Instant::now() < deadline, "{} of {} jobs finished in {within:?}", done.len(), ids.len());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    done
+}
+
+/// The audit log's records, as JSON.
+fn audit_records(guild: &Guild) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(guild.home().join("audit.log")).unwrap_or_default();
+    text.lines().map(|l| serde_json::from_str(l).expect("audit line is JSON")).collect()
+}
+
+/// Wait until the audit log holds a `completed` (or `dead`) record for each of `ids`; returns
+/// how many such records each has.
+fn wait_audited(guild: &Guild, ids: &[String], within: Duration) -> BTreeMap<String, usize> {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for record in audit_records(guild) {
+            if matches!(record["completion"].as_str(), Some("completed" | "dead")) {
+                *counts.entry(record["run"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+            }
+        }
+        if ids.iter().all(|id| counts.contains_key(id)) || Instant::now() > deadline {
+            return counts;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn metric(daemon: &Daemon, name: &str) -> f64 {
+    let text = String::from_utf8(daemon.call("GET", "/metrics", "", "").body).expect("utf-8");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+#[test]
+fn a_thousand_jobs_complete_exactly_once_while_workers_are_killed() {
+    let redis = RedisServer::start();
+    let api = Guild::new();
+    let daemon = api_node(&api, &redis);
+    let cache = tempfile::tempdir().expect("cache");
+    let workers = Arc::new(Mutex::new(
+        (0..3).map(|i| Worker::start(&redis.url(), cache.path(), &format!("w{i}"), 4)).collect::<Vec<_>>(),
+    ));
+    // Jobs of ~5–10 ms of CPU each, every input different so every output can be checked.
+    let rounds = |i: u64| 400_000 + i;
+    let ids: Vec<String> = std::thread::scope(|scope| {
+        let killer = scope.spawn(|| {
+            let mut kills = 0;
+            let mut seed = 0x2545_f491_4f6c_dd1du64;
+            while kills < 10 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                std::thread::sleep(Duration::from_millis(150 + seed % 250));
+                let mut workers = workers.lock().expect("workers");
+                let victim = (seed % workers.len() as u64) as usize;
+                workers[victim].kill();
+                workers[victim] = Worker::start(&redis.url(), cache.path(), &format!("w{victim}-{kills}"), 4);
+                kills += 1;
+            }
+        });
+        let submitters: Vec<_> = (0..4u64)
+            .map(|t| {
+                let daemon = &daemon;
+                scope.spawn(move || {
+                    (0..250u64)
+                        .map(|j| {
+                            let i = t * 250 + j;
+                            let body = json!({"tool": "hostile", "input": {"attack": "spin", "rounds": rounds(i)}, "async": true});
+                            (i, submit(daemon, &body))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut ids: Vec<(u64, String)> = submitters.into_iter().flat_map(|s| s.join().expect("submitter")).collect();
+        killer.join().expect("killer");
+        ids.sort();
+        ids.into_iter().map(|(_, id)| id).collect()
+    });
+    assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), 1000, "a thousand distinct jobs");
+    let results = wait_all(&daemon, &ids, Duration::from_secs(240));
+    for (i, id) in ids.iter().enumerate() {
+        let body = &results[id];
+        assert_eq!(body["status"], "succeeded", "job {id}: {body}");
+        assert_eq!(body["output"]["value"], spin(rounds(i as u64)), "job {id} has its own output");
+    }
+    let audited = wait_audited(&api, &ids, Duration::from_secs(30));
+    for id in &ids {
+        assert_eq!(audited.get(id), Some(&1), "job {id} is recorded as completed exactly once in the audit log");
+    }
+    assert_eq!(metric(&daemon, "guild_redis_queue_events{event=\"completed\"}"), 1000.0, "completed once each");
+    assert!(
+        metric(&daemon, "guild_redis_queue_events{event=\"claims\"}") >= 1.0,
+        "killed workers' jobs were taken over"
+    );
+    // Attempts that finished after another did are kept, and visible, as duplicates.
+    let duplicates = audit_records(&api).iter().filter(|r| r["completion"] == "duplicate").count() as f64;
+    assert_eq!(metric(&daemon, "guild_redis_queue_events{event=\"duplicates\"}"), duplicates);
+    let audit = api.run(&["audit", "verify"]);
+    audit.expect_code(0);
+}
+
+#[test]
+fn a_redis_restart_loses_no_accepted_job_and_workers_resume() {
+    let mut redis = RedisServer::start();
+    let api = Guild::new();
+    let daemon = api_node(&api, &redis);
+    let cache = tempfile::tempdir().expect("cache");
+    let workers: Vec<Worker> = (0..2).map(|i| Worker::start(&redis.url(), cache.path(), &format!("w{i}"), 2)).collect();
+    let body = |i: u64| json!({"tool": "hostile", "input": {"attack": "spin", "rounds": 200_000 + i}, "async": true});
+    let mut ids: Vec<String> = (0..150).map(|i| submit(&daemon, &body(i))).collect();
+    redis.kill();
+    // While Redis is down, runs are refused at once with 503 and Retry-After.
+    let started = Instant::now();
+    let refused = daemon.run(TOKEN, body(9_999));
+    assert_eq!(refused.status, 503, "{}", String::from_utf8_lossy(&refused.body));
+    assert_eq!(refused.code(), "queue_unavailable");
+    assert!(refused.headers.contains_key("retry-after"));
+    assert!(started.elapsed() < Duration::from_secs(2), "refused fast: {:?}", started.elapsed());
+    assert_eq!(daemon.call("GET", "/readyz", "", "").status, 503, "not ready without Redis");
+    std::thread::sleep(Duration::from_millis(700));
+    redis.restart();
+    ids.extend((150..300).map(|i| submit(&daemon, &body(i))));
+    let results = wait_all(&daemon, &ids, Duration::from_secs(120));
+    assert!(results.values().all(|b| b["status"] == "succeeded"), "every accepted job completed");
+    assert_eq!(daemon.call("GET", "/readyz", "", "").status, 200);
+    for worker in &workers {
+        assert!(worker.log().contains("Redis answers again"), "worker reconnected: {}", worker.log());
+    }
+    let audited = wait_audited(&api, &ids, Duration::from_secs(30));
+    assert!(ids.iter().all(|id| audited.get(id) == Some(&1)), "each accepted job audited as completed once");
+}
+
+#[test]
+fn a_worker_started_before_redis_consumes_once_it_is_up() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let cache = tempfile::tempdir().expect("cache");
+    let worker = Worker::start(&url, cache.path(), "early", 1);
+    std::thread::sleep(Duration::from_millis(800));
+    // Bring Redis up on that port.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut redis = RedisServer { child: spawn_redis(dir.path(), port), port, dir };
+    let api = Guild::new();
+    let daemon = api_node(&api, &redis);
+    let reply = daemon.run(TOKEN, json!({"tool": "echo", "input": {"message": "hello"}}));
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    let body = reply.json();
+    assert_eq!(body["output"]["message"], "hello");
+    // Any node serves the bundle: this one never ran the job; the worker left it in Redis.
+    let bundle = body["bundle"].as_str().expect("bundle");
+    let archive = daemon.call("GET", &format!("/v1/bundles/{bundle}"), TOKEN, "");
+    assert_eq!(archive.status, 200);
+    let path = api.home().join("job.bundle");
+    std::fs::write(&path, &archive.body).expect("write bundle");
+    Guild::new().run(&["replay", path.to_str().expect("utf-8")]).expect_code(0);
+    let log = worker.log();
+    assert!(log.contains("Redis is not answering"), "{log}");
+    assert!(log.contains("Redis answers again"), "{log}");
+    redis.kill();
+}
+
+#[test]
+fn poison_jobs_go_to_the_dead_letter_stream_and_can_be_retried() {
+    let redis = RedisServer::start();
+    let api = Guild::new();
+    let daemon = api_node(&api, &redis);
+    // Enqueue while no worker runs, then damage the component in Redis: every attempt fails
+    // with a host error (retryable) until the attempts run out.
+    let body = json!({"tool": "hostile", "input": {"attack": "spin", "rounds": 10}, "async": true});
+    let id = submit(&daemon, &body);
+    let component = std::fs::read(HOSTILE).expect("hostile component");
+    let key = format!("guild:{{default}}:component:{}", blake3::hash(&component).to_hex());
+    assert_eq!(redis.cli(&["EXISTS", &key]), "1", "the API node put the component in Redis");
+    redis.set_bytes(&key, b"not the component");
+    let cache = tempfile::tempdir().expect("cache");
+    let mut worker = Worker::start(&redis.url(), cache.path(), "w", 2);
+    let finished = wait_all(&daemon, std::slice::from_ref(&id), Duration::from_secs(60));
+    let run = &finished[&id];
+    assert_eq!(run["status"], "dead", "{run}");
+    assert_eq!(run["attempts"], 3, "{run}");
+    assert!(run["error"]["message"].as_str().unwrap_or_default().contains("does not hash to its name"), "{run}");
+    let url = redis.url();
+    let jobs = |args: &[&str]| {
+        let mut all = vec!["jobs"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--redis", &url]);
+        api.run(&all)
+    };
+    let dead = jobs(&["dead", "--json"]);
+    dead.expect_code(0);
+    let entry: serde_json::Value =
+        serde_json::from_str(dead.stdout.lines().next().expect("one dead job")).expect("json");
+    assert_eq!(entry["id"], id.as_str());
+    assert_eq!(entry["attempts"], 3);
+    assert_eq!(metric(&daemon, "guild_redis_queue_jobs{state=\"dead\"}"), 1.0);
+    assert!(metric(&daemon, "guild_redis_queue_events{event=\"retries\"}") >= 2.0);
+    let audited = wait_audited(&api, std::slice::from_ref(&id), Duration::from_secs(10));
+    assert_eq!(audited.get(&id), Some(&1), "the dead job has its audit record");
+    // Mend the component; a fresh worker (the old one only ever saw the damage) runs the retry.
+    redis.set_bytes(&key, &component);
+    worker.kill();
+    let _worker = Worker::start(&redis.url(), cache.path(), "w2", 2);
+    jobs(&["retry", &id]).expect_code(0);
+    jobs(&["retry", &id]).expect_code(2).expect_stderr("not in the dead-letter stream");
+    let run = &wait_all(&daemon, std::slice::from_ref(&id), Duration::from_secs(60))[&id];
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(jobs(&["dead"]).stdout.trim(), "no dead jobs");
+}
+
+#[test]
+fn idempotency_keys_hold_under_concurrent_resubmission() {
+    let redis = RedisServer::start();
+    let api = Guild::new();
+    let daemon = api_node(&api, &redis);
+    let cache = tempfile::tempdir().expect("cache");
+    let _worker = Worker::start(&redis.url(), cache.path(), "w", 2);
+    let keyed = json!({"tool": "echo", "input": {"message": "once"}, "idempotency_key": "order-17"});
+    let replies: Vec<(u16, serde_json::Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..16)
+            .map(|_| {
+                scope.spawn(|| {
+                    let reply = daemon.run(TOKEN, keyed.clone());
+                    (reply.status, reply.json())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("client")).collect()
+    });
+    let ids: BTreeSet<&str> = replies.iter().map(|(_, b)| b["id"].as_str().expect("id")).collect();
+    assert_eq!(ids.len(), 1, "sixteen submissions, one job: {replies:?}");
+    assert!(replies.iter().all(|(s, b)| *s == 200 && b["output"]["message"] == "once"), "{replies:?}");
+    let id = ids.into_iter().next().expect("id").to_string();
+    let conflict =
+        daemon.run(TOKEN, json!({"tool": "echo", "input": {"message": "other"}, "idempotency_key": "order-17"}));
+    assert_eq!(conflict.status, 409);
+    assert_eq!(conflict.code(), "idempotency_key_reused");
+    let audited = wait_audited(&api, std::slice::from_ref(&id), Duration::from_secs(10));
+    let records = audit_records(&api).iter().filter(|r| r["run"] == id.as_str()).count();
+    assert_eq!((audited.get(&id), records), (Some(&1), 1), "one run, one record");
+    assert_eq!(metric(&daemon, "guild_redis_queue_events{event=\"completed\"}"), 1.0);
+    // A second API node on the same Redis answers for the job and its key.
+    let other = Guild::new();
+    let second = api_node(&other, &redis);
+    let again = second.run(TOKEN, keyed);
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["id"], id.as_str());
+    assert_eq!(again.headers.get("idempotent-replayed").map(String::as_str), Some("true"));
+    let body = second.call("GET", &format!("/v1/runs/{id}"), TOKEN, "").json();
+    assert_eq!(body["output"]["message"], "once");
+}
