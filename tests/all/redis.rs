@@ -69,7 +69,7 @@ impl RedisServer {
 }
 
 fn spawn_redis(dir: &Path, port: u16) -> Child {
-    let child = Command::new("redis-server")
+    let mut child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
         .args(["--appendfsync", "everysec", "--maxmemory-policy", "noeviction", "--dir"])
         .arg(dir)
@@ -85,7 +85,11 @@ fn spawn_redis(dir: &Path, port: u16) -> Child {
                 return child;
             }
         }
-        assert!(Instant::now() < deadline, "redis-server did not answer on port {port}");
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("redis-server did not answer on port {port}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
