@@ -76,22 +76,29 @@ fn spawn_redis(dir: &Path, port: u16) -> Child {
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server starts (scripts/setup.sh installs it)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    if answers(port, Duration::from_secs(10)) {
+        child
+    } else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("redis-server did not answer on port {port}");
+    }
+}
+
+/// Does a Redis answer PING on `port` within `within`?
+fn answers(port: u16, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
         if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
             let _ = stream.write_all(b"PING\r\n");
             let mut reply = [0u8; 7];
             if stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n" {
-                return child;
+                return true;
             }
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("redis-server did not answer on port {port}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    false
 }
 
 impl Drop for RedisServer {
