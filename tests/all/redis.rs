@@ -126,12 +126,16 @@ struct Worker {
 
 impl Worker {
     fn start(redis: &str, cache: &Path, name: &str, concurrency: usize) -> Self {
+        Self::start_with(redis, cache, name, concurrency, &[])
+    }
+
+    fn start_with(redis: &str, cache: &Path, name: &str, concurrency: usize, env: &[(&str, &str)]) -> Self {
         let guild = Guild::with_shared_cache(cache);
         let log = guild.home().join("worker.log");
         let child = guild
             .command()
             .args(["worker", "--redis", redis, "--concurrency", &concurrency.to_string(), "--name", name])
-            .envs(QUEUE_ENV.iter().copied())
+            .envs(QUEUE_ENV.iter().chain(env).copied())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("guild worker starts");
@@ -464,4 +468,27 @@ fn idempotency_keys_hold_under_concurrent_resubmission() {
     assert_eq!(again.headers.get("idempotent-replayed").map(String::as_str), Some("true"));
     let body = second.call("GET", &format!("/v1/runs/{id}"), TOKEN, "").json();
     assert_eq!(body["output"]["message"], "once");
+}
+
+#[test]
+fn bundles_too_large_for_redis_are_served_from_the_shared_store() {
+    let redis = RedisServer::start();
+    let shared = tempfile::tempdir().expect("shared store");
+    let shared_path = shared.path().to_str().expect("utf-8");
+    // Every bundle is "too large" for Redis here.
+    let env = [("GUILD_REDIS__BUNDLE_INLINE_BYTES_MAX", "1"), ("GUILD_REDIS__SHARED_STORE", shared_path)];
+    let api = Guild::new();
+    let all_env: Vec<(&str, &str)> = QUEUE_ENV.iter().chain(&env).copied().collect();
+    let daemon = Daemon::start(&api, &["--redis", &redis.url()], &all_env);
+    let cache = tempfile::tempdir().expect("cache");
+    let _worker = Worker::start_with(&redis.url(), cache.path(), "w", 1, &env);
+    let reply = daemon.run(TOKEN, json!({"tool": "echo", "input": {"message": "big"}}));
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    let bundle = reply.json()["bundle"].as_str().expect("bundle").to_string();
+    assert_eq!(redis.cli(&["EXISTS", &format!("guild:{{default}}:bundle:{bundle}")]), "0", "not in Redis");
+    let archive = daemon.call("GET", &format!("/v1/bundles/{bundle}"), TOKEN, "");
+    assert_eq!(archive.status, 200, "served from the shared store");
+    let path = api.home().join("big.bundle");
+    std::fs::write(&path, &archive.body).expect("write bundle");
+    Guild::new().run(&["replay", path.to_str().expect("utf-8")]).expect_code(0);
 }

@@ -29,7 +29,16 @@ pub(crate) fn worker(global: &Global, args: WorkerArgs) -> Result<Exit, Failure>
     let name = args.name.unwrap_or_else(|| format!("worker-{}-{}", hostname(), std::process::id()));
     tokio.block_on(async {
         tracing::info!(worker = %name, concurrency, queue = %queue.settings().queue, "worker started");
-        let setup = WorkerSetup { queue, runtime, store: store.clone(), name: name.clone(), concurrency, secrets };
+        let shared_store = guild_server::shared_store(&config).map_err(|e| Failure::usage(e.to_string()))?;
+        let setup = WorkerSetup {
+            queue,
+            runtime,
+            store: store.clone(),
+            name: name.clone(),
+            concurrency,
+            secrets,
+            shared_store,
+        };
         let summary = run_worker(setup, shutdown_signal(), Duration::from_millis(args.drain)).await;
         if let Err(e) = store.flush() {
             tracing::error!(error = %e, "bundles could not be written");

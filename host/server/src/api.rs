@@ -430,12 +430,11 @@ async fn get_bundle(
     let local = daemon.store.resolve(&id).and_then(|id| daemon.store.get_bundle(&id));
     let (manifest, signature) = match (local, &daemon.remote) {
         (Ok(found), _) => found,
-        // With --redis, a worker left the archive in Redis.
+        // With --redis, a worker left the archive in Redis (or in the shared store).
         (Err(e), Some(remote)) => {
             let digest: guild_replay::Digest = id.parse().map_err(|_| not_found(&e))?;
             let archive = remote
-                .queue
-                .get_bundle(&digest)
+                .bundle_archive(&digest)
                 .await
                 .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", e.to_string()))?;
             let archive = archive.ok_or_else(|| not_found(&e))?;

@@ -100,6 +100,9 @@ pub struct RedisConfig {
     pub response_timeout_ms: u64,
     /// Bundles up to this many bytes are kept in Redis for every node to serve.
     pub bundle_inline_bytes_max: u64,
+    /// A bundle store every node mounts (NFS, a shared volume) for bundles larger than that;
+    /// without one they stay in the worker's own store.
+    pub shared_store: Option<std::path::PathBuf>,
 }
 
 impl Default for RedisConfig {
@@ -117,6 +120,7 @@ impl Default for RedisConfig {
             breaker_open_ms: d.breaker_open_ms,
             response_timeout_ms: d.response_timeout_ms,
             bundle_inline_bytes_max: d.bundle_inline_bytes_max,
+            shared_store: None,
         }
     }
 }

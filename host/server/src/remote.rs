@@ -28,6 +28,8 @@ const POLL: Duration = Duration::from_millis(250);
 pub struct Remote {
     /// The queue.
     pub queue: RedisQueue,
+    /// The store every node shares for bundles too large for Redis, if there is one.
+    pub shared_store: Option<Arc<guild_replay::DirStore>>,
     /// This node's consumer name in the audit group.
     node: String,
     waiters: Mutex<HashMap<String, Vec<watch::Sender<RunState>>>>,
@@ -63,9 +65,10 @@ fn attempt_key(run: &str, attempt: u32, worker: &str) -> String {
 
 impl Remote {
     /// A node called `node` (unique among API nodes) on `queue`.
-    pub fn new(queue: RedisQueue, node: String) -> Self {
+    pub fn new(queue: RedisQueue, node: String, shared_store: Option<Arc<guild_replay::DirStore>>) -> Self {
         Self {
             queue,
+            shared_store,
             node,
             waiters: Mutex::new(HashMap::new()),
             pushed: Mutex::new(HashSet::new()),
@@ -89,6 +92,23 @@ impl Remote {
         self.queue.put_component(&digest, &bytes).await?;
         self.pushed.lock().unwrap_or_else(|p| p.into_inner()).insert(digest);
         Ok(())
+    }
+
+    /// A bundle's archive from Redis, else from the shared store; `None` when neither has it.
+    pub async fn bundle_archive(&self, id: &Digest) -> Result<Option<Vec<u8>>, QueueError> {
+        if let Some(archive) = self.queue.get_bundle(id).await? {
+            return Ok(Some(archive));
+        }
+        let Some(shared) = self.shared_store.clone() else { return Ok(None) };
+        let id = *id;
+        let exported = tokio::task::spawn_blocking(move || {
+            let (manifest, signature) = shared.get_bundle(&id).ok()?;
+            let mut bytes = Vec::new();
+            guild_replay::archive::export(shared.as_ref(), &manifest, &signature, &mut bytes).ok()?;
+            Some(bytes)
+        })
+        .await;
+        Ok(exported.ok().flatten())
     }
 
     /// Forget which components were pushed (Redis failed; it may come back without them).

@@ -69,7 +69,8 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
     let remote = match config.redis.settings() {
         Some(settings) => {
             let queue = RedisQueue::open(settings).map_err(|e| ConfigError::new("redis.url", e.to_string()))?;
-            Some(Arc::new(Remote::new(queue, node_name(config.listen.port()))))
+            let shared = shared_store(&config)?;
+            Some(Arc::new(Remote::new(queue, node_name(config.listen.port()), shared)))
         }
         None => None,
     };
@@ -110,6 +111,14 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
     let daemon = Arc::new(daemon);
     daemon.start_auditing();
     Ok(DaemonParts { daemon, runs_restored })
+}
+
+/// The bundle store every node shares (`redis.shared_store`), opened.
+pub fn shared_store(config: &DaemonConfig) -> Result<Option<Arc<DirStore>>, ConfigError> {
+    let Some(path) = &config.redis.shared_store else { return Ok(None) };
+    DirStore::open(path)
+        .map(|store| Some(Arc::new(store)))
+        .map_err(|e| ConfigError::new("redis.shared_store", format!("cannot open {}: {e}", path.display())))
 }
 
 /// This node's name among the API nodes of a Redis queue: host, port and process.

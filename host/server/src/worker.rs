@@ -40,6 +40,8 @@ pub struct WorkerSetup {
     pub concurrency: usize,
     /// Secret values jobs may be granted (by name); they never travel through Redis.
     pub secrets: Vec<Secret>,
+    /// Where bundles too large for Redis go, when every node shares a store.
+    pub shared_store: Option<Arc<DirStore>>,
 }
 
 /// What a worker did, for its last log line.
@@ -61,6 +63,7 @@ struct Worker {
     store: Arc<DirStore>,
     name: String,
     secrets: Vec<Secret>,
+    shared_store: Option<Arc<DirStore>>,
     tools: Mutex<HashMap<Digest, Arc<Tool>>>,
     completed: AtomicU64,
     duplicates: AtomicU64,
@@ -84,6 +87,7 @@ pub async fn run_worker(
         store: setup.store,
         name: setup.name,
         secrets: setup.secrets,
+        shared_store: setup.shared_store,
         tools: Mutex::new(HashMap::new()),
         completed: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
@@ -321,7 +325,13 @@ impl Worker {
         };
         let limit = self.queue.settings().bundle_inline_bytes_max;
         if bytes.len() as u64 > limit {
-            tracing::warn!(bundle = %id, bytes = bytes.len(), "the bundle is larger than redis.bundle_inline_bytes_max ({limit}); it stays in this worker's store");
+            let Some(shared) = self.shared_store.clone() else {
+                return tracing::warn!(bundle = %id, bytes = bytes.len(), "the bundle is larger than redis.bundle_inline_bytes_max ({limit}) and no redis.shared_store is set; it stays in this worker's store");
+            };
+            let copied = tokio::task::spawn_blocking(move || copy_bundle(&bytes, &id, &shared)).await;
+            if let Ok(Err(e)) | Err(e) = copied.map_err(|e| e.to_string()) {
+                tracing::warn!(bundle = %id, error = %e, "cannot put the bundle in the shared store; it stays in this worker's store");
+            }
             return;
         }
         if let Err(e) = self.queue.put_bundle(&id, &bytes).await {
@@ -439,6 +449,17 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+/// Put the bundle in `archive` into the shared store: its parts, then its documents.
+fn copy_bundle(archive: &[u8], id: &Digest, shared: &DirStore) -> Result<(), String> {
+    let imported = archive::import(archive, archive::ArchiveLimits::default()).map_err(|e| e.to_string())?;
+    for digest in imported.store.digests() {
+        let bytes = guild_replay::BlobStore::get(&imported.store, &digest).map_err(|e| e.to_string())?;
+        guild_replay::BlobStore::put(shared, &bytes).map_err(|e| e.to_string())?;
+    }
+    shared.put_bundle(id, &imported.manifest, &imported.signature).map_err(|e| e.to_string())?;
+    shared.flush().map_err(|e| e.to_string())
 }
 
 /// Why an attempt produced no report.

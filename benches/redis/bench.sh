@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Throughput of the Redis queue on this machine, end to end, for a trivial tool (echo),
+# recording on (every attempt sealed into a signed bundle that goes to Redis, every completion
+# audited by the API node):
+#   1. redis-benchmark's raw XADD rate against the same redis-server (the ceiling);
+#   2. drain: N jobs enqueued through the API while no worker runs, then 1 (or 2) `guild worker`
+#      processes started and timed until every job's result is in Redis;
+#   3. sync: wrk POSTing runs to `guild serve --redis` that wait for their results, with 1 and
+#      2 workers.
+# Usage: bash benches/redis/bench.sh [JOBS] [SECONDS] [CONCURRENCY_PER_WORKER]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+jobs=${1:-20000}
+seconds=${2:-10}
+per_worker=${3:-4}
+for tool in redis-server redis-benchmark redis-cli wrk; do
+    command -v $tool >/dev/null || { echo "bench: $tool not found (bash scripts/setup.sh; apt-get install wrk)" >&2; exit 1; }
+done
+cargo build --release --bin guild >/dev/null 2>&1
+guild=$PWD/target/release/guild
+work=$(mktemp -d ${GUILD_BENCH_TMP:+-p "$GUILD_BENCH_TMP"})
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync everysec \
+    --maxmemory-policy noeviction --dir "$work" > "$work/redis.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+rcli() { redis-cli -p "$port" "$@"; }
+url="redis://127.0.0.1:$port/"
+
+echo "== redis-benchmark, XADD, same redis-server (appendonly yes, appendfsync everysec)"
+for pipeline in 1 16; do
+    rate=$(redis-benchmark -p "$port" -n 200000 -c 50 -P $pipeline -q XADD bench:stream '*' job x | grep -o '[0-9.]* requests per second' | head -1)
+    echo "XADD, 50 clients, pipeline $pipeline: $rate"
+done
+rcli del bench:stream >/dev/null
+
+digest_line=$(printf bench-token | "$guild" token hash)
+cat > "$work/guild.toml" <<TOML
+listen = "127.0.0.1:0"
+log_format = "text"
+[redis]
+url = "$url"
+[[tenants]]
+name = "bench"
+$digest_line
+tools = ["*"]
+rate_per_second = 1000000.0
+burst = 1000000
+concurrency_max = 1000000
+TOML
+GUILD_HOME=$work/api GUILD_LOG=warn,guild::serve_cmd=info "$guild" serve --config "$work/guild.toml" \
+    --tool target/guild-wasm/wasm32-wasip2/wasm/echo.wasm 2> "$work/serve.log" &
+pids+=($!)
+for _ in $(seq 100); do grep -q "listening on" "$work/serve.log" 2>/dev/null && break; sleep 0.1; done
+addr=$(sed -n 's/.*listening on http:\/\/\([0-9.:]*\).*/\1/p' "$work/serve.log" | head -1)
+[ -n "$addr" ] || { cat "$work/serve.log"; exit 1; }
+
+start_workers() {
+    worker_pids=()
+    for i in $(seq "$1"); do
+        GUILD_HOME=$work/w$i GUILD_LOG=warn "$guild" worker --redis "$url" --concurrency "$per_worker" \
+            --name "bench-$i" 2> "$work/worker-$i.log" &
+        worker_pids+=($!)
+        pids+=($!)
+    done
+}
+stop_workers() {
+    for pid in "${worker_pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+}
+completed() { rcli hget 'guild:{default}:stats' completed | tr -d '\r'; }
+
+for workers in 1 2; do
+    echo "== drain: $jobs echo jobs enqueued, then $workers worker(s) × concurrency $per_worker"
+    before=$(completed); before=${before:-0}
+    python3 - "$addr" "$jobs" <<'PY'
+import http.client, json, sys, threading
+addr, jobs = sys.argv[1], int(sys.argv[2])
+host, port = addr.rsplit(":", 1)
+def submit(start, count):
+    conn = http.client.HTTPConnection(host, int(port))
+    for i in range(start, start + count):
+        body = json.dumps({"tool": "echo", "input": {"message": f"job {i}"}, "async": True})
+        conn.request("POST", "/v1/runs", body, {"Authorization": "Bearer bench-token"})
+        reply = conn.getresponse(); reply.read()
+        assert reply.status == 202, reply.status
+threads = [threading.Thread(target=submit, args=(t * (jobs // 8), jobs // 8)) for t in range(8)]
+[t.start() for t in threads]; [t.join() for t in threads]
+PY
+    target=$((before + jobs / 8 * 8))
+    started=$(date +%s.%N)
+    start_workers "$workers"
+    while [ "$(completed)" -lt "$target" ]; do sleep 0.02; done
+    finished=$(date +%s.%N)
+    python3 -c "print(f'jobs/s: {($target - $before) / ($finished - $started):.0f} ({$target - $before} jobs in {$finished - $started:.2f} s, worker start-up included)')"
+    echo "== sync: wrk -c32 -d${seconds}s POST /v1/runs (waits for the result), $workers worker(s)"
+    wrk -t1 -c32 -d"${seconds}s" --latency -s benches/daemon/run.lua "http://$addr" | tail -n 1
+    stop_workers
+done
+echo "audit records: $(wc -l < "$work/api/audit.log")"
