@@ -220,6 +220,7 @@ pub struct RedisQueue {
 }
 
 struct Inner {
+    client: redis::Client,
     settings: RedisSettings,
     keys: Keys,
     scripts: Scripts,
@@ -251,12 +252,20 @@ impl RedisQueue {
             .map_err(|e| QueueError::Settings(e.to_string()))?;
         // A blocking read waits up to a few seconds on the server; allow for that.
         let blocking =
-            ConnectionManager::new_lazy_with_config(client, manager_config(timeout + Duration::from_secs(10)))
+            ConnectionManager::new_lazy_with_config(client.clone(), manager_config(timeout + Duration::from_secs(10)))
                 .map_err(|e| QueueError::Settings(e.to_string()))?;
         let breaker = Breaker::new(Duration::from_millis(settings.breaker_open_ms));
         let keys = Keys::new(&settings.queue);
         Ok(Self {
-            inner: std::sync::Arc::new(Inner { settings, keys, scripts: Scripts::new(), conn, blocking, breaker }),
+            inner: std::sync::Arc::new(Inner {
+                client,
+                settings,
+                keys,
+                scripts: Scripts::new(),
+                conn,
+                blocking,
+                breaker,
+            }),
         })
     }
 
@@ -474,6 +483,8 @@ impl RedisQueue {
             .arg(text)
             .arg(settings.results_ttl_s)
             .arg(settings.done_kept_max)
+            .arg(keys.key("finished"))
+            .arg(&lease.job.id)
             .invoke_async(&mut self.conn())
             .await
             .map_err(from_redis)?;
@@ -516,6 +527,7 @@ impl RedisQueue {
             .arg(last.error.to_string())
             .arg(last.bundle.map(|b| b.to_hex()).unwrap_or_default())
             .arg(now)
+            .arg(keys.key("finished"))
             .invoke_async(&mut self.conn())
             .await
             .map_err(from_redis)?;
@@ -774,6 +786,42 @@ impl RedisQueue {
 
 /// `state`, `attempts`, `tenant`, `tool`, `input` of a job hash.
 type JobFields = (Option<String>, Option<u32>, Option<String>, Option<String>, Option<String>);
+
+impl RedisQueue {
+    /// Send the id of every job that gets its result (completed or dead) to `notices`, until
+    /// the connection drops (then an error: subscribe again, and look for what was missed).
+    pub async fn listen_finished(
+        &self,
+        notices: &tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Result<(), QueueError> {
+        use futures_util::StreamExt;
+        let mut pubsub = self.inner.client.get_async_pubsub().await.map_err(from_redis)?;
+        pubsub.subscribe(self.inner.keys.key("finished")).await.map_err(from_redis)?;
+        let mut messages = pubsub.into_on_message();
+        while let Some(message) = messages.next().await {
+            if let Ok(id) = message.get_payload::<String>()
+                && notices.send(id).is_err()
+            {
+                return Ok(());
+            }
+        }
+        Err(QueueError::Unavailable { error: "the notice subscription was dropped".into(), retry_after_s: 1 })
+    }
+
+    /// The results of these jobs, where they have one (one round trip per thousand).
+    pub async fn results(&self, ids: &[String]) -> Result<Vec<Option<JobResult>>, QueueError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1_000) {
+            let keys: Vec<String> = chunk.iter().map(|id| self.inner.keys.result(id)).collect();
+            let texts: Vec<Option<String>> =
+                redis::cmd("MGET").arg(keys).query_async(&mut self.conn()).await.map_err(from_redis)?;
+            for text in texts {
+                found.push(text.map(|t| parse_result(&t)).transpose()?);
+            }
+        }
+        Ok(found)
+    }
+}
 
 fn parse_result(text: &str) -> Result<JobResult, QueueError> {
     serde_json::from_str(text).map_err(|e| QueueError::Corrupt(format!("job result: {e}")))

@@ -173,6 +173,7 @@ impl Daemon {
     /// With `--redis`: start writing the audit records of finished jobs.
     pub fn start_auditing(self: &Arc<Self>) {
         if let Some(remote) = self.remote.clone() {
+            tokio::spawn(remote.clone().notice_loop());
             let task = tokio::spawn(remote.audit_loop(self.clone()));
             *self.auditing.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         }

@@ -10,7 +10,7 @@
 use crate::audit::AuditEntry;
 use crate::daemon::Daemon;
 use crate::runs::{Finished, RunState};
-use guild_queue::{DoneEntry, JobResult, JobState, JobStatus, QueueError, RedisQueue};
+use guild_queue::{DoneEntry, JobResult, JobStatus, QueueError, RedisQueue};
 use guild_replay::Digest;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -21,8 +21,8 @@ use tokio::sync::watch;
 const AUDIT_BATCH_MAX: usize = 512;
 /// Attempt keys remembered to drop redeliveries (after a crash between fsync and ack).
 const AUDITED_REMEMBERED_MAX: usize = 100_000;
-/// Waiters on another node's jobs look at Redis this often.
-const POLL: Duration = Duration::from_millis(250);
+/// How often the results of every awaited job are read, in case a notice was missed.
+const SWEEP: Duration = Duration::from_secs(2);
 
 /// The Redis side of a daemon.
 pub struct Remote {
@@ -117,47 +117,61 @@ impl Remote {
     }
 
     /// A state channel for job `id` that turns `Finished` when its result arrives.
-    pub fn watch(self: &Arc<Self>, id: &str) -> watch::Receiver<RunState> {
+    pub fn watch(&self, id: &str) -> watch::Receiver<RunState> {
         let (sender, receiver) = watch::channel(RunState::Queued);
         self.waiters.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_string()).or_default().push(sender);
-        // Another node may audit this job: look at Redis now and then too.
-        let remote = self.clone();
-        let id = id.to_string();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(POLL).await;
-                let listening = {
-                    let waiters = remote.waiters.lock().unwrap_or_else(|p| p.into_inner());
-                    waiters.get(&id).is_some_and(|senders| senders.iter().any(|s| !s.is_closed()))
-                };
-                if !listening {
-                    remote.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                    return;
-                }
-                if let Ok(Some(status)) = remote.queue.status(&id).await {
-                    if let Some(result) = status.result {
-                        remote.notify(&result);
-                        return;
-                    }
-                    if status.state == JobState::Running {
-                        remote.mark_running(&id);
-                    }
-                }
-            }
-        });
         receiver
     }
 
-    fn mark_running(&self, id: &str) {
-        if let Some(senders) = self.waiters.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
-            for sender in senders {
-                sender.send_if_modified(|state| {
-                    let queued = matches!(state, RunState::Queued);
-                    if queued {
-                        *state = RunState::Running;
+    /// Wake waiters as their jobs finish, wherever they were audited: a notice (Redis pub/sub)
+    /// names each job that got its result; every `SWEEP` the results of all awaited jobs are
+    /// read at once, for notices missed while the subscription was down.
+    pub async fn notice_loop(self: Arc<Self>) {
+        let (sender, mut notices) = tokio::sync::mpsc::unbounded_channel();
+        let listener = self.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                if let Err(e) = listener.queue.listen_finished(&sender).await {
+                    tracing::debug!(error = %e, "finished-job notices interrupted; subscribing again");
+                }
+                if sender.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        });
+        let mut sweep = tokio::time::interval(SWEEP);
+        loop {
+            tokio::select! {
+                notice = notices.recv() => {
+                    let Some(id) = notice else { return };
+                    let awaited = self.waiters.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&id);
+                    if awaited && let Ok(Some(status)) = self.queue.status(&id).await && let Some(result) = status.result {
+                        self.notify(&result);
                     }
-                    queued
-                });
+                }
+                _ = sweep.tick() => self.sweep().await,
+            }
+        }
+    }
+
+    async fn sweep(&self) {
+        let ids: Vec<String> = {
+            let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            waiters.retain(|_, senders| {
+                senders.retain(|s| !s.is_closed());
+                !senders.is_empty()
+            });
+            waiters.keys().cloned().collect()
+        };
+        if ids.is_empty() {
+            return;
+        }
+        if let Ok(results) = self.queue.results(&ids).await {
+            for result in results.into_iter().flatten() {
+                self.notify(&result);
             }
         }
     }

@@ -1,5 +1,5 @@
 -- KEYS: stream, job hash, result, done stream, stats
--- ARGV: entry, worker, result json, ttl seconds, done stream length kept
+-- ARGV: entry, worker, result json, ttl seconds, done stream length kept, notice channel, id
 -- Returns 'recorded' when this attempt's result became the job's, 'duplicate' otherwise.
 local mine, fields = holds(KEYS[2], ARGV[1], ARGV[2])
 if mine then
@@ -7,6 +7,7 @@ if mine then
   keep_result(KEYS[3], KEYS[2], ARGV[3], 'done', tonumber(ARGV[4]))
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'kind', 'completed', 'result', ARGV[3])
   redis.call('HINCRBY', KEYS[5], 'completed', 1)
+  redis.call('PUBLISH', ARGV[6], ARGV[7])
   return 'recorded'
 end
 -- Another worker holds this very entry (it took over the lapsed lease): leave its lease alone.

@@ -2,7 +2,7 @@
 -- KEYS: stream, job hash, result, done stream, stats, delayed set, dead stream
 -- ARGV: entry, worker, id, due unix ms, result json (status dead, for the last attempt),
 --       ttl seconds, dead ttl seconds, done stream length kept, dead stream length kept,
---       error json, bundle hex or '', now unix ms
+--       error json, bundle hex or '', now unix ms, notice channel
 -- Returns 'retry', 'dead' or 'duplicate'.
 local mine, fields = holds(KEYS[2], ARGV[1], ARGV[2])
 if not mine then
@@ -20,6 +20,7 @@ if tonumber(meta[1]) >= tonumber(meta[2]) then
   keep_result(KEYS[3], KEYS[2], ARGV[5], 'dead', tonumber(ARGV[7]))
   redis.call('HSET', KEYS[2], 'dead_entry', dead_entry)
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'kind', 'dead', 'result', ARGV[5])
+  redis.call('PUBLISH', ARGV[13], ARGV[3])
   return 'dead'
 end
 redis.call('ZADD', KEYS[6], ARGV[4], ARGV[3])
