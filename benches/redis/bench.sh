@@ -74,11 +74,11 @@ start_workers() {
 stop_workers() {
     for pid in "${worker_pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
 }
-completed() { rcli hget 'guild:{default}:stats' completed | tr -d '\r'; }
+completed() { local n; n=$(rcli hget 'guild:{default}:stats' completed | tr -d '\r'); echo "${n:-0}"; }
 
 for workers in 1 2; do
     echo "== drain: $jobs echo jobs enqueued, then $workers worker(s) × concurrency $per_worker"
-    before=$(completed); before=${before:-0}
+    before=$(completed)
     python3 - "$addr" "$jobs" <<'PY'
 import http.client, json, sys, threading
 addr, jobs = sys.argv[1], int(sys.argv[2])

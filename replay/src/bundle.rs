@@ -48,6 +48,13 @@ pub struct Manifest {
     pub blobs: Vec<BlobRef>,
 }
 
+impl Manifest {
+    /// Every part the bundle needs from a store: its four documents, then its blobs.
+    pub fn parts(&self) -> impl Iterator<Item = &BlobRef> {
+        [&self.action, &self.tape, &self.result, &self.exec].into_iter().chain(&self.blobs)
+    }
+}
+
 /// The tool a bundle ran.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -198,6 +198,16 @@ fn submit(daemon: &Daemon, body: &serde_json::Value) -> String {
 
 /// Wait until every job has a result; their bodies by id.
 fn wait_all(daemon: &Daemon, ids: &[String], within: Duration) -> BTreeMap<String, serde_json::Value> {
+    wait_all_or(daemon, ids, within, &|_| String::new())
+}
+
+/// [`wait_all`], with `describe` adding what Redis holds for a job that never finished.
+fn wait_all_or(
+    daemon: &Daemon,
+    ids: &[String],
+    within: Duration,
+    describe: &dyn Fn(&str) -> String,
+) -> BTreeMap<String, serde_json::Value> {
     let deadline = Instant::now() + within;
     let mut done = BTreeMap::new();
     while done.len() < ids.len() {
@@ -214,7 +224,18 @@ fn wait_all(daemon: &Daemon, ids: &[String], within: Duration) -> BTreeMap<Strin
                 done.insert(id.clone(), body);
             }
         }
-        assert!(Instant::now() < deadline, "{} of {} jobs finished in {within:?}", done.len(), ids.len());
+        if Instant::now() > deadline {
+            let waiting: Vec<String> = ids
+                .iter()
+                .filter(|id| !done.contains_key(*id))
+                .take(5)
+                .map(|id| {
+                    let body = daemon.call("GET", &format!("/v1/runs/{id}"), TOKEN, "").json();
+                    format!("{body} {}", describe(id))
+                })
+                .collect();
+            panic!("{} of {} jobs finished in {within:?}; still waiting: {waiting:?}", done.len(), ids.len());
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     done
@@ -298,7 +319,13 @@ fn a_thousand_jobs_complete_exactly_once_while_workers_are_killed() {
         ids.into_iter().map(|(_, id)| id).collect()
     });
     assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), 1000, "a thousand distinct jobs");
-    let results = wait_all(&daemon, &ids, Duration::from_secs(240));
+    let describe = |id: &str| {
+        let job = redis.cli(&["HGETALL", &format!("guild:{{default}}:job:{id}")]);
+        let pending = redis.cli(&["XPENDING", "guild:{default}:jobs", "workers", "-", "+", "20"]);
+        let delayed = redis.cli(&["ZRANGE", "guild:{default}:delayed", "0", "-1", "WITHSCORES"]);
+        format!("job: {job:?}; pending: {pending:?}; delayed: {delayed:?}")
+    };
+    let results = wait_all_or(&daemon, &ids, Duration::from_secs(120), &describe);
     for (i, id) in ids.iter().enumerate() {
         let body = &results[id];
         assert_eq!(body["status"], "succeeded", "job {id}: {body}");
@@ -390,7 +417,7 @@ fn poison_jobs_go_to_the_dead_letter_stream_and_can_be_retried() {
     let body = json!({"tool": "hostile", "input": {"attack": "spin", "rounds": 10}, "async": true});
     let id = submit(&daemon, &body);
     let component = std::fs::read(HOSTILE).expect("hostile component");
-    let key = format!("guild:{{default}}:component:{}", blake3::hash(&component).to_hex());
+    let key = format!("guild:{{default}}:blob:{}", blake3::hash(&component).to_hex());
     assert_eq!(redis.cli(&["EXISTS", &key]), "1", "the API node put the component in Redis");
     redis.set_bytes(&key, b"not the component");
     let cache = tempfile::tempdir().expect("cache");
@@ -486,6 +513,7 @@ fn bundles_too_large_for_redis_are_served_from_the_shared_store() {
     assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
     let bundle = reply.json()["bundle"].as_str().expect("bundle").to_string();
     assert_eq!(redis.cli(&["EXISTS", &format!("guild:{{default}}:bundle:{bundle}")]), "0", "not in Redis");
+    assert!(shared.path().read_dir().expect("shared store").next().is_some(), "in the shared store");
     let archive = daemon.call("GET", &format!("/v1/bundles/{bundle}"), TOKEN, "");
     assert_eq!(archive.status, 200, "served from the shared store");
     let path = api.home().join("big.bundle");

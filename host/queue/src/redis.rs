@@ -21,7 +21,7 @@ use crate::job::{
     Accepted, Completion, DeadJob, Disposition, Job, JobResult, JobState, JobStatus, Lease, QueueStats, WorkerStats,
     now_unix_ms,
 };
-use guild_replay::Digest;
+use guild_replay::{Digest, Manifest, MemoryStore};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 use redis::{RedisError, Script, Value};
@@ -205,8 +205,8 @@ impl Keys {
     fn idempotency(&self, tenant: &str, key: &str) -> String {
         format!("{}key:{tenant}:{key}", self.prefix)
     }
-    fn component(&self, digest: &Digest) -> String {
-        format!("{}component:{digest}", self.prefix)
+    fn blob(&self, digest: &Digest) -> String {
+        format!("{}blob:{digest}", self.prefix)
     }
     fn bundle(&self, digest: &Digest) -> String {
         format!("{}bundle:{digest}", self.prefix)
@@ -406,15 +406,18 @@ impl RedisQueue {
         self.start(worker, &delivered, false).await
     }
 
-    /// Take over jobs whose worker has not renewed its lease for `lease_ms` (it died).
-    pub async fn reclaim(&self, worker: &str, count: usize) -> Result<Vec<Lease>, QueueError> {
+    /// Take over jobs whose worker has not renewed its lease for `lease_ms` (it died), looking
+    /// through the pending entries from `cursor` (`0-0` at first); returns the leases and where
+    /// to look next time (`0-0` once the whole list was seen), so no entry is out of reach
+    /// however many live ones come before it.
+    pub async fn reclaim(&self, worker: &str, count: usize, cursor: &str) -> Result<(Vec<Lease>, String), QueueError> {
         let keys = &self.inner.keys;
         let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
             .arg(keys.key("jobs"))
             .arg(WORKERS_GROUP)
             .arg(worker)
             .arg(self.inner.settings.lease_ms)
-            .arg("0-0")
+            .arg(cursor)
             .arg("COUNT")
             .arg(count)
             .query_async(&mut self.conn())
@@ -422,7 +425,7 @@ impl RedisQueue {
             .map_err(from_redis)?;
         let claimed: Vec<(String, String)> =
             reply.claimed.into_iter().map(|e| (e.id.clone(), e.get::<String>("job").unwrap_or_default())).collect();
-        self.start(worker, &claimed, true).await
+        Ok((self.start(worker, &claimed, true).await?, reply.next_stream_id))
     }
 
     async fn start(&self, worker: &str, entries: &[(String, String)], claimed: bool) -> Result<Vec<Lease>, QueueError> {
@@ -674,17 +677,13 @@ impl RedisQueue {
         Ok(())
     }
 
-    /// Make a component available to every worker (kept until replaced: components are few).
+    /// Make a component available to every worker, as a blob kept without expiry (components
+    /// are few; bundles that include one share it).
     pub async fn put_component(&self, digest: &Digest, bytes: &[u8]) -> Result<(), QueueError> {
-        let key = self.inner.keys.component(digest);
+        let key = self.inner.keys.blob(digest);
         self.guarded(async {
-            let _: Option<String> = redis::cmd("SET")
-                .arg(key)
-                .arg(bytes)
-                .arg("NX")
-                .query_async(&mut self.conn())
-                .await
-                .map_err(from_redis)?;
+            let _: String =
+                redis::cmd("SET").arg(key).arg(bytes).query_async(&mut self.conn()).await.map_err(from_redis)?;
             Ok(())
         })
         .await
@@ -693,7 +692,7 @@ impl RedisQueue {
     /// A component's bytes, checked against its digest; `None` when Redis does not hold it.
     pub async fn get_component(&self, digest: &Digest) -> Result<Option<Vec<u8>>, QueueError> {
         let bytes: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(self.inner.keys.component(digest))
+            .arg(self.inner.keys.blob(digest))
             .query_async(&mut self.conn())
             .await
             .map_err(from_redis)?;
@@ -705,23 +704,68 @@ impl RedisQueue {
         }
     }
 
-    /// Keep a bundle archive for every node to serve, for `results_ttl_s`.
-    pub async fn put_bundle(&self, digest: &Digest, archive: &[u8]) -> Result<(), QueueError> {
-        let _: String = redis::cmd("SET")
-            .arg(self.inner.keys.bundle(digest))
-            .arg(archive)
-            .arg("EX")
-            .arg(self.inner.settings.results_ttl_s)
-            .query_async(&mut self.conn())
-            .await
-            .map_err(from_redis)?;
+    /// Which of these blobs Redis holds; those it holds are kept at least `results_ttl_s` more
+    /// (blobs kept without expiry, such as components, stay so).
+    pub async fn keep_blobs(&self, digests: &[Digest]) -> Result<Vec<bool>, QueueError> {
+        let ttl = self.inner.settings.results_ttl_s;
+        let mut pipe = redis::pipe();
+        for digest in digests {
+            let key = self.inner.keys.blob(digest);
+            pipe.cmd("EXISTS").arg(&key);
+            pipe.cmd("EXPIRE").arg(&key).arg(ttl).arg("GT").ignore();
+        }
+        let exists: Vec<i64> = pipe.query_async(&mut self.conn()).await.map_err(from_redis)?;
+        Ok(exists.into_iter().map(|e| e == 1).collect())
+    }
+
+    /// Keep a bundle for every node to serve, for `results_ttl_s`: its parts Redis lacks
+    /// (`blobs`, content-addressed, so bundles share them), then its manifest and signature.
+    pub async fn put_bundle(
+        &self,
+        id: &Digest,
+        manifest: &[u8],
+        signature: &[u8],
+        blobs: &[(Digest, Vec<u8>)],
+    ) -> Result<(), QueueError> {
+        let ttl = self.inner.settings.results_ttl_s;
+        let mut pipe = redis::pipe();
+        for (digest, bytes) in blobs {
+            pipe.cmd("SET").arg(self.inner.keys.blob(digest)).arg(bytes).arg("EX").arg(ttl).ignore();
+        }
+        let key = self.inner.keys.bundle(id);
+        pipe.cmd("HSET").arg(&key).arg("manifest").arg(manifest).arg("signature").arg(signature).ignore();
+        pipe.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
+        let () = pipe.query_async(&mut self.conn()).await.map_err(from_redis)?;
         Ok(())
     }
 
-    /// A bundle archive some worker left; `None` when Redis does not hold it.
-    pub async fn get_bundle(&self, digest: &Digest) -> Result<Option<Vec<u8>>, QueueError> {
-        let key = self.inner.keys.bundle(digest);
-        self.guarded(async { redis::cmd("GET").arg(key).query_async(&mut self.conn()).await.map_err(from_redis) }).await
+    /// A bundle some worker left: its manifest, signature and parts (each checked when read);
+    /// `None` when Redis does not hold it (or lost a part).
+    pub async fn get_bundle(&self, id: &Digest) -> Result<Option<(Vec<u8>, Vec<u8>, MemoryStore)>, QueueError> {
+        let key = self.inner.keys.bundle(id);
+        self.guarded(async {
+            let (manifest, signature): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("HMGET")
+                .arg(&key)
+                .arg("manifest")
+                .arg("signature")
+                .query_async(&mut self.conn())
+                .await
+                .map_err(from_redis)?;
+            let (Some(manifest), Some(signature)) = (manifest, signature) else { return Ok(None) };
+            let parsed: Manifest =
+                serde_json::from_slice(&manifest).map_err(|e| QueueError::Corrupt(format!("bundle {id}: {e}")))?;
+            let digests: Vec<Digest> = parsed.parts().map(|part| part.digest).collect();
+            let keys: Vec<String> = digests.iter().map(|d| self.inner.keys.blob(d)).collect();
+            let blobs: Vec<Option<Vec<u8>>> =
+                redis::cmd("MGET").arg(keys).query_async(&mut self.conn()).await.map_err(from_redis)?;
+            let store = MemoryStore::default();
+            for (digest, bytes) in digests.into_iter().zip(blobs) {
+                let Some(bytes) = bytes else { return Ok(None) };
+                store.insert_unchecked(digest, bytes);
+            }
+            Ok(Some((manifest, signature, store)))
+        })
+        .await
     }
 
     /// Finished attempts for this API node's audit log: first its own unacknowledged ones

@@ -11,7 +11,7 @@ use crate::audit::AuditEntry;
 use crate::daemon::Daemon;
 use crate::runs::{Finished, RunState};
 use guild_queue::{DoneEntry, JobResult, JobStatus, QueueError, RedisQueue};
-use guild_replay::Digest;
+use guild_replay::{Digest, archive};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -96,15 +96,21 @@ impl Remote {
 
     /// A bundle's archive from Redis, else from the shared store; `None` when neither has it.
     pub async fn bundle_archive(&self, id: &Digest) -> Result<Option<Vec<u8>>, QueueError> {
-        if let Some(archive) = self.queue.get_bundle(id).await? {
-            return Ok(Some(archive));
-        }
-        let Some(shared) = self.shared_store.clone() else { return Ok(None) };
         let id = *id;
+        let from_redis = self.queue.get_bundle(&id).await?;
+        let shared = self.shared_store.clone();
         let exported = tokio::task::spawn_blocking(move || {
-            let (manifest, signature) = shared.get_bundle(&id).ok()?;
             let mut bytes = Vec::new();
-            guild_replay::archive::export(shared.as_ref(), &manifest, &signature, &mut bytes).ok()?;
+            match from_redis {
+                Some((manifest, signature, store)) => {
+                    archive::export(&store, &manifest, &signature, &mut bytes).ok()?
+                }
+                None => {
+                    let shared = shared?;
+                    let (manifest, signature) = shared.get_bundle(&id).ok()?;
+                    archive::export(shared.as_ref(), &manifest, &signature, &mut bytes).ok()?;
+                }
+            }
             Some(bytes)
         })
         .await;

@@ -11,10 +11,10 @@ use crate::daemon::{outcome_label, outcome_message};
 use guild_queue::{
     Completion, Disposition, JobResult, Lease, QueueError, RedisQueue, WorkerStats, backoff_ms, now_unix_ms,
 };
-use guild_replay::{Digest, DirStore, archive};
+use guild_replay::{BlobRef, BlobStore, Digest, DirStore, Manifest};
 use guild_runtime::egress::Secret;
 use guild_runtime::{Grants, Limits, Outcome, RunError, RunReport, Runtime, Tool};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +23,10 @@ use tracing::Instrument;
 
 /// How long a read waits for jobs before the loop looks around (shutdown, reconnects).
 const TAKE_BLOCK: Duration = Duration::from_millis(1_000);
+/// Parts at least this large are remembered as present in Redis.
+const KNOWN_BLOB_BYTES_MIN: u64 = 4096;
+/// At most this many are remembered (then forgotten all at once).
+const KNOWN_BLOBS_MAX: usize = 10_000;
 /// Longest wait between reconnection attempts.
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
@@ -65,6 +69,8 @@ struct Worker {
     secrets: Vec<Secret>,
     shared_store: Option<Arc<DirStore>>,
     tools: Mutex<HashMap<Digest, Arc<Tool>>>,
+    /// Large blobs Redis is known to hold (it keeps them as long as bundles refer to them).
+    known_blobs: Mutex<HashSet<Digest>>,
     completed: AtomicU64,
     duplicates: AtomicU64,
     retried: AtomicU64,
@@ -89,6 +95,7 @@ pub async fn run_worker(
         secrets: setup.secrets,
         shared_store: setup.shared_store,
         tools: Mutex::new(HashMap::new()),
+        known_blobs: Mutex::new(HashSet::new()),
         completed: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
         retried: AtomicU64::new(0),
@@ -98,7 +105,7 @@ pub async fn run_worker(
     let slots = Arc::new(Semaphore::new(concurrency));
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let taking = tokio::spawn(worker.clone().take_loop(slots.clone(), concurrency, stop.clone()));
-    let upkeep = tokio::spawn(worker.clone().upkeep_loop(slots.clone(), stop.clone()));
+    let upkeep = tokio::spawn(worker.clone().upkeep_loop(stop.clone()));
     shutdown.await;
     tracing::info!(worker = %worker.name, "stopping: no new jobs; finishing the running ones");
     let _ = stop_tx.send(true);
@@ -134,9 +141,13 @@ impl Worker {
         }
     }
 
-    /// Take jobs whenever a slot is free.
+    /// Take jobs whenever a slot is free: every quarter lease first those of workers whose lease
+    /// lapsed (they died), then new ones.
     async fn take_loop(self: Arc<Self>, slots: Arc<Semaphore>, concurrency: usize, stop: Stop) {
         let mut reconnect = Reconnect::default();
+        let reclaim_every = upkeep_period(self.queue.settings().lease_ms);
+        let mut reclaimed_at = tokio::time::Instant::now();
+        let mut cursor = "0-0".to_string();
         loop {
             if *stop.borrow() {
                 return;
@@ -149,7 +160,24 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            match self.queue.take(&self.name, permits.len(), TAKE_BLOCK).await {
+            if reclaimed_at.elapsed() >= reclaim_every {
+                reclaimed_at = tokio::time::Instant::now();
+                match self.queue.reclaim(&self.name, permits.len(), &cursor).await {
+                    Ok((leases, next)) => {
+                        cursor = next;
+                        for lease in leases {
+                            let Some(permit) = permits.pop() else { break };
+                            tracing::warn!(run_id = %lease.job.id, attempt = lease.attempt, "took over a job whose worker's lease lapsed");
+                            self.clone().spawn_job(lease, permit);
+                        }
+                        if permits.is_empty() {
+                            continue;
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "reclaim failed"),
+                }
+            }
+            match self.queue.take(&self.name, permits.len(), TAKE_BLOCK.min(reclaim_every)).await {
                 Ok(leases) => {
                     reconnect.succeeded(&self.name);
                     for (lease, permit) in leases.into_iter().zip(permits.drain(..)) {
@@ -158,6 +186,8 @@ impl Worker {
                 }
                 Err(e) => {
                     drop(permits);
+                    // Redis may come back without what it held.
+                    self.known_blobs.lock().unwrap_or_else(|p| p.into_inner()).clear();
                     if !reconnect.wait(&self.queue, &self.name, &e, &stop).await {
                         return;
                     }
@@ -166,34 +196,17 @@ impl Worker {
         }
     }
 
-    /// Every quarter lease: promote due retries, take over jobs of dead workers (as many as
-    /// there are free slots), send a heartbeat.
-    async fn upkeep_loop(self: Arc<Self>, slots: Arc<Semaphore>, mut stop: Stop) {
-        let period = Duration::from_millis((self.queue.settings().lease_ms / 4).clamp(50, 1_000));
+    /// Every quarter lease: promote due retries, send a heartbeat.
+    async fn upkeep_loop(self: Arc<Self>, mut stop: Stop) {
+        let period = upkeep_period(self.queue.settings().lease_ms);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
                 _ = stop.changed() => return,
             }
-            if self.queue.promote().await.is_err() {
-                continue;
+            if let Err(e) = self.queue.promote().await {
+                tracing::debug!(error = %e, "promoting retries failed");
             }
-            let mut permits = Vec::new();
-            while let Ok(permit) = slots.clone().try_acquire_owned() {
-                permits.push(permit);
-            }
-            if !permits.is_empty() {
-                match self.queue.reclaim(&self.name, permits.len()).await {
-                    Ok(leases) => {
-                        for (lease, permit) in leases.into_iter().zip(permits.drain(..)) {
-                            tracing::warn!(run_id = %lease.job.id, attempt = lease.attempt, "took over a job whose worker's lease lapsed");
-                            self.clone().spawn_job(lease, permit);
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "reclaim failed"),
-                }
-            }
-            drop(permits);
             self.heartbeat().await;
         }
     }
@@ -307,36 +320,54 @@ impl Worker {
         Ok(tool)
     }
 
-    /// Leave the bundle in Redis for every API node to serve (small ones; big ones stay here).
+    /// Leave the bundle in Redis for every API node to serve: the parts Redis lacks (a tool's
+    /// component is already there), its manifest and signature. A bundle whose new parts exceed
+    /// `bundle_inline_bytes_max` goes to the shared store instead, or stays here.
     async fn share_bundle(&self, id: &Digest) {
-        let store = self.store.clone();
-        let id = *id;
-        let exported = tokio::task::spawn_blocking(move || {
-            let (manifest, signature) = store.get_bundle(&id).map_err(|e| e.to_string())?;
-            let mut bytes = Vec::new();
-            archive::export(store.as_ref(), &manifest, &signature, &mut bytes).map_err(|e| e.to_string())?;
-            Ok::<_, String>(bytes)
-        })
-        .await;
-        let bytes = match exported {
-            Ok(Ok(bytes)) => bytes,
-            Ok(Err(e)) => return tracing::warn!(bundle = %id, error = %e, "cannot export the bundle"),
-            Err(e) => return tracing::warn!(bundle = %id, error = %e, "cannot export the bundle"),
+        if let Err(e) = self.try_share_bundle(id).await {
+            tracing::warn!(bundle = %id, error = %e, "cannot share the bundle; it stays in this worker's store");
+        }
+    }
+
+    async fn try_share_bundle(&self, id: &Digest) -> Result<(), String> {
+        let (manifest, signature) = self.store.get_bundle(id).map_err(|e| e.to_string())?;
+        let parsed: Manifest = serde_json::from_slice(&manifest).map_err(|e| e.to_string())?;
+        let parts: Vec<BlobRef> = parsed.parts().cloned().collect();
+        let unknown: Vec<BlobRef> = {
+            let known = self.known_blobs.lock().unwrap_or_else(|p| p.into_inner());
+            parts.iter().filter(|p| !known.contains(&p.digest)).cloned().collect()
         };
+        let digests: Vec<Digest> = unknown.iter().map(|p| p.digest).collect();
+        let present = self.queue.keep_blobs(&digests).await.map_err(|e| e.to_string())?;
+        let missing: Vec<&BlobRef> = unknown.iter().zip(&present).filter(|(_, here)| !**here).map(|(p, _)| p).collect();
+        let missing_bytes: u64 = missing.iter().map(|p| p.size_bytes).sum();
         let limit = self.queue.settings().bundle_inline_bytes_max;
-        if bytes.len() as u64 > limit {
+        if missing_bytes > limit {
             let Some(shared) = self.shared_store.clone() else {
-                return tracing::warn!(bundle = %id, bytes = bytes.len(), "the bundle is larger than redis.bundle_inline_bytes_max ({limit}) and no redis.shared_store is set; it stays in this worker's store");
+                return Err(format!(
+                    "its new parts ({missing_bytes} bytes) exceed redis.bundle_inline_bytes_max ({limit}) and no redis.shared_store is set"
+                ));
             };
-            let copied = tokio::task::spawn_blocking(move || copy_bundle(&bytes, &id, &shared)).await;
-            if let Ok(Err(e)) | Err(e) = copied.map_err(|e| e.to_string()) {
-                tracing::warn!(bundle = %id, error = %e, "cannot put the bundle in the shared store; it stays in this worker's store");
-            }
-            return;
+            let store = self.store.clone();
+            let id = *id;
+            return tokio::task::spawn_blocking(move || {
+                copy_bundle(&store, &shared, &id, &parts, &manifest, &signature)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
         }
-        if let Err(e) = self.queue.put_bundle(&id, &bytes).await {
-            tracing::warn!(bundle = %id, error = %e, "cannot leave the bundle in Redis; it stays in this worker's store");
+        let mut blobs = Vec::with_capacity(missing.len());
+        for part in missing {
+            blobs.push((part.digest, self.store.get(&part.digest).map_err(|e| e.to_string())?));
         }
+        self.queue.put_bundle(id, &manifest, &signature, &blobs).await.map_err(|e| e.to_string())?;
+        // Remember large parts (components, mounted files) so later bundles skip asking for them.
+        let mut known = self.known_blobs.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() > KNOWN_BLOBS_MAX {
+            known.clear();
+        }
+        known.extend(parts.iter().filter(|p| p.size_bytes >= KNOWN_BLOB_BYTES_MIN).map(|p| p.digest));
+        Ok(())
     }
 
     fn result(&self, lease: &Lease, report: RunReport) -> JobResult {
@@ -451,15 +482,27 @@ impl Worker {
     }
 }
 
-/// Put the bundle in `archive` into the shared store: its parts, then its documents.
-fn copy_bundle(archive: &[u8], id: &Digest, shared: &DirStore) -> Result<(), String> {
-    let imported = archive::import(archive, archive::ArchiveLimits::default()).map_err(|e| e.to_string())?;
-    for digest in imported.store.digests() {
-        let bytes = guild_replay::BlobStore::get(&imported.store, &digest).map_err(|e| e.to_string())?;
-        guild_replay::BlobStore::put(shared, &bytes).map_err(|e| e.to_string())?;
+/// Copy a bundle from the worker's store into the shared one: its parts, then its documents.
+fn copy_bundle(
+    store: &DirStore,
+    shared: &DirStore,
+    id: &Digest,
+    parts: &[BlobRef],
+    manifest: &[u8],
+    signature: &[u8],
+) -> Result<(), String> {
+    for part in parts {
+        if !shared.has(&part.digest) {
+            shared.put(&store.get(&part.digest).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        }
     }
-    shared.put_bundle(id, &imported.manifest, &imported.signature).map_err(|e| e.to_string())?;
+    shared.put_bundle(id, manifest, signature).map_err(|e| e.to_string())?;
     shared.flush().map_err(|e| e.to_string())
+}
+
+/// How often a worker promotes retries, takes over lapsed leases and says it is alive.
+fn upkeep_period(lease_ms: u64) -> Duration {
+    Duration::from_millis((lease_ms / 4).clamp(50, 1_000))
 }
 
 /// Why an attempt produced no report.
