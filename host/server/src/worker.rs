@@ -69,8 +69,9 @@ struct Worker {
     secrets: Vec<Secret>,
     shared_store: Option<Arc<DirStore>>,
     tools: Mutex<HashMap<Digest, Arc<Tool>>>,
-    /// Large blobs Redis is known to hold (it keeps them as long as bundles refer to them).
-    known_blobs: Mutex<HashSet<Digest>>,
+    /// Large blobs Redis is known to hold, with when that was checked (asking again after half
+    /// of `results_ttl_s` refreshes their expiry).
+    known_blobs: Mutex<HashMap<Digest, std::time::Instant>>,
     completed: AtomicU64,
     duplicates: AtomicU64,
     retried: AtomicU64,
@@ -95,7 +96,7 @@ pub async fn run_worker(
         secrets: setup.secrets,
         shared_store: setup.shared_store,
         tools: Mutex::new(HashMap::new()),
-        known_blobs: Mutex::new(HashSet::new()),
+        known_blobs: Mutex::new(HashMap::new()),
         completed: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
         retried: AtomicU64::new(0),
@@ -333,13 +334,36 @@ impl Worker {
         let (manifest, signature) = self.store.get_bundle(id).map_err(|e| e.to_string())?;
         let parsed: Manifest = serde_json::from_slice(&manifest).map_err(|e| e.to_string())?;
         let parts: Vec<BlobRef> = parsed.parts().cloned().collect();
-        let unknown: Vec<BlobRef> = {
+        // Small parts are this run's own (its action, tape, result, input, output): send them.
+        // Large ones (a component, a mounted file) are often in Redis already: ask, unless
+        // this worker saw them there lately.
+        let fresh = Duration::from_secs(self.queue.settings().results_ttl_s / 2);
+        let asked: Vec<BlobRef> = {
             let known = self.known_blobs.lock().unwrap_or_else(|p| p.into_inner());
-            parts.iter().filter(|p| !known.contains(&p.digest)).cloned().collect()
+            parts
+                .iter()
+                .filter(|p| {
+                    p.size_bytes >= KNOWN_BLOB_BYTES_MIN
+                        && known.get(&p.digest).is_none_or(|seen| seen.elapsed() >= fresh)
+                })
+                .cloned()
+                .collect()
         };
-        let digests: Vec<Digest> = unknown.iter().map(|p| p.digest).collect();
-        let present = self.queue.keep_blobs(&digests).await.map_err(|e| e.to_string())?;
-        let missing: Vec<&BlobRef> = unknown.iter().zip(&present).filter(|(_, here)| !**here).map(|(p, _)| p).collect();
+        let digests: Vec<Digest> = asked.iter().map(|p| p.digest).collect();
+        let present = if digests.is_empty() {
+            Vec::new()
+        } else {
+            self.queue.keep_blobs(&digests).await.map_err(|e| e.to_string())?
+        };
+        let skip: HashSet<Digest> = {
+            let known = self.known_blobs.lock().unwrap_or_else(|p| p.into_inner());
+            let recent = parts.iter().filter(|p| known.get(&p.digest).is_some_and(|seen| seen.elapsed() < fresh));
+            recent
+                .map(|p| p.digest)
+                .chain(asked.iter().zip(&present).filter(|(_, here)| **here).map(|(p, _)| p.digest))
+                .collect()
+        };
+        let missing: Vec<&BlobRef> = parts.iter().filter(|p| !skip.contains(&p.digest)).collect();
         let missing_bytes: u64 = missing.iter().map(|p| p.size_bytes).sum();
         let limit = self.queue.settings().bundle_inline_bytes_max;
         if missing_bytes > limit {
@@ -366,7 +390,10 @@ impl Worker {
         if known.len() > KNOWN_BLOBS_MAX {
             known.clear();
         }
-        known.extend(parts.iter().filter(|p| p.size_bytes >= KNOWN_BLOB_BYTES_MIN).map(|p| p.digest));
+        let now = std::time::Instant::now();
+        for part in &asked {
+            known.insert(part.digest, now);
+        }
         Ok(())
     }
 
