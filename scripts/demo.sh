@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: set up, build `guild` and the example tools, run each tool on this repository's
-# own files under limits through mounts (a limit and a denial included), then start the daemon,
+# own files under limits through mounts (a limit and a denial included), replay, egress, tools in
+# Python and JavaScript, a Redis queue with one `guild worker` on loopback; then start the daemon,
 # `guild serve`, with its embedded default: the example tools on 127.0.0.1:8480.
 # GUILD_DEMO_SERVE=0 stops after the tour instead of serving.
 set -euo pipefail
@@ -103,6 +104,35 @@ code=$?
 set -e
 echo "exit code: $code"
 [ "$code" -eq 4 ]
+
+step "across machines: guild serve --redis enqueues, a guild worker runs the job, any node answers"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+redis_dir=$(mktemp -d)
+redis_port=$(free_port)
+api_port=$(free_port)
+redis_url="redis://127.0.0.1:$redis_port/"
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly yes --dir "$redis_dir" >/dev/null 2>&1 &
+redis=$!
+api=""
+worker=""
+trap 'kill $server $redis $api $worker 2>/dev/null' EXIT
+for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+GUILD_TOKEN=demo-redis GUILD_HOME="$GUILD_HOME/redis-api" GUILD_LOG=warn \
+    "$guild" serve --listen "127.0.0.1:$api_port" --redis "$redis_url" 2>"$redis_dir/api.log" &
+api=$!
+GUILD_HOME="$GUILD_HOME/redis-worker" GUILD_LOG=warn \
+    "$guild" worker --redis "$redis_url" --concurrency 2 --name demo-worker 2>"$redis_dir/worker.log" &
+worker=$!
+for _ in $(seq 100); do curl -fs "localhost:$api_port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -s -H 'authorization: Bearer demo-redis' -d '{"tool":"echo","input":{"message":"run by a guild worker"}}' \
+    "localhost:$api_port/v1/runs"
+echo
+sleep 1.2 # the worker's next heartbeat carries its count
+curl -s "localhost:$api_port/metrics" | grep -E '^guild_redis_(queue_events\{event="completed"|worker_completed)'
+env -u GUILD_DEMO_SERVE "$guild" jobs dead --redis "$redis_url"
+kill "$api" "$worker" 2>/dev/null; wait "$api" "$worker" 2>/dev/null || true
+kill "$redis" 2>/dev/null; wait "$redis" 2>/dev/null || true
+rm -rf "$redis_dir"
 
 echo
 echo "done: guild is at $guild, the tools under $tools (Python and JavaScript ones under $lang)"

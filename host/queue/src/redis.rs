@@ -467,20 +467,22 @@ impl RedisQueue {
         Ok(held == 1)
     }
 
+    /// `script` with the keys every settling script starts with: stream, job, result, done
+    /// stream, stats.
+    fn settling<'a>(&'a self, script: &'a Script, id: &str) -> redis::ScriptInvocation<'a> {
+        let keys = &self.inner.keys;
+        let mut invocation = script.key(keys.key("jobs"));
+        invocation.key(keys.job(id)).key(keys.result(id)).key(keys.key("done")).key(keys.key("stats"));
+        invocation
+    }
+
     /// The attempt finished (output or a deterministic failure): settle the job with `result`.
     pub async fn complete(&self, worker: &str, lease: &Lease, result: &JobResult) -> Result<Completion, QueueError> {
         let keys = &self.inner.keys;
         let settings = &self.inner.settings;
         let text = serde_json::to_string(result).map_err(|e| QueueError::Corrupt(e.to_string()))?;
         let said: String = self
-            .inner
-            .scripts
-            .complete
-            .key(keys.key("jobs"))
-            .key(keys.job(&lease.job.id))
-            .key(keys.result(&lease.job.id))
-            .key(keys.key("done"))
-            .key(keys.key("stats"))
+            .settling(&self.inner.scripts.complete, &lease.job.id)
             .arg(&lease.entry)
             .arg(worker)
             .arg(text)
@@ -508,14 +510,7 @@ impl RedisQueue {
         let text = serde_json::to_string(last).map_err(|e| QueueError::Corrupt(e.to_string()))?;
         let now = now_unix_ms();
         let said: String = self
-            .inner
-            .scripts
-            .fail
-            .key(keys.key("jobs"))
-            .key(keys.job(&lease.job.id))
-            .key(keys.result(&lease.job.id))
-            .key(keys.key("done"))
-            .key(keys.key("stats"))
+            .settling(&self.inner.scripts.fail, &lease.job.id)
             .key(keys.key("delayed"))
             .key(keys.key("dead"))
             .arg(&lease.entry)
