@@ -865,3 +865,43 @@ impl RedisQueue {
 fn parse_result(text: &str) -> Result<JobResult, QueueError> {
     serde_json::from_str(text).map_err(|e| QueueError::Corrupt(format!("job result: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Redis Cluster hashes only what is between the first `{` and `}`: every key of a queue
+    /// must carry the same tag, or a script touching two of them fails with CROSSSLOT.
+    #[test]
+    fn every_key_of_a_queue_shares_one_hash_tag() {
+        let keys = Keys::new("default");
+        let digest = Digest::of(b"x");
+        let all = [
+            keys.key("jobs"),
+            keys.key("done"),
+            keys.key("dead"),
+            keys.key("delayed"),
+            keys.key("stats"),
+            keys.key("workers"),
+            keys.key("finished"),
+            keys.job("abc"),
+            keys.result("abc"),
+            keys.idempotency("tenant", "key{with}braces"),
+            keys.blob(&digest),
+            keys.bundle(&digest),
+            format!("{}abc", keys.job_prefix()),
+        ];
+        for key in all {
+            let tag = key.split_once('{').and_then(|(_, rest)| rest.split_once('}')).map(|(tag, _)| tag);
+            assert_eq!(tag, Some("default"), "{key}");
+        }
+    }
+
+    #[test]
+    fn connection_failures_are_unavailable_and_urls_are_checked() {
+        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(from_redis(refused).is_unavailable());
+        let e = RedisQueue::open(RedisSettings::new("not a url")).err().expect("refused");
+        assert!(matches!(e, QueueError::Settings(_)), "{e}");
+    }
+}
