@@ -520,3 +520,65 @@ fn bundles_too_large_for_redis_are_served_from_the_shared_store() {
     std::fs::write(&path, &archive.body).expect("write bundle");
     Guild::new().run(&["replay", path.to_str().expect("utf-8")]).expect_code(0);
 }
+
+/// An HTTP server on loopback that answers 503 to its first `failures` requests, then 200
+/// with `{"value": 42}`; counts what it answered.
+fn flaky_upstream(failures: usize) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") && stream.read_exact(&mut byte).is_ok() {
+                request.push(byte[0]);
+            }
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            let (status, body) =
+                if n < failures { ("503 Service Unavailable", "busy") } else { ("200 OK", r#"{"value":42}"#) };
+            let reply = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(reply.as_bytes());
+        }
+    });
+    (port, served)
+}
+
+#[test]
+fn a_tool_failed_by_its_upstream_is_retried_and_each_attempt_audited() {
+    let (port, served) = flaky_upstream(1);
+    let redis = RedisServer::start();
+    let api = Guild::new();
+    let rule = format!("http://127.0.0.1:{port}");
+    let daemon = Daemon::start(&api, &["--redis", &redis.url(), "--allow-host", &rule], QUEUE_ENV);
+    let cache = tempfile::tempdir().expect("cache");
+    let _worker = Worker::start(&redis.url(), cache.path(), "w", 1);
+    let input = json!({"url": format!("http://127.0.0.1:{port}/value"), "json_pointer": "/value"});
+    let reply = daemon.run(TOKEN, json!({"tool": "http-get", "input": input}));
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    let body = reply.json();
+    assert_eq!(body["status"], "succeeded", "{body}");
+    assert_eq!(body["output"]["json"], 42);
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 2, "one 503, then the retry's 200");
+    let id = body["id"].as_str().expect("id").to_string();
+    assert_eq!(daemon.call("GET", &format!("/v1/runs/{id}"), TOKEN, "").json()["attempts"], 2);
+    wait_audited(&api, std::slice::from_ref(&id), Duration::from_secs(10));
+    let attempts: Vec<(String, u64)> = audit_records(&api)
+        .iter()
+        .filter(|r| r["run"] == id.as_str())
+        .map(|r| (r["completion"].as_str().unwrap_or_default().to_string(), r["attempt"].as_u64().unwrap_or_default()))
+        .collect();
+    assert_eq!(attempts, vec![("retried".to_string(), 1), ("completed".to_string(), 2)], "each attempt audited");
+    // A tool error with nothing upstream failing is the job's result: no retry.
+    let reply = daemon.run(TOKEN, json!({"tool": "http-get", "input": {"url": "ftp://nowhere"}}));
+    let body = reply.json();
+    assert_eq!(body["status"], "failed", "{body}");
+    let id = body["id"].as_str().expect("id");
+    assert_eq!(daemon.call("GET", &format!("/v1/runs/{id}"), TOKEN, "").json()["attempts"], 1);
+}

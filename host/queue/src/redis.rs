@@ -145,7 +145,7 @@ impl From<Open> for QueueError {
 pub struct DoneEntry {
     /// The stream entry; pass it to [`RedisQueue::ack_done`] once audited.
     pub entry: String,
-    /// `completed`, `duplicate` or `dead`.
+    /// `completed`, `duplicate`, `retried` or `dead`.
     pub kind: String,
     /// The attempt's result.
     pub result: JobResult,
@@ -496,18 +496,21 @@ impl RedisQueue {
         Ok(if said == "recorded" { Completion::Recorded } else { Completion::Duplicate })
     }
 
-    /// The attempt failed in a way worth retrying: back off (`delay_ms`), or, on the last
-    /// attempt, bury the job in the dead-letter stream with `last` as its result.
+    /// The attempt (`attempt`, its result) failed in a way worth retrying: back off
+    /// (`delay_ms`), or, on the last attempt, bury the job in the dead-letter stream with
+    /// `last` (status `dead`) as its result. Either way the attempt goes to the done stream.
     pub async fn fail(
         &self,
         worker: &str,
         lease: &Lease,
         delay_ms: u64,
+        attempt: &JobResult,
         last: &JobResult,
     ) -> Result<Disposition, QueueError> {
         let keys = &self.inner.keys;
         let settings = &self.inner.settings;
         let text = serde_json::to_string(last).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+        let attempt = serde_json::to_string(attempt).map_err(|e| QueueError::Corrupt(e.to_string()))?;
         let now = now_unix_ms();
         let said: String = self
             .settling(&self.inner.scripts.fail, &lease.job.id)
@@ -526,6 +529,7 @@ impl RedisQueue {
             .arg(last.bundle.map(|b| b.to_hex()).unwrap_or_default())
             .arg(now)
             .arg(keys.key("finished"))
+            .arg(attempt)
             .invoke_async(&mut self.conn())
             .await
             .map_err(from_redis)?;

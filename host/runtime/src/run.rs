@@ -155,6 +155,9 @@ pub struct RunReport {
     pub egress_denials: Vec<String>,
     /// Outgoing requests the guest attempted (sent, refused or failed).
     pub egress_requests: u32,
+    /// Of those sent, how many found the upstream failing (5xx, timeout, unreachable): a
+    /// tool that failed after one may succeed if run again.
+    pub egress_upstream_failures: u32,
     /// Bytes the run's bundle holds (its blobs, manifest and signature), 0 when not recorded.
     pub bundle_bytes: u64,
 }
@@ -184,6 +187,7 @@ pub(crate) struct Execution {
     pub(crate) logs: Vec<LogLine>,
     pub(crate) egress_denials: Vec<String>,
     pub(crate) egress_requests: u32,
+    pub(crate) egress_upstream_failures: u32,
 }
 
 /// The engine, linker and caches. Cheap to share behind an `Arc`; runs are independent.
@@ -393,6 +397,7 @@ impl Runtime {
             bundle,
             egress_denials: execution.egress_denials,
             egress_requests: execution.egress_requests,
+            egress_upstream_failures: execution.egress_upstream_failures,
             bundle_bytes,
         })
     }
@@ -463,6 +468,7 @@ impl Runtime {
             logs,
             egress_denials: egress.denials(),
             egress_requests: egress.requests(),
+            egress_upstream_failures: egress.upstream_failures(),
         })
     }
 

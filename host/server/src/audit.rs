@@ -53,8 +53,9 @@ pub struct AuditEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
     /// For a job run by a `guild worker`: `completed` (this attempt's result is the job's),
-    /// `duplicate` (another attempt finished first: at-least-once) or `dead` (the last attempt
-    /// failed; the job is in the dead-letter stream).
+    /// `duplicate` (another attempt finished first: at-least-once), `retried` (it failed in a
+    /// way worth retrying; another attempt follows) or `dead` (the last attempt failed; the job
+    /// is in the dead-letter stream).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion: Option<String>,
 }

@@ -225,7 +225,7 @@ impl Remote {
                 tracing::warn!(error = %e, "audited jobs not acknowledged; they will be delivered again and skipped");
             }
             for entry in &entries {
-                if entry.kind != "duplicate" {
+                if matches!(entry.kind.as_str(), "completed" | "dead") {
                     self.notify(&entry.result);
                 }
             }

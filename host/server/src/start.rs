@@ -80,7 +80,8 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         if let (Some(remote), Some(attempt), Some(worker)) = (&remote, entry.attempt, &entry.worker) {
             remote.remember_audited(&entry.run, attempt, worker);
         }
-        if entry.completion.as_deref() != Some("duplicate") {
+        // A job's duplicate and retried attempts are in the log too; its run is the final one.
+        if matches!(entry.completion.as_deref(), None | Some("completed" | "dead")) {
             restore(&runs, record);
             runs_restored += 1;
         }

@@ -13,7 +13,7 @@ use guild_queue::{
 };
 use guild_replay::{BlobRef, BlobStore, Digest, DirStore, Manifest};
 use guild_runtime::egress::Secret;
-use guild_runtime::{Grants, Limits, Outcome, RunError, RunReport, Runtime, Tool};
+use guild_runtime::{Grants, Limits, Outcome, RunError, RunReport, Runtime, Tool, ToolErrorKind};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -293,6 +293,19 @@ impl Worker {
         if let Some(bundle) = report.bundle {
             self.share_bundle(&bundle).await;
         }
+        // A tool that failed after an upstream failed it (5xx, timeout, unreachable) may
+        // succeed later: retry it; every other ending is the job's.
+        let upstream = report.egress_upstream_failures;
+        let tool_failed =
+            matches!(report.outcome, Outcome::ToolError { kind: ToolErrorKind::Failed, .. } | Outcome::Trap { .. });
+        if upstream > 0 && tool_failed {
+            let bundle = report.bundle;
+            let message = format!(
+                "{} (after {upstream} upstream request(s) failed: 5xx, timeout or unreachable)",
+                outcome_message(&report.outcome)
+            );
+            return Err(Failure::Retryable(FailureInfo { code: "upstream_failure", message, bundle }));
+        }
         Ok(self.result(lease, report))
     }
 
@@ -490,8 +503,9 @@ impl Worker {
     async fn retry(&self, lease: &Lease, failure: &FailureInfo) -> Result<(), QueueError> {
         let settings = self.queue.settings();
         let delay = backoff_ms(lease.attempt, settings.backoff_base_ms, settings.backoff_max_ms);
-        let last = JobResult { status: "dead".into(), ..failure.result(self.empty_result(lease)) };
-        match self.queue.fail(&self.name, lease, delay, &last).await? {
+        let attempt = JobResult { status: "failed".into(), ..failure.result(self.empty_result(lease)) };
+        let last = JobResult { status: "dead".into(), ..attempt.clone() };
+        match self.queue.fail(&self.name, lease, delay, &attempt, &last).await? {
             Disposition::Retry { delay_ms } => {
                 self.retried.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %failure.message, delay_ms, "attempt failed; retrying after a backoff");

@@ -2,7 +2,8 @@
 -- KEYS: stream, job hash, result, done stream, stats, delayed set, dead stream
 -- ARGV: entry, worker, id, due unix ms, result json (status dead, for the last attempt),
 --       ttl seconds, dead ttl seconds, done stream length kept, dead stream length kept,
---       error json, bundle hex or '', now unix ms, notice channel
+--       error json, bundle hex or '', now unix ms, notice channel, this attempt's result json
+--       (status failed, for the audit log when the job is retried)
 -- Returns 'retry', 'dead' or 'duplicate'.
 local mine, fields = holds(KEYS[2], ARGV[1], ARGV[2])
 if not mine then
@@ -26,4 +27,5 @@ end
 redis.call('ZADD', KEYS[6], ARGV[4], ARGV[3])
 redis.call('HSET', KEYS[2], 'state', 'delayed', 'worker', '')
 redis.call('HINCRBY', KEYS[5], 'retries', 1)
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'kind', 'retried', 'result', ARGV[14])
 return 'retry'

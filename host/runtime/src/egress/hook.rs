@@ -47,6 +47,7 @@ pub(crate) struct EgressRun {
     breakers: Option<Arc<Breakers>>,
     tls: Option<Arc<rustls::ClientConfig>>,
     requests: AtomicU32,
+    upstream_failures: AtomicU32,
     denials: Mutex<Vec<String>>,
 }
 
@@ -71,6 +72,7 @@ impl EgressRun {
             breakers: None,
             tls: None,
             requests: AtomicU32::new(0),
+            upstream_failures: AtomicU32::new(0),
             denials: Mutex::new(Vec::new()),
         }
     }
@@ -102,6 +104,11 @@ impl EgressRun {
     /// Requests the guest attempted so far.
     pub(crate) fn requests(&self) -> u32 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent whose upstream answered 5xx, timed out or could not be reached.
+    pub(crate) fn upstream_failures(&self) -> u32 {
+        self.upstream_failures.load(Ordering::Relaxed)
     }
 
     fn note(&self, reason: &str) {
@@ -231,13 +238,16 @@ impl EgressRun {
             self.limits.http_response_bytes_max,
         );
         let outcome = tokio::time::timeout(total, sent).await;
+        // A refusal for size is the guest's doing, not the upstream's.
+        let upstream_ok = match &outcome {
+            Ok(Ok(answer)) => answer.status < 500,
+            Ok(Err(Error::HttpResponseBodySize(_))) => true,
+            _ => false,
+        };
+        if !upstream_ok {
+            self.upstream_failures.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(breakers) = &self.breakers {
-            // A refusal for size is the guest's doing, not the upstream's.
-            let upstream_ok = match &outcome {
-                Ok(Ok(answer)) => answer.status < 500,
-                Ok(Err(Error::HttpResponseBodySize(_))) => true,
-                _ => false,
-            };
             breakers.record(&shown, upstream_ok);
         }
         match outcome {
