@@ -81,7 +81,7 @@ impl RedisSettings {
             results_ttl_s: 86_400,
             dead_ttl_s: 7 * 86_400,
             dead_kept_max: 100_000,
-            done_kept_max: 1_000_000,
+            done_kept_max: 100_000,
             breaker_open_ms: 1_000,
             response_timeout_ms: 3_000,
             bundle_inline_bytes_max: 8 * 1024 * 1024,

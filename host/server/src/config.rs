@@ -94,6 +94,11 @@ pub struct RedisConfig {
     pub results_ttl_s: u64,
     /// How long dead jobs are kept for `guild jobs retry`, s.
     pub dead_ttl_s: u64,
+    /// Entries the dead-letter stream keeps (oldest trimmed first).
+    pub dead_kept_max: u64,
+    /// Finished attempts kept for the audit log while no API node reads them (oldest trimmed
+    /// first: run an API node, or raise this, or their audit records are lost).
+    pub done_kept_max: u64,
     /// After a Redis failure, runs get 503 at once for this long, ms.
     pub breaker_open_ms: u64,
     /// A Redis command slower than this fails, ms.
@@ -117,6 +122,8 @@ impl Default for RedisConfig {
             backoff_max_ms: d.backoff_max_ms,
             results_ttl_s: d.results_ttl_s,
             dead_ttl_s: d.dead_ttl_s,
+            dead_kept_max: d.dead_kept_max,
+            done_kept_max: d.done_kept_max,
             breaker_open_ms: d.breaker_open_ms,
             response_timeout_ms: d.response_timeout_ms,
             bundle_inline_bytes_max: d.bundle_inline_bytes_max,
@@ -137,6 +144,8 @@ impl RedisConfig {
             backoff_max_ms: self.backoff_max_ms,
             results_ttl_s: self.results_ttl_s,
             dead_ttl_s: self.dead_ttl_s,
+            dead_kept_max: self.dead_kept_max,
+            done_kept_max: self.done_kept_max,
             breaker_open_ms: self.breaker_open_ms,
             response_timeout_ms: self.response_timeout_ms,
             bundle_inline_bytes_max: self.bundle_inline_bytes_max,
@@ -159,6 +168,8 @@ impl RedisConfig {
             ("redis.backoff_base_ms", self.backoff_base_ms, 1),
             ("redis.results_ttl_s", self.results_ttl_s, 1),
             ("redis.dead_ttl_s", self.dead_ttl_s, 1),
+            ("redis.dead_kept_max", self.dead_kept_max, 1),
+            ("redis.done_kept_max", self.done_kept_max, 1_000),
             ("redis.response_timeout_ms", self.response_timeout_ms, 10),
         ] {
             if value < least {
@@ -591,6 +602,22 @@ mod tests {
         assert_eq!(config.tenants[0].rate_per_second, 2.5);
         assert_eq!(config.tools[0].limits.timeout_ms, 250);
         assert_eq!(config.tools[0].limits.fuel_units, 5);
+    }
+
+    #[test]
+    fn redis_settings_come_from_the_file_or_the_environment_and_are_checked() {
+        let config =
+            load("[redis]\nurl = \"redis://10.0.0.5:6379/0\"\n", &[("GUILD_REDIS__LEASE_MS", "2000")]).expect("valid");
+        let settings = config.redis.settings().expect("a url is set");
+        assert_eq!((settings.url.as_str(), settings.lease_ms), ("redis://10.0.0.5:6379/0", 2000));
+        assert_eq!(settings.queue, "default");
+        assert!(load("", &[]).expect("valid").redis.settings().is_none(), "no url: runs stay in process");
+        let e = load("", &[("GUILD_REDIS__URL", "http://10.0.0.5")]).expect_err("not a redis url");
+        assert_eq!(e.field, "redis.url");
+        let e = load("", &[("GUILD_REDIS__LEASE_MS", "5")]).expect_err("too short");
+        assert_eq!(e.field, "redis.lease_ms");
+        let e = load("[redis]\nqueue = \"a{b}\"\n", &[]).expect_err("breaks the hash tag");
+        assert_eq!(e.field, "redis.queue");
     }
 
     #[test]
