@@ -8,6 +8,8 @@
 #   3. sync: wrk POSTing runs to `guild serve --redis` that wait for their results, with 1 and
 #      2 workers.
 # Usage: bash benches/redis/bench.sh [JOBS] [SECONDS] [CONCURRENCY_PER_WORKER]
+# GUILD_BENCH_FSYNC=always measures Redis fsyncing its append-only file before every reply
+# (default everysec).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 jobs=${1:-20000}
@@ -27,14 +29,15 @@ cleanup() {
 }
 trap cleanup EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync everysec \
+fsync=${GUILD_BENCH_FSYNC:-everysec}
+redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync "$fsync" \
     --maxmemory-policy noeviction --dir "$work" > "$work/redis.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
 rcli() { redis-cli -p "$port" "$@"; }
 url="redis://127.0.0.1:$port/"
 
-echo "== redis-benchmark, XADD, same redis-server (appendonly yes, appendfsync everysec)"
+echo "== redis-benchmark, XADD, same redis-server (appendonly yes, appendfsync $fsync)"
 for pipeline in 1 16; do
     rate=$(redis-benchmark -p "$port" -n 200000 -c 50 -P $pipeline -q XADD bench:stream '*' job x | grep -o '[0-9.]* requests per second' | head -1)
     echo "XADD, 50 clients, pipeline $pipeline: $rate"
