@@ -472,6 +472,8 @@ fn poison_jobs_go_to_the_dead_letter_stream_and_can_be_retried() {
         serde_json::from_str(dead.stdout.lines().next().expect("one dead job")).expect("json");
     assert_eq!(entry["id"], id.as_str());
     assert_eq!(entry["attempts"], 3);
+    let table = jobs(&["dead"]);
+    assert!(table.stdout.contains(&id) && table.stdout.contains("does not hash to its name"), "{}", table.stdout);
     assert_eq!(metric(&daemon, "guild_redis_queue_jobs{state=\"dead\"}"), 1.0);
     assert!(metric(&daemon, "guild_redis_queue_events{event=\"retries\"}") >= 2.0);
     let audited = wait_audited(&api, std::slice::from_ref(&id), Duration::from_secs(10));

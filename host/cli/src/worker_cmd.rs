@@ -73,10 +73,24 @@ pub(crate) fn jobs(command: JobsCommand) -> Result<Exit, Failure> {
             } else if dead.is_empty() {
                 crate::out!("no dead jobs");
             } else {
-                crate::out!("{:<32}  {:<12}  {:<14}  {:>8}  error", "job", "tenant", "tool", "attempts");
+                crate::out!(
+                    "{:<32}  {:<12}  {:<14}  {:>8}  {:<12}  error",
+                    "job",
+                    "tenant",
+                    "tool",
+                    "attempts",
+                    "bundle"
+                );
                 for job in &dead {
                     let error = job.error.get("message").and_then(|m| m.as_str()).unwrap_or_default();
-                    crate::out!("{:<32}  {:<12}  {:<14}  {:>8}  {error}", job.id, job.tenant, job.tool, job.attempts);
+                    let bundle = job.bundle.map(|b| b.short()).unwrap_or_else(|| "-".into());
+                    crate::out!(
+                        "{:<32}  {:<12}  {:<14}  {:>8}  {bundle:<12}  {error}",
+                        job.id,
+                        job.tenant,
+                        job.tool,
+                        job.attempts
+                    );
                 }
             }
             Ok(Exit::Success)
