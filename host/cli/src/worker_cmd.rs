@@ -26,7 +26,7 @@ pub(crate) fn worker(global: &Global, args: WorkerArgs) -> Result<Exit, Failure>
     if concurrency == 0 {
         return Err(Failure::usage("--concurrency must be at least 1"));
     }
-    let name = args.name.unwrap_or_else(|| format!("worker-{}-{}", hostname(), std::process::id()));
+    let name = args.name.unwrap_or_else(|| format!("worker-{}-{}", guild_server::host_name(), std::process::id()));
     tokio.block_on(async {
         tracing::info!(worker = %name, concurrency, queue = %queue.settings().queue, "worker started");
         let shared_store = guild_server::shared_store(&config).map_err(|e| Failure::usage(e.to_string()))?;
@@ -129,8 +129,4 @@ fn secrets(config: &DaemonConfig) -> Result<Vec<Secret>, Failure> {
             Secret::read(name, &source).map_err(|e| Failure::usage(format!("config: secrets.{name}: {e}")))
         })
         .collect()
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into())
 }

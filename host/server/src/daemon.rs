@@ -522,7 +522,7 @@ struct Job {
     cancel: CancellationToken,
 }
 
-fn finished_from_report(report: RunReport) -> (Finished, Option<String>) {
+pub(crate) fn finished_from_report(report: RunReport) -> (Finished, Option<String>) {
     let wall_time_us = report.wall_time.as_micros() as u64;
     let (status, error, output) = match report.outcome {
         Outcome::Output { output } => ("succeeded", serde_json::Value::Null, Some(output)),
@@ -569,7 +569,7 @@ pub fn outcome_label(outcome: &Outcome) -> &'static str {
 }
 
 /// Stable code of a run that could not start (the API maps it to its HTTP status).
-fn run_error_code(error: &RunError) -> &'static str {
+pub(crate) fn run_error_code(error: &RunError) -> &'static str {
     match error {
         RunError::Denied(_) => "denied",
         RunError::Limits(_) => "bad_limits",

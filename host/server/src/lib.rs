@@ -30,6 +30,6 @@ pub use mcp::{GuildMcp, PROGRESS_INTERVAL_MS, mcp_tool, serve_stdio};
 pub use metrics::Metrics;
 pub use remote::Remote;
 pub use runs::{RunTable, new_run_id};
-pub use start::{DaemonParts, DaemonSetup, StartError, run, shared_store, start};
+pub use start::{DaemonParts, DaemonSetup, StartError, host_name, run, shared_store, start};
 pub use tenants::{Tenant, ToolAccess};
 pub use worker::{WorkerSetup, WorkerSummary, run_worker};

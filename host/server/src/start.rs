@@ -122,13 +122,17 @@ pub fn shared_store(config: &DaemonConfig) -> Result<Option<Arc<DirStore>>, Conf
         .map_err(|e| ConfigError::new("redis.shared_store", format!("cannot open {}: {e}", path.display())))
 }
 
-/// This node's name among the API nodes of a Redis queue: host, port and process.
-fn node_name(port: u16) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+/// This machine's name, for the names API nodes and workers go by in a Redis queue.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "node".into());
-    format!("api-{host}-{port}-{}", std::process::id())
+        .unwrap_or_else(|_| "host".into())
+}
+
+/// This node's name among the API nodes of a Redis queue: host, port and process.
+fn node_name(port: u16) -> String {
+    format!("api-{}-{port}-{}", host_name(), std::process::id())
 }
 
 fn tenants(config: &DaemonConfig, default_token: Option<String>) -> Result<Vec<Arc<Tenant>>, ConfigError> {

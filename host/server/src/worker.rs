@@ -7,7 +7,7 @@
 //! Redis going away never stops a worker: every loop waits with backoff and carries on when
 //! it answers again, recreating the consumer groups if Redis lost them.
 
-use crate::daemon::{outcome_label, outcome_message};
+use crate::daemon::{finished_from_report, outcome_message, run_error_code};
 use guild_queue::{
     Completion, Disposition, JobResult, Lease, QueueError, RedisQueue, WorkerStats, backoff_ms, now_unix_ms,
 };
@@ -275,13 +275,7 @@ impl Worker {
         let report = match self.runtime.run(&tool, &job.input, &grants, &limits).await {
             Ok(report) => report,
             Err(error) => {
-                let code = match &error {
-                    RunError::Denied(_) => "denied",
-                    RunError::Limits(_) => "bad_limits",
-                    RunError::Busy { .. } => "busy",
-                    RunError::Host(_) | RunError::Record(_) => "host_failure",
-                };
-                let failure = FailureInfo { code, message: error.to_string(), bundle: None };
+                let failure = FailureInfo { code: run_error_code(&error), message: error.to_string(), bundle: None };
                 // Denials and bad limits come out the same on every machine; the rest may not.
                 return Err(if matches!(error, RunError::Denied(_) | RunError::Limits(_)) {
                     Failure::Deterministic(failure)
@@ -411,27 +405,17 @@ impl Worker {
     }
 
     fn result(&self, lease: &Lease, report: RunReport) -> JobResult {
-        let (status, error, output) = match report.outcome {
-            Outcome::Output { output } => ("succeeded", serde_json::Value::Null, Some(output)),
-            other => {
-                let message = outcome_message(&other);
-                let label = outcome_label(&other);
-                let mut error = serde_json::to_value(&other).unwrap_or_default();
-                if let Some(object) = error.as_object_mut() {
-                    object.insert("message".into(), message.into());
-                    object.entry("status").or_insert_with(|| label.into());
-                }
-                ("failed", error, None)
-            }
-        };
+        let policy = serde_json::json!({ "policy": report.policy, "limits": report.limits });
+        // The same status, error and output the daemon gives a run it executes itself.
+        let (finished, output) = finished_from_report(report);
         JobResult {
-            status: status.into(),
-            error,
+            status: finished.status.into(),
+            error: finished.error,
             output,
-            bundle: report.bundle,
-            fuel_used_units: report.fuel_used_units,
-            wall_time_us: report.wall_time.as_micros() as u64,
-            policy: serde_json::json!({ "policy": report.policy, "limits": report.limits }),
+            bundle: finished.bundle,
+            fuel_used_units: finished.fuel_used_units,
+            wall_time_us: finished.wall_time_us,
+            policy,
             ..self.empty_result(lease)
         }
     }
