@@ -83,6 +83,28 @@ pub struct Action {
     pub limits: serde_json::Value,
     /// The engine fingerprint.
     pub engine: serde_json::Value,
+    /// On whose behalf the run was made, when a host with tenants made it: who may read the
+    /// bundle back (`GET /v1/bundles/{id}`). Absent for runs made from the command line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<Principal>,
+}
+
+/// Who a run was for: a tenant, and the subject within it (a person or agent; the tenant itself
+/// for a static token).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Principal {
+    /// The tenant.
+    pub tenant: String,
+    /// The subject within the tenant.
+    pub subject: String,
+}
+
+impl Principal {
+    /// The principal of a tenant's static token: the tenant itself.
+    pub fn tenant(name: &str) -> Self {
+        Self { tenant: name.to_string(), subject: name.to_string() }
+    }
 }
 
 /// A writable mount's contents when the run ended.

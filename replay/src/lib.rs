@@ -20,7 +20,8 @@ pub mod tree;
 
 pub use behind::PENDING_BYTES_MAX_DEFAULT;
 pub use bundle::{
-    Action, BlobRef, Bundle, BundleWriter, FORMAT, Manifest, OutputTree, RunResult, Sealed, ToolRef, VerifyError,
+    Action, BlobRef, Bundle, BundleWriter, FORMAT, Manifest, OutputTree, Principal, RunResult, Sealed, ToolRef,
+    VerifyError,
 };
 pub use digest::{Digest, DigestParseError};
 pub use sign::{ALGORITHM, BundleSignature, HostKey, KeyError, PublicKey, SignatureError};

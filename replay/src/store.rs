@@ -7,7 +7,7 @@ use crate::Digest;
 use crate::behind::WriteBehind;
 use crate::pack::{Key, Kind, Packs};
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -41,6 +41,12 @@ pub enum StoreError {
     /// An id prefix matches several bundles.
     #[error("bundle id prefix {0} is ambiguous; give more characters")]
     AmbiguousPrefix(String),
+    /// A stream being stored yielded more than its bound.
+    #[error("the data is larger than {limit_bytes} bytes, its bound")]
+    StreamTooLarge {
+        /// The bound.
+        limit_bytes: u64,
+    },
     /// The file system failed.
     #[error("{path}: {source}")]
     Io {
@@ -67,6 +73,25 @@ pub trait BlobStore: Send + Sync {
     /// tree be rebuilt with hard links instead of copies.
     fn file_path(&self, _digest: &Digest) -> Option<PathBuf> {
         None
+    }
+
+    /// Store what `reader` yields, at most `bytes_max` bytes; returns its digest and size.
+    /// Stores that keep blobs as files copy it through a buffer, never holding it whole; this
+    /// default reads it into memory.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when reading or writing fails, [`StoreError::StreamTooLarge`] when the
+    /// reader yields more than `bytes_max` bytes.
+    fn put_stream(&self, reader: &mut dyn Read, bytes_max: u64) -> Result<(Digest, u64), StoreError> {
+        let mut bytes = Vec::new();
+        reader
+            .take(bytes_max.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(|source| StoreError::Io { path: "(stream)".into(), source })?;
+        if bytes.len() as u64 > bytes_max {
+            return Err(StoreError::StreamTooLarge { limit_bytes: bytes_max });
+        }
+        Ok((self.put(&bytes)?, bytes.len() as u64))
     }
 }
 
@@ -339,12 +364,79 @@ impl BlobStore for DirStore {
         self.is_known(digest) || self.exists(&self.blob_slot(digest))
     }
 
+    /// Copy through a temporary file beside the blobs, hashing on the way, then rename it into
+    /// place under its digest.
+    fn put_stream(&self, reader: &mut dyn Read, bytes_max: u64) -> Result<(Digest, u64), StoreError> {
+        let blobs = self.root.join("blobs");
+        let tmp = blobs.join(format!(".stream.{}.{:?}", std::process::id(), std::thread::current().id()));
+        let copied = (|| -> std::io::Result<(Digest, u64)> {
+            let mut file = std::fs::File::create(&tmp)?;
+            let mut hasher = blake3::Hasher::new();
+            let mut buffer = vec![0u8; STREAM_BUFFER_BYTES];
+            let mut total = 0u64;
+            loop {
+                let read = reader.read(&mut buffer)?;
+                if read == 0 {
+                    break;
+                }
+                total += read as u64;
+                if total > bytes_max {
+                    return Err(std::io::Error::other(TooLong));
+                }
+                hasher.update(&buffer[..read]);
+                file.write_all(&buffer[..read])?;
+            }
+            Ok((Digest::from_bytes(*hasher.finalize().as_bytes()), total))
+        })();
+        let (digest, size) = match copied {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                if e.get_ref().is_some_and(|inner| inner.is::<TooLong>()) {
+                    return Err(StoreError::StreamTooLarge { limit_bytes: bytes_max });
+                }
+                return Err(io_error(&tmp, e));
+            }
+        };
+        let slot = self.blob_slot(&digest);
+        if self.is_known(&digest) || self.exists(&slot) {
+            let _ = std::fs::remove_file(&tmp);
+        } else {
+            let placed = slot
+                .path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::rename(&tmp, &slot.path));
+            if let Err(e) = placed {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io_error(&slot.path, e));
+            }
+        }
+        self.remember(digest);
+        Ok((digest, size))
+    }
+
     /// Only blobs in files of their own can be hard-linked; packed ones are copied.
     fn file_path(&self, digest: &Digest) -> Option<PathBuf> {
         let slot = self.blob_slot(digest);
         (self.pending(&slot).is_none() && slot.path.is_file()).then_some(slot.path)
     }
 }
+
+/// The buffer [`DirStore::put_stream`] copies through.
+const STREAM_BUFFER_BYTES: usize = 256 * 1024;
+
+/// A stream ran past its bound.
+#[derive(Debug)]
+struct TooLong;
+
+impl std::fmt::Display for TooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the stream is longer than its bound")
+    }
+}
+
+impl std::error::Error for TooLong {}
 
 /// Where an entry lives: its own file, or a pack record under its key.
 struct Slot {

@@ -167,14 +167,19 @@ struct Link<'a> {
     effect: &'a Effect,
 }
 
-fn link(previous: &Digest, seq: u64, fuel: u64, effect: &Effect) -> Digest {
+/// The next link of the chain, and the size of the event's canonical form (about its size on the
+/// tape, where it is written with its chain link too).
+fn link(previous: &Digest, seq: u64, fuel: u64, effect: &Effect) -> (Digest, u64) {
     let mut hasher = blake3::Hasher::new();
     hasher.update(previous.as_bytes());
-    // Serializing a plain enum of strings and integers cannot fail.
-    let body = to_canonical_bytes(&Link { seq, fuel, effect }).unwrap_or_default();
+    let body = to_canonical_bytes(&Link { seq, fuel, effect })
+        .expect("an effect is strings and integers, which always serialize");
     hasher.update(&body);
-    Digest::from_bytes(*hasher.finalize().as_bytes())
+    (Digest::from_bytes(*hasher.finalize().as_bytes()), body.len() as u64)
 }
+
+/// Bytes a tape line holds besides the linked body: the `chain` field and its hex digest.
+const LINE_OVERHEAD_BYTES: u64 = 80;
 
 /// The digest a tape with no events has as its head.
 pub fn genesis() -> Digest {
@@ -235,11 +240,13 @@ pub enum TapeError {
 pub struct Tape {
     events: Vec<Event>,
     head: Digest,
+    /// About the size of the tape's JSON lines.
+    bytes: u64,
 }
 
 impl Default for Tape {
     fn default() -> Self {
-        Self { events: Vec::new(), head: genesis() }
+        Self { events: Vec::new(), head: genesis(), bytes: 0 }
     }
 }
 
@@ -256,8 +263,9 @@ impl Tape {
             return Err(TapeError::TooLong { limit: TAPE_EVENTS_MAX });
         }
         let fuel = fuel.max(self.events.last().map_or(0, |e| e.fuel));
-        let chain = link(&self.head, seq, fuel, &effect);
+        let (chain, bytes) = link(&self.head, seq, fuel, &effect);
         self.head = chain;
+        self.bytes += bytes + LINE_OVERHEAD_BYTES;
         self.events.push(Event { seq, fuel, effect, chain });
         Ok(&self.events[seq as usize])
     }
@@ -265,6 +273,11 @@ impl Tape {
     /// The events, in order.
     pub fn events(&self) -> &[Event] {
         &self.events
+    }
+
+    /// About how many bytes the tape takes as JSON lines (and in memory while it is recorded).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// The last link of the chain (the genesis digest when empty).
@@ -302,11 +315,12 @@ impl Tape {
             if event.fuel < previous {
                 return Err(TapeError::FuelBackwards { seq: event.seq, found: event.fuel, previous });
             }
-            let chain = link(&tape.head, event.seq, event.fuel, &event.effect);
+            let (chain, bytes) = link(&tape.head, event.seq, event.fuel, &event.effect);
             if chain != event.chain {
                 return Err(TapeError::Chain { seq: event.seq, expected: chain, found: event.chain });
             }
             tape.head = chain;
+            tape.bytes += bytes + LINE_OVERHEAD_BYTES;
             tape.events.push(event);
         }
         Ok(tape)

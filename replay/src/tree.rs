@@ -164,13 +164,17 @@ impl Budget {
     fn bytes(&mut self, size: u64) -> Result<(), TreeError> {
         self.bytes = self.bytes.saturating_add(size);
         if self.bytes > self.limits.bytes_max {
-            return Err(TreeError::TooLarge {
-                what: format!("a tree of more than {} bytes", self.limits.bytes_max),
-                limit: self.limits.bytes_max,
-                setting: "tree bytes_max",
-            });
+            return Err(self.too_large());
         }
         Ok(())
+    }
+
+    fn too_large(&self) -> TreeError {
+        TreeError::TooLarge {
+            what: format!("a tree of more than {} bytes", self.limits.bytes_max),
+            limit: self.limits.bytes_max,
+            setting: "tree bytes_max",
+        }
     }
 }
 
@@ -247,25 +251,44 @@ pub fn capture_cached(
     Ok(TreeSummary { root: digest, entries: budget.entries, bytes: budget.bytes })
 }
 
+/// Files up to this size are read whole (and may land in a pack); larger ones are streamed into
+/// the store, never held in memory whole.
+const FILE_READ_WHOLE_BYTES_MAX: u64 = 1 << 20;
+
 fn capture_file(
     path: &Path,
     store: &dyn BlobStore,
     cache: Option<&FileDigestCache>,
+    budget: &mut Budget,
 ) -> Result<(Digest, u64), TreeError> {
     let before = std::fs::metadata(path).map_err(io(path))?;
+    budget.bytes(before.len())?;
     if let Some(digest) = cache.and_then(|c| c.get(&before)) {
         return Ok((digest, before.len()));
     }
-    let contents = std::fs::read(path).map_err(io(path))?;
-    let digest = store.put(&contents)?;
+    let (digest, size) = if before.len() <= FILE_READ_WHOLE_BYTES_MAX {
+        let contents = std::fs::read(path).map_err(io(path))?;
+        (store.put(&contents)?, contents.len() as u64)
+    } else {
+        // Whatever the file grew to since its size was charged must still fit the budget.
+        let mut file = std::fs::File::open(path).map_err(io(path))?;
+        let room = budget.limits.bytes_max.saturating_sub(budget.bytes).saturating_add(before.len());
+        store.put_stream(&mut file, room).map_err(|e| match e {
+            StoreError::StreamTooLarge { .. } => budget.too_large(),
+            other => TreeError::Store(other),
+        })?
+    };
+    if size > before.len() {
+        budget.bytes(size - before.len())?;
+    }
     // Only cache what did not change while it was read.
     if let (Some(cache), Ok(after)) = (cache, std::fs::metadata(path))
         && FileDigestCache::key_and_stamp(&after) == FileDigestCache::key_and_stamp(&before)
-        && after.len() == contents.len() as u64
+        && after.len() == size
     {
         cache.insert(&after, digest);
     }
-    Ok((digest, contents.len() as u64))
+    Ok((digest, size))
 }
 
 fn capture_dir(
@@ -301,9 +324,7 @@ fn capture_dir(
             let digest = capture_dir(&path, store, budget, depth + 1, cache)?;
             node.dirs.push(DirNode { name, digest });
         } else if kind.is_file() {
-            let size = entry.metadata().map_err(io(&path))?.len();
-            budget.bytes(size)?;
-            let (digest, size_bytes) = capture_file(&path, store, cache)?;
+            let (digest, size_bytes) = capture_file(&path, store, cache, budget)?;
             node.files.push(FileNode { name, digest, size_bytes });
         }
         // Sockets, FIFOs and devices are not content: a guest cannot read them through WASI.

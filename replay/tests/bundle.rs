@@ -52,6 +52,7 @@ fn scene() -> Scene {
         policy: serde_json::json!({"mounts": []}),
         limits: serde_json::json!({"fuel_units": 1000}),
         engine: serde_json::json!({"engine": "wasmtime 48.0.8"}),
+        principal: None,
     };
     let result = RunResult {
         outcome: serde_json::json!({"status": "output"}),

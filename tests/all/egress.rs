@@ -355,3 +355,155 @@ fn https_is_verified_against_the_roots_and_an_added_ca() {
         .expect_code(2)
         .expect_stderr("cannot read CA file /nonexistent.pem");
 }
+
+/// A stock static file server (Python's `http.server`) over `dir` on a free loopback port.
+struct StaticServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl StaticServer {
+    fn start(dir: &std::path::Path) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let mut child = std::process::Command::new("python3")
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 runs");
+        for _ in 0..100 {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Self { child, port };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("http.server did not start on port {port}");
+    }
+}
+
+impl Drop for StaticServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn rules_are_checked_on_the_path_the_upstream_will_serve() {
+    let site = crate::tree(&[("public/file.txt", "public data"), ("private.txt", "PRIVATE DATA")]);
+    let server = StaticServer::start(site.path());
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let rule = format!("GET {base}/public/");
+    let guild = Guild::new();
+    let fetch = |path: &str| guild.run_tool(HTTP_GET, &get(&format!("{base}{path}")), &["--allow-host", &rule]);
+    let out = fetch("/public/file.txt").expect_code(0).json();
+    assert_eq!(out["body"], "public data");
+    // Dot segments are resolved before matching, and the resolved path is what is sent.
+    let dotted = fetch("/public/./nested/../file.txt").expect_code(0).json();
+    assert_eq!(dotted["body"], "public data");
+    for escape in [
+        "/public/../private.txt",
+        "/public/%2e%2e/private.txt",
+        "/public/%2E%2E/private.txt",
+        "/public/.%2e/private.txt",
+        "/public/..%2fprivate.txt",
+        "/public/..%2Fprivate.txt",
+        "/public/%2e%2e%2fprivate.txt",
+        "/public/..%5cprivate.txt",
+        "/public/%252e%252e/private.txt",
+        "/public//../private.txt",
+        "/public/..;/private.txt",
+        "/public",
+        "/publicity",
+    ] {
+        let ran = fetch(escape);
+        assert_eq!(ran.code, 4, "{escape} must be refused: {ran:?}");
+        assert!(!ran.stdout.contains("PRIVATE") && !ran.stderr.contains("PRIVATE"), "{escape} leaked");
+    }
+    fetch("/public/..%2fprivate.txt").expect_stderr("ambiguous").expect_stderr("%2F");
+}
+
+#[test]
+fn a_secret_granted_to_a_path_is_not_sent_along_a_dotted_one() {
+    const VALUE: &str = "path-bound-secret-0451";
+    let upstream = Upstream::start();
+    let guild = Guild::new();
+    let base = format!("http://127.0.0.1:{}", upstream.port);
+    let with_secret = |path: &str| {
+        let input = serde_json::json!({
+            "url": format!("{base}{path}"),
+            "headers": { "authorization": "Bearer {{secret:TOKEN}}" },
+        })
+        .to_string();
+        guild
+            .command()
+            .env("PATH_SECRET", VALUE)
+            .args(["run", HTTP_GET, "--input", &input, "--allow-host", &base])
+            .args(["--secret", "TOKEN=env:PATH_SECRET", "--grant-secret", &format!("TOKEN={base}/headers")])
+            .output()
+            .expect("guild runs")
+    };
+    assert!(with_secret("/headers").status.success());
+    assert!(upstream.requests().iter().any(|r| r.contains(VALUE)), "granted path: sent");
+    let before = upstream.requests().len();
+    let dotted = with_secret("/headers/../json");
+    assert_eq!(dotted.status.code(), Some(4), "{}", String::from_utf8_lossy(&dotted.stderr));
+    assert!(String::from_utf8_lossy(&dotted.stderr).contains("may not be sent to"));
+    assert_eq!(upstream.requests().len(), before, "nothing was sent");
+}
+
+/// An HTTP/1.1 upstream that keeps connections alive, counting the connections it accepted.
+fn keep_alive_upstream() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut stream = stream;
+                loop {
+                    // One request head, up to its blank line; the connection's end closes it.
+                    loop {
+                        let mut line = String::new();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    let body = r#"{"kept":"alive"}"#;
+                    let response = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                    if stream.write_all(response.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+#[test]
+fn connections_are_kept_alive_per_checked_address_across_runs() {
+    let (port, accepted) = keep_alive_upstream();
+    let guild = Guild::new();
+    let config = format!(
+        "[[tools]]\npath = \"{HTTP_GET}\"\nallow_hosts = [\"http://127.0.0.1:{port}\"]\n\n[[tenants]]\nname = \"t\"\n\
+         token_blake3 = \"{}\"\ntools = [\"*\"]\n",
+        crate::daemon::token_digest("keep-token")
+    );
+    let config = crate::daemon::config_file(guild.home(), &config);
+    let daemon = crate::daemon::Daemon::start(&guild, &["--config", &config], &[]);
+    let url = format!("http://127.0.0.1:{port}/a");
+    for _ in 0..4 {
+        let reply = daemon.run("keep-token", serde_json::json!({"tool": "http-get", "input": {"url": url}}));
+        assert_eq!(reply.json()["output"]["status"], 200, "{}", reply.json());
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "four runs, one pooled connection");
+}

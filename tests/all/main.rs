@@ -3,10 +3,12 @@
 //! One test binary with a module per area, so it links once.
 
 mod cli;
+mod contained;
 mod daemon;
 mod egress;
 mod gpu;
 mod hostile;
+mod isolation;
 mod lang;
 mod mcp;
 mod redis;

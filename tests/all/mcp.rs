@@ -208,3 +208,90 @@ fn the_mcp_inspector_cli_lists_and_calls_tools_over_stdio_and_http() {
     assert_ne!(code, 0, "a wrong token is refused: {refused}");
     assert_eq!(refused["error"]["code"], "auth_required", "{refused}");
 }
+
+/// Frames a strict client or a broken one may send, and the one answer each must get:
+/// (frame, expected id, expected code). Notifications get none.
+fn bad_frames() -> Vec<(String, Value, i64)> {
+    let call = |params: &str| format!(r#"{{"jsonrpc":"2.0","id":"c","method":"tools/call",{params}}}"#);
+    vec![
+        // A JavaScript client cutting an emoji in half.
+        (
+            r#"{"jsonrpc":"2.0","id":11,"method":"tools/call","params":{"name":"echo","arguments":{"message":"truncated emoji: \ud83d"}}}"#.into(),
+            Value::from(11),
+            -32602,
+        ),
+        (r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#.into(), Value::Null, -32600),
+        ("{this is not json".into(), Value::Null, -32700),
+        (call(r#""params":{"name":"echo","arguments":"a string"}"#), Value::from("c"), -32602),
+        (call(r#""params":{"name":"echo","arguments":[1,2]}"#), Value::from("c"), -32602),
+        (call(r#""params":null"#), Value::from("c"), -32602),
+        (call(r#""params":{"arguments":{}}"#), Value::from("c"), -32602),
+        (r#"{"jsonrpc":"2.0","id":12,"method":"no/such/method"}"#.into(), Value::from(12), -32601),
+    ]
+}
+
+fn check_answer(answer: &Value, id: &Value, code: i64, frame: &str) {
+    assert_eq!(answer["jsonrpc"], "2.0", "{frame} -> {answer}");
+    assert!(answer.as_object().is_some_and(|o| o.contains_key("id")), "{frame} -> {answer} has no id");
+    assert_eq!(&answer["id"], id, "{frame} -> {answer}");
+    assert_eq!(answer["error"]["code"], code, "{frame} -> {answer}");
+    assert!(answer["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{answer}");
+}
+
+#[test]
+fn every_stdio_frame_gets_exactly_one_answer_with_the_right_code() {
+    use std::io::{BufRead, BufReader, Write};
+    let guild = Guild::new();
+    let mut child = guild
+        .command()
+        .arg("mcp")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("guild mcp starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut send = |line: &str| {
+        stdin.write_all(line.as_bytes()).expect("write");
+        stdin.write_all(b"\n").expect("write");
+        stdin.flush().expect("flush");
+    };
+    let mut answer = || {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read");
+        serde_json::from_str::<Value>(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
+    };
+    send(
+        r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#,
+    );
+    assert!(answer()["result"]["serverInfo"].is_object());
+    send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    for (frame, id, code) in bad_frames() {
+        send(&frame);
+        check_answer(&answer(), &id, code, &frame);
+    }
+    // A malformed notification is not answered; the next request is, in order.
+    send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":7}"#);
+    send(r#"{"jsonrpc":"2.0","id":99,"method":"ping"}"#);
+    let pong = answer();
+    assert_eq!((pong["id"].as_i64(), pong["result"].is_object()), (Some(99), true), "{pong}");
+    drop(stdin);
+    assert!(child.wait().expect("exits").success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
+    assert!(stderr.contains("dropped an MCP frame"), "a dropped frame is logged at warn: {stderr}");
+}
+
+#[test]
+fn every_http_frame_gets_exactly_one_json_rpc_answer() {
+    let guild = Guild::new();
+    let daemon = Daemon::start(&guild, &[], &[("GUILD_TOKEN", "rpc-token")]);
+    let headers = [("accept", "application/json, text/event-stream"), ("content-type", "application/json")];
+    // An unknown method is rmcp's to answer (after its session and protocol checks).
+    for (frame, id, code) in bad_frames().into_iter().filter(|(_, _, code)| *code != -32601) {
+        let reply = daemon.call_with("POST", "/mcp", "rpc-token", frame.as_bytes(), &headers);
+        assert_eq!(reply.status, 400, "{frame}: {}", String::from_utf8_lossy(&reply.body));
+        check_answer(&reply.json(), &id, code, &frame);
+    }
+}

@@ -95,3 +95,98 @@ async fn a_cancelled_run_stops_computing_or_waiting() {
         assert!(started.elapsed().as_secs() < 10, "{attack}: stopped promptly ({:?})", started.elapsed());
     }
 }
+
+/// An upstream on `port` that accepts connections and holds them unanswered until `answer` is
+/// set, then answers each request `200 {}`.
+fn upstream(port: u16, answer: Arc<std::sync::atomic::AtomicBool>) {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the port");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            if !answer.load(std::sync::atomic::Ordering::SeqCst) {
+                held.push(stream);
+                continue;
+            }
+            let mut stream = stream;
+            let mut buffer = [0u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut buffer);
+            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+            let _ = std::io::Write::write_all(&mut stream, reply);
+        }
+    });
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn http_get_grants(port: u16) -> Grants {
+    let rule = guild_runtime::egress::EgressRule::parse(&format!("http://127.0.0.1:{port}")).expect("rule");
+    Grants { egress: vec![rule], ..Grants::default() }
+}
+
+fn get(port: u16) -> String {
+    format!(r#"{{"url":"http://127.0.0.1:{port}/x"}}"#)
+}
+
+/// Outgoing connections are bounded host-wide: while the only one is held by a run waiting on a
+/// slow upstream, another run's request waits its connect timeout and is refused, clearly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_connections_are_bounded_across_runs() {
+    let port = free_port();
+    upstream(port, Arc::default());
+    let config = RuntimeConfig { http_connections_max: 1, ..RuntimeConfig::default() };
+    let runtime = Arc::new(Runtime::new(config).expect("runtime"));
+    let (tool, _) = runtime.load_file(guild_test_artifacts::HTTP_GET.as_ref()).await.expect("load");
+    let waiting = Limits { http_timeout_ms: 2_000, timeout_ms: 5_000, ..Limits::default() };
+    let holder = {
+        let (runtime, tool, limits) = (runtime.clone(), tool.clone(), waiting.clone());
+        tokio::spawn(async move { runtime.run(&tool, &get(port), &http_get_grants(port), &limits).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let quick = Limits { http_connect_timeout_ms: 200, ..Limits::default() };
+    let refused = runtime.run(&tool, &get(port), &http_get_grants(port), &quick).await.expect("run");
+    assert!(
+        refused.egress_denials.iter().any(|d| d.contains("http_connections_max")),
+        "{:?} {:?}",
+        refused.outcome,
+        refused.egress_denials
+    );
+    let held = holder.await.expect("task").expect("run");
+    assert!(held.egress_denials.iter().any(|d| d.contains("did not answer")), "{:?}", held.egress_denials);
+}
+
+/// A breaker's probe whose run is stopped mid-request (a timeout drops its future) counts as a
+/// failure: the breaker lets a new probe through after its cool-down instead of refusing for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_dropped_mid_request_does_not_stick_the_breaker_open() {
+    let port = free_port();
+    let breakers = guild_runtime::egress::BreakerSettings { failures_to_open: 1, open_ms: 300, upstreams_max: 16 };
+    let runtime = Arc::new(Runtime::new(RuntimeConfig { breakers, ..RuntimeConfig::default() }).expect("runtime"));
+    let (tool, _) = runtime.load_file(guild_test_artifacts::HTTP_GET.as_ref()).await.expect("load");
+    let grants = http_get_grants(port);
+    // Nothing listens: refused, and the breaker opens.
+    let report = runtime.run(&tool, &get(port), &grants, &Limits::default()).await.expect("run");
+    assert!(report.egress_upstream_failures >= 1, "{:?}", report.egress_denials);
+    let open = runtime.run(&tool, &get(port), &grants, &Limits::default()).await.expect("run");
+    assert!(open.egress_denials.iter().any(|d| d.contains("circuit open")), "{:?}", open.egress_denials);
+    // After the cool-down the probe goes to an upstream that never answers, and its run times out.
+    tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+    let answer = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    upstream(port, answer.clone());
+    let cut = Limits { timeout_ms: 400, ..Limits::default() };
+    let probe = runtime.run(&tool, &get(port), &grants, &cut).await.expect("run");
+    assert!(matches!(probe.outcome, Outcome::Limit(guild_runtime::LimitHit::Timeout { .. })), "{:?}", probe.outcome);
+    // The upstream works now: once the cool-down is over, a probe reaches it.
+    answer.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut answered = None;
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let report = runtime.run(&tool, &get(port), &grants, &Limits::default()).await.expect("run");
+        if matches!(report.outcome, Outcome::Output { .. }) {
+            answered = Some(report);
+            break;
+        }
+    }
+    assert!(answered.is_some(), "the breaker stayed open after its probe was dropped");
+}

@@ -268,6 +268,10 @@ pub(crate) struct ReplayArgs {
     /// compare: exactly for deterministic kernels, within each kernel's tolerance otherwise.
     #[arg(long)]
     pub(crate) recompute_gpu: bool,
+    /// Wall-clock backstop for a replay whose original did not time out (a replay is bound by
+    /// fuel, like its original); default: 5 minutes or ten times the recorded timeout.
+    #[arg(long, value_name = "DURATION", value_parser = crate::units::parse_duration_ms)]
+    pub(crate) backstop: Option<u64>,
     /// Print the report as JSON.
     #[arg(long)]
     pub(crate) json: bool,
@@ -349,6 +353,19 @@ pub(crate) struct RunArgs {
     /// Time one GPU dispatch may take to complete, e.g. 30s.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::units::parse_duration_ms)]
     pub(crate) gpu_timeout: u64,
+    /// Bytes of recording the run may make the host hold (tape events and the HTTP bodies they
+    /// name), e.g. 64MiB; past it the tool is stopped.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::units::parse_size)]
+    pub(crate) recording_bytes: u64,
+    /// WASI resources the run may hold at once: open files and directories, streams, pollables.
+    #[arg(long, value_name = "COUNT", default_value_t = guild_runtime::WASI_RESOURCES_MAX_DEFAULT)]
+    pub(crate) wasi_resources: u32,
+    /// Bytes the run may write into each writable mount, e.g. 64MiB.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = crate::units::parse_size)]
+    pub(crate) mount_write_bytes: u64,
+    /// Files, directories and links the run may create in each writable mount.
+    #[arg(long, value_name = "COUNT", default_value_t = guild_runtime::MOUNT_WRITE_ENTRIES_MAX_DEFAULT)]
+    pub(crate) mount_write_entries: u64,
     /// Print the tool's log lines on stderr.
     #[arg(long)]
     pub(crate) logs: bool,

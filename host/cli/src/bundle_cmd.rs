@@ -202,13 +202,17 @@ fn describe_effect(effect: &Effect) -> String {
 pub(crate) fn replay(global: &Global, args: ReplayArgs) -> Result<Exit, Failure> {
     let Opened { bundle, store } = open(global, &args.bundle)?;
     let runtime = open_runtime(global, None, &[])?;
-    let options =
-        ReplayOptions { allow_engine_mismatch: args.allow_engine_mismatch, recompute_gpu: args.recompute_gpu };
+    let options = ReplayOptions {
+        allow_engine_mismatch: args.allow_engine_mismatch,
+        recompute_gpu: args.recompute_gpu,
+        backstop_ms: args.backstop.unwrap_or(0),
+    };
     block_on(async {
         let report = runtime.replay(&bundle, store.as_ref(), &options).await.map_err(|e| match e {
             ReplayError::EngineMismatch { .. } => Failure::new(Exit::EngineMismatch, e.to_string()),
             ReplayError::Invalid(_) => Failure::new(Exit::InvalidBundle, e.to_string()),
             ReplayError::Host(_) => Failure::host(e.to_string()),
+            ReplayError::TooSlow { .. } => Failure::new(Exit::ReplayTooSlow, e.to_string()),
         })?;
         let exit = match report.mismatch.as_ref().map(|m| m.class) {
             None => Exit::Success,

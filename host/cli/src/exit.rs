@@ -30,6 +30,9 @@ pub(crate) enum Exit {
     TrapMismatch = 15,
     /// `replay --recompute-gpu`: a recomputed GPU dispatch differs beyond its kernel's tolerance.
     GpuMismatch = 16,
+    /// `replay`: this machine could not finish the replay within its wall-clock backstop (says
+    /// nothing about the bundle).
+    ReplayTooSlow = 17,
 }
 
 impl From<Exit> for std::process::ExitCode {
@@ -74,4 +77,5 @@ guild bundle verify / guild replay:
   10 invalid bundle (malformed, incomplete, altered)      11 bad signature or not the required key
   12 engine mismatch (--allow-engine-mismatch)            13 nondeterminism (first diverging seq shown)
   14 output mismatch                                      15 trap mismatch (a different kind of ending)
-  16 gpu mismatch (--recompute-gpu: a dispatch differs beyond its kernel's tolerance)";
+  16 gpu mismatch (--recompute-gpu: a dispatch differs beyond its kernel's tolerance)
+  17 replay too slow: this machine did not finish within the backstop (--backstop); not a divergence";

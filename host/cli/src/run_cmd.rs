@@ -34,6 +34,10 @@ pub(crate) fn run(global: &Global, args: RunArgs) -> Result<Exit, Failure> {
         gpu_buffers_max: args.gpu_buffers,
         gpu_dispatches_max: args.gpu_dispatches,
         gpu_dispatch_timeout_ms: args.gpu_timeout,
+        recording_bytes_max: args.recording_bytes,
+        wasi_resources_max: args.wasi_resources,
+        mount_write_bytes_max: args.mount_write_bytes,
+        mount_write_entries_max: args.mount_write_entries,
         ..Limits::default()
     };
     let (secrets, secret_grants) = load_secrets(&args)?;
@@ -181,6 +185,15 @@ fn run_failure(error: RunError) -> Failure {
     }
 }
 
+/// This process's peak resident memory (Linux: `VmHWM` in `/proc/self/status`), so what a run
+/// made the host hold can be seen from outside; `None` where it cannot be read.
+fn host_rss_bytes_peak() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.trim_start_matches("VmHWM:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Print output and summary; return the exit code the outcome maps to.
 fn print_report(report: &RunReport, source: CacheSource, args: &RunArgs) -> Exit {
     if args.logs {
@@ -225,7 +238,9 @@ fn print_report(report: &RunReport, source: CacheSource, args: &RunArgs) -> Exit
             "cache": source,
             "bundle": report.bundle,
             "egress_denials": report.egress_denials,
+            "egress_refusals": report.egress_refusals,
             "outcome": report.outcome,
+            "host_rss_bytes_peak": host_rss_bytes_peak(),
         });
         eprintln!("{summary}");
         return exit;

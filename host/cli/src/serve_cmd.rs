@@ -90,6 +90,8 @@ pub(crate) fn open_runtime(
         cache_dir: Some(home.join("cache")),
         engine: EngineSettings::default(),
         recording: Some(RecordingConfig::new(store.clone(), Arc::new(host_key(global)?))),
+        http_connections_max: config.egress_connections_max,
+        gpu: guild_runtime::GpuConfig { mode: global.gpu, ..guild_runtime::GpuConfig::default() },
         ..RuntimeConfig::default()
     };
     let runtime = Arc::new(Runtime::new(runtime_config).map_err(|e| Failure::host(e.to_string()))?);

@@ -26,6 +26,16 @@ pub(crate) fn worker(global: &Global, args: WorkerArgs) -> Result<Exit, Failure>
     if concurrency == 0 {
         return Err(Failure::usage("--concurrency must be at least 1"));
     }
+    // A worker's jobs carry their tools' limits; the config's tools say how many resources a
+    // run may hold at most (the default when it names none).
+    let resources = config.tools.iter().map(|t| t.limits.wasi_resources_max).max().unwrap_or(0);
+    let budget = guild_server::descriptors::Budget {
+        runs: concurrency as u64,
+        resources_per_run: u64::from(resources.max(guild_runtime::WASI_RESOURCES_MAX_DEFAULT)),
+        connections: 0,
+    };
+    let limit = guild_server::descriptors::raise_limit().map_err(Failure::host)?;
+    budget.check(limit).map_err(Failure::usage)?;
     let name = args.name.unwrap_or_else(|| format!("worker-{}-{}", guild_server::host_name(), std::process::id()));
     tokio.block_on(async {
         tracing::info!(worker = %name, concurrency, queue = %queue.settings().queue, "worker started");

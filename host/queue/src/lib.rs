@@ -12,12 +12,10 @@
 //! Both carry a job as plain data ([`Job`]): tool digest, input, grants, limits, idempotency
 //! key, attempts. This crate knows nothing of wasmtime: it moves jobs, it does not run them.
 
-mod breaker;
 mod embedded;
 mod job;
 mod redis;
 
-pub use breaker::{Breaker, Open};
 pub use embedded::{QueueFull, RunQueue, Slot, Ticket};
 pub use job::{
     Accepted, Completion, DeadJob, Disposition, Job, JobResult, JobState, JobStatus, Lease, QueueStats, WorkerStats,

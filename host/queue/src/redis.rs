@@ -16,11 +16,11 @@
 //! | `component:<blake3>` | string | component bytes, fetched by workers that lack them |
 //! | `bundle:<blake3>` | string | a bundle archive, for `results_ttl_s` |
 
-use crate::breaker::{Breaker, Open};
 use crate::job::{
     Accepted, Completion, DeadJob, Disposition, Job, JobResult, JobState, JobStatus, Lease, QueueStats, WorkerStats,
     now_unix_ms,
 };
+use guild_breaker::{Breaker, BreakerSettings, Open};
 use guild_replay::{Digest, Manifest, MemoryStore};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamAutoClaimReply, StreamReadReply};
@@ -136,7 +136,7 @@ fn from_redis(e: RedisError) -> QueueError {
 
 impl From<Open> for QueueError {
     fn from(open: Open) -> Self {
-        QueueError::Unavailable { error: open.error, retry_after_s: open.retry_after_s }
+        QueueError::Unavailable { retry_after_s: open.retry_after_s(), error: open.last_error }
     }
 }
 
@@ -228,7 +228,7 @@ struct Inner {
     conn: ConnectionManager,
     /// Blocking reads (XREADGROUP BLOCK), which would hold up everything behind them on `conn`.
     blocking: ConnectionManager,
-    breaker: Breaker,
+    breaker: std::sync::Arc<Breaker>,
 }
 
 fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
@@ -254,7 +254,12 @@ impl RedisQueue {
         let blocking =
             ConnectionManager::new_lazy_with_config(client.clone(), manager_config(timeout + Duration::from_secs(10)))
                 .map_err(|e| QueueError::Settings(e.to_string()))?;
-        let breaker = Breaker::new(Duration::from_millis(settings.breaker_open_ms));
+        // One failed call opens the circuit: callers get a fast 503 rather than each waiting
+        // out a connection timeout.
+        let breaker = Breaker::new(BreakerSettings {
+            failures_to_open: 1,
+            open_for: Duration::from_millis(settings.breaker_open_ms),
+        });
         let keys = Keys::new(&settings.queue);
         Ok(Self {
             inner: std::sync::Arc::new(Inner {
@@ -283,13 +288,15 @@ impl RedisQueue {
         self.inner.conn.clone()
     }
 
-    /// Run `call` behind the circuit breaker: the API's calls, which must answer fast.
+    /// Run `call` behind the circuit breaker: the API's calls, which must answer fast. A call
+    /// whose future is dropped (its client went away) and was the breaker's probe counts as a
+    /// failure, so the breaker probes again later instead of refusing for ever.
     async fn guarded<T>(&self, call: impl Future<Output = Result<T, QueueError>>) -> Result<T, QueueError> {
-        self.inner.breaker.admit()?;
+        let attempt = self.inner.breaker.admit()?;
         let result = call.await;
         match &result {
-            Err(QueueError::Unavailable { error, .. }) => self.inner.breaker.failed(error),
-            _ => self.inner.breaker.succeeded(),
+            Err(QueueError::Unavailable { error, .. }) => attempt.failed(error),
+            _ => attempt.succeeded(),
         }
         result
     }

@@ -65,6 +65,10 @@ pub enum LoadError {
     /// The component could not be kept in the bundle store.
     #[error("cannot store the component for recording: {0}")]
     Store(String),
+    /// The component's bytes could not be fetched from where they are kept (a worker's Redis);
+    /// worth trying again.
+    #[error("cannot fetch the component: {0}")]
+    Unavailable(String),
 }
 
 /// A run could not start. Once started, every run ends in an [`crate::Outcome`].

@@ -138,7 +138,10 @@ impl GpuRun {
             Ok(done) => {
                 if let Some(recorder) = &self.recorder {
                     for output in &done.outputs {
-                        recorder.attach_blob(output);
+                        // Past recording_bytes_max the guest is stopped as this call returns.
+                        if recorder.attach_blob(output).is_none() {
+                            break;
+                        }
                     }
                 }
                 (record(Some(&done.outputs), done.executor, None), Ok(done.outputs))
@@ -422,7 +425,10 @@ impl wit::Host for HostState {
             outputs.iter().map(|o| Ok(self.table.get(o)?.meta.clone())).collect::<wasmtime::Result<Vec<_>>>()?;
         let HostState { table, gpu, .. } = self;
         let buffers = inputs.iter().map(|i| table.get(i)).collect::<Result<Vec<_>, _>>()?;
-        let results = match gpu.run(&kernel, &buffers, &out_metas, &params) {
+        // A dispatch waits on the device (or computes the CPU reference) for up to its timeout:
+        // off the async workers, so a daemon keeps answering meanwhile.
+        let ran = crate::run::off_the_async_workers(true, || gpu.run(&kernel, &buffers, &out_metas, &params));
+        let results = match ran {
             Ok(results) => results,
             Err(Ending::Guest(e)) => return Ok(Err(to_wit(e))),
             Err(Ending::Job(e)) => return Err(e),

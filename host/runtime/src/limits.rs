@@ -43,6 +43,19 @@ pub struct Limits {
     pub gpu_dispatches_max: u32,
     /// Time one GPU dispatch may take, waiting for the shared device included. `--gpu-timeout`.
     pub gpu_dispatch_timeout_ms: u64,
+    /// Bytes of recording a run may make the host hold: tape events plus the HTTP bodies they
+    /// name. Past it the guest is stopped at that host call. `--recording-bytes`.
+    pub recording_bytes_max: u64,
+    /// WASI resources a run may hold at once: open files and directories, streams, pollables,
+    /// HTTP requests and responses. Each open file is a host descriptor, so this also bounds
+    /// the descriptors one run takes from the host process. `--wasi-resources`.
+    pub wasi_resources_max: u32,
+    /// Bytes a run may write into each writable mount (every write counts, and growing a file
+    /// by truncation or by writing past its end counts the gap). `--mount-write-bytes`.
+    pub mount_write_bytes_max: u64,
+    /// Files, directories and links a run may create in each writable mount.
+    /// `--mount-write-entries`.
+    pub mount_write_entries_max: u64,
 }
 
 /// Default fuel: about a second of compute on the reference machine.
@@ -71,6 +84,15 @@ pub const HTTP_REQUESTS_MAX_DEFAULT: u32 = 32;
 pub const HTTP_REQUEST_BODY_BYTES_MAX_DEFAULT: u64 = 1024 * 1024;
 /// Default cap on one response body.
 pub const HTTP_RESPONSE_BYTES_MAX_DEFAULT: u64 = 8 * 1024 * 1024;
+/// Default recording cap: the tape of a busy tool plus a few large HTTP bodies.
+pub const RECORDING_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Default WASI resources: a tool rarely holds more than a few dozen; interpreters hold more
+/// pollables and streams. 256 per run keeps 64 concurrent runs within 16 384 descriptors.
+pub const WASI_RESOURCES_MAX_DEFAULT: u32 = 256;
+/// Default write quota per writable mount.
+pub const MOUNT_WRITE_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Default number of entries a run may create per writable mount.
+pub const MOUNT_WRITE_ENTRIES_MAX_DEFAULT: u64 = 10_000;
 /// Default connect timeout.
 pub const HTTP_CONNECT_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 /// Default timeout for a whole exchange.
@@ -95,6 +117,10 @@ impl Default for Limits {
             gpu_buffers_max: guild_gpu::GPU_BUFFERS_MAX_DEFAULT,
             gpu_dispatches_max: guild_gpu::GPU_DISPATCHES_MAX_DEFAULT,
             gpu_dispatch_timeout_ms: guild_gpu::GPU_DISPATCH_TIMEOUT_MS_DEFAULT,
+            recording_bytes_max: RECORDING_BYTES_MAX_DEFAULT,
+            wasi_resources_max: WASI_RESOURCES_MAX_DEFAULT,
+            mount_write_bytes_max: MOUNT_WRITE_BYTES_MAX_DEFAULT,
+            mount_write_entries_max: MOUNT_WRITE_ENTRIES_MAX_DEFAULT,
         }
     }
 }
@@ -152,11 +178,10 @@ pub enum LimitHit {
         /// The engine's fixed stack size.
         stack_bytes: u64,
     },
-    /// `run` returned more output than allowed.
-    #[error("output of {got_bytes} bytes exceeds the limit of {} (raise --output-bytes)", human_bytes(*limit_bytes))]
+    /// `run` returned more output than allowed; it was refused before being copied out of the
+    /// guest, so its size is not known.
+    #[error("output exceeds the limit of {} (raise --output-bytes)", human_bytes(*limit_bytes))]
     Output {
-        /// Output size.
-        got_bytes: u64,
         /// The limit.
         limit_bytes: u64,
     },
@@ -171,6 +196,30 @@ pub enum LimitHit {
     Gpu {
         /// What was exceeded and what to raise.
         message: String,
+    },
+    /// The run's recording (tape events and the HTTP bodies they name) outgrew its cap.
+    #[error("recording limit of {} reached: the tool's effects (clock reads, logs, HTTP bodies) outgrew it (raise --recording-bytes)", human_bytes(*limit_bytes))]
+    Recording {
+        /// The limit.
+        limit_bytes: u64,
+    },
+    /// The run held as many WASI resources (open files, streams, pollables) as allowed.
+    #[error(
+        "WASI resource limit of {limit_resources} reached: the tool held too many open files, streams or pollables at once (raise --wasi-resources)"
+    )]
+    Resources {
+        /// The limit.
+        limit_resources: u32,
+    },
+    /// A write into a writable mount went past its quota.
+    #[error("write quota of mount {guest_path} reached: {what} (raise {flag})")]
+    MountWrite {
+        /// The mount, as the guest sees it.
+        guest_path: String,
+        /// What went past the quota.
+        what: String,
+        /// The flag that raises it.
+        flag: String,
     },
     /// The tool logged (or printed) more than allowed.
     #[error("log limit of {} reached (raise --log-bytes)", human_bytes(*limit_bytes))]

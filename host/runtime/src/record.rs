@@ -6,9 +6,11 @@
 //! Each event carries the fuel burnt when it happened, read from a gauge that a store call hook
 //! updates every time the guest enters the host.
 
-use guild_replay::{Effect, Event, Tape};
+use crate::LimitHit;
+use crate::guard::Stop;
+use guild_replay::{Effect, Event, TAPE_EVENTS_MAX, Tape};
 use serde::Serialize;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock};
@@ -25,47 +27,71 @@ pub struct Divergence {
 }
 
 /// The tape of one run, live or replaying.
+///
+/// Everything it holds is host memory the guest made it hold, so it is bounded twice: by
+/// [`TAPE_EVENTS_MAX`] events and by `recording_bytes_max` bytes of events and attached blobs
+/// together. Past either, nothing more is recorded and the guest is stopped as the host call
+/// that went past returns ([`LimitHit::Tape`], [`LimitHit::Recording`]).
 #[derive(Clone)]
 pub(crate) struct Recorder {
     state: Arc<Mutex<RecorderState>>,
     /// Fuel left, as of the guest's latest entry into the host.
     fuel_left: Arc<AtomicU64>,
     fuel_limit: u64,
-    /// Set when the tape overflowed; the run is then failed rather than recorded partially.
-    overflowed: Arc<AtomicBool>,
+    recording_bytes_max: u64,
+    /// Where a limit this recorder hits stops the run.
+    stop: Arc<Stop>,
 }
 
 struct RecorderState {
     tape: Tape,
     /// Bytes events refer to by digest (HTTP bodies), for the bundle.
     blobs: Vec<Vec<u8>>,
+    blob_bytes: u64,
+    /// No more is recorded once a limit was hit.
+    full: bool,
     expected: Option<Vec<Event>>,
     divergence: Option<Divergence>,
 }
 
 impl Recorder {
-    /// Record real effects.
-    pub(crate) fn live(fuel_limit: u64) -> Self {
-        Self::new(fuel_limit, None)
+    /// Record real effects, holding at most `recording_bytes_max` bytes.
+    pub(crate) fn live(fuel_limit: u64, recording_bytes_max: u64, stop: Arc<Stop>) -> Self {
+        Self::new(fuel_limit, recording_bytes_max, stop, None)
     }
 
     /// Answer from `expected` and compare.
-    pub(crate) fn replaying(fuel_limit: u64, expected: Vec<Event>) -> Self {
-        Self::new(fuel_limit, Some(expected))
+    pub(crate) fn replaying(fuel_limit: u64, recording_bytes_max: u64, stop: Arc<Stop>, expected: Vec<Event>) -> Self {
+        Self::new(fuel_limit, recording_bytes_max, stop, Some(expected))
     }
 
-    fn new(fuel_limit: u64, expected: Option<Vec<Event>>) -> Self {
+    fn new(fuel_limit: u64, recording_bytes_max: u64, stop: Arc<Stop>, expected: Option<Vec<Event>>) -> Self {
         Self {
             state: Arc::new(Mutex::new(RecorderState {
                 tape: Tape::new(),
                 blobs: Vec::new(),
+                blob_bytes: 0,
+                full: false,
                 expected,
                 divergence: None,
             })),
             fuel_left: Arc::new(AtomicU64::new(fuel_limit)),
             fuel_limit,
-            overflowed: Arc::new(AtomicBool::new(false)),
+            recording_bytes_max,
+            stop,
         }
+    }
+
+    /// Refuse to record past a limit: raise it once, and record nothing more.
+    fn overflow(&self, state: &mut RecorderState, hit: LimitHit) {
+        if !state.full {
+            state.full = true;
+            self.stop.now(hit);
+        }
+    }
+
+    fn bytes_held(state: &RecorderState) -> u64 {
+        state.tape.bytes().saturating_add(state.blob_bytes)
     }
 
     fn lock(&self) -> MutexGuard<'_, RecorderState> {
@@ -81,17 +107,25 @@ impl Recorder {
         self.fuel_limit.saturating_sub(self.fuel_left.load(Ordering::Relaxed))
     }
 
-    /// Append an effect observed now.
+    /// Append an effect observed now. Past a limit the effect is dropped and the guest is stopped
+    /// as its host call returns.
     pub(crate) fn record(&self, effect: Effect) {
         let fuel = self.fuel_used();
         let mut state = self.lock();
+        if state.full {
+            return;
+        }
         let event = match state.tape.push(fuel, effect) {
             Ok(event) => event.clone(),
             Err(_) => {
-                self.overflowed.store(true, Ordering::Relaxed);
+                self.overflow(&mut state, LimitHit::Tape { limit_events: TAPE_EVENTS_MAX });
                 return;
             }
         };
+        if Self::bytes_held(&state) > self.recording_bytes_max {
+            let limit_bytes = self.recording_bytes_max;
+            self.overflow(&mut state, LimitHit::Recording { limit_bytes });
+        }
         if state.divergence.is_none()
             && let Some(expected) = &state.expected
         {
@@ -103,11 +137,20 @@ impl Recorder {
         }
     }
 
-    /// Keep `bytes` for the bundle; events name them by the returned digest.
-    pub(crate) fn attach_blob(&self, bytes: &[u8]) -> guild_replay::Digest {
-        let digest = guild_replay::Digest::of(bytes);
-        self.lock().blobs.push(bytes.to_vec());
-        digest
+    /// Keep `bytes` for the bundle; events name them by the returned digest. `None` when that
+    /// would take the recording past `recording_bytes_max` (the guest is then stopped, and the
+    /// bytes are not kept).
+    pub(crate) fn attach_blob(&self, bytes: &[u8]) -> Option<guild_replay::Digest> {
+        let mut state = self.lock();
+        let held = Self::bytes_held(&state).saturating_add(bytes.len() as u64);
+        if state.full || held > self.recording_bytes_max {
+            let limit_bytes = self.recording_bytes_max;
+            self.overflow(&mut state, LimitHit::Recording { limit_bytes });
+            return None;
+        }
+        state.blob_bytes += bytes.len() as u64;
+        state.blobs.push(bytes.to_vec());
+        Some(guild_replay::Digest::of(bytes))
     }
 
     /// The attached blobs, leaving none.
@@ -120,11 +163,6 @@ impl Recorder {
         let state = self.lock();
         let next = state.tape.events().len();
         state.expected.as_ref()?.get(next).map(|e| e.effect.clone())
-    }
-
-    /// Whether more events were attempted than a tape holds.
-    pub(crate) fn overflowed(&self) -> bool {
-        self.overflowed.load(Ordering::Relaxed)
     }
 
     /// The finished tape, and where a replay first diverged (including a replay that ended
@@ -241,16 +279,32 @@ mod tests {
         assert_ne!(SeededRandom::new(&seed, "secure").next_u64(), other.next_u64());
     }
 
+    fn recorder(expected: Option<Vec<Event>>) -> Recorder {
+        Recorder::new(100, 1 << 20, Arc::default(), expected)
+    }
+
+    #[test]
+    fn past_its_byte_limit_a_recorder_keeps_nothing_more_and_stops_the_guest() {
+        let stop: Arc<Stop> = Arc::default();
+        let recorder = Recorder::live(100, 1024, stop.clone());
+        assert!(recorder.attach_blob(&[1; 512]).is_some());
+        assert!(recorder.attach_blob(&[2; 600]).is_none(), "512 + 600 bytes exceed 1024");
+        assert_eq!(stop.hit(), Some(LimitHit::Recording { limit_bytes: 1024 }));
+        recorder.record(Effect::Log { level: "info".into(), source: "tool".into(), message: "late".into() });
+        assert!(recorder.finish().0.events().is_empty(), "nothing is recorded after the limit");
+        assert_eq!(recorder.take_blobs().len(), 1);
+    }
+
     #[test]
     fn replay_answers_from_the_tape_and_reports_the_first_difference() {
-        let live = Recorder::live(100);
+        let live = recorder(None);
         let clock = TapeWallClock(live.clone());
         let first = clock.now();
         live.record(Effect::Log { level: "info".into(), source: "tool".into(), message: "a".into() });
         let (tape, none) = live.finish();
         assert!(none.is_none());
 
-        let replay = Recorder::replaying(100, tape.events().to_vec());
+        let replay = recorder(Some(tape.events().to_vec()));
         assert_eq!(TapeWallClock(replay.clone()).now(), first);
         replay.record(Effect::Log { level: "info".into(), source: "tool".into(), message: "b".into() });
         let (_, divergence) = replay.finish();
@@ -258,7 +312,7 @@ mod tests {
         assert_eq!(divergence.seq, 1);
         assert!(matches!(divergence.found.map(|e| e.effect), Some(Effect::Log { message, .. }) if message == "b"));
 
-        let short = Recorder::replaying(100, tape.events().to_vec());
+        let short = recorder(Some(tape.events().to_vec()));
         TapeWallClock(short.clone()).now();
         assert_eq!(short.finish().1.map(|d| (d.seq, d.found.is_none())), Some((1, true)));
     }

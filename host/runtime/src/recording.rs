@@ -74,6 +74,16 @@ pub(crate) fn record_prelude(
     Ok(())
 }
 
+/// Bounds on the trees a run's bundle holds: the mounts' own, plus what the run may have
+/// written into them within its quotas, so a run that wrote up to its quota can still be sealed.
+pub(crate) fn sealed_tree_limits(tree_limits: TreeLimits, limits: &Limits) -> TreeLimits {
+    TreeLimits {
+        bytes_max: tree_limits.bytes_max.saturating_add(limits.mount_write_bytes_max),
+        entries_max: tree_limits.entries_max.saturating_add(limits.mount_write_entries_max),
+        ..tree_limits
+    }
+}
+
 /// The trees of the writable mounts, after the run.
 pub(crate) fn output_trees(
     store: &dyn BlobStore,
@@ -121,10 +131,12 @@ impl RecordingConfig {
         limits: &Limits,
         execution: &Execution,
         recorder: &Recorder,
+        principal: Option<&guild_replay::Principal>,
     ) -> Result<Sealed, RunError> {
         let store_error = |e: guild_replay::StoreError| RunError::Record(e.to_string());
         let store: &dyn BlobStore = self.store.as_ref();
-        let output_trees = output_trees(store, policy, self.tree_limits, Some(&self.file_digests))?;
+        let tree_limits = sealed_tree_limits(self.tree_limits, limits);
+        let output_trees = output_trees(store, policy, tree_limits, Some(&self.file_digests))?;
         let (tape, _) = recorder.finish();
         let mut writer = BundleWriter::new(store);
         let component = BlobRef { digest: *tool.digest(), size_bytes: tool.size_bytes() };
@@ -143,7 +155,7 @@ impl RecordingConfig {
             _ => None,
         }));
         for root in roots {
-            writer.add_tree(&root, self.tree_limits).map_err(tree_error)?;
+            writer.add_tree(&root, tree_limits).map_err(tree_error)?;
         }
         let info = tool.info();
         let action = Action {
@@ -154,6 +166,7 @@ impl RecordingConfig {
             policy: serde_json::to_value(policy).unwrap_or_default(),
             limits: serde_json::to_value(limits).unwrap_or_default(),
             engine: serde_json::to_value(fingerprint).unwrap_or_default(),
+            principal: principal.cloned(),
         };
         let result = RunResult {
             outcome: outcome_record(&execution.outcome),

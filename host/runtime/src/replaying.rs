@@ -7,7 +7,7 @@
 use crate::gpu::GpuReplay;
 use crate::policy::{EffectivePolicy, Grants, Mount};
 use crate::record::{Divergence, Recorder};
-use crate::recording::{outcome_record, output_trees};
+use crate::recording::{outcome_record, output_trees, sealed_tree_limits};
 use crate::run::{Execution, Outcome, RunEnv, Runtime};
 use crate::{Access, Limits, RunError};
 use guild_replay::tree::{self, Materialize, TreeLimits};
@@ -25,7 +25,18 @@ pub struct ReplayOptions {
     /// Re-run every GPU dispatch on this host (its device, or the CPU reference) and compare
     /// with the recording: exactly for deterministic kernels, within tolerance otherwise.
     pub recompute_gpu: bool,
+    /// Wall-clock backstop of a replay whose original did not time out, in ms (0: the default,
+    /// [`REPLAY_BACKSTOP_MS_DEFAULT`] or ten times the recorded timeout, whichever is longer).
+    /// A replay is bound by fuel, like its original; this only stops one that cannot finish on
+    /// this machine, and says so ([`ReplayError::TooSlow`]).
+    pub backstop_ms: u64,
 }
+
+/// Default wall-clock backstop of a replay.
+pub const REPLAY_BACKSTOP_MS_DEFAULT: u64 = 300_000;
+
+/// How many times its recorded timeout a replay may take by default.
+const REPLAY_BACKSTOP_FACTOR: u64 = 10;
 
 /// A bundle that cannot be replayed at all.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +58,17 @@ pub enum ReplayError {
     /// The host failed while replaying.
     #[error("replay failed on this host: {0}")]
     Host(String),
+    /// The replay ran past its wall-clock backstop where the original had finished: this
+    /// machine is too slow or too busy, which says nothing about the bundle.
+    #[error(
+        "replay too slow: it ran past its wall-clock backstop of {} where the original run finished \
+         (this says nothing about the bundle); replay on a less busy machine or raise --backstop",
+        crate::human_ms(*backstop_ms)
+    )]
+    TooSlow {
+        /// The backstop.
+        backstop_ms: u64,
+    },
 }
 
 /// The kind of difference a replay found.
@@ -133,8 +155,19 @@ impl Runtime {
                 bundle.action.tool.version
             )));
         }
-        let limits: Limits =
+        let mut limits: Limits =
             serde_json::from_value(bundle.action.limits.clone()).map_err(|e| invalid(format!("limits: {e}")))?;
+        // A replay is bound by the recorded ending: a run that timed out (or was cancelled) is
+        // stopped after the same wall time; any other is bound by its fuel, with only a generous
+        // backstop against a machine that cannot finish it.
+        let timed_out = bundle.result.outcome["limit"] == "timeout";
+        let backstop_ms = match options.backstop_ms {
+            0 => REPLAY_BACKSTOP_MS_DEFAULT.max(limits.timeout_ms.saturating_mul(REPLAY_BACKSTOP_FACTOR)),
+            ms => ms,
+        };
+        if !timed_out {
+            limits.timeout_ms = backstop_ms;
+        }
         let input = bundle.input(store).map_err(|e| invalid(e.to_string()))?;
         let events = bundle.tape.events();
         let seed = match events.first().map(|e| &e.effect) {
@@ -144,10 +177,12 @@ impl Runtime {
             _ => return Err(invalid("the tape does not start with the random seed".into())),
         };
         let workdir = tempfile::tempdir().map_err(|e| ReplayError::Host(e.to_string()))?;
-        let grants = materialize_mounts(events, store, workdir.path())?;
+        let grants = materialize_mounts(events, store, workdir.path(), &limits)?;
         let policy = EffectivePolicy::resolve(&tool.info().name, &grants, &tool.info().capabilities)
             .map_err(|e| invalid(e.to_string()))?;
-        let recorder = Recorder::replaying(limits.fuel_units, events.to_vec());
+        let stop = Arc::new(crate::guard::Stop::default());
+        let recorder =
+            Recorder::replaying(limits.fuel_units, limits.recording_bytes_max, stop.clone(), events.to_vec());
         // The prelude is the recorded one: the seed, and each mount rebuilt from exactly the
         // tree it names (capturing the rebuilt directory again would give the same digest).
         for event in events.iter().take_while(|e| matches!(e.effect, Effect::RandomSeed { .. } | Effect::Mount { .. }))
@@ -173,13 +208,17 @@ impl Runtime {
             secrets: Vec::new(),
             replay_gpu: Some(replay_gpu.clone()),
             cancel: cancel.clone(),
+            stop,
         };
         let execution = self.execute(&tool, &input, &policy, &limits, env).await.map_err(host);
         cancel.cancel();
         let execution = execution?;
-        let trees = output_trees(store, &policy, TreeLimits::default(), None).map_err(host)?;
+        if !timed_out && matches!(execution.outcome, Outcome::Limit(crate::LimitHit::Timeout { .. })) {
+            return Err(ReplayError::TooSlow { backstop_ms });
+        }
+        let trees =
+            output_trees(store, &policy, sealed_tree_limits(TreeLimits::default(), &limits), None).map_err(host)?;
         let (tape, divergence) = recorder.finish();
-        let timed_out = bundle.result.outcome["limit"] == "timeout";
         let cancelled = bundle.result.outcome["status"] == "cancelled";
         if timed_out {
             notes.push("the original run timed out: where it stopped depends on wall time, so the fuel and the tape's length are not compared".into());
@@ -252,6 +291,7 @@ fn materialize_mounts(
     events: &[Event],
     store: &dyn BlobStore,
     workdir: &std::path::Path,
+    limits: &Limits,
 ) -> Result<Grants, ReplayError> {
     let mut grants = Grants::default();
     for (index, event) in events.iter().enumerate() {
@@ -269,7 +309,7 @@ fn materialize_mounts(
             Access::ReadOnly => Materialize::LinkReadOnly,
             Access::ReadWrite => Materialize::Copy,
         };
-        tree::materialize(store, root, &dir, TreeLimits::default(), how)
+        tree::materialize(store, root, &dir, sealed_tree_limits(TreeLimits::default(), limits), how)
             .map_err(|e| ReplayError::Invalid(format!("mount {guest_path}: {e}")))?;
         grants.mounts.push(Mount { host_path: dir, guest_path: guest_path.clone(), access });
     }

@@ -7,14 +7,16 @@ use crate::bindings::{GuildTool, GuildToolPre};
 use crate::cache::{CacheSource, DiskCache};
 use crate::cancel::{CancellationToken, Cancelled, arm_deadline, elapsed_ms};
 use crate::egress::BreakerSettings;
-use crate::egress::breaker::Breakers;
+use crate::egress::connect::{Connections, HTTP_CONNECTIONS_MAX_DEFAULT};
 use crate::egress::hook::{EgressHooks, EgressRun};
 use crate::engine::{EngineFingerprint, EngineSettings, build_engine, deadline_ticks, spawn_epoch_ticker};
 use crate::error::{LoadError, RunError, RuntimeError};
 use crate::gpu::{GpuReplay, GpuRun};
+use crate::guard::{Guard, Stop};
 use crate::info::{Access, ToolInfo};
 use crate::logs::{LogLine, LogSink, LogSource};
 use crate::policy::{EffectivePolicy, Grants};
+use crate::quota::MountQuotas;
 use crate::record::{Recorder, SeededRandom, TapeMonotonicClock, TapeWallClock, fresh_seed};
 use crate::recording::{RecordingConfig, record_prelude};
 use crate::state::{HostState, RunLimiter};
@@ -24,7 +26,6 @@ use guild_replay::Digest;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -45,6 +46,10 @@ pub struct RuntimeConfig {
     pub recording: Option<RecordingConfig>,
     /// Circuit breakers for egress upstreams.
     pub breakers: BreakerSettings,
+    /// Outgoing HTTP connections open at once across all runs (0: the default,
+    /// [`HTTP_CONNECTIONS_MAX_DEFAULT`]); a request that finds them all in use waits up to its
+    /// connect timeout.
+    pub http_connections_max: usize,
     /// PEM files of CA certificates trusted for egress TLS besides the webpki roots.
     pub tls_ca_files: Vec<PathBuf>,
     /// What to do with GPU work (the device is opened on the first dispatch that needs it).
@@ -65,6 +70,8 @@ pub struct Tool {
     info: ToolInfo,
     pre: GuildToolPre<HostState>,
     size_bytes: u64,
+    /// The output schema the tool declares, compiled: every output is checked against it.
+    output_schema: Option<jsonschema::Validator>,
 }
 
 impl Tool {
@@ -151,8 +158,11 @@ pub struct RunReport {
     pub limits: Limits,
     /// The id of the run's bundle, when the runtime records.
     pub bundle: Option<Digest>,
-    /// Outgoing requests refused or failed, with the reason, for the operator.
+    /// The reasons of the first outgoing requests refused or failed, for the operator (at most
+    /// 16; `egress_refusals` counts them all).
     pub egress_denials: Vec<String>,
+    /// Outgoing requests refused or failed.
+    pub egress_refusals: u32,
     /// Outgoing requests the guest attempted (sent, refused or failed).
     pub egress_requests: u32,
     /// Of those sent, how many found the upstream failing (5xx, timeout, unreachable): a
@@ -176,6 +186,8 @@ pub(crate) struct RunEnv {
     pub(crate) replay_gpu: Option<GpuReplay>,
     /// Stops the run early.
     pub(crate) cancel: CancellationToken,
+    /// Where a limit raised inside a host call stops the run (the recorder's, when recording).
+    pub(crate) stop: Arc<Stop>,
 }
 
 /// What executing a tool once produced, before it becomes a report or a replay verdict.
@@ -186,6 +198,7 @@ pub(crate) struct Execution {
     pub(crate) wall_time: Duration,
     pub(crate) logs: Vec<LogLine>,
     pub(crate) egress_denials: Vec<String>,
+    pub(crate) egress_refusals: u32,
     pub(crate) egress_requests: u32,
     pub(crate) egress_upstream_failures: u32,
 }
@@ -199,7 +212,8 @@ pub struct Runtime {
     disk: DiskCache,
     tools: Mutex<LoadedTools>,
     recording: Option<RecordingConfig>,
-    breakers: Arc<Breakers>,
+    breakers: Arc<guild_breaker::Breakers>,
+    connections: Arc<Connections>,
     tls: Arc<rustls::ClientConfig>,
     gpu: Arc<guild_gpu::GpuHost>,
 }
@@ -208,6 +222,26 @@ struct LoadedTools {
     by_digest: HashMap<Digest, (Arc<Tool>, u64)>,
     clock: u64,
     max: usize,
+    /// Loads in progress, one lock per component (an entry lives while someone loads it).
+    loading: HashMap<Digest, Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// A caller's turn at loading one component; the entry goes when no one else waits for it.
+struct LoadingGuard<'a> {
+    runtime: &'a Runtime,
+    digest: Digest,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for LoadingGuard<'_> {
+    fn drop(&mut self) {
+        let mut tools = self.runtime.tools.lock().unwrap_or_else(|p| p.into_inner());
+        // This guard, the map's entry and `lock` itself: three references when no one waits.
+        if Arc::strong_count(&self.lock) <= 3 {
+            tools.loading.remove(&self.digest);
+        }
+    }
 }
 
 impl Runtime {
@@ -218,6 +252,8 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         let link_error = |e: wasmtime::Error| RuntimeError::Engine(format!("{e:#}"));
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link_error)?;
+        // Guild's wasi:filesystem, with the mounts' write quotas in front of wasmtime-wasi's.
+        crate::quota::add_to_linker(&mut linker).map_err(link_error)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link_error)?;
         GuildTool::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link_error)?;
         let cache_dir = config.cache_dir.map(|dir| dir.join(&fingerprint.id));
@@ -228,9 +264,13 @@ impl Runtime {
             settings: config.engine,
             linker,
             disk: DiskCache::new(cache_dir),
-            tools: Mutex::new(LoadedTools { by_digest: HashMap::new(), clock: 0, max }),
+            tools: Mutex::new(LoadedTools { by_digest: HashMap::new(), clock: 0, max, loading: HashMap::new() }),
             recording: config.recording,
-            breakers: Arc::new(Breakers::new(config.breakers)),
+            breakers: Arc::new(crate::egress::breaker::breakers(config.breakers)),
+            connections: Arc::new(Connections::new(match config.http_connections_max {
+                0 => HTTP_CONNECTIONS_MAX_DEFAULT,
+                n => n,
+            })),
             tls: crate::egress::connect::tls_config(&config.tls_ca_files).map_err(RuntimeError::Config)?,
             gpu: Arc::new(guild_gpu::GpuHost::new(config.gpu).map_err(|e| RuntimeError::Engine(e.to_string()))?),
         })
@@ -248,33 +288,92 @@ impl Runtime {
 
     /// Read and load a component file.
     pub async fn load_file(&self, path: &std::path::Path) -> Result<(Arc<Tool>, CacheSource), LoadError> {
-        let bytes =
-            std::fs::read(path).map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
         self.load(&bytes).await
     }
 
     /// Load a component: from memory if this process has it, else from the disk cache, else by
-    /// compiling it. Then link it and call `describe` once.
+    /// compiling it. Then link it and call `describe` once. Concurrent loads of the same
+    /// component wait for the first (one compile, one `describe`).
+    ///
+    /// # Errors
+    /// [`LoadError`] when the bytes are not a component of the `guild-tool` world, import what
+    /// Guild does not provide, or `describe` fails.
     pub async fn load(&self, bytes: &[u8]) -> Result<(Arc<Tool>, CacheSource), LoadError> {
         check_header(bytes)?;
         let digest = Digest::of(bytes);
+        let _loading = self.loading(&digest).await;
         if let Some(tool) = self.loaded(&digest) {
             return Ok((tool, CacheSource::Memory));
         }
-        // Compiling takes ~100 ms of CPU per component: off the async workers, so a daemon
-        // keeps answering while a new tool compiles.
-        let (disk, engine, owned) = (self.disk.clone(), self.engine.clone(), bytes.to_vec());
-        let (component, source) = tokio::task::spawn_blocking(move || disk.load_or_compile(&engine, &digest, &owned))
-            .await
-            .map_err(|e| LoadError::Invalid(format!("the compilation task failed: {e}")))??;
-        if let Some(recording) = &self.recording {
-            // Bundles refer to the component by digest; keep it (once) in the store.
-            recording.store.put(bytes).map_err(|e| LoadError::Store(e.to_string()))?;
+        self.load_new(digest, bytes).await
+    }
+
+    /// The component named `digest`: from memory, else its bytes from `fetch` (once, however
+    /// many callers ask at the same time), checked against the digest and loaded.
+    ///
+    /// # Errors
+    /// What `fetch` returns, [`LoadError::Invalid`] when the bytes are not `digest`, or what
+    /// [`Runtime::load`] returns.
+    pub async fn load_by_digest<F, Fut>(&self, digest: &Digest, fetch: F) -> Result<Arc<Tool>, LoadError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<u8>, LoadError>>,
+    {
+        if let Some(tool) = self.loaded(digest) {
+            return Ok(tool);
         }
+        let _loading = self.loading(digest).await;
+        if let Some(tool) = self.loaded(digest) {
+            return Ok(tool);
+        }
+        let bytes = fetch().await?;
+        if Digest::of(&bytes) != *digest {
+            return Err(LoadError::Invalid(format!("the bytes fetched for component {digest} have another digest")));
+        }
+        check_header(&bytes)?;
+        Ok(self.load_new(*digest, &bytes).await?.0)
+    }
+
+    /// Hold the load of `digest` for this caller: concurrent loads of one component queue here.
+    async fn loading(&self, digest: &Digest) -> LoadingGuard<'_> {
+        let lock = {
+            let mut tools = self.tools.lock().unwrap_or_else(|p| p.into_inner());
+            tools.loading.entry(*digest).or_default().clone()
+        };
+        let held = lock.clone().lock_owned().await;
+        LoadingGuard { runtime: self, digest: *digest, lock, _held: held }
+    }
+
+    async fn load_new(&self, digest: Digest, bytes: &[u8]) -> Result<(Arc<Tool>, CacheSource), LoadError> {
+        // Compiling takes ~100 ms of CPU per component, and storing it writes megabytes: off
+        // the async workers, so a daemon keeps answering while a new tool loads.
+        let (disk, engine, owned) = (self.disk.clone(), self.engine.clone(), bytes.to_vec());
+        let store = self.recording.as_ref().map(|r| r.store.clone());
+        let (component, source) = tokio::task::spawn_blocking(move || {
+            let compiled = disk.load_or_compile(&engine, &digest, &owned)?;
+            if let Some(store) = store {
+                // Bundles refer to the component by digest; keep it (once) in the store.
+                store.put(&owned).map_err(|e| LoadError::Store(e.to_string()))?;
+            }
+            Ok::<_, LoadError>(compiled)
+        })
+        .await
+        .map_err(|e| LoadError::Invalid(format!("the compilation task failed: {e}")))??;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(link_error)?;
         let pre = GuildToolPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let info = self.describe(&pre).await?;
-        let tool = Arc::new(Tool { digest, info, pre, size_bytes: bytes.len() as u64 });
+        let output_schema = match &info.output_schema {
+            Some(schema) => Some(jsonschema::validator_for(schema).map_err(|e| {
+                LoadError::Describe(format!(
+                    "the output schema does not compile ({e}); every output is checked against it, so it must be a valid JSON Schema"
+                ))
+            })?),
+            None => None,
+        };
+        let tool = Arc::new(Tool { digest, info, pre, size_bytes: bytes.len() as u64, output_schema });
         self.remember(tool.clone());
         Ok((tool, source))
     }
@@ -314,7 +413,7 @@ impl Runtime {
                 &limits,
                 &fresh_seed(),
                 None,
-                StoreHooks { egress: no_egress, gpu: no_gpu, cancel: None },
+                StoreHooks { egress: no_egress, gpu: no_gpu, cancel: None, stop: Arc::default() },
             )
             .map_err(|e| LoadError::Describe(e.to_string()))?;
         let instance = pre.instantiate_async(&mut store).await.map_err(|e| LoadError::Describe(format!("{e:#}")))?;
@@ -345,12 +444,30 @@ impl Runtime {
         limits: &Limits,
         cancel: CancellationToken,
     ) -> Result<RunReport, RunError> {
+        self.run_as(tool, input, grants, limits, cancel, None).await
+    }
+
+    /// [`Runtime::run_cancellable`] on behalf of `principal`, whom the bundle names as the one
+    /// who may read it back.
+    ///
+    /// # Errors
+    /// As [`Runtime::run`].
+    pub async fn run_as(
+        &self,
+        tool: &Tool,
+        input: &str,
+        grants: &Grants,
+        limits: &Limits,
+        cancel: CancellationToken,
+        principal: Option<&guild_replay::Principal>,
+    ) -> Result<RunReport, RunError> {
         let policy = EffectivePolicy::resolve(&tool.info.name, grants, &tool.info.capabilities)?;
         self.check_limits(limits)?;
         let seed = fresh_seed();
+        let stop = Arc::new(Stop::default());
         let recorder = match &self.recording {
             Some(recording) => {
-                let recorder = Recorder::live(limits.fuel_units);
+                let recorder = Recorder::live(limits.fuel_units, limits.recording_bytes_max, stop.clone());
                 off_the_async_workers(!policy.mounts.is_empty(), || {
                     record_prelude(
                         &recorder,
@@ -371,13 +488,14 @@ impl Runtime {
             .filter(|s| policy.secret_grants.iter().any(|g| g.name == s.name()))
             .cloned()
             .collect();
-        let env = RunEnv { seed, recorder: recorder.clone(), replay_bodies: None, secrets, replay_gpu: None, cancel };
+        let env =
+            RunEnv { seed, recorder: recorder.clone(), replay_bodies: None, secrets, replay_gpu: None, cancel, stop };
         let execution = self.execute(tool, input, &policy, limits, env).await?;
         let (bundle, bundle_bytes) = match (&self.recording, &recorder) {
             (Some(recording), Some(recorder)) => {
                 let writable = policy.mounts.iter().any(|m| m.access == crate::Access::ReadWrite);
                 let sealed = off_the_async_workers(writable, || {
-                    recording.seal(&self.fingerprint, tool, input, &policy, limits, &execution, recorder)
+                    recording.seal(&self.fingerprint, tool, input, &policy, limits, &execution, recorder, principal)
                 })?;
                 (Some(sealed.id), sealed.size_bytes)
             }
@@ -396,6 +514,7 @@ impl Runtime {
             limits: limits.clone(),
             bundle,
             egress_denials: execution.egress_denials,
+            egress_refusals: execution.egress_refusals,
             egress_requests: execution.egress_requests,
             egress_upstream_failures: execution.egress_upstream_failures,
             bundle_bytes,
@@ -411,7 +530,7 @@ impl Runtime {
         limits: &Limits,
         env: RunEnv,
     ) -> Result<Execution, RunError> {
-        let RunEnv { seed, recorder, replay_bodies, secrets, replay_gpu, cancel } = env;
+        let RunEnv { seed, recorder, replay_bodies, secrets, replay_gpu, cancel, stop } = env;
         let egress = Arc::new(
             EgressRun::new(
                 tool.info.name.clone(),
@@ -422,14 +541,14 @@ impl Runtime {
                 replay_bodies,
             )
             .with_secrets(policy.secret_grants.clone(), secrets)
-            .with_breakers(self.breakers.clone())
+            .with_network(self.breakers.clone(), self.connections.clone())
             .with_tls(self.tls.clone()),
         );
         let info = &tool.info;
         let gpu =
             GpuRun::new(self.gpu.clone(), &info.name, info.capabilities.gpu, limits, recorder.clone(), replay_gpu);
         let recorder = recorder.as_ref();
-        let hooks = StoreHooks { egress: egress.clone(), gpu, cancel: Some(&cancel) };
+        let hooks = StoreHooks { egress: egress.clone(), gpu, cancel: Some(&cancel), stop: stop.clone() };
         let mut store = self.new_store(policy, limits, &seed, recorder, hooks)?;
         let started = Instant::now();
         // The epoch deadline interrupts wasm; this outer deadline also covers a guest parked in a
@@ -443,19 +562,35 @@ impl Runtime {
         };
         let wall_time = started.elapsed();
         let logs = store.data().logs.finish();
-        let mut outcome = match called {
+        let outcome = match called {
             None => Outcome::Cancelled { after_ms: elapsed_ms(wall_time) },
             Some(Err(_elapsed)) => Outcome::Limit(LimitHit::Timeout { limit_ms: limits.timeout_ms }),
-            Some(Ok(Ok(Ok(output)))) => check_output(output, limits),
+            Some(Ok(Ok(Ok(output)))) => check_output(output, tool.output_schema.as_ref()),
             Some(Ok(Ok(Err(error)))) => tool_error(error),
             Some(Ok(Err(trap))) if trap.downcast_ref::<Cancelled>().is_some() => {
                 Outcome::Cancelled { after_ms: elapsed_ms(wall_time) }
             }
+            // `run` returned (no wasm frame is on the error) and copying its result out of the
+            // guest failed.
+            Some(Ok(Err(error)))
+                if store.data().guard.returned()
+                    && error.downcast_ref::<wasmtime::WasmBacktrace>().is_none()
+                    && stop.hit().is_none() =>
+            {
+                result_error(&error, limits)
+            }
             Some(Ok(Err(trap))) => self.classify_trap(&trap, limits, &logs)?,
         };
-        if recorder.is_some_and(Recorder::overflowed) {
-            outcome = Outcome::Limit(LimitHit::Tape { limit_events: guild_replay::TAPE_EVENTS_MAX });
-        }
+        // A limit raised inside a host call ends the run with that limit, whatever the guest
+        // did after it was told (a write past a quota the tool caught and reported, say).
+        let outcome = match (stop.hit(), outcome) {
+            (_, cancelled @ Outcome::Cancelled { .. }) => cancelled,
+            (Some(hit), _) => Outcome::Limit(hit),
+            (None, outcome) => outcome,
+        };
+        // Read where the guest stopped, whatever stopped it: a timed-out or cancelled run is
+        // charged what it burnt (to within FUEL_YIELD_INTERVAL_UNITS), not what it had burnt
+        // at its last host call.
         let fuel_used_units = match store.get_fuel() {
             Ok(left) => limits.fuel_units.saturating_sub(left),
             Err(_) => 0,
@@ -467,6 +602,7 @@ impl Runtime {
             wall_time,
             logs,
             egress_denials: egress.denials(),
+            egress_refusals: egress.refusals(),
             egress_requests: egress.requests(),
             egress_upstream_failures: egress.upstream_failures(),
         })
@@ -497,7 +633,7 @@ impl Runtime {
         recorder: Option<&Recorder>,
         hooks: StoreHooks<'_>,
     ) -> Result<Store<HostState>, RunError> {
-        let StoreHooks { egress, gpu, cancel } = hooks;
+        let StoreHooks { egress, gpu, cancel, stop } = hooks;
         let logs = LogSink::new(limits.log_bytes_max, recorder.cloned());
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(logs.stdio(LogSource::Stdout)).stderr(logs.stdio(LogSource::Stderr));
@@ -521,42 +657,44 @@ impl Runtime {
                 RunError::Host(format!("cannot open {} for mounting: {e:#}", mount.host_path.display()))
             })?;
         }
+        // Every WASI resource (an open file, a stream, a pollable) is an entry in this table:
+        // bounding it bounds the host descriptors one run holds, at the same count every time.
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(usize::try_from(limits.wasi_resources_max).unwrap_or(usize::MAX));
+        // Every entry into the host notes the fuel left, so each effect records when it happened
+        // in the guest's own deterministic time.
+        let quotas = MountQuotas::new(policy, limits, &stop);
+        let guard = Guard::new(stop, recorder.map(Recorder::fuel_gauge), limits.output_bytes_max);
         let state = HostState {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             egress: EgressHooks(egress),
-            table: ResourceTable::new(),
+            table,
             limiter: RunLimiter::new(limits),
             logs,
             gpu,
+            guard,
+            quotas,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         if self.settings.fuel_metering {
             store.set_fuel(limits.fuel_units).map_err(|e| RunError::Host(format!("{e:#}")))?;
+            store
+                .fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL_UNITS))
+                .map_err(|e| RunError::Host(format!("{e:#}")))?;
         }
         arm_deadline(&mut store, deadline_ticks(limits.timeout_ms), cancel);
-        if let Some(recorder) = recorder
-            && self.settings.fuel_metering
-        {
-            // Every entry into the host notes the fuel left, so each effect records when it
-            // happened in the guest's own deterministic time.
-            let gauge = recorder.fuel_gauge();
-            store.call_hook(move |context, hook| {
-                if hook.entering_host()
-                    && let Ok(left) = context.get_fuel()
-                {
-                    gauge.store(left, Ordering::Relaxed);
-                }
-                Ok(())
-            });
-        }
+        crate::guard::install(&mut store, self.settings.fuel_metering);
         Ok(store)
     }
 
     fn classify_trap(&self, error: &wasmtime::Error, limits: &Limits, logs: &[LogLine]) -> Result<Outcome, RunError> {
         if let Some(hit) = error.downcast_ref::<LimitHit>() {
             return Ok(Outcome::Limit(hit.clone()));
+        }
+        if resource_table_full(error) {
+            return Ok(Outcome::Limit(LimitHit::Resources { limit_resources: limits.wasi_resources_max }));
         }
         if error.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
             return Err(RunError::Busy { slots: self.settings.concurrent_runs_max });
@@ -588,18 +726,43 @@ async fn call_run(
     instance.guild_tool_tool().call_run(&mut *store, input).await
 }
 
-fn check_output(output: String, limits: &Limits) -> Outcome {
-    let got_bytes = output.len() as u64;
-    if got_bytes > limits.output_bytes_max {
-        return Outcome::Limit(LimitHit::Output { got_bytes, limit_bytes: limits.output_bytes_max });
-    }
-    if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&output) {
-        return Outcome::ToolError {
-            kind: ToolErrorKind::Failed,
-            message: format!("the tool returned output that is not JSON: {e}"),
+/// The output contract, checked once, here, for every path a run takes (CLI, API, MCP, workers)
+/// and recorded in the bundle: the output is JSON that strict parsers accept (no unpaired UTF-16
+/// surrogate escapes, which many parsers refuse), and matches the tool's own output schema when
+/// it declares one. A tool that breaks it failed. (Its size was bounded before it was copied out
+/// of the guest.)
+fn check_output(output: String, schema: Option<&jsonschema::Validator>) -> Outcome {
+    let broken = |message: String| Outcome::ToolError { kind: ToolErrorKind::Failed, message };
+    let value: serde_json::Value = match serde_json::from_str(&output) {
+        Ok(value) => value,
+        Err(e) => return broken(format!("the tool returned output that is not valid JSON: {e}")),
+    };
+    if let Some(error) = schema.and_then(|schema| schema.iter_errors(&value).next()) {
+        let at = match error.instance_path().as_str() {
+            "" => "/".to_string(),
+            path => path.to_string(),
         };
+        return broken(format!("the tool's output does not match its declared output schema at {at}: {error}"));
     }
     Outcome::Output { output }
+}
+
+/// `run` returned but its result could not be copied out of the guest. The copy is bounded by
+/// wasmtime's hostcall fuel, which the call hook set to `output_bytes_max` for exactly this copy;
+/// wasmtime reports running out of it as a private error type, so it is recognised by its text
+/// (wasmtime is pinned; `huge_outputs_are_refused_before_they_are_copied` fails if it changes).
+/// Anything else is a result the guest laid out wrongly.
+fn result_error(error: &wasmtime::Error, limits: &Limits) -> Outcome {
+    if error.chain().any(|e| e.to_string().contains("fuel allocated for hostcalls has been exhausted")) {
+        return Outcome::Limit(LimitHit::Output { limit_bytes: limits.output_bytes_max });
+    }
+    Outcome::Trap { message: format!("the tool's result could not be read: {error:#}") }
+}
+
+/// Whether wasmtime refused a new resource because the run's table was full.
+fn resource_table_full(error: &wasmtime::Error) -> bool {
+    use wasmtime::component::ResourceTableError;
+    error.chain().any(|e| matches!(e.downcast_ref::<ResourceTableError>(), Some(ResourceTableError::Full)))
 }
 
 fn tool_error(error: wit::ToolError) -> Outcome {
@@ -661,13 +824,20 @@ struct StoreHooks<'a> {
     egress: Arc<EgressRun>,
     gpu: GpuRun,
     cancel: Option<&'a CancellationToken>,
+    stop: Arc<Stop>,
 }
+
+/// Fuel a computing guest burns between two flushes of its fuel count to the store (and two
+/// yields to the async runtime). The count a timeout or a cancellation reads is at most this far
+/// behind (about a millisecond of compute on the reference machine), and a guest that never
+/// calls the host still lets other tasks on its thread run every millisecond or so.
+pub const FUEL_YIELD_INTERVAL_UNITS: u64 = 10_000_000;
 
 /// Run file-system work that can take long (capturing a mount's tree, hashing a writable
 /// mount's outputs) without stalling the async workers: on a multi-threaded runtime tokio hands
 /// this worker's other tasks (a daemon's HTTP requests) to another thread meanwhile. Skipped
 /// when there is no such work, since the hand-off itself costs a few microseconds.
-fn off_the_async_workers<T>(heavy: bool, work: impl FnOnce() -> T) -> T {
+pub(crate) fn off_the_async_workers<T>(heavy: bool, work: impl FnOnce() -> T) -> T {
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     if heavy && multi_thread { tokio::task::block_in_place(work) } else { work() }

@@ -4,6 +4,7 @@
 use crate::bindings::guild::tool::{log, types};
 use crate::egress::hook::EgressHooks;
 use crate::gpu::GpuRun;
+use crate::guard::Guard;
 use crate::logs::{LogLevel, LogSink};
 use crate::{LimitHit, Limits};
 use wasmtime::ResourceLimiter;
@@ -20,6 +21,8 @@ pub(crate) struct HostState {
     pub(crate) limiter: RunLimiter,
     pub(crate) logs: LogSink,
     pub(crate) gpu: GpuRun,
+    pub(crate) guard: Guard,
+    pub(crate) quotas: crate::quota::MountQuotas,
 }
 
 impl WasiView for HostState {

@@ -7,11 +7,12 @@ use crate::runs::{Finished, RunEntry, RunState};
 use crate::tenants::Tenant;
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use guild_replay::{BlobStore, archive};
+use guild_replay::{BlobStore, Digest};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -44,7 +45,42 @@ impl IntoResponse for ApiError {
         if let Some(seconds) = self.retry_after_s {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         response
+    }
+}
+
+/// The caller, authenticated from the request's headers: an extractor, so it runs (and a request
+/// without a valid token is answered 401) before a single byte of the body is read.
+pub(crate) struct Caller(pub(crate) Arc<Tenant>);
+
+impl FromRequestParts<Arc<Daemon>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, daemon: &Arc<Daemon>) -> Result<Self, ApiError> {
+        authenticate(daemon, &parts.headers).map(Caller)
+    }
+}
+
+/// An admin caller: 401 without a valid token, 403 for a tenant that is not an admin, both
+/// before the body is read.
+pub(crate) struct Admin(pub(crate) Arc<Tenant>);
+
+impl FromRequestParts<Arc<Daemon>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, daemon: &Arc<Daemon>) -> Result<Self, ApiError> {
+        let Caller(tenant) = Caller::from_request_parts(parts, daemon).await?;
+        if !tenant.admin {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("tenant {} may not upload tools; uploading needs an admin tenant", tenant.name),
+            ));
+        }
+        Ok(Admin(tenant))
     }
 }
 
@@ -87,15 +123,6 @@ pub fn router(daemon: Arc<Daemon>) -> axum::Router {
         })
         .layer(axum::middleware::from_fn_with_state(daemon.clone(), count_errors))
         .with_state(daemon)
-}
-
-/// Serve `router` on `listener` until `shutdown` resolves, then finish the requests in flight.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: axum::Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 
 /// A body that could not be read: over its limit (413, naming the setting) or cut off (400).
@@ -167,8 +194,7 @@ fn describe_tool(tool: &RegisteredTool) -> serde_json::Value {
     value
 }
 
-async fn list_tools(State(daemon): State<Arc<Daemon>>, headers: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
-    let tenant = authenticate(&daemon, &headers)?;
+async fn list_tools(State(daemon): State<Arc<Daemon>>, Caller(tenant): Caller) -> ApiResult<Json<serde_json::Value>> {
     let tools: Vec<serde_json::Value> =
         daemon.tools.all().iter().filter(|t| tenant.tools.allows(&t.name)).map(|t| describe_tool(t)).collect();
     Ok(Json(serde_json::json!({ "tools": tools })))
@@ -176,54 +202,72 @@ async fn list_tools(State(daemon): State<Arc<Daemon>>, headers: HeaderMap) -> Ap
 
 async fn upload_tool(
     State(daemon): State<Arc<Daemon>>,
-    headers: HeaderMap,
+    Admin(tenant): Admin,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    let tenant = authenticate(&daemon, &headers)?;
     let body = body.map_err(|e| too_large(e, "component_bytes_max", daemon.component_bytes_max))?;
-    if !tenant.admin {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("tenant {} may not upload tools; uploading needs an admin tenant", tenant.name),
-        ));
-    }
     let (tool, _) = daemon
         .runtime
         .load(&body)
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_component", e.to_string()))?;
-    let kept = daemon.uploads_dir.join(format!("{}.wasm", tool.digest()));
+    let name = tool.info().name.clone();
+    let conflict = |existing: &Digest| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "tool_name_taken",
+            format!(
+                "a tool named {name:?} is already registered with component {existing}; give the new one another name"
+            ),
+        )
+    };
+    if let Some(existing) = daemon.tools.get(&name).filter(|t| t.tool.digest() != tool.digest()) {
+        return Err(conflict(existing.tool.digest()));
+    }
+    // Kept on disk first, so a tool is never registered (and announced) that a restart would
+    // not register again.
+    let (uploads, digest) = (daemon.uploads_dir.clone(), *tool.digest());
+    let created = tokio::task::spawn_blocking(move || keep_upload(&uploads, &digest, &body))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "host_failure", e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "host_failure", e))?;
+    let kept = daemon.uploads_dir.join(format!("{digest}.wasm"));
     let registered = RegisteredTool::new(
-        tool.info().name.clone(),
+        name.clone(),
         tool.clone(),
         Default::default(),
         Default::default(),
-        crate::registry::ToolSource::File(kept),
+        crate::registry::ToolSource::File(kept.clone()),
     );
-    let registered = daemon
-        .tools
-        .insert(registered)
-        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "tool_name_taken", e.to_string()))?;
+    let registered = match daemon.tools.insert(registered) {
+        Ok(registered) => registered,
+        Err(e) => {
+            // Another upload took the name meanwhile: do not leave a file a restart would trip on.
+            if created {
+                let _ = std::fs::remove_file(&kept);
+            }
+            return Err(ApiError::new(StatusCode::CONFLICT, "tool_name_taken", e.to_string()));
+        }
+    };
     daemon.metrics.register_tool(&registered.name);
     daemon.tools_changed();
-    keep_upload(&daemon, tool.digest(), &body)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "host_failure", e))?;
     tracing::info!(tenant = %tenant.name, tool = %registered.name, component = %tool.digest(), "tool uploaded");
     Ok((StatusCode::CREATED, Json(describe_tool(&registered))))
 }
 
 /// Keep an uploaded component so a restart registers it again (written whole, then renamed).
-fn keep_upload(daemon: &Daemon, digest: &guild_replay::Digest, bytes: &[u8]) -> Result<(), String> {
-    let path = daemon.uploads_dir.join(format!("{digest}.wasm"));
+/// Returns whether it was written now (false: it was kept already).
+fn keep_upload(uploads_dir: &std::path::Path, digest: &Digest, bytes: &[u8]) -> Result<bool, String> {
+    let path = uploads_dir.join(format!("{digest}.wasm"));
     if path.exists() {
-        return Ok(());
+        return Ok(false);
     }
-    let temp = daemon.uploads_dir.join(format!(".{digest}.partial"));
-    std::fs::create_dir_all(&daemon.uploads_dir)
+    let temp = uploads_dir.join(format!(".{digest}.partial"));
+    std::fs::create_dir_all(uploads_dir)
         .and_then(|()| std::fs::write(&temp, bytes))
         .and_then(|()| std::fs::rename(&temp, &path))
-        .map_err(|e| format!("cannot keep the component in {}: {e}", daemon.uploads_dir.display()))
+        .map(|()| true)
+        .map_err(|e| format!("cannot keep the component in {}: {e}", uploads_dir.display()))
 }
 
 #[derive(Deserialize)]
@@ -247,10 +291,10 @@ const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
 
 async fn create_run(
     State(daemon): State<Arc<Daemon>>,
+    Caller(tenant): Caller,
     headers: HeaderMap,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let tenant = authenticate(&daemon, &headers)?;
     let body = body.map_err(|e| too_large(e, "request_bytes_max", daemon.request_bytes_max))?;
     let body: RunBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("the body is not a run request: {e}"))
@@ -380,7 +424,7 @@ fn run_body(entry: &RunEntry, state: &RunState, output: serde_json::Value) -> se
     body
 }
 
-/// A finished run's output, read back from its bundle.
+/// A finished run's output, read back from its bundle (null when it cannot be).
 fn read_output(daemon: &Daemon, finished: &Finished) -> serde_json::Value {
     let output = finished.bundle.and_then(|id| {
         let (manifest, _) = daemon.store.get_bundle(&id).ok()?;
@@ -394,14 +438,12 @@ fn read_output(daemon: &Daemon, finished: &Finished) -> serde_json::Value {
 
 async fn get_run(
     State(daemon): State<Arc<Daemon>>,
-    headers: HeaderMap,
+    Caller(tenant): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let tenant = authenticate(&daemon, &headers)?;
-    let unknown =
-        || ApiError::new(StatusCode::NOT_FOUND, "unknown_run", format!("no run {id:?} is known to this node"));
     // Another tenant's run is answered exactly like one that does not exist.
-    let Some(entry) = daemon.runs.get(&id).filter(|e| e.tenant == tenant.name || tenant.admin) else {
+    let unknown = || ApiError::new(StatusCode::NOT_FOUND, "unknown_run", "no such run is known to this node");
+    let Some(entry) = daemon.runs.get(&id) else {
         // With --redis, any node answers for any job.
         let Some(remote) = &daemon.remote else { return Err(unknown()) };
         let status = remote
@@ -409,9 +451,11 @@ async fn get_run(
             .status(&id)
             .await
             .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", e.to_string()))?;
-        let status = status.filter(|s| s.tenant == tenant.name || tenant.admin).ok_or_else(unknown)?;
+        let status = status.ok_or_else(unknown)?;
+        daemon.authorize(&tenant, Some(&status.tenant), "run", &id).await.map_err(|e| refused(e, unknown()))?;
         return Ok(Json(crate::remote::run_body(&id, &status)));
     };
+    daemon.authorize(&tenant, Some(&entry.tenant), "run", &id).await.map_err(|e| refused(e, unknown()))?;
     let state = entry.state.borrow().clone();
     let output = match &state {
         RunState::Finished(finished) => read_output(&daemon, finished),
@@ -420,32 +464,43 @@ async fn get_run(
     Ok(Json(run_body(&entry, &state, output)))
 }
 
+/// Why a caller may not see something: hidden (the same 404 as for nothing), or an admin's
+/// look that could not be audited.
+fn refused(error: crate::daemon::Hidden, unknown: ApiError) -> ApiError {
+    match error {
+        crate::daemon::Hidden::NotTheirs => unknown,
+        crate::daemon::Hidden::NotAudited(message) => ApiError {
+            retry_after_s: Some(1),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                format!("an admin's read of another tenant's data is audited, and the audit log failed: {message}"),
+            )
+        },
+    }
+}
+
 async fn get_bundle(
     State(daemon): State<Arc<Daemon>>,
-    headers: HeaderMap,
+    Caller(tenant): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    authenticate(&daemon, &headers)?;
-    let not_found = |e: &dyn std::fmt::Display| ApiError::new(StatusCode::NOT_FOUND, "unknown_bundle", e.to_string());
-    let local = daemon.store.resolve(&id).and_then(|id| daemon.store.get_bundle(&id));
-    let (manifest, signature) = match (local, &daemon.remote) {
-        (Ok(found), _) => found,
-        // With --redis, a worker left the archive in Redis (or in the shared store).
-        (Err(e), Some(remote)) => {
-            let digest: guild_replay::Digest = id.parse().map_err(|_| not_found(&e))?;
-            let archive = remote
-                .bundle_archive(&digest)
-                .await
-                .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", e.to_string()))?;
-            let archive = archive.ok_or_else(|| not_found(&e))?;
-            return Ok(([(header::CONTENT_TYPE, "application/zstd")], archive).into_response());
+    // The same 404 for a malformed id, an id no node knows and another tenant's bundle. Only
+    // full ids: a prefix would let a caller search the store.
+    let unknown = || ApiError::new(StatusCode::NOT_FOUND, "unknown_bundle", "no such bundle is known to this node");
+    let failed = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "host_failure", e);
+    let digest: Digest = id.parse().map_err(|_| unknown())?;
+    let bundle = crate::bundles::find(&daemon, &digest).await.map_err(|e| match e {
+        crate::bundles::FindError::Unavailable(message) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", message)
         }
-        (Err(e), None) => return Err(not_found(&e)),
-    };
-    let mut archive_bytes = Vec::new();
-    archive::export(daemon.store.as_ref(), &manifest, &signature, &mut archive_bytes)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "host_failure", e.to_string()))?;
-    Ok(([(header::CONTENT_TYPE, "application/zstd")], archive_bytes).into_response())
+        crate::bundles::FindError::Failed(message) => failed(message),
+    })?;
+    let bundle = bundle.ok_or_else(unknown)?;
+    let owner = bundle.owner().await.map_err(failed)?;
+    let owner = owner.as_ref().map(|p| p.tenant.as_str());
+    daemon.authorize(&tenant, owner, "bundle", &id).await.map_err(|e| refused(e, unknown()))?;
+    Ok(bundle.stream())
 }
 
 #[cfg(test)]

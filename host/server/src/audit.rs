@@ -58,6 +58,44 @@ pub struct AuditEntry {
     /// is in the dead-letter stream).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion: Option<String>,
+    /// For a record about something other than a finished run: what happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<AuditEvent>,
+}
+
+/// Something besides a finished run that the audit trail must show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// `admin_read`: an admin read another tenant's run or bundle; `corrupt_done_entry`: a
+    /// finished job's entry in Redis could not be read, and was moved to the dead-letter stream.
+    pub kind: String,
+    /// Who: the admin tenant, or `redis`.
+    pub actor: String,
+    /// What was read (`bundle <id>`, `run <id>`), or what was wrong.
+    pub detail: String,
+}
+
+impl AuditEntry {
+    /// A record of `event`, about `subject` (a run or bundle id, a stream entry) of `tenant`.
+    pub fn event(event: AuditEvent, subject: &str, tenant: &str) -> Self {
+        let none = Digest::from_bytes([0; 32]);
+        Self {
+            run: subject.to_string(),
+            tenant: tenant.to_string(),
+            tool: String::new(),
+            tool_digest: none,
+            input_digest: none,
+            grants: serde_json::Value::Null,
+            outcome: event.kind.clone(),
+            fuel_used_units: 0,
+            bundle: None,
+            idempotency_key: None,
+            attempt: None,
+            worker: None,
+            completion: None,
+            event: Some(event),
+        }
+    }
 }
 
 /// One line of the log.
@@ -218,20 +256,53 @@ pub struct AuditLog {
     path: PathBuf,
 }
 
+/// Where the writer appends: the log file (in tests, one that fails on demand).
+trait LogFile: Send {
+    /// Append `bytes` and make them durable.
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    /// Cut the file back to `len` bytes, durably.
+    fn truncate(&mut self, len: u64) -> std::io::Result<()>;
+}
+
+impl LogFile for File {
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.write_all(bytes)?;
+        self.sync_data()
+    }
+
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.set_len(len)?;
+        self.sync_data()
+    }
+}
+
 impl AuditLog {
     /// Open (or create) the log at `path`, verifying the chain first; `each` sees every
     /// existing record (the daemon rebuilds its run index from them).
+    ///
+    /// # Errors
+    /// [`AuditError::Broken`] when the chain does not verify (the daemon then refuses to
+    /// start), [`AuditError::Io`] when the files cannot be opened.
     pub fn open(path: &Path, each: impl FnMut(&AuditRecord)) -> Result<Self, AuditError> {
+        Self::open_with(path, each, |file| Box::new(file))
+    }
+
+    fn open_with(
+        path: &Path,
+        each: impl FnMut(&AuditRecord),
+        wrap: impl FnOnce(File) -> Box<dyn LogFile>,
+    ) -> Result<Self, AuditError> {
         let io = |source| AuditError::Io { path: path.to_path_buf(), source };
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
         let head = verify(path, each)?;
         let file = OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
         let head_file =
             OpenOptions::new().create(true).write(true).truncate(false).open(head_path(path)).map_err(io)?;
         let (sender, receiver) = mpsc::channel();
-        let mut writer = Writer { file, head_file, head };
+        let mut writer = Writer { file: wrap(file), len, head_file, head };
         let thread =
             std::thread::Builder::new().name("guild-audit".into()).spawn(move || writer.serve(receiver)).map_err(io)?;
         Ok(Self { sender: Mutex::new(Some(sender)), writer: Mutex::new(Some(thread)), path: path.to_path_buf() })
@@ -303,7 +374,9 @@ impl Drop for AuditLog {
 }
 
 struct Writer {
-    file: File,
+    file: Box<dyn LogFile>,
+    /// Bytes of the log that hold whole, fsynced records.
+    len: u64,
     head_file: File,
     head: Head,
 }
@@ -318,11 +391,18 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.write_batch(batch);
+            if !self.write_batch(batch) {
+                // The log could not be brought back to its last good record: take no more
+                // (appends fail, /readyz fails) rather than append after a torn line.
+                tracing::error!("the audit log could not be repaired after a failed write; its writer has stopped");
+                return;
+            }
         }
     }
 
-    fn write_batch(&mut self, batch: Vec<Request>) {
+    /// Write one batch; on failure cut the log back to its last good record. False when even
+    /// that failed.
+    fn write_batch(&mut self, batch: Vec<Request>) -> bool {
         let mut text = Vec::new();
         let mut waiters = Vec::with_capacity(batch.len());
         let mut head = self.head;
@@ -343,22 +423,28 @@ impl Writer {
                 }
             }
         }
-        let written = self.file.write_all(&text).and_then(|()| self.file.sync_data()).and_then(|()| {
-            let head_text = serde_json::to_vec(&head).unwrap_or_default();
+        let written = self.file.append(&text).and_then(|()| {
+            let head_text = serde_json::to_vec(&head).expect("a head is a number and a digest");
             write_head(&mut self.head_file, &head_text)
         });
         match written {
             Ok(()) => {
                 self.head = head;
+                self.len += text.len() as u64;
                 for (done, seq) in waiters {
                     let _ = done.send(Ok(seq));
                 }
+                true
             }
             Err(e) => {
-                // A partial line may be on disk; `verify` will name it. Refuse the runs' records.
+                // Part of the batch may be on disk: cut it off, so the log ends at its last good
+                // record and still verifies. The head file is rewritten only after a
+                // successful append, so it names that record already.
+                let repaired = self.file.truncate(self.len);
                 for (done, _) in waiters {
-                    let _ = done.send(Err(e.to_string()));
+                    let _ = done.send(Err(format!("{e}; the record was not written")));
                 }
+                repaired.is_ok()
             }
         }
     }
@@ -395,7 +481,79 @@ mod tests {
             attempt: None,
             worker: None,
             completion: None,
+            event: None,
         }
+    }
+
+    /// A log file that fails the `fail_at`-th append after writing half of it (a full disk),
+    /// and every truncation when `truncate_fails`.
+    struct FailingFile {
+        file: File,
+        appends: u32,
+        fail_at: u32,
+        truncate_fails: bool,
+    }
+
+    impl LogFile for FailingFile {
+        fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+            self.appends += 1;
+            if self.appends == self.fail_at {
+                self.file.write_all(&bytes[..bytes.len() / 2])?;
+                return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            self.file.append(bytes)
+        }
+
+        fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+            if self.truncate_fails {
+                return Err(std::io::Error::from_raw_os_error(5)); // EIO
+            }
+            self.file.truncate(len)
+        }
+    }
+
+    fn failing_log(path: &Path, fail_at: u32, truncate_fails: bool) -> AuditLog {
+        AuditLog::open_with(path, |_| {}, |file| Box::new(FailingFile { file, appends: 0, fail_at, truncate_fails }))
+            .expect("open")
+    }
+
+    #[test]
+    fn a_failed_write_is_cut_off_and_the_log_goes_on_and_verifies() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let log = failing_log(&path, 2, false);
+        runtime.block_on(async {
+            assert_eq!(log.append(entry(1)).await.expect("first"), 1);
+            let failed = log.append(entry(2)).await.expect_err("the disk filled up");
+            assert!(failed.to_string().contains("not written"), "{failed}");
+            assert_eq!(log.append(entry(3)).await.expect("the writer carries on"), 2);
+        });
+        assert!(log.is_running());
+        log.close();
+        let mut runs = Vec::new();
+        let head = verify(&path, |r| runs.push(r.entry.run.clone())).expect("no torn line was left behind");
+        assert_eq!((head.seq, runs), (2, vec!["run1".to_string(), "run3".to_string()]));
+        assert!(AuditLog::open(&path, |_| {}).is_ok(), "a restarted daemon opens it");
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_repaired_stops_its_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let log = failing_log(&path, 1, true);
+        runtime.block_on(async {
+            assert!(log.append(entry(1)).await.is_err());
+            for _ in 0..100 {
+                if !log.is_running() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert!(!log.is_running(), "readiness fails");
+            assert!(matches!(log.append(entry(2)).await, Err(AuditError::Stopped)), "no append after a torn line");
+        });
     }
 
     /// Append `records` records; returns the seq of the last.

@@ -71,6 +71,17 @@ pub struct DaemonConfig {
     /// The shared Redis queue; without a `url` runs execute in this process.
     #[serde(default)]
     pub redis: RedisConfig,
+    /// Bounds on the HTTP listener: connections, header size, header read time.
+    #[serde(default)]
+    pub http: crate::http::HttpConfig,
+    /// Outgoing HTTP connections the runs of this process may hold open at once (in use or
+    /// kept alive); a request that finds them all taken waits up to its connect timeout.
+    #[serde(default = "egress_connections_max_default")]
+    pub egress_connections_max: usize,
+}
+
+fn egress_connections_max_default() -> usize {
+    guild_runtime::egress::HTTP_CONNECTIONS_MAX_DEFAULT
 }
 
 /// `[redis]`: with a `url`, the daemon enqueues runs into Redis for `guild worker` processes
@@ -195,13 +206,25 @@ pub struct McpConfig {
     /// Browser origins accepted, as `scheme://host:port` (`:*` for any port). Requests without
     /// an `Origin` (agents, not browsers) always pass; empty refuses every browser origin.
     pub allowed_origins: Vec<String>,
+    /// Live sessions (of the initialize-handshake protocol generations) at once; one more
+    /// `initialize` is answered 503.
+    pub sessions_max: usize,
+    /// A session with no traffic for this long is closed, ms.
+    pub session_idle_ms: u64,
 }
+
+/// Default for [`McpConfig::sessions_max`].
+pub const MCP_SESSIONS_MAX_DEFAULT: usize = 256;
+/// Default for [`McpConfig::session_idle_ms`].
+pub const MCP_SESSION_IDLE_MS_DEFAULT: u64 = 300_000;
 
 impl Default for McpConfig {
     fn default() -> Self {
         Self {
             allowed_hosts: ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec(),
             allowed_origins: Vec::new(),
+            sessions_max: MCP_SESSIONS_MAX_DEFAULT,
+            session_idle_ms: MCP_SESSION_IDLE_MS_DEFAULT,
         }
     }
 }
@@ -385,6 +408,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "secrets",
     "mcp",
     "redis",
+    "http",
+    "egress_connections_max",
 ];
 
 impl DaemonConfig {
@@ -418,6 +443,27 @@ impl DaemonConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.redis.validate()?;
+        if self.http.connections_max == 0 {
+            return Err(ConfigError::new("http.connections_max", "must be at least 1"));
+        }
+        if self.http.header_bytes_max < crate::http::HEADER_BYTES_MIN {
+            return Err(ConfigError::new(
+                "http.header_bytes_max",
+                format!("must be at least {} bytes", crate::http::HEADER_BYTES_MIN),
+            ));
+        }
+        if self.http.header_read_timeout_ms < 100 {
+            return Err(ConfigError::new("http.header_read_timeout_ms", "must be at least 100 ms"));
+        }
+        if self.mcp.sessions_max == 0 {
+            return Err(ConfigError::new("mcp.sessions_max", "must be at least 1"));
+        }
+        if self.mcp.session_idle_ms < 1000 {
+            return Err(ConfigError::new("mcp.session_idle_ms", "must be at least 1000 ms"));
+        }
+        if self.egress_connections_max == 0 {
+            return Err(ConfigError::new("egress_connections_max", "must be at least 1"));
+        }
         if self.request_bytes_max == 0 {
             return Err(ConfigError::new("request_bytes_max", "must be at least 1 byte"));
         }

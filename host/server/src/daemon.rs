@@ -3,7 +3,7 @@
 //! shared runtime (recorded) → audit record (fsynced) → metrics. Every run executes in its own
 //! task, so a client that disconnects never cuts a run, its bundle or its audit record short.
 
-use crate::audit::{AuditEntry, AuditLog};
+use crate::audit::{AuditEntry, AuditEvent, AuditLog};
 use crate::config::McpConfig;
 use crate::metrics::Metrics;
 use crate::registry::{InvalidInput, RegisteredTool, Registry};
@@ -47,12 +47,23 @@ pub struct Daemon {
     pub component_bytes_max: usize,
     /// The `/mcp` endpoint's Host and Origin allow-lists.
     pub mcp: McpConfig,
+    /// Bounds on the HTTP listener.
+    pub http: crate::http::HttpConfig,
     /// With `--redis`: runs go to the shared queue for `guild worker`s instead of running here.
     pub remote: Option<Arc<Remote>>,
     /// The task writing remote jobs' audit records.
     auditing: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     draining: AtomicBool,
     tools_changed: watch::Sender<u64>,
+}
+
+/// Why a caller is not shown a run or bundle.
+#[derive(Debug)]
+pub(crate) enum Hidden {
+    /// It is another tenant's (answered like one that does not exist).
+    NotTheirs,
+    /// An admin's read could not be audited.
+    NotAudited(String),
 }
 
 /// A request to run a tool, as the API received it.
@@ -163,6 +174,7 @@ impl Daemon {
             request_bytes_max,
             component_bytes_max,
             mcp: McpConfig::default(),
+            http: crate::http::HttpConfig::default(),
             remote: None,
             auditing: std::sync::Mutex::new(None),
             draining: AtomicBool::new(false),
@@ -193,6 +205,36 @@ impl Daemon {
     pub fn tenant_for(&self, token: &str) -> Option<Arc<Tenant>> {
         let digest = blake3::hash(token.as_bytes());
         self.tenants.iter().find(|t| t.owns(&digest)).cloned()
+    }
+
+    /// Whether `caller` may see the run or bundle `id` that belongs to `owner` (`None`: it names
+    /// no owner): its own, or, for an admin, anyone's — an admin's look at another tenant's is
+    /// written to the audit log before it is allowed.
+    ///
+    /// # Errors
+    /// [`Hidden::NotTheirs`] (answer as if it did not exist), or [`Hidden::NotAudited`].
+    pub(crate) async fn authorize(
+        &self,
+        caller: &Tenant,
+        owner: Option<&str>,
+        what: &str,
+        id: &str,
+    ) -> Result<(), Hidden> {
+        if owner == Some(caller.name.as_str()) {
+            return Ok(());
+        }
+        if !caller.admin {
+            return Err(Hidden::NotTheirs);
+        }
+        let event =
+            AuditEvent { kind: "admin_read".into(), actor: caller.name.clone(), detail: format!("{what} {id}") };
+        self.audit
+            .append(AuditEntry::event(event, id, owner.unwrap_or_default()))
+            .await
+            .map_err(|e| Hidden::NotAudited(e.to_string()))?;
+        self.metrics.audit_records.inc();
+        tracing::info!(admin = %caller.name, owner = owner.unwrap_or_default(), what, id, "admin read another tenant's data");
+        Ok(())
     }
 
     /// Stop taking runs: `/readyz` fails, new runs get 503.
@@ -403,7 +445,10 @@ impl Daemon {
         // The slot is held until the audit record is written: draining waits for slots, so no
         // run's record can miss the log's close.
         let result = match &slot {
-            Ok(_) => self.runtime.run_cancellable(&tool.tool, &input, &tool.grants, &limits, cancel).await,
+            Ok(_) => {
+                let principal = guild_runtime::Principal::tenant(&entry.tenant);
+                self.runtime.run_as(&tool.tool, &input, &tool.grants, &limits, cancel, Some(&principal)).await
+            }
             Err(_) => Err(RunError::Host("the daemon is shutting down; the run was not started".into())),
         };
         self.queue.observe(started.elapsed());
@@ -451,6 +496,7 @@ impl Daemon {
             attempt: None,
             worker: None,
             completion: None,
+            event: None,
         };
         let (finished, output) = match result {
             Ok(report) => {

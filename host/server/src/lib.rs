@@ -11,10 +11,15 @@
 
 mod api;
 pub mod audit;
+mod bundles;
 pub mod config;
 mod daemon;
+pub mod descriptors;
+pub mod http;
+mod jsonrpc;
 mod mcp;
 mod mcp_http;
+mod mcp_stdio;
 mod metrics;
 pub mod registry;
 mod remote;
@@ -23,9 +28,10 @@ mod start;
 mod tenants;
 mod worker;
 
-pub use api::{OPENAPI_JSON, router, serve};
+pub use api::{OPENAPI_JSON, router};
 pub use daemon::{Daemon, outcome_label, outcome_message};
 pub use guild_queue::RunQueue;
+pub use http::serve;
 pub use mcp::{GuildMcp, PROGRESS_INTERVAL_MS, mcp_tool, serve_stdio};
 pub use metrics::Metrics;
 pub use remote::Remote;

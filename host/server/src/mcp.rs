@@ -10,14 +10,32 @@ use crate::runs::Finished;
 use crate::tenants::Tenant;
 use guild_runtime::CancellationToken;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, JsonObject, ListToolsResult,
-    MetaObject, PaginatedRequestParams, ProgressNotificationParam, ProgressToken, ServerCapabilities, ServerConfig,
-    SubscriptionFilter, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, CustomRequest, CustomResult, ErrorCode,
+    Implementation, JsonObject, ListToolsResult, MetaObject, PaginatedRequestParams, ProgressNotificationParam,
+    ProgressToken, ServerCapabilities, ServerConfig, SubscriptionFilter, Tool,
 };
 use rmcp::service::{NotificationContext, Peer, RequestContext, RoleServer, SubscriptionContext};
 use rmcp::{ErrorData, ServerHandler};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The MCP requests a client may send a server: one whose params rmcp could not read is
+/// answered as invalid params, not as an unknown method.
+const STANDARD_REQUESTS: [&str; 13] = [
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "resources/list",
+    "resources/read",
+    "resources/templates/list",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "prompts/list",
+    "prompts/get",
+    "completion/complete",
+    "logging/setLevel",
+];
 
 /// How often a run that the client asked progress for reports it.
 pub const PROGRESS_INTERVAL_MS: u64 = 500;
@@ -99,14 +117,23 @@ impl GuildMcp {
 }
 
 /// Serve MCP over this process's stdin and stdout, every call made as `tenant`, until the
-/// client closes the stream (`guild mcp`).
+/// client closes the stream (`guild mcp`). Every frame gets exactly one answer
+/// ([`crate::jsonrpc`]), and what is written to stdout is flushed before this returns.
+///
+/// # Errors
+/// When the session cannot start or the transport fails.
 pub async fn serve_stdio(daemon: Arc<Daemon>, tenant: Arc<Tenant>) -> std::io::Result<()> {
     use rmcp::ServiceExt;
+    let frame_bytes_max = daemon.request_bytes_max;
+    let (transport, writer) =
+        crate::mcp_stdio::GuardedStdio::new(tokio::io::stdin(), tokio::io::stdout(), frame_bytes_max);
     let running = GuildMcp::for_tenant(daemon, tenant)
-        .serve(rmcp::transport::stdio())
+        .serve(transport)
         .await
         .map_err(|e| std::io::Error::other(format!("the MCP session did not start: {e}")))?;
     running.waiting().await.map_err(std::io::Error::other)?;
+    // The transport is gone; the writer ends once what it holds is on stdout.
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     Ok(())
 }
 
@@ -255,6 +282,21 @@ impl ServerHandler for GuildMcp {
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         tokio::spawn(announce_legacy(self.daemon.watch_tools(), context.peer));
+    }
+
+    /// A request rmcp could not read as one of its types: a standard method with malformed
+    /// params is `-32602 Invalid params` (the frame screen catches most of these first), any
+    /// other method `-32601 Method not found`.
+    async fn on_custom_request(
+        &self,
+        request: CustomRequest,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CustomResult, ErrorData> {
+        let method = request.method.as_str();
+        if STANDARD_REQUESTS.contains(&method) {
+            return Err(ErrorData::invalid_params(format!("invalid params for {method}"), None));
+        }
+        Err(ErrorData::new(ErrorCode::METHOD_NOT_FOUND, format!("method not found: {method}"), None))
     }
 
     fn accepted_subscription_filter(&self, _requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {

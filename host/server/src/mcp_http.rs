@@ -1,19 +1,41 @@
 //! `/mcp`: the MCP streamable HTTP transport (rmcp's tower service) behind the daemon's bearer
-//! tokens. A request without a valid token gets the API's 401 before rmcp sees it; rmcp then
-//! checks `Host` and `Origin` against `[mcp]` in the config (DNS rebinding) and hands each
-//! request, with the caller's tenant in its extensions, to [`GuildMcp`].
+//! tokens. In front of rmcp, in order:
+//! 1. authentication: a request without a valid token gets the API's 401;
+//! 2. session binding: a session belongs to the tenant that created it, and an `Mcp-Session-Id`
+//!    of another tenant's session is replaced by one that can never exist, so rmcp answers it
+//!    exactly as it answers an unknown session (404, or 202 for a DELETE that closes nothing);
+//! 3. the frame screen ([`crate::jsonrpc`]): a body rmcp would refuse as plain text or misname
+//!    gets a JSON-RPC error instead;
+//! 4. the session limit: an `initialize` past `mcp.sessions_max` live sessions gets 503.
+//!
+//! rmcp then checks `Host` and `Origin` against `[mcp]` (DNS rebinding) and hands each request,
+//! with the caller's tenant in its extensions, to [`GuildMcp`].
 
 use crate::daemon::Daemon;
+use crate::jsonrpc::{self, Screened};
 use crate::mcp::GuildMcp;
+use crate::tenants::Tenant;
+use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use futures_util::Stream;
+use rmcp::model::{ClientJsonRpcMessage, ClientRequest, GetExtensions, JsonRpcMessage, ServerJsonRpcMessage};
+use rmcp::transport::streamable_http_server::session::local::{LocalSessionManager, LocalSessionManagerError};
+use rmcp::transport::streamable_http_server::session::{ServerSseMessage, SessionId, SessionManager};
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// The `/mcp` route: authentication, then rmcp's streamable HTTP service.
+/// The header naming a session.
+const SESSION_HEADER: &str = "mcp-session-id";
+/// A session id no session ever has (rmcp's are random UUID v4s): what another tenant's id is
+/// replaced by.
+const NO_SESSION: &str = "00000000-0000-0000-0000-000000000000";
+
+/// The `/mcp` route: authentication, session binding, the frame screen, then rmcp's service.
 pub(crate) fn mcp_router(daemon: Arc<Daemon>) -> axum::Router<Arc<Daemon>> {
     let config = &daemon.mcp;
     let http = StreamableHttpServerConfig::default()
@@ -21,13 +43,21 @@ pub(crate) fn mcp_router(daemon: Arc<Daemon>) -> axum::Router<Arc<Daemon>> {
         .with_allowed_origins(config.allowed_origins.clone())
         .enforce_origin_validation()
         .with_max_request_body_bytes(daemon.request_bytes_max);
+    let mut local = LocalSessionManager::default();
+    local.session_config.keep_alive = Some(std::time::Duration::from_millis(config.session_idle_ms));
+    let sessions = Arc::new(BoundSessions {
+        inner: local,
+        owners: Mutex::default(),
+        slots: Arc::new(Semaphore::new(config.sessions_max)),
+        sessions_max: config.sessions_max,
+    });
     let handler_daemon = daemon.clone();
-    let service = StreamableHttpService::new(
-        move || Ok(GuildMcp::per_request(handler_daemon.clone())),
-        Arc::new(LocalSessionManager::default()),
-        http,
-    );
-    axum::Router::new().route_service("/mcp", service).layer(axum::middleware::from_fn_with_state(daemon, authenticate))
+    let service =
+        StreamableHttpService::new(move || Ok(GuildMcp::per_request(handler_daemon.clone())), sessions.clone(), http);
+    axum::Router::new()
+        .route_service("/mcp", service)
+        .layer(axum::middleware::from_fn_with_state((daemon.clone(), sessions), bind_and_screen))
+        .layer(axum::middleware::from_fn_with_state(daemon, authenticate))
 }
 
 /// Put the bearer token's tenant in the request's extensions, or answer 401.
@@ -52,5 +82,174 @@ async fn authenticate(State(daemon): State<Arc<Daemon>>, mut request: Request, n
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             response
         }
+    }
+}
+
+/// Bind sessions to tenants, screen JSON-RPC bodies, and bound the live sessions.
+async fn bind_and_screen(
+    State((daemon, sessions)): State<(Arc<Daemon>, Arc<BoundSessions>)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let Some(tenant) = parts.extensions.get::<Arc<Tenant>>().cloned() else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    let session = parts.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+    if let Some(id) = &session
+        && sessions.owner(id).as_deref() != Some(tenant.name.as_str())
+    {
+        // Another tenant's session is one this caller cannot name: rmcp answers it as unknown.
+        parts.headers.insert(SESSION_HEADER, HeaderValue::from_static(NO_SESSION));
+    }
+    let is_json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if parts.method != Method::POST || !is_json {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let bytes = match axum::body::to_bytes(body, daemon.request_bytes_max).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            let message = format!(
+                "the body is larger than {} bytes (or was cut off); send less or raise request_bytes_max",
+                daemon.request_bytes_max
+            );
+            return rpc_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                jsonrpc::error(serde_json::Value::Null, jsonrpc::INVALID_REQUEST, message),
+            );
+        }
+    };
+    let message = match jsonrpc::screen(&bytes) {
+        Screened::Pass(message) => message,
+        Screened::Reply(answer) => {
+            tracing::warn!(tenant = %tenant.name, "answered an MCP request rmcp would not: {}", answer["error"]["message"]);
+            return rpc_error(StatusCode::BAD_REQUEST, answer);
+        }
+        Screened::Drop(reason) => {
+            tracing::warn!(tenant = %tenant.name, reason = %reason, "refused an MCP notification or response");
+            return StatusCode::BAD_REQUEST.into_response();
+        }
+    };
+    if session.is_none() && is_initialize(&message) {
+        let Ok(permit) = sessions.slots.clone().try_acquire_owned() else {
+            let id = initialize_id(&message);
+            let text = format!(
+                "the limit of {} live MCP sessions is reached (mcp.sessions_max); end an idle session with DELETE or retry later",
+                sessions.sessions_max
+            );
+            let mut response = rpc_error(StatusCode::SERVICE_UNAVAILABLE, jsonrpc::error(id, -32000, text));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return response;
+        };
+        parts.extensions.insert(SessionSlot(Arc::new(Mutex::new(Some(permit)))));
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+fn is_initialize(message: &ClientJsonRpcMessage) -> bool {
+    matches!(message, JsonRpcMessage::Request(request) if matches!(request.request, ClientRequest::InitializeRequest(_)))
+}
+
+fn initialize_id(message: &ClientJsonRpcMessage) -> serde_json::Value {
+    match message {
+        JsonRpcMessage::Request(request) => serde_json::to_value(&request.id).unwrap_or_default(),
+        _ => serde_json::Value::Null,
+    }
+}
+
+fn rpc_error(status: StatusCode, body: serde_json::Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+/// A permit for one more live session, carried from the middleware to `initialize_session`.
+#[derive(Clone)]
+struct SessionSlot(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+/// Who a session belongs to, and its place among the live ones.
+struct Binding {
+    tenant: String,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+/// rmcp's local sessions, each bound to the tenant that initialized it, at most `sessions_max`.
+pub(crate) struct BoundSessions {
+    inner: LocalSessionManager,
+    /// One entry per live session: bounded by the slots.
+    owners: Mutex<HashMap<SessionId, Binding>>,
+    slots: Arc<Semaphore>,
+    sessions_max: usize,
+}
+
+impl BoundSessions {
+    fn owner(&self, id: &str) -> Option<String> {
+        let owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        owners.get(id).map(|binding| binding.tenant.clone())
+    }
+}
+
+impl SessionManager for BoundSessions {
+    type Error = LocalSessionManagerError;
+    type Transport = <LocalSessionManager as SessionManager>::Transport;
+
+    async fn create_session(&self) -> Result<(SessionId, Self::Transport), Self::Error> {
+        self.inner.create_session().await
+    }
+
+    async fn initialize_session(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<ServerJsonRpcMessage, Self::Error> {
+        let parts = match &message {
+            JsonRpcMessage::Request(request) => request.request.extensions().get::<axum::http::request::Parts>(),
+            _ => None,
+        };
+        let tenant = parts.and_then(|p| p.extensions.get::<Arc<Tenant>>()).map(|t| t.name.clone());
+        let slot = parts.and_then(|p| p.extensions.get::<SessionSlot>()).and_then(|s| s.0.lock().ok()?.take());
+        let answer = self.inner.initialize_session(id, message).await?;
+        if let Some(tenant) = tenant {
+            self.owners.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), Binding { tenant, _slot: slot });
+        }
+        Ok(answer)
+    }
+
+    async fn has_session(&self, id: &SessionId) -> Result<bool, Self::Error> {
+        self.inner.has_session(id).await
+    }
+
+    async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
+        self.owners.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.inner.close_session(id).await
+    }
+
+    async fn create_stream(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        self.inner.create_stream(id, message).await
+    }
+
+    async fn accept_message(&self, id: &SessionId, message: ClientJsonRpcMessage) -> Result<(), Self::Error> {
+        self.inner.accept_message(id, message).await
+    }
+
+    async fn create_standalone_stream(
+        &self,
+        id: &SessionId,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        self.inner.create_standalone_stream(id).await
+    }
+
+    async fn resume(
+        &self,
+        id: &SessionId,
+        last_event_id: String,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        self.inner.resume(id, last_event_id).await
     }
 }

@@ -11,7 +11,7 @@ use crate::audit::AuditEntry;
 use crate::daemon::Daemon;
 use crate::runs::{Finished, RunState};
 use guild_queue::{DoneEntry, JobResult, JobStatus, QueueError, RedisQueue};
-use guild_replay::{Digest, archive};
+use guild_replay::Digest;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -92,29 +92,6 @@ impl Remote {
         self.queue.put_component(&digest, &bytes).await?;
         self.pushed.lock().unwrap_or_else(|p| p.into_inner()).insert(digest);
         Ok(())
-    }
-
-    /// A bundle's archive from Redis, else from the shared store; `None` when neither has it.
-    pub async fn bundle_archive(&self, id: &Digest) -> Result<Option<Vec<u8>>, QueueError> {
-        let id = *id;
-        let from_redis = self.queue.get_bundle(&id).await?;
-        let shared = self.shared_store.clone();
-        let exported = tokio::task::spawn_blocking(move || {
-            let mut bytes = Vec::new();
-            match from_redis {
-                Some((manifest, signature, store)) => {
-                    archive::export(&store, &manifest, &signature, &mut bytes).ok()?
-                }
-                None => {
-                    let shared = shared?;
-                    let (manifest, signature) = shared.get_bundle(&id).ok()?;
-                    archive::export(shared.as_ref(), &manifest, &signature, &mut bytes).ok()?;
-                }
-            }
-            Some(bytes)
-        })
-        .await;
-        Ok(exported.ok().flatten())
     }
 
     /// Forget which components were pushed (Redis failed; it may come back without them).
@@ -280,6 +257,7 @@ fn audit_entry(done: &DoneEntry) -> AuditEntry {
         attempt: Some(r.attempt),
         worker: Some(r.worker.clone()),
         completion: Some(done.kind.clone()),
+        event: None,
     }
 }
 

@@ -65,6 +65,7 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
     specs.extend(extra_tools);
     specs.extend(uploaded(&state_dir.join("tools")));
     tools.load(&runtime, specs).await?;
+    reserve_descriptors(&config, &tools)?;
     let runs = RunTable::new(config.queue.runs_kept_max);
     let remote = match config.redis.settings() {
         Some(settings) => {
@@ -77,6 +78,9 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
     let mut runs_restored = 0;
     let audit = AuditLog::open(&state_dir.join("audit.log"), |record| {
         let entry = &record.entry;
+        if entry.event.is_some() {
+            return;
+        }
         if let (Some(remote), Some(attempt), Some(worker)) = (&remote, entry.attempt, &entry.worker) {
             remote.remember_audited(&entry.run, attempt, worker);
         }
@@ -108,10 +112,35 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         config.component_bytes_max,
     );
     daemon.mcp = config.mcp.clone();
+    daemon.http = config.http.clone();
     daemon.remote = remote;
     let daemon = Arc::new(daemon);
     daemon.start_auditing();
     Ok(DaemonParts { daemon, runs_restored })
+}
+
+/// Raise the descriptor limit and check that runs at their bounds leave the daemon its own (an
+/// API node with `--redis` runs nothing itself).
+fn reserve_descriptors(config: &DaemonConfig, tools: &Registry) -> Result<(), ConfigError> {
+    let limit = crate::descriptors::raise_limit().map_err(|e| ConfigError::new("queue.runs_in_flight_max", e))?;
+    let runs = if config.redis.settings().is_some() { 0 } else { config.queue.runs_in_flight_max };
+    let budget = crate::descriptors::Budget {
+        runs: runs as u64,
+        resources_per_run: u64::from(resources_per_run(tools)),
+        connections: config.http.connections_max as u64,
+    };
+    budget.check(limit).map_err(|e| ConfigError::new("queue.runs_in_flight_max", e))
+}
+
+/// The most WASI resources any registered tool's runs may hold (uploads get the default).
+fn resources_per_run(tools: &Registry) -> u32 {
+    tools
+        .all()
+        .iter()
+        .map(|t| t.limits.wasi_resources_max)
+        .max()
+        .unwrap_or(0)
+        .max(guild_runtime::WASI_RESOURCES_MAX_DEFAULT)
 }
 
 /// The bundle store every node shares (`redis.shared_store`), opened.
@@ -215,7 +244,7 @@ pub async fn run(
         draining.start_draining();
         tokio::time::sleep(notice).await;
     };
-    crate::api::serve(listener, crate::api::router(daemon.clone()), signal).await?;
+    crate::http::serve(listener, crate::api::router(daemon.clone()), daemon.http.clone(), signal).await?;
     let drained =
         daemon.drain(drain).await.map_err(|e| std::io::Error::other(format!("bundles could not be written: {e}")))?;
     tracing::info!(drained, "stopped");

@@ -13,7 +13,7 @@ use guild_queue::{
 };
 use guild_replay::{BlobRef, BlobStore, Digest, DirStore, Manifest};
 use guild_runtime::egress::Secret;
-use guild_runtime::{Grants, Limits, Outcome, RunError, RunReport, Runtime, Tool, ToolErrorKind};
+use guild_runtime::{Grants, Limits, LoadError, Outcome, RunError, RunReport, Runtime, Tool, ToolErrorKind};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -68,7 +68,6 @@ struct Worker {
     name: String,
     secrets: Vec<Secret>,
     shared_store: Option<Arc<DirStore>>,
-    tools: Mutex<HashMap<Digest, Arc<Tool>>>,
     /// Large blobs Redis is known to hold, with when that was checked (asking again after half
     /// of `results_ttl_s` refreshes their expiry).
     known_blobs: Mutex<HashMap<Digest, std::time::Instant>>,
@@ -95,7 +94,6 @@ pub async fn run_worker(
         name: setup.name,
         secrets: setup.secrets,
         shared_store: setup.shared_store,
-        tools: Mutex::new(HashMap::new()),
         known_blobs: Mutex::new(HashMap::new()),
         completed: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
@@ -272,7 +270,9 @@ impl Worker {
         grants.secrets = self.secrets.clone();
         let limits: Limits = serde_json::from_value(job.limits.clone())
             .map_err(|e| Failure::deterministic("bad_job", format!("the job's limits do not parse: {e}")))?;
-        let report = match self.runtime.run(&tool, &job.input, &grants, &limits).await {
+        let principal = guild_runtime::Principal::tenant(&job.tenant);
+        let cancel = guild_runtime::CancellationToken::new();
+        let report = match self.runtime.run_as(&tool, &job.input, &grants, &limits, cancel, Some(&principal)).await {
             Ok(report) => report,
             Err(error) => {
                 let failure = FailureInfo { code: run_error_code(&error), message: error.to_string(), bundle: None };
@@ -303,29 +303,22 @@ impl Worker {
         Ok(self.result(lease, report))
     }
 
-    /// The component, from memory, else from Redis (then compiled, or loaded from the local cache).
+    /// The component, from the runtime's loaded tools, else from Redis (then compiled, or loaded
+    /// from the local cache) — once, however many jobs ask for it at the same time.
     async fn tool(&self, digest: &Digest) -> Result<Arc<Tool>, Failure> {
-        if let Some(tool) = self.tools.lock().unwrap_or_else(|p| p.into_inner()).get(digest) {
-            return Ok(tool.clone());
-        }
-        let bytes = self
-            .queue
-            .get_component(digest)
-            .await
-            .map_err(|e| Failure::retryable("host_failure", format!("cannot fetch component {digest}: {e}")))?
-            .ok_or_else(|| {
-                Failure::retryable(
-                    "host_failure",
-                    format!("component {digest} is not in Redis; an API node puts it there when it enqueues a job"),
-                )
-            })?;
-        let (tool, _) = self
-            .runtime
-            .load(&bytes)
-            .await
-            .map_err(|e| Failure::deterministic("host_failure", format!("cannot load component {digest}: {e}")))?;
-        self.tools.lock().unwrap_or_else(|p| p.into_inner()).insert(*digest, tool.clone());
-        Ok(tool)
+        let fetch = || async {
+            match self.queue.get_component(digest).await {
+                Ok(Some(bytes)) => Ok(bytes),
+                Ok(None) => Err(LoadError::Unavailable(format!(
+                    "component {digest} is not in Redis; an API node puts it there when it enqueues a job"
+                ))),
+                Err(e) => Err(LoadError::Unavailable(format!("component {digest}: {e}"))),
+            }
+        };
+        self.runtime.load_by_digest(digest, fetch).await.map_err(|e| match e {
+            LoadError::Unavailable(_) | LoadError::Store(_) => Failure::retryable("host_failure", e.to_string()),
+            other => Failure::deterministic("host_failure", format!("cannot load component {digest}: {other}")),
+        })
     }
 
     /// Leave the bundle in Redis for every API node to serve: the parts Redis lacks (a tool's
@@ -338,8 +331,13 @@ impl Worker {
     }
 
     async fn try_share_bundle(&self, id: &Digest) -> Result<(), String> {
-        let (manifest, signature) = self.store.get_bundle(id).map_err(|e| e.to_string())?;
-        let parsed: Manifest = serde_json::from_slice(&manifest).map_err(|e| e.to_string())?;
+        let (store, bundle) = (self.store.clone(), *id);
+        let (manifest, signature, parsed) = blocking(move || {
+            let (manifest, signature) = store.get_bundle(&bundle).map_err(|e| e.to_string())?;
+            let parsed: Manifest = serde_json::from_slice(&manifest).map_err(|e| e.to_string())?;
+            Ok((manifest, signature, parsed))
+        })
+        .await?;
         let parts: Vec<BlobRef> = parsed.parts().cloned().collect();
         // Small parts are this run's own (its action, tape, result, input, output): send them.
         // Large ones (a component, a mounted file) are often in Redis already: ask, unless
@@ -387,10 +385,14 @@ impl Worker {
             .await
             .map_err(|e| e.to_string())?;
         }
-        let mut blobs = Vec::with_capacity(missing.len());
-        for part in missing {
-            blobs.push((part.digest, self.store.get(&part.digest).map_err(|e| e.to_string())?));
-        }
+        let (store, wanted) = (self.store.clone(), missing.iter().map(|p| p.digest).collect::<Vec<_>>());
+        let blobs = blocking(move || {
+            wanted
+                .into_iter()
+                .map(|d| store.get(&d).map(|bytes| (d, bytes)).map_err(|e| e.to_string()))
+                .collect::<Result<Vec<_>, String>>()
+        })
+        .await?;
         self.queue.put_bundle(id, &manifest, &signature, &blobs).await.map_err(|e| e.to_string())?;
         // Remember large parts (components, mounted files) so later bundles skip asking for them.
         let mut known = self.known_blobs.lock().unwrap_or_else(|p| p.into_inner());
@@ -505,6 +507,11 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+/// Run store reads and writes on the blocking pool, off the async workers.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| format!("the store task failed: {e}"))?
 }
 
 /// Copy a bundle from the worker's store into the shared one: its parts, then its documents.

@@ -1,10 +1,14 @@
 //! The `wasi:http` hook of one run: every outgoing request is checked against the operator's
-//! rules and the tool's declared hosts, its name resolved and each address screened by the host,
-//! then sent to the address that passed — or, in a replay, answered from the tape. Each exchange
-//! (or refusal) becomes a tape event.
+//! rules and the tool's declared hosts on its normalised path, its name resolved and each
+//! address screened by the host, then sent (with the path that was checked) to the address that
+//! passed — or, in a replay, answered from the tape. Each exchange (or refusal) becomes a tape
+//! event.
+//!
+//! Nothing of a request is read or kept before it is admitted: a refused request is recorded
+//! without its body (its body is never read), so a guest with no grant cannot make the host hold
+//! anything but a small refusal, and those are bounded by the recording's own limit.
 
-use super::breaker::Breakers;
-use super::connect::{self, Answer, header_pairs};
+use super::connect::{self, Answer, Connections, header_pairs};
 use super::rules::{Destination, EgressRule, blocked_reason, parse_ip_literal};
 use super::secrets::{self, Secret, SecretGrant};
 use crate::Limits;
@@ -20,6 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
+/// Refusals whose reasons a run keeps for the operator (the count is kept past it).
+pub(crate) const EGRESS_DENIALS_KEPT_MAX: usize = 16;
+
 /// The guest-visible failure and the operator-visible reason.
 struct Refusal {
     error: Error,
@@ -31,6 +38,11 @@ impl Refusal {
         Self { error: Error::HttpRequestDenied, reason }
     }
 }
+
+/// Error kinds (as [`error_kind`] names them) of refusals made before the request's body is
+/// read: such a request is recorded without a body, and a replay does not read it either.
+const REFUSED_BEFORE_BODY: [&str; 6] =
+    ["denied", "address-prohibited", "not-found", "dns-timeout", "dns-error", "unavailable"];
 
 /// One run's egress state, shared by the hooks object wasmtime keeps and the runtime.
 pub(crate) struct EgressRun {
@@ -44,10 +56,13 @@ pub(crate) struct EgressRun {
     /// Where each granted secret may go, and the values (only ever used at send time).
     secret_grants: Vec<SecretGrant>,
     secrets: Vec<Secret>,
-    breakers: Option<Arc<Breakers>>,
+    breakers: Option<Arc<guild_breaker::Breakers>>,
+    connections: Option<Arc<Connections>>,
     tls: Option<Arc<rustls::ClientConfig>>,
     requests: AtomicU32,
     upstream_failures: AtomicU32,
+    refusals: AtomicU32,
+    /// The first [`EGRESS_DENIALS_KEPT_MAX`] refusals' reasons.
     denials: Mutex<Vec<String>>,
 }
 
@@ -70,9 +85,11 @@ impl EgressRun {
             secret_grants: Vec::new(),
             secrets: Vec::new(),
             breakers: None,
+            connections: None,
             tls: None,
             requests: AtomicU32::new(0),
             upstream_failures: AtomicU32::new(0),
+            refusals: AtomicU32::new(0),
             denials: Mutex::new(Vec::new()),
         }
     }
@@ -90,15 +107,25 @@ impl EgressRun {
         self
     }
 
-    /// Share the runtime's circuit breakers.
-    pub(crate) fn with_breakers(mut self, breakers: Arc<Breakers>) -> Self {
+    /// Share the runtime's circuit breakers and outgoing connections.
+    pub(crate) fn with_network(
+        mut self,
+        breakers: Arc<guild_breaker::Breakers>,
+        connections: Arc<Connections>,
+    ) -> Self {
         self.breakers = Some(breakers);
+        self.connections = Some(connections);
         self
     }
 
-    /// The refusals so far, for the operator.
+    /// The first refusals' reasons, for the operator.
     pub(crate) fn denials(&self) -> Vec<String> {
         self.denials.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Requests refused or failed, all of them.
+    pub(crate) fn refusals(&self) -> u32 {
+        self.refusals.load(Ordering::Relaxed)
     }
 
     /// Requests the guest attempted so far.
@@ -112,16 +139,25 @@ impl EgressRun {
     }
 
     fn note(&self, reason: &str) {
-        self.denials.lock().unwrap_or_else(|p| p.into_inner()).push(reason.to_string());
+        self.refusals.fetch_add(1, Ordering::Relaxed);
+        let mut denials = self.denials.lock().unwrap_or_else(|p| p.into_inner());
+        if denials.len() < EGRESS_DENIALS_KEPT_MAX {
+            denials.push(reason.to_string());
+        }
     }
 
     async fn exchange(self: Arc<Self>, request: http::Request<WasiBody>) -> Result<http::Response<WasiBody>, Error> {
         let (parts, body) = request.into_parts();
-        let body = connect::collect_capped(body, self.limits.http_request_body_bytes_max).await?;
-        let record = self.request_record(&parts, &body);
+        let mut record = HttpRequestRecord {
+            method: parts.method.as_str().to_string(),
+            url: parts.uri.to_string(),
+            headers: header_pairs(&parts.headers),
+            body: None,
+            body_bytes: 0,
+        };
         let result = match &self.replay_bodies {
-            Some(bodies) => self.answer_from_tape(&record, bodies),
-            None => self.live(parts, body).await,
+            Some(bodies) => self.answer_from_tape(&mut record, body, bodies).await,
+            None => self.live(parts, body, &mut record).await,
         };
         let (response, error) = match &result {
             Ok(answer) => (Some(self.response_record(answer)), None),
@@ -139,24 +175,33 @@ impl EgressRun {
         }
     }
 
-    fn request_record(&self, parts: &http::request::Parts, body: &Bytes) -> HttpRequestRecord {
-        let body_digest = match (&self.recorder, body.is_empty()) {
-            (_, true) => None,
-            (Some(recorder), false) => Some(recorder.attach_blob(body)),
-            (None, false) => Some(Digest::of(body)),
-        };
-        HttpRequestRecord {
-            method: parts.method.as_str().to_string(),
-            url: parts.uri.to_string(),
-            headers: header_pairs(&parts.headers),
-            body: body_digest,
-            body_bytes: body.len() as u64,
+    /// Read the request body within its cap, noting its digest (and, live, keeping it for the
+    /// bundle) in `record`.
+    async fn read_body(&self, body: WasiBody, record: &mut HttpRequestRecord, keep: bool) -> Result<Bytes, Refusal> {
+        let limit = self.limits.http_request_body_bytes_max;
+        let body = connect::collect_capped(body, limit).await.map_err(|error| Refusal {
+            error,
+            reason: format!("egress refused: the request body is larger than {limit} bytes"),
+        })?;
+        if body.is_empty() {
+            return Ok(body);
         }
+        record.body_bytes = body.len() as u64;
+        record.body = match (&self.recorder, keep) {
+            (Some(recorder), true) => Some(recorder.attach_blob(&body).ok_or_else(|| {
+                Refusal::denied("egress refused: the run's recording is full (raise --recording-bytes)".into())
+            })?),
+            _ => Some(Digest::of(&body)),
+        };
+        Ok(body)
     }
 
     fn response_record(&self, answer: &Answer) -> HttpResponseRecord {
         let body = match &self.recorder {
-            Some(recorder) if self.replay_bodies.is_none() => recorder.attach_blob(&answer.body),
+            // Past the recording's limit the guest is stopped as this call returns.
+            Some(recorder) if self.replay_bodies.is_none() => {
+                recorder.attach_blob(&answer.body).unwrap_or_else(|| Digest::of(&answer.body))
+            }
             _ => Digest::of(&answer.body),
         };
         HttpResponseRecord {
@@ -167,12 +212,23 @@ impl EgressRun {
         }
     }
 
-    /// The recorded answer to the same request, or a refusal the divergence check will name.
-    fn answer_from_tape(&self, record: &HttpRequestRecord, bodies: &HashMap<Digest, Bytes>) -> Result<Answer, Refusal> {
+    /// The recorded answer to the same request, or a refusal the divergence check will name. A
+    /// request the original run refused before reading its body is compared without its body.
+    async fn answer_from_tape(
+        &self,
+        record: &mut HttpRequestRecord,
+        body: WasiBody,
+        bodies: &HashMap<Digest, Bytes>,
+    ) -> Result<Answer, Refusal> {
         let expected = self.recorder.as_ref().and_then(Recorder::expected_next);
         let Some(Effect::Http { request, response, error }) = expected else {
             return Err(Refusal::denied("replay: the original run made no request here".into()));
         };
+        let refused_before_body = response.is_none()
+            && error.as_deref().is_some_and(|e| REFUSED_BEFORE_BODY.contains(&e.split(':').next().unwrap_or_default()));
+        if !refused_before_body {
+            self.read_body(body, record, false).await?;
+        }
         if request != *record {
             return Err(Refusal::denied("replay: the original run made a different request here".into()));
         }
@@ -189,7 +245,12 @@ impl EgressRun {
         }
     }
 
-    async fn live(&self, mut parts: http::request::Parts, body: Bytes) -> Result<Answer, Refusal> {
+    async fn live(
+        &self,
+        mut parts: http::request::Parts,
+        body: WasiBody,
+        record: &mut HttpRequestRecord,
+    ) -> Result<Answer, Refusal> {
         let made = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         if made > self.limits.http_requests_max {
             return Err(Refusal::denied(format!(
@@ -202,7 +263,13 @@ impl EgressRun {
         let host = uri.host().unwrap_or_default().to_string();
         let port = uri.port_u16().unwrap_or(if scheme == "http" { 80 } else { 443 });
         let method = parts.method.as_str().to_string();
-        let dest = Destination { scheme: &scheme, host: &host, port, method: &method, path: uri.path() };
+        // Rules, secret grants and the upstream all see this one path.
+        let path = super::path::normalize(uri.path()).map_err(|e| Refusal::denied(format!("egress denied: {e}")))?;
+        let path_and_query = match uri.query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path.clone(),
+        };
+        let dest = Destination { scheme: &scheme, host: &host, port, method: &method, path: &path };
         let shown = format!("{scheme}://{host}:{port}");
         if !self.operator_rules.iter().any(|r| r.matches(&dest)) {
             return Err(Refusal::denied(format!(
@@ -220,35 +287,54 @@ impl EgressRun {
             )));
         }
         let used = self.fill_secrets(&mut parts.headers, &dest, &shown)?;
-        if let Some(breakers) = &self.breakers {
-            breakers.admit(&shown).map_err(|reason| Refusal { error: Error::DestinationUnavailable, reason })?;
-        }
+        let attempt = match &self.breakers {
+            Some(breakers) => breakers.admit(&shown).map_err(|open| Refusal {
+                error: Error::DestinationUnavailable,
+                reason: format!(
+                    "egress refused: circuit open for {shown} after {} consecutive failures ({}); next try in {:.1}s",
+                    open.failures,
+                    open.last_error,
+                    open.retry_after.as_secs_f64()
+                ),
+            })?,
+            None => None,
+        };
         let connect_timeout = Duration::from_millis(self.limits.http_connect_timeout_ms);
+        // A resolution failure is the upstream's (the breaker's attempt, dropped, counts as
+        // such if it was the probe).
         let addr = self.resolve(&host, port, connect_timeout).await?;
+        let body = self.read_body(body, record, true).await?;
         let request = http::Request::from_parts(parts, Full::new(body));
         let total = Duration::from_millis(self.limits.http_timeout_ms);
-        let tls = self.tls.clone().ok_or_else(|| Refusal::denied("egress is not configured on this host".into()))?;
+        let (Some(tls), Some(connections)) = (self.tls.clone(), &self.connections) else {
+            return Err(Refusal::denied("egress is not configured on this host".into()));
+        };
         let sent = connect::exchange(
+            connections,
             tls,
             addr,
             &host,
             scheme == "https",
             request,
+            &path_and_query,
             connect_timeout,
             self.limits.http_response_bytes_max,
         );
         let outcome = tokio::time::timeout(total, sent).await;
-        // A refusal for size is the guest's doing, not the upstream's.
+        // A refusal for size is the guest's doing, not the upstream's; a host-wide connection
+        // limit is the host's.
         let upstream_ok = match &outcome {
             Ok(Ok(answer)) => answer.status < 500,
-            Ok(Err(Error::HttpResponseBodySize(_))) => true,
+            Ok(Err(Error::HttpResponseBodySize(_) | Error::InternalError(_))) => true,
             _ => false,
         };
         if !upstream_ok {
             self.upstream_failures.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(breakers) = &self.breakers {
-            breakers.record(&shown, upstream_ok);
+        match attempt {
+            Some(attempt) if upstream_ok => attempt.succeeded(),
+            Some(attempt) => attempt.failed(&format!("{shown} failed")),
+            None => {}
         }
         match outcome {
             Err(_) => Err(Refusal {
@@ -389,6 +475,8 @@ fn error_kind(error: &Error) -> &'static str {
         Error::HttpResponseBodySize(_) => "response-too-large",
         Error::HttpRequestBodySize(_) => "request-too-large",
         Error::Tls(_) | Error::InvalidDnsNameError(_) => "tls",
+        Error::DestinationUnavailable => "unavailable",
+        Error::InternalError(_) => "host-busy",
         _ => "connection-failed",
     }
 }
@@ -406,6 +494,8 @@ fn error_from_kind(kind: &str) -> Error {
         "response-too-large" => Error::HttpResponseBodySize(None),
         "request-too-large" => Error::HttpRequestBodySize(None),
         "tls" => Error::TlsProtocolError,
+        "unavailable" => Error::DestinationUnavailable,
+        "host-busy" => Error::InternalError(None),
         _ => Error::ConnectionTerminated,
     }
 }

@@ -1,10 +1,13 @@
-//! Outgoing HTTP under the host's rules: which requests a run may make ([`rules`]), the
-//! `wasi:http` hook that enforces and records them (`hook`), and the connection to a checked
-//! address (`connect`).
+//! Outgoing HTTP under the host's rules: which requests a run may make ([`rules`], on the path
+//! the upstream will act on: [`path`]), the `wasi:http` hook that enforces and records them
+//! (`hook`), and the connections to checked addresses, pooled per address and TLS name and
+//! bounded host-wide (`connect`).
 
 pub mod breaker;
 pub(crate) mod connect;
+pub use connect::HTTP_CONNECTIONS_MAX_DEFAULT;
 pub(crate) mod hook;
+pub mod path;
 pub mod rules;
 pub mod secrets;
 

@@ -6,7 +6,9 @@
 //!   apex), an IP literal (`127.0.0.1`, `[::1]`) or a bracketed range (`[10.0.0.0/8]`);
 //! - `PORT` is a number or `*`; omitted, it is the scheme's default (80, 443);
 //! - `METHODS` is a comma-separated list (`GET,HEAD`); omitted, any method;
-//! - `PATH-PREFIX` limits the request path (`/v1/` allows `/v1/users`).
+//! - `PATH-PREFIX` limits the request path by whole segments: `/v1` allows `/v1` and
+//!   `/v1/users` but not `/v10`; `/v1/` allows only what is below `/v1/`. Requests are matched
+//!   on their normalised path (see [`super::path`]), which is also the path that is sent.
 //!
 //! A name rule only ever reaches public addresses: a name that resolves to a private, loopback,
 //! link-local, unique-local or metadata address is refused. Reaching such an address takes a
@@ -80,7 +82,7 @@ pub struct Destination<'a> {
     pub port: u16,
     /// Uppercase method.
     pub method: &'a str,
-    /// The request path.
+    /// The request path, normalised ([`super::path::normalize`]).
     pub path: &'a str,
 }
 
@@ -107,6 +109,10 @@ impl EgressRule {
         let (authority, path_prefix) = match rest.find('/') {
             Some(i) if !rest.starts_with('[') || rest[..i].contains(']') => (&rest[..i], Some(rest[i..].to_string())),
             _ => split_bracketed_path(rest),
+        };
+        let path_prefix = match path_prefix {
+            Some(prefix) => Some(super::path::normalize(&prefix).map_err(|e| error(&e.to_string()))?),
+            None => None,
         };
         let (host, port) = split_port(authority).map_err(|reason| error(&reason))?;
         let host = parse_host(host).map_err(|reason| error(&reason))?;
@@ -154,7 +160,7 @@ impl EgressRule {
         };
         let port_ok = self.port.is_none_or(|p| p == dest.port);
         let method_ok = self.methods.is_empty() || self.methods.iter().any(|m| m == dest.method);
-        let path_ok = self.path_prefix.as_deref().is_none_or(|prefix| dest.path.starts_with(prefix));
+        let path_ok = self.path_prefix.as_deref().is_none_or(|prefix| super::path::within(dest.path, prefix));
         scheme_ok && host_ok && port_ok && method_ok && path_ok
     }
 }
@@ -349,6 +355,11 @@ mod tests {
         assert!(narrow.matches(&dest("http", "127.0.0.1", 8080, "GET", "/v1/users")));
         assert!(!narrow.matches(&dest("http", "127.0.0.1", 8080, "POST", "/v1/users")));
         assert!(!narrow.matches(&dest("http", "127.0.0.1", 8080, "GET", "/v2")));
+        let segment = EgressRule::parse("http://127.0.0.1:8080/v1").expect("rule");
+        assert!(segment.matches(&dest("http", "127.0.0.1", 8080, "GET", "/v1")));
+        assert!(!segment.matches(&dest("http", "127.0.0.1", 8080, "GET", "/v10")));
+        let dotted = EgressRule::parse("http://127.0.0.1:8080/a/b/../v1/").expect("a prefix is normalised too");
+        assert!(dotted.matches(&dest("http", "127.0.0.1", 8080, "GET", "/a/v1/x")));
         assert!(narrow.names_address("127.0.0.1".parse().expect("ip")));
         assert!(narrow.names_address("::ffff:127.0.0.1".parse().expect("ip")));
 
@@ -368,6 +379,7 @@ mod tests {
             "https://bad host",
             "https://x.com:99999",
             "https://[10.0.0.0/99]",
+            "http://x.com/a%2fb",
         ] {
             let err = EgressRule::parse(bad).expect_err(bad);
             assert!(err.to_string().contains("write e.g."), "{err}");

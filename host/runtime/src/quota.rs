@@ -1,0 +1,504 @@
+//! Write quotas of writable mounts, enforced while the guest writes.
+//!
+//! wasmtime-wasi writes straight to the host's files; Guild links its own `wasi:filesystem/types`
+//! in front of it ([`QuotaFs`], shadowing wasmtime-wasi's definitions in the linker), which
+//! charges each writable mount for what the guest makes it hold before delegating:
+//! - bytes: every byte written (a direct write, or through a write or append stream), plus the
+//!   gap when a write starts past a file's end or a truncation grows a file (sparse files are
+//!   captured whole when the run is sealed);
+//! - entries: files, directories and links created.
+//!
+//! Past a quota the operation fails with `quota` (POSIX `EDQUOT`), which the guest sees, and the
+//! run is stopped at the guest's next call into the host and ends with
+//! [`LimitHit::MountWrite`], whatever the tool returns. The counts depend only on what the guest
+//! did to the mount it was given, so replay stops at the same place.
+
+use crate::LimitHit;
+use crate::guard::Stop;
+use crate::info::Access;
+use crate::policy::EffectivePolicy;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use wasmtime::component::{HasData, Resource};
+use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemCtxView};
+use wasmtime_wasi::p2::bindings::filesystem::types::{ErrorCode, HostDescriptor, HostDirectoryEntryStream};
+use wasmtime_wasi::p2::bindings::filesystem::{preopens, types};
+use wasmtime_wasi::p2::{DynOutputStream, FsError, FsResult, OutputStream, Pollable, StreamError};
+
+/// One writable mount's counters, shared with the streams writing into it.
+pub(crate) struct MountQuota {
+    guest_path: String,
+    bytes_max: u64,
+    entries_max: u64,
+    bytes: AtomicU64,
+    entries: AtomicU64,
+    stop: Arc<Stop>,
+}
+
+impl MountQuota {
+    fn refuse(&self, what: String, flag: &str) -> ErrorCode {
+        self.stop.next(LimitHit::MountWrite { guest_path: self.guest_path.clone(), what, flag: flag.to_string() });
+        ErrorCode::Quota
+    }
+
+    /// Charge `bytes` about to be written, or refuse them.
+    fn charge_bytes(&self, bytes: u64) -> Result<(), ErrorCode> {
+        let used = self.bytes.load(Ordering::Relaxed);
+        let next = used.saturating_add(bytes);
+        if next > self.bytes_max {
+            let what = format!("{bytes} more bytes after {used} exceed {} bytes", self.bytes_max);
+            return Err(self.refuse(what, "--mount-write-bytes"));
+        }
+        self.bytes.store(next, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Check that one more entry may be created; [`MountQuota::created`] counts it.
+    fn check_entry(&self) -> Result<(), ErrorCode> {
+        let used = self.entries.load(Ordering::Relaxed);
+        if used >= self.entries_max {
+            let what = format!("the run already created {used} files, directories or links");
+            return Err(self.refuse(what, "--mount-write-entries"));
+        }
+        Ok(())
+    }
+
+    fn created(&self) {
+        self.entries.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The quotas of one run's mounts, and which mount each open descriptor is in.
+pub(crate) struct MountQuotas {
+    /// By guest path; `None` for a read-only mount (the host refuses its writes already).
+    mounts: HashMap<String, Option<Arc<MountQuota>>>,
+    /// Descriptor (resource rep) → its mount's guest path. At most one entry per open
+    /// descriptor, so bounded by `wasi_resources_max`.
+    descriptors: HashMap<u32, String>,
+}
+
+impl MountQuotas {
+    pub(crate) fn new(policy: &EffectivePolicy, limits: &crate::Limits, stop: &Arc<Stop>) -> Self {
+        let mounts = policy
+            .mounts
+            .iter()
+            .map(|mount| {
+                let quota = (mount.access == Access::ReadWrite).then(|| {
+                    Arc::new(MountQuota {
+                        guest_path: mount.guest_path.clone(),
+                        bytes_max: limits.mount_write_bytes_max,
+                        entries_max: limits.mount_write_entries_max,
+                        bytes: AtomicU64::new(0),
+                        entries: AtomicU64::new(0),
+                        stop: stop.clone(),
+                    })
+                });
+                (mount.guest_path.clone(), quota)
+            })
+            .collect();
+        Self { mounts, descriptors: HashMap::new() }
+    }
+
+    fn quota<T: 'static>(&self, fd: &Resource<T>) -> Option<Arc<MountQuota>> {
+        let mount = self.descriptors.get(&fd.rep())?;
+        self.mounts.get(mount).cloned().flatten()
+    }
+
+    fn inherit(&mut self, parent: u32, child: u32) {
+        if let Some(mount) = self.descriptors.get(&parent).cloned() {
+            self.descriptors.insert(child, mount);
+        }
+    }
+}
+
+/// `wasi:filesystem` as a run's guest sees it: wasmtime-wasi's, with the write quotas in front.
+pub(crate) struct QuotaFs<'a> {
+    pub(crate) fs: WasiFilesystemCtxView<'a>,
+    pub(crate) quotas: &'a mut MountQuotas,
+}
+
+/// The `HasData` marker the linker uses for [`QuotaFs`].
+pub(crate) struct QuotaFsData;
+
+impl HasData for QuotaFsData {
+    type Data<'a> = QuotaFs<'a>;
+}
+
+fn quota_error(code: ErrorCode) -> FsError {
+    code.into()
+}
+
+impl QuotaFs<'_> {
+    /// The size of an open file, to charge the gap a write past its end or a truncation makes.
+    fn size(&self, fd: &Resource<Descriptor>) -> FsResult<u64> {
+        match self.fs.table.get(fd)? {
+            Descriptor::File(file) => Ok(file.file.metadata().map_err(ErrorCode::from)?.len()),
+            Descriptor::Dir(_) => Err(ErrorCode::BadDescriptor.into()),
+        }
+    }
+
+    /// Whether `path` under `fd` names nothing yet (so opening it with `create` makes an entry).
+    async fn absent(&mut self, fd: &Resource<Descriptor>, path_flags: types::PathFlags, path: &str) -> bool {
+        let stat = HostDescriptor::stat_at(&mut self.fs, Resource::new_borrow(fd.rep()), path_flags, path.to_string());
+        match stat.await {
+            Ok(_) => false,
+            Err(e) => matches!(e.downcast_ref(), Some(ErrorCode::NoEntry)),
+        }
+    }
+
+    /// Wrap the stream `write_via_stream`/`append_via_stream` made so its writes are charged.
+    fn charged_stream(
+        &mut self,
+        stream: Resource<DynOutputStream>,
+        quota: Arc<MountQuota>,
+    ) -> FsResult<Resource<DynOutputStream>> {
+        let inner = self.fs.table.delete(stream)?;
+        let charged: DynOutputStream = Box::new(ChargedStream { inner, quota });
+        Ok(self.fs.table.push(charged)?)
+    }
+}
+
+impl preopens::Host for QuotaFs<'_> {
+    fn get_directories(&mut self) -> wasmtime::Result<Vec<(Resource<Descriptor>, String)>> {
+        let directories = preopens::Host::get_directories(&mut self.fs)?;
+        for (fd, guest_path) in &directories {
+            self.quotas.descriptors.insert(fd.rep(), guest_path.clone());
+        }
+        Ok(directories)
+    }
+}
+
+impl types::Host for QuotaFs<'_> {
+    fn convert_error_code(&mut self, err: FsError) -> wasmtime::Result<ErrorCode> {
+        types::Host::convert_error_code(&mut self.fs, err)
+    }
+
+    fn filesystem_error_code(&mut self, err: Resource<wasmtime::Error>) -> wasmtime::Result<Option<ErrorCode>> {
+        types::Host::filesystem_error_code(&mut self.fs, err)
+    }
+}
+
+impl HostDescriptor for QuotaFs<'_> {
+    async fn advise(
+        &mut self,
+        fd: Resource<Descriptor>,
+        offset: types::Filesize,
+        len: types::Filesize,
+        advice: types::Advice,
+    ) -> FsResult<()> {
+        HostDescriptor::advise(&mut self.fs, fd, offset, len, advice).await
+    }
+
+    async fn sync_data(&mut self, fd: Resource<Descriptor>) -> FsResult<()> {
+        HostDescriptor::sync_data(&mut self.fs, fd).await
+    }
+
+    async fn get_flags(&mut self, fd: Resource<Descriptor>) -> FsResult<types::DescriptorFlags> {
+        HostDescriptor::get_flags(&mut self.fs, fd).await
+    }
+
+    async fn get_type(&mut self, fd: Resource<Descriptor>) -> FsResult<types::DescriptorType> {
+        HostDescriptor::get_type(&mut self.fs, fd).await
+    }
+
+    async fn set_size(&mut self, fd: Resource<Descriptor>, size: types::Filesize) -> FsResult<()> {
+        if let Some(quota) = self.quotas.quota(&fd) {
+            let current = self.size(&fd)?;
+            quota.charge_bytes(size.saturating_sub(current)).map_err(quota_error)?;
+        }
+        HostDescriptor::set_size(&mut self.fs, fd, size).await
+    }
+
+    async fn set_times(
+        &mut self,
+        fd: Resource<Descriptor>,
+        atim: types::NewTimestamp,
+        mtim: types::NewTimestamp,
+    ) -> FsResult<()> {
+        HostDescriptor::set_times(&mut self.fs, fd, atim, mtim).await
+    }
+
+    async fn read(
+        &mut self,
+        fd: Resource<Descriptor>,
+        len: types::Filesize,
+        offset: types::Filesize,
+    ) -> FsResult<(Vec<u8>, bool)> {
+        HostDescriptor::read(&mut self.fs, fd, len, offset).await
+    }
+
+    async fn write(
+        &mut self,
+        fd: Resource<Descriptor>,
+        buf: Vec<u8>,
+        offset: types::Filesize,
+    ) -> FsResult<types::Filesize> {
+        if let Some(quota) = self.quotas.quota(&fd) {
+            let gap = match offset {
+                0 => 0,
+                _ => offset.saturating_sub(self.size(&fd)?),
+            };
+            quota.charge_bytes(gap.saturating_add(buf.len() as u64)).map_err(quota_error)?;
+        }
+        HostDescriptor::write(&mut self.fs, fd, buf, offset).await
+    }
+
+    async fn read_directory(&mut self, fd: Resource<Descriptor>) -> FsResult<Resource<types::DirectoryEntryStream>> {
+        HostDescriptor::read_directory(&mut self.fs, fd).await
+    }
+
+    async fn sync(&mut self, fd: Resource<Descriptor>) -> FsResult<()> {
+        HostDescriptor::sync(&mut self.fs, fd).await
+    }
+
+    async fn create_directory_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
+        let quota = self.quotas.quota(&fd);
+        if let Some(quota) = &quota {
+            quota.check_entry().map_err(quota_error)?;
+        }
+        HostDescriptor::create_directory_at(&mut self.fs, fd, path).await?;
+        quota.inspect(|q| q.created());
+        Ok(())
+    }
+
+    async fn stat(&mut self, fd: Resource<Descriptor>) -> FsResult<types::DescriptorStat> {
+        HostDescriptor::stat(&mut self.fs, fd).await
+    }
+
+    async fn stat_at(
+        &mut self,
+        fd: Resource<Descriptor>,
+        path_flags: types::PathFlags,
+        path: String,
+    ) -> FsResult<types::DescriptorStat> {
+        HostDescriptor::stat_at(&mut self.fs, fd, path_flags, path).await
+    }
+
+    async fn set_times_at(
+        &mut self,
+        fd: Resource<Descriptor>,
+        path_flags: types::PathFlags,
+        path: String,
+        atim: types::NewTimestamp,
+        mtim: types::NewTimestamp,
+    ) -> FsResult<()> {
+        HostDescriptor::set_times_at(&mut self.fs, fd, path_flags, path, atim, mtim).await
+    }
+
+    async fn link_at(
+        &mut self,
+        fd: Resource<Descriptor>,
+        old_path_flags: types::PathFlags,
+        old_path: String,
+        new_descriptor: Resource<Descriptor>,
+        new_path: String,
+    ) -> FsResult<()> {
+        let quota = self.quotas.quota(&new_descriptor);
+        if let Some(quota) = &quota {
+            quota.check_entry().map_err(quota_error)?;
+        }
+        HostDescriptor::link_at(&mut self.fs, fd, old_path_flags, old_path, new_descriptor, new_path).await?;
+        quota.inspect(|q| q.created());
+        Ok(())
+    }
+
+    async fn open_at(
+        &mut self,
+        fd: Resource<Descriptor>,
+        path_flags: types::PathFlags,
+        path: String,
+        oflags: types::OpenFlags,
+        flags: types::DescriptorFlags,
+    ) -> FsResult<Resource<Descriptor>> {
+        let parent = fd.rep();
+        let quota = self.quotas.quota(&fd);
+        let mut creates = false;
+        if let Some(quota) = &quota
+            && oflags.contains(types::OpenFlags::CREATE)
+            && self.absent(&fd, path_flags, &path).await
+        {
+            quota.check_entry().map_err(quota_error)?;
+            creates = true;
+        }
+        let opened = HostDescriptor::open_at(&mut self.fs, fd, path_flags, path, oflags, flags).await?;
+        if creates {
+            quota.inspect(|q| q.created());
+        }
+        self.quotas.inherit(parent, opened.rep());
+        Ok(opened)
+    }
+
+    fn drop(&mut self, fd: Resource<Descriptor>) -> wasmtime::Result<()> {
+        self.quotas.descriptors.remove(&fd.rep());
+        HostDescriptor::drop(&mut self.fs, fd)
+    }
+
+    async fn readlink_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<String> {
+        HostDescriptor::readlink_at(&mut self.fs, fd, path).await
+    }
+
+    async fn remove_directory_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
+        HostDescriptor::remove_directory_at(&mut self.fs, fd, path).await
+    }
+
+    async fn rename_at(
+        &mut self,
+        fd: Resource<Descriptor>,
+        old_path: String,
+        new_fd: Resource<Descriptor>,
+        new_path: String,
+    ) -> FsResult<()> {
+        // Moving an entry into another writable mount creates one there.
+        let from = self.quotas.descriptors.get(&fd.rep()).cloned();
+        let to = self.quotas.descriptors.get(&new_fd.rep()).cloned();
+        let quota = if from != to { self.quotas.quota(&new_fd) } else { None };
+        if let Some(quota) = &quota {
+            quota.check_entry().map_err(quota_error)?;
+        }
+        HostDescriptor::rename_at(&mut self.fs, fd, old_path, new_fd, new_path).await?;
+        quota.inspect(|q| q.created());
+        Ok(())
+    }
+
+    async fn symlink_at(&mut self, fd: Resource<Descriptor>, src_path: String, dest_path: String) -> FsResult<()> {
+        let quota = self.quotas.quota(&fd);
+        if let Some(quota) = &quota {
+            quota.check_entry().map_err(quota_error)?;
+        }
+        HostDescriptor::symlink_at(&mut self.fs, fd, src_path, dest_path).await?;
+        quota.inspect(|q| q.created());
+        Ok(())
+    }
+
+    async fn unlink_file_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
+        HostDescriptor::unlink_file_at(&mut self.fs, fd, path).await
+    }
+
+    fn read_via_stream(
+        &mut self,
+        fd: Resource<Descriptor>,
+        offset: types::Filesize,
+    ) -> FsResult<Resource<wasmtime_wasi::p2::DynInputStream>> {
+        HostDescriptor::read_via_stream(&mut self.fs, fd, offset)
+    }
+
+    fn write_via_stream(
+        &mut self,
+        fd: Resource<Descriptor>,
+        offset: types::Filesize,
+    ) -> FsResult<Resource<DynOutputStream>> {
+        let quota = self.quotas.quota(&fd);
+        let gap = match (&quota, offset) {
+            (Some(_), offset) if offset > 0 => offset.saturating_sub(self.size(&fd)?),
+            _ => 0,
+        };
+        if let Some(quota) = &quota {
+            quota.charge_bytes(gap).map_err(quota_error)?;
+        }
+        let stream = HostDescriptor::write_via_stream(&mut self.fs, fd, offset)?;
+        match quota {
+            Some(quota) => self.charged_stream(stream, quota),
+            None => Ok(stream),
+        }
+    }
+
+    fn append_via_stream(&mut self, fd: Resource<Descriptor>) -> FsResult<Resource<DynOutputStream>> {
+        let quota = self.quotas.quota(&fd);
+        let stream = HostDescriptor::append_via_stream(&mut self.fs, fd)?;
+        match quota {
+            Some(quota) => self.charged_stream(stream, quota),
+            None => Ok(stream),
+        }
+    }
+
+    async fn is_same_object(&mut self, a: Resource<Descriptor>, b: Resource<Descriptor>) -> wasmtime::Result<bool> {
+        HostDescriptor::is_same_object(&mut self.fs, a, b).await
+    }
+
+    async fn metadata_hash(&mut self, fd: Resource<Descriptor>) -> FsResult<types::MetadataHashValue> {
+        HostDescriptor::metadata_hash(&mut self.fs, fd).await
+    }
+
+    async fn metadata_hash_at(
+        &mut self,
+        fd: Resource<Descriptor>,
+        path_flags: types::PathFlags,
+        path: String,
+    ) -> FsResult<types::MetadataHashValue> {
+        HostDescriptor::metadata_hash_at(&mut self.fs, fd, path_flags, path).await
+    }
+}
+
+impl HostDirectoryEntryStream for QuotaFs<'_> {
+    async fn read_directory_entry(
+        &mut self,
+        stream: Resource<types::DirectoryEntryStream>,
+    ) -> FsResult<Option<types::DirectoryEntry>> {
+        HostDirectoryEntryStream::read_directory_entry(&mut self.fs, stream).await
+    }
+
+    fn drop(&mut self, stream: Resource<types::DirectoryEntryStream>) -> wasmtime::Result<()> {
+        HostDirectoryEntryStream::drop(&mut self.fs, stream)
+    }
+}
+
+/// A file stream whose writes are charged to its mount's quota first.
+struct ChargedStream {
+    inner: DynOutputStream,
+    quota: Arc<MountQuota>,
+}
+
+#[async_trait::async_trait]
+impl Pollable for ChargedStream {
+    async fn ready(&mut self) {
+        self.inner.ready().await;
+    }
+}
+
+#[async_trait::async_trait]
+impl OutputStream for ChargedStream {
+    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+        self.quota
+            .charge_bytes(bytes.len() as u64)
+            .map_err(|_| StreamError::LastOperationFailed(wasmtime::Error::new(quota_exceeded())))?;
+        self.inner.write(bytes)
+    }
+
+    fn flush(&mut self) -> Result<(), StreamError> {
+        self.inner.flush()
+    }
+
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        self.inner.check_write()
+    }
+
+    async fn write_ready(&mut self) -> Result<usize, StreamError> {
+        self.inner.write_ready().await
+    }
+
+    async fn cancel(&mut self) {
+        self.inner.cancel().await;
+    }
+}
+
+/// The I/O error a guest's `filesystem-error-code` reads as `quota`.
+fn quota_exceeded() -> std::io::Error {
+    std::io::Error::from_raw_os_error(libc::EDQUOT)
+}
+
+/// Link [`QuotaFs`] as `wasi:filesystem`, in place of wasmtime-wasi's own.
+pub(crate) fn add_to_linker(linker: &mut wasmtime::component::Linker<crate::state::HostState>) -> wasmtime::Result<()> {
+    fn view(state: &mut crate::state::HostState) -> QuotaFs<'_> {
+        QuotaFs {
+            fs: WasiFilesystemCtxView { ctx: state.wasi.filesystem(), table: &mut state.table },
+            quotas: &mut state.quotas,
+        }
+    }
+    linker.allow_shadowing(true);
+    types::add_to_linker::<_, QuotaFsData>(linker, view)?;
+    preopens::add_to_linker::<_, QuotaFsData>(linker, view)?;
+    linker.allow_shadowing(false);
+    Ok(())
+}

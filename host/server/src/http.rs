@@ -1,0 +1,123 @@
+//! Serving the API over HTTP/1.1 with the bounds a listener facing untrusted clients needs: at
+//! most `connections_max` connections at once (past that the listener waits, and the kernel's
+//! backlog holds new ones), request headers within `header_bytes_max` bytes, read within
+//! `header_read_timeout_ms` (a client that trickles headers, or a connection left idle between
+//! requests, is closed). On shutdown it stops
+//! accepting, lets each connection finish the request in flight, and closes what is still open
+//! after `CLOSE_WAIT`.
+//!
+//! Hand-written on hyper's connection builder because `axum::serve` sets none of these limits.
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+/// Default for [`HttpConfig::connections_max`].
+pub const CONNECTIONS_MAX_DEFAULT: usize = 1024;
+/// Default for [`HttpConfig::header_bytes_max`].
+pub const HEADER_BYTES_MAX_DEFAULT: usize = 64 * 1024;
+/// Default for [`HttpConfig::header_read_timeout_ms`].
+pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// The smallest header limit the daemon accepts (a browser's request headers fit it).
+pub const HEADER_BYTES_MIN: usize = 8192;
+/// How long open connections (event streams, slow clients) may take to close after shutdown.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// `[http]`: bounds on the daemon's listener.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Connections served at once; further ones wait to be accepted.
+    pub connections_max: usize,
+    /// Bytes of a request's line and headers (at least 8192); a larger request gets 431 and the
+    /// connection is closed.
+    pub header_bytes_max: usize,
+    /// Time a client has to send its request headers, ms.
+    pub header_read_timeout_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            header_bytes_max: HEADER_BYTES_MAX_DEFAULT,
+            header_read_timeout_ms: HEADER_READ_TIMEOUT_MS_DEFAULT,
+        }
+    }
+}
+
+/// Serve `router` on `listener` until `shutdown` resolves, then finish the requests in flight.
+///
+/// # Errors
+/// Only when the listener itself fails; a failed connection is logged and served no more.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    config: HttpConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let permits = Arc::new(Semaphore::new(config.connections_max.max(1)));
+    let (closing, closed) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        while connections.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors, say: the connections in flight will free some.
+                    tracing::warn!(error = %e, "accepting a connection failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let mut closed = closed.clone();
+        let config = config.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(Some(Duration::from_millis(config.header_read_timeout_ms)))
+                .max_header_size(config.header_bytes_max.max(HEADER_BYTES_MIN))
+                .keep_alive(true);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                served = connection.as_mut() => {
+                    if let Err(e) = served {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                }
+                _ = closed.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    let _ = closing.send(true);
+    if tokio::time::timeout(CLOSE_WAIT, async { while connections.join_next().await.is_some() {} }).await.is_err() {
+        tracing::warn!(open = connections.len(), "closing connections still open after shutdown");
+        connections.abort_all();
+    }
+    Ok(())
+}

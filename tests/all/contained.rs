@@ -1,0 +1,167 @@
+//! Hostile guests pushing on what the host holds for them: recordings, tapes, writable mounts,
+//! open files, outputs, fuel and wall time. Each is stopped with the right limit and exit code,
+//! the host's own memory stays bounded, the run is still sealed, and its bundle replays to the
+//! same ending (every stop is deterministic).
+
+use crate::{Guild, Ran, mount, tree};
+use guild_test_artifacts::{HOSTILE, LIAR};
+
+/// The bundle a run sealed, replayed by a fresh auditor's `guild replay`.
+fn replays_identically(guild: &Guild, ran: &Ran) {
+    let bundle = ran.summary()["bundle"].as_str().unwrap_or_else(|| panic!("no bundle: {ran:?}")).to_string();
+    let replay = guild.run(&["replay", &bundle]);
+    assert_eq!(replay.code, 0, "the stop is deterministic, so the replay is identical: {replay:?}");
+    assert!(replay.stdout.contains("replay identical"), "{replay:?}");
+}
+
+fn rss_mib(ran: &Ran) -> u64 {
+    ran.summary()["host_rss_bytes_peak"].as_u64().expect("this host reports its peak memory") >> 20
+}
+
+#[test]
+fn refused_posts_are_recorded_small_and_stop_at_the_recording_limit() {
+    let guild = Guild::new();
+    // No egress grant: every 64 KiB POST is refused before its body is read. (The resources
+    // the guest leaks per request are allowed, so the recording's own limit is what stops it.)
+    let input = r#"{"attack":"refused-posts","url":"http://127.0.0.1:9/upload","body_bytes":65536,"count":10000000}"#;
+    let ran = guild.run_tool(HOSTILE, input, &["--recording-bytes", "1MiB", "--wasi-resources", "1000000"]);
+    ran.expect_code(3).expect_stderr("recording limit of 1 MiB reached");
+    let summary = ran.summary();
+    let refused = summary["egress_refusals"].as_u64().expect("count");
+    assert!(refused > 1000, "{summary}");
+    assert!(summary["egress_denials"].as_array().expect("reasons").len() <= 16, "the reasons kept are bounded");
+    // Thousands of refused 64 KiB bodies (hundreds of MiB had they been recorded), and the host
+    // held one MiB of recording for them.
+    assert!(rss_mib(&ran) < 150, "host peak {} MiB after {refused} refusals", rss_mib(&ran));
+    replays_identically(&guild, &ran);
+}
+
+#[test]
+fn a_clock_flood_stops_at_the_recording_limit_at_the_same_read_every_time() {
+    let guild = Guild::new();
+    let input = r#"{"attack":"clock-flood","reads":10000000}"#;
+    let ran = guild.run_tool(HOSTILE, input, &["--recording-bytes", "8MiB"]);
+    ran.expect_code(3).expect_stderr("recording limit of 8 MiB reached");
+    assert!(rss_mib(&ran) < 200, "host peak {} MiB", rss_mib(&ran));
+    replays_identically(&guild, &ran);
+}
+
+#[test]
+fn the_tape_event_limit_stops_the_guest_at_that_host_call() {
+    let guild = Guild::new();
+    let input = r#"{"attack":"clock-flood","reads":10000000}"#;
+    let ran = guild.run_tool(HOSTILE, input, &["--recording-bytes", "2GiB", "--timeout", "60s"]);
+    ran.expect_code(3).expect_stderr("tape limit of 1000000 events reached");
+    replays_identically(&guild, &ran);
+}
+
+#[test]
+fn writes_past_a_mount_quota_fail_for_the_guest_and_end_the_run_at_the_limit() {
+    let guild = Guild::new();
+    let data = tree(&[]);
+    let rw = mount(data.path(), "/data", "rw");
+    let flood = r#"{"attack":"write-flood","name":"big.bin","bytes":10485760,"chunk_bytes":65536,"more_files":0}"#;
+    let ran = guild.run_tool(HOSTILE, flood, &["--dir", &rw, "--mount-write-bytes", "1MiB"]);
+    ran.expect_code(3).expect_stderr("write quota of mount /data reached").expect_stderr("raise --mount-write-bytes");
+    let written = std::fs::metadata(data.path().join("big.bin")).expect("the file").len();
+    assert!(written <= 1 << 20, "{written} bytes landed past the quota");
+    replays_identically(&guild, &ran);
+
+    let files = r#"{"attack":"write-flood","name":"f","bytes":1,"chunk_bytes":1,"more_files":1000}"#;
+    let ran = guild.run_tool(HOSTILE, files, &["--dir", &rw, "--mount-write-entries", "20"]);
+    ran.expect_code(3).expect_stderr("raise --mount-write-entries");
+    let created = std::fs::read_dir(data.path()).expect("dir").count();
+    assert!(created <= 21, "{created} entries in the mount");
+}
+
+#[test]
+fn a_sparse_write_past_a_files_end_is_charged_for_the_gap() {
+    let guild = Guild::new();
+    let data = tree(&[]);
+    let input = r#"{"attack":"sparse-write","name":"sparse.bin","offset":1099511627776}"#;
+    let ran = guild.run_tool(HOSTILE, input, &["--dir", &mount(data.path(), "/data", "rw")]);
+    ran.expect_code(3).expect_stderr("write quota of mount /data reached");
+    let size = std::fs::metadata(data.path().join("sparse.bin")).map(|m| m.len()).unwrap_or(0);
+    assert!(size < 1 << 20, "a {size}-byte file would be read whole to seal the run");
+}
+
+#[test]
+fn a_large_written_file_is_sealed_by_streaming_and_replays() {
+    let guild = Guild::new();
+    let data = tree(&[]);
+    let input = r#"{"attack":"write-flood","name":"out.bin","bytes":33554432,"chunk_bytes":1048576,"more_files":0}"#;
+    let ran = guild.run_tool(HOSTILE, input, &["--dir", &mount(data.path(), "/data", "rw"), "--timeout", "60s"]);
+    ran.expect_code(0);
+    // The host streamed the 32 MiB output tree into the store.
+    assert!(rss_mib(&ran) < 32 + 150, "host peak {} MiB", rss_mib(&ran));
+    replays_identically(&guild, &ran);
+}
+
+#[test]
+fn open_files_stop_at_the_resource_limit_far_below_the_process_limit() {
+    let guild = Guild::new();
+    let data = tree(&[]);
+    let input = r#"{"attack":"open-files","name":"held.txt","count":100000}"#;
+    let ran = guild.run_tool(HOSTILE, input, &["--dir", &mount(data.path(), "/data", "rw")]);
+    ran.expect_code(3).expect_stderr("WASI resource limit of 256 reached").expect_stderr("raise --wasi-resources");
+    replays_identically(&guild, &ran);
+    let ran = guild.run_tool(HOSTILE, input, &["--dir", &mount(data.path(), "/data", "rw"), "--wasi-resources", "64"]);
+    ran.expect_code(3).expect_stderr("WASI resource limit of 64 reached");
+}
+
+#[test]
+fn huge_outputs_are_refused_before_they_are_copied() {
+    let guild = Guild::new();
+    // 200 MiB of output: past wasmtime's own 128 MiB copy bound, and far past the output limit.
+    let input = r#"{"attack":"output","bytes":209715200}"#;
+    let ran = guild.run_tool(HOSTILE, input, &["--memory", "1GiB", "--timeout", "60s"]);
+    ran.expect_code(3).expect_stderr("output exceeds the limit of 1 MiB (raise --output-bytes)");
+    assert!(!ran.stderr.contains("hostcalls"), "{ran:?}");
+    // The guest's memory is its own; the host never copied its output.
+    assert!(rss_mib(&ran) < 1024 + 150, "host peak {} MiB", rss_mib(&ran));
+}
+
+#[test]
+fn a_timed_out_run_is_charged_the_fuel_it_burnt() {
+    let ran =
+        Guild::new().run_tool(HOSTILE, r#"{"attack":"loop"}"#, &["--fuel", "1000000000000000", "--timeout", "1s"]);
+    ran.expect_code(3).expect_stderr("timed out after 1s");
+    let fuel = ran.summary()["fuel_used_units"].as_u64().expect("fuel");
+    // Fuel burns at billions of units a second; before, a timed-out run was charged its fuel
+    // at its last host call (a few thousand units).
+    assert!(fuel > 100_000_000, "charged {fuel} units for a second of spinning");
+}
+
+#[test]
+fn replay_is_bound_by_fuel_and_a_slow_replay_is_not_a_divergence() {
+    let guild = Guild::new();
+    // A run that computes for a while and finishes well within its timeout.
+    let ran = guild.run_tool(HOSTILE, r#"{"attack":"spin","rounds":300000000}"#, &["--timeout", "60s"]);
+    ran.expect_code(0);
+    let bundle = ran.summary()["bundle"].as_str().expect("bundle").to_string();
+    let slow = guild.run(&["replay", &bundle, "--backstop", "20ms"]);
+    assert_eq!(slow.code, 17, "{slow:?}");
+    assert!(
+        slow.stderr.contains("replay too slow") && slow.stderr.contains("says nothing about the bundle"),
+        "{slow:?}"
+    );
+    guild.run(&["replay", &bundle]).expect_code(0);
+}
+
+#[test]
+fn output_that_breaks_the_contract_is_a_tool_failure_on_record() {
+    let guild = Guild::new();
+    let raw = |text: &str| serde_json::json!({ "raw": text }).to_string();
+    let surrogate = guild.run_tool(LIAR, &raw(r#"{"s":"a\ud800b"}"#), &[]);
+    surrogate.expect_code(1).expect_stderr("not valid JSON");
+    replays_identically(&guild, &surrogate);
+    guild
+        .run_tool(LIAR, &raw("[1,2]"), &[])
+        .expect_code(1)
+        .expect_stderr("does not match its declared output schema at /");
+    guild.run_tool(LIAR, &raw(r#"{"s":7}"#), &[]).expect_code(1).expect_stderr("declared output schema at /s");
+    guild.run_tool(LIAR, &raw("not json"), &[]).expect_code(1).expect_stderr("not valid JSON");
+    let fine = guild.run_tool(LIAR, &raw(r#"{"s":"ok \ud83d\ude00"}"#), &[]);
+    fine.expect_code(0);
+    assert_eq!(fine.json()["s"], "ok 😀");
+}

@@ -1,0 +1,318 @@
+//! The tenant boundary and the listener, tried as another tenant and as an unauthenticated
+//! client would: every route and MCP session that an id names answers only for its owner (an
+//! admin excepted, and audited), with the same 404 as for an id that does not exist; no body is
+//! read before its sender is authenticated; headers, idle connections and slow clients are
+//! bounded; and the daemon keeps answering while heavy work runs.
+
+use crate::Guild;
+use crate::daemon::{Daemon, Reply, config_file, token_digest};
+use guild_test_artifacts::{ECHO, MATMUL, WC};
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+const ALICE: &str = "alice-token";
+const BOB: &str = "bob-token";
+const ROOT: &str = "root-token";
+
+fn config(extra: &str) -> String {
+    config_with_tools("", extra)
+}
+
+fn config_with_tools(tools: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[tools]]
+path = "{echo}"
+{tools}
+
+[[tenants]]
+name = "alice"
+token_blake3 = "{alice}"
+tools = ["*"]
+
+[[tenants]]
+name = "bob"
+token_blake3 = "{bob}"
+tools = ["*"]
+
+[[tenants]]
+name = "root"
+token_blake3 = "{root}"
+tools = ["*"]
+admin = true
+{extra}
+"#,
+        echo = ECHO,
+        alice = token_digest(ALICE),
+        bob = token_digest(BOB),
+        root = token_digest(ROOT),
+    )
+}
+
+fn same_answer(a: &Reply, b: &Reply, what: &str) {
+    assert_eq!(a.status, 404, "{what}: {}", String::from_utf8_lossy(&a.body));
+    assert_eq!((a.status, &a.body), (b.status, &b.body), "{what}: someone else's must look exactly like nothing");
+}
+
+fn audit_events(guild: &Guild) -> Vec<Value> {
+    let text = std::fs::read_to_string(guild.home().join("audit.log")).expect("audit log");
+    text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|r| r["event"].is_object()).collect()
+}
+
+#[test]
+fn another_tenants_runs_and_bundles_look_exactly_like_absent_ones() {
+    let guild = Guild::new();
+    let daemon = Daemon::start(&guild, &["--config", &config_file(guild.home(), &config(""))], &[]);
+    let run = daemon.run(ALICE, json!({"tool": "echo", "input": {"message": "alice's"}})).json();
+    let (id, bundle) = (run["id"].as_str().expect("id"), run["bundle"].as_str().expect("bundle"));
+    let absent_run = "0123456789abcdef0123456789abcdef";
+    let absent_bundle = "ab".repeat(32);
+
+    let theirs = daemon.call("GET", &format!("/v1/runs/{id}"), BOB, "");
+    let nothing = daemon.call("GET", &format!("/v1/runs/{absent_run}"), BOB, "");
+    same_answer(&theirs, &nothing, "GET /v1/runs/{id}");
+    let theirs = daemon.call("GET", &format!("/v1/bundles/{bundle}"), BOB, "");
+    let nothing = daemon.call("GET", &format!("/v1/bundles/{absent_bundle}"), BOB, "");
+    same_answer(&theirs, &nothing, "GET /v1/bundles/{id}");
+    // No prefixes over the network, not even for the owner: a prefix is a search.
+    let prefix = daemon.call("GET", &format!("/v1/bundles/{}", &bundle[..12]), ALICE, "");
+    same_answer(&prefix, &nothing, "GET /v1/bundles/{prefix}");
+    for malformed in ["..%2f..%2fkeys", "ZZZ", &"a".repeat(65)] {
+        let reply = daemon.call("GET", &format!("/v1/bundles/{malformed}"), ALICE, "");
+        same_answer(&reply, &nothing, "a malformed id");
+    }
+
+    assert_eq!(
+        daemon.call("GET", &format!("/v1/runs/{id}"), ALICE, "").json()["output"],
+        json!({"message": "alice's"})
+    );
+    let archive = daemon.call("GET", &format!("/v1/bundles/{bundle}"), ALICE, "");
+    assert_eq!(archive.status, 200);
+    let file = guild.home().join("alice.tar.zst");
+    std::fs::write(&file, &archive.body).expect("write");
+    Guild::new().run(&["bundle", "verify", file.to_str().expect("utf-8")]).expect_code(0);
+
+    // An admin may look, and every look at another tenant's data is in the audit log.
+    assert!(audit_events(&guild).is_empty());
+    assert_eq!(daemon.call("GET", &format!("/v1/runs/{id}"), ROOT, "").status, 200);
+    assert_eq!(daemon.call("GET", &format!("/v1/bundles/{bundle}"), ROOT, "").status, 200);
+    let events = audit_events(&guild);
+    let details: Vec<&str> = events.iter().filter_map(|e| e["event"]["detail"].as_str()).collect();
+    assert_eq!(details, [format!("run {id}"), format!("bundle {bundle}")], "{events:?}");
+    assert!(events.iter().all(|e| e["event"]["kind"] == "admin_read" && e["event"]["actor"] == "root"));
+    assert!(events.iter().all(|e| e["tenant"] == "alice"), "the record names whose data was read");
+    drop(daemon);
+    guild.run(&["audit", "verify"]).expect_code(0);
+}
+
+/// An MCP client of the initialize-handshake generation over raw HTTP.
+struct McpSession {
+    port: u16,
+    token: &'static str,
+    id: String,
+}
+
+const ACCEPT: (&str, &str) = ("accept", "application/json, text/event-stream");
+const JSON: (&str, &str) = ("content-type", "application/json");
+const PROTOCOL: (&str, &str) = ("mcp-protocol-version", "2025-06-18");
+
+/// The JSON-RPC messages of a response (a JSON body or an event stream).
+fn messages(reply: &Reply) -> Vec<Value> {
+    let text = String::from_utf8_lossy(&reply.body);
+    if reply.headers.get("content-type").is_some_and(|t| t.contains("event-stream")) {
+        return text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str(d.trim()).ok())
+            .collect();
+    }
+    serde_json::from_str(&text).map(|v| vec![v]).unwrap_or_default()
+}
+
+impl McpSession {
+    fn open(daemon: &Daemon, token: &'static str) -> Self {
+        let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
+        let reply = daemon.call_with("POST", "/mcp", token, init.to_string().as_bytes(), &[ACCEPT, JSON]);
+        assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+        let id = reply.headers.get("mcp-session-id").expect("a session id").clone();
+        let session = Self { port: daemon.port, token, id };
+        let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        assert_eq!(session.post_as(token, &initialized).status, 202);
+        session
+    }
+
+    fn post_as(&self, token: &str, body: &Value) -> Reply {
+        let headers = [ACCEPT, JSON, PROTOCOL, ("mcp-session-id", self.id.as_str())];
+        crate::daemon::call(self.port, "POST", "/mcp", token, body.to_string().as_bytes(), &headers)
+    }
+
+    fn call_as(&self, token: &str, method: &str) -> Reply {
+        let headers = [ACCEPT, PROTOCOL, ("mcp-session-id", self.id.as_str())];
+        crate::daemon::call(self.port, method, "/mcp", token, b"", &headers)
+    }
+
+    fn list_tools(&self) -> Reply {
+        self.post_as(self.token, &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
+    }
+}
+
+#[test]
+fn an_mcp_session_answers_only_the_tenant_that_opened_it() {
+    let guild = Guild::new();
+    let daemon = Daemon::start(&guild, &["--config", &config_file(guild.home(), &config(""))], &[]);
+    let alices = McpSession::open(&daemon, ALICE);
+    let listed = alices.list_tools();
+    assert_eq!(listed.status, 200);
+    assert!(messages(&listed).iter().any(|m| m["result"]["tools"].is_array()), "{:?}", messages(&listed));
+
+    let nobodys = McpSession { port: daemon.port, token: BOB, id: "6b1e1a1e-0000-4000-8000-000000000000".into() };
+    let list = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"});
+    same_answer(&alices.post_as(BOB, &list), &nobodys.post_as(BOB, &list), "POST into another tenant's session");
+    same_answer(&alices.call_as(BOB, "GET"), &nobodys.call_as(BOB, "GET"), "attaching to its event stream");
+    let (deleted, nothing) = (alices.call_as(BOB, "DELETE"), nobodys.call_as(BOB, "DELETE"));
+    assert_eq!((deleted.status, &deleted.body), (nothing.status, &nothing.body), "DELETE of another's session");
+    assert_eq!(alices.list_tools().status, 200, "bob's DELETE did not end alice's session");
+    assert_eq!(alices.call_as(ALICE, "DELETE").status, 202, "alice may end her own");
+    assert_eq!(alices.list_tools().status, 404);
+}
+
+#[test]
+fn live_mcp_sessions_are_bounded() {
+    let guild = Guild::new();
+    let config = config("[mcp]\nsessions_max = 2\n");
+    let daemon = Daemon::start(&guild, &["--config", &config_file(guild.home(), &config)], &[]);
+    let first = McpSession::open(&daemon, ALICE);
+    let _second = McpSession::open(&daemon, BOB);
+    let init = json!({"jsonrpc": "2.0", "id": 7, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
+    let third = daemon.call_with("POST", "/mcp", ALICE, init.to_string().as_bytes(), &[ACCEPT, JSON]);
+    assert_eq!(third.status, 503);
+    assert!(third.headers.contains_key("retry-after"));
+    let error = third.json();
+    assert_eq!(error["id"], 7);
+    assert!(error["error"]["message"].as_str().expect("message").contains("mcp.sessions_max"), "{error}");
+    assert_eq!(first.call_as(ALICE, "DELETE").status, 202);
+    let fourth = daemon.call_with("POST", "/mcp", ALICE, init.to_string().as_bytes(), &[ACCEPT, JSON]);
+    assert_eq!(fourth.status, 200, "a closed session frees its place");
+}
+
+/// Send `head` (and `body`) on a fresh connection; the status line of the answer and how long it
+/// took, reading at most `within`.
+fn raw(port: u16, head: &str, body: &[u8], within: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(within)).expect("timeout");
+    stream.write_all(head.as_bytes()).expect("head");
+    let _ = stream.write_all(body);
+    let mut answer = vec![0u8; 512];
+    let read = stream.read(&mut answer).unwrap_or(0);
+    let status = String::from_utf8_lossy(&answer[..read]).lines().next().unwrap_or_default().to_string();
+    (status, started.elapsed())
+}
+
+#[test]
+fn no_body_is_read_before_its_sender_is_authenticated() {
+    let guild = Guild::new();
+    let daemon = Daemon::start(&guild, &["--config", &config_file(guild.home(), &config(""))], &[]);
+    // 128 MiB announced, one KiB sent: the answer comes without the rest ever being read.
+    for (path, token) in [("/v1/tools", ""), ("/v1/runs", ""), ("/v1/tools", BOB), ("/mcp", "")] {
+        let auth = if token.is_empty() { String::new() } else { format!("authorization: Bearer {token}\r\n") };
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n{auth}content-type: application/json\r\ncontent-length: 134217728\r\n\r\n"
+        );
+        let (status, took) = raw(daemon.port, &head, &[b'x'; 1024], Duration::from_secs(10));
+        let expected = if token.is_empty() { "401" } else { "403" };
+        assert!(status.contains(expected), "POST {path}: {status:?}");
+        assert!(took < Duration::from_secs(3), "POST {path} answered only after {took:?}");
+    }
+}
+
+#[test]
+fn headers_idle_connections_and_slow_clients_are_bounded() {
+    let guild = Guild::new();
+    let limits = "[http]\nconnections_max = 3\nheader_bytes_max = 16384\nheader_read_timeout_ms = 600\n";
+    let daemon = Daemon::start(&guild, &["--config", &config_file(guild.home(), &config(limits))], &[]);
+    let big = format!("GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\nx-padding: {}\r\n\r\n", "p".repeat(32 * 1024));
+    let (status, _) = raw(daemon.port, &big, b"", Duration::from_secs(5));
+    assert!(status.contains("431"), "{status:?}");
+
+    // Three idle connections take every place; the next request is served once they time out.
+    let idle: Vec<TcpStream> =
+        (0..3).map(|_| TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect")).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let (status, took) =
+        raw(daemon.port, "GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n", b"", Duration::from_secs(10));
+    assert!(status.contains("200"), "{status:?}");
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "served after {took:?}");
+    drop(idle);
+
+    // A client trickling its headers is cut off.
+    let mut slow = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
+    slow.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\n").expect("write");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    assert!(started.elapsed() < Duration::from_secs(4), "a slow client held its connection {:?}", started.elapsed());
+    assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
+}
+
+#[test]
+fn healthz_keeps_answering_while_an_export_and_a_cpu_gpu_run_are_in_progress() {
+    let guild = Guild::new();
+    let data = tempfile::tempdir().expect("tempdir");
+    // Incompressible, so exporting its bundle (zstd) takes a while.
+    let mut noise = vec![0u8; 48 << 20];
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    for chunk in noise.chunks_mut(8) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(data.path().join("noise.bin"), &noise).expect("write");
+    let extra = format!(
+        "[[tools]]\npath = \"{WC}\"\n[[tools.mounts]]\nhost = \"{}\"\nguest = \"/data\"\naccess = \"ro\"\n\n\
+         [[tools]]\npath = \"{MATMUL}\"\n[tools.limits]\ntimeout_ms = 120000\n",
+        data.path().display()
+    );
+    let text = config_with_tools(&extra, "");
+    let daemon = Daemon::start(&guild, &["--config", &config_file(guild.home(), &text), "--gpu", "cpu"], &[]);
+    let counted = daemon.run(ALICE, json!({"tool": "wc", "input": {"path": "/data"}})).json();
+    let bundle = counted["bundle"].as_str().unwrap_or_else(|| panic!("{counted}")).to_string();
+
+    let port = daemon.port;
+    let export = std::thread::spawn(move || {
+        let started = Instant::now();
+        let reply = crate::daemon::call(port, "GET", &format!("/v1/bundles/{bundle}"), ALICE, b"", &[]);
+        (reply.status, reply.body.len(), started.elapsed())
+    });
+    let matmul = json!({"tool": "matmul", "input": {"random": {"m": 384, "k": 384, "n": 384}, "repeat": 4}});
+    let gpu = std::thread::spawn(move || {
+        let started = Instant::now();
+        let reply = crate::daemon::call(port, "POST", "/v1/runs", ALICE, matmul.to_string().as_bytes(), &[]);
+        (reply.status, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let mut latencies = Vec::new();
+    while !(export.is_finished() && gpu.is_finished()) && latencies.len() < 200 {
+        let started = Instant::now();
+        assert_eq!(daemon.call("GET", "/healthz", "", "").status, 200);
+        latencies.push(started.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, bytes, export_took) = export.join().expect("export");
+    assert_eq!(status, 200);
+    assert!(bytes > 40 << 20, "the whole archive arrived ({bytes} bytes)");
+    let (status, gpu_took) = gpu.join().expect("gpu run");
+    assert_eq!(status, 200);
+    latencies.sort();
+    assert!(latencies.len() >= 5, "the work took {export_took:?} and {gpu_took:?}: too short to measure");
+    let p90 = latencies[latencies.len() * 9 / 10];
+    let worst = *latencies.last().expect("some");
+    assert!(p90 < Duration::from_millis(50), "p90 {p90:?}, worst {worst:?} over {} probes", latencies.len());
+    assert!(worst < Duration::from_millis(250), "worst {worst:?} (p90 {p90:?})");
+}
