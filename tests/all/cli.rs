@@ -2,7 +2,7 @@
 //! compiled-component cache.
 
 use crate::{Guild, mount, tree};
-use guild_test_artifacts::{ECHO, HOSTILE, OTHER_WORLD};
+use guild_test_artifacts::{ECHO, FOREIGN_IMPORT, HOSTILE, OTHER_WORLD};
 
 #[test]
 fn run_prints_output_on_stdout_and_a_summary_on_stderr() {
@@ -48,6 +48,14 @@ fn describe_prints_the_tool_info_with_its_digest() {
     let hostile = Guild::new().run(&["describe", HOSTILE]).json();
     assert_eq!(hostile["capabilities"]["dirs"][0]["guest_path"], "/data");
     assert_eq!(hostile["capabilities"]["dirs"][0]["access"], "read-write");
+}
+
+#[test]
+fn an_import_the_host_does_not_link_is_refused_by_name() {
+    Guild::new()
+        .run(&["describe", FOREIGN_IMPORT])
+        .expect_code(5)
+        .expect_stderr("the component imports fixture:foreign/store@0.1.0, which Guild does not provide");
 }
 
 #[test]

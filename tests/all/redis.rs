@@ -616,3 +616,108 @@ fn a_tool_failed_by_its_upstream_is_retried_and_each_attempt_audited() {
     let id = body["id"].as_str().expect("id");
     assert_eq!(daemon.call("GET", &format!("/v1/runs/{id}"), TOKEN, "").json()["attempts"], 1);
 }
+
+#[test]
+fn a_corrupt_done_entry_is_buried_with_an_audit_record_and_auditing_goes_on() {
+    let redis = RedisServer::start();
+    let api = Guild::new();
+    let daemon = api_node(&api, &redis);
+    let cache = tempfile::tempdir().expect("cache");
+    let _worker = Worker::start(&redis.url(), cache.path(), "w", 2);
+    let first = submit(&daemon, &json!({"tool": "echo", "input": {"message": "before"}, "async": true}));
+    wait_audited(&api, std::slice::from_ref(&first), Duration::from_secs(30));
+    // What another version, or damage, might leave in the done stream.
+    let entry = redis.cli(&["XADD", "guild:{default}:done", "*", "kind", "completed", "result", "{not a result"]);
+    let second = submit(&daemon, &json!({"tool": "echo", "input": {"message": "after"}, "async": true}));
+    let audited = wait_audited(&api, std::slice::from_ref(&second), Duration::from_secs(30));
+    assert_eq!(audited.get(&second), Some(&1), "auditing carried on past the corrupt entry");
+    let events: Vec<serde_json::Value> =
+        audit_records(&api).into_iter().filter(|r| r["event"]["kind"] == "corrupt_done_entry").collect();
+    assert_eq!(events.len(), 1, "one record for the corrupt entry");
+    assert!(events[0]["event"]["detail"].as_str().expect("detail").contains(&entry), "{events:?}");
+    let dead = api.run(&["jobs", "dead", "--json", "--redis", &redis.url()]);
+    let dead: Vec<serde_json::Value> = dead.stdout.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    assert!(dead.iter().any(|d| d["id"] == entry.as_str() && d["error"]["status"] == "corrupt_done_entry"), "{dead:?}");
+    assert_eq!(redis.cli(&["XLEN", "guild:{default}:done"]), "0", "nothing is left to redeliver");
+    drop(daemon);
+    api.run(&["audit", "verify"]).expect_code(0);
+}
+
+#[test]
+fn a_sync_wait_for_a_job_redis_forgot_ends_with_a_clear_error() {
+    let redis = RedisServer::start();
+    let api = Guild::new();
+    let daemon = api_node(&api, &redis);
+    // No worker: the job waits in Redis, and a sync caller waits for it...
+    let port = daemon.port;
+    let waiting = std::thread::spawn(move || {
+        let body = json!({"tool": "echo", "input": {"message": "lost"}});
+        crate::daemon::call(port, "POST", "/v1/runs", TOKEN, body.to_string().as_bytes(), &[])
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // ...until Redis loses it (FLUSHALL stands for an expiry or a lost node).
+    redis.cli(&["FLUSHALL"]);
+    let reply = waiting.join().expect("caller");
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    let run = reply.json();
+    assert_eq!((run["status"].as_str(), run["error"]["status"].as_str()), (Some("failed"), Some("expired")), "{run}");
+}
+
+/// A "Redis" on `port` that accepts connections and never answers, until `stop` is set.
+fn silent_redis(port: u16, stop: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<()> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Ok((stream, _)) = listener.accept() {
+                held.push(stream);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })
+}
+
+/// The breaker in front of Redis: a probe whose caller gave up mid-call (its future dropped, as
+/// when an HTTP client disconnects) counts as a failure, so the breaker probes again later
+/// instead of answering 503 for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_probe_dropped_mid_call_does_not_stick_the_breaker_open() {
+    let port = free_port();
+    let settings = guild_queue::RedisSettings {
+        breaker_open_ms: 200,
+        ..guild_queue::RedisSettings::new(format!("redis://127.0.0.1:{port}/"))
+    };
+    let queue = guild_queue::RedisQueue::open(settings).expect("queue");
+    assert!(queue.ping().await.is_err(), "nothing listens");
+    assert!(queue.is_circuit_open());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let silent = silent_redis(port, stop.clone());
+    // Once the client reconnects (it may first report its last failure), a probe reaches the
+    // silent Redis and waits; its caller gives up.
+    let mut dropped = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if tokio::time::timeout(Duration::from_millis(300), queue.ping()).await.is_err() {
+            dropped = true;
+            break;
+        }
+    }
+    assert!(dropped, "no probe ever waited on the silent Redis");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    silent.join().expect("silent redis");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut real = spawn_redis(dir.path(), port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut answered = false;
+    while Instant::now() < deadline {
+        if queue.ping().await.is_ok() {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = real.kill();
+    let _ = real.wait();
+    assert!(answered, "the breaker stayed open after its probe was dropped");
+}

@@ -21,4 +21,4 @@ pub use job::{
     Accepted, Completion, DeadJob, Disposition, Job, JobResult, JobState, JobStatus, Lease, QueueStats, WorkerStats,
     backoff_ms, now_unix_ms,
 };
-pub use redis::{DoneEntry, QueueError, RedisQueue, RedisSettings};
+pub use redis::{DoneEntry, DoneRead, QueueError, RedisQueue, RedisSettings};

@@ -7,7 +7,7 @@
 //! | `jobs` | stream | one entry per delivery of a job (`job` = id); acked and deleted when settled |
 //! | `job:<id>` | hash | `body` (the job JSON), `state`, `attempts`, `attempts_max`, `worker`, `entry`, `tenant`, `tool`, `idem`; expires with the result |
 //! | `result:<id>` | string | the [`JobResult`] JSON, for `results_ttl_s` |
-//! | `key:<tenant>:<key>` | string | the job an idempotency key names; expires with the result |
+//! | `key:<tenant length>:<tenant>:<key>` | string | the job an idempotency key names; expires with the result |
 //! | `delayed` | sorted set | job ids by the unix ms their retry is due |
 //! | `dead` | stream | the dead-letter stream: job, tenant, tool, attempts, error, bundle |
 //! | `done` | stream | every finished attempt (`kind` = completed, duplicate or dead) for the audit log; group `audit` |
@@ -140,6 +140,34 @@ impl From<Open> for QueueError {
     }
 }
 
+/// Bytes of a corrupt done entry kept in the dead-letter stream, for a person to look at.
+const CORRUPT_RAW_BYTES_KEPT: usize = 4096;
+
+/// At most `bytes` of `text`, on a character boundary.
+fn clip(text: &str, bytes: usize) -> String {
+    let mut end = bytes.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// One entry of the done stream: a finished attempt, or one that cannot be read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DoneRead {
+    /// A finished attempt.
+    Entry(Box<DoneEntry>),
+    /// An entry whose result does not parse (written by another version, or damaged).
+    Corrupt {
+        /// The stream entry.
+        entry: String,
+        /// Why it cannot be read.
+        reason: String,
+        /// The start of what it holds.
+        raw: String,
+    },
+}
+
 /// A finished attempt read from the done stream by an API node's audit writer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DoneEntry {
@@ -202,8 +230,10 @@ impl Keys {
     fn result(&self, id: &str) -> String {
         format!("{}result:{id}", self.prefix)
     }
+    /// The tenant's name is length-prefixed: tenant `a` with key `b:c` and tenant `a:b` with key
+    /// `c` must not name the same job.
     fn idempotency(&self, tenant: &str, key: &str) -> String {
-        format!("{}key:{tenant}:{key}", self.prefix)
+        format!("{}key:{}:{tenant}:{key}", self.prefix, tenant.len())
     }
     fn blob(&self, digest: &Digest) -> String {
         format!("{}blob:{digest}", self.prefix)
@@ -776,7 +806,7 @@ impl RedisQueue {
 
     /// Finished attempts for this API node's audit log: first its own unacknowledged ones
     /// (after a restart), those another node left for `idle` (it died), then new ones.
-    pub async fn read_done(&self, consumer: &str, count: usize, block: Duration) -> Result<Vec<DoneEntry>, QueueError> {
+    pub async fn read_done(&self, consumer: &str, count: usize, block: Duration) -> Result<Vec<DoneRead>, QueueError> {
         let stream = self.inner.keys.key("done");
         let claimed: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
             .arg(&stream)
@@ -807,17 +837,47 @@ impl RedisQueue {
                 .map_err(from_redis)?;
             entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
         }
-        entries
+        Ok(entries
             .into_iter()
             .map(|entry| {
                 let text: String = entry.get("result").unwrap_or_default();
-                Ok(DoneEntry {
-                    kind: entry.get("kind").unwrap_or_default(),
-                    result: parse_result(&text)?,
-                    entry: entry.id,
-                })
+                match parse_result(&text) {
+                    Ok(result) => DoneRead::Entry(Box::new(DoneEntry {
+                        kind: entry.get("kind").unwrap_or_default(),
+                        result,
+                        entry: entry.id,
+                    })),
+                    Err(e) => DoneRead::Corrupt {
+                        entry: entry.id,
+                        reason: e.to_string(),
+                        raw: clip(&text, CORRUPT_RAW_BYTES_KEPT),
+                    },
+                }
             })
-            .collect()
+            .collect())
+    }
+
+    /// Move a done-stream entry that cannot be read to the dead-letter stream (with why, and
+    /// the start of what it held) and acknowledge it, so the audit writer goes on.
+    pub async fn bury_done(&self, entry: &str, reason: &str, raw: &str) -> Result<(), QueueError> {
+        let keys = &self.inner.keys;
+        let done = keys.key("done");
+        let error = serde_json::json!({ "status": "corrupt_done_entry", "message": reason }).to_string();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("XADD")
+            .arg(keys.key("dead"))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.inner.settings.dead_kept_max)
+            .arg("*")
+            .arg(&[("job", entry), ("kind", "corrupt_done_entry"), ("error", error.as_str()), ("raw", raw)])
+            .arg(&[("time", now_unix_ms())])
+            .ignore();
+        pipe.cmd("XACK").arg(&done).arg(AUDIT_GROUP).arg(entry).ignore();
+        pipe.cmd("XDEL").arg(&done).arg(entry).ignore();
+        let () = pipe.query_async(&mut self.conn()).await.map_err(from_redis)?;
+        Ok(())
     }
 
     /// The audit records of these entries are on disk: acknowledge and remove them.
@@ -840,22 +900,37 @@ type JobFields = (Option<String>, Option<u32>, Option<String>, Option<String>, O
 impl RedisQueue {
     /// Send the id of every job that gets its result (completed or dead) to `notices`, until
     /// the connection drops (then an error: subscribe again, and look for what was missed).
-    pub async fn listen_finished(
-        &self,
-        notices: &tokio::sync::mpsc::UnboundedSender<String>,
-    ) -> Result<(), QueueError> {
+    /// A notice that does not fit in `notices` is dropped: the caller's periodic sweep of all
+    /// awaited results finds that job anyway.
+    pub async fn listen_finished(&self, notices: &tokio::sync::mpsc::Sender<String>) -> Result<(), QueueError> {
         use futures_util::StreamExt;
         let mut pubsub = self.inner.client.get_async_pubsub().await.map_err(from_redis)?;
         pubsub.subscribe(self.inner.keys.key("finished")).await.map_err(from_redis)?;
         let mut messages = pubsub.into_on_message();
         while let Some(message) = messages.next().await {
-            if let Ok(id) = message.get_payload::<String>()
-                && notices.send(id).is_err()
-            {
-                return Ok(());
+            if let Ok(id) = message.get_payload::<String>() {
+                match notices.try_send(id) {
+                    Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {}
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+                }
             }
         }
         Err(QueueError::Unavailable { error: "the notice subscription was dropped".into(), retry_after_s: 1 })
+    }
+
+    /// Which of these jobs Redis still knows (a job hash or a result), one round trip per
+    /// thousand: an awaited job it no longer knows expired before its result was read.
+    pub async fn known(&self, ids: &[String]) -> Result<Vec<bool>, QueueError> {
+        let mut known = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1_000) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.cmd("EXISTS").arg(self.inner.keys.job(id)).arg(self.inner.keys.result(id));
+            }
+            let counts: Vec<u32> = pipe.query_async(&mut self.conn()).await.map_err(from_redis)?;
+            known.extend(counts.into_iter().map(|n| n > 0));
+        }
+        Ok(known)
     }
 
     /// The results of these jobs, where they have one (one round trip per thousand).
@@ -880,6 +955,13 @@ fn parse_result(text: &str) -> Result<JobResult, QueueError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idempotency_keys_of_different_tenants_never_collide() {
+        let keys = Keys::new("default");
+        assert_ne!(keys.idempotency("a", "b:c"), keys.idempotency("a:b", "c"));
+        assert_ne!(keys.idempotency("ab", "c"), keys.idempotency("a", "bc"));
+    }
 
     /// Redis Cluster hashes only what is between the first `{` and `}`: every key of a queue
     /// must carry the same tag, or a script touching two of them fails with CROSSSLOT.

@@ -1,11 +1,18 @@
 //! The compiled-component cache on disk: `<home>/cache/<engine fingerprint>/<component blake3>.cwasm`,
-//! with a `.blake3` sidecar holding the artifact's own hash so that a truncated or altered file
+//! with a `.blake3` sidecar holding the artifact's own hash so that a truncated or damaged file
 //! is recompiled instead of loaded. Keyed by the fingerprint, an engine upgrade never loads an
 //! artifact built by another engine.
+//!
+//! A compiled artifact is machine code the host will run, so only a cache no one else can write
+//! is read: the directory and its parent must belong to this process's user and be writable by
+//! no one else (directories the cache creates are `0700`). The sidecar is an unkeyed hash: it
+//! catches damage, not a forger — the ownership check is what keeps other users out, and this
+//! user could run its own code anyway.
 
 use crate::error::LoadError;
 use guild_replay::Digest;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -59,6 +66,9 @@ fn paths(dir: &Path, digest: &Digest) -> (PathBuf, PathBuf) {
 }
 
 fn load(engine: &Engine, dir: &Path, digest: &Digest) -> Option<Component> {
+    if !only_this_user_writes(dir) {
+        return None;
+    }
     let (artifact_path, sum_path) = paths(dir, digest);
     let artifact = std::fs::read(&artifact_path).ok()?;
     let sum = std::fs::read_to_string(&sum_path).ok()?;
@@ -70,7 +80,7 @@ fn load(engine: &Engine, dir: &Path, digest: &Digest) -> Option<Component> {
 }
 
 fn store(dir: &Path, digest: &Digest, artifact: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     let (artifact_path, sum_path) = paths(dir, digest);
     write_atomically(&artifact_path, artifact)?;
     write_atomically(&sum_path, Digest::of(artifact).to_hex().as_bytes())
@@ -86,10 +96,42 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Whether `dir` and its parent belong to this process's user and no one else may write them.
+fn only_this_user_writes(dir: &Path) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    #[allow(unsafe_code)]
+    let me = unsafe { libc::geteuid() };
+    [Some(dir), dir.parent()]
+        .into_iter()
+        .flatten()
+        .all(|d| std::fs::metadata(d).is_ok_and(|meta| meta.is_dir() && meta.uid() == me && meta.mode() & 0o022 == 0))
+}
+
 #[allow(unsafe_code)]
 fn deserialize(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
-    // SAFETY: `artifact` is either what `precompile_component` just produced in this process, or
-    // a file in Guild's own cache directory whose blake3 matches the sidecar written with it.
-    // wasmtime additionally checks that it was produced by a compatible engine.
+    // SAFETY: `artifact` is either what `precompile_component` just produced in this process,
+    // or a file read from a cache directory that only this user can write
+    // (`only_this_user_writes`), whose blake3 matches the sidecar written with it (so it is
+    // whole). wasmtime also checks that a compatible engine produced it.
     unsafe { Component::deserialize(engine, artifact) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_cache_others_can_write_is_not_read() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let dir = home.path().join("cache");
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).expect("mkdir");
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        assert!(only_this_user_writes(&dir));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert!(!only_this_user_writes(&dir), "world-writable");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o775)).expect("chmod");
+        assert!(!only_this_user_writes(&dir), "a group-writable parent can swap the directory");
+    }
 }

@@ -362,7 +362,8 @@ impl Runtime {
         })
         .await
         .map_err(|e| LoadError::Invalid(format!("the compilation task failed: {e}")))??;
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(link_error)?;
+        let instance_pre =
+            self.linker.instantiate_pre(&component).map_err(|e| link_error(&e, &component, &self.engine))?;
         let pre = GuildToolPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let info = self.describe(&pre).await?;
         let output_schema = match &info.output_schema {
@@ -797,13 +798,54 @@ fn with_stderr(summary: String, logs: &[LogLine]) -> String {
     format!("{summary}; stderr: {}", tail.join(" | "))
 }
 
-fn link_error(error: wasmtime::Error) -> LoadError {
-    let text = format!("{error:#}");
-    match text.split('`').nth(1) {
-        Some(name) if text.contains("matching implementation was not found") => {
-            LoadError::UnsupportedImport(name.to_string())
-        }
-        _ => LoadError::Invalid(text),
+/// The interfaces a Guild host links, by `package/interface` without version: WASI 0.2 cli,
+/// clocks, filesystem, io, random and sockets (sockets linked, and denied), `wasi:http` for
+/// egress, and `guild:tool`.
+const LINKED_INTERFACES: &[&str] = &[
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:clocks/monotonic-clock",
+    "wasi:clocks/wall-clock",
+    "wasi:filesystem/preopens",
+    "wasi:filesystem/types",
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:random/random",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/ip-name-lookup",
+    "wasi:sockets/network",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+    "wasi:http/outgoing-handler",
+    "wasi:http/types",
+    "guild:tool/gpu",
+    "guild:tool/log",
+    "guild:tool/types",
+];
+
+/// Why linking failed: the first import the host does not link, read from the component's own
+/// import list; otherwise (a linked interface with other functions or types) wasmtime's account.
+fn link_error(error: &wasmtime::Error, component: &wasmtime::component::Component, engine: &Engine) -> LoadError {
+    let foreign = component.component_type().imports(engine).map(|(name, _)| name.to_string()).find(|name| {
+        let interface = name.split('@').next().unwrap_or(name);
+        !LINKED_INTERFACES.contains(&interface)
+    });
+    match foreign {
+        Some(name) => LoadError::UnsupportedImport(name),
+        None => LoadError::Invalid(format!("{error:#}")),
     }
 }
 

@@ -289,18 +289,12 @@ fn empty_object() -> serde_json::Value {
 /// Longest idempotency key accepted.
 const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
 
-async fn create_run(
-    State(daemon): State<Arc<Daemon>>,
-    Caller(tenant): Caller,
-    headers: HeaderMap,
-    body: Result<axum::body::Bytes, BytesRejection>,
-) -> ApiResult<Response> {
-    let body = body.map_err(|e| too_large(e, "request_bytes_max", daemon.request_bytes_max))?;
-    let body: RunBody = serde_json::from_slice(&body).map_err(|e| {
+/// A `POST /v1/runs` body (and the `Idempotency-Key` header) as a run request.
+pub(crate) fn parse_run_request(body: &[u8], header_key: Option<&str>) -> ApiResult<RunRequest> {
+    let body: RunBody = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("the body is not a run request: {e}"))
     })?;
-    let header_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let idempotency_key = body.idempotency_key.or(header_key);
+    let idempotency_key = body.idempotency_key.or(header_key.map(str::to_string));
     if idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > IDEMPOTENCY_KEY_BYTES_MAX) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -308,13 +302,24 @@ async fn create_run(
             format!("an idempotency key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes"),
         ));
     }
-    let request = RunRequest {
+    Ok(RunRequest {
         tool: body.tool,
         input: body.input,
         asynchronous: body.asynchronous,
         idempotency_key,
         cancel: None,
-    };
+    })
+}
+
+async fn create_run(
+    State(daemon): State<Arc<Daemon>>,
+    Caller(tenant): Caller,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let body = body.map_err(|e| too_large(e, "request_bytes_max", daemon.request_bytes_max))?;
+    let header_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
+    let request = parse_run_request(&body, header_key)?;
     let submitted = daemon.submit(&tenant, request).await.map_err(rejection)?;
     let daemon = &daemon;
     Ok(match submitted {

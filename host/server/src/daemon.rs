@@ -356,6 +356,10 @@ impl Daemon {
             attempts_max: remote.queue.settings().attempts_max,
             submitted_unix_ms: guild_queue::now_unix_ms(),
         };
+        // Waited for before it exists, so a node waiting for too many jobs refuses a new one
+        // rather than enqueue a job nobody here can answer for.
+        let busy = |message: String| Rejection::Unavailable { message, retry_after_s: 1 };
+        let state = remote.watch(&job.id).map_err(busy)?;
         let accepted = remote.queue.submit(&job).await.map_err(|e| {
             remote.forget_pushed();
             unavailable(e)
@@ -377,6 +381,15 @@ impl Daemon {
                     retry_after_s: 1,
                 });
             };
+            if status.tenant != tenant.name {
+                // Keys are per tenant; a job of another tenant behind one is a bug to refuse, not
+                // a result to hand out.
+                tracing::error!(run_id = %accepted.id, "an idempotency key led to another tenant's job");
+                return Err(Rejection::Unavailable {
+                    message: "the idempotency key cannot be used".into(),
+                    retry_after_s: 1,
+                });
+            }
             if status.tool != tool.name || status.input_digest != Some(input_digest) {
                 return Err(Rejection::KeyConflict { key, run: accepted.id });
             }
@@ -385,11 +398,10 @@ impl Daemon {
                 let (_, state) = watch::channel(RunState::Finished(finished.clone()));
                 return Ok(Submitted::Replayed { entry: entry(accepted.id, state), finished, output: result.output });
             }
-            let state = remote.watch(&accepted.id);
+            let state = remote.watch(&accepted.id).map_err(busy)?;
             return self.wait_remote(remote, entry(accepted.id, state), request.asynchronous, true).await;
         }
         tracing::info!(run_id = %job.id, tenant = %tenant.name, tool = %tool.name, "job enqueued");
-        let state = remote.watch(&job.id);
         let mut settling = state.clone();
         tokio::spawn(async move {
             if settling.wait_for(|s| matches!(s, RunState::Finished(_))).await.is_ok()

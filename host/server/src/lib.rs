@@ -15,6 +15,8 @@ mod bundles;
 pub mod config;
 mod daemon;
 pub mod descriptors;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 mod jsonrpc;
 mod mcp;

@@ -10,7 +10,7 @@
 use crate::audit::AuditEntry;
 use crate::daemon::Daemon;
 use crate::runs::{Finished, RunState};
-use guild_queue::{DoneEntry, JobResult, JobStatus, QueueError, RedisQueue};
+use guild_queue::{DoneEntry, DoneRead, JobResult, JobStatus, QueueError, RedisQueue};
 use guild_replay::Digest;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -23,6 +23,12 @@ const AUDIT_BATCH_MAX: usize = 512;
 const AUDITED_REMEMBERED_MAX: usize = 100_000;
 /// How often the results of every awaited job are read, in case a notice was missed.
 const SWEEP: Duration = Duration::from_secs(2);
+/// Finished-job notices queued for the waiters at most; past it notices are dropped, and the
+/// sweep finds those jobs instead.
+const NOTICES_QUEUED_MAX: usize = 4096;
+/// Jobs awaited at once by this node's callers (sync requests, idempotent resubmissions); one
+/// more is refused with 503 rather than remembered without bound.
+pub(crate) const REMOTE_WAITERS_MAX: usize = 100_000;
 
 /// The Redis side of a daemon.
 pub struct Remote {
@@ -44,6 +50,10 @@ struct Remembered {
 }
 
 impl Remembered {
+    fn contains(&self, key: &str) -> bool {
+        self.keys.contains(key)
+    }
+
     /// True the first time `key` is seen.
     fn insert(&mut self, key: String) -> bool {
         if !self.keys.insert(key.clone()) {
@@ -99,18 +109,34 @@ impl Remote {
         self.pushed.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    /// A state channel for job `id` that turns `Finished` when its result arrives.
-    pub fn watch(&self, id: &str) -> watch::Receiver<RunState> {
+    /// A state channel for job `id` that turns `Finished` when its result arrives (or when
+    /// Redis forgets the job before its result was read).
+    ///
+    /// # Errors
+    /// A message when [`REMOTE_WAITERS_MAX`] jobs are awaited already.
+    pub fn watch(&self, id: &str) -> Result<watch::Receiver<RunState>, String> {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        if waiters.len() >= REMOTE_WAITERS_MAX && !waiters.contains_key(id) {
+            waiters.retain(|_, senders| {
+                senders.retain(|s| !s.is_closed());
+                !senders.is_empty()
+            });
+            if waiters.len() >= REMOTE_WAITERS_MAX {
+                return Err(format!(
+                    "this node is waiting for {REMOTE_WAITERS_MAX} jobs already; retry, or ask asynchronously"
+                ));
+            }
+        }
         let (sender, receiver) = watch::channel(RunState::Queued);
-        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_string()).or_default().push(sender);
-        receiver
+        waiters.entry(id.to_string()).or_default().push(sender);
+        Ok(receiver)
     }
 
     /// Wake waiters as their jobs finish, wherever they were audited: a notice (Redis pub/sub)
     /// names each job that got its result; every `SWEEP` the results of all awaited jobs are
     /// read at once, for notices missed while the subscription was down.
     pub async fn notice_loop(self: Arc<Self>) {
-        let (sender, mut notices) = tokio::sync::mpsc::unbounded_channel();
+        let (sender, mut notices) = tokio::sync::mpsc::channel(NOTICES_QUEUED_MAX);
         let listener = self.clone();
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(100);
@@ -152,10 +178,38 @@ impl Remote {
         if ids.is_empty() {
             return;
         }
-        if let Ok(results) = self.queue.results(&ids).await {
-            for result in results.into_iter().flatten() {
-                self.notify(&result);
+        let Ok(results) = self.queue.results(&ids).await else { return };
+        let mut unresolved = Vec::new();
+        for (id, result) in ids.into_iter().zip(results) {
+            match result {
+                Some(result) => self.notify(&result),
+                None => unresolved.push(id),
             }
+        }
+        // A job Redis no longer knows will never get a result: its waiters are told so.
+        let Ok(known) = self.queue.known(&unresolved).await else { return };
+        for (id, known) in unresolved.into_iter().zip(known) {
+            if !known {
+                self.expire(&id);
+            }
+        }
+    }
+
+    fn expire(&self, id: &str) {
+        let Some(senders) = self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(id) else { return };
+        let finished = Arc::new(Finished {
+            status: "failed",
+            error: serde_json::json!({
+                "status": "expired",
+                "message": "the job is no longer in Redis and its result was never read (it expired, or Redis lost it); \
+                            submit it again, or raise redis.results_ttl_s"
+            }),
+            bundle: None,
+            fuel_used_units: 0,
+            wall_time_us: 0,
+        });
+        for sender in senders {
+            let _ = sender.send(RunState::Finished(finished.clone()));
         }
     }
 
@@ -189,6 +243,20 @@ impl Remote {
                     continue;
                 }
             };
+            let (entries, corrupt): (Vec<DoneRead>, Vec<DoneRead>) =
+                entries.into_iter().partition(|read| matches!(read, DoneRead::Entry(_)));
+            for read in corrupt {
+                if let DoneRead::Corrupt { entry, reason, raw } = read {
+                    self.bury(&daemon, &entry, &reason, &raw).await;
+                }
+            }
+            let entries: Vec<DoneEntry> = entries
+                .into_iter()
+                .filter_map(|read| match read {
+                    DoneRead::Entry(entry) => Some(*entry),
+                    DoneRead::Corrupt { .. } => None,
+                })
+                .collect();
             if entries.is_empty() {
                 continue;
             }
@@ -209,19 +277,52 @@ impl Remote {
         }
     }
 
-    async fn audit(&self, daemon: &Daemon, entries: &[DoneEntry]) -> Result<(), crate::audit::AuditError> {
-        let mut records = Vec::new();
-        {
-            let mut audited = self.audited.lock().unwrap_or_else(|p| p.into_inner());
-            for entry in entries {
-                let r = &entry.result;
-                if audited.insert(attempt_key(&r.id, r.attempt, &r.worker)) {
-                    records.push(audit_entry(entry));
-                }
-            }
+    /// An entry that cannot be read goes to the dead-letter stream with an audit record of its
+    /// own, so the audit trail shows it and the writer goes on with the rest.
+    async fn bury(&self, daemon: &Daemon, entry: &str, reason: &str, raw: &str) {
+        tracing::error!(
+            entry,
+            reason,
+            "a finished job's entry in Redis cannot be read; moving it to the dead-letter stream"
+        );
+        let event = crate::audit::AuditEvent {
+            kind: "corrupt_done_entry".into(),
+            actor: "redis".into(),
+            detail: format!("done-stream entry {entry} cannot be read ({reason}); moved to the dead-letter stream"),
+        };
+        if let Err(e) = daemon.audit.append(AuditEntry::event(event, entry, "")).await {
+            // Left in the done stream: redelivered (and tried again) later.
+            return tracing::error!(error = %e, "cannot audit the corrupt entry; it stays in Redis");
         }
+        daemon.metrics.audit_records.inc();
+        if let Err(e) = self.queue.bury_done(entry, reason, raw).await {
+            tracing::warn!(error = %e, entry, "the corrupt entry was audited but not moved; it will be audited again");
+        }
+    }
+
+    async fn audit(&self, daemon: &Daemon, entries: &[DoneEntry]) -> Result<(), crate::audit::AuditError> {
+        // An attempt is marked audited only once its record is on disk: after a failed write,
+        // the redelivered entries are written, not skipped.
+        let (keys, records): (Vec<String>, Vec<AuditEntry>) = {
+            let audited = self.audited.lock().unwrap_or_else(|p| p.into_inner());
+            let mut batch = HashSet::new();
+            entries
+                .iter()
+                .filter_map(|entry| {
+                    let r = &entry.result;
+                    let key = attempt_key(&r.id, r.attempt, &r.worker);
+                    (!audited.contains(&key) && batch.insert(key.clone())).then(|| (key, audit_entry(entry)))
+                })
+                .unzip()
+        };
         let count = records.len() as u64;
         daemon.audit.append_many(records).await?;
+        {
+            let mut audited = self.audited.lock().unwrap_or_else(|p| p.into_inner());
+            for key in keys {
+                audited.insert(key);
+            }
+        }
         daemon.metrics.audit_records.inc_by(count);
         for entry in entries {
             let r = &entry.result;
