@@ -178,8 +178,9 @@ fn link(previous: &Digest, seq: u64, fuel: u64, effect: &Effect) -> (Digest, u64
     (Digest::from_bytes(*hasher.finalize().as_bytes()), body.len() as u64)
 }
 
-/// Bytes a tape line holds besides the linked body: the `chain` field and its hex digest.
-const LINE_OVERHEAD_BYTES: u64 = 80;
+/// Bytes an event takes besides its effect's text: on its JSON line, the `chain` field and its hex
+/// digest; in memory, the `Event` itself. Counted so that [`Tape::bytes`] bounds both.
+const EVENT_OVERHEAD_BYTES: u64 = 80 + std::mem::size_of::<Event>() as u64;
 
 /// The digest a tape with no events has as its head.
 pub fn genesis() -> Digest {
@@ -240,7 +241,7 @@ pub enum TapeError {
 pub struct Tape {
     events: Vec<Event>,
     head: Digest,
-    /// About the size of the tape's JSON lines.
+    /// About the memory the events take.
     bytes: u64,
 }
 
@@ -265,7 +266,7 @@ impl Tape {
         let fuel = fuel.max(self.events.last().map_or(0, |e| e.fuel));
         let (chain, bytes) = link(&self.head, seq, fuel, &effect);
         self.head = chain;
-        self.bytes += bytes + LINE_OVERHEAD_BYTES;
+        self.bytes += bytes + EVENT_OVERHEAD_BYTES;
         self.events.push(Event { seq, fuel, effect, chain });
         Ok(&self.events[seq as usize])
     }
@@ -275,7 +276,8 @@ impl Tape {
         &self.events
     }
 
-    /// About how many bytes the tape takes as JSON lines (and in memory while it is recorded).
+    /// About how many bytes the tape holds in memory while it is recorded (more than its JSON
+    /// lines take): what a recorder bounds.
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
@@ -320,7 +322,7 @@ impl Tape {
                 return Err(TapeError::Chain { seq: event.seq, expected: chain, found: event.chain });
             }
             tape.head = chain;
-            tape.bytes += bytes + LINE_OVERHEAD_BYTES;
+            tape.bytes += bytes + EVENT_OVERHEAD_BYTES;
             tape.events.push(event);
         }
         Ok(tape)

@@ -169,6 +169,13 @@ impl Budget {
         Ok(())
     }
 
+    fn stream_error(&self, error: StoreError) -> TreeError {
+        match error {
+            StoreError::StreamTooLarge { .. } => self.too_large(),
+            other => TreeError::Store(other),
+        }
+    }
+
     fn too_large(&self) -> TreeError {
         TreeError::TooLarge {
             what: format!("a tree of more than {} bytes", self.limits.bytes_max),
@@ -247,7 +254,8 @@ pub fn capture_cached(
     cache: Option<&FileDigestCache>,
 ) -> Result<TreeSummary, TreeError> {
     let mut budget = Budget { limits, entries: 0, bytes: 0 };
-    let digest = capture_dir(root, store, &mut budget, 0, cache)?;
+    let dir = cap_primitives::fs::open_ambient_dir(root, cap_primitives::ambient_authority()).map_err(io(root))?;
+    let digest = capture_dir(&dir, Path::new("/"), store, &mut budget, 0, cache)?;
     Ok(TreeSummary { root: digest, entries: budget.entries, bytes: budget.bytes })
 }
 
@@ -255,34 +263,83 @@ pub fn capture_cached(
 /// the store, never held in memory whole.
 const FILE_READ_WHOLE_BYTES_MAX: u64 = 1 << 20;
 
+/// What the walk found where a directory listed an entry. A guest running beside the capture
+/// (another run on a shared writable mount) may replace an entry between the listing and the
+/// open: every open is relative to its directory's handle and never follows a link, so a swap
+/// can only make an entry vanish or change kind, never lead outside the mount.
+enum Found {
+    File(std::fs::File, std::fs::Metadata),
+    Dir(std::fs::File),
+    Gone,
+}
+
+/// Open `name` in `dir` as `kind` said it was, without following links.
+fn open_entry(dir: &std::fs::File, name: &std::ffi::OsStr, is_dir: bool, rel: &Path) -> Result<Found, TreeError> {
+    use cap_primitives::fs::{FollowSymlinks, OpenOptions};
+    let opened = if is_dir {
+        cap_primitives::fs::open_dir_nofollow(dir, Path::new(name))
+    } else {
+        let mut options = OpenOptions::new();
+        // Non-blocking, so an entry swapped for a FIFO cannot stall the capture.
+        options.read(true)._cap_fs_ext_follow(FollowSymlinks::No)._cap_fs_ext_nonblock(true);
+        cap_primitives::fs::open(dir, Path::new(name), &options)
+    };
+    let file = match opened {
+        Ok(file) => file,
+        // Removed, or swapped for a link or another kind, since the listing.
+        Err(e) if vanished(&e) => return Ok(Found::Gone),
+        Err(e) => return Err(io(&rel.join(name))(e)),
+    };
+    let meta = file.metadata().map_err(io(&rel.join(name)))?;
+    Ok(match (is_dir, meta.is_dir(), meta.is_file()) {
+        (true, true, _) => Found::Dir(file),
+        (false, _, true) => Found::File(file, meta),
+        _ => Found::Gone,
+    })
+}
+
+fn vanished(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(error.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory)
+        // ELOOP: a link opened without following it; ENXIO: a FIFO without a writer.
+        || matches!(error.raw_os_error(), Some(libc::ELOOP | libc::ENXIO))
+}
+
 fn capture_file(
-    path: &Path,
+    mut file: std::fs::File,
+    before: std::fs::Metadata,
+    rel: &Path,
     store: &dyn BlobStore,
     cache: Option<&FileDigestCache>,
     budget: &mut Budget,
 ) -> Result<(Digest, u64), TreeError> {
-    let before = std::fs::metadata(path).map_err(io(path))?;
+    use std::io::Read;
     budget.bytes(before.len())?;
     if let Some(digest) = cache.and_then(|c| c.get(&before)) {
         return Ok((digest, before.len()));
     }
     let (digest, size) = if before.len() <= FILE_READ_WHOLE_BYTES_MAX {
-        let contents = std::fs::read(path).map_err(io(path))?;
-        (store.put(&contents)?, contents.len() as u64)
+        let mut contents = Vec::with_capacity(before.len() as usize);
+        // Bounded, should the file grow while it is read.
+        (&mut file).take(FILE_READ_WHOLE_BYTES_MAX + 1).read_to_end(&mut contents).map_err(io(rel))?;
+        if contents.len() as u64 > FILE_READ_WHOLE_BYTES_MAX {
+            budget.bytes(contents.len() as u64 - before.len())?;
+            let mut rest = std::io::Cursor::new(contents).chain(&mut file);
+            let room = budget.limits.bytes_max.saturating_sub(budget.bytes).saturating_add(FILE_READ_WHOLE_BYTES_MAX);
+            store.put_stream(&mut rest, room).map_err(|e| budget.stream_error(e))?
+        } else {
+            (store.put(&contents)?, contents.len() as u64)
+        }
     } else {
         // Whatever the file grew to since its size was charged must still fit the budget.
-        let mut file = std::fs::File::open(path).map_err(io(path))?;
         let room = budget.limits.bytes_max.saturating_sub(budget.bytes).saturating_add(before.len());
-        store.put_stream(&mut file, room).map_err(|e| match e {
-            StoreError::StreamTooLarge { .. } => budget.too_large(),
-            other => TreeError::Store(other),
-        })?
+        store.put_stream(&mut file, room).map_err(|e| budget.stream_error(e))?
     };
     if size > before.len() {
         budget.bytes(size - before.len())?;
     }
     // Only cache what did not change while it was read.
-    if let (Some(cache), Ok(after)) = (cache, std::fs::metadata(path))
+    if let (Some(cache), Ok(after)) = (cache, file.metadata())
         && FileDigestCache::key_and_stamp(&after) == FileDigestCache::key_and_stamp(&before)
         && after.len() == size
     {
@@ -292,7 +349,8 @@ fn capture_file(
 }
 
 fn capture_dir(
-    dir: &Path,
+    dir: &std::fs::File,
+    rel: &Path,
     store: &dyn BlobStore,
     budget: &mut Budget,
     depth: u32,
@@ -300,32 +358,49 @@ fn capture_dir(
 ) -> Result<Digest, TreeError> {
     if depth > budget.limits.depth_max {
         return Err(TreeError::TooLarge {
-            what: format!("{} (nested more than {} deep)", dir.display(), budget.limits.depth_max),
+            what: format!("{} (nested more than {} deep)", rel.display(), budget.limits.depth_max),
             limit: u64::from(budget.limits.depth_max),
             setting: "tree depth_max",
         });
     }
     let mut node = DirectoryNode::default();
-    let mut entries: Vec<std::fs::DirEntry> =
-        std::fs::read_dir(dir).map_err(io(dir))?.collect::<Result<_, _>>().map_err(io(dir))?;
+    let mut entries: Vec<cap_primitives::fs::DirEntry> =
+        cap_primitives::fs::read_base_dir(dir).map_err(io(rel))?.collect::<Result<_, _>>().map_err(io(rel))?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
-        budget.entry()?;
-        let path = entry.path();
-        let name = entry
-            .file_name()
+        let raw_name = entry.file_name();
+        let name = raw_name
+            .clone()
             .into_string()
             .map_err(|raw| TreeError::BadName { name: raw.to_string_lossy().into_owned() })?;
-        let kind = entry.file_type().map_err(io(&path))?;
+        let path = rel.join(&name);
+        let kind = match entry.file_type() {
+            Ok(kind) => kind,
+            Err(e) if vanished(&e) => continue,
+            Err(e) => return Err(io(&path)(e)),
+        };
         if kind.is_symlink() {
-            let target = std::fs::read_link(&path).map_err(io(&path))?;
+            let target = match cap_primitives::fs::read_link_contents(dir, Path::new(&raw_name)) {
+                Ok(target) => target,
+                Err(e) if vanished(&e) || e.kind() == std::io::ErrorKind::InvalidInput => continue,
+                Err(e) => return Err(io(&path)(e)),
+            };
+            budget.entry()?;
             node.symlinks.push(SymlinkNode { name, target: target.to_string_lossy().into_owned() });
-        } else if kind.is_dir() {
-            let digest = capture_dir(&path, store, budget, depth + 1, cache)?;
-            node.dirs.push(DirNode { name, digest });
-        } else if kind.is_file() {
-            let (digest, size_bytes) = capture_file(&path, store, cache, budget)?;
-            node.files.push(FileNode { name, digest, size_bytes });
+        } else if kind.is_dir() || kind.is_file() {
+            match open_entry(dir, &raw_name, kind.is_dir(), rel)? {
+                Found::Dir(sub) => {
+                    budget.entry()?;
+                    let digest = capture_dir(&sub, &path, store, budget, depth + 1, cache)?;
+                    node.dirs.push(DirNode { name, digest });
+                }
+                Found::File(file, meta) => {
+                    budget.entry()?;
+                    let (digest, size_bytes) = capture_file(file, meta, &path, store, cache, budget)?;
+                    node.files.push(FileNode { name, digest, size_bytes });
+                }
+                Found::Gone => {}
+            }
         }
         // Sockets, FIFOs and devices are not content: a guest cannot read them through WASI.
     }
@@ -494,6 +569,30 @@ mod tests {
         let changed = capture(Some(&cache));
         assert_ne!(changed.root, cold.root);
         assert_eq!(changed, capture(None));
+    }
+
+    #[test]
+    fn links_are_recorded_never_followed_out_of_the_tree() {
+        let outside = tempfile::tempdir().expect("tempdir");
+        std::fs::write(outside.path().join("secret"), b"OUTSIDE-SECRET").expect("write");
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::write(root.path().join("plain"), b"inside").expect("write");
+        std::os::unix::fs::symlink(outside.path().join("secret"), root.path().join("abs")).expect("symlink");
+        std::os::unix::fs::symlink(outside.path(), root.path().join("dir")).expect("symlink");
+        let store = MemoryStore::default();
+        let summary = capture(root.path(), &store, TreeLimits::default()).expect("capture");
+        assert_eq!(summary.entries, 3);
+        assert!(!store.has(&Digest::of(b"OUTSIDE-SECRET")), "nothing outside the tree was read");
+        let node = read_node(&store, &summary.root).expect("node");
+        assert_eq!(node.symlinks.len(), 2);
+        // An entry the listing called a file or a directory that is a link by the time it is
+        // opened (a guest swapping it in a shared mount) is skipped, not followed.
+        let dir = cap_primitives::fs::open_ambient_dir(root.path(), cap_primitives::ambient_authority()).expect("open");
+        let rel = Path::new("/");
+        assert!(matches!(open_entry(&dir, std::ffi::OsStr::new("abs"), false, rel), Ok(Found::Gone)));
+        assert!(matches!(open_entry(&dir, std::ffi::OsStr::new("dir"), true, rel), Ok(Found::Gone)));
+        assert!(matches!(open_entry(&dir, std::ffi::OsStr::new("gone"), false, rel), Ok(Found::Gone)));
+        assert!(matches!(open_entry(&dir, std::ffi::OsStr::new("plain"), false, rel), Ok(Found::File(..))));
     }
 
     #[test]

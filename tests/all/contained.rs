@@ -62,7 +62,7 @@ fn writes_past_a_mount_quota_fail_for_the_guest_and_end_the_run_at_the_limit() {
     let rw = mount(data.path(), "/data", "rw");
     let flood = r#"{"attack":"write-flood","name":"big.bin","bytes":10485760,"chunk_bytes":65536,"more_files":0}"#;
     let ran = guild.run_tool(HOSTILE, flood, &["--dir", &rw, "--mount-write-bytes", "1MiB"]);
-    ran.expect_code(3).expect_stderr("write quota of mount /data reached").expect_stderr("raise --mount-write-bytes");
+    ran.expect_code(3).expect_stderr("mount /data: write quota reached").expect_stderr("raise --mount-write-bytes");
     let written = std::fs::metadata(data.path().join("big.bin")).expect("the file").len();
     assert!(written <= 1 << 20, "{written} bytes landed past the quota");
     replays_identically(&guild, &ran);
@@ -80,7 +80,7 @@ fn a_sparse_write_past_a_files_end_is_charged_for_the_gap() {
     let data = tree(&[]);
     let input = r#"{"attack":"sparse-write","name":"sparse.bin","offset":1099511627776}"#;
     let ran = guild.run_tool(HOSTILE, input, &["--dir", &mount(data.path(), "/data", "rw")]);
-    ran.expect_code(3).expect_stderr("write quota of mount /data reached");
+    ran.expect_code(3).expect_stderr("mount /data: write quota reached");
     let size = std::fs::metadata(data.path().join("sparse.bin")).map(|m| m.len()).unwrap_or(0);
     assert!(size < 1 << 20, "a {size}-byte file would be read whole to seal the run");
 }
@@ -164,4 +164,32 @@ fn output_that_breaks_the_contract_is_a_tool_failure_on_record() {
     let fine = guild.run_tool(LIAR, &raw(r#"{"s":"ok \ud83d\ude00"}"#), &[]);
     fine.expect_code(0);
     assert_eq!(fine.json()["s"], "ok 😀");
+}
+
+#[test]
+fn hard_links_cost_their_files_bytes() {
+    let guild = Guild::new();
+    let data = tree(&[]);
+    let input = r#"{"attack":"hard-links","name":"big","bytes":4194304,"links":10}"#;
+    let ran =
+        guild.run_tool(HOSTILE, input, &["--dir", &mount(data.path(), "/data", "rw"), "--mount-write-bytes", "10MiB"]);
+    ran.expect_code(3).expect_stderr("mount /data: write quota reached").expect_stderr("raise --mount-write-bytes");
+    let links = std::fs::read_dir(data.path()).expect("dir").count();
+    assert!(links <= 3, "{links} entries: each link recorded 4 MiB more");
+    replays_identically(&guild, &ran);
+}
+
+#[test]
+fn a_mount_that_outgrows_what_a_bundle_records_ends_the_run_sealed() {
+    let guild = Guild::new();
+    let data = tree(&[]);
+    // 70 directories stay well inside the entry quota but nest deeper than a tree records.
+    let ran = guild.run_tool(
+        HOSTILE,
+        r#"{"attack":"nested-dirs","depth":70}"#,
+        &["--dir", &mount(data.path(), "/data", "rw")],
+    );
+    ran.expect_code(3).expect_stderr("mount /data: after the run it holds").expect_stderr("more than a bundle records");
+    assert!(!ran.stderr.contains(&data.path().display().to_string()), "the host's path is not shown: {ran:?}");
+    replays_identically(&guild, &ran);
 }

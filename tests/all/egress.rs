@@ -62,6 +62,13 @@ fn serve(stream: TcpStream, port: u16, log: &Mutex<Vec<String>>) {
         "/redirect" => ("302 Found", format!("location: http://localhost:{port}/json\r\n"), String::new()),
         "/big" => ("200 OK", String::new(), "x".repeat(200_000)),
         "/headers" => ("200 OK", String::new(), head.clone()),
+        // What the request before this one sent (an upstream that stores a value and returns it).
+        "/last" => {
+            let seen = log.lock().expect("lock");
+            ("200 OK", String::new(), seen.iter().rev().nth(1).cloned().unwrap_or_default())
+        }
+        // The request's head, claimed to be compressed (the host cannot look inside).
+        "/gzip" => ("200 OK", "content-encoding: gzip\r\n".to_string(), head.clone()),
         _ => ("404 Not Found", String::new(), "no such page".to_string()),
     };
     let response =
@@ -404,6 +411,14 @@ fn rules_are_checked_on_the_path_the_upstream_will_serve() {
     // Dot segments are resolved before matching, and the resolved path is what is sent.
     let dotted = fetch("/public/./nested/../file.txt").expect_code(0).json();
     assert_eq!(dotted["body"], "public data");
+    // A wildcard rule beside the address rule does not inherit its exemption: the loopback
+    // address stays blocked for every path the address rule does not cover.
+    let wild = |path: &str| {
+        let args = ["--allow-host", &rule, "--allow-host", "http://*:*"];
+        guild.run_tool(HTTP_GET, &get(&format!("{base}{path}")), &args)
+    };
+    wild("/private.txt").expect_code(4).expect_stderr("127.0.0.1 is a loopback address");
+    assert_eq!(wild("/public/file.txt").expect_code(0).json()["body"], "public data");
     for escape in [
         "/public/../private.txt",
         "/public/%2e%2e/private.txt",
@@ -506,4 +521,42 @@ fn connections_are_kept_alive_per_checked_address_across_runs() {
         assert_eq!(reply.json()["output"]["status"], 200, "{}", reply.json());
     }
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "four runs, one pooled connection");
+}
+
+#[test]
+fn a_secret_reflected_compressed_or_returned_later_never_reaches_the_guest() {
+    const VALUE: &str = "reflected-secret-7d1c";
+    let upstream = Upstream::start();
+    let guild = Guild::new();
+    let base = format!("http://127.0.0.1:{}", upstream.port);
+    let run = |path: &str, with_secret: bool| {
+        let mut headers = serde_json::Map::new();
+        if with_secret {
+            headers.insert("authorization".into(), "Bearer {{secret:TOKEN}}".into());
+        }
+        let input = serde_json::json!({ "url": format!("{base}{path}"), "headers": headers }).to_string();
+        let output = guild
+            .command()
+            .env("REFLECTED", VALUE)
+            .args(["run", HTTP_GET, "--input", &input, "--allow-host", &base, "--summary-json"])
+            .args(["--secret", "TOKEN=env:REFLECTED", "--grant-secret", &format!("TOKEN={base}")])
+            .output()
+            .expect("guild runs");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    // A compressed answer could hide the value from the host's scrubbing: refused.
+    let (code, stdout, stderr) = run("/gzip", true);
+    assert_eq!(code, Some(4), "{stderr}");
+    assert!(stderr.contains("content-encoding gzip") && !stdout.contains(VALUE), "{stderr}");
+    assert!(upstream.requests().last().is_some_and(|r| r.contains("accept-encoding: identity")));
+    // A value stored by the upstream and returned to a later request without the secret.
+    let (code, _, _) = run("/headers", true);
+    assert_eq!(code, Some(0));
+    let (code, stdout, stderr) = run("/last", false);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stdout.contains(VALUE) && stdout.contains("{{secret:TOKEN}}"), "{stdout}");
 }

@@ -194,6 +194,12 @@ fn live_mcp_sessions_are_bounded() {
     let error = third.json();
     assert_eq!(error["id"], 7);
     assert!(error["error"]["message"].as_str().expect("message").contains("mcp.sessions_max"), "{error}");
+    // However the content type is spelled.
+    for spelling in ["Application/JSON", "application/json; charset=utf-8", "text/plain"] {
+        let reply =
+            daemon.call_with("POST", "/mcp", ALICE, init.to_string().as_bytes(), &[ACCEPT, ("content-type", spelling)]);
+        assert_ne!(reply.status, 200, "{spelling}: a third session was opened");
+    }
     assert_eq!(first.call_as(ALICE, "DELETE").status, 202);
     let fourth = daemon.call_with("POST", "/mcp", ALICE, init.to_string().as_bytes(), &[ACCEPT, JSON]);
     assert_eq!(fourth.status, 200, "a closed session frees its place");
@@ -315,4 +321,66 @@ fn healthz_keeps_answering_while_an_export_and_a_cpu_gpu_run_are_in_progress() {
     let worst = *latencies.last().expect("some");
     assert!(p90 < Duration::from_millis(50), "p90 {p90:?}, worst {worst:?} over {} probes", latencies.len());
     assert!(worst < Duration::from_millis(250), "worst {worst:?} (p90 {p90:?})");
+}
+
+#[test]
+fn output_that_breaks_its_contract_fails_alike_over_the_api_and_mcp() {
+    let guild = Guild::new();
+    let tools = format!("[[tools]]\npath = \"{}\"\n", guild_test_artifacts::LIAR);
+    let daemon = Daemon::start(&guild, &["--config", &config_file(guild.home(), &config_with_tools(&tools, ""))], &[]);
+    let lie = json!({"raw": r#"{"s":"a\ud800b"}"#});
+    let run = daemon.run(ALICE, json!({"tool": "liar", "input": lie})).json();
+    assert_eq!((run["status"].as_str(), run["error"]["kind"].as_str()), (Some("failed"), Some("failed")), "{run}");
+    assert!(run["error"]["message"].as_str().expect("message").contains("not valid JSON"), "{run}");
+    assert!(run["bundle"].is_string(), "the breach is on record");
+
+    let session = McpSession::open(&daemon, ALICE);
+    let call = |input: &Value| {
+        let request =
+            json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "liar", "arguments": input}});
+        messages(&session.post_as(ALICE, &request)).into_iter().find(|m| m["id"] == 5).expect("an answer")
+    };
+    let broken = call(&lie);
+    assert_eq!(broken["result"]["isError"], true, "{broken}");
+    assert!(broken["result"]["content"][0]["text"].as_str().expect("text").contains("not valid JSON"), "{broken}");
+    let array = call(&json!({"raw": "[1]"}));
+    assert_eq!(array["result"]["isError"], true, "an array breaks the declared object schema: {array}");
+    let fine = call(&json!({"raw": r#"{"s":"ok"}"#}));
+    assert_eq!(fine["result"]["structuredContent"], json!({"s": "ok"}), "{fine}");
+}
+
+#[test]
+fn a_tenant_sending_bodies_slowly_holds_neither_its_connection_nor_everyones() {
+    let guild = Guild::new();
+    let limits = "[http]\nbody_read_timeout_ms = 800\ntenant_requests_max = 2\n";
+    let daemon = Daemon::start(&guild, &["--config", &config_file(guild.home(), &config(limits))], &[]);
+    let slow_head = format!(
+        "POST /v1/runs HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {BOB}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n"
+    );
+    // Bob's two places are taken by bodies that trickle in...
+    let slow: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut stream = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
+            stream.write_all(slow_head.as_bytes()).expect("head");
+            stream.write_all(b"{").expect("a byte");
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // ...so his third request is refused, while alice is served.
+    let third = daemon.run(BOB, json!({"tool": "echo", "input": {"message": "x"}}));
+    assert_eq!((third.status, third.code().as_str()), (429, "too_many_requests"));
+    assert!(third.headers.contains_key("retry-after"));
+    assert_eq!(daemon.run(ALICE, json!({"tool": "echo", "input": {"message": "x"}})).status, 200);
+    // A body that does not arrive in time ends its request, and frees the place.
+    for mut stream in slow {
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let mut answer = vec![0u8; 256];
+        let started = Instant::now();
+        let read = stream.read(&mut answer).unwrap_or(0);
+        let status = String::from_utf8_lossy(&answer[..read]).lines().next().unwrap_or_default().to_string();
+        assert!(status.contains("400") || read == 0, "{status:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "held {:?}", started.elapsed());
+    }
+    assert_eq!(daemon.run(BOB, json!({"tool": "echo", "input": {"message": "x"}})).status, 200);
 }

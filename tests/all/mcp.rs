@@ -295,3 +295,52 @@ fn every_http_frame_gets_exactly_one_json_rpc_answer() {
         check_answer(&reply.json(), &id, code, &frame);
     }
 }
+
+#[test]
+fn a_request_id_in_flight_cannot_be_reused_over_stdio() {
+    use std::io::{BufRead, BufReader, Write};
+    let guild = Guild::new();
+    let mut child = guild
+        .command()
+        .args(["mcp", "--tool", HOSTILE])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("guild mcp starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut send = |line: &str| {
+        stdin.write_all(format!("{line}\n").as_bytes()).expect("write");
+        stdin.flush().expect("flush");
+    };
+    let mut answer = || {
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read");
+        serde_json::from_str::<Value>(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
+    };
+    send(
+        r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#,
+    );
+    answer();
+    send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    let sleep = r#"{"jsonrpc":"2.0","id":"same","method":"tools/call","params":{"name":"hostile","arguments":{"attack":"sleep"}}}"#;
+    send(sleep);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    send(sleep);
+    let refused = answer();
+    assert_eq!((refused["id"].as_str(), refused["error"]["code"].as_i64()), (Some("same"), Some(-32600)), "{refused}");
+    send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"same"}}"#);
+    send(r#"{"jsonrpc":"2.0","id":"after","method":"ping"}"#);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let next = answer();
+        if next["id"] == "after" {
+            ids.push("after");
+            break;
+        }
+    }
+    assert_eq!(ids, ["after"], "the stream goes on");
+    drop(stdin);
+    let _ = child.wait();
+}

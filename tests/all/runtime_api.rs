@@ -190,3 +190,35 @@ async fn a_probe_dropped_mid_request_does_not_stick_the_breaker_open() {
     }
     assert!(answered.is_some(), "the breaker stayed open after its probe was dropped");
 }
+
+/// Loaded tools are bounded (`tools_loaded_max`, least recently used dropped first), and
+/// concurrent loads of one component share one compile: every caller gets the same tool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loaded_tools_are_bounded_and_concurrent_loads_share_one() {
+    let config = RuntimeConfig { tools_loaded_max: 1, ..RuntimeConfig::default() };
+    let runtime = Arc::new(Runtime::new(config).expect("runtime"));
+    let echo = std::fs::read(ECHO).expect("echo");
+    let loads: Vec<_> = (0..4)
+        .map(|_| {
+            let (runtime, echo) = (runtime.clone(), echo.clone());
+            tokio::spawn(async move { runtime.load(&echo).await.expect("load") })
+        })
+        .collect();
+    let mut loaded = Vec::new();
+    for load in loads {
+        loaded.push(load.await.expect("task"));
+    }
+    let compiled = loaded.iter().filter(|(_, source)| *source == guild_runtime::CacheSource::Compiled).count();
+    assert_eq!(
+        compiled,
+        1,
+        "one compile for four concurrent loads: {:?}",
+        loaded.iter().map(|l| l.1).collect::<Vec<_>>()
+    );
+    assert!(loaded.windows(2).all(|w| Arc::ptr_eq(&w[0].0, &w[1].0)), "every caller got the same tool");
+    let (_, again) = runtime.load(&echo).await.expect("load");
+    assert_eq!(again, guild_runtime::CacheSource::Memory);
+    runtime.load_file(HOSTILE.as_ref()).await.expect("load");
+    let (_, evicted) = runtime.load(&echo).await.expect("load");
+    assert_ne!(evicted, guild_runtime::CacheSource::Memory, "one tool kept: echo was dropped for hostile");
+}

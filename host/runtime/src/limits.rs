@@ -211,14 +211,15 @@ pub enum LimitHit {
         /// The limit.
         limit_resources: u32,
     },
-    /// A write into a writable mount went past its quota.
-    #[error("write quota of mount {guest_path} reached: {what} (raise {flag})")]
+    /// A write into a writable mount went past its quota, or the mount outgrew what a bundle
+    /// records.
+    #[error("mount {guest_path}: {what} ({flag})")]
     MountWrite {
         /// The mount, as the guest sees it.
         guest_path: String,
-        /// What went past the quota.
+        /// What went past the limit.
         what: String,
-        /// The flag that raises it.
+        /// What to do: the flag that raises the limit.
         flag: String,
     },
     /// The tool logged (or printed) more than allowed.

@@ -6,7 +6,8 @@
 //! - bytes: every byte written (a direct write, or through a write or append stream), plus the
 //!   gap when a write starts past a file's end or a truncation grows a file (sparse files are
 //!   captured whole when the run is sealed);
-//! - entries: files, directories and links created.
+//! - entries: files, directories and links created (a hard link also costs its file's bytes:
+//!   the tree records it as one more copy).
 //!
 //! Past a quota the operation fails with `quota` (POSIX `EDQUOT`), which the guest sees, and the
 //! run is stopped at the guest's next call into the host and ends with
@@ -39,7 +40,12 @@ pub(crate) struct MountQuota {
 
 impl MountQuota {
     fn refuse(&self, what: String, flag: &str) -> ErrorCode {
-        self.stop.next(LimitHit::MountWrite { guest_path: self.guest_path.clone(), what, flag: flag.to_string() });
+        let hit = LimitHit::MountWrite {
+            guest_path: self.guest_path.clone(),
+            what: format!("write quota reached: {what}"),
+            flag: format!("raise {flag}"),
+        };
+        self.stop.next(hit);
         ErrorCode::Quota
     }
 
@@ -298,6 +304,11 @@ impl HostDescriptor for QuotaFs<'_> {
         let quota = self.quotas.quota(&new_descriptor);
         if let Some(quota) = &quota {
             quota.check_entry().map_err(quota_error)?;
+            // A link is recorded as one more copy of the file in the mount's tree: it costs
+            // what the file holds.
+            let linked = Resource::new_borrow(fd.rep());
+            let size = HostDescriptor::stat_at(&mut self.fs, linked, old_path_flags, old_path.clone()).await?.size;
+            quota.charge_bytes(size).map_err(quota_error)?;
         }
         HostDescriptor::link_at(&mut self.fs, fd, old_path_flags, old_path, new_descriptor, new_path).await?;
         quota.inspect(|q| q.created());

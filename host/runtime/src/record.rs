@@ -168,7 +168,7 @@ impl Recorder {
     /// The finished tape, and where a replay first diverged (including a replay that ended
     /// before or after the original).
     pub(crate) fn finish(&self) -> (Tape, Option<Divergence>) {
-        let state = self.lock();
+        let mut state = self.lock();
         let mut divergence = state.divergence.clone();
         if divergence.is_none()
             && let Some(expected) = &state.expected
@@ -179,7 +179,8 @@ impl Recorder {
                     Some(Divergence { seq: recorded as u64, expected: Some(expected[recorded].clone()), found: None });
             }
         }
-        (state.tape.clone(), divergence)
+        // Taken, not copied: a tape at its limit is the largest thing a run holds.
+        (std::mem::take(&mut state.tape), divergence)
     }
 }
 

@@ -2,13 +2,13 @@
 //! mount's Merkle tree), and sealing action, tape, result and exec into a signed bundle in the
 //! store.
 
-use crate::Limits;
 use crate::engine::EngineFingerprint;
 use crate::error::RunError;
 use crate::info::Access;
 use crate::policy::EffectivePolicy;
 use crate::record::Recorder;
 use crate::run::{Execution, Outcome, Tool};
+use crate::{LimitHit, Limits};
 use guild_replay::tree::{self, FileDigestCache, TreeError, TreeLimits};
 use guild_replay::{
     Action, BlobRef, BlobStore, BundleWriter, Digest, DirStore, Effect, FORMAT, HostKey, OutputTree, RunResult, Sealed,
@@ -84,23 +84,36 @@ pub(crate) fn sealed_tree_limits(tree_limits: TreeLimits, limits: &Limits) -> Tr
     }
 }
 
-/// The trees of the writable mounts, after the run.
+/// The trees of the writable mounts, after the run, and the limit the run hit if one of them
+/// outgrew what a bundle may record (that mount's tree is then left out, and the run ends with
+/// that limit: it is still sealed, and a replay ends the same way).
 pub(crate) fn output_trees(
     store: &dyn BlobStore,
     policy: &EffectivePolicy,
     tree_limits: TreeLimits,
     file_digests: Option<&FileDigestCache>,
-) -> Result<Vec<OutputTree>, RunError> {
-    policy
-        .mounts
-        .iter()
-        .filter(|m| m.access == Access::ReadWrite)
-        .map(|mount| {
-            let summary =
-                tree::capture_cached(&mount.host_path, store, tree_limits, file_digests).map_err(tree_error)?;
-            Ok(OutputTree { guest_path: mount.guest_path.clone(), tree: summary.root })
-        })
-        .collect()
+) -> Result<(Vec<OutputTree>, Option<LimitHit>), RunError> {
+    let mut trees = Vec::new();
+    let mut overflow = None;
+    for mount in policy.mounts.iter().filter(|m| m.access == Access::ReadWrite) {
+        match tree::capture_cached(&mount.host_path, store, tree_limits, file_digests) {
+            Ok(summary) => trees.push(OutputTree { guest_path: mount.guest_path.clone(), tree: summary.root }),
+            Err(TreeError::TooLarge { what, setting, .. }) => {
+                let advice = match setting {
+                    "tree bytes_max" => "raise --mount-bytes, or empty the mount",
+                    "tree entries_max" => "raise --mount-entries, or empty the mount",
+                    _ => "nest its directories less deep",
+                };
+                overflow.get_or_insert(LimitHit::MountWrite {
+                    guest_path: mount.guest_path.clone(),
+                    what: format!("after the run it holds {what}, more than a bundle records"),
+                    flag: advice.to_string(),
+                });
+            }
+            Err(e) => return Err(tree_error(e)),
+        }
+    }
+    Ok((trees, overflow))
 }
 
 /// This machine's name, read once.
@@ -132,11 +145,15 @@ impl RecordingConfig {
         execution: &Execution,
         recorder: &Recorder,
         principal: Option<&guild_replay::Principal>,
-    ) -> Result<Sealed, RunError> {
+    ) -> Result<(Sealed, Option<LimitHit>), RunError> {
         let store_error = |e: guild_replay::StoreError| RunError::Record(e.to_string());
         let store: &dyn BlobStore = self.store.as_ref();
         let tree_limits = sealed_tree_limits(self.tree_limits, limits);
-        let output_trees = output_trees(store, policy, tree_limits, Some(&self.file_digests))?;
+        let (output_trees, overflow) = output_trees(store, policy, tree_limits, Some(&self.file_digests))?;
+        let outcome = match &overflow {
+            Some(hit) => Outcome::Limit(hit.clone()),
+            None => execution.outcome.clone(),
+        };
         let (tape, _) = recorder.finish();
         let mut writer = BundleWriter::new(store);
         let component = BlobRef { digest: *tool.digest(), size_bytes: tool.size_bytes() };
@@ -145,7 +162,7 @@ impl RecordingConfig {
         for blob in recorder.take_blobs() {
             writer.add_blob(&blob).map_err(store_error)?;
         }
-        let output = match &execution.outcome {
+        let output = match &outcome {
             Outcome::Output { output } => Some(writer.add_blob(output.as_bytes()).map_err(store_error)?),
             _ => None,
         };
@@ -169,7 +186,7 @@ impl RecordingConfig {
             principal: principal.cloned(),
         };
         let result = RunResult {
-            outcome: outcome_record(&execution.outcome),
+            outcome: outcome_record(&outcome),
             output,
             fuel_used_units: execution.fuel_used_units,
             output_trees,
@@ -186,6 +203,6 @@ impl RecordingConfig {
         });
         let sealed = writer.seal(&action, &tape, &result, &exec, &self.key).map_err(store_error)?;
         self.store.put_bundle(&sealed.id, &sealed.manifest, &sealed.signature).map_err(store_error)?;
-        Ok(sealed)
+        Ok((sealed, overflow))
     }
 }

@@ -212,12 +212,15 @@ impl Runtime {
         };
         let execution = self.execute(&tool, &input, &policy, &limits, env).await.map_err(host);
         cancel.cancel();
-        let execution = execution?;
+        let mut execution = execution?;
         if !timed_out && matches!(execution.outcome, Outcome::Limit(crate::LimitHit::Timeout { .. })) {
             return Err(ReplayError::TooSlow { backstop_ms });
         }
-        let trees =
+        let (trees, overflow) =
             output_trees(store, &policy, sealed_tree_limits(TreeLimits::default(), &limits), None).map_err(host)?;
+        if let Some(hit) = overflow {
+            execution.outcome = Outcome::Limit(hit);
+        }
         let (tape, divergence) = recorder.finish();
         let cancelled = bundle.result.outcome["status"] == "cancelled";
         if timed_out {

@@ -491,13 +491,16 @@ impl Runtime {
             .collect();
         let env =
             RunEnv { seed, recorder: recorder.clone(), replay_bodies: None, secrets, replay_gpu: None, cancel, stop };
-        let execution = self.execute(tool, input, &policy, limits, env).await?;
+        let mut execution = self.execute(tool, input, &policy, limits, env).await?;
         let (bundle, bundle_bytes) = match (&self.recording, &recorder) {
             (Some(recording), Some(recorder)) => {
                 let writable = policy.mounts.iter().any(|m| m.access == crate::Access::ReadWrite);
-                let sealed = off_the_async_workers(writable, || {
+                let (sealed, overflow) = off_the_async_workers(writable, || {
                     recording.seal(&self.fingerprint, tool, input, &policy, limits, &execution, recorder, principal)
                 })?;
+                if let Some(hit) = overflow {
+                    execution.outcome = Outcome::Limit(hit);
+                }
                 (Some(sealed.id), sealed.size_bytes)
             }
             _ => (None, 0),

@@ -53,26 +53,32 @@ impl IntoResponse for ApiError {
 }
 
 /// The caller, authenticated from the request's headers: an extractor, so it runs (and a request
-/// without a valid token is answered 401) before a single byte of the body is read.
-pub(crate) struct Caller(pub(crate) Arc<Tenant>);
+/// without a valid token is answered 401) before a single byte of the body is read. It holds one
+/// of the tenant's places among requests in flight while the request is served.
+pub(crate) struct Caller(pub(crate) Arc<Tenant>, tokio::sync::OwnedSemaphorePermit);
 
 impl FromRequestParts<Arc<Daemon>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, daemon: &Arc<Daemon>) -> Result<Self, ApiError> {
-        authenticate(daemon, &parts.headers).map(Caller)
+        let tenant = authenticate(daemon, &parts.headers)?;
+        let slot = tenant.request_slot().map_err(|message| ApiError {
+            retry_after_s: Some(1),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
+        })?;
+        Ok(Caller(tenant, slot))
     }
 }
 
 /// An admin caller: 401 without a valid token, 403 for a tenant that is not an admin, both
 /// before the body is read.
-pub(crate) struct Admin(pub(crate) Arc<Tenant>);
+pub(crate) struct Admin(pub(crate) Arc<Tenant>, tokio::sync::OwnedSemaphorePermit);
 
 impl FromRequestParts<Arc<Daemon>> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, daemon: &Arc<Daemon>) -> Result<Self, ApiError> {
-        let Caller(tenant) = Caller::from_request_parts(parts, daemon).await?;
+        let Caller(tenant, slot) = Caller::from_request_parts(parts, daemon).await?;
         if !tenant.admin {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -80,7 +86,7 @@ impl FromRequestParts<Arc<Daemon>> for Admin {
                 format!("tenant {} may not upload tools; uploading needs an admin tenant", tenant.name),
             ));
         }
-        Ok(Admin(tenant))
+        Ok(Admin(tenant, slot))
     }
 }
 
@@ -194,7 +200,10 @@ fn describe_tool(tool: &RegisteredTool) -> serde_json::Value {
     value
 }
 
-async fn list_tools(State(daemon): State<Arc<Daemon>>, Caller(tenant): Caller) -> ApiResult<Json<serde_json::Value>> {
+async fn list_tools(
+    State(daemon): State<Arc<Daemon>>,
+    Caller(tenant, _slot): Caller,
+) -> ApiResult<Json<serde_json::Value>> {
     let tools: Vec<serde_json::Value> =
         daemon.tools.all().iter().filter(|t| tenant.tools.allows(&t.name)).map(|t| describe_tool(t)).collect();
     Ok(Json(serde_json::json!({ "tools": tools })))
@@ -202,7 +211,7 @@ async fn list_tools(State(daemon): State<Arc<Daemon>>, Caller(tenant): Caller) -
 
 async fn upload_tool(
     State(daemon): State<Arc<Daemon>>,
-    Admin(tenant): Admin,
+    Admin(tenant, _slot): Admin,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let body = body.map_err(|e| too_large(e, "component_bytes_max", daemon.component_bytes_max))?;
@@ -313,7 +322,7 @@ pub(crate) fn parse_run_request(body: &[u8], header_key: Option<&str>) -> ApiRes
 
 async fn create_run(
     State(daemon): State<Arc<Daemon>>,
-    Caller(tenant): Caller,
+    Caller(tenant, _slot): Caller,
     headers: HeaderMap,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
@@ -443,7 +452,7 @@ fn read_output(daemon: &Daemon, finished: &Finished) -> serde_json::Value {
 
 async fn get_run(
     State(daemon): State<Arc<Daemon>>,
-    Caller(tenant): Caller,
+    Caller(tenant, _slot): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     // Another tenant's run is answered exactly like one that does not exist.
@@ -487,7 +496,7 @@ fn refused(error: crate::daemon::Hidden, unknown: ApiError) -> ApiError {
 
 async fn get_bundle(
     State(daemon): State<Arc<Daemon>>,
-    Caller(tenant): Caller,
+    Caller(tenant, _slot): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     // The same 404 for a malformed id, an id no node knows and another tenant's bundle. Only

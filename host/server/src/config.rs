@@ -455,6 +455,12 @@ impl DaemonConfig {
         if self.http.header_read_timeout_ms < 100 {
             return Err(ConfigError::new("http.header_read_timeout_ms", "must be at least 100 ms"));
         }
+        if self.http.body_read_timeout_ms < 100 {
+            return Err(ConfigError::new("http.body_read_timeout_ms", "must be at least 100 ms"));
+        }
+        if self.http.tenant_requests_max == 0 {
+            return Err(ConfigError::new("http.tenant_requests_max", "must be at least 1"));
+        }
         if self.mcp.sessions_max == 0 {
             return Err(ConfigError::new("mcp.sessions_max", "must be at least 1"));
         }

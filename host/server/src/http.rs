@@ -25,6 +25,8 @@ pub const CONNECTIONS_MAX_DEFAULT: usize = 1024;
 pub const HEADER_BYTES_MAX_DEFAULT: usize = 64 * 1024;
 /// Default for [`HttpConfig::header_read_timeout_ms`].
 pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Default for [`HttpConfig::body_read_timeout_ms`].
+pub const BODY_READ_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// The smallest header limit the daemon accepts (a browser's request headers fit it).
 pub const HEADER_BYTES_MIN: usize = 8192;
 /// How long open connections (event streams, slow clients) may take to close after shutdown.
@@ -41,6 +43,10 @@ pub struct HttpConfig {
     pub header_bytes_max: usize,
     /// Time a client has to send its request headers, ms.
     pub header_read_timeout_ms: u64,
+    /// Time a client has to send a request's body once its headers are in, ms.
+    pub body_read_timeout_ms: u64,
+    /// Requests one tenant may have being served at once; one more is answered 429.
+    pub tenant_requests_max: usize,
 }
 
 impl Default for HttpConfig {
@@ -49,6 +55,8 @@ impl Default for HttpConfig {
             connections_max: CONNECTIONS_MAX_DEFAULT,
             header_bytes_max: HEADER_BYTES_MAX_DEFAULT,
             header_read_timeout_ms: HEADER_READ_TIMEOUT_MS_DEFAULT,
+            body_read_timeout_ms: BODY_READ_TIMEOUT_MS_DEFAULT,
+            tenant_requests_max: crate::tenants::TENANT_REQUESTS_MAX_DEFAULT,
         }
     }
 }
@@ -88,7 +96,14 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let service = TowerToHyperService::new(router.clone());
+        let body_deadline = Duration::from_millis(config.body_read_timeout_ms);
+        let service = TowerToHyperService::new(
+            tower::ServiceBuilder::new()
+                .map_request(move |request: hyper::Request<hyper::body::Incoming>| {
+                    request.map(|body| axum::body::Body::new(DeadlineBody::new(body, body_deadline)))
+                })
+                .service(router.clone()),
+        );
         let mut closed = closed.clone();
         let config = config.clone();
         connections.spawn(async move {
@@ -120,4 +135,55 @@ pub async fn serve(
         connections.abort_all();
     }
     Ok(())
+}
+
+/// A request body that must arrive within a deadline: past it, reading fails, so a client that
+/// sends a body a byte at a time cannot hold its connection (and a place) for ever.
+struct DeadlineBody<B> {
+    inner: B,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    limit: Duration,
+}
+
+impl<B> DeadlineBody<B> {
+    fn new(inner: B, limit: Duration) -> Self {
+        Self { inner, deadline: Box::pin(tokio::time::sleep(limit)), limit }
+    }
+}
+
+/// A body was not received within `http.body_read_timeout_ms`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0:?} (http.body_read_timeout_ms)")]
+struct BodyTooSlow(Duration);
+
+impl<B> hyper::body::Body for DeadlineBody<B>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = bytes::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::future::Future;
+        if let std::task::Poll::Ready(frame) = std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            return std::task::Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let limit = self.limit;
+        match self.deadline.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Some(Err(Box::new(BodyTooSlow(limit))))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -163,7 +163,16 @@ fn kind(value: &Value) -> &'static str {
 /// invalid params, with the request's id recovered; anything else is a parse error.
 fn unparsable(text: &str, error_: &serde_json::Error) -> Screened {
     let parse_error = || Screened::Reply(error(Value::Null, PARSE_ERROR, format!("Parse error: {error_}")));
-    let Some(repaired) = replace_lone_surrogates(text) else { return parse_error() };
+    let Some(repaired) = replace_lone_surrogates(text) else {
+        // Grammatical JSON nested deeper than the parser goes is a request that gets an
+        // answer, with its id, when its id can be read at the top level.
+        return match top_level_id(text) {
+            Some(id) if error_.is_syntax() && error_.to_string().starts_with("recursion limit") => Screened::Reply(
+                error(id, INVALID_REQUEST, "Invalid Request: the message is nested more than 128 levels deep"),
+            ),
+            _ => parse_error(),
+        };
+    };
     let Ok(Value::Object(object)) = serde_json::from_str::<Value>(&repaired) else { return parse_error() };
     let id = object.get("id").filter(|id| id.is_string() || id.is_i64() || id.is_u64()).cloned();
     let method = object.get("method").and_then(Value::as_str).unwrap_or("the message");
@@ -174,6 +183,51 @@ fn unparsable(text: &str, error_: &serde_json::Error) -> Screened {
         Some(id) => Screened::Reply(error(id, INVALID_PARAMS, format!("Invalid params: {problem}"))),
         None => Screened::Drop(problem),
     }
+}
+
+/// The `id` member of a top-level object, read without parsing the rest (a string or an
+/// integer; `None` when there is no such member or it is something else).
+fn top_level_id(text: &str) -> Option<Value> {
+    let bytes = text.as_bytes();
+    let (mut depth, mut i, mut in_string) = (0usize, 0usize, false);
+    let mut key_start = None;
+    while i < bytes.len() {
+        let byte = bytes[i];
+        if in_string {
+            match byte {
+                b'\\' => i += 1,
+                b'"' => {
+                    in_string = false;
+                    if let Some(start) = key_start.take()
+                        && depth == 1
+                        && &text[start..i] == "id"
+                    {
+                        let rest = text[i + 1..].trim_start().strip_prefix(':')?.trim_start();
+                        let end = rest.find([',', '}']).unwrap_or(rest.len());
+                        let id: Value = serde_json::from_str(rest[..end].trim()).ok()?;
+                        return (id.is_string() || id.is_i64() || id.is_u64()).then_some(id);
+                    }
+                }
+                _ => {}
+            }
+        } else {
+            match byte {
+                b'"' => {
+                    in_string = true;
+                    // A string right after `{` or `,` at depth 1 is a key.
+                    let before = text[..i].trim_end();
+                    if depth == 1 && (before.ends_with('{') || before.ends_with(',')) {
+                        key_start = Some(i + 1);
+                    }
+                }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    None
 }
 
 /// `text` with every unpaired `\uD800`–`\uDFFF` escape replaced by `\uFFFD`, or `None` when it
@@ -269,6 +323,19 @@ mod tests {
         assert!(answer["error"]["message"].as_str().expect("text").contains("surrogate"));
         let paired = r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"echo","arguments":{"message":"\ud83d\ude00 \" \\u"}}}"#;
         assert!(matches!(screen(paired.as_bytes()), Screened::Pass(_)), "a whole emoji is fine");
+    }
+
+    #[test]
+    fn a_request_nested_too_deep_is_answered_with_its_id() {
+        let deep = format!(
+            r#"{{"jsonrpc":"2.0","id":14,"method":"tools/call","params":{{"name":"echo","arguments":{{"x":{}1{}}}}}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let answer = reply(&deep);
+        assert_eq!((answer["id"].as_i64(), answer["error"]["code"].as_i64()), (Some(14), Some(INVALID_REQUEST)));
+        assert_eq!(top_level_id(r#"{"method":"x","params":{"id":1},"id":"outer"}"#), Some(Value::from("outer")));
+        assert_eq!(top_level_id(r#"{"params":{"id":1}}"#), None);
     }
 
     #[test]

@@ -70,6 +70,15 @@ async fn authenticate(State(daemon): State<Arc<Daemon>>, mut request: Request, n
         .and_then(|token| daemon.tenant_for(token.trim()));
     match tenant {
         Some(tenant) => {
+            let Ok(_slot) = tenant.request_slot() else {
+                let body = serde_json::json!({
+                    "error": { "code": "too_many_requests", "message": format!(
+                        "tenant {} has too many requests in flight (http.tenant_requests_max)", tenant.name) }
+                });
+                let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return response;
+            };
             request.extensions_mut().insert(tenant);
             next.run(request).await
         }
@@ -102,12 +111,9 @@ async fn bind_and_screen(
         // Another tenant's session is one this caller cannot name: rmcp answers it as unknown.
         parts.headers.insert(SESSION_HEADER, HeaderValue::from_static(NO_SESSION));
     }
-    let is_json = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if parts.method != Method::POST || !is_json {
+    // Every POST body is screened, whatever its content type says: rmcp reads the type more
+    // leniently than a prefix match would, and the session limit must hold for all of them.
+    if parts.method != Method::POST {
         return next.run(Request::from_parts(parts, body)).await;
     }
     let bytes = match axum::body::to_bytes(body, daemon.request_bytes_max).await {

@@ -8,13 +8,15 @@
 
 use crate::jsonrpc::{self, INVALID_REQUEST, Screened};
 use rmcp::RoleServer;
-use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
+use rmcp::model::{ClientJsonRpcMessage, ClientNotification, JsonRpcMessage, ServerJsonRpcMessage};
 use rmcp::transport::Transport;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
 /// Lines queued for stdout at most; a client that stops reading slows the server down.
 const LINES_QUEUED_MAX: usize = 64;
+/// Requests a client may have in flight at once (each is answered before its id is free).
+pub(crate) const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
 
 /// stdin and stdout as an rmcp transport.
 pub(crate) struct GuardedStdio<R> {
@@ -27,6 +29,9 @@ pub(crate) struct GuardedStdio<R> {
     out: mpsc::Sender<Vec<u8>>,
     /// An answer of the screen's, waiting for room in `out`.
     pending: Option<Vec<u8>>,
+    /// Ids of requests passed on and not answered yet (as JSON text), so a second request with
+    /// an id in flight is refused rather than left with no answer of its own.
+    in_flight: std::collections::HashSet<String>,
 }
 
 impl<R: AsyncRead + Unpin + Send> GuardedStdio<R> {
@@ -52,6 +57,7 @@ impl<R: AsyncRead + Unpin + Send> GuardedStdio<R> {
             frame_bytes_max,
             out,
             pending: None,
+            in_flight: std::collections::HashSet::new(),
         };
         (transport, writer)
     }
@@ -98,6 +104,41 @@ impl<R: AsyncRead + Unpin + Send> GuardedStdio<R> {
     }
 }
 
+impl<R> GuardedStdio<R> {
+    /// Track a request's id until it is answered; refuse one whose id is in flight, or one too
+    /// many. A cancellation frees the id it names.
+    fn admit(&mut self, message: ClientJsonRpcMessage) -> Result<ClientJsonRpcMessage, serde_json::Value> {
+        match &message {
+            JsonRpcMessage::Request(request) => {
+                let id = serde_json::to_string(&request.id).unwrap_or_default();
+                if self.in_flight.contains(&id) {
+                    let id_value = serde_json::to_value(&request.id).unwrap_or_default();
+                    return Err(jsonrpc::error(
+                        id_value,
+                        INVALID_REQUEST,
+                        "Invalid Request: a request with this id is still in flight; use a new id",
+                    ));
+                }
+                if self.in_flight.len() >= REQUESTS_IN_FLIGHT_MAX {
+                    let id_value = serde_json::to_value(&request.id).unwrap_or_default();
+                    let message = format!("{REQUESTS_IN_FLIGHT_MAX} requests are in flight already; wait for answers");
+                    return Err(jsonrpc::error(id_value, -32000, message));
+                }
+                self.in_flight.insert(id);
+            }
+            JsonRpcMessage::Notification(notification) => {
+                if let ClientNotification::CancelledNotification(cancelled) = &notification.notification
+                    && let Ok(id) = serde_json::to_string(&cancelled.params.request_id)
+                {
+                    self.in_flight.remove(&id);
+                }
+            }
+            _ => {}
+        }
+        Ok(message)
+    }
+}
+
 fn line_of(value: &serde_json::Value) -> Vec<u8> {
     let mut line = serde_json::to_vec(value).expect("a JSON value serializes");
     line.push(b'\n');
@@ -108,6 +149,14 @@ impl<R: AsyncRead + Unpin + Send> Transport<RoleServer> for GuardedStdio<R> {
     type Error = std::io::Error;
 
     fn send(&mut self, item: ServerJsonRpcMessage) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        let answered = match &item {
+            JsonRpcMessage::Response(response) => serde_json::to_string(&response.id).ok(),
+            JsonRpcMessage::Error(error) => error.id.as_ref().and_then(|id| serde_json::to_string(id).ok()),
+            _ => None,
+        };
+        if let Some(id) = answered {
+            self.in_flight.remove(&id);
+        }
         let out = self.out.clone();
         let line = serde_json::to_vec(&item).map(|mut line| {
             line.push(b'\n');
@@ -136,7 +185,10 @@ impl<R: AsyncRead + Unpin + Send> Transport<RoleServer> for GuardedStdio<R> {
                 }
             };
             match jsonrpc::screen(&line) {
-                Screened::Pass(message) => return Some(*message),
+                Screened::Pass(message) => match self.admit(*message) {
+                    Ok(message) => return Some(message),
+                    Err(answer) => self.pending = Some(line_of(&answer)),
+                },
                 Screened::Reply(answer) => {
                     tracing::warn!(error = %answer["error"], "answered an MCP frame rmcp would not: {}", answer["error"]["message"]);
                     self.pending = Some(line_of(&answer));

@@ -28,7 +28,7 @@ const SWEEP: Duration = Duration::from_secs(2);
 const NOTICES_QUEUED_MAX: usize = 4096;
 /// Jobs awaited at once by this node's callers (sync requests, idempotent resubmissions); one
 /// more is refused with 503 rather than remembered without bound.
-pub(crate) const REMOTE_WAITERS_MAX: usize = 100_000;
+pub const REMOTE_WAITERS_MAX: usize = 100_000;
 
 /// The Redis side of a daemon.
 pub struct Remote {
@@ -38,6 +38,8 @@ pub struct Remote {
     pub shared_store: Option<Arc<guild_replay::DirStore>>,
     /// This node's consumer name in the audit group.
     node: String,
+    /// Jobs awaited at once at most.
+    waiters_max: usize,
     waiters: Mutex<HashMap<String, Vec<watch::Sender<RunState>>>>,
     pushed: Mutex<HashSet<Digest>>,
     audited: Mutex<Remembered>,
@@ -80,10 +82,17 @@ impl Remote {
             queue,
             shared_store,
             node,
+            waiters_max: REMOTE_WAITERS_MAX,
             waiters: Mutex::new(HashMap::new()),
             pushed: Mutex::new(HashSet::new()),
             audited: Mutex::new(Remembered::default()),
         }
+    }
+
+    /// Await at most `waiters_max` jobs at once (default [`REMOTE_WAITERS_MAX`]).
+    pub fn with_waiters_max(mut self, waiters_max: usize) -> Self {
+        self.waiters_max = waiters_max.max(1);
+        self
     }
 
     /// An attempt already in the audit log (from the log, at start).
@@ -116,14 +125,15 @@ impl Remote {
     /// A message when [`REMOTE_WAITERS_MAX`] jobs are awaited already.
     pub fn watch(&self, id: &str) -> Result<watch::Receiver<RunState>, String> {
         let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        if waiters.len() >= REMOTE_WAITERS_MAX && !waiters.contains_key(id) {
+        if waiters.len() >= self.waiters_max && !waiters.contains_key(id) {
             waiters.retain(|_, senders| {
                 senders.retain(|s| !s.is_closed());
                 !senders.is_empty()
             });
-            if waiters.len() >= REMOTE_WAITERS_MAX {
+            if waiters.len() >= self.waiters_max {
                 return Err(format!(
-                    "this node is waiting for {REMOTE_WAITERS_MAX} jobs already; retry, or ask asynchronously"
+                    "this node is waiting for {} jobs already; retry, or ask asynchronously",
+                    self.waiters_max
                 ));
             }
         }
@@ -396,4 +406,24 @@ pub(crate) fn run_body(id: &str, status: &JobStatus) -> serde_json::Value {
         None => body["status"] = status.state.word().into(),
     }
     body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn awaited_jobs_are_bounded_and_a_gone_caller_frees_its_place() {
+        // Lazy: nothing is sent to Redis for waiting.
+        let queue = RedisQueue::open(guild_queue::RedisSettings::new("redis://127.0.0.1:1/")).expect("queue");
+        let remote = Remote::new(queue, "node".into(), None).with_waiters_max(2);
+        let first = remote.watch("a").expect("room");
+        let _second = remote.watch("b").expect("room");
+        let _again = remote.watch("a").expect("another caller of an awaited job takes no new place");
+        let refused = remote.watch("c").expect_err("full");
+        assert!(refused.contains("waiting for 2 jobs"), "{refused}");
+        drop(first);
+        drop(_again);
+        assert!(remote.watch("c").is_ok(), "a place whose callers went away is reused");
+    }
 }

@@ -165,8 +165,10 @@ fn node_name(port: u16) -> String {
 }
 
 fn tenants(config: &DaemonConfig, default_token: Option<String>) -> Result<Vec<Arc<Tenant>>, ConfigError> {
+    let requests_max = config.http.tenant_requests_max;
+    let tenant = |config: &TenantConfig| Arc::new(Tenant::from_config(config).with_requests_max(requests_max));
     if !config.tenants.is_empty() {
-        return Ok(config.tenants.iter().map(|t| Arc::new(Tenant::from_config(t))).collect());
+        return Ok(config.tenants.iter().map(tenant).collect());
     }
     let token = default_token.ok_or_else(|| ConfigError {
         field: "tenants".into(),
@@ -183,7 +185,7 @@ fn tenants(config: &DaemonConfig, default_token: Option<String>) -> Result<Vec<A
         fuel_budget_units: None,
         fuel_budget_period_s: crate::config::FUEL_BUDGET_PERIOD_S_DEFAULT,
     };
-    Ok(vec![Arc::new(Tenant::from_config(&default))])
+    Ok(vec![tenant(&default)])
 }
 
 /// Components uploaded through `POST /v1/tools` before a restart.

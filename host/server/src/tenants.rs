@@ -45,7 +45,14 @@ pub struct Tenant {
     concurrency_max: u32,
     running: AtomicU32,
     budget: Option<Mutex<FuelBudget>>,
+    /// HTTP requests of this tenant being served at once (one tenant cannot hold every
+    /// connection, say by sending bodies slowly).
+    requests: Arc<tokio::sync::Semaphore>,
+    requests_max: usize,
 }
+
+/// Default for [`Tenant::with_requests_max`]: HTTP requests one tenant may have in flight.
+pub const TENANT_REQUESTS_MAX_DEFAULT: usize = 256;
 
 /// Why a tenant may not start a run now, and when to try again.
 #[derive(Debug, Clone, PartialEq)]
@@ -204,7 +211,30 @@ impl Tenant {
                     committed_units: 0,
                 })
             }),
+            requests: Arc::new(tokio::sync::Semaphore::new(TENANT_REQUESTS_MAX_DEFAULT)),
+            requests_max: TENANT_REQUESTS_MAX_DEFAULT,
         }
+    }
+
+    /// Serve at most `requests_max` HTTP requests of this tenant at once.
+    pub fn with_requests_max(mut self, requests_max: usize) -> Self {
+        let requests_max = requests_max.max(1);
+        self.requests = Arc::new(tokio::sync::Semaphore::new(requests_max));
+        self.requests_max = requests_max;
+        self
+    }
+
+    /// A place among this tenant's requests in flight, held while its request is served.
+    ///
+    /// # Errors
+    /// A message naming the limit when the tenant has that many in flight.
+    pub fn request_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, String> {
+        self.requests.clone().try_acquire_owned().map_err(|_| {
+            format!(
+                "tenant {} has {} requests in flight already (http.tenant_requests_max); wait for one to finish",
+                self.name, self.requests_max
+            )
+        })
     }
 
     /// Does `token` belong to this tenant? (Constant-time comparison of digests.)

@@ -271,7 +271,11 @@ impl EgressRun {
         };
         let dest = Destination { scheme: &scheme, host: &host, port, method: &method, path: &path };
         let shown = format!("{scheme}://{host}:{port}");
-        if !self.operator_rules.iter().any(|r| r.matches(&dest)) {
+        // The operator rules this request falls under: only they may let it reach an address
+        // that is blocked by default (a rule naming 127.0.0.1:8080/public/ exempts that
+        // address for that port and path, not for every other rule).
+        let matching: Vec<&EgressRule> = self.operator_rules.iter().filter(|r| r.matches(&dest)).collect();
+        if matching.is_empty() {
             return Err(Refusal::denied(format!(
                 "egress denied: {} {shown}{} matches no rule (rules: {})",
                 dest.method,
@@ -286,7 +290,12 @@ impl EgressRun {
                 list(&self.tool_rules)
             )));
         }
-        let used = self.fill_secrets(&mut parts.headers, &dest, &shown)?;
+        self.fill_secrets(&mut parts.headers, &dest, &shown)?;
+        if !self.secrets.is_empty() {
+            // A run holding secrets takes only uncompressed responses: the host can then take
+            // any secret an upstream reflects back out of what the guest sees.
+            parts.headers.insert(http::header::ACCEPT_ENCODING, http::HeaderValue::from_static("identity"));
+        }
         let attempt = match &self.breakers {
             Some(breakers) => breakers.admit(&shown).map_err(|open| Refusal {
                 error: Error::DestinationUnavailable,
@@ -302,7 +311,7 @@ impl EgressRun {
         let connect_timeout = Duration::from_millis(self.limits.http_connect_timeout_ms);
         // A resolution failure is the upstream's (the breaker's attempt, dropped, counts as
         // such if it was the probe).
-        let addr = self.resolve(&host, port, connect_timeout).await?;
+        let addr = self.resolve(&host, port, connect_timeout, &matching).await?;
         let body = self.read_body(body, record, true).await?;
         let request = http::Request::from_parts(parts, Full::new(body));
         let total = Duration::from_millis(self.limits.http_timeout_ms);
@@ -345,18 +354,31 @@ impl EgressRun {
                 let reason = format!("{shown}: {}", describe_error(&error));
                 Err(Refusal { error, reason })
             }
-            Ok(Ok(answer)) => Ok(scrub_answer(answer, &used)),
+            Ok(Ok(answer)) => self.checked_answer(answer, &shown),
         }
     }
 
+    /// What the guest gets of an answer when the run holds secrets: every secret value the run
+    /// was granted taken out (whichever request used it — an upstream may store a value and
+    /// return it later), and a compressed body refused, since it could hide one.
+    fn checked_answer(&self, answer: Answer, shown: &str) -> Result<Answer, Refusal> {
+        if self.secrets.is_empty() {
+            return Ok(answer);
+        }
+        let encoded = answer.headers.iter().find(|(name, value)| {
+            name.eq_ignore_ascii_case("content-encoding") && !value.trim().eq_ignore_ascii_case("identity")
+        });
+        if let Some((_, encoding)) = encoded {
+            return Err(Refusal::denied(format!(
+                "egress refused: {shown} answered with content-encoding {encoding}; a run holding secrets takes only \
+                 uncompressed responses, which the host can check for them"
+            )));
+        }
+        Ok(scrub_answer(answer, &self.secrets))
+    }
+
     /// Replace each `{{secret:NAME}}` in header values, if this destination may receive it.
-    /// Returns the secrets used, to take their values back out of the response.
-    fn fill_secrets(
-        &self,
-        headers: &mut http::HeaderMap,
-        dest: &Destination<'_>,
-        shown: &str,
-    ) -> Result<Vec<Secret>, Refusal> {
+    fn fill_secrets(&self, headers: &mut http::HeaderMap, dest: &Destination<'_>, shown: &str) -> Result<(), Refusal> {
         let mut used: Vec<Secret> = Vec::new();
         for value in headers.values_mut() {
             let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -388,11 +410,18 @@ impl EgressRun {
                 Refusal::denied("egress denied: a header with a secret is not a valid header value".to_string())
             })?;
         }
-        Ok(used)
+        Ok(())
     }
 
-    /// Resolve `host` and pick the first address that is public or named by a rule.
-    async fn resolve(&self, host: &str, port: u16, timeout: Duration) -> Result<SocketAddr, Refusal> {
+    /// Resolve `host` and pick the first address that is public or named by one of `matching`,
+    /// the operator rules the request falls under.
+    async fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+        matching: &[&EgressRule],
+    ) -> Result<SocketAddr, Refusal> {
         let candidates: Vec<IpAddr> = match parse_ip_literal(host) {
             Some(ip) => vec![ip],
             None => match tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await {
@@ -409,9 +438,7 @@ impl EgressRun {
         let mut refused = Vec::new();
         for ip in &candidates {
             match blocked_reason(*ip) {
-                Some(reason) if !self.operator_rules.iter().any(|r| r.names_address(*ip)) => {
-                    refused.push((*ip, reason))
-                }
+                Some(reason) if !matching.iter().any(|r| r.names_address(*ip)) => refused.push((*ip, reason)),
                 _ => return Ok(SocketAddr::new(*ip, port)),
             }
         }
