@@ -4,10 +4,12 @@
 //! signed bundle and a hash-chained, fsynced audit record.
 //!
 //! Modules: `config` (the TOML file and its `GUILD_*` overrides), `tenants`, `registry` (tools,
-//! schemas), `queue`, `runs` (the run table and idempotency keys), `audit`, `metrics`,
-//! `daemon` (state and the run pipeline), `api` (routes and error bodies), `mcp` (the Model
-//! Context Protocol server over the same pipeline) and `mcp_http` (its `/mcp` route), `start`
-//! (assembly and graceful shutdown).
+//! schemas), `runs` (the run table and idempotency keys), `audit`, `metrics`, `daemon` (state,
+//! the run pipeline, who may see what), `api` (routes, authentication before the body, error
+//! bodies), `bundles` (serving bundles to their owners), `http` (the bounded listener),
+//! `descriptors` (the descriptor budget), `jsonrpc` (one answer per MCP frame), `mcp` (the Model
+//! Context Protocol server over the same pipeline) with `mcp_stdio` and `mcp_http` (its
+//! transports), `remote` and `worker` (Redis), `start` (assembly and graceful shutdown).
 
 mod api;
 pub mod audit;
