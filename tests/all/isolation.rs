@@ -384,3 +384,32 @@ fn a_tenant_sending_bodies_slowly_holds_neither_its_connection_nor_everyones() {
     }
     assert_eq!(daemon.run(BOB, json!({"tool": "echo", "input": {"message": "x"}})).status, 200);
 }
+
+#[test]
+fn runs_at_their_bounds_must_leave_the_daemon_its_descriptors() {
+    let guild = Guild::new();
+    let greedy =
+        config_with_tools("[tools.limits]\nwasi_resources_max = 100000\n", "[queue]\nruns_in_flight_max = 64\n");
+    let ran = guild.run(&["serve", "--listen", "127.0.0.1:0", "--config", &config_file(guild.home(), &greedy)]);
+    ran.expect_code(2).expect_stderr("file descriptors").expect_stderr("wasi_resources_max");
+}
+
+#[test]
+fn an_upload_that_cannot_be_kept_is_not_registered() {
+    let guild = Guild::new();
+    let daemon = Daemon::start(&guild, &["--config", &config_file(guild.home(), &config(""))], &[]);
+    // Where uploads are kept is taken by a file: the upload cannot be made durable.
+    std::fs::write(guild.home().join("tools"), b"not a directory").expect("write");
+    let wc = std::fs::read(WC).expect("wc");
+    let reply = daemon.call_with("POST", "/v1/tools", ROOT, &wc, &[]);
+    assert_eq!(
+        (reply.status, reply.code().as_str()),
+        (500, "host_failure"),
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let tools = daemon.call("GET", "/v1/tools", ROOT, "").json();
+    let names: Vec<&str> =
+        tools["tools"].as_array().expect("tools").iter().filter_map(|t| t["name"].as_str()).collect();
+    assert!(!names.contains(&"wc"), "a tool a restart would lose was announced: {names:?}");
+}
