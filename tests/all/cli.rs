@@ -146,12 +146,15 @@ fn help_documents_the_exit_codes() {
         "0  success",
         "1  the tool returned an error",
         "2  usage error",
-        "3  a limit was hit",
+        "3  a limit ended the run",
         "4  a capability was denied",
         "5  the component is invalid",
     ] {
         assert!(ran.stdout.contains(line), "missing {line:?} in {}", ran.stdout);
     }
+    let replay = Guild::new().run(&["replay", "--help"]);
+    assert!(replay.stdout.contains("13 nondeterminism") && replay.stdout.contains("17 replay too slow"));
+    assert!(!replay.stdout.contains("output JSON is on stdout"), "replay's own codes only");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Command-line arguments, parsed raw by clap; `run_cmd` turns them into a validated request.
 
-use crate::exit::EXIT_CODES_HELP;
+use crate::exit::{BUNDLE_EXIT_CODES_HELP, EXIT_CODES_HELP};
 use clap::{Args, Parser, Subcommand};
 use guild_runtime::egress::{EgressRule, SecretSource};
 use guild_runtime::{Access, Mount};
@@ -50,7 +50,7 @@ pub(crate) enum Command {
     #[command(subcommand)]
     Bundle(BundleCommand),
     /// Re-run a bundle offline with every effect answered from its tape, and compare.
-    #[command(after_help = EXIT_CODES_HELP)]
+    #[command(after_help = BUNDLE_EXIT_CODES_HELP)]
     Replay(ReplayArgs),
     /// The host's signing key.
     #[command(subcommand)]
@@ -182,9 +182,12 @@ pub(crate) struct ToolFlags {
 pub(crate) enum AuditCommand {
     /// Check the audit log's hash chain and head; names the first broken record (exit 10).
     Verify {
-        /// The log; defaults to HOME/audit.log.
+        /// The log; defaults to the config's `state`/audit.log, else HOME/audit.log.
         #[arg(value_name = "FILE")]
         log: Option<PathBuf>,
+        /// The daemon's configuration, to find the log under its `state` directory.
+        #[arg(long, env = "GUILD_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -229,7 +232,7 @@ pub(crate) struct GpuBenchArgs {
 pub(crate) enum BundleCommand {
     /// Check a bundle's signature, every digest and size, and its tape's hash chain, without
     /// running anything.
-    #[command(after_help = EXIT_CODES_HELP)]
+    #[command(after_help = BUNDLE_EXIT_CODES_HELP)]
     Verify(BundleArgs),
     /// Show a bundle for a person to audit: tool, input, grants, effects, result, fuel, signer.
     Inspect(BundleArgs),
@@ -239,7 +242,7 @@ pub(crate) enum BundleCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct BundleArgs {
-    /// A bundle file (.tar.zst) or a bundle id (or unique prefix) in the store.
+    /// A bundle file (.tar.zst) or a bundle id (or a unique prefix of at least 6 hex digits) in the store.
     #[arg(value_name = "FILE|ID")]
     pub(crate) bundle: String,
     /// Require the bundle to be signed by this public key (hex, from `guild key show`).
@@ -249,7 +252,7 @@ pub(crate) struct BundleArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ExportArgs {
-    /// A bundle id (or unique prefix) in the store.
+    /// A bundle id (or a unique prefix of at least 6 hex digits) in the store.
     #[arg(value_name = "ID")]
     pub(crate) bundle: String,
     /// Where to write the archive.

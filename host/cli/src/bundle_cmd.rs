@@ -22,6 +22,31 @@ fn required_key(args: &BundleArgs) -> Result<Option<PublicKey>, Failure> {
         .transpose()
 }
 
+/// The fewest hex digits of a bundle id the store resolves; shorter prefixes match too much.
+const BUNDLE_ID_PREFIX_MIN: usize = 6;
+
+/// Checks that `text` can name a bundle in the store (hex, at least [`BUNDLE_ID_PREFIX_MIN`]
+/// digits), so a mistyped file name gets a message about files, not about ids.
+///
+/// # Errors
+/// A usage failure naming what was wrong.
+fn bundle_id_text(text: &str, files_allowed: bool) -> Result<&str, Failure> {
+    let hex = !text.is_empty() && text.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex {
+        return Err(Failure::usage(if files_allowed {
+            format!("no bundle file {text} (and it is not a bundle id: ids are hex)")
+        } else {
+            format!("{text:?} is not a bundle id: ids are hex")
+        }));
+    }
+    if text.len() < BUNDLE_ID_PREFIX_MIN {
+        return Err(Failure::usage(format!(
+            "{text:?} is too short to name a bundle: give at least {BUNDLE_ID_PREFIX_MIN} hex digits of its id"
+        )));
+    }
+    Ok(text)
+}
+
 fn open(global: &Global, args: &BundleArgs) -> Result<Opened, Failure> {
     let key = required_key(args)?;
     let path = Path::new(&args.bundle);
@@ -34,8 +59,9 @@ fn open(global: &Global, args: &BundleArgs) -> Result<Opened, Failure> {
             .map_err(verify_failure)?;
         return Ok(Opened { bundle, store: Box::new(imported.store) });
     }
+    let text = bundle_id_text(&args.bundle, true)?;
     let store = open_store(global)?;
-    let id = store.resolve(&args.bundle).map_err(store_failure)?;
+    let id = store.resolve(text).map_err(store_failure)?;
     let (manifest, signature) = store.get_bundle(&id).map_err(store_failure)?;
     let bundle = Bundle::open(&store, &manifest, &signature, key.as_ref()).map_err(verify_failure)?;
     Ok(Opened { bundle, store: Box::new(store) })
@@ -74,8 +100,9 @@ pub(crate) fn verify(global: &Global, args: BundleArgs) -> Result<Exit, Failure>
 }
 
 pub(crate) fn export(global: &Global, args: ExportArgs) -> Result<Exit, Failure> {
+    let text = bundle_id_text(&args.bundle, false)?;
     let store = open_store(global)?;
-    let id = store.resolve(&args.bundle).map_err(store_failure)?;
+    let id = store.resolve(text).map_err(store_failure)?;
     let (manifest, signature) = store.get_bundle(&id).map_err(store_failure)?;
     Bundle::open(&store, &manifest, &signature, None).map_err(verify_failure)?;
     let file = std::fs::File::create(&args.output)

@@ -67,13 +67,21 @@ pub(crate) const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  success: the tool's output JSON is on stdout
   1  the tool returned an error, or crashed (trapped)
-  2  usage error or bad input (including the tool's own invalid-input)
-  3  a limit was hit: fuel, time, memory, stack, output or log bytes, a GPU quota
-  4  a capability was denied (a mount the tool did not ask for, a refused file)
+  2  usage error or bad input (including the tool's own invalid-input), or a run refused before it
+     started (a mount too large to record, limits above this host's ceilings)
+  3  a limit ended the run: fuel, time, memory, stack, output, log or recording bytes, WASI
+     resources, a mount's write quota, a GPU quota
+  4  a capability was denied (a mount the tool did not ask for, a refused file or request)
   5  the component is invalid, or the host failed
 
-guild bundle verify / guild replay:
+guild bundle verify / guild replay have their own codes (see their --help).";
+
+/// The text `guild bundle verify --help` and `guild replay --help` end with.
+pub(crate) const BUNDLE_EXIT_CODES_HELP: &str = "\
+Exit codes:
   0  valid / replayed identically
+  2  usage error (no such file, or an id prefix shorter than 6 hex digits)
+  5  the host failed
   10 invalid bundle (malformed, incomplete, altered)      11 bad signature or not the required key
   12 engine mismatch (--allow-engine-mismatch)            13 nondeterminism (first diverging seq shown)
   14 output mismatch                                      15 trap mismatch (a different kind of ending)

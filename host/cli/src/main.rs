@@ -27,6 +27,8 @@ macro_rules! out {
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
+    // `guild run --summary-json` promises one JSON line on stderr, refused runs included.
+    let summary_json = matches!(&cli.command, args::Command::Run(run) if run.summary_json);
     let result = match cli.command {
         args::Command::Run(run) => run_cmd::run(&cli.global, run),
         args::Command::Describe(describe) => run_cmd::describe(&cli.global, describe),
@@ -47,6 +49,15 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code.into(),
+        Err(failure) if summary_json => {
+            let summary = serde_json::json!({
+                "status": "error",
+                "exit_code": failure.code as u8,
+                "message": failure.message,
+            });
+            eprintln!("{summary}");
+            failure.code.into()
+        }
         Err(failure) => {
             eprintln!("guild: error: {}", failure.message);
             failure.code.into()

@@ -129,7 +129,8 @@ fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
-        LogFormat::Text => builder.try_init(),
+        // Colour only for a person at a terminal; a file or journald gets plain text.
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
     };
 }
 
@@ -182,10 +183,14 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 }
 
 pub(crate) fn audit(global: &Global, command: AuditCommand) -> Result<Exit, Failure> {
-    let AuditCommand::Verify { log } = command;
-    let path = match log {
-        Some(path) => path,
-        None => home_dir(global)?.join("audit.log"),
+    let AuditCommand::Verify { log, config } = command;
+    let path = match (log, config) {
+        (Some(path), _) => path,
+        (None, Some(config)) => match load_config(Some(&config))?.state {
+            Some(state) => state.join("audit.log"),
+            None => home_dir(global)?.join("audit.log"),
+        },
+        (None, None) => home_dir(global)?.join("audit.log"),
     };
     if !path.exists() {
         return Err(Failure::usage(format!("no audit log at {}", path.display())));

@@ -39,13 +39,13 @@ impl RecordingConfig {
 
 fn tree_error(error: TreeError) -> RunError {
     match &error {
-        TreeError::TooLarge { setting, .. } => {
+        TreeError::TooLarge { what, setting, .. } => {
             let raise = match *setting {
                 "tree bytes_max" => "raise --mount-bytes",
                 "tree entries_max" => "raise --mount-entries",
                 _ => "mount a shallower directory",
             };
-            RunError::Limits(format!("a mount is too large to record: {error}; {raise}"))
+            RunError::Limits(format!("a mount is too large to record ({what}); {raise}"))
         }
         _ => RunError::Record(error.to_string()),
     }

@@ -579,6 +579,8 @@ impl Runtime {
             Some(Ok(Err(error)))
                 if store.data().guard.returned()
                     && error.downcast_ref::<wasmtime::WasmBacktrace>().is_none()
+                    && error.downcast_ref::<Trap>().is_none()
+                    && error.downcast_ref::<LimitHit>().is_none()
                     && stop.hit().is_none() =>
             {
                 result_error(&error, limits)

@@ -376,7 +376,8 @@ fn not_started(finished: &Finished) -> Option<ApiError> {
         "host_failure" => (StatusCode::INTERNAL_SERVER_ERROR, "host_failure"),
         _ => return None,
     };
-    Some(ApiError::new(status, code, message))
+    let retry_after_s = (status == StatusCode::TOO_MANY_REQUESTS).then_some(1);
+    Some(ApiError { retry_after_s, ..ApiError::new(status, code, message) })
 }
 
 fn rejection(rejection: Rejection) -> ApiError {

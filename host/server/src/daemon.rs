@@ -512,6 +512,7 @@ impl Daemon {
         };
         let (finished, output) = match result {
             Ok(report) => {
+                log_egress_refusals(&report);
                 self.observe(&tool.name, &entry.tenant, &report);
                 audit.grants = serde_json::json!({ "policy": report.policy, "limits": report.limits });
                 audit.bundle = report.bundle;
@@ -596,6 +597,18 @@ pub(crate) fn finished_from_report(report: RunReport) -> (Finished, Option<Strin
     let finished =
         Finished { status, error, bundle: report.bundle, fuel_used_units: report.fuel_used_units, wall_time_us };
     (finished, output)
+}
+
+/// Tell the operator why the run's outgoing requests were refused (the tool only learns that
+/// they were): the reasons name the operator's rules, which are not the caller's to see.
+pub(crate) fn log_egress_refusals(report: &RunReport) {
+    for reason in &report.egress_denials {
+        tracing::info!(reason = %reason, "egress refused");
+    }
+    let unlisted = report.egress_refusals.saturating_sub(report.egress_denials.len() as u32);
+    if unlisted > 0 {
+        tracing::info!(more = unlisted, "egress refused more requests than are listed");
+    }
 }
 
 /// The message `guild run` prints for an outcome.

@@ -4,7 +4,7 @@
 //! `header_read_timeout_ms` (a client that trickles headers, or a connection left idle between
 //! requests, is closed). On shutdown it stops
 //! accepting, lets each connection finish the request in flight, and closes what is still open
-//! after `CLOSE_WAIT`.
+//! after `close_wait` (the daemon's drain deadline).
 //!
 //! Hand-written on hyper's connection builder because `axum::serve` sets none of these limits.
 
@@ -29,8 +29,6 @@ pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 pub const BODY_READ_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// The smallest header limit the daemon accepts (a browser's request headers fit it).
 pub const HEADER_BYTES_MIN: usize = 8192;
-/// How long open connections (event streams, slow clients) may take to close after shutdown.
-const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// `[http]`: bounds on the daemon's listener.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -61,7 +59,8 @@ impl Default for HttpConfig {
     }
 }
 
-/// Serve `router` on `listener` until `shutdown` resolves, then finish the requests in flight.
+/// Serve `router` on `listener` until `shutdown` resolves, then let the requests in flight
+/// finish, closing the connections still open after `close_wait` (event streams, idle clients).
 ///
 /// # Errors
 /// Only when the listener itself fails; a failed connection is logged and served no more.
@@ -70,6 +69,7 @@ pub async fn serve(
     router: Router,
     config: HttpConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    close_wait: Duration,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(config.connections_max.max(1)));
     let (closing, closed) = watch::channel(false);
@@ -130,7 +130,7 @@ pub async fn serve(
         });
     }
     let _ = closing.send(true);
-    if tokio::time::timeout(CLOSE_WAIT, async { while connections.join_next().await.is_some() {} }).await.is_err() {
+    if tokio::time::timeout(close_wait, async { while connections.join_next().await.is_some() {} }).await.is_err() {
         tracing::warn!(open = connections.len(), "closing connections still open after shutdown");
         connections.abort_all();
     }

@@ -240,15 +240,23 @@ pub async fn run(
     drain: Duration,
 ) -> std::io::Result<bool> {
     let draining = daemon.clone();
+    let started = Arc::new(std::sync::Mutex::new(None));
+    let began = started.clone();
     let signal = async move {
         shutdown.await;
         tracing::info!(notice_ms = notice.as_millis() as u64, "shutting down: no new runs; draining");
         draining.start_draining();
         tokio::time::sleep(notice).await;
+        *began.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());
     };
-    crate::http::serve(listener, crate::api::router(daemon.clone()), daemon.http.clone(), signal).await?;
-    let drained =
-        daemon.drain(drain).await.map_err(|e| std::io::Error::other(format!("bundles could not be written: {e}")))?;
+    // Requests in flight (a sync run waiting for its result) get the drain deadline, and the
+    // queue whatever of it is left: one deadline for both.
+    crate::http::serve(listener, crate::api::router(daemon.clone()), daemon.http.clone(), signal, drain).await?;
+    let spent = started.lock().unwrap_or_else(|p| p.into_inner()).map_or(Duration::ZERO, |t| t.elapsed());
+    let drained = daemon
+        .drain(drain.saturating_sub(spent))
+        .await
+        .map_err(|e| std::io::Error::other(format!("bundles could not be written: {e}")))?;
     tracing::info!(drained, "stopped");
     Ok(drained)
 }

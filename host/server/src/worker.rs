@@ -284,6 +284,7 @@ impl Worker {
                 });
             }
         };
+        crate::daemon::log_egress_refusals(&report);
         if let Some(bundle) = report.bundle {
             self.share_bundle(&bundle).await;
         }

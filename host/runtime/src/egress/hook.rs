@@ -171,7 +171,9 @@ impl EgressRun {
         }
         match result {
             Ok(answer) => Ok(to_response(answer)),
-            Err(refusal) => Err(refusal.error),
+            // The tape keeps only the error's kind, so the guest gets the kind's canonical value
+            // live too: a replay hands it the very same one. The reason went to the host's log.
+            Err(refusal) => Err(error_from_kind(error_kind(&refusal.error))),
         }
     }
 
@@ -188,8 +190,10 @@ impl EgressRun {
         }
         record.body_bytes = body.len() as u64;
         record.body = match (&self.recorder, keep) {
-            (Some(recorder), true) => Some(recorder.attach_blob(&body).ok_or_else(|| {
-                Refusal::denied("egress refused: the run's recording is full (raise --recording-bytes)".into())
+            (Some(recorder), true) => Some(recorder.attach_blob(&body).ok_or_else(|| Refusal {
+                // Not `denied`: a replay must read this request's body too, to compare it.
+                error: Error::InternalError(Some("the run's recording is full".into())),
+                reason: "egress refused: the run's recording is full (raise --recording-bytes)".into(),
             })?),
             _ => Some(Digest::of(&body)),
         };
@@ -290,7 +294,7 @@ impl EgressRun {
                 list(&self.tool_rules)
             )));
         }
-        self.fill_secrets(&mut parts.headers, &dest, &shown)?;
+        self.fill_secrets(&mut parts.headers, &dest, &format!("{} {shown}{}", dest.method, dest.path))?;
         if !self.secrets.is_empty() {
             // A run holding secrets takes only uncompressed responses: the host can then take
             // any secret an upstream reflects back out of what the guest sees.
@@ -316,7 +320,8 @@ impl EgressRun {
         let request = http::Request::from_parts(parts, Full::new(body));
         let total = Duration::from_millis(self.limits.http_timeout_ms);
         let (Some(tls), Some(connections)) = (self.tls.clone(), &self.connections) else {
-            return Err(Refusal::denied("egress is not configured on this host".into()));
+            let reason = "egress is not configured on this host".to_string();
+            return Err(Refusal { error: Error::InternalError(Some(reason.clone())), reason });
         };
         let sent = connect::exchange(
             connections,
@@ -369,10 +374,13 @@ impl EgressRun {
             name.eq_ignore_ascii_case("content-encoding") && !value.trim().eq_ignore_ascii_case("identity")
         });
         if let Some((_, encoding)) = encoded {
-            return Err(Refusal::denied(format!(
-                "egress refused: {shown} answered with content-encoding {encoding}; a run holding secrets takes only \
-                 uncompressed responses, which the host can check for them"
-            )));
+            return Err(Refusal {
+                error: Error::HttpResponseContentCoding(Some(encoding.clone())),
+                reason: format!(
+                    "egress refused: {shown} answered with content-encoding {encoding}; a run holding secrets takes \
+                     only uncompressed responses, which the host can check for them"
+                ),
+            });
         }
         Ok(scrub_answer(answer, &self.secrets))
     }
@@ -504,6 +512,7 @@ fn error_kind(error: &Error) -> &'static str {
         Error::Tls(_) | Error::InvalidDnsNameError(_) => "tls",
         Error::DestinationUnavailable => "unavailable",
         Error::InternalError(_) => "host-busy",
+        Error::HttpResponseContentCoding(_) => "content-coding",
         _ => "connection-failed",
     }
 }
@@ -523,6 +532,7 @@ fn error_from_kind(kind: &str) -> Error {
         "tls" => Error::TlsProtocolError,
         "unavailable" => Error::DestinationUnavailable,
         "host-busy" => Error::InternalError(None),
+        "content-coding" => Error::HttpResponseContentCoding(None),
         _ => Error::ConnectionTerminated,
     }
 }

@@ -110,6 +110,9 @@ impl EgressRule {
             Some(i) if !rest.starts_with('[') || rest[..i].contains(']') => (&rest[..i], Some(rest[i..].to_string())),
             _ => split_bracketed_path(rest),
         };
+        if path_prefix.as_deref().is_some_and(|p| p.contains(['?', '#'])) {
+            return Err(error("a rule names a path only, without '?query' or '#fragment'"));
+        }
         let path_prefix = match path_prefix {
             Some(prefix) => Some(super::path::normalize(&prefix).map_err(|e| error(&e.to_string()))?),
             None => None,
@@ -380,6 +383,8 @@ mod tests {
             "https://x.com:99999",
             "https://[10.0.0.0/99]",
             "http://x.com/a%2fb",
+            "https://x.com/search?q=1",
+            "https://x.com/a#b",
         ] {
             let err = EgressRule::parse(bad).expect_err(bad);
             assert!(err.to_string().contains("write e.g."), "{err}");
