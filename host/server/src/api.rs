@@ -502,7 +502,13 @@ async fn get_bundle(
 ) -> ApiResult<Response> {
     // The same 404 for a malformed id, an id no node knows and another tenant's bundle. Only
     // full ids: a prefix would let a caller search the store.
-    let unknown = || ApiError::new(StatusCode::NOT_FOUND, "unknown_bundle", "no such bundle is known to this node");
+    let unknown = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_bundle",
+            "no such bundle is known to this node (bundles are named by their full 64-hex id, as runs return it)",
+        )
+    };
     let failed = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "host_failure", e);
     let digest: Digest = id.parse().map_err(|_| unknown())?;
     let bundle = crate::bundles::find(&daemon, &digest).await.map_err(|e| match e {

@@ -160,11 +160,20 @@ impl Registry {
     pub async fn load(&self, runtime: &Runtime, specs: Vec<ToolSpec>) -> Result<(), ConfigError> {
         for spec in specs {
             let fail = |message: String| ConfigError { field: spec.field.clone(), message };
-            let (tool, _) = match &spec.source {
+            let started = std::time::Instant::now();
+            let (tool, code) = match &spec.source {
                 ToolSource::File(path) => runtime.load_file(path).await,
                 ToolSource::Embedded { bytes, .. } => runtime.load(bytes).await,
             }
             .map_err(|e| fail(format!("cannot register {}: {e}", spec.label())))?;
+            // Compiling a tool takes seconds the first time; say what the start is waiting on.
+            tracing::info!(
+                tool = %spec.label(),
+                component = %tool.digest(),
+                code = ?code,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "tool loaded"
+            );
             if let Some(pin) = spec.digest
                 && pin != *tool.digest()
             {
