@@ -219,6 +219,12 @@ pub fn import(input: impl Read, limits: ArchiveLimits) -> Result<Imported, Archi
             if !seen_blobs.insert(digest) {
                 return Err(ArchiveError::DuplicateEntry(name));
             }
+            // Every blob entry, referenced or not, holds what its name says: nothing in an
+            // archive that verifies is content the signature does not vouch for.
+            let found = Digest::of(&bytes);
+            if found != digest {
+                return Err(ArchiveError::Store(StoreError::Corrupt { expected: digest, found }));
+            }
             store.insert_unchecked(digest, bytes);
             continue;
         }

@@ -260,6 +260,9 @@ fn malformed_archives_get_clear_errors() {
     let mut duplicated = entries.clone();
     duplicated.push(entries[0].clone());
     assert!(open_archive(&pack(&duplicated)).expect_err("dup").contains("appears twice"));
+    let mut stray = entries.clone();
+    stray.push((format!("blobs/{}", "0".repeat(64)), b"zz".to_vec()));
+    assert!(open_archive(&pack(&stray)).expect_err("stray blob").contains("is corrupt"));
     let missing: Vec<_> = entries.iter().filter(|(n, _)| n != "tape.jsonl").cloned().collect();
     assert!(open_archive(&pack(&missing)).expect_err("missing").contains("has no tape.jsonl"));
 

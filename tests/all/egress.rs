@@ -55,6 +55,19 @@ fn serve(stream: TcpStream, port: u16, log: &Mutex<Vec<String>>) {
     let _ = reader.read_exact(&mut body);
     log.lock().expect("lock").push(format!("{head}\n{}", String::from_utf8_lossy(&body)));
     let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let token =
+        head.lines().find_map(|l| l.strip_prefix("authorization: Bearer ")).unwrap_or("none").trim().to_string();
+    if path == "/transfer-coded" {
+        // A transfer coding besides chunked: what the client passes on is still compressed.
+        let mut stream = stream;
+        let chunk = format!("token={token}");
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+            chunk.len()
+        );
+        let _ = stream.write_all(response.as_bytes());
+        return;
+    }
     let (status, extra, body) = match path.as_str() {
         "/json" => {
             ("200 OK", "content-type: application/json\r\n".to_string(), r#"{"data":[{"name":"guild"}]}"#.to_string())
@@ -69,6 +82,10 @@ fn serve(stream: TcpStream, port: u16, log: &Mutex<Vec<String>>) {
         }
         // The request's head, claimed to be compressed (the host cannot look inside).
         "/gzip" => ("200 OK", "content-encoding: gzip\r\n".to_string(), head.clone()),
+        // The bearer token sent back as the name of a header.
+        "/header-name" => ("200 OK", format!("x-{token}: 1\r\n"), String::new()),
+        // The bearer token sent back as a content coding, which the host refuses, quoting it.
+        "/coded-as-token" => ("200 OK", format!("content-encoding: {token}\r\n"), String::new()),
         _ => ("404 Not Found", String::new(), "no such page".to_string()),
     };
     let response =
@@ -562,4 +579,34 @@ fn a_secret_reflected_compressed_or_returned_later_never_reaches_the_guest() {
     let (code, stdout, stderr) = run("/last", false);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!stdout.contains(VALUE) && stdout.contains("{{secret:TOKEN}}"), "{stdout}");
+    // A transfer coding the client does not undo, and a coding named by the value itself: both
+    // refused, and the refusal (on the tape, in the log) never quotes the value.
+    let (code, stdout, stderr) = run("/transfer-coded", true);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("transfer-encoding gzip, chunked") && !stdout.contains(VALUE), "{stderr}");
+    let (code, stdout, stderr) = run("/coded-as-token", true);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(!stdout.contains(VALUE) && !stderr.contains(VALUE) && stderr.contains("{{secret:TOKEN}}"), "{stderr}");
+    // A value sent back as a header's name: that header is left out.
+    let (code, stdout, stderr) = run("/header-name", true);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stdout.contains(VALUE), "{stdout}");
+    assert!(files_containing(guild.home(), VALUE).is_empty(), "{:?}", files_containing(guild.home(), VALUE));
+}
+
+#[test]
+fn the_upstream_is_told_only_the_host_that_was_checked() {
+    let upstream = Upstream::start();
+    let guild = Guild::new();
+    let rule = format!("http://127.0.0.1:{}", upstream.port);
+    // `attacker.example:80@127.0.0.1` is checked as 127.0.0.1, yet a server may read the host
+    // before the '@': refused before anything is sent.
+    let userinfo = get(&format!("http://attacker.example:80@127.0.0.1:{}/headers", upstream.port));
+    guild.run_tool(HTTP_GET, &userinfo, &["--allow-host", &rule]).expect_code(4).expect_stderr("userinfo");
+    assert!(upstream.requests().is_empty(), "{:?}", upstream.requests());
+    // A port written with a leading zero reaches the server as the port that was checked.
+    let padded = get(&format!("http://127.0.0.1:0{}/headers", upstream.port));
+    guild.run_tool(HTTP_GET, &padded, &["--allow-host", &rule]).expect_code(0);
+    let seen = upstream.requests();
+    assert!(seen[0].contains(&format!("host: 127.0.0.1:{}\r\n", upstream.port)), "{seen:?}");
 }

@@ -33,6 +33,7 @@ pub(crate) fn worker(global: &Global, args: WorkerArgs) -> Result<Exit, Failure>
         runs: concurrency as u64,
         resources_per_run: u64::from(resources.max(guild_runtime::WASI_RESOURCES_MAX_DEFAULT)),
         connections: 0,
+        egress_connections: config.egress_connections_max as u64,
     };
     let limit = guild_server::descriptors::raise_limit().map_err(Failure::host)?;
     budget.check(limit).map_err(Failure::usage)?;

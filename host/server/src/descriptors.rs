@@ -17,6 +17,8 @@ pub struct Budget {
     pub resources_per_run: u64,
     /// Client connections at once.
     pub connections: u64,
+    /// Outgoing HTTP connections of all runs at once, idle pooled ones included.
+    pub egress_connections: u64,
 }
 
 impl Budget {
@@ -25,6 +27,7 @@ impl Budget {
         self.runs
             .saturating_mul(self.resources_per_run)
             .saturating_add(self.connections)
+            .saturating_add(self.egress_connections)
             .saturating_add(DESCRIPTORS_RESERVED)
     }
 
@@ -38,10 +41,11 @@ impl Budget {
             return Ok(());
         }
         Err(format!(
-            "file descriptors: {} runs × {} WASI resources + {} connections + {DESCRIPTORS_RESERVED} reserved = {needed}, \
-             more than this process may open ({limit}, `ulimit -n`); lower queue.runs_in_flight_max (or --concurrency), \
-             the tools' limits.wasi_resources_max or http.connections_max, or raise the limit",
-            self.runs, self.resources_per_run, self.connections
+            "file descriptors: {} runs × {} WASI resources + {} connections + {} outgoing connections + \
+             {DESCRIPTORS_RESERVED} reserved = {needed}, more than this process may open ({limit}, `ulimit -n`); lower \
+             queue.runs_in_flight_max (or --concurrency), the tools' limits.wasi_resources_max, http.connections_max \
+             or egress_connections_max, or raise the limit",
+            self.runs, self.resources_per_run, self.connections, self.egress_connections
         ))
     }
 }
@@ -76,8 +80,8 @@ mod tests {
 
     #[test]
     fn the_budget_names_what_to_lower() {
-        let budget = Budget { runs: 64, resources_per_run: 256, connections: 1024 };
-        assert_eq!(budget.needed(), 64 * 256 + 1024 + DESCRIPTORS_RESERVED);
+        let budget = Budget { runs: 64, resources_per_run: 256, connections: 1024, egress_connections: 256 };
+        assert_eq!(budget.needed(), 64 * 256 + 1024 + 256 + DESCRIPTORS_RESERVED);
         assert!(budget.check(20_000).is_ok());
         let error = budget.check(4096).expect_err("does not fit");
         assert!(error.contains("runs_in_flight_max") && error.contains("wasi_resources_max"), "{error}");

@@ -1,10 +1,16 @@
 //! Serving the API over HTTP/1.1 with the bounds a listener facing untrusted clients needs: at
-//! most `connections_max` connections at once (past that the listener waits, and the kernel's
-//! backlog holds new ones), request headers within `header_bytes_max` bytes, read within
-//! `header_read_timeout_ms` (a client that trickles headers, or a connection left idle between
-//! requests, is closed). On shutdown it stops
-//! accepting, lets each connection finish the request in flight, and closes what is still open
-//! after `close_wait` (the daemon's drain deadline).
+//! most `connections_max` connections at once, request headers within `header_bytes_max` bytes,
+//! read within `header_read_timeout_ms` (a client that trickles headers, or a connection left
+//! idle between requests, is closed).
+//!
+//! When every place is taken and another client connects, the connection that has been idle
+//! longest (one with no request being served: still waiting for its first headers, or between
+//! requests) is closed to make room, so clients that open connections and send nothing cannot
+//! lock everyone else out; a client that sends its request at once is served. Only when every
+//! connection is serving a request does the listener wait (the kernel's backlog holds new ones).
+//!
+//! On shutdown it stops accepting, lets each connection finish the request in flight, and
+//! closes what is still open after `close_wait` (the daemon's drain deadline).
 //!
 //! Hand-written on hyper's connection builder because `axum::serve` sets none of these limits.
 
@@ -13,10 +19,12 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 /// Default for [`HttpConfig::connections_max`].
@@ -30,11 +38,123 @@ pub const BODY_READ_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// The smallest header limit the daemon accepts (a browser's request headers fit it).
 pub const HEADER_BYTES_MIN: usize = 8192;
 
+/// One open connection, as the listener sees it when it must make room.
+struct Slot {
+    /// Requests being served on it (from headers received until the response is sent).
+    serving: AtomicUsize,
+    /// When it last became idle, as nanoseconds since the listener started.
+    idle_since_ns: AtomicU64,
+    /// Told to close when it is chosen to make room.
+    evict: Notify,
+}
+
+/// The open connections, so the longest idle one can be found when every place is taken.
+struct Slots {
+    started: Instant,
+    open: Mutex<HashMap<u64, Arc<Slot>>>,
+}
+
+impl Slots {
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn open(&self, id: u64) -> Arc<Slot> {
+        let slot = Arc::new(Slot {
+            serving: AtomicUsize::new(0),
+            idle_since_ns: AtomicU64::new(self.now_ns()),
+            evict: Notify::new(),
+        });
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).insert(id, slot.clone());
+        slot
+    }
+
+    fn close(&self, id: u64) {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    }
+
+    /// Tell the connection idle longest to close; false when every one is serving a request.
+    fn evict_longest_idle(&self) -> bool {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let oldest = open
+            .iter()
+            .filter(|(_, slot)| slot.serving.load(Ordering::Acquire) == 0)
+            .min_by_key(|(_, slot)| slot.idle_since_ns.load(Ordering::Acquire))
+            .map(|(id, _)| *id);
+        match oldest.and_then(|id| open.remove(&id)) {
+            Some(slot) => {
+                slot.evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Marks its connection as serving a request until the response has been sent (or dropped).
+struct Serving {
+    slot: Arc<Slot>,
+    slots: Arc<Slots>,
+}
+
+impl Serving {
+    fn begin(slot: &Arc<Slot>, slots: &Arc<Slots>) -> Self {
+        slot.serving.fetch_add(1, Ordering::AcqRel);
+        Self { slot: slot.clone(), slots: slots.clone() }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.slot.idle_since_ns.store(self.slots.now_ns(), Ordering::Release);
+        self.slot.serving.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Takes its connection out of [`Slots`] when the connection's task ends, however it ends.
+struct OpenSlot {
+    slots: Arc<Slots>,
+    id: u64,
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.slots.close(self.id);
+    }
+}
+
+/// A response body holding its connection's [`Serving`] mark until it is sent.
+struct ServedBody {
+    inner: axum::body::Body,
+    _serving: Option<Serving>,
+}
+
+impl hyper::body::Body for ServedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// `[http]`: bounds on the daemon's listener.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Connections served at once; further ones wait to be accepted.
+    /// Connections open at once. One more closes the connection idle longest, or waits to be
+    /// accepted while every connection is serving a request.
     pub connections_max: usize,
     /// Bytes of a request's line and headers (at least 8192); a larger request gets 431 and the
     /// connection is closed.
@@ -72,18 +192,13 @@ pub async fn serve(
     close_wait: Duration,
 ) -> std::io::Result<()> {
     let permits = Arc::new(Semaphore::new(config.connections_max.max(1)));
+    let slots = Arc::new(Slots { started: Instant::now(), open: Mutex::new(HashMap::new()) });
     let (closing, closed) = watch::channel(false);
     let mut connections = JoinSet::new();
+    let mut next_id: u64 = 0;
     tokio::pin!(shutdown);
     loop {
         while connections.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
         let (stream, _peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -96,18 +211,50 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Every place is taken: make room by closing the connection idle longest (its
+                // place comes back as its task ends), or wait for a request to finish.
+                if slots.evict_longest_idle() {
+                    tracing::debug!("closed the connection idle longest to make room for a new one");
+                }
+                tokio::select! {
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
+        next_id += 1;
+        let id = next_id;
+        let slot = slots.open(id);
         let body_deadline = Duration::from_millis(config.body_read_timeout_ms);
+        // HTTP/1.1 serves a connection's requests one after another, so the mark set when a
+        // request's headers are in is the one its response takes along.
+        let current: Arc<Mutex<Option<Serving>>> = Arc::new(Mutex::new(None));
+        let (request_slot, request_slots, begun) = (slot.clone(), slots.clone(), current.clone());
         let service = TowerToHyperService::new(
             tower::ServiceBuilder::new()
                 .map_request(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let serving = Serving::begin(&request_slot, &request_slots);
+                    *begun.lock().unwrap_or_else(|p| p.into_inner()) = Some(serving);
                     request.map(|body| axum::body::Body::new(DeadlineBody::new(body, body_deadline)))
+                })
+                .map_response(move |response: axum::response::Response| {
+                    let serving = current.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    response.map(|inner| ServedBody { inner, _serving: serving })
                 })
                 .service(router.clone()),
         );
         let mut closed = closed.clone();
         let config = config.clone();
+        let slots = slots.clone();
         connections.spawn(async move {
             let _permit = permit;
+            let _open = OpenSlot { slots, id };
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -126,6 +273,8 @@ pub async fn serve(
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;
                 }
+                // Chosen to make room while idle: dropped, which closes it.
+                () = slot.evict.notified() => {}
             }
         });
     }

@@ -128,6 +128,7 @@ fn reserve_descriptors(config: &DaemonConfig, tools: &Registry) -> Result<(), Co
         runs: runs as u64,
         resources_per_run: u64::from(resources_per_run(tools)),
         connections: config.http.connections_max as u64,
+        egress_connections: if runs == 0 { 0 } else { config.egress_connections_max as u64 },
     };
     budget.check(limit).map_err(|e| ConfigError::new("queue.runs_in_flight_max", e))
 }

@@ -162,8 +162,12 @@ impl EgressRun {
         let (response, error) = match &result {
             Ok(answer) => (Some(self.response_record(answer)), None),
             Err(refusal) => {
-                self.note(&refusal.reason);
-                (None, Some(format!("{}: {}", error_kind(&refusal.error), refusal.reason)))
+                // A reason may quote what an upstream sent (a header's value): it goes to the
+                // tape and the log only with every secret value taken out.
+                let reason =
+                    String::from_utf8_lossy(&secrets::scrub(refusal.reason.as_bytes(), &self.secrets)).into_owned();
+                self.note(&reason);
+                (None, Some(format!("{}: {}", error_kind(&refusal.error), reason)))
             }
         };
         if let Some(recorder) = &self.recorder {
@@ -263,9 +267,23 @@ impl EgressRun {
             )));
         }
         let uri = parts.uri.clone();
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            // `user@host` is checked as `host`, yet some servers and proxies read the part
+            // before `@` (or before its first ':') as the host.
+            return Err(Refusal::denied(
+                "egress denied: the URL carries userinfo (user@host); send credentials in a header instead".into(),
+            ));
+        }
         let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
         let host = uri.host().unwrap_or_default().to_string();
-        let port = uri.port_u16().unwrap_or(if scheme == "http" { 80 } else { 443 });
+        let default_port = if scheme == "http" { 80 } else { 443 };
+        let port = uri.port_u16().unwrap_or(default_port);
+        // The upstream is told exactly the host and port that were checked, whatever the guest
+        // wrote (`:080`, a Host header of its own).
+        let host_header = if port == default_port { host.clone() } else { format!("{host}:{port}") };
+        let host_header = http::HeaderValue::from_str(&host_header)
+            .map_err(|_| Refusal::denied(format!("egress denied: {host:?} is not a valid host")))?;
+        parts.headers.insert(http::header::HOST, host_header);
         let method = parts.method.as_str().to_string();
         // Rules, secret grants and the upstream all see this one path.
         let path = super::path::normalize(uri.path()).map_err(|e| Refusal::denied(format!("egress denied: {e}")))?;
@@ -370,15 +388,25 @@ impl EgressRun {
         if self.secrets.is_empty() {
             return Ok(answer);
         }
+        // Any coding but `identity` (and, for transfer codings, `chunked`, which the client has
+        // already undone) could hide a value from the scrubbing.
         let encoded = answer.headers.iter().find(|(name, value)| {
-            name.eq_ignore_ascii_case("content-encoding") && !value.trim().eq_ignore_ascii_case("identity")
+            let plain: &[&str] = if name.eq_ignore_ascii_case("content-encoding") {
+                &["identity"]
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                &["identity", "chunked"]
+            } else {
+                return false;
+            };
+            value.split(',').map(str::trim).any(|coding| !plain.iter().any(|p| coding.eq_ignore_ascii_case(p)))
         });
-        if let Some((_, encoding)) = encoded {
+        if let Some((name, encoding)) = encoded {
             return Err(Refusal {
                 error: Error::HttpResponseContentCoding(Some(encoding.clone())),
                 reason: format!(
-                    "egress refused: {shown} answered with content-encoding {encoding}; a run holding secrets takes \
-                     only uncompressed responses, which the host can check for them"
+                    "egress refused: {shown} answered with {} {encoding}; a run holding secrets takes \
+                     only uncompressed responses, which the host can check for them",
+                    name.to_ascii_lowercase()
                 ),
             });
         }
@@ -470,9 +498,12 @@ fn scrub_answer(answer: Answer, used: &[Secret]) -> Answer {
     if used.is_empty() {
         return answer;
     }
+    // A header named after a secret cannot keep its name with the placeholder in it (not a valid
+    // name): it is left out.
     let headers = answer
         .headers
         .into_iter()
+        .filter(|(k, _)| !secrets::in_header_name(k, used))
         .map(|(k, v)| (k, String::from_utf8_lossy(&secrets::scrub(v.as_bytes(), used)).into_owned()))
         .collect();
     Answer { status: answer.status, headers, body: Bytes::from(secrets::scrub(&answer.body, used)) }

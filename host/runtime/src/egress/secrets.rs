@@ -141,6 +141,13 @@ pub(crate) fn scrub(text: &[u8], secrets: &[Secret]) -> Vec<u8> {
     out
 }
 
+/// Whether a header name holds any secret value. Header names travel in lower case, so the
+/// value is looked for in lower case too.
+pub(crate) fn in_header_name(name: &str, secrets: &[Secret]) -> bool {
+    let name = name.to_ascii_lowercase();
+    secrets.iter().any(|s| name.contains(&s.value.to_ascii_lowercase()))
+}
+
 /// Whether `grant` allows `dest`.
 pub(crate) fn allows(grant: &SecretGrant, dest: &Destination<'_>) -> bool {
     grant.rules.iter().any(|rule| rule.matches(dest))
@@ -159,5 +166,9 @@ mod tests {
         assert_eq!(fill("Bearer {{secret:TOKEN}}", std::slice::from_ref(&token)), "Bearer s3cr3t");
         assert_eq!(scrub(b"echo: Bearer s3cr3t!", std::slice::from_ref(&token)), b"echo: Bearer {{secret:TOKEN}}!");
         assert_eq!(format!("{token:?}"), "Secret(TOKEN, <redacted>)");
+        assert!(in_header_name("x-s3cr3t-echo", std::slice::from_ref(&token)));
+        let upper = Secret::new("UPPER", "S3cr3T".into()).expect("secret");
+        assert!(in_header_name("x-s3cr3t", std::slice::from_ref(&upper)));
+        assert!(!in_header_name("x-echo", std::slice::from_ref(&token)));
     }
 }
