@@ -205,6 +205,27 @@ fn live_mcp_sessions_are_bounded() {
     assert_eq!(fourth.status, 200, "a closed session frees its place");
 }
 
+#[test]
+fn no_tenant_can_take_every_mcp_session_and_idle_ones_give_their_place_back() {
+    let guild = Guild::new();
+    let config = config("[mcp]\nsessions_max = 4\ntenant_sessions_max = 2\nsession_idle_ms = 1500\n");
+    let daemon = Daemon::start(&guild, &["--config", &config_file(guild.home(), &config)], &[]);
+    let _first = McpSession::open(&daemon, ALICE);
+    let _second = McpSession::open(&daemon, ALICE);
+    let init = json!({"jsonrpc": "2.0", "id": 8, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
+    let third = daemon.call_with("POST", "/mcp", ALICE, init.to_string().as_bytes(), &[ACCEPT, JSON]);
+    assert_eq!(third.status, 503);
+    let error = third.json();
+    assert!(error["error"]["message"].as_str().expect("message").contains("mcp.tenant_sessions_max"), "{error}");
+    // Another tenant still gets a session.
+    let _bob = McpSession::open(&daemon, BOB);
+    // Sessions unused past session_idle_ms are closed and their places given back.
+    std::thread::sleep(Duration::from_millis(2000));
+    let again = daemon.call_with("POST", "/mcp", ALICE, init.to_string().as_bytes(), &[ACCEPT, JSON]);
+    assert_eq!(again.status, 200, "idle sessions gave their places back");
+}
+
 /// Send `head` (and `body`) on a fresh connection; the status line of the answer and how long it
 /// took, reading at most `within`.
 fn raw(port: u16, head: &str, body: &[u8], within: Duration) -> (String, Duration) {

@@ -209,12 +209,17 @@ pub struct McpConfig {
     /// Live sessions (of the initialize-handshake protocol generations) at once; one more
     /// `initialize` is answered 503.
     pub sessions_max: usize,
+    /// Live sessions of one tenant at once; one more `initialize` of that tenant is answered
+    /// 503, so no tenant can take every session.
+    pub tenant_sessions_max: usize,
     /// A session with no traffic for this long is closed, ms.
     pub session_idle_ms: u64,
 }
 
 /// Default for [`McpConfig::sessions_max`].
 pub const MCP_SESSIONS_MAX_DEFAULT: usize = 256;
+/// Default for [`McpConfig::tenant_sessions_max`].
+pub const MCP_TENANT_SESSIONS_MAX_DEFAULT: usize = 64;
 /// Default for [`McpConfig::session_idle_ms`].
 pub const MCP_SESSION_IDLE_MS_DEFAULT: u64 = 300_000;
 
@@ -224,6 +229,7 @@ impl Default for McpConfig {
             allowed_hosts: ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec(),
             allowed_origins: Vec::new(),
             sessions_max: MCP_SESSIONS_MAX_DEFAULT,
+            tenant_sessions_max: MCP_TENANT_SESSIONS_MAX_DEFAULT,
             session_idle_ms: MCP_SESSION_IDLE_MS_DEFAULT,
         }
     }
@@ -463,6 +469,9 @@ impl DaemonConfig {
         }
         if self.mcp.sessions_max == 0 {
             return Err(ConfigError::new("mcp.sessions_max", "must be at least 1"));
+        }
+        if self.mcp.tenant_sessions_max == 0 {
+            return Err(ConfigError::new("mcp.tenant_sessions_max", "must be at least 1"));
         }
         if self.mcp.session_idle_ms < 1000 {
             return Err(ConfigError::new("mcp.session_idle_ms", "must be at least 1000 ms"));

@@ -6,7 +6,10 @@
 //!    exactly as it answers an unknown session (404, or 202 for a DELETE that closes nothing);
 //! 3. the frame screen ([`crate::jsonrpc`]): a body rmcp would refuse as plain text or misname
 //!    gets a JSON-RPC error instead;
-//! 4. the session limit: an `initialize` past `mcp.sessions_max` live sessions gets 503.
+//! 4. the session limits: an `initialize` past `mcp.sessions_max` live sessions, or past
+//!    `mcp.tenant_sessions_max` of the caller's tenant, gets 503. A session idle for
+//!    `mcp.session_idle_ms` is closed and gives its place back (rmcp ends an idle session's
+//!    worker but keeps its entry; the sweep here removes it).
 //!
 //! rmcp then checks `Host` and `Origin` against `[mcp]` (DNS rebinding) and hands each request,
 //! with the caller's tenant in its extensions, to [`GuildMcp`].
@@ -50,6 +53,9 @@ pub(crate) fn mcp_router(daemon: Arc<Daemon>) -> axum::Router<Arc<Daemon>> {
         owners: Mutex::default(),
         slots: Arc::new(Semaphore::new(config.sessions_max)),
         sessions_max: config.sessions_max,
+        seats: Arc::new(Mutex::default()),
+        tenant_sessions_max: config.tenant_sessions_max,
+        idle: std::time::Duration::from_millis(config.session_idle_ms),
     });
     let handler_daemon = daemon.clone();
     let service =
@@ -106,7 +112,7 @@ async fn bind_and_screen(
     };
     let session = parts.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
     if let Some(id) = &session
-        && sessions.owner(id).as_deref() != Some(tenant.name.as_str())
+        && !sessions.used_by(id, &tenant.name)
     {
         // Another tenant's session is one this caller cannot name: rmcp answers it as unknown.
         parts.headers.insert(SESSION_HEADER, HeaderValue::from_static(NO_SESSION));
@@ -141,19 +147,28 @@ async fn bind_and_screen(
         }
     };
     if session.is_none() && is_initialize(&message) {
+        sessions.close_idle().await;
+        let seat = match sessions.seat(&tenant.name) {
+            Ok(seat) => seat,
+            Err(text) => return sessions_full(&message, text),
+        };
         let Ok(permit) = sessions.slots.clone().try_acquire_owned() else {
-            let id = initialize_id(&message);
             let text = format!(
                 "the limit of {} live MCP sessions is reached (mcp.sessions_max); end an idle session with DELETE or retry later",
                 sessions.sessions_max
             );
-            let mut response = rpc_error(StatusCode::SERVICE_UNAVAILABLE, jsonrpc::error(id, -32000, text));
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            return response;
+            return sessions_full(&message, text);
         };
-        parts.extensions.insert(SessionSlot(Arc::new(Mutex::new(Some(permit)))));
+        parts.extensions.insert(SessionSlot(Arc::new(Mutex::new(Some(Place { _permit: permit, _seat: seat })))));
     }
     next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+/// The 503 for an `initialize` past a session limit.
+fn sessions_full(message: &ClientJsonRpcMessage, text: String) -> Response {
+    let mut response = rpc_error(StatusCode::SERVICE_UNAVAILABLE, jsonrpc::error(initialize_id(message), -32000, text));
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    response
 }
 
 fn is_initialize(message: &ClientJsonRpcMessage) -> bool {
@@ -171,29 +186,95 @@ fn rpc_error(status: StatusCode, body: serde_json::Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// A permit for one more live session, carried from the middleware to `initialize_session`.
-#[derive(Clone)]
-struct SessionSlot(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
-
-/// Who a session belongs to, and its place among the live ones.
-struct Binding {
-    tenant: String,
-    _slot: Option<OwnedSemaphorePermit>,
+/// A session's place: one of `sessions_max`, and one of its tenant's `tenant_sessions_max`.
+struct Place {
+    _permit: OwnedSemaphorePermit,
+    _seat: Seat,
 }
 
-/// rmcp's local sessions, each bound to the tenant that initialized it, at most `sessions_max`.
+/// A place for one more live session, carried from the middleware to `initialize_session`.
+#[derive(Clone)]
+struct SessionSlot(Arc<Mutex<Option<Place>>>);
+
+/// One of a tenant's sessions, counted until it is dropped.
+struct Seat {
+    seats: Arc<Mutex<HashMap<String, usize>>>,
+    tenant: String,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        let mut seats = self.seats.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = seats.get_mut(&self.tenant) {
+            *count -= 1;
+            if *count == 0 {
+                seats.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+/// Who a session belongs to, when it was last used, and its place among the live ones.
+struct Binding {
+    tenant: String,
+    last_used: std::time::Instant,
+    _place: Option<Place>,
+}
+
+/// rmcp's local sessions, each bound to the tenant that initialized it, at most `sessions_max`
+/// in all and `tenant_sessions_max` per tenant.
 pub(crate) struct BoundSessions {
     inner: LocalSessionManager,
     /// One entry per live session: bounded by the slots.
     owners: Mutex<HashMap<SessionId, Binding>>,
     slots: Arc<Semaphore>,
     sessions_max: usize,
+    /// Sessions (live or being initialized) per tenant.
+    seats: Arc<Mutex<HashMap<String, usize>>>,
+    tenant_sessions_max: usize,
+    /// How long a session may go unused before it is closed.
+    idle: std::time::Duration,
 }
 
 impl BoundSessions {
-    fn owner(&self, id: &str) -> Option<String> {
-        let owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
-        owners.get(id).map(|binding| binding.tenant.clone())
+    /// Whether session `id` is `tenant`'s; if so it counts as used now.
+    fn used_by(&self, id: &str, tenant: &str) -> bool {
+        let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        match owners.get_mut(id) {
+            Some(binding) if binding.tenant == tenant => {
+                binding.last_used = std::time::Instant::now();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A seat for one more session of `tenant`, or the message saying it has them all.
+    fn seat(&self, tenant: &str) -> Result<Seat, String> {
+        let mut seats = self.seats.lock().unwrap_or_else(|p| p.into_inner());
+        let count = seats.entry(tenant.to_string()).or_insert(0);
+        if *count >= self.tenant_sessions_max {
+            return Err(format!(
+                "tenant {tenant} has {} live MCP sessions, its limit (mcp.tenant_sessions_max); end an idle one with \
+                 DELETE or retry later",
+                self.tenant_sessions_max
+            ));
+        }
+        *count += 1;
+        Ok(Seat { seats: self.seats.clone(), tenant: tenant.to_string() })
+    }
+
+    /// Close every session unused for longer than the idle limit, giving back its places.
+    async fn close_idle(&self) {
+        let idle: Vec<SessionId> = {
+            let owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+            owners.iter().filter(|(_, b)| b.last_used.elapsed() > self.idle).map(|(id, _)| id.clone()).collect()
+        };
+        for id in idle {
+            if let Err(e) = self.close_session(&id).await {
+                tracing::debug!(session = %id, error = %e, "closing an idle MCP session failed");
+            }
+        }
     }
 }
 
@@ -215,10 +296,11 @@ impl SessionManager for BoundSessions {
             _ => None,
         };
         let tenant = parts.and_then(|p| p.extensions.get::<Arc<Tenant>>()).map(|t| t.name.clone());
-        let slot = parts.and_then(|p| p.extensions.get::<SessionSlot>()).and_then(|s| s.0.lock().ok()?.take());
+        let place = parts.and_then(|p| p.extensions.get::<SessionSlot>()).and_then(|s| s.0.lock().ok()?.take());
         let answer = self.inner.initialize_session(id, message).await?;
         if let Some(tenant) = tenant {
-            self.owners.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), Binding { tenant, _slot: slot });
+            let binding = Binding { tenant, last_used: std::time::Instant::now(), _place: place };
+            self.owners.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), binding);
         }
         Ok(answer)
     }
