@@ -58,7 +58,8 @@ pub struct SymlinkNode {
 pub struct TreeLimits {
     /// Files, directories and links in the tree.
     pub entries_max: u64,
-    /// Bytes of file contents.
+    /// Bytes of file contents, entry names and symlink targets (what the tree's blobs and
+    /// nodes hold).
     pub bytes_max: u64,
     /// Directory nesting.
     pub depth_max: u32,
@@ -98,7 +99,7 @@ pub enum TreeError {
         setting: &'static str,
     },
     /// A name that could escape its directory or is not portable.
-    #[error("tree entry {name:?} is not a plain name (no '/', '..', '.', NUL or empty names)")]
+    #[error("tree entry {name:?} is not a plain name (no '/', '\\', '..', '.', NUL or empty names)")]
     BadName {
         /// The name.
         name: String,
@@ -145,7 +146,10 @@ pub fn check_name(name: &str) -> Result<(), TreeError> {
 struct Budget {
     limits: TreeLimits,
     entries: u64,
+    /// File contents.
     bytes: u64,
+    /// Entry names and symlink targets: bounded with the contents by `bytes_max`.
+    listing: u64,
 }
 
 impl Budget {
@@ -163,7 +167,21 @@ impl Budget {
 
     fn bytes(&mut self, size: u64) -> Result<(), TreeError> {
         self.bytes = self.bytes.saturating_add(size);
-        if self.bytes > self.limits.bytes_max {
+        self.check()
+    }
+
+    fn listing(&mut self, size: u64) -> Result<(), TreeError> {
+        self.listing = self.listing.saturating_add(size);
+        self.check()
+    }
+
+    /// Bytes used of `bytes_max`.
+    fn used(&self) -> u64 {
+        self.bytes.saturating_add(self.listing)
+    }
+
+    fn check(&self) -> Result<(), TreeError> {
+        if self.used() > self.limits.bytes_max {
             return Err(self.too_large());
         }
         Ok(())
@@ -253,7 +271,7 @@ pub fn capture_cached(
     limits: TreeLimits,
     cache: Option<&FileDigestCache>,
 ) -> Result<TreeSummary, TreeError> {
-    let mut budget = Budget { limits, entries: 0, bytes: 0 };
+    let mut budget = Budget { limits, entries: 0, bytes: 0, listing: 0 };
     let dir = cap_primitives::fs::open_ambient_dir(root, cap_primitives::ambient_authority()).map_err(io(root))?;
     let digest = capture_dir(&dir, Path::new("/"), store, &mut budget, 0, cache)?;
     Ok(TreeSummary { root: digest, entries: budget.entries, bytes: budget.bytes })
@@ -325,14 +343,14 @@ fn capture_file(
         if contents.len() as u64 > FILE_READ_WHOLE_BYTES_MAX {
             budget.bytes(contents.len() as u64 - before.len())?;
             let mut rest = std::io::Cursor::new(contents).chain(&mut file);
-            let room = budget.limits.bytes_max.saturating_sub(budget.bytes).saturating_add(FILE_READ_WHOLE_BYTES_MAX);
+            let room = budget.limits.bytes_max.saturating_sub(budget.used()).saturating_add(FILE_READ_WHOLE_BYTES_MAX);
             store.put_stream(&mut rest, room).map_err(|e| budget.stream_error(e))?
         } else {
             (store.put(&contents)?, contents.len() as u64)
         }
     } else {
         // Whatever the file grew to since its size was charged must still fit the budget.
-        let room = budget.limits.bytes_max.saturating_sub(budget.bytes).saturating_add(before.len());
+        let room = budget.limits.bytes_max.saturating_sub(budget.used()).saturating_add(before.len());
         store.put_stream(&mut file, room).map_err(|e| budget.stream_error(e))?
     };
     if size > before.len() {
@@ -372,7 +390,10 @@ fn capture_dir(
         let name = raw_name
             .clone()
             .into_string()
-            .map_err(|raw| TreeError::BadName { name: raw.to_string_lossy().into_owned() })?;
+            .map_err(|raw| TreeError::BadName { name: rel.join(raw).to_string_lossy().into_owned() })?;
+        // Refused here, not only when the node is read back: a tree that captures is one that
+        // reads.
+        check_name(&name).map_err(|_| TreeError::BadName { name: rel.join(&name).to_string_lossy().into_owned() })?;
         let path = rel.join(&name);
         let kind = match entry.file_type() {
             Ok(kind) => kind,
@@ -386,16 +407,20 @@ fn capture_dir(
                 Err(e) => return Err(io(&path)(e)),
             };
             budget.entry()?;
-            node.symlinks.push(SymlinkNode { name, target: target.to_string_lossy().into_owned() });
+            let target = target.to_string_lossy().into_owned();
+            budget.listing((name.len() + target.len()) as u64)?;
+            node.symlinks.push(SymlinkNode { name, target });
         } else if kind.is_dir() || kind.is_file() {
             match open_entry(dir, &raw_name, kind.is_dir(), rel)? {
                 Found::Dir(sub) => {
                     budget.entry()?;
+                    budget.listing(name.len() as u64)?;
                     let digest = capture_dir(&sub, &path, store, budget, depth + 1, cache)?;
                     node.dirs.push(DirNode { name, digest });
                 }
                 Found::File(file, meta) => {
                     budget.entry()?;
+                    budget.listing(name.len() as u64)?;
                     let (digest, size_bytes) = capture_file(file, meta, &path, store, cache, budget)?;
                     node.files.push(FileNode { name, digest, size_bytes });
                 }
@@ -449,7 +474,7 @@ fn read_node_sized(store: &dyn BlobStore, digest: &Digest) -> Result<(DirectoryN
 /// Every blob a tree references (nodes and file contents) with its size, checking structure and
 /// bounds on the way. File contents are not read: their sizes come from the nodes.
 pub fn walk_blobs(store: &dyn BlobStore, root: &Digest, limits: TreeLimits) -> Result<Vec<(Digest, u64)>, TreeError> {
-    let mut budget = Budget { limits, entries: 0, bytes: 0 };
+    let mut budget = Budget { limits, entries: 0, bytes: 0, listing: 0 };
     let mut out = Vec::new();
     let mut stack = vec![(*root, 0u32)];
     while let Some((digest, depth)) = stack.pop() {
@@ -593,6 +618,19 @@ mod tests {
         assert!(matches!(open_entry(&dir, std::ffi::OsStr::new("dir"), true, rel), Ok(Found::Gone)));
         assert!(matches!(open_entry(&dir, std::ffi::OsStr::new("gone"), false, rel), Ok(Found::Gone)));
         assert!(matches!(open_entry(&dir, std::ffi::OsStr::new("plain"), false, rel), Ok(Found::File(..))));
+    }
+
+    #[test]
+    fn names_and_link_targets_count_as_bytes_and_unrecordable_names_are_refused() {
+        let store = MemoryStore::default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::symlink("t".repeat(3000), dir.path().join("link")).expect("symlink");
+        let tight = TreeLimits { bytes_max: 2000, ..TreeLimits::default() };
+        assert!(matches!(capture(dir.path(), &store, tight), Err(TreeError::TooLarge { .. })));
+        capture(dir.path(), &store, TreeLimits::default()).expect("within the default");
+        std::fs::write(dir.path().join("a\\b"), b"x").expect("write");
+        let err = capture(dir.path(), &store, TreeLimits::default()).expect_err("backslash");
+        assert!(matches!(&err, TreeError::BadName { name } if name.ends_with("a\\b")), "{err}");
     }
 
     #[test]

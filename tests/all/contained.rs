@@ -161,6 +161,10 @@ fn output_that_breaks_the_contract_is_a_tool_failure_on_record() {
         .expect_stderr("does not match its declared output schema at /");
     guild.run_tool(LIAR, &raw(r#"{"s":7}"#), &[]).expect_code(1).expect_stderr("declared output schema at /s");
     guild.run_tool(LIAR, &raw("not json"), &[]).expect_code(1).expect_stderr("not valid JSON");
+    guild
+        .run_tool(LIAR, &raw(r#"{"s":"a","n":{"k":1,"k":2}}"#), &[])
+        .expect_code(1)
+        .expect_stderr("appears twice in one object");
     let fine = guild.run_tool(LIAR, &raw(r#"{"s":"ok \ud83d\ude00"}"#), &[]);
     fine.expect_code(0);
     assert_eq!(fine.json()["s"], "ok 😀");
@@ -192,4 +196,74 @@ fn a_mount_that_outgrows_what_a_bundle_records_ends_the_run_sealed() {
     ran.expect_code(3).expect_stderr("mount /data: after the run it holds").expect_stderr("more than a bundle records");
     assert!(!ran.stderr.contains(&data.path().display().to_string()), "the host's path is not shown: {ran:?}");
     replays_identically(&guild, &ran);
+}
+
+/// Run the hostile fixture's file-system `steps` with `args`.
+fn steps(guild: &Guild, steps: serde_json::Value, args: &[&str]) -> Ran {
+    let input = serde_json::json!({ "attack": "steps", "steps": steps }).to_string();
+    guild.run_tool(HOSTILE, &input, args)
+}
+
+#[test]
+fn the_quota_charges_what_sealing_will_store() {
+    let guild = Guild::new();
+    // Links made while the file is empty, then the file grown: each link is one more copy.
+    let data = tree(&[]);
+    let rw = mount(data.path(), "/data", "rw");
+    let mut linked = vec![serde_json::json!({"do": "write", "path": "/data/f", "offset": 0, "bytes": 0})];
+    for i in 0..10 {
+        linked.push(serde_json::json!({"do": "link", "from": "/data/f", "to": format!("/data/f.{i}")}));
+    }
+    linked.push(serde_json::json!({"do": "write", "path": "/data/f", "offset": 0, "bytes": 1_048_576}));
+    let ran = steps(&guild, serde_json::Value::Array(linked), &["--dir", &rw, "--mount-write-bytes", "4MiB"]);
+    ran.expect_code(3).expect_stderr("mount /data: write quota reached");
+    replays_identically(&guild, &ran);
+
+    // Symlinks cost their names and targets.
+    let data = tree(&[]);
+    let rw = mount(data.path(), "/data", "rw");
+    let links = serde_json::json!([{"do": "symlinks", "path": "/data/l", "count": 1000, "target_bytes": 4000}]);
+    steps(&guild, links, &["--dir", &rw, "--mount-write-bytes", "1MiB"])
+        .expect_code(3)
+        .expect_stderr("mount /data: write quota reached");
+    let made = std::fs::read_dir(data.path()).expect("dir").count();
+    assert!(made < 300, "{made} links of 4000 bytes within a 1 MiB quota");
+
+    // One byte changed in a 2 MiB file that was there before: sealing stores the file again.
+    let data = tree(&[("big.bin", &"b".repeat(2 << 20))]);
+    let rw = mount(data.path(), "/data", "rw");
+    let touch = serde_json::json!([{"do": "write", "path": "/data/big.bin", "offset": 0, "bytes": 1}]);
+    steps(&guild, touch.clone(), &["--dir", &rw, "--mount-write-bytes", "1MiB"])
+        .expect_code(3)
+        .expect_stderr("mount /data: write quota reached");
+    steps(&guild, touch, &["--dir", &rw, "--mount-write-bytes", "3MiB"]).expect_code(0);
+}
+
+#[test]
+fn names_a_bundle_cannot_record_and_moves_between_mounts_are_refused() {
+    let guild = Guild::new();
+    let (data, other) = (tree(&[]), tree(&[("moved/a.txt", "from the other mount")]));
+    let args = ["--dir", &mount(data.path(), "/data", "rw"), "--dir", &mount(other.path(), "/other", "rw")];
+    let backslash = serde_json::json!([{"do": "write", "path": "/data/x\\y", "offset": 0, "bytes": 1}]);
+    let ran = steps(&guild, backslash, &args);
+    ran.expect_code(1).expect_stderr("step 0");
+    assert_eq!(std::fs::read_dir(data.path()).expect("dir").count(), 0, "nothing was created");
+    replays_identically(&guild, &ran);
+    let across = serde_json::json!([{"do": "rename", "from": "/other/moved", "to": "/data/moved"}]);
+    steps(&guild, across, &args).expect_code(1).expect_stderr("step 0");
+    assert!(other.path().join("moved/a.txt").exists() && !data.path().join("moved").exists());
+    // The mount is still recordable: the next run is sealed as usual.
+    let fine = serde_json::json!([{"do": "write", "path": "/data/ok.txt", "offset": 0, "bytes": 3}]);
+    steps(&guild, fine, &args).expect_code(0);
+}
+
+#[test]
+fn a_name_a_bundle_cannot_record_already_in_a_mount_is_named_before_the_run() {
+    let guild = Guild::new();
+    let data = tree(&[("x\\y", "put there by the operator")]);
+    let input = serde_json::json!({"attack": "steps", "steps": []}).to_string();
+    guild
+        .run_tool(HOSTILE, &input, &["--dir", &mount(data.path(), "/data", "rw")])
+        .expect_code(2)
+        .expect_stderr("a name a bundle cannot record");
 }

@@ -3,11 +3,20 @@
 //! wasmtime-wasi writes straight to the host's files; Guild links its own `wasi:filesystem/types`
 //! in front of it ([`QuotaFs`], shadowing wasmtime-wasi's definitions in the linker), which
 //! charges each writable mount for what the guest makes it hold before delegating:
-//! - bytes: every byte written (a direct write, or through a write or append stream), plus the
-//!   gap when a write starts past a file's end or a truncation grows a file (sparse files are
-//!   captured whole when the run is sealed);
-//! - entries: files, directories and links created (a hard link also costs its file's bytes:
-//!   the tree records it as one more copy).
+//! - bytes: what sealing the run will store, as the guest makes it:
+//!   - every byte written (a direct write, or through a write or append stream), plus the gap
+//!     when a write starts past a file's end or a truncation grows a file (sparse files are
+//!     captured whole when the run is sealed);
+//!   - the first change to a file that was there before it is charged the file's size: the
+//!     bundle stores the changed file again, whole;
+//!   - a file with several hard links is charged for each (the tree records each as a copy),
+//!     and a new hard link costs its file's bytes;
+//!   - the name of each entry created, and a symlink's target;
+//! - entries: files, directories and links created.
+//!
+//! A name a bundle cannot record (one holding `\`) cannot be created (`invalid`), and an entry
+//! cannot be renamed from one mount into another (`cross-device`, as between file systems: the
+//! guest's copy is then charged like any write).
 //!
 //! Past a quota the operation fails with `quota` (POSIX `EDQUOT`), which the guest sees, and the
 //! run is stopped at the guest's next call into the host and ends with
@@ -19,9 +28,9 @@ use crate::guard::Stop;
 use crate::info::Access;
 use crate::policy::EffectivePolicy;
 use bytes::Bytes;
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use wasmtime::component::{HasData, Resource};
 use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemCtxView};
 use wasmtime_wasi::p2::bindings::filesystem::types::{ErrorCode, HostDescriptor, HostDirectoryEntryStream};
@@ -35,6 +44,10 @@ pub(crate) struct MountQuota {
     entries_max: u64,
     bytes: AtomicU64,
     entries: AtomicU64,
+    /// Files (device, inode) already charged for being stored again. Bounded by the files the
+    /// mount held (at most the recorded tree's `entries_max`) plus those the run created (at
+    /// most `entries_max` of the quota).
+    changed: Mutex<HashSet<(u64, u64)>>,
     stop: Arc<Stop>,
 }
 
@@ -74,6 +87,30 @@ impl MountQuota {
     fn created(&self) {
         self.entries.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Charge creating `path`'s last component: refuse a name a bundle cannot record, then
+    /// charge the name's bytes and `extra` (a symlink's target).
+    fn charge_name(&self, path: &str, extra: u64) -> Result<(), ErrorCode> {
+        let name = path.trim_end_matches('/').rsplit('/').next().unwrap_or(path);
+        if name.contains('\\') {
+            return Err(ErrorCode::Invalid);
+        }
+        self.charge_bytes((name.len() as u64).saturating_add(extra))
+    }
+
+    /// Charge a change of `added` bytes (written, or the gap a write or truncation opens) to
+    /// the file `file`: the first change in this run also pays for the file being stored again
+    /// whole, and every byte counts once per hard link. Returns the copies each further byte
+    /// written through a stream costs.
+    fn charge_change(&self, file: &std::fs::File, added: u64) -> Result<u64, ErrorCode> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata().map_err(ErrorCode::from)?;
+        let first = self.changed.lock().unwrap_or_else(|p| p.into_inner()).insert((meta.dev(), meta.ino()));
+        let base = if first { meta.len() } else { 0 };
+        let copies = meta.nlink().max(1);
+        self.charge_bytes(base.saturating_add(added).saturating_mul(copies))?;
+        Ok(copies)
+    }
 }
 
 /// The quotas of one run's mounts, and which mount each open descriptor is in.
@@ -98,6 +135,7 @@ impl MountQuotas {
                         entries_max: limits.mount_write_entries_max,
                         bytes: AtomicU64::new(0),
                         entries: AtomicU64::new(0),
+                        changed: Mutex::new(HashSet::new()),
                         stop: stop.clone(),
                     })
                 });
@@ -137,12 +175,27 @@ fn quota_error(code: ErrorCode) -> FsError {
 }
 
 impl QuotaFs<'_> {
-    /// The size of an open file, to charge the gap a write past its end or a truncation makes.
-    fn size(&self, fd: &Resource<Descriptor>) -> FsResult<u64> {
+    /// An open file, to read its size and links.
+    fn file(&self, fd: &Resource<Descriptor>) -> FsResult<Arc<std::fs::File>> {
         match self.fs.table.get(fd)? {
-            Descriptor::File(file) => Ok(file.file.metadata().map_err(ErrorCode::from)?.len()),
+            Descriptor::File(file) => Ok(file.file.clone()),
             Descriptor::Dir(_) => Err(ErrorCode::BadDescriptor.into()),
         }
+    }
+
+    /// Charge a change to the open file `fd` that writes `len` bytes at `offset` (`None`: at
+    /// its end) or, with `len` 0, grows it to `offset`.
+    fn charge_file_change(
+        &self,
+        quota: &MountQuota,
+        fd: &Resource<Descriptor>,
+        offset: Option<u64>,
+        len: u64,
+    ) -> FsResult<u64> {
+        let file = self.file(fd)?;
+        let size = file.metadata().map_err(ErrorCode::from)?.len();
+        let gap = offset.map_or(0, |offset| offset.saturating_sub(size));
+        quota.charge_change(&file, gap.saturating_add(len)).map_err(quota_error)
     }
 
     /// Whether `path` under `fd` names nothing yet (so opening it with `create` makes an entry).
@@ -159,9 +212,10 @@ impl QuotaFs<'_> {
         &mut self,
         stream: Resource<DynOutputStream>,
         quota: Arc<MountQuota>,
+        copies: u64,
     ) -> FsResult<Resource<DynOutputStream>> {
         let inner = self.fs.table.delete(stream)?;
-        let charged: DynOutputStream = Box::new(ChargedStream { inner, quota });
+        let charged: DynOutputStream = Box::new(ChargedStream { inner, quota, copies });
         Ok(self.fs.table.push(charged)?)
     }
 }
@@ -211,8 +265,7 @@ impl HostDescriptor for QuotaFs<'_> {
 
     async fn set_size(&mut self, fd: Resource<Descriptor>, size: types::Filesize) -> FsResult<()> {
         if let Some(quota) = self.quotas.quota(&fd) {
-            let current = self.size(&fd)?;
-            quota.charge_bytes(size.saturating_sub(current)).map_err(quota_error)?;
+            self.charge_file_change(&quota, &fd, Some(size), 0)?;
         }
         HostDescriptor::set_size(&mut self.fs, fd, size).await
     }
@@ -242,11 +295,7 @@ impl HostDescriptor for QuotaFs<'_> {
         offset: types::Filesize,
     ) -> FsResult<types::Filesize> {
         if let Some(quota) = self.quotas.quota(&fd) {
-            let gap = match offset {
-                0 => 0,
-                _ => offset.saturating_sub(self.size(&fd)?),
-            };
-            quota.charge_bytes(gap.saturating_add(buf.len() as u64)).map_err(quota_error)?;
+            self.charge_file_change(&quota, &fd, Some(offset), buf.len() as u64)?;
         }
         HostDescriptor::write(&mut self.fs, fd, buf, offset).await
     }
@@ -263,6 +312,7 @@ impl HostDescriptor for QuotaFs<'_> {
         let quota = self.quotas.quota(&fd);
         if let Some(quota) = &quota {
             quota.check_entry().map_err(quota_error)?;
+            quota.charge_name(&path, 0).map_err(quota_error)?;
         }
         HostDescriptor::create_directory_at(&mut self.fs, fd, path).await?;
         quota.inspect(|q| q.created());
@@ -308,7 +358,7 @@ impl HostDescriptor for QuotaFs<'_> {
             // what the file holds.
             let linked = Resource::new_borrow(fd.rep());
             let size = HostDescriptor::stat_at(&mut self.fs, linked, old_path_flags, old_path.clone()).await?.size;
-            quota.charge_bytes(size).map_err(quota_error)?;
+            quota.charge_name(&new_path, size).map_err(quota_error)?;
         }
         HostDescriptor::link_at(&mut self.fs, fd, old_path_flags, old_path, new_descriptor, new_path).await?;
         quota.inspect(|q| q.created());
@@ -331,6 +381,7 @@ impl HostDescriptor for QuotaFs<'_> {
             && self.absent(&fd, path_flags, &path).await
         {
             quota.check_entry().map_err(quota_error)?;
+            quota.charge_name(&path, 0).map_err(quota_error)?;
             creates = true;
         }
         let opened = HostDescriptor::open_at(&mut self.fs, fd, path_flags, path, oflags, flags).await?;
@@ -361,22 +412,24 @@ impl HostDescriptor for QuotaFs<'_> {
         new_fd: Resource<Descriptor>,
         new_path: String,
     ) -> FsResult<()> {
-        // Moving an entry into another writable mount creates one there.
+        // Moving a tree from one mount into another would bring it in uncharged: refused as a
+        // rename between file systems is, and the guest's copy is charged like any write.
         let from = self.quotas.descriptors.get(&fd.rep()).cloned();
         let to = self.quotas.descriptors.get(&new_fd.rep()).cloned();
-        let quota = if from != to { self.quotas.quota(&new_fd) } else { None };
-        if let Some(quota) = &quota {
-            quota.check_entry().map_err(quota_error)?;
+        if from != to {
+            return Err(ErrorCode::CrossDevice.into());
         }
-        HostDescriptor::rename_at(&mut self.fs, fd, old_path, new_fd, new_path).await?;
-        quota.inspect(|q| q.created());
-        Ok(())
+        if let Some(quota) = self.quotas.quota(&new_fd) {
+            quota.charge_name(&new_path, 0).map_err(quota_error)?;
+        }
+        HostDescriptor::rename_at(&mut self.fs, fd, old_path, new_fd, new_path).await
     }
 
     async fn symlink_at(&mut self, fd: Resource<Descriptor>, src_path: String, dest_path: String) -> FsResult<()> {
         let quota = self.quotas.quota(&fd);
         if let Some(quota) = &quota {
             quota.check_entry().map_err(quota_error)?;
+            quota.charge_name(&dest_path, src_path.len() as u64).map_err(quota_error)?;
         }
         HostDescriptor::symlink_at(&mut self.fs, fd, src_path, dest_path).await?;
         quota.inspect(|q| q.created());
@@ -401,25 +454,26 @@ impl HostDescriptor for QuotaFs<'_> {
         offset: types::Filesize,
     ) -> FsResult<Resource<DynOutputStream>> {
         let quota = self.quotas.quota(&fd);
-        let gap = match (&quota, offset) {
-            (Some(_), offset) if offset > 0 => offset.saturating_sub(self.size(&fd)?),
-            _ => 0,
+        let copies = match &quota {
+            Some(quota) => self.charge_file_change(quota, &fd, Some(offset), 0)?,
+            None => 1,
         };
-        if let Some(quota) = &quota {
-            quota.charge_bytes(gap).map_err(quota_error)?;
-        }
         let stream = HostDescriptor::write_via_stream(&mut self.fs, fd, offset)?;
         match quota {
-            Some(quota) => self.charged_stream(stream, quota),
+            Some(quota) => self.charged_stream(stream, quota, copies),
             None => Ok(stream),
         }
     }
 
     fn append_via_stream(&mut self, fd: Resource<Descriptor>) -> FsResult<Resource<DynOutputStream>> {
         let quota = self.quotas.quota(&fd);
+        let copies = match &quota {
+            Some(quota) => self.charge_file_change(quota, &fd, None, 0)?,
+            None => 1,
+        };
         let stream = HostDescriptor::append_via_stream(&mut self.fs, fd)?;
         match quota {
-            Some(quota) => self.charged_stream(stream, quota),
+            Some(quota) => self.charged_stream(stream, quota, copies),
             None => Ok(stream),
         }
     }
@@ -459,6 +513,8 @@ impl HostDirectoryEntryStream for QuotaFs<'_> {
 struct ChargedStream {
     inner: DynOutputStream,
     quota: Arc<MountQuota>,
+    /// What each byte costs: the file's hard links when the stream was opened.
+    copies: u64,
 }
 
 #[async_trait::async_trait]
@@ -472,7 +528,7 @@ impl Pollable for ChargedStream {
 impl OutputStream for ChargedStream {
     fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
         self.quota
-            .charge_bytes(bytes.len() as u64)
+            .charge_bytes((bytes.len() as u64).saturating_mul(self.copies))
             .map_err(|_| StreamError::LastOperationFailed(wasmtime::Error::new(quota_exceeded())))?;
         self.inner.write(bytes)
     }

@@ -47,6 +47,9 @@ fn tree_error(error: TreeError) -> RunError {
             };
             RunError::Limits(format!("a mount is too large to record ({what}); {raise}"))
         }
+        TreeError::BadName { name } => RunError::Limits(format!(
+            "a mount holds {name:?}, a name a bundle cannot record (no '\\', NUL, '.' or '..'); rename or remove it"
+        )),
         _ => RunError::Record(error.to_string()),
     }
 }
@@ -108,6 +111,13 @@ pub(crate) fn output_trees(
                     guest_path: mount.guest_path.clone(),
                     what: format!("after the run it holds {what}, more than a bundle records"),
                     flag: advice.to_string(),
+                });
+            }
+            Err(TreeError::BadName { name }) => {
+                overflow.get_or_insert(LimitHit::MountWrite {
+                    guest_path: mount.guest_path.clone(),
+                    what: format!("after the run it holds {name:?}, a name a bundle cannot record"),
+                    flag: "rename or remove that entry".to_string(),
                 });
             }
             Err(e) => return Err(tree_error(e)),
