@@ -940,9 +940,11 @@ struct StoreHooks<'a> {
 
 /// Fuel a computing guest burns between two flushes of its fuel count to the store (and two
 /// yields to the async runtime). The count a timeout or a cancellation reads is at most this far
-/// behind (about a millisecond of compute on the reference machine), and a guest that never
-/// calls the host still lets other tasks on its thread run every millisecond or so.
-pub const FUEL_YIELD_INTERVAL_UNITS: u64 = 10_000_000;
+/// behind (about 7 ms of compute on the reference machine, at ~15 billion units/s), and a guest
+/// that never calls the host still lets other tasks on its thread run that often. Measured on the
+/// 2-core reference machine (`cargo bench --bench warm_call`, a 1.5-billion-unit spin): every
+/// 10 million units cost +72% over epoch-only metering, every 100 million +1.3%.
+pub const FUEL_YIELD_INTERVAL_UNITS: u64 = 100_000_000;
 
 /// Run file-system work that can take long (capturing a mount's tree, hashing a writable
 /// mount's outputs) without stalling the async workers: on a multi-threaded runtime tokio hands
