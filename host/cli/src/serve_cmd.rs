@@ -5,11 +5,12 @@
 use crate::args::{AuditCommand, Global, ServeArgs, TokenCommand, ToolFlags};
 use crate::exit::{Exit, Failure};
 use crate::run_cmd::{home_dir, host_key};
+use guild_audit as audit;
 use guild_replay::{Digest, DirStore, PENDING_BYTES_MAX_DEFAULT};
 use guild_runtime::{EngineSettings, Grants, Limits, RecordingConfig, Runtime, RuntimeConfig};
+use guild_server::DaemonSetup;
 use guild_server::config::{DaemonConfig, LogFormat};
 use guild_server::registry::{ToolSource, ToolSpec};
-use guild_server::{DaemonSetup, audit};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,13 +3,13 @@
 //! shared runtime (recorded) → audit record (fsynced) → metrics. Every run executes in its own
 //! task, so a client that disconnects never cuts a run, its bundle or its audit record short.
 
-use crate::audit::{AuditEntry, AuditEvent, AuditLog};
 use crate::config::McpConfig;
 use crate::metrics::Metrics;
 use crate::registry::{InvalidInput, RegisteredTool, Registry};
 use crate::remote::{self, Remote};
 use crate::runs::{Finished, Inserted, RunEntry, RunState, RunTable, new_run_id, request_digest};
 use crate::tenants::{Admission, Refusal, Tenant};
+use guild_audit::{AuditEntry, AuditEvent, AuditLog};
 use guild_queue::{QueueError, QueueFull, RunQueue, Ticket};
 use guild_replay::{Digest, DirStore};
 use guild_runtime::CancellationToken;

@@ -1,10 +1,10 @@
 //! guild-server: the daemon. Tenants call registered tools over HTTP; every run goes through
 //! the same pipeline as `guild run` (grants, limits, recording), behind tenant admission
 //! (token-bucket rate limit, concurrency cap, fuel budget) and a bounded queue, and leaves a
-//! signed bundle and a hash-chained, fsynced audit record.
+//! signed bundle and a hash-chained, fsynced audit record (written through `guild-audit`).
 //!
 //! Modules: `config` (the TOML file and its `GUILD_*` overrides), `tenants`, `registry` (tools,
-//! schemas), `runs` (the run table and idempotency keys), `audit`, `metrics`, `daemon` (state,
+//! schemas), `runs` (the run table and idempotency keys), `metrics`, `daemon` (state,
 //! the run pipeline, who may see what), `api` (routes, authentication before the body, error
 //! bodies), `bundles` (serving bundles to their owners), `http` (the bounded listener),
 //! `descriptors` (the descriptor budget), `jsonrpc` (one answer per MCP frame), `mcp` (the Model
@@ -12,7 +12,6 @@
 //! transports), `remote` and `worker` (Redis), `start` (assembly and graceful shutdown).
 
 mod api;
-pub mod audit;
 mod bundles;
 pub mod config;
 mod daemon;

@@ -7,9 +7,9 @@
 //!   (with the other API nodes, in one consumer group: each attempt lands in one node's log);
 //! - answers `GET /v1/runs/{id}` and `GET /v1/bundles/{id}` for jobs any node enqueued.
 
-use crate::audit::AuditEntry;
 use crate::daemon::Daemon;
 use crate::runs::{Finished, RunState};
+use guild_audit::AuditEntry;
 use guild_queue::{DoneEntry, DoneRead, JobResult, JobStatus, QueueError, RedisQueue};
 use guild_replay::Digest;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -295,7 +295,7 @@ impl Remote {
             reason,
             "a finished job's entry in Redis cannot be read; moving it to the dead-letter stream"
         );
-        let event = crate::audit::AuditEvent {
+        let event = guild_audit::AuditEvent {
             kind: "corrupt_done_entry".into(),
             actor: "redis".into(),
             detail: format!("done-stream entry {entry} cannot be read ({reason}); moved to the dead-letter stream"),
@@ -310,7 +310,7 @@ impl Remote {
         }
     }
 
-    async fn audit(&self, daemon: &Daemon, entries: &[DoneEntry]) -> Result<(), crate::audit::AuditError> {
+    async fn audit(&self, daemon: &Daemon, entries: &[DoneEntry]) -> Result<(), guild_audit::AuditError> {
         // An attempt is marked audited only once its record is on disk: after a failed write,
         // the redelivered entries are written, not skipped.
         let (keys, records): (Vec<String>, Vec<AuditEntry>) = {

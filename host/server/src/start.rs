@@ -2,7 +2,6 @@
 //! signal, then drain — stop accepting, let requests and queued runs finish up to the drain
 //! deadline, close the audit log and flush bundles to disk.
 
-use crate::audit::{AuditError, AuditLog, AuditRecord};
 use crate::config::{ConfigError, DaemonConfig, TenantConfig};
 use crate::daemon::Daemon;
 use crate::metrics::Metrics;
@@ -10,6 +9,7 @@ use crate::registry::{Registry, ToolSource, ToolSpec};
 use crate::remote::Remote;
 use crate::runs::{Finished, RunTable};
 use crate::tenants::Tenant;
+use guild_audit::{AuditError, AuditLog, AuditRecord};
 use guild_queue::{RedisQueue, RunQueue};
 use guild_replay::{Digest, DirStore};
 use guild_runtime::Runtime;

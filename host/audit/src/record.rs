@@ -1,0 +1,135 @@
+//! The records: what is said about a run or an event, and how each line is chained and hashed.
+
+use guild_replay::Digest;
+use guild_replay::canonical::to_canonical_bytes;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// What the daemon says about a finished run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// The run id.
+    pub run: String,
+    /// Who asked.
+    pub tenant: String,
+    /// The tool's name.
+    pub tool: String,
+    /// blake3 of its component.
+    pub tool_digest: Digest,
+    /// blake3 of the input.
+    pub input_digest: Digest,
+    /// The effective policy and limits the run had.
+    pub grants: serde_json::Value,
+    /// `output`, `tool_error`, `limit`, `trap`, `denied`, `host_failure`.
+    pub outcome: String,
+    /// Fuel burnt.
+    pub fuel_used_units: u64,
+    /// The bundle, when one was sealed.
+    pub bundle: Option<Digest>,
+    /// The caller's idempotency key, if any.
+    pub idempotency_key: Option<String>,
+    /// For a job run by a `guild worker`: which attempt this was, from 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// For a job run by a `guild worker`: the worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// For a job run by a `guild worker`: `completed` (this attempt's result is the job's),
+    /// `duplicate` (another attempt finished first: at-least-once), `retried` (it failed in a
+    /// way worth retrying; another attempt follows) or `dead` (the last attempt failed; the job
+    /// is in the dead-letter stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion: Option<String>,
+    /// For a record about something other than a finished run: what happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<AuditEvent>,
+}
+
+/// Something besides a finished run that the audit trail must show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// `admin_read`: an admin read another tenant's run or bundle; `corrupt_done_entry`: a
+    /// finished job's entry in Redis could not be read, and was moved to the dead-letter stream.
+    pub kind: String,
+    /// Who: the admin tenant, or `redis`.
+    pub actor: String,
+    /// What was read (`bundle <id>`, `run <id>`), or what was wrong.
+    pub detail: String,
+}
+
+impl AuditEntry {
+    /// A record of `event`, about `subject` (a run or bundle id, a stream entry) of `tenant`.
+    pub fn event(event: AuditEvent, subject: &str, tenant: &str) -> Self {
+        let none = Digest::from_bytes([0; 32]);
+        Self {
+            run: subject.to_string(),
+            tenant: tenant.to_string(),
+            tool: String::new(),
+            tool_digest: none,
+            input_digest: none,
+            grants: serde_json::Value::Null,
+            outcome: event.kind.clone(),
+            fuel_used_units: 0,
+            bundle: None,
+            idempotency_key: None,
+            attempt: None,
+            worker: None,
+            completion: None,
+            event: Some(event),
+        }
+    }
+}
+
+/// One line of the log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// 1, 2, 3, … without gaps.
+    pub seq: u64,
+    /// When it was written, ms since the Unix epoch.
+    pub time_unix_ms: u64,
+    /// `hash` of the record before (all zeros for the first).
+    pub prev: Digest,
+    /// The run.
+    #[serde(flatten)]
+    pub entry: AuditEntry,
+    /// blake3 of this record's canonical form without `hash`.
+    pub hash: Digest,
+}
+
+impl AuditRecord {
+    pub(crate) fn compute_hash(&self) -> Digest {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(object) = value.as_object_mut() {
+            object.remove("hash");
+        }
+        Digest::of(&to_canonical_bytes(&value).unwrap_or_default())
+    }
+}
+
+/// The log could not be opened, written or trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// A file operation failed.
+    #[error("audit log {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The chain is broken at a record.
+    #[error("audit log {path}: record at line {line} (seq {seq}) is broken: {reason}")]
+    Broken {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// The seq the line should have had.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The writer thread has stopped.
+    #[error("the audit log writer has stopped; the run's record was not written")]
+    Stopped,
+}
