@@ -1,0 +1,159 @@
+//! The done stream: every finished attempt, read by API nodes' audit writers, acknowledged once
+//! audited, and an entry that cannot be read buried in the dead-letter stream.
+
+use super::jobs::parse_result;
+use super::{AUDIT_GROUP, QueueError, RedisQueue, from_redis};
+use crate::job::JobResult;
+use crate::job::now_unix_ms;
+use redis::streams::{StreamAutoClaimReply, StreamReadReply};
+use std::time::Duration;
+
+/// Bytes of a corrupt done entry kept in the dead-letter stream, for a person to look at.
+const CORRUPT_RAW_BYTES_KEPT: usize = 4096;
+
+/// At most `bytes` of `text`, on a character boundary.
+fn clip(text: &str, bytes: usize) -> String {
+    let mut end = bytes.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+/// One entry of the done stream: a finished attempt, or one that cannot be read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DoneRead {
+    /// A finished attempt.
+    Entry(Box<DoneEntry>),
+    /// An entry whose result does not parse (written by another version, or damaged).
+    Corrupt {
+        /// The stream entry.
+        entry: String,
+        /// Why it cannot be read.
+        reason: String,
+        /// The start of what it holds.
+        raw: String,
+    },
+}
+
+/// A finished attempt read from the done stream by an API node's audit writer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DoneEntry {
+    /// The stream entry; pass it to [`RedisQueue::ack_done`] once audited.
+    pub entry: String,
+    /// `completed`, `duplicate`, `retried` or `dead`.
+    pub kind: String,
+    /// The attempt's result.
+    pub result: JobResult,
+}
+
+impl RedisQueue {
+    /// Finished attempts for this API node's audit log: first its own unacknowledged ones
+    /// (after a restart), those another node left for `idle` (it died), then new ones.
+    pub async fn read_done(&self, consumer: &str, count: usize, block: Duration) -> Result<Vec<DoneRead>, QueueError> {
+        let stream = self.inner.keys.key("done");
+        let claimed: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(&stream)
+            .arg(AUDIT_GROUP)
+            .arg(consumer)
+            .arg(self.inner.settings.lease_ms)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(from_redis)?;
+        let mut entries = claimed.claimed;
+        if entries.is_empty() {
+            let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(AUDIT_GROUP)
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(count)
+                .arg("BLOCK")
+                .arg(block.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(">")
+                .query_async(&mut self.inner.blocking.clone())
+                .await
+                .map_err(from_redis)?;
+            entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
+        }
+        Ok(entries
+            .into_iter()
+            .map(|entry| {
+                let text: String = entry.get("result").unwrap_or_default();
+                match parse_result(&text) {
+                    Ok(result) => DoneRead::Entry(Box::new(DoneEntry {
+                        kind: entry.get("kind").unwrap_or_default(),
+                        result,
+                        entry: entry.id,
+                    })),
+                    Err(e) => DoneRead::Corrupt {
+                        entry: entry.id,
+                        reason: e.to_string(),
+                        raw: clip(&text, CORRUPT_RAW_BYTES_KEPT),
+                    },
+                }
+            })
+            .collect())
+    }
+
+    /// Move a done-stream entry that cannot be read to the dead-letter stream (with why, and
+    /// the start of what it held) and acknowledge it, so the audit writer goes on.
+    pub async fn bury_done(&self, entry: &str, reason: &str, raw: &str) -> Result<(), QueueError> {
+        let keys = &self.inner.keys;
+        let done = keys.key("done");
+        let error = serde_json::json!({ "status": "corrupt_done_entry", "message": reason }).to_string();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("XADD")
+            .arg(keys.key("dead"))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.inner.settings.dead_kept_max)
+            .arg("*")
+            .arg(&[("job", entry), ("kind", "corrupt_done_entry"), ("error", error.as_str()), ("raw", raw)])
+            .arg(&[("time", now_unix_ms())])
+            .ignore();
+        pipe.cmd("XACK").arg(&done).arg(AUDIT_GROUP).arg(entry).ignore();
+        pipe.cmd("XDEL").arg(&done).arg(entry).ignore();
+        let () = pipe.query_async(&mut self.conn()).await.map_err(from_redis)?;
+        Ok(())
+    }
+
+    /// The audit records of these entries are on disk: acknowledge and remove them.
+    pub async fn ack_done(&self, entries: &[String]) -> Result<(), QueueError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let stream = self.inner.keys.key("done");
+        let mut pipe = redis::pipe();
+        pipe.cmd("XACK").arg(&stream).arg(AUDIT_GROUP).arg(entries).ignore();
+        pipe.cmd("XDEL").arg(&stream).arg(entries).ignore();
+        let () = pipe.query_async(&mut self.conn()).await.map_err(from_redis)?;
+        Ok(())
+    }
+
+    /// Send the id of every job that gets its result (completed or dead) to `notices`, until
+    /// the connection drops (then an error: subscribe again, and look for what was missed).
+    /// A notice that does not fit in `notices` is dropped: the caller's periodic sweep of all
+    /// awaited results finds that job anyway.
+    pub async fn listen_finished(&self, notices: &tokio::sync::mpsc::Sender<String>) -> Result<(), QueueError> {
+        use futures_util::StreamExt;
+        let mut pubsub = self.inner.client.get_async_pubsub().await.map_err(from_redis)?;
+        pubsub.subscribe(self.inner.keys.key("finished")).await.map_err(from_redis)?;
+        let mut messages = pubsub.into_on_message();
+        while let Some(message) = messages.next().await {
+            if let Ok(id) = message.get_payload::<String>() {
+                match notices.try_send(id) {
+                    Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {}
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+                }
+            }
+        }
+        Err(QueueError::Unavailable { error: "the notice subscription was dropped".into(), retry_after_s: 1 })
+    }
+}

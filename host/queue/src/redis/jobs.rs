@@ -1,0 +1,326 @@
+//! Jobs through their lives: submitted, taken, renewed, reclaimed, completed or failed,
+//! promoted from the delay set, dead, requeued; and their status and results.
+
+use super::{QueueError, RedisQueue, WORKERS_GROUP, from_redis};
+use crate::job::{Accepted, Completion, DeadJob, Disposition, Job, JobResult, JobState, JobStatus, Lease, now_unix_ms};
+use guild_replay::Digest;
+use redis::Script;
+use redis::streams::{StreamAutoClaimReply, StreamReadReply};
+use std::time::Duration;
+
+/// `state`, `attempts`, `tenant`, `tool`, `input` of a job hash.
+type JobFields = (Option<String>, Option<u32>, Option<String>, Option<String>, Option<String>);
+
+impl RedisQueue {
+    /// Put a job in the queue, unless its tenant's idempotency key (or its id) already names
+    /// one. Only a job Redis has taken is acknowledged.
+    pub async fn submit(&self, job: &Job) -> Result<Accepted, QueueError> {
+        let keys = &self.inner.keys;
+        let body = serde_json::to_string(job).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+        let mut invocation = self.inner.scripts.submit.key(keys.key("jobs"));
+        invocation.key(keys.job(&job.id));
+        if let Some(key) = &job.idempotency_key {
+            invocation.key(keys.idempotency(&job.tenant, key));
+        }
+        invocation
+            .arg(&job.id)
+            .arg(body)
+            .arg(&job.tenant)
+            .arg(&job.tool)
+            .arg(job.attempts_max)
+            .arg(job.input_digest.to_hex());
+        self.guarded(async {
+            let (new, id): (i64, String) = invocation.invoke_async(&mut self.conn()).await.map_err(from_redis)?;
+            Ok(Accepted { id, existing: new == 0 })
+        })
+        .await
+    }
+
+    /// A job's state and, once finished, its result; `None` for an unknown (or expired) job.
+    pub async fn status(&self, id: &str) -> Result<Option<JobStatus>, QueueError> {
+        let keys = &self.inner.keys;
+        self.guarded(async {
+            let mut pipe = redis::pipe();
+            pipe.cmd("HMGET").arg(keys.job(id)).arg(&["state", "attempts", "tenant", "tool", "input"]);
+            pipe.cmd("GET").arg(keys.result(id));
+            let ((state, attempts, tenant, tool, input), result): (JobFields, Option<String>) =
+                pipe.query_async(&mut self.conn()).await.map_err(from_redis)?;
+            let result = result.map(|text| parse_result(&text)).transpose()?;
+            let (Some(state), Some(tenant), Some(tool)) = (state, tenant, tool) else {
+                // The job hash can expire a moment before its result: the result still answers.
+                return Ok(result.map(|result| JobStatus {
+                    tenant: result.tenant.clone(),
+                    tool: result.tool.clone(),
+                    input_digest: Some(result.input_digest),
+                    state: if result.status == "dead" { JobState::Dead } else { JobState::Done },
+                    attempts: result.attempt,
+                    result: Some(result),
+                }));
+            };
+            let state = JobState::parse(&state).ok_or_else(|| QueueError::Corrupt(format!("job state {state:?}")))?;
+            let input_digest = input.and_then(|hex| hex.parse().ok());
+            Ok(Some(JobStatus { tenant, tool, input_digest, state, attempts: attempts.unwrap_or(0), result }))
+        })
+        .await
+    }
+
+    /// Wait up to `block` for new jobs for `worker`, at most `count`, and start them.
+    pub async fn take(&self, worker: &str, count: usize, block: Duration) -> Result<Vec<Lease>, QueueError> {
+        let keys = &self.inner.keys;
+        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(WORKERS_GROUP)
+            .arg(worker)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(keys.key("jobs"))
+            .arg(">")
+            .query_async(&mut self.inner.blocking.clone())
+            .await
+            .map_err(from_redis)?;
+        let delivered: Vec<(String, String)> = reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .map(|entry| {
+                let id = entry.get::<String>("job").unwrap_or_default();
+                (entry.id, id)
+            })
+            .collect();
+        self.start(worker, &delivered, false).await
+    }
+
+    /// Take over jobs whose worker has not renewed its lease for `lease_ms` (it died), looking
+    /// through the pending entries from `cursor` (`0-0` at first); returns the leases and where
+    /// to look next time (`0-0` once the whole list was seen), so no entry is out of reach
+    /// however many live ones come before it.
+    pub async fn reclaim(&self, worker: &str, count: usize, cursor: &str) -> Result<(Vec<Lease>, String), QueueError> {
+        let keys = &self.inner.keys;
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(keys.key("jobs"))
+            .arg(WORKERS_GROUP)
+            .arg(worker)
+            .arg(self.inner.settings.lease_ms)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(from_redis)?;
+        let claimed: Vec<(String, String)> =
+            reply.claimed.into_iter().map(|e| (e.id.clone(), e.get::<String>("job").unwrap_or_default())).collect();
+        Ok((self.start(worker, &claimed, true).await?, reply.next_stream_id))
+    }
+
+    async fn start(&self, worker: &str, entries: &[(String, String)], claimed: bool) -> Result<Vec<Lease>, QueueError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = &self.inner.keys;
+        let mut invocation = self.inner.scripts.start.key(keys.key("jobs"));
+        invocation.key(keys.key("stats")).arg(worker).arg(keys.job_prefix()).arg(if claimed { "1" } else { "0" });
+        for (entry, id) in entries {
+            invocation.arg(entry).arg(id);
+        }
+        let started: Vec<(String, String, u32, u32)> =
+            invocation.invoke_async(&mut self.conn()).await.map_err(from_redis)?;
+        started
+            .into_iter()
+            .map(|(entry, body, attempt, _)| {
+                let job: Job =
+                    serde_json::from_str(&body).map_err(|e| QueueError::Corrupt(format!("job body: {e}")))?;
+                Ok(Lease { job, entry, attempt })
+            })
+            .collect()
+    }
+
+    /// Keep holding a running job; false when the lease was lost (another worker took it).
+    pub async fn renew(&self, worker: &str, lease: &Lease) -> Result<bool, QueueError> {
+        let keys = &self.inner.keys;
+        let held: i64 = self
+            .inner
+            .scripts
+            .renew
+            .key(keys.key("jobs"))
+            .key(keys.job(&lease.job.id))
+            .arg(&lease.entry)
+            .arg(worker)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(from_redis)?;
+        Ok(held == 1)
+    }
+
+    /// `script` with the keys every settling script starts with: stream, job, result, done
+    /// stream, stats.
+    fn settling<'a>(&'a self, script: &'a Script, id: &str) -> redis::ScriptInvocation<'a> {
+        let keys = &self.inner.keys;
+        let mut invocation = script.key(keys.key("jobs"));
+        invocation.key(keys.job(id)).key(keys.result(id)).key(keys.key("done")).key(keys.key("stats"));
+        invocation
+    }
+
+    /// The attempt finished (output or a deterministic failure): settle the job with `result`.
+    pub async fn complete(&self, worker: &str, lease: &Lease, result: &JobResult) -> Result<Completion, QueueError> {
+        let keys = &self.inner.keys;
+        let settings = &self.inner.settings;
+        let text = serde_json::to_string(result).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+        let said: String = self
+            .settling(&self.inner.scripts.complete, &lease.job.id)
+            .arg(&lease.entry)
+            .arg(worker)
+            .arg(text)
+            .arg(settings.results_ttl_s)
+            .arg(settings.done_kept_max)
+            .arg(keys.key("finished"))
+            .arg(&lease.job.id)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(from_redis)?;
+        Ok(if said == "recorded" { Completion::Recorded } else { Completion::Duplicate })
+    }
+
+    /// The attempt (`attempt`, its result) failed in a way worth retrying: back off
+    /// (`delay_ms`), or, on the last attempt, bury the job in the dead-letter stream with
+    /// `last` (status `dead`) as its result. Either way the attempt goes to the done stream.
+    pub async fn fail(
+        &self,
+        worker: &str,
+        lease: &Lease,
+        delay_ms: u64,
+        attempt: &JobResult,
+        last: &JobResult,
+    ) -> Result<Disposition, QueueError> {
+        let keys = &self.inner.keys;
+        let settings = &self.inner.settings;
+        let text = serde_json::to_string(last).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+        let attempt = serde_json::to_string(attempt).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+        let now = now_unix_ms();
+        let said: String = self
+            .settling(&self.inner.scripts.fail, &lease.job.id)
+            .key(keys.key("delayed"))
+            .key(keys.key("dead"))
+            .arg(&lease.entry)
+            .arg(worker)
+            .arg(&lease.job.id)
+            .arg(now + delay_ms)
+            .arg(text)
+            .arg(settings.results_ttl_s)
+            .arg(settings.dead_ttl_s)
+            .arg(settings.done_kept_max)
+            .arg(settings.dead_kept_max)
+            .arg(last.error.to_string())
+            .arg(last.bundle.map(|b| b.to_hex()).unwrap_or_default())
+            .arg(now)
+            .arg(keys.key("finished"))
+            .arg(attempt)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(from_redis)?;
+        Ok(match said.as_str() {
+            "retry" => Disposition::Retry { delay_ms },
+            "dead" => Disposition::Dead,
+            _ => Disposition::Duplicate,
+        })
+    }
+
+    /// Move retries whose backoff is over back into the stream; returns how many.
+    pub async fn promote(&self) -> Result<u64, QueueError> {
+        let keys = &self.inner.keys;
+        self.inner
+            .scripts
+            .promote
+            .key(keys.key("delayed"))
+            .key(keys.key("jobs"))
+            .arg(now_unix_ms())
+            .arg(256)
+            .arg(keys.job_prefix())
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(from_redis)
+    }
+
+    /// The dead-letter stream, oldest first, at most `count`.
+    pub async fn dead(&self, count: usize) -> Result<Vec<DeadJob>, QueueError> {
+        let keys = &self.inner.keys;
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(keys.key("dead"))
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(from_redis)?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .map(|entry| DeadJob {
+                id: entry.get("job").unwrap_or_default(),
+                tenant: entry.get("tenant").unwrap_or_default(),
+                tool: entry.get("tool").unwrap_or_default(),
+                attempts: entry.get("attempts").unwrap_or_default(),
+                error: entry
+                    .get::<String>("error")
+                    .and_then(|text| serde_json::from_str(&text).ok())
+                    .unwrap_or_default(),
+                bundle: entry.get::<String>("bundle").and_then(|hex| hex.parse::<Digest>().ok()),
+                dead_unix_ms: entry.get("time").unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// Put a dead job back in the queue with fresh attempts; false when it is not dead.
+    pub async fn requeue(&self, id: &str) -> Result<bool, QueueError> {
+        let keys = &self.inner.keys;
+        let moved: i64 = self
+            .inner
+            .scripts
+            .requeue
+            .key(keys.key("jobs"))
+            .key(keys.job(id))
+            .key(keys.result(id))
+            .key(keys.key("dead"))
+            .arg(id)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(from_redis)?;
+        Ok(moved == 1)
+    }
+
+    /// Which of these jobs Redis still knows (a job hash or a result), one round trip per
+    /// thousand: an awaited job it no longer knows expired before its result was read.
+    pub async fn known(&self, ids: &[String]) -> Result<Vec<bool>, QueueError> {
+        let mut known = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1_000) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.cmd("EXISTS").arg(self.inner.keys.job(id)).arg(self.inner.keys.result(id));
+            }
+            let counts: Vec<u32> = pipe.query_async(&mut self.conn()).await.map_err(from_redis)?;
+            known.extend(counts.into_iter().map(|n| n > 0));
+        }
+        Ok(known)
+    }
+
+    /// The results of these jobs, where they have one (one round trip per thousand).
+    pub async fn results(&self, ids: &[String]) -> Result<Vec<Option<JobResult>>, QueueError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1_000) {
+            let keys: Vec<String> = chunk.iter().map(|id| self.inner.keys.result(id)).collect();
+            let texts: Vec<Option<String>> =
+                redis::cmd("MGET").arg(keys).query_async(&mut self.conn()).await.map_err(from_redis)?;
+            for text in texts {
+                found.push(text.map(|t| parse_result(&t)).transpose()?);
+            }
+        }
+        Ok(found)
+    }
+}
+
+pub(super) fn parse_result(text: &str) -> Result<JobResult, QueueError> {
+    serde_json::from_str(text).map_err(|e| QueueError::Corrupt(format!("job result: {e}")))
+}

@@ -1,0 +1,378 @@
+//! The Redis queue. One stream per queue with the consumer group `workers`; every key under the
+//! hash tag `guild:{<queue>}:` so a queue lives in one slot of a Redis Cluster; every step that
+//! touches more than one key is one Lua script, so it is atomic. Key layout:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `jobs` | stream | one entry per delivery of a job (`job` = id); acked and deleted when settled |
+//! | `job:<id>` | hash | `body` (the job JSON), `state`, `attempts`, `attempts_max`, `worker`, `entry`, `tenant`, `tool`, `idem`; expires with the result |
+//! | `result:<id>` | string | the [`JobResult`] JSON, for `results_ttl_s` |
+//! | `key:<tenant length>:<tenant>:<key>` | string | the job an idempotency key names; expires with the result |
+//! | `delayed` | sorted set | job ids by the unix ms their retry is due |
+//! | `dead` | stream | the dead-letter stream: job, tenant, tool, attempts, error, bundle |
+//! | `done` | stream | every finished attempt (`kind` = completed, duplicate or dead) for the audit log; group `audit` |
+//! | `stats` | hash | counters: completed, claims, retries, duplicates |
+//! | `workers` | hash | worker name → its last heartbeat |
+//! | `component:<blake3>` | string | component bytes, fetched by workers that lack them |
+//! | `bundle:<blake3>` | string | a bundle archive, for `results_ttl_s` |
+//!
+//! Here: the settings, errors, key names, the Lua scripts (`lua/`) and the connection with its
+//! breaker. Jobs through their lives are in `jobs.rs`, components and bundles in `blobs.rs`, the
+//! done stream the audit trail reads in `done.rs`, counters and heartbeats in `stats.rs`.
+
+use guild_breaker::{Breaker, BreakerSettings, Open};
+use guild_replay::Digest;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Script};
+use std::time::Duration;
+
+mod blobs;
+mod done;
+mod jobs;
+mod stats;
+
+pub use done::{DoneEntry, DoneRead};
+
+/// Consumer group of the job stream.
+const WORKERS_GROUP: &str = "workers";
+/// Consumer group of the done stream.
+const AUDIT_GROUP: &str = "audit";
+/// A worker heartbeat older than this is not live.
+const WORKER_LIVE_MS: u64 = 30_000;
+/// A heartbeat older than this is removed.
+const WORKER_FORGET_MS: u64 = 3_600_000;
+
+/// How the Redis queue behaves. Every field has a name in the daemon's `[redis]` config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// `redis://host:port/db` (or `rediss://`, `unix://`).
+    pub url: String,
+    /// The queue's name: its keys live under `guild:{<queue>}:`.
+    pub queue: String,
+    /// A worker that has not renewed its lease for this long is taken to be dead and its job
+    /// is handed to another (ms).
+    pub lease_ms: u64,
+    /// Attempts a job gets before it goes to the dead-letter stream.
+    pub attempts_max: u32,
+    /// First retry's backoff (ms); doubles per attempt, with jitter.
+    pub backoff_base_ms: u64,
+    /// Longest backoff (ms).
+    pub backoff_max_ms: u64,
+    /// How long results, finished jobs, idempotency keys and bundles are kept (s).
+    pub results_ttl_s: u64,
+    /// How long dead jobs are kept for `guild jobs retry` (s).
+    pub dead_ttl_s: u64,
+    /// Entries the dead-letter stream keeps (oldest trimmed first).
+    pub dead_kept_max: u64,
+    /// Entries the done stream keeps while no API node audits them (oldest trimmed first).
+    pub done_kept_max: u64,
+    /// After a connection failure, callers get 503 at once for this long (ms).
+    pub breaker_open_ms: u64,
+    /// A command that takes longer than this fails (ms).
+    pub response_timeout_ms: u64,
+    /// Bundles up to this size go to Redis for every node to serve (bytes).
+    pub bundle_inline_bytes_max: u64,
+}
+
+impl RedisSettings {
+    /// Defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            queue: "default".into(),
+            lease_ms: 30_000,
+            attempts_max: 5,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 60_000,
+            results_ttl_s: 86_400,
+            dead_ttl_s: 7 * 86_400,
+            dead_kept_max: 100_000,
+            done_kept_max: 100_000,
+            breaker_open_ms: 1_000,
+            response_timeout_ms: 3_000,
+            bundle_inline_bytes_max: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why a queue call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// Redis cannot be reached (or the circuit is open): retry later.
+    #[error("the job queue (Redis) is unavailable: {error}; retry after {retry_after_s} s")]
+    Unavailable {
+        /// What failed.
+        error: String,
+        /// Seconds until worth retrying.
+        retry_after_s: u64,
+    },
+    /// Redis answered with an error.
+    #[error("Redis refused a queue command: {0}")]
+    Redis(String),
+    /// Something in Redis is not what Guild wrote.
+    #[error("the job queue holds unreadable data: {0}")]
+    Corrupt(String),
+    /// The settings are wrong (a URL that does not parse).
+    #[error("redis settings: {0}")]
+    Settings(String),
+}
+
+impl QueueError {
+    /// True when the failure is the connection's: worth waiting and retrying.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+}
+
+fn is_connection_error(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || matches!(e.code(), Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN"))
+}
+
+fn from_redis(e: RedisError) -> QueueError {
+    if is_connection_error(&e) {
+        QueueError::Unavailable { error: e.to_string(), retry_after_s: 1 }
+    } else {
+        QueueError::Redis(e.to_string())
+    }
+}
+
+impl From<Open> for QueueError {
+    fn from(open: Open) -> Self {
+        QueueError::Unavailable { retry_after_s: open.retry_after_s(), error: open.last_error }
+    }
+}
+
+struct Scripts {
+    submit: Script,
+    start: Script,
+    renew: Script,
+    complete: Script,
+    fail: Script,
+    promote: Script,
+    requeue: Script,
+}
+
+macro_rules! script {
+    ($file:literal) => {
+        Script::new(concat!(include_str!("lua/common.lua"), include_str!(concat!("lua/", $file))))
+    };
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            submit: script!("submit.lua"),
+            start: script!("start.lua"),
+            renew: script!("renew.lua"),
+            complete: script!("complete.lua"),
+            fail: script!("fail.lua"),
+            promote: script!("promote.lua"),
+            requeue: script!("requeue.lua"),
+        }
+    }
+}
+
+/// The queue's key names.
+struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    fn new(queue: &str) -> Self {
+        Self { prefix: format!("guild:{{{queue}}}:") }
+    }
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+    fn job_prefix(&self) -> String {
+        self.key("job:")
+    }
+    fn job(&self, id: &str) -> String {
+        format!("{}job:{id}", self.prefix)
+    }
+    fn result(&self, id: &str) -> String {
+        format!("{}result:{id}", self.prefix)
+    }
+    /// The tenant's name is length-prefixed: tenant `a` with key `b:c` and tenant `a:b` with key
+    /// `c` must not name the same job.
+    fn idempotency(&self, tenant: &str, key: &str) -> String {
+        format!("{}key:{}:{tenant}:{key}", self.prefix, tenant.len())
+    }
+    fn blob(&self, digest: &Digest) -> String {
+        format!("{}blob:{digest}", self.prefix)
+    }
+    fn bundle(&self, digest: &Digest) -> String {
+        format!("{}bundle:{digest}", self.prefix)
+    }
+}
+
+/// A connection to one queue in Redis. Cheap to clone; reconnects on its own.
+#[derive(Clone)]
+pub struct RedisQueue {
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    settings: RedisSettings,
+    keys: Keys,
+    scripts: Scripts,
+    /// Commands that answer at once.
+    conn: ConnectionManager,
+    /// Blocking reads (XREADGROUP BLOCK), which would hold up everything behind them on `conn`.
+    blocking: ConnectionManager,
+    breaker: std::sync::Arc<Breaker>,
+}
+
+fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(response_timeout))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_secs(1))
+}
+
+impl RedisQueue {
+    /// Connect lazily: nothing is sent until the first command, so a worker or daemon can
+    /// start while Redis is down. Fails only for a URL that does not parse. Call it within a
+    /// tokio runtime (the connections' tasks are spawned on it).
+    pub fn open(settings: RedisSettings) -> Result<Self, QueueError> {
+        let client = redis::Client::open(settings.url.as_str())
+            .map_err(|e| QueueError::Settings(format!("url {:?}: {e}", settings.url)))?;
+        let timeout = Duration::from_millis(settings.response_timeout_ms);
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config(timeout))
+            .map_err(|e| QueueError::Settings(e.to_string()))?;
+        // A blocking read waits up to a few seconds on the server; allow for that.
+        let blocking =
+            ConnectionManager::new_lazy_with_config(client.clone(), manager_config(timeout + Duration::from_secs(10)))
+                .map_err(|e| QueueError::Settings(e.to_string()))?;
+        // One failed call opens the circuit: callers get a fast 503 rather than each waiting
+        // out a connection timeout.
+        let breaker = Breaker::new(BreakerSettings {
+            failures_to_open: 1,
+            open_for: Duration::from_millis(settings.breaker_open_ms),
+        });
+        let keys = Keys::new(&settings.queue);
+        Ok(Self {
+            inner: std::sync::Arc::new(Inner {
+                client,
+                settings,
+                keys,
+                scripts: Scripts::new(),
+                conn,
+                blocking,
+                breaker,
+            }),
+        })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &RedisSettings {
+        &self.inner.settings
+    }
+
+    /// True while callers are refused fast because Redis failed.
+    pub fn is_circuit_open(&self) -> bool {
+        self.inner.breaker.is_open()
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    /// Run `call` behind the circuit breaker: the API's calls, which must answer fast. A call
+    /// whose future is dropped (its client went away) and was the breaker's probe counts as a
+    /// failure, so the breaker probes again later instead of refusing for ever.
+    async fn guarded<T>(&self, call: impl Future<Output = Result<T, QueueError>>) -> Result<T, QueueError> {
+        let attempt = self.inner.breaker.admit()?;
+        let result = call.await;
+        match &result {
+            Err(QueueError::Unavailable { error, .. }) => attempt.failed(error),
+            _ => attempt.succeeded(),
+        }
+        result
+    }
+
+    /// Is Redis answering? (Behind the breaker: `/readyz` asks this.)
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        self.guarded(async {
+            let _: String = redis::cmd("PING").query_async(&mut self.conn()).await.map_err(from_redis)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Create the consumer groups (and their streams) unless they exist. Safe to repeat; done
+    /// again after an error says a group is missing (a Redis that restarted without its data).
+    pub async fn ensure_groups(&self) -> Result<(), QueueError> {
+        let keys = &self.inner.keys;
+        for (stream, group) in [(keys.key("jobs"), WORKERS_GROUP), (keys.key("done"), AUDIT_GROUP)] {
+            let created: Result<String, RedisError> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&stream)
+                .arg(group)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut self.conn())
+                .await;
+            match created {
+                Ok(_) => {}
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                Err(e) => return Err(from_redis(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_keys_of_different_tenants_never_collide() {
+        let keys = Keys::new("default");
+        assert_ne!(keys.idempotency("a", "b:c"), keys.idempotency("a:b", "c"));
+        assert_ne!(keys.idempotency("ab", "c"), keys.idempotency("a", "bc"));
+    }
+
+    /// Redis Cluster hashes only what is between the first `{` and `}`: every key of a queue
+    /// must carry the same tag, or a script touching two of them fails with CROSSSLOT.
+    #[test]
+    fn every_key_of_a_queue_shares_one_hash_tag() {
+        let keys = Keys::new("default");
+        let digest = Digest::of(b"x");
+        let all = [
+            keys.key("jobs"),
+            keys.key("done"),
+            keys.key("dead"),
+            keys.key("delayed"),
+            keys.key("stats"),
+            keys.key("workers"),
+            keys.key("finished"),
+            keys.job("abc"),
+            keys.result("abc"),
+            keys.idempotency("tenant", "key{with}braces"),
+            keys.blob(&digest),
+            keys.bundle(&digest),
+            format!("{}abc", keys.job_prefix()),
+        ];
+        for key in all {
+            let tag = key.split_once('{').and_then(|(_, rest)| rest.split_once('}')).map(|(tag, _)| tag);
+            assert_eq!(tag, Some("default"), "{key}");
+        }
+    }
+
+    #[test]
+    fn connection_failures_are_unavailable_and_urls_are_checked() {
+        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(from_redis(refused).is_unavailable());
+        let e = RedisQueue::open(RedisSettings::new("not a url")).err().expect("refused");
+        assert!(matches!(e, QueueError::Settings(_)), "{e}");
+    }
+}
