@@ -18,6 +18,8 @@ mod guard;
 mod info;
 mod limits;
 mod logs;
+mod outcome;
+mod output;
 mod policy;
 mod quota;
 mod record;

@@ -1,16 +1,17 @@
-//! [`Runtime`]: load a component as a [`Tool`] (digest, compile-or-cache, link, describe) and run
-//! it under [`Limits`] and an [`EffectivePolicy`], classifying the end of every run into an
-//! [`Outcome`].
+//! [`Runtime`]: load a component as a [`Tool`] (digest, compile-or-cache, link, describe: in
+//! `load.rs`) and run it under [`Limits`] and an [`EffectivePolicy`], classifying the end of
+//! every run into an [`Outcome`] (the types a caller reads are in `outcome.rs`, the output
+//! contract in `output.rs`).
 
 use crate::bindings::exports::guild::tool::tool as wit;
 use crate::bindings::{GuildTool, GuildToolPre};
-use crate::cache::{CacheSource, DiskCache};
+use crate::cache::DiskCache;
 use crate::cancel::{CancellationToken, Cancelled, arm_deadline, elapsed_ms};
 use crate::egress::BreakerSettings;
 use crate::egress::connect::{Connections, HTTP_CONNECTIONS_MAX_DEFAULT};
 use crate::egress::hook::{EgressHooks, EgressRun};
 use crate::engine::{EngineFingerprint, EngineSettings, build_engine, deadline_ticks, spawn_epoch_ticker};
-use crate::error::{LoadError, RunError, RuntimeError};
+use crate::error::{RunError, RuntimeError};
 use crate::gpu::{GpuReplay, GpuRun};
 use crate::guard::{Guard, Stop};
 use crate::info::{Access, ToolInfo};
@@ -21,9 +22,7 @@ use crate::record::{Recorder, SeededRandom, TapeMonotonicClock, TapeWallClock, f
 use crate::recording::{RecordingConfig, record_prelude};
 use crate::state::{HostState, RunLimiter};
 use crate::{LimitHit, Limits};
-use guild_replay::BlobStore;
 use guild_replay::Digest;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -32,6 +31,13 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use wasmtime_wasi_http::WasiHttpCtx;
+
+pub use crate::outcome::{Outcome, RunReport, ToolErrorKind};
+
+mod load;
+
+use crate::output::check_output;
+use load::LoadedTools;
 
 /// How the runtime is set up.
 #[derive(Clone, Default)]
@@ -91,87 +97,6 @@ impl Tool {
     }
 }
 
-/// The kind of error a tool returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ToolErrorKind {
-    /// Bad input.
-    InvalidInput,
-    /// The tool failed.
-    Failed,
-    /// The tool was refused something.
-    Denied,
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum Outcome {
-    /// `run` returned JSON.
-    Output {
-        /// The JSON text.
-        output: String,
-    },
-    /// `run` returned an error.
-    ToolError {
-        /// Which kind.
-        kind: ToolErrorKind,
-        /// The tool's message.
-        message: String,
-    },
-    /// A limit stopped the run.
-    Limit(LimitHit),
-    /// The guest trapped (a panic, an `unreachable`, an out-of-bounds access, an exit).
-    Trap {
-        /// What happened, with the tail of the guest's stderr.
-        message: String,
-    },
-    /// Whoever asked for the run cancelled it before it ended.
-    Cancelled {
-        /// Wall time from the call to the cancellation (a replay stops at the same point).
-        after_ms: u64,
-    },
-}
-
-/// What one run produced.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunReport {
-    /// Tool name from `describe`.
-    pub tool: String,
-    /// Tool version.
-    pub tool_version: String,
-    /// The component's digest.
-    pub component: Digest,
-    /// How it ended.
-    pub outcome: Outcome,
-    /// Fuel burnt.
-    pub fuel_used_units: u64,
-    /// Peak linear memory.
-    pub memory_bytes_peak: u64,
-    /// Wall time of instantiate + call.
-    pub wall_time: Duration,
-    /// Everything the tool logged or printed.
-    pub logs: Vec<LogLine>,
-    /// The policy the run had.
-    pub policy: EffectivePolicy,
-    /// The limits the run had.
-    pub limits: Limits,
-    /// The id of the run's bundle, when the runtime records.
-    pub bundle: Option<Digest>,
-    /// The reasons of the first outgoing requests refused or failed, for the operator (at most
-    /// 16; `egress_refusals` counts them all).
-    pub egress_denials: Vec<String>,
-    /// Outgoing requests refused or failed.
-    pub egress_refusals: u32,
-    /// Outgoing requests the guest attempted (sent, refused or failed).
-    pub egress_requests: u32,
-    /// Of those sent, how many found the upstream failing (5xx, timeout, unreachable): a
-    /// tool that failed after one may succeed if run again.
-    pub egress_upstream_failures: u32,
-    /// Bytes the run's bundle holds (its blobs, manifest and signature), 0 when not recorded.
-    pub bundle_bytes: u64,
-}
-
 /// Where a run's outside effects come from.
 pub(crate) struct RunEnv {
     /// The seed of all its randomness.
@@ -218,32 +143,6 @@ pub struct Runtime {
     gpu: Arc<guild_gpu::GpuHost>,
 }
 
-struct LoadedTools {
-    by_digest: HashMap<Digest, (Arc<Tool>, u64)>,
-    clock: u64,
-    max: usize,
-    /// Loads in progress, one lock per component (an entry lives while someone loads it).
-    loading: HashMap<Digest, Arc<tokio::sync::Mutex<()>>>,
-}
-
-/// A caller's turn at loading one component; the entry goes when no one else waits for it.
-struct LoadingGuard<'a> {
-    runtime: &'a Runtime,
-    digest: Digest,
-    lock: Arc<tokio::sync::Mutex<()>>,
-    _held: tokio::sync::OwnedMutexGuard<()>,
-}
-
-impl Drop for LoadingGuard<'_> {
-    fn drop(&mut self) {
-        let mut tools = self.runtime.tools.lock().unwrap_or_else(|p| p.into_inner());
-        // This guard, the map's entry and `lock` itself: three references when no one waits.
-        if Arc::strong_count(&self.lock) <= 3 {
-            tools.loading.remove(&self.digest);
-        }
-    }
-}
-
 impl Runtime {
     /// Build the engine, the linker and the caches.
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
@@ -264,7 +163,7 @@ impl Runtime {
             settings: config.engine,
             linker,
             disk: DiskCache::new(cache_dir),
-            tools: Mutex::new(LoadedTools { by_digest: HashMap::new(), clock: 0, max, loading: HashMap::new() }),
+            tools: Mutex::new(LoadedTools::new(max)),
             recording: config.recording,
             breakers: Arc::new(crate::egress::breaker::breakers(config.breakers)),
             connections: Arc::new(Connections::new(match config.http_connections_max {
@@ -284,146 +183,6 @@ impl Runtime {
     /// The fingerprint of this engine.
     pub fn fingerprint(&self) -> &EngineFingerprint {
         &self.fingerprint
-    }
-
-    /// Read and load a component file.
-    pub async fn load_file(&self, path: &std::path::Path) -> Result<(Arc<Tool>, CacheSource), LoadError> {
-        let bytes = tokio::fs::read(path)
-            .await
-            .map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
-        self.load(&bytes).await
-    }
-
-    /// Load a component: from memory if this process has it, else from the disk cache, else by
-    /// compiling it. Then link it and call `describe` once. Concurrent loads of the same
-    /// component wait for the first (one compile, one `describe`).
-    ///
-    /// # Errors
-    /// [`LoadError`] when the bytes are not a component of the `guild-tool` world, import what
-    /// Guild does not provide, or `describe` fails.
-    pub async fn load(&self, bytes: &[u8]) -> Result<(Arc<Tool>, CacheSource), LoadError> {
-        check_header(bytes)?;
-        let digest = Digest::of(bytes);
-        let _loading = self.loading(&digest).await;
-        if let Some(tool) = self.loaded(&digest) {
-            return Ok((tool, CacheSource::Memory));
-        }
-        self.load_new(digest, bytes).await
-    }
-
-    /// The component named `digest`: from memory, else its bytes from `fetch` (once, however
-    /// many callers ask at the same time), checked against the digest and loaded.
-    ///
-    /// # Errors
-    /// What `fetch` returns, [`LoadError::Invalid`] when the bytes are not `digest`, or what
-    /// [`Runtime::load`] returns.
-    pub async fn load_by_digest<F, Fut>(&self, digest: &Digest, fetch: F) -> Result<Arc<Tool>, LoadError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<Vec<u8>, LoadError>>,
-    {
-        if let Some(tool) = self.loaded(digest) {
-            return Ok(tool);
-        }
-        let _loading = self.loading(digest).await;
-        if let Some(tool) = self.loaded(digest) {
-            return Ok(tool);
-        }
-        let bytes = fetch().await?;
-        if Digest::of(&bytes) != *digest {
-            return Err(LoadError::Invalid(format!("the bytes fetched for component {digest} have another digest")));
-        }
-        check_header(&bytes)?;
-        Ok(self.load_new(*digest, &bytes).await?.0)
-    }
-
-    /// Hold the load of `digest` for this caller: concurrent loads of one component queue here.
-    async fn loading(&self, digest: &Digest) -> LoadingGuard<'_> {
-        let lock = {
-            let mut tools = self.tools.lock().unwrap_or_else(|p| p.into_inner());
-            tools.loading.entry(*digest).or_default().clone()
-        };
-        let held = lock.clone().lock_owned().await;
-        LoadingGuard { runtime: self, digest: *digest, lock, _held: held }
-    }
-
-    async fn load_new(&self, digest: Digest, bytes: &[u8]) -> Result<(Arc<Tool>, CacheSource), LoadError> {
-        // Compiling takes ~100 ms of CPU per component, and storing it writes megabytes: off
-        // the async workers, so a daemon keeps answering while a new tool loads.
-        let (disk, engine, owned) = (self.disk.clone(), self.engine.clone(), bytes.to_vec());
-        let store = self.recording.as_ref().map(|r| r.store.clone());
-        let (component, source) = tokio::task::spawn_blocking(move || {
-            let compiled = disk.load_or_compile(&engine, &digest, &owned)?;
-            if let Some(store) = store {
-                // Bundles refer to the component by digest; keep it (once) in the store.
-                store.put(&owned).map_err(|e| LoadError::Store(e.to_string()))?;
-            }
-            Ok::<_, LoadError>(compiled)
-        })
-        .await
-        .map_err(|e| LoadError::Invalid(format!("the compilation task failed: {e}")))??;
-        let instance_pre =
-            self.linker.instantiate_pre(&component).map_err(|e| link_error(&e, &component, &self.engine))?;
-        let pre = GuildToolPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-        let info = self.describe(&pre).await?;
-        let output_schema = match &info.output_schema {
-            Some(schema) => Some(jsonschema::validator_for(schema).map_err(|e| {
-                LoadError::Describe(format!(
-                    "the output schema does not compile ({e}); every output is checked against it, so it must be a valid JSON Schema"
-                ))
-            })?),
-            None => None,
-        };
-        let tool = Arc::new(Tool { digest, info, pre, size_bytes: bytes.len() as u64, output_schema });
-        self.remember(tool.clone());
-        Ok((tool, source))
-    }
-
-    fn loaded(&self, digest: &Digest) -> Option<Arc<Tool>> {
-        let mut tools = self.tools.lock().unwrap_or_else(|p| p.into_inner());
-        tools.clock += 1;
-        let now = tools.clock;
-        tools.by_digest.get_mut(digest).map(|(tool, used)| {
-            *used = now;
-            tool.clone()
-        })
-    }
-
-    fn remember(&self, tool: Arc<Tool>) {
-        let mut tools = self.tools.lock().unwrap_or_else(|p| p.into_inner());
-        if tools.by_digest.len() >= tools.max {
-            let oldest = tools.by_digest.iter().min_by_key(|(_, (_, used))| *used).map(|(d, _)| *d);
-            if let Some(oldest) = oldest {
-                tools.by_digest.remove(&oldest);
-            }
-        }
-        tools.clock += 1;
-        let now = tools.clock;
-        tools.by_digest.insert(tool.digest, (tool, now));
-    }
-
-    async fn describe(&self, pre: &GuildToolPre<HostState>) -> Result<ToolInfo, LoadError> {
-        // `describe` only returns constants: a tool that computes for longer is broken or
-        // hostile, and loading it must not cost a full run's budget.
-        let limits = Limits { fuel_units: DESCRIBE_FUEL_UNITS, timeout_ms: DESCRIBE_TIMEOUT_MS, ..Limits::default() };
-        let no_egress = Arc::new(EgressRun::new(String::new(), Vec::new(), Vec::new(), limits.clone(), None, None));
-        let no_gpu = GpuRun::new(self.gpu.clone(), "", false, &limits, None, None);
-        let mut store = self
-            .new_store(
-                &EffectivePolicy::default(),
-                &limits,
-                &fresh_seed(),
-                None,
-                StoreHooks { egress: no_egress, gpu: no_gpu, cancel: None, stop: Arc::default() },
-            )
-            .map_err(|e| LoadError::Describe(e.to_string()))?;
-        let instance = pre.instantiate_async(&mut store).await.map_err(|e| LoadError::Describe(format!("{e:#}")))?;
-        let info = instance
-            .guild_tool_tool()
-            .call_describe(&mut store)
-            .await
-            .map_err(|e| LoadError::Describe(format!("{e:#}")))?;
-        ToolInfo::from_wit(info).map_err(LoadError::Describe)
     }
 
     /// Run `tool` on `input` with `grants` under `limits`, recording a bundle when the runtime
@@ -732,91 +491,6 @@ async fn call_run(
     instance.guild_tool_tool().call_run(&mut *store, input).await
 }
 
-/// The output contract, checked once, here, for every path a run takes (CLI, API, MCP, workers)
-/// and recorded in the bundle: the output is JSON that strict parsers accept (no unpaired UTF-16
-/// surrogate escapes, which many parsers refuse), and matches the tool's own output schema when
-/// it declares one. A tool that breaks it failed. (Its size was bounded before it was copied out
-/// of the guest.)
-fn check_output(output: String, schema: Option<&jsonschema::Validator>) -> Outcome {
-    let broken = |message: String| Outcome::ToolError { kind: ToolErrorKind::Failed, message };
-    let value: serde_json::Value = match serde_json::from_str(&output) {
-        Ok(value) => value,
-        Err(e) => return broken(format!("the tool returned output that is not valid JSON: {e}")),
-    };
-    if let Err(e) = serde_json::from_str::<UniqueKeys>(&output) {
-        return broken(format!("the tool returned output that strict JSON parsers refuse: {e}"));
-    }
-    if let Some(error) = schema.and_then(|schema| schema.iter_errors(&value).next()) {
-        let at = match error.instance_path().as_str() {
-            "" => "/".to_string(),
-            path => path.to_string(),
-        };
-        return broken(format!("the tool's output does not match its declared output schema at {at}: {error}"));
-    }
-    Outcome::Output { output }
-}
-
-/// Any JSON value whose objects never name a key twice: RFC 8259 leaves what such an object
-/// means open (parsers keep the first, the last, or refuse it), so a consumer could read another
-/// output than the one checked and recorded.
-struct UniqueKeys;
-
-impl<'de> serde::Deserialize<'de> for UniqueKeys {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(UniqueKeysVisitor)
-    }
-}
-
-struct UniqueKeysVisitor;
-
-impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
-    type Value = UniqueKeys;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys)
-    }
-
-    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys)
-    }
-
-    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys)
-    }
-
-    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys)
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys)
-    }
-
-    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
-        while seq.next_element::<UniqueKeys>()?.is_some() {}
-        Ok(UniqueKeys)
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
-        let mut seen = std::collections::HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if !seen.insert(key.clone()) {
-                return Err(serde::de::Error::custom(format!("the key {key:?} appears twice in one object")));
-            }
-            map.next_value::<UniqueKeys>()?;
-        }
-        Ok(UniqueKeys)
-    }
-}
-
 /// `run` returned but its result could not be copied out of the guest. The copy is bounded by
 /// wasmtime's hostcall fuel, which the call hook set to `output_bytes_max` for exactly this copy;
 /// wasmtime reports running out of it as a private error type, so it is recognised by its text
@@ -865,69 +539,6 @@ fn with_stderr(summary: String, logs: &[LogLine]) -> String {
     }
     let tail = &stderr[stderr.len().saturating_sub(STDERR_LINES_SHOWN)..];
     format!("{summary}; stderr: {}", tail.join(" | "))
-}
-
-/// The interfaces a Guild host links, by `package/interface` without version: WASI 0.2 cli,
-/// clocks, filesystem, io, random and sockets (sockets linked, and denied), `wasi:http` for
-/// egress, and `guild:tool`.
-const LINKED_INTERFACES: &[&str] = &[
-    "wasi:cli/environment",
-    "wasi:cli/exit",
-    "wasi:cli/stdin",
-    "wasi:cli/stdout",
-    "wasi:cli/stderr",
-    "wasi:cli/terminal-input",
-    "wasi:cli/terminal-output",
-    "wasi:cli/terminal-stdin",
-    "wasi:cli/terminal-stdout",
-    "wasi:cli/terminal-stderr",
-    "wasi:clocks/monotonic-clock",
-    "wasi:clocks/wall-clock",
-    "wasi:filesystem/preopens",
-    "wasi:filesystem/types",
-    "wasi:io/error",
-    "wasi:io/poll",
-    "wasi:io/streams",
-    "wasi:random/insecure",
-    "wasi:random/insecure-seed",
-    "wasi:random/random",
-    "wasi:sockets/instance-network",
-    "wasi:sockets/ip-name-lookup",
-    "wasi:sockets/network",
-    "wasi:sockets/tcp",
-    "wasi:sockets/tcp-create-socket",
-    "wasi:sockets/udp",
-    "wasi:sockets/udp-create-socket",
-    "wasi:http/outgoing-handler",
-    "wasi:http/types",
-    "guild:tool/gpu",
-    "guild:tool/log",
-    "guild:tool/types",
-];
-
-/// Why linking failed: the first import the host does not link, read from the component's own
-/// import list; otherwise (a linked interface with other functions or types) wasmtime's account.
-fn link_error(error: &wasmtime::Error, component: &wasmtime::component::Component, engine: &Engine) -> LoadError {
-    let foreign = component.component_type().imports(engine).map(|(name, _)| name.to_string()).find(|name| {
-        let interface = name.split('@').next().unwrap_or(name);
-        !LINKED_INTERFACES.contains(&interface)
-    });
-    match foreign {
-        Some(name) => LoadError::UnsupportedImport(name),
-        None => LoadError::Invalid(format!("{error:#}")),
-    }
-}
-
-fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
-    const MAGIC: &[u8; 4] = b"\0asm";
-    const CORE_VERSION: [u8; 4] = [1, 0, 0, 0];
-    if bytes.len() < 8 || &bytes[..4] != MAGIC {
-        return Err(LoadError::NotWasm);
-    }
-    if bytes[4..8] == CORE_VERSION {
-        return Err(LoadError::CoreModule);
-    }
-    Ok(())
 }
 
 /// The host services a run's store is wired to.

@@ -1,0 +1,89 @@
+//! How a run ended and what it reports: the types every caller of [`crate::Runtime`] reads.
+
+use crate::logs::LogLine;
+use crate::policy::EffectivePolicy;
+use crate::{LimitHit, Limits};
+use guild_replay::Digest;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// The kind of error a tool returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolErrorKind {
+    /// Bad input.
+    InvalidInput,
+    /// The tool failed.
+    Failed,
+    /// The tool was refused something.
+    Denied,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// `run` returned JSON.
+    Output {
+        /// The JSON text.
+        output: String,
+    },
+    /// `run` returned an error.
+    ToolError {
+        /// Which kind.
+        kind: ToolErrorKind,
+        /// The tool's message.
+        message: String,
+    },
+    /// A limit stopped the run.
+    Limit(LimitHit),
+    /// The guest trapped (a panic, an `unreachable`, an out-of-bounds access, an exit).
+    Trap {
+        /// What happened, with the tail of the guest's stderr.
+        message: String,
+    },
+    /// Whoever asked for the run cancelled it before it ended.
+    Cancelled {
+        /// Wall time from the call to the cancellation (a replay stops at the same point).
+        after_ms: u64,
+    },
+}
+
+/// What one run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Tool name from `describe`.
+    pub tool: String,
+    /// Tool version.
+    pub tool_version: String,
+    /// The component's digest.
+    pub component: Digest,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Fuel burnt.
+    pub fuel_used_units: u64,
+    /// Peak linear memory.
+    pub memory_bytes_peak: u64,
+    /// Wall time of instantiate + call.
+    pub wall_time: Duration,
+    /// Everything the tool logged or printed.
+    pub logs: Vec<LogLine>,
+    /// The policy the run had.
+    pub policy: EffectivePolicy,
+    /// The limits the run had.
+    pub limits: Limits,
+    /// The id of the run's bundle, when the runtime records.
+    pub bundle: Option<Digest>,
+    /// The reasons of the first outgoing requests refused or failed, for the operator (at most
+    /// 16; `egress_refusals` counts them all).
+    pub egress_denials: Vec<String>,
+    /// Outgoing requests refused or failed.
+    pub egress_refusals: u32,
+    /// Outgoing requests the guest attempted (sent, refused or failed).
+    pub egress_requests: u32,
+    /// Of those sent, how many found the upstream failing (5xx, timeout, unreachable): a
+    /// tool that failed after one may succeed if run again.
+    pub egress_upstream_failures: u32,
+    /// Bytes the run's bundle holds (its blobs, manifest and signature), 0 when not recorded.
+    pub bundle_bytes: u64,
+}

@@ -1,0 +1,88 @@
+//! The output contract a tool's result is held to, once, in the host.
+
+use crate::outcome::{Outcome, ToolErrorKind};
+
+/// The output contract, checked once, here, for every path a run takes (CLI, API, MCP, workers)
+/// and recorded in the bundle: the output is JSON that strict parsers accept (no unpaired UTF-16
+/// surrogate escapes, which many parsers refuse), and matches the tool's own output schema when
+/// it declares one. A tool that breaks it failed. (Its size was bounded before it was copied out
+/// of the guest.)
+pub(crate) fn check_output(output: String, schema: Option<&jsonschema::Validator>) -> Outcome {
+    let broken = |message: String| Outcome::ToolError { kind: ToolErrorKind::Failed, message };
+    let value: serde_json::Value = match serde_json::from_str(&output) {
+        Ok(value) => value,
+        Err(e) => return broken(format!("the tool returned output that is not valid JSON: {e}")),
+    };
+    if let Err(e) = serde_json::from_str::<UniqueKeys>(&output) {
+        return broken(format!("the tool returned output that strict JSON parsers refuse: {e}"));
+    }
+    if let Some(error) = schema.and_then(|schema| schema.iter_errors(&value).next()) {
+        let at = match error.instance_path().as_str() {
+            "" => "/".to_string(),
+            path => path.to_string(),
+        };
+        return broken(format!("the tool's output does not match its declared output schema at {at}: {error}"));
+    }
+    Outcome::Output { output }
+}
+
+/// Any JSON value whose objects never name a key twice: RFC 8259 leaves what such an object
+/// means open (parsers keep the first, the last, or refuse it), so a consumer could read another
+/// output than the one checked and recorded.
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("the key {key:?} appears twice in one object")));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
+    }
+}

@@ -1,0 +1,258 @@
+//! Loading components: read, check the header, compile or take from the caches (one load per
+//! digest at a time), link against exactly the interfaces Guild provides, and ask the tool to
+//! describe itself.
+
+use super::{DESCRIBE_FUEL_UNITS, DESCRIBE_TIMEOUT_MS, Runtime, StoreHooks, Tool};
+use crate::Limits;
+use crate::bindings::GuildToolPre;
+use crate::cache::CacheSource;
+use crate::egress::hook::EgressRun;
+use crate::error::LoadError;
+use crate::gpu::GpuRun;
+use crate::info::ToolInfo;
+use crate::policy::EffectivePolicy;
+use crate::record::fresh_seed;
+use crate::state::HostState;
+use guild_replay::BlobStore;
+use guild_replay::Digest;
+use std::collections::HashMap;
+use std::sync::Arc;
+use wasmtime::Engine;
+
+pub(super) struct LoadedTools {
+    by_digest: HashMap<Digest, (Arc<Tool>, u64)>,
+    clock: u64,
+    max: usize,
+    /// Loads in progress, one lock per component (an entry lives while someone loads it).
+    loading: HashMap<Digest, Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl LoadedTools {
+    /// No tools yet; at most `max` kept (least recently used first out).
+    pub(super) fn new(max: usize) -> Self {
+        Self { by_digest: HashMap::new(), clock: 0, max, loading: HashMap::new() }
+    }
+}
+
+/// A caller's turn at loading one component; the entry goes when no one else waits for it.
+struct LoadingGuard<'a> {
+    runtime: &'a Runtime,
+    digest: Digest,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for LoadingGuard<'_> {
+    fn drop(&mut self) {
+        let mut tools = self.runtime.tools.lock().unwrap_or_else(|p| p.into_inner());
+        // This guard, the map's entry and `lock` itself: three references when no one waits.
+        if Arc::strong_count(&self.lock) <= 3 {
+            tools.loading.remove(&self.digest);
+        }
+    }
+}
+
+impl Runtime {
+    /// Read and load a component file.
+    pub async fn load_file(&self, path: &std::path::Path) -> Result<(Arc<Tool>, CacheSource), LoadError> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
+        self.load(&bytes).await
+    }
+
+    /// Load a component: from memory if this process has it, else from the disk cache, else by
+    /// compiling it. Then link it and call `describe` once. Concurrent loads of the same
+    /// component wait for the first (one compile, one `describe`).
+    ///
+    /// # Errors
+    /// [`LoadError`] when the bytes are not a component of the `guild-tool` world, import what
+    /// Guild does not provide, or `describe` fails.
+    pub async fn load(&self, bytes: &[u8]) -> Result<(Arc<Tool>, CacheSource), LoadError> {
+        check_header(bytes)?;
+        let digest = Digest::of(bytes);
+        let _loading = self.loading(&digest).await;
+        if let Some(tool) = self.loaded(&digest) {
+            return Ok((tool, CacheSource::Memory));
+        }
+        self.load_new(digest, bytes).await
+    }
+
+    /// The component named `digest`: from memory, else its bytes from `fetch` (once, however
+    /// many callers ask at the same time), checked against the digest and loaded.
+    ///
+    /// # Errors
+    /// What `fetch` returns, [`LoadError::Invalid`] when the bytes are not `digest`, or what
+    /// [`Runtime::load`] returns.
+    pub async fn load_by_digest<F, Fut>(&self, digest: &Digest, fetch: F) -> Result<Arc<Tool>, LoadError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<u8>, LoadError>>,
+    {
+        if let Some(tool) = self.loaded(digest) {
+            return Ok(tool);
+        }
+        let _loading = self.loading(digest).await;
+        if let Some(tool) = self.loaded(digest) {
+            return Ok(tool);
+        }
+        let bytes = fetch().await?;
+        if Digest::of(&bytes) != *digest {
+            return Err(LoadError::Invalid(format!("the bytes fetched for component {digest} have another digest")));
+        }
+        check_header(&bytes)?;
+        Ok(self.load_new(*digest, &bytes).await?.0)
+    }
+
+    /// Hold the load of `digest` for this caller: concurrent loads of one component queue here.
+    async fn loading(&self, digest: &Digest) -> LoadingGuard<'_> {
+        let lock = {
+            let mut tools = self.tools.lock().unwrap_or_else(|p| p.into_inner());
+            tools.loading.entry(*digest).or_default().clone()
+        };
+        let held = lock.clone().lock_owned().await;
+        LoadingGuard { runtime: self, digest: *digest, lock, _held: held }
+    }
+
+    async fn load_new(&self, digest: Digest, bytes: &[u8]) -> Result<(Arc<Tool>, CacheSource), LoadError> {
+        // Compiling takes ~100 ms of CPU per component, and storing it writes megabytes: off
+        // the async workers, so a daemon keeps answering while a new tool loads.
+        let (disk, engine, owned) = (self.disk.clone(), self.engine.clone(), bytes.to_vec());
+        let store = self.recording.as_ref().map(|r| r.store.clone());
+        let (component, source) = tokio::task::spawn_blocking(move || {
+            let compiled = disk.load_or_compile(&engine, &digest, &owned)?;
+            if let Some(store) = store {
+                // Bundles refer to the component by digest; keep it (once) in the store.
+                store.put(&owned).map_err(|e| LoadError::Store(e.to_string()))?;
+            }
+            Ok::<_, LoadError>(compiled)
+        })
+        .await
+        .map_err(|e| LoadError::Invalid(format!("the compilation task failed: {e}")))??;
+        let instance_pre =
+            self.linker.instantiate_pre(&component).map_err(|e| link_error(&e, &component, &self.engine))?;
+        let pre = GuildToolPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let info = self.describe(&pre).await?;
+        let output_schema = match &info.output_schema {
+            Some(schema) => Some(jsonschema::validator_for(schema).map_err(|e| {
+                LoadError::Describe(format!(
+                    "the output schema does not compile ({e}); every output is checked against it, so it must be a valid JSON Schema"
+                ))
+            })?),
+            None => None,
+        };
+        let tool = Arc::new(Tool { digest, info, pre, size_bytes: bytes.len() as u64, output_schema });
+        self.remember(tool.clone());
+        Ok((tool, source))
+    }
+
+    fn loaded(&self, digest: &Digest) -> Option<Arc<Tool>> {
+        let mut tools = self.tools.lock().unwrap_or_else(|p| p.into_inner());
+        tools.clock += 1;
+        let now = tools.clock;
+        tools.by_digest.get_mut(digest).map(|(tool, used)| {
+            *used = now;
+            tool.clone()
+        })
+    }
+
+    fn remember(&self, tool: Arc<Tool>) {
+        let mut tools = self.tools.lock().unwrap_or_else(|p| p.into_inner());
+        if tools.by_digest.len() >= tools.max {
+            let oldest = tools.by_digest.iter().min_by_key(|(_, (_, used))| *used).map(|(d, _)| *d);
+            if let Some(oldest) = oldest {
+                tools.by_digest.remove(&oldest);
+            }
+        }
+        tools.clock += 1;
+        let now = tools.clock;
+        tools.by_digest.insert(tool.digest, (tool, now));
+    }
+
+    async fn describe(&self, pre: &GuildToolPre<HostState>) -> Result<ToolInfo, LoadError> {
+        // `describe` only returns constants: a tool that computes for longer is broken or
+        // hostile, and loading it must not cost a full run's budget.
+        let limits = Limits { fuel_units: DESCRIBE_FUEL_UNITS, timeout_ms: DESCRIBE_TIMEOUT_MS, ..Limits::default() };
+        let no_egress = Arc::new(EgressRun::new(String::new(), Vec::new(), Vec::new(), limits.clone(), None, None));
+        let no_gpu = GpuRun::new(self.gpu.clone(), "", false, &limits, None, None);
+        let mut store = self
+            .new_store(
+                &EffectivePolicy::default(),
+                &limits,
+                &fresh_seed(),
+                None,
+                StoreHooks { egress: no_egress, gpu: no_gpu, cancel: None, stop: Arc::default() },
+            )
+            .map_err(|e| LoadError::Describe(e.to_string()))?;
+        let instance = pre.instantiate_async(&mut store).await.map_err(|e| LoadError::Describe(format!("{e:#}")))?;
+        let info = instance
+            .guild_tool_tool()
+            .call_describe(&mut store)
+            .await
+            .map_err(|e| LoadError::Describe(format!("{e:#}")))?;
+        ToolInfo::from_wit(info).map_err(LoadError::Describe)
+    }
+}
+
+/// The interfaces a Guild host links, by `package/interface` without version: WASI 0.2 cli,
+/// clocks, filesystem, io, random and sockets (sockets linked, and denied), `wasi:http` for
+/// egress, and `guild:tool`.
+const LINKED_INTERFACES: &[&str] = &[
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:clocks/monotonic-clock",
+    "wasi:clocks/wall-clock",
+    "wasi:filesystem/preopens",
+    "wasi:filesystem/types",
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:random/random",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/ip-name-lookup",
+    "wasi:sockets/network",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+    "wasi:http/outgoing-handler",
+    "wasi:http/types",
+    "guild:tool/gpu",
+    "guild:tool/log",
+    "guild:tool/types",
+];
+
+/// Why linking failed: the first import the host does not link, read from the component's own
+/// import list; otherwise (a linked interface with other functions or types) wasmtime's account.
+fn link_error(error: &wasmtime::Error, component: &wasmtime::component::Component, engine: &Engine) -> LoadError {
+    let foreign = component.component_type().imports(engine).map(|(name, _)| name.to_string()).find(|name| {
+        let interface = name.split('@').next().unwrap_or(name);
+        !LINKED_INTERFACES.contains(&interface)
+    });
+    match foreign {
+        Some(name) => LoadError::UnsupportedImport(name),
+        None => LoadError::Invalid(format!("{error:#}")),
+    }
+}
+
+fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+    const MAGIC: &[u8; 4] = b"\0asm";
+    const CORE_VERSION: [u8; 4] = [1, 0, 0, 0];
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        return Err(LoadError::NotWasm);
+    }
+    if bytes[4..8] == CORE_VERSION {
+        return Err(LoadError::CoreModule);
+    }
+    Ok(())
+}
