@@ -9,6 +9,10 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+mod env;
+#[cfg(test)]
+mod tests;
+
 /// Default listen address: loopback only.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:8480";
 /// Default cap on a request body (a run request; component uploads have their own).
@@ -396,28 +400,6 @@ impl ConfigError {
     }
 }
 
-/// Environment variables that belong to the CLI rather than to this file.
-const ENV_NOT_CONFIG: &[&str] = &["GUILD_HOME", "GUILD_TOKEN", "GUILD_CONFIG", "GUILD_LOG"];
-/// Keys holding lists whose elements the environment can override but not create.
-const LIST_KEYS: &[&str] = &["tools", "tenants", "mounts"];
-/// Top-level keys the environment may override.
-const TOP_LEVEL_KEYS: &[&str] = &[
-    "listen",
-    "store",
-    "state",
-    "request_bytes_max",
-    "component_bytes_max",
-    "log_format",
-    "queue",
-    "tools",
-    "tenants",
-    "secrets",
-    "mcp",
-    "redis",
-    "http",
-    "egress_connections_max",
-];
-
 impl DaemonConfig {
     /// Parse `text` (the file's contents; empty for none), apply `GUILD_*` overrides from `env`,
     /// and validate. Returns the config and the `GUILD_*` variables that were not understood.
@@ -428,18 +410,7 @@ impl DaemonConfig {
     ) -> Result<(Self, Vec<String>), ConfigError> {
         let mut table: toml::Table =
             text.parse().map_err(|e: toml::de::Error| ConfigError::new(origin.display().to_string(), e.to_string()))?;
-        let mut ignored = Vec::new();
-        let mut overrides: Vec<(String, String)> =
-            env.into_iter().filter(|(k, _)| k.starts_with("GUILD_") && !ENV_NOT_CONFIG.contains(&k.as_str())).collect();
-        overrides.sort();
-        for (name, value) in overrides {
-            let path: Vec<String> = name["GUILD_".len()..].split("__").map(str::to_string).collect();
-            if !path.first().is_some_and(|k| TOP_LEVEL_KEYS.contains(&k.to_lowercase().as_str())) {
-                ignored.push(name);
-                continue;
-            }
-            apply_override(&mut table, &path, &value).map_err(|message| ConfigError::new(name.clone(), message))?;
-        }
+        let ignored = env::apply(&mut table, env)?;
         let config: DaemonConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::new(origin.display().to_string(), e.to_string()))?;
@@ -555,162 +526,5 @@ impl DaemonConfig {
             }
         }
         Ok(())
-    }
-}
-
-/// Set the value at `path` (the variable's name split on `__`) in `table`. Keys match
-/// case-insensitively; an array element is named by its index or its `name` (tools: also the
-/// file stem of its `path`).
-fn apply_override(table: &mut toml::Table, path: &[String], raw: &str) -> Result<(), String> {
-    let (last, parents) = path.split_last().ok_or("empty variable name")?;
-    let mut current = table;
-    let mut segments = parents.iter();
-    while let Some(segment) = segments.next() {
-        let key = matching_key(current, segment);
-        if LIST_KEYS.contains(&key.as_str()) && !current.contains_key(&key) {
-            return Err(format!("the config defines no {key}; define them in the file, then override their fields"));
-        }
-        let entry = current.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        current = match entry {
-            toml::Value::Table(t) => t,
-            toml::Value::Array(items) => {
-                let name = segments.next().ok_or_else(|| format!("name an element of {key} (by index or name)"))?;
-                element(items, name)?
-            }
-            _ => return Err(format!("{key} is not a table")),
-        };
-    }
-    let key = matching_key(current, last);
-    let value = parse_value(raw, current.get(&key));
-    current.insert(key, value);
-    Ok(())
-}
-
-fn matching_key(table: &toml::Table, segment: &str) -> String {
-    table.keys().find(|k| k.eq_ignore_ascii_case(segment)).cloned().unwrap_or_else(|| segment.to_lowercase())
-}
-
-fn element<'a>(items: &'a mut [toml::Value], segment: &str) -> Result<&'a mut toml::Table, String> {
-    let wanted = segment.to_lowercase();
-    let position = match segment.parse::<usize>() {
-        Ok(index) => Some(index),
-        Err(_) => items.iter().position(|item| {
-            let name = item.get("name").and_then(|v| v.as_str()).map(str::to_lowercase);
-            let stem = item
-                .get("path")
-                .and_then(|v| v.as_str())
-                .and_then(|p| Path::new(p).file_stem())
-                .map(|s| s.to_string_lossy().to_lowercase());
-            name.as_deref() == Some(wanted.as_str()) || stem.as_deref() == Some(wanted.as_str())
-        }),
-    };
-    match position.and_then(|i| items.get_mut(i)) {
-        Some(toml::Value::Table(t)) => Ok(t),
-        _ => Err(format!("no element {segment:?} in the list (name it by index or by its name)")),
-    }
-}
-
-/// A variable's value as TOML (numbers, booleans, arrays), else as a string; a field that is a
-/// string in the file stays a string.
-fn parse_value(raw: &str, existing: Option<&toml::Value>) -> toml::Value {
-    if matches!(existing, Some(toml::Value::String(_))) {
-        return toml::Value::String(raw.to_string());
-    }
-    match format!("v = {raw}").parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
-        Err(_) => toml::Value::String(raw.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn load(text: &str, env: &[(&str, &str)]) -> Result<DaemonConfig, ConfigError> {
-        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-        DaemonConfig::load(text, Path::new("guild.toml"), env).map(|(c, _)| c)
-    }
-
-    const TOKEN: &str = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262";
-
-    #[test]
-    fn empty_file_gives_defaults() {
-        let config = load("", &[]).expect("loads");
-        assert_eq!(config.listen.to_string(), LISTEN_DEFAULT);
-        assert_eq!(config.queue.depth_max, QUEUE_DEPTH_MAX_DEFAULT);
-        assert_eq!(config.log_format, LogFormat::Json);
-    }
-
-    #[test]
-    fn environment_overrides_nested_fields_by_name() {
-        let text = format!(
-            "[[tenants]]\nname = \"alice\"\ntoken_blake3 = \"{TOKEN}\"\ntools = [\"wc\"]\n\n\
-             [[tools]]\npath = \"/opt/wc.wasm\"\n[tools.limits]\nfuel_units = 5\n"
-        );
-        let config = load(
-            &text,
-            &[
-                ("GUILD_LISTEN", "0.0.0.0:9000"),
-                ("GUILD_QUEUE__DEPTH_MAX", "7"),
-                ("GUILD_TENANTS__ALICE__RATE_PER_SECOND", "2.5"),
-                ("GUILD_TOOLS__WC__LIMITS__TIMEOUT_MS", "250"),
-                ("GUILD_HOME", "/ignored"),
-            ],
-        )
-        .expect("loads");
-        assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
-        assert_eq!(config.queue.depth_max, 7);
-        assert_eq!(config.tenants[0].rate_per_second, 2.5);
-        assert_eq!(config.tools[0].limits.timeout_ms, 250);
-        assert_eq!(config.tools[0].limits.fuel_units, 5);
-    }
-
-    #[test]
-    fn redis_settings_come_from_the_file_or_the_environment_and_are_checked() {
-        let config =
-            load("[redis]\nurl = \"redis://10.0.0.5:6379/0\"\n", &[("GUILD_REDIS__LEASE_MS", "2000")]).expect("valid");
-        let settings = config.redis.settings().expect("a url is set");
-        assert_eq!((settings.url.as_str(), settings.lease_ms), ("redis://10.0.0.5:6379/0", 2000));
-        assert_eq!(settings.queue, "default");
-        assert!(load("", &[]).expect("valid").redis.settings().is_none(), "no url: runs stay in process");
-        let e = load("", &[("GUILD_REDIS__URL", "http://10.0.0.5")]).expect_err("not a redis url");
-        assert_eq!(e.field, "redis.url");
-        let e = load("", &[("GUILD_REDIS__LEASE_MS", "5")]).expect_err("too short");
-        assert_eq!(e.field, "redis.lease_ms");
-        let e = load("[redis]\nqueue = \"a{b}\"\n", &[]).expect_err("breaks the hash tag");
-        assert_eq!(e.field, "redis.queue");
-    }
-
-    #[test]
-    fn errors_name_the_field() {
-        let bad_rate = format!("[[tenants]]\nname = \"a\"\ntoken_blake3 = \"{TOKEN}\"\nrate_per_second = -1\n");
-        let e = load(&bad_rate, &[]).expect_err("negative rate");
-        assert_eq!(e.field, "tenants[0].rate_per_second");
-        let e = load("[[tenants]]\nname = \"a\"\ntoken_blake3 = \"abc\"\n", &[]).expect_err("short digest");
-        assert_eq!(e.field, "tenants[0].token_blake3");
-        let e = load("[queue]\ndepth_maxx = 3\n", &[]).expect_err("unknown field");
-        assert!(e.message.contains("depth_maxx"), "{e}");
-        let e = load("", &[("GUILD_QUEUE__RUNS_IN_FLIGHT_MAX", "0")]).expect_err("zero");
-        assert_eq!(e.field, "queue.runs_in_flight_max");
-        let e = load("", &[("GUILD_TENANTS__BOB__BURST", "3")]).expect_err("no such tenant");
-        assert_eq!(e.field, "GUILD_TENANTS__BOB__BURST");
-        let e = load("[secrets]\nKEY = \"hunter2\"\n", &[]).expect_err("inline secret value");
-        assert_eq!(e.field, "secrets.KEY");
-    }
-
-    #[test]
-    fn the_example_config_in_deploy_is_valid() {
-        let text = include_str!("../../../deploy/guild.example.toml");
-        let config = load(text, &[]).expect("deploy/guild.example.toml loads");
-        assert_eq!(config.tenants.len(), 2);
-        assert_eq!(config.tools[0].limits.timeout_ms, 2000);
-        assert_eq!(config.tools[1].secrets[0].name, "GITHUB_TOKEN");
-    }
-
-    #[test]
-    fn unknown_guild_variables_are_reported_not_applied() {
-        let env = [("GUILD_LISTN".to_string(), "x".to_string())];
-        let (_, ignored) = DaemonConfig::load("", Path::new("-"), env).expect("loads");
-        assert_eq!(ignored, vec!["GUILD_LISTN".to_string()]);
     }
 }

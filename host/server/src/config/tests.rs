@@ -1,0 +1,89 @@
+use super::*;
+
+fn load(text: &str, env: &[(&str, &str)]) -> Result<DaemonConfig, ConfigError> {
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    DaemonConfig::load(text, Path::new("guild.toml"), env).map(|(c, _)| c)
+}
+
+const TOKEN: &str = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262";
+
+#[test]
+fn empty_file_gives_defaults() {
+    let config = load("", &[]).expect("loads");
+    assert_eq!(config.listen.to_string(), LISTEN_DEFAULT);
+    assert_eq!(config.queue.depth_max, QUEUE_DEPTH_MAX_DEFAULT);
+    assert_eq!(config.log_format, LogFormat::Json);
+}
+
+#[test]
+fn environment_overrides_nested_fields_by_name() {
+    let text = format!(
+        "[[tenants]]\nname = \"alice\"\ntoken_blake3 = \"{TOKEN}\"\ntools = [\"wc\"]\n\n\
+         [[tools]]\npath = \"/opt/wc.wasm\"\n[tools.limits]\nfuel_units = 5\n"
+    );
+    let config = load(
+        &text,
+        &[
+            ("GUILD_LISTEN", "0.0.0.0:9000"),
+            ("GUILD_QUEUE__DEPTH_MAX", "7"),
+            ("GUILD_TENANTS__ALICE__RATE_PER_SECOND", "2.5"),
+            ("GUILD_TOOLS__WC__LIMITS__TIMEOUT_MS", "250"),
+            ("GUILD_HOME", "/ignored"),
+        ],
+    )
+    .expect("loads");
+    assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
+    assert_eq!(config.queue.depth_max, 7);
+    assert_eq!(config.tenants[0].rate_per_second, 2.5);
+    assert_eq!(config.tools[0].limits.timeout_ms, 250);
+    assert_eq!(config.tools[0].limits.fuel_units, 5);
+}
+
+#[test]
+fn redis_settings_come_from_the_file_or_the_environment_and_are_checked() {
+    let config =
+        load("[redis]\nurl = \"redis://10.0.0.5:6379/0\"\n", &[("GUILD_REDIS__LEASE_MS", "2000")]).expect("valid");
+    let settings = config.redis.settings().expect("a url is set");
+    assert_eq!((settings.url.as_str(), settings.lease_ms), ("redis://10.0.0.5:6379/0", 2000));
+    assert_eq!(settings.queue, "default");
+    assert!(load("", &[]).expect("valid").redis.settings().is_none(), "no url: runs stay in process");
+    let e = load("", &[("GUILD_REDIS__URL", "http://10.0.0.5")]).expect_err("not a redis url");
+    assert_eq!(e.field, "redis.url");
+    let e = load("", &[("GUILD_REDIS__LEASE_MS", "5")]).expect_err("too short");
+    assert_eq!(e.field, "redis.lease_ms");
+    let e = load("[redis]\nqueue = \"a{b}\"\n", &[]).expect_err("breaks the hash tag");
+    assert_eq!(e.field, "redis.queue");
+}
+
+#[test]
+fn errors_name_the_field() {
+    let bad_rate = format!("[[tenants]]\nname = \"a\"\ntoken_blake3 = \"{TOKEN}\"\nrate_per_second = -1\n");
+    let e = load(&bad_rate, &[]).expect_err("negative rate");
+    assert_eq!(e.field, "tenants[0].rate_per_second");
+    let e = load("[[tenants]]\nname = \"a\"\ntoken_blake3 = \"abc\"\n", &[]).expect_err("short digest");
+    assert_eq!(e.field, "tenants[0].token_blake3");
+    let e = load("[queue]\ndepth_maxx = 3\n", &[]).expect_err("unknown field");
+    assert!(e.message.contains("depth_maxx"), "{e}");
+    let e = load("", &[("GUILD_QUEUE__RUNS_IN_FLIGHT_MAX", "0")]).expect_err("zero");
+    assert_eq!(e.field, "queue.runs_in_flight_max");
+    let e = load("", &[("GUILD_TENANTS__BOB__BURST", "3")]).expect_err("no such tenant");
+    assert_eq!(e.field, "GUILD_TENANTS__BOB__BURST");
+    let e = load("[secrets]\nKEY = \"hunter2\"\n", &[]).expect_err("inline secret value");
+    assert_eq!(e.field, "secrets.KEY");
+}
+
+#[test]
+fn the_example_config_in_deploy_is_valid() {
+    let text = include_str!("../../../../deploy/guild.example.toml");
+    let config = load(text, &[]).expect("deploy/guild.example.toml loads");
+    assert_eq!(config.tenants.len(), 2);
+    assert_eq!(config.tools[0].limits.timeout_ms, 2000);
+    assert_eq!(config.tools[1].secrets[0].name, "GITHUB_TOKEN");
+}
+
+#[test]
+fn unknown_guild_variables_are_reported_not_applied() {
+    let env = [("GUILD_LISTN".to_string(), "x".to_string())];
+    let (_, ignored) = DaemonConfig::load("", Path::new("-"), env).expect("loads");
+    assert_eq!(ignored, vec!["GUILD_LISTN".to_string()]);
+}
