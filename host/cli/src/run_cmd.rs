@@ -219,9 +219,7 @@ fn print_report(report: &RunReport, source: CacheSource, args: &RunArgs) -> Exit
         }
         Outcome::Limit(hit) => (Exit::Limit, "limit", Some(hit.to_string())),
         Outcome::Trap { message } => (Exit::ToolError, "trap", Some(message.clone())),
-        Outcome::Cancelled { .. } => {
-            (Exit::ToolError, "cancelled", Some(guild_server::outcome_message(&report.outcome)))
-        }
+        Outcome::Cancelled { .. } => (Exit::ToolError, "cancelled", Some(report.outcome.message())),
     };
     if args.summary_json {
         let summary = serde_json::json!({

@@ -8,7 +8,7 @@ use crate::serve_cmd::{load_config, open_runtime, shutdown_signal};
 use guild_queue::{RedisQueue, RedisSettings};
 use guild_runtime::egress::{Secret, SecretSource};
 use guild_server::config::DaemonConfig;
-use guild_server::{WorkerSetup, run_worker};
+use guild_worker::{WorkerSetup, run_worker};
 use std::time::Duration;
 
 pub(crate) fn worker(global: &Global, args: WorkerArgs) -> Result<Exit, Failure> {

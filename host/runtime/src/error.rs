@@ -93,3 +93,16 @@ pub enum RunError {
     #[error("the run could not be recorded: {0}")]
     Record(String),
 }
+
+impl RunError {
+    /// The stable code of a run that could not start: `denied`, `bad_limits`, `busy` or
+    /// `host_failure` (the API maps it to its HTTP status).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Denied(_) => "denied",
+            Self::Limits(_) => "bad_limits",
+            Self::Busy { .. } => "busy",
+            Self::Host(_) | Self::Record(_) => "host_failure",
+        }
+    }
+}

@@ -19,6 +19,17 @@ pub enum ToolErrorKind {
     Denied,
 }
 
+impl ToolErrorKind {
+    /// Its name as the API, MCP and bundles write it: `invalid_input`, `failed`, `denied`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::InvalidInput => "invalid_input",
+            Self::Failed => "failed",
+            Self::Denied => "denied",
+        }
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -47,6 +58,62 @@ pub enum Outcome {
         /// Wall time from the call to the cancellation (a replay stops at the same point).
         after_ms: u64,
     },
+}
+
+impl Outcome {
+    /// The outcome's label in metrics and the audit log: `output`, `tool_error`, `limit`, `trap`,
+    /// `cancelled` (its `status` tag).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Output { .. } => "output",
+            Self::ToolError { .. } => "tool_error",
+            Self::Limit(_) => "limit",
+            Self::Trap { .. } => "trap",
+            Self::Cancelled { .. } => "cancelled",
+        }
+    }
+
+    /// The run's status as the API and the queue write it: `succeeded` when the tool returned
+    /// output, else `failed`.
+    pub fn run_status(&self) -> &'static str {
+        match self {
+            Self::Output { .. } => "succeeded",
+            _ => "failed",
+        }
+    }
+
+    /// The tool's output text, when it returned one.
+    pub fn into_output(self) -> Option<String> {
+        match self {
+            Self::Output { output } => Some(output),
+            _ => None,
+        }
+    }
+
+    /// What went wrong, for a person (empty for output): the one wording the CLI, the API, MCP
+    /// and workers print.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Output { .. } => String::new(),
+            Self::ToolError { kind, message } => format!("tool error ({}): {message}", kind.label()),
+            Self::Limit(hit) => hit.to_string(),
+            Self::Trap { message } => format!("trap: {message}"),
+            Self::Cancelled { after_ms } => format!("cancelled by the client after {}", crate::human_ms(*after_ms)),
+        }
+    }
+
+    /// The outcome as a failed run's `error` records it — its fields and its [`Outcome::message`]
+    /// — or `None` for output.
+    pub fn error_record(&self) -> Option<serde_json::Value> {
+        if matches!(self, Self::Output { .. }) {
+            return None;
+        }
+        let mut error = serde_json::to_value(self).expect("an outcome is plain data");
+        if let Some(object) = error.as_object_mut() {
+            object.insert("message".into(), self.message().into());
+        }
+        Some(error)
+    }
 }
 
 /// What one run produced.
@@ -86,4 +153,19 @@ pub struct RunReport {
     pub egress_upstream_failures: u32,
     /// Bytes the run's bundle holds (its blobs, manifest and signature), 0 when not recorded.
     pub bundle_bytes: u64,
+}
+
+impl RunReport {
+    /// Tell the operator why the run's outgoing requests were refused (the tool only learns that
+    /// they were): the reasons name the operator's rules, which are not the caller's to see.
+    pub fn log_egress_refusals(&self) {
+        for reason in &self.egress_denials {
+            tracing::info!(reason = %reason, "egress refused");
+        }
+        let unlisted =
+            self.egress_refusals.saturating_sub(u32::try_from(self.egress_denials.len()).unwrap_or(u32::MAX));
+        if unlisted > 0 {
+            tracing::info!(more = unlisted, "egress refused more requests than are listed");
+        }
+    }
 }

@@ -13,7 +13,7 @@ use guild_audit::{AuditEntry, AuditEvent, AuditLog};
 use guild_queue::{QueueError, QueueFull, RunQueue, Ticket};
 use guild_replay::{Digest, DirStore};
 use guild_runtime::CancellationToken;
-use guild_runtime::{Outcome, RunError, RunReport, Runtime};
+use guild_runtime::{RunError, RunReport, Runtime};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -512,7 +512,7 @@ impl Daemon {
         };
         let (finished, output) = match result {
             Ok(report) => {
-                log_egress_refusals(&report);
+                report.log_egress_refusals();
                 self.observe(&tool.name, &entry.tenant, &report);
                 audit.grants = serde_json::json!({ "policy": report.policy, "limits": report.limits });
                 audit.bundle = report.bundle;
@@ -520,7 +520,7 @@ impl Daemon {
                 finished_from_report(report)
             }
             Err(error) => {
-                let code = run_error_code(&error);
+                let code = error.code();
                 self.metrics.runs.with_label_values(&[&tool.name, &entry.tenant, code]).inc();
                 let finished = Finished {
                     status: "failed",
@@ -537,7 +537,7 @@ impl Daemon {
     }
 
     fn observe(&self, tool: &str, tenant: &str, report: &RunReport) {
-        let label = outcome_label(&report.outcome);
+        let label = report.outcome.label();
         self.metrics.runs.with_label_values(&[tool, tenant, label]).inc();
         self.metrics.run_seconds.with_label_values(&[tool]).observe(report.wall_time.as_secs_f64());
         self.metrics.run_fuel_units.with_label_values(&[tool]).observe(report.fuel_used_units as f64);
@@ -582,71 +582,15 @@ struct Job {
 }
 
 pub(crate) fn finished_from_report(report: RunReport) -> (Finished, Option<String>) {
-    let wall_time_us = report.wall_time.as_micros() as u64;
-    let (status, error, output) = match report.outcome {
-        Outcome::Output { output } => ("succeeded", serde_json::Value::Null, Some(output)),
-        other => {
-            let message = outcome_message(&other);
-            let mut error = serde_json::to_value(&other).unwrap_or_default();
-            if let Some(object) = error.as_object_mut() {
-                object.insert("message".into(), message.into());
-            }
-            ("failed", error, None)
-        }
+    let wall_time_us = u64::try_from(report.wall_time.as_micros()).unwrap_or(u64::MAX);
+    let finished = Finished {
+        status: report.outcome.run_status(),
+        error: report.outcome.error_record().unwrap_or(serde_json::Value::Null),
+        bundle: report.bundle,
+        fuel_used_units: report.fuel_used_units,
+        wall_time_us,
     };
-    let finished =
-        Finished { status, error, bundle: report.bundle, fuel_used_units: report.fuel_used_units, wall_time_us };
-    (finished, output)
-}
-
-/// Tell the operator why the run's outgoing requests were refused (the tool only learns that
-/// they were): the reasons name the operator's rules, which are not the caller's to see.
-pub(crate) fn log_egress_refusals(report: &RunReport) {
-    for reason in &report.egress_denials {
-        tracing::info!(reason = %reason, "egress refused");
-    }
-    let unlisted = report.egress_refusals.saturating_sub(report.egress_denials.len() as u32);
-    if unlisted > 0 {
-        tracing::info!(more = unlisted, "egress refused more requests than are listed");
-    }
-}
-
-/// The message `guild run` prints for an outcome.
-pub fn outcome_message(outcome: &Outcome) -> String {
-    match outcome {
-        Outcome::Output { .. } => String::new(),
-        Outcome::ToolError { kind, message } => format!("tool error ({}): {message}", serde_label(kind)),
-        Outcome::Limit(hit) => hit.to_string(),
-        Outcome::Trap { message } => format!("trap: {message}"),
-        Outcome::Cancelled { after_ms } => {
-            format!("cancelled by the client after {}", guild_runtime::human_ms(*after_ms))
-        }
-    }
-}
-
-fn serde_label<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
-}
-
-/// The metric and audit label of an outcome.
-pub fn outcome_label(outcome: &Outcome) -> &'static str {
-    match outcome {
-        Outcome::Output { .. } => "output",
-        Outcome::ToolError { .. } => "tool_error",
-        Outcome::Limit(_) => "limit",
-        Outcome::Trap { .. } => "trap",
-        Outcome::Cancelled { .. } => "cancelled",
-    }
-}
-
-/// Stable code of a run that could not start (the API maps it to its HTTP status).
-pub(crate) fn run_error_code(error: &RunError) -> &'static str {
-    match error {
-        RunError::Denied(_) => "denied",
-        RunError::Limits(_) => "bad_limits",
-        RunError::Busy { .. } => "busy",
-        RunError::Host(_) | RunError::Record(_) => "host_failure",
-    }
+    (finished, report.outcome.into_output())
 }
 
 async fn wait_existing(entry: RunEntry, asynchronous: bool) -> Result<Submitted, Rejection> {

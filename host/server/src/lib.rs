@@ -9,7 +9,7 @@
 //! bodies), `bundles` (serving bundles to their owners), `http` (the bounded listener),
 //! `descriptors` (the descriptor budget), `jsonrpc` (one answer per MCP frame), `mcp` (the Model
 //! Context Protocol server over the same pipeline) with `mcp_stdio` and `mcp_http` (its
-//! transports), `remote` and `worker` (Redis), `start` (assembly and graceful shutdown).
+//! transports), `remote` (the API node's side of Redis; the worker is `guild-worker`), `start` (assembly and graceful shutdown).
 
 mod api;
 mod bundles;
@@ -29,10 +29,9 @@ mod remote;
 mod runs;
 mod start;
 mod tenants;
-mod worker;
 
 pub use api::{OPENAPI_JSON, router};
-pub use daemon::{Daemon, outcome_label, outcome_message};
+pub use daemon::Daemon;
 pub use guild_queue::RunQueue;
 pub use http::serve;
 pub use mcp::{GuildMcp, PROGRESS_INTERVAL_MS, mcp_tool, serve_stdio};
@@ -41,4 +40,3 @@ pub use remote::{REMOTE_WAITERS_MAX, Remote};
 pub use runs::{RunTable, new_run_id};
 pub use start::{DaemonParts, DaemonSetup, StartError, host_name, run, shared_store, start};
 pub use tenants::{TENANT_REQUESTS_MAX_DEFAULT, Tenant, ToolAccess};
-pub use worker::{WorkerSetup, WorkerSummary, run_worker};

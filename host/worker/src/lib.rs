@@ -7,28 +7,26 @@
 //! Redis going away never stops a worker: every loop waits with backoff and carries on when
 //! it answers again, recreating the consumer groups if Redis lost them.
 
-use crate::daemon::{finished_from_report, outcome_message, run_error_code};
 use guild_queue::{
     Completion, Disposition, JobResult, Lease, QueueError, RedisQueue, WorkerStats, backoff_ms, now_unix_ms,
 };
-use guild_replay::{BlobRef, BlobStore, Digest, DirStore, Manifest};
+use guild_replay::{Digest, DirStore};
 use guild_runtime::egress::Secret;
 use guild_runtime::{Grants, Limits, LoadError, Outcome, RunError, RunReport, Runtime, Tool, ToolErrorKind};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+mod reconnect;
+mod share;
+
+use reconnect::{RECONNECT_MAX, Reconnect};
+
 /// How long a read waits for jobs before the loop looks around (shutdown, reconnects).
 const TAKE_BLOCK: Duration = Duration::from_millis(1_000);
-/// Parts at least this large are remembered as present in Redis.
-const KNOWN_BLOB_BYTES_MIN: u64 = 4096;
-/// At most this many are remembered (then forgotten all at once).
-const KNOWN_BLOBS_MAX: usize = 10_000;
-/// Longest wait between reconnection attempts.
-const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 /// What a worker needs.
 pub struct WorkerSetup {
@@ -275,7 +273,7 @@ impl Worker {
         let report = match self.runtime.run_as(&tool, &job.input, &grants, &limits, cancel, Some(&principal)).await {
             Ok(report) => report,
             Err(error) => {
-                let failure = FailureInfo { code: run_error_code(&error), message: error.to_string(), bundle: None };
+                let failure = FailureInfo { code: error.code(), message: error.to_string(), bundle: None };
                 // Denials and bad limits come out the same on every machine; the rest may not.
                 return Err(if matches!(error, RunError::Denied(_) | RunError::Limits(_)) {
                     Failure::Deterministic(failure)
@@ -284,7 +282,7 @@ impl Worker {
                 });
             }
         };
-        crate::daemon::log_egress_refusals(&report);
+        report.log_egress_refusals();
         if let Some(bundle) = report.bundle {
             self.share_bundle(&bundle).await;
         }
@@ -297,7 +295,7 @@ impl Worker {
             let bundle = report.bundle;
             let message = format!(
                 "{} (after {upstream} upstream request(s) failed: 5xx, timeout or unreachable)",
-                outcome_message(&report.outcome)
+                report.outcome.message()
             );
             return Err(Failure::Retryable(FailureInfo { code: "upstream_failure", message, bundle }));
         }
@@ -322,102 +320,17 @@ impl Worker {
         })
     }
 
-    /// Leave the bundle in Redis for every API node to serve: the parts Redis lacks (a tool's
-    /// component is already there), its manifest and signature. A bundle whose new parts exceed
-    /// `bundle_inline_bytes_max` goes to the shared store instead, or stays here.
-    async fn share_bundle(&self, id: &Digest) {
-        if let Err(e) = self.try_share_bundle(id).await {
-            tracing::warn!(bundle = %id, error = %e, "cannot share the bundle; it stays in this worker's store");
-        }
-    }
-
-    async fn try_share_bundle(&self, id: &Digest) -> Result<(), String> {
-        let (store, bundle) = (self.store.clone(), *id);
-        let (manifest, signature, parsed) = blocking(move || {
-            let (manifest, signature) = store.get_bundle(&bundle).map_err(|e| e.to_string())?;
-            let parsed: Manifest = serde_json::from_slice(&manifest).map_err(|e| e.to_string())?;
-            Ok((manifest, signature, parsed))
-        })
-        .await?;
-        let parts: Vec<BlobRef> = parsed.parts().cloned().collect();
-        // Small parts are this run's own (its action, tape, result, input, output): send them.
-        // Large ones (a component, a mounted file) are often in Redis already: ask, unless
-        // this worker saw them there lately.
-        let fresh = Duration::from_secs(self.queue.settings().results_ttl_s / 2);
-        let asked: Vec<BlobRef> = {
-            let known = self.known_blobs.lock().unwrap_or_else(|p| p.into_inner());
-            parts
-                .iter()
-                .filter(|p| {
-                    p.size_bytes >= KNOWN_BLOB_BYTES_MIN
-                        && known.get(&p.digest).is_none_or(|seen| seen.elapsed() >= fresh)
-                })
-                .cloned()
-                .collect()
-        };
-        let digests: Vec<Digest> = asked.iter().map(|p| p.digest).collect();
-        let present = if digests.is_empty() {
-            Vec::new()
-        } else {
-            self.queue.keep_blobs(&digests).await.map_err(|e| e.to_string())?
-        };
-        let skip: HashSet<Digest> = {
-            let known = self.known_blobs.lock().unwrap_or_else(|p| p.into_inner());
-            let recent = parts.iter().filter(|p| known.get(&p.digest).is_some_and(|seen| seen.elapsed() < fresh));
-            recent
-                .map(|p| p.digest)
-                .chain(asked.iter().zip(&present).filter(|(_, here)| **here).map(|(p, _)| p.digest))
-                .collect()
-        };
-        let missing: Vec<&BlobRef> = parts.iter().filter(|p| !skip.contains(&p.digest)).collect();
-        let missing_bytes: u64 = missing.iter().map(|p| p.size_bytes).sum();
-        let limit = self.queue.settings().bundle_inline_bytes_max;
-        if missing_bytes > limit {
-            let Some(shared) = self.shared_store.clone() else {
-                return Err(format!(
-                    "its new parts ({missing_bytes} bytes) exceed redis.bundle_inline_bytes_max ({limit}) and no redis.shared_store is set"
-                ));
-            };
-            let store = self.store.clone();
-            let id = *id;
-            return tokio::task::spawn_blocking(move || {
-                copy_bundle(&store, &shared, &id, &parts, &manifest, &signature)
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        }
-        let (store, wanted) = (self.store.clone(), missing.iter().map(|p| p.digest).collect::<Vec<_>>());
-        let blobs = blocking(move || {
-            wanted
-                .into_iter()
-                .map(|d| store.get(&d).map(|bytes| (d, bytes)).map_err(|e| e.to_string()))
-                .collect::<Result<Vec<_>, String>>()
-        })
-        .await?;
-        self.queue.put_bundle(id, &manifest, &signature, &blobs).await.map_err(|e| e.to_string())?;
-        // Remember large parts (components, mounted files) so later bundles skip asking for them.
-        let mut known = self.known_blobs.lock().unwrap_or_else(|p| p.into_inner());
-        if known.len() > KNOWN_BLOBS_MAX {
-            known.clear();
-        }
-        let now = std::time::Instant::now();
-        for part in &asked {
-            known.insert(part.digest, now);
-        }
-        Ok(())
-    }
-
     fn result(&self, lease: &Lease, report: RunReport) -> JobResult {
         let policy = serde_json::json!({ "policy": report.policy, "limits": report.limits });
-        // The same status, error and output the daemon gives a run it executes itself.
-        let (finished, output) = finished_from_report(report);
+        // The same status, error and output the daemon gives a run it executes itself: both
+        // read them from the outcome.
         JobResult {
-            status: finished.status.into(),
-            error: finished.error,
-            output,
-            bundle: finished.bundle,
-            fuel_used_units: finished.fuel_used_units,
-            wall_time_us: finished.wall_time_us,
+            status: report.outcome.run_status().into(),
+            error: report.outcome.error_record().unwrap_or(serde_json::Value::Null),
+            bundle: report.bundle,
+            fuel_used_units: report.fuel_used_units,
+            wall_time_us: u64::try_from(report.wall_time.as_micros()).unwrap_or(u64::MAX),
+            output: report.outcome.into_output(),
             policy,
             ..self.empty_result(lease)
         }
@@ -510,29 +423,6 @@ impl Worker {
     }
 }
 
-/// Run store reads and writes on the blocking pool, off the async workers.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| format!("the store task failed: {e}"))?
-}
-
-/// Copy a bundle from the worker's store into the shared one: its parts, then its documents.
-fn copy_bundle(
-    store: &DirStore,
-    shared: &DirStore,
-    id: &Digest,
-    parts: &[BlobRef],
-    manifest: &[u8],
-    signature: &[u8],
-) -> Result<(), String> {
-    for part in parts {
-        if !shared.has(&part.digest) {
-            shared.put(&store.get(&part.digest).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-        }
-    }
-    shared.put_bundle(id, manifest, signature).map_err(|e| e.to_string())?;
-    shared.flush().map_err(|e| e.to_string())
-}
-
 /// How often a worker promotes retries, takes over lapsed leases and says it is alive.
 fn upkeep_period(lease_ms: u64) -> Duration {
     Duration::from_millis((lease_ms / 4).clamp(50, 1_000))
@@ -573,36 +463,3 @@ impl FailureInfo {
 }
 
 type Stop = tokio::sync::watch::Receiver<bool>;
-
-/// Backoff between attempts to reach Redis again, logged once per outage.
-#[derive(Default)]
-struct Reconnect {
-    delay: Option<Duration>,
-}
-
-impl Reconnect {
-    /// After a failed read: wait (or stop), and make sure the groups exist again. False when
-    /// the worker is stopping.
-    async fn wait(&mut self, queue: &RedisQueue, name: &str, error: &QueueError, stop: &Stop) -> bool {
-        let delay = self.delay.map_or(Duration::from_millis(100), |d| (d * 2).min(RECONNECT_MAX));
-        if self.delay.is_none() {
-            tracing::warn!(worker = %name, error = %error, "Redis is not answering; waiting for it");
-        }
-        self.delay = Some(delay);
-        let mut stop = stop.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stop.changed() => return false,
-        }
-        if let Err(e) = queue.ensure_groups().await {
-            tracing::debug!(error = %e, "Redis still away");
-        }
-        true
-    }
-
-    fn succeeded(&mut self, name: &str) {
-        if self.delay.take().is_some() {
-            tracing::info!(worker = %name, "Redis answers again; consuming");
-        }
-    }
-}

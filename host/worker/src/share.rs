@@ -1,0 +1,122 @@
+//! Sharing each attempt's bundle: its parts and documents into Redis for every API node to
+//! serve, or into the shared store when they are too large for Redis.
+
+use super::Worker;
+use guild_replay::{BlobRef, BlobStore, Digest, DirStore, Manifest};
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// Parts at least this large are remembered as present in Redis.
+const KNOWN_BLOB_BYTES_MIN: u64 = 4096;
+/// At most this many are remembered (then forgotten all at once).
+const KNOWN_BLOBS_MAX: usize = 10_000;
+
+impl Worker {
+    pub(super) async fn share_bundle(&self, id: &Digest) {
+        if let Err(e) = self.try_share_bundle(id).await {
+            tracing::warn!(bundle = %id, error = %e, "cannot share the bundle; it stays in this worker's store");
+        }
+    }
+
+    /// Leave the bundle in Redis for every API node to serve: the parts Redis lacks (a tool's
+    /// component is already there), its manifest and signature. A bundle whose new parts exceed
+    /// `bundle_inline_bytes_max` goes to the shared store instead, or stays here.
+    async fn try_share_bundle(&self, id: &Digest) -> Result<(), String> {
+        let (store, bundle) = (self.store.clone(), *id);
+        let (manifest, signature, parsed) = blocking(move || {
+            let (manifest, signature) = store.get_bundle(&bundle).map_err(|e| e.to_string())?;
+            let parsed: Manifest = serde_json::from_slice(&manifest).map_err(|e| e.to_string())?;
+            Ok((manifest, signature, parsed))
+        })
+        .await?;
+        let parts: Vec<BlobRef> = parsed.parts().cloned().collect();
+        // Small parts are this run's own (its action, tape, result, input, output): send them.
+        // Large ones (a component, a mounted file) are often in Redis already: ask, unless
+        // this worker saw them there lately.
+        let fresh = Duration::from_secs(self.queue.settings().results_ttl_s / 2);
+        let asked: Vec<BlobRef> = {
+            let known = self.known_blobs.lock().unwrap_or_else(|p| p.into_inner());
+            parts
+                .iter()
+                .filter(|p| {
+                    p.size_bytes >= KNOWN_BLOB_BYTES_MIN
+                        && known.get(&p.digest).is_none_or(|seen| seen.elapsed() >= fresh)
+                })
+                .cloned()
+                .collect()
+        };
+        let digests: Vec<Digest> = asked.iter().map(|p| p.digest).collect();
+        let present = if digests.is_empty() {
+            Vec::new()
+        } else {
+            self.queue.keep_blobs(&digests).await.map_err(|e| e.to_string())?
+        };
+        let skip: HashSet<Digest> = {
+            let known = self.known_blobs.lock().unwrap_or_else(|p| p.into_inner());
+            let recent = parts.iter().filter(|p| known.get(&p.digest).is_some_and(|seen| seen.elapsed() < fresh));
+            recent
+                .map(|p| p.digest)
+                .chain(asked.iter().zip(&present).filter(|(_, here)| **here).map(|(p, _)| p.digest))
+                .collect()
+        };
+        let missing: Vec<&BlobRef> = parts.iter().filter(|p| !skip.contains(&p.digest)).collect();
+        let missing_bytes: u64 = missing.iter().map(|p| p.size_bytes).sum();
+        let limit = self.queue.settings().bundle_inline_bytes_max;
+        if missing_bytes > limit {
+            let Some(shared) = self.shared_store.clone() else {
+                return Err(format!(
+                    "its new parts ({missing_bytes} bytes) exceed redis.bundle_inline_bytes_max ({limit}) and no redis.shared_store is set"
+                ));
+            };
+            let store = self.store.clone();
+            let id = *id;
+            return tokio::task::spawn_blocking(move || {
+                copy_bundle(&store, &shared, &id, &parts, &manifest, &signature)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        let (store, wanted) = (self.store.clone(), missing.iter().map(|p| p.digest).collect::<Vec<_>>());
+        let blobs = blocking(move || {
+            wanted
+                .into_iter()
+                .map(|d| store.get(&d).map(|bytes| (d, bytes)).map_err(|e| e.to_string()))
+                .collect::<Result<Vec<_>, String>>()
+        })
+        .await?;
+        self.queue.put_bundle(id, &manifest, &signature, &blobs).await.map_err(|e| e.to_string())?;
+        // Remember large parts (components, mounted files) so later bundles skip asking for them.
+        let mut known = self.known_blobs.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() > KNOWN_BLOBS_MAX {
+            known.clear();
+        }
+        let now = std::time::Instant::now();
+        for part in &asked {
+            known.insert(part.digest, now);
+        }
+        Ok(())
+    }
+}
+
+/// Run store reads and writes on the blocking pool, off the async workers.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| format!("the store task failed: {e}"))?
+}
+
+/// Copy a bundle from the worker's store into the shared one: its parts, then its documents.
+fn copy_bundle(
+    store: &DirStore,
+    shared: &DirStore,
+    id: &Digest,
+    parts: &[BlobRef],
+    manifest: &[u8],
+    signature: &[u8],
+) -> Result<(), String> {
+    for part in parts {
+        if !shared.has(&part.digest) {
+            shared.put(&store.get(&part.digest).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        }
+    }
+    shared.put_bundle(id, manifest, signature).map_err(|e| e.to_string())?;
+    shared.flush().map_err(|e| e.to_string())
+}
