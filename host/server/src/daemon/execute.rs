@@ -1,0 +1,151 @@
+//! Running an accepted run here: wait for a slot, run it on the shared runtime (recorded),
+//! write its audit record, publish its state and count it in the metrics.
+
+use super::Daemon;
+use crate::registry::RegisteredTool;
+use crate::runs::{Finished, RunEntry, RunState};
+use crate::tenants::Admission;
+use guild_audit::AuditEntry;
+use guild_queue::Ticket;
+use guild_replay::Digest;
+use guild_runtime::{CancellationToken, RunError, RunReport};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+impl Daemon {
+    pub(super) async fn execute(self: Arc<Self>, job: Job, entry: RunEntry) {
+        let Job { tool, input, input_digest, admission, ticket, state, done, key, cancel } = job;
+        let queued = Instant::now();
+        tracing::info!("run queued");
+        let slot = ticket.start().await;
+        self.metrics.queue_wait_seconds.observe(queued.elapsed().as_secs_f64());
+        self.metrics.queue_depth.set(self.queue.depth() as i64);
+        self.metrics.runs_in_flight.set(self.queue.in_flight() as i64);
+        let _ = state.send(RunState::Running);
+        let mut limits = tool.limits.clone();
+        limits.fuel_units = admission.fuel_units;
+        let started = Instant::now();
+        // The slot is held until the audit record is written: draining waits for slots, so no
+        // run's record can miss the log's close.
+        let result = match &slot {
+            Ok(_) => {
+                let principal = guild_runtime::Principal::tenant(&entry.tenant);
+                self.runtime.run_as(&tool.tool, &input, &tool.grants, &limits, cancel, Some(&principal)).await
+            }
+            Err(_) => Err(RunError::Host("the daemon is shutting down; the run was not started".into())),
+        };
+        self.queue.observe(started.elapsed());
+        let (finished, output, audit) = self.conclude(&tool, &entry, input_digest, key, result);
+        admission.settle(finished.fuel_used_units);
+        let finished = Arc::new(finished);
+        match self.audit.append(audit).await {
+            Ok(_) => self.metrics.audit_records.inc(),
+            Err(e) => tracing::error!(error = %e, "the run's audit record was not written"),
+        }
+        tracing::info!(
+            status = finished.status,
+            outcome = %finished.error.get("status").and_then(|s| s.as_str()).unwrap_or("output"),
+            fuel_used_units = finished.fuel_used_units,
+            wall_time_us = finished.wall_time_us,
+            bundle = %finished.bundle.map(|b| b.to_hex()).unwrap_or_default(),
+            "run finished"
+        );
+        drop(slot);
+        self.metrics.runs_in_flight.set(self.queue.in_flight() as i64);
+        let _ = state.send(RunState::Finished(finished.clone()));
+        let _ = done.send((finished, output));
+    }
+
+    /// Turn a run's result into its table entry, output, metrics and audit record.
+    fn conclude(
+        &self,
+        tool: &RegisteredTool,
+        entry: &RunEntry,
+        input_digest: Digest,
+        key: Option<String>,
+        result: Result<RunReport, RunError>,
+    ) -> (Finished, Option<String>, AuditEntry) {
+        let mut audit = AuditEntry {
+            run: entry.id.clone(),
+            tenant: entry.tenant.clone(),
+            tool: tool.name.clone(),
+            tool_digest: *tool.tool.digest(),
+            input_digest,
+            grants: serde_json::json!({ "grants": tool.grants, "limits": tool.limits }),
+            outcome: String::new(),
+            fuel_used_units: 0,
+            bundle: None,
+            idempotency_key: key,
+            attempt: None,
+            worker: None,
+            completion: None,
+            event: None,
+        };
+        let (finished, output) = match result {
+            Ok(report) => {
+                report.log_egress_refusals();
+                self.observe(&tool.name, &entry.tenant, &report);
+                audit.grants = serde_json::json!({ "policy": report.policy, "limits": report.limits });
+                audit.bundle = report.bundle;
+                audit.fuel_used_units = report.fuel_used_units;
+                finished_from_report(report)
+            }
+            Err(error) => {
+                let code = error.code();
+                self.metrics.runs.with_label_values(&[&tool.name, &entry.tenant, code]).inc();
+                let finished = Finished {
+                    status: "failed",
+                    error: serde_json::json!({ "status": code, "message": error.to_string() }),
+                    bundle: None,
+                    fuel_used_units: 0,
+                    wall_time_us: 0,
+                };
+                (finished, None)
+            }
+        };
+        audit.outcome = finished.error.get("status").and_then(|s| s.as_str()).unwrap_or("output").to_string();
+        (finished, output, audit)
+    }
+
+    fn observe(&self, tool: &str, tenant: &str, report: &RunReport) {
+        let label = report.outcome.label();
+        self.metrics.runs.with_label_values(&[tool, tenant, label]).inc();
+        self.metrics.run_seconds.with_label_values(&[tool]).observe(report.wall_time.as_secs_f64());
+        self.metrics.run_fuel_units.with_label_values(&[tool]).observe(report.fuel_used_units as f64);
+        self.metrics.bundle_bytes.inc_by(report.bundle_bytes);
+        let refused = report.egress_denials.len() as u64;
+        let attempted = u64::from(report.egress_requests);
+        if attempted > 0 {
+            self.metrics.egress.with_label_values(&[tool, "attempted"]).inc_by(attempted);
+        }
+        if refused > 0 {
+            self.metrics.egress.with_label_values(&[tool, "refused"]).inc_by(refused);
+        }
+    }
+}
+
+/// A run accepted for local execution, with everything its task needs.
+pub(super) struct Job {
+    pub(super) tool: Arc<RegisteredTool>,
+    pub(super) input: String,
+    pub(super) input_digest: Digest,
+    pub(super) admission: Admission,
+    pub(super) ticket: Ticket,
+    pub(super) state: tokio::sync::watch::Sender<RunState>,
+    pub(super) done: oneshot::Sender<(Arc<Finished>, Option<String>)>,
+    pub(super) key: Option<String>,
+    pub(super) cancel: CancellationToken,
+}
+
+fn finished_from_report(report: RunReport) -> (Finished, Option<String>) {
+    let wall_time_us = u64::try_from(report.wall_time.as_micros()).unwrap_or(u64::MAX);
+    let finished = Finished {
+        status: report.outcome.run_status(),
+        error: report.outcome.error_record().unwrap_or(serde_json::Value::Null),
+        bundle: report.bundle,
+        fuel_used_units: report.fuel_used_units,
+        wall_time_us,
+    };
+    (finished, report.outcome.into_output())
+}
