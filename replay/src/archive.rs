@@ -118,15 +118,7 @@ fn append_file<W: Write>(
             blob.digest, blob.size_bytes
         )));
     }
-    let mut header = tar::Header::new_ustar();
-    header.set_path(name)?;
-    header.set_size(size);
-    header.set_mode(0o644);
-    header.set_mtime(0);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_cksum();
+    let header = entry_header(name, size)?;
     let mut reader = Hashing { inner: file, hasher: blake3::Hasher::new() };
     tar.append(&header, &mut reader)?;
     let found = Digest::from_bytes(*reader.hasher.finalize().as_bytes());
@@ -151,16 +143,22 @@ impl<R: Read> Read for Hashing<R> {
 }
 
 fn append<W: Write>(tar: &mut tar::Builder<W>, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    tar.append(&entry_header(name, bytes.len() as u64)?, bytes)
+}
+
+/// The header of one archive entry: a regular file of `size` bytes, with no owner, time or
+/// mode of its own, so the same bundle always packs to the same bytes.
+fn entry_header(name: &str, size: u64) -> std::io::Result<tar::Header> {
     let mut header = tar::Header::new_ustar();
     header.set_path(name)?;
-    header.set_size(bytes.len() as u64);
+    header.set_size(size);
     header.set_mode(0o644);
     header.set_mtime(0);
     header.set_uid(0);
     header.set_gid(0);
     header.set_entry_type(tar::EntryType::Regular);
     header.set_cksum();
-    tar.append(&header, bytes)
+    Ok(header)
 }
 
 /// What an archive held: its parts in a store, and the manifest and signature bytes.
