@@ -99,12 +99,11 @@ impl MountQuota {
     }
 
     /// Charge a change of `added` bytes (written, or the gap a write or truncation opens) to
-    /// the file `file`: the first change in this run also pays for the file being stored again
-    /// whole, and every byte counts once per hard link. Returns the copies each further byte
-    /// written through a stream costs.
-    fn charge_change(&self, file: &std::fs::File, added: u64) -> Result<u64, ErrorCode> {
+    /// the file whose metadata is `meta`: the first change in this run also pays for the file
+    /// being stored again whole, and every byte counts once per hard link. Returns the copies
+    /// each further byte written through a stream costs.
+    fn charge_change(&self, meta: &std::fs::Metadata, added: u64) -> Result<u64, ErrorCode> {
         use std::os::unix::fs::MetadataExt;
-        let meta = file.metadata().map_err(ErrorCode::from)?;
         let first = self.changed.lock().unwrap_or_else(|p| p.into_inner()).insert((meta.dev(), meta.ino()));
         let base = if first { meta.len() } else { 0 };
         let copies = meta.nlink().max(1);
@@ -193,9 +192,10 @@ impl QuotaFs<'_> {
         len: u64,
     ) -> FsResult<u64> {
         let file = self.file(fd)?;
-        let size = file.metadata().map_err(ErrorCode::from)?.len();
-        let gap = offset.map_or(0, |offset| offset.saturating_sub(size));
-        quota.charge_change(&file, gap.saturating_add(len)).map_err(quota_error)
+        // One stat per change: the size for the gap, the identity and links for the charge.
+        let meta = file.metadata().map_err(ErrorCode::from)?;
+        let gap = offset.map_or(0, |offset| offset.saturating_sub(meta.len()));
+        quota.charge_change(&meta, gap.saturating_add(len)).map_err(quota_error)
     }
 
     /// Whether `path` under `fd` names nothing yet (so opening it with `create` makes an entry).
