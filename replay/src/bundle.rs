@@ -13,6 +13,7 @@ use crate::sign::{BundleSignature, HostKey, PublicKey, SignatureError};
 use crate::store::{BlobStore, StoreError};
 use crate::tape::{Effect, Tape, TapeError};
 use crate::tree::{TreeError, TreeLimits, walk_blobs};
+use guild_vocab::{EffectivePolicy, Limits, Outcome};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -77,10 +78,10 @@ pub struct Action {
     pub tool: ToolRef,
     /// The input JSON.
     pub input: BlobRef,
-    /// The effective policy, as the host describes it.
-    pub policy: serde_json::Value,
-    /// The limits.
-    pub limits: serde_json::Value,
+    /// The effective policy the run had: granted ∩ asked for.
+    pub policy: EffectivePolicy,
+    /// The limits the run had.
+    pub limits: Limits,
     /// The engine fingerprint.
     pub engine: serde_json::Value,
     /// On whose behalf the run was made, when a host with tenants made it: who may read the
@@ -121,8 +122,9 @@ pub struct OutputTree {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunResult {
-    /// The outcome as the host reports it (status, error, limit, trap).
-    pub outcome: serde_json::Value,
+    /// How the run ended. An output is only its label here (`{"status": "output"}`): the output
+    /// itself is the `output` blob.
+    pub outcome: Outcome,
     /// The output JSON, when there was one.
     pub output: Option<BlobRef>,
     /// Fuel burnt.

@@ -49,13 +49,13 @@ fn scene() -> Scene {
         component,
         tool: ToolRef { name: "wc".into(), version: "0.1.0".into() },
         input,
-        policy: serde_json::json!({"mounts": []}),
-        limits: serde_json::json!({"fuel_units": 1000}),
+        policy: guild_vocab::EffectivePolicy::default(),
+        limits: guild_vocab::Limits { fuel_units: 1000, ..Default::default() },
         engine: serde_json::json!({"engine": "wasmtime 48.0.8"}),
         principal: None,
     };
     let result = RunResult {
-        outcome: serde_json::json!({"status": "output"}),
+        outcome: guild_vocab::Outcome::Output { output: String::new() },
         output: Some(output),
         fuel_used_units: 5000,
         output_trees: vec![],

@@ -193,7 +193,7 @@ fn each_divergence_class_is_reported_with_its_exit_code() {
     assert!(guild.run(&["replay", &other_output]).expect_code(14).stdout.contains("output_mismatch: output"));
 
     let other_ending = reseal(&guild, &id, |_, _, _, result| {
-        result.outcome = serde_json::json!({"status": "trap", "message": "the tool trapped"});
+        result.outcome = guild_runtime::Outcome::Trap { message: "the tool trapped".into() };
         result.output = None;
     });
     let ran = guild.run(&["replay", &other_ending]);

@@ -2,6 +2,7 @@
 
 use guild_replay::Digest;
 use guild_replay::canonical::to_canonical_bytes;
+use guild_vocab::PolicyRecord;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -18,8 +19,9 @@ pub struct AuditEntry {
     pub tool_digest: Digest,
     /// blake3 of the input.
     pub input_digest: Digest,
-    /// The effective policy and limits the run had.
-    pub grants: serde_json::Value,
+    /// The effective policy and limits the run had (or the grants, for a run that never
+    /// resolved them); none for a record of an event.
+    pub grants: Option<PolicyRecord>,
     /// `output`, `tool_error`, `limit`, `trap`, `denied`, `host_failure`.
     pub outcome: String,
     /// Fuel burnt.
@@ -67,7 +69,7 @@ impl AuditEntry {
             tool: String::new(),
             tool_digest: none,
             input_digest: none,
-            grants: serde_json::Value::Null,
+            grants: None,
             outcome: event.kind.clone(),
             fuel_used_units: 0,
             bundle: None,

@@ -244,7 +244,7 @@ mod tests {
             tool: "wc".into(),
             tool_digest: Digest::of(b"wc"),
             input_digest: Digest::of(&n.to_le_bytes()),
-            grants: serde_json::json!({ "mounts": [] }),
+            grants: Some(guild_vocab::PolicyRecord::granted(Default::default(), Default::default())),
             outcome: "output".into(),
             fuel_used_units: n,
             bundle: Some(Digest::of(b"bundle")),

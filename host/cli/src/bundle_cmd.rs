@@ -151,25 +151,20 @@ pub(crate) fn inspect(global: &Global, args: BundleArgs) -> Result<Exit, Failure
         action.engine["id"].as_str().unwrap_or("?")
     );
     crate::out!("input     {}", clip(&get_text(&action.input.digest)));
-    let mounts = action.policy["mounts"].as_array().cloned().unwrap_or_default();
-    if mounts.is_empty() {
+    if action.policy.mounts.is_empty() {
         crate::out!("grants    no directories");
     }
-    for mount in mounts {
-        crate::out!(
-            "grants    {} {}",
-            mount["guest_path"].as_str().unwrap_or("?"),
-            mount["access"].as_str().unwrap_or("?")
-        );
+    for mount in &action.policy.mounts {
+        crate::out!("grants    {} {}", mount.guest_path, mount.access);
     }
     let limits = &action.limits;
     crate::out!(
         "limits    fuel {} units · timeout {} · memory {} · output {} · log {}",
-        limits["fuel_units"],
-        human_ms(limits["timeout_ms"].as_u64().unwrap_or(0)),
-        human_bytes(limits["memory_bytes_max"].as_u64().unwrap_or(0)),
-        human_bytes(limits["output_bytes_max"].as_u64().unwrap_or(0)),
-        human_bytes(limits["log_bytes_max"].as_u64().unwrap_or(0)),
+        limits.fuel_units,
+        human_ms(limits.timeout_ms),
+        human_bytes(limits.memory_bytes_max),
+        human_bytes(limits.output_bytes_max),
+        human_bytes(limits.log_bytes_max),
     );
     crate::out!("effects   {} events, tape head {}", bundle.tape.events().len(), bundle.tape.head());
     for event in bundle.tape.events().iter().take(INSPECT_EVENTS_SHOWN) {
@@ -180,7 +175,7 @@ pub(crate) fn inspect(global: &Global, args: BundleArgs) -> Result<Exit, Failure
     }
     match &result.output {
         Some(output) => crate::out!("result    output: {}", clip(&get_text(&output.digest))),
-        None => crate::out!("result    {}", result.outcome),
+        None => crate::out!("result    {}: {}", result.outcome.label(), result.outcome.message()),
     }
     for tree in &result.output_trees {
         crate::out!("          {} after the run: tree {}", tree.guest_path, tree.tree);

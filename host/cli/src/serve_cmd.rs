@@ -44,7 +44,7 @@ pub(crate) fn serve(global: &Global, args: ServeArgs) -> Result<Exit, Failure> {
             .await
             .map_err(|e| Failure::usage(format!("cannot listen on {listen}: {e} (change `listen` or --listen)")))?;
         let addr = listener.local_addr().map_err(|e| Failure::host(e.to_string()))?;
-        let tools: Vec<String> = parts.daemon.tools.all().iter().map(|t| t.name.clone()).collect();
+        let tools: Vec<String> = parts.daemon.tools().all().iter().map(|t| t.name.clone()).collect();
         tracing::info!(addr = %addr, tools = ?tools, runs_restored = parts.runs_restored, "listening on http://{addr}");
         let drained = guild_server::run(parts.daemon, listener, shutdown_signal(), notice, drain)
             .await

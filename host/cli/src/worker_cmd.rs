@@ -93,7 +93,7 @@ pub(crate) fn jobs(command: JobsCommand) -> Result<Exit, Failure> {
                     "bundle"
                 );
                 for job in &dead {
-                    let error = job.error.get("message").and_then(|m| m.as_str()).unwrap_or_default();
+                    let error = job.error.as_ref().map(|f| f.message.as_str()).unwrap_or_default();
                     let bundle = job.bundle.map(|b| b.short()).unwrap_or_else(|| "-".into());
                     crate::out!(
                         "{:<32}  {:<12}  {:<14}  {:>8}  {bundle:<12}  {error}",
@@ -123,9 +123,7 @@ fn open_queue(args: &RedisArgs, config: &DaemonConfig) -> Result<RedisQueue, Fai
     let url = args.redis.clone().or_else(|| config.redis.url.clone()).ok_or_else(|| {
         Failure::usage("no Redis: pass --redis redis://HOST:PORT/DB or set redis.url in the config (GUILD_REDIS__URL)")
     })?;
-    let mut redis = config.redis.clone();
-    redis.url = Some(url.clone());
-    let settings = redis.settings().unwrap_or_else(|| RedisSettings::new(url));
+    let settings = RedisSettings { url: Some(url), ..config.redis.clone() };
     RedisQueue::open(settings).map_err(|e| Failure::usage(e.to_string()))
 }
 

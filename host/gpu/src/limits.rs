@@ -4,14 +4,10 @@
 use crate::GpuError;
 use serde::{Deserialize, Serialize};
 
-/// Default for [`GpuLimits::buffer_bytes_max`]: 256 MiB of buffers held at once.
-pub const GPU_BUFFER_BYTES_MAX_DEFAULT: u64 = 256 * 1024 * 1024;
-/// Default for [`GpuLimits::buffers_max`].
-pub const GPU_BUFFERS_MAX_DEFAULT: u32 = 64;
-/// Default for [`GpuLimits::dispatches_max`].
-pub const GPU_DISPATCHES_MAX_DEFAULT: u32 = 10_000;
-/// Default for [`GpuLimits::dispatch_timeout_ms`]: a 2048² matmul on lavapipe takes seconds.
-pub const GPU_DISPATCH_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+// The defaults are part of a run's limits, declared with them in `guild-vocab`.
+pub use guild_vocab::limits::{
+    GPU_BUFFER_BYTES_MAX_DEFAULT, GPU_BUFFERS_MAX_DEFAULT, GPU_DISPATCH_TIMEOUT_MS_DEFAULT, GPU_DISPATCHES_MAX_DEFAULT,
+};
 
 /// What one job may do with the GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +30,18 @@ impl Default for GpuLimits {
             buffers_max: GPU_BUFFERS_MAX_DEFAULT,
             dispatches_max: GPU_DISPATCHES_MAX_DEFAULT,
             dispatch_timeout_ms: GPU_DISPATCH_TIMEOUT_MS_DEFAULT,
+        }
+    }
+}
+
+impl From<&guild_vocab::Limits> for GpuLimits {
+    /// The GPU part of a run's limits.
+    fn from(limits: &guild_vocab::Limits) -> Self {
+        Self {
+            buffer_bytes_max: limits.gpu_buffer_bytes_max,
+            buffers_max: limits.gpu_buffers_max,
+            dispatches_max: limits.gpu_dispatches_max,
+            dispatch_timeout_ms: limits.gpu_dispatch_timeout_ms,
         }
     }
 }

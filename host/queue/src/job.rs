@@ -2,6 +2,7 @@
 //! worker on any machine needs to run it, then what it leaves for every node to read.
 
 use guild_replay::Digest;
+use guild_vocab::{Failure, Grants, Limits, PolicyRecord, RunStatus};
 use serde::{Deserialize, Serialize};
 
 /// One run to do, as it travels between machines.
@@ -19,11 +20,11 @@ pub struct Job {
     pub input: String,
     /// blake3 of `input`.
     pub input_digest: Digest,
-    /// The grants the run gets (the runtime's `Grants`; secret values never travel, only their
-    /// names: a worker reads them from its own configuration).
-    pub grants: serde_json::Value,
-    /// The limits the run gets (the runtime's `Limits`).
-    pub limits: serde_json::Value,
+    /// The grants the run gets. Secret values never travel (they are not serialized), only
+    /// their names and where they may go: a worker reads the values from its own configuration.
+    pub grants: Grants,
+    /// The limits the run gets.
+    pub limits: Limits,
     /// The caller's idempotency key, if any.
     pub idempotency_key: Option<String>,
     /// Attempts allowed before the job goes to the dead-letter stream.
@@ -47,11 +48,11 @@ pub struct JobResult {
     pub input_digest: Digest,
     /// The caller's idempotency key, if any.
     pub idempotency_key: Option<String>,
-    /// `succeeded`, `failed` (deterministically: tool error, limit, denial, trap) or `dead`
+    /// Succeeded, failed (deterministically: tool error, limit, denial, trap) or dead
     /// (retryable failures until the last attempt).
-    pub status: String,
-    /// The outcome as recorded (`status`, `message`, …); null on success.
-    pub error: serde_json::Value,
+    pub status: RunStatus,
+    /// Why it failed; null on success.
+    pub error: Option<Failure>,
     /// The tool's output text, on success.
     pub output: Option<String>,
     /// The attempt's bundle, when one was sealed.
@@ -60,8 +61,9 @@ pub struct JobResult {
     pub fuel_used_units: u64,
     /// Wall time of the attempt, µs.
     pub wall_time_us: u64,
-    /// The effective policy and limits the attempt had (for the audit log).
-    pub policy: serde_json::Value,
+    /// The effective policy and limits the attempt had (for the audit log); none for a job
+    /// whose body could not be read.
+    pub policy: Option<PolicyRecord>,
     /// Which attempt this was, from 1.
     pub attempt: u32,
     /// The worker that ran it.
@@ -71,12 +73,46 @@ pub struct JobResult {
 /// A job a worker holds: it runs it, renews the lease while it does, then completes or fails it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lease {
-    /// The job.
+    /// The job. When its body could not be read (a node of another version wrote a field this
+    /// one does not know), only what could be read: see `unreadable`.
     pub job: Job,
+    /// Why the job's body could not be read, naming the field; the worker fails such a job
+    /// (`bad_job`) rather than guess.
+    pub unreadable: Option<String>,
     /// The stream entry that delivered it; the lease is on this entry.
     pub entry: String,
     /// This attempt's number, from 1.
     pub attempt: u32,
+}
+
+impl Job {
+    /// Read a job's body as a worker takes it: the job, or what could be read of it and why the
+    /// rest could not (so that it can be failed with a reason instead of lost).
+    pub fn read(body: &str) -> (Self, Option<String>) {
+        match serde_json::from_str(body) {
+            Ok(job) => (job, None),
+            Err(e) => {
+                let value: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+                let text = |field: &str| value.get(field).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+                let digest = |field: &str| value.get(field).and_then(|v| v.as_str()).and_then(|h| h.parse().ok());
+                let none = Digest::from_bytes([0; 32]);
+                let job = Self {
+                    id: text("id"),
+                    tenant: text("tenant"),
+                    tool: text("tool"),
+                    tool_digest: digest("tool_digest").unwrap_or(none),
+                    input: String::new(),
+                    input_digest: digest("input_digest").unwrap_or(none),
+                    grants: Grants::default(),
+                    limits: Limits::default(),
+                    idempotency_key: value.get("idempotency_key").and_then(|v| v.as_str()).map(str::to_string),
+                    attempts_max: 1,
+                    submitted_unix_ms: 0,
+                };
+                (job, Some(format!("the job's body does not fit this worker's version: {e}")))
+            }
+        }
+    }
 }
 
 /// Where a job is.
@@ -178,8 +214,8 @@ pub struct DeadJob {
     pub tool: String,
     /// Attempts made.
     pub attempts: u32,
-    /// The last attempt's error.
-    pub error: serde_json::Value,
+    /// The last attempt's error (none when it could not be read back).
+    pub error: Option<Failure>,
     /// The last attempt's bundle, if it sealed one.
     pub bundle: Option<Digest>,
     /// When it died, ms since the Unix epoch.
@@ -265,13 +301,53 @@ mod tests {
             tool_digest: Digest::of(b"component"),
             input: "{}".into(),
             input_digest: Digest::of(b"{}"),
-            grants: serde_json::json!({ "mounts": [] }),
-            limits: serde_json::json!({ "fuel_units": 1 }),
+            grants: Grants::default(),
+            limits: Limits { fuel_units: 1, ..Limits::default() },
             idempotency_key: Some("k".into()),
             attempts_max: 3,
             submitted_unix_ms: 1,
         };
         let text = serde_json::to_string(&job).expect("serializes");
         assert_eq!(serde_json::from_str::<Job>(&text).expect("parses"), job);
+    }
+
+    #[test]
+    fn a_job_from_a_node_that_disagrees_is_refused_naming_the_field() {
+        let mut value = serde_json::to_value(job_with_limits()).expect("serializes");
+        value["limits"]["fuel"] = 1.into();
+        let err = serde_json::from_value::<Job>(value).expect_err("an unknown limit");
+        assert!(err.to_string().contains("unknown field `fuel`"), "{err}");
+        let mut value = serde_json::to_value(job_with_limits()).expect("serializes");
+        value["grants"]["mounts"] = serde_json::json!([{ "host_path": "/d", "guest_path": "/d", "access": "all" }]);
+        let err = serde_json::from_value::<Job>(value).expect_err("an unknown access");
+        assert!(err.to_string().contains("unknown variant `all`"), "{err}");
+    }
+
+    #[test]
+    fn an_unreadable_job_keeps_its_id_and_says_why() {
+        let mut value = serde_json::to_value(job_with_limits()).expect("serializes");
+        value["limits"]["fuel"] = 1.into();
+        let (job, unreadable) = Job::read(&value.to_string());
+        assert_eq!(job.id, "cd".repeat(16));
+        assert_eq!(job.tenant, "bob");
+        assert!(unreadable.expect("unreadable").contains("unknown field `fuel`"));
+        let (read, unreadable) = Job::read(&serde_json::to_string(&job_with_limits()).expect("serializes"));
+        assert_eq!((read, unreadable), (job_with_limits(), None));
+    }
+
+    fn job_with_limits() -> Job {
+        Job {
+            id: "cd".repeat(16),
+            tenant: "bob".into(),
+            tool: "wc".into(),
+            tool_digest: Digest::of(b"component"),
+            input: "{}".into(),
+            input_digest: Digest::of(b"{}"),
+            grants: Grants::default(),
+            limits: Limits::default(),
+            idempotency_key: None,
+            attempts_max: 1,
+            submitted_unix_ms: 1,
+        }
     }
 }

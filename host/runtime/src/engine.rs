@@ -51,7 +51,7 @@ impl Default for EngineSettings {
             wasm_stack_bytes: WASM_STACK_BYTES_DEFAULT,
             concurrent_runs_max: CONCURRENT_RUNS_MAX_DEFAULT,
             memory_bytes_ceiling: MEMORY_BYTES_CEILING_DEFAULT,
-            table_elements_ceiling: crate::limits::TABLE_ELEMENTS_MAX_DEFAULT,
+            table_elements_ceiling: guild_vocab::limits::TABLE_ELEMENTS_MAX_DEFAULT,
             core_instances_per_component_max: 64,
             memories_per_component_max: 4,
             tables_per_component_max: 8,

@@ -2,7 +2,7 @@
 //! starting a run. What happens *inside* a run (tool errors, traps, limits) is not an error of the
 //! host but an [`crate::Outcome`].
 
-use crate::policy::PolicyError;
+use guild_vocab::{Failure, FailureCode, PolicyError};
 
 /// Setting up the runtime failed.
 #[derive(Debug, thiserror::Error)]
@@ -97,12 +97,17 @@ pub enum RunError {
 impl RunError {
     /// The stable code of a run that could not start: `denied`, `bad_limits`, `busy` or
     /// `host_failure` (the API maps it to its HTTP status).
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> FailureCode {
         match self {
-            Self::Denied(_) => "denied",
-            Self::Limits(_) => "bad_limits",
-            Self::Busy { .. } => "busy",
-            Self::Host(_) | Self::Record(_) => "host_failure",
+            Self::Denied(_) => FailureCode::Denied,
+            Self::Limits(_) => FailureCode::BadLimits,
+            Self::Busy { .. } => FailureCode::Busy,
+            Self::Host(_) | Self::Record(_) => FailureCode::HostFailure,
         }
+    }
+
+    /// The failure a run that could not start records: its code and message.
+    pub fn failure(&self) -> Failure {
+        Failure::host(self.code(), self.to_string())
     }
 }

@@ -78,7 +78,7 @@ impl GpuRun {
             host,
             tool: tool.to_string(),
             declared,
-            quota: JobQuota::new(limits.gpu()),
+            quota: JobQuota::new(guild_gpu::GpuLimits::from(limits)),
             timeout: Duration::from_millis(limits.gpu_dispatch_timeout_ms),
             recorder,
             replay,

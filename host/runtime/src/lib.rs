@@ -16,11 +16,9 @@ mod error;
 mod gpu;
 mod guard;
 mod info;
-mod limits;
 mod logs;
 mod outcome;
 mod output;
-mod policy;
 mod quota;
 mod record;
 mod recording;
@@ -37,25 +35,25 @@ pub use engine::{
 pub use error::{LoadError, RunError, RuntimeError};
 pub use gpu::GpuCheck;
 pub use guard::HOSTCALL_BYTES_MAX;
-pub use guild_gpu::{
-    GPU_BUFFER_BYTES_MAX_DEFAULT, GPU_BUFFERS_MAX_DEFAULT, GPU_DISPATCH_TIMEOUT_MS_DEFAULT, GPU_DISPATCHES_MAX_DEFAULT,
-    GpuConfig, GpuHost, GpuMode,
-};
+pub use guild_gpu::{GpuConfig, GpuHost, GpuMode};
 pub use guild_replay::{Digest, Principal};
-pub use info::{Access, Capabilities, DirRequest, ToolInfo};
-pub use limits::{
-    FUEL_UNITS_DEFAULT, HTTP_CONNECT_TIMEOUT_MS_DEFAULT, HTTP_REQUEST_BODY_BYTES_MAX_DEFAULT,
+pub use guild_vocab::limits::{
+    FUEL_UNITS_DEFAULT, GPU_BUFFER_BYTES_MAX_DEFAULT, GPU_BUFFERS_MAX_DEFAULT, GPU_DISPATCH_TIMEOUT_MS_DEFAULT,
+    GPU_DISPATCHES_MAX_DEFAULT, HTTP_CONNECT_TIMEOUT_MS_DEFAULT, HTTP_REQUEST_BODY_BYTES_MAX_DEFAULT,
     HTTP_REQUESTS_MAX_DEFAULT, HTTP_RESPONSE_BYTES_MAX_DEFAULT, HTTP_TIMEOUT_MS_DEFAULT, INSTANCES_MAX_DEFAULT,
     LOG_BYTES_MAX_DEFAULT, LimitHit, Limits, MEMORY_BYTES_MAX_DEFAULT, MOUNT_WRITE_BYTES_MAX_DEFAULT,
     MOUNT_WRITE_ENTRIES_MAX_DEFAULT, OUTPUT_BYTES_MAX_DEFAULT, RECORDING_BYTES_MAX_DEFAULT, TABLE_ELEMENTS_MAX_DEFAULT,
     TIMEOUT_MS_DEFAULT, WASI_RESOURCES_MAX_DEFAULT, human_bytes, human_ms,
 };
+pub use guild_vocab::{
+    Access, Capabilities, DirRequest, EffectivePolicy, Failure, FailureCode, Grants, Mount, Outcome, PolicyError,
+    PolicyRecord, RunStatus, ToolErrorKind, ToolInfo,
+};
 pub use logs::{LogLevel, LogLine, LogSource};
-pub use policy::{EffectivePolicy, Grants, Mount, PolicyError};
 pub use record::Divergence;
 pub use recording::RecordingConfig;
 pub use replaying::{DivergenceClass, Mismatch, REPLAY_BACKSTOP_MS_DEFAULT, ReplayError, ReplayOptions, ReplayReport};
 pub use run::{
-    DESCRIBE_FUEL_UNITS, DESCRIBE_TIMEOUT_MS, FUEL_YIELD_INTERVAL_UNITS, Outcome, RunReport, Runtime, RuntimeConfig,
-    TOOLS_LOADED_MAX_DEFAULT, Tool, ToolErrorKind,
+    DESCRIBE_FUEL_UNITS, DESCRIBE_TIMEOUT_MS, FUEL_YIELD_INTERVAL_UNITS, RunReport, Runtime, RuntimeConfig,
+    TOOLS_LOADED_MAX_DEFAULT, Tool,
 };

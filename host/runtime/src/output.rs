@@ -1,6 +1,6 @@
 //! The output contract a tool's result is held to, once, in the host.
 
-use crate::outcome::{Outcome, ToolErrorKind};
+use guild_vocab::{Outcome, ToolErrorKind};
 
 /// The output contract, checked once, here, for every path a run takes (CLI, API, MCP, workers)
 /// and recorded in the bundle: the output is JSON that strict parsers accept (no unpaired UTF-16

@@ -25,9 +25,9 @@
 
 use crate::LimitHit;
 use crate::guard::Stop;
-use crate::info::Access;
-use crate::policy::EffectivePolicy;
 use bytes::Bytes;
+use guild_vocab::Access;
+use guild_vocab::EffectivePolicy;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

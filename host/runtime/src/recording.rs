@@ -4,16 +4,17 @@
 
 use crate::engine::EngineFingerprint;
 use crate::error::RunError;
-use crate::info::Access;
-use crate::policy::EffectivePolicy;
 use crate::record::Recorder;
-use crate::run::{Execution, Outcome, Tool};
+use crate::run::{Execution, Tool};
 use crate::{LimitHit, Limits};
 use guild_replay::tree::{self, FileDigestCache, TreeError, TreeLimits};
 use guild_replay::{
     Action, BlobRef, BlobStore, BundleWriter, Digest, DirStore, Effect, FORMAT, HostKey, OutputTree, RunResult, Sealed,
     ToolRef,
 };
+use guild_vocab::Access;
+use guild_vocab::EffectivePolicy;
+use guild_vocab::Outcome;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -134,14 +135,6 @@ fn hostname() -> &'static str {
     })
 }
 
-/// How an outcome is written in `result.json`: the output itself is a blob, not inline.
-pub(crate) fn outcome_record(outcome: &Outcome) -> serde_json::Value {
-    match outcome {
-        Outcome::Output { .. } => serde_json::json!({ "status": "output" }),
-        other => serde_json::to_value(other).unwrap_or_default(),
-    }
-}
-
 impl RecordingConfig {
     /// Seal a finished run into a signed bundle in the store; returns its id.
     #[allow(clippy::too_many_arguments)]
@@ -190,13 +183,13 @@ impl RecordingConfig {
             component,
             tool: ToolRef { name: info.name.clone(), version: info.version.clone() },
             input,
-            policy: serde_json::to_value(policy).unwrap_or_default(),
-            limits: serde_json::to_value(limits).unwrap_or_default(),
-            engine: serde_json::to_value(fingerprint).unwrap_or_default(),
+            policy: policy.clone(),
+            limits: limits.clone(),
+            engine: serde_json::to_value(fingerprint).expect("an engine fingerprint is plain data"),
             principal: principal.cloned(),
         };
         let result = RunResult {
-            outcome: outcome_record(&outcome),
+            outcome: outcome.without_output(),
             output,
             fuel_used_units: execution.fuel_used_units,
             output_trees,

@@ -5,13 +5,14 @@
 //! the tape too; with `recompute_gpu` each is also re-run here and compared.
 
 use crate::gpu::GpuReplay;
-use crate::policy::{EffectivePolicy, Grants, Mount};
 use crate::record::{Divergence, Recorder};
-use crate::recording::{outcome_record, output_trees, sealed_tree_limits};
-use crate::run::{Execution, Outcome, RunEnv, Runtime};
+use crate::recording::{output_trees, sealed_tree_limits};
+use crate::run::{Execution, RunEnv, Runtime};
 use crate::{Access, Limits, RunError};
 use guild_replay::tree::{self, Materialize, TreeLimits};
 use guild_replay::{BlobStore, Bundle, Digest, Effect, Event};
+use guild_vocab::{EffectivePolicy, Grants, Mount};
+use guild_vocab::{LimitHit, Outcome};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -155,12 +156,11 @@ impl Runtime {
                 bundle.action.tool.version
             )));
         }
-        let mut limits: Limits =
-            serde_json::from_value(bundle.action.limits.clone()).map_err(|e| invalid(format!("limits: {e}")))?;
+        let mut limits: Limits = bundle.action.limits.clone();
         // A replay is bound by the recorded ending: a run that timed out (or was cancelled) is
         // stopped after the same wall time; any other is bound by its fuel, with only a generous
         // backstop against a machine that cannot finish it.
-        let timed_out = bundle.result.outcome["limit"] == "timeout";
+        let timed_out = matches!(bundle.result.outcome, Outcome::Limit(LimitHit::Timeout { .. }));
         let backstop_ms = match options.backstop_ms {
             0 => REPLAY_BACKSTOP_MS_DEFAULT.max(limits.timeout_ms.saturating_mul(REPLAY_BACKSTOP_FACTOR)),
             ms => ms,
@@ -191,9 +191,8 @@ impl Runtime {
         }
         let replay_bodies = http_bodies(events, store)?;
         // A cancelled run is stopped after the same wall time as the original was.
-        let cancelled_after_ms = bundle.result.outcome.get("after_ms").and_then(|v| v.as_u64());
-        let cancel = match cancelled_after_ms {
-            Some(after_ms) if bundle.result.outcome["status"] == "cancelled" => crate::cancel::cancel_after(after_ms),
+        let cancel = match bundle.result.outcome {
+            Outcome::Cancelled { after_ms } => crate::cancel::cancel_after(after_ms),
             _ => crate::cancel::CancellationToken::new(),
         };
         let replay_gpu = GpuReplay {
@@ -213,7 +212,7 @@ impl Runtime {
         let execution = self.execute(&tool, &input, &policy, &limits, env).await.map_err(host);
         cancel.cancel();
         let mut execution = execution?;
-        if !timed_out && matches!(execution.outcome, Outcome::Limit(crate::LimitHit::Timeout { .. })) {
+        if !timed_out && matches!(execution.outcome, Outcome::Limit(LimitHit::Timeout { .. })) {
             return Err(ReplayError::TooSlow { backstop_ms });
         }
         let (trees, overflow) =
@@ -222,7 +221,7 @@ impl Runtime {
             execution.outcome = Outcome::Limit(hit);
         }
         let (tape, divergence) = recorder.finish();
-        let cancelled = bundle.result.outcome["status"] == "cancelled";
+        let cancelled = matches!(bundle.result.outcome, Outcome::Cancelled { .. });
         if timed_out {
             notes.push("the original run timed out: where it stopped depends on wall time, so the fuel and the tape's length are not compared".into());
         }
@@ -355,14 +354,10 @@ fn compare(
         });
     }
     let recorded = &bundle.result.outcome;
-    let replayed = outcome_record(&execution.outcome);
-    if recorded["status"] != replayed["status"] {
-        return Some(mismatch(
-            DivergenceClass::TrapMismatch,
-            "how the run ended",
-            recorded.to_string(),
-            replayed.to_string(),
-        ));
+    let replayed = execution.outcome.without_output();
+    let show = |outcome: &Outcome| serde_json::to_string(outcome).expect("an outcome is plain data");
+    if recorded.label() != replayed.label() {
+        return Some(mismatch(DivergenceClass::TrapMismatch, "how the run ended", show(recorded), show(&replayed)));
     }
     if let Outcome::Output { output } = &execution.outcome {
         let expected = bundle.result.output.map(|b| b.digest);
@@ -373,13 +368,13 @@ fn compare(
                 .unwrap_or_default();
             return Some(mismatch(DivergenceClass::OutputMismatch, "output", original, output.clone()));
         }
-    } else if *recorded != replayed && recorded["status"] != "cancelled" {
-        let class = if replayed["status"] == "tool_error" {
+    } else if *recorded != replayed && !matches!(recorded, Outcome::Cancelled { .. }) {
+        let class = if matches!(replayed, Outcome::ToolError { .. }) {
             DivergenceClass::OutputMismatch
         } else {
             DivergenceClass::TrapMismatch
         };
-        return Some(mismatch(class, "how the run ended", recorded.to_string(), replayed.to_string()));
+        return Some(mismatch(class, "how the run ended", show(recorded), show(&replayed)));
     }
     if timed_out {
         return None;

@@ -1,18 +1,18 @@
 //! Routes, authentication and error bodies. Every error is `{"error": {"code", "message"}}`
 //! (plus `field` for invalid input) with a stable code; 429 and 503 carry `Retry-After`.
 
+use crate::auth::{Admin, Caller, ErrorCode};
 use crate::daemon::{Daemon, Rejection, RunRequest, Submitted};
 use crate::registry::RegisteredTool;
 use crate::runs::{Finished, RunEntry, RunState};
-use crate::tenants::Tenant;
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
-use axum::http::request::Parts;
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use guild_replay::{BlobStore, Digest};
+use guild_runtime::FailureCode;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -45,56 +45,11 @@ impl IntoResponse for ApiError {
         if let Some(seconds) = self.retry_after_s {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
         response
     }
 }
 
-/// The caller, authenticated from the request's headers: an extractor, so it runs (and a request
-/// without a valid token is answered 401) before a single byte of the body is read. It holds one
-/// of the tenant's places among requests in flight while the request is served.
-pub(crate) struct Caller(pub(crate) Arc<Tenant>, tokio::sync::OwnedSemaphorePermit);
-
-impl FromRequestParts<Arc<Daemon>> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, daemon: &Arc<Daemon>) -> Result<Self, ApiError> {
-        let tenant = authenticate(daemon, &parts.headers)?;
-        let slot = tenant.request_slot().map_err(|message| ApiError {
-            retry_after_s: Some(1),
-            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
-        })?;
-        Ok(Caller(tenant, slot))
-    }
-}
-
-/// An admin caller: 401 without a valid token, 403 for a tenant that is not an admin, both
-/// before the body is read.
-pub(crate) struct Admin(pub(crate) Arc<Tenant>, tokio::sync::OwnedSemaphorePermit);
-
-impl FromRequestParts<Arc<Daemon>> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, daemon: &Arc<Daemon>) -> Result<Self, ApiError> {
-        let Caller(tenant, slot) = Caller::from_request_parts(parts, daemon).await?;
-        if !tenant.admin {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!("tenant {} may not upload tools; uploading needs an admin tenant", tenant.name),
-            ));
-        }
-        Ok(Admin(tenant, slot))
-    }
-}
-
 type ApiResult<T> = Result<T, ApiError>;
-
-/// Marks an error response with its code, for the error metric.
-#[derive(Clone, Copy)]
-struct ErrorCode(&'static str);
 
 async fn count_errors(
     State(daemon): State<Arc<Daemon>>,
@@ -103,15 +58,15 @@ async fn count_errors(
 ) -> Response {
     let response = next.run(request).await;
     if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
-        daemon.metrics.api_errors.with_label_values(&[code]).inc();
+        daemon.metrics().api_errors.with_label_values(&[code]).inc();
     }
     response
 }
 
 /// The router over `daemon`.
 pub fn router(daemon: Arc<Daemon>) -> axum::Router {
-    let component_bytes_max = daemon.component_bytes_max;
-    let request_bytes_max = daemon.request_bytes_max;
+    let component_bytes_max = daemon.component_bytes_max();
+    let request_bytes_max = daemon.request_bytes_max();
     axum::Router::new()
         .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route("/readyz", get(readyz))
@@ -144,28 +99,18 @@ fn too_large(rejection: BytesRejection, setting: &str, limit: usize) -> ApiError
     }
 }
 
-fn authenticate(daemon: &Daemon, headers: &HeaderMap) -> ApiResult<Arc<Tenant>> {
-    let unauthorized = || ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or invalid bearer token");
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(unauthorized)?;
-    daemon.tenant_for(token.trim()).ok_or_else(unauthorized)
-}
-
 async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
     let mut problems = Vec::new();
     if daemon.is_draining() {
         problems.push("draining: the daemon is shutting down".to_string());
     }
-    if !daemon.audit.is_running() {
+    if !daemon.audit().is_running() {
         problems.push("the audit log writer has stopped".to_string());
     }
-    if let Err(e) = std::fs::metadata(daemon.store.root()) {
+    if let Err(e) = std::fs::metadata(daemon.store().root()) {
         problems.push(format!("the bundle store is not reachable: {e}"));
     }
-    if let Some(remote) = &daemon.remote
+    if let Some(remote) = daemon.remote()
         && let Err(e) = remote.queue.ping().await
     {
         problems.push(e.to_string());
@@ -179,15 +124,15 @@ async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
 }
 
 async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
-    daemon.metrics.queue_depth.set(daemon.queue.depth() as i64);
-    daemon.metrics.runs_in_flight.set(daemon.queue.in_flight() as i64);
-    if let Some(remote) = &daemon.remote {
+    daemon.metrics().queue_depth.set(daemon.queue().depth() as i64);
+    daemon.metrics().runs_in_flight.set(daemon.queue().in_flight() as i64);
+    if let Some(remote) = daemon.remote() {
         match remote.queue.stats().await {
-            Ok(stats) => daemon.metrics.redis.set(&stats),
-            Err(_) => daemon.metrics.redis.up.set(0),
+            Ok(stats) => daemon.metrics().redis.set(&stats),
+            Err(_) => daemon.metrics().redis.up.set(0),
         }
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], daemon.metrics.render()).into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], daemon.metrics().render()).into_response()
 }
 
 fn describe_tool(tool: &RegisteredTool) -> serde_json::Value {
@@ -205,7 +150,7 @@ async fn list_tools(
     Caller(tenant, _slot): Caller,
 ) -> ApiResult<Json<serde_json::Value>> {
     let tools: Vec<serde_json::Value> =
-        daemon.tools.all().iter().filter(|t| tenant.tools.allows(&t.name)).map(|t| describe_tool(t)).collect();
+        daemon.tools().all().iter().filter(|t| tenant.tools.allows(&t.name)).map(|t| describe_tool(t)).collect();
     Ok(Json(serde_json::json!({ "tools": tools })))
 }
 
@@ -214,9 +159,9 @@ async fn upload_tool(
     Admin(tenant, _slot): Admin,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    let body = body.map_err(|e| too_large(e, "component_bytes_max", daemon.component_bytes_max))?;
+    let body = body.map_err(|e| too_large(e, "component_bytes_max", daemon.component_bytes_max()))?;
     let (tool, _) = daemon
-        .runtime
+        .runtime()
         .load(&body)
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_component", e.to_string()))?;
@@ -230,17 +175,17 @@ async fn upload_tool(
             ),
         )
     };
-    if let Some(existing) = daemon.tools.get(&name).filter(|t| t.tool.digest() != tool.digest()) {
+    if let Some(existing) = daemon.tools().get(&name).filter(|t| t.tool.digest() != tool.digest()) {
         return Err(conflict(existing.tool.digest()));
     }
     // Kept on disk first, so a tool is never registered (and announced) that a restart would
     // not register again.
-    let (uploads, digest) = (daemon.uploads_dir.clone(), *tool.digest());
+    let (uploads, digest) = (daemon.uploads_dir().to_path_buf(), *tool.digest());
     let created = tokio::task::spawn_blocking(move || keep_upload(&uploads, &digest, &body))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "host_failure", e.to_string()))?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "host_failure", e))?;
-    let kept = daemon.uploads_dir.join(format!("{digest}.wasm"));
+    let kept = daemon.uploads_dir().join(format!("{digest}.wasm"));
     let registered = RegisteredTool::new(
         name.clone(),
         tool.clone(),
@@ -248,7 +193,7 @@ async fn upload_tool(
         Default::default(),
         crate::registry::ToolSource::File(kept.clone()),
     );
-    let registered = match daemon.tools.insert(registered) {
+    let registered = match daemon.tools().insert(registered) {
         Ok(registered) => registered,
         Err(e) => {
             // Another upload took the name meanwhile: do not leave a file a restart would trip on.
@@ -258,7 +203,7 @@ async fn upload_tool(
             return Err(ApiError::new(StatusCode::CONFLICT, "tool_name_taken", e.to_string()));
         }
     };
-    daemon.metrics.register_tool(&registered.name);
+    daemon.metrics().register_tool(&registered.name);
     daemon.tools_changed();
     tracing::info!(tenant = %tenant.name, tool = %registered.name, component = %tool.digest(), "tool uploaded");
     Ok((StatusCode::CREATED, Json(describe_tool(&registered))))
@@ -326,7 +271,7 @@ async fn create_run(
     headers: HeaderMap,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let body = body.map_err(|e| too_large(e, "request_bytes_max", daemon.request_bytes_max))?;
+    let body = body.map_err(|e| too_large(e, "request_bytes_max", daemon.request_bytes_max()))?;
     let header_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
     let request = parse_run_request(&body, header_key)?;
     let submitted = daemon.submit(&tenant, request).await.map_err(rejection)?;
@@ -367,15 +312,16 @@ fn location(id: &str) -> HeaderValue {
 
 /// A run that never started (denied, bad limits, host failure) answers with its own status.
 fn not_started(finished: &Finished) -> Option<ApiError> {
-    let code = finished.error.get("status").and_then(|s| s.as_str())?;
-    let message = finished.error.get("message").and_then(|s| s.as_str()).unwrap_or_default().to_string();
-    let (status, code) = match code {
-        "denied" => (StatusCode::FORBIDDEN, "denied"),
-        "bad_limits" => (StatusCode::BAD_REQUEST, "bad_limits"),
-        "busy" => (StatusCode::TOO_MANY_REQUESTS, "busy"),
-        "host_failure" => (StatusCode::INTERNAL_SERVER_ERROR, "host_failure"),
+    let failure = finished.error.as_ref()?;
+    let message = failure.message.clone();
+    let status = match failure.code {
+        FailureCode::Denied => StatusCode::FORBIDDEN,
+        FailureCode::BadLimits => StatusCode::BAD_REQUEST,
+        FailureCode::Busy => StatusCode::TOO_MANY_REQUESTS,
+        FailureCode::HostFailure => StatusCode::INTERNAL_SERVER_ERROR,
         _ => return None,
     };
+    let code = failure.code.as_str();
     let retry_after_s = (status == StatusCode::TOO_MANY_REQUESTS).then_some(1);
     Some(ApiError { retry_after_s, ..ApiError::new(status, code, message) })
 }
@@ -431,7 +377,7 @@ fn run_body(entry: &RunEntry, state: &RunState, output: serde_json::Value) -> se
     let mut body = serde_json::json!({ "id": entry.id, "status": state.word(), "tool": entry.tool });
     if let RunState::Finished(finished) = state {
         body["output"] = output;
-        body["error"] = finished.error.clone();
+        body["error"] = finished.error.clone().map(serde_json::Value::from).unwrap_or_default();
         body["bundle"] = finished.bundle.map(|b| b.to_hex()).into();
         body["fuel_used_units"] = finished.fuel_used_units.into();
         body["wall_time_us"] = finished.wall_time_us.into();
@@ -442,11 +388,11 @@ fn run_body(entry: &RunEntry, state: &RunState, output: serde_json::Value) -> se
 /// A finished run's output, read back from its bundle (null when it cannot be).
 fn read_output(daemon: &Daemon, finished: &Finished) -> serde_json::Value {
     let output = finished.bundle.and_then(|id| {
-        let (manifest, _) = daemon.store.get_bundle(&id).ok()?;
+        let (manifest, _) = daemon.store().get_bundle(&id).ok()?;
         let manifest: guild_replay::Manifest = serde_json::from_slice(&manifest).ok()?;
-        let result = daemon.store.get(&manifest.result.digest).ok()?;
+        let result = daemon.store().get(&manifest.result.digest).ok()?;
         let result: guild_replay::RunResult = serde_json::from_slice(&result).ok()?;
-        daemon.store.get(&result.output?.digest).ok()
+        daemon.store().get(&result.output?.digest).ok()
     });
     output.and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or(serde_json::Value::Null)
 }
@@ -458,9 +404,9 @@ async fn get_run(
 ) -> ApiResult<Json<serde_json::Value>> {
     // Another tenant's run is answered exactly like one that does not exist.
     let unknown = || ApiError::new(StatusCode::NOT_FOUND, "unknown_run", "no such run is known to this node");
-    let Some(entry) = daemon.runs.get(&id) else {
+    let Some(entry) = daemon.runs().get(&id) else {
         // With --redis, any node answers for any job.
-        let Some(remote) = &daemon.remote else { return Err(unknown()) };
+        let Some(remote) = daemon.remote() else { return Err(unknown()) };
         let status = remote
             .queue
             .status(&id)

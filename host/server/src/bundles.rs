@@ -31,11 +31,11 @@ pub(crate) enum FindError {
 
 /// The bundle `id`: from this node's store, else (with `--redis`) from Redis or the shared store.
 pub(crate) async fn find(daemon: &Daemon, id: &Digest) -> Result<Option<BundleCopy>, FindError> {
-    let local: Arc<dyn BlobStore> = daemon.store.clone();
-    if let Some(copy) = from_dir(daemon.store.clone(), local, *id).await? {
+    let local: Arc<dyn BlobStore> = daemon.store().clone();
+    if let Some(copy) = from_dir(daemon.store().clone(), local, *id).await? {
         return Ok(Some(copy));
     }
-    let Some(remote) = &daemon.remote else { return Ok(None) };
+    let Some(remote) = daemon.remote() else { return Ok(None) };
     match remote.queue.get_bundle(id).await {
         Ok(Some((manifest, signature, store))) => {
             return Ok(Some(BundleCopy { id: *id, manifest, signature, store: Arc::new(store) }));

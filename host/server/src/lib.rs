@@ -12,10 +12,12 @@
 //! transports), `remote` (the API node's side of Redis; the worker is `guild-worker`), `start` (assembly and graceful shutdown).
 
 mod api;
+mod auth;
 mod bundles;
 pub mod config;
 mod daemon;
 pub mod descriptors;
+mod drain;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod http;

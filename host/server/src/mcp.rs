@@ -96,7 +96,7 @@ impl GuildMcp {
             idempotency_key: None,
             cancel: Some(cancel.clone()),
         };
-        let timeout_ms = self.daemon.tools.get(&name).map_or(0, |t| t.limits.timeout_ms);
+        let timeout_ms = self.daemon.tools().get(&name).map_or(0, |t| t.limits.timeout_ms);
         let submitted = self.daemon.submit(tenant, run);
         let submitted = match context.meta.get_progress_token() {
             Some(token) => with_progress(submitted, &context.peer, token, timeout_ms, &cancel).await,
@@ -124,7 +124,7 @@ impl GuildMcp {
 /// When the session cannot start or the transport fails.
 pub async fn serve_stdio(daemon: Arc<Daemon>, tenant: Arc<Tenant>) -> std::io::Result<()> {
     use rmcp::ServiceExt;
-    let frame_bytes_max = daemon.request_bytes_max;
+    let frame_bytes_max = daemon.request_bytes_max();
     let (transport, writer) =
         crate::mcp_stdio::GuardedStdio::new(tokio::io::stdin(), tokio::io::stdout(), frame_bytes_max);
     let running = GuildMcp::for_tenant(daemon, tenant)
@@ -178,9 +178,12 @@ fn finished_result(run: &str, finished: &Finished, output: Option<String>) -> Ca
     meta.0.insert("guild/fuel_used_units".into(), finished.fuel_used_units.into());
     meta.0.insert("guild/wall_time_us".into(), finished.wall_time_us.into());
     let Some(output) = output else {
-        let message = finished.error.get("message").and_then(|m| m.as_str()).unwrap_or("the run failed");
-        meta.0.insert("guild/error".into(), finished.error.clone());
-        return tool_error(message.to_string(), meta);
+        let message = match finished.message() {
+            "" => "the run failed".to_string(),
+            message => message.to_string(),
+        };
+        meta.0.insert("guild/error".into(), finished.error.clone().map(serde_json::Value::from).unwrap_or_default());
+        return tool_error(message, meta);
     };
     let mut result = match serde_json::from_str::<serde_json::Value>(&output) {
         Ok(value @ serde_json::Value::Object(_)) => CallToolResult::structured(value),
@@ -263,7 +266,7 @@ impl ServerHandler for GuildMcp {
     ) -> Result<ListToolsResult, ErrorData> {
         let tenant = self.tenant(&context)?;
         let tools =
-            self.daemon.tools.all().iter().filter(|t| tenant.tools.allows(&t.name)).map(|t| mcp_tool(t)).collect();
+            self.daemon.tools().all().iter().filter(|t| tenant.tools.allows(&t.name)).map(|t| mcp_tool(t)).collect();
         Ok(ListToolsResult::with_all_items(tools))
     }
 
@@ -277,7 +280,7 @@ impl ServerHandler for GuildMcp {
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        self.daemon.tools.get(name).map(|t| mcp_tool(&t))
+        self.daemon.tools().get(name).map(|t| mcp_tool(&t))
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
@@ -321,13 +324,14 @@ impl ServerHandler for GuildMcp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use guild_runtime::{LimitHit, Outcome, RunStatus};
 
     #[test]
     fn a_failed_run_is_a_tool_error_with_its_bundle() {
         let bundle = guild_replay::Digest::of(b"bundle");
         let finished = Finished {
-            status: "failed",
-            error: serde_json::json!({ "status": "limit", "message": "timed out after 1s (raise --timeout)" }),
+            status: RunStatus::Failed,
+            error: Outcome::Limit(LimitHit::Timeout { limit_ms: 1000 }).failure(),
             bundle: Some(bundle),
             fuel_used_units: 7,
             wall_time_us: 1,
@@ -340,13 +344,8 @@ mod tests {
 
     #[test]
     fn object_output_is_structured_and_text() {
-        let finished = Finished {
-            status: "succeeded",
-            error: serde_json::Value::Null,
-            bundle: None,
-            fuel_used_units: 1,
-            wall_time_us: 1,
-        };
+        let finished =
+            Finished { status: RunStatus::Succeeded, error: None, bundle: None, fuel_used_units: 1, wall_time_us: 1 };
         let result = finished_result("r", &finished, Some(r#"{"n":1}"#.into()));
         let result = serde_json::to_value(result).expect("serializes");
         assert_eq!(result["structuredContent"], serde_json::json!({ "n": 1 }));

@@ -14,12 +14,13 @@
 //! rmcp then checks `Host` and `Origin` against `[mcp]` (DNS rebinding) and hands each request,
 //! with the caller's tenant in its extensions, to [`GuildMcp`].
 
+use crate::auth::Caller;
 use crate::daemon::Daemon;
 use crate::jsonrpc::{self, Screened};
 use crate::mcp::GuildMcp;
 use crate::tenants::Tenant;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -40,12 +41,12 @@ const NO_SESSION: &str = "00000000-0000-0000-0000-000000000000";
 
 /// The `/mcp` route: authentication, session binding, the frame screen, then rmcp's service.
 pub(crate) fn mcp_router(daemon: Arc<Daemon>) -> axum::Router<Arc<Daemon>> {
-    let config = &daemon.mcp;
+    let config = &daemon.mcp_config();
     let http = StreamableHttpServerConfig::default()
         .with_allowed_hosts(config.allowed_hosts.clone())
         .with_allowed_origins(config.allowed_origins.clone())
         .enforce_origin_validation()
-        .with_max_request_body_bytes(daemon.request_bytes_max);
+        .with_max_request_body_bytes(daemon.request_bytes_max());
     let mut local = LocalSessionManager::default();
     local.session_config.keep_alive = Some(std::time::Duration::from_millis(config.session_idle_ms));
     let sessions = Arc::new(BoundSessions {
@@ -66,37 +67,17 @@ pub(crate) fn mcp_router(daemon: Arc<Daemon>) -> axum::Router<Arc<Daemon>> {
         .layer(axum::middleware::from_fn_with_state(daemon, authenticate))
 }
 
-/// Put the bearer token's tenant in the request's extensions, or answer 401.
-async fn authenticate(State(daemon): State<Arc<Daemon>>, mut request: Request, next: Next) -> Response {
-    let tenant = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .and_then(|token| daemon.tenant_for(token.trim()));
-    match tenant {
-        Some(tenant) => {
-            let Ok(_slot) = tenant.request_slot() else {
-                let body = serde_json::json!({
-                    "error": { "code": "too_many_requests", "message": format!(
-                        "tenant {} has too many requests in flight (http.tenant_requests_max)", tenant.name) }
-                });
-                let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return response;
-            };
-            request.extensions_mut().insert(tenant);
-            next.run(request).await
+/// Put the bearer token's tenant in the request's extensions, or answer as the REST API does
+/// (401, 429), before the body is read; the tenant's place among requests in flight is held
+/// until the answer is made.
+async fn authenticate(State(daemon): State<Arc<Daemon>>, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    match Caller::from_request_parts(&mut parts, &daemon).await {
+        Ok(Caller(tenant, _slot)) => {
+            parts.extensions.insert(tenant);
+            next.run(Request::from_parts(parts, body)).await
         }
-        None => {
-            daemon.metrics.api_errors.with_label_values(&["unauthorized"]).inc();
-            let body = serde_json::json!({
-                "error": { "code": "unauthorized", "message": "missing or invalid bearer token" }
-            });
-            let mut response = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            response
-        }
+        Err(rejection) => rejection.into_response(),
     }
 }
 
@@ -122,12 +103,12 @@ async fn bind_and_screen(
     if parts.method != Method::POST {
         return next.run(Request::from_parts(parts, body)).await;
     }
-    let bytes = match axum::body::to_bytes(body, daemon.request_bytes_max).await {
+    let bytes = match axum::body::to_bytes(body, daemon.request_bytes_max()).await {
         Ok(bytes) => bytes,
         Err(_) => {
             let message = format!(
                 "the body is larger than {} bytes (or was cut off); send less or raise request_bytes_max",
-                daemon.request_bytes_max
+                daemon.request_bytes_max()
             );
             return rpc_error(
                 StatusCode::PAYLOAD_TOO_LARGE,

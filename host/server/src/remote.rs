@@ -7,11 +7,13 @@
 //!   (with the other API nodes, in one consumer group: each attempt lands in one node's log);
 //! - answers `GET /v1/runs/{id}` and `GET /v1/bundles/{id}` for jobs any node enqueued.
 
-use crate::daemon::Daemon;
+use crate::drain::DrainToken;
+use crate::metrics::Metrics;
 use crate::runs::{Finished, RunState};
-use guild_audit::AuditEntry;
+use guild_audit::{AuditEntry, AuditLog};
 use guild_queue::{DoneEntry, DoneRead, JobResult, JobStatus, QueueError, RedisQueue};
 use guild_replay::Digest;
+use guild_runtime::{Failure, FailureCode, RunStatus};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -208,12 +210,12 @@ impl Remote {
     fn expire(&self, id: &str) {
         let Some(senders) = self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(id) else { return };
         let finished = Arc::new(Finished {
-            status: "failed",
-            error: serde_json::json!({
-                "status": "expired",
-                "message": "the job is no longer in Redis and its result was never read (it expired, or Redis lost it); \
-                            submit it again, or raise redis.results_ttl_s"
-            }),
+            status: RunStatus::Failed,
+            error: Some(Failure::host(
+                FailureCode::Expired,
+                "the job is no longer in Redis and its result was never read (it expired, or Redis lost it); \
+                 submit it again, or raise redis.results_ttl_s",
+            )),
             bundle: None,
             fuel_used_units: 0,
             wall_time_us: 0,
@@ -232,10 +234,10 @@ impl Remote {
     }
 
     /// Write audit records for finished attempts until the daemon drains; wakes waiters.
-    pub async fn audit_loop(self: Arc<Self>, daemon: Arc<Daemon>) {
+    pub(crate) async fn audit_loop(self: Arc<Self>, log: Arc<AuditLog>, metrics: Arc<Metrics>, drain: DrainToken) {
         let mut delay = Duration::from_millis(100);
         let mut ready = false;
-        while !daemon.is_draining() {
+        while !drain.is_draining() {
             if !ready {
                 ready = self.queue.ensure_groups().await.is_ok();
             }
@@ -257,7 +259,7 @@ impl Remote {
                 entries.into_iter().partition(|read| matches!(read, DoneRead::Entry(_)));
             for read in corrupt {
                 if let DoneRead::Corrupt { entry, reason, raw } = read {
-                    self.bury(&daemon, &entry, &reason, &raw).await;
+                    self.bury(&log, &metrics, &entry, &reason, &raw).await;
                 }
             }
             let entries: Vec<DoneEntry> = entries
@@ -270,7 +272,7 @@ impl Remote {
             if entries.is_empty() {
                 continue;
             }
-            if let Err(e) = self.audit(&daemon, &entries).await {
+            if let Err(e) = self.audit(&log, &metrics, &entries).await {
                 tracing::error!(error = %e, "cannot write audit records of finished jobs; they stay in Redis");
                 tokio::time::sleep(delay).await;
                 continue;
@@ -289,7 +291,7 @@ impl Remote {
 
     /// An entry that cannot be read goes to the dead-letter stream with an audit record of its
     /// own, so the audit trail shows it and the writer goes on with the rest.
-    async fn bury(&self, daemon: &Daemon, entry: &str, reason: &str, raw: &str) {
+    async fn bury(&self, log: &AuditLog, metrics: &Metrics, entry: &str, reason: &str, raw: &str) {
         tracing::error!(
             entry,
             reason,
@@ -300,17 +302,22 @@ impl Remote {
             actor: "redis".into(),
             detail: format!("done-stream entry {entry} cannot be read ({reason}); moved to the dead-letter stream"),
         };
-        if let Err(e) = daemon.audit.append(AuditEntry::event(event, entry, "")).await {
+        if let Err(e) = log.append(AuditEntry::event(event, entry, "")).await {
             // Left in the done stream: redelivered (and tried again) later.
             return tracing::error!(error = %e, "cannot audit the corrupt entry; it stays in Redis");
         }
-        daemon.metrics.audit_records.inc();
+        metrics.audit_records.inc();
         if let Err(e) = self.queue.bury_done(entry, reason, raw).await {
             tracing::warn!(error = %e, entry, "the corrupt entry was audited but not moved; it will be audited again");
         }
     }
 
-    async fn audit(&self, daemon: &Daemon, entries: &[DoneEntry]) -> Result<(), guild_audit::AuditError> {
+    async fn audit(
+        &self,
+        log: &AuditLog,
+        metrics: &Metrics,
+        entries: &[DoneEntry],
+    ) -> Result<(), guild_audit::AuditError> {
         // An attempt is marked audited only once its record is on disk: after a failed write,
         // the redelivered entries are written, not skipped.
         let (keys, records): (Vec<String>, Vec<AuditEntry>) = {
@@ -326,29 +333,19 @@ impl Remote {
                 .unzip()
         };
         let count = records.len() as u64;
-        daemon.audit.append_many(records).await?;
+        log.append_many(records).await?;
         {
             let mut audited = self.audited.lock().unwrap_or_else(|p| p.into_inner());
             for key in keys {
                 audited.insert(key);
             }
         }
-        daemon.metrics.audit_records.inc_by(count);
+        metrics.audit_records.inc_by(count);
         for entry in entries {
             let r = &entry.result;
-            let outcome = outcome_of(r);
-            daemon.metrics.runs.with_label_values(&[&r.tool, &r.tenant, &outcome]).inc();
+            metrics.runs.with_label_values(&[&r.tool, &r.tenant, finished(r).label()]).inc();
         }
         Ok(())
-    }
-}
-
-/// The outcome label of a job result, as in the audit log and metrics.
-fn outcome_of(result: &JobResult) -> String {
-    match result.status.as_str() {
-        "succeeded" => "output".into(),
-        "dead" => "dead".into(),
-        _ => result.error.get("status").and_then(|s| s.as_str()).unwrap_or("failed").to_string(),
     }
 }
 
@@ -361,7 +358,7 @@ fn audit_entry(done: &DoneEntry) -> AuditEntry {
         tool_digest: r.tool_digest,
         input_digest: r.input_digest,
         grants: r.policy.clone(),
-        outcome: outcome_of(r),
+        outcome: finished(r).label().to_string(),
         fuel_used_units: r.fuel_used_units,
         bundle: r.bundle,
         idempotency_key: r.idempotency_key.clone(),
@@ -374,13 +371,8 @@ fn audit_entry(done: &DoneEntry) -> AuditEntry {
 
 /// A job result as the run table's `Finished`.
 pub(crate) fn finished(result: &JobResult) -> Finished {
-    let status = match result.status.as_str() {
-        "succeeded" => "succeeded",
-        "dead" => "dead",
-        _ => "failed",
-    };
     Finished {
-        status,
+        status: result.status,
         error: result.error.clone(),
         bundle: result.bundle,
         fuel_used_units: result.fuel_used_units,
@@ -394,10 +386,10 @@ pub(crate) fn run_body(id: &str, status: &JobStatus) -> serde_json::Value {
     match &status.result {
         Some(result) => {
             let finished = finished(result);
-            body["status"] = finished.status.into();
+            body["status"] = finished.status.as_str().into();
             body["output"] =
                 result.output.as_deref().and_then(|o| serde_json::from_str(o).ok()).unwrap_or(serde_json::Value::Null);
-            body["error"] = finished.error;
+            body["error"] = finished.error.map(serde_json::Value::from).unwrap_or_default();
             body["bundle"] = finished.bundle.map(|b| b.to_hex()).into();
             body["fuel_used_units"] = finished.fuel_used_units.into();
             body["wall_time_us"] = finished.wall_time_us.into();

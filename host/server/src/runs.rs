@@ -4,6 +4,7 @@
 //! refilled from the audit log, so run ids and idempotency keys survive a restart.
 
 use guild_replay::Digest;
+use guild_runtime::{Failure, RunStatus};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
@@ -31,16 +32,34 @@ pub(crate) fn request_digest(tool: &str, input_digest: &Digest) -> Digest {
 /// How a finished run ended, small enough to keep many of (the output itself is in the bundle).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finished {
-    /// `succeeded` (the tool returned output) or `failed`.
-    pub status: &'static str,
-    /// The outcome as recorded (`status`, `kind`, `message`, …); null on success.
-    pub error: serde_json::Value,
+    /// Succeeded (the tool returned output), failed, or dead (a job out of attempts).
+    pub status: RunStatus,
+    /// Why it failed; none on success.
+    pub error: Option<Failure>,
     /// The sealed bundle.
     pub bundle: Option<Digest>,
     /// Fuel burnt.
     pub fuel_used_units: u64,
     /// Wall time of the run, µs.
     pub wall_time_us: u64,
+}
+
+impl Finished {
+    /// The run's label in metrics and the audit log: `output`, `dead`, or why it failed
+    /// (`tool_error`, `limit`, `denied`, …).
+    pub fn label(&self) -> &'static str {
+        match (self.status, &self.error) {
+            (RunStatus::Succeeded, _) => "output",
+            (RunStatus::Dead, _) => "dead",
+            (RunStatus::Failed, Some(failure)) => failure.code.as_str(),
+            (RunStatus::Failed, None) => "failed",
+        }
+    }
+
+    /// What went wrong, for a person; empty on success.
+    pub fn message(&self) -> &str {
+        self.error.as_ref().map(|f| f.message.as_str()).unwrap_or_default()
+    }
 }
 
 /// Where a run is.
@@ -60,7 +79,7 @@ impl RunState {
         match self {
             Self::Queued => "queued",
             Self::Running => "running",
-            Self::Finished(f) => f.status,
+            Self::Finished(f) => f.status.as_str(),
         }
     }
 }
@@ -222,13 +241,7 @@ mod tests {
     use super::*;
 
     fn finished() -> Finished {
-        Finished {
-            status: "succeeded",
-            error: serde_json::Value::Null,
-            bundle: None,
-            fuel_used_units: 1,
-            wall_time_us: 1,
-        }
+        Finished { status: RunStatus::Succeeded, error: None, bundle: None, fuel_used_units: 1, wall_time_us: 1 }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::tenants::Tenant;
 use guild_audit::{AuditError, AuditLog, AuditRecord};
 use guild_queue::{RedisQueue, RunQueue};
 use guild_replay::{Digest, DirStore};
-use guild_runtime::Runtime;
+use guild_runtime::{Failure, FailureCode, RunStatus, Runtime};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,9 +67,9 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
     tools.load(&runtime, specs).await?;
     reserve_descriptors(&config, &tools)?;
     let runs = RunTable::new(config.queue.runs_kept_max);
-    let remote = match config.redis.settings() {
+    let remote = match config.redis.configured() {
         Some(settings) => {
-            let queue = RedisQueue::open(settings).map_err(|e| ConfigError::new("redis.url", e.to_string()))?;
+            let queue = RedisQueue::open(settings.clone()).map_err(|e| ConfigError::new("redis.url", e.to_string()))?;
             let shared = shared_store(&config)?;
             Some(Arc::new(Remote::new(queue, node_name(config.listen.port()), shared)))
         }
@@ -98,7 +98,7 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         metrics.register_tenant(&tenant.name);
     }
     let queue = RunQueue::new(config.queue.runs_in_flight_max, config.queue.depth_max);
-    let mut daemon = Daemon::new(
+    let daemon = Daemon::new(crate::daemon::Parts {
         runtime,
         store,
         tools,
@@ -107,13 +107,13 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         runs,
         audit,
         metrics,
-        state_dir.join("tools"),
-        config.request_bytes_max,
-        config.component_bytes_max,
-    );
-    daemon.mcp = config.mcp.clone();
-    daemon.http = config.http.clone();
-    daemon.remote = remote;
+        uploads_dir: state_dir.join("tools"),
+        request_bytes_max: config.request_bytes_max,
+        component_bytes_max: config.component_bytes_max,
+        mcp: config.mcp.clone(),
+        http: config.http.clone(),
+        remote,
+    });
     let daemon = Arc::new(daemon);
     daemon.start_auditing();
     Ok(DaemonParts { daemon, runs_restored })
@@ -123,7 +123,7 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
 /// API node with `--redis` runs nothing itself).
 fn reserve_descriptors(config: &DaemonConfig, tools: &Registry) -> Result<(), ConfigError> {
     let limit = crate::descriptors::raise_limit().map_err(|e| ConfigError::new("queue.runs_in_flight_max", e))?;
-    let runs = if config.redis.settings().is_some() { 0 } else { config.queue.runs_in_flight_max };
+    let runs = if config.redis.configured().is_some() { 0 } else { config.queue.runs_in_flight_max };
     let budget = crate::descriptors::Budget {
         runs: runs as u64,
         resources_per_run: u64::from(resources_per_run(tools)),
@@ -211,14 +211,14 @@ fn uploaded(dir: &std::path::Path) -> Vec<ToolSpec> {
 
 fn restore(runs: &RunTable, record: &AuditRecord) {
     let entry = &record.entry;
-    let succeeded = entry.outcome == "output";
-    let finished = Finished {
-        status: if succeeded { "succeeded" } else { "failed" },
-        error: if succeeded { serde_json::Value::Null } else { serde_json::json!({ "status": entry.outcome }) },
-        bundle: entry.bundle,
-        fuel_used_units: entry.fuel_used_units,
-        wall_time_us: 0,
+    // The log keeps the label, not the whole failure: that is in the bundle.
+    let (status, error) = match entry.outcome.as_str() {
+        "output" => (RunStatus::Succeeded, None),
+        "dead" => (RunStatus::Dead, None),
+        label => (RunStatus::Failed, FailureCode::parse(label).map(|code| Failure::host(code, ""))),
     };
+    let finished =
+        Finished { status, error, bundle: entry.bundle, fuel_used_units: entry.fuel_used_units, wall_time_us: 0 };
     runs.restore(
         entry.run.clone(),
         &entry.tenant,
@@ -252,7 +252,8 @@ pub async fn run(
     };
     // Requests in flight (a sync run waiting for its result) get the drain deadline, and the
     // queue whatever of it is left: one deadline for both.
-    crate::http::serve(listener, crate::api::router(daemon.clone()), daemon.http.clone(), signal, drain).await?;
+    crate::http::serve(listener, crate::api::router(daemon.clone()), daemon.http_config().clone(), signal, drain)
+        .await?;
     let spent = started.lock().unwrap_or_else(|p| p.into_inner()).map_or(Duration::ZERO, |t| t.elapsed());
     let drained = daemon
         .drain(drain.saturating_sub(spent))

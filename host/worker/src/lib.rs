@@ -12,7 +12,10 @@ use guild_queue::{
 };
 use guild_replay::{Digest, DirStore};
 use guild_runtime::egress::Secret;
-use guild_runtime::{Grants, Limits, LoadError, Outcome, RunError, RunReport, Runtime, Tool, ToolErrorKind};
+use guild_runtime::{
+    Failure, FailureCode, Grants, LoadError, Outcome, PolicyRecord, RunError, RunReport, RunStatus, Runtime, Tool,
+    ToolErrorKind,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -232,8 +235,8 @@ impl Worker {
         let renewing = tokio::spawn(self.clone().renew_loop(lease.clone()));
         let result = if lease.attempt > lease.job.attempts_max {
             // Its workers kept dying while running it: do not try a fifth time.
-            Err(Failure::retryable(
-                "worker_lost",
+            Err(AttemptFailure::retryable(
+                FailureCode::WorkerLost,
                 format!("the job's worker stopped before finishing on {} attempts", lease.attempt - 1),
             ))
         } else {
@@ -260,25 +263,25 @@ impl Worker {
         }
     }
 
-    async fn execute(&self, lease: &Lease) -> Result<JobResult, Failure> {
+    async fn execute(&self, lease: &Lease) -> Result<JobResult, AttemptFailure> {
         let job = &lease.job;
+        if let Some(why) = &lease.unreadable {
+            return Err(AttemptFailure::deterministic(FailureCode::BadJob, why.clone()));
+        }
         let tool = self.tool(&job.tool_digest).await?;
-        let mut grants: Grants = serde_json::from_value(job.grants.clone())
-            .map_err(|e| Failure::deterministic("bad_job", format!("the job's grants do not parse: {e}")))?;
-        grants.secrets = self.secrets.clone();
-        let limits: Limits = serde_json::from_value(job.limits.clone())
-            .map_err(|e| Failure::deterministic("bad_job", format!("the job's limits do not parse: {e}")))?;
+        let grants = Grants { secrets: self.secrets.clone(), ..job.grants.clone() };
+        let limits = &job.limits;
         let principal = guild_runtime::Principal::tenant(&job.tenant);
         let cancel = guild_runtime::CancellationToken::new();
-        let report = match self.runtime.run_as(&tool, &job.input, &grants, &limits, cancel, Some(&principal)).await {
+        let report = match self.runtime.run_as(&tool, &job.input, &grants, limits, cancel, Some(&principal)).await {
             Ok(report) => report,
             Err(error) => {
                 let failure = FailureInfo { code: error.code(), message: error.to_string(), bundle: None };
                 // Denials and bad limits come out the same on every machine; the rest may not.
                 return Err(if matches!(error, RunError::Denied(_) | RunError::Limits(_)) {
-                    Failure::Deterministic(failure)
+                    AttemptFailure::Deterministic(failure)
                 } else {
-                    Failure::Retryable(failure)
+                    AttemptFailure::Retryable(failure)
                 });
             }
         };
@@ -297,14 +300,14 @@ impl Worker {
                 "{} (after {upstream} upstream request(s) failed: 5xx, timeout or unreachable)",
                 report.outcome.message()
             );
-            return Err(Failure::Retryable(FailureInfo { code: "upstream_failure", message, bundle }));
+            return Err(AttemptFailure::Retryable(FailureInfo { code: FailureCode::UpstreamFailure, message, bundle }));
         }
         Ok(self.result(lease, report))
     }
 
     /// The component, from the runtime's loaded tools, else from Redis (then compiled, or loaded
     /// from the local cache) — once, however many jobs ask for it at the same time.
-    async fn tool(&self, digest: &Digest) -> Result<Arc<Tool>, Failure> {
+    async fn tool(&self, digest: &Digest) -> Result<Arc<Tool>, AttemptFailure> {
         let fetch = || async {
             match self.queue.get_component(digest).await {
                 Ok(Some(bytes)) => Ok(bytes),
@@ -315,18 +318,23 @@ impl Worker {
             }
         };
         self.runtime.load_by_digest(digest, fetch).await.map_err(|e| match e {
-            LoadError::Unavailable(_) | LoadError::Store(_) => Failure::retryable("host_failure", e.to_string()),
-            other => Failure::deterministic("host_failure", format!("cannot load component {digest}: {other}")),
+            LoadError::Unavailable(_) | LoadError::Store(_) => {
+                AttemptFailure::retryable(FailureCode::HostFailure, e.to_string())
+            }
+            other => AttemptFailure::deterministic(
+                FailureCode::HostFailure,
+                format!("cannot load component {digest}: {other}"),
+            ),
         })
     }
 
     fn result(&self, lease: &Lease, report: RunReport) -> JobResult {
-        let policy = serde_json::json!({ "policy": report.policy, "limits": report.limits });
+        let policy = Some(PolicyRecord::resolved(report.policy, report.limits));
         // The same status, error and output the daemon gives a run it executes itself: both
         // read them from the outcome.
         JobResult {
-            status: report.outcome.run_status().into(),
-            error: report.outcome.error_record().unwrap_or(serde_json::Value::Null),
+            status: report.outcome.run_status(),
+            error: report.outcome.failure(),
             bundle: report.bundle,
             fuel_used_units: report.fuel_used_units,
             wall_time_us: u64::try_from(report.wall_time.as_micros()).unwrap_or(u64::MAX),
@@ -345,13 +353,13 @@ impl Worker {
             tool_digest: job.tool_digest,
             input_digest: job.input_digest,
             idempotency_key: job.idempotency_key.clone(),
-            status: String::new(),
-            error: serde_json::Value::Null,
+            status: RunStatus::Failed,
+            error: None,
             output: None,
             bundle: None,
             fuel_used_units: 0,
             wall_time_us: 0,
-            policy: serde_json::json!({ "grants": job.grants, "limits": job.limits }),
+            policy: lease.unreadable.is_none().then(|| PolicyRecord::granted(job.grants.clone(), job.limits.clone())),
             attempt: lease.attempt,
             worker: self.name.clone(),
         }
@@ -360,17 +368,17 @@ impl Worker {
     /// Complete or fail the job in Redis, retrying while Redis is away: the attempt's result
     /// is not dropped for a blip. If Redis stays away past two leases, the job is left to be
     /// taken over and run again (at least once).
-    async fn settle(&self, lease: &Lease, result: Result<JobResult, Failure>) {
+    async fn settle(&self, lease: &Lease, result: Result<JobResult, AttemptFailure>) {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.queue.settings().lease_ms * 2);
         let mut delay = Duration::from_millis(50);
         loop {
             let settled = match &result {
                 Ok(result) => self.complete(lease, result).await,
-                Err(Failure::Deterministic(f)) => {
-                    let result = JobResult { status: "failed".into(), ..f.result(self.empty_result(lease)) };
+                Err(AttemptFailure::Deterministic(f)) => {
+                    let result = JobResult { status: RunStatus::Failed, ..f.result(self.empty_result(lease)) };
                     self.complete(lease, &result).await
                 }
-                Err(Failure::Retryable(f)) => self.retry(lease, f).await,
+                Err(AttemptFailure::Retryable(f)) => self.retry(lease, f).await,
             };
             match settled {
                 Ok(()) => return,
@@ -403,8 +411,8 @@ impl Worker {
     async fn retry(&self, lease: &Lease, failure: &FailureInfo) -> Result<(), QueueError> {
         let settings = self.queue.settings();
         let delay = backoff_ms(lease.attempt, settings.backoff_base_ms, settings.backoff_max_ms);
-        let attempt = JobResult { status: "failed".into(), ..failure.result(self.empty_result(lease)) };
-        let last = JobResult { status: "dead".into(), ..attempt.clone() };
+        let attempt = JobResult { status: RunStatus::Failed, ..failure.result(self.empty_result(lease)) };
+        let last = JobResult { status: RunStatus::Dead, ..attempt.clone() };
         match self.queue.fail(&self.name, lease, delay, &attempt, &last).await? {
             Disposition::Retry { delay_ms } => {
                 self.retried.fetch_add(1, Ordering::Relaxed);
@@ -429,7 +437,7 @@ fn upkeep_period(lease_ms: u64) -> Duration {
 }
 
 /// Why an attempt produced no report.
-enum Failure {
+enum AttemptFailure {
     /// The same on any machine (a denial, bad limits, a component that does not load): the job
     /// completes, failed, without a retry.
     Deterministic(FailureInfo),
@@ -438,27 +446,23 @@ enum Failure {
 }
 
 struct FailureInfo {
-    code: &'static str,
+    code: FailureCode,
     message: String,
     bundle: Option<Digest>,
 }
 
-impl Failure {
-    fn retryable(code: &'static str, message: String) -> Self {
+impl AttemptFailure {
+    fn retryable(code: FailureCode, message: String) -> Self {
         Self::Retryable(FailureInfo { code, message, bundle: None })
     }
-    fn deterministic(code: &'static str, message: String) -> Self {
+    fn deterministic(code: FailureCode, message: String) -> Self {
         Self::Deterministic(FailureInfo { code, message, bundle: None })
     }
 }
 
 impl FailureInfo {
     fn result(&self, base: JobResult) -> JobResult {
-        JobResult {
-            error: serde_json::json!({ "status": self.code, "message": self.message }),
-            bundle: self.bundle,
-            ..base
-        }
+        JobResult { error: Some(Failure::host(self.code, self.message.clone())), bundle: self.bundle, ..base }
     }
 }
 

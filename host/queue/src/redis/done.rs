@@ -106,7 +106,8 @@ impl RedisQueue {
     pub async fn bury_done(&self, entry: &str, reason: &str, raw: &str) -> Result<(), QueueError> {
         let keys = &self.inner.keys;
         let done = keys.key("done");
-        let error = serde_json::json!({ "status": "corrupt_done_entry", "message": reason }).to_string();
+        let error = guild_vocab::Failure::host(guild_vocab::FailureCode::CorruptDoneEntry, reason);
+        let error = serde_json::to_string(&error).map_err(|e| QueueError::Corrupt(e.to_string()))?;
         let mut pipe = redis::pipe();
         pipe.atomic();
         pipe.cmd("XADD")

@@ -4,6 +4,7 @@
 use super::{QueueError, RedisQueue, WORKERS_GROUP, from_redis};
 use crate::job::{Accepted, Completion, DeadJob, Disposition, Job, JobResult, JobState, JobStatus, Lease, now_unix_ms};
 use guild_replay::Digest;
+use guild_vocab::RunStatus;
 use redis::Script;
 use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 use std::time::Duration;
@@ -52,7 +53,7 @@ impl RedisQueue {
                     tenant: result.tenant.clone(),
                     tool: result.tool.clone(),
                     input_digest: Some(result.input_digest),
-                    state: if result.status == "dead" { JobState::Dead } else { JobState::Done },
+                    state: if result.status == RunStatus::Dead { JobState::Dead } else { JobState::Done },
                     attempts: result.attempt,
                     result: Some(result),
                 }));
@@ -130,9 +131,12 @@ impl RedisQueue {
         started
             .into_iter()
             .map(|(entry, body, attempt, _)| {
-                let job: Job =
-                    serde_json::from_str(&body).map_err(|e| QueueError::Corrupt(format!("job body: {e}")))?;
-                Ok(Lease { job, entry, attempt })
+                let (mut job, unreadable) = Job::read(&body);
+                if job.id.is_empty() {
+                    // Not even JSON: the stream entry still names the job.
+                    job.id = entries.iter().find(|(e, _)| *e == entry).map(|(_, id)| id.clone()).unwrap_or_default();
+                }
+                Ok(Lease { job, unreadable, entry, attempt })
             })
             .collect()
     }
@@ -212,7 +216,7 @@ impl RedisQueue {
             .arg(settings.dead_ttl_s)
             .arg(settings.done_kept_max)
             .arg(settings.dead_kept_max)
-            .arg(last.error.to_string())
+            .arg(serde_json::to_string(&last.error).map_err(|e| QueueError::Corrupt(e.to_string()))?)
             .arg(last.bundle.map(|b| b.to_hex()).unwrap_or_default())
             .arg(now)
             .arg(keys.key("finished"))
@@ -263,10 +267,7 @@ impl RedisQueue {
                 tenant: entry.get("tenant").unwrap_or_default(),
                 tool: entry.get("tool").unwrap_or_default(),
                 attempts: entry.get("attempts").unwrap_or_default(),
-                error: entry
-                    .get::<String>("error")
-                    .and_then(|text| serde_json::from_str(&text).ok())
-                    .unwrap_or_default(),
+                error: entry.get::<String>("error").and_then(|text| serde_json::from_str(&text).ok()),
                 bundle: entry.get::<String>("bundle").and_then(|hex| hex.parse::<Digest>().ok()),
                 dead_unix_ms: entry.get("time").unwrap_or_default(),
             })

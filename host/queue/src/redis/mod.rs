@@ -24,6 +24,7 @@ use guild_breaker::{Breaker, BreakerSettings, Open};
 use guild_replay::Digest;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script};
+use serde::Deserialize;
 use std::time::Duration;
 
 mod blobs;
@@ -42,11 +43,14 @@ const WORKER_LIVE_MS: u64 = 30_000;
 /// A heartbeat older than this is removed.
 const WORKER_FORGET_MS: u64 = 3_600_000;
 
-/// How the Redis queue behaves. Every field has a name in the daemon's `[redis]` config.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the shared Redis is and how the queue in it behaves: the `[redis]` section of the
+/// daemon's and the worker's config, declared once here (`GUILD_REDIS__<FIELD>` overrides a
+/// field). Without a `url`, the daemon runs everything in its own process.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
-    /// `redis://host:port/db` (or `rediss://`, `unix://`).
-    pub url: String,
+    /// `redis://host:port/db` (or `rediss://`, `unix://`); none: no Redis.
+    pub url: Option<String>,
     /// The queue's name: its keys live under `guild:{<queue>}:`.
     pub queue: String,
     /// A worker that has not renewed its lease for this long is taken to be dead and its job
@@ -72,13 +76,24 @@ pub struct RedisSettings {
     pub response_timeout_ms: u64,
     /// Bundles up to this size go to Redis for every node to serve (bytes).
     pub bundle_inline_bytes_max: u64,
+    /// A bundle store every node mounts (NFS, a shared volume) for bundles larger than
+    /// `bundle_inline_bytes_max`; without one they stay in the worker's own store. The queue
+    /// never opens it: API nodes and workers do.
+    pub shared_store: Option<std::path::PathBuf>,
+}
+
+impl Default for RedisSettings {
+    /// No Redis, and the defaults for everything else.
+    fn default() -> Self {
+        Self { url: None, ..Self::new("") }
+    }
 }
 
 impl RedisSettings {
     /// Defaults for `url`.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
-            url: url.into(),
+            url: Some(url.into()),
             queue: "default".into(),
             lease_ms: 30_000,
             attempts_max: 5,
@@ -91,7 +106,13 @@ impl RedisSettings {
             breaker_open_ms: 1_000,
             response_timeout_ms: 3_000,
             bundle_inline_bytes_max: 8 * 1024 * 1024,
+            shared_store: None,
         }
+    }
+
+    /// These settings when they name a Redis (a `url`), else none.
+    pub fn configured(&self) -> Option<&Self> {
+        self.url.as_ref().map(|_| self)
     }
 }
 
@@ -242,8 +263,8 @@ impl RedisQueue {
     /// start while Redis is down. Fails only for a URL that does not parse. Call it within a
     /// tokio runtime (the connections' tasks are spawned on it).
     pub fn open(settings: RedisSettings) -> Result<Self, QueueError> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| QueueError::Settings(format!("url {:?}: {e}", settings.url)))?;
+        let url = settings.url.as_deref().ok_or_else(|| QueueError::Settings("no url: set redis.url".into()))?;
+        let client = redis::Client::open(url).map_err(|e| QueueError::Settings(format!("url {url:?}: {e}")))?;
         let timeout = Duration::from_millis(settings.response_timeout_ms);
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config(timeout))
             .map_err(|e| QueueError::Settings(e.to_string()))?;

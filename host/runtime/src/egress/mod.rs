@@ -7,9 +7,8 @@ pub mod breaker;
 pub(crate) mod connect;
 pub use connect::HTTP_CONNECTIONS_MAX_DEFAULT;
 pub(crate) mod hook;
-pub mod path;
-pub mod rules;
-pub mod secrets;
+// The rules themselves are vocabulary, shared with everything that carries or records a policy.
+pub use guild_vocab::egress::{path, rules, secrets};
 
 pub use breaker::BreakerSettings;
 pub use rules::{Destination, EgressRule, RuleError, blocked_reason};

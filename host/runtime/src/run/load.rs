@@ -9,12 +9,12 @@ use crate::cache::CacheSource;
 use crate::egress::hook::EgressRun;
 use crate::error::LoadError;
 use crate::gpu::GpuRun;
-use crate::info::ToolInfo;
-use crate::policy::EffectivePolicy;
 use crate::record::fresh_seed;
 use crate::state::HostState;
 use guild_replay::BlobStore;
 use guild_replay::Digest;
+use guild_vocab::EffectivePolicy;
+use guild_vocab::ToolInfo;
 use std::collections::HashMap;
 use std::sync::Arc;
 use wasmtime::Engine;
@@ -190,7 +190,7 @@ impl Runtime {
             .call_describe(&mut store)
             .await
             .map_err(|e| LoadError::Describe(format!("{e:#}")))?;
-        ToolInfo::from_wit(info).map_err(LoadError::Describe)
+        crate::info::tool_info_from_wit(info).map_err(LoadError::Describe)
     }
 }
 

@@ -14,15 +14,15 @@ use crate::engine::{EngineFingerprint, EngineSettings, build_engine, deadline_ti
 use crate::error::{RunError, RuntimeError};
 use crate::gpu::{GpuReplay, GpuRun};
 use crate::guard::{Guard, Stop};
-use crate::info::{Access, ToolInfo};
 use crate::logs::{LogLine, LogSink, LogSource};
-use crate::policy::{EffectivePolicy, Grants};
 use crate::quota::MountQuotas;
 use crate::record::{Recorder, SeededRandom, TapeMonotonicClock, TapeWallClock, fresh_seed};
 use crate::recording::{RecordingConfig, record_prelude};
 use crate::state::{HostState, RunLimiter};
 use crate::{LimitHit, Limits};
 use guild_replay::Digest;
+use guild_vocab::{Access, ToolInfo};
+use guild_vocab::{EffectivePolicy, Grants};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -32,7 +32,8 @@ use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use wasmtime_wasi_http::WasiHttpCtx;
 
-pub use crate::outcome::{Outcome, RunReport, ToolErrorKind};
+pub use crate::outcome::RunReport;
+use guild_vocab::{Outcome, ToolErrorKind};
 
 mod load;
 

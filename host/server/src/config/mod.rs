@@ -89,113 +89,38 @@ fn egress_connections_max_default() -> usize {
 }
 
 /// `[redis]`: with a `url`, the daemon enqueues runs into Redis for `guild worker` processes
-/// on any machine instead of running them itself (`guild serve --redis URL`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedisConfig {
-    /// `redis://host:port/db`. `GUILD_REDIS__URL`.
-    pub url: Option<String>,
-    /// The queue's name; its keys live under `guild:{<queue>}:`.
-    pub queue: String,
-    /// A worker silent this long (ms) is taken to be dead and its job goes to another.
-    pub lease_ms: u64,
-    /// Attempts before a job goes to the dead-letter stream.
-    pub attempts_max: u32,
-    /// First retry's backoff, ms (doubling, with jitter).
-    pub backoff_base_ms: u64,
-    /// Longest backoff, ms.
-    pub backoff_max_ms: u64,
-    /// How long results, bundles and idempotency keys are kept in Redis, s.
-    pub results_ttl_s: u64,
-    /// How long dead jobs are kept for `guild jobs retry`, s.
-    pub dead_ttl_s: u64,
-    /// Entries the dead-letter stream keeps (oldest trimmed first).
-    pub dead_kept_max: u64,
-    /// Finished attempts kept for the audit log while no API node reads them (oldest trimmed
-    /// first: run an API node, or raise this, or their audit records are lost).
-    pub done_kept_max: u64,
-    /// After a Redis failure, runs get 503 at once for this long, ms.
-    pub breaker_open_ms: u64,
-    /// A Redis command slower than this fails, ms.
-    pub response_timeout_ms: u64,
-    /// Bundles up to this many bytes are kept in Redis for every node to serve.
-    pub bundle_inline_bytes_max: u64,
-    /// A bundle store every node mounts (NFS, a shared volume) for bundles larger than that;
-    /// without one they stay in the worker's own store.
-    pub shared_store: Option<std::path::PathBuf>,
-}
+/// on any machine instead of running them itself (`guild serve --redis URL`). The fields are the
+/// queue's own settings.
+pub type RedisConfig = guild_queue::RedisSettings;
 
-impl Default for RedisConfig {
-    fn default() -> Self {
-        let d = guild_queue::RedisSettings::new("");
-        Self {
-            url: None,
-            queue: d.queue,
-            lease_ms: d.lease_ms,
-            attempts_max: d.attempts_max,
-            backoff_base_ms: d.backoff_base_ms,
-            backoff_max_ms: d.backoff_max_ms,
-            results_ttl_s: d.results_ttl_s,
-            dead_ttl_s: d.dead_ttl_s,
-            dead_kept_max: d.dead_kept_max,
-            done_kept_max: d.done_kept_max,
-            breaker_open_ms: d.breaker_open_ms,
-            response_timeout_ms: d.response_timeout_ms,
-            bundle_inline_bytes_max: d.bundle_inline_bytes_max,
-            shared_store: None,
+/// Check `[redis]`, naming the field to change.
+fn validate_redis(redis: &RedisConfig) -> Result<(), ConfigError> {
+    if let Some(url) = &redis.url
+        && !["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|s| url.starts_with(s))
+    {
+        return Err(ConfigError::new("redis.url", format!("is {url:?}; use redis://HOST:PORT/DB")));
+    }
+    if redis.queue.is_empty() || redis.queue.contains(['{', '}', ':']) {
+        return Err(ConfigError::new("redis.queue", "must be a non-empty name without `{`, `}` or `:`"));
+    }
+    for (field, value, least) in [
+        ("redis.lease_ms", redis.lease_ms, 100),
+        ("redis.attempts_max", u64::from(redis.attempts_max), 1),
+        ("redis.backoff_base_ms", redis.backoff_base_ms, 1),
+        ("redis.results_ttl_s", redis.results_ttl_s, 1),
+        ("redis.dead_ttl_s", redis.dead_ttl_s, 1),
+        ("redis.dead_kept_max", redis.dead_kept_max, 1),
+        ("redis.done_kept_max", redis.done_kept_max, 1_000),
+        ("redis.response_timeout_ms", redis.response_timeout_ms, 10),
+    ] {
+        if value < least {
+            return Err(ConfigError::new(field, format!("is {value}; must be at least {least}")));
         }
     }
-}
-
-impl RedisConfig {
-    /// The queue settings, when a URL is set.
-    pub fn settings(&self) -> Option<guild_queue::RedisSettings> {
-        let url = self.url.clone()?;
-        Some(guild_queue::RedisSettings {
-            queue: self.queue.clone(),
-            lease_ms: self.lease_ms,
-            attempts_max: self.attempts_max,
-            backoff_base_ms: self.backoff_base_ms,
-            backoff_max_ms: self.backoff_max_ms,
-            results_ttl_s: self.results_ttl_s,
-            dead_ttl_s: self.dead_ttl_s,
-            dead_kept_max: self.dead_kept_max,
-            done_kept_max: self.done_kept_max,
-            breaker_open_ms: self.breaker_open_ms,
-            response_timeout_ms: self.response_timeout_ms,
-            bundle_inline_bytes_max: self.bundle_inline_bytes_max,
-            ..guild_queue::RedisSettings::new(url)
-        })
+    if redis.backoff_max_ms < redis.backoff_base_ms {
+        return Err(ConfigError::new("redis.backoff_max_ms", "must be at least redis.backoff_base_ms"));
     }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(url) = &self.url
-            && !["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|s| url.starts_with(s))
-        {
-            return Err(ConfigError::new("redis.url", format!("is {url:?}; use redis://HOST:PORT/DB")));
-        }
-        if self.queue.is_empty() || self.queue.contains(['{', '}', ':']) {
-            return Err(ConfigError::new("redis.queue", "must be a non-empty name without `{`, `}` or `:`"));
-        }
-        for (field, value, least) in [
-            ("redis.lease_ms", self.lease_ms, 100),
-            ("redis.attempts_max", u64::from(self.attempts_max), 1),
-            ("redis.backoff_base_ms", self.backoff_base_ms, 1),
-            ("redis.results_ttl_s", self.results_ttl_s, 1),
-            ("redis.dead_ttl_s", self.dead_ttl_s, 1),
-            ("redis.dead_kept_max", self.dead_kept_max, 1),
-            ("redis.done_kept_max", self.done_kept_max, 1_000),
-            ("redis.response_timeout_ms", self.response_timeout_ms, 10),
-        ] {
-            if value < least {
-                return Err(ConfigError::new(field, format!("is {value}; must be at least {least}")));
-            }
-        }
-        if self.backoff_max_ms < self.backoff_base_ms {
-            return Err(ConfigError::new("redis.backoff_max_ms", "must be at least redis.backoff_base_ms"));
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// The MCP endpoint (`/mcp`, streamable HTTP). It takes the same bearer tokens as the API;
@@ -419,7 +344,7 @@ impl DaemonConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        self.redis.validate()?;
+        validate_redis(&self.redis)?;
         if self.http.connections_max == 0 {
             return Err(ConfigError::new("http.connections_max", "must be at least 1"));
         }

@@ -43,10 +43,10 @@ fn environment_overrides_nested_fields_by_name() {
 fn redis_settings_come_from_the_file_or_the_environment_and_are_checked() {
     let config =
         load("[redis]\nurl = \"redis://10.0.0.5:6379/0\"\n", &[("GUILD_REDIS__LEASE_MS", "2000")]).expect("valid");
-    let settings = config.redis.settings().expect("a url is set");
-    assert_eq!((settings.url.as_str(), settings.lease_ms), ("redis://10.0.0.5:6379/0", 2000));
+    let settings = config.redis.configured().expect("a url is set");
+    assert_eq!((settings.url.as_deref(), settings.lease_ms), (Some("redis://10.0.0.5:6379/0"), 2000));
     assert_eq!(settings.queue, "default");
-    assert!(load("", &[]).expect("valid").redis.settings().is_none(), "no url: runs stay in process");
+    assert!(load("", &[]).expect("valid").redis.configured().is_none(), "no url: runs stay in process");
     let e = load("", &[("GUILD_REDIS__URL", "http://10.0.0.5")]).expect_err("not a redis url");
     assert_eq!(e.field, "redis.url");
     let e = load("", &[("GUILD_REDIS__LEASE_MS", "5")]).expect_err("too short");

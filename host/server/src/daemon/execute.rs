@@ -8,7 +8,7 @@ use crate::tenants::Admission;
 use guild_audit::AuditEntry;
 use guild_queue::Ticket;
 use guild_replay::Digest;
-use guild_runtime::{CancellationToken, RunError, RunReport};
+use guild_runtime::{CancellationToken, PolicyRecord, RunError, RunReport, RunStatus};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
@@ -44,8 +44,8 @@ impl Daemon {
             Err(e) => tracing::error!(error = %e, "the run's audit record was not written"),
         }
         tracing::info!(
-            status = finished.status,
-            outcome = %finished.error.get("status").and_then(|s| s.as_str()).unwrap_or("output"),
+            status = %finished.status,
+            outcome = finished.label(),
             fuel_used_units = finished.fuel_used_units,
             wall_time_us = finished.wall_time_us,
             bundle = %finished.bundle.map(|b| b.to_hex()).unwrap_or_default(),
@@ -72,7 +72,7 @@ impl Daemon {
             tool: tool.name.clone(),
             tool_digest: *tool.tool.digest(),
             input_digest,
-            grants: serde_json::json!({ "grants": tool.grants, "limits": tool.limits }),
+            grants: Some(PolicyRecord::granted(tool.grants.clone(), tool.limits.clone())),
             outcome: String::new(),
             fuel_used_units: 0,
             bundle: None,
@@ -86,17 +86,18 @@ impl Daemon {
             Ok(report) => {
                 report.log_egress_refusals();
                 self.observe(&tool.name, &entry.tenant, &report);
-                audit.grants = serde_json::json!({ "policy": report.policy, "limits": report.limits });
                 audit.bundle = report.bundle;
                 audit.fuel_used_units = report.fuel_used_units;
-                finished_from_report(report)
+                let (finished, output, policy) = finished_from_report(report);
+                audit.grants = Some(policy);
+                (finished, output)
             }
             Err(error) => {
                 let code = error.code();
-                self.metrics.runs.with_label_values(&[&tool.name, &entry.tenant, code]).inc();
+                self.metrics.runs.with_label_values(&[&tool.name, &entry.tenant, code.as_str()]).inc();
                 let finished = Finished {
-                    status: "failed",
-                    error: serde_json::json!({ "status": code, "message": error.to_string() }),
+                    status: RunStatus::Failed,
+                    error: Some(error.failure()),
                     bundle: None,
                     fuel_used_units: 0,
                     wall_time_us: 0,
@@ -104,7 +105,7 @@ impl Daemon {
                 (finished, None)
             }
         };
-        audit.outcome = finished.error.get("status").and_then(|s| s.as_str()).unwrap_or("output").to_string();
+        audit.outcome = finished.label().to_string();
         (finished, output, audit)
     }
 
@@ -138,14 +139,15 @@ pub(super) struct Job {
     pub(super) cancel: CancellationToken,
 }
 
-fn finished_from_report(report: RunReport) -> (Finished, Option<String>) {
+/// The run's table entry, its output, and the policy it had (for the audit record).
+fn finished_from_report(report: RunReport) -> (Finished, Option<String>, PolicyRecord) {
     let wall_time_us = u64::try_from(report.wall_time.as_micros()).unwrap_or(u64::MAX);
     let finished = Finished {
         status: report.outcome.run_status(),
-        error: report.outcome.error_record().unwrap_or(serde_json::Value::Null),
+        error: report.outcome.failure(),
         bundle: report.bundle,
         fuel_used_units: report.fuel_used_units,
         wall_time_us,
     };
-    (finished, report.outcome.into_output())
+    (finished, report.outcome.into_output(), PolicyRecord::resolved(report.policy, report.limits))
 }

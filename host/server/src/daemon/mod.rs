@@ -4,6 +4,7 @@
 //! task, so a client that disconnects never cuts a run, its bundle or its audit record short.
 
 use crate::config::McpConfig;
+use crate::drain::DrainToken;
 use crate::metrics::Metrics;
 use crate::registry::{InvalidInput, RegisteredTool, Registry};
 use crate::remote::{self, Remote};
@@ -16,7 +17,6 @@ use guild_runtime::CancellationToken;
 use guild_runtime::Runtime;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
@@ -25,40 +25,74 @@ mod execute;
 
 use execute::Job;
 
-/// Everything the handlers share.
+/// Everything the handlers share. Its parts are private: the API, MCP and the Redis side reach
+/// them through the few operations below, and the Redis audit writer gets only narrow handles
+/// (the audit log, the metrics and the drain token), never the daemon itself.
 pub struct Daemon {
     /// The run pipeline.
-    pub runtime: Arc<Runtime>,
+    runtime: Arc<Runtime>,
     /// Where bundles go.
-    pub store: Arc<DirStore>,
+    store: Arc<DirStore>,
     /// Registered tools.
-    pub tools: Registry,
+    tools: Registry,
     /// Who may call.
-    pub tenants: Vec<Arc<Tenant>>,
+    tenants: Vec<Arc<Tenant>>,
     /// The bounded run queue.
-    pub queue: Arc<RunQueue>,
+    queue: Arc<RunQueue>,
     /// Runs by id.
-    pub runs: RunTable,
+    runs: RunTable,
     /// The audit log.
-    pub audit: AuditLog,
+    audit: Arc<AuditLog>,
     /// Metrics.
-    pub metrics: Metrics,
+    metrics: Arc<Metrics>,
     /// Where uploaded components are kept (registered again at start).
-    pub uploads_dir: PathBuf,
-    /// Largest run request body.
-    pub request_bytes_max: usize,
-    /// Largest uploaded component.
-    pub component_bytes_max: usize,
-    /// The `/mcp` endpoint's Host and Origin allow-lists.
-    pub mcp: McpConfig,
+    uploads_dir: PathBuf,
+    /// Largest run request body, bytes.
+    request_bytes_max: usize,
+    /// Largest uploaded component, bytes.
+    component_bytes_max: usize,
+    /// The `/mcp` endpoint's Host and Origin allow-lists and session bounds.
+    mcp: McpConfig,
     /// Bounds on the HTTP listener.
-    pub http: crate::http::HttpConfig,
+    http: crate::http::HttpConfig,
     /// With `--redis`: runs go to the shared queue for `guild worker`s instead of running here.
-    pub remote: Option<Arc<Remote>>,
+    remote: Option<Arc<Remote>>,
     /// The task writing remote jobs' audit records.
     auditing: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-    draining: AtomicBool,
+    drain: DrainToken,
     tools_changed: watch::Sender<u64>,
+}
+
+/// The parts a daemon is assembled from (see `start`).
+pub(crate) struct Parts {
+    /// The run pipeline.
+    pub(crate) runtime: Arc<Runtime>,
+    /// Where bundles go.
+    pub(crate) store: Arc<DirStore>,
+    /// Registered tools.
+    pub(crate) tools: Registry,
+    /// Who may call.
+    pub(crate) tenants: Vec<Arc<Tenant>>,
+    /// The bounded run queue.
+    pub(crate) queue: Arc<RunQueue>,
+    /// Runs by id (restored from the audit log at start).
+    pub(crate) runs: RunTable,
+    /// The audit log.
+    pub(crate) audit: AuditLog,
+    /// Metrics.
+    pub(crate) metrics: Metrics,
+    /// Where uploaded components are kept.
+    pub(crate) uploads_dir: PathBuf,
+    /// Largest run request body, bytes.
+    pub(crate) request_bytes_max: usize,
+    /// Largest uploaded component, bytes.
+    pub(crate) component_bytes_max: usize,
+    /// The `/mcp` endpoint's settings.
+    pub(crate) mcp: McpConfig,
+    /// Bounds on the HTTP listener.
+    pub(crate) http: crate::http::HttpConfig,
+    /// With `--redis`: the shared queue's side.
+    pub(crate) remote: Option<Arc<Remote>>,
 }
 
 /// Why a caller is not shown a run or bundle.
@@ -151,21 +185,8 @@ pub enum Submitted {
 
 impl Daemon {
     /// Assemble the daemon's state.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        runtime: Arc<Runtime>,
-        store: Arc<DirStore>,
-        tools: Registry,
-        tenants: Vec<Arc<Tenant>>,
-        queue: Arc<RunQueue>,
-        runs: RunTable,
-        audit: AuditLog,
-        metrics: Metrics,
-        uploads_dir: PathBuf,
-        request_bytes_max: usize,
-        component_bytes_max: usize,
-    ) -> Self {
-        Self {
+    pub(crate) fn new(parts: Parts) -> Self {
+        let Parts {
             runtime,
             store,
             tools,
@@ -177,20 +198,106 @@ impl Daemon {
             uploads_dir,
             request_bytes_max,
             component_bytes_max,
-            mcp: McpConfig::default(),
-            http: crate::http::HttpConfig::default(),
-            remote: None,
+            mcp,
+            http,
+            remote,
+        } = parts;
+        Self {
+            runtime,
+            store,
+            tools,
+            tenants,
+            queue,
+            runs,
+            audit: Arc::new(audit),
+            metrics: Arc::new(metrics),
+            uploads_dir,
+            request_bytes_max,
+            component_bytes_max,
+            mcp,
+            http,
+            remote,
             auditing: std::sync::Mutex::new(None),
-            draining: AtomicBool::new(false),
+            drain: DrainToken::default(),
             tools_changed: watch::Sender::new(0),
         }
+    }
+
+    /// Registered tools.
+    pub fn tools(&self) -> &Registry {
+        &self.tools
+    }
+
+    /// Who may call.
+    pub fn tenants(&self) -> &[Arc<Tenant>] {
+        &self.tenants
+    }
+
+    /// The run pipeline.
+    pub(crate) fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// Where bundles go.
+    pub(crate) fn store(&self) -> &Arc<DirStore> {
+        &self.store
+    }
+
+    /// The metrics.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The audit log.
+    pub(crate) fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Runs by id.
+    pub(crate) fn runs(&self) -> &RunTable {
+        &self.runs
+    }
+
+    /// The bounded run queue.
+    pub(crate) fn queue(&self) -> &RunQueue {
+        &self.queue
+    }
+
+    /// With `--redis`: the shared queue's side.
+    pub(crate) fn remote(&self) -> Option<&Arc<Remote>> {
+        self.remote.as_ref()
+    }
+
+    /// Where uploaded components are kept.
+    pub(crate) fn uploads_dir(&self) -> &std::path::Path {
+        &self.uploads_dir
+    }
+
+    /// Largest run request body, bytes (`request_bytes_max`).
+    pub(crate) fn request_bytes_max(&self) -> usize {
+        self.request_bytes_max
+    }
+
+    /// Largest uploaded component, bytes (`component_bytes_max`).
+    pub(crate) fn component_bytes_max(&self) -> usize {
+        self.component_bytes_max
+    }
+
+    /// The `/mcp` endpoint's settings.
+    pub(crate) fn mcp_config(&self) -> &McpConfig {
+        &self.mcp
+    }
+
+    /// Bounds on the HTTP listener.
+    pub(crate) fn http_config(&self) -> &crate::http::HttpConfig {
+        &self.http
     }
 
     /// With `--redis`: start writing the audit records of finished jobs.
     pub fn start_auditing(self: &Arc<Self>) {
         if let Some(remote) = self.remote.clone() {
             tokio::spawn(remote.clone().notice_loop());
-            let task = tokio::spawn(remote.audit_loop(self.clone()));
+            let task = tokio::spawn(remote.audit_loop(self.audit.clone(), self.metrics.clone(), self.drain.clone()));
             *self.auditing.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         }
     }
@@ -243,13 +350,13 @@ impl Daemon {
 
     /// Stop taking runs: `/readyz` fails, new runs get 503.
     pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::Release);
+        self.drain.start();
         self.queue.close();
     }
 
     /// True once draining started.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        self.drain.is_draining()
     }
 
     /// Submit a run for `tenant`.
@@ -354,8 +461,8 @@ impl Daemon {
             tool_digest: *tool.tool.digest(),
             input,
             input_digest,
-            grants: serde_json::to_value(&tool.grants).unwrap_or_default(),
-            limits: serde_json::to_value(&limits).unwrap_or_default(),
+            grants: tool.grants.clone(),
+            limits,
             idempotency_key: request.idempotency_key.clone(),
             attempts_max: remote.queue.settings().attempts_max,
             submitted_unix_ms: guild_queue::now_unix_ms(),

@@ -1,11 +1,11 @@
 //! The limits a run is held to. Each has a name with its unit, a default, and an error that says
-//! which flag raises it. Engine-wide settings (pool sizes, the wasm stack) live in
-//! [`crate::EngineSettings`] because changing them changes the engine, not one run.
+//! which flag raises it. Engine-wide settings (pool sizes, the wasm stack) live in the runtime's
+//! `EngineSettings` because changing them changes the engine, not one run.
 
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// Per-run limits. A guest that pushes against one ends with [`crate::LimitHit`].
+/// Per-run limits. A guest that pushes against one ends with a [`LimitHit`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -13,7 +13,7 @@ pub struct Limits {
     /// the reference 2-core machine). Deterministic, unlike wall time. `--fuel`.
     pub fuel_units: u64,
     /// Wall-clock deadline for the whole call, enforced by epoch interruption with
-    /// [`crate::EPOCH_TICK_MS`] granularity. Catches guests blocked in host calls too. `--timeout`.
+    /// the runtime's `EPOCH_TICK_MS` granularity. Catches guests blocked in host calls too. `--timeout`.
     pub timeout_ms: u64,
     /// Linear memory a run may grow to, over all its memories. `--memory`.
     pub memory_bytes_max: u64,
@@ -93,6 +93,14 @@ pub const WASI_RESOURCES_MAX_DEFAULT: u32 = 256;
 pub const MOUNT_WRITE_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
 /// Default number of entries a run may create per writable mount.
 pub const MOUNT_WRITE_ENTRIES_MAX_DEFAULT: u64 = 10_000;
+/// Default GPU buffer bytes held at once per run: 256 MiB.
+pub const GPU_BUFFER_BYTES_MAX_DEFAULT: u64 = 256 * 1024 * 1024;
+/// Default GPU buffers held at once per run.
+pub const GPU_BUFFERS_MAX_DEFAULT: u32 = 64;
+/// Default GPU dispatches per run.
+pub const GPU_DISPATCHES_MAX_DEFAULT: u32 = 10_000;
+/// Default time one GPU dispatch may take: a 2048² matmul on lavapipe takes seconds.
+pub const GPU_DISPATCH_TIMEOUT_MS_DEFAULT: u64 = 60_000;
 /// Default connect timeout.
 pub const HTTP_CONNECT_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 /// Default timeout for a whole exchange.
@@ -113,10 +121,10 @@ impl Default for Limits {
             http_response_bytes_max: HTTP_RESPONSE_BYTES_MAX_DEFAULT,
             http_connect_timeout_ms: HTTP_CONNECT_TIMEOUT_MS_DEFAULT,
             http_timeout_ms: HTTP_TIMEOUT_MS_DEFAULT,
-            gpu_buffer_bytes_max: guild_gpu::GPU_BUFFER_BYTES_MAX_DEFAULT,
-            gpu_buffers_max: guild_gpu::GPU_BUFFERS_MAX_DEFAULT,
-            gpu_dispatches_max: guild_gpu::GPU_DISPATCHES_MAX_DEFAULT,
-            gpu_dispatch_timeout_ms: guild_gpu::GPU_DISPATCH_TIMEOUT_MS_DEFAULT,
+            gpu_buffer_bytes_max: GPU_BUFFER_BYTES_MAX_DEFAULT,
+            gpu_buffers_max: GPU_BUFFERS_MAX_DEFAULT,
+            gpu_dispatches_max: GPU_DISPATCHES_MAX_DEFAULT,
+            gpu_dispatch_timeout_ms: GPU_DISPATCH_TIMEOUT_MS_DEFAULT,
             recording_bytes_max: RECORDING_BYTES_MAX_DEFAULT,
             wasi_resources_max: WASI_RESOURCES_MAX_DEFAULT,
             mount_write_bytes_max: MOUNT_WRITE_BYTES_MAX_DEFAULT,
@@ -129,16 +137,6 @@ impl Limits {
     /// The wall-clock limit as a [`Duration`].
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
-    }
-
-    /// The GPU quotas.
-    pub fn gpu(&self) -> guild_gpu::GpuLimits {
-        guild_gpu::GpuLimits {
-            buffer_bytes_max: self.gpu_buffer_bytes_max,
-            buffers_max: self.gpu_buffers_max,
-            dispatches_max: self.gpu_dispatches_max,
-            dispatch_timeout_ms: self.gpu_dispatch_timeout_ms,
-        }
     }
 }
 

@@ -96,7 +96,7 @@ const OPEN: &str = "{{secret:";
 const CLOSE: &str = "}}";
 
 /// The secret names a header value refers to, or why it is malformed.
-pub(crate) fn placeholders(value: &str) -> Result<Vec<&str>, String> {
+pub fn placeholders(value: &str) -> Result<Vec<&str>, String> {
     let mut names = Vec::new();
     let mut rest = value;
     while let Some(start) = rest.find(OPEN) {
@@ -111,7 +111,7 @@ pub(crate) fn placeholders(value: &str) -> Result<Vec<&str>, String> {
 }
 
 /// Fill in every placeholder of `value` from `secrets`, which the caller has checked.
-pub(crate) fn fill(value: &str, secrets: &[Secret]) -> String {
+pub fn fill(value: &str, secrets: &[Secret]) -> String {
     let mut out = value.to_string();
     for secret in secrets {
         out = out.replace(&format!("{OPEN}{}{CLOSE}", secret.name), &secret.value);
@@ -120,7 +120,7 @@ pub(crate) fn fill(value: &str, secrets: &[Secret]) -> String {
 }
 
 /// Replace any secret value in `text` by its placeholder.
-pub(crate) fn scrub(text: &[u8], secrets: &[Secret]) -> Vec<u8> {
+pub fn scrub(text: &[u8], secrets: &[Secret]) -> Vec<u8> {
     let mut out = text.to_vec();
     for secret in secrets {
         let needle = secret.value.as_bytes();
@@ -143,13 +143,13 @@ pub(crate) fn scrub(text: &[u8], secrets: &[Secret]) -> Vec<u8> {
 
 /// Whether a header name holds any secret value. Header names travel in lower case, so the
 /// value is looked for in lower case too.
-pub(crate) fn in_header_name(name: &str, secrets: &[Secret]) -> bool {
+pub fn in_header_name(name: &str, secrets: &[Secret]) -> bool {
     let name = name.to_ascii_lowercase();
     secrets.iter().any(|s| name.contains(&s.value.to_ascii_lowercase()))
 }
 
 /// Whether `grant` allows `dest`.
-pub(crate) fn allows(grant: &SecretGrant, dest: &Destination<'_>) -> bool {
+pub fn allows(grant: &SecretGrant, dest: &Destination<'_>) -> bool {
     grant.rules.iter().any(|rule| rule.matches(dest))
 }
 
