@@ -2,9 +2,7 @@
 // p.m rows of a matrix, then the p.k best rows, best first (ties to the lower index). Two stages:
 // `scores` (one thread per row) fills a scratch buffer; `topk` (one workgroup) selects k times
 // the best row ordered after the previous pick. Scores lie in [-1, 1]; NaN counts as -2.
-// Uniform parameters every Guild kernel receives; the host fills them from shapes and params.
-struct Params { n: u32, m: u32, k: u32, groups_x: u32, f0: f32, f1: f32, u0: u32, u1: u32 }
-@group(0) @binding(0) var<uniform> p: Params;
+// `p: Params` (binding 0) is the shared header, src/params.wgsl, which the catalogue puts first.
 @group(0) @binding(1) var<storage, read> query: array<f32>;
 @group(0) @binding(2) var<storage, read> matrix: array<f32>;
 @group(0) @binding(3) var<storage, read_write> indices: array<u32>;

@@ -1,7 +1,5 @@
 // Guild kernel `gelu`: GELU (tanh approximation) over n elements, 256 per workgroup, workgroups laid out in 2-D.
-// Uniform parameters every Guild kernel receives; the host fills them from shapes and params.
-struct Params { n: u32, m: u32, k: u32, groups_x: u32, f0: f32, f1: f32, u0: u32, u1: u32 }
-@group(0) @binding(0) var<uniform> p: Params;
+// `p: Params` (binding 0) is the shared header, src/params.wgsl, which the catalogue puts first.
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 

@@ -1,8 +1,6 @@
 // Guild kernel `layer_norm`: each row of x (the last axis) is normalised to mean 0 and variance 1
 // (eps = p.f0 added to the variance), then scaled by gamma and shifted by beta.
-// Uniform parameters every Guild kernel receives; the host fills them from shapes and params.
-struct Params { n: u32, m: u32, k: u32, groups_x: u32, f0: f32, f1: f32, u0: u32, u1: u32 }
-@group(0) @binding(0) var<uniform> p: Params;
+// `p: Params` (binding 0) is the shared header, src/params.wgsl, which the catalogue puts first.
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;
 @group(0) @binding(3) var<storage, read> beta: array<f32>;

@@ -1,9 +1,7 @@
 // Guild kernel `matmul`: out[m, n] = a[m, k] · b[k, n], f32, row-major. Each workgroup of 16×16
 // threads computes a 64×64 tile of out, each thread a 4×4 block, staging 64×16 slices of a and
 // 16×64 slices of b in workgroup memory. Every output sums its k products in order 0..k.
-// Uniform parameters every Guild kernel receives; the host fills them from shapes and params.
-struct Params { n: u32, m: u32, k: u32, groups_x: u32, f0: f32, f1: f32, u0: u32, u1: u32 }
-@group(0) @binding(0) var<uniform> p: Params;
+// `p: Params` (binding 0) is the shared header, src/params.wgsl, which the catalogue puts first.
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;

@@ -1,6 +1,6 @@
 // Shared by the row kernels (sum, max, softmax, layer_norm), appended to each by the catalogue:
-// WGSL declarations may come after their use, so each kernel declares its own Params and
-// bindings (`p`, `x`) and this file supplies the workgroup fold.
+// WGSL declarations may come after their use, so the shared header (src/params.wgsl) declares
+// `p`, each kernel its input `x`, and this file supplies the workgroup fold.
 // One workgroup per row (p.m rows of p.n elements), workgroups laid out in 2-D; 256 threads
 // stride over the row, then fold their partial results in workgroup memory.
 var<workgroup> part: array<f32, 256>;

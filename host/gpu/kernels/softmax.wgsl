@@ -1,7 +1,5 @@
 // Guild kernel `softmax`: each row of x (the last axis) becomes exp(x - max) / sum(exp(x - max)).
-// Uniform parameters every Guild kernel receives; the host fills them from shapes and params.
-struct Params { n: u32, m: u32, k: u32, groups_x: u32, f0: f32, f1: f32, u0: u32, u1: u32 }
-@group(0) @binding(0) var<uniform> p: Params;
+// `p: Params` (binding 0) is the shared header, src/params.wgsl, which the catalogue puts first.
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 // One workgroup per row: see rows.wgsl (the fold, appended by the catalogue).

@@ -1,8 +1,9 @@
-//! The kernel catalogue: the WGSL files under `host/gpu/kernels/`, compiled into the host, each
-//! with a name, a version, whether its results are bit-deterministic, the tolerance its results
-//! are held to against the CPU reference, and the blake3 digest of its source that identifies it
-//! on tapes. [`Catalogue::load`] parses and validates every file with naga before anything runs,
-//! so a broken kernel stops the host at start, not a job later.
+//! The kernel catalogue: the WGSL files under `host/gpu/kernels/`, each after the shared
+//! `Params` header (`params.wgsl`), compiled into the host, each with a name, a version, whether
+//! its results are bit-deterministic, the tolerance its results are held to against the CPU
+//! reference, and the blake3 digest of its source that identifies it on tapes.
+//! [`Catalogue::load`] parses and validates every kernel with naga before anything runs, so a
+//! broken kernel stops the host at start, not a job later.
 
 use crate::GpuError;
 use guild_replay::Digest;
@@ -82,12 +83,26 @@ pub struct KernelSpec {
     pub params: &'static [&'static str],
     /// One line for people.
     pub description: &'static str,
-    /// The WGSL source.
+    /// The WGSL source: the shared `Params` header, then the kernel's own files.
     #[serde(skip)]
     pub wgsl: &'static str,
     /// Entry points the host dispatches, in order.
     #[serde(skip)]
     pub entries: &'static [&'static str],
+}
+
+/// The catalogue's version: bumped whenever any kernel's source, and so its id (the blake3 of the
+/// source), changes, even where no kernel's semantics do (those bump the kernel's own `version`).
+/// A test pins every id against it. 1: the catalogue as first shipped; 2: the `Params` header
+/// every kernel repeated moved into one file, `params.wgsl`.
+pub const CATALOGUE_VERSION: u32 = 2;
+
+/// A kernel's source as compiled in: the shared `Params` header (`params.wgsl`, beside its Rust
+/// twin), then the named files of `host/gpu/kernels/`, joined at compile time.
+macro_rules! wgsl {
+    ($($file:literal),+) => {
+        concat!(include_str!("params.wgsl"), $(include_str!(concat!("../kernels/", $file))),+)
+    };
 }
 
 const ELEMENTWISE: Tolerance = Tolerance::EXACT;
@@ -104,7 +119,7 @@ pub static KERNELS: &[KernelSpec] = &[
         outputs: &["out: f32[same shape]"],
         params: &[],
         description: "elementwise a + b",
-        wgsl: include_str!("../kernels/add.wgsl"),
+        wgsl: wgsl!("add.wgsl"),
         entries: &["main"],
     },
     KernelSpec {
@@ -117,7 +132,7 @@ pub static KERNELS: &[KernelSpec] = &[
         outputs: &["out: f32[same shape]"],
         params: &[],
         description: "elementwise a * b",
-        wgsl: include_str!("../kernels/mul.wgsl"),
+        wgsl: wgsl!("mul.wgsl"),
         entries: &["main"],
     },
     KernelSpec {
@@ -130,7 +145,7 @@ pub static KERNELS: &[KernelSpec] = &[
         outputs: &["out: f32[same shape]"],
         params: &["factor: f32"],
         description: "elementwise a * factor",
-        wgsl: include_str!("../kernels/scale.wgsl"),
+        wgsl: wgsl!("scale.wgsl"),
         entries: &["main"],
     },
     KernelSpec {
@@ -143,7 +158,7 @@ pub static KERNELS: &[KernelSpec] = &[
         outputs: &["out: f32[same shape]"],
         params: &[],
         description: "elementwise max(a, 0)",
-        wgsl: include_str!("../kernels/relu.wgsl"),
+        wgsl: wgsl!("relu.wgsl"),
         entries: &["main"],
     },
     KernelSpec {
@@ -156,7 +171,7 @@ pub static KERNELS: &[KernelSpec] = &[
         outputs: &["out: f32[same shape]"],
         params: &[],
         description: "elementwise GELU (tanh approximation)",
-        wgsl: include_str!("../kernels/gelu.wgsl"),
+        wgsl: wgsl!("gelu.wgsl"),
         entries: &["main"],
     },
     KernelSpec {
@@ -169,7 +184,7 @@ pub static KERNELS: &[KernelSpec] = &[
         outputs: &["out: f32[m, n]"],
         params: &[],
         description: "matrix product, tiled 64×64 (each output sums its k products in order)",
-        wgsl: include_str!("../kernels/matmul.wgsl"),
+        wgsl: wgsl!("matmul.wgsl"),
         entries: &["main"],
     },
     KernelSpec {
@@ -182,7 +197,7 @@ pub static KERNELS: &[KernelSpec] = &[
         outputs: &["out: f32[...] (f32[1] for a vector)"],
         params: &[],
         description: "sum over the last axis",
-        wgsl: concat!(include_str!("../kernels/sum.wgsl"), include_str!("../kernels/rows.wgsl")),
+        wgsl: wgsl!("sum.wgsl", "rows.wgsl"),
         entries: &["main"],
     },
     KernelSpec {
@@ -195,7 +210,7 @@ pub static KERNELS: &[KernelSpec] = &[
         outputs: &["out: f32[...] (f32[1] for a vector)"],
         params: &[],
         description: "maximum over the last axis (NaN inputs give an unspecified result)",
-        wgsl: concat!(include_str!("../kernels/max.wgsl"), include_str!("../kernels/rows.wgsl")),
+        wgsl: wgsl!("max.wgsl", "rows.wgsl"),
         entries: &["main"],
     },
     KernelSpec {
@@ -208,7 +223,7 @@ pub static KERNELS: &[KernelSpec] = &[
         outputs: &["out: f32[same shape]"],
         params: &[],
         description: "softmax over the last axis",
-        wgsl: concat!(include_str!("../kernels/softmax.wgsl"), include_str!("../kernels/rows.wgsl")),
+        wgsl: wgsl!("softmax.wgsl", "rows.wgsl"),
         entries: &["main"],
     },
     KernelSpec {
@@ -221,7 +236,7 @@ pub static KERNELS: &[KernelSpec] = &[
         outputs: &["out: f32[same shape as x]"],
         params: &["eps: f32 (optional, default 1e-5)"],
         description: "layer normalisation over the last axis, then gamma * x + beta",
-        wgsl: concat!(include_str!("../kernels/layer_norm.wgsl"), include_str!("../kernels/rows.wgsl")),
+        wgsl: wgsl!("layer_norm.wgsl", "rows.wgsl"),
         entries: &["main"],
     },
     KernelSpec {
@@ -234,7 +249,7 @@ pub static KERNELS: &[KernelSpec] = &[
         outputs: &["indices: u32[k]", "scores: f32[k]"],
         params: &[],
         description: "cosine similarity of query against each row, the k best first (ties to the lower index)",
-        wgsl: include_str!("../kernels/cosine_topk.wgsl"),
+        wgsl: wgsl!("cosine_topk.wgsl"),
         entries: &["scores_stage", "topk_stage"],
     },
 ];
@@ -304,6 +319,43 @@ mod tests {
         assert_eq!(hashes.len(), 11);
         let unknown = catalogue.get("conv2d").expect_err("unknown");
         assert!(unknown.to_string().contains("matmul"), "{unknown}");
+    }
+
+    #[test]
+    fn every_kernel_starts_with_the_shared_params_header() {
+        for spec in KERNELS {
+            assert!(spec.wgsl.starts_with(crate::params::WGSL), "{}", spec.name);
+            assert_eq!(spec.wgsl.matches("struct Params").count(), 1, "{} declares Params once", spec.name);
+        }
+    }
+
+    /// Every kernel's id at [`CATALOGUE_VERSION`]. When a kernel's source changes this fails: bump
+    /// the version, then copy the new ids from the failure.
+    const PINNED: (u32, &[(&str, &str)]) = (
+        2,
+        &[
+            ("add", "3e47f87c4ea34eb9379511196e6f0b1fae5a3e595c9ee40a658dee014a46cceb"),
+            ("mul", "827605d4a22d85bb7afd4b1619f596700f3bb06739d566bc44ea1f4ffb725c06"),
+            ("scale", "f687a9516d53b40f765a24eb574043fe03f61f2d10d2eb3c50daf00524c89a97"),
+            ("relu", "e5c9b566c04a1ce3330f82a236fc81e5069ee0dd3d7a4464ad48a65d2e40739b"),
+            ("gelu", "9f8d6828f9a7422a61c137d460a5b13f5307480e8a1b6745d27f0e229608706c"),
+            ("matmul", "ecd31740aa7eac4a957acafb075f4174fb62a3d4c0493e2a82bfbe2d23aab4db"),
+            ("sum", "1557026541852c52ecf45a4c2f20727a983cdd4d467e36b1940e143eb079165a"),
+            ("max", "83b0a005d6bc4d65bf7dd0b45c90f2e819f43b1a6b2e17c825eac70510f9f1e4"),
+            ("softmax", "8c8735c79b5a8b551687c4296b5323a3fba0774f89e81df919a1d02f9279322b"),
+            ("layer_norm", "93caea408e9504062d7f7bdaa8e1ee44104985932d9f10277c8cd1c923d76808"),
+            ("cosine_topk", "e9959d6eeaf50309b413be7cc49854217206519ea75f0c7ab23e9727b8402cd7"),
+        ],
+    );
+
+    #[test]
+    fn kernel_ids_are_pinned_to_the_catalogue_version() {
+        let catalogue = Catalogue::load().expect("valid catalogue");
+        let ids: Vec<(&str, String)> = catalogue.kernels().iter().map(|k| (k.spec.name, k.hash.to_hex())).collect();
+        let pinned: Vec<(&str, String)> = PINNED.1.iter().map(|(name, id)| (*name, id.to_string())).collect();
+        let listed: String = ids.iter().map(|(name, id)| format!("\n            (\"{name}\", \"{id}\"),")).collect();
+        assert!(ids == pinned, "kernel ids changed: bump CATALOGUE_VERSION, then pin these{listed}");
+        assert_eq!(PINNED.0, CATALOGUE_VERSION, "the ids are pinned at another catalogue version");
     }
 
     #[test]

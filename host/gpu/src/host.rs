@@ -93,6 +93,8 @@ pub struct GpuInfo {
     pub adapter: Option<AdapterReport>,
     /// Why there is none, when there is none.
     pub no_adapter: Option<String>,
+    /// The catalogue's version ([`CATALOGUE_VERSION`](crate::CATALOGUE_VERSION)).
+    pub catalogue_version: u32,
     /// The catalogue.
     pub kernels: Vec<Kernel>,
 }
@@ -160,6 +162,7 @@ impl GpuHost {
             mode: self.config.mode,
             adapter: None,
             no_adapter: None,
+            catalogue_version: crate::CATALOGUE_VERSION,
             kernels: self.catalogue.kernels().to_vec(),
         };
         if matches!(self.config.mode, GpuMode::Cpu | GpuMode::Off) {

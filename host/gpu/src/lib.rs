@@ -2,22 +2,24 @@
 //! access.
 //!
 //! It owns the [`Catalogue`] of WGSL kernels (validated when the host starts, identified by the
-//! blake3 digest of their source), the checks and plans that turn a guest's buffers into
-//! workgroup counts ([`plan`]), one wgpu device per host shared by all runs ([`GpuHost`], with a
-//! bounded queue and rebuilt after a loss), the CPU reference of every kernel ([`reference`]),
-//! and the per-job quotas ([`GpuLimits`]). It knows nothing of wasmtime: the runtime links the
-//! `guild:tool/gpu` interface to it and records each dispatch on the tape.
+//! blake3 digest of their source), the uniform block every kernel reads ([`params`], in Rust and
+//! WGSL), the checks and plans that turn a guest's buffers into workgroup counts ([`plan`]), one
+//! wgpu device per host shared by all runs ([`GpuHost`], with a bounded queue and rebuilt after a
+//! loss), the CPU reference of every kernel ([`reference`]), and the per-job quotas
+//! ([`GpuLimits`]). It knows nothing of wasmtime: the runtime links the `guild:tool/gpu`
+//! interface to it and records each dispatch on the tape.
 
 mod catalogue;
 mod device;
 mod error;
 mod host;
 mod limits;
+pub mod params;
 pub mod plan;
 pub mod reference;
 mod tensor;
 
-pub use catalogue::{Catalogue, KERNELS, Kernel, KernelId, KernelSpec, Tolerance};
+pub use catalogue::{CATALOGUE_VERSION, Catalogue, KERNELS, Kernel, KernelId, KernelSpec, Tolerance};
 pub use device::{AdapterReport, DeviceLimits};
 pub use error::GpuError;
 pub use host::{

@@ -4,6 +4,7 @@
 
 use crate::GpuError;
 use crate::catalogue::{Kernel, KernelId};
+use crate::params::{self, Params};
 use crate::tensor::{DType, Scalar, TensorMeta, show_shape};
 
 /// Threads per workgroup in the one-dimensional kernels.
@@ -16,37 +17,6 @@ pub const WORKGROUPS_PER_DIMENSION_MAX: u32 = 65_535;
 pub const TOPK_K_MAX: u32 = 1_024;
 /// `layer_norm`'s epsilon when the guest passes none.
 pub const LAYER_NORM_EPS_DEFAULT: f32 = 1e-5;
-
-/// The uniform block every kernel reads (see the WGSL `Params`).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Uniform {
-    /// Elements, or the row length.
-    pub n: u32,
-    /// Rows.
-    pub m: u32,
-    /// Inner dimension, or k.
-    pub k: u32,
-    /// Workgroups along x, so a kernel can flatten a 2-D grid.
-    pub groups_x: u32,
-    /// First float parameter.
-    pub f0: f32,
-    /// Second float parameter.
-    pub f1: f32,
-    /// Spare.
-    pub u0: u32,
-    /// Spare.
-    pub u1: u32,
-}
-
-impl Uniform {
-    /// The 32 bytes the shader sees.
-    pub fn to_bytes(self) -> Vec<u8> {
-        [self.n, self.m, self.k, self.groups_x, self.f0.to_bits(), self.f1.to_bits(), self.u0, self.u1]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect()
-    }
-}
 
 /// What a binding of a stage refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +48,7 @@ pub struct Plan {
     /// The kernel.
     pub id: KernelId,
     /// The uniform block.
-    pub uniform: Uniform,
+    pub uniform: Params,
     /// Passes, in order.
     pub stages: Vec<Stage>,
     /// Sizes of scratch buffers.
@@ -132,7 +102,7 @@ pub fn plan(
             check.same_shape("the output", outputs[0], inputs[0])?;
             let n = check.elements_u32(inputs[0])?;
             let (groups, stage_groups) = grid(spec.name, n.div_ceil(WORKGROUP_THREADS))?;
-            let uniform = Uniform { n, groups_x: groups, f0: float(0, 1.0)?, ..Uniform::default() };
+            let uniform = Params { n, groups_x: groups, f0: float(0, 1.0)?, ..Params::default() };
             Ok(single(spec.id, uniform, stage_groups, inputs.len(), 1, u64::from(n)))
         }
         KernelId::Matmul => matmul(&check, inputs, outputs),
@@ -152,7 +122,7 @@ pub fn plan(
             }
             let (groups, stage_groups) = grid(spec.name, rows)?;
             let eps = float(0, LAYER_NORM_EPS_DEFAULT)?;
-            let uniform = Uniform { n, m: rows, groups_x: groups, f0: eps, ..Uniform::default() };
+            let uniform = Params { n, m: rows, groups_x: groups, f0: eps, ..Params::default() };
             let flops = u64::from(rows) * u64::from(n) * if reduced { 1 } else { 5 };
             Ok(single(spec.id, uniform, stage_groups, inputs.len(), 1, flops))
         }
@@ -160,8 +130,8 @@ pub fn plan(
     }
 }
 
-fn single(id: KernelId, uniform: Uniform, workgroups: [u32; 2], inputs: usize, outputs: usize, flops: u64) -> Plan {
-    let mut bindings = vec![(0, Slot::Params)];
+fn single(id: KernelId, uniform: Params, workgroups: [u32; 2], inputs: usize, outputs: usize, flops: u64) -> Plan {
+    let mut bindings = vec![(params::BINDING, Slot::Params)];
     bindings.extend((0..inputs).map(|i| (1 + i as u32, Slot::Input(i))));
     bindings.extend((0..outputs).map(|i| (1 + (inputs + i) as u32, Slot::Output(i))));
     Plan { id, uniform, stages: vec![Stage { entry: "main", bindings, workgroups }], scratch_bytes: vec![], flops }
@@ -191,7 +161,7 @@ fn matmul(check: &Check, inputs: &[&TensorMeta], outputs: &[&TensorMeta]) -> Res
     if gx > WORKGROUPS_PER_DIMENSION_MAX || gy > WORKGROUPS_PER_DIMENSION_MAX {
         return Err(check.shape_error(format!("a {m}×{n} result is more tiles than one dispatch runs")));
     }
-    let uniform = Uniform { n, m, k, groups_x: gx, ..Uniform::default() };
+    let uniform = Params { n, m, k, groups_x: gx, ..Params::default() };
     let flops = 2 * u64::from(m) * u64::from(n) * u64::from(k);
     Ok(single(KernelId::Matmul, uniform, [gx, gy], 2, 1, flops))
 }
@@ -218,15 +188,25 @@ fn cosine_topk(check: &Check, inputs: &[&TensorMeta], outputs: &[&TensorMeta]) -
     }
     check.shape("scores", outputs[1], &[k])?;
     let (groups, workgroups) = grid("cosine_topk", rows.div_ceil(WORKGROUP_THREADS))?;
-    let uniform = Uniform { n: d, m: rows, k, groups_x: groups, ..Uniform::default() };
+    let uniform = Params { n: d, m: rows, k, groups_x: groups, ..Params::default() };
     let scores = Stage {
         entry: "scores_stage",
-        bindings: vec![(0, Slot::Params), (1, Slot::Input(0)), (2, Slot::Input(1)), (5, Slot::Scratch(0))],
+        bindings: vec![
+            (params::BINDING, Slot::Params),
+            (1, Slot::Input(0)),
+            (2, Slot::Input(1)),
+            (5, Slot::Scratch(0)),
+        ],
         workgroups,
     };
     let select = Stage {
         entry: "topk_stage",
-        bindings: vec![(0, Slot::Params), (3, Slot::Output(0)), (4, Slot::Output(1)), (5, Slot::Scratch(0))],
+        bindings: vec![
+            (params::BINDING, Slot::Params),
+            (3, Slot::Output(0)),
+            (4, Slot::Output(1)),
+            (5, Slot::Scratch(0)),
+        ],
         workgroups: [1, 1],
     };
     Ok(Plan {
