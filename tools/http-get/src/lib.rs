@@ -2,8 +2,13 @@
 //! headers and the body (or one field of a JSON body). The tool may ask for any host; the
 //! operator's `--allow-host` rules decide where it may really go.
 
+mod exchange;
+
+use exchange::{Failure, Request};
 use guild_sdk::prelude::*;
+use http::header::HeaderName;
 use std::collections::BTreeMap;
+use wasip2::http::types::{ErrorCode, Method};
 
 /// Input of `http-get`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -44,19 +49,20 @@ pub fn http_get(input: Input) -> Result<Output, ToolError> {
     if !(input.url.starts_with("http://") || input.url.starts_with("https://")) {
         return Err(ToolError::invalid_input(format!("{:?} is not an http:// or https:// URL", input.url)));
     }
-    let mut request = waki::Client::new().request(method, &input.url);
+    // Every header name is checked before anything else about the request: a bad name is the
+    // caller's mistake, whatever else is wrong.
+    let mut headers = Vec::with_capacity(input.headers.len());
     for (name, value) in input.headers {
-        let name = waki::header::HeaderName::from_bytes(name.as_bytes())
+        let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| ToolError::invalid_input(format!("{name:?} is not a header name")))?;
-        request = request.header(name, value);
+        headers.push((name, value));
     }
-    if let Some(body) = input.body {
-        request = request.body(body.into_bytes());
-    }
-    let response = request.send().map_err(|e| classify(&input.url, &e.to_string()))?;
-    let status = response.status_code();
+    let response = request(method, &input.url, headers, input.body)
+        .and_then(Request::send)
+        .map_err(|failure| classify(&input.url, &failure))?;
+    let status = response.status;
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
-    for (name, value) in response.headers() {
+    for (name, value) in &response.headers {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
         headers.entry(name.as_str().to_string()).and_modify(|v| *v = format!("{v}, {value}")).or_insert(value);
     }
@@ -69,26 +75,42 @@ pub fn http_get(input: Input) -> Result<Output, ToolError> {
     Ok(Output { status, headers, body, json })
 }
 
-fn parse_method(method: &str) -> Result<waki::Method, ToolError> {
+fn request(
+    method: Method,
+    url: &str,
+    headers: Vec<(HeaderName, String)>,
+    body: Option<String>,
+) -> Result<Request, Failure> {
+    let mut request = Request::new(method, url)?;
+    for (name, value) in headers {
+        request.header(name, value)?;
+    }
+    if let Some(body) = body {
+        request.body(body.into_bytes());
+    }
+    Ok(request)
+}
+
+fn parse_method(method: &str) -> Result<Method, ToolError> {
     Ok(match method.to_ascii_uppercase().as_str() {
-        "GET" => waki::Method::Get,
-        "HEAD" => waki::Method::Head,
-        "POST" => waki::Method::Post,
-        "PUT" => waki::Method::Put,
-        "PATCH" => waki::Method::Patch,
-        "DELETE" => waki::Method::Delete,
-        "OPTIONS" => waki::Method::Options,
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        "PUT" => Method::Put,
+        "PATCH" => Method::Patch,
+        "DELETE" => Method::Delete,
+        "OPTIONS" => Method::Options,
         other => return Err(ToolError::invalid_input(format!("unsupported method {other:?}"))),
     })
 }
 
 /// A refusal by the host's egress rules is a denial; anything else a failure.
-fn classify(url: &str, error: &str) -> ToolError {
-    const DENIALS: [&str; 2] = ["HttpRequestDenied", "DestinationIpProhibited"];
-    if DENIALS.iter().any(|d| error.contains(d)) {
-        ToolError::denied(format!("the host refused the request to {url} ({error})"))
-    } else {
-        ToolError::failed(format!("request to {url} failed: {error}"))
+fn classify(url: &str, failure: &Failure) -> ToolError {
+    match failure {
+        Failure::Http(ErrorCode::HttpRequestDenied | ErrorCode::DestinationIpProhibited) => {
+            ToolError::denied(format!("the host refused the request to {url} ({failure})"))
+        }
+        _ => ToolError::failed(format!("request to {url} failed: {failure}")),
     }
 }
 
@@ -124,9 +146,27 @@ mod tests {
 
     #[test]
     fn refusals_are_denials_and_the_rest_failures() {
-        assert!(matches!(classify("u", "ErrorCode::HttpRequestDenied"), ToolError::Denied(_)));
-        assert!(matches!(classify("u", "ErrorCode::DestinationIpProhibited"), ToolError::Denied(_)));
-        assert!(matches!(classify("u", "ErrorCode::ConnectionRefused"), ToolError::Failed(_)));
+        let denied = classify("http://u/", &Failure::Http(ErrorCode::HttpRequestDenied));
+        assert!(
+            matches!(&denied, ToolError::Denied(m) if m == "the host refused the request to http://u/ (ErrorCode::HttpRequestDenied)"),
+            "{denied:?}"
+        );
+        assert!(matches!(classify("u", &Failure::Http(ErrorCode::DestinationIpProhibited)), ToolError::Denied(_)));
+        let refused = classify("http://u/", &Failure::Http(ErrorCode::ConnectionRefused));
+        assert!(
+            matches!(&refused, ToolError::Failed(m) if m == "request to http://u/ failed: ErrorCode::ConnectionRefused"),
+            "{refused:?}"
+        );
+        assert!(matches!(classify("u", &Failure::Request("bad".into())), ToolError::Failed(_)));
+    }
+
+    #[test]
+    fn a_url_or_header_value_the_http_crate_rejects_fails_before_sending() {
+        let url = request(Method::Get, "http://exa mple/", Vec::new(), None).map(drop);
+        assert!(matches!(url, Err(Failure::Request(_))));
+        let value = vec![(HeaderName::from_static("x-a"), "line\nbreak".to_string())];
+        let header = request(Method::Get, "http://example/", value, None).map(drop);
+        assert!(matches!(header, Err(Failure::Request(ref m)) if m == "failed to parse header value"));
     }
 
     #[test]
