@@ -10,7 +10,7 @@ bash scripts/setup.sh
 # Licenses, bans and sources read only Cargo.lock and `cargo metadata`; the advisories check
 # needs the network (README, "The two commands"). cargo-deny is setup.sh's pinned one.
 echo "== cargo deny check bans licenses sources"
-PATH="$PWD/.toolchains/cargo-deny/bin:$PATH" cargo deny check bans licenses sources
+PATH="$PWD/.toolchains/cargo-deny/bin:$PATH" cargo deny --log-level warn check --hide-inclusion-graph bans licenses sources
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"

@@ -15,6 +15,7 @@
 mod embedded;
 mod job;
 mod redis;
+mod retry;
 
 pub use embedded::{QueueFull, RunQueue, Slot, Ticket};
 pub use job::{
@@ -22,3 +23,4 @@ pub use job::{
     backoff_ms, now_unix_ms,
 };
 pub use redis::{DoneEntry, DoneRead, QueueError, RedisQueue, RedisSettings};
+pub use retry::{REDIS_RETRY_MAX, redis_retry};

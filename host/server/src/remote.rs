@@ -11,7 +11,7 @@ use crate::drain::DrainToken;
 use crate::metrics::Metrics;
 use crate::runs::{Finished, RunState};
 use guild_audit::{AuditEntry, AuditLog};
-use guild_queue::{DoneEntry, DoneRead, JobResult, JobStatus, QueueError, RedisQueue};
+use guild_queue::{DoneEntry, DoneRead, JobResult, JobStatus, QueueError, REDIS_RETRY_MAX, RedisQueue, redis_retry};
 use guild_replay::Digest;
 use guild_runtime::{Failure, FailureCode, RunStatus};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -151,7 +151,7 @@ impl Remote {
         let (sender, mut notices) = tokio::sync::mpsc::channel(NOTICES_QUEUED_MAX);
         let listener = self.clone();
         tokio::spawn(async move {
-            let mut delay = Duration::from_millis(100);
+            let mut backoff = redis_retry(Duration::from_millis(100));
             loop {
                 if let Err(e) = listener.queue.listen_finished(&sender).await {
                     tracing::debug!(error = %e, "finished-job notices interrupted; subscribing again");
@@ -159,8 +159,7 @@ impl Remote {
                 if sender.is_closed() {
                     return;
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next().unwrap_or(REDIS_RETRY_MAX)).await;
             }
         });
         let mut sweep = tokio::time::interval(SWEEP);
@@ -235,7 +234,8 @@ impl Remote {
 
     /// Write audit records for finished attempts until the daemon drains; wakes waiters.
     pub(crate) async fn audit_loop(self: Arc<Self>, log: Arc<AuditLog>, metrics: Arc<Metrics>, drain: DrainToken) {
-        let mut delay = Duration::from_millis(100);
+        let first = Duration::from_millis(100);
+        let mut backoff = redis_retry(first);
         let mut ready = false;
         while !drain.is_draining() {
             if !ready {
@@ -243,15 +243,14 @@ impl Remote {
             }
             let entries = match self.queue.read_done(&self.node, AUDIT_BATCH_MAX, Duration::from_millis(500)).await {
                 Ok(entries) => {
-                    delay = Duration::from_millis(100);
+                    backoff = redis_retry(first);
                     entries
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot read finished jobs; retrying");
                     ready = false;
                     self.forget_pushed();
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(backoff.next().unwrap_or(REDIS_RETRY_MAX)).await;
                     continue;
                 }
             };
@@ -274,7 +273,7 @@ impl Remote {
             }
             if let Err(e) = self.audit(&log, &metrics, &entries).await {
                 tracing::error!(error = %e, "cannot write audit records of finished jobs; they stay in Redis");
-                tokio::time::sleep(delay).await;
+                tokio::time::sleep(backoff.next().unwrap_or(REDIS_RETRY_MAX)).await;
                 continue;
             }
             let acked: Vec<String> = entries.iter().map(|e| e.entry.clone()).collect();

@@ -8,7 +8,8 @@
 //! it answers again, recreating the consumer groups if Redis lost them.
 
 use guild_queue::{
-    Completion, Disposition, JobResult, Lease, QueueError, RedisQueue, WorkerStats, backoff_ms, now_unix_ms,
+    Completion, Disposition, JobResult, Lease, QueueError, REDIS_RETRY_MAX, RedisQueue, WorkerStats, backoff_ms,
+    now_unix_ms, redis_retry,
 };
 use guild_replay::{Digest, DirStore};
 use guild_runtime::egress::Secret;
@@ -26,7 +27,7 @@ use tracing::Instrument;
 mod reconnect;
 mod share;
 
-use reconnect::{RECONNECT_MAX, Reconnect};
+use reconnect::Reconnect;
 
 /// How long a read waits for jobs before the loop looks around (shutdown, reconnects).
 const TAKE_BLOCK: Duration = Duration::from_millis(1_000);
@@ -370,7 +371,7 @@ impl Worker {
     /// taken over and run again (at least once).
     async fn settle(&self, lease: &Lease, result: Result<JobResult, AttemptFailure>) {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.queue.settings().lease_ms * 2);
-        let mut delay = Duration::from_millis(50);
+        let mut backoff = redis_retry(Duration::from_millis(50));
         loop {
             let settled = match &result {
                 Ok(result) => self.complete(lease, result).await,
@@ -384,8 +385,7 @@ impl Worker {
                 Ok(()) => return,
                 Err(e) if e.is_unavailable() && tokio::time::Instant::now() < deadline => {
                     tracing::warn!(error = %e, "cannot settle the job yet; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RECONNECT_MAX);
+                    tokio::time::sleep(backoff.next().unwrap_or(REDIS_RETRY_MAX)).await;
                 }
                 Err(e) => {
                     return tracing::error!(error = %e, "cannot settle the job; it will be taken over and run again");

@@ -1,27 +1,28 @@
 //! Waiting for Redis to come back: backoff between attempts, logged once per outage.
 
 use super::Stop;
-use guild_queue::{QueueError, RedisQueue};
+use guild_queue::{QueueError, REDIS_RETRY_MAX, RedisQueue, redis_retry};
 use std::time::Duration;
-
-/// Longest wait between reconnection attempts.
-pub(super) const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 /// Backoff between attempts to reach Redis again, logged once per outage.
 #[derive(Default)]
 pub(super) struct Reconnect {
-    delay: Option<Duration>,
+    /// The outage's schedule; none while Redis answers.
+    backoff: Option<backon::ExponentialBackoff>,
 }
 
 impl Reconnect {
     /// After a failed read: wait (or stop), and make sure the groups exist again. False when
     /// the worker is stopping.
     pub(super) async fn wait(&mut self, queue: &RedisQueue, name: &str, error: &QueueError, stop: &Stop) -> bool {
-        let delay = self.delay.map_or(Duration::from_millis(100), |d| (d * 2).min(RECONNECT_MAX));
-        if self.delay.is_none() {
+        if self.backoff.is_none() {
             tracing::warn!(worker = %name, error = %error, "Redis is not answering; waiting for it");
         }
-        self.delay = Some(delay);
+        let delay = self
+            .backoff
+            .get_or_insert_with(|| redis_retry(Duration::from_millis(100)))
+            .next()
+            .unwrap_or(REDIS_RETRY_MAX);
         let mut stop = stop.clone();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -34,7 +35,7 @@ impl Reconnect {
     }
 
     pub(super) fn succeeded(&mut self, name: &str) {
-        if self.delay.take().is_some() {
+        if self.backoff.take().is_some() {
             tracing::info!(worker = %name, "Redis answers again; consuming");
         }
     }
