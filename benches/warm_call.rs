@@ -96,6 +96,8 @@ async fn warm_latency(runtime: &Runtime, echo: &Tool, calls: usize) {
         samples.push(started.elapsed());
     }
     samples.sort();
+    // Nearest-rank percentile: a rank in [0, len), as a float first.
+    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "q is in [0, 1]")]
     let p = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
     row(&format!("warm call of echo, p50 ({calls} calls)"), micros(p(0.50)));
     row(&format!("warm call of echo, p99 ({calls} calls)"), micros(p(0.99)));

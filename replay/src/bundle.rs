@@ -199,10 +199,12 @@ impl<'a> BundleWriter<'a> {
         let put = |bytes: Vec<u8>| -> Result<BlobRef, StoreError> {
             Ok(BlobRef { digest: self.store.put(&bytes)?, size_bytes: bytes.len() as u64 })
         };
-        // Serializing these plain documents cannot fail.
-        let action = put(to_canonical_bytes(action).unwrap_or_default())?;
-        let result_ref = put(to_canonical_bytes(result).unwrap_or_default())?;
-        let exec = put(to_canonical_bytes(exec).unwrap_or_default())?;
+        // Serializing these plain documents cannot fail (no maps with non-string keys); an empty
+        // document stored in their place would be signed and then never verify.
+        const PLAIN: &str = "a bundle document is plain data";
+        let action = put(to_canonical_bytes(action).expect(PLAIN))?;
+        let result_ref = put(to_canonical_bytes(result).expect(PLAIN))?;
+        let exec = put(to_canonical_bytes(exec).expect(PLAIN))?;
         let tape_ref = put(tape.to_jsonl())?;
         for doc in [action, result_ref, exec, tape_ref] {
             self.blobs.remove(&doc.digest);
@@ -219,9 +221,9 @@ impl<'a> BundleWriter<'a> {
                 .map(|(digest, size_bytes)| BlobRef { digest: *digest, size_bytes: *size_bytes })
                 .collect(),
         };
-        let manifest = to_canonical_bytes(&manifest).unwrap_or_default();
+        let manifest = to_canonical_bytes(&manifest).expect(PLAIN);
         let id = Digest::of(&manifest);
-        let signature = to_canonical_bytes(&key.sign(&id)).unwrap_or_default();
+        let signature = to_canonical_bytes(&key.sign(&id)).expect(PLAIN);
         let blob_bytes: u64 = self.blobs.values().sum();
         let size_bytes = blob_bytes + manifest.len() as u64 + signature.len() as u64;
         Ok(Sealed { id, manifest, signature, size_bytes })

@@ -18,9 +18,9 @@ pub(crate) fn decode<const N: usize>(text: &str) -> Option<[u8; N]> {
     }
     let mut out = [0u8; N];
     for (slot, pair) in out.iter_mut().zip(text.as_bytes().chunks(2)) {
-        let high = (pair[0] as char).to_digit(16)?;
-        let low = (pair[1] as char).to_digit(16)?;
-        *slot = (high * 16 + low) as u8;
+        let high = u8::try_from((pair[0] as char).to_digit(16)?).ok()?;
+        let low = u8::try_from((pair[1] as char).to_digit(16)?).ok()?;
+        *slot = high * 16 + low;
     }
     Some(out)
 }

@@ -268,7 +268,7 @@ impl Tape {
         self.head = chain;
         self.bytes += bytes + EVENT_OVERHEAD_BYTES;
         self.events.push(Event { seq, fuel, effect, chain });
-        Ok(&self.events[seq as usize])
+        Ok(self.events.last().expect("just pushed"))
     }
 
     /// The events, in order.
@@ -291,7 +291,7 @@ impl Tape {
     pub fn to_jsonl(&self) -> Vec<u8> {
         let mut out = Vec::new();
         for event in &self.events {
-            out.extend(to_canonical_bytes(event).unwrap_or_default());
+            out.extend(to_canonical_bytes(event).expect("a tape event is plain data"));
             out.push(b'\n');
         }
         out

@@ -337,7 +337,8 @@ fn capture_file(
         return Ok((digest, before.len()));
     }
     let (digest, size) = if before.len() <= FILE_READ_WHOLE_BYTES_MAX {
-        let mut contents = Vec::with_capacity(before.len() as usize);
+        // At most FILE_READ_WHOLE_BYTES_MAX, which fits memory on any target.
+        let mut contents = Vec::with_capacity(usize::try_from(before.len()).unwrap_or(0));
         // Bounded, should the file grow while it is read.
         (&mut file).take(FILE_READ_WHOLE_BYTES_MAX + 1).read_to_end(&mut contents).map_err(io(rel))?;
         if contents.len() as u64 > FILE_READ_WHOLE_BYTES_MAX {

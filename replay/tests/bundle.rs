@@ -312,6 +312,7 @@ fn a_tree_entry_escaping_its_root_is_refused() {
 /// A seeded stand-in for the fuzz target (`fuzz/`): thousands of mutated archives, each must be
 /// rejected or accepted with an answer, never a panic or a hang.
 #[test]
+#[expect(clippy::cast_possible_truncation, reason = "random bits cut to the size needed")]
 fn mutated_archives_never_crash_the_reader() {
     let scene = scene();
     let packed = export(&scene);

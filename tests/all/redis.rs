@@ -281,6 +281,7 @@ fn metric(daemon: &Daemon, name: &str) -> f64 {
 }
 
 #[test]
+#[expect(clippy::cast_possible_truncation, reason = "random bits cut to the size needed")]
 fn a_thousand_jobs_complete_exactly_once_while_workers_are_killed() {
     let redis = RedisServer::start();
     let api = Guild::new();

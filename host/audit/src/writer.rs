@@ -176,7 +176,8 @@ impl Writer {
         let mut text = Vec::new();
         let mut waiters = Vec::with_capacity(batch.len());
         let mut head = self.head;
-        let time_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let time_unix_ms = u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis())
+            .unwrap_or(u64::MAX);
         for Request::Append(entry, done) in batch {
             let mut record =
                 AuditRecord { seq: head.seq + 1, time_unix_ms, prev: head.hash, entry: *entry, hash: Head::EMPTY.hash };

@@ -38,7 +38,9 @@ pub struct Open {
 impl Open {
     /// Whole seconds until a retry is worth it, at least 1 (for `Retry-After`).
     pub fn retry_after_s(&self) -> u64 {
-        self.retry_after.as_secs_f64().ceil().max(1.0) as u64
+        // Whole seconds rounded up: `as_secs` rounds down, so add one for any part second.
+        let whole = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
+        whole.max(1)
     }
 }
 

@@ -231,7 +231,7 @@ fn print_report(report: &RunReport, source: CacheSource, args: &RunArgs) -> Exit
             "component": report.component,
             "fuel_used_units": report.fuel_used_units,
             "memory_bytes_peak": report.memory_bytes_peak,
-            "wall_time_us": report.wall_time.as_micros() as u64,
+            "wall_time_us": u64::try_from(report.wall_time.as_micros()).unwrap_or(u64::MAX),
             "log_lines": report.logs.len(),
             "cache": source,
             "bundle": report.bundle,

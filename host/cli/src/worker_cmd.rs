@@ -79,7 +79,7 @@ pub(crate) fn jobs(command: JobsCommand) -> Result<Exit, Failure> {
             let dead = tokio.block_on(queue.dead(limit)).map_err(unreachable)?;
             if json {
                 for job in &dead {
-                    crate::out!("{}", serde_json::to_string(job).unwrap_or_default());
+                    crate::out!("{}", serde_json::to_string(job).expect("a dead job is plain data"));
                 }
             } else if dead.is_empty() {
                 crate::out!("no dead jobs");

@@ -275,7 +275,9 @@ impl Device {
             .map(|(back, &size)| {
                 let bytes = {
                     let view = back.slice(..).get_mapped_range().map_err(|e| Fault::Lost(e.to_string()))?;
-                    view[..size as usize].to_vec()
+                    let size = usize::try_from(size)
+                        .map_err(|_| Fault::Lost(format!("{size} bytes do not fit this machine's memory")))?;
+                    view[..size].to_vec()
                 };
                 back.unmap();
                 Ok(bytes)

@@ -206,8 +206,10 @@ impl GpuHost {
         if queued >= self.config.queue_depth_max {
             return Err(GpuError::Busy { queued });
         }
-        let deadline =
-            || GpuError::Deadline { kernel: request.kernel.to_string(), limit_ms: request.timeout.as_millis() as u64 };
+        let deadline = || GpuError::Deadline {
+            kernel: request.kernel.to_string(),
+            limit_ms: u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX),
+        };
         let mut slot = self.device.try_lock_for(request.timeout).ok_or_else(deadline)?;
         let device = match ensure_open(&mut slot) {
             Ok(device) => device,

@@ -88,7 +88,7 @@ mod tests {
         assert_eq!(bytes.len(), size_of::<Params>());
         let mut layouter = naga::proc::Layouter::default();
         layouter.update(module.to_ctx()).expect("layout");
-        let alignment = naga::proc::Alignment::new(align_of::<Params>() as u32);
+        let alignment = naga::proc::Alignment::new(u32::try_from(align_of::<Params>()).expect("a small alignment"));
         assert_eq!(Some(layouter[handle].alignment), alignment, "alignment");
         for (member, (name, word)) in members.iter().zip(&fields) {
             let TypeInner::Scalar(scalar) = module.types[member.ty].inner else { panic!("{name} is not a scalar") };

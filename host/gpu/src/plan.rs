@@ -132,8 +132,11 @@ pub fn plan(
 
 fn single(id: KernelId, uniform: Params, workgroups: [u32; 2], inputs: usize, outputs: usize, flops: u64) -> Plan {
     let mut bindings = vec![(params::BINDING, Slot::Params)];
-    bindings.extend((0..inputs).map(|i| (1 + i as u32, Slot::Input(i))));
-    bindings.extend((0..outputs).map(|i| (1 + (inputs + i) as u32, Slot::Output(i))));
+    // Binding numbers after the parameters: inputs, then outputs (a handful: the catalogue's
+    // kernels take at most a few tensors).
+    let binding = |n: usize| 1 + u32::try_from(n).expect("a kernel binds a handful of tensors");
+    bindings.extend((0..inputs).map(|i| (binding(i), Slot::Input(i))));
+    bindings.extend((0..outputs).map(|i| (binding(inputs + i), Slot::Output(i))));
     Plan { id, uniform, stages: vec![Stage { entry: "main", bindings, workgroups }], scratch_bytes: vec![], flops }
 }
 

@@ -79,7 +79,7 @@ pub fn cosine_topk(query: &[f32], matrix: &[f32], rows: usize, d: usize, k: usiz
             if s.is_nan() {
                 s = -2.0;
             }
-            (s, r as u32)
+            (s, u32::try_from(r).unwrap_or(u32::MAX))
         })
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));

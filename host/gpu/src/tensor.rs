@@ -67,7 +67,7 @@ impl Scalar {
         match self {
             Scalar::F32(v) => format!("f32:{:08x}", v.to_bits()),
             Scalar::U32(v) => format!("u32:{v:08x}"),
-            Scalar::I32(v) => format!("i32:{:08x}", *v as u32),
+            Scalar::I32(v) => format!("i32:{:08x}", u32::from_ne_bytes(v.to_ne_bytes())),
         }
     }
 

@@ -71,6 +71,11 @@ impl RunQueue {
         Ok(Ticket { queue: self.clone(), waiting: true })
     }
 
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "an estimate clamped to 1..=60 seconds; `as` from a float saturates"
+    )]
     fn retry_after_s(&self, waiting: usize) -> u64 {
         let mean = self.mean_run_us.load(Ordering::Relaxed) as f64;
         let seconds = (waiting as f64 + 1.0) * mean / self.runs_in_flight_max as f64 / 1e6;
@@ -89,7 +94,7 @@ impl RunQueue {
 
     /// Note how long a run took, for `Retry-After` estimates.
     pub fn observe(&self, run_time: Duration) {
-        let sample = run_time.as_micros().min(u128::from(u64::MAX / 2)) as u64;
+        let sample = u64::try_from(run_time.as_micros()).unwrap_or(u64::MAX).min(u64::MAX / 2);
         let old = self.mean_run_us.load(Ordering::Relaxed);
         self.mean_run_us.store(old - old / 8 + sample / 8, Ordering::Relaxed);
     }

@@ -129,7 +129,7 @@ impl Recorder {
         if state.divergence.is_none()
             && let Some(expected) = &state.expected
         {
-            let original = expected.get(event.seq as usize);
+            let original = usize::try_from(event.seq).ok().and_then(|seq| expected.get(seq));
             let same = original.is_some_and(|o| o.fuel == event.fuel && o.effect == event.effect);
             if !same {
                 state.divergence = Some(Divergence { seq: event.seq, expected: original.cloned(), found: Some(event) });

@@ -199,8 +199,8 @@ impl RecordingConfig {
         let exec = serde_json::json!({
             "guild_version": env!("CARGO_PKG_VERSION"),
             "hostname": hostname(),
-            "finished_at_unix_ms": SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
-            "wall_time_us": execution.wall_time.as_micros() as u64,
+            "finished_at_unix_ms": u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(u64::MAX),
+            "wall_time_us": u64::try_from(execution.wall_time.as_micros()).unwrap_or(u64::MAX),
             "memory_bytes_peak": execution.memory_bytes_peak,
             "log_lines": execution.logs.len(),
         });

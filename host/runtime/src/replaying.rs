@@ -134,7 +134,7 @@ impl Runtime {
     ) -> Result<ReplayReport, ReplayError> {
         let invalid = |what: String| ReplayError::Invalid(what);
         let mut notes = Vec::new();
-        let ours = serde_json::to_value(self.fingerprint()).unwrap_or_default();
+        let ours = serde_json::to_value(self.fingerprint()).expect("an engine fingerprint is plain data");
         if bundle.action.engine != ours {
             let describe = |v: &serde_json::Value| {
                 format!("{} ({})", v["engine"].as_str().unwrap_or("?"), v["id"].as_str().unwrap_or("?"))
@@ -396,7 +396,7 @@ fn compare(
         ));
     }
     if bundle.result.output_trees != trees {
-        let show = |t: &[guild_replay::OutputTree]| serde_json::to_string(t).unwrap_or_default();
+        let show = |t: &[guild_replay::OutputTree]| serde_json::to_string(t).expect("output trees are plain data");
         return Some(mismatch(
             DivergenceClass::OutputMismatch,
             "output trees",

@@ -136,11 +136,11 @@ async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
 }
 
 fn describe_tool(tool: &RegisteredTool) -> serde_json::Value {
-    let mut value = serde_json::to_value(tool.tool.info()).unwrap_or_default();
+    let mut value = serde_json::to_value(tool.tool.info()).expect("tool info is plain data");
     if let Some(object) = value.as_object_mut() {
         object.insert("name".into(), tool.name.clone().into());
         object.insert("component".into(), tool.tool.digest().to_hex().into());
-        object.insert("limits".into(), serde_json::to_value(&tool.limits).unwrap_or_default());
+        object.insert("limits".into(), serde_json::to_value(&tool.limits).expect("limits are plain data"));
     }
     value
 }

@@ -45,6 +45,7 @@ mod tests {
             self.0
         }
 
+        #[expect(clippy::cast_possible_truncation, reason = "random bits cut to the size needed")]
         fn mutate(&mut self, seed: &[u8]) -> Vec<u8> {
             let mut bytes = seed.to_vec();
             for _ in 0..=(self.next() % 4) {

@@ -153,9 +153,10 @@ async fn with_progress<F: Future>(
         tokio::select! {
             done = &mut submitted => return done,
             _ = ticks.tick(), if !cancel.is_cancelled() => {
-                let elapsed_ms = started.elapsed().as_millis() as f64;
-                let message = format!("running for {}", guild_runtime::human_ms(elapsed_ms as u64));
-                let mut progress = ProgressNotificationParam::new(token.clone(), elapsed_ms).with_message(message);
+                let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let message = format!("running for {}", guild_runtime::human_ms(elapsed_ms));
+                let mut progress =
+                    ProgressNotificationParam::new(token.clone(), elapsed_ms as f64).with_message(message);
                 if timeout_ms > 0 {
                     progress = progress.with_total(timeout_ms as f64);
                 }

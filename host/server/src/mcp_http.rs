@@ -158,7 +158,9 @@ fn is_initialize(message: &ClientJsonRpcMessage) -> bool {
 
 fn initialize_id(message: &ClientJsonRpcMessage) -> serde_json::Value {
     match message {
-        JsonRpcMessage::Request(request) => serde_json::to_value(&request.id).unwrap_or_default(),
+        JsonRpcMessage::Request(request) => {
+            serde_json::to_value(&request.id).expect("a request id is a number or a string")
+        }
         _ => serde_json::Value::Null,
     }
 }

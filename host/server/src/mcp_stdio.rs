@@ -110,9 +110,9 @@ impl<R> GuardedStdio<R> {
     fn admit(&mut self, message: ClientJsonRpcMessage) -> Result<ClientJsonRpcMessage, serde_json::Value> {
         match &message {
             JsonRpcMessage::Request(request) => {
-                let id = serde_json::to_string(&request.id).unwrap_or_default();
+                let id = serde_json::to_string(&request.id).expect("a request id is a number or a string");
                 if self.in_flight.contains(&id) {
-                    let id_value = serde_json::to_value(&request.id).unwrap_or_default();
+                    let id_value = serde_json::to_value(&request.id).expect("a request id is a number or a string");
                     return Err(jsonrpc::error(
                         id_value,
                         INVALID_REQUEST,
@@ -120,7 +120,7 @@ impl<R> GuardedStdio<R> {
                     ));
                 }
                 if self.in_flight.len() >= REQUESTS_IN_FLIGHT_MAX {
-                    let id_value = serde_json::to_value(&request.id).unwrap_or_default();
+                    let id_value = serde_json::to_value(&request.id).expect("a request id is a number or a string");
                     let message = format!("{REQUESTS_IN_FLIGHT_MAX} requests are in flight already; wait for answers");
                     return Err(jsonrpc::error(id_value, -32000, message));
                 }

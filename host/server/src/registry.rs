@@ -171,7 +171,7 @@ impl Registry {
                 tool = %spec.label(),
                 component = %tool.digest(),
                 code = ?code,
-                elapsed_ms = started.elapsed().as_millis() as u64,
+                elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 "tool loaded"
             );
             if let Some(pin) = spec.digest

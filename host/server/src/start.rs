@@ -245,7 +245,10 @@ pub async fn run(
     let began = started.clone();
     let signal = async move {
         shutdown.await;
-        tracing::info!(notice_ms = notice.as_millis() as u64, "shutting down: no new runs; draining");
+        tracing::info!(
+            notice_ms = u64::try_from(notice.as_millis()).unwrap_or(u64::MAX),
+            "shutting down: no new runs; draining"
+        );
         draining.start_draining();
         tokio::time::sleep(notice).await;
         *began.lock().unwrap_or_else(|p| p.into_inner()) = Some(std::time::Instant::now());

@@ -92,7 +92,8 @@ impl Refusal {
     pub fn retry_after_s(&self) -> u64 {
         match self {
             Self::RateLimited { retry_after, .. } | Self::FuelBudget { retry_after, .. } => {
-                retry_after.as_secs_f64().ceil().max(1.0) as u64
+                // Whole seconds rounded up, at least one.
+                (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1)
             }
             Self::Concurrency { .. } => 1,
         }

@@ -160,7 +160,7 @@ fn compile(input: &Input) -> Result<Regex, ToolError> {
 fn search_file(regex: &Regex, max_matches: usize, path: &Path, shown: &str, out: &mut Output) -> io::Result<()> {
     let mut file = File::open(path)?;
     // `read` may return short counts (WASI streams do), so probe with `take` rather than one read.
-    let mut head = Vec::with_capacity(BINARY_PROBE_BYTES as usize);
+    let mut head = Vec::new();
     file.by_ref().take(BINARY_PROBE_BYTES).read_to_end(&mut head)?;
     if head.contains(&0) {
         out.binary_files_skipped += 1;

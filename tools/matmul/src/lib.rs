@@ -68,7 +68,10 @@ fn flatten(name: &str, rows: &[Vec<f32>]) -> Result<(Vec<f32>, [u32; 2]), ToolEr
     if rows.is_empty() || width == 0 || rows.iter().any(|r| r.len() != width) {
         return Err(ToolError::invalid_input(format!("{name} must be a non-empty matrix with rows of equal length")));
     }
-    Ok((rows.concat(), [rows.len() as u32, width as u32]))
+    let dim = |n: usize| {
+        u32::try_from(n).map_err(|_| ToolError::invalid_input(format!("{name} has more than 2^32 rows or columns")))
+    };
+    Ok((rows.concat(), [dim(rows.len())?, dim(width)?]))
 }
 
 /// Uniform values in [-1, 1) from a xorshift generator.

@@ -90,15 +90,17 @@ pub fn similar(input: Input) -> Result<Output, ToolError> {
         return Err(ToolError::invalid_input("the query is empty"));
     }
     let items = load(&input.file, dim)?;
-    let rows = items.len() as u32;
+    let too_many = |what: &str| ToolError::invalid_input(format!("more than 2^32 {what}"));
+    let rows = u32::try_from(items.len()).map_err(|_| too_many("vectors"))?;
+    let width = u32::try_from(dim).map_err(|_| too_many("numbers in the query"))?;
     let flat: Vec<f32> = items.iter().flat_map(|i| i.vector.iter().copied()).collect();
-    let query = Tensor::from_f32(&[dim as u32], &input.query)?;
-    let matrix = Tensor::from_f32(&[rows, dim as u32], &flat)?;
+    let query = Tensor::from_f32(&[width], &input.query)?;
+    let matrix = Tensor::from_f32(&[rows, width], &flat)?;
     let best = gpu::cosine_top_k(&query, &matrix, input.k.min(rows))?;
     guild_sdk::log::info(format!("ranked {rows} vectors of {dim} on the gpu"));
     let matches =
         best.into_iter().map(|(row, score)| Match { id: items[row as usize].id.clone(), row, score }).collect();
-    Ok(Output { matches, rows, dim: dim as u32 })
+    Ok(Output { matches, rows, dim: width })
 }
 
 guild_sdk::export_tool! {

@@ -309,16 +309,19 @@ fn blocked_v6(ip: Ipv6Addr) -> Option<&'static str> {
     let v6 = IpAddr::V6(ip);
     let within = |net: Ipv6Addr, prefix| in_range(v6, IpAddr::V6(net), prefix);
     // Forms that embed an IPv4 address are judged by it.
-    let embedded = |s: &[u16; 8]| Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    let embedded = |s: &[u16; 8]| {
+        let ([a, b], [c, d]) = (s[6].to_be_bytes(), s[7].to_be_bytes());
+        Ipv4Addr::new(a, b, c, d)
+    };
     if within(Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96)
         || segments[..6] == [0; 6] && !ip.is_loopback() && !ip.is_unspecified()
     {
         return blocked_v4(embedded(&segments)).or(Some("an IPv4-embedding address"));
     }
     if segments[0] == 0x2002 {
-        let v4 =
-            Ipv4Addr::new((segments[1] >> 8) as u8, segments[1] as u8, (segments[2] >> 8) as u8, segments[2] as u8);
-        return blocked_v4(v4);
+        // 6to4: the IPv4 address is the next two segments.
+        let ([a, b], [c, d]) = (segments[1].to_be_bytes(), segments[2].to_be_bytes());
+        return blocked_v4(Ipv4Addr::new(a, b, c, d));
     }
     Some(match () {
         _ if ip.is_unspecified() => "an unspecified address",

@@ -72,7 +72,7 @@ impl RedisQueue {
                 .arg("COUNT")
                 .arg(count)
                 .arg("BLOCK")
-                .arg(block.as_millis() as u64)
+                .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX))
                 .arg("STREAMS")
                 .arg(&stream)
                 .arg(">")

@@ -26,7 +26,7 @@ impl RedisQueue {
             ) = pipe.query_async(&mut self.conn()).await.map_err(from_redis)?;
             let pending = match pending {
                 Value::Array(items) => match items.first() {
-                    Some(Value::Int(n)) => *n as u64,
+                    Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
                     _ => 0,
                 },
                 _ => 0,
