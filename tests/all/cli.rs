@@ -65,7 +65,7 @@ fn bad_input_is_a_usage_error() {
     guild
         .run(&["run", ECHO, "--input", r#"{"message":1}"#])
         .expect_code(2)
-        .expect_stderr("invalid input: input does not match the schema");
+        .expect_stderr("tool error (invalid_input): input does not match the schema");
     guild
         .run(&["run", ECHO, "--input", r#"{"message":"x","extra":true}"#])
         .expect_code(2)

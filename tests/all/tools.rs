@@ -59,7 +59,7 @@ fn grep_rejects_a_bad_regex_as_invalid_input() {
     Guild::new()
         .run_tool(GREP, r#"{"pattern":"(unclosed"}"#, &["--dir", &mount(dir.path(), "/data", "ro")])
         .expect_code(2)
-        .expect_stderr("invalid input");
+        .expect_stderr("tool error (invalid_input)");
 }
 
 #[test]

@@ -86,6 +86,19 @@ impl Outcome {
         }
     }
 
+    /// The exit code `guild run` ends with: 0 output; 1 the tool failed (its error, a trap, a
+    /// cancellation); 2 the tool refused its input; 3 a limit stopped it; 4 it was denied
+    /// something.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Output { .. } => 0,
+            Self::ToolError { kind: ToolErrorKind::InvalidInput, .. } => 2,
+            Self::ToolError { kind: ToolErrorKind::Denied, .. } => 4,
+            Self::ToolError { kind: ToolErrorKind::Failed, .. } | Self::Trap { .. } | Self::Cancelled { .. } => 1,
+            Self::Limit(_) => 3,
+        }
+    }
+
     /// The outcome as a bundle's `result.json` records it: an output only as its label (the
     /// output itself is a blob beside it).
     pub fn without_output(&self) -> Self {

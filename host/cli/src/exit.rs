@@ -1,6 +1,8 @@
 //! Exit codes of `guild`, shared by every subcommand and documented in `guild run --help` and the
 //! README.
 
+use guild_runtime::Outcome;
+
 /// What the process exit code says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Exit {
@@ -33,6 +35,19 @@ pub(crate) enum Exit {
     /// `replay`: this machine could not finish the replay within its wall-clock backstop (says
     /// nothing about the bundle).
     ReplayTooSlow = 17,
+}
+
+impl Exit {
+    /// How `guild run` ends for a run that ended in `outcome` ([`Outcome::exit_code`]).
+    pub(crate) fn for_outcome(outcome: &Outcome) -> Self {
+        match outcome.exit_code() {
+            0 => Self::Success,
+            2 => Self::Usage,
+            3 => Self::Limit,
+            4 => Self::Denied,
+            _ => Self::ToolError,
+        }
+    }
 }
 
 impl From<Exit> for std::process::ExitCode {

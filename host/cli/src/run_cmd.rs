@@ -8,7 +8,7 @@ use guild_replay::{DirStore, HostKey};
 use guild_runtime::egress::{Secret, SecretGrant};
 use guild_runtime::{
     CacheSource, EngineSettings, GpuConfig, Grants, Limits, LoadError, Outcome, RecordingConfig, RunError, RunReport,
-    Runtime, RuntimeConfig, ToolErrorKind, human_bytes,
+    Runtime, RuntimeConfig, human_bytes,
 };
 use std::io::Read;
 use std::path::PathBuf;
@@ -204,22 +204,15 @@ fn print_report(report: &RunReport, source: CacheSource, args: &RunArgs) -> Exit
     for denial in &report.egress_denials {
         eprintln!("guild: {denial}");
     }
-    let (exit, status, message) = match &report.outcome {
+    // The exit code, the label and the message are the outcome's own: the API, MCP, metrics and
+    // the audit log read the same ones.
+    let exit = Exit::for_outcome(&report.outcome);
+    let (status, message) = match &report.outcome {
         Outcome::Output { output } => {
             crate::out!("{output}");
-            (Exit::Success, "ok", None)
+            ("ok", None)
         }
-        Outcome::ToolError { kind, message } => {
-            let (exit, label) = match kind {
-                ToolErrorKind::InvalidInput => (Exit::Usage, "invalid input"),
-                ToolErrorKind::Failed => (Exit::ToolError, "tool failed"),
-                ToolErrorKind::Denied => (Exit::Denied, "denied"),
-            };
-            (exit, "tool-error", Some(format!("{label}: {message}")))
-        }
-        Outcome::Limit(hit) => (Exit::Limit, "limit", Some(hit.to_string())),
-        Outcome::Trap { message } => (Exit::ToolError, "trap", Some(message.clone())),
-        Outcome::Cancelled { .. } => (Exit::ToolError, "cancelled", Some(report.outcome.message())),
+        other => (other.label(), Some(other.message())),
     };
     if args.summary_json {
         let summary = serde_json::json!({
@@ -244,7 +237,7 @@ fn print_report(report: &RunReport, source: CacheSource, args: &RunArgs) -> Exit
         return exit;
     }
     if let Some(message) = &message {
-        eprintln!("guild: {status}: {message}");
+        eprintln!("guild: {message}");
     }
     let bundle = report.bundle.map(|id| format!(" · bundle {}", id.short())).unwrap_or_default();
     eprintln!(

@@ -4,7 +4,7 @@
 use crate::auth::{Admin, Caller, ErrorCode};
 use crate::daemon::{Daemon, Rejection, RunRequest, Submitted};
 use crate::registry::RegisteredTool;
-use crate::runs::{Finished, RunEntry, RunState};
+use crate::runs::{Finished, FinishedBody, RunBody, RunEntry, RunState};
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -226,7 +226,7 @@ fn keep_upload(uploads_dir: &std::path::Path, digest: &Digest, bytes: &[u8]) -> 
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RunBody {
+struct RunRequestBody {
     tool: String,
     #[serde(default = "empty_object")]
     input: serde_json::Value,
@@ -245,7 +245,7 @@ const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
 
 /// A `POST /v1/runs` body (and the `Idempotency-Key` header) as a run request.
 pub(crate) fn parse_run_request(body: &[u8], header_key: Option<&str>) -> ApiResult<RunRequest> {
-    let body: RunBody = serde_json::from_slice(body).map_err(|e| {
+    let body: RunRequestBody = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("the body is not a run request: {e}"))
     })?;
     let idempotency_key = body.idempotency_key.or(header_key.map(str::to_string));
@@ -281,13 +281,11 @@ async fn create_run(
             if let Some(error) = not_started(&finished) {
                 return Err(error);
             }
-            let output = output.and_then(|o| serde_json::from_str(&o).ok()).unwrap_or(serde_json::Value::Null);
             Json(run_body(&entry, &RunState::Finished(finished), output)).into_response()
         }
         Submitted::Accepted { entry, replayed } => {
             let state = entry.state.borrow().clone();
-            let mut response =
-                (StatusCode::ACCEPTED, Json(run_body(&entry, &state, serde_json::Value::Null))).into_response();
+            let mut response = (StatusCode::ACCEPTED, Json(run_body(&entry, &state, None))).into_response();
             response.headers_mut().insert(header::LOCATION, location(&entry.id));
             if replayed {
                 response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -295,10 +293,7 @@ async fn create_run(
             response
         }
         Submitted::Replayed { entry, finished, output } => {
-            let output = match output {
-                Some(text) => serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-                None => read_output(daemon, &finished),
-            };
+            let output = output.or_else(|| read_output(daemon, &finished));
             let mut response = Json(run_body(&entry, &RunState::Finished(finished), output)).into_response();
             response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
             response
@@ -372,21 +367,17 @@ fn rejection(rejection: Rejection) -> ApiError {
     }
 }
 
-/// The JSON a client sees for a run.
-fn run_body(entry: &RunEntry, state: &RunState, output: serde_json::Value) -> serde_json::Value {
-    let mut body = serde_json::json!({ "id": entry.id, "status": state.word(), "tool": entry.tool });
-    if let RunState::Finished(finished) = state {
-        body["output"] = output;
-        body["error"] = finished.error.clone().map(serde_json::Value::from).unwrap_or_default();
-        body["bundle"] = finished.bundle.map(|b| b.to_hex()).into();
-        body["fuel_used_units"] = finished.fuel_used_units.into();
-        body["wall_time_us"] = finished.wall_time_us.into();
-    }
-    body
+/// The JSON a client sees for a run in this node's table, with the tool's output text.
+fn run_body<'a>(entry: &'a RunEntry, state: &'a RunState, output: Option<String>) -> RunBody<'a> {
+    let finished = match state {
+        RunState::Finished(finished) => Some(FinishedBody::new(finished, output)),
+        _ => None,
+    };
+    RunBody { id: &entry.id, status: state.word(), tool: &entry.tool, attempts: None, finished }
 }
 
-/// A finished run's output, read back from its bundle (null when it cannot be).
-fn read_output(daemon: &Daemon, finished: &Finished) -> serde_json::Value {
+/// A finished run's output text, read back from its bundle (none when it cannot be).
+fn read_output(daemon: &Daemon, finished: &Finished) -> Option<String> {
     let output = finished.bundle.and_then(|id| {
         let (manifest, _) = daemon.store().get_bundle(&id).ok()?;
         let manifest: guild_replay::Manifest = serde_json::from_slice(&manifest).ok()?;
@@ -394,14 +385,14 @@ fn read_output(daemon: &Daemon, finished: &Finished) -> serde_json::Value {
         let result: guild_replay::RunResult = serde_json::from_slice(&result).ok()?;
         daemon.store().get(&result.output?.digest).ok()
     });
-    output.and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or(serde_json::Value::Null)
+    output.and_then(|bytes| String::from_utf8(bytes).ok())
 }
 
 async fn get_run(
     State(daemon): State<Arc<Daemon>>,
     Caller(tenant, _slot): Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Response> {
     // Another tenant's run is answered exactly like one that does not exist.
     let unknown = || ApiError::new(StatusCode::NOT_FOUND, "unknown_run", "no such run is known to this node");
     let Some(entry) = daemon.runs().get(&id) else {
@@ -414,15 +405,16 @@ async fn get_run(
             .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", e.to_string()))?;
         let status = status.ok_or_else(unknown)?;
         daemon.authorize(&tenant, Some(&status.tenant), "run", &id).await.map_err(|e| refused(e, unknown()))?;
-        return Ok(Json(crate::remote::run_body(&id, &status)));
+        let body = crate::remote::run_body(&id, &status);
+        return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
     };
     daemon.authorize(&tenant, Some(&entry.tenant), "run", &id).await.map_err(|e| refused(e, unknown()))?;
     let state = entry.state.borrow().clone();
     let output = match &state {
         RunState::Finished(finished) => read_output(&daemon, finished),
-        _ => serde_json::Value::Null,
+        _ => None,
     };
-    Ok(Json(run_body(&entry, &state, output)))
+    Ok(Json(run_body(&entry, &state, output)).into_response())
 }
 
 /// Why a caller may not see something: hidden (the same 404 as for nothing), or an admin's

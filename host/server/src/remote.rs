@@ -9,7 +9,7 @@
 
 use crate::drain::DrainToken;
 use crate::metrics::Metrics;
-use crate::runs::{Finished, RunState};
+use crate::runs::{Finished, FinishedBody, RunBody, RunState};
 use guild_audit::{AuditEntry, AuditLog};
 use guild_queue::{DoneEntry, DoneRead, JobResult, JobStatus, QueueError, REDIS_RETRY_MAX, RedisQueue, redis_retry};
 use guild_replay::Digest;
@@ -379,24 +379,21 @@ pub(crate) fn finished(result: &JobResult) -> Finished {
     }
 }
 
-/// What `GET /v1/runs/{id}` shows for a job in Redis.
-pub(crate) fn run_body(id: &str, status: &JobStatus) -> serde_json::Value {
-    let mut body = serde_json::json!({ "id": id, "tool": status.tool, "attempts": status.attempts });
-    match &status.result {
-        Some(result) => {
-            let finished = finished(result);
-            body["status"] = finished.status.as_str().into();
-            body["output"] =
-                result.output.as_deref().and_then(|o| serde_json::from_str(o).ok()).unwrap_or(serde_json::Value::Null);
-            body["error"] = finished.error.map(serde_json::Value::from).unwrap_or_default();
-            body["bundle"] = finished.bundle.map(|b| b.to_hex()).into();
-            body["fuel_used_units"] = finished.fuel_used_units.into();
-            body["wall_time_us"] = finished.wall_time_us.into();
-            body["worker"] = result.worker.clone().into();
-        }
-        None => body["status"] = status.state.word().into(),
-    }
-    body
+/// What `GET /v1/runs/{id}` shows for a job in Redis: the same body as for a run of this node,
+/// with its attempts and, once finished, the worker that ran it; the JSON text.
+pub(crate) fn run_body(id: &str, status: &JobStatus) -> String {
+    let finished = status.result.as_ref().map(|result| (finished(result), result));
+    let body = RunBody {
+        id,
+        status: finished.as_ref().map_or(status.state.word(), |(f, _)| f.status.as_str()),
+        tool: &status.tool,
+        attempts: Some(status.attempts),
+        finished: finished.as_ref().map(|(f, result)| FinishedBody {
+            worker: Some(&result.worker),
+            ..FinishedBody::new(f, result.output.clone())
+        }),
+    };
+    serde_json::to_string(&body).expect("a run body is plain data")
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 
 use guild_replay::Digest;
 use guild_runtime::{Failure, RunStatus};
+use serde::Serialize;
+use serde_json::value::RawValue;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
@@ -59,6 +61,59 @@ impl Finished {
     /// What went wrong, for a person; empty on success.
     pub fn message(&self) -> &str {
         self.error.as_ref().map(|f| f.message.as_str()).unwrap_or_default()
+    }
+}
+
+/// The JSON a client sees for a run (`POST /v1/runs`, `GET /v1/runs/{id}`): its id, status
+/// word and tool, and once finished its output, error, bundle and figures. The output is the
+/// tool's own JSON text, checked once by the runtime and carried through as it is — never
+/// parsed into a tree and written out again.
+#[derive(Debug, Serialize)]
+pub(crate) struct RunBody<'a> {
+    /// The run id.
+    pub(crate) id: &'a str,
+    /// `queued`, `running`, `succeeded`, `failed` or `dead`.
+    pub(crate) status: &'a str,
+    /// The tool's name.
+    pub(crate) tool: &'a str,
+    /// For a job in Redis: attempts started so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) attempts: Option<u32>,
+    /// Once finished.
+    #[serde(flatten)]
+    pub(crate) finished: Option<FinishedBody<'a>>,
+}
+
+/// The finished part of a [`RunBody`].
+#[derive(Debug, Serialize)]
+pub(crate) struct FinishedBody<'a> {
+    /// The tool's output, as it wrote it (null when it failed, or when it cannot be read back).
+    pub(crate) output: Option<Box<RawValue>>,
+    /// Why it failed (null on success).
+    pub(crate) error: Option<&'a Failure>,
+    /// The bundle's id, 64 hex characters.
+    pub(crate) bundle: Option<String>,
+    /// Fuel burnt.
+    pub(crate) fuel_used_units: u64,
+    /// Wall time of the run, µs.
+    pub(crate) wall_time_us: u64,
+    /// For a job in Redis: the worker that ran it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) worker: Option<&'a str>,
+}
+
+impl<'a> FinishedBody<'a> {
+    /// The body's finished part for `finished`, with `output` (the tool's JSON text).
+    pub(crate) fn new(finished: &'a Finished, output: Option<String>) -> Self {
+        Self {
+            // The runtime checked the text is JSON; this only wraps it (a cheap scan, no tree).
+            output: output.and_then(|text| RawValue::from_string(text).ok()),
+            error: finished.error.as_ref(),
+            bundle: finished.bundle.map(|b| b.to_hex()),
+            fuel_used_units: finished.fuel_used_units,
+            wall_time_us: finished.wall_time_us,
+            worker: None,
+        }
     }
 }
 
