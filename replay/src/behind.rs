@@ -112,7 +112,7 @@ fn drain(shared: &Shared, packs: &Packs, receiver: Receiver<PathBuf>) {
         let written = if bytes.len() <= PACKED_BYTES_MAX {
             packs.append(key, &bytes)
         } else {
-            crate::store::write_file(&path, &bytes)
+            crate::file::write_file(&path, &bytes)
         };
         let mut pending = shared.lock();
         match written {

@@ -11,6 +11,7 @@ mod behind;
 mod bundle;
 pub mod canonical;
 mod digest;
+mod file;
 mod hex;
 mod pack;
 mod sign;

@@ -216,7 +216,7 @@ impl DirStore {
         {
             return Ok(());
         }
-        write_file(&slot.path, bytes).map_err(|source| io_error(&slot.path, source))
+        crate::file::write_file(&slot.path, bytes).map_err(|source| io_error(&slot.path, source))
     }
 
     fn pending(&self, slot: &Slot) -> Option<Arc<Vec<u8>>> {
@@ -446,27 +446,6 @@ struct Slot {
 
 fn io_error(path: &Path, source: std::io::Error) -> StoreError {
     StoreError::Io { path: path.display().to_string(), source }
-}
-
-/// Write beside `path` (creating its directory) and rename into place: readers never see half
-/// a file.
-pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let tmp = path.with_extension(format!("tmp.{}.{:?}", std::process::id(), std::thread::current().id()));
-    let result = (|| {
-        // Not fsynced: every run writes a bundle, and a sync per file would cost more than the
-        // run. A crash can lose the newest bundles; it cannot make a wrong one pass, because
-        // every read checks the digest.
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

@@ -167,6 +167,10 @@ pub struct HttpConfig {
     pub tenant_requests_max: usize,
 }
 
+/// Default for `http.tenant_requests_max` (and [`crate::Tenant::with_requests_max`]): HTTP
+/// requests one tenant may have in flight.
+pub const TENANT_REQUESTS_MAX_DEFAULT: usize = 256;
+
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
@@ -174,7 +178,7 @@ impl Default for HttpConfig {
             header_bytes_max: HEADER_BYTES_MAX_DEFAULT,
             header_read_timeout_ms: HEADER_READ_TIMEOUT_MS_DEFAULT,
             body_read_timeout_ms: BODY_READ_TIMEOUT_MS_DEFAULT,
-            tenant_requests_max: crate::tenants::TENANT_REQUESTS_MAX_DEFAULT,
+            tenant_requests_max: TENANT_REQUESTS_MAX_DEFAULT,
         }
     }
 }

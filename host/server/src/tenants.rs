@@ -51,8 +51,7 @@ pub struct Tenant {
     requests_max: usize,
 }
 
-/// Default for [`Tenant::with_requests_max`]: HTTP requests one tenant may have in flight.
-pub const TENANT_REQUESTS_MAX_DEFAULT: usize = 256;
+pub use crate::http::TENANT_REQUESTS_MAX_DEFAULT;
 
 /// Why a tenant may not start a run now, and when to try again.
 #[derive(Debug, Clone, PartialEq)]
