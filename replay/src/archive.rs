@@ -79,6 +79,11 @@ pub enum ArchiveError {
 }
 
 /// Write the bundle `manifest` + `signature` with all its parts from `store` to `out`.
+///
+/// # Errors
+/// [`ArchiveError::Manifest`] when `manifest` does not parse or a blob's file is not the size it
+/// lists; [`ArchiveError::Store`] when a part is missing from `store`, corrupt or unreadable;
+/// [`ArchiveError::Write`] when writing to `out` fails.
 pub fn export(store: &dyn BlobStore, manifest: &[u8], signature: &[u8], out: impl Write) -> Result<(), ArchiveError> {
     let parsed: Manifest = serde_json::from_slice(manifest).map_err(|e| ArchiveError::Manifest(e.to_string()))?;
     let encoder = zstd::stream::Encoder::new(out, ZSTD_LEVEL)?;
@@ -173,6 +178,13 @@ pub struct Imported {
 
 /// Read an archive within `limits`. Nothing is checked beyond the container here; pass the
 /// result to [`crate::Bundle::open`].
+///
+/// # Errors
+/// [`ArchiveError::Unreadable`] when `input` is not a zstd-compressed tar or is truncated;
+/// [`ArchiveError::TooLarge`] past `limits`; [`ArchiveError::UnexpectedEntry`],
+/// [`ArchiveError::DuplicateEntry`] or [`ArchiveError::MissingEntry`] for an entry outside the
+/// format (or not a regular file), twice, or absent; [`ArchiveError::Store`] when a `blobs/` entry
+/// does not hash to its name; [`ArchiveError::Manifest`] when the manifest does not parse.
 pub fn import(input: impl Read, limits: ArchiveLimits) -> Result<Imported, ArchiveError> {
     let unreadable = |e: std::io::Error| ArchiveError::Unreadable(e.to_string());
     let decoder = zstd::stream::Decoder::new(input).map_err(unreadable)?;

@@ -163,6 +163,9 @@ impl<'a> BundleWriter<'a> {
     }
 
     /// Store `bytes` as part of the bundle.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when the store cannot write `bytes`.
     pub fn add_blob(&mut self, bytes: &[u8]) -> Result<BlobRef, StoreError> {
         let digest = self.store.put(bytes)?;
         self.blobs.insert(digest, bytes.len() as u64);
@@ -171,6 +174,10 @@ impl<'a> BundleWriter<'a> {
 
     /// Make a blob already in the store (a component stored when it was loaded) part of the
     /// bundle.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when `blob` is not in the store. Its size is taken as given: a
+    /// wrong one makes a bundle that fails [`Bundle::open`].
     pub fn add_stored(&mut self, blob: &BlobRef) -> Result<(), StoreError> {
         if !self.store.has(&blob.digest) {
             return Err(StoreError::NotFound(blob.digest));
@@ -180,6 +187,11 @@ impl<'a> BundleWriter<'a> {
     }
 
     /// Make the tree `root` (already captured into the store) part of the bundle.
+    ///
+    /// # Errors
+    /// As [`walk_blobs`]: [`TreeError::Store`] when a node is missing or corrupt,
+    /// [`TreeError::BadNode`] or [`TreeError::BadName`] when one is malformed,
+    /// [`TreeError::TooLarge`] past `limits`.
     pub fn add_tree(&mut self, root: &Digest, limits: TreeLimits) -> Result<(), TreeError> {
         for (digest, size) in walk_blobs(self.store, root, limits)? {
             self.blobs.insert(digest, size);
@@ -188,6 +200,9 @@ impl<'a> BundleWriter<'a> {
     }
 
     /// Write the documents, build the manifest and sign it.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when the store cannot write one of the four documents.
     pub fn seal(
         mut self,
         action: &Action,
@@ -313,6 +328,14 @@ impl Bundle {
     /// Check everything about a bundle whose parts are in `store`: the manifest, the signature
     /// (against `required_key` when given), every blob's digest and size, the documents, the
     /// tape's chain and head, and that every referenced blob and tree is listed.
+    ///
+    /// # Errors
+    /// The first check that fails: [`VerifyError::Manifest`] (not canonical, another format, blobs
+    /// unsorted or twice), [`VerifyError::Signature`] (malformed, wrong, or not `required_key`'s),
+    /// [`VerifyError::Blob`] or [`VerifyError::Size`] (a part missing, corrupt or of another size),
+    /// [`VerifyError::Document`], [`VerifyError::Tape`] or [`VerifyError::TapeHead`] (a document,
+    /// the tape or its head wrong), [`VerifyError::Unlisted`] or [`VerifyError::Tree`] (a
+    /// referenced blob or tree not listed or malformed).
     pub fn open(
         store: &dyn BlobStore,
         manifest_bytes: &[u8],
@@ -402,6 +425,10 @@ impl Bundle {
     }
 
     /// The input JSON.
+    ///
+    /// # Errors
+    /// [`VerifyError::Blob`] when the input blob is missing or corrupt, [`VerifyError::Size`] when
+    /// its size is not the action's, [`VerifyError::Document`] when it is not UTF-8.
     pub fn input(&self, store: &dyn BlobStore) -> Result<String, VerifyError> {
         let bytes = fetch(store, &self.action.input)?;
         String::from_utf8(bytes).map_err(|e| VerifyError::Document { name: "input", reason: e.to_string() })

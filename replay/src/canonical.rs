@@ -6,6 +6,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 /// Serialize `value` as canonical JSON.
+///
+/// # Errors
+/// The `serde_json::Error` when `value` is not a JSON value: its `Serialize` fails, or a map has
+/// keys JSON cannot hold.
 pub fn to_canonical_bytes<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
     let value = serde_json::to_value(value)?;
     let mut out = Vec::with_capacity(256);

@@ -94,6 +94,9 @@ pub struct HostKey(SigningKey);
 
 impl HostKey {
     /// A fresh random key.
+    ///
+    /// # Errors
+    /// [`KeyError::Random`] when the operating system gives no randomness.
     pub fn generate() -> Result<Self, KeyError> {
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| KeyError::Random(e.to_string()))?;
@@ -101,6 +104,11 @@ impl HostKey {
     }
 
     /// Load the key at `path`, creating it (readable by its owner only) when absent.
+    ///
+    /// # Errors
+    /// [`KeyError::Io`] when the file cannot be read, or (absent) its directory or the file cannot
+    /// be created, as when another process creates it at the same moment; [`KeyError::Malformed`]
+    /// when it does not hold 64 hex characters; [`KeyError::Random`] as [`HostKey::generate`].
     pub fn load_or_create(path: &Path) -> Result<Self, KeyError> {
         let io = |source| KeyError::Io { path: path.display().to_string(), source };
         match std::fs::read_to_string(path) {
@@ -171,6 +179,11 @@ pub struct BundleSignature {
 
 impl BundleSignature {
     /// Check this signature over `id`; with `required`, also that it is that key's.
+    ///
+    /// # Errors
+    /// [`SignatureError::Malformed`] when the algorithm is not ed25519 or the key or signature is
+    /// not hex of the right length; [`SignatureError::WrongKey`] when `required` is given and did
+    /// not sign; [`SignatureError::Invalid`] when the signature does not verify over `id`.
     pub fn verify(&self, id: &Digest, required: Option<&PublicKey>) -> Result<PublicKey, SignatureError> {
         if self.algorithm != ALGORITHM {
             return Err(SignatureError::Malformed(format!("unknown algorithm {:?}", self.algorithm)));

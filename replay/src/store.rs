@@ -63,8 +63,17 @@ pub const BLOB_BYTES_MAX: u64 = 2 << 30;
 /// Bytes kept under their digest.
 pub trait BlobStore: Send + Sync {
     /// Store `bytes`; storing the same bytes again is free.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when the store cannot write them (a write left to a background writer
+    /// reports its failure from [`DirStore::flush`] instead).
     fn put(&self, bytes: &[u8]) -> Result<Digest, StoreError>;
     /// The bytes named `digest`, checked against it.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when no blob has `digest`; [`StoreError::Corrupt`] when its bytes
+    /// do not hash to it; [`StoreError::TooLarge`] when it is over [`BLOB_BYTES_MAX`];
+    /// [`StoreError::Io`] when reading fails.
     fn get(&self, digest: &Digest) -> Result<Vec<u8>, StoreError>;
     /// Whether `digest` is present (not checked).
     fn has(&self, digest: &Digest) -> bool;
@@ -158,6 +167,10 @@ const KNOWN_DIGESTS_MAX: usize = 100_000;
 
 impl DirStore {
     /// Open (creating if needed) the store at `root`; every write lands before it returns.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when `blobs/`, `bundles/` or `packs/` cannot be created, or the packs
+    /// cannot be read.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
         for sub in ["blobs", "bundles"] {
@@ -171,6 +184,9 @@ impl DirStore {
 
     /// Open the store at `root` with writes done by a background thread, holding at most
     /// `pending_bytes_max` in memory. [`DirStore::flush`] (and dropping the store) waits for them.
+    ///
+    /// # Errors
+    /// As [`DirStore::open`]; [`StoreError::Io`] also when the writer thread cannot be started.
     pub fn open_write_behind(root: impl Into<PathBuf>, pending_bytes_max: u64) -> Result<Self, StoreError> {
         let mut store = Self::open(root)?;
         let behind = WriteBehind::start(pending_bytes_max, store.packs.clone())
@@ -180,6 +196,11 @@ impl DirStore {
     }
 
     /// Wait until every write has landed on disk.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`], at the store's root, with the first background write that failed. The
+    /// failure stays: every later flush reports it (the unwritten bytes are still read from
+    /// memory).
     pub fn flush(&self) -> Result<(), StoreError> {
         match &self.behind {
             Some(behind) => behind.flush().map_err(|e| StoreError::Io {
@@ -266,12 +287,20 @@ impl DirStore {
     }
 
     /// Record a bundle's manifest and signature under its id.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when a file is written in place and cannot be; a write left to the
+    /// background writer reports its failure from [`DirStore::flush`].
     pub fn put_bundle(&self, id: &Digest, manifest: &[u8], signature: &[u8]) -> Result<(), StoreError> {
         self.write(&self.bundle_slot(id, Kind::Signature), signature)?;
         self.write(&self.bundle_slot(id, Kind::Manifest), manifest)
     }
 
     /// A bundle's manifest and signature bytes.
+    ///
+    /// # Errors
+    /// [`StoreError::BundleNotFound`] when the manifest or the signature is absent;
+    /// [`StoreError::TooLarge`] when either is over 256 MiB; [`StoreError::Io`] when reading fails.
     pub fn get_bundle(&self, id: &Digest) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
         let read = |slot: Slot| {
             let size_bytes = self.size_of(&slot)?.ok_or_else(|| StoreError::BundleNotFound(id.to_hex()))?;
@@ -284,6 +313,9 @@ impl DirStore {
     }
 
     /// Every bundle id in the store, sorted.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when `bundles/` or `packs/` cannot be listed.
     pub fn bundle_ids(&self) -> Result<Vec<Digest>, StoreError> {
         let dir = self.root.join("bundles");
         let id_of = |path: &Path| path.file_name()?.to_str()?.strip_suffix(".json")?.parse::<Digest>().ok();
@@ -302,6 +334,11 @@ impl DirStore {
     }
 
     /// Resolve a full id or a unique prefix of at least 6 hex characters.
+    ///
+    /// # Errors
+    /// [`StoreError::BundleNotFound`] when `text` is shorter than 6 characters, not hex, or the
+    /// prefix of no bundle (a full id is returned without looking); [`StoreError::AmbiguousPrefix`]
+    /// when it is the prefix of several; [`StoreError::Io`] as [`DirStore::bundle_ids`].
     pub fn resolve(&self, text: &str) -> Result<Digest, StoreError> {
         if let Ok(id) = text.parse::<Digest>() {
             return Ok(id);

@@ -257,7 +257,10 @@ impl Tape {
         Self::default()
     }
 
-    /// Append `effect`, observed with `fuel` burnt. Fails past [`TAPE_EVENTS_MAX`].
+    /// Append `effect`, observed with `fuel` burnt.
+    ///
+    /// # Errors
+    /// [`TapeError::TooLong`] when the tape already holds [`TAPE_EVENTS_MAX`] events.
     pub fn push(&mut self, fuel: u64, effect: Effect) -> Result<&Event, TapeError> {
         let seq = self.events.len() as u64;
         if seq >= TAPE_EVENTS_MAX {
@@ -298,6 +301,12 @@ impl Tape {
     }
 
     /// Parse and check a tape: order, fuel, and every link of the chain.
+    ///
+    /// # Errors
+    /// [`TapeError::Malformed`] when the bytes are not UTF-8 or a line is not an event;
+    /// [`TapeError::Sequence`] when a `seq` is out of order; [`TapeError::FuelBackwards`] when fuel
+    /// decreases; [`TapeError::Chain`] when a link does not match; [`TapeError::TooLong`] past
+    /// [`TAPE_EVENTS_MAX`] events.
     pub fn from_jsonl(bytes: &[u8]) -> Result<Self, TapeError> {
         let mut tape = Tape::new();
         let text = std::str::from_utf8(bytes)

@@ -130,6 +130,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TreeError + '_ {
 }
 
 /// Check that `name` is a single, plain path component.
+///
+/// # Errors
+/// [`TreeError::BadName`] when `name` is empty, `.` or `..`, or holds `/`, `\` or NUL.
 pub fn check_name(name: &str) -> Result<(), TreeError> {
     if name.is_empty()
         || name == "."
@@ -259,12 +262,21 @@ impl FileDigestCache {
 }
 
 /// Capture the directory at `root` into `store`, returning its root digest and totals.
+///
+/// # Errors
+/// As [`capture_cached`].
 pub fn capture(root: &Path, store: &dyn BlobStore, limits: TreeLimits) -> Result<TreeSummary, TreeError> {
     capture_cached(root, store, limits, None)
 }
 
 /// [`capture`], skipping files `cache` says are already in `store` unchanged. The cache must
 /// belong to this store.
+///
+/// # Errors
+/// [`TreeError::TooLarge`] when the tree passes `limits`; [`TreeError::BadName`] when a name is not
+/// UTF-8 or fails [`check_name`]; [`TreeError::Io`] when `root` or an entry cannot be opened or
+/// read; [`TreeError::Store`] when the store cannot take a blob. An entry that vanishes or changes
+/// kind while the walk runs is left out, not an error.
 pub fn capture_cached(
     root: &Path,
     store: &dyn BlobStore,
@@ -436,6 +448,11 @@ fn capture_dir(
 }
 
 /// Read and check one directory node: canonical, sorted, plain names.
+///
+/// # Errors
+/// [`TreeError::Store`] when the node is missing or corrupt; [`TreeError::BadNode`] when it does
+/// not parse, names an entry twice or is unsorted; [`TreeError::BadName`] when a name fails
+/// [`check_name`].
 pub fn read_node(store: &dyn BlobStore, digest: &Digest) -> Result<DirectoryNode, TreeError> {
     read_node_sized(store, digest).map(|(node, _)| node)
 }
@@ -474,6 +491,10 @@ fn read_node_sized(store: &dyn BlobStore, digest: &Digest) -> Result<(DirectoryN
 
 /// Every blob a tree references (nodes and file contents) with its size, checking structure and
 /// bounds on the way. File contents are not read: their sizes come from the nodes.
+///
+/// # Errors
+/// [`TreeError::TooLarge`] when the tree passes `limits`, as its nodes count it; otherwise as
+/// [`read_node`], for any node.
 pub fn walk_blobs(store: &dyn BlobStore, root: &Digest, limits: TreeLimits) -> Result<Vec<(Digest, u64)>, TreeError> {
     let mut budget = Budget { limits, entries: 0, bytes: 0, listing: 0 };
     let mut out = Vec::new();
@@ -516,6 +537,11 @@ pub enum Materialize {
 
 /// Recreate the tree `root` under `dest` (which must exist and be empty). With
 /// [`Materialize::LinkReadOnly`] linked files are not re-hashed: verify the bundle first.
+///
+/// # Errors
+/// As [`walk_blobs`], before anything is written; then [`TreeError::Store`] when a file's blob is
+/// missing or corrupt, [`TreeError::Io`] when a file, link or directory cannot be created under
+/// `dest` (one already there included).
 pub fn materialize(
     store: &dyn BlobStore,
     root: &Digest,

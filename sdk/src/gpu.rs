@@ -82,12 +82,21 @@ pub struct Tensor {
 
 impl Tensor {
     /// A zero-filled tensor.
+    ///
+    /// # Errors
+    /// A [`GpuError`] that converts to [`ToolError::Denied`] when the tool did not ask for `gpu`,
+    /// or an `invalid` one when the shape's size overflows. Past the run's buffer quota the host
+    /// ends the run instead.
     pub fn zeros(dtype: DType, shape: &[u32]) -> Result<Self, GpuError> {
         let buffer = wit::Buffer::create(dtype, shape)?;
         Ok(Self { buffer, shape: shape.to_vec(), dtype })
     }
 
     /// A float tensor holding `values` (row-major; as many as the shape has elements).
+    ///
+    /// # Errors
+    /// As [`Tensor::zeros`], and an `invalid` [`GpuError`] when `values` are not as many as the
+    /// shape has elements.
     pub fn from_f32(shape: &[u32], values: &[f32]) -> Result<Self, GpuError> {
         let tensor = Self::zeros(DType::F32, shape)?;
         tensor.write_f32(values)?;
@@ -95,6 +104,9 @@ impl Tensor {
     }
 
     /// An unsigned-integer tensor holding `values`.
+    ///
+    /// # Errors
+    /// As [`Tensor::from_f32`].
     pub fn from_u32(shape: &[u32], values: &[u32]) -> Result<Self, GpuError> {
         let tensor = Self::zeros(DType::U32, shape)?;
         tensor.buffer.write(&values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>())?;
@@ -102,6 +114,10 @@ impl Tensor {
     }
 
     /// Replace the contents of a float tensor.
+    ///
+    /// # Errors
+    /// An `invalid` [`GpuError`] when the tensor is not f32 or `values` are not as many as its
+    /// elements.
     pub fn write_f32(&self, values: &[f32]) -> Result<(), GpuError> {
         self.expect(DType::F32)?;
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -109,12 +125,18 @@ impl Tensor {
     }
 
     /// The contents of a float tensor.
+    ///
+    /// # Errors
+    /// An `invalid` [`GpuError`] when the tensor is not f32.
     pub fn to_f32(&self) -> Result<Vec<f32>, GpuError> {
         self.expect(DType::F32)?;
         Ok(self.buffer.read().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 
     /// The contents of an unsigned-integer tensor.
+    ///
+    /// # Errors
+    /// An `invalid` [`GpuError`] when the tensor is not u32.
     pub fn to_u32(&self) -> Result<Vec<u32>, GpuError> {
         self.expect(DType::U32)?;
         Ok(self.buffer.read().chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
@@ -139,6 +161,13 @@ impl Tensor {
 }
 
 /// Run `kernel` from the host's catalogue: the host checks shapes and types and sizes the work.
+///
+/// # Errors
+/// A [`GpuError`]: `denied` when the tool did not ask for `gpu`; `unknown-kernel` when the
+/// catalogue has no `kernel`; `shape`, `dtype` or `invalid` when the tensors or `params` do not fit
+/// it; `unavailable` ([`GpuError::is_unavailable`]) when the host cannot run GPU work now. Past a
+/// quota, the host's GPU queue or a deadline, or when the device is lost, the host ends the run
+/// instead.
 pub fn dispatch(kernel: &str, inputs: &[&Tensor], outputs: &[&Tensor], params: &[Scalar]) -> Result<(), GpuError> {
     let inputs: Vec<&wit::Buffer> = inputs.iter().map(|t| &t.buffer).collect();
     let outputs: Vec<&wit::Buffer> = outputs.iter().map(|t| &t.buffer).collect();
@@ -151,6 +180,10 @@ pub fn kernels() -> Vec<KernelInfo> {
 }
 
 /// `a[m, k] · b[k, n]`.
+///
+/// # Errors
+/// An `invalid` [`GpuError`] when `a` or `b` is not a matrix; otherwise as [`Tensor::zeros`] and
+/// [`dispatch`] (a `shape` error when the inner dimensions differ).
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor, GpuError> {
     let (m, n) = match (a.shape(), b.shape()) {
         ([m, _], [_, n]) => (*m, *n),
@@ -163,6 +196,10 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor, GpuError> {
 
 /// The `k` rows of `matrix` most similar to `query` by cosine similarity, best first, as
 /// `(row, score)` pairs.
+///
+/// # Errors
+/// As [`Tensor::zeros`] and [`dispatch`] (a `shape` error when `query` is not `[d]`, `matrix` not
+/// `[rows, d]`, or `k` is 0, more than the rows or more than the host allows).
 pub fn cosine_top_k(query: &Tensor, matrix: &Tensor, k: u32) -> Result<Vec<(u32, f32)>, GpuError> {
     let indices = Tensor::zeros(DType::U32, &[k])?;
     let scores = Tensor::zeros(DType::F32, &[k])?;
@@ -172,6 +209,9 @@ pub fn cosine_top_k(query: &Tensor, matrix: &Tensor, k: u32) -> Result<Vec<(u32,
 
 /// An elementwise or row-wise kernel with one input and an output of the same shape (`relu`,
 /// `gelu`, `softmax`; `scale` with its factor as a parameter).
+///
+/// # Errors
+/// As [`Tensor::zeros`] and [`dispatch`].
 pub fn map(kernel: &str, input: &Tensor, params: &[Scalar]) -> Result<Tensor, GpuError> {
     let out = Tensor::zeros(DType::F32, input.shape())?;
     dispatch(kernel, &[input], &[&out], params)?;

@@ -95,6 +95,13 @@ pub enum PolicyError {
 
 impl EffectivePolicy {
     /// Intersect `grants` with what `tool` asks for in `capabilities`.
+    ///
+    /// # Errors
+    /// [`PolicyError::GuestPath`] when a mount's guest path is not absolute and normalised;
+    /// [`PolicyError::DuplicateMount`] when two mounts share one; [`PolicyError::NotRequested`]
+    /// when the tool does not ask for a directory there; [`PolicyError::HostPath`] when the host
+    /// directory cannot be resolved or is not a directory; [`PolicyError::ToolHost`] when a
+    /// declared host does not parse as an [`EgressRule`].
     pub fn resolve(tool: &str, grants: &Grants, capabilities: &Capabilities) -> Result<Self, PolicyError> {
         let mut mounts: Vec<Mount> = Vec::with_capacity(grants.mounts.len());
         for mount in &grants.mounts {

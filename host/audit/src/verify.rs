@@ -30,8 +30,13 @@ pub(crate) fn head_path(log: &Path) -> PathBuf {
 }
 
 /// Check the whole chain of the log at `path` and its head file, calling `each` for every good
-/// record. Names the first broken record: unparsable or truncated line, wrong seq, wrong
-/// `prev`, wrong `hash`, or records missing from the end.
+/// record.
+///
+/// # Errors
+/// [`AuditError::Broken`], naming the first broken record: an unparsable or truncated line, a wrong
+/// seq, `prev` or `hash`, or records missing from the end (the head file names a later record, or
+/// is missing or unreadable); [`AuditError::Io`] when the log or its head file cannot be read. A
+/// log that does not exist is empty, not broken.
 pub fn verify(path: &Path, mut each: impl FnMut(&AuditRecord)) -> Result<Head, AuditError> {
     let io = |source| AuditError::Io { path: path.to_path_buf(), source };
     let mut head = Head::EMPTY;

@@ -84,6 +84,11 @@ impl AuditLog {
     }
 
     /// Append a record; resolves once it is on disk (fsynced). Returns its seq.
+    ///
+    /// # Errors
+    /// [`AuditError::Stopped`] after [`AuditLog::close`] or once the writer thread has stopped;
+    /// [`AuditError::Io`] when the write or its fsync fails (the log is cut back to its last whole
+    /// record).
     pub async fn append(&self, entry: AuditEntry) -> Result<u64, AuditError> {
         let (done, wait) = oneshot::channel();
         {
@@ -99,6 +104,9 @@ impl AuditLog {
     }
 
     /// Append several records, written together; resolves once all are on disk.
+    ///
+    /// # Errors
+    /// As [`AuditLog::append`], for the first record that fails; records before it may be on disk.
     pub async fn append_many(&self, entries: Vec<AuditEntry>) -> Result<(), AuditError> {
         let mut waits = Vec::with_capacity(entries.len());
         {

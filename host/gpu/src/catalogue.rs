@@ -270,8 +270,11 @@ pub struct Catalogue {
 }
 
 impl Catalogue {
-    /// Parse and validate every kernel's WGSL, and hash it. Fails on the first that does not
-    /// validate or lacks an entry point the host dispatches.
+    /// Parse and validate every kernel's WGSL, and hash it.
+    ///
+    /// # Errors
+    /// [`GpuError::Catalogue`], naming the kernel, for the first whose WGSL does not parse or
+    /// validate, or lacks an entry point the host dispatches.
     pub fn load() -> Result<Self, GpuError> {
         let kernels = KERNELS.iter().map(validate).collect::<Result<Vec<_>, _>>()?;
         Ok(Self { kernels })
@@ -283,6 +286,9 @@ impl Catalogue {
     }
 
     /// The kernel called `name`.
+    ///
+    /// # Errors
+    /// [`GpuError::UnknownKernel`], listing the catalogue's names, when no kernel is called `name`.
     pub fn get(&self, name: &str) -> Result<&Kernel, GpuError> {
         self.kernels.iter().find(|k| k.spec.name == name).ok_or_else(|| GpuError::UnknownKernel {
             name: name.to_string(),

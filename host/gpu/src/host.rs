@@ -124,6 +124,9 @@ impl Drop for Waiting<'_> {
 
 impl GpuHost {
     /// Validate the catalogue. No device is opened until the first dispatch needs one.
+    ///
+    /// # Errors
+    /// [`GpuError::Catalogue`] when a kernel does not validate (see [`Catalogue::load`]).
     pub fn new(config: GpuConfig) -> Result<Self, GpuError> {
         Ok(Self {
             catalogue: Catalogue::load()?,
@@ -144,6 +147,10 @@ impl GpuHost {
     }
 
     /// Check a dispatch against its kernel without running it (replay does only this).
+    ///
+    /// # Errors
+    /// [`GpuError::UnknownKernel`] when the catalogue has no `kernel`; otherwise as
+    /// [`plan`](crate::plan::plan).
     pub fn check(
         &self,
         kernel: &str,
@@ -181,6 +188,14 @@ impl GpuHost {
     }
 
     /// Run a dispatch on the device, or on the CPU reference where the configuration says so.
+    ///
+    /// # Errors
+    /// As [`GpuHost::check`], and [`GpuError::Invalid`] when an input's bytes are not its shape's
+    /// size or a buffer is larger than the device binds; [`GpuError::Unavailable`] when the mode is
+    /// `off`, or `device` finds no adapter; [`GpuError::Busy`] when `queue_depth_max` dispatches
+    /// already wait; [`GpuError::Deadline`] when the device is not free within `timeout`, or the
+    /// run then takes longer than `timeout`; [`GpuError::DeviceLost`] when the device fails. After
+    /// a run's timeout or a loss the device is rebuilt for the next dispatch.
     pub fn dispatch(&self, request: &DispatchRequest<'_>) -> Result<Dispatched, GpuError> {
         let metas: Vec<&TensorMeta> = request.inputs.iter().map(|(m, _)| *m).collect();
         let (kernel, plan) = self.check(request.kernel, &metas, &request.outputs, request.params)?;

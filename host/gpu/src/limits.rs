@@ -67,6 +67,11 @@ impl JobQuota {
     }
 
     /// Charge a new buffer of `bytes`.
+    ///
+    /// # Errors
+    /// [`GpuError::Quota`] (`buffer count`) when the job already holds `buffers_max` buffers, or
+    /// (`buffer bytes`) when this one would take it past `buffer_bytes_max`. Nothing is charged
+    /// then.
     pub fn allocate(&mut self, bytes: u64) -> Result<(), GpuError> {
         if self.buffers_held >= self.limits.buffers_max {
             return Err(GpuError::Quota {
@@ -97,6 +102,9 @@ impl JobQuota {
     }
 
     /// Charge one dispatch.
+    ///
+    /// # Errors
+    /// [`GpuError::Quota`] (`dispatch`) when the job has already made `dispatches_max` dispatches.
     pub fn dispatch(&mut self) -> Result<(), GpuError> {
         if self.dispatches >= self.limits.dispatches_max {
             return Err(GpuError::Quota {

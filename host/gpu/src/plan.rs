@@ -58,6 +58,12 @@ pub struct Plan {
 }
 
 /// Check `inputs`, `outputs` and `params` against `kernel` and plan the dispatch.
+///
+/// # Errors
+/// [`GpuError::Invalid`] when the count of inputs, outputs or parameters is not the kernel's, or a
+/// shape's element count overflows; [`GpuError::DType`] when a buffer or parameter has the wrong
+/// element type; [`GpuError::Shape`] when a shape does not fit the kernel (an empty input,
+/// dimensions that disagree, `k` out of range) or needs more workgroups than one dispatch runs.
 pub fn plan(
     kernel: &Kernel,
     inputs: &[&TensorMeta],

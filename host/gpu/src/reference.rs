@@ -88,7 +88,11 @@ pub fn cosine_topk(query: &[f32], matrix: &[f32], rows: usize, d: usize, k: usiz
 }
 
 /// Compare outputs against expected ones under `kernel`'s tolerance (exactly when `exact`).
-/// `Err` says where and by how much they differ.
+///
+/// # Errors
+/// A message saying where they first differ and by how much: an output whose length differs, a
+/// float element outside the tolerance, or any difference in a non-float output (top-k indices
+/// may swap only where their scores tie within the tolerance).
 pub fn compare(
     kernel: &Kernel,
     metas: &[&TensorMeta],

@@ -99,7 +99,10 @@ impl TensorMeta {
         Self { dtype, shape: shape.to_vec() }
     }
 
-    /// Elements, or an error when the product overflows.
+    /// Elements: the product of the dimensions.
+    ///
+    /// # Errors
+    /// [`GpuError::Invalid`] when the product of the dimensions overflows a `u64`.
     pub fn elements(&self) -> Result<u64, GpuError> {
         self.shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(u64::from(d))).ok_or_else(|| {
             GpuError::Invalid(format!("shape {} has more elements than a u64 holds", show_shape(&self.shape)))
@@ -107,6 +110,9 @@ impl TensorMeta {
     }
 
     /// Bytes of its data.
+    ///
+    /// # Errors
+    /// [`GpuError::Invalid`] when the element count, or the bytes it takes, overflows a `u64`.
     pub fn size_bytes(&self) -> Result<u64, GpuError> {
         self.elements()?
             .checked_mul(self.dtype.size_bytes())

@@ -56,7 +56,12 @@ impl RunQueue {
         })
     }
 
-    /// Take a place in the queue, or be refused because it is full.
+    /// Take a place in the queue.
+    ///
+    /// # Errors
+    /// [`QueueFull`] with `draining` set once the queue is closed; otherwise, when every slot is
+    /// busy and `depth_max` runs already wait, with a `retry_after_s` estimated from recent run
+    /// times.
     pub fn enter(self: &Arc<Self>) -> Result<Ticket, QueueFull> {
         if self.closed.load(Ordering::Acquire) {
             return Err(QueueFull { depth: self.depth(), retry_after_s: 5, draining: true });
@@ -116,7 +121,11 @@ impl RunQueue {
 }
 
 impl Ticket {
-    /// Wait for a slot. Fails only if the queue's slots were closed, which the daemon never does.
+    /// Wait for a slot.
+    ///
+    /// # Errors
+    /// [`QueueFull`] with `draining` set only if the queue's slots were closed, which the daemon
+    /// never does.
     pub async fn start(mut self) -> Result<Slot, QueueFull> {
         let permit = self.queue.slots.clone().acquire_owned().await;
         self.queue.waiting.fetch_sub(1, Ordering::AcqRel);

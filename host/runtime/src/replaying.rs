@@ -126,6 +126,14 @@ pub struct ReplayReport {
 
 impl Runtime {
     /// Replay `bundle`, whose parts are in `store`.
+    ///
+    /// # Errors
+    /// [`ReplayError::EngineMismatch`] when another engine configuration recorded the bundle,
+    /// unless `allow_engine_mismatch`; [`ReplayError::Invalid`] when its component, input, seed,
+    /// mounts or recorded bodies cannot be read or loaded, or the component is not the tool the
+    /// bundle names; [`ReplayError::Host`] when this host fails; [`ReplayError::TooSlow`] when the
+    /// replay runs past its backstop where the original finished. A replay that differs is a
+    /// [`ReplayReport::mismatch`], not an error.
     pub async fn replay(
         &self,
         bundle: &Bundle,

@@ -121,6 +121,10 @@ const RUN_SECONDS_BUCKETS: &[f64] = &[
 
 impl Metrics {
     /// Register every metric; `version` and `wasmtime` label the build-info gauge.
+    ///
+    /// # Errors
+    /// The [`prometheus::Error`] when a metric's name, labels or help text is invalid or used
+    /// twice: a mistake in this list, not something the environment can cause.
     pub fn new(version: &str, wasmtime: &str) -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("guild".into()), None)?;
         let runs = IntCounterVec::new(

@@ -82,6 +82,10 @@ impl RegisteredTool {
     }
 
     /// The component's bytes, read again from where it was registered from.
+    ///
+    /// # Errors
+    /// The I/O error when the file the tool was registered from can no longer be read; an embedded
+    /// tool cannot fail. The bytes are not checked against the registered digest.
     pub fn component_bytes(&self) -> std::io::Result<std::borrow::Cow<'static, [u8]>> {
         match &self.source {
             ToolSource::File(path) => std::fs::read(path).map(std::borrow::Cow::Owned),
@@ -90,6 +94,10 @@ impl RegisteredTool {
     }
 
     /// Check `input` against the tool's input schema.
+    ///
+    /// # Errors
+    /// [`InvalidInput`], with a JSON pointer to the field, for the first way `input` breaks the
+    /// schema. A tool whose schema did not compile accepts any input here.
     pub fn validate(&self, input: &serde_json::Value) -> Result<(), InvalidInput> {
         let Some(validator) = &self.validator else { return Ok(()) };
         let Err(error) = validator.validate(input) else { return Ok(()) };
@@ -143,6 +151,9 @@ impl Registry {
     }
 
     /// Add a tool; the same component under the same name again is a no-op.
+    ///
+    /// # Errors
+    /// [`RegisterError::NameTaken`] when a different component is registered under the tool's name.
     pub fn insert(&self, tool: RegisteredTool) -> Result<Arc<RegisteredTool>, RegisterError> {
         let mut tools = self.tools.write().unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = tools.get(&tool.name) {
@@ -157,6 +168,11 @@ impl Registry {
     }
 
     /// Load and register every spec, in order.
+    ///
+    /// # Errors
+    /// [`ConfigError`], naming the spec's field, when a component cannot be loaded, its digest is
+    /// not the one the config pins, or its name is taken by another component. The specs before it
+    /// stay registered.
     pub async fn load(&self, runtime: &Runtime, specs: Vec<ToolSpec>) -> Result<(), ConfigError> {
         for spec in specs {
             let fail = |message: String| ConfigError { field: spec.field.clone(), message };
@@ -206,6 +222,11 @@ impl ToolSpec {
 
     /// The specs a config's `[[tools]]` describe: directories expanded to their `*.wasm` files,
     /// secrets read from where `[secrets]` says.
+    ///
+    /// # Errors
+    /// [`ConfigError`], naming the field, when a granted secret's source does not parse or cannot
+    /// be read, a `digest` is not a blake3 digest, or a directory `path` has a `name` or `digest`
+    /// or cannot be listed.
     pub fn from_config(config: &DaemonConfig) -> Result<Vec<ToolSpec>, ConfigError> {
         let mut specs = Vec::new();
         for (i, tool) in config.tools.iter().enumerate() {

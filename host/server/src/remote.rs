@@ -103,6 +103,10 @@ impl Remote {
     }
 
     /// Put the tool's component in Redis unless this node already did.
+    ///
+    /// # Errors
+    /// [`QueueError::Corrupt`] when the file the tool was registered from can no longer be read;
+    /// otherwise as [`RedisQueue::put_component`].
     pub async fn push_component(&self, tool: &crate::registry::RegisteredTool) -> Result<(), QueueError> {
         let digest = *tool.tool.digest();
         if self.pushed.lock().unwrap_or_else(|p| p.into_inner()).contains(&digest) {

@@ -57,6 +57,12 @@ pub enum StartError {
 
 /// Build the daemon: tenants, tools (config, extra, uploaded), the audit log (verified, and
 /// the run table refilled from it), metrics and the queue.
+///
+/// # Errors
+/// [`StartError::Config`] when no tenant is configured and no token given, a tool cannot be loaded
+/// or registered, the descriptor limit cannot be raised for the configured runs, or the Redis URL
+/// or shared store is unusable; [`StartError::Audit`] when the audit log does not verify or cannot
+/// be opened; [`StartError::Metrics`] when the metrics cannot be registered.
 pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
     let DaemonSetup { config, runtime, store, state_dir, default_token, extra_tools } = setup;
     let tenants = tenants(&config, default_token)?;
@@ -145,6 +151,9 @@ fn resources_per_run(tools: &Registry) -> u32 {
 }
 
 /// The bundle store every node shares (`redis.shared_store`), opened.
+///
+/// # Errors
+/// [`ConfigError`] for `redis.shared_store` when the store cannot be opened (or created) there.
 pub fn shared_store(config: &DaemonConfig) -> Result<Option<Arc<DirStore>>, ConfigError> {
     let Some(path) = &config.redis.shared_store else { return Ok(None) };
     DirStore::open(path)
@@ -233,6 +242,10 @@ fn restore(runs: &RunTable, record: &AuditRecord) {
 /// `/readyz` for `notice` while still accepting connections, stop accepting, finish the requests
 /// in flight and the queued runs (up to `drain`), close the audit log, flush bundles. Returns
 /// whether everything finished within the deadline.
+///
+/// # Errors
+/// An I/O error when the bundles cannot be written to disk after draining. An `accept` that fails
+/// is retried, not returned.
 pub async fn run(
     daemon: Arc<Daemon>,
     listener: tokio::net::TcpListener,

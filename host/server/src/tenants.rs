@@ -242,8 +242,12 @@ impl Tenant {
         self.token == *token_digest
     }
 
-    /// Take a rate-limit token, a concurrency slot and a fuel reservation of up to `fuel_units`,
-    /// or say why not.
+    /// Take a rate-limit token, a concurrency slot and a fuel reservation of up to `fuel_units`.
+    ///
+    /// # Errors
+    /// `Refusal::Concurrency` when `concurrency_max` runs of the tenant are queued or running;
+    /// `Refusal::RateLimited` when its token bucket is empty and `Refusal::FuelBudget` when this
+    /// period's fuel is spent or reserved, each with how long to wait.
     pub fn admit(self: &Arc<Self>, fuel_units: u64) -> Result<Admission, Refusal> {
         let now = Instant::now();
         let running = self.running.fetch_add(1, Ordering::AcqRel);

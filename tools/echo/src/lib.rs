@@ -19,6 +19,10 @@ pub struct Output {
 }
 
 /// Return the message unchanged.
+///
+/// # Errors
+/// None: the `Result` is the shape [`guild_sdk::export_tool!`] asks of a tool's function. Input
+/// with unknown fields is refused before it is called.
 pub fn echo(input: Input) -> Result<Output, ToolError> {
     Ok(Output { message: input.message })
 }

@@ -93,6 +93,12 @@ pub struct Output {
 }
 
 /// Search `input.path` for lines matching `input.pattern`.
+///
+/// # Errors
+/// [`ToolError::InvalidInput`] when `max_matches` is not 1 to [`MATCHES_MAX`], `pattern` does not
+/// compile (or compiles too large), or `path` is empty; [`ToolError::Denied`] (no permission) or
+/// [`ToolError::Failed`] when `path` cannot be looked at. A file that cannot be read is listed in
+/// `errors` instead.
 pub fn grep(input: Input) -> Result<Output, ToolError> {
     if !(1..=MATCHES_MAX).contains(&input.max_matches) {
         return Err(ToolError::invalid_input(format!(

@@ -52,6 +52,12 @@ pub struct Output {
 }
 
 /// Hash `input.text`, or the file or tree at `input.path`.
+///
+/// # Errors
+/// [`ToolError::InvalidInput`] unless exactly one of `text` and a non-empty `path` is given;
+/// [`ToolError::Denied`] (no permission) or [`ToolError::Failed`] when a file cannot be read;
+/// [`ToolError::Failed`] when the tree holds more than [`FILES_MAX`] files. A partial digest is
+/// never returned.
 pub fn hash(input: Input) -> Result<Output, ToolError> {
     match (input.text, input.path) {
         (Some(text), None) => {

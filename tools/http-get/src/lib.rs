@@ -44,6 +44,12 @@ pub struct Output {
 }
 
 /// Make the request.
+///
+/// # Errors
+/// [`ToolError::InvalidInput`] for an unsupported method, a URL that is not `http://` or
+/// `https://`, or a header name that is not one; [`ToolError::Denied`] when the host's egress rules
+/// refuse the request; [`ToolError::Failed`] when the URL or a header value does not parse, the
+/// request or its body fails, or `json_pointer` finds nothing (as [`select`]).
 pub fn http_get(input: Input) -> Result<Output, ToolError> {
     let method = parse_method(input.method.as_deref().unwrap_or("GET"))?;
     if !(input.url.starts_with("http://") || input.url.starts_with("https://")) {
@@ -115,6 +121,9 @@ fn classify(url: &str, failure: &Failure) -> ToolError {
 }
 
 /// The field of a JSON document that `pointer` names.
+///
+/// # Errors
+/// [`ToolError::Failed`] when `bytes` are not JSON or hold nothing at `pointer`.
 pub fn select(bytes: &[u8], pointer: &str) -> Result<serde_json::Value, ToolError> {
     let document: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| ToolError::failed(format!("the response is not JSON: {e}")))?;

@@ -50,6 +50,12 @@ pub struct Output {
 }
 
 /// Run `input.query` against the document.
+///
+/// # Errors
+/// [`ToolError::InvalidInput`] when the query does not parse, or not exactly one of `document` and
+/// a non-empty `path` is given; [`ToolError::Denied`] (no permission) or [`ToolError::Failed`] when
+/// the file cannot be read; [`ToolError::Failed`] when it is larger than [`DOCUMENT_BYTES_MAX`] or
+/// not JSON, or when the query finds nothing (as [`evaluate`]).
 pub fn json_query(input: Input) -> Result<Output, ToolError> {
     let segments = query::parse(&input.query)
         .map_err(|e| ToolError::invalid_input(format!("malformed query {:?} {e}", input.query)))?;
@@ -83,7 +89,11 @@ fn read_document(path: &str) -> Result<Value, ToolError> {
     serde_json::from_slice(&bytes).map_err(|e| ToolError::failed(format!("{path} is not valid JSON: {e}")))
 }
 
-/// Apply parsed query steps to `document`. The error says which step found nothing, and where.
+/// Apply parsed query steps to `document`.
+///
+/// # Errors
+/// A message naming the first step that found nothing (a missing key, an index out of range, or a
+/// value of the wrong kind) and where in the document it looked.
 pub fn evaluate(document: &Value, segments: &[Segment]) -> Result<Value, String> {
     let mut at = String::new();
     eval(document, segments, &mut at)

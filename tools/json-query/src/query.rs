@@ -77,6 +77,12 @@ impl fmt::Display for QueryError {
 impl std::error::Error for QueryError {}
 
 /// Parse a query into its steps.
+///
+/// # Errors
+/// [`QueryError`], with the character position where parsing stopped, when the query is longer than
+/// [`QUERY_CHARS_MAX`] characters, a key is empty, a bracket holds neither `*`, an index nor a
+/// quoted key or is not closed, an index overflows or is `-0`, a quoted key is not closed or has an
+/// escape other than `\"` and `\\`, or a step starts with anything but `.` or `[`.
 pub fn parse(query: &str) -> Result<Vec<Segment>, QueryError> {
     let chars: Vec<char> = query.chars().collect();
     if chars.len() > QUERY_CHARS_MAX {

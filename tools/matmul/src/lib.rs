@@ -88,6 +88,12 @@ pub fn random_values(count: usize, seed: u64) -> Vec<f32> {
 }
 
 /// Multiply.
+///
+/// # Errors
+/// [`ToolError::InvalidInput`] unless exactly `a` and `b`, or `random`, are given, or when a matrix
+/// is empty or ragged, a random side is not 1 to [`SIDE_MAX`], or `repeat` is not 1 to
+/// [`REPEAT_MAX`]. A GPU error otherwise: [`ToolError::Denied`] when GPU work is refused,
+/// [`ToolError::Failed`] for the rest (shapes that do not fit `op`, an unknown `op`, no GPU).
 pub fn matmul(input: Input) -> Result<Output, ToolError> {
     let (a, a_shape, b, b_shape, keep) = match (&input.a, &input.b, &input.random) {
         (Some(a), Some(b), None) => {

@@ -60,6 +60,11 @@ pub struct Output {
 }
 
 /// Read and check the file: every vector as long as the query.
+///
+/// # Errors
+/// [`ToolError::InvalidInput`] when `file` is not under `/data/`, is not a JSON list of items with
+/// an `id` and a `vector`, holds no vectors or more than [`ITEMS_MAX`], or a vector is not `dim`
+/// long; [`ToolError::Denied`] (no permission) or [`ToolError::Failed`] when it cannot be read.
 pub fn load(file: &str, dim: usize) -> Result<Vec<Item>, ToolError> {
     if !file.starts_with("/data/") {
         return Err(ToolError::invalid_input(format!("file must be under /data, got {file}")));
@@ -84,6 +89,11 @@ pub fn load(file: &str, dim: usize) -> Result<Vec<Item>, ToolError> {
 }
 
 /// Rank the file's vectors against the query.
+///
+/// # Errors
+/// [`ToolError::InvalidInput`] when the query is empty, or as [`load`]. A GPU error otherwise:
+/// [`ToolError::Denied`] when GPU work is refused, [`ToolError::Failed`] for the rest (`k` of 0 or
+/// over 1024, no GPU).
 pub fn similar(input: Input) -> Result<Output, ToolError> {
     let dim = input.query.len();
     if dim == 0 {

@@ -83,6 +83,11 @@ pub struct Output {
 }
 
 /// Count lines, words and bytes under `input.path`.
+///
+/// # Errors
+/// [`ToolError::InvalidInput`] when `path` is empty; [`ToolError::Denied`] (no permission) or
+/// [`ToolError::Failed`] when `path` cannot be looked at. A file that cannot be read is listed in
+/// `errors` instead.
 pub fn wc(input: Input) -> Result<Output, ToolError> {
     if input.path.is_empty() {
         return Err(ToolError::invalid_input("path must not be empty; give a file or directory under /data"));
@@ -153,6 +158,9 @@ fn walk_error(root: &str, error: walkdir::Error) -> FileError {
 
 /// Count a stream the way `wc` does in the C locale: bytes, `\n`s, and maximal runs of
 /// non-whitespace. Bytes rather than chars, so invalid UTF-8 is counted instead of rejected.
+///
+/// # Errors
+/// The reader's error, other than `Interrupted` (which is retried).
 pub fn count(mut reader: impl Read) -> io::Result<Counts> {
     let mut buf = vec![0u8; READ_CHUNK_BYTES];
     let mut counts = Counts::default();

@@ -25,7 +25,12 @@ pub struct AmbiguousPath {
     pub reason: &'static str,
 }
 
-/// The path the upstream will act on, or why there is no single one.
+/// The path the upstream will act on.
+///
+/// # Errors
+/// [`AmbiguousPath`], with the reason, when servers could read `path` in more than one way: it does
+/// not start with `/`; it holds a `\`, a `%` without two hex digits, an encoded `/`, `\` or NUL, a
+/// double encoding, an empty segment or a dot segment with parameters.
 pub fn normalize(path: &str) -> Result<String, AmbiguousPath> {
     let refuse = |reason| Err(AmbiguousPath { path: path.to_string(), reason });
     if !path.starts_with('/') {

@@ -88,6 +88,12 @@ pub struct Destination<'a> {
 
 impl EgressRule {
     /// Parse a rule.
+    ///
+    /// # Errors
+    /// [`RuleError`], quoting the rule and the reason, when `text` does not parse as a rule: a
+    /// method that is not a word, a missing or unknown scheme, a path with `?` or `#` or one
+    /// [`normalize`](super::path::normalize) refuses, a host that is neither a name, a wildcard, an
+    /// IP literal nor a range, or a port that is not a number.
     pub fn parse(text: &str) -> Result<Self, RuleError> {
         let error = |reason: &str| RuleError { rule: text.to_string(), reason: reason.to_string() };
         let trimmed = text.trim();

@@ -16,6 +16,9 @@ pub struct Secret {
 
 impl Secret {
     /// A secret named `name` (letters, digits, `_`) with `value`.
+    ///
+    /// # Errors
+    /// A message when `name` fails [`check_name`] or `value` is empty.
     pub fn new(name: &str, value: String) -> Result<Self, String> {
         check_name(name)?;
         if value.is_empty() {
@@ -30,6 +33,10 @@ impl Secret {
     }
 
     /// Read the secret `name` from where `source` says (a file's trailing newline removed).
+    ///
+    /// # Errors
+    /// A message, naming the secret, when the environment variable is not set (or not Unicode) or
+    /// the file cannot be read as UTF-8 text; then as [`Secret::new`].
     pub fn read(name: &str, source: &SecretSource) -> Result<Self, String> {
         let value = match source {
             SecretSource::Env(var) => {
@@ -55,6 +62,9 @@ pub enum SecretSource {
 
 impl SecretSource {
     /// Parse `env:VARIABLE` or `file:PATH`.
+    ///
+    /// # Errors
+    /// A message when `text` is neither `env:` nor `file:` followed by something.
     pub fn parse(text: &str) -> Result<Self, String> {
         match text.split_once(':') {
             Some(("env", var)) if !var.is_empty() => Ok(Self::Env(var.to_string())),
@@ -80,6 +90,10 @@ pub struct SecretGrant {
 }
 
 /// A secret name: `[A-Za-z_][A-Za-z0-9_]*`, at most 64 characters.
+///
+/// # Errors
+/// A message when `name` is empty, longer than 64 bytes, starts with a digit or holds anything but
+/// ASCII letters, digits and `_`.
 pub fn check_name(name: &str) -> Result<(), String> {
     let mut chars = name.chars();
     let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
@@ -95,7 +109,10 @@ pub fn check_name(name: &str) -> Result<(), String> {
 const OPEN: &str = "{{secret:";
 const CLOSE: &str = "}}";
 
-/// The secret names a header value refers to, or why it is malformed.
+/// The secret names a header value refers to.
+///
+/// # Errors
+/// A message when a `{{secret:` is not closed by `}}`, or the name inside one fails [`check_name`].
 pub fn placeholders(value: &str) -> Result<Vec<&str>, String> {
     let mut names = Vec::new();
     let mut rest = value;

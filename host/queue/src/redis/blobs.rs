@@ -7,6 +7,10 @@ use guild_replay::{Digest, Manifest, MemoryStore};
 impl RedisQueue {
     /// Make a component available to every worker, as a blob kept without expiry (components
     /// are few; bundles that include one share it).
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached or the circuit is open after a
+    /// recent failure; [`QueueError::Redis`] when it refuses the write (out of memory, say).
     pub async fn put_component(&self, digest: &Digest, bytes: &[u8]) -> Result<(), QueueError> {
         let key = self.inner.keys.blob(digest);
         self.guarded(async {
@@ -18,6 +22,10 @@ impl RedisQueue {
     }
 
     /// A component's bytes, checked against its digest; `None` when Redis does not hold it.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
+    /// refuses the read; [`QueueError::Corrupt`] when the bytes it holds do not hash to `digest`.
     pub async fn get_component(&self, digest: &Digest) -> Result<Option<Vec<u8>>, QueueError> {
         let bytes: Option<Vec<u8>> = redis::cmd("GET")
             .arg(self.inner.keys.blob(digest))
@@ -34,6 +42,10 @@ impl RedisQueue {
 
     /// Which of these blobs Redis holds; those it holds are kept at least `results_ttl_s` more
     /// (blobs kept without expiry, such as components, stay so).
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
+    /// refuses a command.
     pub async fn keep_blobs(&self, digests: &[Digest]) -> Result<Vec<bool>, QueueError> {
         let ttl = self.inner.settings.results_ttl_s;
         let mut pipe = redis::pipe();
@@ -48,6 +60,11 @@ impl RedisQueue {
 
     /// Keep a bundle for every node to serve, for `results_ttl_s`: its parts Redis lacks
     /// (`blobs`, content-addressed, so bundles share them), then its manifest and signature.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
+    /// refuses a write. The writes are one pipeline, not a transaction: parts may be kept without
+    /// the bundle.
     pub async fn put_bundle(
         &self,
         id: &Digest,
@@ -69,6 +86,12 @@ impl RedisQueue {
 
     /// A bundle some worker left: its manifest, signature and parts (each checked when read);
     /// `None` when Redis does not hold it (or lost a part).
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached or the circuit is open after a
+    /// recent failure; [`QueueError::Redis`] when it refuses a read; [`QueueError::Corrupt`] when
+    /// the manifest does not parse. Parts are not checked here: [`guild_replay::Bundle::open`]
+    /// does.
     pub async fn get_bundle(&self, id: &Digest) -> Result<Option<(Vec<u8>, Vec<u8>, MemoryStore)>, QueueError> {
         let key = self.inner.keys.bundle(id);
         self.guarded(async {

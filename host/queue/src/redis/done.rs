@@ -50,6 +50,12 @@ pub struct DoneEntry {
 impl RedisQueue {
     /// Finished attempts for this API node's audit log: first its own unacknowledged ones
     /// (after a restart), those another node left for `idle` (it died), then new ones.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
+    /// refuses a read (`NOGROUP` when the `audit` group is missing: [`RedisQueue::ensure_groups`]
+    /// makes it). An entry whose result does not parse is returned as [`DoneRead::Corrupt`], not an
+    /// error.
     pub async fn read_done(&self, consumer: &str, count: usize, block: Duration) -> Result<Vec<DoneRead>, QueueError> {
         let stream = self.inner.keys.key("done");
         let claimed: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
@@ -103,6 +109,10 @@ impl RedisQueue {
 
     /// Move a done-stream entry that cannot be read to the dead-letter stream (with why, and
     /// the start of what it held) and acknowledge it, so the audit writer goes on.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
+    /// refuses the transaction.
     pub async fn bury_done(&self, entry: &str, reason: &str, raw: &str) -> Result<(), QueueError> {
         let keys = &self.inner.keys;
         let done = keys.key("done");
@@ -126,6 +136,10 @@ impl RedisQueue {
     }
 
     /// The audit records of these entries are on disk: acknowledge and remove them.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
+    /// refuses a command.
     pub async fn ack_done(&self, entries: &[String]) -> Result<(), QueueError> {
         if entries.is_empty() {
             return Ok(());
@@ -142,6 +156,10 @@ impl RedisQueue {
     /// the connection drops (then an error: subscribe again, and look for what was missed).
     /// A notice that does not fit in `notices` is dropped: the caller's periodic sweep of all
     /// awaited results finds that job anyway.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when the subscription cannot be made or is dropped;
+    /// [`QueueError::Redis`] when Redis refuses it. When `notices` is closed it returns `Ok`.
     pub async fn listen_finished(&self, notices: &tokio::sync::mpsc::Sender<String>) -> Result<(), QueueError> {
         use futures_util::StreamExt;
         let mut pubsub = self.inner.client.get_async_pubsub().await.map_err(from_redis)?;

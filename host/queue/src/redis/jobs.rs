@@ -15,6 +15,11 @@ type JobFields = (Option<String>, Option<u32>, Option<String>, Option<String>, O
 impl RedisQueue {
     /// Put a job in the queue, unless its tenant's idempotency key (or its id) already names
     /// one. Only a job Redis has taken is acknowledged.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached or the circuit is open after a
+    /// recent failure (the job may have been taken all the same: submitting it again is safe, its
+    /// id or idempotency key names it); [`QueueError::Redis`] when Redis refuses the script.
     pub async fn submit(&self, job: &Job) -> Result<Accepted, QueueError> {
         let keys = &self.inner.keys;
         let body = serde_json::to_string(job).map_err(|e| QueueError::Corrupt(e.to_string()))?;
@@ -38,6 +43,11 @@ impl RedisQueue {
     }
 
     /// A job's state and, once finished, its result; `None` for an unknown (or expired) job.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached or the circuit is open after a
+    /// recent failure; [`QueueError::Redis`] when it refuses a read; [`QueueError::Corrupt`] when
+    /// the job's state or its result does not parse.
     pub async fn status(&self, id: &str) -> Result<Option<JobStatus>, QueueError> {
         let keys = &self.inner.keys;
         self.guarded(async {
@@ -66,6 +76,12 @@ impl RedisQueue {
     }
 
     /// Wait up to `block` for new jobs for `worker`, at most `count`, and start them.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
+    /// refuses the read or the start script (`NOGROUP` when the `workers` group is missing:
+    /// [`RedisQueue::ensure_groups`] makes it). A job whose body does not parse is still leased,
+    /// marked `unreadable`.
     pub async fn take(&self, worker: &str, count: usize, block: Duration) -> Result<Vec<Lease>, QueueError> {
         let keys = &self.inner.keys;
         let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
@@ -98,6 +114,9 @@ impl RedisQueue {
     /// through the pending entries from `cursor` (`0-0` at first); returns the leases and where
     /// to look next time (`0-0` once the whole list was seen), so no entry is out of reach
     /// however many live ones come before it.
+    ///
+    /// # Errors
+    /// As [`RedisQueue::take`].
     pub async fn reclaim(&self, worker: &str, count: usize, cursor: &str) -> Result<(Vec<Lease>, String), QueueError> {
         let keys = &self.inner.keys;
         let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
@@ -142,6 +161,10 @@ impl RedisQueue {
     }
 
     /// Keep holding a running job; false when the lease was lost (another worker took it).
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
+    /// refuses the script. A lost lease is `Ok(false)`, not an error.
     pub async fn renew(&self, worker: &str, lease: &Lease) -> Result<bool, QueueError> {
         let keys = &self.inner.keys;
         let held: i64 = self
@@ -168,6 +191,11 @@ impl RedisQueue {
     }
 
     /// The attempt finished (output or a deterministic failure): settle the job with `result`.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
+    /// refuses the script. A job already settled (its lease lost) is [`Completion::Duplicate`], not
+    /// an error.
     pub async fn complete(&self, worker: &str, lease: &Lease, result: &JobResult) -> Result<Completion, QueueError> {
         let keys = &self.inner.keys;
         let settings = &self.inner.settings;
@@ -190,6 +218,11 @@ impl RedisQueue {
     /// The attempt (`attempt`, its result) failed in a way worth retrying: back off
     /// (`delay_ms`), or, on the last attempt, bury the job in the dead-letter stream with
     /// `last` (status `dead`) as its result. Either way the attempt goes to the done stream.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
+    /// refuses the script. A job already settled (its lease lost) is [`Disposition::Duplicate`],
+    /// not an error.
     pub async fn fail(
         &self,
         worker: &str,
@@ -232,6 +265,10 @@ impl RedisQueue {
     }
 
     /// Move retries whose backoff is over back into the stream; returns how many.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
+    /// refuses the script.
     pub async fn promote(&self) -> Result<u64, QueueError> {
         let keys = &self.inner.keys;
         self.inner
@@ -248,6 +285,10 @@ impl RedisQueue {
     }
 
     /// The dead-letter stream, oldest first, at most `count`.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
+    /// refuses the read. A field that does not parse is left empty, not an error.
     pub async fn dead(&self, count: usize) -> Result<Vec<DeadJob>, QueueError> {
         let keys = &self.inner.keys;
         let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
@@ -275,6 +316,10 @@ impl RedisQueue {
     }
 
     /// Put a dead job back in the queue with fresh attempts; false when it is not dead.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
+    /// refuses the script.
     pub async fn requeue(&self, id: &str) -> Result<bool, QueueError> {
         let keys = &self.inner.keys;
         let moved: i64 = self
@@ -294,6 +339,10 @@ impl RedisQueue {
 
     /// Which of these jobs Redis still knows (a job hash or a result), one round trip per
     /// thousand: an awaited job it no longer knows expired before its result was read.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
+    /// refuses a command.
     pub async fn known(&self, ids: &[String]) -> Result<Vec<bool>, QueueError> {
         let mut known = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(1_000) {
@@ -308,6 +357,11 @@ impl RedisQueue {
     }
 
     /// The results of these jobs, where they have one (one round trip per thousand).
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
+    /// refuses a read; [`QueueError::Corrupt`] when any one of the results does not parse, which
+    /// fails the whole call.
     pub async fn results(&self, ids: &[String]) -> Result<Vec<Option<JobResult>>, QueueError> {
         let mut found = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(1_000) {

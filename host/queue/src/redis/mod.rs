@@ -260,8 +260,12 @@ fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
 
 impl RedisQueue {
     /// Connect lazily: nothing is sent until the first command, so a worker or daemon can
-    /// start while Redis is down. Fails only for a URL that does not parse. Call it within a
-    /// tokio runtime (the connections' tasks are spawned on it).
+    /// start while Redis is down. Call it within a tokio runtime (the connections' tasks are
+    /// spawned on it).
+    ///
+    /// # Errors
+    /// [`QueueError::Settings`] when `settings` has no `url` or it does not parse. Nothing is sent,
+    /// so a Redis that is down is not an error here.
     pub fn open(settings: RedisSettings) -> Result<Self, QueueError> {
         let url = settings.url.as_deref().ok_or_else(|| QueueError::Settings("no url: set redis.url".into()))?;
         let client = redis::Client::open(url).map_err(|e| QueueError::Settings(format!("url {url:?}: {e}")))?;
@@ -320,6 +324,10 @@ impl RedisQueue {
     }
 
     /// Is Redis answering? (Behind the breaker: `/readyz` asks this.)
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached or the circuit is open after a
+    /// recent failure; [`QueueError::Redis`] when it answers `PING` with an error.
     pub async fn ping(&self) -> Result<(), QueueError> {
         self.guarded(async {
             let _: String = redis::cmd("PING").query_async(&mut self.conn()).await.map_err(from_redis)?;
@@ -330,6 +338,10 @@ impl RedisQueue {
 
     /// Create the consumer groups (and their streams) unless they exist. Safe to repeat; done
     /// again after an error says a group is missing (a Redis that restarted without its data).
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
+    /// refuses `XGROUP CREATE` for any reason but the group existing.
     pub async fn ensure_groups(&self) -> Result<(), QueueError> {
         let keys = &self.inner.keys;
         for (stream, group) in [(keys.key("jobs"), WORKERS_GROUP), (keys.key("done"), AUDIT_GROUP)] {

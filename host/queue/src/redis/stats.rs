@@ -6,6 +6,11 @@ use redis::Value;
 
 impl RedisQueue {
     /// Counts for metrics (each one cheap: lengths and counters).
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached or the circuit is open after a
+    /// recent failure; [`QueueError::Redis`] when it refuses a read (`NOGROUP` before
+    /// [`RedisQueue::ensure_groups`] has made the `workers` group).
     pub async fn stats(&self) -> Result<QueueStats, QueueError> {
         let keys = &self.inner.keys;
         self.guarded(async {
@@ -65,6 +70,10 @@ impl RedisQueue {
     }
 
     /// A worker says it is alive, and how much it has done.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
+    /// refuses the write.
     pub async fn heartbeat(&self, stats: &WorkerStats) -> Result<(), QueueError> {
         let text = serde_json::to_string(stats).map_err(|e| QueueError::Corrupt(e.to_string()))?;
         let _: i64 = redis::cmd("HSET")

@@ -54,6 +54,9 @@ impl Drop for LoadingGuard<'_> {
 
 impl Runtime {
     /// Read and load a component file.
+    ///
+    /// # Errors
+    /// [`LoadError::Read`] when the file cannot be read; then as [`Runtime::load`].
     pub async fn load_file(&self, path: &std::path::Path) -> Result<(Arc<Tool>, CacheSource), LoadError> {
         let bytes = tokio::fs::read(path)
             .await

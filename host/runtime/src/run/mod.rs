@@ -146,6 +146,12 @@ pub struct Runtime {
 
 impl Runtime {
     /// Build the engine, the linker and the caches.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Config`] when a size setting does not fit this machine or a CA file cannot
+    /// be read or holds no certificate; [`RuntimeError::Engine`] when wasmtime refuses the
+    /// configuration or the linker, the epoch ticker thread cannot start, or a GPU kernel does not
+    /// validate.
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         let (engine, fingerprint) = build_engine(&config.engine)?;
         spawn_epoch_ticker(&engine)?;
@@ -189,14 +195,22 @@ impl Runtime {
     /// Run `tool` on `input` with `grants` under `limits`, recording a bundle when the runtime
     /// was configured with a store.
     ///
-    /// `Err` means the run never started (denied, busy, bad limits) or could not be recorded;
-    /// every run that starts ends in a [`RunReport`] whose [`Outcome`] says how.
+    /// # Errors
+    /// Only for a run that never started or could not be recorded: [`RunError::Denied`] when
+    /// `grants` do not fit what the tool asks for; [`RunError::Limits`] when `limits` exceed what
+    /// this engine was built for (or a mount is too large, or holds a name, a bundle cannot
+    /// record); [`RunError::Busy`] when every run slot is taken; [`RunError::Host`] when the host
+    /// fails; [`RunError::Record`] when the store fails, and the result is not trusted either.
+    /// Every run that starts ends in a [`RunReport`] whose [`Outcome`] says how.
     pub async fn run(&self, tool: &Tool, input: &str, grants: &Grants, limits: &Limits) -> Result<RunReport, RunError> {
         self.run_cancellable(tool, input, grants, limits, CancellationToken::new()).await
     }
 
     /// [`Runtime::run`], stopped early when `cancel` is cancelled: the run then ends in
     /// [`Outcome::Cancelled`] and is recorded like any other.
+    ///
+    /// # Errors
+    /// As [`Runtime::run`].
     pub async fn run_cancellable(
         &self,
         tool: &Tool,

@@ -328,6 +328,12 @@ impl ConfigError {
 impl DaemonConfig {
     /// Parse `text` (the file's contents; empty for none), apply `GUILD_*` overrides from `env`,
     /// and validate. Returns the config and the `GUILD_*` variables that were not understood.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file when `text` is not TOML or does not fit the schema, the
+    /// variable when a `GUILD_*` override cannot go where it points, or the field when a value is
+    /// out of range or inconsistent with another (a tool's mount, secret or digest, a tenant,
+    /// `[redis]`).
     pub fn load(
         text: &str,
         origin: &Path,

@@ -360,6 +360,14 @@ impl Daemon {
     }
 
     /// Submit a run for `tenant`.
+    ///
+    /// # Errors
+    /// `Rejection::Forbidden` when the tenant may not call the tool; `Rejection::UnknownTool` when
+    /// no tool has that name; `Rejection::InvalidInput` when the input does not match the tool's
+    /// schema; `Rejection::KeyConflict` when the idempotency key names another request;
+    /// `Rejection::Tenant` when the tenant's concurrency, rate or fuel budget refuses it;
+    /// `Rejection::Queue` when the run queue is full or draining; `Rejection::Unavailable` (with
+    /// `--redis`) when Redis cannot be reached or this node awaits as many jobs as it may.
     pub async fn submit(self: &Arc<Self>, tenant: &Arc<Tenant>, request: RunRequest) -> Result<Submitted, Rejection> {
         if !tenant.tools.allows(&request.tool) {
             return Err(Rejection::Forbidden(format!(
@@ -557,6 +565,11 @@ impl Daemon {
     /// the audit log and flush bundles to disk. Returns whether every run finished in time.
     /// (With `--redis`, queued jobs stay in Redis for the workers; finished attempts not yet
     /// audited stay in the done stream for the next node.)
+    ///
+    /// # Errors
+    /// The [`StoreError`](guild_replay::StoreError) of the first bundle write the store failed in
+    /// the background ([`DirStore::flush`]). Runs still going at the deadline are not an error:
+    /// they make the result `false`.
     pub async fn drain(&self, deadline: Duration) -> Result<bool, guild_replay::StoreError> {
         self.start_draining();
         let drained = self.queue.drained(deadline).await;
