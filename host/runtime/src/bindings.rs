@@ -5,5 +5,5 @@ wasmtime::component::bindgen!({
     world: "guild-tool",
     imports: { default: trappable },
     exports: { default: async },
-    with: { "guild:tool/gpu.buffer": crate::gpu::GpuBuffer },
+    with: { "guild:tool/gpu.buffer": crate::gpu_buffer::GpuBuffer },
 });

@@ -3,7 +3,6 @@
 //! is stopped at its next epoch check. Either way the run ends in [`crate::Outcome::Cancelled`]
 //! and its bundle says so.
 
-use crate::state::HostState;
 use std::time::Duration;
 use wasmtime::{Store, Trap, UpdateDeadline};
 
@@ -22,7 +21,7 @@ pub(crate) struct Cancelled;
 /// Arm the store's wall-clock deadline of `deadline_ticks` epochs. Without a token the deadline
 /// traps as it always did; with one, the deadline is walked in steps of [`CANCEL_CHECK_TICKS`],
 /// looking at the token at each step, and traps with `Trap::Interrupt` (a timeout) at the end.
-pub(crate) fn arm_deadline(store: &mut Store<HostState>, deadline_ticks: u64, cancel: Option<&CancellationToken>) {
+pub(crate) fn arm_deadline<T>(store: &mut Store<T>, deadline_ticks: u64, cancel: Option<&CancellationToken>) {
     let Some(cancel) = cancel.cloned() else {
         store.set_epoch_deadline(deadline_ticks);
         store.epoch_deadline_trap();

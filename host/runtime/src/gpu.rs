@@ -5,22 +5,15 @@
 
 use crate::LimitHit;
 use crate::bindings::guild::tool::gpu as wit;
+use crate::gpu_buffer::GpuBuffer;
 use crate::record::Recorder;
-use crate::state::HostState;
 use guild_gpu::{DType, DispatchRequest, GpuError, GpuHost, JobQuota, Scalar, TensorMeta, reference};
 use guild_replay::{Digest, Effect, TensorRecord};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use wasmtime::component::Resource;
-
-/// A guest's buffer: lives in host memory for the run.
-#[allow(unreachable_pub)] // bindgen re-exports it as the `buffer` resource type.
-pub struct GpuBuffer {
-    meta: TensorMeta,
-    data: Vec<u8>,
-}
+use wasmtime::component::{HasData, Resource, ResourceTable};
 
 /// One dispatch re-run during a replay with `--recompute-gpu`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -333,7 +326,21 @@ fn scalar(s: wit::Scalar) -> Scalar {
     }
 }
 
-impl wit::HostBuffer for HostState {
+/// What `guild:tool/gpu` sees of a run's state: its resource table (where buffers live) and its
+/// GPU part. The linker hands it out through [`GpuData`].
+pub(crate) struct GpuView<'a> {
+    pub(crate) table: &'a mut ResourceTable,
+    pub(crate) gpu: &'a mut GpuRun,
+}
+
+/// The `HasData` marker the linker uses for [`GpuView`].
+pub(crate) struct GpuData;
+
+impl HasData for GpuData {
+    type Data<'a> = GpuView<'a>;
+}
+
+impl wit::HostBuffer for GpuView<'_> {
     fn create(
         &mut self,
         element_type: wit::Dtype,
@@ -389,7 +396,7 @@ impl wit::HostBuffer for HostState {
     }
 }
 
-impl wit::Host for HostState {
+impl wit::Host for GpuView<'_> {
     fn list_kernels(&mut self) -> wasmtime::Result<Vec<wit::KernelInfo>> {
         Ok(self
             .gpu
@@ -423,11 +430,11 @@ impl wit::Host for HostState {
         let params: Vec<Scalar> = params.into_iter().map(scalar).collect();
         let out_metas =
             outputs.iter().map(|o| Ok(self.table.get(o)?.meta.clone())).collect::<wasmtime::Result<Vec<_>>>()?;
-        let HostState { table, gpu, .. } = self;
+        let GpuView { table, gpu } = self;
         let buffers = inputs.iter().map(|i| table.get(i)).collect::<Result<Vec<_>, _>>()?;
         // A dispatch waits on the device (or computes the CPU reference) for up to its timeout:
         // off the async workers, so a daemon keeps answering meanwhile.
-        let ran = crate::run::off_the_async_workers(true, || gpu.run(&kernel, &buffers, &out_metas, &params));
+        let ran = crate::blocking::off_the_async_workers(true, || gpu.run(&kernel, &buffers, &out_metas, &params));
         let results = match ran {
             Ok(results) => results,
             Err(Ending::Guest(e)) => return Ok(Err(to_wit(e))),

@@ -13,7 +13,6 @@
 //!   is refused before it is copied (wasmtime's "hostcall fuel").
 
 use crate::LimitHit;
-use crate::state::HostState;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use wasmtime::{CallHook, StoreContextMut};
@@ -71,7 +70,7 @@ impl Stop {
     }
 }
 
-/// What the call hook needs, kept in the store's [`HostState`].
+/// What the call hook needs, kept in the store's state (see [`Guarded`]).
 pub(crate) struct Guard {
     pub(crate) stop: Arc<Stop>,
     /// Fuel left as of the guest's latest entry into the host (the recorder stamps events with it).
@@ -99,29 +98,37 @@ impl Guard {
     }
 }
 
+/// A store state that holds a [`Guard`]: the run's state does, and the hook needs no more of it.
+pub(crate) trait Guarded: 'static {
+    /// The guard.
+    fn guard(&self) -> &Guard;
+    /// The guard, to change.
+    fn guard_mut(&mut self) -> &mut Guard;
+}
+
 /// Install the hook on `store`.
-pub(crate) fn install(store: &mut wasmtime::Store<HostState>, fuel_metering: bool) {
-    store.call_hook(move |mut context: StoreContextMut<'_, HostState>, hook| {
+pub(crate) fn install<T: Guarded>(store: &mut wasmtime::Store<T>, fuel_metering: bool) {
+    store.call_hook(move |mut context: StoreContextMut<'_, T>, hook| {
         match hook {
             CallHook::CallingHost => {
                 if fuel_metering
-                    && let Some(gauge) = &context.data().guard.fuel_gauge
+                    && let Some(gauge) = &context.data().guard().fuel_gauge
                     && let Ok(left) = context.get_fuel()
                 {
                     gauge.store(left, Ordering::Relaxed);
                 }
-                context.data().guard.stop.check(false)?;
+                context.data().guard().stop.check(false)?;
                 context.set_hostcall_fuel(HOSTCALL_BYTES_MAX);
             }
-            CallHook::ReturningFromHost => context.data().guard.stop.check(true)?,
+            CallHook::ReturningFromHost => context.data().guard().stop.check(true)?,
             CallHook::CallingWasm => {
-                let guard = &mut context.data_mut().guard;
+                let guard = context.data_mut().guard_mut();
                 guard.depth += 1;
                 guard.returned = false;
                 context.set_hostcall_fuel(HOSTCALL_BYTES_MAX);
             }
             CallHook::ReturningFromWasm => {
-                let guard = &mut context.data_mut().guard;
+                let guard = context.data_mut().guard_mut();
                 guard.depth = guard.depth.saturating_sub(1);
                 guard.returned = guard.depth == 0;
                 if guard.returned {

@@ -8,12 +8,14 @@
 //! [`Outcome`]. It knows nothing of HTTP or Redis.
 
 mod bindings;
+mod blocking;
 mod cache;
 mod cancel;
 pub mod egress;
 mod engine;
 mod error;
 mod gpu;
+mod gpu_buffer;
 mod guard;
 mod info;
 mod logs;

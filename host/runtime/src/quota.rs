@@ -555,14 +555,12 @@ fn quota_exceeded() -> std::io::Error {
     std::io::Error::from_raw_os_error(libc::EDQUOT)
 }
 
-/// Link [`QuotaFs`] as `wasi:filesystem`, in place of wasmtime-wasi's own.
-pub(crate) fn add_to_linker(linker: &mut wasmtime::component::Linker<crate::state::HostState>) -> wasmtime::Result<()> {
-    fn view(state: &mut crate::state::HostState) -> QuotaFs<'_> {
-        QuotaFs {
-            fs: WasiFilesystemCtxView { ctx: state.wasi.filesystem(), table: &mut state.table },
-            quotas: &mut state.quotas,
-        }
-    }
+/// Link [`QuotaFs`] as `wasi:filesystem`, in place of wasmtime-wasi's own; `view` finds it in
+/// the store's state.
+pub(crate) fn add_to_linker<T: Send + 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+    view: fn(&mut T) -> QuotaFs<'_>,
+) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     types::add_to_linker::<_, QuotaFsData>(linker, view)?;
     preopens::add_to_linker::<_, QuotaFsData>(linker, view)?;

@@ -5,7 +5,7 @@
 use crate::engine::EngineFingerprint;
 use crate::error::RunError;
 use crate::record::Recorder;
-use crate::run::{Execution, Tool};
+use crate::run::types::{Execution, Tool};
 use crate::{LimitHit, Limits};
 use guild_replay::tree::{self, FileDigestCache, TreeError, TreeLimits};
 use guild_replay::{

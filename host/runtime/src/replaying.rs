@@ -7,7 +7,8 @@
 use crate::gpu::GpuReplay;
 use crate::record::{Divergence, Recorder};
 use crate::recording::{output_trees, sealed_tree_limits};
-use crate::run::{Execution, RunEnv, Runtime};
+use crate::run::Runtime;
+use crate::run::types::{Execution, RunEnv};
 use crate::{Access, Limits, RunError};
 use guild_replay::tree::{self, Materialize, TreeLimits};
 use guild_replay::{BlobStore, Bundle, Digest, Effect, Event};

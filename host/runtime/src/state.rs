@@ -3,12 +3,14 @@
 
 use crate::bindings::guild::tool::{log, types};
 use crate::egress::hook::EgressHooks;
-use crate::gpu::GpuRun;
-use crate::guard::Guard;
+use crate::gpu::{GpuRun, GpuView};
+use crate::guard::{Guard, Guarded};
 use crate::logs::{LogLevel, LogSink};
+use crate::quota::QuotaFs;
 use crate::{LimitHit, Limits};
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
+use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -34,6 +36,33 @@ impl WasiView for HostState {
 impl WasiHttpView for HostState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.egress }
+    }
+}
+
+impl HostState {
+    /// The filesystem the guest sees: wasmtime-wasi's, behind the mounts' write quotas.
+    pub(crate) fn quota_fs(&mut self) -> QuotaFs<'_> {
+        QuotaFs {
+            fs: WasiFilesystemCtxView { ctx: self.wasi.filesystem(), table: &mut self.table },
+            quotas: &mut self.quotas,
+        }
+    }
+}
+
+impl HostState {
+    /// What `guild:tool/gpu` sees: the resource table and the GPU part.
+    pub(crate) fn gpu_view(&mut self) -> GpuView<'_> {
+        GpuView { table: &mut self.table, gpu: &mut self.gpu }
+    }
+}
+
+impl Guarded for HostState {
+    fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    fn guard_mut(&mut self) -> &mut Guard {
+        &mut self.guard
     }
 }
 

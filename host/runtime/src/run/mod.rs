@@ -3,8 +3,9 @@
 //! every run into an [`Outcome`] (the types a caller reads are in `outcome.rs`, the output
 //! contract in `output.rs`).
 
+use crate::bindings::GuildToolPre;
 use crate::bindings::exports::guild::tool::tool as wit;
-use crate::bindings::{GuildTool, GuildToolPre};
+use crate::blocking::off_the_async_workers;
 use crate::cache::DiskCache;
 use crate::cancel::{CancellationToken, Cancelled, arm_deadline, elapsed_ms};
 use crate::egress::BreakerSettings;
@@ -12,7 +13,7 @@ use crate::egress::connect::{Connections, HTTP_CONNECTIONS_MAX_DEFAULT};
 use crate::egress::hook::{EgressHooks, EgressRun};
 use crate::engine::{EngineFingerprint, EngineSettings, build_engine, deadline_ticks, spawn_epoch_ticker};
 use crate::error::{RunError, RuntimeError};
-use crate::gpu::{GpuReplay, GpuRun};
+use crate::gpu::GpuRun;
 use crate::guard::{Guard, Stop};
 use crate::logs::{LogLine, LogSink, LogSource};
 use crate::quota::MountQuotas;
@@ -20,10 +21,8 @@ use crate::record::{Recorder, SeededRandom, TapeMonotonicClock, TapeWallClock, f
 use crate::recording::{RecordingConfig, record_prelude};
 use crate::state::{HostState, RunLimiter};
 use crate::{LimitHit, Limits};
-use guild_replay::Digest;
-use guild_vocab::{Access, ToolInfo};
+use guild_vocab::Access;
 use guild_vocab::{EffectivePolicy, Grants};
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,6 +35,10 @@ pub use crate::outcome::RunReport;
 use guild_vocab::{Outcome, ToolErrorKind};
 
 mod load;
+pub(crate) mod types;
+
+pub use types::Tool;
+pub(crate) use types::{Execution, RunEnv};
 
 use crate::output::check_output;
 use load::LoadedTools;
@@ -71,64 +74,6 @@ pub const DESCRIBE_TIMEOUT_MS: u64 = 5_000;
 /// Default for [`RuntimeConfig::tools_loaded_max`].
 pub const TOOLS_LOADED_MAX_DEFAULT: usize = 256;
 
-/// A component ready to run: compiled, linked, and described.
-pub struct Tool {
-    digest: Digest,
-    info: ToolInfo,
-    pre: GuildToolPre<HostState>,
-    size_bytes: u64,
-    /// The output schema the tool declares, compiled: every output is checked against it.
-    output_schema: Option<jsonschema::Validator>,
-}
-
-impl Tool {
-    /// The blake3 digest of the component's bytes.
-    pub fn digest(&self) -> &Digest {
-        &self.digest
-    }
-
-    /// What the tool says about itself.
-    pub fn info(&self) -> &ToolInfo {
-        &self.info
-    }
-
-    /// Size of the component file.
-    pub fn size_bytes(&self) -> u64 {
-        self.size_bytes
-    }
-}
-
-/// Where a run's outside effects come from.
-pub(crate) struct RunEnv {
-    /// The seed of all its randomness.
-    pub(crate) seed: [u8; 32],
-    /// Its tape, when recorded or replayed.
-    pub(crate) recorder: Option<Recorder>,
-    /// In a replay: the HTTP response bodies the tape names.
-    pub(crate) replay_bodies: Option<HashMap<Digest, bytes::Bytes>>,
-    /// Values of the secrets the policy grants (none in a replay: it never sends).
-    pub(crate) secrets: Vec<crate::egress::Secret>,
-    /// In a replay: the GPU outputs the tape names, and whether to recompute them.
-    pub(crate) replay_gpu: Option<GpuReplay>,
-    /// Stops the run early.
-    pub(crate) cancel: CancellationToken,
-    /// Where a limit raised inside a host call stops the run (the recorder's, when recording).
-    pub(crate) stop: Arc<Stop>,
-}
-
-/// What executing a tool once produced, before it becomes a report or a replay verdict.
-pub(crate) struct Execution {
-    pub(crate) outcome: Outcome,
-    pub(crate) fuel_used_units: u64,
-    pub(crate) memory_bytes_peak: u64,
-    pub(crate) wall_time: Duration,
-    pub(crate) logs: Vec<LogLine>,
-    pub(crate) egress_denials: Vec<String>,
-    pub(crate) egress_refusals: u32,
-    pub(crate) egress_requests: u32,
-    pub(crate) egress_upstream_failures: u32,
-}
-
 /// The engine, linker and caches. Cheap to share behind an `Arc`; runs are independent.
 pub struct Runtime {
     engine: Engine,
@@ -159,9 +104,13 @@ impl Runtime {
         let link_error = |e: wasmtime::Error| RuntimeError::Engine(format!("{e:#}"));
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link_error)?;
         // Guild's wasi:filesystem, with the mounts' write quotas in front of wasmtime-wasi's.
-        crate::quota::add_to_linker(&mut linker).map_err(link_error)?;
+        crate::quota::add_to_linker(&mut linker, HostState::quota_fs).map_err(link_error)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link_error)?;
-        GuildTool::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link_error)?;
+        // guild:tool's own imports: types and log on the run's state, gpu on its GPU view.
+        use crate::bindings::guild::tool::{gpu, log, types};
+        types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link_error)?;
+        log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link_error)?;
+        gpu::add_to_linker::<_, crate::gpu::GpuData>(&mut linker, HostState::gpu_view).map_err(link_error)?;
         let cache_dir = config.cache_dir.map(|dir| dir.join(&fingerprint.id));
         let max = if config.tools_loaded_max == 0 { TOOLS_LOADED_MAX_DEFAULT } else { config.tools_loaded_max };
         Ok(Self {
@@ -571,13 +520,3 @@ struct StoreHooks<'a> {
 /// 2-core reference machine (`cargo bench --bench warm_call`, a 1.5-billion-unit spin): every
 /// 10 million units cost +72% over epoch-only metering, every 100 million +1.3%.
 pub const FUEL_YIELD_INTERVAL_UNITS: u64 = 100_000_000;
-
-/// Run file-system work that can take long (capturing a mount's tree, hashing a writable
-/// mount's outputs) without stalling the async workers: on a multi-threaded runtime tokio hands
-/// this worker's other tasks (a daemon's HTTP requests) to another thread meanwhile. Skipped
-/// when there is no such work, since the hand-off itself costs a few microseconds.
-pub(crate) fn off_the_async_workers<T>(heavy: bool, work: impl FnOnce() -> T) -> T {
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if heavy && multi_thread { tokio::task::block_in_place(work) } else { work() }
-}
