@@ -48,9 +48,9 @@ pub enum ReplayError {
          pass --allow-engine-mismatch to replay anyway"
     )]
     EngineMismatch {
-        /// The bundle's engine.
+        /// The engine that recorded the bundle: its wasmtime version and fingerprint id.
         expected: String,
-        /// This host's.
+        /// This host's engine, written the same way.
         found: String,
     },
     /// The bundle verifies but does not describe a replayable run.
@@ -67,7 +67,8 @@ pub enum ReplayError {
         crate::human_ms(*backstop_ms)
     )]
     TooSlow {
-        /// The backstop.
+        /// The wall-clock backstop the replay ran past ([`ReplayOptions::backstop_ms`] or its
+        /// default).
         backstop_ms: u64,
     },
 }
@@ -89,7 +90,7 @@ pub enum DivergenceClass {
 /// The first difference between a bundle and its replay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Mismatch {
-    /// Its class.
+    /// What kind of difference: it decides the exit code of `guild replay` (13 to 16).
     pub class: DivergenceClass,
     /// What differs, for people.
     pub what: String,
@@ -125,7 +126,15 @@ pub struct ReplayReport {
 }
 
 impl Runtime {
-    /// Replay `bundle`, whose parts are in `store`.
+    /// Replay `bundle`, whose parts are in `store`: load its component, rebuild its mounts from
+    /// their recorded trees, re-run it with every effect answered from the tape, and report the
+    /// first difference (if any) with its class, `seq` and fuel.
+    ///
+    /// # Errors
+    /// [`ReplayError`] when the bundle cannot be replayed at all: recorded by another engine
+    /// (unless allowed), not a replayable run, a failure of this host, or too slow here.
+    ///
+    /// The example on [`Runtime`] loads a tool, runs it and replays the run.
     pub async fn replay(
         &self,
         bundle: &Bundle,
