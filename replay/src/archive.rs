@@ -60,11 +60,11 @@ pub enum ArchiveError {
     /// A bound was exceeded.
     #[error("archive {what} exceeds {limit} ({setting})")]
     TooLarge {
-        /// What.
+        /// What went past the bound, for the message (`entry blobs/… of 5000000000 bytes`).
         what: String,
-        /// The limit.
+        /// The bound, in the unit its setting names (entries or bytes).
         limit: u64,
-        /// Its name.
+        /// The [`ArchiveLimits`] field holding the bound (`entry_bytes_max`, ...).
         setting: &'static str,
     },
     /// The manifest cannot be read well enough to place the documents.
@@ -73,7 +73,7 @@ pub enum ArchiveError {
     /// A blob needed for export is missing.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Writing failed.
+    /// Writing to the output, or compressing into it, failed (a full disk, a closed pipe).
     #[error("cannot write the archive: {0}")]
     Write(#[from] std::io::Error),
 }

@@ -2,7 +2,8 @@
 //! own blake3 is the bundle id; the signature covers the id. Parts are blobs in a
 //! [`BlobStore`], so a component run a thousand times is stored once.
 //!
-//! - `action.json` — what was asked (component, tool, input, policy, limits, engine);
+//! - `action.json` — what was asked (component, tool, input, policy, limits, engine, and the
+//!   principal it was for);
 //! - the tape — every effect the guest observed (see [`crate::Tape`]);
 //! - `result.json` — how it ended, fuel, output trees, the tape head;
 //! - `exec.json` — where and when it ran: signed, but not part of the determinism check.
@@ -31,19 +32,20 @@ pub struct BlobRef {
     pub size_bytes: u64,
 }
 
-/// `manifest.json`.
+/// `manifest.json`: every part of a bundle by digest and size. Its canonical bytes' blake3 is
+/// the bundle id, and the signature covers that id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    /// [`FORMAT`].
+    /// The bundle format's version, [`FORMAT`]; any other is refused.
     pub format: String,
-    /// `action.json`.
+    /// `action.json`, the [`Action`]: what was asked.
     pub action: BlobRef,
     /// The tape, as JSON lines.
     pub tape: BlobRef,
-    /// `result.json`.
+    /// `result.json`, the [`RunResult`]: how the run ended.
     pub result: BlobRef,
-    /// `exec.json`.
+    /// `exec.json`: where and when it ran, outside the determinism check.
     pub exec: BlobRef,
     /// Every other blob the bundle needs, sorted by digest.
     pub blobs: Vec<BlobRef>,
@@ -70,9 +72,9 @@ pub struct ToolRef {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Action {
-    /// [`FORMAT`].
+    /// The bundle format's version, [`FORMAT`]; any other is refused.
     pub format: String,
-    /// The component.
+    /// The component's bytes, a blob of the bundle: what a replay loads and runs.
     pub component: BlobRef,
     /// The tool's name and version.
     pub tool: ToolRef,
@@ -95,7 +97,7 @@ pub struct Action {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Principal {
-    /// The tenant.
+    /// The tenant's name, as the daemon's configuration declares it.
     pub tenant: String,
     /// The subject within the tenant.
     pub subject: String,
@@ -127,7 +129,7 @@ pub struct RunResult {
     pub outcome: Outcome,
     /// The output JSON, when there was one.
     pub output: Option<BlobRef>,
-    /// Fuel burnt.
+    /// Fuel units the run burnt, which a replay must match (unless it timed out or was cancelled).
     pub fuel_used_units: u64,
     /// Writable mounts at the end.
     pub output_trees: Vec<OutputTree>,
@@ -260,19 +262,19 @@ pub enum VerifyError {
     /// A part's size differs from the manifest.
     #[error("blob {digest} is {found} bytes; the manifest says {expected}")]
     Size {
-        /// The blob.
+        /// The part whose size differs.
         digest: Digest,
-        /// Manifest size.
+        /// Its size in bytes as the manifest lists it.
         expected: u64,
-        /// Actual size.
+        /// Its size in bytes in the store.
         found: u64,
     },
     /// A document does not parse or is not canonical.
     #[error("{name} is invalid: {reason}")]
     Document {
-        /// Which.
+        /// The document: `action.json`, `result.json`, `exec.json` or `input`.
         name: &'static str,
-        /// Why.
+        /// What is wrong: the parser's message, `not canonical JSON`, a wrong format.
         reason: String,
     },
     /// The tape is malformed or its chain broken.
@@ -283,21 +285,21 @@ pub enum VerifyError {
         "result.json names tape head {expected} ({expected_events} events) but the tape ends at {found} ({found_events} events)"
     )]
     TapeHead {
-        /// From result.json.
+        /// The tape head `result.json` names.
         expected: Digest,
-        /// From result.json.
+        /// The number of events `result.json` names.
         expected_events: u64,
-        /// From the tape.
+        /// The head of the tape as stored.
         found: Digest,
-        /// From the tape.
+        /// The number of events on the stored tape.
         found_events: u64,
     },
     /// Something a document points at is not in the manifest.
     #[error("{what} {digest} is referenced but not listed in the manifest")]
     Unlisted {
-        /// What referenced it.
+        /// What referenced it (`the output`, `mount tree /data`, `the body of response 4`).
         what: String,
-        /// The digest.
+        /// The referenced blob, missing from the manifest's list.
         digest: Digest,
     },
     /// A tree is malformed (names escaping their directory, too large).
@@ -305,12 +307,13 @@ pub enum VerifyError {
     Tree(#[from] TreeError),
 }
 
-/// A verified bundle.
+/// A bundle [`Bundle::open`] verified: its signature, every part's digest and size, its
+/// documents and its tape's chain.
 #[derive(Debug, Clone)]
 pub struct Bundle {
-    /// Its id.
+    /// The bundle id: blake3 of the manifest's canonical bytes.
     pub id: Digest,
-    /// Its manifest.
+    /// The manifest, parsed: every part by digest and size.
     pub manifest: Manifest,
     /// Who signed it.
     pub signer: PublicKey,
@@ -336,6 +339,62 @@ impl Bundle {
     /// [`VerifyError::Document`], [`VerifyError::Tape`] or [`VerifyError::TapeHead`] (a document,
     /// the tape or its head wrong), [`VerifyError::Unlisted`] or [`VerifyError::Tree`] (a
     /// referenced blob or tree not listed or malformed).
+    ///
+    /// # Example
+    /// Seal a tiny bundle as a host would, then open it as an auditor would:
+    ///
+    /// ```
+    /// use guild_replay::{
+    ///     Action, Bundle, BundleWriter, Effect, FORMAT, HostKey, MemoryStore, RunResult, Tape, ToolRef,
+    ///     VerifyError,
+    /// };
+    /// use guild_vocab::{EffectivePolicy, Limits, Outcome};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = MemoryStore::default();
+    /// let key = HostKey::generate()?;
+    ///
+    /// // The host: store the run's parts, record what the guest observed, seal.
+    /// let mut writer = BundleWriter::new(&store);
+    /// let component = writer.add_blob(b"\0asm (a component's bytes)")?;
+    /// let input = writer.add_blob(br#"{"text":"a b c"}"#)?;
+    /// let output = writer.add_blob(br#"{"words":3}"#)?;
+    /// let mut tape = Tape::new();
+    /// tape.push(0, Effect::RandomSeed { seed: "ab".repeat(32) })?;
+    /// let action = Action {
+    ///     format: FORMAT.into(),
+    ///     component,
+    ///     tool: ToolRef { name: "wc".into(), version: "0.1.0".into() },
+    ///     input,
+    ///     policy: EffectivePolicy::default(),
+    ///     limits: Limits::default(),
+    ///     engine: serde_json::json!({"engine": "wasmtime 48.0.8"}),
+    ///     principal: None,
+    /// };
+    /// let result = RunResult {
+    ///     outcome: Outcome::Output { output: String::new() }, // the output is its own blob
+    ///     output: Some(output),
+    ///     fuel_used_units: 5_000,
+    ///     output_trees: vec![],
+    ///     tape_head: tape.head(),
+    ///     tape_events: tape.events().len() as u64,
+    /// };
+    /// let exec = serde_json::json!({"host": "example"});
+    /// let sealed = writer.seal(&action, &tape, &result, &exec, &key)?;
+    ///
+    /// // The auditor: the bundle verifies, its id is the manifest's blake3, and its input is back.
+    /// let bundle = Bundle::open(&store, &sealed.manifest, &sealed.signature, Some(&key.public()))?;
+    /// assert_eq!(bundle.id, sealed.id);
+    /// assert_eq!(bundle.input(&store)?, r#"{"text":"a b c"}"#);
+    /// assert_eq!(bundle.result.fuel_used_units, 5_000);
+    ///
+    /// // Signed by another key than the one required: refused.
+    /// let stranger = HostKey::generate()?.public();
+    /// let refused = Bundle::open(&store, &sealed.manifest, &sealed.signature, Some(&stranger));
+    /// assert!(matches!(refused, Err(VerifyError::Signature(_))));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn open(
         store: &dyn BlobStore,
         manifest_bytes: &[u8],

@@ -15,21 +15,21 @@ const CONTEXT: &[u8] = b"guild-bundle-v1\0";
 /// The only algorithm bundles use.
 pub const ALGORITHM: &str = "ed25519";
 
-/// A key problem.
+/// A host key could not be read, written, generated or parsed.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// The key file could not be read or written.
     #[error("key file {path}: {source}")]
     Io {
-        /// The file.
+        /// The key file's path, as given.
         path: String,
-        /// Why.
+        /// The operating system's error (not found, permission denied, ...).
         source: std::io::Error,
     },
     /// The key file does not hold a key.
     #[error("key file {path} does not hold a 64-character hex ed25519 secret key")]
     Malformed {
-        /// The file.
+        /// The key file's path, as given.
         path: String,
     },
     /// The OS gave no randomness.
@@ -49,7 +49,7 @@ pub enum SignatureError {
     /// The signature does not match the bundle id and key.
     #[error("signature does not verify for bundle {id} under key {key}")]
     Invalid {
-        /// The bundle.
+        /// The id of the bundle whose signature failed.
         id: Digest,
         /// The key it claims.
         key: String,
@@ -57,9 +57,9 @@ pub enum SignatureError {
     /// Signed by a key other than the one required.
     #[error("bundle is signed by {found}, not by the required key {expected}")]
     WrongKey {
-        /// Required.
+        /// The public key the caller required (`guild bundle verify --key`), hex.
         expected: String,
-        /// Found.
+        /// The public key that did sign, hex.
         found: String,
     },
 }
@@ -169,7 +169,7 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BundleSignature {
-    /// Always `ed25519`.
+    /// The signature algorithm: always [`ALGORITHM`] (`ed25519`); anything else is refused.
     pub algorithm: String,
     /// The signer's public key, hex.
     pub public_key: String,

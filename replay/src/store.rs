@@ -20,7 +20,7 @@ pub enum StoreError {
     /// The stored bytes do not hash to their name.
     #[error("blob {expected} is corrupt: its contents hash to {found}")]
     Corrupt {
-        /// Its name.
+        /// The digest the blob is stored under and was asked for.
         expected: Digest,
         /// What its bytes hash to.
         found: Digest,
@@ -28,11 +28,11 @@ pub enum StoreError {
     /// A blob (or bundle file) larger than the store will read.
     #[error("{digest} is {size_bytes} bytes, more than the store reads ({limit_bytes} bytes)")]
     TooLarge {
-        /// The blob.
+        /// The blob, or the bundle id whose manifest or signature file it is.
         digest: Digest,
-        /// Its size.
+        /// Its size as stored, in bytes.
         size_bytes: u64,
-        /// The limit.
+        /// The most the store reads: [`BLOB_BYTES_MAX`] for a blob, less for a bundle file.
         limit_bytes: u64,
     },
     /// No bundle has this id (or prefix).
@@ -44,15 +44,15 @@ pub enum StoreError {
     /// A stream being stored yielded more than its bound.
     #[error("the data is larger than {limit_bytes} bytes, its bound")]
     StreamTooLarge {
-        /// The bound.
+        /// The caller's `bytes_max` for [`BlobStore::put_stream`].
         limit_bytes: u64,
     },
     /// The file system failed.
     #[error("{path}: {source}")]
     Io {
-        /// The path.
+        /// The file or directory the store was reading or writing (`(stream)` for a reader).
         path: String,
-        /// Why.
+        /// The operating system's error.
         source: std::io::Error,
     },
 }
@@ -113,7 +113,8 @@ pub(crate) fn checked(digest: &Digest, bytes: Vec<u8>) -> Result<Vec<u8>, StoreE
     Ok(bytes)
 }
 
-/// An in-memory store.
+/// A store in memory, for a bundle read from an archive (see [`crate::archive::import`]) and
+/// for tests; nothing is kept past its drop.
 #[derive(Default)]
 pub struct MemoryStore {
     blobs: Mutex<HashMap<Digest, Vec<u8>>>,
@@ -153,6 +154,27 @@ impl BlobStore for MemoryStore {
 /// `bundles/<id>.sig` (its signature). Opened with [`DirStore::open_write_behind`], writes land
 /// in the background (see `behind.rs`), small ones appended to `packs/*.pack` (see `pack.rs`),
 /// and are read from memory until they do. Readers look in packs, then in files.
+///
+/// ```
+/// use guild_replay::{BlobStore, Digest, DirStore, StoreError};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let store = DirStore::open(dir.path())?;
+/// let digest = store.put(b"mounted contents")?;
+/// assert_eq!(digest, Digest::of(b"mounted contents")); // named by its blake3
+/// assert_eq!(store.put(b"mounted contents")?, digest); // stored once however often put
+/// assert_eq!(store.get(&digest)?, b"mounted contents"); // checked against its digest
+/// assert!(matches!(store.get(&Digest::of(b"never stored")), Err(StoreError::NotFound(_))));
+///
+/// // Another handle on the same directory (an auditor's, later) reads what was written.
+/// drop(store);
+/// let reopened = DirStore::open(dir.path())?;
+/// assert!(reopened.has(&digest));
+/// assert_eq!(reopened.get(&digest)?, b"mounted contents");
+/// # Ok(())
+/// # }
+/// ```
 pub struct DirStore {
     root: PathBuf,
     behind: Option<WriteBehind>,

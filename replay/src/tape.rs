@@ -60,9 +60,9 @@ pub enum Effect {
     /// parameters), where it ran (adapter and driver, or the CPU reference), and what came out
     /// (output digests; the outputs themselves are blobs of the bundle).
     GpuDispatch {
-        /// Kernel name.
+        /// The kernel's name in the host's catalogue, as the guest passed it (`matmul`).
         kernel: String,
-        /// Kernel version.
+        /// The kernel's semantic version in that catalogue, bumped whenever its results change.
         version: u32,
         /// blake3 of the kernel's WGSL source.
         wgsl: Digest,
@@ -80,11 +80,11 @@ pub enum Effect {
     },
     /// A log line, or a line of stdout or stderr.
     Log {
-        /// Severity.
+        /// `trace`, `debug`, `info`, `warn` or `error` (stdout lines are `info`, stderr `warn`).
         level: String,
         /// `tool`, `stdout` or `stderr`.
         source: String,
-        /// The text.
+        /// The line, without its newline.
         message: String,
     },
 }
@@ -108,9 +108,9 @@ impl Effect {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpRequestRecord {
-    /// Method.
+    /// The HTTP method as the guest sent it (`GET`).
     pub method: String,
-    /// Full URL.
+    /// The URL as the guest wrote it: scheme, authority, path and query (placeholders included).
     pub url: String,
     /// Headers in order, values with `{{secret:NAME}}` placeholders as the guest wrote them.
     pub headers: Vec<(String, String)>,
@@ -124,7 +124,7 @@ pub struct HttpRequestRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpResponseRecord {
-    /// Status code.
+    /// The HTTP status code the guest received (100–599).
     pub status: u16,
     /// Headers in order.
     pub headers: Vec<(String, String)>,
@@ -154,7 +154,7 @@ pub struct Event {
     pub seq: u64,
     /// Fuel the guest had burnt when the effect happened.
     pub fuel: u64,
-    /// What happened.
+    /// What the guest observed or did: a clock reading, a log line, an HTTP exchange, ...
     pub effect: Effect,
     /// blake3(previous link ‖ canonical {seq, fuel, effect}).
     pub chain: Digest,
@@ -193,27 +193,27 @@ pub enum TapeError {
     /// A line is not an event.
     #[error("tape line {line} is not an event: {reason}")]
     Malformed {
-        /// 1-based line.
+        /// The tape's line that does not parse, counted from 1 (0: the tape is not UTF-8).
         line: usize,
-        /// Why.
+        /// Why it does not parse: the JSON parser's or UTF-8 decoder's message.
         reason: String,
     },
     /// Events are out of order.
     #[error("tape event at line {line} has seq {found}, expected {expected}")]
     Sequence {
-        /// 1-based line.
+        /// The tape's line out of order, counted from 1.
         line: usize,
-        /// Expected seq.
+        /// The seq that line should carry: its position, from 0.
         expected: u64,
-        /// Found seq.
+        /// The seq it carries.
         found: u64,
     },
     /// Fuel went backwards.
     #[error("tape event {seq} says fuel {found}, less than the {previous} before it")]
     FuelBackwards {
-        /// The event.
+        /// The event whose fuel is lower than its predecessor's.
         seq: u64,
-        /// Its fuel.
+        /// The fuel units it records.
         found: u64,
         /// The fuel before.
         previous: u64,
@@ -221,7 +221,7 @@ pub enum TapeError {
     /// The hash chain does not hold.
     #[error("tape hash chain broken at event {seq}: expected {expected}, found {found}")]
     Chain {
-        /// The event.
+        /// The first event whose link does not follow from the ones before it.
         seq: u64,
         /// The recomputed link.
         expected: Digest,
@@ -231,7 +231,7 @@ pub enum TapeError {
     /// Too many events.
     #[error("tape holds more than {limit} events (TAPE_EVENTS_MAX)")]
     TooLong {
-        /// The limit.
+        /// Events a tape may hold: [`TAPE_EVENTS_MAX`](crate::TAPE_EVENTS_MAX).
         limit: u64,
     },
 }

@@ -33,7 +33,7 @@ pub struct FileNode {
     pub size_bytes: u64,
 }
 
-/// A subdirectory.
+/// A subdirectory within a [`DirectoryNode`], named by the digest of its own node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirNode {
@@ -61,7 +61,8 @@ pub struct TreeLimits {
     /// Bytes of file contents, entry names and symlink targets (what the tree's blobs and
     /// nodes hold).
     pub bytes_max: u64,
-    /// Directory nesting.
+    /// Levels of subdirectories a tree may have below its root; this also bounds how deep a
+    /// walk of the tree recurses.
     pub depth_max: u32,
 }
 
@@ -93,7 +94,7 @@ pub enum TreeError {
     TooLarge {
         /// What was too large.
         what: String,
-        /// The limit.
+        /// The bound it exceeded, in its setting's unit (entries, bytes or levels).
         limit: u64,
         /// The setting that raises it.
         setting: &'static str,
@@ -101,23 +102,23 @@ pub enum TreeError {
     /// A name that could escape its directory or is not portable.
     #[error("tree entry {name:?} is not a plain name (no '/', '\\', '..', '.', NUL or empty names)")]
     BadName {
-        /// The name.
+        /// The entry's name (with its path within the tree, when captured from disk).
         name: String,
     },
     /// A node is malformed or unsorted.
     #[error("tree node {digest} is malformed: {reason}")]
     BadNode {
-        /// The node.
+        /// The node's digest in the store.
         digest: Digest,
-        /// Why.
+        /// What is wrong: the parser's message, or which entries are out of order.
         reason: String,
     },
     /// Reading or writing the file system failed.
     #[error("{path}: {source}")]
     Io {
-        /// The path.
+        /// The file or directory being read or written.
         path: String,
-        /// Why.
+        /// The operating system's error.
         source: std::io::Error,
     },
     /// The blob store failed.
@@ -149,7 +150,7 @@ pub fn check_name(name: &str) -> Result<(), TreeError> {
 struct Budget {
     limits: TreeLimits,
     entries: u64,
-    /// File contents.
+    /// Bytes of file contents taken so far; with `listing`, bounded by `bytes_max`.
     bytes: u64,
     /// Entry names and symlink targets: bounded with the contents by `bytes_max`.
     listing: u64,

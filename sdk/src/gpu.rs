@@ -3,6 +3,9 @@
 //! from the shapes, charges the buffers to the run's quota, and records each dispatch for replay.
 //! A tool that uses this must ask for it with [`Info::gpu`](crate::Info::gpu).
 //!
+//! The example is compiled but not run (`no_run`): tensors live in the Guild host, which answers
+//! these `guild:tool/gpu` imports; in a native build no host is there to answer them.
+//!
 //! ```no_run
 //! use guild_sdk::gpu::{self, Tensor};
 //!

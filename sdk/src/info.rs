@@ -6,9 +6,9 @@ use crate::bindings::guild::tool::types as wit_types;
 /// How a tool wants a directory mounted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
-    /// Read only.
+    /// The tool only reads: the host mounts the directory read-only.
     ReadOnly,
-    /// Read and write.
+    /// The tool also creates, changes or deletes files; the operator may still grant less.
     ReadWrite,
 }
 

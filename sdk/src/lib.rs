@@ -5,7 +5,7 @@
 //! exports: `describe` (with the input and output JSON Schemas derived from the types) and `run`
 //! (which rejects input that does not deserialize before the function is called).
 //!
-//! ```no_run
+//! ```
 //! use guild_sdk::prelude::*;
 //!
 //! /// What the tool accepts.
@@ -35,7 +35,12 @@
 //!     describe: Info::new("greet", "Greets someone by name.")
 //!         .dir("/data", Access::ReadOnly, "not needed, shown as an example"),
 //! }
-//! # fn main() {}
+//!
+//! // The function is ordinary Rust: test it natively (log lines go to stderr off wasm).
+//! # fn main() -> Result<(), ToolError> {
+//! assert_eq!(greet(Input { name: "Ada".into() })?.greeting, "Hello, Ada!");
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! GPU work goes through [`gpu`]: typed [`gpu::Tensor`]s and the host's kernel catalogue.
@@ -111,6 +116,58 @@ where
 ///
 /// `run:` names a function `fn(Input) -> Result<Output, ToolError>`; `describe:` is an [`Info`]
 /// expression. The version defaults to the tool crate's `CARGO_PKG_VERSION`.
+///
+/// The macro defines a type, `__GuildTool`, implementing the `guild-tool` world's `Guest` trait
+/// (in the generated, hidden `bindings` module): its `describe` fills in the JSON Schemas of
+/// the function's types, and its `run` refuses input that does not deserialize before calling
+/// the function. Only a `wasm32` build also exports it under the component's symbol names; a
+/// native build (this example, a tool's unit tests) cannot link those, so there the exports
+/// are ordinary functions, and the example calls them as a host would:
+///
+/// ```
+/// use guild_sdk::bindings::exports::guild::tool::tool::{Guest, ToolError as WitToolError};
+/// use guild_sdk::prelude::*;
+///
+/// #[derive(Deserialize, JsonSchema)]
+/// #[serde(deny_unknown_fields)]
+/// struct Input {
+///     /// Text to shout.
+///     text: String,
+/// }
+///
+/// #[derive(Serialize, JsonSchema)]
+/// struct Output {
+///     /// The text in capitals.
+///     text: String,
+/// }
+///
+/// fn shout(input: Input) -> Result<Output, ToolError> {
+///     if input.text.is_empty() {
+///         return Err(ToolError::invalid_input("text must not be empty"));
+///     }
+///     Ok(Output { text: input.text.to_uppercase() })
+/// }
+///
+/// guild_sdk::export_tool! {
+///     run: shout,
+///     describe: Info::new("shout", "Returns its text in capitals.").version("1.2.0"),
+/// }
+///
+/// fn main() {
+///     let info = __GuildTool::describe();
+///     assert_eq!((info.name.as_str(), info.version.as_str()), ("shout", "1.2.0"));
+///     assert!(info.input_schema.contains(r#""text""#), "{}", info.input_schema);
+///
+///     let ran = __GuildTool::run(r#"{"text":"hi"}"#.to_string());
+///     assert!(matches!(ran.as_deref(), Ok(r#"{"text":"HI"}"#)), "{ran:?}");
+///     // Input that does not match the schema never reaches `shout`...
+///     let unknown = __GuildTool::run(r#"{"txt":"hi"}"#.to_string());
+///     assert!(matches!(unknown, Err(WitToolError::InvalidInput(_))), "{unknown:?}");
+///     // ...and `shout`'s own refusal keeps its kind.
+///     let empty = __GuildTool::run(r#"{"text":""}"#.to_string());
+///     assert!(matches!(empty, Err(WitToolError::InvalidInput(ref m)) if m == "text must not be empty"));
+/// }
+/// ```
 #[macro_export]
 macro_rules! export_tool {
     (run: $run:path, describe: $info:expr $(,)?) => {

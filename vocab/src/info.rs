@@ -8,9 +8,9 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Access {
-    /// Read only.
+    /// The tool may read files but not create, change or delete them.
     ReadOnly,
-    /// Read and write.
+    /// The tool may also create, change and delete files (within the mount's write quota).
     ReadWrite,
 }
 
@@ -37,11 +37,13 @@ pub struct DirRequest {
 /// Everything a tool asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capabilities {
-    /// Directories.
+    /// Directories the tool needs mounted, by guest path; a grant for any other path is denied.
     pub dirs: Vec<DirRequest>,
-    /// Egress rules.
+    /// Hosts it calls, as egress rules (`scheme://host[:port]`, `*.` wildcards); a request must
+    /// match one of these and an operator's rule.
     pub hosts: Vec<String>,
-    /// Secret names.
+    /// Names of the secrets it may use as `{{secret:NAME}}` header placeholders (`*`: whichever
+    /// the operator grants).
     pub secrets: Vec<String>,
     /// Whether it uses GPU kernels.
     pub gpu: bool,
@@ -50,9 +52,10 @@ pub struct Capabilities {
 /// What a tool says about itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolInfo {
-    /// Short name.
+    /// Short machine name, e.g. `wc`: what bundles, the audit log and the API name it by
+    /// (never empty).
     pub name: String,
-    /// Version.
+    /// The tool's own version, as its `describe` declares it (SDK tools: their crate's version).
     pub version: String,
     /// Description for people and agents.
     pub description: String,

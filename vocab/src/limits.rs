@@ -60,7 +60,8 @@ pub struct Limits {
 
 /// Default fuel: about a second of compute on the reference machine.
 pub const FUEL_UNITS_DEFAULT: u64 = 10_000_000_000;
-/// Default wall-clock limit.
+/// Default wall-clock limit for a whole call: 10 s. The default fuel is about 1 s of compute, so
+/// a computing guest runs out of fuel first; this catches one blocked in host calls.
 pub const TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// Default memory: enough for interpreters (Python, JS) inside components, small enough that a
 /// machine holds hundreds of concurrent runs. Measured: the Python `summarize-csv`
@@ -74,9 +75,9 @@ pub const TABLE_ELEMENTS_MAX_DEFAULT: u32 = 100_000;
 /// Default instance count: a Rust tool uses ~4; componentize-py components hold 14 core modules,
 /// componentize-js ones 4 (plus the component instance).
 pub const INSTANCES_MAX_DEFAULT: u32 = 64;
-/// Default output cap.
+/// Default cap on the JSON `run` returns: 1 MiB.
 pub const OUTPUT_BYTES_MAX_DEFAULT: u64 = 1024 * 1024;
-/// Default log cap.
+/// Default cap on a run's log lines, stdout and stderr together: 256 KiB.
 pub const LOG_BYTES_MAX_DEFAULT: u64 = 256 * 1024;
 /// Default number of outgoing requests per run.
 pub const HTTP_REQUESTS_MAX_DEFAULT: u32 = 32;
@@ -101,7 +102,7 @@ pub const GPU_BUFFERS_MAX_DEFAULT: u32 = 64;
 pub const GPU_DISPATCHES_MAX_DEFAULT: u32 = 10_000;
 /// Default time one GPU dispatch may take: a 2048² matmul on lavapipe takes seconds.
 pub const GPU_DISPATCH_TIMEOUT_MS_DEFAULT: u64 = 60_000;
-/// Default connect timeout.
+/// Default time to resolve and connect to an upstream: 5 s.
 pub const HTTP_CONNECT_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 /// Default timeout for a whole exchange.
 pub const HTTP_TIMEOUT_MS_DEFAULT: u64 = 30_000;
@@ -147,27 +148,27 @@ pub enum LimitHit {
     /// All fuel was burnt.
     #[error("fuel exhausted: used {used_units} of {limit_units} units (raise --fuel)")]
     Fuel {
-        /// Fuel burnt.
+        /// Fuel units burnt when the run stopped: all it had, so equal to `limit_units`.
         used_units: u64,
-        /// The limit.
+        /// The run's [`Limits::fuel_units`].
         limit_units: u64,
     },
     /// The wall-clock deadline passed.
     #[error("timed out after {} (raise --timeout)", human_ms(*limit_ms))]
     Timeout {
-        /// The limit.
+        /// The run's [`Limits::timeout_ms`].
         limit_ms: u64,
     },
     /// Linear memory (or a table) could not grow within the limit.
     #[error("memory limit {} reached (raise --memory)", human_bytes(*limit_bytes))]
     Memory {
-        /// The limit.
+        /// The run's [`Limits::memory_bytes_max`].
         limit_bytes: u64,
     },
     /// A table could not grow within the limit.
     #[error("table limit of {limit_elements} elements reached")]
     Table {
-        /// The limit.
+        /// The run's [`Limits::table_elements_max`].
         limit_elements: u32,
     },
     /// The wasm stack overflowed, usually unbounded recursion.
@@ -180,13 +181,13 @@ pub enum LimitHit {
     /// guest, so its size is not known.
     #[error("output exceeds the limit of {} (raise --output-bytes)", human_bytes(*limit_bytes))]
     Output {
-        /// The limit.
+        /// The run's [`Limits::output_bytes_max`].
         limit_bytes: u64,
     },
     /// The guest caused more recorded effects than a tape holds.
     #[error("tape limit of {limit_events} events reached: the tool read the clock or logged too often")]
     Tape {
-        /// The limit.
+        /// Events a tape holds at most (`guild_replay::TAPE_EVENTS_MAX`).
         limit_events: u64,
     },
     /// A GPU quota, the GPU deadline, or a full device queue; the message names the flag.
@@ -198,7 +199,7 @@ pub enum LimitHit {
     /// The run's recording (tape events and the HTTP bodies they name) outgrew its cap.
     #[error("recording limit of {} reached: the tool's effects (clock reads, logs, HTTP bodies) outgrew it (raise --recording-bytes)", human_bytes(*limit_bytes))]
     Recording {
-        /// The limit.
+        /// The run's [`Limits::recording_bytes_max`].
         limit_bytes: u64,
     },
     /// The run held as many WASI resources (open files, streams, pollables) as allowed.
@@ -206,7 +207,7 @@ pub enum LimitHit {
         "WASI resource limit of {limit_resources} reached: the tool held too many open files, streams or pollables at once (raise --wasi-resources)"
     )]
     Resources {
-        /// The limit.
+        /// The run's [`Limits::wasi_resources_max`].
         limit_resources: u32,
     },
     /// A write into a writable mount went past its quota, or the mount outgrew what a bundle
@@ -223,7 +224,7 @@ pub enum LimitHit {
     /// The tool logged (or printed) more than allowed.
     #[error("log limit of {} reached (raise --log-bytes)", human_bytes(*limit_bytes))]
     Log {
-        /// The limit.
+        /// The run's [`Limits::log_bytes_max`].
         limit_bytes: u64,
     },
 }

@@ -13,11 +13,11 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ToolErrorKind {
-    /// Bad input.
+    /// The input was malformed or did not match the tool's schema (exit code 2 from `guild run`).
     InvalidInput,
-    /// The tool failed.
+    /// The tool tried and failed (exit code 1 from `guild run`).
     Failed,
-    /// The tool was refused something.
+    /// The tool was refused a file, host or secret it needed (exit code 4).
     Denied,
 }
 
@@ -45,7 +45,7 @@ pub enum Outcome {
     },
     /// `run` returned an error.
     ToolError {
-        /// Which kind.
+        /// Invalid input, failed or denied: which `tool-error` case the tool returned.
         kind: ToolErrorKind,
         /// The tool's message.
         message: String,
@@ -320,7 +320,7 @@ pub struct PolicyRecord {
     /// What the run was given, when it never got as far as resolving a policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grants: Option<Grants>,
-    /// The limits.
+    /// The limits the run had (fuel, memory, time, output, ...), whether or not it started.
     pub limits: Limits,
 }
 

@@ -1,6 +1,7 @@
-//! The sandbox policy: what an operator grants, what a tool asks for, and the effective policy a
-//! run gets, which is their intersection. Today that covers directories; egress, secrets and GPU
-//! grants join it as new fields of [`Grants`] and [`EffectivePolicy`].
+//! The sandbox policy: what an operator grants (mounts, egress rules, secrets and where each may
+//! be sent), what a tool asks for, and the effective policy a run gets, which is their
+//! intersection. The GPU is not granted here: a tool that declares it may dispatch, within the
+//! run's GPU limits and the host's GPU mode.
 
 use crate::egress::{EgressRule, RuleError, Secret, SecretGrant};
 use crate::info::{Access, Capabilities};
@@ -76,7 +77,7 @@ pub enum PolicyError {
     /// The tool declares a host rule that does not parse.
     #[error("tool {tool} declares an invalid host: {error}")]
     ToolHost {
-        /// The tool.
+        /// The tool's name, from its `describe`.
         tool: String,
         /// The parse error.
         error: RuleError,

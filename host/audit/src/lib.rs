@@ -1,5 +1,6 @@
 //! The audit log: one JSON line per finished run — who (tenant), what (tool digest, input
-//! digest), under which grants, how it ended, and which bundle resulted. Append-only and
+//! digest), under which grants, how it ended, and which bundle resulted — and per event an
+//! auditor must see (an admin's read of another tenant's run or bundle, a corrupt Redis entry). Append-only and
 //! hash-chained: each record's `hash` is blake3 over its canonical form (without `hash`), which
 //! includes `prev`, the hash of the record before. Records are written by one thread in
 //! batches, each batch fsynced before any of its runs is answered (group commit). A small

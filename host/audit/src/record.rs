@@ -9,9 +9,9 @@ use std::path::PathBuf;
 /// What the daemon says about a finished run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
-    /// The run id.
+    /// The run id (for an event: the run, bundle or stream entry it is about).
     pub run: String,
-    /// Who asked.
+    /// The tenant the run was for, by name: whose run this record is.
     pub tenant: String,
     /// The tool's name.
     pub tool: String,
@@ -22,9 +22,11 @@ pub struct AuditEntry {
     /// The effective policy and limits the run had (or the grants, for a run that never
     /// resolved them); none for a record of an event.
     pub grants: Option<PolicyRecord>,
-    /// `output`, `tool_error`, `limit`, `trap`, `denied`, `host_failure`.
+    /// `output`, `dead`, or the run's failure code as `guild_vocab::FailureCode` writes it
+    /// (`tool_error`, `limit`, `trap`, `cancelled`, `denied`, `host_failure`, …); for an event,
+    /// its kind.
     pub outcome: String,
-    /// Fuel burnt.
+    /// Fuel units the run burnt (0 for a run that never started, and for an event).
     pub fuel_used_units: u64,
     /// The bundle, when one was sealed.
     pub bundle: Option<Digest>,
@@ -91,7 +93,7 @@ pub struct AuditRecord {
     pub time_unix_ms: u64,
     /// `hash` of the record before (all zeros for the first).
     pub prev: Digest,
-    /// The run.
+    /// What the record says, flattened into the same JSON object as the chain's fields.
     #[serde(flatten)]
     pub entry: AuditEntry,
     /// blake3 of this record's canonical form without `hash`.
@@ -115,15 +117,15 @@ pub enum AuditError {
     /// A file operation failed.
     #[error("audit log {path}: {source}")]
     Io {
-        /// The file.
+        /// The audit log being opened, read or written.
         path: PathBuf,
-        /// Why.
+        /// What failed: the operating system's error, or the writer thread's report of one.
         source: std::io::Error,
     },
     /// The chain is broken at a record.
     #[error("audit log {path}: record at line {line} (seq {seq}) is broken: {reason}")]
     Broken {
-        /// The file.
+        /// The audit log whose chain is broken.
         path: PathBuf,
         /// 1-based line number.
         line: u64,

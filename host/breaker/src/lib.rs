@@ -1,6 +1,6 @@
 //! guild-breaker: the one circuit breaker Guild puts in front of things that fail — each egress
 //! upstream, and Redis. After `failures_to_open` consecutive failures the breaker opens and
-//! refuses at once for `open_ms`; then it lets one call through to probe. The probe's outcome
+//! refuses at once for `open_for`; then it lets one call through to probe. The probe's outcome
 //! closes the breaker or opens it again.
 //!
 //! Every admitted call holds an [`Attempt`]. An attempt that is dropped without saying how it
@@ -52,7 +52,8 @@ struct State {
     last_error: String,
 }
 
-/// One breaker.
+/// The breaker of one thing that fails (an upstream, Redis): closed, open, or half-open with
+/// one probe out. Shared behind an `Arc` by every caller of that thing.
 #[derive(Debug)]
 pub struct Breaker {
     settings: BreakerSettings,

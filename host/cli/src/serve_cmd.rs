@@ -1,4 +1,4 @@
-//! `guild serve`, `guild audit verify` and `guild token new`: wiring the daemon from its config
+//! `guild serve`, `guild audit verify` and `guild token new|hash`: wiring the daemon from its config
 //! (or the embedded default: the example tools on 127.0.0.1 for one admin token), logging as
 //! JSON lines, and stopping cleanly on SIGTERM or Ctrl-C.
 

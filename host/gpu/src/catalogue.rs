@@ -23,13 +23,13 @@ pub enum KernelId {
     Relu,
     /// GELU, tanh form.
     Gelu,
-    /// Matrix product.
+    /// `out[m, n] = a[m, k] · b[k, n]`, each output summing its k products in order.
     Matmul,
-    /// Row sums.
+    /// The sum over the last axis: one value per row.
     Sum,
-    /// Row maxima.
+    /// The maximum over the last axis: one value per row.
     Max,
-    /// Row softmax.
+    /// Softmax over the last axis, each row on its own; the output has the input's shape.
     Softmax,
     /// Row layer norm.
     LayerNorm,
@@ -40,14 +40,14 @@ pub enum KernelId {
 /// How far a result may be from the CPU reference: `|found − expected| ≤ abs + rel·|expected|`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Tolerance {
-    /// Absolute part.
+    /// `abs`: the difference always allowed, in the result's own units.
     pub abs: f32,
-    /// Relative part.
+    /// `rel`: the difference allowed per unit of `|expected|` (`1e-5` is 10 ppm).
     pub rel: f32,
 }
 
 impl Tolerance {
-    /// Bit-for-bit.
+    /// No difference at all: the bits must match (deterministic kernels).
     pub const EXACT: Tolerance = Tolerance { abs: 0.0, rel: 0.0 };
 
     /// Whether `found` is close enough to `expected` (NaN only matches NaN).
@@ -65,7 +65,7 @@ impl Tolerance {
 /// A kernel as the catalogue declares it.
 #[derive(Debug, Serialize)]
 pub struct KernelSpec {
-    /// Which one.
+    /// The kernel this entry declares: what the host and its CPU reference dispatch on.
     pub id: KernelId,
     /// Its name in `dispatch`.
     pub name: &'static str,

@@ -38,7 +38,7 @@ impl AdapterReport {
 /// The device limits that matter to Guild's kernels.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeviceLimits {
-    /// Largest buffer.
+    /// Largest buffer the device allocates, in bytes.
     pub max_buffer_size: u64,
     /// Largest storage-buffer binding: the largest tensor one dispatch can take.
     pub max_storage_buffer_binding_size: u64,
@@ -46,7 +46,7 @@ pub struct DeviceLimits {
     pub max_compute_workgroups_per_dimension: u32,
     /// Threads per workgroup.
     pub max_compute_invocations_per_workgroup: u32,
-    /// Workgroup memory.
+    /// Bytes of workgroup (shared) memory one workgroup may use; the tiled `matmul` needs it.
     pub max_compute_workgroup_storage_size: u32,
 }
 

@@ -19,7 +19,7 @@ pub enum GpuError {
     /// A buffer's shape does not fit the kernel.
     #[error("gpu {kernel}: {message}")]
     Shape {
-        /// The kernel.
+        /// The kernel dispatched, by its catalogue name (`matmul`).
         kernel: String,
         /// What is wrong, with the expected and found shapes.
         message: String,
@@ -27,7 +27,7 @@ pub enum GpuError {
     /// A buffer's element type does not fit the kernel.
     #[error("gpu {kernel}: {message}")]
     DType {
-        /// The kernel.
+        /// The kernel dispatched, by its catalogue name.
         kernel: String,
         /// What is wrong, with the expected and found types.
         message: String,
@@ -53,21 +53,22 @@ pub enum GpuError {
     /// The shared device's submission queue is full.
     #[error("gpu busy: {queued} dispatches already waiting for the shared device (its queue_depth_max); retry later")]
     Busy {
-        /// Dispatches waiting.
+        /// Dispatches already waiting for the device (at least the host's `queue_depth_max`).
         queued: usize,
     },
     /// A dispatch did not complete in time.
     #[error("gpu deadline: {kernel} did not complete within {limit_ms} ms (raise --gpu-timeout)")]
     Deadline {
-        /// The kernel.
+        /// The kernel that did not complete, by its catalogue name.
         kernel: String,
-        /// The deadline.
+        /// The dispatch's timeout in ms (the run's `gpu_dispatch_timeout_ms`), waiting for the
+        /// device included.
         limit_ms: u64,
     },
     /// The device was lost (driver reset, removal, or a fault); it is rebuilt for the next job.
     #[error("gpu device lost during {kernel}: {reason}; the device is rebuilt for the next job, rerun this one")]
     DeviceLost {
-        /// The kernel.
+        /// The kernel running when the device was lost, by its catalogue name.
         kernel: String,
         /// What the driver said.
         reason: String,
@@ -75,7 +76,7 @@ pub enum GpuError {
     /// A kernel file failed validation when the host started.
     #[error("gpu kernel {kernel} does not validate: {message}")]
     Catalogue {
-        /// The kernel.
+        /// The kernel whose WGSL does not validate, by its catalogue name.
         kernel: String,
         /// The validator's message.
         message: String,

@@ -67,9 +67,10 @@ pub struct DispatchRequest<'a> {
     pub kernel: &'a str,
     /// Input buffers and their bytes.
     pub inputs: Vec<(&'a TensorMeta, &'a [u8])>,
-    /// Output buffers.
+    /// The output buffers' types and shapes, in the kernel's order; their bytes come back in
+    /// [`Dispatched::outputs`].
     pub outputs: Vec<&'a TensorMeta>,
-    /// Scalar parameters.
+    /// The kernel's scalar parameters, in its declared order (`scale`'s factor, ...).
     pub params: &'a [Scalar],
     /// How long the dispatch may take, waiting for the device included.
     pub timeout: Duration,
@@ -95,7 +96,7 @@ pub struct GpuInfo {
     pub no_adapter: Option<String>,
     /// The catalogue's version ([`CATALOGUE_VERSION`](crate::CATALOGUE_VERSION)).
     pub catalogue_version: u32,
-    /// The catalogue.
+    /// Every kernel of the catalogue: its declaration and the blake3 of its WGSL.
     pub kernels: Vec<Kernel>,
 }
 
@@ -136,12 +137,12 @@ impl GpuHost {
         })
     }
 
-    /// The kernels.
+    /// The kernel catalogue, validated when this host was made: what guests may dispatch.
     pub fn catalogue(&self) -> &Catalogue {
         &self.catalogue
     }
 
-    /// The configuration.
+    /// The mode (auto, device, cpu, off) and wait-queue bound this host was made with.
     pub fn config(&self) -> GpuConfig {
         self.config
     }

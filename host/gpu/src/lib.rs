@@ -5,7 +5,7 @@
 //! blake3 digest of their source), the uniform block every kernel reads ([`params`], in Rust and
 //! WGSL), the checks and plans that turn a guest's buffers into workgroup counts ([`plan`]), one
 //! wgpu device per host shared by all runs ([`GpuHost`], with a bounded queue and rebuilt after a
-//! loss), the CPU reference of every kernel ([`reference`]), and the per-job quotas
+//! loss), the CPU reference of every kernel ([`reference`](mod@reference)), and the per-job quotas
 //! ([`GpuLimits`]). It knows nothing of wasmtime: the runtime links the `guild:tool/gpu`
 //! interface to it and records each dispatch on the tape.
 

@@ -61,7 +61,7 @@ impl JobQuota {
         Self { limits, ..Self::default() }
     }
 
-    /// The limits.
+    /// The job's GPU limits this quota charges against, as it was made with.
     pub fn limits(&self) -> GpuLimits {
         self.limits
     }

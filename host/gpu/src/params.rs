@@ -13,7 +13,8 @@ pub const BINDING: u32 = 0;
 pub struct Params {
     /// Elements, or the row length.
     pub n: u32,
-    /// Rows.
+    /// Rows: of `a` and the output for `matmul`, of the input matrix for the row kernels and
+    /// `cosine_topk`.
     pub m: u32,
     /// Inner dimension, or k.
     pub k: u32,
@@ -23,9 +24,10 @@ pub struct Params {
     pub f0: f32,
     /// Second float parameter.
     pub f1: f32,
-    /// Spare.
+    /// Unused: pads the block to 32 bytes and leaves room for an integer parameter without a
+    /// layout change.
     pub u0: u32,
-    /// Spare.
+    /// Unused, like `u0`.
     pub u1: u32,
 }
 

@@ -45,7 +45,7 @@ pub struct Stage {
 /// A checked dispatch, ready for a device or the CPU reference.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
-    /// The kernel.
+    /// The kernel the plan dispatches; its WGSL and CPU reference are chosen by it.
     pub id: KernelId,
     /// The uniform block.
     pub uniform: Params,

@@ -52,11 +52,11 @@ impl std::fmt::Display for DType {
 /// A scalar parameter of a kernel.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Scalar {
-    /// A float.
+    /// A 32-bit float, such as `scale`'s `factor` or `layer_norm`'s `eps`.
     F32(f32),
-    /// An unsigned integer.
+    /// A 32-bit unsigned integer (no kernel of the catalogue takes one yet).
     U32(u32),
-    /// A signed integer.
+    /// A 32-bit signed integer (no kernel of the catalogue takes one yet).
     I32(i32),
 }
 
@@ -87,7 +87,7 @@ impl Scalar {
 /// What a buffer is, without its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TensorMeta {
-    /// Element type.
+    /// The element type (`f32`, `u32`, `i32`: 4 bytes each).
     pub dtype: DType,
     /// Dimensions, outermost first. An empty shape is a scalar (one element).
     pub shape: Vec<u32>,
@@ -126,7 +126,7 @@ impl std::fmt::Display for TensorMeta {
     }
 }
 
-/// `[2, 3]`.
+/// A shape as messages print it: `[2, 3]` for two rows of three (`[]` for a scalar).
 pub fn show_shape(shape: &[u32]) -> String {
     let dims: Vec<String> = shape.iter().map(u32::to_string).collect();
     format!("[{}]", dims.join(", "))

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub struct Job {
     /// The run id (32 hex characters), also the job's key.
     pub id: String,
-    /// Who asked.
+    /// The tenant that submitted it, by name: the run's owner and whose grants it carries.
     pub tenant: String,
     /// The tool's name, for logs and metrics.
     pub tool: String,
@@ -38,7 +38,7 @@ pub struct Job {
 pub struct JobResult {
     /// The run id.
     pub id: String,
-    /// Who asked.
+    /// The tenant that submitted it, by name: the only one (besides an admin) it answers.
     pub tenant: String,
     /// The tool's name.
     pub tool: String,
@@ -208,11 +208,11 @@ pub enum Disposition {
 pub struct DeadJob {
     /// The job id.
     pub id: String,
-    /// Who asked.
+    /// The tenant that submitted it, by name.
     pub tenant: String,
     /// The tool's name.
     pub tool: String,
-    /// Attempts made.
+    /// Attempts made, each ending in a retryable failure: at least the job's `attempts_max`.
     pub attempts: u32,
     /// The last attempt's error (none when it could not be read back).
     pub error: Option<Failure>,
@@ -248,7 +248,8 @@ pub struct QueueStats {
 /// A worker's heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerStats {
-    /// Its name.
+    /// The worker's consumer name in the queue's group (`guild worker --name`, by default
+    /// `worker-<host>-<pid>`): the `worker` label of its metrics.
     pub name: String,
     /// Jobs it completed since it started.
     pub completed: u64,

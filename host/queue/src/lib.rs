@@ -1,16 +1,19 @@
-//! guild-queue: where runs wait. Two queues with one job model:
+//! guild-queue: where runs wait. Two queues, with different contracts (a slot, a lease):
 //!
 //! - `embedded`: the default, in-process and bounded ([`RunQueue`]): at most
 //!   `runs_in_flight_max` runs execute and at most `depth_max` wait; one machine needs nothing
-//!   else.
+//!   else. It is an admission gate, not a carrier: the run it admits stays in memory, its grants
+//!   never serialized.
 //! - `redis`: a shared queue ([`RedisQueue`]) that API nodes enqueue into and `guild worker`
 //!   processes on any machine consume: a stream with a consumer group, leases renewed while a
 //!   job runs and taken over (`XAUTOCLAIM`) when a worker dies, retries with backoff through a
 //!   delayed set, a dead-letter stream, idempotency keys, expiring results, components and
 //!   bundles by digest, and a circuit breaker so callers get a fast 503 when Redis is down.
 //!
-//! Both carry a job as plain data ([`Job`]): tool digest, input, grants, limits, idempotency
-//! key, attempts. This crate knows nothing of wasmtime: it moves jobs, it does not run them.
+//! The Redis queue carries a job as plain data ([`Job`]): tool digest, input, the vocabulary's
+//! typed grants and limits, idempotency key, attempts; its [`JobResult`] comes back the same
+//! way. Every loop that talks to Redis waits on the one backoff in `retry.rs`. This crate knows
+//! nothing of wasmtime: it moves jobs, it does not run them.
 
 mod embedded;
 mod job;

@@ -64,7 +64,8 @@ impl Default for EngineSettings {
 /// to be trusted bit for bit.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct EngineFingerprint {
-    /// `wasmtime <version>`.
+    /// `wasmtime <version>` (the pinned [`wasmtime_version`]), for people: a replay refusing
+    /// another engine names both.
     pub engine: String,
     /// Hex blake3 over wasmtime's compatibility hash and Guild's determinism settings.
     pub id: String,

@@ -16,9 +16,9 @@ pub enum RuntimeError {
     /// The cache directory could not be prepared.
     #[error("cannot use cache directory {path}: {source}")]
     CacheDir {
-        /// The directory.
+        /// The cache directory, as configured.
         path: String,
-        /// Why.
+        /// The operating system's error.
         source: std::io::Error,
     },
 }
@@ -29,9 +29,9 @@ pub enum LoadError {
     /// The file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
-        /// The file.
+        /// The component file given to [`crate::Runtime::load_file`].
         path: String,
-        /// Why.
+        /// The operating system's error (not found, permission denied, ...).
         source: std::io::Error,
     },
     /// Not WebAssembly at all.

@@ -18,7 +18,7 @@ use wasmtime::component::{HasData, Resource, ResourceTable};
 /// One dispatch re-run during a replay with `--recompute-gpu`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GpuCheck {
-    /// The kernel.
+    /// The recomputed dispatch's kernel, by its catalogue name (`matmul`).
     pub kernel: String,
     /// Where the original ran.
     pub recorded_on: String,

@@ -8,9 +8,9 @@
 //! - A limit the guest is first told about as an error (a write past a mount's quota) stops it at
 //!   its next call into the host, and ends the run with that limit whatever the tool returns.
 //! - The guest's fuel is noted on every entry into the host, for the recorder's events.
-//! - What the host copies out of the guest in one crossing is bounded: `hostcall_bytes_max` for a
-//!   host call's arguments, and `output_bytes_max` for what `run` returns, so an oversized output
-//!   is refused before it is copied (wasmtime's "hostcall fuel").
+//! - What the host copies out of the guest in one crossing is bounded: [`HOSTCALL_BYTES_MAX`]
+//!   for a host call's arguments, and `output_bytes_max` for what `run` returns, so an
+//!   oversized output is refused before it is copied (wasmtime's "hostcall fuel").
 
 use crate::LimitHit;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,11 +1,15 @@
 //! guild-runtime: the one run pipeline that `guild run`, the daemon and workers all call.
 //!
 //! It owns the wasmtime engine (determinism settings, pooling allocator, epoch ticker), the
-//! compiled-component cache, per-run [`Limits`], and the sandbox policy (which directories a run
-//! sees, and how). A run goes: resolve the tool by blake3 digest → intersect grants with what the
-//! tool asks for → instantiate a fresh store from the cached `InstancePre` with fuel, an epoch
-//! deadline and memory/table/instance limits → call `run` → classify what happened into an
-//! [`Outcome`]. It knows nothing of HTTP or Redis.
+//! compiled-component cache, and the enforcement of what a run is allowed: the [`Limits`] and
+//! [`Grants`] it is given are `guild-vocab`'s types (re-exported here), held to here by the
+//! store's limiter and call hook, the mounts' write quotas, the egress hook and the GPU quotas.
+//! A run goes: resolve the tool by blake3 digest → intersect grants with what the tool asks for
+//! → instantiate a fresh store from the cached `InstancePre` with fuel, an epoch deadline and
+//! memory/table/instance limits → call `run`, recording every effect on the tape → classify
+//! what happened into an [`Outcome`] → seal the bundle. [`Runtime::replay`] re-runs a bundle
+//! from its tape. It knows nothing of the HTTP API or Redis (its only HTTP is the guest's
+//! egress).
 
 mod bindings;
 mod blocking;

@@ -33,7 +33,7 @@ pub enum LogLevel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogSource {
-    /// `guild:tool/log`.
+    /// The tool's own `guild:tool/log` calls, at the level it chose.
     Tool,
     /// The guest's stdout.
     Stdout,
@@ -44,9 +44,9 @@ pub enum LogSource {
 /// One line a run emitted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLine {
-    /// Severity.
+    /// Severity: the tool's choice for `guild:tool/log`, `info` for stdout, `warn` for stderr.
     pub level: LogLevel,
-    /// Origin.
+    /// Whether the line came from `guild:tool/log`, stdout or stderr.
     pub source: LogSource,
     /// The text, without its newline.
     pub message: String,

@@ -12,13 +12,14 @@ use std::time::Duration;
 pub struct RunReport {
     /// Tool name from `describe`.
     pub tool: String,
-    /// Tool version.
+    /// Tool version from `describe`.
     pub tool_version: String,
     /// The component's digest.
     pub component: Digest,
     /// How it ended.
     pub outcome: Outcome,
-    /// Fuel burnt.
+    /// Fuel units burnt, wherever the guest stopped (a timed-out run's count may lag by up to
+    /// [`FUEL_YIELD_INTERVAL_UNITS`](crate::FUEL_YIELD_INTERVAL_UNITS)).
     pub fuel_used_units: u64,
     /// Peak linear memory.
     pub memory_bytes_peak: u64,

@@ -1,6 +1,6 @@
 //! Recording and replaying effects. A [`Recorder`] is the tape of one run, shared by every host
 //! implementation that hands the guest something from outside: the clocks, the random seed, the
-//! mounts and the log. Live, it takes real values and writes them down; replaying, it answers
+//! mounts, the log, HTTP exchanges and GPU dispatches. Live, it takes real values and writes them down; replaying, it answers
 //! from the bundle's tape and notes the first event where the guest asked for something else.
 //!
 //! Each event carries the fuel burnt when it happened, read from a gauge that a store call hook

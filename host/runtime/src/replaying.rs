@@ -49,9 +49,9 @@ pub enum ReplayError {
          pass --allow-engine-mismatch to replay anyway"
     )]
     EngineMismatch {
-        /// The bundle's engine.
+        /// The engine that recorded the bundle: its wasmtime version and fingerprint id.
         expected: String,
-        /// This host's.
+        /// This host's engine, written the same way.
         found: String,
     },
     /// The bundle verifies but does not describe a replayable run.
@@ -68,7 +68,8 @@ pub enum ReplayError {
         crate::human_ms(*backstop_ms)
     )]
     TooSlow {
-        /// The backstop.
+        /// The wall-clock backstop the replay ran past ([`ReplayOptions::backstop_ms`] or its
+        /// default).
         backstop_ms: u64,
     },
 }
@@ -90,7 +91,7 @@ pub enum DivergenceClass {
 /// The first difference between a bundle and its replay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Mismatch {
-    /// Its class.
+    /// What kind of difference: it decides the exit code of `guild replay` (13 to 16).
     pub class: DivergenceClass,
     /// What differs, for people.
     pub what: String,
@@ -126,7 +127,9 @@ pub struct ReplayReport {
 }
 
 impl Runtime {
-    /// Replay `bundle`, whose parts are in `store`.
+    /// Replay `bundle`, whose parts are in `store`: load its component, rebuild its mounts from
+    /// their recorded trees, re-run it with every effect answered from the tape, and report the
+    /// first difference (if any) with its class, `seq` and fuel.
     ///
     /// # Errors
     /// [`ReplayError::EngineMismatch`] when another engine configuration recorded the bundle,
@@ -135,6 +138,8 @@ impl Runtime {
     /// bundle names; [`ReplayError::Host`] when this host fails; [`ReplayError::TooSlow`] when the
     /// replay runs past its backstop where the original finished. A replay that differs is a
     /// [`ReplayReport::mismatch`], not an error.
+    ///
+    /// The example on [`Runtime`] loads a tool, runs it and replays the run.
     pub async fn replay(
         &self,
         bundle: &Bundle,

@@ -1,5 +1,6 @@
-//! The per-run store state: the WASI context, the resource limiter, the log sink and the GPU
-//! state, and the host side of `guild:tool/log`.
+//! The per-run store state: the WASI and `wasi:http` contexts with the run's egress hooks, the
+//! resource table and limiter, the log sink, the GPU state, the call guard and the mounts'
+//! write quotas; and the host side of `guild:tool/log`.
 
 use crate::bindings::guild::tool::{log, types};
 use crate::egress::hook::EgressHooks;

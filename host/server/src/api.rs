@@ -1,4 +1,5 @@
-//! Routes, authentication and error bodies. Every error is `{"error": {"code", "message"}}`
+//! Routes and error bodies; the caller is authenticated before its body is read, by the
+//! extractors in `auth.rs`. Every error is `{"error": {"code", "message"}}`
 //! (plus `field` for invalid input) with a stable code; 429 and 503 carry `Retry-After`.
 
 use crate::auth::{Admin, Caller, ErrorCode};

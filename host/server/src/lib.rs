@@ -1,15 +1,18 @@
-//! guild-server: the daemon. Tenants call registered tools over HTTP; every run goes through
+//! guild-server: the daemon. Tenants call registered tools over HTTP and MCP; every run goes through
 //! the same pipeline as `guild run` (grants, limits, recording), behind tenant admission
 //! (token-bucket rate limit, concurrency cap, fuel budget) and a bounded queue, and leaves a
 //! signed bundle and a hash-chained, fsynced audit record (written through `guild-audit`).
 //!
 //! Modules: `config` (the TOML file and its `GUILD_*` overrides), `tenants`, `registry` (tools,
 //! schemas), `runs` (the run table and idempotency keys), `metrics`, `daemon` (state,
-//! the run pipeline, who may see what), `api` (routes, authentication before the body, error
-//! bodies), `bundles` (serving bundles to their owners), `http` (the bounded listener),
+//! the run pipeline, who may see what), `auth` (who is calling, before the body is read, for
+//! REST and MCP), `api` (routes, error bodies), `drain` (the shutdown token the daemon's loops
+//! share), `bundles` (serving bundles to their owners), `http` (the bounded listener),
 //! `descriptors` (the descriptor budget), `jsonrpc` (one answer per MCP frame), `mcp` (the Model
 //! Context Protocol server over the same pipeline) with `mcp_stdio` and `mcp_http` (its
-//! transports), `remote` (the API node's side of Redis; the worker is `guild-worker`), `start` (assembly and graceful shutdown).
+//! transports), `remote` (the API node's side of Redis; the worker is `guild-worker`), `start`
+//! (assembly and graceful shutdown), `fuzz` (entry points for cargo-fuzz and seeded mutation
+//! tests).
 
 mod api;
 mod auth;

@@ -1,8 +1,9 @@
 //! The Model Context Protocol face of the daemon, on the official Rust SDK (`rmcp`): every
 //! registered tool the caller may use is an MCP tool with its `describe` schemas, and
 //! `tools/call` goes through [`Daemon::submit`] — the same tenant checks, schema validation,
-//! admission, queue, recording, audit record and metrics as `POST /v1/runs`. The transports
-//! (stdio for `guild mcp`, streamable HTTP at `/mcp`) live in `mcp_http.rs` and the CLI.
+//! admission, queue, recording, audit record and metrics as `POST /v1/runs`. The transports are
+//! stdio for `guild mcp` ([`serve_stdio`] here, on `mcp_stdio.rs`) and streamable HTTP at
+//! `/mcp` (`mcp_http.rs`).
 
 use crate::daemon::{Daemon, Rejection, RunRequest, Submitted};
 use crate::registry::RegisteredTool;
@@ -118,7 +119,7 @@ impl GuildMcp {
 
 /// Serve MCP over this process's stdin and stdout, every call made as `tenant`, until the
 /// client closes the stream (`guild mcp`). Every frame gets exactly one answer
-/// ([`crate::jsonrpc`]), and what is written to stdout is flushed before this returns.
+/// (the frame screen in `jsonrpc.rs`), and what is written to stdout is flushed before this returns.
 ///
 /// # Errors
 /// When the session cannot start or the transport fails.

@@ -10,7 +10,7 @@ use prometheus::{
 /// Every metric the daemon exports, registered in one registry.
 pub struct Metrics {
     registry: Registry,
-    /// Finished runs.
+    /// `guild_runs_total`: finished runs by tool, tenant and outcome.
     pub runs: IntCounterVec,
     /// Wall time of a run (queue wait excluded).
     pub run_seconds: HistogramVec,
@@ -20,7 +20,7 @@ pub struct Metrics {
     pub run_fuel_units: HistogramVec,
     /// Runs waiting for a slot.
     pub queue_depth: IntGauge,
-    /// Runs executing.
+    /// `guild_runs_in_flight`: runs executing on this node now.
     pub runs_in_flight: IntGauge,
     /// Runs refused before starting, by reason.
     pub rejections: IntCounterVec,
@@ -83,7 +83,8 @@ impl RedisMetrics {
         Ok(Self { jobs, events, worker_completed, worker_running, up })
     }
 
-    /// Show `stats`.
+    /// Set every gauge from `stats`, read from Redis at scrape time, and mark Redis up; workers
+    /// no longer in `stats` drop out.
     pub fn set(&self, stats: &guild_queue::QueueStats) {
         self.up.set(1);
         for (state, value) in

@@ -19,7 +19,7 @@ pub enum ToolSource {
     Embedded {
         /// Shown in errors.
         label: String,
-        /// The component.
+        /// The component's bytes, built into the binary.
         bytes: &'static [u8],
     },
 }
@@ -27,15 +27,15 @@ pub enum ToolSource {
 /// One tool to register.
 #[derive(Debug, Clone)]
 pub struct ToolSpec {
-    /// The component.
+    /// Where the component's bytes come from: a file, or bytes built into the binary.
     pub source: ToolSource,
-    /// Name override.
+    /// The name clients call it by; `None`: the name it gives in `describe`.
     pub name: Option<String>,
     /// Refuse unless the component's digest is this.
     pub digest: Option<Digest>,
     /// What its runs are granted.
     pub grants: Grants,
-    /// Per-run limits.
+    /// The limits each run of the tool is held to (a tenant's fuel budget may lower its fuel).
     pub limits: Limits,
     /// Which config entry it came from, for errors.
     pub field: String,
@@ -132,7 +132,7 @@ pub enum RegisterError {
     /// The name is taken by another component.
     #[error("a different component is already registered as {name:?} ({existing}); upload it under another name")]
     NameTaken {
-        /// The name.
+        /// The tool name asked for, already another component's.
         name: String,
         /// Its component digest.
         existing: Digest,

@@ -34,7 +34,7 @@ pub const REMOTE_WAITERS_MAX: usize = 100_000;
 
 /// The Redis side of a daemon.
 pub struct Remote {
-    /// The queue.
+    /// The Redis job queue: jobs go in, results and the done stream come back from it.
     pub queue: RedisQueue,
     /// The store every node shares for bundles too large for Redis, if there is one.
     pub shared_store: Option<Arc<guild_replay::DirStore>>,

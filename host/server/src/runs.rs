@@ -40,7 +40,7 @@ pub struct Finished {
     pub error: Option<Failure>,
     /// The sealed bundle.
     pub bundle: Option<Digest>,
-    /// Fuel burnt.
+    /// Fuel units the run burnt (0 when it never started).
     pub fuel_used_units: u64,
     /// Wall time of the run, µs.
     pub wall_time_us: u64,
@@ -122,7 +122,8 @@ impl<'a> FinishedBody<'a> {
 pub enum RunState {
     /// Waiting for a slot.
     Queued,
-    /// Executing.
+    /// Holding one of this daemon's slots, its tool executing (a job sent to Redis stays
+    /// `Queued` here until it finishes).
     Running,
     /// Done; see [`Finished`].
     Finished(Arc<Finished>),
@@ -142,9 +143,9 @@ impl RunState {
 /// One run's entry.
 #[derive(Debug, Clone)]
 pub struct RunEntry {
-    /// Its id.
+    /// The run id: 32 random hex characters, not the bundle id.
     pub id: RunId,
-    /// Who asked.
+    /// The tenant that submitted it, by name: the only one (besides an admin) it answers.
     pub tenant: String,
     /// The tool's name.
     pub tool: String,
@@ -164,7 +165,8 @@ pub enum Inserted {
     Conflict(RunId),
 }
 
-/// The table.
+/// Every run this daemon knows, by id, with the idempotency keys that name them; at most
+/// `runs_kept_max` finished runs are kept.
 pub struct RunTable {
     inner: Mutex<Inner>,
     runs_kept_max: usize,

@@ -35,7 +35,7 @@ pub struct DaemonSetup {
 
 /// The pieces `start` returns besides the daemon.
 pub struct DaemonParts {
-    /// The daemon.
+    /// The assembled daemon that the HTTP routes and MCP share, its runs restored.
     pub daemon: Arc<Daemon>,
     /// Runs restored from the audit log.
     pub runs_restored: usize,

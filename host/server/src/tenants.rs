@@ -65,14 +65,14 @@ pub enum Refusal {
     },
     /// As many runs as its cap are queued or running.
     Concurrency {
-        /// The cap.
+        /// The tenant's cap on runs queued or running at once.
         concurrency_max: u32,
     },
     /// This period's fuel is spent (or reserved by runs in flight).
     FuelBudget {
         /// When the period ends.
         retry_after: Duration,
-        /// The budget.
+        /// The tenant's fuel budget per period, in fuel units.
         budget_units: u64,
     },
 }

@@ -2,7 +2,9 @@
 //! jobs at a time, renews each job's lease while it runs, takes over jobs of workers that died
 //! (`XAUTOCLAIM`), promotes retries whose backoff is over, and says it is alive. A job's
 //! component is fetched from Redis by digest the first time and compiled into the local cache.
-//! Each attempt is recorded as a bundle, left in Redis for every node to serve.
+//! Each attempt is recorded as a bundle and shared (`share.rs`): left in Redis for every node to
+//! serve, or, when its new parts exceed `bundle_inline_bytes_max`, copied to the shared store
+//! (else it stays in this worker's store).
 //!
 //! Redis going away never stops a worker: every loop waits with backoff and carries on when
 //! it answers again, recreating the consumer groups if Redis lost them.
@@ -34,7 +36,7 @@ const TAKE_BLOCK: Duration = Duration::from_millis(1_000);
 
 /// What a worker needs.
 pub struct WorkerSetup {
-    /// The queue.
+    /// The Redis job queue this worker takes jobs from and reports results to.
     pub queue: RedisQueue,
     /// The runtime, recording into `store`.
     pub runtime: Arc<Runtime>,

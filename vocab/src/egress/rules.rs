@@ -20,11 +20,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// Which schemes a rule allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SchemeRule {
-    /// `http://`
+    /// `http://`: plain HTTP only, default port 80.
     Http,
-    /// `https://`
+    /// `https://`: TLS only, default port 443.
     Https,
-    /// `*://`
+    /// `*://`: either scheme; with no port written, any port.
     Any,
 }
 
@@ -41,7 +41,7 @@ pub enum HostRule {
     Ip(IpAddr),
     /// Any address in this range.
     Range {
-        /// The network.
+        /// The range's network address, IPv4 or IPv6 (`10.0.0.0` in `[10.0.0.0/8]`).
         network: IpAddr,
         /// Its prefix length.
         prefix: u8,
@@ -80,7 +80,7 @@ pub struct Destination<'a> {
     pub host: &'a str,
     /// The port (defaulted from the scheme).
     pub port: u16,
-    /// Uppercase method.
+    /// The HTTP method, uppercase (`GET`), as rules with methods compare it.
     pub method: &'a str,
     /// The request path, normalised ([`super::path::normalize`]).
     pub path: &'a str,

@@ -27,7 +27,8 @@ impl Secret {
         Ok(Self { name: name.to_string(), value })
     }
 
-    /// Its name.
+    /// The name a tool writes in a `{{secret:NAME}}` placeholder and a grant refers to; unlike
+    /// the value, safe to log.
     pub fn name(&self) -> &str {
         &self.name
     }

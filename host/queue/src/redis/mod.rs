@@ -5,16 +5,17 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `jobs` | stream | one entry per delivery of a job (`job` = id); acked and deleted when settled |
-//! | `job:<id>` | hash | `body` (the job JSON), `state`, `attempts`, `attempts_max`, `worker`, `entry`, `tenant`, `tool`, `idem`; expires with the result |
+//! | `job:<id>` | hash | `body` (the job JSON), `state`, `attempts`, `attempts_max`, `worker`, `entry`, `tenant`, `tool`, `input` (its digest), `idem`, `dead_entry`; expires with the result |
 //! | `result:<id>` | string | the [`JobResult`] JSON, for `results_ttl_s` |
 //! | `key:<tenant length>:<tenant>:<key>` | string | the job an idempotency key names; expires with the result |
 //! | `delayed` | sorted set | job ids by the unix ms their retry is due |
-//! | `dead` | stream | the dead-letter stream: job, tenant, tool, attempts, error, bundle |
-//! | `done` | stream | every finished attempt (`kind` = completed, duplicate or dead) for the audit log; group `audit` |
+//! | `dead` | stream | the dead-letter stream: job, tenant, tool, attempts, error, bundle, time |
+//! | `done` | stream | every finished attempt (`kind` = completed, duplicate, retried or dead) for the audit log; group `audit` |
+//! | `finished` | pub/sub channel | the id of each job that gets its result (completed or dead), so a node awaiting it reads it at once |
 //! | `stats` | hash | counters: completed, claims, retries, duplicates |
 //! | `workers` | hash | worker name → its last heartbeat |
-//! | `component:<blake3>` | string | component bytes, fetched by workers that lack them |
-//! | `bundle:<blake3>` | string | a bundle archive, for `results_ttl_s` |
+//! | `blob:<blake3>` | string | a component (kept without expiry, fetched by workers that lack it) or a bundle's part (for `results_ttl_s`; bundles share parts) |
+//! | `bundle:<blake3>` | hash | a bundle's `manifest` and `signature`, its parts in `blob:`s, for `results_ttl_s` |
 //!
 //! Here: the settings, errors, key names, the Lua scripts (`lua/`) and the connection with its
 //! breaker. Jobs through their lives are in `jobs.rs`, components and bundles in `blobs.rs`, the
@@ -74,7 +75,8 @@ pub struct RedisSettings {
     pub breaker_open_ms: u64,
     /// A command that takes longer than this fails (ms).
     pub response_timeout_ms: u64,
-    /// Bundles up to this size go to Redis for every node to serve (bytes).
+    /// A bundle whose parts Redis lacks come to at most this many bytes is left in Redis for
+    /// every node to serve; a larger one goes to `shared_store` (bytes).
     pub bundle_inline_bytes_max: u64,
     /// A bundle store every node mounts (NFS, a shared volume) for bundles larger than
     /// `bundle_inline_bytes_max`; without one they stay in the worker's own store. The queue
@@ -122,7 +124,8 @@ pub enum QueueError {
     /// Redis cannot be reached (or the circuit is open): retry later.
     #[error("the job queue (Redis) is unavailable: {error}; retry after {retry_after_s} s")]
     Unavailable {
-        /// What failed.
+        /// What failed: Redis's or the connection's error (while the circuit breaker is open,
+        /// the last one it saw).
         error: String,
         /// Seconds until worth retrying.
         retry_after_s: u64,
@@ -296,7 +299,7 @@ impl RedisQueue {
         })
     }
 
-    /// The settings.
+    /// The `[redis]` settings this queue was opened with: URL, queue name, lease, attempts.
     pub fn settings(&self) -> &RedisSettings {
         &self.inner.settings
     }

@@ -54,7 +54,8 @@ pub(crate) fn header_pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
     headers.iter().map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect()
 }
 
-/// Default for [`Connections`]: outgoing connections open at once across every run of a runtime.
+/// Default for [`crate::RuntimeConfig::http_connections_max`]: outgoing connections open at once
+/// across every run of a runtime.
 pub const HTTP_CONNECTIONS_MAX_DEFAULT: usize = 256;
 /// An idle pooled connection older than this is closed instead of reused.
 const IDLE_MS_MAX: u64 = 30_000;

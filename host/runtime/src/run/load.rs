@@ -71,6 +71,8 @@ impl Runtime {
     /// # Errors
     /// [`LoadError`] when the bytes are not a component of the `guild-tool` world, import what
     /// Guild does not provide, or `describe` fails.
+    ///
+    /// The example on [`Runtime`] loads a tool, runs it and replays the run.
     pub async fn load(&self, bytes: &[u8]) -> Result<(Arc<Tool>, CacheSource), LoadError> {
         check_header(bytes)?;
         let digest = Digest::of(bytes);

@@ -48,7 +48,8 @@ use load::LoadedTools;
 pub struct RuntimeConfig {
     /// Directory for compiled artifacts (`<GUILD_HOME>/cache`); `None` keeps them in memory only.
     pub cache_dir: Option<PathBuf>,
-    /// Engine-wide settings.
+    /// Engine-wide settings, fixed for the runtime's life: the wasm stack, the pools' sizes and
+    /// the ceilings no run's limits may exceed, fuel metering.
     pub engine: EngineSettings,
     /// Loaded tools kept in memory; the least recently used is dropped past this.
     pub tools_loaded_max: usize,
@@ -75,6 +76,49 @@ pub const DESCRIBE_TIMEOUT_MS: u64 = 5_000;
 pub const TOOLS_LOADED_MAX_DEFAULT: usize = 256;
 
 /// The engine, linker and caches. Cheap to share behind an `Arc`; runs are independent.
+///
+/// A tool's life in three calls: [`Runtime::load`] (hash, compile or take from the cache, link,
+/// call `describe` once), [`Runtime::run`] (one call under grants and limits, recorded as a
+/// bundle when the runtime has a store), and [`Runtime::replay`] (that bundle re-run from its
+/// tape and compared). The example runs the `echo` tool built by `guild-test-artifacts`:
+///
+/// ```
+/// use guild_replay::{Bundle, DirStore, HostKey};
+/// use guild_runtime::{
+///     CacheSource, Grants, Limits, Outcome, RecordingConfig, ReplayOptions, Runtime, RuntimeConfig,
+/// };
+/// use std::sync::Arc;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let home = tempfile::tempdir()?;
+/// let store = Arc::new(DirStore::open(home.path().join("store"))?);
+/// let recording = RecordingConfig::new(store.clone(), Arc::new(HostKey::generate()?));
+/// let runtime = Runtime::new(RuntimeConfig { recording: Some(recording), ..RuntimeConfig::default() })?;
+///
+/// // The pipeline is async (wasmtime's async API); the CLI drives it on a current-thread runtime.
+/// let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+/// tokio.block_on(async {
+///     // Load: the first load of a component compiles it; its `describe` answer is kept.
+///     let bytes = std::fs::read(guild_test_artifacts::ECHO)?;
+///     let (tool, source) = runtime.load(&bytes).await?;
+///     assert!(matches!(source, CacheSource::Compiled));
+///     assert_eq!(tool.info().name, "echo");
+///
+///     // Run: no mounts, hosts or secrets granted; default limits (fuel, memory, time, ...).
+///     let input = r#"{"message":"hi"}"#;
+///     let report = runtime.run(&tool, input, &Grants::default(), &Limits::default()).await?;
+///     assert_eq!(report.outcome, Outcome::Output { output: input.to_string() });
+///
+///     // Replay: open the recorded bundle (signature and digests checked), re-run it from its tape.
+///     let (manifest, signature) = store.get_bundle(&report.bundle.ok_or("recording is on")?)?;
+///     let bundle = Bundle::open(store.as_ref(), &manifest, &signature, None)?;
+///     let replayed = runtime.replay(&bundle, store.as_ref(), &ReplayOptions::default()).await?;
+///     assert_eq!(replayed.mismatch, None);
+///     assert_eq!(replayed.fuel_replayed_units, report.fuel_used_units);
+///     Ok(())
+/// })
+/// # }
+/// ```
 pub struct Runtime {
     engine: Engine,
     fingerprint: EngineFingerprint,
@@ -151,6 +195,8 @@ impl Runtime {
     /// record); [`RunError::Busy`] when every run slot is taken; [`RunError::Host`] when the host
     /// fails; [`RunError::Record`] when the store fails, and the result is not trusted either.
     /// Every run that starts ends in a [`RunReport`] whose [`Outcome`] says how.
+    ///
+    /// The example on [`Runtime`] loads a tool, runs it and replays the run.
     pub async fn run(&self, tool: &Tool, input: &str, grants: &Grants, limits: &Limits) -> Result<RunReport, RunError> {
         self.run_cancellable(tool, input, grants, limits, CancellationToken::new()).await
     }

@@ -1,6 +1,7 @@
-//! The daemon's state and its run pipeline: authenticate → tool and tenant checks → schema →
-//! idempotency → tenant admission (rate, concurrency, fuel budget) → bounded queue → run on the
-//! shared runtime (recorded) → audit record (fsynced) → metrics. Every run executes in its own
+//! The daemon's state and its run pipeline, for a caller `auth.rs` already authenticated: tool
+//! and tenant checks → schema → idempotency → tenant admission (rate, concurrency, fuel budget)
+//! → bounded queue → run on the shared runtime (recorded) → audit record (fsynced) → metrics.
+//! With `--redis` the run becomes a job for `guild worker`s instead (`remote.rs`). Every run executes in its own
 //! task, so a client that disconnects never cuts a run, its bundle or its audit record short.
 
 use crate::config::McpConfig;
@@ -33,7 +34,7 @@ pub struct Daemon {
     runtime: Arc<Runtime>,
     /// Where bundles go.
     store: Arc<DirStore>,
-    /// Registered tools.
+    /// The tools callers may run, by name, each with its grants, limits and input schema.
     tools: Registry,
     /// Who may call.
     tenants: Vec<Arc<Tenant>>,
@@ -43,7 +44,7 @@ pub struct Daemon {
     runs: RunTable,
     /// The audit log.
     audit: Arc<AuditLog>,
-    /// Metrics.
+    /// The Prometheus metrics `/metrics` serves.
     metrics: Arc<Metrics>,
     /// Where uploaded components are kept (registered again at start).
     uploads_dir: PathBuf,
@@ -69,7 +70,7 @@ pub(crate) struct Parts {
     pub(crate) runtime: Arc<Runtime>,
     /// Where bundles go.
     pub(crate) store: Arc<DirStore>,
-    /// Registered tools.
+    /// The tools callers may run, by name, each with its grants, limits and input schema.
     pub(crate) tools: Registry,
     /// Who may call.
     pub(crate) tenants: Vec<Arc<Tenant>>,
@@ -79,7 +80,7 @@ pub(crate) struct Parts {
     pub(crate) runs: RunTable,
     /// The audit log.
     pub(crate) audit: AuditLog,
-    /// Metrics.
+    /// The Prometheus metrics `/metrics` serves.
     pub(crate) metrics: Metrics,
     /// Where uploaded components are kept.
     pub(crate) uploads_dir: PathBuf,
@@ -107,9 +108,9 @@ pub(crate) enum Hidden {
 /// A request to run a tool, as the API received it.
 #[derive(Debug)]
 pub struct RunRequest {
-    /// Tool name.
+    /// The registered tool's name, as `GET /v1/tools` lists it.
     pub tool: String,
-    /// Its input.
+    /// The input JSON, checked against the tool's input schema before anything runs.
     pub input: serde_json::Value,
     /// Answer 202 at once rather than wait.
     pub asynchronous: bool,
@@ -131,7 +132,7 @@ pub enum Rejection {
     InvalidInput(InvalidInput),
     /// The idempotency key names a different request.
     KeyConflict {
-        /// The key.
+        /// The idempotency key the caller sent.
         key: String,
         /// The run it names.
         run: String,
@@ -140,14 +141,15 @@ pub enum Rejection {
     Tenant {
         /// The tenant's name.
         tenant: String,
-        /// Why.
+        /// Which of its limits refused: rate, concurrency or fuel budget.
         refusal: Refusal,
     },
     /// The queue is full or draining.
     Queue(QueueFull),
     /// The shared queue (Redis) cannot be reached.
     Unavailable {
-        /// What failed.
+        /// What failed, for the caller: Redis unreachable, too many jobs awaited on this node,
+        /// a job that expired under its idempotency key.
         message: String,
         /// Seconds until worth retrying.
         retry_after_s: u64,
@@ -158,7 +160,7 @@ pub enum Rejection {
 pub enum Submitted {
     /// The run finished (sync), with its output text when it produced one.
     Finished {
-        /// The run.
+        /// The run's entry in the run table: id, tenant, tool, state.
         entry: RunEntry,
         /// How it ended.
         finished: Arc<Finished>,
@@ -167,14 +169,14 @@ pub enum Submitted {
     },
     /// Accepted (async) or an idempotent resubmission of a run not yet finished.
     Accepted {
-        /// The run.
+        /// The run's entry in the run table, to poll with `GET /v1/runs/{id}`.
         entry: RunEntry,
         /// True for a resubmission.
         replayed: bool,
     },
     /// An idempotent resubmission of a finished run.
     Replayed {
-        /// The run.
+        /// The first run's entry in the run table, which the key named.
         entry: RunEntry,
         /// How it ended.
         finished: Arc<Finished>,
@@ -223,7 +225,7 @@ impl Daemon {
         }
     }
 
-    /// Registered tools.
+    /// The tools callers may run, by name, each with its grants, limits and input schema.
     pub fn tools(&self) -> &Registry {
         &self.tools
     }
@@ -243,7 +245,7 @@ impl Daemon {
         &self.store
     }
 
-    /// The metrics.
+    /// The Prometheus metrics `/metrics` serves.
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
