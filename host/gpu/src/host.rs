@@ -226,6 +226,8 @@ impl GpuHost {
             kernel: request.kernel.to_string(),
             limit_ms: u64::try_from(request.timeout.as_millis()).unwrap_or(u64::MAX),
         };
+        // One deadline for the whole dispatch: the wait for the device, opening it, and the run.
+        let started = std::time::Instant::now();
         let mut slot = self.device.try_lock_for(request.timeout).ok_or_else(deadline)?;
         let device = match ensure_open(&mut slot) {
             Ok(device) => device,
@@ -241,7 +243,11 @@ impl GpuHost {
             }
         };
         let sizes: Vec<u64> = request.outputs.iter().map(|m| m.size_bytes()).collect::<Result<_, _>>()?;
-        match device.run(kernel, &plan, &data, &sizes, request.timeout) {
+        let left = request.timeout.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(deadline());
+        }
+        match device.run(kernel, &plan, &data, &sizes, left) {
             Ok(outputs) => Ok(Dispatched { outputs, executor: device.report().label() }),
             Err(Fault::Refused(error)) => Err(error),
             Err(Fault::Timeout) => {
