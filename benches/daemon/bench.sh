@@ -2,14 +2,19 @@
 # Load benchmark of the daemon: wrk against `guild serve` on loopback calling a trivial tool
 # (echo), recording on: every run sealed into a signed bundle and an fsynced audit record.
 # Usage: bash benches/daemon/bench.sh [SECONDS] [CONNECTIONS] [THREADS]
+# GUILD_BIN=PATH benchmarks that binary instead of building this checkout's (before/after runs).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds=${1:-10}
 connections=${2:-32}
 threads=${3:-1}
 command -v wrk >/dev/null || { echo "bench: wrk not found (apt-get install wrk)" >&2; exit 1; }
-cargo build --release --bin guild >/dev/null 2>&1
-guild=$PWD/target/release/guild
+if [ -n "${GUILD_BIN:-}" ]; then
+    guild=$GUILD_BIN
+else
+    cargo build --release --bin guild >/dev/null 2>&1
+    guild=$PWD/target/release/guild
+fi
 work=$(mktemp -d ${GUILD_BENCH_TMP:+-p "$GUILD_BENCH_TMP"})
 server=""
 cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null; rm -rf "$work"; }
