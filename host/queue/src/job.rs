@@ -267,34 +267,9 @@ pub fn now_unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The backoff before retry number `attempt` (1 for the first retry): exponential from
-/// `base_ms`, capped at `max_ms`, with "full jitter" — a uniform draw between half and all of
-/// it — so that jobs failed together do not come back together.
-pub fn backoff_ms(attempt: u32, base_ms: u64, max_ms: u64) -> u64 {
-    let exponential = base_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(32)).min(max_ms);
-    let mut bytes = [0u8; 8];
-    let draw = if getrandom::fill(&mut bytes).is_ok() { u64::from_le_bytes(bytes) } else { now_unix_ms() };
-    let half = exponential / 2;
-    half + draw % (exponential - half + 1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_exponentially_is_capped_and_jittered() {
-        for attempt in 1..=3 {
-            let full = 100u64 << (attempt - 1);
-            for _ in 0..50 {
-                let delay = backoff_ms(attempt, 100, 10_000);
-                assert!((full / 2..=full).contains(&delay), "attempt {attempt}: {delay} ms");
-            }
-        }
-        assert!(backoff_ms(40, 100, 10_000) <= 10_000);
-        let draws: std::collections::BTreeSet<u64> = (0..20).map(|_| backoff_ms(5, 1000, 60_000)).collect();
-        assert!(draws.len() > 1, "jittered");
-    }
 
     #[test]
     fn job_round_trips_as_json() {

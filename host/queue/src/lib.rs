@@ -23,7 +23,7 @@ mod retry;
 pub use embedded::{QueueFull, RunQueue, Slot, Ticket};
 pub use job::{
     Accepted, Completion, DeadJob, Disposition, Job, JobResult, JobState, JobStatus, Lease, QueueStats, WorkerStats,
-    backoff_ms, now_unix_ms,
+    now_unix_ms,
 };
 pub use redis::{DoneEntry, DoneRead, QueueError, RedisQueue, RedisSettings};
-pub use retry::{REDIS_RETRY_MAX, redis_retry};
+pub use retry::{REDIS_RETRY_MAX, backoff_ms, redis_retry};
