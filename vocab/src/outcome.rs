@@ -204,6 +204,9 @@ pub enum FailureCode {
     Expired,
     /// Every worker that took the job stopped before finishing it.
     WorkerLost,
+    /// The job finished, but the node asked cannot read its result (a node of another version
+    /// wrote it). Only ever said by that node, never stored.
+    UnreadableResult,
     /// A finished job's entry in Redis could not be read (it was moved to the dead-letter
     /// stream with what it held).
     CorruptDoneEntry,
@@ -225,6 +228,7 @@ impl FailureCode {
             Self::UpstreamFailure => "upstream_failure",
             Self::Expired => "expired",
             Self::WorkerLost => "worker_lost",
+            Self::UnreadableResult => "unreadable_result",
             Self::CorruptDoneEntry => "corrupt_done_entry",
         }
     }
@@ -293,17 +297,29 @@ impl TryFrom<serde_json::Value> for Failure {
         };
         let ended =
             matches!(code, FailureCode::ToolError | FailureCode::Limit | FailureCode::Trap | FailureCode::Cancelled);
-        // Only the label is known when nothing but `status` and `message` came.
-        let detailed = fields.keys().any(|key| key != "status" && key != "message");
-        let outcome = if ended && detailed {
-            if !fields.contains_key("message") {
-                fields.insert("message".into(), serde_json::Value::String(message.clone()));
+        if !ended {
+            return Ok(Self { code, message, outcome: None });
+        }
+        // The record's `message` is `Outcome::message`: a tool's or a trap's own words carry a
+        // prefix there, taken off again to rebuild the outcome.
+        let prefix = match code {
+            FailureCode::ToolError => {
+                fields.get("kind").and_then(|k| k.as_str()).map(|k| format!("tool error ({k}): "))
             }
-            let outcome = serde_json::from_value(serde_json::Value::Object(fields))
-                .map_err(|e| format!("error ({}): {e}", code.as_str()))?;
-            Some(outcome)
-        } else {
-            None
+            FailureCode::Trap => Some("trap: ".to_string()),
+            _ => None,
+        };
+        let own = prefix.as_deref().and_then(|p| message.strip_prefix(p)).unwrap_or(&message).to_string();
+        fields.insert("message".into(), serde_json::Value::String(own));
+        // Fields beyond `status` and `message` must make an outcome; without them only the label
+        // is known (a run restored from the audit log), and so it is when the message does not
+        // read as that outcome's.
+        let detailed = fields.keys().any(|key| key != "status" && key != "message");
+        let outcome = match serde_json::from_value::<Outcome>(serde_json::Value::Object(fields)) {
+            Ok(outcome) if outcome.message() == message => Some(outcome),
+            Ok(_) => None,
+            Err(e) if detailed => return Err(format!("error ({}): {e}", code.as_str())),
+            Err(_) => None,
         };
         Ok(Self { code, message, outcome })
     }
@@ -356,7 +372,16 @@ mod tests {
         assert_eq!(value["kind"], "invalid_input");
         assert_eq!(value["message"], "tool error (invalid_input): no");
         let again: Failure = serde_json::from_value(value.clone()).expect("decodes");
+        assert_eq!(again.outcome, Some(tool.clone()), "the tool's own words, without the prefix");
         assert_eq!(serde_json::to_value(again).expect("serializes"), value, "stable through a round trip");
+
+        let trap = Outcome::Trap { message: "unreachable".into() };
+        let value = serde_json::to_value(trap.failure().expect("failure")).expect("serializes");
+        let again: Failure = serde_json::from_value(value).expect("decodes");
+        assert_eq!(again.outcome, Some(trap), "a trap is rebuilt from its message");
+        let restored: Failure =
+            serde_json::from_value(serde_json::json!({ "status": "trap", "message": "" })).expect("decodes");
+        assert_eq!((restored.code, restored.outcome), (FailureCode::Trap, None), "only the label known");
 
         let host = Failure::host(FailureCode::Denied, "capability denied: x");
         let value = serde_json::to_value(&host).expect("serializes");

@@ -123,13 +123,22 @@ impl Drop for OpenSlot {
     }
 }
 
-/// A response body holding its connection's [`Serving`] mark until it is sent.
-struct ServedBody {
+/// A response body that holds something until its last byte is sent: its connection's
+/// [`Serving`] mark here, a tenant's place among requests in flight for an MCP call whose
+/// answer streams long after the response head.
+pub(crate) struct HoldingBody<T> {
     inner: axum::body::Body,
-    _serving: Option<Serving>,
+    _held: T,
 }
 
-impl hyper::body::Body for ServedBody {
+impl<T> HoldingBody<T> {
+    /// `inner`, holding `held` until it is sent (or dropped).
+    pub(crate) fn new(inner: axum::body::Body, held: T) -> Self {
+        Self { inner, _held: held }
+    }
+}
+
+impl<T: Unpin> hyper::body::Body for HoldingBody<T> {
     type Data = bytes::Bytes;
     type Error = axum::Error;
 
@@ -249,7 +258,7 @@ pub async fn serve(
                 })
                 .map_response(move |response: axum::response::Response| {
                     let serving = current.lock().unwrap_or_else(|p| p.into_inner()).take();
-                    response.map(|inner| ServedBody { inner, _serving: serving })
+                    response.map(|inner| HoldingBody::new(inner, serving))
                 })
                 .service(router.clone()),
         );

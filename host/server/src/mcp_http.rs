@@ -14,8 +14,9 @@
 //! rmcp then checks `Host` and `Origin` against `[mcp]` (DNS rebinding) and hands each request,
 //! with the caller's tenant in its extensions, to [`GuildMcp`].
 
-use crate::auth::Caller;
+use crate::auth::{Caller, ErrorCode};
 use crate::daemon::Daemon;
+use crate::http::HoldingBody;
 use crate::jsonrpc::{self, Screened};
 use crate::mcp::GuildMcp;
 use crate::tenants::Tenant;
@@ -68,14 +69,15 @@ pub(crate) fn mcp_router(daemon: Arc<Daemon>) -> axum::Router<Arc<Daemon>> {
 }
 
 /// Put the bearer token's tenant in the request's extensions, or answer as the REST API does
-/// (401, 429), before the body is read; the tenant's place among requests in flight is held
-/// until the answer is made.
+/// (401, 429), before the body is read. The tenant's place among requests in flight is held
+/// until the answer's last byte: a tool call's answer streams long after the response head.
 async fn authenticate(State(daemon): State<Arc<Daemon>>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
     match Caller::from_request_parts(&mut parts, &daemon).await {
-        Ok(Caller(tenant, _slot)) => {
+        Ok(Caller(tenant, slot)) => {
             parts.extensions.insert(tenant);
-            next.run(Request::from_parts(parts, body)).await
+            let response = next.run(Request::from_parts(parts, body)).await;
+            response.map(|inner| Body::new(HoldingBody::new(inner, slot)))
         }
         Err(rejection) => rejection.into_response(),
     }
@@ -112,6 +114,7 @@ async fn bind_and_screen(
             );
             return rpc_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
                 jsonrpc::error(serde_json::Value::Null, jsonrpc::INVALID_REQUEST, message),
             );
         }
@@ -120,11 +123,13 @@ async fn bind_and_screen(
         Screened::Pass(message) => message,
         Screened::Reply(answer) => {
             tracing::warn!(tenant = %tenant.name, "answered an MCP request rmcp would not: {}", answer["error"]["message"]);
-            return rpc_error(StatusCode::BAD_REQUEST, answer);
+            return rpc_error(StatusCode::BAD_REQUEST, "bad_request", answer);
         }
         Screened::Drop(reason) => {
             tracing::warn!(tenant = %tenant.name, reason = %reason, "refused an MCP notification or response");
-            return StatusCode::BAD_REQUEST.into_response();
+            let mut response = StatusCode::BAD_REQUEST.into_response();
+            response.extensions_mut().insert(ErrorCode("bad_request"));
+            return response;
         }
     };
     if session.is_none() && is_initialize(&message) {
@@ -147,7 +152,11 @@ async fn bind_and_screen(
 
 /// The 503 for an `initialize` past a session limit.
 fn sessions_full(message: &ClientJsonRpcMessage, text: String) -> Response {
-    let mut response = rpc_error(StatusCode::SERVICE_UNAVAILABLE, jsonrpc::error(initialize_id(message), -32000, text));
+    let mut response = rpc_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "mcp_sessions_full",
+        jsonrpc::error(initialize_id(message), -32000, text),
+    );
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     response
 }
@@ -165,8 +174,12 @@ fn initialize_id(message: &ClientJsonRpcMessage) -> serde_json::Value {
     }
 }
 
-fn rpc_error(status: StatusCode, body: serde_json::Value) -> Response {
-    (status, axum::Json(body)).into_response()
+/// A JSON-RPC error answered with an HTTP status, marked with its code for
+/// `guild_api_errors_total` as the REST API's errors are.
+fn rpc_error(status: StatusCode, code: &'static str, body: serde_json::Value) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    response.extensions_mut().insert(ErrorCode(code));
+    response
 }
 
 /// A session's place: one of `sessions_max`, and one of its tenant's `tenant_sessions_max`.

@@ -172,8 +172,12 @@ impl Remote {
                 notice = notices.recv() => {
                     let Some(id) = notice else { return };
                     let awaited = self.waiters.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&id);
-                    if awaited && let Ok(Some(status)) = self.queue.status(&id).await && let Some(result) = status.result {
-                        self.notify(&result);
+                    if awaited {
+                        match self.queue.status(&id).await {
+                            Ok(Some(JobStatus { result: Some(result), .. })) => self.notify(&result),
+                            Err(QueueError::Corrupt(reason)) => self.unreadable(&id, &reason),
+                            _ => {}
+                        }
                     }
                 }
                 _ = sweep.tick() => self.sweep().await,
@@ -197,7 +201,8 @@ impl Remote {
         let mut unresolved = Vec::new();
         for (id, result) in ids.into_iter().zip(results) {
             match result {
-                Some(result) => self.notify(&result),
+                Some(Ok(result)) => self.notify(&result),
+                Some(Err(e)) => self.unreadable(&id, &e.to_string()),
                 None => unresolved.push(id),
             }
         }
@@ -211,14 +216,32 @@ impl Remote {
     }
 
     fn expire(&self, id: &str) {
-        let Some(senders) = self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(id) else { return };
-        let finished = Arc::new(Finished {
-            status: RunStatus::Failed,
-            error: Some(Failure::host(
+        self.end_waiters(
+            id,
+            Failure::host(
                 FailureCode::Expired,
                 "the job is no longer in Redis and its result was never read (it expired, or Redis lost it); \
                  submit it again, or raise redis.results_ttl_s",
-            )),
+            ),
+        );
+    }
+
+    /// The job finished, but this node cannot read its result (a node of another version wrote
+    /// it): its waiters are told so, not left waiting for a result that will never parse here.
+    fn unreadable(&self, id: &str, reason: &str) {
+        tracing::warn!(run_id = %id, reason, "a finished job's result cannot be read by this node");
+        let message = format!(
+            "the job finished, but its result in Redis cannot be read by this node ({reason}); \
+             a node of the version that ran it can show it"
+        );
+        self.end_waiters(id, Failure::host(FailureCode::UnreadableResult, message));
+    }
+
+    fn end_waiters(&self, id: &str, failure: Failure) {
+        let Some(senders) = self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(id) else { return };
+        let finished = Arc::new(Finished {
+            status: RunStatus::Failed,
+            error: Some(failure),
             bundle: None,
             fuel_used_units: 0,
             wall_time_us: 0,

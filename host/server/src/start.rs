@@ -91,7 +91,10 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
             remote.remember_audited(&entry.run, attempt, worker);
         }
         // A job's duplicate and retried attempts are in the log too; its run is the final one.
-        if matches!(entry.completion.as_deref(), None | Some("completed" | "dead")) {
+        // With Redis, a job a worker ran is answered from Redis (its output, worker and attempts
+        // are there, not in this node's store): only this node's own runs come back here.
+        let ran_here = entry.attempt.is_none() || remote.is_none();
+        if ran_here && matches!(entry.completion.as_deref(), None | Some("completed" | "dead")) {
             restore(&runs, record);
             runs_restored += 1;
         }

@@ -269,7 +269,9 @@ impl Worker {
     async fn execute(&self, lease: &Lease) -> Result<JobResult, AttemptFailure> {
         let job = &lease.job;
         if let Some(why) = &lease.unreadable {
-            return Err(AttemptFailure::deterministic(FailureCode::BadJob, why.clone()));
+            // In a rolling upgrade a worker of the version that wrote it may read it: retried,
+            // and dead (with why) only once every attempt found it unreadable.
+            return Err(AttemptFailure::retryable(FailureCode::BadJob, why.clone()));
         }
         let tool = self.tool(&job.tool_digest).await?;
         let grants = Grants { secrets: self.secrets.clone(), ..job.grants.clone() };

@@ -145,15 +145,20 @@ impl RedisQueue {
         for (entry, id) in entries {
             invocation.arg(entry).arg(id);
         }
-        let started: Vec<(String, String, u32, u32)> =
+        let started: Vec<(String, String, u32)> =
             invocation.invoke_async(&mut self.conn()).await.map_err(from_redis)?;
         started
             .into_iter()
-            .map(|(entry, body, attempt, _)| {
-                let (mut job, unreadable) = Job::read(&body);
-                if job.id.is_empty() {
-                    // Not even JSON: the stream entry still names the job.
-                    job.id = entries.iter().find(|(e, _)| *e == entry).map(|(_, id)| id.clone()).unwrap_or_default();
+            .map(|(entry, body, attempt)| {
+                let (mut job, mut unreadable) = Job::read(&body);
+                // The stream entry names the job whose hash this attempt holds: settle that one,
+                // whatever the body says.
+                let named = entries.iter().find(|(e, _)| *e == entry).map(|(_, id)| id.clone()).unwrap_or_default();
+                if job.id != named {
+                    if unreadable.is_none() {
+                        unreadable = Some(format!("the job's body names job {:?}, its stream entry {named:?}", job.id));
+                    }
+                    job.id = named;
                 }
                 Ok(Lease { job, unreadable, entry, attempt })
             })
@@ -356,21 +361,21 @@ impl RedisQueue {
         Ok(known)
     }
 
-    /// The results of these jobs, where they have one (one round trip per thousand).
+    /// The results of these jobs, where they have one (one round trip per thousand): each read,
+    /// or [`QueueError::Corrupt`] naming the field when this node cannot read it.
     ///
     /// # Errors
     /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
-    /// refuses a read; [`QueueError::Corrupt`] when any one of the results does not parse, which
-    /// fails the whole call.
-    pub async fn results(&self, ids: &[String]) -> Result<Vec<Option<JobResult>>, QueueError> {
+    /// refuses a read.
+    pub async fn results(&self, ids: &[String]) -> Result<Vec<Option<Result<JobResult, QueueError>>>, QueueError> {
         let mut found = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(1_000) {
             let keys: Vec<String> = chunk.iter().map(|id| self.inner.keys.result(id)).collect();
             let texts: Vec<Option<String>> =
                 redis::cmd("MGET").arg(keys).query_async(&mut self.conn()).await.map_err(from_redis)?;
-            for text in texts {
-                found.push(text.map(|t| parse_result(&t)).transpose()?);
-            }
+            // One result this node cannot read (a node of another version wrote it) is that job's
+            // answer, not every job's.
+            found.extend(texts.into_iter().map(|text| text.map(|t| parse_result(&t))));
         }
         Ok(found)
     }
