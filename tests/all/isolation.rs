@@ -6,7 +6,7 @@
 
 use crate::Guild;
 use crate::daemon::{Daemon, Reply, config_file, token_digest};
-use guild_test_artifacts::{ECHO, MATMUL, WC};
+use guild_test_artifacts::{ECHO, HOSTILE, MATMUL, WC};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -441,4 +441,41 @@ fn an_upload_that_cannot_be_kept_is_not_registered() {
     let names: Vec<&str> =
         tools["tools"].as_array().expect("tools").iter().filter_map(|t| t["name"].as_str()).collect();
     assert!(!names.contains(&"wc"), "a tool a restart would lose was announced: {names:?}");
+}
+
+/// Attack (branch `attack`): `authenticate` in mcp_http.rs holds the tenant's request place
+/// only until rmcp returns the response head; a `tools/call` in a session is answered with an
+/// event stream at once while the tool runs, so the place is back before the call ends. With
+/// `tenant_requests_max = 1` and a tool call in flight over MCP, the REST API still serves the
+/// tenant (a REST call in flight makes it 429, as the test above shows).
+#[test]
+fn an_mcp_tool_call_in_flight_holds_its_tenants_request_place() {
+    let guild = Guild::new();
+    let tools = format!("[[tools]]\npath = \"{HOSTILE}\"\n");
+    let text = config_with_tools(&tools, "[http]\ntenant_requests_max = 1\n");
+    let daemon = Daemon::start(&guild, &["--config", &config_file(guild.home(), &text)], &[]);
+    let session = McpSession::open(&daemon, ALICE);
+    let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+        "params": {"name": "hostile", "arguments": {"attack": "sleep"}}});
+    let body = call.to_string();
+    let mut stream = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {ALICE}\r\naccept: {}\r\ncontent-type: application/json\r\nmcp-protocol-version: 2025-06-18\r\nmcp-session-id: {}\r\ncontent-length: {}\r\n\r\n{body}",
+        ACCEPT.1,
+        session.id,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("write");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut answer = vec![0u8; 512];
+    let read = stream.read(&mut answer).expect("the response head");
+    let status = String::from_utf8_lossy(&answer[..read]).lines().next().unwrap_or_default().to_string();
+    assert!(status.contains("200"), "{status}");
+    std::thread::sleep(Duration::from_millis(300));
+    let meanwhile = daemon.call("GET", "/v1/tools", ALICE, "");
+    assert_eq!(
+        (meanwhile.status, meanwhile.code().as_str()),
+        (429, "too_many_requests"),
+        "alice's one request place is free while her MCP tool call still runs"
+    );
 }

@@ -722,3 +722,175 @@ async fn a_redis_probe_dropped_mid_call_does_not_stick_the_breaker_open() {
     let _ = real.wait();
     assert!(answered, "the breaker stayed open after its probe was dropped");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Attacks on the Redis seams (branch `attack`): each test fails on the code as it is.
+
+const PREFIX: &str = "guild:{default}:";
+
+/// The ids of the jobs Redis holds now.
+fn job_ids(redis: &RedisServer) -> BTreeSet<String> {
+    redis
+        .cli(&["--scan", "--pattern", &format!("{PREFIX}job:*")])
+        .lines()
+        .filter_map(|k| k.strip_prefix(&format!("{PREFIX}job:")).map(str::to_string))
+        .collect()
+}
+
+/// Wait for one more job than `before` to be in Redis; its id.
+fn new_job(redis: &RedisServer, before: &BTreeSet<String>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(id) = job_ids(redis).difference(before).next() {
+            return id.clone();
+        }
+        assert!(Instant::now() < deadline, "no job appeared in Redis");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Settle job `id` as a worker's complete.lua does, with `result` as the result JSON (what a
+/// worker of another version writes).
+fn settle_as_worker(redis: &RedisServer, id: &str, result: &serde_json::Value) {
+    let text = result.to_string();
+    redis.cli(&["HSET", &format!("{PREFIX}job:{id}"), "state", "done", "worker", ""]);
+    redis.cli(&["SET", &format!("{PREFIX}result:{id}"), &text]);
+    redis.cli(&["XADD", &format!("{PREFIX}done"), "*", "kind", "completed", "result", &text]);
+    redis.cli(&["PUBLISH", &format!("{PREFIX}finished"), id]);
+}
+
+/// A succeeded result for job `id`, from its body; `limits` as its policy's limits.
+fn result_of(redis: &RedisServer, id: &str, limits: serde_json::Value) -> serde_json::Value {
+    let body: serde_json::Value =
+        serde_json::from_str(&redis.cli(&["HGET", &format!("{PREFIX}job:{id}"), "body"])).expect("job body");
+    json!({
+        "id": id, "tenant": body["tenant"], "tool": body["tool"], "tool_digest": body["tool_digest"],
+        "input_digest": body["input_digest"], "idempotency_key": null, "status": "succeeded", "error": null,
+        "output": "{\"ok\":true}", "bundle": null, "fuel_used_units": 1, "wall_time_us": 1,
+        "policy": { "limits": limits }, "attempt": 1, "worker": "newer-worker",
+    })
+}
+
+/// A sync `POST /v1/runs` on another thread; its reply arrives on the receiver.
+fn sync_run(port: u16, message: &str) -> std::sync::mpsc::Receiver<crate::daemon::Reply> {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let body = json!({"tool": "echo", "input": {"message": message}}).to_string();
+    std::thread::spawn(move || {
+        let _ = sender.send(crate::daemon::call(port, "POST", "/v1/runs", TOKEN, body.as_bytes(), &[]));
+    });
+    receiver
+}
+
+/// A worker of a newer version writes a result whose policy names a limit this API node does
+/// not know (`Limits` and `PolicyRecord` deny unknown fields). The result is in Redis, the
+/// notice is published, yet the sync caller is never answered: `status()` and `results()` fail
+/// `Corrupt`, so neither the notice nor the sweep wakes it, and the audit writer buries the done
+/// entry without notifying. It waits until the result expires (results_ttl_s, 24 h), holding
+/// its tenant's request slot and concurrency admission; GET answers 503 `queue_unavailable`.
+#[test]
+fn a_result_written_by_a_newer_worker_still_ends_the_sync_wait() {
+    let redis = RedisServer::start();
+    let api = Guild::new();
+    let daemon = api_node(&api, &redis);
+    // Control: a result this version can read ends the wait at once.
+    let before = job_ids(&redis);
+    let control = sync_run(daemon.port, "control");
+    let id = new_job(&redis, &before);
+    settle_as_worker(&redis, &id, &result_of(&redis, &id, json!({ "fuel_units": 1 })));
+    let reply = control.recv_timeout(Duration::from_secs(10)).expect("a readable result ends the wait");
+    assert_eq!((reply.status, reply.json()["output"].clone()), (200, json!({"ok": true})));
+    // The same result, with one limit more.
+    let before = job_ids(&redis);
+    let waiting = sync_run(daemon.port, "newer");
+    let id = new_job(&redis, &before);
+    settle_as_worker(&redis, &id, &result_of(&redis, &id, json!({ "fuel_units": 1, "gpu_time_ms_max": 5 })));
+    let get = daemon.call("GET", &format!("/v1/runs/{id}"), TOKEN, "");
+    let reply = waiting.recv_timeout(Duration::from_secs(15));
+    assert!(
+        reply.is_ok(),
+        "the sync caller is still waiting 15 s after its job's result was written (GET answers {} {})",
+        get.status,
+        String::from_utf8_lossy(&get.body)
+    );
+}
+
+/// An API node restarted restores, from its audit log, the jobs it audited into its own run
+/// table; `GET /v1/runs/{id}` then answers from that table (label only: message "", output read
+/// from this node's store, which never had the worker's bundle) instead of from Redis, which
+/// still holds the whole result: a succeeded run with `"output": null`.
+#[test]
+fn a_restarted_api_node_still_shows_a_remote_jobs_output() {
+    let redis = RedisServer::start();
+    let api = Guild::new();
+    let cache = tempfile::tempdir().expect("cache");
+    let _worker = Worker::start(&redis.url(), cache.path(), "w", 1);
+    let daemon = api_node(&api, &redis);
+    let reply = daemon.run(TOKEN, json!({"tool": "echo", "input": {"message": "kept"}}));
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    let first = reply.json();
+    let id = first["id"].as_str().expect("id").to_string();
+    assert!(!first["output"].is_null(), "{first}");
+    wait_audited(&api, std::slice::from_ref(&id), Duration::from_secs(30));
+    daemon.terminate();
+    let daemon = api_node(&api, &redis);
+    let again = daemon.call("GET", &format!("/v1/runs/{id}"), TOKEN, "").json();
+    assert_eq!(again["output"], first["output"], "before the restart: {first}\nafter: {again}");
+}
+
+/// One job hash a node of another version wrote without `attempts_max` (or without `body`):
+/// start.lua's reply for it no longer decodes as (entry, body, attempt, attempts_max), so the
+/// whole `take` fails, after the script already marked every job of the batch running. The
+/// healthy job taken with it is stranded: `reclaim` claims the same batch again each lease and
+/// fails the same way, for ever; nothing is failed `bad_job`.
+#[test]
+fn one_job_hash_of_another_version_does_not_strand_the_jobs_taken_with_it() {
+    let redis = RedisServer::start();
+    let api = Guild::new();
+    let daemon = api_node(&api, &redis);
+    let odd = submit(&daemon, &json!({"tool": "echo", "input": {"message": "odd"}, "async": true}));
+    let healthy = submit(&daemon, &json!({"tool": "echo", "input": {"message": "healthy"}, "async": true}));
+    redis.cli(&["HDEL", &format!("{PREFIX}job:{odd}"), "attempts_max"]);
+    let cache = tempfile::tempdir().expect("cache");
+    let worker = Worker::start(&redis.url(), cache.path(), "w", 2);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut body = serde_json::Value::Null;
+    while Instant::now() < deadline {
+        body = daemon.call("GET", &format!("/v1/runs/{healthy}"), TOKEN, "").json();
+        if body["status"] == "succeeded" {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let attempts = redis.cli(&["HGET", &format!("{PREFIX}job:{healthy}"), "attempts"]);
+    panic!("the healthy job never finished: {body} (attempts {attempts}); worker log:\n{}", worker.log());
+}
+
+/// A job body whose `id` is not the job's (a buggy node; the stream entry and the hash key name
+/// another): the worker settles the body's id, not the job it was delivered. The lease is on
+/// the real job, whose stream entry is acknowledged and deleted as a "duplicate" while its hash
+/// stays `running` without expiry: lost, with no result and no dead letter.
+#[test]
+fn a_job_body_naming_another_id_is_not_lost() {
+    let redis = RedisServer::start();
+    let api = Guild::new();
+    let daemon = api_node(&api, &redis);
+    let id = submit(&daemon, &json!({"tool": "echo", "input": {"message": "mine"}, "async": true}));
+    let key = format!("{PREFIX}job:{id}");
+    let mut body: serde_json::Value = serde_json::from_str(&redis.cli(&["HGET", &key, "body"])).expect("body");
+    body["id"] = json!("0".repeat(32));
+    redis.cli(&["HSET", &key, "body", &body.to_string()]);
+    let cache = tempfile::tempdir().expect("cache");
+    let worker = Worker::start(&redis.url(), cache.path(), "w", 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut run = serde_json::Value::Null;
+    while Instant::now() < deadline {
+        run = daemon.call("GET", &format!("/v1/runs/{id}"), TOKEN, "").json();
+        if !matches!(run["status"].as_str(), Some("queued" | "running")) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let state = redis.cli(&["HGET", &key, "state"]);
+    let pending = redis.cli(&["XLEN", &format!("{PREFIX}jobs")]);
+    panic!("job {id} never ended: {run} (hash state {state}, stream length {pending}); worker log:\n{}", worker.log());
+}

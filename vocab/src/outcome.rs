@@ -269,7 +269,10 @@ impl Failure {
 
 impl From<Failure> for serde_json::Value {
     fn from(failure: Failure) -> Self {
-        let mut object = match failure.outcome.as_ref().map(serde_json::to_value) {
+        // The outcome's fields go with it only when it is the outcome the code names: whatever a
+        // caller put together, what is written reads back.
+        let outcome = failure.outcome.as_ref().filter(|o| o.label() == failure.code.as_str());
+        let mut object = match outcome.map(serde_json::to_value) {
             Some(Ok(serde_json::Value::Object(fields))) => fields,
             _ => serde_json::Map::new(),
         };
@@ -411,5 +414,39 @@ mod tests {
         assert_eq!(serde_json::from_value::<PolicyRecord>(value).expect("decodes"), granted);
         assert_eq!(RunStatus::Dead.to_string(), "dead");
         assert_eq!(FailureCode::parse("host_failure"), Some(FailureCode::HostFailure));
+    }
+}
+
+#[cfg(test)]
+mod round_trips {
+    use super::*;
+
+    /// A tool error's or a trap's failure does not come back as the outcome it was made from:
+    /// the decoded outcome's `message` is the failure's (already prefixed) wording, so its
+    /// `message()` prefixes twice; a trap's outcome is dropped (only `status` and `message`).
+    #[test]
+    fn a_failure_decodes_to_the_outcome_it_was_made_from() {
+        let tool = Outcome::ToolError { kind: ToolErrorKind::Failed, message: "no".into() };
+        let failure = tool.failure().expect("failure");
+        let back: Failure = serde_json::from_value(serde_json::to_value(&failure).expect("ser")).expect("de");
+        assert_eq!(back.outcome.as_ref().map(Outcome::message), Some(tool.message()), "{back:?}");
+
+        let trap = Outcome::Trap { message: "unreachable".into() };
+        let failure = trap.failure().expect("failure");
+        let back: Failure = serde_json::from_value(serde_json::to_value(&failure).expect("ser")).expect("de");
+        assert_eq!(back.outcome, Some(trap), "a trap keeps its outcome");
+    }
+
+    /// Failure's fields are public, so a value this version builds can serialize to JSON this
+    /// version refuses (`status` is the failure's code, the rest the outcome's fields).
+    #[test]
+    fn every_failure_this_version_writes_it_can_read() {
+        let failure = Failure {
+            code: FailureCode::ToolError,
+            message: "x".into(),
+            outcome: Some(Outcome::Cancelled { after_ms: 1 }),
+        };
+        let value = serde_json::to_value(&failure).expect("ser");
+        serde_json::from_value::<Failure>(value.clone()).unwrap_or_else(|e| panic!("{value} does not read back: {e}"));
     }
 }
