@@ -102,3 +102,25 @@ Exit codes:
   14 output mismatch                                      15 trap mismatch (a different kind of ending)
   16 gpu mismatch (--recompute-gpu: a dispatch differs beyond its kernel's tolerance)
   17 replay too slow: this machine did not finish within the backstop (--backstop); not a divergence";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guild_runtime::{LimitHit, ToolErrorKind};
+
+    #[test]
+    fn the_process_ends_with_the_outcomes_own_exit_code() {
+        let outcomes = [
+            Outcome::Output { output: "{}".into() },
+            Outcome::ToolError { kind: ToolErrorKind::InvalidInput, message: String::new() },
+            Outcome::ToolError { kind: ToolErrorKind::Failed, message: String::new() },
+            Outcome::ToolError { kind: ToolErrorKind::Denied, message: String::new() },
+            Outcome::Limit(LimitHit::Timeout { limit_ms: 1 }),
+            Outcome::Trap { message: String::new() },
+            Outcome::Cancelled { after_ms: 1 },
+        ];
+        for outcome in outcomes {
+            assert_eq!(Exit::for_outcome(&outcome) as u8, outcome.exit_code(), "{outcome:?}");
+        }
+    }
+}

@@ -22,7 +22,7 @@ impl RedisQueue {
     /// id or idempotency key names it); [`QueueError::Redis`] when Redis refuses the script.
     pub async fn submit(&self, job: &Job) -> Result<Accepted, QueueError> {
         let keys = &self.inner.keys;
-        let body = serde_json::to_string(job).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+        let body = serde_json::to_string(job).expect("a job is plain data");
         let mut invocation = self.inner.scripts.submit.key(keys.key("jobs"));
         invocation.key(keys.job(&job.id));
         if let Some(key) = &job.idempotency_key {
@@ -204,7 +204,7 @@ impl RedisQueue {
     pub async fn complete(&self, worker: &str, lease: &Lease, result: &JobResult) -> Result<Completion, QueueError> {
         let keys = &self.inner.keys;
         let settings = &self.inner.settings;
-        let text = serde_json::to_string(result).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+        let text = serde_json::to_string(result).expect("a job result is plain data");
         let said: String = self
             .settling(&self.inner.scripts.complete, &lease.job.id)
             .arg(&lease.entry)
@@ -238,8 +238,8 @@ impl RedisQueue {
     ) -> Result<Disposition, QueueError> {
         let keys = &self.inner.keys;
         let settings = &self.inner.settings;
-        let text = serde_json::to_string(last).map_err(|e| QueueError::Corrupt(e.to_string()))?;
-        let attempt = serde_json::to_string(attempt).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+        let text = serde_json::to_string(last).expect("a job result is plain data");
+        let attempt = serde_json::to_string(attempt).expect("a job result is plain data");
         let now = now_unix_ms();
         let said: String = self
             .settling(&self.inner.scripts.fail, &lease.job.id)
@@ -254,7 +254,7 @@ impl RedisQueue {
             .arg(settings.dead_ttl_s)
             .arg(settings.done_kept_max)
             .arg(settings.dead_kept_max)
-            .arg(serde_json::to_string(&last.error).map_err(|e| QueueError::Corrupt(e.to_string()))?)
+            .arg(serde_json::to_string(&last.error).expect("a failure is plain data"))
             .arg(last.bundle.map(|b| b.to_hex()).unwrap_or_default())
             .arg(now)
             .arg(keys.key("finished"))

@@ -75,7 +75,7 @@ impl RedisQueue {
     /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
     /// refuses the write.
     pub async fn heartbeat(&self, stats: &WorkerStats) -> Result<(), QueueError> {
-        let text = serde_json::to_string(stats).map_err(|e| QueueError::Corrupt(e.to_string()))?;
+        let text = serde_json::to_string(stats).expect("worker stats are plain data");
         let _: i64 = redis::cmd("HSET")
             .arg(self.inner.keys.key("workers"))
             .arg(&stats.name)
