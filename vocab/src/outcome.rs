@@ -167,6 +167,20 @@ impl RunStatus {
     }
 }
 
+impl RunStatus {
+    /// A finished run's label in metrics and the audit log, from its status and failure:
+    /// `output`, `dead`, or the failure's code (`tool_error`, `limit`, `denied`, …) — for a run
+    /// that ended in an outcome, that outcome's [`Outcome::label`].
+    pub fn label(self, failure: Option<&Failure>) -> &'static str {
+        match (self, failure) {
+            (Self::Succeeded, _) => "output",
+            (Self::Dead, _) => "dead",
+            (Self::Failed, Some(failure)) => failure.code.as_str(),
+            (Self::Failed, None) => "failed",
+        }
+    }
+}
+
 impl fmt::Display for RunStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -404,6 +418,23 @@ mod tests {
         let err = serde_json::from_value::<PolicyRecord>(serde_json::json!({ "limits": { "fuel": 1 } }))
             .expect_err("a limit this node does not know");
         assert!(err.to_string().contains("fuel"), "{err}");
+    }
+
+    #[test]
+    fn a_finished_runs_label_is_its_outcomes() {
+        let outcomes = [
+            Outcome::Output { output: "{}".into() },
+            Outcome::ToolError { kind: ToolErrorKind::Denied, message: "no".into() },
+            Outcome::Limit(LimitHit::Memory { limit_bytes: 1 }),
+            Outcome::Trap { message: "x".into() },
+            Outcome::Cancelled { after_ms: 3 },
+        ];
+        for outcome in outcomes {
+            let failure = outcome.failure();
+            assert_eq!(outcome.run_status().label(failure.as_ref()), outcome.label(), "{outcome:?}");
+        }
+        assert_eq!(RunStatus::Dead.label(None), "dead");
+        assert_eq!(RunStatus::Failed.label(Some(&Failure::host(FailureCode::Denied, "x"))), "denied");
     }
 
     #[test]

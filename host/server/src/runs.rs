@@ -50,12 +50,7 @@ impl Finished {
     /// The run's label in metrics and the audit log: `output`, `dead`, or why it failed
     /// (`tool_error`, `limit`, `denied`, …).
     pub fn label(&self) -> &'static str {
-        match (self.status, &self.error) {
-            (RunStatus::Succeeded, _) => "output",
-            (RunStatus::Dead, _) => "dead",
-            (RunStatus::Failed, Some(failure)) => failure.code.as_str(),
-            (RunStatus::Failed, None) => "failed",
-        }
+        self.status.label(self.error.as_ref())
     }
 
     /// What went wrong, for a person; empty on success.

@@ -374,7 +374,8 @@ impl Worker {
     /// is not dropped for a blip. If Redis stays away past two leases, the job is left to be
     /// taken over and run again (at least once).
     async fn settle(&self, lease: &Lease, result: Result<JobResult, AttemptFailure>) {
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.queue.settings().lease_ms * 2);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.queue.settings().lease_ms.saturating_mul(2));
         let mut backoff = redis_retry(Duration::from_millis(50));
         loop {
             let settled = match &result {

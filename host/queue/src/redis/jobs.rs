@@ -248,7 +248,7 @@ impl RedisQueue {
             .arg(&lease.entry)
             .arg(worker)
             .arg(&lease.job.id)
-            .arg(now + delay_ms)
+            .arg(now.saturating_add(delay_ms))
             .arg(text)
             .arg(settings.results_ttl_s)
             .arg(settings.dead_ttl_s)
