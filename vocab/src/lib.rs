@@ -22,5 +22,5 @@ mod policy;
 pub use egress::{EgressRule, RuleError, Secret, SecretGrant, SecretSource};
 pub use info::{Access, Capabilities, DirRequest, ToolInfo};
 pub use limits::{LimitHit, Limits, human_bytes, human_ms};
-pub use outcome::{Failure, FailureCode, Outcome, PolicyRecord, RunStatus, ToolErrorKind};
+pub use outcome::{AttemptEnd, Failure, FailureCode, Outcome, PolicyRecord, RunStatus, ToolErrorKind};
 pub use policy::{EffectivePolicy, Grants, Mount, PolicyError};

@@ -187,6 +187,42 @@ impl fmt::Display for RunStatus {
     }
 }
 
+/// How one attempt at a queued job ended, as the done stream and the audit log say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptEnd {
+    /// This attempt's result is the job's.
+    Completed,
+    /// Another attempt finished first (at-least-once): this one is kept, not used.
+    Duplicate,
+    /// It failed in a way worth retrying; another attempt follows.
+    Retried,
+    /// It was the last attempt and failed: the job is in the dead-letter stream.
+    Dead,
+}
+
+impl AttemptEnd {
+    /// `completed`, `duplicate`, `retried` or `dead`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Duplicate => "duplicate",
+            Self::Retried => "retried",
+            Self::Dead => "dead",
+        }
+    }
+
+    /// The ending named `text`, if there is one.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Completed, Self::Duplicate, Self::Retried, Self::Dead].into_iter().find(|end| end.as_str() == text)
+    }
+
+    /// Whether the job ends with this attempt (its result is the job's, or it is dead).
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Dead)
+    }
+}
+
 /// Why a run failed, as its `error.status` says: an [`Outcome`]'s label when the run ended in
 /// one, else the host's code for a run that never did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

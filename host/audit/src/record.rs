@@ -2,7 +2,7 @@
 
 use guild_replay::Digest;
 use guild_replay::canonical::to_canonical_bytes;
-use guild_vocab::PolicyRecord;
+use guild_vocab::{AttemptEnd, PolicyRecord};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -43,7 +43,7 @@ pub struct AuditEntry {
     /// way worth retrying; another attempt follows) or `dead` (the last attempt failed; the job
     /// is in the dead-letter stream).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion: Option<String>,
+    pub completion: Option<AttemptEnd>,
     /// For a record about something other than a finished run: what happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<AuditEvent>,

@@ -52,8 +52,8 @@ pub use guild_vocab::limits::{
     TIMEOUT_MS_DEFAULT, WASI_RESOURCES_MAX_DEFAULT, human_bytes, human_ms,
 };
 pub use guild_vocab::{
-    Access, Capabilities, DirRequest, EffectivePolicy, Failure, FailureCode, Grants, Mount, Outcome, PolicyError,
-    PolicyRecord, RunStatus, ToolErrorKind, ToolInfo,
+    Access, AttemptEnd, Capabilities, DirRequest, EffectivePolicy, Failure, FailureCode, Grants, Mount, Outcome,
+    PolicyError, PolicyRecord, RunStatus, ToolErrorKind, ToolInfo,
 };
 pub use logs::{LogLevel, LogLine, LogSource};
 pub use record::Divergence;

@@ -308,7 +308,7 @@ impl Remote {
                 tracing::warn!(error = %e, "audited jobs not acknowledged; they will be delivered again and skipped");
             }
             for entry in &entries {
-                if matches!(entry.kind.as_str(), "completed" | "dead") {
+                if entry.kind.is_final() {
                     self.notify(&entry.result);
                 }
             }
@@ -390,7 +390,7 @@ fn audit_entry(done: &DoneEntry) -> AuditEntry {
         idempotency_key: r.idempotency_key.clone(),
         attempt: Some(r.attempt),
         worker: Some(r.worker.clone()),
-        completion: Some(done.kind.clone()),
+        completion: Some(done.kind),
         event: None,
     }
 }

@@ -12,7 +12,7 @@ use crate::tenants::Tenant;
 use guild_audit::{AuditError, AuditLog, AuditRecord};
 use guild_queue::{RedisQueue, RunQueue};
 use guild_replay::{Digest, DirStore};
-use guild_runtime::{Failure, FailureCode, RunStatus, Runtime};
+use guild_runtime::{AttemptEnd, Failure, FailureCode, RunStatus, Runtime};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,7 +94,7 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         // With Redis, a job a worker ran is answered from Redis (its output, worker and attempts
         // are there, not in this node's store): only this node's own runs come back here.
         let ran_here = entry.attempt.is_none() || remote.is_none();
-        if ran_here && matches!(entry.completion.as_deref(), None | Some("completed" | "dead")) {
+        if ran_here && entry.completion.is_none_or(AttemptEnd::is_final) {
             restore(&runs, record);
             runs_restored += 1;
         }

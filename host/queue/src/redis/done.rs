@@ -5,6 +5,7 @@ use super::jobs::parse_result;
 use super::{AUDIT_GROUP, QueueError, RedisQueue, from_redis};
 use crate::job::JobResult;
 use crate::job::now_unix_ms;
+use guild_vocab::AttemptEnd;
 use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 use std::time::Duration;
 
@@ -41,8 +42,8 @@ pub enum DoneRead {
 pub struct DoneEntry {
     /// The stream entry; pass it to [`RedisQueue::ack_done`] once audited.
     pub entry: String,
-    /// `completed`, `duplicate`, `retried` or `dead`.
-    pub kind: String,
+    /// How the attempt ended.
+    pub kind: AttemptEnd,
     /// The attempt's result.
     pub result: JobResult,
 }
@@ -91,12 +92,13 @@ impl RedisQueue {
             .into_iter()
             .map(|entry| {
                 let text: String = entry.get("result").unwrap_or_default();
-                match parse_result(&text) {
-                    Ok(result) => DoneRead::Entry(Box::new(DoneEntry {
-                        kind: entry.get("kind").unwrap_or_default(),
-                        result,
-                        entry: entry.id,
-                    })),
+                let kind: String = entry.get("kind").unwrap_or_default();
+                let read = parse_result(&text).and_then(|result| match AttemptEnd::parse(&kind) {
+                    Some(kind) => Ok((kind, result)),
+                    None => Err(QueueError::Corrupt(format!("done entry: unknown kind {kind:?}"))),
+                });
+                match read {
+                    Ok((kind, result)) => DoneRead::Entry(Box::new(DoneEntry { kind, result, entry: entry.id })),
                     Err(e) => DoneRead::Corrupt {
                         entry: entry.id,
                         reason: e.to_string(),
