@@ -14,7 +14,7 @@ use crate::sign::{BundleSignature, HostKey, PublicKey, SignatureError};
 use crate::store::{BlobStore, StoreError};
 use crate::tape::{Effect, Tape, TapeError};
 use crate::tree::{TreeError, TreeLimits, walk_blobs};
-use guild_vocab::{EffectivePolicy, Limits, Outcome};
+use guild_vocab::{EffectivePolicy, EngineFingerprint, Limits, Outcome};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -84,8 +84,8 @@ pub struct Action {
     pub policy: EffectivePolicy,
     /// The limits the run had.
     pub limits: Limits,
-    /// The engine fingerprint.
-    pub engine: serde_json::Value,
+    /// The engine it ran on: a replay on another refuses, naming both.
+    pub engine: EngineFingerprint,
     /// On whose behalf the run was made, when a host with tenants made it: who may read the
     /// bundle back (`GET /v1/bundles/{id}`). Absent for runs made from the command line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -368,7 +368,7 @@ impl Bundle {
     ///     input,
     ///     policy: EffectivePolicy::default(),
     ///     limits: Limits::default(),
-    ///     engine: serde_json::json!({"engine": "wasmtime 48.0.8"}),
+    ///     engine: guild_vocab::EngineFingerprint { engine: "wasmtime 48.0.8".into(), ..Default::default() },
     ///     principal: None,
     /// };
     /// let result = RunResult {

@@ -51,7 +51,7 @@ fn scene() -> Scene {
         input,
         policy: guild_vocab::EffectivePolicy::default(),
         limits: guild_vocab::Limits { fuel_units: 1000, ..Default::default() },
-        engine: serde_json::json!({"engine": "wasmtime 48.0.8"}),
+        engine: guild_vocab::EngineFingerprint { engine: "wasmtime 48.0.8".into(), ..Default::default() },
         principal: None,
     };
     let result = RunResult {

@@ -14,12 +14,14 @@
 //! decode error that names the field. Nothing here depends on wasmtime.
 
 pub mod egress;
+mod engine;
 mod info;
 pub mod limits;
 mod outcome;
 mod policy;
 
 pub use egress::{EgressRule, RuleError, Secret, SecretGrant, SecretSource};
+pub use engine::{Determinism, EngineFingerprint};
 pub use info::{Access, Capabilities, DirRequest, ToolInfo};
 pub use limits::{LimitHit, Limits, human_bytes, human_ms};
 pub use outcome::{AttemptEnd, Failure, FailureCode, Outcome, PolicyRecord, RunStatus, ToolErrorKind};

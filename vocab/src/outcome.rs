@@ -283,9 +283,27 @@ impl FailureCode {
         }
     }
 
+    /// Every code, in declaration order.
+    pub const ALL: [Self; 14] = [
+        Self::ToolError,
+        Self::Limit,
+        Self::Trap,
+        Self::Cancelled,
+        Self::Denied,
+        Self::BadLimits,
+        Self::Busy,
+        Self::HostFailure,
+        Self::BadJob,
+        Self::UpstreamFailure,
+        Self::Expired,
+        Self::CorruptDoneEntry,
+        Self::WorkerLost,
+        Self::UnreadableResult,
+    ];
+
     /// The code named `text`, if there is one.
     pub fn parse(text: &str) -> Option<Self> {
-        serde_json::from_value(serde_json::Value::String(text.to_string())).ok()
+        Self::ALL.into_iter().find(|code| code.as_str() == text)
     }
 }
 
@@ -481,6 +499,11 @@ mod tests {
         assert_eq!(serde_json::from_value::<PolicyRecord>(value).expect("decodes"), granted);
         assert_eq!(RunStatus::Dead.to_string(), "dead");
         assert_eq!(FailureCode::parse("host_failure"), Some(FailureCode::HostFailure));
+        for code in FailureCode::ALL {
+            let json = serde_json::to_value(code).expect("serializes");
+            assert_eq!(json, code.as_str(), "serde and as_str agree");
+            assert_eq!(FailureCode::parse(code.as_str()), Some(code));
+        }
     }
 }
 

@@ -145,11 +145,7 @@ pub(crate) fn inspect(global: &Global, args: BundleArgs) -> Result<Exit, Failure
         action.component.digest,
         human_bytes(action.component.size_bytes)
     );
-    crate::out!(
-        "engine    {} ({})",
-        action.engine["engine"].as_str().unwrap_or("?"),
-        action.engine["id"].as_str().unwrap_or("?")
-    );
+    crate::out!("engine    {}", action.engine);
     crate::out!("input     {}", clip(&get_text(&action.input.digest)));
     if action.policy.mounts.is_empty() {
         crate::out!("grants    no directories");

@@ -3,6 +3,7 @@
 //! engine configuration in caches and bundles.
 
 use crate::RuntimeError;
+use guild_vocab::{Determinism, EngineFingerprint};
 use serde::{Deserialize, Serialize};
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
@@ -58,34 +59,6 @@ impl Default for EngineSettings {
             fuel_metering: true,
         }
     }
-}
-
-/// The engine fingerprint: what must match for a compiled artifact to be reused and for a replay
-/// to be trusted bit for bit.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct EngineFingerprint {
-    /// `wasmtime <version>` (the pinned [`wasmtime_version`]), for people: a replay refusing
-    /// another engine names both.
-    pub engine: String,
-    /// Hex blake3 over wasmtime's compatibility hash and Guild's determinism settings.
-    pub id: String,
-    /// The determinism settings, spelled out for people.
-    pub determinism: Determinism,
-}
-
-/// Settings that make a run repeatable.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Determinism {
-    /// NaN results are canonicalised.
-    pub nan_canonicalization: bool,
-    /// Relaxed SIMD gives the same answer everywhere.
-    pub relaxed_simd_deterministic: bool,
-    /// Shared-memory threads are off.
-    pub threads: bool,
-    /// Execution is measured in fuel.
-    pub fuel: bool,
-    /// The fixed wasm stack.
-    pub wasm_stack_bytes: u64,
 }
 
 /// Build the engine for `settings`.

@@ -35,8 +35,8 @@ mod state;
 pub use cache::CacheSource;
 pub use cancel::{CANCEL_CHECK_TICKS, CancellationToken};
 pub use engine::{
-    CONCURRENT_RUNS_MAX_DEFAULT, Determinism, EPOCH_TICK_MS, EngineFingerprint, EngineSettings,
-    MEMORY_BYTES_CEILING_DEFAULT, WASM_STACK_BYTES_DEFAULT, wasmtime_version,
+    CONCURRENT_RUNS_MAX_DEFAULT, EPOCH_TICK_MS, EngineSettings, MEMORY_BYTES_CEILING_DEFAULT, WASM_STACK_BYTES_DEFAULT,
+    wasmtime_version,
 };
 pub use error::{LoadError, RunError, RuntimeError};
 pub use gpu::GpuCheck;
@@ -52,8 +52,8 @@ pub use guild_vocab::limits::{
     TIMEOUT_MS_DEFAULT, WASI_RESOURCES_MAX_DEFAULT, human_bytes, human_ms,
 };
 pub use guild_vocab::{
-    Access, AttemptEnd, Capabilities, DirRequest, EffectivePolicy, Failure, FailureCode, Grants, Mount, Outcome,
-    PolicyError, PolicyRecord, RunStatus, ToolErrorKind, ToolInfo,
+    Access, AttemptEnd, Capabilities, Determinism, DirRequest, EffectivePolicy, EngineFingerprint, Failure,
+    FailureCode, Grants, Mount, Outcome, PolicyError, PolicyRecord, RunStatus, ToolErrorKind, ToolInfo,
 };
 pub use logs::{LogLevel, LogLine, LogSource};
 pub use record::Divergence;

@@ -2,7 +2,6 @@
 //! mount's Merkle tree), and sealing action, tape, result and exec into a signed bundle in the
 //! store.
 
-use crate::engine::EngineFingerprint;
 use crate::error::RunError;
 use crate::record::Recorder;
 use crate::run::types::{Execution, Tool};
@@ -14,6 +13,7 @@ use guild_replay::{
 };
 use guild_vocab::Access;
 use guild_vocab::EffectivePolicy;
+use guild_vocab::EngineFingerprint;
 use guild_vocab::Outcome;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -185,7 +185,7 @@ impl RecordingConfig {
             input,
             policy: policy.clone(),
             limits: limits.clone(),
-            engine: serde_json::to_value(fingerprint).expect("an engine fingerprint is plain data"),
+            engine: fingerprint.clone(),
             principal: principal.cloned(),
         };
         let result = RunResult {

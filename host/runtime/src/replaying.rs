@@ -148,12 +148,9 @@ impl Runtime {
     ) -> Result<ReplayReport, ReplayError> {
         let invalid = |what: String| ReplayError::Invalid(what);
         let mut notes = Vec::new();
-        let ours = serde_json::to_value(self.fingerprint()).expect("an engine fingerprint is plain data");
-        if bundle.action.engine != ours {
-            let describe = |v: &serde_json::Value| {
-                format!("{} ({})", v["engine"].as_str().unwrap_or("?"), v["id"].as_str().unwrap_or("?"))
-            };
-            let (expected, found) = (describe(&bundle.action.engine), describe(&ours));
+        let ours = self.fingerprint();
+        if bundle.action.engine != *ours {
+            let (expected, found) = (bundle.action.engine.to_string(), ours.to_string());
             if !options.allow_engine_mismatch {
                 return Err(ReplayError::EngineMismatch { expected, found });
             }
