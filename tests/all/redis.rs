@@ -812,6 +812,16 @@ fn a_result_written_by_a_newer_worker_still_ends_the_sync_wait() {
         get.status,
         String::from_utf8_lossy(&get.body)
     );
+    let reply = reply.expect("answered");
+    assert_eq!(reply.json()["error"]["status"], "unreadable_result", "{}", reply.json());
+    // Its owner is told why; the field the result holds is named.
+    assert_eq!(
+        (get.status, get.code()),
+        (500, "unreadable_result".to_string()),
+        "{}",
+        String::from_utf8_lossy(&get.body)
+    );
+    assert!(String::from_utf8_lossy(&get.body).contains("gpu_time_ms_max"));
 }
 
 /// An API node restarted restores, from its audit log, the jobs it audited into its own run

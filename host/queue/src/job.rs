@@ -168,6 +168,9 @@ pub struct JobStatus {
     pub attempts: u32,
     /// Its result, once done or dead (until it expires).
     pub result: Option<JobResult>,
+    /// Why this node cannot read the job's result, when it has one it cannot read (a node of
+    /// another version wrote it); the job's owner is still known, so it is told, not others.
+    pub unreadable_result: Option<String>,
 }
 
 /// What a submission did.

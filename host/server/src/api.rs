@@ -12,6 +12,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use guild_queue::QueueError;
 use guild_replay::{BlobStore, Digest};
 use guild_runtime::FailureCode;
 use serde::Deserialize;
@@ -399,13 +400,17 @@ async fn get_run(
     let Some(entry) = daemon.runs().get(&id) else {
         // With --redis, any node answers for any job.
         let Some(remote) = daemon.remote() else { return Err(unknown()) };
-        let status = remote
-            .queue
-            .status(&id)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", e.to_string()))?;
-        let status = status.ok_or_else(unknown)?;
+        let status = match remote.queue.status(&id).await {
+            Ok(status) => status.ok_or_else(unknown)?,
+            // Unreadable, and nothing left says whose: answered as absent, to everyone.
+            Err(QueueError::Corrupt(_)) => return Err(unknown()),
+            Err(e) => return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", e.to_string())),
+        };
         daemon.authorize(&tenant, Some(&status.tenant), "run", &id).await.map_err(|e| refused(e, unknown()))?;
+        if let Some(reason) = &status.unreadable_result {
+            let message = format!("the job finished, but this node cannot read its result ({reason})");
+            return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "unreadable_result", message));
+        }
         let body = crate::remote::run_body(&id, &status);
         return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
     };

@@ -175,6 +175,9 @@ impl Remote {
                     if awaited {
                         match self.queue.status(&id).await {
                             Ok(Some(JobStatus { result: Some(result), .. })) => self.notify(&result),
+                            Ok(Some(JobStatus { unreadable_result: Some(reason), .. })) => {
+                                self.unreadable(&id, &reason)
+                            }
                             Err(QueueError::Corrupt(reason)) => self.unreadable(&id, &reason),
                             _ => {}
                         }

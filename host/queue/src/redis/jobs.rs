@@ -42,12 +42,14 @@ impl RedisQueue {
         .await
     }
 
-    /// A job's state and, once finished, its result; `None` for an unknown (or expired) job.
+    /// A job's state and, once finished, its result (or why this node cannot read it); `None`
+    /// for an unknown (or expired) job.
     ///
     /// # Errors
     /// [`QueueError::Unavailable`] when Redis cannot be reached or the circuit is open after a
     /// recent failure; [`QueueError::Redis`] when it refuses a read; [`QueueError::Corrupt`] when
-    /// the job's state or its result does not parse.
+    /// the job's state does not parse, or its hash is gone and its result does not parse (then
+    /// nothing says whose job it was).
     pub async fn status(&self, id: &str) -> Result<Option<JobStatus>, QueueError> {
         let keys = &self.inner.keys;
         self.guarded(async {
@@ -56,8 +58,15 @@ impl RedisQueue {
             pipe.cmd("GET").arg(keys.result(id));
             let ((state, attempts, tenant, tool, input), result): (JobFields, Option<String>) =
                 pipe.query_async(&mut self.conn()).await.map_err(from_redis)?;
-            let result = result.map(|text| parse_result(&text)).transpose()?;
+            let (result, unreadable_result) = match result.map(|text| parse_result(&text)) {
+                Some(Ok(result)) => (Some(result), None),
+                Some(Err(e)) => (None, Some(e)),
+                None => (None, None),
+            };
             let (Some(state), Some(tenant), Some(tool)) = (state, tenant, tool) else {
+                if let Some(e) = unreadable_result {
+                    return Err(e);
+                }
                 // The job hash can expire a moment before its result: the result still answers.
                 return Ok(result.map(|result| JobStatus {
                     tenant: result.tenant.clone(),
@@ -66,11 +75,14 @@ impl RedisQueue {
                     state: if result.status == RunStatus::Dead { JobState::Dead } else { JobState::Done },
                     attempts: result.attempt,
                     result: Some(result),
+                    unreadable_result: None,
                 }));
             };
             let state = JobState::parse(&state).ok_or_else(|| QueueError::Corrupt(format!("job state {state:?}")))?;
             let input_digest = input.and_then(|hex| hex.parse().ok());
-            Ok(Some(JobStatus { tenant, tool, input_digest, state, attempts: attempts.unwrap_or(0), result }))
+            let unreadable_result = unreadable_result.map(|e| e.to_string());
+            let attempts = attempts.unwrap_or(0);
+            Ok(Some(JobStatus { tenant, tool, input_digest, state, attempts, result, unreadable_result }))
         })
         .await
     }
