@@ -105,7 +105,8 @@ impl Remote {
     /// Put the tool's component in Redis unless this node already did.
     ///
     /// # Errors
-    /// [`QueueError::Corrupt`] when the file the tool was registered from can no longer be read;
+    /// [`QueueError::Corrupt`] when the file the tool was registered from can no longer be read,
+    /// or no longer holds the component registered (workers would refuse it by its digest);
     /// otherwise as [`RedisQueue::put_component`].
     pub async fn push_component(&self, tool: &crate::registry::RegisteredTool) -> Result<(), QueueError> {
         let digest = *tool.tool.digest();
@@ -114,6 +115,7 @@ impl Remote {
         }
         let bytes =
             tool.component_bytes().map_err(|e| QueueError::Corrupt(format!("component of {}: {e}", tool.name)))?;
+        check_component(&tool.name, &digest, &bytes)?;
         self.queue.put_component(&digest, &bytes).await?;
         self.pushed.lock().unwrap_or_else(|p| p.into_inner()).insert(digest);
         Ok(())
@@ -128,7 +130,7 @@ impl Remote {
     /// Redis forgets the job before its result was read).
     ///
     /// # Errors
-    /// A message when [`REMOTE_WAITERS_MAX`] jobs are awaited already.
+    /// A message when `waiters_max` jobs (`REMOTE_WAITERS_MAX` unless set) are awaited already.
     pub fn watch(&self, id: &str) -> Result<watch::Receiver<RunState>, String> {
         let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
         if waiters.len() >= self.waiters_max && !waiters.contains_key(id) {
@@ -409,6 +411,19 @@ pub(crate) fn finished(result: &JobResult) -> Finished {
     }
 }
 
+/// Whether `bytes`, read again from the file `tool` was registered from, are still the component
+/// registered as `digest`: a file changed since would reach workers under a digest it lacks.
+fn check_component(tool: &str, digest: &Digest, bytes: &[u8]) -> Result<(), QueueError> {
+    let found = Digest::of(bytes);
+    if found == *digest {
+        return Ok(());
+    }
+    Err(QueueError::Corrupt(format!(
+        "the component file of tool {tool} changed since it was registered (registered {digest}, the file now \
+         holds {found}); restart the daemon, or upload the new component as a tool of its own"
+    )))
+}
+
 /// What `GET /v1/runs/{id}` shows for a job in Redis: the same body as for a run of this node,
 /// with its attempts and, once finished, the worker that ran it; the JSON text.
 pub(crate) fn run_body(id: &str, status: &JobStatus) -> String {
@@ -429,6 +444,14 @@ pub(crate) fn run_body(id: &str, status: &JobStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_component_file_changed_since_registration_is_not_pushed() {
+        let digest = Digest::of(b"the component");
+        assert!(check_component("wc", &digest, b"the component").is_ok());
+        let refused = check_component("wc", &digest, b"another one").expect_err("changed");
+        assert!(refused.to_string().contains("changed since it was registered"), "{refused}");
+    }
 
     #[tokio::test]
     async fn awaited_jobs_are_bounded_and_a_gone_caller_frees_its_place() {
