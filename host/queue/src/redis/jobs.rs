@@ -217,6 +217,10 @@ impl RedisQueue {
         let keys = &self.inner.keys;
         let settings = &self.inner.settings;
         let text = serde_json::to_string(result).expect("a job result is plain data");
+        // The done stream's copy leaves the output out: an API node's audit writer reads it in
+        // batches, and the output (up to `output_bytes_max`) is in the result key.
+        let audited = JobResult { output: None, ..result.clone() };
+        let audited = serde_json::to_string(&audited).expect("a job result is plain data");
         let said: String = self
             .settling(&self.inner.scripts.complete, &lease.job.id)
             .arg(&lease.entry)
@@ -226,6 +230,7 @@ impl RedisQueue {
             .arg(settings.done_kept_max)
             .arg(keys.key("finished"))
             .arg(&lease.job.id)
+            .arg(audited)
             .invoke_async(&mut self.conn())
             .await
             .map_err(from_redis)?;

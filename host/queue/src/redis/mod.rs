@@ -10,7 +10,7 @@
 //! | `key:<tenant length>:<tenant>:<key>` | string | the job an idempotency key names; expires with the result |
 //! | `delayed` | sorted set | job ids by the unix ms their retry is due |
 //! | `dead` | stream | the dead-letter stream: job, tenant, tool, attempts, error, bundle, time |
-//! | `done` | stream | every finished attempt (`kind` = completed, duplicate, retried or dead) for the audit log; group `audit` |
+//! | `done` | stream | every finished attempt (`kind` = completed, duplicate, retried or dead; `result` without the output) for the audit log; group `audit` |
 //! | `finished` | pub/sub channel | the id of each job that gets its result (completed or dead), so a node awaiting it reads it at once |
 //! | `stats` | hash | counters: completed, claims, retries, duplicates |
 //! | `workers` | hash | worker name → its last heartbeat |
