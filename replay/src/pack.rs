@@ -156,7 +156,12 @@ impl Packs {
         record.extend_from_slice(key.1.as_bytes());
         record.extend_from_slice(&len.to_le_bytes());
         record.extend_from_slice(bytes);
-        current.file.write_all(&record)?;
+        if let Err(e) = current.file.write_all(&record) {
+            // Part of the record may be on disk (a full disk): this pack's length is no longer
+            // known, so the next record starts a new pack. A reader stops at the torn record.
+            *writer = None;
+            return Err(e);
+        }
         let offset = current.len + HEADER_BYTES as u64;
         current.len += record.len() as u64;
         let location = Location { pack: current.path.clone(), offset, len };

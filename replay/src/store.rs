@@ -220,9 +220,8 @@ impl DirStore {
     /// Wait until every write has landed on disk.
     ///
     /// # Errors
-    /// [`StoreError::Io`], at the store's root, with the first background write that failed. The
-    /// failure stays: every later flush reports it (the unwritten bytes are still read from
-    /// memory).
+    /// [`StoreError::Io`], at the store's root, while a background write keeps failing (it is
+    /// tried again until it lands, and its bytes are read from memory meanwhile).
     pub fn flush(&self) -> Result<(), StoreError> {
         match &self.behind {
             Some(behind) => behind.flush().map_err(|e| StoreError::Io {
@@ -547,6 +546,32 @@ mod tests {
         std::fs::read_dir(dir)
             .map(|rd| rd.flatten().map(|e| if e.path().is_dir() { walkdir_count(&e.path()) } else { 1 }).sum())
             .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_background_write_that_failed_lands_once_the_disk_lets_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DirStore::open_write_behind(dir.path(), 64 << 20).expect("open");
+        // Too large for a pack, so a file of its own; its shard is a file, not a directory.
+        let big = vec![7u8; (1 << 20) + 1];
+        let digest = Digest::of(&big);
+        let shard = store.blob_path(&digest).parent().expect("shard").to_path_buf();
+        std::fs::create_dir_all(shard.parent().expect("blobs")).expect("blobs");
+        std::fs::write(&shard, b"in the way").expect("block");
+        assert_eq!(store.put(&big).expect("queued"), digest);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while store.flush().is_ok() {
+            assert!(std::time::Instant::now() < deadline, "the write never failed");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(store.get(&digest).expect("served from memory meanwhile"), big);
+        std::fs::remove_file(&shard).expect("unblock");
+        while let Err(e) = store.flush() {
+            assert!(std::time::Instant::now() < deadline, "never landed: {e}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        drop(store);
+        assert_eq!(DirStore::open(dir.path()).expect("open").get(&digest).expect("landed"), big);
     }
 
     #[test]
