@@ -124,20 +124,22 @@ impl Drop for Waiting<'_> {
 }
 
 impl GpuHost {
-    /// Validate the catalogue. No device is opened until the first dispatch needs one.
+    /// A host over the catalogue. No device is opened, and no kernel parsed, until the first
+    /// dispatch needs one.
     ///
     /// # Errors
-    /// [`GpuError::Catalogue`] when a kernel does not validate (see [`Catalogue::load`]).
+    /// None today (the catalogue is validated by the test suite, see [`Catalogue::validate`]);
+    /// kept fallible for settings that may need checking.
     pub fn new(config: GpuConfig) -> Result<Self, GpuError> {
         Ok(Self {
-            catalogue: Catalogue::load()?,
+            catalogue: Catalogue::load(),
             config,
             device: parking_lot::Mutex::new(Slot::Unopened),
             waiting: AtomicUsize::new(0),
         })
     }
 
-    /// The kernel catalogue, validated when this host was made: what guests may dispatch.
+    /// The kernel catalogue: what guests may dispatch.
     pub fn catalogue(&self) -> &Catalogue {
         &self.catalogue
     }
