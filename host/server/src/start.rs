@@ -192,8 +192,9 @@ fn tenants(config: &DaemonConfig, default_token: Option<String>) -> Result<Vec<A
         token_blake3: Digest::of(token.as_bytes()).to_hex(),
         tools: vec!["*".into()],
         admin: true,
-        rate_per_second: crate::config::RATE_PER_SECOND_DEFAULT,
-        burst: crate::config::BURST_DEFAULT,
+        // The operator's own token: no token bucket below what the machine can run.
+        rate_per_second: crate::config::DEFAULT_TENANT_RATE_PER_SECOND,
+        burst: crate::config::DEFAULT_TENANT_BURST,
         concurrency_max: crate::config::CONCURRENCY_MAX_DEFAULT,
         fuel_budget_units: None,
         fuel_budget_period_s: crate::config::FUEL_BUDGET_PERIOD_S_DEFAULT,
@@ -280,4 +281,19 @@ pub async fn run(
         .map_err(|e| std::io::Error::other(format!("bundles could not be written: {e}")))?;
     tracing::info!(drained, "stopped");
     Ok(drained)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_tenant_is_held_back_by_the_queue_not_a_token_bucket() {
+        let (config, _) = DaemonConfig::load("", std::path::Path::new("guild.toml"), []).expect("defaults");
+        let tenants = tenants(&config, Some("token".into())).expect("the default tenant");
+        // Far past a configured tenant's burst (2000): every admission is let through.
+        for _ in 0..10_000 {
+            drop(tenants[0].admit(1).expect("no rate limit for the operator's own token"));
+        }
+    }
 }

@@ -30,6 +30,13 @@ pub const RUNS_KEPT_MAX_DEFAULT: usize = 100_000;
 pub const RATE_PER_SECOND_DEFAULT: f64 = 1000.0;
 /// Default burst of a tenant's token bucket, runs.
 pub const BURST_DEFAULT: u32 = 2000;
+/// Rate of the `default` tenant a daemon makes when no tenants are configured (the operator's
+/// own token), runs per second: far above what any machine runs, so only the queue's bounds
+/// (`queue.runs_in_flight_max`, `queue.depth_max`) push back — a configured tenant keeps
+/// [`RATE_PER_SECOND_DEFAULT`].
+pub const DEFAULT_TENANT_RATE_PER_SECOND: f64 = 1_000_000.0;
+/// Burst of that tenant's token bucket, runs.
+pub const DEFAULT_TENANT_BURST: u32 = 1_000_000;
 /// Default concurrency cap of a tenant, runs at once (queued or running).
 pub const CONCURRENCY_MAX_DEFAULT: u32 = 256;
 /// Default length of a tenant's fuel-budget period.
