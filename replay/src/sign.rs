@@ -107,23 +107,31 @@ impl HostKey {
     ///
     /// # Errors
     /// [`KeyError::Io`] when the file cannot be read, or (absent) its directory or the file cannot
-    /// be created, as when another process creates it at the same moment; [`KeyError::Malformed`]
-    /// when it does not hold 64 hex characters; [`KeyError::Random`] as [`HostKey::generate`].
+    /// be created; [`KeyError::Malformed`] when it does not hold 64 hex characters;
+    /// [`KeyError::Random`] as [`HostKey::generate`]. Processes that create the key at the same
+    /// moment (workers sharing a home) all end up with the one that landed first.
     pub fn load_or_create(path: &Path) -> Result<Self, KeyError> {
         let io = |source| KeyError::Io { path: path.display().to_string(), source };
+        let read = |text: String| {
+            let secret = hex::decode::<32>(text.trim())
+                .ok_or_else(|| KeyError::Malformed { path: path.display().to_string() })?;
+            Ok(Self(SigningKey::from_bytes(&secret)))
+        };
         match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let secret = hex::decode::<32>(text.trim())
-                    .ok_or_else(|| KeyError::Malformed { path: path.display().to_string() })?;
-                Ok(Self(SigningKey::from_bytes(&secret)))
-            }
+            Ok(text) => read(text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = Self::generate()?;
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent).map_err(io)?;
                 }
-                write_private(path, &hex::encode(&key.0.to_bytes())).map_err(io)?;
-                Ok(key)
+                match publish_private(path, &hex::encode(&key.0.to_bytes())) {
+                    Ok(()) => Ok(key),
+                    // Another process published its key first, whole: use that one.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        read(std::fs::read_to_string(path).map_err(io)?)
+                    }
+                    Err(e) => Err(io(e)),
+                }
             }
             Err(e) => Err(io(e)),
         }
@@ -149,6 +157,17 @@ fn message(id: &Digest) -> Vec<u8> {
     let mut message = CONTEXT.to_vec();
     message.extend_from_slice(id.as_bytes());
     message
+}
+
+/// Write `text` to `path`, which must not exist, so that no reader ever sees it half written:
+/// into a file of its own beside it first, then linked into place (which fails, `AlreadyExists`,
+/// when another process got there first).
+fn publish_private(path: &Path, text: &str) -> std::io::Result<()> {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let temp = path.with_extension(format!("tmp.{}.{:?}.{nanos}", std::process::id(), std::thread::current().id()));
+    let linked = write_private(&temp, text).and_then(|()| std::fs::hard_link(&temp, path));
+    let _ = std::fs::remove_file(&temp);
+    linked
 }
 
 #[cfg(unix)]
@@ -207,6 +226,22 @@ impl BundleSignature {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_creating_the_key_at_once_all_get_the_one_that_landed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("keys").join("host.key");
+        let keys: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| HostKey::load_or_create(&path).expect("a key").public().to_string()))
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("thread")).collect()
+        });
+        assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
+        assert_eq!(HostKey::load_or_create(&path).expect("again").public().to_string(), keys[0]);
+        let left: Vec<_> = std::fs::read_dir(path.parent().expect("dir")).expect("dir").flatten().collect();
+        assert_eq!(left.len(), 1, "no temporary file left behind");
+    }
 
     #[test]
     fn sign_verify_and_reject() {
