@@ -2,7 +2,8 @@
 # Load benchmark of the daemon: wrk against `guild serve` on loopback calling a trivial tool
 # (echo), recording on: every run sealed into a signed bundle and an fsynced audit record.
 # Usage: bash benches/daemon/bench.sh [SECONDS] [CONNECTIONS] [THREADS]
-# GUILD_BIN=PATH benchmarks that binary instead of building this checkout's (before/after runs).
+# GUILD_BIN=PATH benchmarks that binary instead of building this checkout's (before/after runs);
+# GUILD_BENCH_IN_FLIGHT=N sets queue.runs_in_flight_max (default: the daemon's own).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds=${1:-10}
@@ -26,6 +27,7 @@ listen = "127.0.0.1:0"
 log_format = "text"
 [queue]
 depth_max = 4096
+${GUILD_BENCH_IN_FLIGHT:+runs_in_flight_max = $GUILD_BENCH_IN_FLIGHT}
 [[tenants]]
 name = "bench"
 $digest_line

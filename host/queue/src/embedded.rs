@@ -1,6 +1,12 @@
 //! The bounded run queue: at most `runs_in_flight_max` runs execute at once and at most
 //! `depth_max` wait behind them. A run that finds the queue full is refused at once with an
 //! estimate of when to retry — backpressure, never unbounded memory.
+//!
+//! A run passes three stages: waiting ([`Ticket`]), executing ([`Slot`]) and committing
+//! ([`Commit`]: its audit record waits for the log's group commit). The execution slot is given
+//! back when the run's guest has returned and its bundle is sealed, so the next run computes
+//! while this one's record waits for the disk; at most `runs_committing_max` runs commit at
+//! once, and a run that finds that stage full keeps its slot until there is room.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -12,6 +18,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub struct RunQueue {
     slots: Arc<Semaphore>,
     runs_in_flight_max: usize,
+    committing: Arc<Semaphore>,
+    runs_committing_max: usize,
     depth_max: usize,
     waiting: AtomicUsize,
     /// Exponentially weighted mean run time, µs: what `Retry-After` is estimated from.
@@ -40,15 +48,25 @@ pub struct Ticket {
 /// A slot: the run executes while this is held.
 #[derive(Debug)]
 pub struct Slot {
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
+    queue: Arc<RunQueue>,
+}
+
+/// A finished run whose audit record is not yet durable; [`RunQueue::drained`] waits for these.
+#[derive(Debug)]
+pub struct Commit {
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl RunQueue {
-    /// A queue with these bounds.
-    pub fn new(runs_in_flight_max: usize, depth_max: usize) -> Arc<Self> {
+    /// A queue with these bounds: `runs_in_flight_max` executing, `depth_max` waiting,
+    /// `runs_committing_max` waiting for their audit record to be durable.
+    pub fn new(runs_in_flight_max: usize, depth_max: usize, runs_committing_max: usize) -> Arc<Self> {
         Arc::new(Self {
             slots: Arc::new(Semaphore::new(runs_in_flight_max)),
             runs_in_flight_max,
+            committing: Arc::new(Semaphore::new(runs_committing_max)),
+            runs_committing_max,
             depth_max,
             waiting: AtomicUsize::new(0),
             mean_run_us: AtomicU64::new(1_000),
@@ -97,6 +115,11 @@ impl RunQueue {
         self.runs_in_flight_max - self.slots.available_permits()
     }
 
+    /// Finished runs whose audit record is not yet durable.
+    pub fn committing(&self) -> usize {
+        self.runs_committing_max - self.committing.available_permits()
+    }
+
     /// Note how long a run took, for `Retry-After` estimates.
     pub fn observe(&self, run_time: Duration) {
         let sample = u64::try_from(run_time.as_micros()).unwrap_or(u64::MAX).min(u64::MAX / 2);
@@ -109,10 +132,11 @@ impl RunQueue {
         self.closed.store(true, Ordering::Release);
     }
 
-    /// Wait until no run is waiting or running, or `deadline` passes; true when idle.
+    /// Wait until no run is waiting, running or committing, or `deadline` passes; true when
+    /// idle.
     pub async fn drained(&self, deadline: Duration) -> bool {
         let wait = async {
-            while self.depth() > 0 || self.in_flight() > 0 {
+            while self.depth() > 0 || self.in_flight() > 0 || self.committing() > 0 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
@@ -130,11 +154,25 @@ impl Ticket {
         let permit = self.queue.slots.clone().acquire_owned().await;
         self.queue.waiting.fetch_sub(1, Ordering::AcqRel);
         self.waiting = false;
-        permit.map(|permit| Slot { _permit: permit }).map_err(|_| QueueFull {
+        let queue = self.queue.clone();
+        permit.map(|permit| Slot { permit, queue }).map_err(|_| QueueFull {
             depth: self.queue.depth(),
             retry_after_s: 5,
             draining: true,
         })
+    }
+}
+
+impl Slot {
+    /// The run has finished executing: wait for room in the committing stage, then give the
+    /// execution slot back. The returned [`Commit`] is held until the run's audit record is
+    /// durable.
+    pub async fn commit(self) -> Commit {
+        let Self { permit, queue } = self;
+        // The committing stage's semaphore is never closed.
+        let committing = queue.committing.clone().acquire_owned().await.ok();
+        drop(permit);
+        Commit { _permit: committing }
     }
 }
 
@@ -152,7 +190,7 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_refuses_with_retry_after_and_frees_on_drop() {
-        let queue = RunQueue::new(1, 2);
+        let queue = RunQueue::new(1, 2, 4);
         let running = queue.enter().expect("first").start().await.expect("slot");
         let a = queue.enter().expect("waits 1");
         let b = queue.enter().expect("waits 2");
@@ -168,6 +206,30 @@ mod tests {
         assert_eq!(queue.in_flight(), 0);
         queue.close();
         assert!(queue.enter().expect_err("closed").draining);
+        assert!(queue.drained(Duration::from_millis(50)).await);
+    }
+
+    #[tokio::test]
+    async fn a_committing_run_frees_its_slot_and_holds_the_drain() {
+        let queue = RunQueue::new(1, 4, 1);
+        let first = queue.enter().expect("enter").start().await.expect("slot");
+        let waiting = queue.enter().expect("enter");
+        let committing = first.commit().await;
+        assert_eq!((queue.in_flight(), queue.committing()), (0, 1));
+        // The next run executes while the first one's record waits for the disk.
+        let second = waiting.start().await.expect("the slot came back");
+        assert_eq!(queue.in_flight(), 1);
+        // The committing stage is full: the second run keeps its slot until there is room.
+        let held = tokio::spawn(second.commit());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!held.is_finished());
+        assert_eq!(queue.in_flight(), 1);
+        queue.close();
+        assert!(!queue.drained(Duration::from_millis(30)).await, "a run not yet committed holds the drain");
+        drop(committing);
+        let second = held.await.expect("the second run commits once the first is durable");
+        assert_eq!((queue.in_flight(), queue.committing()), (0, 1));
+        drop(second);
         assert!(queue.drained(Duration::from_millis(50)).await);
     }
 }

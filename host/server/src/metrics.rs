@@ -22,6 +22,9 @@ pub struct Metrics {
     pub queue_depth: IntGauge,
     /// `guild_runs_in_flight`: runs executing on this node now.
     pub runs_in_flight: IntGauge,
+    /// `guild_runs_committing`: finished runs here whose audit record waits for the log's group
+    /// commit (their slots already free).
+    pub runs_committing: IntGauge,
     /// Runs refused before starting, by reason.
     pub rejections: IntCounterVec,
     /// Outgoing HTTP requests by decision (`attempted`, `refused`).
@@ -148,6 +151,8 @@ impl Metrics {
         )?;
         let queue_depth = IntGauge::new("queue_depth", "Runs waiting for a slot.")?;
         let runs_in_flight = IntGauge::new("runs_in_flight", "Runs executing now.")?;
+        let runs_committing =
+            IntGauge::new("runs_committing", "Finished runs whose audit record waits for the group commit.")?;
         let rejections = IntCounterVec::new(
             Opts::new("rejections_total", "Runs refused before starting, by tenant and reason."),
             &["tenant", "reason"],
@@ -172,6 +177,7 @@ impl Metrics {
         registry.register(Box::new(run_fuel_units.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(runs_in_flight.clone()))?;
+        registry.register(Box::new(runs_committing.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(egress.clone()))?;
         registry.register(Box::new(gpu_seconds.clone()))?;
@@ -189,6 +195,7 @@ impl Metrics {
             run_fuel_units,
             queue_depth,
             runs_in_flight,
+            runs_committing,
             rejections,
             egress,
             gpu_seconds,

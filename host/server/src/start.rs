@@ -106,7 +106,8 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
     for tenant in &tenants {
         metrics.register_tenant(&tenant.name);
     }
-    let queue = RunQueue::new(config.queue.runs_in_flight_max, config.queue.depth_max);
+    let queue =
+        RunQueue::new(config.queue.runs_in_flight_max, config.queue.depth_max, config.queue.runs_committing_max);
     let daemon = Daemon::new(crate::daemon::Parts {
         runtime,
         store,

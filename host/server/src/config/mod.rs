@@ -21,6 +21,15 @@ pub const REQUEST_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
 pub const COMPONENT_BYTES_MAX_DEFAULT: usize = 128 * 1024 * 1024;
 /// Default number of runs waiting for a slot before the daemon answers 429.
 pub const QUEUE_DEPTH_MAX_DEFAULT: usize = 1024;
+/// Default number of finished runs whose audit record may wait for the log's group commit at
+/// once (their execution slots already free); one more keeps its slot until there is room.
+pub const RUNS_COMMITTING_MAX_DEFAULT: usize = 1024;
+/// Runs executing at once per CPU by default: a run's slot is free once its guest returns, so
+/// this covers runs parked in host calls (egress, GPU) and the seal after the guest returns.
+pub const RUNS_IN_FLIGHT_PER_CPU_DEFAULT: usize = 4;
+/// The most runs one daemon executes at once: the engine's instance pool holds this many
+/// (`guild_runtime::CONCURRENT_RUNS_MAX_DEFAULT`).
+pub const RUNS_IN_FLIGHT_MAX_CEILING: usize = guild_runtime::CONCURRENT_RUNS_MAX_DEFAULT as usize;
 /// Default time SIGTERM waits for queued and running runs before exiting.
 pub const DRAIN_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// Default number of finished runs whose status is kept in memory (older ones are read back
@@ -186,10 +195,14 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
-    /// Runs executing at once. Defaults to the number of CPUs (runs are CPU-bound).
+    /// Runs executing at once, at most [`RUNS_IN_FLIGHT_MAX_CEILING`]. Defaults to
+    /// [`RUNS_IN_FLIGHT_PER_CPU_DEFAULT`] per CPU, capped at the ceiling.
     pub runs_in_flight_max: usize,
     /// Runs waiting for a slot; one more gets 429 with `Retry-After`.
     pub depth_max: usize,
+    /// Finished runs waiting for their audit record's group commit, slot already freed
+    /// (default [`RUNS_COMMITTING_MAX_DEFAULT`]).
+    pub runs_committing_max: usize,
     /// How long SIGTERM waits for queued and running runs.
     pub drain_timeout_ms: u64,
     /// After SIGTERM, how long the daemon still accepts connections while `/readyz` answers 503
@@ -202,13 +215,20 @@ pub struct QueueConfig {
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
-            runs_in_flight_max: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            runs_in_flight_max: runs_in_flight_default(),
             depth_max: QUEUE_DEPTH_MAX_DEFAULT,
+            runs_committing_max: RUNS_COMMITTING_MAX_DEFAULT,
             drain_timeout_ms: DRAIN_TIMEOUT_MS_DEFAULT,
             drain_notice_ms: 0,
             runs_kept_max: RUNS_KEPT_MAX_DEFAULT,
         }
     }
+}
+
+/// [`RUNS_IN_FLIGHT_PER_CPU_DEFAULT`] per CPU this process may use, within the ceiling.
+fn runs_in_flight_default() -> usize {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    (cpus * RUNS_IN_FLIGHT_PER_CPU_DEFAULT).min(RUNS_IN_FLIGHT_MAX_CEILING)
 }
 
 /// One tool (or a directory of them) and what it is granted.
@@ -393,6 +413,15 @@ impl DaemonConfig {
         }
         if self.queue.runs_in_flight_max == 0 {
             return Err(ConfigError::new("queue.runs_in_flight_max", "must be at least 1"));
+        }
+        if self.queue.runs_in_flight_max > RUNS_IN_FLIGHT_MAX_CEILING {
+            return Err(ConfigError::new(
+                "queue.runs_in_flight_max",
+                format!("must be at most {RUNS_IN_FLIGHT_MAX_CEILING}, the runs the engine's instance pool holds"),
+            ));
+        }
+        if self.queue.runs_committing_max == 0 {
+            return Err(ConfigError::new("queue.runs_committing_max", "must be at least 1"));
         }
         if self.queue.runs_kept_max == 0 {
             return Err(ConfigError::new("queue.runs_kept_max", "must be at least 1"));

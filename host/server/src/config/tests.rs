@@ -66,6 +66,11 @@ fn errors_name_the_field() {
     assert!(e.message.contains("depth_maxx"), "{e}");
     let e = load("", &[("GUILD_QUEUE__RUNS_IN_FLIGHT_MAX", "0")]).expect_err("zero");
     assert_eq!(e.field, "queue.runs_in_flight_max");
+    let e = load("[queue]\nruns_in_flight_max = 65\n", &[]).expect_err("more than the engine's pool holds");
+    assert_eq!(e.field, "queue.runs_in_flight_max");
+    assert!(e.message.contains("at most 64"), "{e}");
+    let e = load("[queue]\nruns_committing_max = 0\n", &[]).expect_err("zero");
+    assert_eq!(e.field, "queue.runs_committing_max");
     let e = load("", &[("GUILD_TENANTS__BOB__BURST", "3")]).expect_err("no such tenant");
     assert_eq!(e.field, "GUILD_TENANTS__BOB__BURST");
     let e = load("[secrets]\nKEY = \"hunter2\"\n", &[]).expect_err("inline secret value");

@@ -1,5 +1,5 @@
-//! Running an accepted run here: wait for a slot, run it on the shared runtime (recorded),
-//! write its audit record, publish its state and count it in the metrics.
+//! Running an accepted run here: wait for a slot, run it on the shared runtime (recorded), give
+//! the slot back, write its audit record, publish its state and count it in the metrics.
 
 use super::Daemon;
 use crate::registry::RegisteredTool;
@@ -26,8 +26,6 @@ impl Daemon {
         let mut limits = tool.limits.clone();
         limits.fuel_units = admission.fuel_units;
         let started = Instant::now();
-        // The slot is held until the audit record is written: draining waits for slots, so no
-        // run's record can miss the log's close.
         let result = match &slot {
             Ok(_) => {
                 let principal = guild_runtime::Principal::tenant(&entry.tenant);
@@ -36,6 +34,15 @@ impl Daemon {
             Err(_) => Err(RunError::Host("the daemon is shutting down; the run was not started".into())),
         };
         self.queue.observe(started.elapsed());
+        // The guest has returned and the bundle is sealed: the slot goes to the next run while
+        // this one's audit record waits for the log's group commit. The answer still waits for
+        // it, and draining waits for committing runs, so no record can miss the log's close.
+        let committing = match slot {
+            Ok(slot) => Some(slot.commit().await),
+            Err(_) => None,
+        };
+        self.metrics.runs_in_flight.set(self.queue.in_flight() as i64);
+        self.metrics.runs_committing.set(self.queue.committing() as i64);
         let (finished, output, audit) = self.conclude(&tool, &entry, input_digest, key, result);
         admission.settle(finished.fuel_used_units);
         let finished = Arc::new(finished);
@@ -51,8 +58,8 @@ impl Daemon {
             bundle = %finished.bundle.map(|b| b.to_hex()).unwrap_or_default(),
             "run finished"
         );
-        drop(slot);
-        self.metrics.runs_in_flight.set(self.queue.in_flight() as i64);
+        drop(committing);
+        self.metrics.runs_committing.set(self.queue.committing() as i64);
         let _ = state.send(RunState::Finished(finished.clone()));
         let _ = done.send((finished, output));
     }
