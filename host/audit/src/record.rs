@@ -102,13 +102,21 @@ pub struct AuditRecord {
 
 impl AuditRecord {
     pub(crate) fn compute_hash(&self) -> Digest {
+        let unhashed =
+            Unhashed { seq: self.seq, time_unix_ms: self.time_unix_ms, prev: &self.prev, entry: &self.entry };
         // A record is plain data: hashing the empty bytes in its place would chain a lie.
-        let mut value = serde_json::to_value(self).expect("an audit record is plain data");
-        if let Some(object) = value.as_object_mut() {
-            object.remove("hash");
-        }
-        Digest::of(&to_canonical_bytes(&value).expect("an audit record is plain data"))
+        Digest::of(&to_canonical_bytes(&unhashed).expect("an audit record is plain data"))
     }
+}
+
+/// A record as it is hashed: every field of [`AuditRecord`] but `hash`, in the same JSON object.
+#[derive(Serialize)]
+struct Unhashed<'a> {
+    seq: u64,
+    time_unix_ms: u64,
+    prev: &'a Digest,
+    #[serde(flatten)]
+    entry: &'a AuditEntry,
 }
 
 /// The log could not be opened, written or trusted.
@@ -137,4 +145,50 @@ pub enum AuditError {
     /// The writer thread has stopped.
     #[error("the audit log writer has stopped; the run's record was not written")]
     Stopped,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hash as records written before the canonical serializer computed it: the record as a
+    /// JSON value, `hash` removed, keys sorted. Logs already on disk must keep verifying.
+    fn hash_via_value(record: &AuditRecord) -> Digest {
+        let mut value = serde_json::to_value(record).expect("plain data");
+        value.as_object_mut().expect("an object").remove("hash");
+        Digest::of(&to_canonical_bytes(&value).expect("plain data"))
+    }
+
+    #[test]
+    fn the_hash_is_that_of_the_record_without_its_hash_as_before() {
+        let grants = PolicyRecord::granted(Default::default(), Default::default());
+        let entry = AuditEntry {
+            run: "run-1".into(),
+            tenant: "alice \"quoted\"".into(),
+            tool: "wc".into(),
+            tool_digest: Digest::of(b"wc"),
+            input_digest: Digest::of(b"input"),
+            grants: Some(grants),
+            outcome: "output".into(),
+            fuel_used_units: 42,
+            bundle: Some(Digest::of(b"bundle")),
+            idempotency_key: Some("key\u{1}".into()),
+            attempt: Some(2),
+            worker: Some("worker-1".into()),
+            completion: Some(AttemptEnd::Completed),
+            event: Some(AuditEvent { kind: "admin_read".into(), actor: "root".into(), detail: "run run-1".into() }),
+        };
+        let mut record = AuditRecord {
+            seq: 7,
+            time_unix_ms: 1_764_000_000_000,
+            prev: Digest::of(b"prev"),
+            entry,
+            hash: Digest::of(b""),
+        };
+        assert_eq!(record.compute_hash(), hash_via_value(&record));
+        record.entry.grants = None;
+        record.entry.attempt = None;
+        record.entry.event = None;
+        assert_eq!(record.compute_hash(), hash_via_value(&record));
+    }
 }
