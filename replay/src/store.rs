@@ -238,58 +238,59 @@ impl DirStore {
     }
 
     /// `blobs/<first two hex digits>/<digest>`: 256 shards keep directories small.
+    #[cfg(test)]
     fn blob_path(&self, digest: &Digest) -> PathBuf {
-        let hex = digest.to_hex();
-        self.root.join("blobs").join(&hex[..2]).join(hex)
+        self.blob_slot(digest).path()
     }
 
-    fn blob_slot(&self, digest: &Digest) -> Slot {
-        Slot { path: self.blob_path(digest), key: (Kind::Blob, *digest) }
+    fn blob_slot(&self, digest: &Digest) -> Slot<'_> {
+        Slot { root: &self.root, key: (Kind::Blob, *digest) }
     }
 
-    fn bundle_slot(&self, id: &Digest, kind: Kind) -> Slot {
-        let extension = if kind == Kind::Signature { "sig" } else { "json" };
-        Slot { path: self.root.join("bundles").join(format!("{id}.{extension}")), key: (kind, *id) }
+    fn bundle_slot(&self, id: &Digest, kind: Kind) -> Slot<'_> {
+        Slot { root: &self.root, key: (kind, *id) }
     }
 
-    fn write(&self, slot: &Slot, bytes: &[u8]) -> Result<(), StoreError> {
+    fn write(&self, slot: &Slot<'_>, bytes: &[u8]) -> Result<(), StoreError> {
         if let Some(behind) = &self.behind
-            && behind.queue(&slot.path, slot.key, bytes)
+            && behind.queue(slot.key, || slot.path(), bytes)
         {
             return Ok(());
         }
-        crate::file::write_file(&slot.path, bytes).map_err(|source| io_error(&slot.path, source))
+        let path = slot.path();
+        crate::file::write_file(&path, bytes).map_err(|source| io_error(&path, source))
     }
 
-    fn pending(&self, slot: &Slot) -> Option<Arc<Vec<u8>>> {
-        self.behind.as_ref().and_then(|b| b.read(&slot.path))
+    fn pending(&self, slot: &Slot<'_>) -> Option<Arc<Vec<u8>>> {
+        self.behind.as_ref().and_then(|b| b.read(&slot.key))
     }
 
-    fn exists(&self, slot: &Slot) -> bool {
-        self.pending(slot).is_some() || self.packs.contains(&slot.key) || slot.path.exists()
+    fn exists(&self, slot: &Slot<'_>) -> bool {
+        self.pending(slot).is_some() || self.packs.contains(&slot.key) || slot.path().exists()
     }
 
     /// The size of a stored entry, pending, packed or on disk; `None` when absent.
-    fn size_of(&self, slot: &Slot) -> Result<Option<u64>, StoreError> {
+    fn size_of(&self, slot: &Slot<'_>) -> Result<Option<u64>, StoreError> {
         if let Some(bytes) = self.pending(slot) {
             return Ok(Some(bytes.len() as u64));
         }
         if let Some(len) = self.packs.len_of(&slot.key) {
             return Ok(Some(len));
         }
-        match std::fs::metadata(&slot.path) {
+        let path = slot.path();
+        match std::fs::metadata(&path) {
             Ok(meta) => Ok(Some(meta.len())),
             // Another process may have packed it since this one looked.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.packs.rescan().map_err(|source| io_error(&self.root.join("packs"), source))?;
                 Ok(self.packs.len_of(&slot.key))
             }
-            Err(e) => Err(io_error(&slot.path, e)),
+            Err(e) => Err(io_error(&path, e)),
         }
     }
 
     /// A stored entry's bytes, pending, packed or on disk; `None` when absent.
-    fn read(&self, slot: &Slot) -> Result<Option<Vec<u8>>, StoreError> {
+    fn read(&self, slot: &Slot<'_>) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(bytes) = self.pending(slot) {
             return Ok(Some(bytes.as_ref().clone()));
         }
@@ -297,13 +298,14 @@ impl DirStore {
         if let Some(bytes) = self.packs.read(&slot.key).map_err(packs_error)? {
             return Ok(Some(bytes));
         }
-        match std::fs::read(&slot.path) {
+        let path = slot.path();
+        match std::fs::read(&path) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.packs.rescan().map_err(packs_error)?;
                 self.packs.read(&slot.key).map_err(packs_error)
             }
-            Err(e) => Err(io_error(&slot.path, e)),
+            Err(e) => Err(io_error(&path, e)),
         }
     }
 
@@ -345,7 +347,7 @@ impl DirStore {
             .filter_map(|entry| id_of(&entry.ok()?.path()))
             .collect();
         if let Some(behind) = &self.behind {
-            ids.extend(behind.pending_in(&dir).iter().filter_map(|p| id_of(p)));
+            ids.extend(behind.pending_of(Kind::Manifest));
         }
         self.packs.rescan().map_err(|source| io_error(&self.root.join("packs"), source))?;
         ids.extend(self.packs.keys_of(Kind::Manifest));
@@ -460,14 +462,12 @@ impl BlobStore for DirStore {
         if self.is_known(&digest) || self.exists(&slot) {
             let _ = std::fs::remove_file(&tmp);
         } else {
-            let placed = slot
-                .path
-                .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|()| std::fs::rename(&tmp, &slot.path));
+            let path = slot.path();
+            let placed =
+                path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::rename(&tmp, &path));
             if let Err(e) = placed {
                 let _ = std::fs::remove_file(&tmp);
-                return Err(io_error(&slot.path, e));
+                return Err(io_error(&path, e));
             }
         }
         self.remember(digest);
@@ -477,7 +477,8 @@ impl BlobStore for DirStore {
     /// Only blobs in files of their own can be hard-linked; packed ones are copied.
     fn file_path(&self, digest: &Digest) -> Option<PathBuf> {
         let slot = self.blob_slot(digest);
-        (self.pending(&slot).is_none() && slot.path.is_file()).then_some(slot.path)
+        let path = slot.path();
+        (self.pending(&slot).is_none() && path.is_file()).then_some(path)
     }
 }
 
@@ -496,10 +497,27 @@ impl std::fmt::Display for TooLong {
 
 impl std::error::Error for TooLong {}
 
-/// Where an entry lives: its own file, or a pack record under its key.
-struct Slot {
-    path: PathBuf,
+/// Where an entry lives: a pack record under its key, or its own file (whose path is only made
+/// when it is needed: most entries are packed).
+struct Slot<'a> {
+    root: &'a Path,
     key: Key,
+}
+
+impl Slot<'_> {
+    /// `blobs/<first two hex digits>/<digest>` (256 shards keep directories small), or
+    /// `bundles/<id>.json` and `bundles/<id>.sig`.
+    fn path(&self) -> PathBuf {
+        let (kind, digest) = &self.key;
+        match kind {
+            Kind::Blob => {
+                let hex = digest.to_hex();
+                self.root.join("blobs").join(&hex[..2]).join(hex)
+            }
+            Kind::Manifest => self.root.join("bundles").join(format!("{digest}.json")),
+            Kind::Signature => self.root.join("bundles").join(format!("{digest}.sig")),
+        }
+    }
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> StoreError {
@@ -540,6 +558,46 @@ mod tests {
         assert_eq!(reopened.get_bundle(&id).expect("landed").1, b"sig");
         let files = |sub: &str| walkdir_count(&dir.path().join(sub));
         assert_eq!((files("blobs"), files("bundles"), files("packs")), (0, 0, 1), "small entries land in one pack");
+    }
+
+    #[test]
+    fn writes_from_many_threads_land_whole_and_large_ones_in_files_of_their_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(DirStore::open_write_behind(dir.path(), 64 << 20).expect("open"));
+        let big = vec![7u8; crate::pack::PACKED_BYTES_MAX + 1];
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    (0..500)
+                        .map(|i| store.put(format!("thread {t} blob {i}").as_bytes()).expect("put"))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let large = store.put(&big).expect("put");
+        let ids: Vec<Digest> = (0..50u8)
+            .map(|i| {
+                let id = Digest::of(&[i]);
+                store.put_bundle(&id, b"{}", &[i]).expect("put");
+                id
+            })
+            .collect();
+        let digests: Vec<Digest> = threads.into_iter().flat_map(|t| t.join().expect("thread")).collect();
+        assert_eq!(store.bundle_ids().expect("ids").len(), 50, "pending manifests are listed");
+        store.flush().expect("flush");
+        drop(store);
+        let reopened = DirStore::open(dir.path()).expect("open");
+        for digest in &digests {
+            assert!(reopened.get(digest).expect("landed").starts_with(b"thread "));
+        }
+        assert_eq!(reopened.get(&large).expect("landed"), big);
+        assert!(reopened.blob_path(&large).is_file(), "a large blob has a file of its own");
+        assert_eq!(reopened.bundle_ids().expect("ids"), {
+            let mut sorted = ids.clone();
+            sorted.sort();
+            sorted
+        });
     }
 
     fn walkdir_count(dir: &Path) -> usize {
