@@ -18,6 +18,12 @@ use std::thread::JoinHandle;
 pub const PENDING_BYTES_MAX_DEFAULT: u64 = 64 << 20;
 /// Files queued before a writer writes in place (also bounded by bytes).
 const QUEUE_FILES_MAX: usize = 65_536;
+/// Entries queued that wake an idle writer at once; fewer wait up to [`LINGER`], so a busy
+/// store costs the writer one wake-up per batch rather than one per run.
+const WAKE_AT_ENTRIES: usize = 64;
+/// The longest an entry waits in memory before the writer takes it (reads are served from
+/// memory meanwhile; [`WriteBehind::flush`] does not wait for it).
+const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 /// The longest wait before trying a failed write again.
 pub(crate) const RETRY_DELAY_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -35,9 +41,11 @@ struct Pending {
     bytes: u64,
     /// Why the write being tried again failed, reported by [`WriteBehind::flush`] until it lands.
     failed: Option<String>,
-    /// The writer is waiting for work: the next queued entry wakes it. While it is writing, new
-    /// entries join its next batch without a wake-up.
+    /// The writer is waiting for work: it wakes when [`WAKE_AT_ENTRIES`] are queued, at a flush,
+    /// or after [`LINGER`]. While it is writing, new entries join its next batch.
     writer_idle: bool,
+    /// A flush is waiting: the writer takes what is queued without lingering.
+    flushing: usize,
     /// The store is being dropped: the writer finishes the queue and stops.
     closed: bool,
 }
@@ -90,7 +98,10 @@ impl WriteBehind {
         pending.bytes += bytes.len() as u64;
         pending.files.insert(key, Entry { bytes: Arc::new(bytes.to_vec()), file });
         pending.queue.push_back(key);
-        let wake = std::mem::take(&mut pending.writer_idle);
+        let wake = pending.writer_idle && pending.queue.len() >= WAKE_AT_ENTRIES;
+        if wake {
+            pending.writer_idle = false;
+        }
         drop(pending);
         if wake {
             self.shared.work.notify_one();
@@ -111,9 +122,12 @@ impl WriteBehind {
     /// Wait until everything queued has been written; or, while a write keeps failing, why.
     pub(crate) fn flush(&self) -> Result<(), String> {
         let mut pending = self.shared.lock();
+        pending.flushing += 1;
+        self.shared.work.notify_one();
         while !pending.files.is_empty() && pending.failed.is_none() {
             pending = self.shared.landed.wait(pending).unwrap_or_else(|p| p.into_inner());
         }
+        pending.flushing -= 1;
         match &pending.failed {
             Some(error) => Err(error.clone()),
             None => Ok(()),
@@ -139,12 +153,20 @@ fn drain(shared: &Shared, packs: &Packs) {
     loop {
         let batch: Vec<(Key, Arc<Vec<u8>>, Option<PathBuf>)> = {
             let mut pending = shared.lock();
-            while pending.queue.is_empty() {
-                if pending.closed {
+            loop {
+                let urgent = pending.closed || pending.flushing > 0 || pending.queue.len() >= WAKE_AT_ENTRIES;
+                if pending.queue.is_empty() && pending.closed {
                     return;
                 }
+                if !pending.queue.is_empty() && urgent {
+                    break;
+                }
                 pending.writer_idle = true;
-                pending = shared.work.wait(pending).unwrap_or_else(|p| p.into_inner());
+                let (guard, waited) = shared.work.wait_timeout(pending, LINGER).unwrap_or_else(|p| p.into_inner());
+                pending = guard;
+                if waited.timed_out() && !pending.queue.is_empty() {
+                    break;
+                }
             }
             pending.writer_idle = false;
             let queued: Vec<Key> = pending.queue.drain(..).collect();

@@ -62,6 +62,8 @@ struct Object<'a> {
     scratch: Vec<u8>,
     /// (key range, value range) in `scratch`.
     entries: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+    /// Some key holds an escape (`\`): keys then sort by their unescaped text.
+    escaped_keys: bool,
     /// The key of a map entry whose value has not come yet.
     pending_key: Option<std::ops::Range<usize>>,
     /// For a struct variant: the `}` that closes `{"variant":{...}`.
@@ -77,6 +79,7 @@ impl<'a> Object<'a> {
             scratch: Vec::with_capacity(128),
             entries: Vec::new(),
             pending_key: None,
+            escaped_keys: false,
             close_variant,
             raw: false,
         }
@@ -95,7 +98,13 @@ impl<'a> Object<'a> {
     fn push_key(&mut self, key: &str) -> Result<std::ops::Range<usize>, Error> {
         let start = self.scratch.len();
         scalar(&mut self.scratch, key)?;
+        self.note_key(start..self.scratch.len());
         Ok(start..self.scratch.len())
+    }
+
+    fn note_key(&mut self, key: std::ops::Range<usize>) {
+        // An escaped key is longer than two quotes plus its text.
+        self.escaped_keys |= self.scratch[key].contains(&b'\\');
     }
 
     fn push_value<T: Serialize + ?Sized>(&mut self, key: std::ops::Range<usize>, value: &T) -> Result<(), Error> {
@@ -110,9 +119,15 @@ impl<'a> Object<'a> {
             return Ok(());
         }
         let scratch = &self.scratch;
-        // Keys compare by their escaped form, which orders as the keys themselves do: escaping
-        // only rewrites characters below U+0020, `"` and `\`, and `"` closes every key.
-        self.entries.sort_by(|a, b| unescaped_order(&scratch[a.0.clone()], &scratch[b.0.clone()]));
+        // Without escapes a key's bytes between its quotes are its text; with them, compare the
+        // unescaped text (escaping rewrites characters below U+0020, `"` and `\`, out of order).
+        if self.escaped_keys {
+            self.entries.sort_by(|a, b| unescaped_order(&scratch[a.0.clone()], &scratch[b.0.clone()]));
+        } else {
+            // Between the quotes: a closing quote must not sort against a content byte (`!`).
+            let text = |key: &std::ops::Range<usize>| &scratch[key.start + 1..key.end - 1];
+            self.entries.sort_by(|a, b| text(&a.0).cmp(text(&b.0)));
+        }
         self.out.push(b'{');
         let mut first = true;
         for (i, (key, value)) in self.entries.iter().enumerate() {
@@ -353,6 +368,7 @@ impl ser::SerializeMap for Object<'_> {
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Error> {
         let start = self.scratch.len();
         key.serialize(Key { out: &mut self.scratch })?;
+        self.note_key(start..self.scratch.len());
         self.pending_key = Some(start..self.scratch.len());
         Ok(())
     }
@@ -663,6 +679,13 @@ mod tests {
         assert_eq!(text, String::from_utf8(via_value(&expected)).expect("utf-8"));
         assert!(text.contains(r#""raw":{"a":null,"b":[1,{"c":3,"d":2}]}"#), "{text}");
         assert!(is_canonical(&bytes));
+    }
+
+    #[test]
+    fn a_key_sorts_before_its_extensions_whatever_follows() {
+        let map: HashMap<String, u8> =
+            [("a", 1), ("a!", 2), ("a ", 3), ("ab", 4)].into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        assert_eq!(to_canonical_bytes(&map).expect("serializes"), br#"{"a":1,"a ":3,"a!":2,"ab":4}"#);
     }
 
     #[test]
