@@ -404,7 +404,12 @@ impl BlobStore for DirStore {
             return Ok(digest);
         }
         let slot = self.blob_slot(&digest);
-        if !self.exists(&slot) {
+        // A small blob this process writes behind goes to a pack: looking for a file of its own
+        // (one a write in place or another process left) costs a path and a failed `stat` per
+        // new blob, to save at most a duplicate pack record.
+        let packable = self.behind.is_some() && bytes.len() <= crate::pack::PACKED_BYTES_MAX;
+        let present = self.pending(&slot).is_some() || self.packs.contains(&slot.key);
+        if !present && (packable || !slot.path().exists()) {
             self.write(&slot, bytes)?;
         }
         self.remember(digest);

@@ -22,7 +22,11 @@ pub fn new_run_id() -> RunId {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         bytes.copy_from_slice(&Digest::of(&now.as_nanos().to_le_bytes()).as_bytes()[..16]);
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut id = String::with_capacity(2 * bytes.len());
+    for byte in bytes {
+        let _ = std::fmt::Write::write_fmt(&mut id, format_args!("{byte:02x}"));
+    }
+    id
 }
 
 /// What an idempotency key must name the same of: the tool and the input's digest (both are in
