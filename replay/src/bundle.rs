@@ -11,7 +11,7 @@
 
 use crate::Digest;
 use crate::canonical::{is_canonical, to_canonical_bytes};
-use crate::sign::{BundleSignature, HostKey, PublicKey, SignatureError};
+use crate::sign::{BundleSignature, HostKey, Inclusion, PublicKey, SignatureError};
 use crate::store::{BlobStore, StoreError};
 use crate::tape::{Effect, Tape, TapeError};
 use crate::tree::{TreeError, TreeLimits, walk_blobs};
@@ -355,6 +355,9 @@ pub struct Bundle {
     pub manifest: Manifest,
     /// Who signed it.
     pub signer: PublicKey,
+    /// Its place in the batch of bundles signed together; `None` when it was signed alone in the
+    /// form before batching.
+    pub inclusion: Option<Inclusion>,
     /// What was asked.
     pub action: Action,
     /// What the guest observed.
@@ -451,6 +454,7 @@ impl Bundle {
         let signature: BundleSignature =
             serde_json::from_slice(signature_bytes).map_err(|e| SignatureError::Malformed(e.to_string()))?;
         let signer = signature.verify(&id, required_key)?;
+        let inclusion = signature.batch;
 
         let listed: BTreeSet<Digest> = manifest.blobs.iter().map(|b| b.digest).collect();
         if listed.len() != manifest.blobs.len() || !manifest.blobs.windows(2).all(|w| w[0].digest < w[1].digest) {
@@ -474,7 +478,7 @@ impl Bundle {
                 found_events: tape.events().len() as u64,
             });
         }
-        let bundle = Self { id, manifest, signer, action, tape, result, exec };
+        let bundle = Self { id, manifest, signer, inclusion, action, tape, result, exec };
         bundle.check_references(store, &listed)?;
         Ok(bundle)
     }
