@@ -59,8 +59,23 @@ pub struct BatchSigner {
 
 struct Shared {
     queue: Mutex<Queue>,
-    /// Signalled when an id queues, a signature ends with ids queued, or the signer is dropped.
+    /// Signalled when the thread has something to do: an id queued, a signature ended with ids
+    /// queued, a batch filled while it lingers, the signer dropped.
     ready: Condvar,
+    limits: SignBatchLimits,
+}
+
+/// What the signer's thread is asleep for, so that a submission wakes it only when that
+/// changes: once per batch, not once per run.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Asleep {
+    /// Awake (or already woken).
+    #[default]
+    No,
+    /// For an id to queue, or the signature in progress to end.
+    ForWork,
+    /// For the batch to fill, during `wait_us`.
+    ForFullBatch,
 }
 
 /// At most one submission per run being sealed: bounded by how many runs the host runs at once.
@@ -69,9 +84,25 @@ struct Queue {
     pending: Vec<Submission>,
     /// A signature is being computed, by a run or by the thread.
     signing: bool,
-    /// The thread is waiting on `ready`: only then is it worth a wake-up.
-    sleeping: bool,
+    /// What the thread waits on `ready` for.
+    asleep: Asleep,
+    /// The signer was dropped, or its thread ended: nothing more will be signed.
     closed: bool,
+}
+
+impl Queue {
+    /// Wake the thread if it sleeps for what is now there (under the lock).
+    fn wake_if_due(&mut self, shared: &Shared) {
+        let due = match self.asleep {
+            Asleep::No => false,
+            Asleep::ForWork => !self.signing && !self.pending.is_empty(),
+            Asleep::ForFullBatch => self.pending.len() >= shared.limits.leaves_max,
+        };
+        if due {
+            self.asleep = Asleep::No;
+            shared.ready.notify_one();
+        }
+    }
 }
 
 struct Submission {
@@ -93,11 +124,9 @@ impl BatchSigner {
             leaves_max: limits.leaves_max.max(1),
             wait_us: limits.wait_us.min(SIGN_BATCH_WAIT_US_MAX),
         };
-        let shared = Arc::new(Shared { queue: Mutex::new(Queue::default()), ready: Condvar::new() });
+        let shared = Arc::new(Shared { queue: Mutex::new(Queue::default()), ready: Condvar::new(), limits });
         let (thread_shared, thread_key) = (shared.clone(), key.clone());
-        std::thread::Builder::new()
-            .name("guild-signer".into())
-            .spawn(move || serve(&thread_shared, &thread_key, limits))?;
+        std::thread::Builder::new().name("guild-signer".into()).spawn(move || serve(&thread_shared, &thread_key))?;
         Ok(Self { key, shared })
     }
 
@@ -109,15 +138,16 @@ impl BatchSigner {
     pub async fn sign(&self, id: Digest) -> Result<BundleSignature, SignerStopped> {
         let reply = {
             let mut queue = lock(&self.shared.queue);
+            if queue.closed {
+                return Err(SignerStopped(id));
+            }
             if !queue.signing && queue.pending.is_empty() {
                 queue.signing = true;
                 None
             } else {
                 let (reply, answer) = oneshot::channel();
                 queue.pending.push(Submission { id, reply });
-                if queue.sleeping {
-                    self.shared.ready.notify_one();
-                }
+                queue.wake_if_due(&self.shared);
                 Some(answer)
             }
         };
@@ -125,9 +155,7 @@ impl BatchSigner {
             let signature = self.key.sign(&id);
             let mut queue = lock(&self.shared.queue);
             queue.signing = false;
-            if !queue.pending.is_empty() && queue.sleeping {
-                self.shared.ready.notify_one();
-            }
+            queue.wake_if_due(&self.shared);
             return Ok(signature);
         };
         answer.await.map_err(|_| SignerStopped(id))
@@ -141,8 +169,24 @@ impl Drop for BatchSigner {
     }
 }
 
+/// Closes the queue when the signer's thread ends, however it ends: a run waiting, or one that
+/// comes later, is told the signer stopped instead of waiting for ever.
+struct Closing<'a>(&'a Shared);
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        let mut queue = lock(&self.0.queue);
+        queue.closed = true;
+        queue.signing = false;
+        // Dropping their reply channels tells the waiting runs.
+        queue.pending.clear();
+    }
+}
+
 /// The signer's thread: sign each batch that queued, one signature each, until dropped.
-fn serve(shared: &Shared, key: &HostKey, limits: SignBatchLimits) {
+fn serve(shared: &Shared, key: &HostKey) {
+    let _closing = Closing(shared);
+    let limits = shared.limits;
     loop {
         let batch = {
             let mut queue = lock(&shared.queue);
@@ -150,17 +194,17 @@ fn serve(shared: &Shared, key: &HostKey, limits: SignBatchLimits) {
                 if queue.closed && queue.pending.is_empty() {
                     return;
                 }
-                queue.sleeping = true;
+                queue.asleep = Asleep::ForWork;
                 queue = shared.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
-                queue.sleeping = false;
+                queue.asleep = Asleep::No;
             }
-            if limits.wait_us > 0 && queue.pending.len() < limits.leaves_max && !queue.closed {
+            if limits.wait_us > 0 {
                 let deadline = Instant::now() + Duration::from_micros(limits.wait_us);
                 while queue.pending.len() < limits.leaves_max && !queue.closed {
                     let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
-                    queue.sleeping = true;
+                    queue.asleep = Asleep::ForFullBatch;
                     queue = shared.ready.wait_timeout(queue, left).unwrap_or_else(|p| p.into_inner()).0;
-                    queue.sleeping = false;
+                    queue.asleep = Asleep::No;
                 }
             }
             queue.signing = true;
@@ -231,6 +275,54 @@ mod tests {
         for (id, signature) in ids.iter().zip(&signatures) {
             assert_eq!(signature.verify(id, Some(&key.public())), Ok(key.public()));
         }
+    }
+
+    #[test]
+    fn a_signer_whose_thread_ended_says_so_instead_of_waiting() {
+        let key = Arc::new(HostKey::generate().expect("key"));
+        let signer = BatchSigner::start(key, SignBatchLimits::default()).expect("signer");
+        lock(&signer.shared.queue).closed = true;
+        signer.shared.ready.notify_one();
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("tokio");
+        let err = rt.block_on(signer.sign(Digest::of(b"late"))).expect_err("stopped");
+        assert!(err.to_string().contains("signer stopped"), "{err}");
+    }
+
+    #[test]
+    fn a_batch_waits_up_to_wait_us_to_fill_and_no_longer() {
+        let key = Arc::new(HostKey::generate().expect("key"));
+        let limits = SignBatchLimits { leaves_max: 4, wait_us: SIGN_BATCH_WAIT_US_MAX };
+        let signer = Arc::new(BatchSigner::start(key.clone(), limits).expect("signer"));
+        lock(&signer.shared.queue).signing = true;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");
+        let started = Instant::now();
+        let signatures = rt.block_on(async {
+            let ids: Vec<Digest> = (0..3u8).map(|i| Digest::of(&[i])).collect();
+            let waiting: Vec<_> = ids
+                .iter()
+                .map(|id| {
+                    let (signer, id) = (signer.clone(), *id);
+                    tokio::spawn(async move { signer.sign(id).await })
+                })
+                .collect();
+            while lock(&signer.shared.queue).pending.len() < 3 {
+                tokio::task::yield_now().await;
+            }
+            {
+                let mut queue = lock(&signer.shared.queue);
+                queue.signing = false;
+                queue.wake_if_due(&signer.shared);
+            }
+            let mut signatures = Vec::new();
+            for task in waiting {
+                signatures.push(task.await.expect("task").expect("signed"));
+            }
+            signatures
+        });
+        // Three of at most four queued: the thread waited for a fourth, then signed the three.
+        assert!(started.elapsed() >= Duration::from_micros(SIGN_BATCH_WAIT_US_MAX), "{:?}", started.elapsed());
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(signatures.iter().all(|s| s.batch.as_ref().expect("batch").tree_size == 3));
     }
 
     #[test]
