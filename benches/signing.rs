@@ -6,11 +6,14 @@
 //! batches (`RecordingConfig::batched`, as a daemon does), the two interleaved level by level;
 //! for each, the process's CPU time (user + system, every thread: the runtime's workers, the
 //! store's writer, the signer) per sealed bundle, the calls per second, and the bundles per
-//! signature. CPU time is read from
+//! signature. Then the signature alone, without runs: ids signed one by one by several threads,
+//! with the key per id or through one batch signer. CPU time is read from
 //! `/proc/self/stat` (clock ticks of 10 ms), so each level runs long enough for that to be fine.
 
-use guild_replay::{BundleSignature, DirStore, HostKey};
-use guild_runtime::{Grants, Limits, Outcome, RecordingConfig, Runtime, RuntimeConfig, SignBatchLimits, Tool};
+use guild_replay::{BundleSignature, Digest, DirStore, HostKey};
+use guild_runtime::{
+    BatchSigner, Grants, Limits, Outcome, RecordingConfig, Runtime, RuntimeConfig, SignBatchLimits, Tool,
+};
 use guild_test_artifacts::ECHO;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,21 +100,91 @@ async fn measure(host: &Host, concurrency: usize) -> (Duration, f64, f64) {
     (cpu_used.div_f64(calls), calls / wall.as_secs_f64(), calls / signatures.len() as f64)
 }
 
+/// Rounds of each row, interleaved; the median is printed.
+const ROUNDS: usize = 3;
+
 async fn bench() {
     let home = tempfile::tempdir().expect("tempdir");
     let alone = host(&home.path().join("alone"), false).await;
     let batched = host(&home.path().join("batched"), true).await;
     println!(
-        "| recorded warm calls of echo, {CALLS} per row | CPU per sealed bundle | calls/s | bundles per signature |"
+        "| recorded warm calls of echo, {CALLS} per row, median of {ROUNDS} | CPU per sealed bundle | calls/s | bundles per signature |"
     );
     println!("|---|---|---|---|");
     for concurrency in LEVELS {
-        for (name, host) in [("signed alone", &alone), ("signed in batches", &batched)] {
-            let (cpu, rate, per_signature) = measure(host, concurrency).await;
+        let mut rows: [Vec<(Duration, f64, f64)>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..ROUNDS {
+            rows[0].push(measure(&alone, concurrency).await);
+            rows[1].push(measure(&batched, concurrency).await);
+        }
+        for (name, mut samples) in ["signed alone", "signed in batches"].into_iter().zip(rows) {
+            samples.sort_by_key(|s| s.0);
+            let cpu = samples[ROUNDS / 2].0;
+            let mut rates: Vec<f64> = samples.iter().map(|s| s.1).collect();
+            rates.sort_by(f64::total_cmp);
+            let per_signature = samples.iter().map(|s| s.2).sum::<f64>() / ROUNDS as f64;
             println!(
-                "| concurrency {concurrency}, {name} | {:.1} µs | {rate:.0} | {per_signature:.1} |",
-                cpu.as_secs_f64() * 1e6
+                "| concurrency {concurrency}, {name} | {:.1} µs | {:.0} | {per_signature:.2} |",
+                cpu.as_secs_f64() * 1e6,
+                rates[ROUNDS / 2]
             );
         }
+    }
+    signer_alone();
+}
+
+/// The signature alone, without runs: `threads` OS threads (each standing for a core sealing
+/// bundles) each sign `IDS` ids one after another, with the key per id or through one shared
+/// [`BatchSigner`].
+fn signer_alone() {
+    const IDS: usize = 20_000;
+    println!();
+    println!("| {IDS} ids from each thread, signature only | CPU per id | ids per signature |");
+    println!("|---|---|---|");
+    let key = Arc::new(HostKey::generate().expect("key"));
+    for threads in [1, 2, 8, 32] {
+        let ids = IDS * threads;
+        let before = cpu();
+        std::thread::scope(|scope| {
+            for t in 0..threads {
+                let key = key.clone();
+                scope.spawn(move || {
+                    for i in 0..IDS {
+                        std::hint::black_box(key.sign(&Digest::of(format!("{t}/{i}").as_bytes())));
+                    }
+                });
+            }
+        });
+        let per_id = (cpu() - before).div_f64(ids as f64);
+        println!("| {threads} threads, each id signed alone | {:.1} µs | 1.00 |", per_id.as_secs_f64() * 1e6);
+
+        let signer = BatchSigner::start(key.clone(), SignBatchLimits::default()).expect("signer");
+        let before = cpu();
+        let signatures: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let signer = &signer;
+                    scope.spawn(move || {
+                        let rt = tokio::runtime::Builder::new_current_thread().build().expect("tokio");
+                        (0..IDS)
+                            .map(|i| {
+                                let id = Digest::of(format!("{t}/{i}").as_bytes());
+                                rt.block_on(signer.sign(id)).expect("signed").signature
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().expect("thread")).collect()
+        });
+        let per_id = (cpu() - before).div_f64(ids as f64);
+        let mut distinct = signatures;
+        distinct.sort_unstable();
+        distinct.dedup();
+        println!(
+            "| {threads} threads, through the batch signer | {:.1} µs | {:.2} |",
+            per_id.as_secs_f64() * 1e6,
+            ids as f64 / distinct.len() as f64
+        );
     }
 }
