@@ -2,8 +2,9 @@
 //!
 //! Measured: recorded warm calls of `echo` into a write-behind store (as a daemon records), run
 //! by `concurrency` tasks at once on a multi-threaded runtime with two workers, each bundle
-//! signed alone (`RecordingConfig::new`, as every bundle was before batching) and signed in
-//! batches (`RecordingConfig::batched`, as a daemon does), the two interleaved level by level;
+//! signed alone (`RecordingConfig::new`, as every bundle was before batching), signed in
+//! batches (`RecordingConfig::batched`, as a daemon does), and in batches that wait up to a
+//! millisecond to fill, interleaved level by level;
 //! for each, the process's CPU time (user + system, every thread: the runtime's workers, the
 //! store's writer, the signer) per sealed bundle, the calls per second, and the bundles per
 //! signature. Then the signature alone, without runs: ids signed one by one by several threads,
@@ -44,13 +45,16 @@ struct Host {
     echo: Arc<Tool>,
 }
 
-async fn host(dir: &std::path::Path, batched: bool) -> Host {
+/// A host whose bundles are signed alone (`None`) or in batches that wait up to `Some(wait_us)`.
+async fn host(dir: &std::path::Path, batched: Option<u64>) -> Host {
     let store = Arc::new(DirStore::open_write_behind(dir, guild_replay::PENDING_BYTES_MAX_DEFAULT).expect("store"));
     let key = Arc::new(HostKey::generate().expect("key"));
-    let recording = if batched {
-        RecordingConfig::batched(store.clone(), key, SignBatchLimits::default()).expect("signer")
-    } else {
-        RecordingConfig::new(store.clone(), key)
+    let recording = match batched {
+        Some(wait_us) => {
+            let limits = SignBatchLimits { wait_us, ..SignBatchLimits::default() };
+            RecordingConfig::batched(store.clone(), key, limits).expect("signer")
+        }
+        None => RecordingConfig::new(store.clone(), key),
     };
     let runtime = Arc::new(
         Runtime::new(RuntimeConfig { recording: Some(recording), ..RuntimeConfig::default() }).expect("runtime"),
@@ -105,19 +109,23 @@ const ROUNDS: usize = 3;
 
 async fn bench() {
     let home = tempfile::tempdir().expect("tempdir");
-    let alone = host(&home.path().join("alone"), false).await;
-    let batched = host(&home.path().join("batched"), true).await;
+    let hosts = [
+        ("signed alone", host(&home.path().join("alone"), None).await),
+        ("signed in batches", host(&home.path().join("batched"), Some(0)).await),
+        ("signed in batches, wait_us 1000", host(&home.path().join("lingering"), Some(1000)).await),
+    ];
     println!(
         "| recorded warm calls of echo, {CALLS} per row, median of {ROUNDS} | CPU per sealed bundle | calls/s | bundles per signature |"
     );
     println!("|---|---|---|---|");
     for concurrency in LEVELS {
-        let mut rows: [Vec<(Duration, f64, f64)>; 2] = [Vec::new(), Vec::new()];
+        let mut rows: Vec<Vec<(Duration, f64, f64)>> = vec![Vec::new(); hosts.len()];
         for _ in 0..ROUNDS {
-            rows[0].push(measure(&alone, concurrency).await);
-            rows[1].push(measure(&batched, concurrency).await);
+            for ((_, host), samples) in hosts.iter().zip(&mut rows) {
+                samples.push(measure(host, concurrency).await);
+            }
         }
-        for (name, mut samples) in ["signed alone", "signed in batches"].into_iter().zip(rows) {
+        for ((name, _), mut samples) in hosts.iter().zip(rows) {
             samples.sort_by_key(|s| s.0);
             let cpu = samples[ROUNDS / 2].0;
             let mut rates: Vec<f64> = samples.iter().map(|s| s.1).collect();
