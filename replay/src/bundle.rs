@@ -1,5 +1,6 @@
 //! Bundles: the signed record of one run. The manifest names every part by digest and size; its
-//! own blake3 is the bundle id; the signature covers the id. Parts are blobs in a
+//! own blake3 is the bundle id; the signature covers the id (alone, or through the Merkle root
+//! of a batch of ids signed together, see [`crate::sign`]). Parts are blobs in a
 //! [`BlobStore`], so a component run a thousand times is stored once.
 //!
 //! - `action.json` — what was asked (component, tool, input, policy, limits, engine, and the
@@ -10,7 +11,7 @@
 
 use crate::Digest;
 use crate::canonical::{is_canonical, to_canonical_bytes};
-use crate::sign::{BundleSignature, HostKey, PublicKey, SignatureError};
+use crate::sign::{BundleSignature, HostKey, Inclusion, PublicKey, SignatureError};
 use crate::store::{BlobStore, StoreError};
 use crate::tape::{Effect, Tape, TapeError};
 use crate::tree::{TreeError, TreeLimits, walk_blobs};
@@ -201,24 +202,38 @@ impl<'a> BundleWriter<'a> {
         Ok(())
     }
 
-    /// Write the documents, build the manifest and sign it.
+    /// Write the documents, build the manifest and sign it alone (a batch of one).
     ///
     /// # Errors
     /// [`StoreError::Io`] when the store cannot write one of the four documents.
     pub fn seal(
-        mut self,
+        self,
         action: &Action,
         tape: &Tape,
         result: &RunResult,
         exec: &serde_json::Value,
         key: &HostKey,
     ) -> Result<Sealed, StoreError> {
+        let unsigned = self.finish(action, tape, result, exec)?;
+        let signature = key.sign(&unsigned.id);
+        Ok(unsigned.sign(&signature))
+    }
+
+    /// Write the documents and build the manifest, whose id is then signed (alone or in a
+    /// batch, [`HostKey::sign_batch`]) and given to [`Unsigned::sign`].
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] when the store cannot write one of the four documents.
+    pub fn finish(
+        mut self,
+        action: &Action,
+        tape: &Tape,
+        result: &RunResult,
+        exec: &serde_json::Value,
+    ) -> Result<Unsigned, StoreError> {
         let put = |bytes: Vec<u8>| -> Result<BlobRef, StoreError> {
             Ok(BlobRef { digest: self.store.put(&bytes)?, size_bytes: bytes.len() as u64 })
         };
-        // Serializing these plain documents cannot fail (no maps with non-string keys); an empty
-        // document stored in their place would be signed and then never verify.
-        const PLAIN: &str = "a bundle document is plain data";
         let action = put(to_canonical_bytes(action).expect(PLAIN))?;
         let result_ref = put(to_canonical_bytes(result).expect(PLAIN))?;
         let exec = put(to_canonical_bytes(exec).expect(PLAIN))?;
@@ -240,10 +255,33 @@ impl<'a> BundleWriter<'a> {
         };
         let manifest = to_canonical_bytes(&manifest).expect(PLAIN);
         let id = Digest::of(&manifest);
-        let signature = to_canonical_bytes(&key.sign(&id)).expect(PLAIN);
         let blob_bytes: u64 = self.blobs.values().sum();
-        let size_bytes = blob_bytes + manifest.len() as u64 + signature.len() as u64;
-        Ok(Sealed { id, manifest, signature, size_bytes })
+        Ok(Unsigned { id, manifest, blob_bytes })
+    }
+}
+
+// Serializing these plain documents cannot fail (no maps with non-string keys); an empty
+// document stored in their place would be signed and then never verify.
+const PLAIN: &str = "a bundle document is plain data";
+
+/// A bundle whose parts are written and whose manifest, and so id, is fixed: only its signature
+/// is missing.
+#[derive(Debug, Clone)]
+pub struct Unsigned {
+    /// blake3 of `manifest`: what the signature covers.
+    pub id: Digest,
+    /// Canonical manifest bytes.
+    pub manifest: Vec<u8>,
+    /// Bytes of the blobs the manifest lists besides its four documents.
+    blob_bytes: u64,
+}
+
+impl Unsigned {
+    /// The sealed bundle, with `signature` (made over [`Unsigned::id`]) as its signature entry.
+    pub fn sign(self, signature: &BundleSignature) -> Sealed {
+        let signature = to_canonical_bytes(signature).expect(PLAIN);
+        let size_bytes = self.blob_bytes + self.manifest.len() as u64 + signature.len() as u64;
+        Sealed { id: self.id, manifest: self.manifest, signature, size_bytes }
     }
 }
 
@@ -317,6 +355,9 @@ pub struct Bundle {
     pub manifest: Manifest,
     /// Who signed it.
     pub signer: PublicKey,
+    /// Its place in the batch of bundles signed together; `None` when it was signed alone in the
+    /// form before batching.
+    pub inclusion: Option<Inclusion>,
     /// What was asked.
     pub action: Action,
     /// What the guest observed.
@@ -413,6 +454,7 @@ impl Bundle {
         let signature: BundleSignature =
             serde_json::from_slice(signature_bytes).map_err(|e| SignatureError::Malformed(e.to_string()))?;
         let signer = signature.verify(&id, required_key)?;
+        let inclusion = signature.batch;
 
         let listed: BTreeSet<Digest> = manifest.blobs.iter().map(|b| b.digest).collect();
         if listed.len() != manifest.blobs.len() || !manifest.blobs.windows(2).all(|w| w[0].digest < w[1].digest) {
@@ -436,7 +478,7 @@ impl Bundle {
                 found_events: tape.events().len() as u64,
             });
         }
-        let bundle = Self { id, manifest, signer, action, tape, result, exec };
+        let bundle = Self { id, manifest, signer, inclusion, action, tape, result, exec };
         bundle.check_references(store, &listed)?;
         Ok(bundle)
     }

@@ -3,7 +3,8 @@
 //!
 //! It owns content addressing ([`Digest`], [`BlobStore`], [`DirStore`]), Merkle trees of
 //! directories ([`tree`]), the hash-chained [`Tape`] of effects, the bundle format and its
-//! verification ([`Bundle`], [`BundleWriter`]), ed25519 signing ([`HostKey`]), and the
+//! verification ([`Bundle`], [`BundleWriter`]), ed25519 signing of bundles one by one or in
+//! batches through a Merkle tree ([`HostKey`], [`merkle`]), and the
 //! normalised `.tar.zst` archive ([`archive`]).
 
 pub mod archive;
@@ -13,6 +14,7 @@ pub mod canonical;
 mod digest;
 mod file;
 mod hex;
+pub mod merkle;
 mod pack;
 mod sign;
 mod store;
@@ -22,10 +24,10 @@ pub mod tree;
 pub use behind::PENDING_BYTES_MAX_DEFAULT;
 pub use bundle::{
     Action, BlobRef, Bundle, BundleWriter, FORMAT, Manifest, OutputTree, Principal, RunResult, Sealed, ToolRef,
-    VerifyError,
+    Unsigned, VerifyError,
 };
 pub use digest::{Digest, DigestParseError};
-pub use sign::{ALGORITHM, BundleSignature, HostKey, KeyError, PublicKey, SignatureError};
+pub use sign::{ALGORITHM, BundleSignature, HostKey, Inclusion, KeyError, PublicKey, SIGNATURE_FORMAT, SignatureError};
 pub use store::{BLOB_BYTES_MAX, BlobStore, DirStore, MemoryStore, StoreError};
 pub use tape::{
     Effect, Event, HttpRequestRecord, HttpResponseRecord, TAPE_EVENTS_MAX, Tape, TapeError, TensorRecord, genesis,

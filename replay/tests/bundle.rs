@@ -5,7 +5,7 @@ use guild_replay::archive::{self, ArchiveError, ArchiveLimits};
 use guild_replay::tree::{self, TreeLimits};
 use guild_replay::{
     Action, BlobStore, Bundle, BundleWriter, DirStore, Effect, FORMAT, HostKey, RunResult, Sealed, Tape, ToolRef,
-    VerifyError,
+    Unsigned, VerifyError,
 };
 use std::io::{Read, Write};
 
@@ -234,6 +234,105 @@ fn a_consistent_forgery_fails_the_signature() {
     let err = Bundle::open(&scene.store, &forged.manifest, &forged.signature, Some(&scene.key.public()))
         .expect_err("wrong key");
     assert!(err.to_string().contains("not by the required key"), "{err}");
+}
+
+/// Seal `count` variants of the scene's bundle (another exec each, named by `batch` and a
+/// number) in one batch: one signature.
+fn seal_batch(scene: &Scene, batch: &str, count: usize) -> Vec<Sealed> {
+    let bundle = open(scene).expect("verifies");
+    let unsigned: Vec<Unsigned> = (0..count)
+        .map(|i| {
+            let mut writer = BundleWriter::new(&scene.store);
+            for blob in &bundle.manifest.blobs {
+                writer.add_stored(blob).expect("stored");
+            }
+            let exec = serde_json::json!({"host": "test", "batch": batch, "run": i});
+            writer.finish(&bundle.action, &bundle.tape, &bundle.result, &exec).expect("finish")
+        })
+        .collect();
+    let ids: Vec<_> = unsigned.iter().map(|u| u.id).collect();
+    unsigned.into_iter().zip(scene.key.sign_batch(&ids)).map(|(u, s)| u.sign(&s)).collect()
+}
+
+#[test]
+fn each_bundle_of_a_batch_verifies_alone_from_its_archive_and_no_other_signature_fits() {
+    let scene = scene();
+    let batch = seal_batch(&scene, "first", 5);
+    let archives: Vec<Vec<u8>> = batch
+        .iter()
+        .map(|sealed| {
+            let mut out = Vec::new();
+            archive::export(&scene.store, &sealed.manifest, &sealed.signature, &mut out).expect("export");
+            out
+        })
+        .collect();
+    for (sealed, packed) in batch.iter().zip(&archives) {
+        assert_eq!(open_archive(packed).expect("verifies alone").id, sealed.id);
+    }
+    let text = String::from_utf8(batch[1].signature.clone()).expect("utf-8");
+    assert!(text.contains(r#""leaf_index":1,"#) && text.contains(r#""tree_size":5"#), "{text}");
+
+    // Another bundle's signature document, from the same batch or from another one.
+    let signature_of = |sealed: &Sealed| {
+        let signature = sealed.signature.clone();
+        move |name: &str, bytes: &mut Vec<u8>| {
+            if name == "signature" {
+                bytes.clone_from(&signature)
+            }
+        }
+    };
+    let swapped = open_archive(&rewrite(&archives[1], signature_of(&batch[2]))).expect_err("swapped in the batch");
+    assert!(swapped.contains("batch signature does not verify") && swapped.contains("as leaf 2 of 5"), "{swapped}");
+    let other_batch = seal_batch(&scene, "second", 3);
+    let moved = open_archive(&rewrite(&archives[1], signature_of(&other_batch[1]))).expect_err("another batch");
+    assert!(moved.contains("as leaf 1 of 3"), "{moved}");
+
+    // The document's batch edited in place.
+    let edit_signature = |from: &'static str, to: &'static str| {
+        move |name: &str, bytes: &mut Vec<u8>| {
+            if name == "signature" {
+                let text = String::from_utf8_lossy(bytes).into_owned();
+                assert!(text.contains(from), "{text} has no {from}");
+                *bytes = text.replacen(from, to, 1).into_bytes();
+            }
+        }
+    };
+    let cases: [(&str, &str, &str); 3] = [
+        (r#""leaf_index":1"#, r#""leaf_index":0"#, "as leaf 0 of 5"),
+        (r#""leaf_index":1"#, r#""leaf_index":5"#, "cannot place a bundle at leaf 5 of 5"),
+        (r#""tree_size":5"#, r#""tree_size":6"#, "as leaf 1 of 6"),
+    ];
+    for (from, to, expected) in cases {
+        let err = open_archive(&rewrite(&archives[1], edit_signature(from, to))).expect_err(to);
+        assert!(err.contains(expected), "{from} -> {to}: {err}");
+    }
+    let flip_path = |name: &str, bytes: &mut Vec<u8>| {
+        if name == "signature" {
+            let at = String::from_utf8_lossy(bytes).find(r#""path":[""#).expect("a path") + 9;
+            bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
+        }
+    };
+    let err = open_archive(&rewrite(&archives[1], flip_path)).expect_err("a path node");
+    assert!(err.contains("batch signature does not verify"), "{err}");
+}
+
+#[test]
+fn a_bundle_signed_alone_in_the_form_before_batching_still_verifies() {
+    let scene = scene();
+    let single = scene.key.sign_single(&scene.sealed.id);
+    assert!(single.format.is_none() && single.batch.is_none());
+    let signature = guild_replay::canonical::to_canonical_bytes(&single).expect("json");
+    assert!(!String::from_utf8_lossy(&signature).contains("format"));
+    let bundle = Bundle::open(&scene.store, &scene.sealed.manifest, &signature, Some(&scene.key.public()))
+        .expect("the single form verifies");
+    assert_eq!(bundle.id, scene.sealed.id);
+    let mut out = Vec::new();
+    archive::export(&scene.store, &scene.sealed.manifest, &signature, &mut out).expect("export");
+    assert_eq!(open_archive(&out).expect("from its archive").id, scene.sealed.id);
+    let other = scene.key.sign_single(&guild_replay::Digest::of(b"another bundle"));
+    let other = guild_replay::canonical::to_canonical_bytes(&other).expect("json");
+    let err = Bundle::open(&scene.store, &scene.sealed.manifest, &other, None).expect_err("another id's");
+    assert!(matches!(err, VerifyError::Signature(guild_replay::SignatureError::Invalid { .. })), "{err}");
 }
 
 #[test]

@@ -235,3 +235,39 @@ async fn a_bundle_from_another_engine_is_refused_unless_allowed() {
     assert!(allowed.mismatch.is_none(), "{allowed:?}");
     assert!(allowed.notes[0].contains("engine mismatch allowed"));
 }
+
+#[test]
+fn bundles_are_signed_as_a_batch_and_those_signed_alone_before_batching_still_verify_and_replay() {
+    let guild = Guild::new();
+    let auditor = Guild::new();
+    let files = tempfile::tempdir().expect("tempdir");
+    let id = bundle_id(&guild.run_tool(ECHO, r#"{"message":"signed before batching"}"#, &[]));
+    let store = DirStore::open(guild.home().join("store")).expect("store");
+    let digest = store.resolve(&id).expect("id");
+    let (manifest, signature) = store.get_bundle(&digest).expect("bundle");
+    // A lone `guild run` signs its bundle as a batch of one.
+    let written: guild_replay::BundleSignature = serde_json::from_slice(&signature).expect("a signature document");
+    assert_eq!(written.format.as_deref(), Some(guild_replay::SIGNATURE_FORMAT));
+    let batch = written.batch.expect("its place in the batch");
+    assert_eq!((batch.tree_size, batch.leaf_index, batch.path.len()), (1, 0, 0));
+
+    // The same bundle as a host wrote it before batching: a signature over the id alone.
+    let key = HostKey::load_or_create(&guild.home().join("keys/host.key")).expect("key");
+    let single = guild_replay::canonical::to_canonical_bytes(&key.sign_single(&digest)).expect("json");
+    store.put_bundle(&digest, &manifest, &single).expect("put");
+    let public = guild.run(&["key", "show"]).stdout.trim().to_string();
+    guild.run(&["bundle", "verify", &id, "--key", &public]).expect_code(0);
+    assert!(guild.run(&["replay", &id]).expect_code(0).stdout.contains("replay identical"));
+    let file = export(&guild, &id, files.path());
+    let path = file.to_str().expect("utf-8");
+    auditor.run(&["bundle", "verify", path, "--key", &public]).expect_code(0);
+    assert!(auditor.run(&["replay", path, "--key", &public]).expect_code(0).stdout.contains("replay identical"));
+
+    // Its single signature given a batch it never had: refused as a bad signature.
+    let mut posing: serde_json::Value = serde_json::from_slice(&single).expect("json");
+    posing["format"] = guild_replay::SIGNATURE_FORMAT.into();
+    posing["batch"] = serde_json::json!({"leaf_index": 0, "path": [], "tree_size": 1});
+    store.put_bundle(&digest, &manifest, &serde_json::to_vec(&posing).expect("json")).expect("put");
+    guild.run(&["bundle", "verify", &id]).expect_code(11).expect_stderr("batch signature does not verify");
+    guild.run(&["replay", &id]).expect_code(11);
+}

@@ -137,7 +137,15 @@ pub(crate) fn inspect(global: &Global, args: BundleArgs) -> Result<Exit, Failure
     let result = &bundle.result;
     let get_text = |digest| store.get(digest).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
     crate::out!("bundle    {}", bundle.id);
-    crate::out!("signer    {} (ed25519, signature valid)", bundle.signer);
+    match &bundle.inclusion {
+        Some(batch) => crate::out!(
+            "signer    {} (ed25519, signature valid: bundle {} of {} signed together)",
+            bundle.signer,
+            batch.leaf_index + 1,
+            batch.tree_size
+        ),
+        None => crate::out!("signer    {} (ed25519, signature valid: signed alone, before batching)", bundle.signer),
+    }
     crate::out!(
         "tool      {} {} · component {} ({})",
         action.tool.name,

@@ -7,7 +7,7 @@ use crate::exit::{Exit, Failure};
 use crate::run_cmd::{home_dir, host_key};
 use guild_audit as audit;
 use guild_replay::{Digest, DirStore, PENDING_BYTES_MAX_DEFAULT};
-use guild_runtime::{EngineSettings, Grants, Limits, RecordingConfig, Runtime, RuntimeConfig};
+use guild_runtime::{EngineSettings, Grants, Limits, RecordingConfig, Runtime, RuntimeConfig, SignBatchLimits};
 use guild_server::DaemonSetup;
 use guild_server::config::{DaemonConfig, LogFormat};
 use guild_server::registry::{ToolSource, ToolSpec};
@@ -87,10 +87,13 @@ pub(crate) fn open_runtime(
         DirStore::open_write_behind(&store_dir, PENDING_BYTES_MAX_DEFAULT)
             .map_err(|e| Failure::host(format!("cannot open the bundle store {}: {e}", store_dir.display())))?,
     );
+    // Runs at once share one signer: bundles sealed together share one signature.
+    let recording = RecordingConfig::batched(store.clone(), Arc::new(host_key(global)?), SignBatchLimits::default())
+        .map_err(|e| Failure::host(format!("cannot start the bundle signer: {e}")))?;
     let runtime_config = RuntimeConfig {
         cache_dir: Some(home.join("cache")),
         engine: EngineSettings::default(),
-        recording: Some(RecordingConfig::new(store.clone(), Arc::new(host_key(global)?))),
+        recording: Some(recording),
         http_connections_max: config.egress_connections_max,
         gpu: guild_runtime::GpuConfig { mode: global.gpu, ..guild_runtime::GpuConfig::default() },
         ..RuntimeConfig::default()

@@ -30,6 +30,7 @@ mod record;
 mod recording;
 mod replaying;
 mod run;
+mod signer;
 mod state;
 
 pub use cache::CacheSource;
@@ -62,4 +63,8 @@ pub use replaying::{DivergenceClass, Mismatch, REPLAY_BACKSTOP_MS_DEFAULT, Repla
 pub use run::{
     DESCRIBE_FUEL_UNITS, DESCRIBE_TIMEOUT_MS, FUEL_YIELD_INTERVAL_UNITS, RunReport, Runtime, RuntimeConfig,
     TOOLS_LOADED_MAX_DEFAULT, Tool,
+};
+pub use signer::{
+    BatchSigner, SIGN_BATCH_LEAVES_MAX_DEFAULT, SIGN_BATCH_WAIT_US_DEFAULT, SIGN_BATCH_WAIT_US_MAX, SignBatchLimits,
+    SignerStopped,
 };

@@ -1,15 +1,17 @@
 //! Turning a run into a bundle: the prelude every tape starts with (the random seed, then each
 //! mount's Merkle tree), and sealing action, tape, result and exec into a signed bundle in the
-//! store.
+//! store (signed alone, or in a batch with other runs' bundles through the host's
+//! [`BatchSigner`]).
 
 use crate::error::RunError;
 use crate::record::Recorder;
 use crate::run::types::{Execution, Tool};
+use crate::signer::{BatchSigner, SignBatchLimits};
 use crate::{LimitHit, Limits};
 use guild_replay::tree::{self, FileDigestCache, TreeError, TreeLimits};
 use guild_replay::{
-    Action, BlobRef, BlobStore, BundleWriter, Digest, DirStore, Effect, FORMAT, HostKey, OutputTree, RunResult, Sealed,
-    ToolRef,
+    Action, BlobRef, BlobStore, BundleSignature, BundleWriter, Digest, DirStore, Effect, FORMAT, HostKey, OutputTree,
+    RunResult, Sealed, ToolRef, Unsigned,
 };
 use guild_vocab::Access;
 use guild_vocab::EffectivePolicy;
@@ -29,12 +31,57 @@ pub struct RecordingConfig {
     pub tree_limits: TreeLimits,
     /// Digests of files already stored, so an unchanged mount is not hashed again each run.
     pub file_digests: Arc<FileDigestCache>,
+    /// Signs the bundles of runs sealed at about the same moment together, with `key`; `None`:
+    /// each bundle is signed alone, as a batch of one, in its own run.
+    pub signer: Option<Arc<BatchSigner>>,
 }
 
 impl RecordingConfig {
-    /// Record into `store`, signing with `key`, with default tree limits.
+    /// Record into `store`, signing each bundle alone with `key`, with default tree limits: for a
+    /// host that makes one run at a time (`guild run`).
     pub fn new(store: Arc<DirStore>, key: Arc<HostKey>) -> Self {
-        Self { store, key, tree_limits: TreeLimits::default(), file_digests: Arc::new(FileDigestCache::default()) }
+        Self {
+            store,
+            key,
+            tree_limits: TreeLimits::default(),
+            file_digests: Arc::new(FileDigestCache::default()),
+            signer: None,
+        }
+    }
+
+    /// Record into `store` as [`RecordingConfig::new`], signing bundles sealed at about the same
+    /// moment together, within `limits`, through a signer its clones share: for a host that makes
+    /// runs at once (a daemon, a worker).
+    ///
+    /// # Errors
+    /// The operating system's error when the signer's thread cannot be started.
+    pub fn batched(store: Arc<DirStore>, key: Arc<HostKey>, limits: SignBatchLimits) -> std::io::Result<Self> {
+        let signer = Arc::new(BatchSigner::start(key.clone(), limits)?);
+        Ok(Self { signer: Some(signer), ..Self::new(store, key) })
+    }
+
+    /// The signature document for bundle `id`: from the shared signer when there is one, else
+    /// signed alone at once.
+    ///
+    /// # Errors
+    /// [`RunError::Record`] when the signer has stopped.
+    pub(crate) async fn sign(&self, id: Digest) -> Result<BundleSignature, RunError> {
+        match &self.signer {
+            Some(signer) => signer.sign(id).await.map_err(|e| RunError::Record(e.to_string())),
+            None => Ok(self.key.sign(&id)),
+        }
+    }
+
+    /// Give the bundle `unsigned` its `signature` and record it in the store.
+    ///
+    /// # Errors
+    /// [`RunError::Record`] when the store cannot write it.
+    pub(crate) fn store_signed(&self, unsigned: Unsigned, signature: &BundleSignature) -> Result<Sealed, RunError> {
+        let sealed = unsigned.sign(signature);
+        self.store
+            .put_bundle(&sealed.id, &sealed.manifest, &sealed.signature)
+            .map_err(|e| RunError::Record(e.to_string()))?;
+        Ok(sealed)
     }
 }
 
@@ -136,9 +183,10 @@ fn hostname() -> &'static str {
 }
 
 impl RecordingConfig {
-    /// Seal a finished run into a signed bundle in the store; returns its id.
+    /// Write a finished run's parts into the store and build its manifest: a bundle that then
+    /// needs only its signature ([`RecordingConfig::sign`], [`RecordingConfig::store_signed`]).
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn seal(
+    pub(crate) fn seal_unsigned(
         &self,
         fingerprint: &EngineFingerprint,
         tool: &Tool,
@@ -148,7 +196,7 @@ impl RecordingConfig {
         execution: &Execution,
         recorder: &Recorder,
         principal: Option<&guild_replay::Principal>,
-    ) -> Result<(Sealed, Option<LimitHit>), RunError> {
+    ) -> Result<(Unsigned, Option<LimitHit>), RunError> {
         let store_error = |e: guild_replay::StoreError| RunError::Record(e.to_string());
         let store: &dyn BlobStore = self.store.as_ref();
         let tree_limits = sealed_tree_limits(self.tree_limits, limits);
@@ -204,8 +252,7 @@ impl RecordingConfig {
             "memory_bytes_peak": execution.memory_bytes_peak,
             "log_lines": execution.logs.len(),
         });
-        let sealed = writer.seal(&action, &tape, &result, &exec, &self.key).map_err(store_error)?;
-        self.store.put_bundle(&sealed.id, &sealed.manifest, &sealed.signature).map_err(store_error)?;
-        Ok((sealed, overflow))
+        let unsigned = writer.finish(&action, &tape, &result, &exec).map_err(store_error)?;
+        Ok((unsigned, overflow))
     }
 }

@@ -265,9 +265,21 @@ impl Runtime {
         let (bundle, bundle_bytes) = match (&self.recording, &recorder) {
             (Some(recording), Some(recorder)) => {
                 let writable = policy.mounts.iter().any(|m| m.access == crate::Access::ReadWrite);
-                let (sealed, overflow) = off_the_async_workers(writable, || {
-                    recording.seal(&self.fingerprint, tool, input, &policy, limits, &execution, recorder, principal)
+                let (unsigned, overflow) = off_the_async_workers(writable, || {
+                    recording.seal_unsigned(
+                        &self.fingerprint,
+                        tool,
+                        input,
+                        &policy,
+                        limits,
+                        &execution,
+                        recorder,
+                        principal,
+                    )
                 })?;
+                // Awaited, not blocked on: the signer may be signing this id with others'.
+                let signature = recording.sign(unsigned.id).await?;
+                let sealed = off_the_async_workers(writable, || recording.store_signed(unsigned, &signature))?;
                 if let Some(hit) = overflow {
                     execution.outcome = Outcome::Limit(hit);
                 }
