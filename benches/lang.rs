@@ -74,7 +74,8 @@ fn main() {
             ("—".to_string(), "—".to_string())
         };
         let (p50, p99, fuel, memory) = rt.block_on(warm_calls(case, &component, &grants, calls, cache_dir.as_deref()));
-        let process = if processes { millis(process_per_call(case, &component, data.path())) } else { "—".to_string() };
+        let process =
+            if processes { millis(process_per_call(case, &component, data.path())) } else { "—".to_string() };
         println!(
             "| {} | {:.1} MiB | {} | {} | {} / {} | {} | {:.1} MiB | {} |",
             case.label,
