@@ -6,6 +6,13 @@
 //! default 3, 0 to skip); load from the disk cache (deserialize + link + `describe`); a warm call (fresh
 //! pooled store + instantiate + call + drop, unrecorded; p50 and p99 of `GUILD_BENCH_LANG_CALLS`,
 //! default 300) with its fuel and memory; and one recorded `guild run` process per call.
+//!
+//! `GUILD_BENCH_CACHE_DIR` names a compiled-artifact cache for the warm calls, so that repeated
+//! runs skip the 20–35 s compile of each interpreter component; `GUILD_BENCH_PROCESS=0` skips the
+//! `guild run` processes (each compiles the component once into its own fresh home);
+//! `GUILD_BENCH_LANG_ONLY=python` measures only the rows whose label contains that word;
+//! `GUILD_BENCH_LANG_DIR` reads the components (same file names) from a copy, which a build in
+//! another work tree sharing the target directory cannot rewrite in the middle of a measurement.
 
 use guild_runtime::{Access, Grants, Limits, Mount, Outcome, Runtime, RuntimeConfig, Tool};
 use guild_test_artifacts::{MARKDOWN_LINKS, SUMMARIZE_CSV, WC};
@@ -29,6 +36,10 @@ fn main() {
     // 0 skips the compile measurements (minutes for the interpreter components).
     let cold_runs: usize = env_number("GUILD_BENCH_COLD", 3);
     let calls: usize = env_number("GUILD_BENCH_LANG_CALLS", 300).max(10);
+    let processes = env_number("GUILD_BENCH_PROCESS", 1) != 0;
+    let cache_dir = std::env::var_os("GUILD_BENCH_CACHE_DIR").map(std::path::PathBuf::from);
+    let only = std::env::var("GUILD_BENCH_LANG_ONLY").unwrap_or_default().to_lowercase();
+    let components = std::env::var_os("GUILD_BENCH_LANG_DIR").map(std::path::PathBuf::from);
     let data = tempfile::tempdir().expect("tempdir");
     std::fs::write(data.path().join("people.csv"), "name,age,city\nann,31,Oslo\nbob,45,Lima\ncid,,Oslo\n")
         .expect("write");
@@ -50,16 +61,21 @@ fn main() {
         "| tool | component | cold compile | load from disk cache | warm call p50 / p99 | fuel per call | memory | `guild run` process |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for case in &CASES {
-        let bytes = std::fs::read(case.component).expect("component built by guild-test-artifacts");
+    for case in CASES.iter().filter(|c| c.label.to_lowercase().contains(&only)) {
+        let component = match &components {
+            Some(dir) => dir.join(Path::new(case.component).file_name().expect("a file")),
+            None => case.component.into(),
+        };
+        let bytes = std::fs::read(&component).expect("component built by guild-test-artifacts");
         let (cold, disk) = if cold_runs > 0 {
             let (cold, disk) = rt.block_on(load_times(&bytes, cold_runs));
             (millis(cold), millis(disk))
         } else {
             ("—".to_string(), "—".to_string())
         };
-        let (p50, p99, fuel, memory) = rt.block_on(warm_calls(case, &grants, calls));
-        let process = process_per_call(case, data.path());
+        let (p50, p99, fuel, memory) = rt.block_on(warm_calls(case, &component, &grants, calls, cache_dir.as_deref()));
+        let process =
+            if processes { millis(process_per_call(case, &component, data.path())) } else { "—".to_string() };
         println!(
             "| {} | {:.1} MiB | {} | {} | {} / {} | {} | {:.1} MiB | {} |",
             case.label,
@@ -70,7 +86,7 @@ fn main() {
             micros(p99),
             fuel,
             memory as f64 / 1048576.0,
-            millis(process),
+            process,
         );
     }
 }
@@ -109,9 +125,15 @@ async fn call(runtime: &Runtime, tool: &Tool, case: &Case, grants: &Grants) -> g
 }
 
 /// p50 and p99 of warm calls, and the fuel and peak memory of one.
-async fn warm_calls(case: &Case, grants: &Grants, calls: usize) -> (Duration, Duration, u64, u64) {
-    let runtime = runtime(None);
-    let tool = runtime.load_file(case.component.as_ref()).await.expect("load").0;
+async fn warm_calls(
+    case: &Case,
+    component: &Path,
+    grants: &Grants,
+    calls: usize,
+    cache_dir: Option<&Path>,
+) -> (Duration, Duration, u64, u64) {
+    let runtime = runtime(cache_dir);
+    let tool = runtime.load_file(component).await.expect("load").0;
     for _ in 0..calls / 10 {
         call(&runtime, &tool, case, grants).await;
     }
@@ -129,12 +151,14 @@ async fn warm_calls(case: &Case, grants: &Grants, calls: usize) -> (Duration, Du
 }
 
 /// Mean wall time of one recorded `guild run` process, compiled code from the disk cache.
-fn process_per_call(case: &Case, data: &Path) -> Duration {
+fn process_per_call(case: &Case, component: &Path, data: &Path) -> Duration {
     let home = tempfile::tempdir().expect("tempdir");
     let mount = format!("{}::/data:ro", data.display());
     let run = || {
         let status = std::process::Command::new(env!("CARGO_BIN_EXE_guild"))
-            .args(["run", case.component, "--input", case.input, "--dir", &mount])
+            .arg("run")
+            .arg(component)
+            .args(["--input", case.input, "--dir", &mount])
             .env("GUILD_HOME", home.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -197,3 +197,37 @@ fn javascript_runs_replay_identically_including_a_fuel_stop() {
     let starved = guild.run_tool(MARKDOWN_LINKS, "{}", &["--dir", &dir, "--fuel", "3000000"]);
     replays_identically(&guild, starved.expect_code(3));
 }
+
+/// Every call gets a fresh instance, interpreter state included: both tools count the calls
+/// their instance has served in a module-level variable and log it, and two calls of one loaded
+/// tool on one runtime (its pooled slots reused) each see the count start over.
+#[tokio::test]
+async fn interpreter_globals_do_not_survive_into_the_next_call() {
+    use guild_runtime::{Access, Grants, Limits, Mount, Outcome, Runtime, RuntimeConfig};
+    let data = tree(&[("people.csv", PEOPLE_CSV), ("notes.md", "See [the guide](guide.md).\n")]);
+    let grants = Grants {
+        mounts: vec![Mount {
+            host_path: data.path().to_path_buf(),
+            guest_path: "/data".into(),
+            access: Access::ReadOnly,
+        }],
+        ..Grants::default()
+    };
+    let cases = [(SUMMARIZE_CSV, r#"{"path":"/data/people.csv"}"#), (MARKDOWN_LINKS, r#"{"path":"/data/notes.md"}"#)];
+    // Compiled once by the CLI into the shared home; the same engine settings find it there.
+    let config = RuntimeConfig { cache_dir: Some(shared_home().join("cache")), ..RuntimeConfig::default() };
+    let runtime = Runtime::new(config).expect("runtime");
+    for (component, input) in cases {
+        guild_with(component);
+        let (tool, _) = runtime.load_file(component.as_ref()).await.expect("load");
+        for call in 1..=3 {
+            let report = runtime.run(&tool, input, &grants, &Limits::default()).await.expect("run");
+            assert!(matches!(report.outcome, Outcome::Output { .. }), "{component} call {call}: {:?}", report.outcome);
+            let logged: Vec<&str> = report.logs.iter().map(|line| line.message.as_str()).collect();
+            assert!(
+                logged.iter().any(|m| m.ends_with("(call 1 of this instance)")),
+                "{component} call {call} saw state left by an earlier call: {logged:?}"
+            );
+        }
+    }
+}

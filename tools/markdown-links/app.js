@@ -13,6 +13,10 @@ const FILE_BYTES_MAX = 8 * 1024 * 1024;
 const LINKS_MAX = 100000;
 const READ_CHUNK_BYTES = 64 * 1024;
 
+// Calls this instance has served, in the log line. Guild gives every call a fresh instance, so
+// it always reads 1: a test holds the host to that.
+let calls = 0;
+
 const INPUT_SCHEMA = {
   $schema: 'https://json-schema.org/draft/2020-12/schema',
   title: 'Input',
@@ -236,6 +240,7 @@ function parseInput(text) {
 }
 
 function run(text) {
+  calls += 1;
   const { path, external } = parseInput(text);
   const files = markdownFiles(path);
   const links = [];
@@ -251,7 +256,7 @@ function run(text) {
     }
   }
   const broken = links.filter((link) => link.broken).length;
-  log('info', `markdown-links ${path}: ${files.length} files, ${links.length} links, ${broken} broken`);
+  log('info', `markdown-links ${path}: ${files.length} files, ${links.length} links, ${broken} broken (call ${calls} of this instance)`);
   return JSON.stringify({ files: files.length, links, broken });
 }
 

@@ -15,6 +15,10 @@ ROWS_MAX = 1_000_000
 COLUMNS_MAX = 1_000
 TOP_VALUES = 5
 
+# Calls this instance has served, in the log line. Guild gives every call a fresh instance, so
+# it always reads 1: a test holds the host to that.
+calls = 0
+
 INPUT_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "Input",
@@ -170,6 +174,8 @@ class Tool(exports.Tool):
         )
 
     def run(self, input):
+        global calls
+        calls += 1
         path, delimiter, header = parse_input(input)
         rows = read_rows(path, delimiter)
         if header:
@@ -186,5 +192,8 @@ class Tool(exports.Tool):
         for i, name in enumerate(names):
             values = [row[i] if i < len(row) else "" for row in rows]
             columns.append(summarize_column(name, values))
-        log.log(log.Level.INFO, f"summarized {path}: {len(rows)} rows, {len(columns)} columns")
+        log.log(
+            log.Level.INFO,
+            f"summarized {path}: {len(rows)} rows, {len(columns)} columns (call {calls} of this instance)",
+        )
         return json.dumps({"path": path, "rows": len(rows), "columns": columns})
