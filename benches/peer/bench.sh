@@ -13,6 +13,8 @@
 #   WASMTIME=PATH           the wasmtime to compare with (default target/peer/bin/wasmtime)
 #   GUILD_BENCH_INSTALL_PEER=1  install wasmtime-cli 48.0.8 (Guild's wasmtime) into target/peer
 #                           first when it is missing (~40 min of compiling on 2 cores; kept)
+#   WASMTIME_SERVE_FLAGS=.. more flags for `wasmtime serve` (default none, as a new user runs it;
+#                           e.g. "-O pooling-allocator=y" for its pooling allocator, as Guild uses)
 #   GUILD_BIN=PATH          benchmark that guild binary instead of building this checkout's
 #   GUILD_BENCH_TMP=DIR     where the daemon's home goes (default: mktemp's, usually on disk)
 set -euo pipefail
@@ -75,7 +77,9 @@ guild_addr=$(sed -n 's/.*listening on http:\/\/\([0-9.:]*\).*/\1/p' "$work/serve
 
 if [ -n "$wasmtime" ]; then
     peer_addr=127.0.0.1:$(free_port)
-    "$wasmtime" serve --addr "$peer_addr" "$http_wasm" > "$work/peer.log" 2>&1 &
+    # -S cli: the component was built with std, which imports wasi:cli (environment, stdio).
+    # shellcheck disable=SC2086 # the flags are words
+    "$wasmtime" serve -S cli=y ${WASMTIME_SERVE_FLAGS:-} --addr "$peer_addr" "$http_wasm" > "$work/peer.log" 2>&1 &
     peer_pid=$!
     pids+=($peer_pid)
     for _ in $(seq 100); do curl -fsS -d "$body" "http://$peer_addr/" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -149,7 +153,9 @@ for line in open(results):
 med = {n: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for n, rs in rows.items()}
 print("\n| server (median of rounds) | req/s | p50 ms | p99 ms | server CPU per request | errors |")
 print("|---|---|---|---|---|---|")
-labels = {"guild": "guild serve, echo tool, recorded + audited", "wasmtime": "wasmtime serve, http-echo",
+import os
+labels = {"guild": "guild serve, echo tool, recorded + audited",
+          "wasmtime": ("wasmtime serve " + os.environ.get("WASMTIME_SERVE_FLAGS", "")).strip() + ", http-echo",
           "healthz": "guild serve, GET /healthz (no run)"}
 for n in ("guild", "wasmtime", "healthz"):
     if n in med:

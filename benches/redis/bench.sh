@@ -8,6 +8,7 @@
 #   3. sync: wrk POSTing runs to `guild serve --redis` that wait for their results, with 1 and
 #      2 workers.
 # Usage: bash benches/redis/bench.sh [JOBS] [SECONDS] [CONCURRENCY_PER_WORKER]
+# GUILD_BIN=PATH benchmarks that binary instead of building this checkout's.
 # GUILD_BENCH_FSYNC=always measures Redis fsyncing its append-only file before every reply
 # (default everysec).
 set -euo pipefail
@@ -18,8 +19,12 @@ per_worker=${3:-4}
 for tool in redis-server redis-benchmark redis-cli wrk; do
     command -v $tool >/dev/null || { echo "bench: $tool not found (bash scripts/setup.sh; apt-get install wrk)" >&2; exit 1; }
 done
-cargo build --release --bin guild >/dev/null 2>&1
-guild=$PWD/target/release/guild
+if [ -n "${GUILD_BIN:-}" ]; then
+    guild=$GUILD_BIN
+else
+    cargo build --release --bin guild >/dev/null 2>&1
+    guild=$PWD/target/release/guild
+fi
 work=$(mktemp -d ${GUILD_BENCH_TMP:+-p "$GUILD_BENCH_TMP"})
 pids=()
 cleanup() {
