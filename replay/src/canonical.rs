@@ -161,6 +161,24 @@ fn unescaped_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     unescape(a).cmp(&unescape(b))
 }
 
+/// Scalars are written by serde_json itself, so they are exactly its compact form.
+macro_rules! scalar_methods {
+    ($($method:ident : $type:ty),*) => {$(
+        fn $method(self, v: $type) -> Result<(), Error> {
+            scalar(self.out, &v)
+        }
+    )*};
+}
+
+/// Integer keys become their decimal text, as serde_json writes them.
+macro_rules! integer_key_methods {
+    ($($method:ident : $type:ty),*) => {$(
+        fn $method(self, v: $type) -> Result<(), Error> {
+            self.text(&v.to_string())
+        }
+    )*};
+}
+
 impl<'a> ser::Serializer for Canonical<'a> {
     type Ok = ();
     type Error = Error;
@@ -172,48 +190,22 @@ impl<'a> ser::Serializer for Canonical<'a> {
     type SerializeStruct = Object<'a>;
     type SerializeStructVariant = Object<'a>;
 
-    fn serialize_bool(self, v: bool) -> Result<(), Error> {
-        scalar(self.out, &v)
-    }
-    fn serialize_i8(self, v: i8) -> Result<(), Error> {
-        scalar(self.out, &v)
-    }
-    fn serialize_i16(self, v: i16) -> Result<(), Error> {
-        scalar(self.out, &v)
-    }
-    fn serialize_i32(self, v: i32) -> Result<(), Error> {
-        scalar(self.out, &v)
-    }
-    fn serialize_i64(self, v: i64) -> Result<(), Error> {
-        scalar(self.out, &v)
-    }
-    fn serialize_i128(self, v: i128) -> Result<(), Error> {
-        scalar(self.out, &v)
-    }
-    fn serialize_u8(self, v: u8) -> Result<(), Error> {
-        scalar(self.out, &v)
-    }
-    fn serialize_u16(self, v: u16) -> Result<(), Error> {
-        scalar(self.out, &v)
-    }
-    fn serialize_u32(self, v: u32) -> Result<(), Error> {
-        scalar(self.out, &v)
-    }
-    fn serialize_u64(self, v: u64) -> Result<(), Error> {
-        scalar(self.out, &v)
-    }
-    fn serialize_u128(self, v: u128) -> Result<(), Error> {
-        scalar(self.out, &v)
-    }
-    fn serialize_f32(self, v: f32) -> Result<(), Error> {
-        scalar(self.out, &v)
-    }
-    fn serialize_f64(self, v: f64) -> Result<(), Error> {
-        scalar(self.out, &v)
-    }
-    fn serialize_char(self, v: char) -> Result<(), Error> {
-        scalar(self.out, &v)
-    }
+    scalar_methods!(
+        serialize_bool: bool,
+        serialize_i8: i8,
+        serialize_i16: i16,
+        serialize_i32: i32,
+        serialize_i64: i64,
+        serialize_i128: i128,
+        serialize_u8: u8,
+        serialize_u16: u16,
+        serialize_u32: u32,
+        serialize_u64: u64,
+        serialize_u128: u128,
+        serialize_f32: f32,
+        serialize_f64: f64,
+        serialize_char: char
+    );
     fn serialize_str(self, v: &str) -> Result<(), Error> {
         scalar(self.out, v)
     }
@@ -318,49 +310,28 @@ impl Array<'_> {
     }
 }
 
-impl ser::SerializeSeq for Array<'_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Error> {
-        self.close()
-    }
+/// The four array-shaped serializers of serde, all writing elements the same way.
+macro_rules! array_serializer {
+    ($($trait:ident :: $method:ident),*) => {$(
+        impl ser::$trait for Array<'_> {
+            type Ok = ();
+            type Error = Error;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+                self.element(value)
+            }
+            fn end(self) -> Result<(), Error> {
+                self.close()
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for Array<'_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Error> {
-        self.close()
-    }
-}
-
-impl ser::SerializeTupleStruct for Array<'_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Error> {
-        self.close()
-    }
-}
-
-impl ser::SerializeTupleVariant for Array<'_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Error> {
-        self.close()
-    }
-}
+array_serializer!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
 
 impl ser::SerializeMap for Object<'_> {
     type Ok = ();
@@ -400,8 +371,7 @@ impl ser::SerializeStructVariant for Object<'_> {
     type Ok = ();
     type Error = Error;
     fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), Error> {
-        let key = self.push_key(key)?;
-        self.push_value(key, value)
+        ser::SerializeStruct::serialize_field(self, key, value)
     }
     fn end(self) -> Result<(), Error> {
         self.finish()
@@ -438,36 +408,18 @@ impl ser::Serializer for Key<'_> {
     fn serialize_bool(self, v: bool) -> Result<(), Error> {
         self.text(if v { "true" } else { "false" })
     }
-    fn serialize_i8(self, v: i8) -> Result<(), Error> {
-        self.text(&v.to_string())
-    }
-    fn serialize_i16(self, v: i16) -> Result<(), Error> {
-        self.text(&v.to_string())
-    }
-    fn serialize_i32(self, v: i32) -> Result<(), Error> {
-        self.text(&v.to_string())
-    }
-    fn serialize_i64(self, v: i64) -> Result<(), Error> {
-        self.text(&v.to_string())
-    }
-    fn serialize_i128(self, v: i128) -> Result<(), Error> {
-        self.text(&v.to_string())
-    }
-    fn serialize_u8(self, v: u8) -> Result<(), Error> {
-        self.text(&v.to_string())
-    }
-    fn serialize_u16(self, v: u16) -> Result<(), Error> {
-        self.text(&v.to_string())
-    }
-    fn serialize_u32(self, v: u32) -> Result<(), Error> {
-        self.text(&v.to_string())
-    }
-    fn serialize_u64(self, v: u64) -> Result<(), Error> {
-        self.text(&v.to_string())
-    }
-    fn serialize_u128(self, v: u128) -> Result<(), Error> {
-        self.text(&v.to_string())
-    }
+    integer_key_methods!(
+        serialize_i8: i8,
+        serialize_i16: i16,
+        serialize_i32: i32,
+        serialize_i64: i64,
+        serialize_i128: i128,
+        serialize_u8: u8,
+        serialize_u16: u16,
+        serialize_u32: u32,
+        serialize_u64: u64,
+        serialize_u128: u128
+    );
     fn serialize_f32(self, _v: f32) -> Result<(), Error> {
         Err(key_must_be_a_string())
     }
