@@ -451,8 +451,7 @@ impl Bundle {
             return Err(VerifyError::Manifest(format!("format {:?}, expected {FORMAT:?}", manifest.format)));
         }
         let id = Digest::of(manifest_bytes);
-        let signature: BundleSignature =
-            serde_json::from_slice(signature_bytes).map_err(|e| SignatureError::Malformed(e.to_string()))?;
+        let signature = signature_document(signature_bytes)?;
         let signer = signature.verify(&id, required_key)?;
         let inclusion = signature.batch;
 
@@ -542,6 +541,31 @@ fn fetch(store: &dyn BlobStore, blob: &BlobRef) -> Result<Vec<u8>, VerifyError> 
         return Err(VerifyError::Size { digest: blob.digest, expected: blob.size_bytes, found: bytes.len() as u64 });
     }
     Ok(bytes)
+}
+
+/// A signature document, bounded before it is parsed and held to its one encoding (canonical
+/// JSON, lowercase hex, no explicit nulls), so one signature has one byte string wherever it is
+/// stored, archived or compared.
+fn signature_document(bytes: &[u8]) -> Result<BundleSignature, SignatureError> {
+    if bytes.len() > crate::SIGNATURE_DOCUMENT_BYTES_MAX {
+        return Err(SignatureError::Malformed(format!(
+            "{} bytes, more than a signature document's {} (SIGNATURE_DOCUMENT_BYTES_MAX)",
+            bytes.len(),
+            crate::SIGNATURE_DOCUMENT_BYTES_MAX
+        )));
+    }
+    let signature: BundleSignature =
+        serde_json::from_slice(bytes).map_err(|e| SignatureError::Malformed(e.to_string()))?;
+    let lowercase_hex = |text: &str| text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !lowercase_hex(&signature.public_key)
+        || !lowercase_hex(&signature.signature)
+        || to_canonical_bytes(&signature).ok().as_deref() != Some(bytes)
+    {
+        return Err(SignatureError::Malformed(
+            "not in its one encoding (canonical JSON, lowercase hex, no nulls)".into(),
+        ));
+    }
+    Ok(signature)
 }
 
 fn document<T: DeserializeOwned>(store: &dyn BlobStore, blob: &BlobRef, name: &'static str) -> Result<T, VerifyError> {

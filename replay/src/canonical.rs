@@ -196,16 +196,28 @@ impl<'a> ser::Serializer for Canonical<'a> {
         serialize_i16: i16,
         serialize_i32: i32,
         serialize_i64: i64,
-        serialize_i128: i128,
         serialize_u8: u8,
         serialize_u16: u16,
         serialize_u32: u32,
         serialize_u64: u64,
-        serialize_u128: u128,
-        serialize_f32: f32,
         serialize_f64: f64,
         serialize_char: char
     );
+    // As a JSON value holds them: an f32 widened to f64, 128-bit integers only within 64 bits
+    // (a larger one would not read back as the same number, so it could never verify).
+    fn serialize_f32(self, v: f32) -> Result<(), Error> {
+        scalar(self.out, &f64::from(v))
+    }
+    fn serialize_i128(self, v: i128) -> Result<(), Error> {
+        match (i64::try_from(v), u64::try_from(v)) {
+            (Ok(v), _) => scalar(self.out, &v),
+            (_, Ok(v)) => scalar(self.out, &v),
+            _ => Err(error("number out of range")),
+        }
+    }
+    fn serialize_u128(self, v: u128) -> Result<(), Error> {
+        u64::try_from(v).map_err(|_| error("number out of range")).and_then(|v| scalar(self.out, &v))
+    }
     fn serialize_str(self, v: &str) -> Result<(), Error> {
         scalar(self.out, v)
     }
@@ -390,6 +402,15 @@ impl Key<'_> {
     }
 }
 
+/// Write a finite float key as the JSON string of its serde_json text.
+fn float_key<T: Serialize>(out: &mut Vec<u8>, finite: bool, v: &T) -> Result<(), Error> {
+    if !finite {
+        return Err(error("float key must be finite (got NaN or +/-inf)"));
+    }
+    let text = serde_json::to_string(v)?;
+    scalar(out, &text)
+}
+
 fn key_must_be_a_string() -> Error {
     error("key must be a string")
 }
@@ -420,11 +441,12 @@ impl ser::Serializer for Key<'_> {
         serialize_u64: u64,
         serialize_u128: u128
     );
-    fn serialize_f32(self, _v: f32) -> Result<(), Error> {
-        Err(key_must_be_a_string())
+    // Finite floats become their shortest decimal text, as serde_json writes such keys.
+    fn serialize_f32(self, v: f32) -> Result<(), Error> {
+        float_key(self.out, v.is_finite(), &v)
     }
-    fn serialize_f64(self, _v: f64) -> Result<(), Error> {
-        Err(key_must_be_a_string())
+    fn serialize_f64(self, v: f64) -> Result<(), Error> {
+        float_key(self.out, v.is_finite(), &v)
     }
     fn serialize_char(self, v: char) -> Result<(), Error> {
         self.text(v.encode_utf8(&mut [0; 4]))
@@ -650,6 +672,39 @@ mod tests {
         assert_eq!(to_canonical_bytes(&map).expect("serializes"), via_value(&map));
         let value = serde_json::to_value(&map).expect("value");
         assert_eq!(to_canonical_bytes(&value).expect("serializes"), via_value(&map));
+    }
+
+    #[derive(Serialize)]
+    struct Numbers {
+        narrow: f32,
+        wide: f64,
+        small_i128: i128,
+        unsigned_i128: i128,
+        small_u128: u128,
+    }
+
+    #[test]
+    fn numbers_are_written_as_a_json_value_holds_them() {
+        let numbers =
+            Numbers { narrow: 0.1, wide: 15.5, small_i128: -5, unsigned_i128: i128::from(u64::MAX), small_u128: 7 };
+        let bytes = to_canonical_bytes(&numbers).expect("serializes");
+        assert_eq!(bytes, via_value(&numbers));
+        assert!(String::from_utf8(bytes).expect("utf-8").contains("0.10000000149011612"), "f32 widened as before");
+        // Out of 64-bit range: refused as before, not written as a number that reads back as
+        // another.
+        assert!(to_canonical_bytes(&u128::MAX).is_err() && serde_json::to_value(u128::MAX).is_err());
+        assert!(to_canonical_bytes(&i128::MIN).is_err() && serde_json::to_value(i128::MIN).is_err());
+        // Float keys: finite ones as their text, as a JSON value writes them.
+        #[derive(Serialize)]
+        struct FloatKeys(#[serde(serialize_with = "float_map")] ());
+        fn float_map<S: ser::Serializer>(_: &(), serializer: S) -> Result<S::Ok, S::Error> {
+            use ser::SerializeMap;
+            let mut map = serializer.serialize_map(Some(2))?;
+            map.serialize_entry(&1.5f64, &1)?;
+            map.serialize_entry(&0.25f32, &2)?;
+            map.end()
+        }
+        assert_eq!(to_canonical_bytes(&FloatKeys(())).expect("serializes"), via_value(&FloatKeys(())));
     }
 
     #[test]

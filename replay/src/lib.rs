@@ -27,7 +27,10 @@ pub use bundle::{
     Unsigned, VerifyError,
 };
 pub use digest::{Digest, DigestParseError};
-pub use sign::{ALGORITHM, BundleSignature, HostKey, Inclusion, KeyError, PublicKey, SIGNATURE_FORMAT, SignatureError};
+pub use sign::{
+    ALGORITHM, BundleSignature, HostKey, Inclusion, KeyError, PublicKey, SIGNATURE_DOCUMENT_BYTES_MAX,
+    SIGNATURE_FORMAT, SignatureError,
+};
 pub use store::{BLOB_BYTES_MAX, BlobStore, DirStore, MemoryStore, StoreError};
 pub use tape::{
     Effect, Event, HttpRequestRecord, HttpResponseRecord, TAPE_EVENTS_MAX, Tape, TapeError, TensorRecord, genesis,

@@ -27,6 +27,11 @@ const BATCH_CONTEXT: &[u8] = b"guild-bundle-batch-v2\0";
 /// The `format` of a batched signature document; a document without `format` is the single form.
 pub const SIGNATURE_FORMAT: &str = "guild-signature/2";
 
+/// The most bytes a signature document may have: the batched form with the longest inclusion
+/// path ([`crate::merkle::INCLUSION_PATH_LEN_MAX`] digests of 66 characters each) is under 5 KiB.
+/// A larger one is refused before it is parsed.
+pub const SIGNATURE_DOCUMENT_BYTES_MAX: usize = 8 * 1024;
+
 /// The only algorithm bundles use.
 pub const ALGORITHM: &str = "ed25519";
 

@@ -460,3 +460,35 @@ fn mutated_archives_never_crash_the_reader() {
     // that reaches content must not verify.
     assert!(accepted < 1000, "{accepted} of 2000 mutations accepted");
 }
+
+#[test]
+fn a_signature_document_has_one_encoding_and_a_size_bound() {
+    let scene = scene();
+    let open_with = |signature: &[u8]| Bundle::open(&scene.store, &scene.sealed.manifest, signature, None);
+    open_with(&scene.sealed.signature).expect("as written");
+    let text = String::from_utf8(scene.sealed.signature.clone()).expect("utf-8");
+    let malformed = |signature: &[u8]| match open_with(signature) {
+        Err(VerifyError::Signature(guild_replay::SignatureError::Malformed(why))) => why,
+        other => panic!("expected a malformed signature, got {:?}", other.map(|b| b.id)),
+    };
+    // The same signature, re-encoded: each would verify by value, none is its one encoding.
+    let value: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let upper = text.replace(
+        &value["signature"].as_str().expect("hex").to_string(),
+        &value["signature"].as_str().expect("hex").to_uppercase(),
+    );
+    assert!(malformed(upper.as_bytes()).contains("one encoding"));
+    let pretty = serde_json::to_vec_pretty(&value).expect("json");
+    assert!(malformed(&pretty).contains("one encoding"));
+    let escaped = text.replace("guild-signature/2", "guild-signature\\u002f2");
+    assert_ne!(escaped, text);
+    assert!(malformed(escaped.as_bytes()).contains("one encoding"));
+    let single = guild_replay::canonical::to_canonical_bytes(&scene.key.sign_single(&scene.sealed.id)).expect("json");
+    open_with(&single).expect("the single form as written");
+    let nulls = String::from_utf8(single).expect("utf-8").replacen('{', r#"{"batch":null,"format":null,"#, 1);
+    assert!(malformed(nulls.as_bytes()).contains("one encoding"));
+    // Past the bound it is refused before it is parsed (a long path would otherwise be read whole).
+    let mut huge = text.into_bytes();
+    huge.extend(std::iter::repeat_n(b' ', guild_replay::SIGNATURE_DOCUMENT_BYTES_MAX));
+    assert!(malformed(&huge).contains("SIGNATURE_DOCUMENT_BYTES_MAX"));
+}

@@ -102,8 +102,9 @@ pub struct AuditRecord {
 
 impl AuditRecord {
     pub(crate) fn compute_hash(&self) -> Digest {
-        let unhashed =
-            Unhashed { seq: self.seq, time_unix_ms: self.time_unix_ms, prev: &self.prev, entry: &self.entry };
+        // Destructured, so that a field added to the record cannot be left out of its hash.
+        let AuditRecord { seq, time_unix_ms, prev, entry, hash: _ } = self;
+        let unhashed = Unhashed { seq: *seq, time_unix_ms: *time_unix_ms, prev, entry };
         // A record is plain data: hashing the empty bytes in its place would chain a lie.
         Digest::of(&to_canonical_bytes(&unhashed).expect("an audit record is plain data"))
     }
