@@ -86,17 +86,3 @@ impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
         Ok(UniqueKeys)
     }
 }
-
-/// Start building the JSON Schema meta-validator (draft 2020-12, the one a tool's schemas are
-/// checked against when it loads) on a thread of its own, once per process. It takes ~1 ms of
-/// CPU (the meta-schema's patterns are compiled as regular expressions); a `guild run` process
-/// would otherwise spend it on its critical path between `describe` and the call. The loader
-/// finds it built, or waits for it. If the thread cannot start, the loader builds it itself.
-pub(crate) fn warm_schema_checks() {
-    static STARTED: std::sync::Once = std::sync::Once::new();
-    STARTED.call_once(|| {
-        let _ = std::thread::Builder::new().name("guild-schema-warm".into()).spawn(|| {
-            let _ = jsonschema::meta::is_valid(&serde_json::json!({}));
-        });
-    });
-}

@@ -143,7 +143,6 @@ impl Runtime {
     /// configuration or the linker, the epoch ticker thread cannot start, or a GPU kernel does not
     /// validate.
     pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
-        crate::output::warm_schema_checks();
         let (engine, fingerprint) = build_engine(&config.engine)?;
         spawn_epoch_ticker(&engine)?;
         let mut linker = Linker::new(&engine);
