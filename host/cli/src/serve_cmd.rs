@@ -7,7 +7,7 @@ use crate::exit::{Exit, Failure};
 use crate::run_cmd::{home_dir, host_key};
 use guild_audit as audit;
 use guild_replay::{Digest, DirStore, PENDING_BYTES_MAX_DEFAULT};
-use guild_runtime::{EngineSettings, Grants, Limits, RecordingConfig, Runtime, RuntimeConfig, SignBatchLimits};
+use guild_runtime::{EngineSettings, Grants, Limits, RecordingConfig, Runtime, RuntimeConfig};
 use guild_server::DaemonSetup;
 use guild_server::config::{DaemonConfig, LogFormat};
 use guild_server::registry::{ToolSource, ToolSpec};
@@ -88,7 +88,7 @@ pub(crate) fn open_runtime(
             .map_err(|e| Failure::host(format!("cannot open the bundle store {}: {e}", store_dir.display())))?,
     );
     // Runs at once share one signer: bundles sealed together share one signature.
-    let recording = RecordingConfig::batched(store.clone(), Arc::new(host_key(global)?), SignBatchLimits::default())
+    let recording = RecordingConfig::batched(store.clone(), Arc::new(host_key(global)?), config.signing)
         .map_err(|e| Failure::host(format!("cannot start the bundle signer: {e}")))?;
     let runtime_config = RuntimeConfig {
         cache_dir: Some(home.join("cache")),

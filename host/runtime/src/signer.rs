@@ -26,8 +26,9 @@ pub const SIGN_BATCH_WAIT_US_DEFAULT: u64 = 0;
 /// (plus two signatures) to be signed.
 pub const SIGN_BATCH_WAIT_US_MAX: u64 = 10_000;
 
-/// Bounds on a signing batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Bounds on a signing batch; the daemon's `[signing]` config section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct SignBatchLimits {
     /// Most bundle ids one signature covers, at least 1; more waiting are the next batch's.
     /// Default [`SIGN_BATCH_LEAVES_MAX_DEFAULT`].

@@ -23,6 +23,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "mcp",
     "redis",
     "http",
+    "signing",
     "egress_connections_max",
 ];
 

@@ -94,6 +94,11 @@ pub struct DaemonConfig {
     /// Bounds on the HTTP listener: connections, header size, header read time.
     #[serde(default)]
     pub http: crate::http::HttpConfig,
+    /// How bundles sealed at about the same moment share one signature: `leaves_max` (bundles per
+    /// signature, default 1024) and `wait_us` (how long a batch may wait to fill, default 0, at
+    /// most 10 000).
+    #[serde(default)]
+    pub signing: guild_runtime::SignBatchLimits,
     /// Outgoing HTTP connections the runs of this process may hold open at once (in use or
     /// kept alive); a request that finds them all taken waits up to its connect timeout.
     #[serde(default = "egress_connections_max_default")]
@@ -422,6 +427,15 @@ impl DaemonConfig {
         }
         if self.queue.runs_committing_max == 0 {
             return Err(ConfigError::new("queue.runs_committing_max", "must be at least 1"));
+        }
+        if self.signing.leaves_max == 0 {
+            return Err(ConfigError::new("signing.leaves_max", "must be at least 1 bundle per signature"));
+        }
+        if self.signing.wait_us > guild_runtime::SIGN_BATCH_WAIT_US_MAX {
+            return Err(ConfigError::new(
+                "signing.wait_us",
+                format!("is {} µs; must be at most {} µs", self.signing.wait_us, guild_runtime::SIGN_BATCH_WAIT_US_MAX),
+            ));
         }
         if self.queue.runs_kept_max == 0 {
             return Err(ConfigError::new("queue.runs_kept_max", "must be at least 1"));

@@ -71,6 +71,15 @@ fn errors_name_the_field() {
     assert!(e.message.contains("at most 64"), "{e}");
     let e = load("[queue]\nruns_committing_max = 0\n", &[]).expect_err("zero");
     assert_eq!(e.field, "queue.runs_committing_max");
+    let e = load("[signing]\nleaves_max = 0\n", &[]).expect_err("zero");
+    assert_eq!(e.field, "signing.leaves_max");
+    let e = load("", &[("GUILD_SIGNING__WAIT_US", "10001")]).expect_err("past the cap");
+    assert_eq!(e.field, "signing.wait_us");
+    let config = load("[signing]\nwait_us = 500\n", &[]).expect("in range");
+    assert_eq!(
+        (config.signing.wait_us, config.signing.leaves_max),
+        (500, guild_runtime::SIGN_BATCH_LEAVES_MAX_DEFAULT)
+    );
     let e = load("", &[("GUILD_TENANTS__BOB__BURST", "3")]).expect_err("no such tenant");
     assert_eq!(e.field, "GUILD_TENANTS__BOB__BURST");
     let e = load("[secrets]\nKEY = \"hunter2\"\n", &[]).expect_err("inline secret value");
