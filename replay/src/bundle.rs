@@ -211,7 +211,7 @@ impl<'a> BundleWriter<'a> {
         action: &Action,
         tape: &Tape,
         result: &RunResult,
-        exec: &serde_json::Value,
+        exec: &(impl Serialize + ?Sized),
         key: &HostKey,
     ) -> Result<Sealed, StoreError> {
         let unsigned = self.finish(action, tape, result, exec)?;
@@ -229,7 +229,7 @@ impl<'a> BundleWriter<'a> {
         action: &Action,
         tape: &Tape,
         result: &RunResult,
-        exec: &serde_json::Value,
+        exec: &(impl Serialize + ?Sized),
     ) -> Result<Unsigned, StoreError> {
         let put = |bytes: Vec<u8>| -> Result<BlobRef, StoreError> {
             Ok(BlobRef { digest: self.store.put(&bytes)?, size_bytes: bytes.len() as u64 })

@@ -174,6 +174,18 @@ pub(crate) fn output_trees(
     Ok((trees, overflow))
 }
 
+/// `exec.json`: where and how the run was made — signed, but not compared by a replay.
+#[derive(serde::Serialize)]
+struct ExecRecord {
+    guild_version: &'static str,
+    hostname: &'static str,
+    /// When the run finished, ms since the Unix epoch.
+    finished_at_unix_ms: u64,
+    wall_time_us: u64,
+    memory_bytes_peak: u64,
+    log_lines: usize,
+}
+
 /// This machine's name, read once.
 fn hostname() -> &'static str {
     static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -244,14 +256,17 @@ impl RecordingConfig {
             tape_head: tape.head(),
             tape_events: tape.events().len() as u64,
         };
-        let exec = serde_json::json!({
-            "guild_version": env!("CARGO_PKG_VERSION"),
-            "hostname": hostname(),
-            "finished_at_unix_ms": u64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(u64::MAX),
-            "wall_time_us": u64::try_from(execution.wall_time.as_micros()).unwrap_or(u64::MAX),
-            "memory_bytes_peak": execution.memory_bytes_peak,
-            "log_lines": execution.logs.len(),
-        });
+        let exec = ExecRecord {
+            guild_version: env!("CARGO_PKG_VERSION"),
+            hostname: hostname(),
+            finished_at_unix_ms: u64::try_from(
+                SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis(),
+            )
+            .unwrap_or(u64::MAX),
+            wall_time_us: u64::try_from(execution.wall_time.as_micros()).unwrap_or(u64::MAX),
+            memory_bytes_peak: execution.memory_bytes_peak,
+            log_lines: execution.logs.len(),
+        };
         let unsigned = writer.finish(&action, &tape, &result, &exec).map_err(store_error)?;
         Ok((unsigned, overflow))
     }
