@@ -94,17 +94,13 @@ impl<'a> Object<'a> {
         parsed.serialize(Canonical { out: &mut *self.out })
     }
 
-    /// Append `key`, JSON-escaped, to the scratch buffer; returns its range.
-    fn push_key(&mut self, key: &str) -> Result<std::ops::Range<usize>, Error> {
+    /// Append `key` as a JSON string ([`Key`]) to the scratch buffer; returns its range.
+    fn push_key<K: Serialize + ?Sized>(&mut self, key: &K) -> Result<std::ops::Range<usize>, Error> {
         let start = self.scratch.len();
-        scalar(&mut self.scratch, key)?;
-        self.note_key(start..self.scratch.len());
-        Ok(start..self.scratch.len())
-    }
-
-    fn note_key(&mut self, key: std::ops::Range<usize>) {
-        // An escaped key is longer than two quotes plus its text.
-        self.escaped_keys |= self.scratch[key].contains(&b'\\');
+        key.serialize(Key { out: &mut self.scratch })?;
+        let key = start..self.scratch.len();
+        self.escaped_keys |= self.scratch[key.clone()].contains(&b'\\');
+        Ok(key)
     }
 
     fn push_value<T: Serialize + ?Sized>(&mut self, key: std::ops::Range<usize>, value: &T) -> Result<(), Error> {
@@ -349,10 +345,7 @@ impl ser::SerializeMap for Object<'_> {
     type Ok = ();
     type Error = Error;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Error> {
-        let start = self.scratch.len();
-        key.serialize(Key { out: &mut self.scratch })?;
-        self.note_key(start..self.scratch.len());
-        self.pending_key = Some(start..self.scratch.len());
+        self.pending_key = Some(self.push_key(key)?);
         Ok(())
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {

@@ -266,7 +266,13 @@ impl DirStore {
     }
 
     fn exists(&self, slot: &Slot<'_>) -> bool {
-        self.pending(slot).is_some() || self.packs.contains(&slot.key) || slot.path().exists()
+        self.held(slot) || slot.path().exists()
+    }
+
+    /// Waiting to be written, or in a pack this process has indexed: found without a file
+    /// system call.
+    fn held(&self, slot: &Slot<'_>) -> bool {
+        self.pending(slot).is_some() || self.packs.contains(&slot.key)
     }
 
     /// The size of a stored entry, pending, packed or on disk; `None` when absent.
@@ -408,8 +414,7 @@ impl BlobStore for DirStore {
         // (one a write in place or another process left) costs a path and a failed `stat` per
         // new blob, to save at most a duplicate pack record.
         let packable = self.behind.is_some() && bytes.len() <= crate::pack::PACKED_BYTES_MAX;
-        let present = self.pending(&slot).is_some() || self.packs.contains(&slot.key);
-        if !present && (packable || !slot.path().exists()) {
+        if !self.held(&slot) && (packable || !slot.path().exists()) {
             self.write(&slot, bytes)?;
         }
         self.remember(digest);
