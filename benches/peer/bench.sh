@@ -31,49 +31,22 @@ if [ ! -x "$wasmtime" ] && [ "${GUILD_BENCH_INSTALL_PEER:-0}" = 1 ]; then
 fi
 [ -x "$wasmtime" ] || wasmtime=""
 
-if [ -n "${GUILD_BIN:-}" ]; then
-    guild=$GUILD_BIN
-else
-    cargo build --release --bin guild >/dev/null 2>&1
-    guild=$PWD/target/release/guild
-fi
-cargo build --profile wasm --target wasm32-wasip2 -p guild-tool-echo --target-dir target/guild-wasm >/dev/null 2>&1
-echo_wasm=$PWD/target/guild-wasm/wasm32-wasip2/wasm/echo.wasm
+source benches/common.sh
 cargo build --release --target wasm32-wasip2 --manifest-path benches/peer/http-echo/Cargo.toml \
     --target-dir target/guild-wasm/peer >/dev/null 2>&1
 http_wasm=$PWD/target/guild-wasm/peer/wasm32-wasip2/release/http-echo.wasm
 
-work=$(mktemp -d ${GUILD_BENCH_TMP:+-p "$GUILD_BENCH_TMP"})
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 body='{"message":"hello"}'
 
 export GUILD_HOME=$work/home
-digest_line=$(printf bench-token | "$guild" token hash)
 cat > "$work/guild.toml" <<TOML
 listen = "127.0.0.1:0"
 log_format = "text"
-[[tenants]]
-name = "bench"
-$digest_line
-tools = ["*"]
-rate_per_second = 1000000.0
-burst = 1000000
-concurrency_max = 100000
+$(bench_tenant)
 TOML
-GUILD_LOG=warn,guild::serve_cmd=info "$guild" serve --config "$work/guild.toml" --tool "$echo_wasm" 2> "$work/serve.log" &
-guild_pid=$!
-pids+=($guild_pid)
-for _ in $(seq 100); do grep -q "listening on" "$work/serve.log" 2>/dev/null && break; sleep 0.1; done
-guild_addr=$(sed -n 's/.*listening on http:\/\/\([0-9.:]*\).*/\1/p' "$work/serve.log" | head -1)
-[ -n "$guild_addr" ] || { cat "$work/serve.log"; exit 1; }
+bench_serve "$work/guild.toml"
+guild_pid=$serve_pid
+guild_addr=$serve_addr
 
 if [ -n "$wasmtime" ]; then
     peer_addr=127.0.0.1:$(free_port)

@@ -19,21 +19,8 @@ per_worker=${3:-4}
 for tool in redis-server redis-benchmark redis-cli wrk; do
     command -v $tool >/dev/null || { echo "bench: $tool not found (bash scripts/setup.sh; apt-get install wrk)" >&2; exit 1; }
 done
-if [ -n "${GUILD_BIN:-}" ]; then
-    guild=$GUILD_BIN
-else
-    cargo build --release --bin guild >/dev/null 2>&1
-    guild=$PWD/target/release/guild
-fi
-work=$(mktemp -d ${GUILD_BENCH_TMP:+-p "$GUILD_BENCH_TMP"})
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+source benches/common.sh
+port=$(free_port)
 fsync=${GUILD_BENCH_FSYNC:-everysec}
 redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync "$fsync" \
     --maxmemory-policy noeviction --dir "$work" > "$work/redis.log" 2>&1 &
@@ -49,27 +36,16 @@ for pipeline in 1 16; do
 done
 rcli del bench:stream >/dev/null
 
-digest_line=$(printf bench-token | "$guild" token hash)
 cat > "$work/guild.toml" <<TOML
 listen = "127.0.0.1:0"
 log_format = "text"
 [redis]
 url = "$url"
-[[tenants]]
-name = "bench"
-$digest_line
-tools = ["*"]
-rate_per_second = 1000000.0
-burst = 1000000
-concurrency_max = 1000000
+$(bench_tenant)
 TOML
-GUILD_HOME=$work/api GUILD_LOG=warn,guild::serve_cmd=info "$guild" serve --config "$work/guild.toml" \
-    --tool target/guild-wasm/wasm32-wasip2/wasm/echo.wasm 2> "$work/serve.log" &
-api=$!
-pids+=($api)
-for _ in $(seq 100); do grep -q "listening on" "$work/serve.log" 2>/dev/null && break; sleep 0.1; done
-addr=$(sed -n 's/.*listening on http:\/\/\([0-9.:]*\).*/\1/p' "$work/serve.log" | head -1)
-[ -n "$addr" ] || { cat "$work/serve.log"; exit 1; }
+GUILD_HOME=$work/api bench_serve "$work/guild.toml"
+api=$serve_pid
+addr=$serve_addr
 
 start_workers() {
     worker_pids=()
@@ -84,8 +60,6 @@ stop_workers() {
     for pid in "${worker_pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
 }
 completed() { local n; n=$(rcli hget 'guild:{default}:stats' completed | tr -d '\r'); echo "${n:-0}"; }
-# CPU a process has used so far (user + system), in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Wait until the queue's `completed` count reaches $1: one Python process polling on one Redis
 # connection every 20 ms.
 wait_for_completed() {
