@@ -67,6 +67,10 @@ pub struct ToolRef {
     pub name: String,
     /// Version from `describe`.
     pub version: String,
+    /// Which revision of its name the host ran, when the host keeps revisions (a daemon or
+    /// worker does; `guild run` does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u32>,
 }
 
 /// `action.json`: what was asked.
@@ -405,7 +409,7 @@ impl Bundle {
     /// let action = Action {
     ///     format: FORMAT.into(),
     ///     component,
-    ///     tool: ToolRef { name: "wc".into(), version: "0.1.0".into() },
+    ///     tool: ToolRef { name: "wc".into(), version: "0.1.0".into(), revision: None },
     ///     input,
     ///     policy: EffectivePolicy::default(),
     ///     limits: Limits::default(),

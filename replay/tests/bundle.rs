@@ -47,7 +47,7 @@ fn scene() -> Scene {
     let action = Action {
         format: FORMAT.into(),
         component,
-        tool: ToolRef { name: "wc".into(), version: "0.1.0".into() },
+        tool: ToolRef { name: "wc".into(), version: "0.1.0".into(), revision: None },
         input,
         policy: guild_vocab::EffectivePolicy::default(),
         limits: guild_vocab::Limits { fuel_units: 1000, ..Default::default() },

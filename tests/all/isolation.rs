@@ -428,6 +428,7 @@ fn an_upload_that_cannot_be_kept_is_not_registered() {
     let guild = Guild::new();
     let daemon = Daemon::start(&guild, &["--config", &config_file(guild.home(), &config(""))], &[]);
     // Where uploads are kept is taken by a file: the upload cannot be made durable.
+    std::fs::remove_dir_all(guild.home().join("tools")).expect("the components directory");
     std::fs::write(guild.home().join("tools"), b"not a directory").expect("write");
     let wc = std::fs::read(WC).expect("wc");
     let reply = daemon.call_with("POST", "/v1/tools", ROOT, &wc, &[]);

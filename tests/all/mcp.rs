@@ -87,6 +87,10 @@ fn replay_every_run(guild: &Guild, audit_log: &Path) -> Vec<(String, String)> {
     let mut runs = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let record: Value = serde_json::from_str(line).expect("an audit record is JSON");
+        if record.get("event").is_some() {
+            // A change to the tools (the upload added a revision), not a run.
+            continue;
+        }
         let tool = record["tool"].as_str().unwrap_or_default().to_string();
         let outcome = record["outcome"].as_str().unwrap_or_default().to_string();
         let bundle = record["bundle"].as_str().unwrap_or_else(|| panic!("every run has a bundle: {record}"));

@@ -174,7 +174,10 @@ fn tenants_get_401_403_400_413_and_429_with_clear_codes() {
 
     let metrics = String::from_utf8(daemon.call("GET", "/metrics", "", "").body).expect("utf-8");
     assert!(metrics.contains(r#"guild_rejections_total{reason="rate_limited",tenant="alice"} "#), "{metrics}");
-    assert!(metrics.contains(r#"guild_runs_total{outcome="output",tenant="alice",tool="echo"} 3"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"guild_runs_total{outcome="output",revision="1",tenant="alice",tool="echo"} 3"#),
+        "{metrics}"
+    );
     let run_lines: Vec<String> = daemon.log_lines().into_iter().filter(|l| l.contains("run finished")).collect();
     let line: serde_json::Value = serde_json::from_str(&run_lines[0]).expect("JSON log line");
     for field in ["run_id", "tenant", "tool"] {

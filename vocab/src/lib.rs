@@ -19,6 +19,7 @@ mod info;
 pub mod limits;
 mod outcome;
 mod policy;
+pub mod rollout;
 
 pub use egress::{EgressRule, RuleError, Secret, SecretGrant, SecretSource};
 pub use engine::{Determinism, EngineFingerprint};
@@ -26,3 +27,4 @@ pub use info::{Access, Capabilities, DirRequest, ToolInfo};
 pub use limits::{LimitHit, Limits, human_bytes, human_ms};
 pub use outcome::{AttemptEnd, Failure, FailureCode, Outcome, PolicyRecord, RunStatus, ToolErrorKind};
 pub use policy::{EffectivePolicy, Grants, Mount, PolicyError};
+pub use rollout::{Candidate, Disabled, Flags, GuardRails, Revision, RolloutError, Route, ToolRecord};

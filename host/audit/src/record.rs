@@ -17,6 +17,9 @@ pub struct AuditEntry {
     pub tool: String,
     /// blake3 of its component.
     pub tool_digest: Digest,
+    /// Which revision of the tool's name ran, when the host keeps revisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u32>,
     /// blake3 of the input.
     pub input_digest: Digest,
     /// The effective policy and limits the run had (or the grants, for a run that never
@@ -70,6 +73,7 @@ impl AuditEntry {
             tenant: tenant.to_string(),
             tool: String::new(),
             tool_digest: none,
+            revision: None,
             input_digest: none,
             grants: None,
             outcome: event.kind.clone(),
@@ -168,6 +172,7 @@ mod tests {
             tenant: "alice \"quoted\"".into(),
             tool: "wc".into(),
             tool_digest: Digest::of(b"wc"),
+            revision: None,
             input_digest: Digest::of(b"input"),
             grants: Some(grants),
             outcome: "output".into(),

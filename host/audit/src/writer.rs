@@ -255,6 +255,7 @@ mod tests {
             tenant: "alice".into(),
             tool: "wc".into(),
             tool_digest: Digest::of(b"wc"),
+            revision: None,
             input_digest: Digest::of(&n.to_le_bytes()),
             grants: Some(guild_vocab::PolicyRecord::granted(Default::default(), Default::default())),
             outcome: "output".into(),

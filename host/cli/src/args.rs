@@ -43,9 +43,14 @@ pub(crate) enum Command {
     /// Print what a tool says about itself (name, schemas, capabilities) as JSON.
     #[command(after_help = EXIT_CODES_HELP)]
     Describe(DescribeArgs),
-    /// Work with tool sources.
+    /// Work with tool sources, and with a running daemon's tools: upload a revision, list
+    /// revisions, switch a tool off and on.
     #[command(subcommand)]
     Tool(ToolCommand),
+    /// Change a tool safely on a running daemon: check a candidate revision against recorded
+    /// runs (the replay gate), ramp it on a share of calls, promote it or roll back.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Verify, inspect and export replay bundles.
     #[command(subcommand)]
     Bundle(BundleCommand),
@@ -388,6 +393,153 @@ pub(crate) struct DescribeArgs {
 pub(crate) enum ToolCommand {
     /// Scaffold a new tool (Rust, Python or JavaScript) that builds to a component with one command.
     New(NewToolArgs),
+    /// Upload a component to a running daemon as a revision of its tool name (it never changes
+    /// what callers get until a rollout or promotion says so).
+    Upload(UploadArgs),
+    /// List a tool's revisions on a running daemon: which is current, which the candidate.
+    Revisions(ToolNameArgs),
+    /// Switch a tool (every revision) off on a running daemon, for everyone or one tenant:
+    /// calls get 403 `tool_disabled` with the reason.
+    Disable(FlagArgs),
+    /// Switch a disabled tool back on.
+    Enable(FlagArgs),
+}
+
+/// Where the daemon is; its admin token comes from `GUILD_TOKEN`.
+#[derive(Debug, Args)]
+pub(crate) struct DaemonFlags {
+    /// The daemon's base URL (plain HTTP: loopback or a private network).
+    #[arg(long, env = "GUILD_URL", default_value = "http://127.0.0.1:8480", value_name = "URL")]
+    pub(crate) url: String,
+    /// Print the daemon's JSON answer instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UploadArgs {
+    /// The component.
+    #[arg(value_name = "COMPONENT.wasm")]
+    pub(crate) component: PathBuf,
+    /// Add it under this name (default: the name its `describe` gives).
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// A note kept with the revision.
+    #[arg(long, default_value = "")]
+    pub(crate) note: String,
+    #[command(flatten)]
+    pub(crate) daemon: DaemonFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ToolNameArgs {
+    /// The tool's name.
+    pub(crate) name: String,
+    #[command(flatten)]
+    pub(crate) daemon: DaemonFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FlagArgs {
+    /// The tool's name.
+    pub(crate) name: String,
+    /// Only for this tenant (default: everyone).
+    #[arg(long)]
+    pub(crate) tenant: Option<String>,
+    /// Why: callers of a disabled tool are told, and the audit log keeps it.
+    #[arg(long, default_value = "")]
+    pub(crate) reason: String,
+    #[command(flatten)]
+    pub(crate) daemon: DaemonFlags,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RolloutCommand {
+    /// Run a candidate on the current revision's last recorded runs, every effect answered from
+    /// their tapes, and report each run: identical, output_changed, new_effect, missing_effect,
+    /// error_changed, trap or limit.
+    Check(CheckArgs),
+    /// Start (or change) a rollout: the candidate answers PERCENT of calls, shadows more.
+    Start(StartArgs),
+    /// The tool's revisions, candidate, ramp and guard-rail window.
+    Status(ToolNameArgs),
+    /// Make the candidate the current revision.
+    Promote(PromoteArgs),
+    /// Send every call back to the current revision (ending the ramp), or with --to make an
+    /// earlier revision current at once.
+    Rollback(RollbackArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CheckArgs {
+    /// The tool's name.
+    pub(crate) name: String,
+    /// The candidate: a revision's component digest (or its number).
+    #[arg(long, value_name = "DIGEST")]
+    pub(crate) candidate: String,
+    /// How many of the newest recorded runs to check.
+    #[arg(long, value_name = "N")]
+    pub(crate) last: Option<u64>,
+    /// Only runs recorded within this long (e.g. 1h, 30m).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub(crate) since: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub(crate) daemon: DaemonFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StartArgs {
+    /// The tool's name.
+    pub(crate) name: String,
+    /// The candidate: a revision's component digest (or its number).
+    #[arg(long, value_name = "DIGEST")]
+    pub(crate) candidate: String,
+    /// Share of calls the candidate answers, percent.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) percent: f64,
+    /// Share of the current revision's calls the candidate also runs on (against their tapes,
+    /// after the reply), percent.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) shadow: f64,
+    /// Only these tenants' calls (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) tenants: Vec<String>,
+    /// Start even though the replay gate fails (audited).
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// Why, for the audit log.
+    #[arg(long, default_value = "")]
+    pub(crate) reason: String,
+    #[command(flatten)]
+    pub(crate) daemon: DaemonFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PromoteArgs {
+    /// The tool's name.
+    pub(crate) name: String,
+    /// Promote a candidate that was started over a failed gate (audited).
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// Why, for the audit log.
+    #[arg(long, default_value = "")]
+    pub(crate) reason: String,
+    #[command(flatten)]
+    pub(crate) daemon: DaemonFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RollbackArgs {
+    /// The tool's name.
+    pub(crate) name: String,
+    /// Make this revision (number or component digest) current at once.
+    #[arg(long, value_name = "REVISION")]
+    pub(crate) to: Option<String>,
+    /// Why, for the audit log.
+    #[arg(long, default_value = "")]
+    pub(crate) reason: String,
+    #[command(flatten)]
+    pub(crate) daemon: DaemonFlags,
 }
 
 #[derive(Debug, Args)]

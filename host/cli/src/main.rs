@@ -1,6 +1,7 @@
 //! The `guild` binary: parses arguments, wires the crates together, and maps outcomes to exit
 //! codes. No run logic lives here; it all sits in guild-runtime.
 
+mod admin_cmd;
 mod args;
 mod bundle_cmd;
 mod exit;
@@ -32,7 +33,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         args::Command::Run(run) => run_cmd::run(&cli.global, run),
         args::Command::Describe(describe) => run_cmd::describe(&cli.global, describe),
-        args::Command::Tool(args::ToolCommand::New(new)) => scaffold::new_tool(new),
+        args::Command::Tool(tool) => admin_cmd::tool(tool),
+        args::Command::Rollout(rollout) => admin_cmd::rollout(rollout),
         args::Command::Bundle(args::BundleCommand::Verify(a)) => bundle_cmd::verify(&cli.global, a),
         args::Command::Bundle(args::BundleCommand::Inspect(a)) => bundle_cmd::inspect(&cli.global, a),
         args::Command::Bundle(args::BundleCommand::Export(a)) => bundle_cmd::export(&cli.global, a),

@@ -16,6 +16,9 @@ pub struct Job {
     pub tool: String,
     /// blake3 of the component: workers fetch it by this.
     pub tool_digest: Digest,
+    /// Which revision of the tool's name the API node routed the call to (named in the bundle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u32>,
     /// The input JSON text.
     pub input: String,
     /// blake3 of `input`.
@@ -44,6 +47,9 @@ pub struct JobResult {
     pub tool: String,
     /// blake3 of the component.
     pub tool_digest: Digest,
+    /// Which revision of the tool's name ran, when the API node routed it to one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u32>,
     /// blake3 of the input.
     pub input_digest: Digest,
     /// The caller's idempotency key, if any.
@@ -101,6 +107,7 @@ impl Job {
                     tenant: text("tenant"),
                     tool: text("tool"),
                     tool_digest: digest("tool_digest").unwrap_or(none),
+                    revision: None,
                     input: String::new(),
                     input_digest: digest("input_digest").unwrap_or(none),
                     grants: Grants::default(),
@@ -281,6 +288,7 @@ mod tests {
             tenant: "alice".into(),
             tool: "wc".into(),
             tool_digest: Digest::of(b"component"),
+            revision: None,
             input: "{}".into(),
             input_digest: Digest::of(b"{}"),
             grants: Grants::default(),
@@ -323,6 +331,7 @@ mod tests {
             tenant: "bob".into(),
             tool: "wc".into(),
             tool_digest: Digest::of(b"component"),
+            revision: None,
             input: "{}".into(),
             input_digest: Digest::of(b"{}"),
             grants: Grants::default(),

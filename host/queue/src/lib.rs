@@ -25,5 +25,5 @@ pub use job::{
     Accepted, Completion, DeadJob, Disposition, Job, JobResult, JobState, JobStatus, Lease, QueueStats, WorkerStats,
     now_unix_ms,
 };
-pub use redis::{DoneEntry, DoneRead, QueueError, RedisQueue, RedisSettings};
+pub use redis::{DoneEntry, DoneRead, QueueError, RedisQueue, RedisSettings, TOOL_RECORD_BYTES_MAX, TOOL_RECORDS_MAX};
 pub use retry::{REDIS_RETRY_MAX, backoff_ms, redis_retry};

@@ -61,7 +61,7 @@ pub use record::Divergence;
 pub use recording::RecordingConfig;
 pub use replaying::{DivergenceClass, Mismatch, REPLAY_BACKSTOP_MS_DEFAULT, ReplayError, ReplayOptions, ReplayReport};
 pub use run::{
-    DESCRIBE_FUEL_UNITS, DESCRIBE_TIMEOUT_MS, FUEL_YIELD_INTERVAL_UNITS, RunReport, Runtime, RuntimeConfig,
+    DESCRIBE_FUEL_UNITS, DESCRIBE_TIMEOUT_MS, FUEL_YIELD_INTERVAL_UNITS, RunFor, RunReport, Runtime, RuntimeConfig,
     TOOLS_LOADED_MAX_DEFAULT, Tool,
 };
 pub use signer::{

@@ -207,7 +207,7 @@ impl RecordingConfig {
         limits: &Limits,
         execution: &Execution,
         recorder: &Recorder,
-        principal: Option<&guild_replay::Principal>,
+        run_for: Option<&crate::RunFor<'_>>,
     ) -> Result<(Unsigned, Option<LimitHit>), RunError> {
         let store_error = |e: guild_replay::StoreError| RunError::Record(e.to_string());
         let store: &dyn BlobStore = self.store.as_ref();
@@ -241,12 +241,16 @@ impl RecordingConfig {
         let action = Action {
             format: FORMAT.to_string(),
             component,
-            tool: ToolRef { name: info.name.clone(), version: info.version.clone() },
+            tool: ToolRef {
+                name: info.name.clone(),
+                version: info.version.clone(),
+                revision: run_for.and_then(|r| r.revision),
+            },
             input,
             policy: policy.clone(),
             limits: limits.clone(),
             engine: fingerprint.clone(),
-            principal: principal.cloned(),
+            principal: run_for.map(|r| r.principal.clone()),
         };
         let result = RunResult {
             outcome: outcome.without_output(),

@@ -31,7 +31,7 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into(), field: None, retry_after_s: None }
     }
 }
@@ -51,7 +51,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 async fn count_errors(
     State(daemon): State<Arc<Daemon>>,
@@ -76,6 +76,7 @@ pub fn router(daemon: Arc<Daemon>) -> axum::Router {
         .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON) }))
         .route("/v1/tools", get(list_tools))
         .route("/v1/tools", post(upload_tool).layer(DefaultBodyLimit::max(component_bytes_max)))
+        .merge(crate::api_tools::routes(component_bytes_max))
         .route("/v1/runs", post(create_run).layer(DefaultBodyLimit::max(request_bytes_max)))
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/bundles/{id}", get(get_bundle))
@@ -89,7 +90,7 @@ pub fn router(daemon: Arc<Daemon>) -> axum::Router {
 }
 
 /// A body that could not be read: over its limit (413, naming the setting) or cut off (400).
-fn too_large(rejection: BytesRejection, setting: &str, limit: usize) -> ApiError {
+pub(crate) fn too_large(rejection: BytesRejection, setting: &str, limit: usize) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -137,7 +138,7 @@ async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], daemon.metrics().render()).into_response()
 }
 
-fn describe_tool(tool: &RegisteredTool) -> serde_json::Value {
+pub(crate) fn describe_tool(tool: &RegisteredTool) -> serde_json::Value {
     let mut value = serde_json::to_value(tool.tool.info()).expect("tool info is plain data");
     if let Some(object) = value.as_object_mut() {
         object.insert("name".into(), tool.name.clone().into());
@@ -151,79 +152,30 @@ async fn list_tools(
     State(daemon): State<Arc<Daemon>>,
     Caller(tenant, _slot): Caller,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let tools: Vec<serde_json::Value> =
-        daemon.tools().all().iter().filter(|t| tenant.tools.allows(&t.name)).map(|t| describe_tool(t)).collect();
+    let tools: Vec<serde_json::Value> = daemon
+        .tools()
+        .names()
+        .iter()
+        .filter(|n| tenant.tools.allows(&n.record.name))
+        .map(|n| {
+            let mut body = describe_tool(n.current());
+            body["revision"] = n.record.current.into();
+            if let Some(disabled) = n.record.disabled_for(&tenant.name) {
+                body["disabled"] = disabled.reason.clone().into();
+            }
+            body
+        })
+        .collect();
     Ok(Json(serde_json::json!({ "tools": tools })))
 }
 
 async fn upload_tool(
     State(daemon): State<Arc<Daemon>>,
     Admin(tenant, _slot): Admin,
+    headers: HeaderMap,
     body: Result<axum::body::Bytes, BytesRejection>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
-    let body = body.map_err(|e| too_large(e, "component_bytes_max", daemon.component_bytes_max()))?;
-    let (tool, _) = daemon
-        .runtime()
-        .load(&body)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_component", e.to_string()))?;
-    let name = tool.info().name.clone();
-    let conflict = |existing: &Digest| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            "tool_name_taken",
-            format!(
-                "a tool named {name:?} is already registered with component {existing}; give the new one another name"
-            ),
-        )
-    };
-    if let Some(existing) = daemon.tools().get(&name).filter(|t| t.tool.digest() != tool.digest()) {
-        return Err(conflict(existing.tool.digest()));
-    }
-    // Kept on disk first, so a tool is never registered (and announced) that a restart would
-    // not register again.
-    let (uploads, digest) = (daemon.uploads_dir().to_path_buf(), *tool.digest());
-    let created = tokio::task::spawn_blocking(move || keep_upload(&uploads, &digest, &body))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "host_failure", e.to_string()))?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "host_failure", e))?;
-    let kept = daemon.uploads_dir().join(format!("{digest}.wasm"));
-    let registered = RegisteredTool::new(
-        name.clone(),
-        tool.clone(),
-        Default::default(),
-        Default::default(),
-        crate::registry::ToolSource::File(kept.clone()),
-    );
-    let registered = match daemon.tools().insert(registered) {
-        Ok(registered) => registered,
-        Err(e) => {
-            // Another upload took the name meanwhile: do not leave a file a restart would trip on.
-            if created {
-                let _ = std::fs::remove_file(&kept);
-            }
-            return Err(ApiError::new(StatusCode::CONFLICT, "tool_name_taken", e.to_string()));
-        }
-    };
-    daemon.metrics().register_tool(&registered.name);
-    daemon.tools_changed();
-    tracing::info!(tenant = %tenant.name, tool = %registered.name, component = %tool.digest(), "tool uploaded");
-    Ok((StatusCode::CREATED, Json(describe_tool(&registered))))
-}
-
-/// Keep an uploaded component so a restart registers it again (written whole, then renamed).
-/// Returns whether it was written now (false: it was kept already).
-fn keep_upload(uploads_dir: &std::path::Path, digest: &Digest, bytes: &[u8]) -> Result<bool, String> {
-    let path = uploads_dir.join(format!("{digest}.wasm"));
-    if path.exists() {
-        return Ok(false);
-    }
-    let temp = uploads_dir.join(format!(".{digest}.partial"));
-    std::fs::create_dir_all(uploads_dir)
-        .and_then(|()| std::fs::write(&temp, bytes))
-        .and_then(|()| std::fs::rename(&temp, &path))
-        .map(|()| true)
-        .map_err(|e| format!("cannot keep the component in {}: {e}", uploads_dir.display()))
+) -> ApiResult<Response> {
+    crate::api_tools::add_revision(&daemon, &tenant, None, &headers, body).await
 }
 
 #[derive(Deserialize)]
@@ -346,6 +298,11 @@ fn rejection(rejection: Rejection) -> ApiError {
             retry_after_s: Some(refusal.retry_after_s()),
             ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, refusal.code(), refusal.message(&tenant))
         },
+        Rejection::Disabled { tool, reason } => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "tool_disabled",
+            format!("tool {tool:?} is disabled by the operator: {reason}"),
+        ),
         Rejection::Queue(full) if full.draining => ApiError {
             retry_after_s: Some(full.retry_after_s),
             ..ApiError::new(
@@ -484,6 +441,15 @@ mod tests {
             ("/openapi.json", "get"),
             ("/v1/tools", "get"),
             ("/v1/tools", "post"),
+            ("/v1/tools/{name}/revisions", "get"),
+            ("/v1/tools/{name}/revisions", "post"),
+            ("/v1/tools/{name}/rollout", "get"),
+            ("/v1/tools/{name}/rollout", "post"),
+            ("/v1/tools/{name}/rollout/check", "post"),
+            ("/v1/tools/{name}/rollout/promote", "post"),
+            ("/v1/tools/{name}/rollout/rollback", "post"),
+            ("/v1/tools/{name}/flags", "get"),
+            ("/v1/tools/{name}/flags", "put"),
             ("/v1/runs", "post"),
             ("/v1/runs/{id}", "get"),
             ("/v1/bundles/{id}", "get"),

@@ -55,7 +55,7 @@ impl AuthRejection {
             Self::Unauthorized => "missing or invalid bearer token".into(),
             Self::TooManyRequests(message) => message.clone(),
             Self::NotAdmin { tenant } => {
-                format!("tenant {tenant} is not an admin; this route (uploading tools) needs an admin tenant")
+                format!("tenant {tenant} is not an admin; this route (tool administration) needs an admin tenant")
             }
         }
     }

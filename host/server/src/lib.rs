@@ -10,11 +10,13 @@
 //! share), `bundles` (serving bundles to their owners), `http` (the bounded listener),
 //! `descriptors` (the descriptor budget), `jsonrpc` (one answer per MCP frame), `mcp` (the Model
 //! Context Protocol server over the same pipeline) with `mcp_stdio` and `mcp_http` (its
-//! transports), `remote` (the API node's side of Redis; the worker is `guild-worker`), `start`
+//! transports), `remote` (the API node's side of Redis; the worker is `guild-worker`), `rollout` (revisions,
+//! the replay gate, canary ramps, shadow runs, rollback and flags, kept in a file or Redis), `start`
 //! (assembly and graceful shutdown), `fuzz` (entry points for cargo-fuzz and seeded mutation
 //! tests).
 
 mod api;
+mod api_tools;
 mod auth;
 mod bundles;
 pub mod config;
@@ -31,6 +33,7 @@ mod mcp_stdio;
 mod metrics;
 pub mod registry;
 mod remote;
+pub mod rollout;
 mod runs;
 mod start;
 mod tenants;

@@ -210,6 +210,9 @@ fn rejection_message(rejection: Rejection) -> String {
         }
         Rejection::KeyConflict { key, run } => format!("idempotency key {key:?} already names run {run}"),
         Rejection::Tenant { tenant, refusal } => refusal.message(&tenant),
+        Rejection::Disabled { tool, reason } => {
+            format!("tool_disabled: tool {tool:?} is disabled by the operator: {reason}")
+        }
         Rejection::Queue(full) if full.draining => "the daemon is shutting down; retry on another node".into(),
         Rejection::Queue(full) => {
             format!("the run queue is full ({} waiting); retry after {} s", full.depth, full.retry_after_s)
@@ -267,8 +270,14 @@ impl ServerHandler for GuildMcp {
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let tenant = self.tenant(&context)?;
-        let tools =
-            self.daemon.tools().all().iter().filter(|t| tenant.tools.allows(&t.name)).map(|t| mcp_tool(t)).collect();
+        let tools = self
+            .daemon
+            .tools()
+            .names()
+            .iter()
+            .filter(|n| tenant.tools.allows(&n.record.name) && n.record.disabled_for(&tenant.name).is_none())
+            .map(|n| mcp_tool(n.current()))
+            .collect();
         Ok(ListToolsResult::with_all_items(tools))
     }
 

@@ -3,20 +3,28 @@
 //! information. Names follow Prometheus conventions (base units, `_total` counters).
 
 use prometheus::{
-    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the daemon exports, registered in one registry.
 pub struct Metrics {
     registry: Registry,
-    /// `guild_runs_total`: finished runs by tool, tenant and outcome.
+    /// `guild_runs_total`: finished runs by tool, revision, tenant and outcome.
     pub runs: IntCounterVec,
-    /// Wall time of a run (queue wait excluded).
+    /// Wall time of a run (queue wait excluded), by tool and revision.
     pub run_seconds: HistogramVec,
+    /// `guild_shadow_runs_total`: candidate runs against a live call's tape, by tool and verdict
+    /// (`identical`, `output_changed`, …, `skipped` when the shadow lane was full, `failed` when
+    /// it could not run).
+    pub shadow_runs: IntCounterVec,
+    /// `guild_rollbacks_total`: candidates rolled back, by tool and trigger (`guard`, `admin`).
+    pub rollbacks: IntCounterVec,
+    /// `guild_rollout_ramp_ratio`: the share of calls a tool's candidate answers (0 to 1).
+    pub rollout_ramp: GaugeVec,
     /// Time a run waited for a slot.
     pub queue_wait_seconds: Histogram,
-    /// Fuel a run burnt.
+    /// Fuel a run burnt, by tool and revision.
     pub run_fuel_units: HistogramVec,
     /// Runs waiting for a slot.
     pub queue_depth: IntGauge,
@@ -114,8 +122,15 @@ impl RedisMetrics {
 }
 
 /// Every `reason` label of `guild_rejections_total`.
-const REJECTION_REASONS: &[&str] =
-    &["rate_limited", "concurrency_limited", "fuel_budget_exhausted", "queue_full", "draining", "queue_unavailable"];
+const REJECTION_REASONS: &[&str] = &[
+    "rate_limited",
+    "concurrency_limited",
+    "fuel_budget_exhausted",
+    "queue_full",
+    "draining",
+    "queue_unavailable",
+    "tool_disabled",
+];
 
 /// Buckets for run wall time: 50 µs to ~30 s.
 const RUN_SECONDS_BUCKETS: &[f64] = &[
@@ -132,13 +147,23 @@ impl Metrics {
     pub fn new(version: &str, wasmtime: &str) -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("guild".into()), None)?;
         let runs = IntCounterVec::new(
-            Opts::new("runs_total", "Finished runs by tool, tenant and outcome."),
-            &["tool", "tenant", "outcome"],
+            Opts::new("runs_total", "Finished runs by tool, revision, tenant and outcome."),
+            &["tool", "revision", "tenant", "outcome"],
         )?;
+        let shadow_runs = IntCounterVec::new(
+            Opts::new("shadow_runs_total", "Candidate runs against a live call's tape, by tool and verdict."),
+            &["tool", "verdict"],
+        )?;
+        let rollbacks = IntCounterVec::new(
+            Opts::new("rollbacks_total", "Candidates rolled back, by tool and trigger."),
+            &["tool", "trigger"],
+        )?;
+        let rollout_ramp =
+            GaugeVec::new(Opts::new("rollout_ramp_ratio", "Share of calls a tool's candidate answers."), &["tool"])?;
         let run_seconds = HistogramVec::new(
             HistogramOpts::new("run_duration_seconds", "Wall time of a run, instantiate to result.")
                 .buckets(RUN_SECONDS_BUCKETS.to_vec()),
-            &["tool"],
+            &["tool", "revision"],
         )?;
         let queue_wait_seconds = Histogram::with_opts(
             HistogramOpts::new("queue_wait_seconds", "Time a run waited for a slot.")
@@ -147,7 +172,7 @@ impl Metrics {
         let run_fuel_units = HistogramVec::new(
             HistogramOpts::new("run_fuel_units", "Fuel a run burnt (about one unit per wasm instruction).")
                 .buckets(prometheus::exponential_buckets(1e4, 10.0, 8)?),
-            &["tool"],
+            &["tool", "revision"],
         )?;
         let queue_depth = IntGauge::new("queue_depth", "Runs waiting for a slot.")?;
         let runs_in_flight = IntGauge::new("runs_in_flight", "Runs executing now.")?;
@@ -172,6 +197,9 @@ impl Metrics {
         )?;
         build.with_label_values(&[version, wasmtime]).set(1);
         registry.register(Box::new(runs.clone()))?;
+        registry.register(Box::new(shadow_runs.clone()))?;
+        registry.register(Box::new(rollbacks.clone()))?;
+        registry.register(Box::new(rollout_ramp.clone()))?;
         registry.register(Box::new(run_seconds.clone()))?;
         registry.register(Box::new(queue_wait_seconds.clone()))?;
         registry.register(Box::new(run_fuel_units.clone()))?;
@@ -190,6 +218,9 @@ impl Metrics {
             redis,
             registry,
             runs,
+            shadow_runs,
+            rollbacks,
+            rollout_ramp,
             run_seconds,
             queue_wait_seconds,
             run_fuel_units,
@@ -205,14 +236,17 @@ impl Metrics {
         })
     }
 
-    /// Start a tool's series at zero, so dashboards show it before its first run.
-    pub fn register_tool(&self, tool: &str) {
+    /// Start a tool's series at zero (its current revision's), so dashboards show it before
+    /// its first run.
+    pub fn register_tool(&self, tool: &str, revision: u32) {
         for decision in ["attempted", "refused"] {
             self.egress.with_label_values(&[tool, decision]);
         }
+        let revision = revision.to_string();
         self.gpu_seconds.with_label_values(&[tool]);
-        self.run_seconds.with_label_values(&[tool]);
-        self.run_fuel_units.with_label_values(&[tool]);
+        self.run_seconds.with_label_values(&[tool, &revision]);
+        self.run_fuel_units.with_label_values(&[tool, &revision]);
+        self.rollout_ramp.with_label_values(&[tool]);
     }
 
     /// Start a tenant's rejection series at zero.

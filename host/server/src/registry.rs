@@ -6,6 +6,7 @@ use crate::config::{ConfigError, DaemonConfig};
 use guild_replay::Digest;
 use guild_runtime::egress::{Secret, SecretGrant, SecretSource};
 use guild_runtime::{Access, Grants, Limits, Mount, Runtime, Tool};
+use guild_vocab::{Disabled, Revision, ToolRecord};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -43,10 +44,12 @@ pub struct ToolSpec {
     pub only_requested_mounts: bool,
 }
 
-/// A registered tool.
+/// One revision of a registered tool: its component, loaded, with what every run of it gets.
 pub struct RegisteredTool {
     /// The name clients call.
     pub name: String,
+    /// Which revision of the name this is (from 1).
+    pub revision: u32,
     /// The loaded component.
     pub tool: Arc<Tool>,
     /// Grants every run of it gets.
@@ -78,7 +81,12 @@ impl RegisteredTool {
                 None
             }
         };
-        Self { name, tool, grants, limits, source, validator }
+        Self { name, revision: 1, tool, grants, limits, source, validator }
+    }
+
+    /// The same registration as revision `revision`.
+    pub fn as_revision(self, revision: u32) -> Self {
+        Self { revision, ..self }
     }
 
     /// The component's bytes, read again from where it was registered from.
@@ -120,10 +128,88 @@ impl RegisteredTool {
     }
 }
 
-/// Registered tools by name. Read on every request; written only by uploads.
+/// What every revision of a name is granted and held to: the operator's config entry for it
+/// (an uploaded name gets none and the default limits).
+#[derive(Debug, Clone, Default)]
+pub struct Base {
+    /// Grants every run of the name gets.
+    pub grants: Grants,
+    /// Limits every run of the name gets.
+    pub limits: Limits,
+    /// Keep only the mounts each revision asks for (grants shared by many tools, e.g. `--dir`).
+    pub only_requested_mounts: bool,
+}
+
+impl Base {
+    /// Register `tool` (from `source`) as revision `revision` of `name` under this base.
+    pub fn register(&self, name: &str, revision: u32, tool: Arc<Tool>, source: ToolSource) -> RegisteredTool {
+        let mut grants = self.grants.clone();
+        if self.only_requested_mounts {
+            let asked = &tool.info().capabilities.dirs;
+            grants.mounts.retain(|m| asked.iter().any(|d| d.guest_path == m.guest_path));
+        }
+        RegisteredTool::new(name.to_string(), tool, grants, self.limits.clone(), source).as_revision(revision)
+    }
+}
+
+/// One tool name: its record (revisions, current, candidate, flags) and its revisions that
+/// are loaded here. Swapped whole on every change; a call reads one snapshot.
+pub struct Named {
+    /// Revisions, current, candidate and flags, as persisted and shared.
+    pub record: ToolRecord,
+    /// What every revision of the name gets.
+    pub base: Base,
+    revisions: BTreeMap<u32, Arc<RegisteredTool>>,
+}
+
+impl Named {
+    /// A name and its loaded revisions.
+    pub fn new(record: ToolRecord, base: Base, revisions: BTreeMap<u32, Arc<RegisteredTool>>) -> Self {
+        Self { record, base, revisions }
+    }
+
+    /// The revision callers get.
+    ///
+    /// # Panics
+    /// Never for a `Named` the registry holds: it installs only names whose current revision
+    /// is loaded.
+    pub fn current(&self) -> &Arc<RegisteredTool> {
+        self.revisions.get(&self.record.current).expect("the current revision is loaded")
+    }
+
+    /// Revision `n`, when it is loaded here.
+    pub fn revision(&self, n: u32) -> Option<&Arc<RegisteredTool>> {
+        self.revisions.get(&n)
+    }
+
+    /// The loaded revisions.
+    pub fn loaded(&self) -> &BTreeMap<u32, Arc<RegisteredTool>> {
+        &self.revisions
+    }
+}
+
+/// Where a call goes: the revision that answers it, and the candidate to shadow it with.
+pub struct Routed {
+    /// The revision that answers.
+    pub tool: Arc<RegisteredTool>,
+    /// Whether the candidate's ramp chose it.
+    pub candidate: bool,
+    /// The candidate to run against this call's tape afterwards, if it was drawn for a shadow.
+    pub shadow: Option<Arc<RegisteredTool>>,
+}
+
+/// Why a call cannot be routed.
+pub enum Unroutable {
+    /// No tool has the name.
+    Unknown,
+    /// The tool is switched off for the caller.
+    Disabled(Disabled),
+}
+
+/// Registered tools by name. Read on every request; written by uploads and rollouts.
 #[derive(Default)]
 pub struct Registry {
-    tools: RwLock<BTreeMap<String, Arc<RegisteredTool>>>,
+    tools: RwLock<BTreeMap<String, Arc<Named>>>,
 }
 
 /// A tool could not be registered.
@@ -139,35 +225,94 @@ pub enum RegisterError {
     },
 }
 
+/// A revision record for `tool`, added now by `by`.
+pub fn revision_of(tool: &Tool, by: &str, note: &str) -> Revision {
+    Revision {
+        revision: 0,
+        component: tool.digest().to_hex(),
+        version: tool.info().version.clone(),
+        description: tool.info().description.clone(),
+        added_unix_ms: guild_queue::now_unix_ms(),
+        added_by: by.to_string(),
+        note: note.to_string(),
+        rolled_back: None,
+    }
+}
+
 impl Registry {
-    /// The tool called `name`.
+    /// The current revision of the tool called `name`.
     pub fn get(&self, name: &str) -> Option<Arc<RegisteredTool>> {
+        self.named(name).map(|n| n.current().clone())
+    }
+
+    /// The name `name`: its record and loaded revisions.
+    pub fn named(&self, name: &str) -> Option<Arc<Named>> {
         self.tools.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
     }
 
-    /// Every tool, by name.
+    /// Every tool's current revision, by name.
     pub fn all(&self) -> Vec<Arc<RegisteredTool>> {
+        self.tools.read().unwrap_or_else(|p| p.into_inner()).values().map(|n| n.current().clone()).collect()
+    }
+
+    /// Every name, with its record.
+    pub fn names(&self) -> Vec<Arc<Named>> {
         self.tools.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
     }
 
-    /// Add a tool; the same component under the same name again is a no-op.
+    /// Which revision answers `tenant`'s call to `name` with routing key `key` (its idempotency
+    /// key, else a fresh random one), and whether to shadow it.
+    ///
+    /// # Errors
+    /// [`Unroutable::Unknown`] for no such name, [`Unroutable::Disabled`] when its flags switch
+    /// it off for `tenant`.
+    pub fn route(&self, name: &str, tenant: &str, key: &str) -> Result<Routed, Unroutable> {
+        let named = self.named(name).ok_or(Unroutable::Unknown)?;
+        if let Some(disabled) = named.record.disabled_for(tenant) {
+            return Err(Unroutable::Disabled(disabled.clone()));
+        }
+        let route = named.record.route(tenant, key);
+        // A revision not loaded here (yet) is answered by the current one.
+        let tool = named.revision(route.revision).unwrap_or_else(|| named.current()).clone();
+        let candidate = route.candidate && tool.revision == route.revision;
+        let shadow = route.shadow.and_then(|n| named.revision(n).cloned());
+        Ok(Routed { tool, candidate, shadow })
+    }
+
+    /// Put `named` in place of what the name held (if anything), unless what is there is
+    /// newer. Returns whether it was installed.
+    pub fn install(&self, named: Named) -> bool {
+        let mut tools = self.tools.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = tools.get(&named.record.name)
+            && existing.record.generation > named.record.generation
+        {
+            return false;
+        }
+        tools.insert(named.record.name.clone(), Arc::new(named));
+        true
+    }
+
+    /// Register a tool as revision 1 of a new name; the same component under the same name again
+    /// is a no-op.
     ///
     /// # Errors
     /// [`RegisterError::NameTaken`] when a different component is registered under the tool's name.
-    pub fn insert(&self, tool: RegisteredTool) -> Result<Arc<RegisteredTool>, RegisterError> {
+    pub fn insert(&self, tool: RegisteredTool, base: Base, by: &str) -> Result<Arc<RegisteredTool>, RegisterError> {
         let mut tools = self.tools.write().unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = tools.get(&tool.name) {
-            if existing.tool.digest() == tool.tool.digest() {
-                return Ok(existing.clone());
+            if existing.current().tool.digest() == tool.tool.digest() {
+                return Ok(existing.current().clone());
             }
-            return Err(RegisterError::NameTaken { name: tool.name, existing: *existing.tool.digest() });
+            return Err(RegisterError::NameTaken { name: tool.name, existing: *existing.current().tool.digest() });
         }
-        let tool = Arc::new(tool);
-        tools.insert(tool.name.clone(), tool.clone());
+        let record = ToolRecord::new(&tool.name, revision_of(&tool.tool, by, ""));
+        let tool = Arc::new(tool.as_revision(1));
+        let revisions = BTreeMap::from([(1, tool.clone())]);
+        tools.insert(tool.name.clone(), Arc::new(Named::new(record, base, revisions)));
         Ok(tool)
     }
 
-    /// Load and register every spec, in order.
+    /// Load and register every spec, in order, each as revision 1 of its name.
     ///
     /// # Errors
     /// [`ConfigError`], naming the spec's field, when a component cannot be loaded, its digest is
@@ -200,13 +345,13 @@ impl Registry {
                 )));
             }
             let name = spec.name.clone().unwrap_or_else(|| tool.info().name.clone());
-            let mut grants = spec.grants.clone();
-            if spec.only_requested_mounts {
-                let asked = &tool.info().capabilities.dirs;
-                grants.mounts.retain(|m| asked.iter().any(|d| d.guest_path == m.guest_path));
-            }
-            self.insert(RegisteredTool::new(name, tool, grants, spec.limits.clone(), spec.source.clone()))
-                .map_err(|e| fail(e.to_string()))?;
+            let base = Base {
+                grants: spec.grants.clone(),
+                limits: spec.limits.clone(),
+                only_requested_mounts: spec.only_requested_mounts,
+            };
+            let registered = base.register(&name, 1, tool, spec.source.clone());
+            self.insert(registered, base, "config").map_err(|e| fail(e.to_string()))?;
         }
         Ok(())
     }

@@ -374,7 +374,8 @@ impl Remote {
         metrics.audit_records.inc_by(count);
         for entry in entries {
             let r = &entry.result;
-            metrics.runs.with_label_values(&[&r.tool, &r.tenant, finished(r).label()]).inc();
+            let revision = r.revision.map(|n| n.to_string()).unwrap_or_default();
+            metrics.runs.with_label_values(&[&r.tool, &revision, &r.tenant, finished(r).label()]).inc();
         }
         Ok(())
     }
@@ -387,6 +388,7 @@ fn audit_entry(done: &DoneEntry) -> AuditEntry {
         tenant: r.tenant.clone(),
         tool: r.tool.clone(),
         tool_digest: r.tool_digest,
+        revision: r.revision,
         input_digest: r.input_digest,
         grants: r.policy.clone(),
         outcome: finished(r).label().to_string(),

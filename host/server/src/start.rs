@@ -5,14 +5,18 @@
 use crate::config::{ConfigError, DaemonConfig, TenantConfig};
 use crate::daemon::Daemon;
 use crate::metrics::Metrics;
+use crate::registry::{Base, Named};
 use crate::registry::{Registry, ToolSource, ToolSpec};
 use crate::remote::Remote;
+use crate::rollout::RolloutState;
+use crate::rollout::records::{Components, RecordStore};
 use crate::runs::{Finished, RunTable};
 use crate::tenants::Tenant;
 use guild_audit::{AuditError, AuditLog, AuditRecord};
 use guild_queue::{RedisQueue, RunQueue};
 use guild_replay::{Digest, DirStore};
 use guild_runtime::{AttemptEnd, Failure, FailureCode, RunStatus, Runtime};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,10 +73,7 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
     let tools = Registry::default();
     let mut specs = ToolSpec::from_config(&config)?;
     specs.extend(extra_tools);
-    specs.extend(uploaded(&state_dir.join("tools")));
     tools.load(&runtime, specs).await?;
-    reserve_descriptors(&config, &tools)?;
-    let runs = RunTable::new(config.queue.runs_kept_max);
     let remote = match config.redis.configured() {
         Some(settings) => {
             let queue = RedisQueue::open(settings.clone()).map_err(|e| ConfigError::new("redis.url", e.to_string()))?;
@@ -81,6 +82,20 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         }
         None => None,
     };
+    let rollout = RolloutState {
+        records: match &remote {
+            Some(remote) => RecordStore::Redis(remote.queue.clone()),
+            None => RecordStore::file(&state_dir),
+        },
+        components: Components { dir: state_dir.join("tools"), redis: remote.as_ref().map(|r| r.queue.clone()) },
+        changing: tokio::sync::Mutex::new(()),
+        guards: Default::default(),
+    };
+    reconcile(&runtime, &tools, &rollout, uploaded(&state_dir.join("tools")))
+        .await
+        .map_err(|message| ConfigError::new("tools", message))?;
+    reserve_descriptors(&config, &tools)?;
+    let runs = RunTable::new(config.queue.runs_kept_max);
     let mut runs_restored = 0;
     let audit = AuditLog::open(&state_dir.join("audit.log"), |record| {
         let entry = &record.entry;
@@ -101,7 +116,11 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
     })?;
     let metrics = Metrics::new(env!("CARGO_PKG_VERSION"), guild_runtime::wasmtime_version())?;
     for tool in tools.all() {
-        metrics.register_tool(&tool.name);
+        metrics.register_tool(&tool.name, tool.revision);
+        if let Some(named) = tools.named(&tool.name) {
+            let ramp = named.record.candidate.as_ref().map_or(0.0, |c| f64::from(c.ramp_bp) / 10_000.0);
+            metrics.rollout_ramp.with_label_values(&[&tool.name]).set(ramp);
+        }
     }
     for tenant in &tenants {
         metrics.register_tenant(&tenant.name);
@@ -117,15 +136,16 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         runs,
         audit,
         metrics,
-        uploads_dir: state_dir.join("tools"),
         request_bytes_max: config.request_bytes_max,
         component_bytes_max: config.component_bytes_max,
         mcp: config.mcp.clone(),
         http: config.http.clone(),
         remote,
+        rollout,
     });
     let daemon = Arc::new(daemon);
     daemon.start_auditing();
+    tokio::spawn(daemon.clone().follow());
     Ok(DaemonParts { daemon, runs_restored })
 }
 
@@ -201,6 +221,100 @@ fn tenants(config: &DaemonConfig, default_token: Option<String>) -> Result<Vec<A
         fuel_budget_period_s: crate::config::FUEL_BUDGET_PERIOD_S_DEFAULT,
     };
     Ok(vec![tenant(&default)])
+}
+
+/// Bring the tools the config registered together with the persisted tool records: keep a
+/// copy of each config component (so every revision can be loaded again), write the record of
+/// a name the store does not know, add a config component the record lacks as a new revision
+/// and make it current (changing the config is a deploy), install the store's records (their
+/// revisions loaded), and add components uploaded by an older version that no record names.
+///
+/// # Errors
+/// For people: the store cannot be read or written, or a record's current revision cannot be
+/// loaded.
+async fn reconcile(
+    runtime: &Runtime,
+    tools: &Registry,
+    rollout: &RolloutState,
+    legacy: Vec<ToolSpec>,
+) -> Result<(), String> {
+    let components = &rollout.components;
+    let configured: Vec<Arc<Named>> = tools.names();
+    for named in &configured {
+        let tool = named.current();
+        let bytes = tool.component_bytes().map_err(|e| format!("cannot read tool {:?}: {e}", tool.name))?;
+        components.keep(tool.tool.digest(), &bytes)?;
+        if let Some(redis) = &components.redis {
+            redis.put_component(tool.tool.digest(), &bytes).await.map_err(|e| e.to_string())?;
+        }
+    }
+    for attempt in 0.. {
+        let persisted: BTreeMap<String, guild_vocab::ToolRecord> =
+            rollout.records.load().await?.into_iter().map(|r| (r.name.clone(), r)).collect();
+        let mut contended = false;
+        for named in &configured {
+            let digest = named.current().tool.digest().to_hex();
+            let (record, read) = match persisted.get(&named.record.name) {
+                None => (named.record.clone(), Some(0)),
+                Some(stored) if stored.find(&digest).is_some() => (stored.clone(), None),
+                Some(stored) => {
+                    let mut record = stored.clone();
+                    let (n, _) = record
+                        .add(crate::registry::revision_of(&named.current().tool, "config", "the config names it"))
+                        .map_err(|e| e.to_string())?;
+                    record.current = n;
+                    tracing::info!(tool = %record.name, revision = n, "the config names a new component: it is the current revision");
+                    (record, Some(stored.generation))
+                }
+            };
+            if let Some(read) = read
+                && !rollout.records.put(&record, read).await?
+            {
+                contended = true;
+                continue;
+            }
+            let loaded = components.named(runtime, record, named.base.clone(), Some(named)).await?;
+            tools.install(loaded);
+        }
+        for (name, record) in persisted {
+            if configured.iter().any(|n| n.record.name == name) {
+                continue;
+            }
+            match components.named(runtime, record, Base::default(), None).await {
+                Ok(named) => {
+                    tools.install(named);
+                }
+                Err(e) => tracing::error!(tool = %name, error = %e, "a stored tool cannot be loaded; it is not served"),
+            }
+        }
+        if !contended || attempt >= 8 {
+            break;
+        }
+    }
+    for spec in legacy {
+        let Some(digest) = spec.digest else { continue };
+        if tools.names().iter().any(|n| n.record.find(&digest.to_hex()).is_some()) {
+            continue;
+        }
+        let ToolSource::File(path) = &spec.source else { continue };
+        let (tool, _) = runtime.load_file(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
+        let name = tool.info().name.clone();
+        let revision = crate::registry::revision_of(&tool, "upload", "uploaded before revisions were kept");
+        let (record, read) = match tools.named(&name) {
+            Some(named) => {
+                let mut record = named.record.clone();
+                record.add(revision).map_err(|e| e.to_string())?;
+                (record, named.record.generation)
+            }
+            None => (guild_vocab::ToolRecord::new(&name, revision), 0),
+        };
+        let base = tools.named(&name).map(|n| n.base.clone()).unwrap_or_default();
+        if rollout.records.put(&record, read).await? {
+            let reuse = tools.named(&name);
+            tools.install(components.named(runtime, record, base, reuse.as_deref()).await?);
+        }
+    }
+    Ok(())
 }
 
 /// Components uploaded through `POST /v1/tools` before a restart.

@@ -278,7 +278,8 @@ impl Worker {
         let limits = &job.limits;
         let principal = guild_runtime::Principal::tenant(&job.tenant);
         let cancel = guild_runtime::CancellationToken::new();
-        let report = match self.runtime.run_as(&tool, &job.input, &grants, limits, cancel, Some(&principal)).await {
+        let run_for = guild_runtime::RunFor { principal: &principal, revision: job.revision };
+        let report = match self.runtime.run_as(&tool, &job.input, &grants, limits, cancel, Some(&run_for)).await {
             Ok(report) => report,
             Err(error) => {
                 let failure = FailureInfo { code: error.code(), message: error.to_string(), bundle: None };
@@ -356,6 +357,7 @@ impl Worker {
             tenant: job.tenant.clone(),
             tool: job.tool.clone(),
             tool_digest: job.tool_digest,
+            revision: job.revision,
             input_digest: job.input_digest,
             idempotency_key: job.idempotency_key.clone(),
             status: RunStatus::Failed,

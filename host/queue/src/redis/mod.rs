@@ -15,6 +15,8 @@
 //! | `stats` | hash | counters: completed, claims, retries, duplicates |
 //! | `workers` | hash | worker name → its last heartbeat |
 //! | `blob:<blake3>` | string | a component (kept without expiry, fetched by workers that lack it) or a bundle's part (for `results_ttl_s`; bundles share parts) |
+//! | `tools` | hash | tool name → its record: revisions, current and candidate, ramp, flags (JSON) |
+//! | `tools:generation` | string | a counter every tool record write increments: nodes poll it |
 //! | `bundle:<blake3>` | hash | a bundle's `manifest` and `signature`, its parts in `blob:`s, for `results_ttl_s` |
 //!
 //! Here: the settings, errors, key names, the Lua scripts (`lua/`) and the connection with its
@@ -32,8 +34,10 @@ mod blobs;
 mod done;
 mod jobs;
 mod stats;
+mod tools;
 
 pub use done::{DoneEntry, DoneRead};
+pub use tools::{TOOL_RECORD_BYTES_MAX, TOOL_RECORDS_MAX};
 
 /// Consumer group of the job stream.
 const WORKERS_GROUP: &str = "workers";

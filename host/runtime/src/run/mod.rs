@@ -33,6 +33,16 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use wasmtime_wasi_http::WasiHttpCtx;
 
 pub use crate::outcome::RunReport;
+
+/// Whom a run is for, and which revision of its tool's name runs: both named in the bundle's
+/// `action.json` (the principal may read the bundle back).
+#[derive(Debug, Clone, Copy)]
+pub struct RunFor<'a> {
+    /// The tenant and subject the run is for.
+    pub principal: &'a guild_replay::Principal,
+    /// The revision of the tool's name, when the host keeps revisions.
+    pub revision: Option<u32>,
+}
 use guild_vocab::{Outcome, ToolErrorKind};
 
 mod load;
@@ -218,8 +228,8 @@ impl Runtime {
         self.run_as(tool, input, grants, limits, cancel, None).await
     }
 
-    /// [`Runtime::run_cancellable`] on behalf of `principal`, whom the bundle names as the one
-    /// who may read it back.
+    /// [`Runtime::run_cancellable`] on behalf of `run_for.principal`, whom the bundle names as
+    /// the one who may read it back, naming the revision that ran.
     ///
     /// # Errors
     /// As [`Runtime::run`].
@@ -230,7 +240,7 @@ impl Runtime {
         grants: &Grants,
         limits: &Limits,
         cancel: CancellationToken,
-        principal: Option<&guild_replay::Principal>,
+        run_for: Option<&RunFor<'_>>,
     ) -> Result<RunReport, RunError> {
         let policy = EffectivePolicy::resolve(&tool.info.name, grants, &tool.info.capabilities)?;
         self.check_limits(limits)?;
@@ -274,7 +284,7 @@ impl Runtime {
                         limits,
                         &execution,
                         recorder,
-                        principal,
+                        run_for,
                     )
                 })?;
                 // Awaited, not blocked on: the signer may be signing this id with others'.

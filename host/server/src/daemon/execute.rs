@@ -29,7 +29,8 @@ impl Daemon {
         let result = match &slot {
             Ok(_) => {
                 let principal = guild_runtime::Principal::tenant(&entry.tenant);
-                self.runtime.run_as(&tool.tool, &input, &tool.grants, &limits, cancel, Some(&principal)).await
+                let run_for = guild_runtime::RunFor { principal: &principal, revision: Some(tool.revision) };
+                self.runtime.run_as(&tool.tool, &input, &tool.grants, &limits, cancel, Some(&run_for)).await
             }
             Err(_) => Err(RunError::Host("the daemon is shutting down; the run was not started".into())),
         };
@@ -60,6 +61,7 @@ impl Daemon {
         );
         drop(committing);
         self.metrics.runs_committing.set(self.queue.committing() as i64);
+        self.guard_call(&tool, &finished);
         let _ = state.send(RunState::Finished(finished.clone()));
         let _ = done.send((finished, output));
     }
@@ -78,6 +80,7 @@ impl Daemon {
             tenant: entry.tenant.clone(),
             tool: tool.name.clone(),
             tool_digest: *tool.tool.digest(),
+            revision: Some(tool.revision),
             input_digest,
             grants: Some(PolicyRecord::granted(tool.grants.clone(), tool.limits.clone())),
             outcome: String::new(),
@@ -92,7 +95,7 @@ impl Daemon {
         let (finished, output) = match result {
             Ok(report) => {
                 report.log_egress_refusals();
-                self.observe(&tool.name, &entry.tenant, &report);
+                self.observe(tool, &entry.tenant, &report);
                 audit.bundle = report.bundle;
                 audit.fuel_used_units = report.fuel_used_units;
                 let (finished, output, policy) = finished_from_report(report);
@@ -101,7 +104,8 @@ impl Daemon {
             }
             Err(error) => {
                 let code = error.code();
-                self.metrics.runs.with_label_values(&[&tool.name, &entry.tenant, code.as_str()]).inc();
+                let revision = tool.revision.to_string();
+                self.metrics.runs.with_label_values(&[&tool.name, &revision, &entry.tenant, code.as_str()]).inc();
                 let finished = Finished {
                     status: RunStatus::Failed,
                     error: Some(error.failure()),
@@ -116,11 +120,12 @@ impl Daemon {
         (finished, output, audit)
     }
 
-    fn observe(&self, tool: &str, tenant: &str, report: &RunReport) {
+    fn observe(&self, registered: &RegisteredTool, tenant: &str, report: &RunReport) {
+        let (tool, revision) = (registered.name.as_str(), registered.revision.to_string());
         let label = report.outcome.label();
-        self.metrics.runs.with_label_values(&[tool, tenant, label]).inc();
-        self.metrics.run_seconds.with_label_values(&[tool]).observe(report.wall_time.as_secs_f64());
-        self.metrics.run_fuel_units.with_label_values(&[tool]).observe(report.fuel_used_units as f64);
+        self.metrics.runs.with_label_values(&[tool, &revision, tenant, label]).inc();
+        self.metrics.run_seconds.with_label_values(&[tool, &revision]).observe(report.wall_time.as_secs_f64());
+        self.metrics.run_fuel_units.with_label_values(&[tool, &revision]).observe(report.fuel_used_units as f64);
         self.metrics.bundle_bytes.inc_by(report.bundle_bytes);
         let refused = report.egress_denials.len() as u64;
         let attempted = u64::from(report.egress_requests);

@@ -7,7 +7,7 @@
 use crate::config::McpConfig;
 use crate::drain::DrainToken;
 use crate::metrics::Metrics;
-use crate::registry::{InvalidInput, RegisteredTool, Registry};
+use crate::registry::{InvalidInput, RegisteredTool, Registry, Unroutable};
 use crate::remote::{self, Remote};
 use crate::runs::{Finished, Inserted, RunEntry, RunState, RunTable, new_run_id, request_digest};
 use crate::tenants::{Admission, Refusal, Tenant};
@@ -16,7 +16,6 @@ use guild_queue::{QueueError, QueueFull, RunQueue};
 use guild_replay::{Digest, DirStore};
 use guild_runtime::CancellationToken;
 use guild_runtime::Runtime;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
@@ -46,8 +45,6 @@ pub struct Daemon {
     audit: Arc<AuditLog>,
     /// The Prometheus metrics `/metrics` serves.
     metrics: Arc<Metrics>,
-    /// Where uploaded components are kept (registered again at start).
-    uploads_dir: PathBuf,
     /// Largest run request body, bytes.
     request_bytes_max: usize,
     /// Largest uploaded component, bytes.
@@ -62,6 +59,8 @@ pub struct Daemon {
     auditing: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     drain: DrainToken,
     tools_changed: watch::Sender<u64>,
+    /// Tool records' store, revisions' components, rollouts' guard rails.
+    rollout: crate::rollout::RolloutState,
 }
 
 /// The parts a daemon is assembled from (see `start`).
@@ -82,8 +81,6 @@ pub(crate) struct Parts {
     pub(crate) audit: AuditLog,
     /// The Prometheus metrics `/metrics` serves.
     pub(crate) metrics: Metrics,
-    /// Where uploaded components are kept.
-    pub(crate) uploads_dir: PathBuf,
     /// Largest run request body, bytes.
     pub(crate) request_bytes_max: usize,
     /// Largest uploaded component, bytes.
@@ -94,6 +91,8 @@ pub(crate) struct Parts {
     pub(crate) http: crate::http::HttpConfig,
     /// With `--redis`: the shared queue's side.
     pub(crate) remote: Option<Arc<Remote>>,
+    /// Tool records' store and revisions' components.
+    pub(crate) rollout: crate::rollout::RolloutState,
 }
 
 /// Why a caller is not shown a run or bundle.
@@ -143,6 +142,13 @@ pub enum Rejection {
         tenant: String,
         /// Which of its limits refused: rate, concurrency or fuel budget.
         refusal: Refusal,
+    },
+    /// The tool is switched off for the caller.
+    Disabled {
+        /// The tool's name.
+        tool: String,
+        /// What the operator said.
+        reason: String,
     },
     /// The queue is full or draining.
     Queue(QueueFull),
@@ -197,12 +203,12 @@ impl Daemon {
             runs,
             audit,
             metrics,
-            uploads_dir,
             request_bytes_max,
             component_bytes_max,
             mcp,
             http,
             remote,
+            rollout,
         } = parts;
         Self {
             runtime,
@@ -213,7 +219,6 @@ impl Daemon {
             runs,
             audit: Arc::new(audit),
             metrics: Arc::new(metrics),
-            uploads_dir,
             request_bytes_max,
             component_bytes_max,
             mcp,
@@ -222,7 +227,13 @@ impl Daemon {
             auditing: std::sync::Mutex::new(None),
             drain: DrainToken::default(),
             tools_changed: watch::Sender::new(0),
+            rollout,
         }
+    }
+
+    /// Tool records' store, revisions' components and rollouts' guard rails.
+    pub(crate) fn rollout(&self) -> &crate::rollout::RolloutState {
+        &self.rollout
     }
 
     /// The tools callers may run, by name, each with its grants, limits and input schema.
@@ -268,11 +279,6 @@ impl Daemon {
     /// With `--redis`: the shared queue's side.
     pub(crate) fn remote(&self) -> Option<&Arc<Remote>> {
         self.remote.as_ref()
-    }
-
-    /// Where uploaded components are kept.
-    pub(crate) fn uploads_dir(&self) -> &std::path::Path {
-        &self.uploads_dir
     }
 
     /// Largest run request body, bytes (`request_bytes_max`).
@@ -377,7 +383,17 @@ impl Daemon {
                 tenant.name, request.tool
             )));
         }
-        let tool = self.tools.get(&request.tool).ok_or_else(|| Rejection::UnknownTool(request.tool.clone()))?;
+        // A retried call (same idempotency key) lands on the same revision; any other call is
+        // routed by a fresh random key.
+        let routing_key = request.idempotency_key.clone().unwrap_or_else(new_run_id);
+        let routed = self.tools.route(&request.tool, &tenant.name, &routing_key).map_err(|why| match why {
+            Unroutable::Unknown => Rejection::UnknownTool(request.tool.clone()),
+            Unroutable::Disabled(disabled) => {
+                self.metrics.rejections.with_label_values(&[&tenant.name, "tool_disabled"]).inc();
+                Rejection::Disabled { tool: request.tool.clone(), reason: disabled.reason }
+            }
+        })?;
+        let tool = routed.tool;
         tool.validate(&request.input).map_err(Rejection::InvalidInput)?;
         let input = request.input.to_string();
         let input_digest = Digest::of(input.as_bytes());
@@ -469,6 +485,7 @@ impl Daemon {
             tenant: tenant.name.clone(),
             tool: tool.name.clone(),
             tool_digest: *tool.tool.digest(),
+            revision: Some(tool.revision),
             input,
             input_digest,
             grants: tool.grants.clone(),
@@ -524,10 +541,14 @@ impl Daemon {
         }
         tracing::info!(run_id = %job.id, tenant = %tenant.name, tool = %tool.name, "job enqueued");
         let mut settling = state.clone();
+        let (guarded, guarded_tool) = (self.clone(), tool.clone());
         tokio::spawn(async move {
-            if settling.wait_for(|s| matches!(s, RunState::Finished(_))).await.is_ok()
-                && let RunState::Finished(finished) = &*settling.borrow()
-            {
+            if settling.wait_for(|s| matches!(s, RunState::Finished(_))).await.is_ok() {
+                let finished = match &*settling.borrow() {
+                    RunState::Finished(finished) => finished.clone(),
+                    _ => return drop(admission),
+                };
+                guarded.guard_call(&guarded_tool, &finished);
                 return admission.settle(finished.fuel_used_units);
             }
             drop(admission);

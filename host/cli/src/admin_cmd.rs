@@ -1,0 +1,267 @@
+//! `guild rollout …` and `guild tool upload|revisions|disable|enable`: the daemon's tool
+//! administration routes, called over HTTP with the admin token from `GUILD_TOKEN`. Tables for
+//! people; `--json` prints the daemon's answer as it came.
+
+use crate::args::{DaemonFlags, RolloutCommand, ToolCommand};
+use crate::exit::{Exit, Failure};
+use crate::out;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use serde_json::{Value, json};
+
+/// Largest answer read from the daemon, bytes (a gate report of 1 000 runs fits many times).
+const ANSWER_BYTES_MAX: usize = 64 << 20;
+
+/// `guild tool new|upload|revisions|disable|enable`.
+pub(crate) fn tool(command: ToolCommand) -> Result<Exit, Failure> {
+    match command {
+        ToolCommand::New(new) => crate::scaffold::new_tool(new),
+        ToolCommand::Upload(a) => {
+            let bytes = std::fs::read(&a.component)
+                .map_err(|e| Failure::usage(format!("cannot read {}: {e}", a.component.display())))?;
+            let path = match &a.name {
+                Some(name) => format!("/v1/tools/{}/revisions", segment(name)),
+                None => "/v1/tools".to_string(),
+            };
+            let answer = call(&a.daemon, Method::POST, &path, Body::Component(bytes, a.note.clone()))?;
+            if a.daemon.json {
+                return print_json(&answer);
+            }
+            out!(
+                "{} revision {} ({}); current revision {}",
+                text(&answer["name"]),
+                answer["revision"],
+                text(&answer["component"]),
+                answer["current_revision"]
+            );
+            Ok(Exit::Success)
+        }
+        ToolCommand::Revisions(a) => {
+            let answer =
+                call(&a.daemon, Method::GET, &format!("/v1/tools/{}/revisions", segment(&a.name)), Body::None)?;
+            if a.daemon.json {
+                return print_json(&answer);
+            }
+            print_record(&answer);
+            Ok(Exit::Success)
+        }
+        ToolCommand::Disable(a) => flag(&a, true),
+        ToolCommand::Enable(a) => flag(&a, false),
+    }
+}
+
+fn flag(a: &crate::args::FlagArgs, disabled: bool) -> Result<Exit, Failure> {
+    let body = json!({ "disabled": disabled, "tenant": a.tenant, "reason": a.reason });
+    let answer = call(&a.daemon, Method::PUT, &format!("/v1/tools/{}/flags", segment(&a.name)), Body::Json(body))?;
+    if a.daemon.json {
+        return print_json(&answer);
+    }
+    let whom = a.tenant.as_deref().map_or("everyone".to_string(), |t| format!("tenant {t}"));
+    out!("{} is {} for {whom}", a.name, if disabled { "disabled" } else { "enabled" });
+    Ok(Exit::Success)
+}
+
+/// `guild rollout check|start|status|promote|rollback`.
+pub(crate) fn rollout(command: RolloutCommand) -> Result<Exit, Failure> {
+    match command {
+        RolloutCommand::Check(a) => {
+            let body = json!({
+                "candidate": a.candidate,
+                "last": a.last,
+                "since_s": a.since.map(|d| d.as_secs()),
+            });
+            let path = format!("/v1/tools/{}/rollout/check", segment(&a.name));
+            let answer = call(&a.daemon, Method::POST, &path, Body::Json(body))?;
+            let passed = answer["passed"].as_bool().unwrap_or(false);
+            if a.daemon.json {
+                print_json(&answer)?;
+            } else {
+                out!("{}", text(&answer["table"]));
+                out!("report {}", text(&answer["report"]));
+                for reason in answer["failures"].as_array().into_iter().flatten() {
+                    out!("gate: {}", text(reason));
+                }
+                out!("gate: {}", if passed { "passed" } else { "failed" });
+            }
+            Ok(if passed { Exit::Success } else { Exit::ToolError })
+        }
+        RolloutCommand::Start(a) => {
+            let body = json!({
+                "candidate": a.candidate,
+                "percent": a.percent,
+                "shadow_percent": a.shadow,
+                "tenants": a.tenants,
+                "force": a.force,
+                "reason": a.reason,
+            });
+            let path = format!("/v1/tools/{}/rollout", segment(&a.name));
+            record_answer(&a.daemon, call(&a.daemon, Method::POST, &path, Body::Json(body))?)
+        }
+        RolloutCommand::Status(a) => {
+            let answer = call(&a.daemon, Method::GET, &format!("/v1/tools/{}/rollout", segment(&a.name)), Body::None)?;
+            if a.daemon.json {
+                return print_json(&answer);
+            }
+            print_record(&answer);
+            let w = &answer["window"];
+            out!(
+                "window: candidate {} calls ({:.1}% failed, p99 {} µs), current {} calls ({:.1}% failed, p99 {} µs)",
+                w["candidate_calls"],
+                w["candidate_error_percent"].as_f64().unwrap_or(0.0),
+                w["candidate_p99_us"],
+                w["current_calls"],
+                w["current_error_percent"].as_f64().unwrap_or(0.0),
+                w["current_p99_us"]
+            );
+            Ok(Exit::Success)
+        }
+        RolloutCommand::Promote(a) => {
+            let body = json!({ "force": a.force, "reason": a.reason });
+            let path = format!("/v1/tools/{}/rollout/promote", segment(&a.name));
+            record_answer(&a.daemon, call(&a.daemon, Method::POST, &path, Body::Json(body))?)
+        }
+        RolloutCommand::Rollback(a) => {
+            let body = json!({ "to": a.to, "reason": a.reason });
+            let path = format!("/v1/tools/{}/rollout/rollback", segment(&a.name));
+            record_answer(&a.daemon, call(&a.daemon, Method::POST, &path, Body::Json(body))?)
+        }
+    }
+}
+
+fn record_answer(daemon: &DaemonFlags, answer: Value) -> Result<Exit, Failure> {
+    if daemon.json {
+        return print_json(&answer);
+    }
+    print_record(&answer);
+    Ok(Exit::Success)
+}
+
+fn print_json(answer: &Value) -> Result<Exit, Failure> {
+    out!("{}", serde_json::to_string_pretty(answer).unwrap_or_default());
+    Ok(Exit::Success)
+}
+
+fn text(value: &Value) -> String {
+    value.as_str().map_or_else(|| value.to_string(), str::to_string)
+}
+
+/// A tool record as a table: one line per revision, then the candidate and the flags.
+fn print_record(record: &Value) {
+    out!("{} (generation {})", text(&record["name"]), record["generation"]);
+    out!("{:>4}  {:<12} {:<10} {:<16} {:<13} {}", "REV", "STATE", "VERSION", "COMPONENT", "ADDED BY", "NOTE");
+    for r in record["revisions"].as_array().into_iter().flatten() {
+        let component = text(&r["component"]);
+        out!(
+            "{:>4}  {:<12} {:<10} {:<16} {:<13} {}",
+            r["revision"].as_u64().unwrap_or(0),
+            text(&r["state"]),
+            text(&r["version"]),
+            component.get(..16).unwrap_or(&component),
+            text(&r["added_by"]),
+            r["rolled_back"].as_str().map_or_else(|| text(&r["note"]), |why| format!("rolled back: {why}"))
+        );
+    }
+    if let Some(c) = record.get("candidate").filter(|c| !c.is_null()) {
+        let share = |bp: &Value| bp.as_f64().unwrap_or(0.0) / 100.0;
+        let tenants = c["tenants"].as_array().map(|t| t.iter().map(text).collect::<Vec<_>>().join(","));
+        out!(
+            "candidate: revision {} at {}% of calls, shadow {}%{}{}",
+            c["revision"],
+            share(&c["ramp_bp"]),
+            share(&c["shadow_bp"]),
+            tenants.map(|t| format!(", tenants {t}")).unwrap_or_default(),
+            if c["forced"].as_bool() == Some(true) { ", started with force" } else { "" }
+        );
+    }
+    if let Some(d) = record["flags"].get("disabled") {
+        out!("disabled for everyone: {}", text(&d["reason"]));
+    }
+    for (tenant, d) in record["flags"]["tenants"].as_object().into_iter().flatten() {
+        out!("disabled for tenant {tenant}: {}", text(&d["reason"]));
+    }
+}
+
+/// A tool name as one URL path segment.
+fn segment(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+enum Body {
+    None,
+    Json(Value),
+    Component(Vec<u8>, String),
+}
+
+/// Call the daemon; a non-2xx answer becomes a failure carrying its error code and message.
+fn call(daemon: &DaemonFlags, method: Method, path: &str, body: Body) -> Result<Value, Failure> {
+    let token = std::env::var("GUILD_TOKEN")
+        .map_err(|_| Failure::usage("set GUILD_TOKEN to an admin tenant's token to talk to the daemon"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::host(format!("cannot start the async runtime: {e}")))?;
+    let (status, bytes) = runtime.block_on(send(&daemon.url, &token, method, path, body))?;
+    let value: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({}));
+    if status.is_success() {
+        return Ok(value);
+    }
+    let code = text(&value["error"]["code"]);
+    let message = text(&value["error"]["message"]);
+    let exit = match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Exit::Denied,
+        StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND => Exit::Usage,
+        StatusCode::CONFLICT => Exit::ToolError,
+        _ => Exit::Host,
+    };
+    Err(Failure::new(exit, format!("the daemon answered {status} {code}: {message}")))
+}
+
+async fn send(url: &str, token: &str, method: Method, path: &str, body: Body) -> Result<(StatusCode, Bytes), Failure> {
+    let base: hyper::Uri = url.parse().map_err(|e| Failure::usage(format!("--url {url:?}: {e}")))?;
+    if base.scheme_str() != Some("http") {
+        return Err(Failure::usage(format!(
+            "--url {url:?}: only http:// is spoken here; reach a TLS daemon through a local tunnel"
+        )));
+    }
+    let authority = base.authority().ok_or_else(|| Failure::usage(format!("--url {url:?} has no host")))?.clone();
+    let address = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
+    let unreachable = |e: std::io::Error| Failure::host(format!("cannot reach the daemon at {url}: {e}"));
+    let stream = tokio::net::TcpStream::connect(&address).await.map_err(unreachable)?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(|e| Failure::host(format!("cannot speak HTTP to {url}: {e}")))?;
+    tokio::spawn(connection);
+    let prefix = base.path().trim_end_matches('/');
+    let builder = Request::builder()
+        .method(method)
+        .uri(format!("{prefix}{path}"))
+        .header(hyper::header::HOST, authority.as_str())
+        .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    let request = match body {
+        Body::None => builder.body(Full::new(Bytes::new())),
+        Body::Json(value) => builder
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(value.to_string()))),
+        Body::Component(bytes, note) => builder
+            .header(hyper::header::CONTENT_TYPE, "application/wasm")
+            .header("guild-note", note)
+            .body(Full::new(Bytes::from(bytes))),
+    }
+    .map_err(|e| Failure::usage(format!("cannot build the request: {e}")))?;
+    let response =
+        sender.send_request(request).await.map_err(|e| Failure::host(format!("the request to {url} failed: {e}")))?;
+    let status = response.status();
+    let limited = http_body_util::Limited::new(response.into_body(), ANSWER_BYTES_MAX);
+    let bytes = limited
+        .collect()
+        .await
+        .map_err(|e| Failure::host(format!("cannot read the daemon's answer (at most {ANSWER_BYTES_MAX} bytes): {e}")))?
+        .to_bytes();
+    Ok((status, bytes))
+}
