@@ -260,6 +260,9 @@ pub enum FailureCode {
     /// A finished job's entry in Redis could not be read (it was moved to the dead-letter
     /// stream with what it held).
     CorruptDoneEntry,
+    /// The operator switched the tool off (for the job's tenant, or everyone) after the job was
+    /// queued: the worker did not run it.
+    ToolDisabled,
 }
 
 impl FailureCode {
@@ -280,11 +283,12 @@ impl FailureCode {
             Self::WorkerLost => "worker_lost",
             Self::UnreadableResult => "unreadable_result",
             Self::CorruptDoneEntry => "corrupt_done_entry",
+            Self::ToolDisabled => "tool_disabled",
         }
     }
 
     /// Every code, in declaration order.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::ToolError,
         Self::Limit,
         Self::Trap,
@@ -299,6 +303,7 @@ impl FailureCode {
         Self::CorruptDoneEntry,
         Self::WorkerLost,
         Self::UnreadableResult,
+        Self::ToolDisabled,
     ];
 
     /// The code named `text`, if there is one.

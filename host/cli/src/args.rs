@@ -167,7 +167,7 @@ pub(crate) struct McpArgs {
 }
 
 /// Tools to serve besides the config's, and what they are granted.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct ToolFlags {
     /// Register a tool component (repeatable), beside the config's; clients call it by its name.
     #[arg(long = "tool", value_name = "COMPONENT.wasm")]

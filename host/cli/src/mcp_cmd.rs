@@ -31,7 +31,7 @@ pub(crate) fn mcp(global: &Global, args: McpArgs) -> Result<Exit, Failure> {
     tokio.block_on(async {
         let setup = DaemonSetup { config, runtime, store, state_dir, default_token, extra_tools };
         let daemon = guild_server::start(setup).await.map_err(|e| Failure::usage(e.to_string()))?.daemon;
-        let tenant = pick_tenant(daemon.tenants(), args.tenant.as_deref())?;
+        let tenant = pick_tenant(&daemon.tenants(), args.tenant.as_deref())?;
         let tools: Vec<String> = daemon.tools().all().iter().map(|t| t.name.clone()).collect();
         tracing::info!(tenant = %tenant.name, tools = ?tools, "serving MCP on stdio");
         let served = guild_server::serve_stdio(daemon.clone(), tenant).await;

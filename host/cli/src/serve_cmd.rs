@@ -46,6 +46,7 @@ pub(crate) fn serve(global: &Global, args: ServeArgs) -> Result<Exit, Failure> {
         let addr = listener.local_addr().map_err(|e| Failure::host(e.to_string()))?;
         let tools: Vec<String> = parts.daemon.tools().all().iter().map(|t| t.name.clone()).collect();
         tracing::info!(addr = %addr, tools = ?tools, runs_restored = parts.runs_restored, "listening on http://{addr}");
+        tokio::spawn(reload_on_hangup(parts.daemon.clone(), args.config.clone(), args.tools.clone()));
         let drained = guild_server::run(parts.daemon, listener, shutdown_signal(), notice, drain)
             .await
             .map_err(|e| Failure::host(e.to_string()))?;
@@ -54,6 +55,29 @@ pub(crate) fn serve(global: &Global, args: ServeArgs) -> Result<Exit, Failure> {
         }
         Ok(Exit::Success)
     })
+}
+
+/// On every SIGHUP, read the config again and put it in force ([`Daemon::reload`]): a file that
+/// does not load is refused with its field named, and the old config stays.
+async fn reload_on_hangup(daemon: Arc<guild_server::Daemon>, path: Option<PathBuf>, tools: ToolFlags) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: the config is not reloadable");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the config");
+        let config = match load_config(path.as_deref()) {
+            Ok(config) => config,
+            Err(failure) => {
+                tracing::error!(error = %failure.message, "the config does not load; the old one stays in force");
+                continue;
+            }
+        };
+        match daemon.reload(&config, extra_tools(&tools, path.is_none())).await {
+            Ok(summary) => tracing::info!(%summary, "config reloaded"),
+            Err(e) => tracing::error!(error = %e, "the config was refused; the old one stays in force"),
+        }
+    }
 }
 
 /// Read the config (or the embedded default), apply `GUILD_*` overrides, start logging on

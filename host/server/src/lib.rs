@@ -32,6 +32,7 @@ mod mcp_http;
 mod mcp_stdio;
 mod metrics;
 pub mod registry;
+mod reload;
 mod remote;
 pub mod rollout;
 mod runs;

@@ -292,6 +292,11 @@ impl Registry {
         true
     }
 
+    /// Stop serving `name` here (its record stays in the store).
+    pub fn remove(&self, name: &str) -> bool {
+        self.tools.write().unwrap_or_else(|p| p.into_inner()).remove(name).is_some()
+    }
+
     /// Register a tool as revision 1 of a new name; the same component under the same name again
     /// is a no-op.
     ///

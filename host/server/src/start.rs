@@ -16,7 +16,6 @@ use guild_audit::{AuditError, AuditLog, AuditRecord};
 use guild_queue::{RedisQueue, RunQueue};
 use guild_replay::{Digest, DirStore};
 use guild_runtime::{AttemptEnd, Failure, FailureCode, RunStatus, Runtime};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -224,10 +223,10 @@ fn tenants(config: &DaemonConfig, default_token: Option<String>) -> Result<Vec<A
 }
 
 /// Bring the tools the config registered together with the persisted tool records: keep a
-/// copy of each config component (so every revision can be loaded again), write the record of
-/// a name the store does not know, add a config component the record lacks as a new revision
-/// and make it current (changing the config is a deploy), install the store's records (their
-/// revisions loaded), and add components uploaded by an older version that no record names.
+/// copy of each config component (so every revision can be loaded again), install the store's
+/// records (their revisions loaded), and add components uploaded by an older version that no
+/// record names. A record whose first revision came from the config is served only while the
+/// config names it.
 ///
 /// # Errors
 /// For people: the store cannot be read or written, or a record's current revision cannot be
@@ -241,54 +240,22 @@ async fn reconcile(
     let components = &rollout.components;
     let configured: Vec<Arc<Named>> = tools.names();
     for named in &configured {
-        let tool = named.current();
-        let bytes = tool.component_bytes().map_err(|e| format!("cannot read tool {:?}: {e}", tool.name))?;
-        components.keep(tool.tool.digest(), &bytes)?;
-        if let Some(redis) = &components.redis {
-            redis.put_component(tool.tool.digest(), &bytes).await.map_err(|e| e.to_string())?;
-        }
+        adopt(runtime, tools, rollout, named, false).await?;
     }
-    for attempt in 0.. {
-        let persisted: BTreeMap<String, guild_vocab::ToolRecord> =
-            rollout.records.load().await?.into_iter().map(|r| (r.name.clone(), r)).collect();
-        let mut contended = false;
-        for named in &configured {
-            let digest = named.current().tool.digest().to_hex();
-            let (record, read) = match persisted.get(&named.record.name) {
-                None => (named.record.clone(), Some(0)),
-                Some(stored) if stored.find(&digest).is_some() => (stored.clone(), None),
-                Some(stored) => {
-                    let mut record = stored.clone();
-                    let (n, _) = record
-                        .add(crate::registry::revision_of(&named.current().tool, "config", "the config names it"))
-                        .map_err(|e| e.to_string())?;
-                    record.current = n;
-                    tracing::info!(tool = %record.name, revision = n, "the config names a new component: it is the current revision");
-                    (record, Some(stored.generation))
-                }
-            };
-            if let Some(read) = read
-                && !rollout.records.put(&record, read).await?
-            {
-                contended = true;
-                continue;
-            }
-            let loaded = components.named(runtime, record, named.base.clone(), Some(named)).await?;
-            tools.install(loaded);
+    for record in rollout.records.load().await? {
+        let name = record.name.clone();
+        if configured.iter().any(|n| n.record.name == name) {
+            continue;
         }
-        for (name, record) in persisted {
-            if configured.iter().any(|n| n.record.name == name) {
-                continue;
-            }
-            match components.named(runtime, record, Base::default(), None).await {
-                Ok(named) => {
-                    tools.install(named);
-                }
-                Err(e) => tracing::error!(tool = %name, error = %e, "a stored tool cannot be loaded; it is not served"),
-            }
+        if record.revisions.first().is_some_and(|r| r.added_by == "config") {
+            tracing::info!(tool = %name, "the config no longer names this tool: it is not served (its revisions are kept)");
+            continue;
         }
-        if !contended || attempt >= 8 {
-            break;
+        match components.named(runtime, record, Base::default(), None, false).await {
+            Ok(named) => {
+                tools.install(named);
+            }
+            Err(e) => tracing::error!(tool = %name, error = %e, "a stored tool cannot be loaded; it is not served"),
         }
     }
     for spec in legacy {
@@ -311,10 +278,65 @@ async fn reconcile(
         let base = tools.named(&name).map(|n| n.base.clone()).unwrap_or_default();
         if rollout.records.put(&record, read).await? {
             let reuse = tools.named(&name);
-            tools.install(components.named(runtime, record, base, reuse.as_deref()).await?);
+            tools.install(components.named(runtime, record, base, reuse.as_deref(), false).await?);
         }
     }
     Ok(())
+}
+
+/// Take a tool the config names (`configured`: its component as revision 1 of a fresh record,
+/// under the config's grants and limits) into the store and the registry: keep a copy of its
+/// component; write the record of a name the store does not know; add a component the stored
+/// record lacks as a new revision and make it current (changing the config is a deploy); then
+/// install the stored record with every revision registered under the config's base (`rebase`:
+/// again, for a reload that may have changed the grants or limits).
+///
+/// # Errors
+/// For people: the component cannot be kept, the store read or written (or kept being written
+/// by other nodes), or the current revision loaded.
+pub(crate) async fn adopt(
+    runtime: &Runtime,
+    tools: &Registry,
+    rollout: &RolloutState,
+    configured: &Named,
+    rebase: bool,
+) -> Result<(), String> {
+    let components = &rollout.components;
+    let tool = configured.current();
+    let bytes = tool.component_bytes().map_err(|e| format!("cannot read tool {:?}: {e}", tool.name))?;
+    components.keep(tool.tool.digest(), &bytes)?;
+    if let Some(redis) = &components.redis {
+        redis.put_component(tool.tool.digest(), &bytes).await.map_err(|e| e.to_string())?;
+    }
+    let digest = tool.tool.digest().to_hex();
+    let name = &configured.record.name;
+    for _ in 0..8 {
+        let stored = rollout.records.read(name).await?;
+        let (record, read) = match &stored {
+            None => (configured.record.clone(), Some(0)),
+            Some(stored) if stored.find(&digest).is_some() => (stored.clone(), None),
+            Some(stored) => {
+                let mut record = stored.clone();
+                let (n, _) = record
+                    .add(crate::registry::revision_of(&tool.tool, "config", "the config names it"))
+                    .map_err(|e| e.to_string())?;
+                record.current = n;
+                tracing::info!(tool = %record.name, revision = n, "the config names a new component: it is the current revision");
+                (record, Some(stored.generation))
+            }
+        };
+        if let Some(read) = read
+            && !rollout.records.put(&record, read).await?
+        {
+            continue;
+        }
+        let reuse = tools.named(name);
+        let reuse = reuse.as_deref().filter(|_| !rebase).unwrap_or(configured);
+        let loaded = components.named(runtime, record, configured.base.clone(), Some(reuse), rebase).await?;
+        tools.install(loaded);
+        return Ok(());
+    }
+    Err(format!("the record of tool {name:?} kept being changed by other nodes; start again"))
 }
 
 /// Components uploaded through `POST /v1/tools` before a restart.

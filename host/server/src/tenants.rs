@@ -49,6 +49,8 @@ pub struct Tenant {
     /// connection, say by sending bodies slowly).
     requests: Arc<tokio::sync::Semaphore>,
     requests_max: usize,
+    /// What the config said, so a reload keeps the state (buckets, budget) of an unchanged one.
+    source: Option<TenantConfig>,
 }
 
 pub use crate::http::TENANT_REQUESTS_MAX_DEFAULT;
@@ -213,7 +215,14 @@ impl Tenant {
             }),
             requests: Arc::new(tokio::sync::Semaphore::new(TENANT_REQUESTS_MAX_DEFAULT)),
             requests_max: TENANT_REQUESTS_MAX_DEFAULT,
+            source: Some(config.clone()),
         }
+    }
+
+    /// Whether this tenant was made from exactly `config` with `requests_max` (a reloaded
+    /// config that did not change it keeps this tenant, its buckets and budget).
+    pub fn made_from(&self, config: &TenantConfig, requests_max: usize) -> bool {
+        self.source.as_ref() == Some(config) && self.requests_max == requests_max.max(1)
     }
 
     /// Serve at most `requests_max` HTTP requests of this tenant at once.

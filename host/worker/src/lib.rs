@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+mod flags;
 mod reconnect;
 mod share;
 
@@ -75,6 +76,8 @@ struct Worker {
     /// Large blobs Redis is known to hold, with when that was checked (asking again after half
     /// of `results_ttl_s` refreshes their expiry).
     known_blobs: Mutex<HashMap<Digest, std::time::Instant>>,
+    /// The tool records' flags, checked before each job.
+    flags: flags::Flags,
     completed: AtomicU64,
     duplicates: AtomicU64,
     retried: AtomicU64,
@@ -99,6 +102,7 @@ pub async fn run_worker(
         secrets: setup.secrets,
         shared_store: setup.shared_store,
         known_blobs: Mutex::new(HashMap::new()),
+        flags: flags::Flags::new(),
         completed: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
         retried: AtomicU64::new(0),
@@ -272,6 +276,12 @@ impl Worker {
             // In a rolling upgrade a worker of the version that wrote it may read it: retried,
             // and dead (with why) only once every attempt found it unreadable.
             return Err(AttemptFailure::retryable(FailureCode::BadJob, why.clone()));
+        }
+        if let Some(disabled) = self.flags.disabled(&self.queue, &job.tool, &job.tenant).await {
+            return Err(AttemptFailure::deterministic(
+                FailureCode::ToolDisabled,
+                format!("tool {:?} is disabled by the operator: {}", job.tool, disabled.reason),
+            ));
         }
         let tool = self.tool(&job.tool_digest).await?;
         let grants = Grants { secrets: self.secrets.clone(), ..job.grants.clone() };

@@ -286,7 +286,7 @@ pub struct SecretGrantConfig {
 }
 
 /// A tenant: one bearer token, what it may call, and how much.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// Name in logs, metrics and the audit log.

@@ -35,8 +35,8 @@ pub struct Daemon {
     store: Arc<DirStore>,
     /// The tools callers may run, by name, each with its grants, limits and input schema.
     tools: Registry,
-    /// Who may call.
-    tenants: Vec<Arc<Tenant>>,
+    /// Who may call (swapped whole by a config reload).
+    tenants: std::sync::RwLock<Arc<Vec<Arc<Tenant>>>>,
     /// The bounded run queue.
     queue: Arc<RunQueue>,
     /// Runs by id.
@@ -214,7 +214,7 @@ impl Daemon {
             runtime,
             store,
             tools,
-            tenants,
+            tenants: std::sync::RwLock::new(Arc::new(tenants)),
             queue,
             runs,
             audit: Arc::new(audit),
@@ -242,8 +242,13 @@ impl Daemon {
     }
 
     /// Who may call.
-    pub fn tenants(&self) -> &[Arc<Tenant>] {
-        &self.tenants
+    pub fn tenants(&self) -> Arc<Vec<Arc<Tenant>>> {
+        self.tenants.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Put `tenants` in place of the configured ones (a config reload).
+    pub(crate) fn set_tenants(&self, tenants: Vec<Arc<Tenant>>) {
+        *self.tenants.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tenants);
     }
 
     /// The run pipeline.
@@ -323,7 +328,7 @@ impl Daemon {
     /// The tenant whose token this is.
     pub fn tenant_for(&self, token: &str) -> Option<Arc<Tenant>> {
         let digest = blake3::hash(token.as_bytes());
-        self.tenants.iter().find(|t| t.owns(&digest)).cloned()
+        self.tenants().iter().find(|t| t.owns(&digest)).cloned()
     }
 
     /// Whether `caller` may see the run or bundle `id` that belongs to `owner` (`None`: it names

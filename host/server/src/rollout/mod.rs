@@ -248,7 +248,7 @@ impl Daemon {
 
     /// Load the revisions of `record` (reusing those `reuse` has).
     async fn load_named(&self, record: ToolRecord, base: Base, reuse: Option<&Named>) -> Result<Named, ChangeError> {
-        self.rollout().components.named(self.runtime(), record, base, reuse).await.map_err(ChangeError::Store)
+        self.rollout().components.named(self.runtime(), record, base, reuse, false).await.map_err(ChangeError::Store)
     }
 
     /// Install `named` here and tell whoever watches the tool list.

@@ -164,7 +164,8 @@ impl Components {
         Ok(Arc::new(base.register(&record.name, revision, tool, ToolSource::File(path))))
     }
 
-    /// `record` with its revisions loaded: those `reuse` holds are taken from it, the rest
+    /// `record` with its revisions loaded: those `reuse` holds are taken from it (registered
+    /// again under `base` when `rebase`: the config changed its grants or limits), the rest
     /// loaded. A revision that cannot be loaded is left out (and logged) unless it is the
     /// current one.
     ///
@@ -176,13 +177,16 @@ impl Components {
         record: ToolRecord,
         base: Base,
         reuse: Option<&Named>,
+        rebase: bool,
     ) -> Result<Named, String> {
         let mut loaded = BTreeMap::new();
         for entry in &record.revisions {
             let kept = reuse
-                .and_then(|n| n.revision(entry.revision))
-                .filter(|t| t.tool.digest().to_hex() == entry.component)
-                .cloned();
+                .and_then(|n| n.loaded().values().find(|t| t.tool.digest().to_hex() == entry.component))
+                .map(|t| match (rebase, t.revision == entry.revision) {
+                    (false, true) => t.clone(),
+                    _ => Arc::new(base.register(&record.name, entry.revision, t.tool.clone(), t.source.clone())),
+                });
             let tool = match kept {
                 Some(tool) => tool,
                 None => match self.load(runtime, &record, &base, entry.revision).await {
