@@ -32,9 +32,9 @@ const DETAIL_QUOTE_CHARS_MAX: usize = 200;
 /// How a candidate's run on a recorded input compares with the recorded run.
 ///
 /// When several apply, the first in this order is the verdict — the order of how much each
-/// should stop a rollout: `trap` > `limit` > `new_effect` > `missing_effect` > `error_changed`
-/// > `output_changed` > `identical`. Log lines, fuel and extra or fewer clock readings never
-/// make a difference (new code logs, burns fuel and reads the time differently).
+/// should stop a rollout: `trap`, `limit`, `new_effect`, `missing_effect`, `error_changed`,
+/// `output_changed`, `identical`. Log lines, fuel and extra or fewer clock readings never make
+/// a difference (new code logs, burns fuel and reads the time differently).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CandidateVerdict {
@@ -273,11 +273,8 @@ impl Runtime {
         if trees == bundle.result.output_trees {
             return Ok(None);
         }
-        let changed: Vec<&str> = trees
-            .iter()
-            .filter(|t| !bundle.result.output_trees.contains(t))
-            .map(|t| t.guest_path.as_str())
-            .collect();
+        let changed: Vec<&str> =
+            trees.iter().filter(|t| !bundle.result.output_trees.contains(t)).map(|t| t.guest_path.as_str()).collect();
         Ok(Some(format!("the writable mounts' trees differ after the run ({})", changed.join(", "))))
     }
 }
@@ -290,11 +287,7 @@ fn wall_unrecorded(bundle: &Bundle) -> Duration {
 
 /// `a - b` as a signed number, saturating.
 fn signed_delta(a: u64, b: u64) -> i64 {
-    if a >= b {
-        i64::try_from(a - b).unwrap_or(i64::MAX)
-    } else {
-        i64::try_from(b - a).map_or(i64::MIN, |d| -d)
-    }
+    if a >= b { i64::try_from(a - b).unwrap_or(i64::MAX) } else { i64::try_from(b - a).map_or(i64::MIN, |d| -d) }
 }
 
 /// Fill in `check`'s verdict, detail, effect and output diff.
@@ -350,7 +343,12 @@ fn classify(
 }
 
 /// The verdict, by the precedence [`CandidateVerdict`] states.
-fn verdict(recorded: &Outcome, found: &Outcome, findings: &CandidateFindings, output_changed: bool) -> CandidateVerdict {
+fn verdict(
+    recorded: &Outcome,
+    found: &Outcome,
+    findings: &CandidateFindings,
+    output_changed: bool,
+) -> CandidateVerdict {
     if matches!(found, Outcome::Trap { .. }) && !matches!(recorded, Outcome::Trap { .. }) {
         return CandidateVerdict::Trap;
     }

@@ -179,7 +179,12 @@ impl GatePolicy {
         let bounds = [
             (CandidateVerdict::Trap, self.traps_max, "trapped", "traps_max"),
             (CandidateVerdict::Limit, self.limits_max, "hit a limit the original did not", "limits_max"),
-            (CandidateVerdict::NewEffect, self.new_effects_max, "asked for an effect the recording lacks", "new_effects_max"),
+            (
+                CandidateVerdict::NewEffect,
+                self.new_effects_max,
+                "asked for an effect the recording lacks",
+                "new_effects_max",
+            ),
             (
                 CandidateVerdict::MissingEffect,
                 self.missing_effects_max,
@@ -268,8 +273,8 @@ mod tests {
 
     #[test]
     fn a_policy_reads_from_config_with_defaults_and_refuses_unknown_fields() {
-        let policy: GatePolicy =
-            serde_json::from_str(r#"{"output_changed_percent_max": 30.0, "traps_max": 1}"#).unwrap_or_else(|e| panic!("{e}"));
+        let policy: GatePolicy = serde_json::from_str(r#"{"output_changed_percent_max": 30.0, "traps_max": 1}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(policy.min_runs, 1);
         assert_eq!(policy.traps_max, 1);
         use CandidateVerdict::*;

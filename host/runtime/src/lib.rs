@@ -15,8 +15,8 @@
 mod bindings;
 mod blocking;
 mod cache;
-mod candidate;
 mod cancel;
+mod candidate;
 pub mod egress;
 mod engine;
 mod error;

@@ -280,16 +280,18 @@ pub(crate) fn replay_limits(bundle: &Bundle, options: &ReplayOptions) -> ReplayL
 /// The seed the tape's first event records.
 pub(crate) fn recorded_seed(events: &[Event]) -> Result<[u8; 32], ReplayError> {
     match events.first().map(|e| &e.effect) {
-        Some(Effect::RandomSeed { seed }) => Ok(*seed
-            .parse::<Digest>()
-            .map_err(|e| ReplayError::Invalid(format!("random seed: {e}")))?
-            .as_bytes()),
+        Some(Effect::RandomSeed { seed }) => {
+            Ok(*seed.parse::<Digest>().map_err(|e| ReplayError::Invalid(format!("random seed: {e}")))?.as_bytes())
+        }
         _ => Err(ReplayError::Invalid("the tape does not start with the random seed".into())),
     }
 }
 
 /// The response bodies the tape's HTTP exchanges name, read from the bundle.
-pub(crate) fn http_bodies(events: &[Event], store: &dyn BlobStore) -> Result<HashMap<Digest, bytes::Bytes>, ReplayError> {
+pub(crate) fn http_bodies(
+    events: &[Event],
+    store: &dyn BlobStore,
+) -> Result<HashMap<Digest, bytes::Bytes>, ReplayError> {
     let mut bodies = HashMap::new();
     for event in events {
         if let Effect::Http { response: Some(response), .. } = &event.effect {
