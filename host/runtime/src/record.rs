@@ -481,6 +481,51 @@ mod tests {
         assert_eq!(recorder.take_blobs().len(), 1);
     }
 
+    fn get(url: &str) -> Effect {
+        let request = guild_replay::HttpRequestRecord {
+            method: "GET".into(),
+            url: url.into(),
+            headers: Vec::new(),
+            body: None,
+            body_bytes: 0,
+        };
+        Effect::Http { request, response: None, error: Some("denied: test".into()) }
+    }
+
+    fn is_get(url: &str) -> impl Fn(&Effect) -> bool + '_ {
+        move |e| matches!(e, Effect::Http { request, .. } if request.url == url)
+    }
+
+    #[test]
+    fn a_candidate_is_answered_by_content_and_told_what_it_added_and_left_out() {
+        let mut tape = Tape::new();
+        let wall = |seconds| Effect::WallClock { seconds, nanoseconds: 0 };
+        for effect in [wall(10), get("http://a/"), get("http://b/"), wall(20), get("http://c/")] {
+            tape.push(1, effect).expect("room");
+        }
+        let candidate =
+            Recorder::candidate(100, 1 << 20, Arc::default(), tape.events().to_vec(), Duration::from_secs(99));
+        assert!(candidate.is_candidate());
+        // Out of the recorded order, and each exchange only once.
+        assert_eq!(candidate.take_matching(Lane::Http, is_get("http://b/")), Some(get("http://b/")));
+        assert_eq!(candidate.take_matching(Lane::Http, is_get("http://b/")), None);
+        assert_eq!(candidate.take_matching(Lane::Http, is_get("http://a/")), Some(get("http://a/")));
+        // Clocks in their recorded order, then the last reading again; a clock never read: 0.
+        let clock = TapeWallClock(candidate.clone());
+        let readings: Vec<u64> = (0..3).map(|_| clock.now().as_secs()).collect();
+        assert_eq!(readings, [10, 20, 20]);
+        assert_eq!(candidate.clock_answer(Lane::Monotonic), Some(Effect::MonotonicClock { nanoseconds: 0 }));
+        candidate.note_new_effect(get("http://new/"));
+        let findings = candidate.candidate_findings();
+        assert_eq!(findings.new_effects, [get("http://new/")]);
+        assert_eq!(findings.missing_effects, [get("http://c/")]);
+        assert_eq!((findings.extra_clock_reads, findings.unread_clock_readings), (2, 0));
+        assert!(candidate.finish().1.is_none(), "a candidate is never compared by position");
+
+        let never_read = Recorder::candidate(100, 1 << 20, Arc::default(), Vec::new(), Duration::from_secs(99));
+        assert_eq!(TapeWallClock(never_read).now(), Duration::from_secs(99));
+    }
+
     #[test]
     fn replay_answers_from_the_tape_and_reports_the_first_difference() {
         let live = recorder(None);
