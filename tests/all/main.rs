@@ -6,6 +6,7 @@ mod cli;
 mod contained;
 mod daemon;
 mod egress;
+mod gate;
 mod gpu;
 mod hostile;
 mod isolation;

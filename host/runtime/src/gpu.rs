@@ -6,7 +6,7 @@
 use crate::LimitHit;
 use crate::bindings::guild::tool::gpu as wit;
 use crate::gpu_buffer::GpuBuffer;
-use crate::record::Recorder;
+use crate::record::{Lane, Recorder};
 use guild_gpu::{DType, DispatchRequest, GpuError, GpuHost, JobQuota, Scalar, TensorMeta, reference};
 use guild_replay::{Digest, Effect, TensorRecord};
 use serde::Serialize;
@@ -158,16 +158,22 @@ impl GpuRun {
         request: &DispatchRequest<'_>,
     ) -> Result<Vec<Vec<u8>>, Ending> {
         let recorder = self.recorder.as_ref();
-        let expected = recorder.and_then(Recorder::expected_next);
-        let same = match (&expected, &asked) {
-            (Some(Effect::GpuDispatch { outputs: e_out, .. }), Effect::GpuDispatch { outputs: a_out, .. }) => {
-                same_request(expected.as_ref(), &asked) && shapes(e_out) == shapes(a_out)
+        let same = |expected: &Effect| match (expected, &asked) {
+            (Effect::GpuDispatch { outputs: e_out, .. }, Effect::GpuDispatch { outputs: a_out, .. }) => {
+                same_request(Some(expected), &asked) && shapes(e_out) == shapes(a_out)
             }
             _ => false,
         };
-        let Some(Effect::GpuDispatch { outputs, device, error, .. }) = expected.filter(|_| same) else {
+        // A replay is answered by the next event; a candidate revision by the first recorded
+        // dispatch not yet used that asked the same, wherever it is.
+        let expected = match recorder {
+            Some(recorder) if recorder.is_candidate() => recorder.take_matching(Lane::Gpu, same),
+            _ => recorder.and_then(Recorder::expected_next).filter(same),
+        };
+        let Some(Effect::GpuDispatch { outputs, device, error, .. }) = expected else {
             let text = "unavailable: replay: the original run dispatched something else here".to_string();
             if let (Some(recorder), Effect::GpuDispatch { .. }) = (recorder, &asked) {
+                recorder.note_new_effect(asked.clone());
                 recorder.record(with_error(asked, text.clone()));
             }
             return Err(environment_error(GpuError::Unavailable(text)).1);

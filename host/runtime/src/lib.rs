@@ -8,16 +8,19 @@
 //! → instantiate a fresh store from the cached `InstancePre` with fuel, an epoch deadline and
 //! memory/table/instance limits → call `run`, recording every effect on the tape → classify
 //! what happened into an [`Outcome`] → seal the bundle. [`Runtime::replay`] re-runs a bundle
-//! from its tape. It knows nothing of the HTTP API or Redis (its only HTTP is the guest's
+//! from its tape; [`Runtime::check_candidate`] runs another revision of the tool on it (the
+//! rollout gate, whose [`GateReport`] and [`GatePolicy`] are here too). It knows nothing of the HTTP API or Redis (its only HTTP is the guest's
 //! egress).
 
 mod bindings;
 mod blocking;
 mod cache;
 mod cancel;
+mod candidate;
 pub mod egress;
 mod engine;
 mod error;
+mod gate;
 mod gpu;
 mod gpu_buffer;
 mod guard;
@@ -35,11 +38,13 @@ mod state;
 
 pub use cache::CacheSource;
 pub use cancel::{CANCEL_CHECK_TICKS, CancellationToken};
+pub use candidate::{CandidateCheck, CandidateVerdict, OUTPUT_DIFF_ENTRIES_MAX, OutputChange};
 pub use engine::{
     CONCURRENT_RUNS_MAX_DEFAULT, EPOCH_TICK_MS, EngineSettings, MEMORY_BYTES_CEILING_DEFAULT, WASM_STACK_BYTES_DEFAULT,
     wasmtime_version,
 };
 pub use error::{LoadError, RunError, RuntimeError};
+pub use gate::{GatePolicy, GateReport, VerdictCounts};
 pub use gpu::GpuCheck;
 pub use guard::HOSTCALL_BYTES_MAX;
 pub use guild_gpu::{GpuConfig, GpuHost, GpuMode};

@@ -2,6 +2,9 @@
 //! implementation that hands the guest something from outside: the clocks, the random seed, the
 //! mounts, the log, HTTP exchanges and GPU dispatches. Live, it takes real values and writes them down; replaying, it answers
 //! from the bundle's tape and notes the first event where the guest asked for something else.
+//! Checking a candidate revision, it answers from another revision's tape by content, not by
+//! position ([`Lane`]), and notes what the candidate asked for that the tape lacks, and what the
+//! tape holds that the candidate never asked for.
 //!
 //! Each event carries the fuel burnt when it happened, read from a gauge that a store call hook
 //! updates every time the guest enters the host.
@@ -52,6 +55,69 @@ struct RecorderState {
     full: bool,
     expected: Option<Vec<Event>>,
     divergence: Option<Divergence>,
+    /// Set when checking a candidate against `expected`: answers by content, not position.
+    candidate: Option<CandidateTape>,
+}
+
+/// A kind of recorded effect a candidate is answered from. Clock readings are taken in their
+/// recorded order; HTTP exchanges and GPU dispatches by what was asked, whatever their order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    Wall,
+    Monotonic,
+    Http,
+    Gpu,
+}
+
+impl Lane {
+    fn of(effect: &Effect) -> Option<Self> {
+        match effect {
+            Effect::WallClock { .. } => Some(Self::Wall),
+            Effect::MonotonicClock { .. } => Some(Self::Monotonic),
+            Effect::Http { .. } => Some(Self::Http),
+            Effect::GpuDispatch { .. } => Some(Self::Gpu),
+            _ => None,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// New effects a candidate check keeps, in full; past it they are only counted.
+pub(crate) const CANDIDATE_NEW_EFFECTS_KEPT_MAX: usize = 16;
+
+/// How a candidate is answered from another revision's tape.
+struct CandidateTape {
+    /// Positions in `expected` of each lane's events, in tape order.
+    lanes: [Vec<usize>; 4],
+    /// Whether each position of `expected` has answered the candidate.
+    used: Vec<bool>,
+    /// Per lane, how many of its events are used or skipped: clocks are taken in order.
+    cursors: [usize; 4],
+    /// Clock readings asked for past the recorded ones (answered with the last one).
+    extra_clock_reads: u64,
+    /// What the wall clock reads when the tape never read it.
+    wall_unrecorded: Duration,
+    /// What the candidate asked for that the tape lacks (the first few).
+    new_effects: Vec<Effect>,
+    new_effects_count: u64,
+}
+
+/// What a candidate check found on the tape, once the candidate's call ended.
+#[derive(Debug, Default)]
+pub(crate) struct CandidateFindings {
+    /// Requests and dispatches the tape lacks, the first [`CANDIDATE_NEW_EFFECTS_KEPT_MAX`].
+    pub(crate) new_effects: Vec<Effect>,
+    /// All of them.
+    pub(crate) new_effects_count: u64,
+    /// Recorded HTTP exchanges and GPU dispatches the candidate never asked for, in tape order.
+    pub(crate) missing_effects: Vec<Effect>,
+    /// Clock readings past the recorded ones.
+    pub(crate) extra_clock_reads: u64,
+    /// Recorded clock readings the candidate never asked for.
+    pub(crate) unread_clock_readings: u64,
 }
 
 impl Recorder {
@@ -65,6 +131,42 @@ impl Recorder {
         Self::new(fuel_limit, recording_bytes_max, stop, Some(expected))
     }
 
+    /// Answer a candidate revision from another revision's `expected` tape, by content: its own
+    /// effects are recorded (and bounded) as a live run's, never compared by position. A clock
+    /// the tape never read reads `wall_unrecorded` (since the Unix epoch), or 0 for the
+    /// monotonic clock: a candidate check never reads a real clock.
+    pub(crate) fn candidate(
+        fuel_limit: u64,
+        recording_bytes_max: u64,
+        stop: Arc<Stop>,
+        expected: Vec<Event>,
+        wall_unrecorded: Duration,
+    ) -> Self {
+        let mut lanes: [Vec<usize>; 4] = Default::default();
+        for (position, event) in expected.iter().enumerate() {
+            if let Some(lane) = Lane::of(&event.effect) {
+                lanes[lane.index()].push(position);
+            }
+        }
+        let tape = CandidateTape {
+            lanes,
+            used: vec![false; expected.len()],
+            cursors: [0; 4],
+            extra_clock_reads: 0,
+            wall_unrecorded,
+            new_effects: Vec::new(),
+            new_effects_count: 0,
+        };
+        let recorder = Self::new(fuel_limit, recording_bytes_max, stop, Some(expected));
+        recorder.lock().candidate = Some(tape);
+        recorder
+    }
+
+    /// Whether this recorder answers a candidate by content.
+    pub(crate) fn is_candidate(&self) -> bool {
+        self.lock().candidate.is_some()
+    }
+
     fn new(fuel_limit: u64, recording_bytes_max: u64, stop: Arc<Stop>, expected: Option<Vec<Event>>) -> Self {
         Self {
             state: Arc::new(Mutex::new(RecorderState {
@@ -74,6 +176,7 @@ impl Recorder {
                 full: false,
                 expected,
                 divergence: None,
+                candidate: None,
             })),
             fuel_left: Arc::new(AtomicU64::new(fuel_limit)),
             fuel_limit,
@@ -127,6 +230,7 @@ impl Recorder {
             self.overflow(&mut state, LimitHit::Recording { limit_bytes });
         }
         if state.divergence.is_none()
+            && state.candidate.is_none()
             && let Some(expected) = &state.expected
         {
             let original = usize::try_from(event.seq).ok().and_then(|seq| expected.get(seq));
@@ -165,12 +269,93 @@ impl Recorder {
         state.expected.as_ref()?.get(next).map(|e| e.effect.clone())
     }
 
+    /// The recorded reading a clock answers with: replaying, the next event (whatever it is);
+    /// for a candidate, the next unread reading of that clock, or its last reading once all
+    /// were read (time stands still past the tape: a read beyond the recorded ones is not an
+    /// effect of its own, only counted); `None` live.
+    pub(crate) fn clock_answer(&self, lane: Lane) -> Option<Effect> {
+        let mut state = self.lock();
+        let RecorderState { expected, candidate, tape, .. } = &mut *state;
+        let expected = expected.as_ref()?;
+        let Some(candidate) = candidate else {
+            return expected.get(tape.events().len()).map(|e| e.effect.clone());
+        };
+        let positions = &candidate.lanes[lane.index()];
+        let cursor = &mut candidate.cursors[lane.index()];
+        let position = match positions.get(*cursor) {
+            Some(&position) => {
+                *cursor += 1;
+                candidate.used[position] = true;
+                position
+            }
+            None => {
+                candidate.extra_clock_reads += 1;
+                match (positions.last(), lane) {
+                    (Some(&last), _) => last,
+                    (None, Lane::Wall) => {
+                        let at = candidate.wall_unrecorded;
+                        return Some(Effect::WallClock { seconds: at.as_secs(), nanoseconds: at.subsec_nanos() });
+                    }
+                    (None, _) => return Some(Effect::MonotonicClock { nanoseconds: 0 }),
+                }
+            }
+        };
+        Some(expected[position].effect.clone())
+    }
+
+    /// For a candidate, the first recorded `lane` event not yet used that `matches`, marked
+    /// used. `None` when there is none, or when this recorder is not a candidate's.
+    pub(crate) fn take_matching(&self, lane: Lane, matches: impl Fn(&Effect) -> bool) -> Option<Effect> {
+        let mut state = self.lock();
+        let RecorderState { expected, candidate, .. } = &mut *state;
+        let (expected, candidate) = (expected.as_ref()?, candidate.as_mut()?);
+        let position = candidate.lanes[lane.index()]
+            .iter()
+            .copied()
+            .find(|&p| !candidate.used[p] && matches(&expected[p].effect))?;
+        candidate.used[position] = true;
+        Some(expected[position].effect.clone())
+    }
+
+    /// For a candidate, note an effect it asked for that the tape lacks (the guest was refused).
+    pub(crate) fn note_new_effect(&self, effect: Effect) {
+        let mut state = self.lock();
+        if let Some(candidate) = state.candidate.as_mut() {
+            candidate.new_effects_count += 1;
+            if candidate.new_effects.len() < CANDIDATE_NEW_EFFECTS_KEPT_MAX {
+                candidate.new_effects.push(effect);
+            }
+        }
+    }
+
+    /// For a candidate whose call ended: what it asked for that the tape lacks, and the HTTP
+    /// exchanges and GPU dispatches of the tape it never asked for. Empty for other recorders.
+    pub(crate) fn candidate_findings(&self) -> CandidateFindings {
+        let mut state = self.lock();
+        let RecorderState { expected, candidate, .. } = &mut *state;
+        let (Some(expected), Some(candidate)) = (expected.as_ref(), candidate.as_mut()) else {
+            return CandidateFindings::default();
+        };
+        let unused = |lane: Lane| candidate.lanes[lane.index()].iter().filter(|&&p| !candidate.used[p]);
+        let mut missing: Vec<usize> = unused(Lane::Http).chain(unused(Lane::Gpu)).copied().collect();
+        missing.sort_unstable();
+        let unread_clock_readings = (unused(Lane::Wall).count() + unused(Lane::Monotonic).count()) as u64;
+        CandidateFindings {
+            new_effects: std::mem::take(&mut candidate.new_effects),
+            new_effects_count: candidate.new_effects_count,
+            missing_effects: missing.into_iter().map(|p| expected[p].effect.clone()).collect(),
+            extra_clock_reads: candidate.extra_clock_reads,
+            unread_clock_readings,
+        }
+    }
+
     /// The finished tape, and where a replay first diverged (including a replay that ended
     /// before or after the original).
     pub(crate) fn finish(&self) -> (Tape, Option<Divergence>) {
         let mut state = self.lock();
         let mut divergence = state.divergence.clone();
         if divergence.is_none()
+            && state.candidate.is_none()
             && let Some(expected) = &state.expected
         {
             let recorded = state.tape.events().len();
@@ -193,7 +378,7 @@ impl HostWallClock for TapeWallClock {
     }
 
     fn now(&self) -> Duration {
-        let now = match self.0.expected_next() {
+        let now = match self.0.clock_answer(Lane::Wall) {
             Some(Effect::WallClock { seconds, nanoseconds }) => Duration::new(seconds, nanoseconds),
             _ => SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default(),
         };
@@ -214,7 +399,7 @@ impl HostMonotonicClock for TapeMonotonicClock {
     }
 
     fn now(&self) -> u64 {
-        let now = match self.recorder.expected_next() {
+        let now = match self.recorder.clock_answer(Lane::Monotonic) {
             Some(Effect::MonotonicClock { nanoseconds }) => nanoseconds,
             _ => u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX),
         };
@@ -294,6 +479,51 @@ mod tests {
         recorder.record(Effect::Log { level: "info".into(), source: "tool".into(), message: "late".into() });
         assert!(recorder.finish().0.events().is_empty(), "nothing is recorded after the limit");
         assert_eq!(recorder.take_blobs().len(), 1);
+    }
+
+    fn get(url: &str) -> Effect {
+        let request = guild_replay::HttpRequestRecord {
+            method: "GET".into(),
+            url: url.into(),
+            headers: Vec::new(),
+            body: None,
+            body_bytes: 0,
+        };
+        Effect::Http { request, response: None, error: Some("denied: test".into()) }
+    }
+
+    fn is_get(url: &str) -> impl Fn(&Effect) -> bool + '_ {
+        move |e| matches!(e, Effect::Http { request, .. } if request.url == url)
+    }
+
+    #[test]
+    fn a_candidate_is_answered_by_content_and_told_what_it_added_and_left_out() {
+        let mut tape = Tape::new();
+        let wall = |seconds| Effect::WallClock { seconds, nanoseconds: 0 };
+        for effect in [wall(10), get("http://a/"), get("http://b/"), wall(20), get("http://c/")] {
+            tape.push(1, effect).expect("room");
+        }
+        let candidate =
+            Recorder::candidate(100, 1 << 20, Arc::default(), tape.events().to_vec(), Duration::from_secs(99));
+        assert!(candidate.is_candidate());
+        // Out of the recorded order, and each exchange only once.
+        assert_eq!(candidate.take_matching(Lane::Http, is_get("http://b/")), Some(get("http://b/")));
+        assert_eq!(candidate.take_matching(Lane::Http, is_get("http://b/")), None);
+        assert_eq!(candidate.take_matching(Lane::Http, is_get("http://a/")), Some(get("http://a/")));
+        // Clocks in their recorded order, then the last reading again; a clock never read: 0.
+        let clock = TapeWallClock(candidate.clone());
+        let readings: Vec<u64> = (0..3).map(|_| clock.now().as_secs()).collect();
+        assert_eq!(readings, [10, 20, 20]);
+        assert_eq!(candidate.clock_answer(Lane::Monotonic), Some(Effect::MonotonicClock { nanoseconds: 0 }));
+        candidate.note_new_effect(get("http://new/"));
+        let findings = candidate.candidate_findings();
+        assert_eq!(findings.new_effects, [get("http://new/")]);
+        assert_eq!(findings.missing_effects, [get("http://c/")]);
+        assert_eq!((findings.extra_clock_reads, findings.unread_clock_readings), (2, 0));
+        assert!(candidate.finish().1.is_none(), "a candidate is never compared by position");
+
+        let never_read = Recorder::candidate(100, 1 << 20, Arc::default(), Vec::new(), Duration::from_secs(99));
+        assert_eq!(TapeWallClock(never_read).now(), Duration::from_secs(99));
     }
 
     #[test]

@@ -148,14 +148,7 @@ impl Runtime {
     ) -> Result<ReplayReport, ReplayError> {
         let invalid = |what: String| ReplayError::Invalid(what);
         let mut notes = Vec::new();
-        let ours = self.fingerprint();
-        if bundle.action.engine != *ours {
-            let (expected, found) = (bundle.action.engine.to_string(), ours.to_string());
-            if !options.allow_engine_mismatch {
-                return Err(ReplayError::EngineMismatch { expected, found });
-            }
-            notes.push(format!("engine mismatch allowed: recorded by {expected}, replayed on {found}"));
-        }
+        check_engine(self.fingerprint(), bundle, options, &mut notes)?;
         let component = store.get(&bundle.action.component.digest).map_err(|e| invalid(e.to_string()))?;
         let (tool, _) = self.load(&component).await.map_err(|e| invalid(e.to_string()))?;
         if tool.info().name != bundle.action.tool.name || tool.info().version != bundle.action.tool.version {
@@ -167,26 +160,10 @@ impl Runtime {
                 bundle.action.tool.version
             )));
         }
-        let mut limits: Limits = bundle.action.limits.clone();
-        // A replay is bound by the recorded ending: a run that timed out (or was cancelled) is
-        // stopped after the same wall time; any other is bound by its fuel, with only a generous
-        // backstop against a machine that cannot finish it.
-        let timed_out = matches!(bundle.result.outcome, Outcome::Limit(LimitHit::Timeout { .. }));
-        let backstop_ms = match options.backstop_ms {
-            0 => REPLAY_BACKSTOP_MS_DEFAULT.max(limits.timeout_ms.saturating_mul(REPLAY_BACKSTOP_FACTOR)),
-            ms => ms,
-        };
-        if !timed_out {
-            limits.timeout_ms = backstop_ms;
-        }
+        let ReplayLimits { limits, timed_out, backstop_ms } = replay_limits(bundle, options);
         let input = bundle.input(store).map_err(|e| invalid(e.to_string()))?;
         let events = bundle.tape.events();
-        let seed = match events.first().map(|e| &e.effect) {
-            Some(Effect::RandomSeed { seed }) => {
-                *seed.parse::<Digest>().map_err(|e| invalid(format!("random seed: {e}")))?.as_bytes()
-            }
-            _ => return Err(invalid("the tape does not start with the random seed".into())),
-        };
+        let seed = recorded_seed(events)?;
         let workdir = tempfile::tempdir().map_err(|e| ReplayError::Host(e.to_string()))?;
         let grants = materialize_mounts(events, store, workdir.path(), &limits)?;
         let policy = EffectivePolicy::resolve(&tool.info().name, &grants, &tool.info().capabilities)
@@ -256,8 +233,65 @@ impl Runtime {
     }
 }
 
+/// Refuse a bundle another engine configuration recorded, unless `options` allow it (then say
+/// so in `notes`).
+pub(crate) fn check_engine(
+    ours: &guild_vocab::EngineFingerprint,
+    bundle: &Bundle,
+    options: &ReplayOptions,
+    notes: &mut Vec<String>,
+) -> Result<(), ReplayError> {
+    if bundle.action.engine != *ours {
+        let (expected, found) = (bundle.action.engine.to_string(), ours.to_string());
+        if !options.allow_engine_mismatch {
+            return Err(ReplayError::EngineMismatch { expected, found });
+        }
+        notes.push(format!("engine mismatch allowed: recorded by {expected}, replayed on {found}"));
+    }
+    Ok(())
+}
+
+/// What a re-run of a bundle is bound by.
+pub(crate) struct ReplayLimits {
+    /// The recorded limits, with the timeout replaced by the backstop unless the run timed out.
+    pub(crate) limits: Limits,
+    /// Whether the original run timed out.
+    pub(crate) timed_out: bool,
+    /// The wall-clock backstop, ms.
+    pub(crate) backstop_ms: u64,
+}
+
+/// A re-run is bound by the recorded ending: a run that timed out (or was cancelled) is stopped
+/// after the same wall time; any other is bound by its fuel, with only a generous backstop
+/// against a machine that cannot finish it.
+pub(crate) fn replay_limits(bundle: &Bundle, options: &ReplayOptions) -> ReplayLimits {
+    let mut limits: Limits = bundle.action.limits.clone();
+    let timed_out = matches!(bundle.result.outcome, Outcome::Limit(LimitHit::Timeout { .. }));
+    let backstop_ms = match options.backstop_ms {
+        0 => REPLAY_BACKSTOP_MS_DEFAULT.max(limits.timeout_ms.saturating_mul(REPLAY_BACKSTOP_FACTOR)),
+        ms => ms,
+    };
+    if !timed_out {
+        limits.timeout_ms = backstop_ms;
+    }
+    ReplayLimits { limits, timed_out, backstop_ms }
+}
+
+/// The seed the tape's first event records.
+pub(crate) fn recorded_seed(events: &[Event]) -> Result<[u8; 32], ReplayError> {
+    match events.first().map(|e| &e.effect) {
+        Some(Effect::RandomSeed { seed }) => {
+            Ok(*seed.parse::<Digest>().map_err(|e| ReplayError::Invalid(format!("random seed: {e}")))?.as_bytes())
+        }
+        _ => Err(ReplayError::Invalid("the tape does not start with the random seed".into())),
+    }
+}
+
 /// The response bodies the tape's HTTP exchanges name, read from the bundle.
-fn http_bodies(events: &[Event], store: &dyn BlobStore) -> Result<HashMap<Digest, bytes::Bytes>, ReplayError> {
+pub(crate) fn http_bodies(
+    events: &[Event],
+    store: &dyn BlobStore,
+) -> Result<HashMap<Digest, bytes::Bytes>, ReplayError> {
     let mut bodies = HashMap::new();
     for event in events {
         if let Effect::Http { response: Some(response), .. } = &event.effect {
@@ -269,7 +303,7 @@ fn http_bodies(events: &[Event], store: &dyn BlobStore) -> Result<HashMap<Digest
 }
 
 /// The GPU outputs the tape's dispatches name, read from the bundle.
-fn gpu_outputs(events: &[Event], store: &dyn BlobStore) -> Result<HashMap<Digest, Vec<u8>>, ReplayError> {
+pub(crate) fn gpu_outputs(events: &[Event], store: &dyn BlobStore) -> Result<HashMap<Digest, Vec<u8>>, ReplayError> {
     let mut outputs = HashMap::new();
     for event in events {
         if let Effect::GpuDispatch { outputs: records, .. } = &event.effect {
@@ -295,12 +329,12 @@ fn gpu_mismatch(checks: &[crate::GpuCheck]) -> Option<Mismatch> {
     })
 }
 
-fn host(error: RunError) -> ReplayError {
+pub(crate) fn host(error: RunError) -> ReplayError {
     ReplayError::Host(error.to_string())
 }
 
 /// Rebuild each recorded mount under `workdir` and grant it at its guest path.
-fn materialize_mounts(
+pub(crate) fn materialize_mounts(
     events: &[Event],
     store: &dyn BlobStore,
     workdir: &std::path::Path,

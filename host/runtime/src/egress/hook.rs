@@ -1,8 +1,8 @@
 //! The `wasi:http` hook of one run: every outgoing request is checked against the operator's
 //! rules and the tool's declared hosts on its normalised path, its name resolved and each
 //! address screened by the host, then sent (with the path that was checked) to the address that
-//! passed — or, in a replay, answered from the tape. Each exchange (or refusal) becomes a tape
-//! event.
+//! passed — or, in a replay or a candidate check, answered from the tape (never sent). Each
+//! exchange (or refusal) becomes a tape event.
 //!
 //! Nothing of a request is read or kept before it is admitted: a refused request is recorded
 //! without its body (its body is never read), so a guest with no grant cannot make the host hold
@@ -12,7 +12,7 @@ use super::connect::{self, Answer, Connections, header_pairs};
 use super::rules::{Destination, EgressRule, blocked_reason, parse_ip_literal};
 use super::secrets::{self, Secret, SecretGrant};
 use crate::Limits;
-use crate::record::Recorder;
+use crate::record::{Lane, Recorder};
 use bytes::Bytes;
 use guild_replay::{Digest, Effect, HttpRequestRecord, HttpResponseRecord};
 use http_body_util::{BodyExt, Full};
@@ -43,6 +43,31 @@ impl Refusal {
 /// read: such a request is recorded without a body, and a replay does not read it either.
 const REFUSED_BEFORE_BODY: [&str; 6] =
     ["denied", "address-prohibited", "not-found", "dns-timeout", "dns-error", "unavailable"];
+
+/// Whether a recorded exchange was refused before its request's body was read.
+fn refused_before_body(response: Option<&HttpResponseRecord>, error: Option<&str>) -> bool {
+    response.is_none() && error.is_some_and(|e| REFUSED_BEFORE_BODY.contains(&e.split(':').next().unwrap_or_default()))
+}
+
+/// What a recorded exchange hands the guest again: its response (the body read from the
+/// bundle), or its error.
+fn recorded_answer(
+    response: Option<HttpResponseRecord>,
+    error: Option<String>,
+    bodies: &HashMap<Digest, Bytes>,
+) -> Result<Answer, Refusal> {
+    match (response, error) {
+        (Some(response), _) => {
+            let body = bodies.get(&response.body).cloned().unwrap_or_default();
+            Ok(Answer { status: response.status, headers: response.headers, body })
+        }
+        (None, Some(error)) => {
+            let (kind, reason) = error.split_once(": ").unwrap_or((error.as_str(), ""));
+            Err(Refusal { error: error_from_kind(kind), reason: reason.to_string() })
+        }
+        (None, None) => Err(Refusal::denied("replay: the recorded exchange has no outcome".into())),
+    }
+}
 
 /// One run's egress state, shared by the hooks object wasmtime keeps and the runtime.
 pub(crate) struct EgressRun {
@@ -228,29 +253,48 @@ impl EgressRun {
         body: WasiBody,
         bodies: &HashMap<Digest, Bytes>,
     ) -> Result<Answer, Refusal> {
+        if let Some(recorder) = self.recorder.as_ref().filter(|r| r.is_candidate()) {
+            return self.answer_candidate(recorder, record, body, bodies).await;
+        }
         let expected = self.recorder.as_ref().and_then(Recorder::expected_next);
         let Some(Effect::Http { request, response, error }) = expected else {
             return Err(Refusal::denied("replay: the original run made no request here".into()));
         };
-        let refused_before_body = response.is_none()
-            && error.as_deref().is_some_and(|e| REFUSED_BEFORE_BODY.contains(&e.split(':').next().unwrap_or_default()));
-        if !refused_before_body {
+        if !refused_before_body(response.as_ref(), error.as_deref()) {
             self.read_body(body, record, false).await?;
         }
         if request != *record {
             return Err(Refusal::denied("replay: the original run made a different request here".into()));
         }
-        match (response, error) {
-            (Some(response), _) => {
-                let body = bodies.get(&response.body).cloned().unwrap_or_default();
-                Ok(Answer { status: response.status, headers: response.headers, body })
+        recorded_answer(response, error, bodies)
+    }
+
+    /// A candidate revision's request, answered from the first recorded exchange not yet used
+    /// with the same method, URL and body (headers may differ: a new revision may send others).
+    /// One the tape lacks is refused as a denied request would be, and noted as a new effect.
+    /// Nothing is ever sent.
+    async fn answer_candidate(
+        &self,
+        recorder: &Recorder,
+        record: &mut HttpRequestRecord,
+        body: WasiBody,
+        bodies: &HashMap<Digest, Bytes>,
+    ) -> Result<Answer, Refusal> {
+        self.read_body(body, record, false).await?;
+        let asked: &HttpRequestRecord = record;
+        let matched = recorder.take_matching(Lane::Http, |effect| match effect {
+            Effect::Http { request, response, error } => {
+                request.method == asked.method
+                    && request.url == asked.url
+                    && (request.body == asked.body || refused_before_body(response.as_ref(), error.as_deref()))
             }
-            (None, Some(error)) => {
-                let (kind, reason) = error.split_once(": ").unwrap_or((error.as_str(), ""));
-                Err(Refusal { error: error_from_kind(kind), reason: reason.to_string() })
-            }
-            (None, None) => Err(Refusal::denied("replay: the recorded exchange has no outcome".into())),
-        }
+            _ => false,
+        });
+        let Some(Effect::Http { response, error, .. }) = matched else {
+            recorder.note_new_effect(Effect::Http { request: asked.clone(), response: None, error: None });
+            return Err(Refusal::denied("candidate check: the recorded run made no such request".into()));
+        };
+        recorded_answer(response, error, bodies)
     }
 
     async fn live(
