@@ -95,7 +95,16 @@ pub struct OutputChange {
     pub after: Option<Value>,
 }
 
-/// What running a candidate on one recorded run found.
+/// What running a candidate on one recorded run found. As JSON:
+///
+/// ```json
+/// {"bundle": "<64 hex>", "verdict": "output_changed",
+///  "detail": "the output differs in 1 place(s), first at /greeting",
+///  "output_diff": [{"path": "/greeting", "before": "hello barbara", "after": "hello, barbara!"}],
+///  "output_diff_truncated": false, "effect": null,
+///  "fuel_recorded_units": 41210, "fuel_candidate_units": 41876, "fuel_delta": 666,
+///  "wall_time": {"secs": 0, "nanos": 31000}, "notes": []}
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CandidateCheck {
     /// The recorded run's bundle id.

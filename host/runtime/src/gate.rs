@@ -271,8 +271,12 @@ mod tests {
         assert!((report.fuel_delta_mean - 3.0).abs() < 1e-9, "{}", report.fuel_delta_mean);
         let table = report.table();
         assert_eq!(table.lines().count(), 2 + 4 + 1, "{table}");
-        assert!(table.contains("identical 2, output_changed 1") || table.contains("trap 1"), "{table}");
-        assert!(table.lines().last().is_some_and(|l| l.contains("mean fuel delta +3.0")), "{table}");
+        assert_eq!(
+            table.lines().last(),
+            Some("total: trap 1, output_changed 1, identical 2; mean fuel delta +3.0 units"),
+            "{table}"
+        );
+        assert!(table.lines().nth(2).is_some_and(|l| l.contains("identical") && l.contains("+0")), "{table}");
         let back: GateReport = serde_json::from_str(&serde_json::to_string(&report).unwrap_or_default())
             .unwrap_or_else(|e| panic!("round trip: {e}"));
         assert_eq!(back, report);
