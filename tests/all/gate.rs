@@ -5,10 +5,10 @@
 
 use guild_replay::{Bundle, DirStore, HostKey};
 use guild_runtime::{
-    CandidateCheck, CandidateVerdict, GatePolicy, GateReport, Grants, Limits, RecordingConfig, ReplayError,
-    ReplayOptions, Runtime, RuntimeConfig, Tool,
+    Access, CandidateCheck, CandidateVerdict, GatePolicy, GateReport, Grants, Limits, Mount, RecordingConfig,
+    ReplayError, ReplayOptions, Runtime, RuntimeConfig, Tool,
 };
-use guild_test_artifacts::{ECHO, REV_V1, REV_V2, REV_V3, REV_V4, REV_V5};
+use guild_test_artifacts::{ECHO, HOSTILE, REV_V1, REV_V2, REV_V3, REV_V4, REV_V5};
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -243,4 +243,20 @@ async fn gate_a_candidate_of_another_tool_is_refused() {
         Err(ReplayError::Invalid(why)) => assert!(why.contains("echo") && why.contains("greet"), "{why}"),
         other => panic!("expected an invalid candidate, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn gate_a_candidate_writes_only_into_a_rebuilt_mount() {
+    let lab = Lab::new();
+    let scratch = crate::tree(&[("keep.txt", "kept")]);
+    let mount =
+        Mount { host_path: scratch.path().to_path_buf(), guest_path: "/data".into(), access: Access::ReadWrite };
+    let grants = Grants { mounts: vec![mount], ..Grants::default() };
+    let input = r#"{"attack":"escape","read":["/data/keep.txt"],"write":["/data/new.txt"]}"#.to_string();
+    let bundles = lab.record(HOSTILE, &[input], &grants).await;
+    assert!(!bundles[0].result.output_trees.is_empty(), "the recorded run wrote into its mount");
+    std::fs::remove_file(scratch.path().join("new.txt")).expect("the live run wrote the real file");
+    let checks = lab.check(HOSTILE, &bundles).await;
+    assert_eq!(checks[0].verdict, CandidateVerdict::Identical, "{checks:#?}");
+    assert_eq!(crate::listing(scratch.path()), [std::path::PathBuf::from("keep.txt")], "nothing real was written");
 }

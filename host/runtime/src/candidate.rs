@@ -95,7 +95,16 @@ pub struct OutputChange {
     pub after: Option<Value>,
 }
 
-/// What running a candidate on one recorded run found.
+/// What running a candidate on one recorded run found. As JSON:
+///
+/// ```json
+/// {"bundle": "<64 hex>", "verdict": "output_changed",
+///  "detail": "the output differs in 1 place(s), first at /greeting",
+///  "output_diff": [{"path": "/greeting", "before": "hello barbara", "after": "hello, barbara!"}],
+///  "output_diff_truncated": false, "effect": null,
+///  "fuel_recorded_units": 41210, "fuel_candidate_units": 41876, "fuel_delta": 666,
+///  "wall_time": {"secs": 0, "nanos": 31000}, "notes": []}
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CandidateCheck {
     /// The recorded run's bundle id.
@@ -171,17 +180,7 @@ impl Runtime {
         let input = bundle.input(store).map_err(|e| invalid(e.to_string()))?;
         let events = bundle.tape.events();
         let seed = recorded_seed(events)?;
-        // Most runs mount nothing: their checks then touch no file system at all.
-        let workdir = match events.iter().any(|e| matches!(e.effect, Effect::Mount { .. })) {
-            true => Some(tempfile::tempdir().map_err(|e| ReplayError::Host(e.to_string()))?),
-            false => None,
-        };
-        let grants = match &workdir {
-            Some(dir) => materialize_mounts(events, store, dir.path(), &limits)?,
-            None => Grants::default(),
-        };
-        let policy = EffectivePolicy::resolve(name, &grants, &candidate.info().capabilities)
-            .map_err(|e| invalid(format!("the candidate cannot be given the recorded mounts: {e}")))?;
+        let (workdir, policy) = candidate_mounts(bundle, store, candidate, &limits)?;
         let stop = Arc::new(crate::guard::Stop::default());
         let recorder = Recorder::candidate(
             limits.fuel_units,
@@ -220,18 +219,7 @@ impl Runtime {
         let trees_changed = self.trees_changed(bundle, &policy, &limits, &mut execution.outcome)?;
         drop(workdir);
         let findings = recorder.candidate_findings();
-        if findings.extra_clock_reads > 0 {
-            notes.push(format!(
-                "the candidate read a clock {} times more than the recording did (answered with the last reading)",
-                findings.extra_clock_reads
-            ));
-        }
-        if findings.unread_clock_readings > 0 {
-            notes.push(format!(
-                "the candidate left {} recorded clock reading(s) unread",
-                findings.unread_clock_readings
-            ));
-        }
+        clock_notes(&findings, &mut notes);
         let fuel_recorded_units = bundle.result.fuel_used_units;
         let fuel_candidate_units = execution.fuel_used_units;
         let mut check = CandidateCheck {
@@ -276,6 +264,42 @@ impl Runtime {
         let changed: Vec<&str> =
             trees.iter().filter(|t| !bundle.result.output_trees.contains(t)).map(|t| t.guest_path.as_str()).collect();
         Ok(Some(format!("the writable mounts' trees differ after the run ({})", changed.join(", "))))
+    }
+}
+
+/// The recorded run's mounts rebuilt in a temporary directory (none when it had none: most
+/// checks then touch no file system at all), and the candidate's policy over them.
+fn candidate_mounts(
+    bundle: &Bundle,
+    store: &dyn BlobStore,
+    candidate: &Tool,
+    limits: &crate::Limits,
+) -> Result<(Option<tempfile::TempDir>, EffectivePolicy), ReplayError> {
+    let events = bundle.tape.events();
+    let workdir = match events.iter().any(|e| matches!(e.effect, Effect::Mount { .. })) {
+        true => Some(tempfile::tempdir().map_err(|e| ReplayError::Host(e.to_string()))?),
+        false => None,
+    };
+    let grants = match &workdir {
+        Some(dir) => materialize_mounts(events, store, dir.path(), limits)?,
+        None => Grants::default(),
+    };
+    let info = candidate.info();
+    let policy = EffectivePolicy::resolve(&info.name, &grants, &info.capabilities)
+        .map_err(|e| ReplayError::Invalid(format!("the candidate cannot be given the recorded mounts: {e}")))?;
+    Ok((workdir, policy))
+}
+
+/// Clock reads past or short of the recorded ones: noted, never a difference.
+fn clock_notes(findings: &CandidateFindings, notes: &mut Vec<String>) {
+    if findings.extra_clock_reads > 0 {
+        notes.push(format!(
+            "the candidate read a clock {} times more than the recording did (answered with the last reading)",
+            findings.extra_clock_reads
+        ));
+    }
+    if findings.unread_clock_readings > 0 {
+        notes.push(format!("the candidate left {} recorded clock reading(s) unread", findings.unread_clock_readings));
     }
 }
 

@@ -164,7 +164,27 @@ impl Default for GatePolicy {
     }
 }
 
+/// A [`GatePolicy`] that cannot judge anything.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "gate.output_changed_percent_max is {percent}; it must be a percentage from 0 to 100 \
+     (0: no run may change its output)"
+)]
+pub struct GatePolicyError {
+    /// The value configured.
+    pub percent: f64,
+}
+
 impl GatePolicy {
+    /// Check the policy once, where it is configured.
+    ///
+    /// # Errors
+    /// [`GatePolicyError`] when `output_changed_percent_max` is not a number from 0 to 100.
+    pub fn validate(&self) -> Result<(), GatePolicyError> {
+        let percent = self.output_changed_percent_max;
+        if (0.0..=100.0).contains(&percent) { Ok(()) } else { Err(GatePolicyError { percent }) }
+    }
+
     /// Why `report` fails this policy, one sentence per broken bound naming the setting to
     /// change; empty when the candidate passes.
     pub fn evaluate(&self, report: &GateReport) -> Vec<String> {
@@ -251,8 +271,12 @@ mod tests {
         assert!((report.fuel_delta_mean - 3.0).abs() < 1e-9, "{}", report.fuel_delta_mean);
         let table = report.table();
         assert_eq!(table.lines().count(), 2 + 4 + 1, "{table}");
-        assert!(table.contains("identical 2, output_changed 1") || table.contains("trap 1"), "{table}");
-        assert!(table.lines().last().is_some_and(|l| l.contains("mean fuel delta +3.0")), "{table}");
+        assert_eq!(
+            table.lines().last(),
+            Some("total: trap 1, output_changed 1, identical 2; mean fuel delta +3.0 units"),
+            "{table}"
+        );
+        assert!(table.lines().nth(2).is_some_and(|l| l.contains("identical") && l.contains("+0")), "{table}");
         let back: GateReport = serde_json::from_str(&serde_json::to_string(&report).unwrap_or_default())
             .unwrap_or_else(|e| panic!("round trip: {e}"));
         assert_eq!(back, report);
@@ -280,5 +304,10 @@ mod tests {
         use CandidateVerdict::*;
         assert!(policy.evaluate(&report(&[Identical, Identical, Identical, OutputChanged])).is_empty());
         assert!(serde_json::from_str::<GatePolicy>(r#"{"trap_max": 1}"#).is_err());
+        assert_eq!(policy.validate(), Ok(()));
+        for percent in [-1.0, 100.5, f64::NAN] {
+            let bad = GatePolicy { output_changed_percent_max: percent, ..GatePolicy::default() };
+            assert!(bad.validate().is_err_and(|e| e.to_string().contains("from 0 to 100")), "{percent}");
+        }
     }
 }

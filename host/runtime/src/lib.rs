@@ -44,7 +44,7 @@ pub use engine::{
     wasmtime_version,
 };
 pub use error::{LoadError, RunError, RuntimeError};
-pub use gate::{GatePolicy, GateReport, VerdictCounts};
+pub use gate::{GatePolicy, GatePolicyError, GateReport, VerdictCounts};
 pub use gpu::GpuCheck;
 pub use guard::HOSTCALL_BYTES_MAX;
 pub use guild_gpu::{GpuConfig, GpuHost, GpuMode};
