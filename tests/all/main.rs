@@ -14,6 +14,7 @@ mod lang;
 mod mcp;
 mod redis;
 mod replay;
+mod rollout;
 mod runtime_api;
 mod scaffold;
 mod serve;

@@ -167,7 +167,7 @@ impl Default for GatePolicy {
 /// A [`GatePolicy`] that cannot judge anything.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error(
-    "gate.output_changed_percent_max is {percent}; it must be a percentage from 0 to 100 \
+    "rollout.gate.output_changed_percent_max is {percent}; it must be a percentage from 0 to 100 \
      (0: no run may change its output)"
 )]
 pub struct GatePolicyError {
@@ -192,7 +192,7 @@ impl GatePolicy {
         let runs = report.runs();
         if runs < self.min_runs {
             reasons.push(format!(
-                "only {runs} recorded run(s) were checked; the gate needs at least {} (gate.min_runs)",
+                "only {runs} recorded run(s) were checked; the gate needs at least {} (rollout.gate.min_runs)",
                 self.min_runs
             ));
         }
@@ -217,7 +217,7 @@ impl GatePolicy {
             let count = report.counts.get(verdict);
             if count > max {
                 reasons.push(format!(
-                    "the candidate {what} on {count} of {runs} run(s); at most {max} allowed (gate.{setting})"
+                    "the candidate {what} on {count} of {runs} run(s); at most {max} allowed (rollout.gate.{setting})"
                 ));
             }
         }
@@ -227,7 +227,7 @@ impl GatePolicy {
         if percent > self.output_changed_percent_max {
             reasons.push(format!(
                 "the output changed on {changed} of {runs} run(s) ({percent:.1}%); at most {}% allowed \
-                 (gate.output_changed_percent_max)",
+                 (rollout.gate.output_changed_percent_max)",
                 self.output_changed_percent_max
             ));
         }

@@ -9,7 +9,7 @@ use crate::registry::Named;
 use crate::rollout::{Actor, ChangeError};
 use crate::tenants::Tenant;
 use axum::Json;
-use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -30,6 +30,7 @@ pub(crate) fn routes(component_bytes_max: usize) -> axum::Router<Arc<Daemon>> {
             get(revisions).post(upload_revision).layer(DefaultBodyLimit::max(component_bytes_max)),
         )
         .route("/v1/tools/{name}/rollout", get(rollout_status).post(start_rollout))
+        .route("/v1/tools/{name}/rollout/check", post(check))
         .route("/v1/tools/{name}/rollout/promote", post(promote))
         .route("/v1/tools/{name}/rollout/rollback", post(rollback))
         .route("/v1/tools/{name}/flags", get(flags).put(set_flags))
@@ -54,8 +55,13 @@ fn named(daemon: &Daemon, name: &str) -> ApiResult<Arc<Named>> {
     daemon.tools().named(name).ok_or_else(|| unknown(name))
 }
 
-fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
-    body.map(|Json(b)| b).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
+/// A JSON request body (any content type: scripts often send none). An empty body is `{}`.
+fn json_body<T: serde::de::DeserializeOwned>(body: Result<axum::body::Bytes, BytesRejection>) -> ApiResult<T> {
+    let body = body.map_err(|e| too_large(e, "the default request body limit", 2 << 20))?;
+    let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &body };
+    serde_json::from_slice(text).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("the body is not the JSON this route takes: {e}"))
+    })
 }
 
 /// A name's record as the API shows it: revisions (with which are loaded here), current,
@@ -137,6 +143,7 @@ async fn rollout_status(
     let named = named(&daemon, &name)?;
     let mut body = record_body(&named);
     body["window"] = serde_json::to_value(daemon.rollout().guards.stats(&name)).expect("plain data");
+    body["shadow"] = serde_json::to_value(daemon.rollout().shadows.samples(&name)).expect("plain data");
     Ok(Json(body))
 }
 
@@ -188,19 +195,25 @@ async fn start_rollout(
     State(daemon): State<Arc<Daemon>>,
     Admin(tenant, _slot): Admin,
     Path(name): Path<String>,
-    body: Result<Json<StartBody>, JsonRejection>,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let body = json_body(body)?;
+    let body: StartBody = json_body(body)?;
     let named = named(&daemon, &name)?;
     let revision = resolve(&named, &body.candidate)?;
     let bad = |e: guild_vocab::RolloutError| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
     let ramp_bp = percent_to_bp("percent", body.percent).map_err(bad)?;
     let shadow_bp = percent_to_bp("shadow_percent", body.shadow_percent).map_err(bad)?;
-    if !body.force {
+    let actor = Actor { name: &tenant.name, reason: &body.reason };
+    let gate = daemon.check_revision(&name, revision, None, None, &actor).await.map_err(change_error)?;
+    if !gate.passed && !body.force {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "gate_failed",
-            "the replay gate is not available on this node yet; start with force (audited)",
+            format!(
+                "revision {revision} fails the replay gate (report {}): {}; see `guild rollout check`, or start with force (audited)",
+                gate.report_digest,
+                gate.failures.join("; ")
+            ),
         ));
     }
     let candidate = Candidate {
@@ -210,13 +223,51 @@ async fn start_rollout(
         tenants: body.tenants,
         started_unix_ms: guild_queue::now_unix_ms(),
         started_by: tenant.name.clone(),
-        gate_report: None,
-        forced: body.force,
+        gate_report: Some(gate.report_digest.to_hex()),
+        forced: !gate.passed,
         guard: body.guard.unwrap_or_default(),
     };
-    let actor = Actor { name: &tenant.name, reason: &body.reason };
     let named = daemon.start_rollout(&name, candidate, &actor).await.map_err(change_error)?;
     Ok(Json(record_body(&named)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckBody {
+    /// The candidate: a revision's component digest or number.
+    candidate: String,
+    /// How many of the newest recorded runs.
+    #[serde(default)]
+    last: Option<u64>,
+    /// Only runs recorded within this many seconds.
+    #[serde(default)]
+    since_s: Option<u64>,
+    /// Why, for the audit record.
+    #[serde(default)]
+    reason: String,
+}
+
+async fn check(
+    State(daemon): State<Arc<Daemon>>,
+    Admin(tenant, _slot): Admin,
+    Path(name): Path<String>,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let body: CheckBody = json_body(body)?;
+    let named = named(&daemon, &name)?;
+    let revision = resolve(&named, &body.candidate)?;
+    let actor = Actor { name: &tenant.name, reason: &body.reason };
+    let gate = daemon.check_revision(&name, revision, body.last, body.since_s, &actor).await.map_err(change_error)?;
+    let table = gate.report.table();
+    let mut answer = serde_json::to_value(&gate.report).expect("a gate report is plain data");
+    answer["passed"] = gate.passed.into();
+    answer["failures"] = serde_json::to_value(&gate.failures).expect("plain data");
+    answer["report"] = gate.report_digest.to_hex().into();
+    answer["signature"] = gate.signature_digest.to_hex().into();
+    answer["candidate_revision"] = gate.candidate_revision.into();
+    answer["current_revision"] = gate.current_revision.into();
+    answer["table"] = table.into();
+    Ok(Json(answer))
 }
 
 #[derive(Deserialize, Default)]
@@ -232,9 +283,9 @@ async fn promote(
     State(daemon): State<Arc<Daemon>>,
     Admin(tenant, _slot): Admin,
     Path(name): Path<String>,
-    body: Result<Json<PromoteBody>, JsonRejection>,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let body = json_body(body)?;
+    let body: PromoteBody = json_body(body)?;
     named(&daemon, &name)?;
     let actor = Actor { name: &tenant.name, reason: &body.reason };
     let named = daemon.promote(&name, body.force, &actor).await.map_err(change_error)?;
@@ -255,9 +306,9 @@ async fn rollback(
     State(daemon): State<Arc<Daemon>>,
     Admin(tenant, _slot): Admin,
     Path(name): Path<String>,
-    body: Result<Json<RollbackBody>, JsonRejection>,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let body = json_body(body)?;
+    let body: RollbackBody = json_body(body)?;
     let named = named(&daemon, &name)?;
     let to = body.to.as_deref().map(|to| resolve(&named, to)).transpose()?;
     let actor = Actor { name: &tenant.name, reason: &body.reason };
@@ -291,9 +342,9 @@ async fn set_flags(
     State(daemon): State<Arc<Daemon>>,
     Admin(tenant, _slot): Admin,
     Path(name): Path<String>,
-    body: Result<Json<FlagsBody>, JsonRejection>,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let body = json_body(body)?;
+    let body: FlagsBody = json_body(body)?;
     named(&daemon, &name)?;
     if body.disabled && body.reason.trim().is_empty() {
         return Err(ApiError::new(

@@ -65,6 +65,27 @@ async fn from_dir(
     }
 }
 
+/// The bundle `id` wherever this node can read it ([`find`]), opened and verified (its
+/// signature and every part), with the store its parts are in.
+///
+/// # Errors
+/// A description for people when it cannot be looked for, is absent, or does not verify.
+pub(crate) async fn open(daemon: &Daemon, id: &Digest) -> Result<(guild_replay::Bundle, Arc<dyn BlobStore>), String> {
+    let copy = match find(daemon, id).await {
+        Ok(Some(copy)) => copy,
+        Ok(None) => return Err(format!("bundle {id} is not kept anywhere this node can read")),
+        Err(FindError::Unavailable(e) | FindError::Failed(e)) => return Err(format!("bundle {id}: {e}")),
+    };
+    let BundleCopy { manifest, signature, store, .. } = copy;
+    tokio::task::spawn_blocking(move || {
+        guild_replay::Bundle::open(store.as_ref(), &manifest, &signature, None)
+            .map(|bundle| (bundle, store))
+            .map_err(|e| format!("bundle does not verify: {e}"))
+    })
+    .await
+    .map_err(|e| format!("the store task failed: {e}"))?
+}
+
 impl BundleCopy {
     /// Whom the bundle says the run was for (`None`: a bundle without one, readable by admins
     /// only). Also checks that every part is here, so a broken bundle fails before streaming.

@@ -89,6 +89,11 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         components: Components { dir: state_dir.join("tools"), redis: remote.as_ref().map(|r| r.queue.clone()) },
         changing: tokio::sync::Mutex::new(()),
         guards: Default::default(),
+        shadows: crate::rollout::gate::Shadows::new(
+            config.rollout.shadow_in_flight_max,
+            config.rollout.shadow_kept_max,
+        ),
+        config: config.rollout.clone(),
     };
     reconcile(&runtime, &tools, &rollout, uploaded(&state_dir.join("tools")))
         .await

@@ -191,6 +191,20 @@ impl Runtime {
         &self.gpu
     }
 
+    /// Sign `digest` (a document kept beside bundles, such as a rollout gate's report) with the
+    /// host key this runtime signs bundles with: the same signature document a bundle gets,
+    /// checked with [`guild_replay::BundleSignature::verify`].
+    ///
+    /// # Errors
+    /// [`RunError::Record`] when the runtime records nothing (it holds no key) or its signer
+    /// has stopped.
+    pub async fn sign(&self, digest: guild_replay::Digest) -> Result<guild_replay::BundleSignature, RunError> {
+        match &self.recording {
+            Some(recording) => recording.sign(digest).await,
+            None => Err(RunError::Record("this runtime records nothing, so it holds no key to sign with".into())),
+        }
+    }
+
     /// The fingerprint of this engine.
     pub fn fingerprint(&self) -> &EngineFingerprint {
         &self.fingerprint

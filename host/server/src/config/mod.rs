@@ -103,6 +103,48 @@ pub struct DaemonConfig {
     /// kept alive); a request that finds them all taken waits up to its connect timeout.
     #[serde(default = "egress_connections_max_default")]
     pub egress_connections_max: usize,
+    /// Changing tools safely: the replay gate's policy and bounds, shadow runs.
+    #[serde(default)]
+    pub rollout: RolloutConfig,
+}
+
+/// Default of [`RolloutConfig::check_runs_default`].
+pub const CHECK_RUNS_DEFAULT: u64 = 100;
+/// Default of [`RolloutConfig::check_runs_max`].
+pub const CHECK_RUNS_MAX_DEFAULT: u64 = 1000;
+/// Default of [`RolloutConfig::shadow_in_flight_max`].
+pub const SHADOW_IN_FLIGHT_MAX_DEFAULT: usize = 2;
+/// Default of [`RolloutConfig::shadow_kept_max`].
+pub const SHADOW_KEPT_MAX_DEFAULT: usize = 100;
+
+/// `[rollout]`: the replay gate and shadow runs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutConfig {
+    /// `[rollout.gate]`: how many differences a candidate may show and still pass (counts of
+    /// runs; `output_changed_percent_max` in percent; `min_runs`).
+    pub gate: guild_runtime::GatePolicy,
+    /// Recorded runs a check takes when the request names no `last`.
+    pub check_runs_default: u64,
+    /// Most recorded runs one check may take (`last` above it is refused).
+    pub check_runs_max: u64,
+    /// Shadow runs at once on this node; a shadow drawn while they are all busy is skipped
+    /// (counted as `skipped`), never queued behind callers.
+    pub shadow_in_flight_max: usize,
+    /// Shadow verdicts kept per tool for `guild rollout status` (the newest).
+    pub shadow_kept_max: usize,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        Self {
+            gate: guild_runtime::GatePolicy::default(),
+            check_runs_default: CHECK_RUNS_DEFAULT,
+            check_runs_max: CHECK_RUNS_MAX_DEFAULT,
+            shadow_in_flight_max: SHADOW_IN_FLIGHT_MAX_DEFAULT,
+            shadow_kept_max: SHADOW_KEPT_MAX_DEFAULT,
+        }
+    }
 }
 
 fn egress_connections_max_default() -> usize {
@@ -383,6 +425,26 @@ impl DaemonConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         validate_redis(&self.redis)?;
+        let rollout = &self.rollout;
+        if rollout.check_runs_max == 0 || rollout.check_runs_default == 0 {
+            return Err(ConfigError::new("rollout.check_runs_max", "a check takes at least one run"));
+        }
+        if rollout.check_runs_default > rollout.check_runs_max {
+            return Err(ConfigError::new(
+                "rollout.check_runs_default",
+                format!(
+                    "is {}; at most rollout.check_runs_max ({})",
+                    rollout.check_runs_default, rollout.check_runs_max
+                ),
+            ));
+        }
+        let percent = rollout.gate.output_changed_percent_max;
+        if !percent.is_finite() || !(0.0..=100.0).contains(&percent) {
+            return Err(ConfigError::new(
+                "rollout.gate.output_changed_percent_max",
+                format!("is {percent}; use 0 to 100"),
+            ));
+        }
         if self.http.connections_max == 0 {
             return Err(ConfigError::new("http.connections_max", "must be at least 1"));
         }

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 impl Daemon {
     pub(super) async fn execute(self: Arc<Self>, job: Job, entry: RunEntry) {
-        let Job { tool, input, input_digest, admission, ticket, state, done, key, cancel } = job;
+        let Job { tool, input, input_digest, admission, ticket, state, done, key, cancel, shadow } = job;
         let queued = Instant::now();
         tracing::info!("run queued");
         let slot = ticket.start().await;
@@ -63,7 +63,12 @@ impl Daemon {
         self.metrics.runs_committing.set(self.queue.committing() as i64);
         self.guard_call(&tool, &finished);
         let _ = state.send(RunState::Finished(finished.clone()));
+        let bundle = finished.bundle;
         let _ = done.send((finished, output));
+        // After the answer: a shadow never adds latency to the call it shadows.
+        if let (Some(candidate), Some(bundle)) = (shadow, bundle) {
+            self.shadow(bundle, candidate);
+        }
     }
 
     /// Turn a run's result into its table entry, output, metrics and audit record.
@@ -149,6 +154,8 @@ pub(super) struct Job {
     pub(super) done: oneshot::Sender<(Arc<Finished>, Option<String>)>,
     pub(super) key: Option<String>,
     pub(super) cancel: CancellationToken,
+    /// The candidate to run against this call's tape once it is answered, if drawn.
+    pub(super) shadow: Option<Arc<RegisteredTool>>,
 }
 
 /// The run's table entry, its output, and the policy it had (for the audit record).

@@ -398,13 +398,13 @@ impl Daemon {
                 Rejection::Disabled { tool: request.tool.clone(), reason: disabled.reason }
             }
         })?;
-        let tool = routed.tool;
+        let tool = routed.tool.clone();
         tool.validate(&request.input).map_err(Rejection::InvalidInput)?;
         let input = request.input.to_string();
         let input_digest = Digest::of(input.as_bytes());
         let request_digest = request_digest(&tool.name, &input_digest);
         if let Some(remote) = self.remote.clone() {
-            return self.submit_remote(&remote, tenant, tool, request, input, input_digest, request_digest).await;
+            return self.submit_remote(&remote, tenant, routed, request, input, input_digest, request_digest).await;
         }
         let key = request.idempotency_key.as_deref();
         if let Some(key) = key
@@ -433,7 +433,8 @@ impl Daemon {
         let (done, finished) = oneshot::channel();
         let cancel = request.cancel.unwrap_or_default();
         let key = request.idempotency_key.clone();
-        let job = Job { tool, input, input_digest, admission, ticket, state, done, key, cancel };
+        let shadow = routed.shadow;
+        let job = Job { tool, input, input_digest, admission, ticket, state, done, key, cancel, shadow };
         let span = tracing::info_span!("run", run_id = %entry.id, tenant = %tenant.name, tool = %entry.tool);
         tokio::spawn(self.clone().execute(job, entry.clone()).instrument(span));
         if request.asynchronous {
@@ -460,12 +461,13 @@ impl Daemon {
         self: &Arc<Self>,
         remote: &Arc<Remote>,
         tenant: &Arc<Tenant>,
-        tool: Arc<RegisteredTool>,
+        routed: crate::registry::Routed,
         request: RunRequest,
         input: String,
         input_digest: Digest,
         request_digest: Digest,
     ) -> Result<Submitted, Rejection> {
+        let crate::registry::Routed { tool, shadow, .. } = routed;
         if self.is_draining() {
             return Err(Rejection::Queue(QueueFull { depth: 0, retry_after_s: 5, draining: true }));
         }
@@ -554,6 +556,9 @@ impl Daemon {
                     _ => return drop(admission),
                 };
                 guarded.guard_call(&guarded_tool, &finished);
+                if let (Some(candidate), Some(bundle)) = (shadow, finished.bundle) {
+                    guarded.shadow(bundle, candidate);
+                }
                 return admission.settle(finished.fuel_used_units);
             }
             drop(admission);

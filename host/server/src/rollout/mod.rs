@@ -4,6 +4,7 @@
 //! new revisions loaded before the record is installed here, and an audit record naming who did
 //! it and why. Other nodes follow Redis's generation counter (`follow`).
 
+pub mod gate;
 pub mod guard;
 pub mod records;
 
@@ -263,7 +264,13 @@ impl Daemon {
         self.tools().named(&name).expect("just installed")
     }
 
-    async fn audit_tool_event(&self, kind: &str, actor: &str, tool: &str, detail: &str) -> Result<(), ChangeError> {
+    pub(crate) async fn audit_tool_event(
+        &self,
+        kind: &str,
+        actor: &str,
+        tool: &str,
+        detail: &str,
+    ) -> Result<(), ChangeError> {
         let event = AuditEvent { kind: kind.into(), actor: actor.into(), detail: detail.into() };
         let mut entry = AuditEntry::event(event, tool, "");
         entry.tool = tool.to_string();
@@ -360,4 +367,8 @@ pub struct RolloutState {
     pub changing: tokio::sync::Mutex<()>,
     /// Ramping candidates' guard rails.
     pub guards: guard::Guards,
+    /// Shadow runs' lane and newest verdicts.
+    pub shadows: gate::Shadows,
+    /// The `[rollout]` config: the gate's policy and bounds.
+    pub config: crate::config::RolloutConfig,
 }
