@@ -3,7 +3,7 @@
 
 use crate::Guild;
 use crate::daemon::Daemon;
-use guild_test_artifacts::HOSTILE;
+use guild_test_artifacts::{HOSTILE, REV_V1, REV_V2};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -918,4 +918,77 @@ fn a_job_body_naming_another_id_is_not_lost() {
     let state = redis.cli(&["HGET", &key, "state"]);
     let pending = redis.cli(&["XLEN", &format!("{PREFIX}jobs")]);
     panic!("job {id} never ended: {run} (hash state {state}, stream length {pending}); worker log:\n{}", worker.log());
+}
+
+/// The greeting an API node answers for "margaret" (revision 1: `hello margaret`, revision 2:
+/// `hello, margaret!`), run by the workers.
+fn greeting(daemon: &Daemon) -> String {
+    let reply = daemon.run(TOKEN, json!({ "tool": "greet", "input": { "name": "margaret" } }));
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    reply.json()["output"]["greeting"].as_str().unwrap_or_default().to_string()
+}
+
+/// How long until `done` holds, polling every 10 ms (at most 10 s).
+fn until(done: impl Fn() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(10), "never happened");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    started.elapsed()
+}
+
+#[test]
+fn rollouts_and_flags_reach_a_second_api_node_and_a_worker_through_redis() {
+    let redis = RedisServer::start();
+    let (guild_a, guild_b) = (Guild::new(), Guild::new());
+    let a = Daemon::start(&guild_a, &["--redis", &redis.url(), "--tool", REV_V1], QUEUE_ENV);
+    let b = Daemon::start(&guild_b, &["--redis", &redis.url(), "--tool", REV_V1], QUEUE_ENV);
+    let cache = tempfile::tempdir().expect("cache");
+    let worker = Worker::start(&redis.url(), cache.path(), "w1", 2);
+    assert_eq!(greeting(&b), "hello margaret");
+
+    // Revision 2 is uploaded on A and ramped to every call there; B follows.
+    let v2 = std::fs::read(REV_V2).expect("rev-v2");
+    let uploaded = a.call_with("POST", "/v1/tools", TOKEN, &v2, &[]);
+    assert_eq!(uploaded.status, 201, "{}", String::from_utf8_lossy(&uploaded.body));
+    let start = json!({ "candidate": "2", "percent": 100, "force": true, "reason": "fleet test" });
+    let started = a.call("POST", "/v1/tools/greet/rollout", TOKEN, &start.to_string());
+    assert_eq!(started.status, 200, "{}", String::from_utf8_lossy(&started.body));
+    let candidate_on_b = |n: Option<u64>| {
+        let record = b.call("GET", "/v1/tools/greet/revisions", TOKEN, "").json();
+        record["candidate"]["revision"].as_u64() == n
+    };
+    let took = until(|| candidate_on_b(Some(2)));
+    assert!(took < Duration::from_secs(1), "B saw the rollout after {took:?}");
+    assert_eq!(greeting(&b), "hello, margaret!", "B routes to the candidate, which a worker runs");
+
+    // A rollback on A: B's next calls go to revision 1.
+    let back = a.call("POST", "/v1/tools/greet/rollout/rollback", TOKEN, r#"{"reason":"fleet test"}"#);
+    assert_eq!(back.status, 200, "{}", String::from_utf8_lossy(&back.body));
+    let took = until(|| candidate_on_b(None));
+    assert!(took < Duration::from_secs(1), "B saw the rollback after {took:?}");
+    assert_eq!(greeting(&b), "hello margaret");
+
+    // Jobs queued while no worker runs, then the tool is switched off on A: B refuses new calls
+    // within a second, and the worker that starts next fails the queued jobs `tool_disabled`.
+    drop(worker);
+    let queued: Vec<String> = (0..3)
+        .map(|_| {
+            let reply = b.run(TOKEN, json!({ "tool": "greet", "input": { "name": "ada" }, "async": true }));
+            assert_eq!(reply.status, 202, "{}", String::from_utf8_lossy(&reply.body));
+            reply.json()["id"].as_str().expect("id").to_string()
+        })
+        .collect();
+    let off = a.call("PUT", "/v1/tools/greet/flags", TOKEN, r#"{"disabled":true,"reason":"incident 9"}"#);
+    assert_eq!(off.status, 200, "{}", String::from_utf8_lossy(&off.body));
+    // Probed asynchronously: no worker runs now, so a sync call would wait for one.
+    let took =
+        until(|| b.run(TOKEN, json!({ "tool": "greet", "input": { "name": "ada" }, "async": true })).status == 403);
+    assert!(took < Duration::from_secs(1), "B refused the disabled tool after {took:?}");
+    let _worker = Worker::start(&redis.url(), cache.path(), "w2", 2);
+    let results = wait_all(&b, &queued, Duration::from_secs(30));
+    for (id, body) in results {
+        assert_eq!(body["error"]["status"], "tool_disabled", "job {id}: {body}");
+    }
 }
