@@ -280,3 +280,53 @@ const ADAPTER_DIFFERENCES: &[&str] = &[
     "assemblyscript/testsuite/wasm32-wasip1/fd_write-to-invalid-fd",
     "assemblyscript/testsuite/wasm32-wasip1/proc_exit-failure",
 ];
+
+#[test]
+fn the_daemon_serves_a_configured_command_over_http() {
+    use crate::daemon::{Daemon, config_file, token_digest};
+    use serde_json::json;
+    let guild = Guild::new();
+    let data = tree(&[("notes.txt", "served from the mount")]);
+    let config = format!(
+        r#"
+[[tools]]
+path = "{command}"
+name = "fixture"
+description = "Echoes, reads and exits, as its arguments say"
+env = ["GREETING"]
+[[tools.mounts]]
+host = "{data}"
+guest = "/data"
+
+[[tenants]]
+name = "root"
+token_blake3 = "{root}"
+tools = ["*"]
+"#,
+        command = WASI_COMMAND,
+        data = data.path().display(),
+        root = token_digest("root-token"),
+    );
+    let config = config_file(guild.home(), &config);
+    let daemon = Daemon::start(&guild, &["--config", &config], &[]);
+    let tools = daemon.call("GET", "/v1/tools", "root-token", "").json();
+    let listed = tools["tools"].as_array().and_then(|t| t.iter().find(|t| t["name"] == "fixture")).cloned();
+    let listed = listed.unwrap_or_else(|| panic!("the command is listed: {tools}"));
+    assert_eq!(listed["description"], "Echoes, reads and exits, as its arguments say", "{listed}");
+
+    let run = |input: serde_json::Value| daemon.run("root-token", json!({"tool": "fixture", "input": input}));
+    let reply = run(json!({"args": ["echo", "over", "http"]}));
+    assert_eq!(reply.status, 200, "{}", reply.json());
+    let output = &reply.json()["output"];
+    assert_eq!((output["exit_code"].as_i64(), output["stdout"].as_str()), (Some(0), Some("fixture\nover\nhttp\n")));
+    let reply = run(json!({"args": ["read", "/data/notes.txt"]}));
+    assert_eq!(reply.json()["output"]["stdout"], "served from the mount", "{}", reply.json());
+    let reply = run(json!({"args": ["exit", "1"]}));
+    assert_eq!(reply.json()["output"]["exit_code"], 1, "exit(1) is an output: {}", reply.json());
+    let reply = run(json!({"args": ["env", "GREETING"], "env": {"GREETING": "hi"}}));
+    assert_eq!(reply.json()["output"]["stdout"], "GREETING=hi\n", "{}", reply.json());
+    let reply = run(json!({"args": ["env"], "env": {"PATH": "/bin"}}));
+    // The input schema names only the operator's variables, so the daemon refuses others first.
+    assert_eq!((reply.code().as_str(), reply.json()["error"]["field"].as_str()), ("invalid_input", Some("/env/PATH")));
+    daemon.terminate();
+}
