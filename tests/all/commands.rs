@@ -65,7 +65,8 @@ fn guild_run_passes_arguments_streams_and_the_exit_code_through() {
     assert_eq!(String::from_utf8_lossy(&out.stderr), "read 9 bytes\n");
     guild.run(&["run", WASI_COMMAND, "--", "cat"]).expect_code(0).expect_stderr("read 0 bytes");
     // A trap is a trap, not an exit code of the program's.
-    guild.run(&["run", WASI_COMMAND, "--", "panic"]).expect_code(1).expect_stderr("guild: trap");
+    let panicked = guild.run(&["run", WASI_COMMAND, "--", "panic"]);
+    panicked.expect_code(1).expect_stderr("guild: trap").expect_stderr("asked to panic");
     // guild-tool components keep their own interface.
     guild.run(&["run", guild_test_artifacts::ECHO, "--", "x"]).expect_code(2).expect_stderr("for WASI commands");
 }

@@ -6,6 +6,7 @@
 //! `guild-tool` component's.
 
 use crate::LimitHit;
+use crate::logs::{LogLevel, LogLine, LogSource};
 use base64::Engine as _;
 use bytes::Bytes;
 use guild_vocab::{Capabilities, DirRequest, Grants, ToolInfo};
@@ -254,6 +255,15 @@ impl Capture {
         }
         held.extend_from_slice(bytes);
         Ok(())
+    }
+
+    /// What was written so far, as stderr log lines (for a trap's message).
+    pub(crate) fn log_lines(&self) -> Vec<LogLine> {
+        let held = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&held)
+            .lines()
+            .map(|line| LogLine { level: LogLevel::Warn, source: LogSource::Stderr, message: line.to_string() })
+            .collect()
     }
 
     /// What was written so far.

@@ -225,7 +225,8 @@ impl Registry {
                 None => tool,
             };
             let mut grants = spec.grants.clone();
-            if spec.only_requested_mounts {
+            // A command asks for nothing: the operator's `--dir` mounts are its grant.
+            if spec.only_requested_mounts && !tool.is_command() {
                 let asked = &tool.info().capabilities.dirs;
                 grants.mounts.retain(|m| asked.iter().any(|d| d.guest_path == m.guest_path));
             }

@@ -380,7 +380,11 @@ impl Runtime {
             {
                 result_error(&error, limits)
             }
-            Some(Ok(Err(trap))) => self.classify_trap(&trap, limits, &logs)?,
+            Some(Ok(Err(trap))) => {
+                // A command's stderr is not in the log: show its tail from the capture.
+                let stderr = captured.as_ref().map(|(_, stderr)| stderr.log_lines());
+                self.classify_trap(&trap, limits, stderr.as_deref().unwrap_or(&logs))?
+            }
         };
         // A limit raised inside a host call ends the run with that limit, whatever the guest
         // did after it was told (a write past a quota the tool caught and reported, say).
