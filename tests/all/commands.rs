@@ -331,3 +331,46 @@ tools = ["*"]
     assert_eq!((reply.code().as_str(), reply.json()["error"]["field"].as_str()), ("invalid_input", Some("/env/PATH")));
     daemon.terminate();
 }
+
+#[test]
+fn an_mcp_client_lists_and_calls_a_command_over_stdio() {
+    use serde_json::Value;
+    use std::io::{BufRead, BufReader};
+    let guild = Guild::new();
+    let data = tree(&[("notes.txt", "read over MCP")]);
+    let dir = mount(data.path(), "/data", "ro");
+    let mut child = guild
+        .command()
+        .args(["mcp", "--no-examples", "--tool", WASI_COMMAND, "--dir", &dir])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("guild mcp starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut ask = |frame: Value| -> Option<Value> {
+        writeln!(stdin, "{frame}").expect("write");
+        stdin.flush().expect("flush");
+        frame.get("id")?;
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read");
+        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}")))
+    };
+    let init = serde_json::json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
+    assert!(ask(init).expect("answered")["result"]["serverInfo"].is_object());
+    ask(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    let listed = ask(serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})).expect("answered");
+    let tools = listed["result"]["tools"].as_array().cloned().unwrap_or_default();
+    let command = tools.iter().find(|t| t["name"] == "wasi_command").unwrap_or_else(|| panic!("listed: {listed}"));
+    assert_eq!(command["inputSchema"]["properties"]["args"]["type"], "array", "{command}");
+    let call = serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+        "name": "wasi_command", "arguments": {"args": ["read", "/data/notes.txt"]}}});
+    let called = ask(call).expect("answered");
+    let text = called["result"]["content"][0]["text"].as_str().unwrap_or_else(|| panic!("a text result: {called}"));
+    let output: Value = serde_json::from_str(text).expect("the output document");
+    assert_eq!((output["exit_code"].as_i64(), output["stdout"].as_str()), (Some(0), Some("read over MCP")), "{called}");
+    drop(stdin);
+    assert!(child.wait().expect("exits").success());
+}
