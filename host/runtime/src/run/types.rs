@@ -77,8 +77,9 @@ impl Tool {
 
     /// `input` with a command's fixed arguments put before the caller's (unchanged for a
     /// `guild-tool` component, a command without them, or input that is not a JSON object,
-    /// which the run refuses anyway).
-    pub(crate) fn with_args_prefix<'a>(&self, input: &'a str) -> Cow<'a, str> {
+    /// which the run refuses anyway). [`crate::Runtime::run`] applies it; a node that hands the
+    /// run to another (a Redis job) applies it before, as the other knows no configuration.
+    pub fn with_args_prefix<'a>(&self, input: &'a str) -> Cow<'a, str> {
         let Entry::Command(_, config) = &self.entry else { return Cow::Borrowed(input) };
         if config.args_prefix.is_empty() {
             return Cow::Borrowed(input);

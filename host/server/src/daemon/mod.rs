@@ -469,7 +469,8 @@ impl Daemon {
             tenant: tenant.name.clone(),
             tool: tool.name.clone(),
             tool_digest: *tool.tool.digest(),
-            input,
+            // A command's fixed arguments: the worker knows no tool configuration.
+            input: tool.tool.with_args_prefix(&input).into_owned(),
             input_digest,
             grants: tool.grants.clone(),
             limits,
