@@ -374,3 +374,65 @@ fn an_mcp_client_lists_and_calls_a_command_over_stdio() {
     drop(stdin);
     assert!(child.wait().expect("exits").success());
 }
+
+/// hexyl, built from its published crate by `tools/hexyl/build.sh`, when it has been.
+fn hexyl() -> Option<PathBuf> {
+    let guild_wasm = Path::new(WASI_COMMAND).ancestors().nth(3)?;
+    let built = guild_wasm.join("third-party/hexyl.wasm");
+    built.is_file().then_some(built)
+}
+
+#[tokio::test]
+async fn a_third_party_program_runs_as_a_tool_over_http_and_replays() {
+    use crate::daemon::{Daemon, config_file, token_digest};
+    use serde_json::json;
+    let Some(hexyl) = hexyl() else {
+        eprintln!("skipped: hexyl is not built (tools/hexyl/build.sh)");
+        return;
+    };
+    let data = tree(&[("greeting.txt", "hi")]);
+    let guild = Guild::new();
+    let config = format!(
+        r#"
+[[tools]]
+path = "{hexyl}"
+name = "hexdump"
+description = "A hex dump of stdin, or of files under /data named in args"
+args = ["--color=never", "--border=none"]
+[[tools.mounts]]
+host = "{data}"
+guest = "/data"
+
+[[tenants]]
+name = "root"
+token_blake3 = "{root}"
+tools = ["*"]
+"#,
+        hexyl = hexyl.display(),
+        data = data.path().display(),
+        root = token_digest("root-token"),
+    );
+    let config = config_file(guild.home(), &config);
+    let daemon = Daemon::start(&guild, &["--config", &config], &[]);
+    let run = |input: serde_json::Value| daemon.run("root-token", json!({"tool": "hexdump", "input": input}));
+    let reply = run(json!({"stdin": "hello"}));
+    let output = &reply.json()["output"];
+    assert_eq!(output["exit_code"], 0, "{}", reply.json());
+    assert!(output["stdout"].as_str().unwrap_or_default().contains("68 65 6c 6c 6f"), "{output}");
+    let reply = run(json!({"args": ["/data/greeting.txt"]}));
+    assert!(reply.json()["output"]["stdout"].as_str().unwrap_or_default().contains("68 69"), "{}", reply.json());
+    let reply = run(json!({"args": ["/etc/passwd"]}));
+    assert_ne!(reply.json()["output"]["exit_code"], 0, "outside its mount: {}", reply.json());
+    daemon.terminate();
+
+    // Recorded through the runtime, and replayed identically.
+    let home = tempfile::tempdir().expect("tempdir");
+    let (runtime, store) = recording_runtime(home.path());
+    let (tool, _) = runtime.load_file(&hexyl).await.expect("hexyl loads");
+    let report = runtime
+        .run(&tool, r#"{"args": ["--color=never"], "stdin": "replay me"}"#, &Grants::default(), &Limits::default())
+        .await
+        .expect("run");
+    assert_eq!(output_of(&report.outcome).exit_code, 0);
+    replays_identically(&runtime, &store, report.bundle.expect("recorded")).await;
+}
