@@ -299,7 +299,8 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub(crate) input_file: Option<PathBuf>,
     /// Mount a host directory: HOST::GUEST[:ro|:rw] (read-only unless `:rw`). The tool must ask
-    /// for GUEST in its capabilities; the access is the lesser of yours and the tool's.
+    /// for GUEST in its capabilities; the access is the lesser of yours and the tool's. A WASI
+    /// command asks for nothing: it gets exactly what you mount.
     #[arg(long = "dir", value_name = "HOST::GUEST[:ro|:rw]", value_parser = parse_mount)]
     pub(crate) dirs: Vec<Mount>,
     /// Fuel units the run may burn (~11 billion per second of compute).
