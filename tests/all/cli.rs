@@ -109,11 +109,17 @@ fn files_that_are_not_guild_tools_are_refused_clearly() {
     guild
         .run(&["run", module.to_str().expect("utf-8")])
         .expect_code(5)
-        .expect_stderr("core WebAssembly module, not a component");
+        .expect_stderr("core WebAssembly module that imports no wasi_snapshot_preview1, not a component");
+    // An empty component exports nothing a host can call.
+    let empty = dir.path().join("empty.wasm");
+    std::fs::write(&empty, b"\0asm\x0d\0\x01\0").expect("empty component");
     guild
-        .run(&["describe", OTHER_WORLD])
+        .run(&["describe", empty.to_str().expect("utf-8")])
         .expect_code(5)
-        .expect_stderr("does not export guild:tool/tool@0.1.0 (it is a component of another world)");
+        .expect_stderr("exports neither guild:tool/tool@0.1.0 nor wasi:cli/run (it is a component of another world)");
+    // A plain WASI command is not a guild-tool component, but it runs as a command.
+    let command = guild.run(&["run", OTHER_WORLD]);
+    assert_eq!(command.expect_code(0).stdout, "I am a command, not a Guild tool\n");
     let mut truncated = std::fs::read(ECHO).expect("echo");
     truncated.truncate(truncated.len() / 2);
     let broken = dir.path().join("broken.wasm");

@@ -3,6 +3,7 @@
 //! One test binary with a module per area, so it links once.
 
 mod cli;
+mod commands;
 mod contained;
 mod daemon;
 mod egress;

@@ -293,7 +293,8 @@ pub(crate) enum KeyCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// The tool: a WebAssembly component (.wasm) built for wasm32-wasip2.
+    /// The tool: a WebAssembly component (.wasm) built for wasm32-wasip2 — a `guild-tool`
+    /// component or a WASI command — or a WASI preview-1 module (adapted into a command).
     #[arg(value_name = "COMPONENT.wasm")]
     pub(crate) component: PathBuf,
     /// Input JSON. Defaults to `{}`.
@@ -303,7 +304,8 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub(crate) input_file: Option<PathBuf>,
     /// Mount a host directory: HOST::GUEST[:ro|:rw] (read-only unless `:rw`). The tool must ask
-    /// for GUEST in its capabilities; the access is the lesser of yours and the tool's.
+    /// for GUEST in its capabilities; the access is the lesser of yours and the tool's. A WASI
+    /// command asks for nothing: it gets exactly what you mount.
     #[arg(long = "dir", value_name = "HOST::GUEST[:ro|:rw]", value_parser = parse_mount)]
     pub(crate) dirs: Vec<Mount>,
     /// Fuel units the run may burn (~11 billion per second of compute).
@@ -380,6 +382,13 @@ pub(crate) struct RunArgs {
     /// Print the summary on stderr as one JSON object instead of a line for people.
     #[arg(long)]
     pub(crate) summary_json: bool,
+    /// WASI commands only: set the environment variable NAME for the program (repeatable).
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
+    pub(crate) envs: Vec<(String, String)>,
+    /// WASI commands only: the program's arguments, after `--`. Its stdin, stdout and stderr are
+    /// this process's, and `guild` exits with the program's exit code.
+    #[arg(last = true, value_name = "ARGS")]
+    pub(crate) command_args: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -581,6 +590,13 @@ fn parse_secret_grant(text: &str) -> Result<(String, EgressRule), String> {
     let (name, rule) = text.split_once('=').ok_or_else(|| format!("{text:?} is not NAME=RULE"))?;
     guild_runtime::egress::secrets::check_name(name)?;
     Ok((name.to_string(), parse_rule(rule)?))
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("{text:?} is not NAME=VALUE")),
+    }
 }
 
 fn parse_rule(text: &str) -> Result<EgressRule, String> {

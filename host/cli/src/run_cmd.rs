@@ -18,7 +18,7 @@ use std::sync::Arc;
 const CLI_CONCURRENT_RUNS_MAX: u32 = 4;
 
 pub(crate) fn run(global: &Global, args: RunArgs) -> Result<Exit, Failure> {
-    let input = read_input(&args)?;
+    let input = if args.input.is_none() && args.input_file.is_none() { None } else { Some(read_input(&args)?) };
     let tree_limits =
         TreeLimits { bytes_max: args.mount_bytes, entries_max: args.mount_entries, ..TreeLimits::default() };
     let runtime = open_runtime(global, Some(tree_limits), &args.tls_ca)?;
@@ -42,11 +42,83 @@ pub(crate) fn run(global: &Global, args: RunArgs) -> Result<Exit, Failure> {
     };
     let (secrets, secret_grants) = load_secrets(&args)?;
     let grants = Grants { mounts: args.dirs.clone(), egress: args.allow_hosts.clone(), secrets, secret_grants };
-    block_on(async {
+    let mut command_exit = None;
+    let exit = block_on(async {
         let (tool, source) = runtime.load_file(&args.component).await.map_err(load_failure)?;
+        if !tool.is_command() && (!args.envs.is_empty() || !args.command_args.is_empty()) {
+            return Err(Failure::usage(format!(
+                "{} is a guild-tool component: --env and arguments after -- are for WASI commands; give it --input JSON",
+                tool.info().name
+            )));
+        }
+        let input = match input {
+            Some(input) => input,
+            None if tool.is_command() => command_input(&args)?,
+            None => "{}".to_string(),
+        };
         let report = runtime.run(&tool, &input, &grants, &limits).await.map_err(run_failure)?;
+        if tool.is_command() {
+            command_exit = pass_through(&report, &args);
+            if command_exit.is_some() {
+                return Ok(Exit::Success);
+            }
+        }
         Ok(print_report(&report, source, &args))
-    })
+    });
+    // A command's own exit code, as `wasmtime run` exits: after the runtime (and the store
+    // behind it) is dropped, so the bundle is written whole.
+    drop(runtime);
+    match command_exit {
+        Some(code) => {
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+            std::process::exit(code)
+        }
+        None => exit,
+    }
+}
+
+/// A command's input from `guild run`'s own arguments, environment flags and stdin (read to its
+/// end unless it is a terminal, which stays at its end: a recorded run needs all of its input).
+fn command_input(args: &RunArgs) -> Result<String, Failure> {
+    use std::io::IsTerminal as _;
+    let env: serde_json::Map<String, serde_json::Value> =
+        args.envs.iter().map(|(name, value)| (name.clone(), value.clone().into())).collect();
+    let mut input = serde_json::json!({"args": args.command_args, "env": env});
+    if !std::io::stdin().is_terminal() {
+        let mut stdin = Vec::new();
+        std::io::stdin().read_to_end(&mut stdin).map_err(|e| Failure::usage(format!("cannot read stdin: {e}")))?;
+        input["stdin"] = match String::from_utf8(stdin) {
+            Ok(text) => text.into(),
+            Err(bytes) => {
+                input["stdin_encoding"] = "base64".into();
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes.as_bytes()).into()
+            }
+        };
+    }
+    Ok(input.to_string())
+}
+
+/// Write a command's stdout and stderr out as it wrote them, and say how it exited; `None` when
+/// it did not run to an exit (a limit, a trap, a refused input), which is reported as any run.
+fn pass_through(report: &RunReport, args: &RunArgs) -> Option<i32> {
+    use std::io::Write as _;
+    let Outcome::Output { output } = &report.outcome else { return None };
+    let output = guild_runtime::CommandOutput::parse(output)?;
+    let _ = std::io::stdout().lock().write_all(&output.stdout);
+    let _ = std::io::stderr().lock().write_all(&output.stderr);
+    if args.summary_json {
+        let summary = serde_json::json!({
+            "status": "ok",
+            "exit_code": output.exit_code,
+            "tool": report.tool,
+            "component": report.component,
+            "fuel_used_units": report.fuel_used_units,
+            "bundle": report.bundle,
+        });
+        eprintln!("{summary}");
+    }
+    Some(output.exit_code)
 }
 
 /// Read each `--secret` value and gather `--grant-secret` rules by name.

@@ -138,6 +138,7 @@ pub(crate) fn extra_tools(args: &ToolFlags, examples: bool) -> Vec<ToolSpec> {
         limits: Limits::default(),
         field,
         only_requested_mounts: true,
+        command: Default::default(),
     };
     let mut specs = Vec::new();
     if examples && !args.no_examples {

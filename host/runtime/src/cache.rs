@@ -61,6 +61,37 @@ impl DiskCache {
     }
 }
 
+impl DiskCache {
+    /// The component a preview-1 module with digest `module` was adapted into, when the cache
+    /// holds it whole (`<module blake3>.adapted.wasm`, its blake3 in the sidecar).
+    pub(crate) fn adapted(&self, module: &Digest) -> Option<Vec<u8>> {
+        let dir = self.dir.as_deref()?;
+        let (component_path, sum_path) = adapted_paths(dir, module);
+        let component = std::fs::read(&component_path).ok()?;
+        let sum = std::fs::read_to_string(&sum_path).ok()?;
+        if Digest::of(&component).to_hex() != sum.trim() {
+            let _ = std::fs::remove_file(&component_path);
+            return None;
+        }
+        Some(component)
+    }
+
+    /// Keep the component adapted from the module with digest `module`; a cache that cannot be
+    /// written only costs adapting it again next time.
+    pub(crate) fn keep_adapted(&self, module: &Digest, component: &[u8]) {
+        let Some(dir) = self.dir.as_deref() else { return };
+        let (component_path, sum_path) = adapted_paths(dir, module);
+        let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).and_then(|()| {
+            write_atomically(&component_path, component)?;
+            write_atomically(&sum_path, Digest::of(component).to_hex().as_bytes())
+        });
+    }
+}
+
+fn adapted_paths(dir: &Path, module: &Digest) -> (PathBuf, PathBuf) {
+    (dir.join(format!("{module}.adapted.wasm")), dir.join(format!("{module}.adapted.blake3")))
+}
+
 fn paths(dir: &Path, digest: &Digest) -> (PathBuf, PathBuf) {
     (dir.join(format!("{digest}.cwasm")), dir.join(format!("{digest}.blake3")))
 }

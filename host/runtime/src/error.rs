@@ -37,12 +37,16 @@ pub enum LoadError {
     /// Not WebAssembly at all.
     #[error("not a WebAssembly component: the file does not start with the `\\0asm` header")]
     NotWasm,
-    /// A core module, not a component.
+    /// A core module that imports no WASI preview 1, so it is neither a component nor a
+    /// preview-1 command that Guild adapts.
     #[error(
-        "this is a core WebAssembly module, not a component: build the tool with \
-         `--target wasm32-wasip2` (or wrap it with `wasm-tools component new`)"
+        "this is a core WebAssembly module that imports no wasi_snapshot_preview1, not a component: \
+         build the tool with `--target wasm32-wasip2` (or wrap it with `wasm-tools component new`)"
     )]
     CoreModule,
+    /// A preview-1 module the published adapter could not turn into a component.
+    #[error("cannot adapt this WASI preview-1 module into a component: {0}")]
+    Adapt(String),
     /// wasmtime could not compile it.
     #[error("invalid component: {0}")]
     Invalid(String),
@@ -55,8 +59,8 @@ pub enum LoadError {
     UnsupportedImport(String),
     /// It is a component of another world.
     #[error(
-        "the component does not export guild:tool/tool@0.1.0 (it is a component of another \
-         world); build it against wit/ with guild-sdk: {0}"
+        "the component exports neither guild:tool/tool@0.1.0 nor wasi:cli/run (it is a component \
+         of another world); build it against wit/ with guild-sdk, or as a WASI command: {0}"
     )]
     WrongWorld(String),
     /// `describe` failed or returned nonsense.

@@ -12,11 +12,13 @@
 //! rollout gate, whose [`GateReport`] and [`GatePolicy`] are here too). It knows nothing of the HTTP API or Redis (its only HTTP is the guest's
 //! egress).
 
+mod adapt;
 mod bindings;
 mod blocking;
 mod cache;
 mod cancel;
 mod candidate;
+mod command;
 pub mod egress;
 mod engine;
 mod error;
@@ -39,6 +41,7 @@ mod state;
 pub use cache::CacheSource;
 pub use cancel::{CANCEL_CHECK_TICKS, CancellationToken};
 pub use candidate::{CandidateCheck, CandidateVerdict, OUTPUT_DIFF_ENTRIES_MAX, OutputChange};
+pub use command::{COMMAND_NAME_DEFAULT, CommandConfig, CommandOutput};
 pub use engine::{
     CONCURRENT_RUNS_MAX_DEFAULT, EPOCH_TICK_MS, EngineSettings, MEMORY_BYTES_CEILING_DEFAULT, WASM_STACK_BYTES_DEFAULT,
     wasmtime_version,

@@ -151,6 +151,14 @@ impl Runtime {
         check_engine(self.fingerprint(), bundle, options, &mut notes)?;
         let component = store.get(&bundle.action.component.digest).map_err(|e| invalid(e.to_string()))?;
         let (tool, _) = self.load(&component).await.map_err(|e| invalid(e.to_string()))?;
+        // A command is named by whoever ran it, and its input was admitted then: it replays
+        // under the recorded name, with whatever environment the input sets.
+        let named = tool.configured(crate::CommandConfig {
+            name: bundle.action.tool.name.clone(),
+            env_allowed: None,
+            ..crate::CommandConfig::default()
+        });
+        let tool = named.map_or(tool, Arc::new);
         if tool.info().name != bundle.action.tool.name || tool.info().version != bundle.action.tool.version {
             return Err(invalid(format!(
                 "the component describes itself as {} {}, the bundle says {} {}",
@@ -166,7 +174,7 @@ impl Runtime {
         let seed = recorded_seed(events)?;
         let workdir = tempfile::tempdir().map_err(|e| ReplayError::Host(e.to_string()))?;
         let grants = materialize_mounts(events, store, workdir.path(), &limits)?;
-        let policy = EffectivePolicy::resolve(&tool.info().name, &grants, &tool.info().capabilities)
+        let policy = EffectivePolicy::resolve(&tool.info().name, &grants, &tool.capabilities_for(&grants))
             .map_err(|e| invalid(e.to_string()))?;
         let stop = Arc::new(crate::guard::Stop::default());
         let recorder =

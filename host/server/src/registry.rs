@@ -5,7 +5,7 @@
 use crate::config::{ConfigError, DaemonConfig};
 use guild_replay::Digest;
 use guild_runtime::egress::{Secret, SecretGrant, SecretSource};
-use guild_runtime::{Access, Grants, Limits, Mount, Runtime, Tool};
+use guild_runtime::{Access, CommandConfig, Grants, Limits, Mount, Runtime, Tool};
 use guild_vocab::{Disabled, Revision, ToolRecord};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -42,6 +42,20 @@ pub struct ToolSpec {
     pub field: String,
     /// Keep only the mounts the tool asks for (grants shared by many tools, e.g. `--dir`).
     pub only_requested_mounts: bool,
+    /// For a WASI command: its description, allowed environment and fixed arguments (its name
+    /// is `name`, else the file's stem). Ignored for `guild-tool` components.
+    pub command: CommandSpec,
+}
+
+/// What the config says about a WASI command.
+#[derive(Debug, Clone, Default)]
+pub struct CommandSpec {
+    /// Description for agents; `None`: a generic one.
+    pub description: Option<String>,
+    /// Environment variables a caller may set.
+    pub env: Vec<String>,
+    /// Arguments before the caller's.
+    pub args: Vec<String>,
 }
 
 /// One revision of a registered tool: its component, loaded, with what every run of it gets.
@@ -144,7 +158,8 @@ impl Base {
     /// Register `tool` (from `source`) as revision `revision` of `name` under this base.
     pub fn register(&self, name: &str, revision: u32, tool: Arc<Tool>, source: ToolSource) -> RegisteredTool {
         let mut grants = self.grants.clone();
-        if self.only_requested_mounts {
+        // A command asks for nothing: the operator's `--dir` mounts are its grant.
+        if self.only_requested_mounts && !tool.is_command() {
             let asked = &tool.info().capabilities.dirs;
             grants.mounts.retain(|m| asked.iter().any(|d| d.guest_path == m.guest_path));
         }
@@ -350,6 +365,16 @@ impl Registry {
                 )));
             }
             let name = spec.name.clone().unwrap_or_else(|| tool.info().name.clone());
+            // A command runs, and is recorded, under the name clients call it by.
+            let tool = match tool.configured(CommandConfig {
+                name: name.clone(),
+                description: spec.command.description.clone().unwrap_or_default(),
+                env_allowed: Some(spec.command.env.clone()),
+                args_prefix: spec.command.args.clone(),
+            }) {
+                Some(command) => Arc::new(command),
+                None => tool,
+            };
             let base = Base {
                 grants: spec.grants.clone(),
                 limits: spec.limits.clone(),
@@ -441,6 +466,11 @@ impl ToolSpec {
                     limits: tool.limits.clone(),
                     field: format!("{field}.path"),
                     only_requested_mounts: false,
+                    command: CommandSpec {
+                        description: tool.description.clone(),
+                        env: tool.env.clone(),
+                        args: tool.args.clone(),
+                    },
                 });
             }
         }

@@ -360,6 +360,7 @@ fn uploaded(dir: &std::path::Path) -> Vec<ToolSpec> {
             grants: Default::default(),
             limits: Default::default(),
             only_requested_mounts: false,
+            command: Default::default(),
         })
         .collect()
 }

@@ -284,6 +284,10 @@ impl Worker {
             ));
         }
         let tool = self.tool(&job.tool_digest).await?;
+        // A command runs and is recorded under the name the API node called it by; its input
+        // (fixed arguments included) was checked there.
+        let config = guild_runtime::CommandConfig { name: job.tool.clone(), ..guild_runtime::CommandConfig::default() };
+        let tool = tool.configured(config).map_or(tool, Arc::new);
         let grants = Grants { secrets: self.secrets.clone(), ..job.grants.clone() };
         let limits = &job.limits;
         let principal = guild_runtime::Principal::tenant(&job.tenant);

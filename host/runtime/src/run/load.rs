@@ -2,10 +2,12 @@
 //! digest at a time), link against exactly the interfaces Guild provides, and ask the tool to
 //! describe itself.
 
+use super::Entry;
 use super::{DESCRIBE_FUEL_UNITS, DESCRIBE_TIMEOUT_MS, Runtime, StoreHooks, Tool};
 use crate::Limits;
 use crate::bindings::GuildToolPre;
 use crate::cache::CacheSource;
+use crate::command::{CommandConfig, command_info};
 use crate::egress::hook::EgressRun;
 use crate::error::LoadError;
 use crate::gpu::GpuRun;
@@ -18,6 +20,7 @@ use guild_vocab::ToolInfo;
 use std::collections::HashMap;
 use std::sync::Arc;
 use wasmtime::Engine;
+use wasmtime_wasi::p2::bindings::CommandPre;
 
 pub(super) struct LoadedTools {
     by_digest: HashMap<Digest, (Arc<Tool>, u64)>,
@@ -57,11 +60,15 @@ impl Runtime {
     ///
     /// # Errors
     /// [`LoadError::Read`] when the file cannot be read; then as [`Runtime::load`].
+    /// A command is named by the file's stem.
     pub async fn load_file(&self, path: &std::path::Path) -> Result<(Arc<Tool>, CacheSource), LoadError> {
         let bytes = tokio::fs::read(path)
             .await
             .map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
-        self.load(&bytes).await
+        let (tool, source) = self.load(&bytes).await?;
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let named = tool.configured(CommandConfig { name: stem, env_allowed: None, ..CommandConfig::default() });
+        Ok((named.map_or(tool, Arc::new), source))
     }
 
     /// Load a component: from memory if this process has it, else from the disk cache, else by
@@ -74,7 +81,14 @@ impl Runtime {
     ///
     /// The example on [`Runtime`] loads a tool, runs it and replays the run.
     pub async fn load(&self, bytes: &[u8]) -> Result<(Arc<Tool>, CacheSource), LoadError> {
-        check_header(bytes)?;
+        let adapted;
+        let bytes = match check_header(bytes)? {
+            Header::Component => bytes,
+            Header::CoreModule => {
+                adapted = self.adapted(bytes).await?;
+                adapted.as_slice()
+            }
+        };
         let digest = Digest::of(bytes);
         let _loading = self.loading(&digest).await;
         if let Some(tool) = self.loaded(&digest) {
@@ -105,8 +119,32 @@ impl Runtime {
         if Digest::of(&bytes) != *digest {
             return Err(LoadError::Invalid(format!("the bytes fetched for component {digest} have another digest")));
         }
-        check_header(&bytes)?;
+        // Stores keep components (a preview-1 module's adapted one): never adapt here, where
+        // the digest must name the bytes that run.
+        if let Header::CoreModule = check_header(&bytes)? {
+            return Err(LoadError::Invalid(format!("component {digest} is a core module")));
+        }
         Ok(self.load_new(*digest, &bytes).await?.0)
+    }
+
+    /// The command component a preview-1 module becomes: from the disk cache (keyed by the
+    /// module's digest), else adapted now, off the async workers.
+    async fn adapted(&self, module: &[u8]) -> Result<Vec<u8>, LoadError> {
+        if !crate::adapt::imports_preview1(module) {
+            return Err(LoadError::CoreModule);
+        }
+        let (disk, owned) = (self.disk.clone(), module.to_vec());
+        tokio::task::spawn_blocking(move || {
+            let digest = Digest::of(&owned);
+            if let Some(component) = disk.adapted(&digest) {
+                return Ok(component);
+            }
+            let component = crate::adapt::adapt_preview1(&owned)?;
+            disk.keep_adapted(&digest, &component);
+            Ok(component)
+        })
+        .await
+        .map_err(|e| LoadError::Adapt(format!("the adapting task failed: {e}")))?
     }
 
     /// Hold the load of `digest` for this caller: concurrent loads of one component queue here.
@@ -136,7 +174,13 @@ impl Runtime {
         .map_err(|e| LoadError::Invalid(format!("the compilation task failed: {e}")))??;
         let instance_pre =
             self.linker.instantiate_pre(&component).map_err(|e| link_error(&e, &component, &self.engine))?;
-        let pre = GuildToolPre::new(instance_pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let pre = match GuildToolPre::new(instance_pre.clone()) {
+            Ok(pre) => pre,
+            Err(not_a_tool) => match CommandPre::new(instance_pre) {
+                Ok(command) => return Ok((self.load_command(digest, command, bytes.len()), source)),
+                Err(_) => return Err(LoadError::WrongWorld(format!("{not_a_tool:#}"))),
+            },
+        };
         let info = self.describe(&pre).await?;
         let output_schema = match &info.output_schema {
             Some(schema) => Some(jsonschema::validator_for(schema).map_err(|e| {
@@ -146,9 +190,27 @@ impl Runtime {
             })?),
             None => None,
         };
-        let tool = Arc::new(Tool { digest, info, pre, size_bytes: bytes.len() as u64, output_schema });
+        let tool =
+            Arc::new(Tool { digest, info, entry: Entry::Tool(pre), size_bytes: bytes.len() as u64, output_schema });
         self.remember(tool.clone());
         Ok((tool, source))
+    }
+
+    /// A command has no `describe`: it is named `command` until configured
+    /// ([`Tool::configured`]), and versioned by its digest.
+    fn load_command(&self, digest: Digest, pre: CommandPre<HostState>, size: usize) -> Arc<Tool> {
+        let config = CommandConfig::default();
+        let version = digest.to_hex()[..COMMAND_VERSION_HEX_CHARS].to_string();
+        let info = command_info(&config, version);
+        let tool = Arc::new(Tool {
+            digest,
+            info,
+            entry: Entry::Command(pre, config),
+            size_bytes: size as u64,
+            output_schema: None,
+        });
+        self.remember(tool.clone());
+        tool
     }
 
     fn loaded(&self, digest: &Digest) -> Option<Arc<Tool>> {
@@ -186,7 +248,7 @@ impl Runtime {
                 &limits,
                 &fresh_seed(),
                 None,
-                StoreHooks { egress: no_egress, gpu: no_gpu, cancel: None, stop: Arc::default() },
+                StoreHooks { egress: no_egress, gpu: no_gpu, cancel: None, stop: Arc::default(), command: None },
             )
             .map_err(|e| LoadError::Describe(e.to_string()))?;
         let instance = pre.instantiate_async(&mut store).await.map_err(|e| LoadError::Describe(format!("{e:#}")))?;
@@ -250,14 +312,23 @@ fn link_error(error: &wasmtime::Error, component: &wasmtime::component::Componen
     }
 }
 
-fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+/// What a file's header says it is.
+enum Header {
+    Component,
+    CoreModule,
+}
+
+/// Hex digits of the digest a command's version shows (48 bits: enough to tell builds apart).
+const COMMAND_VERSION_HEX_CHARS: usize = 12;
+
+fn check_header(bytes: &[u8]) -> Result<Header, LoadError> {
     const MAGIC: &[u8; 4] = b"\0asm";
     const CORE_VERSION: [u8; 4] = [1, 0, 0, 0];
     if bytes.len() < 8 || &bytes[..4] != MAGIC {
         return Err(LoadError::NotWasm);
     }
     if bytes[4..8] == CORE_VERSION {
-        return Err(LoadError::CoreModule);
+        return Ok(Header::CoreModule);
     }
-    Ok(())
+    Ok(Header::Component)
 }

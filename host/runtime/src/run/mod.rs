@@ -3,11 +3,11 @@
 //! every run into an [`Outcome`] (the types a caller reads are in `outcome.rs`, the output
 //! contract in `output.rs`).
 
-use crate::bindings::GuildToolPre;
 use crate::bindings::exports::guild::tool::tool as wit;
 use crate::blocking::off_the_async_workers;
 use crate::cache::DiskCache;
 use crate::cancel::{CancellationToken, Cancelled, arm_deadline, elapsed_ms};
+use crate::command::{Capture, CommandInput, CommandIo, InputRefused, command_output};
 use crate::egress::BreakerSettings;
 use crate::egress::connect::{Connections, HTTP_CONNECTIONS_MAX_DEFAULT};
 use crate::egress::hook::{EgressHooks, EgressRun};
@@ -49,7 +49,7 @@ mod load;
 pub(crate) mod types;
 
 pub use types::Tool;
-pub(crate) use types::{Execution, RunEnv};
+pub(crate) use types::{Entry, Execution, RunEnv};
 
 use crate::output::check_output;
 use load::LoadedTools;
@@ -256,8 +256,10 @@ impl Runtime {
         cancel: CancellationToken,
         run_for: Option<&RunFor<'_>>,
     ) -> Result<RunReport, RunError> {
-        let policy = EffectivePolicy::resolve(&tool.info.name, grants, &tool.info.capabilities)?;
+        let policy = EffectivePolicy::resolve(&tool.info.name, grants, &tool.capabilities_for(grants))?;
         self.check_limits(limits)?;
+        // A command's fixed arguments become part of its recorded input, so replay needs no config.
+        let input = &*tool.with_args_prefix(input);
         let seed = fresh_seed();
         let stop = Arc::new(Stop::default());
         let recorder = match &self.recording {
@@ -358,7 +360,12 @@ impl Runtime {
         let gpu =
             GpuRun::new(self.gpu.clone(), &info.name, info.capabilities.gpu, limits, recorder.clone(), replay_gpu);
         let recorder = recorder.as_ref();
-        let hooks = StoreHooks { egress: egress.clone(), gpu, cancel: Some(&cancel), stop: stop.clone() };
+        let command = match command_io(tool, input, limits) {
+            Ok(command) => command,
+            Err(refused) => return Ok(Execution::refused(refused)),
+        };
+        let captured = command.as_ref().map(|io| (io.stdout.clone(), io.stderr.clone()));
+        let hooks = StoreHooks { egress: egress.clone(), gpu, cancel: Some(&cancel), stop: stop.clone(), command };
         let mut store = self.new_store(policy, limits, &seed, recorder, hooks)?;
         let started = Instant::now();
         // The epoch deadline interrupts wasm; this outer deadline also covers a guest parked in a
@@ -367,7 +374,7 @@ impl Runtime {
         // Cancelling drops a guest parked in a host call here; a computing guest traps with
         // `Cancelled` at its next epoch check.
         let called = tokio::select! {
-            called = tokio::time::timeout(backstop, call_run(&tool.pre, &mut store, input)) => Some(called),
+            called = tokio::time::timeout(backstop, call_entry(&tool.entry, &mut store, input)) => Some(called),
             () = cancel.cancelled() => None,
         };
         let wall_time = started.elapsed();
@@ -375,8 +382,14 @@ impl Runtime {
         let outcome = match called {
             None => Outcome::Cancelled { after_ms: elapsed_ms(wall_time) },
             Some(Err(_elapsed)) => Outcome::Limit(LimitHit::Timeout { limit_ms: limits.timeout_ms }),
-            Some(Ok(Ok(Ok(output)))) => check_output(output, tool.output_schema.as_ref()),
-            Some(Ok(Ok(Err(error)))) => tool_error(error),
+            Some(Ok(Ok(Returned::Tool(Ok(output))))) => check_output(output, tool.output_schema.as_ref()),
+            Some(Ok(Ok(Returned::Tool(Err(error))))) => tool_error(error),
+            // `exit(n)` and returning from `main` are how a command answers, not failures.
+            Some(Ok(Ok(Returned::Command(status)))) => exited(i32::from(status.is_err()), captured.as_ref()),
+            Some(Ok(Err(error))) if captured.is_some() && error.downcast_ref::<wasmtime_wasi::I32Exit>().is_some() => {
+                let code = error.downcast_ref::<wasmtime_wasi::I32Exit>().map_or(1, |exit| exit.0);
+                exited(code, captured.as_ref())
+            }
             Some(Ok(Err(trap))) if trap.downcast_ref::<Cancelled>().is_some() => {
                 Outcome::Cancelled { after_ms: elapsed_ms(wall_time) }
             }
@@ -391,7 +404,11 @@ impl Runtime {
             {
                 result_error(&error, limits)
             }
-            Some(Ok(Err(trap))) => self.classify_trap(&trap, limits, &logs)?,
+            Some(Ok(Err(trap))) => {
+                // A command's stderr is not in the log: show its tail from the capture.
+                let stderr = captured.as_ref().map(|(_, stderr)| stderr.log_lines());
+                self.classify_trap(&trap, limits, stderr.as_deref().unwrap_or(&logs))?
+            }
         };
         // A limit raised inside a host call ends the run with that limit, whatever the guest
         // did after it was told (a write past a quota the tool caught and reported, say).
@@ -445,10 +462,21 @@ impl Runtime {
         recorder: Option<&Recorder>,
         hooks: StoreHooks<'_>,
     ) -> Result<Store<HostState>, RunError> {
-        let StoreHooks { egress, gpu, cancel, stop } = hooks;
+        let StoreHooks { egress, gpu, cancel, stop, command } = hooks;
         let logs = LogSink::new(limits.log_bytes_max, recorder.cloned());
         let mut wasi = WasiCtxBuilder::new();
-        wasi.stdout(logs.stdio(LogSource::Stdout)).stderr(logs.stdio(LogSource::Stderr));
+        match command {
+            // A command's stdout and stderr are its output; its stdin, unless given, is at its end.
+            Some(io) => {
+                wasi.args(&io.argv).envs(&io.env).stdout(io.stdout).stderr(io.stderr);
+                if let Some(stdin) = io.stdin {
+                    wasi.stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(stdin));
+                }
+            }
+            None => {
+                wasi.stdout(logs.stdio(LogSource::Stdout)).stderr(logs.stdio(LogSource::Stderr));
+            }
+        }
         // All of the guest's randomness flows from the seed, so the seed alone replays it.
         let mut insecure_seed = [0u8; 16];
         rand::TryRng::try_fill_bytes(&mut SeededRandom::new(seed, "insecure-seed"), &mut insecure_seed)
@@ -529,13 +557,37 @@ impl Runtime {
     }
 }
 
-async fn call_run(
-    pre: &GuildToolPre<HostState>,
-    store: &mut Store<HostState>,
-    input: &str,
-) -> wasmtime::Result<Result<String, wit::ToolError>> {
-    let instance = pre.instantiate_async(&mut *store).await?;
-    instance.guild_tool_tool().call_run(&mut *store, input).await
+/// What the guest's entry point returned.
+enum Returned {
+    /// A `guild-tool`'s `run`.
+    Tool(Result<String, wit::ToolError>),
+    /// A command's `wasi:cli/run`: `Err` is exit code 1.
+    Command(Result<(), ()>),
+}
+
+async fn call_entry(entry: &Entry, store: &mut Store<HostState>, input: &str) -> wasmtime::Result<Returned> {
+    match entry {
+        Entry::Tool(pre) => {
+            let instance = pre.instantiate_async(&mut *store).await?;
+            instance.guild_tool_tool().call_run(&mut *store, input).await.map(Returned::Tool)
+        }
+        Entry::Command(pre, _) => {
+            let instance = pre.instantiate_async(&mut *store).await?;
+            instance.wasi_cli_run().call_run(&mut *store).await.map(Returned::Command)
+        }
+    }
+}
+
+/// A command's input as its store sees it; `None` for a `guild-tool` component.
+fn command_io(tool: &Tool, input: &str, limits: &Limits) -> Result<Option<CommandIo>, InputRefused> {
+    let Entry::Command(_, config) = &tool.entry else { return Ok(None) };
+    CommandInput::parse(input, config)?.into_io(&tool.info.name, limits).map(Some)
+}
+
+/// The output of a command that exited with `code`.
+fn exited(code: i32, captured: Option<&(Capture, Capture)>) -> Outcome {
+    let (stdout, stderr) = captured.map(|(out, err)| (out.take(), err.take())).unwrap_or_default();
+    Outcome::Output { output: command_output(code, &stdout, &stderr) }
 }
 
 /// `run` returned but its result could not be copied out of the guest. The copy is bounded by
@@ -594,6 +646,8 @@ struct StoreHooks<'a> {
     gpu: GpuRun,
     cancel: Option<&'a CancellationToken>,
     stop: Arc<Stop>,
+    /// A command's argv, environment, stdin and captured stdout and stderr.
+    command: Option<CommandIo>,
 }
 
 /// Fuel a computing guest burns between two flushes of its fuel count to the store (and two

@@ -5,25 +5,36 @@
 
 use crate::bindings::GuildToolPre;
 use crate::cancel::CancellationToken;
+use crate::command::{CommandConfig, InputRefused, command_capabilities, command_info};
 use crate::gpu::GpuReplay;
 use crate::guard::Stop;
 use crate::logs::LogLine;
 use crate::record::Recorder;
 use crate::state::HostState;
 use guild_replay::Digest;
-use guild_vocab::{Outcome, ToolInfo};
+use guild_vocab::{Capabilities, Grants, Outcome, ToolErrorKind, ToolInfo};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use wasmtime_wasi::p2::bindings::CommandPre;
+
+/// What a component exports, compiled and linked, ready to instantiate per run.
+pub(crate) enum Entry {
+    /// The `guild-tool` world: `describe` and `run(json)`.
+    Tool(GuildToolPre<HostState>),
+    /// The `wasi:cli/command` world (a preview-1 module adapted at load, too): `wasi:cli/run`.
+    Command(CommandPre<HostState>, CommandConfig),
+}
 
 /// A component ready to run: compiled, linked, and described.
 pub struct Tool {
     /// blake3 of the component's bytes: the tool's identity.
     pub(super) digest: Digest,
-    /// What `describe` said.
+    /// What `describe` said (a command: what its [`CommandConfig`] says).
     pub(super) info: ToolInfo,
     /// Compiled and linked, ready to instantiate per run.
-    pub(super) pre: GuildToolPre<HostState>,
+    pub(crate) entry: Entry,
     /// Size of the component, bytes.
     pub(super) size_bytes: u64,
     /// The output schema the tool declares, compiled: every output is checked against it.
@@ -45,6 +56,55 @@ impl Tool {
     pub fn size_bytes(&self) -> u64 {
         self.size_bytes
     }
+
+    /// Whether it is a WASI command (`wasi:cli/run`) rather than a `guild-tool` component.
+    pub fn is_command(&self) -> bool {
+        matches!(self.entry, Entry::Command(..))
+    }
+
+    /// The command as `config` names and bounds it (its name, description, allowed environment
+    /// and argument prefix); `None` for a `guild-tool` component, which describes itself.
+    pub fn configured(&self, config: CommandConfig) -> Option<Tool> {
+        let Entry::Command(pre, _) = &self.entry else { return None };
+        Some(Tool {
+            digest: self.digest,
+            info: command_info(&config, self.info.version.clone()),
+            entry: Entry::Command(pre.clone(), config),
+            size_bytes: self.size_bytes,
+            output_schema: None,
+        })
+    }
+
+    /// `input` with a command's fixed arguments put before the caller's (unchanged for a
+    /// `guild-tool` component, a command without them, or input that is not a JSON object,
+    /// which the run refuses anyway). [`crate::Runtime::run`] applies it; a node that hands the
+    /// run to another (a Redis job) applies it before, as the other knows no configuration.
+    pub fn with_args_prefix<'a>(&self, input: &'a str) -> Cow<'a, str> {
+        let Entry::Command(_, config) = &self.entry else { return Cow::Borrowed(input) };
+        if config.args_prefix.is_empty() {
+            return Cow::Borrowed(input);
+        }
+        let Ok(serde_json::Value::Object(mut object)) = serde_json::from_str::<serde_json::Value>(input) else {
+            return Cow::Borrowed(input);
+        };
+        let given = match object.remove("args") {
+            Some(serde_json::Value::Array(args)) => args,
+            None => Vec::new(),
+            Some(_) => return Cow::Borrowed(input),
+        };
+        let args = config.args_prefix.iter().cloned().map(serde_json::Value::String).chain(given).collect();
+        object.insert("args".into(), serde_json::Value::Array(args));
+        Cow::Owned(serde_json::Value::Object(object).to_string())
+    }
+
+    /// What the tool asks to be granted, against which `grants` are checked: its own
+    /// `describe`'s answer, or for a command (which declares nothing) what `grants` name.
+    pub(crate) fn capabilities_for(&self, grants: &Grants) -> Cow<'_, Capabilities> {
+        match self.entry {
+            Entry::Tool(_) => Cow::Borrowed(&self.info.capabilities),
+            Entry::Command(..) => Cow::Owned(command_capabilities(grants)),
+        }
+    }
 }
 
 /// Where a run's outside effects come from.
@@ -63,6 +123,27 @@ pub(crate) struct RunEnv {
     pub(crate) cancel: CancellationToken,
     /// Where a limit raised inside a host call stops the run (the recorder's, when recording).
     pub(crate) stop: Arc<Stop>,
+}
+
+impl Execution {
+    /// A command whose input was refused before anything ran.
+    pub(crate) fn refused(refused: InputRefused) -> Self {
+        let (kind, message) = match refused {
+            InputRefused::Invalid(message) => (ToolErrorKind::InvalidInput, message),
+            InputRefused::Denied(message) => (ToolErrorKind::Denied, message),
+        };
+        Self {
+            outcome: Outcome::ToolError { kind, message },
+            fuel_used_units: 0,
+            memory_bytes_peak: 0,
+            wall_time: Duration::ZERO,
+            logs: Vec::new(),
+            egress_denials: Vec::new(),
+            egress_refusals: 0,
+            egress_requests: 0,
+            egress_upstream_failures: 0,
+        }
+    }
 }
 
 /// What executing a tool once produced, before it becomes a report or a replay verdict.

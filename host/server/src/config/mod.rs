@@ -302,6 +302,15 @@ pub struct ToolConfig {
     /// Per-run limits (fields of `Limits`; unset ones keep their defaults).
     #[serde(default)]
     pub limits: Limits,
+    /// A WASI command's description for agents (a `guild-tool` component describes itself).
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Environment variables a WASI command's caller may set; any other is refused.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Arguments every run of a WASI command gets before the caller's.
+    #[serde(default)]
+    pub args: Vec<String>,
 }
 
 /// A directory mount.

@@ -493,7 +493,8 @@ impl Daemon {
             tool: tool.name.clone(),
             tool_digest: *tool.tool.digest(),
             revision: Some(tool.revision),
-            input,
+            // A command's fixed arguments: the worker knows no tool configuration.
+            input: tool.tool.with_args_prefix(&input).into_owned(),
             input_digest,
             grants: tool.grants.clone(),
             limits,
