@@ -371,3 +371,53 @@ fn sighup_reloads_the_config_and_a_broken_one_keeps_the_old() {
     let kinds = audit_kinds(&guild);
     assert!(kinds.iter().any(|k| k == "config_reloaded"), "{kinds:?}");
 }
+
+#[test]
+fn bad_names_oversized_texts_unknown_tenants_and_a_corrupt_record_are_refused() {
+    let guild = Guild::new();
+    let file = config_file(guild.home(), &config(REV_V1, ""));
+    let daemon = Daemon::start(&guild, &["--config", &file], &[]);
+    let v2 = std::fs::read(REV_V2).expect("rev-v2");
+    for name in ["..", "a%2Fb", "x%0Ay", "%20", &"l".repeat(65)] {
+        let reply = daemon.call_with("POST", &format!("/v1/tools/{name}/revisions"), ROOT, &v2, &[]);
+        assert_eq!((reply.status, reply.code().as_str()), (400, "bad_request"), "{name}");
+    }
+    let note = "n".repeat(2000);
+    let reply = daemon.call_with("POST", "/v1/tools", ROOT, &v2, &[("guild-note", &note)]);
+    assert_eq!(reply.status, 400, "an oversized note is refused");
+    let wc = std::fs::read(guild_test_artifacts::WC).expect("wc");
+    let reply = daemon.call_with("POST", "/v1/tools/greet/revisions", ROOT, &wc, &[]);
+    assert_eq!(reply.status, 400, "another tool is not a revision of greet");
+    assert!(reply.json()["error"]["message"].as_str().unwrap_or_default().contains("describes itself as"));
+    let reason = "r".repeat(2000);
+    let reply = admin(&daemon, "POST", "/v1/tools/greet/rollout/check", json!({ "candidate": "1", "reason": reason }));
+    assert_eq!(reply.status, 400, "an oversized reason is refused");
+    upload(&daemon, REV_V2, "");
+    let reply = admin(
+        &daemon,
+        "POST",
+        "/v1/tools/greet/rollout",
+        json!({ "candidate": "2", "percent": 10, "force": true, "tenants": ["nobody"] }),
+    );
+    assert_eq!((reply.status, reply.code().as_str()), (404, "unknown_tenant"));
+    // A digest prefix names a revision.
+    let record = revisions(&daemon);
+    let prefix = &record["revisions"][1]["component"].as_str().expect("digest")[..10];
+    let reply = admin(&daemon, "POST", "/v1/tools/greet/rollout/check", json!({ "candidate": prefix, "last": 1 }));
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(revisions(&daemon)["revisions"].as_array().map(Vec::len), Some(2), "nothing refused was kept");
+    drop(daemon);
+
+    // Nothing refused comes back at the next start either.
+    let daemon = Daemon::start(&guild, &["--config", &file], &[]);
+    assert_eq!(revisions(&daemon)["revisions"].as_array().map(Vec::len), Some(2));
+    drop(daemon);
+
+    // A record that does not hold together stops the start with the file named.
+    let path = guild.home().join("tools.json");
+    let mut records: Value = serde_json::from_slice(&std::fs::read(&path).expect("tools.json")).expect("json");
+    records["greet"]["current"] = 99.into();
+    std::fs::write(&path, records.to_string()).expect("write");
+    let ran = guild.run(&["serve", "--listen", "127.0.0.1:0", "--config", &file]);
+    ran.expect_code(2).expect_stderr("tools.json").expect_stderr("current revision 99");
+}

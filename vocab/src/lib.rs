@@ -27,4 +27,4 @@ pub use info::{Access, Capabilities, DirRequest, ToolInfo};
 pub use limits::{LimitHit, Limits, human_bytes, human_ms};
 pub use outcome::{AttemptEnd, Failure, FailureCode, Outcome, PolicyRecord, RunStatus, ToolErrorKind};
 pub use policy::{EffectivePolicy, Grants, Mount, PolicyError};
-pub use rollout::{Candidate, Disabled, Flags, GuardRails, Revision, RolloutError, Route, ToolRecord};
+pub use rollout::{Candidate, Disabled, Flags, GuardRails, Revision, RolloutError, Route, ToolRecord, check_tool_name};

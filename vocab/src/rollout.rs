@@ -19,6 +19,31 @@ pub const ROLLOUT_TEXT_BYTES_MAX: usize = 1024;
 /// Tenants a canary may be restricted to, or a tool disabled for one by one.
 pub const ROLLOUT_TENANTS_MAX: usize = 1024;
 
+/// Longest tool name, bytes.
+pub const TOOL_NAME_BYTES_MAX: usize = 64;
+
+/// Longest tenant name kept in a record (a canary's tenants, a flag's tenant), bytes.
+pub const TENANT_NAME_BYTES_MAX: usize = 128;
+
+/// Check a tool name: 1 to [`TOOL_NAME_BYTES_MAX`] bytes of ASCII letters, digits, `-`, `_`
+/// and `.`, not starting with `.` (names go into URLs, metric labels, Redis fields and MCP).
+///
+/// # Errors
+/// [`RolloutError::Invalid`] saying what is wrong.
+pub fn check_tool_name(name: &str) -> Result<(), RolloutError> {
+    let fine = !name.is_empty()
+        && name.len() <= TOOL_NAME_BYTES_MAX
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if fine {
+        return Ok(());
+    }
+    Err(RolloutError::Invalid(format!(
+        "tool name {:?} is not 1 to {TOOL_NAME_BYTES_MAX} letters, digits, `-`, `_` or `.` (not starting with `.`)",
+        name.chars().take(80).collect::<String>()
+    )))
+}
+
 /// Everything about one tool name: its revisions, which one callers get, the candidate and
 /// its ramp, and the flags. `generation` grows by one with every change, so a node can tell
 /// a newer record from an older one (and Redis can refuse a write based on a stale read).
@@ -181,7 +206,9 @@ pub enum RolloutError {
         revision: u32,
     },
     /// No candidate to promote, ramp or roll back.
-    #[error("tool {0:?} has no candidate; start one with `guild rollout start`")]
+    #[error(
+        "tool {0:?} has no candidate; start one with `guild rollout start`, or roll back to a revision with --to N"
+    )]
     NoCandidate(String),
     /// The candidate asked for is the current revision.
     #[error("revision {revision} is already the current revision of {name:?}")]
@@ -230,10 +257,27 @@ pub fn route_point(tenant: &str, key: &str, salt: u64) -> u32 {
     u32::try_from(hash % u64::from(BASIS_POINTS)).expect("below 10 000")
 }
 
+fn check_tenants(tenants: &[String]) -> Result<(), RolloutError> {
+    if tenants.len() > ROLLOUT_TENANTS_MAX {
+        return Err(RolloutError::Invalid(format!(
+            "a canary names at most {ROLLOUT_TENANTS_MAX} tenants, not {}",
+            tenants.len()
+        )));
+    }
+    if tenants.iter().any(|t| t.is_empty() || t.len() > TENANT_NAME_BYTES_MAX) {
+        return Err(RolloutError::Invalid(format!("a tenant name is 1 to {TENANT_NAME_BYTES_MAX} bytes")));
+    }
+    Ok(())
+}
+
 /// The salt the shadow draw uses, so the ramp and the shadow pick independent slices.
 const SHADOW_SALT: u64 = 0x5348_4144_4f57;
 
-fn bounded(what: &str, text: &str) -> Result<(), RolloutError> {
+/// Check a note, reason or actor name against [`ROLLOUT_TEXT_BYTES_MAX`].
+///
+/// # Errors
+/// [`RolloutError::Invalid`] naming `what` when it is longer.
+pub fn bounded(what: &str, text: &str) -> Result<(), RolloutError> {
     if text.len() > ROLLOUT_TEXT_BYTES_MAX {
         return Err(RolloutError::Invalid(format!(
             "{what} is {} bytes; the most kept is {ROLLOUT_TEXT_BYTES_MAX}",
@@ -258,6 +302,64 @@ pub fn percent_to_bp(what: &str, percent: f64) -> Result<u32, RolloutError> {
 }
 
 impl ToolRecord {
+    /// Check a record read from a file or Redis (or about to be written): a valid name,
+    /// revisions numbered 1, 2, … up to [`REVISIONS_MAX`], a current (and candidate) revision
+    /// among them, shares within 100%, texts and tenant lists within their limits.
+    ///
+    /// # Errors
+    /// [`RolloutError::Invalid`] naming the first thing wrong.
+    pub fn validate(&self) -> Result<(), RolloutError> {
+        let bad = |m: String| Err(RolloutError::Invalid(format!("the record of tool {:?}: {m}", self.name)));
+        check_tool_name(&self.name)?;
+        if self.revisions.is_empty() || self.revisions.len() > REVISIONS_MAX {
+            return bad(format!("it has {} revisions; 1 to {REVISIONS_MAX} are kept", self.revisions.len()));
+        }
+        for (i, r) in self.revisions.iter().enumerate() {
+            if usize::try_from(r.revision).ok() != Some(i + 1) {
+                return bad(format!("revision {} is listed at place {}", r.revision, i + 1));
+            }
+            if r.component.len() != 64 || !r.component.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return bad(format!("revision {} names no blake3 digest", r.revision));
+            }
+            for (what, text) in [("note", &r.note), ("actor", &r.added_by), ("version", &r.version)] {
+                bounded(what, text)?;
+            }
+            bounded("description", &r.description)?;
+            if let Some(why) = &r.rolled_back {
+                bounded("reason", why)?;
+            }
+        }
+        if self.revision(self.current).is_none() {
+            return bad(format!("its current revision {} is not one of its revisions", self.current));
+        }
+        if let Some(c) = &self.candidate {
+            if self.revision(c.revision).is_none() || c.revision == self.current {
+                return bad(format!("its candidate revision {} is not another of its revisions", c.revision));
+            }
+            if c.ramp_bp > BASIS_POINTS || c.shadow_bp > BASIS_POINTS {
+                return bad("a share past 100%".into());
+            }
+            check_tenants(&c.tenants)?;
+            bounded("actor", &c.started_by)?;
+        }
+        if self.flags.tenants.len() > ROLLOUT_TENANTS_MAX {
+            return bad(format!(
+                "it is disabled for {} tenants; at most {ROLLOUT_TENANTS_MAX}",
+                self.flags.tenants.len()
+            ));
+        }
+        for (tenant, d) in
+            self.flags.disabled.iter().map(|d| ("", d)).chain(self.flags.tenants.iter().map(|(t, d)| (t.as_str(), d)))
+        {
+            if tenant.len() > TENANT_NAME_BYTES_MAX {
+                return bad("a tenant name past its limit".into());
+            }
+            bounded("reason", &d.reason)?;
+            bounded("actor", &d.by)?;
+        }
+        Ok(())
+    }
+
     /// A new name whose first revision is `first`, current.
     pub fn new(name: &str, first: Revision) -> Self {
         let first = Revision { revision: 1, ..first };
@@ -275,6 +377,11 @@ impl ToolRecord {
     pub fn revision(&self, n: u32) -> Option<&Revision> {
         let index = usize::try_from(n.checked_sub(1)?).ok()?;
         self.revisions.get(index)
+    }
+
+    fn revision_mut(&mut self, n: u32) -> Option<&mut Revision> {
+        let index = usize::try_from(n.checked_sub(1)?).ok()?;
+        self.revisions.get_mut(index)
     }
 
     /// The revision whose component is `component` (hex).
@@ -349,14 +456,9 @@ impl ToolRecord {
         if candidate.ramp_bp > BASIS_POINTS || candidate.shadow_bp > BASIS_POINTS {
             return Err(RolloutError::Invalid("a share of calls is at most 100%".into()));
         }
-        if candidate.tenants.len() > ROLLOUT_TENANTS_MAX {
-            return Err(RolloutError::Invalid(format!(
-                "a canary names at most {ROLLOUT_TENANTS_MAX} tenants, not {}",
-                candidate.tenants.len()
-            )));
-        }
         bounded("the actor", &candidate.started_by)?;
-        if let Some(r) = self.revisions.get_mut(candidate.revision as usize - 1) {
+        check_tenants(&candidate.tenants)?;
+        if let Some(r) = self.revision_mut(candidate.revision) {
             r.rolled_back = None;
         }
         self.candidate = Some(candidate);
@@ -389,26 +491,29 @@ impl ToolRecord {
                 return Err(RolloutError::NoRevision { name: self.name.clone(), revision: to });
             }
             let left = self.current;
+            if left == to && self.candidate.is_none() {
+                return Err(RolloutError::AlreadyCurrent { name: self.name.clone(), revision: to });
+            }
             if let Some(candidate) = self.candidate.take()
                 && candidate.revision != to
-                && let Some(r) = self.revisions.get_mut(candidate.revision as usize - 1)
+                && let Some(r) = self.revision_mut(candidate.revision)
             {
                 r.rolled_back = Some(reason.to_string());
             }
             if left != to
-                && let Some(r) = self.revisions.get_mut(left as usize - 1)
+                && let Some(r) = self.revision_mut(left)
             {
                 r.rolled_back = Some(reason.to_string());
             }
             self.current = to;
-            if let Some(r) = self.revisions.get_mut(to as usize - 1) {
+            if let Some(r) = self.revision_mut(to) {
                 r.rolled_back = None;
             }
             self.changed();
             return Ok(to);
         }
         let candidate = self.candidate.take().ok_or_else(|| RolloutError::NoCandidate(self.name.clone()))?;
-        if let Some(r) = self.revisions.get_mut(candidate.revision as usize - 1) {
+        if let Some(r) = self.revision_mut(candidate.revision) {
             r.rolled_back = Some(reason.to_string());
         }
         self.changed();
@@ -426,8 +531,15 @@ impl ToolRecord {
             bounded("the actor", &d.by)?;
         }
         match (tenant, disabled) {
-            (None, disabled) => self.flags.disabled = disabled,
+            (None, Some(disabled)) => self.flags.disabled = Some(disabled),
+            // On for everyone: every switch off, global and per tenant, is cleared.
+            (None, None) => self.flags = Flags::default(),
             (Some(tenant), Some(disabled)) => {
+                if tenant.len() > TENANT_NAME_BYTES_MAX {
+                    return Err(RolloutError::Invalid(format!(
+                        "a tenant name is at most {TENANT_NAME_BYTES_MAX} bytes"
+                    )));
+                }
                 if !self.flags.tenants.contains_key(tenant) && self.flags.tenants.len() >= ROLLOUT_TENANTS_MAX {
                     return Err(RolloutError::Invalid(format!(
                         "a tool is disabled for at most {ROLLOUT_TENANTS_MAX} tenants one by one; disable it for everyone"
@@ -536,8 +648,7 @@ mod tests {
         record.set_flag(None, Some(off)).expect("set");
         assert!(record.disabled_for("b").is_some());
         record.set_flag(None, None).expect("cleared");
-        record.set_flag(Some("a"), None).expect("cleared");
-        assert!(record.disabled_for("a").is_none());
+        assert!(record.disabled_for("a").is_none(), "on for everyone clears the tenants' switches too");
     }
 
     #[test]
@@ -547,6 +658,41 @@ mod tests {
             record.add(revision(&i.to_string())).expect("room");
         }
         assert!(matches!(record.add(revision("last")), Err(RolloutError::Full(_))));
+    }
+
+    #[test]
+    fn a_record_that_does_not_hold_together_is_refused() {
+        let hex = "ab".repeat(32);
+        let mut record = ToolRecord::new("t", revision(&hex));
+        record.add(revision(&"cd".repeat(32))).expect("added");
+        assert_eq!(record.validate(), Ok(()));
+        let broken = |change: &dyn Fn(&mut ToolRecord)| {
+            let mut r = record.clone();
+            change(&mut r);
+            r.validate().expect_err("refused")
+        };
+        broken(&|r| r.current = 99);
+        broken(&|r| r.revisions[1].revision = 7);
+        broken(&|r| r.revisions.clear());
+        broken(&|r| r.name = "../etc".into());
+        broken(&|r| r.revisions[0].note = "x".repeat(ROLLOUT_TEXT_BYTES_MAX + 1));
+        broken(&|r| r.revisions[0].component = "nothex".into());
+        broken(&|r| r.candidate = Some(candidate(0, 1)));
+        broken(&|r| r.candidate = Some(Candidate { tenants: vec!["t".repeat(500)], ..candidate(2, 1) }));
+        // A candidate that names no revision is refused by rollback too, without panicking.
+        let mut r = record.clone();
+        r.candidate = Some(candidate(0, 1));
+        assert_eq!(r.rollback(None, "x"), Ok(1));
+    }
+
+    #[test]
+    fn tool_names_are_plain() {
+        for good in ["greet", "http-get", "json_query", "a.b", "x1"] {
+            assert_eq!(check_tool_name(good), Ok(()), "{good}");
+        }
+        for bad in ["", ".hidden", "a/b", "..", "x\ny", " ", &"l".repeat(65)] {
+            assert!(check_tool_name(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

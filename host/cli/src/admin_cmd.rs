@@ -57,8 +57,15 @@ fn flag(a: &crate::args::FlagArgs, disabled: bool) -> Result<Exit, Failure> {
     if a.daemon.json {
         return print_json(&answer);
     }
-    let whom = a.tenant.as_deref().map_or("everyone".to_string(), |t| format!("tenant {t}"));
-    out!("{} is {} for {whom}", a.name, if disabled { "disabled" } else { "enabled" });
+    // What is in force now, not what was asked: a tool off for everyone stays off for a tenant
+    // switched back on.
+    match answer.get("disabled") {
+        Some(d) => out!("{} is off for everyone: {}", a.name, text(&d["reason"])),
+        None => out!("{} is on for everyone not listed below", a.name),
+    }
+    for (tenant, d) in answer["tenants"].as_object().into_iter().flatten() {
+        out!("{} is off for tenant {tenant}: {}", a.name, text(&d["reason"]));
+    }
     Ok(Exit::Success)
 }
 
@@ -104,6 +111,14 @@ pub(crate) fn rollout(command: RolloutCommand) -> Result<Exit, Failure> {
                 return print_json(&answer);
             }
             print_record(&answer);
+            let mut verdicts = std::collections::BTreeMap::<String, u64>::new();
+            for sample in answer["shadow"].as_array().into_iter().flatten() {
+                *verdicts.entry(text(&sample["check"]["verdict"])).or_default() += 1;
+            }
+            if !verdicts.is_empty() {
+                let counts: Vec<String> = verdicts.iter().map(|(v, n)| format!("{v} {n}")).collect();
+                out!("shadow (newest verdicts kept): {}", counts.join(", "));
+            }
             let w = &answer["window"];
             out!(
                 "window: candidate {} calls ({:.1}% failed, p99 {} µs), current {} calls ({:.1}% failed, p99 {} µs)",

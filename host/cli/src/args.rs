@@ -410,12 +410,16 @@ pub(crate) enum ToolCommand {
     /// Switch a tool (every revision) off on a running daemon, for everyone or one tenant:
     /// calls get 403 `tool_disabled` with the reason.
     Disable(FlagArgs),
-    /// Switch a disabled tool back on.
+    /// Switch a disabled tool back on: for one tenant, or (without --tenant) for everyone,
+    /// clearing every tenant's switch too.
     Enable(FlagArgs),
 }
 
 /// Where the daemon is; its admin token comes from `GUILD_TOKEN`.
 #[derive(Debug, Args)]
+#[command(after_help = "The admin tenant's token is read from GUILD_TOKEN. Exit codes: 0 done (a check that passed), \
+1 refused by the gate or a conflict (409), 2 a bad request or unknown tool/revision (400, 404), 4 not allowed \
+(401, 403), 5 the daemon unreachable or failing.")]
 pub(crate) struct DaemonFlags {
     /// The daemon's base URL (plain HTTP: loopback or a private network).
     #[arg(long, env = "GUILD_URL", default_value = "http://127.0.0.1:8480", value_name = "URL")]
@@ -455,7 +459,8 @@ pub(crate) struct FlagArgs {
     /// Only for this tenant (default: everyone).
     #[arg(long)]
     pub(crate) tenant: Option<String>,
-    /// Why: callers of a disabled tool are told, and the audit log keeps it.
+    /// Why (required to disable): callers of a disabled tool are told, and the audit log
+    /// keeps it.
     #[arg(long, default_value = "")]
     pub(crate) reason: String,
     #[command(flatten)]

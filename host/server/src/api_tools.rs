@@ -149,17 +149,26 @@ async fn rollout_status(
 
 /// Which revision a request names: its component digest or its number.
 fn resolve(named: &Named, candidate: &str) -> ApiResult<u32> {
+    let wanted = candidate.to_ascii_lowercase();
     let found = match candidate.parse::<u32>() {
         Ok(n) if named.record.revision(n).is_some() => Some(n),
-        _ => named.record.find(&candidate.to_ascii_lowercase()).map(|r| r.revision),
+        // A digest, or a prefix of at least 8 hex digits that names one revision.
+        _ if wanted.len() >= 8 && wanted.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            let mut matching = named.record.revisions.iter().filter(|r| r.component.starts_with(&wanted));
+            match (matching.next(), matching.next()) {
+                (Some(one), None) => Some(one.revision),
+                _ => None,
+            }
+        }
+        _ => None,
     };
     found.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_revision",
             format!(
-                "tool {:?} has no revision {candidate:?} (give a revision's component digest or number; \
-                 upload the component first with POST /v1/tools)",
+                "tool {:?} has no revision {candidate:?} (give a revision's number, or its component digest or a \
+                 unique prefix of 8 or more hex digits; add a component with `guild tool upload`)",
                 named.record.name
             ),
         )
@@ -203,19 +212,32 @@ async fn start_rollout(
     let bad = |e: guild_vocab::RolloutError| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
     let ramp_bp = percent_to_bp("percent", body.percent).map_err(bad)?;
     let shadow_bp = percent_to_bp("shadow_percent", body.shadow_percent).map_err(bad)?;
-    let actor = Actor { name: &tenant.name, reason: &body.reason };
-    let gate = daemon.check_revision(&name, revision, None, None, &actor).await.map_err(change_error)?;
-    if !gate.passed && !body.force {
+    if let Some(unknown) = body.tenants.iter().find(|t| !daemon.tenants().iter().any(|k| &k.name == *t)) {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "gate_failed",
-            format!(
-                "revision {revision} fails the replay gate (report {}): {}; see `guild rollout check`, or start with force (audited)",
-                gate.report_digest,
-                gate.failures.join("; ")
-            ),
+            StatusCode::NOT_FOUND,
+            "unknown_tenant",
+            format!("no tenant is named {:?}", unknown.chars().take(128).collect::<String>()),
         ));
     }
+    let actor = Actor { name: &tenant.name, reason: &body.reason };
+    // A shadow-only rollout answers no caller: it needs no gate (the shadow is the check).
+    let (gate_report, passed) = if ramp_bp == 0 {
+        (None, true)
+    } else {
+        let gate = daemon.check_revision(&name, revision, None, None, &actor).await.map_err(change_error)?;
+        if !gate.passed && !body.force {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "gate_failed",
+                format!(
+                    "revision {revision} fails the replay gate (report {}): {}; see `guild rollout check`, or start it with --force (\"force\": true; audited)",
+                    gate.report_digest,
+                    gate.failures.join("; ")
+                ),
+            ));
+        }
+        (Some(gate.report_digest.to_hex()), gate.passed)
+    };
     let candidate = Candidate {
         revision,
         ramp_bp,
@@ -223,8 +245,8 @@ async fn start_rollout(
         tenants: body.tenants,
         started_unix_ms: guild_queue::now_unix_ms(),
         started_by: tenant.name.clone(),
-        gate_report: Some(gate.report_digest.to_hex()),
-        forced: !gate.passed,
+        gate_report,
+        forced: !passed,
         guard: body.guard.unwrap_or_default(),
     };
     let named = daemon.start_rollout(&name, candidate, &actor).await.map_err(change_error)?;
@@ -350,7 +372,7 @@ async fn set_flags(
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_request",
-            "say why the tool is disabled (`reason`): callers are told",
+            "say why the tool is disabled (--reason, `reason`): callers are told",
         ));
     }
     if let Some(who) = &body.tenant

@@ -43,10 +43,22 @@ impl Daemon {
         scratch.load(self.runtime(), specs).await?;
         let configured = scratch.names();
         let _one = self.rollout().changing.lock().await;
+        let mut deployed = Vec::new();
         for named in &configured {
-            crate::start::adopt(self.runtime(), self.tools(), self.rollout(), named, true)
+            let made_current = crate::start::adopt(self.runtime(), self.tools(), self.rollout(), named, true)
                 .await
                 .map_err(|message| ConfigError::new("tools", message))?;
+            if let Some(revision) = made_current {
+                deployed.push((named.record.name.clone(), revision, *named.current().tool.digest()));
+            }
+        }
+        for (tool, revision, digest) in &deployed {
+            // A deploy through the config skips the gate: say so where every change is said.
+            let detail =
+                format!("revision {revision} ({digest}) made current by the reloaded config, without the replay gate");
+            if let Err(e) = self.audit_tool_event("tool_revision_added", "config", tool, &detail).await {
+                tracing::error!(error = %e, "the config deploy's audit record was not written");
+            }
         }
         let mut dropped = Vec::new();
         for named in self.tools().names() {
@@ -72,8 +84,10 @@ impl Daemon {
         }
         self.tools_changed();
         let summary = format!(
-            "{} tools from the config, {} no longer served ({}), {tenant_count} tenants",
+            "{} tools from the config ({} made a new revision current), {} no longer served ({}), {tenant_count} tenants; \
+             other sections ([rollout], [queue], [redis], [http], listen) take effect at the next start",
             configured.len(),
+            deployed.len(),
             dropped.len(),
             dropped.join(", ")
         );

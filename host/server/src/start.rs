@@ -243,6 +243,9 @@ async fn reconcile(
     legacy: Vec<ToolSpec>,
 ) -> Result<(), String> {
     let components = &rollout.components;
+    // Components uploaded before revisions were kept are taken in once: on the first start
+    // that finds no record at all.
+    let first_start = rollout.records.load().await?.is_empty();
     let configured: Vec<Arc<Named>> = tools.names();
     for named in &configured {
         adopt(runtime, tools, rollout, named, false).await?;
@@ -263,7 +266,7 @@ async fn reconcile(
             Err(e) => tracing::error!(tool = %name, error = %e, "a stored tool cannot be loaded; it is not served"),
         }
     }
-    for spec in legacy {
+    for spec in legacy.into_iter().filter(|_| first_start) {
         let Some(digest) = spec.digest else { continue };
         if tools.names().iter().any(|n| n.record.find(&digest.to_hex()).is_some()) {
             continue;
@@ -296,6 +299,8 @@ async fn reconcile(
 /// install the stored record with every revision registered under the config's base (`rebase`:
 /// again, for a reload that may have changed the grants or limits).
 ///
+/// Returns the revision the config made current, when it named a component anew.
+///
 /// # Errors
 /// For people: the component cannot be kept, the store read or written (or kept being written
 /// by other nodes), or the current revision loaded.
@@ -305,7 +310,7 @@ pub(crate) async fn adopt(
     rollout: &RolloutState,
     configured: &Named,
     rebase: bool,
-) -> Result<(), String> {
+) -> Result<Option<u32>, String> {
     let components = &rollout.components;
     let tool = configured.current();
     let bytes = tool.component_bytes().map_err(|e| format!("cannot read tool {:?}: {e}", tool.name))?;
@@ -317,15 +322,27 @@ pub(crate) async fn adopt(
     let name = &configured.record.name;
     for _ in 0..8 {
         let stored = rollout.records.read(name).await?;
+        let mut made_current = None;
         let (record, read) = match &stored {
             None => (configured.record.clone(), Some(0)),
-            Some(stored) if stored.find(&digest).is_some() => (stored.clone(), None),
+            Some(stored) if stored.find(&digest).is_some() => {
+                if stored.current_revision().component != digest {
+                    tracing::warn!(
+                        tool = %name,
+                        "the config names a component that is a revision of this tool but not its current one; \
+                         the current revision is served (use `guild rollout` to change it)"
+                    );
+                }
+                (stored.clone(), None)
+            }
             Some(stored) => {
                 let mut record = stored.clone();
                 let (n, _) = record
                     .add(crate::registry::revision_of(&tool.tool, "config", "the config names it"))
                     .map_err(|e| e.to_string())?;
                 record.current = n;
+                record.candidate = None;
+                made_current = Some(n);
                 tracing::info!(tool = %record.name, revision = n, "the config names a new component: it is the current revision");
                 (record, Some(stored.generation))
             }
@@ -339,7 +356,7 @@ pub(crate) async fn adopt(
         let reuse = reuse.as_deref().filter(|_| !rebase).unwrap_or(configured);
         let loaded = components.named(runtime, record, configured.base.clone(), Some(reuse), rebase).await?;
         tools.install(loaded);
-        return Ok(());
+        return Ok(made_current);
     }
     Err(format!("the record of tool {name:?} kept being changed by other nodes; start again"))
 }

@@ -26,6 +26,8 @@ if stored then
   if not ok or tonumber(record.generation) ~= expected then return 0 end
 elseif expected ~= 0 then
   return 0
+elseif redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then
+  return -1
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('INCR', KEYS[2])
@@ -50,12 +52,13 @@ impl RedisQueue {
         .await
     }
 
-    /// Every tool record.
+    /// Every tool record that reads back whole: one past [`TOOL_RECORD_BYTES_MAX`], that does
+    /// not decode or does not hold together ([`ToolRecord::validate`]) is left out and logged,
+    /// so one bad record cannot stop a fleet from following the others.
     ///
     /// # Errors
     /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
-    /// refuses the read; [`QueueError::Corrupt`] for more than [`TOOL_RECORDS_MAX`] records, or one
-    /// past [`TOOL_RECORD_BYTES_MAX`] or that does not decode (naming the tool).
+    /// refuses the read; [`QueueError::Corrupt`] for more than [`TOOL_RECORDS_MAX`] records.
     pub async fn tool_records(&self) -> Result<Vec<ToolRecord>, QueueError> {
         let key = self.inner.keys.key("tools");
         self.guarded(async {
@@ -67,7 +70,16 @@ impl RedisQueue {
             }
             let all: Vec<(String, Vec<u8>)> =
                 redis::cmd("HGETALL").arg(&key).query_async(&mut self.conn()).await.map_err(from_redis)?;
-            all.into_iter().map(|(name, bytes)| decode(&name, &bytes)).collect()
+            Ok(all
+                .into_iter()
+                .filter_map(|(name, bytes)| {
+                    decode(&name, &bytes)
+                        .inspect_err(
+                            |e| tracing::error!(tool = %name, error = %e, "a tool record in Redis is left out"),
+                        )
+                        .ok()
+                })
+                .collect())
         })
         .await
     }
@@ -91,9 +103,18 @@ impl RedisQueue {
     ///
     /// # Errors
     /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
-    /// refuses the write.
+    /// refuses the write; [`QueueError::Settings`] for a record that does not hold together,
+    /// encodes past [`TOOL_RECORD_BYTES_MAX`], or would be a name past [`TOOL_RECORDS_MAX`].
     pub async fn put_tool_record(&self, record: &ToolRecord, read: u64) -> Result<bool, QueueError> {
+        record.validate().map_err(|e| QueueError::Settings(e.to_string()))?;
         let text = serde_json::to_string(record).expect("a tool record is plain data");
+        if text.len() > TOOL_RECORD_BYTES_MAX {
+            return Err(QueueError::Settings(format!(
+                "the record of tool {:?} would be {} bytes; at most {TOOL_RECORD_BYTES_MAX} are kept",
+                record.name,
+                text.len()
+            )));
+        }
         let (tools, generation) = (self.inner.keys.key("tools"), self.inner.keys.key("tools:generation"));
         self.guarded(async {
             let written: i64 = PUT_RECORD
@@ -102,9 +123,15 @@ impl RedisQueue {
                 .arg(&record.name)
                 .arg(text)
                 .arg(read)
+                .arg(TOOL_RECORDS_MAX)
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(from_redis)?;
+            if written < 0 {
+                return Err(QueueError::Settings(format!(
+                    "the queue holds {TOOL_RECORDS_MAX} tool names, the most it keeps; no new name can be added"
+                )));
+            }
             Ok(written == 1)
         })
         .await
@@ -118,6 +145,11 @@ fn decode(name: &str, bytes: &[u8]) -> Result<ToolRecord, QueueError> {
             bytes.len()
         )));
     }
-    serde_json::from_slice(bytes)
-        .map_err(|e| QueueError::Corrupt(format!("the record of tool {name:?} does not decode: {e}")))
+    let record: ToolRecord = serde_json::from_slice(bytes)
+        .map_err(|e| QueueError::Corrupt(format!("the record of tool {name:?} does not decode: {e}")))?;
+    record.validate().map_err(|e| QueueError::Corrupt(e.to_string()))?;
+    if record.name != name {
+        return Err(QueueError::Corrupt(format!("the record under {name:?} names the tool {:?}", record.name)));
+    }
+    Ok(record)
 }

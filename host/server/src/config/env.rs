@@ -5,7 +5,7 @@ use super::ConfigError;
 use std::path::Path;
 
 /// Environment variables that belong to the CLI rather than to this file.
-const ENV_NOT_CONFIG: &[&str] = &["GUILD_HOME", "GUILD_TOKEN", "GUILD_CONFIG", "GUILD_LOG"];
+const ENV_NOT_CONFIG: &[&str] = &["GUILD_HOME", "GUILD_TOKEN", "GUILD_CONFIG", "GUILD_LOG", "GUILD_URL", "GUILD_GPU"];
 /// Keys holding lists whose elements the environment can override but not create.
 const LIST_KEYS: &[&str] = &["tools", "tenants", "mounts"];
 /// Top-level keys the environment may override.

@@ -101,6 +101,7 @@ impl Daemon {
         actor: &Actor<'_>,
     ) -> Result<GateOutcome, ChangeError> {
         let config = &self.rollout().config;
+        guild_vocab::rollout::bounded("the reason", actor.reason)?;
         let invalid = |m: String| ChangeError::Rollout(guild_vocab::RolloutError::Invalid(m));
         let last = last.unwrap_or(config.check_runs_default);
         if last == 0 || last > config.check_runs_max {
@@ -239,9 +240,8 @@ fn recorded_runs(
             break;
         }
         if line.len() > AUDIT_LINE_BYTES_MAX {
-            // Skip the rest of an overlong line.
-            let mut rest = Vec::new();
-            let _ = reader.read_until(b'\n', &mut rest);
+            // Skip the rest of an overlong line without holding it.
+            reader.skip_until(b'\n').map_err(|e| format!("cannot read the audit log: {e}"))?;
             continue;
         }
         let Ok(record) = serde_json::from_slice::<AuditRecord>(&line) else { continue };

@@ -82,6 +82,7 @@ impl Daemon {
         kind: &str,
         mut change: impl FnMut(&mut ToolRecord) -> Result<T, RolloutError>,
     ) -> Result<(T, Arc<Named>), ChangeError> {
+        guild_vocab::rollout::bounded("the reason", actor.reason)?;
         let _one = self.rollout().changing.lock().await;
         for _ in 0..CHANGE_ATTEMPTS_MAX {
             let local = self.tools().named(name).ok_or_else(|| ChangeError::Unknown(name.to_string()))?;
@@ -114,6 +115,17 @@ impl Daemon {
         bytes: &[u8],
         actor: &Actor<'_>,
     ) -> Result<(u32, bool, Arc<Named>), ChangeError> {
+        guild_vocab::check_tool_name(name)?;
+        guild_vocab::rollout::bounded("the note", actor.reason)?;
+        if let Some(named) = self.tools().named(name) {
+            let serves = &named.current().tool.info().name;
+            if *serves != tool.info().name {
+                return Err(ChangeError::Rollout(RolloutError::Invalid(format!(
+                    "the component describes itself as {:?}, but {name:?} serves {serves:?}: a revision is the same tool, changed; upload it under its own name",
+                    tool.info().name
+                ))));
+            }
+        }
         let components = self.rollout().components.clone();
         let digest = *tool.digest();
         let owned = bytes.to_vec();
@@ -177,7 +189,7 @@ impl Daemon {
                     && !force
                 {
                     return Err(RolloutError::Invalid(
-                        "the candidate was started over its gate with force; promote it with force too".into(),
+                        "the candidate was started over a failed gate with --force; promote it with --force too (\"force\": true)".into(),
                     ));
                 }
                 record.promote()
@@ -238,11 +250,27 @@ impl Daemon {
         }
         let Some(reason) = self.rollout().guards.observe(&tool.name, candidate, by_candidate, finished) else { return };
         let (daemon, name) = (self.clone(), tool.name.clone());
+        let judged = (candidate.revision, candidate.started_unix_ms);
         tracing::warn!(tool = %name, revision = candidate.revision, %reason, "guard rails broken: rolling the candidate back");
         tokio::spawn(async move {
             let actor = Actor { name: "guard", reason: &reason };
-            if let Err(e) = daemon.rollback(&name, None, &actor, "guard").await {
-                tracing::error!(tool = %name, error = %e, "the automatic rollback failed");
+            let kind = "rollout_rolled_back_automatically";
+            // Only the rollout that was judged: one an admin started since is left alone.
+            let rolled = daemon
+                .change_tool(&name, &actor, kind, |record| match &record.candidate {
+                    Some(c) if (c.revision, c.started_unix_ms) == judged => record.rollback(None, &reason),
+                    _ => Err(RolloutError::NoCandidate(record.name.clone())),
+                })
+                .await;
+            match rolled {
+                Ok(_) => {
+                    daemon.metrics().rollbacks.with_label_values(&[&name, "guard"]).inc();
+                    daemon.rollout().guards.forget(&name);
+                }
+                Err(ChangeError::Rollout(RolloutError::NoCandidate(_))) => {
+                    tracing::info!(tool = %name, "the judged rollout had already ended; nothing rolled back");
+                }
+                Err(e) => tracing::error!(tool = %name, error = %e, "the automatic rollback failed"),
             }
         });
     }
@@ -297,6 +325,10 @@ impl Daemon {
             if local.as_ref().is_some_and(|l| l.record.generation >= record.generation) {
                 continue;
             }
+            // A tool from a config file is served only by nodes whose config names it.
+            if local.is_none() && record.revisions.first().is_some_and(|r| r.added_by == "config") {
+                continue;
+            }
             let base = local.as_ref().map(|l| l.base.clone()).unwrap_or_default();
             match self.load_named(record, base, local.as_deref()).await {
                 Ok(named) => {
@@ -339,7 +371,7 @@ fn describe_change(record: &ToolRecord) -> String {
             f64::from(c.shadow_bp) / 100.0
         ));
         if !c.tenants.is_empty() {
-            text.push_str(&format!(" for tenants {}", c.tenants.join(",")));
+            text.push_str(&format!(" for {} named tenants", c.tenants.len()));
         }
         if c.forced {
             text.push_str(", started with force over its gate");
@@ -349,10 +381,7 @@ fn describe_change(record: &ToolRecord) -> String {
         text.push_str(&format!(", disabled: {}", d.reason));
     }
     if !record.flags.tenants.is_empty() {
-        text.push_str(&format!(
-            ", disabled for {}",
-            record.flags.tenants.keys().cloned().collect::<Vec<_>>().join(",")
-        ));
+        text.push_str(&format!(", disabled for {} tenants", record.flags.tenants.len()));
     }
     text
 }

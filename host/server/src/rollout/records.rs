@@ -66,11 +66,26 @@ impl RecordStore {
     pub async fn put(&self, record: &ToolRecord, read: u64) -> Result<bool, String> {
         match self {
             Self::File { path, lock } => {
+                record.validate().map_err(|e| e.to_string())?;
+                let size = serde_json::to_vec(record).map_or(0, |b| b.len());
+                if size > guild_queue::TOOL_RECORD_BYTES_MAX {
+                    return Err(format!(
+                        "the record of tool {:?} would be {size} bytes; at most {} are kept",
+                        record.name,
+                        guild_queue::TOOL_RECORD_BYTES_MAX
+                    ));
+                }
                 let _one = lock.lock().await;
                 let mut all = read_file(path)?;
                 let stored = all.get(&record.name).map_or(0, |r| r.generation);
                 if stored != read {
                     return Ok(false);
+                }
+                if read == 0 && all.len() >= guild_queue::TOOL_RECORDS_MAX {
+                    return Err(format!(
+                        "{} tool names are kept, the most there may be; no new name can be added",
+                        guild_queue::TOOL_RECORDS_MAX
+                    ));
                 }
                 all.insert(record.name.clone(), record.clone());
                 let text = serde_json::to_vec_pretty(&all).expect("tool records are plain data");
@@ -99,7 +114,15 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, ToolRecord>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
-    serde_json::from_slice(&bytes).map_err(|e| format!("{} does not decode: {e}", path.display()))
+    let records: BTreeMap<String, ToolRecord> =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{} does not decode: {e}", path.display()))?;
+    for (name, record) in &records {
+        record.validate().map_err(|e| format!("{}: {e}; move the file aside to start afresh", path.display()))?;
+        if &record.name != name {
+            return Err(format!("{}: the record under {name:?} names the tool {:?}", path.display(), record.name));
+        }
+    }
+    Ok(records)
 }
 
 /// Where the components of revisions are kept on this node.
@@ -144,7 +167,11 @@ impl Components {
         base: &Base,
         revision: u32,
     ) -> Result<Arc<RegisteredTool>, String> {
-        let entry = record.revision(revision).ok_or_else(|| format!("no revision {revision}"))?;
+        let entry = record
+            .revisions
+            .iter()
+            .find(|r| r.revision == revision)
+            .ok_or_else(|| format!("no revision {revision}"))?;
         let digest: Digest = entry.component.parse().map_err(|e| format!("revision {revision}: {e}"))?;
         let path = self.path(&digest);
         if !path.exists() {
