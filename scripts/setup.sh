@@ -98,8 +98,6 @@ if ! [ -x tests/mcp/node_modules/.bin/mcp-inspector ]; then
     npm install --prefix tests/mcp --no-package-lock --no-audit --no-fund --loglevel=error
 fi
 
-# A third-party WASI program for the command tests (tests/all/commands.rs), built from its
-# published crate by its recipe; skipped when present.
-if ! [ -f "${CARGO_TARGET_DIR:-target}/guild-wasm/third-party/hexyl.wasm" ]; then
-    tools/hexyl/build.sh >/dev/null
-fi
+# Third-party WASI programs for the command tests (tests/all/commands.rs), built from their
+# published crates by their recipe; each one present is skipped.
+tools/third-party/build.sh >/dev/null

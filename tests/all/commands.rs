@@ -375,10 +375,10 @@ fn an_mcp_client_lists_and_calls_a_command_over_stdio() {
     assert!(child.wait().expect("exits").success());
 }
 
-/// hexyl, built from its published crate by `tools/hexyl/build.sh`, when it has been.
-fn hexyl() -> Option<PathBuf> {
+/// A program built from its published crate by `tools/third-party/build.sh`, when it has been.
+fn third_party(name: &str) -> Option<PathBuf> {
     let guild_wasm = Path::new(WASI_COMMAND).ancestors().nth(3)?;
-    let built = guild_wasm.join("third-party/hexyl.wasm");
+    let built = guild_wasm.join(format!("third-party/{name}.wasm"));
     built.is_file().then_some(built)
 }
 
@@ -386,8 +386,8 @@ fn hexyl() -> Option<PathBuf> {
 async fn a_third_party_program_runs_as_a_tool_over_http_and_replays() {
     use crate::daemon::{Daemon, config_file, token_digest};
     use serde_json::json;
-    let Some(hexyl) = hexyl() else {
-        eprintln!("skipped: hexyl is not built (tools/hexyl/build.sh)");
+    let Some(hexyl) = third_party("hexyl") else {
+        eprintln!("skipped: hexyl is not built (tools/third-party/build.sh)");
         return;
     };
     let data = tree(&[("greeting.txt", "hi")]);
@@ -435,4 +435,77 @@ tools = ["*"]
         .expect("run");
     assert_eq!(output_of(&report.outcome).exit_code, 0);
     replays_identically(&runtime, &store, report.bundle.expect("recorded")).await;
+}
+
+#[test]
+fn a_second_third_party_program_serves_over_http_and_mcp() {
+    use crate::daemon::{Daemon, config_file, token_digest};
+    use serde_json::{Value, json};
+    use std::io::{BufRead, BufReader};
+    let Some(sd) = third_party("sd") else {
+        eprintln!("skipped: sd is not built (tools/third-party/build.sh)");
+        return;
+    };
+    let guild = Guild::new();
+    let config = format!(
+        r#"
+[[tools]]
+path = "{sd}"
+name = "replace"
+description = "Find and replace in stdin: args are FIND REPLACE (a regular expression)"
+
+[[tenants]]
+name = "root"
+token_blake3 = "{root}"
+tools = ["*"]
+"#,
+        sd = sd.display(),
+        root = token_digest("root-token"),
+    );
+    let config = config_file(guild.home(), &config);
+    let daemon = Daemon::start(&guild, &["--config", &config], &[]);
+    let reply =
+        daemon.run("root-token", json!({"tool": "replace", "input": {"args": ["(\\d)", "<$1>"], "stdin": "a1 b2"}}));
+    let output = &reply.json()["output"];
+    assert_eq!(
+        (output["exit_code"].as_i64(), output["stdout"].as_str()),
+        (Some(0), Some("a<1> b<2>")),
+        "{}",
+        reply.json()
+    );
+    let reply = daemon.run("root-token", json!({"tool": "replace", "input": {"args": ["(", "x"], "stdin": "y"}}));
+    assert_ne!(reply.json()["output"]["exit_code"], 0, "a bad pattern is the program's own error: {}", reply.json());
+    daemon.terminate();
+
+    let mut child = guild
+        .command()
+        .args(["mcp", "--no-examples", "--tool", &sd.display().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("guild mcp starts");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut ask = |frame: Value| -> Option<Value> {
+        writeln!(stdin, "{frame}").expect("write");
+        stdin.flush().expect("flush");
+        frame.get("id")?;
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read");
+        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}")))
+    };
+    ask(json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}));
+    ask(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    let listed = ask(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})).expect("answered");
+    assert!(listed["result"]["tools"].as_array().is_some_and(|t| t.iter().any(|t| t["name"] == "sd")), "{listed}");
+    let called = ask(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+        "name": "sd", "arguments": {"args": ["world", "mcp"], "stdin": "hello world"}}}))
+    .expect("answered");
+    let text = called["result"]["content"][0]["text"].as_str().unwrap_or_else(|| panic!("a text result: {called}"));
+    let output: Value = serde_json::from_str(text).expect("the output document");
+    assert_eq!((output["exit_code"].as_i64(), output["stdout"].as_str()), (Some(0), Some("hello mcp")), "{called}");
+    drop(stdin);
+    assert!(child.wait().expect("exits").success());
 }
