@@ -332,47 +332,75 @@ tools = ["*"]
     daemon.terminate();
 }
 
+/// `guild mcp ARGS…` spoken to over stdio, one JSON-RPC frame a line, initialized.
+struct McpStdio {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl McpStdio {
+    fn start(guild: &Guild, args: &[&str]) -> Self {
+        let mut child = guild
+            .command()
+            .arg("mcp")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("guild mcp starts");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut mcp = Self { child, stdin, stdout };
+        let init = serde_json::json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
+        assert!(mcp.ask(init).expect("answered")["result"]["serverInfo"].is_object());
+        mcp.ask(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        mcp
+    }
+
+    /// Send `frame`; its answer when it has an id.
+    fn ask(&mut self, frame: serde_json::Value) -> Option<serde_json::Value> {
+        use std::io::BufRead as _;
+        writeln!(self.stdin, "{frame}").expect("write");
+        self.stdin.flush().expect("flush");
+        frame.get("id")?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read");
+        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}")))
+    }
+
+    /// `tools/call` of `name` with `arguments`: the command's output document.
+    fn call(&mut self, name: &str, arguments: serde_json::Value) -> serde_json::Value {
+        let call = serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": name, "arguments": arguments}});
+        let called = self.ask(call).expect("answered");
+        let text = called["result"]["content"][0]["text"].as_str().unwrap_or_else(|| panic!("a text result: {called}"));
+        serde_json::from_str(text).expect("the output document")
+    }
+
+    /// Close stdin; the server exits cleanly.
+    fn finish(self) {
+        let Self { mut child, stdin, .. } = self;
+        drop(stdin);
+        assert!(child.wait().expect("exits").success());
+    }
+}
+
 #[test]
 fn an_mcp_client_lists_and_calls_a_command_over_stdio() {
-    use serde_json::Value;
-    use std::io::{BufRead, BufReader};
     let guild = Guild::new();
     let data = tree(&[("notes.txt", "read over MCP")]);
     let dir = mount(data.path(), "/data", "ro");
-    let mut child = guild
-        .command()
-        .args(["mcp", "--no-examples", "--tool", WASI_COMMAND, "--dir", &dir])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("guild mcp starts");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut ask = |frame: Value| -> Option<Value> {
-        writeln!(stdin, "{frame}").expect("write");
-        stdin.flush().expect("flush");
-        frame.get("id")?;
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read");
-        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}")))
-    };
-    let init = serde_json::json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
-    assert!(ask(init).expect("answered")["result"]["serverInfo"].is_object());
-    ask(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
-    let listed = ask(serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})).expect("answered");
+    let mut mcp = McpStdio::start(&guild, &["--no-examples", "--tool", WASI_COMMAND, "--dir", &dir]);
+    let listed = mcp.ask(serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})).expect("answered");
     let tools = listed["result"]["tools"].as_array().cloned().unwrap_or_default();
     let command = tools.iter().find(|t| t["name"] == "wasi_command").unwrap_or_else(|| panic!("listed: {listed}"));
     assert_eq!(command["inputSchema"]["properties"]["args"]["type"], "array", "{command}");
-    let call = serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
-        "name": "wasi_command", "arguments": {"args": ["read", "/data/notes.txt"]}}});
-    let called = ask(call).expect("answered");
-    let text = called["result"]["content"][0]["text"].as_str().unwrap_or_else(|| panic!("a text result: {called}"));
-    let output: Value = serde_json::from_str(text).expect("the output document");
-    assert_eq!((output["exit_code"].as_i64(), output["stdout"].as_str()), (Some(0), Some("read over MCP")), "{called}");
-    drop(stdin);
-    assert!(child.wait().expect("exits").success());
+    let output = mcp.call("wasi_command", serde_json::json!({"args": ["read", "/data/notes.txt"]}));
+    assert_eq!((output["exit_code"].as_i64(), output["stdout"].as_str()), (Some(0), Some("read over MCP")), "{output}");
+    mcp.finish();
 }
 
 /// A program built from its published crate by `tools/third-party/build.sh`, when it has been.
@@ -440,8 +468,7 @@ tools = ["*"]
 #[test]
 fn a_second_third_party_program_serves_over_http_and_mcp() {
     use crate::daemon::{Daemon, config_file, token_digest};
-    use serde_json::{Value, json};
-    use std::io::{BufRead, BufReader};
+    use serde_json::json;
     let Some(sd) = third_party("sd") else {
         eprintln!("skipped: sd is not built (tools/third-party/build.sh)");
         return;
@@ -477,35 +504,10 @@ tools = ["*"]
     assert_ne!(reply.json()["output"]["exit_code"], 0, "a bad pattern is the program's own error: {}", reply.json());
     daemon.terminate();
 
-    let mut child = guild
-        .command()
-        .args(["mcp", "--no-examples", "--tool", &sd.display().to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("guild mcp starts");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut ask = |frame: Value| -> Option<Value> {
-        writeln!(stdin, "{frame}").expect("write");
-        stdin.flush().expect("flush");
-        frame.get("id")?;
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read");
-        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}")))
-    };
-    ask(json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}));
-    ask(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
-    let listed = ask(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})).expect("answered");
+    let mut mcp = McpStdio::start(&guild, &["--no-examples", "--tool", &sd.display().to_string()]);
+    let listed = mcp.ask(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})).expect("answered");
     assert!(listed["result"]["tools"].as_array().is_some_and(|t| t.iter().any(|t| t["name"] == "sd")), "{listed}");
-    let called = ask(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
-        "name": "sd", "arguments": {"args": ["world", "mcp"], "stdin": "hello world"}}}))
-    .expect("answered");
-    let text = called["result"]["content"][0]["text"].as_str().unwrap_or_else(|| panic!("a text result: {called}"));
-    let output: Value = serde_json::from_str(text).expect("the output document");
-    assert_eq!((output["exit_code"].as_i64(), output["stdout"].as_str()), (Some(0), Some("hello mcp")), "{called}");
-    drop(stdin);
-    assert!(child.wait().expect("exits").success());
+    let output = mcp.call("sd", json!({"args": ["world", "mcp"], "stdin": "hello world"}));
+    assert_eq!((output["exit_code"].as_i64(), output["stdout"].as_str()), (Some(0), Some("hello mcp")), "{output}");
+    mcp.finish();
 }
