@@ -133,6 +133,7 @@ fn a_candidate_is_gated_ramped_shadowed_rolled_back_and_promoted() {
     assert_eq!((v2["revision"].as_u64(), v2["current_revision"].as_u64()), (Some(2), Some(1)), "{v2}");
     let reply = greet(&daemon, ALICE, json!({ "name": "margaret" }), None);
     assert_eq!(reply.json()["output"]["greeting"], "hello margaret", "an upload changes nothing for callers");
+    assert_eq!(reply.json()["revision"], 1, "the answer names the revision that ran");
     let v2_digest = v2["component"].as_str().expect("digest").to_string();
 
     // Admin routes are the admin's alone.

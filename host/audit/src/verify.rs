@@ -8,7 +8,8 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 /// Longest line `verify` reads: a record is a few hundred bytes; a longer line is damage.
-const RECORD_BYTES_MAX: usize = 1024 * 1024;
+/// Longest record line read back, bytes; the writer refuses to write a longer one.
+pub(crate) const RECORD_BYTES_MAX: usize = 1024 * 1024;
 
 /// The last record of a log (or of its head file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

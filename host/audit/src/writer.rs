@@ -194,6 +194,15 @@ impl Writer {
                 AuditRecord { seq: head.seq + 1, time_unix_ms, prev: head.hash, entry: *entry, hash: Head::EMPTY.hash };
             record.hash = record.compute_hash();
             match serde_json::to_vec(&record) {
+                // A line the verifier would not read back would break the chain at the next start:
+                // refused here, the chain untouched.
+                Ok(line) if line.len() >= crate::verify::RECORD_BYTES_MAX => {
+                    let _ = done.send(Err(format!(
+                        "the record is {} bytes; an audit record is at most {} bytes",
+                        line.len(),
+                        crate::verify::RECORD_BYTES_MAX
+                    )));
+                }
                 Ok(line) => {
                     text.extend_from_slice(&line);
                     text.push(b'\n');
@@ -353,6 +362,22 @@ mod tests {
         });
         log.close();
         last
+    }
+
+    #[test]
+    fn a_record_too_long_to_verify_is_refused_and_the_chain_goes_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let log = AuditLog::open(&path, |_| {}).expect("open");
+        let mut huge = entry(1);
+        huge.idempotency_key = Some("k".repeat(crate::verify::RECORD_BYTES_MAX));
+        let refused = rt.block_on(log.append(huge)).expect_err("refused");
+        assert!(refused.to_string().contains("at most"), "{refused}");
+        assert_eq!(rt.block_on(log.append(entry(2))).expect("appended"), 1, "the chain goes on at seq 1");
+        log.close();
+        drop(log);
+        crate::verify::verify(&path, |_| {}).expect("the log verifies");
     }
 
     #[test]

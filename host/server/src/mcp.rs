@@ -178,6 +178,9 @@ fn finished_result(run: &str, finished: &Finished, output: Option<String>) -> Ca
         meta.0.insert("guild/bundle".into(), bundle.to_hex().into());
     }
     meta.0.insert("guild/fuel_used_units".into(), finished.fuel_used_units.into());
+    if let Some(revision) = finished.revision {
+        meta.0.insert("guild/revision".into(), revision.into());
+    }
     meta.0.insert("guild/wall_time_us".into(), finished.wall_time_us.into());
     let Some(output) = output else {
         let message = match finished.message() {
@@ -346,6 +349,7 @@ mod tests {
             bundle: Some(bundle),
             fuel_used_units: 7,
             wall_time_us: 1,
+            revision: None,
         };
         let result = serde_json::to_value(finished_result("run-1", &finished, None)).expect("serializes");
         assert_eq!(result["isError"], true);
@@ -355,8 +359,14 @@ mod tests {
 
     #[test]
     fn object_output_is_structured_and_text() {
-        let finished =
-            Finished { status: RunStatus::Succeeded, error: None, bundle: None, fuel_used_units: 1, wall_time_us: 1 };
+        let finished = Finished {
+            status: RunStatus::Succeeded,
+            error: None,
+            bundle: None,
+            fuel_used_units: 1,
+            wall_time_us: 1,
+            revision: None,
+        };
         let result = finished_result("r", &finished, Some(r#"{"n":1}"#.into()));
         let result = serde_json::to_value(result).expect("serializes");
         assert_eq!(result["structuredContent"], serde_json::json!({ "n": 1 }));

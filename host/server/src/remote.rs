@@ -250,6 +250,7 @@ impl Remote {
             bundle: None,
             fuel_used_units: 0,
             wall_time_us: 0,
+            revision: None,
         });
         for sender in senders {
             let _ = sender.send(RunState::Finished(finished.clone()));
@@ -410,6 +411,7 @@ pub(crate) fn finished(result: &JobResult) -> Finished {
         bundle: result.bundle,
         fuel_used_units: result.fuel_used_units,
         wall_time_us: result.wall_time_us,
+        revision: result.revision,
     }
 }
 

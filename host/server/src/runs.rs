@@ -48,6 +48,8 @@ pub struct Finished {
     pub fuel_used_units: u64,
     /// Wall time of the run, µs.
     pub wall_time_us: u64,
+    /// Which revision of the tool's name ran (none for a run that never reached one).
+    pub revision: Option<u32>,
 }
 
 impl Finished {
@@ -96,6 +98,9 @@ pub(crate) struct FinishedBody<'a> {
     pub(crate) fuel_used_units: u64,
     /// Wall time of the run, µs.
     pub(crate) wall_time_us: u64,
+    /// Which revision of the tool's name ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) revision: Option<u32>,
     /// For a job in Redis: the worker that ran it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) worker: Option<&'a str>,
@@ -111,6 +116,7 @@ impl<'a> FinishedBody<'a> {
             bundle: finished.bundle.map(|b| b.to_hex()),
             fuel_used_units: finished.fuel_used_units,
             wall_time_us: finished.wall_time_us,
+            revision: finished.revision,
             worker: None,
         }
     }
@@ -297,7 +303,14 @@ mod tests {
     use super::*;
 
     fn finished() -> Finished {
-        Finished { status: RunStatus::Succeeded, error: None, bundle: None, fuel_used_units: 1, wall_time_us: 1 }
+        Finished {
+            status: RunStatus::Succeeded,
+            error: None,
+            bundle: None,
+            fuel_used_units: 1,
+            wall_time_us: 1,
+            revision: None,
+        }
     }
 
     #[test]

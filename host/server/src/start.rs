@@ -390,8 +390,14 @@ fn restore(runs: &RunTable, record: &AuditRecord) {
         "dead" => (RunStatus::Dead, None),
         label => (RunStatus::Failed, FailureCode::parse(label).map(|code| Failure::host(code, ""))),
     };
-    let finished =
-        Finished { status, error, bundle: entry.bundle, fuel_used_units: entry.fuel_used_units, wall_time_us: 0 };
+    let finished = Finished {
+        status,
+        error,
+        bundle: entry.bundle,
+        fuel_used_units: entry.fuel_used_units,
+        wall_time_us: 0,
+        revision: entry.revision,
+    };
     runs.restore(
         entry.run.clone(),
         &entry.tenant,

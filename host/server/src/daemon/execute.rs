@@ -103,7 +103,7 @@ impl Daemon {
                 self.observe(tool, &entry.tenant, &report);
                 audit.bundle = report.bundle;
                 audit.fuel_used_units = report.fuel_used_units;
-                let (finished, output, policy) = finished_from_report(report);
+                let (finished, output, policy) = finished_from_report(report, tool.revision);
                 audit.grants = Some(policy);
                 (finished, output)
             }
@@ -117,6 +117,7 @@ impl Daemon {
                     bundle: None,
                     fuel_used_units: 0,
                     wall_time_us: 0,
+                    revision: Some(tool.revision),
                 };
                 (finished, None)
             }
@@ -159,7 +160,7 @@ pub(super) struct Job {
 }
 
 /// The run's table entry, its output, and the policy it had (for the audit record).
-fn finished_from_report(report: RunReport) -> (Finished, Option<String>, PolicyRecord) {
+fn finished_from_report(report: RunReport, revision: u32) -> (Finished, Option<String>, PolicyRecord) {
     let wall_time_us = u64::try_from(report.wall_time.as_micros()).unwrap_or(u64::MAX);
     let finished = Finished {
         status: report.outcome.run_status(),
@@ -167,6 +168,7 @@ fn finished_from_report(report: RunReport) -> (Finished, Option<String>, PolicyR
         bundle: report.bundle,
         fuel_used_units: report.fuel_used_units,
         wall_time_us,
+        revision: Some(revision),
     };
     (finished, report.outcome.into_output(), PolicyRecord::resolved(report.policy, report.limits))
 }

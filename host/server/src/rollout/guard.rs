@@ -221,6 +221,7 @@ mod tests {
             bundle: None,
             fuel_used_units: 100,
             wall_time_us: 50,
+            revision: None,
         }
     }
 
