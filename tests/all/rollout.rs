@@ -214,6 +214,13 @@ fn a_candidate_is_gated_ramped_shadowed_rolled_back_and_promoted() {
         "/v1/tools/greet/rollout",
         json!({ "candidate": "2", "percent": 20, "force": true, "reason": "canary" }),
     );
+    assert_eq!((started.status, started.code().as_str()), (409, "conflict"), "revision 3 is the candidate now");
+    let started = admin(
+        &daemon,
+        "POST",
+        "/v1/tools/greet/rollout",
+        json!({ "candidate": "2", "percent": 20, "force": true, "replace": true, "reason": "canary" }),
+    );
     assert_eq!(started.status, 200, "{}", String::from_utf8_lossy(&started.body));
     let mut by_key = Vec::new();
     for i in 0..500 {
@@ -241,7 +248,7 @@ fn a_candidate_is_gated_ramped_shadowed_rolled_back_and_promoted() {
         &daemon,
         "POST",
         "/v1/tools/greet/rollout",
-        json!({ "candidate": v5["component"], "percent": 50, "force": true, "guard": { "min_calls": 20, "window_s": 60 } }),
+        json!({ "candidate": v5["component"], "percent": 50, "force": true, "replace": true, "guard": { "min_calls": 20, "window_s": 60 } }),
     );
     assert_eq!(started.status, 200, "{}", String::from_utf8_lossy(&started.body));
     let mut rolled_back = false;

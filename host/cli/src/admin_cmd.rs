@@ -100,6 +100,7 @@ pub(crate) fn rollout(command: RolloutCommand) -> Result<Exit, Failure> {
                 "shadow_percent": a.shadow,
                 "tenants": a.tenants,
                 "force": a.force,
+                "replace": a.replace,
                 "reason": a.reason,
             });
             let path = format!("/v1/tools/{}/rollout", segment(&a.name));
@@ -120,6 +121,9 @@ pub(crate) fn rollout(command: RolloutCommand) -> Result<Exit, Failure> {
                 out!("shadow (newest verdicts kept): {}", counts.join(", "));
             }
             let w = &answer["window"];
+            if answer["candidate"].is_null() && w["candidate_calls"].as_u64() == Some(0) {
+                return Ok(Exit::Success);
+            }
             out!(
                 "window: candidate {} calls ({:.1}% failed, p99 {} µs), current {} calls ({:.1}% failed, p99 {} µs)",
                 w["candidate_calls"],

@@ -521,6 +521,9 @@ pub(crate) struct StartArgs {
     /// Start even though the replay gate fails (audited).
     #[arg(long)]
     pub(crate) force: bool,
+    /// Replace another revision that is the candidate now.
+    #[arg(long)]
+    pub(crate) replace: bool,
     /// Why, for the audit log.
     #[arg(long, default_value = "")]
     pub(crate) reason: String,

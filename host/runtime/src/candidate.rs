@@ -103,7 +103,7 @@ pub struct OutputChange {
 ///  "output_diff": [{"path": "/greeting", "before": "hello barbara", "after": "hello, barbara!"}],
 ///  "output_diff_truncated": false, "effect": null,
 ///  "fuel_recorded_units": 41210, "fuel_candidate_units": 41876, "fuel_delta": 666,
-///  "wall_time": {"secs": 0, "nanos": 31000}, "notes": []}
+///  "wall_time_us": 31, "notes": []}
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CandidateCheck {
@@ -130,8 +130,8 @@ pub struct CandidateCheck {
     pub fuel_candidate_units: u64,
     /// `fuel_candidate_units - fuel_recorded_units`: negative when the candidate is cheaper.
     pub fuel_delta: i64,
-    /// Wall time of the candidate's call.
-    pub wall_time: Duration,
+    /// Wall time of the candidate's call, µs.
+    pub wall_time_us: u64,
     /// Something a reader should know that is no difference (an allowed engine mismatch,
     /// clock readings past the recorded ones).
     #[serde(default)]
@@ -232,7 +232,7 @@ impl Runtime {
             fuel_recorded_units,
             fuel_candidate_units,
             fuel_delta: signed_delta(fuel_candidate_units, fuel_recorded_units),
-            wall_time: execution.wall_time,
+            wall_time_us: u64::try_from(execution.wall_time.as_micros()).unwrap_or(u64::MAX),
             notes,
         };
         classify(&mut check, bundle, store, &execution.outcome, &findings, trees_changed);

@@ -113,7 +113,7 @@ impl GateReport {
                 short(&check.bundle),
                 check.verdict.label(),
                 check.fuel_delta,
-                check.wall_time.as_micros(),
+                check.wall_time_us,
                 check.detail
             );
         }
@@ -123,7 +123,11 @@ impl GateReport {
             .filter(|&(_, n)| n > 0)
             .map(|(v, n)| format!("{} {n}", v.label()))
             .collect();
-        let _ = writeln!(out, "total: {}; mean fuel delta {:+.1} units", totals.join(", "), self.fuel_delta_mean);
+        if totals.is_empty() {
+            let _ = writeln!(out, "total: no recorded runs were checked");
+        } else {
+            let _ = writeln!(out, "total: {}; mean fuel delta {:+.1} units", totals.join(", "), self.fuel_delta_mean);
+        }
         out
     }
 }
@@ -238,7 +242,6 @@ impl GatePolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn check(verdict: CandidateVerdict, fuel_delta: i64) -> CandidateCheck {
         CandidateCheck {
@@ -251,7 +254,7 @@ mod tests {
             fuel_recorded_units: 100,
             fuel_candidate_units: 100u64.saturating_add_signed(fuel_delta),
             fuel_delta,
-            wall_time: Duration::from_micros(50),
+            wall_time_us: 50,
             notes: Vec::new(),
         }
     }

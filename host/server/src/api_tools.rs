@@ -192,6 +192,9 @@ struct StartBody {
     /// Start even though the gate fails (audited).
     #[serde(default)]
     force: bool,
+    /// Replace another revision that is the candidate now.
+    #[serde(default)]
+    replace: bool,
     /// Why, for the audit record.
     #[serde(default)]
     reason: String,
@@ -209,6 +212,18 @@ async fn start_rollout(
     let body: StartBody = json_body(body)?;
     let named = named(&daemon, &name)?;
     let revision = resolve(&named, &body.candidate)?;
+    if let Some(other) = named.record.candidate.as_ref().filter(|c| c.revision != revision)
+        && !body.replace
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "revision {} is the candidate now; roll it back first, or replace it with --replace (\"replace\": true)",
+                other.revision
+            ),
+        ));
+    }
     let bad = |e: guild_vocab::RolloutError| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
     let ramp_bp = percent_to_bp("percent", body.percent).map_err(bad)?;
     let shadow_bp = percent_to_bp("shadow_percent", body.shadow_percent).map_err(bad)?;

@@ -155,6 +155,12 @@ impl Daemon {
                 self.follow_once().await;
             }
         }
+        if let Some(named) = self.tools().named(name)
+            && let Some(known) = named.record.find(&digest.to_hex())
+        {
+            // The same component again: its revision, unchanged (and nothing to audit).
+            return Ok((known.revision, false, named.clone()));
+        }
         let ((number, added), named) =
             self.change_tool(name, actor, "tool_revision_added", |record| record.add(revision.clone())).await?;
         Ok((number, added, named))
