@@ -397,6 +397,8 @@ fn bad_names_oversized_texts_unknown_tenants_and_a_corrupt_record_are_refused() 
     let reply = daemon.call_with("POST", "/v1/tools/greet/revisions", ROOT, &wc, &[]);
     assert_eq!(reply.status, 400, "another tool is not a revision of greet");
     assert!(reply.json()["error"]["message"].as_str().unwrap_or_default().contains("describes itself as"));
+    let reply = admin(&daemon, "POST", "/v1/tools/greet/rollout/check", json!({ "candidate": "1", "last": 100_000 }));
+    assert_eq!(reply.status, 400, "a check past rollout.check_runs_max is refused");
     let reason = "r".repeat(2000);
     let reply = admin(&daemon, "POST", "/v1/tools/greet/rollout/check", json!({ "candidate": "1", "reason": reason }));
     assert_eq!(reply.status, 400, "an oversized reason is refused");

@@ -260,3 +260,60 @@ fn recorded_runs(
     }
     Ok(found.into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guild_runtime::CandidateVerdict;
+
+    fn sample(n: u8) -> ShadowSample {
+        let bundle = Digest::of(&[n]);
+        let check = CandidateCheck {
+            bundle,
+            verdict: CandidateVerdict::Identical,
+            detail: String::new(),
+            output_diff: Vec::new(),
+            output_diff_truncated: false,
+            effect: None,
+            fuel_recorded_units: 1,
+            fuel_candidate_units: 1,
+            fuel_delta: 0,
+            wall_time_us: 1,
+            notes: Vec::new(),
+        };
+        ShadowSample { bundle, revision: 2, check }
+    }
+
+    #[test]
+    fn shadow_verdicts_kept_are_bounded_and_the_newest() {
+        let shadows = Shadows::new(1, 3);
+        for n in 0..10 {
+            shadows.keep("t", sample(n));
+        }
+        let kept: Vec<Digest> = shadows.samples("t").iter().map(|s| s.bundle).collect();
+        assert_eq!(kept, [7, 8, 9].map(|n| Digest::of(&[n])));
+    }
+
+    #[test]
+    fn the_audit_scan_keeps_the_newest_matching_runs_and_skips_overlong_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let digest = Digest::of(b"component");
+        let mut text = String::new();
+        for n in 0..10u8 {
+            let bundle = Digest::of(&[n]);
+            let tool = if n % 2 == 0 { "greet" } else { "other" };
+            let line = serde_json::json!({"seq": n, "time_unix_ms": 1, "prev": digest, "run": "r", "tenant": "t",
+                "tool": tool, "tool_digest": digest, "input_digest": digest, "grants": null, "outcome": "output",
+                "fuel_used_units": 1, "bundle": bundle, "idempotency_key": null, "hash": digest});
+            text.push_str(&format!("{line}\n"));
+            if n == 4 {
+                text.push_str(&"x".repeat(AUDIT_LINE_BYTES_MAX + 10));
+                text.push('\n');
+            }
+        }
+        std::fs::write(&path, text).expect("write");
+        let found = recorded_runs(&path, "greet", &digest, 3, None).expect("scanned");
+        assert_eq!(found, [4, 6, 8].map(|n| Digest::of(&[n])));
+    }
+}

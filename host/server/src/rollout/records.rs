@@ -247,3 +247,63 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guild_vocab::rollout::{REVISIONS_MAX, ROLLOUT_TEXT_BYTES_MAX};
+    use guild_vocab::{Revision, ToolRecord};
+
+    fn revision(n: usize, text: &str) -> Revision {
+        Revision {
+            revision: 0,
+            component: format!("{n:064x}"),
+            version: text.into(),
+            description: text.into(),
+            added_unix_ms: 1,
+            added_by: text.into(),
+            note: text.into(),
+            rolled_back: None,
+        }
+    }
+
+    fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(f)
+    }
+
+    #[test]
+    fn a_record_past_its_size_is_refused_when_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RecordStore::file(dir.path());
+        let text = "t".repeat(ROLLOUT_TEXT_BYTES_MAX);
+        let mut record = ToolRecord::new("big", revision(0, &text));
+        for n in 1..REVISIONS_MAX {
+            record.add(revision(n, &text)).expect("room");
+        }
+        let refused = block_on(store.put(&record, 0)).expect_err("too large");
+        assert!(refused.contains("at most"), "{refused}");
+        assert!(block_on(store.load()).expect("load").is_empty(), "nothing written");
+    }
+
+    #[test]
+    fn names_past_their_count_are_refused_and_a_bad_file_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RecordStore::file(dir.path());
+        let all: BTreeMap<String, ToolRecord> = (0..guild_queue::TOOL_RECORDS_MAX)
+            .map(|n| {
+                let name = format!("tool-{n}");
+                (name.clone(), ToolRecord::new(&name, revision(n, "")))
+            })
+            .collect();
+        std::fs::write(dir.path().join("tools.json"), serde_json::to_vec(&all).expect("json")).expect("write");
+        let one_more = ToolRecord::new("one-more", revision(0, ""));
+        let refused = block_on(store.put(&one_more, 0)).expect_err("full");
+        assert!(refused.contains("no new name"), "{refused}");
+        let known = all.get("tool-1").expect("tool-1").clone();
+        assert!(block_on(store.put(&known, known.generation)).expect("an existing name may change"));
+
+        std::fs::write(dir.path().join("tools.json"), br#"{"x": {"name": "y"}}"#).expect("write");
+        let broken = block_on(store.load()).expect_err("does not decode");
+        assert!(broken.contains("tools.json"), "{broken}");
+    }
+}
