@@ -480,3 +480,33 @@ fn an_mcp_tool_call_in_flight_holds_its_tenants_request_place() {
         "alice's one request place is free while her MCP tool call still runs"
     );
 }
+
+#[test]
+fn a_tool_disabled_for_a_tenant_leaves_its_mcp_list_and_its_calls_are_refused() {
+    let guild = Guild::new();
+    let daemon = Daemon::start(&guild, &["--config", &config_file(guild.home(), &config(""))], &[]);
+    let (alices, bobs) = (McpSession::open(&daemon, ALICE), McpSession::open(&daemon, BOB));
+    let listed = |session: &McpSession| -> Vec<String> {
+        messages(&session.list_tools())
+            .iter()
+            .flat_map(|m| m["result"]["tools"].as_array().cloned().unwrap_or_default())
+            .filter_map(|t| t["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert!(listed(&alices).contains(&"echo".to_string()));
+    let off = json!({"disabled": true, "tenant": "alice", "reason": "audit in progress"});
+    let reply = daemon.call("PUT", "/v1/tools/echo/flags", ROOT, &off.to_string());
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    assert!(!listed(&alices).contains(&"echo".to_string()), "the tool left alice's list");
+    assert!(listed(&bobs).contains(&"echo".to_string()), "bob still has it");
+    let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"message": "hi"}}});
+    let answer = messages(&alices.post_as(ALICE, &call));
+    let result = answer.iter().find(|m| m["id"] == 9).unwrap_or_else(|| panic!("answered: {answer:?}"));
+    assert_eq!(result["result"]["isError"], true, "{result}");
+    let text = result["result"]["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(text.starts_with("tool_disabled") && text.contains("audit in progress"), "{text}");
+    let answer = messages(&bobs.post_as(BOB, &call));
+    let result = answer.iter().find(|m| m["id"] == 9).unwrap_or_else(|| panic!("answered: {answer:?}"));
+    assert_eq!(result["result"]["isError"], false, "bob's call runs: {result}");
+}
