@@ -367,8 +367,20 @@ fn sighup_reloads_the_config_and_a_broken_one_keeps_the_old() {
     assert!(daemon.log_lines().iter().any(|l| l.contains("tools[0].path") || l.contains("path")), "names the field");
     assert_eq!(greet(&daemon, ALICE, json!({ "name": "ada" }), None).status, 200, "the old config serves");
 
-    // A good file: a second tool appears.
-    let next = config(REV_V1, &format!("[[tools]]\npath = \"{ECHO}\"\n"));
+    // A candidate that changes outputs fails the default gate ...
+    for _ in 0..3 {
+        assert_eq!(greet(&daemon, ALICE, json!({ "name": "margaret" }), None).status, 200);
+    }
+    upload(&daemon, REV_V2, "punctuation");
+    let check =
+        || admin(&daemon, "POST", "/v1/tools/greet/rollout/check", json!({ "candidate": "2", "last": 3 })).json();
+    assert_eq!(check()["passed"], false);
+
+    // A good file: a second tool appears, and the gate allows changed outputs.
+    let next = config(
+        REV_V1,
+        &format!("[[tools]]\npath = \"{ECHO}\"\n\n[rollout.gate]\noutput_changed_percent_max = 100.0\n"),
+    );
     std::fs::write(&file, &next).expect("write");
     hangup();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -378,6 +390,7 @@ fn sighup_reloads_the_config_and_a_broken_one_keeps_the_old() {
     }
     let kinds = audit_kinds(&guild);
     assert!(kinds.iter().any(|k| k == "config_reloaded"), "{kinds:?}");
+    assert_eq!(check()["passed"], true, "the reloaded [rollout.gate] is in force");
 }
 
 #[test]

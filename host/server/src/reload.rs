@@ -2,8 +2,9 @@
 //! names loaded before anything changes, so a bad file is refused with its field named and the
 //! old config stays in force. What a reload changes: the tools (a component the config names
 //! anew becomes the current revision; grants, limits, egress rules and secrets are re-read) and
-//! the tenants (an unchanged tenant keeps its rate bucket, concurrency and fuel budget). Other
-//! sections (listen address, queue, Redis, HTTP bounds) take effect at the next start.
+//! the tenants (an unchanged tenant keeps its rate bucket, concurrency and fuel budget), and the
+//! `[rollout]` gate's policy and bounds. Other sections (listen address, queue, Redis, HTTP
+//! bounds, the shadow lane's size) take effect at the next start.
 
 use crate::config::{ConfigError, DaemonConfig};
 use crate::daemon::Daemon;
@@ -68,6 +69,8 @@ impl Daemon {
                 dropped.push(named.record.name.clone());
             }
         }
+        // The gate's policy and bounds; the shadow lane keeps its size until the next start.
+        *self.rollout().config.write().unwrap_or_else(|p| p.into_inner()) = config.rollout.clone();
         let tenant_count = match tenants {
             Some(tenants) => {
                 for tenant in &tenants {
@@ -84,8 +87,9 @@ impl Daemon {
         }
         self.tools_changed();
         let summary = format!(
-            "{} tools from the config ({} made a new revision current), {} no longer served ({}), {tenant_count} tenants; \
-             other sections ([rollout], [queue], [redis], [http], listen) take effect at the next start",
+            "{} tools from the config ({} made a new revision current), {} no longer served ({}), {tenant_count} tenants, \
+             the [rollout] gate; other sections ([queue], [redis], [http], listen, rollout.shadow_in_flight_max) take \
+             effect at the next start",
             configured.len(),
             deployed.len(),
             dropped.len(),

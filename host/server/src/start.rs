@@ -93,7 +93,7 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
             config.rollout.shadow_in_flight_max,
             config.rollout.shadow_kept_max,
         ),
-        config: config.rollout.clone(),
+        config: std::sync::RwLock::new(config.rollout.clone()),
     };
     reconcile(&runtime, &tools, &rollout, uploaded(&state_dir.join("tools")))
         .await

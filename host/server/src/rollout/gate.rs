@@ -100,7 +100,7 @@ impl Daemon {
         since_s: Option<u64>,
         actor: &Actor<'_>,
     ) -> Result<GateOutcome, ChangeError> {
-        let config = &self.rollout().config;
+        let config = self.rollout().config();
         guild_vocab::rollout::bounded("the reason", actor.reason)?;
         let invalid = |m: String| ChangeError::Rollout(guild_vocab::RolloutError::Invalid(m));
         let last = last.unwrap_or(config.check_runs_default);

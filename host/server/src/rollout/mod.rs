@@ -404,6 +404,13 @@ pub struct RolloutState {
     pub guards: guard::Guards,
     /// Shadow runs' lane and newest verdicts.
     pub shadows: gate::Shadows,
-    /// The `[rollout]` config: the gate's policy and bounds.
-    pub config: crate::config::RolloutConfig,
+    /// The `[rollout]` config: the gate's policy and bounds (replaced by a config reload).
+    pub config: std::sync::RwLock<crate::config::RolloutConfig>,
+}
+
+impl RolloutState {
+    /// The `[rollout]` config in force now.
+    pub fn config(&self) -> crate::config::RolloutConfig {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
