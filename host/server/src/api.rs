@@ -2,9 +2,10 @@
 //! extractors in `auth.rs`. Every error is `{"error": {"code", "message"}}`
 //! (plus `field` for invalid input) with a stable code; 429 and 503 carry `Retry-After`.
 
+use crate::api_error::{ApiError, ApiResult, too_large};
+use crate::api_tools::describe_tool;
 use crate::auth::{Admin, Caller, ErrorCode};
 use crate::daemon::{Daemon, Rejection, RunRequest, Submitted};
-use crate::registry::RegisteredTool;
 use crate::runs::{Finished, FinishedBody, RunBody, RunEntry, RunState};
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
@@ -20,38 +21,6 @@ use std::sync::Arc;
 
 /// The OpenAPI document of this API (kept in the repo beside the code).
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
-
-/// An API error: a status, a stable code, a message, and sometimes a field or a retry delay.
-pub(crate) struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    field: Option<String>,
-    retry_after_s: Option<u64>,
-}
-
-impl ApiError {
-    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), field: None, retry_after_s: None }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut error = serde_json::json!({ "code": self.code, "message": self.message });
-        if let Some(field) = self.field {
-            error["field"] = field.into();
-        }
-        let mut response = (self.status, Json(serde_json::json!({ "error": error }))).into_response();
-        response.extensions_mut().insert(ErrorCode(self.code));
-        if let Some(seconds) = self.retry_after_s {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
-    }
-}
-
-pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 async fn count_errors(
     State(daemon): State<Arc<Daemon>>,
@@ -89,19 +58,6 @@ pub fn router(daemon: Arc<Daemon>) -> axum::Router {
         .with_state(daemon)
 }
 
-/// A body that could not be read: over its limit (413, naming the setting) or cut off (400).
-pub(crate) fn too_large(rejection: BytesRejection, setting: &str, limit: usize) -> ApiError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request_too_large",
-            format!("the body is larger than {limit} bytes; send less or raise {setting}"),
-        )
-    } else {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("the body could not be read: {rejection}"))
-    }
-}
-
 async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
     let mut problems = Vec::new();
     if daemon.is_draining() {
@@ -136,16 +92,6 @@ async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], daemon.metrics().render()).into_response()
-}
-
-pub(crate) fn describe_tool(tool: &RegisteredTool) -> serde_json::Value {
-    let mut value = serde_json::to_value(tool.tool.info()).expect("tool info is plain data");
-    if let Some(object) = value.as_object_mut() {
-        object.insert("name".into(), tool.name.clone().into());
-        object.insert("component".into(), tool.tool.digest().to_hex().into());
-        object.insert("limits".into(), serde_json::to_value(&tool.limits).expect("limits are plain data"));
-    }
-    value
 }
 
 async fn list_tools(

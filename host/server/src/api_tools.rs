@@ -2,10 +2,11 @@
 //! promote, rollback, status) and flags of a tool name. Every change answers with the tool's
 //! record as it now stands, and is audited with who did it and why.
 
-use crate::api::{ApiError, ApiResult, describe_tool, too_large};
+use crate::api_error::{ApiError, ApiResult, too_large};
 use crate::auth::Admin;
 use crate::daemon::Daemon;
 use crate::registry::Named;
+use crate::registry::RegisteredTool;
 use crate::rollout::{Actor, ChangeError};
 use crate::tenants::Tenant;
 use axum::Json;
@@ -34,6 +35,16 @@ pub(crate) fn routes(component_bytes_max: usize) -> axum::Router<Arc<Daemon>> {
         .route("/v1/tools/{name}/rollout/promote", post(promote))
         .route("/v1/tools/{name}/rollout/rollback", post(rollback))
         .route("/v1/tools/{name}/flags", get(flags).put(set_flags))
+}
+
+pub(crate) fn describe_tool(tool: &RegisteredTool) -> serde_json::Value {
+    let mut value = serde_json::to_value(tool.tool.info()).expect("tool info is plain data");
+    if let Some(object) = value.as_object_mut() {
+        object.insert("name".into(), tool.name.clone().into());
+        object.insert("component".into(), tool.tool.digest().to_hex().into());
+        object.insert("limits".into(), serde_json::to_value(&tool.limits).expect("limits are plain data"));
+    }
+    value
 }
 
 fn change_error(error: ChangeError) -> ApiError {

@@ -16,6 +16,7 @@
 //! tests).
 
 mod api;
+mod api_error;
 mod api_tools;
 mod auth;
 mod bundles;

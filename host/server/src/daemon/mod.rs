@@ -22,6 +22,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
 mod execute;
+mod rollout;
 
 use execute::Job;
 

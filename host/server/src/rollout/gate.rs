@@ -6,12 +6,9 @@
 //! (content-addressed) beside its signature by the host key, and the check is audited. Shadow
 //! runs use the same check on a live call's fresh bundle, after the caller has its answer.
 
-use super::{Actor, ChangeError};
-use crate::daemon::Daemon;
-use crate::registry::RegisteredTool;
 use guild_audit::AuditRecord;
-use guild_replay::{BlobStore, Digest};
-use guild_runtime::{CandidateCheck, GateReport, ReplayOptions};
+use guild_replay::Digest;
+use guild_runtime::{CandidateCheck, GateReport};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::io::BufRead as _;
@@ -52,7 +49,7 @@ pub struct ShadowSample {
 
 /// Shadow runs: a small lane of their own and the newest verdicts per tool.
 pub struct Shadows {
-    lane: Arc<tokio::sync::Semaphore>,
+    pub(crate) lane: Arc<tokio::sync::Semaphore>,
     kept_max: usize,
     samples: Mutex<HashMap<String, VecDeque<ShadowSample>>>,
 }
@@ -73,7 +70,7 @@ impl Shadows {
         samples.get(tool).map(|s| s.iter().cloned().collect()).unwrap_or_default()
     }
 
-    fn keep(&self, tool: &str, sample: ShadowSample) {
+    pub(crate) fn keep(&self, tool: &str, sample: ShadowSample) {
         let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
         let kept = samples.entry(tool.to_string()).or_default();
         if kept.len() >= self.kept_max {
@@ -83,143 +80,9 @@ impl Shadows {
     }
 }
 
-impl Daemon {
-    /// Check revision `candidate` of `name` against the newest `last` recorded runs of its current
-    /// revision (within `since_s` seconds, if given), keep the signed report and audit the check.
-    ///
-    /// # Errors
-    /// [`ChangeError::Unknown`]; [`ChangeError::Rollout`] for a `last` past
-    /// `rollout.check_runs_max`, an unknown revision, or a candidate that is the current
-    /// revision; [`ChangeError::Store`] when the audit log cannot be read, a revision is not
-    /// loaded here, or the report cannot be kept or signed; [`ChangeError::NotAudited`].
-    pub async fn check_revision(
-        &self,
-        name: &str,
-        candidate: u32,
-        last: Option<u64>,
-        since_s: Option<u64>,
-        actor: &Actor<'_>,
-    ) -> Result<GateOutcome, ChangeError> {
-        let config = self.rollout().config();
-        guild_vocab::rollout::bounded("the reason", actor.reason)?;
-        let invalid = |m: String| ChangeError::Rollout(guild_vocab::RolloutError::Invalid(m));
-        let last = last.unwrap_or(config.check_runs_default);
-        if last == 0 || last > config.check_runs_max {
-            return Err(invalid(format!(
-                "a check takes 1 to {} recorded runs (rollout.check_runs_max), not {last}",
-                config.check_runs_max
-            )));
-        }
-        let named = self.tools().named(name).ok_or_else(|| ChangeError::Unknown(name.to_string()))?;
-        if named.record.revision(candidate).is_none() {
-            return Err(ChangeError::Rollout(guild_vocab::RolloutError::NoRevision {
-                name: name.to_string(),
-                revision: candidate,
-            }));
-        }
-        if candidate == named.record.current {
-            return Err(ChangeError::Rollout(guild_vocab::RolloutError::AlreadyCurrent {
-                name: name.to_string(),
-                revision: candidate,
-            }));
-        }
-        let current = named.current().clone();
-        let tool = named.revision(candidate).cloned().ok_or_else(|| {
-            ChangeError::Store(format!("revision {candidate} of {name:?} is not loaded on this node"))
-        })?;
-        let since_unix_ms = since_s.map(|s| guild_queue::now_unix_ms().saturating_sub(s.saturating_mul(1000)));
-        let (path, wanted, digest) = (self.audit().path().to_path_buf(), name.to_string(), *current.tool.digest());
-        let bundles = tokio::task::spawn_blocking(move || recorded_runs(&path, &wanted, &digest, last, since_unix_ms))
-            .await
-            .map_err(|e| ChangeError::Store(e.to_string()))?
-            .map_err(ChangeError::Store)?;
-        let mut checks = Vec::with_capacity(bundles.len());
-        let mut failures = Vec::new();
-        for id in &bundles {
-            match self.check_one(id, &tool).await {
-                Ok(check) => checks.push(check),
-                Err(e) => failures.push(format!("run {id} could not be checked: {e}")),
-            }
-        }
-        let report = GateReport::new(name, *current.tool.digest(), *tool.tool.digest(), checks);
-        failures.splice(0..0, config.gate.evaluate(&report));
-        let (report_digest, signature_digest) = self.keep_signed(&report).await?;
-        let passed = failures.is_empty();
-        let outcome = GateOutcome {
-            passed,
-            failures,
-            report_digest,
-            signature_digest,
-            candidate_revision: candidate,
-            current_revision: current.revision,
-            report,
-        };
-        let counts = serde_json::to_string(&outcome.report.counts).unwrap_or_default();
-        let detail = format!(
-            "candidate revision {candidate} against {} runs of revision {}: {counts}, fuel delta mean {:.0}; {}; report {report_digest}: {}",
-            outcome.report.runs(),
-            current.revision,
-            outcome.report.fuel_delta_mean,
-            if passed { "passed" } else { "failed" },
-            actor.reason
-        );
-        self.audit_tool_event("rollout_checked", actor.name, name, &detail).await?;
-        Ok(outcome)
-    }
-
-    async fn check_one(&self, id: &Digest, candidate: &RegisteredTool) -> Result<CandidateCheck, String> {
-        let (bundle, store) = crate::bundles::open(self, id).await?;
-        self.runtime()
-            .check_candidate(&bundle, store.as_ref(), &candidate.tool, &ReplayOptions::default())
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    /// Keep `report` in the store as canonical JSON, and its signature beside it.
-    async fn keep_signed(&self, report: &GateReport) -> Result<(Digest, Digest), ChangeError> {
-        let store_error = |e: String| ChangeError::Store(format!("cannot keep the gate report: {e}"));
-        let bytes = guild_replay::canonical::to_canonical_bytes(report).map_err(|e| store_error(e.to_string()))?;
-        let digest = self.store().put(&bytes).map_err(|e| store_error(e.to_string()))?;
-        let signature = self.runtime().sign(digest).await.map_err(|e| store_error(e.to_string()))?;
-        let signed = guild_replay::canonical::to_canonical_bytes(&signature).map_err(|e| store_error(e.to_string()))?;
-        let signature_digest = self.store().put(&signed).map_err(|e| store_error(e.to_string()))?;
-        Ok((digest, signature_digest))
-    }
-
-    /// After a live call of the current revision sealed `bundle`, run `candidate` against its
-    /// tape in the shadow lane (skipped when the lane is full) and count the verdict. Never
-    /// touches the caller's answer, quota or any real upstream.
-    pub(crate) fn shadow(self: &Arc<Self>, bundle: Digest, candidate: Arc<RegisteredTool>) {
-        let shadows = &self.rollout().shadows;
-        let Ok(permit) = shadows.lane.clone().try_acquire_owned() else {
-            self.metrics().shadow_runs.with_label_values(&[&candidate.name, "skipped"]).inc();
-            return;
-        };
-        let daemon = self.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let verdict = match daemon.check_one(&bundle, &candidate).await {
-                Ok(check) => {
-                    let label = check.verdict.label();
-                    daemon.rollout().shadows.keep(
-                        &candidate.name,
-                        ShadowSample { bundle, revision: candidate.revision, check: check.clone() },
-                    );
-                    label
-                }
-                Err(e) => {
-                    tracing::warn!(tool = %candidate.name, %bundle, error = %e, "a shadow run could not be made");
-                    "failed"
-                }
-            };
-            daemon.metrics().shadow_runs.with_label_values(&[&candidate.name, verdict]).inc();
-        });
-    }
-}
-
 /// The newest `last` runs of `tool` whose component is `digest` and that left a bundle, from the
 /// audit log at `path` (oldest first).
-fn recorded_runs(
+pub(crate) fn recorded_runs(
     path: &std::path::Path,
     tool: &str,
     digest: &Digest,
