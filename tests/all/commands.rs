@@ -69,6 +69,24 @@ fn guild_run_passes_arguments_streams_and_the_exit_code_through() {
     panicked.expect_code(1).expect_stderr("guild: trap").expect_stderr("asked to panic");
     // guild-tool components keep their own interface.
     guild.run(&["run", guild_test_artifacts::ECHO, "--", "x"]).expect_code(2).expect_stderr("for WASI commands");
+    // --input and command flags together are one too many ways to say the input.
+    guild
+        .run(&["run", WASI_COMMAND, "--input", r#"{"args": ["echo", "x"]}"#, "--", "echo", "y"])
+        .expect_code(2)
+        .expect_stderr("not both");
+    // stdin is read whole (a recorded run keeps all its input), up to --stdin-bytes.
+    let mut child = guild
+        .command()
+        .args(["run", WASI_COMMAND, "--stdin-bytes", "1000", "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("guild starts");
+    let _ = child.stdin.take().expect("stdin").write_all(&[b'x'; 5000]);
+    let out = child.wait_with_output().expect("guild ends");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--stdin-bytes"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[tokio::test]

@@ -6,6 +6,9 @@ use guild_runtime::egress::{EgressRule, SecretSource};
 use guild_runtime::{Access, Mount};
 use std::path::PathBuf;
 
+/// Default of `guild run --stdin-bytes`: 16 MiB.
+pub(crate) const STDIN_BYTES_MAX_DEFAULT: u64 = 16 << 20;
+
 /// Guild: run WebAssembly tools for AI agents under hard limits and explicit capabilities.
 #[derive(Debug, Parser)]
 #[command(name = "guild", version, about, long_about = None, after_help = EXIT_CODES_HELP)]
@@ -382,6 +385,10 @@ pub(crate) struct RunArgs {
     /// Print the summary on stderr as one JSON object instead of a line for people.
     #[arg(long)]
     pub(crate) summary_json: bool,
+    /// Most bytes read from stdin (a command's stdin, or `--input-file -`): a recorded run keeps
+    /// all of its input, so it is read whole before the run starts.
+    #[arg(long = "stdin-bytes", value_name = "BYTES", default_value_t = STDIN_BYTES_MAX_DEFAULT)]
+    pub(crate) stdin_bytes_max: u64,
     /// WASI commands only: set the environment variable NAME for the program (repeatable).
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
     pub(crate) envs: Vec<(String, String)>,

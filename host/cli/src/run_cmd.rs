@@ -45,6 +45,11 @@ pub(crate) fn run(global: &Global, args: RunArgs) -> Result<Exit, Failure> {
     let mut command_exit = None;
     let exit = block_on(async {
         let (tool, source) = runtime.load_file(&args.component).await.map_err(load_failure)?;
+        if tool.is_command() && input.is_some() && (!args.envs.is_empty() || !args.command_args.is_empty()) {
+            return Err(Failure::usage(
+                "give a command either --input JSON ({\"args\", \"stdin\", \"env\"}) or --env and arguments after --, not both",
+            ));
+        }
         if !tool.is_command() && (!args.envs.is_empty() || !args.command_args.is_empty()) {
             return Err(Failure::usage(format!(
                 "{} is a guild-tool component: --env and arguments after -- are for WASI commands; give it --input JSON",
@@ -86,8 +91,7 @@ fn command_input(args: &RunArgs) -> Result<String, Failure> {
         args.envs.iter().map(|(name, value)| (name.clone(), value.clone().into())).collect();
     let mut input = serde_json::json!({"args": args.command_args, "env": env});
     if !std::io::stdin().is_terminal() {
-        let mut stdin = Vec::new();
-        std::io::stdin().read_to_end(&mut stdin).map_err(|e| Failure::usage(format!("cannot read stdin: {e}")))?;
+        let stdin = read_stdin(args.stdin_bytes_max)?;
         input["stdin"] = match String::from_utf8(stdin) {
             Ok(text) => text.into(),
             Err(bytes) => {
@@ -162,16 +166,30 @@ pub(crate) fn block_on<F: std::future::Future<Output = Result<Exit, Failure>>>(f
         .block_on(future)
 }
 
+/// All of stdin, at most `max` bytes.
+///
+/// # Errors
+/// A usage failure naming `--stdin-bytes` when there is more, or the read's error.
+fn read_stdin(max: u64) -> Result<Vec<u8>, Failure> {
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| Failure::usage(format!("cannot read stdin: {e}")))?;
+    if bytes.len() as u64 > max {
+        return Err(Failure::usage(format!(
+            "stdin holds more than {max} bytes, the most a run reads (a recorded run keeps all its input); \
+             raise --stdin-bytes or pass a file through --dir"
+        )));
+    }
+    Ok(bytes)
+}
+
 fn read_input(args: &RunArgs) -> Result<String, Failure> {
     let text = match (&args.input, &args.input_file) {
         (Some(text), _) => text.clone(),
-        (None, Some(path)) if path.as_os_str() == "-" => {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .map_err(|e| Failure::usage(format!("cannot read input from stdin: {e}")))?;
-            text
-        }
+        (None, Some(path)) if path.as_os_str() == "-" => String::from_utf8(read_stdin(args.stdin_bytes_max)?)
+            .map_err(|e| Failure::usage(format!("the input on stdin is not UTF-8: {e}")))?,
         (None, Some(path)) => std::fs::read_to_string(path)
             .map_err(|e| Failure::usage(format!("cannot read input file {}: {e}", path.display())))?,
         (None, None) => "{}".to_string(),
