@@ -435,39 +435,36 @@ fn json_diff(before: &Value, after: &Value, path: &mut String, out: &mut Vec<Out
         (Value::Object(b), Value::Object(a)) => {
             let mut keys: Vec<&String> = b.keys().chain(a.keys().filter(|k| !b.contains_key(*k))).collect();
             keys.sort_unstable();
-            for key in keys {
-                let len = path.len();
-                path.push('/');
-                path.push_str(&key.replace('~', "~0").replace('/', "~1"));
-                let kept = match (b.get(key), a.get(key)) {
-                    (Some(b), Some(a)) => json_diff(b, a, path, out),
-                    (b, a) => one_change(out, path, b, a),
-                };
-                path.truncate(len);
-                if !kept {
-                    return false;
-                }
-            }
-            true
+            keys.into_iter().all(|key| {
+                let segment = key.replace('~', "~0").replace('/', "~1");
+                child_diff(&segment, b.get(key), a.get(key), path, out)
+            })
         }
         (Value::Array(b), Value::Array(a)) => {
-            for index in 0..b.len().max(a.len()) {
-                let len = path.len();
-                path.push('/');
-                path.push_str(&index.to_string());
-                let kept = match (b.get(index), a.get(index)) {
-                    (Some(b), Some(a)) => json_diff(b, a, path, out),
-                    (b, a) => one_change(out, path, b, a),
-                };
-                path.truncate(len);
-                if !kept {
-                    return false;
-                }
-            }
-            true
+            (0..b.len().max(a.len())).all(|index| child_diff(&index.to_string(), b.get(index), a.get(index), path, out))
         }
         _ => one_change(out, path, Some(before), Some(after)),
     }
+}
+
+/// Compare one member or element, at `path` + `/segment`: recursively when both sides have it,
+/// else as one change. `false` when `out` is full.
+fn child_diff(
+    segment: &str,
+    before: Option<&Value>,
+    after: Option<&Value>,
+    path: &mut String,
+    out: &mut Vec<OutputChange>,
+) -> bool {
+    let len = path.len();
+    path.push('/');
+    path.push_str(segment);
+    let kept = match (before, after) {
+        (Some(b), Some(a)) => json_diff(b, a, path, out),
+        (b, a) => one_change(out, path, b, a),
+    };
+    path.truncate(len);
+    kept
 }
 
 /// Append one difference; `false` when `out` is full.

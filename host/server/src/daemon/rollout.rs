@@ -261,18 +261,18 @@ impl Daemon {
         Ok(())
     }
 
-    /// With Redis: install every record that is newer there than here. Returns the generation
-    /// counter read.
-    pub(crate) async fn follow_once(&self) -> Option<u64> {
-        let redis = self.rollout().records.redis()?;
-        let generation = redis.tools_generation().await.ok()?;
+    /// With Redis: install every record that is newer there than here. Returns whether every
+    /// one was (false: Redis or a component failed; worth trying again).
+    pub(crate) async fn follow_once(&self) -> bool {
+        let Some(redis) = self.rollout().records.redis() else { return true };
         let records = match redis.tool_records().await {
             Ok(records) => records,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the tool records from Redis");
-                return None;
+                return false;
             }
         };
+        let mut all = true;
         for record in records {
             let local = self.tools().named(&record.name);
             if local.as_ref().is_some_and(|l| l.record.generation >= record.generation) {
@@ -287,10 +287,13 @@ impl Daemon {
                 Ok(named) => {
                     self.install_named(named);
                 }
-                Err(e) => tracing::warn!(error = %e, "a tool record from Redis cannot be installed here"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a tool record from Redis cannot be installed here");
+                    all = false;
+                }
             }
         }
-        Some(generation)
+        all
     }
 
     /// With Redis: follow the tool records for as long as the daemon runs.
@@ -306,8 +309,9 @@ impl Daemon {
             if seen == Some(generation) {
                 continue;
             }
-            if let Some(read) = self.follow_once().await {
-                seen = Some(read.min(generation));
+            // Records are read after this generation was: a change since bumps it again.
+            if self.follow_once().await {
+                seen = Some(generation);
             }
         }
     }

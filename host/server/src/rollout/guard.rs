@@ -159,10 +159,11 @@ fn stats(calls: &VecDeque<Call>) -> WindowStats {
 /// The first guard rail the window breaks, said for people.
 fn judge(calls: &VecDeque<Call>, candidate: &Candidate) -> Option<String> {
     let guard = &candidate.guard;
-    let (c, k) = (side(calls.iter().filter(|c| c.candidate)), side(calls.iter().filter(|c| !c.candidate)));
-    if c.calls < guard.min_calls.max(1) {
+    // Counted before anything is sorted: most calls come before the minimum sample.
+    if (calls.iter().filter(|c| c.candidate).count() as u64) < guard.min_calls.max(1) {
         return None;
     }
+    let (c, k) = (side(calls.iter().filter(|c| c.candidate)), side(calls.iter().filter(|c| !c.candidate)));
     let window = guard.window_s;
     let errors = percent(c.failed, c.calls);
     if errors > guard.error_rate_max_percent {
