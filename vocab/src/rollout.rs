@@ -679,6 +679,10 @@ mod tests {
         broken(&|r| r.revisions[0].component = "nothex".into());
         broken(&|r| r.candidate = Some(candidate(0, 1)));
         broken(&|r| r.candidate = Some(Candidate { tenants: vec!["t".repeat(500)], ..candidate(2, 1) }));
+        let many: Vec<String> = (0..=ROLLOUT_TENANTS_MAX).map(|n| n.to_string()).collect();
+        broken(&|r| r.candidate = Some(Candidate { tenants: many.clone(), ..candidate(2, 1) }));
+        let mut r = record.clone();
+        assert!(r.start(Candidate { tenants: many.clone(), ..candidate(2, 1) }).is_err(), "a canary past its tenants");
         // A candidate that names no revision is refused by rollback too, without panicking.
         let mut r = record.clone();
         r.candidate = Some(candidate(0, 1));

@@ -302,6 +302,12 @@ mod tests {
         let known = all.get("tool-1").expect("tool-1").clone();
         assert!(block_on(store.put(&known, known.generation)).expect("an existing name may change"));
 
+        // A file past TOOLS_FILE_BYTES_MAX is refused before it is read (a sparse file here).
+        let big = std::fs::File::create(dir.path().join("tools.json")).expect("create");
+        big.set_len(TOOLS_FILE_BYTES_MAX + 1).expect("grow");
+        let refused = block_on(store.load()).expect_err("too large");
+        assert!(refused.contains("at most"), "{refused}");
+
         std::fs::write(dir.path().join("tools.json"), br#"{"x": {"name": "y"}}"#).expect("write");
         let broken = block_on(store.load()).expect_err("does not decode");
         assert!(broken.contains("tools.json"), "{broken}");
