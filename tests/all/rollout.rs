@@ -219,7 +219,10 @@ fn a_candidate_is_gated_ramped_shadowed_rolled_back_and_promoted() {
         &daemon,
         "POST",
         "/v1/tools/greet/rollout",
-        json!({ "candidate": "2", "percent": 20, "force": true, "replace": true, "reason": "canary" }),
+        // Guard rails that never judge: this part is about the share of calls (on a loaded machine
+        // the candidate's p99 alone could roll it back half way).
+        json!({ "candidate": "2", "percent": 20, "force": true, "replace": true, "reason": "canary",
+                "guard": { "min_calls": 1_000_000 } }),
     );
     assert_eq!(started.status, 200, "{}", String::from_utf8_lossy(&started.body));
     let mut by_key = Vec::new();
@@ -248,7 +251,7 @@ fn a_candidate_is_gated_ramped_shadowed_rolled_back_and_promoted() {
         &daemon,
         "POST",
         "/v1/tools/greet/rollout",
-        json!({ "candidate": v5["component"], "percent": 50, "force": true, "replace": true, "guard": { "min_calls": 20, "window_s": 60 } }),
+        json!({ "candidate": v5["component"], "percent": 50, "force": true, "replace": true, "guard": { "min_calls": 20, "window_s": 60, "p99_ratio_max": 1000.0, "fuel_ratio_max": 1000.0 } }),
     );
     assert_eq!(started.status, 200, "{}", String::from_utf8_lossy(&started.body));
     let mut rolled_back = false;
