@@ -95,6 +95,12 @@ pub struct Action {
     /// bundle back (`GET /v1/bundles/{id}`). Absent for runs made from the command line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal: Option<Principal>,
+    /// For a hermetic run (a cacheable tool's): its action digest — blake3 over the component,
+    /// revision, canonical input, mounted trees, the policy and the limits that can change the
+    /// result, and the engine — from which its seed and clock readings were derived. A result
+    /// cache entry names the bundle whose action digest is its key. Absent for any other run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action_digest: Option<Digest>,
 }
 
 /// Who a run was for: a tenant, and the subject within it (a person or agent; the tenant itself
@@ -415,6 +421,7 @@ impl Bundle {
     ///     limits: Limits::default(),
     ///     engine: guild_vocab::EngineFingerprint { engine: "wasmtime 48.0.8".into(), ..Default::default() },
     ///     principal: None,
+    ///     action_digest: None,
     /// };
     /// let result = RunResult {
     ///     outcome: Outcome::Output { output: String::new() }, // the output is its own blob

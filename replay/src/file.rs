@@ -7,7 +7,11 @@ use std::path::Path;
 
 /// Write beside `path` (creating its directory) and rename into place: readers never see half
 /// a file.
-pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+///
+/// # Errors
+/// The I/O error of creating the directory, writing the file or renaming it; the file beside
+/// `path` is removed then.
+pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }

@@ -12,7 +12,7 @@ mod behind;
 mod bundle;
 pub mod canonical;
 mod digest;
-mod file;
+pub mod file;
 mod hex;
 pub mod merkle;
 mod pack;

@@ -53,6 +53,7 @@ fn scene() -> Scene {
         limits: guild_vocab::Limits { fuel_units: 1000, ..Default::default() },
         engine: guild_vocab::EngineFingerprint { engine: "wasmtime 48.0.8".into(), ..Default::default() },
         principal: None,
+        action_digest: None,
     };
     let result = RunResult {
         outcome: guild_vocab::Outcome::Output { output: String::new() },

@@ -2,6 +2,7 @@
 //! and hostile fixtures built for wasm32-wasip2 by `guild-test-artifacts`, on real directories.
 //! One test binary with a module per area, so it links once.
 
+mod cache;
 mod cli;
 mod commands;
 mod contained;

@@ -929,6 +929,11 @@ fn greeting(daemon: &Daemon) -> String {
 }
 
 /// How long until `done` holds, polling every 10 ms (at most 10 s).
+/// How long a node may take to follow another here: a node polls every 200 ms, so it follows
+/// well within a second on a quiet machine; on a machine busy compiling it took 2.2 s once, so
+/// the test allows more: it checks that nodes follow, not how fast this machine is.
+const FOLLOW_WITHIN: Duration = Duration::from_secs(5);
+
 fn until(done: impl Fn() -> bool) -> Duration {
     let started = Instant::now();
     while !done() {
@@ -960,14 +965,14 @@ fn rollouts_and_flags_reach_a_second_api_node_and_a_worker_through_redis() {
         record["candidate"]["revision"].as_u64() == n
     };
     let took = until(|| candidate_on_b(Some(2)));
-    assert!(took < Duration::from_secs(1), "B saw the rollout after {took:?}");
+    assert!(took < FOLLOW_WITHIN, "B saw the rollout after {took:?}");
     assert_eq!(greeting(&b), "hello, margaret!", "B routes to the candidate, which a worker runs");
 
     // A rollback on A: B's next calls go to revision 1.
     let back = a.call("POST", "/v1/tools/greet/rollout/rollback", TOKEN, r#"{"reason":"fleet test"}"#);
     assert_eq!(back.status, 200, "{}", String::from_utf8_lossy(&back.body));
     let took = until(|| candidate_on_b(None));
-    assert!(took < Duration::from_secs(1), "B saw the rollback after {took:?}");
+    assert!(took < FOLLOW_WITHIN, "B saw the rollback after {took:?}");
     assert_eq!(greeting(&b), "hello margaret");
 
     // Jobs queued while no worker runs, then the tool is switched off on A: B refuses new calls
@@ -985,10 +990,99 @@ fn rollouts_and_flags_reach_a_second_api_node_and_a_worker_through_redis() {
     // Probed asynchronously: no worker runs now, so a sync call would wait for one.
     let took =
         until(|| b.run(TOKEN, json!({ "tool": "greet", "input": { "name": "ada" }, "async": true })).status == 403);
-    assert!(took < Duration::from_secs(1), "B refused the disabled tool after {took:?}");
+    assert!(took < FOLLOW_WITHIN, "B refused the disabled tool after {took:?}");
     let _worker = Worker::start(&redis.url(), cache.path(), "w2", 2);
     let results = wait_all(&b, &queued, Duration::from_secs(30));
     for (id, body) in results {
         assert_eq!(body["error"]["status"], "tool_disabled", "job {id}: {body}");
     }
+}
+
+#[test]
+fn a_result_cached_through_one_api_node_answers_the_same_call_on_another_and_fleet_calls_run_once() {
+    let redis = RedisServer::start();
+    let (guild_a, guild_b) = (Guild::new(), Guild::new());
+    let text = format!(
+        r#"
+[[tools]]
+path = "{hash}"
+cache = true
+
+[[tenants]]
+name = "root"
+token_blake3 = "{root}"
+tools = ["*"]
+admin = true
+
+[[tenants]]
+name = "alice"
+token_blake3 = "{alice}"
+tools = ["*"]
+
+[[tenants]]
+name = "bob"
+token_blake3 = "{bob}"
+tools = ["*"]
+"#,
+        hash = guild_test_artifacts::HASH,
+        root = crate::daemon::token_digest(TOKEN),
+        alice = crate::daemon::token_digest("alice-token"),
+        bob = crate::daemon::token_digest("bob-token"),
+    );
+    let (file_a, file_b) =
+        (crate::daemon::config_file(guild_a.home(), &text), crate::daemon::config_file(guild_b.home(), &text));
+    let a = Daemon::start(&guild_a, &["--config", &file_a, "--redis", &redis.url()], QUEUE_ENV);
+    let b = Daemon::start(&guild_b, &["--config", &file_b, "--redis", &redis.url()], QUEUE_ENV);
+    let cache = tempfile::tempdir().expect("cache");
+    let _worker = Worker::start(&redis.url(), cache.path(), "w1", 4);
+    let call = json!({"tool": "hash", "input": {"text": "the fleet computes this once"}});
+
+    let first = a.run("alice-token", call.clone()).json();
+    assert_eq!(first["cache"], "stored", "{first}");
+    let second = b.run("alice-token", call.clone()).json();
+    assert_eq!(second["cache"], "hit", "the second node is answered from the shared entry: {second}");
+    assert_eq!(second["cached"], true);
+    assert_eq!(second["fuel_used_units"], 0);
+    assert_eq!(second["bundle"], first["bundle"]);
+    assert_eq!(second["output"], first["output"]);
+    // The hit is bob's own only when bob ran it: another tenant is never answered from alice's.
+    let bobs = b.run("bob-token", call).json();
+    assert_eq!(bobs["cache"], "stored", "{bobs}");
+    assert_ne!(bobs["bundle"], first["bundle"]);
+
+    // Twelve identical calls at once through both nodes: one job runs, the rest are answered.
+    let nodes = Arc::new([a, b]);
+    let call = json!({"tool": "hash", "input": {"text": "twelve at once"}});
+    let threads: Vec<_> = (0..12)
+        .map(|i| {
+            let (nodes, call) = (nodes.clone(), call.clone());
+            std::thread::spawn(move || nodes[i % 2].run("alice-token", call).json())
+        })
+        .collect();
+    let answers: Vec<serde_json::Value> = threads.into_iter().map(|t| t.join().expect("caller")).collect();
+    let ran = answers.iter().filter(|a| a["cache"] == "stored").count();
+    assert_eq!(ran, 1, "{answers:#?}");
+    assert!(answers.iter().all(|a| a["status"] == "succeeded" && a["output"] == answers[0]["output"]));
+    let fuel: u64 = answers.iter().map(|a| a["fuel_used_units"].as_u64().unwrap_or(0)).sum();
+    assert!(fuel > 0 && answers.iter().filter(|a| a["fuel_used_units"].as_u64() > Some(0)).count() == 1);
+
+    // The fleet's entries, seen and purged from either node; the audit trail names the hits.
+    let [a, b] = Arc::try_unwrap(nodes).unwrap_or_else(|_| panic!("callers are done"));
+    let stats = b.call("GET", "/v1/cache", TOKEN, "").json();
+    assert_eq!(stats["tools"][0]["entries"], 3, "{stats}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Each finished job is audited by one of the nodes, whichever read it from the done stream.
+    let hit_audited = || {
+        [&guild_a, &guild_b]
+            .iter()
+            .flat_map(|g| audit_records(g))
+            .any(|r| r["completion"] == "cache_hit" && r["bundle"] == first["bundle"] && r["fuel_used_units"] == 0)
+    };
+    while !hit_audited() {
+        assert!(Instant::now() < deadline, "no audit record of the hit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(a.call("DELETE", "/v1/cache/hash", TOKEN, "").json()["purged"], 3);
+    let again = b.run("alice-token", json!({"tool": "hash", "input": {"text": "the fleet computes this once"}})).json();
+    assert_eq!(again["cache"], "stored", "{again}");
 }

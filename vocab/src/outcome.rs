@@ -199,27 +199,41 @@ pub enum AttemptEnd {
     Retried,
     /// It was the last attempt and failed: the job is in the dead-letter stream.
     Dead,
+    /// Not run: answered from the result cache with an earlier run's output and bundle.
+    CacheHit,
+    /// Not run: answered by an identical call that was in flight at the same moment.
+    CacheMerged,
 }
 
 impl AttemptEnd {
-    /// `completed`, `duplicate`, `retried` or `dead`.
+    /// `completed`, `duplicate`, `retried`, `dead`, `cache_hit` or `cache_merged`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Completed => "completed",
             Self::Duplicate => "duplicate",
             Self::Retried => "retried",
             Self::Dead => "dead",
+            Self::CacheHit => "cache_hit",
+            Self::CacheMerged => "cache_merged",
         }
     }
 
     /// The ending named `text`, if there is one.
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Completed, Self::Duplicate, Self::Retried, Self::Dead].into_iter().find(|end| end.as_str() == text)
+        [Self::Completed, Self::Duplicate, Self::Retried, Self::Dead, Self::CacheHit, Self::CacheMerged]
+            .into_iter()
+            .find(|end| end.as_str() == text)
     }
 
-    /// Whether the job ends with this attempt (its result is the job's, or it is dead).
+    /// Whether the job ends with this attempt (its result is the job's, or it is dead, or it
+    /// was answered from an earlier or concurrent run).
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Completed | Self::Dead)
+        matches!(self, Self::Completed | Self::Dead | Self::CacheHit | Self::CacheMerged)
+    }
+
+    /// Whether the call was answered with another run's result (its bundle is that run's).
+    pub fn is_reuse(self) -> bool {
+        matches!(self, Self::CacheHit | Self::CacheMerged)
     }
 }
 

@@ -1,8 +1,8 @@
-//! `guild rollout …` and `guild tool upload|revisions|disable|enable`: the daemon's tool
-//! administration routes, called over HTTP with the admin token from `GUILD_TOKEN`. Tables for
+//! `guild rollout …`, `guild tool upload|revisions|disable|enable` and `guild cache
+//! stats|purge`: the daemon's tool and cache administration routes, called over HTTP with the admin token from `GUILD_TOKEN`. Tables for
 //! people; `--json` prints the daemon's answer as it came.
 
-use crate::args::{DaemonFlags, RolloutCommand, ToolCommand};
+use crate::args::{CacheCommand, DaemonFlags, RolloutCommand, ToolCommand};
 use crate::exit::{Exit, Failure};
 use crate::out;
 use http_body_util::{BodyExt, Full};
@@ -48,6 +48,42 @@ pub(crate) fn tool(command: ToolCommand) -> Result<Exit, Failure> {
         }
         ToolCommand::Disable(a) => flag(&a, true),
         ToolCommand::Enable(a) => flag(&a, false),
+    }
+}
+
+/// `guild cache stats|purge`.
+pub(crate) fn cache(command: CacheCommand) -> Result<Exit, Failure> {
+    match command {
+        CacheCommand::Stats(a) => {
+            let answer = call(&a.daemon, Method::GET, "/v1/cache", Body::None)?;
+            if a.daemon.json {
+                return print_json(&answer);
+            }
+            out!("{:<24} {:>9} {:>12} {:>8} {:>11}", "TOOL", "ENTRIES", "BYTES", "TTL_S", "ENTRIES_MAX");
+            for tool in answer["tools"].as_array().into_iter().flatten() {
+                out!(
+                    "{:<24} {:>9} {:>12} {:>8} {:>11}",
+                    text(&tool["tool"]),
+                    tool["entries"],
+                    tool["bytes"],
+                    tool["policy"]["ttl_s"],
+                    tool["policy"]["entries_max"]
+                );
+            }
+            Ok(Exit::Success)
+        }
+        CacheCommand::Purge(a) => {
+            let path = match &a.tool {
+                Some(tool) => format!("/v1/cache/{}", segment(tool)),
+                None => "/v1/cache".to_string(),
+            };
+            let answer = call(&a.daemon, Method::DELETE, &path, Body::None)?;
+            if a.daemon.json {
+                return print_json(&answer);
+            }
+            out!("purged {} entries", answer["purged"]);
+            Ok(Exit::Success)
+        }
     }
 }
 

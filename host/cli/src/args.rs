@@ -54,6 +54,9 @@ pub(crate) enum Command {
     /// runs (the replay gate), ramp it on a share of calls, promote it or roll back.
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// A running daemon's result cache: entries held per cached tool, and dropping them.
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Verify, inspect and export replay bundles.
     #[command(subcommand)]
     Bundle(BundleCommand),
@@ -447,6 +450,29 @@ pub(crate) struct UploadArgs {
     /// A note kept with the revision.
     #[arg(long, default_value = "")]
     pub(crate) note: String,
+    #[command(flatten)]
+    pub(crate) daemon: DaemonFlags,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CacheCommand {
+    /// Entries and bytes held per cached tool, with each tool's policy.
+    Stats(CacheStatsArgs),
+    /// Drop the entries of one tool (--tool) or of every tool; the next identical calls run.
+    Purge(CachePurgeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CacheStatsArgs {
+    #[command(flatten)]
+    pub(crate) daemon: DaemonFlags,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CachePurgeArgs {
+    /// Only this tool's entries.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) tool: Option<String>,
     #[command(flatten)]
     pub(crate) daemon: DaemonFlags,
 }

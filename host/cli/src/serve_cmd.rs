@@ -139,6 +139,7 @@ pub(crate) fn extra_tools(args: &ToolFlags, examples: bool) -> Vec<ToolSpec> {
         field,
         only_requested_mounts: true,
         command: Default::default(),
+        cache: None,
     };
     let mut specs = Vec::new();
     if examples && !args.no_examples {

@@ -41,6 +41,9 @@ pub(crate) fn worker(global: &Global, args: WorkerArgs) -> Result<Exit, Failure>
     tokio.block_on(async {
         tracing::info!(worker = %name, concurrency, queue = %queue.settings().queue, "worker started");
         let shared_store = guild_server::shared_store(&config).map_err(|e| Failure::usage(e.to_string()))?;
+        let mut trusted_keys: Vec<guild_replay::PublicKey> = runtime.public_key().into_iter().collect();
+        // The config was validated: every key parses.
+        trusted_keys.extend(config.cache.trusted_keys.iter().filter_map(|k| k.parse::<guild_replay::PublicKey>().ok()));
         let setup = WorkerSetup {
             queue,
             runtime,
@@ -49,6 +52,7 @@ pub(crate) fn worker(global: &Global, args: WorkerArgs) -> Result<Exit, Failure>
             concurrency,
             secrets,
             shared_store,
+            trusted_keys,
         };
         let summary = run_worker(setup, shutdown_signal(), Duration::from_millis(args.drain)).await;
         if let Err(e) = store.flush() {

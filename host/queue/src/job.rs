@@ -34,6 +34,11 @@ pub struct Job {
     pub attempts_max: u32,
     /// When it was submitted, ms since the Unix epoch.
     pub submitted_unix_ms: u64,
+    /// For a cached tool: the bounds of its shared entries. The worker then runs it hermetic,
+    /// answers it from an entry when one fits, and stores its result when its tape proves it
+    /// reusable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::JobCache>,
 }
 
 /// How a job ended: what `GET /v1/runs/{id}` shows on every node and what the audit log keeps.
@@ -74,6 +79,10 @@ pub struct JobResult {
     pub attempt: u32,
     /// The worker that ran it.
     pub worker: String,
+    /// For a cached tool: what the result cache did — `hit` or `merged` (answered with another
+    /// run's output and bundle, no fuel burnt), `stored`, or `miss: WHY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
 }
 
 /// A job a worker holds: it runs it, renews the lease while it does, then completes or fails it.
@@ -115,6 +124,7 @@ impl Job {
                     idempotency_key: value.get("idempotency_key").and_then(|v| v.as_str()).map(str::to_string),
                     attempts_max: 1,
                     submitted_unix_ms: 0,
+                    cache: None,
                 };
                 (job, Some(format!("the job's body does not fit this worker's version: {e}")))
             }
@@ -296,6 +306,7 @@ mod tests {
             idempotency_key: Some("k".into()),
             attempts_max: 3,
             submitted_unix_ms: 1,
+            cache: None,
         };
         let text = serde_json::to_string(&job).expect("serializes");
         assert_eq!(serde_json::from_str::<Job>(&text).expect("parses"), job);
@@ -339,6 +350,7 @@ mod tests {
             idempotency_key: None,
             attempts_max: 1,
             submitted_unix_ms: 1,
+            cache: None,
         }
     }
 }

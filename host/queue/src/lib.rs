@@ -15,15 +15,20 @@
 //! way. Every loop that talks to Redis waits on the one backoff in `retry.rs`. This crate knows
 //! nothing of wasmtime: it moves jobs, it does not run them.
 
+mod cache;
 mod embedded;
 mod job;
 mod redis;
 mod retry;
 
+pub use cache::{CacheKey, CacheRecord, CachedValue, JobCache, check_entry};
 pub use embedded::{QueueFull, RunQueue, Slot, Ticket};
 pub use job::{
     Accepted, Completion, DeadJob, Disposition, Job, JobResult, JobState, JobStatus, Lease, QueueStats, WorkerStats,
     now_unix_ms,
 };
-pub use redis::{DoneEntry, DoneRead, QueueError, RedisQueue, RedisSettings, TOOL_RECORD_BYTES_MAX, TOOL_RECORDS_MAX};
+pub use redis::{
+    CACHE_VALUE_BYTES_MAX, DoneEntry, DoneRead, QueueError, RedisQueue, RedisSettings, SharedCacheStats,
+    TOOL_RECORD_BYTES_MAX, TOOL_RECORDS_MAX,
+};
 pub use retry::{REDIS_RETRY_MAX, backoff_ms, redis_retry};

@@ -26,6 +26,7 @@ mod gate;
 mod gpu;
 mod gpu_buffer;
 mod guard;
+mod hermetic;
 mod info;
 mod logs;
 mod outcome;
@@ -64,13 +65,14 @@ pub use guild_vocab::{
     Access, AttemptEnd, Capabilities, Determinism, DirRequest, EffectivePolicy, EngineFingerprint, Failure,
     FailureCode, Grants, Mount, Outcome, PolicyError, PolicyRecord, RunStatus, ToolErrorKind, ToolInfo,
 };
+pub use hermetic::{Hermetic, NotCacheable, RunMode};
 pub use logs::{LogLevel, LogLine, LogSource};
 pub use record::Divergence;
 pub use recording::RecordingConfig;
 pub use replaying::{DivergenceClass, Mismatch, REPLAY_BACKSTOP_MS_DEFAULT, ReplayError, ReplayOptions, ReplayReport};
 pub use run::{
-    DESCRIBE_FUEL_UNITS, DESCRIBE_TIMEOUT_MS, FUEL_YIELD_INTERVAL_UNITS, RunFor, RunReport, Runtime, RuntimeConfig,
-    TOOLS_LOADED_MAX_DEFAULT, Tool,
+    DESCRIBE_FUEL_UNITS, DESCRIBE_TIMEOUT_MS, FUEL_YIELD_INTERVAL_UNITS, Prepared, RunFor, RunReport, Runtime,
+    RuntimeConfig, TOOLS_LOADED_MAX_DEFAULT, Tool,
 };
 pub use signer::{
     BatchSigner, SIGN_BATCH_LEAVES_MAX_DEFAULT, SIGN_BATCH_WAIT_US_DEFAULT, SIGN_BATCH_WAIT_US_MAX, SignBatchLimits,

@@ -44,6 +44,41 @@ pub(crate) struct Recorder {
     recording_bytes_max: u64,
     /// Where a limit this recorder hits stops the run.
     stop: Arc<Stop>,
+    /// A hermetic run's clocks: live readings come from here instead of the real clocks.
+    synthetic: Option<Arc<SyntheticClock>>,
+}
+
+/// The clocks of a hermetic run: readings that depend only on how many were taken before.
+/// The wall clock reads `wall_base` plus [`SyntheticClock::STEP`] per earlier reading (of
+/// either clock), the monotonic clock that many steps since 0.
+#[derive(Debug)]
+pub(crate) struct SyntheticClock {
+    wall_base: Duration,
+    reads: AtomicU64,
+}
+
+impl SyntheticClock {
+    /// How far each reading is from the one before it.
+    pub(crate) const STEP: Duration = Duration::from_micros(1);
+
+    pub(crate) fn new(wall_base: Duration) -> Self {
+        Self { wall_base, reads: AtomicU64::new(0) }
+    }
+
+    fn step(&self) -> Duration {
+        let n = self.reads.fetch_add(1, Ordering::Relaxed);
+        Self::STEP.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    /// The next wall-clock reading, since the Unix epoch.
+    pub(crate) fn wall(&self) -> Duration {
+        self.wall_base.saturating_add(self.step())
+    }
+
+    /// The next monotonic reading, ns.
+    pub(crate) fn monotonic(&self) -> u64 {
+        u64::try_from(self.step().as_nanos()).unwrap_or(u64::MAX)
+    }
 }
 
 struct RecorderState {
@@ -182,7 +217,14 @@ impl Recorder {
             fuel_limit,
             recording_bytes_max,
             stop,
+            synthetic: None,
         }
+    }
+
+    /// Take live clock readings from `clock` instead of the real clocks (a hermetic run).
+    pub(crate) fn with_synthetic_clock(mut self, clock: SyntheticClock) -> Self {
+        self.synthetic = Some(Arc::new(clock));
+        self
     }
 
     /// Refuse to record past a limit: raise it once, and record nothing more.
@@ -351,6 +393,11 @@ impl Recorder {
 
     /// The finished tape, and where a replay first diverged (including a replay that ended
     /// before or after the original).
+    /// Look at the tape recorded so far.
+    pub(crate) fn with_tape<R>(&self, look: impl FnOnce(&Tape) -> R) -> R {
+        look(&self.lock().tape)
+    }
+
     pub(crate) fn finish(&self) -> (Tape, Option<Divergence>) {
         let mut state = self.lock();
         let mut divergence = state.divergence.clone();
@@ -380,7 +427,10 @@ impl HostWallClock for TapeWallClock {
     fn now(&self) -> Duration {
         let now = match self.0.clock_answer(Lane::Wall) {
             Some(Effect::WallClock { seconds, nanoseconds }) => Duration::new(seconds, nanoseconds),
-            _ => SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default(),
+            _ => match &self.0.synthetic {
+                Some(clock) => clock.wall(),
+                None => SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default(),
+            },
         };
         self.0.record(Effect::WallClock { seconds: now.as_secs(), nanoseconds: now.subsec_nanos() });
         now
@@ -401,7 +451,10 @@ impl HostMonotonicClock for TapeMonotonicClock {
     fn now(&self) -> u64 {
         let now = match self.recorder.clock_answer(Lane::Monotonic) {
             Some(Effect::MonotonicClock { nanoseconds }) => nanoseconds,
-            _ => u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            _ => match &self.recorder.synthetic {
+                Some(clock) => clock.monotonic(),
+                None => u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            },
         };
         self.recorder.record(Effect::MonotonicClock { nanoseconds: now });
         now

@@ -4,6 +4,7 @@
 //! [`BatchSigner`]).
 
 use crate::error::RunError;
+use crate::hermetic::MountedTree;
 use crate::record::Recorder;
 use crate::run::types::{Execution, Tool};
 use crate::signer::{BatchSigner, SignBatchLimits};
@@ -102,27 +103,68 @@ fn tree_error(error: TreeError) -> RunError {
     }
 }
 
-/// Record what every tape starts with: the seed, then each mount as the guest will find it.
-pub(crate) fn record_prelude(
-    recorder: &Recorder,
+/// A mount as it was captured before the run: its tree (stored) and its size.
+pub(crate) struct CapturedMount {
+    pub(crate) mounted: MountedTree,
+    pub(crate) entries: u64,
+    pub(crate) bytes: u64,
+}
+
+/// Capture each mount's Merkle tree as the guest will find it, storing its files and
+/// directories for the bundle.
+pub(crate) fn capture_mounts(
     store: &dyn BlobStore,
     policy: &EffectivePolicy,
-    seed: &[u8; 32],
     tree_limits: TreeLimits,
     file_digests: Option<&FileDigestCache>,
-) -> Result<(), RunError> {
+) -> Result<Vec<CapturedMount>, RunError> {
+    policy
+        .mounts
+        .iter()
+        .map(|mount| {
+            let summary =
+                tree::capture_cached(&mount.host_path, store, tree_limits, file_digests).map_err(tree_error)?;
+            Ok(CapturedMount {
+                mounted: MountedTree { guest_path: mount.guest_path.clone(), access: mount.access, tree: summary.root },
+                entries: summary.entries,
+                bytes: summary.bytes,
+            })
+        })
+        .collect()
+}
+
+/// Record what every tape starts with: the seed, then each mount as the guest will find it.
+pub(crate) fn record_prelude(recorder: &Recorder, seed: &[u8; 32], mounts: &[CapturedMount]) {
     recorder.record(Effect::RandomSeed { seed: Digest::from_bytes(*seed).to_hex() });
-    for mount in &policy.mounts {
-        let summary = tree::capture_cached(&mount.host_path, store, tree_limits, file_digests).map_err(tree_error)?;
+    for mount in mounts {
         recorder.record(Effect::Mount {
-            guest_path: mount.guest_path.clone(),
-            access: mount.access.to_string(),
-            tree: summary.root,
-            entries: summary.entries,
-            bytes: summary.bytes,
+            guest_path: mount.mounted.guest_path.clone(),
+            access: mount.mounted.access.to_string(),
+            tree: mount.mounted.tree,
+            entries: mount.entries,
+            bytes: mount.bytes,
         });
     }
-    Ok(())
+}
+
+/// The trees the read-only mounts hold now, by guest path (after a hermetic run: the same as
+/// before it, or the result does not stand for its action). A mount that can no longer be
+/// captured is left out, which no tree captured before matches.
+pub(crate) fn read_only_roots(
+    store: &dyn BlobStore,
+    policy: &EffectivePolicy,
+    tree_limits: TreeLimits,
+    file_digests: Option<&FileDigestCache>,
+) -> Vec<(String, Digest)> {
+    policy
+        .mounts
+        .iter()
+        .filter(|m| m.access == Access::ReadOnly)
+        .filter_map(|m| {
+            let summary = tree::capture_cached(&m.host_path, store, tree_limits, file_digests).ok()?;
+            Some((m.guest_path.clone(), summary.root))
+        })
+        .collect()
 }
 
 /// Bounds on the trees a run's bundle holds: the mounts' own, plus what the run may have
@@ -208,6 +250,7 @@ impl RecordingConfig {
         execution: &Execution,
         recorder: &Recorder,
         run_for: Option<&crate::RunFor<'_>>,
+        action_digest: Option<Digest>,
     ) -> Result<(Unsigned, Option<LimitHit>), RunError> {
         let store_error = |e: guild_replay::StoreError| RunError::Record(e.to_string());
         let store: &dyn BlobStore = self.store.as_ref();
@@ -251,6 +294,7 @@ impl RecordingConfig {
             limits: limits.clone(),
             engine: fingerprint.clone(),
             principal: run_for.map(|r| r.principal.clone()),
+            action_digest,
         };
         let result = RunResult {
             outcome: outcome.without_output(),

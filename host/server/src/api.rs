@@ -46,6 +46,7 @@ pub fn router(daemon: Arc<Daemon>) -> axum::Router {
         .route("/v1/tools", get(list_tools))
         .route("/v1/tools", post(upload_tool).layer(DefaultBodyLimit::max(component_bytes_max)))
         .merge(crate::api_tools::routes(component_bytes_max))
+        .merge(crate::api_cache::routes())
         .route("/v1/runs", post(create_run).layer(DefaultBodyLimit::max(request_bytes_max)))
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/bundles/{id}", get(get_bundle))
@@ -85,6 +86,15 @@ async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
 async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
     daemon.metrics().queue_depth.set(daemon.queue().depth() as i64);
     daemon.metrics().runs_in_flight.set(daemon.queue().in_flight() as i64);
+    for tool in daemon.cache().stats() {
+        daemon.metrics().cache.entries.with_label_values(&[&tool.tool]).set(tool.entries as i64);
+        daemon
+            .metrics()
+            .cache
+            .bytes
+            .with_label_values(&[&tool.tool])
+            .set(i64::try_from(tool.bytes).unwrap_or(i64::MAX));
+    }
     if let Some(remote) = daemon.remote() {
         match remote.queue.stats().await {
             Ok(stats) => daemon.metrics().redis.set(&stats),
@@ -399,6 +409,9 @@ mod tests {
             ("/v1/runs", "post"),
             ("/v1/runs/{id}", "get"),
             ("/v1/bundles/{id}", "get"),
+            ("/v1/cache", "get"),
+            ("/v1/cache", "delete"),
+            ("/v1/cache/{tool}", "delete"),
             ("/mcp", "post"),
         ];
         for (path, method) in routes {

@@ -16,10 +16,12 @@
 //! tests).
 
 mod api;
+mod api_cache;
 mod api_error;
 mod api_tools;
 mod auth;
 mod bundles;
+pub mod cache;
 pub mod config;
 mod daemon;
 pub mod descriptors;

@@ -182,6 +182,10 @@ fn finished_result(run: &str, finished: &Finished, output: Option<String>) -> Ca
         meta.0.insert("guild/revision".into(), revision.into());
     }
     meta.0.insert("guild/wall_time_us".into(), finished.wall_time_us.into());
+    if let Some(cache) = &finished.cache {
+        meta.0.insert("guild/cached".into(), cache.cached().into());
+        meta.0.insert("guild/cache".into(), cache.to_string().into());
+    }
     let Some(output) = output else {
         let message = match finished.message() {
             "" => "the run failed".to_string(),
@@ -350,6 +354,7 @@ mod tests {
             fuel_used_units: 7,
             wall_time_us: 1,
             revision: None,
+            cache: None,
         };
         let result = serde_json::to_value(finished_result("run-1", &finished, None)).expect("serializes");
         assert_eq!(result["isError"], true);
@@ -366,6 +371,7 @@ mod tests {
             fuel_used_units: 1,
             wall_time_us: 1,
             revision: None,
+            cache: None,
         };
         let result = finished_result("r", &finished, Some(r#"{"n":1}"#.into()));
         let result = serde_json::to_value(result).expect("serializes");

@@ -10,6 +10,8 @@ use prometheus::{
 /// Every metric the daemon exports, registered in one registry.
 pub struct Metrics {
     registry: Registry,
+    /// The result cache's series.
+    pub cache: CacheMetrics,
     /// `guild_runs_total`: finished runs by tool, revision, tenant and outcome.
     pub runs: IntCounterVec,
     /// Wall time of a run (queue wait excluded), by tool and revision.
@@ -138,6 +140,51 @@ const RUN_SECONDS_BUCKETS: &[f64] = &[
     30.0,
 ];
 
+/// The result cache's series.
+pub struct CacheMetrics {
+    /// `guild_cache_requests_total`: calls of cached tools by tool and result (`hit`, `merged`,
+    /// `stored`, `miss` — run and not stored — and `rejected`: an entry that failed its check).
+    pub requests: IntCounterVec,
+    /// `guild_cache_fuel_saved_units_total`: fuel the answered runs burnt once, not again.
+    pub fuel_saved_units: IntCounterVec,
+    /// `guild_cache_verify_total`: sampled hits replayed in the background, by tool and result
+    /// (`match`, `mismatch`, `failed`).
+    pub verify: IntCounterVec,
+    /// `guild_cache_entries`: entries held, by tool (as of the last scrape).
+    pub entries: IntGaugeVec,
+    /// `guild_cache_bytes`: bytes of output held, by tool (as of the last scrape).
+    pub bytes: IntGaugeVec,
+}
+
+impl CacheMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let requests = IntCounterVec::new(
+            Opts::new("cache_requests_total", "Calls of cached tools by tool and cache result."),
+            &["tool", "result"],
+        )?;
+        let fuel_saved_units = IntCounterVec::new(
+            Opts::new(
+                "cache_fuel_saved_units_total",
+                "Fuel not burnt again because a call was answered from the cache.",
+            ),
+            &["tool"],
+        )?;
+        let verify = IntCounterVec::new(
+            Opts::new("cache_verify_total", "Sampled cache hits replayed in the background, by tool and result."),
+            &["tool", "result"],
+        )?;
+        let entries = IntGaugeVec::new(Opts::new("cache_entries", "Result cache entries held, by tool."), &["tool"])?;
+        let bytes =
+            IntGaugeVec::new(Opts::new("cache_bytes", "Bytes of output the result cache holds, by tool."), &["tool"])?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(fuel_saved_units.clone()))?;
+        registry.register(Box::new(verify.clone()))?;
+        registry.register(Box::new(entries.clone()))?;
+        registry.register(Box::new(bytes.clone()))?;
+        Ok(Self { requests, fuel_saved_units, verify, entries, bytes })
+    }
+}
+
 impl Metrics {
     /// Register every metric; `version` and `wasmtime` label the build-info gauge.
     ///
@@ -214,8 +261,10 @@ impl Metrics {
         registry.register(Box::new(api_errors.clone()))?;
         registry.register(Box::new(build))?;
         let redis = RedisMetrics::new(&registry)?;
+        let cache = CacheMetrics::new(&registry)?;
         Ok(Self {
             redis,
+            cache,
             registry,
             runs,
             shadow_runs,
@@ -234,6 +283,16 @@ impl Metrics {
             audit_records,
             api_errors,
         })
+    }
+
+    /// Start a cached tool's series at zero.
+    pub fn register_cached_tool(&self, tool: &str) {
+        for result in ["hit", "merged", "stored", "miss", "rejected"] {
+            self.cache.requests.with_label_values(&[tool, result]);
+        }
+        self.cache.fuel_saved_units.with_label_values(&[tool]);
+        self.cache.entries.with_label_values(&[tool]);
+        self.cache.bytes.with_label_values(&[tool]);
     }
 
     /// Start a tool's series at zero (its current revision's), so dashboards show it before

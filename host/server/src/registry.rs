@@ -2,6 +2,7 @@
 //! with the grants and limits the operator gave it and its input schema compiled once, so a
 //! request is validated before anything runs.
 
+use crate::cache::CachePolicy;
 use crate::config::{ConfigError, DaemonConfig};
 use guild_replay::Digest;
 use guild_runtime::egress::{Secret, SecretGrant, SecretSource};
@@ -45,6 +46,8 @@ pub struct ToolSpec {
     /// For a WASI command: its description, allowed environment and fixed arguments (its name
     /// is `name`, else the file's stem). Ignored for `guild-tool` components.
     pub command: CommandSpec,
+    /// How its results are cached; `None`: not at all.
+    pub cache: Option<CachePolicy>,
 }
 
 /// What the config says about a WASI command.
@@ -72,6 +75,8 @@ pub struct RegisteredTool {
     pub limits: Limits,
     /// Where its bytes can be read again (to hand them to Redis workers).
     pub source: ToolSource,
+    /// How its results are cached (hermetic runs); `None`: not at all.
+    pub cache: Option<CachePolicy>,
     validator: Option<jsonschema::Validator>,
 }
 
@@ -95,7 +100,7 @@ impl RegisteredTool {
                 None
             }
         };
-        Self { name, revision: 1, tool, grants, limits, source, validator }
+        Self { name, revision: 1, tool, grants, limits, source, cache: None, validator }
     }
 
     /// The same registration as revision `revision`.
@@ -152,6 +157,8 @@ pub struct Base {
     pub limits: Limits,
     /// Keep only the mounts each revision asks for (grants shared by many tools, e.g. `--dir`).
     pub only_requested_mounts: bool,
+    /// How every revision's results are cached; `None`: not at all.
+    pub cache: Option<CachePolicy>,
 }
 
 impl Base {
@@ -163,7 +170,10 @@ impl Base {
             let asked = &tool.info().capabilities.dirs;
             grants.mounts.retain(|m| asked.iter().any(|d| d.guest_path == m.guest_path));
         }
-        RegisteredTool::new(name.to_string(), tool, grants, self.limits.clone(), source).as_revision(revision)
+        RegisteredTool {
+            cache: self.cache.clone(),
+            ..RegisteredTool::new(name.to_string(), tool, grants, self.limits.clone(), source).as_revision(revision)
+        }
     }
 }
 
@@ -379,6 +389,7 @@ impl Registry {
                 grants: spec.grants.clone(),
                 limits: spec.limits.clone(),
                 only_requested_mounts: spec.only_requested_mounts,
+                cache: spec.cache.clone(),
             };
             let registered = base.register(&name, 1, tool, spec.source.clone());
             self.insert(registered, base, "config").map_err(|e| fail(e.to_string()))?;
@@ -471,6 +482,7 @@ impl ToolSpec {
                         env: tool.env.clone(),
                         args: tool.args.clone(),
                     },
+                    cache: tool.cache.as_ref().and_then(crate::cache::CacheSetting::policy),
                 });
             }
         }

@@ -84,6 +84,11 @@ impl Daemon {
         };
         for tool in self.tools().all() {
             self.metrics().register_tool(&tool.name, tool.revision);
+            if let Some(policy) = &tool.cache {
+                self.metrics().register_cached_tool(&tool.name);
+                // Lowered bounds apply at once, not at the next store.
+                self.cache().bound(&tool.name, policy);
+            }
         }
         self.tools_changed();
         let summary = format!(

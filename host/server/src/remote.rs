@@ -251,6 +251,7 @@ impl Remote {
             fuel_used_units: 0,
             wall_time_us: 0,
             revision: None,
+            cache: None,
         });
         for sender in senders {
             let _ = sender.send(RunState::Finished(finished.clone()));
@@ -398,7 +399,12 @@ fn audit_entry(done: &DoneEntry) -> AuditEntry {
         idempotency_key: r.idempotency_key.clone(),
         attempt: Some(r.attempt),
         worker: Some(r.worker.clone()),
-        completion: Some(done.kind),
+        // A job a worker answered with another run's result says so, like one answered here.
+        completion: Some(match r.cache.as_deref() {
+            Some("hit") => guild_vocab::AttemptEnd::CacheHit,
+            Some("merged") => guild_vocab::AttemptEnd::CacheMerged,
+            _ => done.kind,
+        }),
         event: None,
     }
 }
@@ -412,6 +418,7 @@ pub(crate) fn finished(result: &JobResult) -> Finished {
         fuel_used_units: result.fuel_used_units,
         wall_time_us: result.wall_time_us,
         revision: result.revision,
+        cache: result.cache.as_deref().map(crate::cache::CacheState::parse),
     }
 }
 

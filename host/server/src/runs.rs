@@ -50,6 +50,8 @@ pub struct Finished {
     pub wall_time_us: u64,
     /// Which revision of the tool's name ran (none for a run that never reached one).
     pub revision: Option<u32>,
+    /// For a cached tool's call: what the result cache did (a hit's bundle is the earlier run's).
+    pub cache: Option<crate::cache::CacheState>,
 }
 
 impl Finished {
@@ -104,6 +106,13 @@ pub(crate) struct FinishedBody<'a> {
     /// For a job in Redis: the worker that ran it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) worker: Option<&'a str>,
+    /// For a cached tool: whether the answer is an earlier (or concurrent) run's, whose bundle
+    /// it names, with no fuel charged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cached: Option<bool>,
+    /// For a cached tool: `hit`, `merged`, `stored`, or `miss: WHY` (`miss: http request`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cache: Option<String>,
 }
 
 impl<'a> FinishedBody<'a> {
@@ -118,6 +127,8 @@ impl<'a> FinishedBody<'a> {
             wall_time_us: finished.wall_time_us,
             revision: finished.revision,
             worker: None,
+            cached: finished.cache.as_ref().map(crate::cache::CacheState::cached),
+            cache: finished.cache.as_ref().map(ToString::to_string),
         }
     }
 }
@@ -310,6 +321,7 @@ mod tests {
             fuel_used_units: 1,
             wall_time_us: 1,
             revision: None,
+            cache: None,
         }
     }
 

@@ -121,6 +121,9 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
     let metrics = Metrics::new(env!("CARGO_PKG_VERSION"), guild_runtime::wasmtime_version())?;
     for tool in tools.all() {
         metrics.register_tool(&tool.name, tool.revision);
+        if tool.cache.is_some() {
+            metrics.register_cached_tool(&tool.name);
+        }
         if let Some(named) = tools.named(&tool.name) {
             let ramp = named.record.candidate.as_ref().map_or(0.0, |c| f64::from(c.ramp_bp) / 10_000.0);
             metrics.rollout_ramp.with_label_values(&[&tool.name]).set(ramp);
@@ -131,6 +134,15 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
     }
     let queue =
         RunQueue::new(config.queue.runs_in_flight_max, config.queue.depth_max, config.queue.runs_committing_max);
+    let mut trusted: Vec<guild_replay::PublicKey> = runtime.public_key().into_iter().collect();
+    // Validation checked every key parses.
+    trusted.extend(config.cache.trusted_keys.iter().filter_map(|k| k.parse::<guild_replay::PublicKey>().ok()));
+    let cache = crate::cache::ResultCache::open(
+        state_dir.join("cache"),
+        store.clone(),
+        trusted,
+        config.cache.flight_waiters_max,
+    );
     let daemon = Daemon::new(crate::daemon::Parts {
         runtime,
         store,
@@ -146,6 +158,7 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         http: config.http.clone(),
         remote,
         rollout,
+        cache,
     });
     let daemon = Arc::new(daemon);
     daemon.start_auditing();
@@ -378,6 +391,7 @@ fn uploaded(dir: &std::path::Path) -> Vec<ToolSpec> {
             limits: Default::default(),
             only_requested_mounts: false,
             command: Default::default(),
+            cache: None,
         })
         .collect()
 }
@@ -397,6 +411,11 @@ fn restore(runs: &RunTable, record: &AuditRecord) {
         fuel_used_units: entry.fuel_used_units,
         wall_time_us: 0,
         revision: entry.revision,
+        cache: match entry.completion {
+            Some(guild_vocab::AttemptEnd::CacheHit) => Some(crate::cache::CacheState::Hit),
+            Some(guild_vocab::AttemptEnd::CacheMerged) => Some(crate::cache::CacheState::Merged),
+            _ => None,
+        },
     };
     runs.restore(
         entry.run.clone(),

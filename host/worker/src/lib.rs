@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+mod cached;
 mod flags;
 mod reconnect;
 mod share;
@@ -51,6 +52,9 @@ pub struct WorkerSetup {
     pub secrets: Vec<Secret>,
     /// Where bundles too large for Redis go, when every node shares a store.
     pub shared_store: Option<Arc<DirStore>>,
+    /// Keys whose bundles a shared result cache entry may name (this worker's own, and the
+    /// config's `cache.trusted_keys`): an entry naming a bundle signed by any other is dropped.
+    pub trusted_keys: Vec<guild_replay::PublicKey>,
 }
 
 /// What a worker did, for its last log line.
@@ -73,6 +77,7 @@ struct Worker {
     name: String,
     secrets: Vec<Secret>,
     shared_store: Option<Arc<DirStore>>,
+    trusted_keys: Vec<guild_replay::PublicKey>,
     /// Large blobs Redis is known to hold, with when that was checked (asking again after half
     /// of `results_ttl_s` refreshes their expiry).
     known_blobs: Mutex<HashMap<Digest, std::time::Instant>>,
@@ -101,6 +106,7 @@ pub async fn run_worker(
         name: setup.name,
         secrets: setup.secrets,
         shared_store: setup.shared_store,
+        trusted_keys: setup.trusted_keys,
         known_blobs: Mutex::new(HashMap::new()),
         flags: flags::Flags::new(),
         completed: AtomicU64::new(0),
@@ -293,7 +299,33 @@ impl Worker {
         let principal = guild_runtime::Principal::tenant(&job.tenant);
         let cancel = guild_runtime::CancellationToken::new();
         let run_for = guild_runtime::RunFor { principal: &principal, revision: job.revision };
-        let report = match self.runtime.run_as(&tool, &job.input, &grants, limits, cancel, Some(&run_for)).await {
+        let (report, after) = match job.cache {
+            Some(bounds) => match self.run_cached(&tool, job, &grants, bounds, &run_for).await {
+                cached::Ran::Report(report, after) => (report, Some(after)),
+                cached::Ran::Reused { value, merged, wall_time } => {
+                    return Ok(JobResult {
+                        status: RunStatus::Succeeded,
+                        output: Some(value.output),
+                        bundle: Some(value.record.bundle),
+                        wall_time_us: u64::try_from(wall_time.as_micros()).unwrap_or(u64::MAX),
+                        cache: Some(if merged { "merged" } else { "hit" }.to_string()),
+                        ..self.empty_result(lease)
+                    });
+                }
+            },
+            None => (self.runtime.run_as(&tool, &job.input, &grants, limits, cancel, Some(&run_for)).await, None),
+        };
+        if let (Ok(report), Some(_)) = (&report, &after)
+            && let Some(bundle) = report.bundle
+        {
+            // Shared before the entry naming it, so whoever reads the entry finds the bundle.
+            self.share_bundle(&bundle).await;
+        }
+        let cache = match after {
+            Some(after) => Some(self.settle_cache(job, after, &report).await),
+            None => None,
+        };
+        let report = match report {
             Ok(report) => report,
             Err(error) => {
                 let failure = FailureInfo { code: error.code(), message: error.to_string(), bundle: None };
@@ -306,7 +338,7 @@ impl Worker {
             }
         };
         report.log_egress_refusals();
-        if let Some(bundle) = report.bundle {
+        if let (Some(bundle), None) = (report.bundle, &cache) {
             self.share_bundle(&bundle).await;
         }
         // A tool that failed after an upstream failed it (5xx, timeout, unreachable) may
@@ -322,7 +354,7 @@ impl Worker {
             );
             return Err(AttemptFailure::Retryable(FailureInfo { code: FailureCode::UpstreamFailure, message, bundle }));
         }
-        Ok(self.result(lease, report))
+        Ok(JobResult { cache, ..self.result(lease, report) })
     }
 
     /// The component, from the runtime's loaded tools, else from Redis (then compiled, or loaded
@@ -383,6 +415,7 @@ impl Worker {
             policy: lease.unreadable.is_none().then(|| PolicyRecord::granted(job.grants.clone(), job.limits.clone())),
             attempt: lease.attempt,
             worker: self.name.clone(),
+            cache: None,
         }
     }
 

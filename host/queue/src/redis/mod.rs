@@ -31,11 +31,13 @@ use serde::Deserialize;
 use std::time::Duration;
 
 mod blobs;
+mod cache;
 mod done;
 mod jobs;
 mod stats;
 mod tools;
 
+pub use cache::{CACHE_VALUE_BYTES_MAX, SharedCacheStats};
 pub use done::{DoneEntry, DoneRead};
 pub use tools::{TOOL_RECORD_BYTES_MAX, TOOL_RECORDS_MAX};
 

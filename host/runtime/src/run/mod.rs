@@ -15,10 +15,11 @@ use crate::engine::{EngineSettings, build_engine, deadline_ticks, spawn_epoch_ti
 use crate::error::{RunError, RuntimeError};
 use crate::gpu::GpuRun;
 use crate::guard::{Guard, Stop};
+use crate::hermetic::{ActionParts, Hermetic, NotCacheable, RunMode, action_digest, clock_of, seed_of, verdict};
 use crate::logs::{LogLine, LogSink, LogSource};
 use crate::quota::MountQuotas;
 use crate::record::{Recorder, SeededRandom, TapeMonotonicClock, TapeWallClock, fresh_seed};
-use crate::recording::{RecordingConfig, record_prelude};
+use crate::recording::{RecordingConfig, capture_mounts, read_only_roots, record_prelude};
 use crate::state::{HostState, RunLimiter};
 use crate::{LimitHit, Limits};
 use guild_vocab::Access;
@@ -53,6 +54,26 @@ pub(crate) use types::{Entry, Execution, RunEnv};
 
 use crate::output::check_output;
 use load::LoadedTools;
+
+/// A run made ready by [`Runtime::prepare`]: its policy resolved, its mounts captured and, for
+/// a hermetic run, its action digest known. [`Runtime::run_prepared`] runs it; dropping it runs
+/// nothing (the captured trees stay in the store, where the next run of the same mount finds
+/// them).
+pub struct Prepared {
+    policy: EffectivePolicy,
+    input: String,
+    seed: [u8; 32],
+    mounts: Vec<crate::recording::CapturedMount>,
+    action: Option<Result<guild_replay::Digest, NotCacheable>>,
+}
+
+impl Prepared {
+    /// For a hermetic run: its action digest, or why no result of it may ever stand for one (the
+    /// host records nothing, a mount is writable — such a run is made live). `None` for a live run.
+    pub fn action(&self) -> Option<Result<&guild_replay::Digest, &NotCacheable>> {
+        self.action.as_ref().map(Result::as_ref)
+    }
+}
 
 /// How the runtime is set up.
 #[derive(Clone, Default)]
@@ -205,6 +226,12 @@ impl Runtime {
         }
     }
 
+    /// The public half of the key this runtime signs bundles with; `None` when it records
+    /// nothing.
+    pub fn public_key(&self) -> Option<guild_replay::PublicKey> {
+        self.recording.as_ref().map(|r| r.key.public())
+    }
+
     /// The fingerprint of this engine.
     pub fn fingerprint(&self) -> &EngineFingerprint {
         &self.fingerprint
@@ -256,29 +283,88 @@ impl Runtime {
         cancel: CancellationToken,
         run_for: Option<&RunFor<'_>>,
     ) -> Result<RunReport, RunError> {
+        let prepared = self.prepare(tool, input, grants, limits, RunMode::Live).await?;
+        self.run_prepared(tool, prepared, grants, limits, cancel, run_for).await
+    }
+
+    /// Make a run ready without starting it: resolve its policy, check its limits, capture every
+    /// mount's tree (when recording) and, for [`RunMode::Hermetic`], compute its action digest
+    /// from exactly those trees ([`Prepared::action`]). A host caching results looks the digest
+    /// up before it decides to run.
+    ///
+    /// # Errors
+    /// As [`Runtime::run`], for the parts of a run that happen before the guest starts.
+    pub async fn prepare(
+        &self,
+        tool: &Tool,
+        input: &str,
+        grants: &Grants,
+        limits: &Limits,
+        mode: RunMode,
+    ) -> Result<Prepared, RunError> {
         let policy = EffectivePolicy::resolve(&tool.info.name, grants, &tool.capabilities_for(grants))?;
         self.check_limits(limits)?;
         // A command's fixed arguments become part of its recorded input, so replay needs no config.
-        let input = &*tool.with_args_prefix(input);
-        let seed = fresh_seed();
-        let stop = Arc::new(Stop::default());
-        let recorder = match &self.recording {
-            Some(recording) => {
-                let recorder = Recorder::live(limits.fuel_units, limits.recording_bytes_max, stop.clone());
-                off_the_async_workers(!policy.mounts.is_empty(), || {
-                    record_prelude(
-                        &recorder,
-                        recording.store.as_ref(),
-                        &policy,
-                        &seed,
-                        recording.tree_limits,
-                        Some(&recording.file_digests),
-                    )
-                })?;
-                Some(recorder)
-            }
-            None => None,
+        let input = tool.with_args_prefix(input).into_owned();
+        let mounts = match &self.recording {
+            Some(recording) => off_the_async_workers(!policy.mounts.is_empty(), || {
+                capture_mounts(recording.store.as_ref(), &policy, recording.tree_limits, Some(&recording.file_digests))
+            })?,
+            None => Vec::new(),
         };
+        let action = match mode {
+            RunMode::Live => None,
+            RunMode::Hermetic { .. } if self.recording.is_none() => Some(Err(NotCacheable::NotRecorded)),
+            RunMode::Hermetic { revision } => {
+                Some(match policy.mounts.iter().find(|m| m.access == Access::ReadWrite) {
+                    Some(mount) => Err(NotCacheable::WritableMount { guest_path: mount.guest_path.clone() }),
+                    None => {
+                        let mounted: Vec<_> = mounts.iter().map(|m| m.mounted.clone()).collect();
+                        let parts = ActionParts {
+                            component: tool.digest,
+                            revision,
+                            input: &input,
+                            mounts: &mounted,
+                            engine: &self.fingerprint,
+                        };
+                        Ok(action_digest(&parts, &policy, limits))
+                    }
+                })
+            }
+        };
+        let seed = match &action {
+            Some(Ok(action)) => seed_of(action),
+            _ => fresh_seed(),
+        };
+        Ok(Prepared { policy, input, seed, mounts, action })
+    }
+
+    /// Run what [`Runtime::prepare`] made ready, on behalf of `run_for` (as
+    /// [`Runtime::run_as`]). A hermetic run's report says whether its result may stand for its
+    /// action digest ([`RunReport::hermetic`]); its bundle names the digest.
+    ///
+    /// # Errors
+    /// As [`Runtime::run`].
+    pub async fn run_prepared(
+        &self,
+        tool: &Tool,
+        prepared: Prepared,
+        grants: &Grants,
+        limits: &Limits,
+        cancel: CancellationToken,
+        run_for: Option<&RunFor<'_>>,
+    ) -> Result<RunReport, RunError> {
+        let Prepared { policy, input, seed, mounts, action } = prepared;
+        let input = input.as_str();
+        let stop = Arc::new(Stop::default());
+        let recorder = self.recording.as_ref().map(|_| {
+            let mut recorder = Recorder::live(limits.fuel_units, limits.recording_bytes_max, stop.clone());
+            if let Some(Ok(action)) = &action {
+                recorder = recorder.with_synthetic_clock(clock_of(action));
+            }
+            record_prelude(&recorder, &seed, &mounts);
+            recorder
+        });
         let secrets = grants
             .secrets
             .iter()
@@ -288,6 +374,26 @@ impl Runtime {
         let env =
             RunEnv { seed, recorder: recorder.clone(), replay_bodies: None, secrets, replay_gpu: None, cancel, stop };
         let mut execution = self.execute(tool, input, &policy, limits, env).await?;
+        let hermetic = match (&action, &self.recording, &recorder) {
+            (Some(Ok(digest)), Some(recording), Some(recorder)) => {
+                let after = off_the_async_workers(!mounts.is_empty(), || {
+                    read_only_roots(
+                        recording.store.as_ref(),
+                        &policy,
+                        recording.tree_limits,
+                        Some(&recording.file_digests),
+                    )
+                });
+                let before: Vec<_> = mounts.iter().map(|m| m.mounted.clone()).collect();
+                let reusable = recorder.with_tape(|tape| {
+                    verdict(&execution.outcome, execution.egress_requests, tape, &policy, &before, &after)
+                });
+                Some(Hermetic { action: Some(*digest), reusable })
+            }
+            (Some(Err(why)), ..) => Some(Hermetic { action: None, reusable: Err(why.clone()) }),
+            _ => None,
+        };
+        let action_digest = hermetic.as_ref().and_then(|h| h.action);
         let (bundle, bundle_bytes) = match (&self.recording, &recorder) {
             (Some(recording), Some(recorder)) => {
                 let writable = policy.mounts.iter().any(|m| m.access == crate::Access::ReadWrite);
@@ -301,6 +407,7 @@ impl Runtime {
                         &execution,
                         recorder,
                         run_for,
+                        action_digest,
                     )
                 })?;
                 // Awaited, not blocked on: the signer may be signing this id with others'.
@@ -313,6 +420,13 @@ impl Runtime {
             }
             _ => (None, 0),
         };
+        // A limit found while sealing (a writable mount grown too large) means no output.
+        let hermetic = hermetic.map(|h| match (&h.reusable, &execution.outcome) {
+            (Ok(()), outcome @ Outcome::Limit(_)) => {
+                Hermetic { reusable: Err(NotCacheable::Outcome(outcome.label())), ..h }
+            }
+            _ => h,
+        });
         Ok(RunReport {
             tool: tool.info.name.clone(),
             tool_version: tool.info.version.clone(),
@@ -330,6 +444,7 @@ impl Runtime {
             egress_requests: execution.egress_requests,
             egress_upstream_failures: execution.egress_upstream_failures,
             bundle_bytes,
+            hermetic,
         })
     }
 

@@ -106,6 +106,9 @@ pub struct DaemonConfig {
     /// Changing tools safely: the replay gate's policy and bounds, shadow runs.
     #[serde(default)]
     pub rollout: RolloutConfig,
+    /// The result cache's shared settings: keys trusted besides this host's, waiters per flight.
+    #[serde(default)]
+    pub cache: crate::cache::CacheConfig,
 }
 
 /// Default of [`RolloutConfig::check_runs_default`].
@@ -311,6 +314,12 @@ pub struct ToolConfig {
     /// Arguments every run of a WASI command gets before the caller's.
     #[serde(default)]
     pub args: Vec<String>,
+    /// Cache its results: `true` for the defaults, or a table (`ttl_s`, `entries_max`,
+    /// `bytes_max`, `verify_sample`). Its runs are then hermetic — seed and clocks derived from
+    /// the action digest — and a run whose tape shows no effect outside the digest answers
+    /// every identical later call of the same tenant.
+    #[serde(default)]
+    pub cache: Option<crate::cache::CacheSetting>,
 }
 
 /// A directory mount.
@@ -532,6 +541,11 @@ impl DaemonConfig {
                     ));
                 }
             }
+            if let Some(policy) = tool.cache.as_ref().and_then(crate::cache::CacheSetting::policy)
+                && let Err((name, message)) = policy.validate()
+            {
+                return Err(ConfigError::new(field(&format!("cache.{name}")), message));
+            }
             for (j, grant) in tool.secrets.iter().enumerate() {
                 if !self.secrets.contains_key(&grant.name) {
                     return Err(ConfigError::new(
@@ -567,6 +581,17 @@ impl DaemonConfig {
             }
             if tenant.fuel_budget_period_s == 0 {
                 return Err(ConfigError::new(field("fuel_budget_period_s"), "must be at least 1 second"));
+            }
+        }
+        if self.cache.flight_waiters_max == 0 {
+            return Err(ConfigError::new("cache.flight_waiters_max", "must be at least 1"));
+        }
+        for (i, key) in self.cache.trusted_keys.iter().enumerate() {
+            if key.parse::<guild_replay::PublicKey>().is_err() {
+                return Err(ConfigError::new(
+                    format!("cache.trusted_keys[{i}]"),
+                    "must be an ed25519 public key in hex (`guild key` on that node prints it)",
+                ));
             }
         }
         for (name, source) in &self.secrets {

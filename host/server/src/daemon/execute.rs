@@ -2,6 +2,8 @@
 //! the slot back, write its audit record, publish its state and count it in the metrics.
 
 use super::Daemon;
+use super::cached::Ran;
+use crate::cache::{CachePolicy, CacheState};
 use crate::registry::RegisteredTool;
 use crate::runs::{Finished, RunEntry, RunState};
 use crate::tenants::Admission;
@@ -26,13 +28,11 @@ impl Daemon {
         let mut limits = tool.limits.clone();
         limits.fuel_units = admission.fuel_units;
         let started = Instant::now();
-        let result = match &slot {
-            Ok(_) => {
-                let principal = guild_runtime::Principal::tenant(&entry.tenant);
-                let run_for = guild_runtime::RunFor { principal: &principal, revision: Some(tool.revision) };
-                self.runtime.run_as(&tool.tool, &input, &tool.grants, &limits, cancel, Some(&run_for)).await
+        let ran = match &slot {
+            Ok(_) => self.run_call(&tool, &input, &limits, cancel, &entry).await,
+            Err(_) => {
+                Ran::Report(Err(RunError::Host("the daemon is shutting down; the run was not started".into())), None)
             }
-            Err(_) => Err(RunError::Host("the daemon is shutting down; the run was not started".into())),
         };
         self.queue.observe(started.elapsed());
         // The guest has returned and the bundle is sealed: the slot goes to the next run while
@@ -44,7 +44,13 @@ impl Daemon {
         };
         self.metrics.runs_in_flight.set(self.queue.in_flight() as i64);
         self.metrics.runs_committing.set(self.queue.committing() as i64);
-        let (finished, output, audit) = self.conclude(&tool, &entry, input_digest, key, result);
+        let verify = match &ran {
+            Ran::Reused { cached, merged: false, .. } if sampled(&entry.id, tool.cache.as_ref()) => {
+                Some(cached.clone())
+            }
+            _ => None,
+        };
+        let (finished, output, audit) = self.conclude(&tool, &entry, input_digest, key, ran);
         admission.settle(finished.fuel_used_units);
         let finished = Arc::new(finished);
         match self.audit.append(audit).await {
@@ -64,10 +70,15 @@ impl Daemon {
         self.guard_call(&tool, &finished);
         let _ = state.send(RunState::Finished(finished.clone()));
         let bundle = finished.bundle;
+        // A call answered from another run has no tape of its own to shadow.
+        let reused = finished.cache.as_ref().is_some_and(CacheState::cached);
         let _ = done.send((finished, output));
         // After the answer: a shadow never adds latency to the call it shadows.
-        if let (Some(candidate), Some(bundle)) = (shadow, bundle) {
+        if let (Some(candidate), Some(bundle), false) = (shadow, bundle, reused) {
             self.shadow(bundle, candidate);
+        }
+        if let Some(cached) = verify {
+            tokio::spawn(self.clone().verify_hit(cached));
         }
     }
 
@@ -78,7 +89,7 @@ impl Daemon {
         entry: &RunEntry,
         input_digest: Digest,
         key: Option<String>,
-        result: Result<RunReport, RunError>,
+        ran: Ran,
     ) -> (Finished, Option<String>, AuditEntry) {
         let mut audit = AuditEntry {
             run: entry.id.clone(),
@@ -97,7 +108,30 @@ impl Daemon {
             completion: None,
             event: None,
         };
-        let (finished, output) = match result {
+        let (result, cache) = match ran {
+            Ran::Report(result, cache) => (result, cache),
+            Ran::Reused { cached, merged, wall_time } => {
+                let revision = cached.record.revision;
+                let label = if merged { "cache_merged" } else { "cache_hit" };
+                self.metrics.runs.with_label_values(&[&tool.name, &revision.to_string(), &entry.tenant, label]).inc();
+                audit.revision = Some(revision);
+                audit.bundle = Some(cached.record.bundle);
+                audit.outcome = "output".into();
+                audit.completion =
+                    Some(if merged { guild_vocab::AttemptEnd::CacheMerged } else { guild_vocab::AttemptEnd::CacheHit });
+                let finished = Finished {
+                    status: RunStatus::Succeeded,
+                    error: None,
+                    bundle: Some(cached.record.bundle),
+                    fuel_used_units: 0,
+                    wall_time_us: u64::try_from(wall_time.as_micros()).unwrap_or(u64::MAX),
+                    revision: Some(revision),
+                    cache: Some(if merged { CacheState::Merged } else { CacheState::Hit }),
+                };
+                return (finished, Some(cached.output.to_string()), audit);
+            }
+        };
+        let (mut finished, output) = match result {
             Ok(report) => {
                 report.log_egress_refusals();
                 self.observe(tool, &entry.tenant, &report);
@@ -118,10 +152,12 @@ impl Daemon {
                     fuel_used_units: 0,
                     wall_time_us: 0,
                     revision: Some(tool.revision),
+                    cache: None,
                 };
                 (finished, None)
             }
         };
+        finished.cache = cache;
         audit.outcome = finished.label().to_string();
         (finished, output, audit)
     }
@@ -169,6 +205,16 @@ fn finished_from_report(report: RunReport, revision: u32) -> (Finished, Option<S
         fuel_used_units: report.fuel_used_units,
         wall_time_us,
         revision: Some(revision),
+        cache: None,
     };
     (finished, report.outcome.into_output(), PolicyRecord::resolved(report.policy, report.limits))
+}
+
+/// Whether run `id`'s hit is among the `verify_sample` share replayed in the background (drawn
+/// from the run id, which is random).
+fn sampled(id: &str, policy: Option<&CachePolicy>) -> bool {
+    let Some(sample) = policy.map(|p| p.verify_sample).filter(|s| *s > 0.0) else { return false };
+    let hash = blake3::hash(id.as_bytes());
+    let draw = u64::from_le_bytes(hash.as_bytes()[..8].try_into().unwrap_or_default());
+    (draw as f64 / u64::MAX as f64) < sample
 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
+mod cached;
 mod execute;
 mod rollout;
 
@@ -62,6 +63,8 @@ pub struct Daemon {
     tools_changed: watch::Sender<u64>,
     /// Tool records' store, revisions' components, rollouts' guard rails.
     rollout: crate::rollout::RolloutState,
+    /// Hermetic runs' results by action digest, and identical calls in flight.
+    cache: crate::cache::ResultCache,
 }
 
 /// The parts a daemon is assembled from (see `start`).
@@ -94,6 +97,8 @@ pub(crate) struct Parts {
     pub(crate) remote: Option<Arc<Remote>>,
     /// Tool records' store and revisions' components.
     pub(crate) rollout: crate::rollout::RolloutState,
+    /// The result cache.
+    pub(crate) cache: crate::cache::ResultCache,
 }
 
 /// Why a caller is not shown a run or bundle.
@@ -210,6 +215,7 @@ impl Daemon {
             http,
             remote,
             rollout,
+            cache,
         } = parts;
         Self {
             runtime,
@@ -229,12 +235,18 @@ impl Daemon {
             drain: DrainToken::default(),
             tools_changed: watch::Sender::new(0),
             rollout,
+            cache,
         }
     }
 
     /// Tool records' store, revisions' components and rollouts' guard rails.
     pub(crate) fn rollout(&self) -> &crate::rollout::RolloutState {
         &self.rollout
+    }
+
+    /// Hermetic runs' results by action digest.
+    pub(crate) fn cache(&self) -> &crate::cache::ResultCache {
+        &self.cache
     }
 
     /// The tools callers may run, by name, each with its grants, limits and input schema.
@@ -502,6 +514,11 @@ impl Daemon {
             idempotency_key: request.idempotency_key.clone(),
             attempts_max: remote.queue.settings().attempts_max,
             submitted_unix_ms: guild_queue::now_unix_ms(),
+            cache: tool.cache.as_ref().map(|p| guild_queue::JobCache {
+                ttl_s: p.ttl_s,
+                entries_max: p.entries_max as u64,
+                bytes_max: p.bytes_max,
+            }),
         };
         // Waited for before it exists, so a node waiting for too many jobs refuses a new one
         // rather than enqueue a job nobody here can answer for.

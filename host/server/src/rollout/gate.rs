@@ -113,6 +113,8 @@ pub(crate) fn recorded_runs(
             && entry.tool == tool
             && entry.tool_digest == *digest
             && entry.completion.is_none_or(guild_vocab::AttemptEnd::is_final)
+            // A call answered from another run names that run's bundle: take the run once.
+            && !entry.completion.is_some_and(guild_vocab::AttemptEnd::is_reuse)
             && since_unix_ms.is_none_or(|since| record.time_unix_ms >= since);
         if let (true, Some(bundle)) = (matches, entry.bundle) {
             if found.len() == keep {

@@ -223,6 +223,7 @@ mod tests {
             fuel_used_units: 100,
             wall_time_us: 50,
             revision: None,
+            cache: None,
         }
     }
 
