@@ -227,7 +227,7 @@ fn an_entry_whose_bundle_was_tampered_with_is_rejected_audited_and_recomputed() 
     assert_eq!(first["cache"], "stored", "{first}");
     assert_eq!(daemon.terminate(), Some(0));
     // The entry outlives the daemon...
-    let entries = std::fs::read_dir(guild.home().join("cache/hash")).expect("entries on disk").count();
+    let entries = std::fs::read_dir(guild.home().join("results/hash")).expect("entries on disk").count();
     assert_eq!(entries, 1);
     // ...but the output its bundle holds is edited in the store (one character, in place).
     let output = serde_json::to_string(&first["output"]).expect("JSON");

@@ -43,7 +43,7 @@ mod start;
 mod tenants;
 
 pub use api::{OPENAPI_JSON, router};
-pub use daemon::Daemon;
+pub use daemon::{Daemon, Rejection, RunRequest, Submitted};
 pub use guild_queue::RunQueue;
 pub use http::serve;
 pub use mcp::{GuildMcp, PROGRESS_INTERVAL_MS, mcp_tool, serve_stdio};

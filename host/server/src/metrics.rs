@@ -148,7 +148,7 @@ pub struct CacheMetrics {
     /// `guild_cache_fuel_saved_units_total`: fuel the answered runs burnt once, not again.
     pub fuel_saved_units: IntCounterVec,
     /// `guild_cache_verify_total`: sampled hits replayed in the background, by tool and result
-    /// (`match`, `mismatch`, `failed`).
+    /// (`match`, `mismatch`, and `skipped` when `CACHE_VERIFY_IN_FLIGHT_MAX` replays were already running).
     pub verify: IntCounterVec,
     /// `guild_cache_entries`: entries held, by tool (as of the last scrape).
     pub entries: IntGaugeVec,

@@ -138,7 +138,7 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
     // Validation checked every key parses.
     trusted.extend(config.cache.trusted_keys.iter().filter_map(|k| k.parse::<guild_replay::PublicKey>().ok()));
     let cache = crate::cache::ResultCache::open(
-        state_dir.join("cache"),
+        state_dir.join("results"),
         store.clone(),
         trusted,
         config.cache.flight_waiters_max,

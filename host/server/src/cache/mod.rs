@@ -7,7 +7,7 @@
 //! its key includes the tenant, so no tenant is ever answered from another's run (nor learns
 //! from a hit that another ran the same thing). Entries live in memory, bounded per tool by
 //! count and output bytes (least recently used first out) and by age, and on disk under
-//! `HOME/cache/TOOL/KEY.json`, so a restarted daemon keeps them; an entry read from disk is
+//! `HOME/results/TOOL/KEY.json`, so a restarted daemon keeps them; an entry read from disk is
 //! trusted only once its bundle opens (signature by a trusted key, digests), names the same
 //! action and tenant, and holds the output — else it is dropped and the call runs.
 //! Identical calls in flight at once run once (`flight.rs`).
@@ -32,6 +32,9 @@ pub const CACHE_ENTRIES_MAX_DEFAULT: usize = 10_000;
 pub const CACHE_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
 /// Default of [`CacheConfig::flight_waiters_max`].
 pub const CACHE_FLIGHT_WAITERS_MAX_DEFAULT: usize = 1024;
+/// Sampled hits replayed at once in the background (`verify_sample`); a hit drawn while they
+/// are all busy is not replayed (counted as `skipped`), so hits cannot pile replays up.
+pub const CACHE_VERIFY_IN_FLIGHT_MAX: usize = 2;
 /// Largest entry file read back from disk, bytes (an entry is a few hundred).
 pub const CACHE_ENTRY_FILE_BYTES_MAX: u64 = 64 * 1024;
 
@@ -268,6 +271,8 @@ pub struct ResultCache {
     tools: Mutex<HashMap<String, ToolEntries>>,
     /// Identical calls in flight.
     pub(crate) flights: Flights,
+    /// Room for background replays of sampled hits.
+    pub(crate) verifying: Arc<tokio::sync::Semaphore>,
 }
 
 impl ResultCache {
@@ -275,8 +280,14 @@ impl ResultCache {
     /// `trusted`. Entries already on disk are indexed (not yet checked: each is checked on its
     /// first hit); files that are not entries are left alone, unreadable entries removed.
     pub fn open(dir: PathBuf, store: Arc<DirStore>, trusted: Vec<PublicKey>, flight_waiters_max: usize) -> Self {
-        let cache =
-            Self { dir, store, trusted, tools: Mutex::new(HashMap::new()), flights: Flights::new(flight_waiters_max) };
+        let cache = Self {
+            dir,
+            store,
+            trusted,
+            tools: Mutex::new(HashMap::new()),
+            flights: Flights::new(flight_waiters_max),
+            verifying: Arc::new(tokio::sync::Semaphore::new(CACHE_VERIFY_IN_FLIGHT_MAX)),
+        };
         cache.index();
         cache
     }

@@ -590,7 +590,7 @@ impl DaemonConfig {
             if key.parse::<guild_replay::PublicKey>().is_err() {
                 return Err(ConfigError::new(
                     format!("cache.trusted_keys[{i}]"),
-                    "must be an ed25519 public key in hex (`guild key` on that node prints it)",
+                    "must be an ed25519 public key in hex (`guild key show` on that node prints it)",
                 ));
             }
         }

@@ -48,6 +48,9 @@ impl Daemon {
             let report = self.runtime().run_as(&tool.tool, input, &tool.grants, limits, cancel, Some(&run_for)).await;
             return Ran::Report(report, None);
         };
+        // A hit's wall time is what the cache cost it: preparing (the mounts' trees, the digest)
+        // and the lookup.
+        let started = Instant::now();
         let mode = RunMode::Hermetic { revision: Some(tool.revision) };
         let prepared = match self.runtime().prepare(&tool.tool, input, &tool.grants, limits, mode).await {
             Ok(prepared) => prepared,
@@ -66,7 +69,6 @@ impl Daemon {
             }
         };
         let key = CacheKey::new(&entry.tenant, &action);
-        let started = Instant::now();
         // At most twice: a flight that landed without an entry sends its waiters to look again
         // and lead (or wait once more); after that, a call runs on its own.
         for _ in 0..2 {

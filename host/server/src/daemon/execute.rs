@@ -78,7 +78,18 @@ impl Daemon {
             self.shadow(bundle, candidate);
         }
         if let Some(cached) = verify {
-            tokio::spawn(self.clone().verify_hit(cached));
+            match self.cache().verifying.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let daemon = self.clone();
+                    tokio::spawn(async move {
+                        daemon.verify_hit(cached).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => {
+                    self.metrics.cache.verify.with_label_values(&[&tool.name, "skipped"]).inc();
+                }
+            }
         }
     }
 

@@ -575,7 +575,9 @@ impl Daemon {
                     _ => return drop(admission),
                 };
                 guarded.guard_call(&guarded_tool, &finished);
-                if let (Some(candidate), Some(bundle)) = (shadow, finished.bundle) {
+                // A call answered from another run has no tape of its own to shadow.
+                let reused = finished.cache.as_ref().is_some_and(crate::cache::CacheState::cached);
+                if let (Some(candidate), Some(bundle), false) = (shadow, finished.bundle, reused) {
                     guarded.shadow(bundle, candidate);
                 }
                 return admission.settle(finished.fuel_used_units);

@@ -194,7 +194,12 @@ impl Daemon {
 
     /// Count a finished call of `tool` for its rollout's guard rails, and roll the candidate
     /// back (in the background) when they are broken.
+    /// A call answered from another run (a cache hit) is not counted: it burnt no fuel and
+    /// took no run's time, and would make the revision with more hits look cheaper and faster.
     pub(crate) fn guard_call(self: &Arc<Self>, tool: &RegisteredTool, finished: &crate::runs::Finished) {
+        if finished.cache.as_ref().is_some_and(crate::cache::CacheState::cached) {
+            return;
+        }
         let Some(named) = self.tools().named(&tool.name) else { return };
         let Some(candidate) = named.record.candidate.as_ref().filter(|c| c.ramp_bp > 0) else { return };
         let by_candidate = tool.revision == candidate.revision;
