@@ -73,14 +73,40 @@ pub struct JobCache {
     pub bytes_max: u64,
 }
 
+/// Why an entry may not answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryRejected {
+    /// Its bundle is signed by a key this node does not trust (another node's, when the fleet's
+    /// `cache.trusted_keys` do not name each other): the entry may be good for others, so it is
+    /// left in place and the call runs.
+    Untrusted(String),
+    /// It does not hold together: dropped.
+    Invalid(String),
+}
+
+impl std::fmt::Display for EntryRejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Untrusted(why) | Self::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+/// How far in the future an entry's `stored_unix_ms` may be (clock skew between nodes), ms.
+pub const CACHE_STORED_SKEW_MS_MAX: u64 = 60_000;
+
 /// Check an entry against its bundle (`manifest` and `signature`, parts in `store`): the bundle
 /// opens (documents, digests, signature), is signed by one of `trusted`, records the entry's
 /// action digest, was made for the entry's tenant, burnt the entry's fuel, and ended in an output
-/// with the digest of `output` (when given) — or, when not, whose bytes `store` holds. Returns
+/// with the digest of `output` (when given) — or, when not, whose bytes `store` holds — of the
+/// entry's size; and the run was one whose result may be reused: its policy mounts nothing
+/// writable and its tape holds no HTTP exchange and no GPU dispatch on a device. An entry stored
+/// in the future (past [`CACHE_STORED_SKEW_MS_MAX`]) is refused: it would never expire. Returns
 /// the output.
 ///
 /// # Errors
-/// What failed, for the operator (the entry is then dropped and the call runs).
+/// [`EntryRejected::Untrusted`] for a bundle signed by a key not in `trusted`;
+/// [`EntryRejected::Invalid`], saying what failed, for anything else.
 pub fn check_entry(
     store: &dyn BlobStore,
     manifest: &[u8],
@@ -88,12 +114,54 @@ pub fn check_entry(
     trusted: &[PublicKey],
     record: &CacheRecord,
     output: Option<&str>,
+) -> Result<String, EntryRejected> {
+    check_entry_at(store, manifest, signature, trusted, record, output, crate::now_unix_ms())
+}
+
+fn check_entry_at(
+    store: &dyn BlobStore,
+    manifest: &[u8],
+    signature: &[u8],
+    trusted: &[PublicKey],
+    record: &CacheRecord,
+    output: Option<&str>,
+    now_unix_ms: u64,
+) -> Result<String, EntryRejected> {
+    let id = record.bundle;
+    let bundle = Bundle::open(store, manifest, signature, None)
+        .map_err(|e| EntryRejected::Invalid(format!("bundle {id}: {e}")))?;
+    if !trusted.contains(&bundle.signer) {
+        return Err(EntryRejected::Untrusted(format!(
+            "bundle {id} is signed by {}, a key this node does not trust (cache.trusted_keys)",
+            bundle.signer
+        )));
+    }
+    invalid_unless(record.stored_unix_ms <= now_unix_ms.saturating_add(CACHE_STORED_SKEW_MS_MAX), || {
+        format!("the entry of bundle {id} says it was stored in the future")
+    })?;
+    invalid_unless(!bundle.action.policy.mounts.iter().any(|m| m.access == guild_vocab::Access::ReadWrite), || {
+        format!("bundle {id} had a writable mount: its result cannot be reused")
+    })?;
+    let outside = bundle.tape.events().iter().any(|e| match &e.effect {
+        guild_replay::Effect::Http { .. } => true,
+        guild_replay::Effect::GpuDispatch { device, .. } => device != "cpu-reference",
+        _ => false,
+    });
+    invalid_unless(!outside, || format!("bundle {id}'s tape reaches outside its action: its result cannot be reused"))?;
+    check_bundle(store, &bundle, record, output).map_err(EntryRejected::Invalid)
+}
+
+fn invalid_unless(holds: bool, why: impl FnOnce() -> String) -> Result<(), EntryRejected> {
+    if holds { Ok(()) } else { Err(EntryRejected::Invalid(why())) }
+}
+
+fn check_bundle(
+    store: &dyn BlobStore,
+    bundle: &Bundle,
+    record: &CacheRecord,
+    output: Option<&str>,
 ) -> Result<String, String> {
     let id = record.bundle;
-    let bundle = Bundle::open(store, manifest, signature, None).map_err(|e| format!("bundle {id}: {e}"))?;
-    if !trusted.contains(&bundle.signer) {
-        return Err(format!("bundle {id} is signed by {}, a key this node does not trust", bundle.signer));
-    }
     if bundle.action.action_digest != Some(record.action) {
         return Err(format!("bundle {id} does not record the entry's action digest"));
     }
@@ -103,7 +171,7 @@ pub fn check_entry(
     if bundle.result.fuel_used_units != record.fuel_used_units {
         return Err(format!("bundle {id} burnt other fuel than the entry says"));
     }
-    let recorded = bundle.result.output.ok_or_else(|| format!("bundle {id} holds no output"))?;
+    let recorded = bundle.result.output.as_ref().ok_or_else(|| format!("bundle {id} holds no output"))?;
     let text = match output {
         Some(text) => text.to_string(),
         None => {
@@ -111,7 +179,10 @@ pub fn check_entry(
             String::from_utf8(bytes).map_err(|_| format!("bundle {id}'s output is not UTF-8"))?
         }
     };
-    if Digest::of(text.as_bytes()) != recorded.digest || text.len() as u64 != recorded.size_bytes {
+    if Digest::of(text.as_bytes()) != recorded.digest
+        || text.len() as u64 != recorded.size_bytes
+        || text.len() as u64 != record.output_bytes
+    {
         return Err(format!("bundle {id}'s output does not match the entry's"));
     }
     Ok(text)

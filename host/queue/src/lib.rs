@@ -21,7 +21,7 @@ mod job;
 mod redis;
 mod retry;
 
-pub use cache::{CacheKey, CacheRecord, CachedValue, JobCache, check_entry};
+pub use cache::{CACHE_STORED_SKEW_MS_MAX, CacheKey, CacheRecord, CachedValue, EntryRejected, JobCache, check_entry};
 pub use embedded::{QueueFull, RunQueue, Slot, Ticket};
 pub use job::{
     Accepted, Completion, DeadJob, Disposition, Job, JobResult, JobState, JobStatus, Lease, QueueStats, WorkerStats,

@@ -84,12 +84,13 @@ impl Daemon {
         };
         for tool in self.tools().all() {
             self.metrics().register_tool(&tool.name, tool.revision);
-            if let Some(policy) = &tool.cache {
+            if tool.cache.is_some() {
                 self.metrics().register_cached_tool(&tool.name);
-                // Lowered bounds apply at once, not at the next store.
-                self.cache().bound(&tool.name, policy);
             }
         }
+        // Lowered bounds apply at once, not at the next store; a tool no longer cached keeps
+        // no entries.
+        self.cache().retain(&crate::start::cached_tools(self.tools()));
         self.tools_changed();
         let summary = format!(
             "{} tools from the config ({} made a new revision current), {} no longer served ({}), {tenant_count} tenants, \

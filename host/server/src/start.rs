@@ -143,6 +143,7 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         trusted,
         config.cache.flight_waiters_max,
     );
+    cache.retain(&cached_tools(&tools));
     let daemon = Daemon::new(crate::daemon::Parts {
         runtime,
         store,
@@ -164,6 +165,11 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
     daemon.start_auditing();
     tokio::spawn(daemon.clone().follow());
     Ok(DaemonParts { daemon, runs_restored })
+}
+
+/// Every cached tool's name and cache policy.
+pub(crate) fn cached_tools(tools: &Registry) -> Vec<(String, crate::cache::CachePolicy)> {
+    tools.all().iter().filter_map(|t| Some((t.name.clone(), t.cache.clone()?))).collect()
 }
 
 /// Raise the descriptor limit and check that runs at their bounds leave the daemon its own (an

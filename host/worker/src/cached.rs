@@ -4,7 +4,7 @@
 //! bundle is shared, when its tape proves it reusable.
 
 use super::Worker;
-use guild_queue::{CacheKey, CacheRecord, CachedValue, Job, JobCache};
+use guild_queue::{CacheKey, CacheRecord, CachedValue, EntryRejected, Job, JobCache};
 use guild_replay::{BlobStore, DirStore};
 use guild_runtime::{CancellationToken, Grants, Outcome, RunError, RunFor, RunMode, RunReport, Tool};
 use std::time::{Duration, Instant};
@@ -57,8 +57,8 @@ impl Worker {
                 return Ran::Report(Err(error), After { key: Err("not started".into()), leading: false, bounds });
             }
         };
-        let key = match prepared.action() {
-            Some(Ok(action)) => CacheKey::new(&job.tenant, action),
+        let (key, action) = match prepared.action() {
+            Some(Ok(action)) => (CacheKey::new(&job.tenant, action), *action),
             why => {
                 let why = why.and_then(Result::err).map_or_else(|| "not hermetic".to_string(), ToString::to_string);
                 let report = self.runtime.run_prepared(tool, prepared, grants, limits, cancel, Some(run_for)).await;
@@ -71,12 +71,29 @@ impl Worker {
         let mut leading = false;
         loop {
             match self.queue.cache_get(&job.tool, &key).await {
+                // An entry answers only for the key it is stored under: this tenant, this tool,
+                // this revision and this action (Redis holds what anyone with access wrote).
+                Ok(Some(value))
+                    if value.record.tenant != job.tenant
+                        || value.record.tool != job.tool
+                        || Some(value.record.revision) != job.revision.or(Some(1))
+                        || value.record.action != action =>
+                {
+                    tracing::warn!(tool = %job.tool, bundle = %value.record.bundle, "a shared result cache entry is stored under another action's key; dropped");
+                    let _ = self.queue.cache_evict(&job.tool, &key).await;
+                }
                 Ok(Some(value)) => match self.check(&value).await {
                     Ok(()) if value.record.fuel_used_units <= limits.fuel_units => {
                         return Ran::Reused { value, merged, wall_time: started.elapsed() };
                     }
                     Ok(()) => break,
-                    Err(why) => {
+                    Err(EntryRejected::Untrusted(why)) => {
+                        // Another node's, signed by a key this one is not told to trust: good for
+                        // that node, not for answering here. Run, and leave it.
+                        tracing::info!(tool = %job.tool, why, "a shared result cache entry is not trusted here; the job runs");
+                        break;
+                    }
+                    Err(EntryRejected::Invalid(why)) => {
                         tracing::warn!(tool = %job.tool, bundle = %value.record.bundle, why, "a shared result cache entry failed its check and was dropped");
                         let _ = self.queue.cache_evict(&job.tool, &key).await;
                     }
@@ -153,7 +170,7 @@ impl Worker {
 
     /// Check a shared entry against its bundle: from Redis, else the shared store, else this
     /// worker's own.
-    async fn check(&self, value: &CachedValue) -> Result<(), String> {
+    async fn check(&self, value: &CachedValue) -> Result<(), EntryRejected> {
         let id = value.record.bundle;
         let trusted = &self.trusted_keys;
         if let Ok(Some((manifest, signature, parts))) = self.queue.get_bundle(&id).await {
@@ -178,9 +195,12 @@ impl Worker {
                         .map(drop);
                 }
             }
-            Err(format!("bundle {} is in neither Redis nor a store this worker reads", record.bundle))
+            Err(EntryRejected::Invalid(format!(
+                "bundle {} is in neither Redis nor a store this worker reads",
+                record.bundle
+            )))
         })
         .await
-        .unwrap_or_else(|e| Err(e.to_string()))
+        .unwrap_or_else(|e| Err(EntryRejected::Invalid(e.to_string())))
     }
 }

@@ -378,10 +378,10 @@ impl ResultCache {
     }
 
     /// Keep `record` with its `output` under `key`, then drop the least recently used entries
-    /// past `policy`'s bounds. An output larger than `bytes_max` is not kept.
-    pub(crate) fn store(&self, policy: &CachePolicy, key: CacheKey, record: EntryRecord, output: Arc<str>) {
+    /// past `policy`'s bounds. An output larger than `bytes_max` is not kept (returns false).
+    pub(crate) fn store(&self, policy: &CachePolicy, key: CacheKey, record: EntryRecord, output: Arc<str>) -> bool {
         if record.output_bytes > policy.bytes_max {
-            return;
+            return false;
         }
         let tool = record.tool.clone();
         let gone = {
@@ -400,6 +400,21 @@ impl ResultCache {
         }
         if let Err(e) = self.write_file(&key, &record) {
             tracing::warn!(tool = %tool, error = %e, "a result cache entry was kept in memory only");
+        }
+        true
+    }
+
+    /// Hold entries only for `cached` tools, each within its policy: the rest (a tool whose
+    /// caching was turned off, or that is gone) are dropped, from memory and disk. Run at start,
+    /// once the config's tools are known, and at every reload.
+    pub(crate) fn retain(&self, cached: &[(String, CachePolicy)]) {
+        let gone: Vec<String> =
+            self.lock().keys().filter(|name| !cached.iter().any(|(n, _)| n == *name)).cloned().collect();
+        for name in gone {
+            self.purge(Some(&name));
+        }
+        for (name, policy) in cached {
+            self.bound(name, policy);
         }
     }
 
@@ -484,7 +499,9 @@ fn read_record(path: &Path) -> Option<EntryRecord> {
 fn check(store: &DirStore, trusted: &[PublicKey], record: &EntryRecord) -> Result<Arc<str>, String> {
     let id = record.bundle;
     let (manifest, signature) = store.get_bundle(&id).map_err(|e| format!("bundle {id} cannot be read: {e}"))?;
-    guild_queue::check_entry(store, &manifest, &signature, trusted, record, None).map(Arc::from)
+    guild_queue::check_entry(store, &manifest, &signature, trusted, record, None)
+        .map(Arc::from)
+        .map_err(|e| e.to_string())
 }
 
 /// Now, ms since the Unix epoch.

@@ -132,8 +132,13 @@ impl Daemon {
                         stored_unix_ms: now_unix_ms(),
                     };
                     let cached = Arc::new(Cached { record: record.clone(), output: Arc::from(output.as_str()) });
-                    self.cache.store(policy, key, record, cached.output.clone());
-                    (CacheState::Stored, Some(cached))
+                    if self.cache.store(policy, key, record, cached.output.clone()) {
+                        (CacheState::Stored, Some(cached))
+                    } else {
+                        let why =
+                            format!("output of {} bytes is larger than bytes_max ({})", output.len(), policy.bytes_max);
+                        (CacheState::Miss(why), None)
+                    }
                 }
                 (Some(hermetic), ..) => match &hermetic.reusable {
                     Err(why) => (CacheState::Miss(why.to_string()), None),

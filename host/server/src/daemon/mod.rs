@@ -575,6 +575,10 @@ impl Daemon {
                     _ => return drop(admission),
                 };
                 guarded.guard_call(&guarded_tool, &finished);
+                // A worker's cache result, counted where the call came in.
+                if let Some(cache) = &finished.cache {
+                    guarded.metrics.cache.requests.with_label_values(&[&guarded_tool.name, cache.label()]).inc();
+                }
                 // A call answered from another run has no tape of its own to shadow.
                 let reused = finished.cache.as_ref().is_some_and(crate::cache::CacheState::cached);
                 if let (Some(candidate), Some(bundle), false) = (shadow, finished.bundle, reused) {
