@@ -4,6 +4,7 @@
 
 mod cli;
 mod commands;
+mod commands_preview1;
 mod contained;
 mod daemon;
 mod egress;

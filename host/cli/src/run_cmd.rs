@@ -68,7 +68,7 @@ pub(crate) fn run(global: &Global, args: RunArgs) -> Result<Exit, Failure> {
                 return Ok(Exit::Success);
             }
         }
-        Ok(print_report(&report, source, &args))
+        Ok(print_report(&report, source, &args, tool.is_command()))
     });
     // A command's own exit code, as `wasmtime run` exits: after the runtime (and the store
     // behind it) is dropped, so the bundle is written whole.
@@ -284,8 +284,9 @@ fn host_rss_bytes_peak() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Print output and summary; return the exit code the outcome maps to.
-fn print_report(report: &RunReport, source: CacheSource, args: &RunArgs) -> Exit {
+/// Print output and summary; return the exit code the outcome maps to (a WASI `command`'s
+/// trap: 134, as under `wasmtime run`).
+fn print_report(report: &RunReport, source: CacheSource, args: &RunArgs, command: bool) -> Exit {
     if args.logs {
         for line in &report.logs {
             eprintln!("[{:?} {:?}] {}", line.level, line.source, line.message);
@@ -296,7 +297,7 @@ fn print_report(report: &RunReport, source: CacheSource, args: &RunArgs) -> Exit
     }
     // The exit code, the label and the message are the outcome's own: the API, MCP, metrics and
     // the audit log read the same ones.
-    let exit = Exit::for_outcome(&report.outcome);
+    let exit = if command { Exit::for_command_outcome(&report.outcome) } else { Exit::for_outcome(&report.outcome) };
     let (status, message) = match &report.outcome {
         Outcome::Output { output } => {
             crate::out!("{output}");

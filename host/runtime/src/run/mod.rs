@@ -135,6 +135,8 @@ pub struct Runtime {
     fingerprint: EngineFingerprint,
     settings: EngineSettings,
     linker: Linker<HostState>,
+    /// Preview-1 modules' linker: wasmtime-wasi's preview 1, nothing else.
+    module_linker: wasmtime::Linker<HostState>,
     disk: DiskCache,
     tools: Mutex<LoadedTools>,
     recording: Option<RecordingConfig>,
@@ -166,6 +168,8 @@ impl Runtime {
         types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link_error)?;
         log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link_error)?;
         gpu::add_to_linker::<_, crate::gpu::GpuData>(&mut linker, HostState::gpu_view).map_err(link_error)?;
+        let mut module_linker = wasmtime::Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, HostState::p1_ctx).map_err(link_error)?;
         let cache_dir = config.cache_dir.map(|dir| dir.join(&fingerprint.id));
         let max = if config.tools_loaded_max == 0 { TOOLS_LOADED_MAX_DEFAULT } else { config.tools_loaded_max };
         Ok(Self {
@@ -173,6 +177,7 @@ impl Runtime {
             fingerprint,
             settings: config.engine,
             linker,
+            module_linker,
             disk: DiskCache::new(cache_dir),
             tools: Mutex::new(LoadedTools::new(max)),
             recording: config.recording,
@@ -365,7 +370,10 @@ impl Runtime {
             Err(refused) => return Ok(Execution::refused(refused)),
         };
         let captured = command.as_ref().map(|io| (io.stdout.clone(), io.stderr.clone()));
-        let hooks = StoreHooks { egress: egress.clone(), gpu, cancel: Some(&cancel), stop: stop.clone(), command };
+        let call = self.call_for(tool, policy).await?;
+        let preview1 = matches!(call, Call::Preview1(_));
+        let hooks =
+            StoreHooks { egress: egress.clone(), gpu, cancel: Some(&cancel), stop: stop.clone(), command, preview1 };
         let mut store = self.new_store(policy, limits, &seed, recorder, hooks)?;
         let started = Instant::now();
         // The epoch deadline interrupts wasm; this outer deadline also covers a guest parked in a
@@ -374,7 +382,7 @@ impl Runtime {
         // Cancelling drops a guest parked in a host call here; a computing guest traps with
         // `Cancelled` at its next epoch check.
         let called = tokio::select! {
-            called = tokio::time::timeout(backstop, call_entry(&tool.entry, &mut store, input)) => Some(called),
+            called = tokio::time::timeout(backstop, call_entry(&call, &mut store, input)) => Some(called),
             () = cancel.cancelled() => None,
         };
         let wall_time = started.elapsed();
@@ -437,6 +445,24 @@ impl Runtime {
         })
     }
 
+    /// What a run of `tool` under `policy` calls: a preview-1 module runs on wasmtime-wasi's
+    /// preview 1, unless the policy grants a writable mount, whose write quota only the adapted
+    /// component's filesystem charges (see [`types::Preview1`]).
+    async fn call_for<'a>(&self, tool: &'a Tool, policy: &EffectivePolicy) -> Result<Call<'a>, RunError> {
+        Ok(match &tool.entry {
+            Entry::Tool(pre) => Call::Tool(pre),
+            Entry::Command(pre, _) => Call::Command(pre.clone()),
+            Entry::Preview1(module, _) if policy.mounts.iter().any(|m| m.access == Access::ReadWrite) => {
+                Call::Command(self.adapted(module).await.map_err(|e| {
+                    RunError::Host(format!(
+                        "this preview-1 module runs with a writable mount only as an adapted component, and it could not be adapted ({e}); mount it read-only"
+                    ))
+                })?)
+            }
+            Entry::Preview1(module, _) => Call::Preview1(&module.module),
+        })
+    }
+
     fn check_limits(&self, limits: &Limits) -> Result<(), RunError> {
         if limits.memory_bytes_max > self.settings.memory_bytes_ceiling {
             return Err(RunError::Limits(format!(
@@ -462,7 +488,7 @@ impl Runtime {
         recorder: Option<&Recorder>,
         hooks: StoreHooks<'_>,
     ) -> Result<Store<HostState>, RunError> {
-        let StoreHooks { egress, gpu, cancel, stop, command } = hooks;
+        let StoreHooks { egress, gpu, cancel, stop, command, preview1 } = hooks;
         let logs = LogSink::new(limits.log_bytes_max, recorder.cloned());
         let mut wasi = WasiCtxBuilder::new();
         match command {
@@ -505,8 +531,19 @@ impl Runtime {
         // in the guest's own deterministic time.
         let quotas = MountQuotas::new(policy, limits, &stop);
         let guard = Guard::new(stop, recorder.map(Recorder::fuel_gauge), limits.output_bytes_max);
+        let (wasi, p1) = if preview1 {
+            // Preview 1 keeps its descriptors in its own table: bounded the same way.
+            let mut p1 = wasi.build_p1();
+            wasmtime_wasi::WasiView::ctx(&mut p1)
+                .table
+                .set_max_capacity(usize::try_from(limits.wasi_resources_max).unwrap_or(usize::MAX));
+            (WasiCtxBuilder::new().build(), Some(p1))
+        } else {
+            (wasi.build(), None)
+        };
         let state = HostState {
-            wasi: wasi.build(),
+            wasi,
+            p1,
             http: WasiHttpCtx::new(),
             egress: EgressHooks(egress),
             table,
@@ -565,22 +602,38 @@ enum Returned {
     Command(Result<(), ()>),
 }
 
-async fn call_entry(entry: &Entry, store: &mut Store<HostState>, input: &str) -> wasmtime::Result<Returned> {
-    match entry {
-        Entry::Tool(pre) => {
+/// What one run instantiates and calls.
+enum Call<'a> {
+    /// A `guild-tool` component's `run`.
+    Tool(&'a crate::bindings::GuildToolPre<HostState>),
+    /// A command component's `wasi:cli/run` (a preview-1 module adapted, too).
+    Command(wasmtime_wasi::p2::bindings::CommandPre<HostState>),
+    /// A preview-1 module's `_start`.
+    Preview1(&'a wasmtime::InstancePre<HostState>),
+}
+
+async fn call_entry(call: &Call<'_>, store: &mut Store<HostState>, input: &str) -> wasmtime::Result<Returned> {
+    match call {
+        Call::Tool(pre) => {
             let instance = pre.instantiate_async(&mut *store).await?;
             instance.guild_tool_tool().call_run(&mut *store, input).await.map(Returned::Tool)
         }
-        Entry::Command(pre, _) => {
+        Call::Command(pre) => {
             let instance = pre.instantiate_async(&mut *store).await?;
             instance.wasi_cli_run().call_run(&mut *store).await.map(Returned::Command)
+        }
+        Call::Preview1(pre) => {
+            let instance = pre.instantiate_async(&mut *store).await?;
+            let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
+            // Returning from `_start` is exit code 0; `proc_exit(n)` comes back as `I32Exit(n)`.
+            start.call_async(&mut *store, ()).await.map(|()| Returned::Command(Ok(())))
         }
     }
 }
 
 /// A command's input as its store sees it; `None` for a `guild-tool` component.
 fn command_io(tool: &Tool, input: &str, limits: &Limits) -> Result<Option<CommandIo>, InputRefused> {
-    let Entry::Command(_, config) = &tool.entry else { return Ok(None) };
+    let Some(config) = tool.command_config() else { return Ok(None) };
     CommandInput::parse(input, config)?.into_io(&tool.info.name, limits).map(Some)
 }
 
@@ -648,6 +701,8 @@ struct StoreHooks<'a> {
     stop: Arc<Stop>,
     /// A command's argv, environment, stdin and captured stdout and stderr.
     command: Option<CommandIo>,
+    /// Whether the store runs a preview-1 module (its WASI context is preview 1's).
+    preview1: bool,
 }
 
 /// Fuel a computing guest burns between two flushes of its fuel count to the store (and two
