@@ -259,6 +259,12 @@ env = ["GREETING"]
 host = "{data}"
 guest = "/data"
 
+[[tools]]
+path = "{command}"
+name = "shout"
+description = "Echoes a fixed word first"
+args = ["echo", "fixed"]
+
 [[tenants]]
 name = "root"
 token_blake3 = "{root}"
@@ -273,7 +279,22 @@ tools = ["*"]
     let tools = daemon.call("GET", "/v1/tools", "root-token", "").json();
     let listed = tools["tools"].as_array().and_then(|t| t.iter().find(|t| t["name"] == "fixture")).cloned();
     let listed = listed.unwrap_or_else(|| panic!("the command is listed: {tools}"));
-    assert_eq!(listed["description"], "Echoes, reads and exits, as its arguments say", "{listed}");
+    // The listing says what the operator set up: no fixed arguments here, one read-only mount.
+    assert_eq!(
+        listed["description"], "Echoes, reads and exits, as its arguments say. Mounted: /data (read-only).",
+        "{listed}"
+    );
+    assert_eq!(
+        listed["command"],
+        json!({"args_prefix": [], "mounts": [{"guest_path": "/data", "access": "read-only"}]})
+    );
+    let shout = tools["tools"].as_array().and_then(|t| t.iter().find(|t| t["name"] == "shout")).cloned();
+    let shout = shout.unwrap_or_else(|| panic!("the second command is listed: {tools}"));
+    assert_eq!(shout["command"], json!({"args_prefix": ["echo", "fixed"], "mounts": []}), "{shout}");
+    let description = shout["description"].as_str().unwrap_or_default();
+    assert!(description.contains("arguments echo fixed first (do not repeat them"), "{description}");
+    let reply = daemon.run("root-token", json!({"tool": "shout", "input": {"args": ["x"]}}));
+    assert_eq!(reply.json()["output"]["stdout"], "shout\nfixed\nx\n", "{}", reply.json());
 
     let run = |input: serde_json::Value| daemon.run("root-token", json!({"tool": "fixture", "input": input}));
     let reply = run(json!({"args": ["echo", "over", "http"]}));
@@ -358,8 +379,18 @@ fn an_mcp_client_lists_and_calls_a_command_over_stdio() {
     let tools = listed["result"]["tools"].as_array().cloned().unwrap_or_default();
     let command = tools.iter().find(|t| t["name"] == "wasi_command").unwrap_or_else(|| panic!("listed: {listed}"));
     assert_eq!(command["inputSchema"]["properties"]["args"]["type"], "array", "{command}");
+    let description = command["description"].as_str().unwrap_or_default();
+    assert!(description.ends_with("Mounted: /data (read-only)."), "{command}");
+    assert_eq!(command["_meta"]["guild/command"]["mounts"][0]["guest_path"], "/data", "{command}");
     let output = mcp.call("wasi_command", serde_json::json!({"args": ["read", "/data/notes.txt"]}));
     assert_eq!((output["exit_code"].as_i64(), output["stdout"].as_str()), (Some(0), Some("read over MCP")), "{output}");
+    // A nonzero exit is the run's output, and an error result an agent notices.
+    let call = serde_json::json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+        "name": "wasi_command", "arguments": {"args": ["exit", "1"]}}});
+    let called = mcp.ask(call).expect("answered");
+    assert_eq!(called["result"]["isError"], true, "{called}");
+    assert_eq!(called["result"]["_meta"]["guild/exit_code"], 1, "{called}");
+    assert_eq!(called["result"]["structuredContent"]["exit_code"], 1, "{called}");
     mcp.finish();
 }
 
