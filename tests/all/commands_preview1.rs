@@ -24,6 +24,8 @@ enum Body {
     Flood { text: &'static str, times: i32 },
     /// Loop forever.
     Spin,
+    /// Write `text` to fd 1, then loop forever.
+    PrintThenSpin { text: &'static str },
     /// Grow memory by one page at a time, forever.
     Grow,
     /// `unreachable`.
@@ -50,7 +52,7 @@ fn module(body: Body) -> Vec<u8> {
     exports.export("memory", ExportKind::Memory, 0);
     exports.export("_start", ExportKind::Func, 2);
     let text = match body {
-        Body::PrintAndExit { text, .. } | Body::Flood { text, .. } => text,
+        Body::PrintAndExit { text, .. } | Body::Flood { text, .. } | Body::PrintThenSpin { text } => text,
         _ => "",
     };
     let text_len = i32::try_from(text.len()).expect("a short text");
@@ -74,6 +76,10 @@ fn module(body: Body) -> Vec<u8> {
             sink.local_get(0).i32_const(1).i32_add().local_set(0).br(0).end().end();
         }
         Body::Spin => {
+            sink.loop_(wasm_encoder::BlockType::Empty).br(0).end();
+        }
+        Body::PrintThenSpin { .. } => {
+            write(&mut sink);
             sink.loop_(wasm_encoder::BlockType::Empty).br(0).end();
         }
         Body::Grow => {
@@ -151,6 +157,37 @@ fn fuel_time_memory_and_output_limits_stop_a_preview1_module() {
     let (_flood_dir, flood) = module_file("flood", &module(Body::Flood { text: "0123456789", times: 1000 }));
     let ran = guild.run(&["run", flood.to_str().expect("utf-8"), "--output-bytes", "5000", "--"]);
     ran.expect_code(3).expect_stderr("--output-bytes");
+    // What fitted was passed through as it was written: the first 500 of 1000 writes.
+    assert_eq!(ran.stdout, "0123456789".repeat(500), "{ran:?}");
+}
+
+#[test]
+fn guild_run_passes_a_commands_output_through_as_it_is_written() {
+    // The program writes, then never exits: only a stream passed through as written shows it
+    // (held until exit, it was lost with the run).
+    let guild = Guild::new();
+    let (_dir, path) = module_file("early", &module(Body::PrintThenSpin { text: "early\n" }));
+    let path = path.to_str().expect("utf-8");
+    let ran = guild.run(&["run", path, "--fuel", "1000000000000", "--timeout", "1s", "--summary-json", "--"]);
+    ran.expect_code(3);
+    assert_eq!(ran.stdout, "early\n", "{ran:?}");
+    assert_eq!(ran.summary()["status"], "limit", "{ran:?}");
+    // A pipe sees it before the run ends.
+    let mut child = guild
+        .command()
+        .args(["run", path, "--fuel", "1000000000000", "--timeout", "5s", "--"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("guild starts");
+    let started = std::time::Instant::now();
+    let mut first = [0u8; 6];
+    std::io::Read::read_exact(child.stdout.as_mut().expect("stdout"), &mut first).expect("read what it wrote");
+    let waited = started.elapsed();
+    assert_eq!(&first, b"early\n");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(waited < std::time::Duration::from_secs(4), "seen after {waited:?}, before its 5 s timeout ended it");
 }
 
 #[tokio::test]

@@ -320,10 +320,12 @@ pub(crate) struct RunArgs {
     /// Linear memory limit, e.g. 64MiB.
     #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = crate::units::parse_size)]
     pub(crate) memory: u64,
-    /// Largest output the tool may return, e.g. 1MiB.
+    /// Largest output the tool may return, e.g. 1MiB (a WASI command: its stdout, passed
+    /// through as it is written; past this the run ends, exit 3).
     #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = crate::units::parse_size)]
     pub(crate) output_bytes: u64,
-    /// Log budget (log lines, stdout and stderr together), e.g. 256KiB.
+    /// Log budget (log lines, stdout and stderr together), e.g. 256KiB (a WASI command: its
+    /// stderr, passed through as it is written; past this the run ends, exit 3).
     #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = crate::units::parse_size)]
     pub(crate) log_bytes: u64,
     /// Allow outgoing HTTP matching RULE: [METHODS ]SCHEME://HOST[:PORT][/PATH-PREFIX], e.g.
@@ -392,8 +394,9 @@ pub(crate) struct RunArgs {
     /// WASI commands only: set the environment variable NAME for the program (repeatable).
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
     pub(crate) envs: Vec<(String, String)>,
-    /// WASI commands only: the program's arguments, after `--`. Its stdin, stdout and stderr are
-    /// this process's, and `guild` exits with the program's exit code.
+    /// WASI commands only: the program's arguments, after `--`. Its stdin is this process's (read
+    /// whole first), its stdout and stderr are passed to this process's as it writes them (and
+    /// recorded), and `guild` exits with the program's exit code (134 when it traps).
     #[arg(last = true, value_name = "ARGS")]
     pub(crate) command_args: Vec<String>,
 }

@@ -7,7 +7,7 @@ use crate::bindings::exports::guild::tool::tool as wit;
 use crate::blocking::off_the_async_workers;
 use crate::cache::DiskCache;
 use crate::cancel::{CancellationToken, Cancelled, arm_deadline, elapsed_ms};
-use crate::command::{Capture, CommandInput, CommandIo, InputRefused, command_output};
+use crate::command::{Capture, CommandInput, CommandIo, InputRefused, Passthrough, command_output};
 use crate::egress::BreakerSettings;
 use crate::egress::connect::{Connections, HTTP_CONNECTIONS_MAX_DEFAULT};
 use crate::egress::hook::{EgressHooks, EgressRun};
@@ -261,6 +261,40 @@ impl Runtime {
         cancel: CancellationToken,
         run_for: Option<&RunFor<'_>>,
     ) -> Result<RunReport, RunError> {
+        self.run_inner(tool, input, grants, limits, cancel, run_for, None).await
+    }
+
+    /// [`Runtime::run`] of a WASI command whose stdout and stderr also go to `passthrough` as
+    /// the program writes them (each write once accepted within its bound: `output_bytes_max`
+    /// for stdout, `log_bytes_max` for stderr), as `guild run` shows them; they are captured,
+    /// recorded and returned as for any run. A `guild-tool` component's streams are its log and
+    /// are not passed through.
+    ///
+    /// # Errors
+    /// As [`Runtime::run`].
+    pub async fn run_passing_through(
+        &self,
+        tool: &Tool,
+        input: &str,
+        grants: &Grants,
+        limits: &Limits,
+        passthrough: &Passthrough,
+    ) -> Result<RunReport, RunError> {
+        let cancel = CancellationToken::new();
+        self.run_inner(tool, input, grants, limits, cancel, None, Some(passthrough)).await
+    }
+
+    #[allow(clippy::too_many_arguments)] // the public entries above each fix some of them
+    async fn run_inner(
+        &self,
+        tool: &Tool,
+        input: &str,
+        grants: &Grants,
+        limits: &Limits,
+        cancel: CancellationToken,
+        run_for: Option<&RunFor<'_>>,
+        passthrough: Option<&Passthrough>,
+    ) -> Result<RunReport, RunError> {
         let policy = EffectivePolicy::resolve(&tool.info.name, grants, &tool.capabilities_for(grants))?;
         self.check_limits(limits)?;
         // A command's fixed arguments become part of its recorded input, so replay needs no config.
@@ -290,8 +324,16 @@ impl Runtime {
             .filter(|s| policy.secret_grants.iter().any(|g| g.name == s.name()))
             .cloned()
             .collect();
-        let env =
-            RunEnv { seed, recorder: recorder.clone(), replay_bodies: None, secrets, replay_gpu: None, cancel, stop };
+        let env = RunEnv {
+            seed,
+            recorder: recorder.clone(),
+            replay_bodies: None,
+            secrets,
+            replay_gpu: None,
+            cancel,
+            stop,
+            passthrough: passthrough.cloned(),
+        };
         let mut execution = self.execute(tool, input, &policy, limits, env).await?;
         let (bundle, bundle_bytes) = match (&self.recording, &recorder) {
             (Some(recording), Some(recorder)) => {
@@ -347,7 +389,7 @@ impl Runtime {
         limits: &Limits,
         env: RunEnv,
     ) -> Result<Execution, RunError> {
-        let RunEnv { seed, recorder, replay_bodies, secrets, replay_gpu, cancel, stop } = env;
+        let RunEnv { seed, recorder, replay_bodies, secrets, replay_gpu, cancel, stop, passthrough } = env;
         let egress = Arc::new(
             EgressRun::new(
                 tool.info.name.clone(),
@@ -365,7 +407,7 @@ impl Runtime {
         let gpu =
             GpuRun::new(self.gpu.clone(), &info.name, info.capabilities.gpu, limits, recorder.clone(), replay_gpu);
         let recorder = recorder.as_ref();
-        let command = match command_io(tool, input, limits) {
+        let command = match command_io(tool, input, limits, passthrough.as_ref()) {
             Ok(command) => command,
             Err(refused) => return Ok(Execution::refused(refused)),
         };
@@ -632,9 +674,14 @@ async fn call_entry(call: &Call<'_>, store: &mut Store<HostState>, input: &str) 
 }
 
 /// A command's input as its store sees it; `None` for a `guild-tool` component.
-fn command_io(tool: &Tool, input: &str, limits: &Limits) -> Result<Option<CommandIo>, InputRefused> {
+fn command_io(
+    tool: &Tool,
+    input: &str,
+    limits: &Limits,
+    passthrough: Option<&Passthrough>,
+) -> Result<Option<CommandIo>, InputRefused> {
     let Some(config) = tool.command_config() else { return Ok(None) };
-    CommandInput::parse(input, config)?.into_io(&tool.info.name, limits).map(Some)
+    CommandInput::parse(input, config)?.into_io(&tool.info.name, limits, passthrough).map(Some)
 }
 
 /// The output of a command that exited with `code`.

@@ -162,6 +162,8 @@ pub(crate) struct RunEnv {
     pub(crate) cancel: CancellationToken,
     /// Where a limit raised inside a host call stops the run (the recorder's, when recording).
     pub(crate) stop: Arc<Stop>,
+    /// Where a command's streams also go as it writes them (`guild run`).
+    pub(crate) passthrough: Option<crate::command::Passthrough>,
 }
 
 impl Execution {
