@@ -272,3 +272,44 @@ async fn a_writable_mount_runs_the_adapted_module_under_its_write_quota_and_repl
     let bundle = ran.expect_code(0).summary()["bundle"].as_str().expect("bundle").to_string();
     guild.run(&["replay", &bundle]).expect_code(0);
 }
+
+/// A module importing `imports` (module, name; each a `(i32) -> ()` function, as `proc_exit`),
+/// exporting only those named in `exports` (each a `() -> ()` function doing nothing).
+fn bare_module(imports: &[(&str, &str)], exports: &[&str]) -> Vec<u8> {
+    let mut types = TypeSection::new();
+    types.ty().function([], []);
+    types.ty().function([ValType::I32], []);
+    let mut import_section = ImportSection::new();
+    for (module, name) in imports {
+        import_section.import(module, name, EntityType::Function(1));
+    }
+    let mut functions = FunctionSection::new();
+    let mut export_section = ExportSection::new();
+    let mut code = CodeSection::new();
+    for (n, name) in exports.iter().enumerate() {
+        functions.function(0);
+        let index = u32::try_from(imports.len() + n).expect("few functions");
+        export_section.export(name, ExportKind::Func, index);
+        let mut body = Function::new([]);
+        body.instructions().end();
+        code.function(&body);
+    }
+    let mut module = Module::new();
+    module.section(&types).section(&import_section).section(&functions).section(&export_section).section(&code);
+    module.finish()
+}
+
+#[tokio::test]
+async fn a_preview1_module_that_is_no_command_or_imports_more_is_refused_by_name() {
+    let runtime = Runtime::new(RuntimeConfig::default()).expect("runtime");
+    let preview1 = ("wasi_snapshot_preview1", "proc_exit");
+    let reactor = bare_module(&[preview1], &["_initialize"]);
+    let refused = runtime.load(&reactor).await.err().expect("a reactor is refused");
+    assert!(matches!(refused, guild_runtime::LoadError::NoStart), "{refused}");
+    let foreign = bare_module(&[preview1, ("env", "host_secret")], &["_start"]);
+    let refused = runtime.load(&foreign).await.err().expect("an unknown import is refused");
+    assert!(refused.to_string().contains("env::host_secret"), "{refused}");
+    let command = bare_module(&[preview1], &["_start"]);
+    let (tool, _) = runtime.load(&command).await.expect("a preview-1 command loads");
+    assert!(tool.is_preview1());
+}

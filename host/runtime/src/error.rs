@@ -44,6 +44,12 @@ pub enum LoadError {
          build the tool with `--target wasm32-wasip2` (or wrap it with `wasm-tools component new`)"
     )]
     CoreModule,
+    /// A preview-1 module that exports no `_start`: a reactor, not a command.
+    #[error(
+        "this WASI preview-1 module exports no `_start` function, so it is not a command (a reactor \
+         module has no entry Guild can call); build it as a binary (a `main`), not a library"
+    )]
+    NoStart,
     /// A preview-1 module the published adapter could not turn into a component.
     #[error("cannot adapt this WASI preview-1 module into a component: {0}")]
     Adapt(String),

@@ -224,10 +224,7 @@ impl Runtime {
         .await
         .map_err(|e| LoadError::Invalid(format!("the compilation task failed: {e}")))??;
         if !matches!(module.get_export("_start"), Some(wasmtime::ExternType::Func(_))) {
-            return Err(LoadError::WrongWorld(
-                "this preview-1 module exports no `_start` function, so it is not a command (a reactor module has nothing Guild can call)"
-                    .into(),
-            ));
+            return Err(LoadError::NoStart);
         }
         let pre = self.module_linker.instantiate_pre(&module).map_err(|e| module_link_error(&e, &module))?;
         let preview1 = Preview1 { module: pre, bytes: bytes.into(), adapted: tokio::sync::OnceCell::new() };
