@@ -264,6 +264,21 @@ async fn a_writable_mount_runs_the_adapted_module_under_its_write_quota_and_repl
     let report = runtime.run(&tool, input, &grants, &tight).await.expect("run");
     assert!(matches!(report.outcome, Outcome::Limit(LimitHit::MountWrite { .. })), "{:?}", report.outcome);
 
+    // Read-only, the same program runs on preview 1 itself, and cannot write: it fails, and the
+    // directory stays as it was.
+    let untouched = tempfile::tempdir().expect("tempdir");
+    let read_only = Grants {
+        mounts: vec![Mount {
+            host_path: untouched.path().to_path_buf(),
+            guest_path: "/fs-tests.dir".into(),
+            access: guild_runtime::Access::ReadOnly,
+        }],
+        ..Grants::default()
+    };
+    let report = runtime.run(&tool, input, &read_only, &Limits::default()).await.expect("run");
+    assert!(!matches!(&report.outcome, Outcome::Output { output } if output.contains(r#""exit_code":0"#)));
+    assert_eq!(std::fs::read_dir(untouched.path()).expect("dir").count(), 0, "{:?}", report.outcome);
+
     // `guild run` on the module, then `guild replay` of its bundle.
     let guild = Guild::new();
     let dir = mount(scratch.path(), "/fs-tests.dir", "rw");
