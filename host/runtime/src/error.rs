@@ -38,7 +38,7 @@ pub enum LoadError {
     #[error("not a WebAssembly component: the file does not start with the `\\0asm` header")]
     NotWasm,
     /// A core module that imports no WASI preview 1, so it is neither a component nor a
-    /// preview-1 command that Guild adapts.
+    /// preview-1 command that Guild runs.
     #[error(
         "this is a core WebAssembly module that imports no wasi_snapshot_preview1, not a component: \
          build the tool with `--target wasm32-wasip2` (or wrap it with `wasm-tools component new`)"
