@@ -328,3 +328,43 @@ async fn a_preview1_module_that_is_no_command_or_imports_more_is_refused_by_name
     let (tool, _) = runtime.load(&command).await.expect("a preview-1 command loads");
     assert!(tool.is_preview1());
 }
+
+#[test]
+fn the_daemon_serves_a_configured_preview1_module_over_http() {
+    use crate::daemon::{Daemon, config_file, token_digest};
+    use serde_json::json;
+    let guild = Guild::new();
+    let (_dir, path) = module_file("legacy", &module(Body::PrintAndExit { text: "from preview 1\n", code: 33 }));
+    let config = format!(
+        r#"
+[[tools]]
+path = "{path}"
+name = "legacy"
+description = "An old wasm32-wasip1 program"
+args = ["--quiet"]
+
+[[tenants]]
+name = "root"
+token_blake3 = "{root}"
+tools = ["*"]
+"#,
+        path = path.display(),
+        root = token_digest("root-token"),
+    );
+    let config = config_file(guild.home(), &config);
+    let daemon = Daemon::start(&guild, &["--config", &config], &[]);
+    let tools = daemon.call("GET", "/v1/tools", "root-token", "").json();
+    let listed = tools["tools"].as_array().and_then(|t| t.iter().find(|t| t["name"] == "legacy")).cloned();
+    let listed = listed.unwrap_or_else(|| panic!("the module is listed: {tools}"));
+    assert_eq!(listed["command"]["args_prefix"], json!(["--quiet"]), "{listed}");
+    let reply = daemon.run("root-token", json!({"tool": "legacy", "input": {}}));
+    assert_eq!(reply.status, 200, "{}", reply.json());
+    let body = reply.json();
+    // proc_exit(33) is the program's answer: a succeeded run whose output says 33.
+    assert_eq!(body["status"], "succeeded", "{body}");
+    assert_eq!(
+        (body["output"]["exit_code"].as_i64(), body["output"]["stdout"].as_str()),
+        (Some(33), Some("from preview 1\n"))
+    );
+    daemon.terminate();
+}
