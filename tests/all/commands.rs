@@ -67,6 +67,7 @@ fn guild_run_passes_arguments_streams_and_the_exit_code_through() {
     // A trap is a trap, not an exit code of the program's: 134, as under `wasmtime run`.
     let panicked = guild.run(&["run", WASI_COMMAND, "--", "panic"]);
     panicked.expect_code(134).expect_stderr("guild: trap").expect_stderr("asked to panic");
+    assert_eq!(panicked.stderr.matches("asked to panic").count(), 1, "passed through once: {panicked:?}");
     // guild-tool components keep their own interface.
     guild.run(&["run", guild_test_artifacts::ECHO, "--", "x"]).expect_code(2).expect_stderr("for WASI commands");
     // --input and command flags together are one too many ways to say the input.

@@ -345,6 +345,12 @@ fn print_report(report: &RunReport, source: CacheSource, args: &RunArgs, command
         return exit;
     }
     if let Some(message) = &message {
+        // A command's stderr was passed through as it was written: the tail the trap's message
+        // repeats (the bundle and the API keep it) would show it twice.
+        let message = match (command, &report.outcome) {
+            (true, Outcome::Trap { .. }) => message.split("; stderr: ").next().unwrap_or(message),
+            _ => message,
+        };
         eprintln!("guild: {message}");
     }
     let bundle = report.bundle.map(|id| format!(" · bundle {}", id.short())).unwrap_or_default();
