@@ -623,8 +623,18 @@ fn parse_rule(text: &str) -> Result<EgressRule, String> {
 
 /// Parse `HOST::GUEST[:ro|:rw]`.
 fn parse_mount(text: &str) -> Result<Mount, String> {
-    let (host, rest) =
-        text.split_once("::").ok_or_else(|| format!("{text:?} is not HOST::GUEST[:ro|:rw], e.g. ./docs::/data:ro"))?;
+    // The guest path a bare directory would be mounted at, to suggest (Guild's guest paths are
+    // absolute; `wasmtime run --dir DIR` takes DIR for both).
+    let suggested = |dir: &str| {
+        let name = std::path::Path::new(dir).file_name().map(|n| n.to_string_lossy().into_owned());
+        format!("/{}", name.unwrap_or_else(|| "data".into()))
+    };
+    let (host, rest) = text.split_once("::").ok_or_else(|| {
+        format!(
+            "{text:?} is not HOST::GUEST[:ro|:rw]; to mount it read-only at {0}: --dir {text}::{0}",
+            suggested(text)
+        )
+    })?;
     let (guest, access) = match rest.rsplit_once(':') {
         Some((guest, "ro")) => (guest, Access::ReadOnly),
         Some((guest, "rw")) => (guest, Access::ReadWrite),
@@ -633,6 +643,12 @@ fn parse_mount(text: &str) -> Result<Mount, String> {
     };
     if host.is_empty() || guest.is_empty() {
         return Err(format!("{text:?} needs both a host directory and a guest path"));
+    }
+    if !guest.starts_with('/') {
+        return Err(format!(
+            "the guest path {guest:?} in {text:?} is relative; guest paths are absolute, e.g. --dir {host}::{}",
+            suggested(guest)
+        ));
     }
     Ok(Mount { host_path: PathBuf::from(host), guest_path: guest.to_string(), access })
 }
@@ -653,5 +669,9 @@ mod tests {
         assert!(parse_mount("/tmp/x").is_err());
         assert!(parse_mount("/tmp/x::/data:rx").is_err());
         assert!(parse_mount("::/data").is_err());
+        let relative = parse_mount("./d::data").expect_err("a relative guest path is a usage error");
+        assert!(relative.contains("--dir ./d::/data"), "{relative}");
+        let bare = parse_mount("./reports").expect_err("a bare directory");
+        assert!(bare.contains("--dir ./reports::/reports"), "{bare}");
     }
 }
