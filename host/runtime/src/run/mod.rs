@@ -7,7 +7,7 @@ use crate::bindings::exports::guild::tool::tool as wit;
 use crate::blocking::off_the_async_workers;
 use crate::cache::DiskCache;
 use crate::cancel::{CancellationToken, Cancelled, arm_deadline, elapsed_ms};
-use crate::command::{Capture, CommandInput, CommandIo, InputRefused, Passthrough, command_output};
+use crate::command::{CommandIo, Passthrough};
 use crate::egress::BreakerSettings;
 use crate::egress::connect::{Connections, HTTP_CONNECTIONS_MAX_DEFAULT};
 use crate::egress::hook::{EgressHooks, EgressRun};
@@ -45,6 +45,7 @@ pub struct RunFor<'a> {
 }
 use guild_vocab::{Outcome, ToolErrorKind};
 
+mod call;
 mod load;
 pub(crate) mod types;
 
@@ -52,6 +53,7 @@ pub use types::Tool;
 pub(crate) use types::{Entry, Execution, RunEnv};
 
 use crate::output::check_output;
+use call::{Call, Returned, call_entry, command_io, exited};
 use load::LoadedTools;
 
 /// How the runtime is set up.
@@ -487,24 +489,6 @@ impl Runtime {
         })
     }
 
-    /// What a run of `tool` under `policy` calls: a preview-1 module runs on wasmtime-wasi's
-    /// preview 1, unless the policy grants a writable mount, whose write quota only the adapted
-    /// component's filesystem charges (see [`types::Preview1`]).
-    async fn call_for<'a>(&self, tool: &'a Tool, policy: &EffectivePolicy) -> Result<Call<'a>, RunError> {
-        Ok(match &tool.entry {
-            Entry::Tool(pre) => Call::Tool(pre),
-            Entry::Command(pre, _) => Call::Command(pre.clone()),
-            Entry::Preview1(module, _) if policy.mounts.iter().any(|m| m.access == Access::ReadWrite) => {
-                Call::Command(self.adapted(module).await.map_err(|e| {
-                    RunError::Host(format!(
-                        "this preview-1 module runs with a writable mount only as an adapted component, and it could not be adapted ({e}); mount it read-only"
-                    ))
-                })?)
-            }
-            Entry::Preview1(module, _) => Call::Preview1(&module.module),
-        })
-    }
-
     fn check_limits(&self, limits: &Limits) -> Result<(), RunError> {
         if limits.memory_bytes_max > self.settings.memory_bytes_ceiling {
             return Err(RunError::Limits(format!(
@@ -634,60 +618,6 @@ impl Runtime {
             None => Outcome::Trap { message: with_stderr(format!("the tool trapped: {}", trap_summary(error)), logs) },
         })
     }
-}
-
-/// What the guest's entry point returned.
-enum Returned {
-    /// A `guild-tool`'s `run`.
-    Tool(Result<String, wit::ToolError>),
-    /// A command's `wasi:cli/run`: `Err` is exit code 1.
-    Command(Result<(), ()>),
-}
-
-/// What one run instantiates and calls.
-enum Call<'a> {
-    /// A `guild-tool` component's `run`.
-    Tool(&'a crate::bindings::GuildToolPre<HostState>),
-    /// A command component's `wasi:cli/run` (a preview-1 module adapted, too).
-    Command(wasmtime_wasi::p2::bindings::CommandPre<HostState>),
-    /// A preview-1 module's `_start`.
-    Preview1(&'a wasmtime::InstancePre<HostState>),
-}
-
-async fn call_entry(call: &Call<'_>, store: &mut Store<HostState>, input: &str) -> wasmtime::Result<Returned> {
-    match call {
-        Call::Tool(pre) => {
-            let instance = pre.instantiate_async(&mut *store).await?;
-            instance.guild_tool_tool().call_run(&mut *store, input).await.map(Returned::Tool)
-        }
-        Call::Command(pre) => {
-            let instance = pre.instantiate_async(&mut *store).await?;
-            instance.wasi_cli_run().call_run(&mut *store).await.map(Returned::Command)
-        }
-        Call::Preview1(pre) => {
-            let instance = pre.instantiate_async(&mut *store).await?;
-            let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
-            // Returning from `_start` is exit code 0; `proc_exit(n)` comes back as `I32Exit(n)`.
-            start.call_async(&mut *store, ()).await.map(|()| Returned::Command(Ok(())))
-        }
-    }
-}
-
-/// A command's input as its store sees it; `None` for a `guild-tool` component.
-fn command_io(
-    tool: &Tool,
-    input: &str,
-    limits: &Limits,
-    passthrough: Option<&Passthrough>,
-) -> Result<Option<CommandIo>, InputRefused> {
-    let Some(config) = tool.command_config() else { return Ok(None) };
-    CommandInput::parse(input, config)?.into_io(&tool.info.name, limits, passthrough).map(Some)
-}
-
-/// The output of a command that exited with `code`.
-fn exited(code: i32, captured: Option<&(Capture, Capture)>) -> Outcome {
-    let (stdout, stderr) = captured.map(|(out, err)| (out.take(), err.take())).unwrap_or_default();
-    Outcome::Output { output: command_output(code, &stdout, &stderr) }
 }
 
 /// `run` returned but its result could not be copied out of the guest. The copy is bounded by
