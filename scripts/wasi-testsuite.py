@@ -18,6 +18,9 @@ gives them.
 Prints one line per test and a summary; `--json PATH` writes the results for tests/all.
 
     scripts/wasi-testsuite.py --guild target/debug/guild [--wasmtime PATH] [--suite DIR]
+
+The suite's folder defaults to `../shared/wasi-testsuite` from the repository's root, found from
+this script's own place (not the current directory).
 """
 
 import argparse
@@ -30,6 +33,9 @@ import tempfile
 from pathlib import Path
 
 TEST_TIMEOUT_S = 60
+# The suite beside the checkout (`../shared/wasi-testsuite` from the repository's root), found
+# from this script's own place, whatever the current directory is.
+SUITE_DEFAULT = Path(__file__).resolve().parent.parent.parent / "shared" / "wasi-testsuite"
 
 
 def spec_of(wasm: Path) -> dict:
@@ -115,7 +121,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--guild", required=True, help="the guild binary")
     parser.add_argument("--wasmtime", default=os.environ.get("WASMTIME"), help="a wasmtime binary (or $WASMTIME)")
-    parser.add_argument("--suite", default=os.environ.get("WASI_TESTSUITE", "../shared/wasi-testsuite"))
+    parser.add_argument(
+        "--suite",
+        default=os.environ.get("WASI_TESTSUITE", str(SUITE_DEFAULT)),
+        help=f"the suite's folder (default: $WASI_TESTSUITE, else {SUITE_DEFAULT})",
+    )
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--filter", default="", help="only tests whose path contains this")
     args = parser.parse_args()

@@ -3,7 +3,7 @@
 //! same limits, mounts, recording and replay as `guild-tool` components.
 
 use crate::{Guild, mount, tree};
-use guild_replay::{BlobStore, Bundle, DirStore, HostKey};
+use guild_replay::{Bundle, DirStore, HostKey};
 use guild_runtime::{
     CommandConfig, CommandOutput, Grants, LimitHit, Limits, Mount, Outcome, RecordingConfig, ReplayOptions, Runtime,
     RuntimeConfig, ToolErrorKind,
@@ -64,9 +64,10 @@ fn guild_run_passes_arguments_streams_and_the_exit_code_through() {
     assert_eq!((out.status.code(), out.stdout.as_slice()), (Some(0), b"piped in\n".as_slice()));
     assert_eq!(String::from_utf8_lossy(&out.stderr), "read 9 bytes\n");
     guild.run(&["run", WASI_COMMAND, "--", "cat"]).expect_code(0).expect_stderr("read 0 bytes");
-    // A trap is a trap, not an exit code of the program's.
+    // A trap is a trap, not an exit code of the program's: 134, as under `wasmtime run`.
     let panicked = guild.run(&["run", WASI_COMMAND, "--", "panic"]);
-    panicked.expect_code(1).expect_stderr("guild: trap").expect_stderr("asked to panic");
+    panicked.expect_code(134).expect_stderr("guild: trap").expect_stderr("asked to panic");
+    assert_eq!(panicked.stderr.matches("asked to panic").count(), 1, "passed through once: {panicked:?}");
     // guild-tool components keep their own interface.
     guild.run(&["run", guild_test_artifacts::ECHO, "--", "x"]).expect_code(2).expect_stderr("for WASI commands");
     // --input and command flags together are one too many ways to say the input.
@@ -194,61 +195,8 @@ fn suite_dir() -> Option<PathBuf> {
     dir.join("tests").is_dir().then_some(dir)
 }
 
-#[tokio::test]
-async fn a_preview1_module_is_adapted_once_run_and_replayed_identically() {
-    let Some(suite) = suite_dir() else {
-        eprintln!("skipped: no WASI test suite (../shared/wasi-testsuite or WASI_TESTSUITE)");
-        return;
-    };
-    let tests = suite.join("tests/rust/testsuite/wasm32-wasip1");
-    let module = std::fs::read(tests.join("file_pread_pwrite.wasm")).expect("suite program");
-    let scratch = tempfile::tempdir().expect("tempdir");
-    let home = tempfile::tempdir().expect("tempdir");
-    let (runtime, store) = recording_runtime(home.path());
-    let (tool, _) = runtime.load(&module).await.expect("a preview-1 module loads");
-    assert!(tool.is_command());
-    assert_ne!(*tool.digest(), guild_replay::Digest::of(&module), "the adapted component is what runs");
-    // The component is kept by its own digest, for replay, and adapted only once.
-    assert_eq!(store.get(tool.digest()).map(|b| guild_replay::Digest::of(&b)).ok(), Some(*tool.digest()));
-    let adapted = std::fs::read_dir(home.path().join("cache")).expect("cache").flatten().any(|fp| {
-        std::fs::read_dir(fp.path())
-            .expect("cache dir")
-            .flatten()
-            .any(|f| f.file_name().to_string_lossy().ends_with(".adapted.wasm"))
-    });
-    assert!(adapted, "the adapted component is cached by the module's digest");
-
-    let grants = Grants {
-        mounts: vec![Mount {
-            host_path: scratch.path().to_path_buf(),
-            guest_path: "/fs-tests.dir".into(),
-            access: guild_runtime::Access::ReadWrite,
-        }],
-        ..Grants::default()
-    };
-    let report = runtime.run(&tool, r#"{"args": ["/fs-tests.dir"]}"#, &grants, &Limits::default()).await.expect("run");
-    assert_eq!(output_of(&report.outcome).exit_code, 0, "{:?}", report.outcome);
-    replays_identically(&runtime, &store, report.bundle.expect("recorded")).await;
-
-    // `guild run` on the module, then `guild replay` of its bundle.
-    let guild = Guild::new();
-    let module_path = tests.join("file_pread_pwrite.wasm");
-    let dir = mount(scratch.path(), "/fs-tests.dir", "rw");
-    let ran = guild.run(&[
-        "run",
-        module_path.to_str().expect("utf-8"),
-        "--summary-json",
-        "--dir",
-        &dir,
-        "--",
-        "/fs-tests.dir",
-    ]);
-    let bundle = ran.expect_code(0).summary()["bundle"].as_str().expect("bundle").to_string();
-    guild.run(&["replay", &bundle]).expect_code(0).stdout.contains("replay identical");
-}
-
-/// The suite's tests Guild passed when this was recorded (`scripts/wasi-testsuite.py`): 67 of 72,
-/// against wasmtime 48.0.8's 71 (README, "WASI commands", lists the differences).
+/// The suite's tests Guild passed when this was recorded (`scripts/wasi-testsuite.py`): 71 of 72,
+/// as wasmtime 48.0.8 (README, "WASI commands"; both fail `remove_directory_trailing_slashes`).
 const SUITE_PASSING: &str = include_str!("wasi_testsuite_passing.txt");
 
 #[test]
@@ -286,19 +234,14 @@ fn the_wasi_test_suite_passes_at_least_as_recorded() {
     assert!(missing.is_empty(), "Guild no longer passes {missing:?}:\n{stdout}");
     if let Some(wasmtime_only) = summary["wasmtime_only"].as_array() {
         let unexplained: Vec<&str> =
-            wasmtime_only.iter().filter_map(|t| t.as_str()).filter(|t| !ADAPTER_DIFFERENCES.contains(t)).collect();
+            wasmtime_only.iter().filter_map(|t| t.as_str()).filter(|t| !KNOWN_DIFFERENCES.contains(t)).collect();
         assert!(unexplained.is_empty(), "wasmtime passes {unexplained:?}, Guild does not:\n{stdout}");
     }
 }
 
-/// Tests `wasmtime run` passes and Guild does not, each for a reason in the README: wasmtime runs
-/// preview-1 modules on its own preview-1 implementation, Guild through the published adapter.
-const ADAPTER_DIFFERENCES: &[&str] = &[
-    "assemblyscript/testsuite/wasm32-wasip1/args_get-multiple-arguments",
-    "assemblyscript/testsuite/wasm32-wasip1/environ_get-multiple-variables",
-    "assemblyscript/testsuite/wasm32-wasip1/fd_write-to-invalid-fd",
-    "assemblyscript/testsuite/wasm32-wasip1/proc_exit-failure",
-];
+/// Tests `wasmtime run` passes and Guild does not, each with its reason in the README. None since
+/// preview-1 modules run on wasmtime-wasi's own preview 1, as under `wasmtime run`.
+const KNOWN_DIFFERENCES: &[&str] = &[];
 
 #[test]
 fn the_daemon_serves_a_configured_command_over_http() {
@@ -317,6 +260,12 @@ env = ["GREETING"]
 host = "{data}"
 guest = "/data"
 
+[[tools]]
+path = "{command}"
+name = "shout"
+description = "Echoes a fixed word first"
+args = ["echo", "fixed"]
+
 [[tenants]]
 name = "root"
 token_blake3 = "{root}"
@@ -331,7 +280,22 @@ tools = ["*"]
     let tools = daemon.call("GET", "/v1/tools", "root-token", "").json();
     let listed = tools["tools"].as_array().and_then(|t| t.iter().find(|t| t["name"] == "fixture")).cloned();
     let listed = listed.unwrap_or_else(|| panic!("the command is listed: {tools}"));
-    assert_eq!(listed["description"], "Echoes, reads and exits, as its arguments say", "{listed}");
+    // The listing says what the operator set up: no fixed arguments here, one read-only mount.
+    assert_eq!(
+        listed["description"], "Echoes, reads and exits, as its arguments say. Mounted: /data (read-only).",
+        "{listed}"
+    );
+    assert_eq!(
+        listed["command"],
+        json!({"args_prefix": [], "mounts": [{"guest_path": "/data", "access": "read-only"}]})
+    );
+    let shout = tools["tools"].as_array().and_then(|t| t.iter().find(|t| t["name"] == "shout")).cloned();
+    let shout = shout.unwrap_or_else(|| panic!("the second command is listed: {tools}"));
+    assert_eq!(shout["command"], json!({"args_prefix": ["echo", "fixed"], "mounts": []}), "{shout}");
+    let description = shout["description"].as_str().unwrap_or_default();
+    assert!(description.contains("arguments echo fixed first (do not repeat them"), "{description}");
+    let reply = daemon.run("root-token", json!({"tool": "shout", "input": {"args": ["x"]}}));
+    assert_eq!(reply.json()["output"]["stdout"], "shout\nfixed\nx\n", "{}", reply.json());
 
     let run = |input: serde_json::Value| daemon.run("root-token", json!({"tool": "fixture", "input": input}));
     let reply = run(json!({"args": ["echo", "over", "http"]}));
@@ -416,8 +380,18 @@ fn an_mcp_client_lists_and_calls_a_command_over_stdio() {
     let tools = listed["result"]["tools"].as_array().cloned().unwrap_or_default();
     let command = tools.iter().find(|t| t["name"] == "wasi_command").unwrap_or_else(|| panic!("listed: {listed}"));
     assert_eq!(command["inputSchema"]["properties"]["args"]["type"], "array", "{command}");
+    let description = command["description"].as_str().unwrap_or_default();
+    assert!(description.ends_with("Mounted: /data (read-only)."), "{command}");
+    assert_eq!(command["_meta"]["guild/command"]["mounts"][0]["guest_path"], "/data", "{command}");
     let output = mcp.call("wasi_command", serde_json::json!({"args": ["read", "/data/notes.txt"]}));
     assert_eq!((output["exit_code"].as_i64(), output["stdout"].as_str()), (Some(0), Some("read over MCP")), "{output}");
+    // A nonzero exit is the run's output, and an error result an agent notices.
+    let call = serde_json::json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+        "name": "wasi_command", "arguments": {"args": ["exit", "1"]}}});
+    let called = mcp.ask(call).expect("answered");
+    assert_eq!(called["result"]["isError"], true, "{called}");
+    assert_eq!(called["result"]["_meta"]["guild/exit_code"], 1, "{called}");
+    assert_eq!(called["result"]["structuredContent"]["exit_code"], 1, "{called}");
     mcp.finish();
 }
 

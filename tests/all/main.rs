@@ -5,6 +5,7 @@
 mod cache;
 mod cli;
 mod commands;
+mod commands_preview1;
 mod contained;
 mod daemon;
 mod egress;

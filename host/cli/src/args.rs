@@ -323,10 +323,12 @@ pub(crate) struct RunArgs {
     /// Linear memory limit, e.g. 64MiB.
     #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = crate::units::parse_size)]
     pub(crate) memory: u64,
-    /// Largest output the tool may return, e.g. 1MiB.
+    /// Largest output the tool may return, e.g. 1MiB (a WASI command: its stdout, passed
+    /// through as it is written; past this the run ends, exit 3).
     #[arg(long, value_name = "SIZE", default_value = "1MiB", value_parser = crate::units::parse_size)]
     pub(crate) output_bytes: u64,
-    /// Log budget (log lines, stdout and stderr together), e.g. 256KiB.
+    /// Log budget (log lines, stdout and stderr together), e.g. 256KiB (a WASI command: its
+    /// stderr, passed through as it is written; past this the run ends, exit 3).
     #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = crate::units::parse_size)]
     pub(crate) log_bytes: u64,
     /// Allow outgoing HTTP matching RULE: [METHODS ]SCHEME://HOST[:PORT][/PATH-PREFIX], e.g.
@@ -395,8 +397,9 @@ pub(crate) struct RunArgs {
     /// WASI commands only: set the environment variable NAME for the program (repeatable).
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
     pub(crate) envs: Vec<(String, String)>,
-    /// WASI commands only: the program's arguments, after `--`. Its stdin, stdout and stderr are
-    /// this process's, and `guild` exits with the program's exit code.
+    /// WASI commands only: the program's arguments, after `--`. Its stdin is this process's (read
+    /// whole first), its stdout and stderr are passed to this process's as it writes them (and
+    /// recorded), and `guild` exits with the program's exit code (134 when it traps).
     #[arg(last = true, value_name = "ARGS")]
     pub(crate) command_args: Vec<String>,
 }
@@ -646,8 +649,18 @@ fn parse_rule(text: &str) -> Result<EgressRule, String> {
 
 /// Parse `HOST::GUEST[:ro|:rw]`.
 fn parse_mount(text: &str) -> Result<Mount, String> {
-    let (host, rest) =
-        text.split_once("::").ok_or_else(|| format!("{text:?} is not HOST::GUEST[:ro|:rw], e.g. ./docs::/data:ro"))?;
+    // The guest path a bare directory would be mounted at, to suggest (Guild's guest paths are
+    // absolute; `wasmtime run --dir DIR` takes DIR for both).
+    let suggested = |dir: &str| {
+        let name = std::path::Path::new(dir).file_name().map(|n| n.to_string_lossy().into_owned());
+        format!("/{}", name.unwrap_or_else(|| "data".into()))
+    };
+    let (host, rest) = text.split_once("::").ok_or_else(|| {
+        format!(
+            "{text:?} is not HOST::GUEST[:ro|:rw]; to mount it read-only at {0}: --dir {text}::{0}",
+            suggested(text)
+        )
+    })?;
     let (guest, access) = match rest.rsplit_once(':') {
         Some((guest, "ro")) => (guest, Access::ReadOnly),
         Some((guest, "rw")) => (guest, Access::ReadWrite),
@@ -656,6 +669,12 @@ fn parse_mount(text: &str) -> Result<Mount, String> {
     };
     if host.is_empty() || guest.is_empty() {
         return Err(format!("{text:?} needs both a host directory and a guest path"));
+    }
+    if !guest.starts_with('/') {
+        return Err(format!(
+            "the guest path {guest:?} in {text:?} is relative; guest paths are absolute, e.g. --dir {host}::{}",
+            suggested(guest)
+        ));
     }
     Ok(Mount { host_path: PathBuf::from(host), guest_path: guest.to_string(), access })
 }
@@ -676,5 +695,9 @@ mod tests {
         assert!(parse_mount("/tmp/x").is_err());
         assert!(parse_mount("/tmp/x::/data:rx").is_err());
         assert!(parse_mount("::/data").is_err());
+        let relative = parse_mount("./d::data").expect_err("a relative guest path is a usage error");
+        assert!(relative.contains("--dir ./d::/data"), "{relative}");
+        let bare = parse_mount("./reports").expect_err("a bare directory");
+        assert!(bare.contains("--dir ./reports::/reports"), "{bare}");
     }
 }

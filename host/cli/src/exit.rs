@@ -35,6 +35,9 @@ pub(crate) enum Exit {
     /// `replay`: this machine could not finish the replay within its wall-clock backstop (says
     /// nothing about the bundle).
     ReplayTooSlow = 17,
+    /// `run` of a WASI command: it trapped (128 + SIGABRT, what `wasmtime run` exits with), so
+    /// a crash is told apart from the program's own `exit(1)`.
+    CommandTrap = 134,
 }
 
 impl Exit {
@@ -46,6 +49,16 @@ impl Exit {
             3 => Self::Limit,
             4 => Self::Denied,
             _ => Self::ToolError,
+        }
+    }
+
+    /// How `guild run` ends for a WASI command that did not exit on its own (an exit is the
+    /// program's own code): a trap is [`Exit::CommandTrap`], as under `wasmtime run`; a limit,
+    /// a denial or a refused input keep Guild's codes.
+    pub(crate) fn for_command_outcome(outcome: &Outcome) -> Self {
+        match outcome {
+            Outcome::Trap { .. } => Self::CommandTrap,
+            other => Self::for_outcome(other),
         }
     }
 }
@@ -89,6 +102,13 @@ Exit codes:
   4  a capability was denied (a mount the tool did not ask for, a refused file or request)
   5  the component is invalid, or the host failed
 
+A WASI command (a wasi:cli/command component or a preview-1 module, run with --env and arguments
+after --) exits as under `wasmtime run`:
+  N    the program's own exit code (exit(N), proc_exit(N), 0 on returning from main)
+  134  it trapped (a panic, an abort, unreachable code): told apart from exit(1)
+  2-5  as above when Guild ended or refused the run (a limit is 3); a `guild:` line on stderr says
+       which, and --summary-json's `status` tells them apart from the program's own code for sure
+
 guild bundle verify / guild replay have their own codes (see their --help).";
 
 /// The text `guild bundle verify --help` and `guild replay --help` end with.
@@ -122,5 +142,12 @@ mod tests {
         for outcome in outcomes {
             assert_eq!(Exit::for_outcome(&outcome) as u8, outcome.exit_code(), "{outcome:?}");
         }
+    }
+
+    #[test]
+    fn a_trapping_command_exits_as_under_wasmtime_run() {
+        assert_eq!(Exit::for_command_outcome(&Outcome::Trap { message: String::new() }) as u8, 134);
+        let limit = Outcome::Limit(LimitHit::Timeout { limit_ms: 1 });
+        assert_eq!(Exit::for_command_outcome(&limit), Exit::Limit);
     }
 }

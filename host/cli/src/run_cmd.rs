@@ -61,14 +61,19 @@ pub(crate) fn run(global: &Global, args: RunArgs) -> Result<Exit, Failure> {
             None if tool.is_command() => command_input(&args)?,
             None => "{}".to_string(),
         };
-        let report = runtime.run(&tool, &input, &grants, &limits).await.map_err(run_failure)?;
+        let report = if tool.is_command() {
+            runtime.run_passing_through(&tool, &input, &grants, &limits, &terminal_passthrough()).await
+        } else {
+            runtime.run(&tool, &input, &grants, &limits).await
+        }
+        .map_err(run_failure)?;
         if tool.is_command() {
-            command_exit = pass_through(&report, &args);
+            command_exit = exit_code_of(&report, &args);
             if command_exit.is_some() {
                 return Ok(Exit::Success);
             }
         }
-        Ok(print_report(&report, source, &args))
+        Ok(print_report(&report, source, &args, tool.is_command()))
     });
     // A command's own exit code, as `wasmtime run` exits: after the runtime (and the store
     // behind it) is dropped, so the bundle is written whole.
@@ -103,14 +108,26 @@ fn command_input(args: &RunArgs) -> Result<String, Failure> {
     Ok(input.to_string())
 }
 
-/// Write a command's stdout and stderr out as it wrote them, and say how it exited; `None` when
-/// it did not run to an exit (a limit, a trap, a refused input), which is reported as any run.
-fn pass_through(report: &RunReport, args: &RunArgs) -> Option<i32> {
+/// A command's stdout and stderr, passed to this process's own as the program writes them
+/// (flushed at each write, so a pipe or a terminal sees them at once); the run also records them.
+fn terminal_passthrough() -> guild_runtime::Passthrough {
     use std::io::Write as _;
+    guild_runtime::Passthrough {
+        stdout: Arc::new(|bytes: &[u8]| {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(bytes).and_then(|()| out.flush());
+        }),
+        stderr: Arc::new(|bytes: &[u8]| {
+            let _ = std::io::stderr().lock().write_all(bytes);
+        }),
+    }
+}
+
+/// How a command that ran to an exit ended (its streams were passed through as it wrote them);
+/// `None` when it did not exit (a limit, a trap, a refused input), which is reported as any run.
+fn exit_code_of(report: &RunReport, args: &RunArgs) -> Option<i32> {
     let Outcome::Output { output } = &report.outcome else { return None };
     let output = guild_runtime::CommandOutput::parse(output)?;
-    let _ = std::io::stdout().lock().write_all(&output.stdout);
-    let _ = std::io::stderr().lock().write_all(&output.stderr);
     if args.summary_json {
         let summary = serde_json::json!({
             "status": "ok",
@@ -284,8 +301,9 @@ fn host_rss_bytes_peak() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Print output and summary; return the exit code the outcome maps to.
-fn print_report(report: &RunReport, source: CacheSource, args: &RunArgs) -> Exit {
+/// Print output and summary; return the exit code the outcome maps to (a WASI `command`'s
+/// trap: 134, as under `wasmtime run`).
+fn print_report(report: &RunReport, source: CacheSource, args: &RunArgs, command: bool) -> Exit {
     if args.logs {
         for line in &report.logs {
             eprintln!("[{:?} {:?}] {}", line.level, line.source, line.message);
@@ -296,7 +314,7 @@ fn print_report(report: &RunReport, source: CacheSource, args: &RunArgs) -> Exit
     }
     // The exit code, the label and the message are the outcome's own: the API, MCP, metrics and
     // the audit log read the same ones.
-    let exit = Exit::for_outcome(&report.outcome);
+    let exit = if command { Exit::for_command_outcome(&report.outcome) } else { Exit::for_outcome(&report.outcome) };
     let (status, message) = match &report.outcome {
         Outcome::Output { output } => {
             crate::out!("{output}");
@@ -327,6 +345,12 @@ fn print_report(report: &RunReport, source: CacheSource, args: &RunArgs) -> Exit
         return exit;
     }
     if let Some(message) = &message {
+        // A command's stderr was passed through as it was written: the tail the trap's message
+        // repeats (the bundle and the API keep it) would show it twice.
+        let message = match (command, &report.outcome) {
+            (true, Outcome::Trap { .. }) => message.split("; stderr: ").next().unwrap_or(message),
+            _ => message,
+        };
         eprintln!("guild: {message}");
     }
     let bundle = report.bundle.map(|id| format!(" · bundle {}", id.short())).unwrap_or_default();

@@ -1,14 +1,17 @@
-//! Preview-1 modules as commands: a core module importing `wasi_snapshot_preview1` is wrapped
-//! into a `wasi:cli/command` component with the adapter wasmtime publishes for this version
-//! (`wasi-preview1-component-adapter-provider`), encoded by `wit-component` — the way
-//! `wasm-tools component new --adapt` does it. The component is what runs, what bundles name
-//! and what the store keeps; the module's digest only finds it again (`cache.rs`).
+//! Preview-1 modules as command components, for the runs that need one: a core module importing
+//! `wasi_snapshot_preview1` is wrapped into a `wasi:cli/command` component with the adapter
+//! wasmtime publishes for this version (`wasi-preview1-component-adapter-provider`), encoded by
+//! `wit-component` — the way `wasm-tools component new --adapt` does it. A preview-1 module
+//! otherwise runs on wasmtime-wasi's own preview 1 (`run/types.rs`, `Preview1`); a run granted a
+//! writable mount runs the adapted component, whose filesystem calls pass the mounts' write
+//! quotas. Bundles name the module; the adapted component is derived (the same adapter, the same
+//! bytes) and cached under the module's digest (`cache.rs`).
 
 use crate::error::LoadError;
 use wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER;
 
 /// The import module name of WASI preview 1.
-const PREVIEW1: &str = "wasi_snapshot_preview1";
+pub(crate) const PREVIEW1: &str = "wasi_snapshot_preview1";
 
 /// Whether `module` (a core module) imports anything from `wasi_snapshot_preview1`.
 pub(crate) fn imports_preview1(module: &[u8]) -> bool {

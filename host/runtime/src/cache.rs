@@ -1,4 +1,5 @@
-//! The compiled-component cache on disk: `<home>/cache/<engine fingerprint>/<component blake3>.cwasm`,
+//! The compiled-component cache on disk: `<home>/cache/<engine fingerprint>/<component blake3>.cwasm`
+//! (a preview-1 module's: `<module blake3>.module.cwasm`),
 //! with a `.blake3` sidecar holding the artifact's own hash so that a truncated or damaged file
 //! is recompiled instead of loaded. Keyed by the fingerprint, an engine upgrade never loads an
 //! artifact built by another engine.
@@ -14,8 +15,8 @@ use guild_replay::Digest;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use wasmtime::Engine;
 use wasmtime::component::Component;
+use wasmtime::{Engine, Module};
 
 /// Where a loaded tool's compiled code came from; reported so cold and warm paths can be measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -59,6 +60,28 @@ impl DiskCache {
         }
         Ok((component, CacheSource::Compiled))
     }
+
+    /// Load the preview-1 module `digest` from disk (`<digest>.module.cwasm`), or compile `bytes`
+    /// and store the artifact.
+    pub(crate) fn load_or_compile_module(
+        &self,
+        engine: &Engine,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<(Module, CacheSource), LoadError> {
+        let key = format!("{digest}.module");
+        if let Some(artifact) = self.dir.as_deref().and_then(|dir| read_artifact(dir, &key))
+            && let Ok(module) = deserialize_module(engine, &artifact)
+        {
+            return Ok((module, CacheSource::Disk));
+        }
+        let artifact = engine.precompile_module(bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let module = deserialize_module(engine, &artifact).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        if let Some(dir) = &self.dir {
+            let _ = store(dir, &key, &artifact);
+        }
+        Ok((module, CacheSource::Compiled))
+    }
 }
 
 impl DiskCache {
@@ -92,25 +115,31 @@ fn adapted_paths(dir: &Path, module: &Digest) -> (PathBuf, PathBuf) {
     (dir.join(format!("{module}.adapted.wasm")), dir.join(format!("{module}.adapted.blake3")))
 }
 
-fn paths(dir: &Path, digest: &Digest) -> (PathBuf, PathBuf) {
-    (dir.join(format!("{digest}.cwasm")), dir.join(format!("{digest}.blake3")))
+/// The artifact and sidecar paths for `key` (a component's digest, or `<digest>.module`).
+fn paths(dir: &Path, key: &dyn std::fmt::Display) -> (PathBuf, PathBuf) {
+    (dir.join(format!("{key}.cwasm")), dir.join(format!("{key}.blake3")))
 }
 
 fn load(engine: &Engine, dir: &Path, digest: &Digest) -> Option<Component> {
+    deserialize(engine, &read_artifact(dir, digest)?).ok()
+}
+
+/// The artifact kept under `key`, when only this user can have written it and it is whole.
+fn read_artifact(dir: &Path, key: &dyn std::fmt::Display) -> Option<Vec<u8>> {
     if !only_this_user_writes(dir) {
         return None;
     }
-    let (artifact_path, sum_path) = paths(dir, digest);
+    let (artifact_path, sum_path) = paths(dir, key);
     let artifact = std::fs::read(&artifact_path).ok()?;
     let sum = std::fs::read_to_string(&sum_path).ok()?;
     if Digest::of(&artifact).to_hex() != sum.trim() {
         let _ = std::fs::remove_file(&artifact_path);
         return None;
     }
-    deserialize(engine, &artifact).ok()
+    Some(artifact)
 }
 
-fn store(dir: &Path, digest: &Digest, artifact: &[u8]) -> std::io::Result<()> {
+fn store(dir: &Path, digest: &dyn std::fmt::Display, artifact: &[u8]) -> std::io::Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     let (artifact_path, sum_path) = paths(dir, digest);
     write_atomically(&artifact_path, artifact)?;
@@ -145,6 +174,13 @@ fn deserialize(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> 
     // (`only_this_user_writes`), whose blake3 matches the sidecar written with it (so it is
     // whole). wasmtime also checks that a compatible engine produced it.
     unsafe { Component::deserialize(engine, artifact) }
+}
+
+#[allow(unsafe_code)]
+fn deserialize_module(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Module> {
+    // SAFETY: as for `deserialize`: produced by `precompile_module` in this process, or read
+    // whole from a cache directory only this user can write.
+    unsafe { Module::deserialize(engine, artifact) }
 }
 
 #[cfg(test)]

@@ -209,6 +209,7 @@ impl Runtime {
             }),
             cancel: cancel.clone(),
             stop,
+            passthrough: None,
         };
         let execution = self.execute(candidate, &input, &policy, &limits, env).await.map_err(host);
         cancel.cancel();

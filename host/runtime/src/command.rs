@@ -95,8 +95,14 @@ impl CommandInput {
         Ok(parsed)
     }
 
-    /// The store's side of this input, for the command named `name`.
-    pub(crate) fn into_io(self, name: &str, limits: &crate::Limits) -> Result<CommandIo, InputRefused> {
+    /// The store's side of this input, for the command named `name`; its streams also go to
+    /// `passthrough` when given.
+    pub(crate) fn into_io(
+        self,
+        name: &str,
+        limits: &crate::Limits,
+        passthrough: Option<&Passthrough>,
+    ) -> Result<CommandIo, InputRefused> {
         let stdin = match (self.stdin, self.stdin_encoding.as_deref()) {
             (None, _) => None,
             (Some(text), None | Some("utf-8")) => Some(Bytes::from(text)),
@@ -117,8 +123,10 @@ impl CommandInput {
             argv,
             env: self.env.into_iter().collect(),
             stdin,
-            stdout: Capture::new(limits.output_bytes_max, LimitHit::Output { limit_bytes: limits.output_bytes_max }),
-            stderr: Capture::new(limits.log_bytes_max, LimitHit::Log { limit_bytes: limits.log_bytes_max }),
+            stdout: Capture::new(limits.output_bytes_max, LimitHit::Output { limit_bytes: limits.output_bytes_max })
+                .passing_to(passthrough.map(|p| p.stdout.clone())),
+            stderr: Capture::new(limits.log_bytes_max, LimitHit::Log { limit_bytes: limits.log_bytes_max })
+                .passing_to(passthrough.map(|p| p.stderr.clone())),
         })
     }
 }
@@ -235,17 +243,37 @@ pub(crate) fn command_capabilities(grants: &Grants) -> Capabilities {
     }
 }
 
+/// Where a command's stream also goes as the program writes it: called with each write the
+/// capture accepted, in order, from the host call that made it.
+pub type StreamSink = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+/// Where a command's stdout and stderr also go as it writes them (`guild run` passes them to
+/// its own), besides the captures that make its output and bundle.
+#[derive(Clone)]
+pub struct Passthrough {
+    /// Each write to stdout, once within `output_bytes_max`.
+    pub stdout: StreamSink,
+    /// Each write to stderr, once within `log_bytes_max`.
+    pub stderr: StreamSink,
+}
+
 /// A bounded capture of a command's stdout or stderr: past its bound the run ends with `hit`.
 #[derive(Clone)]
 pub(crate) struct Capture {
     bytes: Arc<Mutex<Vec<u8>>>,
     bytes_max: u64,
     hit: LimitHit,
+    /// Where accepted writes also go.
+    sink: Option<StreamSink>,
 }
 
 impl Capture {
     fn new(bytes_max: u64, hit: LimitHit) -> Self {
-        Self { bytes: Arc::default(), bytes_max, hit }
+        Self { bytes: Arc::default(), bytes_max, hit, sink: None }
+    }
+
+    fn passing_to(self, sink: Option<StreamSink>) -> Self {
+        Self { sink, ..self }
     }
 
     fn append(&self, bytes: &[u8]) -> Result<(), LimitHit> {
@@ -254,6 +282,9 @@ impl Capture {
             return Err(self.hit.clone());
         }
         held.extend_from_slice(bytes);
+        if let Some(sink) = &self.sink {
+            sink(bytes);
+        }
         Ok(())
     }
 

@@ -38,12 +38,18 @@ pub enum LoadError {
     #[error("not a WebAssembly component: the file does not start with the `\\0asm` header")]
     NotWasm,
     /// A core module that imports no WASI preview 1, so it is neither a component nor a
-    /// preview-1 command that Guild adapts.
+    /// preview-1 command that Guild runs.
     #[error(
         "this is a core WebAssembly module that imports no wasi_snapshot_preview1, not a component: \
          build the tool with `--target wasm32-wasip2` (or wrap it with `wasm-tools component new`)"
     )]
     CoreModule,
+    /// A preview-1 module that exports no `_start`: a reactor, not a command.
+    #[error(
+        "this WASI preview-1 module exports no `_start` function, so it is not a command (a reactor \
+         module has no entry Guild can call); build it as a binary (a `main`), not a library"
+    )]
+    NoStart,
     /// A preview-1 module the published adapter could not turn into a component.
     #[error("cannot adapt this WASI preview-1 module into a component: {0}")]
     Adapt(String),

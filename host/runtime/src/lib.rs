@@ -42,7 +42,7 @@ mod state;
 pub use cache::CacheSource;
 pub use cancel::{CANCEL_CHECK_TICKS, CancellationToken};
 pub use candidate::{CandidateCheck, CandidateVerdict, OUTPUT_DIFF_ENTRIES_MAX, OutputChange};
-pub use command::{COMMAND_NAME_DEFAULT, CommandConfig, CommandOutput};
+pub use command::{COMMAND_NAME_DEFAULT, CommandConfig, CommandOutput, Passthrough, StreamSink};
 pub use engine::{
     CONCURRENT_RUNS_MAX_DEFAULT, EPOCH_TICK_MS, EngineSettings, MEMORY_BYTES_CEILING_DEFAULT, WASM_STACK_BYTES_DEFAULT,
     wasmtime_version,

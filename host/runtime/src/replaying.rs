@@ -204,6 +204,7 @@ impl Runtime {
             replay_gpu: Some(replay_gpu.clone()),
             cancel: cancel.clone(),
             stop,
+            passthrough: None,
         };
         let execution = self.execute(&tool, &input, &policy, &limits, env).await.map_err(host);
         cancel.cancel();

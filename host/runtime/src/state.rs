@@ -1,4 +1,4 @@
-//! The per-run store state: the WASI and `wasi:http` contexts with the run's egress hooks, the
+//! The per-run store state: the WASI (0.2, or preview 1 for a module) and `wasi:http` contexts with the run's egress hooks, the
 //! resource table and limiter, the log sink, the GPU state, the call guard and the mounts'
 //! write quotas; and the host side of `guild:tool/log`.
 
@@ -12,12 +12,15 @@ use crate::{LimitHit, Limits};
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// What a [`wasmtime::Store`] holds for one run.
 pub(crate) struct HostState {
     pub(crate) wasi: WasiCtx,
+    /// A preview-1 module's WASI context (its own resource table inside); `None` for a component.
+    pub(crate) p1: Option<WasiP1Ctx>,
     pub(crate) http: WasiHttpCtx,
     pub(crate) egress: EgressHooks,
     pub(crate) table: ResourceTable,
@@ -41,6 +44,12 @@ impl WasiHttpView for HostState {
 }
 
 impl HostState {
+    /// What wasmtime-wasi's preview 1 sees. A store is built with one for every preview-1 run;
+    /// one built without gets an empty context (no arguments, streams or mounts), never more.
+    pub(crate) fn p1_ctx(&mut self) -> &mut WasiP1Ctx {
+        self.p1.get_or_insert_with(|| WasiCtxBuilder::new().build_p1())
+    }
+
     /// The filesystem the guest sees: wasmtime-wasi's, behind the mounts' write quotas.
     pub(crate) fn quota_fs(&mut self) -> QuotaFs<'_> {
         QuotaFs {

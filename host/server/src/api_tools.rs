@@ -43,6 +43,10 @@ pub(crate) fn describe_tool(tool: &RegisteredTool) -> serde_json::Value {
         object.insert("name".into(), tool.name.clone().into());
         object.insert("component".into(), tool.tool.digest().to_hex().into());
         object.insert("limits".into(), serde_json::to_value(&tool.limits).expect("limits are plain data"));
+        object.insert("description".into(), tool.description().into());
+        if let Some(setup) = tool.command_setup() {
+            object.insert("command".into(), setup);
+        }
     }
     value
 }

@@ -97,14 +97,18 @@ impl GuildMcp {
             idempotency_key: None,
             cancel: Some(cancel.clone()),
         };
-        let timeout_ms = self.daemon.tools().get(&name).map_or(0, |t| t.limits.timeout_ms);
+        let registered = self.daemon.tools().get(&name);
+        let timeout_ms = registered.as_ref().map_or(0, |t| t.limits.timeout_ms);
+        let command = registered.is_some_and(|t| t.tool.is_command());
         let submitted = self.daemon.submit(tenant, run);
         let submitted = match context.meta.get_progress_token() {
             Some(token) => with_progress(submitted, &context.peer, token, timeout_ms, &cancel).await,
             None => submitted.await,
         };
         match submitted {
-            Ok(Submitted::Finished { entry, finished, output }) => Ok(finished_result(&entry.id, &finished, output)),
+            Ok(Submitted::Finished { entry, finished, output }) => {
+                Ok(finished_result(&entry.id, &finished, output, command))
+            }
             // Neither happens for a synchronous call without an idempotency key.
             Ok(Submitted::Accepted { entry, .. } | Submitted::Replayed { entry, .. }) => {
                 Err(ErrorData::internal_error(format!("run {} did not finish in this call", entry.id), None))
@@ -170,8 +174,10 @@ async fn with_progress<F: Future>(
 
 /// A finished run as an MCP result: the output as structured content (when it is an object,
 /// as MCP requires) and as text; anything else as a tool error with the CLI's message. The
-/// bundle id and run id are in `_meta` either way.
-fn finished_result(run: &str, finished: &Finished, output: Option<String>) -> CallToolResult {
+/// bundle id and run id are in `_meta` either way. A WASI `command` that exited with a nonzero
+/// code succeeded as a run (its exit code is part of its output), but the result says
+/// `isError: true` (and `guild/exit_code`), so an agent notices the program failed.
+fn finished_result(run: &str, finished: &Finished, output: Option<String>, command: bool) -> CallToolResult {
     let mut meta = MetaObject::new();
     meta.0.insert("guild/run".into(), run.into());
     if let Some(bundle) = finished.bundle {
@@ -199,6 +205,12 @@ fn finished_result(run: &str, finished: &Finished, output: Option<String>) -> Ca
         _ => CallToolResult::success(vec![ContentBlock::text(output.clone())]),
     };
     // `structured` also fills in the text; keep exactly the tool's own JSON text.
+    if command && let Some(code) = result.structured_content.as_ref().and_then(|o| o["exit_code"].as_i64()) {
+        meta.0.insert("guild/exit_code".into(), code.into());
+        if code != 0 {
+            result.is_error = Some(true);
+        }
+    }
     result.content = vec![ContentBlock::text(output)];
     result.with_meta(Some(meta))
 }
@@ -239,7 +251,7 @@ pub fn mcp_tool(tool: &RegisteredTool) -> Tool {
     // MCP arguments are always an object, and clients before 2026 require the schema to say so
     // at its root (a tagged enum's schema is a `oneOf` of objects with no root `type`).
     input_schema.entry("type").or_insert_with(|| "object".into());
-    let mut listed = Tool::new(tool.name.clone(), info.description.clone(), Arc::new(input_schema));
+    let mut listed = Tool::new(tool.name.clone(), tool.description(), Arc::new(input_schema));
     if let Some(serde_json::Value::Object(schema)) = &info.output_schema
         && schema.get("type").and_then(|t| t.as_str()) == Some("object")
     {
@@ -248,6 +260,9 @@ pub fn mcp_tool(tool: &RegisteredTool) -> Tool {
     let mut meta = MetaObject::new();
     meta.0.insert("guild/component".into(), tool.tool.digest().to_hex().into());
     meta.0.insert("guild/version".into(), info.version.clone().into());
+    if let Some(setup) = tool.command_setup() {
+        meta.0.insert("guild/command".into(), setup);
+    }
     listed.with_meta(meta)
 }
 
@@ -356,7 +371,7 @@ mod tests {
             revision: None,
             cache: None,
         };
-        let result = serde_json::to_value(finished_result("run-1", &finished, None)).expect("serializes");
+        let result = serde_json::to_value(finished_result("run-1", &finished, None, false)).expect("serializes");
         assert_eq!(result["isError"], true);
         assert_eq!(result["content"][0]["text"], "timed out after 1s (raise --timeout)");
         assert_eq!(result["_meta"]["guild/bundle"], bundle.to_hex());
@@ -373,13 +388,39 @@ mod tests {
             revision: None,
             cache: None,
         };
-        let result = finished_result("r", &finished, Some(r#"{"n":1}"#.into()));
+        let result = finished_result("r", &finished, Some(r#"{"n":1}"#.into()), false);
         let result = serde_json::to_value(result).expect("serializes");
         assert_eq!(result["structuredContent"], serde_json::json!({ "n": 1 }));
         assert_eq!(result["content"][0]["text"], r#"{"n":1}"#);
         assert_eq!(result["isError"], false);
-        let array = serde_json::to_value(finished_result("r", &finished, Some("[1]".into()))).expect("serializes");
+        let array =
+            serde_json::to_value(finished_result("r", &finished, Some("[1]".into()), false)).expect("serializes");
         assert!(array.get("structuredContent").is_none());
         assert_eq!(array["content"][0]["text"], "[1]");
+    }
+
+    #[test]
+    fn a_command_that_exits_nonzero_is_an_error_result_that_keeps_its_output() {
+        let finished = Finished {
+            status: RunStatus::Succeeded,
+            error: None,
+            bundle: None,
+            fuel_used_units: 1,
+            wall_time_us: 1,
+            revision: None,
+            cache: None,
+        };
+        let failed = r#"{"exit_code":2,"stdout":"","stderr":"no such file\n"}"#;
+        let result = serde_json::to_value(finished_result("r", &finished, Some(failed.into()), true)).expect("json");
+        assert_eq!(result["isError"], true);
+        assert_eq!(result["_meta"]["guild/exit_code"], 2);
+        assert_eq!(result["structuredContent"]["stderr"], "no such file\n");
+        let ok = r#"{"exit_code":0,"stdout":"hi","stderr":""}"#;
+        let result = serde_json::to_value(finished_result("r", &finished, Some(ok.into()), true)).expect("json");
+        assert_eq!(result["isError"], false);
+        assert_eq!(result["_meta"]["guild/exit_code"], 0);
+        // A guild-tool's output that happens to hold an `exit_code` is not a command's.
+        let tool = serde_json::to_value(finished_result("r", &finished, Some(failed.into()), false)).expect("json");
+        assert_eq!(tool["isError"], false);
     }
 }

@@ -264,6 +264,51 @@ pub fn revision_of(tool: &Tool, by: &str, note: &str) -> Revision {
     }
 }
 
+impl RegisteredTool {
+    /// What the operator set up for a WASI command, for those who call it: the arguments every
+    /// run gets before the caller's, and the mounts at their guest paths and access (host paths
+    /// stay the operator's). `None` for a `guild-tool` component, whose own `describe` says it.
+    pub fn command_setup(&self) -> Option<serde_json::Value> {
+        if !self.tool.is_command() {
+            return None;
+        }
+        let mounts: Vec<serde_json::Value> = self
+            .grants
+            .mounts
+            .iter()
+            .map(|m| serde_json::json!({"guest_path": m.guest_path, "access": m.access}))
+            .collect();
+        Some(serde_json::json!({"args_prefix": self.tool.args_prefix(), "mounts": mounts}))
+    }
+
+    /// The description clients see: the tool's own, and for a command what its operator set up
+    /// (fixed arguments not to repeat, and where its files are).
+    pub fn description(&self) -> String {
+        let own = self.tool.info().description.clone();
+        if !self.tool.is_command() {
+            return own;
+        }
+        let mut notes = Vec::new();
+        let prefix = self.tool.args_prefix();
+        if !prefix.is_empty() {
+            notes.push(format!(
+                "Every run already gets the arguments {} first (do not repeat them in `args`).",
+                prefix.join(" ")
+            ));
+        }
+        if self.grants.mounts.is_empty() {
+            notes.push("No files are mounted.".to_string());
+        } else {
+            let mounts: Vec<String> =
+                self.grants.mounts.iter().map(|m| format!("{} ({})", m.guest_path, m.access)).collect();
+            notes.push(format!("Mounted: {}.", mounts.join(", ")));
+        }
+        let own = own.trim_end();
+        let end = if own.is_empty() || own.ends_with(['.', '!', '?']) { "" } else { "." };
+        format!("{own}{end} {}", notes.join(" "))
+    }
+}
+
 impl Registry {
     /// The current revision of the tool called `name`.
     pub fn get(&self, name: &str) -> Option<Arc<RegisteredTool>> {

@@ -3,6 +3,7 @@
 //! describe itself.
 
 use super::Entry;
+use super::types::Preview1;
 use super::{DESCRIBE_FUEL_UNITS, DESCRIBE_TIMEOUT_MS, Runtime, StoreHooks, Tool};
 use crate::Limits;
 use crate::bindings::GuildToolPre;
@@ -81,14 +82,11 @@ impl Runtime {
     ///
     /// The example on [`Runtime`] loads a tool, runs it and replays the run.
     pub async fn load(&self, bytes: &[u8]) -> Result<(Arc<Tool>, CacheSource), LoadError> {
-        let adapted;
-        let bytes = match check_header(bytes)? {
-            Header::Component => bytes,
-            Header::CoreModule => {
-                adapted = self.adapted(bytes).await?;
-                adapted.as_slice()
-            }
-        };
+        if let Header::CoreModule = check_header(bytes)?
+            && !crate::adapt::imports_preview1(bytes)
+        {
+            return Err(LoadError::CoreModule);
+        }
         let digest = Digest::of(bytes);
         let _loading = self.loading(&digest).await;
         if let Some(tool) = self.loaded(&digest) {
@@ -119,32 +117,43 @@ impl Runtime {
         if Digest::of(&bytes) != *digest {
             return Err(LoadError::Invalid(format!("the bytes fetched for component {digest} have another digest")));
         }
-        // Stores keep components (a preview-1 module's adapted one): never adapt here, where
-        // the digest must name the bytes that run.
-        if let Header::CoreModule = check_header(&bytes)? {
-            return Err(LoadError::Invalid(format!("component {digest} is a core module")));
+        if let Header::CoreModule = check_header(&bytes)?
+            && !crate::adapt::imports_preview1(&bytes)
+        {
+            return Err(LoadError::CoreModule);
         }
         Ok(self.load_new(*digest, &bytes).await?.0)
     }
 
-    /// The command component a preview-1 module becomes: from the disk cache (keyed by the
-    /// module's digest), else adapted now, off the async workers.
-    async fn adapted(&self, module: &[u8]) -> Result<Vec<u8>, LoadError> {
-        if !crate::adapt::imports_preview1(module) {
-            return Err(LoadError::CoreModule);
-        }
-        let (disk, owned) = (self.disk.clone(), module.to_vec());
-        tokio::task::spawn_blocking(move || {
-            let digest = Digest::of(&owned);
-            if let Some(component) = disk.adapted(&digest) {
-                return Ok(component);
-            }
-            let component = crate::adapt::adapt_preview1(&owned)?;
-            disk.keep_adapted(&digest, &component);
-            Ok(component)
-        })
-        .await
-        .map_err(|e| LoadError::Adapt(format!("the adapting task failed: {e}")))?
+    /// The command component a preview-1 module becomes, linked: from the disk cache (keyed by
+    /// the module's digest), else adapted now, off the async workers; then compiled like any
+    /// component (and cached by its own digest). Runs of `module` granted a writable mount use
+    /// it (see [`Preview1`]); bundles still name the module, which replay adapts again.
+    pub(crate) async fn adapted(&self, module: &Preview1) -> Result<CommandPre<HostState>, LoadError> {
+        module
+            .adapted
+            .get_or_try_init(|| async {
+                let (disk, engine, owned) = (self.disk.clone(), self.engine.clone(), module.bytes.clone());
+                let component = tokio::task::spawn_blocking(move || {
+                    let digest = Digest::of(&owned);
+                    let adapted = match disk.adapted(&digest) {
+                        Some(component) => component,
+                        None => {
+                            let component = crate::adapt::adapt_preview1(&owned)?;
+                            disk.keep_adapted(&digest, &component);
+                            component
+                        }
+                    };
+                    Ok::<_, LoadError>(disk.load_or_compile(&engine, &Digest::of(&adapted), &adapted)?.0)
+                })
+                .await
+                .map_err(|e| LoadError::Adapt(format!("the adapting task failed: {e}")))??;
+                let instance_pre =
+                    self.linker.instantiate_pre(&component).map_err(|e| link_error(&e, &component, &self.engine))?;
+                CommandPre::new(instance_pre).map_err(|e| LoadError::Adapt(format!("{e:#}")))
+            })
+            .await
+            .cloned()
     }
 
     /// Hold the load of `digest` for this caller: concurrent loads of one component queue here.
@@ -158,6 +167,9 @@ impl Runtime {
     }
 
     async fn load_new(&self, digest: Digest, bytes: &[u8]) -> Result<(Arc<Tool>, CacheSource), LoadError> {
+        if let Header::CoreModule = check_header(bytes)? {
+            return self.load_preview1(digest, bytes).await;
+        }
         // Compiling takes ~100 ms of CPU per component, and storing it writes megabytes: off
         // the async workers, so a daemon keeps answering while a new tool loads.
         let (disk, engine, owned) = (self.disk.clone(), self.engine.clone(), bytes.to_vec());
@@ -192,6 +204,39 @@ impl Runtime {
         };
         let tool =
             Arc::new(Tool { digest, info, entry: Entry::Tool(pre), size_bytes: bytes.len() as u64, output_schema });
+        self.remember(tool.clone());
+        Ok((tool, source))
+    }
+
+    /// A preview-1 module: compiled (or from the disk cache), kept in the store like a component
+    /// (bundles name the module), linked against wasmtime-wasi's preview 1; it must export
+    /// `_start`.
+    async fn load_preview1(&self, digest: Digest, bytes: &[u8]) -> Result<(Arc<Tool>, CacheSource), LoadError> {
+        let (disk, engine, owned) = (self.disk.clone(), self.engine.clone(), bytes.to_vec());
+        let store = self.recording.as_ref().map(|r| r.store.clone());
+        let (module, source) = tokio::task::spawn_blocking(move || {
+            let compiled = disk.load_or_compile_module(&engine, &digest, &owned)?;
+            if let Some(store) = store {
+                store.put(&owned).map_err(|e| LoadError::Store(e.to_string()))?;
+            }
+            Ok::<_, LoadError>(compiled)
+        })
+        .await
+        .map_err(|e| LoadError::Invalid(format!("the compilation task failed: {e}")))??;
+        if !matches!(module.get_export("_start"), Some(wasmtime::ExternType::Func(_))) {
+            return Err(LoadError::NoStart);
+        }
+        let pre = self.module_linker.instantiate_pre(&module).map_err(|e| module_link_error(&e, &module))?;
+        let preview1 = Preview1 { module: pre, bytes: bytes.into(), adapted: tokio::sync::OnceCell::new() };
+        let config = CommandConfig::default();
+        let version = digest.to_hex()[..COMMAND_VERSION_HEX_CHARS].to_string();
+        let tool = Arc::new(Tool {
+            digest,
+            info: command_info(&config, version),
+            entry: Entry::Preview1(Arc::new(preview1), config),
+            size_bytes: bytes.len() as u64,
+            output_schema: None,
+        });
         self.remember(tool.clone());
         Ok((tool, source))
     }
@@ -248,7 +293,14 @@ impl Runtime {
                 &limits,
                 &fresh_seed(),
                 None,
-                StoreHooks { egress: no_egress, gpu: no_gpu, cancel: None, stop: Arc::default(), command: None },
+                StoreHooks {
+                    egress: no_egress,
+                    gpu: no_gpu,
+                    cancel: None,
+                    stop: Arc::default(),
+                    command: None,
+                    preview1: false,
+                },
             )
             .map_err(|e| LoadError::Describe(e.to_string()))?;
         let instance = pre.instantiate_async(&mut store).await.map_err(|e| LoadError::Describe(format!("{e:#}")))?;
@@ -308,6 +360,15 @@ fn link_error(error: &wasmtime::Error, component: &wasmtime::component::Componen
     });
     match foreign {
         Some(name) => LoadError::UnsupportedImport(name),
+        None => LoadError::Invalid(format!("{error:#}")),
+    }
+}
+
+/// Why a preview-1 module did not link: the first import outside `wasi_snapshot_preview1`, else
+/// wasmtime's account (a preview-1 function of another type, say).
+fn module_link_error(error: &wasmtime::Error, module: &wasmtime::Module) -> LoadError {
+    match module.imports().find(|import| import.module() != crate::adapt::PREVIEW1) {
+        Some(import) => LoadError::UnsupportedImport(format!("{}::{}", import.module(), import.name())),
         None => LoadError::Invalid(format!("{error:#}")),
     }
 }

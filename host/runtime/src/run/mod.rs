@@ -7,7 +7,7 @@ use crate::bindings::exports::guild::tool::tool as wit;
 use crate::blocking::off_the_async_workers;
 use crate::cache::DiskCache;
 use crate::cancel::{CancellationToken, Cancelled, arm_deadline, elapsed_ms};
-use crate::command::{Capture, CommandInput, CommandIo, InputRefused, command_output};
+use crate::command::{CommandIo, Passthrough};
 use crate::egress::BreakerSettings;
 use crate::egress::connect::{Connections, HTTP_CONNECTIONS_MAX_DEFAULT};
 use crate::egress::hook::{EgressHooks, EgressRun};
@@ -46,6 +46,7 @@ pub struct RunFor<'a> {
 }
 use guild_vocab::{Outcome, ToolErrorKind};
 
+mod call;
 mod load;
 pub(crate) mod types;
 
@@ -53,6 +54,7 @@ pub use types::Tool;
 pub(crate) use types::{Entry, Execution, RunEnv};
 
 use crate::output::check_output;
+use call::{Call, Returned, call_entry, command_io, exited};
 use load::LoadedTools;
 
 /// A run made ready by [`Runtime::prepare`]: its policy resolved, its mounts captured and, for
@@ -156,6 +158,8 @@ pub struct Runtime {
     fingerprint: EngineFingerprint,
     settings: EngineSettings,
     linker: Linker<HostState>,
+    /// Preview-1 modules' linker: wasmtime-wasi's preview 1, nothing else.
+    module_linker: wasmtime::Linker<HostState>,
     disk: DiskCache,
     tools: Mutex<LoadedTools>,
     recording: Option<RecordingConfig>,
@@ -187,6 +191,8 @@ impl Runtime {
         types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link_error)?;
         log::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link_error)?;
         gpu::add_to_linker::<_, crate::gpu::GpuData>(&mut linker, HostState::gpu_view).map_err(link_error)?;
+        let mut module_linker = wasmtime::Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, HostState::p1_ctx).map_err(link_error)?;
         let cache_dir = config.cache_dir.map(|dir| dir.join(&fingerprint.id));
         let max = if config.tools_loaded_max == 0 { TOOLS_LOADED_MAX_DEFAULT } else { config.tools_loaded_max };
         Ok(Self {
@@ -194,6 +200,7 @@ impl Runtime {
             fingerprint,
             settings: config.engine,
             linker,
+            module_linker,
             disk: DiskCache::new(cache_dir),
             tools: Mutex::new(LoadedTools::new(max)),
             recording: config.recording,
@@ -287,6 +294,27 @@ impl Runtime {
         self.run_prepared(tool, prepared, grants, limits, cancel, run_for).await
     }
 
+    /// [`Runtime::run`] of a WASI command whose stdout and stderr also go to `passthrough` as
+    /// the program writes them (each write once accepted within its bound: `output_bytes_max`
+    /// for stdout, `log_bytes_max` for stderr), as `guild run` shows them; they are captured,
+    /// recorded and returned as for any run. A `guild-tool` component's streams are its log and
+    /// are not passed through.
+    ///
+    /// # Errors
+    /// As [`Runtime::run`].
+    pub async fn run_passing_through(
+        &self,
+        tool: &Tool,
+        input: &str,
+        grants: &Grants,
+        limits: &Limits,
+        passthrough: &Passthrough,
+    ) -> Result<RunReport, RunError> {
+        let prepared = self.prepare(tool, input, grants, limits, RunMode::Live).await?;
+        let cancel = CancellationToken::new();
+        self.run_prepared_inner(tool, prepared, grants, limits, cancel, None, Some(passthrough)).await
+    }
+
     /// Make a run ready without starting it: resolve its policy, check its limits, capture every
     /// mount's tree (when recording) and, for [`RunMode::Hermetic`], compute its action digest
     /// from exactly those trees ([`Prepared::action`]). A host caching results looks the digest
@@ -354,6 +382,20 @@ impl Runtime {
         cancel: CancellationToken,
         run_for: Option<&RunFor<'_>>,
     ) -> Result<RunReport, RunError> {
+        self.run_prepared_inner(tool, prepared, grants, limits, cancel, run_for, None).await
+    }
+
+    #[allow(clippy::too_many_arguments)] // the public entries above each fix some of them
+    async fn run_prepared_inner(
+        &self,
+        tool: &Tool,
+        prepared: Prepared,
+        grants: &Grants,
+        limits: &Limits,
+        cancel: CancellationToken,
+        run_for: Option<&RunFor<'_>>,
+        passthrough: Option<&Passthrough>,
+    ) -> Result<RunReport, RunError> {
         let Prepared { policy, input, seed, mounts, action } = prepared;
         let input = input.as_str();
         let stop = Arc::new(Stop::default());
@@ -371,8 +413,16 @@ impl Runtime {
             .filter(|s| policy.secret_grants.iter().any(|g| g.name == s.name()))
             .cloned()
             .collect();
-        let env =
-            RunEnv { seed, recorder: recorder.clone(), replay_bodies: None, secrets, replay_gpu: None, cancel, stop };
+        let env = RunEnv {
+            seed,
+            recorder: recorder.clone(),
+            replay_bodies: None,
+            secrets,
+            replay_gpu: None,
+            cancel,
+            stop,
+            passthrough: passthrough.cloned(),
+        };
         let mut execution = self.execute(tool, input, &policy, limits, env).await?;
         let hermetic = match (&action, &self.recording, &recorder) {
             (Some(Ok(digest)), Some(recording), Some(recorder)) => {
@@ -457,7 +507,7 @@ impl Runtime {
         limits: &Limits,
         env: RunEnv,
     ) -> Result<Execution, RunError> {
-        let RunEnv { seed, recorder, replay_bodies, secrets, replay_gpu, cancel, stop } = env;
+        let RunEnv { seed, recorder, replay_bodies, secrets, replay_gpu, cancel, stop, passthrough } = env;
         let egress = Arc::new(
             EgressRun::new(
                 tool.info.name.clone(),
@@ -475,12 +525,15 @@ impl Runtime {
         let gpu =
             GpuRun::new(self.gpu.clone(), &info.name, info.capabilities.gpu, limits, recorder.clone(), replay_gpu);
         let recorder = recorder.as_ref();
-        let command = match command_io(tool, input, limits) {
+        let command = match command_io(tool, input, limits, passthrough.as_ref()) {
             Ok(command) => command,
             Err(refused) => return Ok(Execution::refused(refused)),
         };
         let captured = command.as_ref().map(|io| (io.stdout.clone(), io.stderr.clone()));
-        let hooks = StoreHooks { egress: egress.clone(), gpu, cancel: Some(&cancel), stop: stop.clone(), command };
+        let call = self.call_for(tool, policy).await?;
+        let preview1 = matches!(call, Call::Preview1(_));
+        let hooks =
+            StoreHooks { egress: egress.clone(), gpu, cancel: Some(&cancel), stop: stop.clone(), command, preview1 };
         let mut store = self.new_store(policy, limits, &seed, recorder, hooks)?;
         let started = Instant::now();
         // The epoch deadline interrupts wasm; this outer deadline also covers a guest parked in a
@@ -489,7 +542,7 @@ impl Runtime {
         // Cancelling drops a guest parked in a host call here; a computing guest traps with
         // `Cancelled` at its next epoch check.
         let called = tokio::select! {
-            called = tokio::time::timeout(backstop, call_entry(&tool.entry, &mut store, input)) => Some(called),
+            called = tokio::time::timeout(backstop, call_entry(&call, &mut store, input)) => Some(called),
             () = cancel.cancelled() => None,
         };
         let wall_time = started.elapsed();
@@ -577,7 +630,7 @@ impl Runtime {
         recorder: Option<&Recorder>,
         hooks: StoreHooks<'_>,
     ) -> Result<Store<HostState>, RunError> {
-        let StoreHooks { egress, gpu, cancel, stop, command } = hooks;
+        let StoreHooks { egress, gpu, cancel, stop, command, preview1 } = hooks;
         let logs = LogSink::new(limits.log_bytes_max, recorder.cloned());
         let mut wasi = WasiCtxBuilder::new();
         match command {
@@ -620,8 +673,19 @@ impl Runtime {
         // in the guest's own deterministic time.
         let quotas = MountQuotas::new(policy, limits, &stop);
         let guard = Guard::new(stop, recorder.map(Recorder::fuel_gauge), limits.output_bytes_max);
+        let (wasi, p1) = if preview1 {
+            // Preview 1 keeps its descriptors in its own table: bounded the same way.
+            let mut p1 = wasi.build_p1();
+            wasmtime_wasi::WasiView::ctx(&mut p1)
+                .table
+                .set_max_capacity(usize::try_from(limits.wasi_resources_max).unwrap_or(usize::MAX));
+            (WasiCtxBuilder::new().build(), Some(p1))
+        } else {
+            (wasi.build(), None)
+        };
         let state = HostState {
-            wasi: wasi.build(),
+            wasi,
+            p1,
             http: WasiHttpCtx::new(),
             egress: EgressHooks(egress),
             table,
@@ -670,39 +734,6 @@ impl Runtime {
             None => Outcome::Trap { message: with_stderr(format!("the tool trapped: {}", trap_summary(error)), logs) },
         })
     }
-}
-
-/// What the guest's entry point returned.
-enum Returned {
-    /// A `guild-tool`'s `run`.
-    Tool(Result<String, wit::ToolError>),
-    /// A command's `wasi:cli/run`: `Err` is exit code 1.
-    Command(Result<(), ()>),
-}
-
-async fn call_entry(entry: &Entry, store: &mut Store<HostState>, input: &str) -> wasmtime::Result<Returned> {
-    match entry {
-        Entry::Tool(pre) => {
-            let instance = pre.instantiate_async(&mut *store).await?;
-            instance.guild_tool_tool().call_run(&mut *store, input).await.map(Returned::Tool)
-        }
-        Entry::Command(pre, _) => {
-            let instance = pre.instantiate_async(&mut *store).await?;
-            instance.wasi_cli_run().call_run(&mut *store).await.map(Returned::Command)
-        }
-    }
-}
-
-/// A command's input as its store sees it; `None` for a `guild-tool` component.
-fn command_io(tool: &Tool, input: &str, limits: &Limits) -> Result<Option<CommandIo>, InputRefused> {
-    let Entry::Command(_, config) = &tool.entry else { return Ok(None) };
-    CommandInput::parse(input, config)?.into_io(&tool.info.name, limits).map(Some)
-}
-
-/// The output of a command that exited with `code`.
-fn exited(code: i32, captured: Option<&(Capture, Capture)>) -> Outcome {
-    let (stdout, stderr) = captured.map(|(out, err)| (out.take(), err.take())).unwrap_or_default();
-    Outcome::Output { output: command_output(code, &stdout, &stderr) }
 }
 
 /// `run` returned but its result could not be copied out of the guest. The copy is bounded by
@@ -763,6 +794,8 @@ struct StoreHooks<'a> {
     stop: Arc<Stop>,
     /// A command's argv, environment, stdin and captured stdout and stderr.
     command: Option<CommandIo>,
+    /// Whether the store runs a preview-1 module (its WASI context is preview 1's).
+    preview1: bool,
 }
 
 /// Fuel a computing guest burns between two flushes of its fuel count to the store (and two

@@ -23,8 +23,24 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 pub(crate) enum Entry {
     /// The `guild-tool` world: `describe` and `run(json)`.
     Tool(GuildToolPre<HostState>),
-    /// The `wasi:cli/command` world (a preview-1 module adapted at load, too): `wasi:cli/run`.
+    /// The `wasi:cli/command` world: `wasi:cli/run`.
     Command(CommandPre<HostState>, CommandConfig),
+    /// A preview-1 module: its `_start`, on wasmtime-wasi's preview-1 implementation.
+    Preview1(Arc<Preview1>, CommandConfig),
+}
+
+/// A preview-1 command module, linked against wasmtime-wasi's preview-1 implementation (what
+/// `wasmtime run` uses). A run granted a writable mount runs the same module adapted into a
+/// command component instead (`adapt.rs`), made on first need: wasmtime-wasi's preview 1 writes
+/// files through its own filesystem, in front of which Guild cannot put the mounts' write quotas
+/// (`quota.rs`), so only the component path can charge them.
+pub(crate) struct Preview1 {
+    /// The module, linked, ready to instantiate.
+    pub(crate) module: wasmtime::InstancePre<HostState>,
+    /// The module's bytes, to adapt on first need.
+    pub(crate) bytes: Arc<[u8]>,
+    /// The adapted command component, once a run needed it.
+    pub(crate) adapted: tokio::sync::OnceCell<CommandPre<HostState>>,
 }
 
 /// A component ready to run: compiled, linked, and described.
@@ -59,17 +75,40 @@ impl Tool {
 
     /// Whether it is a WASI command (`wasi:cli/run`) rather than a `guild-tool` component.
     pub fn is_command(&self) -> bool {
-        matches!(self.entry, Entry::Command(..))
+        matches!(self.entry, Entry::Command(..) | Entry::Preview1(..))
+    }
+
+    /// Whether it is a preview-1 module (run on wasmtime-wasi's preview-1 implementation).
+    pub fn is_preview1(&self) -> bool {
+        matches!(self.entry, Entry::Preview1(..))
+    }
+
+    /// The arguments an operator fixed for every run of this command, put before the caller's
+    /// (empty for a `guild-tool` component).
+    pub fn args_prefix(&self) -> &[String] {
+        self.command_config().map_or(&[], |config| &config.args_prefix)
+    }
+
+    /// A command's configuration; `None` for a `guild-tool` component.
+    pub(crate) fn command_config(&self) -> Option<&CommandConfig> {
+        match &self.entry {
+            Entry::Tool(_) => None,
+            Entry::Command(_, config) | Entry::Preview1(_, config) => Some(config),
+        }
     }
 
     /// The command as `config` names and bounds it (its name, description, allowed environment
     /// and argument prefix); `None` for a `guild-tool` component, which describes itself.
     pub fn configured(&self, config: CommandConfig) -> Option<Tool> {
-        let Entry::Command(pre, _) = &self.entry else { return None };
+        let entry = match &self.entry {
+            Entry::Tool(_) => return None,
+            Entry::Command(pre, _) => Entry::Command(pre.clone(), config.clone()),
+            Entry::Preview1(module, _) => Entry::Preview1(module.clone(), config.clone()),
+        };
         Some(Tool {
             digest: self.digest,
             info: command_info(&config, self.info.version.clone()),
-            entry: Entry::Command(pre.clone(), config),
+            entry,
             size_bytes: self.size_bytes,
             output_schema: None,
         })
@@ -80,7 +119,7 @@ impl Tool {
     /// which the run refuses anyway). [`crate::Runtime::run`] applies it; a node that hands the
     /// run to another (a Redis job) applies it before, as the other knows no configuration.
     pub fn with_args_prefix<'a>(&self, input: &'a str) -> Cow<'a, str> {
-        let Entry::Command(_, config) = &self.entry else { return Cow::Borrowed(input) };
+        let Some(config) = self.command_config() else { return Cow::Borrowed(input) };
         if config.args_prefix.is_empty() {
             return Cow::Borrowed(input);
         }
@@ -102,7 +141,7 @@ impl Tool {
     pub(crate) fn capabilities_for(&self, grants: &Grants) -> Cow<'_, Capabilities> {
         match self.entry {
             Entry::Tool(_) => Cow::Borrowed(&self.info.capabilities),
-            Entry::Command(..) => Cow::Owned(command_capabilities(grants)),
+            Entry::Command(..) | Entry::Preview1(..) => Cow::Owned(command_capabilities(grants)),
         }
     }
 }
@@ -123,6 +162,8 @@ pub(crate) struct RunEnv {
     pub(crate) cancel: CancellationToken,
     /// Where a limit raised inside a host call stops the run (the recorder's, when recording).
     pub(crate) stop: Arc<Stop>,
+    /// Where a command's streams also go as it writes them (`guild run`).
+    pub(crate) passthrough: Option<crate::command::Passthrough>,
 }
 
 impl Execution {
