@@ -175,6 +175,16 @@ fn a_hermetic_run_reads_the_same_clock_and_randomness_twice_and_replays_identica
     // And an auditor replays the bundle offline, bit for bit.
     let bundle = second["bundle"].as_str().expect("bundle");
     assert!(guild.run(&["replay", bundle]).expect_code(0).stdout.contains("replay identical"));
+
+    // Timers run on the same virtual time: an hour's sleep passes at once (a live run would hit
+    // its 10 s timeout), the same on every run and in the replay.
+    let started = Instant::now();
+    let slept = daemon.run(ALICE, json!({"tool": "hostile", "input": {"attack": "sleep"}})).json();
+    assert_eq!(slept["status"], "succeeded", "{slept}");
+    assert_eq!(slept["cache"], "stored", "{slept}");
+    assert!(started.elapsed() < Duration::from_secs(5), "the hour passed in virtual time");
+    let bundle = slept["bundle"].as_str().expect("bundle");
+    assert!(guild.run(&["replay", bundle]).expect_code(0).stdout.contains("replay identical"));
 }
 
 /// A loopback HTTP server that answers 200 `{}` and counts requests.

@@ -222,3 +222,45 @@ async fn loaded_tools_are_bounded_and_concurrent_loads_share_one() {
     let (_, evicted) = runtime.load(&echo).await.expect("load");
     assert_ne!(evicted, guild_runtime::CacheSource::Memory, "one tool kept: echo was dropped for hostile");
 }
+
+/// A hermetic run reads its mounts as `prepare` captured them (the tree its action digest
+/// names), not as the host's directory holds them when the guest gets there: a file changed in
+/// between is not seen, and the run's result still stands for its digest.
+#[tokio::test]
+async fn a_hermetic_run_reads_its_mounts_as_captured_whatever_the_host_does_meanwhile() {
+    use guild_replay::{DirStore, HostKey};
+    use guild_runtime::{Access, Mount, RecordingConfig, RunMode};
+    let home = tempfile::tempdir().expect("home");
+    let store = Arc::new(DirStore::open(home.path().join("store")).expect("store"));
+    let recording = RecordingConfig::new(store, Arc::new(HostKey::generate().expect("key")));
+    let runtime =
+        Runtime::new(RuntimeConfig { recording: Some(recording), ..RuntimeConfig::default() }).expect("runtime");
+    let (hash, _) = runtime.load_file(guild_test_artifacts::HASH.as_ref()).await.expect("load");
+    let data = crate::tree(&[("a.txt", "alpha\n"), ("b/c.txt", "gamma\n")]);
+    let grants = Grants {
+        mounts: vec![Mount {
+            host_path: data.path().to_path_buf(),
+            guest_path: "/data".into(),
+            access: Access::ReadOnly,
+        }],
+        ..Grants::default()
+    };
+    let input = r#"{"path":"/data"}"#;
+    let limits = Limits::default();
+    let before = runtime.run(&hash, input, &grants, &limits).await.expect("run");
+    let mode = RunMode::Hermetic { revision: Some(1), scope: None };
+    let prepared = runtime.prepare(&hash, input, &grants, &limits, mode).await.expect("prepare");
+    let action = *prepared.action().expect("hermetic").expect("an action digest");
+    // The host's directory changes after the capture, before the guest reads it.
+    std::fs::write(data.path().join("a.txt"), "ALPHA\n").expect("edit");
+    std::fs::write(data.path().join("new.txt"), "more\n").expect("add");
+    let cancel = guild_runtime::CancellationToken::new();
+    let report = runtime.run_prepared(&hash, prepared, &grants, &limits, cancel, None).await.expect("run");
+    assert_eq!(report.outcome, before.outcome, "the guest read the captured tree");
+    let hermetic = report.hermetic.expect("hermetic");
+    assert_eq!(hermetic.action, Some(action));
+    assert_eq!(hermetic.reusable, Ok(()));
+    // The same action prepared now names the new tree: another digest.
+    let now = runtime.prepare(&hash, input, &grants, &limits, mode).await.expect("prepare");
+    assert_ne!(*now.action().expect("hermetic").expect("digest"), action);
+}

@@ -60,14 +60,16 @@ pub(crate) fn cache(command: CacheCommand) -> Result<Exit, Failure> {
                 return print_json(&answer);
             }
             out!("{:<24} {:>9} {:>12} {:>8} {:>11}", "TOOL", "ENTRIES", "BYTES", "TTL_S", "ENTRIES_MAX");
+            // A tool no longer cached (still holding entries) has no policy: shown as `-`.
+            let cell = |v: &Value| if v.is_null() { "-".to_string() } else { v.to_string() };
             for tool in answer["tools"].as_array().into_iter().flatten() {
                 out!(
                     "{:<24} {:>9} {:>12} {:>8} {:>11}",
                     text(&tool["tool"]),
-                    tool["entries"],
-                    tool["bytes"],
-                    tool["policy"]["ttl_s"],
-                    tool["policy"]["entries_max"]
+                    cell(&tool["entries"]),
+                    cell(&tool["bytes"]),
+                    cell(&tool["policy"]["ttl_s"]),
+                    cell(&tool["policy"]["entries_max"])
                 );
             }
             Ok(Exit::Success)

@@ -44,6 +44,13 @@ pub(crate) fn worker(global: &Global, args: WorkerArgs) -> Result<Exit, Failure>
         let mut trusted_keys: Vec<guild_replay::PublicKey> = runtime.public_key().into_iter().collect();
         // The config was validated: every key parses.
         trusted_keys.extend(config.cache.trusted_keys.iter().filter_map(|k| k.parse::<guild_replay::PublicKey>().ok()));
+        if config.cache.trusted_keys.is_empty() {
+            tracing::info!(
+                key = %runtime.public_key().map(|k| k.to_string()).unwrap_or_default(),
+                "shared result cache entries are trusted only when this worker signed them; list every worker's key \
+                 (`guild key show`) in [cache] trusted_keys for hits across workers"
+            );
+        }
         let setup = WorkerSetup {
             queue,
             runtime,

@@ -182,13 +182,17 @@ impl Runtime {
         let seed = recorded_seed(events)?;
         let (workdir, policy) = candidate_mounts(bundle, store, candidate, &limits)?;
         let stop = Arc::new(crate::guard::Stop::default());
-        let recorder = Recorder::candidate(
+        let mut recorder = Recorder::candidate(
             limits.fuel_units,
             limits.recording_bytes_max,
             stop.clone(),
             events.to_vec(),
             wall_unrecorded(bundle),
         );
+        // A hermetic run's timers were on virtual time: so are its candidate's.
+        if let Some(action) = &bundle.action.action_digest {
+            recorder = recorder.with_synthetic_clock(crate::hermetic::clock_of(action));
+        }
         for event in events.iter().take_while(|e| matches!(e.effect, Effect::RandomSeed { .. } | Effect::Mount { .. }))
         {
             recorder.record(event.effect.clone());

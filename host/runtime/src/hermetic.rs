@@ -9,8 +9,10 @@
 //! answers from the tape as for any run), so two hermetic runs of one action see the same world.
 //! After the run, [`Hermetic::reusable`] says whether the result may stand for the action:
 //! only output, no HTTP request (sent or refused), no GPU dispatch on a device (the CPU reference
-//! is bit-exact; a device is not), no writable mount, and every read-only mount still holding
-//! the tree captured before the run.
+//! is bit-exact; a device is not), no writable mount. Its read-only mounts are rebuilt from the
+//! trees captured before the run (`recording::snapshot_mounts`), its file metadata and listings
+//! fixed (`quota.rs`) and its timers on the same virtual time as its clocks (`virtual_time.rs`):
+//! the guest reads exactly what the digest names.
 
 use crate::record::SyntheticClock;
 use guild_replay::{Digest, Effect, Tape};
@@ -30,6 +32,9 @@ pub enum RunMode {
     Hermetic {
         /// The revision of the tool's name that runs, when the host keeps revisions.
         revision: Option<u32>,
+        /// Mixed into the seed, not the action digest: whose run it is (a digest of the tenant),
+        /// so that two tenants' runs of one action draw different random numbers.
+        scope: Option<Digest>,
     },
 }
 
@@ -50,11 +55,9 @@ pub enum NotCacheable {
     GpuDevice,
     /// The run ended without output (its outcome's label: `trap`, `limit`, `tool_error`, …).
     Outcome(&'static str),
-    /// A read-only mount no longer held, after the run, the tree captured before it.
-    MountChanged {
-        /// Where the tool sees it.
-        guest_path: String,
-    },
+    /// A preview-1 module: its timers run on wasmtime-wasi's own preview 1, on the real clock,
+    /// which a hermetic run's virtual time cannot reach.
+    Preview1,
 }
 
 impl fmt::Display for NotCacheable {
@@ -65,7 +68,7 @@ impl fmt::Display for NotCacheable {
             Self::HttpRequest => f.write_str("http request"),
             Self::GpuDevice => f.write_str("gpu dispatch on a device"),
             Self::Outcome(label) => write!(f, "outcome {label}"),
-            Self::MountChanged { guest_path } => write!(f, "mount {guest_path} changed during the run"),
+            Self::Preview1 => f.write_str("preview-1 module"),
         }
     }
 }
@@ -172,9 +175,13 @@ pub(crate) fn action_digest(parts: &ActionParts<'_>, policy: &EffectivePolicy, l
     Digest::of(&bytes)
 }
 
-/// The seed of a hermetic run of `action`.
-pub(crate) fn seed_of(action: &Digest) -> [u8; 32] {
-    blake3::derive_key("guild hermetic seed v1", action.as_bytes())
+/// The seed of a hermetic run of `action` for `scope` (whose run it is).
+pub(crate) fn seed_of(action: &Digest, scope: Option<&Digest>) -> [u8; 32] {
+    let mut material = action.as_bytes().to_vec();
+    if let Some(scope) = scope {
+        material.extend_from_slice(scope.as_bytes());
+    }
+    blake3::derive_key("guild hermetic seed v1", &material)
 }
 
 /// The synthetic clocks of a hermetic run of `action`: the wall clock starts at 2001-09-09
@@ -187,15 +194,13 @@ pub(crate) fn clock_of(action: &Digest) -> SyntheticClock {
 }
 
 /// Whether a finished hermetic run's result may stand for its action: it ended in output, the
-/// tape holds no HTTP exchange or device GPU dispatch, the guest attempted no request, and the
-/// read-only mounts still hold the trees captured before the run (`after`: their roots now).
+/// tape holds no HTTP exchange or device GPU dispatch, the guest attempted no request, and
+/// nothing was mounted writable.
 pub(crate) fn verdict(
     outcome: &Outcome,
     egress_requests: u32,
     tape: &Tape,
     policy: &EffectivePolicy,
-    before: &[MountedTree],
-    after: &[(String, Digest)],
 ) -> Result<(), NotCacheable> {
     if let Some(mount) = policy.mounts.iter().find(|m| m.access == Access::ReadWrite) {
         return Err(NotCacheable::WritableMount { guest_path: mount.guest_path.clone() });
@@ -209,12 +214,6 @@ pub(crate) fn verdict(
     }
     if !matches!(outcome, Outcome::Output { .. }) {
         return Err(NotCacheable::Outcome(outcome.label()));
-    }
-    for mount in before {
-        let now = after.iter().find(|(guest_path, _)| *guest_path == mount.guest_path).map(|(_, tree)| *tree);
-        if now != Some(mount.tree) {
-            return Err(NotCacheable::MountChanged { guest_path: mount.guest_path.clone() });
-        }
     }
     Ok(())
 }
@@ -257,8 +256,10 @@ mod tests {
     #[test]
     fn a_hermetic_run_s_seed_and_clock_come_from_its_action_alone() {
         let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
-        assert_eq!(seed_of(&a), seed_of(&a));
-        assert_ne!(seed_of(&a), seed_of(&b));
+        assert_eq!(seed_of(&a, None), seed_of(&a, None));
+        assert_ne!(seed_of(&a, None), seed_of(&b, None));
+        let (alice, bob) = (Digest::of(b"alice"), Digest::of(b"bob"));
+        assert_ne!(seed_of(&a, Some(&alice)), seed_of(&a, Some(&bob)), "tenants draw apart");
         let (first, again) = (clock_of(&a), clock_of(&a));
         assert_eq!(first.wall(), again.wall());
         let (earlier, later) = (first.wall(), first.wall());
@@ -271,15 +272,21 @@ mod tests {
         let output = Outcome::Output { output: "{}".into() };
         let tape = Tape::new();
         let policy = EffectivePolicy::default();
-        assert_eq!(verdict(&output, 0, &tape, &policy, &[], &[]), Ok(()));
-        assert_eq!(verdict(&output, 1, &tape, &policy, &[], &[]), Err(NotCacheable::HttpRequest));
+        assert_eq!(verdict(&output, 0, &tape, &policy), Ok(()));
+        assert_eq!(verdict(&output, 1, &tape, &policy), Err(NotCacheable::HttpRequest));
         let trap = Outcome::Trap { message: "boom".into() };
-        assert_eq!(verdict(&trap, 0, &tape, &policy, &[], &[]), Err(NotCacheable::Outcome("trap")));
-        let before = [MountedTree { guest_path: "/d".into(), access: Access::ReadOnly, tree: Digest::of(b"x") }];
-        let changed = [("/d".to_string(), Digest::of(b"y"))];
+        assert_eq!(verdict(&trap, 0, &tape, &policy), Err(NotCacheable::Outcome("trap")));
+        let writable = EffectivePolicy {
+            mounts: vec![guild_vocab::Mount {
+                host_path: "/tmp".into(),
+                guest_path: "/out".into(),
+                access: Access::ReadWrite,
+            }],
+            ..EffectivePolicy::default()
+        };
         assert_eq!(
-            verdict(&output, 0, &tape, &policy, &before, &changed),
-            Err(NotCacheable::MountChanged { guest_path: "/d".into() })
+            verdict(&output, 0, &tape, &writable),
+            Err(NotCacheable::WritableMount { guest_path: "/out".into() })
         );
         assert_eq!(NotCacheable::HttpRequest.to_string(), "http request");
     }

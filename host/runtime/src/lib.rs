@@ -38,6 +38,7 @@ mod replaying;
 mod run;
 mod signer;
 mod state;
+mod virtual_time;
 
 pub use cache::CacheSource;
 pub use cancel::{CANCEL_CHECK_TICKS, CancellationToken};

@@ -119,6 +119,30 @@ pub(crate) struct MountQuotas {
     /// Descriptor (resource rep) → its mount's guest path. At most one entry per open
     /// descriptor, so bounded by `wasi_resources_max`.
     descriptors: HashMap<u32, String>,
+    /// A hermetic run: the guest sees only what the action digest names of its mounts — fixed
+    /// timestamps, one link per file, directory entries by name.
+    hermetic: bool,
+    /// A hermetic run's open directory listings (stream rep → its entries, by name): at most
+    /// `wasi_resources_max` streams, each of a directory rebuilt from a bounded tree.
+    listings: HashMap<u32, std::collections::VecDeque<types::DirectoryEntry>>,
+}
+
+/// What every timestamp of a hermetic run's mounted files reads: 2001-09-09 01:46:40 UTC, where
+/// its wall clock starts.
+pub(crate) const HERMETIC_FILE_TIME_S: u64 = 1_000_000_000;
+
+/// A stat as a hermetic run sees it: the content's type and size, nothing of when or how the
+/// host holds it.
+fn hermetic_stat(mut stat: types::DescriptorStat) -> types::DescriptorStat {
+    let fixed = Some(wasmtime_wasi::p2::bindings::clocks::wall_clock::Datetime {
+        seconds: HERMETIC_FILE_TIME_S,
+        nanoseconds: 0,
+    });
+    stat.link_count = 1;
+    stat.data_access_timestamp = fixed;
+    stat.data_modification_timestamp = fixed;
+    stat.status_change_timestamp = fixed;
+    stat
 }
 
 impl MountQuotas {
@@ -141,7 +165,13 @@ impl MountQuotas {
                 (mount.guest_path.clone(), quota)
             })
             .collect();
-        Self { mounts, descriptors: HashMap::new() }
+        Self { mounts, descriptors: HashMap::new(), hermetic: false, listings: HashMap::new() }
+    }
+
+    /// For a hermetic run (see [`MountQuotas::hermetic`]).
+    pub(crate) fn hermetic(mut self, hermetic: bool) -> Self {
+        self.hermetic = hermetic;
+        self
     }
 
     fn quota<T: 'static>(&self, fd: &Resource<T>) -> Option<Arc<MountQuota>> {
@@ -301,7 +331,19 @@ impl HostDescriptor for QuotaFs<'_> {
     }
 
     async fn read_directory(&mut self, fd: Resource<Descriptor>) -> FsResult<Resource<types::DirectoryEntryStream>> {
-        HostDescriptor::read_directory(&mut self.fs, fd).await
+        let stream = HostDescriptor::read_directory(&mut self.fs, fd).await?;
+        if self.quotas.hermetic {
+            // The host's order is its own; a hermetic run lists by name, as the tree records.
+            let mut entries = Vec::new();
+            while let Some(entry) =
+                HostDirectoryEntryStream::read_directory_entry(&mut self.fs, Resource::new_borrow(stream.rep())).await?
+            {
+                entries.push(entry);
+            }
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+            self.quotas.listings.insert(stream.rep(), entries.into());
+        }
+        Ok(stream)
     }
 
     async fn sync(&mut self, fd: Resource<Descriptor>) -> FsResult<()> {
@@ -320,7 +362,8 @@ impl HostDescriptor for QuotaFs<'_> {
     }
 
     async fn stat(&mut self, fd: Resource<Descriptor>) -> FsResult<types::DescriptorStat> {
-        HostDescriptor::stat(&mut self.fs, fd).await
+        let stat = HostDescriptor::stat(&mut self.fs, fd).await?;
+        Ok(if self.quotas.hermetic { hermetic_stat(stat) } else { stat })
     }
 
     async fn stat_at(
@@ -329,7 +372,8 @@ impl HostDescriptor for QuotaFs<'_> {
         path_flags: types::PathFlags,
         path: String,
     ) -> FsResult<types::DescriptorStat> {
-        HostDescriptor::stat_at(&mut self.fs, fd, path_flags, path).await
+        let stat = HostDescriptor::stat_at(&mut self.fs, fd, path_flags, path).await?;
+        Ok(if self.quotas.hermetic { hermetic_stat(stat) } else { stat })
     }
 
     async fn set_times_at(
@@ -501,10 +545,14 @@ impl HostDirectoryEntryStream for QuotaFs<'_> {
         &mut self,
         stream: Resource<types::DirectoryEntryStream>,
     ) -> FsResult<Option<types::DirectoryEntry>> {
+        if let Some(listing) = self.quotas.listings.get_mut(&stream.rep()) {
+            return Ok(listing.pop_front());
+        }
         HostDirectoryEntryStream::read_directory_entry(&mut self.fs, stream).await
     }
 
     fn drop(&mut self, stream: Resource<types::DirectoryEntryStream>) -> wasmtime::Result<()> {
+        self.quotas.listings.remove(&stream.rep());
         HostDirectoryEntryStream::drop(&mut self.fs, stream)
     }
 }

@@ -48,13 +48,15 @@ pub(crate) struct Recorder {
     synthetic: Option<Arc<SyntheticClock>>,
 }
 
-/// The clocks of a hermetic run: readings that depend only on how many were taken before.
-/// The wall clock reads `wall_base` plus [`SyntheticClock::STEP`] per earlier reading (of
-/// either clock), the monotonic clock that many steps since 0.
+/// The clocks of a hermetic run: virtual time that depends only on what the guest did. Each
+/// reading (of either clock) takes [`SyntheticClock::STEP`]; waiting on a timer takes exactly the
+/// time waited for, at once (`virtual_time.rs`). The monotonic clock reads the virtual time
+/// elapsed, from 0; the wall clock `wall_base` plus that.
 #[derive(Debug)]
 pub(crate) struct SyntheticClock {
     wall_base: Duration,
-    reads: AtomicU64,
+    /// Virtual time elapsed, ns.
+    elapsed_ns: AtomicU64,
 }
 
 impl SyntheticClock {
@@ -62,22 +64,32 @@ impl SyntheticClock {
     pub(crate) const STEP: Duration = Duration::from_micros(1);
 
     pub(crate) fn new(wall_base: Duration) -> Self {
-        Self { wall_base, reads: AtomicU64::new(0) }
+        Self { wall_base, elapsed_ns: AtomicU64::new(0) }
     }
 
-    fn step(&self) -> Duration {
-        let n = self.reads.fetch_add(1, Ordering::Relaxed);
-        Self::STEP.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
+    fn read(&self) -> u64 {
+        let step = u64::try_from(Self::STEP.as_nanos()).unwrap_or(1);
+        self.elapsed_ns.fetch_add(step, Ordering::Relaxed)
     }
 
     /// The next wall-clock reading, since the Unix epoch.
     pub(crate) fn wall(&self) -> Duration {
-        self.wall_base.saturating_add(self.step())
+        self.wall_base.saturating_add(Duration::from_nanos(self.read()))
     }
 
     /// The next monotonic reading, ns.
     pub(crate) fn monotonic(&self) -> u64 {
-        u64::try_from(self.step().as_nanos()).unwrap_or(u64::MAX)
+        self.read()
+    }
+
+    /// Let `ns` of virtual time pass (a timer of that length, waited for).
+    pub(crate) fn advance(&self, ns: u64) {
+        let _ = self.elapsed_ns.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |e| Some(e.saturating_add(ns)));
+    }
+
+    /// Let virtual time pass until the monotonic clock reads `ns` (a timer until then).
+    pub(crate) fn advance_to(&self, ns: u64) {
+        self.elapsed_ns.fetch_max(ns, Ordering::Relaxed);
     }
 }
 
@@ -225,6 +237,11 @@ impl Recorder {
     pub(crate) fn with_synthetic_clock(mut self, clock: SyntheticClock) -> Self {
         self.synthetic = Some(Arc::new(clock));
         self
+    }
+
+    /// A hermetic run's virtual time, which its timers advance.
+    pub(crate) fn synthetic(&self) -> Option<Arc<SyntheticClock>> {
+        self.synthetic.clone()
     }
 
     /// Refuse to record past a limit: raise it once, and record nothing more.

@@ -147,24 +147,37 @@ pub(crate) fn record_prelude(recorder: &Recorder, seed: &[u8; 32], mounts: &[Cap
     }
 }
 
-/// The trees the read-only mounts hold now, by guest path (after a hermetic run: the same as
-/// before it, or the result does not stand for its action). A mount that can no longer be
-/// captured is left out, which no tree captured before matches.
-pub(crate) fn read_only_roots(
-    store: &dyn BlobStore,
+/// Rebuild each captured (read-only) mount from its tree in a directory of its own under the
+/// store (so that files can be hard-linked from it), and the policy that mounts those instead of
+/// the host's directories. The directories go when the returned guard is dropped.
+pub(crate) fn snapshot_mounts(
+    recording: &RecordingConfig,
+    mounts: &[CapturedMount],
     policy: &EffectivePolicy,
-    tree_limits: TreeLimits,
-    file_digests: Option<&FileDigestCache>,
-) -> Vec<(String, Digest)> {
-    policy
-        .mounts
-        .iter()
-        .filter(|m| m.access == Access::ReadOnly)
-        .filter_map(|m| {
-            let summary = tree::capture_cached(&m.host_path, store, tree_limits, file_digests).ok()?;
-            Some((m.guest_path.clone(), summary.root))
-        })
-        .collect()
+) -> Result<(tempfile::TempDir, EffectivePolicy), RunError> {
+    let host = |e: std::io::Error| RunError::Host(format!("cannot make a hermetic run's mounts: {e}"));
+    let parent = recording.store.root().join("snapshots");
+    std::fs::create_dir_all(&parent).map_err(host)?;
+    let dir = tempfile::tempdir_in(&parent).map_err(host)?;
+    let mut snapshot = policy.clone();
+    for (index, mount) in snapshot.mounts.iter_mut().enumerate() {
+        let captured = mounts
+            .iter()
+            .find(|m| m.mounted.guest_path == mount.guest_path)
+            .ok_or_else(|| RunError::Host(format!("mount {} was not captured", mount.guest_path)))?;
+        let path = dir.path().join(format!("mount-{index}"));
+        std::fs::create_dir(&path).map_err(host)?;
+        tree::materialize(
+            recording.store.as_ref(),
+            &captured.mounted.tree,
+            &path,
+            recording.tree_limits,
+            tree::Materialize::LinkReadOnly,
+        )
+        .map_err(tree_error)?;
+        mount.host_path = path;
+    }
+    Ok((dir, snapshot))
 }
 
 /// Bounds on the trees a run's bundle holds: the mounts' own, plus what the run may have

@@ -177,8 +177,13 @@ impl Runtime {
         let policy = EffectivePolicy::resolve(&tool.info().name, &grants, &tool.capabilities_for(&grants))
             .map_err(|e| invalid(e.to_string()))?;
         let stop = Arc::new(crate::guard::Stop::default());
-        let recorder =
+        let mut recorder =
             Recorder::replaying(limits.fuel_units, limits.recording_bytes_max, stop.clone(), events.to_vec());
+        // A hermetic run's timers were on virtual time: so are the replay's (its clock readings
+        // come from the tape either way).
+        if let Some(action) = &bundle.action.action_digest {
+            recorder = recorder.with_synthetic_clock(crate::hermetic::clock_of(action));
+        }
         // The prelude is the recorded one: the seed, and each mount rebuilt from exactly the
         // tree it names (capturing the rebuilt directory again would give the same digest).
         for event in events.iter().take_while(|e| matches!(e.effect, Effect::RandomSeed { .. } | Effect::Mount { .. }))

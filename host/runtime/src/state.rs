@@ -29,6 +29,8 @@ pub(crate) struct HostState {
     pub(crate) gpu: GpuRun,
     pub(crate) guard: Guard,
     pub(crate) quotas: crate::quota::MountQuotas,
+    /// A hermetic run's virtual time, which its timers advance (`virtual_time.rs`).
+    pub(crate) synthetic: Option<std::sync::Arc<crate::record::SyntheticClock>>,
 }
 
 impl WasiView for HostState {
@@ -60,6 +62,14 @@ impl HostState {
 }
 
 impl HostState {
+    /// What `wasi:clocks/monotonic-clock` sees: the clocks, and virtual time in a hermetic run.
+    pub(crate) fn virtual_clock(&mut self) -> crate::virtual_time::VirtualClock<'_> {
+        crate::virtual_time::VirtualClock {
+            clocks: wasmtime_wasi::clocks::WasiClocksCtxView { ctx: self.wasi.clocks(), table: &mut self.table },
+            synthetic: self.synthetic.as_ref(),
+        }
+    }
+
     /// What `guild:tool/gpu` sees: the resource table and the GPU part.
     pub(crate) fn gpu_view(&mut self) -> GpuView<'_> {
         GpuView { table: &mut self.table, gpu: &mut self.gpu }

@@ -119,6 +119,10 @@ async fn list_tools(
             if let Some(disabled) = n.record.disabled_for(&tenant.name) {
                 body["disabled"] = disabled.reason.clone().into();
             }
+            // Whether identical calls are answered from earlier runs, and for how long.
+            if let Some(policy) = &n.current().cache {
+                body["cache"] = serde_json::json!({ "ttl_s": policy.ttl_s });
+            }
             body
         })
         .collect();

@@ -50,7 +50,8 @@ impl Worker {
     ) -> Ran {
         let limits = &job.limits;
         let cancel = CancellationToken::new();
-        let mode = RunMode::Hermetic { revision: job.revision };
+        let scope = Some(guild_replay::Digest::of(job.tenant.as_bytes()));
+        let mode = RunMode::Hermetic { revision: job.revision, scope };
         let prepared = match self.runtime.prepare(tool, &job.input, grants, limits, mode).await {
             Ok(prepared) => prepared,
             Err(error) => {
@@ -128,13 +129,24 @@ impl Worker {
 
     /// Once the run's bundle is shared: store its result when its tape proved it reusable, and
     /// land the flight it led. Returns what the cache did (`stored`, `miss: …`).
-    pub(crate) async fn settle_cache(&self, job: &Job, after: After, report: &Result<RunReport, RunError>) -> String {
+    pub(crate) async fn settle_cache(
+        &self,
+        job: &Job,
+        after: After,
+        report: &Result<RunReport, RunError>,
+        shared: bool,
+    ) -> String {
         let key = match after.key {
             Ok(key) => key,
             Err(why) => return format!("miss: {why}"),
         };
         let state = match report {
             Ok(report) => match (&report.hermetic, &report.outcome, report.bundle) {
+                (Some(hermetic), Outcome::Output { .. }, Some(_)) if hermetic.reusable.is_ok() && !shared => {
+                    // An entry other nodes could not check against its bundle would only be
+                    // dropped by them: not stored (set redis.shared_store for large bundles).
+                    "miss: bundle not shared (too large for Redis, and no shared store)".to_string()
+                }
                 (Some(hermetic), Outcome::Output { output }, Some(bundle)) if hermetic.reusable.is_ok() => {
                     let value = CachedValue {
                         record: CacheRecord {

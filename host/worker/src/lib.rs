@@ -315,14 +315,15 @@ impl Worker {
             },
             None => (self.runtime.run_as(&tool, &job.input, &grants, limits, cancel, Some(&run_for)).await, None),
         };
+        let mut shared = false;
         if let (Ok(report), Some(_)) = (&report, &after)
             && let Some(bundle) = report.bundle
         {
             // Shared before the entry naming it, so whoever reads the entry finds the bundle.
-            self.share_bundle(&bundle).await;
+            shared = self.share_bundle(&bundle).await;
         }
         let cache = match after {
-            Some(after) => Some(self.settle_cache(job, after, &report).await),
+            Some(after) => Some(self.settle_cache(job, after, &report, shared).await),
             None => None,
         };
         let report = match report {

@@ -12,9 +12,15 @@ const KNOWN_BLOB_BYTES_MIN: u64 = 4096;
 const KNOWN_BLOBS_MAX: usize = 10_000;
 
 impl Worker {
-    pub(super) async fn share_bundle(&self, id: &Digest) {
-        if let Err(e) = self.try_share_bundle(id).await {
-            tracing::warn!(bundle = %id, error = %e, "cannot share the bundle; it stays in this worker's store");
+    /// Share the bundle; whether every node can now read it (a result cache entry may name only
+    /// such a bundle).
+    pub(super) async fn share_bundle(&self, id: &Digest) -> bool {
+        match self.try_share_bundle(id).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(bundle = %id, error = %e, "cannot share the bundle; it stays in this worker's store");
+                false
+            }
         }
     }
 

@@ -19,7 +19,7 @@ use crate::hermetic::{ActionParts, Hermetic, NotCacheable, RunMode, action_diges
 use crate::logs::{LogLine, LogSink, LogSource};
 use crate::quota::MountQuotas;
 use crate::record::{Recorder, SeededRandom, TapeMonotonicClock, TapeWallClock, fresh_seed};
-use crate::recording::{RecordingConfig, capture_mounts, read_only_roots, record_prelude};
+use crate::recording::{RecordingConfig, capture_mounts, record_prelude, snapshot_mounts};
 use crate::state::{HostState, RunLimiter};
 use crate::{LimitHit, Limits};
 use guild_vocab::Access;
@@ -185,6 +185,8 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link_error)?;
         // Guild's wasi:filesystem, with the mounts' write quotas in front of wasmtime-wasi's.
         crate::quota::add_to_linker(&mut linker, HostState::quota_fs).map_err(link_error)?;
+        // Guild's wasi:clocks/monotonic-clock: a hermetic run's timers on its virtual time.
+        crate::virtual_time::add_to_linker(&mut linker, HostState::virtual_clock).map_err(link_error)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link_error)?;
         // guild:tool's own imports: types and log on the run's state, gpu on its GPU view.
         use crate::bindings::guild::tool::{gpu, log, types};
@@ -343,7 +345,8 @@ impl Runtime {
         let action = match mode {
             RunMode::Live => None,
             RunMode::Hermetic { .. } if self.recording.is_none() => Some(Err(NotCacheable::NotRecorded)),
-            RunMode::Hermetic { revision } => {
+            RunMode::Hermetic { .. } if matches!(tool.entry, Entry::Preview1(..)) => Some(Err(NotCacheable::Preview1)),
+            RunMode::Hermetic { revision, .. } => {
                 Some(match policy.mounts.iter().find(|m| m.access == Access::ReadWrite) {
                     Some(mount) => Err(NotCacheable::WritableMount { guest_path: mount.guest_path.clone() }),
                     None => {
@@ -360,8 +363,8 @@ impl Runtime {
                 })
             }
         };
-        let seed = match &action {
-            Some(Ok(action)) => seed_of(action),
+        let seed = match (&action, mode) {
+            (Some(Ok(action)), RunMode::Hermetic { scope, .. }) => seed_of(action, scope.as_ref()),
             _ => fresh_seed(),
         };
         Ok(Prepared { policy, input, seed, mounts, action })
@@ -423,21 +426,22 @@ impl Runtime {
             stop,
             passthrough: passthrough.cloned(),
         };
-        let mut execution = self.execute(tool, input, &policy, limits, env).await?;
-        let hermetic = match (&action, &self.recording, &recorder) {
-            (Some(Ok(digest)), Some(recording), Some(recorder)) => {
-                let after = off_the_async_workers(!mounts.is_empty(), || {
-                    read_only_roots(
-                        recording.store.as_ref(),
-                        &policy,
-                        recording.tree_limits,
-                        Some(&recording.file_digests),
-                    )
-                });
-                let before: Vec<_> = mounts.iter().map(|m| m.mounted.clone()).collect();
-                let reusable = recorder.with_tape(|tape| {
-                    verdict(&execution.outcome, execution.egress_requests, tape, &policy, &before, &after)
-                });
+        // A hermetic run reads its read-only mounts as they were captured, rebuilt from their
+        // trees (files linked from the store): what the action digest names, whatever happens
+        // to the host's directories meanwhile.
+        let snapshot = match (&action, &self.recording) {
+            (Some(Ok(_)), Some(recording)) if !mounts.is_empty() => {
+                Some(off_the_async_workers(true, || snapshot_mounts(recording, &mounts, &policy))?)
+            }
+            _ => None,
+        };
+        let run_policy = snapshot.as_ref().map_or(&policy, |(_, policy)| policy);
+        let mut execution = self.execute(tool, input, run_policy, limits, env).await?;
+        drop(snapshot);
+        let hermetic = match (&action, &recorder) {
+            (Some(Ok(digest)), Some(recorder)) => {
+                let reusable =
+                    recorder.with_tape(|tape| verdict(&execution.outcome, execution.egress_requests, tape, &policy));
                 Some(Hermetic { action: Some(*digest), reusable })
             }
             (Some(Err(why)), ..) => Some(Hermetic { action: None, reusable: Err(why.clone()) }),
@@ -671,7 +675,8 @@ impl Runtime {
         table.set_max_capacity(usize::try_from(limits.wasi_resources_max).unwrap_or(usize::MAX));
         // Every entry into the host notes the fuel left, so each effect records when it happened
         // in the guest's own deterministic time.
-        let quotas = MountQuotas::new(policy, limits, &stop);
+        let quotas =
+            MountQuotas::new(policy, limits, &stop).hermetic(recorder.is_some_and(|r| r.synthetic().is_some()));
         let guard = Guard::new(stop, recorder.map(Recorder::fuel_gauge), limits.output_bytes_max);
         let (wasi, p1) = if preview1 {
             // Preview 1 keeps its descriptors in its own table: bounded the same way.
@@ -694,6 +699,7 @@ impl Runtime {
             gpu,
             guard,
             quotas,
+            synthetic: recorder.and_then(Recorder::synthetic),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);

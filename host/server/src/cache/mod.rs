@@ -39,13 +39,28 @@ pub const CACHE_VERIFY_IN_FLIGHT_MAX: usize = 2;
 pub const CACHE_ENTRY_FILE_BYTES_MAX: u64 = 64 * 1024;
 
 /// A tool entry's `cache`: `true` (the defaults), `false`, or a table of [`CachePolicy`].
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CacheSetting {
     /// `cache = true` / `cache = false`.
     On(bool),
     /// `[tools.cache]` with its fields.
     Table(CachePolicy),
+}
+
+impl<'de> Deserialize<'de> for CacheSetting {
+    /// A boolean, or a table read as a [`CachePolicy`] — whose errors name the field (an
+    /// unknown one, or one of the wrong type).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match toml::Value::deserialize(deserializer)? {
+            toml::Value::Boolean(on) => Ok(Self::On(on)),
+            table @ toml::Value::Table(_) => CachePolicy::deserialize(table).map(Self::Table).map_err(D::Error::custom),
+            other => Err(D::Error::custom(format!(
+                "cache is a {}; use true, false, or a table with ttl_s, entries_max, bytes_max, verify_sample",
+                other.type_str()
+            ))),
+        }
+    }
 }
 
 impl CacheSetting {

@@ -101,3 +101,25 @@ fn unknown_guild_variables_are_reported_not_applied() {
     let (_, ignored) = DaemonConfig::load("", Path::new("-"), env).expect("loads");
     assert_eq!(ignored, vec!["GUILD_LISTN".to_string()]);
 }
+
+#[test]
+fn a_tools_cache_is_a_switch_or_a_table_whose_mistakes_name_the_field() {
+    let tool = |cache: &str| format!("[[tools]]\npath = \"/opt/hash.wasm\"\n{cache}\n");
+    let on = load(&tool("cache = true"), &[]).expect("loads");
+    assert_eq!(on.tools[0].cache.as_ref().and_then(crate::cache::CacheSetting::policy), Some(Default::default()));
+    let off = load(&tool("cache = false"), &[]).expect("loads");
+    assert_eq!(off.tools[0].cache.as_ref().and_then(crate::cache::CacheSetting::policy), None);
+    let table = load(&tool("[tools.cache]\nttl_s = 60\nentries_max = 5"), &[]).expect("loads");
+    let policy = table.tools[0].cache.as_ref().and_then(crate::cache::CacheSetting::policy).expect("on");
+    assert_eq!((policy.ttl_s, policy.entries_max, policy.bytes_max), (60, 5, crate::cache::CACHE_BYTES_MAX_DEFAULT));
+    let misspelt = load(&tool("[tools.cache]\nttl = 60"), &[]).expect_err("refused").to_string();
+    assert!(misspelt.contains("unknown field `ttl`"), "{misspelt}");
+    let zero = load(&tool("[tools.cache]\nttl_s = 0"), &[]).expect_err("refused");
+    assert_eq!(zero.field, "tools[0].cache.ttl_s");
+    let sample = load(&tool("[tools.cache]\nverify_sample = 2.0"), &[]).expect_err("refused");
+    assert_eq!(sample.field, "tools[0].cache.verify_sample");
+    let word = load(&tool("cache = \"yes\""), &[]).expect_err("refused").to_string();
+    assert!(word.contains("use true, false, or a table"), "{word}");
+    let key = load("[cache]\ntrusted_keys = [\"not a key\"]\n", &[]).expect_err("refused");
+    assert_eq!(key.field, "cache.trusted_keys[0]");
+}

@@ -51,7 +51,8 @@ impl Daemon {
         // A hit's wall time is what the cache cost it: preparing (the mounts' trees, the digest)
         // and the lookup.
         let started = Instant::now();
-        let mode = RunMode::Hermetic { revision: Some(tool.revision) };
+        let scope = Some(guild_replay::Digest::of(entry.tenant.as_bytes()));
+        let mode = RunMode::Hermetic { revision: Some(tool.revision), scope };
         let prepared = match self.runtime().prepare(&tool.tool, input, &tool.grants, limits, mode).await {
             Ok(prepared) => prepared,
             Err(error) => return Ran::Report(Err(error), Some(CacheState::Miss("not started".into()))),
@@ -72,7 +73,9 @@ impl Daemon {
         // At most twice: a flight that landed without an entry sends its waiters to look again
         // and lead (or wait once more); after that, a call runs on its own.
         for _ in 0..2 {
-            match self.cache.lookup(&tool.name, policy, &key, limits.fuel_units).await {
+            // Against the tool's own fuel limit, not what is left of the tenant's budget: a hit
+            // burns nothing, so a tenant near its budget still gets the answers it already paid for.
+            match self.cache.lookup(&tool.name, policy, &key, tool.limits.fuel_units).await {
                 Lookup::Hit(cached) => return self.reused(tool, cached, false, started),
                 Lookup::Rejected { bundle, why } => self.rejected(tool, entry, bundle, &why).await,
                 Lookup::Miss => {}
@@ -91,7 +94,7 @@ impl Daemon {
                         () = cancel.cancelled() => None,
                     };
                     match landed {
-                        Some(cached) if cached.record.fuel_used_units <= limits.fuel_units => {
+                        Some(cached) if cached.record.fuel_used_units <= tool.limits.fuel_units => {
                             return self.reused(tool, cached, true, started);
                         }
                         _ if cancel.is_cancelled() => break,
