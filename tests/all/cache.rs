@@ -5,12 +5,10 @@
 //! recomputed, and no tenant is ever answered from another's run.
 
 use crate::Guild;
-use crate::daemon::{Daemon, config_file, token_digest};
+use crate::daemon::{Counter, Daemon, config_file, token_digest};
 use guild_test_artifacts::{HASH, HOSTILE, HTTP_GET};
 use serde_json::{Value, json};
-use std::io::{Read, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const ROOT: &str = "root-token";
@@ -187,28 +185,11 @@ fn a_hermetic_run_reads_the_same_clock_and_randomness_twice_and_replays_identica
     assert!(guild.run(&["replay", bundle]).expect_code(0).stdout.contains("replay identical"));
 }
 
-/// A loopback HTTP server that answers 200 `{}` and counts requests.
-fn counting_server() -> (u16, Arc<AtomicUsize>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let requests = Arc::new(AtomicUsize::new(0));
-    let counted = requests.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            counted.fetch_add(1, Ordering::SeqCst);
-            let mut buf = [0u8; 4096];
-            let _ = stream.read(&mut buf);
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
-        }
-    });
-    (port, requests)
-}
-
 #[test]
 fn a_tool_that_reaches_the_network_is_never_cached_and_says_why() {
     let guild = Guild::new();
-    let (port, requests) = counting_server();
+    let upstream = Counter::start();
+    let port = upstream.port;
     let tools =
         format!("[[tools]]\npath = \"{HTTP_GET}\"\ncache = true\nallow_hosts = [\"http://127.0.0.1:{port}\"]\n");
     let file = config_file(guild.home(), &config(&tools));
@@ -220,7 +201,7 @@ fn a_tool_that_reaches_the_network_is_never_cached_and_says_why() {
         assert_eq!(answer["cached"], false);
         assert_eq!(answer["cache"], "miss: http request", "{answer}");
     }
-    assert_eq!(requests.load(Ordering::SeqCst), 2, "both calls reached the upstream");
+    assert_eq!(upstream.count(), 2, "both calls reached the upstream");
     assert_eq!(metric(&daemon, r#"guild_cache_requests_total{result="miss",tool="http-get"}"#), 2);
     let stats = daemon.call("GET", "/v1/cache", ROOT, "").json();
     assert_eq!(stats["tools"][0]["entries"], 0, "{stats}");

@@ -201,3 +201,36 @@ pub(crate) fn config_file(dir: &Path, text: &str) -> String {
     std::fs::write(&path, text).expect("write config");
     path.display().to_string()
 }
+
+/// A loopback HTTP server that answers 200 and counts the requests it got.
+pub(crate) struct Counter {
+    pub(crate) port: u16,
+    requests: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Counter {
+    pub(crate) fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+            }
+        });
+        Self { port, requests }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/probe", self.port)
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

@@ -5,12 +5,9 @@
 //! reloaded on SIGHUP; and with Redis, a second API node and a worker follow within a second.
 
 use crate::Guild;
-use crate::daemon::{Daemon, Reply, config_file, token_digest};
+use crate::daemon::{Counter, Daemon, Reply, config_file, token_digest};
 use guild_test_artifacts::{ECHO, REV_V1, REV_V2, REV_V3, REV_V4, REV_V5};
 use serde_json::{Value, json};
-use std::io::{Read, Write};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const ROOT: &str = "root-token";
@@ -38,39 +35,6 @@ tools = ["*"]
         root = token_digest(ROOT),
         alice = token_digest(ALICE),
     )
-}
-
-/// A loopback HTTP server that answers 200 and counts the requests it got.
-struct Counter {
-    port: u16,
-    requests: Arc<AtomicUsize>,
-}
-
-impl Counter {
-    fn start() -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let requests = Arc::new(AtomicUsize::new(0));
-        let counted = requests.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                counted.fetch_add(1, Ordering::SeqCst);
-                let mut buf = [0u8; 4096];
-                let _ = stream.read(&mut buf);
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
-            }
-        });
-        Self { port, requests }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/probe", self.port)
-    }
-
-    fn count(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
-    }
 }
 
 fn greet(daemon: &Daemon, token: &str, input: Value, key: Option<&str>) -> Reply {
