@@ -2,7 +2,8 @@
 //! (the rest are hits or merged waiters, charged no fuel), a changed mounted byte is a new
 //! action, hermetic runs see the same clock twice and replay, a tool that reaches the network is
 //! never cached and says why, an entry whose bundle was tampered with is rejected and
-//! recomputed, and no tenant is ever answered from another's run.
+//! recomputed, and no tenant is ever answered from another's run. Also the tool annotations that
+//! state what a tool's grants let it do (idempotent when cached).
 
 use crate::Guild;
 use crate::daemon::{Counter, Daemon, config_file, token_digest};
@@ -243,4 +244,50 @@ fn an_entry_whose_bundle_was_tampered_with_is_rejected_audited_and_recomputed() 
     assert_eq!(rejected[0]["run"], first["bundle"]);
     // The new entry answers.
     assert_eq!(daemon.run(ALICE, call).json()["cache"], "hit");
+}
+
+/// What `/v1/tools` (and MCP's `tools/list`) says a tool may do is what its grants let it do:
+/// the annotations follow the grants, and a config reload that changes a grant changes them.
+#[test]
+fn annotations_state_what_the_grants_let_a_tool_do_and_follow_a_reload() {
+    let guild = Guild::new();
+    let data = crate::tree(&[("a.txt", "alpha\n")]);
+    let tools = |http_rule: &str, access: &str| {
+        format!(
+            "[[tools]]\npath = \"{HASH}\"\ncache = true\n[[tools.mounts]]\nhost = \"{dir}\"\nguest = \"/data\"\naccess = \"{access}\"\n\n\
+             [[tools]]\npath = \"{HTTP_GET}\"\nallow_hosts = [\"{http_rule}\"]\n",
+            dir = data.path().display()
+        )
+    };
+    let file = config_file(guild.home(), &config(&tools("GET http://127.0.0.1:9", "ro")));
+    let daemon = Daemon::start(&guild, &["--config", &file], &[]);
+    let annotations = |daemon: &Daemon, name: &str| -> Value {
+        let body = daemon.call("GET", "/v1/tools", ALICE, "").json();
+        let tool = body["tools"].as_array().expect("tools").iter().find(|t| t["name"] == name).cloned();
+        tool.expect("listed")["annotations"].clone()
+    };
+    let hash = annotations(&daemon, "hash");
+    assert_eq!(hash["readOnlyHint"], true, "{hash}");
+    assert_eq!(hash["destructiveHint"], false);
+    assert_eq!(hash["idempotentHint"], true, "cached");
+    assert_eq!(hash["openWorldHint"], false);
+    let http = annotations(&daemon, "http-get");
+    assert_eq!(http["readOnlyHint"], true, "only GET is allowed: {http}");
+    assert_eq!(http["openWorldHint"], true);
+
+    // The operator grants any method and a writable mount: the annotations say so.
+    std::fs::write(&file, config(&tools("http://127.0.0.1:9", "rw"))).expect("write");
+    let pid = daemon.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().expect("kill").success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while annotations(&daemon, "http-get")["readOnlyHint"] != false {
+        assert!(Instant::now() < deadline, "the reload took effect: {:?}", daemon.log_lines());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let http = annotations(&daemon, "http-get");
+    assert_eq!((http["destructiveHint"].clone(), http["idempotentHint"].clone()), (json!(true), json!(false)));
+    // `hash` asks only to read /data: granted read-write, it still gets read-only (the lesser of
+    // grant and request), and its annotations say what it gets, not what was granted.
+    let hash = annotations(&daemon, "hash");
+    assert_eq!(hash["readOnlyHint"], true, "{hash}");
 }

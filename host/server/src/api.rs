@@ -119,6 +119,10 @@ async fn list_tools(
             if let Some(disabled) = n.record.disabled_for(&tenant.name) {
                 body["disabled"] = disabled.reason.clone().into();
             }
+            // What its grants let it do, as MCP's annotations say it.
+            if let Some(annotations) = crate::mcp::annotations(n.current()) {
+                body["annotations"] = serde_json::to_value(annotations).unwrap_or_default();
+            }
             // Whether identical calls are answered from earlier runs, and for how long.
             if let Some(policy) = &n.current().cache {
                 body["cache"] = serde_json::json!({ "ttl_s": policy.ttl_s });

@@ -13,7 +13,7 @@ use guild_runtime::CancellationToken;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, CustomRequest, CustomResult, ErrorCode,
     Implementation, JsonObject, ListToolsResult, MetaObject, PaginatedRequestParams, ProgressNotificationParam,
-    ProgressToken, ServerCapabilities, ServerConfig, SubscriptionFilter, Tool,
+    ProgressToken, ServerCapabilities, ServerConfig, SubscriptionFilter, Tool, ToolAnnotations,
 };
 use rmcp::service::{NotificationContext, Peer, RequestContext, RoleServer, SubscriptionContext};
 use rmcp::{ErrorData, ServerHandler};
@@ -257,6 +257,9 @@ pub fn mcp_tool(tool: &RegisteredTool) -> Tool {
     {
         listed = listed.with_raw_output_schema(Arc::new(schema.clone()));
     }
+    if let Some(annotations) = annotations(tool) {
+        listed = listed.with_annotations(annotations);
+    }
     let mut meta = MetaObject::new();
     meta.0.insert("guild/component".into(), tool.tool.digest().to_hex().into());
     meta.0.insert("guild/version".into(), info.version.clone().into());
@@ -264,6 +267,31 @@ pub fn mcp_tool(tool: &RegisteredTool) -> Tool {
         meta.0.insert("guild/command".into(), setup);
     }
     listed.with_meta(meta)
+}
+
+/// The tool's annotations, as facts of what its grants let it do (they change when the grants
+/// do, and the config reload that changes them sends `list_changed`):
+/// - `readOnlyHint`: no writable mount, and any egress only by `GET`/`HEAD` (every operator rule
+///   or every host the tool declares names only those methods);
+/// - `destructiveHint`: the opposite — it may write files or send requests that change things;
+/// - `idempotentHint`: read-only, or cached (a repeated call is answered from the first run);
+/// - `openWorldHint`: it may reach a network host (an operator rule and a declared host).
+///
+/// `None` when the grants do not fit the tool (its runs are refused anyway).
+pub(crate) fn annotations(tool: &RegisteredTool) -> Option<ToolAnnotations> {
+    let policy = tool.tool.effective_policy(&tool.grants).ok()?;
+    let writes = policy.mounts.iter().any(|m| m.access == guild_runtime::Access::ReadWrite);
+    let open_world = !policy.egress.is_empty() && !policy.tool_hosts.is_empty();
+    let egress_reads_only =
+        !open_world || policy.egress.iter().all(|r| r.only_reads()) || policy.tool_hosts.iter().all(|r| r.only_reads());
+    let read_only = !writes && egress_reads_only;
+    Some(
+        ToolAnnotations::new()
+            .read_only(read_only)
+            .destructive(!read_only)
+            .idempotent(read_only || tool.cache.is_some())
+            .open_world(open_world),
+    )
 }
 
 /// Announce tool list changes to one legacy (pre-2026) session until its client goes away.

@@ -142,6 +142,12 @@ impl EgressRule {
         &self.text
     }
 
+    /// Whether the rule lets through only requests that change nothing upstream by their method:
+    /// it names methods, and they are all `GET` or `HEAD`.
+    pub fn only_reads(&self) -> bool {
+        !self.methods.is_empty() && self.methods.iter().all(|m| m == "GET" || m == "HEAD")
+    }
+
     /// Whether the rule names addresses (so a blocked address within it may be reached).
     pub fn names_address(&self, ip: IpAddr) -> bool {
         match &self.host {

@@ -136,6 +136,14 @@ impl Tool {
         Cow::Owned(serde_json::Value::Object(object).to_string())
     }
 
+    /// The policy each run of this tool under `grants` gets: granted ∩ what the tool asks for.
+    ///
+    /// # Errors
+    /// The [`PolicyError`](guild_vocab::PolicyError) a run under `grants` would be refused with.
+    pub fn effective_policy(&self, grants: &Grants) -> Result<guild_vocab::EffectivePolicy, guild_vocab::PolicyError> {
+        guild_vocab::EffectivePolicy::resolve(&self.info.name, grants, &self.capabilities_for(grants))
+    }
+
     /// What the tool asks to be granted, against which `grants` are checked: its own
     /// `describe`'s answer, or for a command (which declares nothing) what `grants` name.
     pub(crate) fn capabilities_for(&self, grants: &Grants) -> Cow<'_, Capabilities> {
