@@ -510,3 +510,41 @@ fn a_tool_disabled_for_a_tenant_leaves_its_mcp_list_and_its_calls_are_refused() 
     let result = answer.iter().find(|m| m["id"] == 9).unwrap_or_else(|| panic!("answered: {answer:?}"));
     assert_eq!(result["result"]["isError"], false, "bob's call runs: {result}");
 }
+
+/// `tools/list` pages hold at most `mcp.tools_page_max` tools, by name; the cursor carries on
+/// after the last one, whatever was added meanwhile; a cursor tools/list never gave is refused.
+#[test]
+fn mcp_tools_list_pages_by_name_with_a_stable_cursor() {
+    let guild = Guild::new();
+    let more = format!(
+        "[[tools]]\npath = \"{}\"\n\n[[tools]]\npath = \"{}\"\n\n[[tools]]\npath = \"{}\"\n",
+        guild_test_artifacts::WC,
+        guild_test_artifacts::HASH,
+        guild_test_artifacts::GREP
+    );
+    let text = config_with_tools(&more, "[mcp]\ntools_page_max = 2\n");
+    let daemon = Daemon::start(&guild, &["--config", &config_file(guild.home(), &text)], &[]);
+    let session = McpSession::open(&daemon, ALICE);
+    let page = |cursor: Option<&str>| -> Value {
+        let params = cursor.map_or_else(|| json!({}), |c| json!({ "cursor": c }));
+        let reply =
+            session.post_as(ALICE, &json!({"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": params}));
+        messages(&reply).into_iter().find(|m| m["id"] == 7).expect("an answer")
+    };
+    let (mut names, mut cursor, mut pages) = (Vec::new(), None::<String>, 0);
+    loop {
+        let answer = page(cursor.as_deref());
+        let tools = answer["result"]["tools"].as_array().expect("tools").clone();
+        assert!(tools.len() <= 2, "{answer}");
+        names.extend(tools.iter().map(|t| t["name"].as_str().expect("name").to_string()));
+        pages += 1;
+        match answer["result"]["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(names, ["echo", "grep", "hash", "wc"], "every tool once, by name");
+    assert_eq!(pages, 2);
+    let refused = page(Some("not a cursor"));
+    assert_eq!(refused["error"]["code"], -32602, "{refused}");
+}

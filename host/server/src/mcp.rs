@@ -269,6 +269,18 @@ pub fn mcp_tool(tool: &RegisteredTool) -> Tool {
     listed.with_meta(meta)
 }
 
+/// What a `tools/list` cursor starts with: then the name of the last tool of the page before.
+const TOOLS_CURSOR_PREFIX: &str = "after:";
+
+/// Longest tool name a cursor may carry, bytes (tool names are far shorter).
+const TOOLS_CURSOR_NAME_BYTES_MAX: usize = 256;
+
+/// The tool name a `tools/list` cursor continues after.
+fn tools_cursor(cursor: &str) -> Option<String> {
+    let name = cursor.strip_prefix(TOOLS_CURSOR_PREFIX)?;
+    (!name.is_empty() && name.len() <= TOOLS_CURSOR_NAME_BYTES_MAX).then(|| name.to_string())
+}
+
 /// The tool's annotations, as facts of what its grants let it do (they change when the grants
 /// do, and the config reload that changes them sends `list_changed`):
 /// - `readOnlyHint`: no writable mount, and any egress only by `GET`/`HEAD` (every operator rule
@@ -314,21 +326,33 @@ impl ServerHandler for GuildMcp {
             )
     }
 
+    /// The tools the caller may use, by name, `mcp.tools_page_max` a page. The cursor names the
+    /// last tool of the page before, so a page stays right when tools come and go between calls.
     async fn list_tools(
         &self,
-        _request: Option<PaginatedRequestParams>,
+        request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let tenant = self.tenant(&context)?;
-        let tools = self
-            .daemon
-            .tools()
-            .names()
+        let after = match request.and_then(|r| r.cursor) {
+            Some(cursor) => Some(tools_cursor(&cursor).ok_or_else(|| {
+                ErrorData::invalid_params(format!("cursor {cursor:?} is not one tools/list gave"), None)
+            })?),
+            None => None,
+        };
+        let page_max = self.daemon.mcp_config().tools_page_max;
+        let mut names = self.daemon.tools().names();
+        names.sort_by(|a, b| a.record.name.cmp(&b.record.name));
+        let mut visible = names
             .iter()
             .filter(|n| tenant.tools.allows(&n.record.name) && n.record.disabled_for(&tenant.name).is_none())
-            .map(|n| mcp_tool(n.current()))
-            .collect();
-        Ok(ListToolsResult::with_all_items(tools))
+            .filter(|n| after.as_deref().is_none_or(|after| n.record.name.as_str() > after));
+        let tools: Vec<Tool> = visible.by_ref().take(page_max).map(|n| mcp_tool(n.current())).collect();
+        let mut result = ListToolsResult::with_all_items(tools);
+        if visible.next().is_some() {
+            result.next_cursor = result.tools.last().map(|t| format!("{TOOLS_CURSOR_PREFIX}{}", t.name));
+        }
+        Ok(result)
     }
 
     async fn call_tool(

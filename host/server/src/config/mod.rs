@@ -209,6 +209,8 @@ pub struct McpConfig {
     pub tenant_sessions_max: usize,
     /// A session with no traffic for this long is closed, ms.
     pub session_idle_ms: u64,
+    /// Tools one `tools/list` page holds; a longer list continues at its `nextCursor`.
+    pub tools_page_max: usize,
 }
 
 /// Default for [`McpConfig::sessions_max`].
@@ -217,6 +219,8 @@ pub const MCP_SESSIONS_MAX_DEFAULT: usize = 256;
 pub const MCP_TENANT_SESSIONS_MAX_DEFAULT: usize = 64;
 /// Default for [`McpConfig::session_idle_ms`].
 pub const MCP_SESSION_IDLE_MS_DEFAULT: u64 = 300_000;
+/// Default for [`McpConfig::tools_page_max`].
+pub const MCP_TOOLS_PAGE_MAX_DEFAULT: usize = 100;
 
 impl Default for McpConfig {
     fn default() -> Self {
@@ -226,6 +230,7 @@ impl Default for McpConfig {
             sessions_max: MCP_SESSIONS_MAX_DEFAULT,
             tenant_sessions_max: MCP_TENANT_SESSIONS_MAX_DEFAULT,
             session_idle_ms: MCP_SESSION_IDLE_MS_DEFAULT,
+            tools_page_max: MCP_TOOLS_PAGE_MAX_DEFAULT,
         }
     }
 }
@@ -486,6 +491,9 @@ impl DaemonConfig {
         }
         if self.mcp.tenant_sessions_max == 0 {
             return Err(ConfigError::new("mcp.tenant_sessions_max", "must be at least 1"));
+        }
+        if self.mcp.tools_page_max == 0 {
+            return Err(ConfigError::new("mcp.tools_page_max", "must be at least 1 tool"));
         }
         if self.mcp.session_idle_ms < 1000 {
             return Err(ConfigError::new("mcp.session_idle_ms", "must be at least 1000 ms"));
