@@ -548,3 +548,46 @@ fn mcp_tools_list_pages_by_name_with_a_stable_cursor() {
     let refused = page(Some("not a cursor"));
     assert_eq!(refused["error"]["code"], -32602, "{refused}");
 }
+
+/// Each run's bundle is an MCP resource of its tenant's: listed newest first and read (a summary
+/// and the archive `guild replay` takes); another tenant gets what a bundle nobody has gets.
+#[test]
+fn bundles_are_mcp_resources_of_their_own_tenant_only() {
+    use base64::Engine;
+    let guild = Guild::new();
+    let daemon = Daemon::start(&guild, &["--config", &config_file(guild.home(), &config(""))], &[]);
+    let run = daemon.run(ALICE, json!({"tool": "echo", "input": {"message": "mine"}})).json();
+    let bundle = run["bundle"].as_str().expect("bundle").to_string();
+    let uri = format!("guild://bundles/{bundle}");
+    let ask = |session: &McpSession, token: &str, method: &str, params: Value| -> Value {
+        let reply = session.post_as(token, &json!({"jsonrpc": "2.0", "id": 9, "method": method, "params": params}));
+        messages(&reply).into_iter().find(|m| m["id"] == 9).expect("an answer")
+    };
+    let alices = McpSession::open(&daemon, ALICE);
+    let listed = ask(&alices, ALICE, "resources/list", json!({}));
+    let resources = listed["result"]["resources"].as_array().expect("resources").clone();
+    assert_eq!(resources.len(), 1, "{listed}");
+    assert_eq!(resources[0]["uri"], uri.as_str());
+    let read = ask(&alices, ALICE, "resources/read", json!({ "uri": uri }));
+    let contents = read["result"]["contents"].as_array().expect("contents").clone();
+    let summary: Value = serde_json::from_str(contents[0]["text"].as_str().expect("text")).expect("JSON");
+    assert_eq!(summary["bundle"], bundle.as_str());
+    assert_eq!(summary["principal"]["tenant"], "alice");
+    let archive =
+        base64::engine::general_purpose::STANDARD.decode(contents[1]["blob"].as_str().expect("blob")).expect("base64");
+    assert_eq!(&archive[..4], &[0x28, 0xb5, 0x2f, 0xfd], "a zstd archive");
+    let path = guild.home().join("from-mcp.tar.zst");
+    std::fs::write(&path, archive).expect("write");
+    assert!(guild.run(&["replay", path.to_str().expect("utf-8")]).expect_code(0).stdout.contains("replay identical"));
+
+    // Bob: nothing listed, and alice's bundle reads like one nobody has.
+    let bobs = McpSession::open(&daemon, BOB);
+    let listed = ask(&bobs, BOB, "resources/list", json!({}));
+    assert_eq!(listed["result"]["resources"], json!([]), "{listed}");
+    let theirs = ask(&bobs, BOB, "resources/read", json!({ "uri": uri }));
+    let nobodys = ask(&bobs, BOB, "resources/read", json!({ "uri": format!("guild://bundles/{}", "0".repeat(64)) }));
+    assert_eq!(theirs["error"]["code"], -32002, "{theirs}");
+    assert_eq!(theirs["error"]["code"], nobodys["error"]["code"]);
+    let bad = ask(&alices, ALICE, "resources/list", json!({ "cursor": "no such run" }));
+    assert_eq!(bad["error"]["code"], -32602, "{bad}");
+}

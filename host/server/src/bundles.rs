@@ -108,6 +108,19 @@ impl BundleCopy {
         owner.await.map_err(|e| format!("the store task failed: {e}"))?
     }
 
+    /// The bundle's `.tar.zst` archive in memory, when it is at most `bytes_max` (`None` past
+    /// that, or when the export fails): for an answer that must carry it whole.
+    pub(crate) async fn archive(&self, bytes_max: usize) -> Option<Vec<u8>> {
+        let (store, manifest, signature) = (self.store.clone(), self.manifest.clone(), self.signature.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut out = Bounded { bytes: Vec::new(), bytes_max };
+            archive::export(store.as_ref(), &manifest, &signature, &mut out).ok().map(|()| out.bytes)
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     /// The bundle's `.tar.zst` archive as a streamed response body. A failure after the first
     /// bytes were sent ends the body early (the archive would not open), and is logged.
     pub(crate) fn stream(self) -> Response {
@@ -123,6 +136,26 @@ impl BundleCopy {
         let stream = futures_util::stream::unfold(body, |mut body| async move { body.recv().await.map(|c| (c, body)) });
         ([(axum::http::header::CONTENT_TYPE, "application/zstd")], axum::body::Body::from_stream(stream))
             .into_response()
+    }
+}
+
+/// A buffer that refuses to grow past `bytes_max`.
+struct Bounded {
+    bytes: Vec<u8>,
+    bytes_max: usize,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len().saturating_add(buf.len()) > self.bytes_max {
+            return Err(std::io::Error::other("the archive is larger than an answer may carry"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

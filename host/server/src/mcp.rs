@@ -12,8 +12,9 @@ use crate::tenants::Tenant;
 use guild_runtime::CancellationToken;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, CustomRequest, CustomResult, ErrorCode,
-    Implementation, JsonObject, ListToolsResult, MetaObject, PaginatedRequestParams, ProgressNotificationParam,
-    ProgressToken, ServerCapabilities, ServerConfig, SubscriptionFilter, Tool, ToolAnnotations,
+    Implementation, JsonObject, ListResourcesResult, ListToolsResult, MetaObject, PaginatedRequestParams,
+    ProgressNotificationParam, ProgressToken, ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities,
+    ServerConfig, SubscriptionFilter, Tool, ToolAnnotations,
 };
 use rmcp::service::{NotificationContext, Peer, RequestContext, RoleServer, SubscriptionContext};
 use rmcp::{ErrorData, ServerHandler};
@@ -317,7 +318,8 @@ async fn announce_legacy(mut changes: tokio::sync::watch::Receiver<u64>, peer: P
 
 impl ServerHandler for GuildMcp {
     fn get_info(&self) -> ServerConfig {
-        let capabilities = ServerCapabilities::builder().enable_tools().enable_tool_list_changed().build();
+        let capabilities =
+            ServerCapabilities::builder().enable_tools().enable_tool_list_changed().enable_resources().build();
         ServerConfig::new(capabilities)
             .with_server_info(Implementation::new("guild", env!("CARGO_PKG_VERSION")))
             .with_instructions(
@@ -353,6 +355,26 @@ impl ServerHandler for GuildMcp {
             result.next_cursor = result.tools.last().map(|t| format!("{TOOLS_CURSOR_PREFIX}{}", t.name));
         }
         Ok(result)
+    }
+
+    /// The caller's runs' bundles, newest first (`mcp_resources.rs`).
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let tenant = self.tenant(&context)?;
+        crate::mcp_resources::list(&self.daemon, &tenant, request.and_then(|r| r.cursor))
+    }
+
+    /// A bundle of the caller's: its summary, and its archive when it fits.
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let tenant = self.tenant(&context)?;
+        crate::mcp_resources::read(&self.daemon, &tenant, &request.uri).await.map(ReadResourceResponse::from)
     }
 
     async fn call_tool(

@@ -270,6 +270,32 @@ impl RunTable {
         inner.runs.get(id).cloned()
     }
 
+    /// `tenant`'s finished runs that sealed a bundle, newest first, at most `limit`, starting
+    /// after run `after` (a cursor: the last run of the page before). `None` when `after` names
+    /// no run of the tenant's here (any more).
+    pub(crate) fn recent_bundles(
+        &self,
+        tenant: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Option<Vec<(RunEntry, Arc<Finished>)>> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut newest_first = inner.order.iter().rev().filter_map(|(id, _)| inner.runs.get(id));
+        if let Some(after) = after {
+            newest_first.by_ref().find(|e| e.id == after && e.tenant == tenant)?;
+        }
+        Some(
+            newest_first
+                .filter(|e| e.tenant == tenant)
+                .filter_map(|e| match &*e.state.borrow() {
+                    RunState::Finished(finished) if finished.bundle.is_some() => Some((e.clone(), finished.clone())),
+                    _ => None,
+                })
+                .take(limit)
+                .collect(),
+        )
+    }
+
     /// Runs held now.
     pub fn len(&self) -> usize {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).runs.len()
