@@ -139,6 +139,13 @@ impl FromStr for PublicKey {
 pub struct HostKey(SigningKey);
 
 impl HostKey {
+    /// A secret for `purpose`, derived from this key's private half with blake3's key derivation:
+    /// the same for one key and purpose, and nothing anyone without the private key can compute
+    /// (a hermetic run's seed mixes it in, so another tenant cannot predict its randomness).
+    pub fn derive_secret(&self, purpose: &str) -> [u8; 32] {
+        blake3::derive_key(purpose, self.0.as_bytes())
+    }
+
     /// A fresh random key.
     ///
     /// # Errors

@@ -120,6 +120,10 @@ fn fifty_identical_calls_over_a_mounted_tree_run_once_and_a_changed_byte_is_a_ne
     assert!(reused.clone().all(|r| r["bundle"] == first["bundle"] && r["fuel_used_units"] == 0));
     assert_eq!(reused.count(), 49);
 
+    // The run's bundle replays offline, its mount rebuilt from the recorded tree.
+    let bundle = first["bundle"].as_str().expect("bundle");
+    assert!(guild.run(&["replay", bundle]).expect_code(0).stdout.contains("replay identical"));
+
     // One changed byte in one mounted file: another action, run again.
     std::fs::write(data.path().join("sub/b.txt"), "bets\n").expect("edit");
     let changed = daemon.run(ALICE, call.clone()).json();

@@ -55,6 +55,14 @@ pub enum NotCacheable {
     GpuDevice,
     /// The run ended without output (its outcome's label: `trap`, `limit`, `tool_error`, …).
     Outcome(&'static str),
+    /// The guest saw something of the host's its action digest does not name (more file
+    /// identities than a hermetic run numbers: `HERMETIC_IDENTITIES_MAX`).
+    HostMetadata,
+    /// The mounts hold more than a hermetic run rebuilds for each run.
+    MountsTooLarge {
+        /// What they hold, bytes.
+        bytes: u64,
+    },
     /// A preview-1 module: its timers run on wasmtime-wasi's own preview 1, on the real clock,
     /// which a hermetic run's virtual time cannot reach.
     Preview1,
@@ -69,6 +77,12 @@ impl fmt::Display for NotCacheable {
             Self::GpuDevice => f.write_str("gpu dispatch on a device"),
             Self::Outcome(label) => write!(f, "outcome {label}"),
             Self::Preview1 => f.write_str("preview-1 module"),
+            Self::HostMetadata => f.write_str("more file identities asked for than a hermetic run numbers"),
+            Self::MountsTooLarge { bytes } => write!(
+                f,
+                "mounts hold {bytes} bytes, more than the {} a hermetic run rebuilds (HERMETIC_MOUNT_BYTES_MAX)",
+                HERMETIC_MOUNT_BYTES_MAX
+            ),
         }
     }
 }
@@ -175,13 +189,21 @@ pub(crate) fn action_digest(parts: &ActionParts<'_>, policy: &EffectivePolicy, l
     Digest::of(&bytes)
 }
 
-/// The seed of a hermetic run of `action` for `scope` (whose run it is).
-pub(crate) fn seed_of(action: &Digest, scope: Option<&Digest>) -> [u8; 32] {
-    let mut material = action.as_bytes().to_vec();
+/// Bytes of read-only mounts a hermetic run rebuilds from their trees before each run (its
+/// snapshot); larger mounts are run live, and their results not cached.
+pub const HERMETIC_MOUNT_BYTES_MAX: u64 = 256 * 1024 * 1024;
+
+/// The seed of a hermetic run of `action` for `scope` (whose run it is), keyed by `secret` (the
+/// host's, derived from its signing key): the same for one host, action and tenant, and not
+/// computable by another tenant who knows the action digest and the tenant's name.
+pub(crate) fn seed_of(action: &Digest, scope: Option<&Digest>, secret: &[u8; 32]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_keyed(secret);
+    hasher.update(b"guild hermetic seed v1");
+    hasher.update(action.as_bytes());
     if let Some(scope) = scope {
-        material.extend_from_slice(scope.as_bytes());
+        hasher.update(scope.as_bytes());
     }
-    blake3::derive_key("guild hermetic seed v1", &material)
+    *hasher.finalize().as_bytes()
 }
 
 /// The synthetic clocks of a hermetic run of `action`: the wall clock starts at 2001-09-09
@@ -201,7 +223,11 @@ pub(crate) fn verdict(
     egress_requests: u32,
     tape: &Tape,
     policy: &EffectivePolicy,
+    host_identity_read: bool,
 ) -> Result<(), NotCacheable> {
+    if host_identity_read {
+        return Err(NotCacheable::HostMetadata);
+    }
     if let Some(mount) = policy.mounts.iter().find(|m| m.access == Access::ReadWrite) {
         return Err(NotCacheable::WritableMount { guest_path: mount.guest_path.clone() });
     }
@@ -256,15 +282,25 @@ mod tests {
     #[test]
     fn a_hermetic_run_s_seed_and_clock_come_from_its_action_alone() {
         let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
-        assert_eq!(seed_of(&a, None), seed_of(&a, None));
-        assert_ne!(seed_of(&a, None), seed_of(&b, None));
+        let secret = [9u8; 32];
+        assert_eq!(seed_of(&a, None, &secret), seed_of(&a, None, &secret));
+        assert_ne!(seed_of(&a, None, &secret), seed_of(&b, None, &secret));
         let (alice, bob) = (Digest::of(b"alice"), Digest::of(b"bob"));
-        assert_ne!(seed_of(&a, Some(&alice)), seed_of(&a, Some(&bob)), "tenants draw apart");
+        assert_ne!(seed_of(&a, Some(&alice), &secret), seed_of(&a, Some(&bob), &secret), "tenants draw apart");
+        assert_ne!(seed_of(&a, Some(&alice), &secret), seed_of(&a, Some(&alice), &[8u8; 32]), "keyed by the host");
         let (first, again) = (clock_of(&a), clock_of(&a));
         assert_eq!(first.wall(), again.wall());
         let (earlier, later) = (first.wall(), first.wall());
         assert!(later > earlier, "each reading is later than the last");
         assert_eq!(clock_of(&a).monotonic(), 0);
+        // Timers move virtual time forward, never back, and it never wraps.
+        let clock = clock_of(&a);
+        clock.advance(5_000);
+        assert_eq!(clock.monotonic(), 5_000);
+        clock.advance_to(1_000);
+        assert_eq!(clock.monotonic(), 6_000, "a timer in the past waits for nothing");
+        clock.advance_to(u64::MAX);
+        assert_eq!((clock.monotonic(), clock.monotonic()), (u64::MAX, u64::MAX));
     }
 
     #[test]
@@ -272,10 +308,10 @@ mod tests {
         let output = Outcome::Output { output: "{}".into() };
         let tape = Tape::new();
         let policy = EffectivePolicy::default();
-        assert_eq!(verdict(&output, 0, &tape, &policy), Ok(()));
-        assert_eq!(verdict(&output, 1, &tape, &policy), Err(NotCacheable::HttpRequest));
+        assert_eq!(verdict(&output, 0, &tape, &policy, false), Ok(()));
+        assert_eq!(verdict(&output, 1, &tape, &policy, false), Err(NotCacheable::HttpRequest));
         let trap = Outcome::Trap { message: "boom".into() };
-        assert_eq!(verdict(&trap, 0, &tape, &policy), Err(NotCacheable::Outcome("trap")));
+        assert_eq!(verdict(&trap, 0, &tape, &policy, false), Err(NotCacheable::Outcome("trap")));
         let writable = EffectivePolicy {
             mounts: vec![guild_vocab::Mount {
                 host_path: "/tmp".into(),
@@ -285,7 +321,7 @@ mod tests {
             ..EffectivePolicy::default()
         };
         assert_eq!(
-            verdict(&output, 0, &tape, &writable),
+            verdict(&output, 0, &tape, &writable, false),
             Err(NotCacheable::WritableMount { guest_path: "/out".into() })
         );
         assert_eq!(NotCacheable::HttpRequest.to_string(), "http request");

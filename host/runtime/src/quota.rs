@@ -122,10 +122,26 @@ pub(crate) struct MountQuotas {
     /// A hermetic run: the guest sees only what the action digest names of its mounts — fixed
     /// timestamps, one link per file, directory entries by name.
     hermetic: bool,
-    /// A hermetic run's open directory listings (stream rep → its entries, by name): at most
-    /// `wasi_resources_max` streams, each of a directory rebuilt from a bounded tree.
-    listings: HashMap<u32, std::collections::VecDeque<types::DirectoryEntry>>,
+    /// A hermetic run's open directory listings (stream rep → its entries, by name, and the
+    /// bytes they hold), at most [`HERMETIC_LISTINGS_BYTES_MAX`] together.
+    listings: HashMap<u32, (std::collections::VecDeque<types::DirectoryEntry>, u64)>,
+    listings_bytes: u64,
+    /// A hermetic run's file identities: each host `metadata-hash` the guest asked for, numbered
+    /// in the order it first asked (the same file keeps its number, another gets another), so
+    /// the guest sees no inode of the host's. At most [`HERMETIC_IDENTITIES_MAX`].
+    identities: HashMap<(u64, u64), u64>,
+    /// A hermetic run saw something of the host's that its action digest does not name (more
+    /// file identities than are numbered): its result may not be reused.
+    pub(crate) host_identity_read: bool,
 }
+
+/// File identities a hermetic run's guest may ask for (wasi-libc asks on every `stat`); past it
+/// the host's own are answered, and the run's result is not cached.
+pub(crate) const HERMETIC_IDENTITIES_MAX: usize = 1_000_000;
+
+/// Bytes a hermetic run's open directory listings may hold at once (each entry its name plus 32);
+/// one more listing answers `insufficient-memory`.
+pub(crate) const HERMETIC_LISTINGS_BYTES_MAX: u64 = 8 * 1024 * 1024;
 
 /// What every timestamp of a hermetic run's mounted files reads: 2001-09-09 01:46:40 UTC, where
 /// its wall clock starts.
@@ -139,6 +155,10 @@ fn hermetic_stat(mut stat: types::DescriptorStat) -> types::DescriptorStat {
         nanoseconds: 0,
     });
     stat.link_count = 1;
+    // A directory's size is its file system's (4096 on ext4, less on tmpfs): not content.
+    if stat.type_ == types::DescriptorType::Directory {
+        stat.size = 0;
+    }
     stat.data_access_timestamp = fixed;
     stat.data_modification_timestamp = fixed;
     stat.status_change_timestamp = fixed;
@@ -165,7 +185,31 @@ impl MountQuotas {
                 (mount.guest_path.clone(), quota)
             })
             .collect();
-        Self { mounts, descriptors: HashMap::new(), hermetic: false, listings: HashMap::new() }
+        Self {
+            mounts,
+            descriptors: HashMap::new(),
+            hermetic: false,
+            listings: HashMap::new(),
+            listings_bytes: 0,
+            identities: HashMap::new(),
+            host_identity_read: false,
+        }
+    }
+
+    /// What the guest is told of a file's identity: the host's own, or in a hermetic run the
+    /// number of its first asking.
+    fn identity(&mut self, real: types::MetadataHashValue) -> types::MetadataHashValue {
+        if !self.hermetic {
+            return real;
+        }
+        let next = self.identities.len() as u64 + 1;
+        if self.identities.len() >= HERMETIC_IDENTITIES_MAX && !self.identities.contains_key(&(real.upper, real.lower))
+        {
+            self.host_identity_read = true;
+            return real;
+        }
+        let number = *self.identities.entry((real.upper, real.lower)).or_insert(next);
+        types::MetadataHashValue { upper: 0, lower: number }
     }
 
     /// For a hermetic run (see [`MountQuotas::hermetic`]).
@@ -335,13 +379,20 @@ impl HostDescriptor for QuotaFs<'_> {
         if self.quotas.hermetic {
             // The host's order is its own; a hermetic run lists by name, as the tree records.
             let mut entries = Vec::new();
+            let mut bytes = 0u64;
             while let Some(entry) =
                 HostDirectoryEntryStream::read_directory_entry(&mut self.fs, Resource::new_borrow(stream.rep())).await?
             {
+                bytes = bytes.saturating_add(entry.name.len() as u64 + 32);
+                if self.quotas.listings_bytes.saturating_add(bytes) > HERMETIC_LISTINGS_BYTES_MAX {
+                    HostDirectoryEntryStream::drop(&mut self.fs, stream).map_err(FsError::trap)?;
+                    return Err(ErrorCode::InsufficientMemory.into());
+                }
                 entries.push(entry);
             }
             entries.sort_by(|a, b| a.name.cmp(&b.name));
-            self.quotas.listings.insert(stream.rep(), entries.into());
+            self.quotas.listings_bytes += bytes;
+            self.quotas.listings.insert(stream.rep(), (entries.into(), bytes));
         }
         Ok(stream)
     }
@@ -527,7 +578,8 @@ impl HostDescriptor for QuotaFs<'_> {
     }
 
     async fn metadata_hash(&mut self, fd: Resource<Descriptor>) -> FsResult<types::MetadataHashValue> {
-        HostDescriptor::metadata_hash(&mut self.fs, fd).await
+        let real = HostDescriptor::metadata_hash(&mut self.fs, fd).await?;
+        Ok(self.quotas.identity(real))
     }
 
     async fn metadata_hash_at(
@@ -536,7 +588,8 @@ impl HostDescriptor for QuotaFs<'_> {
         path_flags: types::PathFlags,
         path: String,
     ) -> FsResult<types::MetadataHashValue> {
-        HostDescriptor::metadata_hash_at(&mut self.fs, fd, path_flags, path).await
+        let real = HostDescriptor::metadata_hash_at(&mut self.fs, fd, path_flags, path).await?;
+        Ok(self.quotas.identity(real))
     }
 }
 
@@ -545,14 +598,16 @@ impl HostDirectoryEntryStream for QuotaFs<'_> {
         &mut self,
         stream: Resource<types::DirectoryEntryStream>,
     ) -> FsResult<Option<types::DirectoryEntry>> {
-        if let Some(listing) = self.quotas.listings.get_mut(&stream.rep()) {
+        if let Some((listing, _)) = self.quotas.listings.get_mut(&stream.rep()) {
             return Ok(listing.pop_front());
         }
         HostDirectoryEntryStream::read_directory_entry(&mut self.fs, stream).await
     }
 
     fn drop(&mut self, stream: Resource<types::DirectoryEntryStream>) -> wasmtime::Result<()> {
-        self.quotas.listings.remove(&stream.rep());
+        if let Some((_, bytes)) = self.quotas.listings.remove(&stream.rep()) {
+            self.quotas.listings_bytes = self.quotas.listings_bytes.saturating_sub(bytes);
+        }
         HostDirectoryEntryStream::drop(&mut self.fs, stream)
     }
 }

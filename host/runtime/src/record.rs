@@ -67,9 +67,13 @@ impl SyntheticClock {
         Self { wall_base, elapsed_ns: AtomicU64::new(0) }
     }
 
+    /// The virtual time now, then one step more: never wrapping, so time never runs backwards
+    /// (a timer until `u64::MAX` leaves it there).
     fn read(&self) -> u64 {
         let step = u64::try_from(Self::STEP.as_nanos()).unwrap_or(1);
-        self.elapsed_ns.fetch_add(step, Ordering::Relaxed)
+        self.elapsed_ns
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |e| Some(e.saturating_add(step)))
+            .unwrap_or_else(|e| e)
     }
 
     /// The next wall-clock reading, since the Unix epoch.

@@ -147,6 +147,23 @@ pub(crate) fn record_prelude(recorder: &Recorder, seed: &[u8; 32], mounts: &[Cap
     }
 }
 
+/// A snapshot directory older than this is left over from a process that died mid-run, s.
+pub(crate) const SNAPSHOT_STALE_S: u64 = 3600;
+
+/// Remove snapshot directories a process that died mid-run left under the store (older than
+/// [`SNAPSHOT_STALE_S`]: a live run's are younger). Failures are ignored: the next start tries
+/// again.
+pub(crate) fn sweep_snapshots(store: &DirStore) {
+    let Ok(entries) = std::fs::read_dir(store.root().join("snapshots")) else { return };
+    let stale = std::time::Duration::from_secs(SNAPSHOT_STALE_S);
+    for entry in entries.flatten() {
+        let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age > stale));
+        if old {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Rebuild each captured (read-only) mount from its tree in a directory of its own under the
 /// store (so that files can be hard-linked from it), and the policy that mounts those instead of
 /// the host's directories. The directories go when the returned guard is dropped.

@@ -287,7 +287,8 @@ fn tools_cursor(cursor: &str) -> Option<String> {
 /// - `readOnlyHint`: no writable mount, and any egress only by `GET`/`HEAD` (every operator rule
 ///   or every host the tool declares names only those methods);
 /// - `destructiveHint`: the opposite — it may write files or send requests that change things;
-/// - `idempotentHint`: read-only, or cached (a repeated call is answered from the first run);
+/// - `idempotentHint`: read-only, or cached with nothing that keeps its runs from being cached
+///   (no writable mount, no network host);
 /// - `openWorldHint`: it may reach a network host (an operator rule and a declared host).
 ///
 /// `None` when the grants do not fit the tool (its runs are refused anyway).
@@ -302,7 +303,9 @@ pub(crate) fn annotations(tool: &RegisteredTool) -> Option<ToolAnnotations> {
         ToolAnnotations::new()
             .read_only(read_only)
             .destructive(!read_only)
-            .idempotent(read_only || tool.cache.is_some())
+            // Cached, a repeated call is the first run's answer — unless its runs can never be
+            // cached (they write or reach the network), and then each call acts again.
+            .idempotent(read_only || (tool.cache.is_some() && !writes && !open_world))
             .open_world(open_world),
     )
 }
@@ -338,7 +341,7 @@ impl ServerHandler for GuildMcp {
         let tenant = self.tenant(&context)?;
         let after = match request.and_then(|r| r.cursor) {
             Some(cursor) => Some(tools_cursor(&cursor).ok_or_else(|| {
-                ErrorData::invalid_params(format!("cursor {cursor:?} is not one tools/list gave"), None)
+                ErrorData::invalid_params("the cursor is not one tools/list gave; list from the start", None)
             })?),
             None => None,
         };

@@ -176,6 +176,9 @@ impl Runtime {
         gpu::add_to_linker::<_, crate::gpu::GpuData>(&mut linker, HostState::gpu_view).map_err(link_error)?;
         let mut module_linker = wasmtime::Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, HostState::p1_ctx).map_err(link_error)?;
+        if let Some(recording) = &config.recording {
+            crate::recording::sweep_snapshots(&recording.store);
+        }
         let cache_dir = config.cache_dir.map(|dir| dir.join(&fingerprint.id));
         let max = if config.tools_loaded_max == 0 { TOOLS_LOADED_MAX_DEFAULT } else { config.tools_loaded_max };
         Ok(Self {
@@ -402,6 +405,7 @@ impl Runtime {
             egress_refusals: egress.refusals(),
             egress_requests: egress.requests(),
             egress_upstream_failures: egress.upstream_failures(),
+            host_identity_read: store.data().quotas.host_identity_read,
         })
     }
 

@@ -10,7 +10,9 @@ use crate::cancel::CancellationToken;
 use crate::command::Passthrough;
 use crate::error::RunError;
 use crate::guard::Stop;
-use crate::hermetic::{ActionParts, Hermetic, NotCacheable, RunMode, action_digest, clock_of, seed_of, verdict};
+use crate::hermetic::{
+    ActionParts, HERMETIC_MOUNT_BYTES_MAX, Hermetic, NotCacheable, RunMode, action_digest, clock_of, seed_of, verdict,
+};
 use crate::outcome::RunReport;
 use crate::record::{Recorder, fresh_seed};
 use crate::recording::{capture_mounts, record_prelude, snapshot_mounts};
@@ -63,10 +65,14 @@ impl Runtime {
             })?,
             None => Vec::new(),
         };
+        let mount_bytes: u64 = mounts.iter().map(|m| m.bytes).sum();
         let action = match mode {
             RunMode::Live => None,
             RunMode::Hermetic { .. } if self.recording.is_none() => Some(Err(NotCacheable::NotRecorded)),
             RunMode::Hermetic { .. } if matches!(tool.entry, Entry::Preview1(..)) => Some(Err(NotCacheable::Preview1)),
+            RunMode::Hermetic { .. } if mount_bytes > HERMETIC_MOUNT_BYTES_MAX => {
+                Some(Err(NotCacheable::MountsTooLarge { bytes: mount_bytes }))
+            }
             RunMode::Hermetic { revision, .. } => {
                 Some(match policy.mounts.iter().find(|m| m.access == Access::ReadWrite) {
                     Some(mount) => Err(NotCacheable::WritableMount { guest_path: mount.guest_path.clone() }),
@@ -85,7 +91,11 @@ impl Runtime {
             }
         };
         let seed = match (&action, mode) {
-            (Some(Ok(action)), RunMode::Hermetic { scope, .. }) => seed_of(action, scope.as_ref()),
+            (Some(Ok(action)), RunMode::Hermetic { scope, .. }) => {
+                // A hermetic run is recorded (else it is not hermetic): the host key is there.
+                let secret = self.recording.as_ref().map(|r| r.key.derive_secret("guild hermetic seed secret v1"));
+                seed_of(action, scope.as_ref(), &secret.unwrap_or_default())
+            }
             _ => fresh_seed(),
         };
         Ok(Prepared { policy, input, seed, mounts, action })
@@ -161,8 +171,9 @@ impl Runtime {
         drop(snapshot);
         let hermetic = match (&action, &recorder) {
             (Some(Ok(digest)), Some(recorder)) => {
-                let reusable =
-                    recorder.with_tape(|tape| verdict(&execution.outcome, execution.egress_requests, tape, &policy));
+                let reusable = recorder.with_tape(|tape| {
+                    verdict(&execution.outcome, execution.egress_requests, tape, &policy, execution.host_identity_read)
+                });
                 Some(Hermetic { action: Some(*digest), reusable })
             }
             (Some(Err(why)), ..) => Some(Hermetic { action: None, reusable: Err(why.clone()) }),

@@ -191,6 +191,7 @@ impl Execution {
             egress_refusals: 0,
             egress_requests: 0,
             egress_upstream_failures: 0,
+            host_identity_read: false,
         }
     }
 }
@@ -206,4 +207,6 @@ pub(crate) struct Execution {
     pub(crate) egress_refusals: u32,
     pub(crate) egress_requests: u32,
     pub(crate) egress_upstream_failures: u32,
+    /// A hermetic run read something of the host's its action digest does not name.
+    pub(crate) host_identity_read: bool,
 }
