@@ -108,6 +108,17 @@ impl Worker {
             let flight_ms = u64::try_from((limits.timeout() + FLIGHT_WAIT_GRACE).as_millis()).unwrap_or(u64::MAX);
             match self.queue.cache_fly(&job.tool, &key, &job.id, flight_ms).await {
                 Ok(true) => {
+                    // The flight before may have landed between the read and this mark: read
+                    // once more, now that no identical job can start.
+                    if let Ok(Some(value)) = self.queue.cache_get(&job.tool, &key).await
+                        && value.record.tenant == job.tenant
+                        && value.record.action == action
+                        && value.record.fuel_used_units <= limits.fuel_units
+                        && self.check(&value).await.is_ok()
+                    {
+                        let _ = self.queue.cache_land(&job.tool, &key, &job.id).await;
+                        return Ran::Reused { value, merged, wall_time: started.elapsed() };
+                    }
                     leading = true;
                     break;
                 }

@@ -82,6 +82,14 @@ impl Daemon {
             }
             match self.cache.flights.join(key) {
                 Joined::Leader(leader) => {
+                    // The flight before this one may have landed between the lookup and the
+                    // join: look once more, now that no identical call can start.
+                    if let Lookup::Hit(cached) =
+                        self.cache.lookup(&tool.name, policy, &key, tool.limits.fuel_units).await
+                    {
+                        leader.land(Some(cached.clone()));
+                        return self.reused(tool, cached, false, started);
+                    }
                     let (report, state, stored) =
                         self.run_and_store(tool, policy, key, prepared, limits, cancel, &run_for).await;
                     leader.land(stored);
