@@ -133,8 +133,12 @@ fn messages(reply: &Reply) -> Vec<Value> {
 
 impl McpSession {
     fn open(daemon: &Daemon, token: &'static str) -> Self {
+        Self::open_with(daemon, token, json!({}))
+    }
+
+    fn open_with(daemon: &Daemon, token: &'static str, capabilities: Value) -> Self {
         let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
+            "protocolVersion": "2025-06-18", "capabilities": capabilities, "clientInfo": {"name": "raw", "version": "1"}}});
         let reply = daemon.call_with("POST", "/mcp", token, init.to_string().as_bytes(), &[ACCEPT, JSON]);
         assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
         let id = reply.headers.get("mcp-session-id").expect("a session id").clone();
@@ -590,4 +594,65 @@ fn bundles_are_mcp_resources_of_their_own_tenant_only() {
     assert_eq!(theirs["error"]["code"], nobodys["error"]["code"]);
     let bad = ask(&alices, ALICE, "resources/list", json!({ "cursor": "no such run" }));
     assert_eq!(bad["error"]["code"], -32602, "{bad}");
+}
+
+/// A client that takes tasks gets a `tools/call` answered at once as a task, whose id is the
+/// run's: it is fetched from any later session (the run never depended on the connection),
+/// cancelled, and answers only the tenant that started it.
+#[test]
+fn mcp_tool_calls_become_tasks_that_outlive_their_session_and_answer_only_their_tenant() {
+    let guild = Guild::new();
+    let hostile = format!("[[tools]]\npath = \"{}\"\n", guild_test_artifacts::HOSTILE);
+    let text = config_with_tools(&hostile, "");
+    let daemon = Daemon::start(&guild, &["--config", &config_file(guild.home(), &text)], &[]);
+    let tasks = json!({"extensions": {"io.modelcontextprotocol/tasks": {}}});
+    let ask = |session: &McpSession, token: &str, method: &str, params: Value| -> Value {
+        let reply = session.post_as(token, &json!({"jsonrpc": "2.0", "id": 11, "method": method, "params": params}));
+        messages(&reply).into_iter().find(|m| m["id"] == 11).expect("an answer")
+    };
+    let first = McpSession::open_with(&daemon, ALICE, tasks.clone());
+    let created = ask(&first, ALICE, "tools/call", json!({"name": "echo", "arguments": {"message": "later"}}));
+    assert_eq!(created["result"]["resultType"], "task", "{created}");
+    let task = created["result"]["taskId"].as_str().expect("a task id").to_string();
+    // The session ends; the task does not.
+    assert_eq!(first.call_as(ALICE, "DELETE").status / 100, 2);
+    let second = McpSession::open_with(&daemon, ALICE, tasks.clone());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let done = loop {
+        let got = ask(&second, ALICE, "tasks/get", json!({ "taskId": task }));
+        if got["result"]["status"] != "working" {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "the task never finished: {got}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(done["result"]["status"], "completed", "{done}");
+    assert_eq!(done["result"]["result"]["structuredContent"]["message"], "later", "{done}");
+
+    // Another tenant: the same answer as for a task nobody started.
+    let bobs = McpSession::open_with(&daemon, BOB, tasks.clone());
+    let theirs = ask(&bobs, BOB, "tasks/get", json!({ "taskId": task }));
+    let nobodys = ask(&bobs, BOB, "tasks/get", json!({ "taskId": "0".repeat(32) }));
+    assert_eq!(theirs["error"]["code"], nobodys["error"]["code"], "{theirs} {nobodys}");
+    assert!(theirs["error"].is_object(), "{theirs}");
+    assert!(ask(&bobs, BOB, "tasks/cancel", json!({ "taskId": task }))["error"].is_object());
+
+    // A long call, cancelled: its task ends cancelled.
+    let sleeping = ask(&second, ALICE, "tools/call", json!({"name": "hostile", "arguments": {"attack": "sleep"}}));
+    let sleeper = sleeping["result"]["taskId"].as_str().expect("a task id").to_string();
+    let cancelled = ask(&second, ALICE, "tasks/cancel", json!({ "taskId": sleeper }));
+    assert!(cancelled["error"].is_null(), "{cancelled}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = ask(&second, ALICE, "tasks/get", json!({ "taskId": sleeper }));
+        if got["result"]["status"] == "cancelled" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the task was not cancelled: {got}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A client that does not take tasks is answered as before.
+    let plain = McpSession::open(&daemon, ALICE);
+    let direct = ask(&plain, ALICE, "tools/call", json!({"name": "echo", "arguments": {"message": "now"}}));
+    assert_eq!(direct["result"]["structuredContent"]["message"], "now", "{direct}");
 }

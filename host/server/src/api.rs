@@ -300,7 +300,7 @@ fn run_body<'a>(entry: &'a RunEntry, state: &'a RunState, output: Option<String>
 }
 
 /// A finished run's output text, read back from its bundle (none when it cannot be).
-fn read_output(daemon: &Daemon, finished: &Finished) -> Option<String> {
+pub(crate) fn read_output(daemon: &Daemon, finished: &Finished) -> Option<String> {
     let output = finished.bundle.and_then(|id| {
         let (manifest, _) = daemon.store().get_bundle(&id).ok()?;
         let manifest: guild_replay::Manifest = serde_json::from_slice(&manifest).ok()?;

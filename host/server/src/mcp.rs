@@ -11,10 +11,11 @@ use crate::runs::Finished;
 use crate::tenants::Tenant;
 use guild_runtime::CancellationToken;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, CustomRequest, CustomResult, ErrorCode,
-    Implementation, JsonObject, ListResourcesResult, ListToolsResult, MetaObject, PaginatedRequestParams,
-    ProgressNotificationParam, ProgressToken, ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities,
-    ServerConfig, SubscriptionFilter, Tool, ToolAnnotations,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock, CustomRequest,
+    CustomResult, ErrorCode, GetTaskParams, GetTaskResult, Implementation, JsonObject, ListResourcesResult,
+    ListToolsResult, MetaObject, PaginatedRequestParams, ProgressNotificationParam, ProgressToken,
+    ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig, SubscriptionFilter, Tool,
+    ToolAnnotations,
 };
 use rmcp::service::{NotificationContext, Peer, RequestContext, RoleServer, SubscriptionContext};
 use rmcp::{ErrorData, ServerHandler};
@@ -178,7 +179,7 @@ async fn with_progress<F: Future>(
 /// bundle id and run id are in `_meta` either way. A WASI `command` that exited with a nonzero
 /// code succeeded as a run (its exit code is part of its output), but the result says
 /// `isError: true` (and `guild/exit_code`), so an agent notices the program failed.
-fn finished_result(run: &str, finished: &Finished, output: Option<String>, command: bool) -> CallToolResult {
+pub(crate) fn finished_result(run: &str, finished: &Finished, output: Option<String>, command: bool) -> CallToolResult {
     let mut meta = MetaObject::new();
     meta.0.insert("guild/run".into(), run.into());
     if let Some(bundle) = finished.bundle {
@@ -221,7 +222,7 @@ fn tool_error(message: String, meta: MetaObject) -> CallToolResult {
 }
 
 /// The HTTP API's message for a refused request, as the text of an MCP tool error.
-fn rejection_message(rejection: Rejection) -> String {
+pub(crate) fn rejection_message(rejection: Rejection) -> String {
     match rejection {
         Rejection::Forbidden(message) => message,
         Rejection::UnknownTool(name) => format!("no tool named {name:?} is registered"),
@@ -321,8 +322,12 @@ async fn announce_legacy(mut changes: tokio::sync::watch::Receiver<u64>, peer: P
 
 impl ServerHandler for GuildMcp {
     fn get_info(&self) -> ServerConfig {
-        let capabilities =
-            ServerCapabilities::builder().enable_tools().enable_tool_list_changed().enable_resources().build();
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .enable_resources()
+            .enable_tasks()
+            .build();
         ServerConfig::new(capabilities)
             .with_server_info(Implementation::new("guild", env!("CARGO_PKG_VERSION")))
             .with_instructions(
@@ -386,7 +391,29 @@ impl ServerHandler for GuildMcp {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let tenant = self.tenant(&context)?;
+        // A client that takes tasks gets one at once; the run goes on without the connection.
+        if crate::mcp_tasks::supported(&context) {
+            return crate::mcp_tasks::start(&self.daemon, &tenant, request).await.map(CallToolResponse::Task);
+        }
         self.call(&tenant, request, &context).await.map(CallToolResponse::from)
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        let tenant = self.tenant(&context)?;
+        crate::mcp_tasks::get(&self.daemon, &tenant, &request.task_id).await
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let tenant = self.tenant(&context)?;
+        crate::mcp_tasks::cancel(&self.daemon, &tenant, &request.task_id)
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {

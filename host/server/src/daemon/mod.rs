@@ -65,6 +65,8 @@ pub struct Daemon {
     rollout: crate::rollout::RolloutState,
     /// Hermetic runs' results by action digest, and identical calls in flight.
     cache: crate::cache::ResultCache,
+    /// How to stop each MCP task still running here, by run id (entries leave when the run ends).
+    task_cancels: std::sync::Mutex<std::collections::HashMap<String, CancellationToken>>,
 }
 
 /// The parts a daemon is assembled from (see `start`).
@@ -236,6 +238,7 @@ impl Daemon {
             tools_changed: watch::Sender::new(0),
             rollout,
             cache,
+            task_cancels: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -247,6 +250,27 @@ impl Daemon {
     /// Hermetic runs' results by action digest.
     pub(crate) fn cache(&self) -> &crate::cache::ResultCache {
         &self.cache
+    }
+
+    /// Keep `cancel` as the way to stop run `entry` (an MCP task) until the run ends.
+    pub(crate) fn remember_task(self: &Arc<Self>, entry: &RunEntry, cancel: CancellationToken) {
+        self.task_cancels.lock().unwrap_or_else(|p| p.into_inner()).insert(entry.id.clone(), cancel);
+        let (daemon, id, mut state) = (self.clone(), entry.id.clone(), entry.state.clone());
+        tokio::spawn(async move {
+            let _ = state.wait_for(|s| matches!(s, RunState::Finished(_))).await;
+            daemon.task_cancels.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        });
+    }
+
+    /// Stop the MCP task that is run `id`; false when no such task runs here.
+    pub(crate) fn cancel_task(&self, id: &str) -> bool {
+        match self.task_cancels.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            Some(cancel) => {
+                cancel.cancel();
+                true
+            }
+            None => false,
+        }
     }
 
     /// The tools callers may run, by name, each with its grants, limits and input schema.

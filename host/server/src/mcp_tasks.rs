@@ -1,0 +1,139 @@
+//! MCP tasks (the `io.modelcontextprotocol/tasks` extension): a `tools/call` from a client that
+//! declares the extension is answered at once as a task whose id is the run's, and the run goes
+//! on in its own task — a client that disconnects loses nothing. `tasks/get` reads the run from
+//! this node's run table or, with `--redis`, from the durable job, so any API node answers it;
+//! `tasks/cancel` stops a run this node executes. A task answers only the tenant that started
+//! it; anyone else gets what an unknown task gets.
+
+use crate::daemon::{Daemon, Rejection, RunRequest, Submitted};
+use crate::runs::{Finished, RunState};
+use crate::tenants::Tenant;
+use guild_runtime::CancellationToken;
+use rmcp::ErrorData;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, CreateTaskResult, DetailedTask, GetTaskResult, JsonObject, Task,
+    TaskPayload, TaskStatus,
+};
+use rmcp::service::{RequestContext, RoleServer};
+use std::sync::Arc;
+
+/// How often a client should poll `tasks/get`, ms.
+pub const TASK_POLL_INTERVAL_MS: u64 = 500;
+
+/// Whether the client takes a `tools/call` answered as a task: it declares the extension, per
+/// request (the 2026 generation) or at `initialize`.
+pub(crate) fn supported(context: &RequestContext<RoleServer>) -> bool {
+    context.meta.client_capabilities().is_some_and(|c| c.supports_tasks())
+        || context.peer.peer_info().is_some_and(|info| info.capabilities.supports_tasks())
+}
+
+fn now() -> String {
+    rmcp::task_manager::current_timestamp()
+}
+
+fn unknown(id: &str) -> ErrorData {
+    ErrorData::invalid_params(format!("no task {id:?} of yours is known here"), None)
+}
+
+/// Start the call as a task: the run is accepted (or refused, as any call), and its id is the
+/// task's.
+///
+/// # Errors
+/// `invalid_params` for an unknown tool; a refusal (rate, queue, budget, …) is a task that
+/// failed at once.
+pub(crate) async fn start(
+    daemon: &Arc<Daemon>,
+    tenant: &Arc<Tenant>,
+    request: CallToolRequestParams,
+) -> Result<CreateTaskResult, ErrorData> {
+    let cancel = CancellationToken::new();
+    let run = RunRequest {
+        tool: request.name.to_string(),
+        input: serde_json::Value::Object(request.arguments.unwrap_or_default()),
+        asynchronous: true,
+        idempotency_key: None,
+        cancel: Some(cancel.clone()),
+    };
+    let entry = match daemon.submit(tenant, run).await {
+        Ok(
+            Submitted::Accepted { entry, .. } | Submitted::Finished { entry, .. } | Submitted::Replayed { entry, .. },
+        ) => entry,
+        Err(Rejection::UnknownTool(name)) => {
+            return Err(ErrorData::invalid_params(format!("no tool named {name:?} is registered"), None));
+        }
+        Err(rejection) => {
+            return Err(ErrorData::invalid_request(crate::mcp::rejection_message(rejection), None));
+        }
+    };
+    daemon.remember_task(&entry, cancel);
+    let at = now();
+    let task =
+        Task::new(entry.id.clone(), TaskStatus::Working, at.clone(), at).with_poll_interval_ms(TASK_POLL_INTERVAL_MS);
+    Ok(CreateTaskResult::new(task))
+}
+
+/// The task `id`: working, or its result.
+///
+/// # Errors
+/// `invalid_params` for a task that is not the caller's or not known; `internal_error` when
+/// Redis cannot be read.
+pub(crate) async fn get(daemon: &Daemon, tenant: &Tenant, id: &str) -> Result<GetTaskResult, ErrorData> {
+    let at = now();
+    let task =
+        |status| Task::new(id.to_string(), status, at.clone(), at.clone()).with_poll_interval_ms(TASK_POLL_INTERVAL_MS);
+    if let Some(entry) = daemon.runs().get(id) {
+        if entry.tenant != tenant.name {
+            return Err(unknown(id));
+        }
+        let state = entry.state.borrow().clone();
+        let payload = match state {
+            RunState::Finished(finished) => {
+                let output = crate::api::read_output(daemon, &finished);
+                finished_payload(id, &finished, output, command(daemon, &entry.tool))
+            }
+            _ => TaskPayload::Working,
+        };
+        return Ok(GetTaskResult::new(DetailedTask::new(task(payload.status()), payload)));
+    }
+    let Some(remote) = daemon.remote() else { return Err(unknown(id)) };
+    let status = remote.queue.status(id).await.map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+    let Some(status) = status.filter(|s| s.tenant == tenant.name) else { return Err(unknown(id)) };
+    let payload = match &status.result {
+        Some(result) => {
+            let finished = crate::remote::finished(result);
+            finished_payload(id, &finished, result.output.clone(), command(daemon, &status.tool))
+        }
+        None => TaskPayload::Working,
+    };
+    Ok(GetTaskResult::new(DetailedTask::new(task(payload.status()), payload)))
+}
+
+/// Stop the task `id`, a run this node executes.
+///
+/// # Errors
+/// `invalid_params` for a task that is not the caller's, not known, already finished, or runs
+/// as a job in Redis (which this node cannot stop).
+pub(crate) fn cancel(daemon: &Daemon, tenant: &Tenant, id: &str) -> Result<(), ErrorData> {
+    let Some(entry) = daemon.runs().get(id).filter(|e| e.tenant == tenant.name) else { return Err(unknown(id)) };
+    if matches!(*entry.state.borrow(), RunState::Finished(_)) || !daemon.cancel_task(id) {
+        return Err(ErrorData::invalid_params(format!("task {id:?} is not running here"), None));
+    }
+    Ok(())
+}
+
+fn command(daemon: &Daemon, tool: &str) -> bool {
+    daemon.tools().get(tool).is_some_and(|t| t.tool.is_command())
+}
+
+/// A finished run as a task's payload: cancelled, or completed with the call's result (a
+/// failed run is a completed call whose result is an error, as a direct call answers it).
+fn finished_payload(id: &str, finished: &Finished, output: Option<String>, command: bool) -> TaskPayload {
+    if finished.error.as_ref().is_some_and(|f| f.code == guild_runtime::FailureCode::Cancelled) {
+        return TaskPayload::Cancelled;
+    }
+    let result: CallToolResult = crate::mcp::finished_result(id, finished, output, command);
+    match serde_json::to_value(result) {
+        Ok(serde_json::Value::Object(result)) => TaskPayload::Completed { result },
+        _ => TaskPayload::Completed { result: JsonObject::new() },
+    }
+}
