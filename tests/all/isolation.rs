@@ -656,3 +656,38 @@ fn mcp_tool_calls_become_tasks_that_outlive_their_session_and_answer_only_their_
     let direct = ask(&plain, ALICE, "tools/call", json!({"name": "echo", "arguments": {"message": "now"}}));
     assert_eq!(direct["result"]["structuredContent"]["message"], "now", "{direct}");
 }
+
+/// With Redis, a task started through one API node is a durable job: a client that lost its
+/// connection fetches the result from another node.
+#[test]
+fn an_mcp_task_started_on_one_api_node_is_fetched_from_another() {
+    use crate::redis::{QUEUE_ENV, RedisServer, Worker};
+    let redis = RedisServer::start();
+    let (guild_a, guild_b) = (Guild::new(), Guild::new());
+    let text = config("");
+    let (file_a, file_b) = (config_file(guild_a.home(), &text), config_file(guild_b.home(), &text));
+    let a = Daemon::start(&guild_a, &["--config", &file_a, "--redis", &redis.url()], QUEUE_ENV);
+    let b = Daemon::start(&guild_b, &["--config", &file_b, "--redis", &redis.url()], QUEUE_ENV);
+    let cache = tempfile::tempdir().expect("cache");
+    let _worker = Worker::start(&redis.url(), cache.path(), "w1", 2);
+    let tasks = json!({"extensions": {"io.modelcontextprotocol/tasks": {}}});
+    let ask = |session: &McpSession, method: &str, params: Value| -> Value {
+        let reply = session.post_as(ALICE, &json!({"jsonrpc": "2.0", "id": 12, "method": method, "params": params}));
+        messages(&reply).into_iter().find(|m| m["id"] == 12).expect("an answer")
+    };
+    let on_a = McpSession::open_with(&a, ALICE, tasks.clone());
+    let created = ask(&on_a, "tools/call", json!({"name": "echo", "arguments": {"message": "durable"}}));
+    let task = created["result"]["taskId"].as_str().expect("a task id").to_string();
+    drop(a);
+    let on_b = McpSession::open_with(&b, ALICE, tasks);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let got = ask(&on_b, "tasks/get", json!({ "taskId": task }));
+        if got["result"]["status"] == "completed" {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "node B never answered the task: {got}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(done["result"]["result"]["structuredContent"]["message"], "durable", "{done}");
+}

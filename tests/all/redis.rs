@@ -17,7 +17,7 @@ const TOKEN: &str = "redis-test-token";
 
 /// A `redis-server` of our own: append-only file on and fsynced before each reply (what an
 /// operator sets for "nothing acknowledged is lost"), in a temporary directory.
-struct RedisServer {
+pub(crate) struct RedisServer {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
@@ -28,14 +28,14 @@ fn free_port() -> u16 {
 }
 
 impl RedisServer {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let child = spawn_redis(dir.path(), port);
         Self { child, port, dir }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
@@ -109,7 +109,7 @@ impl Drop for RedisServer {
 }
 
 /// Settings that make leases and backoffs short enough for a test.
-const QUEUE_ENV: &[(&str, &str)] = &[
+pub(crate) const QUEUE_ENV: &[(&str, &str)] = &[
     ("GUILD_TOKEN", TOKEN),
     ("GUILD_REDIS__LEASE_MS", "1000"),
     ("GUILD_REDIS__BACKOFF_BASE_MS", "50"),
@@ -119,14 +119,14 @@ const QUEUE_ENV: &[(&str, &str)] = &[
 ];
 
 /// A `guild worker` process; its log goes to a file beside its home.
-struct Worker {
+pub(crate) struct Worker {
     child: Child,
     log: PathBuf,
     _guild: Guild,
 }
 
 impl Worker {
-    fn start(redis: &str, cache: &Path, name: &str, concurrency: usize) -> Self {
+    pub(crate) fn start(redis: &str, cache: &Path, name: &str, concurrency: usize) -> Self {
         Self::start_with(redis, cache, name, concurrency, &[])
     }
 
