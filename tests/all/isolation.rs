@@ -611,7 +611,12 @@ fn mcp_tool_calls_become_tasks_that_outlive_their_session_and_answer_only_their_
         messages(&reply).into_iter().find(|m| m["id"] == 11).expect("an answer")
     };
     let first = McpSession::open_with(&daemon, ALICE, tasks.clone());
-    let created = ask(&first, ALICE, "tools/call", json!({"name": "echo", "arguments": {"message": "later"}}));
+    let created = ask(
+        &first,
+        ALICE,
+        "tools/call",
+        json!({"name": "echo", "arguments": {"message": "later"}, "_meta": {"guild/task": true}}),
+    );
     assert_eq!(created["result"]["resultType"], "task", "{created}");
     let task = created["result"]["taskId"].as_str().expect("a task id").to_string();
     // The session ends; the task does not.
@@ -638,7 +643,12 @@ fn mcp_tool_calls_become_tasks_that_outlive_their_session_and_answer_only_their_
     assert!(ask(&bobs, BOB, "tasks/cancel", json!({ "taskId": task }))["error"].is_object());
 
     // A long call, cancelled: its task ends cancelled.
-    let sleeping = ask(&second, ALICE, "tools/call", json!({"name": "hostile", "arguments": {"attack": "sleep"}}));
+    let sleeping = ask(
+        &second,
+        ALICE,
+        "tools/call",
+        json!({"name": "hostile", "arguments": {"attack": "sleep"}, "_meta": {"guild/task": true}}),
+    );
     let sleeper = sleeping["result"]["taskId"].as_str().expect("a task id").to_string();
     let cancelled = ask(&second, ALICE, "tasks/cancel", json!({ "taskId": sleeper }));
     assert!(cancelled["error"].is_null(), "{cancelled}");
@@ -651,9 +661,12 @@ fn mcp_tool_calls_become_tasks_that_outlive_their_session_and_answer_only_their_
         assert!(Instant::now() < deadline, "the task was not cancelled: {got}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    // A client that does not take tasks is answered as before.
+    // A client that does not take tasks, or does not ask for one, is answered as before.
     let plain = McpSession::open(&daemon, ALICE);
-    let direct = ask(&plain, ALICE, "tools/call", json!({"name": "echo", "arguments": {"message": "now"}}));
+    let asks = json!({"name": "echo", "arguments": {"message": "now"}, "_meta": {"guild/task": true}});
+    let direct = ask(&plain, ALICE, "tools/call", asks);
+    assert_eq!(direct["result"]["structuredContent"]["message"], "now", "{direct}");
+    let direct = ask(&second, ALICE, "tools/call", json!({"name": "echo", "arguments": {"message": "now"}}));
     assert_eq!(direct["result"]["structuredContent"]["message"], "now", "{direct}");
 }
 
@@ -676,7 +689,11 @@ fn an_mcp_task_started_on_one_api_node_is_fetched_from_another() {
         messages(&reply).into_iter().find(|m| m["id"] == 12).expect("an answer")
     };
     let on_a = McpSession::open_with(&a, ALICE, tasks.clone());
-    let created = ask(&on_a, "tools/call", json!({"name": "echo", "arguments": {"message": "durable"}}));
+    let created = ask(
+        &on_a,
+        "tools/call",
+        json!({"name": "echo", "arguments": {"message": "durable"}, "_meta": {"guild/task": true}}),
+    );
     let task = created["result"]["taskId"].as_str().expect("a task id").to_string();
     drop(a);
     let on_b = McpSession::open_with(&b, ALICE, tasks);

@@ -50,7 +50,7 @@ pub use guild_queue::RunQueue;
 pub use http::serve;
 pub use mcp::{GuildMcp, PROGRESS_INTERVAL_MS, mcp_tool, serve_stdio};
 pub use mcp_resources::{BUNDLE_URI_PREFIX, MCP_BUNDLE_BLOB_BYTES_MAX, MCP_RESOURCES_PAGE_MAX};
-pub use mcp_tasks::TASK_POLL_INTERVAL_MS;
+pub use mcp_tasks::{TASK_META_KEY, TASK_POLL_INTERVAL_MS};
 pub use metrics::Metrics;
 pub use remote::{REMOTE_WAITERS_MAX, Remote};
 pub use runs::{RunTable, new_run_id};

@@ -391,8 +391,9 @@ impl ServerHandler for GuildMcp {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let tenant = self.tenant(&context)?;
-        // A client that takes tasks gets one at once; the run goes on without the connection.
-        if crate::mcp_tasks::supported(&context) {
+        // A client that takes tasks and asks for one gets it at once; the run goes on without
+        // the connection.
+        if crate::mcp_tasks::wanted(&context) {
             return crate::mcp_tasks::start(&self.daemon, &tenant, request).await.map(CallToolResponse::Task);
         }
         self.call(&tenant, request, &context).await.map(CallToolResponse::from)

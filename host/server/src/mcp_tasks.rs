@@ -1,5 +1,6 @@
 //! MCP tasks (the `io.modelcontextprotocol/tasks` extension): a `tools/call` from a client that
-//! declares the extension is answered at once as a task whose id is the run's, and the run goes
+//! declares the extension and asks for it (`_meta` `"guild/task": true`) is answered at once as a
+//! task whose id is the run's, and the run goes
 //! on in its own task — a client that disconnects loses nothing. `tasks/get` reads the run from
 //! this node's run table or, with `--redis`, from the durable job, so any API node answers it;
 //! `tasks/cancel` stops a run this node executes. A task answers only the tenant that started
@@ -20,11 +21,17 @@ use std::sync::Arc;
 /// How often a client should poll `tasks/get`, ms.
 pub const TASK_POLL_INTERVAL_MS: u64 = 500;
 
-/// Whether the client takes a `tools/call` answered as a task: it declares the extension, per
-/// request (the 2026 generation) or at `initialize`.
-pub(crate) fn supported(context: &RequestContext<RoleServer>) -> bool {
-    context.meta.client_capabilities().is_some_and(|c| c.supports_tasks())
-        || context.peer.peer_info().is_some_and(|info| info.capabilities.supports_tasks())
+/// What a `tools/call`'s `_meta` holds, `true`, to be answered as a task.
+pub const TASK_META_KEY: &str = "guild/task";
+
+/// Whether this `tools/call` is answered as a task: the client declares the extension (per
+/// request in the 2026 generation, or at `initialize`) and asks for it in the call's `_meta`
+/// (`"guild/task": true`). Clients that declare the extension without polling for tasks (the
+/// MCP Inspector's CLI does) keep getting direct answers.
+pub(crate) fn wanted(context: &RequestContext<RoleServer>) -> bool {
+    let declared = context.meta.client_capabilities().is_some_and(|c| c.supports_tasks())
+        || context.peer.peer_info().is_some_and(|info| info.capabilities.supports_tasks());
+    declared && context.meta.0.0.get(TASK_META_KEY).and_then(serde_json::Value::as_bool) == Some(true)
 }
 
 fn now() -> String {
