@@ -677,7 +677,8 @@ fn an_mcp_task_started_on_one_api_node_is_fetched_from_another() {
     use crate::redis::{QUEUE_ENV, RedisServer, Worker};
     let redis = RedisServer::start();
     let (guild_a, guild_b) = (Guild::new(), Guild::new());
-    let text = config("");
+    let hostile = format!("[[tools]]\npath = \"{}\"\n", guild_test_artifacts::HOSTILE);
+    let text = config_with_tools(&hostile, "");
     let (file_a, file_b) = (config_file(guild_a.home(), &text), config_file(guild_b.home(), &text));
     let a = Daemon::start(&guild_a, &["--config", &file_a, "--redis", &redis.url()], QUEUE_ENV);
     let b = Daemon::start(&guild_b, &["--config", &file_b, "--redis", &redis.url()], QUEUE_ENV);
@@ -707,4 +708,23 @@ fn an_mcp_task_started_on_one_api_node_is_fetched_from_another() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(done["result"]["result"]["structuredContent"]["message"], "durable", "{done}");
+
+    // A long task started through B is cancelled through B: its worker stops the job.
+    let sleeping = ask(
+        &on_b,
+        "tools/call",
+        json!({"name": "hostile", "arguments": {"attack": "sleep"}, "_meta": {"guild/task": true}}),
+    );
+    let sleeper = sleeping["result"]["taskId"].as_str().expect("a task id").to_string();
+    let cancelled = ask(&on_b, "tasks/cancel", json!({ "taskId": sleeper }));
+    assert!(cancelled["error"].is_null(), "{cancelled}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = ask(&on_b, "tasks/get", json!({ "taskId": sleeper }));
+        if got["result"]["status"] == "cancelled" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job was not cancelled: {got}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

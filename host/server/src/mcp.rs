@@ -414,7 +414,7 @@ impl ServerHandler for GuildMcp {
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
         let tenant = self.tenant(&context)?;
-        crate::mcp_tasks::cancel(&self.daemon, &tenant, &request.task_id)
+        crate::mcp_tasks::cancel(&self.daemon, &tenant, &request.task_id).await
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {

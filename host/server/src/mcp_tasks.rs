@@ -3,7 +3,7 @@
 //! task whose id is the run's, and the run goes
 //! on in its own task — a client that disconnects loses nothing. `tasks/get` reads the run from
 //! this node's run table or, with `--redis`, from the durable job, so any API node answers it;
-//! `tasks/cancel` stops a run this node executes. A task answers only the tenant that started
+//! `tasks/cancel` stops the run, here or (with `--redis`) on its worker. A task answers only the tenant that started
 //! it; anyone else gets what an unknown task gets.
 
 use crate::daemon::{Daemon, Rejection, RunRequest, Submitted};
@@ -115,17 +115,32 @@ pub(crate) async fn get(daemon: &Daemon, tenant: &Tenant, id: &str) -> Result<Ge
     Ok(GetTaskResult::new(DetailedTask::new(task(payload.status()), payload)))
 }
 
-/// Stop the task `id`, a run this node executes.
+/// Stop the task `id`: a run this node executes at once; a job in Redis at its worker's next
+/// lease renewal (or when a worker takes it).
 ///
 /// # Errors
-/// `invalid_params` for a task that is not the caller's, not known, already finished, or runs
-/// as a job in Redis (which this node cannot stop).
-pub(crate) fn cancel(daemon: &Daemon, tenant: &Tenant, id: &str) -> Result<(), ErrorData> {
-    let Some(entry) = daemon.runs().get(id).filter(|e| e.tenant == tenant.name) else { return Err(unknown(id)) };
-    if matches!(*entry.state.borrow(), RunState::Finished(_)) || !daemon.cancel_task(id) {
-        return Err(ErrorData::invalid_params(format!("task {id:?} is not running here"), None));
+/// `invalid_params` for a task that is not the caller's, not known, or already finished;
+/// `internal_error` when Redis cannot be reached.
+pub(crate) async fn cancel(daemon: &Daemon, tenant: &Tenant, id: &str) -> Result<(), ErrorData> {
+    let not_running = || ErrorData::invalid_params(format!("task {id:?} has finished"), None);
+    if let Some(entry) = daemon.runs().get(id) {
+        if entry.tenant != tenant.name {
+            return Err(unknown(id));
+        }
+        if matches!(*entry.state.borrow(), RunState::Finished(_)) || !daemon.cancel_task(id) {
+            return Err(not_running());
+        }
+        return Ok(());
     }
-    Ok(())
+    // With Redis: the job's worker stops it at its next lease renewal.
+    let Some(remote) = daemon.remote() else { return Err(unknown(id)) };
+    let unavailable = |e: guild_queue::QueueError| ErrorData::internal_error(e.to_string(), None);
+    let status = remote.queue.status(id).await.map_err(unavailable)?;
+    let Some(status) = status.filter(|s| s.tenant == tenant.name) else { return Err(unknown(id)) };
+    if status.result.is_some() {
+        return Err(not_running());
+    }
+    remote.queue.request_cancel(id).await.map_err(unavailable)
 }
 
 fn command(daemon: &Daemon, tool: &str) -> bool {

@@ -47,9 +47,9 @@ impl Worker {
         grants: &Grants,
         bounds: JobCache,
         run_for: &RunFor<'_>,
+        cancel: CancellationToken,
     ) -> Ran {
         let limits = &job.limits;
-        let cancel = CancellationToken::new();
         let scope = Some(guild_replay::Digest::of(job.tenant.as_bytes()));
         let mode = RunMode::Hermetic { revision: job.revision, scope };
         let prepared = match self.runtime.prepare(tool, &job.input, grants, limits, mode).await {

@@ -245,7 +245,9 @@ impl Worker {
 
     /// One attempt: hold the lease, run, settle.
     async fn attempt(self: &Arc<Self>, lease: Lease) {
-        let renewing = tokio::spawn(self.clone().renew_loop(lease.clone()));
+        // Cancelled when the job is asked to be (an MCP task's `tasks/cancel` on any API node).
+        let cancel = guild_runtime::CancellationToken::new();
+        let renewing = tokio::spawn(self.clone().renew_loop(lease.clone(), cancel.clone()));
         let result = if lease.attempt > lease.job.attempts_max {
             // Its workers kept dying while running it: do not try a fifth time.
             Err(AttemptFailure::retryable(
@@ -253,16 +255,19 @@ impl Worker {
                 format!("the job's worker stopped before finishing on {} attempts", lease.attempt - 1),
             ))
         } else {
-            self.execute(&lease).await
+            self.execute(&lease, cancel).await
         };
         renewing.abort();
         self.settle(&lease, result).await;
     }
 
-    async fn renew_loop(self: Arc<Self>, lease: Lease) {
+    async fn renew_loop(self: Arc<Self>, lease: Lease, cancel: guild_runtime::CancellationToken) {
         let period = Duration::from_millis((self.queue.settings().lease_ms / 3).max(10));
         loop {
             tokio::time::sleep(period).await;
+            if self.queue.cancel_requested(&lease.job.id).await.unwrap_or(false) {
+                cancel.cancel();
+            }
             match self.queue.renew(&self.name, &lease).await {
                 Ok(true) => {}
                 Ok(false) => {
@@ -276,8 +281,18 @@ impl Worker {
         }
     }
 
-    async fn execute(&self, lease: &Lease) -> Result<JobResult, AttemptFailure> {
+    async fn execute(
+        &self,
+        lease: &Lease,
+        cancel: guild_runtime::CancellationToken,
+    ) -> Result<JobResult, AttemptFailure> {
         let job = &lease.job;
+        if self.queue.cancel_requested(&job.id).await.unwrap_or(false) {
+            return Err(AttemptFailure::deterministic(
+                FailureCode::Cancelled,
+                "the job was cancelled before it started".to_string(),
+            ));
+        }
         if let Some(why) = &lease.unreadable {
             // In a rolling upgrade a worker of the version that wrote it may read it: retried,
             // and dead (with why) only once every attempt found it unreadable.
@@ -297,10 +312,9 @@ impl Worker {
         let grants = Grants { secrets: self.secrets.clone(), ..job.grants.clone() };
         let limits = &job.limits;
         let principal = guild_runtime::Principal::tenant(&job.tenant);
-        let cancel = guild_runtime::CancellationToken::new();
         let run_for = guild_runtime::RunFor { principal: &principal, revision: job.revision };
         let (report, after) = match job.cache {
-            Some(bounds) => match self.run_cached(&tool, job, &grants, bounds, &run_for).await {
+            Some(bounds) => match self.run_cached(&tool, job, &grants, bounds, &run_for, cancel).await {
                 cached::Ran::Report(report, after) => (report, Some(after)),
                 cached::Ran::Reused { value, merged, wall_time } => {
                     return Ok(JobResult {

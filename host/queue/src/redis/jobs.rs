@@ -198,6 +198,41 @@ impl RedisQueue {
         Ok(held == 1)
     }
 
+    /// Ask for job `id` to be cancelled: the worker running it stops it (its lease renewal looks
+    /// every `lease_ms / 3`), and a worker that takes it later ends it at once, cancelled. The
+    /// request is kept for `results_ttl_s`.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
+    /// refuses the write.
+    pub async fn request_cancel(&self, id: &str) -> Result<(), QueueError> {
+        let key = self.inner.keys.key(&format!("cancel:{id}"));
+        let ttl_s = self.settings().results_ttl_s.max(1);
+        self.guarded(async {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(1)
+                .arg("EX")
+                .arg(ttl_s)
+                .query_async::<()>(&mut self.conn())
+                .await
+                .map_err(from_redis)
+        })
+        .await
+    }
+
+    /// Whether job `id` was asked to be cancelled.
+    ///
+    /// # Errors
+    /// As [`RedisQueue::request_cancel`].
+    pub async fn cancel_requested(&self, id: &str) -> Result<bool, QueueError> {
+        let key = self.inner.keys.key(&format!("cancel:{id}"));
+        self.guarded(async {
+            redis::cmd("EXISTS").arg(key).query_async::<bool>(&mut self.conn()).await.map_err(from_redis)
+        })
+        .await
+    }
+
     /// `script` with the keys every settling script starts with: stream, job, result, done
     /// stream, stats.
     fn settling<'a>(&'a self, script: &'a Script, id: &str) -> redis::ScriptInvocation<'a> {

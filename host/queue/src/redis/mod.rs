@@ -18,6 +18,9 @@
 //! | `tools` | hash | tool name → its record: revisions, current and candidate, ramp, flags (JSON) |
 //! | `tools:generation` | string | a counter every tool record write increments: nodes poll it |
 //! | `bundle:<blake3>` | hash | a bundle's `manifest` and `signature`, its parts in `blob:`s, for `results_ttl_s` |
+//! | `cancel:<id>` | string | a request to cancel job `<id>` (an MCP task's), for `results_ttl_s` |
+//! | `cache:<tool>:…` | string, sorted set, hash | the fleet's result cache entries, their use order, sizes and bytes; `cache:<tool>:f:<key>` an identical job in flight (`cache.rs`) |
+//! | `cache:tools` | set | the tools that have result cache entries |
 //!
 //! Here: the settings, errors, key names, the Lua scripts (`lua/`) and the connection with its
 //! breaker. Jobs through their lives are in `jobs.rs`, components and bundles in `blobs.rs`, the
