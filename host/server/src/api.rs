@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use guild_queue::QueueError;
-use guild_replay::{BlobStore, Digest};
+use guild_replay::Digest;
 use guild_runtime::FailureCode;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -120,7 +120,7 @@ async fn list_tools(
                 body["disabled"] = disabled.reason.clone().into();
             }
             // What its grants let it do, as MCP's annotations say it.
-            if let Some(annotations) = crate::mcp::annotations(n.current()) {
+            if let Some(annotations) = crate::mcp_shapes::annotations(n.current()) {
                 body["annotations"] = serde_json::to_value(annotations).unwrap_or_default();
             }
             // Whether identical calls are answered from earlier runs, and for how long.
@@ -211,7 +211,7 @@ async fn create_run(
             response
         }
         Submitted::Replayed { entry, finished, output } => {
-            let output = output.or_else(|| read_output(daemon, &finished));
+            let output = output.or_else(|| crate::bundles::read_output(daemon, &finished));
             let mut response = Json(run_body(&entry, &RunState::Finished(finished), output)).into_response();
             response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
             response
@@ -299,18 +299,6 @@ fn run_body<'a>(entry: &'a RunEntry, state: &'a RunState, output: Option<String>
     RunBody { id: &entry.id, status: state.word(), tool: &entry.tool, attempts: None, finished }
 }
 
-/// A finished run's output text, read back from its bundle (none when it cannot be).
-pub(crate) fn read_output(daemon: &Daemon, finished: &Finished) -> Option<String> {
-    let output = finished.bundle.and_then(|id| {
-        let (manifest, _) = daemon.store().get_bundle(&id).ok()?;
-        let manifest: guild_replay::Manifest = serde_json::from_slice(&manifest).ok()?;
-        let result = daemon.store().get(&manifest.result.digest).ok()?;
-        let result: guild_replay::RunResult = serde_json::from_slice(&result).ok()?;
-        daemon.store().get(&result.output?.digest).ok()
-    });
-    output.and_then(|bytes| String::from_utf8(bytes).ok())
-}
-
 async fn get_run(
     State(daemon): State<Arc<Daemon>>,
     Caller(tenant, _slot): Caller,
@@ -338,7 +326,7 @@ async fn get_run(
     daemon.authorize(&tenant, Some(&entry.tenant), "run", &id).await.map_err(|e| refused(e, unknown()))?;
     let state = entry.state.borrow().clone();
     let output = match &state {
-        RunState::Finished(finished) => read_output(&daemon, finished),
+        RunState::Finished(finished) => crate::bundles::read_output(&daemon, finished),
         _ => None,
     };
     Ok(Json(run_body(&entry, &state, output)).into_response())

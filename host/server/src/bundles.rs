@@ -13,6 +13,18 @@ const ARCHIVE_CHUNKS_QUEUED_MAX: usize = 16;
 /// Bytes of one chunk.
 const ARCHIVE_CHUNK_BYTES: usize = 64 * 1024;
 
+/// A finished run's output text, read back from its bundle (none when it cannot be).
+pub(crate) fn read_output(daemon: &Daemon, finished: &crate::runs::Finished) -> Option<String> {
+    let output = finished.bundle.and_then(|id| {
+        let (manifest, _) = daemon.store().get_bundle(&id).ok()?;
+        let manifest: guild_replay::Manifest = serde_json::from_slice(&manifest).ok()?;
+        let result = daemon.store().get(&manifest.result.digest).ok()?;
+        let result: guild_replay::RunResult = serde_json::from_slice(&result).ok()?;
+        daemon.store().get(&result.output?.digest).ok()
+    });
+    output.and_then(|bytes| String::from_utf8(bytes).ok())
+}
+
 /// A bundle found somewhere this node can read: its manifest, signature and parts.
 pub(crate) struct BundleCopy {
     id: Digest,

@@ -69,7 +69,7 @@ pub(crate) async fn start(
             return Err(ErrorData::invalid_params(format!("no tool named {name:?} is registered"), None));
         }
         Err(rejection) => {
-            return Err(ErrorData::invalid_request(crate::mcp::rejection_message(rejection), None));
+            return Err(ErrorData::invalid_request(crate::mcp_shapes::rejection_message(rejection), None));
         }
     };
     daemon.remember_task(&entry, cancel);
@@ -95,7 +95,7 @@ pub(crate) async fn get(daemon: &Daemon, tenant: &Tenant, id: &str) -> Result<Ge
         let state = entry.state.borrow().clone();
         let payload = match state {
             RunState::Finished(finished) => {
-                let output = crate::api::read_output(daemon, &finished);
+                let output = crate::bundles::read_output(daemon, &finished);
                 finished_payload(id, &finished, output, command(daemon, &entry.tool))
             }
             _ => TaskPayload::Working,
@@ -153,7 +153,7 @@ fn finished_payload(id: &str, finished: &Finished, output: Option<String>, comma
     if finished.error.as_ref().is_some_and(|f| f.code == guild_runtime::FailureCode::Cancelled) {
         return TaskPayload::Cancelled;
     }
-    let result: CallToolResult = crate::mcp::finished_result(id, finished, output, command);
+    let result: CallToolResult = crate::mcp_shapes::finished_result(id, finished, output, command);
     match serde_json::to_value(result) {
         Ok(serde_json::Value::Object(result)) => TaskPayload::Completed { result },
         _ => TaskPayload::Completed { result: JsonObject::new() },
