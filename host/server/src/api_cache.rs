@@ -9,7 +9,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
-use guild_audit::{AuditEntry, AuditEvent};
+use guild_audit::AuditEvent;
 use std::sync::Arc;
 
 /// The cache routes.
@@ -97,7 +97,7 @@ async fn purge(
         None => format!("{purged} entries of every tool"),
     };
     let event = AuditEvent { kind: "cache_purged".into(), actor: tenant.name.clone(), detail };
-    daemon.audit().append(AuditEntry::event(event, tool.unwrap_or("*"), &tenant.name)).await.map_err(|e| ApiError {
+    daemon.record_event(event, tool.unwrap_or("*"), &tenant.name).await.map_err(|e| ApiError {
         retry_after_s: Some(1),
         ..ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -105,6 +105,5 @@ async fn purge(
             format!("the purge was done, and its audit record failed: {e}"),
         )
     })?;
-    daemon.metrics().audit_records.inc();
     Ok(Json(serde_json::json!({ "purged": purged })))
 }

@@ -324,6 +324,19 @@ impl ServerHandler for GuildMcp {
 mod tests {
     use super::*;
     use crate::runs::Finished;
+
+    /// A run that succeeded, with no bundle.
+    fn succeeded() -> Finished {
+        Finished {
+            status: RunStatus::Succeeded,
+            error: None,
+            bundle: None,
+            fuel_used_units: 1,
+            wall_time_us: 1,
+            revision: None,
+            cache: None,
+        }
+    }
     use guild_runtime::{LimitHit, Outcome, RunStatus};
 
     #[test]
@@ -346,15 +359,7 @@ mod tests {
 
     #[test]
     fn object_output_is_structured_and_text() {
-        let finished = Finished {
-            status: RunStatus::Succeeded,
-            error: None,
-            bundle: None,
-            fuel_used_units: 1,
-            wall_time_us: 1,
-            revision: None,
-            cache: None,
-        };
+        let finished = succeeded();
         let result = finished_result("r", &finished, Some(r#"{"n":1}"#.into()), false);
         let result = serde_json::to_value(result).expect("serializes");
         assert_eq!(result["structuredContent"], serde_json::json!({ "n": 1 }));
@@ -368,15 +373,7 @@ mod tests {
 
     #[test]
     fn a_command_that_exits_nonzero_is_an_error_result_that_keeps_its_output() {
-        let finished = Finished {
-            status: RunStatus::Succeeded,
-            error: None,
-            bundle: None,
-            fuel_used_units: 1,
-            wall_time_us: 1,
-            revision: None,
-            cache: None,
-        };
+        let finished = succeeded();
         let failed = r#"{"exit_code":2,"stdout":"","stderr":"no such file\n"}"#;
         let result = serde_json::to_value(finished_result("r", &finished, Some(failed.into()), true)).expect("json");
         assert_eq!(result["isError"], true);

@@ -74,12 +74,7 @@ impl Worker {
             match self.queue.cache_get(&job.tool, &key).await {
                 // An entry answers only for the key it is stored under: this tenant, this tool,
                 // this revision and this action (Redis holds what anyone with access wrote).
-                Ok(Some(value))
-                    if value.record.tenant != job.tenant
-                        || value.record.tool != job.tool
-                        || Some(value.record.revision) != job.revision.or(Some(1))
-                        || value.record.action != action =>
-                {
+                Ok(Some(value)) if !stored_under(&value, job, &action) => {
                     tracing::warn!(tool = %job.tool, bundle = %value.record.bundle, "a shared result cache entry is stored under another action's key; dropped");
                     let _ = self.queue.cache_evict(&job.tool, &key).await;
                 }
@@ -111,8 +106,7 @@ impl Worker {
                     // The flight before may have landed between the read and this mark: read
                     // once more, now that no identical job can start.
                     if let Ok(Some(value)) = self.queue.cache_get(&job.tool, &key).await
-                        && value.record.tenant == job.tenant
-                        && value.record.action == action
+                        && stored_under(&value, job, &action)
                         && value.record.fuel_used_units <= limits.fuel_units
                         && self.check(&value).await.is_ok()
                     {
@@ -226,4 +220,14 @@ impl Worker {
         .await
         .unwrap_or_else(|e| Err(EntryRejected::Invalid(e.to_string())))
     }
+}
+
+/// Whether `value` is an entry of the key it was read under: `job`'s tenant, tool and revision,
+/// and `action` (Redis holds what anyone with access wrote).
+fn stored_under(value: &CachedValue, job: &Job, action: &guild_replay::Digest) -> bool {
+    let record = &value.record;
+    record.tenant == job.tenant
+        && record.tool == job.tool
+        && Some(record.revision) == job.revision.or(Some(1))
+        && record.action == *action
 }

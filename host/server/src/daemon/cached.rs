@@ -6,7 +6,7 @@ use super::Daemon;
 use crate::cache::{CacheKey, CachePolicy, CacheState, Cached, EntryRecord, Joined, Lookup, now_unix_ms};
 use crate::registry::RegisteredTool;
 use crate::runs::RunEntry;
-use guild_audit::{AuditEntry, AuditEvent};
+use guild_audit::AuditEvent;
 use guild_runtime::{CancellationToken, Limits, Outcome, Prepared, RunError, RunFor, RunMode, RunReport};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -193,8 +193,8 @@ impl Daemon {
         self.cache.evict(&record.tool, &CacheKey::new(&record.tenant, &record.action));
         tracing::error!(tool = %record.tool, bundle = %record.bundle, why, "a cached result did not replay; the entry was evicted");
         let event = AuditEvent { kind: "cache_mismatch".into(), actor: "cache".into(), detail: why };
-        if self.audit().append(AuditEntry::event(event, &record.bundle.to_hex(), &record.tenant)).await.is_ok() {
-            self.metrics().audit_records.inc();
+        if let Err(e) = self.record_event(event, &record.bundle.to_hex(), &record.tenant).await {
+            tracing::error!(error = %e, "the cache mismatch's audit record was not written");
         }
     }
 
@@ -214,9 +214,8 @@ impl Daemon {
         self.metrics().cache.requests.with_label_values(&[&tool.name, "rejected"]).inc();
         tracing::warn!(tool = %tool.name, bundle = %bundle, why, "a result cache entry failed its check and was dropped");
         let event = AuditEvent { kind: "cache_entry_rejected".into(), actor: "cache".into(), detail: why.to_string() };
-        let record = AuditEntry::event(event, &bundle.to_hex(), &entry.tenant);
-        if self.audit().append(record).await.is_ok() {
-            self.metrics().audit_records.inc();
+        if let Err(e) = self.record_event(event, &bundle.to_hex(), &entry.tenant).await {
+            tracing::error!(error = %e, "the rejected cache entry's audit record was not written");
         }
     }
 }

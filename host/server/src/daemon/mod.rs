@@ -389,12 +389,19 @@ impl Daemon {
         }
         let event =
             AuditEvent { kind: "admin_read".into(), actor: caller.name.clone(), detail: format!("{what} {id}") };
-        self.audit
-            .append(AuditEntry::event(event, id, owner.unwrap_or_default()))
-            .await
-            .map_err(|e| Hidden::NotAudited(e.to_string()))?;
-        self.metrics.audit_records.inc();
+        self.record_event(event, id, owner.unwrap_or_default()).await.map_err(Hidden::NotAudited)?;
         tracing::info!(admin = %caller.name, owner = owner.unwrap_or_default(), what, id, "admin read another tenant's data");
+        Ok(())
+    }
+
+    /// Write `event`, about `about` (a run, bundle, tool…) of `tenant`, to the audit log and
+    /// count it.
+    ///
+    /// # Errors
+    /// The audit log's error, as text, when the record was not written.
+    pub(crate) async fn record_event(&self, event: AuditEvent, about: &str, tenant: &str) -> Result<(), String> {
+        self.audit.append(AuditEntry::event(event, about, tenant)).await.map_err(|e| e.to_string())?;
+        self.metrics.audit_records.inc();
         Ok(())
     }
 
