@@ -594,6 +594,10 @@ fn bundles_are_mcp_resources_of_their_own_tenant_only() {
     assert_eq!(theirs["error"]["code"], nobodys["error"]["code"]);
     let bad = ask(&alices, ALICE, "resources/list", json!({ "cursor": "no such run" }));
     assert_eq!(bad["error"]["code"], -32602, "{bad}");
+    // A cursor naming alice's run pages nothing of hers for bob: the answer of a cursor nobody gave.
+    let run_id = run["id"].as_str().expect("run id");
+    let crossed = ask(&bobs, BOB, "resources/list", json!({ "cursor": run_id }));
+    assert_eq!(crossed["error"], ask(&bobs, BOB, "resources/list", json!({ "cursor": "no such run" }))["error"]);
 }
 
 /// A client that takes tasks gets a `tools/call` answered at once as a task, whose id is the

@@ -187,3 +187,17 @@ impl std::io::Write for ChunkWriter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Bounded;
+    use std::io::Write;
+
+    #[test]
+    fn an_archive_buffer_refuses_to_grow_past_its_bound() {
+        let mut out = Bounded { bytes: Vec::new(), bytes_max: 8 };
+        out.write_all(b"12345678").expect("fits");
+        assert!(out.write_all(b"9").is_err(), "one byte past bytes_max");
+        assert_eq!(out.bytes, b"12345678");
+    }
+}

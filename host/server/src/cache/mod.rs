@@ -579,6 +579,21 @@ mod tests {
         assert!(cache.stats().is_empty());
     }
 
+    #[test]
+    fn an_entry_file_past_its_bound_is_not_read_but_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (key, record) = record("hash", 1, 4);
+        let tool_dir = dir.path().join("cache/hash");
+        std::fs::create_dir_all(&tool_dir).expect("mkdir");
+        let mut bytes = serde_json::to_vec(&record).expect("JSON");
+        std::fs::write(tool_dir.join(file_name(&key)), &bytes).expect("write");
+        assert_eq!(cache(dir.path()).stats()[0].entries, 1, "an entry of the right size is indexed");
+        bytes.resize(usize::try_from(CACHE_ENTRY_FILE_BYTES_MAX).expect("64 KiB") + 1, b' ');
+        std::fs::write(tool_dir.join(file_name(&key)), &bytes).expect("write");
+        assert!(cache(dir.path()).stats().is_empty(), "one past CACHE_ENTRY_FILE_BYTES_MAX is not");
+        assert!(!tool_dir.join(file_name(&key)).exists());
+    }
+
     #[tokio::test]
     async fn an_expired_entry_answers_nothing_and_an_entry_read_back_is_checked_against_its_bundle() {
         let dir = tempfile::tempdir().expect("tempdir");
