@@ -79,6 +79,7 @@ burst = 1000000
         asynchronous: false,
         idempotency_key: None,
         cancel: None,
+        subject: None,
     };
     let answer = |submitted: Submitted| match submitted {
         Submitted::Finished { finished, .. } | Submitted::Replayed { finished, .. } => finished,

@@ -119,6 +119,12 @@ impl Principal {
     pub fn tenant(name: &str) -> Self {
         Self { tenant: name.to_string(), subject: name.to_string() }
     }
+
+    /// The principal of tenant `name` acting for `subject` (an OAuth access token's `sub`, as
+    /// recorded), or, without one, the tenant itself.
+    pub fn of(name: &str, subject: Option<&str>) -> Self {
+        Self { tenant: name.to_string(), subject: subject.unwrap_or(name).to_string() }
+    }
 }
 
 /// A writable mount's contents when the run ended.

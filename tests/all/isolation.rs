@@ -108,7 +108,7 @@ fn another_tenants_runs_and_bundles_look_exactly_like_absent_ones() {
 }
 
 /// An MCP client of the initialize-handshake generation over raw HTTP.
-struct McpSession {
+pub(crate) struct McpSession {
     port: u16,
     token: &'static str,
     id: String,
@@ -119,7 +119,7 @@ const JSON: (&str, &str) = ("content-type", "application/json");
 const PROTOCOL: (&str, &str) = ("mcp-protocol-version", "2025-06-18");
 
 /// The JSON-RPC messages of a response (a JSON body or an event stream).
-fn messages(reply: &Reply) -> Vec<Value> {
+pub(crate) fn messages(reply: &Reply) -> Vec<Value> {
     let text = String::from_utf8_lossy(&reply.body);
     if reply.headers.get("content-type").is_some_and(|t| t.contains("event-stream")) {
         return text
@@ -132,7 +132,7 @@ fn messages(reply: &Reply) -> Vec<Value> {
 }
 
 impl McpSession {
-    fn open(daemon: &Daemon, token: &'static str) -> Self {
+    pub(crate) fn open(daemon: &Daemon, token: &'static str) -> Self {
         Self::open_with(daemon, token, json!({}))
     }
 
@@ -148,7 +148,7 @@ impl McpSession {
         session
     }
 
-    fn post_as(&self, token: &str, body: &Value) -> Reply {
+    pub(crate) fn post_as(&self, token: &str, body: &Value) -> Reply {
         let headers = [ACCEPT, JSON, PROTOCOL, ("mcp-session-id", self.id.as_str())];
         crate::daemon::call(self.port, "POST", "/mcp", token, body.to_string().as_bytes(), &headers)
     }
@@ -674,15 +674,86 @@ fn mcp_tool_calls_become_tasks_that_outlive_their_session_and_answer_only_their_
     assert_eq!(direct["result"]["structuredContent"]["message"], "now", "{direct}");
 }
 
-/// With Redis, a task started through one API node is a durable job: a client that lost its
-/// connection fetches the result from another node.
+/// A session of the 2025 generation that started a task is told when the task ends:
+/// `notifications/tasks` on its standalone stream, carrying what `tasks/get` answers.
+#[test]
+fn a_task_that_ends_is_announced_to_the_session_that_started_it() {
+    let guild = Guild::new();
+    let daemon = Daemon::start(&guild, &["--config", &config_file(guild.home(), &config(""))], &[]);
+    let tasks = json!({"extensions": {"io.modelcontextprotocol/tasks": {}}});
+    let session = McpSession::open_with(&daemon, ALICE, tasks);
+    let mut stream = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let get = format!(
+        "GET /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {ALICE}\r\naccept: text/event-stream\r\n\
+         mcp-session-id: {}\r\nmcp-protocol-version: 2025-06-18\r\n\r\n",
+        session.id
+    );
+    stream.write_all(get.as_bytes()).expect("GET");
+    let mut seen = String::new();
+    let mut buf = [0u8; 8192];
+    while !seen.contains("\r\n\r\n") {
+        let n = stream.read(&mut buf).expect("the stream's head");
+        assert!(n > 0, "the stream closed: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+
+    let call = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"message": "told"}, "_meta": {"guild/task": true}}});
+    let created = messages(&session.post_as(ALICE, &call)).into_iter().find(|m| m["id"] == 5).expect("answer");
+    let task = created["result"]["taskId"].as_str().expect("a task id").to_string();
+    let note = loop {
+        if let Some(note) = seen
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+            .find(|m| m["method"] == "notifications/tasks")
+        {
+            break note;
+        }
+        let n = stream.read(&mut buf).unwrap_or_else(|e| panic!("no notifications/tasks came ({e}): {seen}"));
+        assert!(n > 0, "the stream closed: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    };
+    assert_eq!(note["params"]["taskId"], task.as_str(), "{note}");
+    assert_eq!(note["params"]["status"], "completed", "{note}");
+    assert_eq!(note["params"]["result"]["structuredContent"]["message"], "told", "{note}");
+}
+
+/// An upstream on loopback that answers `slow` after `delay`; its port.
+fn slow_upstream(delay: Duration) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                std::thread::sleep(delay);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nslow");
+            });
+        }
+    });
+    port
+}
+
+/// With Redis, a task started through one API node is a durable job: a 20-second call whose
+/// client and node both go away is fetched from another node once it ends.
 #[test]
 fn an_mcp_task_started_on_one_api_node_is_fetched_from_another() {
     use crate::redis::{QUEUE_ENV, RedisServer, Worker};
     let redis = RedisServer::start();
     let (guild_a, guild_b) = (Guild::new(), Guild::new());
-    let hostile = format!("[[tools]]\npath = \"{}\"\n", guild_test_artifacts::HOSTILE);
-    let text = config_with_tools(&hostile, "");
+    let slow = slow_upstream(Duration::from_secs(20));
+    let tools = format!(
+        "[[tools]]\npath = \"{}\"\n\n[[tools]]\npath = \"{}\"\nallow_hosts = [\"http://127.0.0.1:{slow}\"]\n\n\
+         [tools.limits]\ntimeout_ms = 60000\n",
+        guild_test_artifacts::HOSTILE,
+        guild_test_artifacts::HTTP_GET,
+    );
+    let text = config_with_tools(&tools, "");
     let (file_a, file_b) = (config_file(guild_a.home(), &text), config_file(guild_b.home(), &text));
     let a = Daemon::start(&guild_a, &["--config", &file_a, "--redis", &redis.url()], QUEUE_ENV);
     let b = Daemon::start(&guild_b, &["--config", &file_b, "--redis", &redis.url()], QUEUE_ENV);
@@ -694,24 +765,29 @@ fn an_mcp_task_started_on_one_api_node_is_fetched_from_another() {
         messages(&reply).into_iter().find(|m| m["id"] == 12).expect("an answer")
     };
     let on_a = McpSession::open_with(&a, ALICE, tasks.clone());
-    let created = ask(
-        &on_a,
-        "tools/call",
-        json!({"name": "echo", "arguments": {"message": "durable"}, "_meta": {"guild/task": true}}),
-    );
+    let started = Instant::now();
+    let url = format!("http://127.0.0.1:{slow}/answer");
+    let created =
+        ask(&on_a, "tools/call", json!({"name": "http-get", "arguments": {"url": url}, "_meta": {"guild/task": true}}));
     let task = created["result"]["taskId"].as_str().expect("a task id").to_string();
+    // The client and its node go away at once.
+    drop(on_a);
     drop(a);
     let on_b = McpSession::open_with(&b, ALICE, tasks);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    assert_eq!(ask(&on_b, "tasks/get", json!({ "taskId": task }))["result"]["status"], "working");
+    let deadline = Instant::now() + Duration::from_secs(60);
     let done = loop {
         let got = ask(&on_b, "tasks/get", json!({ "taskId": task }));
-        if got["result"]["status"] == "completed" {
+        if got["result"]["status"] != "working" {
             break got;
         }
         assert!(Instant::now() < deadline, "node B never answered the task: {got}");
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(200));
     };
-    assert_eq!(done["result"]["result"]["structuredContent"]["message"], "durable", "{done}");
+    assert_eq!(done["result"]["status"], "completed", "{done}");
+    assert!(started.elapsed() >= Duration::from_secs(20), "the call took its 20 s: {:?}", started.elapsed());
+    let answer = &done["result"]["result"]["structuredContent"];
+    assert_eq!((answer["status"].as_u64(), answer["body"].as_str()), (Some(200), Some("slow")), "{done}");
 
     // A long task started through B is cancelled through B: its worker stops the job.
     let sleeping = ask(

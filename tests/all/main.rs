@@ -15,6 +15,7 @@ mod hostile;
 mod isolation;
 mod lang;
 mod mcp;
+mod oauth;
 mod redis;
 mod replay;
 mod rollout;

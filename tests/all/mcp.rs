@@ -14,7 +14,7 @@ use std::process::Command;
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/client.py");
 
 /// Run the client script with `args`; its report.
-fn client(args: &[&str]) -> Value {
+pub(crate) fn client(args: &[&str]) -> Value {
     let output = Command::new("python3")
         .arg(CLIENT)
         .args(args)
@@ -32,7 +32,7 @@ fn client(args: &[&str]) -> Value {
 /// What every transport must show: the tools with their schemas; outputs as structured content
 /// and text with the bundle in `_meta`; a denial, a limit and bad input as tool errors with the
 /// CLI's messages; an unknown tool as a protocol error; progress, then a cancelled run.
-fn check_report(report: &Value) {
+pub(crate) fn check_report(report: &Value) {
     let tools = report["tools"].as_object().expect("tools listed");
     for name in ["echo", "wc", "grep", "hash", "json-query", "http-get", "hostile"] {
         assert!(tools.contains_key(name), "{name} is not listed: {:?}", tools.keys());
@@ -82,7 +82,7 @@ fn check_report(report: &Value) {
 
 /// Every run in the audit log: (tool, outcome). Checks that both cancelled runs' bundles say so,
 /// and that `guild replay` reproduces every bundle.
-fn replay_every_run(guild: &Guild, audit_log: &Path) -> Vec<(String, String)> {
+pub(crate) fn replay_every_run(guild: &Guild, audit_log: &Path) -> Vec<(String, String)> {
     let text = std::fs::read_to_string(audit_log).unwrap_or_else(|e| panic!("{}: {e}", audit_log.display()));
     let mut runs = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {

@@ -13,6 +13,10 @@ pub struct AuditEntry {
     pub run: String,
     /// The tenant the run was for, by name: whose run this record is.
     pub tenant: String,
+    /// The subject within the tenant it ran for: an OAuth access token's `sub` (hashed where
+    /// `[oauth] subject_record = "blake3"`); absent for a tenant's static token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     /// The tool's name.
     pub tool: String,
     /// blake3 of its component.
@@ -71,6 +75,7 @@ impl AuditEntry {
         Self {
             run: subject.to_string(),
             tenant: tenant.to_string(),
+            subject: None,
             tool: String::new(),
             tool_digest: none,
             revision: None,
@@ -170,6 +175,7 @@ mod tests {
         let entry = AuditEntry {
             run: "run-1".into(),
             tenant: "alice \"quoted\"".into(),
+            subject: None,
             tool: "wc".into(),
             tool_digest: Digest::of(b"wc"),
             revision: None,

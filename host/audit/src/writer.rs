@@ -262,6 +262,7 @@ mod tests {
         AuditEntry {
             run: format!("run{n}"),
             tenant: "alice".into(),
+            subject: None,
             tool: "wc".into(),
             tool_digest: Digest::of(b"wc"),
             revision: None,

@@ -154,6 +154,10 @@ pub(crate) fn inspect(global: &Global, args: BundleArgs) -> Result<Exit, Failure
         human_bytes(action.component.size_bytes)
     );
     crate::out!("engine    {}", action.engine);
+    if let Some(principal) = &action.principal {
+        // Who the run was for: a tenant, and the subject within it (an OAuth access token's).
+        crate::out!("for       tenant {} · subject {}", principal.tenant, principal.subject);
+    }
     crate::out!("input     {}", clip(&get_text(&action.input.digest)));
     if action.policy.mounts.is_empty() {
         crate::out!("grants    no directories");

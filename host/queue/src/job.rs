@@ -12,6 +12,10 @@ pub struct Job {
     pub id: String,
     /// The tenant that submitted it, by name: the run's owner and whose grants it carries.
     pub tenant: String,
+    /// The subject within the tenant it runs for (an OAuth access token's `sub`, as recorded),
+    /// named in the bundle's principal; absent for a tenant's static token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     /// The tool's name, for logs and metrics.
     pub tool: String,
     /// blake3 of the component: workers fetch it by this.
@@ -48,6 +52,9 @@ pub struct JobResult {
     pub id: String,
     /// The tenant that submitted it, by name: the only one (besides an admin) it answers.
     pub tenant: String,
+    /// The subject within the tenant it ran for, as the job named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     /// The tool's name.
     pub tool: String,
     /// blake3 of the component.
@@ -114,6 +121,7 @@ impl Job {
                 let job = Self {
                     id: text("id"),
                     tenant: text("tenant"),
+                    subject: value.get("subject").and_then(|v| v.as_str()).map(str::to_string),
                     tool: text("tool"),
                     tool_digest: digest("tool_digest").unwrap_or(none),
                     revision: None,
@@ -175,6 +183,9 @@ impl JobState {
 pub struct JobStatus {
     /// The tenant that submitted it.
     pub tenant: String,
+    /// The subject within the tenant that submitted it (an OAuth access token's); `None` for a
+    /// static token.
+    pub subject: Option<String>,
     /// The tool's name.
     pub tool: String,
     /// blake3 of its input (an idempotency key must name the same tool and input).
@@ -296,6 +307,7 @@ mod tests {
         let job = Job {
             id: "ab".repeat(16),
             tenant: "alice".into(),
+            subject: Some("agent-7".into()),
             tool: "wc".into(),
             tool_digest: Digest::of(b"component"),
             revision: None,
@@ -340,6 +352,7 @@ mod tests {
         Job {
             id: "cd".repeat(16),
             tenant: "bob".into(),
+            subject: None,
             tool: "wc".into(),
             tool_digest: Digest::of(b"component"),
             revision: None,

@@ -6,6 +6,7 @@ use crate::api_error::{ApiError, ApiResult, too_large};
 use crate::api_tools::describe_tool;
 use crate::auth::{Admin, Caller, ErrorCode};
 use crate::daemon::{Daemon, Rejection, RunRequest, Submitted};
+use crate::runs::Owner;
 use crate::runs::{Finished, FinishedBody, RunBody, RunEntry, RunState};
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
@@ -38,7 +39,7 @@ async fn count_errors(
 pub fn router(daemon: Arc<Daemon>) -> axum::Router {
     let component_bytes_max = daemon.component_bytes_max();
     let request_bytes_max = daemon.request_bytes_max();
-    axum::Router::new()
+    let mut routes = axum::Router::new()
         .route("/healthz", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -50,13 +51,26 @@ pub fn router(daemon: Arc<Daemon>) -> axum::Router {
         .route("/v1/runs", post(create_run).layer(DefaultBodyLimit::max(request_bytes_max)))
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/bundles/{id}", get(get_bundle))
-        .merge(crate::mcp_http::mcp_router(daemon.clone()))
+        .merge(crate::mcp_http::mcp_router(daemon.clone()));
+    // RFC 9728: where clients learn which issuer's tokens this server takes, for which scopes.
+    for path in daemon.oauth().map(crate::oauth::OAuth::metadata_paths).unwrap_or_default() {
+        routes = routes.route(&path, get(protected_resource));
+    }
+    routes
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route takes another method")
         })
         .layer(axum::middleware::from_fn_with_state(daemon.clone(), count_errors))
         .with_state(daemon)
+}
+
+/// `GET /.well-known/oauth-protected-resource`: the protected-resource metadata (with `[oauth]`).
+async fn protected_resource(State(daemon): State<Arc<Daemon>>) -> Response {
+    match daemon.oauth() {
+        Some(oauth) => Json(oauth.metadata()).into_response(),
+        None => ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; see /openapi.json").into_response(),
+    }
 }
 
 async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
@@ -106,13 +120,13 @@ async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
 
 async fn list_tools(
     State(daemon): State<Arc<Daemon>>,
-    Caller(tenant, _slot): Caller,
+    Caller(tenant, _slot, bearer): Caller,
 ) -> ApiResult<Json<serde_json::Value>> {
     let tools: Vec<serde_json::Value> = daemon
         .tools()
         .names()
         .iter()
-        .filter(|n| tenant.tools.allows(&n.record.name))
+        .filter(|n| tenant.tools.allows(&n.record.name) && bearer.may_call(&n.record.name))
         .map(|n| {
             let mut body = describe_tool(n.current());
             body["revision"] = n.record.current.into();
@@ -180,18 +194,24 @@ pub(crate) fn parse_run_request(body: &[u8], header_key: Option<&str>) -> ApiRes
         asynchronous: body.asynchronous,
         idempotency_key,
         cancel: None,
+        subject: None,
     })
 }
 
 async fn create_run(
     State(daemon): State<Arc<Daemon>>,
-    Caller(tenant, _slot): Caller,
+    Caller(tenant, _slot, bearer): Caller,
     headers: HeaderMap,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let body = body.map_err(|e| too_large(e, "request_bytes_max", daemon.request_bytes_max()))?;
     let header_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
-    let request = parse_run_request(&body, header_key)?;
+    let mut request = parse_run_request(&body, header_key)?;
+    if !bearer.may_call(&request.tool) {
+        let tool = request.tool.clone();
+        return Ok(crate::auth::scope_missing(&daemon, |o| o.scope_tool(&tool)).into_response());
+    }
+    request.subject = bearer.subject;
     let submitted = daemon.submit(&tenant, request).await.map_err(rejection)?;
     let daemon = &daemon;
     Ok(match submitted {
@@ -301,7 +321,7 @@ fn run_body<'a>(entry: &'a RunEntry, state: &'a RunState, output: Option<String>
 
 async fn get_run(
     State(daemon): State<Arc<Daemon>>,
-    Caller(tenant, _slot): Caller,
+    Caller(tenant, _slot, bearer): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     // Another tenant's run is answered exactly like one that does not exist.
@@ -315,7 +335,8 @@ async fn get_run(
             Err(QueueError::Corrupt(_)) => return Err(unknown()),
             Err(e) => return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", e.to_string())),
         };
-        daemon.authorize(&tenant, Some(&status.tenant), "run", &id).await.map_err(|e| refused(e, unknown()))?;
+        let owner = Owner { tenant: &status.tenant, subject: status.subject.as_deref() };
+        daemon.authorize((&tenant, &bearer), Some(owner), "run", &id).await.map_err(|e| refused(e, unknown()))?;
         if let Some(reason) = &status.unreadable_result {
             let message = format!("the job finished, but this node cannot read its result ({reason})");
             return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "unreadable_result", message));
@@ -323,7 +344,7 @@ async fn get_run(
         let body = crate::remote::run_body(&id, &status);
         return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
     };
-    daemon.authorize(&tenant, Some(&entry.tenant), "run", &id).await.map_err(|e| refused(e, unknown()))?;
+    daemon.authorize((&tenant, &bearer), Some(entry.owner()), "run", &id).await.map_err(|e| refused(e, unknown()))?;
     let state = entry.state.borrow().clone();
     let output = match &state {
         RunState::Finished(finished) => crate::bundles::read_output(&daemon, finished),
@@ -350,7 +371,7 @@ fn refused(error: crate::daemon::Hidden, unknown: ApiError) -> ApiError {
 
 async fn get_bundle(
     State(daemon): State<Arc<Daemon>>,
-    Caller(tenant, _slot): Caller,
+    Caller(tenant, _slot, bearer): Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     // The same 404 for a malformed id, an id no node knows and another tenant's bundle. Only
@@ -372,8 +393,8 @@ async fn get_bundle(
     })?;
     let bundle = bundle.ok_or_else(unknown)?;
     let owner = bundle.owner().await.map_err(failed)?;
-    let owner = owner.as_ref().map(|p| p.tenant.as_str());
-    daemon.authorize(&tenant, owner, "bundle", &id).await.map_err(|e| refused(e, unknown()))?;
+    let owner = owner.as_ref().map(Owner::of_principal);
+    daemon.authorize((&tenant, &bearer), owner, "bundle", &id).await.map_err(|e| refused(e, unknown()))?;
     Ok(bundle.stream())
 }
 

@@ -1,8 +1,11 @@
-//! Who is calling: the bearer token's tenant, read from the request's headers by extractors that
-//! run before a single byte of the body is read, for the REST API and MCP alike. A request they
-//! refuse gets one [`AuthRejection`], whose response is the same on both surfaces.
+//! Who is calling: the bearer token's tenant (and, for an OAuth access token, its subject and
+//! scopes), read from the request's headers by extractors that run before a single byte of the
+//! body is read, for the REST API and MCP alike. A request they refuse gets one
+//! [`AuthRejection`], whose response is the same on both surfaces.
 
 use crate::daemon::Daemon;
+use crate::oauth::{OAuth, Scopes, TokenError};
+use crate::runs::Owner;
 use crate::tenants::Tenant;
 use axum::Json;
 use axum::extract::FromRequestParts;
@@ -18,8 +21,26 @@ use tokio::sync::OwnedSemaphorePermit;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum AuthRejection {
     /// 401 `unauthorized`, with `WWW-Authenticate: Bearer`: no `Authorization: Bearer` header,
-    /// or a token no tenant holds.
-    Unauthorized,
+    /// a token no tenant holds, or (with `[oauth]`) an access token that failed a check, named in
+    /// `error_description`. With `[oauth]` the challenge carries `resource_metadata`.
+    Unauthorized {
+        /// Why a presented token was refused; `None` when none was presented (or, without
+        /// `[oauth]`, when it is no tenant's).
+        why: Option<String>,
+        /// The protected-resource metadata URL, with `[oauth]`.
+        metadata: Option<Arc<str>>,
+    },
+    /// 403 `insufficient_scope`, with `WWW-Authenticate: Bearer error="insufficient_scope"`:
+    /// the access token lacks the scope the request needs.
+    InsufficientScope {
+        /// The scope that would do.
+        scope: String,
+        /// The protected-resource metadata URL.
+        metadata: Option<Arc<str>>,
+    },
+    /// 503 `auth_unavailable`, with `Retry-After: 5`: the OAuth issuer's keys cannot be fetched
+    /// and none are held, so no access token can be checked.
+    AuthUnavailable(String),
     /// 429 `too_many_requests`, with `Retry-After: 1`: the tenant already has
     /// `http.tenant_requests_max` requests in flight. The message names the setting.
     TooManyRequests(String),
@@ -34,16 +55,19 @@ impl AuthRejection {
     /// The response's status.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::InsufficientScope { .. } | Self::NotAdmin { .. } => StatusCode::FORBIDDEN,
+            Self::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::NotAdmin { .. } => StatusCode::FORBIDDEN,
         }
     }
 
     /// The stable error code.
     pub(crate) fn code(&self) -> &'static str {
         match self {
-            Self::Unauthorized => "unauthorized",
+            Self::Unauthorized { .. } => "unauthorized",
+            Self::InsufficientScope { .. } => "insufficient_scope",
+            Self::AuthUnavailable(_) => "auth_unavailable",
             Self::TooManyRequests(_) => "too_many_requests",
             Self::NotAdmin { .. } => "forbidden",
         }
@@ -52,13 +76,45 @@ impl AuthRejection {
     /// What to tell the caller.
     pub(crate) fn message(&self) -> String {
         match self {
-            Self::Unauthorized => "missing or invalid bearer token".into(),
+            Self::Unauthorized { why: None, .. } => "missing or invalid bearer token".into(),
+            Self::Unauthorized { why: Some(why), .. } => format!("the access token was refused: {why}"),
+            Self::InsufficientScope { scope, .. } => {
+                format!("the access token lacks the scope {scope:?} this request needs; ask the issuer for it")
+            }
+            Self::AuthUnavailable(why) => format!("access tokens cannot be checked now: {why}"),
             Self::TooManyRequests(message) => message.clone(),
             Self::NotAdmin { tenant } => {
                 format!("tenant {tenant} is not an admin; this route (tool administration) needs an admin tenant")
             }
         }
     }
+
+    /// The `WWW-Authenticate` challenge (RFC 6750 §3, RFC 9728 §5.1), if the answer has one.
+    fn challenge(&self) -> Option<String> {
+        let with_metadata = |mut params: Vec<String>, metadata: &Option<Arc<str>>| {
+            if let Some(url) = metadata {
+                params.push(format!("resource_metadata=\"{url}\""));
+            }
+            if params.is_empty() { "Bearer".to_string() } else { format!("Bearer {}", params.join(", ")) }
+        };
+        match self {
+            Self::Unauthorized { why: None, metadata } => Some(with_metadata(Vec::new(), metadata)),
+            Self::Unauthorized { why: Some(why), metadata } => Some(with_metadata(
+                vec!["error=\"invalid_token\"".into(), format!("error_description=\"{}\"", quotable(why))],
+                metadata,
+            )),
+            Self::InsufficientScope { scope, metadata } => Some(with_metadata(
+                vec!["error=\"insufficient_scope\"".into(), format!("scope=\"{}\"", quotable(scope))],
+                metadata,
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// `text` fit for a quoted-string of a challenge: printable ASCII without `"` or `\`.
+fn quotable(text: &str) -> String {
+    text.chars().map(|c| if c == '"' || c == '\\' || !(' '..='~').contains(&c) { '\'' } else { c }).collect()
 }
 
 impl IntoResponse for AuthRejection {
@@ -66,14 +122,17 @@ impl IntoResponse for AuthRejection {
         let body = serde_json::json!({ "error": { "code": self.code(), "message": self.message() } });
         let mut response = (self.status(), Json(body)).into_response();
         response.extensions_mut().insert(ErrorCode(self.code()));
+        if let Some(challenge) = self.challenge().and_then(|c| HeaderValue::from_str(&c).ok()) {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+        }
         match self {
-            Self::Unauthorized => {
-                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
             Self::TooManyRequests(_) => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1u64));
             }
-            Self::NotAdmin { .. } => {}
+            Self::AuthUnavailable(_) => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(5u64));
+            }
+            _ => {}
         }
         response
     }
@@ -83,37 +142,113 @@ impl IntoResponse for AuthRejection {
 #[derive(Clone, Copy)]
 pub(crate) struct ErrorCode(pub(crate) &'static str);
 
+/// What the caller's bearer token grants within its tenant, and on whose behalf it calls.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Bearer {
+    /// The access token's subject, as recorded (`[oauth] subject_record`); `None` for a
+    /// tenant's static token, whose subject is the tenant itself.
+    pub(crate) subject: Option<String>,
+    /// What the access token's scopes grant; `None` for a static token: all its tenant may.
+    scopes: Option<Arc<Scopes>>,
+}
+
+impl Bearer {
+    /// A tenant's static token (or stdio, which runs as one tenant).
+    pub(crate) fn tenant_token() -> Self {
+        Self::default()
+    }
+
+    /// Whether its scopes let it call `tool` (its tenant's allow-list is checked apart).
+    pub(crate) fn may_call(&self, tool: &str) -> bool {
+        self.scopes.as_ref().is_none_or(|s| s.call(tool))
+    }
+
+    /// Whether state of `owner` is the caller's own: its tenant's, and for an access token, made
+    /// by its own subject (a tenant's static token speaks for all of the tenant's subjects).
+    pub(crate) fn owns(&self, caller: &Tenant, owner: Owner<'_>) -> bool {
+        caller.name == owner.tenant && (self.subject.is_none() || self.subject.as_deref() == owner.subject)
+    }
+
+    /// Whether its scopes let it use the admin routes (its tenant must be an admin too).
+    pub(crate) fn may_admin(&self) -> bool {
+        self.scopes.as_ref().is_none_or(|s| s.admin())
+    }
+}
+
 /// The caller, authenticated from the request's headers. It holds one of the tenant's places
 /// among requests in flight while the request is served.
-pub(crate) struct Caller(pub(crate) Arc<Tenant>, pub(crate) OwnedSemaphorePermit);
+pub(crate) struct Caller(pub(crate) Arc<Tenant>, pub(crate) OwnedSemaphorePermit, pub(crate) Bearer);
 
 impl FromRequestParts<Arc<Daemon>> for Caller {
     type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, daemon: &Arc<Daemon>) -> Result<Self, AuthRejection> {
-        let tenant = tenant_of(daemon, &parts.headers).ok_or(AuthRejection::Unauthorized)?;
+        let (tenant, bearer) = authenticate(daemon, &parts.headers).await?;
         let slot = tenant.request_slot().map_err(AuthRejection::TooManyRequests)?;
-        Ok(Caller(tenant, slot))
+        Ok(Caller(tenant, slot, bearer))
     }
 }
 
-/// An admin caller: [`Caller`], refused 403 when its tenant is not an admin.
+/// An admin caller: [`Caller`], refused 403 when its tenant is not an admin or its access token
+/// lacks the admin scope.
 pub(crate) struct Admin(pub(crate) Arc<Tenant>, pub(crate) OwnedSemaphorePermit);
 
 impl FromRequestParts<Arc<Daemon>> for Admin {
     type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, daemon: &Arc<Daemon>) -> Result<Self, AuthRejection> {
-        let Caller(tenant, slot) = Caller::from_request_parts(parts, daemon).await?;
+        let Caller(tenant, slot, bearer) = Caller::from_request_parts(parts, daemon).await?;
         if !tenant.admin {
             return Err(AuthRejection::NotAdmin { tenant: tenant.name.clone() });
+        }
+        if !bearer.may_admin() {
+            return Err(scope_missing(daemon, |o| o.scope_admin().to_string()));
         }
         Ok(Admin(tenant, slot))
     }
 }
 
-/// The tenant whose token the `Authorization: Bearer` header carries.
-fn tenant_of(daemon: &Daemon, headers: &HeaderMap) -> Option<Arc<Tenant>> {
-    let token = headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")?;
-    daemon.tenant_for(token.trim())
+/// 403 `insufficient_scope` naming the scope `needed` picks (with `[oauth]`).
+pub(crate) fn scope_missing(daemon: &Daemon, needed: impl Fn(&OAuth) -> String) -> AuthRejection {
+    let oauth = daemon.oauth();
+    AuthRejection::InsufficientScope {
+        scope: oauth.map(&needed).unwrap_or_default(),
+        metadata: oauth.map(|o| Arc::from(o.metadata_url())),
+    }
+}
+
+/// The tenant and grant of the `Authorization: Bearer` token: a tenant's static token, or with
+/// `[oauth]` an access token that passes every check and names a configured tenant.
+async fn authenticate(daemon: &Daemon, headers: &HeaderMap) -> Result<(Arc<Tenant>, Bearer), AuthRejection> {
+    let oauth = daemon.oauth();
+    let metadata: Option<Arc<str>> = oauth.map(|o| Arc::from(o.metadata_url()));
+    let refused = |why: Option<String>| AuthRejection::Unauthorized { why, metadata: metadata.clone() };
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| refused(None))?;
+    if let Some(tenant) = daemon.tenant_for(token) {
+        return Ok((tenant, Bearer::tenant_token()));
+    }
+    let Some(oauth) = oauth else { return Err(refused(None)) };
+    let verified = oauth.verify(token).await.map_err(|e| match e {
+        TokenError::Invalid(why) => refused(Some(why)),
+        TokenError::Unavailable(why) => AuthRejection::AuthUnavailable(why),
+    })?;
+    let tenant = daemon.tenant_named(&verified.tenant).ok_or_else(|| {
+        refused(Some(format!("its tenant claim names {:?}, which is not a tenant here", verified.tenant)))
+    })?;
+    if verified.subject == tenant.name {
+        // Bundles name a static token's runs with the tenant as subject: a subject spelled the
+        // same would be taken for the tenant's static token.
+        return Err(refused(Some(
+            "its subject is spelled like its tenant's name, which names the tenant's static token".into(),
+        )));
+    }
+    if !verified.scopes.any() {
+        return Err(scope_missing(daemon, |o| o.scope_tools().to_string()));
+    }
+    Ok((tenant, Bearer { subject: Some(verified.subject), scopes: Some(verified.scopes) }))
 }

@@ -37,6 +37,7 @@ mod mcp_shapes;
 mod mcp_stdio;
 mod mcp_tasks;
 mod metrics;
+pub mod oauth;
 pub mod registry;
 mod reload;
 mod remote;

@@ -5,6 +5,7 @@
 //! stdio for `guild mcp` ([`serve_stdio`] here, on `mcp_stdio.rs`) and streamable HTTP at
 //! `/mcp` (`mcp_http.rs`).
 
+use crate::auth::Bearer;
 use crate::daemon::{Daemon, Rejection, RunRequest, Submitted};
 use crate::mcp_shapes::{TOOLS_CURSOR_PREFIX, finished_result, mcp_tool, rejection_message, tool_error, tools_cursor};
 use crate::tenants::Tenant;
@@ -69,21 +70,23 @@ impl GuildMcp {
         Self { daemon, caller: Caller::PerRequest }
     }
 
-    fn tenant(&self, context: &RequestContext<RoleServer>) -> Result<Arc<Tenant>, ErrorData> {
+    /// The caller's tenant and what its bearer token grants: over HTTP both were put in the
+    /// request's extensions by the authentication layer; a request without them is refused.
+    fn caller(&self, context: &RequestContext<RoleServer>) -> Result<(Arc<Tenant>, Bearer), ErrorData> {
         match &self.caller {
-            Caller::Fixed(tenant) => Ok(tenant.clone()),
-            Caller::PerRequest => context
-                .extensions
-                .get::<axum::http::request::Parts>()
-                .and_then(|parts| parts.extensions.get::<Arc<Tenant>>())
-                .cloned()
-                .ok_or_else(|| ErrorData::invalid_request("missing or invalid bearer token", None)),
+            Caller::Fixed(tenant) => Ok((tenant.clone(), Bearer::tenant_token())),
+            Caller::PerRequest => {
+                let parts = context.extensions.get::<axum::http::request::Parts>();
+                let tenant = parts.and_then(|parts| parts.extensions.get::<Arc<Tenant>>()).cloned();
+                let bearer = parts.and_then(|parts| parts.extensions.get::<Bearer>()).cloned();
+                tenant.zip(bearer).ok_or_else(|| ErrorData::invalid_request("missing or invalid bearer token", None))
+            }
         }
     }
 
     async fn call(
         &self,
-        tenant: &Arc<Tenant>,
+        (tenant, bearer): (&Arc<Tenant>, Bearer),
         request: CallToolRequestParams,
         context: &RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
@@ -96,6 +99,7 @@ impl GuildMcp {
             asynchronous: false,
             idempotency_key: None,
             cancel: Some(cancel.clone()),
+            subject: bearer.subject,
         };
         let registered = self.daemon.tools().get(&name);
         let timeout_ms = registered.as_ref().map_or(0, |t| t.limits.timeout_ms);
@@ -204,7 +208,7 @@ impl ServerHandler for GuildMcp {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        let tenant = self.tenant(&context)?;
+        let (tenant, bearer) = self.caller(&context)?;
         let after = match request.and_then(|r| r.cursor) {
             Some(cursor) => Some(tools_cursor(&cursor).ok_or_else(|| {
                 ErrorData::invalid_params("the cursor is not one tools/list gave; list from the start", None)
@@ -217,6 +221,7 @@ impl ServerHandler for GuildMcp {
         let mut visible = names
             .iter()
             .filter(|n| tenant.tools.allows(&n.record.name) && n.record.disabled_for(&tenant.name).is_none())
+            .filter(|n| bearer.may_call(&n.record.name))
             .filter(|n| after.as_deref().is_none_or(|after| n.record.name.as_str() > after));
         let tools: Vec<Tool> = visible.by_ref().take(page_max).map(|n| mcp_tool(n.current())).collect();
         let mut result = ListToolsResult::with_all_items(tools);
@@ -232,8 +237,8 @@ impl ServerHandler for GuildMcp {
         request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
-        let tenant = self.tenant(&context)?;
-        crate::mcp_resources::list(&self.daemon, &tenant, request.and_then(|r| r.cursor))
+        let (tenant, bearer) = self.caller(&context)?;
+        crate::mcp_resources::list(&self.daemon, (&tenant, &bearer), request.and_then(|r| r.cursor))
     }
 
     /// A bundle of the caller's: its summary, and its archive when it fits.
@@ -242,8 +247,8 @@ impl ServerHandler for GuildMcp {
         request: ReadResourceRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let tenant = self.tenant(&context)?;
-        crate::mcp_resources::read(&self.daemon, &tenant, &request.uri).await.map(ReadResourceResponse::from)
+        let (tenant, bearer) = self.caller(&context)?;
+        crate::mcp_resources::read(&self.daemon, (&tenant, &bearer), &request.uri).await.map(ReadResourceResponse::from)
     }
 
     async fn call_tool(
@@ -251,13 +256,23 @@ impl ServerHandler for GuildMcp {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let tenant = self.tenant(&context)?;
+        let (tenant, bearer) = self.caller(&context)?;
+        // Over HTTP the screen in front of `/mcp` answered this with 403 already; stdio's
+        // bearer grants every tool of its tenant.
+        if !bearer.may_call(&request.name) {
+            return Err(ErrorData::invalid_request(
+                format!("the access token lacks the scope to call {:?}", request.name),
+                None,
+            ));
+        }
         // A client that takes tasks and asks for one gets it at once; the run goes on without
         // the connection.
         if crate::mcp_tasks::wanted(&context) {
-            return crate::mcp_tasks::start(&self.daemon, &tenant, request).await.map(CallToolResponse::Task);
+            return crate::mcp_tasks::start(&self.daemon, (&tenant, &bearer), request, context.peer.clone())
+                .await
+                .map(CallToolResponse::Task);
         }
-        self.call(&tenant, request, &context).await.map(CallToolResponse::from)
+        self.call((&tenant, bearer), request, &context).await.map(CallToolResponse::from)
     }
 
     async fn get_task(
@@ -265,8 +280,8 @@ impl ServerHandler for GuildMcp {
         request: GetTaskParams,
         context: RequestContext<RoleServer>,
     ) -> Result<GetTaskResult, ErrorData> {
-        let tenant = self.tenant(&context)?;
-        crate::mcp_tasks::get(&self.daemon, &tenant, &request.task_id).await
+        let (tenant, bearer) = self.caller(&context)?;
+        crate::mcp_tasks::get(&self.daemon, (&tenant, &bearer), &request.task_id).await
     }
 
     async fn cancel_task(
@@ -274,8 +289,8 @@ impl ServerHandler for GuildMcp {
         request: CancelTaskParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        let tenant = self.tenant(&context)?;
-        crate::mcp_tasks::cancel(&self.daemon, &tenant, &request.task_id).await
+        let (tenant, bearer) = self.caller(&context)?;
+        crate::mcp_tasks::cancel(&self.daemon, (&tenant, &bearer), &request.task_id).await
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {

@@ -1,8 +1,8 @@
 //! `/mcp`: the MCP streamable HTTP transport (rmcp's tower service) behind the daemon's bearer
 //! tokens. In front of rmcp, in order:
 //! 1. authentication: a request without a valid token gets the API's 401;
-//! 2. session binding: a session belongs to the tenant that created it, and an `Mcp-Session-Id`
-//!    of another tenant's session is replaced by one that can never exist, so rmcp answers it
+//! 2. session binding: a session belongs to the principal that created it (its tenant, and an
+//!    access token's subject), and an `Mcp-Session-Id` of another principal's session is replaced by one that can never exist, so rmcp answers it
 //!    exactly as it answers an unknown session (404, or 202 for a DELETE that closes nothing);
 //! 3. the frame screen ([`crate::jsonrpc`]): a body rmcp would refuse as plain text or misname
 //!    gets a JSON-RPC error instead;
@@ -14,7 +14,7 @@
 //! rmcp then checks `Host` and `Origin` against `[mcp]` (DNS rebinding) and hands each request,
 //! with the caller's tenant in its extensions, to [`GuildMcp`].
 
-use crate::auth::{Caller, ErrorCode};
+use crate::auth::{Bearer, Caller, ErrorCode};
 use crate::daemon::Daemon;
 use crate::http::HoldingBody;
 use crate::jsonrpc::{self, Screened};
@@ -74,8 +74,9 @@ pub(crate) fn mcp_router(daemon: Arc<Daemon>) -> axum::Router<Arc<Daemon>> {
 async fn authenticate(State(daemon): State<Arc<Daemon>>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
     match Caller::from_request_parts(&mut parts, &daemon).await {
-        Ok(Caller(tenant, slot)) => {
+        Ok(Caller(tenant, slot, bearer)) => {
             parts.extensions.insert(tenant);
+            parts.extensions.insert(bearer);
             let response = next.run(Request::from_parts(parts, body)).await;
             response.map(|inner| Body::new(HoldingBody::new(inner, slot)))
         }
@@ -90,14 +91,16 @@ async fn bind_and_screen(
     next: Next,
 ) -> Response {
     let (mut parts, body) = request.into_parts();
-    let Some(tenant) = parts.extensions.get::<Arc<Tenant>>().cloned() else {
+    let (Some(tenant), Some(bearer)) =
+        (parts.extensions.get::<Arc<Tenant>>().cloned(), parts.extensions.get::<Bearer>().cloned())
+    else {
         return StatusCode::UNAUTHORIZED.into_response();
     };
     let session = parts.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
     if let Some(id) = &session
-        && !sessions.used_by(id, &tenant.name)
+        && !sessions.used_by(id, (&tenant.name, bearer.subject.as_deref()))
     {
-        // Another tenant's session is one this caller cannot name: rmcp answers it as unknown.
+        // Another principal's session is one this caller cannot name: rmcp answers it as unknown.
         parts.headers.insert(SESSION_HEADER, HeaderValue::from_static(NO_SESSION));
     }
     // Every POST body is screened, whatever its content type says: rmcp reads the type more
@@ -132,6 +135,13 @@ async fn bind_and_screen(
             return response;
         }
     };
+    // A call the access token has no scope for is refused as HTTP 403 with the scope that
+    // would do (the MCP authorization spec's step-up), before any session work.
+    if let Some(tool) = called_tool(&message)
+        && !bearer.may_call(tool)
+    {
+        return crate::auth::scope_missing(&daemon, |o| o.scope_tool(tool)).into_response();
+    }
     if session.is_none() && is_initialize(&message) {
         sessions.close_idle().await;
         let seat = match sessions.seat(&tenant.name) {
@@ -159,6 +169,17 @@ fn sessions_full(message: &ClientJsonRpcMessage, text: String) -> Response {
     );
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
     response
+}
+
+/// The tool a `tools/call` request names.
+fn called_tool(message: &ClientJsonRpcMessage) -> Option<&str> {
+    match message {
+        JsonRpcMessage::Request(request) => match &request.request {
+            ClientRequest::CallToolRequest(call) => Some(&call.params.name),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 fn is_initialize(message: &ClientJsonRpcMessage) -> bool {
@@ -213,6 +234,8 @@ impl Drop for Seat {
 /// Who a session belongs to, when it was last used, and its place among the live ones.
 struct Binding {
     tenant: String,
+    /// The access token's subject; `None` for the tenant's static token.
+    subject: Option<String>,
     last_used: std::time::Instant,
     _place: Option<Place>,
 }
@@ -233,11 +256,11 @@ pub(crate) struct BoundSessions {
 }
 
 impl BoundSessions {
-    /// Whether session `id` is `tenant`'s; if so it counts as used now.
-    fn used_by(&self, id: &str, tenant: &str) -> bool {
+    /// Whether session `id` is the principal's (`tenant`, `subject`); if so it counts as used now.
+    fn used_by(&self, id: &str, (tenant, subject): (&str, Option<&str>)) -> bool {
         let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
         match owners.get_mut(id) {
-            Some(binding) if binding.tenant == tenant => {
+            Some(binding) if binding.tenant == tenant && binding.subject.as_deref() == subject => {
                 binding.last_used = std::time::Instant::now();
                 true
             }
@@ -292,10 +315,11 @@ impl SessionManager for BoundSessions {
             _ => None,
         };
         let tenant = parts.and_then(|p| p.extensions.get::<Arc<Tenant>>()).map(|t| t.name.clone());
+        let subject = parts.and_then(|p| p.extensions.get::<Bearer>()).and_then(|b| b.subject.clone());
         let place = parts.and_then(|p| p.extensions.get::<SessionSlot>()).and_then(|s| s.0.lock().ok()?.take());
         let answer = self.inner.initialize_session(id, message).await?;
         if let Some(tenant) = tenant {
-            let binding = Binding { tenant, last_used: std::time::Instant::now(), _place: place };
+            let binding = Binding { tenant, subject, last_used: std::time::Instant::now(), _place: place };
             self.owners.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), binding);
         }
         Ok(answer)

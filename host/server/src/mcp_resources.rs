@@ -5,8 +5,10 @@
 //! `MCP_BUNDLE_BLOB_BYTES_MAX`, its `.tar.zst` archive (what `guild replay` takes) as a blob —
 //! a larger one is fetched with `GET /v1/bundles/{id}`, which streams it.
 
+use crate::auth::Bearer;
 use crate::bundles::{FindError, find};
 use crate::daemon::{Daemon, Hidden};
+use crate::runs::Owner;
 use crate::tenants::Tenant;
 use base64::Engine;
 use guild_replay::Digest;
@@ -25,10 +27,14 @@ pub const MCP_BUNDLE_BLOB_BYTES_MAX: usize = 8 * 1024 * 1024;
 ///
 /// # Errors
 /// `invalid_params` for a cursor that names no run of the caller's here (any more).
-pub(crate) fn list(daemon: &Daemon, tenant: &Tenant, cursor: Option<String>) -> Result<ListResourcesResult, ErrorData> {
+pub(crate) fn list(
+    daemon: &Daemon,
+    (tenant, bearer): (&Tenant, &Bearer),
+    cursor: Option<String>,
+) -> Result<ListResourcesResult, ErrorData> {
     let runs = daemon
         .runs()
-        .recent_bundles(&tenant.name, cursor.as_deref(), MCP_RESOURCES_PAGE_MAX + 1)
+        .recent_bundles(|owner| bearer.owns(tenant, owner), cursor.as_deref(), MCP_RESOURCES_PAGE_MAX + 1)
         .ok_or_else(|| ErrorData::invalid_params("the cursor names no run this node still lists; list again", None))?;
     let more = runs.len() > MCP_RESOURCES_PAGE_MAX;
     let page: Vec<_> = runs.into_iter().take(MCP_RESOURCES_PAGE_MAX).collect();
@@ -54,7 +60,11 @@ pub(crate) fn list(daemon: &Daemon, tenant: &Tenant, cursor: Option<String>) -> 
 /// # Errors
 /// `resource_not_found` — the same for a malformed URI, a bundle no store here holds and another
 /// tenant's; `internal_error` when a store fails or an admin's read cannot be audited.
-pub(crate) async fn read(daemon: &Daemon, tenant: &Tenant, uri: &str) -> Result<ReadResourceResult, ErrorData> {
+pub(crate) async fn read(
+    daemon: &Daemon,
+    (tenant, bearer): (&Tenant, &Bearer),
+    uri: &str,
+) -> Result<ReadResourceResult, ErrorData> {
     let unknown = || ErrorData::resource_not_found(format!("no resource {uri:?}"), None);
     let id: Digest = uri.strip_prefix(BUNDLE_URI_PREFIX).and_then(|hex| hex.parse().ok()).ok_or_else(unknown)?;
     let copy = match find(daemon, &id).await {
@@ -63,7 +73,7 @@ pub(crate) async fn read(daemon: &Daemon, tenant: &Tenant, uri: &str) -> Result<
         Err(FindError::Unavailable(e) | FindError::Failed(e)) => return Err(ErrorData::internal_error(e, None)),
     };
     let owner = copy.owner().await.map_err(|e| ErrorData::internal_error(e, None))?;
-    match daemon.authorize(tenant, owner.as_ref().map(|p| p.tenant.as_str()), "bundle", &id.to_hex()).await {
+    match daemon.authorize((tenant, bearer), owner.as_ref().map(Owner::of_principal), "bundle", &id.to_hex()).await {
         Ok(()) => {}
         Err(Hidden::NotTheirs) => return Err(unknown()),
         Err(Hidden::NotAudited(e)) => return Err(ErrorData::internal_error(e, None)),

@@ -3,19 +3,24 @@
 //! task whose id is the run's, and the run goes
 //! on in its own task — a client that disconnects loses nothing. `tasks/get` reads the run from
 //! this node's run table or, with `--redis`, from the durable job, so any API node answers it;
-//! `tasks/cancel` stops the run, here or (with `--redis`) on its worker. A task answers only the tenant that started
-//! it; anyone else gets what an unknown task gets.
+//! `tasks/cancel` stops the run, here or (with `--redis`) on its worker. When the run ends, the
+//! session that started it is sent `notifications/tasks` with the task's final state (a session
+//! of the 2025 generation, whose standalone stream carries it; rmcp cannot yet route it through
+//! the 2026 generation's `subscriptions/listen`, where clients poll). A task answers only the
+//! principal that started it; anyone else gets what an unknown task gets.
 
+use crate::auth::Bearer;
 use crate::daemon::{Daemon, Rejection, RunRequest, Submitted};
-use crate::runs::{Finished, RunState};
+use crate::runs::Owner;
+use crate::runs::{Finished, RunEntry, RunState};
 use crate::tenants::Tenant;
 use guild_runtime::CancellationToken;
 use rmcp::ErrorData;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, CreateTaskResult, DetailedTask, GetTaskResult, JsonObject, Task,
-    TaskPayload, TaskStatus,
+    CallToolRequestParams, CallToolResult, CreateTaskResult, DetailedTask, GetTaskResult, JsonObject,
+    ServerNotification, Task, TaskPayload, TaskStatus, TaskStatusNotification, TaskStatusNotificationParams,
 };
-use rmcp::service::{RequestContext, RoleServer};
+use rmcp::service::{Peer, RequestContext, RoleServer};
 use std::sync::Arc;
 
 /// How often a client should poll `tasks/get`, ms.
@@ -38,6 +43,11 @@ fn now() -> String {
     rmcp::task_manager::current_timestamp()
 }
 
+/// Whose a job in Redis is.
+fn job_owner(status: &guild_queue::JobStatus) -> Owner<'_> {
+    Owner { tenant: &status.tenant, subject: status.subject.as_deref() }
+}
+
 fn unknown(id: &str) -> ErrorData {
     ErrorData::invalid_params(format!("no task {id:?} of yours is known here"), None)
 }
@@ -50,8 +60,9 @@ fn unknown(id: &str) -> ErrorData {
 /// failed at once.
 pub(crate) async fn start(
     daemon: &Arc<Daemon>,
-    tenant: &Arc<Tenant>,
+    (tenant, bearer): (&Arc<Tenant>, &Bearer),
     request: CallToolRequestParams,
+    peer: Peer<RoleServer>,
 ) -> Result<CreateTaskResult, ErrorData> {
     let cancel = CancellationToken::new();
     let run = RunRequest {
@@ -60,6 +71,7 @@ pub(crate) async fn start(
         asynchronous: true,
         idempotency_key: None,
         cancel: Some(cancel.clone()),
+        subject: bearer.subject.clone(),
     };
     let entry = match daemon.submit(tenant, run).await {
         Ok(
@@ -73,10 +85,32 @@ pub(crate) async fn start(
         }
     };
     daemon.remember_task(&entry, cancel);
+    announce_end(daemon.clone(), (tenant.clone(), bearer.clone()), &entry, peer);
     let at = now();
     let task =
         Task::new(entry.id.clone(), TaskStatus::Working, at.clone(), at).with_poll_interval_ms(TASK_POLL_INTERVAL_MS);
     Ok(CreateTaskResult::new(task))
+}
+
+/// Once the task's run ends, send the client `notifications/tasks` with what `tasks/get` answers
+/// then. A client gone by then is not told (and loses nothing: `tasks/get` still answers).
+fn announce_end(
+    daemon: Arc<Daemon>,
+    (tenant, bearer): (Arc<Tenant>, Bearer),
+    entry: &RunEntry,
+    peer: Peer<RoleServer>,
+) {
+    let (mut state, id) = (entry.state.clone(), entry.id.clone());
+    tokio::spawn(async move {
+        if state.wait_for(|s| matches!(s, RunState::Finished(_))).await.is_err() {
+            return;
+        }
+        let Ok(got) = get(&daemon, (&tenant, &bearer), &id).await else { return };
+        let note = TaskStatusNotification::new(TaskStatusNotificationParams::new(got.task));
+        if let Err(e) = peer.send_notification(ServerNotification::TaskStatusNotification(note)).await {
+            tracing::debug!(task = %id, error = %e, "the task's end was not announced; the client can poll");
+        }
+    });
 }
 
 /// The task `id`: working, or its result.
@@ -84,12 +118,16 @@ pub(crate) async fn start(
 /// # Errors
 /// `invalid_params` for a task that is not the caller's or not known; `internal_error` when
 /// Redis cannot be read.
-pub(crate) async fn get(daemon: &Daemon, tenant: &Tenant, id: &str) -> Result<GetTaskResult, ErrorData> {
+pub(crate) async fn get(
+    daemon: &Daemon,
+    (tenant, bearer): (&Tenant, &Bearer),
+    id: &str,
+) -> Result<GetTaskResult, ErrorData> {
     let at = now();
     let task =
         |status| Task::new(id.to_string(), status, at.clone(), at.clone()).with_poll_interval_ms(TASK_POLL_INTERVAL_MS);
     if let Some(entry) = daemon.runs().get(id) {
-        if entry.tenant != tenant.name {
+        if !bearer.owns(tenant, entry.owner()) {
             return Err(unknown(id));
         }
         let state = entry.state.borrow().clone();
@@ -104,7 +142,7 @@ pub(crate) async fn get(daemon: &Daemon, tenant: &Tenant, id: &str) -> Result<Ge
     }
     let Some(remote) = daemon.remote() else { return Err(unknown(id)) };
     let status = remote.queue.status(id).await.map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
-    let Some(status) = status.filter(|s| s.tenant == tenant.name) else { return Err(unknown(id)) };
+    let Some(status) = status.filter(|s| bearer.owns(tenant, job_owner(s))) else { return Err(unknown(id)) };
     let payload = match &status.result {
         Some(result) => {
             let finished = crate::remote::finished(result);
@@ -121,10 +159,10 @@ pub(crate) async fn get(daemon: &Daemon, tenant: &Tenant, id: &str) -> Result<Ge
 /// # Errors
 /// `invalid_params` for a task that is not the caller's, not known, or already finished;
 /// `internal_error` when Redis cannot be reached.
-pub(crate) async fn cancel(daemon: &Daemon, tenant: &Tenant, id: &str) -> Result<(), ErrorData> {
+pub(crate) async fn cancel(daemon: &Daemon, (tenant, bearer): (&Tenant, &Bearer), id: &str) -> Result<(), ErrorData> {
     let not_running = || ErrorData::invalid_params(format!("task {id:?} has finished"), None);
     if let Some(entry) = daemon.runs().get(id) {
-        if entry.tenant != tenant.name {
+        if !bearer.owns(tenant, entry.owner()) {
             return Err(unknown(id));
         }
         if matches!(*entry.state.borrow(), RunState::Finished(_)) || !daemon.cancel_task(id) {
@@ -136,7 +174,7 @@ pub(crate) async fn cancel(daemon: &Daemon, tenant: &Tenant, id: &str) -> Result
     let Some(remote) = daemon.remote() else { return Err(unknown(id)) };
     let unavailable = |e: guild_queue::QueueError| ErrorData::internal_error(e.to_string(), None);
     let status = remote.queue.status(id).await.map_err(unavailable)?;
-    let Some(status) = status.filter(|s| s.tenant == tenant.name) else { return Err(unknown(id)) };
+    let Some(status) = status.filter(|s| bearer.owns(tenant, job_owner(s))) else { return Err(unknown(id)) };
     if status.result.is_some() {
         return Err(not_running());
     }

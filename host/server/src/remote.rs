@@ -388,6 +388,7 @@ fn audit_entry(done: &DoneEntry) -> AuditEntry {
     AuditEntry {
         run: r.id.clone(),
         tenant: r.tenant.clone(),
+        subject: r.subject.clone(),
         tool: r.tool.clone(),
         tool_digest: r.tool_digest,
         revision: r.revision,

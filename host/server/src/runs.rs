@@ -156,6 +156,25 @@ impl RunState {
     }
 }
 
+/// Who owns state that an id reaches (a run, a bundle, a task): a tenant and, for what an OAuth
+/// access token started, its subject within the tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Owner<'a> {
+    /// The tenant's name.
+    pub(crate) tenant: &'a str,
+    /// The subject (as recorded); `None` for the tenant's static token.
+    pub(crate) subject: Option<&'a str>,
+}
+
+impl<'a> Owner<'a> {
+    /// The owner a bundle's principal names: a subject equal to the tenant's name is the tenant's
+    /// static token (access tokens with such a subject are refused).
+    pub(crate) fn of_principal(principal: &'a guild_replay::Principal) -> Self {
+        let subject = Some(principal.subject.as_str()).filter(|s| *s != principal.tenant);
+        Self { tenant: &principal.tenant, subject }
+    }
+}
+
 /// One run's entry.
 #[derive(Debug, Clone)]
 pub struct RunEntry {
@@ -163,12 +182,22 @@ pub struct RunEntry {
     pub id: RunId,
     /// The tenant that submitted it, by name: the only one (besides an admin) it answers.
     pub tenant: String,
+    /// The subject it ran for within the tenant (an OAuth access token's `sub`, as recorded);
+    /// `None` for a tenant's static token.
+    pub subject: Option<String>,
     /// The tool's name.
     pub tool: String,
     /// blake3 of tool name and input: an idempotency key must name the same request.
     pub request_digest: Digest,
     /// Watch this to learn when it changes state.
     pub state: watch::Receiver<RunState>,
+}
+
+impl RunEntry {
+    /// Whose run it is.
+    pub(crate) fn owner(&self) -> Owner<'_> {
+        Owner { tenant: &self.tenant, subject: self.subject.as_deref() }
+    }
 }
 
 /// Outcome of [`RunTable::insert`].
@@ -190,7 +219,8 @@ pub struct RunTable {
 
 struct Inner {
     runs: HashMap<RunId, RunEntry>,
-    keys: HashMap<(String, String), RunId>,
+    /// Runs by (tenant, subject, idempotency key): a key is its principal's.
+    keys: HashMap<(String, Option<String>, String), RunId>,
     /// Runs in the order they were added, for eviction.
     order: VecDeque<(RunId, Option<String>)>,
 }
@@ -208,6 +238,7 @@ impl RunTable {
     pub fn insert(
         &self,
         tenant: &str,
+        subject: Option<&str>,
         tool: &str,
         request_digest: Digest,
         idempotency_key: Option<&str>,
@@ -215,7 +246,7 @@ impl RunTable {
     ) -> Inserted {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(key) = idempotency_key
-            && let Some(id) = inner.keys.get(&(tenant.to_string(), key.to_string()))
+            && let Some(id) = inner.keys.get(&(tenant.to_string(), subject.map(str::to_string), key.to_string()))
             && let Some(entry) = inner.runs.get(id)
         {
             return if entry.request_digest == request_digest {
@@ -228,6 +259,7 @@ impl RunTable {
         let entry = RunEntry {
             id: new_run_id(),
             tenant: tenant.to_string(),
+            subject: subject.map(str::to_string),
             tool: tool.to_string(),
             request_digest,
             state: receiver,
@@ -240,7 +272,7 @@ impl RunTable {
     pub fn restore(
         &self,
         id: RunId,
-        tenant: &str,
+        (tenant, subject): (&str, Option<&str>),
         tool: &str,
         input_digest: &Digest,
         idempotency_key: Option<&str>,
@@ -250,6 +282,7 @@ impl RunTable {
         let entry = RunEntry {
             id,
             tenant: tenant.to_string(),
+            subject: subject.map(str::to_string),
             tool: tool.to_string(),
             request_digest: request_digest(tool, input_digest),
             state: receiver,
@@ -264,29 +297,29 @@ impl RunTable {
     }
 
     /// The run a tenant's idempotency key names.
-    pub fn by_key(&self, tenant: &str, key: &str) -> Option<RunEntry> {
+    pub fn by_key(&self, (tenant, subject): (&str, Option<&str>), key: &str) -> Option<RunEntry> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let id = inner.keys.get(&(tenant.to_string(), key.to_string()))?;
+        let id = inner.keys.get(&(tenant.to_string(), subject.map(str::to_string), key.to_string()))?;
         inner.runs.get(id).cloned()
     }
 
-    /// `tenant`'s finished runs that sealed a bundle, newest first, at most `limit`, starting
-    /// after run `after` (a cursor: the last run of the page before). `None` when `after` names
-    /// no run of the tenant's here (any more).
+    /// The finished runs that sealed a bundle and that `mine` says are the caller's, newest
+    /// first, at most `limit`, starting after run `after` (a cursor: the last run of the page
+    /// before). `None` when `after` names no run of the caller's here (any more).
     pub(crate) fn recent_bundles(
         &self,
-        tenant: &str,
+        mine: impl Fn(Owner<'_>) -> bool,
         after: Option<&str>,
         limit: usize,
     ) -> Option<Vec<(RunEntry, Arc<Finished>)>> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut newest_first = inner.order.iter().rev().filter_map(|(id, _)| inner.runs.get(id));
         if let Some(after) = after {
-            newest_first.by_ref().find(|e| e.id == after && e.tenant == tenant)?;
+            newest_first.by_ref().find(|e| e.id == after && mine(e.owner()))?;
         }
         Some(
             newest_first
-                .filter(|e| e.tenant == tenant)
+                .filter(|e| mine(e.owner()))
                 .filter_map(|e| match &*e.state.borrow() {
                     RunState::Finished(finished) if finished.bundle.is_some() => Some((e.clone(), finished.clone())),
                     _ => None,
@@ -311,7 +344,7 @@ impl Inner {
     fn add(&mut self, entry: RunEntry, idempotency_key: Option<&str>, kept_max: usize) {
         let key = idempotency_key.map(str::to_string);
         if let Some(key) = &key {
-            self.keys.insert((entry.tenant.clone(), key.clone()), entry.id.clone());
+            self.keys.insert((entry.tenant.clone(), entry.subject.clone(), key.clone()), entry.id.clone());
         }
         self.order.push_back((entry.id.clone(), key));
         self.runs.insert(entry.id.clone(), entry);
@@ -329,7 +362,7 @@ impl Inner {
             if let Some(entry) = self.runs.remove(&oldest)
                 && let Some(key) = key
             {
-                self.keys.remove(&(entry.tenant, key));
+                self.keys.remove(&(entry.tenant, entry.subject, key));
             }
         }
     }
@@ -355,19 +388,19 @@ mod tests {
     fn idempotency_keys_return_the_first_run_or_conflict() {
         let table = RunTable::new(10);
         let request = Digest::of(b"wc {}");
-        let Inserted::New(first, _tx) = table.insert("a", "wc", request, Some("k1"), RunState::Queued) else {
+        let Inserted::New(first, _tx) = table.insert("a", None, "wc", request, Some("k1"), RunState::Queued) else {
             panic!("first insert is new")
         };
-        match table.insert("a", "wc", request, Some("k1"), RunState::Queued) {
+        match table.insert("a", None, "wc", request, Some("k1"), RunState::Queued) {
             Inserted::Existing(again) => assert_eq!(again.id, first.id),
             _ => panic!("same key, same request: the first run"),
         }
         assert!(matches!(
-            table.insert("a", "wc", Digest::of(b"other"), Some("k1"), RunState::Queued),
+            table.insert("a", None, "wc", Digest::of(b"other"), Some("k1"), RunState::Queued),
             Inserted::Conflict(_)
         ));
         assert!(
-            matches!(table.insert("b", "wc", request, Some("k1"), RunState::Queued), Inserted::New(..)),
+            matches!(table.insert("b", None, "wc", request, Some("k1"), RunState::Queued), Inserted::New(..)),
             "keys are per tenant"
         );
     }
@@ -375,16 +408,21 @@ mod tests {
     #[test]
     fn finished_runs_are_evicted_oldest_first_but_running_ones_are_kept() {
         let table = RunTable::new(2);
-        let Inserted::New(running, _keep) = table.insert("a", "wc", Digest::of(b"1"), None, RunState::Running) else {
+        let Inserted::New(running, _keep) = table.insert("a", None, "wc", Digest::of(b"1"), None, RunState::Running)
+        else {
             panic!()
         };
-        let Inserted::New(done, tx) = table.insert("a", "wc", Digest::of(b"2"), Some("k"), RunState::Queued) else {
+        let Inserted::New(done, tx) = table.insert("a", None, "wc", Digest::of(b"2"), Some("k"), RunState::Queued)
+        else {
             panic!()
         };
         let _ = tx.send(RunState::Finished(Arc::new(finished())));
-        table.insert("a", "wc", Digest::of(b"3"), None, RunState::Queued);
+        table.insert("a", None, "wc", Digest::of(b"3"), None, RunState::Queued);
         assert!(table.get(&running.id).is_some(), "in progress: kept");
         assert!(table.get(&done.id).is_none(), "oldest finished: evicted");
-        assert!(matches!(table.insert("a", "wc", Digest::of(b"2"), Some("k"), RunState::Queued), Inserted::New(..)));
+        assert!(matches!(
+            table.insert("a", None, "wc", Digest::of(b"2"), Some("k"), RunState::Queued),
+            Inserted::New(..)
+        ));
     }
 }

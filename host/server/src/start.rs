@@ -144,6 +144,16 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         config.cache.flight_waiters_max,
     );
     cache.retain(&cached_tools(&tools));
+    let oauth = config.oauth.clone().map(crate::oauth::OAuth::new).transpose()?.map(Arc::new);
+    if let Some(oauth) = oauth.clone() {
+        // The issuer's keys are fetched now, not at the first call; if the issuer cannot be
+        // reached yet, calls fetch them (and answer 503 `auth_unavailable` until it can).
+        tokio::spawn(async move {
+            if let Err(e) = oauth.prefetch().await {
+                tracing::warn!(error = %e, "the OAuth issuer's keys were not fetched at start; calls will try again");
+            }
+        });
+    }
     let daemon = Daemon::new(crate::daemon::Parts {
         runtime,
         store,
@@ -160,6 +170,7 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         remote,
         rollout,
         cache,
+        oauth,
     });
     let daemon = Arc::new(daemon);
     daemon.start_auditing();
@@ -233,7 +244,7 @@ fn tenants(config: &DaemonConfig, default_token: Option<String>) -> Result<Vec<A
     })?;
     let default = TenantConfig {
         name: "default".into(),
-        token_blake3: Digest::of(token.as_bytes()).to_hex(),
+        token_blake3: Some(Digest::of(token.as_bytes()).to_hex()),
         tools: vec!["*".into()],
         admin: true,
         // The operator's own token: no token bucket below what the machine can run.
@@ -425,7 +436,7 @@ fn restore(runs: &RunTable, record: &AuditRecord) {
     };
     runs.restore(
         entry.run.clone(),
-        &entry.tenant,
+        (&entry.tenant, entry.subject.as_deref()),
         &entry.tool,
         &entry.input_digest,
         entry.idempotency_key.as_deref(),

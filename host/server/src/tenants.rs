@@ -36,7 +36,7 @@ impl ToolAccess {
 pub struct Tenant {
     /// Name in logs, metrics and the audit log.
     pub name: String,
-    token: blake3::Hash,
+    token: Option<blake3::Hash>,
     /// Tools it may call.
     pub tools: ToolAccess,
     /// May upload components.
@@ -189,12 +189,13 @@ impl Drop for Admission {
 impl Tenant {
     /// A tenant from its config entry (already validated).
     pub fn from_config(config: &TenantConfig) -> Self {
-        let token = config.token_blake3.parse::<Digest>().map(|d| blake3::Hash::from(*d.as_bytes()));
+        let token = config.token_blake3.as_deref().and_then(|t| t.parse::<Digest>().ok());
         let now = Instant::now();
         Self {
             name: config.name.clone(),
-            // An unparsable digest (rejected by validation) matches no token.
-            token: token.unwrap_or_else(|_| blake3::hash(b"no token hashes to this")),
+            // No digest (an OAuth-only tenant), or an unparsable one (rejected by validation),
+            // matches no token.
+            token: token.map(|d| blake3::Hash::from(*d.as_bytes())),
             tools: ToolAccess::from_names(&config.tools),
             admin: config.admin,
             bucket: Mutex::new(TokenBucket {
@@ -248,7 +249,7 @@ impl Tenant {
 
     /// Does `token` belong to this tenant? (Constant-time comparison of digests.)
     pub fn owns(&self, token_digest: &blake3::Hash) -> bool {
-        self.token == *token_digest
+        self.token.as_ref() == Some(token_digest)
     }
 
     /// Take a rate-limit token, a concurrency slot and a fuel reservation of up to `fuel_units`.
@@ -304,7 +305,7 @@ mod tests {
     fn tenant(rate: f64, burst: u32, concurrency: u32, budget: Option<u64>) -> Arc<Tenant> {
         Arc::new(Tenant::from_config(&TenantConfig {
             name: "t".into(),
-            token_blake3: Digest::of(b"secret").to_hex(),
+            token_blake3: Some(Digest::of(b"secret").to_hex()),
             tools: vec!["wc".into()],
             admin: false,
             rate_per_second: rate,

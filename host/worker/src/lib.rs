@@ -311,7 +311,7 @@ impl Worker {
         let tool = tool.configured(config).map_or(tool, Arc::new);
         let grants = Grants { secrets: self.secrets.clone(), ..job.grants.clone() };
         let limits = &job.limits;
-        let principal = guild_runtime::Principal::tenant(&job.tenant);
+        let principal = guild_runtime::Principal::of(&job.tenant, job.subject.as_deref());
         let run_for = guild_runtime::RunFor { principal: &principal, revision: job.revision };
         let (report, after) = match job.cache {
             Some(bounds) => match self.run_cached(&tool, job, &grants, bounds, &run_for, cancel).await {
@@ -416,6 +416,7 @@ impl Worker {
         JobResult {
             id: job.id.clone(),
             tenant: job.tenant.clone(),
+            subject: job.subject.clone(),
             tool: job.tool.clone(),
             tool_digest: job.tool_digest,
             revision: job.revision,

@@ -10,7 +10,7 @@ use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 use std::time::Duration;
 
 /// `state`, `attempts`, `tenant`, `tool`, `input` of a job hash.
-type JobFields = (Option<String>, Option<u32>, Option<String>, Option<String>, Option<String>);
+type JobFields = (Option<String>, Option<u32>, Option<String>, Option<String>, Option<String>, Option<String>);
 
 impl RedisQueue {
     /// Put a job in the queue, unless its tenant's idempotency key (or its id) already names
@@ -26,7 +26,7 @@ impl RedisQueue {
         let mut invocation = self.inner.scripts.submit.key(keys.key("jobs"));
         invocation.key(keys.job(&job.id));
         if let Some(key) = &job.idempotency_key {
-            invocation.key(keys.idempotency(&job.tenant, key));
+            invocation.key(keys.idempotency((&job.tenant, job.subject.as_deref()), key));
         }
         invocation
             .arg(&job.id)
@@ -34,7 +34,8 @@ impl RedisQueue {
             .arg(&job.tenant)
             .arg(&job.tool)
             .arg(job.attempts_max)
-            .arg(job.input_digest.to_hex());
+            .arg(job.input_digest.to_hex())
+            .arg(job.subject.as_deref().unwrap_or_default());
         self.guarded(async {
             let (new, id): (i64, String) = invocation.invoke_async(&mut self.conn()).await.map_err(from_redis)?;
             Ok(Accepted { id, existing: new == 0 })
@@ -54,10 +55,11 @@ impl RedisQueue {
         let keys = &self.inner.keys;
         self.guarded(async {
             let mut pipe = redis::pipe();
-            pipe.cmd("HMGET").arg(keys.job(id)).arg(&["state", "attempts", "tenant", "tool", "input"]);
+            pipe.cmd("HMGET").arg(keys.job(id)).arg(&["state", "attempts", "tenant", "tool", "input", "subject"]);
             pipe.cmd("GET").arg(keys.result(id));
-            let ((state, attempts, tenant, tool, input), result): (JobFields, Option<String>) =
+            let ((state, attempts, tenant, tool, input, subject), result): (JobFields, Option<String>) =
                 pipe.query_async(&mut self.conn()).await.map_err(from_redis)?;
+            let subject = subject.filter(|s| !s.is_empty());
             let (result, unreadable_result) = match result.map(|text| parse_result(&text)) {
                 Some(Ok(result)) => (Some(result), None),
                 Some(Err(e)) => (None, Some(e)),
@@ -70,6 +72,7 @@ impl RedisQueue {
                 // The job hash can expire a moment before its result: the result still answers.
                 return Ok(result.map(|result| JobStatus {
                     tenant: result.tenant.clone(),
+                    subject: result.subject.clone(),
                     tool: result.tool.clone(),
                     input_digest: Some(result.input_digest),
                     state: if result.status == RunStatus::Dead { JobState::Dead } else { JobState::Done },
@@ -82,7 +85,7 @@ impl RedisQueue {
             let input_digest = input.and_then(|hex| hex.parse().ok());
             let unreadable_result = unreadable_result.map(|e| e.to_string());
             let attempts = attempts.unwrap_or(0);
-            Ok(Some(JobStatus { tenant, tool, input_digest, state, attempts, result, unreadable_result }))
+            Ok(Some(JobStatus { tenant, subject, tool, input_digest, state, attempts, result, unreadable_result }))
         })
         .await
     }

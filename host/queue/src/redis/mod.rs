@@ -5,9 +5,10 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `jobs` | stream | one entry per delivery of a job (`job` = id); acked and deleted when settled |
-//! | `job:<id>` | hash | `body` (the job JSON), `state`, `attempts`, `attempts_max`, `worker`, `entry`, `tenant`, `tool`, `input` (its digest), `idem`, `dead_entry`; expires with the result |
+//! | `job:<id>` | hash | `body` (the job JSON), `state`, `attempts`, `attempts_max`, `worker`, `entry`, `tenant`, `subject`, `tool`, `input` (its digest), `idem`, `dead_entry`; expires with the result |
 //! | `result:<id>` | string | the [`JobResult`] JSON, for `results_ttl_s` |
 //! | `key:<tenant length>:<tenant>:<key>` | string | the job an idempotency key names; expires with the result |
+//! | `skey:<tenant length>:<tenant>:<subject length>:<subject>:<key>` | string | the same for an access token's subject |
 //! | `delayed` | sorted set | job ids by the unix ms their retry is due |
 //! | `dead` | stream | the dead-letter stream: job, tenant, tool, attempts, error, bundle, time |
 //! | `done` | stream | every finished attempt (`kind` = completed, duplicate, retried or dead; `result` without the output) for the audit log; group `audit` |
@@ -230,10 +231,16 @@ impl Keys {
     fn result(&self, id: &str) -> String {
         format!("{}result:{id}", self.prefix)
     }
-    /// The tenant's name is length-prefixed: tenant `a` with key `b:c` and tenant `a:b` with key
-    /// `c` must not name the same job.
-    fn idempotency(&self, tenant: &str, key: &str) -> String {
-        format!("{}key:{}:{tenant}:{key}", self.prefix, tenant.len())
+    /// A key is its principal's. The tenant's name (and subject) are length-prefixed: tenant `a`
+    /// with key `b:c` and tenant `a:b` with key `c` must not name the same job; a subject's keys
+    /// live apart (`skey:`) from its tenant's static token's.
+    fn idempotency(&self, (tenant, subject): (&str, Option<&str>), key: &str) -> String {
+        match subject {
+            None => format!("{}key:{}:{tenant}:{key}", self.prefix, tenant.len()),
+            Some(subject) => {
+                format!("{}skey:{}:{tenant}:{}:{subject}:{key}", self.prefix, tenant.len(), subject.len())
+            }
+        }
     }
     fn blob(&self, digest: &Digest) -> String {
         format!("{}blob:{digest}", self.prefix)
@@ -382,8 +389,10 @@ mod tests {
     #[test]
     fn idempotency_keys_of_different_tenants_never_collide() {
         let keys = Keys::new("default");
-        assert_ne!(keys.idempotency("a", "b:c"), keys.idempotency("a:b", "c"));
-        assert_ne!(keys.idempotency("ab", "c"), keys.idempotency("a", "bc"));
+        assert_ne!(keys.idempotency(("a", None), "b:c"), keys.idempotency(("a:b", None), "c"));
+        assert_ne!(keys.idempotency(("ab", None), "c"), keys.idempotency(("a", None), "bc"));
+        assert_ne!(keys.idempotency(("a", Some("s")), "k"), keys.idempotency(("a", None), "k"));
+        assert_ne!(keys.idempotency(("a", Some("s:t")), "k"), keys.idempotency(("a", Some("s")), "t:k"));
     }
 
     /// Redis Cluster hashes only what is between the first `{` and `}`: every key of a queue
@@ -402,7 +411,7 @@ mod tests {
             keys.key("finished"),
             keys.job("abc"),
             keys.result("abc"),
-            keys.idempotency("tenant", "key{with}braces"),
+            keys.idempotency(("tenant", None), "key{with}braces"),
             keys.blob(&digest),
             keys.bundle(&digest),
             format!("{}abc", keys.job_prefix()),

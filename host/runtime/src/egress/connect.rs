@@ -23,8 +23,11 @@ pub(crate) struct Answer {
 }
 
 /// The TLS client configuration: the webpki roots plus any CA certificates an operator added
-/// (PEM files, e.g. a company proxy's CA).
-pub(crate) fn tls_config(extra_ca_files: &[std::path::PathBuf]) -> Result<Arc<rustls::ClientConfig>, String> {
+/// (PEM files, e.g. a company proxy's CA). Egress and the daemon's OAuth issuer client share it.
+///
+/// # Errors
+/// A message naming the CA file that cannot be read or holds no PEM certificate.
+pub fn tls_config(extra_ca_files: &[std::path::PathBuf]) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() };

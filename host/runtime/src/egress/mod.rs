@@ -5,7 +5,7 @@
 
 pub mod breaker;
 pub(crate) mod connect;
-pub use connect::HTTP_CONNECTIONS_MAX_DEFAULT;
+pub use connect::{HTTP_CONNECTIONS_MAX_DEFAULT, tls_config};
 pub(crate) mod hook;
 // The rules themselves are vocabulary, shared with everything that carries or records a policy.
 pub use guild_vocab::egress::{path, rules, secrets};

@@ -25,6 +25,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "http",
     "signing",
     "egress_connections_max",
+    "oauth",
 ];
 
 /// Apply every `GUILD_*` variable of `env` that names a field to `table`; returns the names of

@@ -109,6 +109,10 @@ pub struct DaemonConfig {
     /// The result cache's shared settings: keys trusted besides this host's, waiters per flight.
     #[serde(default)]
     pub cache: crate::cache::CacheConfig,
+    /// The OAuth 2.1 resource server: JWT access tokens from this issuer are accepted besides
+    /// the tenants' static tokens. Unset: static tokens only.
+    #[serde(default)]
+    pub oauth: Option<crate::oauth::OAuthConfig>,
 }
 
 /// Default of [`RolloutConfig::check_runs_default`].
@@ -357,7 +361,10 @@ pub struct TenantConfig {
     /// Name in logs, metrics and the audit log.
     pub name: String,
     /// blake3 of the bearer token, hex (`guild token new` prints a token and its digest).
-    pub token_blake3: String,
+    /// Unset: the tenant has no static token and is reached only with OAuth access tokens
+    /// whose tenant claim names it (`[oauth]` must be configured then).
+    #[serde(default)]
+    pub token_blake3: Option<String>,
     /// Tool names it may call; `["*"]` for all.
     #[serde(default)]
     pub tools: Vec<String>,
@@ -448,6 +455,9 @@ impl DaemonConfig {
 
     fn validate(&self) -> Result<(), ConfigError> {
         validate_redis(&self.redis)?;
+        if let Some(oauth) = &self.oauth {
+            oauth.validate()?;
+        }
         let rollout = &self.rollout;
         if rollout.check_runs_max == 0 || rollout.check_runs_default == 0 {
             return Err(ConfigError::new("rollout.check_runs_max", "a check takes at least one run"));
@@ -569,11 +579,20 @@ impl DaemonConfig {
             if tenant.name.is_empty() || !names.insert(tenant.name.as_str()) {
                 return Err(ConfigError::new(field("name"), format!("{:?} is empty or used twice", tenant.name)));
             }
-            if tenant.token_blake3.parse::<guild_replay::Digest>().is_err() {
-                return Err(ConfigError::new(
-                    field("token_blake3"),
-                    "must be 64 hex digits: the blake3 of the token (`guild token new` prints both)",
-                ));
+            match &tenant.token_blake3 {
+                Some(digest) if digest.parse::<guild_replay::Digest>().is_err() => {
+                    return Err(ConfigError::new(
+                        field("token_blake3"),
+                        "must be 64 hex digits: the blake3 of the token (`guild token new` prints both)",
+                    ));
+                }
+                None if self.oauth.is_none() => {
+                    return Err(ConfigError::new(
+                        field("token_blake3"),
+                        "is missing: give the blake3 of the tenant's token (`guild token new` prints both), or configure [oauth] so its callers bring access tokens",
+                    ));
+                }
+                _ => {}
             }
             if !(tenant.rate_per_second.is_finite() && tenant.rate_per_second > 0.0) {
                 return Err(ConfigError::new(

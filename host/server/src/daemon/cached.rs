@@ -42,7 +42,7 @@ impl Daemon {
         cancel: CancellationToken,
         entry: &RunEntry,
     ) -> Ran {
-        let principal = guild_runtime::Principal::tenant(&entry.tenant);
+        let principal = guild_runtime::Principal::of(&entry.tenant, entry.subject.as_deref());
         let run_for = RunFor { principal: &principal, revision: Some(tool.revision) };
         let Some(policy) = &tool.cache else {
             let report = self.runtime().run_as(&tool.tool, input, &tool.grants, limits, cancel, Some(&run_for)).await;

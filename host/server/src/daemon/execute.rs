@@ -105,6 +105,7 @@ impl Daemon {
         let mut audit = AuditEntry {
             run: entry.id.clone(),
             tenant: entry.tenant.clone(),
+            subject: entry.subject.clone(),
             tool: tool.name.clone(),
             tool_digest: *tool.tool.digest(),
             revision: Some(tool.revision),

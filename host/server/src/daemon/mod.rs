@@ -4,12 +4,13 @@
 //! With `--redis` the run becomes a job for `guild worker`s instead (`remote.rs`). Every run executes in its own
 //! task, so a client that disconnects never cuts a run, its bundle or its audit record short.
 
+use crate::auth::Bearer;
 use crate::config::McpConfig;
 use crate::drain::DrainToken;
 use crate::metrics::Metrics;
 use crate::registry::{InvalidInput, RegisteredTool, Registry, Unroutable};
 use crate::remote::{self, Remote};
-use crate::runs::{Finished, Inserted, RunEntry, RunState, RunTable, new_run_id, request_digest};
+use crate::runs::{Finished, Inserted, Owner, RunEntry, RunState, RunTable, new_run_id, request_digest};
 use crate::tenants::{Admission, Refusal, Tenant};
 use guild_audit::{AuditEntry, AuditEvent, AuditLog};
 use guild_queue::{QueueError, QueueFull, RunQueue};
@@ -67,6 +68,8 @@ pub struct Daemon {
     cache: crate::cache::ResultCache,
     /// How to stop each MCP task still running here, by run id (entries leave when the run ends).
     task_cancels: std::sync::Mutex<std::collections::HashMap<String, CancellationToken>>,
+    /// With `[oauth]`: the resource server checking JWT access tokens.
+    oauth: Option<Arc<crate::oauth::OAuth>>,
 }
 
 /// The parts a daemon is assembled from (see `start`).
@@ -101,6 +104,8 @@ pub(crate) struct Parts {
     pub(crate) rollout: crate::rollout::RolloutState,
     /// The result cache.
     pub(crate) cache: crate::cache::ResultCache,
+    /// With `[oauth]`: the resource server.
+    pub(crate) oauth: Option<Arc<crate::oauth::OAuth>>,
 }
 
 /// Why a caller is not shown a run or bundle.
@@ -126,6 +131,9 @@ pub struct RunRequest {
     /// Stops the run once cancelled (an MCP client's `notifications/cancelled`); the run
     /// still ends in a bundle, whose outcome says cancelled.
     pub cancel: Option<CancellationToken>,
+    /// Who within the tenant it is for: an OAuth access token's subject (as recorded), named
+    /// in the bundle's `action.json` principal and the audit record. `None`: the tenant itself.
+    pub subject: Option<String>,
 }
 
 /// Why a run request was refused before it became a run.
@@ -218,6 +226,7 @@ impl Daemon {
             remote,
             rollout,
             cache,
+            oauth,
         } = parts;
         Self {
             runtime,
@@ -239,7 +248,18 @@ impl Daemon {
             rollout,
             cache,
             task_cancels: std::sync::Mutex::new(std::collections::HashMap::new()),
+            oauth,
         }
+    }
+
+    /// With `[oauth]`: the resource server checking access tokens.
+    pub(crate) fn oauth(&self) -> Option<&crate::oauth::OAuth> {
+        self.oauth.as_deref()
+    }
+
+    /// The configured tenant named `name`.
+    pub(crate) fn tenant_named(&self, name: &str) -> Option<Arc<Tenant>> {
+        self.tenants().iter().find(|t| t.name == name).cloned()
     }
 
     /// Tool records' store, revisions' components and rollouts' guard rails.
@@ -368,29 +388,34 @@ impl Daemon {
         self.tenants().iter().find(|t| t.owns(&digest)).cloned()
     }
 
-    /// Whether `caller` may see the run or bundle `id` that belongs to `owner` (`None`: it names
-    /// no owner): its own, or, for an admin, anyone's — an admin's look at another tenant's is
-    /// written to the audit log before it is allowed.
+    /// Whether `caller` (with what its `bearer` token grants) may see the run or bundle `id`
+    /// that belongs to `owner` (`None`: it names no owner): its own ([`Bearer::owns`]), or, for
+    /// an admin, anyone's — an admin's look at another principal's is written to the audit log
+    /// before it is allowed.
     ///
     /// # Errors
     /// [`Hidden::NotTheirs`] (answer as if it did not exist), or [`Hidden::NotAudited`].
     pub(crate) async fn authorize(
         &self,
-        caller: &Tenant,
-        owner: Option<&str>,
+        (caller, bearer): (&Tenant, &Bearer),
+        owner: Option<Owner<'_>>,
         what: &str,
         id: &str,
     ) -> Result<(), Hidden> {
-        if owner == Some(caller.name.as_str()) {
+        if owner.is_some_and(|owner| bearer.owns(caller, owner)) {
             return Ok(());
         }
-        if !caller.admin {
+        if !(caller.admin && bearer.may_admin()) {
             return Err(Hidden::NotTheirs);
         }
-        let event =
-            AuditEvent { kind: "admin_read".into(), actor: caller.name.clone(), detail: format!("{what} {id}") };
-        self.record_event(event, id, owner.unwrap_or_default()).await.map_err(Hidden::NotAudited)?;
-        tracing::info!(admin = %caller.name, owner = owner.unwrap_or_default(), what, id, "admin read another tenant's data");
+        let actor = match &bearer.subject {
+            Some(subject) => format!("{} (subject {subject})", caller.name),
+            None => caller.name.clone(),
+        };
+        let owner_tenant = owner.map(|o| o.tenant).unwrap_or_default();
+        let event = AuditEvent { kind: "admin_read".into(), actor, detail: format!("{what} {id}") };
+        self.record_event(event, id, owner_tenant).await.map_err(Hidden::NotAudited)?;
+        tracing::info!(admin = %caller.name, owner = owner_tenant, what, id, "admin read another principal's data");
         Ok(())
     }
 
@@ -452,7 +477,7 @@ impl Daemon {
         }
         let key = request.idempotency_key.as_deref();
         if let Some(key) = key
-            && let Some(existing) = self.runs.by_key(&tenant.name, key)
+            && let Some(existing) = self.runs.by_key((&tenant.name, request.subject.as_deref()), key)
         {
             if existing.request_digest == request_digest {
                 return wait_existing(existing, request.asynchronous).await;
@@ -465,7 +490,14 @@ impl Daemon {
             self.metrics.rejections.with_label_values(&[&tenant.name, reason]).inc();
             Rejection::Queue(full)
         })?;
-        let (entry, state) = match self.runs.insert(&tenant.name, &tool.name, request_digest, key, RunState::Queued) {
+        let (entry, state) = match self.runs.insert(
+            &tenant.name,
+            request.subject.as_deref(),
+            &tool.name,
+            request_digest,
+            key,
+            RunState::Queued,
+        ) {
             Inserted::New(entry, state) => (entry, state),
             // A concurrent submission with the same key won the race: answer with its run.
             Inserted::Existing(entry) => return wait_existing(entry, request.asynchronous).await,
@@ -534,6 +566,7 @@ impl Daemon {
         let job = guild_queue::Job {
             id: new_run_id(),
             tenant: tenant.name.clone(),
+            subject: request.subject.clone(),
             tool: tool.name.clone(),
             tool_digest: *tool.tool.digest(),
             revision: Some(tool.revision),
@@ -562,6 +595,7 @@ impl Daemon {
         let entry = |id: String, state| RunEntry {
             id,
             tenant: tenant.name.clone(),
+            subject: request.subject.clone(),
             tool: tool.name.clone(),
             request_digest,
             state,

@@ -1,5 +1,5 @@
 -- KEYS: stream, job hash, [idempotency key]
--- ARGV: id, body, tenant, tool, attempts_max, input digest
+-- ARGV: id, body, tenant, tool, attempts_max, input digest, subject ('' for a static token)
 -- Returns {1, id} for a new job, {0, first id} when the key (or the id) already names one.
 if KEYS[3] then
   local existing = redis.call('GET', KEYS[3])
@@ -16,5 +16,6 @@ if KEYS[3] then
 end
 local entry = redis.call('XADD', KEYS[1], '*', 'job', ARGV[1])
 redis.call('HSET', KEYS[2], 'body', ARGV[2], 'state', 'queued', 'attempts', 0, 'attempts_max', ARGV[5],
-  'tenant', ARGV[3], 'tool', ARGV[4], 'input', ARGV[6], 'entry', entry, 'idem', KEYS[3] or '', 'worker', '')
+  'tenant', ARGV[3], 'subject', ARGV[7], 'tool', ARGV[4], 'input', ARGV[6], 'entry', entry, 'idem', KEYS[3] or '',
+  'worker', '')
 return {1, ARGV[1]}

@@ -1,0 +1,285 @@
+//! The issuer's signing keys: its JWKS, found through the issuer's metadata, fetched over HTTPS
+//! with bounded time and size, cached by key id, and fetched again when it grows old or a token
+//! names a key id it does not hold (at most once per `oauth.jwks_refetch_min_ms`, so unknown key
+//! ids cannot make Guild hammer the issuer). One fetch runs at a time; callers that arrive
+//! meanwhile wait for its result rather than start their own.
+
+use super::{OAuthConfig, TokenError, secure_or_loopback};
+use crate::config::ConfigError;
+use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// One usable key.
+#[derive(Clone)]
+struct Key {
+    decoding: Arc<DecodingKey>,
+    /// The algorithm the JWK pins, if it pins one.
+    alg: Option<Algorithm>,
+    /// Its JWK as text: a key id whose text changed is a different key.
+    text: String,
+}
+
+/// The keys as of one fetch.
+#[derive(Default)]
+struct KeySet {
+    /// By key id; keys without one under `None`.
+    keys: HashMap<Option<String>, Key>,
+    /// When they were fetched; `None` before the first success.
+    fetched: Option<Instant>,
+    /// When a fetch last started, successful or not.
+    attempted: Option<Instant>,
+}
+
+/// Why the keys could not be fetched.
+#[derive(Debug, thiserror::Error)]
+#[error("the OAuth issuer's keys cannot be fetched: {0}")]
+pub(crate) struct FetchError(String);
+
+/// The issuer's keys and how to fetch them.
+pub(crate) struct KeyCache {
+    issuer: String,
+    client: reqwest::Client,
+    document_bytes_max: usize,
+    keys_max: usize,
+    refetch_min: Duration,
+    ttl: Duration,
+    set: std::sync::RwLock<KeySet>,
+    /// Held by the one fetch in progress.
+    fetching: tokio::sync::Mutex<()>,
+    /// The JWKS URL, once the issuer's metadata named it.
+    jwks_uri: std::sync::Mutex<Option<reqwest::Url>>,
+    /// Bumped whenever a key disappears or changes: tokens verified under an older generation
+    /// are checked again.
+    generation: AtomicU64,
+}
+
+impl KeyCache {
+    /// A cache for the issuer of `config`, holding no keys yet.
+    ///
+    /// # Errors
+    /// [`ConfigError`] on `oauth.ca_files` or when the HTTP client cannot be built.
+    pub(super) fn new(config: &OAuthConfig) -> Result<Self, ConfigError> {
+        let tls =
+            guild_runtime::egress::tls_config(&config.ca_files).map_err(|e| ConfigError::new("oauth.ca_files", e))?;
+        let timeout = Duration::from_millis(config.fetch_timeout_ms);
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(Arc::unwrap_or_clone(tls))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .build()
+            .map_err(|e| ConfigError::new("oauth", format!("the HTTP client for the issuer cannot be built: {e}")))?;
+        Ok(Self {
+            issuer: config.issuer.clone(),
+            client,
+            document_bytes_max: config.document_bytes_max,
+            keys_max: config.keys_max,
+            refetch_min: Duration::from_millis(config.jwks_refetch_min_ms),
+            ttl: Duration::from_secs(config.jwks_ttl_s),
+            set: std::sync::RwLock::new(KeySet::default()),
+            fetching: tokio::sync::Mutex::new(()),
+            jwks_uri: std::sync::Mutex::new(None),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    /// The current generation of the key set.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The key that checks a token with key id `kid` signed with `alg`, and the key set's
+    /// generation. Fetches the keys first when none are held or they are older than
+    /// `oauth.jwks_ttl_s`, and again when `kid` is unknown (no sooner than
+    /// `oauth.jwks_refetch_min_ms` after the last fetch).
+    ///
+    /// # Errors
+    /// [`TokenError::Invalid`] when no held key has that id (or, without an id, no single key
+    /// fits) or the key pins another algorithm; [`TokenError::Unavailable`] when no keys could
+    /// ever be fetched.
+    pub(super) async fn key_for(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<(Arc<DecodingKey>, u64), TokenError> {
+        let (stale, found) = {
+            let set = self.read();
+            let stale = set.fetched.is_none_or(|at| at.elapsed() >= self.ttl);
+            (stale, Self::find(&set, kid, alg))
+        };
+        if let (false, Some(found)) = (stale, &found) {
+            return Ok((found.clone()?, self.generation()));
+        }
+        let may_refetch = self.read().attempted.is_none_or(|at| at.elapsed() >= self.refetch_min);
+        if (stale || may_refetch)
+            && let Err(e) = self.refresh().await
+        {
+            tracing::warn!(error = %e, "kept the OAuth issuer's keys held so far");
+            if self.read().fetched.is_none() {
+                return Err(TokenError::Unavailable(e.to_string()));
+            }
+        }
+        let set = self.read();
+        match Self::find(&set, kid, alg) {
+            Some(found) => Ok((found?, self.generation())),
+            None => Err(TokenError::Invalid(match kid {
+                Some(kid) => format!("the token's key id {kid:?} is not among the issuer's keys"),
+                None => "the token names no key id and the issuer has more than one key for its algorithm".into(),
+            })),
+        }
+    }
+
+    /// The key for `kid` and `alg` in `set`: `None` when there is none.
+    fn find(set: &KeySet, kid: Option<&str>, alg: Algorithm) -> Option<Result<Arc<DecodingKey>, TokenError>> {
+        let key = match kid {
+            Some(kid) => set.keys.get(&Some(kid.to_string()))?,
+            None => {
+                let mut fitting = set.keys.values().filter(|k| k.alg.is_none_or(|a| a == alg));
+                let only = fitting.next()?;
+                if fitting.next().is_some() {
+                    return None;
+                }
+                only
+            }
+        };
+        Some(match key.alg {
+            Some(pinned) if pinned != alg => {
+                Err(TokenError::Invalid(format!("the token is signed with {alg:?} but its key is for {pinned:?}")))
+            }
+            _ => Ok(key.decoding.clone()),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, KeySet> {
+        self.set.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fetch the JWKS (discovering its URL first if need be) and put it in force. A caller that
+    /// waited for another's fetch takes that one's result.
+    ///
+    /// # Errors
+    /// [`FetchError`] saying which document could not be fetched or read; the keys held so far
+    /// stay.
+    pub(crate) async fn refresh(&self) -> Result<usize, FetchError> {
+        let asked = Instant::now();
+        let _one = self.fetching.lock().await;
+        if self.read().attempted.is_some_and(|at| at >= asked) {
+            return Ok(self.read().keys.len());
+        }
+        self.set.write().unwrap_or_else(|p| p.into_inner()).attempted = Some(Instant::now());
+        let jwks_uri = self.jwks_uri().await?;
+        let document = self.fetch(&jwks_uri).await?;
+        let set: JwkSet =
+            serde_json::from_slice(&document).map_err(|e| FetchError(format!("{jwks_uri} is not a JWK set ({e})")))?;
+        if set.keys.len() > self.keys_max {
+            return Err(FetchError(format!(
+                "{jwks_uri} holds {} keys; at most {} are taken (oauth.keys_max)",
+                set.keys.len(),
+                self.keys_max
+            )));
+        }
+        let keys: HashMap<Option<String>, Key> = set.keys.iter().filter_map(usable).collect();
+        let count = keys.len();
+        let mut held = self.set.write().unwrap_or_else(|p| p.into_inner());
+        let changed = held.keys.iter().any(|(kid, old)| keys.get(kid).is_none_or(|new| new.text != old.text));
+        if changed {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        held.keys = keys;
+        held.fetched = Some(Instant::now());
+        tracing::info!(keys = count, jwks_uri = %jwks_uri, "fetched the OAuth issuer's keys");
+        Ok(count)
+    }
+
+    /// The JWKS URL from the issuer's metadata: RFC 8414's
+    /// `/.well-known/oauth-authorization-server` (inserted before the issuer's path), else OpenID
+    /// Connect's `{issuer}/.well-known/openid-configuration`. The metadata must name the same
+    /// issuer (RFC 8414 §3.3), and the JWKS URL must be https (or loopback http).
+    async fn jwks_uri(&self) -> Result<reqwest::Url, FetchError> {
+        if let Some(known) = self.jwks_uri.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(known);
+        }
+        let issuer = reqwest::Url::parse(&self.issuer).map_err(|e| FetchError(e.to_string()))?;
+        let path = issuer.path().trim_end_matches('/');
+        let origin = issuer.origin().ascii_serialization();
+        let candidates = [
+            format!("{origin}/.well-known/oauth-authorization-server{path}"),
+            format!("{origin}{path}/.well-known/openid-configuration"),
+        ];
+        let mut failures = Vec::new();
+        for candidate in candidates {
+            let document = match self.fetch_text(&candidate).await {
+                Ok(document) => document,
+                Err(e) => {
+                    failures.push(e.0);
+                    continue;
+                }
+            };
+            let metadata: serde_json::Value =
+                serde_json::from_slice(&document).map_err(|e| FetchError(format!("{candidate} is not JSON ({e})")))?;
+            if metadata["issuer"].as_str() != Some(self.issuer.as_str()) {
+                return Err(FetchError(format!(
+                    "{candidate} names issuer {}, not {} (RFC 8414 §3.3)",
+                    metadata["issuer"], self.issuer
+                )));
+            }
+            let jwks_uri = metadata["jwks_uri"]
+                .as_str()
+                .and_then(|u| reqwest::Url::parse(u).ok())
+                .filter(secure_or_loopback)
+                .ok_or_else(|| FetchError(format!("{candidate} names no https jwks_uri")))?;
+            *self.jwks_uri.lock().unwrap_or_else(|p| p.into_inner()) = Some(jwks_uri.clone());
+            return Ok(jwks_uri);
+        }
+        Err(FetchError(failures.join("; ")))
+    }
+
+    async fn fetch_text(&self, url: &str) -> Result<Vec<u8>, FetchError> {
+        let url = reqwest::Url::parse(url).map_err(|e| FetchError(format!("{url}: {e}")))?;
+        self.fetch(&url).await
+    }
+
+    /// GET `url`: its body when the answer is 200, read up to `oauth.document_bytes_max`.
+    async fn fetch(&self, url: &reqwest::Url) -> Result<Vec<u8>, FetchError> {
+        let mut response = self
+            .client
+            .get(url.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| FetchError(format!("GET {url}: {e}")))?;
+        if response.status() != reqwest::StatusCode::OK {
+            return Err(FetchError(format!("GET {url} answered {}", response.status())));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| FetchError(format!("GET {url}: {e}")))? {
+            if body.len() + chunk.len() > self.document_bytes_max {
+                return Err(FetchError(format!(
+                    "GET {url}: the document is larger than {} bytes (oauth.document_bytes_max)",
+                    self.document_bytes_max
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+}
+
+/// A JWK this server can check signatures with: not an encryption key, not a shared secret.
+fn usable(jwk: &Jwk) -> Option<(Option<String>, Key)> {
+    if jwk.common.public_key_use.as_ref().is_some_and(|u| *u != PublicKeyUse::Signature) {
+        return None;
+    }
+    if matches!(jwk.algorithm, jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_)) {
+        return None;
+    }
+    let decoding = DecodingKey::from_jwk(jwk).ok()?;
+    let alg = jwk.common.key_algorithm.and_then(|a| a.to_string().parse::<Algorithm>().ok());
+    let text = serde_json::to_string(jwk).unwrap_or_default();
+    Some((jwk.common.key_id.clone(), Key { decoding: Arc::new(decoding), alg, text }))
+}

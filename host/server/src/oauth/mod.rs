@@ -1,0 +1,485 @@
+//! The OAuth 2.1 resource server: `/mcp` and the REST API accept JWT access tokens from one
+//! configured issuer besides the tenants' static tokens. A token is checked against the
+//! issuer's keys (found through its metadata, RFC 8414 or OpenID discovery, and cached by key
+//! id), its issuer, its audience (this server's canonical URI, RFC 8707), its expiry and
+//! not-before with a bounded skew; its `sub` becomes the call's subject and a claim names its
+//! tenant. The protected-resource metadata (RFC 9728) that tells clients all this is served from
+//! [`OAuth::metadata`].
+
+mod keys;
+
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::config::ConfigError;
+pub(crate) use keys::KeyCache;
+
+/// Default claim naming a token's tenant.
+pub const TENANT_CLAIM_DEFAULT: &str = "guild_tenant";
+/// Default scope letting a token call every tool its tenant may call.
+pub const SCOPE_TOOLS_DEFAULT: &str = "guild:tools";
+/// Default scope letting a token of an admin tenant use the admin routes.
+pub const SCOPE_ADMIN_DEFAULT: &str = "guild:admin";
+/// Default skew allowed on `exp` and `nbf`, seconds.
+pub const LEEWAY_S_DEFAULT: u64 = 60;
+/// Largest skew allowed on `exp` and `nbf`, seconds: more would keep expired tokens alive.
+pub const LEEWAY_S_MAX: u64 = 300;
+/// Default least time between two fetches of the JWKS that unknown key ids cause, milliseconds.
+pub const JWKS_REFETCH_MIN_MS_DEFAULT: u64 = 10_000;
+/// Default age after which the JWKS is fetched again before its next use, seconds.
+pub const JWKS_TTL_S_DEFAULT: u64 = 3600;
+/// Default time one fetch from the issuer (metadata or JWKS) may take, milliseconds.
+pub const FETCH_TIMEOUT_MS_DEFAULT: u64 = 5000;
+/// Default largest metadata or JWKS document read from the issuer, bytes.
+pub const DOCUMENT_BYTES_MAX_DEFAULT: usize = 256 * 1024;
+/// Default most keys kept from one JWKS.
+pub const KEYS_MAX_DEFAULT: usize = 64;
+/// Default longest access token accepted, bytes.
+pub const TOKEN_BYTES_MAX_DEFAULT: usize = 16 * 1024;
+/// Default most verified tokens remembered (so a token's signature is checked once, not per call).
+pub const VERIFIED_TOKENS_MAX_DEFAULT: usize = 10_000;
+
+/// `[oauth]`: the issuer whose JWT access tokens are accepted, and how they are checked.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthConfig {
+    /// The authorization server's issuer identifier, `https://…` (`http://` on loopback only).
+    /// Its keys are found through `{issuer}/.well-known/oauth-authorization-server`, else
+    /// `/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// This server's canonical URI, the `aud` every token must name (`https://guild.example/mcp`).
+    pub audience: String,
+    /// The claim naming the token's tenant, which must be a configured tenant.
+    pub tenant_claim: String,
+    /// Skew allowed on `exp` and `nbf`, seconds (at most [`LEEWAY_S_MAX`]).
+    pub leeway_s: u64,
+    /// Signature algorithms accepted: any of RS256, RS384, RS512, PS256, PS384, PS512, ES256,
+    /// ES384, EdDSA. HMAC is never accepted: a resource server holds no issuer secret.
+    pub algorithms: Vec<String>,
+    /// The scope that lets a token call every tool its tenant may call; `{scope_tools}:NAME`
+    /// lets it call the tool NAME only.
+    pub scope_tools: String,
+    /// The scope that lets a token of an admin tenant use the admin routes.
+    pub scope_admin: String,
+    /// How a subject is written into audit records and bundles: `plain`, or `blake3` (its hash,
+    /// `blake3:HEX`: a pseudonym, stable across runs, that does not spell out an e-mail address).
+    pub subject_record: SubjectRecord,
+    /// Least time between two JWKS fetches that tokens with unknown key ids cause, milliseconds.
+    pub jwks_refetch_min_ms: u64,
+    /// Age after which the JWKS is fetched again before its next use, seconds.
+    pub jwks_ttl_s: u64,
+    /// Time one fetch from the issuer may take, milliseconds.
+    pub fetch_timeout_ms: u64,
+    /// Largest metadata or JWKS document read from the issuer, bytes.
+    pub document_bytes_max: usize,
+    /// Most keys kept from one JWKS; a larger set is refused whole.
+    pub keys_max: usize,
+    /// Longest access token accepted, bytes.
+    pub token_bytes_max: usize,
+    /// Most verified tokens remembered until they expire.
+    pub verified_tokens_max: usize,
+    /// PEM files of CA certificates trusted for the issuer besides the webpki roots (a private
+    /// CA's issuer).
+    pub ca_files: Vec<std::path::PathBuf>,
+}
+
+impl Default for OAuthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            audience: String::new(),
+            tenant_claim: TENANT_CLAIM_DEFAULT.into(),
+            leeway_s: LEEWAY_S_DEFAULT,
+            algorithms: ["RS256", "ES256", "EdDSA"].map(String::from).to_vec(),
+            scope_tools: SCOPE_TOOLS_DEFAULT.into(),
+            scope_admin: SCOPE_ADMIN_DEFAULT.into(),
+            subject_record: SubjectRecord::Plain,
+            jwks_refetch_min_ms: JWKS_REFETCH_MIN_MS_DEFAULT,
+            jwks_ttl_s: JWKS_TTL_S_DEFAULT,
+            fetch_timeout_ms: FETCH_TIMEOUT_MS_DEFAULT,
+            document_bytes_max: DOCUMENT_BYTES_MAX_DEFAULT,
+            keys_max: KEYS_MAX_DEFAULT,
+            token_bytes_max: TOKEN_BYTES_MAX_DEFAULT,
+            verified_tokens_max: VERIFIED_TOKENS_MAX_DEFAULT,
+            ca_files: Vec::new(),
+        }
+    }
+}
+
+/// How a token's subject is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubjectRecord {
+    /// As the token says it.
+    Plain,
+    /// `blake3:` and the hex blake3 of it.
+    Blake3,
+}
+
+/// The algorithms `[oauth] algorithms` may name.
+const ALGORITHMS: [(&str, Algorithm); 9] = [
+    ("RS256", Algorithm::RS256),
+    ("RS384", Algorithm::RS384),
+    ("RS512", Algorithm::RS512),
+    ("PS256", Algorithm::PS256),
+    ("PS384", Algorithm::PS384),
+    ("PS512", Algorithm::PS512),
+    ("ES256", Algorithm::ES256),
+    ("ES384", Algorithm::ES384),
+    ("EdDSA", Algorithm::EdDSA),
+];
+
+impl OAuthConfig {
+    /// Check the section, naming the field that is wrong.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for a missing or non-absolute issuer or audience, an `http://` issuer off
+    /// loopback, an unknown algorithm, a leeway past [`LEEWAY_S_MAX`], or a zero bound.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let issuer = reqwest::Url::parse(&self.issuer).map_err(|e| {
+            ConfigError::new(
+                "oauth.issuer",
+                format!("{:?} is not a URL ({e}); give the issuer identifier, https://…", self.issuer),
+            )
+        })?;
+        if !secure_or_loopback(&issuer) {
+            return Err(ConfigError::new(
+                "oauth.issuer",
+                format!("{} is not https; an issuer is reached over https (plain http only on loopback)", self.issuer),
+            ));
+        }
+        if issuer.query().is_some() || issuer.fragment().is_some() {
+            return Err(ConfigError::new("oauth.issuer", "an issuer identifier has no query or fragment (RFC 8414)"));
+        }
+        if reqwest::Url::parse(&self.audience).is_err() {
+            return Err(ConfigError::new(
+                "oauth.audience",
+                format!(
+                    "{:?} is not an absolute URI; give this server's canonical URI, e.g. https://guild.example/mcp",
+                    self.audience
+                ),
+            ));
+        }
+        if self.tenant_claim.is_empty() || self.scope_tools.is_empty() || self.scope_admin.is_empty() {
+            return Err(ConfigError::new(
+                "oauth.tenant_claim",
+                "tenant_claim, scope_tools and scope_admin must not be empty",
+            ));
+        }
+        self.accepted()?;
+        if self.leeway_s > LEEWAY_S_MAX {
+            return Err(ConfigError::new("oauth.leeway_s", format!("is {}; at most {LEEWAY_S_MAX}", self.leeway_s)));
+        }
+        let bounds = [
+            ("oauth.fetch_timeout_ms", self.fetch_timeout_ms),
+            ("oauth.jwks_ttl_s", self.jwks_ttl_s),
+            ("oauth.document_bytes_max", self.document_bytes_max as u64),
+            ("oauth.keys_max", self.keys_max as u64),
+            ("oauth.token_bytes_max", self.token_bytes_max as u64),
+            ("oauth.verified_tokens_max", self.verified_tokens_max as u64),
+        ];
+        if let Some((field, _)) = bounds.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::new(*field, "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The algorithms accepted.
+    fn accepted(&self) -> Result<Vec<Algorithm>, ConfigError> {
+        if self.algorithms.is_empty() {
+            return Err(ConfigError::new("oauth.algorithms", "name at least one algorithm, e.g. [\"ES256\"]"));
+        }
+        self.algorithms
+            .iter()
+            .map(|name| {
+                ALGORITHMS.iter().find(|(n, _)| n == name).map(|(_, a)| *a).ok_or_else(|| {
+                    let known: Vec<&str> = ALGORITHMS.iter().map(|(n, _)| *n).collect();
+                    ConfigError::new("oauth.algorithms", format!("unknown algorithm {name:?}; use any of {known:?}"))
+                })
+            })
+            .collect()
+    }
+}
+
+/// What a verified token grants besides its tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scopes {
+    /// Every tool the tenant may call.
+    tools_all: bool,
+    /// These tools only.
+    tools: BTreeSet<String>,
+    /// The admin routes (for an admin tenant).
+    admin: bool,
+}
+
+impl Scopes {
+    /// Whether the token may call `tool`.
+    pub fn call(&self, tool: &str) -> bool {
+        self.tools_all || self.tools.contains(tool)
+    }
+
+    /// Whether the token may use the admin routes.
+    pub fn admin(&self) -> bool {
+        self.admin
+    }
+
+    /// Whether it grants anything here.
+    pub fn any(&self) -> bool {
+        self.tools_all || self.admin || !self.tools.is_empty()
+    }
+}
+
+/// A token that passed every check.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The tenant its claim names (not yet checked against the configured tenants).
+    pub tenant: String,
+    /// Its subject, as [`OAuthConfig::subject_record`] says to record it.
+    pub subject: String,
+    /// What it grants.
+    pub scopes: Arc<Scopes>,
+    /// Its `exp`, seconds since the Unix epoch.
+    expires_unix_s: u64,
+}
+
+/// Why a token was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// 401 with `error="invalid_token"`: the token is malformed, signed by an unknown key,
+    /// expired, not yet valid, or for another issuer, audience or tenant.
+    #[error("{0}")]
+    Invalid(String),
+    /// 503: the issuer's keys could not be fetched and none are cached.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The resource server: the configuration, the issuer's keys, and the tokens already verified.
+pub struct OAuth {
+    config: OAuthConfig,
+    algorithms: Vec<Algorithm>,
+    keys: KeyCache,
+    /// Verified tokens by the blake3 of their text, until they expire.
+    verified: Mutex<HashMap<[u8; 32], (Verified, u64)>>,
+    /// The protected-resource metadata document's URL.
+    metadata_url: String,
+}
+
+impl OAuth {
+    /// The resource server for a validated `config`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the HTTP client for the issuer cannot be built.
+    pub fn new(config: OAuthConfig) -> Result<Self, ConfigError> {
+        let algorithms = config.accepted()?;
+        let keys = KeyCache::new(&config)?;
+        let metadata_url = metadata_url(&config.audience);
+        Ok(Self { config, algorithms, keys, verified: Mutex::new(HashMap::new()), metadata_url })
+    }
+
+    /// Fetch the issuer's keys now (at start), so the first call does not wait for them.
+    ///
+    /// # Errors
+    /// What went wrong, as text; calls fetch them again later.
+    pub async fn prefetch(&self) -> Result<usize, String> {
+        self.keys.refresh().await.map_err(|e| e.to_string())
+    }
+
+    /// The URL of this server's protected-resource metadata (RFC 9728 §3.1), for
+    /// `WWW-Authenticate: Bearer resource_metadata="…"`.
+    pub(crate) fn metadata_url(&self) -> &str {
+        &self.metadata_url
+    }
+
+    /// The scope a token needs to call any tool.
+    pub(crate) fn scope_tools(&self) -> &str {
+        &self.config.scope_tools
+    }
+
+    /// The scope a token needs to call `tool` alone.
+    pub(crate) fn scope_tool(&self, tool: &str) -> String {
+        format!("{}:{tool}", self.config.scope_tools)
+    }
+
+    /// The scope a token needs for the admin routes.
+    pub(crate) fn scope_admin(&self) -> &str {
+        &self.config.scope_admin
+    }
+
+    /// The protected-resource metadata document (RFC 9728 §2).
+    pub(crate) fn metadata(&self) -> serde_json::Value {
+        serde_json::json!({
+            "resource": self.config.audience,
+            "authorization_servers": [self.config.issuer],
+            "bearer_methods_supported": ["header"],
+            "scopes_supported": [self.config.scope_tools, self.config.scope_admin],
+            "resource_signing_alg_values_supported": self.config.algorithms,
+        })
+    }
+
+    /// The paths the metadata is served at: the RFC 9728 well-known URI of the audience, and the
+    /// bare `/.well-known/oauth-protected-resource` that clients try first.
+    pub(crate) fn metadata_paths(&self) -> Vec<String> {
+        let mut paths = vec![WELL_KNOWN.to_string()];
+        if let Ok(url) = reqwest::Url::parse(&self.metadata_url)
+            && url.path() != WELL_KNOWN
+        {
+            paths.push(url.path().to_string());
+        }
+        paths
+    }
+
+    /// Check `token`: its signature against the issuer's keys, then `iss`, `aud`, `exp`, `nbf`
+    /// (with [`OAuthConfig::leeway_s`]), `sub` and the tenant claim. A token checked before
+    /// and not yet expired is answered from memory.
+    ///
+    /// # Errors
+    /// [`TokenError::Invalid`] saying which check failed; [`TokenError::Unavailable`] when the
+    /// issuer's keys cannot be had.
+    pub async fn verify(&self, token: &str) -> Result<Verified, TokenError> {
+        if token.len() > self.config.token_bytes_max {
+            return Err(TokenError::Invalid(format!(
+                "the token is longer than {} bytes (oauth.token_bytes_max)",
+                self.config.token_bytes_max
+            )));
+        }
+        let digest = *blake3::hash(token.as_bytes()).as_bytes();
+        let now = now_unix_s();
+        if let Some(known) = self.remembered(&digest, now) {
+            return Ok(known);
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| TokenError::Invalid(format!("the token is not a JWT ({e})")))?;
+        if !self.algorithms.contains(&header.alg) {
+            return Err(TokenError::Invalid(format!(
+                "the token is signed with {:?}, which this server does not accept (oauth.algorithms)",
+                header.alg
+            )));
+        }
+        let (key, generation) = self.keys.key_for(header.kid.as_deref(), header.alg).await?;
+        let mut validation = jsonwebtoken::Validation::new(header.alg);
+        validation.set_issuer(&[&self.config.issuer]);
+        validation.set_audience(&[&self.config.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = self.config.leeway_s;
+        let claims = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &validation)
+            .map_err(|e| TokenError::Invalid(describe(&e)))?
+            .claims;
+        let verified = self.verified_from(&claims)?;
+        self.remember(digest, verified.clone(), generation, now);
+        Ok(verified)
+    }
+
+    /// The subject, tenant and scopes of a token whose standard claims have been checked.
+    fn verified_from(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Result<Verified, TokenError> {
+        let text = |name: &str| claims.get(name).and_then(serde_json::Value::as_str).filter(|s| !s.is_empty());
+        let subject = text("sub").ok_or_else(|| TokenError::Invalid("the token has no `sub`".into()))?;
+        let tenant = text(&self.config.tenant_claim).ok_or_else(|| {
+            TokenError::Invalid(format!("the token has no `{}` claim naming its tenant", self.config.tenant_claim))
+        })?;
+        let expires_unix_s = claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(0);
+        let subject = match self.config.subject_record {
+            SubjectRecord::Plain => subject.to_string(),
+            SubjectRecord::Blake3 => format!("blake3:{}", blake3::hash(subject.as_bytes()).to_hex()),
+        };
+        Ok(Verified { tenant: tenant.to_string(), subject, scopes: Arc::new(self.scopes(claims)), expires_unix_s })
+    }
+
+    /// The Guild scopes among the token's `scope` (space-separated, RFC 8693 / 9068) or `scp`
+    /// (a list, as some issuers write it).
+    fn scopes(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Scopes {
+        let mut granted: Vec<&str> = Vec::new();
+        if let Some(scope) = claims.get("scope").and_then(serde_json::Value::as_str) {
+            granted.extend(scope.split(' ').filter(|s| !s.is_empty()));
+        }
+        match claims.get("scp") {
+            Some(serde_json::Value::String(s)) => granted.extend(s.split(' ').filter(|s| !s.is_empty())),
+            Some(serde_json::Value::Array(list)) => granted.extend(list.iter().filter_map(serde_json::Value::as_str)),
+            _ => {}
+        }
+        let prefix = format!("{}:", self.config.scope_tools);
+        Scopes {
+            tools_all: granted.contains(&self.config.scope_tools.as_str()),
+            tools: granted.iter().filter_map(|s| s.strip_prefix(&prefix)).map(str::to_string).collect(),
+            admin: granted.contains(&self.config.scope_admin.as_str()),
+        }
+    }
+
+    /// A token verified before, unless it has expired since or a key changed.
+    fn remembered(&self, digest: &[u8; 32], now: u64) -> Option<Verified> {
+        let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        let (known, generation) = verified.get(digest)?;
+        let fresh = known.expires_unix_s.saturating_add(self.config.leeway_s) >= now;
+        (fresh && *generation == self.keys.generation()).then(|| known.clone())
+    }
+
+    /// Remember a verified token with the key set's generation it was checked under. At the
+    /// bound, expired entries and those of older key sets go first, then an arbitrary one.
+    fn remember(&self, digest: [u8; 32], verified: Verified, generation: u64, now: u64) {
+        let mut remembered = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if remembered.len() >= self.config.verified_tokens_max {
+            let (leeway, current) = (self.config.leeway_s, self.keys.generation());
+            remembered.retain(|_, (v, g)| *g == current && v.expires_unix_s.saturating_add(leeway) >= now);
+            if remembered.len() >= self.config.verified_tokens_max
+                && let Some(victim) = remembered.keys().next().copied()
+            {
+                remembered.remove(&victim);
+            }
+        }
+        remembered.insert(digest, (verified, generation));
+    }
+
+    /// How many verified tokens are remembered.
+    #[cfg(test)]
+    fn remembered_len(&self) -> usize {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// Whether `url` is `https://`, or `http://` to a loopback host (tests, a local issuer).
+fn secure_or_loopback(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    url.scheme() == "https" || (url.scheme() == "http" && loopback)
+}
+
+/// The RFC 9728 well-known path.
+const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
+
+/// The metadata URL of `resource`: the well-known path inserted between its origin and its path.
+fn metadata_url(resource: &str) -> String {
+    match reqwest::Url::parse(resource) {
+        Ok(url) => {
+            let path = url.path().trim_end_matches('/');
+            format!("{}{WELL_KNOWN}{path}", url.origin().ascii_serialization())
+        }
+        Err(_) => WELL_KNOWN.to_string(),
+    }
+}
+
+/// Seconds since the Unix epoch.
+fn now_unix_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs()
+}
+
+/// What a failed check means, for the caller.
+fn describe(error: &jsonwebtoken::errors::Error) -> String {
+    use jsonwebtoken::errors::ErrorKind;
+    match error.kind() {
+        ErrorKind::ExpiredSignature => "the token has expired".into(),
+        ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)".into(),
+        ErrorKind::InvalidAudience => "the token's audience is not this server".into(),
+        ErrorKind::InvalidIssuer => "the token is from another issuer".into(),
+        ErrorKind::InvalidSignature => "the token's signature does not verify".into(),
+        ErrorKind::MissingRequiredClaim(claim) => format!("the token has no `{claim}`"),
+        ErrorKind::InvalidAlgorithm => "the token's algorithm does not match its key".into(),
+        other => format!("the token was not accepted ({other:?})"),
+    }
+}
+
+#[cfg(test)]
+mod tests;
