@@ -721,6 +721,97 @@ fn a_task_that_ends_is_announced_to_the_session_that_started_it() {
     assert_eq!(note["params"]["result"]["structuredContent"]["message"], "told", "{note}");
 }
 
+/// How the `hostile` runs the audit log holds ended, in order.
+fn hostile_outcomes(guild: &Guild) -> Vec<String> {
+    let log = std::fs::read_to_string(guild.home().join("audit.log")).unwrap_or_default();
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|r| r["tool"] == "hostile")
+        .map(|r| r["outcome"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Wait until the audit log holds `n` `hostile` runs; how they ended.
+fn wait_hostile(guild: &Guild, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let outcomes = hostile_outcomes(guild);
+        if outcomes.len() >= n {
+            return outcomes;
+        }
+        assert!(Instant::now() < deadline, "{outcomes:?}, not {n} runs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// On one session: a slow call and a fast one answered out of order, each once under its own
+/// id; a cancellation sent twice and one for an id nobody used (the run ends cancelled, once); a
+/// client that drops its stream in the middle of a call — which, in a session, is no
+/// cancellation (MCP's streamable HTTP): the run goes on to its end. The session goes on
+/// answering.
+#[test]
+fn mcp_stays_correct_with_answers_out_of_order_repeated_cancels_and_dropped_streams() {
+    let guild = Guild::new();
+    let hostile =
+        format!("[[tools]]\npath = \"{}\"\n\n[tools.limits]\ntimeout_ms = 3000\n", guild_test_artifacts::HOSTILE);
+    let text = config_with_tools(&hostile, "");
+    let daemon = Daemon::start(&guild, &["--config", &config_file(guild.home(), &text)], &[]);
+    let session = McpSession::open(&daemon, ALICE);
+    let (port, id) = (daemon.port, session.id.clone());
+    let slow = std::thread::spawn(move || {
+        let call = json!({"jsonrpc": "2.0", "id": 31, "method": "tools/call",
+            "params": {"name": "hostile", "arguments": {"attack": "sleep"}}});
+        let headers = [ACCEPT, JSON, PROTOCOL, ("mcp-session-id", id.as_str())];
+        crate::daemon::call(port, "POST", "/mcp", ALICE, call.to_string().as_bytes(), &headers)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let fast = json!({"jsonrpc": "2.0", "id": 32, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"message": "fast"}}});
+    let answers = messages(&session.post_as(ALICE, &fast));
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(
+        (answers[0]["id"].as_i64(), &answers[0]["result"]["structuredContent"]["message"]),
+        (Some(32), &json!("fast"))
+    );
+    assert!(!slow.is_finished(), "the slow call is still in flight");
+
+    for request in [31, 31, 999] {
+        let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": request}});
+        assert_eq!(session.post_as(ALICE, &cancel).status, 202, "cancelling {request}");
+    }
+    let slow = slow.join().expect("the slow call's thread");
+    let answered = messages(&slow);
+    assert!(answered.iter().all(|m| m["id"] == 31 || m["id"].is_null()), "only its own answer: {answered:?}");
+    assert!(answered.iter().filter(|m| m["id"] == 31).count() <= 1, "at most one answer: {answered:?}");
+    assert_eq!(wait_hostile(&guild, 1), ["cancelled"]);
+
+    // A client that drops its stream once the call reports progress.
+    let call = json!({"jsonrpc": "2.0", "id": 33, "method": "tools/call",
+        "params": {"name": "hostile", "arguments": {"attack": "sleep"}, "_meta": {"progressToken": "p"}}});
+    let body = call.to_string();
+    let mut stream = TcpStream::connect(("127.0.0.1", daemon.port)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {ALICE}\r\naccept: {}\r\ncontent-type: \
+         application/json\r\nmcp-protocol-version: 2025-06-18\r\nmcp-session-id: {}\r\ncontent-length: {}\r\n\r\n",
+        ACCEPT.1,
+        session.id,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body.as_bytes())).expect("POST");
+    let (mut seen, mut buf) = (String::new(), [0u8; 4096]);
+    while !seen.contains("notifications/progress") {
+        let n = stream.read(&mut buf).expect("progress comes");
+        assert!(n > 0, "the stream closed before any progress: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    drop(stream);
+    let outcomes = wait_hostile(&guild, 2);
+    assert_eq!(outcomes[1], "limit", "the run went on to its timeout: {outcomes:?}");
+    assert_eq!(session.list_tools().status, 200, "the session goes on");
+    assert_eq!(daemon.call("GET", "/healthz", "", "").status, 200);
+}
+
 /// An upstream on loopback that answers `slow` after `delay`; its port.
 fn slow_upstream(delay: Duration) -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
