@@ -212,3 +212,32 @@ fn remembered_tokens_stay_within_their_bound() {
     assert_eq!(oauth.remembered_len(), 2, "at the bound one goes");
     assert!(oauth.remembered(&[4; 32], now).is_some());
 }
+
+/// An RSA test key (2048 bits, made with `openssl genpkey` for these tests only).
+const RSA_TEST_KEY: &[u8] = include_bytes!("testdata/test-only-rsa-2048.pem");
+
+#[tokio::test]
+async fn rsa_tokens_verify_and_a_key_pinned_to_one_algorithm_refuses_another() {
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(RSA_TEST_KEY).expect("pem");
+    let mut pinned = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::RS256).expect("jwk");
+    pinned.common.key_id = Some("rsa".into());
+    let mut open = pinned.clone();
+    open.common.key_id = Some("rsa-any".into());
+    open.common.key_algorithm = None;
+    let issuer = issuer(&[serde_json::to_value(&pinned).expect("jwk"), serde_json::to_value(&open).expect("jwk")]);
+    let algorithms = ["RS256", "PS256"].map(String::from).to_vec();
+    let oauth = OAuth::new(OAuthConfig { algorithms, ..config(&issuer.url) }).expect("oauth");
+    let sign_with = |alg, kid: &str| {
+        let mut header = jsonwebtoken::Header::new(alg);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(&header, &claims(&issuer.url), &key).expect("sign")
+    };
+    oauth.verify(&sign_with(Algorithm::RS256, "rsa")).await.expect("RS256");
+    oauth.verify(&sign_with(Algorithm::PS256, "rsa-any")).await.expect("PS256 with a key that pins none");
+    let refused = oauth.verify(&sign_with(Algorithm::PS256, "rsa")).await.expect_err("the key is RS256's");
+    assert!(matches!(&refused, TokenError::Invalid(m) if m.contains("its key is for RS256")), "{refused:?}");
+    // ES256 is not among this server's algorithms.
+    let (es, _) = es256_key("es");
+    let refused = oauth.verify(&sign(&es, "es", claims(&issuer.url))).await.expect_err("not accepted");
+    assert!(matches!(&refused, TokenError::Invalid(m) if m.contains("oauth.algorithms")), "{refused:?}");
+}
