@@ -148,10 +148,11 @@ jwks_refetch_min_ms = 0
     config_file(guild.home(), &text)
 }
 
-/// Alice holds no static token (OAuth only); bob has one; both may call every tool.
+/// Alice holds no static token (OAuth only); bob, an admin, has one; both may call every tool.
 fn two_tenants() -> String {
     format!(
-        "[[tenants]]\nname = \"alice\"\ntools = [\"*\"]\n\n[[tenants]]\nname = \"bob\"\ntoken_blake3 = \"{}\"\ntools = [\"*\"]\n",
+        "[[tenants]]\nname = \"alice\"\ntools = [\"*\"]\n\n[[tenants]]\nname = \"bob\"\ntoken_blake3 = \"{}\"\n\
+         tools = [\"*\"]\nadmin = true\n",
         token_digest("bob-token")
     )
 }
@@ -177,6 +178,8 @@ fn the_python_sdk_calls_tools_with_an_access_token_and_its_subject_is_recorded()
         ("GUILD_OAUTH__ISSUER", issuer.url.as_str()),
         ("GUILD_OAUTH__AUDIENCE", AUDIENCE),
         ("GUILD_OAUTH__SUBJECT_RECORD", "plain"),
+        // The upload (an admin route) needs access tokens to be let into the admin routes.
+        ("GUILD_OAUTH__ADMIN", "true"),
     ];
     let daemon = Daemon::start(&guild, &["--dir", &dir], &env);
     let claims = issuer.claims("default", "agent-7@example.com", "guild:tools guild:admin");
@@ -272,6 +275,13 @@ fn bad_access_tokens_are_refused_with_their_status_and_challenge() {
     let names: Vec<&str> =
         listed["tools"].as_array().expect("tools").iter().filter_map(|t| t["name"].as_str()).collect();
     assert_eq!(names, ["echo"], "only the tools its scopes name are listed");
+    // An admin tenant's token with the admin scope: the admin routes stay closed to access
+    // tokens unless `[oauth] admin = true`.
+    let mut admin = with("guild_tenant", json!("bob"));
+    admin["scope"] = json!("guild:tools guild:admin");
+    let reply = daemon.call("POST", "/v1/tools", &es.sign(&admin), "");
+    assert_eq!((reply.status, reply.code().as_str()), (403, "insufficient_scope"));
+    assert!(challenge(&reply).contains("scope=\"guild:admin\""), "{}", challenge(&reply));
 }
 
 #[test]
@@ -313,8 +323,12 @@ fn an_access_token_sees_only_its_own_tenants_runs() {
         let nobodys = daemon.call("GET", &path.replace(id, &"0".repeat(32)).replace(bundle, &"0".repeat(64)), &bob, "");
         assert_eq!((theirs.status, theirs.code()), (404, nobodys.code()), "{path}");
     }
-    // The same subject in bob's tenant is another principal; bob's static token sees nothing either.
-    assert_eq!(daemon.call("GET", &format!("/v1/runs/{id}"), "bob-token", "").status, 404);
+    // The same subject in bob's tenant is another principal, even though bob is an admin tenant:
+    // an access token is let into admin reads only with `[oauth] admin = true`. Bob's static
+    // admin token reads it, and the read is audited.
+    assert_eq!(daemon.call("GET", &format!("/v1/runs/{id}"), "bob-token", "").status, 200);
+    let log = std::fs::read_to_string(guild.home().join("audit.log")).expect("audit log");
+    assert!(log.contains("admin_read") && log.contains(&format!("run {id}")), "{log}");
 }
 
 #[test]
@@ -358,6 +372,13 @@ fn an_access_token_sees_only_its_own_subjects_runs_and_sessions() {
         .collect();
     assert!(!uris.iter().any(|u| u.ends_with(bundle)), "{uris:?}");
     assert_eq!(uris.len(), 1, "its own run only: {uris:?}");
+
+    // What a subject holds is shown to an auditor, never obeyed by the terminal.
+    let odd = token("bob", "agent-9\u{1b}[2J\nfor       tenant ops");
+    let run = echo(&daemon, odd).json();
+    let inspect = guild.run(&["bundle", "inspect", run["bundle"].as_str().expect("bundle")]);
+    assert!(!inspect.stdout.contains('\u{1b}'), "{:?}", inspect.stdout);
+    assert!(inspect.stdout.contains("subject agent-9\\u{1b}[2J\\nfor"), "{}", inspect.stdout);
 
     // A subject spelled like its tenant would pass for the tenant's static token.
     let reply = echo(&daemon, token("bob", "bob"));

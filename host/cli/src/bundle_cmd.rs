@@ -124,11 +124,18 @@ const INSPECT_EVENTS_SHOWN: usize = 50;
 const INSPECT_TEXT_CHARS: usize = 400;
 
 fn clip(text: &str) -> String {
-    let mut clipped: String = text.chars().take(INSPECT_TEXT_CHARS).collect();
-    if clipped.len() < text.len() {
+    let kept: String = text.chars().take(INSPECT_TEXT_CHARS).collect();
+    let mut clipped = printable(&kept);
+    if kept.len() < text.len() {
         clipped.push_str(&format!("… ({} bytes in all)", text.len()));
     }
     clipped
+}
+
+/// `text` with its control characters escaped (`\n`, `\u{1b}`): what a bundle holds (an input,
+/// a token's subject) is shown, never obeyed by the auditor's terminal.
+fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 pub(crate) fn inspect(global: &Global, args: BundleArgs) -> Result<Exit, Failure> {
@@ -156,7 +163,7 @@ pub(crate) fn inspect(global: &Global, args: BundleArgs) -> Result<Exit, Failure
     crate::out!("engine    {}", action.engine);
     if let Some(principal) = &action.principal {
         // Who the run was for: a tenant, and the subject within it (an OAuth access token's).
-        crate::out!("for       tenant {} · subject {}", principal.tenant, principal.subject);
+        crate::out!("for       tenant {} · subject {}", printable(&principal.tenant), printable(&principal.subject));
     }
     crate::out!("input     {}", clip(&get_text(&action.input.digest)));
     if action.policy.mounts.is_empty() {
@@ -176,14 +183,14 @@ pub(crate) fn inspect(global: &Global, args: BundleArgs) -> Result<Exit, Failure
     );
     crate::out!("effects   {} events, tape head {}", bundle.tape.events().len(), bundle.tape.head());
     for event in bundle.tape.events().iter().take(INSPECT_EVENTS_SHOWN) {
-        crate::out!("  #{:<5} fuel {:<12} {}", event.seq, event.fuel, describe_effect(&event.effect));
+        crate::out!("  #{:<5} fuel {:<12} {}", event.seq, event.fuel, printable(&describe_effect(&event.effect)));
     }
     if bundle.tape.events().len() > INSPECT_EVENTS_SHOWN {
         crate::out!("  … {} more", bundle.tape.events().len() - INSPECT_EVENTS_SHOWN);
     }
     match &result.output {
         Some(output) => crate::out!("result    output: {}", clip(&get_text(&output.digest))),
-        None => crate::out!("result    {}: {}", result.outcome.label(), result.outcome.message()),
+        None => crate::out!("result    {}: {}", result.outcome.label(), printable(&result.outcome.message())),
     }
     for tree in &result.output_trees {
         crate::out!("          {} after the run: tree {}", tree.guest_path, tree.tree);

@@ -128,7 +128,11 @@ impl KeyCache {
         match Self::find(&set, kid, alg) {
             Some(found) => Ok((found?, self.generation())),
             None => Err(TokenError::Invalid(match kid {
-                Some(kid) => format!("the token's key id {kid:?} is not among the issuer's keys"),
+                Some(kid) => format!(
+                    "the token's key id {kid:?} is not among the issuer's keys (fetched again at most every \
+                     {} ms, oauth.jwks_refetch_min_ms)",
+                    self.refetch_min.as_millis()
+                ),
                 None => "the token names no key id and the issuer has more than one key for its algorithm".into(),
             })),
         }
@@ -224,7 +228,8 @@ impl KeyCache {
                 serde_json::from_slice(&document).map_err(|e| FetchError(format!("{candidate} is not JSON ({e})")))?;
             if metadata["issuer"].as_str() != Some(self.issuer.as_str()) {
                 return Err(FetchError(format!(
-                    "{candidate} names issuer {}, not {} (RFC 8414 §3.3)",
+                    "{candidate} names issuer {}, not {:?}; they must match exactly, a trailing slash \
+                     included (RFC 8414 §3.3): set oauth.issuer to the issuer's own identifier",
                     metadata["issuer"], self.issuer
                 )));
             }
@@ -252,12 +257,14 @@ impl KeyCache {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| FetchError(format!("GET {url}: {e}")))?;
+            .map_err(|e| FetchError(format!("GET {url}: {}", with_causes(&e))))?;
         if response.status() != reqwest::StatusCode::OK {
             return Err(FetchError(format!("GET {url} answered {}", response.status())));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| FetchError(format!("GET {url}: {e}")))? {
+        while let Some(chunk) =
+            response.chunk().await.map_err(|e| FetchError(format!("GET {url}: {}", with_causes(&e))))?
+        {
             if body.len() + chunk.len() > self.document_bytes_max {
                 return Err(FetchError(format!(
                     "GET {url}: the document is larger than {} bytes (oauth.document_bytes_max)",
@@ -268,6 +275,19 @@ impl KeyCache {
         }
         Ok(body)
     }
+}
+
+/// An error and the errors under it, as one line (reqwest's own says only "error sending
+/// request").
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }
 
 /// A JWK this server can check signatures with: not an encryption key, not a shared secret.

@@ -30,7 +30,7 @@ pub const LEEWAY_S_MAX: u64 = 300;
 /// Default least time between two fetches of the JWKS that unknown key ids cause, milliseconds.
 pub const JWKS_REFETCH_MIN_MS_DEFAULT: u64 = 10_000;
 /// Default age after which the JWKS is fetched again before its next use, seconds.
-pub const JWKS_TTL_S_DEFAULT: u64 = 3600;
+pub const JWKS_TTL_S_DEFAULT: u64 = 300;
 /// Default time one fetch from the issuer (metadata or JWKS) may take, milliseconds.
 pub const FETCH_TIMEOUT_MS_DEFAULT: u64 = 5000;
 /// Default largest metadata or JWKS document read from the issuer, bytes.
@@ -64,9 +64,16 @@ pub struct OAuthConfig {
     pub scope_tools: String,
     /// The scope that lets a token of an admin tenant use the admin routes.
     pub scope_admin: String,
+    /// Whether access tokens may use the admin routes at all (with `scope_admin`, for an admin
+    /// tenant). Off by default: an issuer then cannot grant what only the operator should.
+    pub admin: bool,
     /// How a subject is written into audit records and bundles: `plain`, or `blake3` (its hash,
     /// `blake3:HEX`: a pseudonym, stable across runs, that does not spell out an e-mail address).
     pub subject_record: SubjectRecord,
+    /// With `subject_record = "blake3"`: where the key of the hash comes from (`env:VAR` or
+    /// `file:PATH`, the same on every node), so a list of candidate subjects cannot be hashed
+    /// to reverse a pseudonym. Unset: the plain blake3 of the subject.
+    pub subject_hash_key: Option<String>,
     /// Least time between two JWKS fetches that tokens with unknown key ids cause, milliseconds.
     pub jwks_refetch_min_ms: u64,
     /// Age after which the JWKS is fetched again before its next use, seconds.
@@ -96,7 +103,9 @@ impl Default for OAuthConfig {
             algorithms: ["RS256", "ES256", "EdDSA"].map(String::from).to_vec(),
             scope_tools: SCOPE_TOOLS_DEFAULT.into(),
             scope_admin: SCOPE_ADMIN_DEFAULT.into(),
+            admin: false,
             subject_record: SubjectRecord::Plain,
+            subject_hash_key: None,
             jwks_refetch_min_ms: JWKS_REFETCH_MIN_MS_DEFAULT,
             jwks_ttl_s: JWKS_TTL_S_DEFAULT,
             fetch_timeout_ms: FETCH_TIMEOUT_MS_DEFAULT,
@@ -195,6 +204,12 @@ impl OAuthConfig {
         self.algorithms
             .iter()
             .map(|name| {
+                if name.starts_with("HS") {
+                    return Err(ConfigError::new(
+                        "oauth.algorithms",
+                        format!("{name} is HMAC, which is never accepted: a resource server holds no issuer secret; use the issuer's public-key algorithm (RS256, ES256, EdDSA, …)"),
+                    ));
+                }
                 ALGORITHMS.iter().find(|(n, _)| n == name).map(|(_, a)| *a).ok_or_else(|| {
                     let known: Vec<&str> = ALGORITHMS.iter().map(|(n, _)| *n).collect();
                     ConfigError::new("oauth.algorithms", format!("unknown algorithm {name:?}; use any of {known:?}"))
@@ -260,6 +275,8 @@ pub enum TokenError {
 /// The resource server: the configuration, the issuer's keys, and the tokens already verified.
 pub struct OAuth {
     config: OAuthConfig,
+    /// The key of the subject's hash (`subject_hash_key`), derived for this one use.
+    subject_key: Option<[u8; 32]>,
     algorithms: Vec<Algorithm>,
     keys: KeyCache,
     /// Verified tokens by the blake3 of their text, until they expire.
@@ -277,7 +294,8 @@ impl OAuth {
         let algorithms = config.accepted()?;
         let keys = KeyCache::new(&config)?;
         let metadata_url = metadata_url(&config.audience);
-        Ok(Self { config, algorithms, keys, verified: Mutex::new(HashMap::new()), metadata_url })
+        let subject_key = config.subject_hash_key.as_deref().map(read_subject_key).transpose()?;
+        Ok(Self { config, subject_key, algorithms, keys, verified: Mutex::new(HashMap::new()), metadata_url })
     }
 
     /// Fetch the issuer's keys now (at start), so the first call does not wait for them.
@@ -384,7 +402,13 @@ impl OAuth {
         let expires_unix_s = claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(0);
         let subject = match self.config.subject_record {
             SubjectRecord::Plain => subject.to_string(),
-            SubjectRecord::Blake3 => format!("blake3:{}", blake3::hash(subject.as_bytes()).to_hex()),
+            SubjectRecord::Blake3 => {
+                let hash = match &self.subject_key {
+                    Some(key) => blake3::keyed_hash(key, subject.as_bytes()),
+                    None => blake3::hash(subject.as_bytes()),
+                };
+                format!("blake3:{}", hash.to_hex())
+            }
         };
         Ok(Verified { tenant: tenant.to_string(), subject, scopes: Arc::new(self.scopes(claims)), expires_unix_s })
     }
@@ -405,7 +429,7 @@ impl OAuth {
         Scopes {
             tools_all: granted.contains(&self.config.scope_tools.as_str()),
             tools: granted.iter().filter_map(|s| s.strip_prefix(&prefix)).map(str::to_string).collect(),
-            admin: granted.contains(&self.config.scope_admin.as_str()),
+            admin: self.config.admin && granted.contains(&self.config.scope_admin.as_str()),
         }
     }
 
@@ -438,6 +462,20 @@ impl OAuth {
     fn remembered_len(&self) -> usize {
         self.verified.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
+}
+
+/// The key of the subjects' hash from `source` (`env:VAR` or `file:PATH`).
+///
+/// # Errors
+/// [`ConfigError`] on `oauth.subject_hash_key` when the source is malformed, unreadable or empty.
+fn read_subject_key(source: &str) -> Result<[u8; 32], ConfigError> {
+    let field = "oauth.subject_hash_key";
+    let source = guild_runtime::egress::SecretSource::parse(source).map_err(|e| ConfigError::new(field, e))?;
+    let secret = guild_runtime::egress::Secret::read("oauth_subject_hash_key", &source)
+        .map_err(|e| ConfigError::new(field, e))?;
+    // The value reaches nothing but this derivation: `fill` is the one way a secret is read.
+    let material = guild_runtime::egress::secrets::fill("{{secret:oauth_subject_hash_key}}", &[secret]);
+    Ok(blake3::derive_key("guild oauth subject pseudonym v1", material.as_bytes()))
 }
 
 /// Whether `url` is `https://`, or `http://` to a loopback host (tests, a local issuer).

@@ -92,6 +92,7 @@ fn the_section_names_the_field_that_is_wrong() {
         (config("not a url"), "oauth.issuer"),
         (OAuthConfig { audience: "guild".into(), ..config("https://login.example") }, "oauth.audience"),
         (OAuthConfig { algorithms: vec!["HS256".into()], ..config("https://login.example") }, "oauth.algorithms"),
+        (OAuthConfig { algorithms: vec!["XS999".into()], ..config("https://login.example") }, "oauth.algorithms"),
         (OAuthConfig { leeway_s: LEEWAY_S_MAX + 1, ..config("https://login.example") }, "oauth.leeway_s"),
         (OAuthConfig { keys_max: 0, ..config("https://login.example") }, "oauth.keys_max"),
     ];
@@ -117,7 +118,9 @@ fn scopes_come_from_scope_or_scp_and_name_tools() {
     let one = from(serde_json::json!({ "scope": "openid guild:tools:echo" }));
     assert!(one.call("echo") && !one.call("wc") && !one.admin() && one.any());
     let all = from(serde_json::json!({ "scp": ["guild:tools", "guild:admin"] }));
-    assert!(all.call("wc") && all.admin());
+    assert!(all.call("wc") && !all.admin(), "access tokens get no admin unless oauth.admin says so");
+    let admitting = OAuth::new(OAuthConfig { admin: true, ..config("https://login.example") }).expect("oauth");
+    assert!(admitting.scopes(serde_json::json!({ "scope": "guild:admin" }).as_object().expect("object")).admin());
     let none = from(serde_json::json!({ "scope": "openid profile guild:toolsx" }));
     assert!(!none.any(), "a near miss grants nothing");
 }
@@ -154,6 +157,22 @@ async fn hashed_subjects_are_recorded_as_blake3() {
         OAuth::new(OAuthConfig { subject_record: SubjectRecord::Blake3, ..config(&issuer.url) }).expect("oauth");
     let verified = oauth.verify(&sign(&key, "k1", claims(&issuer.url))).await.expect("token");
     assert_eq!(verified.subject, format!("blake3:{}", blake3::hash(b"agent-7").to_hex()));
+
+    // With a key, hashing a list of candidates does not find it.
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("key"), "a key only the operator holds\n").expect("write");
+    let keyed = OAuthConfig {
+        subject_record: SubjectRecord::Blake3,
+        subject_hash_key: Some(format!("file:{}", dir.path().join("key").display())),
+        ..config(&issuer.url)
+    };
+    let oauth = OAuth::new(keyed).expect("oauth");
+    let verified = oauth.verify(&sign(&key, "k1", claims(&issuer.url))).await.expect("token");
+    let derived = blake3::derive_key("guild oauth subject pseudonym v1", b"a key only the operator holds");
+    assert_eq!(verified.subject, format!("blake3:{}", blake3::keyed_hash(&derived, b"agent-7").to_hex()));
+    let missing =
+        OAuthConfig { subject_hash_key: Some("env:GUILD_TEST_NO_SUCH_VARIABLE".into()), ..config(&issuer.url) };
+    assert_eq!(OAuth::new(missing).err().expect("unset").field, "oauth.subject_hash_key");
 }
 
 #[tokio::test]
