@@ -6,8 +6,9 @@
 //! 1. **A token seen before**: the same token again (an agent's calls within the token's
 //!    lifetime), answered from the verified tokens kept until their `exp`.
 //! 2. **A new token**: every call with a token never seen (a distinct `jti`), so the signature,
-//!    `iss`, `aud`, `exp`, `nbf` and the claims are checked in full: ES256 (P-256) and EdDSA
-//!    (Ed25519), both in pure Rust (jsonwebtoken's `rust_crypto`).
+//!    `iss`, `aud`, `exp`, `nbf` and the claims are checked in full: ES256 (P-256, checked by
+//!    ring), EdDSA (Ed25519) and RS256 (2048-bit), both in pure Rust (jsonwebtoken's
+//!    `rust_crypto`).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -28,10 +29,19 @@ fn main() {
     rt.block_on(bench());
 }
 
-/// An ES256 or EdDSA key and its JWK.
+/// An RSA key made for the tests (2048 bits).
+const RSA_TEST_KEY: &[u8] = include_bytes!("../host/server/src/oauth/testdata/test-only-rsa-2048.pem");
+
+/// An ES256, EdDSA or RS256 key and its JWK.
 fn key(alg: Algorithm) -> (EncodingKey, serde_json::Value) {
     let kid = format!("{alg:?}");
-    if alg == Algorithm::ES256 {
+    if alg == Algorithm::RS256 {
+        let key = EncodingKey::from_rsa_pem(RSA_TEST_KEY).expect("pem");
+        let mut jwk =
+            serde_json::to_value(jsonwebtoken::jwk::Jwk::from_encoding_key(&key, alg).expect("jwk")).expect("jwk");
+        jwk["kid"] = kid.into();
+        (key, jwk)
+    } else if alg == Algorithm::ES256 {
         let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
         let raw = pair.public_key_raw();
         let jwk = json!({ "kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
@@ -80,9 +90,12 @@ fn sign(alg: Algorithm, key: &EncodingKey, issuer: &str, jti: u32) -> String {
 }
 
 async fn bench() {
+    // Before anything signs: the provider the daemon checks tokens with (ring for ECDSA).
+    guild_server::oauth::install_crypto_provider();
     let (es, es_jwk) = key(Algorithm::ES256);
     let (ed, ed_jwk) = key(Algorithm::EdDSA);
-    let url = issuer(vec![es_jwk, ed_jwk]);
+    let (rs, rs_jwk) = key(Algorithm::RS256);
+    let url = issuer(vec![es_jwk, ed_jwk, rs_jwk]);
     let config = OAuthConfig {
         issuer: url.clone(),
         audience: AUDIENCE.into(),
@@ -101,7 +114,7 @@ async fn bench() {
     let seen_per = started.elapsed() / SEEN;
 
     let mut rows = vec![("a token seen before (ES256 or EdDSA)".to_string(), seen_per, SEEN)];
-    for (alg, key) in [(Algorithm::ES256, &es), (Algorithm::EdDSA, &ed)] {
+    for (alg, key) in [(Algorithm::ES256, &es), (Algorithm::EdDSA, &ed), (Algorithm::RS256, &rs)] {
         let tokens: Vec<String> = (1..=NEW).map(|jti| sign(alg, key, &url, jti)).collect();
         let started = Instant::now();
         for token in &tokens {

@@ -204,7 +204,7 @@ fn the_python_sdk_calls_tools_with_an_access_token_and_its_subject_is_recorded()
     let bundle = runs[0]["bundle"].as_str().expect("bundle");
     let inspect = guild.run(&["bundle", "inspect", bundle]);
     assert_eq!(inspect.code, 0, "{inspect:?}");
-    assert!(inspect.stdout.contains("tenant default · subject agent-7@example.com"), "{}", inspect.stdout);
+    assert!(inspect.stdout.contains(r#"tenant "default" · subject "agent-7@example.com""#), "{}", inspect.stdout);
 }
 
 #[test]
@@ -378,7 +378,7 @@ fn an_access_token_sees_only_its_own_subjects_runs_and_sessions() {
     let run = echo(&daemon, odd).json();
     let inspect = guild.run(&["bundle", "inspect", run["bundle"].as_str().expect("bundle")]);
     assert!(!inspect.stdout.contains('\u{1b}'), "{:?}", inspect.stdout);
-    assert!(inspect.stdout.contains("subject agent-9\\u{1b}[2J\\nfor"), "{}", inspect.stdout);
+    assert!(inspect.stdout.contains(r#"subject "agent-9\u{1b}[2J\nfor"#), "{}", inspect.stdout);
 
     // A subject spelled like its tenant would pass for the tenant's static token.
     let reply = echo(&daemon, token("bob", "bob"));

@@ -163,7 +163,8 @@ pub(crate) fn inspect(global: &Global, args: BundleArgs) -> Result<Exit, Failure
     crate::out!("engine    {}", action.engine);
     if let Some(principal) = &action.principal {
         // Who the run was for: a tenant, and the subject within it (an OAuth access token's).
-        crate::out!("for       tenant {} · subject {}", printable(&principal.tenant), printable(&principal.subject));
+        // Quoted, so that `bob ` is not read as `bob` (and escaped, so that it is only shown).
+        crate::out!("for       tenant {:?} · subject {:?}", principal.tenant, principal.subject);
     }
     crate::out!("input     {}", clip(&get_text(&action.input.digest)));
     if action.policy.mounts.is_empty() {

@@ -223,11 +223,13 @@ async fn authenticate(daemon: &Daemon, headers: &HeaderMap) -> Result<(Arc<Tenan
     let oauth = daemon.oauth();
     let metadata: Option<Arc<str>> = oauth.map(|o| Arc::from(o.metadata_url()));
     let refused = |why: Option<String>| AuthRejection::Unauthorized { why, metadata: metadata.clone() };
+    // The scheme is case-insensitive (RFC 7235 §2.1): `bearer` is `Bearer`.
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .ok_or_else(|| refused(None))?;
     if let Some(tenant) = daemon.tenant_for(token) {
         return Ok((tenant, Bearer::tenant_token()));

@@ -10,7 +10,6 @@ use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// One usable key.
@@ -30,12 +29,17 @@ struct KeySet {
     keys: HashMap<Option<String>, Key>,
     /// When they were fetched; `None` before the first success.
     fetched: Option<Instant>,
-    /// When a fetch last started, successful or not.
+    /// When the last fetch ended, successful or not.
     attempted: Option<Instant>,
+    /// Why the last fetch failed; `None` when it succeeded.
+    failed: Option<String>,
+    /// Bumped whenever a key disappears or changes: tokens verified under an older generation
+    /// are checked again.
+    generation: u64,
 }
 
 /// Why the keys could not be fetched.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("the OAuth issuer's keys cannot be fetched: {0}")]
 pub(crate) struct FetchError(String);
 
@@ -52,9 +56,6 @@ pub(crate) struct KeyCache {
     fetching: tokio::sync::Mutex<()>,
     /// The JWKS URL, once the issuer's metadata named it.
     jwks_uri: std::sync::Mutex<Option<reqwest::Url>>,
-    /// Bumped whenever a key disappears or changes: tokens verified under an older generation
-    /// are checked again.
-    generation: AtomicU64,
 }
 
 impl KeyCache {
@@ -84,53 +85,54 @@ impl KeyCache {
             set: std::sync::RwLock::new(KeySet::default()),
             fetching: tokio::sync::Mutex::new(()),
             jwks_uri: std::sync::Mutex::new(None),
-            generation: AtomicU64::new(0),
         })
     }
 
-    /// The current generation of the key set.
-    pub(crate) fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+    /// The key set's generation, if the keys are younger than `oauth.jwks_ttl_s`: a token
+    /// remembered under this generation may be answered without a look at the keys; `None`
+    /// sends it through [`KeyCache::key_for`], which fetches them again.
+    pub(crate) fn fresh_generation(&self) -> Option<u64> {
+        let set = self.read();
+        set.fetched.is_some_and(|at| at.elapsed() < self.ttl).then_some(set.generation)
     }
 
     /// The key that checks a token with key id `kid` signed with `alg`, and the key set's
-    /// generation. Fetches the keys first when none are held or they are older than
-    /// `oauth.jwks_ttl_s`, and again when `kid` is unknown (no sooner than
-    /// `oauth.jwks_refetch_min_ms` after the last fetch).
+    /// generation it came from. The keys are fetched first when none are held or they are older
+    /// than `oauth.jwks_ttl_s`, and again when `kid` is unknown — in every case no sooner than
+    /// `oauth.jwks_refetch_min_ms` after the last fetch ended, successful or not, so neither
+    /// unknown key ids nor a failing issuer make Guild hammer it.
     ///
     /// # Errors
     /// [`TokenError::Invalid`] when no held key has that id (or, without an id, no single key
-    /// fits) or the key pins another algorithm; [`TokenError::Unavailable`] when no keys could
-    /// ever be fetched.
+    /// fits) or the key pins another algorithm; [`TokenError::Unavailable`] when the keys cannot
+    /// be fetched and the key is not among those held, so whether it is the issuer's is unknown.
     pub(super) async fn key_for(
-        &self,
+        self: &Arc<Self>,
         kid: Option<&str>,
         alg: Algorithm,
     ) -> Result<(Arc<DecodingKey>, u64), TokenError> {
-        let (stale, found) = {
+        let (stale, may_fetch) = {
             let set = self.read();
             let stale = set.fetched.is_none_or(|at| at.elapsed() >= self.ttl);
-            (stale, Self::find(&set, kid, alg))
-        };
-        if let (false, Some(found)) = (stale, &found) {
-            return Ok((found.clone()?, self.generation()));
-        }
-        let may_refetch = self.read().attempted.is_none_or(|at| at.elapsed() >= self.refetch_min);
-        if (stale || may_refetch)
-            && let Err(e) = self.refresh().await
-        {
-            tracing::warn!(error = %e, "kept the OAuth issuer's keys held so far");
-            if self.read().fetched.is_none() {
-                return Err(TokenError::Unavailable(e.to_string()));
+            if !stale && let Some(found) = Self::find(&set, kid, alg) {
+                return found.map(|key| (key, set.generation));
             }
+            (stale, set.attempted.is_none_or(|at| at.elapsed() >= self.refetch_min))
+        };
+        if may_fetch && let Err(e) = self.refresh().await {
+            tracing::warn!(error = %e, stale, "kept the OAuth issuer's keys held so far");
         }
         let set = self.read();
         match Self::find(&set, kid, alg) {
-            Some(found) => Ok((found?, self.generation())),
+            Some(found) => found.map(|key| (key, set.generation)),
+            // The last fetch failed (or none was made): whether the key is the issuer's is unknown.
+            None if set.failed.is_some() || set.fetched.is_none() => Err(TokenError::Unavailable(
+                set.failed.clone().unwrap_or_else(|| "the issuer's keys have not been fetched yet".into()),
+            )),
             None => Err(TokenError::Invalid(match kid {
                 Some(kid) => format!(
                     "the token's key id {kid:?} is not among the issuer's keys (fetched again at most every \
-                     {} ms, oauth.jwks_refetch_min_ms)",
+                         {} ms, oauth.jwks_refetch_min_ms)",
                     self.refetch_min.as_millis()
                 ),
                 None => "the token names no key id and the issuer has more than one key for its algorithm".into(),
@@ -163,19 +165,54 @@ impl KeyCache {
         self.set.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Fetch the JWKS (discovering its URL first if need be) and put it in force. A caller that
-    /// waited for another's fetch takes that one's result.
+    /// Fetch the JWKS (discovering its URL first if need be) and put it in force. The fetch runs
+    /// as a task of its own: a caller that goes away (a client closing its connection) does not
+    /// cut it short. One runs at a time; a caller that waited for another's takes its result.
     ///
     /// # Errors
     /// [`FetchError`] saying which document could not be fetched or read; the keys held so far
     /// stay.
-    pub(crate) async fn refresh(&self) -> Result<usize, FetchError> {
-        let asked = Instant::now();
-        let _one = self.fetching.lock().await;
-        if self.read().attempted.is_some_and(|at| at >= asked) {
-            return Ok(self.read().keys.len());
-        }
-        self.set.write().unwrap_or_else(|p| p.into_inner()).attempted = Some(Instant::now());
+    pub(crate) async fn refresh(self: &Arc<Self>) -> Result<usize, FetchError> {
+        let cache = self.clone();
+        let fetch = tokio::spawn(async move {
+            let asked = Instant::now();
+            let _one = cache.fetching.lock().await;
+            {
+                let set = cache.read();
+                if set.attempted.is_some_and(|at| at >= asked) {
+                    return match &set.failed {
+                        Some(why) => Err(FetchError(why.clone())),
+                        None => Ok(set.keys.len()),
+                    };
+                }
+            }
+            let fetched = cache.fetch_keys().await;
+            let mut set = cache.set.write().unwrap_or_else(|p| p.into_inner());
+            set.attempted = Some(Instant::now());
+            match fetched {
+                Ok(keys) => {
+                    let changed =
+                        set.keys.iter().any(|(kid, old)| keys.get(kid).is_none_or(|new| new.text != old.text));
+                    if changed {
+                        set.generation += 1;
+                    }
+                    let count = keys.len();
+                    set.keys = keys;
+                    set.fetched = Some(Instant::now());
+                    set.failed = None;
+                    Ok(count)
+                }
+                Err(e) => {
+                    set.failed = Some(e.0.clone());
+                    Err(e)
+                }
+            }
+        });
+        fetch.await.unwrap_or_else(|e| Err(FetchError(format!("the fetch stopped: {e}"))))
+    }
+
+    /// The issuer's usable keys, from its JWKS.
+    async fn fetch_keys(&self) -> Result<HashMap<Option<String>, Key>, FetchError> {
         let jwks_uri = self.jwks_uri().await?;
         let document = self.fetch(&jwks_uri).await?;
         let set: JwkSet =
@@ -188,16 +225,8 @@ impl KeyCache {
             )));
         }
         let keys: HashMap<Option<String>, Key> = set.keys.iter().filter_map(usable).collect();
-        let count = keys.len();
-        let mut held = self.set.write().unwrap_or_else(|p| p.into_inner());
-        let changed = held.keys.iter().any(|(kid, old)| keys.get(kid).is_none_or(|new| new.text != old.text));
-        if changed {
-            self.generation.fetch_add(1, Ordering::AcqRel);
-        }
-        held.keys = keys;
-        held.fetched = Some(Instant::now());
-        tracing::info!(keys = count, jwks_uri = %jwks_uri, "fetched the OAuth issuer's keys");
-        Ok(count)
+        tracing::info!(keys = keys.len(), jwks_uri = %jwks_uri, "fetched the OAuth issuer's keys");
+        Ok(keys)
     }
 
     /// The JWKS URL from the issuer's metadata: RFC 8414's

@@ -7,6 +7,9 @@
 //! [`OAuth::metadata`].
 
 mod keys;
+mod verify;
+
+pub use verify::install as install_crypto_provider;
 
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
@@ -278,7 +281,7 @@ pub struct OAuth {
     /// The key of the subject's hash (`subject_hash_key`), derived for this one use.
     subject_key: Option<[u8; 32]>,
     algorithms: Vec<Algorithm>,
-    keys: KeyCache,
+    keys: Arc<KeyCache>,
     /// Verified tokens by the blake3 of their text, until they expire.
     verified: Mutex<HashMap<[u8; 32], (Verified, u64)>>,
     /// The protected-resource metadata document's URL.
@@ -292,7 +295,8 @@ impl OAuth {
     /// [`ConfigError`] when the HTTP client for the issuer cannot be built.
     pub fn new(config: OAuthConfig) -> Result<Self, ConfigError> {
         let algorithms = config.accepted()?;
-        let keys = KeyCache::new(&config)?;
+        verify::install();
+        let keys = Arc::new(KeyCache::new(&config)?);
         let metadata_url = metadata_url(&config.audience);
         let subject_key = config.subject_hash_key.as_deref().map(read_subject_key).transpose()?;
         Ok(Self { config, subject_key, algorithms, keys, verified: Mutex::new(HashMap::new()), metadata_url })
@@ -433,12 +437,14 @@ impl OAuth {
         }
     }
 
-    /// A token verified before, unless it has expired since or a key changed.
+    /// A token verified before, unless it has expired since, a key changed, or the keys are
+    /// older than `oauth.jwks_ttl_s`.
     fn remembered(&self, digest: &[u8; 32], now: u64) -> Option<Verified> {
         let verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
         let (known, generation) = verified.get(digest)?;
         let fresh = known.expires_unix_s.saturating_add(self.config.leeway_s) >= now;
-        (fresh && *generation == self.keys.generation()).then(|| known.clone())
+        // Keys past their age are fetched again (through `key_for`) before any token is trusted.
+        (fresh && self.keys.fresh_generation() == Some(*generation)).then(|| known.clone())
     }
 
     /// Remember a verified token with the key set's generation it was checked under. At the
@@ -446,8 +452,8 @@ impl OAuth {
     fn remember(&self, digest: [u8; 32], verified: Verified, generation: u64, now: u64) {
         let mut remembered = self.verified.lock().unwrap_or_else(|p| p.into_inner());
         if remembered.len() >= self.config.verified_tokens_max {
-            let (leeway, current) = (self.config.leeway_s, self.keys.generation());
-            remembered.retain(|_, (v, g)| *g == current && v.expires_unix_s.saturating_add(leeway) >= now);
+            let (leeway, current) = (self.config.leeway_s, self.keys.fresh_generation());
+            remembered.retain(|_, (v, g)| Some(*g) == current && v.expires_unix_s.saturating_add(leeway) >= now);
             if remembered.len() >= self.config.verified_tokens_max
                 && let Some(victim) = remembered.keys().next().copied()
             {

@@ -8,6 +8,10 @@ use std::sync::Mutex as StdMutex;
 struct Documents {
     url: String,
     table: Arc<StdMutex<HashMap<String, String>>>,
+    /// Requests answered so far.
+    served: Arc<std::sync::atomic::AtomicUsize>,
+    /// How long each answer waits, ms.
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Documents {
@@ -15,15 +19,19 @@ impl Documents {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://127.0.0.1:{}", listener.local_addr().expect("addr").port());
         let table: Arc<StdMutex<HashMap<String, String>>> = Arc::default();
-        let served = table.clone();
+        let (served, delay_ms) =
+            (Arc::<std::sync::atomic::AtomicUsize>::default(), Arc::<std::sync::atomic::AtomicU64>::default());
+        let (documents, count, delay) = (table.clone(), served.clone(), delay_ms.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(delay.load(std::sync::atomic::Ordering::SeqCst)));
                 let mut request = [0u8; 4096];
                 let read = stream.read(&mut request).unwrap_or(0);
                 let line = String::from_utf8_lossy(&request[..read]).lines().next().unwrap_or_default().to_string();
                 let path = line.split(' ').nth(1).unwrap_or_default().to_string();
-                let body = served.lock().expect("table").get(&path).cloned();
+                let body = documents.lock().expect("table").get(&path).cloned();
                 let (status, body) = match body {
                     Some(body) => ("200 OK", body),
                     None => ("404 Not Found", String::new()),
@@ -36,7 +44,11 @@ impl Documents {
                 let _ = stream.write_all(body.as_bytes());
             }
         });
-        Self { url, table }
+        Self { url, table, served, delay_ms }
+    }
+
+    fn served(&self) -> usize {
+        self.served.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn set(&self, path: &str, body: impl Into<String>) {
@@ -212,9 +224,11 @@ async fn an_issuer_naming_another_issuer_or_unreachable_gives_no_keys() {
     assert!(matches!(refused, TokenError::Unavailable(_)), "{refused:?}");
 }
 
-#[test]
-fn remembered_tokens_stay_within_their_bound() {
-    let oauth = OAuth::new(OAuthConfig { verified_tokens_max: 2, ..config("https://login.example") }).expect("oauth");
+#[tokio::test]
+async fn remembered_tokens_stay_within_their_bound() {
+    let issuer = issuer(&[es256_key("k1").1]);
+    let oauth = OAuth::new(OAuthConfig { verified_tokens_max: 2, ..config(&issuer.url) }).expect("oauth");
+    oauth.prefetch().await.expect("keys");
     let now = now_unix_s();
     let verified = |expires_unix_s| Verified {
         tenant: "alice".into(),
@@ -259,4 +273,40 @@ async fn rsa_tokens_verify_and_a_key_pinned_to_one_algorithm_refuses_another() {
     let (es, _) = es256_key("es");
     let refused = oauth.verify(&sign(&es, "es", claims(&issuer.url))).await.expect_err("not accepted");
     assert!(matches!(&refused, TokenError::Invalid(m) if m.contains("oauth.algorithms")), "{refused:?}");
+}
+
+#[tokio::test]
+async fn a_fetch_outlives_the_caller_that_started_it() {
+    let (key, jwk) = es256_key("k1");
+    let issuer = issuer(&[jwk]);
+    issuer.delay_ms.store(300, std::sync::atomic::Ordering::SeqCst);
+    let oauth = OAuth::new(config(&issuer.url)).expect("oauth");
+    let token = sign(&key, "k1", claims(&issuer.url));
+    // A client that gives up 50 ms in (its connection closed) does not cut the fetch short ...
+    let gave_up = tokio::time::timeout(std::time::Duration::from_millis(50), oauth.verify(&token)).await;
+    assert!(gave_up.is_err());
+    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    // ... so the next token is checked against the keys it brought, with no fetch of its own.
+    let served = issuer.served();
+    oauth.verify(&token).await.expect("the keys are held");
+    assert_eq!(issuer.served(), served);
+}
+
+#[tokio::test]
+async fn a_failing_issuer_is_asked_at_most_once_per_refetch_interval_and_tokens_get_unavailable() {
+    let (key, jwk) = es256_key("k1");
+    let issuer = issuer(&[jwk]);
+    let oauth = OAuth::new(OAuthConfig { jwks_refetch_min_ms: 2000, ..config(&issuer.url) }).expect("oauth");
+    oauth.prefetch().await.expect("keys");
+    // The issuer breaks: a token of an unknown key is answered 503-like, not "not its key".
+    issuer.set("/jwks", "not json");
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let before = issuer.served();
+    for n in 0..20 {
+        let token = sign(&key, &format!("k{}", n + 2), claims(&issuer.url));
+        let refused = oauth.verify(&token).await.expect_err("unknown key");
+        assert!(matches!(refused, TokenError::Unavailable(_)), "{refused:?}");
+    }
+    assert_eq!(issuer.served() - before, 1, "one fetch in the refetch interval, failed or not");
+    oauth.verify(&sign(&key, "k1", claims(&issuer.url))).await.expect("a held key still checks");
 }
