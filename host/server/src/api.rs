@@ -6,7 +6,7 @@ use crate::api_error::{ApiError, ApiResult, too_large};
 use crate::api_tools::describe_tool;
 use crate::auth::{Admin, Caller, ErrorCode};
 use crate::daemon::{Daemon, Rejection, RunRequest, Submitted};
-use crate::runs::Owner;
+use crate::principal::Owner;
 use crate::runs::{Finished, FinishedBody, RunBody, RunEntry, RunState};
 use axum::Json;
 use axum::extract::rejection::BytesRejection;

@@ -4,8 +4,8 @@
 //! [`AuthRejection`], whose response is the same on both surfaces.
 
 use crate::daemon::Daemon;
-use crate::oauth::{OAuth, Scopes, TokenError};
-use crate::runs::Owner;
+use crate::oauth::{OAuth, TokenError};
+use crate::principal::Bearer;
 use crate::tenants::Tenant;
 use axum::Json;
 use axum::extract::FromRequestParts;
@@ -142,39 +142,6 @@ impl IntoResponse for AuthRejection {
 #[derive(Clone, Copy)]
 pub(crate) struct ErrorCode(pub(crate) &'static str);
 
-/// What the caller's bearer token grants within its tenant, and on whose behalf it calls.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Bearer {
-    /// The access token's subject, as recorded (`[oauth] subject_record`); `None` for a
-    /// tenant's static token, whose subject is the tenant itself.
-    pub(crate) subject: Option<String>,
-    /// What the access token's scopes grant; `None` for a static token: all its tenant may.
-    scopes: Option<Arc<Scopes>>,
-}
-
-impl Bearer {
-    /// A tenant's static token (or stdio, which runs as one tenant).
-    pub(crate) fn tenant_token() -> Self {
-        Self::default()
-    }
-
-    /// Whether its scopes let it call `tool` (its tenant's allow-list is checked apart).
-    pub(crate) fn may_call(&self, tool: &str) -> bool {
-        self.scopes.as_ref().is_none_or(|s| s.call(tool))
-    }
-
-    /// Whether state of `owner` is the caller's own: its tenant's, and for an access token, made
-    /// by its own subject (a tenant's static token speaks for all of the tenant's subjects).
-    pub(crate) fn owns(&self, caller: &Tenant, owner: Owner<'_>) -> bool {
-        caller.name == owner.tenant && (self.subject.is_none() || self.subject.as_deref() == owner.subject)
-    }
-
-    /// Whether its scopes let it use the admin routes (its tenant must be an admin too).
-    pub(crate) fn may_admin(&self) -> bool {
-        self.scopes.as_ref().is_none_or(|s| s.admin())
-    }
-}
-
 /// The caller, authenticated from the request's headers. It holds one of the tenant's places
 /// among requests in flight while the request is served.
 pub(crate) struct Caller(pub(crate) Arc<Tenant>, pub(crate) OwnedSemaphorePermit, pub(crate) Bearer);
@@ -252,5 +219,5 @@ async fn authenticate(daemon: &Daemon, headers: &HeaderMap) -> Result<(Arc<Tenan
     if !verified.scopes.any() {
         return Err(scope_missing(daemon, |o| o.scope_tools().to_string()));
     }
-    Ok((tenant, Bearer { subject: Some(verified.subject), scopes: Some(verified.scopes) }))
+    Ok((tenant, Bearer::access_token(verified.subject, verified.scopes)))
 }

@@ -5,9 +5,9 @@
 //! stdio for `guild mcp` ([`serve_stdio`] here, on `mcp_stdio.rs`) and streamable HTTP at
 //! `/mcp` (`mcp_http.rs`).
 
-use crate::auth::Bearer;
 use crate::daemon::{Daemon, Rejection, RunRequest, Submitted};
 use crate::mcp_shapes::{TOOLS_CURSOR_PREFIX, finished_result, mcp_tool, rejection_message, tool_error, tools_cursor};
+use crate::principal::Bearer;
 use crate::tenants::Tenant;
 use guild_runtime::CancellationToken;
 use rmcp::model::{

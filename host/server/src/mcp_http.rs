@@ -14,11 +14,12 @@
 //! rmcp then checks `Host` and `Origin` against `[mcp]` (DNS rebinding) and hands each request,
 //! with the caller's tenant in its extensions, to [`GuildMcp`].
 
-use crate::auth::{Bearer, Caller, ErrorCode};
+use crate::auth::{Caller, ErrorCode};
 use crate::daemon::Daemon;
 use crate::http::HoldingBody;
 use crate::jsonrpc::{self, Screened};
 use crate::mcp::GuildMcp;
+use crate::principal::Bearer;
 use crate::tenants::Tenant;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Request, State};

@@ -5,10 +5,10 @@
 //! `MCP_BUNDLE_BLOB_BYTES_MAX`, its `.tar.zst` archive (what `guild replay` takes) as a blob —
 //! a larger one is fetched with `GET /v1/bundles/{id}`, which streams it.
 
-use crate::auth::Bearer;
 use crate::bundles::{FindError, find};
 use crate::daemon::{Daemon, Hidden};
-use crate::runs::Owner;
+use crate::principal::Bearer;
+use crate::principal::Owner;
 use crate::tenants::Tenant;
 use base64::Engine;
 use guild_replay::Digest;

@@ -9,9 +9,9 @@
 //! the 2026 generation's `subscriptions/listen`, where clients poll). A task answers only the
 //! principal that started it; anyone else gets what an unknown task gets.
 
-use crate::auth::Bearer;
 use crate::daemon::{Daemon, Rejection, RunRequest, Submitted};
-use crate::runs::Owner;
+use crate::principal::Bearer;
+use crate::principal::Owner;
 use crate::runs::{Finished, RunEntry, RunState};
 use crate::tenants::Tenant;
 use guild_runtime::CancellationToken;

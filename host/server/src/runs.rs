@@ -3,6 +3,7 @@
 //! forgotten oldest first (their bundles and audit records stay). On start the table is
 //! refilled from the audit log, so run ids and idempotency keys survive a restart.
 
+use crate::principal::Owner;
 use guild_replay::Digest;
 use guild_runtime::{Failure, RunStatus};
 use serde::Serialize;
@@ -153,25 +154,6 @@ impl RunState {
             Self::Running => "running",
             Self::Finished(f) => f.status.as_str(),
         }
-    }
-}
-
-/// Who owns state that an id reaches (a run, a bundle, a task): a tenant and, for what an OAuth
-/// access token started, its subject within the tenant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Owner<'a> {
-    /// The tenant's name.
-    pub(crate) tenant: &'a str,
-    /// The subject (as recorded); `None` for the tenant's static token.
-    pub(crate) subject: Option<&'a str>,
-}
-
-impl<'a> Owner<'a> {
-    /// The owner a bundle's principal names: a subject equal to the tenant's name is the tenant's
-    /// static token (access tokens with such a subject are refused).
-    pub(crate) fn of_principal(principal: &'a guild_replay::Principal) -> Self {
-        let subject = Some(principal.subject.as_str()).filter(|s| *s != principal.tenant);
-        Self { tenant: &principal.tenant, subject }
     }
 }
 

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 mod env;
+pub mod oauth;
 #[cfg(test)]
 mod tests;
 
@@ -112,7 +113,7 @@ pub struct DaemonConfig {
     /// The OAuth 2.1 resource server: JWT access tokens from this issuer are accepted besides
     /// the tenants' static tokens. Unset: static tokens only.
     #[serde(default)]
-    pub oauth: Option<crate::oauth::OAuthConfig>,
+    pub oauth: Option<oauth::OAuthConfig>,
 }
 
 /// Default of [`RolloutConfig::check_runs_default`].

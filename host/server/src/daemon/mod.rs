@@ -4,13 +4,14 @@
 //! With `--redis` the run becomes a job for `guild worker`s instead (`remote.rs`). Every run executes in its own
 //! task, so a client that disconnects never cuts a run, its bundle or its audit record short.
 
-use crate::auth::Bearer;
 use crate::config::McpConfig;
 use crate::drain::DrainToken;
 use crate::metrics::Metrics;
+use crate::principal::Bearer;
+use crate::principal::Owner;
 use crate::registry::{InvalidInput, RegisteredTool, Registry, Unroutable};
 use crate::remote::{self, Remote};
-use crate::runs::{Finished, Inserted, Owner, RunEntry, RunState, RunTable, new_run_id, request_digest};
+use crate::runs::{Finished, Inserted, RunEntry, RunState, RunTable, new_run_id, request_digest};
 use crate::tenants::{Admission, Refusal, Tenant};
 use guild_audit::{AuditEntry, AuditEvent, AuditLog};
 use guild_queue::{QueueError, QueueFull, RunQueue};

@@ -4,8 +4,9 @@
 //! ids cannot make Guild hammer the issuer). One fetch runs at a time; callers that arrive
 //! meanwhile wait for its result rather than start their own.
 
-use super::{OAuthConfig, TokenError, secure_or_loopback};
+use super::{OAuthConfig, TokenError};
 use crate::config::ConfigError;
+use crate::config::oauth::secure_or_loopback;
 use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use std::collections::HashMap;
