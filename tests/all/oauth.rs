@@ -387,6 +387,37 @@ fn an_access_token_sees_only_its_own_subjects_runs_and_sessions() {
 }
 
 #[test]
+fn one_subject_cannot_take_all_of_its_tenants_places() {
+    let guild = Guild::new();
+    let key = Key::new("k1", Algorithm::ES256);
+    let issuer = Issuer::start(&[&key]);
+    let text = format!(
+        "[[tools]]\npath = \"{hostile}\"\n\n[tools.limits]\ntimeout_ms = 3000\n\n[[tools]]\npath = \"{echo}\"\n\n\
+         [oauth]\nissuer = \"{url}\"\naudience = \"{AUDIENCE}\"\nsubject_requests_max = 1\n\n{tenants}",
+        hostile = guild_test_artifacts::HOSTILE,
+        echo = guild_test_artifacts::ECHO,
+        url = issuer.url,
+        tenants = two_tenants(),
+    );
+    let daemon = Daemon::start(&guild, &["--config", &config_file(guild.home(), &text)], &[]);
+    let seven = key.sign(&issuer.claims("alice", "agent-7", "guild:tools"));
+    let eight = key.sign(&issuer.claims("alice", "agent-8", "guild:tools"));
+    let port = daemon.port;
+    let busy = seven.clone();
+    let sleeping = std::thread::spawn(move || {
+        let body = json!({ "tool": "hostile", "input": { "attack": "sleep" } }).to_string();
+        crate::daemon::call(port, "POST", "/v1/runs", &busy, body.as_bytes(), &[]).status
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let reply = echo(&daemon, &seven);
+    assert_eq!((reply.status, reply.code().as_str()), (429, "too_many_requests"));
+    assert!(String::from_utf8_lossy(&reply.body).contains("oauth.subject_requests_max"));
+    assert_eq!(echo(&daemon, &eight).status, 200, "another subject of the tenant is served");
+    assert_eq!(sleeping.join().expect("the sleeping call"), 200, "the run ended at its timeout");
+    assert_eq!(echo(&daemon, &seven).status, 200, "its place came back");
+}
+
+#[test]
 fn without_the_issuers_keys_access_tokens_get_503_and_static_tokens_still_work() {
     let guild = Guild::new();
     let key = Key::new("k1", Algorithm::ES256);

@@ -4,7 +4,7 @@
 //! [`AuthRejection`], whose response is the same on both surfaces.
 
 use crate::daemon::Daemon;
-use crate::oauth::{OAuth, TokenError};
+use crate::oauth::{OAuth, SubjectSlot, TokenError};
 use crate::principal::Bearer;
 use crate::tenants::Tenant;
 use axum::Json;
@@ -142,23 +142,37 @@ impl IntoResponse for AuthRejection {
 #[derive(Clone, Copy)]
 pub(crate) struct ErrorCode(pub(crate) &'static str);
 
-/// The caller, authenticated from the request's headers. It holds one of the tenant's places
-/// among requests in flight while the request is served.
-pub(crate) struct Caller(pub(crate) Arc<Tenant>, pub(crate) OwnedSemaphorePermit, pub(crate) Bearer);
+/// A request's places among those in flight, held while it is served: one of its tenant's
+/// (`http.tenant_requests_max`) and, for an access token, one of its subject's
+/// (`oauth.subject_requests_max`).
+pub(crate) struct Places {
+    _tenant: OwnedSemaphorePermit,
+    _subject: Option<SubjectSlot>,
+}
+
+/// The caller, authenticated from the request's headers, with its places among requests in
+/// flight.
+pub(crate) struct Caller(pub(crate) Arc<Tenant>, pub(crate) Places, pub(crate) Bearer);
 
 impl FromRequestParts<Arc<Daemon>> for Caller {
     type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, daemon: &Arc<Daemon>) -> Result<Self, AuthRejection> {
         let (tenant, bearer) = authenticate(daemon, &parts.headers).await?;
-        let slot = tenant.request_slot().map_err(AuthRejection::TooManyRequests)?;
-        Ok(Caller(tenant, slot, bearer))
+        let subject = match (daemon.oauth(), &bearer.subject) {
+            (Some(oauth), Some(subject)) => {
+                Some(oauth.subject_slot(&tenant.name, subject).map_err(AuthRejection::TooManyRequests)?)
+            }
+            _ => None,
+        };
+        let tenant_place = tenant.request_slot().map_err(AuthRejection::TooManyRequests)?;
+        Ok(Caller(tenant, Places { _tenant: tenant_place, _subject: subject }, bearer))
     }
 }
 
 /// An admin caller: [`Caller`], refused 403 when its tenant is not an admin or its access token
 /// lacks the admin scope.
-pub(crate) struct Admin(pub(crate) Arc<Tenant>, pub(crate) OwnedSemaphorePermit);
+pub(crate) struct Admin(pub(crate) Arc<Tenant>, pub(crate) Places);
 
 impl FromRequestParts<Arc<Daemon>> for Admin {
     type Rejection = AuthRejection;

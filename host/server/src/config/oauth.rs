@@ -27,6 +27,8 @@ pub const DOCUMENT_BYTES_MAX_DEFAULT: usize = 256 * 1024;
 pub const KEYS_MAX_DEFAULT: usize = 64;
 /// Default longest access token accepted, bytes.
 pub const TOKEN_BYTES_MAX_DEFAULT: usize = 16 * 1024;
+/// Default most requests of one subject (tenant and `sub`) in flight at once.
+pub const SUBJECT_REQUESTS_MAX_DEFAULT: usize = 64;
 /// Default most verified tokens remembered (so a token's signature is checked once, not per call).
 pub const VERIFIED_TOKENS_MAX_DEFAULT: usize = 10_000;
 
@@ -76,6 +78,9 @@ pub struct OAuthConfig {
     pub token_bytes_max: usize,
     /// Most verified tokens remembered until they expire.
     pub verified_tokens_max: usize,
+    /// Most requests of one subject in flight at once (429 past it), within its tenant's
+    /// `http.tenant_requests_max`: one agent cannot take all of its tenant's places.
+    pub subject_requests_max: usize,
     /// PEM files of CA certificates trusted for the issuer besides the webpki roots (a private
     /// CA's issuer).
     pub ca_files: Vec<std::path::PathBuf>,
@@ -101,6 +106,7 @@ impl Default for OAuthConfig {
             keys_max: KEYS_MAX_DEFAULT,
             token_bytes_max: TOKEN_BYTES_MAX_DEFAULT,
             verified_tokens_max: VERIFIED_TOKENS_MAX_DEFAULT,
+            subject_requests_max: SUBJECT_REQUESTS_MAX_DEFAULT,
             ca_files: Vec::new(),
         }
     }
@@ -177,6 +183,7 @@ impl OAuthConfig {
             ("oauth.keys_max", self.keys_max as u64),
             ("oauth.token_bytes_max", self.token_bytes_max as u64),
             ("oauth.verified_tokens_max", self.verified_tokens_max as u64),
+            ("oauth.subject_requests_max", self.subject_requests_max as u64),
         ];
         if let Some((field, _)) = bounds.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::new(*field, "must be at least 1"));

@@ -84,6 +84,27 @@ pub struct OAuth {
     verified: Mutex<HashMap<[u8; 32], (Verified, u64)>>,
     /// The protected-resource metadata document's URL.
     metadata_url: String,
+    /// Requests in flight per (tenant, subject). An entry leaves when its count drops to zero,
+    /// so there are never more entries than requests in flight (`http.connections_max`).
+    subjects_in_flight: Arc<Mutex<HashMap<(String, String), usize>>>,
+}
+
+/// One of a subject's places among requests in flight, given back when dropped.
+pub(crate) struct SubjectSlot {
+    in_flight: Arc<Mutex<HashMap<(String, String), usize>>>,
+    key: (String, String),
+}
+
+impl Drop for SubjectSlot {
+    fn drop(&mut self) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = in_flight.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                in_flight.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl OAuth {
@@ -97,7 +118,15 @@ impl OAuth {
         let keys = Arc::new(KeyCache::new(&config)?);
         let metadata_url = metadata_url(&config.audience);
         let subject_key = config.subject_hash_key.as_deref().map(read_subject_key).transpose()?;
-        Ok(Self { config, subject_key, algorithms, keys, verified: Mutex::new(HashMap::new()), metadata_url })
+        Ok(Self {
+            config,
+            subject_key,
+            algorithms,
+            keys,
+            verified: Mutex::new(HashMap::new()),
+            metadata_url,
+            subjects_in_flight: Arc::default(),
+        })
     }
 
     /// Fetch the issuer's keys now (at start), so the first call does not wait for them.
@@ -112,6 +141,24 @@ impl OAuth {
     /// `WWW-Authenticate: Bearer resource_metadata="…"`.
     pub(crate) fn metadata_url(&self) -> &str {
         &self.metadata_url
+    }
+
+    /// A place among the requests in flight of `subject` (as recorded) in `tenant`.
+    ///
+    /// # Errors
+    /// A message naming `oauth.subject_requests_max` when the subject has that many already.
+    pub(crate) fn subject_slot(&self, tenant: &str, subject: &str) -> Result<SubjectSlot, String> {
+        let key = (tenant.to_string(), subject.to_string());
+        let mut in_flight = self.subjects_in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let count = in_flight.entry(key.clone()).or_insert(0);
+        if *count >= self.config.subject_requests_max {
+            return Err(format!(
+                "subject {subject:?} of tenant {tenant} has {} requests in flight already (oauth.subject_requests_max); wait for one to finish",
+                self.config.subject_requests_max
+            ));
+        }
+        *count += 1;
+        Ok(SubjectSlot { in_flight: self.subjects_in_flight.clone(), key })
     }
 
     /// The scope a token needs to call any tool.

@@ -310,3 +310,18 @@ async fn a_failing_issuer_is_asked_at_most_once_per_refetch_interval_and_tokens_
     assert_eq!(issuer.served() - before, 1, "one fetch in the refetch interval, failed or not");
     oauth.verify(&sign(&key, "k1", claims(&issuer.url))).await.expect("a held key still checks");
 }
+
+#[test]
+fn a_subject_holds_at_most_its_places_and_gives_them_back() {
+    let oauth = OAuth::new(OAuthConfig { subject_requests_max: 2, ..config("https://login.example") }).expect("oauth");
+    let first = oauth.subject_slot("alice", "agent-7").expect("one");
+    let _second = oauth.subject_slot("alice", "agent-7").expect("two");
+    let refused = oauth.subject_slot("alice", "agent-7").err().expect("a third");
+    assert!(refused.contains("oauth.subject_requests_max"), "{refused}");
+    let _other = oauth.subject_slot("alice", "agent-8").expect("another subject has its own");
+    let _same_name = oauth.subject_slot("bob", "agent-7").expect("and so has another tenant's");
+    drop(first);
+    let _again = oauth.subject_slot("alice", "agent-7").expect("a place given back");
+    drop((_second, _other, _same_name, _again));
+    assert!(oauth.subjects_in_flight.lock().expect("map").is_empty(), "no entry outlives its requests");
+}
