@@ -295,3 +295,34 @@ fn annotations_state_what_the_grants_let_a_tool_do_and_follow_a_reload() {
     let hash = annotations(&daemon, "hash");
     assert_eq!(hash["readOnlyHint"], true, "{hash}");
 }
+
+/// Sampled hits are replayed at most `CACHE_VERIFY_IN_FLIGHT_MAX` at once: a burst of hits on a
+/// slow call verifies a few and counts the rest `skipped`; every hit is still answered.
+#[test]
+fn a_burst_of_sampled_hits_replays_a_bounded_few_and_counts_the_rest_skipped() {
+    let guild = Guild::new();
+    let tools = format!("[[tools]]\npath = \"{HOSTILE}\"\n[tools.cache]\nttl_s = 3600\nverify_sample = 1.0\n");
+    let file = config_file(guild.home(), &config(&tools));
+    let daemon = Daemon::start(&guild, &["--config", &file], &[]);
+    // Over a second of work: its replays outlast the burst of hits by far.
+    let call = json!({"tool": "hostile", "input": {"attack": "spin", "rounds": 150_000_000u64}});
+    let stored = daemon.run(ALICE, call.clone()).json();
+    assert_eq!(stored["cache"], "stored", "{stored}");
+    let port = daemon.port;
+    let burst: Vec<_> = (0..12)
+        .map(|_| {
+            let body = call.to_string();
+            std::thread::spawn(move || crate::daemon::call(port, "POST", "/v1/runs", ALICE, body.as_bytes(), &[]))
+        })
+        .collect();
+    for hit in burst {
+        assert_eq!(hit.join().expect("a hit").json()["cache"], "hit");
+    }
+    let skipped = metric(&daemon, r#"guild_cache_verify_total{result="skipped",tool="hostile"}"#);
+    assert!(skipped >= 6, "at most 2 replays at a time over the burst: {skipped} skipped, {stored}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&daemon, r#"guild_cache_verify_total{result="match",tool="hostile"}"#) + skipped < 12 {
+        assert!(Instant::now() < deadline, "the verified ones never matched");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1086,3 +1086,32 @@ tools = ["*"]
     let again = b.run("alice-token", json!({"tool": "hash", "input": {"text": "the fleet computes this once"}})).json();
     assert_eq!(again["cache"], "stored", "{again}");
 }
+
+/// A shared cache entry larger than `CACHE_VALUE_BYTES_MAX` (put there by something other than
+/// Guild) is refused by its size, without being read whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_cache_entry_past_its_bound_is_refused_unread() {
+    let redis = RedisServer::start();
+    let queue = guild_queue::RedisQueue::open(guild_queue::RedisSettings::new(redis.url())).expect("queue");
+    let key = guild_queue::CacheKey::new("alice", &guild_replay::Digest::of(b"an action"));
+    let entry = format!("guild:{{default}}:cache:hash:e:{}", key.to_hex());
+    // `redis-cli -x` takes the value from stdin: 16 MiB do not fit on a command line.
+    let set = |value: Vec<u8>| {
+        let mut child = Command::new("redis-cli")
+            .args(["-u", &redis.url(), "-x", "SET", &entry])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-cli");
+        child.stdin.take().expect("stdin").write_all(&value).expect("value");
+        assert!(child.wait().expect("redis-cli").success());
+    };
+    set(vec![b'x'; guild_queue::CACHE_VALUE_BYTES_MAX + 1]);
+    let refused = queue.cache_get("hash", &key).await.expect_err("too large");
+    let text = refused.to_string();
+    assert!(text.contains(&format!("at most {} are read", guild_queue::CACHE_VALUE_BYTES_MAX)), "{text}");
+    // A small one is read (and, not being an entry, refused as one).
+    set(b"{}".to_vec());
+    let refused = queue.cache_get("hash", &key).await.expect_err("not an entry");
+    assert!(!refused.to_string().contains("at most"), "{refused}");
+}

@@ -264,3 +264,53 @@ async fn a_hermetic_run_reads_its_mounts_as_captured_whatever_the_host_does_mean
     let now = runtime.prepare(&hash, input, &grants, &limits, mode).await.expect("prepare");
     assert_ne!(*now.action().expect("hermetic").expect("digest"), action);
 }
+
+/// Each of a hermetic run's bounds, hit: mounts too large to snapshot are run live and not
+/// cached; past the file identities it numbers, the run is not reusable; past its listings'
+/// bytes, the guest is told `insufficient-memory`.
+#[tokio::test]
+async fn a_hermetic_run_at_each_of_its_bounds() {
+    use guild_replay::{DirStore, HostKey};
+    use guild_runtime::{Access, HermeticBounds, Mount, NotCacheable, RecordingConfig, RunMode};
+    let home = tempfile::tempdir().expect("home");
+    let store = Arc::new(DirStore::open(home.path().join("store")).expect("store"));
+    let recording = RecordingConfig::new(store, Arc::new(HostKey::generate().expect("key")));
+    let bounded = |hermetic| {
+        Runtime::new(RuntimeConfig { recording: Some(recording.clone()), hermetic, ..RuntimeConfig::default() })
+            .expect("runtime")
+    };
+    let data = crate::tree(&[("a.txt", "alpha\n"), ("b/c.txt", "gamma\n")]);
+    let grants = Grants {
+        mounts: vec![Mount {
+            host_path: data.path().to_path_buf(),
+            guest_path: "/data".into(),
+            access: Access::ReadOnly,
+        }],
+        ..Grants::default()
+    };
+    let (input, limits) = (r#"{"path":"/data"}"#, Limits::default());
+    let mode = RunMode::Hermetic { revision: Some(1), scope: None };
+
+    let runtime = bounded(HermeticBounds { mount_bytes_max: 8, ..HermeticBounds::default() });
+    let (hash, _) = runtime.load_file(guild_test_artifacts::HASH.as_ref()).await.expect("load");
+    let prepared = runtime.prepare(&hash, input, &grants, &limits, mode).await.expect("prepare");
+    let refused = prepared.action().expect("hermetic").expect_err("12 bytes of mounts, 8 allowed");
+    assert_eq!(*refused, NotCacheable::MountsTooLarge { bytes: 12, bytes_max: 8 });
+    assert!(refused.to_string().contains("cache.hermetic_mount_bytes_max"), "{refused}");
+
+    let runtime = bounded(HermeticBounds { identities_max: 1, ..HermeticBounds::default() });
+    let (hash, _) = runtime.load_file(guild_test_artifacts::HASH.as_ref()).await.expect("load");
+    let prepared = runtime.prepare(&hash, input, &grants, &limits, mode).await.expect("prepare");
+    let cancel = guild_runtime::CancellationToken::new();
+    let report = runtime.run_prepared(&hash, prepared, &grants, &limits, cancel, None).await.expect("run");
+    let reusable = report.hermetic.expect("hermetic").reusable;
+    assert_eq!(reusable, Err(NotCacheable::HostMetadata), "more files than identities numbered");
+
+    let runtime = bounded(HermeticBounds { listings_bytes_max: 16, ..HermeticBounds::default() });
+    let (hash, _) = runtime.load_file(guild_test_artifacts::HASH.as_ref()).await.expect("load");
+    let prepared = runtime.prepare(&hash, input, &grants, &limits, mode).await.expect("prepare");
+    let cancel = guild_runtime::CancellationToken::new();
+    let report = runtime.run_prepared(&hash, prepared, &grants, &limits, cancel, None).await.expect("run");
+    assert!(!matches!(report.outcome, guild_runtime::Outcome::Output { .. }), "{:?}", report.outcome);
+    assert!(format!("{:?}", report.outcome).to_lowercase().contains("memory"), "{:?}", report.outcome);
+}

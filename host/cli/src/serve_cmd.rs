@@ -120,6 +120,7 @@ pub(crate) fn open_runtime(
         recording: Some(recording),
         http_connections_max: config.egress_connections_max,
         gpu: guild_runtime::GpuConfig { mode: global.gpu, ..guild_runtime::GpuConfig::default() },
+        hermetic: config.cache.hermetic(),
         ..RuntimeConfig::default()
     };
     let runtime = Arc::new(Runtime::new(runtime_config).map_err(|e| Failure::host(e.to_string()))?);

@@ -56,12 +56,14 @@ pub enum NotCacheable {
     /// The run ended without output (its outcome's label: `trap`, `limit`, `tool_error`, …).
     Outcome(&'static str),
     /// The guest saw something of the host's its action digest does not name (more file
-    /// identities than a hermetic run numbers: `HERMETIC_IDENTITIES_MAX`).
+    /// identities than a hermetic run numbers: `cache.hermetic_identities_max`).
     HostMetadata,
     /// The mounts hold more than a hermetic run rebuilds for each run.
     MountsTooLarge {
         /// What they hold, bytes.
         bytes: u64,
+        /// What a hermetic run rebuilds at most, bytes (`HermeticBounds::mount_bytes_max`).
+        bytes_max: u64,
     },
     /// A preview-1 module: its timers run on wasmtime-wasi's own preview 1, on the real clock,
     /// which a hermetic run's virtual time cannot reach.
@@ -78,10 +80,9 @@ impl fmt::Display for NotCacheable {
             Self::Outcome(label) => write!(f, "outcome {label}"),
             Self::Preview1 => f.write_str("preview-1 module"),
             Self::HostMetadata => f.write_str("more file identities asked for than a hermetic run numbers"),
-            Self::MountsTooLarge { bytes } => write!(
+            Self::MountsTooLarge { bytes, bytes_max } => write!(
                 f,
-                "mounts hold {bytes} bytes, more than the {} a hermetic run rebuilds (HERMETIC_MOUNT_BYTES_MAX)",
-                HERMETIC_MOUNT_BYTES_MAX
+                "mounts hold {bytes} bytes, more than the {bytes_max} a hermetic run rebuilds (cache.hermetic_mount_bytes_max)"
             ),
         }
     }
@@ -189,9 +190,39 @@ pub(crate) fn action_digest(parts: &ActionParts<'_>, policy: &EffectivePolicy, l
     Digest::of(&bytes)
 }
 
-/// Bytes of read-only mounts a hermetic run rebuilds from their trees before each run (its
-/// snapshot); larger mounts are run live, and their results not cached.
+/// Default bytes of read-only mounts a hermetic run rebuilds from their trees before each run
+/// (its snapshot); larger mounts are run live, and their results not cached.
 pub const HERMETIC_MOUNT_BYTES_MAX: u64 = 256 * 1024 * 1024;
+
+/// Default file identities a hermetic run's guest may ask for (wasi-libc asks on every `stat`);
+/// past it the host's own are answered, and the run's result is not cached.
+pub const HERMETIC_IDENTITIES_MAX: usize = 1_000_000;
+
+/// Default bytes a hermetic run's open directory listings may hold at once (each entry its name
+/// plus 32); one more listing answers `insufficient-memory`.
+pub const HERMETIC_LISTINGS_BYTES_MAX: u64 = 8 * 1024 * 1024;
+
+/// What a hermetic run may hold of its mounts: past each bound it is run live (the mounts) or
+/// answered as the host would be (identities, listings), and its result not cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HermeticBounds {
+    /// Bytes of read-only mounts rebuilt as its snapshot ([`HERMETIC_MOUNT_BYTES_MAX`]).
+    pub mount_bytes_max: u64,
+    /// File identities numbered for the guest ([`HERMETIC_IDENTITIES_MAX`]).
+    pub identities_max: usize,
+    /// Bytes its open directory listings hold at once ([`HERMETIC_LISTINGS_BYTES_MAX`]).
+    pub listings_bytes_max: u64,
+}
+
+impl Default for HermeticBounds {
+    fn default() -> Self {
+        Self {
+            mount_bytes_max: HERMETIC_MOUNT_BYTES_MAX,
+            identities_max: HERMETIC_IDENTITIES_MAX,
+            listings_bytes_max: HERMETIC_LISTINGS_BYTES_MAX,
+        }
+    }
+}
 
 /// The seed of a hermetic run of `action` for `scope` (whose run it is), keyed by `secret` (the
 /// host's, derived from its signing key): the same for one host, action and tenant, and not

@@ -66,7 +66,10 @@ pub use guild_vocab::{
     Access, AttemptEnd, Capabilities, Determinism, DirRequest, EffectivePolicy, EngineFingerprint, Failure,
     FailureCode, Grants, Mount, Outcome, PolicyError, PolicyRecord, RunStatus, ToolErrorKind, ToolInfo,
 };
-pub use hermetic::{HERMETIC_MOUNT_BYTES_MAX, Hermetic, NotCacheable, RunMode};
+pub use hermetic::{
+    HERMETIC_IDENTITIES_MAX, HERMETIC_LISTINGS_BYTES_MAX, HERMETIC_MOUNT_BYTES_MAX, Hermetic, HermeticBounds,
+    NotCacheable, RunMode,
+};
 pub use logs::{LogLevel, LogLine, LogSource};
 pub use record::Divergence;
 pub use recording::RecordingConfig;

@@ -119,29 +119,21 @@ pub(crate) struct MountQuotas {
     /// Descriptor (resource rep) → its mount's guest path. At most one entry per open
     /// descriptor, so bounded by `wasi_resources_max`.
     descriptors: HashMap<u32, String>,
-    /// A hermetic run: the guest sees only what the action digest names of its mounts — fixed
-    /// timestamps, one link per file, directory entries by name.
-    hermetic: bool,
+    /// A hermetic run (with its bounds): the guest sees only what the action digest names of
+    /// its mounts — fixed timestamps, one link per file, directory entries by name.
+    hermetic: Option<crate::HermeticBounds>,
     /// A hermetic run's open directory listings (stream rep → its entries, by name, and the
-    /// bytes they hold), at most [`HERMETIC_LISTINGS_BYTES_MAX`] together.
+    /// bytes they hold), at most `HermeticBounds::listings_bytes_max` together.
     listings: HashMap<u32, (std::collections::VecDeque<types::DirectoryEntry>, u64)>,
     listings_bytes: u64,
     /// A hermetic run's file identities: each host `metadata-hash` the guest asked for, numbered
     /// in the order it first asked (the same file keeps its number, another gets another), so
-    /// the guest sees no inode of the host's. At most [`HERMETIC_IDENTITIES_MAX`].
+    /// the guest sees no inode of the host's. At most `HermeticBounds::identities_max`.
     identities: HashMap<(u64, u64), u64>,
     /// A hermetic run saw something of the host's that its action digest does not name (more
     /// file identities than are numbered): its result may not be reused.
     pub(crate) host_identity_read: bool,
 }
-
-/// File identities a hermetic run's guest may ask for (wasi-libc asks on every `stat`); past it
-/// the host's own are answered, and the run's result is not cached.
-pub(crate) const HERMETIC_IDENTITIES_MAX: usize = 1_000_000;
-
-/// Bytes a hermetic run's open directory listings may hold at once (each entry its name plus 32);
-/// one more listing answers `insufficient-memory`.
-pub(crate) const HERMETIC_LISTINGS_BYTES_MAX: u64 = 8 * 1024 * 1024;
 
 /// What every timestamp of a hermetic run's mounted files reads: 2001-09-09 01:46:40 UTC, where
 /// its wall clock starts.
@@ -188,7 +180,7 @@ impl MountQuotas {
         Self {
             mounts,
             descriptors: HashMap::new(),
-            hermetic: false,
+            hermetic: None,
             listings: HashMap::new(),
             listings_bytes: 0,
             identities: HashMap::new(),
@@ -199,12 +191,9 @@ impl MountQuotas {
     /// What the guest is told of a file's identity: the host's own, or in a hermetic run the
     /// number of its first asking.
     fn identity(&mut self, real: types::MetadataHashValue) -> types::MetadataHashValue {
-        if !self.hermetic {
-            return real;
-        }
+        let Some(bounds) = self.hermetic else { return real };
         let next = self.identities.len() as u64 + 1;
-        if self.identities.len() >= HERMETIC_IDENTITIES_MAX && !self.identities.contains_key(&(real.upper, real.lower))
-        {
+        if self.identities.len() >= bounds.identities_max && !self.identities.contains_key(&(real.upper, real.lower)) {
             self.host_identity_read = true;
             return real;
         }
@@ -213,7 +202,7 @@ impl MountQuotas {
     }
 
     /// For a hermetic run (see [`MountQuotas::hermetic`]).
-    pub(crate) fn hermetic(mut self, hermetic: bool) -> Self {
+    pub(crate) fn hermetic(mut self, hermetic: Option<crate::HermeticBounds>) -> Self {
         self.hermetic = hermetic;
         self
     }
@@ -376,7 +365,7 @@ impl HostDescriptor for QuotaFs<'_> {
 
     async fn read_directory(&mut self, fd: Resource<Descriptor>) -> FsResult<Resource<types::DirectoryEntryStream>> {
         let stream = HostDescriptor::read_directory(&mut self.fs, fd).await?;
-        if self.quotas.hermetic {
+        if let Some(bounds) = self.quotas.hermetic {
             // The host's order is its own; a hermetic run lists by name, as the tree records.
             let mut entries = Vec::new();
             let mut bytes = 0u64;
@@ -384,7 +373,7 @@ impl HostDescriptor for QuotaFs<'_> {
                 HostDirectoryEntryStream::read_directory_entry(&mut self.fs, Resource::new_borrow(stream.rep())).await?
             {
                 bytes = bytes.saturating_add(entry.name.len() as u64 + 32);
-                if self.quotas.listings_bytes.saturating_add(bytes) > HERMETIC_LISTINGS_BYTES_MAX {
+                if self.quotas.listings_bytes.saturating_add(bytes) > bounds.listings_bytes_max {
                     HostDirectoryEntryStream::drop(&mut self.fs, stream).map_err(FsError::trap)?;
                     return Err(ErrorCode::InsufficientMemory.into());
                 }
@@ -414,7 +403,7 @@ impl HostDescriptor for QuotaFs<'_> {
 
     async fn stat(&mut self, fd: Resource<Descriptor>) -> FsResult<types::DescriptorStat> {
         let stat = HostDescriptor::stat(&mut self.fs, fd).await?;
-        Ok(if self.quotas.hermetic { hermetic_stat(stat) } else { stat })
+        Ok(if self.quotas.hermetic.is_some() { hermetic_stat(stat) } else { stat })
     }
 
     async fn stat_at(
@@ -424,7 +413,7 @@ impl HostDescriptor for QuotaFs<'_> {
         path: String,
     ) -> FsResult<types::DescriptorStat> {
         let stat = HostDescriptor::stat_at(&mut self.fs, fd, path_flags, path).await?;
-        Ok(if self.quotas.hermetic { hermetic_stat(stat) } else { stat })
+        Ok(if self.quotas.hermetic.is_some() { hermetic_stat(stat) } else { stat })
     }
 
     async fn set_times_at(

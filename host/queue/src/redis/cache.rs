@@ -45,11 +45,16 @@ return evicted
     )
 });
 
-/// Read an entry and mark it used; an expired one is forgotten: KEYS entry, lru, sizes, bytes;
-/// ARGV key, now_ms.
+/// Read an entry and mark it used; an expired one is forgotten; one larger than ARGV bytes_max
+/// answers only its size (an integer), so it never travels whole: KEYS entry, lru, sizes, bytes;
+/// ARGV key, now_ms, bytes_max.
 static GET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+local size = redis.call('STRLEN', KEYS[1])
+if size > tonumber(ARGV[3]) then
+  return size
+end
 local value = redis.call('GET', KEYS[1])
 if value then
   redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), ARGV[1])
@@ -113,23 +118,26 @@ impl RedisQueue {
     pub async fn cache_get(&self, tool: &str, key: &CacheKey) -> Result<Option<CachedValue>, QueueError> {
         let hex = key.to_hex();
         self.guarded(async {
-            let value: Option<Vec<u8>> = GET
+            let value: redis::Value = GET
                 .key(self.cache_key(tool, &format!("e:{hex}")))
                 .key(self.cache_key(tool, "lru"))
                 .key(self.cache_key(tool, "sizes"))
                 .key(self.cache_key(tool, "bytes"))
                 .arg(&hex)
                 .arg(crate::now_unix_ms())
+                .arg(CACHE_VALUE_BYTES_MAX)
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(from_redis)?;
-            let Some(bytes) = value else { return Ok(None) };
-            if bytes.len() > CACHE_VALUE_BYTES_MAX {
-                return Err(QueueError::Corrupt(format!(
-                    "cache entry {hex} of tool {tool} is {} bytes; at most {CACHE_VALUE_BYTES_MAX} are read",
-                    bytes.len()
-                )));
-            }
+            let bytes = match value {
+                redis::Value::BulkString(bytes) => bytes,
+                redis::Value::Int(size) => {
+                    return Err(QueueError::Corrupt(format!(
+                        "cache entry {hex} of tool {tool} is {size} bytes; at most {CACHE_VALUE_BYTES_MAX} are read"
+                    )));
+                }
+                _ => return Ok(None),
+            };
             serde_json::from_slice(&bytes)
                 .map(Some)
                 .map_err(|e| QueueError::Corrupt(format!("cache entry {hex} of tool {tool}: {e}")))

@@ -80,6 +80,8 @@ pub struct RuntimeConfig {
     pub tls_ca_files: Vec<PathBuf>,
     /// What to do with GPU work (the device is opened on the first dispatch that needs it).
     pub gpu: guild_gpu::GpuConfig,
+    /// What a hermetic run may hold of its mounts (snapshot bytes, file identities, listings).
+    pub hermetic: crate::HermeticBounds,
 }
 
 /// Fuel `describe` may burn when a tool is loaded (~0.1 s of compute).
@@ -138,6 +140,7 @@ pub struct Runtime {
     engine: Engine,
     fingerprint: EngineFingerprint,
     settings: EngineSettings,
+    hermetic: crate::HermeticBounds,
     linker: Linker<HostState>,
     /// Preview-1 modules' linker: wasmtime-wasi's preview 1, nothing else.
     module_linker: wasmtime::Linker<HostState>,
@@ -185,6 +188,7 @@ impl Runtime {
             engine,
             fingerprint,
             settings: config.engine,
+            hermetic: config.hermetic,
             linker,
             module_linker,
             disk: DiskCache::new(cache_dir),
@@ -475,8 +479,8 @@ impl Runtime {
         table.set_max_capacity(usize::try_from(limits.wasi_resources_max).unwrap_or(usize::MAX));
         // Every entry into the host notes the fuel left, so each effect records when it happened
         // in the guest's own deterministic time.
-        let quotas =
-            MountQuotas::new(policy, limits, &stop).hermetic(recorder.is_some_and(|r| r.synthetic().is_some()));
+        let quotas = MountQuotas::new(policy, limits, &stop)
+            .hermetic(recorder.is_some_and(|r| r.synthetic().is_some()).then_some(self.hermetic));
         let guard = Guard::new(stop, recorder.map(Recorder::fuel_gauge), limits.output_bytes_max);
         let (wasi, p1) = if preview1 {
             // Preview 1 keeps its descriptors in its own table: bounded the same way.

@@ -10,9 +10,7 @@ use crate::cancel::CancellationToken;
 use crate::command::Passthrough;
 use crate::error::RunError;
 use crate::guard::Stop;
-use crate::hermetic::{
-    ActionParts, HERMETIC_MOUNT_BYTES_MAX, Hermetic, NotCacheable, RunMode, action_digest, clock_of, seed_of, verdict,
-};
+use crate::hermetic::{ActionParts, Hermetic, NotCacheable, RunMode, action_digest, clock_of, seed_of, verdict};
 use crate::outcome::RunReport;
 use crate::record::{Recorder, fresh_seed};
 use crate::recording::{capture_mounts, record_prelude, snapshot_mounts};
@@ -70,8 +68,8 @@ impl Runtime {
             RunMode::Live => None,
             RunMode::Hermetic { .. } if self.recording.is_none() => Some(Err(NotCacheable::NotRecorded)),
             RunMode::Hermetic { .. } if matches!(tool.entry, Entry::Preview1(..)) => Some(Err(NotCacheable::Preview1)),
-            RunMode::Hermetic { .. } if mount_bytes > HERMETIC_MOUNT_BYTES_MAX => {
-                Some(Err(NotCacheable::MountsTooLarge { bytes: mount_bytes }))
+            RunMode::Hermetic { .. } if mount_bytes > self.hermetic.mount_bytes_max => {
+                Some(Err(NotCacheable::MountsTooLarge { bytes: mount_bytes, bytes_max: self.hermetic.mount_bytes_max }))
             }
             RunMode::Hermetic { revision, .. } => {
                 Some(match policy.mounts.iter().find(|m| m.access == Access::ReadWrite) {

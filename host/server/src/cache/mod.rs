@@ -132,11 +132,37 @@ pub struct CacheConfig {
     pub trusted_keys: Vec<String>,
     /// Calls that may wait at once for one identical call in flight; one more runs on its own.
     pub flight_waiters_max: usize,
+    /// Bytes of read-only mounts a cached tool's hermetic run rebuilds as its snapshot; a call
+    /// with larger mounts runs live, and its result is not cached.
+    pub hermetic_mount_bytes_max: u64,
+    /// File identities a hermetic run numbers for its guest; past it the host's are answered and
+    /// the result is not cached.
+    pub hermetic_identities_max: usize,
+    /// Bytes a hermetic run's open directory listings hold at once (each entry its name plus
+    /// 32); one more listing answers the guest `insufficient-memory`.
+    pub hermetic_listings_bytes_max: u64,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        Self { trusted_keys: Vec::new(), flight_waiters_max: CACHE_FLIGHT_WAITERS_MAX_DEFAULT }
+        Self {
+            trusted_keys: Vec::new(),
+            flight_waiters_max: CACHE_FLIGHT_WAITERS_MAX_DEFAULT,
+            hermetic_mount_bytes_max: guild_runtime::HERMETIC_MOUNT_BYTES_MAX,
+            hermetic_identities_max: guild_runtime::HERMETIC_IDENTITIES_MAX,
+            hermetic_listings_bytes_max: guild_runtime::HERMETIC_LISTINGS_BYTES_MAX,
+        }
+    }
+}
+
+impl CacheConfig {
+    /// The bounds of a hermetic run this section sets.
+    pub fn hermetic(&self) -> guild_runtime::HermeticBounds {
+        guild_runtime::HermeticBounds {
+            mount_bytes_max: self.hermetic_mount_bytes_max,
+            identities_max: self.hermetic_identities_max,
+            listings_bytes_max: self.hermetic_listings_bytes_max,
+        }
     }
 }
 

@@ -25,6 +25,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "http",
     "signing",
     "egress_connections_max",
+    "cache",
     "oauth",
 ];
 
