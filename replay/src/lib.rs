@@ -11,6 +11,7 @@ pub mod archive;
 mod behind;
 mod bundle;
 pub mod canonical;
+pub mod cost;
 mod digest;
 pub mod file;
 mod hex;

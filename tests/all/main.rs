@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod commands_preview1;
 mod contained;
+mod cost;
 mod daemon;
 mod egress;
 mod gate;

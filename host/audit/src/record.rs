@@ -35,6 +35,9 @@ pub struct AuditEntry {
     pub outcome: String,
     /// Fuel units the run burnt (0 for a run that never started, and for an event).
     pub fuel_used_units: u64,
+    /// What the run cost under the daemon's `[pricing]`, from what its bundle records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<guild_replay::cost::Cost>,
     /// The bundle, when one was sealed.
     pub bundle: Option<Digest>,
     /// The caller's idempotency key, if any.
@@ -83,6 +86,7 @@ impl AuditEntry {
             grants: None,
             outcome: event.kind.clone(),
             fuel_used_units: 0,
+            cost: None,
             bundle: None,
             idempotency_key: None,
             attempt: None,
@@ -183,6 +187,7 @@ mod tests {
             grants: Some(grants),
             outcome: "output".into(),
             fuel_used_units: 42,
+            cost: None,
             bundle: Some(Digest::of(b"bundle")),
             idempotency_key: Some("key\u{1}".into()),
             attempt: Some(2),

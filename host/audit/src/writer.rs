@@ -270,6 +270,7 @@ mod tests {
             grants: Some(guild_vocab::PolicyRecord::granted(Default::default(), Default::default())),
             outcome: "output".into(),
             fuel_used_units: n,
+            cost: None,
             bundle: Some(Digest::of(b"bundle")),
             idempotency_key: None,
             attempt: None,

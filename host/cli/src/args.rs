@@ -249,6 +249,22 @@ pub(crate) enum BundleCommand {
     Inspect(BundleArgs),
     /// Write a bundle from the store as a normalised .tar.zst.
     Export(ExportArgs),
+    /// What a run cost, re-derived from its bundle alone (fuel, wall time, memory, HTTP
+    /// exchanges, bytes stored) at the `[pricing]` of a daemon config: the figure the daemon
+    /// answered with.
+    Cost(CostArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CostArgs {
+    #[command(flatten)]
+    pub(crate) bundle: BundleArgs,
+    /// The daemon config whose `[pricing]` prices the run.
+    #[arg(long, value_name = "FILE", env = "GUILD_CONFIG")]
+    pub(crate) config: PathBuf,
+    /// Print JSON: `{"bundle", "quantities", "cost"}`.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,15 @@ use std::path::Path;
 struct Opened {
     bundle: Bundle,
     store: Box<dyn BlobStore>,
+    /// What the bundle holds: its blobs, manifest and signature, bytes.
+    bytes: u64,
+}
+
+/// A bundle's size as its sealing counted it: the blobs its manifest lists besides its four
+/// documents, the manifest and the signature.
+fn bundle_bytes(bundle: &Bundle, manifest: &[u8], signature: &[u8]) -> u64 {
+    let blobs: u64 = bundle.manifest.blobs.iter().map(|b| b.size_bytes).sum();
+    blobs + manifest.len() as u64 + signature.len() as u64
 }
 
 fn required_key(args: &BundleArgs) -> Result<Option<PublicKey>, Failure> {
@@ -57,14 +66,16 @@ fn open(global: &Global, args: &BundleArgs) -> Result<Opened, Failure> {
             .map_err(|e| Failure::new(Exit::InvalidBundle, format!("invalid bundle: {e}")))?;
         let bundle = Bundle::open(&imported.store, &imported.manifest, &imported.signature, key.as_ref())
             .map_err(verify_failure)?;
-        return Ok(Opened { bundle, store: Box::new(imported.store) });
+        let bytes = bundle_bytes(&bundle, &imported.manifest, &imported.signature);
+        return Ok(Opened { bundle, store: Box::new(imported.store), bytes });
     }
     let text = bundle_id_text(&args.bundle, true)?;
     let store = open_store(global)?;
     let id = store.resolve(text).map_err(store_failure)?;
     let (manifest, signature) = store.get_bundle(&id).map_err(store_failure)?;
     let bundle = Bundle::open(&store, &manifest, &signature, key.as_ref()).map_err(verify_failure)?;
-    Ok(Opened { bundle, store: Box::new(store) })
+    let bytes = bundle_bytes(&bundle, &manifest, &signature);
+    Ok(Opened { bundle, store: Box::new(store), bytes })
 }
 
 fn store_failure(error: StoreError) -> Failure {
@@ -139,7 +150,7 @@ fn printable(text: &str) -> String {
 }
 
 pub(crate) fn inspect(global: &Global, args: BundleArgs) -> Result<Exit, Failure> {
-    let Opened { bundle, store } = open(global, &args)?;
+    let Opened { bundle, store, .. } = open(global, &args)?;
     let action = &bundle.action;
     let result = &bundle.result;
     let get_text = |digest| store.get(digest).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
@@ -237,8 +248,43 @@ fn describe_effect(effect: &Effect) -> String {
     }
 }
 
+/// `guild bundle cost`: the run's quantities, measured from its bundle as the daemon measured
+/// them, priced at the config's `[pricing]`.
+pub(crate) fn cost(global: &Global, args: crate::args::CostArgs) -> Result<Exit, Failure> {
+    let text = std::fs::read_to_string(&args.config)
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", args.config.display())))?;
+    let (config, _) = guild_server::config::DaemonConfig::load(&text, &args.config, Vec::new())
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    let pricing = config.pricing.ok_or_else(|| {
+        Failure::usage(format!("{} has no [pricing] section to price the run with", args.config.display()))
+    })?;
+    let Opened { bundle, bytes, .. } = open(global, &args.bundle)?;
+    let quantities = guild_replay::cost::Quantities::of(&bundle, bytes);
+    let cost = pricing.price(&quantities);
+    if args.json {
+        let body = serde_json::json!({ "bundle": bundle.id.to_hex(), "quantities": quantities, "cost": cost });
+        crate::out!("{body}");
+        return Ok(Exit::Success);
+    }
+    crate::out!("bundle    {}", bundle.id);
+    for line in &cost.lines {
+        crate::out!(
+            "{:<16}{} {} × {} {} = {} {}",
+            line.resource,
+            line.quantity.0.normalize(),
+            line.unit,
+            line.unit_price.0.normalize(),
+            cost.currency,
+            line.amount.0.normalize(),
+            cost.currency
+        );
+    }
+    crate::out!("total     {} {}", cost.total.0.normalize(), cost.currency);
+    Ok(Exit::Success)
+}
+
 pub(crate) fn replay(global: &Global, args: ReplayArgs) -> Result<Exit, Failure> {
-    let Opened { bundle, store } = open(global, &args.bundle)?;
+    let Opened { bundle, store, .. } = open(global, &args.bundle)?;
     let runtime = open_runtime(global, None, &[])?;
     let options = ReplayOptions {
         allow_engine_mismatch: args.allow_engine_mismatch,

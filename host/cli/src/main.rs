@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         args::Command::Bundle(args::BundleCommand::Verify(a)) => bundle_cmd::verify(&cli.global, a),
         args::Command::Bundle(args::BundleCommand::Inspect(a)) => bundle_cmd::inspect(&cli.global, a),
         args::Command::Bundle(args::BundleCommand::Export(a)) => bundle_cmd::export(&cli.global, a),
+        args::Command::Bundle(args::BundleCommand::Cost(a)) => bundle_cmd::cost(&cli.global, a),
         args::Command::Replay(a) => bundle_cmd::replay(&cli.global, a),
         args::Command::Key(args::KeyCommand::Show) => bundle_cmd::key_show(&cli.global),
         args::Command::Serve(a) => serve_cmd::serve(&cli.global, a),

@@ -45,6 +45,9 @@ pub struct RunReport {
     pub egress_upstream_failures: u32,
     /// Bytes the run's bundle holds (its blobs, manifest and signature), 0 when not recorded.
     pub bundle_bytes: u64,
+    /// What the bundle records of the run's priced quantities (fuel, wall time, memory, HTTP
+    /// exchanges, bytes stored); `None` when not recorded.
+    pub quantities: Option<guild_replay::cost::Quantities>,
     /// For a run made in [`RunMode::Hermetic`](crate::RunMode): its action digest and whether its
     /// result may stand for it. `None` for a live run.
     #[serde(skip_serializing_if = "Option::is_none")]

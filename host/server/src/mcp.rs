@@ -350,6 +350,7 @@ mod tests {
             wall_time_us: 1,
             revision: None,
             cache: None,
+            cost: None,
         }
     }
     use guild_runtime::{LimitHit, Outcome, RunStatus};
@@ -365,6 +366,7 @@ mod tests {
             wall_time_us: 1,
             revision: None,
             cache: None,
+            cost: None,
         };
         let result = serde_json::to_value(finished_result("run-1", &finished, None, false)).expect("serializes");
         assert_eq!(result["isError"], true);

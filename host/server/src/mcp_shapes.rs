@@ -25,6 +25,9 @@ pub(crate) fn finished_result(run: &str, finished: &Finished, output: Option<Str
         meta.0.insert("guild/revision".into(), revision.into());
     }
     meta.0.insert("guild/wall_time_us".into(), finished.wall_time_us.into());
+    if let Some(cost) = &finished.cost {
+        meta.0.insert("guild/cost".into(), serde_json::to_value(cost.as_ref()).unwrap_or_default());
+    }
     if let Some(cache) = &finished.cache {
         meta.0.insert("guild/cached".into(), cache.cached().into());
         meta.0.insert("guild/cache".into(), cache.to_string().into());

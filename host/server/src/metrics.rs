@@ -41,6 +41,9 @@ pub struct Metrics {
     pub egress: IntCounterVec,
     /// GPU time used by runs.
     pub gpu_seconds: CounterVec,
+    /// What runs cost under `[pricing]`, by tenant, tool, resource and currency (the exact
+    /// figures are in the answers and the audit log; Prometheus counts in floats).
+    pub cost: CounterVec,
     /// Bytes of sealed bundles.
     pub bundle_bytes: IntCounter,
     /// Audit records written.
@@ -236,6 +239,11 @@ impl Metrics {
         let gpu_seconds =
             CounterVec::new(Opts::new("gpu_seconds_total", "GPU time used by runs, by tool."), &["tool"])?;
         let bundle_bytes = IntCounter::new("bundle_bytes_total", "Bytes of sealed replay bundles.")?;
+        let cost = CounterVec::new(
+            Opts::new("cost_total", "What runs cost under [pricing], by tenant, tool, resource and currency."),
+            &["tenant", "tool", "resource", "currency"],
+        )?;
+        registry.register(Box::new(cost.clone()))?;
         let audit_records = IntCounter::new("audit_records_total", "Records appended to the audit log.")?;
         let api_errors = IntCounterVec::new(Opts::new("api_errors_total", "API error responses by code."), &["code"])?;
         let build = IntGaugeVec::new(
@@ -279,6 +287,7 @@ impl Metrics {
             rejections,
             egress,
             gpu_seconds,
+            cost,
             bundle_bytes,
             audit_records,
             api_errors,

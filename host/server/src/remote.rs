@@ -252,6 +252,7 @@ impl Remote {
             wall_time_us: 0,
             revision: None,
             cache: None,
+            cost: None,
         });
         for sender in senders {
             let _ = sender.send(RunState::Finished(finished.clone()));
@@ -396,6 +397,7 @@ fn audit_entry(done: &DoneEntry) -> AuditEntry {
         grants: r.policy.clone(),
         outcome: finished(r).label().to_string(),
         fuel_used_units: r.fuel_used_units,
+        cost: None,
         bundle: r.bundle,
         idempotency_key: r.idempotency_key.clone(),
         attempt: Some(r.attempt),
@@ -420,6 +422,7 @@ pub(crate) fn finished(result: &JobResult) -> Finished {
         wall_time_us: result.wall_time_us,
         revision: result.revision,
         cache: result.cache.as_deref().map(crate::cache::CacheState::parse),
+        cost: None,
     }
 }
 

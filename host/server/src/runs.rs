@@ -53,6 +53,9 @@ pub struct Finished {
     pub revision: Option<u32>,
     /// For a cached tool's call: what the result cache did (a hit's bundle is the earlier run's).
     pub cache: Option<crate::cache::CacheState>,
+    /// What the run cost under `[pricing]`, from what its bundle records; `None` without a
+    /// price table or a bundle (and, for now, for a job a worker ran).
+    pub cost: Option<Arc<guild_replay::cost::Cost>>,
 }
 
 impl Finished {
@@ -114,6 +117,10 @@ pub(crate) struct FinishedBody<'a> {
     /// For a cached tool: `hit`, `merged`, `stored`, or `miss: WHY` (`miss: http request`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) cache: Option<String>,
+    /// Under `[pricing]`: what the run cost, `{currency, total, lines: [{resource, quantity,
+    /// unit, unit_price, amount}]}`, amounts as exact decimal strings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cost: Option<&'a guild_replay::cost::Cost>,
 }
 
 impl<'a> FinishedBody<'a> {
@@ -130,6 +137,7 @@ impl<'a> FinishedBody<'a> {
             worker: None,
             cached: finished.cache.as_ref().map(crate::cache::CacheState::cached),
             cache: finished.cache.as_ref().map(ToString::to_string),
+            cost: finished.cost.as_deref(),
         }
     }
 }
@@ -363,6 +371,7 @@ mod tests {
             wall_time_us: 1,
             revision: None,
             cache: None,
+            cost: None,
         }
     }
 

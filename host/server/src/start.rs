@@ -171,6 +171,7 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         rollout,
         cache,
         oauth,
+        pricing: config.pricing.clone(),
     });
     let daemon = Arc::new(daemon);
     daemon.start_auditing();
@@ -433,6 +434,8 @@ fn restore(runs: &RunTable, record: &AuditRecord) {
             Some(guild_vocab::AttemptEnd::CacheMerged) => Some(crate::cache::CacheState::Merged),
             _ => None,
         },
+        // The audit record keeps the run's cost: restored with it.
+        cost: entry.cost.clone().map(Arc::new),
     };
     runs.restore(
         entry.run.clone(),

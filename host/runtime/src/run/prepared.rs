@@ -178,9 +178,20 @@ impl Runtime {
             _ => None,
         };
         let action_digest = hermetic.as_ref().and_then(|h| h.action);
-        let (bundle, bundle_bytes) = match (&self.recording, &recorder) {
+        let (bundle, bundle_bytes, quantities) = match (&self.recording, &recorder) {
             (Some(recording), Some(recorder)) => {
                 let writable = policy.mounts.iter().any(|m| m.access == crate::Access::ReadWrite);
+                // Measured from what the bundle will hold (its tape is sealed into it next), as
+                // `guild bundle cost` measures it; the bundle's own size once it is sealed.
+                let wall_time_us = u64::try_from(execution.wall_time.as_micros()).unwrap_or(u64::MAX);
+                let measured = recorder.with_tape(|tape| {
+                    guild_replay::cost::Quantities::measure(
+                        execution.fuel_used_units,
+                        (wall_time_us, execution.memory_bytes_peak),
+                        tape.events(),
+                        0,
+                    )
+                });
                 let (unsigned, overflow) = off_the_async_workers(writable, || {
                     recording.seal_unsigned(
                         &self.fingerprint,
@@ -200,9 +211,10 @@ impl Runtime {
                 if let Some(hit) = overflow {
                     execution.outcome = Outcome::Limit(hit);
                 }
-                (Some(sealed.id), sealed.size_bytes)
+                let quantities = guild_replay::cost::Quantities { bundle_bytes: sealed.size_bytes, ..measured };
+                (Some(sealed.id), sealed.size_bytes, Some(quantities))
             }
-            _ => (None, 0),
+            _ => (None, 0, None),
         };
         // A limit found while sealing (a writable mount grown too large) means no output.
         let hermetic = hermetic.map(|h| match (&h.reusable, &execution.outcome) {
@@ -228,6 +240,7 @@ impl Runtime {
             egress_requests: execution.egress_requests,
             egress_upstream_failures: execution.egress_upstream_failures,
             bundle_bytes,
+            quantities,
             hermetic,
         })
     }

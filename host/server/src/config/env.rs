@@ -27,6 +27,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "egress_connections_max",
     "cache",
     "oauth",
+    "pricing",
 ];
 
 /// Apply every `GUILD_*` variable of `env` that names a field to `table`; returns the names of

@@ -114,6 +114,10 @@ pub struct DaemonConfig {
     /// the tenants' static tokens. Unset: static tokens only.
     #[serde(default)]
     pub oauth: Option<oauth::OAuthConfig>,
+    /// What runs cost: prices per fuel, wall time, memory, HTTP exchange and stored byte, as
+    /// exact decimal strings in one currency. Unset: runs carry no cost. Reloadable.
+    #[serde(default)]
+    pub pricing: Option<guild_replay::cost::PriceTable>,
 }
 
 /// Default of [`RolloutConfig::check_runs_default`].
@@ -458,6 +462,9 @@ impl DaemonConfig {
         validate_redis(&self.redis)?;
         if let Some(oauth) = &self.oauth {
             oauth.validate()?;
+        }
+        if let Some(pricing) = &self.pricing {
+            pricing.validate().map_err(|e| ConfigError::new("pricing.currency", e))?;
         }
         let rollout = &self.rollout;
         if rollout.check_runs_max == 0 || rollout.check_runs_default == 0 {

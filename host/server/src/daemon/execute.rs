@@ -113,6 +113,7 @@ impl Daemon {
             grants: Some(PolicyRecord::granted(tool.grants.clone(), tool.limits.clone())),
             outcome: String::new(),
             fuel_used_units: 0,
+            cost: None,
             bundle: None,
             idempotency_key: key,
             attempt: None,
@@ -139,6 +140,7 @@ impl Daemon {
                     wall_time_us: u64::try_from(wall_time.as_micros()).unwrap_or(u64::MAX),
                     revision: Some(revision),
                     cache: Some(if merged { CacheState::Merged } else { CacheState::Hit }),
+                    cost: None,
                 };
                 return (finished, Some(cached.output.to_string()), audit);
             }
@@ -149,7 +151,10 @@ impl Daemon {
                 self.observe(tool, &entry.tenant, &report);
                 audit.bundle = report.bundle;
                 audit.fuel_used_units = report.fuel_used_units;
-                let (finished, output, policy) = finished_from_report(report, tool.revision);
+                let cost = self.price(tool, &entry.tenant, report.quantities.as_ref());
+                audit.cost = cost.as_deref().cloned();
+                let (mut finished, output, policy) = finished_from_report(report, tool.revision);
+                finished.cost = cost;
                 audit.grants = Some(policy);
                 (finished, output)
             }
@@ -165,6 +170,7 @@ impl Daemon {
                     wall_time_us: 0,
                     revision: Some(tool.revision),
                     cache: None,
+                    cost: None,
                 };
                 (finished, None)
             }
@@ -172,6 +178,23 @@ impl Daemon {
         finished.cache = cache;
         audit.outcome = finished.label().to_string();
         (finished, output, audit)
+    }
+
+    /// What a run of `tool` for `tenant` cost under `[pricing]`, counted in
+    /// `guild_cost_total`; `None` without a price table or a bundle to measure.
+    fn price(
+        &self,
+        tool: &RegisteredTool,
+        tenant: &str,
+        quantities: Option<&guild_replay::cost::Quantities>,
+    ) -> Option<Arc<guild_replay::cost::Cost>> {
+        let cost = self.pricing()?.price(quantities?);
+        for line in &cost.lines {
+            // Prometheus counts in floats: the exact figures are the answer's and the audit log's.
+            let amount = line.amount.0.to_string().parse::<f64>().unwrap_or(0.0);
+            self.metrics.cost.with_label_values(&[tenant, &tool.name, &line.resource, &cost.currency]).inc_by(amount);
+        }
+        Some(Arc::new(cost))
     }
 
     fn observe(&self, registered: &RegisteredTool, tenant: &str, report: &RunReport) {
@@ -218,6 +241,7 @@ fn finished_from_report(report: RunReport, revision: u32) -> (Finished, Option<S
         wall_time_us,
         revision: Some(revision),
         cache: None,
+        cost: None,
     };
     (finished, report.outcome.into_output(), PolicyRecord::resolved(report.policy, report.limits))
 }

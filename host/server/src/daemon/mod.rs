@@ -71,6 +71,8 @@ pub struct Daemon {
     task_cancels: std::sync::Mutex<std::collections::HashMap<String, CancellationToken>>,
     /// With `[oauth]`: the resource server checking JWT access tokens.
     oauth: Option<Arc<crate::oauth::OAuth>>,
+    /// With `[pricing]`: what runs cost (swapped whole by a config reload).
+    pricing: std::sync::RwLock<Option<Arc<guild_replay::cost::PriceTable>>>,
 }
 
 /// The parts a daemon is assembled from (see `start`).
@@ -107,6 +109,8 @@ pub(crate) struct Parts {
     pub(crate) cache: crate::cache::ResultCache,
     /// With `[oauth]`: the resource server.
     pub(crate) oauth: Option<Arc<crate::oauth::OAuth>>,
+    /// With `[pricing]`: the price table.
+    pub(crate) pricing: Option<guild_replay::cost::PriceTable>,
 }
 
 /// Why a caller is not shown a run or bundle.
@@ -228,6 +232,7 @@ impl Daemon {
             rollout,
             cache,
             oauth,
+            pricing,
         } = parts;
         Self {
             runtime,
@@ -250,7 +255,18 @@ impl Daemon {
             cache,
             task_cancels: std::sync::Mutex::new(std::collections::HashMap::new()),
             oauth,
+            pricing: std::sync::RwLock::new(pricing.map(Arc::new)),
         }
+    }
+
+    /// With `[pricing]`: the price table in force.
+    pub(crate) fn pricing(&self) -> Option<Arc<guild_replay::cost::PriceTable>> {
+        self.pricing.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Put `pricing` in force for the runs that finish from now on (a config reload).
+    pub(crate) fn set_pricing(&self, pricing: Option<guild_replay::cost::PriceTable>) {
+        *self.pricing.write().unwrap_or_else(|p| p.into_inner()) = pricing.map(Arc::new);
     }
 
     /// With `[oauth]`: the resource server checking access tokens.

@@ -224,6 +224,7 @@ mod tests {
             wall_time_us: 50,
             revision: None,
             cache: None,
+            cost: None,
         }
     }
 

@@ -1,0 +1,109 @@
+//! Cost: a daemon with a `[pricing]` table answers each run with what it cost — in the API
+//! answer, the audit record, MCP `_meta` and the metrics — and `guild bundle cost` re-derives the
+//! same figures from the bundle alone.
+
+use crate::Guild;
+use crate::daemon::{Counter, Daemon, config_file, token_digest};
+use guild_test_artifacts::{ECHO, HTTP_GET};
+use serde_json::{Value, json};
+
+const ALICE: &str = "alice-token";
+
+#[test]
+fn a_run_answers_with_its_cost_and_its_bundle_gives_the_same() {
+    let guild = Guild::new();
+    let upstream = Counter::start();
+    let text = format!(
+        r#"
+[[tools]]
+path = "{ECHO}"
+
+[[tools]]
+path = "{HTTP_GET}"
+allow_hosts = ["http://127.0.0.1:{port}"]
+
+[pricing]
+currency = "USD"
+fuel_per_million = "0.002"
+wall_second = "0.01"
+memory_mib_second = "0.0001"
+egress_request = "0.0005"
+egress_mib = "0.1"
+bundle_mib = "0.02"
+
+[[tenants]]
+name = "alice"
+token_blake3 = "{alice}"
+tools = ["*"]
+"#,
+        port = upstream.port,
+        alice = token_digest(ALICE),
+    );
+    let file = config_file(guild.home(), &text);
+    let daemon = Daemon::start(&guild, &["--config", &file], &[]);
+    let run = daemon.run(ALICE, json!({ "tool": "http-get", "input": { "url": upstream.url() } })).json();
+    let cost = &run["cost"];
+    assert_eq!(cost["currency"], "USD", "{run}");
+    let lines: Vec<&str> =
+        cost["lines"].as_array().expect("lines").iter().filter_map(|l| l["resource"].as_str()).collect();
+    assert_eq!(lines, ["fuel", "wall_time", "memory", "egress_requests", "egress_bytes", "bundle_bytes"]);
+    let requests = cost["lines"].as_array().expect("lines").iter().find(|l| l["resource"] == "egress_requests");
+    assert_eq!(requests.expect("a line")["quantity"], "1");
+    assert_eq!(requests.expect("a line")["amount"], "0.0005");
+    // Amounts are exact decimal strings, and they add up to the total exactly.
+    let total: rust_decimal::Decimal = cost["total"].as_str().expect("total").parse().expect("decimal");
+    let sum: rust_decimal::Decimal = cost["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|l| l["amount"].as_str().expect("amount").parse::<rust_decimal::Decimal>().expect("decimal"))
+        .sum();
+    assert_eq!(sum, total);
+
+    // The audit record says the same.
+    let log = std::fs::read_to_string(guild.home().join("audit.log")).expect("audit log");
+    let record: Value = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON"))
+        .find(|r| r["run"] == run["id"])
+        .expect("the run's record");
+    assert_eq!(&record["cost"], cost);
+
+    // The bundle alone, priced at the same table, gives the same figures.
+    let bundle = run["bundle"].as_str().expect("bundle");
+    let derived = guild.run(&["bundle", "cost", bundle, "--config", &file, "--json"]);
+    assert_eq!(derived.code, 0, "{derived:?}");
+    let derived: Value = serde_json::from_str(derived.stdout.trim()).expect("JSON");
+    assert_eq!(&derived["cost"], cost, "re-derived from the bundle");
+    assert_eq!(derived["quantities"]["egress_requests"], 1);
+
+    // MCP carries it in _meta, and the metrics count it.
+    let session = crate::isolation::McpSession::open(&daemon, ALICE);
+    let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"message": "priced"}}});
+    let answer =
+        crate::isolation::messages(&session.post_as(ALICE, &call)).into_iter().find(|m| m["id"] == 7).expect("answer");
+    assert_eq!(answer["result"]["_meta"]["guild/cost"]["currency"], "USD", "{answer}");
+    let metrics = String::from_utf8_lossy(&daemon.call("GET", "/metrics", ALICE, "").body).to_string();
+    assert!(
+        metrics.contains(
+            r#"guild_cost_total{currency="USD",resource="egress_requests",tenant="alice",tool="http-get"} 0.0005"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_price_table_must_be_exact_and_named() {
+    let guild = Guild::new();
+    for (table, says) in [
+        ("currency = \"USD\"\nwall_second = 0.1\n", "pricing"),
+        ("currency = \"USD\"\nwall_second = \"-1\"\n", "negative"),
+        ("currency = \"usd\"\n", "pricing.currency"),
+    ] {
+        let file = config_file(guild.home(), &format!("[pricing]\n{table}"));
+        let refused = guild.run(&["serve", "--config", &file, "--listen", "127.0.0.1:0"]);
+        assert_ne!(refused.code, 0, "{table}");
+        assert!(refused.stderr.contains(says), "{table}: {}", refused.stderr);
+    }
+}
