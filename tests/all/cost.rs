@@ -8,6 +8,7 @@ use guild_test_artifacts::{ECHO, HTTP_GET};
 use serde_json::{Value, json};
 
 const ALICE: &str = "alice-token";
+const BOB: &str = "bob-token";
 
 #[test]
 fn a_run_answers_with_its_cost_and_its_bundle_gives_the_same() {
@@ -35,9 +36,15 @@ bundle_mib = "0.02"
 name = "alice"
 token_blake3 = "{alice}"
 tools = ["*"]
+
+[[tenants]]
+name = "bob"
+token_blake3 = "{bob}"
+tools = ["*"]
 "#,
         port = upstream.port,
         alice = token_digest(ALICE),
+        bob = token_digest(BOB),
     );
     let file = config_file(guild.home(), &text);
     let daemon = Daemon::start(&guild, &["--config", &file], &[]);

@@ -107,6 +107,61 @@ fn flag(a: &crate::args::FlagArgs, disabled: bool) -> Result<Exit, Failure> {
     Ok(Exit::Success)
 }
 
+/// `guild usage`: the daemon's usage rows as a table, CSV or its JSON.
+pub(crate) fn usage(a: crate::args::UsageArgs) -> Result<Exit, Failure> {
+    let mut query = vec![format!("group_by={}", segment(&a.group_by))];
+    for (name, value) in [("tenant", a.tenant.as_deref()), ("tool", a.tool.as_deref())] {
+        if let Some(value) = value {
+            query.push(format!("{name}={}", segment(value)));
+        }
+    }
+    for (name, value) in [("from", a.from), ("to", a.to)] {
+        if let Some(value) = value {
+            query.push(format!("{name}={value}"));
+        }
+    }
+    let answer = call(&a.daemon, Method::GET, &format!("/v1/usage?{}", query.join("&")), Body::None)?;
+    if a.daemon.json {
+        return print_json(&answer);
+    }
+    let rows = answer["rows"].as_array().cloned().unwrap_or_default();
+    if a.csv {
+        out!("period,tenant,tool,currency,runs,total");
+        for row in &rows {
+            let cell = |v: &Value| csv_cell(v.as_str().unwrap_or(""));
+            out!(
+                "{},{},{},{},{},{}",
+                cell(&row["period"]),
+                cell(&row["tenant"]),
+                cell(&row["tool"]),
+                cell(&row["currency"]),
+                row["runs"],
+                cell(&row["total"])
+            );
+        }
+        return Ok(Exit::Success);
+    }
+    out!("{:<22} {:<16} {:<24} {:>8} {:>20}", "PERIOD", "TENANT", "TOOL", "RUNS", "TOTAL");
+    for row in &rows {
+        let cell = |v: &Value| v.as_str().unwrap_or("-").to_string();
+        let total = format!("{} {}", cell(&row["total"]), cell(&row["currency"]));
+        out!(
+            "{:<22} {:<16} {:<24} {:>8} {:>20}",
+            cell(&row["period"]),
+            cell(&row["tenant"]),
+            cell(&row["tool"]),
+            row["runs"],
+            total
+        );
+    }
+    Ok(Exit::Success)
+}
+
+/// A CSV cell: quoted when it holds a comma, quote or line break (RFC 4180).
+fn csv_cell(cell: &str) -> String {
+    if cell.contains([',', '"', '\n', '\r']) { format!("\"{}\"", cell.replace('"', "\"\"")) } else { cell.to_string() }
+}
+
 /// `guild rollout check|start|status|promote|rollback`.
 pub(crate) fn rollout(command: RolloutCommand) -> Result<Exit, Failure> {
     match command {

@@ -57,6 +57,9 @@ pub(crate) enum Command {
     /// A running daemon's result cache: entries held per cached tool, and dropping them.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// What runs cost, from the daemon's usage ledger (`GET /v1/usage`): your tenant's, or with
+    /// an admin token any tenant's. Needs `[pricing]` in the daemon's config.
+    Usage(UsageArgs),
     /// Verify, inspect and export replay bundles.
     #[command(subcommand)]
     Bundle(BundleCommand),
@@ -479,6 +482,30 @@ pub(crate) enum CacheCommand {
     Stats(CacheStatsArgs),
     /// Drop the entries of one tool (--tool) or of every tool; the next identical calls run.
     Purge(CachePurgeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UsageArgs {
+    #[command(flatten)]
+    pub(crate) daemon: DaemonFlags,
+    /// Only this tenant's (an admin token; others see only their own).
+    #[arg(long)]
+    pub(crate) tenant: Option<String>,
+    /// Only this tool's.
+    #[arg(long)]
+    pub(crate) tool: Option<String>,
+    /// From this time, seconds since the Unix epoch.
+    #[arg(long, value_name = "UNIX_S")]
+    pub(crate) from: Option<u64>,
+    /// Before this time, seconds since the Unix epoch.
+    #[arg(long, value_name = "UNIX_S")]
+    pub(crate) to: Option<u64>,
+    /// Any of hour, day, tenant, tool, comma-separated.
+    #[arg(long, value_name = "KEYS", default_value = "tenant,tool")]
+    pub(crate) group_by: String,
+    /// Print CSV: period,tenant,tool,currency,runs,total.
+    #[arg(long)]
+    pub(crate) csv: bool,
 }
 
 #[derive(Debug, Args)]

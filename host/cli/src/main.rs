@@ -36,6 +36,7 @@ fn main() -> ExitCode {
         args::Command::Tool(tool) => admin_cmd::tool(tool),
         args::Command::Rollout(rollout) => admin_cmd::rollout(rollout),
         args::Command::Cache(cache) => admin_cmd::cache(cache),
+        args::Command::Usage(usage) => admin_cmd::usage(usage),
         args::Command::Bundle(args::BundleCommand::Verify(a)) => bundle_cmd::verify(&cli.global, a),
         args::Command::Bundle(args::BundleCommand::Inspect(a)) => bundle_cmd::inspect(&cli.global, a),
         args::Command::Bundle(args::BundleCommand::Export(a)) => bundle_cmd::export(&cli.global, a),

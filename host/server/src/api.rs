@@ -51,6 +51,7 @@ pub fn router(daemon: Arc<Daemon>) -> axum::Router {
         .route("/v1/runs", post(create_run).layer(DefaultBodyLimit::max(request_bytes_max)))
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/bundles/{id}", get(get_bundle))
+        .route("/v1/usage", get(get_usage))
         .merge(crate::mcp_http::mcp_router(daemon.clone()));
     // RFC 9728: where clients learn which issuer's tokens this server takes, for which scopes.
     for path in daemon.oauth().map(crate::oauth::OAuth::metadata_paths).unwrap_or_default() {
@@ -63,6 +64,51 @@ pub fn router(daemon: Arc<Daemon>) -> axum::Router {
         })
         .layer(axum::middleware::from_fn_with_state(daemon.clone(), count_errors))
         .with_state(daemon)
+}
+
+/// `GET /v1/usage`'s query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageQuery {
+    tenant: Option<String>,
+    tool: Option<String>,
+    /// Seconds since the Unix epoch.
+    from: Option<u64>,
+    /// Seconds since the Unix epoch.
+    to: Option<u64>,
+    group_by: Option<String>,
+    /// `json` (default) or `csv`.
+    format: Option<String>,
+}
+
+/// `GET /v1/usage?tenant=&tool=&from=&to=&group_by=&format=`: what runs cost, from the usage
+/// ledger. A caller sees its own tenant's (an access token only its own subject's runs); an
+/// admin's static token any tenant's, or all of them.
+async fn get_usage(
+    State(daemon): State<Arc<Daemon>>,
+    Caller(tenant, _slot, bearer): Caller,
+    query: Result<axum::extract::Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let bad = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message);
+    let axum::extract::Query(q) = query.map_err(|e| bad(format!("the query is not a usage question: {e}")))?;
+    let group = crate::usage::GroupBy::parse(q.group_by.as_deref().unwrap_or_default()).map_err(bad)?;
+    let everyone = tenant.admin && bearer.subject.is_none();
+    let filter = crate::usage::Filter {
+        // Another tenant's usage, asked by a non-admin, is answered as none: as for a tenant
+        // nobody has.
+        tenant: if everyone { q.tenant.clone() } else { Some(tenant.name.clone()) },
+        subject: bearer.subject.clone(),
+        tool: q.tool,
+        from_unix_s: q.from,
+        to_unix_s: q.to,
+    };
+    let foreign = !everyone && q.tenant.as_ref().is_some_and(|t| *t != tenant.name);
+    let rows = if foreign { Vec::new() } else { daemon.usage().query(&filter, group) };
+    match q.format.as_deref().unwrap_or("json") {
+        "json" => Ok(Json(serde_json::json!({ "rows": rows })).into_response()),
+        "csv" => Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], crate::usage::csv(&rows)).into_response()),
+        other => Err(bad(format!("format {other:?} is not json or csv"))),
+    }
 }
 
 /// `GET /.well-known/oauth-protected-resource`: the protected-resource metadata (with `[oauth]`).
@@ -429,6 +475,7 @@ mod tests {
             ("/v1/cache", "get"),
             ("/v1/cache", "delete"),
             ("/v1/cache/{tool}", "delete"),
+            ("/v1/usage", "get"),
             ("/mcp", "post"),
         ];
         for (path, method) in routes {

@@ -46,6 +46,7 @@ pub mod rollout;
 mod runs;
 mod start;
 mod tenants;
+pub mod usage;
 
 pub use api::{OPENAPI_JSON, router};
 pub use daemon::{Daemon, Rejection, RunRequest, Submitted};

@@ -101,8 +101,12 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
     reserve_descriptors(&config, &tools)?;
     let runs = RunTable::new(config.queue.runs_kept_max);
     let mut runs_restored = 0;
+    let usage = Arc::new(crate::usage::Usage::new(crate::usage::USAGE_HOURS_KEPT_DEFAULT));
     let audit = AuditLog::open(&state_dir.join("audit.log"), |record| {
         let entry = &record.entry;
+        if let Some(cost) = &entry.cost {
+            usage.add(record.time_unix_ms, (&entry.tenant, entry.subject.as_deref()), &entry.tool, cost);
+        }
         if entry.event.is_some() {
             return;
         }
@@ -172,6 +176,7 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         cache,
         oauth,
         pricing: config.pricing.clone(),
+        usage,
     });
     let daemon = Arc::new(daemon);
     daemon.start_auditing();

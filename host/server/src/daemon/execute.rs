@@ -152,6 +152,10 @@ impl Daemon {
                 audit.bundle = report.bundle;
                 audit.fuel_used_units = report.fuel_used_units;
                 let cost = self.price(tool, &entry.tenant, report.quantities.as_ref());
+                if let Some(cost) = &cost {
+                    let principal = (entry.tenant.as_str(), entry.subject.as_deref());
+                    self.usage().add(guild_queue::now_unix_ms(), principal, &tool.name, cost);
+                }
                 audit.cost = cost.as_deref().cloned();
                 let (mut finished, output, policy) = finished_from_report(report, tool.revision);
                 finished.cost = cost;

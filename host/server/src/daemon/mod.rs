@@ -73,6 +73,8 @@ pub struct Daemon {
     oauth: Option<Arc<crate::oauth::OAuth>>,
     /// With `[pricing]`: what runs cost (swapped whole by a config reload).
     pricing: std::sync::RwLock<Option<Arc<guild_replay::cost::PriceTable>>>,
+    /// What runs cost, summed per hour, tenant and tool (refilled from the audit log at start).
+    usage: Arc<crate::usage::Usage>,
 }
 
 /// The parts a daemon is assembled from (see `start`).
@@ -111,6 +113,8 @@ pub(crate) struct Parts {
     pub(crate) oauth: Option<Arc<crate::oauth::OAuth>>,
     /// With `[pricing]`: the price table.
     pub(crate) pricing: Option<guild_replay::cost::PriceTable>,
+    /// The usage ledger, refilled from the audit log.
+    pub(crate) usage: Arc<crate::usage::Usage>,
 }
 
 /// Why a caller is not shown a run or bundle.
@@ -233,6 +237,7 @@ impl Daemon {
             cache,
             oauth,
             pricing,
+            usage,
         } = parts;
         Self {
             runtime,
@@ -256,7 +261,13 @@ impl Daemon {
             task_cancels: std::sync::Mutex::new(std::collections::HashMap::new()),
             oauth,
             pricing: std::sync::RwLock::new(pricing.map(Arc::new)),
+            usage,
         }
+    }
+
+    /// The usage ledger.
+    pub(crate) fn usage(&self) -> &crate::usage::Usage {
+        &self.usage
     }
 
     /// With `[pricing]`: the price table in force.

@@ -1,0 +1,324 @@
+//! The usage ledger: what runs cost, summed per hour, principal (tenant and subject), tool and
+//! currency. It is fed by
+//! each run's cost as its audit record is written, and refilled from the audit log at start (each
+//! record keeps its run's cost), so it is exactly as durable as the log. `GET /v1/usage` answers
+//! from it, as JSON or CSV, grouped as the caller asks.
+
+use guild_replay::cost::{Cost, Price};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// Default hours of usage kept (90 days); older hours leave as new ones come.
+pub const USAGE_HOURS_KEPT_DEFAULT: u64 = 90 * 24;
+
+/// One hour's sums of one tenant's runs of one tool, in one currency.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    /// The hour's start, seconds since the Unix epoch.
+    hour_unix_s: u64,
+    tenant: String,
+    /// An access token's subject; `None` for the tenant's static token.
+    subject: Option<String>,
+    tool: String,
+    currency: String,
+}
+
+/// A row of an answer before it is written out: period start, tenant, tool, currency (each
+/// `None` when not grouped by it).
+type GroupKey = (Option<u64>, Option<String>, Option<String>, String);
+
+/// What the runs of a key cost.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Sums {
+    runs: u64,
+    total: Decimal,
+    by_resource: BTreeMap<String, Decimal>,
+}
+
+/// The ledger. Its entries are at most (hours kept) × (principals) × (tools) × (currencies): the
+/// tenants and tools are the configured ones, the subjects those whose runs finished in the
+/// hours kept, and older hours leave.
+pub struct Usage {
+    rows: Mutex<BTreeMap<Key, Sums>>,
+    hours_kept: u64,
+}
+
+/// How `GET /v1/usage` groups rows: any of `hour`, `day`, `tenant`, `tool` (the currency always).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupBy {
+    /// By hour (else all hours of a row's other keys together).
+    pub hour: bool,
+    /// By day (UTC).
+    pub day: bool,
+    /// By tenant.
+    pub tenant: bool,
+    /// By tool.
+    pub tool: bool,
+}
+
+impl GroupBy {
+    /// Parse `tenant,tool,hour`.
+    ///
+    /// # Errors
+    /// A message naming the word that is not one of `hour`, `day`, `tenant`, `tool`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut group = Self::default();
+        for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            match word {
+                "hour" => group.hour = true,
+                "day" => group.day = true,
+                "tenant" => group.tenant = true,
+                "tool" => group.tool = true,
+                other => return Err(format!("group_by: {other:?} is not one of hour, day, tenant, tool")),
+            }
+        }
+        Ok(group)
+    }
+}
+
+/// Which rows a question is about.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this tenant's (a non-admin caller always gets only its own).
+    pub tenant: Option<String>,
+    /// Only this subject's runs (an access token's caller gets only its own).
+    pub subject: Option<String>,
+    /// Only this tool's.
+    pub tool: Option<String>,
+    /// From this time on, seconds since the Unix epoch (the hour it falls in included).
+    pub from_unix_s: Option<u64>,
+    /// Before this time, seconds since the Unix epoch.
+    pub to_unix_s: Option<u64>,
+}
+
+/// One row of an answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Row {
+    /// The hour or day's start (RFC 3339, UTC), when grouped by one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period: Option<String>,
+    /// The tenant, when grouped by tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// The tool, when grouped by tool.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// The currency.
+    pub currency: String,
+    /// Runs priced.
+    pub runs: u64,
+    /// What they cost, exact.
+    pub total: Price,
+    /// By resource (`fuel`, `wall_time`, …), exact.
+    pub by_resource: BTreeMap<String, Price>,
+}
+
+impl Usage {
+    /// An empty ledger keeping `hours_kept` hours.
+    pub fn new(hours_kept: u64) -> Self {
+        Self { rows: Mutex::new(BTreeMap::new()), hours_kept: hours_kept.max(1) }
+    }
+
+    /// Add a run of `tool` for `tenant` (and `subject`, for an access token's) that finished at
+    /// `time_unix_ms` and cost `cost`.
+    pub fn add(&self, time_unix_ms: u64, (tenant, subject): (&str, Option<&str>), tool: &str, cost: &Cost) {
+        let hour_unix_s = time_unix_ms / 1000 / 3600 * 3600;
+        let key = Key {
+            hour_unix_s,
+            tenant: tenant.into(),
+            subject: subject.map(str::to_string),
+            tool: tool.into(),
+            currency: cost.currency.clone(),
+        };
+        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        let sums = rows.entry(key).or_default();
+        sums.runs += 1;
+        sums.total = sums.total.checked_add(cost.total.0).unwrap_or(Decimal::MAX);
+        for line in &cost.lines {
+            let amount = sums.by_resource.entry(line.resource.clone()).or_default();
+            *amount = amount.checked_add(line.amount.0).unwrap_or(Decimal::MAX);
+        }
+        // Hours older than the newest kept ones leave.
+        let newest = rows.keys().map(|k| k.hour_unix_s).max().unwrap_or(hour_unix_s);
+        let oldest_kept = newest.saturating_sub((self.hours_kept - 1) * 3600);
+        rows.retain(|k, _| k.hour_unix_s >= oldest_kept);
+    }
+
+    /// The rows `filter` selects, summed as `group` says, in key order.
+    pub fn query(&self, filter: &Filter, group: GroupBy) -> Vec<Row> {
+        let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut grouped: BTreeMap<GroupKey, Sums> = BTreeMap::new();
+        for (key, sums) in rows.iter() {
+            let hour_end = key.hour_unix_s + 3600;
+            let kept = filter.tenant.as_ref().is_none_or(|t| *t == key.tenant)
+                && filter.subject.as_ref().is_none_or(|s| Some(s) == key.subject.as_ref())
+                && filter.tool.as_ref().is_none_or(|t| *t == key.tool)
+                && filter.from_unix_s.is_none_or(|from| hour_end > from)
+                && filter.to_unix_s.is_none_or(|to| key.hour_unix_s < to);
+            if !kept {
+                continue;
+            }
+            let period = match (group.hour, group.day) {
+                (true, _) => Some(key.hour_unix_s),
+                (false, true) => Some(key.hour_unix_s / 86_400 * 86_400),
+                _ => None,
+            };
+            let into = grouped
+                .entry((
+                    period,
+                    group.tenant.then(|| key.tenant.clone()),
+                    group.tool.then(|| key.tool.clone()),
+                    key.currency.clone(),
+                ))
+                .or_default();
+            into.runs += sums.runs;
+            into.total = into.total.checked_add(sums.total).unwrap_or(Decimal::MAX);
+            for (resource, amount) in &sums.by_resource {
+                let to = into.by_resource.entry(resource.clone()).or_default();
+                *to = to.checked_add(*amount).unwrap_or(Decimal::MAX);
+            }
+        }
+        grouped
+            .into_iter()
+            .map(|((period, tenant, tool, currency), sums)| Row {
+                period: period.map(rfc3339),
+                tenant,
+                tool,
+                currency,
+                runs: sums.runs,
+                total: Price(sums.total),
+                by_resource: sums.by_resource.into_iter().map(|(r, a)| (r, Price(a))).collect(),
+            })
+            .collect()
+    }
+
+    /// Keys held (for the bound's test).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.rows.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// `rows` as CSV: `period,tenant,tool,currency,runs,total` (empty cells for what is not grouped).
+pub fn csv(rows: &[Row]) -> String {
+    let mut text = String::from("period,tenant,tool,currency,runs,total\n");
+    for row in rows {
+        let cell = |v: &Option<String>| quote(v.as_deref().unwrap_or(""));
+        text.push_str(&format!(
+            "{},{},{},{},{},{}\n",
+            cell(&row.period),
+            cell(&row.tenant),
+            cell(&row.tool),
+            quote(&row.currency),
+            row.runs,
+            row.total.0.normalize()
+        ));
+    }
+    text
+}
+
+/// A CSV cell: quoted when it holds a comma, quote or line break (RFC 4180).
+fn quote(cell: &str) -> String {
+    if cell.contains([',', '"', '\n', '\r']) { format!("\"{}\"", cell.replace('"', "\"\"")) } else { cell.to_string() }
+}
+
+/// Seconds since the Unix epoch as RFC 3339 UTC (`2026-11-30T03:00:00Z`).
+fn rfc3339(unix_s: u64) -> String {
+    let (days, secs) = (unix_s / 86_400, unix_s % 86_400);
+    // Civil from days (Howard Hinnant's algorithm), for dates after 1970.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guild_replay::cost::{CostLine, Price};
+
+    fn cost(total: &str) -> Cost {
+        let amount = Price::parse(total).expect("price");
+        let line = CostLine {
+            resource: "fuel".into(),
+            quantity: amount,
+            unit: "million fuel units".into(),
+            unit_price: Price::parse("1").expect("price"),
+            amount,
+        };
+        Cost { currency: "USD".into(), total: amount, lines: vec![line] }
+    }
+
+    const HOUR_MS: u64 = 3_600_000;
+
+    #[test]
+    fn runs_sum_exactly_per_hour_tenant_and_tool_and_group_as_asked() {
+        let usage = Usage::new(USAGE_HOURS_KEPT_DEFAULT);
+        let t0 = 1_764_471_600_000; // 2025-11-30T03:00:00Z
+        usage.add(t0, ("alice", None), "wc", &cost("0.1"));
+        usage.add(t0 + 10, ("alice", Some("agent-7")), "wc", &cost("0.2"));
+        usage.add(t0 + HOUR_MS, ("alice", None), "echo", &cost("0.0000001"));
+        usage.add(t0 + HOUR_MS, ("bob", None), "wc", &cost("5"));
+        let all = usage.query(&Filter::default(), GroupBy::default());
+        assert_eq!(all.len(), 1);
+        assert_eq!((all[0].runs, all[0].total.0.normalize().to_string()), (4, "5.3000001".into()));
+        let alices = usage.query(
+            &Filter { tenant: Some("alice".into()), ..Filter::default() },
+            GroupBy::parse("hour,tool").expect("group"),
+        );
+        let shown: Vec<(String, String, String)> = alices
+            .iter()
+            .map(|r| {
+                (
+                    r.period.clone().unwrap_or_default(),
+                    r.tool.clone().unwrap_or_default(),
+                    r.total.0.normalize().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("2025-11-30T03:00:00Z".to_string(), "wc".to_string(), "0.3".to_string()),
+                ("2025-11-30T04:00:00Z".to_string(), "echo".to_string(), "0.0000001".to_string())
+            ]
+        );
+        let later =
+            usage.query(&Filter { from_unix_s: Some(t0 / 1000 + 3600), ..Filter::default() }, GroupBy::default());
+        assert_eq!(later[0].runs, 2);
+        assert!(GroupBy::parse("hour,week").is_err());
+        let agents = usage.query(&Filter { subject: Some("agent-7".into()), ..Filter::default() }, GroupBy::default());
+        assert_eq!(
+            (agents[0].runs, agents[0].total.0.normalize().to_string()),
+            (1, "0.2".into()),
+            "a subject's own runs"
+        );
+        assert_eq!(csv(&alices).lines().next(), Some("period,tenant,tool,currency,runs,total"));
+    }
+
+    #[test]
+    fn only_the_hours_kept_stay() {
+        let usage = Usage::new(2);
+        for hour in 0..5 {
+            usage.add(hour * HOUR_MS, ("alice", None), "wc", &cost("1"));
+        }
+        assert_eq!(usage.len(), 2, "the 2 newest hours");
+        assert_eq!(usage.query(&Filter::default(), GroupBy::default())[0].runs, 2);
+    }
+
+    #[test]
+    fn cells_are_quoted_when_they_must_be() {
+        assert_eq!(quote("a,b"), "\"a,b\"");
+        assert_eq!(quote("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}
