@@ -3,8 +3,8 @@
 //! measures a run as it is sealed and a bundle read back, so `guild bundle cost` re-derives,
 //! from the bundle alone, the figure the daemon answered with.
 
-use crate::Bundle;
 use crate::tape::{Effect, Event};
+use crate::{Bundle, Digest};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::str::FromStr;
@@ -60,6 +60,15 @@ impl Quantities {
     }
 }
 
+/// Each recorded HTTP exchange of `events`: the request's URL as the guest wrote it and the
+/// response body's blob (`None` for a request that got no response).
+pub fn exchanges(events: &[Event]) -> impl Iterator<Item = (&str, Option<Digest>)> {
+    events.iter().filter_map(|event| match &event.effect {
+        Effect::Http { request, response, .. } => Some((request.url.as_str(), response.as_ref().map(|r| r.body))),
+        _ => None,
+    })
+}
+
 /// A price table: what each quantity costs, in one currency. Prices are decimal strings in the
 /// configuration (`"0.000002"`), never floats, and apply per the unit their name ends in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +95,78 @@ pub struct PriceTable {
     /// Per MiB of bundle stored.
     #[serde(default)]
     pub bundle_mib: Price,
+    /// LLM upstreams whose token usage is priced: read from the *recorded* response bodies, so
+    /// a bundle re-derives the same counts.
+    #[serde(default)]
+    pub llm: Vec<LlmPrice>,
+}
+
+/// An LLM upstream and its per-token prices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmPrice {
+    /// The URL prefix its requests start with (`https://api.openai.com/v1/`), as the guest wrote
+    /// them.
+    pub url: String,
+    /// Where its responses say their usage: `openai` (`usage.prompt_tokens`,
+    /// `usage.completion_tokens`) or `anthropic` (`usage.input_tokens`, `usage.output_tokens`).
+    #[serde(default)]
+    pub style: UsageStyle,
+    /// A JSON pointer to the input-token count instead of the style's (`/meta/tokens/in`).
+    #[serde(default)]
+    pub input_pointer: Option<String>,
+    /// A JSON pointer to the output-token count instead of the style's.
+    #[serde(default)]
+    pub output_pointer: Option<String>,
+    /// Per input (prompt) token.
+    #[serde(default)]
+    pub input_token: Price,
+    /// Per output (completion) token.
+    #[serde(default)]
+    pub output_token: Price,
+}
+
+/// How an LLM upstream reports token usage in its response body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UsageStyle {
+    /// `usage.prompt_tokens` and `usage.completion_tokens`.
+    #[default]
+    Openai,
+    /// `usage.input_tokens` and `usage.output_tokens`.
+    Anthropic,
+}
+
+/// Input and output tokens a run's exchanges with one LLM upstream used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCount {
+    /// Input (prompt) tokens.
+    pub input: u64,
+    /// Output (completion) tokens.
+    pub output: u64,
+}
+
+impl LlmPrice {
+    /// Whether a request to `url` went to this upstream: `url` is the prefix itself or goes on
+    /// past it at a path, query or fragment boundary (or the prefix ends in `/`).
+    pub fn matches(&self, url: &str) -> bool {
+        url.strip_prefix(self.url.as_str())
+            .is_some_and(|rest| rest.is_empty() || self.url.ends_with('/') || rest.starts_with(['/', '?', '#']))
+    }
+
+    /// The tokens one recorded response `body` says were used (0 where it does not say).
+    pub fn count(&self, body: &[u8]) -> TokenCount {
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else { return TokenCount::default() };
+        let (input, output) = match self.style {
+            UsageStyle::Openai => ("/usage/prompt_tokens", "/usage/completion_tokens"),
+            UsageStyle::Anthropic => ("/usage/input_tokens", "/usage/output_tokens"),
+        };
+        let read = |pointer: &str| value.pointer(pointer).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        TokenCount {
+            input: read(self.input_pointer.as_deref().unwrap_or(input)),
+            output: read(self.output_pointer.as_deref().unwrap_or(output)),
+        }
+    }
 }
 
 /// A non-negative exact decimal price, written as a string.
@@ -134,6 +215,9 @@ pub struct CostLine {
     pub unit_price: Price,
     /// `quantity × unit_price`, exact.
     pub amount: Price,
+    /// For tokens: the LLM upstream (its URL prefix in the table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
 }
 
 /// What a run cost: its priced lines and their exact sum.
@@ -167,8 +251,36 @@ impl PriceTable {
         Ok(())
     }
 
-    /// What `quantities` cost under this table.
+    /// The tokens each of the table's LLM upstreams (in its order) was used for, from the
+    /// recorded exchanges: each request's URL and its response body, as `body` reads it from the
+    /// bundle's store (`None`: no response, or the body cannot be read).
+    pub fn count_tokens<'a>(
+        &self,
+        exchanges: impl IntoIterator<Item = (&'a str, Option<Digest>)>,
+        body: impl Fn(&Digest) -> Option<Vec<u8>>,
+    ) -> Vec<TokenCount> {
+        let mut counts = vec![TokenCount::default(); self.llm.len()];
+        if self.llm.is_empty() {
+            return counts;
+        }
+        for (url, response) in exchanges {
+            let Some((index, llm)) = self.llm.iter().enumerate().find(|(_, llm)| llm.matches(url)) else { continue };
+            let Some(bytes) = response.as_ref().and_then(&body) else { continue };
+            let used = llm.count(&bytes);
+            counts[index].input = counts[index].input.saturating_add(used.input);
+            counts[index].output = counts[index].output.saturating_add(used.output);
+        }
+        counts
+    }
+
+    /// What `quantities` cost under this table (and no tokens).
     pub fn price(&self, q: &Quantities) -> Cost {
+        self.price_with_tokens(q, &[])
+    }
+
+    /// What `quantities` and `tokens` (per LLM upstream, as [`PriceTable::count_tokens`] gives
+    /// them) cost under this table.
+    pub fn price_with_tokens(&self, q: &Quantities, tokens: &[TokenCount]) -> Cost {
         let ratio = |n: u64, d: u64| Decimal::from(n) / Decimal::from(d);
         let seconds = ratio(q.wall_time_us, 1_000_000);
         let candidates = [
@@ -179,17 +291,29 @@ impl PriceTable {
             ("egress_bytes", ratio(q.egress_bytes, MIB), "MiB", self.egress_mib),
             ("bundle_bytes", ratio(q.bundle_bytes, MIB), "MiB", self.bundle_mib),
         ];
-        let lines: Vec<CostLine> = candidates
-            .into_iter()
-            .filter(|(_, _, _, price)| !price.0.is_zero())
-            .map(|(resource, quantity, unit, unit_price)| CostLine {
+        let line =
+            |resource: &str, quantity: Decimal, unit: &str, unit_price: Price, upstream: Option<&str>| CostLine {
                 resource: resource.to_string(),
                 quantity: Price(quantity),
                 unit: unit.to_string(),
                 unit_price,
                 amount: Price(quantity.checked_mul(unit_price.0).unwrap_or(Decimal::MAX)),
-            })
+                upstream: upstream.map(str::to_string),
+            };
+        let mut lines: Vec<CostLine> = candidates
+            .into_iter()
+            .filter(|(_, _, _, price)| !price.0.is_zero())
+            .map(|(resource, quantity, unit, unit_price)| line(resource, quantity, unit, unit_price, None))
             .collect();
+        for (llm, used) in self.llm.iter().zip(tokens) {
+            for (resource, count, price) in
+                [("input_tokens", used.input, llm.input_token), ("output_tokens", used.output, llm.output_token)]
+            {
+                if count > 0 && !price.0.is_zero() {
+                    lines.push(line(resource, Decimal::from(count), "tokens", price, Some(&llm.url)));
+                }
+            }
+        }
         let total =
             lines.iter().fold(Decimal::ZERO, |sum, line| sum.checked_add(line.amount.0).unwrap_or(Decimal::MAX));
         Cost { currency: self.currency.clone(), total: Price(total), lines }
@@ -241,6 +365,29 @@ mod tests {
             [("fuel", "0.00006".into()), ("wall_time", "0.000025".into()), ("egress_requests", "0.000002".into())]
         );
         assert_eq!(cost.total.0.normalize().to_string(), "0.000087");
+    }
+
+    #[test]
+    fn token_counts_follow_the_style_or_the_pointers_and_match_by_prefix() {
+        let llm = |style: UsageStyle, pointers: Option<(&str, &str)>| LlmPrice {
+            url: "https://llm.example/v1".into(),
+            style,
+            input_pointer: pointers.map(|p| p.0.to_string()),
+            output_pointer: pointers.map(|p| p.1.to_string()),
+            input_token: Price::default(),
+            output_token: Price::default(),
+        };
+        let anthropic = br#"{"usage": {"input_tokens": 7, "output_tokens": 9}}"#;
+        assert_eq!(llm(UsageStyle::Anthropic, None).count(anthropic), TokenCount { input: 7, output: 9 });
+        assert_eq!(llm(UsageStyle::Openai, None).count(anthropic), TokenCount::default(), "another style's fields");
+        let custom = br#"{"meta": {"tokens": {"in": 3, "out": 4}}}"#;
+        let pointed = llm(UsageStyle::Openai, Some(("/meta/tokens/in", "/meta/tokens/out")));
+        assert_eq!(pointed.count(custom), TokenCount { input: 3, output: 4 });
+        assert_eq!(pointed.count(b"not json"), TokenCount::default());
+        let upstream = llm(UsageStyle::Openai, None);
+        assert!(upstream.matches("https://llm.example/v1/chat") && upstream.matches("https://llm.example/v1?x=1"));
+        assert!(!upstream.matches("https://llm.example/v10/chat"), "a prefix ends at a boundary");
+        assert!(!upstream.matches("https://llm.example.evil/v1"));
     }
 
     #[test]

@@ -114,3 +114,86 @@ fn a_price_table_must_be_exact_and_named() {
         assert!(refused.stderr.contains(says), "{table}: {}", refused.stderr);
     }
 }
+
+/// An LLM upstream on loopback: every answer reports 12 prompt and 30 completion tokens.
+fn llm_upstream() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 8192];
+            let _ = stream.read(&mut request);
+            let body =
+                r#"{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":12,"completion_tokens":30}}"#;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(body.as_bytes());
+        }
+    });
+    port
+}
+
+#[test]
+fn llm_tokens_are_priced_from_the_recorded_responses() {
+    let guild = Guild::new();
+    let port = llm_upstream();
+    let text = format!(
+        r#"
+[[tools]]
+path = "{HTTP_GET}"
+allow_hosts = ["http://127.0.0.1:{port}"]
+
+[pricing]
+currency = "USD"
+
+[[pricing.llm]]
+url = "http://127.0.0.1:{port}/v1/"
+style = "openai"
+input_token = "0.000001"
+output_token = "0.000002"
+
+[[tenants]]
+name = "alice"
+token_blake3 = "{alice}"
+tools = ["*"]
+"#,
+        alice = token_digest(ALICE),
+    );
+    let file = config_file(guild.home(), &text);
+    let daemon = Daemon::start(&guild, &["--config", &file], &[]);
+    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let run = daemon.run(ALICE, json!({ "tool": "http-get", "input": { "url": url } })).json();
+    let lines = run["cost"]["lines"].as_array().expect("lines").clone();
+    let tokens: Vec<(&str, &str, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["resource"].as_str().unwrap_or(""),
+                l["quantity"].as_str().unwrap_or(""),
+                l["amount"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(tokens, [("input_tokens", "12", "0.000012"), ("output_tokens", "30", "0.00006")], "{run}");
+    assert_eq!(lines[0]["upstream"], format!("http://127.0.0.1:{port}/v1/"));
+    assert_eq!(run["cost"]["total"], "0.000072");
+    // A request elsewhere on the same host is no LLM call.
+    let other =
+        daemon.run(ALICE, json!({ "tool": "http-get", "input": { "url": format!("http://127.0.0.1:{port}/health") } }));
+    assert_eq!(other.json()["cost"]["lines"], json!([]));
+
+    let derived = guild.run(&["bundle", "cost", run["bundle"].as_str().expect("bundle"), "--config", &file, "--json"]);
+    assert_eq!(derived.code, 0, "{derived:?}");
+    let derived: Value = serde_json::from_str(derived.stdout.trim()).expect("JSON");
+    assert_eq!(derived["cost"], run["cost"], "the bundle's recorded response gives the same tokens");
+    let metrics = String::from_utf8_lossy(&daemon.call("GET", "/metrics", ALICE, "").body).to_string();
+    let series = format!(
+        r#"guild_tokens_total{{kind="output",tenant="alice",tool="http-get",upstream="http://127.0.0.1:{port}/v1/"}} 30"#
+    );
+    assert!(metrics.contains(&series), "{metrics}");
+}

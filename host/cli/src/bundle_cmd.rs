@@ -258,9 +258,11 @@ pub(crate) fn cost(global: &Global, args: crate::args::CostArgs) -> Result<Exit,
     let pricing = config.pricing.ok_or_else(|| {
         Failure::usage(format!("{} has no [pricing] section to price the run with", args.config.display()))
     })?;
-    let Opened { bundle, bytes, .. } = open(global, &args.bundle)?;
+    let Opened { bundle, bytes, store } = open(global, &args.bundle)?;
     let quantities = guild_replay::cost::Quantities::of(&bundle, bytes);
-    let cost = pricing.price(&quantities);
+    let exchanges = guild_replay::cost::exchanges(bundle.tape.events());
+    let tokens = pricing.count_tokens(exchanges, |digest| store.get(digest).ok());
+    let cost = pricing.price_with_tokens(&quantities, &tokens);
     if args.json {
         let body = serde_json::json!({ "bundle": bundle.id.to_hex(), "quantities": quantities, "cost": cost });
         crate::out!("{body}");

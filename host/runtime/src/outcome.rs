@@ -48,6 +48,9 @@ pub struct RunReport {
     /// What the bundle records of the run's priced quantities (fuel, wall time, memory, HTTP
     /// exchanges, bytes stored); `None` when not recorded.
     pub quantities: Option<guild_replay::cost::Quantities>,
+    /// Each recorded HTTP exchange: the request's URL as the guest wrote it and the response
+    /// body's blob in the bundle's store (for token counts); at most `http_requests_max`.
+    pub http_exchanges: Vec<(String, Option<guild_replay::Digest>)>,
     /// For a run made in [`RunMode::Hermetic`](crate::RunMode): its action digest and whether its
     /// result may stand for it. `None` for a live run.
     #[serde(skip_serializing_if = "Option::is_none")]

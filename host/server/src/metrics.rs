@@ -44,6 +44,8 @@ pub struct Metrics {
     /// What runs cost under `[pricing]`, by tenant, tool, resource and currency (the exact
     /// figures are in the answers and the audit log; Prometheus counts in floats).
     pub cost: CounterVec,
+    /// LLM tokens runs used, by tenant, tool, upstream (the `[[pricing.llm]]` URL) and kind.
+    pub tokens: IntCounterVec,
     /// Bytes of sealed bundles.
     pub bundle_bytes: IntCounter,
     /// Audit records written.
@@ -244,6 +246,11 @@ impl Metrics {
             &["tenant", "tool", "resource", "currency"],
         )?;
         registry.register(Box::new(cost.clone()))?;
+        let tokens = IntCounterVec::new(
+            Opts::new("tokens_total", "LLM tokens runs used, read from their recorded responses."),
+            &["tenant", "tool", "upstream", "kind"],
+        )?;
+        registry.register(Box::new(tokens.clone()))?;
         let audit_records = IntCounter::new("audit_records_total", "Records appended to the audit log.")?;
         let api_errors = IntCounterVec::new(Opts::new("api_errors_total", "API error responses by code."), &["code"])?;
         let build = IntGaugeVec::new(
@@ -288,6 +295,7 @@ impl Metrics {
             egress,
             gpu_seconds,
             cost,
+            tokens,
             bundle_bytes,
             audit_records,
             api_errors,

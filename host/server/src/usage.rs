@@ -253,6 +253,7 @@ mod tests {
             unit: "million fuel units".into(),
             unit_price: Price::parse("1").expect("price"),
             amount,
+            upstream: None,
         };
         Cost { currency: "USD".into(), total: amount, lines: vec![line] }
     }

@@ -184,13 +184,17 @@ impl Runtime {
                 // Measured from what the bundle will hold (its tape is sealed into it next), as
                 // `guild bundle cost` measures it; the bundle's own size once it is sealed.
                 let wall_time_us = u64::try_from(execution.wall_time.as_micros()).unwrap_or(u64::MAX);
-                let measured = recorder.with_tape(|tape| {
-                    guild_replay::cost::Quantities::measure(
+                let (measured, exchanges) = recorder.with_tape(|tape| {
+                    let measured = guild_replay::cost::Quantities::measure(
                         execution.fuel_used_units,
                         (wall_time_us, execution.memory_bytes_peak),
                         tape.events(),
                         0,
-                    )
+                    );
+                    let exchanges = guild_replay::cost::exchanges(tape.events())
+                        .map(|(url, body)| (url.to_string(), body))
+                        .collect::<Vec<_>>();
+                    (measured, exchanges)
                 });
                 let (unsigned, overflow) = off_the_async_workers(writable, || {
                     recording.seal_unsigned(
@@ -212,9 +216,13 @@ impl Runtime {
                     execution.outcome = Outcome::Limit(hit);
                 }
                 let quantities = guild_replay::cost::Quantities { bundle_bytes: sealed.size_bytes, ..measured };
-                (Some(sealed.id), sealed.size_bytes, Some(quantities))
+                (Some(sealed.id), sealed.size_bytes, Some((quantities, exchanges)))
             }
             _ => (None, 0, None),
+        };
+        let (quantities, http_exchanges) = match quantities {
+            Some((quantities, exchanges)) => (Some(quantities), exchanges),
+            None => (None, Vec::new()),
         };
         // A limit found while sealing (a writable mount grown too large) means no output.
         let hermetic = hermetic.map(|h| match (&h.reusable, &execution.outcome) {
@@ -241,6 +249,7 @@ impl Runtime {
             egress_upstream_failures: execution.egress_upstream_failures,
             bundle_bytes,
             quantities,
+            http_exchanges,
             hermetic,
         })
     }

@@ -151,7 +151,7 @@ impl Daemon {
                 self.observe(tool, &entry.tenant, &report);
                 audit.bundle = report.bundle;
                 audit.fuel_used_units = report.fuel_used_units;
-                let cost = self.price(tool, &entry.tenant, report.quantities.as_ref());
+                let cost = self.price(tool, &entry.tenant, &report);
                 if let Some(cost) = &cost {
                     let principal = (entry.tenant.as_str(), entry.subject.as_deref());
                     self.usage().add(guild_queue::now_unix_ms(), principal, &tool.name, cost);
@@ -186,13 +186,21 @@ impl Daemon {
 
     /// What a run of `tool` for `tenant` cost under `[pricing]`, counted in
     /// `guild_cost_total`; `None` without a price table or a bundle to measure.
-    fn price(
-        &self,
-        tool: &RegisteredTool,
-        tenant: &str,
-        quantities: Option<&guild_replay::cost::Quantities>,
-    ) -> Option<Arc<guild_replay::cost::Cost>> {
-        let cost = self.pricing()?.price(quantities?);
+    fn price(&self, tool: &RegisteredTool, tenant: &str, report: &RunReport) -> Option<Arc<guild_replay::cost::Cost>> {
+        let pricing = self.pricing()?;
+        let quantities = report.quantities.as_ref()?;
+        // Token counts come from the recorded response bodies, read back from the bundle's store.
+        let exchanges = report.http_exchanges.iter().map(|(url, body)| (url.as_str(), *body));
+        let tokens =
+            pricing.count_tokens(exchanges, |digest| guild_replay::BlobStore::get(self.store().as_ref(), digest).ok());
+        let cost = pricing.price_with_tokens(quantities, &tokens);
+        for (llm, used) in pricing.llm.iter().zip(&tokens) {
+            for (kind, count) in [("input", used.input), ("output", used.output)] {
+                if count > 0 {
+                    self.metrics.tokens.with_label_values(&[tenant, &tool.name, &llm.url, kind]).inc_by(count);
+                }
+            }
+        }
         for line in &cost.lines {
             // Prometheus counts in floats: the exact figures are the answer's and the audit log's.
             let amount = line.amount.0.to_string().parse::<f64>().unwrap_or(0.0);
