@@ -48,6 +48,21 @@ impl Quantities {
         Self { fuel_units, wall_time_us, memory_bytes_peak, egress_requests, egress_bytes, bundle_bytes }
     }
 
+    /// The most a run under `limits` can use of each quantity: what a budget reserves before the
+    /// run starts (tokens, which no limit bounds, aside).
+    pub fn worst_case(limits: &guild_vocab::Limits) -> Self {
+        let requests = u64::from(limits.http_requests_max);
+        let per_request = limits.http_request_body_bytes_max.saturating_add(limits.http_response_bytes_max);
+        Self {
+            fuel_units: limits.fuel_units,
+            wall_time_us: limits.timeout_ms.saturating_mul(1000),
+            memory_bytes_peak: limits.memory_bytes_max,
+            egress_requests: requests,
+            egress_bytes: requests.saturating_mul(per_request),
+            bundle_bytes: limits.recording_bytes_max,
+        }
+    }
+
     /// Measure an opened bundle whose manifest and signature take `bundle_bytes` with its blobs.
     pub fn of(bundle: &Bundle, bundle_bytes: u64) -> Self {
         let exec = |field: &str| bundle.exec[field].as_u64().unwrap_or(0);

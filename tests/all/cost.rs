@@ -197,3 +197,44 @@ tools = ["*"]
     );
     assert!(metrics.contains(&series), "{metrics}");
 }
+
+#[test]
+fn a_spent_cost_budget_turns_the_next_run_into_429_until_the_period_ends() {
+    let guild = Guild::new();
+    let text = format!(
+        r#"
+[[tools]]
+path = "{hostile}"
+
+[tools.limits]
+fuel_units = 1000000000
+
+[pricing]
+currency = "USD"
+fuel_per_million = "0.001"
+
+[[tenants]]
+name = "alice"
+token_blake3 = "{alice}"
+tools = ["*"]
+cost_budget = "2.5"
+cost_budget_period_s = 3600
+"#,
+        hostile = guild_test_artifacts::HOSTILE,
+        alice = token_digest(ALICE),
+    );
+    let file = config_file(guild.home(), &text);
+    let daemon = Daemon::start(&guild, &["--config", &file], &[]);
+    // Each run spins until its billion fuel units are gone: 1 USD, its worst case too.
+    let spin = json!({ "tool": "hostile", "input": { "attack": "loop" } });
+    for _ in 0..2 {
+        let run = daemon.run(ALICE, spin.clone()).json();
+        assert_eq!(run["cost"]["total"], "1", "{run}");
+    }
+    // 2 spent + 1 reserved would pass 2.5: refused before it starts.
+    let refused = daemon.run(ALICE, spin);
+    assert_eq!((refused.status, refused.code().as_str()), (429, "budget_exhausted"));
+    let retry: u64 = refused.headers.get("retry-after").expect("Retry-After").parse().expect("seconds");
+    assert!((3000..=3600).contains(&retry), "the rest of the period: {retry}");
+    assert!(String::from_utf8_lossy(&refused.body).contains("tenants.cost_budget"));
+}

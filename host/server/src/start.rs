@@ -259,6 +259,8 @@ fn tenants(config: &DaemonConfig, default_token: Option<String>) -> Result<Vec<A
         concurrency_max: crate::config::CONCURRENCY_MAX_DEFAULT,
         fuel_budget_units: None,
         fuel_budget_period_s: crate::config::FUEL_BUDGET_PERIOD_S_DEFAULT,
+        cost_budget: None,
+        cost_budget_period_s: crate::config::COST_BUDGET_PERIOD_S_DEFAULT,
     };
     Ok(vec![tenant(&default)])
 }

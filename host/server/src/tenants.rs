@@ -45,6 +45,8 @@ pub struct Tenant {
     concurrency_max: u32,
     running: AtomicU32,
     budget: Option<Mutex<FuelBudget>>,
+    /// Money its runs may cost per period, with `[pricing]`.
+    cost_budget: Option<Mutex<CostBudget>>,
     /// HTTP requests of this tenant being served at once (one tenant cannot hold every
     /// connection, say by sending bodies slowly).
     requests: Arc<tokio::sync::Semaphore>,
@@ -77,6 +79,16 @@ pub enum Refusal {
         /// The tenant's fuel budget per period, in fuel units.
         budget_units: u64,
     },
+    /// This period's money is spent (or reserved by runs in flight) past what one more run of
+    /// the tool could cost.
+    CostBudget {
+        /// When the period ends.
+        retry_after: Duration,
+        /// The tenant's budget per period, a decimal in `[pricing]`'s currency.
+        budget: String,
+        /// What the run could cost at most (its limits priced).
+        worst_case: String,
+    },
 }
 
 impl Refusal {
@@ -86,13 +98,16 @@ impl Refusal {
             Self::RateLimited { .. } => "rate_limited",
             Self::Concurrency { .. } => "concurrency_limited",
             Self::FuelBudget { .. } => "fuel_budget_exhausted",
+            Self::CostBudget { .. } => "budget_exhausted",
         }
     }
 
     /// Seconds for `Retry-After` (at least 1).
     pub fn retry_after_s(&self) -> u64 {
         match self {
-            Self::RateLimited { retry_after, .. } | Self::FuelBudget { retry_after, .. } => {
+            Self::RateLimited { retry_after, .. }
+            | Self::FuelBudget { retry_after, .. }
+            | Self::CostBudget { retry_after, .. } => {
                 // Whole seconds rounded up, at least one.
                 (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1)
             }
@@ -114,6 +129,11 @@ impl Refusal {
             Self::FuelBudget { budget_units, .. } => format!(
                 "tenant {tenant} has used its fuel budget of {budget_units} units for this period; retry after the \
                  period or raise tenants.fuel_budget_units"
+            ),
+            Self::CostBudget { budget, worst_case, .. } => format!(
+                "tenant {tenant} has spent (or reserved) its cost budget of {budget} for this period, past what this \
+                 run could cost ({worst_case}, its limits priced); retry after the period, lower the tool's limits or \
+                 raise tenants.cost_budget"
             ),
         }
     }
@@ -159,20 +179,42 @@ impl FuelBudget {
     }
 }
 
-/// A started run's hold on its tenant: the concurrency slot and the fuel it reserved. Dropping
-/// it without [`Admission::settle`] refunds the whole reservation.
+/// A tenant's money per period: what runs cost, plus what runs in flight reserved.
+#[derive(Debug)]
+struct CostBudget {
+    budget: rust_decimal::Decimal,
+    period: Duration,
+    started: Instant,
+    committed: rust_decimal::Decimal,
+}
+
+impl CostBudget {
+    fn roll(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.started) >= self.period {
+            self.started = now;
+            self.committed = rust_decimal::Decimal::ZERO;
+        }
+    }
+}
+
+/// A started run's hold on its tenant: the concurrency slot, the fuel and the money it
+/// reserved. Dropping it without [`Admission::settle`] refunds the whole reservation.
 #[derive(Debug)]
 pub struct Admission {
     tenant: Arc<Tenant>,
     /// Fuel the run may burn: its limit, lowered to what is left of the budget.
     pub fuel_units: u64,
+    /// Money reserved against the cost budget: what the run could cost at most.
+    cost_reserved: rust_decimal::Decimal,
     settled: bool,
 }
 
 impl Admission {
-    /// The run burnt `used` units: keep those, refund the rest of the reservation.
-    pub fn settle(mut self, used: u64) {
+    /// The run burnt `used` units and cost `cost` (`None`: not priced here, as for a job a
+    /// worker ran): keep those, refund the rest of the reservations.
+    pub fn settle(mut self, used: u64, cost: Option<rust_decimal::Decimal>) {
         self.tenant.refund(self.fuel_units.saturating_sub(used));
+        self.tenant.refund_cost(self.cost_reserved, cost.unwrap_or_default());
         self.settled = true;
     }
 }
@@ -181,6 +223,7 @@ impl Drop for Admission {
     fn drop(&mut self) {
         if !self.settled {
             self.tenant.refund(self.fuel_units);
+            self.tenant.refund_cost(self.cost_reserved, rust_decimal::Decimal::ZERO);
         }
         self.tenant.running.fetch_sub(1, Ordering::AcqRel);
     }
@@ -214,6 +257,16 @@ impl Tenant {
                     committed_units: 0,
                 })
             }),
+            cost_budget: config.cost_budget.as_deref().and_then(|b| b.parse::<rust_decimal::Decimal>().ok()).map(
+                |budget| {
+                    Mutex::new(CostBudget {
+                        budget,
+                        period: Duration::from_secs(config.cost_budget_period_s),
+                        started: now,
+                        committed: rust_decimal::Decimal::ZERO,
+                    })
+                },
+            ),
             requests: Arc::new(tokio::sync::Semaphore::new(TENANT_REQUESTS_MAX_DEFAULT)),
             requests_max: TENANT_REQUESTS_MAX_DEFAULT,
             source: Some(config.clone()),
@@ -262,7 +315,12 @@ impl Tenant {
         let now = Instant::now();
         let running = self.running.fetch_add(1, Ordering::AcqRel);
         // From here every early return must give the slot back: the Admission's drop does.
-        let mut admission = Admission { tenant: self.clone(), fuel_units: 0, settled: false };
+        let mut admission = Admission {
+            tenant: self.clone(),
+            fuel_units: 0,
+            cost_reserved: rust_decimal::Decimal::ZERO,
+            settled: false,
+        };
         if running >= self.concurrency_max {
             return Err(Refusal::Concurrency { concurrency_max: self.concurrency_max });
         }
@@ -290,6 +348,42 @@ impl Tenant {
         Ok(admission)
     }
 
+    /// Whether the tenant has a cost budget (runs are then priced at their worst case first).
+    pub fn has_cost_budget(&self) -> bool {
+        self.cost_budget.is_some()
+    }
+
+    /// Reserve `worst_case` of the cost budget for `admission`'s run.
+    ///
+    /// # Errors
+    /// `Refusal::CostBudget` when this period's spent and reserved money plus `worst_case` is
+    /// past the budget.
+    pub fn reserve_cost(&self, admission: &mut Admission, worst_case: rust_decimal::Decimal) -> Result<(), Refusal> {
+        let Some(budget) = &self.cost_budget else { return Ok(()) };
+        let now = Instant::now();
+        let mut budget = budget.lock().unwrap_or_else(|p| p.into_inner());
+        budget.roll(now);
+        if budget.committed + worst_case > budget.budget {
+            let retry_after = budget.period.saturating_sub(now.saturating_duration_since(budget.started));
+            return Err(Refusal::CostBudget {
+                retry_after,
+                budget: budget.budget.normalize().to_string(),
+                worst_case: worst_case.normalize().to_string(),
+            });
+        }
+        budget.committed += worst_case;
+        admission.cost_reserved = worst_case;
+        Ok(())
+    }
+
+    /// Give back a reservation of `reserved`, keeping `spent`.
+    fn refund_cost(&self, reserved: rust_decimal::Decimal, spent: rust_decimal::Decimal) {
+        if let Some(budget) = &self.cost_budget {
+            let mut budget = budget.lock().unwrap_or_else(|p| p.into_inner());
+            budget.committed = (budget.committed - reserved + spent).max(rust_decimal::Decimal::ZERO);
+        }
+    }
+
     fn refund(&self, units: u64) {
         if let Some(budget) = &self.budget {
             let mut budget = budget.lock().unwrap_or_else(|p| p.into_inner());
@@ -313,7 +407,27 @@ mod tests {
             concurrency_max: concurrency,
             fuel_budget_units: budget,
             fuel_budget_period_s: 3600,
+            cost_budget: Some("1".into()),
+            cost_budget_period_s: 3600,
         }))
+    }
+
+    #[test]
+    fn a_cost_budget_reserves_the_worst_case_keeps_the_cost_and_refuses_past_it() {
+        use rust_decimal::Decimal;
+        let t = tenant(1000.0, 1000, 10, None);
+        let d = |s: &str| s.parse::<Decimal>().expect("decimal");
+        let mut a = t.admit(1).expect("admitted");
+        t.reserve_cost(&mut a, d("0.6")).expect("0.6 of 1");
+        let mut b = t.admit(1).expect("admitted");
+        let refused = t.reserve_cost(&mut b, d("0.6")).expect_err("0.6 + 0.6 > 1");
+        assert_eq!(refused.code(), "budget_exhausted");
+        assert!(refused.message("t").contains("tenants.cost_budget"), "{}", refused.message("t"));
+        a.settle(1, Some(d("0.1"))); // 0.5 of the reservation comes back
+        t.reserve_cost(&mut b, d("0.6")).expect("0.1 spent + 0.6 reserved");
+        drop(b); // unsettled: all of it comes back
+        let mut c = t.admit(1).expect("admitted");
+        t.reserve_cost(&mut c, d("0.9")).expect("0.1 spent + 0.9");
     }
 
     #[test]
@@ -352,8 +466,8 @@ mod tests {
         let b = t.admit(70).expect("only 30 left");
         assert_eq!(b.fuel_units, 30);
         assert_eq!(t.admit(1).expect_err("all reserved").code(), "fuel_budget_exhausted");
-        a.settle(10); // 60 refunded
-        b.settle(30);
+        a.settle(10, None); // 60 refunded
+        b.settle(30, None);
         assert_eq!(t.admit(100).expect("60 left").fuel_units, 60);
     }
 }

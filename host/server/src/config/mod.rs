@@ -51,6 +51,8 @@ pub const DEFAULT_TENANT_BURST: u32 = 1_000_000;
 pub const CONCURRENCY_MAX_DEFAULT: u32 = 256;
 /// Default length of a tenant's fuel-budget period.
 pub const FUEL_BUDGET_PERIOD_S_DEFAULT: u64 = 3600;
+/// Default length of a tenant's cost-budget period: a day.
+pub const COST_BUDGET_PERIOD_S_DEFAULT: u64 = 86_400;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -391,6 +393,14 @@ pub struct TenantConfig {
     /// Length of the fuel-budget period, seconds.
     #[serde(default = "fuel_period_default")]
     pub fuel_budget_period_s: u64,
+    /// Money its runs may cost per period, a decimal string in `[pricing]`'s currency
+    /// (`"25.00"`); unset: unlimited. Each run reserves what its limits could cost at most before
+    /// it starts and keeps what it did cost; a spent budget answers 429 `budget_exhausted`.
+    #[serde(default)]
+    pub cost_budget: Option<String>,
+    /// Length of the cost-budget period, seconds.
+    #[serde(default = "cost_period_default")]
+    pub cost_budget_period_s: u64,
 }
 
 fn listen_default() -> SocketAddr {
@@ -416,6 +426,9 @@ fn concurrency_default() -> u32 {
 }
 fn fuel_period_default() -> u64 {
     FUEL_BUDGET_PERIOD_S_DEFAULT
+}
+fn cost_period_default() -> u64 {
+    COST_BUDGET_PERIOD_S_DEFAULT
 }
 
 /// A configuration that cannot be used, naming the field (or variable) and what to change.
@@ -616,6 +629,18 @@ impl DaemonConfig {
             }
             if tenant.fuel_budget_period_s == 0 {
                 return Err(ConfigError::new(field("fuel_budget_period_s"), "must be at least 1 second"));
+            }
+            if tenant.cost_budget_period_s == 0 {
+                return Err(ConfigError::new(field("cost_budget_period_s"), "must be at least 1 second"));
+            }
+            if let Some(budget) = &tenant.cost_budget {
+                guild_replay::cost::Price::parse(budget).map_err(|e| ConfigError::new(field("cost_budget"), e))?;
+                if self.pricing.is_none() {
+                    return Err(ConfigError::new(
+                        field("cost_budget"),
+                        "a cost budget needs a [pricing] table to price the runs with",
+                    ));
+                }
             }
         }
         if self.cache.flight_waiters_max == 0 {

@@ -51,7 +51,7 @@ impl Daemon {
             _ => None,
         };
         let (finished, output, audit) = self.conclude(&tool, &entry, input_digest, key, ran);
-        admission.settle(finished.fuel_used_units);
+        admission.settle(finished.fuel_used_units, finished.cost.as_ref().map(|c| c.total.0));
         let finished = Arc::new(finished);
         match self.audit.append(audit).await {
             Ok(_) => self.metrics.audit_records.inc(),

@@ -552,10 +552,17 @@ impl Daemon {
     }
 
     fn admit(&self, tenant: &Arc<Tenant>, tool: &RegisteredTool) -> Result<Admission, Rejection> {
-        tenant.admit(tool.limits.fuel_units).map_err(|refusal| {
+        let refused = |refusal: crate::tenants::Refusal| {
             self.metrics.rejections.with_label_values(&[&tenant.name, refusal.code()]).inc();
             Rejection::Tenant { tenant: tenant.name.clone(), refusal }
-        })
+        };
+        let mut admission = tenant.admit(tool.limits.fuel_units).map_err(refused)?;
+        // A cost budget holds back what the run could cost at most: its limits, priced.
+        if let (true, Some(pricing)) = (tenant.has_cost_budget(), self.pricing()) {
+            let worst = pricing.price(&guild_replay::cost::Quantities::worst_case(&tool.limits)).total.0;
+            tenant.reserve_cost(&mut admission, worst).map_err(refused)?;
+        }
+        Ok(admission)
     }
 
     /// With `--redis`: enqueue the run as a job for the workers, then wait for its result
@@ -677,7 +684,7 @@ impl Daemon {
                 if let (Some(candidate), Some(bundle), false) = (shadow, finished.bundle, reused) {
                     guarded.shadow(bundle, candidate);
                 }
-                return admission.settle(finished.fuel_used_units);
+                return admission.settle(finished.fuel_used_units, None);
             }
             drop(admission);
         });
