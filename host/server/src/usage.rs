@@ -41,8 +41,15 @@ struct Sums {
 /// tenants and tools are the configured ones, the subjects those whose runs finished in the
 /// hours kept, and older hours leave.
 pub struct Usage {
-    rows: Mutex<BTreeMap<Key, Sums>>,
+    rows: Mutex<Ledger>,
     hours_kept: u64,
+}
+
+/// The rows, and the newest hour among them (older hours leave when a newer one starts).
+#[derive(Default)]
+struct Ledger {
+    rows: BTreeMap<Key, Sums>,
+    newest_hour_unix_s: u64,
 }
 
 /// How `GET /v1/usage` groups rows: any of `hour`, `day`, `tenant`, `tool` (the currency always).
@@ -118,7 +125,7 @@ pub struct Row {
 impl Usage {
     /// An empty ledger keeping `hours_kept` hours.
     pub fn new(hours_kept: u64) -> Self {
-        Self { rows: Mutex::new(BTreeMap::new()), hours_kept: hours_kept.max(1) }
+        Self { rows: Mutex::new(Ledger::default()), hours_kept: hours_kept.max(1) }
     }
 
     /// Add a run of `tool` for `tenant` (and `subject`, for an access token's) that finished at
@@ -132,23 +139,37 @@ impl Usage {
             tool: tool.into(),
             currency: cost.currency.clone(),
         };
-        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
-        let sums = rows.entry(key).or_default();
+        let mut ledger = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        if hour_unix_s > ledger.newest_hour_unix_s {
+            // A new hour: the hours past the kept ones leave (keys sort by hour first).
+            ledger.newest_hour_unix_s = hour_unix_s;
+            let oldest_kept = hour_unix_s.saturating_sub((self.hours_kept - 1) * 3600);
+            let first_kept = Key {
+                hour_unix_s: oldest_kept,
+                tenant: String::new(),
+                subject: None,
+                tool: String::new(),
+                currency: String::new(),
+            };
+            ledger.rows = ledger.rows.split_off(&first_kept);
+        }
+        let oldest_kept = ledger.newest_hour_unix_s.saturating_sub((self.hours_kept - 1) * 3600);
+        if hour_unix_s < oldest_kept {
+            return; // older than what is kept (a record read back from long ago)
+        }
+        let sums = ledger.rows.entry(key).or_default();
         sums.runs += 1;
         sums.total = sums.total.checked_add(cost.total.0).unwrap_or(Decimal::MAX);
         for line in &cost.lines {
             let amount = sums.by_resource.entry(line.resource.clone()).or_default();
             *amount = amount.checked_add(line.amount.0).unwrap_or(Decimal::MAX);
         }
-        // Hours older than the newest kept ones leave.
-        let newest = rows.keys().map(|k| k.hour_unix_s).max().unwrap_or(hour_unix_s);
-        let oldest_kept = newest.saturating_sub((self.hours_kept - 1) * 3600);
-        rows.retain(|k, _| k.hour_unix_s >= oldest_kept);
     }
 
     /// The rows `filter` selects, summed as `group` says, in key order.
     pub fn query(&self, filter: &Filter, group: GroupBy) -> Vec<Row> {
-        let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        let ledger = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        let rows = &ledger.rows;
         let mut grouped: BTreeMap<GroupKey, Sums> = BTreeMap::new();
         for (key, sums) in rows.iter() {
             let hour_end = key.hour_unix_s + 3600;
@@ -197,7 +218,7 @@ impl Usage {
     /// Keys held (for the bound's test).
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.rows.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.rows.lock().unwrap_or_else(|p| p.into_inner()).rows.len()
     }
 }
 
