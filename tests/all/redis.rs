@@ -1115,3 +1115,32 @@ async fn a_shared_cache_entry_past_its_bound_is_refused_unread() {
     let refused = queue.cache_get("hash", &key).await.expect_err("not an entry");
     assert!(!refused.to_string().contains("at most"), "{refused}");
 }
+
+/// A job a worker ran is priced with the API node's `[pricing]` (the job carries it): the
+/// answer, the node's audit record of the attempt and its usage ledger say the same cost.
+#[test]
+fn a_job_a_worker_ran_is_priced_with_the_api_nodes_table() {
+    let redis = RedisServer::start();
+    let guild = Guild::new();
+    let text = format!(
+        "[[tools]]\npath = \"{}\"\n\n[pricing]\ncurrency = \"USD\"\nfuel_per_million = \"0.002\"\nwall_second = \"0.01\"\n",
+        guild_test_artifacts::ECHO
+    );
+    let file = crate::daemon::config_file(guild.home(), &text);
+    let daemon = Daemon::start(&guild, &["--config", &file, "--redis", &redis.url()], QUEUE_ENV);
+    let cache = tempfile::tempdir().expect("cache");
+    let _worker = Worker::start(&redis.url(), cache.path(), "w1", 1);
+    let run = daemon.run(TOKEN, json!({"tool": "echo", "input": {"message": "priced"}})).json();
+    let cost = run["cost"].clone();
+    assert_eq!(cost["currency"], "USD", "{run}");
+    let resources: Vec<&str> =
+        cost["lines"].as_array().expect("lines").iter().filter_map(|l| l["resource"].as_str()).collect();
+    assert_eq!(resources, ["fuel", "wall_time"]);
+    let id = run["id"].as_str().expect("id").to_string();
+    assert_eq!(wait_audited(&guild, std::slice::from_ref(&id), Duration::from_secs(30)).get(&id), Some(&1));
+    let record = audit_records(&guild).into_iter().find(|r| r["run"] == id.as_str()).expect("the record");
+    assert_eq!(record["cost"], cost, "the audit record of the attempt");
+    let usage = daemon.call("GET", "/v1/usage?group_by=tool", TOKEN, "").json();
+    assert_eq!(usage["rows"][0]["tool"], "echo", "{usage}");
+    assert_eq!(usage["rows"][0]["total"], cost["total"], "{usage}");
+}

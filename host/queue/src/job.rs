@@ -43,6 +43,10 @@ pub struct Job {
     /// reusable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<crate::JobCache>,
+    /// The API node's `[pricing]`: the worker prices the run with it, from what its bundle
+    /// records, so a job's cost is the one a run here would have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<guild_replay::cost::PriceTable>,
 }
 
 /// How a job ended: what `GET /v1/runs/{id}` shows on every node and what the audit log keeps.
@@ -90,6 +94,9 @@ pub struct JobResult {
     /// run's output and bundle, no fuel burnt), `stored`, or `miss: WHY`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<String>,
+    /// What the attempt cost under the job's `pricing`, from what its bundle records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<guild_replay::cost::Cost>,
 }
 
 /// A job a worker holds: it runs it, renews the lease while it does, then completes or fails it.
@@ -133,6 +140,7 @@ impl Job {
                     attempts_max: 1,
                     submitted_unix_ms: 0,
                     cache: None,
+                    pricing: None,
                 };
                 (job, Some(format!("the job's body does not fit this worker's version: {e}")))
             }
@@ -319,6 +327,7 @@ mod tests {
             attempts_max: 3,
             submitted_unix_ms: 1,
             cache: None,
+            pricing: None,
         };
         let text = serde_json::to_string(&job).expect("serializes");
         assert_eq!(serde_json::from_str::<Job>(&text).expect("parses"), job);
@@ -364,6 +373,7 @@ mod tests {
             attempts_max: 1,
             submitted_unix_ms: 1,
             cache: None,
+            pricing: None,
         }
     }
 }

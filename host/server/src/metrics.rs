@@ -302,6 +302,15 @@ impl Metrics {
         })
     }
 
+    /// Count `cost` of a run of `tool` for `tenant` in `guild_cost_total` (Prometheus counts in
+    /// floats; the exact figures are the answer's and the audit log's).
+    pub fn count_cost(&self, tenant: &str, tool: &str, cost: &guild_replay::cost::Cost) {
+        for line in &cost.lines {
+            let amount = line.amount.0.to_string().parse::<f64>().unwrap_or(0.0);
+            self.cost.with_label_values(&[tenant, tool, &line.resource, &cost.currency]).inc_by(amount);
+        }
+    }
+
     /// Start a cached tool's series at zero.
     pub fn register_cached_tool(&self, tool: &str) {
         for result in ["hit", "merged", "stored", "miss", "rejected"] {

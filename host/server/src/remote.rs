@@ -268,7 +268,13 @@ impl Remote {
     }
 
     /// Write audit records for finished attempts until the daemon drains; wakes waiters.
-    pub(crate) async fn audit_loop(self: Arc<Self>, log: Arc<AuditLog>, metrics: Arc<Metrics>, drain: DrainToken) {
+    pub(crate) async fn audit_loop(
+        self: Arc<Self>,
+        log: Arc<AuditLog>,
+        metrics: Arc<Metrics>,
+        usage: Arc<crate::usage::Usage>,
+        drain: DrainToken,
+    ) {
         let first = Duration::from_millis(100);
         let mut backoff = redis_retry(first);
         let mut ready = false;
@@ -306,7 +312,7 @@ impl Remote {
             if entries.is_empty() {
                 continue;
             }
-            if let Err(e) = self.audit(&log, &metrics, &entries).await {
+            if let Err(e) = self.audit(&log, (&metrics, &usage), &entries).await {
                 tracing::error!(error = %e, "cannot write audit records of finished jobs; they stay in Redis");
                 tokio::time::sleep(backoff.next().unwrap_or(REDIS_RETRY_MAX)).await;
                 continue;
@@ -349,7 +355,7 @@ impl Remote {
     async fn audit(
         &self,
         log: &AuditLog,
-        metrics: &Metrics,
+        (metrics, usage): (&Metrics, &crate::usage::Usage),
         entries: &[DoneEntry],
     ) -> Result<(), guild_audit::AuditError> {
         // An attempt is marked audited only once its record is on disk: after a failed write,
@@ -379,6 +385,12 @@ impl Remote {
             let r = &entry.result;
             let revision = r.revision.map(|n| n.to_string()).unwrap_or_default();
             metrics.runs.with_label_values(&[&r.tool, &revision, &r.tenant, finished(r).label()]).inc();
+            // Every attempt that ran was priced by its worker: its cost is in the ledger and
+            // the metrics of the node that audits it, as its record is in this node's log.
+            if let Some(cost) = &r.cost {
+                usage.add(guild_queue::now_unix_ms(), (&r.tenant, r.subject.as_deref()), &r.tool, cost);
+                metrics.count_cost(&r.tenant, &r.tool, cost);
+            }
         }
         Ok(())
     }
@@ -397,7 +409,7 @@ fn audit_entry(done: &DoneEntry) -> AuditEntry {
         grants: r.policy.clone(),
         outcome: finished(r).label().to_string(),
         fuel_used_units: r.fuel_used_units,
-        cost: None,
+        cost: r.cost.clone(),
         bundle: r.bundle,
         idempotency_key: r.idempotency_key.clone(),
         attempt: Some(r.attempt),
@@ -422,7 +434,7 @@ pub(crate) fn finished(result: &JobResult) -> Finished {
         wall_time_us: result.wall_time_us,
         revision: result.revision,
         cache: result.cache.as_deref().map(crate::cache::CacheState::parse),
-        cost: None,
+        cost: result.cost.clone().map(Arc::new),
     }
 }
 

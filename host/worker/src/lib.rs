@@ -396,6 +396,7 @@ impl Worker {
     }
 
     fn result(&self, lease: &Lease, report: RunReport) -> JobResult {
+        let cost = self.price(&lease.job, &report);
         let policy = Some(PolicyRecord::resolved(report.policy, report.limits));
         // The same status, error and output the daemon gives a run it executes itself: both
         // read them from the outcome.
@@ -407,8 +408,19 @@ impl Worker {
             wall_time_us: u64::try_from(report.wall_time.as_micros()).unwrap_or(u64::MAX),
             output: report.outcome.into_output(),
             policy,
+            cost,
             ..self.empty_result(lease)
         }
+    }
+
+    /// What the run cost under the job's price table (the API node's `[pricing]`), from what
+    /// its bundle records: tokens from its recorded responses in this worker's store.
+    fn price(&self, job: &guild_queue::Job, report: &RunReport) -> Option<guild_replay::cost::Cost> {
+        let pricing = job.pricing.as_ref()?;
+        let quantities = report.quantities.as_ref()?;
+        let exchanges = report.http_exchanges.iter().map(|(url, body)| (url.as_str(), *body));
+        let tokens = pricing.count_tokens(exchanges, |d| guild_replay::BlobStore::get(self.store.as_ref(), d).ok());
+        Some(pricing.price_with_tokens(quantities, &tokens))
     }
 
     fn empty_result(&self, lease: &Lease) -> JobResult {
@@ -432,6 +444,7 @@ impl Worker {
             attempt: lease.attempt,
             worker: self.name.clone(),
             cache: None,
+            cost: None,
         }
     }
 

@@ -201,11 +201,7 @@ impl Daemon {
                 }
             }
         }
-        for line in &cost.lines {
-            // Prometheus counts in floats: the exact figures are the answer's and the audit log's.
-            let amount = line.amount.0.to_string().parse::<f64>().unwrap_or(0.0);
-            self.metrics.cost.with_label_values(&[tenant, &tool.name, &line.resource, &cost.currency]).inc_by(amount);
-        }
+        self.metrics.count_cost(tenant, &tool.name, &cost);
         Some(Arc::new(cost))
     }
 

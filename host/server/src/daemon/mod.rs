@@ -395,7 +395,12 @@ impl Daemon {
     pub fn start_auditing(self: &Arc<Self>) {
         if let Some(remote) = self.remote.clone() {
             tokio::spawn(remote.clone().notice_loop());
-            let task = tokio::spawn(remote.audit_loop(self.audit.clone(), self.metrics.clone(), self.drain.clone()));
+            let task = tokio::spawn(remote.audit_loop(
+                self.audit.clone(),
+                self.metrics.clone(),
+                self.usage.clone(),
+                self.drain.clone(),
+            ));
             *self.auditing.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
         }
     }
@@ -618,6 +623,8 @@ impl Daemon {
                 entries_max: p.entries_max as u64,
                 bytes_max: p.bytes_max,
             }),
+            // The worker prices the run with this node's table.
+            pricing: self.pricing().map(|p| (*p).clone()),
         };
         // Waited for before it exists, so a node waiting for too many jobs refuses a new one
         // rather than enqueue a job nobody here can answer for.
@@ -684,7 +691,7 @@ impl Daemon {
                 if let (Some(candidate), Some(bundle), false) = (shadow, finished.bundle, reused) {
                     guarded.shadow(bundle, candidate);
                 }
-                return admission.settle(finished.fuel_used_units, None);
+                return admission.settle(finished.fuel_used_units, finished.cost.as_ref().map(|c| c.total.0));
             }
             drop(admission);
         });
