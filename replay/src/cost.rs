@@ -165,8 +165,10 @@ impl LlmPrice {
     /// Whether a request to `url` went to this upstream: `url` is the prefix itself or goes on
     /// past it at a path, query or fragment boundary (or the prefix ends in `/`).
     pub fn matches(&self, url: &str) -> bool {
-        url.strip_prefix(self.url.as_str())
-            .is_some_and(|rest| rest.is_empty() || self.url.ends_with('/') || rest.starts_with(['/', '?', '#']))
+        // Compared without case, so `HTTPS://API.EXAMPLE/v1` is not a way around the count.
+        let (url, prefix) = (url.to_ascii_lowercase(), self.url.to_ascii_lowercase());
+        url.strip_prefix(prefix.as_str())
+            .is_some_and(|rest| rest.is_empty() || prefix.ends_with('/') || rest.starts_with(['/', '?', '#']))
     }
 
     /// The tokens one recorded response `body` says were used (0 where it does not say).
@@ -301,7 +303,7 @@ impl PriceTable {
         let candidates = [
             ("fuel", ratio(q.fuel_units, 1_000_000), "million fuel units", self.fuel_per_million),
             ("wall_time", seconds, "s", self.wall_second),
-            ("memory", ratio(q.memory_bytes_peak, MIB) * seconds, "MiB·s", self.memory_mib_second),
+            ("memory", ratio(q.memory_bytes_peak, MIB).saturating_mul(seconds), "MiB·s", self.memory_mib_second),
             ("egress_requests", Decimal::from(q.egress_requests), "requests", self.egress_request),
             ("egress_bytes", ratio(q.egress_bytes, MIB), "MiB", self.egress_mib),
             ("bundle_bytes", ratio(q.bundle_bytes, MIB), "MiB", self.bundle_mib),
@@ -312,7 +314,7 @@ impl PriceTable {
                 quantity: Price(quantity),
                 unit: unit.to_string(),
                 unit_price,
-                amount: Price(quantity.checked_mul(unit_price.0).unwrap_or(Decimal::MAX)),
+                amount: Price(quantity.saturating_mul(unit_price.0)),
                 upstream: upstream.map(str::to_string),
             };
         let mut lines: Vec<CostLine> = candidates
@@ -329,8 +331,7 @@ impl PriceTable {
                 }
             }
         }
-        let total =
-            lines.iter().fold(Decimal::ZERO, |sum, line| sum.checked_add(line.amount.0).unwrap_or(Decimal::MAX));
+        let total = lines.iter().fold(Decimal::ZERO, |sum, line| sum.saturating_add(line.amount.0));
         Cost { currency: self.currency.clone(), total: Price(total), lines }
     }
 }
@@ -402,6 +403,7 @@ mod tests {
         let upstream = llm(UsageStyle::Openai, None);
         assert!(upstream.matches("https://llm.example/v1/chat") && upstream.matches("https://llm.example/v1?x=1"));
         assert!(!upstream.matches("https://llm.example/v10/chat"), "a prefix ends at a boundary");
+        assert!(upstream.matches("HTTPS://LLM.EXAMPLE/v1/chat"), "case is no way around the count");
         assert!(!upstream.matches("https://llm.example.evil/v1"));
     }
 

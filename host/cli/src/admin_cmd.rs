@@ -159,7 +159,9 @@ pub(crate) fn usage(a: crate::args::UsageArgs) -> Result<Exit, Failure> {
 
 /// A CSV cell: quoted when it holds a comma, quote or line break (RFC 4180).
 fn csv_cell(cell: &str) -> String {
-    if cell.contains([',', '"', '\n', '\r']) { format!("\"{}\"", cell.replace('"', "\"\"")) } else { cell.to_string() }
+    // Led by `'` when it starts like a spreadsheet formula, so a name is never run.
+    let cell = if cell.starts_with(['=', '+', '-', '@']) { format!("'{cell}") } else { cell.to_string() };
+    if cell.contains([',', '"', '\n', '\r']) { format!("\"{}\"", cell.replace('"', "\"\"")) } else { cell }
 }
 
 /// `guild rollout check|start|status|promote|rollback`.

@@ -206,6 +206,8 @@ pub struct Admission {
     pub fuel_units: u64,
     /// Money reserved against the cost budget: what the run could cost at most.
     cost_reserved: rust_decimal::Decimal,
+    /// The start of the budget period the reservation was made in.
+    cost_period: Option<Instant>,
     settled: bool,
 }
 
@@ -214,7 +216,7 @@ impl Admission {
     /// worker ran): keep those, refund the rest of the reservations.
     pub fn settle(mut self, used: u64, cost: Option<rust_decimal::Decimal>) {
         self.tenant.refund(self.fuel_units.saturating_sub(used));
-        self.tenant.refund_cost(self.cost_reserved, cost.unwrap_or_default());
+        self.tenant.refund_cost((self.cost_reserved, self.cost_period), cost.unwrap_or_default());
         self.settled = true;
     }
 }
@@ -223,7 +225,7 @@ impl Drop for Admission {
     fn drop(&mut self) {
         if !self.settled {
             self.tenant.refund(self.fuel_units);
-            self.tenant.refund_cost(self.cost_reserved, rust_decimal::Decimal::ZERO);
+            self.tenant.refund_cost((self.cost_reserved, self.cost_period), rust_decimal::Decimal::ZERO);
         }
         self.tenant.running.fetch_sub(1, Ordering::AcqRel);
     }
@@ -257,8 +259,9 @@ impl Tenant {
                     committed_units: 0,
                 })
             }),
-            cost_budget: config.cost_budget.as_deref().and_then(|b| b.parse::<rust_decimal::Decimal>().ok()).map(
-                |budget| {
+            // Parsed as validation parsed it (a budget that did not parse was refused there).
+            cost_budget: config.cost_budget.as_deref().and_then(|b| guild_replay::cost::Price::parse(b).ok()).map(
+                |guild_replay::cost::Price(budget)| {
                     Mutex::new(CostBudget {
                         budget,
                         period: Duration::from_secs(config.cost_budget_period_s),
@@ -319,6 +322,7 @@ impl Tenant {
             tenant: self.clone(),
             fuel_units: 0,
             cost_reserved: rust_decimal::Decimal::ZERO,
+            cost_period: None,
             settled: false,
         };
         if running >= self.concurrency_max {
@@ -363,7 +367,7 @@ impl Tenant {
         let now = Instant::now();
         let mut budget = budget.lock().unwrap_or_else(|p| p.into_inner());
         budget.roll(now);
-        if budget.committed + worst_case > budget.budget {
+        if budget.committed.saturating_add(worst_case) > budget.budget {
             let retry_after = budget.period.saturating_sub(now.saturating_duration_since(budget.started));
             return Err(Refusal::CostBudget {
                 retry_after,
@@ -371,16 +375,22 @@ impl Tenant {
                 worst_case: worst_case.normalize().to_string(),
             });
         }
-        budget.committed += worst_case;
+        budget.committed = budget.committed.saturating_add(worst_case);
         admission.cost_reserved = worst_case;
+        admission.cost_period = Some(budget.started);
         Ok(())
     }
 
-    /// Give back a reservation of `reserved`, keeping `spent`.
-    fn refund_cost(&self, reserved: rust_decimal::Decimal, spent: rust_decimal::Decimal) {
+    /// Give back a reservation of `reserved` made in the period that started at `period`,
+    /// keeping `spent` in the period now running. A reservation of an earlier period left with
+    /// that period: it is not taken back from this one.
+    fn refund_cost(&self, (reserved, period): (rust_decimal::Decimal, Option<Instant>), spent: rust_decimal::Decimal) {
         if let Some(budget) = &self.cost_budget {
             let mut budget = budget.lock().unwrap_or_else(|p| p.into_inner());
-            budget.committed = (budget.committed - reserved + spent).max(rust_decimal::Decimal::ZERO);
+            budget.roll(Instant::now());
+            let held = if period == Some(budget.started) { reserved } else { rust_decimal::Decimal::ZERO };
+            budget.committed =
+                budget.committed.saturating_sub(held).saturating_add(spent).max(rust_decimal::Decimal::ZERO);
         }
     }
 
@@ -428,6 +438,49 @@ mod tests {
         drop(b); // unsettled: all of it comes back
         let mut c = t.admit(1).expect("admitted");
         t.reserve_cost(&mut c, d("0.9")).expect("0.1 spent + 0.9");
+    }
+
+    fn budgeted(budget: &str, period_s: u64) -> Arc<Tenant> {
+        Arc::new(Tenant::from_config(&TenantConfig {
+            name: "t".into(),
+            token_blake3: None,
+            tools: vec!["*".into()],
+            admin: false,
+            rate_per_second: 1000.0,
+            burst: 1000,
+            concurrency_max: 10,
+            fuel_budget_units: None,
+            fuel_budget_period_s: 3600,
+            cost_budget: Some(budget.into()),
+            cost_budget_period_s: period_s,
+        }))
+    }
+
+    #[test]
+    fn a_cost_budget_holds_as_written_never_overflows_and_ends_with_its_period() {
+        use rust_decimal::Decimal;
+        // Written with spaces, as validation accepted it: still in force.
+        let t = budgeted(" 0.5 ", 3600);
+        let mut a = t.admit(1).expect("admitted");
+        assert!(t.reserve_cost(&mut a, Decimal::ONE).is_err(), "1 is past 0.5");
+        // The largest amounts saturate instead of panicking.
+        let t = budgeted("79228162514264337593543950335", 3600);
+        for _ in 0..3 {
+            let mut a = t.admit(1).expect("admitted");
+            let _ = t.reserve_cost(&mut a, Decimal::MAX);
+            a.settle(1, Some(Decimal::MAX));
+        }
+        // A run reserved in one period and settled in the next takes nothing back from it.
+        let t = budgeted("1", 1);
+        let mut a = t.admit(1).expect("admitted");
+        t.reserve_cost(&mut a, "0.9".parse().expect("decimal")).expect("0.9 of 1");
+        std::thread::sleep(Duration::from_millis(1100));
+        let mut b = t.admit(1).expect("admitted");
+        t.reserve_cost(&mut b, "0.9".parse().expect("decimal")).expect("a new period");
+        a.settle(1, Some("0.05".parse().expect("decimal")));
+        let mut c = t.admit(1).expect("admitted");
+        // 0.9 reserved + 0.05 spent this period: 0.1 more would pass 1.
+        assert!(t.reserve_cost(&mut c, "0.1".parse().expect("decimal")).is_err());
     }
 
     #[test]

@@ -240,9 +240,11 @@ pub fn csv(rows: &[Row]) -> String {
     text
 }
 
-/// A CSV cell: quoted when it holds a comma, quote or line break (RFC 4180).
+/// A CSV cell: quoted when it holds a comma, quote or line break (RFC 4180), and led by `'`
+/// when it starts like a spreadsheet formula (`=`, `+`, `-`, `@`), so a name is never run.
 fn quote(cell: &str) -> String {
-    if cell.contains([',', '"', '\n', '\r']) { format!("\"{}\"", cell.replace('"', "\"\"")) } else { cell.to_string() }
+    let cell = if cell.starts_with(['=', '+', '-', '@']) { format!("'{cell}") } else { cell.to_string() };
+    if cell.contains([',', '"', '\n', '\r']) { format!("\"{}\"", cell.replace('"', "\"\"")) } else { cell }
 }
 
 /// Seconds since the Unix epoch as RFC 3339 UTC (`2026-11-30T03:00:00Z`).
@@ -339,6 +341,8 @@ mod tests {
     #[test]
     fn cells_are_quoted_when_they_must_be() {
         assert_eq!(quote("a,b"), "\"a,b\"");
+        assert_eq!(quote("@alice"), "'@alice");
+        assert_eq!(quote("=1+1,2"), "\"'=1+1,2\"");
         assert_eq!(quote("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
