@@ -208,6 +208,8 @@ pub struct Admission {
     cost_reserved: rust_decimal::Decimal,
     /// The start of the budget period the reservation was made in.
     cost_period: Option<Instant>,
+    /// The start of the fuel-budget period its fuel was reserved in.
+    fuel_period: Option<Instant>,
     settled: bool,
 }
 
@@ -215,7 +217,7 @@ impl Admission {
     /// The run burnt `used` units and cost `cost` (`None`: not priced here, as for a job a
     /// worker ran): keep those, refund the rest of the reservations.
     pub fn settle(mut self, used: u64, cost: Option<rust_decimal::Decimal>) {
-        self.tenant.refund(self.fuel_units.saturating_sub(used));
+        self.tenant.refund((self.fuel_units, self.fuel_period), used);
         self.tenant.refund_cost((self.cost_reserved, self.cost_period), cost.unwrap_or_default());
         self.settled = true;
     }
@@ -224,7 +226,7 @@ impl Admission {
 impl Drop for Admission {
     fn drop(&mut self) {
         if !self.settled {
-            self.tenant.refund(self.fuel_units);
+            self.tenant.refund((self.fuel_units, self.fuel_period), 0);
             self.tenant.refund_cost((self.cost_reserved, self.cost_period), rust_decimal::Decimal::ZERO);
         }
         self.tenant.running.fetch_sub(1, Ordering::AcqRel);
@@ -323,6 +325,7 @@ impl Tenant {
             fuel_units: 0,
             cost_reserved: rust_decimal::Decimal::ZERO,
             cost_period: None,
+            fuel_period: None,
             settled: false,
         };
         if running >= self.concurrency_max {
@@ -346,6 +349,7 @@ impl Tenant {
                 }
                 let reserved = fuel_units.min(left);
                 budget.committed_units += reserved;
+                admission.fuel_period = Some(budget.started);
                 reserved
             }
         };
@@ -394,10 +398,18 @@ impl Tenant {
         }
     }
 
-    fn refund(&self, units: u64) {
+    /// Give back a fuel reservation of `reserved` made in the period that started at `period`,
+    /// keeping the `used` units. A reservation of an earlier period left with that period: the
+    /// units burnt count in the period now running.
+    fn refund(&self, (reserved, period): (u64, Option<Instant>), used: u64) {
         if let Some(budget) = &self.budget {
             let mut budget = budget.lock().unwrap_or_else(|p| p.into_inner());
-            budget.committed_units = budget.committed_units.saturating_sub(units);
+            budget.roll(Instant::now());
+            budget.committed_units = if period == Some(budget.started) {
+                budget.committed_units.saturating_sub(reserved.saturating_sub(used))
+            } else {
+                budget.committed_units.saturating_add(used.min(reserved))
+            };
         }
     }
 }
@@ -454,6 +466,21 @@ mod tests {
             cost_budget: Some(budget.into()),
             cost_budget_period_s: period_s,
         }))
+    }
+
+    #[test]
+    fn a_fuel_reservation_of_an_ended_period_takes_nothing_back_from_the_next() {
+        let t = Arc::new(Tenant::from_config(&TenantConfig {
+            fuel_budget_units: Some(100),
+            fuel_budget_period_s: 1,
+            cost_budget: None,
+            ..(*budgeted("1", 3600)).source.clone().expect("made from a config")
+        }));
+        let first = t.admit(90).expect("90 of 100");
+        std::thread::sleep(Duration::from_millis(1100));
+        let _second = t.admit(90).expect("a new period");
+        first.settle(10, None); // its 10 units count now; its old reservation left with its period
+        assert_eq!(t.admit(1).expect_err("90 + 10 spent").code(), "fuel_budget_exhausted");
     }
 
     #[test]
