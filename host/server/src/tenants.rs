@@ -474,7 +474,7 @@ mod tests {
             fuel_budget_units: Some(100),
             fuel_budget_period_s: 1,
             cost_budget: None,
-            ..(*budgeted("1", 3600)).source.clone().expect("made from a config")
+            ..budgeted("1", 3600).source.clone().expect("made from a config")
         }));
         let first = t.admit(90).expect("90 of 100");
         std::thread::sleep(Duration::from_millis(1100));
