@@ -5,7 +5,7 @@
 //! tenants × 10 tools.
 
 use guild_replay::cost::{LlmPrice, Price, PriceTable, Quantities, TokenCount, UsageStyle};
-use guild_server::usage::{Filter, GroupBy, USAGE_HOURS_KEPT_DEFAULT, Usage};
+use guild_server::usage::{Filter, GroupBy, USAGE_HOURS_KEPT_DEFAULT, USAGE_ROWS_MAX_DEFAULT, Usage};
 use std::time::Instant;
 
 /// Runs timed.
@@ -42,7 +42,7 @@ fn main() {
         bundle_bytes: 9_000,
     };
     let tokens = [TokenCount { input: 812, output: 95 }];
-    let usage = Usage::new(USAGE_HOURS_KEPT_DEFAULT);
+    let usage = Usage::new(USAGE_HOURS_KEPT_DEFAULT, USAGE_ROWS_MAX_DEFAULT);
     let hour_ms = 3_600_000u64;
     let start_ms = 1_764_460_800_000u64;
     for h in 0..24 {

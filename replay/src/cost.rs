@@ -290,6 +290,20 @@ impl PriceTable {
         counts
     }
 
+    /// What a recorded run cost: `quantities` and the tokens of its `exchanges` (each request's
+    /// URL and response body, as [`exchanges`] gives them), the bodies read from `store` — the
+    /// one way the daemon, a worker and `guild bundle cost` price a run. Also the token counts,
+    /// per LLM upstream.
+    pub fn price_recorded<'a>(
+        &self,
+        quantities: &Quantities,
+        exchanges: impl IntoIterator<Item = (&'a str, Option<Digest>)>,
+        store: &dyn crate::BlobStore,
+    ) -> (Cost, Vec<TokenCount>) {
+        let tokens = self.count_tokens(exchanges, |digest| store.get(digest).ok());
+        (self.price_with_tokens(quantities, &tokens), tokens)
+    }
+
     /// What `quantities` cost under this table (and no tokens).
     pub fn price(&self, q: &Quantities) -> Cost {
         self.price_with_tokens(q, &[])

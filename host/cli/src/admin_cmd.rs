@@ -128,7 +128,7 @@ pub(crate) fn usage(a: crate::args::UsageArgs) -> Result<Exit, Failure> {
     if a.csv {
         out!("period,tenant,tool,currency,runs,total");
         for row in &rows {
-            let cell = |v: &Value| csv_cell(v.as_str().unwrap_or(""));
+            let cell = |v: &Value| guild_server::usage::csv_cell(v.as_str().unwrap_or(""));
             out!(
                 "{},{},{},{},{},{}",
                 cell(&row["period"]),
@@ -155,13 +155,6 @@ pub(crate) fn usage(a: crate::args::UsageArgs) -> Result<Exit, Failure> {
         );
     }
     Ok(Exit::Success)
-}
-
-/// A CSV cell: quoted when it holds a comma, quote or line break (RFC 4180).
-fn csv_cell(cell: &str) -> String {
-    // Led by `'` when it starts like a spreadsheet formula, so a name is never run.
-    let cell = if cell.starts_with(['=', '+', '-', '@']) { format!("'{cell}") } else { cell.to_string() };
-    if cell.contains([',', '"', '\n', '\r']) { format!("\"{}\"", cell.replace('"', "\"\"")) } else { cell }
 }
 
 /// `guild rollout check|start|status|promote|rollback`.

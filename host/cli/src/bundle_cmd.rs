@@ -261,8 +261,7 @@ pub(crate) fn cost(global: &Global, args: crate::args::CostArgs) -> Result<Exit,
     let Opened { bundle, bytes, store } = open(global, &args.bundle)?;
     let quantities = guild_replay::cost::Quantities::of(&bundle, bytes);
     let exchanges = guild_replay::cost::exchanges(bundle.tape.events());
-    let tokens = pricing.count_tokens(exchanges, |digest| store.get(digest).ok());
-    let cost = pricing.price_with_tokens(&quantities, &tokens);
+    let (cost, _) = pricing.price_recorded(&quantities, exchanges, store.as_ref());
     if args.json {
         let body = serde_json::json!({ "bundle": bundle.id.to_hex(), "quantities": quantities, "cost": cost });
         crate::out!("{body}");

@@ -202,8 +202,9 @@ pub(crate) fn scope_missing(daemon: &Daemon, needed: impl Fn(&OAuth) -> String) 
 /// `[oauth]` an access token that passes every check and names a configured tenant.
 async fn authenticate(daemon: &Daemon, headers: &HeaderMap) -> Result<(Arc<Tenant>, Bearer), AuthRejection> {
     let oauth = daemon.oauth();
-    let metadata: Option<Arc<str>> = oauth.map(|o| Arc::from(o.metadata_url()));
-    let refused = |why: Option<String>| AuthRejection::Unauthorized { why, metadata: metadata.clone() };
+    // The challenge's metadata URL is made only for a refusal, never on an accepted request.
+    let refused =
+        |why: Option<String>| AuthRejection::Unauthorized { why, metadata: oauth.map(|o| Arc::from(o.metadata_url())) };
     // The scheme is case-insensitive (RFC 7235 §2.1): `bearer` is `Bearer`.
     let token = headers
         .get(header::AUTHORIZATION)

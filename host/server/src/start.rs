@@ -101,7 +101,10 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
     reserve_descriptors(&config, &tools)?;
     let runs = RunTable::new(config.queue.runs_kept_max);
     let mut runs_restored = 0;
-    let usage = Arc::new(crate::usage::Usage::new(crate::usage::USAGE_HOURS_KEPT_DEFAULT));
+    let usage = Arc::new(crate::usage::Usage::new(
+        crate::usage::USAGE_HOURS_KEPT_DEFAULT,
+        crate::usage::USAGE_ROWS_MAX_DEFAULT,
+    ));
     let audit = AuditLog::open(&state_dir.join("audit.log"), |record| {
         let entry = &record.entry;
         if let Some(cost) = &entry.cost {

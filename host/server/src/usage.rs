@@ -12,6 +12,10 @@ use std::sync::Mutex;
 
 /// Default hours of usage kept (90 days); older hours leave as new ones come.
 pub const USAGE_HOURS_KEPT_DEFAULT: u64 = 90 * 24;
+/// Default most rows the ledger holds before a new subject's runs are counted in its tenant's
+/// row instead of one of their own (access tokens can name any number of subjects; tenants,
+/// tools and hours are bounded by the config and `USAGE_HOURS_KEPT_DEFAULT`).
+pub const USAGE_ROWS_MAX_DEFAULT: usize = 1_000_000;
 
 /// One hour's sums of one tenant's runs of one tool, in one currency.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -43,6 +47,7 @@ struct Sums {
 pub struct Usage {
     rows: Mutex<Ledger>,
     hours_kept: u64,
+    rows_max: usize,
 }
 
 /// The rows, and the newest hour among them (older hours leave when a newer one starts).
@@ -123,16 +128,17 @@ pub struct Row {
 }
 
 impl Usage {
-    /// An empty ledger keeping `hours_kept` hours.
-    pub fn new(hours_kept: u64) -> Self {
-        Self { rows: Mutex::new(Ledger::default()), hours_kept: hours_kept.max(1) }
+    /// An empty ledger keeping `hours_kept` hours and, past `rows_max` rows, counting a new
+    /// subject's runs in its tenant's row.
+    pub fn new(hours_kept: u64, rows_max: usize) -> Self {
+        Self { rows: Mutex::new(Ledger::default()), hours_kept: hours_kept.max(1), rows_max }
     }
 
     /// Add a run of `tool` for `tenant` (and `subject`, for an access token's) that finished at
     /// `time_unix_ms` and cost `cost`.
     pub fn add(&self, time_unix_ms: u64, (tenant, subject): (&str, Option<&str>), tool: &str, cost: &Cost) {
         let hour_unix_s = time_unix_ms / 1000 / 3600 * 3600;
-        let key = Key {
+        let mut key = Key {
             hour_unix_s,
             tenant: tenant.into(),
             subject: subject.map(str::to_string),
@@ -156,6 +162,10 @@ impl Usage {
         let oldest_kept = ledger.newest_hour_unix_s.saturating_sub((self.hours_kept - 1) * 3600);
         if hour_unix_s < oldest_kept {
             return; // older than what is kept (a record read back from long ago)
+        }
+        if key.subject.is_some() && ledger.rows.len() >= self.rows_max && !ledger.rows.contains_key(&key) {
+            // Past the bound a new subject gets no row of its own: its runs count as its tenant's.
+            key.subject = None;
         }
         let sums = ledger.rows.entry(key).or_default();
         sums.runs += 1;
@@ -226,13 +236,13 @@ impl Usage {
 pub fn csv(rows: &[Row]) -> String {
     let mut text = String::from("period,tenant,tool,currency,runs,total\n");
     for row in rows {
-        let cell = |v: &Option<String>| quote(v.as_deref().unwrap_or(""));
+        let cell = |v: &Option<String>| csv_cell(v.as_deref().unwrap_or(""));
         text.push_str(&format!(
             "{},{},{},{},{},{}\n",
             cell(&row.period),
             cell(&row.tenant),
             cell(&row.tool),
-            quote(&row.currency),
+            csv_cell(&row.currency),
             row.runs,
             row.total.0.normalize()
         ));
@@ -242,7 +252,7 @@ pub fn csv(rows: &[Row]) -> String {
 
 /// A CSV cell: quoted when it holds a comma, quote or line break (RFC 4180), and led by `'`
 /// when it starts like a spreadsheet formula (`=`, `+`, `-`, `@`), so a name is never run.
-fn quote(cell: &str) -> String {
+pub fn csv_cell(cell: &str) -> String {
     let cell = if cell.starts_with(['=', '+', '-', '@']) { format!("'{cell}") } else { cell.to_string() };
     if cell.contains([',', '"', '\n', '\r']) { format!("\"{}\"", cell.replace('"', "\"\"")) } else { cell }
 }
@@ -285,7 +295,7 @@ mod tests {
 
     #[test]
     fn runs_sum_exactly_per_hour_tenant_and_tool_and_group_as_asked() {
-        let usage = Usage::new(USAGE_HOURS_KEPT_DEFAULT);
+        let usage = Usage::new(USAGE_HOURS_KEPT_DEFAULT, USAGE_ROWS_MAX_DEFAULT);
         let t0 = 1_764_471_600_000; // 2025-11-30T03:00:00Z
         usage.add(t0, ("alice", None), "wc", &cost("0.1"));
         usage.add(t0 + 10, ("alice", Some("agent-7")), "wc", &cost("0.2"));
@@ -330,7 +340,7 @@ mod tests {
 
     #[test]
     fn only_the_hours_kept_stay() {
-        let usage = Usage::new(2);
+        let usage = Usage::new(2, USAGE_ROWS_MAX_DEFAULT);
         for hour in 0..5 {
             usage.add(hour * HOUR_MS, ("alice", None), "wc", &cost("1"));
         }
@@ -339,11 +349,26 @@ mod tests {
     }
 
     #[test]
+    fn past_its_rows_a_new_subject_counts_in_its_tenants_row() {
+        let usage = Usage::new(USAGE_HOURS_KEPT_DEFAULT, 2);
+        for subject in ["a", "b", "c", "d"] {
+            usage.add(HOUR_MS, ("alice", Some(subject)), "wc", &cost("1"));
+        }
+        assert_eq!(usage.len(), 3, "a, b, then one row of the tenant's for c and d");
+        let tenants = usage.query(&Filter { subject: None, ..Filter::default() }, GroupBy::default());
+        assert_eq!(tenants[0].runs, 4, "no run is lost");
+        let c = usage.query(&Filter { subject: Some("c".into()), ..Filter::default() }, GroupBy::default());
+        assert!(c.is_empty(), "c's runs are the tenant's now");
+        usage.add(HOUR_MS, ("alice", Some("a")), "wc", &cost("1"));
+        assert_eq!(usage.len(), 3, "a row that exists goes on counting");
+    }
+
+    #[test]
     fn cells_are_quoted_when_they_must_be() {
-        assert_eq!(quote("a,b"), "\"a,b\"");
-        assert_eq!(quote("@alice"), "'@alice");
-        assert_eq!(quote("=1+1,2"), "\"'=1+1,2\"");
-        assert_eq!(quote("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_cell("a,b"), "\"a,b\"");
+        assert_eq!(csv_cell("@alice"), "'@alice");
+        assert_eq!(csv_cell("=1+1,2"), "\"'=1+1,2\"");
+        assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
     }

@@ -419,8 +419,7 @@ impl Worker {
         let pricing = job.pricing.as_ref()?;
         let quantities = report.quantities.as_ref()?;
         let exchanges = report.http_exchanges.iter().map(|(url, body)| (url.as_str(), *body));
-        let tokens = pricing.count_tokens(exchanges, |d| guild_replay::BlobStore::get(self.store.as_ref(), d).ok());
-        Some(pricing.price_with_tokens(quantities, &tokens))
+        Some(pricing.price_recorded(quantities, exchanges, self.store.as_ref()).0)
     }
 
     fn empty_result(&self, lease: &Lease) -> JobResult {

@@ -191,9 +191,7 @@ impl Daemon {
         let quantities = report.quantities.as_ref()?;
         // Token counts come from the recorded response bodies, read back from the bundle's store.
         let exchanges = report.http_exchanges.iter().map(|(url, body)| (url.as_str(), *body));
-        let tokens =
-            pricing.count_tokens(exchanges, |digest| guild_replay::BlobStore::get(self.store().as_ref(), digest).ok());
-        let cost = pricing.price_with_tokens(quantities, &tokens);
+        let (cost, tokens) = pricing.price_recorded(quantities, exchanges, self.store().as_ref());
         for (llm, used) in pricing.llm.iter().zip(&tokens) {
             for (kind, count) in [("input", used.input), ("output", used.output)] {
                 if count > 0 {
