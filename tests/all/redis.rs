@@ -1140,7 +1140,15 @@ fn a_job_a_worker_ran_is_priced_with_the_api_nodes_table() {
     assert_eq!(wait_audited(&guild, std::slice::from_ref(&id), Duration::from_secs(30)).get(&id), Some(&1));
     let record = audit_records(&guild).into_iter().find(|r| r["run"] == id.as_str()).expect("the record");
     assert_eq!(record["cost"], cost, "the audit record of the attempt");
-    let usage = daemon.call("GET", "/v1/usage?group_by=tool", TOKEN, "").json();
+    // The ledger takes the attempt just after its record is written: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let usage = loop {
+        let usage = daemon.call("GET", "/v1/usage?group_by=tool", TOKEN, "").json();
+        if usage["rows"][0].is_object() || Instant::now() > deadline {
+            break usage;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(usage["rows"][0]["tool"], "echo", "{usage}");
     assert_eq!(usage["rows"][0]["total"], cost["total"], "{usage}");
 }
