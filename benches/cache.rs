@@ -80,6 +80,7 @@ burst = 1000000
         idempotency_key: None,
         cancel: None,
         subject: None,
+        agent: None,
     };
     let answer = |submitted: Submitted| match submitted {
         Submitted::Finished { finished, .. } | Submitted::Replayed { finished, .. } => finished,

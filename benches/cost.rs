@@ -49,7 +49,7 @@ fn main() {
         for t in 0..20 {
             for tool in 0..10 {
                 let cost = table.price(&quantities);
-                usage.add(start_ms + h * hour_ms, (&format!("tenant-{t}"), None), &format!("tool-{tool}"), &cost);
+                usage.add(start_ms + h * hour_ms, (&format!("tenant-{t}"), None, None), &format!("tool-{tool}"), &cost);
             }
         }
     }
@@ -65,7 +65,7 @@ fn main() {
     let cost = table.price_with_tokens(&quantities, &tokens);
     let started = Instant::now();
     for _ in 0..RUNS {
-        usage.add(now_ms, (&tenant, None), &tool, std::hint::black_box(&cost));
+        usage.add(now_ms, (&tenant, None, None), &tool, std::hint::black_box(&cost));
     }
     let entered = started.elapsed() / RUNS;
 

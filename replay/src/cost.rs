@@ -350,6 +350,33 @@ impl PriceTable {
     }
 }
 
+impl Cost {
+    /// What its token lines come to: the part of the total a token meter charged as the run's
+    /// LLM responses came in.
+    pub fn token_amount(&self) -> Decimal {
+        self.lines.iter().filter(|l| l.upstream.is_some()).fold(Decimal::ZERO, |sum, l| sum.saturating_add(l.amount.0))
+    }
+}
+
+/// A future a [`TokenMeter`] answers with.
+pub type MeterFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// The token and money budgets a live run's LLM requests are held to, kept by the host that
+/// admitted the run (in process, or in Redis for a fleet). The egress hook asks before each
+/// request and reports each response; a replay asks nothing (its refusals are on the tape).
+pub trait TokenMeter: Send + Sync {
+    /// Before a request to `url`.
+    ///
+    /// # Errors
+    /// The reason, naming the spent budget and the setting that raises it, when `url` goes to an
+    /// LLM upstream and one of the run's budgets is spent.
+    fn admit<'a>(&'a self, url: &'a str) -> MeterFuture<'a, Result<(), String>>;
+
+    /// After the response to a request to `url` came in with `body`: charge the tokens it says
+    /// were used (nothing when `url` is no LLM upstream's).
+    fn spent<'a>(&'a self, url: &'a str, body: &'a [u8]) -> MeterFuture<'a, ()>;
+}
+
 impl FromStr for Price {
     type Err = String;
     fn from_str(text: &str) -> Result<Self, String> {

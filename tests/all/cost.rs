@@ -7,7 +7,7 @@ use crate::daemon::{Counter, Daemon, config_file, token_digest};
 use guild_test_artifacts::{ECHO, HTTP_GET};
 use serde_json::{Value, json};
 
-const ALICE: &str = "alice-token";
+pub(crate) const ALICE: &str = "alice-token";
 const BOB: &str = "bob-token";
 
 #[test]
@@ -116,7 +116,7 @@ fn a_price_table_must_be_exact_and_named() {
 }
 
 /// An LLM upstream on loopback: every answer reports 12 prompt and 30 completion tokens.
-fn llm_upstream() -> u16 {
+pub(crate) fn llm_upstream() -> u16 {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
@@ -235,6 +235,121 @@ cost_budget_period_s = 3600
     let refused = daemon.run(ALICE, spin);
     assert_eq!((refused.status, refused.code().as_str()), (429, "budget_exhausted"));
     let retry: u64 = refused.headers.get("retry-after").expect("Retry-After").parse().expect("seconds");
-    assert!((3000..=3600).contains(&retry), "the rest of the period: {retry}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    assert!(retry.abs_diff(now / 3600 * 3600 + 3600 - now) <= 2, "the rest of the hour: {retry}");
     assert!(String::from_utf8_lossy(&refused.body).contains("tenants.cost_budget"));
+}
+
+/// A config with `[pricing]` naming the loopback LLM upstream on `port`, the hostile fixture
+/// and http-get allowed to reach it, and tenant alice with `budgets` (TOML lines of its table).
+pub(crate) fn llm_config(port: u16, budgets: &str) -> String {
+    format!(
+        r#"
+[[tools]]
+path = "{HOSTILE}"
+allow_hosts = ["http://127.0.0.1:{port}"]
+
+[[tools]]
+path = "{HTTP_GET}"
+allow_hosts = ["http://127.0.0.1:{port}"]
+
+[pricing]
+currency = "USD"
+
+[[pricing.llm]]
+url = "http://127.0.0.1:{port}/v1/"
+style = "openai"
+input_token = "0.000001"
+output_token = "0.000002"
+
+[[tenants]]
+name = "alice"
+token_blake3 = "{alice}"
+tools = ["*"]
+{budgets}
+"#,
+        HOSTILE = guild_test_artifacts::HOSTILE,
+        alice = token_digest(ALICE),
+    )
+}
+
+/// A run of the hostile fixture that posts to the LLM `count` times; its output's `value` is
+/// how many were refused.
+pub(crate) fn llm_calls(port: u16, count: u64) -> Value {
+    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    json!({ "tool": "hostile", "input": { "attack": "refused-posts", "url": url, "body_bytes": 16, "count": count } })
+}
+
+#[test]
+fn a_token_budget_stops_the_third_llm_call_of_a_run_then_the_next_run() {
+    let guild = Guild::new();
+    let port = llm_upstream();
+    // Each answer says 42 tokens: two calls use the 84 of the budget.
+    let file = config_file(guild.home(), &llm_config(port, "token_budget = 84\nbudget_period_s = 3600"));
+    let daemon = Daemon::start(&guild, &["--config", &file], &[]);
+    let run = daemon.run(ALICE, llm_calls(port, 3)).json();
+    assert_eq!(run["output"]["value"], 1, "the third call is refused: {run}");
+    let tokens: Vec<&str> = run["cost"]["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .filter(|l| l["upstream"].is_string())
+        .filter_map(|l| l["quantity"].as_str())
+        .collect();
+    assert_eq!(tokens, ["24", "60"], "two calls' tokens are charged: {run}");
+    // The tool was told "denied"; the tape (and so the operator) says which budget.
+    let bundle = run["bundle"].as_str().expect("bundle");
+    let inspect = guild.run(&["bundle", "inspect", bundle]);
+    assert!(inspect.stdout.contains("token budget of 84 tokens"), "{}", inspect.stdout);
+    assert!(inspect.stdout.contains("tenants.token_budget"), "{}", inspect.stdout);
+    // The replay answers the refusal from the tape: the same run, bit for bit.
+    let replay = guild.run(&["replay", bundle]);
+    assert_eq!(replay.code, 0, "{replay:?}");
+
+    // The budget is spent: the next run is refused before it starts, until the next hour.
+    let refused = daemon.run(ALICE, llm_calls(port, 1));
+    assert_eq!((refused.status, refused.code().as_str()), (429, "budget_exhausted"), "{refused:?}");
+    let retry: u64 = refused.headers.get("retry-after").expect("Retry-After").parse().expect("seconds");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let next_hour = now / 3600 * 3600 + 3600;
+    assert!(retry.abs_diff(next_hour - now) <= 2, "Retry-After {retry} is the next period's start");
+}
+
+#[test]
+fn agents_have_budgets_of_their_own_a_bounded_number_and_rows_in_the_ledger() {
+    let guild = Guild::new();
+    let port = llm_upstream();
+    let budgets = "agent_token_budget = 42\nagents_max = 2\n\n[tenants.tool_budgets.http-get]\ncost = \"1\"";
+    let file = config_file(guild.home(), &llm_config(port, budgets));
+    let daemon = Daemon::start(&guild, &["--config", &file], &[]);
+    let as_agent = |agent: &str, call: Value| {
+        daemon.call_with("POST", "/v1/runs", ALICE, call.to_string().as_bytes(), &[("guild-agent", agent)])
+    };
+    // Planner's one call spends its 42 tokens: its next run is refused; another agent's is not.
+    let first = as_agent("planner", llm_calls(port, 1));
+    assert_eq!(first.status, 200, "{first:?}");
+    let refused = as_agent("planner", llm_calls(port, 1));
+    assert_eq!((refused.status, refused.code().as_str()), (429, "budget_exhausted"));
+    let says = String::from_utf8_lossy(&refused.body).to_string();
+    assert!(says.contains("agent planner's token budget") && says.contains("agent_token_budget"), "{says}");
+    assert_eq!(as_agent("critic", llm_calls(port, 1)).status, 200);
+    // A third label is past agents_max.
+    let third = as_agent("intruder", llm_calls(port, 1));
+    assert_eq!(third.status, 429);
+    assert!(String::from_utf8_lossy(&third.body).contains("tenants.agents_max"));
+    // A label that is not one is refused as a bad request.
+    assert_eq!(as_agent("two words", llm_calls(port, 1)).status, 400);
+
+    // The ledger keeps each agent's runs apart; the audit record names the agent.
+    let usage = daemon.call("GET", "/v1/usage?group_by=agent", ALICE, "").json();
+    let agents: Vec<(Value, Value)> =
+        usage["rows"].as_array().expect("rows").iter().map(|r| (r["agent"].clone(), r["runs"].clone())).collect();
+    assert_eq!(agents, [(json!("critic"), json!(1)), (json!("planner"), json!(1))], "{usage}");
+    let log = std::fs::read_to_string(guild.home().join("audit.log")).expect("audit log");
+    assert!(log.lines().any(|l| l.contains(r#""agent":"planner""#)), "{log}");
+    let csv = daemon.call("GET", "/v1/usage?group_by=agent&format=csv", ALICE, "");
+    assert!(
+        String::from_utf8_lossy(&csv.body)
+            .starts_with("period,tenant,tool,agent,currency,runs,total\n,,,critic,USD,1,")
+    );
 }

@@ -30,6 +30,12 @@ pub(crate) struct Reply {
     pub(crate) body: Vec<u8>,
 }
 
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, String::from_utf8_lossy(&self.body))
+    }
+}
+
 impl Reply {
     pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)

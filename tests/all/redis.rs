@@ -1152,3 +1152,47 @@ fn a_job_a_worker_ran_is_priced_with_the_api_nodes_table() {
     assert_eq!(usage["rows"][0]["tool"], "echo", "{usage}");
     assert_eq!(usage["rows"][0]["total"], cost["total"], "{usage}");
 }
+
+#[test]
+fn a_fleet_of_two_api_nodes_and_a_worker_shares_one_ledger_and_one_token_budget() {
+    use crate::cost::{ALICE, llm_calls, llm_config, llm_upstream};
+    let redis = RedisServer::start();
+    let port = llm_upstream();
+    let (guild_a, guild_b) = (Guild::new(), Guild::new());
+    // 42 tokens an answer: three calls spend the fleet's budget.
+    let text = llm_config(port, "token_budget = 126\nbudget_period_s = 3600");
+    let (file_a, file_b) =
+        (crate::daemon::config_file(guild_a.home(), &text), crate::daemon::config_file(guild_b.home(), &text));
+    let a = Daemon::start(&guild_a, &["--config", &file_a, "--redis", &redis.url()], QUEUE_ENV);
+    let b = Daemon::start(&guild_b, &["--config", &file_b, "--redis", &redis.url()], QUEUE_ENV);
+    let cache = tempfile::tempdir().expect("cache");
+    let _worker = Worker::start(&redis.url(), cache.path(), "w1", 2);
+    let first = a.run(ALICE, llm_calls(port, 2)).json();
+    assert_eq!(first["output"]["value"], 0, "{first}");
+    let second = b.run(ALICE, llm_calls(port, 1)).json();
+    assert_eq!(second["output"]["value"], 0, "{second}");
+    // The worker charged 126 tokens to the budget the fleet shares: either node refuses now.
+    for node in [&a, &b] {
+        let refused = node.run(ALICE, llm_calls(port, 1));
+        assert_eq!((refused.status, refused.code().as_str()), (429, "budget_exhausted"), "{refused:?}");
+    }
+    // Both nodes answer from one ledger: the two runs' costs, summed exactly.
+    let total = |run: &serde_json::Value| -> rust_decimal::Decimal {
+        run["cost"]["total"].as_str().expect("total").parse().expect("decimal")
+    };
+    let expected = (total(&first) + total(&second)).normalize().to_string();
+    assert_eq!(expected, "0.000216", "3 × (12 × 0.000001 + 30 × 0.000002)");
+    for node in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let usage = loop {
+            let usage = node.call("GET", "/v1/usage?group_by=tool", ALICE, "").json();
+            if usage["rows"][0]["total"] == expected.as_str() || Instant::now() > deadline {
+                break usage;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(usage["rows"][0]["total"], expected.as_str(), "{usage}");
+        assert_eq!(usage["rows"][0]["runs"], 2, "{usage}");
+        assert_eq!(usage["rows"][0]["by_resource"]["output_tokens"], "0.00018", "{usage}");
+    }
+}

@@ -17,6 +17,9 @@ pub struct AuditEntry {
     /// `[oauth] subject_record = "blake3"`); absent for a tenant's static token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// The caller's agent label (`Guild-Agent`, MCP `_meta` `guild/agent`), when it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
     /// The tool's name.
     pub tool: String,
     /// blake3 of its component.
@@ -79,6 +82,7 @@ impl AuditEntry {
             run: subject.to_string(),
             tenant: tenant.to_string(),
             subject: None,
+            agent: None,
             tool: String::new(),
             tool_digest: none,
             revision: None,
@@ -180,6 +184,7 @@ mod tests {
             run: "run-1".into(),
             tenant: "alice \"quoted\"".into(),
             subject: None,
+            agent: None,
             tool: "wc".into(),
             tool_digest: Digest::of(b"wc"),
             revision: None,

@@ -263,6 +263,7 @@ mod tests {
             run: format!("run{n}"),
             tenant: "alice".into(),
             subject: None,
+            agent: None,
             tool: "wc".into(),
             tool_digest: Digest::of(b"wc"),
             revision: None,

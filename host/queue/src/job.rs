@@ -47,6 +47,13 @@ pub struct Job {
     /// records, so a job's cost is the one a run here would have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing: Option<guild_replay::cost::PriceTable>,
+    /// The budgets the run counts against (reserved by the API node): the worker holds its LLM
+    /// requests to them, in the budgets the fleet shares in Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<crate::BudgetPlan>,
+    /// The caller's agent label, for the ledger and the audit record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 /// How a job ended: what `GET /v1/runs/{id}` shows on every node and what the audit log keeps.
@@ -59,6 +66,9 @@ pub struct JobResult {
     /// The subject within the tenant it ran for, as the job named it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// The caller's agent label, as the job named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
     /// The tool's name.
     pub tool: String,
     /// blake3 of the component.
@@ -141,6 +151,8 @@ impl Job {
                     submitted_unix_ms: 0,
                     cache: None,
                     pricing: None,
+                    budget: None,
+                    agent: value.get("agent").and_then(|v| v.as_str()).map(str::to_string),
                 };
                 (job, Some(format!("the job's body does not fit this worker's version: {e}")))
             }
@@ -328,6 +340,8 @@ mod tests {
             submitted_unix_ms: 1,
             cache: None,
             pricing: None,
+            budget: None,
+            agent: None,
         };
         let text = serde_json::to_string(&job).expect("serializes");
         assert_eq!(serde_json::from_str::<Job>(&text).expect("parses"), job);
@@ -374,6 +388,8 @@ mod tests {
             submitted_unix_ms: 1,
             cache: None,
             pricing: None,
+            budget: None,
+            agent: None,
         }
     }
 }

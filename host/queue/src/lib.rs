@@ -15,12 +15,17 @@
 //! way. Every loop that talks to Redis waits on the one backoff in `retry.rs`. This crate knows
 //! nothing of wasmtime: it moves jobs, it does not run them.
 
+mod budget;
 mod cache;
 mod embedded;
 mod job;
 mod redis;
 mod retry;
 
+pub use budget::{
+    AGENT_LABEL_BYTES_MAX, AGENTS_MAX_DEFAULT, BudgetLine, BudgetPlan, BudgetStore, Exhausted, LocalBudgets, RunMeter,
+    Spent, check_agent_label, now_unix_s, period_start,
+};
 pub use cache::{CACHE_STORED_SKEW_MS_MAX, CacheKey, CacheRecord, CachedValue, EntryRejected, JobCache, check_entry};
 pub use embedded::{QueueFull, RunQueue, Slot, Ticket};
 pub use job::{
@@ -29,6 +34,6 @@ pub use job::{
 };
 pub use redis::{
     CACHE_VALUE_BYTES_MAX, DoneEntry, DoneRead, QueueError, RedisQueue, RedisSettings, SharedCacheStats,
-    TOOL_RECORD_BYTES_MAX, TOOL_RECORDS_MAX,
+    TOOL_RECORD_BYTES_MAX, TOOL_RECORDS_MAX, UsageSums,
 };
 pub use retry::{REDIS_RETRY_MAX, backoff_ms, redis_retry};

@@ -214,6 +214,7 @@ impl Runtime {
             cancel: cancel.clone(),
             stop,
             passthrough: None,
+            meter: None,
         };
         let execution = self.execute(candidate, &input, &policy, &limits, env).await.map_err(host);
         cancel.cancel();

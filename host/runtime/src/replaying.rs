@@ -210,6 +210,7 @@ impl Runtime {
             cancel: cancel.clone(),
             stop,
             passthrough: None,
+            meter: None,
         };
         let execution = self.execute(&tool, &input, &policy, &limits, env).await.map_err(host);
         cancel.cancel();

@@ -72,6 +72,7 @@ pub fn router(daemon: Arc<Daemon>) -> axum::Router {
 struct UsageQuery {
     tenant: Option<String>,
     tool: Option<String>,
+    agent: Option<String>,
     /// Seconds since the Unix epoch.
     from: Option<u64>,
     /// Seconds since the Unix epoch.
@@ -81,7 +82,7 @@ struct UsageQuery {
     format: Option<String>,
 }
 
-/// `GET /v1/usage?tenant=&tool=&from=&to=&group_by=&format=`: what runs cost, from the usage
+/// `GET /v1/usage?tenant=&tool=&agent=&from=&to=&group_by=&format=`: what runs cost, from the usage
 /// ledger. A caller sees its own tenant's (an access token only its own subject's runs); an
 /// admin's static token any tenant's, or all of them.
 async fn get_usage(
@@ -99,11 +100,18 @@ async fn get_usage(
         tenant: if everyone { q.tenant.clone() } else { Some(tenant.name.clone()) },
         subject: bearer.subject.clone(),
         tool: q.tool,
+        agent: q.agent,
         from_unix_s: q.from,
         to_unix_s: q.to,
     };
     let foreign = !everyone && q.tenant.as_ref().is_some_and(|t| *t != tenant.name);
-    let rows = if foreign { Vec::new() } else { daemon.usage().query(&filter, group) };
+    let rows = match foreign {
+        true => Vec::new(),
+        false => daemon.usage().answer(&filter, group).await.map_err(|message| ApiError {
+            retry_after_s: Some(1),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", message)
+        })?,
+    };
     match q.format.as_deref().unwrap_or("json") {
         "json" => Ok(Json(serde_json::json!({ "rows": rows })).into_response()),
         "csv" => Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], crate::usage::csv(&rows)).into_response()),
@@ -212,6 +220,9 @@ struct RunRequestBody {
     asynchronous: bool,
     #[serde(default)]
     idempotency_key: Option<String>,
+    /// The caller's agent label (or the `Guild-Agent` header).
+    #[serde(default)]
+    agent: Option<String>,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -221,8 +232,11 @@ fn empty_object() -> serde_json::Value {
 /// Longest idempotency key accepted.
 const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
 
-/// A `POST /v1/runs` body (and the `Idempotency-Key` header) as a run request.
-pub(crate) fn parse_run_request(body: &[u8], header_key: Option<&str>) -> ApiResult<RunRequest> {
+/// A `POST /v1/runs` body (and the `Idempotency-Key` and `Guild-Agent` headers) as a run request.
+pub(crate) fn parse_run_request(
+    body: &[u8],
+    (header_key, header_agent): (Option<&str>, Option<&str>),
+) -> ApiResult<RunRequest> {
     let body: RunRequestBody = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("the body is not a run request: {e}"))
     })?;
@@ -234,6 +248,10 @@ pub(crate) fn parse_run_request(body: &[u8], header_key: Option<&str>) -> ApiRes
             format!("an idempotency key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes"),
         ));
     }
+    let agent = body.agent.or(header_agent.map(str::to_string));
+    if let Some(agent) = &agent {
+        guild_queue::check_agent_label(agent).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e))?;
+    }
     Ok(RunRequest {
         tool: body.tool,
         input: body.input,
@@ -241,6 +259,7 @@ pub(crate) fn parse_run_request(body: &[u8], header_key: Option<&str>) -> ApiRes
         idempotency_key,
         cancel: None,
         subject: None,
+        agent,
     })
 }
 
@@ -252,7 +271,8 @@ async fn create_run(
 ) -> ApiResult<Response> {
     let body = body.map_err(|e| too_large(e, "request_bytes_max", daemon.request_bytes_max()))?;
     let header_key = headers.get("idempotency-key").and_then(|v| v.to_str().ok());
-    let mut request = parse_run_request(&body, header_key)?;
+    let header_agent = headers.get("guild-agent").map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    let mut request = parse_run_request(&body, (header_key, header_agent))?;
     if !bearer.may_call(&request.tool) {
         let tool = request.tool.clone();
         return Ok(crate::auth::scope_missing(&daemon, |o| o.scope_tool(&tool)).into_response());

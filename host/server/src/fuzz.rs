@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// Parse bytes as a `POST /v1/runs` body; whether they were a run request.
 pub fn run_request(bytes: &[u8]) -> bool {
-    crate::api::parse_run_request(bytes, None).is_ok()
+    crate::api::parse_run_request(bytes, (None, None)).is_ok()
 }
 
 /// Screen bytes as one MCP frame. Returns `true` unless the frame carried a request id and

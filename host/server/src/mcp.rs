@@ -86,7 +86,7 @@ impl GuildMcp {
 
     async fn call(
         &self,
-        (tenant, bearer): (&Arc<Tenant>, Bearer),
+        (tenant, bearer, agent): (&Arc<Tenant>, Bearer, Option<String>),
         request: CallToolRequestParams,
         context: &RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
@@ -100,6 +100,7 @@ impl GuildMcp {
             idempotency_key: None,
             cancel: Some(cancel.clone()),
             subject: bearer.subject,
+            agent,
         };
         let registered = self.daemon.tools().get(&name);
         let timeout_ms = registered.as_ref().map_or(0, |t| t.limits.timeout_ms);
@@ -265,14 +266,15 @@ impl ServerHandler for GuildMcp {
                 None,
             ));
         }
+        let agent = agent_of(&context)?;
         // A client that takes tasks and asks for one gets it at once; the run goes on without
         // the connection.
         if crate::mcp_tasks::wanted(&context) {
-            return crate::mcp_tasks::start(&self.daemon, (&tenant, &bearer), request, context.peer.clone())
+            return crate::mcp_tasks::start(&self.daemon, (&tenant, &bearer, agent), request, context.peer.clone())
                 .await
                 .map(CallToolResponse::Task);
         }
-        self.call((&tenant, bearer), request, &context).await.map(CallToolResponse::from)
+        self.call((&tenant, bearer, agent), request, &context).await.map(CallToolResponse::from)
     }
 
     async fn get_task(
@@ -333,6 +335,20 @@ impl ServerHandler for GuildMcp {
             }
         }
     }
+}
+
+/// The caller's agent label from the call's `_meta` (`guild/agent`), checked.
+///
+/// # Errors
+/// `invalid_params` when it is not a string or not a label.
+fn agent_of(context: &RequestContext<RoleServer>) -> Result<Option<String>, ErrorData> {
+    let Some(value) = context.meta.get("guild/agent") else { return Ok(None) };
+    let label = value
+        .as_str()
+        .ok_or_else(|| ErrorData::invalid_params("_meta guild/agent must be a string: the agent's label", None))?;
+    guild_queue::check_agent_label(label)
+        .map_err(|e| ErrorData::invalid_params(format!("_meta guild/agent: {e}"), None))?;
+    Ok(Some(label.to_string()))
 }
 
 #[cfg(test)]

@@ -60,7 +60,7 @@ fn unknown(id: &str) -> ErrorData {
 /// failed at once.
 pub(crate) async fn start(
     daemon: &Arc<Daemon>,
-    (tenant, bearer): (&Arc<Tenant>, &Bearer),
+    (tenant, bearer, agent): (&Arc<Tenant>, &Bearer, Option<String>),
     request: CallToolRequestParams,
     peer: Peer<RoleServer>,
 ) -> Result<CreateTaskResult, ErrorData> {
@@ -72,6 +72,7 @@ pub(crate) async fn start(
         idempotency_key: None,
         cancel: Some(cancel.clone()),
         subject: bearer.subject.clone(),
+        agent,
     };
     let entry = match daemon.submit(tenant, run).await {
         Ok(

@@ -388,7 +388,8 @@ impl Remote {
             // Every attempt that ran was priced by its worker: its cost is in the ledger and
             // the metrics of the node that audits it, as its record is in this node's log.
             if let Some(cost) = &r.cost {
-                usage.add(guild_queue::now_unix_ms(), (&r.tenant, r.subject.as_deref()), &r.tool, cost);
+                let who = (r.tenant.as_str(), r.subject.as_deref(), r.agent.as_deref());
+                usage.record(guild_queue::now_unix_ms(), who, &r.tool, cost).await;
                 metrics.count_cost(&r.tenant, &r.tool, cost);
             }
         }
@@ -402,6 +403,7 @@ fn audit_entry(done: &DoneEntry) -> AuditEntry {
         run: r.id.clone(),
         tenant: r.tenant.clone(),
         subject: r.subject.clone(),
+        agent: r.agent.clone(),
         tool: r.tool.clone(),
         tool_digest: r.tool_digest,
         revision: r.revision,

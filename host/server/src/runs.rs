@@ -175,6 +175,8 @@ pub struct RunEntry {
     /// The subject it ran for within the tenant (an OAuth access token's `sub`, as recorded);
     /// `None` for a tenant's static token.
     pub subject: Option<String>,
+    /// The caller's agent label, when it gave one.
+    pub agent: Option<String>,
     /// The tool's name.
     pub tool: String,
     /// blake3 of tool name and input: an idempotency key must name the same request.
@@ -228,7 +230,7 @@ impl RunTable {
     pub fn insert(
         &self,
         tenant: &str,
-        subject: Option<&str>,
+        (subject, agent): (Option<&str>, Option<&str>),
         tool: &str,
         request_digest: Digest,
         idempotency_key: Option<&str>,
@@ -250,6 +252,7 @@ impl RunTable {
             id: new_run_id(),
             tenant: tenant.to_string(),
             subject: subject.map(str::to_string),
+            agent: agent.map(str::to_string),
             tool: tool.to_string(),
             request_digest,
             state: receiver,
@@ -262,7 +265,7 @@ impl RunTable {
     pub fn restore(
         &self,
         id: RunId,
-        (tenant, subject): (&str, Option<&str>),
+        (tenant, subject, agent): (&str, Option<&str>, Option<&str>),
         tool: &str,
         input_digest: &Digest,
         idempotency_key: Option<&str>,
@@ -273,6 +276,7 @@ impl RunTable {
             id,
             tenant: tenant.to_string(),
             subject: subject.map(str::to_string),
+            agent: agent.map(str::to_string),
             tool: tool.to_string(),
             request_digest: request_digest(tool, input_digest),
             state: receiver,
@@ -379,19 +383,20 @@ mod tests {
     fn idempotency_keys_return_the_first_run_or_conflict() {
         let table = RunTable::new(10);
         let request = Digest::of(b"wc {}");
-        let Inserted::New(first, _tx) = table.insert("a", None, "wc", request, Some("k1"), RunState::Queued) else {
+        let Inserted::New(first, _tx) = table.insert("a", (None, None), "wc", request, Some("k1"), RunState::Queued)
+        else {
             panic!("first insert is new")
         };
-        match table.insert("a", None, "wc", request, Some("k1"), RunState::Queued) {
+        match table.insert("a", (None, None), "wc", request, Some("k1"), RunState::Queued) {
             Inserted::Existing(again) => assert_eq!(again.id, first.id),
             _ => panic!("same key, same request: the first run"),
         }
         assert!(matches!(
-            table.insert("a", None, "wc", Digest::of(b"other"), Some("k1"), RunState::Queued),
+            table.insert("a", (None, None), "wc", Digest::of(b"other"), Some("k1"), RunState::Queued),
             Inserted::Conflict(_)
         ));
         assert!(
-            matches!(table.insert("b", None, "wc", request, Some("k1"), RunState::Queued), Inserted::New(..)),
+            matches!(table.insert("b", (None, None), "wc", request, Some("k1"), RunState::Queued), Inserted::New(..)),
             "keys are per tenant"
         );
     }
@@ -399,20 +404,22 @@ mod tests {
     #[test]
     fn finished_runs_are_evicted_oldest_first_but_running_ones_are_kept() {
         let table = RunTable::new(2);
-        let Inserted::New(running, _keep) = table.insert("a", None, "wc", Digest::of(b"1"), None, RunState::Running)
+        let Inserted::New(running, _keep) =
+            table.insert("a", (None, None), "wc", Digest::of(b"1"), None, RunState::Running)
         else {
             panic!()
         };
-        let Inserted::New(done, tx) = table.insert("a", None, "wc", Digest::of(b"2"), Some("k"), RunState::Queued)
+        let Inserted::New(done, tx) =
+            table.insert("a", (None, None), "wc", Digest::of(b"2"), Some("k"), RunState::Queued)
         else {
             panic!()
         };
         let _ = tx.send(RunState::Finished(Arc::new(finished())));
-        table.insert("a", None, "wc", Digest::of(b"3"), None, RunState::Queued);
+        table.insert("a", (None, None), "wc", Digest::of(b"3"), None, RunState::Queued);
         assert!(table.get(&running.id).is_some(), "in progress: kept");
         assert!(table.get(&done.id).is_none(), "oldest finished: evicted");
         assert!(matches!(
-            table.insert("a", None, "wc", Digest::of(b"2"), Some("k"), RunState::Queued),
+            table.insert("a", (None, None), "wc", Digest::of(b"2"), Some("k"), RunState::Queued),
             Inserted::New(..)
         ));
     }

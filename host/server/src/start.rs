@@ -101,14 +101,17 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
     reserve_descriptors(&config, &tools)?;
     let runs = RunTable::new(config.queue.runs_kept_max);
     let mut runs_restored = 0;
-    let usage = Arc::new(crate::usage::Usage::new(
-        crate::usage::USAGE_HOURS_KEPT_DEFAULT,
-        crate::usage::USAGE_ROWS_MAX_DEFAULT,
-    ));
+    let usage = crate::usage::Usage::new(crate::usage::USAGE_HOURS_KEPT_DEFAULT, crate::usage::USAGE_ROWS_MAX_DEFAULT);
+    // With Redis every node adds to and answers from the fleet's ledger.
+    let usage = Arc::new(match &remote {
+        Some(remote) => usage.shared(remote.queue.clone()),
+        None => usage,
+    });
     let audit = AuditLog::open(&state_dir.join("audit.log"), |record| {
         let entry = &record.entry;
         if let Some(cost) = &entry.cost {
-            usage.add(record.time_unix_ms, (&entry.tenant, entry.subject.as_deref()), &entry.tool, cost);
+            let who = (entry.tenant.as_str(), entry.subject.as_deref(), entry.agent.as_deref());
+            usage.add(record.time_unix_ms, who, &entry.tool, cost);
         }
         if entry.event.is_some() {
             return;
@@ -263,7 +266,12 @@ fn tenants(config: &DaemonConfig, default_token: Option<String>) -> Result<Vec<A
         fuel_budget_units: None,
         fuel_budget_period_s: crate::config::FUEL_BUDGET_PERIOD_S_DEFAULT,
         cost_budget: None,
-        cost_budget_period_s: crate::config::COST_BUDGET_PERIOD_S_DEFAULT,
+        token_budget: None,
+        budget_period_s: crate::config::COST_BUDGET_PERIOD_S_DEFAULT,
+        tool_budgets: std::collections::BTreeMap::new(),
+        agent_cost_budget: None,
+        agent_token_budget: None,
+        agents_max: guild_queue::AGENTS_MAX_DEFAULT,
     };
     Ok(vec![tenant(&default)])
 }
@@ -449,7 +457,7 @@ fn restore(runs: &RunTable, record: &AuditRecord) {
     };
     runs.restore(
         entry.run.clone(),
-        (&entry.tenant, entry.subject.as_deref()),
+        (&entry.tenant, entry.subject.as_deref(), entry.agent.as_deref()),
         &entry.tool,
         &entry.input_digest,
         entry.idempotency_key.as_deref(),

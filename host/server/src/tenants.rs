@@ -3,7 +3,11 @@
 //! kept only as blake3 digests and compared in constant time.
 
 use crate::config::TenantConfig;
+use guild_queue::{BudgetLine, BudgetPlan, BudgetStore};
 use guild_replay::Digest;
+use guild_replay::cost::Price;
+use rust_decimal::Decimal;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,8 +49,8 @@ pub struct Tenant {
     concurrency_max: u32,
     running: AtomicU32,
     budget: Option<Mutex<FuelBudget>>,
-    /// Money its runs may cost per period, with `[pricing]`.
-    cost_budget: Option<Mutex<CostBudget>>,
+    /// Its money and token budgets (the tenant's, its tools', each agent's).
+    budgets: Budgets,
     /// HTTP requests of this tenant being served at once (one tenant cannot hold every
     /// connection, say by sending bodies slowly).
     requests: Arc<tokio::sync::Semaphore>,
@@ -81,14 +85,9 @@ pub enum Refusal {
     },
     /// This period's money is spent (or reserved by runs in flight) past what one more run of
     /// the tool could cost.
-    CostBudget {
-        /// When the period ends.
-        retry_after: Duration,
-        /// The tenant's budget per period, a decimal in `[pricing]`'s currency.
-        budget: String,
-        /// What the run could cost at most (its limits priced).
-        worst_case: String,
-    },
+    /// A money or token budget (the tenant's, its tool's or its agent's) is spent, or the
+    /// tenant has spent under as many agent labels as it may this period.
+    Budget(guild_queue::Exhausted),
 }
 
 impl Refusal {
@@ -98,16 +97,15 @@ impl Refusal {
             Self::RateLimited { .. } => "rate_limited",
             Self::Concurrency { .. } => "concurrency_limited",
             Self::FuelBudget { .. } => "fuel_budget_exhausted",
-            Self::CostBudget { .. } => "budget_exhausted",
+            Self::Budget(_) => "budget_exhausted",
         }
     }
 
     /// Seconds for `Retry-After` (at least 1).
     pub fn retry_after_s(&self) -> u64 {
         match self {
-            Self::RateLimited { retry_after, .. }
-            | Self::FuelBudget { retry_after, .. }
-            | Self::CostBudget { retry_after, .. } => {
+            Self::Budget(exhausted) => exhausted.retry_after_s.max(1),
+            Self::RateLimited { retry_after, .. } | Self::FuelBudget { retry_after, .. } => {
                 // Whole seconds rounded up, at least one.
                 (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1)
             }
@@ -130,11 +128,7 @@ impl Refusal {
                 "tenant {tenant} has used its fuel budget of {budget_units} units for this period; retry after the \
                  period or raise tenants.fuel_budget_units"
             ),
-            Self::CostBudget { budget, worst_case, .. } => format!(
-                "tenant {tenant} has spent (or reserved) its cost budget of {budget} for this period, past what this \
-                 run could cost ({worst_case}, its limits priced); retry after the period, lower the tool's limits or \
-                 raise tenants.cost_budget"
-            ),
+            Self::Budget(exhausted) => exhausted.message(tenant),
         }
     }
 }
@@ -179,47 +173,84 @@ impl FuelBudget {
     }
 }
 
-/// A tenant's money per period: what runs cost, plus what runs in flight reserved.
-#[derive(Debug)]
-struct CostBudget {
-    budget: rust_decimal::Decimal,
-    period: Duration,
-    started: Instant,
-    committed: rust_decimal::Decimal,
+/// A budget's limits: money per period (in `[pricing]`'s currency) and LLM tokens per period.
+type Limits = (Option<Price>, Option<u64>);
+
+/// A tenant's money and token budgets, as configured.
+#[derive(Debug, Default)]
+struct Budgets {
+    period_s: u64,
+    tenant: Limits,
+    tools: BTreeMap<String, Limits>,
+    agent: Limits,
+    agents_max: u64,
 }
 
-impl CostBudget {
-    fn roll(&mut self, now: Instant) {
-        if now.saturating_duration_since(self.started) >= self.period {
-            self.started = now;
-            self.committed = rust_decimal::Decimal::ZERO;
+impl Budgets {
+    fn from_config(config: &TenantConfig) -> Self {
+        // Parsed as validation parsed them (a budget that did not parse was refused there).
+        let money = |m: &Option<String>| m.as_deref().and_then(|m| Price::parse(m).ok());
+        Self {
+            period_s: config.budget_period_s.max(1),
+            tenant: (money(&config.cost_budget), config.token_budget),
+            tools: config.tool_budgets.iter().map(|(tool, b)| (tool.clone(), (money(&b.cost), b.tokens))).collect(),
+            agent: (money(&config.agent_cost_budget), config.agent_token_budget),
+            agents_max: config.agents_max,
         }
     }
 }
 
 /// A started run's hold on its tenant: the concurrency slot, the fuel and the money it
 /// reserved. Dropping it without [`Admission::settle`] refunds the whole reservation.
-#[derive(Debug)]
 pub struct Admission {
     tenant: Arc<Tenant>,
     /// Fuel the run may burn: its limit, lowered to what is left of the budget.
     pub fuel_units: u64,
-    /// Money reserved against the cost budget: what the run could cost at most.
-    cost_reserved: rust_decimal::Decimal,
-    /// The start of the budget period the reservation was made in.
-    cost_period: Option<Instant>,
+    /// The budgets it counts against, where they are kept, and what it reserved of them.
+    budget: Option<(Arc<dyn BudgetStore>, BudgetPlan)>,
     /// The start of the fuel-budget period its fuel was reserved in.
     fuel_period: Option<Instant>,
     settled: bool,
 }
 
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("tenant", &self.tenant.name)
+            .field("fuel_units", &self.fuel_units)
+            .field("budget", &self.budget.as_ref().map(|(_, plan)| plan))
+            .finish_non_exhaustive()
+    }
+}
+
 impl Admission {
-    /// The run burnt `used` units and cost `cost` (`None`: not priced here, as for a job a
-    /// worker ran): keep those, refund the rest of the reservations.
-    pub fn settle(mut self, used: u64, cost: Option<rust_decimal::Decimal>) {
+    /// The run burnt `used` units and cost `cost` (`None`: not priced): keep those, refund the
+    /// rest of the reservations. Its tokens' money was charged as their responses came in.
+    pub fn settle(mut self, used: u64, cost: Option<&guild_replay::cost::Cost>) {
         self.tenant.refund((self.fuel_units, self.fuel_period), used);
-        self.tenant.refund_cost((self.cost_reserved, self.cost_period), cost.unwrap_or_default());
+        let spent = cost.map_or(Decimal::ZERO, |c| c.total.0.saturating_sub(c.token_amount()).max(Decimal::ZERO));
+        settle_budget(self.budget.take(), spent);
         self.settled = true;
+    }
+
+    /// The budgets the run counts against, for its token meter.
+    pub fn budget(&self) -> Option<&(Arc<dyn BudgetStore>, BudgetPlan)> {
+        self.budget.as_ref()
+    }
+}
+
+/// Give back a budget reservation, keeping `spent`: at once in process, on a task of its own
+/// when the store is remote (a drop cannot wait).
+fn settle_budget(budget: Option<(Arc<dyn BudgetStore>, BudgetPlan)>, spent: Decimal) {
+    let Some((store, plan)) = budget else { return };
+    let settle = async move {
+        if let Err(e) = store.settle(&plan, spent).await {
+            tracing::warn!(tenant = %plan.tenant, error = %e, "a run's budget reservation could not be settled");
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => drop(handle.spawn(settle)),
+        Err(_) => futures_util::FutureExt::now_or_never(settle).unwrap_or_default(),
     }
 }
 
@@ -227,7 +258,7 @@ impl Drop for Admission {
     fn drop(&mut self) {
         if !self.settled {
             self.tenant.refund((self.fuel_units, self.fuel_period), 0);
-            self.tenant.refund_cost((self.cost_reserved, self.cost_period), rust_decimal::Decimal::ZERO);
+            settle_budget(self.budget.take(), Decimal::ZERO);
         }
         self.tenant.running.fetch_sub(1, Ordering::AcqRel);
     }
@@ -261,17 +292,7 @@ impl Tenant {
                     committed_units: 0,
                 })
             }),
-            // Parsed as validation parsed it (a budget that did not parse was refused there).
-            cost_budget: config.cost_budget.as_deref().and_then(|b| guild_replay::cost::Price::parse(b).ok()).map(
-                |guild_replay::cost::Price(budget)| {
-                    Mutex::new(CostBudget {
-                        budget,
-                        period: Duration::from_secs(config.cost_budget_period_s),
-                        started: now,
-                        committed: rust_decimal::Decimal::ZERO,
-                    })
-                },
-            ),
+            budgets: Budgets::from_config(config),
             requests: Arc::new(tokio::sync::Semaphore::new(TENANT_REQUESTS_MAX_DEFAULT)),
             requests_max: TENANT_REQUESTS_MAX_DEFAULT,
             source: Some(config.clone()),
@@ -320,14 +341,8 @@ impl Tenant {
         let now = Instant::now();
         let running = self.running.fetch_add(1, Ordering::AcqRel);
         // From here every early return must give the slot back: the Admission's drop does.
-        let mut admission = Admission {
-            tenant: self.clone(),
-            fuel_units: 0,
-            cost_reserved: rust_decimal::Decimal::ZERO,
-            cost_period: None,
-            fuel_period: None,
-            settled: false,
-        };
+        let mut admission =
+            Admission { tenant: self.clone(), fuel_units: 0, budget: None, fuel_period: None, settled: false };
         if running >= self.concurrency_max {
             return Err(Refusal::Concurrency { concurrency_max: self.concurrency_max });
         }
@@ -356,45 +371,66 @@ impl Tenant {
         Ok(admission)
     }
 
-    /// Whether the tenant has a cost budget (runs are then priced at their worst case first).
-    pub fn has_cost_budget(&self) -> bool {
-        self.cost_budget.is_some()
+    /// Whether a run of `tool` for `agent` counts against a money budget (its worst case is
+    /// then priced and reserved first).
+    pub fn has_money_budget(&self, tool: &str, agent: Option<&str>) -> bool {
+        self.lines(tool, agent).iter().any(|l| l.money.is_some())
     }
 
-    /// Reserve `worst_case` of the cost budget for `admission`'s run.
+    /// The budgets a run of `tool` for `agent` counts against.
+    fn lines(&self, tool: &str, agent: Option<&str>) -> Vec<BudgetLine> {
+        let b = &self.budgets;
+        let line = |key: String, (money, tokens): Limits, (m, t): (String, String)| {
+            (money.is_some() || tokens.is_some()).then_some(BudgetLine { key, money, tokens, settings: (m, t) })
+        };
+        let named = |m: &str, t: &str| (m.to_string(), t.to_string());
+        let mut lines = Vec::new();
+        lines.extend(line("tenant".into(), b.tenant, named("tenants.cost_budget", "tenants.token_budget")));
+        if let Some(limits) = b.tools.get(tool) {
+            let base = format!("tenants.tool_budgets.{tool}");
+            lines.extend(line(format!("tool:{tool}"), *limits, (format!("{base}.cost"), format!("{base}.tokens"))));
+        }
+        if let Some(agent) = agent {
+            let settings = named("tenants.agent_cost_budget", "tenants.agent_token_budget");
+            lines.extend(line(format!("agent:{agent}"), b.agent, settings));
+        }
+        lines
+    }
+
+    /// Reserve `worst_case` of every budget a run of `tool` for `agent` counts against, in
+    /// `store`, for `admission`'s run.
     ///
     /// # Errors
-    /// `Refusal::CostBudget` when this period's spent and reserved money plus `worst_case` is
-    /// past the budget.
-    pub fn reserve_cost(&self, admission: &mut Admission, worst_case: rust_decimal::Decimal) -> Result<(), Refusal> {
-        let Some(budget) = &self.cost_budget else { return Ok(()) };
-        let now = Instant::now();
-        let mut budget = budget.lock().unwrap_or_else(|p| p.into_inner());
-        budget.roll(now);
-        if budget.committed.saturating_add(worst_case) > budget.budget {
-            let retry_after = budget.period.saturating_sub(now.saturating_duration_since(budget.started));
-            return Err(Refusal::CostBudget {
-                retry_after,
-                budget: budget.budget.normalize().to_string(),
-                worst_case: worst_case.normalize().to_string(),
-            });
+    /// `Refusal::Budget` when one would pass its limit, or the tenant has spent under
+    /// `agents_max` other agent labels this period; the store's error when it cannot be reached.
+    pub async fn reserve_budgets(
+        &self,
+        admission: &mut Admission,
+        (tool, agent): (&str, Option<&str>),
+        worst_case: Decimal,
+        store: &Arc<dyn BudgetStore>,
+    ) -> Result<Result<(), Refusal>, guild_queue::QueueError> {
+        let lines = self.lines(tool, agent);
+        // An agent's label counts against the bound only where it has budgets of its own.
+        let counted = agent.filter(|_| self.budgets.agent.0.is_some() || self.budgets.agent.1.is_some());
+        if lines.is_empty() {
+            return Ok(Ok(()));
         }
-        budget.committed = budget.committed.saturating_add(worst_case);
-        admission.cost_reserved = worst_case;
-        admission.cost_period = Some(budget.started);
-        Ok(())
-    }
-
-    /// Give back a reservation of `reserved` made in the period that started at `period`,
-    /// keeping `spent` in the period now running. A reservation of an earlier period left with
-    /// that period: it is not taken back from this one.
-    fn refund_cost(&self, (reserved, period): (rust_decimal::Decimal, Option<Instant>), spent: rust_decimal::Decimal) {
-        if let Some(budget) = &self.cost_budget {
-            let mut budget = budget.lock().unwrap_or_else(|p| p.into_inner());
-            budget.roll(Instant::now());
-            let held = if period == Some(budget.started) { reserved } else { rust_decimal::Decimal::ZERO };
-            budget.committed =
-                budget.committed.saturating_sub(held).saturating_add(spent).max(rust_decimal::Decimal::ZERO);
+        let plan = BudgetPlan {
+            tenant: self.name.clone(),
+            period_s: self.budgets.period_s,
+            period_start_unix_s: guild_queue::period_start(guild_queue::now_unix_s(), self.budgets.period_s),
+            lines,
+            agent: counted.map(str::to_string),
+            agents_max: self.budgets.agents_max,
+            reserved: Price(worst_case),
+        };
+        match store.reserve(&plan).await? {
+            Ok(()) => {
+                admission.budget = Some((store.clone(), plan));
+                Ok(Ok(()))
+            }
+            Err(exhausted) => Ok(Err(Refusal::Budget(exhausted))),
         }
     }
 
@@ -429,27 +465,46 @@ mod tests {
             concurrency_max: concurrency,
             fuel_budget_units: budget,
             fuel_budget_period_s: 3600,
-            cost_budget: Some("1".into()),
-            cost_budget_period_s: 3600,
+            ..budgeted("1", 3600).source.clone().expect("made from a config")
         }))
     }
 
-    #[test]
-    fn a_cost_budget_reserves_the_worst_case_keeps_the_cost_and_refuses_past_it() {
+    async fn reserve(
+        t: &Tenant,
+        a: &mut Admission,
+        worst: rust_decimal::Decimal,
+        store: &Arc<dyn BudgetStore>,
+    ) -> Result<(), Refusal> {
+        t.reserve_budgets(a, ("wc", None), worst, store).await.expect("in process")
+    }
+
+    #[tokio::test]
+    async fn a_cost_budget_reserves_the_worst_case_keeps_the_cost_and_refuses_past_it() {
         use rust_decimal::Decimal;
+        let store: Arc<dyn BudgetStore> = Arc::new(guild_queue::LocalBudgets::new());
         let t = tenant(1000.0, 1000, 10, None);
         let d = |s: &str| s.parse::<Decimal>().expect("decimal");
         let mut a = t.admit(1).expect("admitted");
-        t.reserve_cost(&mut a, d("0.6")).expect("0.6 of 1");
+        reserve(&t, &mut a, d("0.6"), &store).await.expect("0.6 of 1");
         let mut b = t.admit(1).expect("admitted");
-        let refused = t.reserve_cost(&mut b, d("0.6")).expect_err("0.6 + 0.6 > 1");
+        let refused = reserve(&t, &mut b, d("0.6"), &store).await.expect_err("0.6 + 0.6 > 1");
         assert_eq!(refused.code(), "budget_exhausted");
         assert!(refused.message("t").contains("tenants.cost_budget"), "{}", refused.message("t"));
-        a.settle(1, Some(d("0.1"))); // 0.5 of the reservation comes back
-        t.reserve_cost(&mut b, d("0.6")).expect("0.1 spent + 0.6 reserved");
+        a.settle(1, Some(&cost("0.1"))); // 0.5 of the reservation comes back
+        tokio::task::yield_now().await;
+        reserve(&t, &mut b, d("0.6"), &store).await.expect("0.1 spent + 0.6 reserved");
         drop(b); // unsettled: all of it comes back
+        tokio::task::yield_now().await;
         let mut c = t.admit(1).expect("admitted");
-        t.reserve_cost(&mut c, d("0.9")).expect("0.1 spent + 0.9");
+        reserve(&t, &mut c, d("0.9"), &store).await.expect("0.1 spent + 0.9");
+    }
+
+    fn cost(total: &str) -> guild_replay::cost::Cost {
+        guild_replay::cost::Cost {
+            currency: "USD".into(),
+            total: Price::parse(total).expect("decimal"),
+            lines: Vec::new(),
+        }
     }
 
     fn budgeted(budget: &str, period_s: u64) -> Arc<Tenant> {
@@ -464,7 +519,12 @@ mod tests {
             fuel_budget_units: None,
             fuel_budget_period_s: 3600,
             cost_budget: Some(budget.into()),
-            cost_budget_period_s: period_s,
+            token_budget: None,
+            budget_period_s: period_s,
+            tool_budgets: BTreeMap::new(),
+            agent_cost_budget: None,
+            agent_token_budget: None,
+            agents_max: 10,
         }))
     }
 
@@ -473,7 +533,6 @@ mod tests {
         let t = Arc::new(Tenant::from_config(&TenantConfig {
             fuel_budget_units: Some(100),
             fuel_budget_period_s: 1,
-            cost_budget: None,
             ..budgeted("1", 3600).source.clone().expect("made from a config")
         }));
         let first = t.admit(90).expect("90 of 100");
@@ -483,31 +542,38 @@ mod tests {
         assert_eq!(t.admit(1).expect_err("90 + 10 spent").code(), "fuel_budget_exhausted");
     }
 
-    #[test]
-    fn a_cost_budget_holds_as_written_never_overflows_and_ends_with_its_period() {
+    #[tokio::test]
+    async fn a_cost_budget_holds_as_written_never_overflows_and_ends_with_its_period() {
         use rust_decimal::Decimal;
+        let store: Arc<dyn BudgetStore> = Arc::new(guild_queue::LocalBudgets::new());
         // Written with spaces, as validation accepted it: still in force.
         let t = budgeted(" 0.5 ", 3600);
         let mut a = t.admit(1).expect("admitted");
-        assert!(t.reserve_cost(&mut a, Decimal::ONE).is_err(), "1 is past 0.5");
+        assert!(reserve(&t, &mut a, Decimal::ONE, &store).await.is_err(), "1 is past 0.5");
         // The largest amounts saturate instead of panicking.
+        let store: Arc<dyn BudgetStore> = Arc::new(guild_queue::LocalBudgets::new());
         let t = budgeted("79228162514264337593543950335", 3600);
         for _ in 0..3 {
             let mut a = t.admit(1).expect("admitted");
-            let _ = t.reserve_cost(&mut a, Decimal::MAX);
-            a.settle(1, Some(Decimal::MAX));
+            let _ = reserve(&t, &mut a, Decimal::MAX, &store).await;
+            a.settle(1, Some(&cost("79228162514264337593543950335")));
+            tokio::task::yield_now().await;
         }
         // A run reserved in one period and settled in the next takes nothing back from it.
+        let store: Arc<dyn BudgetStore> = Arc::new(guild_queue::LocalBudgets::new());
         let t = budgeted("1", 1);
         let mut a = t.admit(1).expect("admitted");
-        t.reserve_cost(&mut a, "0.9".parse().expect("decimal")).expect("0.9 of 1");
-        std::thread::sleep(Duration::from_millis(1100));
+        reserve(&t, &mut a, "0.9".parse().expect("decimal"), &store).await.expect("0.9 of 1");
+        // Into the next period (periods of 1 s start on whole seconds).
+        let now_ms = guild_queue::now_unix_ms();
+        tokio::time::sleep(Duration::from_millis(1000 - now_ms % 1000 + 50)).await;
         let mut b = t.admit(1).expect("admitted");
-        t.reserve_cost(&mut b, "0.9".parse().expect("decimal")).expect("a new period");
-        a.settle(1, Some("0.05".parse().expect("decimal")));
+        reserve(&t, &mut b, "0.9".parse().expect("decimal"), &store).await.expect("a new period");
+        a.settle(1, Some(&cost("0.05")));
+        tokio::task::yield_now().await;
         let mut c = t.admit(1).expect("admitted");
         // 0.9 reserved + 0.05 spent this period: 0.1 more would pass 1.
-        assert!(t.reserve_cost(&mut c, "0.1".parse().expect("decimal")).is_err());
+        assert!(reserve(&t, &mut c, "0.1".parse().expect("decimal"), &store).await.is_err());
     }
 
     #[test]

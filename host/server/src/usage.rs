@@ -1,8 +1,9 @@
-//! The usage ledger: what runs cost, summed per hour, principal (tenant and subject), tool and
-//! currency. It is fed by
-//! each run's cost as its audit record is written, and refilled from the audit log at start (each
-//! record keeps its run's cost), so it is exactly as durable as the log. `GET /v1/usage` answers
-//! from it, as JSON or CSV, grouped as the caller asks.
+//! The usage ledger: what runs cost, summed per hour, principal (tenant and subject), agent
+//! label, tool and currency. It is fed by each run's cost as its audit record is written. On one
+//! node it is held here and refilled from the audit log at start (each record keeps its run's
+//! cost), so it is exactly as durable as the log; with `--redis` every API node adds to, and
+//! answers from, the one ledger the fleet shares in Redis (exact decimal strings, one hash per
+//! hour). `GET /v1/usage` answers from it, as JSON or CSV, grouped as the caller asks.
 
 use guild_replay::cost::{Cost, Price};
 use rust_decimal::Decimal;
@@ -25,13 +26,18 @@ struct Key {
     tenant: String,
     /// An access token's subject; `None` for the tenant's static token.
     subject: Option<String>,
+    /// The caller's agent label.
+    agent: Option<String>,
     tool: String,
     currency: String,
 }
 
-/// A row of an answer before it is written out: period start, tenant, tool, currency (each
-/// `None` when not grouped by it).
-type GroupKey = (Option<u64>, Option<String>, Option<String>, String);
+/// Whose runs a row counts: tenant, subject, agent label.
+pub type Who<'a> = (&'a str, Option<&'a str>, Option<&'a str>);
+
+/// A row of an answer before it is written out: period start, tenant, tool, agent, currency
+/// (each but the currency `None` when not grouped by it).
+type GroupKey = (Option<u64>, Option<String>, Option<String>, Option<String>, String);
 
 /// What the runs of a key cost.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -48,6 +54,8 @@ pub struct Usage {
     rows: Mutex<Ledger>,
     hours_kept: u64,
     rows_max: usize,
+    /// With `--redis`: the ledger the fleet shares, added to and answered from instead.
+    shared: Option<guild_queue::RedisQueue>,
 }
 
 /// The rows, and the newest hour among them (older hours leave when a newer one starts).
@@ -57,7 +65,8 @@ struct Ledger {
     newest_hour_unix_s: u64,
 }
 
-/// How `GET /v1/usage` groups rows: any of `hour`, `day`, `tenant`, `tool` (the currency always).
+/// How `GET /v1/usage` groups rows: any of `hour`, `day`, `tenant`, `tool`, `agent` (the
+/// currency always).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GroupBy {
     /// By hour (else all hours of a row's other keys together).
@@ -68,13 +77,15 @@ pub struct GroupBy {
     pub tenant: bool,
     /// By tool.
     pub tool: bool,
+    /// By agent label.
+    pub agent: bool,
 }
 
 impl GroupBy {
     /// Parse `tenant,tool,hour`.
     ///
     /// # Errors
-    /// A message naming the word that is not one of `hour`, `day`, `tenant`, `tool`.
+    /// A message naming the word that is not one of `hour`, `day`, `tenant`, `tool`, `agent`.
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut group = Self::default();
         for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
@@ -83,7 +94,8 @@ impl GroupBy {
                 "day" => group.day = true,
                 "tenant" => group.tenant = true,
                 "tool" => group.tool = true,
-                other => return Err(format!("group_by: {other:?} is not one of hour, day, tenant, tool")),
+                "agent" => group.agent = true,
+                other => return Err(format!("group_by: {other:?} is not one of hour, day, tenant, tool, agent")),
             }
         }
         Ok(group)
@@ -99,6 +111,8 @@ pub struct Filter {
     pub subject: Option<String>,
     /// Only this tool's.
     pub tool: Option<String>,
+    /// Only this agent label's.
+    pub agent: Option<String>,
     /// From this time on, seconds since the Unix epoch (the hour it falls in included).
     pub from_unix_s: Option<u64>,
     /// Before this time, seconds since the Unix epoch.
@@ -117,6 +131,9 @@ pub struct Row {
     /// The tool, when grouped by tool.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool: Option<String>,
+    /// The agent label, when grouped by agent (`null` for runs that named none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<Option<String>>,
     /// The currency.
     pub currency: String,
     /// Runs priced.
@@ -129,19 +146,51 @@ pub struct Row {
 
 impl Usage {
     /// An empty ledger keeping `hours_kept` hours and, past `rows_max` rows, counting a new
-    /// subject's runs in its tenant's row.
+    /// subject's or agent's runs in its tenant's row.
     pub fn new(hours_kept: u64, rows_max: usize) -> Self {
-        Self { rows: Mutex::new(Ledger::default()), hours_kept: hours_kept.max(1), rows_max }
+        Self { rows: Mutex::new(Ledger::default()), hours_kept: hours_kept.max(1), rows_max, shared: None }
     }
 
-    /// Add a run of `tool` for `tenant` (and `subject`, for an access token's) that finished at
-    /// `time_unix_ms` and cost `cost`.
-    pub fn add(&self, time_unix_ms: u64, (tenant, subject): (&str, Option<&str>), tool: &str, cost: &Cost) {
+    /// Add to and answer from the ledger `queue`'s Redis holds for the fleet; past `rows_max`
+    /// rows in one hour a new subject's or agent's runs count in its tenant's row there.
+    pub fn shared(mut self, queue: guild_queue::RedisQueue) -> Self {
+        self.shared = Some(queue);
+        self
+    }
+
+    /// Add a run of `tool` for `who` that finished at `time_unix_ms` and cost `cost`: to the
+    /// fleet's ledger with `--redis` (a failure is logged: the audit record keeps the cost),
+    /// else here.
+    pub async fn record(&self, time_unix_ms: u64, who: Who<'_>, tool: &str, cost: &Cost) {
+        let Some(queue) = &self.shared else { return self.add(time_unix_ms, who, tool, cost) };
+        let (tenant, subject, agent) = who;
+        let row = |subject: Option<&str>, agent: Option<&str>| {
+            serde_json::json!([tenant, subject, agent, tool, cost.currency]).to_string()
+        };
+        let by_resource: Vec<(String, Decimal)> = cost.lines.iter().map(|l| (l.resource.clone(), l.amount.0)).collect();
+        let hour_unix_s = time_unix_ms / 1000 / 3600 * 3600;
+        let added = queue
+            .usage_add(
+                hour_unix_s,
+                (&row(subject, agent), &row(None, None)),
+                (self.rows_max as u64, self.hours_kept.saturating_mul(3600)),
+                cost.total.0,
+                &by_resource,
+            )
+            .await;
+        if let Err(e) = added {
+            tracing::error!(tenant, tool, error = %e, "a run's cost could not be added to the fleet's usage ledger");
+        }
+    }
+
+    /// Add a run of `tool` for `who` that finished at `time_unix_ms` and cost `cost`, here.
+    pub fn add(&self, time_unix_ms: u64, (tenant, subject, agent): Who<'_>, tool: &str, cost: &Cost) {
         let hour_unix_s = time_unix_ms / 1000 / 3600 * 3600;
         let mut key = Key {
             hour_unix_s,
             tenant: tenant.into(),
             subject: subject.map(str::to_string),
+            agent: agent.map(str::to_string),
             tool: tool.into(),
             currency: cost.currency.clone(),
         };
@@ -154,6 +203,7 @@ impl Usage {
                 hour_unix_s: oldest_kept,
                 tenant: String::new(),
                 subject: None,
+                agent: None,
                 tool: String::new(),
                 currency: String::new(),
             };
@@ -163,66 +213,54 @@ impl Usage {
         if hour_unix_s < oldest_kept {
             return; // older than what is kept (a record read back from long ago)
         }
-        if key.subject.is_some() && ledger.rows.len() >= self.rows_max && !ledger.rows.contains_key(&key) {
-            // Past the bound a new subject gets no row of its own: its runs count as its tenant's.
+        let named = key.subject.is_some() || key.agent.is_some();
+        if named && ledger.rows.len() >= self.rows_max && !ledger.rows.contains_key(&key) {
+            // Past the bound a new subject or agent gets no row of its own: its runs count as
+            // its tenant's.
             key.subject = None;
+            key.agent = None;
         }
-        let sums = ledger.rows.entry(key).or_default();
-        sums.runs += 1;
-        sums.total = sums.total.checked_add(cost.total.0).unwrap_or(Decimal::MAX);
-        for line in &cost.lines {
-            let amount = sums.by_resource.entry(line.resource.clone()).or_default();
-            *amount = amount.checked_add(line.amount.0).unwrap_or(Decimal::MAX);
-        }
+        ledger.rows.entry(key).or_default().add(&Sums::of(cost));
     }
 
-    /// The rows `filter` selects, summed as `group` says, in key order.
-    pub fn query(&self, filter: &Filter, group: GroupBy) -> Vec<Row> {
-        let ledger = self.rows.lock().unwrap_or_else(|p| p.into_inner());
-        let rows = &ledger.rows;
-        let mut grouped: BTreeMap<GroupKey, Sums> = BTreeMap::new();
-        for (key, sums) in rows.iter() {
-            let hour_end = key.hour_unix_s + 3600;
-            let kept = filter.tenant.as_ref().is_none_or(|t| *t == key.tenant)
-                && filter.subject.as_ref().is_none_or(|s| Some(s) == key.subject.as_ref())
-                && filter.tool.as_ref().is_none_or(|t| *t == key.tool)
-                && filter.from_unix_s.is_none_or(|from| hour_end > from)
-                && filter.to_unix_s.is_none_or(|to| key.hour_unix_s < to);
-            if !kept {
-                continue;
-            }
-            let period = match (group.hour, group.day) {
-                (true, _) => Some(key.hour_unix_s),
-                (false, true) => Some(key.hour_unix_s / 86_400 * 86_400),
-                _ => None,
-            };
-            let into = grouped
-                .entry((
-                    period,
-                    group.tenant.then(|| key.tenant.clone()),
-                    group.tool.then(|| key.tool.clone()),
-                    key.currency.clone(),
-                ))
-                .or_default();
-            into.runs += sums.runs;
-            into.total = into.total.checked_add(sums.total).unwrap_or(Decimal::MAX);
-            for (resource, amount) in &sums.by_resource {
-                let to = into.by_resource.entry(resource.clone()).or_default();
-                *to = to.checked_add(*amount).unwrap_or(Decimal::MAX);
+    /// The rows `filter` selects, summed as `group` says, in key order: from the fleet's ledger
+    /// with `--redis`, else from here.
+    ///
+    /// # Errors
+    /// A message when the fleet's ledger cannot be read.
+    pub async fn answer(&self, filter: &Filter, group: GroupBy) -> Result<Vec<Row>, String> {
+        let Some(queue) = &self.shared else { return Ok(self.query(filter, group)) };
+        let now_hour = guild_queue::now_unix_s() / 3600 * 3600;
+        let oldest = now_hour.saturating_sub((self.hours_kept - 1) * 3600);
+        let first = filter.from_unix_s.map_or(oldest, |from| (from / 3600 * 3600).max(oldest));
+        let last = filter.to_unix_s.map_or(now_hour, |to| to.saturating_sub(1) / 3600 * 3600).min(now_hour);
+        let mut grouped = BTreeMap::new();
+        // One hour at a time: what is held is the answer's rows, not the ledger's.
+        for hour_unix_s in (first..=last).step_by(3600) {
+            let rows = queue.usage_hour(hour_unix_s).await.map_err(|e| format!("the fleet's usage ledger: {e}"))?;
+            for (row, sums) in rows {
+                let Ok((tenant, subject, agent, tool, currency)) =
+                    serde_json::from_str::<(String, Option<String>, Option<String>, String, String)>(&row)
+                else {
+                    continue; // not a row this version writes
+                };
+                let key = Key { hour_unix_s, tenant, subject, agent, tool, currency };
+                let sums =
+                    Sums { runs: sums.runs, total: sums.total, by_resource: sums.by_resource.into_iter().collect() };
+                fold(&mut grouped, (&key, &sums), filter, group);
             }
         }
-        grouped
-            .into_iter()
-            .map(|((period, tenant, tool, currency), sums)| Row {
-                period: period.map(rfc3339),
-                tenant,
-                tool,
-                currency,
-                runs: sums.runs,
-                total: Price(sums.total),
-                by_resource: sums.by_resource.into_iter().map(|(r, a)| (r, Price(a))).collect(),
-            })
-            .collect()
+        Ok(rows_of(grouped))
+    }
+
+    /// The rows `filter` selects, summed as `group` says, in key order (this node's ledger).
+    pub fn query(&self, filter: &Filter, group: GroupBy) -> Vec<Row> {
+        let ledger = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut grouped = BTreeMap::new();
+        for entry in &ledger.rows {
+            fold(&mut grouped, entry, filter, group);
+        }
+        rows_of(grouped)
     }
 
     /// Keys held (for the bound's test).
@@ -232,16 +270,83 @@ impl Usage {
     }
 }
 
-/// `rows` as CSV: `period,tenant,tool,currency,runs,total` (empty cells for what is not grouped).
+impl Sums {
+    fn of(cost: &Cost) -> Self {
+        Self {
+            runs: 1,
+            total: cost.total.0,
+            by_resource: cost.lines.iter().fold(BTreeMap::new(), |mut by, line| {
+                let amount: &mut Decimal = by.entry(line.resource.clone()).or_default();
+                *amount = amount.checked_add(line.amount.0).unwrap_or(Decimal::MAX);
+                by
+            }),
+        }
+    }
+
+    fn add(&mut self, other: &Sums) {
+        self.runs += other.runs;
+        self.total = self.total.checked_add(other.total).unwrap_or(Decimal::MAX);
+        for (resource, amount) in &other.by_resource {
+            let to = self.by_resource.entry(resource.clone()).or_default();
+            *to = to.checked_add(*amount).unwrap_or(Decimal::MAX);
+        }
+    }
+}
+
+/// Add one ledger row to the answer's groups, if `filter` selects it.
+fn fold(grouped: &mut BTreeMap<GroupKey, Sums>, (key, sums): (&Key, &Sums), filter: &Filter, group: GroupBy) {
+    let hour_end = key.hour_unix_s + 3600;
+    let kept = filter.tenant.as_ref().is_none_or(|t| *t == key.tenant)
+        && filter.subject.as_ref().is_none_or(|s| Some(s) == key.subject.as_ref())
+        && filter.agent.as_ref().is_none_or(|a| Some(a) == key.agent.as_ref())
+        && filter.tool.as_ref().is_none_or(|t| *t == key.tool)
+        && filter.from_unix_s.is_none_or(|from| hour_end > from)
+        && filter.to_unix_s.is_none_or(|to| key.hour_unix_s < to);
+    if !kept {
+        return;
+    }
+    let period = match (group.hour, group.day) {
+        (true, _) => Some(key.hour_unix_s),
+        (false, true) => Some(key.hour_unix_s / 86_400 * 86_400),
+        _ => None,
+    };
+    let at = (
+        period,
+        group.tenant.then(|| key.tenant.clone()),
+        group.tool.then(|| key.tool.clone()),
+        group.agent.then(|| key.agent.clone().unwrap_or_default()),
+        key.currency.clone(),
+    );
+    grouped.entry(at).or_default().add(sums);
+}
+
+fn rows_of(grouped: BTreeMap<GroupKey, Sums>) -> Vec<Row> {
+    grouped
+        .into_iter()
+        .map(|((period, tenant, tool, agent, currency), sums)| Row {
+            period: period.map(rfc3339),
+            tenant,
+            tool,
+            agent: agent.map(|a| (!a.is_empty()).then_some(a)),
+            currency,
+            runs: sums.runs,
+            total: Price(sums.total),
+            by_resource: sums.by_resource.into_iter().map(|(r, a)| (r, Price(a))).collect(),
+        })
+        .collect()
+}
+
+/// `rows` as CSV: `period,tenant,tool,agent,currency,runs,total` (empty cells for what is not grouped).
 pub fn csv(rows: &[Row]) -> String {
-    let mut text = String::from("period,tenant,tool,currency,runs,total\n");
+    let mut text = String::from("period,tenant,tool,agent,currency,runs,total\n");
     for row in rows {
         let cell = |v: &Option<String>| csv_cell(v.as_deref().unwrap_or(""));
         text.push_str(&format!(
-            "{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{}\n",
             cell(&row.period),
             cell(&row.tenant),
             cell(&row.tool),
+            cell(&row.agent.clone().flatten()),
             csv_cell(&row.currency),
             row.runs,
             row.total.0.normalize()
@@ -297,10 +402,10 @@ mod tests {
     fn runs_sum_exactly_per_hour_tenant_and_tool_and_group_as_asked() {
         let usage = Usage::new(USAGE_HOURS_KEPT_DEFAULT, USAGE_ROWS_MAX_DEFAULT);
         let t0 = 1_764_471_600_000; // 2025-11-30T03:00:00Z
-        usage.add(t0, ("alice", None), "wc", &cost("0.1"));
-        usage.add(t0 + 10, ("alice", Some("agent-7")), "wc", &cost("0.2"));
-        usage.add(t0 + HOUR_MS, ("alice", None), "echo", &cost("0.0000001"));
-        usage.add(t0 + HOUR_MS, ("bob", None), "wc", &cost("5"));
+        usage.add(t0, ("alice", None, None), "wc", &cost("0.1"));
+        usage.add(t0 + 10, ("alice", Some("agent-7"), None), "wc", &cost("0.2"));
+        usage.add(t0 + HOUR_MS, ("alice", None, None), "echo", &cost("0.0000001"));
+        usage.add(t0 + HOUR_MS, ("bob", None, None), "wc", &cost("5"));
         let all = usage.query(&Filter::default(), GroupBy::default());
         assert_eq!(all.len(), 1);
         assert_eq!((all[0].runs, all[0].total.0.normalize().to_string()), (4, "5.3000001".into()));
@@ -335,14 +440,14 @@ mod tests {
             (1, "0.2".into()),
             "a subject's own runs"
         );
-        assert_eq!(csv(&alices).lines().next(), Some("period,tenant,tool,currency,runs,total"));
+        assert_eq!(csv(&alices).lines().next(), Some("period,tenant,tool,agent,currency,runs,total"));
     }
 
     #[test]
     fn only_the_hours_kept_stay() {
         let usage = Usage::new(2, USAGE_ROWS_MAX_DEFAULT);
         for hour in 0..5 {
-            usage.add(hour * HOUR_MS, ("alice", None), "wc", &cost("1"));
+            usage.add(hour * HOUR_MS, ("alice", None, None), "wc", &cost("1"));
         }
         assert_eq!(usage.len(), 2, "the 2 newest hours");
         assert_eq!(usage.query(&Filter::default(), GroupBy::default())[0].runs, 2);
@@ -352,14 +457,14 @@ mod tests {
     fn past_its_rows_a_new_subject_counts_in_its_tenants_row() {
         let usage = Usage::new(USAGE_HOURS_KEPT_DEFAULT, 2);
         for subject in ["a", "b", "c", "d"] {
-            usage.add(HOUR_MS, ("alice", Some(subject)), "wc", &cost("1"));
+            usage.add(HOUR_MS, ("alice", Some(subject), None), "wc", &cost("1"));
         }
         assert_eq!(usage.len(), 3, "a, b, then one row of the tenant's for c and d");
         let tenants = usage.query(&Filter { subject: None, ..Filter::default() }, GroupBy::default());
         assert_eq!(tenants[0].runs, 4, "no run is lost");
         let c = usage.query(&Filter { subject: Some("c".into()), ..Filter::default() }, GroupBy::default());
         assert!(c.is_empty(), "c's runs are the tenant's now");
-        usage.add(HOUR_MS, ("alice", Some("a")), "wc", &cost("1"));
+        usage.add(HOUR_MS, ("alice", Some("a"), None), "wc", &cost("1"));
         assert_eq!(usage.len(), 3, "a row that exists goes on counting");
     }
 

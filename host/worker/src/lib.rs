@@ -312,7 +312,17 @@ impl Worker {
         let grants = Grants { secrets: self.secrets.clone(), ..job.grants.clone() };
         let limits = &job.limits;
         let principal = guild_runtime::Principal::of(&job.tenant, job.subject.as_deref());
-        let run_for = guild_runtime::RunFor { principal: &principal, revision: job.revision };
+        // The job's LLM requests are held to the budgets its API node reserved against, which
+        // the fleet shares in Redis.
+        let meter = match (&job.budget, &job.pricing) {
+            (Some(plan), Some(pricing)) if !pricing.llm.is_empty() => {
+                let store: Arc<dyn guild_queue::BudgetStore> = Arc::new(self.queue.clone());
+                let meter = guild_queue::RunMeter::new(store, plan.clone(), Arc::new(pricing.clone()));
+                Some(Arc::new(meter) as Arc<dyn guild_replay::cost::TokenMeter>)
+            }
+            _ => None,
+        };
+        let run_for = guild_runtime::RunFor { principal: &principal, revision: job.revision, meter };
         let (report, after) = match job.cache {
             Some(bounds) => match self.run_cached(&tool, job, &grants, bounds, &run_for, cancel).await {
                 cached::Ran::Report(report, after) => (report, Some(after)),
@@ -428,6 +438,7 @@ impl Worker {
             id: job.id.clone(),
             tenant: job.tenant.clone(),
             subject: job.subject.clone(),
+            agent: job.agent.clone(),
             tool: job.tool.clone(),
             tool_digest: job.tool_digest,
             revision: job.revision,

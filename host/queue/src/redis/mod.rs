@@ -35,15 +35,20 @@ use serde::Deserialize;
 use std::time::Duration;
 
 mod blobs;
+mod budget;
 mod cache;
 mod done;
 mod jobs;
+#[cfg(test)]
+mod money_tests;
 mod stats;
 mod tools;
+mod usage;
 
 pub use cache::{CACHE_VALUE_BYTES_MAX, SharedCacheStats};
 pub use done::{DoneEntry, DoneRead};
 pub use tools::{TOOL_RECORD_BYTES_MAX, TOOL_RECORDS_MAX};
+pub use usage::UsageSums;
 
 /// Consumer group of the job stream.
 const WORKERS_GROUP: &str = "workers";

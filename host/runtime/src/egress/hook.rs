@@ -84,6 +84,8 @@ pub(crate) struct EgressRun {
     breakers: Option<Arc<guild_breaker::Breakers>>,
     connections: Option<Arc<Connections>>,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The budgets its LLM requests are held to (live runs only).
+    meter: Option<Arc<dyn guild_replay::cost::TokenMeter>>,
     requests: AtomicU32,
     upstream_failures: AtomicU32,
     refusals: AtomicU32,
@@ -112,6 +114,7 @@ impl EgressRun {
             breakers: None,
             connections: None,
             tls: None,
+            meter: None,
             requests: AtomicU32::new(0),
             upstream_failures: AtomicU32::new(0),
             refusals: AtomicU32::new(0),
@@ -129,6 +132,12 @@ impl EgressRun {
     /// Use the runtime's TLS configuration.
     pub(crate) fn with_tls(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Hold its LLM requests to `meter`'s budgets.
+    pub(crate) fn with_meter(mut self, meter: Option<Arc<dyn guild_replay::cost::TokenMeter>>) -> Self {
+        self.meter = meter;
         self
     }
 
@@ -184,6 +193,10 @@ impl EgressRun {
             Some(bodies) => self.answer_from_tape(&mut record, body, bodies).await,
             None => self.live(parts, body, &mut record).await,
         };
+        if let (Some(meter), Ok(answer), None) = (&self.meter, &result, &self.replay_bodies) {
+            // Charged from the body the tape keeps, as the run's cost will count it.
+            meter.spent(&record.url, &answer.body).await;
+        }
         let (response, error) = match &result {
             Ok(answer) => (Some(self.response_record(answer)), None),
             Err(refusal) => {
@@ -355,6 +368,10 @@ impl EgressRun {
                 self.tool,
                 list(&self.tool_rules)
             )));
+        }
+        if let Some(meter) = &self.meter {
+            // Asked of the URL as the guest wrote it: what the cost's token count reads.
+            meter.admit(&record.url).await.map_err(|reason| Refusal::denied(format!("egress denied: {reason}")))?;
         }
         self.fill_secrets(&mut parts.headers, &dest, &format!("{} {shown}{}", dest.method, dest.path))?;
         if !self.secrets.is_empty() {

@@ -36,12 +36,14 @@ pub use crate::outcome::RunReport;
 
 /// Whom a run is for, and which revision of its tool's name runs: both named in the bundle's
 /// `action.json` (the principal may read the bundle back).
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct RunFor<'a> {
     /// The tenant and subject the run is for.
     pub principal: &'a guild_replay::Principal,
     /// The revision of the tool's name, when the host keeps revisions.
     pub revision: Option<u32>,
+    /// The budgets its LLM requests are held to (asked before each, told after each response).
+    pub meter: Option<Arc<dyn guild_replay::cost::TokenMeter>>,
 }
 use guild_vocab::{Outcome, ToolErrorKind};
 
@@ -314,7 +316,7 @@ impl Runtime {
         limits: &Limits,
         env: RunEnv,
     ) -> Result<Execution, RunError> {
-        let RunEnv { seed, recorder, replay_bodies, secrets, replay_gpu, cancel, stop, passthrough } = env;
+        let RunEnv { seed, recorder, replay_bodies, secrets, replay_gpu, cancel, stop, passthrough, meter } = env;
         let egress = Arc::new(
             EgressRun::new(
                 tool.info.name.clone(),
@@ -326,7 +328,8 @@ impl Runtime {
             )
             .with_secrets(policy.secret_grants.clone(), secrets)
             .with_network(self.breakers.clone(), self.connections.clone())
-            .with_tls(self.tls.clone()),
+            .with_tls(self.tls.clone())
+            .with_meter(meter),
         );
         let info = &tool.info;
         let gpu =

@@ -154,6 +154,7 @@ impl Runtime {
             cancel,
             stop,
             passthrough: passthrough.cloned(),
+            meter: run_for.and_then(|r| r.meter.clone()),
         };
         // A hermetic run reads its read-only mounts as they were captured, rebuilt from their
         // trees (files linked from the store): what the action digest names, whatever happens

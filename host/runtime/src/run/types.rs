@@ -172,6 +172,8 @@ pub(crate) struct RunEnv {
     pub(crate) stop: Arc<Stop>,
     /// Where a command's streams also go as it writes them (`guild run`).
     pub(crate) passthrough: Option<crate::command::Passthrough>,
+    /// The budgets a live run's LLM requests are held to.
+    pub(crate) meter: Option<Arc<dyn guild_replay::cost::TokenMeter>>,
 }
 
 impl Execution {

@@ -398,9 +398,45 @@ pub struct TenantConfig {
     /// it starts and keeps what it did cost; a spent budget answers 429 `budget_exhausted`.
     #[serde(default)]
     pub cost_budget: Option<String>,
-    /// Length of the cost-budget period, seconds.
-    #[serde(default = "cost_period_default")]
-    pub cost_budget_period_s: u64,
+    /// LLM tokens (input and output, of `[[pricing.llm]]` upstreams) its runs may use per
+    /// period; unset: unlimited. Once used up, runs' further LLM requests are denied and new
+    /// runs answer 429 `budget_exhausted`.
+    #[serde(default)]
+    pub token_budget: Option<u64>,
+    /// Length of every budget period of the tenant (money and tokens), seconds; periods start
+    /// on multiples of it since the Unix epoch (3600: on the hour, UTC).
+    #[serde(default = "cost_period_default", alias = "cost_budget_period_s")]
+    pub budget_period_s: u64,
+    /// Budgets of single tools, by tool name: `{ cost = "5.00", tokens = 100000 }`.
+    #[serde(default)]
+    pub tool_budgets: BTreeMap<String, ToolBudget>,
+    /// Money each agent label (a caller's `Guild-Agent` header or MCP `_meta` `guild/agent`)
+    /// may spend per period, a decimal string; unset: unlimited.
+    #[serde(default)]
+    pub agent_cost_budget: Option<String>,
+    /// LLM tokens each agent label may use per period; unset: unlimited.
+    #[serde(default)]
+    pub agent_token_budget: Option<u64>,
+    /// Most agent labels the tenant may spend under in one period; a run naming another is
+    /// answered 429 `budget_exhausted`.
+    #[serde(default = "agents_max_default")]
+    pub agents_max: u64,
+}
+
+/// One tool's budget within a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolBudget {
+    /// Money per period, a decimal string.
+    #[serde(default)]
+    pub cost: Option<String>,
+    /// LLM tokens per period.
+    #[serde(default)]
+    pub tokens: Option<u64>,
+}
+
+fn agents_max_default() -> u64 {
+    guild_queue::AGENTS_MAX_DEFAULT
 }
 
 fn listen_default() -> SocketAddr {
@@ -630,15 +666,32 @@ impl DaemonConfig {
             if tenant.fuel_budget_period_s == 0 {
                 return Err(ConfigError::new(field("fuel_budget_period_s"), "must be at least 1 second"));
             }
-            if tenant.cost_budget_period_s == 0 {
-                return Err(ConfigError::new(field("cost_budget_period_s"), "must be at least 1 second"));
+            if tenant.budget_period_s == 0 {
+                return Err(ConfigError::new(field("budget_period_s"), "must be at least 1 second"));
             }
-            if let Some(budget) = &tenant.cost_budget {
-                guild_replay::cost::Price::parse(budget).map_err(|e| ConfigError::new(field("cost_budget"), e))?;
+            let mut money = vec![("cost_budget".to_string(), tenant.cost_budget.as_ref())];
+            let mut tokens = vec![("token_budget".to_string(), tenant.token_budget)];
+            money.push(("agent_cost_budget".into(), tenant.agent_cost_budget.as_ref()));
+            tokens.push(("agent_token_budget".into(), tenant.agent_token_budget));
+            for (tool, budget) in &tenant.tool_budgets {
+                money.push((format!("tool_budgets.{tool}.cost"), budget.cost.as_ref()));
+                tokens.push((format!("tool_budgets.{tool}.tokens"), budget.tokens));
+            }
+            for (name, budget) in money {
+                let Some(budget) = budget else { continue };
+                guild_replay::cost::Price::parse(budget).map_err(|e| ConfigError::new(field(&name), e))?;
                 if self.pricing.is_none() {
                     return Err(ConfigError::new(
-                        field("cost_budget"),
+                        field(&name),
                         "a cost budget needs a [pricing] table to price the runs with",
+                    ));
+                }
+            }
+            for (name, _) in tokens.iter().filter(|(_, t)| t.is_some()) {
+                if self.pricing.as_ref().is_none_or(|p| p.llm.is_empty()) {
+                    return Err(ConfigError::new(
+                        field(name),
+                        "a token budget needs [[pricing.llm]] upstreams, whose responses say the tokens used",
                     ));
                 }
             }

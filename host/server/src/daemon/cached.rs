@@ -39,11 +39,11 @@ impl Daemon {
         tool: &RegisteredTool,
         input: &str,
         limits: &Limits,
-        cancel: CancellationToken,
+        (cancel, meter): (CancellationToken, Option<Arc<dyn guild_replay::cost::TokenMeter>>),
         entry: &RunEntry,
     ) -> Ran {
         let principal = guild_runtime::Principal::of(&entry.tenant, entry.subject.as_deref());
-        let run_for = RunFor { principal: &principal, revision: Some(tool.revision) };
+        let run_for = RunFor { principal: &principal, revision: Some(tool.revision), meter };
         let Some(policy) = &tool.cache else {
             let report = self.runtime().run_as(&tool.tool, input, &tool.grants, limits, cancel, Some(&run_for)).await;
             return Ran::Report(report, None);

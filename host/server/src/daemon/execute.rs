@@ -29,7 +29,10 @@ impl Daemon {
         limits.fuel_units = admission.fuel_units;
         let started = Instant::now();
         let ran = match &slot {
-            Ok(_) => self.run_call(&tool, &input, &limits, cancel, &entry).await,
+            Ok(_) => {
+                let meter = self.meter_for(&admission);
+                self.run_call(&tool, &input, &limits, (cancel, meter), &entry).await
+            }
             Err(_) => {
                 Ran::Report(Err(RunError::Host("the daemon is shutting down; the run was not started".into())), None)
             }
@@ -51,7 +54,11 @@ impl Daemon {
             _ => None,
         };
         let (finished, output, audit) = self.conclude(&tool, &entry, input_digest, key, ran);
-        admission.settle(finished.fuel_used_units, finished.cost.as_ref().map(|c| c.total.0));
+        if let Some(cost) = &finished.cost {
+            let who = (entry.tenant.as_str(), entry.subject.as_deref(), entry.agent.as_deref());
+            self.usage().record(guild_queue::now_unix_ms(), who, &tool.name, cost).await;
+        }
+        admission.settle(finished.fuel_used_units, finished.cost.as_deref());
         let finished = Arc::new(finished);
         match self.audit.append(audit).await {
             Ok(_) => self.metrics.audit_records.inc(),
@@ -106,6 +113,7 @@ impl Daemon {
             run: entry.id.clone(),
             tenant: entry.tenant.clone(),
             subject: entry.subject.clone(),
+            agent: entry.agent.clone(),
             tool: tool.name.clone(),
             tool_digest: *tool.tool.digest(),
             revision: Some(tool.revision),
@@ -152,10 +160,6 @@ impl Daemon {
                 audit.bundle = report.bundle;
                 audit.fuel_used_units = report.fuel_used_units;
                 let cost = self.price(tool, &entry.tenant, &report);
-                if let Some(cost) = &cost {
-                    let principal = (entry.tenant.as_str(), entry.subject.as_deref());
-                    self.usage().add(guild_queue::now_unix_ms(), principal, &tool.name, cost);
-                }
                 audit.cost = cost.as_deref().cloned();
                 let (mut finished, output, policy) = finished_from_report(report, tool.revision);
                 finished.cost = cost;

@@ -75,6 +75,9 @@ pub struct Daemon {
     pricing: std::sync::RwLock<Option<Arc<guild_replay::cost::PriceTable>>>,
     /// What runs cost, summed per hour, tenant and tool (refilled from the audit log at start).
     usage: Arc<crate::usage::Usage>,
+    /// Where money and token budgets are kept: in process, or with `--redis` in Redis for the
+    /// whole fleet.
+    budgets: Arc<dyn guild_queue::BudgetStore>,
 }
 
 /// The parts a daemon is assembled from (see `start`).
@@ -143,6 +146,9 @@ pub struct RunRequest {
     /// Who within the tenant it is for: an OAuth access token's subject (as recorded), named
     /// in the bundle's `action.json` principal and the audit record. `None`: the tenant itself.
     pub subject: Option<String>,
+    /// The caller's agent label (checked by `guild_queue::check_agent_label`): counted against
+    /// the tenant's per-agent budgets, named in the audit record and the usage ledger.
+    pub agent: Option<String>,
 }
 
 /// Why a run request was refused before it became a run.
@@ -239,6 +245,7 @@ impl Daemon {
             pricing,
             usage,
         } = parts;
+        let remote_budgets = remote.as_ref().map(|r| r.queue.clone());
         Self {
             runtime,
             store,
@@ -262,6 +269,10 @@ impl Daemon {
             oauth,
             pricing: std::sync::RwLock::new(pricing.map(Arc::new)),
             usage,
+            budgets: match &remote_budgets {
+                Some(queue) => Arc::new(queue.clone()),
+                None => Arc::new(guild_queue::LocalBudgets::new()),
+            },
         }
     }
 
@@ -517,7 +528,7 @@ impl Daemon {
             }
             return Err(Rejection::KeyConflict { key: key.to_string(), run: existing.id });
         }
-        let admission = self.admit(tenant, &tool)?;
+        let admission = self.admit(tenant, &tool, request.agent.as_deref()).await?;
         let ticket = self.queue.enter().map_err(|full| {
             let reason = if full.draining { "draining" } else { "queue_full" };
             self.metrics.rejections.with_label_values(&[&tenant.name, reason]).inc();
@@ -525,7 +536,7 @@ impl Daemon {
         })?;
         let (entry, state) = match self.runs.insert(
             &tenant.name,
-            request.subject.as_deref(),
+            (request.subject.as_deref(), request.agent.as_deref()),
             &tool.name,
             request_digest,
             key,
@@ -556,18 +567,40 @@ impl Daemon {
         }
     }
 
-    fn admit(&self, tenant: &Arc<Tenant>, tool: &RegisteredTool) -> Result<Admission, Rejection> {
+    async fn admit(
+        &self,
+        tenant: &Arc<Tenant>,
+        tool: &RegisteredTool,
+        agent: Option<&str>,
+    ) -> Result<Admission, Rejection> {
         let refused = |refusal: crate::tenants::Refusal| {
             self.metrics.rejections.with_label_values(&[&tenant.name, refusal.code()]).inc();
             Rejection::Tenant { tenant: tenant.name.clone(), refusal }
         };
         let mut admission = tenant.admit(tool.limits.fuel_units).map_err(refused)?;
-        // A cost budget holds back what the run could cost at most: its limits, priced.
-        if let (true, Some(pricing)) = (tenant.has_cost_budget(), self.pricing()) {
-            let worst = pricing.price(&guild_replay::cost::Quantities::worst_case(&tool.limits)).total.0;
-            tenant.reserve_cost(&mut admission, worst).map_err(refused)?;
+        // A money budget holds back what the run could cost at most: its limits, priced.
+        let worst = match self.pricing() {
+            Some(pricing) if tenant.has_money_budget(&tool.name, agent) => {
+                pricing.price(&guild_replay::cost::Quantities::worst_case(&tool.limits)).total.0
+            }
+            _ => rust_decimal::Decimal::ZERO,
+        };
+        match tenant.reserve_budgets(&mut admission, (&tool.name, agent), worst, &self.budgets).await {
+            Ok(Ok(())) => Ok(admission),
+            Ok(Err(refusal)) => Err(refused(refusal)),
+            Err(e) => {
+                self.metrics.rejections.with_label_values(&[&tenant.name, "queue_unavailable"]).inc();
+                Err(Rejection::Unavailable { message: format!("the budgets cannot be checked: {e}"), retry_after_s: 1 })
+            }
         }
-        Ok(admission)
+    }
+
+    /// A meter holding a run's LLM requests to the budgets `admission` reserved against, when
+    /// it has any and `[pricing]` names LLM upstreams.
+    pub(crate) fn meter_for(&self, admission: &Admission) -> Option<Arc<dyn guild_replay::cost::TokenMeter>> {
+        let (store, plan) = admission.budget()?;
+        let pricing = self.pricing().filter(|p| !p.llm.is_empty())?;
+        Some(Arc::new(guild_queue::RunMeter::new(store.clone(), plan.clone(), pricing)))
     }
 
     /// With `--redis`: enqueue the run as a job for the workers, then wait for its result
@@ -596,7 +629,7 @@ impl Daemon {
             };
             Rejection::Unavailable { message: e.to_string(), retry_after_s }
         };
-        let admission = self.admit(tenant, &tool)?;
+        let admission = self.admit(tenant, &tool, request.agent.as_deref()).await?;
         remote.push_component(&tool).await.map_err(|e| {
             remote.forget_pushed();
             unavailable(e)
@@ -625,6 +658,8 @@ impl Daemon {
             }),
             // The worker prices the run with this node's table.
             pricing: self.pricing().map(|p| (*p).clone()),
+            budget: admission.budget().map(|(_, plan)| plan.clone()),
+            agent: request.agent.clone(),
         };
         // Waited for before it exists, so a node waiting for too many jobs refuses a new one
         // rather than enqueue a job nobody here can answer for.
@@ -638,6 +673,7 @@ impl Daemon {
             id,
             tenant: tenant.name.clone(),
             subject: request.subject.clone(),
+            agent: request.agent.clone(),
             tool: tool.name.clone(),
             request_digest,
             state,
@@ -691,7 +727,7 @@ impl Daemon {
                 if let (Some(candidate), Some(bundle), false) = (shadow, finished.bundle, reused) {
                     guarded.shadow(bundle, candidate);
                 }
-                return admission.settle(finished.fuel_used_units, finished.cost.as_ref().map(|c| c.total.0));
+                return admission.settle(finished.fuel_used_units, finished.cost.as_deref());
             }
             drop(admission);
         });
