@@ -353,3 +353,41 @@ fn agents_have_budgets_of_their_own_a_bounded_number_and_rows_in_the_ledger() {
             .starts_with("period,tenant,tool,agent,currency,runs,total\n,,,critic,USD,1,")
     );
 }
+
+#[test]
+fn the_spend_alerts_pass_their_unit_tests_on_the_metrics_a_daemon_serves() {
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let tested = std::process::Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(rules.join("guild.rules.test.yml"))
+        .output()
+        .expect("promtool runs (scripts/setup.sh installs it)");
+    assert!(tested.status.success(), "{}", String::from_utf8_lossy(&tested.stdout));
+
+    let guild = Guild::new();
+    let port = llm_upstream();
+    let budgets = "cost_budget = \"10\"\ntoken_budget = 1000\nbudget_period_s = 86400\n\n[tenants.tool_budgets.http-get]\ntokens = 500";
+    let file = config_file(guild.home(), &llm_config(port, budgets));
+    let daemon = Daemon::start(&guild, &["--config", &file], &[]);
+    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    assert_eq!(daemon.run(ALICE, json!({ "tool": "http-get", "input": { "url": url } })).status, 200);
+    let metrics = String::from_utf8_lossy(&daemon.call("GET", "/metrics", ALICE, "").body).to_string();
+    for series in [
+        r#"guild_budget_limit{budget="tenant",tenant="alice",unit="money"} 10"#,
+        r#"guild_budget_limit{budget="tenant",tenant="alice",unit="tokens"} 1000"#,
+        r#"guild_budget_limit{budget="tool:http-get",tenant="alice",unit="tokens"} 500"#,
+        r#"guild_budget_period_seconds{tenant="alice"} 86400"#,
+    ] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
+    // Every metric the rules read is one the daemon serves.
+    let text = std::fs::read_to_string(rules.join("guild.rules.yml")).expect("rules");
+    let names: std::collections::BTreeSet<&str> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|word| word.starts_with("guild_"))
+        .collect();
+    assert!(names.len() >= 5, "{names:?}");
+    for name in names {
+        assert!(metrics.contains(&format!("\n{name}{{")), "the rules read {name}, which /metrics lacks");
+    }
+}

@@ -46,6 +46,11 @@ pub struct Metrics {
     pub cost: CounterVec,
     /// LLM tokens runs used, by tenant, tool, upstream (the `[[pricing.llm]]` URL) and kind.
     pub tokens: IntCounterVec,
+    /// Each configured budget, by tenant, budget (`tenant`, `tool:NAME`, `agent`: each agent's)
+    /// and unit (`money` in `[pricing]`'s currency, or `tokens`): what burn-rate alerts divide by.
+    pub budget_limit: GaugeVec,
+    /// Each tenant's budget period, seconds.
+    pub budget_period_seconds: IntGaugeVec,
     /// Bytes of sealed bundles.
     pub bundle_bytes: IntCounter,
     /// Audit records written.
@@ -251,6 +256,14 @@ impl Metrics {
             &["tenant", "tool", "upstream", "kind"],
         )?;
         registry.register(Box::new(tokens.clone()))?;
+        let budget_limit = GaugeVec::new(
+            Opts::new("budget_limit", "Each configured money or token budget per period (for burn-rate alerts)."),
+            &["tenant", "budget", "unit"],
+        )?;
+        registry.register(Box::new(budget_limit.clone()))?;
+        let budget_period_seconds =
+            IntGaugeVec::new(Opts::new("budget_period_seconds", "Each tenant's budget period, seconds."), &["tenant"])?;
+        registry.register(Box::new(budget_period_seconds.clone()))?;
         let audit_records = IntCounter::new("audit_records_total", "Records appended to the audit log.")?;
         let api_errors = IntCounterVec::new(Opts::new("api_errors_total", "API error responses by code."), &["code"])?;
         let build = IntGaugeVec::new(
@@ -296,10 +309,29 @@ impl Metrics {
             gpu_seconds,
             cost,
             tokens,
+            budget_limit,
+            budget_period_seconds,
             bundle_bytes,
             audit_records,
             api_errors,
         })
+    }
+
+    /// Show `tenants`' budgets (and only theirs: a reloaded config's removed ones leave).
+    pub fn show_budgets(&self, tenants: &[std::sync::Arc<crate::tenants::Tenant>]) {
+        self.budget_limit.reset();
+        self.budget_period_seconds.reset();
+        for tenant in tenants {
+            let limits = tenant.budget_limits();
+            if limits.is_empty() {
+                continue;
+            }
+            let period = i64::try_from(tenant.budget_period_s()).unwrap_or(i64::MAX);
+            self.budget_period_seconds.with_label_values(&[&tenant.name]).set(period);
+            for (budget, unit, limit) in limits {
+                self.budget_limit.with_label_values(&[tenant.name.as_str(), &budget, unit]).set(limit);
+            }
+        }
     }
 
     /// Count `cost` of a run of `tool` for `tenant` in `guild_cost_total` (Prometheus counts in

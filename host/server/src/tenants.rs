@@ -371,6 +371,33 @@ impl Tenant {
         Ok(admission)
     }
 
+    /// Each configured budget as `(budget, unit, limit)`: budget `tenant`, `tool:NAME` or
+    /// `agent` (each agent's), unit `money` or `tokens`; the limit as a float, for metrics.
+    pub fn budget_limits(&self) -> Vec<(String, &'static str, f64)> {
+        let b = &self.budgets;
+        let named = [("tenant".to_string(), b.tenant), ("agent".to_string(), b.agent)];
+        let tools = b.tools.iter().map(|(tool, limits)| (format!("tool:{tool}"), *limits));
+        let mut shown = Vec::new();
+        for (budget, (money, tokens)) in named.into_iter().chain(tools) {
+            if let Some(money) = money {
+                shown.push((
+                    budget.clone(),
+                    "money",
+                    rust_decimal::prelude::ToPrimitive::to_f64(&money.0).unwrap_or(f64::MAX),
+                ));
+            }
+            if let Some(tokens) = tokens {
+                shown.push((budget, "tokens", tokens as f64));
+            }
+        }
+        shown
+    }
+
+    /// The period of its money and token budgets, seconds.
+    pub fn budget_period_s(&self) -> u64 {
+        self.budgets.period_s
+    }
+
     /// Whether a run of `tool` for `agent` counts against a money budget (its worst case is
     /// then priced and reserved first).
     pub fn has_money_budget(&self, tool: &str, agent: Option<&str>) -> bool {

@@ -246,6 +246,7 @@ impl Daemon {
             usage,
         } = parts;
         let remote_budgets = remote.as_ref().map(|r| r.queue.clone());
+        metrics.show_budgets(&tenants);
         Self {
             runtime,
             store,
@@ -344,6 +345,7 @@ impl Daemon {
 
     /// Put `tenants` in place of the configured ones (a config reload).
     pub(crate) fn set_tenants(&self, tenants: Vec<Arc<Tenant>>) {
+        self.metrics.show_budgets(&tenants);
         *self.tenants.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tenants);
     }
 
