@@ -57,6 +57,13 @@ impl Manifest {
     pub fn parts(&self) -> impl Iterator<Item = &BlobRef> {
         [&self.action, &self.tape, &self.result, &self.exec].into_iter().chain(&self.blobs)
     }
+
+    /// The bytes the bundle records, as its stored size is priced: its blobs and its action,
+    /// tape and result documents. Its exec record (which holds the run's cost), manifest and
+    /// signature — together about a kilobyte — are not counted, so the cost can be signed in.
+    pub fn recorded_bytes(&self) -> u64 {
+        self.blobs.iter().chain([&self.action, &self.tape, &self.result]).map(|b| b.size_bytes).sum()
+    }
 }
 
 /// The tool a bundle ran.
@@ -241,22 +248,41 @@ impl<'a> BundleWriter<'a> {
     /// # Errors
     /// [`StoreError::Io`] when the store cannot write one of the four documents.
     pub fn finish(
-        mut self,
+        self,
         action: &Action,
         tape: &Tape,
         result: &RunResult,
         exec: &(impl Serialize + ?Sized),
+    ) -> Result<Unsigned, StoreError> {
+        self.finish_with(action, tape, result, |_| exec)
+    }
+
+    /// [`BundleWriter::finish`] with the exec record made once the bytes the bundle records
+    /// are known ([`Manifest::recorded_bytes`]): a record that prices them can then be signed
+    /// with the bundle, since it is not among them.
+    ///
+    /// # Errors
+    /// As [`BundleWriter::finish`].
+    pub fn finish_with<E: Serialize>(
+        mut self,
+        action: &Action,
+        tape: &Tape,
+        result: &RunResult,
+        exec: impl FnOnce(u64) -> E,
     ) -> Result<Unsigned, StoreError> {
         let put = |bytes: Vec<u8>| -> Result<BlobRef, StoreError> {
             Ok(BlobRef { digest: self.store.put(&bytes)?, size_bytes: bytes.len() as u64 })
         };
         let action = put(to_canonical_bytes(action).expect(PLAIN))?;
         let result_ref = put(to_canonical_bytes(result).expect(PLAIN))?;
-        let exec = put(to_canonical_bytes(exec).expect(PLAIN))?;
         let tape_ref = put(tape.to_jsonl())?;
-        for doc in [action, result_ref, exec, tape_ref] {
+        for doc in [action, result_ref, tape_ref] {
             self.blobs.remove(&doc.digest);
         }
+        let recorded: u64 =
+            self.blobs.values().sum::<u64>() + action.size_bytes + result_ref.size_bytes + tape_ref.size_bytes;
+        let exec = put(to_canonical_bytes(&exec(recorded)).expect(PLAIN))?;
+        self.blobs.remove(&exec.digest);
         let manifest = Manifest {
             format: FORMAT.to_string(),
             action,

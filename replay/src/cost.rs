@@ -23,7 +23,9 @@ pub struct Quantities {
     pub egress_requests: u64,
     /// Bytes of their request and response bodies (the tape's).
     pub egress_bytes: u64,
-    /// Bytes the bundle holds: its blobs, manifest and signature.
+    /// Bytes the bundle records ([`crate::Manifest::recorded_bytes`]): its blobs and its
+    /// action, tape and result documents (not its exec record, which holds the cost, nor its
+    /// manifest and signature).
     pub bundle_bytes: u64,
 }
 
@@ -63,15 +65,20 @@ impl Quantities {
         }
     }
 
-    /// Measure an opened bundle whose manifest and signature take `bundle_bytes` with its blobs.
-    pub fn of(bundle: &Bundle, bundle_bytes: u64) -> Self {
+    /// Measure an opened bundle.
+    pub fn of(bundle: &Bundle) -> Self {
         let exec = |field: &str| bundle.exec[field].as_u64().unwrap_or(0);
         Self::measure(
             bundle.result.fuel_used_units,
             (exec("wall_time_us"), exec("memory_bytes_peak")),
             bundle.tape.events(),
-            bundle_bytes,
+            bundle.manifest.recorded_bytes(),
         )
+    }
+
+    /// The cost its host priced it at as it sealed it, from its exec record (signed with it).
+    pub fn recorded_cost(bundle: &Bundle) -> Option<Cost> {
+        bundle.exec.get("cost").and_then(|cost| serde_json::from_value(cost.clone()).ok())
     }
 }
 

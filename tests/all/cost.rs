@@ -83,6 +83,11 @@ tools = ["*"]
     let derived: Value = serde_json::from_str(derived.stdout.trim()).expect("JSON");
     assert_eq!(&derived["cost"], cost, "re-derived from the bundle");
     assert_eq!(derived["quantities"]["egress_requests"], 1);
+    // And the bundle carries that cost, signed with it (its exec record).
+    assert_eq!(&derived["recorded"], cost);
+    assert_eq!(derived["matches_recorded"], true);
+    let text = guild.run(&["bundle", "cost", bundle, "--config", &file]);
+    assert!(text.stdout.contains("the bundle's signed cost agrees"), "{}", text.stdout);
 
     // MCP carries it in _meta, and the metrics count it.
     let session = crate::isolation::McpSession::open(&daemon, ALICE);

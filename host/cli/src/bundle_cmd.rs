@@ -13,15 +13,6 @@ use std::path::Path;
 struct Opened {
     bundle: Bundle,
     store: Box<dyn BlobStore>,
-    /// What the bundle holds: its blobs, manifest and signature, bytes.
-    bytes: u64,
-}
-
-/// A bundle's size as its sealing counted it: the blobs its manifest lists besides its four
-/// documents, the manifest and the signature.
-fn bundle_bytes(bundle: &Bundle, manifest: &[u8], signature: &[u8]) -> u64 {
-    let blobs: u64 = bundle.manifest.blobs.iter().map(|b| b.size_bytes).sum();
-    blobs + manifest.len() as u64 + signature.len() as u64
 }
 
 fn required_key(args: &BundleArgs) -> Result<Option<PublicKey>, Failure> {
@@ -66,16 +57,14 @@ fn open(global: &Global, args: &BundleArgs) -> Result<Opened, Failure> {
             .map_err(|e| Failure::new(Exit::InvalidBundle, format!("invalid bundle: {e}")))?;
         let bundle = Bundle::open(&imported.store, &imported.manifest, &imported.signature, key.as_ref())
             .map_err(verify_failure)?;
-        let bytes = bundle_bytes(&bundle, &imported.manifest, &imported.signature);
-        return Ok(Opened { bundle, store: Box::new(imported.store), bytes });
+        return Ok(Opened { bundle, store: Box::new(imported.store) });
     }
     let text = bundle_id_text(&args.bundle, true)?;
     let store = open_store(global)?;
     let id = store.resolve(text).map_err(store_failure)?;
     let (manifest, signature) = store.get_bundle(&id).map_err(store_failure)?;
     let bundle = Bundle::open(&store, &manifest, &signature, key.as_ref()).map_err(verify_failure)?;
-    let bytes = bundle_bytes(&bundle, &manifest, &signature);
-    Ok(Opened { bundle, store: Box::new(store), bytes })
+    Ok(Opened { bundle, store: Box::new(store) })
 }
 
 fn store_failure(error: StoreError) -> Failure {
@@ -249,7 +238,7 @@ fn describe_effect(effect: &Effect) -> String {
 }
 
 /// `guild bundle cost`: the run's quantities, measured from its bundle as the daemon measured
-/// them, priced at the config's `[pricing]`.
+/// them, priced at the config's `[pricing]`, beside the cost its host signed into the bundle.
 pub(crate) fn cost(global: &Global, args: crate::args::CostArgs) -> Result<Exit, Failure> {
     let text = std::fs::read_to_string(&args.config)
         .map_err(|e| Failure::usage(format!("cannot read {}: {e}", args.config.display())))?;
@@ -258,12 +247,17 @@ pub(crate) fn cost(global: &Global, args: crate::args::CostArgs) -> Result<Exit,
     let pricing = config.pricing.ok_or_else(|| {
         Failure::usage(format!("{} has no [pricing] section to price the run with", args.config.display()))
     })?;
-    let Opened { bundle, bytes, store } = open(global, &args.bundle)?;
-    let quantities = guild_replay::cost::Quantities::of(&bundle, bytes);
+    let Opened { bundle, store } = open(global, &args.bundle)?;
+    let quantities = guild_replay::cost::Quantities::of(&bundle);
     let exchanges = guild_replay::cost::exchanges(bundle.tape.events());
     let (cost, _) = pricing.price_recorded(&quantities, exchanges, store.as_ref());
+    let recorded = guild_replay::cost::Quantities::recorded_cost(&bundle);
+    let matches = recorded.as_ref().map(|r| *r == cost);
     if args.json {
-        let body = serde_json::json!({ "bundle": bundle.id.to_hex(), "quantities": quantities, "cost": cost });
+        let body = serde_json::json!({
+            "bundle": bundle.id.to_hex(), "quantities": quantities, "cost": cost,
+            "recorded": recorded, "matches_recorded": matches,
+        });
         crate::out!("{body}");
         return Ok(Exit::Success);
     }
@@ -281,6 +275,15 @@ pub(crate) fn cost(global: &Global, args: crate::args::CostArgs) -> Result<Exit,
         );
     }
     crate::out!("total     {} {}", cost.total.0.normalize(), cost.currency);
+    match (&recorded, matches) {
+        (Some(_), Some(true)) => crate::out!("recorded  the same: the bundle's signed cost agrees"),
+        (Some(r), _) => crate::out!(
+            "recorded  {} {} when sealed (another price table, or another version's measure)",
+            r.total.0.normalize(),
+            r.currency
+        ),
+        (None, _) => crate::out!("recorded  none: the run was sealed without a price table"),
+    }
     Ok(Exit::Success)
 }
 

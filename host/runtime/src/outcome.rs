@@ -51,6 +51,12 @@ pub struct RunReport {
     /// Each recorded HTTP exchange: the request's URL as the guest wrote it and the response
     /// body's blob in the bundle's store (for token counts); at most `http_requests_max`.
     pub http_exchanges: Vec<(String, Option<guild_replay::Digest>)>,
+    /// What it cost under the run's price table ([`crate::RunFor::pricing`]), as its bundle's
+    /// exec record says; `None` without a table or a recording.
+    pub cost: Option<guild_replay::cost::Cost>,
+    /// The tokens each LLM upstream of the run's price table (by its URL prefix) was used for,
+    /// read from the recorded responses.
+    pub tokens: Vec<(String, guild_replay::cost::TokenCount)>,
     /// For a run made in [`RunMode::Hermetic`](crate::RunMode): its action digest and whether its
     /// result may stand for it. `None` for a live run.
     #[serde(skip_serializing_if = "Option::is_none")]

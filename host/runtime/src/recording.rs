@@ -9,6 +9,7 @@ use crate::record::Recorder;
 use crate::run::types::{Execution, Tool};
 use crate::signer::{BatchSigner, SignBatchLimits};
 use crate::{LimitHit, Limits};
+use guild_replay::cost::{Cost, Quantities};
 use guild_replay::tree::{self, FileDigestCache, TreeError, TreeLimits};
 use guild_replay::{
     Action, BlobRef, BlobStore, BundleSignature, BundleWriter, Digest, DirStore, Effect, FORMAT, HostKey, OutputTree,
@@ -247,7 +248,17 @@ pub(crate) fn output_trees(
 }
 
 /// `exec.json`: where and how the run was made — signed, but not compared by a replay.
-#[derive(serde::Serialize)]
+/// What sealing measured and priced of a run.
+pub(crate) struct Priced {
+    /// Its quantities, the bytes its bundle records included.
+    pub(crate) quantities: Quantities,
+    /// Its cost under the run's price table, when it had one.
+    pub(crate) cost: Option<Cost>,
+    /// The tokens each of the table's LLM upstreams (by URL prefix) was used for.
+    pub(crate) tokens: Vec<(String, guild_replay::cost::TokenCount)>,
+}
+
+#[derive(Clone, serde::Serialize)]
 struct ExecRecord {
     guild_version: &'static str,
     hostname: &'static str,
@@ -256,6 +267,10 @@ struct ExecRecord {
     wall_time_us: u64,
     memory_bytes_peak: u64,
     log_lines: usize,
+    /// What the run cost under the host's price table (its lines and exact total); absent
+    /// without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cost: Option<Cost>,
 }
 
 /// This machine's name, read once.
@@ -281,7 +296,8 @@ impl RecordingConfig {
         recorder: &Recorder,
         run_for: Option<&crate::RunFor<'_>>,
         action_digest: Option<Digest>,
-    ) -> Result<(Unsigned, Option<LimitHit>), RunError> {
+        (measured, exchanges): (&Quantities, &[(String, Option<Digest>)]),
+    ) -> Result<(Unsigned, Option<LimitHit>, Priced), RunError> {
         let store_error = |e: guild_replay::StoreError| RunError::Record(e.to_string());
         let store: &dyn BlobStore = self.store.as_ref();
         let tree_limits = sealed_tree_limits(self.tree_limits, limits);
@@ -344,8 +360,26 @@ impl RecordingConfig {
             wall_time_us: u64::try_from(execution.wall_time.as_micros()).unwrap_or(u64::MAX),
             memory_bytes_peak: execution.memory_bytes_peak,
             log_lines: execution.logs.len(),
+            cost: None,
         };
-        let unsigned = writer.finish(&action, &tape, &result, &exec).map_err(store_error)?;
-        Ok((unsigned, overflow))
+        // The cost is reckoned once the bytes the bundle records are known, and signed in with
+        // its exec record (which is not among them).
+        let mut priced = Priced { quantities: *measured, cost: None, tokens: Vec::new() };
+        let priced_exec = |recorded_bytes: u64| {
+            let quantities = Quantities { bundle_bytes: recorded_bytes, ..*measured };
+            let pricing = run_for.and_then(|r| r.pricing.as_deref());
+            let (cost, tokens) = match pricing {
+                Some(table) => {
+                    let exchanges = exchanges.iter().map(|(url, body)| (url.as_str(), *body));
+                    let (cost, tokens) = table.price_recorded(&quantities, exchanges, store);
+                    (Some(cost), table.llm.iter().map(|llm| llm.url.clone()).zip(tokens).collect())
+                }
+                None => (None, Vec::new()),
+            };
+            priced = Priced { quantities, cost: cost.clone(), tokens };
+            ExecRecord { cost, ..exec.clone() }
+        };
+        let unsigned = writer.finish_with(&action, &tape, &result, priced_exec).map_err(store_error)?;
+        Ok((unsigned, overflow, priced))
     }
 }

@@ -317,6 +317,18 @@ impl Metrics {
         })
     }
 
+    /// Count the tokens a run of `tool` for `tenant` used, per LLM upstream, in
+    /// `guild_tokens_total`.
+    pub fn count_tokens(&self, tenant: &str, tool: &str, tokens: &[(String, guild_replay::cost::TokenCount)]) {
+        for (upstream, used) in tokens {
+            for (kind, count) in [("input", used.input), ("output", used.output)] {
+                if count > 0 {
+                    self.tokens.with_label_values(&[tenant, tool, upstream, kind]).inc_by(count);
+                }
+            }
+        }
+    }
+
     /// Show `tenants`' budgets (and only theirs: a reloaded config's removed ones leave).
     pub fn show_budgets(&self, tenants: &[std::sync::Arc<crate::tenants::Tenant>]) {
         self.budget_limit.reset();

@@ -322,7 +322,8 @@ impl Worker {
             }
             _ => None,
         };
-        let run_for = guild_runtime::RunFor { principal: &principal, revision: job.revision, meter };
+        let pricing = job.pricing.clone().map(Arc::new);
+        let run_for = guild_runtime::RunFor { principal: &principal, revision: job.revision, meter, pricing };
         let (report, after) = match job.cache {
             Some(bounds) => match self.run_cached(&tool, job, &grants, bounds, &run_for, cancel).await {
                 cached::Ran::Report(report, after) => (report, Some(after)),
@@ -406,7 +407,9 @@ impl Worker {
     }
 
     fn result(&self, lease: &Lease, report: RunReport) -> JobResult {
-        let cost = self.price(&lease.job, &report);
+        // Priced as it was sealed, at the job's table (the API node's `[pricing]`): the cost its
+        // bundle's exec record holds.
+        let cost = report.cost.clone();
         let policy = Some(PolicyRecord::resolved(report.policy, report.limits));
         // The same status, error and output the daemon gives a run it executes itself: both
         // read them from the outcome.
@@ -421,15 +424,6 @@ impl Worker {
             cost,
             ..self.empty_result(lease)
         }
-    }
-
-    /// What the run cost under the job's price table (the API node's `[pricing]`), from what
-    /// its bundle records: tokens from its recorded responses in this worker's store.
-    fn price(&self, job: &guild_queue::Job, report: &RunReport) -> Option<guild_replay::cost::Cost> {
-        let pricing = job.pricing.as_ref()?;
-        let quantities = report.quantities.as_ref()?;
-        let exchanges = report.http_exchanges.iter().map(|(url, body)| (url.as_str(), *body));
-        Some(pricing.price_recorded(quantities, exchanges, self.store.as_ref()).0)
     }
 
     fn empty_result(&self, lease: &Lease) -> JobResult {

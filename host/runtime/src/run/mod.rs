@@ -44,6 +44,8 @@ pub struct RunFor<'a> {
     pub revision: Option<u32>,
     /// The budgets its LLM requests are held to (asked before each, told after each response).
     pub meter: Option<Arc<dyn guild_replay::cost::TokenMeter>>,
+    /// The price table its cost is reckoned at as it is sealed, into its exec record.
+    pub pricing: Option<Arc<guild_replay::cost::PriceTable>>,
 }
 use guild_vocab::{Outcome, ToolErrorKind};
 

@@ -179,11 +179,11 @@ impl Runtime {
             _ => None,
         };
         let action_digest = hermetic.as_ref().and_then(|h| h.action);
-        let (bundle, bundle_bytes, quantities) = match (&self.recording, &recorder) {
+        let (bundle, bundle_bytes, quantities, priced) = match (&self.recording, &recorder) {
             (Some(recording), Some(recorder)) => {
                 let writable = policy.mounts.iter().any(|m| m.access == crate::Access::ReadWrite);
                 // Measured from what the bundle will hold (its tape is sealed into it next), as
-                // `guild bundle cost` measures it; the bundle's own size once it is sealed.
+                // `guild bundle cost` measures it; the bytes it records once they are written.
                 let wall_time_us = u64::try_from(execution.wall_time.as_micros()).unwrap_or(u64::MAX);
                 let (measured, exchanges) = recorder.with_tape(|tape| {
                     let measured = guild_replay::cost::Quantities::measure(
@@ -197,7 +197,7 @@ impl Runtime {
                         .collect::<Vec<_>>();
                     (measured, exchanges)
                 });
-                let (unsigned, overflow) = off_the_async_workers(writable, || {
+                let (unsigned, overflow, priced) = off_the_async_workers(writable, || {
                     recording.seal_unsigned(
                         &self.fingerprint,
                         tool,
@@ -208,6 +208,7 @@ impl Runtime {
                         recorder,
                         run_for,
                         action_digest,
+                        (&measured, &exchanges),
                     )
                 })?;
                 // Awaited, not blocked on: the signer may be signing this id with others'.
@@ -216,10 +217,9 @@ impl Runtime {
                 if let Some(hit) = overflow {
                     execution.outcome = Outcome::Limit(hit);
                 }
-                let quantities = guild_replay::cost::Quantities { bundle_bytes: sealed.size_bytes, ..measured };
-                (Some(sealed.id), sealed.size_bytes, Some((quantities, exchanges)))
+                (Some(sealed.id), sealed.size_bytes, Some((priced.quantities, exchanges)), Some(priced))
             }
-            _ => (None, 0, None),
+            _ => (None, 0, None, None),
         };
         let (quantities, http_exchanges) = match quantities {
             Some((quantities, exchanges)) => (Some(quantities), exchanges),
@@ -251,6 +251,8 @@ impl Runtime {
             bundle_bytes,
             quantities,
             http_exchanges,
+            cost: priced.as_ref().and_then(|p| p.cost.clone()),
+            tokens: priced.map(|p| p.tokens).unwrap_or_default(),
             hermetic,
         })
     }

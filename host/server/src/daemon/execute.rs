@@ -188,21 +188,12 @@ impl Daemon {
         (finished, output, audit)
     }
 
-    /// What a run of `tool` for `tenant` cost under `[pricing]`, counted in
-    /// `guild_cost_total`; `None` without a price table or a bundle to measure.
+    /// What a run of `tool` for `tenant` cost, as it was priced when sealed (at the table in
+    /// force when it started), counted in `guild_cost_total` and `guild_tokens_total`; `None`
+    /// without a price table or a bundle.
     fn price(&self, tool: &RegisteredTool, tenant: &str, report: &RunReport) -> Option<Arc<guild_replay::cost::Cost>> {
-        let pricing = self.pricing()?;
-        let quantities = report.quantities.as_ref()?;
-        // Token counts come from the recorded response bodies, read back from the bundle's store.
-        let exchanges = report.http_exchanges.iter().map(|(url, body)| (url.as_str(), *body));
-        let (cost, tokens) = pricing.price_recorded(quantities, exchanges, self.store().as_ref());
-        for (llm, used) in pricing.llm.iter().zip(&tokens) {
-            for (kind, count) in [("input", used.input), ("output", used.output)] {
-                if count > 0 {
-                    self.metrics.tokens.with_label_values(&[tenant, &tool.name, &llm.url, kind]).inc_by(count);
-                }
-            }
-        }
+        let cost = report.cost.clone()?;
+        self.metrics.count_tokens(tenant, &tool.name, &report.tokens);
         self.metrics.count_cost(tenant, &tool.name, &cost);
         Some(Arc::new(cost))
     }
