@@ -24,6 +24,9 @@ fn main() {
         egress_request: price("0.0000005"),
         egress_mib: price("0.00009"),
         bundle_mib: price("0.000023"),
+        gpu_device_ms: price("0.00005"),
+        gpu_cpu_ms: price("0.00001"),
+        egress: Vec::new(),
         llm: vec![LlmPrice {
             url: "https://api.openai.com/v1/".into(),
             style: UsageStyle::Openai,
@@ -39,6 +42,8 @@ fn main() {
         memory_bytes_peak: 3 << 20,
         egress_requests: 1,
         egress_bytes: 2_048,
+        gpu_device_us: 0,
+        gpu_cpu_us: 0,
         bundle_bytes: 9_000,
     };
     let tokens = [TokenCount { input: 812, output: 95 }];

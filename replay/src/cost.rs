@@ -23,6 +23,12 @@ pub struct Quantities {
     pub egress_requests: u64,
     /// Bytes of their request and response bodies (the tape's).
     pub egress_bytes: u64,
+    /// Time its GPU dispatches took on a device, µs (`exec.json`).
+    #[serde(default)]
+    pub gpu_device_us: u64,
+    /// Time its GPU dispatches took on the CPU reference (no adapter, or `--gpu cpu`), µs.
+    #[serde(default)]
+    pub gpu_cpu_us: u64,
     /// Bytes the bundle records ([`crate::Manifest::recorded_bytes`]): its blobs and its
     /// action, tape and result documents (not its exec record, which holds the cost, nor its
     /// manifest and signature).
@@ -31,10 +37,11 @@ pub struct Quantities {
 
 impl Quantities {
     /// Measure a run from what its bundle holds: `fuel_units` (`result.json`), the exec
-    /// record's wall time and memory peak, its tape's events and the bundle's size.
+    /// record's wall time, memory peak and GPU time (device, CPU reference), its tape's events
+    /// and the bytes the bundle records.
     pub fn measure(
         fuel_units: u64,
-        (wall_time_us, memory_bytes_peak): (u64, u64),
+        (wall_time_us, memory_bytes_peak, (gpu_device_us, gpu_cpu_us)): (u64, u64, (u64, u64)),
         events: &[Event],
         bundle_bytes: u64,
     ) -> Self {
@@ -47,11 +54,22 @@ impl Quantities {
                     .saturating_add(response.as_ref().map_or(0, |r| r.body_bytes));
             }
         }
-        Self { fuel_units, wall_time_us, memory_bytes_peak, egress_requests, egress_bytes, bundle_bytes }
+        Self {
+            fuel_units,
+            wall_time_us,
+            memory_bytes_peak,
+            egress_requests,
+            egress_bytes,
+            gpu_device_us,
+            gpu_cpu_us,
+            bundle_bytes,
+        }
     }
 
     /// The most a run under `limits` can use of each quantity: what a budget reserves before the
-    /// run starts (tokens, which no limit bounds, aside).
+    /// run starts (tokens, which no limit bounds, aside). GPU time is bounded by the run's
+    /// timeout, on a device or the CPU reference ([`PriceTable::price_worst`] prices it at the
+    /// dearer).
     pub fn worst_case(limits: &guild_vocab::Limits) -> Self {
         let requests = u64::from(limits.http_requests_max);
         let per_request = limits.http_request_body_bytes_max.saturating_add(limits.http_response_bytes_max);
@@ -61,6 +79,8 @@ impl Quantities {
             memory_bytes_peak: limits.memory_bytes_max,
             egress_requests: requests,
             egress_bytes: requests.saturating_mul(per_request),
+            gpu_device_us: limits.timeout_ms.saturating_mul(1000),
+            gpu_cpu_us: 0,
             bundle_bytes: limits.recording_bytes_max,
         }
     }
@@ -70,7 +90,7 @@ impl Quantities {
         let exec = |field: &str| bundle.exec[field].as_u64().unwrap_or(0);
         Self::measure(
             bundle.result.fuel_used_units,
-            (exec("wall_time_us"), exec("memory_bytes_peak")),
+            (exec("wall_time_us"), exec("memory_bytes_peak"), (exec("gpu_device_us"), exec("gpu_cpu_us"))),
             bundle.tape.events(),
             bundle.manifest.recorded_bytes(),
         )
@@ -82,11 +102,25 @@ impl Quantities {
     }
 }
 
-/// Each recorded HTTP exchange of `events`: the request's URL as the guest wrote it and the
-/// response body's blob (`None` for a request that got no response).
-pub fn exchanges(events: &[Event]) -> impl Iterator<Item = (&str, Option<Digest>)> {
+/// One recorded HTTP exchange, as it is priced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Exchange {
+    /// The request's URL as the guest wrote it.
+    pub url: String,
+    /// The response body's blob (`None` for a request that got no response).
+    pub response: Option<Digest>,
+    /// Bytes of its request and response bodies.
+    pub bytes: u64,
+}
+
+/// Each recorded HTTP exchange of `events`.
+pub fn exchanges(events: &[Event]) -> impl Iterator<Item = Exchange> + '_ {
     events.iter().filter_map(|event| match &event.effect {
-        Effect::Http { request, response, .. } => Some((request.url.as_str(), response.as_ref().map(|r| r.body))),
+        Effect::Http { request, response, .. } => Some(Exchange {
+            url: request.url.clone(),
+            response: response.as_ref().map(|r| r.body),
+            bytes: request.body_bytes.saturating_add(response.as_ref().map_or(0, |r| r.body_bytes)),
+        }),
         _ => None,
     })
 }
@@ -117,10 +151,43 @@ pub struct PriceTable {
     /// Per MiB of bundle stored.
     #[serde(default)]
     pub bundle_mib: Price,
+    /// Per millisecond of GPU dispatches on a device.
+    #[serde(default)]
+    pub gpu_device_ms: Price,
+    /// Per millisecond of GPU dispatches run on the CPU reference instead.
+    #[serde(default)]
+    pub gpu_cpu_ms: Price,
+    /// Upstreams whose requests and bytes have prices of their own (instead of
+    /// `egress_request` and `egress_mib`): the first whose URL prefix a request starts with.
+    #[serde(default)]
+    pub egress: Vec<EgressPrice>,
     /// LLM upstreams whose token usage is priced: read from the *recorded* response bodies, so
     /// a bundle re-derives the same counts.
     #[serde(default)]
     pub llm: Vec<LlmPrice>,
+}
+
+/// An upstream whose egress has prices of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressPrice {
+    /// The URL prefix its requests start with (`https://api.github.com/`), as the guest wrote
+    /// them; matched as [`LlmPrice::url`] is.
+    pub url: String,
+    /// Per request.
+    #[serde(default)]
+    pub request: Price,
+    /// Per MiB of request and response bodies.
+    #[serde(default)]
+    pub mib: Price,
+}
+
+/// Whether `url` starts with `prefix` at a path, query or fragment boundary (or `prefix` ends
+/// in `/`), without regard to case.
+fn url_matches(prefix: &str, url: &str) -> bool {
+    let (url, prefix) = (url.to_ascii_lowercase(), prefix.to_ascii_lowercase());
+    url.strip_prefix(prefix.as_str())
+        .is_some_and(|rest| rest.is_empty() || prefix.ends_with('/') || rest.starts_with(['/', '?', '#']))
 }
 
 /// An LLM upstream and its per-token prices.
@@ -173,9 +240,7 @@ impl LlmPrice {
     /// past it at a path, query or fragment boundary (or the prefix ends in `/`).
     pub fn matches(&self, url: &str) -> bool {
         // Compared without case, so `HTTPS://API.EXAMPLE/v1` is not a way around the count.
-        let (url, prefix) = (url.to_ascii_lowercase(), self.url.to_ascii_lowercase());
-        url.strip_prefix(prefix.as_str())
-            .is_some_and(|rest| rest.is_empty() || prefix.ends_with('/') || rest.starts_with(['/', '?', '#']))
+        url_matches(&self.url, url)
     }
 
     /// The tokens one recorded response `body` says were used (0 where it does not say).
@@ -276,20 +341,18 @@ impl PriceTable {
     }
 
     /// The tokens each of the table's LLM upstreams (in its order) was used for, from the
-    /// recorded exchanges: each request's URL and its response body, as `body` reads it from the
-    /// bundle's store (`None`: no response, or the body cannot be read).
-    pub fn count_tokens<'a>(
-        &self,
-        exchanges: impl IntoIterator<Item = (&'a str, Option<Digest>)>,
-        body: impl Fn(&Digest) -> Option<Vec<u8>>,
-    ) -> Vec<TokenCount> {
+    /// recorded exchanges, the response bodies as `body` reads them from the bundle's store
+    /// (`None`: the body cannot be read).
+    pub fn count_tokens(&self, exchanges: &[Exchange], body: impl Fn(&Digest) -> Option<Vec<u8>>) -> Vec<TokenCount> {
         let mut counts = vec![TokenCount::default(); self.llm.len()];
         if self.llm.is_empty() {
             return counts;
         }
-        for (url, response) in exchanges {
-            let Some((index, llm)) = self.llm.iter().enumerate().find(|(_, llm)| llm.matches(url)) else { continue };
-            let Some(bytes) = response.as_ref().and_then(&body) else { continue };
+        for exchange in exchanges {
+            let Some((index, llm)) = self.llm.iter().enumerate().find(|(_, llm)| llm.matches(&exchange.url)) else {
+                continue;
+            };
+            let Some(bytes) = exchange.response.as_ref().and_then(&body) else { continue };
             let used = llm.count(&bytes);
             counts[index].input = counts[index].input.saturating_add(used.input);
             counts[index].output = counts[index].output.saturating_add(used.output);
@@ -297,36 +360,83 @@ impl PriceTable {
         counts
     }
 
-    /// What a recorded run cost: `quantities` and the tokens of its `exchanges` (each request's
-    /// URL and response body, as [`exchanges`] gives them), the bodies read from `store` — the
-    /// one way the daemon, a worker and `guild bundle cost` price a run. Also the token counts,
-    /// per LLM upstream.
-    pub fn price_recorded<'a>(
+    /// The requests and bytes of `exchanges` that went to each of the table's priced egress
+    /// upstreams (in its order).
+    fn egress_by_upstream(&self, exchanges: &[Exchange]) -> Vec<(u64, u64)> {
+        let mut tallies = vec![(0u64, 0u64); self.egress.len()];
+        for exchange in exchanges {
+            if let Some(index) = self.egress.iter().position(|rule| url_matches(&rule.url, &exchange.url)) {
+                tallies[index].0 += 1;
+                tallies[index].1 = tallies[index].1.saturating_add(exchange.bytes);
+            }
+        }
+        tallies
+    }
+
+    /// What a recorded run cost: `quantities`, the tokens of its `exchanges` (their response
+    /// bodies read from `store`) and its egress to priced upstreams — the one way the runtime
+    /// (as it seals a bundle) and `guild bundle cost` price a run. Also the token counts, per
+    /// LLM upstream.
+    pub fn price_recorded(
         &self,
         quantities: &Quantities,
-        exchanges: impl IntoIterator<Item = (&'a str, Option<Digest>)>,
+        exchanges: &[Exchange],
         store: &dyn crate::BlobStore,
     ) -> (Cost, Vec<TokenCount>) {
         let tokens = self.count_tokens(exchanges, |digest| store.get(digest).ok());
-        (self.price_with_tokens(quantities, &tokens), tokens)
+        let egress = self.egress_by_upstream(exchanges);
+        (self.price_parts(quantities, &tokens, &egress), tokens)
     }
 
-    /// What `quantities` cost under this table (and no tokens).
+    /// What `quantities` cost under this table (no tokens; all egress at the default prices).
     pub fn price(&self, q: &Quantities) -> Cost {
         self.price_with_tokens(q, &[])
     }
 
+    /// The most a run under `limits` can cost (its tokens aside): its worst case, with its
+    /// egress at the dearest of the default and the per-upstream prices and its GPU time at the
+    /// dearer of device and CPU reference. What a money budget reserves.
+    pub fn price_worst(&self, limits: &guild_vocab::Limits) -> Cost {
+        let dearest = |default: Price, each: &dyn Fn(&EgressPrice) -> Price| {
+            self.egress.iter().map(each).fold(default, |a, b| if b.0 > a.0 { b } else { a })
+        };
+        let table = Self {
+            egress_request: dearest(self.egress_request, &|rule| rule.request),
+            egress_mib: dearest(self.egress_mib, &|rule| rule.mib),
+            gpu_device_ms: if self.gpu_cpu_ms.0 > self.gpu_device_ms.0 { self.gpu_cpu_ms } else { self.gpu_device_ms },
+            egress: Vec::new(),
+            llm: Vec::new(),
+            ..self.clone()
+        };
+        table.price(&Quantities::worst_case(limits))
+    }
+
     /// What `quantities` and `tokens` (per LLM upstream, as [`PriceTable::count_tokens`] gives
-    /// them) cost under this table.
+    /// them) cost under this table, all egress at the default prices.
     pub fn price_with_tokens(&self, q: &Quantities, tokens: &[TokenCount]) -> Cost {
+        self.price_parts(q, tokens, &[])
+    }
+
+    /// What `q` and `tokens` cost, `egress` (requests and bytes per priced upstream, in the
+    /// table's order) at their upstreams' prices and the rest of `q`'s egress at the defaults.
+    fn price_parts(&self, q: &Quantities, tokens: &[TokenCount], egress: &[(u64, u64)]) -> Cost {
         let ratio = |n: u64, d: u64| Decimal::from(n) / Decimal::from(d);
         let seconds = ratio(q.wall_time_us, 1_000_000);
+        let (upstream_requests, upstream_bytes) =
+            egress.iter().fold((0u64, 0u64), |(r, b), (rr, bb)| (r.saturating_add(*rr), b.saturating_add(*bb)));
         let candidates = [
             ("fuel", ratio(q.fuel_units, 1_000_000), "million fuel units", self.fuel_per_million),
             ("wall_time", seconds, "s", self.wall_second),
             ("memory", ratio(q.memory_bytes_peak, MIB).saturating_mul(seconds), "MiB·s", self.memory_mib_second),
-            ("egress_requests", Decimal::from(q.egress_requests), "requests", self.egress_request),
-            ("egress_bytes", ratio(q.egress_bytes, MIB), "MiB", self.egress_mib),
+            (
+                "egress_requests",
+                Decimal::from(q.egress_requests.saturating_sub(upstream_requests)),
+                "requests",
+                self.egress_request,
+            ),
+            ("egress_bytes", ratio(q.egress_bytes.saturating_sub(upstream_bytes), MIB), "MiB", self.egress_mib),
+            ("gpu_device", ratio(q.gpu_device_us, 1000), "ms", self.gpu_device_ms),
+            ("gpu_cpu", ratio(q.gpu_cpu_us, 1000), "ms", self.gpu_cpu_ms),
             ("bundle_bytes", ratio(q.bundle_bytes, MIB), "MiB", self.bundle_mib),
         ];
         let line =
@@ -340,9 +450,19 @@ impl PriceTable {
             };
         let mut lines: Vec<CostLine> = candidates
             .into_iter()
-            .filter(|(_, _, _, price)| !price.0.is_zero())
+            .filter(|(_, quantity, _, price)| !price.0.is_zero() && !quantity.is_zero())
             .map(|(resource, quantity, unit, unit_price)| line(resource, quantity, unit, unit_price, None))
             .collect();
+        for (rule, (requests, bytes)) in self.egress.iter().zip(egress) {
+            for (resource, quantity, unit, price) in [
+                ("egress_requests", Decimal::from(*requests), "requests", rule.request),
+                ("egress_bytes", ratio(*bytes, MIB), "MiB", rule.mib),
+            ] {
+                if !quantity.is_zero() && !price.0.is_zero() {
+                    lines.push(line(resource, quantity, unit, price, Some(&rule.url)));
+                }
+            }
+        }
         for (llm, used) in self.llm.iter().zip(tokens) {
             for (resource, count, price) in
                 [("input_tokens", used.input, llm.input_token), ("output_tokens", used.output, llm.output_token)]
@@ -361,7 +481,10 @@ impl Cost {
     /// What its token lines come to: the part of the total a token meter charged as the run's
     /// LLM responses came in.
     pub fn token_amount(&self) -> Decimal {
-        self.lines.iter().filter(|l| l.upstream.is_some()).fold(Decimal::ZERO, |sum, l| sum.saturating_add(l.amount.0))
+        self.lines
+            .iter()
+            .filter(|l| l.resource.ends_with("_tokens"))
+            .fold(Decimal::ZERO, |sum, l| sum.saturating_add(l.amount.0))
     }
 }
 
@@ -453,6 +576,53 @@ mod tests {
         assert!(!upstream.matches("https://llm.example/v10/chat"), "a prefix ends at a boundary");
         assert!(upstream.matches("HTTPS://LLM.EXAMPLE/v1/chat"), "case is no way around the count");
         assert!(!upstream.matches("https://llm.example.evil/v1"));
+    }
+
+    #[test]
+    fn upstreams_with_egress_prices_of_their_own_are_priced_apart_and_gpu_time_by_where_it_ran() {
+        let table = PriceTable {
+            egress_request: Price::parse("0.001").expect("price"),
+            gpu_device_ms: Price::parse("0.0002").expect("price"),
+            gpu_cpu_ms: Price::parse("0.00001").expect("price"),
+            egress: vec![EgressPrice {
+                url: "https://api.github.com/".into(),
+                request: Price::parse("0.01").expect("price"),
+                mib: Price::default(),
+            }],
+            ..table()
+        };
+        let exchange = |url: &str| Exchange { url: url.into(), response: None, bytes: 10 };
+        let exchanges =
+            [exchange("https://api.github.com/repos"), exchange("HTTPS://API.GITHUB.COM/x"), exchange("https://x.io/")];
+        let quantities = Quantities {
+            egress_requests: 3,
+            egress_bytes: 30,
+            gpu_device_us: 1_500,
+            gpu_cpu_us: 0,
+            ..Quantities::default()
+        };
+        let (cost, _) = table.price_recorded(&quantities, &exchanges, &crate::store::MemoryStore::default());
+        let lines: Vec<(&str, String, Option<&str>)> = cost
+            .lines
+            .iter()
+            .map(|l| (l.resource.as_str(), l.amount.0.normalize().to_string(), l.upstream.as_deref()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("egress_requests", "0.001".into(), None),
+                ("gpu_device", "0.0003".into(), None),
+                ("egress_requests", "0.02".into(), Some("https://api.github.com/")),
+            ],
+            "two requests at the upstream's price, one at the default; 1.5 ms on a device; no CPU time, no line"
+        );
+        // The worst case prices every request at the dearest price and GPU time at the dearer.
+        let limits = guild_vocab::Limits { http_requests_max: 2, timeout_ms: 1000, ..guild_vocab::Limits::default() };
+        let worst = table.price_worst(&limits);
+        let requests = worst.lines.iter().find(|l| l.resource == "egress_requests").expect("a line");
+        assert_eq!(requests.unit_price.0.normalize().to_string(), "0.01");
+        let gpu = worst.lines.iter().find(|l| l.resource == "gpu_device").expect("a line");
+        assert_eq!(gpu.amount.0.normalize().to_string(), "0.2", "1000 ms at 0.0002");
     }
 
     #[test]

@@ -396,3 +396,30 @@ fn the_spend_alerts_pass_their_unit_tests_on_the_metrics_a_daemon_serves() {
         assert!(metrics.contains(&format!("\n{name}{{")), "the rules read {name}, which /metrics lacks");
     }
 }
+
+#[test]
+fn gpu_time_is_priced_by_where_it_ran_and_the_bundle_agrees() {
+    let input = json!({ "a": [[1, 2, 3], [4, 5, 6]], "b": [[1, 0], [0, 1], [1, 1]] });
+    for (mode, priced, unpriced) in [("cpu", "gpu_cpu", "gpu_device"), ("device", "gpu_device", "gpu_cpu")] {
+        let guild = Guild::new();
+        let text = format!(
+            "[[tools]]\npath = \"{}\"\n\n[pricing]\ncurrency = \"USD\"\ngpu_device_ms = \"0.0002\"\ngpu_cpu_ms = \"0.00001\"\n\n[[tenants]]\nname = \"alice\"\ntoken_blake3 = \"{}\"\ntools = [\"*\"]\n",
+            guild_test_artifacts::MATMUL,
+            token_digest(ALICE),
+        );
+        let file = config_file(guild.home(), &text);
+        let env = [("GUILD_GPU", mode), ("XDG_RUNTIME_DIR", "/tmp")];
+        let daemon = Daemon::start(&guild, &["--config", &file], &env);
+        let run = daemon.run(ALICE, json!({ "tool": "matmul", "input": input.clone() })).json();
+        let lines = run["cost"]["lines"].as_array().expect("lines").clone();
+        let line = lines.iter().find(|l| l["resource"] == priced).unwrap_or_else(|| panic!("{mode}: {run}"));
+        assert_eq!(line["unit"], "ms");
+        assert!(line["quantity"].as_str().is_some_and(|q| q != "0"), "{run}");
+        assert!(!lines.iter().any(|l| l["resource"] == unpriced), "{mode}: {run}");
+        let bundle = run["bundle"].as_str().expect("bundle");
+        let derived = guild.run(&["bundle", "cost", bundle, "--config", &file, "--json"]);
+        let derived: Value = serde_json::from_str(derived.stdout.trim()).expect("JSON");
+        assert_eq!(derived["cost"], run["cost"], "{mode}: re-derived from the bundle");
+        assert_eq!(derived["matches_recorded"], true);
+    }
+}

@@ -249,8 +249,8 @@ pub(crate) fn cost(global: &Global, args: crate::args::CostArgs) -> Result<Exit,
     })?;
     let Opened { bundle, store } = open(global, &args.bundle)?;
     let quantities = guild_replay::cost::Quantities::of(&bundle);
-    let exchanges = guild_replay::cost::exchanges(bundle.tape.events());
-    let (cost, _) = pricing.price_recorded(&quantities, exchanges, store.as_ref());
+    let exchanges: Vec<_> = guild_replay::cost::exchanges(bundle.tape.events()).collect();
+    let (cost, _) = pricing.price_recorded(&quantities, &exchanges, store.as_ref());
     let recorded = guild_replay::cost::Quantities::recorded_cost(&bundle);
     let matches = recorded.as_ref().map(|r| *r == cost);
     if args.json {

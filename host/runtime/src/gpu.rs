@@ -50,6 +50,17 @@ pub(crate) struct GpuRun {
     timeout: Duration,
     recorder: Option<Recorder>,
     replay: Option<GpuReplay>,
+    /// Time live dispatches took: on a device, and on the CPU reference.
+    time: GpuTime,
+}
+
+/// Time a run's live GPU dispatches took, µs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct GpuTime {
+    /// On a device.
+    pub(crate) device_us: u64,
+    /// On the CPU reference.
+    pub(crate) cpu_us: u64,
 }
 
 /// How a failed dispatch ends: an error the guest handles, or the end of the run.
@@ -75,7 +86,13 @@ impl GpuRun {
             timeout: Duration::from_millis(limits.gpu_dispatch_timeout_ms),
             recorder,
             replay,
+            time: GpuTime::default(),
         }
+    }
+
+    /// Time its live dispatches took so far.
+    pub(crate) fn time(&self) -> GpuTime {
+        self.time
     }
 
     fn allowed(&self) -> Result<(), GpuError> {
@@ -127,8 +144,17 @@ impl GpuRun {
             let asked = record(None, String::new(), None);
             return self.answer_from_tape(asked, &replay, &request);
         }
-        let (effect, result) = match self.host.dispatch(&request) {
+        let started = std::time::Instant::now();
+        let dispatched = self.host.dispatch(&request);
+        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let (effect, result) = match dispatched {
             Ok(done) => {
+                let spent = if done.executor == guild_gpu::CPU_REFERENCE {
+                    &mut self.time.cpu_us
+                } else {
+                    &mut self.time.device_us
+                };
+                *spent = spent.saturating_add(took);
                 if let Some(recorder) = &self.recorder {
                     for output in &done.outputs {
                         // Past recording_bytes_max the guest is stopped as this call returns.

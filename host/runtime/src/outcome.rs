@@ -50,7 +50,7 @@ pub struct RunReport {
     pub quantities: Option<guild_replay::cost::Quantities>,
     /// Each recorded HTTP exchange: the request's URL as the guest wrote it and the response
     /// body's blob in the bundle's store (for token counts); at most `http_requests_max`.
-    pub http_exchanges: Vec<(String, Option<guild_replay::Digest>)>,
+    pub http_exchanges: Vec<guild_replay::cost::Exchange>,
     /// What it cost under the run's price table ([`crate::RunFor::pricing`]), as its bundle's
     /// exec record says; `None` without a table or a recording.
     pub cost: Option<guild_replay::cost::Cost>,

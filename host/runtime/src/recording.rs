@@ -266,6 +266,10 @@ struct ExecRecord {
     finished_at_unix_ms: u64,
     wall_time_us: u64,
     memory_bytes_peak: u64,
+    /// Time its GPU dispatches took on a device, µs.
+    gpu_device_us: u64,
+    /// Time its GPU dispatches took on the CPU reference, µs.
+    gpu_cpu_us: u64,
     log_lines: usize,
     /// What the run cost under the host's price table (its lines and exact total); absent
     /// without one.
@@ -296,7 +300,7 @@ impl RecordingConfig {
         recorder: &Recorder,
         run_for: Option<&crate::RunFor<'_>>,
         action_digest: Option<Digest>,
-        (measured, exchanges): (&Quantities, &[(String, Option<Digest>)]),
+        (measured, exchanges): (&Quantities, &[guild_replay::cost::Exchange]),
     ) -> Result<(Unsigned, Option<LimitHit>, Priced), RunError> {
         let store_error = |e: guild_replay::StoreError| RunError::Record(e.to_string());
         let store: &dyn BlobStore = self.store.as_ref();
@@ -359,6 +363,8 @@ impl RecordingConfig {
             .unwrap_or(u64::MAX),
             wall_time_us: u64::try_from(execution.wall_time.as_micros()).unwrap_or(u64::MAX),
             memory_bytes_peak: execution.memory_bytes_peak,
+            gpu_device_us: execution.gpu_time.device_us,
+            gpu_cpu_us: execution.gpu_time.cpu_us,
             log_lines: execution.logs.len(),
             cost: None,
         };
@@ -370,7 +376,6 @@ impl RecordingConfig {
             let pricing = run_for.and_then(|r| r.pricing.as_deref());
             let (cost, tokens) = match pricing {
                 Some(table) => {
-                    let exchanges = exchanges.iter().map(|(url, body)| (url.as_str(), *body));
                     let (cost, tokens) = table.price_recorded(&quantities, exchanges, store);
                     (Some(cost), table.llm.iter().map(|llm| llm.url.clone()).zip(tokens).collect())
                 }

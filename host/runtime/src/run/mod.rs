@@ -414,6 +414,7 @@ impl Runtime {
             egress_refusals: egress.refusals(),
             egress_requests: egress.requests(),
             egress_upstream_failures: egress.upstream_failures(),
+            gpu_time: store.data().gpu.time(),
             host_identity_read: store.data().quotas.host_identity_read,
         })
     }

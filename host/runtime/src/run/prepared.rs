@@ -186,15 +186,14 @@ impl Runtime {
                 // `guild bundle cost` measures it; the bytes it records once they are written.
                 let wall_time_us = u64::try_from(execution.wall_time.as_micros()).unwrap_or(u64::MAX);
                 let (measured, exchanges) = recorder.with_tape(|tape| {
+                    let gpu = (execution.gpu_time.device_us, execution.gpu_time.cpu_us);
                     let measured = guild_replay::cost::Quantities::measure(
                         execution.fuel_used_units,
-                        (wall_time_us, execution.memory_bytes_peak),
+                        (wall_time_us, execution.memory_bytes_peak, gpu),
                         tape.events(),
                         0,
                     );
-                    let exchanges = guild_replay::cost::exchanges(tape.events())
-                        .map(|(url, body)| (url.to_string(), body))
-                        .collect::<Vec<_>>();
+                    let exchanges = guild_replay::cost::exchanges(tape.events()).collect::<Vec<_>>();
                     (measured, exchanges)
                 });
                 let (unsigned, overflow, priced) = off_the_async_workers(writable, || {

@@ -193,6 +193,7 @@ impl Execution {
             egress_refusals: 0,
             egress_requests: 0,
             egress_upstream_failures: 0,
+            gpu_time: crate::gpu::GpuTime::default(),
             host_identity_read: false,
         }
     }
@@ -209,6 +210,8 @@ pub(crate) struct Execution {
     pub(crate) egress_refusals: u32,
     pub(crate) egress_requests: u32,
     pub(crate) egress_upstream_failures: u32,
+    /// Time its live GPU dispatches took.
+    pub(crate) gpu_time: crate::gpu::GpuTime,
     /// A hermetic run read something of the host's its action digest does not name.
     pub(crate) host_identity_read: bool,
 }

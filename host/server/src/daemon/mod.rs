@@ -582,9 +582,7 @@ impl Daemon {
         let mut admission = tenant.admit(tool.limits.fuel_units).map_err(refused)?;
         // A money budget holds back what the run could cost at most: its limits, priced.
         let worst = match self.pricing() {
-            Some(pricing) if tenant.has_money_budget(&tool.name, agent) => {
-                pricing.price(&guild_replay::cost::Quantities::worst_case(&tool.limits)).total.0
-            }
+            Some(pricing) if tenant.has_money_budget(&tool.name, agent) => pricing.price_worst(&tool.limits).total.0,
             _ => rust_decimal::Decimal::ZERO,
         };
         match tenant.reserve_budgets(&mut admission, (&tool.name, agent), worst, &self.budgets).await {
