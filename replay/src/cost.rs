@@ -182,12 +182,56 @@ pub struct EgressPrice {
     pub mib: Price,
 }
 
-/// Whether `url` starts with `prefix` at a path, query or fragment boundary (or `prefix` ends
-/// in `/`), without regard to case.
+/// Whether `url` starts with `prefix` at a path or query boundary (or `prefix` ends in `/`),
+/// both as an upstream reads them ([`canonical_url`]): so neither `HTTPS://API.EXAMPLE:443/v1`
+/// nor `https://api.example/./v1` is a way around a count or a price.
 fn url_matches(prefix: &str, url: &str) -> bool {
-    let (url, prefix) = (url.to_ascii_lowercase(), prefix.to_ascii_lowercase());
+    let (Some(url), Some(prefix)) = (canonical_url(url), canonical_url(prefix)) else { return false };
     url.strip_prefix(prefix.as_str())
-        .is_some_and(|rest| rest.is_empty() || prefix.ends_with('/') || rest.starts_with(['/', '?', '#']))
+        .is_some_and(|rest| rest.is_empty() || prefix.ends_with('/') || rest.starts_with(['/', '?']))
+}
+
+/// `url` as the egress hook sends it: scheme and host in lower case (a trailing `.` of the host
+/// dropped), the port written only when it is not the scheme's default (and without leading
+/// zeros), the path normalised as egress rules see it ([`guild_vocab::egress::path::normalize`]),
+/// the query as written, no fragment. `None` for what is no absolute `http(s)` URL, or a path
+/// the hook refuses (such a request is never sent).
+pub fn canonical_url(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let rest = rest.split('#').next().unwrap_or_default();
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path_and_query) = rest.split_at(end);
+    if authority.contains('@') {
+        return None; // the hook refuses userinfo
+    }
+    let (host, port) = match authority.rfind(':') {
+        Some(colon) if !authority[colon..].contains(']') => {
+            let port: u16 = authority[colon + 1..].parse().ok()?;
+            (&authority[..colon], port)
+        }
+        _ => (authority, default_port),
+    };
+    let host = host.to_ascii_lowercase();
+    let host = host.strip_suffix('.').unwrap_or(&host);
+    if host.is_empty() {
+        return None;
+    }
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path_and_query, None),
+    };
+    let path = if path.is_empty() { "/".to_string() } else { guild_vocab::egress::path::normalize(path).ok()? };
+    let port = if port == default_port { String::new() } else { format!(":{port}") };
+    Some(match query {
+        Some(query) => format!("{scheme}://{host}{port}{path}?{query}"),
+        None => format!("{scheme}://{host}{port}{path}"),
+    })
 }
 
 /// An LLM upstream and its per-token prices.
@@ -243,17 +287,42 @@ impl LlmPrice {
         url_matches(&self.url, url)
     }
 
-    /// The tokens one recorded response `body` says were used (0 where it does not say).
+    /// The tokens one recorded response `body` says were used (0 where it does not say): a JSON
+    /// document, or a stream of server-sent events (`data: {...}` lines), whose events'
+    /// counts are running totals — the largest of each is taken (OpenAI's last chunk with
+    /// `stream_options.include_usage`; Anthropic's `message_start` and `message_delta`).
     pub fn count(&self, body: &[u8]) -> TokenCount {
-        let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else { return TokenCount::default() };
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
+            return self.count_value(&value);
+        }
+        let Ok(text) = std::str::from_utf8(body) else { return TokenCount::default() };
+        text.lines()
+            .filter_map(|line| line.strip_prefix("data:"))
+            .filter_map(|data| serde_json::from_str::<serde_json::Value>(data.trim()).ok())
+            .fold(TokenCount::default(), |most, event| {
+                let this = self.count_value(&event);
+                TokenCount { input: most.input.max(this.input), output: most.output.max(this.output) }
+            })
+    }
+
+    fn count_value(&self, value: &serde_json::Value) -> TokenCount {
         let (input, output) = match self.style {
             UsageStyle::Openai => ("/usage/prompt_tokens", "/usage/completion_tokens"),
             UsageStyle::Anthropic => ("/usage/input_tokens", "/usage/output_tokens"),
         };
-        let read = |pointer: &str| value.pointer(pointer).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        let read = |pointer: &str| value.pointer(pointer).and_then(serde_json::Value::as_u64);
+        // Anthropic's stream says its input tokens in `message_start`'s message.
+        let nested = |pointer: &str| match self.style {
+            UsageStyle::Anthropic => read(&format!("/message{pointer}")),
+            UsageStyle::Openai => None,
+        };
+        let field = |configured: Option<&str>, default: &str| match configured {
+            Some(pointer) => read(pointer).unwrap_or(0),
+            None => read(default).or_else(|| nested(default)).unwrap_or(0),
+        };
         TokenCount {
-            input: read(self.input_pointer.as_deref().unwrap_or(input)),
-            output: read(self.output_pointer.as_deref().unwrap_or(output)),
+            input: field(self.input_pointer.as_deref(), input),
+            output: field(self.output_pointer.as_deref(), output),
         }
     }
 }
@@ -576,6 +645,27 @@ mod tests {
         assert!(!upstream.matches("https://llm.example/v10/chat"), "a prefix ends at a boundary");
         assert!(upstream.matches("HTTPS://LLM.EXAMPLE/v1/chat"), "case is no way around the count");
         assert!(!upstream.matches("https://llm.example.evil/v1"));
+        // Nor is any other way of writing the URL the hook sends the same.
+        for url in [
+            "https://llm.example:443/v1/chat",
+            "https://llm.example:0443/v1/chat",
+            "https://llm.example./v1/chat",
+            "https://llm.example/./v1/chat",
+            "https://llm.example/x/../v1/chat",
+            "https://llm.example/%76%31/chat",
+            "https://llm.example/v1/chat#frag",
+        ] {
+            assert!(upstream.matches(url), "{url}");
+        }
+        assert!(!upstream.matches("https://llm.example:8443/v1/chat"), "another port is another upstream");
+        assert!(!upstream.matches("http://llm.example/v1/chat"), "another scheme too");
+        assert_eq!(canonical_url("HTTP://[::1]:80/a/./b?q=1#f").as_deref(), Some("http://[::1]/a/b?q=1"));
+
+        // A stream of server-sent events: the largest running totals.
+        let openai_stream = b"data: {\"choices\":[]}\n\ndata: {\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":8}}\n\ndata: [DONE]\n";
+        assert_eq!(upstream.count(openai_stream), TokenCount { input: 5, output: 8 });
+        let anthropic_stream = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n";
+        assert_eq!(llm(UsageStyle::Anthropic, None).count(anthropic_stream), TokenCount { input: 25, output: 15 });
     }
 
     #[test]

@@ -292,7 +292,11 @@ fn a_token_budget_stops_the_third_llm_call_of_a_run_then_the_next_run() {
     // Each answer says 42 tokens: two calls use the 84 of the budget.
     let file = config_file(guild.home(), &llm_config(port, "token_budget = 84\nbudget_period_s = 3600"));
     let daemon = Daemon::start(&guild, &["--config", &file], &[]);
-    let run = daemon.run(ALICE, llm_calls(port, 3)).json();
+    // Written otherwise than the upstream reads it (the scheme's case, a dot segment): still the
+    // LLM's, still counted.
+    let mut calls = llm_calls(port, 3);
+    calls["input"]["url"] = json!(format!("HTTP://127.0.0.1:{port}/v1/./chat/completions"));
+    let run = daemon.run(ALICE, calls).json();
     assert_eq!(run["output"]["value"], 1, "the third call is refused: {run}");
     let tokens: Vec<&str> = run["cost"]["lines"]
         .as_array()
