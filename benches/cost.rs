@@ -2,7 +2,9 @@
 //! --bench cost`): the work the daemon adds to every recorded run when `[pricing]` is set —
 //! `PriceTable::price_with_tokens` over the run's quantities (six priced resources and one LLM
 //! upstream's tokens) and `Usage::add` into a ledger already holding a day of hours for 20
-//! tenants × 10 tools.
+//! tenants × 10 tools; then a run's budgets (tenant, tool and agent: reserve before, settle
+//! after) in process, and — with a `redis-server` of its own on a loopback port — the same
+//! budgets and the ledger entry as a fleet keeps them in Redis.
 
 use guild_replay::cost::{LlmPrice, Price, PriceTable, Quantities, TokenCount, UsageStyle};
 use guild_server::usage::{Filter, GroupBy, USAGE_HOURS_KEPT_DEFAULT, USAGE_ROWS_MAX_DEFAULT, Usage};
@@ -88,5 +90,85 @@ fn main() {
         "`GET /v1/usage?group_by=tenant,tool` over the ledger: {} rows in {:.2} ms.",
         rows.len(),
         queried.as_secs_f64() * 1e3
+    );
+    budgets(&cost);
+}
+
+/// A run's three budgets, reserved and settled: in process, then in Redis with its ledger entry.
+fn budgets(cost: &guild_replay::cost::Cost) {
+    use guild_queue::{BudgetLine, BudgetPlan, BudgetStore, LocalBudgets, RedisQueue, RedisSettings};
+    let line = |key: &str| BudgetLine {
+        key: key.into(),
+        money: Some(price("1000000")),
+        tokens: Some(u64::MAX / 2),
+        settings: (String::new(), String::new()),
+    };
+    let plan = BudgetPlan {
+        tenant: "tenant-7".into(),
+        period_s: 86_400,
+        period_start_unix_s: guild_queue::period_start(guild_queue::now_unix_s(), 86_400),
+        lines: vec![line("tenant"), line("tool:tool-3"), line("agent:planner")],
+        agent: Some("planner".into()),
+        agents_max: 100,
+        reserved: price("0.05"),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let local = LocalBudgets::new();
+    let started = Instant::now();
+    for _ in 0..RUNS {
+        runtime.block_on(async {
+            local.reserve(&plan).await.expect("store").expect("room");
+            local.settle(&plan, cost.total.0).await.expect("store");
+        });
+    }
+    let in_process = started.elapsed() / RUNS;
+    println!();
+    println!("| a run's budgets (tenant, tool, agent) | per run | runs timed |");
+    println!("|---|---|---|");
+    println!("| reserve and settle, in process | {:.2} µs | {RUNS} |", in_process.as_secs_f64() * 1e6);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a port").local_addr().expect("addr").port();
+    let Ok(mut server) = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+    else {
+        println!("(no redis-server: the fleet's figures are not measured)");
+        return;
+    };
+    const FLEET_RUNS: u32 = 5_000;
+    let by_resource: Vec<(String, rust_decimal::Decimal)> =
+        cost.lines.iter().map(|l| (l.resource.clone(), l.amount.0)).collect();
+    let timed = runtime.block_on(async {
+        let queue = RedisQueue::open(RedisSettings::new(format!("redis://127.0.0.1:{port}/"))).expect("settings");
+        while queue.ping().await.is_err() {
+            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        }
+        let started = Instant::now();
+        for _ in 0..FLEET_RUNS {
+            queue.reserve(&plan).await.expect("redis").expect("room");
+            queue.settle(&plan, cost.total.0).await.expect("redis");
+        }
+        let budgets = started.elapsed() / FLEET_RUNS;
+        let row = r#"["tenant-7",null,"planner","tool-3","USD"]"#;
+        let started = Instant::now();
+        for _ in 0..FLEET_RUNS {
+            queue
+                .usage_add(1_764_460_800, (row, row), (10_000, 3600), cost.total.0, &by_resource)
+                .await
+                .expect("redis");
+        }
+        (budgets, started.elapsed() / FLEET_RUNS)
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    println!(
+        "| reserve and settle, in Redis (two scripts, loopback) | {:.1} µs | {FLEET_RUNS} |",
+        timed.0.as_secs_f64() * 1e6
+    );
+    println!(
+        "| enter it in the fleet's ledger in Redis (one script, {} resources) | {:.1} µs | {FLEET_RUNS} |",
+        by_resource.len(),
+        timed.1.as_secs_f64() * 1e6
     );
 }

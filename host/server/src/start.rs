@@ -104,7 +104,7 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
     let usage = crate::usage::Usage::new(crate::usage::USAGE_HOURS_KEPT_DEFAULT, crate::usage::USAGE_ROWS_MAX_DEFAULT);
     // With Redis every node adds to and answers from the fleet's ledger.
     let usage = Arc::new(match &remote {
-        Some(remote) => usage.shared(remote.queue.clone()),
+        Some(remote) => usage.shared(remote.queue.clone(), crate::usage::USAGE_ROWS_PER_HOUR_MAX_DEFAULT),
         None => usage,
     });
     let audit = AuditLog::open(&state_dir.join("audit.log"), |record| {

@@ -17,6 +17,9 @@ pub const USAGE_HOURS_KEPT_DEFAULT: u64 = 90 * 24;
 /// row instead of one of their own (access tokens can name any number of subjects; tenants,
 /// tools and hours are bounded by the config and `USAGE_HOURS_KEPT_DEFAULT`).
 pub const USAGE_ROWS_MAX_DEFAULT: usize = 1_000_000;
+/// Default most rows one hour of the fleet's ledger in Redis holds before a new subject's or
+/// agent's runs count in its tenant's row: an hour is read whole to answer a question.
+pub const USAGE_ROWS_PER_HOUR_MAX_DEFAULT: usize = 10_000;
 
 /// One hour's sums of one tenant's runs of one tool, in one currency.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -56,6 +59,8 @@ pub struct Usage {
     rows_max: usize,
     /// With `--redis`: the ledger the fleet shares, added to and answered from instead.
     shared: Option<guild_queue::RedisQueue>,
+    /// Rows one hour of the fleet's ledger holds at most.
+    rows_per_hour_max: usize,
 }
 
 /// The rows, and the newest hour among them (older hours leave when a newer one starts).
@@ -148,13 +153,21 @@ impl Usage {
     /// An empty ledger keeping `hours_kept` hours and, past `rows_max` rows, counting a new
     /// subject's or agent's runs in its tenant's row.
     pub fn new(hours_kept: u64, rows_max: usize) -> Self {
-        Self { rows: Mutex::new(Ledger::default()), hours_kept: hours_kept.max(1), rows_max, shared: None }
+        Self {
+            rows: Mutex::new(Ledger::default()),
+            hours_kept: hours_kept.max(1),
+            rows_max,
+            shared: None,
+            rows_per_hour_max: USAGE_ROWS_PER_HOUR_MAX_DEFAULT,
+        }
     }
 
-    /// Add to and answer from the ledger `queue`'s Redis holds for the fleet; past `rows_max`
-    /// rows in one hour a new subject's or agent's runs count in its tenant's row there.
-    pub fn shared(mut self, queue: guild_queue::RedisQueue) -> Self {
+    /// Add to and answer from the ledger `queue`'s Redis holds for the fleet; past
+    /// `rows_per_hour_max` rows in one hour a new subject's or agent's runs count in its
+    /// tenant's row there.
+    pub fn shared(mut self, queue: guild_queue::RedisQueue, rows_per_hour_max: usize) -> Self {
         self.shared = Some(queue);
+        self.rows_per_hour_max = rows_per_hour_max.max(1);
         self
     }
 
@@ -173,7 +186,7 @@ impl Usage {
             .usage_add(
                 hour_unix_s,
                 (&row(subject, agent), &row(None, None)),
-                (self.rows_max as u64, self.hours_kept.saturating_mul(3600)),
+                (self.rows_per_hour_max as u64, self.hours_kept.saturating_mul(3600)),
                 cost.total.0,
                 &by_resource,
             )
@@ -185,6 +198,9 @@ impl Usage {
 
     /// Add a run of `tool` for `who` that finished at `time_unix_ms` and cost `cost`, here.
     pub fn add(&self, time_unix_ms: u64, (tenant, subject, agent): Who<'_>, tool: &str, cost: &Cost) {
+        // A record from a clock ahead of this one counts now: a future hour would push the
+        // hours kept forward and drop real ones.
+        let time_unix_ms = time_unix_ms.min(guild_queue::now_unix_ms());
         let hour_unix_s = time_unix_ms / 1000 / 3600 * 3600;
         let mut key = Key {
             hour_unix_s,
@@ -237,7 +253,10 @@ impl Usage {
         let mut grouped = BTreeMap::new();
         // One hour at a time: what is held is the answer's rows, not the ledger's.
         for hour_unix_s in (first..=last).step_by(3600) {
-            let rows = queue.usage_hour(hour_unix_s).await.map_err(|e| format!("the fleet's usage ledger: {e}"))?;
+            let rows = queue
+                .usage_hour(hour_unix_s, self.rows_per_hour_max)
+                .await
+                .map_err(|e| format!("the fleet's usage ledger: {e}"))?;
             for (row, sums) in rows {
                 let Ok((tenant, subject, agent, tool, currency)) =
                     serde_json::from_str::<(String, Option<String>, Option<String>, String, String)>(&row)

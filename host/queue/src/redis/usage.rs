@@ -31,6 +31,9 @@ return row
     ))
 });
 
+/// Most fields one row of an hour has: runs, total and one per priced resource.
+const USAGE_FIELDS_PER_ROW_MAX: u64 = 24;
+
 /// One row of an hour as Redis holds it: its runs, total and amounts by resource.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UsageSums {
@@ -81,20 +84,38 @@ impl RedisQueue {
         .await
     }
 
-    /// The rows of the hour starting at `hour_unix_s`, by row key.
+    /// The rows of the hour starting at `hour_unix_s`, by row key, when it holds at most
+    /// `rows_max` rows (plus its tenants' fallback rows).
     ///
     /// # Errors
-    /// As [`RedisQueue::usage_add`]; [`QueueError::Corrupt`] for a field that does not parse.
-    pub async fn usage_hour(&self, hour_unix_s: u64) -> Result<HashMap<String, UsageSums>, QueueError> {
-        let fields: HashMap<String, String> = self
+    /// As [`RedisQueue::usage_add`]; [`QueueError::Corrupt`] for a field that does not parse, or
+    /// an hour with more fields than `rows_max` rows can have (it is not read).
+    pub async fn usage_hour(
+        &self,
+        hour_unix_s: u64,
+        rows_max: usize,
+    ) -> Result<HashMap<String, UsageSums>, QueueError> {
+        let key = self.usage_key(hour_unix_s);
+        let fields_max = (rows_max as u64).saturating_mul(2).saturating_mul(USAGE_FIELDS_PER_ROW_MAX);
+        let fields: Option<HashMap<String, String>> = self
             .guarded(async {
-                redis::cmd("HGETALL")
-                    .arg(self.usage_key(hour_unix_s))
-                    .query_async(&mut self.conn())
-                    .await
-                    .map_err(from_redis)
+                let (count, fields): (u64, Option<HashMap<String, String>>) = redis::Script::new(
+                    "local n = redis.call('HLEN', KEYS[1]) if n > tonumber(ARGV[1]) then return {n, false} end \
+                     return {n, redis.call('HGETALL', KEYS[1])}",
+                )
+                .key(&key)
+                .arg(fields_max)
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(from_redis)?;
+                Ok(fields.or_else(|| (count == 0).then(HashMap::new)))
             })
             .await?;
+        let Some(fields) = fields else {
+            return Err(QueueError::Corrupt(format!(
+                "usage hour {hour_unix_s} holds more than {fields_max} fields: more than its rows can have; not read"
+            )));
+        };
         let corrupt = |field: &str| QueueError::Corrupt(format!("usage hour {hour_unix_s}: field {field:?}"));
         let mut rows: HashMap<String, UsageSums> = HashMap::new();
         for (field, value) in fields {
