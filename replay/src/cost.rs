@@ -547,6 +547,12 @@ impl PriceTable {
 }
 
 impl Cost {
+    /// What it cost besides its tokens: what is charged to budgets when the run ends (its
+    /// meter charged the tokens as their responses came in).
+    pub fn amount_besides_tokens(&self) -> Decimal {
+        self.total.0.saturating_sub(self.token_amount()).max(Decimal::ZERO)
+    }
+
     /// What its token lines come to: the part of the total a token meter charged as the run's
     /// LLM responses came in.
     pub fn token_amount(&self) -> Decimal {

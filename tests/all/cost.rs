@@ -361,6 +361,26 @@ fn agents_have_budgets_of_their_own_a_bounded_number_and_rows_in_the_ledger() {
         String::from_utf8_lossy(&csv.body)
             .starts_with("period,tenant,tool,agent,currency,runs,total\n,,,critic,USD,1,")
     );
+    // `guild usage` shows the agents apart, and filters by one.
+    let usage = |args: &[&str]| {
+        let out = guild
+            .command()
+            .arg("usage")
+            .args(args)
+            .env("GUILD_URL", format!("http://127.0.0.1:{}", daemon.port))
+            .env("GUILD_TOKEN", ALICE)
+            .output()
+            .expect("guild usage");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let csv = usage(&["--group-by", "agent", "--csv"]);
+    assert!(csv.starts_with("period,tenant,tool,agent,currency,runs,total\n,,,critic,USD,1,"), "{csv}");
+    let table = usage(&["--group-by", "tool,agent", "--agent", "planner"]);
+    assert!(table.contains("AGENT") && table.contains("planner") && !table.contains("critic"), "{table}");
+    // An agent named twice, differently, is refused rather than one of them picked.
+    let mut call = llm_calls(port, 1);
+    call["agent"] = json!("critic");
+    assert_eq!(as_agent("planner", call).status, 400);
 }
 
 #[test]

@@ -1195,4 +1195,68 @@ fn a_fleet_of_two_api_nodes_and_a_worker_shares_one_ledger_and_one_token_budget(
         assert_eq!(usage["rows"][0]["runs"], 2, "{usage}");
         assert_eq!(usage["rows"][0]["by_resource"]["output_tokens"], "0.00018", "{usage}");
     }
+    // The node that audited each job counted its tokens.
+    let tokens: u64 = [&a, &b]
+        .iter()
+        .flat_map(|node| {
+            let text = String::from_utf8_lossy(&node.call("GET", "/metrics", ALICE, "").body).to_string();
+            text.lines()
+                .filter(|l| l.starts_with("guild_tokens_total{") && l.contains(r#"kind="output""#))
+                .filter_map(|l| l.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()))
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    assert_eq!(tokens, 90, "3 calls × 30 output tokens, counted where audited");
+}
+
+#[test]
+fn every_attempt_of_a_retried_job_is_charged_to_the_ledger_and_the_budget() {
+    use crate::cost::ALICE;
+    let (port, served) = flaky_upstream(1);
+    let redis = RedisServer::start();
+    let api = Guild::new();
+    let text = format!(
+        "[[tools]]\npath = \"{}\"\nallow_hosts = [\"http://127.0.0.1:{port}\"]\n\n[pricing]\ncurrency = \"USD\"\negress_request = \"1\"\n\n[[tenants]]\nname = \"alice\"\ntoken_blake3 = \"{}\"\ntools = [\"*\"]\ncost_budget = \"100000\"\nbudget_period_s = 3600\n",
+        guild_test_artifacts::HTTP_GET,
+        crate::daemon::token_digest(ALICE),
+    );
+    let file = crate::daemon::config_file(api.home(), &text);
+    let daemon = Daemon::start(&api, &["--config", &file, "--redis", &redis.url()], QUEUE_ENV);
+    let cache = tempfile::tempdir().expect("cache");
+    let _worker = Worker::start(&redis.url(), cache.path(), "w", 1);
+    let input = json!({"url": format!("http://127.0.0.1:{port}/value"), "json_pointer": "/value"});
+    let body = daemon.run(ALICE, json!({"tool": "http-get", "input": input})).json();
+    assert_eq!(body["status"], "succeeded", "{body}");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 2, "one 503, then the retry's 200");
+    let id = body["id"].as_str().expect("id").to_string();
+    wait_audited(&api, std::slice::from_ref(&id), Duration::from_secs(10));
+    // Both attempts made a priced request: both records carry their cost.
+    let costs: Vec<serde_json::Value> =
+        audit_records(&api).iter().filter(|r| r["run"] == id.as_str()).map(|r| r["cost"]["total"].clone()).collect();
+    assert_eq!(costs, [json!("1"), json!("1")], "each attempt's cost in its record");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let usage = loop {
+        let usage = daemon.call("GET", "/v1/usage", ALICE, "").json();
+        if usage["rows"][0]["runs"] == 2 || Instant::now() > deadline {
+            break usage;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        (usage["rows"][0]["runs"].clone(), usage["rows"][0]["total"].clone()),
+        (json!(2), json!("2")),
+        "{usage}"
+    );
+    // And the budget kept both attempts once the reservation came back.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let key = format!("guild:{{default}}:budget:5:alice:{}", now / 3600 * 3600);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let spent = loop {
+        let spent = redis.cli(&["HGET", &key, "m:tenant"]);
+        if spent == "2" || Instant::now() > deadline {
+            break spent;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(spent, "2", "both attempts charged, the reservation given back");
 }

@@ -110,7 +110,7 @@ fn flag(a: &crate::args::FlagArgs, disabled: bool) -> Result<Exit, Failure> {
 /// `guild usage`: the daemon's usage rows as a table, CSV or its JSON.
 pub(crate) fn usage(a: crate::args::UsageArgs) -> Result<Exit, Failure> {
     let mut query = vec![format!("group_by={}", segment(&a.group_by))];
-    for (name, value) in [("tenant", a.tenant.as_deref()), ("tool", a.tool.as_deref())] {
+    for (name, value) in [("tenant", a.tenant.as_deref()), ("tool", a.tool.as_deref()), ("agent", a.agent.as_deref())] {
         if let Some(value) = value {
             query.push(format!("{name}={}", segment(value)));
         }
@@ -126,14 +126,15 @@ pub(crate) fn usage(a: crate::args::UsageArgs) -> Result<Exit, Failure> {
     }
     let rows = answer["rows"].as_array().cloned().unwrap_or_default();
     if a.csv {
-        out!("period,tenant,tool,currency,runs,total");
+        out!("period,tenant,tool,agent,currency,runs,total");
         for row in &rows {
             let cell = |v: &Value| guild_server::usage::csv_cell(v.as_str().unwrap_or(""));
             out!(
-                "{},{},{},{},{},{}",
+                "{},{},{},{},{},{},{}",
                 cell(&row["period"]),
                 cell(&row["tenant"]),
                 cell(&row["tool"]),
+                cell(&row["agent"]),
                 cell(&row["currency"]),
                 row["runs"],
                 cell(&row["total"])
@@ -141,15 +142,16 @@ pub(crate) fn usage(a: crate::args::UsageArgs) -> Result<Exit, Failure> {
         }
         return Ok(Exit::Success);
     }
-    out!("{:<22} {:<16} {:<24} {:>8} {:>20}", "PERIOD", "TENANT", "TOOL", "RUNS", "TOTAL");
+    out!("{:<22} {:<16} {:<24} {:<20} {:>8} {:>20}", "PERIOD", "TENANT", "TOOL", "AGENT", "RUNS", "TOTAL");
     for row in &rows {
         let cell = |v: &Value| v.as_str().unwrap_or("-").to_string();
         let total = format!("{} {}", cell(&row["total"]), cell(&row["currency"]));
         out!(
-            "{:<22} {:<16} {:<24} {:>8} {:>20}",
+            "{:<22} {:<16} {:<24} {:<20} {:>8} {:>20}",
             cell(&row["period"]),
             cell(&row["tenant"]),
             cell(&row["tool"]),
+            cell(&row["agent"]),
             row["runs"],
             total
         );

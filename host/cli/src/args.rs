@@ -494,16 +494,20 @@ pub(crate) struct UsageArgs {
     /// Only this tool's.
     #[arg(long)]
     pub(crate) tool: Option<String>,
-    /// From this time, seconds since the Unix epoch.
+    /// Only this agent label's runs.
+    #[arg(long)]
+    pub(crate) agent: Option<String>,
+    /// From this time, seconds since the Unix epoch (whole hours: the hour it falls in counts).
     #[arg(long, value_name = "UNIX_S")]
     pub(crate) from: Option<u64>,
-    /// Before this time, seconds since the Unix epoch.
+    /// Before this time, seconds since the Unix epoch (whole hours: an hour starting before it
+    /// counts).
     #[arg(long, value_name = "UNIX_S")]
     pub(crate) to: Option<u64>,
-    /// Any of hour, day, tenant, tool, comma-separated.
+    /// Any of hour, day, tenant, tool, agent, comma-separated.
     #[arg(long, value_name = "KEYS", default_value = "tenant,tool")]
     pub(crate) group_by: String,
-    /// Print CSV: period,tenant,tool,currency,runs,total.
+    /// Print CSV: period,tenant,tool,agent,currency,runs,total.
     #[arg(long)]
     pub(crate) csv: bool,
 }

@@ -97,6 +97,18 @@ pub enum Spent {
         /// The setting that raises it.
         setting: String,
     },
+    /// Money: what one run could cost at most is more than the whole budget (waiting for the
+    /// next period cannot help).
+    TooSmall {
+        /// The budget's key.
+        key: String,
+        /// The budget, a decimal string.
+        budget: String,
+        /// What the run reserves: its limits priced.
+        worst_case: String,
+        /// The setting that raises it.
+        setting: String,
+    },
     /// Tokens: `budget` are used.
     Tokens {
         /// The budget's key.
@@ -126,6 +138,12 @@ impl Exhausted {
             Spent::Money { key, budget, setting } => format!(
                 "tenant {tenant}: {} budget of {budget} for this period is spent (or reserved by runs in flight); \
                  the next period starts in {wait} s, or raise {setting}",
+                whose(key)
+            ),
+            Spent::TooSmall { key, budget, worst_case, setting } => format!(
+                "tenant {tenant}: a run of this tool could cost up to {worst_case} (its limits priced), more than \
+                 {} whole budget of {budget} for a period; lower the tool's limits (fuel, timeout, memory, HTTP \
+                 requests and bodies, recording bytes) or raise {setting}",
                 whose(key)
             ),
             Spent::Tokens { key, budget, setting } => format!(
@@ -163,6 +181,14 @@ impl BudgetPlan {
     }
 
     fn money_spent(&self, line: &BudgetLine) -> Spent {
+        if line.money.is_some_and(|limit| self.reserved.0 > limit.0) {
+            return Spent::TooSmall {
+                key: line.key.clone(),
+                budget: line.money.map(|m| m.0.normalize().to_string()).unwrap_or_default(),
+                worst_case: self.reserved.0.normalize().to_string(),
+                setting: line.settings.0.clone(),
+            };
+        }
         Spent::Money {
             key: line.key.clone(),
             budget: line.money.map(|m| m.0.normalize().to_string()).unwrap_or_default(),
@@ -493,6 +519,13 @@ pub(crate) mod tests {
         agents.agent = Some("c".into());
         let refused = reserve(agents.clone()).await.expect_err("a third label");
         assert_eq!(refused.spent, Spent::Agents { agents_max: 2 });
+
+        // A run that could cost more than the whole budget is told so: waiting cannot help.
+        let huge =
+            BudgetPlan { tenant: format!("{tenant}-small"), ..plan(vec![line("tenant", Some("0.01"), None)], "0.05") };
+        let refused = reserve(huge).await.expect_err("0.05 > 0.01");
+        assert!(matches!(refused.spent, Spent::TooSmall { .. }), "{refused:?}");
+        assert!(refused.message(tenant).contains("lower the tool's limits"), "{}", refused.message(tenant));
     }
 
     #[tokio::test]

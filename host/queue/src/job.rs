@@ -107,6 +107,9 @@ pub struct JobResult {
     /// What the attempt cost under the job's `pricing`, from what its bundle records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<guild_replay::cost::Cost>,
+    /// The tokens each LLM upstream of the job's price table (by URL prefix) was used for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<(String, guild_replay::cost::TokenCount)>,
 }
 
 /// A job a worker holds: it runs it, renews the lease while it does, then completes or fails it.

@@ -248,6 +248,15 @@ pub(crate) fn parse_run_request(
             format!("an idempotency key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes"),
         ));
     }
+    if let (Some(body), Some(header)) = (&body.agent, header_agent)
+        && body != header
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("the body names agent {body:?} and the Guild-Agent header {header:?}; give one"),
+        ));
+    }
     let agent = body.agent.or(header_agent.map(str::to_string));
     if let Some(agent) = &agent {
         guild_queue::check_agent_label(agent).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e))?;

@@ -391,6 +391,7 @@ impl Remote {
                 let who = (r.tenant.as_str(), r.subject.as_deref(), r.agent.as_deref());
                 usage.record(guild_queue::now_unix_ms(), who, &r.tool, cost).await;
                 metrics.count_cost(&r.tenant, &r.tool, cost);
+                metrics.count_tokens(&r.tenant, &r.tool, &r.tokens);
             }
         }
         Ok(())

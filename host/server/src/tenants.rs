@@ -228,7 +228,7 @@ impl Admission {
     /// rest of the reservations. Its tokens' money was charged as their responses came in.
     pub fn settle(mut self, used: u64, cost: Option<&guild_replay::cost::Cost>) {
         self.tenant.refund((self.fuel_units, self.fuel_period), used);
-        let spent = cost.map_or(Decimal::ZERO, |c| c.total.0.saturating_sub(c.token_amount()).max(Decimal::ZERO));
+        let spent = cost.map_or(Decimal::ZERO, guild_replay::cost::Cost::amount_besides_tokens);
         settle_budget(self.budget.take(), spent);
         self.settled = true;
     }
@@ -239,18 +239,22 @@ impl Admission {
     }
 }
 
-/// Give back a budget reservation, keeping `spent`: at once in process, on a task of its own
-/// when the store is remote (a drop cannot wait).
+/// Give back a budget reservation, keeping `spent`: at once in process (before the run's
+/// answer, so the caller's next run sees it), on a task of its own when the store is remote (a
+/// drop cannot wait).
 fn settle_budget(budget: Option<(Arc<dyn BudgetStore>, BudgetPlan)>, spent: Decimal) {
     let Some((store, plan)) = budget else { return };
-    let settle = async move {
+    let mut settle = Box::pin(async move {
         if let Err(e) = store.settle(&plan, spent).await {
             tracing::warn!(tenant = %plan.tenant, error = %e, "a run's budget reservation could not be settled");
         }
-    };
+    });
+    if futures_util::FutureExt::now_or_never(settle.as_mut()).is_some() {
+        return;
+    }
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => drop(handle.spawn(settle)),
-        Err(_) => futures_util::FutureExt::now_or_never(settle).unwrap_or_default(),
+        Err(_) => tracing::warn!("a run's budget reservation could not be settled: no runtime to wait on its store"),
     }
 }
 

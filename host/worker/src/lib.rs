@@ -354,7 +354,12 @@ impl Worker {
         let report = match report {
             Ok(report) => report,
             Err(error) => {
-                let failure = FailureInfo { code: error.code(), message: error.to_string(), bundle: None };
+                let failure = FailureInfo {
+                    code: error.code(),
+                    message: error.to_string(),
+                    bundle: None,
+                    priced: (None, Vec::new()),
+                };
                 // Denials and bad limits come out the same on every machine; the rest may not.
                 return Err(if matches!(error, RunError::Denied(_) | RunError::Limits(_)) {
                     AttemptFailure::Deterministic(failure)
@@ -364,6 +369,7 @@ impl Worker {
             }
         };
         report.log_egress_refusals();
+        self.charge_attempt(job, &report).await;
         if let (Some(bundle), None) = (report.bundle, &cache) {
             self.share_bundle(&bundle).await;
         }
@@ -378,7 +384,14 @@ impl Worker {
                 "{} (after {upstream} upstream request(s) failed: 5xx, timeout or unreachable)",
                 report.outcome.message()
             );
-            return Err(AttemptFailure::Retryable(FailureInfo { code: FailureCode::UpstreamFailure, message, bundle }));
+            // The attempt ran and cost what it cost: its record and the ledger keep that.
+            let priced = (report.cost.clone(), report.tokens.clone());
+            return Err(AttemptFailure::Retryable(FailureInfo {
+                code: FailureCode::UpstreamFailure,
+                message,
+                bundle,
+                priced,
+            }));
         }
         Ok(JobResult { cache, ..self.result(lease, report) })
     }
@@ -410,6 +423,7 @@ impl Worker {
         // Priced as it was sealed, at the job's table (the API node's `[pricing]`): the cost its
         // bundle's exec record holds.
         let cost = report.cost.clone();
+        let tokens = report.tokens.clone();
         let policy = Some(PolicyRecord::resolved(report.policy, report.limits));
         // The same status, error and output the daemon gives a run it executes itself: both
         // read them from the outcome.
@@ -422,7 +436,22 @@ impl Worker {
             output: report.outcome.into_output(),
             policy,
             cost,
+            tokens,
             ..self.empty_result(lease)
+        }
+    }
+
+    /// Charge what an attempt cost (besides its tokens, which its meter charged as they came)
+    /// to the budgets the job counts against: every attempt that ran, retried, duplicate or
+    /// last, is paid for where it ran. The API node only gives the reservation back.
+    async fn charge_attempt(&self, job: &guild_queue::Job, report: &RunReport) {
+        let (Some(plan), Some(cost)) = (&job.budget, &report.cost) else { return };
+        let money = cost.amount_besides_tokens();
+        if money.is_zero() {
+            return;
+        }
+        if let Err(e) = guild_queue::BudgetStore::spend(&self.queue, plan, 0, money).await {
+            tracing::error!(error = %e, "the attempt's cost could not be charged to its budgets");
         }
     }
 
@@ -449,6 +478,7 @@ impl Worker {
             worker: self.name.clone(),
             cache: None,
             cost: None,
+            tokens: Vec::new(),
         }
     }
 
@@ -536,20 +566,28 @@ struct FailureInfo {
     code: FailureCode,
     message: String,
     bundle: Option<Digest>,
+    /// What the attempt cost, and its tokens, when it ran.
+    priced: (Option<guild_replay::cost::Cost>, Vec<(String, guild_replay::cost::TokenCount)>),
 }
 
 impl AttemptFailure {
     fn retryable(code: FailureCode, message: String) -> Self {
-        Self::Retryable(FailureInfo { code, message, bundle: None })
+        Self::Retryable(FailureInfo { code, message, bundle: None, priced: (None, Vec::new()) })
     }
     fn deterministic(code: FailureCode, message: String) -> Self {
-        Self::Deterministic(FailureInfo { code, message, bundle: None })
+        Self::Deterministic(FailureInfo { code, message, bundle: None, priced: (None, Vec::new()) })
     }
 }
 
 impl FailureInfo {
     fn result(&self, base: JobResult) -> JobResult {
-        JobResult { error: Some(Failure::host(self.code, self.message.clone())), bundle: self.bundle, ..base }
+        JobResult {
+            error: Some(Failure::host(self.code, self.message.clone())),
+            bundle: self.bundle,
+            cost: self.priced.0.clone(),
+            tokens: self.priced.1.clone(),
+            ..base
+        }
     }
 }
 

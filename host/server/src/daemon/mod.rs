@@ -727,7 +727,9 @@ impl Daemon {
                 if let (Some(candidate), Some(bundle), false) = (shadow, finished.bundle, reused) {
                     guarded.shadow(bundle, candidate);
                 }
-                return admission.settle(finished.fuel_used_units, finished.cost.as_deref());
+                // Each attempt's cost was charged to the budgets by the worker that ran it: only
+                // the reservation comes back here.
+                return admission.settle(finished.fuel_used_units, None);
             }
             drop(admission);
         });
