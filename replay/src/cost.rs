@@ -222,6 +222,13 @@ pub fn canonical_url(url: &str) -> Option<String> {
     if host.is_empty() {
         return None;
     }
+    // An address is written one way: the hook reaches `[::ffff:127.0.0.1]` as `127.0.0.1`, and
+    // `[0::1]` as `[::1]`.
+    let host = match guild_vocab::egress::rules::parse_ip_literal(host).map(guild_vocab::egress::rules::canonical_ip) {
+        Some(std::net::IpAddr::V4(v4)) => v4.to_string(),
+        Some(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+        None => host.to_string(),
+    };
     let (path, query) = match path_and_query.split_once('?') {
         Some((path, query)) => (path, Some(query)),
         None => (path_and_query, None),
@@ -257,6 +264,11 @@ pub struct LlmPrice {
     /// Per output (completion) token.
     #[serde(default)]
     pub output_token: Price,
+    /// Refuse the guest a successful (2xx) answer that says no token usage — a stream asked
+    /// for without `stream_options.include_usage`, say — so none goes uncounted. Name the
+    /// endpoints that always report usage in `url` (`…/v1/chat/completions`) when you set it.
+    #[serde(default)]
+    pub usage_required: bool,
 }
 
 /// How an LLM upstream reports token usage in its response body.
@@ -305,25 +317,48 @@ impl LlmPrice {
             })
     }
 
-    fn count_value(&self, value: &serde_json::Value) -> TokenCount {
-        let (input, output) = match self.style {
-            UsageStyle::Openai => ("/usage/prompt_tokens", "/usage/completion_tokens"),
-            UsageStyle::Anthropic => ("/usage/input_tokens", "/usage/output_tokens"),
-        };
-        let read = |pointer: &str| value.pointer(pointer).and_then(serde_json::Value::as_u64);
-        // Anthropic's stream says its input tokens in `message_start`'s message.
-        let nested = |pointer: &str| match self.style {
-            UsageStyle::Anthropic => read(&format!("/message{pointer}")),
-            UsageStyle::Openai => None,
-        };
-        let field = |configured: Option<&str>, default: &str| match configured {
-            Some(pointer) => read(pointer).unwrap_or(0),
-            None => read(default).or_else(|| nested(default)).unwrap_or(0),
-        };
-        TokenCount {
-            input: field(self.input_pointer.as_deref(), input),
-            output: field(self.output_pointer.as_deref(), output),
+    /// Whether `body` says its usage at all (one of the fields [`LlmPrice::count`] reads).
+    pub fn reports_usage(&self, body: &[u8]) -> bool {
+        let says = |value: &serde_json::Value| self.read_usage(value).is_some();
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
+            return says(&value);
         }
+        let Ok(text) = std::str::from_utf8(body) else { return false };
+        text.lines()
+            .filter_map(|line| line.strip_prefix("data:"))
+            .filter_map(|data| serde_json::from_str::<serde_json::Value>(data.trim()).ok())
+            .any(|event| says(&event))
+    }
+
+    fn count_value(&self, value: &serde_json::Value) -> TokenCount {
+        self.read_usage(value).unwrap_or_default()
+    }
+
+    /// The usage `value` says: at the configured pointers, or where the style's endpoints put
+    /// it — `usage.prompt_tokens`/`completion_tokens` (chat completions) or
+    /// `usage.input_tokens`/`output_tokens` (OpenAI's responses, Anthropic's messages), at the
+    /// top or in a stream event's `message` or `response`. `None` when it says none.
+    fn read_usage(&self, value: &serde_json::Value) -> Option<TokenCount> {
+        let read = |pointer: &str| value.pointer(pointer).and_then(serde_json::Value::as_u64);
+        if self.input_pointer.is_some() || self.output_pointer.is_some() {
+            let input = self.input_pointer.as_deref().and_then(read);
+            let output = self.output_pointer.as_deref().and_then(read);
+            return (input.is_some() || output.is_some())
+                .then(|| TokenCount { input: input.unwrap_or(0), output: output.unwrap_or(0) });
+        }
+        let pairs = match self.style {
+            UsageStyle::Openai => [("prompt_tokens", "completion_tokens"), ("input_tokens", "output_tokens")],
+            UsageStyle::Anthropic => [("input_tokens", "output_tokens"), ("prompt_tokens", "completion_tokens")],
+        };
+        for base in ["/usage", "/message/usage", "/response/usage"] {
+            for (input, output) in pairs {
+                let (i, o) = (read(&format!("{base}/{input}")), read(&format!("{base}/{output}")));
+                if i.is_some() || o.is_some() {
+                    return Some(TokenCount { input: i.unwrap_or(0), output: o.unwrap_or(0) });
+                }
+            }
+        }
+        None
     }
 }
 
@@ -570,16 +605,22 @@ pub type MeterFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output =
 /// admitted the run (in process, or in Redis for a fleet). The egress hook asks before each
 /// request and reports each response; a replay asks nothing (its refusals are on the tape).
 pub trait TokenMeter: Send + Sync {
-    /// Before a request to `url`.
+    /// Before a request to `url`: whether it goes to a metered LLM upstream (its answer must
+    /// then come uncompressed, so its usage can be read).
     ///
     /// # Errors
     /// The reason, naming the spent budget and the setting that raises it, when `url` goes to an
     /// LLM upstream and one of the run's budgets is spent.
-    fn admit<'a>(&'a self, url: &'a str) -> MeterFuture<'a, Result<(), String>>;
+    fn admit<'a>(&'a self, url: &'a str) -> MeterFuture<'a, Result<bool, String>>;
 
-    /// After the response to a request to `url` came in with `body`: charge the tokens it says
-    /// were used (nothing when `url` is no LLM upstream's).
-    fn spent<'a>(&'a self, url: &'a str, body: &'a [u8]) -> MeterFuture<'a, ()>;
+    /// After the answer to a request to `url` came in with `status` and `body`: charge the
+    /// tokens it says were used (nothing when `url` is no LLM upstream's).
+    ///
+    /// # Errors
+    /// The reason, when the upstream requires its answers to say their usage
+    /// ([`LlmPrice::usage_required`]) and this successful one does not: the guest is then
+    /// refused the answer.
+    fn spent<'a>(&'a self, url: &'a str, status: u16, body: &'a [u8]) -> MeterFuture<'a, Result<(), String>>;
 }
 
 impl FromStr for Price {
@@ -638,10 +679,17 @@ mod tests {
             output_pointer: pointers.map(|p| p.1.to_string()),
             input_token: Price::default(),
             output_token: Price::default(),
+            usage_required: false,
         };
         let anthropic = br#"{"usage": {"input_tokens": 7, "output_tokens": 9}}"#;
         assert_eq!(llm(UsageStyle::Anthropic, None).count(anthropic), TokenCount { input: 7, output: 9 });
-        assert_eq!(llm(UsageStyle::Openai, None).count(anthropic), TokenCount::default(), "another style's fields");
+        // OpenAI's responses API names its fields as Anthropic does: both styles read both.
+        assert_eq!(llm(UsageStyle::Openai, None).count(anthropic), TokenCount { input: 7, output: 9 });
+        let responses_stream =
+            br#"data: {"type":"response.completed","response":{"usage":{"input_tokens":4,"output_tokens":6}}}"#;
+        assert_eq!(llm(UsageStyle::Openai, None).count(responses_stream), TokenCount { input: 4, output: 6 });
+        assert!(!llm(UsageStyle::Openai, None).reports_usage(br#"{"choices":[]}"#));
+        assert!(!llm(UsageStyle::Openai, None).reports_usage(b"data: {\"choices\":[]}\n\ndata: [DONE]\n"));
         let custom = br#"{"meta": {"tokens": {"in": 3, "out": 4}}}"#;
         let pointed = llm(UsageStyle::Openai, Some(("/meta/tokens/in", "/meta/tokens/out")));
         assert_eq!(pointed.count(custom), TokenCount { input: 3, output: 4 });
@@ -666,6 +714,13 @@ mod tests {
         assert!(!upstream.matches("https://llm.example:8443/v1/chat"), "another port is another upstream");
         assert!(!upstream.matches("http://llm.example/v1/chat"), "another scheme too");
         assert_eq!(canonical_url("HTTP://[::1]:80/a/./b?q=1#f").as_deref(), Some("http://[::1]/a/b?q=1"));
+        // An address however it is written.
+        let local = LlmPrice { url: "http://127.0.0.1:8080/v1/".into(), ..upstream.clone() };
+        for url in ["http://[::ffff:127.0.0.1]:8080/v1/chat", "http://[::FFFF:7f00:1]:8080/v1/chat"] {
+            assert!(local.matches(url), "{url}");
+        }
+        let v6 = LlmPrice { url: "http://[::1]/v1/".into(), ..upstream.clone() };
+        assert!(v6.matches("http://[0:0:0:0:0:0:0:1]/v1/chat"));
 
         // A stream of server-sent events: the largest running totals.
         let openai_stream = b"data: {\"choices\":[]}\n\ndata: {\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":8}}\n\ndata: [DONE]\n";

@@ -447,3 +447,52 @@ fn gpu_time_is_priced_by_where_it_ran_and_the_bundle_agrees() {
         assert_eq!(derived["matches_recorded"], true);
     }
 }
+
+/// An LLM upstream on loopback that answers `/v1/nousage` with no usage and `/v1/gzip` with a
+/// compressed body.
+fn sly_upstream() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 8192];
+            let n = stream.read(&mut request).unwrap_or(0);
+            let text = String::from_utf8_lossy(&request[..n]).to_string();
+            let (extra, body): (&str, &[u8]) = if text.contains("/v1/gzip") {
+                ("content-encoding: gzip\r\n", b"\x1f\x8b\x08\x00\x00\x00\x00\x00")
+            } else {
+                ("", br#"{"choices":[{"message":{"content":"free"}}]}"#)
+            };
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(body);
+        }
+    });
+    port
+}
+
+#[test]
+fn an_llm_answer_whose_usage_cannot_be_read_is_refused_to_the_guest_and_replays() {
+    let guild = Guild::new();
+    let port = sly_upstream();
+    // No budget: the answers are still held to what the price table needs to read.
+    let text = llm_config(port, "")
+        .replace("output_token = \"0.000002\"", "output_token = \"0.000002\"\nusage_required = true");
+    let file = config_file(guild.home(), &text);
+    let daemon = Daemon::start(&guild, &["--config", &file], &[]);
+    for (path, says) in [("nousage", "says no token usage"), ("gzip", "must come uncompressed")] {
+        let url = format!("http://127.0.0.1:{port}/v1/{path}");
+        let run = daemon.run(ALICE, json!({ "tool": "http-get", "input": { "url": url } })).json();
+        assert_eq!(run["status"], "failed", "{path}: the guest does not get the answer: {run}");
+        let bundle = run["bundle"].as_str().expect("bundle");
+        let inspect = guild.run(&["bundle", "inspect", bundle]);
+        assert!(inspect.stdout.contains(says), "{path}: {}", inspect.stdout);
+        // The refusal came after the request was sent: the replay compares its body and agrees.
+        assert_eq!(guild.run(&["replay", bundle]).code, 0, "{path}");
+    }
+}

@@ -398,51 +398,63 @@ impl BudgetStore for LocalBudgets {
     }
 }
 
-/// One live run's token meter: before each request to one of `pricing`'s LLM upstreams it asks
-/// the store whether the run's budgets have room; after each response it charges the tokens the
-/// body says, and their price, to every one of them.
+/// One live run's token meter: it marks each request to one of `pricing`'s LLM upstreams (whose
+/// answer must then come uncompressed, and say its usage where the table requires it); with a
+/// plan, it asks the store before each whether the run's budgets have room, and charges the
+/// tokens each answer says, and their price, to every one of them.
 pub struct RunMeter {
     store: Arc<dyn BudgetStore>,
-    plan: BudgetPlan,
+    plan: Option<BudgetPlan>,
     pricing: Arc<PriceTable>,
 }
 
 impl RunMeter {
-    /// A meter for the run `plan` is for, pricing tokens with `pricing`.
-    pub fn new(store: Arc<dyn BudgetStore>, plan: BudgetPlan, pricing: Arc<PriceTable>) -> Self {
+    /// A meter for the run `plan` is for (none: a run counting against no budget), pricing
+    /// tokens with `pricing`.
+    pub fn new(store: Arc<dyn BudgetStore>, plan: Option<BudgetPlan>, pricing: Arc<PriceTable>) -> Self {
         Self { store, plan, pricing }
     }
 }
 
 impl TokenMeter for RunMeter {
-    fn admit<'a>(&'a self, url: &'a str) -> MeterFuture<'a, Result<(), String>> {
+    fn admit<'a>(&'a self, url: &'a str) -> MeterFuture<'a, Result<bool, String>> {
         Box::pin(async move {
             if !self.pricing.llm.iter().any(|llm| llm.matches(url)) {
-                return Ok(());
+                return Ok(false);
             }
-            match self.store.check(&self.plan).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(exhausted)) => Err(exhausted.message(&self.plan.tenant)),
+            let Some(plan) = &self.plan else { return Ok(true) };
+            match self.store.check(plan).await {
+                Ok(Ok(())) => Ok(true),
+                Ok(Err(exhausted)) => Err(exhausted.message(&plan.tenant)),
                 // Fails closed: a budget that cannot be read is not known to have room.
-                Err(e) => Err(format!("the budgets of tenant {} cannot be checked: {e}", self.plan.tenant)),
+                Err(e) => Err(format!("the budgets of tenant {} cannot be checked: {e}", plan.tenant)),
             }
         })
     }
 
-    fn spent<'a>(&'a self, url: &'a str, body: &'a [u8]) -> MeterFuture<'a, ()> {
+    fn spent<'a>(&'a self, url: &'a str, status: u16, body: &'a [u8]) -> MeterFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let Some(llm) = self.pricing.llm.iter().find(|llm| llm.matches(url)) else { return };
+            let Some(llm) = self.pricing.llm.iter().find(|llm| llm.matches(url)) else { return Ok(()) };
+            if llm.usage_required && (200..300).contains(&status) && !llm.reports_usage(body) {
+                return Err(format!(
+                    "the answer of LLM upstream {} says no token usage, which its price table requires \
+                     (usage_required); ask for it (a stream: stream_options.include_usage)",
+                    llm.url
+                ));
+            }
+            let Some(plan) = &self.plan else { return Ok(()) };
             let used = llm.count(body);
             let tokens = used.input.saturating_add(used.output);
             let money = Decimal::from(used.input)
                 .saturating_mul(llm.input_token.0)
                 .saturating_add(Decimal::from(used.output).saturating_mul(llm.output_token.0));
             if tokens == 0 && money.is_zero() {
-                return;
+                return Ok(());
             }
-            if let Err(e) = self.store.spend(&self.plan, tokens, money).await {
-                tracing::warn!(tenant = %self.plan.tenant, error = %e, tokens, "an LLM response's tokens could not be charged to the budgets");
+            if let Err(e) = self.store.spend(plan, tokens, money).await {
+                tracing::warn!(tenant = %plan.tenant, error = %e, tokens, "an LLM response's tokens could not be charged to the budgets");
             }
+            Ok(())
         })
     }
 }

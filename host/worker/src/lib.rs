@@ -314,10 +314,10 @@ impl Worker {
         let principal = guild_runtime::Principal::of(&job.tenant, job.subject.as_deref());
         // The job's LLM requests are held to the budgets its API node reserved against, which
         // the fleet shares in Redis.
-        let meter = match (&job.budget, &job.pricing) {
-            (Some(plan), Some(pricing)) if !pricing.llm.is_empty() => {
+        let meter = match &job.pricing {
+            Some(pricing) if !pricing.llm.is_empty() => {
                 let store: Arc<dyn guild_queue::BudgetStore> = Arc::new(self.queue.clone());
-                let meter = guild_queue::RunMeter::new(store, plan.clone(), Arc::new(pricing.clone()));
+                let meter = guild_queue::RunMeter::new(store, job.budget.clone(), Arc::new(pricing.clone()));
                 Some(Arc::new(meter) as Arc<dyn guild_replay::cost::TokenMeter>)
             }
             _ => None,

@@ -193,10 +193,17 @@ impl EgressRun {
             Some(bodies) => self.answer_from_tape(&mut record, body, bodies).await,
             None => self.live(parts, body, &mut record).await,
         };
-        if let (Some(meter), Ok(answer), None) = (&self.meter, &result, &self.replay_bodies) {
+        let result = match (&self.meter, result, &self.replay_bodies) {
             // Charged from the body the tape keeps, as the run's cost will count it.
-            meter.spent(&record.url, &answer.body).await;
-        }
+            (Some(meter), Ok(answer), None) => match meter.spent(&record.url, answer.status, &answer.body).await {
+                Ok(()) => Ok(answer),
+                // Not `denied`: the request was sent, and a replay compares its body.
+                Err(reason) => {
+                    Err(Refusal { error: Error::ConfigurationError, reason: format!("egress refused: {reason}") })
+                }
+            },
+            (_, result, _) => result,
+        };
         let (response, error) = match &result {
             Ok(answer) => (Some(self.response_record(answer)), None),
             Err(refusal) => {
@@ -369,9 +376,16 @@ impl EgressRun {
                 list(&self.tool_rules)
             )));
         }
-        if let Some(meter) = &self.meter {
+        let metered = match &self.meter {
             // Asked of the URL as the guest wrote it: what the cost's token count reads.
-            meter.admit(&record.url).await.map_err(|reason| Refusal::denied(format!("egress denied: {reason}")))?;
+            Some(meter) => {
+                meter.admit(&record.url).await.map_err(|reason| Refusal::denied(format!("egress denied: {reason}")))?
+            }
+            None => false,
+        };
+        if metered {
+            // An LLM's answer must come as its usage can be read from it.
+            parts.headers.insert(http::header::ACCEPT_ENCODING, http::HeaderValue::from_static("identity"));
         }
         self.fill_secrets(&mut parts.headers, &dest, &format!("{} {shown}{}", dest.method, dest.path))?;
         if !self.secrets.is_empty() {
@@ -438,6 +452,14 @@ impl EgressRun {
                 let reason = format!("{shown}: {}", describe_error(&error));
                 Err(Refusal { error, reason })
             }
+            Ok(Ok(answer)) if metered && encoded(&answer).is_some() => Err(Refusal {
+                error: Error::HttpResponseContentCoding(encoded(&answer)),
+                reason: format!(
+                    "egress refused: LLM upstream {shown} answered with content-encoding {}; a metered answer \
+                     must come uncompressed so its token usage can be read",
+                    encoded(&answer).unwrap_or_default()
+                ),
+            }),
             Ok(Ok(answer)) => self.checked_answer(answer, &shown),
         }
     }
@@ -605,6 +627,7 @@ fn error_kind(error: &Error) -> &'static str {
         Error::DestinationUnavailable => "unavailable",
         Error::InternalError(_) => "host-busy",
         Error::HttpResponseContentCoding(_) => "content-coding",
+        Error::ConfigurationError => "usage-missing",
         _ => "connection-failed",
     }
 }
@@ -625,6 +648,7 @@ fn error_from_kind(kind: &str) -> Error {
         "unavailable" => Error::DestinationUnavailable,
         "host-busy" => Error::InternalError(None),
         "content-coding" => Error::HttpResponseContentCoding(None),
+        "usage-missing" => Error::ConfigurationError,
         _ => Error::ConnectionTerminated,
     }
 }
@@ -658,4 +682,15 @@ impl WasiHttpHooks for EgressHooks {
             Ok((response, Box::new(async { Ok(()) }) as DriverFuture))
         })
     }
+}
+
+/// The content coding an answer came in, other than `identity`.
+fn encoded(answer: &Answer) -> Option<String> {
+    answer
+        .headers
+        .iter()
+        .find(|(name, value)| {
+            name.eq_ignore_ascii_case("content-encoding") && !value.trim().eq_ignore_ascii_case("identity")
+        })
+        .map(|(_, value)| value.clone())
 }

@@ -595,12 +595,13 @@ impl Daemon {
         }
     }
 
-    /// A meter holding a run's LLM requests to the budgets `admission` reserved against, when
-    /// it has any and `[pricing]` names LLM upstreams.
+    /// A meter for a run's LLM requests when `[pricing]` names LLM upstreams: holding them to
+    /// the budgets `admission` reserved against, if any, and their answers to what the table
+    /// needs to read their usage.
     pub(crate) fn meter_for(&self, admission: &Admission) -> Option<Arc<dyn guild_replay::cost::TokenMeter>> {
-        let (store, plan) = admission.budget()?;
         let pricing = self.pricing().filter(|p| !p.llm.is_empty())?;
-        Some(Arc::new(guild_queue::RunMeter::new(store.clone(), plan.clone(), pricing)))
+        let plan = admission.budget().map(|(_, plan)| plan.clone());
+        Some(Arc::new(guild_queue::RunMeter::new(self.budgets.clone(), plan, pricing)))
     }
 
     /// With `--redis`: enqueue the run as a job for the workers, then wait for its result
