@@ -36,6 +36,7 @@ fn main() {
             output_pointer: None,
             input_token: price("0.0000025"),
             output_token: price("0.00001"),
+            usage_required: false,
         }],
     };
     let quantities = Quantities {
