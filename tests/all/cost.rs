@@ -322,6 +322,12 @@ fn a_token_budget_stops_the_third_llm_call_of_a_run_then_the_next_run() {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
     let next_hour = now / 3600 * 3600 + 3600;
     assert!(retry.abs_diff(next_hour - now) <= 2, "Retry-After {retry} is the next period's start");
+
+    // A restart does not give the period's budget back: it is read back from the audit log.
+    drop(daemon);
+    let daemon = Daemon::start(&guild, &["--config", &file], &[]);
+    let refused = daemon.run(ALICE, llm_calls(port, 1));
+    assert_eq!((refused.status, refused.code().as_str()), (429, "budget_exhausted"), "{refused:?}");
 }
 
 #[test]

@@ -285,6 +285,25 @@ impl LocalBudgets {
         f(&mut periods)
     }
 
+    /// Count a run that finished in the period now running — read back from the audit log at
+    /// start — as spent: `tokens` and `money` against each of `plan`'s budgets, and its agent.
+    pub fn restore(&self, plan: &BudgetPlan, tokens: u64, money: Decimal) {
+        self.with(|periods| {
+            let period = periods.entry((plan.tenant.clone(), plan.period_start_unix_s)).or_default();
+            for line in &plan.lines {
+                let used = period.tokens.entry(line.key.clone()).or_default();
+                *used = used.saturating_add(tokens);
+                let spent = period.money.entry(line.key.clone()).or_default();
+                *spent = spent.saturating_add(money);
+            }
+            if let Some(agent) = &plan.agent
+                && (period.agents.len() as u64) < plan.agents_max
+            {
+                period.agents.insert(agent.clone());
+            }
+        });
+    }
+
     fn reserve_now(&self, plan: &BudgetPlan) -> Result<(), Exhausted> {
         let now = plan.period_start_unix_s;
         let period_s = plan.period_s.max(1);

@@ -107,11 +107,18 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         Some(remote) => usage.shared(remote.queue.clone(), crate::usage::USAGE_ROWS_PER_HOUR_MAX_DEFAULT),
         None => usage,
     });
+    // One node keeps its budgets in process: what its runs spent this period comes back from the
+    // audit log, as the ledger does (a fleet's are in Redis).
+    let local_budgets = Arc::new(guild_queue::LocalBudgets::new());
+    let now_unix_s = guild_queue::now_unix_s();
     let audit = AuditLog::open(&state_dir.join("audit.log"), |record| {
         let entry = &record.entry;
         if let Some(cost) = &entry.cost {
             let who = (entry.tenant.as_str(), entry.subject.as_deref(), entry.agent.as_deref());
             usage.add(record.time_unix_ms, who, &entry.tool, cost);
+            if remote.is_none() {
+                restore_budget(&local_budgets, &tenants, record, cost, now_unix_s);
+            }
         }
         if entry.event.is_some() {
             return;
@@ -164,6 +171,10 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
             }
         });
     }
+    let budgets: Arc<dyn guild_queue::BudgetStore> = match &remote {
+        Some(remote) => Arc::new(remote.queue.clone()),
+        None => local_budgets,
+    };
     let daemon = Daemon::new(crate::daemon::Parts {
         runtime,
         store,
@@ -183,6 +194,7 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         oauth,
         pricing: config.pricing.clone(),
         usage,
+        budgets,
     });
     let daemon = Arc::new(daemon);
     daemon.start_auditing();
@@ -463,6 +475,33 @@ fn restore(runs: &RunTable, record: &AuditRecord) {
         entry.idempotency_key.as_deref(),
         finished,
     );
+}
+
+/// Count a run read back from the audit log against its tenant's budgets, if it finished in the
+/// tenant's period now running: its money and the tokens its cost lines name.
+fn restore_budget(
+    budgets: &guild_queue::LocalBudgets,
+    tenants: &[Arc<Tenant>],
+    record: &guild_audit::AuditRecord,
+    cost: &guild_replay::cost::Cost,
+    now_unix_s: u64,
+) {
+    let entry = &record.entry;
+    let Some(tenant) = tenants.iter().find(|t| t.name == entry.tenant) else { return };
+    let Some(plan) = tenant.plan_for((&entry.tool, entry.agent.as_deref()), rust_decimal::Decimal::ZERO, now_unix_s)
+    else {
+        return;
+    };
+    if record.time_unix_ms / 1000 < plan.period_start_unix_s {
+        return;
+    }
+    let tokens = cost
+        .lines
+        .iter()
+        .filter(|l| l.resource.ends_with("_tokens"))
+        .filter_map(|l| rust_decimal::prelude::ToPrimitive::to_u64(&l.quantity.0))
+        .fold(0u64, u64::saturating_add);
+    budgets.restore(&plan, tokens, cost.total.0);
 }
 
 /// Serve on `listener` until `shutdown` resolves; then drain: refuse new runs and fail

@@ -428,6 +428,26 @@ impl Tenant {
         lines
     }
 
+    /// The budgets a run of `tool` for `agent` at `unix_s` counts against, holding `reserved`;
+    /// `None` when it counts against none.
+    pub fn plan_for(&self, (tool, agent): (&str, Option<&str>), reserved: Decimal, unix_s: u64) -> Option<BudgetPlan> {
+        let lines = self.lines(tool, agent);
+        if lines.is_empty() {
+            return None;
+        }
+        // An agent's label counts against the bound only where it has budgets of its own.
+        let counted = agent.filter(|_| self.budgets.agent.0.is_some() || self.budgets.agent.1.is_some());
+        Some(BudgetPlan {
+            tenant: self.name.clone(),
+            period_s: self.budgets.period_s,
+            period_start_unix_s: guild_queue::period_start(unix_s, self.budgets.period_s),
+            lines,
+            agent: counted.map(str::to_string),
+            agents_max: self.budgets.agents_max,
+            reserved: Price(reserved),
+        })
+    }
+
     /// Reserve `worst_case` of every budget a run of `tool` for `agent` counts against, in
     /// `store`, for `admission`'s run.
     ///
@@ -441,20 +461,8 @@ impl Tenant {
         worst_case: Decimal,
         store: &Arc<dyn BudgetStore>,
     ) -> Result<Result<(), Refusal>, guild_queue::QueueError> {
-        let lines = self.lines(tool, agent);
-        // An agent's label counts against the bound only where it has budgets of its own.
-        let counted = agent.filter(|_| self.budgets.agent.0.is_some() || self.budgets.agent.1.is_some());
-        if lines.is_empty() {
+        let Some(plan) = self.plan_for((tool, agent), worst_case, guild_queue::now_unix_s()) else {
             return Ok(Ok(()));
-        }
-        let plan = BudgetPlan {
-            tenant: self.name.clone(),
-            period_s: self.budgets.period_s,
-            period_start_unix_s: guild_queue::period_start(guild_queue::now_unix_s(), self.budgets.period_s),
-            lines,
-            agent: counted.map(str::to_string),
-            agents_max: self.budgets.agents_max,
-            reserved: Price(worst_case),
         };
         match store.reserve(&plan).await? {
             Ok(()) => {

@@ -118,6 +118,8 @@ pub(crate) struct Parts {
     pub(crate) pricing: Option<guild_replay::cost::PriceTable>,
     /// The usage ledger, refilled from the audit log.
     pub(crate) usage: Arc<crate::usage::Usage>,
+    /// Where budgets are kept: in process (refilled from the audit log), or Redis.
+    pub(crate) budgets: Arc<dyn guild_queue::BudgetStore>,
 }
 
 /// Why a caller is not shown a run or bundle.
@@ -244,8 +246,8 @@ impl Daemon {
             oauth,
             pricing,
             usage,
+            budgets,
         } = parts;
-        let remote_budgets = remote.as_ref().map(|r| r.queue.clone());
         metrics.show_budgets(&tenants);
         Self {
             runtime,
@@ -270,10 +272,7 @@ impl Daemon {
             oauth,
             pricing: std::sync::RwLock::new(pricing.map(Arc::new)),
             usage,
-            budgets: match &remote_budgets {
-                Some(queue) => Arc::new(queue.clone()),
-                None => Arc::new(guild_queue::LocalBudgets::new()),
-            },
+            budgets,
         }
     }
 
