@@ -155,7 +155,7 @@ fn budgets(cost: &guild_replay::cost::Cost) {
         let started = Instant::now();
         for _ in 0..FLEET_RUNS {
             queue
-                .usage_add(1_764_460_800, (row, row), (10_000, 3600), cost.total.0, &by_resource)
+                .usage_add((1_764_460_800, "tenant-7"), (row, row), (10_000, 3600), cost.total.0, &by_resource)
                 .await
                 .expect("redis");
         }

@@ -88,6 +88,14 @@ tools = ["*"]
     assert_eq!(derived["matches_recorded"], true);
     let text = guild.run(&["bundle", "cost", bundle, "--config", &file]);
     assert!(text.stdout.contains("the bundle's signed cost agrees"), "{}", text.stdout);
+    assert_eq!(guild.run(&["bundle", "cost", bundle, "--config", &file, "--check"]).code, 0);
+    // At another table the figure differs from the one signed in: --check says so.
+    let elsewhere = tempfile::tempdir().expect("a directory");
+    let dearer = text_of(&file).replace("egress_request = \"0.0005\"", "egress_request = \"0.5\"");
+    let dearer = config_file(elsewhere.path(), &dearer);
+    let differs = guild.run(&["bundle", "cost", bundle, "--config", &dearer, "--check"]);
+    assert_eq!(differs.code, 18, "{differs:?}");
+    assert!(differs.stdout.contains("when sealed"), "{}", differs.stdout);
 
     // MCP carries it in _meta, and the metrics count it.
     let session = crate::isolation::McpSession::open(&daemon, ALICE);
@@ -105,6 +113,10 @@ tools = ["*"]
     );
 }
 
+fn text_of(file: &str) -> String {
+    std::fs::read_to_string(file).expect("the config")
+}
+
 #[test]
 fn a_price_table_must_be_exact_and_named() {
     let guild = Guild::new();
@@ -112,6 +124,10 @@ fn a_price_table_must_be_exact_and_named() {
         ("currency = \"USD\"\nwall_second = 0.1\n", "pricing"),
         ("currency = \"USD\"\nwall_second = \"-1\"\n", "negative"),
         ("currency = \"usd\"\n", "pricing.currency"),
+        (
+            "currency = \"USD\"\n\n[[tenants]]\nname = \"a\"\ntoken_blake3 = \"0000000000000000000000000000000000000000000000000000000000000000\"\ncost_budget = \"1\"\nbudget_period_s = 99999999999\n",
+            "budget_period_s",
+        ),
     ] {
         let file = config_file(guild.home(), &format!("[pricing]\n{table}"));
         let refused = guild.run(&["serve", "--config", &file, "--listen", "127.0.0.1:0"]);

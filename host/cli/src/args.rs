@@ -252,9 +252,10 @@ pub(crate) enum BundleCommand {
     Inspect(BundleArgs),
     /// Write a bundle from the store as a normalised .tar.zst.
     Export(ExportArgs),
-    /// What a run cost, re-derived from its bundle alone (fuel, wall time, memory, HTTP
-    /// exchanges, bytes stored) at the `[pricing]` of a daemon config: the figure the daemon
-    /// answered with.
+    /// What a run cost, re-derived from its bundle alone (fuel, wall time, memory, GPU time, HTTP
+    /// exchanges and tokens, bytes recorded) at the `[pricing]` of a daemon config, beside the
+    /// cost the bundle records (signed in when it was sealed).
+    #[command(after_help = BUNDLE_EXIT_CODES_HELP)]
     Cost(CostArgs),
 }
 
@@ -265,9 +266,13 @@ pub(crate) struct CostArgs {
     /// The daemon config whose `[pricing]` prices the run.
     #[arg(long, value_name = "FILE", env = "GUILD_CONFIG")]
     pub(crate) config: PathBuf,
-    /// Print JSON: `{"bundle", "quantities", "cost"}`.
+    /// Print JSON: `{"bundle", "quantities", "cost", "recorded", "matches_recorded"}` (`recorded`:
+    /// the bundle's own cost, `null` when sealed without a price table).
     #[arg(long)]
     pub(crate) json: bool,
+    /// Exit 18 unless the re-derived cost is the one the bundle records.
+    #[arg(long)]
+    pub(crate) check: bool,
 }
 
 #[derive(Debug, Args)]

@@ -253,13 +253,14 @@ pub(crate) fn cost(global: &Global, args: crate::args::CostArgs) -> Result<Exit,
     let (cost, _) = pricing.price_recorded(&quantities, &exchanges, store.as_ref());
     let recorded = guild_replay::cost::Quantities::recorded_cost(&bundle);
     let matches = recorded.as_ref().map(|r| *r == cost);
+    let exit = if args.check && matches != Some(true) { Exit::CostMismatch } else { Exit::Success };
     if args.json {
         let body = serde_json::json!({
             "bundle": bundle.id.to_hex(), "quantities": quantities, "cost": cost,
             "recorded": recorded, "matches_recorded": matches,
         });
         crate::out!("{body}");
-        return Ok(Exit::Success);
+        return Ok(exit);
     }
     crate::out!("bundle    {}", bundle.id);
     for line in &cost.lines {
@@ -284,7 +285,7 @@ pub(crate) fn cost(global: &Global, args: crate::args::CostArgs) -> Result<Exit,
         ),
         (None, _) => crate::out!("recorded  none: the run was sealed without a price table"),
     }
-    Ok(Exit::Success)
+    Ok(exit)
 }
 
 pub(crate) fn replay(global: &Global, args: ReplayArgs) -> Result<Exit, Failure> {

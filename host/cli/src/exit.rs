@@ -35,6 +35,9 @@ pub(crate) enum Exit {
     /// `replay`: this machine could not finish the replay within its wall-clock backstop (says
     /// nothing about the bundle).
     ReplayTooSlow = 17,
+    /// `bundle cost --check`: the cost re-derived at the given table is not the one the bundle
+    /// records (another table, or an altered figure).
+    CostMismatch = 18,
     /// `run` of a WASI command: it trapped (128 + SIGABRT, what `wasmtime run` exits with), so
     /// a crash is told apart from the program's own `exit(1)`.
     CommandTrap = 134,
@@ -121,7 +124,8 @@ Exit codes:
   12 engine mismatch (--allow-engine-mismatch)            13 nondeterminism (first diverging seq shown)
   14 output mismatch                                      15 trap mismatch (a different kind of ending)
   16 gpu mismatch (--recompute-gpu: a dispatch differs beyond its kernel's tolerance)
-  17 replay too slow: this machine did not finish within the backstop (--backstop); not a divergence";
+  17 replay too slow: this machine did not finish within the backstop (--backstop); not a divergence
+  18 cost mismatch (bundle cost --check: the re-derived cost is not the one the bundle records)";
 
 #[cfg(test)]
 mod tests {

@@ -21,6 +21,9 @@ use std::sync::{Arc, Mutex};
 pub const AGENTS_MAX_DEFAULT: u64 = 100;
 /// Longest agent label, bytes.
 pub const AGENT_LABEL_BYTES_MAX: usize = 64;
+/// Most tokens one LLM answer is charged (2^40): what an answer says past it is taken as this,
+/// so no answer can overflow a budget's count.
+pub const TOKENS_PER_ANSWER_MAX: u64 = 1 << 40;
 
 /// Check a caller-supplied agent label: 1 to [`AGENT_LABEL_BYTES_MAX`] bytes of letters,
 /// digits and `.`, `_`, `-`, `:`, `@`.
@@ -463,7 +466,7 @@ impl TokenMeter for RunMeter {
             }
             let Some(plan) = &self.plan else { return Ok(()) };
             let used = llm.count(body);
-            let tokens = used.input.saturating_add(used.output);
+            let tokens = used.input.saturating_add(used.output).min(TOKENS_PER_ANSWER_MAX);
             let money = Decimal::from(used.input)
                 .saturating_mul(llm.input_token.0)
                 .saturating_add(Decimal::from(used.output).saturating_mul(llm.output_token.0));

@@ -24,7 +24,7 @@ mod retry;
 
 pub use budget::{
     AGENT_LABEL_BYTES_MAX, AGENTS_MAX_DEFAULT, BudgetLine, BudgetPlan, BudgetStore, Exhausted, LocalBudgets, RunMeter,
-    Spent, check_agent_label, now_unix_s, period_start,
+    Spent, TOKENS_PER_ANSWER_MAX, check_agent_label, now_unix_s, period_start,
 };
 pub use cache::{CACHE_STORED_SKEW_MS_MAX, CacheKey, CacheRecord, CachedValue, EntryRejected, JobCache, check_entry};
 pub use embedded::{QueueFull, RunQueue, Slot, Ticket};

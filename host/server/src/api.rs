@@ -107,10 +107,13 @@ async fn get_usage(
     let foreign = !everyone && q.tenant.as_ref().is_some_and(|t| *t != tenant.name);
     let rows = match foreign {
         true => Vec::new(),
-        false => daemon.usage().answer(&filter, group).await.map_err(|message| ApiError {
-            retry_after_s: Some(1),
-            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", message)
-        })?,
+        false => {
+            let tenants: Vec<String> = daemon.tenants().iter().map(|t| t.name.clone()).collect();
+            daemon.usage().answer(&filter, group, &tenants).await.map_err(|message| ApiError {
+                retry_after_s: Some(1),
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", message)
+            })?
+        }
     };
     match q.format.as_deref().unwrap_or("json") {
         "json" => Ok(Json(serde_json::json!({ "rows": rows })).into_response()),

@@ -99,6 +99,17 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         .await
         .map_err(|message| ConfigError::new("tools", message))?;
     reserve_descriptors(&config, &tools)?;
+    // A budget for a tool the config does not name may be a typo (or a tool uploaded later).
+    let named: std::collections::BTreeSet<String> = tools.all().iter().map(|t| t.name.clone()).collect();
+    for (i, tenant) in config.tenants.iter().enumerate() {
+        for tool in tenant.tool_budgets.keys().filter(|tool| !named.contains(*tool)) {
+            tracing::warn!(
+                "tenants[{i}].tool_budgets names {tool:?}, which no tool here is called (tools: {}); its budget applies \
+                 only once a tool of that name is uploaded",
+                named.iter().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
     let runs = RunTable::new(config.queue.runs_kept_max);
     let mut runs_restored = 0;
     let usage = crate::usage::Usage::new(crate::usage::USAGE_HOURS_KEPT_DEFAULT, crate::usage::USAGE_ROWS_MAX_DEFAULT);

@@ -184,7 +184,7 @@ impl Usage {
         let hour_unix_s = time_unix_ms / 1000 / 3600 * 3600;
         let added = queue
             .usage_add(
-                hour_unix_s,
+                (hour_unix_s, tenant),
                 (&row(subject, agent), &row(None, None)),
                 (self.rows_per_hour_max as u64, self.hours_kept.saturating_mul(3600)),
                 cost.total.0,
@@ -240,21 +240,27 @@ impl Usage {
     }
 
     /// The rows `filter` selects, summed as `group` says, in key order: from the fleet's ledger
-    /// with `--redis`, else from here.
+    /// with `--redis` (the filter's tenant's, else `tenants`'), else from here.
     ///
     /// # Errors
     /// A message when the fleet's ledger cannot be read.
-    pub async fn answer(&self, filter: &Filter, group: GroupBy) -> Result<Vec<Row>, String> {
+    pub async fn answer(&self, filter: &Filter, group: GroupBy, tenants: &[String]) -> Result<Vec<Row>, String> {
         let Some(queue) = &self.shared else { return Ok(self.query(filter, group)) };
         let now_hour = guild_queue::now_unix_s() / 3600 * 3600;
         let oldest = now_hour.saturating_sub((self.hours_kept - 1) * 3600);
         let first = filter.from_unix_s.map_or(oldest, |from| (from / 3600 * 3600).max(oldest));
         let last = filter.to_unix_s.map_or(now_hour, |to| to.saturating_sub(1) / 3600 * 3600).min(now_hour);
         let mut grouped = BTreeMap::new();
-        // One hour at a time: what is held is the answer's rows, not the ledger's.
-        for hour_unix_s in (first..=last).step_by(3600) {
+        let asked: Vec<&str> = match &filter.tenant {
+            Some(tenant) => vec![tenant.as_str()],
+            None => tenants.iter().map(String::as_str).collect(),
+        };
+        // One hour of one tenant at a time: what is held is the answer's rows, not the ledger's.
+        let hours: Vec<u64> = (first..=last).step_by(3600).collect();
+        let asked: Vec<(u64, String)> = hours.iter().flat_map(|h| asked.iter().map(|t| (*h, t.to_string()))).collect();
+        for (hour_unix_s, tenant) in asked {
             let rows = queue
-                .usage_hour(hour_unix_s, self.rows_per_hour_max)
+                .usage_hour((hour_unix_s, &tenant), self.rows_per_hour_max)
                 .await
                 .map_err(|e| format!("the fleet's usage ledger: {e}"))?;
             for (row, sums) in rows {

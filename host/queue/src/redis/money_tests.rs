@@ -42,27 +42,31 @@ async fn redis_keeps_budgets_and_the_ledger_in_exact_decimals() {
     let tiny = Decimal::new(1, 10); // 0.0000000001
     let resources = [("fuel".to_string(), tiny)];
     for _ in 0..10_000 {
-        queue.usage_add(3600, ("row", "tenant-row"), (10, 60), tiny, &resources).await.expect("added");
+        queue.usage_add((3600, "t"), ("row", "tenant-row"), (10, 60), tiny, &resources).await.expect("added");
     }
     // Amounts with more digits than a double holds, and a carry across the point.
     let big = Decimal::from_str_exact("12345678901234567.8901234567").expect("decimal");
-    queue.usage_add(3600, ("big", "tenant-row"), (10, 60), big, &[]).await.expect("added");
-    queue.usage_add(3600, ("big", "tenant-row"), (10, 60), Decimal::new(1, 10), &[]).await.expect("added");
-    let hour = queue.usage_hour(3600, 10).await.expect("read");
+    queue.usage_add((3600, "t"), ("big", "tenant-row"), (10, 60), big, &[]).await.expect("added");
+    queue.usage_add((3600, "t"), ("big", "tenant-row"), (10, 60), Decimal::new(1, 10), &[]).await.expect("added");
+    let hour = queue.usage_hour((3600, "t"), 10).await.expect("read");
     assert_eq!((hour["row"].runs, hour["row"].total), (10_000, Decimal::new(1, 6)));
     assert_eq!(hour["row"].by_resource["fuel"], Decimal::new(1, 6));
     assert_eq!(hour["big"].total, Decimal::from_str_exact("12345678901234567.8901234568").expect("decimal"));
 
     // Past rows_max rows in an hour a new row's runs count in the fallback row.
     for row in ["a", "b", "c", "d"] {
-        queue.usage_add(7200, (row, "tenant-row"), (2, 60), Decimal::ONE, &[]).await.expect("added");
+        queue.usage_add((7200, "t"), (row, "tenant-row"), (2, 60), Decimal::ONE, &[]).await.expect("added");
     }
-    let hour = queue.usage_hour(7200, 2).await.expect("read");
+    let hour = queue.usage_hour((7200, "t"), 2).await.expect("read");
     let mut rows: Vec<(&str, u64)> = hour.iter().map(|(row, sums)| (row.as_str(), sums.runs)).collect();
     rows.sort_unstable();
     assert_eq!(rows, [("a", 1), ("b", 1), ("tenant-row", 2)], "c and d count as their tenant's: {hour:?}");
     // An hour holding more than its rows can is refused whole, not read into memory.
-    let refused = queue.usage_hour(7200, 0).await.expect_err("past the bound");
+    let refused = queue.usage_hour((7200, "t"), 0).await.expect_err("past the bound");
     assert!(refused.to_string().contains("not read"), "{refused}");
-    assert!(queue.usage_hour(10_800, 0).await.expect("an empty hour").is_empty());
+    assert!(queue.usage_hour((10_800, "t"), 0).await.expect("an empty hour").is_empty());
+    // Another tenant's rows are its own: the first tenant's flood crowds nothing out.
+    queue.usage_add((7200, "u"), ("u-row", "u-fallback"), (2, 60), Decimal::ONE, &[]).await.expect("added");
+    let other = queue.usage_hour((7200, "u"), 2).await.expect("read");
+    assert_eq!(other.keys().collect::<Vec<_>>(), ["u-row"]);
 }

@@ -1,8 +1,9 @@
-//! The usage ledger a fleet shares, under the queue's hash tag: one hash per hour,
-//! `usage:HOUR` (the hour's start, seconds since the Unix epoch), whose fields are a row's key
-//! (its caller's JSON, which never holds a newline) and, after a newline, `runs` (a count),
-//! `total` or `r:RESOURCE` (exact decimal strings, added by `lua/decimal.lua`); the field
-//! `\nrows` counts the hour's rows. Hours expire once no longer kept.
+//! The usage ledger a fleet shares, under the queue's hash tag: one hash per hour and tenant,
+//! `usage:HOUR:LEN:TENANT` (the hour's start, seconds since the Unix epoch), whose fields are a
+//! row's key (its caller's JSON, which never holds a newline) and, after a newline, `runs` (a
+//! count), `total` or `r:RESOURCE` (exact decimal strings, added by `lua/decimal.lua`); the field
+//! `\nrows` counts the hour's rows. A tenant's rows never crowd another's out, and a question
+//! about one tenant reads only its hashes. Hours expire once no longer kept.
 
 use super::{QueueError, RedisQueue, from_redis};
 use redis::Script;
@@ -46,12 +47,12 @@ pub struct UsageSums {
 }
 
 impl RedisQueue {
-    fn usage_key(&self, hour_unix_s: u64) -> String {
-        self.inner.keys.key(&format!("usage:{hour_unix_s}"))
+    fn usage_key(&self, hour_unix_s: u64, tenant: &str) -> String {
+        self.inner.keys.key(&format!("usage:{hour_unix_s}:{}:{tenant}", tenant.len()))
     }
 
-    /// Add a run that cost `total` (`by_resource`) to `row` of the hour starting at
-    /// `hour_unix_s`; past `rows_max` rows in that hour a new row's runs go to `fallback`.
+    /// Add a run that cost `total` (`by_resource`) to `tenant`'s `row` of the hour starting at
+    /// `hour_unix_s`; past `rows_max` of its rows in that hour a new row's runs go to `fallback`.
     /// The hour is kept `ttl_s` seconds after its last run. Returns the row used.
     ///
     /// # Errors
@@ -59,7 +60,7 @@ impl RedisQueue {
     /// refuses the script.
     pub async fn usage_add(
         &self,
-        hour_unix_s: u64,
+        (hour_unix_s, tenant): (u64, &str),
         (row, fallback): (&str, &str),
         (rows_max, ttl_s): (u64, u64),
         total: Decimal,
@@ -70,7 +71,7 @@ impl RedisQueue {
             .flat_map(|(resource, amount)| [resource.clone(), (*amount).max(Decimal::ZERO).normalize().to_string()])
             .collect();
         self.guarded(async {
-            ADD.key(self.usage_key(hour_unix_s))
+            ADD.key(self.usage_key(hour_unix_s, tenant))
                 .arg(row)
                 .arg(fallback)
                 .arg(rows_max)
@@ -84,18 +85,18 @@ impl RedisQueue {
         .await
     }
 
-    /// The rows of the hour starting at `hour_unix_s`, by row key, when it holds at most
-    /// `rows_max` rows (plus its tenants' fallback rows).
+    /// `tenant`'s rows of the hour starting at `hour_unix_s`, by row key, when it holds at most
+    /// `rows_max` rows (plus the fallback row).
     ///
     /// # Errors
     /// As [`RedisQueue::usage_add`]; [`QueueError::Corrupt`] for a field that does not parse, or
     /// an hour with more fields than `rows_max` rows can have (it is not read).
     pub async fn usage_hour(
         &self,
-        hour_unix_s: u64,
+        (hour_unix_s, tenant): (u64, &str),
         rows_max: usize,
     ) -> Result<HashMap<String, UsageSums>, QueueError> {
-        let key = self.usage_key(hour_unix_s);
+        let key = self.usage_key(hour_unix_s, tenant);
         let fields_max = (rows_max as u64).saturating_mul(2).saturating_mul(USAGE_FIELDS_PER_ROW_MAX);
         let fields: Option<HashMap<String, String>> = self
             .guarded(async {

@@ -435,6 +435,9 @@ pub struct ToolBudget {
     pub tokens: Option<u64>,
 }
 
+/// Longest budget period, seconds: a year of 366 days.
+pub const BUDGET_PERIOD_S_MAX: u64 = 366 * 86_400;
+
 fn agents_max_default() -> u64 {
     guild_queue::AGENTS_MAX_DEFAULT
 }
@@ -666,8 +669,11 @@ impl DaemonConfig {
             if tenant.fuel_budget_period_s == 0 {
                 return Err(ConfigError::new(field("fuel_budget_period_s"), "must be at least 1 second"));
             }
-            if tenant.budget_period_s == 0 {
-                return Err(ConfigError::new(field("budget_period_s"), "must be at least 1 second"));
+            if !(1..=BUDGET_PERIOD_S_MAX).contains(&tenant.budget_period_s) {
+                return Err(ConfigError::new(
+                    field("budget_period_s"),
+                    format!("must be 1 to {BUDGET_PERIOD_S_MAX} seconds (a year)"),
+                ));
             }
             let mut money = vec![("cost_budget".to_string(), tenant.cost_budget.as_ref())];
             let mut tokens = vec![("token_budget".to_string(), tenant.token_budget)];
