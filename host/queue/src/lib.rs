@@ -18,6 +18,7 @@
 mod budget;
 mod cache;
 mod embedded;
+mod gate;
 mod job;
 mod redis;
 mod retry;
@@ -28,6 +29,7 @@ pub use budget::{
 };
 pub use cache::{CACHE_STORED_SKEW_MS_MAX, CacheKey, CacheRecord, CachedValue, EntryRejected, JobCache, check_entry};
 pub use embedded::{QueueFull, RunQueue, Slot, Ticket};
+pub use gate::{EGRESS_THROTTLE_MS_MAX_DEFAULT, EgressGates, EgressLimit, THROTTLED_UPSTREAMS_MAX};
 pub use job::{
     Accepted, Completion, DeadJob, Disposition, Job, JobResult, JobState, JobStatus, Lease, QueueStats, WorkerStats,
     now_unix_ms,

@@ -2,9 +2,11 @@
 //! the upstream will act on: [`path`]) and the [`secrets`] a request may carry to where their
 //! grants allow. The runtime's `wasi:http` hook enforces them.
 
+pub mod gate;
 pub mod path;
 pub mod rules;
 pub mod secrets;
 
+pub use gate::{EgressGate, GateFuture, GateRefusal};
 pub use rules::{Destination, EgressRule, RuleError, blocked_reason};
 pub use secrets::{Secret, SecretGrant, SecretSource};

@@ -38,6 +38,7 @@ mod blobs;
 mod budget;
 mod cache;
 mod done;
+mod gate;
 mod jobs;
 #[cfg(test)]
 mod money_tests;

@@ -70,3 +70,19 @@ async fn redis_keeps_budgets_and_the_ledger_in_exact_decimals() {
     let other = queue.usage_hour((7200, "u"), 2).await.expect("read");
     assert_eq!(other.keys().collect::<Vec<_>>(), ["u-row"]);
 }
+
+#[tokio::test]
+async fn redis_keeps_egress_limits_and_throttles_for_the_fleet() {
+    let (_server, queue) = server().await;
+    let upstream = "http://up:1";
+    let gates = crate::EgressGates::shared(
+        crate::gate::tests::limits(upstream),
+        crate::EGRESS_THROTTLE_MS_MAX_DEFAULT,
+        queue.clone(),
+    );
+    crate::gate::tests::scenarios(&gates, upstream).await;
+    // Another node's gates see the same state: the slow upstream's room is still taken.
+    let other = crate::EgressGates::shared(crate::gate::tests::limits(upstream), 60_000, queue);
+    let refused = guild_vocab::egress::EgressGate::admit(&other, "http://up:1-busy", &[]).await;
+    assert!(refused.is_err(), "the throttle is the fleet's");
+}

@@ -1,0 +1,256 @@
+//! Keyed egress limits and upstream back-pressure, kept for one node or a fleet: the
+//! [`EgressGate`] the egress hook asks before each live request.
+//!
+//! A limit is a rate with a burst, kept as GCRA (the generic cell rate algorithm: one
+//! "theoretical arrival time" per key, µs), so a check is one read and one write: a request that
+//! would come too soon waits until its time, up to the limit's `wait_ms_max`, and is refused past
+//! it. A throttle is an upstream's own `429`/`503` with `Retry-After`: until then no request goes
+//! to it (one waits if the throttle ends within its limit's bound). In Redis (`redis/gate.rs`)
+//! every node and worker shares both, under the queue's hash tag; in process (one node), a map.
+
+use crate::QueueError;
+use guild_vocab::egress::gate::{EgressGate, GateFuture, GateRefusal};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Default longest an upstream's `Retry-After` holds it back, ms (5 minutes): a longer one is cut
+/// to this (`egress_throttle_ms_max`).
+pub const EGRESS_THROTTLE_MS_MAX_DEFAULT: u64 = 300_000;
+/// Most upstreams one node remembers a throttle for (in process; Redis expires them).
+pub const THROTTLED_UPSTREAMS_MAX: usize = 10_000;
+
+/// One keyed limit: requests per second with a burst, and how long a request may wait for room.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EgressLimit {
+    /// `upstream:scheme://host:port` or `secret:NAME`.
+    pub key: String,
+    /// Sustained requests per second.
+    pub rate_per_second: f64,
+    /// Requests that may go at once above the rate.
+    pub burst: u32,
+    /// Longest a request waits for room, ms; past it, it is refused.
+    pub wait_ms_max: u64,
+    /// The setting, for messages (`egress_limits[0]`).
+    pub setting: String,
+}
+
+impl EgressLimit {
+    /// µs between requests at the rate.
+    pub(crate) fn interval_us(&self) -> u64 {
+        (1_000_000.0 / self.rate_per_second.max(1e-6)).ceil() as u64
+    }
+
+    /// µs a request may come early: the burst.
+    pub(crate) fn tolerance_us(&self) -> u64 {
+        self.interval_us().saturating_mul(u64::from(self.burst.max(1) - 1))
+    }
+
+    fn applies(&self, upstream: &str, secrets: &[String]) -> bool {
+        match self.key.split_once(':') {
+            Some(("upstream", key)) => key == upstream,
+            Some(("secret", name)) => secrets.iter().any(|s| s == name),
+            _ => false,
+        }
+    }
+
+    fn refusal(&self, wait_us: u64) -> GateRefusal {
+        let (what, name) = self.key.split_once(':').unwrap_or(("", &self.key));
+        GateRefusal {
+            reason: format!(
+                "{what} {name} is limited to {} requests/s (burst {}): this one would wait {} ms, past the \
+                 limit's {} ms ({}: raise rate_per_second or wait_ms_max)",
+                self.rate_per_second,
+                self.burst,
+                wait_us.div_ceil(1000),
+                self.wait_ms_max,
+                self.setting
+            ),
+            retry_after_ms: wait_us.div_ceil(1000),
+        }
+    }
+}
+
+/// What one check decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Checked {
+    /// Go after this many µs (room was taken).
+    Go(u64),
+    /// The upstream is throttled for this many more ms.
+    Throttled(u64),
+    /// Limit number `index` would make it wait this many µs, past its bound.
+    Refused(usize, u64),
+}
+
+/// Where the gates' state lives.
+enum Backend {
+    /// One node: theoretical arrival times by key (µs since the epoch), throttles by upstream.
+    Local { arrivals: Mutex<HashMap<String, u64>>, throttles: Mutex<HashMap<String, u64>> },
+    /// A fleet.
+    Redis(crate::RedisQueue),
+}
+
+/// The host's keyed egress limits and throttles.
+pub struct EgressGates {
+    limits: Vec<EgressLimit>,
+    throttle_ms_max: u64,
+    backend: Backend,
+}
+
+fn now_us() -> u64 {
+    u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros())
+        .unwrap_or(u64::MAX)
+}
+
+impl EgressGates {
+    /// Gates kept in this process.
+    pub fn local(limits: Vec<EgressLimit>, throttle_ms_max: u64) -> Self {
+        let backend = Backend::Local { arrivals: Mutex::default(), throttles: Mutex::default() };
+        Self { limits, throttle_ms_max, backend }
+    }
+
+    /// Gates the fleet shares in `queue`'s Redis.
+    pub fn shared(limits: Vec<EgressLimit>, throttle_ms_max: u64, queue: crate::RedisQueue) -> Self {
+        Self { limits, throttle_ms_max, backend: Backend::Redis(queue) }
+    }
+
+    async fn check(&self, upstream: &str, applying: &[&EgressLimit]) -> Result<Checked, QueueError> {
+        match &self.backend {
+            Backend::Redis(queue) => queue.gate_check(upstream, applying).await,
+            Backend::Local { arrivals, throttles } => {
+                let now = now_us();
+                if let Some(until) = throttles.lock().unwrap_or_else(|p| p.into_inner()).get(upstream)
+                    && *until > now
+                {
+                    return Ok(Checked::Throttled((*until - now).div_ceil(1000)));
+                }
+                let mut arrivals = arrivals.lock().unwrap_or_else(|p| p.into_inner());
+                let mut wait = 0;
+                for (index, limit) in applying.iter().enumerate() {
+                    let tat = arrivals.get(&limit.key).copied().unwrap_or(0).max(now);
+                    let delay = tat.saturating_sub(now).saturating_sub(limit.tolerance_us());
+                    if delay > limit.wait_ms_max.saturating_mul(1000) {
+                        return Ok(Checked::Refused(index, delay));
+                    }
+                    wait = wait.max(delay);
+                }
+                for limit in applying {
+                    let tat = arrivals.get(&limit.key).copied().unwrap_or(0).max(now);
+                    arrivals.insert(limit.key.clone(), tat.saturating_add(limit.interval_us()));
+                }
+                Ok(Checked::Go(wait))
+            }
+        }
+    }
+
+    async fn throttle(&self, upstream: &str, ms: u64) -> Result<(), QueueError> {
+        match &self.backend {
+            Backend::Redis(queue) => queue.gate_throttle(upstream, ms).await,
+            Backend::Local { throttles, .. } => {
+                let now = now_us();
+                let mut throttles = throttles.lock().unwrap_or_else(|p| p.into_inner());
+                throttles.retain(|_, until| *until > now);
+                if throttles.len() < THROTTLED_UPSTREAMS_MAX || throttles.contains_key(upstream) {
+                    let until = now.saturating_add(ms.saturating_mul(1000));
+                    let entry = throttles.entry(upstream.to_string()).or_default();
+                    *entry = (*entry).max(until);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl EgressGate for EgressGates {
+    fn admit<'a>(&'a self, upstream: &'a str, secrets: &'a [String]) -> GateFuture<'a, Result<(), GateRefusal>> {
+        Box::pin(async move {
+            let applying: Vec<&EgressLimit> = self.limits.iter().filter(|l| l.applies(upstream, secrets)).collect();
+            // A throttled upstream may be waited for within its own limit's bound.
+            let throttle_wait_ms =
+                applying.iter().filter(|l| l.key.starts_with("upstream:")).map(|l| l.wait_ms_max).max().unwrap_or(0);
+            loop {
+                let checked = self.check(upstream, &applying).await.map_err(|e| GateRefusal {
+                    // Fails closed: a limit that cannot be read is not known to have room.
+                    reason: format!("the egress limits cannot be checked: {e}"),
+                    retry_after_ms: 1000,
+                })?;
+                match checked {
+                    Checked::Go(0) => return Ok(()),
+                    Checked::Go(us) => {
+                        tokio::time::sleep(Duration::from_micros(us)).await;
+                        return Ok(());
+                    }
+                    Checked::Throttled(ms) if ms <= throttle_wait_ms => {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    Checked::Throttled(ms) => {
+                        return Err(GateRefusal {
+                            reason: format!(
+                                "upstream {upstream} asked to be left alone for {ms} ms more (its Retry-After); no \
+                                 request goes to it until then"
+                            ),
+                            retry_after_ms: ms,
+                        });
+                    }
+                    Checked::Refused(index, us) => return Err(applying[index].refusal(us)),
+                }
+            }
+        })
+    }
+
+    fn answered<'a>(&'a self, upstream: &'a str, status: u16, retry_after_ms: Option<u64>) -> GateFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(ms) = retry_after_ms.filter(|ms| *ms > 0 && matches!(status, 429 | 503)) else { return };
+            let ms = ms.min(self.throttle_ms_max);
+            tracing::warn!(upstream, status, retry_after_ms = ms, "upstream asked to be left alone: throttled");
+            if let Err(e) = self.throttle(upstream, ms).await {
+                tracing::error!(upstream, error = %e, "the upstream's throttle could not be kept");
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn limit(key: &str, rate: f64, burst: u32, wait_ms_max: u64) -> EgressLimit {
+        EgressLimit { key: key.into(), rate_per_second: rate, burst, wait_ms_max, setting: "egress_limits[0]".into() }
+    }
+
+    /// What every backend must do: space requests at the rate after the burst, refuse past the
+    /// wait bound, key by upstream and by secret, and hold a throttled upstream back.
+    pub(crate) async fn scenarios(gates: &EgressGates, upstream: &str) {
+        let secret = vec!["TOKEN".to_string()];
+        let started = std::time::Instant::now();
+        for _ in 0..4 {
+            gates.admit(upstream, &secret).await.expect("room, after a wait");
+        }
+        let took = started.elapsed();
+        // Burst 2 at 20/s: two at once, then 50 ms apart.
+        assert!(took >= Duration::from_millis(95), "{took:?}");
+        // A request that would wait past 200 ms is refused, naming the limit.
+        let other = format!("{upstream}-slow");
+        gates.admit(&other, &[]).await.expect("the first");
+        let refused = gates.admit(&other, &[]).await.expect_err("1/s: the next would wait ~1 s");
+        assert!(refused.reason.contains("limited to 1 requests/s") && refused.reason.contains("egress_limits[0]"));
+        // No limit applies elsewhere.
+        gates.admit("http://elsewhere:1", &[]).await.expect("free");
+        // A 429 with Retry-After holds the upstream back.
+        let throttled = format!("{upstream}-busy");
+        gates.answered(&throttled, 429, Some(2_000)).await;
+        let refused = gates.admit(&throttled, &[]).await.expect_err("throttled");
+        assert!(refused.reason.contains("Retry-After") && refused.retry_after_ms > 1_000, "{refused:?}");
+        gates.answered(&throttled, 200, Some(9_000)).await; // only 429 and 503 throttle
+    }
+
+    pub(crate) fn limits(upstream: &str) -> Vec<EgressLimit> {
+        vec![limit(&format!("secret:TOKEN"), 20.0, 2, 1_000), limit(&format!("upstream:{upstream}-slow"), 1.0, 1, 200)]
+    }
+
+    #[tokio::test]
+    async fn in_process_gates_space_refuse_and_throttle() {
+        let gates = EgressGates::local(limits("http://up:1"), EGRESS_THROTTLE_MS_MAX_DEFAULT);
+        scenarios(&gates, "http://up:1").await;
+    }
+}

@@ -1,0 +1,77 @@
+//! Egress limits and throttles a fleet shares, under the queue's hash tag: `gate:t:KEY`, each
+//! limit's theoretical arrival time (µs since the epoch by Redis's own clock, expiring once
+//! past), and `gate:x:UPSTREAM`, an upstream's throttle (expiring with it). One script checks a
+//! request against every limit that applies and takes its room in all of them, or in none.
+
+use super::{QueueError, RedisQueue, from_redis};
+use crate::gate::{Checked, EgressLimit};
+use redis::Script;
+use std::sync::LazyLock;
+
+/// KEYS throttle, then each limit's arrival key; ARGV (interval µs, tolerance µs, wait max µs)
+/// per limit. Answers `{kind, index, amount}`: kind 0 go after `amount` µs, 1 throttled for
+/// `amount` ms, 2 limit `index` (from 0) would wait `amount` µs.
+static CHECK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local throttled = redis.call('PTTL', KEYS[1])
+if throttled > 0 then return {1, 0, throttled} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local wait, tats = 0, {}
+for i = 2, #KEYS do
+  local at = 3 * (i - 2)
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat < now then tat = now end
+  local delay = tat - now - tonumber(ARGV[at + 2])
+  if delay < 0 then delay = 0 end
+  if delay > tonumber(ARGV[at + 3]) then return {2, i - 2, delay} end
+  if delay > wait then wait = delay end
+  tats[i] = tat
+end
+for i = 2, #KEYS do
+  local next_at = tats[i] + tonumber(ARGV[3 * (i - 2) + 1])
+  redis.call('SET', KEYS[i], string.format('%.0f', next_at), 'PX', math.ceil((next_at - now) / 1000) + 1000)
+end
+return {0, 0, wait}
+",
+    )
+});
+
+impl RedisQueue {
+    fn gate_key(&self, kind: &str, key: &str) -> String {
+        self.inner.keys.key(&format!("gate:{kind}:{key}"))
+    }
+
+    pub(crate) async fn gate_check(&self, upstream: &str, limits: &[&EgressLimit]) -> Result<Checked, QueueError> {
+        let mut script = CHECK.key(self.gate_key("x", upstream));
+        for limit in limits {
+            script.key(self.gate_key("t", &limit.key));
+            script.arg(limit.interval_us()).arg(limit.tolerance_us()).arg(limit.wait_ms_max.saturating_mul(1000));
+        }
+        let (kind, index, amount): (u8, usize, u64) =
+            self.guarded(async { script.invoke_async(&mut self.conn()).await.map_err(from_redis) }).await?;
+        Ok(match kind {
+            0 => Checked::Go(amount),
+            1 => Checked::Throttled(amount),
+            _ => Checked::Refused(index, amount),
+        })
+    }
+
+    pub(crate) async fn gate_throttle(&self, upstream: &str, ms: u64) -> Result<(), QueueError> {
+        let key = self.gate_key("x", upstream);
+        self.guarded(async {
+            // Never shortened by a later, nearer Retry-After.
+            redis::Script::new(
+                "local left = redis.call('PTTL', KEYS[1]) \
+                 if left < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) end return 0",
+            )
+            .key(&key)
+            .arg(ms.max(1))
+            .invoke_async::<()>(&mut self.conn())
+            .await
+            .map_err(from_redis)
+        })
+        .await
+    }
+}
