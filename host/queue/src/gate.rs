@@ -38,7 +38,9 @@ pub struct EgressLimit {
 impl EgressLimit {
     /// µs between requests at the rate.
     pub(crate) fn interval_us(&self) -> u64 {
-        (1_000_000.0 / self.rate_per_second.max(1e-6)).ceil() as u64
+        Duration::try_from_secs_f64(1.0 / self.rate_per_second)
+            .map_or(u64::MAX, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+            .max(1)
     }
 
     /// µs a request may come early: the burst.
