@@ -247,7 +247,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn limits(upstream: &str) -> Vec<EgressLimit> {
-        vec![limit(&format!("secret:TOKEN"), 20.0, 2, 1_000), limit(&format!("upstream:{upstream}-slow"), 1.0, 1, 200)]
+        vec![limit("secret:TOKEN", 20.0, 2, 1_000), limit(&format!("upstream:{upstream}-slow"), 1.0, 1, 200)]
     }
 
     #[tokio::test]
