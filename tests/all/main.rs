@@ -15,6 +15,7 @@ mod gpu;
 mod hostile;
 mod isolation;
 mod lang;
+mod limits;
 mod mcp;
 mod oauth;
 mod redis;

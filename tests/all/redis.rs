@@ -130,7 +130,7 @@ impl Worker {
         Self::start_with(redis, cache, name, concurrency, &[])
     }
 
-    fn start_with(redis: &str, cache: &Path, name: &str, concurrency: usize, env: &[(&str, &str)]) -> Self {
+    pub(crate) fn start_with(redis: &str, cache: &Path, name: &str, concurrency: usize, env: &[(&str, &str)]) -> Self {
         let guild = Guild::with_shared_cache(cache);
         let log = guild.home().join("worker.log");
         let child = guild

@@ -20,6 +20,7 @@ pub(crate) fn worker(global: &Global, args: WorkerArgs) -> Result<Exit, Failure>
         .map_err(|e| Failure::host(format!("cannot start the async runtime: {e}")))?;
     let _in_tokio = tokio.enter();
     let queue = open_queue(&args.redis, &config)?;
+    let queue_for_gate = queue.clone();
     let secrets = secrets(&config)?;
     let (runtime, store) = open_runtime(global, &config, &home)?;
     let concurrency = args.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -60,6 +61,11 @@ pub(crate) fn worker(global: &Global, args: WorkerArgs) -> Result<Exit, Failure>
             secrets,
             shared_store,
             trusted_keys,
+            gate: std::sync::Arc::new(guild_queue::EgressGates::shared(
+                config.egress_limits(),
+                config.egress_throttle_ms_max,
+                queue_for_gate,
+            )),
         };
         let summary = run_worker(setup, shutdown_signal(), Duration::from_millis(args.drain)).await;
         if let Err(e) = store.flush() {

@@ -215,6 +215,7 @@ impl Runtime {
             stop,
             passthrough: None,
             meter: None,
+            gate: None,
         };
         let execution = self.execute(candidate, &input, &policy, &limits, env).await.map_err(host);
         cancel.cancel();

@@ -57,6 +57,9 @@ pub struct RunReport {
     /// The tokens each LLM upstream of the run's price table (by its URL prefix) was used for,
     /// read from the recorded responses.
     pub tokens: Vec<(String, guild_replay::cost::TokenCount)>,
+    /// When an egress limit or an upstream's `Retry-After` refused one of its requests: the
+    /// longest it asked to wait, ms (a worker delays the job's retry by it).
+    pub egress_throttled_ms: Option<u64>,
     /// For a run made in [`RunMode::Hermetic`](crate::RunMode): its action digest and whether its
     /// result may stand for it. `None` for a live run.
     #[serde(skip_serializing_if = "Option::is_none")]

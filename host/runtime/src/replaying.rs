@@ -211,6 +211,7 @@ impl Runtime {
             stop,
             passthrough: None,
             meter: None,
+            gate: None,
         };
         let execution = self.execute(&tool, &input, &policy, &limits, env).await.map_err(host);
         cancel.cancel();

@@ -186,6 +186,13 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         Some(remote) => Arc::new(remote.queue.clone()),
         None => local_budgets,
     };
+    let limits = config.egress_limits();
+    let gate: Arc<dyn guild_vocab::egress::EgressGate> = match &remote {
+        Some(remote) => {
+            Arc::new(guild_queue::EgressGates::shared(limits, config.egress_throttle_ms_max, remote.queue.clone()))
+        }
+        None => Arc::new(guild_queue::EgressGates::local(limits, config.egress_throttle_ms_max)),
+    };
     let daemon = Daemon::new(crate::daemon::Parts {
         runtime,
         store,
@@ -206,6 +213,7 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         pricing: config.pricing.clone(),
         usage,
         budgets,
+        gate,
     });
     let daemon = Arc::new(daemon);
     daemon.start_auditing();

@@ -55,6 +55,9 @@ pub struct WorkerSetup {
     /// Keys whose bundles a shared result cache entry may name (this worker's own, and the
     /// config's `cache.trusted_keys`): an entry naming a bundle signed by any other is dropped.
     pub trusted_keys: Vec<guild_replay::PublicKey>,
+    /// The fleet's keyed egress limits and upstream throttles (in Redis), from the config's
+    /// `[[egress_limits]]`.
+    pub gate: Arc<dyn guild_vocab::egress::EgressGate>,
 }
 
 /// What a worker did, for its last log line.
@@ -78,6 +81,7 @@ struct Worker {
     secrets: Vec<Secret>,
     shared_store: Option<Arc<DirStore>>,
     trusted_keys: Vec<guild_replay::PublicKey>,
+    gate: Arc<dyn guild_vocab::egress::EgressGate>,
     /// Large blobs Redis is known to hold, with when that was checked (asking again after half
     /// of `results_ttl_s` refreshes their expiry).
     known_blobs: Mutex<HashMap<Digest, std::time::Instant>>,
@@ -107,6 +111,7 @@ pub async fn run_worker(
         secrets: setup.secrets,
         shared_store: setup.shared_store,
         trusted_keys: setup.trusted_keys,
+        gate: setup.gate,
         known_blobs: Mutex::new(HashMap::new()),
         flags: flags::Flags::new(),
         completed: AtomicU64::new(0),
@@ -323,7 +328,8 @@ impl Worker {
             _ => None,
         };
         let pricing = job.pricing.clone().map(Arc::new);
-        let run_for = guild_runtime::RunFor { principal: &principal, revision: job.revision, meter, pricing };
+        let gate = Some(self.gate.clone());
+        let run_for = guild_runtime::RunFor { principal: &principal, revision: job.revision, meter, pricing, gate };
         let (report, after) = match job.cache {
             Some(bounds) => match self.run_cached(&tool, job, &grants, bounds, &run_for, cancel).await {
                 cached::Ran::Report(report, after) => (report, Some(after)),
@@ -359,6 +365,7 @@ impl Worker {
                     message: error.to_string(),
                     bundle: None,
                     priced: (None, Vec::new()),
+                    delay_ms: None,
                 };
                 // Denials and bad limits come out the same on every machine; the rest may not.
                 return Err(if matches!(error, RunError::Denied(_) | RunError::Limits(_)) {
@@ -376,6 +383,24 @@ impl Worker {
         // A tool that failed after an upstream failed it (5xx, timeout, unreachable) may
         // succeed later: retry it; every other ending is the job's.
         let upstream = report.egress_upstream_failures;
+        let tool_failed = matches!(
+            report.outcome,
+            Outcome::ToolError { kind: ToolErrorKind::Failed | ToolErrorKind::Denied, .. } | Outcome::Trap { .. }
+        );
+        // A tool failed because an egress limit or an upstream's Retry-After held its request
+        // back: retried once that time has passed, not at once.
+        if let (Some(wait_ms), true) = (report.egress_throttled_ms, tool_failed) {
+            let message =
+                format!("{} (an egress limit or an upstream's Retry-After: {wait_ms} ms)", report.outcome.message());
+            let priced = (report.cost.clone(), report.tokens.clone());
+            return Err(AttemptFailure::Retryable(FailureInfo {
+                code: FailureCode::UpstreamFailure,
+                message,
+                bundle: report.bundle,
+                priced,
+                delay_ms: Some(wait_ms),
+            }));
+        }
         let tool_failed =
             matches!(report.outcome, Outcome::ToolError { kind: ToolErrorKind::Failed, .. } | Outcome::Trap { .. });
         if upstream > 0 && tool_failed {
@@ -391,6 +416,7 @@ impl Worker {
                 message,
                 bundle,
                 priced,
+                delay_ms: None,
             }));
         }
         Ok(JobResult { cache, ..self.result(lease, report) })
@@ -527,7 +553,8 @@ impl Worker {
 
     async fn retry(&self, lease: &Lease, failure: &FailureInfo) -> Result<(), QueueError> {
         let settings = self.queue.settings();
-        let delay = backoff_ms(lease.attempt, settings.backoff_base_ms, settings.backoff_max_ms);
+        let backoff = backoff_ms(lease.attempt, settings.backoff_base_ms, settings.backoff_max_ms);
+        let delay = failure.delay_ms.map_or(backoff, |wait| wait.max(backoff));
         let attempt = JobResult { status: RunStatus::Failed, ..failure.result(self.empty_result(lease)) };
         let last = JobResult { status: RunStatus::Dead, ..attempt.clone() };
         match self.queue.fail(&self.name, lease, delay, &attempt, &last).await? {
@@ -568,14 +595,16 @@ struct FailureInfo {
     bundle: Option<Digest>,
     /// What the attempt cost, and its tokens, when it ran.
     priced: (Option<guild_replay::cost::Cost>, Vec<(String, guild_replay::cost::TokenCount)>),
+    /// Retry no sooner than this, ms (an upstream's Retry-After, an egress limit's wait).
+    delay_ms: Option<u64>,
 }
 
 impl AttemptFailure {
     fn retryable(code: FailureCode, message: String) -> Self {
-        Self::Retryable(FailureInfo { code, message, bundle: None, priced: (None, Vec::new()) })
+        Self::Retryable(FailureInfo { code, message, bundle: None, priced: (None, Vec::new()), delay_ms: None })
     }
     fn deterministic(code: FailureCode, message: String) -> Self {
-        Self::Deterministic(FailureInfo { code, message, bundle: None, priced: (None, Vec::new()) })
+        Self::Deterministic(FailureInfo { code, message, bundle: None, priced: (None, Vec::new()), delay_ms: None })
     }
 }
 

@@ -86,6 +86,10 @@ pub(crate) struct EgressRun {
     tls: Option<Arc<rustls::ClientConfig>>,
     /// The budgets its LLM requests are held to (live runs only).
     meter: Option<Arc<dyn guild_replay::cost::TokenMeter>>,
+    /// The host's egress limits and upstream throttles (live runs only).
+    gate: Option<Arc<dyn guild_vocab::egress::EgressGate>>,
+    /// The longest a limit or throttle asked a refused request to wait, ms (0: none refused).
+    throttled_ms: std::sync::atomic::AtomicU64,
     requests: AtomicU32,
     upstream_failures: AtomicU32,
     refusals: AtomicU32,
@@ -115,6 +119,8 @@ impl EgressRun {
             connections: None,
             tls: None,
             meter: None,
+            gate: None,
+            throttled_ms: std::sync::atomic::AtomicU64::new(0),
             requests: AtomicU32::new(0),
             upstream_failures: AtomicU32::new(0),
             refusals: AtomicU32::new(0),
@@ -133,6 +139,17 @@ impl EgressRun {
     pub(crate) fn with_tls(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
         self.tls = Some(tls);
         self
+    }
+
+    /// Hold its requests to the host's egress limits and throttles.
+    pub(crate) fn with_gate(mut self, gate: Option<Arc<dyn guild_vocab::egress::EgressGate>>) -> Self {
+        self.gate = gate;
+        self
+    }
+
+    /// The longest a limit or an upstream's throttle asked a refused request to wait, ms.
+    pub(crate) fn throttled_ms(&self) -> Option<u64> {
+        Some(self.throttled_ms.load(Ordering::Relaxed)).filter(|ms| *ms > 0)
     }
 
     /// Hold its LLM requests to `meter`'s budgets.
@@ -387,7 +404,16 @@ impl EgressRun {
             // An LLM's answer must come as its usage can be read from it.
             parts.headers.insert(http::header::ACCEPT_ENCODING, http::HeaderValue::from_static("identity"));
         }
-        self.fill_secrets(&mut parts.headers, &dest, &format!("{} {shown}{}", dest.method, dest.path))?;
+        let secrets_used =
+            self.fill_secrets(&mut parts.headers, &dest, &format!("{} {shown}{}", dest.method, dest.path))?;
+        let upstream = guild_vocab::egress::gate::upstream_key(&scheme, &host, port);
+        if let Some(gate) = &self.gate {
+            // Waits here for room (up to the limit's bound); a refusal is the guest's denial.
+            gate.admit(&upstream, &secrets_used).await.map_err(|refused| {
+                self.throttled_ms.fetch_max(refused.retry_after_ms.max(1), Ordering::Relaxed);
+                Refusal::denied(format!("egress denied: {}", refused.reason))
+            })?;
+        }
         if !self.secrets.is_empty() {
             // A run holding secrets takes only uncompressed responses: the host can then take
             // any secret an upstream reflects back out of what the guest sees.
@@ -428,6 +454,14 @@ impl EgressRun {
             self.limits.http_response_bytes_max,
         );
         let outcome = tokio::time::timeout(total, sent).await;
+        if let (Some(gate), Ok(Ok(answer))) = (&self.gate, &outcome) {
+            let retry_after = answer
+                .headers
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case("retry-after"))
+                .and_then(|(_, value)| guild_vocab::egress::gate::retry_after_ms(value, now_unix_s()));
+            gate.answered(&upstream, answer.status, retry_after).await;
+        }
         // A refusal for size is the guest's doing, not the upstream's; a host-wide connection
         // limit is the host's.
         let upstream_ok = match &outcome {
@@ -497,7 +531,12 @@ impl EgressRun {
     }
 
     /// Replace each `{{secret:NAME}}` in header values, if this destination may receive it.
-    fn fill_secrets(&self, headers: &mut http::HeaderMap, dest: &Destination<'_>, shown: &str) -> Result<(), Refusal> {
+    fn fill_secrets(
+        &self,
+        headers: &mut http::HeaderMap,
+        dest: &Destination<'_>,
+        shown: &str,
+    ) -> Result<Vec<String>, Refusal> {
         let mut used: Vec<Secret> = Vec::new();
         for value in headers.values_mut() {
             let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -529,7 +568,7 @@ impl EgressRun {
                 Refusal::denied("egress denied: a header with a secret is not a valid header value".to_string())
             })?;
         }
-        Ok(())
+        Ok(used.iter().map(|s| s.name().to_string()).collect())
     }
 
     /// Resolve `host` and pick the first address that is public or named by one of `matching`,
@@ -693,4 +732,8 @@ fn encoded(answer: &Answer) -> Option<String> {
             name.eq_ignore_ascii_case("content-encoding") && !value.trim().eq_ignore_ascii_case("identity")
         })
         .map(|(_, value)| value.clone())
+}
+
+fn now_unix_s() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

@@ -46,6 +46,8 @@ pub struct RunFor<'a> {
     pub meter: Option<Arc<dyn guild_replay::cost::TokenMeter>>,
     /// The price table its cost is reckoned at as it is sealed, into its exec record.
     pub pricing: Option<Arc<guild_replay::cost::PriceTable>>,
+    /// The host's keyed egress limits and upstream throttles its live requests are held to.
+    pub gate: Option<Arc<dyn guild_vocab::egress::EgressGate>>,
 }
 use guild_vocab::{Outcome, ToolErrorKind};
 
@@ -318,7 +320,7 @@ impl Runtime {
         limits: &Limits,
         env: RunEnv,
     ) -> Result<Execution, RunError> {
-        let RunEnv { seed, recorder, replay_bodies, secrets, replay_gpu, cancel, stop, passthrough, meter } = env;
+        let RunEnv { seed, recorder, replay_bodies, secrets, replay_gpu, cancel, stop, passthrough, meter, gate } = env;
         let egress = Arc::new(
             EgressRun::new(
                 tool.info.name.clone(),
@@ -331,7 +333,8 @@ impl Runtime {
             .with_secrets(policy.secret_grants.clone(), secrets)
             .with_network(self.breakers.clone(), self.connections.clone())
             .with_tls(self.tls.clone())
-            .with_meter(meter),
+            .with_meter(meter)
+            .with_gate(gate),
         );
         let info = &tool.info;
         let gpu =
@@ -414,6 +417,7 @@ impl Runtime {
             egress_refusals: egress.refusals(),
             egress_requests: egress.requests(),
             egress_upstream_failures: egress.upstream_failures(),
+            egress_throttled_ms: egress.throttled_ms(),
             gpu_time: store.data().gpu.time(),
             host_identity_read: store.data().quotas.host_identity_read,
         })

@@ -155,6 +155,7 @@ impl Runtime {
             stop,
             passthrough: passthrough.cloned(),
             meter: run_for.and_then(|r| r.meter.clone()),
+            gate: run_for.and_then(|r| r.gate.clone()),
         };
         // A hermetic run reads its read-only mounts as they were captured, rebuilt from their
         // trees (files linked from the store): what the action digest names, whatever happens
@@ -252,6 +253,7 @@ impl Runtime {
             http_exchanges,
             cost: priced.as_ref().and_then(|p| p.cost.clone()),
             tokens: priced.map(|p| p.tokens).unwrap_or_default(),
+            egress_throttled_ms: execution.egress_throttled_ms,
             hermetic,
         })
     }

@@ -174,6 +174,8 @@ pub(crate) struct RunEnv {
     pub(crate) passthrough: Option<crate::command::Passthrough>,
     /// The budgets a live run's LLM requests are held to.
     pub(crate) meter: Option<Arc<dyn guild_replay::cost::TokenMeter>>,
+    /// The host's egress limits and throttles a live run's requests are held to.
+    pub(crate) gate: Option<Arc<dyn guild_vocab::egress::EgressGate>>,
 }
 
 impl Execution {
@@ -193,6 +195,7 @@ impl Execution {
             egress_refusals: 0,
             egress_requests: 0,
             egress_upstream_failures: 0,
+            egress_throttled_ms: None,
             gpu_time: crate::gpu::GpuTime::default(),
             host_identity_read: false,
         }
@@ -210,6 +213,8 @@ pub(crate) struct Execution {
     pub(crate) egress_refusals: u32,
     pub(crate) egress_requests: u32,
     pub(crate) egress_upstream_failures: u32,
+    /// The longest an egress limit or an upstream's throttle asked a refused request to wait, ms.
+    pub(crate) egress_throttled_ms: Option<u64>,
     /// Time its live GPU dispatches took.
     pub(crate) gpu_time: crate::gpu::GpuTime,
     /// A hermetic run read something of the host's its action digest does not name.

@@ -106,6 +106,13 @@ pub struct DaemonConfig {
     /// kept alive); a request that finds them all taken waits up to its connect timeout.
     #[serde(default = "egress_connections_max_default")]
     pub egress_connections_max: usize,
+    /// Keyed egress limits: requests per second to an upstream, or spending a secret, across
+    /// every run here (with Redis, across the fleet).
+    #[serde(default)]
+    pub egress_limits: Vec<EgressLimitConfig>,
+    /// Longest an upstream's `Retry-After` (on a 429 or 503) holds it back, ms.
+    #[serde(default = "egress_throttle_ms_max_default")]
+    pub egress_throttle_ms_max: u64,
     /// Changing tools safely: the replay gate's policy and bounds, shadow runs.
     #[serde(default)]
     pub rollout: RolloutConfig,
@@ -158,6 +165,69 @@ impl Default for RolloutConfig {
             shadow_in_flight_max: SHADOW_IN_FLIGHT_MAX_DEFAULT,
             shadow_kept_max: SHADOW_KEPT_MAX_DEFAULT,
         }
+    }
+}
+
+fn egress_throttle_ms_max_default() -> u64 {
+    guild_queue::EGRESS_THROTTLE_MS_MAX_DEFAULT
+}
+
+/// Longest a request may be set to wait for room under an egress limit, ms.
+pub const EGRESS_WAIT_MS_MAX: u64 = 60_000;
+/// Default of an egress limit's `wait_ms_max`, ms.
+pub const EGRESS_WAIT_MS_DEFAULT: u64 = 1_000;
+
+fn egress_wait_default() -> u64 {
+    EGRESS_WAIT_MS_DEFAULT
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `[[egress_limits]]`: one keyed rate limit on outgoing requests.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressLimitConfig {
+    /// Requests to this upstream, `scheme://host[:port]` (any path).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Requests that carry this secret (a `[secrets]` name), wherever they go.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Sustained requests per second.
+    pub rate_per_second: f64,
+    /// Requests that may go at once above the rate.
+    #[serde(default = "one")]
+    pub burst: u32,
+    /// Longest a request waits for room, ms (at most 60 000); past it, it is refused.
+    #[serde(default = "egress_wait_default")]
+    pub wait_ms_max: u64,
+}
+
+impl DaemonConfig {
+    /// The keyed egress limits, as the gates keep them (validated).
+    pub fn egress_limits(&self) -> Vec<guild_queue::EgressLimit> {
+        self.egress_limits
+            .iter()
+            .enumerate()
+            .filter_map(|(i, limit)| {
+                let key = match (&limit.upstream, &limit.secret) {
+                    (Some(upstream), None) => {
+                        format!("upstream:{}", guild_vocab::egress::gate::parse_upstream(upstream).ok()?)
+                    }
+                    (None, Some(secret)) => format!("secret:{secret}"),
+                    _ => return None,
+                };
+                Some(guild_queue::EgressLimit {
+                    key,
+                    rate_per_second: limit.rate_per_second,
+                    burst: limit.burst,
+                    wait_ms_max: limit.wait_ms_max,
+                    setting: format!("egress_limits[{i}]"),
+                })
+            })
+            .collect()
     }
 }
 
@@ -700,6 +770,37 @@ impl DaemonConfig {
                         "a token budget needs [[pricing.llm]] upstreams, whose responses say the tokens used",
                     ));
                 }
+            }
+        }
+        for (i, limit) in self.egress_limits.iter().enumerate() {
+            let field = |f: &str| format!("egress_limits[{i}].{f}");
+            match (&limit.upstream, &limit.secret) {
+                (Some(upstream), None) => {
+                    guild_vocab::egress::gate::parse_upstream(upstream)
+                        .map_err(|e| ConfigError::new(field("upstream"), e))?;
+                }
+                (None, Some(secret)) if !self.secrets.contains_key(secret) => {
+                    return Err(ConfigError::new(field("secret"), format!("{secret:?} is not defined in [secrets]")));
+                }
+                (None, Some(_)) => {}
+                _ => {
+                    return Err(ConfigError::new(
+                        format!("egress_limits[{i}]"),
+                        "needs exactly one of upstream = \"scheme://host[:port]\" or secret = \"NAME\"",
+                    ));
+                }
+            }
+            if !(limit.rate_per_second.is_finite() && limit.rate_per_second > 0.0) {
+                return Err(ConfigError::new(
+                    field("rate_per_second"),
+                    "must be a positive number of requests per second",
+                ));
+            }
+            if limit.burst == 0 {
+                return Err(ConfigError::new(field("burst"), "must be at least 1 request"));
+            }
+            if limit.wait_ms_max > EGRESS_WAIT_MS_MAX {
+                return Err(ConfigError::new(field("wait_ms_max"), format!("must be at most {EGRESS_WAIT_MS_MAX} ms")));
             }
         }
         if self.cache.flight_waiters_max == 0 {

@@ -43,7 +43,13 @@ impl Daemon {
         entry: &RunEntry,
     ) -> Ran {
         let principal = guild_runtime::Principal::of(&entry.tenant, entry.subject.as_deref());
-        let run_for = RunFor { principal: &principal, revision: Some(tool.revision), meter, pricing: self.pricing() };
+        let run_for = RunFor {
+            principal: &principal,
+            revision: Some(tool.revision),
+            meter,
+            pricing: self.pricing(),
+            gate: Some(self.gate.clone()),
+        };
         let Some(policy) = &tool.cache else {
             let report = self.runtime().run_as(&tool.tool, input, &tool.grants, limits, cancel, Some(&run_for)).await;
             return Ran::Report(report, None);

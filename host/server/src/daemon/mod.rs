@@ -78,6 +78,8 @@ pub struct Daemon {
     /// Where money and token budgets are kept: in process, or with `--redis` in Redis for the
     /// whole fleet.
     budgets: Arc<dyn guild_queue::BudgetStore>,
+    /// Keyed egress limits and upstream throttles its runs' requests are held to.
+    pub(crate) gate: Arc<dyn guild_vocab::egress::EgressGate>,
 }
 
 /// The parts a daemon is assembled from (see `start`).
@@ -120,6 +122,8 @@ pub(crate) struct Parts {
     pub(crate) usage: Arc<crate::usage::Usage>,
     /// Where budgets are kept: in process (refilled from the audit log), or Redis.
     pub(crate) budgets: Arc<dyn guild_queue::BudgetStore>,
+    /// Keyed egress limits and upstream throttles: in process, or Redis.
+    pub(crate) gate: Arc<dyn guild_vocab::egress::EgressGate>,
 }
 
 /// Why a caller is not shown a run or bundle.
@@ -247,6 +251,7 @@ impl Daemon {
             pricing,
             usage,
             budgets,
+            gate,
         } = parts;
         metrics.show_budgets(&tenants);
         Self {
@@ -273,6 +278,7 @@ impl Daemon {
             pricing: std::sync::RwLock::new(pricing.map(Arc::new)),
             usage,
             budgets,
+            gate,
         }
     }
 

@@ -1,0 +1,179 @@
+//! Keyed egress limits and upstream back-pressure: a rate limit on an upstream holds one node's
+//! runs to it; a limit on a secret holds two workers' to it together; an upstream's 429 with
+//! `Retry-After` keeps every worker away until then, and the jobs it held back run after it.
+
+use crate::Guild;
+use crate::cost::ALICE;
+use crate::daemon::{Daemon, config_file, token_digest};
+use crate::redis::{QUEUE_ENV, RedisServer, Worker};
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A loopback upstream that notes when each request came and answers the first `busy` of them
+/// 429 with `Retry-After: 2`.
+fn upstream(busy: usize) -> (u16, Arc<Mutex<Vec<Instant>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 8192];
+            let _ = stream.read(&mut request);
+            let count = {
+                let mut log = log.lock().expect("log");
+                log.push(Instant::now());
+                log.len()
+            };
+            let (status, extra) =
+                if count <= busy { ("429 Too Many Requests", "retry-after: 2\r\n") } else { ("200 OK", "") };
+            let body = r#"{"value":42}"#;
+            let head = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(body.as_bytes());
+        }
+    });
+    (port, seen)
+}
+
+/// The shortest time any `n + 1` consecutive requests took.
+fn tightest(seen: &[Instant], n: usize) -> Duration {
+    seen.windows(n + 1).map(|w| w[n] - w[0]).min().unwrap_or(Duration::MAX)
+}
+
+#[test]
+fn an_upstream_limit_spaces_one_nodes_requests_and_refuses_past_its_wait() {
+    let guild = Guild::new();
+    let (port, seen) = upstream(0);
+    let text = format!(
+        r#"
+[[tools]]
+path = "{hostile}"
+allow_hosts = ["http://127.0.0.1:{port}"]
+
+[[egress_limits]]
+upstream = "http://127.0.0.1:{port}"
+rate_per_second = 5
+wait_ms_max = 5000
+
+[[tenants]]
+name = "alice"
+token_blake3 = "{alice}"
+tools = ["*"]
+"#,
+        hostile = guild_test_artifacts::HOSTILE,
+        alice = token_digest(ALICE),
+    );
+    let file = config_file(guild.home(), &text);
+    let daemon = Daemon::start(&guild, &["--config", &file], &[]);
+    let url = format!("http://127.0.0.1:{port}/post");
+    let posts = |count: u64| json!({"tool": "hostile", "input": {"attack": "refused-posts", "url": url, "body_bytes": 4, "count": count}});
+    let run = daemon.run(ALICE, posts(8)).json();
+    assert_eq!(run["output"]["value"], 0, "all 8 went, spaced: {run}");
+    let times = seen.lock().expect("log").clone();
+    assert_eq!(times.len(), 8);
+    // 5 a second: any 6 in a row took at least a second (less a scheduling margin).
+    assert!(tightest(&times, 5) >= Duration::from_millis(900), "{:?}", tightest(&times, 5));
+
+    // Runs at once share the limit; a wait past its bound is refused, naming it.
+    let file = config_file(guild.home(), &text.replace("wait_ms_max = 5000", "wait_ms_max = 100"));
+    drop(daemon);
+    let daemon = Daemon::start(&guild, &["--config", &file], &[]);
+    let run = daemon.run(ALICE, posts(3)).json();
+    assert_eq!(run["output"]["value"], 2, "one went; the next two would wait 200 and 400 ms: {run}");
+    let inspect = guild.run(&["bundle", "inspect", run["bundle"].as_str().expect("bundle")]);
+    assert!(
+        inspect.stdout.contains("limited to 5 requests/s") && inspect.stdout.contains("egress_limits[0]"),
+        "{}",
+        inspect.stdout
+    );
+}
+
+/// A config for a fleet: http-get sending the secret TOKEN to the upstream on `port`, limited
+/// to 5 requests a second wherever it runs.
+fn fleet_config(port: u16) -> String {
+    format!(
+        r#"
+[[tools]]
+path = "{http_get}"
+allow_hosts = ["http://127.0.0.1:{port}"]
+secrets = [{{ name = "TOKEN", to = "http://127.0.0.1:{port}" }}]
+
+[secrets]
+TOKEN = "env:GUILD_LIMITS_TOKEN"
+
+[[egress_limits]]
+secret = "TOKEN"
+rate_per_second = 5
+wait_ms_max = 10000
+
+[[tenants]]
+name = "alice"
+token_blake3 = "{alice}"
+tools = ["*"]
+"#,
+        http_get = guild_test_artifacts::HTTP_GET,
+        alice = token_digest(ALICE),
+    )
+}
+
+fn call(port: u16) -> serde_json::Value {
+    json!({"tool": "http-get", "async": true, "input": {
+        "url": format!("http://127.0.0.1:{port}/value"),
+        "headers": {"authorization": "Bearer {{secret:TOKEN}}"},
+        "json_pointer": "/value"}})
+}
+
+#[test]
+fn a_secret_limit_holds_across_two_workers_and_a_retry_after_keeps_the_fleet_away() {
+    let redis = RedisServer::start();
+    let (port, seen) = upstream(0);
+    let api = Guild::new();
+    let file = config_file(api.home(), &fleet_config(port));
+    let env = [("GUILD_LIMITS_TOKEN", "s3cret"), ("GUILD_CONFIG", file.as_str())];
+    let env: Vec<(&str, &str)> = QUEUE_ENV.iter().copied().chain(env).collect();
+    let daemon = Daemon::start(&api, &["--config", &file, "--redis", &redis.url()], &env);
+    let caches = [tempfile::tempdir().expect("cache"), tempfile::tempdir().expect("cache")];
+    let _workers: Vec<Worker> = caches
+        .iter()
+        .enumerate()
+        .map(|(i, cache)| Worker::start_with(&redis.url(), cache.path(), &format!("w{i}"), 4, &env))
+        .collect();
+    let ids: Vec<String> =
+        (0..12).map(|_| daemon.run(ALICE, call(port)).json()["id"].as_str().expect("id").to_string()).collect();
+    for id in &ids {
+        let run = daemon.wait_run(ALICE, id);
+        assert_eq!(run["status"], "succeeded", "{run}");
+    }
+    let times = seen.lock().expect("log").clone();
+    assert_eq!(times.len(), 12);
+    // Eight slots on two machines, one budget of 5 requests a second.
+    assert!(tightest(&times, 5) >= Duration::from_millis(900), "{:?}", tightest(&times, 5));
+
+    // Back-pressure: the upstream says 429, Retry-After 2 — no worker calls it for 2 s, and the
+    // jobs held back run after that.
+    let (port, seen) = upstream(1);
+    let api = Guild::new();
+    let file = config_file(api.home(), &fleet_config(port).replace("rate_per_second = 5", "rate_per_second = 1000"));
+    let env = [("GUILD_LIMITS_TOKEN", "s3cret"), ("GUILD_CONFIG", file.as_str())];
+    let env: Vec<(&str, &str)> = QUEUE_ENV.iter().copied().chain(env).collect();
+    let daemon = Daemon::start(&api, &["--config", &file, "--redis", &redis.url()], &env);
+    let first = daemon.run(ALICE, call(port)).json()["id"].as_str().expect("id").to_string();
+    assert_eq!(daemon.wait_run(ALICE, &first)["output"]["status"], 429, "the first call is told 429");
+    let held: Vec<String> =
+        (0..4).map(|_| daemon.run(ALICE, call(port)).json()["id"].as_str().expect("id").to_string()).collect();
+    for id in &held {
+        let run = daemon.wait_run(ALICE, id);
+        assert_eq!(run["status"], "succeeded", "a held-back job runs after the Retry-After: {run}");
+    }
+    let times = seen.lock().expect("log").clone();
+    assert_eq!(times.len(), 5, "one 429, then each held-back job once");
+    let quiet = times[1] - times[0];
+    assert!(quiet >= Duration::from_millis(1900), "nobody called it for {quiet:?} after its Retry-After: 2");
+}
