@@ -1260,3 +1260,40 @@ fn every_attempt_of_a_retried_job_is_charged_to_the_ledger_and_the_budget() {
     };
     assert_eq!(spent, "2", "both attempts charged, the reservation given back");
 }
+
+#[test]
+fn the_queue_tells_an_autoscaler_how_many_workers_it_needs() {
+    let redis = RedisServer::start();
+    let api = Guild::new();
+    let daemon = api_node(&api, &redis);
+    let needed = |daemon: &Daemon| -> i64 {
+        let text = String::from_utf8_lossy(&daemon.call("GET", "/metrics", TOKEN, "").body).to_string();
+        text.lines()
+            .find_map(|l| l.strip_prefix("guild_redis_workers_needed "))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("guild_redis_workers_needed")
+    };
+    assert_eq!(needed(&daemon), 0, "nothing waits");
+    let ids: Vec<String> = (0..3)
+        .map(|i| submit(&daemon, &json!({"tool": "echo", "input": {"message": format!("m{i}")}, "async": true})))
+        .collect();
+    assert_eq!(needed(&daemon), 3, "three jobs wait and no worker runs: a slot each");
+    // The autoscaler example reads this metric and the queue's own stream.
+    let keda = include_str!("../../deploy/keda-scaledobject.yaml");
+    assert!(keda.contains("max(guild_redis_workers_needed)") && keda.contains("guild:{default}:jobs"), "{keda}");
+    assert_eq!(
+        redis.cli(&["XINFO", "GROUPS", "guild:{default}:jobs"]).lines().nth(1),
+        Some("workers"),
+        "the group KEDA reads"
+    );
+    let cache = tempfile::tempdir().expect("cache");
+    let _worker = Worker::start(&redis.url(), cache.path(), "w", 4);
+    for id in &ids {
+        assert_eq!(daemon.wait_run(TOKEN, id)["status"], "succeeded");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while needed(&daemon) != 0 {
+        assert!(Instant::now() < deadline, "an idle queue needs no worker busy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -309,6 +309,9 @@ pub struct WorkerStats {
     pub completed: u64,
     /// Jobs it runs now.
     pub running: u64,
+    /// Jobs it may run at once (`--concurrency`).
+    #[serde(default)]
+    pub slots: u64,
     /// Its last heartbeat, ms since the Unix epoch.
     pub seen_unix_ms: u64,
 }

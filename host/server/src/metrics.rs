@@ -3,7 +3,7 @@
 //! information. Names follow Prometheus conventions (base units, `_total` counters).
 
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -76,7 +76,18 @@ pub struct RedisMetrics {
     pub worker_running: IntGaugeVec,
     /// 1 while Redis answers, 0 while the circuit breaker refuses runs.
     pub up: IntGauge,
+    /// Jobs finished per second across the fleet, between the last two scrapes.
+    pub throughput: Gauge,
+    /// Workers the queue needs: the slots busy now plus those that would drain the waiting
+    /// jobs within `WORKERS_DRAIN_TARGET_S` at the mean job time (busy slots ÷ throughput,
+    /// Little's law), over the live workers' mean slots; what an autoscaler follows.
+    pub workers_needed: IntGauge,
+    /// The last scrape's completed count, and when.
+    last: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
 }
+
+/// How soon the workers an autoscaler is asked for should drain the waiting jobs, seconds.
+pub(crate) const WORKERS_DRAIN_TARGET_S: f64 = 30.0;
 
 impl RedisMetrics {
     fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
@@ -103,7 +114,24 @@ impl RedisMetrics {
         registry.register(Box::new(worker_completed.clone()))?;
         registry.register(Box::new(worker_running.clone()))?;
         registry.register(Box::new(up.clone()))?;
-        Ok(Self { jobs, events, worker_completed, worker_running, up })
+        let throughput =
+            Gauge::new("redis_jobs_per_second", "Jobs finished per second across the fleet (between scrapes).")?;
+        let workers_needed = IntGauge::new(
+            "redis_workers_needed",
+            "Workers the queue needs: busy slots plus those draining the waiting jobs within 30 s, over the mean slots per worker.",
+        )?;
+        registry.register(Box::new(throughput.clone()))?;
+        registry.register(Box::new(workers_needed.clone()))?;
+        Ok(Self {
+            jobs,
+            events,
+            worker_completed,
+            worker_running,
+            up,
+            throughput,
+            workers_needed,
+            last: std::sync::Mutex::new(None),
+        })
     }
 
     /// Set every gauge from `stats`, read from Redis at scrape time, and mark Redis up; workers
@@ -130,6 +158,41 @@ impl RedisMetrics {
             self.worker_completed.with_label_values(&[&worker.name]).set(worker.completed as i64);
             self.worker_running.with_label_values(&[&worker.name]).set(worker.running as i64);
         }
+        self.scaling(stats);
+    }
+
+    /// The throughput since the last scrape and the workers needed now.
+    fn scaling(&self, stats: &guild_queue::QueueStats) {
+        let now = std::time::Instant::now();
+        {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            match *last {
+                Some((at, completed)) if now.duration_since(at).as_secs_f64() >= 1.0 => {
+                    let done = stats.completed.saturating_sub(completed) as f64;
+                    self.throughput.set(done / now.duration_since(at).as_secs_f64());
+                    *last = Some((now, stats.completed));
+                }
+                Some(_) => {}
+                None => *last = Some((now, stats.completed)),
+            }
+        }
+        let busy: u64 = stats.workers.iter().map(|w| w.running).sum();
+        let throughput = self.throughput.get();
+        // Each waiting job needs a slot for the mean job time; without a measured time yet, a
+        // slot each.
+        let waiting = stats.depth.saturating_add(stats.delayed) as f64;
+        let for_waiting = if throughput > 0.0 && busy > 0 {
+            waiting * (busy as f64 / throughput) / WORKERS_DRAIN_TARGET_S
+        } else {
+            waiting
+        };
+        let slots: u64 = stats.workers.iter().map(|w| w.slots.max(1)).sum();
+        let per_worker = if stats.workers.is_empty() { 1.0 } else { slots as f64 / stats.workers.len() as f64 };
+        let needed = ((busy as f64 + for_waiting) / per_worker).ceil();
+        // Finite, at least 0 and at most a billion here, so the cast keeps it whole.
+        #[allow(clippy::cast_possible_truncation)]
+        let needed = if needed.is_finite() { needed.clamp(0.0, 1e9) as i64 } else { 0 };
+        self.workers_needed.set(needed);
     }
 }
 

@@ -82,6 +82,8 @@ struct Worker {
     shared_store: Option<Arc<DirStore>>,
     trusted_keys: Vec<guild_replay::PublicKey>,
     gate: Arc<dyn guild_vocab::egress::EgressGate>,
+    /// Jobs it runs at once.
+    slots: u64,
     /// Large blobs Redis is known to hold, with when that was checked (asking again after half
     /// of `results_ttl_s` refreshes their expiry).
     known_blobs: Mutex<HashMap<Digest, std::time::Instant>>,
@@ -112,6 +114,7 @@ pub async fn run_worker(
         shared_store: setup.shared_store,
         trusted_keys: setup.trusted_keys,
         gate: setup.gate,
+        slots: setup.concurrency.max(1) as u64,
         known_blobs: Mutex::new(HashMap::new()),
         flags: flags::Flags::new(),
         completed: AtomicU64::new(0),
@@ -152,6 +155,7 @@ impl Worker {
             name: self.name.clone(),
             completed: self.completed.load(Ordering::Relaxed),
             running: self.running.load(Ordering::Relaxed),
+            slots: self.slots,
             seen_unix_ms: now_unix_ms(),
         };
         if let Err(e) = self.queue.heartbeat(&stats).await {
