@@ -177,3 +177,81 @@ fn a_secret_limit_holds_across_two_workers_and_a_retry_after_keeps_the_fleet_awa
     let quiet = times[1] - times[0];
     assert!(quiet >= Duration::from_millis(1900), "nobody called it for {quiet:?} after its Retry-After: 2");
 }
+
+#[test]
+fn run_limits_hold_a_tenants_tool_and_each_agent_on_one_node_and_across_a_fleet() {
+    let text = format!(
+        r#"
+[[tools]]
+path = "{echo}"
+
+[[tools]]
+path = "{hash}"
+
+[[run_limits]]
+tenant = "alice"
+tool = "echo"
+rate_per_second = 1
+burst = 2
+
+[[run_limits]]
+tenant = "alice"
+tool = "hash"
+agent = "*"
+rate_per_second = 1
+
+[[tenants]]
+name = "alice"
+token_blake3 = "{alice}"
+tools = ["*"]
+"#,
+        echo = guild_test_artifacts::ECHO,
+        hash = guild_test_artifacts::HASH,
+        alice = token_digest(ALICE),
+    );
+    let guild = Guild::new();
+    let file = config_file(guild.home(), &text);
+    let daemon = Daemon::start(&guild, &["--config", &file], &[]);
+    let echo = json!({"tool": "echo", "input": {"message": "hi"}});
+    for _ in 0..2 {
+        assert_eq!(daemon.run(ALICE, echo.clone()).status, 200, "the burst");
+    }
+    let refused = daemon.run(ALICE, echo.clone());
+    assert_eq!((refused.status, refused.code().as_str()), (429, "rate_limited"), "{refused:?}");
+    assert!(refused.headers.contains_key("retry-after"));
+    let says = String::from_utf8_lossy(&refused.body).to_string();
+    assert!(says.contains("tenant alice tool echo is limited to 1 runs/s") && says.contains("run_limits[0]"), "{says}");
+    // Each agent has its own room under the second limit.
+    let hash = |agent: &str| {
+        let body = json!({"tool": "hash", "input": {"text": "a b"}}).to_string();
+        daemon.call_with("POST", "/v1/runs", ALICE, body.as_bytes(), &[("guild-agent", agent)]).status
+    };
+    assert_eq!((hash("a"), hash("b"), hash("a")), (200, 200, 429));
+
+    // With a wait allowed, the run waits its turn instead.
+    drop(daemon);
+    let file = config_file(guild.home(), &text.replace("burst = 2", "burst = 2\nwait_ms_max = 3000"));
+    let daemon = Daemon::start(&guild, &["--config", &file], &[]);
+    let started = Instant::now();
+    for _ in 0..3 {
+        assert_eq!(daemon.run(ALICE, echo.clone()).status, 200);
+    }
+    assert!(started.elapsed() >= Duration::from_millis(800), "the third waited its turn: {:?}", started.elapsed());
+
+    // Two API nodes on one Redis share the room.
+    let redis = RedisServer::start();
+    let (guild_a, guild_b) = (Guild::new(), Guild::new());
+    let (file_a, file_b) = (config_file(guild_a.home(), &text), config_file(guild_b.home(), &text));
+    let a = Daemon::start(&guild_a, &["--config", &file_a, "--redis", &redis.url()], QUEUE_ENV);
+    let b = Daemon::start(&guild_b, &["--config", &file_b, "--redis", &redis.url()], QUEUE_ENV);
+    let cache = tempfile::tempdir().expect("cache");
+    let _worker = Worker::start_with(&redis.url(), cache.path(), "w", 2, &[]);
+    assert_eq!(a.run(ALICE, echo.clone()).status, 200);
+    assert_eq!(b.run(ALICE, echo.clone()).status, 200);
+    let refused = a.run(ALICE, echo);
+    assert_eq!(
+        (refused.status, refused.code().as_str()),
+        (429, "rate_limited"),
+        "the fleet's burst is spent: {refused:?}"
+    );
+}

@@ -58,6 +58,20 @@ impl EgressLimit {
 
     fn refusal(&self, wait_us: u64) -> GateRefusal {
         let (what, name) = self.key.split_once(':').unwrap_or(("", &self.key));
+        if what == "run" {
+            return GateRefusal {
+                reason: format!(
+                    "{name} is limited to {} runs/s (burst {}): this run would wait {} ms, past the limit's {} ms \
+                     ({}: raise rate_per_second, burst or wait_ms_max)",
+                    self.rate_per_second,
+                    self.burst,
+                    wait_us.div_ceil(1000),
+                    self.wait_ms_max,
+                    self.setting
+                ),
+                retry_after_ms: wait_us.div_ceil(1000),
+            };
+        }
         GateRefusal {
             reason: format!(
                 "{what} {name} is limited to {} requests/s (burst {}): this one would wait {} ms, past the \
@@ -159,6 +173,33 @@ impl EgressGates {
                 }
                 Ok(())
             }
+        }
+    }
+}
+
+impl EgressGates {
+    /// Take room for one run under `limits` (run-level limits: keyed by tenant, tool or agent),
+    /// waiting for it up to their bounds.
+    ///
+    /// # Errors
+    /// A [`GateRefusal`] naming the limit that would make it wait past its bound, or saying the
+    /// store cannot be read.
+    pub async fn admit_run(&self, limits: &[EgressLimit]) -> Result<(), GateRefusal> {
+        if limits.is_empty() {
+            return Ok(());
+        }
+        let applying: Vec<&EgressLimit> = limits.iter().collect();
+        let checked = self.check("", &applying).await.map_err(|e| GateRefusal {
+            reason: format!("the run limits cannot be checked: {e}"),
+            retry_after_ms: 1000,
+        })?;
+        match checked {
+            Checked::Go(0) | Checked::Throttled(_) => Ok(()),
+            Checked::Go(us) => {
+                tokio::time::sleep(Duration::from_micros(us)).await;
+                Ok(())
+            }
+            Checked::Refused(index, us) => Err(applying[index].refusal(us)),
         }
     }
 }

@@ -187,12 +187,10 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         None => local_budgets,
     };
     let limits = config.egress_limits();
-    let gate: Arc<dyn guild_vocab::egress::EgressGate> = match &remote {
-        Some(remote) => {
-            Arc::new(guild_queue::EgressGates::shared(limits, config.egress_throttle_ms_max, remote.queue.clone()))
-        }
-        None => Arc::new(guild_queue::EgressGates::local(limits, config.egress_throttle_ms_max)),
-    };
+    let gate = Arc::new(match &remote {
+        Some(remote) => guild_queue::EgressGates::shared(limits, config.egress_throttle_ms_max, remote.queue.clone()),
+        None => guild_queue::EgressGates::local(limits, config.egress_throttle_ms_max),
+    });
     let daemon = Daemon::new(crate::daemon::Parts {
         runtime,
         store,
@@ -214,6 +212,7 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         usage,
         budgets,
         gate,
+        run_limits: config.run_limits.clone(),
     });
     let daemon = Arc::new(daemon);
     daemon.start_auditing();

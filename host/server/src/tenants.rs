@@ -88,6 +88,8 @@ pub enum Refusal {
     /// A money or token budget (the tenant's, its tool's or its agent's) is spent, or the
     /// tenant has spent under as many agent labels as it may this period.
     Budget(guild_queue::Exhausted),
+    /// A run-level limit (`[[run_limits]]`) would make the run wait past its bound.
+    RunLimit(guild_vocab::egress::GateRefusal),
 }
 
 impl Refusal {
@@ -98,6 +100,7 @@ impl Refusal {
             Self::Concurrency { .. } => "concurrency_limited",
             Self::FuelBudget { .. } => "fuel_budget_exhausted",
             Self::Budget(_) => "budget_exhausted",
+            Self::RunLimit(_) => "rate_limited",
         }
     }
 
@@ -105,6 +108,7 @@ impl Refusal {
     pub fn retry_after_s(&self) -> u64 {
         match self {
             Self::Budget(exhausted) => exhausted.retry_after_s.max(1),
+            Self::RunLimit(refused) => refused.retry_after_ms.div_ceil(1000).max(1),
             Self::RateLimited { retry_after, .. } | Self::FuelBudget { retry_after, .. } => {
                 // Whole seconds rounded up, at least one.
                 (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1)
@@ -129,6 +133,7 @@ impl Refusal {
                  period or raise tenants.fuel_budget_units"
             ),
             Self::Budget(exhausted) => exhausted.message(tenant),
+            Self::RunLimit(refused) => refused.reason.clone(),
         }
     }
 }

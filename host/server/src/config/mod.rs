@@ -110,6 +110,10 @@ pub struct DaemonConfig {
     /// every run here (with Redis, across the fleet).
     #[serde(default)]
     pub egress_limits: Vec<EgressLimitConfig>,
+    /// Run-level limits: runs per second of a tenant, of one of its tools, or of each of its
+    /// agents, across every node here (with Redis, the fleet).
+    #[serde(default)]
+    pub run_limits: Vec<RunLimitConfig>,
     /// Longest an upstream's `Retry-After` (on a 429 or 503) holds it back, ms.
     #[serde(default = "egress_throttle_ms_max_default")]
     pub egress_throttle_ms_max: u64,
@@ -183,6 +187,64 @@ fn egress_wait_default() -> u64 {
 
 fn one() -> u32 {
     1
+}
+
+/// `[[run_limits]]`: runs per second of a tenant (of one of its tools, of each agent label).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunLimitConfig {
+    /// The tenant whose runs it limits.
+    pub tenant: String,
+    /// Only its runs of this tool.
+    #[serde(default)]
+    pub tool: Option<String>,
+    /// `"*"`: each agent label's runs apart (a run naming none is not limited by it); a label:
+    /// only that agent's.
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// Sustained runs per second.
+    pub rate_per_second: f64,
+    /// Runs that may start at once above the rate.
+    #[serde(default = "one")]
+    pub burst: u32,
+    /// Longest a run waits for room before it starts, ms (at most 60 000; 0, the default:
+    /// answered 429 `rate_limited` at once, with `Retry-After`).
+    #[serde(default)]
+    pub wait_ms_max: u64,
+}
+
+impl RunLimitConfig {
+    /// The limits of `limits` (the config's, in order) a run of `tool` for `tenant` and `agent`
+    /// counts against, keyed as the gates keep them.
+    pub fn for_run(
+        limits: &[Self],
+        (tenant, tool, agent): (&str, &str, Option<&str>),
+    ) -> Vec<guild_queue::EgressLimit> {
+        limits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.tenant == tenant && l.tool.as_deref().is_none_or(|t| t == tool))
+            .filter_map(|(i, l)| {
+                let mut key = format!("run:tenant {tenant}");
+                if let Some(tool) = &l.tool {
+                    key.push_str(&format!(" tool {tool}"));
+                }
+                match (l.agent.as_deref(), agent) {
+                    (None, _) => {}
+                    (Some("*"), Some(agent)) => key.push_str(&format!(" agent {agent}")),
+                    (Some(wanted), Some(agent)) if wanted == agent => key.push_str(&format!(" agent {agent}")),
+                    _ => return None,
+                }
+                Some(guild_queue::EgressLimit {
+                    key,
+                    rate_per_second: l.rate_per_second,
+                    burst: l.burst,
+                    wait_ms_max: l.wait_ms_max,
+                    setting: format!("run_limits[{i}]"),
+                })
+            })
+            .collect()
+    }
 }
 
 /// `[[egress_limits]]`: one keyed rate limit on outgoing requests.
@@ -770,6 +832,27 @@ impl DaemonConfig {
                         "a token budget needs [[pricing.llm]] upstreams, whose responses say the tokens used",
                     ));
                 }
+            }
+        }
+        for (i, limit) in self.run_limits.iter().enumerate() {
+            let field = |f: &str| format!("run_limits[{i}].{f}");
+            if !self.tenants.iter().any(|t| t.name == limit.tenant) {
+                return Err(ConfigError::new(
+                    field("tenant"),
+                    format!("{:?} is not a configured tenant", limit.tenant),
+                ));
+            }
+            if let Some(agent) = limit.agent.as_deref().filter(|a| *a != "*") {
+                guild_queue::check_agent_label(agent).map_err(|e| ConfigError::new(field("agent"), e))?;
+            }
+            if !(limit.rate_per_second.is_finite() && limit.rate_per_second > 0.0) {
+                return Err(ConfigError::new(field("rate_per_second"), "must be a positive number of runs per second"));
+            }
+            if limit.burst == 0 {
+                return Err(ConfigError::new(field("burst"), "must be at least 1 run"));
+            }
+            if limit.wait_ms_max > EGRESS_WAIT_MS_MAX {
+                return Err(ConfigError::new(field("wait_ms_max"), format!("must be at most {EGRESS_WAIT_MS_MAX} ms")));
             }
         }
         for (i, limit) in self.egress_limits.iter().enumerate() {

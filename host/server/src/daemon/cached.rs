@@ -48,7 +48,7 @@ impl Daemon {
             revision: Some(tool.revision),
             meter,
             pricing: self.pricing(),
-            gate: Some(self.gate.clone()),
+            gate: Some(self.gate.clone() as Arc<dyn guild_vocab::egress::EgressGate>),
         };
         let Some(policy) = &tool.cache else {
             let report = self.runtime().run_as(&tool.tool, input, &tool.grants, limits, cancel, Some(&run_for)).await;

@@ -78,8 +78,11 @@ pub struct Daemon {
     /// Where money and token budgets are kept: in process, or with `--redis` in Redis for the
     /// whole fleet.
     budgets: Arc<dyn guild_queue::BudgetStore>,
-    /// Keyed egress limits and upstream throttles its runs' requests are held to.
-    pub(crate) gate: Arc<dyn guild_vocab::egress::EgressGate>,
+    /// Keyed egress limits and upstream throttles its runs' requests are held to, and run-level
+    /// limits (in process, or Redis).
+    pub(crate) gate: Arc<guild_queue::EgressGates>,
+    /// `[[run_limits]]`.
+    pub(crate) run_limits: Vec<crate::config::RunLimitConfig>,
 }
 
 /// The parts a daemon is assembled from (see `start`).
@@ -123,7 +126,9 @@ pub(crate) struct Parts {
     /// Where budgets are kept: in process (refilled from the audit log), or Redis.
     pub(crate) budgets: Arc<dyn guild_queue::BudgetStore>,
     /// Keyed egress limits and upstream throttles: in process, or Redis.
-    pub(crate) gate: Arc<dyn guild_vocab::egress::EgressGate>,
+    pub(crate) gate: Arc<guild_queue::EgressGates>,
+    /// `[[run_limits]]`.
+    pub(crate) run_limits: Vec<crate::config::RunLimitConfig>,
 }
 
 /// Why a caller is not shown a run or bundle.
@@ -252,6 +257,7 @@ impl Daemon {
             usage,
             budgets,
             gate,
+            run_limits,
         } = parts;
         metrics.show_budgets(&tenants);
         Self {
@@ -279,6 +285,7 @@ impl Daemon {
             usage,
             budgets,
             gate,
+            run_limits,
         }
     }
 
@@ -584,6 +591,9 @@ impl Daemon {
             self.metrics.rejections.with_label_values(&[&tenant.name, refusal.code()]).inc();
             Rejection::Tenant { tenant: tenant.name.clone(), refusal }
         };
+        // Run-level limits first: a run waiting for room holds nothing of its tenant's.
+        let limits = crate::config::RunLimitConfig::for_run(&self.run_limits, (&tenant.name, &tool.name, agent));
+        self.gate.admit_run(&limits).await.map_err(|r| refused(crate::tenants::Refusal::RunLimit(r)))?;
         let mut admission = tenant.admit(tool.limits.fuel_units).map_err(refused)?;
         // A money budget holds back what the run could cost at most: its limits, priced.
         let worst = match self.pricing() {
