@@ -1,0 +1,83 @@
+//! What keyed limits add to a run or a request, printed as Markdown (`cargo bench --bench
+//! limits`): one check of a request against its upstream's and its secret's limits (GCRA), in
+//! process and — with a `redis-server` of its own on a loopback port — in Redis as a fleet keeps
+//! them; and the same for a run against a tenant's run limit. The limits are generous, so every
+//! check passes without waiting: what is timed is the bookkeeping.
+
+use guild_queue::{EgressGates, EgressLimit, RedisQueue, RedisSettings};
+use guild_vocab::egress::EgressGate;
+use std::time::Instant;
+
+/// Checks timed in process.
+const LOCAL: u32 = 200_000;
+/// Checks timed in Redis.
+const SHARED: u32 = 5_000;
+
+fn limits() -> Vec<EgressLimit> {
+    let limit = |key: &str| EgressLimit {
+        key: key.into(),
+        rate_per_second: 1e9,
+        burst: 1_000_000,
+        wait_ms_max: 0,
+        setting: "bench".into(),
+    };
+    vec![limit("upstream:https://api.example.com:443"), limit("secret:TOKEN"), limit("run:tenant alice")]
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let secrets = vec!["TOKEN".to_string()];
+    let upstream = "https://api.example.com:443";
+    let run = [limits()[2].clone()];
+    let local = EgressGates::local(limits(), 300_000);
+    let (request, runs) = runtime.block_on(async {
+        let started = Instant::now();
+        for _ in 0..LOCAL {
+            local.admit(upstream, &secrets).await.expect("room");
+        }
+        let request = started.elapsed() / LOCAL;
+        let started = Instant::now();
+        for _ in 0..LOCAL {
+            local.admit_run(&run).await.expect("room");
+        }
+        (request, started.elapsed() / LOCAL)
+    });
+    println!("| check | per check | checks timed |");
+    println!("|---|---|---|");
+    println!(
+        "| a request, its upstream's and its secret's limits, in process | {:.2} µs | {LOCAL} |",
+        request.as_secs_f64() * 1e6
+    );
+    println!("| a run, its tenant's run limit, in process | {:.2} µs | {LOCAL} |", runs.as_secs_f64() * 1e6);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a port").local_addr().expect("addr").port();
+    let Ok(mut server) = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+    else {
+        println!("(no redis-server: the fleet's figures are not measured)");
+        return;
+    };
+    let (request, runs) = runtime.block_on(async {
+        let queue = RedisQueue::open(RedisSettings::new(format!("redis://127.0.0.1:{port}/"))).expect("settings");
+        while queue.ping().await.is_err() {
+            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        }
+        let shared = EgressGates::shared(limits(), 300_000, queue);
+        let started = Instant::now();
+        for _ in 0..SHARED {
+            shared.admit(upstream, &secrets).await.expect("room");
+        }
+        let request = started.elapsed() / SHARED;
+        let started = Instant::now();
+        for _ in 0..SHARED {
+            shared.admit_run(&run).await.expect("room");
+        }
+        (request, started.elapsed() / SHARED)
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    println!("| a request, in Redis (one script, loopback) | {:.1} µs | {SHARED} |", request.as_secs_f64() * 1e6);
+    println!("| a run, in Redis (one script, loopback) | {:.1} µs | {SHARED} |", runs.as_secs_f64() * 1e6);
+}
