@@ -11,7 +11,7 @@
 use crate::QueueError;
 use guild_vocab::egress::gate::{EgressGate, GateFuture, GateRefusal};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Default longest an upstream's `Retry-After` holds it back, ms (5 minutes): a longer one is cut
@@ -98,12 +98,66 @@ pub(crate) enum Checked {
     Refused(usize, u64),
 }
 
-/// Where the gates' state lives.
+/// Where the gates' state lives (cheap to clone: a reservation given back on its own).
+#[derive(Clone)]
 enum Backend {
     /// One node: theoretical arrival times by key (µs since the epoch), throttles by upstream.
-    Local { arrivals: Mutex<HashMap<String, u64>>, throttles: Mutex<HashMap<String, u64>> },
+    Local { arrivals: Arc<Mutex<HashMap<String, u64>>>, throttles: Arc<Mutex<HashMap<String, u64>>> },
     /// A fleet.
     Redis(crate::RedisQueue),
+}
+
+/// Room taken under some limits by a request that waits for its turn: given back if the request
+/// never goes (its run timed out or was cancelled while it waited, or a throttle came), so a run
+/// that dies waiting holds no one else back.
+struct Reserved {
+    backend: Backend,
+    /// Each limit's key and interval, µs.
+    keys: Vec<(String, u64)>,
+    armed: bool,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let keys = std::mem::take(&mut self.keys);
+        match &self.backend {
+            Backend::Local { arrivals, .. } => {
+                let now = now_us();
+                let mut arrivals = arrivals.lock().unwrap_or_else(|p| p.into_inner());
+                for (key, interval) in keys {
+                    if let Some(tat) = arrivals.get_mut(&key) {
+                        *tat = tat.saturating_sub(interval).max(now);
+                    }
+                }
+            }
+            Backend::Redis(queue) => {
+                let queue = queue.clone();
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    handle.spawn(async move {
+                        if let Err(e) = queue.gate_give_back(&keys).await {
+                            tracing::warn!(error = %e, "room a request never used could not be given back");
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// What a throttle is kept under: the upstream, and the secrets a request carried (an
+/// upstream's 429 is most often about the credential): requests with other credentials, or none,
+/// are not held back by it.
+fn throttle_key(upstream: &str, secrets: &[String]) -> String {
+    if secrets.is_empty() {
+        return upstream.to_string();
+    }
+    let mut names: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    names.sort_unstable();
+    names.dedup();
+    format!("{upstream} with {}", names.join(","))
 }
 
 /// The host's keyed egress limits and throttles.
@@ -121,7 +175,7 @@ fn now_us() -> u64 {
 impl EgressGates {
     /// Gates kept in this process.
     pub fn local(limits: Vec<EgressLimit>, throttle_ms_max: u64) -> Self {
-        let backend = Backend::Local { arrivals: Mutex::default(), throttles: Mutex::default() };
+        let backend = Backend::Local { arrivals: Arc::default(), throttles: Arc::default() };
         Self { limits, throttle_ms_max, backend }
     }
 
@@ -208,46 +262,68 @@ impl EgressGate for EgressGates {
     fn admit<'a>(&'a self, upstream: &'a str, secrets: &'a [String]) -> GateFuture<'a, Result<(), GateRefusal>> {
         Box::pin(async move {
             let applying: Vec<&EgressLimit> = self.limits.iter().filter(|l| l.applies(upstream, secrets)).collect();
-            // A throttled upstream may be waited for within its own limit's bound.
-            let throttle_wait_ms =
-                applying.iter().filter(|l| l.key.starts_with("upstream:")).map(|l| l.wait_ms_max).max().unwrap_or(0);
+            let throttled_under = throttle_key(upstream, secrets);
+            // A throttled upstream may be waited for within its own limit's bound, in all.
+            let throttle_wait = Duration::from_millis(
+                applying.iter().filter(|l| l.key.starts_with("upstream:")).map(|l| l.wait_ms_max).max().unwrap_or(0),
+            );
+            let started = std::time::Instant::now();
+            let unreadable = |e: QueueError| GateRefusal {
+                // Fails closed: a limit that cannot be read is not known to have room.
+                reason: format!("the egress limits cannot be checked: {e}"),
+                retry_after_ms: 1000,
+            };
+            let throttled = |ms: u64| GateRefusal {
+                reason: format!(
+                    "upstream {throttled_under} asked to be left alone for {ms} ms more (its Retry-After); no such \
+                     request goes to it until then"
+                ),
+                retry_after_ms: ms,
+            };
             loop {
-                let checked = self.check(upstream, &applying).await.map_err(|e| GateRefusal {
-                    // Fails closed: a limit that cannot be read is not known to have room.
-                    reason: format!("the egress limits cannot be checked: {e}"),
-                    retry_after_ms: 1000,
-                })?;
-                match checked {
+                match self.check(&throttled_under, &applying).await.map_err(unreadable)? {
                     Checked::Go(0) => return Ok(()),
                     Checked::Go(us) => {
+                        let mut reserved = Reserved {
+                            backend: self.backend.clone(),
+                            keys: applying.iter().map(|l| (l.key.clone(), l.interval_us())).collect(),
+                            armed: true,
+                        };
                         tokio::time::sleep(Duration::from_micros(us)).await;
+                        // A throttle that came while it waited holds it back too (its room
+                        // goes back as `reserved` drops).
+                        if let Checked::Throttled(ms) = self.check(&throttled_under, &[]).await.map_err(unreadable)? {
+                            return Err(throttled(ms));
+                        }
+                        reserved.armed = false;
                         return Ok(());
                     }
-                    Checked::Throttled(ms) if ms <= throttle_wait_ms => {
+                    Checked::Throttled(ms) if started.elapsed() + Duration::from_millis(ms) <= throttle_wait => {
                         tokio::time::sleep(Duration::from_millis(ms)).await;
                     }
-                    Checked::Throttled(ms) => {
-                        return Err(GateRefusal {
-                            reason: format!(
-                                "upstream {upstream} asked to be left alone for {ms} ms more (its Retry-After); no \
-                                 request goes to it until then"
-                            ),
-                            retry_after_ms: ms,
-                        });
-                    }
+                    Checked::Throttled(ms) => return Err(throttled(ms)),
                     Checked::Refused(index, us) => return Err(applying[index].refusal(us)),
                 }
             }
         })
     }
 
-    fn answered<'a>(&'a self, upstream: &'a str, status: u16, retry_after_ms: Option<u64>) -> GateFuture<'a, ()> {
+    fn answered<'a>(
+        &'a self,
+        (upstream, secrets): (&'a str, &'a [String]),
+        status: u16,
+        retry_after_ms: Option<u64>,
+    ) -> GateFuture<'a, ()> {
         Box::pin(async move {
             let Some(ms) = retry_after_ms.filter(|ms| *ms > 0 && matches!(status, 429 | 503)) else { return };
             let ms = ms.min(self.throttle_ms_max);
-            tracing::warn!(upstream, status, retry_after_ms = ms, "upstream asked to be left alone: throttled");
-            if let Err(e) = self.throttle(upstream, ms).await {
-                tracing::error!(upstream, error = %e, "the upstream's throttle could not be kept");
+            if ms == 0 {
+                return; // throttles are off (egress_throttle_ms_max = 0)
+            }
+            let key = throttle_key(upstream, secrets);
+            tracing::warn!(upstream = %key, status, retry_after_ms = ms, "upstream asked to be left alone: throttled");
+            if let Err(e) = self.throttle(&key, ms).await {
+                tracing::error!(upstream = %key, error = %e, "the upstream's throttle could not be kept");
             }
         })
     }
@@ -281,14 +357,39 @@ pub(crate) mod tests {
         gates.admit("http://elsewhere:1", &[]).await.expect("free");
         // A 429 with Retry-After holds the upstream back.
         let throttled = format!("{upstream}-busy");
-        gates.answered(&throttled, 429, Some(2_000)).await;
+        gates.answered((&throttled, &[]), 429, Some(2_000)).await;
         let refused = gates.admit(&throttled, &[]).await.expect_err("throttled");
         assert!(refused.reason.contains("Retry-After") && refused.retry_after_ms > 1_000, "{refused:?}");
-        gates.answered(&throttled, 200, Some(9_000)).await; // only 429 and 503 throttle
+        gates.answered((&throttled, &[]), 200, Some(9_000)).await; // only 429 and 503 throttle
+        // A 429 to a request carrying a secret holds back only the requests carrying it.
+        let keyed = format!("{upstream}-keyed");
+        gates.answered((&keyed, &secret), 429, Some(2_000)).await;
+        assert!(gates.admit(&keyed, &secret).await.is_err(), "the same credential waits");
+        gates.admit(&keyed, &[]).await.expect("another (none) does not");
+        // A request that dies waiting gives its room back: the next one waits no longer.
+        let give = vec!["GIVE".to_string()];
+        gates.admit(upstream, &give).await.expect("the first at once");
+        for _ in 0..3 {
+            // Each would wait ~200 ms more than the last; each dies after 10 ms.
+            let cut = tokio::time::timeout(Duration::from_millis(10), gates.admit(upstream, &give)).await;
+            assert!(cut.is_err(), "it was waiting");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        gates.admit(upstream, &give).await.expect("room");
+        assert!(
+            started.elapsed() < Duration::from_millis(350),
+            "the dead ones' room came back: {:?}",
+            started.elapsed()
+        );
     }
 
     pub(crate) fn limits(upstream: &str) -> Vec<EgressLimit> {
-        vec![limit("secret:TOKEN", 20.0, 2, 1_000), limit(&format!("upstream:{upstream}-slow"), 1.0, 1, 200)]
+        vec![
+            limit("secret:TOKEN", 20.0, 2, 1_000),
+            limit(&format!("upstream:{upstream}-slow"), 1.0, 1, 200),
+            limit("secret:GIVE", 5.0, 1, 2_000),
+        ]
     }
 
     #[tokio::test]

@@ -22,9 +22,16 @@ pub trait EgressGate: Send + Sync {
     /// `Retry-After`, when waiting would pass the bound.
     fn admit<'a>(&'a self, upstream: &'a str, secrets: &'a [String]) -> GateFuture<'a, Result<(), GateRefusal>>;
 
-    /// `upstream` answered `status`, with `Retry-After` (ms) when it gave one: a `429` or `503`
-    /// with one holds the upstream back until then.
-    fn answered<'a>(&'a self, upstream: &'a str, status: u16, retry_after_ms: Option<u64>) -> GateFuture<'a, ()>;
+    /// `to.0`, the upstream, answered a request carrying the secrets named `to.1` with `status`, and
+    /// `Retry-After` (ms) when it gave one: a `429` or `503` with one holds back the requests to
+    /// that upstream carrying those secrets (or, carrying none, every request to it carrying
+    /// none) until then.
+    fn answered<'a>(
+        &'a self,
+        to: (&'a str, &'a [String]),
+        status: u16,
+        retry_after_ms: Option<u64>,
+    ) -> GateFuture<'a, ()>;
 }
 
 /// Why a request may not go now.
@@ -82,8 +89,9 @@ pub fn parse_upstream(text: &str) -> Result<String, String> {
 /// (`Wed, 21 Oct 2015 07:28:00 GMT`) against `now_unix_s`. `None` when it is neither.
 pub fn retry_after_ms(value: &str, now_unix_s: u64) -> Option<u64> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(seconds.saturating_mul(1000));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // More seconds than fit: as long as can be (the host caps a throttle anyway).
+        return Some(value.parse::<u64>().map_or(u64::MAX, |seconds| seconds.saturating_mul(1000)));
     }
     // IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`.
     let parts: Vec<&str> = value.split_whitespace().collect();
@@ -95,6 +103,15 @@ pub fn retry_after_ms(value: &str, now_unix_s: u64) -> Option<u64> {
     let (day, year): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
     let hms: Vec<i64> = time.split(':').map(|p| p.parse().ok()).collect::<Option<Vec<_>>>()?;
     let [h, m, s] = hms.as_slice() else { return None };
+    // A date a server could mean: the arithmetic below then cannot overflow.
+    let plausible = (1970..=9999).contains(&year)
+        && (1..=31).contains(&day)
+        && (0..24).contains(h)
+        && (0..60).contains(m)
+        && (0..61).contains(s);
+    if !plausible {
+        return None;
+    }
     // Days from the civil date (Howard Hinnant's algorithm).
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
@@ -128,5 +145,9 @@ mod tests {
         assert_eq!(retry_after_ms("Sun, 06 Nov 1994 08:49:37 GMT", 784_111_770), Some(7000));
         assert_eq!(retry_after_ms("Sun, 06 Nov 1994 08:49:37 GMT", 784_111_800), Some(0), "a date past is now");
         assert_eq!(retry_after_ms("soon", 0), None);
+        // Nothing a server sends makes the host overflow or panic.
+        assert_eq!(retry_after_ms("Sun, 06 Nov 99999999999999999 08:49:37 GMT", 0), None);
+        assert_eq!(retry_after_ms("Sun, 32 Nov 1994 08:49:37 GMT", 0), None);
+        assert_eq!(retry_after_ms("99999999999999999999999", 0), Some(u64::MAX));
     }
 }

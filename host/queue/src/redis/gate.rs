@@ -38,6 +38,25 @@ return {0, 0, wait}
     )
 });
 
+/// Give back: KEYS each limit's arrival key; ARGV each one's interval, µs.
+static GIVE_BACK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i = 1, #KEYS do
+  local tat = tonumber(redis.call('GET', KEYS[i]) or 'x')
+  if tat then
+    local back = tat - tonumber(ARGV[i])
+    if back < now then back = now end
+    redis.call('SET', KEYS[i], string.format('%.0f', back), 'KEEPTTL')
+  end
+end
+return 0
+",
+    )
+});
+
 impl RedisQueue {
     fn gate_key(&self, kind: &str, key: &str) -> String {
         self.inner.keys.key(&format!("gate:{kind}:{key}"))
@@ -56,6 +75,16 @@ impl RedisQueue {
             1 => Checked::Throttled(amount),
             _ => Checked::Refused(index, amount),
         })
+    }
+
+    /// Give back room a request took and never used: each key's arrival time moves back by its
+    /// interval (never before now).
+    pub(crate) async fn gate_give_back(&self, keys: &[(String, u64)]) -> Result<(), QueueError> {
+        let mut script = GIVE_BACK.prepare_invoke();
+        for (key, interval) in keys {
+            script.key(self.gate_key("t", key)).arg(*interval);
+        }
+        self.guarded(async { script.invoke_async::<()>(&mut self.conn()).await.map_err(from_redis) }).await
     }
 
     pub(crate) async fn gate_throttle(&self, upstream: &str, ms: u64) -> Result<(), QueueError> {

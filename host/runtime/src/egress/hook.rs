@@ -460,7 +460,7 @@ impl EgressRun {
                 .iter()
                 .find(|(name, _)| name.eq_ignore_ascii_case("retry-after"))
                 .and_then(|(_, value)| guild_vocab::egress::gate::retry_after_ms(value, now_unix_s()));
-            gate.answered(&upstream, answer.status, retry_after).await;
+            gate.answered((&upstream, &secrets_used), answer.status, retry_after).await;
         }
         // A refusal for size is the guest's doing, not the upstream's; a host-wide connection
         // limit is the host's.

@@ -114,7 +114,8 @@ pub struct DaemonConfig {
     /// agents, across every node here (with Redis, the fleet).
     #[serde(default)]
     pub run_limits: Vec<RunLimitConfig>,
-    /// Longest an upstream's `Retry-After` (on a 429 or 503) holds it back, ms.
+    /// Longest an upstream's `Retry-After` (on a 429 or 503) holds it back, ms (at most a day;
+    /// 0 turns throttles off).
     #[serde(default = "egress_throttle_ms_max_default")]
     pub egress_throttle_ms_max: u64,
     /// Changing tools safely: the replay gate's policy and bounds, shadow runs.
@@ -175,6 +176,9 @@ impl Default for RolloutConfig {
 fn egress_throttle_ms_max_default() -> u64 {
     guild_queue::EGRESS_THROTTLE_MS_MAX_DEFAULT
 }
+
+/// Largest `egress_throttle_ms_max`, ms: a day.
+pub const EGRESS_THROTTLE_MS_MAX: u64 = 86_400_000;
 
 /// Longest a request may be set to wait for room under an egress limit, ms.
 pub const EGRESS_WAIT_MS_MAX: u64 = 60_000;
@@ -833,6 +837,12 @@ impl DaemonConfig {
                     ));
                 }
             }
+        }
+        if self.egress_throttle_ms_max > EGRESS_THROTTLE_MS_MAX {
+            return Err(ConfigError::new(
+                "egress_throttle_ms_max",
+                format!("must be at most {EGRESS_THROTTLE_MS_MAX} ms (a day); 0 turns throttles off"),
+            ));
         }
         for (i, limit) in self.run_limits.iter().enumerate() {
             let field = |f: &str| format!("run_limits[{i}].{f}");
