@@ -10,6 +10,9 @@ use guild_replay::cost::{LlmPrice, Price, PriceTable, Quantities, TokenCount, Us
 use guild_server::usage::{Filter, GroupBy, USAGE_HOURS_KEPT_DEFAULT, USAGE_ROWS_MAX_DEFAULT, Usage};
 use std::time::Instant;
 
+#[path = "support/redis.rs"]
+mod bench_redis;
+
 /// Runs timed.
 const RUNS: u32 = 200_000;
 
@@ -97,7 +100,7 @@ fn main() {
 
 /// A run's three budgets, reserved and settled: in process, then in Redis with its ledger entry.
 fn budgets(cost: &guild_replay::cost::Cost) {
-    use guild_queue::{BudgetLine, BudgetPlan, BudgetStore, LocalBudgets, RedisQueue, RedisSettings};
+    use guild_queue::{BudgetLine, BudgetPlan, BudgetStore, LocalBudgets};
     let line = |key: &str| BudgetLine {
         key: key.into(),
         money: Some(price("1000000")),
@@ -128,23 +131,12 @@ fn budgets(cost: &guild_replay::cost::Cost) {
     println!("|---|---|---|");
     println!("| reserve and settle, in process | {:.2} µs | {RUNS} |", in_process.as_secs_f64() * 1e6);
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a port").local_addr().expect("addr").port();
-    let Ok(mut server) = std::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-    else {
-        println!("(no redis-server: the fleet's figures are not measured)");
-        return;
-    };
+    let Some(server) = bench_redis::BenchRedis::start() else { return };
     const FLEET_RUNS: u32 = 5_000;
     let by_resource: Vec<(String, rust_decimal::Decimal)> =
         cost.lines.iter().map(|l| (l.resource.clone(), l.amount.0)).collect();
     let timed = runtime.block_on(async {
-        let queue = RedisQueue::open(RedisSettings::new(format!("redis://127.0.0.1:{port}/"))).expect("settings");
-        while queue.ping().await.is_err() {
-            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-        }
+        let queue = server.queue().await;
         let started = Instant::now();
         for _ in 0..FLEET_RUNS {
             queue.reserve(&plan).await.expect("redis").expect("room");
@@ -161,8 +153,7 @@ fn budgets(cost: &guild_replay::cost::Cost) {
         }
         (budgets, started.elapsed() / FLEET_RUNS)
     });
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     println!(
         "| reserve and settle, in Redis (two scripts, loopback) | {:.1} µs | {FLEET_RUNS} |",
         timed.0.as_secs_f64() * 1e6

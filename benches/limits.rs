@@ -4,9 +4,12 @@
 //! them; and the same for a run against a tenant's run limit. The limits are generous, so every
 //! check passes without waiting: what is timed is the bookkeeping.
 
-use guild_queue::{EgressGates, EgressLimit, RedisQueue, RedisSettings};
+use guild_queue::{EgressGates, EgressLimit};
 use guild_vocab::egress::EgressGate;
 use std::time::Instant;
+
+#[path = "support/redis.rs"]
+mod bench_redis;
 
 /// Checks timed in process.
 const LOCAL: u32 = 200_000;
@@ -50,20 +53,9 @@ fn main() {
     );
     println!("| a run, its tenant's run limit, in process | {:.2} µs | {LOCAL} |", runs.as_secs_f64() * 1e6);
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a port").local_addr().expect("addr").port();
-    let Ok(mut server) = std::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-    else {
-        println!("(no redis-server: the fleet's figures are not measured)");
-        return;
-    };
+    let Some(server) = bench_redis::BenchRedis::start() else { return };
     let (request, runs) = runtime.block_on(async {
-        let queue = RedisQueue::open(RedisSettings::new(format!("redis://127.0.0.1:{port}/"))).expect("settings");
-        while queue.ping().await.is_err() {
-            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
-        }
+        let queue = server.queue().await;
         let shared = EgressGates::shared(limits(), 300_000, queue);
         let started = Instant::now();
         for _ in 0..SHARED {
@@ -76,8 +68,7 @@ fn main() {
         }
         (request, started.elapsed() / SHARED)
     });
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     println!("| a request, in Redis (one script, loopback) | {:.1} µs | {SHARED} |", request.as_secs_f64() * 1e6);
     println!("| a run, in Redis (one script, loopback) | {:.1} µs | {SHARED} |", runs.as_secs_f64() * 1e6);
 }

@@ -136,8 +136,9 @@ fn a_price_table_must_be_exact_and_named() {
     }
 }
 
-/// An LLM upstream on loopback: every answer reports 12 prompt and 30 completion tokens.
-pub(crate) fn llm_upstream() -> u16 {
+/// An upstream on loopback whose every answer `answer` makes from the request's text: its extra
+/// header lines and its body.
+fn fake_upstream(answer: fn(&str) -> (&'static str, &'static [u8])) -> u16 {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
@@ -145,18 +146,24 @@ pub(crate) fn llm_upstream() -> u16 {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             let mut request = [0u8; 8192];
-            let _ = stream.read(&mut request);
-            let body =
-                r#"{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":12,"completion_tokens":30}}"#;
+            let n = stream.read(&mut request).unwrap_or(0);
+            let (extra, body) = answer(&String::from_utf8_lossy(&request[..n]));
             let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n",
                 body.len()
             );
             let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(body.as_bytes());
+            let _ = stream.write_all(body);
         }
     });
     port
+}
+
+/// An LLM upstream on loopback: every answer reports 12 prompt and 30 completion tokens.
+pub(crate) fn llm_upstream() -> u16 {
+    fake_upstream(|_| {
+        ("", br#"{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":12,"completion_tokens":30}}"#)
+    })
 }
 
 #[test]
@@ -473,29 +480,13 @@ fn gpu_time_is_priced_by_where_it_ran_and_the_bundle_agrees() {
 /// An LLM upstream on loopback that answers `/v1/nousage` with no usage and `/v1/gzip` with a
 /// compressed body.
 fn sly_upstream() -> u16 {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut request = [0u8; 8192];
-            let n = stream.read(&mut request).unwrap_or(0);
-            let text = String::from_utf8_lossy(&request[..n]).to_string();
-            let (extra, body): (&str, &[u8]) = if text.contains("/v1/gzip") {
-                ("content-encoding: gzip\r\n", b"\x1f\x8b\x08\x00\x00\x00\x00\x00")
-            } else {
-                ("", br#"{"choices":[{"message":{"content":"free"}}]}"#)
-            };
-            let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\nconnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(body);
+    fake_upstream(|request| {
+        if request.contains("/v1/gzip") {
+            ("content-encoding: gzip\r\n", b"\x1f\x8b\x08\x00\x00\x00\x00\x00")
+        } else {
+            ("", br#"{"choices":[{"message":{"content":"free"}}]}"#)
         }
-    });
-    port
+    })
 }
 
 #[test]
