@@ -228,6 +228,18 @@ tools = ["*"]
     };
     assert_eq!((hash("a"), hash("b"), hash("a")), (200, 200, 429));
 
+    // A reload puts new limits in force at once.
+    std::fs::write(&file, text.replace("rate_per_second = 1\nburst = 2", "rate_per_second = 1000\nburst = 1000"))
+        .expect("write");
+    let pid = daemon.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().expect("kill").success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !daemon.log_lines().iter().any(|l| l.contains("[[run_limits]]")) {
+        assert!(Instant::now() < deadline, "the reload is logged: {:?}", daemon.log_lines());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(daemon.run(ALICE, echo.clone()).status, 200, "the raised limit");
+
     // With a wait allowed, the run waits its turn instead.
     drop(daemon);
     let file = config_file(guild.home(), &text.replace("burst = 2", "burst = 2\nwait_ms_max = 3000"));

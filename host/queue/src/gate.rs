@@ -27,7 +27,7 @@ pub struct EgressLimit {
     pub key: String,
     /// Sustained requests per second.
     pub rate_per_second: f64,
-    /// Requests that may go at once above the rate.
+    /// Requests that may go at once (1: none ahead of the rate).
     pub burst: u32,
     /// Longest a request waits for room, ms; past it, it is refused.
     pub wait_ms_max: u64,
@@ -36,6 +36,12 @@ pub struct EgressLimit {
 }
 
 impl EgressLimit {
+    /// What its state is kept under: its key and its rate and burst, so a limit a reload
+    /// changes starts afresh rather than from room counted at the old rate.
+    pub(crate) fn state_key(&self) -> String {
+        format!("{}#{}/{}", self.key, self.rate_per_second, self.burst)
+    }
+
     /// µs between requests at the rate.
     pub(crate) fn interval_us(&self) -> u64 {
         Duration::try_from_secs_f64(1.0 / self.rate_per_second)
@@ -75,7 +81,7 @@ impl EgressLimit {
         GateRefusal {
             reason: format!(
                 "{what} {name} is limited to {} requests/s (burst {}): this one would wait {} ms, past the \
-                 limit's {} ms ({}: raise rate_per_second or wait_ms_max)",
+                 limit's {} ms ({}: raise rate_per_second, burst or wait_ms_max)",
                 self.rate_per_second,
                 self.burst,
                 wait_us.div_ceil(1000),
@@ -162,8 +168,9 @@ fn throttle_key(upstream: &str, secrets: &[String]) -> String {
 
 /// The host's keyed egress limits and throttles.
 pub struct EgressGates {
-    limits: Vec<EgressLimit>,
-    throttle_ms_max: u64,
+    /// The limits in force (swapped whole by a config reload).
+    limits: std::sync::RwLock<Vec<EgressLimit>>,
+    throttle_ms_max: std::sync::atomic::AtomicU64,
     backend: Backend,
 }
 
@@ -176,12 +183,19 @@ impl EgressGates {
     /// Gates kept in this process.
     pub fn local(limits: Vec<EgressLimit>, throttle_ms_max: u64) -> Self {
         let backend = Backend::Local { arrivals: Arc::default(), throttles: Arc::default() };
-        Self { limits, throttle_ms_max, backend }
+        Self { limits: limits.into(), throttle_ms_max: throttle_ms_max.into(), backend }
+    }
+
+    /// Put `limits` and `throttle_ms_max` in force for the requests checked from now on (a
+    /// config reload; room already taken stays taken).
+    pub fn set_limits(&self, limits: Vec<EgressLimit>, throttle_ms_max: u64) {
+        *self.limits.write().unwrap_or_else(|p| p.into_inner()) = limits;
+        self.throttle_ms_max.store(throttle_ms_max, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Gates the fleet shares in `queue`'s Redis.
     pub fn shared(limits: Vec<EgressLimit>, throttle_ms_max: u64, queue: crate::RedisQueue) -> Self {
-        Self { limits, throttle_ms_max, backend: Backend::Redis(queue) }
+        Self { limits: limits.into(), throttle_ms_max: throttle_ms_max.into(), backend: Backend::Redis(queue) }
     }
 
     async fn check(&self, upstream: &str, applying: &[&EgressLimit]) -> Result<Checked, QueueError> {
@@ -197,7 +211,7 @@ impl EgressGates {
                 let mut arrivals = arrivals.lock().unwrap_or_else(|p| p.into_inner());
                 let mut wait = 0;
                 for (index, limit) in applying.iter().enumerate() {
-                    let tat = arrivals.get(&limit.key).copied().unwrap_or(0).max(now);
+                    let tat = arrivals.get(&limit.state_key()).copied().unwrap_or(0).max(now);
                     let delay = tat.saturating_sub(now).saturating_sub(limit.tolerance_us());
                     if delay > limit.wait_ms_max.saturating_mul(1000) {
                         return Ok(Checked::Refused(index, delay));
@@ -205,8 +219,8 @@ impl EgressGates {
                     wait = wait.max(delay);
                 }
                 for limit in applying {
-                    let tat = arrivals.get(&limit.key).copied().unwrap_or(0).max(now);
-                    arrivals.insert(limit.key.clone(), tat.saturating_add(limit.interval_us()));
+                    let tat = arrivals.get(&limit.state_key()).copied().unwrap_or(0).max(now);
+                    arrivals.insert(limit.state_key(), tat.saturating_add(limit.interval_us()));
                 }
                 Ok(Checked::Go(wait))
             }
@@ -261,7 +275,11 @@ impl EgressGates {
 impl EgressGate for EgressGates {
     fn admit<'a>(&'a self, upstream: &'a str, secrets: &'a [String]) -> GateFuture<'a, Result<(), GateRefusal>> {
         Box::pin(async move {
-            let applying: Vec<&EgressLimit> = self.limits.iter().filter(|l| l.applies(upstream, secrets)).collect();
+            let applying: Vec<EgressLimit> = {
+                let limits = self.limits.read().unwrap_or_else(|p| p.into_inner());
+                limits.iter().filter(|l| l.applies(upstream, secrets)).cloned().collect()
+            };
+            let applying: Vec<&EgressLimit> = applying.iter().collect();
             let throttled_under = throttle_key(upstream, secrets);
             // A throttled upstream may be waited for within its own limit's bound, in all.
             let throttle_wait = Duration::from_millis(
@@ -286,7 +304,7 @@ impl EgressGate for EgressGates {
                     Checked::Go(us) => {
                         let mut reserved = Reserved {
                             backend: self.backend.clone(),
-                            keys: applying.iter().map(|l| (l.key.clone(), l.interval_us())).collect(),
+                            keys: applying.iter().map(|l| (l.state_key(), l.interval_us())).collect(),
                             armed: true,
                         };
                         tokio::time::sleep(Duration::from_micros(us)).await;
@@ -316,7 +334,7 @@ impl EgressGate for EgressGates {
     ) -> GateFuture<'a, ()> {
         Box::pin(async move {
             let Some(ms) = retry_after_ms.filter(|ms| *ms > 0 && matches!(status, 429 | 503)) else { return };
-            let ms = ms.min(self.throttle_ms_max);
+            let ms = ms.min(self.throttle_ms_max.load(std::sync::atomic::Ordering::Relaxed));
             if ms == 0 {
                 return; // throttles are off (egress_throttle_ms_max = 0)
             }

@@ -3,7 +3,8 @@
 //! old config stays in force. What a reload changes: the tools (a component the config names
 //! anew becomes the current revision; grants, limits, egress rules and secrets are re-read) and
 //! the tenants (an unchanged tenant keeps its rate bucket, concurrency and fuel budget), and the
-//! `[rollout]` gate's policy and bounds, and the `[pricing]` table. Other sections (listen address, queue, Redis, HTTP
+//! `[rollout]` gate's policy and bounds, the `[pricing]` table, and the egress and run limits
+//! (`[[egress_limits]]`, `egress_throttle_ms_max`, `[[run_limits]]`). Other sections (listen address, queue, Redis, HTTP
 //! bounds, the shadow lane's size) take effect at the next start.
 
 use crate::config::{ConfigError, DaemonConfig};
@@ -72,6 +73,7 @@ impl Daemon {
         // The gate's policy and bounds; the shadow lane keeps its size until the next start.
         *self.rollout().config.write().unwrap_or_else(|p| p.into_inner()) = config.rollout.clone();
         self.set_pricing(config.pricing.clone());
+        self.set_limits(config);
         let tenant_count = match tenants {
             Some(tenants) => {
                 for tenant in &tenants {
@@ -95,7 +97,7 @@ impl Daemon {
         self.tools_changed();
         let summary = format!(
             "{} tools from the config ({} made a new revision current), {} no longer served ({}), {tenant_count} tenants, \
-             the [rollout] gate, [pricing]; other sections ([queue], [redis], [http], listen, rollout.shadow_in_flight_max) take \
+             the [rollout] gate, [pricing], [[egress_limits]], [[run_limits]]; other sections ([queue], [redis], [http], listen, rollout.shadow_in_flight_max) take \
              effect at the next start",
             configured.len(),
             deployed.len(),

@@ -101,6 +101,13 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
     reserve_descriptors(&config, &tools)?;
     // A budget for a tool the config does not name may be a typo (or a tool uploaded later).
     let named: std::collections::BTreeSet<String> = tools.all().iter().map(|t| t.name.clone()).collect();
+    for (i, limit) in config.run_limits.iter().enumerate() {
+        if let Some(tool) = limit.tool.as_ref().filter(|tool| !named.contains(*tool)) {
+            tracing::warn!(
+                "run_limits[{i}].tool names {tool:?}, which no tool here is called; it applies only once one is"
+            );
+        }
+    }
     for (i, tenant) in config.tenants.iter().enumerate() {
         for tool in tenant.tool_budgets.keys().filter(|tool| !named.contains(*tool)) {
             tracing::warn!(

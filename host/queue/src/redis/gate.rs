@@ -65,7 +65,7 @@ impl RedisQueue {
     pub(crate) async fn gate_check(&self, upstream: &str, limits: &[&EgressLimit]) -> Result<Checked, QueueError> {
         let mut script = CHECK.key(self.gate_key("x", upstream));
         for limit in limits {
-            script.key(self.gate_key("t", &limit.key));
+            script.key(self.gate_key("t", &limit.state_key()));
             script.arg(limit.interval_us()).arg(limit.tolerance_us()).arg(limit.wait_ms_max.saturating_mul(1000));
         }
         let (kind, index, amount): (u8, usize, u64) =

@@ -208,7 +208,7 @@ pub struct RunLimitConfig {
     pub agent: Option<String>,
     /// Sustained runs per second.
     pub rate_per_second: f64,
-    /// Runs that may start at once above the rate.
+    /// Runs that may start at once (default 1: none ahead of the rate).
     #[serde(default = "one")]
     pub burst: u32,
     /// Longest a run waits for room before it starts, ms (at most 60 000; 0, the default:
@@ -263,7 +263,7 @@ pub struct EgressLimitConfig {
     pub secret: Option<String>,
     /// Sustained requests per second.
     pub rate_per_second: f64,
-    /// Requests that may go at once above the rate.
+    /// Requests that may go at once (default 1: none ahead of the rate).
     #[serde(default = "one")]
     pub burst: u32,
     /// Longest a request waits for room, ms (at most 60 000); past it, it is refused.
@@ -879,7 +879,11 @@ impl DaemonConfig {
                 _ => {
                     return Err(ConfigError::new(
                         format!("egress_limits[{i}]"),
-                        "needs exactly one of upstream = \"scheme://host[:port]\" or secret = \"NAME\"",
+                        if limit.upstream.is_some() {
+                            "names both an upstream and a secret: give one of them (a limit per key)"
+                        } else {
+                            "needs one of upstream = \"scheme://host[:port]\" or secret = \"NAME\""
+                        },
                     ));
                 }
             }

@@ -81,8 +81,8 @@ pub struct Daemon {
     /// Keyed egress limits and upstream throttles its runs' requests are held to, and run-level
     /// limits (in process, or Redis).
     pub(crate) gate: Arc<guild_queue::EgressGates>,
-    /// `[[run_limits]]`.
-    pub(crate) run_limits: Vec<crate::config::RunLimitConfig>,
+    /// `[[run_limits]]` (swapped whole by a config reload).
+    pub(crate) run_limits: std::sync::RwLock<Vec<crate::config::RunLimitConfig>>,
 }
 
 /// The parts a daemon is assembled from (see `start`).
@@ -285,7 +285,7 @@ impl Daemon {
             usage,
             budgets,
             gate,
-            run_limits,
+            run_limits: std::sync::RwLock::new(run_limits),
         }
     }
 
@@ -297,6 +297,13 @@ impl Daemon {
     /// With `[pricing]`: the price table in force.
     pub(crate) fn pricing(&self) -> Option<Arc<guild_replay::cost::PriceTable>> {
         self.pricing.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Put `config`'s egress and run limits in force for the requests and runs checked from now
+    /// on (a config reload).
+    pub(crate) fn set_limits(&self, config: &crate::config::DaemonConfig) {
+        self.gate.set_limits(config.egress_limits(), config.egress_throttle_ms_max);
+        *self.run_limits.write().unwrap_or_else(|p| p.into_inner()) = config.run_limits.clone();
     }
 
     /// Put `pricing` in force for the runs that finish from now on (a config reload).
@@ -592,7 +599,10 @@ impl Daemon {
             Rejection::Tenant { tenant: tenant.name.clone(), refusal }
         };
         // Run-level limits first: a run waiting for room holds nothing of its tenant's.
-        let limits = crate::config::RunLimitConfig::for_run(&self.run_limits, (&tenant.name, &tool.name, agent));
+        let limits = {
+            let run_limits = self.run_limits.read().unwrap_or_else(|p| p.into_inner());
+            crate::config::RunLimitConfig::for_run(&run_limits, (&tenant.name, &tool.name, agent))
+        };
         self.gate.admit_run(&limits).await.map_err(|r| refused(crate::tenants::Refusal::RunLimit(r)))?;
         let mut admission = tenant.admit(tool.limits.fuel_units).map_err(refused)?;
         // A money budget holds back what the run could cost at most: its limits, priced.
