@@ -93,6 +93,8 @@ tools = ["*"]
         "{}",
         inspect.stdout
     );
+    let metrics = String::from_utf8_lossy(&daemon.call("GET", "/metrics", ALICE, "").body).to_string();
+    assert!(metrics.contains(r#"guild_egress_requests_total{decision="limited",tool="hostile"} 2"#), "{metrics}");
 }
 
 /// A config for a fleet: http-get sending the secret TOKEN to the upstream on `port`, limited

@@ -60,6 +60,8 @@ pub struct RunReport {
     /// When an egress limit or an upstream's `Retry-After` refused one of its requests: the
     /// longest it asked to wait, ms (a worker delays the job's retry by it).
     pub egress_throttled_ms: Option<u64>,
+    /// Requests an egress limit or an upstream's throttle refused.
+    pub egress_limited: u32,
     /// For a run made in [`RunMode::Hermetic`](crate::RunMode): its action digest and whether its
     /// result may stand for it. `None` for a live run.
     #[serde(skip_serializing_if = "Option::is_none")]

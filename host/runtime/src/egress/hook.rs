@@ -90,6 +90,8 @@ pub(crate) struct EgressRun {
     gate: Option<Arc<dyn guild_vocab::egress::EgressGate>>,
     /// The longest a limit or throttle asked a refused request to wait, ms (0: none refused).
     throttled_ms: std::sync::atomic::AtomicU64,
+    /// Requests a limit or a throttle refused.
+    limited: AtomicU32,
     requests: AtomicU32,
     upstream_failures: AtomicU32,
     refusals: AtomicU32,
@@ -121,6 +123,7 @@ impl EgressRun {
             meter: None,
             gate: None,
             throttled_ms: std::sync::atomic::AtomicU64::new(0),
+            limited: AtomicU32::new(0),
             requests: AtomicU32::new(0),
             upstream_failures: AtomicU32::new(0),
             refusals: AtomicU32::new(0),
@@ -150,6 +153,11 @@ impl EgressRun {
     /// The longest a limit or an upstream's throttle asked a refused request to wait, ms.
     pub(crate) fn throttled_ms(&self) -> Option<u64> {
         Some(self.throttled_ms.load(Ordering::Relaxed)).filter(|ms| *ms > 0)
+    }
+
+    /// Requests a limit or an upstream's throttle refused.
+    pub(crate) fn limited(&self) -> u32 {
+        self.limited.load(Ordering::Relaxed)
     }
 
     /// Hold its LLM requests to `meter`'s budgets.
@@ -411,6 +419,7 @@ impl EgressRun {
             // Waits here for room (up to the limit's bound); a refusal is the guest's denial.
             gate.admit(&upstream, &secrets_used).await.map_err(|refused| {
                 self.throttled_ms.fetch_max(refused.retry_after_ms.max(1), Ordering::Relaxed);
+                self.limited.fetch_add(1, Ordering::Relaxed);
                 Refusal::denied(format!("egress denied: {}", refused.reason))
             })?;
         }

@@ -418,6 +418,7 @@ impl Runtime {
             egress_requests: egress.requests(),
             egress_upstream_failures: egress.upstream_failures(),
             egress_throttled_ms: egress.throttled_ms(),
+            egress_limited: egress.limited(),
             gpu_time: store.data().gpu.time(),
             host_identity_read: store.data().quotas.host_identity_read,
         })

@@ -254,6 +254,7 @@ impl Runtime {
             cost: priced.as_ref().and_then(|p| p.cost.clone()),
             tokens: priced.map(|p| p.tokens).unwrap_or_default(),
             egress_throttled_ms: execution.egress_throttled_ms,
+            egress_limited: execution.egress_limited,
             hermetic,
         })
     }

@@ -196,6 +196,7 @@ impl Execution {
             egress_requests: 0,
             egress_upstream_failures: 0,
             egress_throttled_ms: None,
+            egress_limited: 0,
             gpu_time: crate::gpu::GpuTime::default(),
             host_identity_read: false,
         }
@@ -215,6 +216,8 @@ pub(crate) struct Execution {
     pub(crate) egress_upstream_failures: u32,
     /// The longest an egress limit or an upstream's throttle asked a refused request to wait, ms.
     pub(crate) egress_throttled_ms: Option<u64>,
+    /// Requests a limit or a throttle refused.
+    pub(crate) egress_limited: u32,
     /// Time its live GPU dispatches took.
     pub(crate) gpu_time: crate::gpu::GpuTime,
     /// A hermetic run read something of the host's its action digest does not name.

@@ -213,6 +213,9 @@ impl Daemon {
         if refused > 0 {
             self.metrics.egress.with_label_values(&[tool, "refused"]).inc_by(refused);
         }
+        if report.egress_limited > 0 {
+            self.metrics.egress.with_label_values(&[tool, "limited"]).inc_by(u64::from(report.egress_limited));
+        }
     }
 }
 
