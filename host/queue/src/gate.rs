@@ -17,8 +17,10 @@ use std::time::Duration;
 /// Default longest an upstream's `Retry-After` holds it back, ms (5 minutes): a longer one is cut
 /// to this (`egress_throttle_ms_max`).
 pub const EGRESS_THROTTLE_MS_MAX_DEFAULT: u64 = 300_000;
-/// Most upstreams one node remembers a throttle for (in process; Redis expires them).
-pub const THROTTLED_UPSTREAMS_MAX: usize = 10_000;
+/// Default most limit keys (one per agent label under a per-agent run limit, say) and most
+/// throttles one node holds in process (Redis expires its own): past it, keys whose time has
+/// passed are dropped, and a request or run needing a new one is refused while none has.
+pub const GATE_KEYS_MAX_DEFAULT: usize = 100_000;
 
 /// One keyed limit: requests per second with a burst, and how long a request may wait for room.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,13 +104,20 @@ pub(crate) enum Checked {
     Throttled(u64),
     /// Limit number `index` would make it wait this many µs, past its bound.
     Refused(usize, u64),
+    /// The node holds as many limit keys as it may, none of them past.
+    Full(usize),
 }
 
 /// Where the gates' state lives (cheap to clone: a reservation given back on its own).
 #[derive(Clone)]
 enum Backend {
     /// One node: theoretical arrival times by key (µs since the epoch), throttles by upstream.
-    Local { arrivals: Arc<Mutex<HashMap<String, u64>>>, throttles: Arc<Mutex<HashMap<String, u64>>> },
+    Local {
+        arrivals: Arc<Mutex<HashMap<String, u64>>>,
+        throttles: Arc<Mutex<HashMap<String, u64>>>,
+        /// Most keys in each map.
+        keys_max: usize,
+    },
     /// A fleet.
     Redis(crate::RedisQueue),
 }
@@ -182,7 +191,15 @@ fn now_us() -> u64 {
 impl EgressGates {
     /// Gates kept in this process.
     pub fn local(limits: Vec<EgressLimit>, throttle_ms_max: u64) -> Self {
-        let backend = Backend::Local { arrivals: Arc::default(), throttles: Arc::default() };
+        let backend =
+            Backend::Local { arrivals: Arc::default(), throttles: Arc::default(), keys_max: GATE_KEYS_MAX_DEFAULT };
+        Self { limits: limits.into(), throttle_ms_max: throttle_ms_max.into(), backend }
+    }
+
+    /// The same, holding at most `keys_max` keys of each kind (for the bound's test).
+    #[cfg(test)]
+    fn local_with_keys_max(limits: Vec<EgressLimit>, throttle_ms_max: u64, keys_max: usize) -> Self {
+        let backend = Backend::Local { arrivals: Arc::default(), throttles: Arc::default(), keys_max };
         Self { limits: limits.into(), throttle_ms_max: throttle_ms_max.into(), backend }
     }
 
@@ -201,7 +218,7 @@ impl EgressGates {
     async fn check(&self, upstream: &str, applying: &[&EgressLimit]) -> Result<Checked, QueueError> {
         match &self.backend {
             Backend::Redis(queue) => queue.gate_check(upstream, applying).await,
-            Backend::Local { arrivals, throttles } => {
+            Backend::Local { arrivals, throttles, keys_max } => {
                 let now = now_us();
                 if let Some(until) = throttles.lock().unwrap_or_else(|p| p.into_inner()).get(upstream)
                     && *until > now
@@ -209,6 +226,14 @@ impl EgressGates {
                     return Ok(Checked::Throttled((*until - now).div_ceil(1000)));
                 }
                 let mut arrivals = arrivals.lock().unwrap_or_else(|p| p.into_inner());
+                let fresh = applying.iter().filter(|l| !arrivals.contains_key(&l.state_key())).count();
+                if fresh > 0 && arrivals.len() + fresh > *keys_max {
+                    // A key whose time has passed holds no room: as good as absent.
+                    arrivals.retain(|_, tat| *tat > now);
+                    if arrivals.len() + fresh > *keys_max {
+                        return Ok(Checked::Full(*keys_max));
+                    }
+                }
                 let mut wait = 0;
                 for (index, limit) in applying.iter().enumerate() {
                     let tat = arrivals.get(&limit.state_key()).copied().unwrap_or(0).max(now);
@@ -230,14 +255,19 @@ impl EgressGates {
     async fn throttle(&self, upstream: &str, ms: u64) -> Result<(), QueueError> {
         match &self.backend {
             Backend::Redis(queue) => queue.gate_throttle(upstream, ms).await,
-            Backend::Local { throttles, .. } => {
+            Backend::Local { throttles, keys_max, .. } => {
                 let now = now_us();
                 let mut throttles = throttles.lock().unwrap_or_else(|p| p.into_inner());
-                throttles.retain(|_, until| *until > now);
-                if throttles.len() < THROTTLED_UPSTREAMS_MAX || throttles.contains_key(upstream) {
+                if throttles.len() >= *keys_max {
+                    throttles.retain(|_, until| *until > now);
+                }
+                // Past the bound a new throttle is not kept (logged): the upstream answers for itself.
+                if throttles.len() < *keys_max || throttles.contains_key(upstream) {
                     let until = now.saturating_add(ms.saturating_mul(1000));
                     let entry = throttles.entry(upstream.to_string()).or_default();
                     *entry = (*entry).max(until);
+                } else {
+                    tracing::warn!(upstream, keys_max, "throttle not kept: this node holds as many as it may");
                 }
                 Ok(())
             }
@@ -268,7 +298,19 @@ impl EgressGates {
                 Ok(())
             }
             Checked::Refused(index, us) => Err(applying[index].refusal(us)),
+            Checked::Full(max) => Err(full(max)),
         }
+    }
+}
+
+/// Why a request or run needing a new limit key is refused while the node holds `max` live ones.
+fn full(max: usize) -> GateRefusal {
+    GateRefusal {
+        reason: format!(
+            "this node holds {max} limit keys in use (GATE_KEYS_MAX_DEFAULT: agent labels under a per-agent limit, \
+             say); retry in a moment, when some have passed"
+        ),
+        retry_after_ms: 1000,
     }
 }
 
@@ -321,6 +363,7 @@ impl EgressGate for EgressGates {
                     }
                     Checked::Throttled(ms) => return Err(throttled(ms)),
                     Checked::Refused(index, us) => return Err(applying[index].refusal(us)),
+                    Checked::Full(max) => return Err(full(max)),
                 }
             }
         })
@@ -408,6 +451,24 @@ pub(crate) mod tests {
             limit(&format!("upstream:{upstream}-slow"), 1.0, 1, 200),
             limit("secret:GIVE", 5.0, 1, 2_000),
         ]
+    }
+
+    #[tokio::test]
+    async fn a_node_holds_at_most_its_keys_and_throttles() {
+        let gates = EgressGates::local_with_keys_max(Vec::new(), 60_000, 2);
+        // One run a second under each agent's limit: each new label is a key that stays a second.
+        let agent = |label: &str| vec![limit(&format!("run:tenant a agent {label}"), 1.0, 1, 0)];
+        gates.admit_run(&agent("x")).await.expect("a key");
+        gates.admit_run(&agent("y")).await.expect("a second");
+        let refused = gates.admit_run(&agent("z")).await.expect_err("a third label past the bound");
+        assert!(refused.reason.contains("GATE_KEYS_MAX_DEFAULT"), "{}", refused.reason);
+        assert!(gates.admit_run(&agent("x")).await.is_err(), "a key held is still counted (and x waits a second)");
+        // Throttles past the bound are not kept.
+        for upstream in ["http://a:1", "http://b:1", "http://c:1"] {
+            gates.answered((upstream, &[]), 429, Some(5_000)).await;
+        }
+        assert!(gates.admit("http://a:1", &[]).await.is_err() && gates.admit("http://b:1", &[]).await.is_err());
+        gates.admit("http://c:1", &[]).await.expect("its throttle was not kept");
     }
 
     #[tokio::test]
