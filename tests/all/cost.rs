@@ -111,6 +111,19 @@ tools = ["*"]
         ),
         "{metrics}"
     );
+
+    // Another tenant sees none of alice's usage: asking for her rows reads exactly as asking for
+    // a tenant nobody has.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while daemon.call("GET", "/v1/usage", ALICE, "").json()["rows"][0]["runs"] != 2 {
+        assert!(std::time::Instant::now() < deadline, "alice's two runs are in the ledger");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(daemon.call("GET", "/v1/usage", BOB, "").json(), json!({"rows": []}));
+    let hers = daemon.call("GET", "/v1/usage?tenant=alice&group_by=tenant,tool,agent", BOB, "");
+    let nobodys = daemon.call("GET", "/v1/usage?tenant=nobody&group_by=tenant,tool,agent", BOB, "");
+    assert_eq!((hers.status, hers.body.clone()), (nobodys.status, nobodys.body), "the same answer");
+    assert_eq!(hers.json(), json!({"rows": []}));
 }
 
 fn text_of(file: &str) -> String {
@@ -170,28 +183,7 @@ pub(crate) fn llm_upstream() -> u16 {
 fn llm_tokens_are_priced_from_the_recorded_responses() {
     let guild = Guild::new();
     let port = llm_upstream();
-    let text = format!(
-        r#"
-[[tools]]
-path = "{HTTP_GET}"
-allow_hosts = ["http://127.0.0.1:{port}"]
-
-[pricing]
-currency = "USD"
-
-[[pricing.llm]]
-url = "http://127.0.0.1:{port}/v1/"
-style = "openai"
-input_token = "0.000001"
-output_token = "0.000002"
-
-[[tenants]]
-name = "alice"
-token_blake3 = "{alice}"
-tools = ["*"]
-"#,
-        alice = token_digest(ALICE),
-    );
+    let text = llm_config(port, "");
     let file = config_file(guild.home(), &text);
     let daemon = Daemon::start(&guild, &["--config", &file], &[]);
     let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
