@@ -407,12 +407,6 @@ impl Tenant {
         self.budgets.period_s
     }
 
-    /// Whether a run of `tool` for `agent` counts against a money budget (its worst case is
-    /// then priced and reserved first).
-    pub fn has_money_budget(&self, tool: &str, agent: Option<&str>) -> bool {
-        self.lines(tool, agent).iter().any(|l| l.money.is_some())
-    }
-
     /// The budgets a run of `tool` for `agent` counts against.
     fn lines(&self, tool: &str, agent: Option<&str>) -> Vec<BudgetLine> {
         let b = &self.budgets;
@@ -453,7 +447,8 @@ impl Tenant {
         })
     }
 
-    /// Reserve `worst_case` of every budget a run of `tool` for `agent` counts against, in
+    /// Reserve what the run could cost at most (`worst_case`, priced only when one of its
+    /// budgets is in money) of every budget a run of `tool` for `agent` counts against, in
     /// `store`, for `admission`'s run.
     ///
     /// # Errors
@@ -463,12 +458,15 @@ impl Tenant {
         &self,
         admission: &mut Admission,
         (tool, agent): (&str, Option<&str>),
-        worst_case: Decimal,
+        worst_case: impl FnOnce() -> Decimal,
         store: &Arc<dyn BudgetStore>,
     ) -> Result<Result<(), Refusal>, guild_queue::QueueError> {
-        let Some(plan) = self.plan_for((tool, agent), worst_case, guild_queue::now_unix_s()) else {
+        let Some(mut plan) = self.plan_for((tool, agent), Decimal::ZERO, guild_queue::now_unix_s()) else {
             return Ok(Ok(()));
         };
+        if plan.lines.iter().any(|l| l.money.is_some()) {
+            plan.reserved = Price(worst_case());
+        }
         match store.reserve(&plan).await? {
             Ok(()) => {
                 admission.budget = Some((store.clone(), plan));
@@ -519,7 +517,7 @@ mod tests {
         worst: rust_decimal::Decimal,
         store: &Arc<dyn BudgetStore>,
     ) -> Result<(), Refusal> {
-        t.reserve_budgets(a, ("wc", None), worst, store).await.expect("in process")
+        t.reserve_budgets(a, ("wc", None), || worst, store).await.expect("in process")
     }
 
     #[tokio::test]

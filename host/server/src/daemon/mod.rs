@@ -606,10 +606,8 @@ impl Daemon {
         self.gate.admit_run(&limits).await.map_err(|r| refused(crate::tenants::Refusal::RunLimit(r)))?;
         let mut admission = tenant.admit(tool.limits.fuel_units).map_err(refused)?;
         // A money budget holds back what the run could cost at most: its limits, priced.
-        let worst = match self.pricing() {
-            Some(pricing) if tenant.has_money_budget(&tool.name, agent) => pricing.price_worst(&tool.limits).total.0,
-            _ => rust_decimal::Decimal::ZERO,
-        };
+        let pricing = self.pricing();
+        let worst = || pricing.as_ref().map_or(rust_decimal::Decimal::ZERO, |p| p.price_worst(&tool.limits).total.0);
         match tenant.reserve_budgets(&mut admission, (&tool.name, agent), worst, &self.budgets).await {
             Ok(Ok(())) => Ok(admission),
             Ok(Err(refusal)) => Err(refused(refusal)),
