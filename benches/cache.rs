@@ -81,6 +81,7 @@ burst = 1000000
         cancel: None,
         subject: None,
         agent: None,
+        priority: None,
     };
     let answer = |submitted: Submitted| match submitted {
         Submitted::Finished { finished, .. } | Submitted::Replayed { finished, .. } => finished,

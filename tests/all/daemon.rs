@@ -107,7 +107,7 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let body = self.call("GET", &format!("/v1/runs/{id}"), token, "").json();
-            if !matches!(body["status"].as_str(), Some("queued" | "running")) {
+            if !matches!(body["status"].as_str(), Some("queued" | "running" | "waiting_for_capability")) {
                 return body;
             }
             assert!(Instant::now() < deadline, "run {id} did not finish: {body}");

@@ -14,6 +14,7 @@ mod gate;
 mod gpu;
 mod hostile;
 mod isolation;
+mod lanes;
 mod lang;
 mod limits;
 mod mcp;

@@ -148,7 +148,14 @@ impl Worker {
         let _ = self.child.wait();
     }
 
-    fn log(&self) -> String {
+    /// SIGTERM, and wait for it to drain and exit.
+    pub(crate) fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+        let _ = self.child.wait();
+    }
+
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -179,7 +186,7 @@ fn spin(rounds: u64) -> u64 {
 /// Submit an async job, retrying while the daemon answers 503 (Redis away) or 429 (the
 /// tenant's jobs in flight are at its cap) — what a client does. Returns the job id once the
 /// daemon acknowledged it.
-fn submit(daemon: &Daemon, body: &serde_json::Value) -> String {
+pub(crate) fn submit(daemon: &Daemon, body: &serde_json::Value) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let reply = daemon.run(TOKEN, body.clone());
@@ -221,7 +228,7 @@ fn wait_all_or(
                 continue;
             }
             let body = reply.json();
-            if !matches!(body["status"].as_str(), Some("queued" | "running")) {
+            if !matches!(body["status"].as_str(), Some("queued" | "running" | "waiting_for_capability")) {
                 done.insert(id.clone(), body);
             }
         }
@@ -273,7 +280,7 @@ fn worker_completed(daemon: &Daemon, name: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(&series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
 }
 
-fn metric(daemon: &Daemon, name: &str) -> f64 {
+pub(crate) fn metric(daemon: &Daemon, name: &str) -> f64 {
     let text = String::from_utf8(daemon.call("GET", "/metrics", "", "").body).expect("utf-8");
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
@@ -910,7 +917,7 @@ fn a_job_body_naming_another_id_is_not_lost() {
     let mut run = serde_json::Value::Null;
     while Instant::now() < deadline {
         run = daemon.call("GET", &format!("/v1/runs/{id}"), TOKEN, "").json();
-        if !matches!(run["status"].as_str(), Some("queued" | "running")) {
+        if !matches!(run["status"].as_str(), Some("queued" | "running" | "waiting_for_capability")) {
             return;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -1278,14 +1285,11 @@ fn the_queue_tells_an_autoscaler_how_many_workers_it_needs() {
         .map(|i| submit(&daemon, &json!({"tool": "echo", "input": {"message": format!("m{i}")}, "async": true})))
         .collect();
     assert_eq!(needed(&daemon), 3, "three jobs wait and no worker runs: a slot each");
-    // The autoscaler example reads this metric and the queue's own stream.
+    // The autoscaler example reads this metric, and the lane's for GPU workers.
     let keda = include_str!("../../deploy/keda-scaledobject.yaml");
-    assert!(keda.contains("max(guild_redis_workers_needed)") && keda.contains("guild:{default}:jobs"), "{keda}");
-    assert_eq!(
-        redis.cli(&["XINFO", "GROUPS", "guild:{default}:jobs"]).lines().nth(1),
-        Some("workers"),
-        "the group KEDA reads"
-    );
+    assert!(keda.contains("max(guild_redis_workers_needed)"), "{keda}");
+    assert!(keda.contains(r#"max(guild_redis_lane_workers_needed{lane="gpu"})"#), "{keda}");
+    assert_eq!(metric(&daemon, r#"guild_redis_lane_workers_needed{lane="default"}"#), 3.0, "a slot each, no mean yet");
     let cache = tempfile::tempdir().expect("cache");
     let _worker = Worker::start(&redis.url(), cache.path(), "w", 4);
     for id in &ids {

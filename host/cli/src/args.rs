@@ -137,6 +137,10 @@ pub(crate) struct WorkerArgs {
     /// leases then lapse and other workers take them over).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::units::parse_duration_ms)]
     pub(crate) drain: u64,
+    /// An operator label this worker carries (repeatable): jobs of tools that need it
+    /// (`needs.labels` in the tool's config) go only to workers with it.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = guild_queue::parse_label)]
+    pub(crate) labels: Vec<(String, String)>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -141,6 +141,7 @@ pub(crate) fn extra_tools(args: &ToolFlags, examples: bool) -> Vec<ToolSpec> {
         only_requested_mounts: true,
         command: Default::default(),
         cache: None,
+        needs: Default::default(),
     };
     let mut specs = Vec::new();
     if examples && !args.no_examples {

@@ -38,9 +38,18 @@ pub(crate) fn worker(global: &Global, args: WorkerArgs) -> Result<Exit, Failure>
     };
     let limit = guild_server::descriptors::raise_limit().map_err(Failure::host)?;
     budget.check(limit).map_err(Failure::usage)?;
+    let labels: std::collections::BTreeMap<String, String> = args.labels.iter().cloned().collect();
+    guild_queue::check_labels(&labels).map_err(|e| Failure::usage(format!("--label: {e}")))?;
+    let advertisement = advertise(global, &runtime, labels);
     let name = args.name.unwrap_or_else(|| format!("worker-{}-{}", guild_server::host_name(), std::process::id()));
     tokio.block_on(async {
-        tracing::info!(worker = %name, concurrency, queue = %queue.settings().queue, "worker started");
+        tracing::info!(
+            worker = %name,
+            concurrency,
+            queue = %queue.settings().queue,
+            gpu = %advertisement.gpu.as_ref().map_or("none", |g| g.adapter.as_str()),
+            "worker started"
+        );
         let shared_store = guild_server::shared_store(&config).map_err(|e| Failure::usage(e.to_string()))?;
         let mut trusted_keys: Vec<guild_replay::PublicKey> = runtime.public_key().into_iter().collect();
         // The config was validated: every key parses.
@@ -66,6 +75,7 @@ pub(crate) fn worker(global: &Global, args: WorkerArgs) -> Result<Exit, Failure>
                 config.egress_throttle_ms_max,
                 queue_for_gate,
             )),
+            advertisement,
         };
         let summary = run_worker(setup, shutdown_signal(), Duration::from_millis(args.drain)).await;
         if let Err(e) = store.flush() {
@@ -81,6 +91,44 @@ pub(crate) fn worker(global: &Global, args: WorkerArgs) -> Result<Exit, Failure>
         );
         Ok(Exit::Success)
     })
+}
+
+/// What this worker tells the queue it has. A GPU only when it will run GPU work on one: its
+/// adapter, or the CPU reference when the operator chose `--gpu cpu`; `--gpu auto` without an
+/// adapter would fall back to the CPU, so it serves no GPU lane.
+fn advertise(
+    global: &Global,
+    runtime: &guild_runtime::Runtime,
+    labels: std::collections::BTreeMap<String, String>,
+) -> guild_queue::Advertisement {
+    let gpu = match global.gpu {
+        guild_runtime::GpuMode::Off => None,
+        guild_runtime::GpuMode::Cpu => {
+            Some(guild_queue::GpuAdvert { adapter: guild_gpu::CPU_REFERENCE.to_string(), memory_bytes: None })
+        }
+        guild_runtime::GpuMode::Auto | guild_runtime::GpuMode::Device => {
+            let info = runtime.gpu().info();
+            match info.adapter {
+                Some(adapter) => Some(guild_queue::GpuAdvert {
+                    adapter: adapter.name,
+                    memory_bytes: Some(adapter.limits.max_buffer_size),
+                }),
+                None => {
+                    tracing::warn!(
+                        why = %info.no_adapter.unwrap_or_default(),
+                        "no GPU adapter: this worker reads no GPU lane (`--gpu cpu` would serve them on the CPU reference)"
+                    );
+                    None
+                }
+            }
+        }
+    };
+    guild_queue::Advertisement {
+        gpu,
+        memory_bytes: guild_queue::machine_memory_bytes(),
+        arch: std::env::consts::ARCH.to_string(),
+        labels,
+    }
 }
 
 pub(crate) fn jobs(command: JobsCommand) -> Result<Exit, Failure> {

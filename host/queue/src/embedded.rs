@@ -7,16 +7,22 @@
 //! back when the run's guest has returned and its bundle is sealed, so the next run computes
 //! while this one's record waits for the disk; at most `runs_committing_max` runs commit at
 //! once, and a run that finds that stage full keeps its slot until there is room.
+//!
+//! A freed slot goes to the waiting run whose turn it is, not the one that came first: the
+//! highest priority, then the tenants' and agents' turns of [`FairTurns`] (the policy the Redis
+//! queue keeps across the fleet), so one tenant's flood holds another's run back by at most its
+//! weight's worth of runs per slot.
 
-use std::sync::Arc;
+use crate::{FairTurns, Place};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 /// The queue. Shared by every request handler and async run.
 #[derive(Debug)]
 pub struct RunQueue {
-    slots: Arc<Semaphore>,
+    slots: Mutex<Slots>,
     runs_in_flight_max: usize,
     committing: Arc<Semaphore>,
     runs_committing_max: usize,
@@ -25,6 +31,14 @@ pub struct RunQueue {
     /// Exponentially weighted mean run time, µs: what `Retry-After` is estimated from.
     mean_run_us: AtomicU64,
     closed: AtomicBool,
+}
+
+/// The execution slots: how many are free, and the runs waiting for one in turn order (each
+/// handed its slot through its channel).
+#[derive(Debug, Default)]
+struct Slots {
+    free: usize,
+    waiting: FairTurns<oneshot::Sender<()>>,
 }
 
 /// The queue is full (or draining).
@@ -43,13 +57,15 @@ pub struct QueueFull {
 pub struct Ticket {
     queue: Arc<RunQueue>,
     waiting: bool,
+    place: Place,
+    weight: u32,
 }
 
 /// A slot: the run executes while this is held.
 #[derive(Debug)]
 pub struct Slot {
-    permit: OwnedSemaphorePermit,
     queue: Arc<RunQueue>,
+    held: bool,
 }
 
 /// A finished run whose audit record is not yet durable; [`RunQueue::drained`] waits for these.
@@ -63,7 +79,7 @@ impl RunQueue {
     /// `runs_committing_max` waiting for their audit record to be durable.
     pub fn new(runs_in_flight_max: usize, depth_max: usize, runs_committing_max: usize) -> Arc<Self> {
         Arc::new(Self {
-            slots: Arc::new(Semaphore::new(runs_in_flight_max)),
+            slots: Mutex::new(Slots { free: runs_in_flight_max, waiting: FairTurns::default() }),
             runs_in_flight_max,
             committing: Arc::new(Semaphore::new(runs_committing_max)),
             runs_committing_max,
@@ -74,24 +90,40 @@ impl RunQueue {
         })
     }
 
-    /// Take a place in the queue.
+    /// Take a place in the queue, in `place`'s turn (its tenant taking `weight` runs per turn).
     ///
     /// # Errors
     /// [`QueueFull`] with `draining` set once the queue is closed; otherwise, when every slot is
     /// busy and `depth_max` runs already wait, with a `retry_after_s` estimated from recent run
     /// times.
-    pub fn enter(self: &Arc<Self>) -> Result<Ticket, QueueFull> {
+    pub fn enter(self: &Arc<Self>, place: Place, weight: u32) -> Result<Ticket, QueueFull> {
         if self.closed.load(Ordering::Acquire) {
             return Err(QueueFull { depth: self.depth(), retry_after_s: 5, draining: true });
         }
         // A run that can start at once does not count as waiting.
-        let free = self.slots.available_permits();
+        let free = self.lock().free;
         let waiting = self.waiting.fetch_add(1, Ordering::AcqRel);
         if free == 0 && waiting >= self.depth_max {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(QueueFull { depth: waiting, retry_after_s: self.retry_after_s(waiting), draining: false });
         }
-        Ok(Ticket { queue: self.clone(), waiting: true })
+        Ok(Ticket { queue: self.clone(), waiting: true, place, weight })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot came back: hand it to the waiting run whose turn it is (one whose caller went away
+    /// is passed over), else keep it free.
+    fn give_back(&self) {
+        let mut slots = self.lock();
+        while let Some(waiter) = slots.waiting.pop() {
+            if waiter.send(()).is_ok() {
+                return;
+            }
+        }
+        slots.free += 1;
     }
 
     #[expect(
@@ -112,7 +144,7 @@ impl RunQueue {
 
     /// Runs executing now.
     pub fn in_flight(&self) -> usize {
-        self.runs_in_flight_max - self.slots.available_permits()
+        self.runs_in_flight_max - self.lock().free
     }
 
     /// Finished runs whose audit record is not yet durable.
@@ -151,15 +183,55 @@ impl Ticket {
     /// [`QueueFull`] with `draining` set only if the queue's slots were closed, which the daemon
     /// never does.
     pub async fn start(mut self) -> Result<Slot, QueueFull> {
-        let permit = self.queue.slots.clone().acquire_owned().await;
+        let handed = {
+            let mut slots = self.queue.lock();
+            if slots.free > 0 && slots.waiting.is_empty() {
+                slots.free -= 1;
+                None
+            } else {
+                let (tx, rx) = oneshot::channel();
+                slots.waiting.push(&self.place, self.weight, tx);
+                Some(Handed { rx: Some(rx), queue: self.queue.clone() })
+            }
+        };
+        if let Some(mut handed) = handed {
+            handed.wait().await;
+        }
         self.queue.waiting.fetch_sub(1, Ordering::AcqRel);
         self.waiting = false;
-        let queue = self.queue.clone();
-        permit.map(|permit| Slot { permit, queue }).map_err(|_| QueueFull {
-            depth: self.queue.depth(),
-            retry_after_s: 5,
-            draining: true,
-        })
+        Ok(Slot { queue: self.queue.clone(), held: true })
+    }
+}
+
+/// A run's wait for a slot handed to it. Dropped before it was awaited to the end (the caller
+/// went away), a slot already sent goes back to the queue rather than be lost.
+struct Handed {
+    rx: Option<oneshot::Receiver<()>>,
+    queue: Arc<RunQueue>,
+}
+
+impl Handed {
+    async fn wait(&mut self) {
+        if let Some(rx) = self.rx.as_mut() {
+            // The sender lives in the queue until it is sent (never dropped unsent but by
+            // `give_back` skipping a closed receiver): a receive error cannot happen here.
+            let _ = rx.await;
+        }
+        self.rx = None;
+    }
+}
+
+impl Drop for Handed {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if rx.try_recv().is_ok() {
+                self.queue.give_back();
+            } else {
+                // Its place goes, so callers that leave cannot grow the waiting list.
+                self.queue.lock().waiting.retain(|tx| !tx.is_closed());
+            }
+        }
     }
 }
 
@@ -167,12 +239,20 @@ impl Slot {
     /// The run has finished executing: wait for room in the committing stage, then give the
     /// execution slot back. The returned [`Commit`] is held until the run's audit record is
     /// durable.
-    pub async fn commit(self) -> Commit {
-        let Self { permit, queue } = self;
+    pub async fn commit(mut self) -> Commit {
         // The committing stage's semaphore is never closed.
-        let committing = queue.committing.clone().acquire_owned().await.ok();
-        drop(permit);
+        let committing = self.queue.committing.clone().acquire_owned().await.ok();
+        self.held = false;
+        self.queue.give_back();
         Commit { _permit: committing }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.held {
+            self.queue.give_back();
+        }
     }
 }
 
@@ -188,32 +268,67 @@ impl Drop for Ticket {
 mod tests {
     use super::*;
 
+    fn place(tenant: &str) -> Place {
+        Place { priority: crate::PRIORITY_DEFAULT, tenant: tenant.into(), agent: String::new() }
+    }
+
     #[tokio::test]
     async fn full_queue_refuses_with_retry_after_and_frees_on_drop() {
         let queue = RunQueue::new(1, 2, 4);
-        let running = queue.enter().expect("first").start().await.expect("slot");
-        let a = queue.enter().expect("waits 1");
-        let b = queue.enter().expect("waits 2");
-        let full = queue.enter().expect_err("third waiter is over depth 2");
+        let running = queue.enter(place("t"), 1).expect("first").start().await.expect("slot");
+        let a = queue.enter(place("t"), 1).expect("waits 1");
+        let b = queue.enter(place("t"), 1).expect("waits 2");
+        let full = queue.enter(place("t"), 1).expect_err("third waiter is over depth 2");
         assert_eq!(full.depth, 2);
         assert!(full.retry_after_s >= 1);
         assert!(!full.draining);
         drop(a);
-        let c = queue.enter().expect("a place came back");
+        let c = queue.enter(place("t"), 1).expect("a place came back");
         assert_eq!(queue.depth(), 2);
         drop((b, c, running));
         assert_eq!(queue.depth(), 0);
         assert_eq!(queue.in_flight(), 0);
         queue.close();
-        assert!(queue.enter().expect_err("closed").draining);
+        assert!(queue.enter(place("t"), 1).expect_err("closed").draining);
         assert!(queue.drained(Duration::from_millis(50)).await);
+    }
+
+    #[tokio::test]
+    async fn a_freed_slot_goes_to_the_tenant_whose_turn_it_is_and_a_gone_caller_loses_nothing() {
+        let queue = RunQueue::new(1, 1_000, 4);
+        let running = queue.enter(place("a"), 1).expect("enter").start().await.expect("slot");
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut waiting = Vec::new();
+        for (i, tenant) in ["a", "a", "a", "a", "b"].into_iter().enumerate() {
+            let ticket = queue.enter(place(tenant), 1).expect("enter");
+            let order = order.clone();
+            waiting.push(tokio::spawn(async move {
+                let slot = ticket.start().await.expect("slot");
+                order.lock().expect("order").push(format!("{tenant}{i}"));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                drop(slot);
+            }));
+            tokio::task::yield_now().await;
+        }
+        // A caller that leaves while waiting takes no slot with it.
+        let gone = queue.enter(place("c"), 1).expect("enter");
+        let gone = tokio::spawn(gone.start());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        gone.abort();
+        drop(running);
+        for task in waiting {
+            task.await.expect("ran");
+        }
+        assert_eq!(*order.lock().expect("order"), ["a0", "b4", "a1", "a2", "a3"]);
+        assert_eq!((queue.in_flight(), queue.depth()), (0, 0));
+        assert!(queue.enter(place("d"), 1).expect("enter").start().await.is_ok(), "the slot came back");
     }
 
     #[tokio::test]
     async fn a_committing_run_frees_its_slot_and_holds_the_drain() {
         let queue = RunQueue::new(1, 4, 1);
-        let first = queue.enter().expect("enter").start().await.expect("slot");
-        let waiting = queue.enter().expect("enter");
+        let first = queue.enter(place("t"), 1).expect("enter").start().await.expect("slot");
+        let waiting = queue.enter(place("t"), 1).expect("enter");
         let committing = first.commit().await;
         assert_eq!((queue.in_flight(), queue.committing()), (0, 1));
         // The next run executes while the first one's record waits for the disk.

@@ -51,9 +51,27 @@ pub struct Job {
     /// requests to them, in the budgets the fleet shares in Redis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<crate::BudgetPlan>,
-    /// The caller's agent label, for the ledger and the audit record.
+    /// The caller's agent label, for the ledger and the audit record; within its tenant's turns,
+    /// each label takes its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// 0 to [`PRIORITY_MAX`](crate::PRIORITY_MAX): higher is taken first.
+    #[serde(default = "priority_default")]
+    pub priority: u8,
+    /// What the worker must have: its lane.
+    #[serde(default, skip_serializing_if = "crate::Needs::is_empty")]
+    pub needs: crate::Needs,
+    /// The tenant's weight: jobs it takes per turn (1 to [`WEIGHT_MAX`](crate::WEIGHT_MAX)).
+    #[serde(default = "weight_default")]
+    pub weight: u32,
+}
+
+fn priority_default() -> u8 {
+    crate::PRIORITY_DEFAULT
+}
+
+fn weight_default() -> u32 {
+    1
 }
 
 /// How a job ended: what `GET /v1/runs/{id}` shows on every node and what the audit log keeps.
@@ -156,6 +174,9 @@ impl Job {
                     pricing: None,
                     budget: None,
                     agent: value.get("agent").and_then(|v| v.as_str()).map(str::to_string),
+                    priority: crate::PRIORITY_DEFAULT,
+                    needs: crate::Needs::default(),
+                    weight: 1,
                 };
                 (job, Some(format!("the job's body does not fit this worker's version: {e}")))
             }
@@ -204,6 +225,9 @@ impl JobState {
 /// A job's state as any node sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobStatus {
+    /// For a queued job whose lane no live worker serves: the lane (what it needs, such as
+    /// `gpu`). It waits rather than run degraded.
+    pub waiting_for_capability: Option<String>,
     /// The tenant that submitted it.
     pub tenant: String,
     /// The subject within the tenant that submitted it (an OAuth access token's); `None` for a
@@ -297,6 +321,19 @@ pub struct QueueStats {
     pub duplicates: u64,
     /// Live workers: name and jobs completed since it started.
     pub workers: Vec<WorkerStats>,
+    /// Per lane: jobs queued, and whether a live worker serves it.
+    pub lanes: Vec<LaneStats>,
+}
+
+/// One lane's counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaneStats {
+    /// The lane's name ([`DEFAULT_LANE`](crate::DEFAULT_LANE), or its needs such as `gpu`).
+    pub lane: String,
+    /// Jobs queued in it.
+    pub depth: u64,
+    /// Live workers that read it.
+    pub workers: u64,
 }
 
 /// A worker's heartbeat.
@@ -314,6 +351,12 @@ pub struct WorkerStats {
     pub slots: u64,
     /// Its last heartbeat, ms since the Unix epoch.
     pub seen_unix_ms: u64,
+    /// What it has: GPU, memory, architecture, labels.
+    #[serde(default)]
+    pub advertisement: crate::Advertisement,
+    /// The lanes it reads, most demanding first.
+    #[serde(default)]
+    pub lanes: Vec<String>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -348,6 +391,9 @@ mod tests {
             pricing: None,
             budget: None,
             agent: None,
+            priority: crate::PRIORITY_DEFAULT,
+            needs: crate::Needs::default(),
+            weight: 1,
         };
         let text = serde_json::to_string(&job).expect("serializes");
         assert_eq!(serde_json::from_str::<Job>(&text).expect("parses"), job);
@@ -396,6 +442,9 @@ mod tests {
             pricing: None,
             budget: None,
             agent: None,
+            priority: crate::PRIORITY_DEFAULT,
+            needs: crate::Needs::default(),
+            weight: 1,
         }
     }
 }

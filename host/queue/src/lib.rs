@@ -20,6 +20,7 @@ mod cache;
 mod embedded;
 mod gate;
 mod job;
+mod lanes;
 mod redis;
 mod retry;
 
@@ -31,8 +32,12 @@ pub use cache::{CACHE_STORED_SKEW_MS_MAX, CacheKey, CacheRecord, CachedValue, En
 pub use embedded::{QueueFull, RunQueue, Slot, Ticket};
 pub use gate::{EGRESS_THROTTLE_MS_MAX_DEFAULT, EgressGates, EgressLimit, GATE_KEYS_MAX_DEFAULT};
 pub use job::{
-    Accepted, Completion, DeadJob, Disposition, Job, JobResult, JobState, JobStatus, Lease, QueueStats, WorkerStats,
-    now_unix_ms,
+    Accepted, Completion, DeadJob, Disposition, Job, JobResult, JobState, JobStatus, LaneStats, Lease, QueueStats,
+    WorkerStats, now_unix_ms,
+};
+pub use lanes::{
+    Advertisement, DEFAULT_LANE, FairTurns, GpuAdvert, LABEL_BYTES_MAX, LABELS_MAX, LANES_MAX, Needs, PRIORITY_DEFAULT,
+    PRIORITY_MAX, Place, WEIGHT_MAX, check_labels, machine_memory_bytes, parse_label,
 };
 pub use redis::{
     CACHE_VALUE_BYTES_MAX, DoneEntry, DoneRead, QueueError, RedisQueue, RedisSettings, SharedCacheStats,

@@ -226,6 +226,9 @@ struct RunRequestBody {
     /// The caller's agent label (or the `Guild-Agent` header).
     #[serde(default)]
     agent: Option<String>,
+    /// 0 to 9, higher first; none: the tenant's.
+    #[serde(default)]
+    priority: Option<u8>,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -264,7 +267,17 @@ pub(crate) fn parse_run_request(
     if let Some(agent) = &agent {
         guild_queue::check_agent_label(agent).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e))?;
     }
+    if let Some(priority) = body.priority
+        && priority > guild_queue::PRIORITY_MAX
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("priority {priority}: use 0 to {}", guild_queue::PRIORITY_MAX),
+        ));
+    }
     Ok(RunRequest {
+        priority: body.priority,
         tool: body.tool,
         input: body.input,
         asynchronous: body.asynchronous,
@@ -394,7 +407,7 @@ fn run_body<'a>(entry: &'a RunEntry, state: &'a RunState, output: Option<String>
         RunState::Finished(finished) => Some(FinishedBody::new(finished, output)),
         _ => None,
     };
-    RunBody { id: &entry.id, status: state.word(), tool: &entry.tool, attempts: None, finished }
+    RunBody { id: &entry.id, status: state.word(), tool: &entry.tool, attempts: None, waiting_for: None, finished }
 }
 
 async fn get_run(

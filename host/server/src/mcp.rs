@@ -86,7 +86,7 @@ impl GuildMcp {
 
     async fn call(
         &self,
-        (tenant, bearer, agent): (&Arc<Tenant>, Bearer, Option<String>),
+        (tenant, bearer, (agent, priority)): (&Arc<Tenant>, Bearer, CallLabels),
         request: CallToolRequestParams,
         context: &RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
@@ -101,6 +101,7 @@ impl GuildMcp {
             cancel: Some(cancel.clone()),
             subject: bearer.subject,
             agent,
+            priority,
         };
         let registered = self.daemon.tools().get(&name);
         let timeout_ms = registered.as_ref().map_or(0, |t| t.limits.timeout_ms);
@@ -266,15 +267,15 @@ impl ServerHandler for GuildMcp {
                 None,
             ));
         }
-        let agent = agent_of(&context)?;
+        let labels = labels_of(&context)?;
         // A client that takes tasks and asks for one gets it at once; the run goes on without
         // the connection.
         if crate::mcp_tasks::wanted(&context) {
-            return crate::mcp_tasks::start(&self.daemon, (&tenant, &bearer, agent), request, context.peer.clone())
+            return crate::mcp_tasks::start(&self.daemon, (&tenant, &bearer, labels), request, context.peer.clone())
                 .await
                 .map(CallToolResponse::Task);
         }
-        self.call((&tenant, bearer, agent), request, &context).await.map(CallToolResponse::from)
+        self.call((&tenant, bearer, labels), request, &context).await.map(CallToolResponse::from)
     }
 
     async fn get_task(
@@ -337,18 +338,36 @@ impl ServerHandler for GuildMcp {
     }
 }
 
-/// The caller's agent label from the call's `_meta` (`guild/agent`), checked.
+/// What a call's `_meta` says of its caller: the agent label (`guild/agent`) and the priority
+/// asked for (`guild/priority`).
+pub(crate) type CallLabels = (Option<String>, Option<u8>);
+
+/// The caller's agent label and priority from the call's `_meta`, checked.
 ///
 /// # Errors
-/// `invalid_params` when it is not a string or not a label.
-fn agent_of(context: &RequestContext<RoleServer>) -> Result<Option<String>, ErrorData> {
-    let Some(value) = context.meta.get("guild/agent") else { return Ok(None) };
+/// `invalid_params` when the label is not a string or not a label, or the priority is not an
+/// integer from 0 to 9.
+fn labels_of(context: &RequestContext<RoleServer>) -> Result<CallLabels, ErrorData> {
+    let priority = match context.meta.get("guild/priority") {
+        None => None,
+        Some(value) => Some(
+            value.as_u64().and_then(|p| u8::try_from(p).ok()).filter(|p| *p <= guild_queue::PRIORITY_MAX).ok_or_else(
+                || {
+                    ErrorData::invalid_params(
+                        format!("_meta guild/priority must be an integer from 0 to {}", guild_queue::PRIORITY_MAX),
+                        None,
+                    )
+                },
+            )?,
+        ),
+    };
+    let Some(value) = context.meta.get("guild/agent") else { return Ok((None, priority)) };
     let label = value
         .as_str()
         .ok_or_else(|| ErrorData::invalid_params("_meta guild/agent must be a string: the agent's label", None))?;
     guild_queue::check_agent_label(label)
         .map_err(|e| ErrorData::invalid_params(format!("_meta guild/agent: {e}"), None))?;
-    Ok(Some(label.to_string()))
+    Ok((Some(label.to_string()), priority))
 }
 
 #[cfg(test)]

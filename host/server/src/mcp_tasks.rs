@@ -60,7 +60,7 @@ fn unknown(id: &str) -> ErrorData {
 /// failed at once.
 pub(crate) async fn start(
     daemon: &Arc<Daemon>,
-    (tenant, bearer, agent): (&Arc<Tenant>, &Bearer, Option<String>),
+    (tenant, bearer, (agent, priority)): (&Arc<Tenant>, &Bearer, crate::mcp::CallLabels),
     request: CallToolRequestParams,
     peer: Peer<RoleServer>,
 ) -> Result<CreateTaskResult, ErrorData> {
@@ -73,6 +73,7 @@ pub(crate) async fn start(
         cancel: Some(cancel.clone()),
         subject: bearer.subject.clone(),
         agent,
+        priority,
     };
     let entry = match daemon.submit(tenant, run).await {
         Ok(

@@ -82,6 +82,16 @@ pub struct RedisMetrics {
     /// jobs within `WORKERS_DRAIN_TARGET_S` at the mean job time (busy slots ÷ throughput,
     /// Little's law), over the live workers' mean slots; what an autoscaler follows.
     pub workers_needed: IntGauge,
+    /// Per lane: jobs queued in it.
+    pub lane_jobs: IntGaugeVec,
+    /// Per lane: live workers that read it.
+    pub lane_workers: IntGaugeVec,
+    /// Per lane: jobs queued where no live worker reads the lane (they wait, naming it, rather
+    /// than run degraded).
+    pub waiting_for_capability: IntGaugeVec,
+    /// Per lane: workers able to read it that would drain its queued jobs within
+    /// `WORKERS_DRAIN_TARGET_S` at the fleet's mean job time (at least 1 while it has jobs).
+    pub lane_workers_needed: IntGaugeVec,
     /// The last scrape's completed count, and when.
     last: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
 }
@@ -122,6 +132,21 @@ impl RedisMetrics {
         )?;
         registry.register(Box::new(throughput.clone()))?;
         registry.register(Box::new(workers_needed.clone()))?;
+        let lane = |name: &str, help: &str| -> Result<IntGaugeVec, prometheus::Error> {
+            let gauge = IntGaugeVec::new(Opts::new(name, help), &["lane"])?;
+            registry.register(Box::new(gauge.clone()))?;
+            Ok(gauge)
+        };
+        let lane_jobs = lane("redis_lane_jobs", "Jobs queued in a capability lane.")?;
+        let lane_workers = lane("redis_lane_workers", "Live workers that read a capability lane.")?;
+        let waiting_for_capability = lane(
+            "redis_jobs_waiting_for_capability",
+            "Jobs queued in a lane no live worker reads: they wait for a worker with what they need.",
+        )?;
+        let lane_workers_needed = lane(
+            "redis_lane_workers_needed",
+            "Workers able to read a lane that would drain its queued jobs within 30 s at the fleet's mean job time.",
+        )?;
         Ok(Self {
             jobs,
             events,
@@ -130,6 +155,10 @@ impl RedisMetrics {
             up,
             throughput,
             workers_needed,
+            lane_jobs,
+            lane_workers,
+            waiting_for_capability,
+            lane_workers_needed,
             last: std::sync::Mutex::new(None),
         })
     }
@@ -193,6 +222,22 @@ impl RedisMetrics {
         #[allow(clippy::cast_possible_truncation)]
         let needed = if needed.is_finite() { needed.clamp(0.0, 1e9) as i64 } else { 0 };
         self.workers_needed.set(needed);
+        // Per lane, the same estimate for its queued jobs alone (lanes that went away drop out).
+        let mean_job_s = if throughput > 0.0 && busy > 0 { busy as f64 / throughput } else { WORKERS_DRAIN_TARGET_S };
+        for gauge in [&self.lane_jobs, &self.lane_workers, &self.waiting_for_capability, &self.lane_workers_needed] {
+            gauge.reset();
+        }
+        for lane in &stats.lanes {
+            let label = [lane.lane.as_str()];
+            self.lane_jobs.with_label_values(&label).set(lane.depth as i64);
+            self.lane_workers.with_label_values(&label).set(lane.workers as i64);
+            let waiting = if lane.workers == 0 && lane.lane != guild_queue::DEFAULT_LANE { lane.depth } else { 0 };
+            self.waiting_for_capability.with_label_values(&label).set(waiting as i64);
+            let slots = (lane.depth as f64 * mean_job_s / WORKERS_DRAIN_TARGET_S / per_worker).ceil();
+            #[allow(clippy::cast_possible_truncation)]
+            let slots = if slots.is_finite() { slots.clamp(0.0, 1e9) as i64 } else { 0 };
+            self.lane_workers_needed.with_label_values(&label).set(if lane.depth > 0 { slots.max(1) } else { 0 });
+        }
     }
 }
 

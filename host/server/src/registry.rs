@@ -48,6 +48,8 @@ pub struct ToolSpec {
     pub command: CommandSpec,
     /// How its results are cached; `None`: not at all.
     pub cache: Option<CachePolicy>,
+    /// What a Redis worker must have to run it (its lane), besides a GPU when it uses one.
+    pub needs: guild_queue::Needs,
 }
 
 /// What the config says about a WASI command.
@@ -77,6 +79,9 @@ pub struct RegisteredTool {
     pub source: ToolSource,
     /// How its results are cached (hermetic runs); `None`: not at all.
     pub cache: Option<CachePolicy>,
+    /// What a Redis worker must have to run it: the operator's needs, and a GPU when its
+    /// `describe` says it uses GPU kernels. Its jobs wait in the lane these name.
+    pub needs: guild_queue::Needs,
     validator: Option<jsonschema::Validator>,
 }
 
@@ -100,7 +105,8 @@ impl RegisteredTool {
                 None
             }
         };
-        Self { name, revision: 1, tool, grants, limits, source, cache: None, validator }
+        let needs = guild_queue::Needs { gpu: tool.info().capabilities.gpu, ..guild_queue::Needs::default() };
+        Self { name, revision: 1, tool, grants, limits, source, cache: None, needs, validator }
     }
 
     /// The same registration as revision `revision`.
@@ -159,6 +165,8 @@ pub struct Base {
     pub only_requested_mounts: bool,
     /// How every revision's results are cached; `None`: not at all.
     pub cache: Option<CachePolicy>,
+    /// What a Redis worker must have to run the name (besides a GPU when a revision uses one).
+    pub needs: guild_queue::Needs,
 }
 
 impl Base {
@@ -170,9 +178,12 @@ impl Base {
             let asked = &tool.info().capabilities.dirs;
             grants.mounts.retain(|m| asked.iter().any(|d| d.guest_path == m.guest_path));
         }
+        let registered = RegisteredTool::new(name.to_string(), tool, grants, self.limits.clone(), source);
+        let gpu = registered.needs.gpu || self.needs.gpu;
         RegisteredTool {
             cache: self.cache.clone(),
-            ..RegisteredTool::new(name.to_string(), tool, grants, self.limits.clone(), source).as_revision(revision)
+            needs: guild_queue::Needs { gpu, ..self.needs.clone() },
+            ..registered.as_revision(revision)
         }
     }
 }
@@ -435,6 +446,7 @@ impl Registry {
                 limits: spec.limits.clone(),
                 only_requested_mounts: spec.only_requested_mounts,
                 cache: spec.cache.clone(),
+                needs: spec.needs.clone(),
             };
             let registered = base.register(&name, 1, tool, spec.source.clone());
             self.insert(registered, base, "config").map_err(|e| fail(e.to_string()))?;
@@ -528,6 +540,7 @@ impl ToolSpec {
                         args: tool.args.clone(),
                     },
                     cache: tool.cache.as_ref().and_then(crate::cache::CacheSetting::policy),
+                    needs: tool.needs.clone(),
                 });
             }
         }

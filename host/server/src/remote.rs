@@ -460,9 +460,14 @@ pub(crate) fn run_body(id: &str, status: &JobStatus) -> String {
     let finished = status.result.as_ref().map(|result| (finished(result), result));
     let body = RunBody {
         id,
-        status: finished.as_ref().map_or(status.state.word(), |(f, _)| f.status.as_str()),
+        status: match (&finished, &status.waiting_for_capability) {
+            (Some((f, _)), _) => f.status.as_str(),
+            (None, Some(_)) => "waiting_for_capability",
+            (None, None) => status.state.word(),
+        },
         tool: &status.tool,
         attempts: Some(status.attempts),
+        waiting_for: status.waiting_for_capability.as_deref(),
         finished: finished.as_ref().map(|(f, result)| FinishedBody {
             worker: Some(&result.worker),
             ..FinishedBody::new(f, result.output.clone())

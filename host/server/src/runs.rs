@@ -79,13 +79,18 @@ impl Finished {
 pub(crate) struct RunBody<'a> {
     /// The run id.
     pub(crate) id: &'a str,
-    /// `queued`, `running`, `succeeded`, `failed` or `dead`.
+    /// `queued`, `waiting_for_capability` (a Redis job whose lane no live worker reads),
+    /// `running`, `succeeded`, `failed` or `dead`.
     pub(crate) status: &'a str,
     /// The tool's name.
     pub(crate) tool: &'a str,
     /// For a job in Redis: attempts started so far.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) attempts: Option<u32>,
+    /// For a job waiting for a capability: its lane, naming what it needs (`gpu`,
+    /// `label:zone=eu`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) waiting_for: Option<&'a str>,
     /// Once finished.
     #[serde(flatten)]
     pub(crate) finished: Option<FinishedBody<'a>>,

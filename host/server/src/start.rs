@@ -309,6 +309,9 @@ fn tenants(config: &DaemonConfig, default_token: Option<String>) -> Result<Vec<A
         agent_cost_budget: None,
         agent_token_budget: None,
         agents_max: guild_queue::AGENTS_MAX_DEFAULT,
+        priority: guild_queue::PRIORITY_DEFAULT,
+        priority_max: None,
+        weight: 1,
     };
     Ok(vec![tenant(&default)])
 }
@@ -465,6 +468,7 @@ fn uploaded(dir: &std::path::Path) -> Vec<ToolSpec> {
             only_requested_mounts: false,
             command: Default::default(),
             cache: None,
+            needs: Default::default(),
         })
         .collect()
 }

@@ -55,6 +55,10 @@ pub struct Tenant {
     /// connection, say by sending bodies slowly).
     requests: Arc<tokio::sync::Semaphore>,
     requests_max: usize,
+    /// Its runs' priority when the request names none, and the most a request may name.
+    pub priority: (u8, u8),
+    /// Runs it takes per turn while other tenants wait.
+    pub weight: u32,
     /// What the config said, so a reload keeps the state (buckets, budget) of an unchanged one.
     source: Option<TenantConfig>,
 }
@@ -304,6 +308,8 @@ impl Tenant {
             budgets: Budgets::from_config(config),
             requests: Arc::new(tokio::sync::Semaphore::new(TENANT_REQUESTS_MAX_DEFAULT)),
             requests_max: TENANT_REQUESTS_MAX_DEFAULT,
+            priority: (config.priority, config.priority_max.unwrap_or(config.priority).max(config.priority)),
+            weight: config.weight,
             source: Some(config.clone()),
         }
     }
@@ -567,6 +573,9 @@ mod tests {
             agent_cost_budget: None,
             agent_token_budget: None,
             agents_max: 10,
+            priority: guild_queue::PRIORITY_DEFAULT,
+            priority_max: None,
+            weight: 1,
         }))
     }
 

@@ -10,8 +10,8 @@
 //! it answers again, recreating the consumer groups if Redis lost them.
 
 use guild_queue::{
-    Completion, Disposition, JobResult, Lease, QueueError, REDIS_RETRY_MAX, RedisQueue, WorkerStats, backoff_ms,
-    now_unix_ms, redis_retry,
+    Advertisement, Completion, DEFAULT_LANE, Disposition, JobResult, Lease, QueueError, REDIS_RETRY_MAX, RedisQueue,
+    WorkerStats, backoff_ms, now_unix_ms, redis_retry,
 };
 use guild_replay::{Digest, DirStore};
 use guild_runtime::egress::Secret;
@@ -35,6 +35,8 @@ use reconnect::Reconnect;
 
 /// How long a read waits for jobs before the loop looks around (shutdown, reconnects).
 const TAKE_BLOCK: Duration = Duration::from_millis(1_000);
+/// How often a worker looks up the queue's lanes again (a tool with new needs makes one).
+const LANES_LOOK_EVERY: Duration = Duration::from_millis(1_000);
 
 /// What a worker needs.
 pub struct WorkerSetup {
@@ -58,6 +60,9 @@ pub struct WorkerSetup {
     /// The fleet's keyed egress limits and upstream throttles (in Redis), from the config's
     /// `[[egress_limits]]`.
     pub gate: Arc<dyn guild_vocab::egress::EgressGate>,
+    /// What this worker has (GPU, memory, architecture, labels): it reads the lanes whose
+    /// needs this meets.
+    pub advertisement: Advertisement,
 }
 
 /// What a worker did, for its last log line.
@@ -89,6 +94,9 @@ struct Worker {
     known_blobs: Mutex<HashMap<Digest, std::time::Instant>>,
     /// The tool records' flags, checked before each job.
     flags: flags::Flags,
+    advertisement: Advertisement,
+    /// The lanes it reads, most demanding first, and when they were last looked up.
+    lanes: Mutex<(Vec<String>, Option<std::time::Instant>)>,
     completed: AtomicU64,
     duplicates: AtomicU64,
     retried: AtomicU64,
@@ -117,12 +125,17 @@ pub async fn run_worker(
         slots: setup.concurrency.max(1) as u64,
         known_blobs: Mutex::new(HashMap::new()),
         flags: flags::Flags::new(),
+        advertisement: setup.advertisement,
+        lanes: Mutex::new((vec![DEFAULT_LANE.to_string()], None)),
         completed: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
         retried: AtomicU64::new(0),
         dead: AtomicU64::new(0),
         running: AtomicU64::new(0),
     });
+    // Its lanes and advertisement are known before it takes a job.
+    worker.lanes().await;
+    worker.heartbeat().await;
     let slots = Arc::new(Semaphore::new(concurrency));
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let taking = tokio::spawn(worker.clone().take_loop(slots.clone(), concurrency, stop.clone()));
@@ -136,7 +149,11 @@ pub async fn run_worker(
     if tokio::time::timeout(drain, slots.acquire_many(all)).await.is_err() {
         tracing::warn!(worker = %worker.name, "the drain deadline passed with jobs running; their leases will lapse");
     }
-    worker.heartbeat().await;
+    // Gone from the live workers and their lanes at once (a worker that dies drops out once
+    // its heartbeat is old).
+    if let Err(e) = worker.queue.retire(&worker.stats()).await {
+        tracing::debug!(error = %e, "could not say this worker stopped");
+    }
     worker.summary()
 }
 
@@ -151,15 +168,52 @@ impl Worker {
     }
 
     async fn heartbeat(&self) {
-        let stats = WorkerStats {
+        if let Err(e) = self.queue.heartbeat(&self.stats()).await {
+            tracing::debug!(error = %e, "heartbeat not sent");
+        }
+    }
+
+    fn stats(&self) -> WorkerStats {
+        WorkerStats {
             name: self.name.clone(),
             completed: self.completed.load(Ordering::Relaxed),
             running: self.running.load(Ordering::Relaxed),
             slots: self.slots,
             seen_unix_ms: now_unix_ms(),
-        };
-        if let Err(e) = self.queue.heartbeat(&stats).await {
-            tracing::debug!(error = %e, "heartbeat not sent");
+            advertisement: self.advertisement.clone(),
+            lanes: self.lanes_now().0,
+        }
+    }
+
+    fn lanes_now(&self) -> (Vec<String>, Option<std::time::Instant>) {
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The lanes this worker reads: those whose needs its advertisement meets, most demanding
+    /// first, looked up again when the last look is older than `LANES_LOOK_EVERY`.
+    async fn lanes(&self) -> Vec<String> {
+        let (lanes, looked) = self.lanes_now();
+        if looked.is_some_and(|at| at.elapsed() < LANES_LOOK_EVERY) {
+            return lanes;
+        }
+        match self.queue.lanes().await {
+            Ok(all) => {
+                let mut mine: Vec<(usize, String)> = all
+                    .into_iter()
+                    .filter(|(lane, needs)| lane != DEFAULT_LANE && needs.met_by(&self.advertisement))
+                    .map(|(lane, needs)| (needs.weight(), lane))
+                    .collect();
+                mine.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+                let mut lanes: Vec<String> = mine.into_iter().map(|(_, lane)| lane).collect();
+                lanes.push(DEFAULT_LANE.to_string());
+                *self.lanes.lock().unwrap_or_else(|p| p.into_inner()) =
+                    (lanes.clone(), Some(std::time::Instant::now()));
+                lanes
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "could not look up the queue's lanes");
+                lanes
+            }
         }
     }
 
@@ -199,7 +253,8 @@ impl Worker {
                     Err(e) => tracing::debug!(error = %e, "reclaim failed"),
                 }
             }
-            match self.queue.take(&self.name, permits.len(), TAKE_BLOCK.min(reclaim_every)).await {
+            let lanes = self.lanes().await;
+            match self.queue.take(&self.name, &lanes, permits.len(), TAKE_BLOCK.min(reclaim_every)).await {
                 Ok(leases) => {
                     reconnect.succeeded(&self.name);
                     for (lease, permit) in leases.into_iter().zip(permits.drain(..)) {

@@ -1,22 +1,27 @@
 //! Jobs through their lives: submitted, taken, renewed, reclaimed, completed or failed,
 //! promoted from the delay set, dead, requeued; and their status and results.
 
-use super::{QueueError, RedisQueue, WORKERS_GROUP, from_redis};
+use super::{QueueError, RedisQueue, WORKER_LIVE_MS, WORKERS_GROUP, from_redis};
 use crate::job::{Accepted, Completion, DeadJob, Disposition, Job, JobResult, JobState, JobStatus, Lease, now_unix_ms};
+use crate::{DEFAULT_LANE, LANES_MAX, PRIORITY_MAX, WEIGHT_MAX};
 use guild_replay::Digest;
 use guild_vocab::RunStatus;
 use redis::Script;
-use redis::streams::{StreamAutoClaimReply, StreamReadReply};
+use redis::streams::StreamAutoClaimReply;
 use std::time::Duration;
 
-/// `state`, `attempts`, `tenant`, `tool`, `input` of a job hash.
-type JobFields = (Option<String>, Option<u32>, Option<String>, Option<String>, Option<String>, Option<String>);
+/// `state`, `attempts`, `tenant`, `tool`, `input`, `subject`, `lane` of a job hash.
+type JobFields =
+    (Option<String>, Option<u32>, Option<String>, Option<String>, Option<String>, Option<String>, Option<String>);
 
 impl RedisQueue {
     /// Put a job in the queue, unless its tenant's idempotency key (or its id) already names
-    /// one. Only a job Redis has taken is acknowledged.
+    /// one: in its lane (its `needs`), at its priority, behind its tenant's and agent's earlier
+    /// jobs. Only a job Redis has taken is acknowledged.
     ///
     /// # Errors
+    /// [`QueueError::Redis`] naming `LANES_MAX` when the job's lane would be one more than
+    /// [`LANES_MAX`].
     /// [`QueueError::Unavailable`] when Redis cannot be reached or the circuit is open after a
     /// recent failure (the job may have been taken all the same: submitting it again is safe, its
     /// id or idempotency key names it); [`QueueError::Redis`] when Redis refuses the script.
@@ -28,6 +33,7 @@ impl RedisQueue {
         if let Some(key) = &job.idempotency_key {
             invocation.key(keys.idempotency((&job.tenant, job.subject.as_deref()), key));
         }
+        let needs = serde_json::to_string(&job.needs).expect("needs are plain data");
         invocation
             .arg(&job.id)
             .arg(body)
@@ -35,7 +41,14 @@ impl RedisQueue {
             .arg(&job.tool)
             .arg(job.attempts_max)
             .arg(job.input_digest.to_hex())
-            .arg(job.subject.as_deref().unwrap_or_default());
+            .arg(job.subject.as_deref().unwrap_or_default())
+            .arg(&keys.prefix)
+            .arg(job.needs.lane())
+            .arg(needs)
+            .arg(job.priority.min(PRIORITY_MAX))
+            .arg(job.agent.as_deref().unwrap_or_default())
+            .arg(job.weight.clamp(1, WEIGHT_MAX))
+            .arg(LANES_MAX);
         self.guarded(async {
             let (new, id): (i64, String) = invocation.invoke_async(&mut self.conn()).await.map_err(from_redis)?;
             Ok(Accepted { id, existing: new == 0 })
@@ -55,9 +68,11 @@ impl RedisQueue {
         let keys = &self.inner.keys;
         self.guarded(async {
             let mut pipe = redis::pipe();
-            pipe.cmd("HMGET").arg(keys.job(id)).arg(&["state", "attempts", "tenant", "tool", "input", "subject"]);
+            pipe.cmd("HMGET")
+                .arg(keys.job(id))
+                .arg(&["state", "attempts", "tenant", "tool", "input", "subject", "lane"]);
             pipe.cmd("GET").arg(keys.result(id));
-            let ((state, attempts, tenant, tool, input, subject), result): (JobFields, Option<String>) =
+            let ((state, attempts, tenant, tool, input, subject, lane), result): (JobFields, Option<String>) =
                 pipe.query_async(&mut self.conn()).await.map_err(from_redis)?;
             let subject = subject.filter(|s| !s.is_empty());
             let (result, unreadable_result) = match result.map(|text| parse_result(&text)) {
@@ -79,50 +94,85 @@ impl RedisQueue {
                     attempts: result.attempt,
                     result: Some(result),
                     unreadable_result: None,
+                    waiting_for_capability: None,
                 }));
             };
             let state = JobState::parse(&state).ok_or_else(|| QueueError::Corrupt(format!("job state {state:?}")))?;
             let input_digest = input.and_then(|hex| hex.parse().ok());
             let unreadable_result = unreadable_result.map(|e| e.to_string());
             let attempts = attempts.unwrap_or(0);
-            Ok(Some(JobStatus { tenant, subject, tool, input_digest, state, attempts, result, unreadable_result }))
+            let waiting_for_capability = match (state, lane) {
+                (JobState::Queued, Some(lane)) if lane != DEFAULT_LANE => {
+                    // The latest heartbeat of a worker reading the lane.
+                    let served: Vec<(String, u64)> = redis::cmd("ZRANGE")
+                        .arg(keys.served(&lane))
+                        .arg(-1)
+                        .arg(-1)
+                        .arg("WITHSCORES")
+                        .query_async(&mut self.conn())
+                        .await
+                        .map_err(from_redis)?;
+                    let live =
+                        served.first().is_some_and(|(_, seen)| now_unix_ms().saturating_sub(*seen) <= WORKER_LIVE_MS);
+                    (!live).then_some(lane)
+                }
+                _ => None,
+            };
+            Ok(Some(JobStatus {
+                tenant,
+                subject,
+                tool,
+                input_digest,
+                state,
+                attempts,
+                result,
+                unreadable_result,
+                waiting_for_capability,
+            }))
         })
         .await
     }
 
-    /// Wait up to `block` for new jobs for `worker`, at most `count`, and start them.
+    /// Take up to `count` jobs for `worker` from `lanes` (the lanes it serves, most demanding
+    /// first), waiting up to `block` when none is queued, and start them: the highest priority
+    /// first, then the tenants' and agents' turns (`lanes.rs`).
     ///
     /// # Errors
     /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
-    /// refuses the read or the start script (`NOGROUP` when the `workers` group is missing:
-    /// [`RedisQueue::ensure_groups`] makes it). A job whose body does not parse is still leased,
+    /// refuses the take script or the wait. A job whose body does not parse is still leased,
     /// marked `unreadable`.
-    pub async fn take(&self, worker: &str, count: usize, block: Duration) -> Result<Vec<Lease>, QueueError> {
+    pub async fn take(
+        &self,
+        worker: &str,
+        lanes: &[String],
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Lease>, QueueError> {
+        let leases = self.take_now(worker, lanes, count).await?;
+        if !leases.is_empty() || block.is_zero() || lanes.is_empty() {
+            return Ok(leases);
+        }
+        // A submission leaves a token in its lane's wake list: one waiting worker gets it.
         let keys = &self.inner.keys;
-        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(WORKERS_GROUP)
-            .arg(worker)
-            .arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX))
-            .arg("STREAMS")
-            .arg(keys.key("jobs"))
-            .arg(">")
-            .query_async(&mut self.inner.blocking.clone())
-            .await
-            .map_err(from_redis)?;
-        let delivered: Vec<(String, String)> = reply
-            .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
-            .map(|entry| {
-                let id = entry.get::<String>("job").unwrap_or_default();
-                (entry.id, id)
-            })
-            .collect();
-        self.start(worker, &delivered, false).await
+        let mut wait = redis::cmd("BLPOP");
+        for lane in lanes {
+            wait.arg(keys.key(&format!("wake:{lane}")));
+        }
+        let _: Option<(String, String)> =
+            wait.arg(block.as_secs_f64()).query_async(&mut self.inner.blocking.clone()).await.map_err(from_redis)?;
+        self.take_now(worker, lanes, count).await
+    }
+
+    async fn take_now(&self, worker: &str, lanes: &[String], count: usize) -> Result<Vec<Lease>, QueueError> {
+        let keys = &self.inner.keys;
+        let mut invocation = self.inner.scripts.take.key(keys.key("jobs"));
+        invocation.key(keys.key("stats")).arg(worker).arg(&keys.prefix).arg(keys.job_prefix()).arg(count);
+        for lane in lanes {
+            invocation.arg(lane);
+        }
+        let started: Vec<(String, String, u32, String)> =
+            invocation.invoke_async(&mut self.conn()).await.map_err(from_redis)?;
+        Ok(started.into_iter().map(|(entry, body, attempt, id)| lease(entry, &body, attempt, id)).collect())
     }
 
     /// Take over jobs whose worker has not renewed its lease for `lease_ms` (it died), looking
@@ -162,22 +212,13 @@ impl RedisQueue {
         }
         let started: Vec<(String, String, u32)> =
             invocation.invoke_async(&mut self.conn()).await.map_err(from_redis)?;
-        started
+        Ok(started
             .into_iter()
             .map(|(entry, body, attempt)| {
-                let (mut job, mut unreadable) = Job::read(&body);
-                // The stream entry names the job whose hash this attempt holds: settle that one,
-                // whatever the body says.
                 let named = entries.iter().find(|(e, _)| *e == entry).map(|(_, id)| id.clone()).unwrap_or_default();
-                if job.id != named {
-                    if unreadable.is_none() {
-                        unreadable = Some(format!("the job's body names job {:?}, its stream entry {named:?}", job.id));
-                    }
-                    job.id = named;
-                }
-                Ok(Lease { job, unreadable, entry, attempt })
+                lease(entry, &body, attempt, named)
             })
-            .collect()
+            .collect())
     }
 
     /// Keep holding a running job; false when the lease was lost (another worker took it).
@@ -324,7 +365,8 @@ impl RedisQueue {
         })
     }
 
-    /// Move retries whose backoff is over back into the stream; returns how many.
+    /// Queue again the retries whose backoff is over (in their lanes, at their priority); returns
+    /// how many.
     ///
     /// # Errors
     /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
@@ -335,10 +377,10 @@ impl RedisQueue {
             .scripts
             .promote
             .key(keys.key("delayed"))
-            .key(keys.key("jobs"))
             .arg(now_unix_ms())
             .arg(256)
             .arg(keys.job_prefix())
+            .arg(&keys.prefix)
             .invoke_async(&mut self.conn())
             .await
             .map_err(from_redis)
@@ -386,11 +428,11 @@ impl RedisQueue {
             .inner
             .scripts
             .requeue
-            .key(keys.key("jobs"))
             .key(keys.job(id))
             .key(keys.result(id))
             .key(keys.key("dead"))
             .arg(id)
+            .arg(&keys.prefix)
             .invoke_async(&mut self.conn())
             .await
             .map_err(from_redis)?;
@@ -434,6 +476,19 @@ impl RedisQueue {
         }
         Ok(found)
     }
+}
+
+/// A lease on stream `entry` for the job `body` holds; `named`: the job its stream entry names
+/// (the attempt settles that one, whatever the body says).
+fn lease(entry: String, body: &str, attempt: u32, named: String) -> Lease {
+    let (mut job, mut unreadable) = Job::read(body);
+    if job.id != named {
+        if unreadable.is_none() {
+            unreadable = Some(format!("the job's body names job {:?}, its stream entry {named:?}", job.id));
+        }
+        job.id = named;
+    }
+    Lease { job, unreadable, entry, attempt }
 }
 
 pub(super) fn parse_result(text: &str) -> Result<JobResult, QueueError> {

@@ -1,11 +1,19 @@
-//! The Redis queue. One stream per queue with the consumer group `workers`; every key under the
+//! The Redis queue. Jobs wait in capability lanes, taken in priority and fair-turn order
+//! (`lanes.rs`) by a worker reading the lanes it can serve; a job taken gets an entry in the
+//! queue's stream, pending in the consumer group `workers` (its lease); every key under the
 //! hash tag `guild:{<queue>}:` so a queue lives in one slot of a Redis Cluster; every step that
 //! touches more than one key is one Lua script, so it is atomic. Key layout:
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `jobs` | stream | one entry per delivery of a job (`job` = id); acked and deleted when settled |
-//! | `job:<id>` | hash | `body` (the job JSON), `state`, `attempts`, `attempts_max`, `worker`, `entry`, `tenant`, `subject`, `tool`, `input` (its digest), `idem`, `dead_entry`; expires with the result |
+//! | `jobs` | stream | one entry per attempt of a job (`job` = id), added and leased to its worker (pending in group `workers`) when the worker takes it; acked and deleted when settled |
+//! | `job:<id>` | hash | `body` (the job JSON), `state`, `attempts`, `attempts_max`, `worker`, `entry`, `tenant`, `subject`, `tool`, `input` (its digest), `idem`, `dead_entry`, `lane`, `prio`, `agent`; expires with the result |
+//! | `lane:<len>:<lane>:…` | sorted set, lists, hash | the jobs queued in a capability lane: its priorities with jobs, per priority the tenants' turns and credits, per tenant its agents' turns, per agent its job ids (`lua/common.lua`) |
+//! | `lanes` | hash | lane → its needs (JSON); at most `LANES_MAX` |
+//! | `lanes:depth` | hash | lane → jobs queued in it |
+//! | `lanes:served:<lane>` | sorted set | the workers reading a lane, by their last heartbeat (ms); a stopping worker leaves |
+//! | `weights` | hash | tenant → its weight (jobs per turn) |
+//! | `wake:<lane>` | list | a few tokens a waiting worker blocks on (`BLPOP`) |
 //! | `result:<id>` | string | the [`JobResult`] JSON, for `results_ttl_s` |
 //! | `key:<tenant length>:<tenant>:<key>` | string | the job an idempotency key names; expires with the result |
 //! | `skey:<tenant length>:<tenant>:<subject length>:<subject>:<key>` | string | the same for an access token's subject |
@@ -14,7 +22,7 @@
 //! | `done` | stream | every finished attempt (`kind` = completed, duplicate, retried or dead; `result` without the output) for the audit log; group `audit` |
 //! | `finished` | pub/sub channel | the id of each job that gets its result (completed or dead), so a node awaiting it reads it at once |
 //! | `stats` | hash | counters: completed, claims, retries, duplicates |
-//! | `workers` | hash | worker name → its last heartbeat |
+//! | `workers` | hash | worker name → its last heartbeat (with its advertisement and lanes) |
 //! | `blob:<blake3>` | string | a component (kept without expiry, fetched by workers that lack it) or a bundle's part (for `results_ttl_s`; bundles share parts) |
 //! | `tools` | hash | tool name → its record: revisions, current and candidate, ramp, flags (JSON) |
 //! | `tools:generation` | string | a counter every tool record write increments: nodes poll it |
@@ -40,6 +48,8 @@ mod cache;
 mod done;
 mod gate;
 mod jobs;
+#[cfg(test)]
+mod lane_tests;
 #[cfg(test)]
 mod money_tests;
 mod stats;
@@ -194,6 +204,7 @@ struct Scripts {
     fail: Script,
     promote: Script,
     requeue: Script,
+    take: Script,
 }
 
 macro_rules! script {
@@ -212,6 +223,7 @@ impl Scripts {
             fail: script!("fail.lua"),
             promote: script!("promote.lua"),
             requeue: script!("requeue.lua"),
+            take: script!("take.lua"),
         }
     }
 }
@@ -247,6 +259,10 @@ impl Keys {
                 format!("{}skey:{}:{tenant}:{}:{subject}:{key}", self.prefix, tenant.len(), subject.len())
             }
         }
+    }
+    /// The workers reading `lane`, by their last heartbeat (ms).
+    fn served(&self, lane: &str) -> String {
+        format!("{}lanes:served:{lane}", self.prefix)
     }
     fn blob(&self, digest: &Digest) -> String {
         format!("{}blob:{digest}", self.prefix)
@@ -420,6 +436,7 @@ mod tests {
             keys.idempotency(("tenant", None), "key{with}braces"),
             keys.blob(&digest),
             keys.bundle(&digest),
+            keys.served("gpu,label:zone=eu"),
             format!("{}abc", keys.job_prefix()),
         ];
         for key in all {

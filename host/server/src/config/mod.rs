@@ -472,6 +472,11 @@ pub struct ToolConfig {
     /// every identical later call of the same tenant.
     #[serde(default)]
     pub cache: Option<crate::cache::CacheSetting>,
+    /// What a Redis worker must have to run it (`labels`, `memory_bytes_min`, `arch`, `gpu`):
+    /// its jobs go to the lane only such workers read. A tool whose `describe` says it uses GPU
+    /// kernels needs a GPU whatever this says.
+    #[serde(default)]
+    pub needs: guild_queue::Needs,
 }
 
 /// A directory mount.
@@ -557,6 +562,24 @@ pub struct TenantConfig {
     /// answered 429 `budget_exhausted`.
     #[serde(default = "agents_max_default")]
     pub agents_max: u64,
+    /// Its runs' priority, 0 to 9 (higher is taken first from a queue with waiting runs).
+    #[serde(default = "priority_default")]
+    pub priority: u8,
+    /// The highest priority a request of it may ask for (`priority` in the run request, MCP
+    /// `_meta` `guild/priority`); none: its `priority`.
+    #[serde(default)]
+    pub priority_max: Option<u8>,
+    /// Runs it takes per turn while other tenants wait at the same priority (1 to 1000).
+    #[serde(default = "weight_default")]
+    pub weight: u32,
+}
+
+fn priority_default() -> u8 {
+    guild_queue::PRIORITY_DEFAULT
+}
+
+fn weight_default() -> u32 {
+    1
 }
 
 /// One tool's budget within a tenant.
@@ -772,6 +795,30 @@ impl DaemonConfig {
         let mut names = std::collections::BTreeSet::new();
         for (i, tenant) in self.tenants.iter().enumerate() {
             let field = |f: &str| format!("tenants[{i}].{f}");
+            if tenant.priority > guild_queue::PRIORITY_MAX {
+                return Err(ConfigError::new(
+                    field("priority"),
+                    format!("is {}; use 0 to {}", tenant.priority, guild_queue::PRIORITY_MAX),
+                ));
+            }
+            if let Some(max) = tenant.priority_max
+                && (max > guild_queue::PRIORITY_MAX || max < tenant.priority)
+            {
+                return Err(ConfigError::new(
+                    field("priority_max"),
+                    format!(
+                        "is {max}; use the tenant's priority ({}) to {}",
+                        tenant.priority,
+                        guild_queue::PRIORITY_MAX
+                    ),
+                ));
+            }
+            if !(1..=guild_queue::WEIGHT_MAX).contains(&tenant.weight) {
+                return Err(ConfigError::new(
+                    field("weight"),
+                    format!("is {}; use 1 to {}", tenant.weight, guild_queue::WEIGHT_MAX),
+                ));
+            }
             if tenant.name.is_empty() || !names.insert(tenant.name.as_str()) {
                 return Err(ConfigError::new(field("name"), format!("{:?} is empty or used twice", tenant.name)));
             }

@@ -160,6 +160,27 @@ pub struct RunRequest {
     /// The caller's agent label (checked by `guild_queue::check_agent_label`): counted against
     /// the tenant's per-agent budgets, named in the audit record and the usage ledger.
     pub agent: Option<String>,
+    /// 0 to 9, higher first; none: the tenant's `priority`. Above the tenant's `priority_max`
+    /// it is refused (403).
+    pub priority: Option<u8>,
+}
+
+/// The priority a run of `tenant` gets: the one asked for, within the tenant's allowance, or
+/// the tenant's own.
+///
+/// # Errors
+/// A message naming the allowance (for `Rejection::Forbidden`) when the request asks for more.
+fn priority_for(tenant: &Tenant, asked: Option<u8>) -> Result<u8, String> {
+    let (own, max) = tenant.priority;
+    match asked {
+        None => Ok(own),
+        Some(p) if p <= max => Ok(p),
+        Some(p) => Err(format!(
+            "priority {p} is above tenant {}'s allowance of {max}; ask for 0 to {max}, or ask the operator to raise \
+             the tenant's priority_max",
+            tenant.name
+        )),
+    }
 }
 
 /// Why a run request was refused before it became a run.
@@ -534,11 +555,13 @@ impl Daemon {
         })?;
         let tool = routed.tool.clone();
         tool.validate(&request.input).map_err(Rejection::InvalidInput)?;
+        let priority = priority_for(tenant, request.priority).map_err(Rejection::Forbidden)?;
         let input = request.input.to_string();
         let input_digest = Digest::of(input.as_bytes());
         let request_digest = request_digest(&tool.name, &input_digest);
         if let Some(remote) = self.remote.clone() {
-            return self.submit_remote(&remote, tenant, routed, request, input, input_digest, request_digest).await;
+            let digests = (input_digest, request_digest);
+            return self.submit_remote(&remote, tenant, routed, (request, priority), input, digests).await;
         }
         let key = request.idempotency_key.as_deref();
         if let Some(key) = key
@@ -550,7 +573,12 @@ impl Daemon {
             return Err(Rejection::KeyConflict { key: key.to_string(), run: existing.id });
         }
         let admission = self.admit(tenant, &tool, request.agent.as_deref()).await?;
-        let ticket = self.queue.enter().map_err(|full| {
+        let place = guild_queue::Place {
+            priority,
+            tenant: tenant.name.clone(),
+            agent: request.agent.clone().unwrap_or_default(),
+        };
+        let ticket = self.queue.enter(place, tenant.weight).map_err(|full| {
             let reason = if full.draining { "draining" } else { "queue_full" };
             self.metrics.rejections.with_label_values(&[&tenant.name, reason]).inc();
             Rejection::Queue(full)
@@ -627,18 +655,17 @@ impl Daemon {
         Some(Arc::new(guild_queue::RunMeter::new(self.budgets.clone(), plan, pricing)))
     }
 
-    /// With `--redis`: enqueue the run as a job for the workers, then wait for its result
-    /// (sync) or answer 202 (async). The tenant's fuel is settled when the result arrives.
-    #[allow(clippy::too_many_arguments)]
+    /// With `--redis`: enqueue the run as a job for the workers (in its tool's lane, at
+    /// `priority`, in its tenant's turns), then wait for its result (sync) or answer 202 (async).
+    /// The tenant's fuel is settled when the result arrives.
     async fn submit_remote(
         self: &Arc<Self>,
         remote: &Arc<Remote>,
         tenant: &Arc<Tenant>,
         routed: crate::registry::Routed,
-        request: RunRequest,
+        (request, priority): (RunRequest, u8),
         input: String,
-        input_digest: Digest,
-        request_digest: Digest,
+        (input_digest, request_digest): (Digest, Digest),
     ) -> Result<Submitted, Rejection> {
         let crate::registry::Routed { tool, shadow, .. } = routed;
         if self.is_draining() {
@@ -684,6 +711,9 @@ impl Daemon {
             pricing: self.pricing().map(|p| (*p).clone()),
             budget: admission.budget().map(|(_, plan)| plan.clone()),
             agent: request.agent.clone(),
+            priority,
+            needs: tool.needs.clone(),
+            weight: tenant.weight,
         };
         // Waited for before it exists, so a node waiting for too many jobs refuses a new one
         // rather than enqueue a job nobody here can answer for.

@@ -24,3 +24,38 @@ local function settle(stream, entry)
   redis.call('XACK', stream, GROUP, entry)
   redis.call('XDEL', stream, entry)
 end
+-- Capability lanes and fair turns (`lanes.rs`). Under `prefix` (the queue's `guild:{q}:`):
+-- `lane:<len>:<lane>:priorities` (sorted set of the priorities with queued jobs), then per
+-- priority `…:p<n>:tenants` (list: the tenants with queued jobs, in turn order) and
+-- `…:p<n>:credit` (hash: what the tenant at the front may still take this turn), per tenant
+-- `…:t:<len>:<tenant>:agents` (list: its agent labels with queued jobs, in turn order) and per
+-- agent `…:a:<agent>` (list: job ids, oldest first). A list is in its parent's list exactly
+-- while it is not empty. `lanes:depth` (hash: lane → jobs queued), `wake:<lane>` (list: a few
+-- tokens a waiting worker blocks on).
+local WAKE_TOKENS_MAX = 64
+local function lane_key(prefix, lane)
+  return prefix .. 'lane:' .. #lane .. ':' .. lane
+end
+local function tenant_key(base, tenant)
+  return base .. ':t:' .. #tenant .. ':' .. tenant
+end
+-- Queue job `id` in its lane, at its priority, behind its tenant's and agent's earlier jobs.
+local function enqueue(prefix, id, lane, prio, tenant, agent)
+  local l = lane_key(prefix, lane)
+  local base = l .. ':p' .. prio
+  local t = tenant_key(base, tenant)
+  if redis.call('RPUSH', t .. ':a:' .. agent, id) == 1
+    and redis.call('RPUSH', t .. ':agents', agent) == 1
+    and redis.call('RPUSH', base .. ':tenants', tenant) == 1 then
+    redis.call('ZADD', l .. ':priorities', prio, prio)
+  end
+  redis.call('HINCRBY', prefix .. 'lanes:depth', lane, 1)
+  local wake = prefix .. 'wake:' .. lane
+  redis.call('RPUSH', wake, 1)
+  redis.call('LTRIM', wake, -WAKE_TOKENS_MAX, -1)
+end
+-- Queue a job again from what its hash says (a retry, a dead job sent back).
+local function requeue_job(prefix, job_key, id)
+  local f = redis.call('HMGET', job_key, 'lane', 'prio', 'tenant', 'agent')
+  enqueue(prefix, id, f[1] or 'default', f[2] or '4', f[3] or '', f[4] or '')
+end

@@ -1,6 +1,9 @@
 -- KEYS: stream, job hash, [idempotency key]
--- ARGV: id, body, tenant, tool, attempts_max, input digest, subject ('' for a static token)
--- Returns {1, id} for a new job, {0, first id} when the key (or the id) already names one.
+-- ARGV: id, body, tenant, tool, attempts_max, input digest, subject ('' for a static token),
+--       queue prefix, lane, lane needs json, priority, agent ('' for none), tenant weight,
+--       lanes at most
+-- Returns {1, id} for a new job, {0, first id} when the key (or the id) already names one;
+-- an error naming LANES_MAX when the job's lane would be one too many.
 if KEYS[3] then
   local existing = redis.call('GET', KEYS[3])
   if existing then
@@ -11,11 +14,21 @@ end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {0, ARGV[1]}
 end
+local prefix, lane = ARGV[8], ARGV[9]
+local lanes = prefix .. 'lanes'
+if redis.call('HEXISTS', lanes, lane) == 0 then
+  if redis.call('HLEN', lanes) >= tonumber(ARGV[14]) then
+    return redis.error_reply('LANES_MAX the queue holds ' .. ARGV[14] ..
+      ' lanes (LANES_MAX): give fewer tools distinct needs, or use another queue')
+  end
+  redis.call('HSET', lanes, lane, ARGV[10])
+end
 if KEYS[3] then
   redis.call('SET', KEYS[3], ARGV[1])
 end
-local entry = redis.call('XADD', KEYS[1], '*', 'job', ARGV[1])
 redis.call('HSET', KEYS[2], 'body', ARGV[2], 'state', 'queued', 'attempts', 0, 'attempts_max', ARGV[5],
-  'tenant', ARGV[3], 'subject', ARGV[7], 'tool', ARGV[4], 'input', ARGV[6], 'entry', entry, 'idem', KEYS[3] or '',
-  'worker', '')
+  'tenant', ARGV[3], 'subject', ARGV[7], 'tool', ARGV[4], 'input', ARGV[6], 'entry', '', 'idem', KEYS[3] or '',
+  'worker', '', 'lane', lane, 'prio', ARGV[11], 'agent', ARGV[12])
+redis.call('HSET', prefix .. 'weights', ARGV[3], ARGV[13])
+enqueue(prefix, ARGV[1], lane, ARGV[11], ARGV[3], ARGV[12])
 return {1, ARGV[1]}

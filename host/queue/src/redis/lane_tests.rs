@@ -1,0 +1,173 @@
+//! Lanes, priorities and fair turns on a real `redis-server`: the take script's order, what a
+//! job waiting for a capability shows, retries back in their lane, and the lanes' bound.
+
+use super::money_tests::server;
+use crate::{Advertisement, DEFAULT_LANE, Job, JobResult, JobState, LANES_MAX, Needs, WorkerStats, now_unix_ms};
+use guild_replay::Digest;
+use guild_vocab::{Grants, Limits, RunStatus};
+use std::time::{Duration, Instant};
+
+fn job(id: &str, tenant: &str, agent: Option<&str>, priority: u8, needs: Needs) -> Job {
+    Job {
+        id: id.into(),
+        tenant: tenant.into(),
+        subject: None,
+        tool: "echo".into(),
+        tool_digest: Digest::of(b"component"),
+        revision: None,
+        input: "{}".into(),
+        input_digest: Digest::of(b"{}"),
+        grants: Grants::default(),
+        limits: Limits::default(),
+        idempotency_key: None,
+        attempts_max: 3,
+        submitted_unix_ms: now_unix_ms(),
+        cache: None,
+        pricing: None,
+        budget: None,
+        agent: agent.map(str::to_string),
+        priority,
+        needs,
+        weight: 1,
+    }
+}
+
+fn lanes(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn tenants_and_agents_take_turns_and_priorities_go_first() {
+    let (_server, queue) = server().await;
+    queue.ensure_groups().await.expect("groups");
+    for i in 0..50 {
+        queue.submit(&job(&format!("a{i:02}"), "a", None, 4, Needs::default())).await.expect("submitted");
+    }
+    queue.submit(&job("b0", "b", Some("x"), 4, Needs::default())).await.expect("submitted");
+    queue.submit(&job("b1", "b", Some("y"), 4, Needs::default())).await.expect("submitted");
+    queue.submit(&job("b2", "b", Some("x"), 4, Needs::default())).await.expect("submitted");
+    queue.submit(&job("urgent", "c", None, 9, Needs::default())).await.expect("submitted");
+    let default = lanes(&[DEFAULT_LANE]);
+    let mut order = Vec::new();
+    for _ in 0..9 {
+        let taken = queue.take("w1", &default, 1, Duration::ZERO).await.expect("taken");
+        order.extend(taken.into_iter().map(|l| l.job.id));
+    }
+    // Agents x and y of tenant b alternate; tenant a waits its turn however many it queued.
+    assert_eq!(order, ["urgent", "a00", "b0", "a01", "b1", "a02", "b2", "a03", "a04"]);
+    let stats = queue.stats().await.expect("stats");
+    assert_eq!((stats.depth, stats.pending), (45, 9));
+
+    // A taken job holds a lease like any other: renewed, then settled.
+    let lease = queue.take("w1", &default, 1, Duration::ZERO).await.expect("taken").remove(0);
+    assert_eq!((lease.job.id.as_str(), lease.attempt), ("a05", 1));
+    assert!(queue.renew("w1", &lease).await.expect("renewed"));
+    let result = result_of(&lease.job, "w1");
+    let retried = queue.fail("w1", &lease, 0, &result, &result).await.expect("failed");
+    assert!(matches!(retried, crate::Disposition::Retry { .. }));
+    assert_eq!(queue.promote().await.expect("promoted"), 1);
+    let all = queue.take("w1", &default, 100, Duration::ZERO).await.expect("taken");
+    assert_eq!(all.len(), 45, "the retry is back in its tenant's line");
+    assert!(all.iter().any(|l| l.job.id == "a05" && l.attempt == 2));
+}
+
+#[tokio::test]
+async fn a_job_waits_in_its_lane_for_a_worker_that_has_what_it_needs() {
+    let (_server, queue) = server().await;
+    queue.ensure_groups().await.expect("groups");
+    let gpu = Needs { gpu: true, ..Needs::default() };
+    queue.submit(&job("g0", "a", None, 4, gpu.clone())).await.expect("submitted");
+    queue.submit(&job("c0", "a", None, 4, Needs::default())).await.expect("submitted");
+    // A worker without a GPU reads only the default lane.
+    let cpu = queue.take("cpu", &lanes(&[DEFAULT_LANE]), 10, Duration::ZERO).await.expect("taken");
+    assert_eq!(cpu.iter().map(|l| l.job.id.as_str()).collect::<Vec<_>>(), ["c0"]);
+    let status = queue.status("g0").await.expect("read").expect("known");
+    assert_eq!((status.state, status.waiting_for_capability.as_deref()), (JobState::Queued, Some("gpu")));
+    let stats = queue.stats().await.expect("stats");
+    let lane = stats.lanes.iter().find(|l| l.lane == "gpu").expect("the gpu lane");
+    assert_eq!((lane.depth, lane.workers), (1, 0));
+    let known = queue.lanes().await.expect("lanes");
+    assert!(known.iter().any(|(name, needs)| name == "gpu" && *needs == gpu));
+
+    // A worker with a GPU says so, and the job no longer waits for a capability.
+    let advertisement = Advertisement {
+        gpu: Some(crate::GpuAdvert { adapter: "llvmpipe".into(), memory_bytes: None }),
+        ..Advertisement::default()
+    };
+    let heartbeat = WorkerStats {
+        name: "gpu".into(),
+        seen_unix_ms: now_unix_ms(),
+        advertisement,
+        lanes: lanes(&["gpu", DEFAULT_LANE]),
+        ..WorkerStats::default()
+    };
+    queue.heartbeat(&heartbeat).await.expect("heartbeat");
+    let status = queue.status("g0").await.expect("read").expect("known");
+    assert_eq!(status.waiting_for_capability, None);
+    let stats = queue.stats().await.expect("stats");
+    assert_eq!(stats.lanes.iter().find(|l| l.lane == "gpu").map(|l| l.workers), Some(1));
+    let taken = queue.take("gpu", &heartbeat.lanes, 10, Duration::ZERO).await.expect("taken");
+    assert_eq!(taken.iter().map(|l| l.job.id.as_str()).collect::<Vec<_>>(), ["g0"]);
+    assert_eq!(taken[0].job.needs, gpu);
+
+    // A worker that stops says so: the lane has no reader at once.
+    queue.submit(&job("g1", "a", None, 4, gpu.clone())).await.expect("submitted");
+    queue.retire(&heartbeat).await.expect("retired");
+    let status = queue.status("g1").await.expect("read").expect("known");
+    assert_eq!(status.waiting_for_capability.as_deref(), Some("gpu"));
+    assert!(queue.stats().await.expect("stats").workers.is_empty());
+}
+
+#[tokio::test]
+async fn a_waiting_worker_wakes_when_a_job_arrives_and_lanes_are_bounded() {
+    let (_server, queue) = server().await;
+    queue.ensure_groups().await.expect("groups");
+    let waiting = {
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let taken = queue.take("w", &lanes(&[DEFAULT_LANE]), 1, Duration::from_secs(8)).await.expect("taken");
+            (taken, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    queue.submit(&job("late", "a", None, 4, Needs::default())).await.expect("submitted");
+    let (taken, waited) = waiting.await.expect("joined");
+    assert_eq!(taken.len(), 1);
+    assert!(waited < Duration::from_secs(4), "woken by the submission, not the timeout: {waited:?}");
+
+    for i in 1..LANES_MAX {
+        let needs = Needs { labels: [("n".to_string(), i.to_string())].into(), ..Needs::default() };
+        queue.submit(&job(&format!("l{i}"), "a", None, 4, needs)).await.expect("room for the lane");
+    }
+    let one_more = Needs { labels: [("n".to_string(), "last".to_string())].into(), ..Needs::default() };
+    let refused = queue.submit(&job("over", "a", None, 4, one_more)).await.expect_err("one lane too many");
+    assert!(refused.to_string().contains("LANES_MAX"), "{refused}");
+    assert!(queue.status("over").await.expect("read").is_none(), "nothing of the refused job is kept");
+}
+
+fn result_of(job: &Job, worker: &str) -> JobResult {
+    JobResult {
+        id: job.id.clone(),
+        tenant: job.tenant.clone(),
+        subject: None,
+        agent: None,
+        tool: job.tool.clone(),
+        tool_digest: job.tool_digest,
+        revision: None,
+        input_digest: job.input_digest,
+        idempotency_key: None,
+        status: RunStatus::Failed,
+        error: None,
+        output: None,
+        bundle: None,
+        fuel_used_units: 0,
+        wall_time_us: 0,
+        policy: None,
+        attempt: 1,
+        worker: worker.into(),
+        cache: None,
+        cost: None,
+        tokens: Vec::new(),
+    }
+}

@@ -1,0 +1,78 @@
+-- A worker takes up to `count` jobs from the lanes it serves, and starts them: the highest
+-- priority queued in any of those lanes first (ties: the lane listed first), then the tenant
+-- whose turn it is (it keeps the turn for its weight's worth of jobs), then that tenant's agent
+-- whose turn it is. Each job taken gets a stream entry leased to the worker (its pending entry),
+-- renewed and reclaimed as any other.
+-- KEYS: stream, stats
+-- ARGV: worker, queue prefix, job key prefix, count, then the lanes served
+-- Returns, per job to run: {entry, body, attempt, id} (a body the hash lacks is '').
+local worker, prefix, jobs = ARGV[1], ARGV[2], ARGV[3]
+local count = tonumber(ARGV[4])
+local weights = prefix .. 'weights'
+local out = {}
+-- Ids popped whose job is gone or no longer queued are skipped; bounded all the same.
+local looked = 0
+while #out < count and looked < count + 64 do
+  looked = looked + 1
+  local lane, prio = nil, nil
+  for i = 5, #ARGV do
+    local top = redis.call('ZREVRANGE', lane_key(prefix, ARGV[i]) .. ':priorities', 0, 0, 'WITHSCORES')
+    if top[1] and (prio == nil or tonumber(top[2]) > prio) then
+      lane, prio = ARGV[i], tonumber(top[2])
+    end
+  end
+  if not lane then
+    break
+  end
+  local l = lane_key(prefix, lane)
+  local base = l .. ':p' .. prio
+  local tenants = base .. ':tenants'
+  local tenant = redis.call('LINDEX', tenants, 0)
+  if not tenant then
+    redis.call('ZREM', l .. ':priorities', prio)
+  else
+    local t = tenant_key(base, tenant)
+    local agents = t .. ':agents'
+    local agent = redis.call('LINDEX', agents, 0)
+    local id = nil
+    if agent then
+      local a = t .. ':a:' .. agent
+      id = redis.call('LPOP', a)
+      if redis.call('LLEN', a) == 0 then
+        redis.call('LPOP', agents)
+      else
+        redis.call('LMOVE', agents, agents, 'LEFT', 'RIGHT')
+      end
+    end
+    local credits = base .. ':credit'
+    if redis.call('LLEN', agents) == 0 then
+      redis.call('LPOP', tenants)
+      redis.call('HDEL', credits, tenant)
+      if redis.call('LLEN', tenants) == 0 then
+        redis.call('ZREM', l .. ':priorities', prio)
+      end
+    else
+      local credit = redis.call('HGET', credits, tenant) or redis.call('HGET', weights, tenant) or '1'
+      credit = tonumber(credit) - 1
+      if credit <= 0 then
+        redis.call('LMOVE', tenants, tenants, 'LEFT', 'RIGHT')
+        redis.call('HDEL', credits, tenant)
+      else
+        redis.call('HSET', credits, tenant, credit)
+      end
+    end
+    if id then
+      redis.call('HINCRBY', prefix .. 'lanes:depth', lane, -1)
+      local job_key = jobs .. id
+      local fields = redis.call('HMGET', job_key, 'state', 'body')
+      if fields[1] == 'queued' then
+        local entry = redis.call('XADD', KEYS[1], '*', 'job', id)
+        redis.call('XCLAIM', KEYS[1], GROUP, worker, 0, entry, 'FORCE', 'JUSTID')
+        local attempt = redis.call('HINCRBY', job_key, 'attempts', 1)
+        redis.call('HSET', job_key, 'state', 'running', 'worker', worker, 'entry', entry)
+        table.insert(out, {entry, fields[2] or '', attempt, id})
+      end
+    end
+  end
+end
+return out
