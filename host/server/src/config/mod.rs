@@ -759,6 +759,7 @@ impl DaemonConfig {
         }
         for (i, tool) in self.tools.iter().enumerate() {
             let field = |f: &str| format!("tools[{i}].{f}");
+            tool.needs.check().map_err(|e| ConfigError::new(field("needs.labels"), e))?;
             if let Some(digest) = &tool.digest
                 && digest.parse::<guild_replay::Digest>().is_err()
             {

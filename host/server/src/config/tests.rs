@@ -123,3 +123,30 @@ fn a_tools_cache_is_a_switch_or_a_table_whose_mistakes_name_the_field() {
     let key = load("[cache]\ntrusted_keys = [\"not a key\"]\n", &[]).expect_err("refused");
     assert_eq!(key.field, "cache.trusted_keys[0]");
 }
+
+#[test]
+fn priorities_weights_and_needs_are_checked_naming_the_field() {
+    let digest = "0".repeat(64);
+    let tenant =
+        |extra: &str| format!("[[tenants]]\nname = \"a\"\ntoken_blake3 = \"{digest}\"\ntools = [\"*\"]\n{extra}\n");
+    let fine = load(&tenant("priority = 2\npriority_max = 9\nweight = 3"), &[]).expect("loads");
+    assert_eq!((fine.tenants[0].priority, fine.tenants[0].priority_max, fine.tenants[0].weight), (2, Some(9), 3));
+    let defaults = load(&tenant(""), &[]).expect("loads");
+    assert_eq!((defaults.tenants[0].priority, defaults.tenants[0].weight), (guild_queue::PRIORITY_DEFAULT, 1));
+    for (extra, field) in [
+        ("priority = 10", "tenants[0].priority"),
+        ("priority = 5\npriority_max = 4", "tenants[0].priority_max"),
+        ("weight = 0", "tenants[0].weight"),
+        ("weight = 1001", "tenants[0].weight"),
+    ] {
+        assert_eq!(load(&tenant(extra), &[]).expect_err(extra).field, field);
+    }
+    let tool = |needs: &str| format!("[[tools]]\npath = \"/opt/x.wasm\"\nneeds = {needs}\n");
+    let needs = load(&tool("{ gpu = true, labels = { zone = \"eu\" } }"), &[]).expect("loads");
+    assert_eq!(needs.tools[0].needs.lane(), "gpu,label:zone=eu");
+    assert_eq!(
+        load(&tool("{ labels = { \"a b\" = \"x\" } }"), &[]).expect_err("bad label").field,
+        "tools[0].needs.labels"
+    );
+    assert!(load(&tool("{ gpus = 1 }"), &[]).is_err(), "an unknown need is refused");
+}
