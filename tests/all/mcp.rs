@@ -275,6 +275,22 @@ fn every_stdio_frame_gets_exactly_one_answer_with_the_right_code() {
         send(&frame);
         check_answer(&answer(), &id, code, &frame);
     }
+    // What `_meta` says of the caller is checked: a priority is 0 to 9, an agent label a label.
+    let meta = |id: u32, meta: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"message":"m"}},"_meta":{meta}}}}}"#
+        )
+    };
+    for (id, bad) in
+        [(41, r#"{"guild/priority":12}"#), (42, r#"{"guild/priority":"high"}"#), (43, r#"{"guild/agent":"a b"}"#)]
+    {
+        let frame = meta(id, bad);
+        send(&frame);
+        check_answer(&answer(), &Value::from(id), -32602, &frame);
+    }
+    send(&meta(44, r#"{"guild/priority":9,"guild/agent":"planner"}"#));
+    let ran = answer();
+    assert_eq!(ran["result"]["structuredContent"]["message"], "m", "{ran}");
     // A malformed notification is not answered; the next request is, in order.
     send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":7}"#);
     send(r#"{"jsonrpc":"2.0","id":99,"method":"ping"}"#);

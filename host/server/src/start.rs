@@ -310,7 +310,8 @@ fn tenants(config: &DaemonConfig, default_token: Option<String>) -> Result<Vec<A
         agent_token_budget: None,
         agents_max: guild_queue::AGENTS_MAX_DEFAULT,
         priority: guild_queue::PRIORITY_DEFAULT,
-        priority_max: None,
+        // The operator's own: any priority.
+        priority_max: Some(guild_queue::PRIORITY_MAX),
         weight: 1,
     };
     Ok(vec![tenant(&default)])
