@@ -19,7 +19,8 @@ const SHARED: u32 = 5_000;
 fn limits() -> Vec<EgressLimit> {
     let limit = |key: &str| EgressLimit {
         key: key.into(),
-        rate_per_second: 1e9,
+        rate_per_second: Some(1e9),
+        concurrency_max: None,
         burst: 1_000_000,
         wait_ms_max: 0,
         setting: "bench".into(),

@@ -269,3 +269,114 @@ tools = ["*"]
         "the fleet's burst is spent: {refused:?}"
     );
 }
+
+/// A loopback upstream that takes `hold` to answer each request, and keeps the most requests it
+/// had in flight at once and how many it answered.
+/// Requests in flight now, the most at once, and answered.
+type InFlight = Arc<Mutex<(usize, usize, usize)>>;
+
+fn slow_upstream(hold: Duration) -> (u16, InFlight) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let state: InFlight = Arc::new(Mutex::new((0, 0, 0)));
+    let shared = state.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let state = shared.clone();
+            std::thread::spawn(move || {
+                let mut request = [0u8; 8192];
+                let _ = stream.read(&mut request);
+                {
+                    let mut s = state.lock().expect("state");
+                    s.0 += 1;
+                    s.1 = s.1.max(s.0);
+                }
+                std::thread::sleep(hold);
+                state.lock().expect("state").0 -= 1;
+                let body = r#"{"value":42}"#;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(body.as_bytes());
+                state.lock().expect("state").2 += 1;
+            });
+        }
+    });
+    (port, state)
+}
+
+#[test]
+fn a_secret_in_flight_limit_holds_across_two_workers() {
+    let redis = RedisServer::start();
+    let (port, state) = slow_upstream(Duration::from_millis(300));
+    let api = Guild::new();
+    let text = fleet_config(port)
+        .replace("rate_per_second = 5\nwait_ms_max = 10000", "concurrency_max = 2\nwait_ms_max = 20000");
+    assert!(text.contains("concurrency_max = 2"), "{text}");
+    let file = config_file(api.home(), &text);
+    let env = [("GUILD_LIMITS_TOKEN", "s3cret"), ("GUILD_CONFIG", file.as_str())];
+    let env: Vec<(&str, &str)> = QUEUE_ENV.iter().copied().chain(env).collect();
+    let daemon = Daemon::start(&api, &["--config", &file, "--redis", &redis.url()], &env);
+    let caches = [tempfile::tempdir().expect("cache"), tempfile::tempdir().expect("cache")];
+    let _workers: Vec<Worker> = caches
+        .iter()
+        .enumerate()
+        .map(|(i, cache)| Worker::start_with(&redis.url(), cache.path(), &format!("w{i}"), 4, &env))
+        .collect();
+    let ids: Vec<String> =
+        (0..10).map(|_| daemon.run(ALICE, call(port)).json()["id"].as_str().expect("id").to_string()).collect();
+    for id in &ids {
+        let run = daemon.wait_run(ALICE, id);
+        assert_eq!(run["status"], "succeeded", "{run}");
+    }
+    let (now, most, answered) = *state.lock().expect("state");
+    assert_eq!((now, answered), (0, 10));
+    // Eight slots on two machines, one secret allowed two requests in flight.
+    assert_eq!(most, 2, "the upstream saw {most} requests at once");
+}
+
+#[test]
+fn a_run_in_flight_limit_refuses_past_it_and_frees_its_place_when_the_run_ends() {
+    let text = format!(
+        r#"
+[[tools]]
+path = "{hostile}"
+
+[[run_limits]]
+tenant = "alice"
+tool = "hostile"
+concurrency_max = 1
+
+[[tenants]]
+name = "alice"
+token_blake3 = "{alice}"
+tools = ["*"]
+"#,
+        hostile = guild_test_artifacts::HOSTILE,
+        alice = token_digest(ALICE),
+    );
+    let guild = Guild::new();
+    let file = config_file(guild.home(), &text);
+    let daemon = Daemon::start(&guild, &["--config", &file], &[]);
+    let sleep = json!({"tool": "hostile", "input": {"attack": "sleep"}, "async": true});
+    let first = daemon.run(ALICE, sleep.clone());
+    assert_eq!(first.status, 202);
+    let refused = daemon.run(ALICE, sleep.clone());
+    assert_eq!((refused.status, refused.code().as_str()), (429, "concurrency_limited"), "{refused:?}");
+    let says = String::from_utf8_lossy(&refused.body).to_string();
+    assert!(says.contains("may have 1 runs in flight") && says.contains("run_limits[0]"), "{says}");
+    daemon.wait_run(ALICE, first.json()["id"].as_str().expect("id"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let again = daemon.run(ALICE, json!({"tool": "hostile", "input": {"attack": "spin", "rounds": 1}}));
+        if again.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the place never came back: {again:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -4,12 +4,15 @@
 //! A limit is a rate with a burst, kept as GCRA (the generic cell rate algorithm: one
 //! "theoretical arrival time" per key, µs), so a check is one read and one write: a request that
 //! would come too soon waits until its time, up to the limit's `wait_ms_max`, and is refused past
-//! it. A throttle is an upstream's own `429`/`503` with `Retry-After`: until then no request goes
+//! it. A limit may also (or instead) bound how many requests (or runs) are in flight at once: each
+//! holds a place until it ends — in Redis a member of a sorted set scored by when its hold lapses,
+//! renewed while it lasts, so a node that dies holding one frees it within
+//! [`GATE_HOLD_LEASE_MS`] — and one that finds every place taken waits up to `wait_ms_max`. A throttle is an upstream's own `429`/`503` with `Retry-After`: until then no request goes
 //! to it (one waits if the throttle ends within its limit's bound). In Redis (`redis/gate.rs`)
 //! every node and worker shares both, under the queue's hash tag; in process (one node), a map.
 
 use crate::QueueError;
-use guild_vocab::egress::gate::{EgressGate, GateFuture, GateRefusal};
+use guild_vocab::egress::gate::{EgressGate, GateFuture, GatePass, GateRefusal};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,14 +24,20 @@ pub const EGRESS_THROTTLE_MS_MAX_DEFAULT: u64 = 300_000;
 /// throttles one node holds in process (Redis expires its own): past it, keys whose time has
 /// passed are dropped, and a request or run needing a new one is refused while none has.
 pub const GATE_KEYS_MAX_DEFAULT: usize = 100_000;
+/// How long a place held under a concurrency limit in Redis lasts unless renewed, ms; the holder
+/// renews it every third of this, so a holder that dies frees it within this.
+pub const GATE_HOLD_LEASE_MS: u64 = 30_000;
 
-/// One keyed limit: requests per second with a burst, and how long a request may wait for room.
+/// One keyed limit: requests per second with a burst, requests in flight at once, or both, and
+/// how long a request may wait for room.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EgressLimit {
-    /// `upstream:scheme://host:port` or `secret:NAME`.
+    /// `upstream:scheme://host:port` or `secret:NAME` (or, for run limits, `run:…`).
     pub key: String,
-    /// Sustained requests per second.
-    pub rate_per_second: f64,
+    /// Sustained requests per second; none: no rate.
+    pub rate_per_second: Option<f64>,
+    /// Requests (runs) in flight at once; none: no bound.
+    pub concurrency_max: Option<u32>,
     /// Requests that may go at once (1: none ahead of the rate).
     pub burst: u32,
     /// Longest a request waits for room, ms; past it, it is refused.
@@ -41,12 +50,18 @@ impl EgressLimit {
     /// What its state is kept under: its key and its rate and burst, so a limit a reload
     /// changes starts afresh rather than from room counted at the old rate.
     pub(crate) fn state_key(&self) -> String {
-        format!("{}#{}/{}", self.key, self.rate_per_second, self.burst)
+        format!("{}#{}/{}", self.key, self.rate_per_second.unwrap_or(0.0), self.burst)
+    }
+
+    /// What its places in flight are kept under: its key (a reload changing the bound keeps
+    /// counting the places already held).
+    pub(crate) fn hold_key(&self) -> String {
+        format!("{}#in-flight", self.key)
     }
 
     /// µs between requests at the rate.
     pub(crate) fn interval_us(&self) -> u64 {
-        Duration::try_from_secs_f64(1.0 / self.rate_per_second)
+        Duration::try_from_secs_f64(1.0 / self.rate_per_second.unwrap_or(f64::INFINITY))
             .map_or(u64::MAX, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
             .max(1)
     }
@@ -64,14 +79,35 @@ impl EgressLimit {
         }
     }
 
+    /// Why a request (run) that waited `waited_ms` for a place in flight is refused.
+    fn busy(&self, waited_ms: u64) -> GateRefusal {
+        let (what, name) = self.key.split_once(':').unwrap_or(("", &self.key));
+        let max = self.concurrency_max.unwrap_or(0);
+        let reason = if what == "run" {
+            format!(
+                "{name} may have {max} runs in flight at once: this run waited {waited_ms} ms for one to end, the \
+                 limit's wait_ms_max ({}: raise concurrency_max or wait_ms_max)",
+                self.setting
+            )
+        } else {
+            format!(
+                "{what} {name} may have {max} requests in flight at once: this one waited {waited_ms} ms for one to \
+                 end, the limit's wait_ms_max ({}: raise concurrency_max or wait_ms_max)",
+                self.setting
+            )
+        };
+        GateRefusal { reason, retry_after_ms: 1000 }
+    }
+
     fn refusal(&self, wait_us: u64) -> GateRefusal {
+        let rate = self.rate_per_second.unwrap_or(0.0);
         let (what, name) = self.key.split_once(':').unwrap_or(("", &self.key));
         if what == "run" {
             return GateRefusal {
                 reason: format!(
                     "{name} is limited to {} runs/s (burst {}): this run would wait {} ms, past the limit's {} ms \
                      ({}: raise rate_per_second, burst or wait_ms_max)",
-                    self.rate_per_second,
+                    rate,
                     self.burst,
                     wait_us.div_ceil(1000),
                     self.wait_ms_max,
@@ -84,7 +120,7 @@ impl EgressLimit {
             reason: format!(
                 "{what} {name} is limited to {} requests/s (burst {}): this one would wait {} ms, past the \
                  limit's {} ms ({}: raise rate_per_second, burst or wait_ms_max)",
-                self.rate_per_second,
+                rate,
                 self.burst,
                 wait_us.div_ceil(1000),
                 self.wait_ms_max,
@@ -115,6 +151,8 @@ enum Backend {
     Local {
         arrivals: Arc<Mutex<HashMap<String, u64>>>,
         throttles: Arc<Mutex<HashMap<String, u64>>>,
+        /// Places in flight by hold key (an entry leaves when its count is back to 0).
+        holds: Arc<Mutex<HashMap<String, u32>>>,
         /// Most keys in each map.
         keys_max: usize,
     },
@@ -162,6 +200,57 @@ impl Drop for Reserved {
     }
 }
 
+/// Places held under concurrency limits by one request (or run): given back when dropped, and,
+/// in Redis, renewed while held.
+#[must_use = "the places are given back as soon as this drops: keep it while the request (run) is in flight"]
+pub struct Held {
+    backend: Backend,
+    /// Each limit's hold key.
+    keys: Vec<String>,
+    /// This holder's name in Redis's sets.
+    holder: String,
+    renewing: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Held").field("keys", &self.keys).finish_non_exhaustive()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(renewing) = self.renewing.take() {
+            renewing.abort();
+        }
+        let keys = std::mem::take(&mut self.keys);
+        match &self.backend {
+            Backend::Local { holds, .. } => {
+                let mut holds = holds.lock().unwrap_or_else(|p| p.into_inner());
+                for key in keys {
+                    if let Some(n) = holds.get_mut(&key) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            holds.remove(&key);
+                        }
+                    }
+                }
+            }
+            Backend::Redis(queue) => {
+                let (queue, holder) = (queue.clone(), std::mem::take(&mut self.holder));
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    handle.spawn(async move {
+                        if let Err(e) = queue.gate_release(&keys, &holder).await {
+                            // Its hold lapses on its own within GATE_HOLD_LEASE_MS.
+                            tracing::warn!(error = %e, "a place in flight could not be given back");
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// What a throttle is kept under: the upstream, and the secrets a request carried (an
 /// upstream's 429 is most often about the credential): requests with other credentials, or none,
 /// are not held back by it.
@@ -183,6 +272,25 @@ pub struct EgressGates {
     backend: Backend,
 }
 
+/// Renew a holder's places every third of [`GATE_HOLD_LEASE_MS`] until aborted.
+async fn renew_holds(queue: crate::RedisQueue, keys: Vec<String>, holder: String) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(GATE_HOLD_LEASE_MS / 3)).await;
+        if let Err(e) = queue.gate_renew(&keys, &holder).await {
+            tracing::warn!(error = %e, "a place in flight could not be renewed");
+        }
+    }
+}
+
+/// 128 random bits: a holder's name.
+fn rand_id() -> u128 {
+    let mut bytes = [0u8; 16];
+    // The OS's generator; a failure (never seen) leaves a name that is still unique enough with
+    // the time mixed in.
+    let _ = getrandom::fill(&mut bytes);
+    u128::from_le_bytes(bytes) ^ u128::from(now_us())
+}
+
 fn now_us() -> u64 {
     u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros())
         .unwrap_or(u64::MAX)
@@ -191,15 +299,20 @@ fn now_us() -> u64 {
 impl EgressGates {
     /// Gates kept in this process.
     pub fn local(limits: Vec<EgressLimit>, throttle_ms_max: u64) -> Self {
-        let backend =
-            Backend::Local { arrivals: Arc::default(), throttles: Arc::default(), keys_max: GATE_KEYS_MAX_DEFAULT };
+        let backend = Backend::Local {
+            arrivals: Arc::default(),
+            throttles: Arc::default(),
+            holds: Arc::default(),
+            keys_max: GATE_KEYS_MAX_DEFAULT,
+        };
         Self { limits: limits.into(), throttle_ms_max: throttle_ms_max.into(), backend }
     }
 
     /// The same, holding at most `keys_max` keys of each kind (for the bound's test).
     #[cfg(test)]
     fn local_with_keys_max(limits: Vec<EgressLimit>, throttle_ms_max: u64, keys_max: usize) -> Self {
-        let backend = Backend::Local { arrivals: Arc::default(), throttles: Arc::default(), keys_max };
+        let backend =
+            Backend::Local { arrivals: Arc::default(), throttles: Arc::default(), holds: Arc::default(), keys_max };
         Self { limits: limits.into(), throttle_ms_max: throttle_ms_max.into(), backend }
     }
 
@@ -218,7 +331,7 @@ impl EgressGates {
     async fn check(&self, upstream: &str, applying: &[&EgressLimit]) -> Result<Checked, QueueError> {
         match &self.backend {
             Backend::Redis(queue) => queue.gate_check(upstream, applying).await,
-            Backend::Local { arrivals, throttles, keys_max } => {
+            Backend::Local { arrivals, throttles, keys_max, .. } => {
                 let now = now_us();
                 if let Some(until) = throttles.lock().unwrap_or_else(|p| p.into_inner()).get(upstream)
                     && *until > now
@@ -276,31 +389,104 @@ impl EgressGates {
 }
 
 impl EgressGates {
-    /// Take room for one run under `limits` (run-level limits: keyed by tenant, tool or agent),
-    /// waiting for it up to their bounds.
+    /// Take a place under every limit of `bounded` (those with a `concurrency_max`) at once, or
+    /// none, waiting (polling every 5 to 50 ms) up to the tightest `wait_ms_max` among those
+    /// found full.
     ///
     /// # Errors
-    /// A [`GateRefusal`] naming the limit that would make it wait past its bound, or saying the
-    /// store cannot be read.
-    pub async fn admit_run(&self, limits: &[EgressLimit]) -> Result<(), GateRefusal> {
-        if limits.is_empty() {
-            return Ok(());
+    /// A [`GateRefusal`] naming the limit still full at the bound, or saying the store cannot be
+    /// read.
+    async fn hold(&self, bounded: &[&EgressLimit]) -> Result<Option<Held>, GateRefusal> {
+        if bounded.is_empty() {
+            return Ok(None);
         }
-        let applying: Vec<&EgressLimit> = limits.iter().collect();
-        let checked = self.check("", &applying).await.map_err(|e| GateRefusal {
-            reason: format!("the run limits cannot be checked: {e}"),
-            retry_after_ms: 1000,
-        })?;
-        match checked {
-            Checked::Go(0) | Checked::Throttled(_) => Ok(()),
-            Checked::Go(us) => {
-                tokio::time::sleep(Duration::from_micros(us)).await;
-                Ok(())
+        let keys: Vec<String> = bounded.iter().map(|l| l.hold_key()).collect();
+        let maxes: Vec<u32> = bounded.iter().map(|l| l.concurrency_max.unwrap_or(u32::MAX)).collect();
+        let holder = format!("{:032x}", rand_id());
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let full = match &self.backend {
+                Backend::Local { holds, keys_max, .. } => {
+                    let mut holds = holds.lock().unwrap_or_else(|p| p.into_inner());
+                    let fresh = keys.iter().filter(|k| !holds.contains_key(*k)).count();
+                    if fresh > 0 && holds.len() + fresh > *keys_max {
+                        return Err(full(*keys_max));
+                    }
+                    match keys.iter().zip(&maxes).position(|(k, max)| holds.get(k).copied().unwrap_or(0) >= *max) {
+                        Some(index) => Some(index),
+                        None => {
+                            for key in &keys {
+                                *holds.entry(key.clone()).or_default() += 1;
+                            }
+                            None
+                        }
+                    }
+                }
+                Backend::Redis(queue) => queue.gate_hold(&keys, &maxes, &holder).await.map_err(|e| GateRefusal {
+                    reason: format!("the concurrency limits cannot be checked: {e}"),
+                    retry_after_ms: 1000,
+                })?,
+            };
+            let Some(index) = full else {
+                let renewing = match &self.backend {
+                    Backend::Redis(queue) => {
+                        Some(tokio::spawn(renew_holds(queue.clone(), keys.clone(), holder.clone())))
+                    }
+                    Backend::Local { .. } => None,
+                };
+                return Ok(Some(Held { backend: self.backend.clone(), keys, holder, renewing }));
+            };
+            let waited = started.elapsed();
+            if waited + pause > Duration::from_millis(bounded[index].wait_ms_max) {
+                return Err(bounded[index].busy(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX)));
             }
-            Checked::Refused(index, us) => Err(applying[index].refusal(us)),
-            Checked::Full(max) => Err(full(max)),
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
         }
     }
+
+    /// Take room for one run under `limits` (run-level limits: keyed by tenant, tool or agent),
+    /// waiting for it up to their bounds: a place in flight under those with a
+    /// `concurrency_max` (held until the returned [`Held`] drops: when the run ends), then its
+    /// turn under those with a rate.
+    ///
+    /// # Errors
+    /// A [`RunRefused`] naming the limit that would make it wait past its bound, or saying the
+    /// store cannot be read.
+    pub async fn admit_run(&self, limits: &[EgressLimit]) -> Result<Option<Held>, RunRefused> {
+        if limits.is_empty() {
+            return Ok(None);
+        }
+        let bounded: Vec<&EgressLimit> = limits.iter().filter(|l| l.concurrency_max.is_some()).collect();
+        let held = self.hold(&bounded).await.map_err(|refusal| RunRefused { refusal, in_flight: true })?;
+        let rate = |refusal| RunRefused { refusal, in_flight: false };
+        let rated: Vec<&EgressLimit> = limits.iter().filter(|l| l.rate_per_second.is_some()).collect();
+        if rated.is_empty() {
+            return Ok(held);
+        }
+        let checked = self.check("", &rated).await.map_err(|e| {
+            rate(GateRefusal { reason: format!("the run limits cannot be checked: {e}"), retry_after_ms: 1000 })
+        })?;
+        match checked {
+            Checked::Go(0) | Checked::Throttled(_) => Ok(held),
+            Checked::Go(us) => {
+                tokio::time::sleep(Duration::from_micros(us)).await;
+                Ok(held)
+            }
+            Checked::Refused(index, us) => Err(rate(rated[index].refusal(us))),
+            Checked::Full(max) => Err(rate(full(max))),
+        }
+    }
+}
+
+/// Why a run was refused under its run limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRefused {
+    /// What to tell the caller.
+    pub refusal: GateRefusal,
+    /// True when a `concurrency_max` refused it (as many runs in flight); false for a rate.
+    pub in_flight: bool,
 }
 
 /// Why a request or run needing a new limit key is refused while the node holds `max` live ones.
@@ -315,13 +501,19 @@ fn full(max: usize) -> GateRefusal {
 }
 
 impl EgressGate for EgressGates {
-    fn admit<'a>(&'a self, upstream: &'a str, secrets: &'a [String]) -> GateFuture<'a, Result<(), GateRefusal>> {
+    fn admit<'a>(&'a self, upstream: &'a str, secrets: &'a [String]) -> GateFuture<'a, Result<GatePass, GateRefusal>> {
         Box::pin(async move {
-            let applying: Vec<EgressLimit> = {
+            let all: Vec<EgressLimit> = {
                 let limits = self.limits.read().unwrap_or_else(|p| p.into_inner());
                 limits.iter().filter(|l| l.applies(upstream, secrets)).cloned().collect()
             };
-            let applying: Vec<&EgressLimit> = applying.iter().collect();
+            // A place in flight first (it waits for one to end), then the rate's turn.
+            let bounded: Vec<&EgressLimit> = all.iter().filter(|l| l.concurrency_max.is_some()).collect();
+            let pass = match self.hold(&bounded).await? {
+                Some(held) => GatePass::holding(held),
+                None => GatePass::free(),
+            };
+            let applying: Vec<&EgressLimit> = all.iter().filter(|l| l.rate_per_second.is_some()).collect();
             let throttled_under = throttle_key(upstream, secrets);
             // A throttled upstream may be waited for within its own limit's bound, in all.
             let throttle_wait = Duration::from_millis(
@@ -342,7 +534,7 @@ impl EgressGate for EgressGates {
             };
             loop {
                 match self.check(&throttled_under, &applying).await.map_err(unreadable)? {
-                    Checked::Go(0) => return Ok(()),
+                    Checked::Go(0) => return Ok(pass),
                     Checked::Go(us) => {
                         let mut reserved = Reserved {
                             backend: self.backend.clone(),
@@ -356,7 +548,7 @@ impl EgressGate for EgressGates {
                             return Err(throttled(ms));
                         }
                         reserved.armed = false;
-                        return Ok(());
+                        return Ok(pass);
                     }
                     Checked::Throttled(ms) if started.elapsed() + Duration::from_millis(ms) <= throttle_wait => {
                         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -395,11 +587,73 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn limit(key: &str, rate: f64, burst: u32, wait_ms_max: u64) -> EgressLimit {
-        EgressLimit { key: key.into(), rate_per_second: rate, burst, wait_ms_max, setting: "egress_limits[0]".into() }
+        EgressLimit {
+            key: key.into(),
+            rate_per_second: Some(rate),
+            concurrency_max: None,
+            burst,
+            wait_ms_max,
+            setting: "egress_limits[0]".into(),
+        }
     }
 
     /// What every backend must do: space requests at the rate after the burst, refuse past the
     /// wait bound, key by upstream and by secret, and hold a throttled upstream back.
+    /// Concurrency limits on `gates` and, for the fleet, `other` (another node's gates on the
+    /// same store; the same gates in process): at most 2 in flight to an upstream, then a wait
+    /// bounded by `wait_ms_max`, a place given back when its request ends; a run limit's place
+    /// is held until its `Held` drops.
+    pub(crate) async fn in_flight(gates: &EgressGates, other: &EgressGates) {
+        let upstream = "http://in-flight:1";
+        let bounded = EgressLimit {
+            key: format!("upstream:{upstream}"),
+            rate_per_second: None,
+            concurrency_max: Some(2),
+            burst: 1,
+            wait_ms_max: 150,
+            setting: "egress_limits[1]".into(),
+        };
+        for g in [gates, other] {
+            g.set_limits(vec![bounded.clone()], EGRESS_THROTTLE_MS_MAX_DEFAULT);
+        }
+        let first = gates.admit(upstream, &[]).await.expect("a place");
+        let second = other.admit(upstream, &[]).await.expect("a second place, on another node");
+        assert!(first.holds() && second.holds());
+        let started = std::time::Instant::now();
+        let refused = gates.admit(upstream, &[]).await.expect_err("both places are taken");
+        assert!(started.elapsed() >= Duration::from_millis(100), "it waited for a place first");
+        assert!(
+            refused.reason.contains("may have 2 requests in flight") && refused.reason.contains("egress_limits[1]"),
+            "{}",
+            refused.reason
+        );
+        // A place given back while one waits goes to it.
+        let waiting = async { gates.admit(upstream, &[]).await };
+        let freeing = async {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            drop(first);
+        };
+        let (third, ()) = tokio::join!(waiting, freeing);
+        let third = third.expect("the freed place");
+        drop((second, third));
+        // Given back in Redis by a spawned task: a moment later both places are free again.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let again = (gates.admit(upstream, &[]).await, other.admit(upstream, &[]).await);
+        assert!(again.0.is_ok() && again.1.is_ok(), "places come back when requests end");
+        drop(again);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        // A run limit's place lasts as long as its run.
+        let run = vec![EgressLimit { key: "run:tenant t".into(), wait_ms_max: 0, ..bounded.clone() }];
+        let one = gates.admit_run(&run).await.expect("a place").expect("held");
+        let two = other.admit_run(&run).await.expect("a place").expect("held");
+        let refused = gates.admit_run(&run).await.expect_err("two runs in flight");
+        assert!(refused.in_flight && refused.refusal.reason.contains("may have 2 runs in flight"));
+        drop((one, two));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _three = gates.admit_run(&run).await.expect("room again");
+    }
+
     pub(crate) async fn scenarios(gates: &EgressGates, upstream: &str) {
         let secret = vec!["TOKEN".to_string()];
         let started = std::time::Instant::now();
@@ -461,7 +715,7 @@ pub(crate) mod tests {
         gates.admit_run(&agent("x")).await.expect("a key");
         gates.admit_run(&agent("y")).await.expect("a second");
         let refused = gates.admit_run(&agent("z")).await.expect_err("a third label past the bound");
-        assert!(refused.reason.contains("GATE_KEYS_MAX_DEFAULT"), "{}", refused.reason);
+        assert!(refused.refusal.reason.contains("GATE_KEYS_MAX_DEFAULT"), "{}", refused.refusal.reason);
         assert!(gates.admit_run(&agent("x")).await.is_err(), "a key held is still counted (and x waits a second)");
         // Throttles past the bound are not kept.
         for upstream in ["http://a:1", "http://b:1", "http://c:1"] {
@@ -469,6 +723,12 @@ pub(crate) mod tests {
         }
         assert!(gates.admit("http://a:1", &[]).await.is_err() && gates.admit("http://b:1", &[]).await.is_err());
         gates.admit("http://c:1", &[]).await.expect("its throttle was not kept");
+    }
+
+    #[tokio::test]
+    async fn in_process_concurrency_limits_hold_places_until_requests_end() {
+        let gates = EgressGates::local(Vec::new(), EGRESS_THROTTLE_MS_MAX_DEFAULT);
+        in_flight(&gates, &gates).await;
     }
 
     #[tokio::test]

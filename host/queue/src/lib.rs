@@ -30,7 +30,10 @@ pub use budget::{
 };
 pub use cache::{CACHE_STORED_SKEW_MS_MAX, CacheKey, CacheRecord, CachedValue, EntryRejected, JobCache, check_entry};
 pub use embedded::{QueueFull, RunQueue, Slot, Ticket};
-pub use gate::{EGRESS_THROTTLE_MS_MAX_DEFAULT, EgressGates, EgressLimit, GATE_KEYS_MAX_DEFAULT};
+pub use gate::{
+    EGRESS_THROTTLE_MS_MAX_DEFAULT, EgressGates, EgressLimit, GATE_HOLD_LEASE_MS, GATE_KEYS_MAX_DEFAULT, Held,
+    RunRefused,
+};
 pub use job::{
     Accepted, Completion, DeadJob, Disposition, Job, JobResult, JobState, JobStatus, LaneStats, Lease, QueueStats,
     WorkerStats, now_unix_ms,

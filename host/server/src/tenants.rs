@@ -94,6 +94,9 @@ pub enum Refusal {
     Budget(guild_queue::Exhausted),
     /// A run-level limit (`[[run_limits]]`) would make the run wait past its bound.
     RunLimit(guild_vocab::egress::GateRefusal),
+    /// A `[[run_limits]]` entry's `concurrency_max`: as many of its runs are in flight, and one
+    /// did not end within its `wait_ms_max`.
+    RunConcurrency(guild_vocab::egress::GateRefusal),
 }
 
 impl Refusal {
@@ -105,6 +108,7 @@ impl Refusal {
             Self::FuelBudget { .. } => "fuel_budget_exhausted",
             Self::Budget(_) => "budget_exhausted",
             Self::RunLimit(_) => "rate_limited",
+            Self::RunConcurrency(_) => "concurrency_limited",
         }
     }
 
@@ -112,7 +116,7 @@ impl Refusal {
     pub fn retry_after_s(&self) -> u64 {
         match self {
             Self::Budget(exhausted) => exhausted.retry_after_s.max(1),
-            Self::RunLimit(refused) => refused.retry_after_ms.div_ceil(1000).max(1),
+            Self::RunLimit(refused) | Self::RunConcurrency(refused) => refused.retry_after_ms.div_ceil(1000).max(1),
             Self::RateLimited { retry_after, .. } | Self::FuelBudget { retry_after, .. } => {
                 // Whole seconds rounded up, at least one.
                 (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1)
@@ -137,7 +141,7 @@ impl Refusal {
                  period or raise tenants.fuel_budget_units"
             ),
             Self::Budget(exhausted) => exhausted.message(tenant),
-            Self::RunLimit(refused) => refused.reason.clone(),
+            Self::RunLimit(refused) | Self::RunConcurrency(refused) => refused.reason.clone(),
         }
     }
 }
@@ -219,6 +223,8 @@ pub struct Admission {
     budget: Option<(Arc<dyn BudgetStore>, BudgetPlan)>,
     /// The start of the fuel-budget period its fuel was reserved in.
     fuel_period: Option<Instant>,
+    /// Its places under run limits' `concurrency_max`, given back when it ends.
+    held: Option<guild_queue::Held>,
     settled: bool,
 }
 
@@ -233,6 +239,11 @@ impl std::fmt::Debug for Admission {
 }
 
 impl Admission {
+    /// Keep `held` (places under run limits' `concurrency_max`) until the run ends.
+    pub fn hold(&mut self, held: Option<guild_queue::Held>) {
+        self.held = held;
+    }
+
     /// The run burnt `used` units and cost `cost` (`None`: not priced): keep those, refund the
     /// rest of the reservations. Its tokens' money was charged as their responses came in.
     pub fn settle(mut self, used: u64, cost: Option<&guild_replay::cost::Cost>) {
@@ -356,8 +367,14 @@ impl Tenant {
         let now = Instant::now();
         let running = self.running.fetch_add(1, Ordering::AcqRel);
         // From here every early return must give the slot back: the Admission's drop does.
-        let mut admission =
-            Admission { tenant: self.clone(), fuel_units: 0, budget: None, fuel_period: None, settled: false };
+        let mut admission = Admission {
+            tenant: self.clone(),
+            fuel_units: 0,
+            budget: None,
+            fuel_period: None,
+            held: None,
+            settled: false,
+        };
         if running >= self.concurrency_max {
             return Err(Refusal::Concurrency { concurrency_max: self.concurrency_max });
         }

@@ -12,15 +12,43 @@ use std::pin::Pin;
 /// A future an [`EgressGate`] answers with.
 pub type GateFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Room an admitted request holds under concurrency limits while it is in flight: kept until the
+/// exchange ends, given back when dropped.
+pub struct GatePass(Option<Box<dyn Send + Sync>>);
+
+impl GatePass {
+    /// Nothing held (no concurrency limit applies).
+    pub fn free() -> Self {
+        Self(None)
+    }
+
+    /// Holding `held` (given back as it drops).
+    pub fn holding(held: impl Send + Sync + 'static) -> Self {
+        Self(Some(Box::new(held)))
+    }
+
+    /// True when something is held.
+    pub fn holds(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl std::fmt::Debug for GatePass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("GatePass").field(&self.holds()).finish()
+    }
+}
+
 /// The host's egress limits and throttles.
 pub trait EgressGate: Send + Sync {
     /// Before a live request to `upstream` ([`upstream_key`]) carrying the secrets named
-    /// `secrets`: wait for room under every limit that applies, up to its bound.
+    /// `secrets`: wait for room under every limit that applies, up to its bound. The pass holds
+    /// the request's place under concurrency limits: keep it until the exchange ends.
     ///
     /// # Errors
     /// A [`GateRefusal`] naming the limit (and how long to wait for it), or the upstream's
     /// `Retry-After`, when waiting would pass the bound.
-    fn admit<'a>(&'a self, upstream: &'a str, secrets: &'a [String]) -> GateFuture<'a, Result<(), GateRefusal>>;
+    fn admit<'a>(&'a self, upstream: &'a str, secrets: &'a [String]) -> GateFuture<'a, Result<GatePass, GateRefusal>>;
 
     /// `to.0`, the upstream, answered a request carrying the secrets named `to.1` with `status`, and
     /// `Retry-After` (ms) when it gave one: a `429` or `503` with one holds back the requests to

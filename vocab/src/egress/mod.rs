@@ -7,6 +7,6 @@ pub mod path;
 pub mod rules;
 pub mod secrets;
 
-pub use gate::{EgressGate, GateFuture, GateRefusal};
+pub use gate::{EgressGate, GateFuture, GatePass, GateRefusal};
 pub use rules::{Destination, EgressRule, RuleError, blocked_reason};
 pub use secrets::{Secret, SecretGrant, SecretSource};

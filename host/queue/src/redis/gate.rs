@@ -2,6 +2,8 @@
 //! limit's theoretical arrival time (µs since the epoch by Redis's own clock, expiring once
 //! past), and `gate:x:UPSTREAM`, an upstream's throttle (expiring with it). One script checks a
 //! request against every limit that applies and takes its room in all of them, or in none.
+//! `gate:c:KEY` is a concurrency limit's places in flight: a sorted set of holders scored by when
+//! each hold lapses (ms, Redis's clock), renewed by its holder, so one that died frees its place.
 
 use super::{QueueError, RedisQueue, from_redis};
 use crate::gate::{Checked, EgressLimit};
@@ -57,7 +59,82 @@ return 0
     )
 });
 
+/// Hold: KEYS each limit's places; ARGV holder, lease ms, then each limit's most in flight.
+/// Answers 0 when a place was taken in every one, else the (1-based) first that is full.
+static HOLD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  if redis.call('ZCARD', KEYS[i]) >= tonumber(ARGV[i + 2]) then return i end
+end
+local lease = tonumber(ARGV[2])
+for i = 1, #KEYS do
+  redis.call('ZADD', KEYS[i], now + lease, ARGV[1])
+  redis.call('PEXPIRE', KEYS[i], lease)
+end
+return 0
+",
+    )
+});
+
+/// Renew: KEYS a holder's places; ARGV holder, lease ms. Only a place still held is renewed.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[2])
+for i = 1, #KEYS do
+  if redis.call('ZADD', KEYS[i], 'XX', 'CH', now + lease, ARGV[1]) == 1 then
+    redis.call('PEXPIRE', KEYS[i], lease)
+  end
+end
+return 0
+",
+    )
+});
+
 impl RedisQueue {
+    /// Take a place under each of `keys` (at most `maxes` in flight) for `holder`, in all or
+    /// none: `None` when taken, else the index of the first full one.
+    pub(crate) async fn gate_hold(
+        &self,
+        keys: &[String],
+        maxes: &[u32],
+        holder: &str,
+    ) -> Result<Option<usize>, QueueError> {
+        let mut script = HOLD.prepare_invoke();
+        script.arg(holder).arg(crate::gate::GATE_HOLD_LEASE_MS);
+        for (key, max) in keys.iter().zip(maxes) {
+            script.key(self.gate_key("c", key)).arg(*max);
+        }
+        let full: usize =
+            self.guarded(async { script.invoke_async(&mut self.conn()).await.map_err(from_redis) }).await?;
+        Ok(full.checked_sub(1))
+    }
+
+    /// Renew `holder`'s places under `keys` for another lease.
+    pub(crate) async fn gate_renew(&self, keys: &[String], holder: &str) -> Result<(), QueueError> {
+        let mut script = RENEW.prepare_invoke();
+        script.arg(holder).arg(crate::gate::GATE_HOLD_LEASE_MS);
+        for key in keys {
+            script.key(self.gate_key("c", key));
+        }
+        script.invoke_async::<()>(&mut self.conn()).await.map_err(from_redis)
+    }
+
+    /// Give back `holder`'s places under `keys`.
+    pub(crate) async fn gate_release(&self, keys: &[String], holder: &str) -> Result<(), QueueError> {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("ZREM").arg(self.gate_key("c", key)).arg(holder).ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn()).await.map_err(from_redis)
+    }
+
     fn gate_key(&self, kind: &str, key: &str) -> String {
         self.inner.keys.key(&format!("gate:{kind}:{key}"))
     }

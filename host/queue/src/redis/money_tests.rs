@@ -74,6 +74,7 @@ async fn redis_keeps_budgets_and_the_ledger_in_exact_decimals() {
 #[tokio::test]
 async fn redis_keeps_egress_limits_and_throttles_for_the_fleet() {
     let (_server, queue) = server().await;
+    let queue_for_fleet = queue.clone();
     let upstream = "http://up:1";
     let gates = crate::EgressGates::shared(
         crate::gate::tests::limits(upstream),
@@ -85,4 +86,9 @@ async fn redis_keeps_egress_limits_and_throttles_for_the_fleet() {
     let other = crate::EgressGates::shared(crate::gate::tests::limits(upstream), 60_000, queue);
     let refused = guild_vocab::egress::EgressGate::admit(&other, "http://up:1-busy", &[]).await;
     assert!(refused.is_err(), "the throttle is the fleet's");
+    let (a, b) = (
+        crate::EgressGates::shared(Vec::new(), 60_000, queue_for_fleet.clone()),
+        crate::EgressGates::shared(Vec::new(), 60_000, queue_for_fleet),
+    );
+    crate::gate::tests::in_flight(&a, &b).await;
 }

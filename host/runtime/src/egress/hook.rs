@@ -415,14 +415,16 @@ impl EgressRun {
         let secrets_used =
             self.fill_secrets(&mut parts.headers, &dest, &format!("{} {shown}{}", dest.method, dest.path))?;
         let upstream = guild_vocab::egress::gate::upstream_key(&scheme, &host, port);
-        if let Some(gate) = &self.gate {
+        // Held until this function returns: the exchange, its answer read whole, is over then.
+        let _pass = match &self.gate {
             // Waits here for room (up to the limit's bound); a refusal is the guest's denial.
-            gate.admit(&upstream, &secrets_used).await.map_err(|refused| {
+            Some(gate) => Some(gate.admit(&upstream, &secrets_used).await.map_err(|refused| {
                 self.throttled_ms.fetch_max(refused.retry_after_ms.max(1), Ordering::Relaxed);
                 self.limited.fetch_add(1, Ordering::Relaxed);
                 Refusal::denied(format!("egress denied: {}", refused.reason))
-            })?;
-        }
+            })?),
+            None => None,
+        };
         if !self.secrets.is_empty() {
             // A run holding secrets takes only uncompressed responses: the host can then take
             // any secret an upstream reflects back out of what the guest sees.

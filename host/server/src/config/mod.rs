@@ -206,8 +206,13 @@ pub struct RunLimitConfig {
     /// only that agent's.
     #[serde(default)]
     pub agent: Option<String>,
-    /// Sustained runs per second.
-    pub rate_per_second: f64,
+    /// Sustained runs per second; none: no rate (give `concurrency_max` then).
+    #[serde(default)]
+    pub rate_per_second: Option<f64>,
+    /// Runs in flight at once — admitted and not yet ended, queued or running, on every node
+    /// with Redis; none: no bound.
+    #[serde(default)]
+    pub concurrency_max: Option<u32>,
     /// Runs that may start at once (default 1: none ahead of the rate).
     #[serde(default = "one")]
     pub burst: u32,
@@ -242,6 +247,7 @@ impl RunLimitConfig {
                 Some(guild_queue::EgressLimit {
                     key,
                     rate_per_second: l.rate_per_second,
+                    concurrency_max: l.concurrency_max,
                     burst: l.burst,
                     wait_ms_max: l.wait_ms_max,
                     setting: format!("run_limits[{i}]"),
@@ -261,8 +267,13 @@ pub struct EgressLimitConfig {
     /// Requests that carry this secret (a `[secrets]` name), wherever they go.
     #[serde(default)]
     pub secret: Option<String>,
-    /// Sustained requests per second.
-    pub rate_per_second: f64,
+    /// Sustained requests per second; none: no rate (give `concurrency_max` then).
+    #[serde(default)]
+    pub rate_per_second: Option<f64>,
+    /// Requests in flight at once (each from its start to its answer read whole), across the
+    /// fleet with Redis: "at most 10 parallel calls to this API"; none: no bound.
+    #[serde(default)]
+    pub concurrency_max: Option<u32>,
     /// Requests that may go at once (default 1: none ahead of the rate).
     #[serde(default = "one")]
     pub burst: u32,
@@ -288,6 +299,7 @@ impl DaemonConfig {
                 Some(guild_queue::EgressLimit {
                     key,
                     rate_per_second: limit.rate_per_second,
+                    concurrency_max: limit.concurrency_max,
                     burst: limit.burst,
                     wait_ms_max: limit.wait_ms_max,
                     setting: format!("egress_limits[{i}]"),
@@ -295,6 +307,35 @@ impl DaemonConfig {
             })
             .collect()
     }
+}
+
+/// A keyed limit has a positive rate, a concurrency bound of at least 1, or both.
+fn check_rate_or_bound(
+    (rate, bound): (Option<f64>, Option<u32>),
+    what: &str,
+    field: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    if let Some(rate) = rate
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        return Err(ConfigError::new(
+            field("rate_per_second"),
+            format!("must be a positive number of {what} per second"),
+        ));
+    }
+    if bound == Some(0) {
+        return Err(ConfigError::new(
+            field("concurrency_max"),
+            format!("must be at least 1 ({what} in flight at once)"),
+        ));
+    }
+    if rate.is_none() && bound.is_none() {
+        return Err(ConfigError::new(
+            field("rate_per_second"),
+            format!("give rate_per_second ({what} per second), concurrency_max ({what} in flight at once), or both"),
+        ));
+    }
+    Ok(())
 }
 
 fn egress_connections_max_default() -> usize {
@@ -903,9 +944,7 @@ impl DaemonConfig {
             if let Some(agent) = limit.agent.as_deref().filter(|a| *a != "*") {
                 guild_queue::check_agent_label(agent).map_err(|e| ConfigError::new(field("agent"), e))?;
             }
-            if !(limit.rate_per_second.is_finite() && limit.rate_per_second > 0.0) {
-                return Err(ConfigError::new(field("rate_per_second"), "must be a positive number of runs per second"));
-            }
+            check_rate_or_bound((limit.rate_per_second, limit.concurrency_max), "runs", &field)?;
             if limit.burst == 0 {
                 return Err(ConfigError::new(field("burst"), "must be at least 1 run"));
             }
@@ -935,12 +974,7 @@ impl DaemonConfig {
                     ));
                 }
             }
-            if !(limit.rate_per_second.is_finite() && limit.rate_per_second > 0.0) {
-                return Err(ConfigError::new(
-                    field("rate_per_second"),
-                    "must be a positive number of requests per second",
-                ));
-            }
+            check_rate_or_bound((limit.rate_per_second, limit.concurrency_max), "requests", &field)?;
             if limit.burst == 0 {
                 return Err(ConfigError::new(field("burst"), "must be at least 1 request"));
             }

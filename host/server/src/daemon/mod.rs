@@ -631,8 +631,15 @@ impl Daemon {
             let run_limits = self.run_limits.read().unwrap_or_else(|p| p.into_inner());
             crate::config::RunLimitConfig::for_run(&run_limits, (&tenant.name, &tool.name, agent))
         };
-        self.gate.admit_run(&limits).await.map_err(|r| refused(crate::tenants::Refusal::RunLimit(r)))?;
+        let held = self.gate.admit_run(&limits).await.map_err(|r| {
+            refused(if r.in_flight {
+                crate::tenants::Refusal::RunConcurrency(r.refusal)
+            } else {
+                crate::tenants::Refusal::RunLimit(r.refusal)
+            })
+        })?;
         let mut admission = tenant.admit(tool.limits.fuel_units).map_err(refused)?;
+        admission.hold(held);
         // A money budget holds back what the run could cost at most: its limits, priced.
         let pricing = self.pricing();
         let worst = || pricing.as_ref().map_or(rust_decimal::Decimal::ZERO, |p| p.price_worst(&tool.limits).total.0);
