@@ -42,7 +42,7 @@ fn main() {
         let request = started.elapsed() / LOCAL;
         let started = Instant::now();
         for _ in 0..LOCAL {
-            local.admit_run(&run).await.expect("room");
+            let _ = local.admit_run(&run).await.expect("room");
         }
         (request, started.elapsed() / LOCAL)
     });
@@ -65,7 +65,7 @@ fn main() {
         let request = started.elapsed() / SHARED;
         let started = Instant::now();
         for _ in 0..SHARED {
-            shared.admit_run(&run).await.expect("room");
+            let _ = shared.admit_run(&run).await.expect("room");
         }
         (request, started.elapsed() / SHARED)
     });

@@ -10,7 +10,9 @@
 # Usage: bash benches/redis/bench.sh [JOBS] [SECONDS] [CONCURRENCY_PER_WORKER]
 # GUILD_BIN=PATH benchmarks that binary instead of building this checkout's.
 # GUILD_BENCH_FSYNC=always measures Redis fsyncing its append-only file before every reply
-# (default everysec).
+# (default everysec). GUILD_BENCH_CONFIG=TOML is added to the API node's config (run limits,
+# say). Each of the 8 submitting clients names its own agent label (Guild-Agent), so jobs take
+# turns among agents as they would with many agents.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 jobs=${1:-20000}
@@ -42,6 +44,7 @@ log_format = "text"
 [redis]
 url = "$url"
 $(bench_tenant)
+${GUILD_BENCH_CONFIG:-}
 TOML
 GUILD_HOME=$work/api bench_serve "$work/guild.toml"
 api=$serve_pid
@@ -91,9 +94,10 @@ addr, jobs = sys.argv[1], int(sys.argv[2])
 host, port = addr.rsplit(":", 1)
 def submit(start, count):
     conn = http.client.HTTPConnection(host, int(port))
+    headers = {"Authorization": "Bearer bench-token", "Guild-Agent": f"agent-{start}"}
     for i in range(start, start + count):
         body = json.dumps({"tool": "echo", "input": {"message": f"job {i}"}, "async": True})
-        conn.request("POST", "/v1/runs", body, {"Authorization": "Bearer bench-token"})
+        conn.request("POST", "/v1/runs", body, headers)
         reply = conn.getresponse(); reply.read()
         assert reply.status == 202, reply.status
 threads = [threading.Thread(target=submit, args=(t * (jobs // 8), jobs // 8)) for t in range(8)]

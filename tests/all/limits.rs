@@ -380,3 +380,57 @@ tools = ["*"]
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn async_runs_over_a_rate_are_queued_for_their_turn_on_one_node_and_across_a_fleet() {
+    let text = format!(
+        r#"
+[[tools]]
+path = "{echo}"
+
+[[run_limits]]
+tenant = "alice"
+tool = "echo"
+rate_per_second = 2
+delay_ms_max = 10000
+
+[[tenants]]
+name = "alice"
+token_blake3 = "{alice}"
+tools = ["*"]
+"#,
+        echo = guild_test_artifacts::ECHO,
+        alice = token_digest(ALICE),
+    );
+    let check = |daemon: &Daemon| {
+        let started = Instant::now();
+        let body = json!({"tool": "echo", "input": {"message": "later"}, "async": true});
+        let ids: Vec<String> = (0..5)
+            .map(|_| {
+                let reply = daemon.run(ALICE, body.clone());
+                assert_eq!(reply.status, 202, "accepted, to start at its turn: {reply:?}");
+                reply.json()["id"].as_str().expect("id").to_string()
+            })
+            .collect();
+        // A sync run may not wait (wait_ms_max 0): refused while the turns are taken.
+        let sync = daemon.run(ALICE, json!({"tool": "echo", "input": {"message": "now"}}));
+        assert_eq!((sync.status, sync.code().as_str()), (429, "rate_limited"), "{sync:?}");
+        for id in &ids {
+            assert_eq!(daemon.wait_run(ALICE, id)["status"], "succeeded");
+        }
+        // Five turns at 2 a second: the last comes 2 s after the first.
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(1_900), "all five ran within {took:?}");
+    };
+    let guild = Guild::new();
+    let file = config_file(guild.home(), &text);
+    check(&Daemon::start(&guild, &["--config", &file], &[]));
+
+    let redis = RedisServer::start();
+    let api = Guild::new();
+    let file = config_file(api.home(), &text);
+    let daemon = Daemon::start(&api, &["--config", &file, "--redis", &redis.url()], QUEUE_ENV);
+    let cache = tempfile::tempdir().expect("cache");
+    let _worker = Worker::start(&redis.url(), cache.path(), "w", 4);
+    check(&daemon);
+}

@@ -337,7 +337,7 @@ fn a_thousand_jobs_complete_exactly_once_while_workers_are_killed() {
     assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), 1000, "a thousand distinct jobs");
     let describe = |id: &str| {
         let job = redis.cli(&["HGETALL", &format!("guild:{{default}}:job:{id}")]);
-        let pending = redis.cli(&["XPENDING", "guild:{default}:jobs", "workers", "-", "+", "20"]);
+        let pending = redis.cli(&["XPENDING", "guild:{default}:leases", "workers", "-", "+", "20"]);
         let delayed = redis.cli(&["ZRANGE", "guild:{default}:delayed", "0", "-1", "WITHSCORES"]);
         format!("job: {job:?}; pending: {pending:?}; delayed: {delayed:?}")
     };
@@ -923,7 +923,7 @@ fn a_job_body_naming_another_id_is_not_lost() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let state = redis.cli(&["HGET", &key, "state"]);
-    let pending = redis.cli(&["XLEN", &format!("{PREFIX}jobs")]);
+    let pending = redis.cli(&["XLEN", &format!("{PREFIX}leases")]);
     panic!("job {id} never ended: {run} (hash state {state}, stream length {pending}); worker log:\n{}", worker.log());
 }
 

@@ -390,8 +390,8 @@ impl EgressGates {
 
 impl EgressGates {
     /// Take a place under every limit of `bounded` (those with a `concurrency_max`) at once, or
-    /// none, waiting (polling every 5 to 50 ms) up to the tightest `wait_ms_max` among those
-    /// found full.
+    /// none, waiting (looking again every 10 to 30 ms, at random) up to the `wait_ms_max` of the
+    /// one found full.
     ///
     /// # Errors
     /// A [`GateRefusal`] naming the limit still full at the bound, or saying the store cannot be
@@ -404,8 +404,10 @@ impl EgressGates {
         let maxes: Vec<u32> = bounded.iter().map(|l| l.concurrency_max.unwrap_or(u32::MAX)).collect();
         let holder = format!("{:032x}", rand_id());
         let started = std::time::Instant::now();
-        let mut pause = Duration::from_millis(5);
         loop {
+            // Waiters look again at random times 10 to 30 ms apart: none comes round more often
+            // than another, however long it has waited.
+            let pause = Duration::from_millis(10 + u64::try_from(rand_id() % 21).unwrap_or(0));
             let full = match &self.backend {
                 Backend::Local { holds, keys_max, .. } => {
                     let mut holds = holds.lock().unwrap_or_else(|p| p.into_inner());
@@ -424,7 +426,7 @@ impl EgressGates {
                     }
                 }
                 Backend::Redis(queue) => queue.gate_hold(&keys, &maxes, &holder).await.map_err(|e| GateRefusal {
-                    reason: format!("the concurrency limits cannot be checked: {e}"),
+                    reason: format!("{UNCHECKED} the concurrency limits cannot be checked: {e}"),
                     retry_after_ms: 1000,
                 })?,
             };
@@ -442,42 +444,55 @@ impl EgressGates {
                 return Err(bounded[index].busy(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX)));
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
         }
     }
 
     /// Take room for one run under `limits` (run-level limits: keyed by tenant, tool or agent),
-    /// waiting for it up to their bounds: a place in flight under those with a
-    /// `concurrency_max` (held until the returned [`Held`] drops: when the run ends), then its
-    /// turn under those with a rate.
+    /// up to their bounds: a place in flight under those with a `concurrency_max` (waited for;
+    /// held until the returned [`Held`] drops: when the run ends), then its turn under those
+    /// with a rate — taken, not waited for: the run starts after [`RunAdmitted::wait`].
     ///
     /// # Errors
     /// A [`RunRefused`] naming the limit that would make it wait past its bound, or saying the
     /// store cannot be read.
-    pub async fn admit_run(&self, limits: &[EgressLimit]) -> Result<Option<Held>, RunRefused> {
+    pub async fn admit_run(&self, limits: &[EgressLimit]) -> Result<RunAdmitted, RunRefused> {
         if limits.is_empty() {
-            return Ok(None);
+            return Ok(RunAdmitted { held: None, wait: Duration::ZERO });
         }
         let bounded: Vec<&EgressLimit> = limits.iter().filter(|l| l.concurrency_max.is_some()).collect();
-        let held = self.hold(&bounded).await.map_err(|refusal| RunRefused { refusal, in_flight: true })?;
-        let rate = |refusal| RunRefused { refusal, in_flight: false };
+        let refused = |refusal: GateRefusal, in_flight: bool| {
+            let unavailable = refusal.reason.starts_with(UNCHECKED);
+            let reason = refusal.reason.trim_start_matches(UNCHECKED).trim_start().to_string();
+            RunRefused { refusal: GateRefusal { reason, ..refusal }, in_flight, unavailable }
+        };
+        let held = self.hold(&bounded).await.map_err(|r| refused(r, true))?;
+        let rate = |r| refused(r, false);
         let rated: Vec<&EgressLimit> = limits.iter().filter(|l| l.rate_per_second.is_some()).collect();
         if rated.is_empty() {
-            return Ok(held);
+            return Ok(RunAdmitted { held, wait: Duration::ZERO });
         }
         let checked = self.check("", &rated).await.map_err(|e| {
-            rate(GateRefusal { reason: format!("the run limits cannot be checked: {e}"), retry_after_ms: 1000 })
+            rate(GateRefusal {
+                reason: format!("{UNCHECKED} the run limits cannot be checked: {e}"),
+                retry_after_ms: 1000,
+            })
         })?;
         match checked {
-            Checked::Go(0) | Checked::Throttled(_) => Ok(held),
-            Checked::Go(us) => {
-                tokio::time::sleep(Duration::from_micros(us)).await;
-                Ok(held)
-            }
+            Checked::Go(us) => Ok(RunAdmitted { held, wait: Duration::from_micros(us) }),
+            Checked::Throttled(_) => Ok(RunAdmitted { held, wait: Duration::ZERO }),
             Checked::Refused(index, us) => Err(rate(rated[index].refusal(us))),
             Checked::Full(max) => Err(rate(full(max))),
         }
     }
+}
+
+/// A run admitted under its run limits.
+#[derive(Debug)]
+pub struct RunAdmitted {
+    /// Its places in flight, to keep until it ends.
+    pub held: Option<Held>,
+    /// When its turn comes under the rates: it starts no sooner.
+    pub wait: Duration,
 }
 
 /// Why a run was refused under its run limits.
@@ -487,7 +502,12 @@ pub struct RunRefused {
     pub refusal: GateRefusal,
     /// True when a `concurrency_max` refused it (as many runs in flight); false for a rate.
     pub in_flight: bool,
+    /// True when the limits could not be checked (Redis away): not the caller's doing.
+    pub unavailable: bool,
 }
+
+/// How a refusal that is the store's, not a limit's, begins.
+const UNCHECKED: &str = "[unchecked]";
 
 /// Why a request or run needing a new limit key is refused while the node holds `max` live ones.
 fn full(max: usize) -> GateRefusal {
@@ -509,7 +529,11 @@ impl EgressGate for EgressGates {
             };
             // A place in flight first (it waits for one to end), then the rate's turn.
             let bounded: Vec<&EgressLimit> = all.iter().filter(|l| l.concurrency_max.is_some()).collect();
-            let pass = match self.hold(&bounded).await? {
+            let unmarked = |r: GateRefusal| GateRefusal {
+                reason: r.reason.trim_start_matches(UNCHECKED).trim_start().to_string(),
+                ..r
+            };
+            let pass = match self.hold(&bounded).await.map_err(unmarked)? {
                 Some(held) => GatePass::holding(held),
                 None => GatePass::free(),
             };
@@ -645,8 +669,8 @@ pub(crate) mod tests {
 
         // A run limit's place lasts as long as its run.
         let run = vec![EgressLimit { key: "run:tenant t".into(), wait_ms_max: 0, ..bounded.clone() }];
-        let one = gates.admit_run(&run).await.expect("a place").expect("held");
-        let two = other.admit_run(&run).await.expect("a place").expect("held");
+        let one = gates.admit_run(&run).await.expect("a place").held.expect("held");
+        let two = other.admit_run(&run).await.expect("a place").held.expect("held");
         let refused = gates.admit_run(&run).await.expect_err("two runs in flight");
         assert!(refused.in_flight && refused.refusal.reason.contains("may have 2 runs in flight"));
         drop((one, two));

@@ -64,6 +64,10 @@ pub struct Job {
     /// The tenant's weight: jobs it takes per turn (1 to [`WEIGHT_MAX`](crate::WEIGHT_MAX)).
     #[serde(default = "weight_default")]
     pub weight: u32,
+    /// Held to a run limit's turn: queued in its lane only from this time (ms since the Unix
+    /// epoch); none: at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_unix_ms: Option<u64>,
 }
 
 fn priority_default() -> u8 {
@@ -177,6 +181,7 @@ impl Job {
                     priority: crate::PRIORITY_DEFAULT,
                     needs: crate::Needs::default(),
                     weight: 1,
+                    not_before_unix_ms: None,
                 };
                 (job, Some(format!("the job's body does not fit this worker's version: {e}")))
             }
@@ -394,6 +399,7 @@ mod tests {
             priority: crate::PRIORITY_DEFAULT,
             needs: crate::Needs::default(),
             weight: 1,
+            not_before_unix_ms: None,
         };
         let text = serde_json::to_string(&job).expect("serializes");
         assert_eq!(serde_json::from_str::<Job>(&text).expect("parses"), job);
@@ -445,6 +451,7 @@ mod tests {
             priority: crate::PRIORITY_DEFAULT,
             needs: crate::Needs::default(),
             weight: 1,
+            not_before_unix_ms: None,
         }
     }
 }

@@ -116,11 +116,19 @@ impl Needs {
             && self.labels.iter().all(|(k, v)| worker.labels.get(k) == Some(v))
     }
 
-    /// Check the labels against [`LABELS_MAX`] and [`LABEL_BYTES_MAX`].
+    /// Check the labels against [`LABELS_MAX`] and [`LABEL_BYTES_MAX`], and the architecture's
+    /// characters (a `,` or `=` in it could make two sets of needs one lane's name).
     ///
     /// # Errors
-    /// A message naming the label and the limit.
+    /// A message naming the label or the architecture and what it may hold.
     pub fn check(&self) -> Result<(), String> {
+        if let Some(arch) = &self.arch {
+            let ok = (1..=LABEL_BYTES_MAX).contains(&arch.len())
+                && arch.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !ok {
+                return Err(format!("arch {arch:?}: 1 to {LABEL_BYTES_MAX} letters, digits or any of . _ -"));
+            }
+        }
         check_labels(&self.labels)
     }
 }
@@ -158,13 +166,22 @@ pub fn parse_label(text: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
-/// The memory this machine has, bytes (`MemTotal` of `/proc/meminfo`); none where it cannot be
-/// read.
+/// The memory this worker may use, bytes: the machine's (`MemTotal` of `/proc/meminfo`), or its
+/// cgroup's limit when lower (a container's `memory.max`); none where neither can be read.
 pub fn machine_memory_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
+    let machine = std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
+        let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        kib.checked_mul(1024)
+    });
+    // cgroup v2 says "max" for no limit; v1 a huge number.
+    let cgroup = ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok()?.trim().parse::<u64>().ok());
+    match (machine, cgroup) {
+        (Some(m), Some(c)) => Some(m.min(c)),
+        (m, c) => m.or(c),
+    }
 }
 
 /// Where a job waits and in whose turn: its lane, its priority, and the fairness keys (tenant,

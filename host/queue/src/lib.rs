@@ -32,7 +32,7 @@ pub use cache::{CACHE_STORED_SKEW_MS_MAX, CacheKey, CacheRecord, CachedValue, En
 pub use embedded::{QueueFull, RunQueue, Slot, Ticket};
 pub use gate::{
     EGRESS_THROTTLE_MS_MAX_DEFAULT, EgressGates, EgressLimit, GATE_HOLD_LEASE_MS, GATE_KEYS_MAX_DEFAULT, Held,
-    RunRefused,
+    RunAdmitted, RunRefused,
 };
 pub use job::{
     Accepted, Completion, DeadJob, Disposition, Job, JobResult, JobState, JobStatus, LaneStats, Lease, QueueStats,

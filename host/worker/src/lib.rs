@@ -136,6 +136,7 @@ pub async fn run_worker(
     // Its lanes and advertisement are known before it takes a job.
     worker.lanes().await;
     worker.heartbeat().await;
+    worker.migrate_legacy().await;
     let slots = Arc::new(Semaphore::new(concurrency));
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let taking = tokio::spawn(worker.clone().take_loop(slots.clone(), concurrency, stop.clone()));
@@ -170,6 +171,15 @@ impl Worker {
     async fn heartbeat(&self) {
         if let Err(e) = self.queue.heartbeat(&self.stats()).await {
             tracing::debug!(error = %e, "heartbeat not sent");
+        }
+    }
+
+    /// Jobs an earlier version queued in its one stream go to their lanes (a rolling upgrade).
+    async fn migrate_legacy(&self) {
+        match self.queue.migrate_legacy(&self.name).await {
+            Ok(0) => {}
+            Ok(moved) => tracing::info!(moved, "moved jobs an earlier version queued into their lanes"),
+            Err(e) => tracing::debug!(error = %e, "could not look for an earlier version's jobs"),
         }
     }
 
@@ -284,6 +294,7 @@ impl Worker {
             if let Err(e) = self.queue.promote().await {
                 tracing::debug!(error = %e, "promoting retries failed");
             }
+            self.migrate_legacy().await;
             self.heartbeat().await;
         }
     }

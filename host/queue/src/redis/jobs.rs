@@ -28,7 +28,7 @@ impl RedisQueue {
     pub async fn submit(&self, job: &Job) -> Result<Accepted, QueueError> {
         let keys = &self.inner.keys;
         let body = serde_json::to_string(job).expect("a job is plain data");
-        let mut invocation = self.inner.scripts.submit.key(keys.key("jobs"));
+        let mut invocation = self.inner.scripts.submit.key(keys.key("leases"));
         invocation.key(keys.job(&job.id));
         if let Some(key) = &job.idempotency_key {
             invocation.key(keys.idempotency((&job.tenant, job.subject.as_deref()), key));
@@ -48,7 +48,8 @@ impl RedisQueue {
             .arg(job.priority.min(PRIORITY_MAX))
             .arg(job.agent.as_deref().unwrap_or_default())
             .arg(job.weight.clamp(1, WEIGHT_MAX))
-            .arg(LANES_MAX);
+            .arg(LANES_MAX)
+            .arg(job.not_before_unix_ms.unwrap_or(0));
         self.guarded(async {
             let (new, id): (i64, String) = invocation.invoke_async(&mut self.conn()).await.map_err(from_redis)?;
             Ok(Accepted { id, existing: new == 0 })
@@ -104,16 +105,18 @@ impl RedisQueue {
             let waiting_for_capability = match (state, lane) {
                 (JobState::Queued, Some(lane)) if lane != DEFAULT_LANE => {
                     // The latest heartbeat of a worker reading the lane.
-                    let served: Vec<(String, u64)> = redis::cmd("ZRANGE")
+                    // A failure here leaves the job shown as queued (the status itself was read).
+                    let served: Option<Vec<(String, u64)>> = redis::cmd("ZRANGE")
                         .arg(keys.served(&lane))
                         .arg(-1)
                         .arg(-1)
                         .arg("WITHSCORES")
                         .query_async(&mut self.conn())
                         .await
-                        .map_err(from_redis)?;
-                    let live =
-                        served.first().is_some_and(|(_, seen)| now_unix_ms().saturating_sub(*seen) <= WORKER_LIVE_MS);
+                        .ok();
+                    let live = served.is_none_or(|served| {
+                        served.first().is_some_and(|(_, seen)| now_unix_ms().saturating_sub(*seen) <= WORKER_LIVE_MS)
+                    });
                     (!live).then_some(lane)
                 }
                 _ => None,
@@ -148,10 +151,16 @@ impl RedisQueue {
         count: usize,
         block: Duration,
     ) -> Result<Vec<Lease>, QueueError> {
-        let leases = self.take_now(worker, lanes, count).await?;
+        let (leases, next_due) = self.take_now(worker, lanes, count).await?;
         if !leases.is_empty() || block.is_zero() || lanes.is_empty() {
             return Ok(leases);
         }
+        // A job of the delayed set due sooner than the wait is taken at its time.
+        let now = now_unix_ms();
+        let block = match next_due {
+            0 => block,
+            due => block.min(Duration::from_millis(due.saturating_sub(now).max(1))),
+        };
         // A submission leaves a token in its lane's wake list: one waiting worker gets it.
         let keys = &self.inner.keys;
         let mut wait = redis::cmd("BLPOP");
@@ -160,19 +169,93 @@ impl RedisQueue {
         }
         let _: Option<(String, String)> =
             wait.arg(block.as_secs_f64()).query_async(&mut self.inner.blocking.clone()).await.map_err(from_redis)?;
-        self.take_now(worker, lanes, count).await
+        Ok(self.take_now(worker, lanes, count).await?.0)
     }
 
-    async fn take_now(&self, worker: &str, lanes: &[String], count: usize) -> Result<Vec<Lease>, QueueError> {
+    /// The take script once: the leases, and when the delayed set's next job is due (unix ms;
+    /// 0: none).
+    async fn take_now(&self, worker: &str, lanes: &[String], count: usize) -> Result<(Vec<Lease>, u64), QueueError> {
         let keys = &self.inner.keys;
-        let mut invocation = self.inner.scripts.take.key(keys.key("jobs"));
-        invocation.key(keys.key("stats")).arg(worker).arg(&keys.prefix).arg(keys.job_prefix()).arg(count);
+        let mut invocation = self.inner.scripts.take.key(keys.key("leases"));
+        invocation.key(keys.key("stats")).key(keys.key("delayed"));
+        invocation.arg(worker).arg(&keys.prefix).arg(keys.job_prefix()).arg(count).arg(now_unix_ms());
         for lane in lanes {
             invocation.arg(lane);
         }
-        let started: Vec<(String, String, u32, String)> =
+        let (started, next_due): (Vec<(String, String, u32, String)>, String) =
             invocation.invoke_async(&mut self.conn()).await.map_err(from_redis)?;
-        Ok(started.into_iter().map(|(entry, body, attempt, id)| lease(entry, &body, attempt, id)).collect())
+        let leases = started.into_iter().map(|(entry, body, attempt, id)| lease(entry, &body, attempt, id)).collect();
+        // A score as Redis writes it (an integer here, as it was given).
+        Ok((leases, next_due.parse::<u64>().unwrap_or(0)))
+    }
+
+    /// Move what a queue written by an earlier version (one stream, `jobs`, read by
+    /// `XREADGROUP`) still holds into the lanes: entries never delivered, and entries whose old
+    /// worker's lease lapsed. Safe to repeat; nothing to do (one `EXISTS`) once it is gone.
+    /// Returns how many jobs were moved.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
+    /// refuses a read or the script.
+    pub async fn migrate_legacy(&self, worker: &str) -> Result<u64, QueueError> {
+        let keys = &self.inner.keys;
+        let legacy = keys.key("jobs");
+        let exists: bool = redis::cmd("EXISTS").arg(&legacy).query_async(&mut self.conn()).await.map_err(from_redis)?;
+        if !exists {
+            return Ok(0);
+        }
+        let mut entries: Vec<(String, String)> = Vec::new();
+        let fresh: Result<Option<redis::streams::StreamReadReply>, _> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(WORKERS_GROUP)
+            .arg(worker)
+            .arg("COUNT")
+            .arg(256)
+            .arg("STREAMS")
+            .arg(&legacy)
+            .arg(">")
+            .query_async(&mut self.conn())
+            .await;
+        match fresh {
+            Ok(reply) => entries.extend(reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).map(|e| {
+                let id = e.get::<String>("job").unwrap_or_default();
+                (e.id, id)
+            })),
+            // No group on the old stream: no worker of that version ever read it.
+            Err(e) if e.code() == Some("NOGROUP") => {}
+            Err(e) => return Err(from_redis(e)),
+        }
+        if let Ok(lapsed) = redis::cmd("XAUTOCLAIM")
+            .arg(&legacy)
+            .arg(WORKERS_GROUP)
+            .arg(worker)
+            .arg(self.inner.settings.lease_ms)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(256)
+            .query_async::<StreamAutoClaimReply>(&mut self.conn())
+            .await
+        {
+            entries
+                .extend(lapsed.claimed.into_iter().map(|e| (e.id.clone(), e.get::<String>("job").unwrap_or_default())));
+        }
+        let mut moved = 0;
+        for (entry, id) in entries {
+            let requeued: i64 = self
+                .inner
+                .scripts
+                .migrate
+                .key(&legacy)
+                .key(keys.job(&id))
+                .arg(&entry)
+                .arg(&id)
+                .arg(&keys.prefix)
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(from_redis)?;
+            moved += u64::try_from(requeued).unwrap_or(0);
+        }
+        Ok(moved)
     }
 
     /// Take over jobs whose worker has not renewed its lease for `lease_ms` (it died), looking
@@ -185,7 +268,7 @@ impl RedisQueue {
     pub async fn reclaim(&self, worker: &str, count: usize, cursor: &str) -> Result<(Vec<Lease>, String), QueueError> {
         let keys = &self.inner.keys;
         let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(keys.key("jobs"))
+            .arg(keys.key("leases"))
             .arg(WORKERS_GROUP)
             .arg(worker)
             .arg(self.inner.settings.lease_ms)
@@ -205,7 +288,7 @@ impl RedisQueue {
             return Ok(Vec::new());
         }
         let keys = &self.inner.keys;
-        let mut invocation = self.inner.scripts.start.key(keys.key("jobs"));
+        let mut invocation = self.inner.scripts.start.key(keys.key("leases"));
         invocation.key(keys.key("stats")).arg(worker).arg(keys.job_prefix()).arg(if claimed { "1" } else { "0" });
         for (entry, id) in entries {
             invocation.arg(entry).arg(id);
@@ -232,7 +315,7 @@ impl RedisQueue {
             .inner
             .scripts
             .renew
-            .key(keys.key("jobs"))
+            .key(keys.key("leases"))
             .key(keys.job(&lease.job.id))
             .arg(&lease.entry)
             .arg(worker)
@@ -281,7 +364,7 @@ impl RedisQueue {
     /// stream, stats.
     fn settling<'a>(&'a self, script: &'a Script, id: &str) -> redis::ScriptInvocation<'a> {
         let keys = &self.inner.keys;
-        let mut invocation = script.key(keys.key("jobs"));
+        let mut invocation = script.key(keys.key("leases"));
         invocation.key(keys.job(id)).key(keys.result(id)).key(keys.key("done")).key(keys.key("stats"));
         invocation
     }

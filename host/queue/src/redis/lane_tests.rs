@@ -29,6 +29,7 @@ fn job(id: &str, tenant: &str, agent: Option<&str>, priority: u8, needs: Needs) 
         priority,
         needs,
         weight: 1,
+        not_before_unix_ms: None,
     }
 }
 
@@ -170,4 +171,59 @@ fn result_of(job: &Job, worker: &str) -> JobResult {
         cost: None,
         tokens: Vec::new(),
     }
+}
+
+#[tokio::test]
+async fn a_job_held_to_its_turn_is_taken_at_that_time_not_before() {
+    let (_server, queue) = server().await;
+    queue.ensure_groups().await.expect("groups");
+    let mut held = job("later", "a", None, 4, Needs::default());
+    held.not_before_unix_ms = Some(now_unix_ms() + 400);
+    queue.submit(&held).await.expect("submitted");
+    let default = lanes(&[DEFAULT_LANE]);
+    assert!(queue.take("w", &default, 1, Duration::ZERO).await.expect("taken").is_empty(), "not yet");
+    let status = queue.status("later").await.expect("read").expect("known");
+    assert_eq!((status.state.word(), status.waiting_for_capability), ("queued", None));
+    let started = Instant::now();
+    let taken = queue.take("w", &default, 1, Duration::from_secs(5)).await.expect("taken");
+    let waited = started.elapsed();
+    assert_eq!(taken.len(), 1, "taken once its time came");
+    // Woken at its time, not at the end of the wait (nothing else wakes the worker).
+    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_millis(1_500), "{waited:?}");
+}
+
+#[tokio::test]
+async fn jobs_an_earlier_version_queued_in_its_stream_move_to_their_lanes() {
+    let (_server, queue) = server().await;
+    queue.ensure_groups().await.expect("groups");
+    let mut conn = queue.conn();
+    // What an earlier version's submit left: an entry in `jobs`, a hash naming it, no lane.
+    let old = "guild:{default}:jobs";
+    let _: String = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(old)
+        .arg("workers")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await
+        .expect("group");
+    let body = serde_json::to_string(&job("old", "a", None, 4, Needs::default())).expect("json");
+    let entry: String =
+        redis::cmd("XADD").arg(old).arg("*").arg("job").arg("old").query_async(&mut conn).await.expect("xadd");
+    let _: i64 = redis::cmd("HSET")
+        .arg("guild:{default}:job:old")
+        .arg(&["body", &body, "state", "queued", "attempts", "0", "attempts_max", "3", "tenant", "a", "tool", "echo"])
+        .arg(&["entry", &entry, "worker", ""])
+        .query_async(&mut conn)
+        .await
+        .expect("hset");
+    let default = lanes(&[DEFAULT_LANE]);
+    assert!(queue.take("w", &default, 1, Duration::ZERO).await.expect("taken").is_empty(), "not in a lane yet");
+    assert_eq!(queue.migrate_legacy("w").await.expect("moved"), 1);
+    assert_eq!(queue.migrate_legacy("w").await.expect("nothing left"), 0);
+    let taken = queue.take("w", &default, 1, Duration::ZERO).await.expect("taken");
+    assert_eq!(taken.iter().map(|l| (l.job.id.as_str(), l.attempt)).collect::<Vec<_>>(), [("old", 1)]);
+    let left: u64 = redis::cmd("XLEN").arg(old).query_async(&mut conn).await.expect("xlen");
+    assert_eq!(left, 0, "the old entry is settled");
 }

@@ -6,7 +6,8 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `jobs` | stream | one entry per attempt of a job (`job` = id), added and leased to its worker (pending in group `workers`) when the worker takes it; acked and deleted when settled |
+//! | `leases` | stream | one entry per attempt of a job (`job` = id), added and leased to its worker (pending in group `workers`) when the worker takes it; acked and deleted when settled |
+//! | `jobs` | stream | an earlier version's queue (jobs waited in it, read by `XREADGROUP`): workers move what it still holds into the lanes (`migrate_legacy`) |
 //! | `job:<id>` | hash | `body` (the job JSON), `state`, `attempts`, `attempts_max`, `worker`, `entry`, `tenant`, `subject`, `tool`, `input` (its digest), `idem`, `dead_entry`, `lane`, `prio`, `agent`; expires with the result |
 //! | `lane:<len>:<lane>:…` | sorted set, lists, hash | the jobs queued in a capability lane: its priorities with jobs, per priority the tenants' turns and credits, per tenant its agents' turns, per agent its job ids (`lua/common.lua`) |
 //! | `lanes` | hash | lane → its needs (JSON); at most `LANES_MAX` |
@@ -205,6 +206,7 @@ struct Scripts {
     promote: Script,
     requeue: Script,
     take: Script,
+    migrate: Script,
 }
 
 macro_rules! script {
@@ -224,6 +226,7 @@ impl Scripts {
             promote: script!("promote.lua"),
             requeue: script!("requeue.lua"),
             take: script!("take.lua"),
+            migrate: script!("migrate.lua"),
         }
     }
 }
@@ -385,7 +388,7 @@ impl RedisQueue {
     /// refuses `XGROUP CREATE` for any reason but the group existing.
     pub async fn ensure_groups(&self) -> Result<(), QueueError> {
         let keys = &self.inner.keys;
-        for (stream, group) in [(keys.key("jobs"), WORKERS_GROUP), (keys.key("done"), AUDIT_GROUP)] {
+        for (stream, group) in [(keys.key("leases"), WORKERS_GROUP), (keys.key("done"), AUDIT_GROUP)] {
             let created: Result<String, RedisError> = redis::cmd("XGROUP")
                 .arg("CREATE")
                 .arg(&stream)
@@ -424,7 +427,7 @@ mod tests {
         let keys = Keys::new("default");
         let digest = Digest::of(b"x");
         let all = [
-            keys.key("jobs"),
+            keys.key("leases"),
             keys.key("done"),
             keys.key("dead"),
             keys.key("delayed"),

@@ -21,7 +21,7 @@ impl RedisQueue {
         self.guarded(async {
             let mut pipe = redis::pipe();
             pipe.cmd("HGETALL").arg(keys.key("lanes:depth"));
-            pipe.cmd("XPENDING").arg(keys.key("jobs")).arg(WORKERS_GROUP);
+            pipe.cmd("XPENDING").arg(keys.key("leases")).arg(WORKERS_GROUP);
             pipe.cmd("ZCARD").arg(keys.key("delayed"));
             pipe.cmd("XLEN").arg(keys.key("dead"));
             pipe.cmd("HGETALL").arg(keys.key("stats"));

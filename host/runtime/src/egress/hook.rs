@@ -416,6 +416,9 @@ impl EgressRun {
             self.fill_secrets(&mut parts.headers, &dest, &format!("{} {shown}{}", dest.method, dest.path))?;
         let upstream = guild_vocab::egress::gate::upstream_key(&scheme, &host, port);
         // Held until this function returns: the exchange, its answer read whole, is over then.
+        // Asked before the body is read, as every refusal here is (a replay reads no body for
+        // a request refused before it): a place is held while the guest writes its body too,
+        // which the run's timeout bounds.
         let _pass = match &self.gate {
             // Waits here for room (up to the limit's bound); a refusal is the guest's denial.
             Some(gate) => Some(gate.admit(&upstream, &secrets_used).await.map_err(|refused| {

@@ -182,6 +182,8 @@ pub const EGRESS_THROTTLE_MS_MAX: u64 = 86_400_000;
 
 /// Longest a request may be set to wait for room under an egress limit, ms.
 pub const EGRESS_WAIT_MS_MAX: u64 = 60_000;
+/// Longest an async run may be held to a run limit's turn, ms: a day.
+pub const RUN_DELAY_MS_MAX: u64 = 86_400_000;
 /// Default of an egress limit's `wait_ms_max`, ms.
 pub const EGRESS_WAIT_MS_DEFAULT: u64 = 1_000;
 
@@ -220,16 +222,24 @@ pub struct RunLimitConfig {
     /// answered 429 `rate_limited` at once, with `Retry-After`).
     #[serde(default)]
     pub wait_ms_max: u64,
+    /// An async run over the rate is accepted (202) and queued to start at its turn, up to this
+    /// far ahead, ms (at most a day; 0, the default: as a sync run, waited for up to
+    /// `wait_ms_max`, then 429). A place in flight is still waited for only `wait_ms_max`.
+    #[serde(default)]
+    pub delay_ms_max: u64,
 }
 
 impl RunLimitConfig {
     /// The limits of `limits` (the config's, in order) a run of `tool` for `tenant` and `agent`
-    /// counts against, keyed as the gates keep them.
+    /// counts against, keyed as the gates keep them. For an `asynchronous` run, a limit with a
+    /// `delay_ms_max` lets its rate's turn come that far ahead (its place in flight is still
+    /// waited for only `wait_ms_max`: the limit is split in two).
     pub fn for_run(
         limits: &[Self],
         (tenant, tool, agent): (&str, &str, Option<&str>),
+        asynchronous: bool,
     ) -> Vec<guild_queue::EgressLimit> {
-        limits
+        let all = limits
             .iter()
             .enumerate()
             .filter(|(_, l)| l.tenant == tenant && l.tool.as_deref().is_none_or(|t| t == tool))
@@ -244,16 +254,32 @@ impl RunLimitConfig {
                     (Some(wanted), Some(agent)) if wanted == agent => key.push_str(&format!(" agent {agent}")),
                     _ => return None,
                 }
-                Some(guild_queue::EgressLimit {
-                    key,
-                    rate_per_second: l.rate_per_second,
-                    concurrency_max: l.concurrency_max,
-                    burst: l.burst,
-                    wait_ms_max: l.wait_ms_max,
-                    setting: format!("run_limits[{i}]"),
-                })
-            })
-            .collect()
+                Some((
+                    guild_queue::EgressLimit {
+                        key,
+                        rate_per_second: l.rate_per_second,
+                        concurrency_max: l.concurrency_max,
+                        burst: l.burst,
+                        wait_ms_max: l.wait_ms_max,
+                        setting: format!("run_limits[{i}]"),
+                    },
+                    l.delay_ms_max,
+                ))
+            });
+        let mut out = Vec::new();
+        for (limit, delay_ms_max) in all {
+            match (asynchronous && delay_ms_max > 0, limit.rate_per_second) {
+                (true, Some(_)) => {
+                    let wait_ms_max = limit.wait_ms_max.max(delay_ms_max);
+                    if limit.concurrency_max.is_some() {
+                        out.push(guild_queue::EgressLimit { rate_per_second: None, ..limit.clone() });
+                    }
+                    out.push(guild_queue::EgressLimit { concurrency_max: None, wait_ms_max, ..limit });
+                }
+                _ => out.push(limit),
+            }
+        }
+        out
     }
 }
 
@@ -800,7 +826,7 @@ impl DaemonConfig {
         }
         for (i, tool) in self.tools.iter().enumerate() {
             let field = |f: &str| format!("tools[{i}].{f}");
-            tool.needs.check().map_err(|e| ConfigError::new(field("needs.labels"), e))?;
+            tool.needs.check().map_err(|e| ConfigError::new(field("needs"), e))?;
             if let Some(digest) = &tool.digest
                 && digest.parse::<guild_replay::Digest>().is_err()
             {
@@ -950,6 +976,12 @@ impl DaemonConfig {
             }
             if limit.wait_ms_max > EGRESS_WAIT_MS_MAX {
                 return Err(ConfigError::new(field("wait_ms_max"), format!("must be at most {EGRESS_WAIT_MS_MAX} ms")));
+            }
+            if limit.delay_ms_max > RUN_DELAY_MS_MAX {
+                return Err(ConfigError::new(
+                    field("delay_ms_max"),
+                    format!("must be at most {RUN_DELAY_MS_MAX} ms (a day)"),
+                ));
             }
         }
         for (i, limit) in self.egress_limits.iter().enumerate() {

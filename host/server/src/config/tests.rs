@@ -144,9 +144,8 @@ fn priorities_weights_and_needs_are_checked_naming_the_field() {
     let tool = |needs: &str| format!("[[tools]]\npath = \"/opt/x.wasm\"\nneeds = {needs}\n");
     let needs = load(&tool("{ gpu = true, labels = { zone = \"eu\" } }"), &[]).expect("loads");
     assert_eq!(needs.tools[0].needs.lane(), "gpu,label:zone=eu");
-    assert_eq!(
-        load(&tool("{ labels = { \"a b\" = \"x\" } }"), &[]).expect_err("bad label").field,
-        "tools[0].needs.labels"
-    );
+    assert_eq!(load(&tool("{ labels = { \"a b\" = \"x\" } }"), &[]).expect_err("bad label").field, "tools[0].needs");
     assert!(load(&tool("{ gpus = 1 }"), &[]).is_err(), "an unknown need is refused");
+    let comma = load(&tool("{ arch = \"x86_64,gpu\" }"), &[]).expect_err("an arch that could fake a lane");
+    assert_eq!(comma.field, "tools[0].needs");
 }

@@ -17,9 +17,13 @@ use tokio::sync::oneshot;
 
 impl Daemon {
     pub(super) async fn execute(self: Arc<Self>, job: Job, entry: RunEntry) {
-        let Job { tool, input, input_digest, admission, ticket, state, done, key, cancel, shadow } = job;
+        let Job { tool, input, input_digest, admission, ticket, state, done, key, cancel, shadow, not_before } = job;
         let queued = Instant::now();
         tracing::info!("run queued");
+        if let Some(at) = not_before {
+            // Held to a run limit's turn (an async run): its place in the queue counts meanwhile.
+            tokio::time::sleep_until(at).await;
+        }
         let slot = ticket.start().await;
         self.metrics.queue_wait_seconds.observe(queued.elapsed().as_secs_f64());
         self.metrics.queue_depth.set(self.queue.depth() as i64);
@@ -232,6 +236,8 @@ pub(super) struct Job {
     pub(super) cancel: CancellationToken,
     /// The candidate to run against this call's tape once it is answered, if drawn.
     pub(super) shadow: Option<Arc<RegisteredTool>>,
+    /// Held to a run limit's turn (an async run): it starts no sooner.
+    pub(super) not_before: Option<tokio::time::Instant>,
 }
 
 /// The run's table entry, its output, and the policy it had (for the audit record).

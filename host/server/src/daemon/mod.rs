@@ -572,7 +572,7 @@ impl Daemon {
             }
             return Err(Rejection::KeyConflict { key: key.to_string(), run: existing.id });
         }
-        let admission = self.admit(tenant, &tool, request.agent.as_deref()).await?;
+        let (admission, turn) = self.admit(tenant, &tool, (request.agent.as_deref(), request.asynchronous)).await?;
         let place = guild_queue::Place {
             priority,
             tenant: tenant.name.clone(),
@@ -603,7 +603,8 @@ impl Daemon {
         let cancel = request.cancel.unwrap_or_default();
         let key = request.idempotency_key.clone();
         let shadow = routed.shadow;
-        let job = Job { tool, input, input_digest, admission, ticket, state, done, key, cancel, shadow };
+        let not_before = (!turn.is_zero()).then(|| tokio::time::Instant::now() + turn);
+        let job = Job { tool, input, input_digest, admission, ticket, state, done, key, cancel, shadow, not_before };
         let span = tracing::info_span!("run", run_id = %entry.id, tenant = %tenant.name, tool = %entry.tool);
         tokio::spawn(self.clone().execute(job, entry.clone()).instrument(span));
         if request.asynchronous {
@@ -616,12 +617,15 @@ impl Daemon {
         }
     }
 
+    /// Admit a run of `tool` for `tenant` (`agent`, `asynchronous`): its run limits, its
+    /// tenant's limits, its budgets. A sync run waits here for its turn under the run limits'
+    /// rates; an async one is handed the wait (its turn), to start no sooner.
     async fn admit(
         &self,
         tenant: &Arc<Tenant>,
         tool: &RegisteredTool,
-        agent: Option<&str>,
-    ) -> Result<Admission, Rejection> {
+        (agent, asynchronous): (Option<&str>, bool),
+    ) -> Result<(Admission, Duration), Rejection> {
         let refused = |refusal: crate::tenants::Refusal| {
             self.metrics.rejections.with_label_values(&[&tenant.name, refusal.code()]).inc();
             Rejection::Tenant { tenant: tenant.name.clone(), refusal }
@@ -629,22 +633,32 @@ impl Daemon {
         // Run-level limits first: a run waiting for room holds nothing of its tenant's.
         let limits = {
             let run_limits = self.run_limits.read().unwrap_or_else(|p| p.into_inner());
-            crate::config::RunLimitConfig::for_run(&run_limits, (&tenant.name, &tool.name, agent))
+            crate::config::RunLimitConfig::for_run(&run_limits, (&tenant.name, &tool.name, agent), asynchronous)
         };
-        let held = self.gate.admit_run(&limits).await.map_err(|r| {
+        let admitted = self.gate.admit_run(&limits).await.map_err(|r| {
+            if r.unavailable {
+                self.metrics.rejections.with_label_values(&[&tenant.name, "queue_unavailable"]).inc();
+                return Rejection::Unavailable { message: r.refusal.reason, retry_after_s: 1 };
+            }
             refused(if r.in_flight {
                 crate::tenants::Refusal::RunConcurrency(r.refusal)
             } else {
                 crate::tenants::Refusal::RunLimit(r.refusal)
             })
         })?;
+        let guild_queue::RunAdmitted { held, mut wait } = admitted;
+        if !asynchronous && !wait.is_zero() {
+            // Within wait_ms_max (a sync run's turn is never further).
+            tokio::time::sleep(wait).await;
+            wait = Duration::ZERO;
+        }
         let mut admission = tenant.admit(tool.limits.fuel_units).map_err(refused)?;
         admission.hold(held);
         // A money budget holds back what the run could cost at most: its limits, priced.
         let pricing = self.pricing();
         let worst = || pricing.as_ref().map_or(rust_decimal::Decimal::ZERO, |p| p.price_worst(&tool.limits).total.0);
         match tenant.reserve_budgets(&mut admission, (&tool.name, agent), worst, &self.budgets).await {
-            Ok(Ok(())) => Ok(admission),
+            Ok(Ok(())) => Ok((admission, wait)),
             Ok(Err(refusal)) => Err(refused(refusal)),
             Err(e) => {
                 self.metrics.rejections.with_label_values(&[&tenant.name, "queue_unavailable"]).inc();
@@ -687,7 +701,7 @@ impl Daemon {
             };
             Rejection::Unavailable { message: e.to_string(), retry_after_s }
         };
-        let admission = self.admit(tenant, &tool, request.agent.as_deref()).await?;
+        let (admission, turn) = self.admit(tenant, &tool, (request.agent.as_deref(), request.asynchronous)).await?;
         remote.push_component(&tool).await.map_err(|e| {
             remote.forget_pushed();
             unavailable(e)
@@ -721,6 +735,10 @@ impl Daemon {
             priority,
             needs: tool.needs.clone(),
             weight: tenant.weight,
+            // Held to a run limit's turn: queued in its lane only then.
+            not_before_unix_ms: (!turn.is_zero()).then(|| {
+                guild_queue::now_unix_ms().saturating_add(u64::try_from(turn.as_millis()).unwrap_or(u64::MAX))
+            }),
         };
         // Waited for before it exists, so a node waiting for too many jobs refuses a new one
         // rather than enqueue a job nobody here can answer for.

@@ -59,3 +59,18 @@ local function requeue_job(prefix, job_key, id)
   local f = redis.call('HMGET', job_key, 'lane', 'prio', 'tenant', 'agent')
   enqueue(prefix, id, f[1] or 'default', f[2] or '4', f[3] or '', f[4] or '')
 end
+-- Queue again the jobs of the delayed set (`delayed`: retries backing off, runs held to a run
+-- limit's turn) whose time has come, at most `most`; how many.
+local function promote_due(prefix, jobs, now, most)
+  local delayed = prefix .. 'delayed'
+  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, most)
+  for _, id in ipairs(due) do
+    redis.call('ZREM', delayed, id)
+    local job_key = jobs .. id
+    if redis.call('HGET', job_key, 'state') == 'delayed' then
+      redis.call('HSET', job_key, 'state', 'queued', 'entry', '')
+      requeue_job(prefix, job_key, id)
+    end
+  end
+  return #due
+end

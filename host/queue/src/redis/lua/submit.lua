@@ -1,7 +1,7 @@
 -- KEYS: stream, job hash, [idempotency key]
 -- ARGV: id, body, tenant, tool, attempts_max, input digest, subject ('' for a static token),
 --       queue prefix, lane, lane needs json, priority, agent ('' for none), tenant weight,
---       lanes at most
+--       lanes at most, not before (unix ms; 0: now)
 -- Returns {1, id} for a new job, {0, first id} when the key (or the id) already names one;
 -- an error naming LANES_MAX when the job's lane would be one too many.
 if KEYS[3] then
@@ -30,5 +30,11 @@ redis.call('HSET', KEYS[2], 'body', ARGV[2], 'state', 'queued', 'attempts', 0, '
   'tenant', ARGV[3], 'subject', ARGV[7], 'tool', ARGV[4], 'input', ARGV[6], 'entry', '', 'idem', KEYS[3] or '',
   'worker', '', 'lane', lane, 'prio', ARGV[11], 'agent', ARGV[12])
 redis.call('HSET', prefix .. 'weights', ARGV[3], ARGV[13])
-enqueue(prefix, ARGV[1], lane, ARGV[11], ARGV[3], ARGV[12])
+if tonumber(ARGV[15]) > 0 then
+  -- Held to a run limit's turn: queued in its lane once that comes (promote_due).
+  redis.call('HSET', KEYS[2], 'state', 'delayed')
+  redis.call('ZADD', prefix .. 'delayed', ARGV[15], ARGV[1])
+else
+  enqueue(prefix, ARGV[1], lane, ARGV[11], ARGV[3], ARGV[12])
+end
 return {1, ARGV[1]}

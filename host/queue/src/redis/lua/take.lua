@@ -3,11 +3,15 @@
 -- whose turn it is (it keeps the turn for its weight's worth of jobs), then that tenant's agent
 -- whose turn it is. Each job taken gets a stream entry leased to the worker (its pending entry),
 -- renewed and reclaimed as any other.
--- KEYS: stream, stats
--- ARGV: worker, queue prefix, job key prefix, count, then the lanes served
--- Returns, per job to run: {entry, body, attempt, id} (a body the hash lacks is '').
+-- Jobs in the delayed set whose time has come are queued first.
+-- KEYS: stream, stats, delayed set
+-- ARGV: worker, queue prefix, job key prefix, count, now unix ms, then the lanes served
+-- Returns {jobs, next}: per job to run {entry, body, attempt, id} (a body the hash lacks is ''),
+-- and when the delayed set's next job is due (unix ms; 0: none).
 local worker, prefix, jobs = ARGV[1], ARGV[2], ARGV[3]
 local count = tonumber(ARGV[4])
+local now = tonumber(ARGV[5])
+promote_due(prefix, jobs, now, count + 64)
 local weights = prefix .. 'weights'
 local out = {}
 -- Ids popped whose job is gone or no longer queued are skipped; bounded all the same.
@@ -15,7 +19,7 @@ local looked = 0
 while #out < count and looked < count + 64 do
   looked = looked + 1
   local lane, prio = nil, nil
-  for i = 5, #ARGV do
+  for i = 6, #ARGV do
     local top = redis.call('ZREVRANGE', lane_key(prefix, ARGV[i]) .. ':priorities', 0, 0, 'WITHSCORES')
     if top[1] and (prio == nil or tonumber(top[2]) > prio) then
       lane, prio = ARGV[i], tonumber(top[2])
@@ -67,7 +71,14 @@ while #out < count and looked < count + 64 do
       local fields = redis.call('HMGET', job_key, 'state', 'body')
       if fields[1] == 'queued' then
         local entry = redis.call('XADD', KEYS[1], '*', 'job', id)
-        redis.call('XCLAIM', KEYS[1], GROUP, worker, 0, entry, 'FORCE', 'JUSTID')
+        local leased = redis.pcall('XCLAIM', KEYS[1], GROUP, worker, 0, entry, 'FORCE', 'JUSTID')
+        if type(leased) == 'table' and leased.err then
+          -- No consumer group (a Redis that lost it): the job goes back to its lane, untouched,
+          -- and the worker is told, so it makes the group again.
+          redis.call('XDEL', KEYS[1], entry)
+          requeue_job(prefix, job_key, id)
+          return redis.error_reply(leased.err)
+        end
         local attempt = redis.call('HINCRBY', job_key, 'attempts', 1)
         redis.call('HSET', job_key, 'state', 'running', 'worker', worker, 'entry', entry)
         table.insert(out, {entry, fields[2] or '', attempt, id})
@@ -75,4 +86,5 @@ while #out < count and looked < count + 64 do
     end
   end
 end
-return out
+local next_due = redis.call('ZRANGE', prefix .. 'delayed', 0, 0, 'WITHSCORES')
+return {out, next_due[2] or '0'}
