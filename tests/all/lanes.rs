@@ -214,10 +214,28 @@ fn a_priority_above_the_tenants_allowance_is_refused_and_within_it_goes_first() 
     let high = submit(&daemon, SINGLE, &body(6));
     let cache = tempfile::tempdir().expect("cache");
     let _worker = Worker::start_with(&redis.url(), cache.path(), "w", 1, &env);
-    let run = daemon.wait_run(SINGLE, &high);
-    assert_eq!(run["status"], "succeeded");
-    let still_queued = low.iter().filter(|id| !finished(&status(&daemon, FLOOD, id))).count();
-    assert!(still_queued >= 25, "the higher priority went first: {still_queued} of 30 still queued");
+    assert_eq!(daemon.wait_run(SINGLE, &high)["status"], "succeeded");
+    for id in &low {
+        assert_eq!(daemon.wait_run(FLOOD, id)["status"], "succeeded");
+    }
+    // One worker with one slot ran them one by one: the audit log has them in the order they
+    // finished, and the higher priority came first though it was submitted last.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let order = loop {
+        let text = std::fs::read_to_string(api.home().join("audit.log")).unwrap_or_default();
+        let order: Vec<String> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r["completion"] == "completed")
+            .filter_map(|r| r["run"].as_str().map(str::to_string))
+            .collect();
+        if order.len() >= 31 || Instant::now() > deadline {
+            break order;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(order.len(), 31, "every run is audited");
+    assert_eq!(order.first(), Some(&high), "the higher priority ran first");
 }
 
 /// `promtool check metrics` passes the fleet's metrics, and every `guild_redis_*` metric the
