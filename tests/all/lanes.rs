@@ -115,6 +115,11 @@ fn a_gpu_tool_runs_only_where_a_gpu_is_and_waits_for_one_saying_so() {
     assert_eq!(metric(&daemon, "guild_redis_lane_workers{lane=\"gpu\"}"), 0.0);
     assert!(metric(&daemon, "guild_redis_lane_workers_needed{lane=\"gpu\"}") >= 1.0);
     promtool_accepts(&daemon);
+    // A sync call would wait without end: it is told at once.
+    let sync = daemon.run(FLOOD, json!({"tool": "matmul", "input": {"a": [[1]], "b": [[1]]}}));
+    assert_eq!((sync.status, sync.code().as_str()), (503, "waiting_for_capability"), "{sync:?}");
+    assert!(sync.headers.contains_key("retry-after"));
+    assert!(String::from_utf8_lossy(&sync.body).contains("(gpu)"), "{}", String::from_utf8_lossy(&sync.body));
     std::thread::sleep(Duration::from_millis(1_500));
     assert_eq!(status(&daemon, FLOOD, &waiting)["status"], "waiting_for_capability", "no CPU fallback");
     // Another tenant cannot see it, waiting or not.

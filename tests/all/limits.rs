@@ -368,7 +368,10 @@ tools = ["*"]
     let refused = daemon.run(ALICE, sleep.clone());
     assert_eq!((refused.status, refused.code().as_str()), (429, "concurrency_limited"), "{refused:?}");
     let says = String::from_utf8_lossy(&refused.body).to_string();
-    assert!(says.contains("may have 1 runs in flight") && says.contains("run_limits[0]"), "{says}");
+    assert!(
+        says.contains("allows 1 in flight at once and that many runs are") && says.contains("run_limits[0]"),
+        "{says}"
+    );
     daemon.wait_run(ALICE, first.json()["id"].as_str().expect("id"));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

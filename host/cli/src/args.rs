@@ -117,7 +117,8 @@ pub(crate) struct RedisArgs {
     /// The queue's Redis, `redis://HOST:PORT/DB` (overrides the config's `redis.url`).
     #[arg(long, value_name = "URL")]
     pub(crate) redis: Option<String>,
-    /// A daemon config whose `[redis]` settings (and `[secrets]`, for a worker) apply.
+    /// A daemon config whose `[redis]` settings apply (and, for a worker, its `[secrets]`,
+    /// `[[egress_limits]]` and `store`: give workers the API nodes' config).
     #[arg(long, env = "GUILD_CONFIG", value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
 }

@@ -48,6 +48,7 @@ pub(crate) fn worker(global: &Global, args: WorkerArgs) -> Result<Exit, Failure>
             concurrency,
             queue = %queue.settings().queue,
             gpu = %advertisement.gpu.as_ref().map_or("none", |g| g.adapter.as_str()),
+            labels = ?advertisement.labels,
             "worker started"
         );
         let shared_store = guild_server::shared_store(&config).map_err(|e| Failure::usage(e.to_string()))?;

@@ -85,14 +85,14 @@ impl EgressLimit {
         let max = self.concurrency_max.unwrap_or(0);
         let reason = if what == "run" {
             format!(
-                "{name} may have {max} runs in flight at once: this run waited {waited_ms} ms for one to end, the \
-                 limit's wait_ms_max ({}: raise concurrency_max or wait_ms_max)",
+                "{name} allows {max} in flight at once and that many runs are: this run waited {waited_ms} ms for \
+                 one to end, the limit's wait_ms_max ({}: raise concurrency_max or wait_ms_max)",
                 self.setting
             )
         } else {
             format!(
-                "{what} {name} may have {max} requests in flight at once: this one waited {waited_ms} ms for one to \
-                 end, the limit's wait_ms_max ({}: raise concurrency_max or wait_ms_max)",
+                "{what} {name} allows {max} in flight at once and that many requests are: this one waited \
+                 {waited_ms} ms for one to end, the limit's wait_ms_max ({}: raise concurrency_max or wait_ms_max)",
                 self.setting
             )
         };
@@ -647,7 +647,8 @@ pub(crate) mod tests {
         let refused = gates.admit(upstream, &[]).await.expect_err("both places are taken");
         assert!(started.elapsed() >= Duration::from_millis(100), "it waited for a place first");
         assert!(
-            refused.reason.contains("may have 2 requests in flight") && refused.reason.contains("egress_limits[1]"),
+            refused.reason.contains("allows 2 in flight at once and that many requests are")
+                && refused.reason.contains("egress_limits[1]"),
             "{}",
             refused.reason
         );
@@ -672,7 +673,9 @@ pub(crate) mod tests {
         let one = gates.admit_run(&run).await.expect("a place").held.expect("held");
         let two = other.admit_run(&run).await.expect("a place").held.expect("held");
         let refused = gates.admit_run(&run).await.expect_err("two runs in flight");
-        assert!(refused.in_flight && refused.refusal.reason.contains("may have 2 runs in flight"));
+        assert!(
+            refused.in_flight && refused.refusal.reason.contains("allows 2 in flight at once and that many runs are")
+        );
         drop((one, two));
         tokio::time::sleep(Duration::from_millis(50)).await;
         let _three = gates.admit_run(&run).await.expect("room again");

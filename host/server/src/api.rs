@@ -398,6 +398,14 @@ fn rejection(rejection: Rejection) -> ApiError {
             retry_after_s: Some(retry_after_s),
             ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_unavailable", message)
         },
+        rejection @ Rejection::NoCapableWorker { .. } => ApiError {
+            retry_after_s: Some(5),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "waiting_for_capability",
+                crate::mcp_shapes::rejection_message(rejection),
+            )
+        },
     }
 }
 

@@ -77,6 +77,10 @@ pub(crate) fn rejection_message(rejection: Rejection) -> String {
             format!("the run queue is full ({} waiting); retry after {} s", full.depth, full.retry_after_s)
         }
         Rejection::Unavailable { message, .. } => message,
+        Rejection::NoCapableWorker { tool, lane } => format!(
+            "no live worker has what tool {tool:?} needs ({lane}): a sync call would wait for one without end; call \
+             it async (it waits, and GET /v1/runs/{{id}} says waiting_for_capability), or start a worker with it"
+        ),
     }
 }
 

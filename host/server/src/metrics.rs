@@ -94,6 +94,8 @@ pub struct RedisMetrics {
     pub lane_workers_needed: IntGaugeVec,
     /// The last scrape's completed count, and when.
     last: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
+    /// The mean job time last measured (busy slots ÷ throughput), s: used while nothing runs.
+    mean_job_s: std::sync::Mutex<Option<f64>>,
 }
 
 /// How soon the workers an autoscaler is asked for should drain the waiting jobs, seconds.
@@ -160,6 +162,7 @@ impl RedisMetrics {
             waiting_for_capability,
             lane_workers_needed,
             last: std::sync::Mutex::new(None),
+            mean_job_s: std::sync::Mutex::new(None),
         })
     }
 
@@ -207,13 +210,21 @@ impl RedisMetrics {
         }
         let busy: u64 = stats.workers.iter().map(|w| w.running).sum();
         let throughput = self.throughput.get();
+        // The mean job time, measured while jobs run and remembered while none does (workers
+        // scaled to zero come back for a backlog at the last pace, not a slot per job).
+        let mean_job_s = {
+            let mut mean = self.mean_job_s.lock().unwrap_or_else(|p| p.into_inner());
+            if throughput > 0.0 && busy > 0 {
+                *mean = Some(busy as f64 / throughput);
+            }
+            *mean
+        };
         // Each waiting job needs a slot for the mean job time; without a measured time yet, a
         // slot each.
         let waiting = stats.depth.saturating_add(stats.delayed) as f64;
-        let for_waiting = if throughput > 0.0 && busy > 0 {
-            waiting * (busy as f64 / throughput) / WORKERS_DRAIN_TARGET_S
-        } else {
-            waiting
+        let for_waiting = match mean_job_s {
+            Some(mean) => waiting * mean / WORKERS_DRAIN_TARGET_S,
+            None => waiting,
         };
         let slots: u64 = stats.workers.iter().map(|w| w.slots.max(1)).sum();
         let per_worker = if stats.workers.is_empty() { 1.0 } else { slots as f64 / stats.workers.len() as f64 };
@@ -223,7 +234,7 @@ impl RedisMetrics {
         let needed = if needed.is_finite() { needed.clamp(0.0, 1e9) as i64 } else { 0 };
         self.workers_needed.set(needed);
         // Per lane, the same estimate for its queued jobs alone (lanes that went away drop out).
-        let mean_job_s = if throughput > 0.0 && busy > 0 { busy as f64 / throughput } else { WORKERS_DRAIN_TARGET_S };
+        let mean_job_s = mean_job_s.unwrap_or(WORKERS_DRAIN_TARGET_S);
         for gauge in [&self.lane_jobs, &self.lane_workers, &self.waiting_for_capability, &self.lane_workers_needed] {
             gauge.reset();
         }

@@ -38,6 +38,24 @@ const TAKE_BLOCK: Duration = Duration::from_millis(1_000);
 /// How often a worker looks up the queue's lanes again (a tool with new needs makes one).
 const LANES_LOOK_EVERY: Duration = Duration::from_millis(1_000);
 
+/// A task aborted when this drops (however its owner ends).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Counts a running job down when it drops.
+struct Running<'a>(&'a AtomicU64);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// What a worker needs.
 pub struct WorkerSetup {
     /// The Redis job queue this worker takes jobs from and reports results to.
@@ -310,8 +328,9 @@ impl Worker {
         tokio::spawn(
             async move {
                 self.running.fetch_add(1, Ordering::Relaxed);
+                // Counted down however the attempt ends, a panic included.
+                let _running = Running(&self.running);
                 self.attempt(lease).await;
-                self.running.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             }
             .instrument(span),
@@ -322,7 +341,9 @@ impl Worker {
     async fn attempt(self: &Arc<Self>, lease: Lease) {
         // Cancelled when the job is asked to be (an MCP task's `tasks/cancel` on any API node).
         let cancel = guild_runtime::CancellationToken::new();
-        let renewing = tokio::spawn(self.clone().renew_loop(lease.clone(), cancel.clone()));
+        // Stopped however the attempt ends: a panic in it unwinds through this guard, so the lease
+        // lapses and another worker takes the job over (never renewed for ever by a dead attempt).
+        let renewing = AbortOnDrop(tokio::spawn(self.clone().renew_loop(lease.clone(), cancel.clone())));
         let result = if lease.attempt > lease.job.attempts_max {
             // Its workers kept dying while running it: do not try a fifth time.
             Err(AttemptFailure::retryable(
@@ -332,7 +353,7 @@ impl Worker {
         } else {
             self.execute(&lease, cancel).await
         };
-        renewing.abort();
+        drop(renewing);
         self.settle(&lease, result).await;
     }
 

@@ -104,19 +104,8 @@ impl RedisQueue {
             let attempts = attempts.unwrap_or(0);
             let waiting_for_capability = match (state, lane) {
                 (JobState::Queued, Some(lane)) if lane != DEFAULT_LANE => {
-                    // The latest heartbeat of a worker reading the lane.
                     // A failure here leaves the job shown as queued (the status itself was read).
-                    let served: Option<Vec<(String, u64)>> = redis::cmd("ZRANGE")
-                        .arg(keys.served(&lane))
-                        .arg(-1)
-                        .arg(-1)
-                        .arg("WITHSCORES")
-                        .query_async(&mut self.conn())
-                        .await
-                        .ok();
-                    let live = served.is_none_or(|served| {
-                        served.first().is_some_and(|(_, seen)| now_unix_ms().saturating_sub(*seen) <= WORKER_LIVE_MS)
-                    });
+                    let live = self.read_lane_served(&lane).await.unwrap_or(true);
                     (!live).then_some(lane)
                 }
                 _ => None,
@@ -134,6 +123,32 @@ impl RedisQueue {
             }))
         })
         .await
+    }
+
+    /// Whether a live worker reads `lane` (its latest heartbeat is at most 30 s old); the
+    /// default lane is always read.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached or the circuit is open after a
+    /// recent failure; [`QueueError::Redis`] when it refuses the read.
+    pub async fn lane_served(&self, lane: &str) -> Result<bool, QueueError> {
+        if lane == DEFAULT_LANE {
+            return Ok(true);
+        }
+        self.guarded(self.read_lane_served(lane)).await
+    }
+
+    async fn read_lane_served(&self, lane: &str) -> Result<bool, QueueError> {
+        // The latest heartbeat of a worker reading the lane.
+        let served: Vec<(String, u64)> = redis::cmd("ZRANGE")
+            .arg(self.inner.keys.served(lane))
+            .arg(-1)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(from_redis)?;
+        Ok(served.first().is_some_and(|(_, seen)| now_unix_ms().saturating_sub(*seen) <= WORKER_LIVE_MS))
     }
 
     /// Take up to `count` jobs for `worker` from `lanes` (the lanes it serves, most demanding

@@ -977,6 +977,13 @@ impl DaemonConfig {
             if limit.wait_ms_max > EGRESS_WAIT_MS_MAX {
                 return Err(ConfigError::new(field("wait_ms_max"), format!("must be at most {EGRESS_WAIT_MS_MAX} ms")));
             }
+            if limit.delay_ms_max > 0 && limit.rate_per_second.is_none() {
+                return Err(ConfigError::new(
+                    field("delay_ms_max"),
+                    "holds an async run to a rate's turn, and this limit has no rate_per_second (a place in flight is \
+                     waited for only wait_ms_max)",
+                ));
+            }
             if limit.delay_ms_max > RUN_DELAY_MS_MAX {
                 return Err(ConfigError::new(
                     field("delay_ms_max"),

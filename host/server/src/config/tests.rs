@@ -146,6 +146,9 @@ fn priorities_weights_and_needs_are_checked_naming_the_field() {
     assert_eq!(needs.tools[0].needs.lane(), "gpu,label:zone=eu");
     assert_eq!(load(&tool("{ labels = { \"a b\" = \"x\" } }"), &[]).expect_err("bad label").field, "tools[0].needs");
     assert!(load(&tool("{ gpus = 1 }"), &[]).is_err(), "an unknown need is refused");
+    let limit = "[[run_limits]]\ntenant = \"a\"\nconcurrency_max = 2\ndelay_ms_max = 1000\n";
+    let text = format!("{}{limit}", tenant(""));
+    assert_eq!(load(&text, &[]).expect_err("a delay without a rate").field, "run_limits[0].delay_ms_max");
     let comma = load(&tool("{ arch = \"x86_64,gpu\" }"), &[]).expect_err("an arch that could fake a lane");
     assert_eq!(comma.field, "tools[0].needs");
 }

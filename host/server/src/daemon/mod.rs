@@ -223,6 +223,14 @@ pub enum Rejection {
         /// Seconds until worth retrying.
         retry_after_s: u64,
     },
+    /// A sync run of a tool whose lane no live worker reads: it would wait without end (an
+    /// async one is accepted and waits, showing `waiting_for_capability`).
+    NoCapableWorker {
+        /// The tool.
+        tool: String,
+        /// Its lane: what it needs (`gpu`, `label:zone=eu`).
+        lane: String,
+    },
 }
 
 /// What a submission gives back.
@@ -701,6 +709,13 @@ impl Daemon {
             };
             Rejection::Unavailable { message: e.to_string(), retry_after_s }
         };
+        if !request.asynchronous && !tool.needs.is_empty() {
+            // A sync caller would wait for a worker nobody may start: told at once instead.
+            let lane = tool.needs.lane();
+            if !remote.queue.lane_served(&lane).await.map_err(unavailable)? {
+                return Err(Rejection::NoCapableWorker { tool: tool.name.clone(), lane });
+            }
+        }
         let (admission, turn) = self.admit(tenant, &tool, (request.agent.as_deref(), request.asynchronous)).await?;
         remote.push_component(&tool).await.map_err(|e| {
             remote.forget_pushed();
