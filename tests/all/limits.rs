@@ -125,6 +125,39 @@ tools = ["*"]
     )
 }
 
+/// An API node with `text` as its config and two workers with four slots each, on `redis`.
+struct Fleet {
+    daemon: Daemon,
+    _workers: Vec<Worker>,
+    _caches: [tempfile::TempDir; 2],
+    _api: Guild,
+}
+
+fn fleet(redis: &RedisServer, text: &str) -> Fleet {
+    let api = Guild::new();
+    let file = config_file(api.home(), text);
+    let env = [("GUILD_LIMITS_TOKEN", "s3cret"), ("GUILD_CONFIG", file.as_str())];
+    let env: Vec<(&str, &str)> = QUEUE_ENV.iter().copied().chain(env).collect();
+    let daemon = Daemon::start(&api, &["--config", &file, "--redis", &redis.url()], &env);
+    let caches = [tempfile::tempdir().expect("cache"), tempfile::tempdir().expect("cache")];
+    let workers = caches
+        .iter()
+        .enumerate()
+        .map(|(i, cache)| Worker::start_with(&redis.url(), cache.path(), &format!("w{i}"), 4, &env))
+        .collect();
+    Fleet { daemon, _workers: workers, _caches: caches, _api: api }
+}
+
+/// `n` calls to the upstream on `port`, submitted at once, each waited for and succeeded.
+fn run_calls(daemon: &Daemon, port: u16, n: usize) {
+    let ids: Vec<String> =
+        (0..n).map(|_| daemon.run(ALICE, call(port)).json()["id"].as_str().expect("id").to_string()).collect();
+    for id in &ids {
+        let run = daemon.wait_run(ALICE, id);
+        assert_eq!(run["status"], "succeeded", "{run}");
+    }
+}
+
 fn call(port: u16) -> serde_json::Value {
     json!({"tool": "http-get", "async": true, "input": {
         "url": format!("http://127.0.0.1:{port}/value"),
@@ -136,23 +169,8 @@ fn call(port: u16) -> serde_json::Value {
 fn a_secret_limit_holds_across_two_workers_and_a_retry_after_keeps_the_fleet_away() {
     let redis = RedisServer::start();
     let (port, seen) = upstream(0);
-    let api = Guild::new();
-    let file = config_file(api.home(), &fleet_config(port));
-    let env = [("GUILD_LIMITS_TOKEN", "s3cret"), ("GUILD_CONFIG", file.as_str())];
-    let env: Vec<(&str, &str)> = QUEUE_ENV.iter().copied().chain(env).collect();
-    let daemon = Daemon::start(&api, &["--config", &file, "--redis", &redis.url()], &env);
-    let caches = [tempfile::tempdir().expect("cache"), tempfile::tempdir().expect("cache")];
-    let _workers: Vec<Worker> = caches
-        .iter()
-        .enumerate()
-        .map(|(i, cache)| Worker::start_with(&redis.url(), cache.path(), &format!("w{i}"), 4, &env))
-        .collect();
-    let ids: Vec<String> =
-        (0..12).map(|_| daemon.run(ALICE, call(port)).json()["id"].as_str().expect("id").to_string()).collect();
-    for id in &ids {
-        let run = daemon.wait_run(ALICE, id);
-        assert_eq!(run["status"], "succeeded", "{run}");
-    }
+    let fleet = fleet(&redis, &fleet_config(port));
+    run_calls(&fleet.daemon, port, 12);
     let times = seen.lock().expect("log").clone();
     assert_eq!(times.len(), 12);
     // Eight slots on two machines, one budget of 5 requests a second.
@@ -313,26 +331,10 @@ fn slow_upstream(hold: Duration) -> (u16, InFlight) {
 fn a_secret_in_flight_limit_holds_across_two_workers() {
     let redis = RedisServer::start();
     let (port, state) = slow_upstream(Duration::from_millis(300));
-    let api = Guild::new();
     let text = fleet_config(port)
         .replace("rate_per_second = 5\nwait_ms_max = 10000", "concurrency_max = 2\nwait_ms_max = 20000");
     assert!(text.contains("concurrency_max = 2"), "{text}");
-    let file = config_file(api.home(), &text);
-    let env = [("GUILD_LIMITS_TOKEN", "s3cret"), ("GUILD_CONFIG", file.as_str())];
-    let env: Vec<(&str, &str)> = QUEUE_ENV.iter().copied().chain(env).collect();
-    let daemon = Daemon::start(&api, &["--config", &file, "--redis", &redis.url()], &env);
-    let caches = [tempfile::tempdir().expect("cache"), tempfile::tempdir().expect("cache")];
-    let _workers: Vec<Worker> = caches
-        .iter()
-        .enumerate()
-        .map(|(i, cache)| Worker::start_with(&redis.url(), cache.path(), &format!("w{i}"), 4, &env))
-        .collect();
-    let ids: Vec<String> =
-        (0..10).map(|_| daemon.run(ALICE, call(port)).json()["id"].as_str().expect("id").to_string()).collect();
-    for id in &ids {
-        let run = daemon.wait_run(ALICE, id);
-        assert_eq!(run["status"], "succeeded", "{run}");
-    }
+    run_calls(&fleet(&redis, &text).daemon, port, 10);
     let (now, most, answered) = *state.lock().expect("state");
     assert_eq!((now, answered), (0, 10));
     // Eight slots on two machines, one secret allowed two requests in flight.
