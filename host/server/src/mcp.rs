@@ -7,6 +7,7 @@
 
 use crate::daemon::{Daemon, Rejection, RunRequest, Submitted};
 use crate::mcp_shapes::{TOOLS_CURSOR_PREFIX, finished_result, mcp_tool, rejection_message, tool_error, tools_cursor};
+use crate::mcp_tasks::CallLabels;
 use crate::principal::Bearer;
 use crate::tenants::Tenant;
 use guild_runtime::CancellationToken;
@@ -337,10 +338,6 @@ impl ServerHandler for GuildMcp {
         }
     }
 }
-
-/// What a call's `_meta` says of its caller: the agent label (`guild/agent`) and the priority
-/// asked for (`guild/priority`).
-pub(crate) type CallLabels = (Option<String>, Option<u8>);
 
 /// The caller's agent label and priority from the call's `_meta`, checked.
 ///

@@ -23,6 +23,10 @@ use rmcp::model::{
 use rmcp::service::{Peer, RequestContext, RoleServer};
 use std::sync::Arc;
 
+/// What a call's `_meta` says of its caller: the agent label (`guild/agent`) and the priority
+/// asked for (`guild/priority`).
+pub(crate) type CallLabels = (Option<String>, Option<u8>);
+
 /// How often a client should poll `tasks/get`, ms.
 pub const TASK_POLL_INTERVAL_MS: u64 = 500;
 
@@ -60,7 +64,7 @@ fn unknown(id: &str) -> ErrorData {
 /// failed at once.
 pub(crate) async fn start(
     daemon: &Arc<Daemon>,
-    (tenant, bearer, (agent, priority)): (&Arc<Tenant>, &Bearer, crate::mcp::CallLabels),
+    (tenant, bearer, (agent, priority)): (&Arc<Tenant>, &Bearer, CallLabels),
     request: CallToolRequestParams,
     peer: Peer<RoleServer>,
 ) -> Result<CreateTaskResult, ErrorData> {
