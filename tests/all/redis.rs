@@ -1301,3 +1301,82 @@ fn the_queue_tells_an_autoscaler_how_many_workers_it_needs() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A `redis-server` replicating `master` (port), on a port of its own; killed when dropped.
+struct Replica(Child, u16);
+
+impl Replica {
+    fn start(master: u16, port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--replicaof", "127.0.0.1", &master.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = Command::new("redis-cli").args(["-p", &port.to_string(), "INFO", "replication"]).output();
+            let text = out.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+            if text.contains("master_link_status:up") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the replica never synced: {text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self(child, port)
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli").args(["-p", &self.1.to_string()]).args(args).output().expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn with_replica_durability_a_job_is_acknowledged_only_once_a_replica_has_it() {
+    let redis = RedisServer::start();
+    let replica_port = free_port();
+    let replica = Replica::start(redis.port, replica_port);
+    let api = Guild::new();
+    let env: Vec<(&str, &str)> = QUEUE_ENV
+        .iter()
+        .copied()
+        .chain([("GUILD_REDIS__ACK_DURABILITY", "replica"), ("GUILD_REDIS__ACK_TIMEOUT_MS", "300")])
+        .collect();
+    let daemon = Daemon::start(&api, &["--redis", &redis.url(), "--tool", HOSTILE], &env);
+    let body = json!({"tool": "echo", "input": {"message": "kept twice"}, "async": true});
+    for _ in 0..20 {
+        let reply = daemon.run(TOKEN, body.clone());
+        assert_eq!(reply.status, 202, "{}", String::from_utf8_lossy(&reply.body));
+        let id = reply.json()["id"].as_str().expect("id").to_string();
+        // Acknowledged: the replica has the job already, so losing the master now loses nothing.
+        assert_eq!(replica.cli(&["EXISTS", &format!("{PREFIX}job:{id}")]), "1", "job {id} not on the replica");
+    }
+    // Without a replica nothing can be confirmed: refused fast, saying why, never hanging.
+    drop(replica);
+    let started = Instant::now();
+    let refused = daemon.run(TOKEN, body.clone());
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert_eq!((refused.status, refused.code().as_str()), (503, "queue_unavailable"), "{refused:?}");
+    assert!(refused.headers.contains_key("retry-after"));
+    let says = String::from_utf8_lossy(&refused.body).to_string();
+    assert!(says.contains("no replica confirmed") && says.contains("ack_durability"), "{says}");
+    // A replica back: acknowledged again.
+    let _replica = Replica::start(redis.port, replica_port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = daemon.run(TOKEN, body.clone());
+        if reply.status == 202 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never acknowledged again: {reply:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -21,7 +21,8 @@ impl RedisQueue {
     ///
     /// # Errors
     /// [`QueueError::Redis`] naming `LANES_MAX` when the job's lane would be one more than
-    /// [`LANES_MAX`].
+    /// [`LANES_MAX`]. Under `ack_durability = "replica"`, [`QueueError::Unavailable`] when no
+    /// replica confirmed the job within `ack_timeout_ms` (it may still run).
     /// [`QueueError::Unavailable`] when Redis cannot be reached or the circuit is open after a
     /// recent failure (the job may have been taken all the same: submitting it again is safe, its
     /// id or idempotency key names it); [`QueueError::Redis`] when Redis refuses the script.
@@ -50,11 +51,39 @@ impl RedisQueue {
             .arg(job.weight.clamp(1, WEIGHT_MAX))
             .arg(LANES_MAX)
             .arg(job.not_before_unix_ms.unwrap_or(0));
-        self.guarded(async {
-            let (new, id): (i64, String) = invocation.invoke_async(&mut self.conn()).await.map_err(from_redis)?;
-            Ok(Accepted { id, existing: new == 0 })
-        })
-        .await
+        let settings = &self.inner.settings;
+        let (accepted, confirmed) = self
+            .guarded(async {
+                if settings.ack_durability == crate::AckDurability::Local {
+                    let (new, id): (i64, String) =
+                        invocation.invoke_async(&mut self.conn()).await.map_err(from_redis)?;
+                    return Ok((Accepted { id, existing: new == 0 }, true));
+                }
+                // On a connection of its own: WAIT covers the writes made on the connection it is
+                // sent on, and holds that connection until a replica has them.
+                let mut durable = self.inner.durable.clone();
+                let (new, id): (i64, String) = invocation.invoke_async(&mut durable).await.map_err(from_redis)?;
+                let confirmed: i64 = redis::cmd("WAIT")
+                    .arg(1)
+                    .arg(settings.ack_timeout_ms.max(1))
+                    .query_async(&mut durable)
+                    .await
+                    .map_err(from_redis)?;
+                Ok((Accepted { id, existing: new == 0 }, confirmed >= 1))
+            })
+            .await?;
+        // Redis answered: a missing replica is not a connection failure (the breaker stays shut).
+        if !confirmed {
+            return Err(QueueError::Unavailable {
+                error: format!(
+                    "no replica confirmed job {} within {} ms (redis.ack_durability = \"replica\"); it may still \
+                     run: submitting it again with its idempotency key is safe",
+                    accepted.id, settings.ack_timeout_ms
+                ),
+                retry_after_s: 1,
+            });
+        }
+        Ok(accepted)
     }
 
     /// A job's state and, once finished, its result (or why this node cannot read it); `None`

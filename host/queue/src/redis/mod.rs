@@ -109,6 +109,25 @@ pub struct RedisSettings {
     /// `bundle_inline_bytes_max`; without one they stay in the worker's own store. The queue
     /// never opens it: API nodes and workers do.
     pub shared_store: Option<std::path::PathBuf>,
+    /// What a submitted job must reach before the caller is answered 200/202: `local` (the
+    /// master has it) or `replica` (at least one replica has it too: `WAIT 1`).
+    pub ack_durability: AckDurability,
+    /// How long a submission waits for a replica to confirm it under `replica`, ms; past it the
+    /// caller gets 503 (the job may still run: a resubmission with its idempotency key is safe).
+    pub ack_timeout_ms: u64,
+}
+
+/// What a submitted job must reach before it is acknowledged to the caller.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckDurability {
+    /// The master has it (and its append-only file, per `appendfsync`): lost if the master's
+    /// machine is lost before a replica copied it.
+    #[default]
+    Local,
+    /// At least one replica confirmed it (`WAIT 1 ack_timeout_ms`): it survives the loss of the
+    /// master once that replica is promoted.
+    Replica,
 }
 
 impl Default for RedisSettings {
@@ -136,6 +155,8 @@ impl RedisSettings {
             response_timeout_ms: 3_000,
             bundle_inline_bytes_max: 8 * 1024 * 1024,
             shared_store: None,
+            ack_durability: AckDurability::Local,
+            ack_timeout_ms: 1_000,
         }
     }
 
@@ -290,6 +311,9 @@ struct Inner {
     conn: ConnectionManager,
     /// Blocking reads (XREADGROUP BLOCK), which would hold up everything behind them on `conn`.
     blocking: ConnectionManager,
+    /// Submissions under `ack_durability = "replica"`: each is followed by a `WAIT`, which
+    /// blocks its connection until a replica has the writes made on it (so not on `conn`).
+    durable: ConnectionManager,
     breaker: std::sync::Arc<Breaker>,
 }
 
@@ -320,6 +344,11 @@ impl RedisQueue {
         let blocking =
             ConnectionManager::new_lazy_with_config(client.clone(), manager_config(timeout + Duration::from_secs(10)))
                 .map_err(|e| QueueError::Settings(e.to_string()))?;
+        let durable = ConnectionManager::new_lazy_with_config(
+            client.clone(),
+            manager_config(timeout + Duration::from_millis(settings.ack_timeout_ms)),
+        )
+        .map_err(|e| QueueError::Settings(e.to_string()))?;
         // One failed call opens the circuit: callers get a fast 503 rather than each waiting
         // out a connection timeout.
         let breaker = Breaker::new(BreakerSettings {
@@ -335,6 +364,7 @@ impl RedisQueue {
                 scripts: Scripts::new(),
                 conn,
                 blocking,
+                durable,
                 breaker,
             }),
         })

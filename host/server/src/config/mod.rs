@@ -392,6 +392,7 @@ fn validate_redis(redis: &RedisConfig) -> Result<(), ConfigError> {
         ("redis.dead_kept_max", redis.dead_kept_max, 1),
         ("redis.done_kept_max", redis.done_kept_max, 1_000),
         ("redis.response_timeout_ms", redis.response_timeout_ms, 10),
+        ("redis.ack_timeout_ms", redis.ack_timeout_ms, 1),
     ] {
         if value < least {
             return Err(ConfigError::new(field, format!("is {value}; must be at least {least}")));
