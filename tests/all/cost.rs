@@ -78,7 +78,16 @@ tools = ["*"]
 
     // The bundle alone, priced at the same table, gives the same figures.
     let bundle = run["bundle"].as_str().expect("bundle");
-    let derived = guild.run(&["bundle", "cost", bundle, "--config", &file, "--json"]);
+    // The daemon's store writes behind the answer: another process finds the bundle once its
+    // pack is on disk.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let derived = loop {
+        let derived = guild.run(&["bundle", "cost", bundle, "--config", &file, "--json"]);
+        if derived.code == 0 || !derived.stderr.contains("no bundle") || std::time::Instant::now() > deadline {
+            break derived;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert_eq!(derived.code, 0, "{derived:?}");
     let derived: Value = serde_json::from_str(derived.stdout.trim()).expect("JSON");
     assert_eq!(&derived["cost"], cost, "re-derived from the bundle");

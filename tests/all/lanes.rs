@@ -150,7 +150,8 @@ fn one_tenants_flood_holds_another_tenants_jobs_back_by_a_turn_per_slot_at_most(
             });
         }
     });
-    assert_eq!(metric(&daemon, "guild_redis_lane_jobs{lane=\"default\"}"), FLOODED as f64);
+    // At least the flood (a submission answered 503 under load and sent again is one more job).
+    assert!(metric(&daemon, "guild_redis_lane_jobs{lane=\"default\"}") >= FLOODED as f64);
     let caches = [tempfile::tempdir().expect("cache"), tempfile::tempdir().expect("cache")];
     let slots = 4.0;
     let _workers: Vec<Worker> = caches

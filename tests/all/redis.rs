@@ -1302,14 +1302,17 @@ fn the_queue_tells_an_autoscaler_how_many_workers_it_needs() {
     }
 }
 
-/// A `redis-server` replicating `master` (port), on a port of its own; killed when dropped.
-struct Replica(Child, u16);
+/// A `redis-server` replicating `master` (port), on a port of its own, in a directory of its
+/// own (a replica writes the master's snapshot there); killed when dropped.
+struct Replica(Child, u16, #[allow(dead_code, reason = "kept until the replica is gone")] tempfile::TempDir);
 
 impl Replica {
     fn start(master: u16, port: u16) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--replicaof", "127.0.0.1", &master.to_string()])
+            .args(["--replicaof", "127.0.0.1", &master.to_string(), "--dir"])
+            .arg(dir.path())
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server starts");
@@ -1323,7 +1326,7 @@ impl Replica {
             assert!(Instant::now() < deadline, "the replica never synced: {text}");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self(child, port)
+        Self(child, port, dir)
     }
 
     fn cli(&self, args: &[&str]) -> String {

@@ -64,10 +64,10 @@ pub struct Job {
     /// The tenant's weight: jobs it takes per turn (1 to [`WEIGHT_MAX`](crate::WEIGHT_MAX)).
     #[serde(default = "weight_default")]
     pub weight: u32,
-    /// Held to a run limit's turn: queued in its lane only from this time (ms since the Unix
-    /// epoch); none: at once.
+    /// Held to a run limit's turn: queued in its lane this many ms after Redis took it (by
+    /// Redis's clock, so clocks that disagree do not move the turn); none: at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_before_unix_ms: Option<u64>,
+    pub delay_ms: Option<u64>,
 }
 
 fn priority_default() -> u8 {
@@ -181,7 +181,7 @@ impl Job {
                     priority: crate::PRIORITY_DEFAULT,
                     needs: crate::Needs::default(),
                     weight: 1,
-                    not_before_unix_ms: None,
+                    delay_ms: None,
                 };
                 (job, Some(format!("the job's body does not fit this worker's version: {e}")))
             }
@@ -260,6 +260,9 @@ pub struct Accepted {
     pub id: String,
     /// True when the idempotency key already named a job.
     pub existing: bool,
+    /// False when `ack_durability = "replica"` asked a replica to confirm the job and none did
+    /// within `ack_timeout_ms`: the job is queued (and may run), but not acknowledged as durable.
+    pub confirmed: bool,
 }
 
 /// What completing a job did.
@@ -399,7 +402,7 @@ mod tests {
             priority: crate::PRIORITY_DEFAULT,
             needs: crate::Needs::default(),
             weight: 1,
-            not_before_unix_ms: None,
+            delay_ms: None,
         };
         let text = serde_json::to_string(&job).expect("serializes");
         assert_eq!(serde_json::from_str::<Job>(&text).expect("parses"), job);
@@ -451,7 +454,7 @@ mod tests {
             priority: crate::PRIORITY_DEFAULT,
             needs: crate::Needs::default(),
             weight: 1,
-            not_before_unix_ms: None,
+            delay_ms: None,
         }
     }
 }

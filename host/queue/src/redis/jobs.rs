@@ -8,6 +8,7 @@ use guild_replay::Digest;
 use guild_vocab::RunStatus;
 use redis::Script;
 use redis::streams::StreamAutoClaimReply;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// `state`, `attempts`, `tenant`, `tool`, `input`, `subject`, `lane` of a job hash.
@@ -50,40 +51,51 @@ impl RedisQueue {
             .arg(job.agent.as_deref().unwrap_or_default())
             .arg(job.weight.clamp(1, WEIGHT_MAX))
             .arg(LANES_MAX)
-            .arg(job.not_before_unix_ms.unwrap_or(0));
+            .arg(job.delay_ms.unwrap_or(0));
         let settings = &self.inner.settings;
-        let (accepted, confirmed) = self
-            .guarded(async {
-                if settings.ack_durability == crate::AckDurability::Local {
-                    let (new, id): (i64, String) =
-                        invocation.invoke_async(&mut self.conn()).await.map_err(from_redis)?;
-                    return Ok((Accepted { id, existing: new == 0 }, true));
-                }
-                // On a connection of its own: WAIT covers the writes made on the connection it is
-                // sent on, and holds that connection until a replica has them.
-                let mut durable = self.inner.durable.clone();
-                let (new, id): (i64, String) = invocation.invoke_async(&mut durable).await.map_err(from_redis)?;
-                let confirmed: i64 = redis::cmd("WAIT")
-                    .arg(1)
-                    .arg(settings.ack_timeout_ms.max(1))
-                    .query_async(&mut durable)
-                    .await
-                    .map_err(from_redis)?;
-                Ok((Accepted { id, existing: new == 0 }, confirmed >= 1))
-            })
-            .await?;
-        // Redis answered: a missing replica is not a connection failure (the breaker stays shut).
-        if !confirmed {
-            return Err(QueueError::Unavailable {
-                error: format!(
-                    "no replica confirmed job {} within {} ms (redis.ack_durability = \"replica\"); it may still \
-                     run: submitting it again with its idempotency key is safe",
-                    accepted.id, settings.ack_timeout_ms
-                ),
-                retry_after_s: 1,
-            });
+        self.guarded(async {
+            if settings.ack_durability == crate::AckDurability::Local {
+                let (new, id): (i64, String) = invocation.invoke_async(&mut self.conn()).await.map_err(from_redis)?;
+                return Ok(Accepted { id, existing: new == 0, confirmed: true });
+            }
+            // On a connection of its own: WAIT covers the writes made on the connection it is sent
+            // on, and holds that connection until a replica has them.
+            let (new, id): (i64, String) =
+                invocation.invoke_async(&mut self.inner.durable.clone()).await.map_err(from_redis)?;
+            let seq = self.inner.acks.written.fetch_add(1, Ordering::AcqRel) + 1;
+            let confirmed = self.confirm(seq).await?;
+            Ok(Accepted { id, existing: new == 0, confirmed })
+        })
+        .await
+    }
+
+    /// Whether a replica has the durable connection's write number `seq`: one `WAIT` covers
+    /// every write made before it (a group commit), so concurrent submissions share a wait, and
+    /// when one times out every write it covered fails with it at once.
+    async fn confirm(&self, seq: u64) -> Result<bool, QueueError> {
+        let acks = &self.inner.acks;
+        loop {
+            if acks.confirmed.load(Ordering::Acquire) >= seq {
+                return Ok(true);
+            }
+            if acks.failed.load(Ordering::Acquire) >= seq {
+                return Ok(false);
+            }
+            let _turn = acks.turn.lock().await;
+            if acks.confirmed.load(Ordering::Acquire) >= seq || acks.failed.load(Ordering::Acquire) >= seq {
+                continue;
+            }
+            // Every write numbered up to here was answered before this WAIT is sent.
+            let upto = acks.written.load(Ordering::Acquire);
+            let replicas: i64 = redis::cmd("WAIT")
+                .arg(1)
+                .arg(self.inner.settings.ack_timeout_ms.max(1))
+                .query_async(&mut self.inner.durable.clone())
+                .await
+                .map_err(from_redis)?;
+            let reached = if replicas >= 1 { &acks.confirmed } else { &acks.failed };
+            reached.fetch_max(upto, Ordering::AcqRel);
         }
-        Ok(accepted)
     }
 
     /// A job's state and, once finished, its result (or why this node cannot read it); `None`
@@ -200,10 +212,9 @@ impl RedisQueue {
             return Ok(leases);
         }
         // A job of the delayed set due sooner than the wait is taken at its time.
-        let now = now_unix_ms();
         let block = match next_due {
-            0 => block,
-            due => block.min(Duration::from_millis(due.saturating_sub(now).max(1))),
+            None => block,
+            Some(in_ms) => block.min(Duration::from_millis(in_ms.max(1))),
         };
         // A submission leaves a token in its lane's wake list: one waiting worker gets it.
         let keys = &self.inner.keys;
@@ -216,21 +227,25 @@ impl RedisQueue {
         Ok(self.take_now(worker, lanes, count).await?.0)
     }
 
-    /// The take script once: the leases, and when the delayed set's next job is due (unix ms;
-    /// 0: none).
-    async fn take_now(&self, worker: &str, lanes: &[String], count: usize) -> Result<(Vec<Lease>, u64), QueueError> {
+    /// The take script once: the leases, and in how many ms the delayed set's next job is due
+    /// (by Redis's clock; none when it is empty).
+    async fn take_now(
+        &self,
+        worker: &str,
+        lanes: &[String],
+        count: usize,
+    ) -> Result<(Vec<Lease>, Option<u64>), QueueError> {
         let keys = &self.inner.keys;
         let mut invocation = self.inner.scripts.take.key(keys.key("leases"));
         invocation.key(keys.key("stats")).key(keys.key("delayed"));
-        invocation.arg(worker).arg(&keys.prefix).arg(keys.job_prefix()).arg(count).arg(now_unix_ms());
+        invocation.arg(worker).arg(&keys.prefix).arg(keys.job_prefix()).arg(count);
         for lane in lanes {
             invocation.arg(lane);
         }
-        let (started, next_due): (Vec<(String, String, u32, String)>, String) =
+        let (started, next_due): (Vec<(String, String, u32, String)>, i64) =
             invocation.invoke_async(&mut self.conn()).await.map_err(from_redis)?;
         let leases = started.into_iter().map(|(entry, body, attempt, id)| lease(entry, &body, attempt, id)).collect();
-        // A score as Redis writes it (an integer here, as it was given).
-        Ok((leases, next_due.parse::<u64>().unwrap_or(0)))
+        Ok((leases, u64::try_from(next_due).ok()))
     }
 
     /// Move what a queue written by an earlier version (one stream, `jobs`, read by
@@ -248,7 +263,7 @@ impl RedisQueue {
         if !exists {
             return Ok(0);
         }
-        let mut entries: Vec<(String, String)> = Vec::new();
+        let mut entries: Vec<(String, String, &str)> = Vec::new();
         let fresh: Result<Option<redis::streams::StreamReadReply>, _> = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(WORKERS_GROUP)
@@ -263,7 +278,7 @@ impl RedisQueue {
         match fresh {
             Ok(reply) => entries.extend(reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).map(|e| {
                 let id = e.get::<String>("job").unwrap_or_default();
-                (e.id, id)
+                (e.id, id, "fresh")
             })),
             // No group on the old stream: no worker of that version ever read it.
             Err(e) if e.code() == Some("NOGROUP") => {}
@@ -280,11 +295,15 @@ impl RedisQueue {
             .query_async::<StreamAutoClaimReply>(&mut self.conn())
             .await
         {
-            entries
-                .extend(lapsed.claimed.into_iter().map(|e| (e.id.clone(), e.get::<String>("job").unwrap_or_default())));
+            entries.extend(
+                lapsed
+                    .claimed
+                    .into_iter()
+                    .map(|e| (e.id.clone(), e.get::<String>("job").unwrap_or_default(), "lapsed")),
+            );
         }
         let mut moved = 0;
-        for (entry, id) in entries {
+        for (entry, id, how) in entries {
             let requeued: i64 = self
                 .inner
                 .scripts
@@ -294,11 +313,20 @@ impl RedisQueue {
                 .arg(&entry)
                 .arg(&id)
                 .arg(&keys.prefix)
+                .arg(how)
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(from_redis)?;
             moved += u64::try_from(requeued).unwrap_or(0);
         }
+        // Emptied: gone, so later looks are one EXISTS (an old worker still holding an entry keeps
+        // it until it settles that entry).
+        let _: Result<i64, _> = redis::Script::new(
+            "if redis.call('XLEN', KEYS[1]) == 0 then return redis.call('DEL', KEYS[1]) end return 0",
+        )
+        .key(&legacy)
+        .invoke_async(&mut self.conn())
+        .await;
         Ok(moved)
     }
 
@@ -471,7 +499,7 @@ impl RedisQueue {
             .arg(&lease.entry)
             .arg(worker)
             .arg(&lease.job.id)
-            .arg(now.saturating_add(delay_ms))
+            .arg(delay_ms)
             .arg(text)
             .arg(settings.results_ttl_s)
             .arg(settings.dead_ttl_s)
@@ -504,7 +532,6 @@ impl RedisQueue {
             .scripts
             .promote
             .key(keys.key("delayed"))
-            .arg(now_unix_ms())
             .arg(256)
             .arg(keys.job_prefix())
             .arg(&keys.prefix)

@@ -29,7 +29,7 @@ fn job(id: &str, tenant: &str, agent: Option<&str>, priority: u8, needs: Needs) 
         priority,
         needs,
         weight: 1,
-        not_before_unix_ms: None,
+        delay_ms: None,
     }
 }
 
@@ -178,7 +178,7 @@ async fn a_job_held_to_its_turn_is_taken_at_that_time_not_before() {
     let (_server, queue) = server().await;
     queue.ensure_groups().await.expect("groups");
     let mut held = job("later", "a", None, 4, Needs::default());
-    held.not_before_unix_ms = Some(now_unix_ms() + 400);
+    held.delay_ms = Some(400);
     queue.submit(&held).await.expect("submitted");
     let default = lanes(&[DEFAULT_LANE]);
     assert!(queue.take("w", &default, 1, Duration::ZERO).await.expect("taken").is_empty(), "not yet");

@@ -314,7 +314,19 @@ struct Inner {
     /// Submissions under `ack_durability = "replica"`: each is followed by a `WAIT`, which
     /// blocks its connection until a replica has the writes made on it (so not on `conn`).
     durable: ConnectionManager,
+    /// The durable connection's writes: numbered, and how far a replica confirmed them.
+    acks: DurableAcks,
     breaker: std::sync::Arc<Breaker>,
+}
+
+/// The durable connection's submissions, numbered as Redis answers them, and the highest number
+/// a `WAIT` confirmed (or saw fail); one `WAIT` at a time.
+#[derive(Default)]
+struct DurableAcks {
+    written: std::sync::atomic::AtomicU64,
+    confirmed: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+    turn: tokio::sync::Mutex<()>,
 }
 
 fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
@@ -365,6 +377,7 @@ impl RedisQueue {
                 conn,
                 blocking,
                 durable,
+                acks: DurableAcks::default(),
                 breaker,
             }),
         })

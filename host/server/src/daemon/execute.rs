@@ -20,11 +20,26 @@ impl Daemon {
         let Job { tool, input, input_digest, admission, ticket, state, done, key, cancel, shadow, not_before } = job;
         let queued = Instant::now();
         tracing::info!("run queued");
+        // Held to a run limit's turn (an async run): its place in the queue counts meanwhile. A
+        // cancellation ends the wait (the run then ends cancelled at once), and so does a drain
+        // (the run ends not started, answered and audited as such).
+        let mut shutting_down = false;
         if let Some(at) = not_before {
-            // Held to a run limit's turn (an async run): its place in the queue counts meanwhile.
-            tokio::time::sleep_until(at).await;
+            while tokio::time::Instant::now() < at && !cancel.is_cancelled() {
+                if self.is_draining() {
+                    shutting_down = true;
+                    break;
+                }
+                let left = at.saturating_duration_since(tokio::time::Instant::now());
+                tokio::time::sleep(left.min(std::time::Duration::from_millis(100))).await;
+            }
         }
-        let slot = ticket.start().await;
+        let slot = if shutting_down {
+            drop(ticket);
+            Err(guild_queue::QueueFull { depth: 0, retry_after_s: 5, draining: true })
+        } else {
+            ticket.start().await
+        };
         self.metrics.queue_wait_seconds.observe(queued.elapsed().as_secs_f64());
         self.metrics.queue_depth.set(self.queue.depth() as i64);
         self.metrics.runs_in_flight.set(self.queue.in_flight() as i64);

@@ -751,9 +751,7 @@ impl Daemon {
             needs: tool.needs.clone(),
             weight: tenant.weight,
             // Held to a run limit's turn: queued in its lane only then.
-            not_before_unix_ms: (!turn.is_zero()).then(|| {
-                guild_queue::now_unix_ms().saturating_add(u64::try_from(turn.as_millis()).unwrap_or(u64::MAX))
-            }),
+            delay_ms: (!turn.is_zero()).then(|| u64::try_from(turn.as_millis()).unwrap_or(u64::MAX).max(1)),
         };
         // Waited for before it exists, so a node waiting for too many jobs refuses a new one
         // rather than enqueue a job nobody here can answer for.
@@ -763,6 +761,26 @@ impl Daemon {
             remote.forget_pushed();
             unavailable(e)
         })?;
+        // Queued, but no replica confirmed it (ack_durability = "replica"): not acknowledged.
+        // A new job may still run, so what it holds is held until it ends, as for any other.
+        let unconfirmed = |id: &str| {
+            self.metrics.rejections.with_label_values(&[&tenant.name, "queue_unavailable"]).inc();
+            let again = match &request.idempotency_key {
+                Some(key) => format!("submitting it again with idempotency key {key:?} is the same job"),
+                None => "give an idempotency key to resubmit safely".to_string(),
+            };
+            Rejection::Unavailable {
+                message: format!(
+                    "job {id} was queued but no replica confirmed it within {} ms (redis.ack_durability = \"replica\"): \
+                     it may still run; {again}",
+                    remote.queue.settings().ack_timeout_ms
+                ),
+                retry_after_s: 1,
+            }
+        };
+        if !accepted.confirmed && accepted.existing {
+            return Err(unconfirmed(&accepted.id));
+        }
         let entry = |id: String, state| RunEntry {
             id,
             tenant: tenant.name.clone(),
@@ -827,6 +845,9 @@ impl Daemon {
             }
             drop(admission);
         });
+        if !accepted.confirmed {
+            return Err(unconfirmed(&job.id));
+        }
         self.wait_remote(remote, entry(job.id, state), request.asynchronous, false).await
     }
 

@@ -59,9 +59,16 @@ local function requeue_job(prefix, job_key, id)
   local f = redis.call('HMGET', job_key, 'lane', 'prio', 'tenant', 'agent')
   enqueue(prefix, id, f[1] or 'default', f[2] or '4', f[3] or '', f[4] or '')
 end
+-- Now, ms since the epoch, by Redis's clock: every due time in the delayed set is on it, so
+-- machines whose clocks disagree do not move a job's turn.
+local function redis_now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 -- Queue again the jobs of the delayed set (`delayed`: retries backing off, runs held to a run
 -- limit's turn) whose time has come, at most `most`; how many.
-local function promote_due(prefix, jobs, now, most)
+local function promote_due(prefix, jobs, most)
+  local now = redis_now_ms()
   local delayed = prefix .. 'delayed'
   local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, most)
   for _, id in ipairs(due) do

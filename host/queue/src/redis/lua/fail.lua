@@ -1,6 +1,6 @@
 -- A retryable failure (host error, lost worker, upstream 5xx).
 -- KEYS: stream, job hash, result, done stream, stats, delayed set, dead stream
--- ARGV: entry, worker, id, due unix ms, result json (status dead, for the last attempt),
+-- ARGV: entry, worker, id, backoff ms (due then, by Redis's clock), result json (status dead, for the last attempt),
 --       ttl seconds, dead ttl seconds, done stream length kept, dead stream length kept,
 --       error json, bundle hex or '', now unix ms, notice channel, this attempt's result json
 --       (status failed, for the audit log when the job is retried)
@@ -24,7 +24,7 @@ if tonumber(meta[1]) >= tonumber(meta[2]) then
   redis.call('PUBLISH', ARGV[13], ARGV[3])
   return 'dead'
 end
-redis.call('ZADD', KEYS[6], ARGV[4], ARGV[3])
+redis.call('ZADD', KEYS[6], redis_now_ms() + tonumber(ARGV[4]), ARGV[3])
 redis.call('HSET', KEYS[2], 'state', 'delayed', 'worker', '')
 redis.call('HINCRBY', KEYS[5], 'retries', 1)
 redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*', 'kind', 'retried', 'result', ARGV[14])

@@ -1,7 +1,7 @@
 -- KEYS: stream, job hash, [idempotency key]
 -- ARGV: id, body, tenant, tool, attempts_max, input digest, subject ('' for a static token),
 --       queue prefix, lane, lane needs json, priority, agent ('' for none), tenant weight,
---       lanes at most, not before (unix ms; 0: now)
+--       lanes at most, delay (ms: held to a run limit's turn; 0: none)
 -- Returns {1, id} for a new job, {0, first id} when the key (or the id) already names one;
 -- an error naming LANES_MAX when the job's lane would be one too many.
 if KEYS[3] then
@@ -33,7 +33,7 @@ redis.call('HSET', prefix .. 'weights', ARGV[3], ARGV[13])
 if tonumber(ARGV[15]) > 0 then
   -- Held to a run limit's turn: queued in its lane once that comes (promote_due).
   redis.call('HSET', KEYS[2], 'state', 'delayed')
-  redis.call('ZADD', prefix .. 'delayed', ARGV[15], ARGV[1])
+  redis.call('ZADD', prefix .. 'delayed', redis_now_ms() + tonumber(ARGV[15]), ARGV[1])
 else
   enqueue(prefix, ARGV[1], lane, ARGV[11], ARGV[3], ARGV[12])
 end

@@ -5,13 +5,12 @@
 -- renewed and reclaimed as any other.
 -- Jobs in the delayed set whose time has come are queued first.
 -- KEYS: stream, stats, delayed set
--- ARGV: worker, queue prefix, job key prefix, count, now unix ms, then the lanes served
+-- ARGV: worker, queue prefix, job key prefix, count, then the lanes served
 -- Returns {jobs, next}: per job to run {entry, body, attempt, id} (a body the hash lacks is ''),
--- and when the delayed set's next job is due (unix ms; 0: none).
+-- and in how many ms the delayed set's next job is due (-1: none).
 local worker, prefix, jobs = ARGV[1], ARGV[2], ARGV[3]
 local count = tonumber(ARGV[4])
-local now = tonumber(ARGV[5])
-promote_due(prefix, jobs, now, count + 64)
+promote_due(prefix, jobs, count + 64)
 local weights = prefix .. 'weights'
 local out = {}
 -- Ids popped whose job is gone or no longer queued are skipped; bounded all the same.
@@ -19,7 +18,7 @@ local looked = 0
 while #out < count and looked < count + 64 do
   looked = looked + 1
   local lane, prio = nil, nil
-  for i = 6, #ARGV do
+  for i = 5, #ARGV do
     local top = redis.call('ZREVRANGE', lane_key(prefix, ARGV[i]) .. ':priorities', 0, 0, 'WITHSCORES')
     if top[1] and (prio == nil or tonumber(top[2]) > prio) then
       lane, prio = ARGV[i], tonumber(top[2])
@@ -87,4 +86,7 @@ while #out < count and looked < count + 64 do
   end
 end
 local next_due = redis.call('ZRANGE', prefix .. 'delayed', 0, 0, 'WITHSCORES')
-return {out, next_due[2] or '0'}
+if next_due[2] then
+  return {out, math.max(0, tonumber(next_due[2]) - redis_now_ms())}
+end
+return {out, -1}
