@@ -1383,3 +1383,21 @@ fn with_replica_durability_a_job_is_acknowledged_only_once_a_replica_has_it() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn a_second_live_worker_with_the_same_name_is_told_so() {
+    let redis = RedisServer::start();
+    let caches = [tempfile::tempdir().expect("cache"), tempfile::tempdir().expect("cache")];
+    let _first = Worker::start(&redis.url(), caches[0].path(), "twin", 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.cli(&["HEXISTS", &format!("{PREFIX}workers"), "twin"]) != "1" {
+        assert!(Instant::now() < deadline, "the first worker never sent a heartbeat");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = Worker::start(&redis.url(), caches[1].path(), "twin", 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !second.log().contains("another worker with this name") {
+        assert!(Instant::now() < deadline, "not told: {}", second.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -365,6 +365,10 @@ pub struct WorkerStats {
     /// The lanes it reads, most demanding first.
     #[serde(default)]
     pub lanes: Vec<String>,
+    /// This process's own random id: two live workers sending the same `name` (a mistake:
+    /// their heartbeats overwrite each other) are told apart by it.
+    #[serde(default)]
+    pub instance: String,
 }
 
 /// Milliseconds since the Unix epoch.

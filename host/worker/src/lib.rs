@@ -113,6 +113,8 @@ struct Worker {
     /// The tool records' flags, checked before each job.
     flags: flags::Flags,
     advertisement: Advertisement,
+    /// This process in its heartbeats: its pid and start time.
+    instance: String,
     /// The lanes it reads, most demanding first, and when they were last looked up.
     lanes: Mutex<(Vec<String>, Option<std::time::Instant>)>,
     completed: AtomicU64,
@@ -144,6 +146,7 @@ pub async fn run_worker(
         known_blobs: Mutex::new(HashMap::new()),
         flags: flags::Flags::new(),
         advertisement: setup.advertisement,
+        instance: format!("{}-{}", std::process::id(), now_unix_ms()),
         lanes: Mutex::new((vec![DEFAULT_LANE.to_string()], None)),
         completed: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
@@ -153,6 +156,7 @@ pub async fn run_worker(
     });
     // Its lanes and advertisement are known before it takes a job.
     worker.lanes().await;
+    worker.check_name_unique().await;
     worker.heartbeat().await;
     worker.migrate_legacy().await;
     let slots = Arc::new(Semaphore::new(concurrency));
@@ -192,6 +196,23 @@ impl Worker {
         }
     }
 
+    /// Say so, loudly, when another live worker sends this worker's name: their heartbeats would
+    /// overwrite each other (wrong live workers, lanes and counts). Not refused: a worker
+    /// restarted at once after a crash finds its previous process's heartbeat, live for 30 s.
+    async fn check_name_unique(&self) {
+        if let Ok(Some(other)) = self.queue.worker(&self.name).await
+            && other.instance != self.instance
+            && now_unix_ms().saturating_sub(other.seen_unix_ms) < 30_000
+        {
+            tracing::error!(
+                worker = %self.name,
+                other_instance = %other.instance,
+                "another worker with this name sent a heartbeat in the last 30 s: unless it is this worker's \
+                 previous process, give each worker its own --name (their heartbeats overwrite each other)"
+            );
+        }
+    }
+
     /// Jobs an earlier version queued in its one stream go to their lanes (a rolling upgrade).
     async fn migrate_legacy(&self) {
         match self.queue.migrate_legacy(&self.name).await {
@@ -210,6 +231,7 @@ impl Worker {
             seen_unix_ms: now_unix_ms(),
             advertisement: self.advertisement.clone(),
             lanes: self.lanes_now().0,
+            instance: self.instance.clone(),
         }
     }
 

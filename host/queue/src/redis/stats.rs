@@ -115,6 +115,21 @@ impl RedisQueue {
         Ok(())
     }
 
+    /// The last heartbeat of the worker named `name`, if it sent one that this node can read.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
+    /// refuses the read.
+    pub async fn worker(&self, name: &str) -> Result<Option<WorkerStats>, QueueError> {
+        let text: Option<String> = redis::cmd("HGET")
+            .arg(self.inner.keys.key("workers"))
+            .arg(name)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(from_redis)?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
     /// The lanes jobs were queued in (at most [`LANES_MAX`](crate::LANES_MAX)), with what each
     /// needs: a worker reads those its advertisement meets.
     ///
