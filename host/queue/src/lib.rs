@@ -43,7 +43,7 @@ pub use lanes::{
     PRIORITY_MAX, Place, WEIGHT_MAX, check_labels, machine_memory_bytes, parse_label,
 };
 pub use redis::{
-    AckDurability, CACHE_VALUE_BYTES_MAX, DoneEntry, DoneRead, QueueError, RedisQueue, RedisSettings, SharedCacheStats,
-    TOOL_RECORD_BYTES_MAX, TOOL_RECORDS_MAX, UsageSums,
+    AckDurability, CACHE_VALUE_BYTES_MAX, CANCEL_HELD_FOR_TURN_S, DoneEntry, DoneRead, QueueError, RedisQueue,
+    RedisSettings, SharedCacheStats, TOOL_RECORD_BYTES_MAX, TOOL_RECORDS_MAX, UsageSums,
 };
 pub use retry::{REDIS_RETRY_MAX, backoff_ms, redis_retry};

@@ -11,6 +11,10 @@ use redis::streams::StreamAutoClaimReply;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+/// How much longer than `results_ttl_s` a cancel request is kept, s: the longest a job may be
+/// held to a run limit's turn (`run_limits.delay_ms_max`, at most a day) before it is taken.
+pub const CANCEL_HELD_FOR_TURN_S: u64 = 86_400;
+
 /// `state`, `attempts`, `tenant`, `tool`, `input`, `subject`, `lane` of a job hash.
 type JobFields =
     (Option<String>, Option<u32>, Option<String>, Option<String>, Option<String>, Option<String>, Option<String>);
@@ -399,14 +403,15 @@ impl RedisQueue {
 
     /// Ask for job `id` to be cancelled: the worker running it stops it (its lease renewal looks
     /// every `lease_ms / 3`), and a worker that takes it later ends it at once, cancelled. The
-    /// request is kept for `results_ttl_s`.
+    /// request is kept for `results_ttl_s` plus [`CANCEL_HELD_FOR_TURN_S`], so it outlasts a job
+    /// held to a run limit's turn (at most a day) before any worker takes it.
     ///
     /// # Errors
     /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
     /// refuses the write.
     pub async fn request_cancel(&self, id: &str) -> Result<(), QueueError> {
         let key = self.inner.keys.key(&format!("cancel:{id}"));
-        let ttl_s = self.settings().results_ttl_s.max(1);
+        let ttl_s = self.settings().results_ttl_s.max(1).saturating_add(CANCEL_HELD_FOR_TURN_S);
         self.guarded(async {
             redis::cmd("SET")
                 .arg(key)

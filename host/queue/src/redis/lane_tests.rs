@@ -190,6 +190,12 @@ async fn a_job_held_to_its_turn_is_taken_at_that_time_not_before() {
     assert_eq!(taken.len(), 1, "taken once its time came");
     // Woken at its time, not at the end of the wait (nothing else wakes the worker).
     assert!(waited >= Duration::from_millis(250) && waited < Duration::from_millis(1_500), "{waited:?}");
+
+    // A cancel request outlasts the longest a job may be held to its turn.
+    queue.request_cancel("later").await.expect("asked");
+    let ttl: u64 =
+        redis::cmd("TTL").arg("guild:{default}:cancel:later").query_async(&mut queue.conn()).await.expect("ttl");
+    assert!(ttl > queue.settings().results_ttl_s + crate::CANCEL_HELD_FOR_TURN_S - 60, "{ttl}");
 }
 
 #[tokio::test]
