@@ -79,48 +79,36 @@ impl EgressLimit {
         }
     }
 
+    /// What the limit holds back, as its messages name it: the key's subject (`tenant alice`, or
+    /// `upstream https://…`), the unit (`runs`, `requests`) and the one refused (`this run`,
+    /// `this one`).
+    fn named(&self) -> (String, &'static str, &'static str) {
+        match self.key.split_once(':') {
+            Some(("run", name)) => (name.to_string(), "runs", "this run"),
+            Some((what, name)) => (format!("{what} {name}"), "requests", "this one"),
+            None => (self.key.clone(), "requests", "this one"),
+        }
+    }
+
     /// Why a request (run) that waited `waited_ms` for a place in flight is refused.
     fn busy(&self, waited_ms: u64) -> GateRefusal {
-        let (what, name) = self.key.split_once(':').unwrap_or(("", &self.key));
+        let (subject, unit, one) = self.named();
         let max = self.concurrency_max.unwrap_or(0);
-        let reason = if what == "run" {
-            format!(
-                "{name} allows {max} in flight at once and that many runs are: this run waited {waited_ms} ms for \
-                 one to end, the limit's wait_ms_max ({}: raise concurrency_max or wait_ms_max)",
-                self.setting
-            )
-        } else {
-            format!(
-                "{what} {name} allows {max} in flight at once and that many requests are: this one waited \
-                 {waited_ms} ms for one to end, the limit's wait_ms_max ({}: raise concurrency_max or wait_ms_max)",
-                self.setting
-            )
-        };
+        let reason = format!(
+            "{subject} allows {max} in flight at once and that many {unit} are: {one} waited {waited_ms} ms for one \
+             to end, the limit's wait_ms_max ({}: raise concurrency_max or wait_ms_max)",
+            self.setting
+        );
         GateRefusal { reason, retry_after_ms: 1000 }
     }
 
     fn refusal(&self, wait_us: u64) -> GateRefusal {
-        let rate = self.rate_per_second.unwrap_or(0.0);
-        let (what, name) = self.key.split_once(':').unwrap_or(("", &self.key));
-        if what == "run" {
-            return GateRefusal {
-                reason: format!(
-                    "{name} is limited to {} runs/s (burst {}): this run would wait {} ms, past the limit's {} ms \
-                     ({}: raise rate_per_second, burst or wait_ms_max)",
-                    rate,
-                    self.burst,
-                    wait_us.div_ceil(1000),
-                    self.wait_ms_max,
-                    self.setting
-                ),
-                retry_after_ms: wait_us.div_ceil(1000),
-            };
-        }
+        let (subject, unit, one) = self.named();
         GateRefusal {
             reason: format!(
-                "{what} {name} is limited to {} requests/s (burst {}): this one would wait {} ms, past the \
-                 limit's {} ms ({}: raise rate_per_second, burst or wait_ms_max)",
-                rate,
+                "{subject} is limited to {} {unit}/s (burst {}): {one} would wait {} ms, past the limit's {} ms ({}: \
+                 raise rate_per_second, burst or wait_ms_max)",
+                self.rate_per_second.unwrap_or(0.0),
                 self.burst,
                 wait_us.div_ceil(1000),
                 self.wait_ms_max,
@@ -750,6 +738,20 @@ pub(crate) mod tests {
         }
         assert!(gates.admit("http://a:1", &[]).await.is_err() && gates.admit("http://b:1", &[]).await.is_err());
         gates.admit("http://c:1", &[]).await.expect("its throttle was not kept");
+        // Places in flight: one key per per-agent in-flight limit, at most two held at once.
+        let in_flight = |label: &str| {
+            vec![EgressLimit {
+                concurrency_max: Some(1),
+                rate_per_second: None,
+                ..limit(&format!("run:tenant a agent {label}"), 1.0, 1, 0)
+            }]
+        };
+        let x = gates.admit_run(&in_flight("x")).await.expect("a key").held;
+        let y = gates.admit_run(&in_flight("y")).await.expect("a second").held;
+        let refused = gates.admit_run(&in_flight("z")).await.expect_err("a third key past the bound");
+        assert!(refused.refusal.reason.contains("GATE_KEYS_MAX_DEFAULT"), "{}", refused.refusal.reason);
+        drop((x, y));
+        let _z = gates.admit_run(&in_flight("z")).await.expect("keys whose places came back are gone");
     }
 
     #[tokio::test]

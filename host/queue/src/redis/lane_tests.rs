@@ -136,6 +136,13 @@ async fn a_waiting_worker_wakes_when_a_job_arrives_and_lanes_are_bounded() {
     let (taken, waited) = waiting.await.expect("joined");
     assert_eq!(taken.len(), 1);
     assert!(waited < Duration::from_secs(4), "woken by the submission, not the timeout: {waited:?}");
+    // A lane's wake tokens are bounded (lua/common.lua WAKE_TOKENS_MAX) however many jobs wait.
+    for i in 0..100 {
+        queue.submit(&job(&format!("w{i}"), "a", None, 4, Needs::default())).await.expect("submitted");
+    }
+    let tokens: u64 =
+        redis::cmd("LLEN").arg("guild:{default}:wake:default").query_async(&mut queue.conn()).await.expect("llen");
+    assert_eq!(tokens, 64);
 
     for i in 1..LANES_MAX {
         let needs = Needs { labels: [("n".to_string(), i.to_string())].into(), ..Needs::default() };
