@@ -10,6 +10,7 @@ mod contained;
 mod cost;
 mod daemon;
 mod egress;
+mod failover;
 mod gate;
 mod gpu;
 mod hostile;

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const TOKEN: &str = "redis-test-token";
+pub(crate) const TOKEN: &str = "redis-test-token";
 
 /// A `redis-server` of our own: append-only file on and fsynced before each reply (what an
 /// operator sets for "nothing acknowledged is lost"), in a temporary directory.
@@ -23,7 +23,7 @@ pub(crate) struct RedisServer {
     dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
@@ -87,7 +87,7 @@ fn spawn_redis(dir: &Path, port: u16) -> Child {
 }
 
 /// Does a Redis answer PING on `port` within `within`?
-fn answers(port: u16, within: Duration) -> bool {
+pub(crate) fn answers(port: u16, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
@@ -131,16 +131,31 @@ impl Worker {
     }
 
     pub(crate) fn start_with(redis: &str, cache: &Path, name: &str, concurrency: usize, env: &[(&str, &str)]) -> Self {
+        Self::spawn(&["--redis", redis], cache, name, concurrency, env)
+    }
+
+    /// A worker that finds its Redis in `env` (`GUILD_REDIS__CLUSTER`, `GUILD_REDIS__SENTINEL…`).
+    pub(crate) fn start_configured(cache: &Path, name: &str, concurrency: usize, env: &[(&str, &str)]) -> Self {
+        Self::spawn(&[], cache, name, concurrency, env)
+    }
+
+    fn spawn(redis: &[&str], cache: &Path, name: &str, concurrency: usize, env: &[(&str, &str)]) -> Self {
         let guild = Guild::with_shared_cache(cache);
         let log = guild.home().join("worker.log");
         let child = guild
             .command()
-            .args(["worker", "--redis", redis, "--concurrency", &concurrency.to_string(), "--name", name])
+            .arg("worker")
+            .args(redis)
+            .args(["--concurrency", &concurrency.to_string(), "--name", name])
             .envs(QUEUE_ENV.iter().chain(env).copied())
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("guild worker starts");
         Self { child, log, _guild: guild }
+    }
+
+    pub(crate) fn alive(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
     }
 
     fn kill(&mut self) {
@@ -172,7 +187,7 @@ fn api_node(guild: &Guild, redis: &RedisServer) -> Daemon {
 }
 
 /// The hostile fixture's `spin` result for `rounds` (the same mixing loop).
-fn spin(rounds: u64) -> u64 {
+pub(crate) fn spin(rounds: u64) -> u64 {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for i in 0..rounds {
         x ^= x << 13;
@@ -205,7 +220,7 @@ pub(crate) fn submit(daemon: &Daemon, body: &serde_json::Value) -> String {
 }
 
 /// Wait until every job has a result; their bodies by id.
-fn wait_all(daemon: &Daemon, ids: &[String], within: Duration) -> BTreeMap<String, serde_json::Value> {
+pub(crate) fn wait_all(daemon: &Daemon, ids: &[String], within: Duration) -> BTreeMap<String, serde_json::Value> {
     wait_all_or(daemon, ids, within, &|_| String::new())
 }
 
@@ -250,14 +265,14 @@ fn wait_all_or(
 }
 
 /// The audit log's records, as JSON.
-fn audit_records(guild: &Guild) -> Vec<serde_json::Value> {
+pub(crate) fn audit_records(guild: &Guild) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(guild.home().join("audit.log")).unwrap_or_default();
     text.lines().map(|l| serde_json::from_str(l).expect("audit line is JSON")).collect()
 }
 
 /// Wait until the audit log holds a `completed` (or `dead`) record for each of `ids`; returns
 /// how many such records each has.
-fn wait_audited(guild: &Guild, ids: &[String], within: Duration) -> BTreeMap<String, usize> {
+pub(crate) fn wait_audited(guild: &Guild, ids: &[String], within: Duration) -> BTreeMap<String, usize> {
     let deadline = Instant::now() + within;
     loop {
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();

@@ -24,7 +24,10 @@ pub(crate) fn serve(global: &Global, args: ServeArgs) -> Result<Exit, Failure> {
         config.listen = listen;
     }
     if let Some(url) = args.redis {
+        // `--redis` names one node: it replaces whichever shape the config gave.
         config.redis.url = Some(url);
+        config.redis.cluster.clear();
+        config.redis.sentinel = None;
     }
     let state_dir = config.state.clone().unwrap_or_else(|| home.clone());
     let default_token = if config.tenants.is_empty() { Some(bearer_token(&state_dir)?) } else { None };

@@ -47,6 +47,7 @@ pub(crate) fn worker(global: &Global, args: WorkerArgs) -> Result<Exit, Failure>
             worker = %name,
             concurrency,
             queue = %queue.settings().queue,
+            redis = %queue.settings().describe(),
             gpu = %advertisement.gpu.as_ref().map_or("none", |g| g.adapter.as_str()),
             labels = ?advertisement.labels,
             "worker started"
@@ -186,10 +187,15 @@ pub(crate) fn jobs(command: JobsCommand) -> Result<Exit, Failure> {
 
 /// The queue `--redis` (or the config's `[redis]`) names.
 fn open_queue(args: &RedisArgs, config: &DaemonConfig) -> Result<RedisQueue, Failure> {
-    let url = args.redis.clone().or_else(|| config.redis.url.clone()).ok_or_else(|| {
-        Failure::usage("no Redis: pass --redis redis://HOST:PORT/DB or set redis.url in the config (GUILD_REDIS__URL)")
-    })?;
-    let settings = RedisSettings { url: Some(url), ..config.redis.clone() };
+    let settings = match &args.redis {
+        // `--redis` names one node: it replaces whichever shape the config gave.
+        Some(url) => RedisSettings { url: Some(url.clone()), cluster: Vec::new(), sentinel: None, ..config.redis.clone() },
+        None => config.redis.configured().cloned().ok_or_else(|| {
+            Failure::usage(
+                "no Redis: pass --redis redis://HOST:PORT/DB, or set redis.url, redis.cluster or redis.sentinel in the config (GUILD_REDIS__URL)",
+            )
+        })?,
+    };
     RedisQueue::open(settings).map_err(|e| Failure::usage(e.to_string()))
 }
 

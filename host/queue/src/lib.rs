@@ -44,6 +44,6 @@ pub use lanes::{
 };
 pub use redis::{
     AckDurability, CACHE_VALUE_BYTES_MAX, CANCEL_HELD_FOR_TURN_S, DoneEntry, DoneRead, QueueError, RedisQueue,
-    RedisSettings, SharedCacheStats, TOOL_RECORD_BYTES_MAX, TOOL_RECORDS_MAX, UsageSums,
+    RedisSettings, SentinelSettings, SharedCacheStats, TOOL_RECORD_BYTES_MAX, TOOL_RECORDS_MAX, UsageSums,
 };
 pub use retry::{REDIS_RETRY_MAX, backoff_ms, redis_retry};

@@ -75,7 +75,7 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
     tools.load(&runtime, specs).await?;
     let remote = match config.redis.configured() {
         Some(settings) => {
-            let queue = RedisQueue::open(settings.clone()).map_err(|e| ConfigError::new("redis.url", e.to_string()))?;
+            let queue = RedisQueue::open(settings.clone()).map_err(|e| ConfigError::new("redis", e.to_string()))?;
             let shared = shared_store(&config)?;
             Some(Arc::new(Remote::new(queue, node_name(config.listen.port()), shared)))
         }

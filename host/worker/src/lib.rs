@@ -622,11 +622,13 @@ impl Worker {
     }
 
     /// Complete or fail the job in Redis, retrying while Redis is away: the attempt's result
-    /// is not dropped for a blip. If Redis stays away past two leases, the job is left to be
-    /// taken over and run again (at least once).
+    /// is not dropped for a blip or a failover. If Redis stays away past two leases (at least
+    /// [`SETTLE_RETRY_MIN`]), the job is left to be taken over and run again (at least once);
+    /// if another worker took it over meanwhile, whichever settles first wins and the other is
+    /// recorded as a duplicate.
     async fn settle(&self, lease: &Lease, result: Result<JobResult, AttemptFailure>) {
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(self.queue.settings().lease_ms.saturating_mul(2));
+        let window = Duration::from_millis(self.queue.settings().lease_ms.saturating_mul(2)).max(SETTLE_RETRY_MIN);
+        let deadline = tokio::time::Instant::now() + window;
         let mut backoff = redis_retry(Duration::from_millis(50));
         loop {
             let settled = match &result {
@@ -687,6 +689,11 @@ impl Worker {
         Ok(())
     }
 }
+
+/// The shortest time a worker keeps trying to settle a finished attempt while Redis is away:
+/// longer than a Sentinel or Cluster failover takes (seconds), so a failover does not make a
+/// finished job run again.
+pub const SETTLE_RETRY_MIN: Duration = Duration::from_secs(30);
 
 /// How often a worker promotes retries, takes over lapsed leases and says it is alive.
 fn upkeep_period(lease_ms: u64) -> Duration {

@@ -14,12 +14,24 @@ const KNOWN_BLOBS_MAX: usize = 10_000;
 impl Worker {
     /// Share the bundle; whether every node can now read it (a result cache entry may name only
     /// such a bundle).
+    /// While Redis is away (a failover, a slot moving) it tries again, for as long as settling
+    /// the job would.
     pub(super) async fn share_bundle(&self, id: &Digest) -> bool {
-        match self.try_share_bundle(id).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(bundle = %id, error = %e, "cannot share the bundle; it stays in this worker's store");
-                false
+        let window =
+            Duration::from_millis(self.queue.settings().lease_ms.saturating_mul(2)).max(super::SETTLE_RETRY_MIN);
+        let deadline = tokio::time::Instant::now() + window;
+        let mut backoff = guild_queue::redis_retry(Duration::from_millis(50));
+        loop {
+            match self.try_share_bundle(id).await {
+                Ok(()) => return true,
+                Err(Unshared::Unavailable(e)) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(bundle = %id, error = %e, "cannot share the bundle yet; retrying");
+                    tokio::time::sleep(backoff.next().unwrap_or(guild_queue::REDIS_RETRY_MAX)).await;
+                }
+                Err(Unshared::Unavailable(e) | Unshared::Failed(e)) => {
+                    tracing::warn!(bundle = %id, error = %e, "cannot share the bundle; it stays in this worker's store");
+                    return false;
+                }
             }
         }
     }
@@ -27,7 +39,7 @@ impl Worker {
     /// Leave the bundle in Redis for every API node to serve: the parts Redis lacks (a tool's
     /// component is already there), its manifest and signature. A bundle whose new parts exceed
     /// `bundle_inline_bytes_max` goes to the shared store instead, or stays here.
-    async fn try_share_bundle(&self, id: &Digest) -> Result<(), String> {
+    async fn try_share_bundle(&self, id: &Digest) -> Result<(), Unshared> {
         let (store, bundle) = (self.store.clone(), *id);
         let (manifest, signature, parsed) = blocking(move || {
             let (manifest, signature) = store.get_bundle(&bundle).map_err(|e| e.to_string())?;
@@ -52,11 +64,7 @@ impl Worker {
                 .collect()
         };
         let digests: Vec<Digest> = asked.iter().map(|p| p.digest).collect();
-        let present = if digests.is_empty() {
-            Vec::new()
-        } else {
-            self.queue.keep_blobs(&digests).await.map_err(|e| e.to_string())?
-        };
+        let present = if digests.is_empty() { Vec::new() } else { self.queue.keep_blobs(&digests).await? };
         let skip: HashSet<Digest> = {
             let known = self.known_blobs.lock().unwrap_or_else(|p| p.into_inner());
             let recent = parts.iter().filter(|p| known.get(&p.digest).is_some_and(|seen| seen.elapsed() < fresh));
@@ -70,9 +78,9 @@ impl Worker {
         let limit = self.queue.settings().bundle_inline_bytes_max;
         if missing_bytes > limit {
             let Some(shared) = self.shared_store.clone() else {
-                return Err(format!(
+                return Err(Unshared::Failed(format!(
                     "its new parts ({missing_bytes} bytes) exceed redis.bundle_inline_bytes_max ({limit}) and no redis.shared_store is set"
-                ));
+                )));
             };
             let store = self.store.clone();
             let id = *id;
@@ -80,7 +88,8 @@ impl Worker {
                 copy_bundle(&store, &shared, &id, &parts, &manifest, &signature)
             })
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .map_err(Unshared::Failed);
         }
         let (store, wanted) = (self.store.clone(), missing.iter().map(|p| p.digest).collect::<Vec<_>>());
         let blobs = blocking(move || {
@@ -90,7 +99,7 @@ impl Worker {
                 .collect::<Result<Vec<_>, String>>()
         })
         .await?;
-        self.queue.put_bundle(id, &manifest, &signature, &blobs).await.map_err(|e| e.to_string())?;
+        self.queue.put_bundle(id, &manifest, &signature, &blobs).await?;
         // Remember large parts (components, mounted files) so later bundles skip asking for them.
         let mut known = self.known_blobs.lock().unwrap_or_else(|p| p.into_inner());
         if known.len() > KNOWN_BLOBS_MAX {
@@ -101,6 +110,26 @@ impl Worker {
             known.insert(part.digest, now);
         }
         Ok(())
+    }
+}
+
+/// Why a bundle was not shared.
+enum Unshared {
+    /// Redis is away: worth trying again.
+    Unavailable(String),
+    /// Anything else (the store, a bound): trying again would not help.
+    Failed(String),
+}
+
+impl From<guild_queue::QueueError> for Unshared {
+    fn from(e: guild_queue::QueueError) -> Self {
+        if e.is_unavailable() { Self::Unavailable(e.to_string()) } else { Self::Failed(e.to_string()) }
+    }
+}
+
+impl From<String> for Unshared {
+    fn from(e: String) -> Self {
+        Self::Failed(e)
     }
 }
 

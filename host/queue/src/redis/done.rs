@@ -2,7 +2,7 @@
 //! audited, and an entry that cannot be read buried in the dead-letter stream.
 
 use super::jobs::parse_result;
-use super::{AUDIT_GROUP, QueueError, RedisQueue, from_redis};
+use super::{AUDIT_GROUP, AckDurability, QueueError, RedisQueue, from_redis};
 use crate::job::JobResult;
 use crate::job::now_unix_ms;
 use guild_vocab::AttemptEnd;
@@ -53,10 +53,11 @@ impl RedisQueue {
     /// (after a restart), those another node left for `idle` (it died), then new ones.
     ///
     /// # Errors
-    /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
-    /// refuses a read (`NOGROUP` when the `audit` group is missing: [`RedisQueue::ensure_groups`]
-    /// makes it). An entry whose result does not parse is returned as [`DoneRead::Corrupt`], not an
-    /// error.
+    /// [`QueueError::Unavailable`] when Redis cannot be reached, or under `ack_durability =
+    /// "replica"` when no replica confirmed the entries read within `ack_timeout_ms` (they are
+    /// read again later); [`QueueError::Redis`] when it refuses a read (`NOGROUP` when the `audit`
+    /// group is missing: [`RedisQueue::ensure_groups`] makes it). An entry whose result does not
+    /// parse is returned as [`DoneRead::Corrupt`], not an error.
     pub async fn read_done(&self, consumer: &str, count: usize, block: Duration) -> Result<Vec<DoneRead>, QueueError> {
         let stream = self.inner.keys.key("done");
         let claimed: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
@@ -67,7 +68,8 @@ impl RedisQueue {
             .arg("0-0")
             .arg("COUNT")
             .arg(count)
-            .query_async(&mut self.conn())
+            // On the blocking connection, as the read below: a `WAIT` after them blocks only it.
+            .query_async(&mut self.inner.blocking.clone())
             .await
             .map_err(from_redis)?;
         let mut entries = claimed.claimed;
@@ -87,6 +89,26 @@ impl RedisQueue {
                 .await
                 .map_err(from_redis)?;
             entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
+        }
+        if !entries.is_empty() && self.inner.settings.ack_durability == AckDurability::Replica {
+            // Audited means it survives the master: a record is written only for an attempt a
+            // replica has (with the job's settlement, written before it), or a failover could
+            // bring back the job unsettled, to be run and audited a second time. The read
+            // itself is a write on this connection, so `WAIT` covers everything before it.
+            let mut wait = redis::cmd("WAIT");
+            wait.arg(1).arg(self.inner.settings.ack_timeout_ms.max(1));
+            let replicas: i64 = self.inner.blocking.clone().query_at(&wait, &stream).await.map_err(from_redis)?;
+            if replicas < 1 {
+                return Err(QueueError::Unavailable {
+                    error: format!(
+                        "no replica confirmed {} finished jobs within {} ms (redis.ack_durability = \"replica\"); \
+                         they are audited once one does",
+                        entries.len(),
+                        self.inner.settings.ack_timeout_ms
+                    ),
+                    retry_after_s: 1,
+                });
+            }
         }
         Ok(entries
             .into_iter()
@@ -164,7 +186,7 @@ impl RedisQueue {
     /// [`QueueError::Redis`] when Redis refuses it. When `notices` is closed it returns `Ok`.
     pub async fn listen_finished(&self, notices: &tokio::sync::mpsc::Sender<String>) -> Result<(), QueueError> {
         use futures_util::StreamExt;
-        let mut pubsub = self.inner.client.get_async_pubsub().await.map_err(from_redis)?;
+        let mut pubsub = self.inner.topology.pubsub().await.map_err(from_redis)?;
         pubsub.subscribe(self.inner.keys.key("finished")).await.map_err(from_redis)?;
         let mut messages = pubsub.into_on_message();
         while let Some(message) = messages.next().await {

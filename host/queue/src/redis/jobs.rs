@@ -91,12 +91,10 @@ impl RedisQueue {
             }
             // Every write numbered up to here was answered before this WAIT is sent.
             let upto = acks.written.load(Ordering::Acquire);
-            let replicas: i64 = redis::cmd("WAIT")
-                .arg(1)
-                .arg(self.inner.settings.ack_timeout_ms.max(1))
-                .query_async(&mut self.inner.durable.clone())
-                .await
-                .map_err(from_redis)?;
+            let mut wait = redis::cmd("WAIT");
+            wait.arg(1).arg(self.inner.settings.ack_timeout_ms.max(1));
+            let replicas: i64 =
+                self.inner.durable.clone().query_at(&wait, &self.inner.keys.key("leases")).await.map_err(from_redis)?;
             let reached = if replicas >= 1 { &acks.confirmed } else { &acks.failed };
             reached.fetch_max(upto, Ordering::AcqRel);
         }

@@ -38,7 +38,7 @@
 
 use guild_breaker::{Breaker, BreakerSettings, Open};
 use guild_replay::Digest;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use link::{Conn, Topology};
 use redis::{RedisError, Script};
 use serde::Deserialize;
 use std::time::Duration;
@@ -51,6 +51,7 @@ mod gate;
 mod jobs;
 #[cfg(test)]
 mod lane_tests;
+mod link;
 #[cfg(test)]
 mod money_tests;
 mod stats;
@@ -78,8 +79,22 @@ const WORKER_FORGET_MS: u64 = 3_600_000;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
-    /// `redis://host:port/db` (or `rediss://`, `unix://`); none: no Redis.
+    /// One Redis node: `redis://host:port/db` (or `rediss://`, `unix://`). Set this, `cluster` or
+    /// `sentinel`; none of them: no Redis.
     pub url: Option<String>,
+    /// A Redis Cluster: some of its nodes (`redis://host:port`, or `rediss://`); the rest are
+    /// discovered, slot moves followed, a promoted replica found after a failover.
+    pub cluster: Vec<String>,
+    /// A master watched by Redis Sentinel: its name and the Sentinels to ask for it.
+    pub sentinel: Option<SentinelSettings>,
+    /// The ACL user for every Redis node (else the URL's, else `default`).
+    pub username: Option<String>,
+    /// Where the ACL password is: `env:VARIABLE` or `file:PATH` (read at start, as tool secrets
+    /// are; never the password itself).
+    pub password: Option<String>,
+    /// A PEM file of the CA that signed the Redis nodes' TLS certificates (`rediss://`), where
+    /// not one the system trusts.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// The queue's name: its keys live under `guild:{<queue>}:`.
     pub queue: String,
     /// A worker that has not renewed its lease for this long is taken to be dead and its job
@@ -118,6 +133,16 @@ pub struct RedisSettings {
     pub ack_timeout_ms: u64,
 }
 
+/// `[redis.sentinel]`: the master Redis Sentinel watches, and where the Sentinels are.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelSettings {
+    /// The master's name in the Sentinels' config (`sentinel monitor <master> …`).
+    pub master: String,
+    /// The Sentinels: `redis://host:port` (`rediss://` for TLS to them and to the master).
+    pub nodes: Vec<String>,
+}
+
 /// What a submitted job must reach before it is acknowledged to the caller.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -143,6 +168,11 @@ impl RedisSettings {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: Some(url.into()),
+            cluster: Vec::new(),
+            sentinel: None,
+            username: None,
+            password: None,
+            tls_ca_file: None,
             queue: "default".into(),
             lease_ms: 30_000,
             attempts_max: 5,
@@ -161,9 +191,34 @@ impl RedisSettings {
         }
     }
 
-    /// These settings when they name a Redis (a `url`), else none.
+    /// These settings when they name a Redis (a `url`, a `cluster` or a `sentinel`), else none.
     pub fn configured(&self) -> Option<&Self> {
-        self.url.as_ref().map(|_| self)
+        (self.url.is_some() || !self.cluster.is_empty() || self.sentinel.is_some()).then_some(self)
+    }
+
+    /// Where Redis is, in a few words for logs: the URL, the Cluster's first seed, or the
+    /// Sentinels' master name (never a password).
+    pub fn describe(&self) -> String {
+        match (&self.url, self.cluster.first(), &self.sentinel) {
+            (Some(url), ..) => redact(url),
+            (None, Some(seed), _) => format!("cluster via {} ({} seeds)", redact(seed), self.cluster.len()),
+            (None, None, Some(sentinel)) => {
+                format!("master {:?} via {} sentinels", sentinel.master, sentinel.nodes.len())
+            }
+            (None, None, None) => "no Redis".into(),
+        }
+    }
+}
+
+/// `url` without a password it may carry (`redis://user:secret@host` → `redis://user:***@host`).
+fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, rest)), Some(at)) if at > scheme.len() => {
+            let credentials = &rest[..at - scheme.len() - 3];
+            let user = credentials.split_once(':').map_or(credentials, |(user, _)| user);
+            format!("{scheme}://{user}:***@{}", &url[at + 1..])
+        }
+        _ => url.to_string(),
     }
 }
 
@@ -197,11 +252,22 @@ impl QueueError {
     }
 }
 
+/// Is `e` the connection's or the topology's (a node down, a failover or slot move under way)
+/// rather than an answer to the command? Then it is worth retrying once Redis settles.
 fn is_connection_error(e: &RedisError) -> bool {
+    use redis::ErrorKind;
     e.is_io_error()
         || e.is_connection_refusal()
         || e.is_connection_dropped()
         || e.is_timeout()
+        // MOVED, ASK, TRYAGAIN, CLUSTERDOWN: a slot moving or a Cluster failing over.
+        || e.is_cluster_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::MasterNameNotFoundBySentinel
+                | ErrorKind::NoValidReplicasFoundBySentinel
+                | ErrorKind::ClusterConnectionNotFound
+        )
         || matches!(e.code(), Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN"))
 }
 
@@ -304,17 +370,17 @@ pub struct RedisQueue {
 }
 
 struct Inner {
-    client: redis::Client,
+    topology: Topology,
     settings: RedisSettings,
     keys: Keys,
     scripts: Scripts,
     /// Commands that answer at once.
-    conn: ConnectionManager,
+    conn: Conn,
     /// Blocking reads (XREADGROUP BLOCK), which would hold up everything behind them on `conn`.
-    blocking: ConnectionManager,
+    blocking: Conn,
     /// Submissions under `ack_durability = "replica"`: each is followed by a `WAIT`, which
     /// blocks its connection until a replica has the writes made on it (so not on `conn`).
-    durable: ConnectionManager,
+    durable: Conn,
     /// The durable connection's writes: numbered, and how far a replica confirmed them.
     acks: DurableAcks,
     breaker: std::sync::Arc<Breaker>,
@@ -330,38 +396,22 @@ struct DurableAcks {
     turn: tokio::sync::Mutex<()>,
 }
 
-fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(response_timeout))
-        .set_number_of_retries(1)
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_secs(1))
-}
-
 impl RedisQueue {
     /// Connect lazily: nothing is sent until the first command, so a worker or daemon can
     /// start while Redis is down. Call it within a tokio runtime (the connections' tasks are
     /// spawned on it).
     ///
     /// # Errors
-    /// [`QueueError::Settings`] when `settings` has no `url` or it does not parse. Nothing is sent,
-    /// so a Redis that is down is not an error here.
+    /// [`QueueError::Settings`] when `settings` name no Redis or several shapes (`url`, `cluster`,
+    /// `sentinel`), an address does not parse, or the password's or CA's file cannot be read.
+    /// Nothing is sent, so a Redis that is down is not an error here.
     pub fn open(settings: RedisSettings) -> Result<Self, QueueError> {
-        let url = settings.url.as_deref().ok_or_else(|| QueueError::Settings("no url: set redis.url".into()))?;
-        let client = redis::Client::open(url).map_err(|e| QueueError::Settings(format!("url {url:?}: {e}")))?;
+        let topology = Topology::from_settings(&settings)?;
         let timeout = Duration::from_millis(settings.response_timeout_ms);
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config(timeout))
-            .map_err(|e| QueueError::Settings(e.to_string()))?;
+        let conn = topology.connect(timeout)?;
         // A blocking read waits up to a few seconds on the server; allow for that.
-        let blocking =
-            ConnectionManager::new_lazy_with_config(client.clone(), manager_config(timeout + Duration::from_secs(10)))
-                .map_err(|e| QueueError::Settings(e.to_string()))?;
-        let durable = ConnectionManager::new_lazy_with_config(
-            client.clone(),
-            manager_config(timeout + Duration::from_millis(settings.ack_timeout_ms)),
-        )
-        .map_err(|e| QueueError::Settings(e.to_string()))?;
+        let blocking = topology.connect(timeout + Duration::from_secs(10))?;
+        let durable = topology.connect(timeout + Duration::from_millis(settings.ack_timeout_ms))?;
         // One failed call opens the circuit: callers get a fast 503 rather than each waiting
         // out a connection timeout.
         let breaker = Breaker::new(BreakerSettings {
@@ -371,7 +421,7 @@ impl RedisQueue {
         let keys = Keys::new(&settings.queue);
         Ok(Self {
             inner: std::sync::Arc::new(Inner {
-                client,
+                topology,
                 settings,
                 keys,
                 scripts: Scripts::new(),
@@ -394,7 +444,7 @@ impl RedisQueue {
         self.inner.breaker.is_open()
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.inner.conn.clone()
     }
 
@@ -418,7 +468,8 @@ impl RedisQueue {
     /// recent failure; [`QueueError::Redis`] when it answers `PING` with an error.
     pub async fn ping(&self) -> Result<(), QueueError> {
         self.guarded(async {
-            let _: String = redis::cmd("PING").query_async(&mut self.conn()).await.map_err(from_redis)?;
+            let ping = redis::cmd("PING");
+            let _: String = self.conn().query_at(&ping, &self.inner.keys.key("stats")).await.map_err(from_redis)?;
             Ok(())
         })
         .await
@@ -490,6 +541,33 @@ mod tests {
             let tag = key.split_once('{').and_then(|(_, rest)| rest.split_once('}')).map(|(tag, _)| tag);
             assert_eq!(tag, Some("default"), "{key}");
         }
+    }
+
+    #[test]
+    fn a_described_url_never_shows_its_password() {
+        assert_eq!(redact("redis://guild:s3cret@10.0.0.1:6379/0"), "redis://guild:***@10.0.0.1:6379/0");
+        assert_eq!(redact("rediss://:s3cret@host:6380"), "rediss://:***@host:6380");
+        assert_eq!(redact("redis://10.0.0.1:6379"), "redis://10.0.0.1:6379");
+    }
+
+    #[tokio::test]
+    async fn a_password_is_read_from_its_source_and_a_missing_one_is_named() {
+        let file = tempfile::NamedTempFile::new().expect("file");
+        std::fs::write(file.path(), "from-a-file\n").expect("write");
+        let settings = RedisSettings {
+            password: Some(format!("file:{}", file.path().display())),
+            ..RedisSettings::new("redis://127.0.0.1:1")
+        };
+        assert!(RedisQueue::open(settings).is_ok());
+        let missing = RedisSettings {
+            password: Some("env:GUILD_TEST_NO_SUCH_VARIABLE".into()),
+            ..RedisSettings::new("redis://127.0.0.1:1")
+        };
+        let e = RedisQueue::open(missing).err().expect("refused");
+        assert!(
+            e.to_string().contains("redis.password") && e.to_string().contains("GUILD_TEST_NO_SUCH_VARIABLE"),
+            "{e}"
+        );
     }
 
     #[test]

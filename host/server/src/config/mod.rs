@@ -380,6 +380,33 @@ fn validate_redis(redis: &RedisConfig) -> Result<(), ConfigError> {
     {
         return Err(ConfigError::new("redis.url", format!("is {url:?}; use redis://HOST:PORT/DB")));
     }
+    let shapes = [redis.url.is_some(), !redis.cluster.is_empty(), redis.sentinel.is_some()];
+    if shapes.iter().filter(|set| **set).count() > 1 {
+        return Err(ConfigError::new(
+            "redis",
+            "set one of redis.url (one node), redis.cluster (its seed nodes) and redis.sentinel, not several",
+        ));
+    }
+    let tcp = |url: &String| ["redis://", "rediss://"].iter().any(|s| url.starts_with(s));
+    if let Some(url) = redis.cluster.iter().find(|url| !tcp(url)) {
+        return Err(ConfigError::new("redis.cluster", format!("holds {url:?}; use redis://HOST:PORT")));
+    }
+    if let Some(sentinel) = &redis.sentinel {
+        if sentinel.master.is_empty() {
+            return Err(ConfigError::new("redis.sentinel.master", "name the master the Sentinels watch"));
+        }
+        if sentinel.nodes.is_empty() {
+            return Err(ConfigError::new("redis.sentinel.nodes", "list the Sentinels: [\"redis://HOST:26379\", …]"));
+        }
+        if let Some(url) = sentinel.nodes.iter().find(|url| !tcp(url)) {
+            return Err(ConfigError::new("redis.sentinel.nodes", format!("holds {url:?}; use redis://HOST:PORT")));
+        }
+    }
+    if let Some(source) = &redis.password
+        && let Err(e) = guild_runtime::egress::SecretSource::parse(source)
+    {
+        return Err(ConfigError::new("redis.password", format!("{e} (the password is never written in the config)")));
+    }
     if redis.queue.is_empty() || redis.queue.contains(['{', '}', ':']) {
         return Err(ConfigError::new("redis.queue", "must be a non-empty name without `{`, `}` or `:`"));
     }

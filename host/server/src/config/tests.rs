@@ -40,6 +40,35 @@ fn environment_overrides_nested_fields_by_name() {
 }
 
 #[test]
+fn redis_is_one_node_a_cluster_or_a_sentinel_master_and_its_password_comes_from_a_source() {
+    let cluster =
+        load("", &[("GUILD_REDIS__CLUSTER", r#"["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]"#)]).expect("valid");
+    let settings = cluster.redis.configured().expect("a cluster is configured");
+    assert_eq!(settings.cluster.len(), 2);
+    assert_eq!(settings.describe(), "cluster via redis://10.0.0.1:7000 (2 seeds)");
+    let sentinel = load(
+        "[redis.sentinel]\nmaster = \"guild\"\nnodes = [\"redis://10.0.0.1:26379\"]\n",
+        &[("GUILD_REDIS__PASSWORD", "env:REDIS_PASSWORD"), ("GUILD_REDIS__USERNAME", "guild")],
+    )
+    .expect("valid");
+    let settings = sentinel.redis.configured().expect("a sentinel master is configured");
+    assert_eq!(settings.sentinel.as_ref().map(|s| s.master.as_str()), Some("guild"));
+    assert_eq!(settings.password.as_deref(), Some("env:REDIS_PASSWORD"));
+    let e = load("[redis]\nurl = \"redis://a:1\"\ncluster = [\"redis://b:2\"]\n", &[]).expect_err("two shapes");
+    assert!((e.field.as_str(), e.message.contains("not several")) == ("redis", true), "{e:?}");
+    let e = load("[redis]\ncluster = [\"http://b:2\"]\n", &[]).expect_err("not redis");
+    assert_eq!(e.field, "redis.cluster");
+    let e = load("[redis.sentinel]\nmaster = \"\"\nnodes = [\"redis://a:1\"]\n", &[]).expect_err("no name");
+    assert_eq!(e.field, "redis.sentinel.master");
+    let e = load("[redis.sentinel]\nmaster = \"m\"\nnodes = []\n", &[]).expect_err("no sentinels");
+    assert_eq!(e.field, "redis.sentinel.nodes");
+    // A password is never written in the config itself.
+    let e = load("[redis]\nurl = \"redis://a:1\"\npassword = \"hunter2\"\n", &[]).expect_err("literal");
+    assert_eq!(e.field, "redis.password");
+    assert!(!e.message.contains("hunter2"), "{e:?}");
+}
+
+#[test]
 fn redis_settings_come_from_the_file_or_the_environment_and_are_checked() {
     let config =
         load("[redis]\nurl = \"redis://10.0.0.5:6379/0\"\n", &[("GUILD_REDIS__LEASE_MS", "2000")]).expect("valid");
