@@ -1416,3 +1416,26 @@ fn a_second_live_worker_with_the_same_name_is_told_so() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `aof` waits for the master's fsync with `WAITAOF`, which Redis has from 7.2: an older one
+/// is named, with what to change, and the caller is answered 503 at once rather than told a
+/// job is durable when it is not.
+#[test]
+fn aof_durability_on_a_redis_without_waitaof_says_what_to_change() {
+    let redis = RedisServer::start();
+    let version = redis.cli(&["INFO", "server"]);
+    let version = version.lines().find_map(|l| l.strip_prefix("redis_version:")).unwrap_or_default().to_string();
+    let api = Guild::new();
+    let env: Vec<(&str, &str)> = QUEUE_ENV.iter().copied().chain([("GUILD_REDIS__ACK_DURABILITY", "aof")]).collect();
+    let daemon = Daemon::start(&api, &["--redis", &redis.url(), "--tool", HOSTILE], &env);
+    let reply = daemon.run(TOKEN, json!({"tool": "echo", "input": {"message": "fsynced"}, "async": true}));
+    let major_minor: Vec<u32> = version.split('.').take(2).filter_map(|p| p.parse().ok()).collect();
+    if major_minor < vec![7, 2] {
+        assert_eq!((reply.status, reply.code().as_str()), (503, "queue_unavailable"), "{reply:?}");
+        let says = String::from_utf8_lossy(&reply.body).to_string();
+        assert!(says.contains("Redis 7.2") && says.contains("ack_durability"), "{says}");
+    } else {
+        // The test servers run with appendonly yes: fsynced, so acknowledged.
+        assert_eq!(reply.status, 202, "{}", String::from_utf8_lossy(&reply.body));
+    }
+}

@@ -2,7 +2,7 @@
 //! audited, and an entry that cannot be read buried in the dead-letter stream.
 
 use super::jobs::parse_result;
-use super::{AUDIT_GROUP, AckDurability, QueueError, RedisQueue, from_redis};
+use super::{AUDIT_GROUP, QueueError, RedisQueue, from_redis};
 use crate::job::JobResult;
 use crate::job::now_unix_ms;
 use guild_vocab::AttemptEnd;
@@ -54,8 +54,9 @@ impl RedisQueue {
     ///
     /// # Errors
     /// [`QueueError::Unavailable`] when Redis cannot be reached, or under `ack_durability =
-    /// "replica"` when no replica confirmed the entries read within `ack_timeout_ms` (they are
-    /// read again later); [`QueueError::Redis`] when it refuses a read (`NOGROUP` when the `audit`
+    /// "replica"` (`"aof"`) when no replica (fsync) confirmed the entries read within
+    /// `ack_timeout_ms` (they are read again later); [`QueueError::Settings`] when this Redis
+    /// cannot do `aof`; [`QueueError::Redis`] when it refuses a read (`NOGROUP` when the `audit`
     /// group is missing: [`RedisQueue::ensure_groups`] makes it). An entry whose result does not
     /// parse is returned as [`DoneRead::Corrupt`], not an error.
     pub async fn read_done(&self, consumer: &str, count: usize, block: Duration) -> Result<Vec<DoneRead>, QueueError> {
@@ -90,25 +91,23 @@ impl RedisQueue {
                 .map_err(from_redis)?;
             entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
         }
-        if !entries.is_empty() && self.inner.settings.ack_durability == AckDurability::Replica {
+        if !entries.is_empty() && !self.made_durable(&mut self.inner.blocking.clone()).await? {
             // Audited means it survives the master: a record is written only for an attempt a
-            // replica has (with the job's settlement, written before it), or a failover could
-            // bring back the job unsettled, to be run and audited a second time. The read
-            // itself is a write on this connection, so `WAIT` covers everything before it.
-            let mut wait = redis::cmd("WAIT");
-            wait.arg(1).arg(self.inner.settings.ack_timeout_ms.max(1));
-            let replicas: i64 = self.inner.blocking.clone().query_at(&wait, &stream).await.map_err(from_redis)?;
-            if replicas < 1 {
-                return Err(QueueError::Unavailable {
-                    error: format!(
-                        "no replica confirmed {} finished jobs within {} ms (redis.ack_durability = \"replica\"); \
-                         they are audited once one does",
-                        entries.len(),
-                        self.inner.settings.ack_timeout_ms
-                    ),
-                    retry_after_s: 1,
-                });
-            }
+            // replica (or the append-only file) has, with the job's settlement written before
+            // it, or a failover could bring the job back unsettled, to be run and audited a
+            // second time. The read itself is a write on this connection, so the wait covers
+            // everything before it.
+            let durability = self.inner.settings.ack_durability;
+            return Err(QueueError::Unavailable {
+                error: format!(
+                    "{} finished jobs are not audited yet: {} within {} ms (redis.ack_durability = {:?})",
+                    entries.len(),
+                    durability.unconfirmed(),
+                    self.inner.settings.ack_timeout_ms,
+                    durability.name(),
+                ),
+                retry_after_s: 1,
+            });
         }
         Ok(entries
             .into_iter()

@@ -26,8 +26,9 @@ impl RedisQueue {
     ///
     /// # Errors
     /// [`QueueError::Redis`] naming `LANES_MAX` when the job's lane would be one more than
-    /// [`LANES_MAX`]. Under `ack_durability = "replica"`, [`QueueError::Unavailable`] when no
-    /// replica confirmed the job within `ack_timeout_ms` (it may still run).
+    /// [`LANES_MAX`]. Under `ack_durability = "replica"` or `"aof"`, `confirmed: false` when no
+    /// replica (or fsync) confirmed the job within `ack_timeout_ms` (it may still run), and
+    /// [`QueueError::Settings`] when this Redis cannot do `aof`.
     /// [`QueueError::Unavailable`] when Redis cannot be reached or the circuit is open after a
     /// recent failure (the job may have been taken all the same: submitting it again is safe, its
     /// id or idempotency key names it); [`QueueError::Redis`] when Redis refuses the script.
@@ -73,7 +74,8 @@ impl RedisQueue {
         .await
     }
 
-    /// Whether a replica has the durable connection's write number `seq`: one `WAIT` covers
+    /// Whether the durable connection's write number `seq` is durable (a replica has it, or the
+    /// append-only file: `ack_durability`): one `WAIT` (`WAITAOF`) covers
     /// every write made before it (a group commit), so concurrent submissions share a wait, and
     /// when one times out every write it covered fails with it at once.
     async fn confirm(&self, seq: u64) -> Result<bool, QueueError> {
@@ -91,11 +93,8 @@ impl RedisQueue {
             }
             // Every write numbered up to here was answered before this WAIT is sent.
             let upto = acks.written.load(Ordering::Acquire);
-            let mut wait = redis::cmd("WAIT");
-            wait.arg(1).arg(self.inner.settings.ack_timeout_ms.max(1));
-            let replicas: i64 =
-                self.inner.durable.clone().query_at(&wait, &self.inner.keys.key("leases")).await.map_err(from_redis)?;
-            let reached = if replicas >= 1 { &acks.confirmed } else { &acks.failed };
+            let durable = self.made_durable(&mut self.inner.durable.clone()).await?;
+            let reached = if durable { &acks.confirmed } else { &acks.failed };
             reached.fetch_max(upto, Ordering::AcqRel);
         }
     }

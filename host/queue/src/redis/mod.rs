@@ -154,6 +154,30 @@ pub enum AckDurability {
     /// At least one replica confirmed it (`WAIT 1 ack_timeout_ms`): it survives the loss of the
     /// master once that replica is promoted.
     Replica,
+    /// The master fsynced it to its append-only file (`WAITAOF 1 0 ack_timeout_ms`, Redis 7.2
+    /// or later, `appendonly yes`): it survives the master's process and machine restarting
+    /// from its disk, whatever `appendfsync` says, but not the loss of that disk.
+    Aof,
+}
+
+impl AckDurability {
+    /// The setting's name in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Replica => "replica",
+            Self::Aof => "aof",
+        }
+    }
+
+    /// What did not happen when a write was not confirmed in time, for messages.
+    pub fn unconfirmed(self) -> &'static str {
+        match self {
+            Self::Local => "the master did not answer",
+            Self::Replica => "no replica confirmed it",
+            Self::Aof => "the master did not fsync it to its append-only file",
+        }
+    }
 }
 
 impl Default for RedisSettings {
@@ -276,6 +300,26 @@ fn from_redis(e: RedisError) -> QueueError {
         QueueError::Unavailable { error: e.to_string(), retry_after_s: 1 }
     } else {
         QueueError::Redis(e.to_string())
+    }
+}
+
+/// `WAITAOF`'s refusals, saying which setting to change.
+fn aof_error(e: RedisError) -> QueueError {
+    let text = e.to_string();
+    if text.contains("unknown command") {
+        QueueError::Settings(
+            "redis.ack_durability = \"aof\" needs Redis 7.2 or later (WAITAOF), which this Redis is not: \
+             upgrade it, or use \"replica\" or \"local\""
+                .into(),
+        )
+    } else if text.contains("appendonly") {
+        QueueError::Settings(
+            "redis.ack_durability = \"aof\" needs the master's append-only file: set `appendonly yes` in Redis, \
+             or use \"replica\" or \"local\""
+                .into(),
+        )
+    } else {
+        from_redis(e)
     }
 }
 
@@ -473,6 +517,33 @@ impl RedisQueue {
             Ok(())
         })
         .await
+    }
+
+    /// Wait until the writes made on `conn` so far are as durable as `ack_durability` asks:
+    /// `true` once they are, `false` when `ack_timeout_ms` passed first (`local`: `true` at once).
+    /// One wait covers every write made on `conn` before it.
+    ///
+    /// # Errors
+    /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Settings`] under
+    /// `aof` when this Redis has no `WAITAOF` (before 7.2) or its append-only file is off.
+    async fn made_durable(&self, conn: &mut Conn) -> Result<bool, QueueError> {
+        let timeout = self.inner.settings.ack_timeout_ms.max(1);
+        let at = self.inner.keys.key("leases");
+        match self.inner.settings.ack_durability {
+            AckDurability::Local => Ok(true),
+            AckDurability::Replica => {
+                let mut wait = redis::cmd("WAIT");
+                wait.arg(1).arg(timeout);
+                let replicas: i64 = conn.query_at(&wait, &at).await.map_err(from_redis)?;
+                Ok(replicas >= 1)
+            }
+            AckDurability::Aof => {
+                let mut wait = redis::cmd("WAITAOF");
+                wait.arg(1).arg(0).arg(timeout);
+                let (local, _replicas): (i64, i64) = conn.query_at(&wait, &at).await.map_err(aof_error)?;
+                Ok(local >= 1)
+            }
+        }
     }
 
     /// Create the consumer groups (and their streams) unless they exist. Safe to repeat; done

@@ -85,7 +85,9 @@ fn redis_settings_come_from_the_file_or_the_environment_and_are_checked() {
     let durable = load("", &[("GUILD_REDIS__ACK_DURABILITY", "replica")]).expect("valid");
     assert_eq!(durable.redis.ack_durability, guild_queue::AckDurability::Replica);
     assert_eq!(load("", &[]).expect("valid").redis.ack_durability, guild_queue::AckDurability::Local);
-    let e = load("[redis]\nack_durability = \"aof\"\n", &[]).expect_err("not offered");
+    let aof = load("[redis]\nack_durability = \"aof\"\n", &[]).expect("valid");
+    assert_eq!(aof.redis.ack_durability, guild_queue::AckDurability::Aof);
+    let e = load("[redis]\nack_durability = \"disk\"\n", &[]).expect_err("not offered");
     assert!(e.message.contains("unknown variant"), "{e:?}");
     let e = load("", &[("GUILD_REDIS__ACK_TIMEOUT_MS", "0")]).expect_err("no time to confirm");
     assert_eq!(e.field, "redis.ack_timeout_ms");

@@ -761,8 +761,9 @@ impl Daemon {
             remote.forget_pushed();
             unavailable(e)
         })?;
-        // Queued, but no replica confirmed it (ack_durability = "replica"): not acknowledged.
+        // Queued, but not confirmed durable (ack_durability = "replica" or "aof"): not acknowledged.
         // A new job may still run, so what it holds is held until it ends, as for any other.
+        let settings = remote.queue.settings();
         let unconfirmed = |id: &str| {
             self.metrics.rejections.with_label_values(&[&tenant.name, "queue_unavailable"]).inc();
             let again = match &request.idempotency_key {
@@ -771,9 +772,10 @@ impl Daemon {
             };
             Rejection::Unavailable {
                 message: format!(
-                    "job {id} was queued but no replica confirmed it within {} ms (redis.ack_durability = \"replica\"): \
-                     it may still run; {again}",
-                    remote.queue.settings().ack_timeout_ms
+                    "job {id} was queued but {} within {} ms (redis.ack_durability = {:?}): it may still run; {again}",
+                    settings.ack_durability.unconfirmed(),
+                    settings.ack_timeout_ms,
+                    settings.ack_durability.name(),
                 ),
                 retry_after_s: 1,
             }
