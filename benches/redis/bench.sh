@@ -63,6 +63,19 @@ stop_workers() {
     for pid in "${worker_pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
 }
 completed() { local n; n=$(rcli hget 'guild:{default}:stats' completed | tr -d '\r'); echo "${n:-0}"; }
+# Redis's own counters, as "commands net_bytes cpu_seconds aof_bytes": commands clients sent
+# (a script counts once), bytes in and out, the server's CPU (user + system), the append-only
+# file's size.
+redis_counters() {
+    rcli info everything | tr -d '\r' | awk -F: '
+        /^total_commands_processed:/ { commands = $2 }
+        /^total_net_input_bytes:/ { bytes += $2 }
+        /^total_net_output_bytes:/ { bytes += $2 }
+        /^used_cpu_sys:/ { cpu += $2 }
+        /^used_cpu_user:/ { cpu += $2 }
+        /^aof_current_size:/ { aof = $2 }
+        END { print commands, bytes, cpu, aof }'
+}
 # Wait until the queue's `completed` count reaches $1: one Python process polling on one Redis
 # connection every 20 ms.
 wait_for_completed() {
@@ -88,6 +101,7 @@ PY
 for workers in 1 2; do
     echo "== drain: $jobs echo jobs enqueued, then $workers worker(s) × concurrency $per_worker"
     before=$(completed)
+    read -r commands0 bytes0 cpu0 aof0 <<< "$(redis_counters)"
     python3 - "$addr" "$jobs" <<'PY'
 import http.client, json, sys, threading
 addr, jobs = sys.argv[1], int(sys.argv[2])
@@ -104,19 +118,26 @@ threads = [threading.Thread(target=submit, args=(t * (jobs // 8), jobs // 8)) fo
 [t.start() for t in threads]; [t.join() for t in threads]
 PY
     target=$((before + jobs / 8 * 8))
+    read -r commands1 bytes1 cpu1 aof1 <<< "$(redis_counters)"
+    python3 -c "
+n = $target - $before
+print(f'Redis per job (submitting): {($commands1 - $commands0) / n:.1f} commands, {($bytes1 - $bytes0) / n:.0f} bytes on the wire, {max($aof1 - $aof0, 0) / n:.0f} bytes of append-only file, {($cpu1 - $cpu0) / n * 1e6:.0f} us of Redis CPU')"
     api_ticks=$(cpu_ticks "$api")
+    read -r commands0 bytes0 cpu0 aof0 <<< "$(redis_counters)"
     started=$(date +%s.%N)
     start_workers "$workers"
     # One poller on one connection (no process forked per poll, which cost ~19% of the CPU).
     wait_for_completed "$target"
     finished=$(date +%s.%N)
+    read -r commands1 bytes1 cpu1 aof1 <<< "$(redis_counters)"
     worker_ticks=0
     for pid in "${worker_pids[@]}"; do worker_ticks=$((worker_ticks + $(cpu_ticks "$pid"))); done
     api_ticks=$(($(cpu_ticks "$api") - api_ticks))
     python3 -c "
 n = $target - $before; hz = $(getconf CLK_TCK)
 print(f'jobs/s: {n / ($finished - $started):.0f} ({n} jobs in {$finished - $started:.2f} s, worker start-up included)')
-print(f'CPU per job: workers {$worker_ticks / hz / n * 1e6:.0f} us, API node {$api_ticks / hz / n * 1e6:.0f} us')"
+print(f'CPU per job: workers {$worker_ticks / hz / n * 1e6:.0f} us, API node {$api_ticks / hz / n * 1e6:.0f} us, Redis {($cpu1 - $cpu0) / n * 1e6:.0f} us')
+print(f'Redis per job (draining: take, run, share the bundle, complete, audit): {($commands1 - $commands0) / n:.1f} commands, {($bytes1 - $bytes0) / n:.0f} bytes on the wire, {max($aof1 - $aof0, 0) / n:.0f} bytes of append-only file')"
     echo "== sync: wrk -c32 -d${seconds}s POST /v1/runs (waits for the result), $workers worker(s)"
     wrk -t1 -c32 -d"${seconds}s" --latency -s benches/daemon/run.lua "http://$addr" | tail -n 1
     stop_workers

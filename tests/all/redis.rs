@@ -1417,25 +1417,110 @@ fn a_second_live_worker_with_the_same_name_is_told_so() {
     }
 }
 
-/// `aof` waits for the master's fsync with `WAITAOF`, which Redis has from 7.2: an older one
-/// is named, with what to change, and the caller is answered 503 at once rather than told a
-/// job is durable when it is not.
+/// `aof` waits for the master's fsync with `WAITAOF`, which Redis has from 7.2: on an older one
+/// the API node refuses to start, naming what to change, rather than tell callers a job is
+/// durable when it is not.
 #[test]
 fn aof_durability_on_a_redis_without_waitaof_says_what_to_change() {
     let redis = RedisServer::start();
     let version = redis.cli(&["INFO", "server"]);
     let version = version.lines().find_map(|l| l.strip_prefix("redis_version:")).unwrap_or_default().to_string();
+    let major_minor: Vec<u32> = version.split('.').take(2).filter_map(|p| p.parse().ok()).collect();
     let api = Guild::new();
     let env: Vec<(&str, &str)> = QUEUE_ENV.iter().copied().chain([("GUILD_REDIS__ACK_DURABILITY", "aof")]).collect();
-    let daemon = Daemon::start(&api, &["--redis", &redis.url(), "--tool", HOSTILE], &env);
-    let reply = daemon.run(TOKEN, json!({"tool": "echo", "input": {"message": "fsynced"}, "async": true}));
-    let major_minor: Vec<u32> = version.split('.').take(2).filter_map(|p| p.parse().ok()).collect();
     if major_minor < vec![7, 2] {
-        assert_eq!((reply.status, reply.code().as_str()), (503, "queue_unavailable"), "{reply:?}");
-        let says = String::from_utf8_lossy(&reply.body).to_string();
+        let out = api
+            .command()
+            .args(["serve", "--listen", "127.0.0.1:0", "--redis", &redis.url(), "--tool", HOSTILE])
+            .envs(env.iter().copied())
+            .output()
+            .expect("guild serve");
+        assert!(!out.status.success(), "started on Redis {version} with aof");
+        let says = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(says.contains("Redis 7.2") && says.contains("ack_durability"), "{says}");
+        assert!(says.contains("redis://127.0.0.1"), "names the Redis: {says}");
     } else {
         // The test servers run with appendonly yes: fsynced, so acknowledged.
+        let daemon = Daemon::start(&api, &["--redis", &redis.url(), "--tool", HOSTILE], &env);
+        let reply = daemon.run(TOKEN, json!({"tool": "echo", "input": {"message": "fsynced"}, "async": true}));
         assert_eq!(reply.status, 202, "{}", String::from_utf8_lossy(&reply.body));
     }
+}
+
+/// A `url` that points at a Redis Cluster node is named as such at start (not a `MOVED` later).
+#[test]
+fn a_url_pointing_at_a_cluster_node_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let mut node = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--cluster-enabled", "yes"])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    assert!(answers(port, Duration::from_secs(10)));
+    let api = Guild::new();
+    let out = api
+        .command()
+        .args(["serve", "--listen", "127.0.0.1:0", "--redis", &format!("redis://127.0.0.1:{port}/"), "--tool", HOSTILE])
+        .envs(QUEUE_ENV.iter().copied())
+        .output()
+        .expect("guild serve");
+    let _ = node.kill();
+    let _ = node.wait();
+    assert!(!out.status.success());
+    let says = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(says.contains("is a Redis Cluster node") && says.contains("redis.cluster"), "{says}");
+}
+
+/// A wait covers only the writes made on the connection it is sent on. With the only replica
+/// stopped (SIGSTOP: connected, confirming nothing) and every client connection killed over and
+/// over (so the API node's durable connection keeps being replaced), no submission may be
+/// acknowledged: a wait on a new connection must not vouch for a write made on the old one.
+#[test]
+fn a_wait_on_a_replaced_connection_never_confirms_a_write_made_on_the_old_one() {
+    let redis = RedisServer::start();
+    let replica = Replica::start(redis.port, free_port());
+    let api = Guild::new();
+    let env: Vec<(&str, &str)> = QUEUE_ENV
+        .iter()
+        .copied()
+        .chain([("GUILD_REDIS__ACK_DURABILITY", "replica"), ("GUILD_REDIS__ACK_TIMEOUT_MS", "300")])
+        .collect();
+    let daemon = Daemon::start(&api, &["--redis", &redis.url(), "--tool", HOSTILE], &env);
+    let pid = replica.0.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let acknowledged: Vec<String> = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                redis.cli(&["CLIENT", "KILL", "TYPE", "normal"]);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let submitters: Vec<_> = (0..20)
+            .map(|t| {
+                let daemon = &daemon;
+                scope.spawn(move || {
+                    let mut acknowledged = Vec::new();
+                    for i in 0..15 {
+                        let body = json!({"tool": "echo", "input": {"message": format!("{t}/{i}")}, "async": true});
+                        let reply = daemon.run(TOKEN, body);
+                        match reply.status {
+                            202 | 200 => acknowledged.push(reply.json()["id"].as_str().unwrap_or_default().to_string()),
+                            503 => assert_eq!(reply.code(), "queue_unavailable"),
+                            other => panic!("{other}: {}", String::from_utf8_lossy(&reply.body)),
+                        }
+                    }
+                    acknowledged
+                })
+            })
+            .collect();
+        let all = submitters.into_iter().flat_map(|s| s.join().expect("submitter")).collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        all
+    });
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    assert!(acknowledged.is_empty(), "acknowledged with no replica confirming: {acknowledged:?}");
 }

@@ -45,6 +45,9 @@ pub struct Remote {
     waiters: Mutex<HashMap<String, Vec<watch::Sender<RunState>>>>,
     pushed: Mutex<HashSet<Digest>>,
     audited: Mutex<Remembered>,
+    /// Awaited jobs the last sweep found unknown to Redis (at most `waiters_max`: a subset of
+    /// the waiters then).
+    unknown: Mutex<HashSet<String>>,
 }
 
 #[derive(Default)]
@@ -88,6 +91,7 @@ impl Remote {
             waiters: Mutex::new(HashMap::new()),
             pushed: Mutex::new(HashSet::new()),
             audited: Mutex::new(Remembered::default()),
+            unknown: Mutex::new(HashSet::new()),
         }
     }
 
@@ -211,12 +215,15 @@ impl Remote {
                 None => unresolved.push(id),
             }
         }
-        // A job Redis no longer knows will never get a result: its waiters are told so.
+        // A job Redis no longer knows will never get a result: its waiters are told so — once
+        // two sweeps in a row found it unknown, as one look may come before its submission
+        // lands, or from a node that just came back with older data in a failover.
         let Ok(known) = self.queue.known(&unresolved).await else { return };
-        for (id, known) in unresolved.into_iter().zip(known) {
-            if !known {
-                self.expire(&id);
-            }
+        let unknown: HashSet<String> =
+            unresolved.into_iter().zip(known).filter(|(_, known)| !known).map(|(id, _)| id).collect();
+        let before = std::mem::replace(&mut *self.unknown.lock().unwrap_or_else(|p| p.into_inner()), unknown.clone());
+        for id in unknown.intersection(&before) {
+            self.expire(id);
         }
     }
 

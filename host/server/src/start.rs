@@ -95,6 +95,11 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
         ),
         config: std::sync::RwLock::new(config.rollout.clone()),
     };
+    if let Some(remote) = &remote {
+        let settings = remote.queue.settings();
+        remote.queue.check().await.map_err(|e| ConfigError::new("redis", format!("{}: {e}", settings.describe())))?;
+        tracing::info!(redis = %settings.describe(), queue = %settings.queue, ack_durability = settings.ack_durability.name(), "jobs go to Redis");
+    }
     reconcile(&runtime, &tools, &rollout, uploaded(&state_dir.join("tools")))
         .await
         .map_err(|message| ConfigError::new("tools", message))?;

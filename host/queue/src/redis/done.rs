@@ -2,7 +2,7 @@
 //! audited, and an entry that cannot be read buried in the dead-letter stream.
 
 use super::jobs::parse_result;
-use super::{AUDIT_GROUP, QueueError, RedisQueue, from_redis};
+use super::{AUDIT_GROUP, QueueError, RedisQueue, aof_error, from_redis};
 use crate::job::JobResult;
 use crate::job::now_unix_ms;
 use guild_vocab::AttemptEnd;
@@ -61,42 +61,59 @@ impl RedisQueue {
     /// parse is returned as [`DoneRead::Corrupt`], not an error.
     pub async fn read_done(&self, consumer: &str, count: usize, block: Duration) -> Result<Vec<DoneRead>, QueueError> {
         let stream = self.inner.keys.key("done");
-        let claimed: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(&stream)
-            .arg(AUDIT_GROUP)
-            .arg(consumer)
-            .arg(self.inner.settings.lease_ms)
-            .arg("0-0")
-            .arg("COUNT")
-            .arg(count)
-            // On the blocking connection, as the read below: a `WAIT` after them blocks only it.
-            .query_async(&mut self.inner.blocking.clone())
+        // Audited means it survives the master: under `replica` (`aof`) a record is written only
+        // for an attempt a replica (the append-only file) has, with the job's settlement written
+        // before it, or a failover could bring the job back unsettled, to be run and audited a
+        // second time. The read is a write (the entries become this node's pending ones), so a
+        // wait sent after it in the same request, on the same connection, covers all that.
+        let wait = self.durability_wait();
+        let read = |command: redis::Cmd| {
+            let mut pipe = redis::pipe();
+            pipe.add_command(command);
+            if let Some(wait) = &wait {
+                pipe.add_command(wait.clone());
+            }
+            pipe
+        };
+        let aof = self.inner.settings.ack_durability == crate::AckDurability::Aof;
+        let mut blocking = self.inner.blocking.clone();
+        let mut claim = redis::cmd("XAUTOCLAIM");
+        claim.arg(&stream).arg(AUDIT_GROUP).arg(consumer).arg(self.inner.settings.lease_ms).arg("0-0");
+        claim.arg("COUNT").arg(count);
+        let mut replies = blocking
+            .pipeline_at(&read(claim), &stream)
             .await
-            .map_err(from_redis)?;
+            .map_err(|e| if aof { aof_error(e) } else { from_redis(e) })?;
+        let corrupt = |e: redis::ParsingError| QueueError::Corrupt(format!("the done stream's read: {e}"));
+        // The wait's reply, last in the request, when there is a wait.
+        let durable = |replies: &mut Vec<redis::Value>| {
+            if wait.is_none() {
+                return Ok(true);
+            }
+            match replies.pop() {
+                Some(reply) => self.durable_reply(reply),
+                None => Err(QueueError::Corrupt("no reply to the durability wait".into())),
+            }
+        };
+        let mut confirmed = durable(&mut replies)?;
+        let claimed: StreamAutoClaimReply =
+            redis::from_redis_value(replies.pop().unwrap_or(redis::Value::Nil)).map_err(corrupt)?;
         let mut entries = claimed.claimed;
         if entries.is_empty() {
-            let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(AUDIT_GROUP)
-                .arg(consumer)
-                .arg("COUNT")
-                .arg(count)
-                .arg("BLOCK")
-                .arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX))
-                .arg("STREAMS")
-                .arg(&stream)
-                .arg(">")
-                .query_async(&mut self.inner.blocking.clone())
+            let mut group = redis::cmd("XREADGROUP");
+            group.arg("GROUP").arg(AUDIT_GROUP).arg(consumer).arg("COUNT").arg(count);
+            group.arg("BLOCK").arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX));
+            group.arg("STREAMS").arg(&stream).arg(">");
+            let mut replies = blocking
+                .pipeline_at(&read(group), &stream)
                 .await
-                .map_err(from_redis)?;
+                .map_err(|e| if aof { aof_error(e) } else { from_redis(e) })?;
+            confirmed = durable(&mut replies)?;
+            let reply: Option<StreamReadReply> =
+                redis::from_redis_value(replies.pop().unwrap_or(redis::Value::Nil)).map_err(corrupt)?;
             entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
         }
-        if !entries.is_empty() && !self.made_durable(&mut self.inner.blocking.clone()).await? {
-            // Audited means it survives the master: a record is written only for an attempt a
-            // replica (or the append-only file) has, with the job's settlement written before
-            // it, or a failover could bring the job back unsettled, to be run and audited a
-            // second time. The read itself is a write on this connection, so the wait covers
-            // everything before it.
+        if !entries.is_empty() && !confirmed {
             let durability = self.inner.settings.ack_durability;
             return Err(QueueError::Unavailable {
                 error: format!(

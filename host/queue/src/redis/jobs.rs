@@ -8,7 +8,6 @@ use guild_replay::Digest;
 use guild_vocab::RunStatus;
 use redis::Script;
 use redis::streams::StreamAutoClaimReply;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// How much longer than `results_ttl_s` a cancel request is kept, s: the longest a job may be
@@ -35,68 +34,66 @@ impl RedisQueue {
     pub async fn submit(&self, job: &Job) -> Result<Accepted, QueueError> {
         let keys = &self.inner.keys;
         let body = serde_json::to_string(job).expect("a job is plain data");
-        let mut invocation = self.inner.scripts.submit.key(keys.key("leases"));
-        invocation.key(keys.job(&job.id));
+        let mut script_keys = vec![keys.key("leases"), keys.job(&job.id)];
         if let Some(key) = &job.idempotency_key {
-            invocation.key(keys.idempotency((&job.tenant, job.subject.as_deref()), key));
+            script_keys.push(keys.idempotency((&job.tenant, job.subject.as_deref()), key));
         }
         let needs = serde_json::to_string(&job.needs).expect("needs are plain data");
-        invocation
-            .arg(&job.id)
-            .arg(body)
-            .arg(&job.tenant)
-            .arg(&job.tool)
-            .arg(job.attempts_max)
-            .arg(job.input_digest.to_hex())
-            .arg(job.subject.as_deref().unwrap_or_default())
-            .arg(&keys.prefix)
-            .arg(job.needs.lane())
-            .arg(needs)
-            .arg(job.priority.min(PRIORITY_MAX))
-            .arg(job.agent.as_deref().unwrap_or_default())
-            .arg(job.weight.clamp(1, WEIGHT_MAX))
-            .arg(LANES_MAX)
-            .arg(job.delay_ms.unwrap_or(0));
-        let settings = &self.inner.settings;
+        let args: Vec<String> = vec![
+            job.id.clone(),
+            body,
+            job.tenant.clone(),
+            job.tool.clone(),
+            job.attempts_max.to_string(),
+            job.input_digest.to_hex(),
+            job.subject.clone().unwrap_or_default(),
+            keys.prefix.clone(),
+            job.needs.lane(),
+            needs,
+            job.priority.min(PRIORITY_MAX).to_string(),
+            job.agent.clone().unwrap_or_default(),
+            job.weight.clamp(1, WEIGHT_MAX).to_string(),
+            LANES_MAX.to_string(),
+            job.delay_ms.unwrap_or(0).to_string(),
+        ];
+        let script = &self.inner.scripts.submit;
         self.guarded(async {
-            if settings.ack_durability == crate::AckDurability::Local {
+            if self.inner.settings.ack_durability == crate::AckDurability::Local {
+                let mut invocation = script.prepare_invoke();
+                invocation.key(&script_keys).arg(&args);
                 let (new, id): (i64, String) = invocation.invoke_async(&mut self.conn()).await.map_err(from_redis)?;
                 return Ok(Accepted { id, existing: new == 0, confirmed: true });
             }
-            // On a connection of its own: WAIT covers the writes made on the connection it is sent
-            // on, and holds that connection until a replica has them.
-            let (new, id): (i64, String) =
-                invocation.invoke_async(&mut self.inner.durable.clone()).await.map_err(from_redis)?;
-            let seq = self.inner.acks.written.fetch_add(1, Ordering::AcqRel) + 1;
-            let confirmed = self.confirm(seq).await?;
+            // On a connection of its own (a wait holds the connection it is sent on), with
+            // `CLIENT INFO` in the same request: only a wait on that very connection confirms it.
+            let mut evalsha = redis::cmd("EVALSHA");
+            evalsha.arg(script.get_hash()).arg(script_keys.len()).arg(&script_keys).arg(&args);
+            let mut pipe = redis::pipe();
+            pipe.cmd("CLIENT").arg("INFO");
+            pipe.add_command(evalsha);
+            let mut durable = self.inner.durable.clone();
+            let answered = match self.on_one_connection(&mut durable, &pipe).await {
+                Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    // A master that never ran it (a new one, after a failover): load it, once.
+                    script.load_async(&mut durable).await.map_err(from_redis)?;
+                    self.on_one_connection(&mut durable, &pipe).await
+                }
+                answered => answered,
+            };
+            let (connection, mut replies) = answered.map_err(from_redis)?;
+            let reply = replies.pop().ok_or_else(|| QueueError::Corrupt("no reply to the submit script".into()))?;
+            let (new, id): (i64, String) = redis::from_redis_value(reply)
+                .map_err(|e| QueueError::Corrupt(format!("the submit script's reply: {e}")))?;
+            let seq = self.inner.acks.written();
+            let confirmed = self.confirm(seq, &connection).await.map_err(|e| match e {
+                QueueError::Settings(why) => QueueError::Settings(format!(
+                    "job {id} was queued but cannot be confirmed durable: {why}; it may still run"
+                )),
+                other => other,
+            })?;
             Ok(Accepted { id, existing: new == 0, confirmed })
         })
         .await
-    }
-
-    /// Whether the durable connection's write number `seq` is durable (a replica has it, or the
-    /// append-only file: `ack_durability`): one `WAIT` (`WAITAOF`) covers
-    /// every write made before it (a group commit), so concurrent submissions share a wait, and
-    /// when one times out every write it covered fails with it at once.
-    async fn confirm(&self, seq: u64) -> Result<bool, QueueError> {
-        let acks = &self.inner.acks;
-        loop {
-            if acks.confirmed.load(Ordering::Acquire) >= seq {
-                return Ok(true);
-            }
-            if acks.failed.load(Ordering::Acquire) >= seq {
-                return Ok(false);
-            }
-            let _turn = acks.turn.lock().await;
-            if acks.confirmed.load(Ordering::Acquire) >= seq || acks.failed.load(Ordering::Acquire) >= seq {
-                continue;
-            }
-            // Every write numbered up to here was answered before this WAIT is sent.
-            let upto = acks.written.load(Ordering::Acquire);
-            let durable = self.made_durable(&mut self.inner.durable.clone()).await?;
-            let reached = if durable { &acks.confirmed } else { &acks.failed };
-            reached.fetch_max(upto, Ordering::AcqRel);
-        }
     }
 
     /// A job's state and, once finished, its result (or why this node cannot read it); `None`

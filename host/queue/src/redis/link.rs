@@ -281,6 +281,21 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Run `pipe` on one connection to the node that serves `key`'s slot (for a Cluster, even
+    /// when no command in it names a key); its replies, the first error among them as an error.
+    pub(super) async fn pipeline_at(&mut self, pipe: &Pipeline, key: &str) -> RedisResult<Vec<Value>> {
+        let replies: Vec<Value> = match self {
+            Self::Cluster(cluster) => {
+                let route = SingleNodeRoutingInfo::SpecificNode(Route::with_key(key.as_bytes(), SlotAddr::Master));
+                cluster.route_pipeline(pipe.clone(), 0, pipe.len(), route).await?
+            }
+            other => pipe.query_async(other).await?,
+        };
+        replies.into_iter().map(Value::extract_error).collect()
+    }
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {

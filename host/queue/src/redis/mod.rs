@@ -47,6 +47,7 @@ mod blobs;
 mod budget;
 mod cache;
 mod done;
+mod durable;
 mod gate;
 mod jobs;
 #[cfg(test)]
@@ -296,11 +297,21 @@ fn is_connection_error(e: &RedisError) -> bool {
 }
 
 fn from_redis(e: RedisError) -> QueueError {
-    if is_connection_error(&e) {
-        QueueError::Unavailable { error: e.to_string(), retry_after_s: 1 }
-    } else {
-        QueueError::Redis(e.to_string())
+    use redis::ErrorKind;
+    if !is_connection_error(&e) {
+        return QueueError::Redis(e.to_string());
     }
+    // What the client's error means for an operator, where its own words do not say it.
+    let error = match e.kind() {
+        _ if e.is_cluster_error() => format!("the Redis Cluster is failing over or moving the queue's slot ({e})"),
+        ErrorKind::ClusterConnectionNotFound => format!("no node of the Redis Cluster answers ({e})"),
+        ErrorKind::MasterNameNotFoundBySentinel => {
+            format!("the Sentinels name no master now: a failover under way, or a wrong redis.sentinel.master ({e})")
+        }
+        ErrorKind::NoValidReplicasFoundBySentinel => format!("the Sentinels name no usable node ({e})"),
+        _ => e.to_string(),
+    };
+    QueueError::Unavailable { error, retry_after_s: 1 }
 }
 
 /// `WAITAOF`'s refusals, saying which setting to change.
@@ -426,18 +437,8 @@ struct Inner {
     /// blocks its connection until a replica has the writes made on it (so not on `conn`).
     durable: Conn,
     /// The durable connection's writes: numbered, and how far a replica confirmed them.
-    acks: DurableAcks,
+    acks: durable::DurableAcks,
     breaker: std::sync::Arc<Breaker>,
-}
-
-/// The durable connection's submissions, numbered as Redis answers them, and the highest number
-/// a `WAIT` confirmed (or saw fail); one `WAIT` at a time.
-#[derive(Default)]
-struct DurableAcks {
-    written: std::sync::atomic::AtomicU64,
-    confirmed: std::sync::atomic::AtomicU64,
-    failed: std::sync::atomic::AtomicU64,
-    turn: tokio::sync::Mutex<()>,
 }
 
 impl RedisQueue {
@@ -472,7 +473,7 @@ impl RedisQueue {
                 conn,
                 blocking,
                 durable,
-                acks: DurableAcks::default(),
+                acks: durable::DurableAcks::default(),
                 breaker,
             }),
         })
@@ -519,31 +520,35 @@ impl RedisQueue {
         .await
     }
 
-    /// Wait until the writes made on `conn` so far are as durable as `ack_durability` asks:
-    /// `true` once they are, `false` when `ack_timeout_ms` passed first (`local`: `true` at once).
-    /// One wait covers every write made on `conn` before it.
+    /// Check, at start, that this Redis is the shape the settings name and can do what they ask:
+    /// it answers, a `url` does not point at a Cluster node, and under `ack_durability = "aof"` it
+    /// has `WAITAOF`.
     ///
     /// # Errors
-    /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Settings`] under
-    /// `aof` when this Redis has no `WAITAOF` (before 7.2) or its append-only file is off.
-    async fn made_durable(&self, conn: &mut Conn) -> Result<bool, QueueError> {
-        let timeout = self.inner.settings.ack_timeout_ms.max(1);
-        let at = self.inner.keys.key("leases");
-        match self.inner.settings.ack_durability {
-            AckDurability::Local => Ok(true),
-            AckDurability::Replica => {
-                let mut wait = redis::cmd("WAIT");
-                wait.arg(1).arg(timeout);
-                let replicas: i64 = conn.query_at(&wait, &at).await.map_err(from_redis)?;
-                Ok(replicas >= 1)
-            }
-            AckDurability::Aof => {
-                let mut wait = redis::cmd("WAITAOF");
-                wait.arg(1).arg(0).arg(timeout);
-                let (local, _replicas): (i64, i64) = conn.query_at(&wait, &at).await.map_err(aof_error)?;
-                Ok(local >= 1)
+    /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Settings`] saying
+    /// which setting to change otherwise.
+    pub async fn check(&self) -> Result<(), QueueError> {
+        let at = self.inner.keys.key("stats");
+        let mut conn = self.conn();
+        let _: String = conn.query_at(&redis::cmd("PING"), &at).await.map_err(from_redis)?;
+        if let Conn::Node(_) = conn {
+            let info: String = redis::cmd("INFO").arg("cluster").query_async(&mut conn).await.map_err(from_redis)?;
+            if info.lines().any(|line| line.trim() == "cluster_enabled:1") {
+                return Err(QueueError::Settings(format!(
+                    "{} is a Redis Cluster node: list it in redis.cluster = [\"{}\"] instead of redis.url",
+                    self.inner.settings.describe(),
+                    self.inner.settings.url.as_deref().map(redact).unwrap_or_default(),
+                )));
             }
         }
+        if self.inner.settings.ack_durability == AckDurability::Aof {
+            // Whether the command exists and the append-only file is on (this connection wrote
+            // nothing yet, so there is nothing to wait for).
+            let mut probe = redis::cmd("WAITAOF");
+            probe.arg(1).arg(0).arg(100);
+            let _: (i64, i64) = conn.query_at(&probe, &at).await.map_err(aof_error)?;
+        }
+        Ok(())
     }
 
     /// Create the consumer groups (and their streams) unless they exist. Safe to repeat; done

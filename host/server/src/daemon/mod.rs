@@ -20,6 +20,10 @@ use guild_runtime::CancellationToken;
 use guild_runtime::Runtime;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How long a sync call keeps reading a finished remote job's output while Redis is away (a
+/// failover takes seconds) before it answers 202 with the run to fetch instead.
+const OUTPUT_READ_RETRY: Duration = Duration::from_secs(5);
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
@@ -869,10 +873,23 @@ impl Daemon {
             RunState::Finished(finished) => finished.clone(),
             _ => return Ok(Submitted::Accepted { entry, replayed }),
         };
-        // The output is in the result, in Redis (one read; waiters are told only the state).
-        let output = match remote.queue.status(&entry.id).await {
-            Ok(Some(status)) => status.result.and_then(|r| r.output),
-            _ => None,
+        // The output is in the result, in Redis (waiters are told only the state). Read again
+        // while Redis is away (a failover); a caller that cannot be given the output is answered
+        // 202 with the run to fetch, never a success without it.
+        let mut backoff = guild_queue::redis_retry(Duration::from_millis(100));
+        let deadline = tokio::time::Instant::now() + OUTPUT_READ_RETRY;
+        let output = loop {
+            match remote.queue.status(&entry.id).await {
+                Ok(Some(status)) if status.result.is_some() => break status.result.and_then(|r| r.output),
+                // Its result not (or no longer) where it should be, or unreadable here.
+                Ok(None) => return Ok(Submitted::Accepted { entry, replayed }),
+                Err(e) if !e.is_unavailable() => return Ok(Submitted::Accepted { entry, replayed }),
+                Ok(Some(_)) | Err(_) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Submitted::Accepted { entry, replayed });
+            }
+            tokio::time::sleep(backoff.next().unwrap_or(guild_queue::REDIS_RETRY_MAX)).await;
         };
         Ok(if replayed {
             Submitted::Replayed { entry, finished, output }
