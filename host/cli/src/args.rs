@@ -104,7 +104,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub(crate) listen: Option<std::net::SocketAddr>,
     /// Enqueue runs into this Redis (`redis://HOST:PORT/DB`) for `guild worker`s instead of
-    /// running them here (overrides the config's `redis.url`).
+    /// running them here (replaces the config's `redis.url`, `redis.cluster` or `redis.sentinel`).
     #[arg(long, value_name = "URL")]
     pub(crate) redis: Option<String>,
     #[command(flatten)]
@@ -114,7 +114,8 @@ pub(crate) struct ServeArgs {
 /// Where the Redis queue is: `--redis`, else the config's `[redis]`.
 #[derive(Debug, Args)]
 pub(crate) struct RedisArgs {
-    /// The queue's Redis, `redis://HOST:PORT/DB` (overrides the config's `redis.url`).
+    /// The queue's Redis, one node: `redis://HOST:PORT/DB` (replaces the config's `redis.url`,
+    /// `redis.cluster` or `redis.sentinel`).
     #[arg(long, value_name = "URL")]
     pub(crate) redis: Option<String>,
     /// A daemon config whose `[redis]` settings apply (and, for a worker, its `[secrets]`,

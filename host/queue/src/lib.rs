@@ -45,5 +45,6 @@ pub use lanes::{
 pub use redis::{
     AckDurability, CACHE_VALUE_BYTES_MAX, CANCEL_HELD_FOR_TURN_S, DoneEntry, DoneRead, QueueError, RedisQueue,
     RedisSettings, SentinelSettings, SharedCacheStats, TOOL_RECORD_BYTES_MAX, TOOL_RECORDS_MAX, UsageSums,
+    holds_password, redact,
 };
 pub use retry::{REDIS_RETRY_MAX, backoff_ms, redis_retry};

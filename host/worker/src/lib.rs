@@ -375,8 +375,9 @@ impl Worker {
         } else {
             self.execute(&lease, cancel).await
         };
-        drop(renewing);
+        // Renewed until settled: settling may wait out a failover, longer than a lease.
         self.settle(&lease, result).await;
+        drop(renewing);
     }
 
     async fn renew_loop(self: Arc<Self>, lease: Lease, cancel: guild_runtime::CancellationToken) {

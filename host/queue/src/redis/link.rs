@@ -52,7 +52,7 @@ impl Topology {
     /// `sentinel` set, an address that does not parse, a password source that cannot be read.
     pub(super) fn from_settings(settings: &RedisSettings) -> Result<Self, QueueError> {
         let password = match &settings.password {
-            Some(source) => Some(read_password(source)?),
+            Some(source) => Some(read_password(source, "redis.password")?),
             None => None,
         };
         let username = settings.username.clone();
@@ -74,7 +74,7 @@ impl Topology {
                     Some(certificates) => Client::build_with_tls(info, certificates),
                     None => Client::open(info),
                 }
-                .map_err(|e| QueueError::Settings(format!("redis.url {url:?}: {e}")))?;
+                .map_err(|e| QueueError::Settings(format!("redis.url {:?}: {e}", super::redact(url))))?;
                 Ok(Self::Node(Box::new(client)))
             }
             [false, true, false] => {
@@ -115,6 +115,7 @@ impl Topology {
                 response_timeout,
                 current: std::sync::Mutex::new(None),
                 generation: AtomicU64::new(0),
+                last_failure: std::sync::Mutex::new(None),
             })))),
             Self::Cluster(seeds) => {
                 let config =
@@ -130,8 +131,16 @@ impl Topology {
         match self {
             Self::Node(client) => client.get_async_pubsub().await,
             Self::Sentinel(sentinel) => {
-                let client = sentinel.lock().await.async_get_client().await?;
-                client.get_async_pubsub().await
+                let asked = tokio::time::timeout(CONNECT_TIMEOUT * 3, async {
+                    let client = sentinel.lock().await.async_get_client().await?;
+                    client.get_async_pubsub().await
+                });
+                asked.await.map_err(|_| {
+                    redis::RedisError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no Sentinel named the master in time",
+                    ))
+                })?
             }
             Self::Cluster(seeds) => {
                 let first = seeds.next_seed.fetch_add(1, Ordering::Relaxed);
@@ -182,7 +191,13 @@ impl ClusterSeeds {
 }
 
 fn parse(url: &str, field: &str) -> Result<ConnectionInfo, QueueError> {
-    url.into_connection_info().map_err(|e| QueueError::Settings(format!("{field} {url:?}: {e}")))
+    let shown = super::redact(url);
+    if super::holds_password(url) {
+        return Err(QueueError::Settings(format!(
+            "{field} {shown:?} holds a password: give it as redis.password = \"env:VARIABLE\" or \"file:PATH\""
+        )));
+    }
+    url.into_connection_info().map_err(|e| QueueError::Settings(format!("{field} {shown:?}: {e}")))
 }
 
 /// `info` with the configured ACL user and password, where given (else the URL's own).
@@ -198,8 +213,8 @@ fn with_auth(info: ConnectionInfo, username: Option<&str>, password: Option<&str
 }
 
 /// The password from its source (`env:VARIABLE` or `file:PATH`), as tool secrets are read.
-fn read_password(source: &str) -> Result<String, QueueError> {
-    let settings = |e: String| QueueError::Settings(format!("redis.password: {e}"));
+fn read_password(source: &str, field: &str) -> Result<String, QueueError> {
+    let settings = |e: String| QueueError::Settings(format!("{field}: {e}"));
     let parsed = guild_vocab::egress::secrets::SecretSource::parse(source).map_err(settings)?;
     let secret = guild_vocab::egress::secrets::Secret::read("redis_password", &parsed).map_err(settings)?;
     Ok(guild_vocab::egress::secrets::fill("{{secret:redis_password}}", &[secret]))
@@ -214,17 +229,15 @@ fn sentinel_client(
     let settings = |e: redis::RedisError| QueueError::Settings(format!("redis.sentinel: {e}"));
     let nodes = sentinel.nodes.iter().map(|url| parse(url, "redis.sentinel.nodes")).collect::<Result<Vec<_>, _>>()?;
     let tls = nodes.iter().any(|info| matches!(info.addr(), ConnectionAddr::TcpTls { .. }));
-    let auth = nodes.first().map(|info| info.redis_settings().clone());
+    let user = nodes.first().and_then(|info| info.redis_settings().username().map(str::to_string));
     let addrs: Vec<ConnectionAddr> = nodes.iter().map(|info| info.addr().clone()).collect();
     let mut builder =
         SentinelClientBuilder::new(addrs, &sentinel.master, SentinelServerType::Master).map_err(settings)?;
-    if let Some(auth) = auth {
-        if let Some(user) = auth.username() {
-            builder = builder.set_client_to_sentinel_username(user);
-        }
-        if let Some(secret) = auth.password() {
-            builder = builder.set_client_to_sentinel_password(secret);
-        }
+    if let Some(user) = user {
+        builder = builder.set_client_to_sentinel_username(user);
+    }
+    if let Some(source) = &sentinel.password {
+        builder = builder.set_client_to_sentinel_password(read_password(source, "redis.sentinel.password")?);
     }
     if let Some(username) = username {
         builder = builder.set_client_to_redis_username(username);
@@ -350,7 +363,13 @@ struct SentinelShared {
     /// The master's connection now, and which one it is (a count of the masters found).
     current: std::sync::Mutex<Option<(u64, ConnectionManager)>>,
     generation: AtomicU64,
+    /// When asking the Sentinels last failed, and why.
+    last_failure: std::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
+
+/// The least time between two lookups of the master after one failed (a failover under way
+/// must not turn every command into a round of Sentinel queries).
+const SENTINEL_ASK_INTERVAL: Duration = Duration::from_millis(100);
 
 impl SentinelConn {
     fn current(&self) -> Option<(u64, ConnectionManager)> {
@@ -361,21 +380,40 @@ impl SentinelConn {
         if let Some(current) = self.current() {
             return Ok(current);
         }
+        // Waiting for another caller's lookup counts against this caller's time too.
+        let asked = tokio::time::timeout(self.0.response_timeout, self.ask()).await;
+        asked.map_err(|_| {
+            redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no Sentinel named the master in time",
+            ))
+        })?
+    }
+
+    /// Ask the Sentinels for the master, one caller at a time, and no more often than every
+    /// [`SENTINEL_ASK_INTERVAL`]: callers in between get the last failure at once.
+    async fn ask(&self) -> RedisResult<(u64, ConnectionManager)> {
         let mut sentinel = self.0.sentinel.lock().await;
         // Another caller may have found the master while this one waited its turn.
         if let Some(current) = self.current() {
             return Ok(current);
         }
-        let asked = tokio::time::timeout(self.0.response_timeout, sentinel.async_get_client()).await;
-        let client = asked.map_err(|_| {
-            redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "no Sentinel named the master in time",
-            ))
-        })??;
+        if let Some((at, error)) = self.0.last_failure.lock().expect("never poisoned").as_ref()
+            && at.elapsed() < SENTINEL_ASK_INTERVAL
+        {
+            return Err(redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::NotConnected, error.clone())));
+        }
+        let client = match sentinel.async_get_client().await {
+            Ok(client) => client,
+            Err(e) => {
+                *self.0.last_failure.lock().expect("never poisoned") = Some((std::time::Instant::now(), e.to_string()));
+                return Err(e);
+            }
+        };
         let manager = ConnectionManager::new_lazy_with_config(client, self.0.config.clone())?;
         let generation = self.0.generation.fetch_add(1, Ordering::Relaxed) + 1;
         *self.0.current.lock().expect("never poisoned") = Some((generation, manager.clone()));
+        *self.0.last_failure.lock().expect("never poisoned") = None;
         Ok((generation, manager))
     }
 

@@ -142,6 +142,10 @@ pub struct SentinelSettings {
     pub master: String,
     /// The Sentinels: `redis://host:port` (`rediss://` for TLS to them and to the master).
     pub nodes: Vec<String>,
+    /// Where the Sentinels' own password is (`requirepass` in their config): `env:VARIABLE`
+    /// or `file:PATH`; none: they ask for none.
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 /// What a submitted job must reach before it is acknowledged to the caller.
@@ -235,16 +239,38 @@ impl RedisSettings {
     }
 }
 
-/// `url` without a password it may carry (`redis://user:secret@host` → `redis://user:***@host`).
-fn redact(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
+/// `url` without a password it may carry: in its user part (`redis://user:secret@host` →
+/// `redis://user:***@host`) or its query (`unix:///run/redis.sock?pass=secret` → `?pass=***`).
+pub fn redact(url: &str) -> String {
+    let (address, query) = match url.split_once('?') {
+        Some((address, query)) => (address, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match (address.split_once("://"), address.rfind('@')) {
         (Some((scheme, rest)), Some(at)) if at > scheme.len() => {
             let credentials = &rest[..at - scheme.len() - 3];
             let user = credentials.split_once(':').map_or(credentials, |(user, _)| user);
-            format!("{scheme}://{user}:***@{}", &url[at + 1..])
+            format!("{scheme}://{user}:***@{}", &address[at + 1..])
         }
-        _ => url.to_string(),
+        _ => address.to_string(),
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if matches!(name, "pass" | "password") => format!("{name}=***"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out = format!("{out}?{}", pairs.join("&"));
     }
+    out
+}
+
+/// Whether `url` carries a password (in its user part, or `pass=` for a socket): Guild takes
+/// passwords only from `redis.password`'s source, never written into an address.
+pub fn holds_password(url: &str) -> bool {
+    redact(url) != url
 }
 
 /// Why a queue call failed.
@@ -621,6 +647,8 @@ mod tests {
 
     #[test]
     fn a_described_url_never_shows_its_password() {
+        assert_eq!(redact("unix:///run/r.sock?db=1&pass=hunter2"), "unix:///run/r.sock?db=1&pass=***");
+        assert!(holds_password("redis://:p@h:1") && !holds_password("redis://user@h:1"));
         assert_eq!(redact("redis://guild:s3cret@10.0.0.1:6379/0"), "redis://guild:***@10.0.0.1:6379/0");
         assert_eq!(redact("rediss://:s3cret@host:6380"), "rediss://:***@host:6380");
         assert_eq!(redact("redis://10.0.0.1:6379"), "redis://10.0.0.1:6379");

@@ -375,10 +375,25 @@ pub type RedisConfig = guild_queue::RedisSettings;
 
 /// Check `[redis]`, naming the field to change.
 fn validate_redis(redis: &RedisConfig) -> Result<(), ConfigError> {
+    let shown = |url: &str| guild_queue::redact(url);
     if let Some(url) = &redis.url
         && !["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|s| url.starts_with(s))
     {
-        return Err(ConfigError::new("redis.url", format!("is {url:?}; use redis://HOST:PORT/DB")));
+        return Err(ConfigError::new("redis.url", format!("is {:?}; use redis://HOST:PORT/DB", shown(url))));
+    }
+    let addresses =
+        redis.url.iter().map(|url| ("redis.url", url)).chain(redis.cluster.iter().map(|url| ("redis.cluster", url)));
+    let sentinels = redis.sentinel.iter().flat_map(|s| s.nodes.iter().map(|url| ("redis.sentinel.nodes", url)));
+    for (field, url) in addresses.chain(sentinels) {
+        if guild_queue::holds_password(url) {
+            return Err(ConfigError::new(
+                field,
+                format!(
+                    "{:?} holds a password: give it as redis.password = \"env:VARIABLE\" or \"file:PATH\" (redis.sentinel.password for the Sentinels')",
+                    shown(url)
+                ),
+            ));
+        }
     }
     let shapes = [redis.url.is_some(), !redis.cluster.is_empty(), redis.sentinel.is_some()];
     if shapes.iter().filter(|set| **set).count() > 1 {
@@ -389,7 +404,18 @@ fn validate_redis(redis: &RedisConfig) -> Result<(), ConfigError> {
     }
     let tcp = |url: &String| ["redis://", "rediss://"].iter().any(|s| url.starts_with(s));
     if let Some(url) = redis.cluster.iter().find(|url| !tcp(url)) {
-        return Err(ConfigError::new("redis.cluster", format!("holds {url:?}; use redis://HOST:PORT")));
+        return Err(ConfigError::new("redis.cluster", format!("holds {:?}; use redis://HOST:PORT", shown(url))));
+    }
+    // A Cluster has one database: `SELECT` is refused there.
+    let names_database = |url: &str| {
+        let path = url.split_once("://").and_then(|(_, rest)| rest.split_once('/')).map(|(_, db)| db);
+        path.is_some_and(|db| !db.is_empty() && db != "0")
+    };
+    if let Some(url) = redis.cluster.iter().find(|url| names_database(url)) {
+        return Err(ConfigError::new(
+            "redis.cluster",
+            format!("{:?} names a database; a Redis Cluster has only database 0: drop the /N", shown(url)),
+        ));
     }
     if let Some(sentinel) = &redis.sentinel {
         if sentinel.master.is_empty() {
@@ -399,7 +425,15 @@ fn validate_redis(redis: &RedisConfig) -> Result<(), ConfigError> {
             return Err(ConfigError::new("redis.sentinel.nodes", "list the Sentinels: [\"redis://HOST:26379\", …]"));
         }
         if let Some(url) = sentinel.nodes.iter().find(|url| !tcp(url)) {
-            return Err(ConfigError::new("redis.sentinel.nodes", format!("holds {url:?}; use redis://HOST:PORT")));
+            return Err(ConfigError::new(
+                "redis.sentinel.nodes",
+                format!("holds {:?}; use redis://HOST:PORT", shown(url)),
+            ));
+        }
+        if let Some(source) = &sentinel.password
+            && let Err(e) = guild_runtime::egress::SecretSource::parse(source)
+        {
+            return Err(ConfigError::new("redis.sentinel.password", e));
         }
     }
     if let Some(source) = &redis.password
@@ -757,6 +791,12 @@ impl DaemonConfig {
         let mut table: toml::Table =
             text.parse().map_err(|e: toml::de::Error| ConfigError::new(origin.display().to_string(), e.to_string()))?;
         let ignored = env::apply(&mut table, env)?;
+        // An empty seed list would read as "no Redis" and run everything here, unnoticed.
+        if let Some(toml::Value::Array(seeds)) = table.get("redis").and_then(|redis| redis.get("cluster"))
+            && seeds.is_empty()
+        {
+            return Err(ConfigError::new("redis.cluster", "is empty: list the Cluster's seed nodes, or remove it"));
+        }
         let config: DaemonConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::new(origin.display().to_string(), e.to_string()))?;

@@ -62,10 +62,28 @@ fn redis_is_one_node_a_cluster_or_a_sentinel_master_and_its_password_comes_from_
     assert_eq!(e.field, "redis.sentinel.master");
     let e = load("[redis.sentinel]\nmaster = \"m\"\nnodes = []\n", &[]).expect_err("no sentinels");
     assert_eq!(e.field, "redis.sentinel.nodes");
-    // A password is never written in the config itself.
+    // A password is never written in the config itself, nor into an address (and an error
+    // about one never shows it).
     let e = load("[redis]\nurl = \"redis://a:1\"\npassword = \"hunter2\"\n", &[]).expect_err("literal");
     assert_eq!(e.field, "redis.password");
     assert!(!e.message.contains("hunter2"), "{e:?}");
+    for (text, field) in [
+        ("[redis]\nurl = \"redis://:hunter2@a:1/0\"\n", "redis.url"),
+        ("[redis]\nurl = \"unix:///run/r.sock?pass=hunter2\"\n", "redis.url"),
+        ("[redis]\ncluster = [\"redis://u:hunter2@a:1\"]\n", "redis.cluster"),
+        ("[redis]\ncluster = [\"http://:hunter2@a:1\"]\n", "redis.cluster"),
+        ("[redis.sentinel]\nmaster = \"m\"\nnodes = [\"redis://:hunter2@a:1\"]\n", "redis.sentinel.nodes"),
+    ] {
+        let e = load(text, &[]).expect_err("a password in an address");
+        assert_eq!(e.field, field, "{text}");
+        assert!(!e.message.contains("hunter2"), "{e:?}");
+    }
+    let e = load("[redis]\ncluster = [\"redis://a:7000/3\"]\n", &[]).expect_err("a database in a Cluster");
+    assert!(e.field == "redis.cluster" && e.message.contains("database 0"), "{e:?}");
+    let e = load("[redis]\ncluster = []\n", &[]).expect_err("no seeds");
+    assert!(e.field == "redis.cluster" && e.message.contains("empty"), "{e:?}");
+    let e = load("", &[("GUILD_REDIS__CLUSTER", "[]")]).expect_err("no seeds");
+    assert_eq!(e.field, "redis.cluster");
 }
 
 #[test]
