@@ -247,11 +247,10 @@ pub fn redact(url: &str) -> String {
         None => (url, None),
     };
     let mut out = match (address.split_once("://"), address.rfind('@')) {
-        (Some((scheme, rest)), Some(at)) if at > scheme.len() => {
-            let credentials = &rest[..at - scheme.len() - 3];
-            let user = credentials.split_once(':').map_or(credentials, |(user, _)| user);
-            format!("{scheme}://{user}:***@{}", &address[at + 1..])
-        }
+        (Some((scheme, rest)), Some(at)) if at > scheme.len() => match rest[..at - scheme.len() - 3].split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{}", &address[at + 1..]),
+            None => address.to_string(),
+        },
         _ => address.to_string(),
     };
     if let Some(query) = query {
