@@ -9,6 +9,7 @@
 #      2 workers.
 # Usage: bash benches/redis/bench.sh [JOBS] [SECONDS] [CONCURRENCY_PER_WORKER]
 # GUILD_BIN=PATH benchmarks that binary instead of building this checkout's.
+# GUILD_BENCH_CLUSTER=1 runs it all on a Redis Cluster of six nodes (3 masters, 3 replicas).
 # GUILD_BENCH_FSYNC=always measures Redis fsyncing its append-only file before every reply
 # (default everysec). GUILD_BENCH_CONFIG=TOML is added to the API node's config (run limits,
 # say). Each of the 8 submitting clients names its own agent label (Guild-Agent), so jobs take
@@ -22,27 +23,61 @@ for tool in redis-server redis-benchmark redis-cli wrk; do
     command -v $tool >/dev/null || { echo "bench: $tool not found (bash scripts/setup.sh; apt-get install wrk)" >&2; exit 1; }
 done
 source benches/common.sh
-port=$(free_port)
 fsync=${GUILD_BENCH_FSYNC:-everysec}
-redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync "$fsync" \
-    --maxmemory-policy noeviction --dir "$work" > "$work/redis.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+start_node() { # PORT DIR [ARGS...]: one redis-server, waited for
+    local node_port=$1 dir=$2
+    shift 2
+    mkdir -p "$dir"
+    redis-server --port "$node_port" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync "$fsync" \
+        --maxmemory-policy noeviction --dir "$dir" "$@" > "$dir/redis.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 100); do redis-cli -p "$node_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+}
+if [ -n "${GUILD_BENCH_CLUSTER:-}" ]; then
+    # A Redis Cluster on this machine: three masters with a replica each. The job path's
+    # commands all go to the master of the queue's slot: its counters are the ones reported.
+    cluster_ports=()
+    for i in $(seq 6); do
+        cluster_ports+=("$(free_port)")
+        start_node "${cluster_ports[-1]}" "$work/node$i" --cluster-enabled yes --cluster-config-file nodes.conf
+    done
+    redis-cli --cluster create $(printf '127.0.0.1:%s ' "${cluster_ports[@]}") --cluster-replicas 1 --cluster-yes >/dev/null
+    for _ in $(seq 200); do
+        redis-cli -p "${cluster_ports[0]}" cluster info | grep -q cluster_state:ok && break
+        sleep 0.1
+    done
+    sleep 1
+    slot=$(redis-cli -p "${cluster_ports[0]}" cluster keyslot 'guild:{default}:leases' | tr -d '\r')
+    port=$(redis-cli -p "${cluster_ports[0]}" cluster nodes | awk -v slot="$slot" '
+        $3 ~ /master/ { for (i = 9; i <= NF; i++) { split($i, r, "-"); if (r[2] == "") r[2] = r[1];
+            if (slot + 0 >= r[1] + 0 && slot + 0 <= r[2] + 0) { split($2, a, "[:@]"); print a[2] } } }')
+    redis_section="cluster = [$(printf '"redis://127.0.0.1:%s", ' "${cluster_ports[@]:0:3}")]"
+    worker_redis=()
+    export GUILD_REDIS__CLUSTER="[$(printf '"redis://127.0.0.1:%s", ' "${cluster_ports[@]:0:3}")]"
+    shape="a Redis Cluster of 3 masters and 3 replicas (the queue's slot on :$port)"
+    benchmark_args=(--cluster -p "${cluster_ports[0]}")
+else
+    port=$(free_port)
+    start_node "$port" "$work/redis"
+    redis_section="url = \"redis://127.0.0.1:$port/\""
+    worker_redis=(--redis "redis://127.0.0.1:$port/")
+    shape="one redis-server"
+    benchmark_args=(-p "$port")
+fi
 rcli() { redis-cli -p "$port" "$@"; }
-url="redis://127.0.0.1:$port/"
 
-echo "== redis-benchmark, XADD, same redis-server (appendonly yes, appendfsync $fsync)"
+echo "== redis-benchmark, XADD, $shape (appendonly yes, appendfsync $fsync)"
 for pipeline in 1 16; do
-    rate=$(redis-benchmark -p "$port" -n 200000 -c 50 -P $pipeline -q XADD bench:stream '*' job x | grep -o '[0-9.]* requests per second' | head -1)
+    rate=$(redis-benchmark "${benchmark_args[@]}" -n 200000 -c 50 -P $pipeline -q XADD 'bench:{stream}' '*' job x | grep -o '[0-9.]* requests per second' | tail -1)
     echo "XADD, 50 clients, pipeline $pipeline: $rate"
 done
-rcli del bench:stream >/dev/null
+redis-cli -c -p "$port" del 'bench:{stream}' >/dev/null
 
 cat > "$work/guild.toml" <<TOML
 listen = "127.0.0.1:0"
 log_format = "text"
 [redis]
-url = "$url"
+$redis_section
 $(bench_tenant)
 ${GUILD_BENCH_CONFIG:-}
 TOML
@@ -53,7 +88,7 @@ addr=$serve_addr
 start_workers() {
     worker_pids=()
     for i in $(seq "$1"); do
-        GUILD_HOME=$work/w$i GUILD_LOG=warn "$guild" worker --redis "$url" --concurrency "$per_worker" \
+        GUILD_HOME=$work/w$i GUILD_LOG=warn "$guild" worker "${worker_redis[@]}" --concurrency "$per_worker" \
             --name "bench-$i" 2> "$work/worker-$i.log" &
         worker_pids+=($!)
         pids+=($!)

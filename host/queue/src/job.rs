@@ -147,6 +147,9 @@ pub struct Lease {
     pub entry: String,
     /// This attempt's number, from 1.
     pub attempt: u32,
+    /// Whether a cancel was asked for when it was taken (`None`: not looked at then; ask
+    /// [`crate::RedisQueue::cancel_requested`]).
+    pub cancel_asked: Option<bool>,
 }
 
 impl Job {

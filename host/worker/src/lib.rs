@@ -406,7 +406,11 @@ impl Worker {
         cancel: guild_runtime::CancellationToken,
     ) -> Result<JobResult, AttemptFailure> {
         let job = &lease.job;
-        if self.queue.cancel_requested(&job.id).await.unwrap_or(false) {
+        let cancel_asked = match lease.cancel_asked {
+            Some(asked) => asked,
+            None => self.queue.cancel_requested(&job.id).await.unwrap_or(false),
+        };
+        if cancel_asked {
             return Err(AttemptFailure::deterministic(
                 FailureCode::Cancelled,
                 "the job was cancelled before it started".to_string(),

@@ -9,6 +9,10 @@ use guild_vocab::AttemptEnd;
 use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 use std::time::Duration;
 
+/// How often the audit writer looks for done entries left pending (its own after a failed
+/// write, or a dead node's), ms.
+const DONE_CLAIM_EVERY_MS: u64 = 1_000;
+
 /// Bytes of a corrupt done entry kept in the dead-letter stream, for a person to look at.
 const CORRUPT_RAW_BYTES_KEPT: usize = 4096;
 
@@ -80,10 +84,21 @@ impl RedisQueue {
         let mut claim = redis::cmd("XAUTOCLAIM");
         claim.arg(&stream).arg(AUDIT_GROUP).arg(consumer).arg(self.inner.settings.lease_ms).arg("0-0");
         claim.arg("COUNT").arg(count);
-        let mut replies = blocking
-            .pipeline_at(&read(claim), &stream)
-            .await
-            .map_err(|e| if aof { aof_error(e) } else { from_redis(e) })?;
+        // Entries left pending come back only after `lease_ms` idle: looking for them once per
+        // `DONE_CLAIM_EVERY_MS` is enough, not before every read.
+        let now = crate::job::now_unix_ms();
+        let last = self.inner.done_claimed_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let claiming = now.saturating_sub(last) >= DONE_CLAIM_EVERY_MS;
+        let mut replies = if claiming {
+            let replies = blocking
+                .pipeline_at(&read(claim), &stream)
+                .await
+                .map_err(|e| if aof { aof_error(e) } else { from_redis(e) })?;
+            self.inner.done_claimed_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+            replies
+        } else {
+            Vec::new()
+        };
         let corrupt = |e: redis::ParsingError| QueueError::Corrupt(format!("the done stream's read: {e}"));
         // The wait's reply, last in the request, when there is a wait.
         let durable = |replies: &mut Vec<redis::Value>| {
@@ -95,10 +110,15 @@ impl RedisQueue {
                 None => Err(QueueError::Corrupt("no reply to the durability wait".into())),
             }
         };
-        let mut confirmed = durable(&mut replies)?;
-        let claimed: StreamAutoClaimReply =
-            redis::from_redis_value(replies.pop().unwrap_or(redis::Value::Nil)).map_err(corrupt)?;
-        let mut entries = claimed.claimed;
+        let mut confirmed = if claiming { durable(&mut replies)? } else { true };
+        let mut entries = match replies.pop() {
+            None | Some(redis::Value::Nil) => Vec::new(),
+            Some(reply) => redis::from_redis_value::<StreamAutoClaimReply>(reply).map_err(corrupt)?.claimed,
+        };
+        if claiming && entries.len() >= count {
+            // A full batch: there may be more left pending; look again on the next read.
+            self.inner.done_claimed_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
         if entries.is_empty() {
             let mut group = redis::cmd("XREADGROUP");
             group.arg("GROUP").arg(AUDIT_GROUP).arg(consumer).arg("COUNT").arg(count);

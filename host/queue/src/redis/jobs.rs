@@ -240,9 +240,12 @@ impl RedisQueue {
         for lane in lanes {
             invocation.arg(lane);
         }
-        let (started, next_due): (Vec<(String, String, u32, String)>, i64) =
+        let (started, next_due): (Vec<Taken>, i64) =
             invocation.invoke_async(&mut self.conn()).await.map_err(from_redis)?;
-        let leases = started.into_iter().map(|(entry, body, attempt, id)| lease(entry, &body, attempt, id)).collect();
+        let leases = started
+            .into_iter()
+            .map(|(entry, body, attempt, id, cancel)| lease(entry, &body, attempt, id, Some(cancel == 1)))
+            .collect();
         Ok((leases, u64::try_from(next_due).ok()))
     }
 
@@ -369,7 +372,7 @@ impl RedisQueue {
             .into_iter()
             .map(|(entry, body, attempt)| {
                 let named = entries.iter().find(|(e, _)| *e == entry).map(|(_, id)| id.clone()).unwrap_or_default();
-                lease(entry, &body, attempt, named)
+                lease(entry, &body, attempt, named, None)
             })
             .collect())
     }
@@ -633,7 +636,11 @@ impl RedisQueue {
 
 /// A lease on stream `entry` for the job `body` holds; `named`: the job its stream entry names
 /// (the attempt settles that one, whatever the body says).
-fn lease(entry: String, body: &str, attempt: u32, named: String) -> Lease {
+/// A job the take script started: its stream entry, body, attempt, id, and 1 when a cancel
+/// was asked for.
+type Taken = (String, String, u32, String, i64);
+
+fn lease(entry: String, body: &str, attempt: u32, named: String, cancel_asked: Option<bool>) -> Lease {
     let (mut job, mut unreadable) = Job::read(body);
     if job.id != named {
         if unreadable.is_none() {
@@ -641,7 +648,7 @@ fn lease(entry: String, body: &str, attempt: u32, named: String) -> Lease {
         }
         job.id = named;
     }
-    Lease { job, unreadable, entry, attempt }
+    Lease { job, unreadable, entry, attempt, cancel_asked }
 }
 
 pub(super) fn parse_result(text: &str) -> Result<JobResult, QueueError> {

@@ -463,6 +463,8 @@ struct Inner {
     durable: Conn,
     /// The durable connection's writes: numbered, and how far a replica confirmed them.
     acks: durable::DurableAcks,
+    /// When the audit writer last looked for pending done entries (unix ms).
+    done_claimed_ms: std::sync::atomic::AtomicU64,
     breaker: std::sync::Arc<Breaker>,
 }
 
@@ -499,6 +501,7 @@ impl RedisQueue {
                 blocking,
                 durable,
                 acks: durable::DurableAcks::default(),
+                done_claimed_ms: std::sync::atomic::AtomicU64::new(0),
                 breaker,
             }),
         })

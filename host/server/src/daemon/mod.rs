@@ -876,6 +876,18 @@ impl Daemon {
         // The output is in the result, in Redis (waiters are told only the state). Read again
         // while Redis is away (a failover); a caller that cannot be given the output is answered
         // 202 with the run to fetch, never a success without it.
+        if finished.status != guild_runtime::RunStatus::Succeeded {
+            // Ended without an output to show (or told by this node: expired, unreadable).
+            let output = match remote.queue.status(&entry.id).await {
+                Ok(Some(status)) => status.result.and_then(|r| r.output),
+                _ => None,
+            };
+            return Ok(if replayed {
+                Submitted::Replayed { entry, finished, output }
+            } else {
+                Submitted::Finished { entry, finished, output }
+            });
+        }
         let mut backoff = guild_queue::redis_retry(Duration::from_millis(100));
         let deadline = tokio::time::Instant::now() + OUTPUT_READ_RETRY;
         let output = loop {

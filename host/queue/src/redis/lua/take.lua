@@ -6,7 +6,8 @@
 -- Jobs in the delayed set whose time has come are queued first.
 -- KEYS: stream, stats, delayed set
 -- ARGV: worker, queue prefix, job key prefix, count, then the lanes served
--- Returns {jobs, next}: per job to run {entry, body, attempt, id} (a body the hash lacks is ''),
+-- Returns {jobs, next}: per job to run {entry, body, attempt, id, cancel} (a body the hash lacks
+-- is ''; cancel 1 when `cancel:<id>` asks for it to be cancelled, so the worker need not ask),
 -- and in how many ms the delayed set's next job is due (-1: none).
 local worker, prefix, jobs = ARGV[1], ARGV[2], ARGV[3]
 local count = tonumber(ARGV[4])
@@ -80,7 +81,8 @@ while #out < count and looked < count + 64 do
         end
         local attempt = redis.call('HINCRBY', job_key, 'attempts', 1)
         redis.call('HSET', job_key, 'state', 'running', 'worker', worker, 'entry', entry)
-        table.insert(out, {entry, fields[2] or '', attempt, id})
+        local cancel = redis.call('EXISTS', prefix .. 'cancel:' .. id)
+        table.insert(out, {entry, fields[2] or '', attempt, id, cancel})
       end
     end
   end
