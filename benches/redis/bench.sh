@@ -31,22 +31,31 @@ start_node() { # PORT DIR [ARGS...]: one redis-server, waited for
     redis-server --port "$node_port" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync "$fsync" \
         --maxmemory-policy noeviction --dir "$dir" "$@" > "$dir/redis.log" 2>&1 &
     pids+=($!)
-    for _ in $(seq 100); do redis-cli -p "$node_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+    for _ in $(seq 200); do redis-cli -p "$node_port" ping >/dev/null 2>&1 && return; sleep 0.05; done
+    echo "bench: redis-server on $node_port did not start: $(tail -3 "$dir/redis.log")" >&2
+    exit 1
 }
 if [ -n "${GUILD_BENCH_CLUSTER:-}" ]; then
     # A Redis Cluster on this machine: three masters with a replica each. The job path's
     # commands all go to the master of the queue's slot: its counters are the ones reported.
     cluster_ports=()
     for i in $(seq 6); do
-        cluster_ports+=("$(free_port)")
+        # A node's cluster bus listens on its port + 10000: below 55536, with that one free too.
+        while :; do
+            p=$(free_port)
+            [ "$p" -le 55535 ] && python3 -c "import socket,sys; socket.socket().bind(('127.0.0.1', $p + 10000))" 2>/dev/null && break
+        done
+        cluster_ports+=("$p")
         start_node "${cluster_ports[-1]}" "$work/node$i" --cluster-enabled yes --cluster-config-file nodes.conf
     done
     redis-cli --cluster create $(printf '127.0.0.1:%s ' "${cluster_ports[@]}") --cluster-replicas 1 --cluster-yes >/dev/null
-    for _ in $(seq 200); do
-        redis-cli -p "${cluster_ports[0]}" cluster info | grep -q cluster_state:ok && break
-        sleep 0.1
+    for p in "${cluster_ports[@]}"; do
+        for _ in $(seq 300); do
+            redis-cli -p "$p" cluster info | grep -q cluster_state:ok && break
+            sleep 0.1
+        done
     done
-    sleep 1
+    sleep 2
     slot=$(redis-cli -p "${cluster_ports[0]}" cluster keyslot 'guild:{default}:leases' | tr -d '\r')
     port=$(redis-cli -p "${cluster_ports[0]}" cluster nodes | awk -v slot="$slot" '
         $3 ~ /master/ { for (i = 9; i <= NF; i++) { split($i, r, "-"); if (r[2] == "") r[2] = r[1];
@@ -55,7 +64,9 @@ if [ -n "${GUILD_BENCH_CLUSTER:-}" ]; then
     worker_redis=()
     export GUILD_REDIS__CLUSTER="[$(printf '"redis://127.0.0.1:%s", ' "${cluster_ports[@]:0:3}")]"
     shape="a Redis Cluster of 3 masters and 3 replicas (the queue's slot on :$port)"
+    # redis-benchmark's cluster mode puts a tag of each master's in place of `{tag}`.
     benchmark_args=(--cluster -p "${cluster_ports[0]}")
+    bench_key='bench:{tag}'
 else
     port=$(free_port)
     start_node "$port" "$work/redis"
@@ -63,15 +74,16 @@ else
     worker_redis=(--redis "redis://127.0.0.1:$port/")
     shape="one redis-server"
     benchmark_args=(-p "$port")
+    bench_key='bench:stream'
 fi
 rcli() { redis-cli -p "$port" "$@"; }
 
 echo "== redis-benchmark, XADD, $shape (appendonly yes, appendfsync $fsync)"
 for pipeline in 1 16; do
-    rate=$(redis-benchmark "${benchmark_args[@]}" -n 200000 -c 50 -P $pipeline -q XADD 'bench:{stream}' '*' job x | grep -o '[0-9.]* requests per second' | tail -1)
+    rate=$(redis-benchmark "${benchmark_args[@]}" -n 200000 -c 50 -P $pipeline -q XADD "$bench_key" '*' job x | grep -o '[0-9.]* requests per second' | tail -1)
     echo "XADD, 50 clients, pipeline $pipeline: $rate"
 done
-redis-cli -c -p "$port" del 'bench:{stream}' >/dev/null
+[ -n "${GUILD_BENCH_CLUSTER:-}" ] || rcli del bench:stream >/dev/null
 
 cat > "$work/guild.toml" <<TOML
 listen = "127.0.0.1:0"

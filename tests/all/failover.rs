@@ -48,11 +48,22 @@ struct Node {
     dir: tempfile::TempDir,
 }
 
+/// A free port for a Cluster node: its bus listens on the port + 10000, so below 55536 and with
+/// that one free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= 55_535 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 impl Node {
     /// Start one with `config` (a file's text, written beside its data) and `args`.
     fn start(config: &str, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
+        let port = if config.contains("cluster-enabled yes") { free_cluster_port() } else { free_port() };
         let file = dir.path().join("redis.conf");
         std::fs::write(&file, format!("port {port}\nbind 127.0.0.1\ndir {}\n{config}\n", dir.path().display()))
             .expect("write redis.conf");

@@ -1451,7 +1451,8 @@ fn aof_durability_on_a_redis_without_waitaof_says_what_to_change() {
 #[test]
 fn a_url_pointing_at_a_cluster_node_is_refused_at_start() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+    // Its cluster bus listens on the port + 10000.
+    let port = std::iter::repeat_with(free_port).find(|p| *p <= 55_535).expect("a port");
     let mut node = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--cluster-enabled", "yes"])
         .arg("--dir")
