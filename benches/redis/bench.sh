@@ -10,6 +10,8 @@
 # Usage: bash benches/redis/bench.sh [JOBS] [SECONDS] [CONCURRENCY_PER_WORKER]
 # GUILD_BIN=PATH benchmarks that binary instead of building this checkout's.
 # GUILD_BENCH_CLUSTER=1 runs it all on a Redis Cluster of six nodes (3 masters, 3 replicas).
+# GUILD_BENCH_DURABILITY=replica (or aof, on Redis 7.2+) sets redis.ack_durability; for one
+# node, replica also starts a replica of it.
 # GUILD_BENCH_FSYNC=always measures Redis fsyncing its append-only file before every reply
 # (default everysec). GUILD_BENCH_CONFIG=TOML is added to the API node's config (run limits,
 # say). Each of the 8 submitting clients names its own agent label (Guild-Agent), so jobs take
@@ -75,10 +77,23 @@ else
     shape="one redis-server"
     benchmark_args=(-p "$port")
     bench_key='bench:stream'
+    if [ "${GUILD_BENCH_DURABILITY:-local}" = replica ]; then
+        # A replica of it, so that WAIT 1 has one to confirm submissions.
+        replica_port=$(free_port)
+        start_node "$replica_port" "$work/replica" --replicaof 127.0.0.1 "$port"
+        for _ in $(seq 100); do
+            redis-cli -p "$replica_port" info replication | grep -q master_link_status:up && break
+            sleep 0.05
+        done
+        shape="one redis-server and its replica"
+    fi
 fi
+durability=${GUILD_BENCH_DURABILITY:-local}
+redis_section="$redis_section
+ack_durability = \"$durability\""
 rcli() { redis-cli -p "$port" "$@"; }
 
-echo "== redis-benchmark, XADD, $shape (appendonly yes, appendfsync $fsync)"
+echo "== redis-benchmark, XADD, $shape (appendonly yes, appendfsync $fsync; guild: ack_durability $durability)"
 for pipeline in 1 16; do
     rate=$(redis-benchmark "${benchmark_args[@]}" -n 200000 -c 50 -P $pipeline -q XADD "$bench_key" '*' job x | grep -o '[0-9.]* requests per second' | tail -1)
     echo "XADD, 50 clients, pipeline $pipeline: $rate"

@@ -43,8 +43,8 @@ pub use lanes::{
     PRIORITY_MAX, Place, WEIGHT_MAX, check_labels, machine_memory_bytes, parse_label,
 };
 pub use redis::{
-    AckDurability, CACHE_VALUE_BYTES_MAX, CANCEL_HELD_FOR_TURN_S, DoneEntry, DoneRead, QueueError, RedisQueue,
-    RedisSettings, SentinelSettings, SharedCacheStats, TOOL_RECORD_BYTES_MAX, TOOL_RECORDS_MAX, UsageSums,
-    holds_password, redact,
+    AckDurability, CACHE_VALUE_BYTES_MAX, CANCEL_HELD_FOR_TURN_S, DoneEntry, DoneRead, INLINE_PART_BYTES_MAX,
+    QueueError, RedisQueue, RedisSettings, SentinelSettings, SharedCacheStats, TOOL_RECORD_BYTES_MAX, TOOL_RECORDS_MAX,
+    UsageSums, holds_password, redact,
 };
 pub use retry::{REDIS_RETRY_MAX, backoff_ms, redis_retry};

@@ -6,8 +6,9 @@ use guild_replay::{BlobRef, BlobStore, Digest, DirStore, Manifest};
 use std::collections::HashSet;
 use std::time::Duration;
 
-/// Parts at least this large are remembered as present in Redis.
-const KNOWN_BLOB_BYTES_MIN: u64 = 4096;
+/// Parts at least this large are shared between bundles in Redis (smaller ones travel inside
+/// each bundle's hash), and remembered as present there.
+const KNOWN_BLOB_BYTES_MIN: u64 = guild_queue::INLINE_PART_BYTES_MAX as u64;
 /// At most this many are remembered (then forgotten all at once).
 const KNOWN_BLOBS_MAX: usize = 10_000;
 

@@ -27,7 +27,7 @@
 //! | `blob:<blake3>` | string | a component (kept without expiry, fetched by workers that lack it) or a bundle's part (for `results_ttl_s`; bundles share parts) |
 //! | `tools` | hash | tool name → its record: revisions, current and candidate, ramp, flags (JSON) |
 //! | `tools:generation` | string | a counter every tool record write increments: nodes poll it |
-//! | `bundle:<blake3>` | hash | a bundle's `manifest` and `signature`, its parts in `blob:`s, for `results_ttl_s` |
+//! | `bundle:<blake3>` | hash | a bundle's `manifest`, `signature` and its parts under 4 KiB (`part:<blake3>`; larger ones in `blob:`s), for `results_ttl_s` |
 //! | `cancel:<id>` | string | a request to cancel job `<id>` (an MCP task's), for `results_ttl_s` |
 //! | `cache:<tool>:…` | string, sorted set, hash | the fleet's result cache entries, their use order, sizes and bytes; `cache:<tool>:f:<key>` an identical job in flight (`cache.rs`) |
 //! | `cache:tools` | set | the tools that have result cache entries |
@@ -59,6 +59,7 @@ mod stats;
 mod tools;
 mod usage;
 
+pub use blobs::INLINE_PART_BYTES_MAX;
 pub use cache::{CACHE_VALUE_BYTES_MAX, SharedCacheStats};
 pub use done::{DoneEntry, DoneRead};
 pub use jobs::CANCEL_HELD_FOR_TURN_S;
