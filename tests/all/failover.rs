@@ -342,14 +342,34 @@ fn check_nothing_lost(api: &Guild, daemon: &Daemon, ids: &[String], workers: &mu
     }
 }
 
-/// A run through a Cluster whose queue master was SIGKILLed (and restarted 5 s later) while
-/// [`JOBS`] jobs went in. Fields drop in order: the processes, then the cluster.
-struct KilledMidRun {
+/// An API node and two workers (4 slots each) on the Redis `redis` names (`GUILD_REDIS__…`
+/// variables), with `ack_durability = durability`. Fields drop in order: processes first.
+struct Fleet {
     daemon: Daemon,
     workers: Vec<Worker>,
     api: Guild,
-    ids: Vec<String>,
     _cache: tempfile::TempDir,
+}
+
+fn fleet(redis: &[(&str, &str)], durability: &str) -> Fleet {
+    let env: Vec<(&str, &str)> = QUEUE_ENV
+        .iter()
+        .copied()
+        .chain(redis.iter().copied())
+        .chain([("GUILD_REDIS__ACK_DURABILITY", durability), ("GUILD_REDIS__ACK_TIMEOUT_MS", "500")])
+        .collect();
+    let api = Guild::new();
+    let daemon = Daemon::start(&api, &["--config", &api_config(api.home())], &env);
+    let cache = tempfile::tempdir().expect("cache");
+    let workers = (0..2).map(|i| Worker::start_configured(cache.path(), &format!("w{i}"), 4, &env)).collect();
+    Fleet { daemon, workers, api, _cache: cache }
+}
+
+/// A run through a Cluster whose queue master was SIGKILLed (and restarted 5 s later) while
+/// [`JOBS`] jobs went in. Fields drop in order: the processes, then the cluster.
+struct KilledMidRun {
+    fleet: Fleet,
+    ids: Vec<String>,
     _cluster: Cluster,
 }
 
@@ -357,22 +377,9 @@ fn kill_the_queue_master_mid_run(durability: &str) -> KilledMidRun {
     let mut cluster = Cluster::start();
     let before = cluster.queue_master().expect("a master serves the queue's slot");
     let seeds = cluster.seeds();
-    let env: Vec<(&str, &str)> = QUEUE_ENV
-        .iter()
-        .copied()
-        .chain([
-            ("GUILD_REDIS__CLUSTER", seeds.as_str()),
-            ("GUILD_REDIS__ACK_DURABILITY", durability),
-            ("GUILD_REDIS__ACK_TIMEOUT_MS", "500"),
-        ])
-        .collect();
-    let api = Guild::new();
-    let daemon = Daemon::start(&api, &["--config", &api_config(api.home())], &env);
-    let cache = tempfile::tempdir().expect("cache");
-    let workers: Vec<Worker> =
-        (0..2).map(|i| Worker::start_configured(cache.path(), &format!("w{i}"), 4, &env)).collect();
+    let fleet = fleet(&[("GUILD_REDIS__CLUSTER", seeds.as_str())], durability);
     let cluster_lock = std::sync::Mutex::new(&mut cluster);
-    let (ids, refused) = submit_all(&daemon, 600, || {
+    let (ids, refused) = submit_all(&fleet.daemon, 600, || {
         let mut cluster = cluster_lock.lock().expect("cluster");
         cluster.node(before).kill();
         // What an operator's supervisor does: the failed node comes back, as a replica of the
@@ -383,13 +390,13 @@ fn kill_the_queue_master_mid_run(durability: &str) -> KilledMidRun {
     let after = cluster.queue_master().expect("a replica took over the queue's slot");
     assert_ne!(after, before, "the slot's master changed");
     eprintln!("cluster failover ({durability}): {} jobs acknowledged, {refused} answers 503 on the way", ids.len());
-    KilledMidRun { daemon, workers, api, ids, _cache: cache, _cluster: cluster }
+    KilledMidRun { fleet, ids, _cluster: cluster }
 }
 
 #[test]
 fn a_cluster_master_killed_mid_run_loses_no_acknowledged_job() {
     let mut run = kill_the_queue_master_mid_run("replica");
-    check_nothing_lost(&run.api, &run.daemon, &run.ids, &mut run.workers);
+    check_nothing_lost(&run.fleet.api, &run.fleet.daemon, &run.ids, &mut run.fleet.workers);
 }
 
 /// With `local`, a job the master acknowledged but no replica had yet is gone after the
@@ -405,7 +412,7 @@ fn with_local_durability_a_cluster_failover_loses_what_no_replica_had() {
             if succeeded.contains(id) || lost.contains(id) {
                 continue;
             }
-            let reply = run.daemon.call("GET", &format!("/v1/runs/{id}"), TOKEN, "");
+            let reply = run.fleet.daemon.call("GET", &format!("/v1/runs/{id}"), TOKEN, "");
             match (reply.status, reply.json()["status"].as_str()) {
                 (404, _) => {
                     lost.insert(id.clone());
@@ -421,7 +428,7 @@ fn with_local_durability_a_cluster_failover_loses_what_no_replica_had() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let finished: Vec<String> = succeeded.iter().cloned().collect();
-    let audited = wait_audited(&run.api, &finished, Duration::from_secs(60));
+    let audited = wait_audited(&run.fleet.api, &finished, Duration::from_secs(60));
     let twice = finished.iter().filter(|id| audited.get(*id).is_some_and(|n| *n > 1)).count();
     assert!(finished.iter().all(|id| audited.contains_key(id)), "every finished job audited");
     eprintln!(
@@ -429,7 +436,7 @@ fn with_local_durability_a_cluster_failover_loses_what_no_replica_had() {
         lost.len(),
         run.ids.len()
     );
-    for worker in &mut run.workers {
+    for worker in &mut run.fleet.workers {
         assert!(worker.alive(), "a worker exited: {}", worker.log());
     }
 }
@@ -440,23 +447,12 @@ fn a_sentinel_master_killed_mid_run_loses_no_acknowledged_job() {
     let before = setup.master.port;
     let nodes: Vec<String> = setup.sentinels.iter().map(|s| format!("\"{}\"", s.url())).collect();
     let nodes = format!("[{}]", nodes.join(", "));
-    let env: Vec<(&str, &str)> = QUEUE_ENV
-        .iter()
-        .copied()
-        .chain([
-            ("GUILD_REDIS__SENTINEL__MASTER", "guild"),
-            ("GUILD_REDIS__SENTINEL__NODES", nodes.as_str()),
-            ("GUILD_REDIS__ACK_DURABILITY", "replica"),
-            ("GUILD_REDIS__ACK_TIMEOUT_MS", "500"),
-        ])
-        .collect();
-    let api = Guild::new();
-    let daemon = Daemon::start(&api, &["--config", &api_config(api.home())], &env);
-    let cache = tempfile::tempdir().expect("cache");
-    let mut workers: Vec<Worker> =
-        (0..2).map(|i| Worker::start_configured(cache.path(), &format!("w{i}"), 4, &env)).collect();
+    let mut fleet = fleet(
+        &[("GUILD_REDIS__SENTINEL__MASTER", "guild"), ("GUILD_REDIS__SENTINEL__NODES", nodes.as_str())],
+        "replica",
+    );
     let master = std::sync::Mutex::new(&mut setup.master);
-    let (ids, refused) = submit_all(&daemon, 600, || {
+    let (ids, refused) = submit_all(&fleet.daemon, 600, || {
         let mut master = master.lock().expect("master");
         master.kill();
         std::thread::sleep(RESTARTED_AFTER);
@@ -466,29 +462,16 @@ fn a_sentinel_master_killed_mid_run_loses_no_acknowledged_job() {
         setup.master_port().is_some_and(|port| port != before)
     });
     eprintln!("sentinel failover: {} jobs acknowledged, {refused} answers 503 on the way", ids.len());
-    check_nothing_lost(&api, &daemon, &ids, &mut workers);
+    check_nothing_lost(&fleet.api, &fleet.daemon, &ids, &mut fleet.workers);
 }
 
 #[test]
 fn moving_the_queue_slot_to_another_master_mid_run_loses_nothing() {
     let cluster = Cluster::start();
     let seeds = cluster.seeds();
-    let env: Vec<(&str, &str)> = QUEUE_ENV
-        .iter()
-        .copied()
-        .chain([
-            ("GUILD_REDIS__CLUSTER", seeds.as_str()),
-            ("GUILD_REDIS__ACK_DURABILITY", "replica"),
-            ("GUILD_REDIS__ACK_TIMEOUT_MS", "500"),
-        ])
-        .collect();
-    let api = Guild::new();
-    let daemon = Daemon::start(&api, &["--config", &api_config(api.home())], &env);
-    let cache = tempfile::tempdir().expect("cache");
-    let mut workers: Vec<Worker> =
-        (0..2).map(|i| Worker::start_configured(cache.path(), &format!("w{i}"), 4, &env)).collect();
+    let mut fleet = fleet(&[("GUILD_REDIS__CLUSTER", seeds.as_str())], "replica");
     let moved_to = std::sync::Mutex::new(None);
-    let (ids, refused) = submit_all(&daemon, 600, || {
+    let (ids, refused) = submit_all(&fleet.daemon, 600, || {
         let started = Instant::now();
         let to = cluster.reshard_queue_slot();
         eprintln!("reshard took {:?}", started.elapsed());
@@ -496,7 +479,7 @@ fn moving_the_queue_slot_to_another_master_mid_run_loses_nothing() {
     });
     assert_eq!(cluster.queue_master(), moved_to.into_inner().expect("moved"), "the slot moved");
     eprintln!("reshard: {} jobs acknowledged, {refused} answers 503 on the way", ids.len());
-    check_nothing_lost(&api, &daemon, &ids, &mut workers);
+    check_nothing_lost(&fleet.api, &fleet.daemon, &ids, &mut fleet.workers);
 }
 
 /// A CA and a certificate it issued for 127.0.0.1, as PEM files in `dir`: (ca, cert, key).

@@ -1357,18 +1357,23 @@ impl Drop for Replica {
     }
 }
 
+/// `guild serve --redis` acknowledging a job once a replica has it (300 ms to confirm).
+fn replica_durable_api_node(api: &Guild, redis: &RedisServer) -> Daemon {
+    let env: Vec<(&str, &str)> = QUEUE_ENV
+        .iter()
+        .copied()
+        .chain([("GUILD_REDIS__ACK_DURABILITY", "replica"), ("GUILD_REDIS__ACK_TIMEOUT_MS", "300")])
+        .collect();
+    Daemon::start(api, &["--redis", &redis.url(), "--tool", HOSTILE], &env)
+}
+
 #[test]
 fn with_replica_durability_a_job_is_acknowledged_only_once_a_replica_has_it() {
     let redis = RedisServer::start();
     let replica_port = free_port();
     let replica = Replica::start(redis.port, replica_port);
     let api = Guild::new();
-    let env: Vec<(&str, &str)> = QUEUE_ENV
-        .iter()
-        .copied()
-        .chain([("GUILD_REDIS__ACK_DURABILITY", "replica"), ("GUILD_REDIS__ACK_TIMEOUT_MS", "300")])
-        .collect();
-    let daemon = Daemon::start(&api, &["--redis", &redis.url(), "--tool", HOSTILE], &env);
+    let daemon = replica_durable_api_node(&api, &redis);
     let body = json!({"tool": "echo", "input": {"message": "kept twice"}, "async": true});
     for _ in 0..20 {
         let reply = daemon.run(TOKEN, body.clone());
@@ -1484,12 +1489,7 @@ fn a_wait_on_a_replaced_connection_never_confirms_a_write_made_on_the_old_one() 
     let redis = RedisServer::start();
     let replica = Replica::start(redis.port, free_port());
     let api = Guild::new();
-    let env: Vec<(&str, &str)> = QUEUE_ENV
-        .iter()
-        .copied()
-        .chain([("GUILD_REDIS__ACK_DURABILITY", "replica"), ("GUILD_REDIS__ACK_TIMEOUT_MS", "300")])
-        .collect();
-    let daemon = Daemon::start(&api, &["--redis", &redis.url(), "--tool", HOSTILE], &env);
+    let daemon = replica_durable_api_node(&api, &redis);
     let pid = replica.0.id().to_string();
     assert!(Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
     let stop = std::sync::atomic::AtomicBool::new(false);
