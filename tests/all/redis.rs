@@ -1525,3 +1525,41 @@ fn a_wait_on_a_replaced_connection_never_confirms_a_write_made_on_the_old_one() 
     let _ = Command::new("kill").args(["-CONT", &pid]).status();
     assert!(acknowledged.is_empty(), "acknowledged with no replica confirming: {acknowledged:?}");
 }
+
+/// Under `replica`, an attempt is audited only once a replica has it. The audit writer mostly
+/// sits in a blocking read that a worker's completion wakes; the wait after that read must cover
+/// the completion that woke it: with the only replica stopped, a job that ran is not audited
+/// until the replica is back.
+#[test]
+fn an_attempt_is_audited_only_once_a_replica_has_it() {
+    let redis = RedisServer::start();
+    let replica = Replica::start(redis.port, free_port());
+    let api = Guild::new();
+    let daemon = replica_durable_api_node(&api, &redis);
+    let cache = tempfile::tempdir().expect("cache");
+    let _worker = Worker::start(&redis.url(), cache.path(), "w", 1);
+    let first = submit(&daemon, &json!({"tool": "echo", "input": {"message": "before"}, "async": true}));
+    assert_eq!(wait_audited(&api, std::slice::from_ref(&first), Duration::from_secs(30)).get(&first), Some(&1));
+    // Let the audit writer settle into its blocking read, then stop the replica.
+    std::thread::sleep(Duration::from_millis(700));
+    let pid = replica.0.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
+    let refused = daemon.run(TOKEN, json!({"tool": "echo", "input": {"message": "while stopped"}, "async": true}));
+    assert_eq!(refused.status, 503, "{refused:?}");
+    let says = String::from_utf8_lossy(&refused.body).to_string();
+    let id =
+        says.split("job ").nth(1).and_then(|rest| rest.split_whitespace().next()).expect("the job's id").to_string();
+    // It runs all the same ("it may still run")...
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while redis.cli(&["HGET", &format!("{PREFIX}job:{id}"), "state"]) != "done" {
+        assert!(Instant::now() < deadline, "the job never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // ...but no replica has its completion: not audited.
+    std::thread::sleep(Duration::from_millis(1500));
+    let audited = wait_audited(&api, std::slice::from_ref(&id), Duration::from_millis(10));
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    assert!(!audited.contains_key(&id), "audited while no replica had it");
+    // The replica back: audited, once.
+    assert_eq!(wait_audited(&api, std::slice::from_ref(&id), Duration::from_secs(30)).get(&id), Some(&1));
+}

@@ -45,9 +45,9 @@ pub struct Remote {
     waiters: Mutex<HashMap<String, Vec<watch::Sender<RunState>>>>,
     pushed: Mutex<HashSet<Digest>>,
     audited: Mutex<Remembered>,
-    /// Awaited jobs the last sweep found unknown to Redis (at most `waiters_max`: a subset of
-    /// the waiters then).
-    unknown: Mutex<HashSet<String>>,
+    /// Awaited jobs the last sweep found unknown to Redis, since when (unknown in every sweep
+    /// since); at most `waiters_max`, a subset of the waiters then.
+    unknown: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 #[derive(Default)]
@@ -91,7 +91,7 @@ impl Remote {
             waiters: Mutex::new(HashMap::new()),
             pushed: Mutex::new(HashSet::new()),
             audited: Mutex::new(Remembered::default()),
-            unknown: Mutex::new(HashSet::new()),
+            unknown: Mutex::new(HashMap::new()),
         }
     }
 
@@ -216,14 +216,29 @@ impl Remote {
             }
         }
         // A job Redis no longer knows will never get a result: its waiters are told so — once
-        // two sweeps in a row found it unknown, as one look may come before its submission
-        // lands, or from a node that just came back with older data in a failover.
+        // every sweep for a while found it unknown, as one look may come before its submission
+        // lands (after its confirmation wait), or from a node that just came back with older
+        // data in a failover.
         let Ok(known) = self.queue.known(&unresolved).await else { return };
-        let unknown: HashSet<String> =
-            unresolved.into_iter().zip(known).filter(|(_, known)| !known).map(|(id, _)| id).collect();
-        let before = std::mem::replace(&mut *self.unknown.lock().unwrap_or_else(|p| p.into_inner()), unknown.clone());
-        for id in unknown.intersection(&before) {
-            self.expire(id);
+        let settings = self.queue.settings();
+        // Longer than a submission can take to land (its confirmation wait and its timeout).
+        let grace = (SWEEP * 2).max(Duration::from_millis(settings.ack_timeout_ms + settings.response_timeout_ms));
+        let now = std::time::Instant::now();
+        let expired: Vec<String> = {
+            let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+            let mut still = HashMap::new();
+            for (id, known) in unresolved.into_iter().zip(known) {
+                if !known {
+                    let since = unknown.get(&id).copied().unwrap_or(now);
+                    still.insert(id, since);
+                }
+            }
+            *unknown = still;
+            unknown.iter().filter(|(_, since)| now.duration_since(**since) >= grace).map(|(id, _)| id.clone()).collect()
+        };
+        for id in expired {
+            self.unknown.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            self.expire(&id);
         }
     }
 

@@ -75,6 +75,11 @@ impl RedisQueue {
             let mut pipe = redis::pipe();
             pipe.add_command(command);
             if let Some(wait) = &wait {
+                // Should a read that blocked, and was woken by another client's write, leave
+                // this connection's replication offset where it was when it began to block (as
+                // reported for some Redis versions; 7.0.15 here moves it), the next command on it
+                // brings the offset up to date, so the wait covers that write all the same.
+                pipe.cmd("PING");
                 pipe.add_command(wait.clone());
             }
             pipe
@@ -111,7 +116,8 @@ impl RedisQueue {
             }
         };
         let mut confirmed = if claiming { durable(&mut replies)? } else { true };
-        let mut entries = match replies.pop() {
+        // The read's reply comes first (then the `PING`'s, whose reply is dropped).
+        let mut entries = match replies.into_iter().next() {
             None | Some(redis::Value::Nil) => Vec::new(),
             Some(reply) => redis::from_redis_value::<StreamAutoClaimReply>(reply).map_err(corrupt)?.claimed,
         };
@@ -130,7 +136,7 @@ impl RedisQueue {
                 .map_err(|e| if aof { aof_error(e) } else { from_redis(e) })?;
             confirmed = durable(&mut replies)?;
             let reply: Option<StreamReadReply> =
-                redis::from_redis_value(replies.pop().unwrap_or(redis::Value::Nil)).map_err(corrupt)?;
+                redis::from_redis_value(replies.into_iter().next().unwrap_or(redis::Value::Nil)).map_err(corrupt)?;
             entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
         }
         if !entries.is_empty() && !confirmed {

@@ -62,7 +62,7 @@ impl RedisQueue {
                 let mut invocation = script.prepare_invoke();
                 invocation.key(&script_keys).arg(&args);
                 let (new, id): (i64, String) = invocation.invoke_async(&mut self.conn()).await.map_err(from_redis)?;
-                return Ok(Accepted { id, existing: new == 0, confirmed: true });
+                return Ok(Accepted { existing: new == 0 && id != job.id, id, confirmed: true });
             }
             // On a connection of its own (a wait holds the connection it is sent on), with
             // `CLIENT INFO` in the same request: only a wait on that very connection confirms it.
@@ -84,6 +84,9 @@ impl RedisQueue {
             let reply = replies.pop().ok_or_else(|| QueueError::Corrupt("no reply to the submit script".into()))?;
             let (new, id): (i64, String) = redis::from_redis_value(reply)
                 .map_err(|e| QueueError::Corrupt(format!("the submit script's reply: {e}")))?;
+            // A pipeline the client sent again (a dropped connection) finds this very job: it is
+            // new to the caller all the same. Only an idempotency key's other job is "existing".
+            let existing = new == 0 && id != job.id;
             let seq = self.inner.acks.written();
             let confirmed = self.confirm(seq, &connection).await.map_err(|e| match e {
                 QueueError::Settings(why) => QueueError::Settings(format!(
@@ -91,7 +94,7 @@ impl RedisQueue {
                 )),
                 other => other,
             })?;
-            Ok(Accepted { id, existing: new == 0, confirmed })
+            Ok(Accepted { id, existing, confirmed })
         })
         .await
     }

@@ -243,8 +243,10 @@ impl RedisSettings {
 /// `url` without a password it may carry: in its user part (`redis://user:secret@host` →
 /// `redis://user:***@host`) or its query (`unix:///run/redis.sock?pass=secret` → `?pass=***`).
 pub fn redact(url: &str) -> String {
-    let (address, query) = match url.split_once('?') {
-        Some((address, query)) => (address, Some(query)),
+    // The query starts after the user part: a `?` inside a password is the password's.
+    let host_from = url.rfind('@').map_or(0, |at| at + 1);
+    let (address, query) = match url[host_from..].find('?') {
+        Some(at) => (&url[..host_from + at], Some(&url[host_from + at + 1..])),
         None => (url, None),
     };
     let mut out = match (address.split_once("://"), address.rfind('@')) {
@@ -570,6 +572,20 @@ impl RedisQueue {
                 )));
             }
         }
+        if self.inner.settings.ack_durability != AckDurability::Local {
+            // Each durable submission names its connection with `CLIENT INFO` (Redis 6.2+).
+            let info: Result<String, RedisError> = redis::cmd("CLIENT").arg("INFO").query_async(&mut conn).await;
+            if let Err(e) = info {
+                return Err(if is_connection_error(&e) {
+                    from_redis(e)
+                } else {
+                    QueueError::Settings(format!(
+                        "redis.ack_durability = {:?} needs Redis 6.2 or later (CLIENT INFO: {e}): upgrade it, or use \"local\"",
+                        self.inner.settings.ack_durability.name()
+                    ))
+                });
+            }
+        }
         if self.inner.settings.ack_durability == AckDurability::Aof {
             // Whether the command exists and the append-only file is on (this connection wrote
             // nothing yet, so there is nothing to wait for).
@@ -651,6 +667,7 @@ mod tests {
     #[test]
     fn a_described_url_never_shows_its_password() {
         assert_eq!(redact("unix:///run/r.sock?db=1&pass=hunter2"), "unix:///run/r.sock?db=1&pass=***");
+        assert_eq!(redact("redis://:hunt?er2@h:1/0"), "redis://:***@h:1/0");
         assert!(holds_password("redis://:p@h:1") && !holds_password("redis://user@h:1"));
         assert_eq!(redact("redis://guild:s3cret@10.0.0.1:6379/0"), "redis://guild:***@10.0.0.1:6379/0");
         assert_eq!(redact("rediss://:s3cret@host:6380"), "rediss://:***@host:6380");
