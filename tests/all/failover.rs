@@ -568,3 +568,43 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// Two named queues on one Cluster, each on its own master's slot: each API node's jobs run on
+/// its own queue's workers, and one queue's jobs are unknown (404) to the other's API node.
+#[test]
+fn named_queues_live_on_different_masters_of_one_cluster() {
+    let cluster = Cluster::start();
+    let seeds = cluster.seeds();
+    let port = cluster.nodes[0].port;
+    let master_of = |queue: &str| {
+        let slot: u16 =
+            cli(port, &["CLUSTER", "KEYSLOT", &format!("guild:{{{queue}}}:leases")]).parse().expect("a slot");
+        cli(port, &["CLUSTER", "NODES"]).lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let serves = fields.iter().skip(8).any(|range| {
+                let (low, high) = range.split_once('-').unwrap_or((range, range));
+                matches!((low.parse::<u16>(), high.parse::<u16>()), (Ok(l), Ok(h)) if (l..=h).contains(&slot))
+            });
+            (fields.get(2)?.contains("master") && serves).then(|| fields[0].to_string())
+        })
+    };
+    let other = ["billing", "search", "reports", "ingest", "mail", "thumbs"]
+        .into_iter()
+        .find(|name| master_of(name) != master_of("default"))
+        .expect("a queue name on another master");
+    let first = fleet(&[("GUILD_REDIS__CLUSTER", seeds.as_str())], "replica");
+    let second = fleet(&[("GUILD_REDIS__CLUSTER", seeds.as_str()), ("GUILD_REDIS__QUEUE", other)], "replica");
+    let refused = AtomicUsize::new(0);
+    let ids: Vec<Vec<String>> = [&first, &second]
+        .iter()
+        .map(|fleet| (0..40).map(|i| submit_until_acknowledged(&fleet.daemon, i, &refused)).collect())
+        .collect();
+    for (fleet, ids) in [&first, &second].iter().zip(&ids) {
+        let results = wait_all(&fleet.daemon, ids, Duration::from_secs(60));
+        assert!(ids.iter().all(|id| results[id]["status"] == "succeeded"), "{results:?}");
+        let audited = wait_audited(&fleet.api, ids, Duration::from_secs(30));
+        assert!(ids.iter().all(|id| audited.get(id) == Some(&1)), "each audited once on its own API node");
+    }
+    let elsewhere = second.daemon.call("GET", &format!("/v1/runs/{}", ids[0][0]), TOKEN, "");
+    assert_eq!(elsewhere.status, 404, "a job of queue default seen through queue {other}");
+}
