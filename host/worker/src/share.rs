@@ -100,7 +100,9 @@ impl Worker {
                 .collect::<Result<Vec<_>, String>>()
         })
         .await?;
-        self.queue.put_bundle(id, &manifest, &signature, &blobs).await?;
+        // Parts skipped because this worker saw them lately are kept as long as this bundle.
+        let kept: Vec<Digest> = skip.iter().copied().collect();
+        self.queue.put_bundle(id, &manifest, &signature, &blobs, &kept).await?;
         // Remember large parts (components, mounted files) so later bundles skip asking for them.
         let mut known = self.known_blobs.lock().unwrap_or_else(|p| p.into_inner());
         if known.len() > KNOWN_BLOBS_MAX {

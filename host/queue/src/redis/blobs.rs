@@ -78,15 +78,23 @@ impl RedisQueue {
     /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
     /// refuses a write. The writes are one pipeline, not a transaction: shared parts may be kept
     /// without the bundle.
+    ///
+    /// `kept` names the bundle's parts already in Redis as `blob:` keys (not sent): each is
+    /// kept at least as long as the bundle (`EXPIRE … GT`; a component, kept without expiry,
+    /// stays so).
     pub async fn put_bundle(
         &self,
         id: &Digest,
         manifest: &[u8],
         signature: &[u8],
         blobs: &[(Digest, Vec<u8>)],
+        kept: &[Digest],
     ) -> Result<(), QueueError> {
         let ttl = self.inner.settings.results_ttl_s;
         let mut pipe = redis::pipe();
+        for digest in kept {
+            pipe.cmd("EXPIRE").arg(self.inner.keys.blob(digest)).arg(ttl).arg("GT").ignore();
+        }
         let (inline, shared): (Vec<_>, Vec<_>) =
             blobs.iter().partition(|(_, bytes)| bytes.len() < INLINE_PART_BYTES_MAX);
         for (digest, bytes) in shared {
@@ -196,7 +204,7 @@ mod tests {
         let parts: Vec<(Digest, Vec<u8>)> = bytes.into_iter().map(|b| (Digest::of(&b), b)).collect();
         let text = manifest(&parts);
         let id = Digest::of(&text);
-        queue.put_bundle(&id, &text, b"sig", &parts).await.expect("kept");
+        queue.put_bundle(&id, &text, b"sig", &parts, &[]).await.expect("kept");
         let mut conn = queue.conn();
         let fields: Vec<String> =
             redis::cmd("HKEYS").arg(queue.inner.keys.bundle(&id)).query_async(&mut conn).await.expect("hkeys");
@@ -221,6 +229,19 @@ mod tests {
         let () = pipe.query_async(&mut conn).await.expect("kept the earlier way");
         let (_, _, store) = queue.get_bundle(&earlier).await.expect("read").expect("held");
         assert_eq!(guild_replay::BlobStore::get(&store, &parts[1].0).expect("part"), parts[1].1);
+        // A shared part the worker did not send (it saw it lately) is kept as long as the
+        // bundle that names it.
+        let () = redis::cmd("EXPIRE")
+            .arg(queue.inner.keys.blob(&parts[4].0))
+            .arg(5)
+            .query_async(&mut conn)
+            .await
+            .expect("ttl");
+        let again = Digest::of(b"again");
+        queue.put_bundle(&again, &text, b"sig", &parts[..4], &[parts[4].0]).await.expect("kept");
+        let ttl: i64 =
+            redis::cmd("TTL").arg(queue.inner.keys.blob(&parts[4].0)).query_async(&mut conn).await.expect("ttl");
+        assert!(ttl > 5, "the shared part's time was extended: {ttl}");
         // A part gone from both places: the bundle is not held.
         let () = redis::cmd("DEL").arg(queue.inner.keys.blob(&parts[4].0)).query_async(&mut conn).await.expect("del");
         assert!(queue.get_bundle(&id).await.expect("read").is_none());

@@ -436,6 +436,13 @@ fn validate_redis(redis: &RedisConfig) -> Result<(), ConfigError> {
             return Err(ConfigError::new("redis.sentinel.password", e));
         }
     }
+    let tls = redis.url.iter().chain(&redis.cluster).chain(redis.sentinel.iter().flat_map(|s| &s.nodes));
+    if redis.tls_ca_file.is_some() && !tls.clone().any(|url| url.starts_with("rediss://")) {
+        return Err(ConfigError::new(
+            "redis.tls_ca_file",
+            "is set but no address uses TLS: write rediss:// for the nodes it signs, or drop it",
+        ));
+    }
     if let Some(source) = &redis.password
         && let Err(e) = guild_runtime::egress::SecretSource::parse(source)
     {

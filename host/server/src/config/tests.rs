@@ -80,6 +80,8 @@ fn redis_is_one_node_a_cluster_or_a_sentinel_master_and_its_password_comes_from_
     }
     let e = load("[redis]\ncluster = [\"redis://a:7000/3\"]\n", &[]).expect_err("a database in a Cluster");
     assert!(e.field == "redis.cluster" && e.message.contains("database 0"), "{e:?}");
+    let e = load("[redis]\nurl = \"redis://a:1\"\ntls_ca_file = \"/ca.pem\"\n", &[]).expect_err("no TLS");
+    assert_eq!(e.field, "redis.tls_ca_file");
     let e = load("[redis]\ncluster = []\n", &[]).expect_err("no seeds");
     assert!(e.field == "redis.cluster" && e.message.contains("empty"), "{e:?}");
     let e = load("", &[("GUILD_REDIS__CLUSTER", "[]")]).expect_err("no seeds");
