@@ -155,8 +155,13 @@ impl Cluster {
 
     /// The port of the master serving the queue's slot, as a live node sees the cluster now.
     fn queue_master(&self) -> Option<u16> {
+        self.master_of(QUEUE_KEY).map(|(_, port)| port)
+    }
+
+    /// The id and port of the master serving `key`'s slot, as a live node sees the cluster now.
+    fn master_of(&self, key: &str) -> Option<(String, u16)> {
         let node = self.live().next()?;
-        let slot: u16 = cli(node.port, &["CLUSTER", "KEYSLOT", QUEUE_KEY]).parse().ok()?;
+        let slot: u16 = cli(node.port, &["CLUSTER", "KEYSLOT", key]).parse().ok()?;
         cli(node.port, &["CLUSTER", "NODES"]).lines().find_map(|line| {
             let fields: Vec<&str> = line.split(' ').collect();
             let flags = fields.get(2)?;
@@ -168,7 +173,7 @@ impl Cluster {
                 matches!((low.parse::<u16>(), high.parse::<u16>()), (Ok(l), Ok(h)) if (l..=h).contains(&slot))
             });
             let port = fields.get(1)?.split(['@', ',']).next()?.rsplit(':').next()?.parse().ok()?;
-            serves.then_some(port)
+            serves.then(|| (fields[0].to_string(), port))
         })
     }
 
@@ -575,19 +580,7 @@ impl Drop for Killed {
 fn named_queues_live_on_different_masters_of_one_cluster() {
     let cluster = Cluster::start();
     let seeds = cluster.seeds();
-    let port = cluster.nodes[0].port;
-    let master_of = |queue: &str| {
-        let slot: u16 =
-            cli(port, &["CLUSTER", "KEYSLOT", &format!("guild:{{{queue}}}:leases")]).parse().expect("a slot");
-        cli(port, &["CLUSTER", "NODES"]).lines().find_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let serves = fields.iter().skip(8).any(|range| {
-                let (low, high) = range.split_once('-').unwrap_or((range, range));
-                matches!((low.parse::<u16>(), high.parse::<u16>()), (Ok(l), Ok(h)) if (l..=h).contains(&slot))
-            });
-            (fields.get(2)?.contains("master") && serves).then(|| fields[0].to_string())
-        })
-    };
+    let master_of = |queue: &str| cluster.master_of(&format!("guild:{{{queue}}}:leases"));
     let other = ["billing", "search", "reports", "ingest", "mail", "thumbs"]
         .into_iter()
         .find(|name| master_of(name) != master_of("default"))

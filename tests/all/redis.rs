@@ -1350,6 +1350,18 @@ impl Replica {
     }
 }
 
+impl Replica {
+    /// SIGSTOP: still connected to its master, it confirms nothing.
+    fn pause(&self) {
+        assert!(Command::new("kill").args(["-STOP", &self.0.id().to_string()]).status().expect("kill").success());
+    }
+
+    /// SIGCONT.
+    fn resume(&self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0.id().to_string()]).status();
+    }
+}
+
 impl Drop for Replica {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -1490,8 +1502,7 @@ fn a_wait_on_a_replaced_connection_never_confirms_a_write_made_on_the_old_one() 
     let replica = Replica::start(redis.port, free_port());
     let api = Guild::new();
     let daemon = replica_durable_api_node(&api, &redis);
-    let pid = replica.0.id().to_string();
-    assert!(Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
+    replica.pause();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let acknowledged: Vec<String> = std::thread::scope(|scope| {
         scope.spawn(|| {
@@ -1522,7 +1533,7 @@ fn a_wait_on_a_replaced_connection_never_confirms_a_write_made_on_the_old_one() 
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         all
     });
-    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    replica.resume();
     assert!(acknowledged.is_empty(), "acknowledged with no replica confirming: {acknowledged:?}");
 }
 
@@ -1542,8 +1553,7 @@ fn an_attempt_is_audited_only_once_a_replica_has_it() {
     assert_eq!(wait_audited(&api, std::slice::from_ref(&first), Duration::from_secs(30)).get(&first), Some(&1));
     // Let the audit writer settle into its blocking read, then stop the replica.
     std::thread::sleep(Duration::from_millis(700));
-    let pid = replica.0.id().to_string();
-    assert!(Command::new("kill").args(["-STOP", &pid]).status().expect("kill").success());
+    replica.pause();
     let refused = daemon.run(TOKEN, json!({"tool": "echo", "input": {"message": "while stopped"}, "async": true}));
     assert_eq!(refused.status, 503, "{refused:?}");
     let says = String::from_utf8_lossy(&refused.body).to_string();
@@ -1558,7 +1568,7 @@ fn an_attempt_is_audited_only_once_a_replica_has_it() {
     // ...but no replica has its completion: not audited.
     std::thread::sleep(Duration::from_millis(1500));
     let audited = wait_audited(&api, std::slice::from_ref(&id), Duration::from_millis(10));
-    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    replica.resume();
     assert!(!audited.contains_key(&id), "audited while no replica had it");
     // The replica back: audited, once.
     assert_eq!(wait_audited(&api, std::slice::from_ref(&id), Duration::from_secs(30)).get(&id), Some(&1));

@@ -224,21 +224,18 @@ impl Remote {
         // Longer than a submission can take to land (its confirmation wait and its timeout).
         let grace = (SWEEP * 2).max(Duration::from_millis(settings.ack_timeout_ms + settings.response_timeout_ms));
         let now = std::time::Instant::now();
-        let expired: Vec<String> = {
+        let expired: HashMap<String, std::time::Instant> = {
             let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
-            let mut still = HashMap::new();
-            for (id, known) in unresolved.into_iter().zip(known) {
-                if !known {
-                    let since = unknown.get(&id).copied().unwrap_or(now);
-                    still.insert(id, since);
-                }
-            }
-            *unknown = still;
-            unknown.iter().filter(|(_, since)| now.duration_since(**since) >= grace).map(|(id, _)| id.clone()).collect()
+            let still = unresolved.into_iter().zip(known).filter(|(_, known)| !known).map(|(id, _)| {
+                let since = unknown.get(&id).copied().unwrap_or(now);
+                (id, since)
+            });
+            let (expired, waiting) = still.partition(|(_, since)| now.duration_since(*since) >= grace);
+            *unknown = waiting;
+            expired
         };
-        for id in expired {
-            self.unknown.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-            self.expire(&id);
+        for id in expired.keys() {
+            self.expire(id);
         }
     }
 

@@ -632,8 +632,7 @@ impl Worker {
     /// if another worker took it over meanwhile, whichever settles first wins and the other is
     /// recorded as a duplicate.
     async fn settle(&self, lease: &Lease, result: Result<JobResult, AttemptFailure>) {
-        let window = Duration::from_millis(self.queue.settings().lease_ms.saturating_mul(2)).max(SETTLE_RETRY_MIN);
-        let deadline = tokio::time::Instant::now() + window;
+        let deadline = tokio::time::Instant::now() + self.settle_window();
         let mut backoff = redis_retry(Duration::from_millis(50));
         loop {
             let settled = match &result {
@@ -655,6 +654,12 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// How long a finished attempt keeps trying Redis (to settle, to share its bundle): two
+    /// leases, at least [`SETTLE_RETRY_MIN`].
+    fn settle_window(&self) -> Duration {
+        Duration::from_millis(self.queue.settings().lease_ms.saturating_mul(2)).max(SETTLE_RETRY_MIN)
     }
 
     async fn complete(&self, lease: &Lease, result: &JobResult) -> Result<(), QueueError> {

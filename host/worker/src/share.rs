@@ -18,9 +18,7 @@ impl Worker {
     /// While Redis is away (a failover, a slot moving) it tries again, for as long as settling
     /// the job would.
     pub(super) async fn share_bundle(&self, id: &Digest) -> bool {
-        let window =
-            Duration::from_millis(self.queue.settings().lease_ms.saturating_mul(2)).max(super::SETTLE_RETRY_MIN);
-        let deadline = tokio::time::Instant::now() + window;
+        let deadline = tokio::time::Instant::now() + self.settle_window();
         let mut backoff = guild_queue::redis_retry(Duration::from_millis(50));
         loop {
             match self.try_share_bundle(id).await {

@@ -2,7 +2,7 @@
 //! audited, and an entry that cannot be read buried in the dead-letter stream.
 
 use super::jobs::parse_result;
-use super::{AUDIT_GROUP, QueueError, RedisQueue, aof_error, from_redis};
+use super::{AUDIT_GROUP, QueueError, RedisQueue, from_redis};
 use crate::job::JobResult;
 use crate::job::now_unix_ms;
 use guild_vocab::AttemptEnd;
@@ -84,7 +84,6 @@ impl RedisQueue {
             }
             pipe
         };
-        let aof = self.inner.settings.ack_durability == crate::AckDurability::Aof;
         let mut blocking = self.inner.blocking.clone();
         let mut claim = redis::cmd("XAUTOCLAIM");
         claim.arg(&stream).arg(AUDIT_GROUP).arg(consumer).arg(self.inner.settings.lease_ms).arg("0-0");
@@ -95,10 +94,7 @@ impl RedisQueue {
         let last = self.inner.done_claimed_ms.load(std::sync::atomic::Ordering::Relaxed);
         let claiming = now.saturating_sub(last) >= DONE_CLAIM_EVERY_MS;
         let mut replies = if claiming {
-            let replies = blocking
-                .pipeline_at(&read(claim), &stream)
-                .await
-                .map_err(|e| if aof { aof_error(e) } else { from_redis(e) })?;
+            let replies = blocking.pipeline_at(&read(claim), &stream).await.map_err(|e| self.durability_error(e))?;
             self.inner.done_claimed_ms.store(now, std::sync::atomic::Ordering::Relaxed);
             replies
         } else {
@@ -130,10 +126,8 @@ impl RedisQueue {
             group.arg("GROUP").arg(AUDIT_GROUP).arg(consumer).arg("COUNT").arg(count);
             group.arg("BLOCK").arg(u64::try_from(block.as_millis()).unwrap_or(u64::MAX));
             group.arg("STREAMS").arg(&stream).arg(">");
-            let mut replies = blocking
-                .pipeline_at(&read(group), &stream)
-                .await
-                .map_err(|e| if aof { aof_error(e) } else { from_redis(e) })?;
+            let mut replies =
+                blocking.pipeline_at(&read(group), &stream).await.map_err(|e| self.durability_error(e))?;
             confirmed = durable(&mut replies)?;
             let reply: Option<StreamReadReply> =
                 redis::from_redis_value(replies.into_iter().next().unwrap_or(redis::Value::Nil)).map_err(corrupt)?;

@@ -117,6 +117,12 @@ impl RedisQueue {
         }
     }
 
+    /// A failed request that carried [`RedisQueue::durability_wait`]'s command: under `aof`,
+    /// a refused `WAITAOF` says which setting to change ([`aof_error`]); else as [`from_redis`].
+    pub(super) fn durability_error(&self, e: redis::RedisError) -> QueueError {
+        if self.inner.settings.ack_durability == AckDurability::Aof { aof_error(e) } else { from_redis(e) }
+    }
+
     /// Whether a reply of [`RedisQueue::durability_wait`]'s command says the writes are durable.
     ///
     /// # Errors
@@ -172,11 +178,10 @@ impl RedisQueue {
             let mut pipe = redis::pipe();
             pipe.cmd("CLIENT").arg("INFO");
             pipe.add_command(wait.clone());
-            let aof = self.inner.settings.ack_durability == AckDurability::Aof;
             let (waited_on, mut replies) = self
                 .on_one_connection(&mut self.inner.durable.clone(), &pipe)
                 .await
-                .map_err(|e| if aof { aof_error(e) } else { from_redis(e) })?;
+                .map_err(|e| self.durability_error(e))?;
             let reply = replies.pop().ok_or_else(|| QueueError::Corrupt("no reply to the durability wait".into()))?;
             let durable = self.durable_reply(reply)?;
             acks.record(waited_on, sent_after, durable);

@@ -69,12 +69,9 @@ impl Topology {
         match shapes {
             [true, false, false] => {
                 let url = settings.url.as_deref().unwrap_or_default();
-                let info = with_auth(parse(url, "redis.url")?, username.as_deref(), password.as_deref());
-                let client = match certificates {
-                    Some(certificates) => Client::build_with_tls(info, certificates),
-                    None => Client::open(info),
-                }
-                .map_err(|e| QueueError::Settings(format!("redis.url {:?}: {e}", super::redact(url))))?;
+                let info = parse(url, "redis.url")?;
+                let client = client(info, username.as_deref(), password.as_deref(), certificates.as_ref())
+                    .map_err(|e| QueueError::Settings(format!("redis.url {:?}: {e}", super::redact(url))))?;
                 Ok(Self::Node(Box::new(client)))
             }
             [false, true, false] => {
@@ -135,24 +132,15 @@ impl Topology {
                     let client = sentinel.lock().await.async_get_client().await?;
                     client.get_async_pubsub().await
                 });
-                asked.await.map_err(|_| {
-                    redis::RedisError::from(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "no Sentinel named the master in time",
-                    ))
-                })?
+                asked.await.map_err(|_| sentinel_timed_out())?
             }
             Self::Cluster(seeds) => {
                 let first = seeds.next_seed.fetch_add(1, Ordering::Relaxed);
                 let mut last = None;
                 for i in 0..seeds.seeds.len() {
                     let info = seeds.seeds[(first + i) % seeds.seeds.len()].clone();
-                    let info = with_auth(info, seeds.username.as_deref(), seeds.password.as_deref());
-                    let client = match &seeds.certificates {
-                        Some(certificates) => Client::build_with_tls(info, certificates.clone()),
-                        None => Client::open(info),
-                    };
-                    match client {
+                    let (username, password) = (seeds.username.as_deref(), seeds.password.as_deref());
+                    match client(info, username, password, seeds.certificates.as_ref()) {
                         Ok(client) => match client.get_async_pubsub().await {
                             Ok(pubsub) => return Ok(pubsub),
                             Err(e) => last = Some(e),
@@ -198,6 +186,21 @@ fn parse(url: &str, field: &str) -> Result<ConnectionInfo, QueueError> {
         )));
     }
     url.into_connection_info().map_err(|e| QueueError::Settings(format!("{field} {shown:?}: {e}")))
+}
+
+/// A client of the node `info` names, with the configured ACL user and password (else the URL's
+/// own) and the private CA, where given.
+fn client(
+    info: ConnectionInfo,
+    username: Option<&str>,
+    password: Option<&str>,
+    certificates: Option<&TlsCertificates>,
+) -> RedisResult<Client> {
+    let info = with_auth(info, username, password);
+    match certificates {
+        Some(certificates) => Client::build_with_tls(info, certificates.clone()),
+        None => Client::open(info),
+    }
 }
 
 /// `info` with the configured ACL user and password, where given (else the URL's own).
@@ -256,6 +259,11 @@ fn sentinel_client(
         }
     }
     builder.build().map_err(settings)
+}
+
+/// The Sentinels did not name the master within the caller's time (a timeout: worth retrying).
+fn sentinel_timed_out() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "no Sentinel named the master in time"))
 }
 
 fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
@@ -382,12 +390,7 @@ impl SentinelConn {
         }
         // Waiting for another caller's lookup counts against this caller's time too.
         let asked = tokio::time::timeout(self.0.response_timeout, self.ask()).await;
-        asked.map_err(|_| {
-            redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "no Sentinel named the master in time",
-            ))
-        })?
+        asked.map_err(|_| sentinel_timed_out())?
     }
 
     /// Ask the Sentinels for the master, one caller at a time, and no more often than every

@@ -876,32 +876,28 @@ impl Daemon {
         // The output is in the result, in Redis (waiters are told only the state). Read again
         // while Redis is away (a failover); a caller that cannot be given the output is answered
         // 202 with the run to fetch, never a success without it.
-        if finished.status != guild_runtime::RunStatus::Succeeded {
+        let output = if finished.status != guild_runtime::RunStatus::Succeeded {
             // Ended without an output to show (or told by this node: expired, unreadable).
-            let output = match remote.queue.status(&entry.id).await {
+            match remote.queue.status(&entry.id).await {
                 Ok(Some(status)) => status.result.and_then(|r| r.output),
                 _ => None,
-            };
-            return Ok(if replayed {
-                Submitted::Replayed { entry, finished, output }
-            } else {
-                Submitted::Finished { entry, finished, output }
-            });
-        }
-        let mut backoff = guild_queue::redis_retry(Duration::from_millis(100));
-        let deadline = tokio::time::Instant::now() + OUTPUT_READ_RETRY;
-        let output = loop {
-            match remote.queue.status(&entry.id).await {
-                Ok(Some(status)) if status.result.is_some() => break status.result.and_then(|r| r.output),
-                // Its result not (or no longer) where it should be, or unreadable here.
-                Ok(None) => return Ok(Submitted::Accepted { entry, replayed }),
-                Err(e) if !e.is_unavailable() => return Ok(Submitted::Accepted { entry, replayed }),
-                Ok(Some(_)) | Err(_) => {}
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(Submitted::Accepted { entry, replayed });
+        } else {
+            let mut backoff = guild_queue::redis_retry(Duration::from_millis(100));
+            let deadline = tokio::time::Instant::now() + OUTPUT_READ_RETRY;
+            loop {
+                match remote.queue.status(&entry.id).await {
+                    Ok(Some(status)) if status.result.is_some() => break status.result.and_then(|r| r.output),
+                    // Its result not (or no longer) where it should be, or unreadable here.
+                    Ok(None) => return Ok(Submitted::Accepted { entry, replayed }),
+                    Err(e) if !e.is_unavailable() => return Ok(Submitted::Accepted { entry, replayed }),
+                    Ok(Some(_)) | Err(_) => {}
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Ok(Submitted::Accepted { entry, replayed });
+                }
+                tokio::time::sleep(backoff.next().unwrap_or(guild_queue::REDIS_RETRY_MAX)).await;
             }
-            tokio::time::sleep(backoff.next().unwrap_or(guild_queue::REDIS_RETRY_MAX)).await;
         };
         Ok(if replayed {
             Submitted::Replayed { entry, finished, output }
