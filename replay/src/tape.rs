@@ -118,6 +118,11 @@ pub struct HttpRequestRecord {
     pub body: Option<Digest>,
     /// The body's size.
     pub body_bytes: u64,
+    /// Headers the host added after recording the guest's request, in the order sent: today
+    /// the W3C `traceparent` (and `tracestate`) that put the upstream in the run's trace. A
+    /// replay neither needs nor compares them; they show an auditor what the upstream saw.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_added: Vec<(String, String)>,
 }
 
 /// An HTTP response as a guest received it.

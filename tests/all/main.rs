@@ -26,6 +26,7 @@ mod rollout;
 mod runtime_api;
 mod scaffold;
 mod serve;
+mod telemetry;
 mod tools;
 
 use std::path::{Path, PathBuf};

@@ -193,6 +193,14 @@ impl Breakers {
         }
     }
 
+    /// Every tracked key, with whether its breaker refuses calls now, sorted by key.
+    pub fn states(&self) -> Vec<(String, bool)> {
+        let table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        let mut states: Vec<(String, bool)> = table.iter().map(|(k, b)| (k.clone(), b.is_open())).collect();
+        states.sort();
+        states
+    }
+
     /// Breakers tracked now.
     pub fn len(&self) -> usize {
         self.table.lock().unwrap_or_else(|p| p.into_inner()).len()

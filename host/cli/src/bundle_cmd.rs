@@ -204,6 +204,11 @@ pub(crate) fn inspect(global: &Global, args: BundleArgs) -> Result<Exit, Failure
         bundle.exec["finished_at_unix_ms"],
         bundle.exec["guild_version"].as_str().unwrap_or("?"),
     );
+    if let Some(trace) = bundle.exec["trace_id"].as_str() {
+        // Where the run's spans are, in the operator's tracing backend.
+        let span = bundle.exec["span_id"].as_str().unwrap_or("?");
+        crate::out!("trace     {} · span {}", printable(trace), printable(span));
+    }
     Ok(Exit::Success)
 }
 
@@ -222,7 +227,13 @@ fn describe_effect(effect: &Effect) -> String {
                 (None, Some(e)) => format!("error: {e}"),
                 (None, None) => "no response".to_string(),
             };
-            format!("http {} {} → {ending}", request.method, request.url)
+            let added = request.host_added.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>();
+            let added = if added.is_empty() {
+                String::new()
+            } else {
+                format!(" · host added {}", printable(&added.join(", ")))
+            };
+            format!("http {} {} → {ending}{added}", request.method, request.url)
         }
         Effect::GpuDispatch { kernel, version, inputs, outputs, device, error, .. } => {
             let shapes = |t: &[guild_replay::TensorRecord]| {

@@ -52,6 +52,8 @@ fn main() -> ExitCode {
         args::Command::Gpu(args::GpuCommand::Info(a)) => gpu_cmd::info(&cli.global, a),
         args::Command::Gpu(args::GpuCommand::Bench(a)) => gpu_cmd::bench(&cli.global, a),
     };
+    // Spans still waiting go to the collector (within its export timeout) before the exit.
+    guild_telemetry::shutdown();
     match result {
         Ok(code) => code.into(),
         Err(failure) if summary_json => {

@@ -5,7 +5,7 @@
 use crate::args::{Global, McpArgs};
 use crate::exit::{Exit, Failure};
 use crate::run_cmd::home_dir;
-use crate::serve_cmd::{extra_tools, load_config, new_token, open_runtime};
+use crate::serve_cmd::{extra_tools, new_token, open_runtime, start_config};
 use guild_server::{DaemonSetup, Tenant};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ const SESSIONS_MAX: usize = 64;
 
 pub(crate) fn mcp(global: &Global, args: McpArgs) -> Result<Exit, Failure> {
     let home = home_dir(global)?;
-    let config = load_config(args.config.as_deref())?;
+    let config = start_config(args.config.as_deref())?;
     let (state_dir, _lock) = session_state(&config.state.clone().unwrap_or_else(|| home.clone()).join("mcp"))?;
     // Nobody presents this token: the stdio client is trusted as the process's launcher.
     let default_token = if config.tenants.is_empty() { Some(new_token()?) } else { None };

@@ -19,7 +19,7 @@ include!(concat!(env!("OUT_DIR"), "/embedded_tools.rs"));
 
 pub(crate) fn serve(global: &Global, args: ServeArgs) -> Result<Exit, Failure> {
     let home = home_dir(global)?;
-    let mut config = load_config(args.config.as_deref())?;
+    let mut config = start_config(args.config.as_deref())?;
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
@@ -84,8 +84,20 @@ async fn reload_on_hangup(daemon: Arc<guild_server::Daemon>, path: Option<PathBu
 }
 
 /// Read the config (or the embedded default), apply `GUILD_*` overrides, start logging on
-/// stderr, and warn about variables that name no field.
+/// stderr (once per process), and warn about variables that name no field. Tracing is not
+/// started: [`start_config`] does that for the long-running commands.
 pub(crate) fn load_config(path: Option<&Path>) -> Result<DaemonConfig, Failure> {
+    load(path, false)
+}
+
+/// [`load_config`] for `serve`, `worker` and `mcp`: with `[telemetry]` or the `OTEL_*`
+/// variables configured, spans are exported from here on. Read once, at start: a reload
+/// (SIGHUP) does not change where spans go.
+pub(crate) fn start_config(path: Option<&Path>) -> Result<DaemonConfig, Failure> {
+    load(path, true)
+}
+
+fn load(path: Option<&Path>, traced: bool) -> Result<DaemonConfig, Failure> {
     let (text, origin) = match path {
         Some(path) => (
             std::fs::read_to_string(path)
@@ -96,7 +108,27 @@ pub(crate) fn load_config(path: Option<&Path>) -> Result<DaemonConfig, Failure> 
     };
     let (config, ignored) =
         DaemonConfig::load(&text, &origin, std::env::vars()).map_err(|e| Failure::usage(e.to_string()))?;
-    init_logging(config.log_format);
+    let telemetry = match traced {
+        true => config
+            .telemetry
+            .resolve(|name| std::env::var(name).ok())
+            .map_err(|e| Failure::usage(format!("cannot start tracing: {e}")))?,
+        false => None,
+    };
+    let style = match config.log_format {
+        LogFormat::Json => guild_telemetry::LogStyle::Json,
+        LogFormat::Text => guild_telemetry::LogStyle::Text,
+    };
+    let installed = guild_telemetry::install(style, telemetry.as_ref()).map_err(|e| Failure::usage(e.to_string()))?;
+    if let (true, Some(telemetry)) = (installed, &telemetry) {
+        tracing::info!(
+            endpoint = %telemetry.shown_endpoint,
+            service = %telemetry.service_name,
+            sampler = ?telemetry.sampler,
+            queue_spans_max = telemetry.queue_spans_max,
+            "exporting traces over OTLP/HTTP"
+        );
+    }
     for variable in ignored {
         tracing::warn!(variable = %variable, "ignoring an environment variable that names no config field");
     }
@@ -156,17 +188,6 @@ pub(crate) fn extra_tools(args: &ToolFlags, examples: bool) -> Vec<ToolSpec> {
         specs.push(spec(ToolSource::File(path.clone()), "--tool".into()));
     }
     specs
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GUILD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
-        // Colour only for a person at a terminal; a file or journald gets plain text.
-        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
-    };
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -4,7 +4,7 @@
 use crate::args::{Global, JobsCommand, RedisArgs, WorkerArgs};
 use crate::exit::{Exit, Failure};
 use crate::run_cmd::home_dir;
-use crate::serve_cmd::{load_config, open_runtime, shutdown_signal};
+use crate::serve_cmd::{load_config, open_runtime, shutdown_signal, start_config};
 use guild_queue::{RedisQueue, RedisSettings};
 use guild_runtime::egress::{Secret, SecretSource};
 use guild_server::config::DaemonConfig;
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 pub(crate) fn worker(global: &Global, args: WorkerArgs) -> Result<Exit, Failure> {
     let home = home_dir(global)?;
-    let config = load_config(args.redis.config.as_deref())?;
+    let config = start_config(args.redis.config.as_deref())?;
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

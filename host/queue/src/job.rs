@@ -68,6 +68,10 @@ pub struct Job {
     /// Redis's clock, so clocks that disagree do not move the turn); none: at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_ms: Option<u64>,
+    /// The W3C trace context of the API node's enqueue span, when tracing is on there: the
+    /// worker's spans join the caller's trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<guild_telemetry::TraceContext>,
 }
 
 fn priority_default() -> u8 {
@@ -132,6 +136,10 @@ pub struct JobResult {
     /// The tokens each LLM upstream of the job's price table (by URL prefix) was used for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tokens: Vec<(String, guild_replay::cost::TokenCount)>,
+    /// The W3C trace context of the worker's span for this attempt, when tracing is on there:
+    /// the API node's audit write joins the trace, and `GET /v1/runs/{id}` shows its trace id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<guild_telemetry::TraceContext>,
 }
 
 /// A job a worker holds: it runs it, renews the lease while it does, then completes or fails it.
@@ -185,6 +193,7 @@ impl Job {
                     needs: crate::Needs::default(),
                     weight: 1,
                     delay_ms: None,
+                    trace: None,
                 };
                 (job, Some(format!("the job's body does not fit this worker's version: {e}")))
             }
@@ -410,6 +419,7 @@ mod tests {
             needs: crate::Needs::default(),
             weight: 1,
             delay_ms: None,
+            trace: None,
         };
         let text = serde_json::to_string(&job).expect("serializes");
         assert_eq!(serde_json::from_str::<Job>(&text).expect("parses"), job);
@@ -462,6 +472,7 @@ mod tests {
             needs: crate::Needs::default(),
             weight: 1,
             delay_ms: None,
+            trace: None,
         }
     }
 }

@@ -111,6 +111,7 @@ impl GpuRun {
         inputs: &[&GpuBuffer],
         outputs: &[TensorMeta],
         params: &[Scalar],
+        span: &tracing::Span,
     ) -> Result<Vec<Vec<u8>>, Ending> {
         let in_metas: Vec<&TensorMeta> = inputs.iter().map(|b| &b.meta).collect();
         let out_metas: Vec<&TensorMeta> = outputs.iter().collect();
@@ -141,6 +142,7 @@ impl GpuRun {
             timeout: self.timeout,
         };
         if let Some(replay) = self.replay.clone() {
+            span.record("guild.gpu.executor", "tape");
             let asked = record(None, String::new(), None);
             return self.answer_from_tape(asked, &replay, &request);
         }
@@ -149,6 +151,7 @@ impl GpuRun {
         let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let (effect, result) = match dispatched {
             Ok(done) => {
+                span.record("guild.gpu.executor", done.executor.as_str());
                 let spent = if done.executor == guild_gpu::CPU_REFERENCE {
                     &mut self.time.cpu_us
                 } else {
@@ -428,6 +431,9 @@ impl wit::HostBuffer for GpuView<'_> {
     }
 }
 
+/// Tensors whose shapes a GPU dispatch's span lists, at most (inputs and outputs each).
+const SHAPES_SHOWN: usize = 8;
+
 impl wit::Host for GpuView<'_> {
     fn list_kernels(&mut self) -> wasmtime::Result<Vec<wit::KernelInfo>> {
         Ok(self
@@ -466,7 +472,23 @@ impl wit::Host for GpuView<'_> {
         let buffers = inputs.iter().map(|i| table.get(i)).collect::<Result<Vec<_>, _>>()?;
         // A dispatch waits on the device (or computes the CPU reference) for up to its timeout:
         // off the async workers, so a daemon keeps answering meanwhile.
-        let ran = crate::blocking::off_the_async_workers(true, || gpu.run(&kernel, &buffers, &out_metas, &params));
+        let span = tracing::info_span!(
+            target: guild_telemetry::SPAN_TARGET,
+            "gpu dispatch",
+            otel.name = %format_args!("gpu dispatch {}", guild_telemetry::clip(&kernel)),
+            guild.gpu.kernel = guild_telemetry::clip(&kernel),
+            guild.gpu.input_shapes = ?buffers.iter().take(SHAPES_SHOWN).map(|b| &b.meta.shape).collect::<Vec<_>>(),
+            guild.gpu.output_shapes = ?out_metas.iter().take(SHAPES_SHOWN).map(|m| &m.shape).collect::<Vec<_>>(),
+            guild.gpu.executor = tracing::field::Empty,
+            error.r#type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let ran =
+            crate::blocking::off_the_async_workers(true, || gpu.run(&kernel, &buffers, &out_metas, &params, &span));
+        if ran.is_err() {
+            span.record("error.type", "gpu_error");
+            span.record("otel.status_code", "ERROR");
+        }
         let results = match ran {
             Ok(results) => results,
             Err(Ending::Guest(e)) => return Ok(Err(to_wit(e))),

@@ -38,6 +38,7 @@ mod replaying;
 mod run;
 mod signer;
 mod state;
+pub mod trace;
 mod virtual_time;
 
 pub use cache::CacheSource;

@@ -562,6 +562,7 @@ mod tests {
             headers: Vec::new(),
             body: None,
             body_bytes: 0,
+            host_added: Vec::new(),
         };
         Effect::Http { request, response: None, error: Some("denied: test".into()) }
     }

@@ -275,6 +275,12 @@ struct ExecRecord {
     /// without one.
     #[serde(skip_serializing_if = "Option::is_none")]
     cost: Option<Cost>,
+    /// The OpenTelemetry trace the run belongs to (32 hex digits), when tracing was on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<String>,
+    /// The run's own span in that trace (16 hex digits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    span_id: Option<String>,
 }
 
 /// This machine's name, read once.
@@ -367,6 +373,8 @@ impl RecordingConfig {
             gpu_cpu_us: execution.gpu_time.cpu_us,
             log_lines: execution.logs.len(),
             cost: None,
+            trace_id: execution.trace.as_ref().map(|(trace, _)| trace.clone()),
+            span_id: execution.trace.as_ref().map(|(_, span)| span.clone()),
         };
         // The cost is reckoned once the bytes the bundle records are known, and signed in with
         // its exec record (which is not among them).

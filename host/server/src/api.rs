@@ -35,6 +35,44 @@ async fn count_errors(
     response
 }
 
+/// The request's server span (OpenTelemetry HTTP conventions: `{method} {route}`), a child of
+/// the caller's W3C `traceparent` when it sent one. Probes and scrapes are not traced; while
+/// tracing is off nothing is read or allocated.
+async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use guild_telemetry::SPAN_TARGET;
+    if !tracing::enabled!(target: SPAN_TARGET, tracing::Level::INFO) {
+        return next.run(request).await;
+    }
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_string());
+    if matches!(route.as_deref(), Some("/healthz" | "/readyz" | "/metrics")) {
+        return next.run(request).await;
+    }
+    let route = route.unwrap_or_default();
+    let span = tracing::info_span!(
+        target: SPAN_TARGET,
+        "request",
+        otel.name = %format_args!("{} {route}", request.method()),
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        http.route = %route,
+        url.path = guild_telemetry::clip(request.uri().path()),
+        http.response.status_code = tracing::field::Empty,
+        error.r#type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let headers = request.headers();
+    if let Some(parent) = guild_telemetry::TraceContext::from_fields(|name| headers.get(name)?.to_str().ok()) {
+        parent.adopt(&span);
+    }
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    if response.status().is_server_error() {
+        span.record("error.type", response.status().as_str());
+        span.record("otel.status_code", "ERROR");
+    }
+    response
+}
+
 /// The router over `daemon`.
 pub fn router(daemon: Arc<Daemon>) -> axum::Router {
     let component_bytes_max = daemon.component_bytes_max();
@@ -63,6 +101,7 @@ pub fn router(daemon: Arc<Daemon>) -> axum::Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route takes another method")
         })
         .layer(axum::middleware::from_fn_with_state(daemon.clone(), count_errors))
+        .layer(axum::middleware::from_fn(traced))
         .with_state(daemon)
 }
 
@@ -166,6 +205,7 @@ async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
             .with_label_values(&[&tool.tool])
             .set(i64::try_from(tool.bytes).unwrap_or(i64::MAX));
     }
+    daemon.metrics().show_breakers(&daemon.runtime().breaker_states());
     if let Some(remote) = daemon.remote() {
         match remote.queue.stats().await {
             Ok(stats) => daemon.metrics().redis.set(&stats),

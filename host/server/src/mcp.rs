@@ -269,14 +269,35 @@ impl ServerHandler for GuildMcp {
             ));
         }
         let labels = labels_of(&context)?;
-        // A client that takes tasks and asks for one gets it at once; the run goes on without
-        // the connection.
-        if crate::mcp_tasks::wanted(&context) {
-            return crate::mcp_tasks::start(&self.daemon, (&tenant, &bearer, labels), request, context.peer.clone())
+        let span = call_span(&request, &context);
+        let called = async {
+            // A client that takes tasks and asks for one gets it at once; the run goes on
+            // without the connection.
+            if crate::mcp_tasks::wanted(&context) {
+                return crate::mcp_tasks::start(
+                    &self.daemon,
+                    (&tenant, &bearer, labels),
+                    request,
+                    context.peer.clone(),
+                )
                 .await
                 .map(CallToolResponse::Task);
+            }
+            self.call((&tenant, bearer, labels), request, &context).await.map(CallToolResponse::from)
+        };
+        let called = tracing::Instrument::instrument(called, span.clone()).await;
+        match &called {
+            Err(error) => {
+                span.record("error.type", error.code.0.to_string());
+                span.record("otel.status_code", "ERROR");
+            }
+            Ok(CallToolResponse::Complete(result)) if result.is_error == Some(true) => {
+                span.record("error.type", "tool_error");
+                span.record("otel.status_code", "ERROR");
+            }
+            Ok(_) => {}
         }
-        self.call((&tenant, bearer, labels), request, &context).await.map(CallToolResponse::from)
+        called
     }
 
     async fn get_task(
@@ -339,6 +360,40 @@ impl ServerHandler for GuildMcp {
     }
 }
 
+/// A `tools/call`'s server span, as the OpenTelemetry MCP conventions name it (`tools/call
+/// {tool}`, `mcp.method.name`, `mcp.session.id`, `jsonrpc.request.id`, `gen_ai.tool.name`), a
+/// child of the W3C trace context the client put in `params._meta` (`traceparent`,
+/// `tracestate`, `baggage`) when it sent one.
+fn call_span(request: &CallToolRequestParams, context: &RequestContext<RoleServer>) -> tracing::Span {
+    if !tracing::enabled!(target: guild_telemetry::SPAN_TARGET, tracing::Level::INFO) {
+        return tracing::Span::none();
+    }
+    let parts = context.extensions.get::<axum::http::request::Parts>();
+    let session = parts.and_then(|parts| parts.headers.get("mcp-session-id")?.to_str().ok());
+    let span = tracing::info_span!(
+        target: guild_telemetry::SPAN_TARGET,
+        "mcp",
+        otel.name = %format_args!("tools/call {}", guild_telemetry::clip(&request.name)),
+        otel.kind = "server",
+        mcp.method.name = "tools/call",
+        mcp.session.id = session.map(guild_telemetry::clip),
+        jsonrpc.request.id = guild_telemetry::clip(&context.id.to_string()),
+        gen_ai.operation.name = "execute_tool",
+        gen_ai.tool.name = guild_telemetry::clip(&request.name),
+        error.r#type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    // The context in `_meta`, else (over HTTP) the request's own headers.
+    let parent = guild_telemetry::TraceContext::from_fields(|name| context.meta.get(name)?.as_str()).or_else(|| {
+        let headers = &parts?.headers;
+        guild_telemetry::TraceContext::from_fields(|name| headers.get(name)?.to_str().ok())
+    });
+    if let Some(parent) = parent {
+        parent.adopt(&span);
+    }
+    span
+}
+
 /// The caller's agent label and priority from the call's `_meta`, checked.
 ///
 /// # Errors
@@ -383,6 +438,7 @@ mod tests {
             revision: None,
             cache: None,
             cost: None,
+            trace_id: None,
         }
     }
     use guild_runtime::{LimitHit, Outcome, RunStatus};
@@ -399,6 +455,7 @@ mod tests {
             revision: None,
             cache: None,
             cost: None,
+            trace_id: None,
         };
         let result = serde_json::to_value(finished_result("run-1", &finished, None, false)).expect("serializes");
         assert_eq!(result["isError"], true);

@@ -59,6 +59,26 @@ pub struct Metrics {
     pub api_errors: IntCounterVec,
     /// The shared Redis queue, read from Redis at each scrape (with `--redis`).
     pub redis: RedisMetrics,
+    /// The Redis series' own registry, rendered only by a node that uses Redis (elsewhere
+    /// `guild_redis_up` would read 0 and page).
+    redis_registry: Option<Registry>,
+    /// `guild_queue_depth_max`: this node's `queue.depth_max`, what `guild_queue_depth` fills.
+    pub queue_depth_max: IntGauge,
+    /// `guild_fuel_used_units_total`: fuel the tenant's runs burnt, the figure
+    /// `tenants.fuel_budget_units` counts against.
+    pub fuel_used: IntCounterVec,
+    /// `guild_fuel_budget_units` and `guild_fuel_budget_period_seconds`: each tenant's fuel
+    /// budget and its period (tenants that have one).
+    pub fuel_budget: IntGaugeVec,
+    /// See [`Metrics::fuel_budget`].
+    pub fuel_budget_period_seconds: IntGaugeVec,
+    /// `guild_egress_breaker_open{upstream}`: 1 while this process's breaker for the upstream
+    /// refuses requests, else 0 (set at each scrape).
+    pub breaker_open: IntGaugeVec,
+    /// `guild_telemetry_spans_dropped_total`: spans that never reached the OTLP collector (a
+    /// full export queue, a failed export); set at each scrape.
+    pub spans_dropped: IntCounter,
+    spans_dropped_sync: std::sync::Mutex<()>,
 }
 
 /// The Redis queue's state: gauges set from Redis when `/metrics` is scraped, so every API node
@@ -320,7 +340,7 @@ impl Metrics {
     /// # Errors
     /// The [`prometheus::Error`] when a metric's name, labels or help text is invalid or used
     /// twice: a mistake in this list, not something the environment can cause.
-    pub fn new(version: &str, wasmtime: &str) -> Result<Self, prometheus::Error> {
+    pub fn new(version: &str, wasmtime: &str, redis: bool) -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("guild".into()), None)?;
         let runs = IntCounterVec::new(
             Opts::new("runs_total", "Finished runs by tool, revision, tenant and outcome."),
@@ -407,10 +427,47 @@ impl Metrics {
         registry.register(Box::new(audit_records.clone()))?;
         registry.register(Box::new(api_errors.clone()))?;
         registry.register(Box::new(build))?;
-        let redis = RedisMetrics::new(&registry)?;
+        let redis_registry = Registry::new_custom(Some("guild".into()), None)?;
+        let redis_metrics = RedisMetrics::new(&redis_registry)?;
         let cache = CacheMetrics::new(&registry)?;
+        let queue_depth_max = IntGauge::new("queue_depth_max", "This node's queue.depth_max: runs that may wait.")?;
+        registry.register(Box::new(queue_depth_max.clone()))?;
+        let fuel_used = IntCounterVec::new(
+            Opts::new("fuel_used_units_total", "Fuel the tenant's runs burnt (what fuel_budget_units counts)."),
+            &["tenant"],
+        )?;
+        registry.register(Box::new(fuel_used.clone()))?;
+        let fuel_budget = IntGaugeVec::new(
+            Opts::new("fuel_budget_units", "Each tenant's fuel budget per period (tenants.fuel_budget_units)."),
+            &["tenant"],
+        )?;
+        registry.register(Box::new(fuel_budget.clone()))?;
+        let fuel_budget_period_seconds = IntGaugeVec::new(
+            Opts::new("fuel_budget_period_seconds", "Each tenant's fuel budget period (tenants.fuel_budget_period_s)."),
+            &["tenant"],
+        )?;
+        registry.register(Box::new(fuel_budget_period_seconds.clone()))?;
+        let breaker_open = IntGaugeVec::new(
+            Opts::new(
+                "egress_breaker_open",
+                "1 while this process's circuit breaker for an upstream refuses requests.",
+            ),
+            &["upstream"],
+        )?;
+        registry.register(Box::new(breaker_open.clone()))?;
+        let spans_dropped =
+            IntCounter::new("telemetry_spans_dropped_total", "Spans that never reached the OTLP collector.")?;
+        registry.register(Box::new(spans_dropped.clone()))?;
         Ok(Self {
-            redis,
+            redis: redis_metrics,
+            redis_registry: redis.then_some(redis_registry),
+            queue_depth_max,
+            fuel_used,
+            fuel_budget,
+            fuel_budget_period_seconds,
+            breaker_open,
+            spans_dropped,
+            spans_dropped_sync: std::sync::Mutex::new(()),
             cache,
             registry,
             runs,
@@ -452,7 +509,14 @@ impl Metrics {
     pub fn show_budgets(&self, tenants: &[std::sync::Arc<crate::tenants::Tenant>]) {
         self.budget_limit.reset();
         self.budget_period_seconds.reset();
+        self.fuel_budget.reset();
+        self.fuel_budget_period_seconds.reset();
         for tenant in tenants {
+            if let Some((units, period_s)) = tenant.fuel_budget() {
+                self.fuel_budget.with_label_values(&[&tenant.name]).set(i64::try_from(units).unwrap_or(i64::MAX));
+                let period = i64::try_from(period_s).unwrap_or(i64::MAX);
+                self.fuel_budget_period_seconds.with_label_values(&[&tenant.name]).set(period);
+            }
             let limits = tenant.budget_limits();
             if limits.is_empty() {
                 continue;
@@ -497,8 +561,9 @@ impl Metrics {
         self.rollout_ramp.with_label_values(&[tool]);
     }
 
-    /// Start a tenant's rejection series at zero.
+    /// Start a tenant's rejection and fuel series at zero.
     pub fn register_tenant(&self, tenant: &str) {
+        self.fuel_used.with_label_values(&[tenant]);
         for reason in REJECTION_REASONS {
             self.rejections.with_label_values(&[tenant, reason]);
         }
@@ -506,9 +571,29 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        {
+            // Two scrapes at once add the difference once.
+            let _one = self.spans_dropped_sync.lock().unwrap_or_else(|p| p.into_inner());
+            let dropped = guild_telemetry::spans_dropped();
+            self.spans_dropped.inc_by(dropped.saturating_sub(self.spans_dropped.get()));
+        }
+        let mut families = self.registry.gather();
+        if let Some(redis) = &self.redis_registry {
+            families.extend(redis.gather());
+            families.sort_by(|a, b| a.name().cmp(b.name()));
+        }
         let mut out = Vec::new();
         // Encoding into a Vec fails only on invalid metric names, which `new` rules out.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let _ = TextEncoder::new().encode(&families, &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Show which upstreams' breakers are open now (`upstreams`: every tracked one, with
+    /// whether it is open); one no longer tracked leaves.
+    pub fn show_breakers(&self, upstreams: &[(String, bool)]) {
+        self.breaker_open.reset();
+        for (upstream, open) in upstreams {
+            self.breaker_open.with_label_values(&[upstream]).set(i64::from(*open));
+        }
     }
 }

@@ -272,6 +272,7 @@ impl Remote {
             revision: None,
             cache: None,
             cost: None,
+            trace_id: None,
         });
         for sender in senders {
             let _ = sender.send(RunState::Finished(finished.clone()));
@@ -392,7 +393,24 @@ impl Remote {
                 .unzip()
         };
         let count = records.len() as u64;
+        // One span per traced attempt, in its run's trace: the batch's write is each one's.
+        let spans: Vec<tracing::Span> = entries
+            .iter()
+            .filter_map(|entry| {
+                let trace = entry.result.trace.as_ref()?;
+                let span = tracing::info_span!(
+                    target: guild_telemetry::SPAN_TARGET,
+                    parent: None,
+                    "audit write",
+                    guild.run.id = %entry.result.id,
+                    guild.audit.batch_records = count,
+                );
+                trace.adopt(&span);
+                Some(span)
+            })
+            .collect();
         log.append_many(records).await?;
+        drop(spans);
         {
             let mut audited = self.audited.lock().unwrap_or_else(|p| p.into_inner());
             for key in keys {
@@ -404,6 +422,7 @@ impl Remote {
             let r = &entry.result;
             let revision = r.revision.map(|n| n.to_string()).unwrap_or_default();
             metrics.runs.with_label_values(&[&r.tool, &revision, &r.tenant, finished(r).label()]).inc();
+            metrics.fuel_used.with_label_values(&[&r.tenant]).inc_by(r.fuel_used_units);
             // Every attempt that ran was priced by its worker: its cost is in the ledger and
             // the metrics of the node that audits it, as its record is in this node's log.
             if let Some(cost) = &r.cost {
@@ -457,6 +476,7 @@ pub(crate) fn finished(result: &JobResult) -> Finished {
         revision: result.revision,
         cache: result.cache.as_deref().map(crate::cache::CacheState::parse),
         cost: result.cost.clone().map(Arc::new),
+        trace_id: result.trace.as_ref().map(|t| t.trace_id().to_string()),
     }
 }
 

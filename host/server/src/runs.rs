@@ -56,6 +56,9 @@ pub struct Finished {
     /// What the run cost under `[pricing]`, from what its bundle records; `None` without a
     /// price table or a bundle (and, for now, for a job a worker ran).
     pub cost: Option<Arc<guild_replay::cost::Cost>>,
+    /// The OpenTelemetry trace the run belongs to (32 hex digits), when tracing was on where
+    /// it ran; its bundle's `exec.json` names it too.
+    pub trace_id: Option<String>,
 }
 
 impl Finished {
@@ -126,6 +129,9 @@ pub(crate) struct FinishedBody<'a> {
     /// unit, unit_price, amount}]}`, amounts as exact decimal strings.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) cost: Option<&'a guild_replay::cost::Cost>,
+    /// The OpenTelemetry trace the run belongs to, when tracing was on where it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) trace_id: Option<&'a str>,
 }
 
 impl<'a> FinishedBody<'a> {
@@ -143,6 +149,7 @@ impl<'a> FinishedBody<'a> {
             cached: finished.cache.as_ref().map(crate::cache::CacheState::cached),
             cache: finished.cache.as_ref().map(ToString::to_string),
             cost: finished.cost.as_deref(),
+            trace_id: finished.trace_id.as_deref(),
         }
     }
 }
@@ -381,6 +388,7 @@ mod tests {
             revision: None,
             cache: None,
             cost: None,
+            trace_id: None,
         }
     }
 

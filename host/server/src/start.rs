@@ -158,7 +158,8 @@ pub async fn start(setup: DaemonSetup) -> Result<DaemonParts, StartError> {
             runs_restored += 1;
         }
     })?;
-    let metrics = Metrics::new(env!("CARGO_PKG_VERSION"), guild_runtime::wasmtime_version())?;
+    let metrics = Metrics::new(env!("CARGO_PKG_VERSION"), guild_runtime::wasmtime_version(), remote.is_some())?;
+    metrics.queue_depth_max.set(i64::try_from(config.queue.depth_max).unwrap_or(i64::MAX));
     for tool in tools.all() {
         metrics.register_tool(&tool.name, tool.revision);
         if tool.cache.is_some() {
@@ -501,6 +502,7 @@ fn restore(runs: &RunTable, record: &AuditRecord) {
         },
         // The audit record keeps the run's cost: restored with it.
         cost: entry.cost.clone().map(Arc::new),
+        trace_id: None,
     };
     runs.restore(
         entry.run.clone(),

@@ -425,6 +425,12 @@ impl Tenant {
         shown
     }
 
+    /// Its fuel budget and that budget's period, seconds (`None` without one).
+    pub fn fuel_budget(&self) -> Option<(u64, u64)> {
+        let budget = self.budget.as_ref()?.lock().unwrap_or_else(|p| p.into_inner());
+        Some((budget.budget_units, budget.period.as_secs()))
+    }
+
     /// The period of its money and token budgets, seconds.
     pub fn budget_period_s(&self) -> u64 {
         self.budgets.period_s

@@ -19,6 +19,7 @@ use guild_runtime::{
     Failure, FailureCode, Grants, LoadError, Outcome, PolicyRecord, RunError, RunReport, RunStatus, Runtime, Tool,
     ToolErrorKind,
 };
+use guild_telemetry::SPAN_TARGET;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -347,6 +348,27 @@ impl Worker {
             tool = %lease.job.tool,
             attempt = lease.attempt
         );
+        // The consumer span of this attempt, in the trace of the call that enqueued the job.
+        let queue = &self.queue.settings().queue;
+        let waited_ms = guild_queue::now_unix_ms().saturating_sub(lease.job.submitted_unix_ms);
+        let traced = tracing::info_span!(
+            target: SPAN_TARGET,
+            "job",
+            otel.name = %format_args!("process {queue}"),
+            otel.kind = "consumer",
+            messaging.system = "redis",
+            messaging.operation.type = "process",
+            messaging.destination.name = %queue,
+            messaging.message.id = %lease.job.id,
+            guild.job.attempt = lease.attempt,
+            guild.queue.wait_ms = waited_ms,
+            guild.worker = %self.name,
+            error.r#type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        if let Some(trace) = &lease.job.trace {
+            trace.adopt(&traced);
+        }
         tokio::spawn(
             async move {
                 self.running.fetch_add(1, Ordering::Relaxed);
@@ -355,6 +377,7 @@ impl Worker {
                 self.attempt(lease).await;
                 drop(permit);
             }
+            .instrument(traced)
             .instrument(span),
         );
     }
@@ -365,7 +388,8 @@ impl Worker {
         let cancel = guild_runtime::CancellationToken::new();
         // Stopped however the attempt ends: a panic in it unwinds through this guard, so the lease
         // lapses and another worker takes the job over (never renewed for ever by a dead attempt).
-        let renewing = AbortOnDrop(tokio::spawn(self.clone().renew_loop(lease.clone(), cancel.clone())));
+        let renew = self.clone().renew_loop(lease.clone(), cancel.clone());
+        let renewing = AbortOnDrop(tokio::spawn(renew.instrument(tracing::Span::current())));
         let result = if lease.attempt > lease.job.attempts_max {
             // Its workers kept dying while running it: do not try a fifth time.
             Err(AttemptFailure::retryable(
@@ -376,7 +400,8 @@ impl Worker {
             self.execute(&lease, cancel).await
         };
         // Renewed until settled: settling may wait out a failover, longer than a lease.
-        self.settle(&lease, result).await;
+        let settling = tracing::info_span!(target: SPAN_TARGET, "settle");
+        self.settle(&lease, result).instrument(settling).await;
         drop(renewing);
     }
 
@@ -387,7 +412,8 @@ impl Worker {
             if self.queue.cancel_requested(&lease.job.id).await.unwrap_or(false) {
                 cancel.cancel();
             }
-            match self.queue.renew(&self.name, &lease).await {
+            let renewal = tracing::info_span!(target: SPAN_TARGET, "lease renew");
+            match self.queue.renew(&self.name, &lease).instrument(renewal).await {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::warn!(
@@ -462,7 +488,25 @@ impl Worker {
                     });
                 }
             },
-            None => (self.runtime.run_as(&tool, &job.input, &grants, limits, cancel, Some(&run_for)).await, None),
+            None => {
+                let run = self.runtime.run_as(&tool, &job.input, &grants, limits, cancel, Some(&run_for));
+                let traced = guild_runtime::trace::run_span(&job.id, &job.tool, job.revision, &job.tenant);
+                let report = run.instrument(traced.clone()).await;
+                match &report {
+                    _ if traced.is_disabled() => {}
+                    Ok(report) => guild_runtime::trace::record_end(
+                        &traced,
+                        report.outcome.label(),
+                        report.fuel_used_units,
+                        report.bundle.as_ref(),
+                        report.outcome.failure().as_ref().map(|f| f.code.as_str()),
+                    ),
+                    Err(error) => {
+                        guild_runtime::trace::record_end(&traced, "error", 0, None, Some(error.code().as_str()));
+                    }
+                }
+                (report, None)
+            }
         };
         let mut shared = false;
         if let (Ok(report), Some(_)) = (&report, &after)
@@ -623,6 +667,8 @@ impl Worker {
             cache: None,
             cost: None,
             tokens: Vec::new(),
+            // Inside the attempt's span: the API node's audit write joins its trace.
+            trace: guild_telemetry::TraceContext::current().map(guild_telemetry::TraceContext::parent_only),
         }
     }
 
@@ -685,10 +731,17 @@ impl Worker {
         match self.queue.fail(&self.name, lease, delay, &attempt, &last).await? {
             Disposition::Retry { delay_ms } => {
                 self.retried.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    target: SPAN_TARGET,
+                    delay_ms,
+                    failure = failure.code.as_str(),
+                    "retry scheduled"
+                );
                 tracing::warn!(error = %failure.message, delay_ms, "attempt failed; retrying after a backoff");
             }
             Disposition::Dead => {
                 self.dead.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(target: SPAN_TARGET, failure = failure.code.as_str(), "dead-lettered");
                 tracing::error!(error = %failure.message, "attempt failed and was the last: the job is in the dead-letter stream");
             }
             Disposition::Duplicate => {

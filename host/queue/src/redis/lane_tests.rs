@@ -30,6 +30,7 @@ fn job(id: &str, tenant: &str, agent: Option<&str>, priority: u8, needs: Needs) 
         needs,
         weight: 1,
         delay_ms: None,
+        trace: None,
     }
 }
 
@@ -177,6 +178,7 @@ fn result_of(job: &Job, worker: &str) -> JobResult {
         cache: None,
         cost: None,
         tokens: Vec::new(),
+        trace: None,
     }
 }
 

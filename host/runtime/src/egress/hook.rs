@@ -15,6 +15,7 @@ use crate::Limits;
 use crate::record::{Lane, Recorder};
 use bytes::Bytes;
 use guild_replay::{Digest, Effect, HttpRequestRecord, HttpResponseRecord};
+use guild_telemetry::SPAN_TARGET;
 use http_body_util::{BodyExt, Full};
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,6 +23,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Instrument as _;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 /// Refusals whose reasons a run keeps for the operator (the count is kept past it).
@@ -213,6 +215,7 @@ impl EgressRun {
             headers: header_pairs(&parts.headers),
             body: None,
             body_bytes: 0,
+            host_added: Vec::new(),
         };
         let result = match &self.replay_bodies {
             Some(bodies) => self.answer_from_tape(&mut record, body, bodies).await,
@@ -230,13 +233,29 @@ impl EgressRun {
             (_, result, _) => result,
         };
         let (response, error) = match &result {
-            Ok(answer) => (Some(self.response_record(answer)), None),
+            Ok(answer) => {
+                let span = tracing::Span::current();
+                span.record("http.response.status_code", answer.status);
+                span.record("http.response.body.size", answer.body.len());
+                span.record("http.request.body.size", record.body_bytes);
+                (Some(self.response_record(answer)), None)
+            }
             Err(refusal) => {
                 // A reason may quote what an upstream sent (a header's value): it goes to the
                 // tape and the log only with every secret value taken out.
                 let reason =
                     String::from_utf8_lossy(&secrets::scrub(refusal.reason.as_bytes(), &self.secrets)).into_owned();
                 self.note(&reason);
+                // On the request's span: the refusal and the rule or limit its reason names.
+                tracing::info!(
+                    target: SPAN_TARGET,
+                    refusal = %reason,
+                    kind = error_kind(&refusal.error),
+                    "egress refused"
+                );
+                let span = tracing::Span::current();
+                span.record("error.type", error_kind(&refusal.error));
+                span.record("otel.status_code", "ERROR");
                 (None, Some(format!("{}: {}", error_kind(&refusal.error), reason)))
             }
         };
@@ -308,6 +327,8 @@ impl EgressRun {
         if !refused_before_body(response.as_ref(), error.as_deref()) {
             self.read_body(body, record, false).await?;
         }
+        // What the host added when it sent the request is not the guest's doing.
+        record.host_added.clone_from(&request.host_added);
         if request != *record {
             return Err(Refusal::denied("replay: the original run made a different request here".into()));
         }
@@ -450,6 +471,18 @@ impl EgressRun {
         // such if it was the probe).
         let addr = self.resolve(&host, port, connect_timeout, &matching).await?;
         let body = self.read_body(body, record, true).await?;
+        // The upstream joins the run's trace: added after the guest's request was recorded,
+        // and noted on the tape as the host's.
+        if let Some(trace) = guild_telemetry::TraceContext::current() {
+            // A `tracestate` of the guest's would not belong to the host's `traceparent`.
+            parts.headers.remove("tracestate");
+            for (name, value) in trace.headers() {
+                if let Ok(header) = http::HeaderValue::from_str(&value) {
+                    parts.headers.insert(name, header);
+                    record.host_added.push((name.to_string(), value));
+                }
+            }
+        }
         let request = http::Request::from_parts(parts, Full::new(body));
         let total = Duration::from_millis(self.limits.http_timeout_ms);
         let (Some(tls), Some(connections)) = (self.tls.clone(), &self.connections) else {
@@ -730,11 +763,48 @@ impl WasiHttpHooks for EgressHooks {
         _fut: DriverFuture,
     ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, DriverFuture), Error>> + Send> {
         let run = self.0.clone();
-        Box::new(async move {
-            let response = run.exchange(request).await?;
-            Ok((response, Box::new(async { Ok(()) }) as DriverFuture))
-        })
+        // Made here, inside the guest's call, so its parent is the run's span: the future runs
+        // on a task of its own. A run traces at most `http_requests_max` requests: the ones
+        // past it are refused at once, and would only fill the export queue.
+        let span =
+            if run.requests() < run.limits.http_requests_max { request_span(&request) } else { tracing::Span::none() };
+        Box::new(
+            async move {
+                let response = run.exchange(request).await?;
+                Ok((response, Box::new(async { Ok(()) }) as DriverFuture))
+            }
+            .instrument(span),
+        )
     }
+}
+
+/// An outgoing request's client span, named by its method as the OpenTelemetry HTTP conventions
+/// name one; status, sizes and a refusal are recorded on it as the exchange goes.
+fn request_span(request: &http::Request<WasiBody>) -> tracing::Span {
+    let uri = request.uri();
+    tracing::info_span!(
+        target: SPAN_TARGET,
+        "egress",
+        otel.name = request.method().as_str(),
+        otel.kind = "client",
+        http.request.method = request.method().as_str(),
+        server.address = guild_telemetry::clip(uri.host().unwrap_or_default()),
+        server.port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("http") { 80 } else { 443 }),
+        // The query may carry what the guest meant for the upstream alone, and userinfo a
+        // credential: both left out.
+        url.full = %format_args!(
+            "{}://{}:{}{}",
+            uri.scheme_str().unwrap_or("https"),
+            guild_telemetry::clip(uri.host().unwrap_or_default()),
+            uri.port_u16().unwrap_or(if uri.scheme_str() == Some("http") { 80 } else { 443 }),
+            guild_telemetry::clip(uri.path())
+        ),
+        http.request.body.size = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        http.response.body.size = tracing::field::Empty,
+        error.r#type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
 }
 
 /// The content coding an answer came in, other than `identity`.

@@ -10,7 +10,9 @@ use crate::bindings::exports::guild::tool::tool as wit;
 use crate::command::{Capture, CommandInput, CommandIo, InputRefused, Passthrough, command_output};
 use crate::error::RunError;
 use crate::state::HostState;
+use crate::trace::stage;
 use guild_vocab::{Access, EffectivePolicy, Outcome};
+use tracing::Instrument as _;
 use wasmtime::Store;
 
 impl Runtime {
@@ -58,18 +60,21 @@ pub(super) async fn call_entry(
 ) -> wasmtime::Result<Returned> {
     match call {
         Call::Tool(pre) => {
-            let instance = pre.instantiate_async(&mut *store).await?;
-            instance.guild_tool_tool().call_run(&mut *store, input).await.map(Returned::Tool)
+            let instance = pre.instantiate_async(&mut *store).instrument(stage("instantiate")).await?;
+            let run = instance.guild_tool_tool().call_run(&mut *store, input);
+            run.instrument(stage("guest run")).await.map(Returned::Tool)
         }
         Call::Command(pre) => {
-            let instance = pre.instantiate_async(&mut *store).await?;
-            instance.wasi_cli_run().call_run(&mut *store).await.map(Returned::Command)
+            let instance = pre.instantiate_async(&mut *store).instrument(stage("instantiate")).await?;
+            let run = instance.wasi_cli_run().call_run(&mut *store);
+            run.instrument(stage("guest run")).await.map(Returned::Command)
         }
         Call::Preview1(pre) => {
-            let instance = pre.instantiate_async(&mut *store).await?;
+            let instance = pre.instantiate_async(&mut *store).instrument(stage("instantiate")).await?;
             let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
             // Returning from `_start` is exit code 0; `proc_exit(n)` comes back as `I32Exit(n)`.
-            start.call_async(&mut *store, ()).await.map(|()| Returned::Command(Ok(())))
+            let run = start.call_async(&mut *store, ());
+            run.instrument(stage("guest run")).await.map(|()| Returned::Command(Ok(())))
         }
     }
 }

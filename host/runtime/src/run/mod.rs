@@ -210,6 +210,12 @@ impl Runtime {
         })
     }
 
+    /// Every egress upstream (`scheme://host:port`) a breaker tracks, and whether it refuses
+    /// requests now (open or half-open).
+    pub fn breaker_states(&self) -> Vec<(String, bool)> {
+        self.breakers.states()
+    }
+
     /// The host's GPU service, shared by all runs.
     pub fn gpu(&self) -> &Arc<guild_gpu::GpuHost> {
         &self.gpu
@@ -421,6 +427,7 @@ impl Runtime {
             egress_limited: egress.limited(),
             gpu_time: store.data().gpu.time(),
             host_identity_read: store.data().quotas.host_identity_read,
+            trace: guild_telemetry::ids(&tracing::Span::current()),
         })
     }
 

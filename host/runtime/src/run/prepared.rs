@@ -197,6 +197,7 @@ impl Runtime {
                     let exchanges = guild_replay::cost::exchanges(tape.events()).collect::<Vec<_>>();
                     (measured, exchanges)
                 });
+                let seal = crate::trace::stage("seal");
                 let (unsigned, overflow, priced) = off_the_async_workers(writable, || {
                     recording.seal_unsigned(
                         &self.fingerprint,
@@ -214,6 +215,8 @@ impl Runtime {
                 // Awaited, not blocked on: the signer may be signing this id with others'.
                 let signature = recording.sign(unsigned.id).await?;
                 let sealed = off_the_async_workers(writable, || recording.store_signed(unsigned, &signature))?;
+                seal.record("guild.bundle.id", tracing::field::display(&sealed.id));
+                drop(seal);
                 if let Some(hit) = overflow {
                     execution.outcome = Outcome::Limit(hit);
                 }

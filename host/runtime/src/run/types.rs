@@ -199,6 +199,7 @@ impl Execution {
             egress_limited: 0,
             gpu_time: crate::gpu::GpuTime::default(),
             host_identity_read: false,
+            trace: guild_telemetry::ids(&tracing::Span::current()),
         }
     }
 }
@@ -222,4 +223,6 @@ pub(crate) struct Execution {
     pub(crate) gpu_time: crate::gpu::GpuTime,
     /// A hermetic run read something of the host's its action digest does not name.
     pub(crate) host_identity_read: bool,
+    /// The trace and span id of the span the run executed in, when tracing is on.
+    pub(crate) trace: Option<(String, String)>,
 }

@@ -28,6 +28,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "cache",
     "oauth",
     "pricing",
+    "telemetry",
 ];
 
 /// Apply every `GUILD_*` variable of `env` that names a field to `table`; returns the names of

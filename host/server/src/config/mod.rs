@@ -132,6 +132,11 @@ pub struct DaemonConfig {
     /// exact decimal strings in one currency. Unset: runs carry no cost. Reloadable.
     #[serde(default)]
     pub pricing: Option<guild_replay::cost::PriceTable>,
+    /// OpenTelemetry traces: the OTLP/HTTP collector, sampler and export bounds; the standard
+    /// `OTEL_*` variables fill what it leaves unset. With neither, tracing is off and costs
+    /// nothing. Read at start.
+    #[serde(default)]
+    pub telemetry: guild_telemetry::TelemetryConfig,
 }
 
 /// Default of [`RolloutConfig::check_runs_default`].

@@ -14,12 +14,14 @@ use guild_runtime::{CancellationToken, PolicyRecord, RunError, RunReport, RunSta
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
+use tracing::Instrument as _;
 
 impl Daemon {
     pub(super) async fn execute(self: Arc<Self>, job: Job, entry: RunEntry) {
         let Job { tool, input, input_digest, admission, ticket, state, done, key, cancel, shadow, not_before } = job;
         let queued = Instant::now();
         tracing::info!("run queued");
+        let waiting = tracing::info_span!(target: guild_telemetry::SPAN_TARGET, "queue wait");
         // Held to a run limit's turn (an async run): its place in the queue counts meanwhile. A
         // cancellation ends the wait (the run then ends cancelled at once), and so does a drain
         // (the run ends not started, answered and audited as such).
@@ -40,6 +42,7 @@ impl Daemon {
         } else {
             ticket.start().await
         };
+        drop(waiting);
         self.metrics.queue_wait_seconds.observe(queued.elapsed().as_secs_f64());
         self.metrics.queue_depth.set(self.queue.depth() as i64);
         self.metrics.runs_in_flight.set(self.queue.in_flight() as i64);
@@ -72,14 +75,24 @@ impl Daemon {
             }
             _ => None,
         };
-        let (finished, output, audit) = self.conclude(&tool, &entry, input_digest, key, ran);
+        let (mut finished, output, audit) = self.conclude(&tool, &entry, input_digest, key, ran);
+        let span = tracing::Span::current();
+        finished.trace_id = guild_telemetry::ids(&span).map(|(trace, _)| trace);
+        guild_runtime::trace::record_end(
+            &span,
+            finished.label(),
+            finished.fuel_used_units,
+            finished.bundle.as_ref(),
+            finished.error.as_ref().map(|f| f.code.as_str()),
+        );
         if let Some(cost) = &finished.cost {
             let who = (entry.tenant.as_str(), entry.subject.as_deref(), entry.agent.as_deref());
             self.usage().record(guild_queue::now_unix_ms(), who, &tool.name, cost).await;
         }
         admission.settle(finished.fuel_used_units, finished.cost.as_deref());
         let finished = Arc::new(finished);
-        match self.audit.append(audit).await {
+        let audit_span = tracing::info_span!(target: guild_telemetry::SPAN_TARGET, "audit write");
+        match self.audit.append(audit).instrument(audit_span).await {
             Ok(_) => self.metrics.audit_records.inc(),
             Err(e) => tracing::error!(error = %e, "the run's audit record was not written"),
         }
@@ -168,6 +181,7 @@ impl Daemon {
                     revision: Some(revision),
                     cache: Some(if merged { CacheState::Merged } else { CacheState::Hit }),
                     cost: None,
+                    trace_id: None,
                 };
                 return (finished, Some(cached.output.to_string()), audit);
             }
@@ -198,6 +212,7 @@ impl Daemon {
                     revision: Some(tool.revision),
                     cache: None,
                     cost: None,
+                    trace_id: None,
                 };
                 (finished, None)
             }
@@ -221,6 +236,7 @@ impl Daemon {
         let (tool, revision) = (registered.name.as_str(), registered.revision.to_string());
         let label = report.outcome.label();
         self.metrics.runs.with_label_values(&[tool, &revision, tenant, label]).inc();
+        self.metrics.fuel_used.with_label_values(&[tenant]).inc_by(report.fuel_used_units);
         self.metrics.run_seconds.with_label_values(&[tool, &revision]).observe(report.wall_time.as_secs_f64());
         self.metrics.run_fuel_units.with_label_values(&[tool, &revision]).observe(report.fuel_used_units as f64);
         self.metrics.bundle_bytes.inc_by(report.bundle_bytes);
@@ -267,6 +283,7 @@ fn finished_from_report(report: RunReport, revision: u32) -> (Finished, Option<S
         revision: Some(revision),
         cache: None,
         cost: None,
+        trace_id: None,
     };
     (finished, report.outcome.into_output(), PolicyRecord::resolved(report.policy, report.limits))
 }

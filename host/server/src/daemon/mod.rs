@@ -584,7 +584,10 @@ impl Daemon {
             }
             return Err(Rejection::KeyConflict { key: key.to_string(), run: existing.id });
         }
-        let (admission, turn) = self.admit(tenant, &tool, (request.agent.as_deref(), request.asynchronous)).await?;
+        let (admission, turn) = self
+            .admit(tenant, &tool, (request.agent.as_deref(), request.asynchronous))
+            .instrument(admission_span(&tenant.name))
+            .await?;
         let place = guild_queue::Place {
             priority,
             tenant: tenant.name.clone(),
@@ -618,7 +621,9 @@ impl Daemon {
         let not_before = (!turn.is_zero()).then(|| tokio::time::Instant::now() + turn);
         let job = Job { tool, input, input_digest, admission, ticket, state, done, key, cancel, shadow, not_before };
         let span = tracing::info_span!("run", run_id = %entry.id, tenant = %tenant.name, tool = %entry.tool);
-        tokio::spawn(self.clone().execute(job, entry.clone()).instrument(span));
+        // A child of the caller's request (or MCP call) span; an async run's outlives it.
+        let traced = guild_runtime::trace::run_span(&entry.id, &entry.tool, Some(job.tool.revision), &tenant.name);
+        tokio::spawn(self.clone().execute(job, entry.clone()).instrument(traced).instrument(span));
         if request.asynchronous {
             return Ok(Submitted::Accepted { entry, replayed: false });
         }
@@ -701,6 +706,7 @@ impl Daemon {
         (input_digest, request_digest): (Digest, Digest),
     ) -> Result<Submitted, Rejection> {
         let crate::registry::Routed { tool, shadow, .. } = routed;
+        let job_id = new_run_id();
         if self.is_draining() {
             return Err(Rejection::Queue(QueueFull { depth: 0, retry_after_s: 5, draining: true }));
         }
@@ -720,15 +726,31 @@ impl Daemon {
                 return Err(Rejection::NoCapableWorker { tool: tool.name.clone(), lane });
             }
         }
-        let (admission, turn) = self.admit(tenant, &tool, (request.agent.as_deref(), request.asynchronous)).await?;
-        remote.push_component(&tool).await.map_err(|e| {
+        let (admission, turn) = self
+            .admit(tenant, &tool, (request.agent.as_deref(), request.asynchronous))
+            .instrument(admission_span(&tenant.name))
+            .await?;
+        // The producer span the worker's spans hang from: what the job carries.
+        let enqueue = tracing::info_span!(
+            target: guild_telemetry::SPAN_TARGET,
+            "enqueue",
+            otel.name = %format_args!("send {}", remote.queue.settings().queue),
+            otel.kind = "producer",
+            messaging.system = "redis",
+            messaging.operation.type = "send",
+            messaging.destination.name = %remote.queue.settings().queue,
+            messaging.message.id = tracing::field::Empty,
+            error.r#type = tracing::field::Empty,
+        );
+        enqueue.record("messaging.message.id", tracing::field::display(&job_id));
+        remote.push_component(&tool).instrument(enqueue.clone()).await.map_err(|e| {
             remote.forget_pushed();
             unavailable(e)
         })?;
         let mut limits = tool.limits.clone();
         limits.fuel_units = admission.fuel_units;
         let job = guild_queue::Job {
-            id: new_run_id(),
+            id: job_id,
             tenant: tenant.name.clone(),
             subject: request.subject.clone(),
             tool: tool.name.clone(),
@@ -756,15 +778,18 @@ impl Daemon {
             weight: tenant.weight,
             // Held to a run limit's turn: queued in its lane only then.
             delay_ms: (!turn.is_zero()).then(|| u64::try_from(turn.as_millis()).unwrap_or(u64::MAX).max(1)),
+            trace: guild_telemetry::TraceContext::of(&enqueue),
         };
         // Waited for before it exists, so a node waiting for too many jobs refuses a new one
         // rather than enqueue a job nobody here can answer for.
         let busy = |message: String| Rejection::Unavailable { message, retry_after_s: 1 };
         let state = remote.watch(&job.id).map_err(busy)?;
-        let accepted = remote.queue.submit(&job).await.map_err(|e| {
+        let accepted = remote.queue.submit(&job).instrument(enqueue.clone()).await.map_err(|e| {
+            enqueue.record("error.type", "queue_unavailable");
             remote.forget_pushed();
             unavailable(e)
         })?;
+        drop(enqueue);
         // Queued, but not confirmed durable (ack_durability = "replica" or "aof"): not acknowledged.
         // A new job may still run, so what it holds is held until it ends, as for any other.
         let settings = remote.queue.settings();
@@ -824,7 +849,8 @@ impl Daemon {
                 return Ok(Submitted::Replayed { entry: entry(accepted.id, state), finished, output: result.output });
             }
             let state = remote.watch(&accepted.id).map_err(busy)?;
-            return self.wait_remote(remote, entry(accepted.id, state), request.asynchronous, true).await;
+            let waiting = self.wait_remote(remote, entry(accepted.id, state), request.asynchronous, true);
+            return waiting.instrument(wait_span()).await;
         }
         tracing::info!(run_id = %job.id, tenant = %tenant.name, tool = %tool.name, "job enqueued");
         let mut settling = state.clone();
@@ -854,7 +880,7 @@ impl Daemon {
         if !accepted.confirmed {
             return Err(unconfirmed(&job.id));
         }
-        self.wait_remote(remote, entry(job.id, state), request.asynchronous, false).await
+        self.wait_remote(remote, entry(job.id, state), request.asynchronous, false).instrument(wait_span()).await
     }
 
     async fn wait_remote(
@@ -926,6 +952,16 @@ impl Daemon {
         self.store.flush()?;
         Ok(drained)
     }
+}
+
+/// Admission's span: the run limits, the tenant's limits and budgets a run is held to.
+fn admission_span(tenant: &str) -> tracing::Span {
+    tracing::info_span!(target: guild_telemetry::SPAN_TARGET, "admission", guild.tenant = %tenant)
+}
+
+/// A sync caller's wait for a worker to finish its job.
+fn wait_span() -> tracing::Span {
+    tracing::info_span!(target: guild_telemetry::SPAN_TARGET, "wait", otel.name = "wait for result")
 }
 
 async fn wait_existing(entry: RunEntry, asynchronous: bool) -> Result<Submitted, Rejection> {

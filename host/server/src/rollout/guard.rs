@@ -225,6 +225,7 @@ mod tests {
             revision: None,
             cache: None,
             cost: None,
+            trace_id: None,
         }
     }
 

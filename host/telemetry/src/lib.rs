@@ -1,0 +1,61 @@
+//! Guild's OpenTelemetry traces.
+//!
+//! - [`TelemetryConfig`]: the `[telemetry]` config section, resolved with the standard `OTEL_*`
+//!   variables into [`TelemetrySettings`] (or off, and then free).
+//! - [`install`]: the process's `tracing` subscriber — log lines, and with tracing on an OTLP/HTTP
+//!   exporter, batched and bounded, whose losses [`spans_dropped`] counts.
+//! - [`TraceContext`]: W3C trace context in from HTTP headers and MCP `_meta`, through Redis
+//!   jobs, out to upstreams.
+//!
+//! Spans are ordinary `tracing` spans with target [`SPAN_TARGET`]; their names and attributes
+//! follow the OpenTelemetry semantic conventions (`otel.name`, `otel.kind`, `error.type`, the
+//! MCP and GenAI attributes) plus Guild's own `guild.*` attributes.
+
+mod context;
+mod export;
+mod logs;
+mod settings;
+
+pub use context::{BAGGAGE_BYTES_MAX, TRACESTATE_BYTES_MAX, TraceContext, ids};
+pub use export::spans_dropped;
+pub use logs::{LogStyle, SHUTDOWN_WAIT_MS, install, shutdown};
+pub use settings::{
+    BATCH_SPANS_MAX_DEFAULT, EXPORT_TIMEOUT_MS_DEFAULT, ParentlessChoice, QUEUE_SPANS_MAX_DEFAULT,
+    SCHEDULED_DELAY_MS_DEFAULT, SamplerChoice, TelemetryConfig, TelemetrySettings,
+};
+
+/// A span attribute taken from what a caller or a guest sent (a path, a tool or kernel name, an
+/// id) is cut to this many bytes: the export queue bounds spans by count, this bounds each.
+pub const ATTRIBUTE_BYTES_MAX: usize = 256;
+
+/// `text` cut to at most [`ATTRIBUTE_BYTES_MAX`] bytes, at a character boundary.
+pub fn clip(text: &str) -> &str {
+    if text.len() <= ATTRIBUTE_BYTES_MAX {
+        return text;
+    }
+    let mut end = ATTRIBUTE_BYTES_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The `tracing` target of every span Guild exports: `tracing::info_span!(target: SPAN_TARGET, …)`.
+/// Disabled at the call site while tracing is off.
+pub const SPAN_TARGET: &str = "guild_otel";
+
+/// Why tracing could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// A `[telemetry]` field or `OTEL_*` variable that cannot be used.
+    #[error("{field}: {message}")]
+    Config {
+        /// The field (`telemetry.sampler`) or variable (`OTEL_TRACES_SAMPLER`).
+        field: String,
+        /// What is wrong and what to set instead.
+        message: String,
+    },
+    /// The OTLP exporter could not be built.
+    #[error("the OTLP exporter could not start: {0}")]
+    Exporter(String),
+}

@@ -1,0 +1,139 @@
+//! The process's one `tracing` subscriber: log lines on stderr, and with tracing on, spans to
+//! the exporter and each log line inside a traced span marked with its trace and span ids.
+
+use crate::{SPAN_TARGET, TelemetryError, TelemetrySettings};
+use std::sync::OnceLock;
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStyle {
+    /// One JSON object a line.
+    Json,
+    /// Text, coloured only for a person at a terminal.
+    Text,
+}
+
+/// The dispatcher installed, kept so a log line can look up its span's trace context (inside
+/// an event's dispatch, `tracing`'s own current dispatcher is not reachable).
+static DISPATCH: OnceLock<tracing::Dispatch> = OnceLock::new();
+/// The exporter's provider, flushed by [`shutdown`].
+static PROVIDER: OnceLock<opentelemetry_sdk::trace::SdkTracerProvider> = OnceLock::new();
+
+/// Install the process's subscriber, once: log lines on stderr in `style`, filtered by
+/// `GUILD_LOG` (an `EnvFilter`, default `info`); with `settings`, Guild's spans are exported as
+/// OTLP and log lines carry `trace_id` and `span_id`. Without them, Guild's spans are disabled
+/// at their call sites and cost nothing. A second call does nothing and returns `Ok(false)`.
+///
+/// # Errors
+/// [`TelemetryError::Exporter`] when the exporter cannot be built.
+pub fn install(style: LogStyle, settings: Option<&TelemetrySettings>) -> Result<bool, TelemetryError> {
+    if DISPATCH.get().is_some() {
+        return Ok(false);
+    }
+    let filter = || {
+        let filter = EnvFilter::try_from_env("GUILD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+        // Guild's spans are for the exporter; log lines name their run by field.
+        match format!("{SPAN_TARGET}=off").parse() {
+            Ok(directive) => filter.add_directive(directive),
+            Err(_) => filter,
+        }
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let dispatch = match settings {
+        None => {
+            let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+            let fmt = match style {
+                LogStyle::Json => {
+                    fmt.json().with_current_span(true).with_span_list(false).with_filter(filter()).boxed()
+                }
+                LogStyle::Text => fmt.with_ansi(ansi).with_filter(filter()).boxed(),
+            };
+            tracing::Dispatch::new(tracing_subscriber::registry().with(fmt))
+        }
+        Some(settings) => {
+            let provider = crate::export::provider(settings)?;
+            let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "guild");
+            let _ = PROVIDER.set(provider);
+            let spans = tracing_subscriber::filter::Targets::new()
+                .with_target(SPAN_TARGET, tracing::Level::TRACE)
+                .with_default(tracing::Level::WARN);
+            let otel = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(spans);
+            let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+            let fmt = match style {
+                LogStyle::Json => fmt
+                    .json()
+                    .event_format(WithTraceIds {
+                        inner: tracing_subscriber::fmt::format().json().with_current_span(true).with_span_list(false),
+                        json: true,
+                    })
+                    .with_filter(filter())
+                    .boxed(),
+                LogStyle::Text => fmt
+                    .with_ansi(false)
+                    .event_format(WithTraceIds { inner: tracing_subscriber::fmt::format(), json: false })
+                    .with_filter(filter())
+                    .boxed(),
+            };
+            tracing::Dispatch::new(tracing_subscriber::registry().with(otel).with(fmt))
+        }
+    };
+    if tracing::dispatcher::set_global_default(dispatch.clone()).is_err() {
+        return Ok(false);
+    }
+    let _ = DISPATCH.set(dispatch);
+    Ok(true)
+}
+
+/// How long the process waits at exit for its last spans to be sent.
+pub const SHUTDOWN_WAIT_MS: u64 = 2_000;
+
+/// Send what spans are waiting and stop the exporter, within [`SHUTDOWN_WAIT_MS`] (a collector
+/// that is down delays an exit no longer). Call once, as the process ends, outside any async
+/// runtime.
+pub fn shutdown() {
+    if let Some(provider) = PROVIDER.get() {
+        let _ = provider.shutdown_with_timeout(std::time::Duration::from_millis(SHUTDOWN_WAIT_MS));
+    }
+}
+
+/// A log line's formatter, adding the current span's trace and span ids.
+struct WithTraceIds<F> {
+    inner: F,
+    json: bool,
+}
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
+        let ids = match (ctx.current_span().id(), DISPATCH.get()) {
+            (Some(id), Some(dispatch)) => tracing_opentelemetry::get_otel_context(id, dispatch).and_then(|cx| {
+                use opentelemetry::trace::TraceContextExt;
+                let span = cx.span().span_context().clone();
+                span.is_valid().then(|| (span.trace_id(), span.span_id()))
+            }),
+            _ => None,
+        };
+        let Some((trace_id, span_id)) = ids else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.inner.format_event(ctx, Writer::new(&mut line), event)?;
+        let body = line.trim_end_matches('\n');
+        if self.json && body.ends_with('}') {
+            let body = &body[..body.len() - 1];
+            writeln!(writer, "{body},\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\"}}")
+        } else {
+            writeln!(writer, "{body} trace_id={trace_id} span_id={span_id}")
+        }
+    }
+}
