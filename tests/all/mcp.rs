@@ -244,36 +244,13 @@ fn check_answer(answer: &Value, id: &Value, code: i64, frame: &str) {
 
 #[test]
 fn every_stdio_frame_gets_exactly_one_answer_with_the_right_code() {
-    use std::io::{BufRead, BufReader, Write};
     let guild = Guild::new();
-    let mut child = guild
-        .command()
-        .arg("mcp")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("guild mcp starts");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut send = |line: &str| {
-        stdin.write_all(line.as_bytes()).expect("write");
-        stdin.write_all(b"\n").expect("write");
-        stdin.flush().expect("flush");
-    };
-    let mut answer = || {
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read");
-        serde_json::from_str::<Value>(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
-    };
-    send(
-        r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#,
-    );
-    assert!(answer()["result"]["serverInfo"].is_object());
-    send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    let mut command = guild.command();
+    command.arg("mcp").stderr(std::process::Stdio::piped());
+    let mut session = RawMcp::start(command);
     for (frame, id, code) in bad_frames() {
-        send(&frame);
-        check_answer(&answer(), &id, code, &frame);
+        session.send(&frame);
+        check_answer(&session.answer(), &id, code, &frame);
     }
     // What `_meta` says of the caller is checked: a priority is 0 to 9, an agent label a label.
     let meta = |id: u32, meta: &str| {
@@ -285,19 +262,19 @@ fn every_stdio_frame_gets_exactly_one_answer_with_the_right_code() {
         [(41, r#"{"guild/priority":12}"#), (42, r#"{"guild/priority":"high"}"#), (43, r#"{"guild/agent":"a b"}"#)]
     {
         let frame = meta(id, bad);
-        send(&frame);
-        check_answer(&answer(), &Value::from(id), -32602, &frame);
+        session.send(&frame);
+        check_answer(&session.answer(), &Value::from(id), -32602, &frame);
     }
-    send(&meta(44, r#"{"guild/priority":9,"guild/agent":"planner"}"#));
-    let ran = answer();
+    session.send(&meta(44, r#"{"guild/priority":9,"guild/agent":"planner"}"#));
+    let ran = session.answer();
     assert_eq!(ran["result"]["structuredContent"]["message"], "m", "{ran}");
     // A malformed notification is not answered; the next request is, in order.
-    send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":7}"#);
-    send(r#"{"jsonrpc":"2.0","id":99,"method":"ping"}"#);
-    let pong = answer();
+    session.send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":7}"#);
+    session.send(r#"{"jsonrpc":"2.0","id":99,"method":"ping"}"#);
+    let pong = session.answer();
     assert_eq!((pong["id"].as_i64(), pong["result"].is_object()), (Some(99), true), "{pong}");
-    drop(stdin);
-    assert!(child.wait().expect("exits").success());
+    let (status, mut child) = session.finish();
+    assert!(status.success());
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("stderr");
     assert!(stderr.contains("dropped an MCP frame"), "a dropped frame is logged at warn: {stderr}");
@@ -318,49 +295,77 @@ fn every_http_frame_gets_exactly_one_json_rpc_answer() {
 
 #[test]
 fn a_request_id_in_flight_cannot_be_reused_over_stdio() {
-    use std::io::{BufRead, BufReader, Write};
     let guild = Guild::new();
-    let mut child = guild
-        .command()
-        .args(["mcp", "--tool", HOSTILE])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("guild mcp starts");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut send = |line: &str| {
-        stdin.write_all(format!("{line}\n").as_bytes()).expect("write");
-        stdin.flush().expect("flush");
-    };
-    let mut answer = || {
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read");
-        serde_json::from_str::<Value>(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
-    };
-    send(
-        r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#,
-    );
-    answer();
-    send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    let mut command = guild.command();
+    command.args(["mcp", "--tool", HOSTILE]).stderr(std::process::Stdio::null());
+    let mut session = RawMcp::start(command);
     let sleep = r#"{"jsonrpc":"2.0","id":"same","method":"tools/call","params":{"name":"hostile","arguments":{"attack":"sleep"}}}"#;
-    send(sleep);
+    session.send(sleep);
     std::thread::sleep(std::time::Duration::from_millis(300));
-    send(sleep);
-    let refused = answer();
+    session.send(sleep);
+    let refused = session.answer();
     assert_eq!((refused["id"].as_str(), refused["error"]["code"].as_i64()), (Some("same"), Some(-32600)), "{refused}");
-    send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"same"}}"#);
-    send(r#"{"jsonrpc":"2.0","id":"after","method":"ping"}"#);
+    session.send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"same"}}"#);
+    session.send(r#"{"jsonrpc":"2.0","id":"after","method":"ping"}"#);
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let next = answer();
+        let next = session.answer();
         if next["id"] == "after" {
             ids.push("after");
             break;
         }
     }
     assert_eq!(ids, ["after"], "the stream goes on");
-    drop(stdin);
-    let _ = child.wait();
+    let _ = session.finish();
+}
+
+/// A `guild mcp` process spoken to in raw JSON-RPC lines, past `initialize`.
+pub(crate) struct RawMcp {
+    pub(crate) child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl RawMcp {
+    /// Spawn `command` (a `guild mcp …`, its stderr set by the caller) with piped stdin and
+    /// stdout, and initialize the session.
+    pub(crate) fn start(mut command: std::process::Command) -> Self {
+        let mut child = command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("guild mcp starts");
+        let stdin = child.stdin.take();
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut session = Self { child, stdin, stdout };
+        session.send(
+            r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#,
+        );
+        assert!(session.answer()["result"]["serverInfo"].is_object());
+        session.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        session
+    }
+
+    /// Write one frame.
+    pub(crate) fn send(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("open");
+        stdin.write_all(format!("{line}\n").as_bytes()).expect("write");
+        stdin.flush().expect("flush");
+    }
+
+    /// Read the next answer.
+    pub(crate) fn answer(&mut self) -> Value {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read");
+        serde_json::from_str::<Value>(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
+    }
+
+    /// Close stdin (the client is done) and wait for the process; its exit status.
+    pub(crate) fn finish(mut self) -> (std::process::ExitStatus, std::process::Child) {
+        drop(self.stdin.take());
+        let status = self.child.wait().expect("exits");
+        (status, self.child)
+    }
 }

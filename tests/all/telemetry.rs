@@ -4,6 +4,7 @@
 
 use crate::Guild;
 use crate::daemon::Daemon;
+use crate::mcp::RawMcp;
 use crate::redis::{QUEUE_ENV, RedisServer, TOKEN, Worker};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
@@ -261,6 +262,10 @@ fn an_async_run_through_redis_is_one_trace_from_the_api_to_the_upstream_and_the_
     // The upstream was told the trace, with the egress span as its parent.
     let seen = seen.lock().expect("seen").clone();
     assert_eq!(seen, [format!("00-{CALLER_TRACE}-{}-01", span("GET").span_id)], "the upstream's traceparent");
+    // The audit record names the trace too (and so does the run after a restart).
+    crate::redis::wait_audited(&api, std::slice::from_ref(&id), Duration::from_secs(10));
+    let audited = crate::redis::audit_records(&api).into_iter().find(|r| r["run"] == id.as_str()).expect("audited");
+    assert_eq!(audited["trace_id"], CALLER_TRACE, "{audited}");
     // The bundle names the trace, and records the header as the host's, not the guest's; a
     // replay neither needs nor compares it.
     let archive = daemon.call("GET", &format!("/v1/bundles/{bundle}"), TOKEN, "");
@@ -280,41 +285,22 @@ fn an_mcp_call_over_stdio_joins_the_trace_its_meta_names_and_logs_carry_trace_id
     let collector = Collector::start();
     let guild = Guild::new();
     let endpoint = collector.endpoint();
-    let mut child = guild
-        .command()
-        .args(["mcp"])
+    let mut command = guild.command();
+    command
+        .arg("mcp")
         .env("GUILD_TELEMETRY__ENDPOINT", &endpoint)
         .env("GUILD_TELEMETRY__SCHEDULED_DELAY_MS", "100")
         .env("GUILD_LOG", "info")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("guild mcp starts");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut send = |line: &str| {
-        stdin.write_all(format!("{line}\n").as_bytes()).expect("write");
-        stdin.flush().expect("flush");
-    };
-    let mut answer = || {
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read");
-        serde_json::from_str::<serde_json::Value>(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
-    };
-    send(
-        r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#,
-    );
-    answer();
-    send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        .stderr(std::process::Stdio::piped());
+    let mut session = RawMcp::start(command);
     let traceparent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
-    send(&format!(
+    session.send(&format!(
         r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"echo","arguments":{{"message":"m"}},"_meta":{{"traceparent":"{traceparent}"}}}}}}"#
     ));
-    let ran = answer();
+    let ran = session.answer();
     assert_eq!(ran["result"]["structuredContent"]["message"], "m", "{ran}");
-    drop(stdin);
-    assert!(child.wait().expect("exits").success());
+    let (status, mut child) = session.finish();
+    assert!(status.success());
     // Flushed at exit.
     let spans = collector.trace(CALLER_TRACE, |spans| named(spans, "execute_tool echo").is_some());
     let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();

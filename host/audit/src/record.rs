@@ -60,6 +60,11 @@ pub struct AuditEntry {
     /// For a record about something other than a finished run: what happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<AuditEvent>,
+    /// The OpenTelemetry trace the run belongs to (32 hex digits), when tracing was on where it
+    /// ran: from an audit record to the run's spans. Absent from older records, which hash as
+    /// they always did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// Something besides a finished run that the audit trail must show.
@@ -97,6 +102,7 @@ impl AuditEntry {
             worker: None,
             completion: None,
             event: Some(event),
+            trace_id: None,
         }
     }
 }
@@ -199,6 +205,7 @@ mod tests {
             worker: Some("worker-1".into()),
             completion: Some(AttemptEnd::Completed),
             event: Some(AuditEvent { kind: "admin_read".into(), actor: "root".into(), detail: "run run-1".into() }),
+            trace_id: None,
         };
         let mut record = AuditRecord {
             seq: 7,

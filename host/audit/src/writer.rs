@@ -278,6 +278,7 @@ mod tests {
             worker: None,
             completion: None,
             event: None,
+            trace_id: None,
         }
     }
 

@@ -74,7 +74,8 @@ pub(crate) enum Command {
     Gpu(GpuCommand),
     /// Run the daemon: the HTTP API (and MCP at /mcp) over the run pipeline. Without a config it
     /// serves the example tools on 127.0.0.1 with one bearer token (GUILD_TOKEN, or generated on
-    /// first start, printed once and kept under the home).
+    /// first start, printed once and kept under the home). Traces go to an OpenTelemetry
+    /// collector when OTEL_EXPORTER_OTLP_ENDPOINT (or the config's [telemetry]) names one.
     Serve(ServeArgs),
     /// Serve the tools to an MCP client over stdio (the client launches `guild mcp`): the same
     /// pipeline as the daemon, every call recorded in a bundle. Logs go to stderr.

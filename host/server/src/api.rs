@@ -44,7 +44,9 @@ async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -
         return next.run(request).await;
     }
     let route = request.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_string());
-    if matches!(route.as_deref(), Some("/healthz" | "/readyz" | "/metrics")) {
+    // Probes and scrapes are not traced; an MCP request's server span is its `tools/call`
+    // span, which takes this request's context (its `_meta`'s first).
+    if matches!(route.as_deref(), Some("/healthz" | "/readyz" | "/metrics" | "/mcp")) {
         return next.run(request).await;
     }
     let route = route.unwrap_or_default();

@@ -462,6 +462,7 @@ fn audit_entry(done: &DoneEntry) -> AuditEntry {
             _ => done.kind,
         }),
         event: None,
+        trace_id: r.trace.as_ref().map(|t| t.trace_id().to_string()),
     }
 }
 

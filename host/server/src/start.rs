@@ -502,7 +502,7 @@ fn restore(runs: &RunTable, record: &AuditRecord) {
         },
         // The audit record keeps the run's cost: restored with it.
         cost: entry.cost.clone().map(Arc::new),
-        trace_id: None,
+        trace_id: entry.trace_id.clone(),
     };
     runs.restore(
         entry.run.clone(),

@@ -29,6 +29,32 @@ pub fn spans_dropped() -> u64 {
     SPANS_DROPPED.load(Ordering::Relaxed)
 }
 
+/// How often a failing export is logged at most, ms: a collector that is down is said once a
+/// minute, not once a batch.
+pub const EXPORT_FAILURE_LOG_EVERY_MS: u64 = 60_000;
+
+/// When an export failure was last logged (ms since the Unix epoch; 0: never).
+static LAST_WARNED_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Log a failed export at warn, at most once every [`EXPORT_FAILURE_LOG_EVERY_MS`] (the count
+/// of every lost span is in `guild_telemetry_spans_dropped_total`, and in the line).
+fn warn_now_and_then(error: &str, dropped: u64) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let now = u64::try_from(now).unwrap_or(u64::MAX);
+    let last = LAST_WARNED_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) < EXPORT_FAILURE_LOG_EVERY_MS
+        || LAST_WARNED_MS.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+    {
+        return;
+    }
+    tracing::warn!(
+        %error,
+        spans_dropped_total = dropped,
+        "spans could not be sent to the OTLP collector and were dropped; runs go on (check the endpoint, \
+         OTEL_EXPORTER_OTLP_HEADERS and the collector's logs; said at most once a minute)"
+    );
+}
+
 /// Spans between `on_end` and an export.
 #[derive(Debug, Default)]
 struct Queue {
@@ -52,7 +78,11 @@ impl SpanProcessor for BoundedProcessor {
         let before = self.queue.waiting.fetch_add(1, Ordering::AcqRel);
         if before >= self.max {
             self.queue.waiting.fetch_sub(1, Ordering::AcqRel);
-            SPANS_DROPPED.fetch_add(1, Ordering::Relaxed);
+            let dropped = SPANS_DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
+            warn_now_and_then(
+                &format!("{} spans wait for export already (telemetry.queue_spans_max)", self.max),
+                dropped,
+            );
             return;
         }
         self.inner.on_end(span);
@@ -83,8 +113,9 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
         let spans = batch.len();
         let _ = self.queue.waiting.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(spans)));
         let result = self.inner.export(batch).await;
-        if result.is_err() {
-            SPANS_DROPPED.fetch_add(spans as u64, Ordering::Relaxed);
+        if let Err(error) = &result {
+            let dropped = SPANS_DROPPED.fetch_add(spans as u64, Ordering::Relaxed) + spans as u64;
+            warn_now_and_then(&format!("{error}"), dropped);
         }
         result
     }

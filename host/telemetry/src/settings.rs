@@ -106,8 +106,15 @@ impl TelemetryConfig {
     /// is not `http://` or `https://`.
     pub fn resolve(&self, env: impl Fn(&str) -> Option<String>) -> Result<Option<TelemetrySettings>, TelemetryError> {
         let var = |name: &str| env(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-        if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
-            return Ok(None);
+        match var("OTEL_SDK_DISABLED") {
+            Some(v) if v.eq_ignore_ascii_case("true") => return Ok(None),
+            Some(v) if !v.eq_ignore_ascii_case("false") => {
+                return Err(TelemetryError::Config {
+                    field: "OTEL_SDK_DISABLED".into(),
+                    message: format!("{v:?} is not a boolean; set it to true or false"),
+                });
+            }
+            _ => {}
         }
         if self.endpoint.is_none() && var("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none")) {
             return Ok(None);
@@ -178,7 +185,19 @@ impl TelemetryConfig {
             }
             Ok(ratio)
         };
-        let sampler = match sampler.as_deref().unwrap_or("parentbased_always_on") {
+        let named = sampler.as_deref().unwrap_or("parentbased_always_on");
+        // A ratio in the section with a sampler that takes none is a mistake to name; one in the
+        // environment (shared by many services) is ignored, as the specification says.
+        if arg.is_some() && arg_field == "telemetry.sampler_arg" && !named.ends_with("traceidratio") {
+            return Err(TelemetryError::Config {
+                field: arg_field.into(),
+                message: format!(
+                    "a ratio is given but the sampler is {named:?}, which takes none; set the sampler to \
+                     parentbased_traceidratio (or traceidratio) for the ratio to apply"
+                ),
+            });
+        }
+        let sampler = match named {
             "always_on" => SamplerChoice::AlwaysOn,
             "always_off" => SamplerChoice::AlwaysOff,
             "traceidratio" => SamplerChoice::Ratio(ratio()?),
@@ -234,6 +253,15 @@ impl TelemetryConfig {
 
 fn check_url(field: &str, url: &str) -> Result<(), TelemetryError> {
     let lower = url.to_ascii_lowercase();
+    if field != "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" && lower.trim_end_matches('/').ends_with("/v1/traces") {
+        return Err(TelemetryError::Config {
+            field: field.into(),
+            message: format!(
+                "{url:?} already ends in /v1/traces, which is appended to this base address; give the base \
+                 (http://collector:4318), or the full URL in OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+            ),
+        });
+    }
     if lower.starts_with("http://") || lower.starts_with("https://") {
         return Ok(());
     }
@@ -284,7 +312,22 @@ mod tests {
     #[test]
     fn bad_values_name_their_field() {
         type Case<'a> = (TelemetryConfig, &'a [(&'a str, &'a str)], &'a str);
-        let cases: [Case<'_>; 5] = [
+        let cases: [Case<'_>; 8] = [
+            (
+                TelemetryConfig::default(),
+                &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/v1/traces")],
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ),
+            (
+                TelemetryConfig { endpoint: Some("http://c".into()), sampler_arg: Some(0.01), ..Default::default() },
+                &[],
+                "telemetry.sampler_arg",
+            ),
+            (
+                TelemetryConfig { endpoint: Some("http://c".into()), ..Default::default() },
+                &[("OTEL_SDK_DISABLED", "yes")],
+                "OTEL_SDK_DISABLED",
+            ),
             (TelemetryConfig::default(), &[("OTEL_EXPORTER_OTLP_ENDPOINT", "c:4318")], "OTEL_EXPORTER_OTLP_ENDPOINT"),
             (
                 TelemetryConfig::default(),

@@ -113,16 +113,39 @@ impl Runtime {
         if let Some(tool) = self.loaded(digest) {
             return Ok(tool);
         }
-        let bytes = fetch().await?;
-        if Digest::of(&bytes) != *digest {
-            return Err(LoadError::Invalid(format!("the bytes fetched for component {digest} have another digest")));
-        }
-        if let Header::CoreModule = check_header(&bytes)?
-            && !crate::adapt::imports_preview1(&bytes)
-        {
-            return Err(LoadError::CoreModule);
-        }
-        Ok(self.load_new(*digest, &bytes).await?.0)
+        // Fetching and compiling (or reading the compiled code from disk) is a job's first cost
+        // on a new worker: its own span, saying which.
+        let span = tracing::info_span!(
+            target: guild_telemetry::SPAN_TARGET,
+            "load",
+            otel.name = "load component",
+            guild.component = %digest,
+            guild.cache = tracing::field::Empty,
+        );
+        let loaded = async {
+            let bytes = fetch().await?;
+            if Digest::of(&bytes) != *digest {
+                return Err(LoadError::Invalid(format!(
+                    "the bytes fetched for component {digest} have another digest"
+                )));
+            }
+            if let Header::CoreModule = check_header(&bytes)?
+                && !crate::adapt::imports_preview1(&bytes)
+            {
+                return Err(LoadError::CoreModule);
+            }
+            self.load_new(*digest, &bytes).await
+        };
+        let (tool, source) = tracing::Instrument::instrument(loaded, span.clone()).await?;
+        span.record(
+            "guild.cache",
+            match source {
+                crate::cache::CacheSource::Memory => "memory",
+                crate::cache::CacheSource::Disk => "disk",
+                crate::cache::CacheSource::Compiled => "compiled",
+            },
+        );
+        Ok(tool)
     }
 
     /// The command component a preview-1 module becomes, linked: from the disk cache (keyed by

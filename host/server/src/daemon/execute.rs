@@ -75,9 +75,10 @@ impl Daemon {
             }
             _ => None,
         };
-        let (mut finished, output, audit) = self.conclude(&tool, &entry, input_digest, key, ran);
+        let (mut finished, output, mut audit) = self.conclude(&tool, &entry, input_digest, key, ran);
         let span = tracing::Span::current();
         finished.trace_id = guild_telemetry::ids(&span).map(|(trace, _)| trace);
+        audit.trace_id.clone_from(&finished.trace_id);
         guild_runtime::trace::record_end(
             &span,
             finished.label(),
@@ -160,6 +161,7 @@ impl Daemon {
             worker: None,
             completion: None,
             event: None,
+            trace_id: None,
         };
         let (result, cache) = match ran {
             Ran::Report(result, cache) => (result, cache),
