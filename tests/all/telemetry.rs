@@ -338,8 +338,27 @@ fn with_the_collector_gone_runs_still_succeed_and_dropped_spans_are_counted() {
     let echo = |message: &str| daemon.run(TOKEN, json!({"tool": "echo", "input": {"message": message}}));
     assert_eq!(echo("before").status, 200);
     let before = Instant::now();
-    assert_eq!(echo("before").status, 200);
+    let first = echo("before");
     let traced = before.elapsed();
+    assert_eq!(first.status, 200);
+    // An OpenMetrics scrape shows the run as its latency bucket's exemplar.
+    let trace_id = first.json()["trace_id"].as_str().expect("a traced run's trace id").to_string();
+    let scrape =
+        daemon.call_with("GET", "/metrics", "", b"", &[("accept", "application/openmetrics-text; version=1.0.0")]);
+    let text = String::from_utf8_lossy(&scrape.body).to_string();
+    assert!(
+        scrape.headers.get("content-type").is_some_and(|t| t.starts_with("application/openmetrics-text")),
+        "{:?}",
+        scrape.headers
+    );
+    let exemplar = format!("# {{trace_id=\"{trace_id}\"}}");
+    assert!(
+        text.lines().any(|l| l.starts_with("guild_run_duration_seconds_bucket{")
+            && l.contains("tool=\"echo\"")
+            && l.contains(&exemplar)),
+        "{text}"
+    );
+    assert!(text.ends_with("# EOF\n"));
     collector.stop();
     let dropped = |daemon: &Daemon| crate::redis::metric(daemon, "guild_telemetry_spans_dropped_total");
     assert_eq!(dropped(&daemon), 0.0, "nothing dropped while the collector answered");

@@ -195,7 +195,7 @@ async fn readyz(State(daemon): State<Arc<Daemon>>) -> Response {
     }
 }
 
-async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
+async fn metrics(State(daemon): State<Arc<Daemon>>, headers: HeaderMap) -> Response {
     daemon.metrics().queue_depth.set(daemon.queue().depth() as i64);
     daemon.metrics().runs_in_flight.set(daemon.queue().in_flight() as i64);
     for tool in daemon.cache().stats() {
@@ -213,6 +213,12 @@ async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
             Ok(stats) => daemon.metrics().redis.set(&stats),
             Err(_) => daemon.metrics().redis.up.set(0),
         }
+    }
+    // OpenMetrics (with exemplars) for a scraper that asks for it; else text 0.0.4.
+    let accepts = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if accepts.contains("application/openmetrics-text") {
+        let text = daemon.metrics().render_openmetrics();
+        return ([(header::CONTENT_TYPE, crate::openmetrics::CONTENT_TYPE)], text).into_response();
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], daemon.metrics().render()).into_response()
 }

@@ -38,6 +38,7 @@ mod mcp_stdio;
 mod mcp_tasks;
 mod metrics;
 pub mod oauth;
+mod openmetrics;
 mod principal;
 pub mod registry;
 mod reload;

@@ -79,6 +79,9 @@ pub struct Metrics {
     /// full export queue, a failed export); set at each scrape.
     pub spans_dropped: IntCounter,
     spans_dropped_sync: std::sync::Mutex<()>,
+    /// The latest traced run in each bucket of `guild_run_duration_seconds`, shown to an
+    /// OpenMetrics scraper as exemplars.
+    run_exemplars: std::sync::Mutex<crate::openmetrics::Exemplars>,
 }
 
 /// The Redis queue's state: gauges set from Redis when `/metrics` is scraped, so every API node
@@ -468,6 +471,7 @@ impl Metrics {
             breaker_open,
             spans_dropped,
             spans_dropped_sync: std::sync::Mutex::new(()),
+            run_exemplars: std::sync::Mutex::default(),
             cache,
             registry,
             runs,
@@ -571,6 +575,36 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        let families = self.families();
+        let mut out = Vec::new();
+        // Encoding into a Vec fails only on invalid metric names, which `new` rules out.
+        let _ = TextEncoder::new().encode(&families, &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Observe a run of `tool`'s `revision` that took `seconds`, in `guild_run_duration_seconds`;
+    /// with `trace_id` (a traced run), as its bucket's exemplar.
+    pub fn observe_run(&self, (tool, revision): (&str, &str), seconds: f64, trace_id: Option<&str>) {
+        self.run_seconds.with_label_values(&[tool, revision]).observe(seconds);
+        if let Some(trace_id) = trace_id {
+            let unix_s =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+            let exemplar = crate::openmetrics::Exemplar { trace_id: trace_id.to_string(), value: seconds, unix_s };
+            let mut kept = self.run_exemplars.lock().unwrap_or_else(|p| p.into_inner());
+            kept.keep(&[("tool", tool), ("revision", revision)], RUN_SECONDS_BUCKETS, exemplar);
+        }
+    }
+
+    /// [`Metrics::render`] as OpenMetrics text, with the runs' exemplars.
+    pub fn render_openmetrics(&self) -> String {
+        let families = self.families();
+        let kept = self.run_exemplars.lock().unwrap_or_else(|p| p.into_inner());
+        let exemplars = std::collections::HashMap::from([("guild_run_duration_seconds".to_string(), &*kept)]);
+        crate::openmetrics::encode(&families, &exemplars)
+    }
+
+    /// Every family, the Redis series' with Redis, the dropped-span count brought up to date.
+    fn families(&self) -> Vec<prometheus::proto::MetricFamily> {
         {
             // Two scrapes at once add the difference once.
             let _one = self.spans_dropped_sync.lock().unwrap_or_else(|p| p.into_inner());
@@ -582,10 +616,7 @@ impl Metrics {
             families.extend(redis.gather());
             families.sort_by(|a, b| a.name().cmp(b.name()));
         }
-        let mut out = Vec::new();
-        // Encoding into a Vec fails only on invalid metric names, which `new` rules out.
-        let _ = TextEncoder::new().encode(&families, &mut out);
-        String::from_utf8(out).unwrap_or_default()
+        families
     }
 
     /// Show which upstreams' breakers are open now (`upstreams`: every tracked one, with

@@ -239,7 +239,10 @@ impl Daemon {
         let label = report.outcome.label();
         self.metrics.runs.with_label_values(&[tool, &revision, tenant, label]).inc();
         self.metrics.fuel_used.with_label_values(&[tenant]).inc_by(report.fuel_used_units);
-        self.metrics.run_seconds.with_label_values(&[tool, &revision]).observe(report.wall_time.as_secs_f64());
+        // Called inside the run's span: a traced run is its bucket's exemplar.
+        let trace = guild_telemetry::ids(&tracing::Span::current());
+        let trace_id = trace.as_ref().map(|(trace, _)| trace.as_str());
+        self.metrics.observe_run((tool, &revision), report.wall_time.as_secs_f64(), trace_id);
         self.metrics.run_fuel_units.with_label_values(&[tool, &revision]).observe(report.fuel_used_units as f64);
         self.metrics.bundle_bytes.inc_by(report.bundle_bytes);
         let refused = report.egress_denials.len() as u64;
