@@ -63,7 +63,15 @@ pub fn install(style: LogStyle, settings: Option<&TelemetrySettings>) -> Result<
             let spans = tracing_subscriber::filter::Targets::new()
                 .with_target(SPAN_TARGET, tracing::Level::TRACE)
                 .with_default(tracing::Level::WARN);
-            let otel = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(spans);
+            // No busy/idle timing, source location or thread attributes: each costs every span
+            // time on the hot path, and the conventions do not ask for them.
+            let otel = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_tracked_inactivity(false)
+                .with_location(false)
+                .with_threads(false)
+                .with_target(false)
+                .with_filter(spans);
             let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
             let fmt = match style {
                 LogStyle::Json => fmt
