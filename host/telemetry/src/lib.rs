@@ -59,3 +59,17 @@ pub enum TelemetryError {
     #[error("the OTLP exporter could not start: {0}")]
     Exporter(String),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attribute_is_cut_to_its_bound_at_a_character_boundary() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(ATTRIBUTE_BYTES_MAX);
+        let cut = clip(&long);
+        assert!(cut.len() <= ATTRIBUTE_BYTES_MAX && cut.len() >= ATTRIBUTE_BYTES_MAX - 1, "{}", cut.len());
+        assert!(long.starts_with(cut));
+    }
+}

@@ -75,10 +75,14 @@ impl Daemon {
             }
             _ => None,
         };
-        let (mut finished, output, mut audit) = self.conclude(&tool, &entry, input_digest, key, ran);
+        // Inside the run's span: its trace, read once for the answer, the audit record and the
+        // latency bucket's exemplar.
         let span = tracing::Span::current();
-        finished.trace_id = guild_telemetry::ids(&span).map(|(trace, _)| trace);
-        audit.trace_id.clone_from(&finished.trace_id);
+        let trace_id = guild_telemetry::ids(&span).map(|(trace, _)| trace);
+        let (mut finished, output, mut audit) =
+            self.conclude(&tool, &entry, (input_digest, key, trace_id.as_deref()), ran);
+        audit.trace_id.clone_from(&trace_id);
+        finished.trace_id = trace_id;
         guild_runtime::trace::record_end(
             &span,
             finished.label(),
@@ -133,13 +137,13 @@ impl Daemon {
         }
     }
 
-    /// Turn a run's result into its table entry, output, metrics and audit record.
+    /// Turn a run's result into its table entry, output, metrics and audit record (`trace_id`:
+    /// the run's trace, when traced).
     fn conclude(
         &self,
         tool: &RegisteredTool,
         entry: &RunEntry,
-        input_digest: Digest,
-        key: Option<String>,
+        (input_digest, key, trace_id): (Digest, Option<String>, Option<&str>),
         ran: Ran,
     ) -> (Finished, Option<String>, AuditEntry) {
         let mut audit = AuditEntry {
@@ -191,7 +195,7 @@ impl Daemon {
         let (mut finished, output) = match result {
             Ok(report) => {
                 report.log_egress_refusals();
-                self.observe(tool, &entry.tenant, &report);
+                self.observe(tool, &entry.tenant, &report, trace_id);
                 audit.bundle = report.bundle;
                 audit.fuel_used_units = report.fuel_used_units;
                 let cost = self.price(tool, &entry.tenant, &report);
@@ -234,14 +238,12 @@ impl Daemon {
         Some(Arc::new(cost))
     }
 
-    fn observe(&self, registered: &RegisteredTool, tenant: &str, report: &RunReport) {
+    fn observe(&self, registered: &RegisteredTool, tenant: &str, report: &RunReport, trace_id: Option<&str>) {
         let (tool, revision) = (registered.name.as_str(), registered.revision.to_string());
         let label = report.outcome.label();
         self.metrics.runs.with_label_values(&[tool, &revision, tenant, label]).inc();
         self.metrics.fuel_used.with_label_values(&[tenant]).inc_by(report.fuel_used_units);
-        // Called inside the run's span: a traced run is its bucket's exemplar.
-        let trace = guild_telemetry::ids(&tracing::Span::current());
-        let trace_id = trace.as_ref().map(|(trace, _)| trace.as_str());
+        // A traced run is its bucket's exemplar.
         self.metrics.observe_run((tool, &revision), report.wall_time.as_secs_f64(), trace_id);
         self.metrics.run_fuel_units.with_label_values(&[tool, &revision]).observe(report.fuel_used_units as f64);
         self.metrics.bundle_bytes.inc_by(report.bundle_bytes);
