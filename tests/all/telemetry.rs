@@ -376,3 +376,41 @@ fn with_the_collector_gone_runs_still_succeed_and_dropped_spans_are_counted() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn an_unsampled_caller_is_not_exported_yet_its_trace_id_reaches_the_run_and_the_upstream() {
+    const UNSAMPLED_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    let collector = Collector::start();
+    let (port, seen) = upstream();
+    let guild = Guild::new();
+    let rule = format!("http://127.0.0.1:{port}");
+    let endpoint = collector.endpoint();
+    // The default sampler, parentbased_always_on: the caller's decision holds.
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("GUILD_TELEMETRY__SCHEDULED_DELAY_MS", "50"),
+        ("GUILD_TOKEN", TOKEN),
+    ];
+    let daemon = Daemon::start(&guild, &["--allow-host", &rule], &env);
+    let input = json!({"url": format!("http://127.0.0.1:{port}/value"), "json_pointer": "/value"});
+    let body = json!({"tool": "http-get", "input": input}).to_string();
+    let call = |traceparent: &str| {
+        let reply = daemon.call_with("POST", "/v1/runs", TOKEN, body.as_bytes(), &[("traceparent", traceparent)]);
+        assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+        reply.json()
+    };
+    let unsampled = call(&format!("00-{UNSAMPLED_TRACE}-{CALLER_SPAN}-00"));
+    assert_eq!(unsampled["trace_id"], UNSAMPLED_TRACE, "the run names its caller's trace: {unsampled}");
+    let sampled = call(&format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"));
+    assert_eq!(sampled["trace_id"], CALLER_TRACE);
+    // The sampled call's spans arrive; by then the unsampled one's would have (same batch or
+    // earlier), and none did.
+    let spans = collector.trace(CALLER_TRACE, |spans| named(spans, "execute_tool http-get").is_some());
+    assert!(named(&spans, "execute_tool http-get").is_some(), "{spans:?}");
+    assert!(collector.trace(UNSAMPLED_TRACE, |_| true).is_empty(), "nothing of an unsampled trace is exported");
+    // The upstream was told both traces, the unsampled one with its sampled flag unset.
+    let seen = seen.lock().expect("seen").clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen[0].starts_with(&format!("00-{UNSAMPLED_TRACE}-")) && seen[0].ends_with("-00"), "{seen:?}");
+    assert!(seen[1].starts_with(&format!("00-{CALLER_TRACE}-")) && seen[1].ends_with("-01"), "{seen:?}");
+}

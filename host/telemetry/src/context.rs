@@ -73,10 +73,7 @@ impl TraceContext {
     /// The context of `span` as a remote caller would see it (`None` while tracing is off, or
     /// for a span tracing does not record).
     pub fn of(span: &tracing::Span) -> Option<Self> {
-        let cx = span.context();
-        if !cx.span().span_context().is_valid() {
-            return None;
-        }
+        let cx = otel_context(span)?;
         let mut fields = Fields::default();
         TraceContextPropagator::new().inject_context(&cx, &mut fields);
         BaggagePropagator::new().inject_context(&cx, &mut fields);
@@ -135,9 +132,15 @@ impl TraceContext {
 
 /// The trace and span id of `span`, as 32 and 16 hex digits (`None` while tracing is off).
 pub fn ids(span: &tracing::Span) -> Option<(String, String)> {
-    let cx = span.context();
+    let cx = otel_context(span)?;
     let span_context = cx.span().span_context().clone();
-    span_context.is_valid().then(|| (span_context.trace_id().to_string(), span_context.span_id().to_string()))
+    Some((span_context.trace_id().to_string(), span_context.span_id().to_string()))
+}
+
+/// The OpenTelemetry context `span` is in: its own, or for a log span (or one left out of an
+/// unsampled trace) that of the nearest Guild span above it. `None` while tracing is off.
+fn otel_context(span: &tracing::Span) -> Option<opentelemetry::Context> {
+    span.with_subscriber(|(id, dispatch)| crate::sampling::context_near(id, dispatch)).flatten()
 }
 
 #[cfg(test)]

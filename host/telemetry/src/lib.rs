@@ -14,6 +14,7 @@
 mod context;
 mod export;
 mod logs;
+mod sampling;
 mod settings;
 
 pub use context::{BAGGAGE_BYTES_MAX, TRACESTATE_BYTES_MAX, TraceContext, ids};
@@ -38,6 +39,13 @@ pub fn clip(text: &str) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+/// What a task spawned to carry on the current trace is instrumented with: `span`, or while it is
+/// disabled (its trace was not sampled, or tracing is off) the span current here, so that the
+/// task's spans stay in this trace, and unsampled with it, rather than start traces of their own.
+pub fn carried(span: tracing::Span) -> tracing::Span {
+    if span.is_disabled() { tracing::Span::current() } else { span }
 }
 
 /// The `tracing` target of every span Guild exports: `tracing::info_span!(target: SPAN_TARGET, …)`.

@@ -1,6 +1,7 @@
 //! The process's one `tracing` subscriber: log lines on stderr, and with tracing on, spans to
 //! the exporter and each log line inside a traced span marked with its trace and span ids.
 
+use crate::sampling::{GuildSpans, HeadSampled};
 use crate::{SPAN_TARGET, TelemetryError, TelemetrySettings};
 use std::sync::OnceLock;
 use tracing::{Event, Subscriber};
@@ -60,18 +61,7 @@ pub fn install(style: LogStyle, settings: Option<&TelemetrySettings>) -> Result<
             let provider = crate::export::provider(settings)?;
             let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "guild");
             let _ = PROVIDER.set(provider);
-            let spans = tracing_subscriber::filter::Targets::new()
-                .with_target(SPAN_TARGET, tracing::Level::TRACE)
-                .with_default(tracing::Level::WARN);
-            // No busy/idle timing, source location or thread attributes: each costs every span
-            // time on the hot path, and the conventions do not ask for them.
-            let otel = tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                .with_tracked_inactivity(false)
-                .with_location(false)
-                .with_threads(false)
-                .with_target(false)
-                .with_filter(spans);
+            let otel = exporter_layer(tracer);
             let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
             let fmt = match style {
                 LogStyle::Json => fmt
@@ -96,6 +86,30 @@ pub fn install(style: LogStyle, settings: Option<&TelemetrySettings>) -> Result<
     }
     let _ = DISPATCH.set(dispatch);
     Ok(true)
+}
+
+/// The layers that hand Guild's spans to `tracer`: the exporter's, under [`HeadSampled`]. Add
+/// them to the registry before any other layer (the sampling decision is read from the
+/// exporter's spans).
+pub(crate) fn exporter_layer<S>(tracer: opentelemetry_sdk::trace::Tracer) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let spans = tracing_subscriber::filter::Targets::new()
+        .with_target(SPAN_TARGET, tracing::Level::TRACE)
+        .with_default(tracing::Level::WARN);
+    // No busy/idle timing, source location or thread attributes: each costs every span time on
+    // the hot path, and the conventions do not ask for them. No OpenTelemetry context made
+    // current on each entry either: a span's parent and context are read from `tracing`'s own.
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_context_activation(false)
+        .with_tracked_inactivity(false)
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_filter(spans)
+        .and_then(HeadSampled::default().with_filter(GuildSpans))
 }
 
 /// How long the process waits at exit for its last spans to be sent.
@@ -124,10 +138,10 @@ where
 {
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
         let ids = match (ctx.current_span().id(), DISPATCH.get()) {
-            (Some(id), Some(dispatch)) => tracing_opentelemetry::get_otel_context(id, dispatch).and_then(|cx| {
+            (Some(id), Some(dispatch)) => crate::sampling::context_near(id, dispatch).map(|cx| {
                 use opentelemetry::trace::TraceContextExt;
                 let span = cx.span().span_context().clone();
-                span.is_valid().then(|| (span.trace_id(), span.span_id()))
+                (span.trace_id(), span.span_id())
             }),
             _ => None,
         };

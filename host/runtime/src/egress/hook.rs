@@ -764,10 +764,14 @@ impl WasiHttpHooks for EgressHooks {
     ) -> Box<dyn Future<Output = Result<(http::Response<WasiBody>, DriverFuture), Error>> + Send> {
         let run = self.0.clone();
         // Made here, inside the guest's call, so its parent is the run's span: the future runs
-        // on a task of its own. A run traces at most `http_requests_max` requests: the ones
-        // past it are refused at once, and would only fill the export queue.
-        let span =
-            if run.requests() < run.limits.http_requests_max { request_span(&request) } else { tracing::Span::none() };
+        // on a task of its own (carried by the run's trace even when that was not sampled, so
+        // the upstream still learns it). A run traces at most `http_requests_max` requests: the
+        // ones past it are refused at once, and would only fill the export queue.
+        let span = if run.requests() < run.limits.http_requests_max {
+            guild_telemetry::carried(request_span(&request))
+        } else {
+            tracing::Span::none()
+        };
         Box::new(
             async move {
                 let response = run.exchange(request).await?;
