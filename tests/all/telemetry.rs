@@ -191,6 +191,8 @@ fn upstream() -> (u16, Arc<Mutex<Vec<String>>>) {
 
 const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
+/// A caller's trace it did not sample.
+const UNSAMPLED_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 
 fn named<'a>(spans: &'a [Span], name: &str) -> Option<&'a Span> {
     spans.iter().find(|s| s.name == name)
@@ -260,8 +262,8 @@ fn an_async_run_through_redis_is_one_trace_from_the_api_to_the_upstream_and_the_
     assert_eq!(egress.get("server.port"), Some(&port.to_string()));
 
     // The upstream was told the trace, with the egress span as its parent.
-    let seen = seen.lock().expect("seen").clone();
-    assert_eq!(seen, [format!("00-{CALLER_TRACE}-{}-01", span("GET").span_id)], "the upstream's traceparent");
+    let told = seen.lock().expect("seen").clone();
+    assert_eq!(told, [format!("00-{CALLER_TRACE}-{}-01", span("GET").span_id)], "the upstream's traceparent");
     // The audit record names the trace too (and so does the run after a restart).
     crate::redis::wait_audited(&api, std::slice::from_ref(&id), Duration::from_secs(10));
     let audited = crate::redis::audit_records(&api).into_iter().find(|r| r["run"] == id.as_str()).expect("audited");
@@ -278,6 +280,30 @@ fn an_async_run_through_redis_is_one_trace_from_the_api_to_the_upstream_and_the_
     assert!(inspected.stdout.contains(&format!("trace     {CALLER_TRACE}")), "{}", inspected.stdout);
     assert!(inspected.stdout.contains("host added traceparent"), "{}", inspected.stdout);
     Guild::new().run(&["replay", path]).expect_code(0);
+
+    // A caller that did not sample its trace: the job carries the trace (its flag unset) to the
+    // worker, so nothing of the run is exported under any trace, yet the run and the upstream
+    // name the caller's trace.
+    let spans = || collector.spans.lock().expect("spans").clone();
+    let unsampled = format!("00-{UNSAMPLED_TRACE}-{CALLER_SPAN}-00");
+    let reply = daemon.call_with("POST", "/v1/runs", TOKEN, body.as_bytes(), &[("traceparent", &unsampled)]);
+    assert_eq!(reply.status, 202, "{}", String::from_utf8_lossy(&reply.body));
+    let id = reply.json()["id"].as_str().expect("id").to_string();
+    let run = daemon.wait_run(TOKEN, &id);
+    assert_eq!((&run["status"], &run["trace_id"]), (&json!("succeeded"), &json!(UNSAMPLED_TRACE)), "{run}");
+    crate::redis::wait_audited(&api, std::slice::from_ref(&id), Duration::from_secs(10));
+    // Several batch delays of both processes.
+    std::thread::sleep(Duration::from_millis(600));
+    // Only the first run's trace, and the polls of `GET /v1/runs/{id}` (each its own trace).
+    let after = spans();
+    let stray: Vec<_> =
+        after.iter().filter(|s| s.trace_id != CALLER_TRACE && !s.name.starts_with("GET /v1/")).collect();
+    assert!(stray.is_empty(), "no span of the unsampled run, under any trace: {stray:?}");
+    let told = seen.lock().expect("seen").clone();
+    assert!(
+        told.last().is_some_and(|t| t.starts_with(&format!("00-{UNSAMPLED_TRACE}-")) && t.ends_with("-00")),
+        "{told:?}"
+    );
 }
 
 #[test]
@@ -379,7 +405,6 @@ fn with_the_collector_gone_runs_still_succeed_and_dropped_spans_are_counted() {
 
 #[test]
 fn an_unsampled_caller_is_not_exported_yet_its_trace_id_reaches_the_run_and_the_upstream() {
-    const UNSAMPLED_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
     let collector = Collector::start();
     let (port, seen) = upstream();
     let guild = Guild::new();

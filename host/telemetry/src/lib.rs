@@ -42,10 +42,15 @@ pub fn clip(text: &str) -> &str {
 }
 
 /// What a task spawned to carry on the current trace is instrumented with: `span`, or while it is
-/// disabled (its trace was not sampled, or tracing is off) the span current here, so that the
-/// task's spans stay in this trace, and unsampled with it, rather than start traces of their own.
+/// disabled because its trace was not sampled the span current here, so that the task's spans
+/// stay in this trace, and unsampled with it, rather than start traces of their own. While
+/// tracing is off, `span` as it is (the task's log lines keep their own spans).
 pub fn carried(span: tracing::Span) -> tracing::Span {
-    if span.is_disabled() { tracing::Span::current() } else { span }
+    if span.is_disabled() && tracing::enabled!(target: SPAN_TARGET, tracing::Level::INFO) {
+        tracing::Span::current()
+    } else {
+        span
+    }
 }
 
 /// The `tracing` target of every span Guild exports: `tracing::info_span!(target: SPAN_TARGET, …)`.

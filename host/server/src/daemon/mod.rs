@@ -779,7 +779,9 @@ impl Daemon {
             weight: tenant.weight,
             // Held to a run limit's turn: queued in its lane only then.
             delay_ms: (!turn.is_zero()).then(|| u64::try_from(turn.as_millis()).unwrap_or(u64::MAX).max(1)),
-            trace: guild_telemetry::TraceContext::of(&enqueue),
+            // An unsampled trace has no enqueue span: the job carries the trace it is in all the
+            // same (its sampled flag unset), so the worker's spans stay out of the export too.
+            trace: guild_telemetry::TraceContext::of(&enqueue).or_else(guild_telemetry::TraceContext::current),
         };
         // Waited for before it exists, so a node waiting for too many jobs refuses a new one
         // rather than enqueue a job nobody here can answer for.
