@@ -23,7 +23,7 @@ use tracing::subscriber::Interest;
 use tracing::{Dispatch, Metadata, Subscriber};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::{Context, Filter, Layer};
-use tracing_subscriber::registry::{LookupSpan, Registry};
+use tracing_subscriber::registry::{LookupSpan, Registry, SpanRef};
 
 /// The layer that disables, for every layer at once, a Guild span whose trace was not sampled;
 /// it sees Guild's spans only ([`GuildSpans`]). A per-layer filter could not do this (the
@@ -54,21 +54,17 @@ where
         let Some(registry) = dispatch.downcast_ref::<Registry>() else {
             return true;
         };
-        // The nearest Guild span at or above the current span (a log span may sit between): this
-        // trace's root or a sampled span in it, since the spans of an unsampled trace below its
-        // root are never created. None: this span is a root, which the sampler decides once it
-        // has adopted its caller's context.
-        let Some(span) = registry.span(&current) else {
-            return true;
-        };
-        let Some(guild) = span.scope().find(|span| span.metadata().target() == SPAN_TARGET) else {
+        // This trace's root or a sampled span in it, since the spans of an unsampled trace below
+        // its root are never created. None: this span is a root, which the sampler decides once
+        // it has adopted its caller's context.
+        let Some(guild) = nearest_guild(registry, &current) else {
             return true;
         };
         if let Some(Sampled(sampled)) = guild.extensions().get::<Sampled>() {
             return *sampled;
         }
         let id = guild.id();
-        drop((guild, span));
+        drop(guild);
         let sampled = tracing_opentelemetry::get_otel_context(&id, &dispatch)
             .is_none_or(|cx| cx.span().span_context().is_sampled());
         // Kept on the span, so its other children are decided without asking the exporter.
@@ -82,9 +78,13 @@ where
 /// The OpenTelemetry context of the nearest Guild span at or above span `id` (a log span may sit
 /// between): what a log line, a job or an upstream request made there belongs to.
 pub(crate) fn context_near(id: &tracing::span::Id, dispatch: &Dispatch) -> Option<opentelemetry::Context> {
-    let registry = dispatch.downcast_ref::<Registry>()?;
-    let guild = registry.span(id)?.scope().find(|span| span.metadata().target() == SPAN_TARGET)?.id();
+    let guild = nearest_guild(dispatch.downcast_ref::<Registry>()?, id)?.id();
     tracing_opentelemetry::get_otel_context(&guild, dispatch).filter(|cx| cx.span().span_context().is_valid())
+}
+
+/// The nearest Guild span at or above span `id`: a log span may sit between.
+fn nearest_guild<'a>(registry: &'a Registry, id: &tracing::span::Id) -> Option<SpanRef<'a, Registry>> {
+    registry.span(id)?.scope().find(|span| span.metadata().target() == SPAN_TARGET)
 }
 
 /// A Guild span's trace's sampling decision, kept on it once a child asked.
@@ -154,21 +154,28 @@ mod tests {
         TraceContext::from_fields(|name| (name == "traceparent").then_some(traceparent)).expect("valid")
     }
 
+    const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
     const UNSAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
     const SAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    /// A request's root span, a child of the caller's `traceparent`.
+    fn request(traceparent: &str) -> tracing::Span {
+        let root = tracing::info_span!(target: SPAN_TARGET, "request");
+        context(traceparent).adopt(&root);
+        root
+    }
 
     #[test]
     fn inside_an_unsampled_root_no_span_is_built_and_the_trace_id_still_travels() {
         let spans = exported(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)), || {
-            let root = tracing::info_span!(target: SPAN_TARGET, "request");
-            context(UNSAMPLED).adopt(&root);
+            let root = request(UNSAMPLED);
             let _inside = root.enter();
             let child = tracing::info_span!(target: SPAN_TARGET, "execute_tool");
             let _deeper = child.enter();
             let grandchild = tracing::info_span!(target: SPAN_TARGET, "guest run");
             assert!(child.is_disabled() && grandchild.is_disabled(), "an unsampled trace builds its root only");
             let current = TraceContext::current().expect("the root is still current, with its trace");
-            assert_eq!(current.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+            assert_eq!(current.trace_id(), CALLER_TRACE);
             assert!(current.traceparent.ends_with("-00"), "not sampled, and says so: {}", current.traceparent);
         });
         assert!(spans.is_empty(), "nothing of an unsampled trace is exported: {spans:?}");
@@ -177,8 +184,7 @@ mod tests {
     #[test]
     fn a_task_carrying_an_unsampled_trace_stays_in_it_through_a_log_span() {
         let spans = exported(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)), || {
-            let root = tracing::info_span!(target: SPAN_TARGET, "request");
-            context(UNSAMPLED).adopt(&root);
+            let root = request(UNSAMPLED);
             let _inside = root.enter();
             let run = tracing::info_span!(target: SPAN_TARGET, "execute_tool");
             assert!(run.is_disabled());
@@ -196,7 +202,7 @@ mod tests {
                     let stage = tracing::info_span!(target: SPAN_TARGET, "seal");
                     assert!(stage.is_disabled(), "below a log span, still in the unsampled trace");
                     let current = TraceContext::current().expect("the log span's trace");
-                    assert_eq!(current.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+                    assert_eq!(current.trace_id(), CALLER_TRACE);
                 });
                 // No log span this time: the carried span alone keeps the task in the trace.
                 scope.spawn(|| {
@@ -205,7 +211,7 @@ mod tests {
                     assert!(tracing::info_span!(target: SPAN_TARGET, "seal").is_disabled());
                     assert_eq!(
                         crate::ids(&tracing::Span::current()).map(|(trace, _)| trace).as_deref(),
-                        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+                        Some(CALLER_TRACE)
                     );
                 });
             });
@@ -216,8 +222,7 @@ mod tests {
     #[test]
     fn a_sampled_root_keeps_its_whole_tree_linked() {
         let spans = exported(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)), || {
-            let root = tracing::info_span!(target: SPAN_TARGET, "request");
-            context(SAMPLED).adopt(&root);
+            let root = request(SAMPLED);
             let _inside = root.enter();
             let child = tracing::info_span!(target: SPAN_TARGET, "execute_tool");
             let _deeper = child.enter();
@@ -229,7 +234,7 @@ mod tests {
         assert_eq!(root.parent_span_id.to_string(), "00f067aa0ba902b7", "the caller's span is the root's parent");
         assert_eq!(child.parent_span_id, root.span_context.span_id());
         assert_eq!(grandchild.parent_span_id, child.span_context.span_id());
-        assert!(spans.iter().all(|s| s.span_context.trace_id().to_string() == "4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert!(spans.iter().all(|s| s.span_context.trace_id().to_string() == CALLER_TRACE));
     }
 
     #[test]
