@@ -45,8 +45,8 @@ TOML
     case $mode in
         before) bin=$GUILD_BIN_BEFORE ;;
         off) ;;
-        *) export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$sink_port OTEL_TRACES_SAMPLER=traceidratio
-           OTEL_TRACES_SAMPLER_ARG=$(python3 -c "print(${mode%\%} / 100)") ;;
+        *) export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$sink_port OTEL_TRACES_SAMPLER=traceidratio \
+               OTEL_TRACES_SAMPLER_ARG="$(python3 -c "print(${mode%\%} / 100)")" ;;
     esac
     local saved=$guild
     guild=$bin
@@ -59,7 +59,10 @@ TOML
     ticks=$(( $(cpu_ticks "$serve_pid") - before_ticks ))
     records=$(wc -l < "$GUILD_HOME/audit.log")
     kill "$serve_pid"; wait "$serve_pid" 2>/dev/null || true
-    python3 -c "print(f'{\"$mode\":>7}  $line  CPU/run {$ticks / $(getconf CLK_TCK) / max($records, 1) * 1e6:.0f} us')"
+    # The sampler the daemon says it runs with, so that a mode that is not what it claims shows.
+    local sampler
+    sampler=$(sed -n 's/.*sampler=\([^ ]*\).*/\1/p' "$work/serve.log" | head -1)
+    python3 -c "print(f'{\"$mode\":>7}  $line  CPU/run {$ticks / $(getconf CLK_TCK) / max($records, 1) * 1e6:.0f} us  sampler {\"${sampler:-none}\"}')"
 }
 echo "guild serve, echo, recording on; wrk -t1 -c$connections -d${seconds}s; $rounds interleaved rounds; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 for round in $(seq "$rounds"); do

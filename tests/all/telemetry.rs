@@ -438,4 +438,19 @@ fn an_unsampled_caller_is_not_exported_yet_its_trace_id_reaches_the_run_and_the_
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(seen[0].starts_with(&format!("00-{UNSAMPLED_TRACE}-")) && seen[0].ends_with("-00"), "{seen:?}");
     assert!(seen[1].starts_with(&format!("00-{CALLER_TRACE}-")) && seen[1].ends_with("-01"), "{seen:?}");
+    // Its log lines name it too; the bare span an unsampled root is shows in none of them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let finished_in = |trace: &str| {
+        daemon
+            .log_lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|l| l["fields"]["message"] == "run finished" && l["trace_id"] == trace && l["span_id"].is_string())
+    };
+    while !finished_in(UNSAMPLED_TRACE) {
+        assert!(Instant::now() < deadline, "a run-finished line in the unsampled trace: {:?}", daemon.log_lines());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lines = daemon.log_lines();
+    assert!(lines.iter().all(|l| !l.contains("unsampled")), "{lines:?}");
 }

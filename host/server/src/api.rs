@@ -43,29 +43,29 @@ async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -
     if !tracing::enabled!(target: SPAN_TARGET, tracing::Level::INFO) {
         return next.run(request).await;
     }
-    let route = request.extensions().get::<axum::extract::MatchedPath>().map(|p| p.as_str().to_string());
+    let route = request.extensions().get::<axum::extract::MatchedPath>().cloned();
+    let route = route.as_ref().map_or("", axum::extract::MatchedPath::as_str);
     // Probes and scrapes are not traced; an MCP request's server span is its `tools/call`
     // span, which takes this request's context (its `_meta`'s first).
-    if matches!(route.as_deref(), Some("/healthz" | "/readyz" | "/metrics" | "/mcp")) {
+    if matches!(route, "/healthz" | "/readyz" | "/metrics" | "/mcp") {
         return next.run(request).await;
     }
-    let route = route.unwrap_or_default();
-    let span = tracing::info_span!(
-        target: SPAN_TARGET,
-        "request",
-        otel.name = %format_args!("{} {route}", request.method()),
-        otel.kind = "server",
-        http.request.method = %request.method(),
-        http.route = %route,
-        url.path = guild_telemetry::clip(request.uri().path()),
-        http.response.status_code = tracing::field::Empty,
-        error.r#type = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-    );
     let headers = request.headers();
-    if let Some(parent) = guild_telemetry::TraceContext::from_fields(|name| headers.get(name)?.to_str().ok()) {
-        parent.adopt(&span);
-    }
+    let caller = guild_telemetry::TraceContext::from_fields(|name| headers.get(name)?.to_str().ok());
+    let span = guild_telemetry::root(caller.as_ref(), "request", || {
+        tracing::info_span!(
+            target: SPAN_TARGET,
+            "request",
+            otel.name = %format_args!("{} {route}", request.method()),
+            otel.kind = "server",
+            http.request.method = %request.method(),
+            http.route = %route,
+            url.path = guild_telemetry::clip(request.uri().path()),
+            http.response.status_code = tracing::field::Empty,
+            error.r#type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        )
+    });
     let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
     if response.status().is_server_error() {

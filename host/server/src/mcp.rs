@@ -370,28 +370,26 @@ fn call_span(request: &CallToolRequestParams, context: &RequestContext<RoleServe
     }
     let parts = context.extensions.get::<axum::http::request::Parts>();
     let session = parts.and_then(|parts| parts.headers.get("mcp-session-id")?.to_str().ok());
-    let span = tracing::info_span!(
-        target: guild_telemetry::SPAN_TARGET,
-        "mcp",
-        otel.name = %format_args!("tools/call {}", guild_telemetry::clip(&request.name)),
-        otel.kind = "server",
-        mcp.method.name = "tools/call",
-        mcp.session.id = session.map(guild_telemetry::clip),
-        jsonrpc.request.id = guild_telemetry::clip(&context.id.to_string()),
-        gen_ai.operation.name = "execute_tool",
-        gen_ai.tool.name = guild_telemetry::clip(&request.name),
-        error.r#type = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-    );
     // The context in `_meta`, else (over HTTP) the request's own headers.
-    let parent = guild_telemetry::TraceContext::from_fields(|name| context.meta.get(name)?.as_str()).or_else(|| {
+    let caller = guild_telemetry::TraceContext::from_fields(|name| context.meta.get(name)?.as_str()).or_else(|| {
         let headers = &parts?.headers;
         guild_telemetry::TraceContext::from_fields(|name| headers.get(name)?.to_str().ok())
     });
-    if let Some(parent) = parent {
-        parent.adopt(&span);
-    }
-    span
+    guild_telemetry::root(caller.as_ref(), "tools/call", || {
+        tracing::info_span!(
+            target: guild_telemetry::SPAN_TARGET,
+            "mcp",
+            otel.name = %format_args!("tools/call {}", guild_telemetry::clip(&request.name)),
+            otel.kind = "server",
+            mcp.method.name = "tools/call",
+            mcp.session.id = session.map(guild_telemetry::clip),
+            jsonrpc.request.id = guild_telemetry::clip(&context.id.to_string()),
+            gen_ai.operation.name = "execute_tool",
+            gen_ai.tool.name = guild_telemetry::clip(&request.name),
+            error.r#type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        )
+    })
 }
 
 /// The caller's agent label and priority from the call's `_meta`, checked.

@@ -398,14 +398,15 @@ impl Remote {
             .iter()
             .filter_map(|entry| {
                 let trace = entry.result.trace.as_ref()?;
-                let span = tracing::info_span!(
-                    target: guild_telemetry::SPAN_TARGET,
-                    parent: None,
-                    "audit write",
-                    guild.run.id = %entry.result.id,
-                    guild.audit.batch_records = count,
-                );
-                trace.adopt(&span);
+                let span = guild_telemetry::root(Some(trace), "audit write", || {
+                    tracing::info_span!(
+                        target: guild_telemetry::SPAN_TARGET,
+                        parent: None,
+                        "audit write",
+                        guild.run.id = %entry.result.id,
+                        guild.audit.batch_records = count,
+                    )
+                });
                 Some(span)
             })
             .collect();

@@ -96,6 +96,12 @@ impl TraceContext {
         if span.is_disabled() {
             return;
         }
+        let _ = span.set_parent(self.context());
+    }
+
+    /// This context as OpenTelemetry's: the caller's span as a remote parent, with its
+    /// `tracestate` and baggage.
+    pub(crate) fn context(&self) -> opentelemetry::Context {
         let mut pairs = vec![("traceparent", self.traceparent.as_str())];
         if let Some(state) = &self.tracestate {
             pairs.push(("tracestate", state));
@@ -104,8 +110,7 @@ impl TraceContext {
             pairs.push(("baggage", baggage));
         }
         let cx = TraceContextPropagator::new().extract(&Pairs(&pairs));
-        let cx = BaggagePropagator::new().extract_with_context(&cx, &Pairs(&pairs));
-        let _ = span.set_parent(cx);
+        BaggagePropagator::new().extract_with_context(&cx, &Pairs(&pairs))
     }
 
     /// Only the `traceparent`: what a worker's result carries back (the caller's state and

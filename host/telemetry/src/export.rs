@@ -170,11 +170,13 @@ pub(crate) fn provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider
     Ok(SdkTracerProvider::builder()
         .with_span_processor(processor)
         .with_sampler(sampler(settings.sampler))
+        .with_id_generator(crate::sampling::PresetIds::default())
         .with_resource(resource)
         .build())
 }
 
-fn sampler(choice: SamplerChoice) -> Sampler {
+/// The sampler `choice` names.
+pub(crate) fn sampler(choice: SamplerChoice) -> Sampler {
     let parentless = |choice: ParentlessChoice| match choice {
         ParentlessChoice::AlwaysOn => Sampler::AlwaysOn,
         ParentlessChoice::AlwaysOff => Sampler::AlwaysOff,

@@ -20,6 +20,7 @@ mod settings;
 pub use context::{BAGGAGE_BYTES_MAX, TRACESTATE_BYTES_MAX, TraceContext, ids};
 pub use export::{EXPORT_FAILURE_LOG_EVERY_MS, spans_dropped};
 pub use logs::{LogStyle, SHUTDOWN_WAIT_MS, install, shutdown};
+pub use sampling::root;
 pub use settings::{
     BATCH_SPANS_MAX_DEFAULT, EXPORT_TIMEOUT_MS_DEFAULT, ParentlessChoice, QUEUE_SPANS_MAX_DEFAULT,
     SCHEDULED_DELAY_MS_DEFAULT, SamplerChoice, TelemetryConfig, TelemetrySettings,

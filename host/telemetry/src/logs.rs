@@ -39,11 +39,14 @@ pub fn install(style: LogStyle, settings: Option<&TelemetrySettings>) -> Result<
     }
     let filter = || {
         let filter = EnvFilter::try_from_env("GUILD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-        // Guild's spans are for the exporter; log lines name their run by field.
-        match format!("{SPAN_TARGET}=off").parse() {
-            Ok(directive) => filter.add_directive(directive),
-            Err(_) => filter,
-        }
+        // Guild's spans (and unsampled traces' roots) are for the exporter; log lines name
+        // their run by field.
+        [SPAN_TARGET, crate::sampling::UNSAMPLED_TARGET].into_iter().fold(filter, |filter, target| {
+            match format!("{target}=off").parse() {
+                Ok(directive) => filter.add_directive(directive),
+                Err(_) => filter,
+            }
+        })
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let dispatch = match settings {
@@ -61,7 +64,7 @@ pub fn install(style: LogStyle, settings: Option<&TelemetrySettings>) -> Result<
             let provider = crate::export::provider(settings)?;
             let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "guild");
             let _ = PROVIDER.set(provider);
-            let otel = exporter_layer(tracer);
+            let otel = exporter_layer(tracer, crate::export::sampler(settings.sampler));
             let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
             let fmt = match style {
                 LogStyle::Json => fmt
@@ -88,10 +91,14 @@ pub fn install(style: LogStyle, settings: Option<&TelemetrySettings>) -> Result<
     Ok(true)
 }
 
-/// The layers that hand Guild's spans to `tracer`: the exporter's, under [`HeadSampled`]. Add
-/// them to the registry before any other layer (the sampling decision is read from the
-/// exporter's spans).
-pub(crate) fn exporter_layer<S>(tracer: opentelemetry_sdk::trace::Tracer) -> impl Layer<S>
+/// The layers that hand Guild's spans to `tracer` (of a provider built with `sampler` and
+/// [`PresetIds`](crate::sampling::PresetIds)): the exporter's, under [`HeadSampled`]. Add them
+/// to the registry before any other layer (the sampling decision is read from the exporter's
+/// spans).
+pub(crate) fn exporter_layer<S>(
+    tracer: opentelemetry_sdk::trace::Tracer,
+    sampler: opentelemetry_sdk::trace::Sampler,
+) -> impl Layer<S>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
@@ -109,7 +116,7 @@ where
         .with_threads(false)
         .with_target(false)
         .with_filter(spans)
-        .and_then(HeadSampled::default().with_filter(GuildSpans))
+        .and_then(HeadSampled::new(sampler).with_filter(GuildSpans))
 }
 
 /// How long the process waits at exit for its last spans to be sent.

@@ -351,24 +351,23 @@ impl Worker {
         // The consumer span of this attempt, in the trace of the call that enqueued the job.
         let queue = &self.queue.settings().queue;
         let waited_ms = guild_queue::now_unix_ms().saturating_sub(lease.job.submitted_unix_ms);
-        let traced = tracing::info_span!(
-            target: SPAN_TARGET,
-            "job",
-            otel.name = %format_args!("process {queue}"),
-            otel.kind = "consumer",
-            messaging.system = "redis",
-            messaging.operation.type = "process",
-            messaging.destination.name = %queue,
-            messaging.message.id = %lease.job.id,
-            guild.job.attempt = lease.attempt,
-            guild.queue.wait_ms = waited_ms,
-            guild.worker = %self.name,
-            error.r#type = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        );
-        if let Some(trace) = &lease.job.trace {
-            trace.adopt(&traced);
-        }
+        let traced = guild_telemetry::root(lease.job.trace.as_ref(), "job", || {
+            tracing::info_span!(
+                target: SPAN_TARGET,
+                "job",
+                otel.name = %format_args!("process {queue}"),
+                otel.kind = "consumer",
+                messaging.system = "redis",
+                messaging.operation.type = "process",
+                messaging.destination.name = %queue,
+                messaging.message.id = %lease.job.id,
+                guild.job.attempt = lease.attempt,
+                guild.queue.wait_ms = waited_ms,
+                guild.worker = %self.name,
+                error.r#type = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            )
+        });
         tokio::spawn(
             async move {
                 self.running.fetch_add(1, Ordering::Relaxed);
