@@ -104,6 +104,7 @@ where
 {
     let spans = tracing_subscriber::filter::Targets::new()
         .with_target(SPAN_TARGET, tracing::Level::TRACE)
+        .with_target(crate::sampling::UNSAMPLED_TARGET, tracing_subscriber::filter::LevelFilter::OFF)
         .with_default(tracing::Level::WARN);
     // No busy/idle timing, source location or thread attributes: each costs every span time on
     // the hot path, and the conventions do not ask for them. No OpenTelemetry context made

@@ -119,7 +119,7 @@ fn known(extensions: &Extensions<'_>) -> Option<bool> {
 pub(crate) fn context_near(id: &tracing::span::Id, dispatch: &Dispatch) -> Option<opentelemetry::Context> {
     let guild = nearest_guild(dispatch.downcast_ref::<Registry>()?, id)?;
     if let Some(Unsampled(cx)) = guild.extensions().get::<Unsampled>() {
-        return Some(cx.clone());
+        return Some(cx.clone()).filter(|cx| cx.span().span_context().is_valid());
     }
     let guild = guild.id();
     tracing_opentelemetry::get_otel_context(&guild, dispatch).filter(|cx| cx.span().span_context().is_valid())
@@ -150,12 +150,20 @@ struct Unsampled(opentelemetry::Context);
 ///   the trace's context for what runs inside: [`TraceContext::current`] and log lines still
 ///   name the trace, with the sampled flag unset.
 /// - Tracing off: `build()`'s span as it is (disabled at its call site).
+///
+/// Call it where no Guild span is current (at the top of a request or a task): a fresh root is
+/// decided with no parent, as the SDK decides it only when nothing traced is current.
 pub fn root(caller: Option<&TraceContext>, name: &str, build: impl FnOnce() -> tracing::Span) -> tracing::Span {
-    let parent = caller.map(TraceContext::context).unwrap_or_default();
-    let trace_id = match caller {
-        Some(_) => parent.span().span_context().trace_id(),
+    if !tracing::enabled!(target: SPAN_TARGET, tracing::Level::INFO) {
+        return build();
+    }
+    // A context that came through Redis was not checked on the way in: an invalid one is none.
+    let parent = caller.map(TraceContext::context).filter(|cx| cx.span().span_context().is_valid());
+    let trace_id = match &parent {
+        Some(parent) => parent.span().span_context().trace_id(),
         None => RandomIdGenerator::default().new_trace_id(),
     };
+    let parent = parent.unwrap_or_default();
     let decision = tracing::dispatcher::get_default(|dispatch| {
         let layer = dispatch.downcast_ref::<HeadSampled>()?;
         Some(layer.sampler.should_sample(Some(&parent), trace_id, name, &SpanKind::Server, &[], &[]))
@@ -169,14 +177,13 @@ pub fn root(caller: Option<&TraceContext>, name: &str, build: impl FnOnce() -> t
     };
     if decision.decision != SamplingDecision::Drop {
         let span = build();
-        if caller.is_some() {
+        if parent.has_active_span() {
             let _ = tracing_opentelemetry::OpenTelemetrySpanExt::set_parent(&span, parent);
         } else {
             // Started here, on this thread, so that the SDK draws the trace id just decided on
             // (it asks the same sampler about it).
-            PRESET_TRACE_ID.set(Some(trace_id));
+            let _preset = Preset::trace_id(trace_id);
             let _ = tracing_opentelemetry::OpenTelemetrySpanExt::context(&span);
-            PRESET_TRACE_ID.set(None);
         }
         return span;
     }
@@ -201,6 +208,22 @@ thread_local! {
     /// The trace id [`root`] decided on for a fresh trace, taken by the next trace id drawn on
     /// this thread.
     static PRESET_TRACE_ID: Cell<Option<TraceId>> = const { Cell::new(None) };
+}
+
+/// [`PRESET_TRACE_ID`] set for as long as this lives, cleared however the scope ends.
+struct Preset;
+
+impl Preset {
+    fn trace_id(id: TraceId) -> Self {
+        PRESET_TRACE_ID.set(Some(id));
+        Self
+    }
+}
+
+impl Drop for Preset {
+    fn drop(&mut self) {
+        PRESET_TRACE_ID.set(None);
+    }
 }
 
 /// The provider's id generator: random ids, except that a root [`root`] decided to sample gets
@@ -330,6 +353,20 @@ mod tests {
             assert_eq!((trace.as_str(), span.as_str()), (CALLER_TRACE, own_span));
         });
         assert!(spans.is_empty(), "{spans:?}");
+    }
+
+    #[test]
+    fn a_malformed_context_from_a_job_starts_a_fresh_trace() {
+        // A job's context is read from Redis without the checks a request's header gets.
+        let garbage = TraceContext { traceparent: "00-not-a-trace-01".into(), tracestate: None, baggage: None };
+        let spans = exported(Sampler::AlwaysOff, || {
+            let root = crate::root(Some(&garbage), "job", || panic!("not sampled"));
+            let _inside = root.enter();
+            let current = TraceContext::current().expect("a trace of its own");
+            assert_ne!(current.trace_id(), "0".repeat(32), "never the all-zero trace id");
+            assert!(current.traceparent.ends_with("-00"), "{}", current.traceparent);
+        });
+        assert!(spans.is_empty());
     }
 
     #[test]
