@@ -6,6 +6,7 @@ mod cache;
 mod cli;
 mod commands;
 mod commands_preview1;
+mod console;
 mod contained;
 mod cost;
 mod daemon;

@@ -92,7 +92,8 @@ pub fn router(daemon: Arc<Daemon>) -> axum::Router {
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/bundles/{id}", get(get_bundle))
         .route("/v1/usage", get(get_usage))
-        .merge(crate::mcp_http::mcp_router(daemon.clone()));
+        .merge(crate::mcp_http::mcp_router(daemon.clone()))
+        .merge(crate::console::routes());
     // RFC 9728: where clients learn which issuer's tokens this server takes, for which scopes.
     for path in daemon.oauth().map(crate::oauth::OAuth::metadata_paths).unwrap_or_default() {
         routes = routes.route(&path, get(protected_resource));

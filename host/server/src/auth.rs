@@ -159,15 +159,25 @@ impl FromRequestParts<Arc<Daemon>> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, daemon: &Arc<Daemon>) -> Result<Self, AuthRejection> {
         let (tenant, bearer) = authenticate(daemon, &parts.headers).await?;
-        let subject = match (daemon.oauth(), &bearer.subject) {
-            (Some(oauth), Some(subject)) => {
-                Some(oauth.subject_slot(&tenant.name, subject).map_err(AuthRejection::TooManyRequests)?)
-            }
-            _ => None,
-        };
-        let tenant_place = tenant.request_slot().map_err(AuthRejection::TooManyRequests)?;
-        Ok(Caller(tenant, Places { _tenant: tenant_place, _subject: subject }, bearer))
+        let places = places(daemon, &tenant, &bearer)?;
+        Ok(Caller(tenant, places, bearer))
     }
+}
+
+/// A request's places among those in flight, for `tenant` and, with an access token, its
+/// subject.
+///
+/// # Errors
+/// [`AuthRejection::TooManyRequests`] when either has none left.
+pub(crate) fn places(daemon: &Daemon, tenant: &Tenant, bearer: &Bearer) -> Result<Places, AuthRejection> {
+    let subject = match (daemon.oauth(), &bearer.subject) {
+        (Some(oauth), Some(subject)) => {
+            Some(oauth.subject_slot(&tenant.name, subject).map_err(AuthRejection::TooManyRequests)?)
+        }
+        _ => None,
+    };
+    let tenant_place = tenant.request_slot().map_err(AuthRejection::TooManyRequests)?;
+    Ok(Places { _tenant: tenant_place, _subject: subject })
 }
 
 /// An admin caller: [`Caller`], refused 403 when its tenant is not an admin or its access token
@@ -200,7 +210,7 @@ pub(crate) fn scope_missing(daemon: &Daemon, needed: impl Fn(&OAuth) -> String) 
 
 /// The tenant and grant of the `Authorization: Bearer` token: a tenant's static token, or with
 /// `[oauth]` an access token that passes every check and names a configured tenant.
-async fn authenticate(daemon: &Daemon, headers: &HeaderMap) -> Result<(Arc<Tenant>, Bearer), AuthRejection> {
+pub(crate) async fn authenticate(daemon: &Daemon, headers: &HeaderMap) -> Result<(Arc<Tenant>, Bearer), AuthRejection> {
     let oauth = daemon.oauth();
     // The challenge's metadata URL is made only for a refusal, never on an accepted request.
     let refused =

@@ -335,6 +335,23 @@ impl RunTable {
         )
     }
 
+    /// The runs `wanted` picks, in any state, newest first, at most `limit`, starting after run
+    /// `after` (a cursor: the last run of the page before). `None` when `after` names no run
+    /// `wanted` picks here (any more).
+    pub(crate) fn recent(
+        &self,
+        wanted: impl Fn(&RunEntry) -> bool,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Option<Vec<RunEntry>> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut newest_first = inner.order.iter().rev().filter_map(|(id, _)| inner.runs.get(id));
+        if let Some(after) = after {
+            newest_first.by_ref().find(|e| e.id == after && wanted(e))?;
+        }
+        Some(newest_first.filter(|e| wanted(e)).take(limit).cloned().collect())
+    }
+
     /// Runs held now.
     pub fn len(&self) -> usize {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).runs.len()

@@ -1,0 +1,171 @@
+//! The web console at `/ui`, over HTTP with the real binary: signing in with a token, the runs a
+//! tenant may see and no other, a run's bundle as a verified timeline with everything a guest
+//! or a caller wrote escaped, the same 404 for another tenant's run as for none, an admin's read
+//! of another tenant's run audited, and a tampered bundle shown as one.
+
+use crate::Guild;
+use crate::daemon::{Daemon, Reply, config_file, token_digest};
+use guild_test_artifacts::ECHO;
+use serde_json::json;
+
+const ROOT: &str = "root-token";
+const ALICE: &str = "alice-token";
+const BOB: &str = "bob-token";
+
+fn config() -> String {
+    format!(
+        r#"
+[[tools]]
+path = "{ECHO}"
+
+[[tenants]]
+name = "root"
+token_blake3 = "{root}"
+tools = ["*"]
+admin = true
+
+[[tenants]]
+name = "alice"
+token_blake3 = "{alice}"
+tools = ["*"]
+
+[[tenants]]
+name = "bob"
+token_blake3 = "{bob}"
+tools = ["*"]
+"#,
+        root = token_digest(ROOT),
+        alice = token_digest(ALICE),
+        bob = token_digest(BOB),
+    )
+}
+
+/// Sign in with `token`; the cookie to send with each page.
+fn sign_in(daemon: &Daemon, token: &str) -> String {
+    let form = format!("token={token}");
+    let reply = daemon.call_with(
+        "POST",
+        "/ui/login",
+        "",
+        form.as_bytes(),
+        &[("content-type", "application/x-www-form-urlencoded")],
+    );
+    assert_eq!(reply.status, 303, "{reply:?}");
+    assert_eq!(reply.headers.get("location").map(String::as_str), Some("/ui/runs"));
+    let cookie = reply.headers.get("set-cookie").expect("a cookie").clone();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        assert!(cookie.contains(attribute), "{attribute} in {cookie}");
+    }
+    cookie.split(';').next().expect("name=value").to_string()
+}
+
+fn get(daemon: &Daemon, path: &str, cookie: &str) -> Reply {
+    daemon.call_with("GET", path, "", b"", &[("cookie", cookie)])
+}
+
+fn text(reply: &Reply) -> String {
+    String::from_utf8_lossy(&reply.body).into_owned()
+}
+
+#[test]
+fn a_tenant_sees_its_own_runs_as_verified_timelines_and_another_tenants_run_is_the_same_404_as_none() {
+    let guild = Guild::new();
+    let file = config_file(guild.home(), &config());
+    let daemon = Daemon::start(&guild, &["--config", &file], &[]);
+    let hostile = r#"<script>alert("x")</script><img src=x onerror=alert(1)>"#;
+    let run = daemon.run(ALICE, json!({"tool": "echo", "input": {"message": hostile}}));
+    assert_eq!(run.status, 200, "{run:?}");
+    let run_id = run.json()["id"].as_str().expect("run id").to_string();
+
+    // Not signed in: to the form; a wrong token: refused there, no cookie.
+    let anonymous = daemon.call_with("GET", "/ui/runs", ALICE, b"", &[]);
+    assert_eq!(anonymous.status, 303, "a bearer header is not a console session: {anonymous:?}");
+    assert_eq!(anonymous.headers.get("location").map(String::as_str), Some("/ui/login"));
+    let wrong = daemon.call_with(
+        "POST",
+        "/ui/login",
+        "",
+        b"token=nope",
+        &[("content-type", "application/x-www-form-urlencoded")],
+    );
+    assert_eq!(wrong.status, 401);
+    assert!(!wrong.headers.contains_key("set-cookie"));
+    assert!(text(&wrong).contains("not accepted"), "{wrong:?}");
+
+    let alice = sign_in(&daemon, ALICE);
+    let runs = get(&daemon, "/ui/runs", &alice);
+    assert_eq!(runs.status, 200, "{runs:?}");
+    let policy = runs.headers.get("content-security-policy").expect("a CSP");
+    assert!(policy.contains("default-src 'none'") && !policy.contains("script-src"), "no script at all: {policy}");
+    assert_eq!(runs.headers.get("x-content-type-options").map(String::as_str), Some("nosniff"));
+    assert!(text(&runs).contains(&run_id), "alice's run is listed");
+    assert!(text(&get(&daemon, "/ui/runs?tool=nothing-by-this-name", &alice)).contains("No runs match."));
+
+    let page = get(&daemon, &format!("/ui/runs/{run_id}"), &alice);
+    assert_eq!(page.status, 200, "{page:?}");
+    let html = text(&page);
+    assert!(html.contains("Verified"), "the bundle's verdict: {html}");
+    assert!(html.contains("Timeline") && html.contains("class=\"event "), "its events: {html}");
+    assert!(!html.contains("<script") && !html.contains("<img"), "what the caller sent is escaped: {html}");
+    assert!(html.contains("&lt;script&gt;"), "and shown: {html}");
+
+    // Bob sees none of it: the list leaves it out, the page is the same 404 as a run that never
+    // existed (byte for byte).
+    let bob = sign_in(&daemon, BOB);
+    assert!(!text(&get(&daemon, "/ui/runs", &bob)).contains(&run_id));
+    let theirs = get(&daemon, &format!("/ui/runs/{run_id}"), &bob);
+    let none = get(&daemon, &format!("/ui/runs/{}", "0".repeat(32)), &bob);
+    assert_eq!((theirs.status, none.status), (404, 404));
+    assert_eq!(theirs.body, none.body);
+
+    // An admin sees every tenant's runs, and reading one of them is audited.
+    let root = sign_in(&daemon, ROOT);
+    assert!(text(&get(&daemon, "/ui/runs", &root)).contains(&run_id));
+    assert_eq!(get(&daemon, &format!("/ui/runs/{run_id}"), &root).status, 200);
+    let audit = std::fs::read_to_string(guild.home().join("audit.log")).expect("audit log");
+    assert!(
+        audit.lines().any(|l| l.contains("admin_read") && l.contains(&run_id)),
+        "the admin's read is in the audit log"
+    );
+
+    // Signing out clears the cookie.
+    let out = daemon.call_with("POST", "/ui/logout", "", b"", &[("cookie", &alice)]);
+    assert_eq!(out.status, 303);
+    assert!(out.headers.get("set-cookie").is_some_and(|c| c.contains("Max-Age=0")), "{out:?}");
+}
+
+#[test]
+fn a_bundle_edited_in_the_store_is_shown_as_failing_verification() {
+    let guild = Guild::new();
+    let file = config_file(guild.home(), &config());
+    let daemon = Daemon::start(&guild, &["--config", &file], &[]);
+    let marker = "console-tamper-marker-0123456789";
+    let run = daemon.run(ALICE, json!({"tool": "echo", "input": {"message": marker}}));
+    let run_id = run.json()["id"].as_str().expect("run id").to_string();
+    assert_eq!(daemon.terminate(), Some(0));
+    // One character of the run's output, edited in place in the store.
+    let mut edited = 0;
+    for pack in std::fs::read_dir(guild.home().join("store/packs")).expect("packs").flatten() {
+        let mut bytes = std::fs::read(pack.path()).expect("pack");
+        for at in bytes
+            .windows(marker.len())
+            .enumerate()
+            .filter(|(_, w)| *w == marker.as_bytes())
+            .map(|(at, _)| at)
+            .collect::<Vec<_>>()
+        {
+            bytes[at] = b'C';
+            edited += 1;
+        }
+        std::fs::write(pack.path(), bytes).expect("write pack");
+    }
+    assert!(edited >= 1, "the output is in a pack");
+    // The run is restored from the audit log; its bundle no longer verifies, and says so.
+    let daemon = Daemon::start(&guild, &["--config", &file], &[]);
+    let alice = sign_in(&daemon, ALICE);
+    let page = get(&daemon, &format!("/ui/runs/{run_id}"), &alice);
+    assert_eq!(page.status, 200, "{page:?}");
+    let html = text(&page);
+    assert!(html.contains("Does not verify"), "{html}");
+    assert!(!html.contains("Verified:"), "{html}");
+}
