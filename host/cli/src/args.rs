@@ -256,7 +256,7 @@ pub(crate) enum BundleCommand {
     #[command(after_help = BUNDLE_EXIT_CODES_HELP)]
     Verify(BundleArgs),
     /// Show a bundle for a person to audit: tool, input, grants, effects, result, fuel, signer.
-    Inspect(BundleArgs),
+    Inspect(InspectArgs),
     /// Write a bundle from the store as a normalised .tar.zst.
     Export(ExportArgs),
     /// What a run cost, re-derived from its bundle alone (fuel, wall time, memory, GPU time, HTTP
@@ -290,6 +290,19 @@ pub(crate) struct BundleArgs {
     /// Require the bundle to be signed by this public key (hex, from `guild key show`).
     #[arg(long, value_name = "PUBLIC_KEY")]
     pub(crate) key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InspectArgs {
+    #[command(flatten)]
+    pub(crate) bundle: BundleArgs,
+    /// Write the run as one self-contained HTML page (no server, no script, nothing fetched):
+    /// the console's run view, for an auditor to open in any browser.
+    #[arg(long, requires = "output")]
+    pub(crate) html: bool,
+    /// Where to write the HTML page (with `--html`).
+    #[arg(short, long, value_name = "FILE.html", requires = "html")]
+    pub(crate) output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

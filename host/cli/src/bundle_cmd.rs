@@ -138,8 +138,14 @@ fn printable(text: &str) -> String {
     text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
-pub(crate) fn inspect(global: &Global, args: BundleArgs) -> Result<Exit, Failure> {
-    let Opened { bundle, store, .. } = open(global, &args)?;
+pub(crate) fn inspect(global: &Global, args: crate::args::InspectArgs) -> Result<Exit, Failure> {
+    let Opened { bundle, store, .. } = open(global, &args.bundle)?;
+    if let (true, Some(path)) = (args.html, &args.output) {
+        let page = guild_server::console::report_html(&bundle, store.as_ref());
+        std::fs::write(path, page).map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())))?;
+        crate::out!("wrote {} (bundle {}, {} events)", path.display(), bundle.id, bundle.tape.events().len());
+        return Ok(Exit::Success);
+    }
     let action = &bundle.action;
     let result = &bundle.result;
     let get_text = |digest| store.get(digest).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();

@@ -228,7 +228,16 @@ async fn list_tools(
     State(daemon): State<Arc<Daemon>>,
     Caller(tenant, _slot, bearer): Caller,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let tools: Vec<serde_json::Value> = daemon
+    Ok(Json(serde_json::json!({ "tools": tool_listing(&daemon, &tenant, &bearer) })))
+}
+
+/// The tools `tenant` (through `bearer`) may call, as `GET /v1/tools` lists them.
+pub(crate) fn tool_listing(
+    daemon: &Daemon,
+    tenant: &crate::tenants::Tenant,
+    bearer: &crate::principal::Bearer,
+) -> Vec<serde_json::Value> {
+    daemon
         .tools()
         .names()
         .iter()
@@ -249,8 +258,7 @@ async fn list_tools(
             }
             body
         })
-        .collect();
-    Ok(Json(serde_json::json!({ "tools": tools })))
+        .collect()
 }
 
 async fn upload_tool(

@@ -155,11 +155,17 @@ async fn rollout_status(
     Admin(_tenant, _slot): Admin,
     Path(name): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let named = named(&daemon, &name)?;
+    rollout_state(&daemon, &name).map(Json).ok_or_else(|| unknown(&name))
+}
+
+/// Tool `name`'s revisions, flags and rollout with its guard window and shadow samples, as
+/// `GET /v1/tools/{name}/rollout` shows them to an admin; `None` for no such tool.
+pub(crate) fn rollout_state(daemon: &Daemon, name: &str) -> Option<serde_json::Value> {
+    let named = daemon.tools().named(name)?;
     let mut body = record_body(&named);
-    body["window"] = serde_json::to_value(daemon.rollout().guards.stats(&name)).expect("plain data");
-    body["shadow"] = serde_json::to_value(daemon.rollout().shadows.samples(&name)).expect("plain data");
-    Ok(Json(body))
+    body["window"] = serde_json::to_value(daemon.rollout().guards.stats(name)).expect("plain data");
+    body["shadow"] = serde_json::to_value(daemon.rollout().shadows.samples(name)).expect("plain data");
+    Some(body)
 }
 
 /// Which revision a request names: its component digest or its number.

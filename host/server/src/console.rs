@@ -27,11 +27,18 @@ use std::sync::Arc;
 /// The cookie that carries the signed-in token.
 const TOKEN_COOKIE: &str = "guild_console_token";
 /// Runs on one page of the runs list.
-pub(crate) const CONSOLE_RUNS_PAGE: usize = 50;
+pub const CONSOLE_RUNS_PAGE: usize = 50;
 /// A sign-in form's body is refused past this many bytes (a token is far shorter).
-pub(crate) const CONSOLE_FORM_BYTES_MAX: usize = 16 * 1024;
+pub const CONSOLE_FORM_BYTES_MAX: usize = 16 * 1024;
 /// A tape event's text (a log line, a URL, a header) is cut to this many characters on a page.
-pub(crate) const CONSOLE_TEXT_CHARS_MAX: usize = 2_000;
+pub const CONSOLE_TEXT_CHARS_MAX: usize = 2_000;
+/// Replays the console runs at once (each re-runs a tool); a press past this is answered 429.
+pub const CONSOLE_REPLAYS_MAX: usize = 2;
+/// Audit records on one page of the audit view.
+pub const CONSOLE_AUDIT_PAGE: usize = 50;
+
+/// The console's one stylesheet (also inlined into `guild bundle inspect --html` reports).
+const STYLESHEET: &str = include_str!("console.css");
 
 /// What every console answer carries: no script, no framing, no caching, no referrer.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
@@ -50,6 +57,10 @@ pub(crate) fn routes() -> axum::Router<Arc<Daemon>> {
         .route("/ui/logout", post(logout))
         .route("/ui/runs", get(runs_page))
         .route("/ui/runs/{id}", get(run_page))
+        .route("/ui/runs/{id}/replay", post(replay_run))
+        .route("/ui/runs/{id}/bundle", get(download_bundle))
+        .route("/ui/tools", get(tools_page))
+        .route("/ui/audit", get(audit_page))
         .layer(axum::middleware::map_response(secured))
 }
 
@@ -65,10 +76,7 @@ async fn secured(mut response: Response) -> Response {
 }
 
 async fn stylesheet() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")],
-        include_str!("console.css"),
-    )
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")], STYLESHEET)
         .into_response()
 }
 
@@ -153,6 +161,8 @@ fn page(title: &str, viewer: Option<&Viewer>, body: Markup) -> Markup {
                         a href="/ui/runs" { "Guild" }
                         @if let Some(viewer) = viewer {
                             a href="/ui/runs" { "Runs" }
+                            a href="/ui/tools" { "Tools" }
+                            a href="/ui/audit" { "Audit" }
                             span class="who" { "tenant " (viewer.tenant.name)
                                 @if let Some(subject) = &viewer.bearer.subject { " · " (subject) } }
                             form method="post" action="/ui/logout" {
@@ -276,7 +286,13 @@ async fn runs_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(quer
             }
             button type="submit" { "Filter" }
         }
-        p class="summary" { (daemon.runs().len()) " runs kept on this node; newest first." }
+        @if admin {
+            @let queue = daemon.queue();
+            p class="summary" id="node" {
+                "This node: " (daemon.runs().len()) " runs kept, " (queue.in_flight()) " running, "
+                (queue.depth()) " waiting for a slot, " (queue.committing()) " waiting for their audit record."
+            }
+        }
         table {
             caption { "Runs" }
             thead { tr { th scope="col" { "Run" } th scope="col" { "Tool" } th scope="col" { "Status" }
@@ -308,8 +324,14 @@ async fn runs_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(quer
     html_response(StatusCode::OK, page("Runs", Some(&viewer), body))
 }
 
+/// A wall time for people; `—` for none known (a run restored from the audit log, which does
+/// not keep it: its bundle does).
 fn duration(us: u64) -> String {
-    if us >= 1_000_000 { format!("{:.2} s", us as f64 / 1e6) } else { format!("{:.1} ms", us as f64 / 1e3) }
+    match us {
+        0 => "—".to_string(),
+        1_000_000.. => format!("{:.2} s", us as f64 / 1e6),
+        _ => format!("{:.1} ms", us as f64 / 1e3),
+    }
 }
 
 /// The 404 page: for a run that does not exist and for one the viewer may not see alike.
@@ -318,24 +340,121 @@ fn unknown_run(viewer: &Viewer) -> Response {
     html_response(StatusCode::NOT_FOUND, page("Unknown run", Some(viewer), body))
 }
 
-async fn run_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Path(id): Path<String>) -> Response {
-    let Some(entry) = daemon.runs().get(&id) else { return unknown_run(&viewer) };
-    match daemon.authorize((&viewer.tenant, &viewer.bearer), Some(entry.owner()), "run", &id).await {
-        Ok(()) => {}
-        Err(Hidden::NotTheirs) => return unknown_run(&viewer),
+/// The run `id` if the viewer may see it; else the answer to give instead (the 404 page, the
+/// same for a run that does not exist).
+async fn authorized(daemon: &Daemon, viewer: &Viewer, id: &str) -> Result<RunEntry, Response> {
+    let Some(entry) = daemon.runs().get(id) else { return Err(unknown_run(viewer)) };
+    match daemon.authorize((&viewer.tenant, &viewer.bearer), Some(entry.owner()), "run", id).await {
+        Ok(()) => Ok(entry),
+        Err(Hidden::NotTheirs) => Err(unknown_run(viewer)),
         Err(Hidden::NotAudited(message)) => {
             let body = html! { p role="alert" { "An admin's read of another tenant's run is audited, and the audit log failed: " (message) } };
-            return html_response(StatusCode::SERVICE_UNAVAILABLE, page("Not now", Some(&viewer), body));
+            Err(html_response(StatusCode::SERVICE_UNAVAILABLE, page("Not now", Some(viewer), body)))
         }
     }
+}
+
+async fn run_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Path(id): Path<String>) -> Response {
+    match authorized(&daemon, &viewer, &id).await {
+        Ok(entry) => show_run(&daemon, &viewer, &entry, None).await,
+        Err(answer) => answer,
+    }
+}
+
+/// What pressing "Replay now" found.
+enum Replayed {
+    /// The replay ran; its report.
+    Report(Box<guild_runtime::ReplayReport>),
+    /// It could not run, and why.
+    Failed(String),
+}
+
+fn replays() -> &'static tokio::sync::Semaphore {
+    static REPLAYS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    REPLAYS.get_or_init(|| tokio::sync::Semaphore::new(CONSOLE_REPLAYS_MAX))
+}
+
+async fn replay_run(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Path(id): Path<String>) -> Response {
+    let entry = match authorized(&daemon, &viewer, &id).await {
+        Ok(entry) => entry,
+        Err(answer) => return answer,
+    };
+    let Ok(_permit) = replays().try_acquire() else {
+        let body =
+            html! { p role="alert" { (CONSOLE_REPLAYS_MAX) " replays are running already; press again in a moment." } };
+        let mut response = html_response(StatusCode::TOO_MANY_REQUESTS, page("Busy", Some(&viewer), body));
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+        return response;
+    };
+    let bundle = match &*entry.state.borrow() {
+        RunState::Finished(finished) => finished.bundle,
+        _ => None,
+    };
+    let replayed = match bundle {
+        None => Replayed::Failed("the run has sealed no bundle".into()),
+        Some(bundle) => match crate::bundles::open(&daemon, &bundle).await {
+            Err(why) => Replayed::Failed(why),
+            Ok((opened, store)) => match daemon.runtime().replay(&opened, store.as_ref(), &Default::default()).await {
+                Ok(report) => Replayed::Report(Box::new(report)),
+                Err(e) => Replayed::Failed(format!("the bundle cannot be replayed: {e}")),
+            },
+        },
+    };
+    show_run(&daemon, &viewer, &entry, Some(replayed)).await
+}
+
+async fn download_bundle(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Path(id): Path<String>) -> Response {
+    let entry = match authorized(&daemon, &viewer, &id).await {
+        Ok(entry) => entry,
+        Err(answer) => return answer,
+    };
+    let bundle = match &*entry.state.borrow() {
+        RunState::Finished(finished) => finished.bundle,
+        _ => None,
+    };
+    let found = match bundle {
+        Some(bundle) => crate::bundles::find(&daemon, &bundle).await,
+        None => Ok(None),
+    };
+    match (bundle, found) {
+        (Some(bundle), Ok(Some(copy))) => {
+            let mut response = copy.stream();
+            let disposition = format!("attachment; filename=\"{bundle}.tar.zst\"");
+            if let Ok(value) = HeaderValue::from_str(&disposition) {
+                response.headers_mut().insert(header::CONTENT_DISPOSITION, value);
+            }
+            response
+        }
+        (_, Err(crate::bundles::FindError::Unavailable(why) | crate::bundles::FindError::Failed(why))) => {
+            let body = html! { p role="alert" { "The bundle cannot be read now: " (why) } };
+            html_response(StatusCode::SERVICE_UNAVAILABLE, page("Not now", Some(&viewer), body))
+        }
+        _ => {
+            let body = html! { p role="alert" { "This run's bundle is not kept anywhere this node can read." } };
+            html_response(StatusCode::NOT_FOUND, page("No bundle", Some(&viewer), body))
+        }
+    }
+}
+
+async fn show_run(daemon: &Daemon, viewer: &Viewer, entry: &RunEntry, replayed: Option<Replayed>) -> Response {
     let state = entry.state.borrow().clone();
     let finished = match &state {
         RunState::Finished(finished) => Some(finished.clone()),
         _ => None,
     };
     let opened = match finished.as_ref().and_then(|f| f.bundle) {
-        Some(bundle) => Some((bundle, crate::bundles::open(&daemon, &bundle).await)),
+        Some(bundle) => Some((bundle, crate::bundles::open(daemon, &bundle).await)),
         None => None,
+    };
+    // A run restored from the audit log knows no wall time; its bundle does.
+    let recorded = match &opened {
+        Some((_, Ok((bundle, _)))) => bundle.exec["wall_time_us"].as_u64(),
+        _ => None,
+    };
+    let wall_time_us = finished.as_ref().map(|f| f.wall_time_us).filter(|us| *us > 0).or(recorded).unwrap_or(0);
+    let diverged = match &replayed {
+        Some(Replayed::Report(report)) => report.mismatch.as_ref().and_then(|m| m.seq),
+        _ => None,
     };
     let body = html! {
         dl class="facts" {
@@ -346,12 +465,13 @@ async fn run_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Path(id): P
             dt { "Status" } dd { (state.word()) }
             @if let Some(finished) = &finished {
                 dt { "Outcome" } dd { (finished.label()) @if !finished.message().is_empty() { " — " (clip(finished.message())) } }
-                dt { "Duration" } dd { (duration(finished.wall_time_us)) }
+                dt { "Duration" } dd { (duration(wall_time_us)) }
                 dt { "Fuel" } dd { (finished.fuel_used_units) " units" }
                 @if let Some(cost) = &finished.cost { dt { "Cost" } dd { (cost.total.0) " " (cost.currency) } }
                 @if let Some(trace) = &finished.trace_id { dt { "Trace" } dd { code { (trace) } } }
             }
         }
+        @if let Some(replayed) = &replayed { (replay_verdict(replayed)) }
         @match &opened {
             None => p { "No bundle: the run has not sealed one (yet)." },
             Some((bundle, Err(why))) => {
@@ -363,27 +483,116 @@ async fn run_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Path(id): P
                 h2 { "Bundle" }
                 p { code { (bundle) } }
                 p class="ok" id="verdict" { "Verified: its signature and every part it names check out." }
-                @if let Some(output) = opened.result.output.as_ref().and_then(|o| store.get(&o.digest).ok()) {
-                    h3 { "Output" }
-                    pre { (clip(&String::from_utf8_lossy(&output))) }
+                div class="actions" {
+                    form method="post" action={ "/ui/runs/" (entry.id) "/replay" } {
+                        button type="submit" { "Replay now" }
+                    }
+                    a href={ "/ui/runs/" (entry.id) "/bundle" } download { "Download the bundle" }
                 }
-                h2 { "Timeline" }
-                (timeline(opened.tape.events()))
+                (bundle_report(opened, store.as_ref(), diverged))
             }
         }
     };
-    html_response(StatusCode::OK, page("Run", Some(&viewer), body))
+    html_response(StatusCode::OK, page("Run", Some(viewer), body))
 }
 
-/// A bundle's tape as a table, one row an event, by `seq`, with the fuel burnt when it happened.
-fn timeline(events: &[guild_replay::Event]) -> Markup {
+fn replay_verdict(replayed: &Replayed) -> Markup {
+    html! {
+        h2 { "Replay" }
+        @match replayed {
+            Replayed::Failed(why) => p role="status" class="error" id="replay-verdict" { "The replay could not run: " (clip(why)) },
+            Replayed::Report(report) => @match &report.mismatch {
+                None if report.fuel_replayed_units == report.fuel_recorded_units => {
+                    p role="status" class="ok" id="replay-verdict" {
+                        "Replay identical: " (report.tape_events) " events answered from the tape, "
+                        (report.fuel_replayed_units) " fuel units, the same output."
+                    }
+                }
+                None => p role="status" class="error" id="replay-verdict" {
+                    "Replay diverged: it burnt " (report.fuel_replayed_units) " fuel units, the run " (report.fuel_recorded_units) "."
+                },
+                Some(mismatch) => div role="status" class="error" id="replay-verdict" {
+                    p {
+                        "Replay diverged"
+                        @if let Some(seq) = mismatch.seq { " at " a href={ "#event-" (seq) } { "event #" (seq) } }
+                        " (" (format!("{:?}", mismatch.class)) "): " (clip(&mismatch.what))
+                    }
+                    dl class="facts" {
+                        dt { "Expected" } dd { (clip(&mismatch.expected)) }
+                        dt { "Found" } dd { (clip(&mismatch.found)) }
+                        @if let Some(fuel) = mismatch.fuel { dt { "Fuel" } dd { (fuel) } }
+                    }
+                }
+            },
+        }
+        @if let Replayed::Report(report) = replayed {
+            @for note in &report.notes { p class="hint" { (clip(note)) } }
+        }
+    }
+}
+
+/// A verified bundle's output and tape: what the console's run page and `guild bundle inspect
+/// --html` both show. `diverged` marks the tape event a replay found different.
+fn bundle_report(bundle: &guild_replay::Bundle, store: &dyn guild_replay::BlobStore, diverged: Option<u64>) -> Markup {
+    html! {
+        @if let Some(output) = bundle.result.output.as_ref().and_then(|o| store.get(&o.digest).ok()) {
+            h3 { "Output" }
+            pre id="output" { (clip(&String::from_utf8_lossy(&output))) }
+        } @else {
+            h3 { "Result" }
+            p { (bundle.result.outcome.label()) ": " (clip(&bundle.result.outcome.message())) }
+        }
+        h2 { "Timeline" }
+        (timeline(bundle.tape.events(), diverged))
+    }
+}
+
+/// `guild bundle inspect --html`: one self-contained page (its stylesheet inline, nothing
+/// fetched, no script) showing the verified bundle `bundle` as the console shows a run.
+pub fn report_html(bundle: &guild_replay::Bundle, store: &dyn guild_replay::BlobStore) -> String {
+    let action = &bundle.action;
+    let markup = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "Bundle " (bundle.id.short()) " · Guild" }
+                style { (maud::PreEscaped(STYLESHEET)) }
+            }
+            body {
+                main {
+                    h1 { "Bundle" }
+                    dl class="facts" {
+                        dt { "Bundle" } dd { code { (bundle.id) } }
+                        dt { "Signer" } dd { code { (bundle.signer) } }
+                        dt { "Tool" } dd { (action.tool.name) " " (action.tool.version) }
+                        @if let Some(principal) = &action.principal {
+                            dt { "For" } dd { "tenant " (principal.tenant) " · subject " (principal.subject) }
+                        }
+                        dt { "Fuel" } dd { (bundle.result.fuel_used_units) " units" }
+                        @if let Some(trace) = bundle.exec["trace_id"].as_str() { dt { "Trace" } dd { code { (trace) } } }
+                    }
+                    p class="ok" id="verdict" { "Verified when this report was written: its signature and every part it names check out." }
+                    (bundle_report(bundle, store, None))
+                }
+            }
+        }
+    };
+    markup.into_string()
+}
+
+/// A bundle's tape as a table, one row an event, by `seq`, with the fuel burnt when it happened;
+/// `diverged` marks the event a replay found different.
+fn timeline(events: &[guild_replay::Event], diverged: Option<u64>) -> Markup {
     html! {
         table class="timeline" {
             caption { (events.len()) " events" }
             thead { tr { th scope="col" { "#" } th scope="col" { "Fuel" } th scope="col" { "Event" } th scope="col" { "Detail" } } }
             tbody {
                 @for event in events {
-                    tr class={ "event " (kind(&event.effect)) } {
+                    tr id={ "event-" (event.seq) } class={ "event " (kind(&event.effect)) @if diverged == Some(event.seq) { " diverged" } } {
                         td { (event.seq) }
                         td { (event.fuel) }
                         td { (kind(&event.effect)) }
@@ -469,4 +678,118 @@ fn clip(text: &str) -> String {
         None => text.to_string(),
         Some((end, _)) => format!("{}… ({} more bytes)", &text[..end], text.len() - end),
     }
+}
+
+async fn tools_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer) -> Response {
+    let admin = viewer.tenant.admin && viewer.bearer.may_admin();
+    let tools = crate::api::tool_listing(&daemon, &viewer.tenant, &viewer.bearer);
+    let pretty = |value: &serde_json::Value| serde_json::to_string_pretty(value).unwrap_or_default();
+    let body = html! {
+        @if tools.is_empty() { p { "No tool is open to this tenant." } }
+        @for tool in &tools {
+            @let name = tool["name"].as_str().unwrap_or_default();
+            section class="tool" aria-labelledby={ "tool-" (name) } {
+                h2 id={ "tool-" (name) } { (name) }
+                @if let Some(description) = tool["description"].as_str() { p { (clip(description)) } }
+                dl class="facts" {
+                    dt { "Revision" } dd { (tool["revision"]) }
+                    dt { "Component" } dd { code { (tool["component"].as_str().unwrap_or_default()) } }
+                    @if let Some(disabled) = tool["disabled"].as_str() { dt { "Disabled" } dd class="error" { (clip(disabled)) } }
+                    @if let Some(ttl) = tool["cache"]["ttl_s"].as_u64() { dt { "Result cache" } dd { (ttl) " s" } }
+                }
+                details {
+                    summary { "Grants, schemas and limits" }
+                    pre { (clip(&pretty(tool))) }
+                }
+                @if admin {
+                    @if let Some(state) = crate::api_tools::rollout_state(&daemon, name) {
+                        details {
+                            summary { "Revisions, flags and rollout" }
+                            pre { (clip(&pretty(&state))) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    html_response(StatusCode::OK, page("Tools", Some(&viewer), body))
+}
+
+/// The audit view's cursor.
+#[derive(serde::Deserialize, Default)]
+struct AuditQuery {
+    /// Records older than this `seq`.
+    before: Option<u64>,
+}
+
+/// One page of the audit log as a viewer may see it, and what checking the chain found.
+struct AuditPage {
+    /// Newest first.
+    records: Vec<guild_audit::AuditRecord>,
+    /// A record the viewer may see is older than the page's last.
+    more: bool,
+    /// The chain's verdict: its head, or what broke it.
+    verdict: Result<guild_audit::Head, String>,
+}
+
+async fn audit_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(query): Query<AuditQuery>) -> Response {
+    let admin = viewer.tenant.admin && viewer.bearer.may_admin();
+    let path = daemon.audit().path().to_path_buf();
+    let (tenant, bearer) = (viewer.tenant.clone(), viewer.bearer.clone());
+    let before = query.before.unwrap_or(u64::MAX);
+    // The whole chain is read and checked, a record at a time; only a page's records are kept.
+    let read = tokio::task::spawn_blocking(move || {
+        let mut kept = std::collections::VecDeque::with_capacity(CONSOLE_AUDIT_PAGE + 1);
+        let verdict = guild_audit::verify(&path, |record| {
+            let owner =
+                crate::principal::Owner { tenant: &record.entry.tenant, subject: record.entry.subject.as_deref() };
+            if record.seq < before && (admin || bearer.owns(&tenant, owner)) {
+                if kept.len() > CONSOLE_AUDIT_PAGE {
+                    kept.pop_front();
+                }
+                kept.push_back(record.clone());
+            }
+        });
+        let more = kept.len() > CONSOLE_AUDIT_PAGE;
+        if more {
+            kept.pop_front();
+        }
+        AuditPage { records: kept.into_iter().rev().collect(), more, verdict: verdict.map_err(|e| e.to_string()) }
+    })
+    .await;
+    let Ok(page_read) = read else {
+        let body = html! { p role="alert" { "The audit log could not be read." } };
+        return html_response(StatusCode::INTERNAL_SERVER_ERROR, page("Audit", Some(&viewer), body));
+    };
+    let body = html! {
+        @match &page_read.verdict {
+            Ok(head) => p class="ok" id="audit-verdict" { "The chain verifies: " (head.seq) " records, head " code { (head.hash.short()) } "." },
+            Err(why) => p role="alert" class="error" id="audit-verdict" { "The chain does not verify: " (clip(why)) },
+        }
+        @if !admin { p class="hint" { "Only this tenant's records are shown." } }
+        table {
+            caption { "Audit records, newest first" }
+            thead { tr { th scope="col" { "Seq" } th scope="col" { "Time (Unix ms)" } th scope="col" { "Run" }
+                th scope="col" { "Tenant" } th scope="col" { "Tool" } th scope="col" { "Outcome" } th scope="col" { "Fuel" } th scope="col" { "Hash" } } }
+            tbody {
+                @for record in &page_read.records {
+                    tr {
+                        td { (record.seq) }
+                        td { (record.time_unix_ms) }
+                        td { @if let Some(event) = &record.entry.event { (event.kind) " " } a href={ "/ui/runs/" (record.entry.run) } { code { (clip(&record.entry.run)) } } }
+                        td { (record.entry.tenant) }
+                        td { (record.entry.tool) }
+                        td { (record.entry.outcome) }
+                        td { (record.entry.fuel_used_units) }
+                        td { code { (record.hash.short()) } }
+                    }
+                }
+            }
+        }
+        @if page_read.records.is_empty() { p { "No records." } }
+        @if page_read.more {
+            @if let Some(last) = page_read.records.last() { p { a href={ "/ui/audit?before=" (last.seq) } rel="next" { "Older records" } } }
+        }
+    };
+    html_response(StatusCode::OK, page("Audit", Some(&viewer), body))
 }

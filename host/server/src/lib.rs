@@ -23,7 +23,7 @@ mod auth;
 mod bundles;
 pub mod cache;
 pub mod config;
-mod console;
+pub mod console;
 mod daemon;
 pub mod descriptors;
 mod drain;
