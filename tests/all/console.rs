@@ -107,7 +107,16 @@ fn a_tenant_sees_its_own_runs_as_verified_timelines_and_another_tenants_run_is_t
     assert!(policy.contains("default-src 'none'") && !policy.contains("script-src"), "no script at all: {policy}");
     assert_eq!(runs.headers.get("x-content-type-options").map(String::as_str), Some("nosniff"));
     assert!(text(&runs).contains(&run_id), "alice's run is listed");
-    assert!(text(&get(&daemon, "/ui/runs?tool=nothing-by-this-name", &alice)).contains("No runs match."));
+    for (filter, listed) in [
+        ("tool=nothing-by-this-name", false),
+        ("tool=echo&status=succeeded&outcome=output&revision=1&since_min=15", true),
+        ("outcome=limit", false),
+        ("revision=2", false),
+        ("status=running", false),
+    ] {
+        let page = text(&get(&daemon, &format!("/ui/runs?{filter}"), &alice));
+        assert_eq!(page.contains(&run_id), listed, "{filter}: {page}");
+    }
 
     let page = get(&daemon, &format!("/ui/runs/{run_id}"), &alice);
     assert_eq!(page.status, 200, "{page:?}");
@@ -193,12 +202,23 @@ fn in_a_real_browser_a_tenant_signs_in_reads_a_run_replays_it_and_cannot_open_an
     let upstream = Counter::start();
     let guild = Guild::new();
     let rule = format!("http://127.0.0.1:{}", upstream.port);
-    let tools = format!("[[tools]]\npath = \"{HTTP_GET}\"\nallow_hosts = [\"{rule}\"]\n");
+    let tools = format!(
+        "[[tools]]\npath = \"{HTTP_GET}\"\nallow_hosts = [\"{rule}\"]\nsecrets = [{{ name = \"TOKEN\", to = \"{rule}\" }}]\n\n\
+         [secrets]\nTOKEN = \"env:CONSOLE_SECRET\"\n"
+    );
     let file = config_file(guild.home(), &config_with(&tools));
-    let daemon = Daemon::start(&guild, &["--config", &file], &[]);
-    let fetched = daemon.run(ALICE, json!({"tool": "http-get", "input": {"url": upstream.url()}})).json();
+    let secret = "s3cr3t-value-the-console-never-shows";
+    let env = [("CONSOLE_SECRET", secret)];
+    let daemon = Daemon::start(&guild, &["--config", &file], &env);
+    let input = json!({"url": upstream.url(), "headers": {"authorization": "Bearer {{secret:TOKEN}}"}});
+    let fetched = daemon.run(ALICE, json!({"tool": "http-get", "input": input})).json();
     assert_eq!(fetched["status"], "succeeded", "{fetched}");
     let run_http = fetched["id"].as_str().expect("run id").to_string();
+    // The exchange shows the secret as its placeholder, never its value.
+    let alice = sign_in(&daemon, ALICE);
+    let html = text(&get(&daemon, &format!("/ui/runs/{run_http}"), &alice));
+    assert!(html.contains("Bearer {{secret:TOKEN}}"), "{html}");
+    assert!(!html.contains(secret), "{html}");
     let bundle = fetched["bundle"].as_str().expect("bundle").to_string();
     let marker = "console-browser-tamper-0123456789";
     let echoed = daemon.run(ALICE, json!({"tool": "echo", "input": {"message": marker}})).json();
@@ -217,7 +237,7 @@ fn in_a_real_browser_a_tenant_signs_in_reads_a_run_replays_it_and_cannot_open_an
         .expect("inspect counts the events");
     assert!(tamper(guild.home(), marker) >= 1);
 
-    let daemon = Daemon::start(&guild, &["--config", &file], &[]);
+    let daemon = Daemon::start(&guild, &["--config", &file], &env);
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("target/").join("console-screenshots");
     std::fs::create_dir_all(&shots).expect("screenshot dir");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console/browser.mjs");

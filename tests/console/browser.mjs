@@ -61,6 +61,7 @@ try {
   const upstream = env("UPSTREAM_URL");
   check((await exchange.innerText()).includes(upstream), `the exchange names ${upstream}`);
   check(await exchange.locator("table.headers").first().isVisible(), "expanded, its headers show");
+  check((await exchange.innerText()).includes("Bearer {{secret:TOKEN}}"), "the secret shows as its placeholder");
   const logLine = page.locator("tr.event.log", { hasText: env("LOG_TEXT") });
   check(await logLine.count() === 1, "the tool's log line is on the timeline");
   await page.screenshot({ path: `${shots}/run.png`, fullPage: true });

@@ -32,6 +32,13 @@ pub const CONSOLE_RUNS_PAGE: usize = 50;
 pub const CONSOLE_FORM_BYTES_MAX: usize = 16 * 1024;
 /// A tape event's text (a log line, a URL, a header) is cut to this many characters on a page.
 pub const CONSOLE_TEXT_CHARS_MAX: usize = 2_000;
+/// A recorded HTTP body is shown on a run's page up to this many bytes (as text); a larger one
+/// is named by its digest and size only.
+pub const CONSOLE_BODY_BYTES_MAX: u64 = 64 * 1024;
+/// Entries of a mounted or output tree listed on a run's page, all directories together.
+pub const CONSOLE_TREE_ENTRIES_MAX: usize = 500;
+/// Directories deep a tree is listed.
+pub const CONSOLE_TREE_DEPTH_MAX: usize = 16;
 /// Replays the console runs at once (each re-runs a tool); a press past this is answered 429.
 pub const CONSOLE_REPLAYS_MAX: usize = 2;
 /// Audit records on one page of the audit view.
@@ -238,25 +245,55 @@ async fn logout() -> Response {
     response
 }
 
-/// The runs list's filters and cursor.
+/// The runs list's filters and cursor; an empty field is no filter.
 #[derive(serde::Deserialize, Default)]
 struct RunsQuery {
     /// Only this tool's runs.
     tool: Option<String>,
     /// Only runs in this state: `queued`, `running`, `succeeded`, `failed`, `dead`.
     status: Option<String>,
+    /// Only runs that ended this way: `output`, `tool_error`, `limit`, … (the audit log's label).
+    outcome: Option<String>,
+    /// Only runs of this revision of their tool.
+    revision: Option<String>,
+    /// Only this tenant's runs (an admin's filter; a tenant sees only its own anyway).
+    tenant: Option<String>,
+    /// Only runs from the last this many minutes.
+    since_min: Option<String>,
     /// The page after this run (the last run of the page before).
     after: Option<String>,
 }
 
+/// The `since_min` choices the runs list offers.
+const SINCE_CHOICES: [(&str, &str); 4] =
+    [("", "any time"), ("15", "last 15 minutes"), ("60", "last hour"), ("1440", "last day")];
+
 async fn runs_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(query): Query<RunsQuery>) -> Response {
     let admin = viewer.tenant.admin && viewer.bearer.may_admin();
-    let tool = query.tool.as_deref().filter(|t| !t.is_empty());
-    let status = query.status.as_deref().filter(|s| !s.is_empty());
+    let field = |value: &Option<String>| value.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_string);
+    let (tool, status, outcome) = (field(&query.tool), field(&query.status), field(&query.outcome));
+    let (revision, tenant, since) = (field(&query.revision), field(&query.tenant), field(&query.since_min));
+    let revision_number = revision.as_deref().and_then(|r| r.parse::<u32>().ok());
+    let since_unix_ms = since
+        .as_deref()
+        .and_then(|m| m.parse::<u64>().ok())
+        .map(|minutes| guild_queue::now_unix_ms().saturating_sub(minutes.saturating_mul(60_000)));
     let wanted = |entry: &RunEntry| {
-        (admin || viewer.bearer.owns(&viewer.tenant, entry.owner()))
-            && tool.is_none_or(|tool| entry.tool == tool)
-            && status.is_none_or(|status| entry.state.borrow().word() == status)
+        if !(admin || viewer.bearer.owns(&viewer.tenant, entry.owner())) {
+            return false;
+        }
+        let state = entry.state.borrow();
+        let finished = match &*state {
+            RunState::Finished(finished) => Some(finished),
+            _ => None,
+        };
+        tool.as_deref().is_none_or(|tool| entry.tool == tool)
+            && status.as_deref().is_none_or(|status| state.word() == status)
+            && outcome.as_deref().is_none_or(|outcome| finished.is_some_and(|f| f.label() == outcome))
+            && (revision.is_none()
+                || (revision_number.is_some() && finished.and_then(|f| f.revision) == revision_number))
+            && tenant.as_deref().is_none_or(|tenant| entry.tenant == tenant)
+            && since_unix_ms.is_none_or(|since| entry.at_unix_ms >= since)
     };
     let Some(runs) = daemon.runs().recent(wanted, query.after.as_deref(), CONSOLE_RUNS_PAGE + 1) else {
         let body =
@@ -268,20 +305,42 @@ async fn runs_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(quer
     let next = more.then(|| runs.last().map(|entry| entry.id.clone())).flatten();
     let query_for = |after: &str| {
         let mut pairs = vec![("after", after)];
-        pairs.extend(tool.map(|t| ("tool", t)));
-        pairs.extend(status.map(|s| ("status", s)));
+        for (name, value) in [
+            ("tool", &tool),
+            ("status", &status),
+            ("outcome", &outcome),
+            ("revision", &revision),
+            ("tenant", &tenant),
+            ("since_min", &since),
+        ] {
+            pairs.extend(value.as_deref().map(|v| (name, v)));
+        }
         serde_urlencoded::to_string(pairs).unwrap_or_default()
     };
     let body = html! {
         form method="get" action="/ui/runs" class="filters" {
             label for="tool" { "Tool" }
-            input id="tool" name="tool" value=(tool.unwrap_or_default());
+            input id="tool" name="tool" size="12" value=(tool.as_deref().unwrap_or_default());
+            label for="revision" { "Revision" }
+            input id="revision" name="revision" size="4" inputmode="numeric" value=(revision.as_deref().unwrap_or_default());
             label for="status" { "Status" }
             select id="status" name="status" {
                 @for word in ["", "queued", "running", "succeeded", "failed", "dead"] {
-                    option value=(word) selected[status == Some(word) || (status.is_none() && word.is_empty())] {
+                    option value=(word) selected[status.as_deref().unwrap_or_default() == word] {
                         @if word.is_empty() { "any" } @else { (word) }
                     }
+                }
+            }
+            label for="outcome" { "Outcome" }
+            input id="outcome" name="outcome" size="10" placeholder="output, limit…" value=(outcome.as_deref().unwrap_or_default());
+            @if admin {
+                label for="tenant" { "Tenant" }
+                input id="tenant" name="tenant" size="10" value=(tenant.as_deref().unwrap_or_default());
+            }
+            label for="since_min" { "When" }
+            select id="since_min" name="since_min" {
+                @for (value, words) in SINCE_CHOICES {
+                    option value=(value) selected[since.as_deref().unwrap_or_default() == value] { (words) }
                 }
             }
             button type="submit" { "Filter" }
@@ -294,15 +353,16 @@ async fn runs_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(quer
             }
         }
         table {
-            caption { "Runs" }
-            thead { tr { th scope="col" { "Run" } th scope="col" { "Tool" } th scope="col" { "Status" }
-                th scope="col" { "Outcome" } th scope="col" { "Duration" } th scope="col" { "Fuel" }
+            caption { "Runs, newest first" }
+            thead { tr { th scope="col" { "Run" } th scope="col" { "When (UTC)" } th scope="col" { "Tool" } th scope="col" { "Status" }
+                th scope="col" { "Outcome" } th scope="col" { "Duration" } th scope="col" { "Fuel" } th scope="col" { "Cost" }
                 @if admin { th scope="col" { "Tenant" } } } }
             tbody {
                 @for entry in runs {
                     @let state = entry.state.borrow().clone();
                     tr {
                         td { a href={ "/ui/runs/" (entry.id) } { code { (entry.id) } } }
+                        td { (when(entry.at_unix_ms)) }
                         td { (entry.tool) }
                         td { (state.word()) }
                         @match &state {
@@ -310,8 +370,9 @@ async fn runs_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(quer
                                 td { (finished.label()) }
                                 td { (duration(finished.wall_time_us)) }
                                 td { (finished.fuel_used_units) }
+                                td { @if let Some(cost) = &finished.cost { (cost.total.0) " " (cost.currency) } }
                             }
-                            _ => { td {} td {} td {} }
+                            _ => { td {} td {} td {} td {} }
                         }
                         @if admin { td { (entry.tenant) } }
                     }
@@ -322,6 +383,12 @@ async fn runs_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(quer
         @if let Some(next) = next { p { a href={ "/ui/runs?" (query_for(&next)) } rel="next" { "Older runs" } } }
     };
     html_response(StatusCode::OK, page("Runs", Some(&viewer), body))
+}
+
+/// A time for people: `2026-11-30 21:35:27`, UTC.
+fn when(unix_ms: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms);
+    humantime::format_rfc3339_seconds(at).to_string().replace('T', " ").trim_end_matches('Z').to_string()
 }
 
 /// A wall time for people; `—` for none known (a run restored from the audit log, which does
@@ -542,8 +609,76 @@ fn bundle_report(bundle: &guild_replay::Bundle, store: &dyn guild_replay::BlobSt
             h3 { "Result" }
             p { (bundle.result.outcome.label()) ": " (clip(&bundle.result.outcome.message())) }
         }
+        @for tree in &bundle.result.output_trees {
+            h3 { "After the run: " code { (tree.guest_path) } }
+            (tree_view(store, &tree.tree))
+        }
         h2 { "Timeline" }
-        (timeline(bundle.tape.events(), diverged))
+        (timeline(bundle.tape.events(), diverged, store))
+    }
+}
+
+/// The tree `root` as nested lists, directories folded, at most [`CONSOLE_TREE_ENTRIES_MAX`]
+/// entries and [`CONSOLE_TREE_DEPTH_MAX`] levels.
+fn tree_view(store: &dyn guild_replay::BlobStore, root: &guild_replay::Digest) -> Markup {
+    let mut budget = CONSOLE_TREE_ENTRIES_MAX;
+    let listed = directory(store, root, &mut budget, 0);
+    html! {
+        div class="tree" { (listed) }
+        @if budget == 0 { p class="hint" { "Only the first " (CONSOLE_TREE_ENTRIES_MAX) " entries are listed." } }
+    }
+}
+
+fn directory(
+    store: &dyn guild_replay::BlobStore,
+    digest: &guild_replay::Digest,
+    budget: &mut usize,
+    depth: usize,
+) -> Markup {
+    let node = match guild_replay::tree::read_node(store, digest) {
+        Ok(node) => node,
+        Err(e) => return html! { p class="error" { "This directory cannot be read: " (clip(&e.to_string())) } },
+    };
+    let mut items = Vec::new();
+    for dir in &node.dirs {
+        if *budget == 0 {
+            break;
+        }
+        *budget -= 1;
+        let inner = if depth + 1 < CONSOLE_TREE_DEPTH_MAX {
+            directory(store, &dir.digest, budget, depth + 1)
+        } else {
+            html! { p class="hint" { "(deeper levels not listed)" } }
+        };
+        items.push(html! { li { details { summary { (clip(&dir.name)) "/" } (inner) } } });
+    }
+    for file in &node.files {
+        if *budget == 0 {
+            break;
+        }
+        *budget -= 1;
+        items.push(
+            html! { li { (clip(&file.name)) " · " (file.size_bytes) " bytes · " code { (file.digest.short()) } } },
+        );
+    }
+    for link in &node.symlinks {
+        if *budget == 0 {
+            break;
+        }
+        *budget -= 1;
+        items.push(html! { li { (clip(&link.name)) " → " (clip(&link.target)) " (link, not followed)" } });
+    }
+    html! { ul { @for item in items { (item) } } }
+}
+
+/// A recorded HTTP body: its text when it is small enough to show, else its digest and size.
+fn body(store: &dyn guild_replay::BlobStore, digest: &guild_replay::Digest, bytes: u64) -> Markup {
+    let shown = (bytes <= CONSOLE_BODY_BYTES_MAX).then(|| store.get(digest).ok()).flatten();
+    html! {
+        @match shown {
+            Some(content) => pre class="body" { (clip(&String::from_utf8_lossy(&content))) },
+            None => p { (bytes) " bytes, " code { (digest.short()) } " (not shown: over " (CONSOLE_BODY_BYTES_MAX) " bytes)" },
+        }
     }
 }
 
@@ -585,7 +720,7 @@ pub fn report_html(bundle: &guild_replay::Bundle, store: &dyn guild_replay::Blob
 
 /// A bundle's tape as a table, one row an event, by `seq`, with the fuel burnt when it happened;
 /// `diverged` marks the event a replay found different.
-fn timeline(events: &[guild_replay::Event], diverged: Option<u64>) -> Markup {
+fn timeline(events: &[guild_replay::Event], diverged: Option<u64>, store: &dyn guild_replay::BlobStore) -> Markup {
     html! {
         table class="timeline" {
             caption { (events.len()) " events" }
@@ -596,7 +731,7 @@ fn timeline(events: &[guild_replay::Event], diverged: Option<u64>) -> Markup {
                         td { (event.seq) }
                         td { (event.fuel) }
                         td { (kind(&event.effect)) }
-                        td { (effect(&event.effect)) }
+                        td { (effect(&event.effect, store)) }
                     }
                 }
             }
@@ -616,11 +751,14 @@ fn kind(effect: &Effect) -> &'static str {
     }
 }
 
-fn effect(effect: &Effect) -> Markup {
+fn effect(effect: &Effect, store: &dyn guild_replay::BlobStore) -> Markup {
     match effect {
         Effect::RandomSeed { seed } => html! { "seed " code { (clip(seed)) } },
         Effect::Mount { guest_path, access, tree, entries, bytes } => html! {
-            code { (guest_path) } " " (access) " · tree " code { (tree.short()) } " · " (entries) " entries, " (bytes) " bytes"
+            details {
+                summary { code { (guest_path) } " " (access) " · tree " code { (tree.short()) } " · " (entries) " entries, " (bytes) " bytes" }
+                (tree_view(store, tree))
+            }
         },
         Effect::WallClock { seconds, nanoseconds } => {
             html! { (seconds) "." (format!("{nanoseconds:09}")) " s since the epoch" }
@@ -645,11 +783,16 @@ fn effect(effect: &Effect) -> Markup {
                     h4 { "Added by the host after recording" }
                     (headers(&request.host_added))
                 }
-                p { "Request body: " (request.body_bytes) " bytes" @if let Some(body) = &request.body { ", " code { (body.short()) } } }
+                h4 { "Request body" }
+                @match &request.body {
+                    Some(digest) => (body(store, digest, request.body_bytes)),
+                    None => p { "none" },
+                }
                 @if let Some(response) = response {
                     h4 { "Response headers" }
                     (headers(&response.headers))
-                    p { "Response body: " (response.body_bytes) " bytes, " code { (response.body.short()) } }
+                    h4 { "Response body" }
+                    (body(store, &response.body, response.body_bytes))
                 }
             }
         },
@@ -668,8 +811,16 @@ fn headers(headers: &[(String, String)]) -> Markup {
     }
 }
 
+/// Tensors as `f32[2, 3] 1a2b3c4d…`: type, shape and the digest of their bytes.
 fn shapes(tensors: &[guild_replay::TensorRecord]) -> String {
-    tensors.iter().map(|t| format!("{}{:?}", t.dtype, t.shape)).collect::<Vec<_>>().join(", ")
+    tensors
+        .iter()
+        .map(|t| match &t.digest {
+            Some(digest) => format!("{}{:?} {}", t.dtype, t.shape, digest.short()),
+            None => format!("{}{:?}", t.dtype, t.shape),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `text` cut to [`CONSOLE_TEXT_CHARS_MAX`] characters, saying so.

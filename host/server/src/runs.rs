@@ -193,6 +193,9 @@ pub struct RunEntry {
     pub tool: String,
     /// blake3 of tool name and input: an idempotency key must name the same request.
     pub request_digest: Digest,
+    /// When this node first knew of the run, ms since the Unix epoch: when it was submitted, or
+    /// for a run restored from the audit log, when its record was written.
+    pub at_unix_ms: u64,
     /// Watch this to learn when it changes state.
     pub state: watch::Receiver<RunState>,
 }
@@ -267,16 +270,18 @@ impl RunTable {
             agent: agent.map(str::to_string),
             tool: tool.to_string(),
             request_digest,
+            at_unix_ms: guild_queue::now_unix_ms(),
             state: receiver,
         };
         inner.add(entry.clone(), idempotency_key, self.runs_kept_max);
         Inserted::New(entry, sender)
     }
 
-    /// Put back a run finished before a restart (from the audit log).
+    /// Put back a run finished before a restart (from the audit log), whose record was written
+    /// at `at_unix_ms`.
     pub fn restore(
         &self,
-        id: RunId,
+        (id, at_unix_ms): (RunId, u64),
         (tenant, subject, agent): (&str, Option<&str>, Option<&str>),
         tool: &str,
         input_digest: &Digest,
@@ -291,6 +296,7 @@ impl RunTable {
             agent: agent.map(str::to_string),
             tool: tool.to_string(),
             request_digest: request_digest(tool, input_digest),
+            at_unix_ms,
             state: receiver,
         };
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());

@@ -505,7 +505,7 @@ fn restore(runs: &RunTable, record: &AuditRecord) {
         trace_id: entry.trace_id.clone(),
     };
     runs.restore(
-        entry.run.clone(),
+        (entry.run.clone(), record.time_unix_ms),
         (&entry.tenant, entry.subject.as_deref(), entry.agent.as_deref()),
         &entry.tool,
         &entry.input_digest,

@@ -822,6 +822,7 @@ impl Daemon {
             agent: request.agent.clone(),
             tool: tool.name.clone(),
             request_digest,
+            at_unix_ms: guild_queue::now_unix_ms(),
             state,
         };
         if accepted.existing {
