@@ -145,10 +145,32 @@ fn a_tenant_sees_its_own_runs_as_verified_timelines_and_another_tenants_run_is_t
         "the admin's read is in the audit log"
     );
 
-    // Signing out clears the cookie.
-    let out = daemon.call_with("POST", "/ui/logout", "", b"", &[("cookie", &alice)]);
-    assert_eq!(out.status, 303);
+    // The cookie names a session, not the token; a second cookie of that name (planted by a
+    // page on another port of this host) makes neither count.
+    assert!(!alice.contains(ALICE), "{alice}");
+    let planted = format!("{alice}; {bob}");
+    assert_eq!(get(&daemon, "/ui/runs", &planted).status, 303);
+    // A form posted from another origin is refused; the same origin's is taken.
+    let foreign = [("cookie", alice.as_str()), ("origin", "http://127.0.0.1:1")];
+    let refused = daemon.call_with("POST", &format!("/ui/runs/{run_id}/replay"), "", b"", &foreign);
+    assert_eq!(refused.status, 403, "{refused:?}");
+    let cross_site = [("cookie", alice.as_str()), ("sec-fetch-site", "same-site")];
+    assert_eq!(daemon.call_with("POST", "/ui/logout", "", b"", &cross_site).status, 403);
+    // A tenant's audit view has only its records, numbered among them, and no count of the rest.
+    let audit = text(&get(&daemon, "/ui/audit", &bob));
+    assert!(audit.contains("The chain verifies") && !audit.contains("records, head"), "{audit}");
+    assert!(!audit.contains(&run_id), "{audit}");
+    let audit = text(&get(&daemon, "/ui/audit", &root));
+    assert!(audit.contains("records, head") && audit.contains(&run_id), "{audit}");
+
+    // Signing out clears the cookie and ends the session: the old cookie no longer signs in.
+    let host = format!("127.0.0.1:{}", daemon.port);
+    let origin = format!("http://{host}");
+    let same = [("cookie", alice.as_str()), ("origin", origin.as_str()), ("host", host.as_str())];
+    let out = daemon.call_with("POST", "/ui/logout", "", b"", &same);
+    assert_eq!(out.status, 303, "{out:?}");
     assert!(out.headers.get("set-cookie").is_some_and(|c| c.contains("Max-Age=0")), "{out:?}");
+    assert_eq!(get(&daemon, "/ui/runs", &alice).status, 303);
 }
 
 /// Flip one character of every copy of `marker` in the store's packs (the daemon stopped); how

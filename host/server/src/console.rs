@@ -24,8 +24,21 @@ use guild_replay::Effect;
 use maud::{DOCTYPE, Markup, html};
 use std::sync::Arc;
 
-/// The cookie that carries the signed-in token.
-const TOKEN_COOKIE: &str = "guild_console_token";
+/// The cookie that names a signed-in browser's session (an opaque id, never the token).
+const SESSION_COOKIE: &str = "guild_console_session";
+/// Signed-in browsers at once; a sign-in past this (after the expired are dropped) is refused.
+pub const CONSOLE_SESSIONS_MAX: usize = 10_000;
+/// How long a console session lasts, seconds; then the browser signs in again.
+pub const CONSOLE_SESSION_TTL_S: u64 = 8 * 3600;
+/// Runs the list looks through for one page, newest first from its cursor: a filter that
+/// matches little stops there instead of scanning every run kept.
+pub const CONSOLE_RUNS_SCAN_MAX: usize = 10_000;
+/// Replays one tenant may have running from the console at once.
+pub const CONSOLE_REPLAYS_PER_TENANT_MAX: usize = 1;
+/// Tape events a run's page lists; the rest are counted (`guild bundle inspect` shows them all).
+pub const CONSOLE_EVENTS_SHOWN_MAX: usize = 2_000;
+/// Audit views reading the log at once; another is answered 429.
+pub const CONSOLE_AUDIT_READS_MAX: usize = 1;
 /// Runs on one page of the runs list.
 pub const CONSOLE_RUNS_PAGE: usize = 50;
 /// A sign-in form's body is refused past this many bytes (a token is far shorter).
@@ -47,7 +60,7 @@ pub const CONSOLE_AUDIT_PAGE: usize = 50;
 /// The console's one stylesheet (also inlined into `guild bundle inspect --html` reports).
 const STYLESHEET: &str = include_str!("console.css");
 
-/// What every console answer carries: no script, no framing, no caching, no referrer.
+/// What every console answer carries: no script, no framing, no caching, no referrer sent away.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
      frame-ancestors 'none'; base-uri 'none'";
 
@@ -68,7 +81,76 @@ pub(crate) fn routes() -> axum::Router<Arc<Daemon>> {
         .route("/ui/runs/{id}/bundle", get(download_bundle))
         .route("/ui/tools", get(tools_page))
         .route("/ui/audit", get(audit_page))
+        .layer(axum::middleware::from_fn(same_origin))
         .layer(axum::middleware::map_response(secured))
+}
+
+/// A POST (sign in, sign out, replay) from a page of another origin is refused 403: a browser
+/// says where a request comes from (`Sec-Fetch-Site`, `Origin`), and another port of the same
+/// host is another origin though it shares the cookies. A client that is no browser sends
+/// neither and is no cross-site risk.
+async fn same_origin(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if request.method() == axum::http::Method::POST && !from_this_origin(request.headers()) {
+        let body = html! { p role="alert" { "This form was sent from another site's page, so it was not acted on." } };
+        return html_response(StatusCode::FORBIDDEN, page("Refused", None, body));
+    }
+    next.run(request).await
+}
+
+fn from_this_origin(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site")
+        && site.as_bytes() != b"same-origin"
+    {
+        return false;
+    }
+    match headers.get(header::ORIGIN) {
+        None => true,
+        Some(origin) => {
+            let authority = origin.to_str().ok().and_then(|o| o.split_once("://")).map(|(_, authority)| authority);
+            authority.is_some() && authority == headers.get(header::HOST).and_then(|h| h.to_str().ok())
+        }
+    }
+}
+
+/// A signed-in browser: the token it signed in with, until when.
+struct Session {
+    token: String,
+    expires_unix_ms: u64,
+}
+
+fn sessions() -> &'static std::sync::Mutex<std::collections::HashMap<String, Session>> {
+    static SESSIONS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Session>>> =
+        std::sync::OnceLock::new();
+    SESSIONS.get_or_init(Default::default)
+}
+
+/// A new session for `token`: its id, or `None` when [`CONSOLE_SESSIONS_MAX`] are open.
+fn open_session(token: &str) -> Option<String> {
+    let mut id = [0u8; 32];
+    getrandom::fill(&mut id).ok()?;
+    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let now = guild_queue::now_unix_ms();
+    let mut sessions = sessions().lock().unwrap_or_else(|p| p.into_inner());
+    if sessions.len() >= CONSOLE_SESSIONS_MAX {
+        sessions.retain(|_, s| s.expires_unix_ms > now);
+    }
+    if sessions.len() >= CONSOLE_SESSIONS_MAX {
+        return None;
+    }
+    let expires_unix_ms = now + CONSOLE_SESSION_TTL_S * 1000;
+    sessions.insert(id.clone(), Session { token: token.to_string(), expires_unix_ms });
+    Some(id)
+}
+
+/// The token session `id` signed in with, while it lasts.
+fn session_token(id: &str) -> Option<String> {
+    let mut sessions = sessions().lock().unwrap_or_else(|p| p.into_inner());
+    let session = sessions.get(id)?;
+    if session.expires_unix_ms <= guild_queue::now_unix_ms() {
+        sessions.remove(id);
+        return None;
+    }
+    Some(session.token.clone())
 }
 
 /// The headers every console answer carries.
@@ -76,7 +158,9 @@ async fn secured(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // Not `no-referrer`: with it a browser sends `Origin: null` on a form's POST, which the same-origin
+    // check then refuses.
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
     response
@@ -120,8 +204,9 @@ impl FromRequestParts<Arc<Daemon>> for Viewer {
     type Rejection = NotSignedIn;
 
     async fn from_request_parts(parts: &mut Parts, daemon: &Arc<Daemon>) -> Result<Self, NotSignedIn> {
-        let token = cookie(&parts.headers, TOKEN_COOKIE).ok_or(NotSignedIn::SignIn)?;
-        let (tenant, bearer) = signed_in(daemon, token).await?;
+        let session = cookie(&parts.headers, SESSION_COOKIE).ok_or(NotSignedIn::SignIn)?;
+        let token = session_token(session).ok_or(NotSignedIn::SignIn)?;
+        let (tenant, bearer) = signed_in(daemon, &token).await?;
         let places = crate::auth::places(daemon, &tenant, &bearer).map_err(NotSignedIn::Refused)?;
         Ok(Self { tenant, bearer, _places: places })
     }
@@ -138,17 +223,21 @@ async fn signed_in(daemon: &Daemon, token: &str) -> Result<(Arc<Tenant>, Bearer)
     })
 }
 
-/// The value of cookie `name` in the request's `Cookie` headers.
+/// The value of cookie `name` in the request's `Cookie` headers, when it is there exactly once
+/// (a page on another port of this host can plant a second one; then neither is trusted).
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
+    let mut values = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value)
-        .filter(|value| !value.is_empty())
+        .filter(|(key, _)| *key == name)
+        .map(|(_, value)| value);
+    match (values.next(), values.next()) {
+        (Some(value), None) if !value.is_empty() => Some(value),
+        _ => None,
+    }
 }
 
 /// One console page: a header naming who is signed in, then `body`.
@@ -222,7 +311,12 @@ async fn login(State(daemon): State<Arc<Daemon>>, axum::Form(form): axum::Form<L
     }
     match signed_in(&daemon, token).await {
         Ok(_) => {
-            let cookie = format!("{TOKEN_COOKIE}={token}; Path=/ui; HttpOnly; SameSite=Strict");
+            let Some(session) = open_session(token) else {
+                let body = html! { p role="alert" { (CONSOLE_SESSIONS_MAX) " browsers are signed in already; try again later." } };
+                return html_response(StatusCode::SERVICE_UNAVAILABLE, page("Busy", None, body));
+            };
+            let max_age = CONSOLE_SESSION_TTL_S;
+            let cookie = format!("{SESSION_COOKIE}={session}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}");
             let mut response = Redirect::to("/ui/runs").into_response();
             if let Ok(value) = HeaderValue::from_str(&cookie) {
                 response.headers_mut().insert(header::SET_COOKIE, value);
@@ -236,9 +330,12 @@ async fn login(State(daemon): State<Arc<Daemon>>, axum::Form(form): axum::Form<L
     }
 }
 
-async fn logout() -> Response {
+async fn logout(headers: HeaderMap) -> Response {
+    if let Some(session) = cookie(&headers, SESSION_COOKIE) {
+        sessions().lock().unwrap_or_else(|p| p.into_inner()).remove(session);
+    }
     let mut response = Redirect::to("/ui/login").into_response();
-    let cleared = format!("{TOKEN_COOKIE}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0");
+    let cleared = format!("{SESSION_COOKIE}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0");
     if let Ok(value) = HeaderValue::from_str(&cleared) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
@@ -295,7 +392,8 @@ async fn runs_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(quer
             && tenant.as_deref().is_none_or(|tenant| entry.tenant == tenant)
             && since_unix_ms.is_none_or(|since| entry.at_unix_ms >= since)
     };
-    let Some(runs) = daemon.runs().recent(wanted, query.after.as_deref(), CONSOLE_RUNS_PAGE + 1) else {
+    let found = daemon.runs().recent(wanted, query.after.as_deref(), CONSOLE_RUNS_PAGE + 1, CONSOLE_RUNS_SCAN_MAX);
+    let Some((runs, cut_short)) = found else {
         let body =
             html! { p role="alert" { "That page is no longer listed here. " a href="/ui/runs" { "Start again" } } };
         return html_response(StatusCode::NOT_FOUND, page("Runs", Some(&viewer), body));
@@ -380,6 +478,10 @@ async fn runs_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(quer
             }
         }
         @if runs.is_empty() { p { "No runs match." } }
+        @if cut_short {
+            p class="hint" { "Only the newest " (CONSOLE_RUNS_SCAN_MAX) " runs kept on this node "
+                @if query.after.is_some() { "after this page's start " } "were searched; narrow the filter by time to reach older ones." }
+        }
         @if let Some(next) = next { p { a href={ "/ui/runs?" (query_for(&next)) } rel="next" { "Older runs" } } }
     };
     html_response(StatusCode::OK, page("Runs", Some(&viewer), body))
@@ -421,12 +523,34 @@ async fn authorized(daemon: &Daemon, viewer: &Viewer, id: &str) -> Result<RunEnt
     }
 }
 
+/// Whether the viewer may see bundle `id`, owned by `principal` (from its signed
+/// `action.json`): a cached result's bundle is the earlier run's, perhaps another subject's.
+/// An admin's read of another tenant's is audited; `Err` when that audit write failed.
+async fn may_see_bundle(
+    daemon: &Daemon,
+    viewer: &Viewer,
+    principal: Option<&guild_replay::Principal>,
+    id: &guild_replay::Digest,
+) -> Result<bool, String> {
+    let owner = principal.map(crate::principal::Owner::of_principal);
+    match daemon.authorize((&viewer.tenant, &viewer.bearer), owner, "bundle", &id.to_hex()).await {
+        Ok(()) => Ok(true),
+        Err(Hidden::NotTheirs) => Ok(false),
+        Err(Hidden::NotAudited(message)) => Err(message),
+    }
+}
+
 async fn run_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Path(id): Path<String>) -> Response {
     match authorized(&daemon, &viewer, &id).await {
         Ok(entry) => show_run(&daemon, &viewer, &entry, None).await,
         Err(answer) => answer,
     }
 }
+
+/// Why a run's bundle is not shown to its viewer: it is an earlier run's (a cached result) and
+/// that run was another principal's.
+const NOT_YOURS: &str =
+    "This run's result came from an earlier run of another principal's (a cached result): its bundle is not shown.";
 
 /// What pressing "Replay now" found.
 enum Replayed {
@@ -441,10 +565,51 @@ fn replays() -> &'static tokio::sync::Semaphore {
     REPLAYS.get_or_init(|| tokio::sync::Semaphore::new(CONSOLE_REPLAYS_MAX))
 }
 
+/// A tenant's place among its replays running (at most [`CONSOLE_REPLAYS_PER_TENANT_MAX`]),
+/// given back when dropped.
+struct TenantReplay(String);
+
+impl TenantReplay {
+    fn running() -> &'static std::sync::Mutex<std::collections::HashMap<String, usize>> {
+        static RUNNING: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, usize>>> =
+            std::sync::OnceLock::new();
+        RUNNING.get_or_init(Default::default)
+    }
+
+    fn start(tenant: &str) -> Option<Self> {
+        let mut running = Self::running().lock().unwrap_or_else(|p| p.into_inner());
+        let count = running.entry(tenant.to_string()).or_default();
+        if *count >= CONSOLE_REPLAYS_PER_TENANT_MAX {
+            return None;
+        }
+        *count += 1;
+        Some(Self(tenant.to_string()))
+    }
+}
+
+impl Drop for TenantReplay {
+    fn drop(&mut self) {
+        let mut running = Self::running().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = running.get_mut(&self.0) {
+            *count -= 1;
+            if *count == 0 {
+                running.remove(&self.0);
+            }
+        }
+    }
+}
+
 async fn replay_run(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Path(id): Path<String>) -> Response {
     let entry = match authorized(&daemon, &viewer, &id).await {
         Ok(entry) => entry,
         Err(answer) => return answer,
+    };
+    let Some(_turn) = TenantReplay::start(&viewer.tenant.name) else {
+        let body =
+            html! { p role="alert" { "A replay of this tenant's is running already; press again when it is done." } };
+        let mut response = html_response(StatusCode::TOO_MANY_REQUESTS, page("Busy", Some(&viewer), body));
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+        return response;
     };
     let Ok(_permit) = replays().try_acquire() else {
         let body =
@@ -461,10 +626,16 @@ async fn replay_run(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Path(id):
         None => Replayed::Failed("the run has sealed no bundle".into()),
         Some(bundle) => match crate::bundles::open(&daemon, &bundle).await {
             Err(why) => Replayed::Failed(why),
-            Ok((opened, store)) => match daemon.runtime().replay(&opened, store.as_ref(), &Default::default()).await {
-                Ok(report) => Replayed::Report(Box::new(report)),
-                Err(e) => Replayed::Failed(format!("the bundle cannot be replayed: {e}")),
-            },
+            Ok((opened, store)) => {
+                match may_see_bundle(&daemon, &viewer, opened.action.principal.as_ref(), &bundle).await {
+                    Ok(true) => match daemon.runtime().replay(&opened, store.as_ref(), &Default::default()).await {
+                        Ok(report) => Replayed::Report(Box::new(report)),
+                        Err(e) => Replayed::Failed(format!("the bundle cannot be replayed: {e}")),
+                    },
+                    Ok(false) => Replayed::Failed(NOT_YOURS.into()),
+                    Err(why) => Replayed::Failed(format!("the audit log failed: {why}")),
+                }
+            }
         },
     };
     show_run(&daemon, &viewer, &entry, Some(replayed)).await
@@ -485,6 +656,24 @@ async fn download_bundle(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Path
     };
     match (bundle, found) {
         (Some(bundle), Ok(Some(copy))) => {
+            let owner = match copy.owner().await {
+                Ok(owner) => owner,
+                Err(why) => {
+                    let body = html! { p role="alert" { "The bundle cannot be read now: " (clip(&why)) } };
+                    return html_response(StatusCode::INTERNAL_SERVER_ERROR, page("Not now", Some(&viewer), body));
+                }
+            };
+            match may_see_bundle(&daemon, &viewer, owner.as_ref(), &bundle).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let body = html! { p role="alert" { (NOT_YOURS) } };
+                    return html_response(StatusCode::NOT_FOUND, page("No bundle", Some(&viewer), body));
+                }
+                Err(why) => {
+                    let body = html! { p role="alert" { "The audit log failed: " (why) } };
+                    return html_response(StatusCode::SERVICE_UNAVAILABLE, page("Not now", Some(&viewer), body));
+                }
+            }
             let mut response = copy.stream();
             let disposition = format!("attachment; filename=\"{bundle}.tar.zst\"");
             if let Ok(value) = HeaderValue::from_str(&disposition) {
@@ -509,10 +698,18 @@ async fn show_run(daemon: &Daemon, viewer: &Viewer, entry: &RunEntry, replayed: 
         RunState::Finished(finished) => Some(finished.clone()),
         _ => None,
     };
-    let opened = match finished.as_ref().and_then(|f| f.bundle) {
+    let mut opened = match finished.as_ref().and_then(|f| f.bundle) {
         Some(bundle) => Some((bundle, crate::bundles::open(daemon, &bundle).await)),
         None => None,
     };
+    if let Some((bundle, Ok((opened_bundle, _)))) = &opened {
+        let seen = may_see_bundle(daemon, viewer, opened_bundle.action.principal.as_ref(), bundle).await;
+        match seen {
+            Ok(true) => {}
+            Ok(false) => opened = Some((*bundle, Err(NOT_YOURS.to_string()))),
+            Err(why) => opened = Some((*bundle, Err(format!("the audit log failed: {why}")))),
+        }
+    }
     // A run restored from the audit log knows no wall time; its bundle does.
     let recorded = match &opened {
         Some((_, Ok((bundle, _)))) => bundle.exec["wall_time_us"].as_u64(),
@@ -541,6 +738,11 @@ async fn show_run(daemon: &Daemon, viewer: &Viewer, entry: &RunEntry, replayed: 
         @if let Some(replayed) = &replayed { (replay_verdict(replayed)) }
         @match &opened {
             None => p { "No bundle: the run has not sealed one (yet)." },
+            Some((bundle, Err(why))) if why == NOT_YOURS => {
+                h2 { "Bundle" }
+                p { code { (bundle) } }
+                p id="verdict" { (NOT_YOURS) }
+            }
             Some((bundle, Err(why))) => {
                 h2 { "Bundle" }
                 p { code { (bundle) } }
@@ -723,10 +925,11 @@ pub fn report_html(bundle: &guild_replay::Bundle, store: &dyn guild_replay::Blob
 fn timeline(events: &[guild_replay::Event], diverged: Option<u64>, store: &dyn guild_replay::BlobStore) -> Markup {
     html! {
         table class="timeline" {
-            caption { (events.len()) " events" }
+            caption { (events.len()) " events"
+                @if events.len() > CONSOLE_EVENTS_SHOWN_MAX { " (the first " (CONSOLE_EVENTS_SHOWN_MAX) " shown; `guild bundle inspect` lists all)" } }
             thead { tr { th scope="col" { "#" } th scope="col" { "Fuel" } th scope="col" { "Event" } th scope="col" { "Detail" } } }
             tbody {
-                @for event in events {
+                @for event in events.iter().take(CONSOLE_EVENTS_SHOWN_MAX) {
                     tr id={ "event-" (event.seq) } class={ "event " (kind(&event.effect)) @if diverged == Some(event.seq) { " diverged" } } {
                         td { (event.seq) }
                         td { (event.fuel) }
@@ -869,43 +1072,53 @@ async fn tools_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer) -> Respon
 /// The audit view's cursor.
 #[derive(serde::Deserialize, Default)]
 struct AuditQuery {
-    /// Records older than this `seq`.
+    /// Records before this one, counted among those the viewer may see (1 is the oldest): a
+    /// tenant's cursor says nothing of other tenants' records.
     before: Option<u64>,
 }
 
 /// One page of the audit log as a viewer may see it, and what checking the chain found.
 struct AuditPage {
-    /// Newest first.
-    records: Vec<guild_audit::AuditRecord>,
-    /// A record the viewer may see is older than the page's last.
-    more: bool,
+    /// Newest first, each with its place among the records the viewer may see.
+    records: Vec<(u64, guild_audit::AuditRecord)>,
     /// The chain's verdict: its head, or what broke it.
     verdict: Result<guild_audit::Head, String>,
 }
 
+fn audit_reads() -> &'static tokio::sync::Semaphore {
+    static READS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    READS.get_or_init(|| tokio::sync::Semaphore::new(CONSOLE_AUDIT_READS_MAX))
+}
+
 async fn audit_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(query): Query<AuditQuery>) -> Response {
+    let Ok(_reading) = audit_reads().try_acquire() else {
+        let body = html! { p role="alert" { "The audit log is being read for another view; try again in a moment." } };
+        let mut response = html_response(StatusCode::TOO_MANY_REQUESTS, page("Busy", Some(&viewer), body));
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+        return response;
+    };
     let admin = viewer.tenant.admin && viewer.bearer.may_admin();
     let path = daemon.audit().path().to_path_buf();
     let (tenant, bearer) = (viewer.tenant.clone(), viewer.bearer.clone());
     let before = query.before.unwrap_or(u64::MAX);
     // The whole chain is read and checked, a record at a time; only a page's records are kept.
     let read = tokio::task::spawn_blocking(move || {
-        let mut kept = std::collections::VecDeque::with_capacity(CONSOLE_AUDIT_PAGE + 1);
+        let mut kept = std::collections::VecDeque::with_capacity(CONSOLE_AUDIT_PAGE);
+        let mut place = 0u64;
         let verdict = guild_audit::verify(&path, |record| {
             let owner =
                 crate::principal::Owner { tenant: &record.entry.tenant, subject: record.entry.subject.as_deref() };
-            if record.seq < before && (admin || bearer.owns(&tenant, owner)) {
-                if kept.len() > CONSOLE_AUDIT_PAGE {
-                    kept.pop_front();
+            if admin || bearer.owns(&tenant, owner) {
+                place += 1;
+                if place < before {
+                    if kept.len() == CONSOLE_AUDIT_PAGE {
+                        kept.pop_front();
+                    }
+                    kept.push_back((place, record.clone()));
                 }
-                kept.push_back(record.clone());
             }
         });
-        let more = kept.len() > CONSOLE_AUDIT_PAGE;
-        if more {
-            kept.pop_front();
-        }
-        AuditPage { records: kept.into_iter().rev().collect(), more, verdict: verdict.map_err(|e| e.to_string()) }
+        AuditPage { records: kept.into_iter().rev().collect(), verdict: verdict.map_err(|e| e.to_string()) }
     })
     .await;
     let Ok(page_read) = read else {
@@ -913,20 +1126,24 @@ async fn audit_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(que
         return html_response(StatusCode::INTERNAL_SERVER_ERROR, page("Audit", Some(&viewer), body));
     };
     let body = html! {
-        @match &page_read.verdict {
-            Ok(head) => p class="ok" id="audit-verdict" { "The chain verifies: " (head.seq) " records, head " code { (head.hash.short()) } "." },
-            Err(why) => p role="alert" class="error" id="audit-verdict" { "The chain does not verify: " (clip(why)) },
+        // A tenant is told whether the chain holds, not how long it is: that would count others' runs.
+        @match (&page_read.verdict, admin) {
+            (Ok(head), true) => p class="ok" id="audit-verdict" { "The chain verifies: " (head.seq) " records, head " code { (head.hash.short()) } "." },
+            (Ok(_), false) => p class="ok" id="audit-verdict" { "The chain verifies, from its first record to its last." },
+            (Err(why), true) => p role="alert" class="error" id="audit-verdict" { "The chain does not verify: " (clip(why)) },
+            (Err(_), false) => p role="alert" class="error" id="audit-verdict" { "The chain does not verify: ask the operator to check the audit log." },
         }
         @if !admin { p class="hint" { "Only this tenant's records are shown." } }
         table {
             caption { "Audit records, newest first" }
-            thead { tr { th scope="col" { "Seq" } th scope="col" { "Time (Unix ms)" } th scope="col" { "Run" }
+            thead { tr { th scope="col" { "#" } @if admin { th scope="col" { "Seq" } } th scope="col" { "When (UTC)" } th scope="col" { "Run" }
                 th scope="col" { "Tenant" } th scope="col" { "Tool" } th scope="col" { "Outcome" } th scope="col" { "Fuel" } th scope="col" { "Hash" } } }
             tbody {
-                @for record in &page_read.records {
+                @for (place, record) in &page_read.records {
                     tr {
-                        td { (record.seq) }
-                        td { (record.time_unix_ms) }
+                        td { (place) }
+                        @if admin { td { (record.seq) } }
+                        td { (when(record.time_unix_ms)) }
                         td { @if let Some(event) = &record.entry.event { (event.kind) " " } a href={ "/ui/runs/" (record.entry.run) } { code { (clip(&record.entry.run)) } } }
                         td { (record.entry.tenant) }
                         td { (record.entry.tool) }
@@ -938,8 +1155,8 @@ async fn audit_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(que
             }
         }
         @if page_read.records.is_empty() { p { "No records." } }
-        @if page_read.more {
-            @if let Some(last) = page_read.records.last() { p { a href={ "/ui/audit?before=" (last.seq) } rel="next" { "Older records" } } }
+        @if let Some((oldest, _)) = page_read.records.last() {
+            @if *oldest > 1 { p { a href={ "/ui/audit?before=" (oldest) } rel="next" { "Older records" } } }
         }
     };
     html_response(StatusCode::OK, page("Audit", Some(&viewer), body))

@@ -342,20 +342,35 @@ impl RunTable {
     }
 
     /// The runs `wanted` picks, in any state, newest first, at most `limit`, starting after run
-    /// `after` (a cursor: the last run of the page before). `None` when `after` names no run
-    /// `wanted` picks here (any more).
+    /// `after` (a cursor: the last run of the page before), looking at no more than `scan_max`
+    /// runs past the cursor (the lock is held meanwhile). `None` when `after` names no run
+    /// `wanted` picks here (any more); else the runs, and whether the scan stopped at
+    /// `scan_max` with older runs unseen.
     pub(crate) fn recent(
         &self,
         wanted: impl Fn(&RunEntry) -> bool,
         after: Option<&str>,
         limit: usize,
-    ) -> Option<Vec<RunEntry>> {
+        scan_max: usize,
+    ) -> Option<(Vec<RunEntry>, bool)> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut newest_first = inner.order.iter().rev().filter_map(|(id, _)| inner.runs.get(id));
         if let Some(after) = after {
             newest_first.by_ref().find(|e| e.id == after && wanted(e))?;
         }
-        Some(newest_first.filter(|e| wanted(e)).take(limit).cloned().collect())
+        let mut found = Vec::new();
+        for (scanned, entry) in newest_first.enumerate() {
+            if found.len() == limit {
+                return Some((found, false));
+            }
+            if scanned == scan_max {
+                return Some((found, true));
+            }
+            if wanted(entry) {
+                found.push(entry.clone());
+            }
+        }
+        Some((found, false))
     }
 
     /// Runs held now.
