@@ -23,6 +23,10 @@ try {
     const responses = [];
     for (let i = 0; i < Number(rounds); i++) {
       await page.goto(`${base}${path}`);
+      // Paint timing is reported a frame after it happens.
+      await page.waitForFunction(
+        () => performance.getEntriesByType("paint").some((e) => e.name === "first-contentful-paint"),
+        null, { timeout: 5_000 });
       const timing = await page.evaluate(() => {
         const nav = performance.getEntriesByType("navigation")[0];
         const paint = performance.getEntriesByType("paint").find((e) => e.name === "first-contentful-paint");

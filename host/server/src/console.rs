@@ -81,6 +81,13 @@ pub(crate) fn routes() -> axum::Router<Arc<Daemon>> {
         .route("/ui/runs/{id}/bundle", get(download_bundle))
         .route("/ui/tools", get(tools_page))
         .route("/ui/audit", get(audit_page))
+        .route(
+            "/ui/{*rest}",
+            axum::routing::any(|| async {
+                let body = html! { p role="alert" { "There is no such page. " a href="/ui/runs" { "Runs" } } };
+                html_response(StatusCode::NOT_FOUND, page("Not found", None, body))
+            }),
+        )
         .layer(axum::middleware::from_fn(same_origin))
         .layer(axum::middleware::map_response(secured))
 }
@@ -458,7 +465,7 @@ async fn runs_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(quer
             tbody {
                 @for entry in runs {
                     @let state = entry.state.borrow().clone();
-                    tr {
+                    tr class=(state.word()) {
                         td { a href={ "/ui/runs/" (entry.id) } { code { (entry.id) } } }
                         td { (when(entry.at_unix_ms)) }
                         td { (entry.tool) }
@@ -468,7 +475,7 @@ async fn runs_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(quer
                                 td { (finished.label()) }
                                 td { (duration(finished.wall_time_us)) }
                                 td { (finished.fuel_used_units) }
-                                td { @if let Some(cost) = &finished.cost { (cost.total.0) " " (cost.currency) } }
+                                td { @if let Some(cost) = &finished.cost { (cost.total.0.normalize()) " " (cost.currency) } }
                             }
                             _ => { td {} td {} td {} td {} }
                         }
@@ -726,12 +733,13 @@ async fn show_run(daemon: &Daemon, viewer: &Viewer, entry: &RunEntry, replayed: 
             dt { "Tool" } dd { (entry.tool) @if let Some(revision) = finished.as_ref().and_then(|f| f.revision) { " · revision " (revision) } }
             dt { "Tenant" } dd { (entry.tenant) @if let Some(subject) = &entry.subject { " · subject " (subject) } }
             @if let Some(agent) = &entry.agent { dt { "Agent" } dd { (agent) } }
+            dt { "When (UTC)" } dd { (when(entry.at_unix_ms)) }
             dt { "Status" } dd { (state.word()) }
             @if let Some(finished) = &finished {
                 dt { "Outcome" } dd { (finished.label()) @if !finished.message().is_empty() { " — " (clip(finished.message())) } }
                 dt { "Duration" } dd { (duration(wall_time_us)) }
                 dt { "Fuel" } dd { (finished.fuel_used_units) " units" }
-                @if let Some(cost) = &finished.cost { dt { "Cost" } dd { (cost.total.0) " " (cost.currency) } }
+                @if let Some(cost) = &finished.cost { dt { "Cost" } dd { (cost.total.0.normalize()) " " (cost.currency) } }
                 @if let Some(trace) = &finished.trace_id { dt { "Trace" } dd { code { (trace) } } }
             }
         }
@@ -774,7 +782,7 @@ fn replay_verdict(replayed: &Replayed) -> Markup {
                 None if report.fuel_replayed_units == report.fuel_recorded_units => {
                     p role="status" class="ok" id="replay-verdict" {
                         "Replay identical: " (report.tape_events) " events answered from the tape, "
-                        (report.fuel_replayed_units) " fuel units, the same output."
+                        (report.fuel_replayed_units) " fuel units, the same ending."
                     }
                 }
                 None => p role="status" class="error" id="replay-verdict" {
@@ -804,9 +812,13 @@ fn replay_verdict(replayed: &Replayed) -> Markup {
 /// --html` both show. `diverged` marks the tape event a replay found different.
 fn bundle_report(bundle: &guild_replay::Bundle, store: &dyn guild_replay::BlobStore, diverged: Option<u64>) -> Markup {
     html! {
+        @if let Ok(input) = store.get(&bundle.action.input.digest) {
+            h3 { "Input" }
+            pre id="input" { (clip(&readable(&input))) }
+        }
         @if let Some(output) = bundle.result.output.as_ref().and_then(|o| store.get(&o.digest).ok()) {
             h3 { "Output" }
-            pre id="output" { (clip(&String::from_utf8_lossy(&output))) }
+            pre id="output" { (clip(&readable(&output))) }
         } @else {
             h3 { "Result" }
             p { (bundle.result.outcome.label()) ": " (clip(&bundle.result.outcome.message())) }
@@ -817,6 +829,14 @@ fn bundle_report(bundle: &guild_replay::Bundle, store: &dyn guild_replay::BlobSt
         }
         h2 { "Timeline" }
         (timeline(bundle.tape.events(), diverged, store))
+    }
+}
+
+/// Bytes for people: JSON pretty-printed, other text as it is.
+fn readable(bytes: &[u8]) -> String {
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(json) => serde_json::to_string_pretty(&json).unwrap_or_default(),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
     }
 }
 
@@ -1034,10 +1054,19 @@ fn clip(text: &str) -> String {
     }
 }
 
+/// A block of JSON a page shows whole (a tool's schemas and limits, a rollout), cut past this.
+pub const CONSOLE_JSON_CHARS_MAX: usize = 64 * 1024;
+
 async fn tools_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer) -> Response {
     let admin = viewer.tenant.admin && viewer.bearer.may_admin();
     let tools = crate::api::tool_listing(&daemon, &viewer.tenant, &viewer.bearer);
-    let pretty = |value: &serde_json::Value| serde_json::to_string_pretty(value).unwrap_or_default();
+    let pretty = |value: &serde_json::Value| {
+        let text = serde_json::to_string_pretty(value).unwrap_or_default();
+        match text.char_indices().nth(CONSOLE_JSON_CHARS_MAX) {
+            None => text,
+            Some((end, _)) => format!("{}… ({} more bytes)", &text[..end], text.len() - end),
+        }
+    };
     let body = html! {
         @if tools.is_empty() { p { "No tool is open to this tenant." } }
         @for tool in &tools {
@@ -1051,15 +1080,19 @@ async fn tools_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer) -> Respon
                     @if let Some(disabled) = tool["disabled"].as_str() { dt { "Disabled" } dd class="error" { (clip(disabled)) } }
                     @if let Some(ttl) = tool["cache"]["ttl_s"].as_u64() { dt { "Result cache" } dd { (ttl) " s" } }
                 }
+                @if let Some(named) = daemon.tools().named(name) {
+                    h3 { "What the operator granted it" }
+                    (grants_view(&named.current().grants, admin))
+                }
                 details {
-                    summary { "Grants, schemas and limits" }
-                    pre { (clip(&pretty(tool))) }
+                    summary { "What the tool declares: schemas, wanted hosts and secrets, limits" }
+                    pre { (pretty(tool)) }
                 }
                 @if admin {
                     @if let Some(state) = crate::api_tools::rollout_state(&daemon, name) {
                         details {
                             summary { "Revisions, flags and rollout" }
-                            pre { (clip(&pretty(&state))) }
+                            pre { (pretty(&state)) }
                         }
                     }
                 }
@@ -1067,6 +1100,35 @@ async fn tools_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer) -> Respon
         }
     };
     html_response(StatusCode::OK, page("Tools", Some(&viewer), body))
+}
+
+/// A tool's effective grants: directories (the host side only for an admin), the hosts it may
+/// reach, and where each secret may be sent (never a secret's source or value).
+fn grants_view(grants: &guild_vocab::Grants, admin: bool) -> Markup {
+    html! {
+        dl class="facts grants" {
+            dt { "Directories" }
+            dd {
+                @if grants.mounts.is_empty() { "none" }
+                @for mount in &grants.mounts {
+                    div { code { (mount.guest_path) } " " (format!("{:?}", mount.access).to_lowercase())
+                        @if admin { " ← " code { (mount.host_path.display()) } } }
+                }
+            }
+            dt { "Network" }
+            dd {
+                @if grants.egress.is_empty() { "none" }
+                @for rule in &grants.egress { div { code { (rule) } } }
+            }
+            dt { "Secrets" }
+            dd {
+                @if grants.secret_grants.is_empty() { "none" }
+                @for grant in &grants.secret_grants {
+                    div { code { (grant.name) } " → " @for (i, rule) in grant.rules.iter().enumerate() { @if i > 0 { ", " } code { (rule) } } }
+                }
+            }
+        }
+    }
 }
 
 /// The audit view's cursor.
@@ -1136,7 +1198,7 @@ async fn audit_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(que
         @if !admin { p class="hint" { "Only this tenant's records are shown." } }
         table {
             caption { "Audit records, newest first" }
-            thead { tr { th scope="col" { "#" } @if admin { th scope="col" { "Seq" } } th scope="col" { "When (UTC)" } th scope="col" { "Run" }
+            thead { tr { th scope="col" { "#" } @if admin { th scope="col" { "Seq" } } th scope="col" { "When (UTC)" } th scope="col" { "Run or event" }
                 th scope="col" { "Tenant" } th scope="col" { "Tool" } th scope="col" { "Outcome" } th scope="col" { "Fuel" } th scope="col" { "Hash" } } }
             tbody {
                 @for (place, record) in &page_read.records {
@@ -1144,7 +1206,13 @@ async fn audit_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(que
                         td { (place) }
                         @if admin { td { (record.seq) } }
                         td { (when(record.time_unix_ms)) }
-                        td { @if let Some(event) = &record.entry.event { (event.kind) " " } a href={ "/ui/runs/" (record.entry.run) } { code { (clip(&record.entry.run)) } } }
+                        td {
+                            @match &record.entry.event {
+                                // An event names what it is about (a bundle, a tool), not a run.
+                                Some(event) => { (event.kind) " by " (event.actor) ": " code { (clip(&record.entry.run)) } }
+                                None => a href={ "/ui/runs/" (record.entry.run) } { code { (clip(&record.entry.run)) } },
+                            }
+                        }
                         td { (record.entry.tenant) }
                         td { (record.entry.tool) }
                         td { (record.entry.outcome) }
