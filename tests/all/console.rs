@@ -289,3 +289,28 @@ fn in_a_real_browser_a_tenant_signs_in_reads_a_run_replays_it_and_cannot_open_an
         assert!(shots.join(format!("{page}.png")).is_file(), "a screenshot of {page}");
     }
 }
+
+/// With `--redis`, an admin's runs list shows the shared queue, each worker with its slots and
+/// lanes, and refusals; a followed list reloads itself.
+#[test]
+fn an_admin_sees_the_shared_queue_and_its_workers_and_can_follow_the_list() {
+    let redis = crate::redis::RedisServer::start();
+    let cache = tempfile::tempdir().expect("tempdir");
+    let _worker = crate::redis::Worker::start(&redis.url(), cache.path(), "console-worker", 2);
+    let guild = Guild::new();
+    let daemon = Daemon::start(&guild, &["--redis", &redis.url(), "--tool", ECHO], crate::redis::QUEUE_ENV);
+    let token = crate::redis::TOKEN;
+    let run = daemon.run(token, json!({"tool": "echo", "input": {"message": "through redis"}}));
+    assert_eq!(run.status, 200, "{run:?}");
+    let run_id = run.json()["id"].as_str().expect("run id").to_string();
+    let admin = sign_in(&daemon, token);
+    let page = text(&get(&daemon, "/ui/runs", &admin));
+    assert!(page.contains("Redis queue:") && page.contains("completed"), "{page}");
+    assert!(page.contains("console-worker"), "the worker is listed: {page}");
+    // A job a worker ran opens by its id, from Redis, its bundle verified.
+    let job = text(&get(&daemon, &format!("/ui/runs/{run_id}"), &admin));
+    assert!(job.contains("Verified") && job.contains("through redis"), "{job}");
+    let followed = get(&daemon, "/ui/runs?live=1", &admin);
+    assert_eq!(followed.headers.get("refresh").map(String::as_str), Some("5"), "{followed:?}");
+    assert!(text(&followed).contains("Stop following"));
+}

@@ -366,7 +366,13 @@ struct RunsQuery {
     since_min: Option<String>,
     /// The page after this run (the last run of the page before).
     after: Option<String>,
+    /// `1`: reload the page every [`CONSOLE_LIVE_REFRESH_S`] seconds.
+    live: Option<String>,
 }
+
+/// How often a followed runs list reloads itself, seconds (a `<meta http-equiv="refresh">`: the
+/// console runs no script).
+pub const CONSOLE_LIVE_REFRESH_S: u64 = 5;
 
 /// The `since_min` choices the runs list offers.
 const SINCE_CHOICES: [(&str, &str); 4] =
@@ -422,6 +428,24 @@ async fn runs_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(quer
         }
         serde_urlencoded::to_string(pairs).unwrap_or_default()
     };
+    let live = query.live.as_deref() == Some("1");
+    let query_for_live = |on: bool| {
+        let mut pairs = vec![];
+        for (name, value) in [
+            ("tool", &tool),
+            ("status", &status),
+            ("outcome", &outcome),
+            ("revision", &revision),
+            ("tenant", &tenant),
+            ("since_min", &since),
+        ] {
+            pairs.extend(value.as_deref().map(|v| (name, v)));
+        }
+        if on {
+            pairs.push(("live", "1"));
+        }
+        serde_urlencoded::to_string(pairs).unwrap_or_default()
+    };
     let body = html! {
         form method="get" action="/ui/runs" class="filters" {
             label for="tool" { "Tool" }
@@ -450,17 +474,15 @@ async fn runs_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(quer
             }
             button type="submit" { "Filter" }
         }
-        @if admin {
-            @let queue = daemon.queue();
-            p class="summary" id="node" {
-                "This node: " (daemon.runs().len()) " runs kept, " (queue.in_flight()) " running, "
-                (queue.depth()) " waiting for a slot, " (queue.committing()) " waiting for their audit record."
-            }
+        @if admin { (node_summary(&daemon).await) }
+        p {
+            @if live { "Following: this page reloads every " (CONSOLE_LIVE_REFRESH_S) " s. " a href={ "/ui/runs?" (query_for_live(false)) } { "Stop following" } }
+            @else { a href={ "/ui/runs?" (query_for_live(true)) } { "Follow live" } }
         }
         table {
             caption { "Runs, newest first" }
             thead { tr { th scope="col" { "Run" } th scope="col" { "When (UTC)" } th scope="col" { "Tool" } th scope="col" { "Status" }
-                th scope="col" { "Outcome" } th scope="col" { "Duration" } th scope="col" { "Fuel" } th scope="col" { "Cost" }
+                th scope="col" { "Outcome" } th scope="col" { "Duration" } th scope="col" { "Fuel" } th scope="col" { "Cost" } th scope="col" { "Bundle" }
                 @if admin { th scope="col" { "Tenant" } } } }
             tbody {
                 @for entry in runs {
@@ -476,8 +498,9 @@ async fn runs_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(quer
                                 td { (duration(finished.wall_time_us)) }
                                 td { (finished.fuel_used_units) }
                                 td { @if let Some(cost) = &finished.cost { (cost.total.0.normalize()) " " (cost.currency) } }
+                                td { @if let Some(bundle) = finished.bundle { a href={ "/ui/runs/" (entry.id) "/bundle" } download aria-label={ "Download bundle " (bundle) } { code { (bundle.short()) } } } }
                             }
-                            _ => { td {} td {} td {} td {} }
+                            _ => { td {} td {} td {} td {} td {} }
                         }
                         @if admin { td { (entry.tenant) } }
                     }
@@ -491,11 +514,71 @@ async fn runs_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(quer
         }
         @if let Some(next) = next { p { a href={ "/ui/runs?" (query_for(&next)) } rel="next" { "Older runs" } } }
     };
-    html_response(StatusCode::OK, page("Runs", Some(&viewer), body))
+    let mut response = html_response(StatusCode::OK, page("Runs", Some(&viewer), body));
+    if live {
+        // `Refresh` is what `<meta http-equiv="refresh">` stands for; browsers honour the header.
+        response.headers_mut().insert("refresh", HeaderValue::from(CONSOLE_LIVE_REFRESH_S));
+    }
+    response
 }
 
-/// A time for people: `2026-11-30 21:35:27`, UTC.
+/// The node's state for an admin: runs here, refusals since it started, and with `--redis` the
+/// shared queue, its workers and capability lanes.
+async fn node_summary(daemon: &Daemon) -> Markup {
+    let queue = daemon.queue();
+    let rejections = daemon.metrics().rejections_by_reason();
+    let remote = match daemon.remote() {
+        Some(remote) => Some(remote.queue.stats().await.map_err(|e| e.to_string())),
+        None => None,
+    };
+    html! {
+        section id="node" aria-label="This node" {
+            p class="summary" {
+                "This node: " (daemon.runs().len()) " runs kept, " (queue.in_flight()) " running, "
+                (queue.depth()) " waiting for a slot, " (queue.committing()) " waiting for their audit record."
+                @if !rejections.is_empty() {
+                    " Refused since it started: "
+                    @for (i, (reason, count)) in rejections.iter().enumerate() { @if i > 0 { ", " } (count) " " (reason) }
+                    "."
+                }
+            }
+            @match remote {
+                None => {}
+                Some(Err(why)) => p role="alert" class="error" { "Redis cannot be read now: " (clip(&why)) },
+                Some(Ok(stats)) => {
+                    p class="hint" { "Jobs the workers run are listed by the node that ran them; open any of them by its run id (" code { "/ui/runs/ID" } ")." }
+                    p class="summary" {
+                        "Redis queue: " (stats.depth) " waiting, " (stats.pending) " held by workers, " (stats.delayed)
+                        " backing off, " (stats.dead) " dead-lettered; " (stats.completed) " completed."
+                    }
+                    table {
+                        caption { "Workers" }
+                        thead { tr { th scope="col" { "Worker" } th scope="col" { "Running" } th scope="col" { "Slots" } th scope="col" { "Completed" } th scope="col" { "Lanes" } th scope="col" { "Last seen (UTC)" } } }
+                        tbody {
+                            @for worker in &stats.workers {
+                                tr { td { (worker.name) } td { (worker.running) } td { (worker.slots) } td { (worker.completed) }
+                                    td { (worker.lanes.join(", ")) } td { (when(worker.seen_unix_ms)) } }
+                            }
+                        }
+                    }
+                    @if !stats.lanes.is_empty() {
+                        table {
+                            caption { "Capability lanes" }
+                            thead { tr { th scope="col" { "Lane" } th scope="col" { "Jobs" } th scope="col" { "Workers" } } }
+                            tbody { @for lane in &stats.lanes { tr { td { (lane.lane) } td { (lane.depth) } td { (lane.workers) } } } }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A time for people: `2026-11-30 21:35:27`, UTC; `—` for none known.
 fn when(unix_ms: u64) -> String {
+    if unix_ms == 0 {
+        return "—".to_string();
+    }
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms);
     humantime::format_rfc3339_seconds(at).to_string().replace('T', " ").trim_end_matches('Z').to_string()
 }
@@ -519,7 +602,7 @@ fn unknown_run(viewer: &Viewer) -> Response {
 /// The run `id` if the viewer may see it; else the answer to give instead (the 404 page, the
 /// same for a run that does not exist).
 async fn authorized(daemon: &Daemon, viewer: &Viewer, id: &str) -> Result<RunEntry, Response> {
-    let Some(entry) = daemon.runs().get(id) else { return Err(unknown_run(viewer)) };
+    let Some(entry) = lookup(daemon, id).await else { return Err(unknown_run(viewer)) };
     match daemon.authorize((&viewer.tenant, &viewer.bearer), Some(entry.owner()), "run", id).await {
         Ok(()) => Ok(entry),
         Err(Hidden::NotTheirs) => Err(unknown_run(viewer)),
@@ -545,6 +628,37 @@ async fn may_see_bundle(
         Err(Hidden::NotTheirs) => Ok(false),
         Err(Hidden::NotAudited(message)) => Err(message),
     }
+}
+
+/// The run `id`: this node's, else (with `--redis`) the shared queue's job of that id, as the
+/// API's `GET /v1/runs/{id}` finds it. `None` for neither, and for a job Redis cannot say whose.
+async fn lookup(daemon: &Daemon, id: &str) -> Option<RunEntry> {
+    if let Some(entry) = daemon.runs().get(id) {
+        return Some(entry);
+    }
+    let status = daemon.remote()?.queue.status(id).await.ok().flatten()?;
+    if status.unreadable_result.is_some() {
+        return None;
+    }
+    let state = match &status.result {
+        Some(result) => RunState::Finished(Arc::new(crate::remote::finished(result))),
+        None if status.state == guild_queue::JobState::Running => RunState::Running,
+        None => RunState::Queued,
+    };
+    let (_, state) = tokio::sync::watch::channel(state);
+    Some(RunEntry {
+        id: id.to_string(),
+        tenant: status.tenant,
+        subject: status.subject,
+        agent: None,
+        tool: status.tool.clone(),
+        request_digest: crate::runs::request_digest(
+            &status.tool,
+            &status.input_digest.unwrap_or(guild_replay::Digest::from_bytes([0; 32])),
+        ),
+        at_unix_ms: 0,
+        state,
+    })
 }
 
 async fn run_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Path(id): Path<String>) -> Response {

@@ -338,6 +338,25 @@ impl CacheMetrics {
 }
 
 impl Metrics {
+    /// Runs refused before starting since the process began, summed over tenants, by reason,
+    /// largest first (what the console's node summary shows).
+    pub(crate) fn rejections_by_reason(&self) -> Vec<(String, u64)> {
+        use prometheus::core::Collector;
+        let mut by_reason = std::collections::BTreeMap::<String, u64>::new();
+        for family in self.rejections.collect() {
+            for metric in family.get_metric() {
+                let reason = metric.get_label().iter().find(|l| l.name() == "reason").map(|l| l.value().to_string());
+                // An integer counter's value, carried as a non-negative whole f64.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let count = metric.get_counter().get_value().max(0.0) as u64;
+                *by_reason.entry(reason.unwrap_or_default()).or_default() += count;
+            }
+        }
+        let mut sorted: Vec<_> = by_reason.into_iter().filter(|(_, n)| *n > 0).collect();
+        sorted.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        sorted
+    }
+
     /// Register every metric; `version` and `wasmtime` label the build-info gauge.
     ///
     /// # Errors
