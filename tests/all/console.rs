@@ -5,7 +5,7 @@
 
 use crate::Guild;
 use crate::daemon::{Counter, Daemon, Reply, config_file, token_digest};
-use guild_test_artifacts::{ECHO, HTTP_GET};
+use guild_test_artifacts::{ECHO, HASH, HTTP_GET};
 use serde_json::json;
 use std::path::Path;
 
@@ -78,7 +78,10 @@ fn text(reply: &Reply) -> String {
 #[test]
 fn a_tenant_sees_its_own_runs_as_verified_timelines_and_another_tenants_run_is_the_same_404_as_none() {
     let guild = Guild::new();
-    let file = config_file(guild.home(), &config());
+    let data = crate::tree(&[("a.txt", "alpha\n")]);
+    let host_dir = data.path().display().to_string();
+    let tools = format!("[[tools]]\npath = \"{HASH}\"\n[[tools.mounts]]\nhost = \"{host_dir}\"\nguest = \"/data\"\n");
+    let file = config_file(guild.home(), &config_with(&tools));
     let daemon = Daemon::start(&guild, &["--config", &file], &[]);
     let hostile = r#"<script>alert("x")</script><img src=x onerror=alert(1)>"#;
     let run = daemon.run(ALICE, json!({"tool": "echo", "input": {"message": hostile}}));
@@ -118,6 +121,10 @@ fn a_tenant_sees_its_own_runs_as_verified_timelines_and_another_tenants_run_is_t
         assert_eq!(page.contains(&run_id), listed, "{filter}: {page}");
     }
 
+    assert!(!text(&runs).contains("id=\"node\""), "the node's state is an admin's");
+    // Tools: what the operator granted, the host side of a directory for an admin only.
+    let tools_page = text(&get(&daemon, "/ui/tools", &alice));
+    assert!(tools_page.contains("/data") && !tools_page.contains(&host_dir), "{tools_page}");
     let page = get(&daemon, &format!("/ui/runs/{run_id}"), &alice);
     assert_eq!(page.status, 200, "{page:?}");
     let html = text(&page);
@@ -134,10 +141,17 @@ fn a_tenant_sees_its_own_runs_as_verified_timelines_and_another_tenants_run_is_t
     let none = get(&daemon, &format!("/ui/runs/{}", "0".repeat(32)), &bob);
     assert_eq!((theirs.status, none.status), (404, 404));
     assert_eq!(theirs.body, none.body);
+    let download = get(&daemon, &format!("/ui/runs/{run_id}/bundle"), &bob);
+    let no_download = get(&daemon, &format!("/ui/runs/{}/bundle", "0".repeat(32)), &bob);
+    assert_eq!((download.status, &download.body), (404, &no_download.body), "the bundle's download");
+    let replayed = daemon.call_with("POST", &format!("/ui/runs/{run_id}/replay"), "", b"", &[("cookie", &bob)]);
+    assert_eq!((replayed.status, &replayed.body), (404, &none.body), "replay");
 
     // An admin sees every tenant's runs, and reading one of them is audited.
     let root = sign_in(&daemon, ROOT);
-    assert!(text(&get(&daemon, "/ui/runs", &root)).contains(&run_id));
+    let admin_runs = text(&get(&daemon, "/ui/runs", &root));
+    assert!(admin_runs.contains(&run_id) && admin_runs.contains("id=\"node\""), "{admin_runs}");
+    assert!(text(&get(&daemon, "/ui/tools", &root)).contains(&host_dir), "an admin sees the host side");
     assert_eq!(get(&daemon, &format!("/ui/runs/{run_id}"), &root).status, 200);
     let audit = std::fs::read_to_string(guild.home().join("audit.log")).expect("audit log");
     assert!(
@@ -298,18 +312,25 @@ fn an_admin_sees_the_shared_queue_and_its_workers_and_can_follow_the_list() {
     let cache = tempfile::tempdir().expect("tempdir");
     let _worker = crate::redis::Worker::start(&redis.url(), cache.path(), "console-worker", 2);
     let guild = Guild::new();
-    let daemon = Daemon::start(&guild, &["--redis", &redis.url(), "--tool", ECHO], crate::redis::QUEUE_ENV);
-    let token = crate::redis::TOKEN;
-    let run = daemon.run(token, json!({"tool": "echo", "input": {"message": "through redis"}}));
+    let file = config_file(guild.home(), &config());
+    let daemon = Daemon::start(&guild, &["--redis", &redis.url(), "--config", &file], crate::redis::QUEUE_ENV);
+    let run = daemon.run(ALICE, json!({"tool": "echo", "input": {"message": "through redis"}}));
     assert_eq!(run.status, 200, "{run:?}");
     let run_id = run.json()["id"].as_str().expect("run id").to_string();
-    let admin = sign_in(&daemon, token);
+    let admin = sign_in(&daemon, ROOT);
     let page = text(&get(&daemon, "/ui/runs", &admin));
     assert!(page.contains("Redis queue:") && page.contains("completed"), "{page}");
     assert!(page.contains("console-worker"), "the worker is listed: {page}");
-    // A job a worker ran opens by its id, from Redis, its bundle verified.
-    let job = text(&get(&daemon, &format!("/ui/runs/{run_id}"), &admin));
+    // A job a worker ran opens by its id, from Redis, its bundle verified — for its tenant; for
+    // another, the same 404 as a job that never was.
+    let alice = sign_in(&daemon, ALICE);
+    let job = text(&get(&daemon, &format!("/ui/runs/{run_id}"), &alice));
     assert!(job.contains("Verified") && job.contains("through redis"), "{job}");
+    let bob = sign_in(&daemon, BOB);
+    let theirs = get(&daemon, &format!("/ui/runs/{run_id}"), &bob);
+    let none = get(&daemon, &format!("/ui/runs/{}", "1".repeat(32)), &bob);
+    assert_eq!((theirs.status, &theirs.body), (404, &none.body));
+    assert!(!text(&get(&daemon, "/ui/runs", &alice)).contains("Redis queue:"), "the queue's state is an admin's");
     let followed = get(&daemon, "/ui/runs?live=1", &admin);
     assert_eq!(followed.headers.get("refresh").map(String::as_str), Some("5"), "{followed:?}");
     assert!(text(&followed).contains("Stop following"));

@@ -3,10 +3,10 @@
 //! offline and its Content-Security-Policy can forbid scripts outright.
 //!
 //! Signing in takes the same tokens as the API (a tenant's static token, or an OAuth access
-//! token where `[oauth]` is set). The token is kept in a cookie that only `/ui` is sent,
-//! `HttpOnly` (no script could read it anyway) and `SameSite=Strict` (another site cannot make
-//! the browser send it), and each page authenticates it exactly as the API authenticates a
-//! `Bearer` header. A page shows only what that principal may see: its own runs, and for an
+//! token where `[oauth]` is set). The browser is given an opaque session id, never the token, in
+//! a cookie that only `/ui` is sent, `HttpOnly` and `SameSite=Strict`; each page authenticates
+//! the session's token exactly as the API authenticates a `Bearer` header, so a token removed
+//! from the config stops working at once. A form posted from another origin is refused. A page shows only what that principal may see: its own runs, and for an
 //! admin every run (reading another tenant's run is audited, as through the API). Another
 //! tenant's run gets the same 404 page as a run that does not exist.
 
@@ -28,6 +28,8 @@ use std::sync::Arc;
 const SESSION_COOKIE: &str = "guild_console_session";
 /// Signed-in browsers at once; a sign-in past this (after the expired are dropped) is refused.
 pub const CONSOLE_SESSIONS_MAX: usize = 10_000;
+/// Sessions one token may hold at once; a sign-in past it ends that token's oldest session.
+pub const CONSOLE_SESSIONS_PER_TOKEN_MAX: usize = 16;
 /// How long a console session lasts, seconds; then the browser signs in again.
 pub const CONSOLE_SESSION_TTL_S: u64 = 8 * 3600;
 /// Runs the list looks through for one page, newest first from its cursor: a filter that
@@ -138,6 +140,14 @@ fn open_session(token: &str) -> Option<String> {
     let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
     let now = guild_queue::now_unix_ms();
     let mut sessions = sessions().lock().unwrap_or_else(|p| p.into_inner());
+    // One token cannot fill the table for everyone: its oldest session makes room.
+    let mine: Vec<(String, u64)> =
+        sessions.iter().filter(|(_, s)| s.token == token).map(|(id, s)| (id.clone(), s.expires_unix_ms)).collect();
+    if mine.len() >= CONSOLE_SESSIONS_PER_TOKEN_MAX
+        && let Some((oldest, _)) = mine.iter().min_by_key(|(_, expires)| *expires)
+    {
+        sessions.remove(oldest);
+    }
     if sessions.len() >= CONSOLE_SESSIONS_MAX {
         sessions.retain(|_, s| s.expires_unix_ms > now);
     }
@@ -311,7 +321,7 @@ struct LoginForm {
 
 async fn login(State(daemon): State<Arc<Daemon>>, axum::Form(form): axum::Form<LoginForm>) -> Response {
     let token = form.token.trim();
-    // A cookie value cannot hold every byte a header can; such a token is no token here.
+    // No token the API takes holds these; refusing them early keeps the form's error plain.
     let storable = !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic() && b != b';' && b != b',');
     if !storable {
         return html_response(StatusCode::UNAUTHORIZED, login_page(Some("That token is not accepted here.")));
@@ -370,8 +380,8 @@ struct RunsQuery {
     live: Option<String>,
 }
 
-/// How often a followed runs list reloads itself, seconds (a `<meta http-equiv="refresh">`: the
-/// console runs no script).
+/// How often a followed runs list reloads itself, seconds (a `Refresh` header: the console runs
+/// no script).
 pub const CONSOLE_LIVE_REFRESH_S: u64 = 5;
 
 /// The `since_min` choices the runs list offers.
@@ -405,7 +415,10 @@ async fn runs_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(quer
             && tenant.as_deref().is_none_or(|tenant| entry.tenant == tenant)
             && since_unix_ms.is_none_or(|since| entry.at_unix_ms >= since)
     };
-    let found = daemon.runs().recent(wanted, query.after.as_deref(), CONSOLE_RUNS_PAGE + 1, CONSOLE_RUNS_SCAN_MAX);
+    // A tenant's list walks its own runs only: another tenant's many runs cannot crowd it out.
+    let whose = if admin { None } else { Some(viewer.tenant.name.as_str()) };
+    let found =
+        daemon.runs().recent((whose, wanted), query.after.as_deref(), CONSOLE_RUNS_PAGE + 1, CONSOLE_RUNS_SCAN_MAX);
     let Some((runs, cut_short)) = found else {
         let body =
             html! { p role="alert" { "That page is no longer listed here. " a href="/ui/runs" { "Start again" } } };
@@ -509,8 +522,7 @@ async fn runs_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(quer
         }
         @if runs.is_empty() { p { "No runs match." } }
         @if cut_short {
-            p class="hint" { "Only the newest " (CONSOLE_RUNS_SCAN_MAX) " runs kept on this node "
-                @if query.after.is_some() { "after this page's start " } "were searched; narrow the filter by time to reach older ones." }
+            p class="hint" { "The list looks through " (CONSOLE_RUNS_SCAN_MAX) " runs a page and stopped there: older runs that match were not reached. Open one by its id, or narrow the filter." }
         }
         @if let Some(next) = next { p { a href={ "/ui/runs?" (query_for(&next)) } rel="next" { "Older runs" } } }
     };
@@ -576,7 +588,9 @@ async fn node_summary(daemon: &Daemon) -> Markup {
 
 /// A time for people: `2026-11-30 21:35:27`, UTC; `—` for none known.
 fn when(unix_ms: u64) -> String {
-    if unix_ms == 0 {
+    // RFC 3339 ends at 9999-12-31; a time past it (a bad heartbeat in Redis) is no time.
+    const LAST_MS: u64 = 253_402_300_799_999;
+    if unix_ms == 0 || unix_ms > LAST_MS {
         return "—".to_string();
     }
     let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms);
@@ -602,7 +616,16 @@ fn unknown_run(viewer: &Viewer) -> Response {
 /// The run `id` if the viewer may see it; else the answer to give instead (the 404 page, the
 /// same for a run that does not exist).
 async fn authorized(daemon: &Daemon, viewer: &Viewer, id: &str) -> Result<RunEntry, Response> {
-    let Some(entry) = lookup(daemon, id).await else { return Err(unknown_run(viewer)) };
+    let entry = match lookup(daemon, id).await {
+        Ok(Some(entry)) => entry,
+        Ok(None) => return Err(unknown_run(viewer)),
+        Err(why) => {
+            let body = html! { p role="alert" { "The shared queue cannot be read now: " (clip(&why)) } };
+            let mut response = html_response(StatusCode::SERVICE_UNAVAILABLE, page("Not now", Some(viewer), body));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+            return Err(response);
+        }
+    };
     match daemon.authorize((&viewer.tenant, &viewer.bearer), Some(entry.owner()), "run", id).await {
         Ok(()) => Ok(entry),
         Err(Hidden::NotTheirs) => Err(unknown_run(viewer)),
@@ -631,34 +654,56 @@ async fn may_see_bundle(
 }
 
 /// The run `id`: this node's, else (with `--redis`) the shared queue's job of that id, as the
-/// API's `GET /v1/runs/{id}` finds it. `None` for neither, and for a job Redis cannot say whose.
-async fn lookup(daemon: &Daemon, id: &str) -> Option<RunEntry> {
+/// API's `GET /v1/runs/{id}` finds it. `Ok(None)` for neither; `Err` when Redis cannot be read.
+async fn lookup(daemon: &Daemon, id: &str) -> Result<Option<RunEntry>, String> {
     if let Some(entry) = daemon.runs().get(id) {
-        return Some(entry);
+        return Ok(Some(entry));
     }
-    let status = daemon.remote()?.queue.status(id).await.ok().flatten()?;
-    if status.unreadable_result.is_some() {
-        return None;
-    }
-    let state = match &status.result {
-        Some(result) => RunState::Finished(Arc::new(crate::remote::finished(result))),
-        None if status.state == guild_queue::JobState::Running => RunState::Running,
-        None => RunState::Queued,
+    let Some(remote) = daemon.remote() else { return Ok(None) };
+    let status = match remote.queue.status(id).await {
+        Ok(Some(status)) => status,
+        Ok(None) => return Ok(None),
+        // Unreadable, and nothing left says whose: absent, to everyone (as the API answers).
+        Err(guild_queue::QueueError::Corrupt(_)) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let gone = |status: guild_vocab::RunStatus, why: &str| {
+        RunState::Finished(Arc::new(crate::runs::Finished {
+            status,
+            error: Some(guild_vocab::Failure::host(guild_vocab::FailureCode::HostFailure, why)),
+            bundle: None,
+            fuel_used_units: 0,
+            wall_time_us: 0,
+            revision: None,
+            cache: None,
+            cost: None,
+            trace_id: None,
+        }))
+    };
+    let state = match (&status.result, &status.unreadable_result, status.state) {
+        (Some(result), _, _) => RunState::Finished(Arc::new(crate::remote::finished(result))),
+        (None, Some(why), _) => {
+            gone(guild_vocab::RunStatus::Failed, &format!("this node cannot read the job's result ({why})"))
+        }
+        (None, None, guild_queue::JobState::Dead) => gone(guild_vocab::RunStatus::Dead, "its result is no longer kept"),
+        (None, None, guild_queue::JobState::Done) => {
+            gone(guild_vocab::RunStatus::Failed, "its result is no longer kept")
+        }
+        (None, None, guild_queue::JobState::Running) => RunState::Running,
+        (None, None, _) => RunState::Queued,
     };
     let (_, state) = tokio::sync::watch::channel(state);
-    Some(RunEntry {
+    let input = status.input_digest.unwrap_or(guild_replay::Digest::from_bytes([0; 32]));
+    Ok(Some(RunEntry {
         id: id.to_string(),
         tenant: status.tenant,
         subject: status.subject,
         agent: None,
-        tool: status.tool.clone(),
-        request_digest: crate::runs::request_digest(
-            &status.tool,
-            &status.input_digest.unwrap_or(guild_replay::Digest::from_bytes([0; 32])),
-        ),
+        request_digest: crate::runs::request_digest(&status.tool, &input),
+        tool: status.tool,
         at_unix_ms: 0,
         state,
-    })
+    }))
 }
 
 async fn run_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Path(id): Path<String>) -> Response {
@@ -1342,4 +1387,56 @@ async fn audit_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(que
         }
     };
     html_response(StatusCode::OK, page("Audit", Some(&viewer), body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_token_holds_at_most_its_share_of_sessions_and_its_oldest_makes_room() {
+        let token = "console-test-token-sessions";
+        let ids: Vec<String> =
+            (0..CONSOLE_SESSIONS_PER_TOKEN_MAX + 3).map(|_| open_session(token).expect("a session")).collect();
+        let held = ids.iter().filter(|id| session_token(id).is_some()).count();
+        assert_eq!(held, CONSOLE_SESSIONS_PER_TOKEN_MAX);
+        assert!(session_token(ids.last().expect("one")).is_some(), "the newest always holds");
+        assert_eq!(session_token("not-a-session"), None);
+    }
+
+    #[test]
+    fn a_cookie_counts_only_when_it_is_sent_once() {
+        let headers = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::COOKIE, HeaderValue::from_str(value).expect("header"));
+            headers
+        };
+        assert_eq!(cookie(&headers("a=1; guild_console_session=x"), SESSION_COOKIE), Some("x"));
+        assert_eq!(cookie(&headers("guild_console_session=x; guild_console_session=y"), SESSION_COOKIE), None);
+        assert_eq!(cookie(&headers("guild_console_session="), SESSION_COOKIE), None);
+    }
+
+    #[test]
+    fn only_this_origins_forms_are_taken() {
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.insert(*name, HeaderValue::from_str(value).expect("header"));
+            }
+            headers
+        };
+        assert!(from_this_origin(&headers(&[("host", "127.0.0.1:8480")])), "no browser, no cross-site risk");
+        assert!(from_this_origin(&headers(&[("host", "127.0.0.1:8480"), ("origin", "http://127.0.0.1:8480")])));
+        assert!(!from_this_origin(&headers(&[("host", "127.0.0.1:8480"), ("origin", "http://127.0.0.1:9999")])));
+        assert!(!from_this_origin(&headers(&[("host", "127.0.0.1:8480"), ("origin", "null")])));
+        assert!(!from_this_origin(&headers(&[("origin", "http://127.0.0.1:8480")])), "no Host: refused");
+        assert!(!from_this_origin(&headers(&[("host", "h"), ("sec-fetch-site", "same-site")])));
+    }
+
+    #[test]
+    fn a_time_past_what_rfc_3339_can_write_is_no_time() {
+        assert_eq!(when(0), "—");
+        assert_eq!(when(253_402_300_800_000), "—");
+        assert_eq!(when(1_764_538_527_000), "2025-11-30 21:35:27");
+    }
 }

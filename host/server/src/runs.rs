@@ -230,13 +230,21 @@ struct Inner {
     keys: HashMap<(String, Option<String>, String), RunId>,
     /// Runs in the order they were added, for eviction.
     order: VecDeque<(RunId, Option<String>)>,
+    /// Each tenant's runs in the order they were added: what one tenant's list walks, whatever
+    /// the other tenants run.
+    by_tenant: HashMap<String, VecDeque<RunId>>,
 }
 
 impl RunTable {
     /// An empty table keeping at most `runs_kept_max` runs.
     pub fn new(runs_kept_max: usize) -> Self {
         Self {
-            inner: Mutex::new(Inner { runs: HashMap::new(), keys: HashMap::new(), order: VecDeque::new() }),
+            inner: Mutex::new(Inner {
+                runs: HashMap::new(),
+                keys: HashMap::new(),
+                order: VecDeque::new(),
+                by_tenant: HashMap::new(),
+            }),
             runs_kept_max,
         }
     }
@@ -341,36 +349,46 @@ impl RunTable {
         )
     }
 
-    /// The runs `wanted` picks, in any state, newest first, at most `limit`, starting after run
-    /// `after` (a cursor: the last run of the page before), looking at no more than `scan_max`
-    /// runs past the cursor (the lock is held meanwhile). `None` when `after` names no run
-    /// `wanted` picks here (any more); else the runs, and whether the scan stopped at
-    /// `scan_max` with older runs unseen.
+    /// The runs `wanted` picks, in any state, newest first, at most `limit`, among `tenant`'s
+    /// runs (or every tenant's), starting after run `after` (a cursor: the last run of the page
+    /// before), looking at no more than `scan_max` runs in all, the cursor's search included
+    /// (the lock is held meanwhile). `None` when `after` names no run `wanted` picks among those
+    /// looked at; else the runs, and whether the scan stopped at `scan_max` with older runs
+    /// unseen.
     pub(crate) fn recent(
         &self,
-        wanted: impl Fn(&RunEntry) -> bool,
+        (tenant, wanted): (Option<&str>, impl Fn(&RunEntry) -> bool),
         after: Option<&str>,
         limit: usize,
         scan_max: usize,
     ) -> Option<(Vec<RunEntry>, bool)> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let mut newest_first = inner.order.iter().rev().filter_map(|(id, _)| inner.runs.get(id));
+        let ids: Box<dyn Iterator<Item = &RunId>> = match tenant {
+            Some(tenant) => match inner.by_tenant.get(tenant) {
+                Some(theirs) => Box::new(theirs.iter().rev()),
+                None => Box::new(std::iter::empty()),
+            },
+            None => Box::new(inner.order.iter().rev().map(|(id, _)| id)),
+        };
+        let mut newest_first = ids.filter_map(|id| inner.runs.get(id)).take(scan_max);
+        let mut scanned = 0;
         if let Some(after) = after {
-            newest_first.by_ref().find(|e| e.id == after && wanted(e))?;
+            let found = newest_first.by_ref().inspect(|_| scanned += 1).find(|e| e.id == after && wanted(e));
+            if found.is_none() {
+                return (scanned == scan_max).then(|| (Vec::new(), true));
+            }
         }
         let mut found = Vec::new();
-        for (scanned, entry) in newest_first.enumerate() {
-            if found.len() == limit {
-                return Some((found, false));
-            }
-            if scanned == scan_max {
-                return Some((found, true));
-            }
+        for entry in newest_first {
+            scanned += 1;
             if wanted(entry) {
                 found.push(entry.clone());
+                if found.len() == limit {
+                    return Some((found, false));
+                }
             }
         }
-        Some((found, false))
+        Some((found, scanned == scan_max))
     }
 
     /// Runs held now.
@@ -391,6 +409,7 @@ impl Inner {
             self.keys.insert((entry.tenant.clone(), entry.subject.clone(), key.clone()), entry.id.clone());
         }
         self.order.push_back((entry.id.clone(), key));
+        self.by_tenant.entry(entry.tenant.clone()).or_default().push_back(entry.id.clone());
         self.runs.insert(entry.id.clone(), entry);
         // Runs in progress are never forgotten: they go back to the end (at most one pass).
         let mut rotations = 0;
@@ -403,10 +422,19 @@ impl Inner {
                 rotations += 1;
                 continue;
             }
-            if let Some(entry) = self.runs.remove(&oldest)
-                && let Some(key) = key
-            {
-                self.keys.remove(&(entry.tenant, entry.subject, key));
+            if let Some(entry) = self.runs.remove(&oldest) {
+                if let Some(theirs) = self.by_tenant.get_mut(&entry.tenant) {
+                    // The tenant's oldest, unless runs in progress were passed over.
+                    if let Some(at) = theirs.iter().position(|id| *id == oldest) {
+                        theirs.remove(at);
+                    }
+                    if theirs.is_empty() {
+                        self.by_tenant.remove(&entry.tenant);
+                    }
+                }
+                if let Some(key) = key {
+                    self.keys.remove(&(entry.tenant, entry.subject, key));
+                }
             }
         }
     }
@@ -450,6 +478,42 @@ mod tests {
             matches!(table.insert("b", (None, None), "wc", request, Some("k1"), RunState::Queued), Inserted::New(..)),
             "keys are per tenant"
         );
+    }
+
+    #[test]
+    fn a_tenants_list_walks_its_own_runs_and_stops_at_the_scan_bound() {
+        let table = RunTable::new(1_000);
+        let add = |tenant: &str, n: usize| {
+            (0..n)
+                .map(|i| {
+                    match table.insert(tenant, (None, None), "wc", Digest::of(&i.to_le_bytes()), None, RunState::Queued)
+                    {
+                        Inserted::New(entry, _) => entry.id,
+                        _ => panic!("new"),
+                    }
+                })
+                .collect::<Vec<_>>()
+        };
+        let mine = add("a", 3);
+        add("b", 500);
+        let all = |_: &RunEntry| true;
+        // Another tenant's 500 newer runs do not crowd a's out of a scan bound of 10.
+        let (found, cut) = table.recent((Some("a"), all), None, 50, 10).expect("listed");
+        assert_eq!(
+            found.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+            mine.iter().rev().cloned().collect::<Vec<_>>()
+        );
+        assert!(!cut);
+        // Across every tenant (an admin's list), the bound stops the scan and says so.
+        let (found, cut) = table.recent((None, all), None, 50, 10).expect("listed");
+        assert_eq!((found.len(), cut), (10, true));
+        // A cursor is looked for within the bound too: one past it is not reached.
+        let (found, cut) = table.recent((None, all), Some(&mine[0]), 50, 10).expect("the scan stopped");
+        assert!(found.is_empty() && cut);
+        assert!(table.recent((Some("a"), all), Some("no-such-run"), 50, 10).is_none());
+        // After a's second run: its first.
+        let (found, _) = table.recent((Some("a"), all), Some(&mine[1]), 50, 10).expect("listed");
+        assert_eq!(found.iter().map(|e| e.id.clone()).collect::<Vec<_>>(), vec![mine[0].clone()]);
     }
 
     #[test]
