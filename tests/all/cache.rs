@@ -6,42 +6,11 @@
 //! state what a tool's grants let it do (idempotent when cached).
 
 use crate::Guild;
-use crate::daemon::{Counter, Daemon, config_file, token_digest};
+use crate::daemon::{ALICE, BOB, Counter, Daemon, ROOT, config_file, three_tenants};
 use guild_test_artifacts::{HASH, HOSTILE, HTTP_GET};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const ROOT: &str = "root-token";
-const ALICE: &str = "alice-token";
-const BOB: &str = "bob-token";
-
-fn config(tools: &str) -> String {
-    format!(
-        r#"
-{tools}
-
-[[tenants]]
-name = "root"
-token_blake3 = "{root}"
-tools = ["*"]
-admin = true
-
-[[tenants]]
-name = "alice"
-token_blake3 = "{alice}"
-tools = ["*"]
-
-[[tenants]]
-name = "bob"
-token_blake3 = "{bob}"
-tools = ["*"]
-"#,
-        root = token_digest(ROOT),
-        alice = token_digest(ALICE),
-        bob = token_digest(BOB),
-    )
-}
 
 /// The value of one Prometheus series, 0 when absent.
 fn metric(daemon: &Daemon, series: &str) -> u64 {
@@ -65,7 +34,7 @@ fn fifty_identical_calls_over_a_mounted_tree_run_once_and_a_changed_byte_is_a_ne
         "[[tools]]\npath = \"{HASH}\"\ncache = true\n[[tools.mounts]]\nhost = \"{}\"\nguest = \"/data\"\n",
         data.path().display()
     );
-    let file = config_file(guild.home(), &config(&tools));
+    let file = config_file(guild.home(), &three_tenants(&tools));
     let daemon = Arc::new(Daemon::start(&guild, &["--config", &file], &[]));
     let call = json!({"tool": "hash", "input": {"path": "/data"}});
     let threads: Vec<_> = (0..50)
@@ -153,7 +122,7 @@ fn fifty_identical_calls_over_a_mounted_tree_run_once_and_a_changed_byte_is_a_ne
 fn a_hermetic_run_reads_the_same_clock_and_randomness_twice_and_replays_identically() {
     let guild = Guild::new();
     let tools = format!("[[tools]]\npath = \"{HOSTILE}\"\n[tools.cache]\nttl_s = 3600\nverify_sample = 1.0\n");
-    let file = config_file(guild.home(), &config(&tools));
+    let file = config_file(guild.home(), &three_tenants(&tools));
     let daemon = Daemon::start(&guild, &["--config", &file], &[]);
     let call = json!({"tool": "hostile", "input": {"attack": "entropy"}});
     let first = daemon.run(ALICE, call.clone()).json();
@@ -197,7 +166,7 @@ fn a_tool_that_reaches_the_network_is_never_cached_and_says_why() {
     let port = upstream.port;
     let tools =
         format!("[[tools]]\npath = \"{HTTP_GET}\"\ncache = true\nallow_hosts = [\"http://127.0.0.1:{port}\"]\n");
-    let file = config_file(guild.home(), &config(&tools));
+    let file = config_file(guild.home(), &three_tenants(&tools));
     let daemon = Daemon::start(&guild, &["--config", &file], &[]);
     let call = json!({"tool": "http-get", "input": {"url": format!("http://127.0.0.1:{port}/x")}});
     for _ in 0..2 {
@@ -216,7 +185,7 @@ fn a_tool_that_reaches_the_network_is_never_cached_and_says_why() {
 fn an_entry_whose_bundle_was_tampered_with_is_rejected_audited_and_recomputed() {
     let guild = Guild::new();
     let tools = format!("[[tools]]\npath = \"{HASH}\"\ncache = true\n");
-    let file = config_file(guild.home(), &config(&tools));
+    let file = config_file(guild.home(), &three_tenants(&tools));
     let call = json!({"tool": "hash", "input": {"text": "tamper with me"}});
     let daemon = Daemon::start(&guild, &["--config", &file], &[]);
     let first = daemon.run(ALICE, call.clone()).json();
@@ -263,7 +232,7 @@ fn annotations_state_what_the_grants_let_a_tool_do_and_follow_a_reload() {
             dir = data.path().display()
         )
     };
-    let file = config_file(guild.home(), &config(&tools("GET http://127.0.0.1:9", "ro")));
+    let file = config_file(guild.home(), &three_tenants(&tools("GET http://127.0.0.1:9", "ro")));
     let daemon = Daemon::start(&guild, &["--config", &file], &[]);
     let annotations = |daemon: &Daemon, name: &str| -> Value {
         let body = daemon.call("GET", "/v1/tools", ALICE, "").json();
@@ -280,7 +249,7 @@ fn annotations_state_what_the_grants_let_a_tool_do_and_follow_a_reload() {
     assert_eq!(http["openWorldHint"], true);
 
     // The operator grants any method and a writable mount: the annotations say so.
-    std::fs::write(&file, config(&tools("http://127.0.0.1:9", "rw"))).expect("write");
+    std::fs::write(&file, three_tenants(&tools("http://127.0.0.1:9", "rw"))).expect("write");
     let pid = daemon.child.id().to_string();
     assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().expect("kill").success());
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -302,7 +271,7 @@ fn annotations_state_what_the_grants_let_a_tool_do_and_follow_a_reload() {
 fn a_burst_of_sampled_hits_replays_a_bounded_few_and_counts_the_rest_skipped() {
     let guild = Guild::new();
     let tools = format!("[[tools]]\npath = \"{HOSTILE}\"\n[tools.cache]\nttl_s = 3600\nverify_sample = 1.0\n");
-    let file = config_file(guild.home(), &config(&tools));
+    let file = config_file(guild.home(), &three_tenants(&tools));
     let daemon = Daemon::start(&guild, &["--config", &file], &[]);
     // Over a second of work: its replays outlast the burst of hits by far.
     let call = json!({"tool": "hostile", "input": {"attack": "spin", "rounds": 150_000_000u64}});

@@ -4,14 +4,10 @@
 //! of another tenant's run audited, and a tampered bundle shown as one.
 
 use crate::Guild;
-use crate::daemon::{Counter, Daemon, Reply, config_file, token_digest};
+use crate::daemon::{ALICE, BOB, Counter, Daemon, ROOT, Reply, config_file, three_tenants};
 use guild_test_artifacts::{ECHO, HASH, HTTP_GET};
 use serde_json::json;
 use std::path::Path;
-
-const ROOT: &str = "root-token";
-const ALICE: &str = "alice-token";
-const BOB: &str = "bob-token";
 
 fn config() -> String {
     config_with("")
@@ -19,33 +15,7 @@ fn config() -> String {
 
 /// The three tenants, echo, and `tools` (more `[[tools]]` entries).
 fn config_with(tools: &str) -> String {
-    format!(
-        r#"
-{tools}
-
-[[tools]]
-path = "{ECHO}"
-
-[[tenants]]
-name = "root"
-token_blake3 = "{root}"
-tools = ["*"]
-admin = true
-
-[[tenants]]
-name = "alice"
-token_blake3 = "{alice}"
-tools = ["*"]
-
-[[tenants]]
-name = "bob"
-token_blake3 = "{bob}"
-tools = ["*"]
-"#,
-        root = token_digest(ROOT),
-        alice = token_digest(ALICE),
-        bob = token_digest(BOB),
-    )
+    three_tenants(&format!("{tools}\n[[tools]]\npath = \"{ECHO}\"\n"))
 }
 
 /// Sign in with `token`; the cookie to send with each page.

@@ -15,6 +15,42 @@ pub(crate) fn token_digest(token: &str) -> String {
     blake3::hash(token.as_bytes()).to_hex().to_string()
 }
 
+/// The admin tenant `root`'s token in [`three_tenants`].
+pub(crate) const ROOT: &str = "root-token";
+/// Tenant `alice`'s token in [`three_tenants`].
+pub(crate) const ALICE: &str = "alice-token";
+/// Tenant `bob`'s token in [`three_tenants`].
+pub(crate) const BOB: &str = "bob-token";
+
+/// A config with `tools` (`[[tools]]` entries) and three tenants that may call them all: `root`
+/// (an admin), `alice` and `bob`, with the tokens [`ROOT`], [`ALICE`] and [`BOB`].
+pub(crate) fn three_tenants(tools: &str) -> String {
+    format!(
+        r#"
+{tools}
+
+[[tenants]]
+name = "root"
+token_blake3 = "{root}"
+tools = ["*"]
+admin = true
+
+[[tenants]]
+name = "alice"
+token_blake3 = "{alice}"
+tools = ["*"]
+
+[[tenants]]
+name = "bob"
+token_blake3 = "{bob}"
+tools = ["*"]
+"#,
+        root = token_digest(ROOT),
+        alice = token_digest(ALICE),
+        bob = token_digest(BOB),
+    )
+}
+
 /// A running daemon.
 pub(crate) struct Daemon {
     pub(crate) child: Child,

@@ -427,38 +427,22 @@ async fn runs_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(quer
     let more = runs.len() > CONSOLE_RUNS_PAGE;
     let runs = &runs[..runs.len().min(CONSOLE_RUNS_PAGE)];
     let next = more.then(|| runs.last().map(|entry| entry.id.clone())).flatten();
-    let query_for = |after: &str| {
-        let mut pairs = vec![("after", after)];
-        for (name, value) in [
+    // This list's filters as a query, with `extra` (a cursor, the follow switch) after them.
+    let query_with = |extra: &[(&'static str, &str)]| {
+        let filters = [
             ("tool", &tool),
             ("status", &status),
             ("outcome", &outcome),
             ("revision", &revision),
             ("tenant", &tenant),
             ("since_min", &since),
-        ] {
-            pairs.extend(value.as_deref().map(|v| (name, v)));
-        }
+        ];
+        let mut pairs: Vec<(&str, &str)> =
+            filters.iter().filter_map(|(name, value)| Some((*name, value.as_deref()?))).collect();
+        pairs.extend_from_slice(extra);
         serde_urlencoded::to_string(pairs).unwrap_or_default()
     };
     let live = query.live.as_deref() == Some("1");
-    let query_for_live = |on: bool| {
-        let mut pairs = vec![];
-        for (name, value) in [
-            ("tool", &tool),
-            ("status", &status),
-            ("outcome", &outcome),
-            ("revision", &revision),
-            ("tenant", &tenant),
-            ("since_min", &since),
-        ] {
-            pairs.extend(value.as_deref().map(|v| (name, v)));
-        }
-        if on {
-            pairs.push(("live", "1"));
-        }
-        serde_urlencoded::to_string(pairs).unwrap_or_default()
-    };
     let body = html! {
         form method="get" action="/ui/runs" class="filters" {
             label for="tool" { "Tool" }
@@ -489,8 +473,8 @@ async fn runs_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(quer
         }
         @if admin { (node_summary(&daemon).await) }
         p {
-            @if live { "Following: this page reloads every " (CONSOLE_LIVE_REFRESH_S) " s. " a href={ "/ui/runs?" (query_for_live(false)) } { "Stop following" } }
-            @else { a href={ "/ui/runs?" (query_for_live(true)) } { "Follow live" } }
+            @if live { "Following: this page reloads every " (CONSOLE_LIVE_REFRESH_S) " s. " a href={ "/ui/runs?" (query_with(&[])) } { "Stop following" } }
+            @else { a href={ "/ui/runs?" (query_with(&[("live", "1")])) } { "Follow live" } }
         }
         table {
             caption { "Runs, newest first" }
@@ -524,7 +508,7 @@ async fn runs_page(State(daemon): State<Arc<Daemon>>, viewer: Viewer, Query(quer
         @if cut_short {
             p class="hint" { "The list looks through " (CONSOLE_RUNS_SCAN_MAX) " runs a page and stopped there: older runs that match were not reached. Open one by its id, or narrow the filter." }
         }
-        @if let Some(next) = next { p { a href={ "/ui/runs?" (query_for(&next)) } rel="next" { "Older runs" } } }
+        @if let Some(next) = next { p { a href={ "/ui/runs?" (query_with(&[("after", &next)])) } rel="next" { "Older runs" } } }
     };
     let mut response = html_response(StatusCode::OK, page("Runs", Some(&viewer), body));
     if live {
@@ -667,27 +651,21 @@ async fn lookup(daemon: &Daemon, id: &str) -> Result<Option<RunEntry>, String> {
         Err(guild_queue::QueueError::Corrupt(_)) => return Ok(None),
         Err(e) => return Err(e.to_string()),
     };
-    let gone = |status: guild_vocab::RunStatus, why: &str| {
-        RunState::Finished(Arc::new(crate::runs::Finished {
-            status,
-            error: Some(guild_vocab::Failure::host(guild_vocab::FailureCode::HostFailure, why)),
-            bundle: None,
-            fuel_used_units: 0,
-            wall_time_us: 0,
-            revision: None,
-            cache: None,
-            cost: None,
-            trace_id: None,
-        }))
+    let gone = |status: guild_vocab::RunStatus, code: guild_vocab::FailureCode, why: &str| {
+        RunState::Finished(Arc::new(crate::runs::Finished::failed(status, guild_vocab::Failure::host(code, why))))
     };
     let state = match (&status.result, &status.unreadable_result, status.state) {
         (Some(result), _, _) => RunState::Finished(Arc::new(crate::remote::finished(result))),
-        (None, Some(why), _) => {
-            gone(guild_vocab::RunStatus::Failed, &format!("this node cannot read the job's result ({why})"))
+        (None, Some(why), _) => gone(
+            guild_vocab::RunStatus::Failed,
+            guild_vocab::FailureCode::UnreadableResult,
+            &format!("this node cannot read the job's result ({why})"),
+        ),
+        (None, None, guild_queue::JobState::Dead) => {
+            gone(guild_vocab::RunStatus::Dead, guild_vocab::FailureCode::HostFailure, "its result is no longer kept")
         }
-        (None, None, guild_queue::JobState::Dead) => gone(guild_vocab::RunStatus::Dead, "its result is no longer kept"),
         (None, None, guild_queue::JobState::Done) => {
-            gone(guild_vocab::RunStatus::Failed, "its result is no longer kept")
+            gone(guild_vocab::RunStatus::Failed, guild_vocab::FailureCode::HostFailure, "its result is no longer kept")
         }
         (None, None, guild_queue::JobState::Running) => RunState::Running,
         (None, None, _) => RunState::Queued,

@@ -263,17 +263,7 @@ impl Remote {
 
     fn end_waiters(&self, id: &str, failure: Failure) {
         let Some(senders) = self.waiters.lock().unwrap_or_else(|p| p.into_inner()).remove(id) else { return };
-        let finished = Arc::new(Finished {
-            status: RunStatus::Failed,
-            error: Some(failure),
-            bundle: None,
-            fuel_used_units: 0,
-            wall_time_us: 0,
-            revision: None,
-            cache: None,
-            cost: None,
-            trace_id: None,
-        });
+        let finished = Arc::new(Finished::failed(RunStatus::Failed, failure));
         for sender in senders {
             let _ = sender.send(RunState::Finished(finished.clone()));
         }

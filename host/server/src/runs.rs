@@ -62,6 +62,22 @@ pub struct Finished {
 }
 
 impl Finished {
+    /// A run that ended as `status` for `failure` without running to a bundle: no fuel, no
+    /// time, nothing else known.
+    pub(crate) fn failed(status: RunStatus, failure: Failure) -> Self {
+        Self {
+            status,
+            error: Some(failure),
+            bundle: None,
+            fuel_used_units: 0,
+            wall_time_us: 0,
+            revision: None,
+            cache: None,
+            cost: None,
+            trace_id: None,
+        }
+    }
+
     /// The run's label in metrics and the audit log: `output`, `dead`, or why it failed
     /// (`tool_error`, `limit`, `denied`, …).
     pub fn label(&self) -> &'static str {

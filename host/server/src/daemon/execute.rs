@@ -209,17 +209,8 @@ impl Daemon {
                 let code = error.code();
                 let revision = tool.revision.to_string();
                 self.metrics.runs.with_label_values(&[&tool.name, &revision, &entry.tenant, code.as_str()]).inc();
-                let finished = Finished {
-                    status: RunStatus::Failed,
-                    error: Some(error.failure()),
-                    bundle: None,
-                    fuel_used_units: 0,
-                    wall_time_us: 0,
-                    revision: Some(tool.revision),
-                    cache: None,
-                    cost: None,
-                    trace_id: None,
-                };
+                let finished =
+                    Finished { revision: Some(tool.revision), ..Finished::failed(RunStatus::Failed, error.failure()) };
                 (finished, None)
             }
         };
