@@ -14,8 +14,11 @@
 # node, replica also starts a replica of it.
 # GUILD_BENCH_FSYNC=always measures Redis fsyncing its append-only file before every reply
 # (default everysec). GUILD_BENCH_CONFIG=TOML is added to the API node's config (run limits,
-# say). Each of the 8 submitting clients names its own agent label (Guild-Agent), so jobs take
-# turns among agents as they would with many agents.
+# say). GUILD_BENCH_PERF=DIR records each drain with `perf record -a -g` into
+# DIR/drain-WORKERS.perf (every process on the machine: Redis, the API node, the workers);
+# GUILD_BENCH_PERF_ARGS replaces perf's options (`-a --call-graph dwarf -F 99` for Rust stacks).
+# Each of the 8 submitting clients names its own agent label (Guild-Agent), so jobs take turns
+# among agents as they would with many agents.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 jobs=${1:-20000}
@@ -186,12 +189,21 @@ n = $target - $before
 print(f'Redis per job (submitting): {($commands1 - $commands0) / n:.1f} commands, {($bytes1 - $bytes0) / n:.0f} bytes on the wire, {max($aof1 - $aof0, 0) / n:.0f} bytes of append-only file, {($cpu1 - $cpu0) / n * 1e6:.0f} us of Redis CPU')"
     api_ticks=$(cpu_ticks "$api")
     read -r commands0 bytes0 cpu0 aof0 <<< "$(redis_counters)"
+    rcli info commandstats | tr -d '\r' > "$work/commandstats0"
+    if [ -n "${GUILD_BENCH_PERF:-}" ]; then
+        mkdir -p "$GUILD_BENCH_PERF"
+        perf record ${GUILD_BENCH_PERF_ARGS:--a -g -F 499} -o "$GUILD_BENCH_PERF/drain-$workers.perf" 2> "$work/perf.log" &
+        perf_pid=$!
+        sleep 0.5
+    fi
     started=$(date +%s.%N)
     start_workers "$workers"
     # One poller on one connection (no process forked per poll, which cost ~19% of the CPU).
     wait_for_completed "$target"
     finished=$(date +%s.%N)
+    if [ -n "${GUILD_BENCH_PERF:-}" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
     read -r commands1 bytes1 cpu1 aof1 <<< "$(redis_counters)"
+    rcli info commandstats | tr -d '\r' > "$work/commandstats1"
     worker_ticks=0
     for pid in "${worker_pids[@]}"; do worker_ticks=$((worker_ticks + $(cpu_ticks "$pid"))); done
     api_ticks=$(($(cpu_ticks "$api") - api_ticks))
@@ -200,6 +212,23 @@ n = $target - $before; hz = $(getconf CLK_TCK)
 print(f'jobs/s: {n / ($finished - $started):.0f} ({n} jobs in {$finished - $started:.2f} s, worker start-up included)')
 print(f'CPU per job: workers {$worker_ticks / hz / n * 1e6:.0f} us, API node {$api_ticks / hz / n * 1e6:.0f} us, Redis {($cpu1 - $cpu0) / n * 1e6:.0f} us')
 print(f'Redis per job (draining: take, run, share the bundle, complete, audit): {($commands1 - $commands0) / n:.1f} commands, {($bytes1 - $bytes0) / n:.0f} bytes on the wire, {max($aof1 - $aof0, 0) / n:.0f} bytes of append-only file')"
+    # What clients sent (a script is one call; the commands it runs are counted apart), per job:
+    # each call is a request Redis reads and answers.
+    python3 - "$work/commandstats0" "$work/commandstats1" "$((target - before))" <<'PY'
+import re, sys
+def calls(path):
+    out = {}
+    for line in open(path):
+        m = re.match(r"cmdstat_([^:]+):calls=(\d+),usec=(\d+)", line)
+        if m:
+            out[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+    return out
+before, after, n = calls(sys.argv[1]), calls(sys.argv[2]), int(sys.argv[3])
+rows = [(name, c - before.get(name, (0, 0))[0], u - before.get(name, (0, 0))[1]) for name, (c, u) in after.items()]
+rows = sorted((r for r in rows if r[1] > 0), key=lambda r: -r[2])
+print("Redis per job by command (calls, µs inside Redis; script bodies counted under their commands too):")
+print("  " + ", ".join(f"{name} {c / n:.2f} ({u / n:.0f} µs)" for name, c, u in rows))
+PY
     echo "== sync: wrk -c32 -d${seconds}s POST /v1/runs (waits for the result), $workers worker(s)"
     wrk -t1 -c32 -d"${seconds}s" --latency -s benches/daemon/run.lua "http://$addr" | tail -n 1
     stop_workers

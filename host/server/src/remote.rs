@@ -23,11 +23,20 @@ use tokio::sync::watch;
 const AUDIT_BATCH_MAX: usize = 512;
 /// Attempt keys remembered to drop redeliveries (after a crash between fsync and ack).
 const AUDITED_REMEMBERED_MAX: usize = 100_000;
-/// How often the results of every awaited job are read, in case a notice was missed.
+/// How often awaited jobs' results are read, in case a notice was missed, and Redis asked
+/// whether it still knows them.
 const SWEEP: Duration = Duration::from_secs(2);
+/// Awaited jobs a sweep looks at, at most, while no notice can have been missed (the next
+/// sweep goes on from where this one stopped, so a deep queue costs Redis a bounded number of
+/// reads a second, not one per awaited job); after a notice was dropped or the subscription
+/// was made again, the next sweep looks at every awaited job.
+const SWEEP_IDS_MAX: usize = 1_000;
 /// Finished-job notices queued for the waiters at most; past it notices are dropped, and the
 /// sweep finds those jobs instead.
 const NOTICES_QUEUED_MAX: usize = 4096;
+/// Notices whose results are read in one request, at most: the notices that arrived while the
+/// last read was under way are looked up together.
+const NOTICES_BATCH_MAX: usize = 256;
 /// Jobs awaited at once by this node's callers (sync requests, idempotent resubmissions); one
 /// more is refused with 503 rather than remembered without bound.
 pub const REMOTE_WAITERS_MAX: usize = 100_000;
@@ -48,6 +57,11 @@ pub struct Remote {
     /// Awaited jobs the last sweep found unknown to Redis, since when (unknown in every sweep
     /// since); at most `waiters_max`, a subset of the waiters then.
     unknown: Mutex<HashMap<String, std::time::Instant>>,
+    /// Set when a finished-job notice may have been missed (one was dropped, or the
+    /// subscription was made again): the next sweep looks at every awaited job.
+    notices_missed: Arc<std::sync::atomic::AtomicBool>,
+    /// Where the last bounded sweep stopped: the next one starts after this id.
+    sweep_after: Mutex<String>,
 }
 
 #[derive(Default)]
@@ -92,6 +106,8 @@ impl Remote {
             pushed: Mutex::new(HashSet::new()),
             audited: Mutex::new(Remembered::default()),
             unknown: Mutex::new(HashMap::new()),
+            notices_missed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            sweep_after: Mutex::new(String::new()),
         }
     }
 
@@ -163,7 +179,7 @@ impl Remote {
         tokio::spawn(async move {
             let mut backoff = redis_retry(Duration::from_millis(100));
             loop {
-                if let Err(e) = listener.queue.listen_finished(&sender).await {
+                if let Err(e) = listener.queue.listen_finished(&sender, &listener.notices_missed).await {
                     tracing::debug!(error = %e, "finished-job notices interrupted; subscribing again");
                 }
                 if sender.is_closed() {
@@ -173,36 +189,77 @@ impl Remote {
             }
         });
         let mut sweep = tokio::time::interval(SWEEP);
+        let mut batch = Vec::with_capacity(NOTICES_BATCH_MAX);
         loop {
             tokio::select! {
-                notice = notices.recv() => {
-                    let Some(id) = notice else { return };
-                    let awaited = self.waiters.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&id);
-                    if awaited {
-                        match self.queue.status(&id).await {
-                            Ok(Some(JobStatus { result: Some(result), .. })) => self.notify(&result),
-                            Ok(Some(JobStatus { unreadable_result: Some(reason), .. })) => {
-                                self.unreadable(&id, &reason)
-                            }
-                            Err(QueueError::Corrupt(reason)) => self.unreadable(&id, &reason),
-                            _ => {}
-                        }
+                received = notices.recv_many(&mut batch, NOTICES_BATCH_MAX) => {
+                    if received == 0 {
+                        return;
                     }
+                    self.resolve_notices(&mut batch).await;
                 }
                 _ = sweep.tick() => self.sweep().await,
             }
         }
     }
 
+    /// Wake the waiters of the jobs these notices name (one read for all of them); a job none
+    /// waits for here costs nothing. A read that fails leaves them to the sweep.
+    async fn resolve_notices(&self, ids: &mut Vec<String>) {
+        {
+            let waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            ids.retain(|id| waiters.contains_key(id));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        if !ids.is_empty()
+            && let Ok(results) = self.queue.results(ids).await
+        {
+            for (id, result) in ids.iter().zip(results) {
+                match result {
+                    Some(Ok(result)) => self.notify(&result),
+                    Some(Err(e)) => self.unreadable(id, &e.to_string()),
+                    None => {}
+                }
+            }
+        }
+        ids.clear();
+    }
+
+    /// The awaited jobs this sweep looks at: every one after a notice may have been missed,
+    /// else at most `SWEEP_IDS_MAX`, going on from where the last sweep stopped.
+    fn sweep_ids(&self) -> Vec<String> {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        waiters.retain(|_, senders| {
+            senders.retain(|s| !s.is_closed());
+            !senders.is_empty()
+        });
+        let mut ids: Vec<String> = waiters.keys().cloned().collect();
+        drop(waiters);
+        if self.notices_missed.swap(false, std::sync::atomic::Ordering::AcqRel) || ids.len() <= SWEEP_IDS_MAX {
+            return ids;
+        }
+        let mut after = self.sweep_after.lock().unwrap_or_else(|p| p.into_inner());
+        // The next ids in order after the last sweep's, wrapping round to the first.
+        let (mut next, mut first): (Vec<String>, Vec<String>) = ids.drain(..).partition(|id| *id > *after);
+        for part in [&mut next, &mut first] {
+            if part.len() > SWEEP_IDS_MAX {
+                part.select_nth_unstable(SWEEP_IDS_MAX - 1);
+                part.truncate(SWEEP_IDS_MAX);
+            }
+        }
+        next.sort_unstable();
+        first.sort_unstable();
+        next.extend(first);
+        next.truncate(SWEEP_IDS_MAX);
+        if let Some(last) = next.last() {
+            after.clone_from(last);
+        }
+        next
+    }
+
     async fn sweep(&self) {
-        let ids: Vec<String> = {
-            let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-            waiters.retain(|_, senders| {
-                senders.retain(|s| !s.is_closed());
-                !senders.is_empty()
-            });
-            waiters.keys().cloned().collect()
-        };
+        let ids = self.sweep_ids();
         if ids.is_empty() {
             return;
         }
@@ -224,17 +281,26 @@ impl Remote {
         // Longer than a submission can take to land (its confirmation wait and its timeout).
         let grace = (SWEEP * 2).max(Duration::from_millis(settings.ack_timeout_ms + settings.response_timeout_ms));
         let now = std::time::Instant::now();
-        let expired: HashMap<String, std::time::Instant> = {
+        let expired: Vec<String> = {
             let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
-            let still = unresolved.into_iter().zip(known).filter(|(_, known)| !known).map(|(id, _)| {
-                let since = unknown.get(&id).copied().unwrap_or(now);
-                (id, since)
-            });
-            let (expired, waiting) = still.partition(|(_, since)| now.duration_since(*since) >= grace);
-            *unknown = waiting;
+            let mut expired = Vec::new();
+            for (id, known) in unresolved.into_iter().zip(known) {
+                if known {
+                    unknown.remove(&id);
+                    continue;
+                }
+                let since = *unknown.entry(id.clone()).or_insert(now);
+                if now.duration_since(since) >= grace {
+                    unknown.remove(&id);
+                    expired.push(id);
+                }
+            }
+            // Only awaited jobs are remembered (a sweep may not have looked at all of them).
+            let waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            unknown.retain(|id, _| waiters.contains_key(id));
             expired
         };
-        for id in expired.keys() {
+        for id in &expired {
             self.expire(id);
         }
     }
@@ -532,5 +598,26 @@ mod tests {
         drop(first);
         drop(_again);
         assert!(remote.watch("c").is_ok(), "a place whose callers went away is reused");
+    }
+
+    #[tokio::test]
+    async fn a_sweep_of_a_deep_queue_looks_at_a_bounded_window_in_turn_unless_a_notice_was_missed() {
+        let queue = RedisQueue::open(guild_queue::RedisSettings::new("redis://127.0.0.1:1/")).expect("queue");
+        let remote = Remote::new(queue, "node".into(), None);
+        let awaited = SWEEP_IDS_MAX * 2 + 10;
+        let _receivers: Vec<_> = (0..awaited).map(|i| remote.watch(&format!("job-{i:05}")).expect("room")).collect();
+        let all = remote.sweep_ids();
+        assert_eq!(all.len(), awaited, "the first sweep (nothing subscribed yet) looks at every awaited job");
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..3 {
+            let window = remote.sweep_ids();
+            assert!(window.len() <= SWEEP_IDS_MAX, "bounded: {}", window.len());
+            seen.extend(window);
+        }
+        assert_eq!(seen.len(), awaited, "three bounded sweeps in turn cover every awaited job");
+        let wrapped = remote.sweep_ids();
+        assert_eq!(wrapped.first().map(String::as_str), Some("job-00990"), "the turn goes on where it stopped");
+        remote.notices_missed.store(true, std::sync::atomic::Ordering::Release);
+        assert_eq!(remote.sweep_ids().len(), awaited, "a missed notice makes the next sweep look at every job");
     }
 }

@@ -214,21 +214,30 @@ impl RedisQueue {
 
     /// Send the id of every job that gets its result (completed or dead) to `notices`, until
     /// the connection drops (then an error: subscribe again, and look for what was missed).
-    /// A notice that does not fit in `notices` is dropped: the caller's periodic sweep of all
-    /// awaited results finds that job anyway.
+    /// A notice that does not fit in `notices` is dropped, and `missed` set (as it is once the
+    /// subscription is made: notices published before it went nowhere): the caller's sweep of
+    /// all awaited results then finds those jobs.
     ///
     /// # Errors
     /// [`QueueError::Unavailable`] when the subscription cannot be made or is dropped;
     /// [`QueueError::Redis`] when Redis refuses it. When `notices` is closed it returns `Ok`.
-    pub async fn listen_finished(&self, notices: &tokio::sync::mpsc::Sender<String>) -> Result<(), QueueError> {
+    pub async fn listen_finished(
+        &self,
+        notices: &tokio::sync::mpsc::Sender<String>,
+        missed: &std::sync::atomic::AtomicBool,
+    ) -> Result<(), QueueError> {
         use futures_util::StreamExt;
+        use std::sync::atomic::Ordering;
         let mut pubsub = self.inner.topology.pubsub().await.map_err(from_redis)?;
         pubsub.subscribe(self.inner.keys.key("finished")).await.map_err(from_redis)?;
+        // Notices published before this subscription went nowhere.
+        missed.store(true, Ordering::Release);
         let mut messages = pubsub.into_on_message();
         while let Some(message) = messages.next().await {
             if let Ok(id) = message.get_payload::<String>() {
                 match notices.try_send(id) {
-                    Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {}
+                    Ok(()) => {}
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => missed.store(true, Ordering::Release),
                     Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return Ok(()),
                 }
             }

@@ -2,20 +2,24 @@
 -- sit in one slot of a Redis Cluster; job keys are built from the prefix passed in ARGV.
 local GROUP = 'workers'
 
--- Keep a finished job's result where every node can read it, for `ttl` seconds.
-local function keep_result(result_key, job_key, result_json, state, ttl)
+-- Keep a finished job's result where every node can read it, for `ttl` seconds. `idem`: the
+-- job's idempotency key field when the caller read it already (else it is read here).
+local function keep_result(result_key, job_key, result_json, state, ttl, idem)
   redis.call('SET', result_key, result_json, 'EX', ttl)
   redis.call('HSET', job_key, 'state', state, 'worker', '')
   redis.call('EXPIRE', job_key, ttl)
-  local idem = redis.call('HGET', job_key, 'idem')
+  if idem == nil then
+    idem = redis.call('HGET', job_key, 'idem')
+  end
   if idem and idem ~= '' then
     redis.call('EXPIRE', idem, ttl)
   end
 end
 
--- Does `worker` hold the lease on the job through `entry`?
+-- Does `worker` hold the lease on the job through `entry`? Also returns the job's fields
+-- state, worker, entry and idem (its idempotency key).
 local function holds(job_key, entry, worker)
-  local fields = redis.call('HMGET', job_key, 'state', 'worker', 'entry')
+  local fields = redis.call('HMGET', job_key, 'state', 'worker', 'entry', 'idem')
   return fields[1] == 'running' and fields[2] == worker and fields[3] == entry, fields
 end
 
@@ -66,10 +70,18 @@ local function redis_now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 -- Queue again the jobs of the delayed set (`delayed`: retries backing off, runs held to a run
--- limit's turn) whose time has come, at most `most`; how many.
+-- limit's turn) whose time has come, at most `most`; how many, and whether the set was empty.
+-- One command when none is due (the set's earliest entry looked at).
 local function promote_due(prefix, jobs, most)
-  local now = redis_now_ms()
   local delayed = prefix .. 'delayed'
+  local earliest = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+  if not earliest[2] then
+    return 0, true
+  end
+  local now = redis_now_ms()
+  if tonumber(earliest[2]) > now then
+    return 0, false
+  end
   local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, most)
   for _, id in ipairs(due) do
     redis.call('ZREM', delayed, id)
@@ -79,5 +91,5 @@ local function promote_due(prefix, jobs, most)
       requeue_job(prefix, job_key, id)
     end
   end
-  return #due
+  return #due, false
 end

@@ -6,7 +6,7 @@
 local mine, fields = holds(KEYS[2], ARGV[1], ARGV[2])
 if mine then
   settle(KEYS[1], ARGV[1])
-  keep_result(KEYS[3], KEYS[2], ARGV[3], 'done', tonumber(ARGV[4]))
+  keep_result(KEYS[3], KEYS[2], ARGV[3], 'done', tonumber(ARGV[4]), fields[4] or '')
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], '*', 'kind', 'completed', 'result', ARGV[8])
   redis.call('HINCRBY', KEYS[5], 'completed', 1)
   redis.call('PUBLISH', ARGV[6], ARGV[7])

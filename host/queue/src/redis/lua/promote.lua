@@ -1,3 +1,4 @@
 -- Queue again the retries whose backoff is over and the runs whose turn has come.
 -- KEYS: delayed set. ARGV: most to move, job key prefix, queue prefix.
-return promote_due(ARGV[3], ARGV[2], tonumber(ARGV[1]))
+local promoted = promote_due(ARGV[3], ARGV[2], tonumber(ARGV[1]))
+return promoted

@@ -11,7 +11,7 @@
 -- and in how many ms the delayed set's next job is due (-1: none).
 local worker, prefix, jobs = ARGV[1], ARGV[2], ARGV[3]
 local count = tonumber(ARGV[4])
-promote_due(prefix, jobs, count + 64)
+local _, none_delayed = promote_due(prefix, jobs, count + 64)
 local weights = prefix .. 'weights'
 local out = {}
 -- Ids popped whose job is gone or no longer queued are skipped; bounded all the same.
@@ -68,7 +68,7 @@ while #out < count and looked < count + 64 do
     if id then
       redis.call('HINCRBY', prefix .. 'lanes:depth', lane, -1)
       local job_key = jobs .. id
-      local fields = redis.call('HMGET', job_key, 'state', 'body')
+      local fields = redis.call('HMGET', job_key, 'state', 'body', 'attempts')
       if fields[1] == 'queued' then
         local entry = redis.call('XADD', KEYS[1], '*', 'job', id)
         local leased = redis.pcall('XCLAIM', KEYS[1], GROUP, worker, 0, entry, 'FORCE', 'JUSTID')
@@ -79,13 +79,16 @@ while #out < count and looked < count + 64 do
           requeue_job(prefix, job_key, id)
           return redis.error_reply(leased.err)
         end
-        local attempt = redis.call('HINCRBY', job_key, 'attempts', 1)
-        redis.call('HSET', job_key, 'state', 'running', 'worker', worker, 'entry', entry)
+        local attempt = tonumber(fields[3] or '0') + 1
+        redis.call('HSET', job_key, 'state', 'running', 'worker', worker, 'entry', entry, 'attempts', attempt)
         local cancel = redis.call('EXISTS', prefix .. 'cancel:' .. id)
         table.insert(out, {entry, fields[2] or '', attempt, id, cancel})
       end
     end
   end
+end
+if none_delayed then
+  return {out, -1}
 end
 local next_due = redis.call('ZRANGE', prefix .. 'delayed', 0, 0, 'WITHSCORES')
 if next_due[2] then
