@@ -123,6 +123,11 @@ struct Worker {
     retried: AtomicU64,
     dead: AtomicU64,
     running: AtomicU64,
+    /// Set once the worker is told to stop: a slot takes no next job.
+    stopping: std::sync::atomic::AtomicBool,
+    /// When the take loop next takes over lapsed leases (ms since the epoch): from then a slot
+    /// goes back to it rather than take its next job itself.
+    reclaim_due_ms: AtomicU64,
 }
 
 /// Run jobs until `shutdown` resolves; then take no more, let the running ones finish (up to
@@ -154,6 +159,8 @@ pub async fn run_worker(
         retried: AtomicU64::new(0),
         dead: AtomicU64::new(0),
         running: AtomicU64::new(0),
+        stopping: std::sync::atomic::AtomicBool::new(false),
+        reclaim_due_ms: AtomicU64::new(0),
     });
     // Its lanes and advertisement are known before it takes a job.
     worker.lanes().await;
@@ -166,6 +173,7 @@ pub async fn run_worker(
     let upkeep = tokio::spawn(worker.clone().upkeep_loop(stop.clone()));
     shutdown.await;
     tracing::info!(worker = %worker.name, "stopping: no new jobs; finishing the running ones");
+    worker.stopping.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     let _ = taking.await;
     let _ = upkeep.await;
@@ -274,6 +282,8 @@ impl Worker {
         let mut reconnect = Reconnect::default();
         let reclaim_every = upkeep_period(self.queue.settings().lease_ms);
         let mut reclaimed_at = tokio::time::Instant::now();
+        let every_ms = u64::try_from(reclaim_every.as_millis()).unwrap_or(u64::MAX);
+        self.reclaim_due_ms.store(now_unix_ms().saturating_add(every_ms), Ordering::Relaxed);
         let mut cursor = "0-0".to_string();
         loop {
             if *stop.borrow() {
@@ -289,6 +299,7 @@ impl Worker {
             }
             if reclaimed_at.elapsed() >= reclaim_every {
                 reclaimed_at = tokio::time::Instant::now();
+                self.reclaim_due_ms.store(now_unix_ms().saturating_add(every_ms), Ordering::Relaxed);
                 match self.queue.reclaim(&self.name, permits.len(), &cursor).await {
                     Ok((leases, next)) => {
                         cursor = next;
@@ -340,7 +351,22 @@ impl Worker {
         }
     }
 
+    /// Run `lease` in a task holding `permit` (a slot); the slot then goes on to the job taken
+    /// when this one completed, if any, and is freed once there is none.
     fn spawn_job(self: Arc<Self>, lease: Lease, permit: tokio::sync::OwnedSemaphorePermit) {
+        tokio::spawn(async move {
+            let mut next = Some(lease);
+            while let Some(lease) = next.take() {
+                let (span, traced) = self.job_spans(&lease);
+                next = self.run_one(lease).instrument(traced).instrument(span).await;
+            }
+            drop(permit);
+        });
+    }
+
+    /// The log span of an attempt, and its consumer span in the trace of the call that enqueued
+    /// the job.
+    fn job_spans(&self, lease: &Lease) -> (tracing::Span, tracing::Span) {
         let span = tracing::info_span!(
             "job",
             run_id = %lease.job.id,
@@ -348,7 +374,6 @@ impl Worker {
             tool = %lease.job.tool,
             attempt = lease.attempt
         );
-        // The consumer span of this attempt, in the trace of the call that enqueued the job.
         let queue = &self.queue.settings().queue;
         let waited_ms = guild_queue::now_unix_ms().saturating_sub(lease.job.submitted_unix_ms);
         let traced = guild_telemetry::root(lease.job.trace.as_ref(), "job", || {
@@ -368,21 +393,29 @@ impl Worker {
                 otel.status_code = tracing::field::Empty,
             )
         });
-        tokio::spawn(
-            async move {
-                self.running.fetch_add(1, Ordering::Relaxed);
-                // Counted down however the attempt ends, a panic included.
-                let _running = Running(&self.running);
-                self.attempt(lease).await;
-                drop(permit);
-            }
-            .instrument(traced)
-            .instrument(span),
-        );
+        (span, traced)
     }
 
-    /// One attempt: hold the lease, run, settle.
-    async fn attempt(self: &Arc<Self>, lease: Lease) {
+    /// One attempt, counted as running; the job taken for this slot when it completed, if any.
+    async fn run_one(self: &Arc<Self>, lease: Lease) -> Option<Lease> {
+        self.running.fetch_add(1, Ordering::Relaxed);
+        // Counted down however the attempt ends, a panic included.
+        let _running = Running(&self.running);
+        self.attempt(lease).await
+    }
+
+    /// The lanes to take this slot's next job from as a job completes, or `None` when the slot
+    /// should go back to the take loop: the worker is stopping, or it is time to take over the
+    /// jobs of workers whose lease lapsed (the take loop does that first).
+    async fn next_lanes(&self) -> Option<Vec<String>> {
+        if self.stopping.load(Ordering::Relaxed) || now_unix_ms() >= self.reclaim_due_ms.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(self.lanes().await)
+    }
+
+    /// One attempt: hold the lease, run, settle; the job taken for this slot when it completed.
+    async fn attempt(self: &Arc<Self>, lease: Lease) -> Option<Lease> {
         // Cancelled when the job is asked to be (an MCP task's `tasks/cancel` on any API node).
         let cancel = guild_runtime::CancellationToken::new();
         // Stopped however the attempt ends: a panic in it unwinds through this guard, so the lease
@@ -400,8 +433,9 @@ impl Worker {
         };
         // Renewed until settled: settling may wait out a failover, longer than a lease.
         let settling = tracing::info_span!(target: SPAN_TARGET, "settle");
-        self.settle(&lease, result).instrument(settling).await;
+        let next = self.settle(&lease, result).instrument(settling).await;
         drop(renewing);
+        next
     }
 
     async fn renew_loop(self: Arc<Self>, lease: Lease, cancel: guild_runtime::CancellationToken) {
@@ -676,7 +710,9 @@ impl Worker {
     /// [`SETTLE_RETRY_MIN`]), the job is left to be taken over and run again (at least once);
     /// if another worker took it over meanwhile, whichever settles first wins and the other is
     /// recorded as a duplicate.
-    async fn settle(&self, lease: &Lease, result: Result<JobResult, AttemptFailure>) {
+    /// A job that completes takes the next job for its slot in the same request (see
+    /// [`Worker::next_lanes`]): that job is returned.
+    async fn settle(&self, lease: &Lease, result: Result<JobResult, AttemptFailure>) -> Option<Lease> {
         let deadline = tokio::time::Instant::now() + self.settle_window();
         let mut backoff = redis_retry(Duration::from_millis(50));
         loop {
@@ -686,16 +722,17 @@ impl Worker {
                     let result = JobResult { status: RunStatus::Failed, ..f.result(self.empty_result(lease)) };
                     self.complete(lease, &result).await
                 }
-                Err(AttemptFailure::Retryable(f)) => self.retry(lease, f).await,
+                Err(AttemptFailure::Retryable(f)) => self.retry(lease, f).await.map(|()| None),
             };
             match settled {
-                Ok(()) => return,
+                Ok(next) => return next,
                 Err(e) if e.is_unavailable() && tokio::time::Instant::now() < deadline => {
                     tracing::warn!(error = %e, "cannot settle the job yet; retrying");
                     tokio::time::sleep(backoff.next().unwrap_or(REDIS_RETRY_MAX)).await;
                 }
                 Err(e) => {
-                    return tracing::error!(error = %e, "cannot settle the job; it will be taken over and run again");
+                    tracing::error!(error = %e, "cannot settle the job; it will be taken over and run again");
+                    return None;
                 }
             }
         }
@@ -707,8 +744,15 @@ impl Worker {
         Duration::from_millis(self.queue.settings().lease_ms.saturating_mul(2)).max(SETTLE_RETRY_MIN)
     }
 
-    async fn complete(&self, lease: &Lease, result: &JobResult) -> Result<(), QueueError> {
-        match self.queue.complete(&self.name, lease, result).await? {
+    async fn complete(&self, lease: &Lease, result: &JobResult) -> Result<Option<Lease>, QueueError> {
+        let (completion, next) = match self.next_lanes().await {
+            Some(lanes) => {
+                let (completion, mut taken) = self.queue.complete_take(&self.name, lease, result, &lanes, 1).await?;
+                (completion, taken.pop())
+            }
+            None => (self.queue.complete(&self.name, lease, result).await?, None),
+        };
+        match completion {
             Completion::Recorded => {
                 self.completed.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(status = %result.status, fuel_used_units = result.fuel_used_units, wall_time_us = result.wall_time_us, "job finished");
@@ -718,7 +762,7 @@ impl Worker {
                 tracing::warn!("job finished, but another attempt had already: recorded as a duplicate");
             }
         }
-        Ok(())
+        Ok(next)
     }
 
     async fn retry(&self, lease: &Lease, failure: &FailureInfo) -> Result<(), QueueError> {

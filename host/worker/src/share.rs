@@ -40,40 +40,41 @@ impl Worker {
     /// `bundle_inline_bytes_max` goes to the shared store instead, or stays here.
     async fn try_share_bundle(&self, id: &Digest) -> Result<(), Unshared> {
         let (store, bundle) = (self.store.clone(), *id);
-        let (manifest, signature, parsed) = blocking(move || {
+        // One trip to the blocking pool for what every bundle sends: its documents and its small
+        // parts (this run's own: its action, tape, result, input, output).
+        let (manifest, signature, parts, small) = blocking(move || {
             let (manifest, signature) = store.get_bundle(&bundle).map_err(|e| e.to_string())?;
             let parsed: Manifest = serde_json::from_slice(&manifest).map_err(|e| e.to_string())?;
-            Ok((manifest, signature, parsed))
+            let parts: Vec<BlobRef> = parsed.parts().cloned().collect();
+            let mut read = HashSet::new();
+            let small = parts
+                .iter()
+                .filter(|p| p.size_bytes < KNOWN_BLOB_BYTES_MIN && read.insert(p.digest))
+                .map(|p| store.get(&p.digest).map(|bytes| (p.digest, bytes)).map_err(|e| e.to_string()))
+                .collect::<Result<Vec<_>, String>>()?;
+            Ok((manifest, signature, parts, small))
         })
         .await?;
-        let parts: Vec<BlobRef> = parsed.parts().cloned().collect();
-        // Small parts are this run's own (its action, tape, result, input, output): send them.
-        // Large ones (a component, a mounted file) are often in Redis already: ask, unless
-        // this worker saw them there lately.
+        // Large parts (a component, a mounted file) are often in Redis already: ask, unless this
+        // worker saw them there lately.
         let fresh = Duration::from_secs(self.queue.settings().results_ttl_s / 2);
-        let asked: Vec<BlobRef> = {
+        let mut large: Vec<BlobRef> = parts.iter().filter(|p| p.size_bytes >= KNOWN_BLOB_BYTES_MIN).cloned().collect();
+        large.sort_by_key(|p| p.digest);
+        large.dedup_by_key(|p| p.digest);
+        let (recent, asked): (Vec<BlobRef>, Vec<BlobRef>) = {
             let known = self.known_blobs.lock().unwrap_or_else(|p| p.into_inner());
-            parts
-                .iter()
-                .filter(|p| {
-                    p.size_bytes >= KNOWN_BLOB_BYTES_MIN
-                        && known.get(&p.digest).is_none_or(|seen| seen.elapsed() >= fresh)
-                })
-                .cloned()
-                .collect()
+            large.into_iter().partition(|p| known.get(&p.digest).is_some_and(|seen| seen.elapsed() < fresh))
         };
         let digests: Vec<Digest> = asked.iter().map(|p| p.digest).collect();
         let present = if digests.is_empty() { Vec::new() } else { self.queue.keep_blobs(&digests).await? };
-        let skip: HashSet<Digest> = {
-            let known = self.known_blobs.lock().unwrap_or_else(|p| p.into_inner());
-            let recent = parts.iter().filter(|p| known.get(&p.digest).is_some_and(|seen| seen.elapsed() < fresh));
-            recent
-                .map(|p| p.digest)
-                .chain(asked.iter().zip(&present).filter(|(_, here)| **here).map(|(p, _)| p.digest))
-                .collect()
-        };
-        let missing: Vec<&BlobRef> = parts.iter().filter(|p| !skip.contains(&p.digest)).collect();
-        let missing_bytes: u64 = missing.iter().map(|p| p.size_bytes).sum();
+        let skip: HashSet<Digest> = recent
+            .iter()
+            .map(|p| p.digest)
+            .chain(asked.iter().zip(&present).filter(|(_, here)| **here).map(|(p, _)| p.digest))
+            .collect();
+        let missing_large: Vec<&BlobRef> = asked.iter().filter(|p| !skip.contains(&p.digest)).collect();
+        let missing_bytes: u64 = small.iter().map(|(_, bytes)| bytes.len() as u64).sum::<u64>()
+            + missing_large.iter().map(|p| p.size_bytes).sum::<u64>();
         let limit = self.queue.settings().bundle_inline_bytes_max;
         if missing_bytes > limit {
             let Some(shared) = self.shared_store.clone() else {
@@ -90,14 +91,19 @@ impl Worker {
             .map_err(|e| e.to_string())?
             .map_err(Unshared::Failed);
         }
-        let (store, wanted) = (self.store.clone(), missing.iter().map(|p| p.digest).collect::<Vec<_>>());
-        let blobs = blocking(move || {
-            wanted
-                .into_iter()
-                .map(|d| store.get(&d).map(|bytes| (d, bytes)).map_err(|e| e.to_string()))
-                .collect::<Result<Vec<_>, String>>()
-        })
-        .await?;
+        let mut blobs = small;
+        if !missing_large.is_empty() {
+            let (store, wanted) = (self.store.clone(), missing_large.iter().map(|p| p.digest).collect::<Vec<_>>());
+            blobs.extend(
+                blocking(move || {
+                    wanted
+                        .into_iter()
+                        .map(|d| store.get(&d).map(|bytes| (d, bytes)).map_err(|e| e.to_string()))
+                        .collect::<Result<Vec<_>, String>>()
+                })
+                .await?,
+            );
+        }
         // Parts skipped because this worker saw them lately are kept as long as this bundle.
         let kept: Vec<Digest> = skip.iter().copied().collect();
         self.queue.put_bundle(id, &manifest, &signature, &blobs, &kept).await?;

@@ -245,10 +245,7 @@ impl RedisQueue {
         }
         let (started, next_due): (Vec<Taken>, i64) =
             invocation.invoke_async(&mut self.conn()).await.map_err(from_redis)?;
-        let leases = started
-            .into_iter()
-            .map(|(entry, body, attempt, id, cancel)| lease(entry, &body, attempt, id, Some(cancel == 1)))
-            .collect();
+        let leases = started.into_iter().map(taken).collect();
         Ok((leases, u64::try_from(next_due).ok()))
     }
 
@@ -453,6 +450,52 @@ impl RedisQueue {
     /// refuses the script. A job already settled (its lease lost) is [`Completion::Duplicate`], not
     /// an error.
     pub async fn complete(&self, worker: &str, lease: &Lease, result: &JobResult) -> Result<Completion, QueueError> {
+        let said: String = self
+            .completing(&self.inner.scripts.complete, worker, lease, result)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(from_redis)?;
+        Ok(completion(&said))
+    }
+
+    /// [`RedisQueue::complete`], then, in the same request, take up to `count` jobs from `lanes`
+    /// as [`RedisQueue::take`] would without waiting: a worker's slot goes from one job to the
+    /// next in one round trip. The completion stands whatever the taking finds (no job, or a
+    /// stream without its consumer group: then no job, and the next plain take says why).
+    ///
+    /// # Errors
+    /// As [`RedisQueue::complete`]: on an error nothing was taken, and whether the completion
+    /// was recorded is unknown (settle again: a second completion is a duplicate).
+    pub async fn complete_take(
+        &self,
+        worker: &str,
+        lease: &Lease,
+        result: &JobResult,
+        lanes: &[String],
+        count: usize,
+    ) -> Result<(Completion, Vec<Lease>), QueueError> {
+        let keys = &self.inner.keys;
+        let mut invocation = self.completing(&self.inner.scripts.complete_take, worker, lease, result);
+        invocation.key(keys.key("delayed"));
+        invocation.arg(&keys.prefix).arg(keys.job_prefix()).arg(count);
+        for lane in lanes {
+            invocation.arg(lane);
+        }
+        let (said, started, _next_due): (String, Vec<Taken>, i64) =
+            invocation.invoke_async(&mut self.conn()).await.map_err(from_redis)?;
+        let leases = started.into_iter().map(taken).collect();
+        Ok((completion(&said), leases))
+    }
+
+    /// The complete script's invocation for this attempt's `result` (its keys and first eight
+    /// arguments: `complete_take` adds its own after them).
+    fn completing<'a>(
+        &'a self,
+        script: &'a Script,
+        worker: &str,
+        lease: &Lease,
+        result: &JobResult,
+    ) -> redis::ScriptInvocation<'a> {
         let keys = &self.inner.keys;
         let settings = &self.inner.settings;
         let text = serde_json::to_string(result).expect("a job result is plain data");
@@ -460,8 +503,8 @@ impl RedisQueue {
         // batches, and the output (up to `output_bytes_max`) is in the result key.
         let audited = JobResult { output: None, ..result.clone() };
         let audited = serde_json::to_string(&audited).expect("a job result is plain data");
-        let said: String = self
-            .settling(&self.inner.scripts.complete, &lease.job.id)
+        let mut invocation = self.settling(script, &lease.job.id);
+        invocation
             .arg(&lease.entry)
             .arg(worker)
             .arg(text)
@@ -469,11 +512,8 @@ impl RedisQueue {
             .arg(settings.done_kept_max)
             .arg(keys.key("finished"))
             .arg(&lease.job.id)
-            .arg(audited)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(from_redis)?;
-        Ok(if said == "recorded" { Completion::Recorded } else { Completion::Duplicate })
+            .arg(audited);
+        invocation
     }
 
     /// The attempt (`attempt`, its result) failed in a way worth retrying: back off
@@ -652,6 +692,15 @@ fn lease(entry: String, body: &str, attempt: u32, named: String, cancel_asked: O
         job.id = named;
     }
     Lease { job, unreadable, entry, attempt, cancel_asked }
+}
+
+/// The lease on a job the take script started.
+fn taken((entry, body, attempt, id, cancel): Taken) -> Lease {
+    lease(entry, &body, attempt, id, Some(cancel == 1))
+}
+
+fn completion(said: &str) -> Completion {
+    if said == "recorded" { Completion::Recorded } else { Completion::Duplicate }
 }
 
 pub(super) fn parse_result(text: &str) -> Result<JobResult, QueueError> {

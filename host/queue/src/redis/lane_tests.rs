@@ -242,3 +242,59 @@ async fn jobs_an_earlier_version_queued_in_its_stream_move_to_their_lanes() {
     let left: u64 = redis::cmd("XLEN").arg(old).query_async(&mut conn).await.expect("xlen");
     assert_eq!(left, 0, "the old entry is settled");
 }
+
+#[tokio::test]
+async fn a_completion_takes_its_slots_next_job_in_turn_and_stands_when_none_is_left() {
+    let (_server, queue) = server().await;
+    queue.ensure_groups().await.expect("groups");
+    for (id, tenant) in [("a0", "a"), ("a1", "a"), ("b0", "b"), ("b1", "b")] {
+        queue.submit(&job(id, tenant, None, 4, Needs::default())).await.expect("submitted");
+    }
+    let default = lanes(&[DEFAULT_LANE]);
+    let mut lease = queue.take("w1", &default, 1, Duration::ZERO).await.expect("taken").pop().expect("a job");
+    let mut order = vec![(lease.job.id.clone(), lease.attempt)];
+    loop {
+        let mut result = result_of(&lease.job, "w1");
+        result.status = RunStatus::Succeeded;
+        result.output = Some(format!("\"{}\"", lease.job.id));
+        let (said, mut next) = queue.complete_take("w1", &lease, &result, &default, 1).await.expect("settled");
+        assert_eq!(said, crate::Completion::Recorded);
+        let done = queue.status(&lease.job.id).await.expect("read").expect("known");
+        assert_eq!(done.result.and_then(|r| r.output), result.output, "completed before the next is taken");
+        assert!(next.len() <= 1, "one slot, one job");
+        match next.pop() {
+            Some(taken) => {
+                order.push((taken.job.id.clone(), taken.attempt));
+                lease = taken;
+            }
+            None => break,
+        }
+    }
+    // The same turns a plain take gives: tenants alternate; each job's first attempt.
+    let expected = [("a0", 1), ("b0", 1), ("a1", 1), ("b1", 1)];
+    assert_eq!(order, expected.map(|(id, attempt)| (id.to_string(), attempt)));
+    let stats = queue.stats().await.expect("stats");
+    assert_eq!((stats.completed, stats.pending), (4, 0), "{stats:?}");
+
+    // A completion that lost its lease is a duplicate and still takes the slot's next job; a
+    // stream without its consumer group takes none, the completion standing all the same.
+    queue.submit(&job("c0", "c", None, 4, Needs::default())).await.expect("submitted");
+    queue.submit(&job("c1", "c", None, 4, Needs::default())).await.expect("submitted");
+    let stale = crate::Lease { entry: "0-1".into(), ..lease.clone() };
+    let (said, next) =
+        queue.complete_take("w1", &stale, &result_of(&stale.job, "w1"), &default, 1).await.expect("settled");
+    assert_eq!(said, crate::Completion::Duplicate);
+    assert_eq!(next.iter().map(|l| l.job.id.as_str()).collect::<Vec<_>>(), ["c0"]);
+    let _: String = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg("guild:{default}:leases")
+        .arg("workers")
+        .query_async::<i64>(&mut queue.conn())
+        .await
+        .map(|n| n.to_string())
+        .expect("destroyed");
+    let (said, next) =
+        queue.complete_take("w1", &next[0], &result_of(&next[0].job, "w1"), &default, 1).await.expect("settled");
+    assert_eq!((said, next.len()), (crate::Completion::Recorded, 0), "no group: completed, nothing taken");
+    assert_eq!(queue.status("c1").await.expect("read").expect("known").state.word(), "queued", "c1 left queued");
+}

@@ -377,12 +377,21 @@ struct Scripts {
     promote: Script,
     requeue: Script,
     take: Script,
+    complete_take: Script,
     migrate: Script,
 }
 
 macro_rules! script {
     ($file:literal) => {
         Script::new(concat!(include_str!("lua/common.lua"), include_str!(concat!("lua/", $file))))
+    };
+    // A script that takes or completes jobs (the functions of `jobs.lua`).
+    (jobs $file:literal) => {
+        Script::new(concat!(
+            include_str!("lua/common.lua"),
+            include_str!("lua/jobs.lua"),
+            include_str!(concat!("lua/", $file))
+        ))
     };
 }
 
@@ -392,11 +401,12 @@ impl Scripts {
             submit: script!("submit.lua"),
             start: script!("start.lua"),
             renew: script!("renew.lua"),
-            complete: script!("complete.lua"),
+            complete: script!(jobs "complete.lua"),
             fail: script!("fail.lua"),
             promote: script!("promote.lua"),
             requeue: script!("requeue.lua"),
-            take: script!("take.lua"),
+            take: script!(jobs "take.lua"),
+            complete_take: script!(jobs "complete_take.lua"),
             migrate: script!("migrate.lua"),
         }
     }
