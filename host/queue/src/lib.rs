@@ -44,7 +44,7 @@ pub use lanes::{
 };
 pub use redis::{
     AckDurability, CACHE_VALUE_BYTES_MAX, CANCEL_HELD_FOR_TURN_S, DoneEntry, DoneRead, INLINE_PART_BYTES_MAX,
-    QueueError, RedisQueue, RedisSettings, SentinelSettings, SharedCacheStats, TOOL_RECORD_BYTES_MAX, TOOL_RECORDS_MAX,
-    UsageSums, holds_password, redact,
+    NoticeState, QueueError, RedisQueue, RedisSettings, SentinelSettings, SharedCacheStats, TOOL_RECORD_BYTES_MAX,
+    TOOL_RECORDS_MAX, UsageSums, holds_password, redact,
 };
 pub use retry::{REDIS_RETRY_MAX, backoff_ms, redis_retry};

@@ -11,10 +11,13 @@ use crate::drain::DrainToken;
 use crate::metrics::Metrics;
 use crate::runs::{Finished, FinishedBody, RunBody, RunState};
 use guild_audit::{AuditEntry, AuditLog};
-use guild_queue::{DoneEntry, DoneRead, JobResult, JobStatus, QueueError, REDIS_RETRY_MAX, RedisQueue, redis_retry};
+use guild_queue::{
+    DoneEntry, DoneRead, JobResult, JobStatus, NoticeState, QueueError, REDIS_RETRY_MAX, RedisQueue, redis_retry,
+};
 use guild_replay::Digest;
 use guild_runtime::{Failure, FailureCode, RunStatus};
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -29,8 +32,12 @@ const SWEEP: Duration = Duration::from_secs(2);
 /// Awaited jobs a sweep looks at, at most, while no notice can have been missed (the next
 /// sweep goes on from where this one stopped, so a deep queue costs Redis a bounded number of
 /// reads a second, not one per awaited job); after a notice was dropped or the subscription
-/// was made again, the next sweep looks at every awaited job.
+/// was made again, while there is no subscription, and at least every `SWEEP_FULL_EVERY`, a
+/// sweep looks at every awaited job.
 const SWEEP_IDS_MAX: usize = 1_000;
+/// The longest between two sweeps that look at every awaited job (a backstop should notices
+/// stop arriving without the subscription failing).
+const SWEEP_FULL_EVERY: Duration = Duration::from_secs(30);
 /// Finished-job notices queued for the waiters at most; past it notices are dropped, and the
 /// sweep finds those jobs instead.
 const NOTICES_QUEUED_MAX: usize = 4096;
@@ -57,11 +64,12 @@ pub struct Remote {
     /// Awaited jobs the last sweep found unknown to Redis, since when (unknown in every sweep
     /// since); at most `waiters_max`, a subset of the waiters then.
     unknown: Mutex<HashMap<String, std::time::Instant>>,
-    /// Set when a finished-job notice may have been missed (one was dropped, or the
-    /// subscription was made again): the next sweep looks at every awaited job.
-    notices_missed: Arc<std::sync::atomic::AtomicBool>,
-    /// Where the last bounded sweep stopped: the next one starts after this id.
-    sweep_after: Mutex<String>,
+    /// Whether finished-job notices are arriving, and whether one may have been missed (then
+    /// the next sweep looks at every awaited job).
+    notices: Arc<NoticeState>,
+    /// Where the last bounded sweep stopped (the next one starts after this id), and when a
+    /// sweep last looked at every awaited job.
+    sweep_at: Mutex<(String, Option<std::time::Instant>)>,
 }
 
 #[derive(Default)]
@@ -106,8 +114,8 @@ impl Remote {
             pushed: Mutex::new(HashSet::new()),
             audited: Mutex::new(Remembered::default()),
             unknown: Mutex::new(HashMap::new()),
-            notices_missed: Arc::new(std::sync::atomic::AtomicBool::new(true)),
-            sweep_after: Mutex::new(String::new()),
+            notices: Arc::new(NoticeState::default()),
+            sweep_at: Mutex::new((String::new(), None)),
         }
     }
 
@@ -179,7 +187,7 @@ impl Remote {
         tokio::spawn(async move {
             let mut backoff = redis_retry(Duration::from_millis(100));
             loop {
-                if let Err(e) = listener.queue.listen_finished(&sender, &listener.notices_missed).await {
+                if let Err(e) = listener.queue.listen_finished(&sender, &listener.notices).await {
                     tracing::debug!(error = %e, "finished-job notices interrupted; subscribing again");
                 }
                 if sender.is_closed() {
@@ -204,7 +212,8 @@ impl Remote {
     }
 
     /// Wake the waiters of the jobs these notices name (one read for all of them); a job none
-    /// waits for here costs nothing. A read that fails leaves them to the sweep.
+    /// waits for here costs nothing. A read that fails leaves them to the next sweep, which
+    /// then looks at every awaited job.
     async fn resolve_notices(&self, ids: &mut Vec<String>) {
         {
             let waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
@@ -212,23 +221,48 @@ impl Remote {
         }
         ids.sort_unstable();
         ids.dedup();
-        if !ids.is_empty()
-            && let Ok(results) = self.queue.results(ids).await
-        {
-            for (id, result) in ids.iter().zip(results) {
-                match result {
-                    Some(Ok(result)) => self.notify(&result),
-                    Some(Err(e)) => self.unreadable(id, &e.to_string()),
-                    None => {}
+        if !ids.is_empty() {
+            match self.queue.results(ids).await {
+                Ok(results) => {
+                    // A notice names a finished job: one without a result expired since.
+                    self.resolve(ids, results);
                 }
+                Err(_) => self.notices.missed.store(true, Ordering::Release),
             }
         }
         ids.clear();
     }
 
-    /// The awaited jobs this sweep looks at: every one after a notice may have been missed,
-    /// else at most `SWEEP_IDS_MAX`, going on from where the last sweep stopped.
-    fn sweep_ids(&self) -> Vec<String> {
+    /// Wake the waiters of the jobs whose results were read; the ids with none yet.
+    fn resolve(&self, ids: &[String], results: Vec<Option<Result<JobResult, QueueError>>>) -> Vec<String> {
+        let mut unresolved = Vec::new();
+        for (id, result) in ids.iter().zip(results) {
+            match result {
+                Some(Ok(result)) => self.notify(&result),
+                Some(Err(e)) => self.unreadable(id, &e.to_string()),
+                None => unresolved.push(id.clone()),
+            }
+        }
+        unresolved
+    }
+
+    /// Look once at the result of job `id`, awaited here since after a look that found none:
+    /// its notice may have come in between, found no waiter and been dropped.
+    ///
+    /// # Errors
+    /// As [`RedisQueue::results`].
+    pub(crate) async fn look_again(&self, id: &str) -> Result<(), QueueError> {
+        let ids = [id.to_string()];
+        let results = self.queue.results(&ids).await?;
+        self.resolve(&ids, results);
+        Ok(())
+    }
+
+    /// The awaited jobs this sweep looks at, and whether that is every one: all of them after a
+    /// notice may have been missed, while no subscription stands, or once `SWEEP_FULL_EVERY`
+    /// passed since the last such sweep; else at most `SWEEP_IDS_MAX`, going on from where the
+    /// last sweep stopped (run ids are random, so the turn goes round every awaited job).
+    fn sweep_ids(&self) -> (Vec<String>, bool) {
         let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
         waiters.retain(|_, senders| {
             senders.retain(|s| !s.is_closed());
@@ -236,10 +270,15 @@ impl Remote {
         });
         let mut ids: Vec<String> = waiters.keys().cloned().collect();
         drop(waiters);
-        if self.notices_missed.swap(false, std::sync::atomic::Ordering::AcqRel) || ids.len() <= SWEEP_IDS_MAX {
-            return ids;
+        let mut at = self.sweep_at.lock().unwrap_or_else(|p| p.into_inner());
+        let (after, full_at) = &mut *at;
+        let missed = self.notices.missed.swap(false, Ordering::AcqRel);
+        let unsubscribed = !self.notices.subscribed.load(Ordering::Acquire);
+        let overdue = full_at.is_none_or(|t| t.elapsed() >= SWEEP_FULL_EVERY);
+        if missed || unsubscribed || overdue || ids.len() <= SWEEP_IDS_MAX {
+            *full_at = Some(std::time::Instant::now());
+            return (ids, true);
         }
-        let mut after = self.sweep_after.lock().unwrap_or_else(|p| p.into_inner());
         // The next ids in order after the last sweep's, wrapping round to the first.
         let (mut next, mut first): (Vec<String>, Vec<String>) = ids.drain(..).partition(|id| *id > *after);
         for part in [&mut next, &mut first] {
@@ -255,23 +294,25 @@ impl Remote {
         if let Some(last) = next.last() {
             after.clone_from(last);
         }
-        next
+        (next, false)
     }
 
     async fn sweep(&self) {
-        let ids = self.sweep_ids();
+        let (ids, full) = self.sweep_ids();
         if ids.is_empty() {
             return;
         }
-        let Ok(results) = self.queue.results(&ids).await else { return };
-        let mut unresolved = Vec::new();
-        for (id, result) in ids.into_iter().zip(results) {
-            match result {
-                Some(Ok(result)) => self.notify(&result),
-                Some(Err(e)) => self.unreadable(&id, &e.to_string()),
-                None => unresolved.push(id),
+        let results = match self.queue.results(&ids).await {
+            Ok(results) => results,
+            Err(_) => {
+                // What this sweep was to find is still to be found: the next looks at everything.
+                if full {
+                    self.notices.missed.store(true, Ordering::Release);
+                }
+                return;
             }
-        }
+        };
+        let unresolved = self.resolve(&ids, results);
         // A job Redis no longer knows will never get a result: its waiters are told so — once
         // every sweep for a while found it unknown, as one look may come before its submission
         // lands (after its confirmation wait), or from a node that just came back with older
@@ -606,18 +647,46 @@ mod tests {
         let remote = Remote::new(queue, "node".into(), None);
         let awaited = SWEEP_IDS_MAX * 2 + 10;
         let _receivers: Vec<_> = (0..awaited).map(|i| remote.watch(&format!("job-{i:05}")).expect("room")).collect();
-        let all = remote.sweep_ids();
-        assert_eq!(all.len(), awaited, "the first sweep (nothing subscribed yet) looks at every awaited job");
+        let (all, full) = remote.sweep_ids();
+        assert!(full && all.len() == awaited, "no subscription yet: every awaited job is looked at");
+        // As `listen_finished` does once subscribed.
+        remote.notices.subscribed.store(true, Ordering::Release);
+        remote.notices.missed.store(true, Ordering::Release);
+        let (all, full) = remote.sweep_ids();
+        assert!(full && all.len() == awaited, "the subscription was just made: a notice may have been missed");
         let mut seen = std::collections::HashSet::new();
         for _ in 0..3 {
-            let window = remote.sweep_ids();
-            assert!(window.len() <= SWEEP_IDS_MAX, "bounded: {}", window.len());
+            let (window, full) = remote.sweep_ids();
+            assert!(!full && window.len() <= SWEEP_IDS_MAX, "bounded: {}", window.len());
             seen.extend(window);
         }
         assert_eq!(seen.len(), awaited, "three bounded sweeps in turn cover every awaited job");
-        let wrapped = remote.sweep_ids();
+        let (wrapped, _) = remote.sweep_ids();
         assert_eq!(wrapped.first().map(String::as_str), Some("job-00990"), "the turn goes on where it stopped");
-        remote.notices_missed.store(true, std::sync::atomic::Ordering::Release);
-        assert_eq!(remote.sweep_ids().len(), awaited, "a missed notice makes the next sweep look at every job");
+        remote.notices.missed.store(true, Ordering::Release);
+        assert_eq!(remote.sweep_ids().0.len(), awaited, "a missed notice makes the next sweep look at every job");
+        remote.notices.subscribed.store(false, Ordering::Release);
+        assert_eq!(remote.sweep_ids().0.len(), awaited, "so does a subscription that is down");
+        remote.notices.subscribed.store(true, Ordering::Release);
+        assert!(!remote.sweep_ids().1, "bounded again once notices arrive");
+        remote.sweep_at.lock().expect("lock").1 = Some(std::time::Instant::now() - SWEEP_FULL_EVERY);
+        assert!(remote.sweep_ids().1, "and every SWEEP_FULL_EVERY a sweep looks at everything all the same");
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_of_notices_makes_the_next_sweep_look_at_every_awaited_job() {
+        // Nothing listens on port 1: the read of the notices' results fails.
+        let queue = RedisQueue::open(guild_queue::RedisSettings::new("redis://127.0.0.1:1/")).expect("queue");
+        let remote = Remote::new(queue, "node".into(), None);
+        let _receivers: Vec<_> =
+            (0..SWEEP_IDS_MAX + 1).map(|i| remote.watch(&format!("job-{i:05}")).expect("room")).collect();
+        remote.notices.subscribed.store(true, Ordering::Release);
+        let _ = remote.sweep_ids();
+        assert!(!remote.sweep_ids().1, "bounded while notices arrive");
+        remote.resolve_notices(&mut vec!["job-00001".to_string()]).await;
+        assert!(remote.sweep_ids().1, "the notice whose result could not be read is looked for by a full sweep");
+        remote.notices.missed.store(true, Ordering::Release);
+        remote.sweep().await;
+        assert!(remote.sweep_ids().1, "a full sweep whose read failed leaves the next one full");
     }
 }

@@ -125,9 +125,10 @@ struct Worker {
     running: AtomicU64,
     /// Set once the worker is told to stop: a slot takes no next job.
     stopping: std::sync::atomic::AtomicBool,
-    /// When the take loop next takes over lapsed leases (ms since the epoch): from then a slot
-    /// goes back to it rather than take its next job itself.
+    /// When the take loop next takes over lapsed leases (ms since `started`, a monotonic clock):
+    /// from then a slot goes back to it rather than take its next job itself.
     reclaim_due_ms: AtomicU64,
+    started: std::time::Instant,
 }
 
 /// Run jobs until `shutdown` resolves; then take no more, let the running ones finish (up to
@@ -161,6 +162,7 @@ pub async fn run_worker(
         running: AtomicU64::new(0),
         stopping: std::sync::atomic::AtomicBool::new(false),
         reclaim_due_ms: AtomicU64::new(0),
+        started: std::time::Instant::now(),
     });
     // Its lanes and advertisement are known before it takes a job.
     worker.lanes().await;
@@ -283,7 +285,7 @@ impl Worker {
         let reclaim_every = upkeep_period(self.queue.settings().lease_ms);
         let mut reclaimed_at = tokio::time::Instant::now();
         let every_ms = u64::try_from(reclaim_every.as_millis()).unwrap_or(u64::MAX);
-        self.reclaim_due_ms.store(now_unix_ms().saturating_add(every_ms), Ordering::Relaxed);
+        self.reclaim_due_ms.store(self.since_start_ms().saturating_add(every_ms), Ordering::Relaxed);
         let mut cursor = "0-0".to_string();
         loop {
             if *stop.borrow() {
@@ -299,7 +301,7 @@ impl Worker {
             }
             if reclaimed_at.elapsed() >= reclaim_every {
                 reclaimed_at = tokio::time::Instant::now();
-                self.reclaim_due_ms.store(now_unix_ms().saturating_add(every_ms), Ordering::Relaxed);
+                self.reclaim_due_ms.store(self.since_start_ms().saturating_add(every_ms), Ordering::Relaxed);
                 match self.queue.reclaim(&self.name, permits.len(), &cursor).await {
                     Ok((leases, next)) => {
                         cursor = next;
@@ -396,6 +398,11 @@ impl Worker {
         (span, traced)
     }
 
+    /// Milliseconds since this worker started, on a clock that never goes back.
+    fn since_start_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// One attempt, counted as running; the job taken for this slot when it completed, if any.
     async fn run_one(self: &Arc<Self>, lease: Lease) -> Option<Lease> {
         self.running.fetch_add(1, Ordering::Relaxed);
@@ -408,7 +415,8 @@ impl Worker {
     /// should go back to the take loop: the worker is stopping, or it is time to take over the
     /// jobs of workers whose lease lapsed (the take loop does that first).
     async fn next_lanes(&self) -> Option<Vec<String>> {
-        if self.stopping.load(Ordering::Relaxed) || now_unix_ms() >= self.reclaim_due_ms.load(Ordering::Relaxed) {
+        if self.stopping.load(Ordering::Relaxed) || self.since_start_ms() >= self.reclaim_due_ms.load(Ordering::Relaxed)
+        {
             return None;
         }
         Some(self.lanes().await)
@@ -715,15 +723,19 @@ impl Worker {
     async fn settle(&self, lease: &Lease, result: Result<JobResult, AttemptFailure>) -> Option<Lease> {
         let deadline = tokio::time::Instant::now() + self.settle_window();
         let mut backoff = redis_retry(Duration::from_millis(50));
+        // Only the first try takes a next job: a try whose reply was lost may have taken one
+        // this worker never learns of, and each retry would strand another.
+        let mut first = true;
         loop {
             let settled = match &result {
-                Ok(result) => self.complete(lease, result).await,
+                Ok(result) => self.complete(lease, result, first).await,
                 Err(AttemptFailure::Deterministic(f)) => {
                     let result = JobResult { status: RunStatus::Failed, ..f.result(self.empty_result(lease)) };
-                    self.complete(lease, &result).await
+                    self.complete(lease, &result, first).await
                 }
                 Err(AttemptFailure::Retryable(f)) => self.retry(lease, f).await.map(|()| None),
             };
+            first = false;
             match settled {
                 Ok(next) => return next,
                 Err(e) if e.is_unavailable() && tokio::time::Instant::now() < deadline => {
@@ -744,8 +756,10 @@ impl Worker {
         Duration::from_millis(self.queue.settings().lease_ms.saturating_mul(2)).max(SETTLE_RETRY_MIN)
     }
 
-    async fn complete(&self, lease: &Lease, result: &JobResult) -> Result<Option<Lease>, QueueError> {
-        let (completion, next) = match self.next_lanes().await {
+    /// Complete the job; with `take_next`, also take the slot's next job in the same request.
+    async fn complete(&self, lease: &Lease, result: &JobResult, take_next: bool) -> Result<Option<Lease>, QueueError> {
+        let lanes = if take_next { self.next_lanes().await } else { None };
+        let (completion, next) = match lanes {
             Some(lanes) => {
                 let (completion, mut taken) = self.queue.complete_take(&self.name, lease, result, &lanes, 1).await?;
                 (completion, taken.pop())

@@ -25,6 +25,17 @@ fn clip(text: &str, bytes: usize) -> String {
     text[..end].to_string()
 }
 
+/// What a finished-job notice listener ([`RedisQueue::listen_finished`]) tells its caller
+/// besides the notices.
+#[derive(Debug, Default)]
+pub struct NoticeState {
+    /// True while the subscription stands: notices are arriving.
+    pub subscribed: std::sync::atomic::AtomicBool,
+    /// Set when a notice may have been missed (one was dropped, or the subscription was made
+    /// again); the caller clears it once it has looked at every awaited job.
+    pub missed: std::sync::atomic::AtomicBool,
+}
+
 /// One entry of the done stream: a finished attempt, or one that cannot be read.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DoneRead {
@@ -214,9 +225,10 @@ impl RedisQueue {
 
     /// Send the id of every job that gets its result (completed or dead) to `notices`, until
     /// the connection drops (then an error: subscribe again, and look for what was missed).
-    /// A notice that does not fit in `notices` is dropped, and `missed` set (as it is once the
-    /// subscription is made: notices published before it went nowhere): the caller's sweep of
-    /// all awaited results then finds those jobs.
+    /// `state.subscribed` is true exactly while the subscription stands; a notice that does not
+    /// fit in `notices` is dropped, and `state.missed` set (as it is once the subscription is
+    /// made: notices published before it went nowhere): the caller's sweep of all awaited
+    /// results then finds those jobs.
     ///
     /// # Errors
     /// [`QueueError::Unavailable`] when the subscription cannot be made or is dropped;
@@ -224,14 +236,24 @@ impl RedisQueue {
     pub async fn listen_finished(
         &self,
         notices: &tokio::sync::mpsc::Sender<String>,
-        missed: &std::sync::atomic::AtomicBool,
+        state: &NoticeState,
     ) -> Result<(), QueueError> {
         use futures_util::StreamExt;
         use std::sync::atomic::Ordering;
+        /// Clears `subscribed` however the listening ends.
+        struct Subscribed<'a>(&'a NoticeState);
+        impl Drop for Subscribed<'_> {
+            fn drop(&mut self) {
+                self.0.subscribed.store(false, Ordering::Release);
+            }
+        }
         let mut pubsub = self.inner.topology.pubsub().await.map_err(from_redis)?;
         pubsub.subscribe(self.inner.keys.key("finished")).await.map_err(from_redis)?;
+        let _subscribed = Subscribed(state);
+        state.subscribed.store(true, Ordering::Release);
         // Notices published before this subscription went nowhere.
-        missed.store(true, Ordering::Release);
+        state.missed.store(true, Ordering::Release);
+        let missed = &state.missed;
         let mut messages = pubsub.into_on_message();
         while let Some(message) = messages.next().await {
             if let Ok(id) = message.get_payload::<String>() {

@@ -464,8 +464,11 @@ impl RedisQueue {
     /// stream without its consumer group: then no job, and the next plain take says why).
     ///
     /// # Errors
-    /// As [`RedisQueue::complete`]: on an error nothing was taken, and whether the completion
-    /// was recorded is unknown (settle again: a second completion is a duplicate).
+    /// As [`RedisQueue::complete`]. On an error neither the completion nor the taking is known
+    /// to have happened: a script whose reply was lost may have leased jobs to `worker` that it
+    /// never learns of (they run once their lease lapses and a take-over finds them). Settle
+    /// again with [`RedisQueue::complete`], which takes nothing (a second completion is a
+    /// duplicate).
     pub async fn complete_take(
         &self,
         worker: &str,

@@ -2,7 +2,10 @@
 //! job waiting for a capability shows, retries back in their lane, and the lanes' bound.
 
 use super::money_tests::server;
-use crate::{Advertisement, DEFAULT_LANE, Job, JobResult, JobState, LANES_MAX, Needs, WorkerStats, now_unix_ms};
+use crate::{
+    Advertisement, DEFAULT_LANE, Job, JobResult, JobState, LANES_MAX, Needs, RedisQueue, RedisSettings, WorkerStats,
+    now_unix_ms,
+};
 use guild_replay::Digest;
 use guild_vocab::{Grants, Limits, RunStatus};
 use std::time::{Duration, Instant};
@@ -245,12 +248,32 @@ async fn jobs_an_earlier_version_queued_in_its_stream_move_to_their_lanes() {
 
 #[tokio::test]
 async fn a_completion_takes_its_slots_next_job_in_turn_and_stands_when_none_is_left() {
-    let (_server, queue) = server().await;
-    queue.ensure_groups().await.expect("groups");
-    for (id, tenant) in [("a0", "a"), ("a1", "a"), ("b0", "b"), ("b1", "b")] {
-        queue.submit(&job(id, tenant, None, 4, Needs::default())).await.expect("submitted");
+    let (server, queue) = server().await;
+    // The same jobs in a second queue on the same server, drained by plain takes: the order to
+    // match.
+    let url = format!("redis://127.0.0.1:{}/", server.1);
+    let plain = RedisQueue::open(RedisSettings { queue: "plain".into(), ..RedisSettings::new(url) }).expect("queue");
+    let submissions = [
+        ("a0", "a", Some("x"), 4),
+        ("a1", "a", Some("y"), 4),
+        ("a2", "a", Some("x"), 4),
+        ("b0", "b", None, 4),
+        ("b1", "b", None, 4),
+        ("c0", "c", None, 6),
+        ("b2", "b", None, 4),
+    ];
+    for q in [&queue, &plain] {
+        q.ensure_groups().await.expect("groups");
+        for (id, tenant, agent, priority) in submissions {
+            q.submit(&job(id, tenant, agent, priority, Needs::default())).await.expect("submitted");
+        }
     }
     let default = lanes(&[DEFAULT_LANE]);
+    let mut expected = Vec::new();
+    while let Some(taken) = plain.take("w1", &default, 1, Duration::ZERO).await.expect("taken").pop() {
+        expected.push((taken.job.id.clone(), taken.attempt));
+    }
+    assert_eq!(expected.len(), submissions.len());
     let mut lease = queue.take("w1", &default, 1, Duration::ZERO).await.expect("taken").pop().expect("a job");
     let mut order = vec![(lease.job.id.clone(), lease.attempt)];
     loop {
@@ -260,7 +283,7 @@ async fn a_completion_takes_its_slots_next_job_in_turn_and_stands_when_none_is_l
         let (said, mut next) = queue.complete_take("w1", &lease, &result, &default, 1).await.expect("settled");
         assert_eq!(said, crate::Completion::Recorded);
         let done = queue.status(&lease.job.id).await.expect("read").expect("known");
-        assert_eq!(done.result.and_then(|r| r.output), result.output, "completed before the next is taken");
+        assert_eq!(done.result.and_then(|r| r.output), result.output, "completed");
         assert!(next.len() <= 1, "one slot, one job");
         match next.pop() {
             Some(taken) => {
@@ -270,21 +293,19 @@ async fn a_completion_takes_its_slots_next_job_in_turn_and_stands_when_none_is_l
             None => break,
         }
     }
-    // The same turns a plain take gives: tenants alternate; each job's first attempt.
-    let expected = [("a0", 1), ("b0", 1), ("a1", 1), ("b1", 1)];
-    assert_eq!(order, expected.map(|(id, attempt)| (id.to_string(), attempt)));
+    assert_eq!(order, expected, "the same turns as plain takes: priority, tenants, agents; first attempts");
     let stats = queue.stats().await.expect("stats");
-    assert_eq!((stats.completed, stats.pending), (4, 0), "{stats:?}");
+    assert_eq!((stats.completed, stats.pending), (submissions.len() as u64, 0), "{stats:?}");
 
     // A completion that lost its lease is a duplicate and still takes the slot's next job; a
     // stream without its consumer group takes none, the completion standing all the same.
-    queue.submit(&job("c0", "c", None, 4, Needs::default())).await.expect("submitted");
-    queue.submit(&job("c1", "c", None, 4, Needs::default())).await.expect("submitted");
+    queue.submit(&job("d0", "d", None, 4, Needs::default())).await.expect("submitted");
+    queue.submit(&job("d1", "d", None, 4, Needs::default())).await.expect("submitted");
     let stale = crate::Lease { entry: "0-1".into(), ..lease.clone() };
     let (said, next) =
         queue.complete_take("w1", &stale, &result_of(&stale.job, "w1"), &default, 1).await.expect("settled");
     assert_eq!(said, crate::Completion::Duplicate);
-    assert_eq!(next.iter().map(|l| l.job.id.as_str()).collect::<Vec<_>>(), ["c0"]);
+    assert_eq!(next.iter().map(|l| l.job.id.as_str()).collect::<Vec<_>>(), ["d0"]);
     let _: String = redis::cmd("XGROUP")
         .arg("DESTROY")
         .arg("guild:{default}:leases")
@@ -296,5 +317,5 @@ async fn a_completion_takes_its_slots_next_job_in_turn_and_stands_when_none_is_l
     let (said, next) =
         queue.complete_take("w1", &next[0], &result_of(&next[0].job, "w1"), &default, 1).await.expect("settled");
     assert_eq!((said, next.len()), (crate::Completion::Recorded, 0), "no group: completed, nothing taken");
-    assert_eq!(queue.status("c1").await.expect("read").expect("known").state.word(), "queued", "c1 left queued");
+    assert_eq!(queue.status("d1").await.expect("read").expect("known").state.word(), "queued", "d1 left queued");
 }

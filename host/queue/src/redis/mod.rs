@@ -61,7 +61,7 @@ mod usage;
 
 pub use blobs::INLINE_PART_BYTES_MAX;
 pub use cache::{CACHE_VALUE_BYTES_MAX, SharedCacheStats};
-pub use done::{DoneEntry, DoneRead};
+pub use done::{DoneEntry, DoneRead, NoticeState};
 pub use jobs::CANCEL_HELD_FOR_TURN_S;
 pub use tools::{TOOL_RECORD_BYTES_MAX, TOOL_RECORDS_MAX};
 pub use usage::UsageSums;

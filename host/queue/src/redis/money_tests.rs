@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A `redis-server` of the test's own, stopped when dropped.
-pub(super) struct Server(Child, u16);
+pub(super) struct Server(Child, pub(super) u16);
 
 impl Drop for Server {
     fn drop(&mut self) {

@@ -853,6 +853,8 @@ impl Daemon {
                 return Ok(Submitted::Replayed { entry: entry(accepted.id, state), finished, output: result.output });
             }
             let state = remote.watch(&accepted.id).map_err(busy)?;
+            // It may have finished since the look above, its notice finding no waiter here.
+            remote.look_again(&accepted.id).await.map_err(unavailable)?;
             let waiting = self.wait_remote(remote, entry(accepted.id, state), request.asynchronous, true);
             return waiting.instrument(wait_span()).await;
         }

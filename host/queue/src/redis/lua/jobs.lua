@@ -71,6 +71,9 @@ local function take_jobs(stream, worker, prefix, jobs, count, lanes)
         local job_key = jobs .. id
         local fields = redis.call('HMGET', job_key, 'state', 'body', 'attempts')
         if fields[1] == 'queued' then
+          -- A count that does not parse is taken as none: the script must not fail halfway (what
+          -- it wrote before an error stays written), and the attempt still runs.
+          local attempt = (tonumber(fields[3] or '0') or 0) + 1
           local entry = redis.call('XADD', stream, '*', 'job', id)
           local leased = redis.pcall('XCLAIM', stream, GROUP, worker, 0, entry, 'FORCE', 'JUSTID')
           if type(leased) == 'table' and leased.err then
@@ -80,7 +83,6 @@ local function take_jobs(stream, worker, prefix, jobs, count, lanes)
             requeue_job(prefix, job_key, id)
             return redis.error_reply(leased.err)
           end
-          local attempt = tonumber(fields[3] or '0') + 1
           redis.call('HSET', job_key, 'state', 'running', 'worker', worker, 'entry', entry, 'attempts', attempt)
           local cancel = redis.call('EXISTS', prefix .. 'cancel:' .. id)
           table.insert(out, {entry, fields[2] or '', attempt, id, cancel})
