@@ -5,50 +5,19 @@
 //! bounded; and the daemon keeps answering while heavy work runs.
 
 use crate::Guild;
-use crate::daemon::{Daemon, Reply, config_file, token_digest};
+use crate::daemon::{ALICE, BOB, Daemon, ROOT, Reply, config_file, three_tenants};
 use guild_test_artifacts::{ECHO, HOSTILE, MATMUL, WC};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-const ALICE: &str = "alice-token";
-const BOB: &str = "bob-token";
-const ROOT: &str = "root-token";
-
 fn config(extra: &str) -> String {
     config_with_tools("", extra)
 }
 
 fn config_with_tools(tools: &str, extra: &str) -> String {
-    format!(
-        r#"
-[[tools]]
-path = "{echo}"
-{tools}
-
-[[tenants]]
-name = "alice"
-token_blake3 = "{alice}"
-tools = ["*"]
-
-[[tenants]]
-name = "bob"
-token_blake3 = "{bob}"
-tools = ["*"]
-
-[[tenants]]
-name = "root"
-token_blake3 = "{root}"
-tools = ["*"]
-admin = true
-{extra}
-"#,
-        echo = ECHO,
-        alice = token_digest(ALICE),
-        bob = token_digest(BOB),
-        root = token_digest(ROOT),
-    )
+    three_tenants(&format!("[[tools]]\npath = \"{ECHO}\"\n{tools}\n{extra}"))
 }
 
 fn same_answer(a: &Reply, b: &Reply, what: &str) {

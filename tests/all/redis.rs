@@ -1024,33 +1024,8 @@ fn rollouts_and_flags_reach_a_second_api_node_and_a_worker_through_redis() {
 fn a_result_cached_through_one_api_node_answers_the_same_call_on_another_and_fleet_calls_run_once() {
     let redis = RedisServer::start();
     let (guild_a, guild_b) = (Guild::new(), Guild::new());
-    let text = format!(
-        r#"
-[[tools]]
-path = "{hash}"
-cache = true
-
-[[tenants]]
-name = "root"
-token_blake3 = "{root}"
-tools = ["*"]
-admin = true
-
-[[tenants]]
-name = "alice"
-token_blake3 = "{alice}"
-tools = ["*"]
-
-[[tenants]]
-name = "bob"
-token_blake3 = "{bob}"
-tools = ["*"]
-"#,
-        hash = guild_test_artifacts::HASH,
-        root = crate::daemon::token_digest(TOKEN),
-        alice = crate::daemon::token_digest("alice-token"),
-        bob = crate::daemon::token_digest("bob-token"),
-    );
+    let text =
+        crate::daemon::three_tenants(&format!("[[tools]]\npath = \"{}\"\ncache = true", guild_test_artifacts::HASH));
     let (file_a, file_b) =
         (crate::daemon::config_file(guild_a.home(), &text), crate::daemon::config_file(guild_b.home(), &text));
     let a = Daemon::start(&guild_a, &["--config", &file_a, "--redis", &redis.url()], QUEUE_ENV);
@@ -1059,16 +1034,16 @@ tools = ["*"]
     let _worker = Worker::start(&redis.url(), cache.path(), "w1", 4);
     let call = json!({"tool": "hash", "input": {"text": "the fleet computes this once"}});
 
-    let first = a.run("alice-token", call.clone()).json();
+    let first = a.run(crate::daemon::ALICE, call.clone()).json();
     assert_eq!(first["cache"], "stored", "{first}");
-    let second = b.run("alice-token", call.clone()).json();
+    let second = b.run(crate::daemon::ALICE, call.clone()).json();
     assert_eq!(second["cache"], "hit", "the second node is answered from the shared entry: {second}");
     assert_eq!(second["cached"], true);
     assert_eq!(second["fuel_used_units"], 0);
     assert_eq!(second["bundle"], first["bundle"]);
     assert_eq!(second["output"], first["output"]);
     // The hit is bob's own only when bob ran it: another tenant is never answered from alice's.
-    let bobs = b.run("bob-token", call).json();
+    let bobs = b.run(crate::daemon::BOB, call).json();
     assert_eq!(bobs["cache"], "stored", "{bobs}");
     assert_ne!(bobs["bundle"], first["bundle"]);
 
@@ -1078,7 +1053,7 @@ tools = ["*"]
     let threads: Vec<_> = (0..12)
         .map(|i| {
             let (nodes, call) = (nodes.clone(), call.clone());
-            std::thread::spawn(move || nodes[i % 2].run("alice-token", call).json())
+            std::thread::spawn(move || nodes[i % 2].run(crate::daemon::ALICE, call).json())
         })
         .collect();
     let answers: Vec<serde_json::Value> = threads.into_iter().map(|t| t.join().expect("caller")).collect();
@@ -1090,7 +1065,7 @@ tools = ["*"]
 
     // The fleet's entries, seen and purged from either node; the audit trail names the hits.
     let [a, b] = Arc::try_unwrap(nodes).unwrap_or_else(|_| panic!("callers are done"));
-    let stats = b.call("GET", "/v1/cache", TOKEN, "").json();
+    let stats = b.call("GET", "/v1/cache", crate::daemon::ROOT, "").json();
     assert_eq!(stats["tools"][0]["entries"], 3, "{stats}");
     let deadline = Instant::now() + Duration::from_secs(10);
     // Each finished job is audited by one of the nodes, whichever read it from the done stream.
@@ -1104,8 +1079,9 @@ tools = ["*"]
         assert!(Instant::now() < deadline, "no audit record of the hit");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(a.call("DELETE", "/v1/cache/hash", TOKEN, "").json()["purged"], 3);
-    let again = b.run("alice-token", json!({"tool": "hash", "input": {"text": "the fleet computes this once"}})).json();
+    assert_eq!(a.call("DELETE", "/v1/cache/hash", crate::daemon::ROOT, "").json()["purged"], 3);
+    let again =
+        b.run(crate::daemon::ALICE, json!({"tool": "hash", "input": {"text": "the fleet computes this once"}})).json();
     assert_eq!(again["cache"], "stored", "{again}");
 }
 
