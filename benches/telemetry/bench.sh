@@ -14,20 +14,7 @@ rounds=${3:-3}
 command -v wrk >/dev/null || { echo "bench: wrk not found (apt-get install wrk)" >&2; exit 1; }
 source benches/common.sh
 sink_port=$(free_port)
-python3 - "$sink_port" <<'PY' &
-import http.server, sys
-class Sink(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        self.send_response(200)
-        self.send_header("content-type", "application/x-protobuf")
-        self.send_header("content-length", "0")
-        self.end_headers()
-    def log_message(self, *args):
-        pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Sink).serve_forever()
-PY
+python3 benches/telemetry/sink.py "$sink_port" &
 pids+=($!)
 modes=(off "1%" "100%")
 [ -n "${GUILD_BIN_BEFORE:-}" ] && modes=(before "${modes[@]}")

@@ -438,6 +438,18 @@ fn an_unsampled_caller_is_not_exported_yet_its_trace_id_reaches_the_run_and_the_
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(seen[0].starts_with(&format!("00-{UNSAMPLED_TRACE}-")) && seen[0].ends_with("-00"), "{seen:?}");
     assert!(seen[1].starts_with(&format!("00-{CALLER_TRACE}-")) && seen[1].ends_with("-01"), "{seen:?}");
+    // An exemplar leads to a trace the collector has: the sampled run's, never an unsampled
+    // one's, not even one that ran after it (so in its bucket it would have taken its place).
+    const LATER_UNSAMPLED: &str = "0af7651916cd43dd8448eb211c80319d";
+    assert_eq!(call(&format!("00-{LATER_UNSAMPLED}-{CALLER_SPAN}-00"))["trace_id"], LATER_UNSAMPLED);
+    let scrape =
+        daemon.call_with("GET", "/metrics", "", b"", &[("accept", "application/openmetrics-text; version=1.0.0")]);
+    let text = String::from_utf8_lossy(&scrape.body).to_string();
+    assert!(text.contains(&format!("# {{trace_id=\"{CALLER_TRACE}\"}}")), "{text}");
+    assert!(
+        !text.contains(UNSAMPLED_TRACE) && !text.contains(LATER_UNSAMPLED),
+        "an unsampled trace is no exemplar: {text}"
+    );
     // Its log lines name it too; the bare span an unsampled root is shows in none of them.
     let deadline = Instant::now() + Duration::from_secs(10);
     let finished_in = |trace: &str| {

@@ -602,7 +602,7 @@ impl Metrics {
     }
 
     /// Observe a run of `tool`'s `revision` that took `seconds`, in `guild_run_duration_seconds`;
-    /// with `trace_id` (a traced run), as its bucket's exemplar.
+    /// with `trace_id` (a run whose trace is sampled), as its bucket's exemplar.
     pub fn observe_run(&self, (tool, revision): (&str, &str), seconds: f64, trace_id: Option<&str>) {
         self.run_seconds.with_label_values(&[tool, revision]).observe(seconds);
         if let Some(trace_id) = trace_id {

@@ -142,6 +142,14 @@ pub fn ids(span: &tracing::Span) -> Option<(String, String)> {
     Some((span_context.trace_id().to_string(), span_context.span_id().to_string()))
 }
 
+/// The trace id of `span` (32 hex digits) and whether that trace is sampled (its spans reach the
+/// collector); `None` while tracing is off.
+pub fn trace_of(span: &tracing::Span) -> Option<(String, bool)> {
+    let cx = otel_context(span)?;
+    let span_context = cx.span().span_context().clone();
+    Some((span_context.trace_id().to_string(), span_context.is_sampled()))
+}
+
 /// The OpenTelemetry context `span` is in: its own, or for a log span (or one left out of an
 /// unsampled trace) that of the nearest Guild span above it. `None` while tracing is off.
 fn otel_context(span: &tracing::Span) -> Option<opentelemetry::Context> {

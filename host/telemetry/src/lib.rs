@@ -17,7 +17,7 @@ mod logs;
 mod sampling;
 mod settings;
 
-pub use context::{BAGGAGE_BYTES_MAX, TRACESTATE_BYTES_MAX, TraceContext, ids};
+pub use context::{BAGGAGE_BYTES_MAX, TRACESTATE_BYTES_MAX, TraceContext, ids, trace_of};
 pub use export::{EXPORT_FAILURE_LOG_EVERY_MS, spans_dropped};
 pub use logs::{LogStyle, SHUTDOWN_WAIT_MS, install, shutdown};
 pub use sampling::root;

@@ -75,12 +75,14 @@ impl Daemon {
             }
             _ => None,
         };
-        // Inside the run's span: its trace, read once for the answer, the audit record and the
-        // latency bucket's exemplar.
+        // Inside the run's span: its trace, read once for the answer, the audit record and, when
+        // the trace is sampled (an exemplar must lead to a trace the collector has), the latency
+        // bucket's exemplar.
         let span = tracing::Span::current();
-        let trace_id = guild_telemetry::ids(&span).map(|(trace, _)| trace);
-        let (mut finished, output, mut audit) =
-            self.conclude(&tool, &entry, (input_digest, key, trace_id.as_deref()), ran);
+        let (trace_id, sampled) =
+            guild_telemetry::trace_of(&span).map_or((None, false), |(trace, sampled)| (Some(trace), sampled));
+        let exemplar = trace_id.as_deref().filter(|_| sampled);
+        let (mut finished, output, mut audit) = self.conclude(&tool, &entry, (input_digest, key, exemplar), ran);
         audit.trace_id.clone_from(&trace_id);
         finished.trace_id = trace_id;
         guild_runtime::trace::record_end(
@@ -137,13 +139,13 @@ impl Daemon {
         }
     }
 
-    /// Turn a run's result into its table entry, output, metrics and audit record (`trace_id`:
-    /// the run's trace, when traced).
+    /// Turn a run's result into its table entry, output, metrics and audit record (`exemplar`:
+    /// the run's trace, when it is sampled, for the latency bucket's exemplar).
     fn conclude(
         &self,
         tool: &RegisteredTool,
         entry: &RunEntry,
-        (input_digest, key, trace_id): (Digest, Option<String>, Option<&str>),
+        (input_digest, key, exemplar): (Digest, Option<String>, Option<&str>),
         ran: Ran,
     ) -> (Finished, Option<String>, AuditEntry) {
         let mut audit = AuditEntry {
@@ -195,7 +197,7 @@ impl Daemon {
         let (mut finished, output) = match result {
             Ok(report) => {
                 report.log_egress_refusals();
-                self.observe(tool, &entry.tenant, &report, trace_id);
+                self.observe(tool, &entry.tenant, &report, exemplar);
                 audit.bundle = report.bundle;
                 audit.fuel_used_units = report.fuel_used_units;
                 let cost = self.price(tool, &entry.tenant, &report);
@@ -229,13 +231,13 @@ impl Daemon {
         Some(Arc::new(cost))
     }
 
-    fn observe(&self, registered: &RegisteredTool, tenant: &str, report: &RunReport, trace_id: Option<&str>) {
+    fn observe(&self, registered: &RegisteredTool, tenant: &str, report: &RunReport, exemplar: Option<&str>) {
         let (tool, revision) = (registered.name.as_str(), registered.revision.to_string());
         let label = report.outcome.label();
         self.metrics.runs.with_label_values(&[tool, &revision, tenant, label]).inc();
         self.metrics.fuel_used.with_label_values(&[tenant]).inc_by(report.fuel_used_units);
-        // A traced run is its bucket's exemplar.
-        self.metrics.observe_run((tool, &revision), report.wall_time.as_secs_f64(), trace_id);
+        // A sampled run is its bucket's exemplar.
+        self.metrics.observe_run((tool, &revision), report.wall_time.as_secs_f64(), exemplar);
         self.metrics.run_fuel_units.with_label_values(&[tool, &revision]).observe(report.fuel_used_units as f64);
         self.metrics.bundle_bytes.inc_by(report.bundle_bytes);
         let refused = report.egress_denials.len() as u64;
