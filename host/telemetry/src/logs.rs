@@ -103,9 +103,12 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     let spans = tracing_subscriber::filter::Targets::new()
-        .with_target(SPAN_TARGET, tracing::Level::TRACE)
+        .with_target(SPAN_TARGET, tracing::Level::INFO)
         .with_target(crate::sampling::UNSAMPLED_TARGET, tracing_subscriber::filter::LevelFilter::OFF)
         .with_default(tracing::Level::WARN);
+    // Guild's spans are all at INFO: a wider level here would raise the process's max level
+    // hint, and every `debug!` and `trace!` call site in every crate would then be asked
+    // whether it is wanted instead of skipped by one comparison.
     // No busy/idle timing, source location or thread attributes: each costs every span time on
     // the hot path, and the conventions do not ask for them. No OpenTelemetry context made
     // current on each entry either: a span's parent and context are read from `tracing`'s own.

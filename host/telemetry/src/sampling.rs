@@ -265,7 +265,8 @@ impl<S> Filter<S> for GuildSpans {
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {
-        Some(LevelFilter::TRACE)
+        // Guild's spans and unsampled roots are all at INFO (see `exporter_layer`).
+        Some(LevelFilter::INFO)
     }
 }
 
@@ -328,6 +329,17 @@ mod tests {
         let kind = opentelemetry::trace::SpanKind::Server;
         let result = sampler.should_sample(None, trace_id, "request", &kind, &[], &[]);
         result.decision == opentelemetry_sdk::trace::SamplingDecision::RecordAndSample
+    }
+
+    #[test]
+    fn the_exporters_layers_ask_for_no_level_below_info() {
+        // A lower hint would make every `debug!` and `trace!` call site of every crate ask the
+        // subscriber whether it is wanted, on every call, while tracing is on.
+        let provider = SdkTracerProvider::builder().build();
+        let layers = crate::logs::exporter_layer(provider.tracer("test"), Sampler::AlwaysOn);
+        let subscriber = tracing_subscriber::registry().with(layers);
+        let hint = tracing::Subscriber::max_level_hint(&subscriber);
+        assert_eq!(hint, Some(tracing_subscriber::filter::LevelFilter::INFO));
     }
 
     #[test]
