@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # What tracing costs the daemon: wrk against `guild serve` calling echo (recording on), with
-# tracing off, on at 1% sampling and on at 100%, into an OTLP/HTTP sink on loopback that answers
-# every export (it decodes nothing: the cost measured is Guild's). Rounds are interleaved so the
-# machine's drift lands on every mode alike.
+# tracing off, on with every trace a bare unsampled root (`always_off`), on at 1% sampling and on
+# at 100%, into an OTLP/HTTP sink on loopback that answers every export (it decodes nothing: the
+# cost measured is Guild's). A fresh daemon per run; each round runs every mode once, the order
+# rotated from round to round, so the machine's drift lands on every mode alike. On a 2-core VM
+# two identical runs differ by up to ±10-20%: the summary compares each mode with the `off` run of
+# the same round and gives the median and mean of those ratios over the rounds; use 15 rounds or
+# more for a figure of a few percent.
 # Usage: bash benches/telemetry/bench.sh [SECONDS] [CONNECTIONS] [ROUNDS]
 # GUILD_BIN=PATH measures that binary; GUILD_BIN_BEFORE=PATH adds a mode `before` (a build from
-# before tracing existed, for "off costs nothing").
+# before tracing existed, for "off costs nothing"); GUILD_BENCH_TRACE_MODES="off 1%" picks modes
+# (the first is the one the others are compared with).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds=${1:-10}
@@ -16,10 +21,11 @@ source benches/common.sh
 sink_port=$(free_port)
 python3 benches/telemetry/sink.py "$sink_port" &
 pids+=($!)
-modes=(off "1%" "100%")
-[ -n "${GUILD_BIN_BEFORE:-}" ] && modes=(before "${modes[@]}")
+read -r -a modes <<< "${GUILD_BENCH_TRACE_MODES:-off always_off 1% 100%}"
+[ -n "${GUILD_BIN_BEFORE:-}" ] && modes+=(before)
 run_mode() {
     local mode=$1 bin=$guild
+    # $2: the round
     export GUILD_HOME=$work/home-$RANDOM
     cat > "$work/guild.toml" <<TOML
 listen = "127.0.0.1:0"
@@ -32,6 +38,7 @@ TOML
     case $mode in
         before) bin=$GUILD_BIN_BEFORE ;;
         off) ;;
+        always_off) export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$sink_port OTEL_TRACES_SAMPLER=always_off ;;
         *) export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$sink_port OTEL_TRACES_SAMPLER=traceidratio \
                OTEL_TRACES_SAMPLER_ARG="$(python3 -c "print(${mode%\%} / 100)")" ;;
     esac
@@ -49,9 +56,34 @@ TOML
     # The sampler the daemon says it runs with, so that a mode that is not what it claims shows.
     local sampler
     sampler=$(sed -n 's/.*sampler=\([^ ]*\).*/\1/p' "$work/serve.log" | head -1)
-    python3 -c "print(f'{\"$mode\":>7}  $line  CPU/run {$ticks / $(getconf CLK_TCK) / max($records, 1) * 1e6:.0f} us  sampler {\"${sampler:-none}\"}')"
+    local cpu_us
+    cpu_us=$(python3 -c "print(round($ticks / $(getconf CLK_TCK) / max($records, 1) * 1e6))")
+    printf '%10s  %s  CPU/run %s us  sampler %s\n' "$mode" "$line" "$cpu_us" "${sampler:-none}"
+    # round mode runs/s p99(ms) CPU/run(us), for the summary
+    echo "$2 $mode $(awk '{print $2, $7}' <<< "$line") $cpu_us" >> "$work/results"
 }
-echo "guild serve, echo, recording on; wrk -t1 -c$connections -d${seconds}s; $rounds interleaved rounds; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "guild serve, echo, recording on; wrk -t1 -c$connections -d${seconds}s; $rounds rounds, modes rotated;" \
+    "$(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 for round in $(seq "$rounds"); do
-    for mode in "${modes[@]}"; do run_mode "$mode"; done
+    for k in $(seq 0 $((${#modes[@]} - 1))); do
+        run_mode "${modes[$(( (round + k) % ${#modes[@]} ))]}" "$round"
+    done
 done
+python3 - "$work/results" "${modes[@]}" <<'PY'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1])]
+base, modes = sys.argv[2], sys.argv[2:]
+by = {(r[0], r[1]): (float(r[2]), float(r[3]), float(r[4])) for r in rows}
+rounds = sorted({r[0] for r in rows}, key=int)
+print(f"summary over {len(rounds)} rounds; ratios against {base} in the same round (median, mean ± standard error)")
+for mode in modes:
+    got = [by[(r, mode)] for r in rounds if (r, mode) in by and (r, base) in by]
+    ratio = [by[(r, mode)][0] / by[(r, base)][0] for r in rounds if (r, mode) in by and (r, base) in by]
+    cpu = [by[(r, mode)][2] / by[(r, base)][2] for r in rounds if (r, mode) in by and (r, base) in by]
+    se = lambda xs: statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else 0.0
+    print(f"{mode:>10}  runs/s median {statistics.median(g[0] for g in got):,.0f}"
+          f"  p99 median {statistics.median(g[1] for g in got):.1f} ms"
+          f"  CPU/run median {statistics.median(g[2] for g in got):.0f} us"
+          f"  runs/s vs {base} {statistics.median(ratio):.3f}, {statistics.mean(ratio):.3f} ± {se(ratio):.3f}"
+          f"  CPU/run vs {base} {statistics.median(cpu):.3f}, {statistics.mean(cpu):.3f} ± {se(cpu):.3f}")
+PY

@@ -77,6 +77,37 @@ async fn tenants_and_agents_take_turns_and_priorities_go_first() {
 }
 
 #[tokio::test]
+async fn a_tenant_of_weight_three_takes_three_jobs_a_turn() {
+    let (_server, queue) = server().await;
+    queue.ensure_groups().await.expect("groups");
+    for i in 0..7 {
+        let heavy = Job { weight: 3, ..job(&format!("h{i}"), "heavy", None, 4, Needs::default()) };
+        queue.submit(&heavy).await.expect("submitted");
+    }
+    for i in 0..4 {
+        queue.submit(&job(&format!("l{i}"), "light", None, 4, Needs::default())).await.expect("submitted");
+    }
+    let default = lanes(&[DEFAULT_LANE]);
+    let mut order = Vec::new();
+    for _ in 0..11 {
+        let taken = queue.take("w1", &default, 1, Duration::ZERO).await.expect("taken");
+        order.extend(taken.into_iter().map(|l| l.job.id));
+    }
+    // Three for the heavy tenant, one for the light one, and so on; once a tenant's line is
+    // empty the other takes every turn.
+    assert_eq!(order, ["h0", "h1", "h2", "l0", "h3", "h4", "h5", "l1", "h6", "l2", "l3"]);
+    // A tenant that left and came back starts a fresh turn: no credit of the old one is left.
+    for i in 0..4 {
+        let heavy = Job { weight: 3, ..job(&format!("k{i}"), "heavy", None, 4, Needs::default()) };
+        queue.submit(&heavy).await.expect("submitted");
+    }
+    queue.submit(&job("m0", "light", None, 4, Needs::default())).await.expect("submitted");
+    let taken = queue.take("w1", &default, 5, Duration::ZERO).await.expect("taken");
+    let order: Vec<_> = taken.into_iter().map(|l| l.job.id).collect();
+    assert_eq!(order, ["k0", "k1", "k2", "m0", "k3"]);
+}
+
+#[tokio::test]
 async fn a_job_waits_in_its_lane_for_a_worker_that_has_what_it_needs() {
     let (_server, queue) = server().await;
     queue.ensure_groups().await.expect("groups");

@@ -40,28 +40,37 @@ local function take_jobs(stream, worker, prefix, jobs, count, lanes)
       local agents = t .. ':agents'
       local agent = redis.call('LINDEX', agents, 0)
       local id = nil
+      -- Whether the tenant still has an agent with jobs here: known without asking Redis when
+      -- the agent just served keeps jobs (it goes to the back of the line, which is not empty).
+      local agents_left = false
       if agent then
         local a = t .. ':a:' .. agent
         id = redis.call('LPOP', a)
         if redis.call('LLEN', a) == 0 then
           redis.call('LPOP', agents)
+          agents_left = redis.call('LLEN', agents) > 0
         else
           redis.call('LMOVE', agents, agents, 'LEFT', 'RIGHT')
+          agents_left = true
         end
       end
       local credits = base .. ':credit'
-      if redis.call('LLEN', agents) == 0 then
+      if not agents_left then
         redis.call('LPOP', tenants)
         redis.call('HDEL', credits, tenant)
         if redis.call('LLEN', tenants) == 0 then
           redis.call('ZREM', l .. ':priorities', prio)
         end
       else
-        local credit = redis.call('HGET', credits, tenant) or redis.call('HGET', weights, tenant) or '1'
-        credit = tonumber(credit) - 1
+        -- A turn's credit is kept only while the tenant has more than one job of it left: a
+        -- tenant of weight 1 (most) never writes it, so nothing is there to delete either.
+        local kept = redis.call('HGET', credits, tenant)
+        local credit = tonumber(kept or redis.call('HGET', weights, tenant) or '1') - 1
         if credit <= 0 then
           redis.call('LMOVE', tenants, tenants, 'LEFT', 'RIGHT')
-          redis.call('HDEL', credits, tenant)
+          if kept then
+            redis.call('HDEL', credits, tenant)
+          end
         else
           redis.call('HSET', credits, tenant, credit)
         end
