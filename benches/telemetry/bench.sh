@@ -59,8 +59,11 @@ TOML
     local cpu_us
     cpu_us=$(python3 -c "print(round($ticks / $(getconf CLK_TCK) / max($records, 1) * 1e6))")
     printf '%10s  %s  CPU/run %s us  sampler %s\n' "$mode" "$line" "$cpu_us" "${sampler:-none}"
-    # round mode runs/s p99(ms) CPU/run(us), for the summary
-    echo "$2 $mode $(awk '{print $2, $7}' <<< "$line") $cpu_us" >> "$work/results"
+    # round mode runs/s p99(ms) CPU/run(us) errors, for the summary (a run wrk could not
+    # report is left out of it, and shows above)
+    if [[ $line == runs/s* ]]; then
+        echo "$2 $mode $(awk '{print $2, $7}' <<< "$line") $cpu_us $(awk '{print $10}' <<< "$line")" >> "$work/results"
+    fi
 }
 echo "guild serve, echo, recording on; wrk -t1 -c$connections -d${seconds}s; $rounds rounds, modes rotated;" \
     "$(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -74,9 +77,17 @@ import statistics, sys
 rows = [line.split() for line in open(sys.argv[1])]
 base, modes = sys.argv[2], sys.argv[2:]
 by = {(r[0], r[1]): (float(r[2]), float(r[3]), float(r[4])) for r in rows}
+errors = {}
+for r in rows:
+    errors[r[1]] = errors.get(r[1], 0) + int(r[5])
 rounds = sorted({r[0] for r in rows}, key=int)
 print(f"summary over {len(rounds)} rounds; ratios against {base} in the same round (median, mean ± standard error)")
 for mode in modes:
+    if not any(key[1] == mode for key in by):
+        print(f"{mode:>10}  no run of this mode was measured")
+        continue
+    if errors.get(mode):
+        print(f"{mode:>10}  {errors[mode]} requests failed: its figures are not comparable")
     got = [by[(r, mode)] for r in rounds if (r, mode) in by and (r, base) in by]
     ratio = [by[(r, mode)][0] / by[(r, base)][0] for r in rounds if (r, mode) in by and (r, base) in by]
     cpu = [by[(r, mode)][2] / by[(r, base)][2] for r in rounds if (r, mode) in by and (r, base) in by]

@@ -79,7 +79,7 @@ pub struct Metrics {
     /// full export queue, a failed export); set at each scrape.
     pub spans_dropped: IntCounter,
     spans_dropped_sync: std::sync::Mutex<()>,
-    /// The latest traced run in each bucket of `guild_run_duration_seconds`, shown to an
+    /// The latest run whose trace was sampled, in each bucket of `guild_run_duration_seconds`, shown to an
     /// OpenMetrics scraper as exemplars.
     run_exemplars: std::sync::Mutex<crate::openmetrics::Exemplars>,
 }

@@ -79,9 +79,9 @@ impl Daemon {
         // the trace is sampled (an exemplar must lead to a trace the collector has), the latency
         // bucket's exemplar.
         let span = tracing::Span::current();
-        let (trace_id, sampled) =
+        let (trace_id, trace_sampled) =
             guild_telemetry::trace_of(&span).map_or((None, false), |(trace, sampled)| (Some(trace), sampled));
-        let exemplar = trace_id.as_deref().filter(|_| sampled);
+        let exemplar = trace_id.as_deref().filter(|_| trace_sampled);
         let (mut finished, output, mut audit) = self.conclude(&tool, &entry, (input_digest, key, exemplar), ran);
         audit.trace_id.clone_from(&trace_id);
         finished.trace_id = trace_id;

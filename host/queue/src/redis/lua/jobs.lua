@@ -62,8 +62,8 @@ local function take_jobs(stream, worker, prefix, jobs, count, lanes)
           redis.call('ZREM', l .. ':priorities', prio)
         end
       else
-        -- A turn's credit is kept only while the tenant has more than one job of it left: a
-        -- tenant of weight 1 (most) never writes it, so nothing is there to delete either.
+        -- A turn's credit is kept only while at least one job of the turn is left: a tenant of
+        -- weight 1 (most) never writes it, so there is nothing to delete either.
         local kept = redis.call('HGET', credits, tenant)
         local credit = tonumber(kept or redis.call('HGET', weights, tenant) or '1') - 1
         if credit <= 0 then
