@@ -79,8 +79,8 @@ pub struct Metrics {
     /// full export queue, a failed export); set at each scrape.
     pub spans_dropped: IntCounter,
     spans_dropped_sync: std::sync::Mutex<()>,
-    /// The latest run whose trace was sampled, in each bucket of `guild_run_duration_seconds`, shown to an
-    /// OpenMetrics scraper as exemplars.
+    /// The latest run whose trace was sampled, in each bucket of `guild_run_duration_seconds`,
+    /// shown to an OpenMetrics scraper as exemplars.
     run_exemplars: std::sync::Mutex<crate::openmetrics::Exemplars>,
 }
 

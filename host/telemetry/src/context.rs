@@ -138,7 +138,8 @@ impl TraceContext {
 /// The trace and span id of `span`, as 32 and 16 hex digits (`None` while tracing is off).
 pub fn ids(span: &tracing::Span) -> Option<(String, String)> {
     let cx = otel_context(span)?;
-    let span_context = cx.span().span_context().clone();
+    let span = cx.span();
+    let span_context = span.span_context();
     Some((span_context.trace_id().to_string(), span_context.span_id().to_string()))
 }
 
@@ -146,7 +147,8 @@ pub fn ids(span: &tracing::Span) -> Option<(String, String)> {
 /// collector); `None` while tracing is off.
 pub fn trace_of(span: &tracing::Span) -> Option<(String, bool)> {
     let cx = otel_context(span)?;
-    let span_context = cx.span().span_context().clone();
+    let span = cx.span();
+    let span_context = span.span_context();
     Some((span_context.trace_id().to_string(), span_context.is_sampled()))
 }
 

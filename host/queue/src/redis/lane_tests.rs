@@ -41,6 +41,16 @@ fn lanes(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
 
+/// The ids of the jobs `takes` takes of one job each from `lanes` give, in order.
+async fn taken_one_at_a_time(queue: &RedisQueue, lanes: &[String], takes: usize) -> Vec<String> {
+    let mut order = Vec::new();
+    for _ in 0..takes {
+        let taken = queue.take("w1", lanes, 1, Duration::ZERO).await.expect("taken");
+        order.extend(taken.into_iter().map(|l| l.job.id));
+    }
+    order
+}
+
 #[tokio::test]
 async fn tenants_and_agents_take_turns_and_priorities_go_first() {
     let (_server, queue) = server().await;
@@ -53,11 +63,7 @@ async fn tenants_and_agents_take_turns_and_priorities_go_first() {
     queue.submit(&job("b2", "b", Some("x"), 4, Needs::default())).await.expect("submitted");
     queue.submit(&job("urgent", "c", None, 9, Needs::default())).await.expect("submitted");
     let default = lanes(&[DEFAULT_LANE]);
-    let mut order = Vec::new();
-    for _ in 0..9 {
-        let taken = queue.take("w1", &default, 1, Duration::ZERO).await.expect("taken");
-        order.extend(taken.into_iter().map(|l| l.job.id));
-    }
+    let order = taken_one_at_a_time(&queue, &default, 9).await;
     // Agents x and y of tenant b alternate; tenant a waits its turn however many it queued.
     assert_eq!(order, ["urgent", "a00", "b0", "a01", "b1", "a02", "b2", "a03", "a04"]);
     let stats = queue.stats().await.expect("stats");
@@ -88,11 +94,7 @@ async fn a_tenant_of_weight_three_takes_three_jobs_a_turn() {
         queue.submit(&job(&format!("l{i}"), "light", None, 4, Needs::default())).await.expect("submitted");
     }
     let default = lanes(&[DEFAULT_LANE]);
-    let mut order = Vec::new();
-    for _ in 0..9 {
-        let taken = queue.take("w1", &default, 1, Duration::ZERO).await.expect("taken");
-        order.extend(taken.into_iter().map(|l| l.job.id));
-    }
+    let order = taken_one_at_a_time(&queue, &default, 9).await;
     // Three for the heavy tenant, one for the light one, and so on; once a tenant's line is
     // empty the other takes every turn. The heavy tenant left two jobs into a turn of three.
     assert_eq!(order, ["h0", "h1", "h2", "l0", "h3", "h4", "l1", "l2", "l3"]);
