@@ -25,9 +25,13 @@ async function signIn(context, token) {
   page.setDefaultTimeout(timeout);
   await page.goto(`${base}/ui/runs`);
   check(new URL(page.url()).pathname === "/ui/login", `an anonymous visit goes to the sign-in form (at ${page.url()})`);
-  // The token field has focus, and Enter submits: no mouse needed.
-  const focused = await page.evaluate(() => document.activeElement?.id);
-  check(focused === "token", `the token field has focus (${focused})`);
+  // The token field has focus, and Enter submits: no mouse needed. Chromium applies `autofocus`
+  // at its next rendering update, which can come after the load event on a busy machine: wait for
+  // it (up to the timeout) rather than read the focus once.
+  const focused = await page
+    .waitForFunction(() => document.activeElement?.id === "token", null, { timeout })
+    .then(() => "token", async () => page.evaluate(() => document.activeElement?.id ?? "nothing"));
+  check(focused === "token", `the token field has focus (${focused || "the body"})`);
   await page.keyboard.type(token);
   await page.keyboard.press("Enter");
   await page.waitForURL(`${base}/ui/runs`);
