@@ -52,7 +52,7 @@ async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -
     }
     let headers = request.headers();
     let caller = guild_telemetry::TraceContext::from_fields(|name| headers.get(name)?.to_str().ok());
-    let span = guild_telemetry::root(caller.as_ref(), "request", || {
+    let traced = guild_telemetry::root(caller.as_ref(), "request", || {
         tracing::info_span!(
             target: SPAN_TARGET,
             "request",
@@ -66,7 +66,8 @@ async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -
             otel.status_code = tracing::field::Empty,
         )
     });
-    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    let response = traced.clone().instrument(next.run(request)).await;
+    let span = traced.span();
     span.record("http.response.status_code", response.status().as_u16());
     if response.status().is_server_error() {
         span.record("error.type", response.status().as_str());

@@ -269,7 +269,7 @@ impl ServerHandler for GuildMcp {
             ));
         }
         let labels = labels_of(&context)?;
-        let span = call_span(&request, &context);
+        let traced = call_span(&request, &context);
         let called = async {
             // A client that takes tasks and asks for one gets it at once; the run goes on
             // without the connection.
@@ -285,7 +285,8 @@ impl ServerHandler for GuildMcp {
             }
             self.call((&tenant, bearer, labels), request, &context).await.map(CallToolResponse::from)
         };
-        let called = tracing::Instrument::instrument(called, span.clone()).await;
+        let called = traced.clone().instrument(called).await;
+        let span = traced.span();
         match &called {
             Err(error) => {
                 span.record("error.type", error.code.0.to_string());
@@ -360,13 +361,14 @@ impl ServerHandler for GuildMcp {
     }
 }
 
-/// A `tools/call`'s server span, as the OpenTelemetry MCP conventions name it (`tools/call
-/// {tool}`, `mcp.method.name`, `mcp.session.id`, `jsonrpc.request.id`, `gen_ai.tool.name`), a
-/// child of the W3C trace context the client put in `params._meta` (`traceparent`,
-/// `tracestate`, `baggage`) when it sent one.
-fn call_span(request: &CallToolRequestParams, context: &RequestContext<RoleServer>) -> tracing::Span {
+/// A `tools/call`'s trace: its server span, as the OpenTelemetry MCP conventions name it
+/// (`tools/call {tool}`, `mcp.method.name`, `mcp.session.id`, `jsonrpc.request.id`,
+/// `gen_ai.tool.name`), a child of the W3C trace context the client put in `params._meta`
+/// (`traceparent`, `tracestate`, `baggage`) when it sent one; no span when the trace is not
+/// sampled (its context is carried all the same).
+fn call_span(request: &CallToolRequestParams, context: &RequestContext<RoleServer>) -> guild_telemetry::Traced {
     if !tracing::enabled!(target: guild_telemetry::SPAN_TARGET, tracing::Level::INFO) {
-        return tracing::Span::none();
+        return guild_telemetry::Traced::none();
     }
     let parts = context.extensions.get::<axum::http::request::Parts>();
     let session = parts.and_then(|parts| parts.headers.get("mcp-session-id")?.to_str().ok());

@@ -491,7 +491,7 @@ impl Remote {
         };
         let count = records.len() as u64;
         // One span per traced attempt, in its run's trace: the batch's write is each one's.
-        let spans: Vec<tracing::Span> = entries
+        let spans: Vec<guild_telemetry::Traced> = entries
             .iter()
             .filter_map(|entry| {
                 let trace = entry.result.trace.as_ref()?;

@@ -70,8 +70,9 @@ impl TraceContext {
         })
     }
 
-    /// The context of `span` as a remote caller would see it (`None` while tracing is off, or
-    /// for a span tracing does not record).
+    /// The context of `span` as a remote caller would see it: inside an unsampled trace, that
+    /// trace's context, whatever `span` is (`None` while tracing is off, or for a span tracing does not
+    /// record).
     pub fn of(span: &tracing::Span) -> Option<Self> {
         let cx = otel_context(span)?;
         let mut fields = Fields::default();
@@ -85,7 +86,7 @@ impl TraceContext {
         })
     }
 
-    /// The context of the current span.
+    /// The context of the trace this code runs in: the unsampled one's, or the current span's.
     pub fn current() -> Option<Self> {
         Self::of(&tracing::Span::current())
     }
@@ -135,7 +136,8 @@ impl TraceContext {
     }
 }
 
-/// The trace and span id of `span`, as 32 and 16 hex digits (`None` while tracing is off).
+/// The trace and span id of `span` (inside an unsampled trace, that trace's, whatever `span`
+/// is), as 32 and 16 hex digits; `None` while tracing is off.
 pub fn ids(span: &tracing::Span) -> Option<(String, String)> {
     let cx = otel_context(span)?;
     let span = cx.span();
@@ -143,8 +145,9 @@ pub fn ids(span: &tracing::Span) -> Option<(String, String)> {
     Some((span_context.trace_id().to_string(), span_context.span_id().to_string()))
 }
 
-/// The trace id of `span` (32 hex digits) and whether that trace is sampled (its spans reach the
-/// collector); `None` while tracing is off.
+/// The trace id of `span` (inside an unsampled trace, that trace's, whatever `span` is), as 32
+/// hex digits, and whether that trace is sampled (its spans reach the collector); `None` while
+/// tracing is off.
 pub fn trace_of(span: &tracing::Span) -> Option<(String, bool)> {
     let cx = otel_context(span)?;
     let span = cx.span();
@@ -152,9 +155,13 @@ pub fn trace_of(span: &tracing::Span) -> Option<(String, bool)> {
     Some((span_context.trace_id().to_string(), span_context.is_sampled()))
 }
 
-/// The OpenTelemetry context `span` is in: its own, or for a log span (or one left out of an
-/// unsampled trace) that of the nearest Guild span above it. `None` while tracing is off.
+/// The OpenTelemetry context `span` is in: inside an unsampled trace, that trace's (no span of
+/// it exists); else its own, or for a log span that of the nearest Guild span above it. `None`
+/// while tracing is off.
 fn otel_context(span: &tracing::Span) -> Option<opentelemetry::Context> {
+    if let Some(unsampled) = crate::sampling::unsampled_here() {
+        return Some(unsampled);
+    }
     span.with_subscriber(|(id, dispatch)| crate::sampling::context_near(id, dispatch)).flatten()
 }
 

@@ -20,7 +20,7 @@ mod settings;
 pub use context::{BAGGAGE_BYTES_MAX, TRACESTATE_BYTES_MAX, TraceContext, ids, trace_of};
 pub use export::{EXPORT_FAILURE_LOG_EVERY_MS, spans_dropped};
 pub use logs::{LogStyle, SHUTDOWN_WAIT_MS, install, shutdown};
-pub use sampling::root;
+pub use sampling::{Traced, root};
 pub use settings::{
     BATCH_SPANS_MAX_DEFAULT, EXPORT_TIMEOUT_MS_DEFAULT, ParentlessChoice, QUEUE_SPANS_MAX_DEFAULT,
     SCHEDULED_DELAY_MS_DEFAULT, SamplerChoice, TelemetryConfig, TelemetrySettings,
@@ -42,16 +42,24 @@ pub fn clip(text: &str) -> &str {
     &text[..end]
 }
 
-/// What a task spawned to carry on the current trace is instrumented with: `span`, or while it is
-/// disabled because its trace was not sampled the span current here, so that the task's spans
-/// stay in this trace, and unsampled with it, rather than start traces of their own. While
-/// tracing is off, `span` as it is (the task's log lines keep their own spans).
-pub fn carried(span: tracing::Span) -> tracing::Span {
-    if span.is_disabled() && tracing::enabled!(target: SPAN_TARGET, tracing::Level::INFO) {
-        tracing::Span::current()
-    } else {
-        span
+/// What a task spawned to carry on the current trace runs in: `span`, or while it is disabled
+/// because its trace was not sampled, [`here`], so that the task's spans stay in this trace, and
+/// unsampled with it, rather than start traces of their own. While tracing is off, `span` as it
+/// is (the task's log lines keep their own spans).
+pub fn carried(span: tracing::Span) -> Traced {
+    if !tracing::enabled!(target: SPAN_TARGET, tracing::Level::INFO) {
+        return Traced::plain(span);
     }
+    if span.is_disabled() { here() } else { Traced::scoped(span, None) }
+}
+
+/// The trace this code runs in, for a task spawned to go on in it: the current span, and the
+/// unsampled trace's context when this one was not sampled.
+pub fn here() -> Traced {
+    if !tracing::enabled!(target: SPAN_TARGET, tracing::Level::INFO) {
+        return Traced::plain(tracing::Span::current());
+    }
+    Traced::scoped(tracing::Span::current(), sampling::unsampled_here())
 }
 
 /// The `tracing` target of every span Guild exports: `tracing::info_span!(target: SPAN_TARGET, …)`.

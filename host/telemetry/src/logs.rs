@@ -39,14 +39,11 @@ pub fn install(style: LogStyle, settings: Option<&TelemetrySettings>) -> Result<
     }
     let filter = || {
         let filter = EnvFilter::try_from_env("GUILD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-        // Guild's spans (and unsampled traces' roots) are for the exporter; log lines name
-        // their run by field.
-        [SPAN_TARGET, crate::sampling::UNSAMPLED_TARGET].into_iter().fold(filter, |filter, target| {
-            match format!("{target}=off").parse() {
-                Ok(directive) => filter.add_directive(directive),
-                Err(_) => filter,
-            }
-        })
+        // Guild's spans are for the exporter; log lines name their run by field.
+        match format!("{SPAN_TARGET}=off").parse() {
+            Ok(directive) => filter.add_directive(directive),
+            Err(_) => filter,
+        }
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let dispatch = match settings {
@@ -104,7 +101,6 @@ where
 {
     let spans = tracing_subscriber::filter::Targets::new()
         .with_target(SPAN_TARGET, tracing::Level::INFO)
-        .with_target(crate::sampling::UNSAMPLED_TARGET, tracing_subscriber::filter::LevelFilter::OFF)
         .with_default(tracing::Level::WARN);
     // Guild's spans are all at INFO: a wider level here would raise the process's max level
     // hint, and every `debug!` and `trace!` call site in every crate would then be asked
@@ -148,14 +144,18 @@ where
     F: FormatEvent<S, N>,
 {
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
-        let ids = match (ctx.current_span().id(), DISPATCH.get()) {
-            (Some(id), Some(dispatch)) => crate::sampling::context_near(id, dispatch).map(|cx| {
-                use opentelemetry::trace::TraceContextExt;
-                let span = cx.span().span_context().clone();
-                (span.trace_id(), span.span_id())
-            }),
+        // An unsampled trace's, else the nearest Guild span's.
+        let cx = match (crate::sampling::unsampled_here(), ctx.current_span().id(), DISPATCH.get()) {
+            (Some(unsampled), _, _) => Some(unsampled),
+            (None, Some(id), Some(dispatch)) => crate::sampling::context_near(id, dispatch),
             _ => None,
         };
+        let ids = cx.map(|cx| {
+            use opentelemetry::trace::TraceContextExt;
+            let span = cx.span();
+            let span = span.span_context();
+            (span.trace_id(), span.span_id())
+        });
         let Some((trace_id, span_id)) = ids else {
             return self.inner.format_event(ctx, writer, event);
         };

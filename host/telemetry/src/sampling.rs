@@ -1,5 +1,4 @@
-//! Head sampling decided once per trace, at its root, so that an unsampled trace costs one
-//! bare span.
+//! Head sampling decided once per trace, at its root, so that an unsampled trace builds no span.
 //!
 //! The SDK's sampler runs when a span starts, but by then `tracing-opentelemetry` has built the
 //! span: recorded its fields, allocated its attributes, looked up its parent, and it keeps
@@ -9,18 +8,22 @@
 //! and the trace id the root will have:
 //! - sampled: the root is built as any span, and the SDK, asking the same sampler about the same
 //!   trace id, comes to the same decision;
-//! - not sampled: the root is a bare marker span ([`UNSAMPLED_TARGET`]) that no layer but
-//!   [`HeadSampled`] sees, carrying the trace's context (caller's trace id, a span id of its
-//!   own, the sampled flag unset, the caller's `tracestate` and baggage) for what runs inside.
+//! - not sampled: no span at all. The trace's context (caller's trace id, a span id of its own,
+//!   the sampled flag unset, the caller's `tracestate` and baggage) is carried instead in a
+//!   task-local slot, set around each poll of the futures that run in the trace ([`Traced`]).
 //!
-//! With [`HeadSampled`] beside the exporter, a Guild span whose trace was not sampled is never
-//! created at all (its call site returns a disabled span, as while tracing is off); a Guild span
-//! with no Guild span above it that was not started with [`root`] is built and offered to the
-//! SDK's sampler, whose decision then holds for the whole local trace as well.
+//! With [`HeadSampled`] beside the exporter, a Guild span made while that slot holds a context
+//! is never created (its call site returns a disabled span, as while tracing is off); a Guild
+//! span with no Guild span above it that was not started with [`root`] is built and offered to
+//! the SDK's sampler, whose decision then holds for the whole local trace as well.
 //!
-//! The unsampled root stays the current span for everything inside it, so a log line, a job and
-//! an upstream request made inside still carry its trace id, with the W3C sampled flag unset
-//! (`-00`), as the W3C Trace Context asks of a participant that does not record.
+//! A log line, a job and an upstream request made inside an unsampled trace still carry its
+//! trace id, read from the slot, with the W3C sampled flag unset (`-00`), as the W3C Trace
+//! Context asks of a participant that does not record.
+//!
+//! An earlier form carried the unsampled context in a bare marker span: entering and leaving it
+//! on every poll, and the registry look-ups each Guild call site then made, cost the daemon 6% of
+//! its throughput at 1% sampling against this slot (`benches/RESULTS.md`, 2026-12-01).
 //!
 //! A span declared `parent: None` is judged by the current Guild span like any other: declare
 //! such roots where no Guild span is current (Guild's are in the audit writer's task).
@@ -35,7 +38,73 @@ use tracing::subscriber::Interest;
 use tracing::{Dispatch, Metadata, Subscriber};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::{Context, Filter, Layer};
-use tracing_subscriber::registry::{Extensions, LookupSpan, Registry, SpanRef};
+use tracing_subscriber::registry::{LookupSpan, Registry, SpanRef};
+
+tokio::task_local! {
+    /// The context of the unsampled trace the current task (or [`Traced::in_scope`] closure)
+    /// runs in; `None` in a sampled trace's scope, unset outside any.
+    static UNSAMPLED: Option<opentelemetry::Context>;
+}
+
+/// The unsampled trace's context this code runs in, if it runs in one.
+pub(crate) fn unsampled_here() -> Option<opentelemetry::Context> {
+    UNSAMPLED.try_with(Option::clone).ok().flatten()
+}
+
+/// Whether this code runs in an unsampled trace (no clone of its context).
+fn in_unsampled() -> bool {
+    UNSAMPLED.try_with(Option::is_some).unwrap_or(false)
+}
+
+/// The trace a task or a scope runs in: a span to instrument it with, and while that trace was
+/// not sampled, its context (carried around each poll, since no span holds it). Made by
+/// [`root`], [`carried`](crate::carried) and [`here`](crate::here).
+#[derive(Debug, Clone)]
+pub struct Traced {
+    span: tracing::Span,
+    /// `Some(context)`: an unsampled trace's; `None`: a sampled trace's (hiding any unsampled
+    /// one around it). Only used when `scoped`.
+    unsampled: Option<opentelemetry::Context>,
+    /// Whether tracing is on: while it is off, a `Traced` is its span and nothing more.
+    scoped: bool,
+}
+
+impl Traced {
+    /// `span` alone, as while tracing is off.
+    pub(crate) fn plain(span: tracing::Span) -> Self {
+        Self { span, unsampled: None, scoped: false }
+    }
+
+    /// No trace: for work that belongs to none (or is not traced on purpose), and for any while
+    /// tracing is off.
+    pub fn none() -> Self {
+        Self::plain(tracing::Span::none())
+    }
+
+    /// `span`, in the unsampled trace `unsampled` or (`None`) in its own sampled one.
+    pub(crate) fn scoped(span: tracing::Span, unsampled: Option<opentelemetry::Context>) -> Self {
+        Self { span, unsampled, scoped: true }
+    }
+
+    /// The span: disabled when the trace was not sampled or tracing is off, so recording on it
+    /// costs nothing then.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// `future`, instrumented with the span and run in this trace: each of its polls, wherever
+    /// it is polled, sees the trace's context.
+    pub async fn instrument<F: Future>(self, future: F) -> F::Output {
+        let future = tracing::Instrument::instrument(future, self.span);
+        if self.scoped { UNSAMPLED.scope(self.unsampled, future).await } else { future.await }
+    }
+
+    /// `f()`, inside the span and this trace.
+    pub fn in_scope<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _entered = self.span.enter();
+        if self.scoped { UNSAMPLED.sync_scope(self.unsampled.clone(), f) } else { f() }
+    }
+}
 
 /// The layer that disables, for every layer at once, a Guild span whose trace was not sampled;
 /// it sees Guild's spans only ([`GuildSpans`]). A per-layer filter could not do this (the
@@ -64,19 +133,19 @@ where
         let _ = self.dispatch.set(subscriber.downgrade());
     }
 
-    fn enabled(&self, meta: &Metadata<'_>, cx: Context<'_, S>) -> bool {
-        if meta.target() == UNSAMPLED_TARGET {
-            return true;
+    fn enabled(&self, _meta: &Metadata<'_>, cx: Context<'_, S>) -> bool {
+        if in_unsampled() {
+            return false;
         }
         let Some(current) = cx.current_span().id().cloned() else {
             return true;
         };
-        // The current span is most often the trace's root or a Guild span (seen through this
-        // layer's filter, without the dispatcher); else a log span, below the nearest one.
+        // The current span is most often a Guild span (seen through this layer's filter,
+        // without the dispatcher); else a log span, below the nearest one.
         if let Some(guild) = cx.span(&current)
-            && let Some(sampled) = known(&guild.extensions())
+            && let Some(Sampled(sampled)) = guild.extensions().get::<Sampled>()
         {
-            return sampled;
+            return *sampled;
         }
         let Some(dispatch) = self.dispatch.get().and_then(WeakDispatch::upgrade) else {
             return true;
@@ -84,14 +153,13 @@ where
         let Some(registry) = dispatch.downcast_ref::<Registry>() else {
             return true;
         };
-        // This trace's root or a sampled span in it, since the spans of an unsampled trace below
-        // its root are never created. None: this span is a root, which the sampler decides once
-        // it has adopted its caller's context.
+        // A sampled span, or a parentless one the SDK's sampler decided on. None: this span is
+        // a root, which the sampler decides once it has adopted its caller's context.
         let Some(guild) = nearest_guild(registry, &current) else {
             return true;
         };
-        if let Some(sampled) = known(&guild.extensions()) {
-            return sampled;
+        if let Some(Sampled(sampled)) = guild.extensions().get::<Sampled>() {
+            return *sampled;
         }
         let id = guild.id();
         drop(guild);
@@ -105,58 +173,37 @@ where
     }
 }
 
-/// The sampling decision a Guild span's extensions already hold: an unsampled root's, or one
-/// cached when an earlier child asked.
-fn known(extensions: &Extensions<'_>) -> Option<bool> {
-    if extensions.get::<Unsampled>().is_some() {
-        return Some(false);
-    }
-    extensions.get::<Sampled>().map(|Sampled(sampled)| *sampled)
-}
-
 /// The OpenTelemetry context of the nearest Guild span at or above span `id` (a log span may sit
 /// between): what a log line, a job or an upstream request made there belongs to.
 pub(crate) fn context_near(id: &tracing::span::Id, dispatch: &Dispatch) -> Option<opentelemetry::Context> {
-    let guild = nearest_guild(dispatch.downcast_ref::<Registry>()?, id)?;
-    if let Some(Unsampled(cx)) = guild.extensions().get::<Unsampled>() {
-        return Some(cx.clone()).filter(|cx| cx.span().span_context().is_valid());
-    }
-    let guild = guild.id();
+    let guild = nearest_guild(dispatch.downcast_ref::<Registry>()?, id)?.id();
     tracing_opentelemetry::get_otel_context(&guild, dispatch).filter(|cx| cx.span().span_context().is_valid())
 }
 
-/// The nearest Guild span (or unsampled root) at or above span `id`: a log span may sit between.
+/// The nearest Guild span at or above span `id`: a log span may sit between.
 fn nearest_guild<'a>(registry: &'a Registry, id: &tracing::span::Id) -> Option<SpanRef<'a, Registry>> {
-    registry.span(id)?.scope().find(|span| {
-        let target = span.metadata().target();
-        target == SPAN_TARGET || target == UNSAMPLED_TARGET
-    })
+    registry.span(id)?.scope().find(|span| span.metadata().target() == SPAN_TARGET)
 }
-
-/// The `tracing` target of an unsampled trace's root: a marker span no layer but
-/// [`HeadSampled`] sees (each log filter turns it off), carrying its trace's context.
-pub(crate) const UNSAMPLED_TARGET: &str = "guild_unsampled";
-
-/// An unsampled root's trace context: its trace id, its own span id, the sampled flag unset, and
-/// the caller's `tracestate` and baggage.
-struct Unsampled(opentelemetry::Context);
 
 /// Start a trace's root span: the API request, the MCP call, the job, a span with no Guild span
 /// above it. The sampler the exporter was built with decides now, with `caller` (the context the
 /// call came with) as parent and the trace id the root will have (the caller's, else a fresh
 /// one); `name` is what the sampler is told the span is called.
 /// - Sampled: `build()`'s span, a child of `caller`, with that trace id.
-/// - Not sampled: a bare marker span (`build` is not called, nothing is exported) that carries
-///   the trace's context for what runs inside: [`TraceContext::current`] and log lines still
+/// - Not sampled: no span (`build` is not called, nothing is exported); what runs in the
+///   returned [`Traced`] still has the trace's context: [`TraceContext::current`] and log lines
 ///   name the trace, with the sampled flag unset.
 /// - Tracing off: `build()`'s span as it is (disabled at its call site).
 ///
 /// Call it where no Guild span is current (at the top of a request or a task): a fresh root is
 /// decided with no parent, as the SDK decides it only when nothing traced is current.
-pub fn root(caller: Option<&TraceContext>, name: &str, build: impl FnOnce() -> tracing::Span) -> tracing::Span {
+pub fn root(caller: Option<&TraceContext>, name: &str, build: impl FnOnce() -> tracing::Span) -> Traced {
     if !tracing::enabled!(target: SPAN_TARGET, tracing::Level::INFO) {
-        return build();
+        return Traced::plain(build());
     }
+    // Built outside any unsampled trace around this call (its spans would be disabled). The
+    // `enabled!` above is a hint call site, not a span, so the slot never disables it.
+    let build = || if in_unsampled() { UNSAMPLED.sync_scope(None, build) } else { build() };
     // A context that came through Redis was not checked on the way in: an invalid one is none.
     let parent = caller.map(TraceContext::context).filter(|cx| cx.span().span_context().is_valid());
     let trace_id = match &parent {
@@ -173,7 +220,7 @@ pub fn root(caller: Option<&TraceContext>, name: &str, build: impl FnOnce() -> t
         if let Some(caller) = caller {
             caller.adopt(&span);
         }
-        return span;
+        return Traced::scoped(span, None);
     };
     if decision.decision != SamplingDecision::Drop {
         let span = build();
@@ -185,7 +232,7 @@ pub fn root(caller: Option<&TraceContext>, name: &str, build: impl FnOnce() -> t
             let _preset = Preset::trace_id(trace_id);
             let _ = tracing_opentelemetry::OpenTelemetrySpanExt::context(&span);
         }
-        return span;
+        return Traced::scoped(span, None);
     }
     let own = SpanContext::new(
         trace_id,
@@ -194,14 +241,7 @@ pub fn root(caller: Option<&TraceContext>, name: &str, build: impl FnOnce() -> t
         false,
         decision.trace_state,
     );
-    let cx = parent.with_remote_span_context(own);
-    let marker = tracing::info_span!(target: UNSAMPLED_TARGET, "unsampled trace");
-    marker.with_subscriber(|(id, dispatch)| {
-        if let Some(span) = dispatch.downcast_ref::<Registry>().and_then(|registry| registry.span(id)) {
-            span.extensions_mut().insert(Unsampled(cx));
-        }
-    });
-    marker
+    Traced::scoped(tracing::Span::none(), Some(parent.with_remote_span_context(own)))
 }
 
 thread_local! {
@@ -244,13 +284,12 @@ impl IdGenerator for PresetIds {
 /// A Guild span's trace's sampling decision, kept on it once a child asked.
 struct Sampled(bool);
 
-/// [`HeadSampled`]'s filter: Guild's spans (target [`SPAN_TARGET`]) and unsampled roots
-/// ([`UNSAMPLED_TARGET`]), nothing else.
+/// [`HeadSampled`]'s filter: Guild's spans (target [`SPAN_TARGET`]), nothing else.
 pub(crate) struct GuildSpans;
 
 impl GuildSpans {
     fn wants(meta: &Metadata<'_>) -> bool {
-        meta.is_span() && (meta.target() == SPAN_TARGET || meta.target() == UNSAMPLED_TARGET)
+        meta.is_span() && meta.target() == SPAN_TARGET
     }
 }
 
@@ -265,7 +304,7 @@ impl<S> Filter<S> for GuildSpans {
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {
-        // Guild's spans and unsampled roots are all at INFO (see `exporter_layer`).
+        // Guild's spans are all at INFO (see `exporter_layer`).
         Some(LevelFilter::INFO)
     }
 }
@@ -318,8 +357,8 @@ mod tests {
     const UNSAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
     const SAMPLED: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-    /// A request's root span, a child of the caller's `traceparent`.
-    fn request(traceparent: &str) -> tracing::Span {
+    /// A request's root, a child of the caller's `traceparent`.
+    fn request(traceparent: &str) -> super::Traced {
         crate::root(Some(&context(traceparent)), "request", || tracing::info_span!(target: SPAN_TARGET, "request"))
     }
 
@@ -343,7 +382,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unsampled_root_is_one_bare_span_that_carries_the_callers_trace_state_and_baggage() {
+    fn an_unsampled_root_builds_no_span_and_carries_the_callers_trace_state_and_baggage() {
         let spans = exported(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)), || {
             let caller = TraceContext {
                 tracestate: Some("vendor=1".into()),
@@ -351,18 +390,24 @@ mod tests {
                 ..context(UNSAMPLED)
             };
             let root = crate::root(Some(&caller), "request", || panic!("an unsampled root is not built"));
-            assert!(!root.is_disabled(), "the marker is a span, so that what runs inside finds the trace");
-            let _inside = root.enter();
-            assert!(tracing::info_span!(target: SPAN_TARGET, "execute_tool").is_disabled());
-            let current = TraceContext::current().expect("the marker's context");
-            assert_eq!(current.trace_id(), CALLER_TRACE);
-            let own_span = current.traceparent.split('-').nth(2).expect("span id");
-            assert_ne!(own_span, "00f067aa0ba902b7", "the root has a span id of its own, the caller's is its parent");
-            assert!(current.traceparent.ends_with("-00"), "{}", current.traceparent);
-            assert_eq!(current.tracestate.as_deref(), Some("vendor=1"));
-            assert_eq!(current.baggage.as_deref(), Some("user=ada"));
-            let (trace, span) = crate::ids(&tracing::Span::current()).expect("ids");
-            assert_eq!((trace.as_str(), span.as_str()), (CALLER_TRACE, own_span));
+            assert!(root.span().is_disabled(), "no span: the trace is carried beside it");
+            root.in_scope(|| {
+                assert!(tracing::info_span!(target: SPAN_TARGET, "execute_tool").is_disabled());
+                let current = TraceContext::current().expect("the trace's context");
+                assert_eq!(current.trace_id(), CALLER_TRACE);
+                let own_span = current.traceparent.split('-').nth(2).expect("span id").to_string();
+                assert_ne!(
+                    own_span, "00f067aa0ba902b7",
+                    "the root has a span id of its own, the caller's is its parent"
+                );
+                assert!(current.traceparent.ends_with("-00"), "{}", current.traceparent);
+                assert_eq!(current.tracestate.as_deref(), Some("vendor=1"));
+                assert_eq!(current.baggage.as_deref(), Some("user=ada"));
+                let (trace, span) = crate::ids(&tracing::Span::current()).expect("ids");
+                assert_eq!((trace.as_str(), span.as_str()), (CALLER_TRACE, own_span.as_str()));
+                assert_eq!(crate::trace_of(&tracing::Span::current()), Some((CALLER_TRACE.to_string(), false)));
+            });
+            assert_eq!(TraceContext::current(), None, "outside the root, no trace");
         });
         assert!(spans.is_empty(), "{spans:?}");
     }
@@ -373,10 +418,11 @@ mod tests {
         let garbage = TraceContext { traceparent: "00-not-a-trace-01".into(), tracestate: None, baggage: None };
         let spans = exported(Sampler::AlwaysOff, || {
             let root = crate::root(Some(&garbage), "job", || panic!("not sampled"));
-            let _inside = root.enter();
-            let current = TraceContext::current().expect("a trace of its own");
-            assert_ne!(current.trace_id(), "0".repeat(32), "never the all-zero trace id");
-            assert!(current.traceparent.ends_with("-00"), "{}", current.traceparent);
+            root.in_scope(|| {
+                let current = TraceContext::current().expect("a trace of its own");
+                assert_ne!(current.trace_id(), "0".repeat(32), "never the all-zero trace id");
+                assert!(current.traceparent.ends_with("-00"), "{}", current.traceparent);
+            });
         });
         assert!(spans.is_empty());
     }
@@ -389,12 +435,13 @@ mod tests {
         let spans = exported(sampler.clone(), || {
             for _ in 0..TRACES {
                 let root = crate::root(None, "request", || tracing::info_span!(target: SPAN_TARGET, "request"));
-                let _inside = root.enter();
-                let child = tracing::info_span!(target: SPAN_TARGET, "execute_tool");
-                if child.is_disabled() {
-                    let id = TraceContext::current().expect("an unsampled root still names its trace");
-                    dropped.push(u128::from_str_radix(id.trace_id(), 16).expect("hex"));
-                }
+                root.in_scope(|| {
+                    let child = tracing::info_span!(target: SPAN_TARGET, "execute_tool");
+                    if child.is_disabled() {
+                        let id = TraceContext::current().expect("an unsampled root still names its trace");
+                        dropped.push(u128::from_str_radix(id.trace_id(), 16).expect("hex"));
+                    }
+                });
             }
         });
         let mut kept = std::collections::HashMap::<_, usize>::new();
@@ -412,66 +459,111 @@ mod tests {
     #[test]
     fn inside_an_unsampled_root_no_span_is_built_and_the_trace_id_still_travels() {
         let spans = exported(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)), || {
-            let root = request(UNSAMPLED);
-            let _inside = root.enter();
-            let child = tracing::info_span!(target: SPAN_TARGET, "execute_tool");
-            let _deeper = child.enter();
-            let grandchild = tracing::info_span!(target: SPAN_TARGET, "guest run");
-            assert!(child.is_disabled() && grandchild.is_disabled(), "an unsampled trace builds its root only");
-            let current = TraceContext::current().expect("the root is still current, with its trace");
-            assert_eq!(current.trace_id(), CALLER_TRACE);
-            assert!(current.traceparent.ends_with("-00"), "not sampled, and says so: {}", current.traceparent);
+            request(UNSAMPLED).in_scope(|| {
+                let child = tracing::info_span!(target: SPAN_TARGET, "execute_tool");
+                let _deeper = child.enter();
+                let grandchild = tracing::info_span!(target: SPAN_TARGET, "guest run");
+                assert!(child.is_disabled() && grandchild.is_disabled(), "an unsampled trace builds no span");
+                let current = TraceContext::current().expect("the root's trace is still carried");
+                assert_eq!(current.trace_id(), CALLER_TRACE);
+                assert!(current.traceparent.ends_with("-00"), "not sampled, and says so: {}", current.traceparent);
+            });
         });
         assert!(spans.is_empty(), "nothing of an unsampled trace is exported: {spans:?}");
     }
 
     #[test]
-    fn a_task_carrying_an_unsampled_trace_stays_in_it_through_a_log_span() {
+    fn a_task_carrying_an_unsampled_trace_stays_in_it_across_its_polls_and_its_own_tasks() {
+        use tracing::instrument::WithSubscriber as _;
         let spans = exported(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)), || {
-            let root = request(UNSAMPLED);
-            let _inside = root.enter();
-            let run = tracing::info_span!(target: SPAN_TARGET, "execute_tool");
-            assert!(run.is_disabled());
-            // What a spawned task is instrumented with: the request, since the run is not traced.
-            let carried = crate::carried(run);
-            let log = tracing::info_span!(target: "guild_test", "run");
             let dispatch = tracing::dispatcher::get_default(tracing::Dispatch::clone);
-            std::thread::scope(|scope| {
-                scope.spawn(|| {
-                    let _default = tracing::dispatcher::set_default(&dispatch);
-                    let _log = log.enter();
-                    let _carried = carried.enter();
-                    let _inner_log = tracing::info_span!(target: "guild_test", "step").entered();
-                    assert!(!log.is_disabled(), "the log layer keeps its span");
-                    let stage = tracing::info_span!(target: SPAN_TARGET, "seal");
-                    assert!(stage.is_disabled(), "below a log span, still in the unsampled trace");
-                    let current = TraceContext::current().expect("the log span's trace");
-                    assert_eq!(current.trace_id(), CALLER_TRACE);
-                });
-                // No log span this time: the carried span alone keeps the task in the trace.
-                scope.spawn(|| {
-                    let _default = tracing::dispatcher::set_default(&dispatch);
-                    let _carried = carried.enter();
-                    assert!(tracing::info_span!(target: SPAN_TARGET, "seal").is_disabled());
-                    assert_eq!(
-                        crate::ids(&tracing::Span::current()).map(|(trace, _)| trace).as_deref(),
-                        Some(CALLER_TRACE)
-                    );
-                });
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().expect("runtime");
+            let tasks = request(UNSAMPLED).in_scope(|| {
+                let _log = tracing::info_span!(target: "guild_test", "run").entered();
+                let run = tracing::info_span!(target: SPAN_TARGET, "execute_tool");
+                assert!(run.is_disabled());
+                // What a spawned task runs in: the request's unsampled trace, since the run is
+                // not traced; and what a task spawned from that one runs in.
+                let task = |traced: super::Traced| {
+                    let dispatch = dispatch.clone();
+                    runtime.spawn(
+                        traced
+                            .instrument(async {
+                                for _ in 0..8 {
+                                    tokio::task::yield_now().await;
+                                    assert!(tracing::info_span!(target: SPAN_TARGET, "seal").is_disabled());
+                                    let current = TraceContext::current().expect("the carried trace");
+                                    assert_eq!(current.trace_id(), CALLER_TRACE);
+                                }
+                                crate::here()
+                            })
+                            .with_subscriber(dispatch),
+                    )
+                };
+                [task(crate::carried(run)), task(crate::here())]
+            });
+            assert_eq!(TraceContext::current(), None, "the scope ends with the root");
+            runtime.block_on(async {
+                for handle in tasks {
+                    let inner = handle.await.expect("task");
+                    let nested = inner
+                        .instrument(async { TraceContext::current().map(|cx| cx.trace_id().to_string()) })
+                        .with_subscriber(dispatch.clone());
+                    assert_eq!(nested.await.as_deref(), Some(CALLER_TRACE), "here() inside carries it on");
+                }
             });
         });
         assert!(spans.is_empty(), "{spans:?}");
     }
 
     #[test]
+    fn below_a_log_span_a_sampled_traces_span_is_built_in_it_and_names_it() {
+        let spans = exported(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)), || {
+            request(SAMPLED).in_scope(|| {
+                // A log span between: the sampling decision is looked up past it, then cached.
+                let _log = tracing::info_span!(target: "guild_test", "run").entered();
+                for name in ["execute_tool", "seal"] {
+                    let child = tracing::info_span!(target: SPAN_TARGET, "child", otel.name = name);
+                    assert!(!child.is_disabled(), "{name}: in a sampled trace, below a log span");
+                }
+                let current = TraceContext::current().expect("the log span's trace");
+                assert_eq!(current.trace_id(), CALLER_TRACE);
+                assert!(current.traceparent.ends_with("-01"), "{}", current.traceparent);
+            });
+        });
+        let root = spans.iter().find(|s| s.name == "request").expect("the root");
+        let children: Vec<_> = spans.iter().filter(|s| s.name != "request").collect();
+        assert_eq!(children.len(), 2, "{spans:?}");
+        assert!(children.iter().all(|c| c.parent_span_id == root.span_context.span_id()), "{spans:?}");
+    }
+
+    #[test]
+    fn a_sampled_root_started_inside_an_unsampled_trace_keeps_its_children() {
+        let spans = exported(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)), || {
+            request(UNSAMPLED).in_scope(|| {
+                let sampled = request(SAMPLED);
+                assert!(!sampled.span().is_disabled(), "a root is decided by its own caller");
+                sampled.in_scope(|| {
+                    assert!(!tracing::info_span!(target: SPAN_TARGET, "execute_tool").is_disabled());
+                    assert!(TraceContext::current().expect("sampled").traceparent.ends_with("-01"));
+                });
+                assert!(tracing::info_span!(target: SPAN_TARGET, "seal").is_disabled(), "and the outer one resumes");
+            });
+        });
+        let names: Vec<_> = spans.iter().map(|s| s.name.as_ref()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names.contains(&"request") && names.contains(&"execute_tool"), "{names:?}");
+    }
+
+    #[test]
     fn a_sampled_root_keeps_its_whole_tree_linked() {
         let spans = exported(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)), || {
-            let root = request(SAMPLED);
-            let _inside = root.enter();
-            let child = tracing::info_span!(target: SPAN_TARGET, "execute_tool");
-            let _deeper = child.enter();
-            let grandchild = tracing::info_span!(target: SPAN_TARGET, "guest run");
-            assert!(!grandchild.is_disabled());
+            request(SAMPLED).in_scope(|| {
+                let child = tracing::info_span!(target: SPAN_TARGET, "execute_tool");
+                let _deeper = child.enter();
+                let grandchild = tracing::info_span!(target: SPAN_TARGET, "guest run");
+                assert!(!grandchild.is_disabled());
+            });
         });
         let by_name = |name: &str| spans.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("{name}: {spans:?}"));
         let (root, child, grandchild) = (by_name("request"), by_name("execute_tool"), by_name("guest run"));

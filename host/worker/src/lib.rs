@@ -360,15 +360,15 @@ impl Worker {
             let mut next = Some(lease);
             while let Some(lease) = next.take() {
                 let (span, traced) = self.job_spans(&lease);
-                next = self.run_one(lease).instrument(traced).instrument(span).await;
+                next = traced.instrument(self.run_one(lease)).instrument(span).await;
             }
             drop(permit);
         });
     }
 
-    /// The log span of an attempt, and its consumer span in the trace of the call that enqueued
-    /// the job.
-    fn job_spans(&self, lease: &Lease) -> (tracing::Span, tracing::Span) {
+    /// The log span of an attempt, and what it runs in of the trace of the call that enqueued the
+    /// job: its consumer span, or when that trace was not sampled, the trace's context alone.
+    fn job_spans(&self, lease: &Lease) -> (tracing::Span, guild_telemetry::Traced) {
         let span = tracing::info_span!(
             "job",
             run_id = %lease.job.id,
@@ -429,7 +429,7 @@ impl Worker {
         // Stopped however the attempt ends: a panic in it unwinds through this guard, so the lease
         // lapses and another worker takes the job over (never renewed for ever by a dead attempt).
         let renew = self.clone().renew_loop(lease.clone(), cancel.clone());
-        let renewing = AbortOnDrop(tokio::spawn(renew.instrument(tracing::Span::current())));
+        let renewing = AbortOnDrop(tokio::spawn(guild_telemetry::here().instrument(renew)));
         let result = if lease.attempt > lease.job.attempts_max {
             // Its workers kept dying while running it: do not try a fifth time.
             Err(AttemptFailure::retryable(

@@ -23,7 +23,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tracing::Instrument as _;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 /// Refusals whose reasons a run keeps for the operator (the count is kept past it).
@@ -767,18 +766,15 @@ impl WasiHttpHooks for EgressHooks {
         // on a task of its own (carried by the run's trace even when that was not sampled, so
         // the upstream still learns it). A run traces at most `http_requests_max` requests: the
         // ones past it are refused at once, and would only fill the export queue.
-        let span = if run.requests() < run.limits.http_requests_max {
+        let traced = if run.requests() < run.limits.http_requests_max {
             guild_telemetry::carried(request_span(&request))
         } else {
-            tracing::Span::none()
+            guild_telemetry::Traced::none()
         };
-        Box::new(
-            async move {
-                let response = run.exchange(request).await?;
-                Ok((response, Box::new(async { Ok(()) }) as DriverFuture))
-            }
-            .instrument(span),
-        )
+        Box::new(traced.instrument(async move {
+            let response = run.exchange(request).await?;
+            Ok((response, Box::new(async { Ok(()) }) as DriverFuture))
+        }))
     }
 }
 
