@@ -2,11 +2,12 @@
 # What tracing costs the daemon, measured side by side: two `guild serve` daemons at once, one
 # with tracing off and one in MODE (1%, always_off, 100%, or off for a control), each under its
 # own `wrk` for the same seconds, so the machine's drift and its neighbours land on both alike.
-# The sides swap from pair to pair. Each pair gives MODE's runs/s and CPU per run over off's; the
-# summary is their median and mean ± standard error. On this 2-core VM one pair of off against off
-# differs by about ±4% (a run of one daemon after the other: ±10-20%), so 16 pairs put a mean
-# within about ±1%. Both daemons share the cores: the figures are each daemon's at half the
-# machine, which is what the ratio compares.
+# The sides swap from pair to pair. Each pair gives MODE's runs/s, p99 and CPU per run over off's
+# (a pair in which wrk failed a request is left out, and says so); the summary is their median
+# and mean ± standard error. On this 2-core VM one pair of off against off differs by about ±4%
+# (a run of one daemon after the other: ±10-20%), so 16 pairs put a mean within about ±1%. Both
+# daemons share the cores: the figures are each daemon's at half the machine, which is what the
+# ratio compares.
 # Usage: bash benches/telemetry/side_by_side.sh [MODE] [SECONDS] [CONNECTIONS] [PAIRS]
 # GUILD_BIN=PATH measures that binary; GUILD_BIN_OFF=PATH runs the `off` side with another one
 # (before vs after a change, both in MODE: set MODE's side with GUILD_BIN, the other with
@@ -75,23 +76,35 @@ for pair in $(seq "$pairs"); do
     ticks_a=$(( $(cpu_ticks "$pid_a") - ticks_a )) ticks_b=$(( $(cpu_ticks "$pid_b") - ticks_b ))
     runs_a=$(( $(runs a) - runs_a )) runs_b=$(( $(runs b) - runs_b ))
     kill "$pid_a" "$pid_b"; wait "$pid_a" "$pid_b" 2>/dev/null || true
+    # wrk's p99 (ms) and failed requests for each side.
+    read -r p99_a errors_a <<< "$(tail -n 1 "$work/wrk-a" | awk '{print $7, $10}')"
+    read -r p99_b errors_b <<< "$(tail -n 1 "$work/wrk-b" | awk '{print $7, $10}')"
+    if [ -z "$p99_a" ] || [ -z "$p99_b" ] || [ "$errors_a" != 0 ] || [ "$errors_b" != 0 ]; then
+        echo "pair $pair left out: wrk failed requests or did not report ($(cat "$work/wrk-a" "$work/wrk-b" | tr '\n' ' '))"
+        continue
+    fi
     # The side in MODE first.
-    if (( pair % 2 )); then line="$runs_a $ticks_a $runs_b $ticks_b"; else line="$runs_b $ticks_b $runs_a $ticks_a"; fi
-    read -r mode_runs mode_ticks base_runs base_ticks <<< "$line"
+    if (( pair % 2 )); then line="$runs_a $ticks_a $p99_a $runs_b $ticks_b $p99_b"
+    else line="$runs_b $ticks_b $p99_b $runs_a $ticks_a $p99_a"; fi
+    read -r mode_runs mode_ticks mode_p99 base_runs base_ticks base_p99 <<< "$line"
     python3 -c "
 r, t, br, bt = $mode_runs, $mode_ticks, $base_runs, $base_ticks
 us = lambda ticks, n: ticks / $(getconf CLK_TCK) / max(n, 1) * 1e6
-print(f'pair $pair  $mode {r / $seconds:,.0f} runs/s {us(t, r):.0f} us/run   $base_mode {br / $seconds:,.0f} runs/s {us(bt, br):.0f} us/run')"
+print(f'pair $pair  $mode {r / $seconds:,.0f} runs/s p99 $mode_p99 ms {us(t, r):.0f} us/run'
+      f'   $base_mode {br / $seconds:,.0f} runs/s p99 $base_p99 ms {us(bt, br):.0f} us/run')"
     echo "$line" >> "$work/results"
 done
 python3 - "$work/results" "$mode" "$base_mode" <<'PY'
 import statistics, sys
-rows = [[int(x) for x in line.split()] for line in open(sys.argv[1])]
+rows = [[float(x) for x in line.split()] for line in open(sys.argv[1])]
 mode, base = sys.argv[2], sys.argv[3]
-runs = [r / max(br, 1) for r, _, br, _ in rows]
-cpu = [(t / max(r, 1)) / (bt / max(br, 1)) for r, t, br, bt in rows]
+if not rows:
+    sys.exit("no pair was measured")
+runs = [r / max(br, 1) for r, _, _, br, _, _ in rows]
+cpu = [(t / max(r, 1)) / (bt / max(br, 1)) for r, t, _, br, bt, _ in rows]
+p99 = [p / bp for _, _, p, _, _, bp in rows]
 se = lambda xs: statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else 0.0
+show = lambda xs: f"{statistics.median(xs):.3f}, {statistics.mean(xs):.3f} ± {se(xs):.3f}"
 print(f"summary over {len(rows)} pairs, {mode} over {base} in the same pair (median, mean ± standard error):"
-      f"  runs/s {statistics.median(runs):.3f}, {statistics.mean(runs):.3f} ± {se(runs):.3f}"
-      f"  CPU/run {statistics.median(cpu):.3f}, {statistics.mean(cpu):.3f} ± {se(cpu):.3f}")
+      f"  runs/s {show(runs)}  p99 {show(p99)}  CPU/run {show(cpu)}")
 PY

@@ -45,6 +45,7 @@ pub fn install(style: LogStyle, settings: Option<&TelemetrySettings>) -> Result<
             Err(_) => filter,
         }
     };
+    let traced_filter = || traced_log_filter(filter());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let dispatch = match settings {
         None => {
@@ -70,12 +71,12 @@ pub fn install(style: LogStyle, settings: Option<&TelemetrySettings>) -> Result<
                         inner: tracing_subscriber::fmt::format().json().with_current_span(true).with_span_list(false),
                         json: true,
                     })
-                    .with_filter(filter())
+                    .with_filter(traced_filter())
                     .boxed(),
                 LogStyle::Text => fmt
                     .with_ansi(false)
                     .event_format(WithTraceIds { inner: tracing_subscriber::fmt::format(), json: false })
-                    .with_filter(filter())
+                    .with_filter(traced_filter())
                     .boxed(),
             };
             tracing::Dispatch::new(tracing_subscriber::registry().with(otel).with(fmt))
@@ -86,6 +87,20 @@ pub fn install(style: LogStyle, settings: Option<&TelemetrySettings>) -> Result<
     }
     let _ = DISPATCH.set(dispatch);
     Ok(true)
+}
+
+/// The log layer's filter while tracing is on: `directives`, asked only about what is not a Guild
+/// span. Each Guild span's call site asks every layer's filter each time (its trace decides it),
+/// and this answers by target without walking the directives; it hints no level the directives
+/// do not.
+fn traced_log_filter<S>(directives: EnvFilter) -> impl tracing_subscriber::layer::Filter<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    use tracing_subscriber::filter::FilterExt as _;
+    tracing_subscriber::filter::filter_fn(|meta| meta.target() != SPAN_TARGET)
+        .with_max_level_hint(tracing_subscriber::filter::LevelFilter::TRACE)
+        .and(directives)
 }
 
 /// The layers that hand Guild's spans to `tracer` (of a provider built with `sampler` and
@@ -168,5 +183,26 @@ where
         } else {
             writeln!(writer, "{body} trace_id={trace_id} span_id={span_id}")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_traced_log_filter_leaves_guild_spans_out_and_hints_the_directives_level() {
+        let logs = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::sink)
+            .with_filter(traced_log_filter(EnvFilter::new("warn,guild_test=info")));
+        let subscriber = tracing_subscriber::registry().with(logs);
+        // A wider hint would make every `debug!` call site ask whether it is wanted.
+        let hint = tracing::Subscriber::max_level_hint(&subscriber);
+        assert_eq!(hint, Some(tracing_subscriber::filter::LevelFilter::INFO));
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(tracing::info_span!(target: SPAN_TARGET, "guild span").is_disabled());
+            assert!(!tracing::info_span!(target: "guild_test", "log span").is_disabled());
+            assert!(tracing::info_span!(target: "other", "below warn").is_disabled());
+        });
     }
 }
