@@ -19,6 +19,13 @@ const EMBEDDED: &[(&str, &str, &str)] = &[
 ];
 
 fn main() {
+    // The binary's ~89k relative relocations packed into a bitmap (DT_RELR, glibc 2.36 and later):
+    // the loader reads ~40 KiB instead of 2 MiB and applies them in less time at every start,
+    // and the binary stays position-independent.
+    let target = |name: &str| std::env::var(name).unwrap_or_default();
+    if target("CARGO_CFG_TARGET_OS") == "linux" && target("CARGO_CFG_TARGET_ENV") == "gnu" {
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    }
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     // Each embedded tool's own directory, not all of tools/ (a JS tool's node_modules is huge).
     for (dir, _, _) in EMBEDDED {
