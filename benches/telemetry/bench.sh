@@ -18,30 +18,21 @@ connections=${2:-32}
 rounds=${3:-3}
 command -v wrk >/dev/null || { echo "bench: wrk not found (apt-get install wrk)" >&2; exit 1; }
 source benches/common.sh
-sink_port=$(free_port)
-python3 benches/telemetry/sink.py "$sink_port" &
-pids+=($!)
+source benches/telemetry/common.sh
 read -r -a modes <<< "${GUILD_BENCH_TRACE_MODES:-off always_off 1% 100%}"
 [ -n "${GUILD_BIN_BEFORE:-}" ] && modes+=(before)
 run_mode() {
     local mode=$1 bin=$guild
     # $2: the round
     export GUILD_HOME=$work/home-$RANDOM
-    cat > "$work/guild.toml" <<TOML
-listen = "127.0.0.1:0"
-log_format = "text"
-[queue]
-depth_max = 4096
-$(bench_tenant)
-TOML
+    trace_config "$work/guild.toml"
     unset OTEL_EXPORTER_OTLP_ENDPOINT OTEL_TRACES_SAMPLER OTEL_TRACES_SAMPLER_ARG
-    case $mode in
-        before) bin=$GUILD_BIN_BEFORE ;;
-        off) ;;
-        always_off) export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$sink_port OTEL_TRACES_SAMPLER=always_off ;;
-        *) export OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$sink_port OTEL_TRACES_SAMPLER=traceidratio \
-               OTEL_TRACES_SAMPLER_ARG="$(python3 -c "print(${mode%\%} / 100)")" ;;
-    esac
+    if [ "$mode" = before ]; then
+        bin=$GUILD_BIN_BEFORE
+    else
+        trace_env "$mode" "$work/env"
+        while read -r assignment; do export "${assignment?}"; done < "$work/env"
+    fi
     local saved=$guild
     guild=$bin
     bench_serve "$work/guild.toml"

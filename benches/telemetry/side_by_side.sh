@@ -20,9 +20,7 @@ connections=${3:-32}
 pairs=${4:-16}
 command -v wrk >/dev/null || { echo "bench: wrk not found (apt-get install wrk)" >&2; exit 1; }
 source benches/common.sh
-sink_port=$(free_port)
-python3 benches/telemetry/sink.py "$sink_port" &
-pids+=($!)
+source benches/telemetry/common.sh
 base_mode=${GUILD_BENCH_OFF_MODE:-off}
 base_bin=${GUILD_BIN_OFF:-$guild}
 
@@ -30,21 +28,10 @@ base_bin=${GUILD_BIN_OFF:-$guild}
 start() {
     local side=$1 mode=$2 bin=$3
     mkdir -p "$work/$side"
-    cat > "$work/$side/guild.toml" <<TOML
-listen = "127.0.0.1:0"
-log_format = "text"
-[queue]
-depth_max = 4096
-$(bench_tenant)
-TOML
+    trace_config "$work/$side/guild.toml"
+    trace_env "$mode" "$work/$side/env"
     local -a env=(GUILD_HOME="$work/$side/home" GUILD_LOG=warn,guild::serve_cmd=info)
-    case $mode in
-        off) ;;
-        always_off) env+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$sink_port" OTEL_TRACES_SAMPLER=always_off) ;;
-        *%) env+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$sink_port" OTEL_TRACES_SAMPLER=traceidratio
-                  OTEL_TRACES_SAMPLER_ARG="$(python3 -c "print(${mode%\%} / 100)")") ;;
-        *) echo "bench: unknown mode $mode (off, always_off, or a percentage such as 1%)" >&2; exit 1 ;;
-    esac
+    mapfile -t -O 2 env < "$work/$side/env"
     env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_TRACES_SAMPLER -u OTEL_TRACES_SAMPLER_ARG "${env[@]}" \
         "$bin" serve --config "$work/$side/guild.toml" --tool "$echo_wasm" 2> "$work/$side/serve.log" &
     local pid=$!
