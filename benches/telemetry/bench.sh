@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What tracing costs the daemon: wrk against `guild serve` calling echo (recording on), with
-# tracing off, on with every trace a bare unsampled root (`always_off`), on at 1% sampling and on
-# at 100%, into an OTLP/HTTP sink on loopback that answers every export (it decodes nothing: the
-# cost measured is Guild's). A fresh daemon per run; each round runs every mode once, the order
+# tracing off, on with nothing ever sampled (`always_off`), on at 1% sampling and on at 100%,
+# into an OTLP/HTTP sink on loopback that answers every export (it decodes nothing: the cost
+# measured is Guild's). A fresh daemon per run; each round runs every mode once, the order
 # rotated from round to round, so the machine's drift lands on every mode alike. On a 2-core VM
 # two identical runs differ by up to ±10-20%: the summary compares each mode with the `off` run of
 # the same round and gives the median and mean of those ratios over the rounds; use 15 rounds or

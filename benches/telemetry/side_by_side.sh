@@ -55,14 +55,30 @@ for pair in $(seq "$pairs"); do
     rm -rf "$work/a" "$work/b"
     if (( pair % 2 )); then start a "$mode" "$guild"; start b "$base_mode" "$base_bin"
     else start a "$base_mode" "$base_bin"; start b "$mode" "$guild"; fi
-    ticks_a=$(cpu_ticks "$pid_a") ticks_b=$(cpu_ticks "$pid_b") runs_a=$(runs a) runs_b=$(runs b)
+    # One assignment a line: a failing `$(...)` then stops the script instead of reading as 0.
+    ticks_a=$(cpu_ticks "$pid_a")
+    ticks_b=$(cpu_ticks "$pid_b")
+    runs_a=$(runs a)
+    runs_b=$(runs b)
     wrk -t1 -c"$connections" -d"${seconds}s" -s benches/daemon/run.lua "http://$addr_a" > "$work/wrk-a" &
     wrk_a=$!
     wrk -t1 -c"$connections" -d"${seconds}s" -s benches/daemon/run.lua "http://$addr_b" > "$work/wrk-b" &
-    wait "$wrk_a" $!
-    ticks_a=$(( $(cpu_ticks "$pid_a") - ticks_a )) ticks_b=$(( $(cpu_ticks "$pid_b") - ticks_b ))
-    runs_a=$(( $(runs a) - runs_a )) runs_b=$(( $(runs b) - runs_b ))
-    kill "$pid_a" "$pid_b"; wait "$pid_a" "$pid_b" 2>/dev/null || true
+    wrk_b=$!
+    # A wrk that failed shows below as a pair left out.
+    wait "$wrk_a" || true
+    wait "$wrk_b" || true
+    now=$(cpu_ticks "$pid_a")
+    ticks_a=$(( now - ticks_a ))
+    now=$(cpu_ticks "$pid_b")
+    ticks_b=$(( now - ticks_b ))
+    now=$(runs a)
+    runs_a=$(( now - runs_a ))
+    now=$(runs b)
+    runs_b=$(( now - runs_b ))
+    kill "$pid_a" "$pid_b" 2>/dev/null || true
+    wait "$pid_a" "$pid_b" 2>/dev/null || true
+    # Stopped: not for the exit's clean-up to signal again (the pid may be another's by then).
+    pids=("$sink_pid")
     # wrk's p99 (ms) and failed requests for each side.
     read -r p99_a errors_a <<< "$(tail -n 1 "$work/wrk-a" | awk '{print $7, $10}')"
     read -r p99_b errors_b <<< "$(tail -n 1 "$work/wrk-b" | awk '{print $7, $10}')"

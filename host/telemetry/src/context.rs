@@ -71,8 +71,8 @@ impl TraceContext {
     }
 
     /// The context of `span` as a remote caller would see it: inside an unsampled trace, that
-    /// trace's context, whatever `span` is (`None` while tracing is off, or for a span tracing does not
-    /// record).
+    /// trace's context, whatever `span` is (`None` while tracing is off, or for a span tracing
+    /// does not record).
     pub fn of(span: &tracing::Span) -> Option<Self> {
         let cx = otel_context(span)?;
         let mut fields = Fields::default();

@@ -87,7 +87,8 @@ impl Traced {
     }
 
     /// The span: disabled when the trace was not sampled or tracing is off, so recording on it
-    /// costs nothing then.
+    /// costs nothing then. Entering it alone does not carry an unsampled trace: run the work with
+    /// [`Traced::instrument`] or [`Traced::in_scope`].
     pub fn span(&self) -> &tracing::Span {
         &self.span
     }
