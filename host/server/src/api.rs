@@ -66,7 +66,7 @@ async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -
             otel.status_code = tracing::field::Empty,
         )
     });
-    let response = traced.clone().instrument(next.run(request)).await;
+    let response = traced.clone().scope(next.run(request)).await;
     let span = traced.span();
     span.record("http.response.status_code", response.status().as_u16());
     if response.status().is_server_error() {

@@ -285,7 +285,7 @@ impl ServerHandler for GuildMcp {
             }
             self.call((&tenant, bearer, labels), request, &context).await.map(CallToolResponse::from)
         };
-        let called = traced.clone().instrument(called).await;
+        let called = traced.clone().scope(called).await;
         let span = traced.span();
         match &called {
             Err(error) => {

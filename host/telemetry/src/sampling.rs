@@ -88,14 +88,14 @@ impl Traced {
 
     /// The span: disabled when the trace was not sampled or tracing is off, so recording on it
     /// costs nothing then. Entering it alone does not carry an unsampled trace: run the work with
-    /// [`Traced::instrument`] or [`Traced::in_scope`].
+    /// [`Traced::scope`] or [`Traced::in_scope`].
     pub fn span(&self) -> &tracing::Span {
         &self.span
     }
 
     /// `future`, instrumented with the span and run in this trace: each of its polls, wherever
-    /// it is polled, sees the trace's context.
-    pub async fn instrument<F: Future>(self, future: F) -> F::Output {
+    /// it is polled, sees the trace's context (the async form of [`Traced::in_scope`]).
+    pub async fn scope<F: Future>(self, future: F) -> F::Output {
         let future = tracing::Instrument::instrument(future, self.span);
         if self.scoped { UNSAMPLED.scope(self.unsampled, future).await } else { future.await }
     }
@@ -489,7 +489,7 @@ mod tests {
                     let dispatch = dispatch.clone();
                     runtime.spawn(
                         traced
-                            .instrument(async {
+                            .scope(async {
                                 for _ in 0..8 {
                                     tokio::task::yield_now().await;
                                     assert!(tracing::info_span!(target: SPAN_TARGET, "seal").is_disabled());
@@ -508,7 +508,7 @@ mod tests {
                 for handle in tasks {
                     let inner = handle.await.expect("task");
                     let nested = inner
-                        .instrument(async { TraceContext::current().map(|cx| cx.trace_id().to_string()) })
+                        .scope(async { TraceContext::current().map(|cx| cx.trace_id().to_string()) })
                         .with_subscriber(dispatch.clone());
                     assert_eq!(nested.await.as_deref(), Some(CALLER_TRACE), "here() inside carries it on");
                 }

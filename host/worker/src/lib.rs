@@ -360,7 +360,7 @@ impl Worker {
             let mut next = Some(lease);
             while let Some(lease) = next.take() {
                 let (span, traced) = self.job_spans(&lease);
-                next = traced.instrument(self.run_one(lease)).instrument(span).await;
+                next = traced.scope(self.run_one(lease)).instrument(span).await;
             }
             drop(permit);
         });
@@ -429,7 +429,7 @@ impl Worker {
         // Stopped however the attempt ends: a panic in it unwinds through this guard, so the lease
         // lapses and another worker takes the job over (never renewed for ever by a dead attempt).
         let renew = self.clone().renew_loop(lease.clone(), cancel.clone());
-        let renewing = AbortOnDrop(tokio::spawn(guild_telemetry::here().instrument(renew)));
+        let renewing = AbortOnDrop(tokio::spawn(guild_telemetry::here().scope(renew)));
         let result = if lease.attempt > lease.job.attempts_max {
             // Its workers kept dying while running it: do not try a fifth time.
             Err(AttemptFailure::retryable(

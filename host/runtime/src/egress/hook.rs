@@ -771,7 +771,7 @@ impl WasiHttpHooks for EgressHooks {
         } else {
             guild_telemetry::Traced::none()
         };
-        Box::new(traced.instrument(async move {
+        Box::new(traced.scope(async move {
             let response = run.exchange(request).await?;
             Ok((response, Box::new(async { Ok(()) }) as DriverFuture))
         }))

@@ -624,7 +624,7 @@ impl Daemon {
         // A child of the caller's request (or MCP call) span; an async run's outlives it.
         let traced = guild_runtime::trace::run_span(&entry.id, &entry.tool, Some(job.tool.revision), &tenant.name);
         let traced = guild_telemetry::carried(traced);
-        tokio::spawn(traced.instrument(self.clone().execute(job, entry.clone())).instrument(span));
+        tokio::spawn(traced.scope(self.clone().execute(job, entry.clone())).instrument(span));
         if request.asynchronous {
             return Ok(Submitted::Accepted { entry, replayed: false });
         }
