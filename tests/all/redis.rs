@@ -264,10 +264,14 @@ fn wait_all_or(
     done
 }
 
-/// The audit log's records, as JSON.
+/// The audit log's records, as JSON: its complete lines (a daemon may be appending the last one
+/// as it is read; a line ends with its newline once written whole).
 pub(crate) fn audit_records(guild: &Guild) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(guild.home().join("audit.log")).unwrap_or_default();
-    text.lines().map(|l| serde_json::from_str(l).expect("audit line is JSON")).collect()
+    text.split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
+        .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+        .collect()
 }
 
 /// Wait until the audit log holds a `completed` (or `dead`) record for each of `ids`; returns
