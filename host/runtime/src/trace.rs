@@ -4,7 +4,6 @@
 //! seal. While tracing is off every one of them is disabled at its call site.
 
 use guild_replay::Digest;
-use guild_telemetry::SPAN_TARGET;
 use tracing::Span;
 use tracing::field::Empty;
 
@@ -14,9 +13,7 @@ use tracing::field::Empty;
 /// [`record_end`] adds `guild.bundle.id`, `guild.fuel_used_units`, `guild.outcome` and, for a
 /// run that did not succeed, `error.type`. Its parent is the current span.
 pub fn run_span(run_id: &str, tool: &str, revision: Option<u32>, tenant: &str) -> Span {
-    tracing::info_span!(
-        target: SPAN_TARGET,
-        "execute_tool",
+    guild_telemetry::span!("execute_tool",
         otel.name = %format_args!("execute_tool {tool}"),
         otel.kind = "internal",
         gen_ai.operation.name = "execute_tool",
@@ -54,5 +51,5 @@ pub fn record_end(span: &Span, outcome: &str, fuel_used_units: u64, bundle: Opti
 
 /// A stage of the pipeline, a child of the current span (`instantiate`, `guest run`, `seal`, …).
 pub(crate) fn stage(name: &'static str) -> Span {
-    tracing::info_span!(target: SPAN_TARGET, "stage", otel.name = name, guild.bundle.id = Empty)
+    guild_telemetry::span!("stage", otel.name = name, guild.bundle.id = Empty)
 }

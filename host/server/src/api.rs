@@ -39,8 +39,7 @@ async fn count_errors(
 /// the caller's W3C `traceparent` when it sent one. Probes and scrapes are not traced; while
 /// tracing is off nothing is read or allocated.
 async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    use guild_telemetry::SPAN_TARGET;
-    if !tracing::enabled!(target: SPAN_TARGET, tracing::Level::INFO) {
+    if !guild_telemetry::exporting() {
         return next.run(request).await;
     }
     let route = request.extensions().get::<axum::extract::MatchedPath>().cloned();
@@ -53,9 +52,7 @@ async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -
     let headers = request.headers();
     let caller = guild_telemetry::TraceContext::from_fields(|name| headers.get(name)?.to_str().ok());
     let traced = guild_telemetry::root(caller.as_ref(), "request", || {
-        tracing::info_span!(
-            target: SPAN_TARGET,
-            "request",
+        guild_telemetry::span!("request",
             otel.name = %format_args!("{} {route}", request.method()),
             otel.kind = "server",
             http.request.method = %request.method(),

@@ -367,7 +367,7 @@ impl ServerHandler for GuildMcp {
 /// (`traceparent`, `tracestate`, `baggage`) when it sent one; no span when the trace is not
 /// sampled (its context is carried all the same).
 fn call_span(request: &CallToolRequestParams, context: &RequestContext<RoleServer>) -> guild_telemetry::Traced {
-    if !tracing::enabled!(target: guild_telemetry::SPAN_TARGET, tracing::Level::INFO) {
+    if !guild_telemetry::exporting() {
         return guild_telemetry::Traced::none();
     }
     let parts = context.extensions.get::<axum::http::request::Parts>();
@@ -378,9 +378,7 @@ fn call_span(request: &CallToolRequestParams, context: &RequestContext<RoleServe
         guild_telemetry::TraceContext::from_fields(|name| headers.get(name)?.to_str().ok())
     });
     guild_telemetry::root(caller.as_ref(), "tools/call", || {
-        tracing::info_span!(
-            target: guild_telemetry::SPAN_TARGET,
-            "mcp",
+        guild_telemetry::span!("mcp",
             otel.name = %format_args!("tools/call {}", guild_telemetry::clip(&request.name)),
             otel.kind = "server",
             mcp.method.name = "tools/call",

@@ -496,9 +496,7 @@ impl Remote {
             .filter_map(|entry| {
                 let trace = entry.result.trace.as_ref()?;
                 let span = guild_telemetry::root(Some(trace), "audit write", || {
-                    tracing::info_span!(
-                        target: guild_telemetry::SPAN_TARGET,
-                        parent: None,
+                    guild_telemetry::span!(parent: None,
                         "audit write",
                         guild.run.id = %entry.result.id,
                         guild.audit.batch_records = count,

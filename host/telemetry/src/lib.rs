@@ -11,6 +11,8 @@
 //! follow the OpenTelemetry semantic conventions (`otel.name`, `otel.kind`, `error.type`, the
 //! MCP and GenAI attributes) plus Guild's own `guild.*` attributes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 mod context;
 mod export;
 mod logs;
@@ -47,7 +49,7 @@ pub fn clip(text: &str) -> &str {
 /// unsampled with it, rather than start traces of their own. While tracing is off, `span` as it
 /// is (the task's log lines keep their own spans).
 pub fn carried(span: tracing::Span) -> Traced {
-    if !tracing::enabled!(target: SPAN_TARGET, tracing::Level::INFO) {
+    if !exporting() {
         return Traced::plain(span);
     }
     if span.is_disabled() { here() } else { Traced::scoped(span, None) }
@@ -56,15 +58,55 @@ pub fn carried(span: tracing::Span) -> Traced {
 /// The trace this code runs in, for a task spawned to go on in it: the current span, and the
 /// unsampled trace's context when this one was not sampled.
 pub fn here() -> Traced {
-    if !tracing::enabled!(target: SPAN_TARGET, tracing::Level::INFO) {
+    if !exporting() {
         return Traced::plain(tracing::Span::current());
     }
     Traced::scoped(tracing::Span::current(), sampling::unsampled_here())
 }
 
-/// The `tracing` target of every span Guild exports: `tracing::info_span!(target: SPAN_TARGET, …)`.
-/// Disabled at the call site while tracing is off.
+/// The `tracing` target of every span Guild exports: `tracing::info_span!(target: SPAN_TARGET, …)`,
+/// made with [`span!`]. Disabled at the call site while tracing is off.
 pub const SPAN_TARGET: &str = "guild_otel";
+
+/// Whether an exporter's layers were built in this process ([`install`] with tracing on).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process exports traces. Read instead of asking the subscriber with
+/// `tracing::enabled!`: with the exporter's per-layer filters a call site of Guild's target is
+/// one they disagree on (the log layer never wants it, the exporter does), so every such question
+/// went through every layer's filter, four times a run; this is one load.
+///
+/// Once set it stays set: a subscriber without the exporter (a test's) is then asked as usual.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// Record that an exporter's layers exist in this process.
+pub(crate) fn set_exporting() {
+    EXPORTING.store(true, Ordering::Relaxed);
+}
+
+/// Whether this code runs in a trace that was not sampled: no span of it is built.
+#[doc(hidden)]
+pub fn in_unsampled_trace() -> bool {
+    exporting() && sampling::in_unsampled()
+}
+
+/// A Guild span: `tracing::info_span!(target: SPAN_TARGET, …)` with the same arguments (a name,
+/// optionally `parent:` first, then fields), except that inside a trace that was not sampled it
+/// is [`tracing::Span::none`] at once. The sampling layer would disable it anyway, but only
+/// after the subscriber had asked each layer's filter about it (about 150 instructions a span,
+/// seven spans a run).
+#[macro_export]
+macro_rules! span {
+    ($($arg:tt)+) => {
+        if $crate::in_unsampled_trace() {
+            ::tracing::Span::none()
+        } else {
+            ::tracing::info_span!(target: $crate::SPAN_TARGET, $($arg)+)
+        }
+    };
+}
 
 /// Why tracing could not start.
 #[derive(Debug, thiserror::Error)]

@@ -114,6 +114,7 @@ pub(crate) fn exporter_layer<S>(
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
+    crate::set_exporting();
     let spans = tracing_subscriber::filter::Targets::new()
         .with_target(SPAN_TARGET, tracing::Level::INFO)
         .with_default(tracing::Level::WARN);

@@ -52,7 +52,7 @@ pub(crate) fn unsampled_here() -> Option<opentelemetry::Context> {
 }
 
 /// Whether this code runs in an unsampled trace (no clone of its context).
-fn in_unsampled() -> bool {
+pub(crate) fn in_unsampled() -> bool {
     UNSAMPLED.try_with(Option::is_some).unwrap_or(false)
 }
 
@@ -199,11 +199,10 @@ fn nearest_guild<'a>(registry: &'a Registry, id: &tracing::span::Id) -> Option<S
 /// Call it where no Guild span is current (at the top of a request or a task): a fresh root is
 /// decided with no parent, as the SDK decides it only when nothing traced is current.
 pub fn root(caller: Option<&TraceContext>, name: &str, build: impl FnOnce() -> tracing::Span) -> Traced {
-    if !tracing::enabled!(target: SPAN_TARGET, tracing::Level::INFO) {
+    if !crate::exporting() {
         return Traced::plain(build());
     }
-    // Built outside any unsampled trace around this call (its spans would be disabled). The
-    // `enabled!` above is a hint call site, not a span, so the slot never disables it.
+    // Built outside any unsampled trace around this call (its spans would be disabled).
     let build = || if in_unsampled() { UNSAMPLED.sync_scope(None, build) } else { build() };
     // A context that came through Redis was not checked on the way in: an invalid one is none.
     let parent = caller.map(TraceContext::context).filter(|cx| cx.span().span_context().is_valid());

@@ -379,9 +379,7 @@ impl Worker {
         let queue = &self.queue.settings().queue;
         let waited_ms = guild_queue::now_unix_ms().saturating_sub(lease.job.submitted_unix_ms);
         let traced = guild_telemetry::root(lease.job.trace.as_ref(), "job", || {
-            tracing::info_span!(
-                target: SPAN_TARGET,
-                "job",
+            guild_telemetry::span!("job",
                 otel.name = %format_args!("process {queue}"),
                 otel.kind = "consumer",
                 messaging.system = "redis",
@@ -440,7 +438,7 @@ impl Worker {
             self.execute(&lease, cancel).await
         };
         // Renewed until settled: settling may wait out a failover, longer than a lease.
-        let settling = tracing::info_span!(target: SPAN_TARGET, "settle");
+        let settling = guild_telemetry::span!("settle");
         let next = self.settle(&lease, result).instrument(settling).await;
         drop(renewing);
         next
@@ -453,7 +451,7 @@ impl Worker {
             if self.queue.cancel_requested(&lease.job.id).await.unwrap_or(false) {
                 cancel.cancel();
             }
-            let renewal = tracing::info_span!(target: SPAN_TARGET, "lease renew");
+            let renewal = guild_telemetry::span!("lease renew");
             match self.queue.renew(&self.name, &lease).instrument(renewal).await {
                 Ok(true) => {}
                 Ok(false) => {

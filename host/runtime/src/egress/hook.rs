@@ -782,9 +782,7 @@ impl WasiHttpHooks for EgressHooks {
 /// name one; status, sizes and a refusal are recorded on it as the exchange goes.
 fn request_span(request: &http::Request<WasiBody>) -> tracing::Span {
     let uri = request.uri();
-    tracing::info_span!(
-        target: SPAN_TARGET,
-        "egress",
+    guild_telemetry::span!("egress",
         otel.name = request.method().as_str(),
         otel.kind = "client",
         http.request.method = request.method().as_str(),

@@ -115,9 +115,7 @@ impl Runtime {
         }
         // Fetching and compiling (or reading the compiled code from disk) is a job's first cost
         // on a new worker: its own span, saying which.
-        let span = tracing::info_span!(
-            target: guild_telemetry::SPAN_TARGET,
-            "load",
+        let span = guild_telemetry::span!("load",
             otel.name = "load component",
             guild.component = %digest,
             guild.cache = tracing::field::Empty,

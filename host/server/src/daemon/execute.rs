@@ -21,7 +21,7 @@ impl Daemon {
         let Job { tool, input, input_digest, admission, ticket, state, done, key, cancel, shadow, not_before } = job;
         let queued = Instant::now();
         tracing::info!("run queued");
-        let waiting = tracing::info_span!(target: guild_telemetry::SPAN_TARGET, "queue wait");
+        let waiting = guild_telemetry::span!("queue wait");
         // Held to a run limit's turn (an async run): its place in the queue counts meanwhile. A
         // cancellation ends the wait (the run then ends cancelled at once), and so does a drain
         // (the run ends not started, answered and audited as such).
@@ -98,7 +98,7 @@ impl Daemon {
         }
         admission.settle(finished.fuel_used_units, finished.cost.as_deref());
         let finished = Arc::new(finished);
-        let audit_span = tracing::info_span!(target: guild_telemetry::SPAN_TARGET, "audit write");
+        let audit_span = guild_telemetry::span!("audit write");
         match self.audit.append(audit).instrument(audit_span).await {
             Ok(_) => self.metrics.audit_records.inc(),
             Err(e) => tracing::error!(error = %e, "the run's audit record was not written"),

@@ -732,9 +732,7 @@ impl Daemon {
             .instrument(admission_span(&tenant.name))
             .await?;
         // The producer span the worker's spans hang from: what the job carries.
-        let enqueue = tracing::info_span!(
-            target: guild_telemetry::SPAN_TARGET,
-            "enqueue",
+        let enqueue = guild_telemetry::span!("enqueue",
             otel.name = %format_args!("send {}", remote.queue.settings().queue),
             otel.kind = "producer",
             messaging.system = "redis",
@@ -962,12 +960,12 @@ impl Daemon {
 
 /// Admission's span: the run limits, the tenant's limits and budgets a run is held to.
 fn admission_span(tenant: &str) -> tracing::Span {
-    tracing::info_span!(target: guild_telemetry::SPAN_TARGET, "admission", guild.tenant = %tenant)
+    guild_telemetry::span!("admission", guild.tenant = %tenant)
 }
 
 /// A sync caller's wait for a worker to finish its job.
 fn wait_span() -> tracing::Span {
-    tracing::info_span!(target: guild_telemetry::SPAN_TARGET, "wait", otel.name = "wait for result")
+    guild_telemetry::span!("wait", otel.name = "wait for result")
 }
 
 async fn wait_existing(entry: RunEntry, asynchronous: bool) -> Result<Submitted, Rejection> {
