@@ -68,7 +68,7 @@ pub fn here() -> Traced {
 /// made with [`span!`]. Disabled at the call site while tracing is off.
 pub const SPAN_TARGET: &str = "guild_otel";
 
-/// Whether an exporter's layers were built in this process ([`install`] with tracing on).
+/// Whether this process's subscriber exports traces ([`install`] with tracing on).
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 
 /// Whether this process exports traces. Read instead of asking the subscriber with
@@ -76,12 +76,15 @@ static EXPORTING: AtomicBool = AtomicBool::new(false);
 /// one they disagree on (the log layer never wants it, the exporter does), so every such question
 /// went through every layer's filter, four times a run; this is one load.
 ///
-/// Once set it stays set: a subscriber without the exporter (a test's) is then asked as usual.
+/// Set by [`install`] once its subscriber, with the exporter, is the process's, and never unset.
+/// What reads it then takes the tracing-on path whatever subscriber is current: under one without
+/// the exporter (only a test makes one after installing), [`root`] finds no sampler and builds its
+/// span as it would with tracing on, disabled by that subscriber's filters.
 pub fn exporting() -> bool {
     EXPORTING.load(Ordering::Relaxed)
 }
 
-/// Record that an exporter's layers exist in this process.
+/// Record that this process exports traces.
 pub(crate) fn set_exporting() {
     EXPORTING.store(true, Ordering::Relaxed);
 }
@@ -96,17 +99,22 @@ pub fn in_unsampled_trace() -> bool {
 /// optionally `parent:` first, then fields), except that inside a trace that was not sampled it
 /// is [`tracing::Span::none`] at once. The sampling layer would disable it anyway, but only
 /// after the subscriber had asked each layer's filter about it (about 150 instructions a span,
-/// seven spans a run).
+/// seven spans a run). The target is always [`SPAN_TARGET`]: a `target:` argument is refused.
+/// Needs no `tracing` dependency of the caller's own.
 #[macro_export]
 macro_rules! span {
     ($($arg:tt)+) => {
         if $crate::in_unsampled_trace() {
-            ::tracing::Span::none()
+            $crate::__tracing::Span::none()
         } else {
-            ::tracing::info_span!(target: $crate::SPAN_TARGET, $($arg)+)
+            $crate::__tracing::info_span!(target: $crate::SPAN_TARGET, $($arg)+)
         }
     };
 }
+
+/// `tracing`, for [`span!`]'s expansion in crates that name it otherwise or not at all.
+#[doc(hidden)]
+pub use tracing as __tracing;
 
 /// Why tracing could not start.
 #[derive(Debug, thiserror::Error)]

@@ -85,6 +85,9 @@ pub fn install(style: LogStyle, settings: Option<&TelemetrySettings>) -> Result<
     if tracing::dispatcher::set_global_default(dispatch.clone()).is_err() {
         return Ok(false);
     }
+    if settings.is_some() {
+        crate::set_exporting();
+    }
     let _ = DISPATCH.set(dispatch);
     Ok(true)
 }
@@ -114,7 +117,6 @@ pub(crate) fn exporter_layer<S>(
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    crate::set_exporting();
     let spans = tracing_subscriber::filter::Targets::new()
         .with_target(SPAN_TARGET, tracing::Level::INFO)
         .with_default(tracing::Level::WARN);

@@ -12,8 +12,9 @@
 //!   the sampled flag unset, the caller's `tracestate` and baggage) is carried instead in a
 //!   task-local slot, set around each poll of the futures that run in the trace ([`Traced`]).
 //!
-//! With [`HeadSampled`] beside the exporter, a Guild span made while that slot holds a context
-//! is never created (its call site returns a disabled span, as while tracing is off); a Guild
+//! A Guild span made with [`span!`](crate::span!) while that slot holds a context is
+//! `Span::none()` at its call site, the subscriber not asked; with [`HeadSampled`] beside the
+//! exporter, one made with `info_span!` is disabled for every layer at once. A Guild
 //! span with no Guild span above it that was not started with [`root`] is built and offered to
 //! the SDK's sampler, whose decision then holds for the whole local trace as well.
 //!
@@ -340,6 +341,8 @@ mod tests {
             .with_id_generator(super::PresetIds::default())
             .build();
         let layers = crate::logs::exporter_layer(provider.tracer("test"), sampler);
+        // As `install` does once its subscriber exports (never unset: every test here exports).
+        crate::set_exporting();
         let logs = tracing_subscriber::fmt::layer()
             .with_writer(std::io::sink)
             .with_filter(tracing_subscriber::filter::Targets::new().with_target("guild_test", tracing::Level::INFO));
@@ -548,6 +551,24 @@ mod tests {
                     assert!(TraceContext::current().expect("sampled").traceparent.ends_with("-01"));
                 });
                 assert!(tracing::info_span!(target: SPAN_TARGET, "seal").is_disabled(), "and the outer one resumes");
+            });
+        });
+        let names: Vec<_> = spans.iter().map(|s| s.name.as_ref()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names.contains(&"request") && names.contains(&"execute_tool"), "{names:?}");
+    }
+
+    #[test]
+    fn spans_made_with_the_macro_are_none_in_an_unsampled_trace_and_kept_in_a_sampled_one() {
+        let spans = exported(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)), || {
+            request(UNSAMPLED).in_scope(|| {
+                let skipped = crate::span!("execute_tool", guild.tool = "echo");
+                assert!(skipped.is_none(), "not built at all: the subscriber is not asked");
+                assert!(crate::span!(parent: None, "audit write").is_none());
+                // A sampled root started here is built, and so is its child made with the macro.
+                let sampled = crate::root(Some(&context(SAMPLED)), "request", || crate::span!("request"));
+                assert!(!sampled.span().is_disabled());
+                sampled.in_scope(|| assert!(!crate::span!("execute_tool", guild.tool = "echo").is_disabled()));
             });
         });
         let names: Vec<_> = spans.iter().map(|s| s.name.as_ref()).collect();
