@@ -472,7 +472,8 @@ impl wit::Host for GpuView<'_> {
         let buffers = inputs.iter().map(|i| table.get(i)).collect::<Result<Vec<_>, _>>()?;
         // A dispatch waits on the device (or computes the CPU reference) for up to its timeout:
         // off the async workers, so a daemon keeps answering meanwhile.
-        let span = guild_telemetry::span!("gpu dispatch",
+        let span = guild_telemetry::span!(
+            "gpu dispatch",
             otel.name = %format_args!("gpu dispatch {}", guild_telemetry::clip(&kernel)),
             guild.gpu.kernel = guild_telemetry::clip(&kernel),
             guild.gpu.input_shapes = ?buffers.iter().take(SHAPES_SHOWN).map(|b| &b.meta.shape).collect::<Vec<_>>(),

@@ -13,7 +13,8 @@ use tracing::field::Empty;
 /// [`record_end`] adds `guild.bundle.id`, `guild.fuel_used_units`, `guild.outcome` and, for a
 /// run that did not succeed, `error.type`. Its parent is the current span.
 pub fn run_span(run_id: &str, tool: &str, revision: Option<u32>, tenant: &str) -> Span {
-    guild_telemetry::span!("execute_tool",
+    guild_telemetry::span!(
+        "execute_tool",
         otel.name = %format_args!("execute_tool {tool}"),
         otel.kind = "internal",
         gen_ai.operation.name = "execute_tool",

@@ -52,7 +52,8 @@ async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -
     let headers = request.headers();
     let caller = guild_telemetry::TraceContext::from_fields(|name| headers.get(name)?.to_str().ok());
     let traced = guild_telemetry::root(caller.as_ref(), "request", || {
-        guild_telemetry::span!("request",
+        guild_telemetry::span!(
+            "request",
             otel.name = %format_args!("{} {route}", request.method()),
             otel.kind = "server",
             http.request.method = %request.method(),

@@ -378,7 +378,8 @@ fn call_span(request: &CallToolRequestParams, context: &RequestContext<RoleServe
         guild_telemetry::TraceContext::from_fields(|name| headers.get(name)?.to_str().ok())
     });
     guild_telemetry::root(caller.as_ref(), "tools/call", || {
-        guild_telemetry::span!("mcp",
+        guild_telemetry::span!(
+            "mcp",
             otel.name = %format_args!("tools/call {}", guild_telemetry::clip(&request.name)),
             otel.kind = "server",
             mcp.method.name = "tools/call",

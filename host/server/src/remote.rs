@@ -496,7 +496,8 @@ impl Remote {
             .filter_map(|entry| {
                 let trace = entry.result.trace.as_ref()?;
                 let span = guild_telemetry::root(Some(trace), "audit write", || {
-                    guild_telemetry::span!(parent: None,
+                    guild_telemetry::span!(
+                        parent: None,
                         "audit write",
                         guild.run.id = %entry.result.id,
                         guild.audit.batch_records = count,

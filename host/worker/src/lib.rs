@@ -379,7 +379,8 @@ impl Worker {
         let queue = &self.queue.settings().queue;
         let waited_ms = guild_queue::now_unix_ms().saturating_sub(lease.job.submitted_unix_ms);
         let traced = guild_telemetry::root(lease.job.trace.as_ref(), "job", || {
-            guild_telemetry::span!("job",
+            guild_telemetry::span!(
+                "job",
                 otel.name = %format_args!("process {queue}"),
                 otel.kind = "consumer",
                 messaging.system = "redis",

@@ -782,7 +782,8 @@ impl WasiHttpHooks for EgressHooks {
 /// name one; status, sizes and a refusal are recorded on it as the exchange goes.
 fn request_span(request: &http::Request<WasiBody>) -> tracing::Span {
     let uri = request.uri();
-    guild_telemetry::span!("egress",
+    guild_telemetry::span!(
+        "egress",
         otel.name = request.method().as_str(),
         otel.kind = "client",
         http.request.method = request.method().as_str(),

@@ -115,7 +115,8 @@ impl Runtime {
         }
         // Fetching and compiling (or reading the compiled code from disk) is a job's first cost
         // on a new worker: its own span, saying which.
-        let span = guild_telemetry::span!("load",
+        let span = guild_telemetry::span!(
+            "load",
             otel.name = "load component",
             guild.component = %digest,
             guild.cache = tracing::field::Empty,

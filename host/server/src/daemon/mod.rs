@@ -732,7 +732,8 @@ impl Daemon {
             .instrument(admission_span(&tenant.name))
             .await?;
         // The producer span the worker's spans hang from: what the job carries.
-        let enqueue = guild_telemetry::span!("enqueue",
+        let enqueue = guild_telemetry::span!(
+            "enqueue",
             otel.name = %format_args!("send {}", remote.queue.settings().queue),
             otel.kind = "producer",
             messaging.system = "redis",
