@@ -78,16 +78,7 @@ tools = ["*"]
 
     // The bundle alone, priced at the same table, gives the same figures.
     let bundle = run["bundle"].as_str().expect("bundle");
-    // The daemon's store writes behind the answer: another process finds the bundle once its
-    // pack is on disk.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let derived = loop {
-        let derived = guild.run(&["bundle", "cost", bundle, "--config", &file, "--json"]);
-        if derived.code == 0 || !derived.stderr.contains("no bundle") || std::time::Instant::now() > deadline {
-            break derived;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let derived = guild.run_landed(&["bundle", "cost", bundle, "--config", &file, "--json"]);
     assert_eq!(derived.code, 0, "{derived:?}");
     let derived: Value = serde_json::from_str(derived.stdout.trim()).expect("JSON");
     assert_eq!(&derived["cost"], cost, "re-derived from the bundle");
@@ -216,7 +207,8 @@ fn llm_tokens_are_priced_from_the_recorded_responses() {
         daemon.run(ALICE, json!({ "tool": "http-get", "input": { "url": format!("http://127.0.0.1:{port}/health") } }));
     assert_eq!(other.json()["cost"]["lines"], json!([]));
 
-    let derived = guild.run(&["bundle", "cost", run["bundle"].as_str().expect("bundle"), "--config", &file, "--json"]);
+    let derived =
+        guild.run_landed(&["bundle", "cost", run["bundle"].as_str().expect("bundle"), "--config", &file, "--json"]);
     assert_eq!(derived.code, 0, "{derived:?}");
     let derived: Value = serde_json::from_str(derived.stdout.trim()).expect("JSON");
     assert_eq!(derived["cost"], run["cost"], "the bundle's recorded response gives the same tokens");
@@ -332,7 +324,7 @@ fn a_token_budget_stops_the_third_llm_call_of_a_run_then_the_next_run() {
     assert_eq!(tokens, ["24", "60"], "two calls' tokens are charged: {run}");
     // The tool was told "denied"; the tape (and so the operator) says which budget.
     let bundle = run["bundle"].as_str().expect("bundle");
-    let inspect = guild.run(&["bundle", "inspect", bundle]);
+    let inspect = guild.run_landed(&["bundle", "inspect", bundle]);
     assert!(inspect.stdout.contains("token budget of 84 tokens"), "{}", inspect.stdout);
     assert!(inspect.stdout.contains("tenants.token_budget"), "{}", inspect.stdout);
     // The replay answers the refusal from the tape: the same run, bit for bit.
@@ -491,7 +483,8 @@ fn gpu_time_is_priced_by_where_it_ran_and_the_bundle_agrees() {
         assert!(line["quantity"].as_str().is_some_and(|q| q != "0"), "{run}");
         assert!(!lines.iter().any(|l| l["resource"] == unpriced), "{mode}: {run}");
         let bundle = run["bundle"].as_str().expect("bundle");
-        let derived = guild.run(&["bundle", "cost", bundle, "--config", &file, "--json"]);
+        let derived = guild.run_landed(&["bundle", "cost", bundle, "--config", &file, "--json"]);
+        assert_eq!(derived.code, 0, "{mode}: {derived:?}");
         let derived: Value = serde_json::from_str(derived.stdout.trim()).expect("JSON");
         assert_eq!(derived["cost"], run["cost"], "{mode}: re-derived from the bundle");
         assert_eq!(derived["matches_recorded"], true);
@@ -524,7 +517,7 @@ fn an_llm_answer_whose_usage_cannot_be_read_is_refused_to_the_guest_and_replays(
         let run = daemon.run(ALICE, json!({ "tool": "http-get", "input": { "url": url } })).json();
         assert_eq!(run["status"], "failed", "{path}: the guest does not get the answer: {run}");
         let bundle = run["bundle"].as_str().expect("bundle");
-        let inspect = guild.run(&["bundle", "inspect", bundle]);
+        let inspect = guild.run_landed(&["bundle", "inspect", bundle]);
         assert!(inspect.stdout.contains(says), "{path}: {}", inspect.stdout);
         // The refusal came after the request was sent: the replay compares its body and agrees.
         assert_eq!(guild.run(&["replay", bundle]).code, 0, "{path}");

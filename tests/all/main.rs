@@ -115,6 +115,21 @@ impl Guild {
         }
     }
 
+    /// `guild ARGS` naming a bundle that a daemon still running on this home has just sealed.
+    /// The daemon's store writes behind its answer (a few milliseconds, longer on a loaded
+    /// machine), so another process may not find the bundle at first: tried again while it says
+    /// "no bundle", for up to 5 s.
+    pub(crate) fn run_landed<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Ran {
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let ran = self.run(args);
+            if ran.code == 0 || !ran.stderr.contains("no bundle") || Instant::now() > deadline {
+                return ran;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// `guild run COMPONENT --input INPUT --summary-json EXTRA...`.
     pub(crate) fn run_tool(&self, component: &str, input: &str, extra: &[&str]) -> Ran {
         let mut args = vec!["run", component, "--input", input, "--summary-json"];

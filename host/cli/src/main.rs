@@ -17,6 +17,14 @@ mod worker_cmd;
 use clap::Parser;
 use std::process::ExitCode;
 
+/// The process's allocator for Rust's allocations: mimalloc rather than glibc's malloc, for 1.2×
+/// the daemon's runs/s and 0.9× its CPU per run at the cost of more resident memory
+/// (`benches/RESULTS.md`, 2026-12-02). Only this binary: the library crates' tests and the
+/// in-process benchmarks keep the system allocator, and C libraries (zstd, the Vulkan loader)
+/// keep glibc's. Guest linear memory is not this heap: wasmtime maps it itself.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// `println!` that ignores a closed stdout (`guild describe x.wasm | head`) instead of panicking.
 #[macro_export]
 macro_rules! out {
