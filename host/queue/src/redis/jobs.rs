@@ -407,15 +407,16 @@ impl RedisQueue {
     /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
     /// refuses the write.
     pub async fn request_cancel(&self, id: &str) -> Result<(), QueueError> {
-        let key = self.inner.keys.key(&format!("cancel:{id}"));
+        let keys = &self.inner.keys;
         let ttl_s = self.settings().results_ttl_s.max(1).saturating_add(CANCEL_HELD_FOR_TURN_S);
         self.guarded(async {
-            redis::cmd("SET")
-                .arg(key)
-                .arg(1)
-                .arg("EX")
+            self.inner
+                .scripts
+                .cancel
+                .key(keys.key(&format!("cancel:{id}")))
+                .key(keys.job(id))
                 .arg(ttl_s)
-                .query_async::<()>(&mut self.conn())
+                .invoke_async::<()>(&mut self.conn())
                 .await
                 .map_err(from_redis)
         })

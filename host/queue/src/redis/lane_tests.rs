@@ -245,6 +245,24 @@ async fn a_job_held_to_its_turn_is_taken_at_that_time_not_before() {
 }
 
 #[tokio::test]
+async fn a_job_cancelled_while_queued_is_taken_marked_so_and_an_unknown_id_stays_unknown() {
+    let (_server, queue) = server().await;
+    queue.ensure_groups().await.expect("groups");
+    for id in ["keep", "stop"] {
+        queue.submit(&job(id, "a", None, 4, Needs::default())).await.expect("submitted");
+    }
+    queue.request_cancel("stop").await.expect("asked");
+    // A request for a job Redis does not know makes no job of it.
+    queue.request_cancel("nobody").await.expect("asked");
+    assert!(queue.status("nobody").await.expect("read").is_none());
+    assert!(queue.cancel_requested("nobody").await.expect("read"));
+
+    let taken = queue.take("w", &lanes(&[DEFAULT_LANE]), 2, Duration::ZERO).await.expect("taken");
+    let asked: Vec<_> = taken.iter().map(|l| (l.job.id.as_str(), l.cancel_asked)).collect();
+    assert_eq!(asked, [("keep", Some(false)), ("stop", Some(true))]);
+}
+
+#[tokio::test]
 async fn jobs_an_earlier_version_queued_in_its_stream_move_to_their_lanes() {
     let (_server, queue) = server().await;
     queue.ensure_groups().await.expect("groups");

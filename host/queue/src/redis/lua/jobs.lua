@@ -8,9 +8,9 @@
 -- worker (its pending entry), renewed and reclaimed as any other.
 -- Jobs in the delayed set whose time has come are queued first.
 -- Returns {jobs, next}: per job to run {entry, body, attempt, id, cancel} (a body the hash lacks
--- is ''; cancel 1 when `cancel:<id>` asks for it to be cancelled, so the worker need not ask),
--- and in how many ms the delayed set's next job is due (-1: none); or an error reply when the
--- stream has no consumer group (the job it was taking is back in its lane, untouched).
+-- is ''; cancel 1 when the hash's `cancel` field asks for it to be cancelled, so the worker need
+-- not ask), and in how many ms the delayed set's next job is due (-1: none); or an error reply
+-- when the stream has no consumer group (the job it was taking is back in its lane, untouched).
 local function take_jobs(stream, worker, prefix, jobs, count, lanes)
   local _, none_delayed = promote_due(prefix, jobs, count + 64)
   local weights = prefix .. 'weights'
@@ -32,53 +32,59 @@ local function take_jobs(stream, worker, prefix, jobs, count, lanes)
     local l = lane_key(prefix, lane)
     local base = l .. ':p' .. prio
     local tenants = base .. ':tenants'
-    local tenant = redis.call('LINDEX', tenants, 0)
+    -- The tenant whose turn it is, moved to the back of the line at once: most tenants have
+    -- weight 1 and their turn ends with this job; one whose turn goes on is put back in front.
+    local tenant = redis.call('LMOVE', tenants, tenants, 'LEFT', 'RIGHT')
     if not tenant then
       redis.call('ZREM', l .. ':priorities', prio)
     else
       local t = tenant_key(base, tenant)
       local agents = t .. ':agents'
-      local agent = redis.call('LINDEX', agents, 0)
+      -- The same for the tenant's agents: the one served goes to the back, and leaves the line
+      -- (from the back) when it has no job left.
+      local agent = redis.call('LMOVE', agents, agents, 'LEFT', 'RIGHT')
       local id = nil
       -- Whether the tenant still has an agent with jobs here: known without asking Redis when
-      -- the agent just served keeps jobs (it goes to the back of the line, which is not empty).
+      -- the agent just served keeps jobs (its line is not empty).
       local agents_left = false
       if agent then
         local a = t .. ':a:' .. agent
         id = redis.call('LPOP', a)
         if redis.call('LLEN', a) == 0 then
-          redis.call('LPOP', agents)
+          redis.call('RPOP', agents)
           agents_left = redis.call('LLEN', agents) > 0
         else
-          redis.call('LMOVE', agents, agents, 'LEFT', 'RIGHT')
           agents_left = true
         end
       end
       local credits = base .. ':credit'
       if not agents_left then
-        redis.call('LPOP', tenants)
+        redis.call('RPOP', tenants)
         redis.call('HDEL', credits, tenant)
         if redis.call('LLEN', tenants) == 0 then
           redis.call('ZREM', l .. ':priorities', prio)
         end
       else
-        -- A turn's credit is kept only while at least one job of the turn is left: a tenant of
-        -- weight 1 (most) never writes it, so there is nothing to delete either.
-        local kept = redis.call('HGET', credits, tenant)
-        local credit = tonumber(kept or redis.call('HGET', weights, tenant) or '1') - 1
-        if credit <= 0 then
-          redis.call('LMOVE', tenants, tenants, 'LEFT', 'RIGHT')
-          if kept then
-            redis.call('HDEL', credits, tenant)
+        -- A turn's credit is kept only while at least one job of the turn is left, and only for
+        -- a tenant of weight above 1: one of weight 1 (most) reads nothing more.
+        local weight = tonumber(redis.call('HGET', weights, tenant) or '1') or 1
+        if weight > 1 then
+          local kept = redis.call('HGET', credits, tenant)
+          local credit = (tonumber(kept or weight) or weight) - 1
+          if credit <= 0 then
+            if kept then
+              redis.call('HDEL', credits, tenant)
+            end
+          else
+            redis.call('HSET', credits, tenant, credit)
+            redis.call('LMOVE', tenants, tenants, 'RIGHT', 'LEFT')
           end
-        else
-          redis.call('HSET', credits, tenant, credit)
         end
       end
       if id then
         redis.call('HINCRBY', prefix .. 'lanes:depth', lane, -1)
         local job_key = jobs .. id
-        local fields = redis.call('HMGET', job_key, 'state', 'body', 'attempts')
+        local fields = redis.call('HMGET', job_key, 'state', 'body', 'attempts', 'cancel')
         if fields[1] == 'queued' then
           -- A count that does not parse is taken as none: the script must not fail halfway (what
           -- it wrote before an error stays written), and the attempt still runs.
@@ -93,8 +99,7 @@ local function take_jobs(stream, worker, prefix, jobs, count, lanes)
             return redis.error_reply(leased.err)
           end
           redis.call('HSET', job_key, 'state', 'running', 'worker', worker, 'entry', entry, 'attempts', attempt)
-          local cancel = redis.call('EXISTS', prefix .. 'cancel:' .. id)
-          table.insert(out, {entry, fields[2] or '', attempt, id, cancel})
+          table.insert(out, {entry, fields[2] or '', attempt, id, fields[4] and 1 or 0})
         end
       end
     end

@@ -1,0 +1,9 @@
+-- Ask for a job to be cancelled: the request itself (read by the worker running it at each lease
+-- renewal) and, while the job lives, a `cancel` field in its hash (read by the take, so a worker
+-- that takes the job later ends it at once without asking).
+-- KEYS: cancel request, job hash. ARGV: seconds the request is kept.
+redis.call('SET', KEYS[1], 1, 'EX', ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HSET', KEYS[2], 'cancel', 1)
+end
+return 1
