@@ -111,6 +111,27 @@ async fn a_tenant_of_weight_three_takes_three_jobs_a_turn() {
 }
 
 #[tokio::test]
+async fn a_tenant_whose_weight_changes_takes_turns_of_its_new_weight() {
+    let (_server, queue) = server().await;
+    queue.ensure_groups().await.expect("groups");
+    let weighted = |id: String, weight| Job { weight, ..job(&id, "a", None, 4, Needs::default()) };
+    for i in 0..6 {
+        queue.submit(&weighted(format!("a{i}"), 5)).await.expect("submitted");
+        queue.submit(&job(&format!("b{i}"), "b", None, 4, Needs::default())).await.expect("submitted");
+    }
+    let default = lanes(&[DEFAULT_LANE]);
+    // One job into a turn of five, then the tenant's weight drops to 1: its turn ends at once.
+    assert_eq!(taken_one_at_a_time(&queue, &default, 1).await, ["a0"]);
+    queue.submit(&weighted("a6".into(), 1)).await.expect("submitted");
+    assert_eq!(taken_one_at_a_time(&queue, &default, 2).await, ["a1", "b0"]);
+    // Weight 2 again: the credit left from the turn of five is read as at most 2.
+    queue.submit(&weighted("a7".into(), 2)).await.expect("submitted");
+    let taken = queue.take("w1", &default, 6, Duration::ZERO).await.expect("taken");
+    let order: Vec<_> = taken.into_iter().map(|l| l.job.id).collect();
+    assert_eq!(order, ["a2", "a3", "b1", "a4", "a5", "b2"]);
+}
+
+#[tokio::test]
 async fn a_job_waits_in_its_lane_for_a_worker_that_has_what_it_needs() {
     let (_server, queue) = server().await;
     queue.ensure_groups().await.expect("groups");
@@ -257,9 +278,29 @@ async fn a_job_cancelled_while_queued_is_taken_marked_so_and_an_unknown_id_stays
     assert!(queue.status("nobody").await.expect("read").is_none());
     assert!(queue.cancel_requested("nobody").await.expect("read"));
 
-    let taken = queue.take("w", &lanes(&[DEFAULT_LANE]), 2, Duration::ZERO).await.expect("taken");
+    // A job an earlier version queued has no `cancel` field: its request is the key alone.
+    queue.submit(&job("old", "a", None, 4, Needs::default())).await.expect("submitted");
+    let mut conn = queue.conn();
+    let _: i64 =
+        redis::cmd("HDEL").arg("guild:{default}:job:old").arg("cancel").query_async(&mut conn).await.expect("hdel");
+    let _: () = redis::cmd("SET").arg("guild:{default}:cancel:old").arg(1).query_async(&mut conn).await.expect("set");
+
+    let default = lanes(&[DEFAULT_LANE]);
+    let taken = queue.take("w", &default, 3, Duration::ZERO).await.expect("taken");
     let asked: Vec<_> = taken.iter().map(|l| (l.job.id.as_str(), l.cancel_asked)).collect();
-    assert_eq!(asked, [("keep", Some(false)), ("stop", Some(true))]);
+    assert_eq!(asked, [("keep", Some(false)), ("stop", Some(true)), ("old", Some(true))]);
+
+    // A dead job an operator retries starts afresh: a cancel asked of it before it died is gone.
+    queue.submit(&Job { attempts_max: 1, ..job("dies", "a", None, 4, Needs::default()) }).await.expect("submitted");
+    let lease = queue.take("w", &default, 1, Duration::ZERO).await.expect("taken").remove(0);
+    queue.request_cancel("dies").await.expect("asked");
+    let result = result_of(&lease.job, "w");
+    let said = queue.fail("w", &lease, 0, &result, &result).await.expect("failed");
+    assert!(matches!(said, crate::Disposition::Dead), "{said:?}");
+    assert!(queue.requeue("dies").await.expect("retried"));
+    let again = queue.take("w", &default, 1, Duration::ZERO).await.expect("taken").remove(0);
+    assert_eq!((again.job.id.as_str(), again.cancel_asked), ("dies", Some(false)));
+    assert!(!queue.cancel_requested("dies").await.expect("read"));
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `leases` | stream | one entry per attempt of a job (`job` = id), added and leased to its worker (pending in group `workers`) when the worker takes it; acked and deleted when settled |
 //! | `jobs` | stream | an earlier version's queue (jobs waited in it, read by `XREADGROUP`): workers move what it still holds into the lanes (`migrate_legacy`) |
-//! | `job:<id>` | hash | `body` (the job JSON), `state`, `attempts`, `attempts_max`, `worker`, `entry`, `tenant`, `subject`, `tool`, `input` (its digest), `idem`, `dead_entry`, `lane`, `prio`, `agent`, `cancel` (set when a cancel was asked for); expires with the result |
+//! | `job:<id>` | hash | `body` (the job JSON), `state`, `attempts`, `attempts_max`, `worker`, `entry`, `tenant`, `subject`, `tool`, `input` (its digest), `idem`, `dead_entry`, `lane`, `prio`, `agent`, `cancel` (0, or 1 once a cancel was asked for; absent in a hash an earlier version wrote); expires with the result |
 //! | `lane:<len>:<lane>:…` | sorted set, lists, hash | the jobs queued in a capability lane: its priorities with jobs, per priority the tenants' turns and credits, per tenant its agents' turns, per agent its job ids (`lua/common.lua`) |
 //! | `lanes` | hash | lane → its needs (JSON); at most `LANES_MAX` |
 //! | `lanes:depth` | hash | lane → jobs queued in it |

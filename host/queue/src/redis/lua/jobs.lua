@@ -8,8 +8,7 @@
 -- worker (its pending entry), renewed and reclaimed as any other.
 -- Jobs in the delayed set whose time has come are queued first.
 -- Returns {jobs, next}: per job to run {entry, body, attempt, id, cancel} (a body the hash lacks
--- is ''; cancel 1 when the hash's `cancel` field asks for it to be cancelled, so the worker need
--- not ask), and in how many ms the delayed set's next job is due (-1: none); or an error reply
+-- is ''; cancel 1 when a cancel was asked for, so the worker need not ask), and in how many ms the delayed set's next job is due (-1: none); or an error reply
 -- when the stream has no consumer group (the job it was taking is back in its lane, untouched).
 local function take_jobs(stream, worker, prefix, jobs, count, lanes)
   local _, none_delayed = promote_due(prefix, jobs, count + 64)
@@ -69,8 +68,10 @@ local function take_jobs(stream, worker, prefix, jobs, count, lanes)
         -- a tenant of weight above 1: one of weight 1 (most) reads nothing more.
         local weight = tonumber(redis.call('HGET', weights, tenant) or '1') or 1
         if weight > 1 then
+          -- A credit kept while the weight was higher (it changes with each submit) is capped:
+          -- a turn is never longer than the weight the tenant has now.
           local kept = redis.call('HGET', credits, tenant)
-          local credit = (tonumber(kept or weight) or weight) - 1
+          local credit = math.min(tonumber(kept) or weight, weight) - 1
           if credit <= 0 then
             if kept then
               redis.call('HDEL', credits, tenant)
@@ -99,7 +100,13 @@ local function take_jobs(stream, worker, prefix, jobs, count, lanes)
             return redis.error_reply(leased.err)
           end
           redis.call('HSET', job_key, 'state', 'running', 'worker', worker, 'entry', entry, 'attempts', attempt)
-          table.insert(out, {entry, fields[2] or '', attempt, id, fields[4] and 1 or 0})
+          -- `cancel` is '0' or '1' in a hash this version's submit wrote; a hash an earlier
+          -- version wrote lacks it, and its cancel request is the `cancel:<id>` key alone.
+          local cancel = fields[4] == '1' and 1 or 0
+          if not fields[4] then
+            cancel = redis.call('EXISTS', prefix .. 'cancel:' .. id)
+          end
+          table.insert(out, {entry, fields[2] or '', attempt, id, cancel})
         end
       end
     end

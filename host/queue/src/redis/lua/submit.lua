@@ -28,7 +28,7 @@ if KEYS[3] then
 end
 redis.call('HSET', KEYS[2], 'body', ARGV[2], 'state', 'queued', 'attempts', 0, 'attempts_max', ARGV[5],
   'tenant', ARGV[3], 'subject', ARGV[7], 'tool', ARGV[4], 'input', ARGV[6], 'entry', '', 'idem', KEYS[3] or '',
-  'worker', '', 'lane', lane, 'prio', ARGV[11], 'agent', ARGV[12])
+  'worker', '', 'lane', lane, 'prio', ARGV[11], 'agent', ARGV[12], 'cancel', 0)
 redis.call('HSET', prefix .. 'weights', ARGV[3], ARGV[13])
 if tonumber(ARGV[15]) > 0 then
   -- Held to a run limit's turn: queued in its lane once that comes (promote_due).
