@@ -27,6 +27,14 @@ const HEADER_BYTES: usize = 1 + 32 + 4;
 const PACK_BYTES_MAX: u64 = 256 << 20;
 /// Larger entries get a file of their own (they are few, and hard-linkable into mounts).
 pub(crate) const PACKED_BYTES_MAX: usize = 1 << 20;
+/// Bytes appended to a pack after which the kernel is asked to start writing them out, without
+/// waiting for it (`sync_file_range`, Linux). Left to itself, the kernel writes a busy daemon's
+/// packs out in one burst of tens of MB once they have been dirty for 30 s
+/// (`vm.dirty_expire_centisecs`), and every audit `fdatasync` in that moment waits behind the
+/// burst on ext4: measured here, a daemon's p99 went from 16 ms to 88–290 ms after 30 s of load.
+/// Started a MiB at a time, the writes stay small and steady. Not a durability promise: store
+/// writes are still not fsynced (`store.rs`).
+const PACK_WRITEBACK_BYTES: u64 = 1 << 20;
 
 /// What a record holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,6 +81,36 @@ struct Writer {
     path: Arc<PathBuf>,
     file: File,
     len: u64,
+    /// Where the bytes the kernel was not yet asked to write out start.
+    written_back_to: u64,
+}
+
+impl Writer {
+    /// Ask the kernel to start writing out what was appended since the last time, once that is
+    /// [`PACK_WRITEBACK_BYTES`] or more. A refusal only leaves the writing to the kernel's own
+    /// time: it is not an error of the append.
+    fn start_writeback(&mut self) {
+        let pending = self.len - self.written_back_to;
+        if pending < PACK_WRITEBACK_BYTES {
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let (Ok(offset), Ok(bytes)) = (i64::try_from(self.written_back_to), i64::try_from(pending)) else {
+                return;
+            };
+            // SAFETY: sync_file_range reads no memory of ours; the descriptor is this writer's
+            // open file, alive for the call, and a bad range is an error return, not UB.
+            #[allow(unsafe_code)]
+            let said =
+                unsafe { libc::sync_file_range(self.file.as_raw_fd(), offset, bytes, libc::SYNC_FILE_RANGE_WRITE) };
+            if said != 0 {
+                return;
+            }
+        }
+        self.written_back_to = self.len;
+    }
 }
 
 impl Packs {
@@ -164,6 +202,7 @@ impl Packs {
         }
         let offset = current.len + HEADER_BYTES as u64;
         current.len += record.len() as u64;
+        current.start_writeback();
         let location = Location { pack: current.path.clone(), offset, len };
         self.index.write().unwrap_or_else(|p| p.into_inner()).insert(key, location);
         Ok(())
@@ -178,7 +217,7 @@ impl Packs {
         let mut file = std::fs::OpenOptions::new().create_new(true).append(true).open(&path)?;
         file.write_all(MAGIC)?;
         self.scanned.lock().unwrap_or_else(|p| p.into_inner()).insert(path.clone(), u64::MAX);
-        Ok(Writer { path: Arc::new(path), file, len: MAGIC.len() as u64 })
+        Ok(Writer { path: Arc::new(path), file, len: MAGIC.len() as u64, written_back_to: 0 })
     }
 }
 
@@ -249,6 +288,29 @@ mod tests {
         assert_eq!(reopened.read(&m).expect("read"), Some(b"{}".to_vec()));
         assert_eq!(reopened.keys_of(Kind::Manifest), vec![m.1]);
         assert_eq!(reopened.read(&(Kind::Blob, Digest::of(b"b"))).expect("read"), None);
+    }
+
+    #[test]
+    fn a_pack_is_written_out_a_mib_at_a_time_and_reads_back_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let packs = Packs::open(dir.path().join("packs")).expect("open");
+        let record = vec![7u8; 100 << 10];
+        let mut keys = Vec::new();
+        for i in 0u32..25 {
+            let key = (Kind::Blob, Digest::of(&i.to_le_bytes()));
+            packs.append(key, &record).expect("append");
+            keys.push(key);
+            let writer = packs.writer.lock().expect("lock");
+            let writer = writer.as_ref().expect("open pack");
+            // What the kernel was not asked to write out yet is always under a MiB.
+            assert!(writer.len - writer.written_back_to < PACK_WRITEBACK_BYTES, "{i}");
+            if cfg!(target_os = "linux") && writer.len >= PACK_WRITEBACK_BYTES {
+                assert!(writer.written_back_to >= PACK_WRITEBACK_BYTES, "{i}");
+            }
+        }
+        for key in &keys {
+            assert_eq!(packs.read(key).expect("read").as_deref(), Some(&record[..]));
+        }
     }
 
     #[test]
