@@ -27,13 +27,14 @@ const HEADER_BYTES: usize = 1 + 32 + 4;
 const PACK_BYTES_MAX: u64 = 256 << 20;
 /// Larger entries get a file of their own (they are few, and hard-linkable into mounts).
 pub(crate) const PACKED_BYTES_MAX: usize = 1 << 20;
-/// Bytes appended to a pack after which the kernel is asked to start writing them out, without
-/// waiting for it (`sync_file_range`, Linux). Left to itself, the kernel writes a busy daemon's
-/// packs out in one burst of tens of MB once they have been dirty for 30 s
+/// Bytes appended to a pack after which the kernel is asked to start writing them out
+/// (`sync_file_range`, Linux: it does not wait for the writes to finish, though starting them can
+/// block this thread, the store's background writer, on a busy disk). Left to itself, the kernel
+/// writes a busy daemon's packs out in one burst of tens of MB once they have been dirty for 30 s
 /// (`vm.dirty_expire_centisecs`), and every audit `fdatasync` in that moment waits behind the
-/// burst on ext4: measured here, a daemon's p99 went from 16 ms to 88–290 ms after 30 s of load.
-/// Started a MiB at a time, the writes stay small and steady. Not a durability promise: store
-/// writes are still not fsynced (`store.rs`).
+/// burst on ext4: measured here, a daemon's p99 went from 16 ms to 84–291 ms after 30 s of load
+/// (`benches/RESULTS.md`, 2026-12-02). Started a MiB at a time, the writes stay small and steady.
+/// Not a durability promise: store writes are still not fsynced (`store.rs`).
 const PACK_WRITEBACK_BYTES: u64 = 1 << 20;
 
 /// What a record holds.
@@ -86,30 +87,27 @@ struct Writer {
 }
 
 impl Writer {
-    /// Ask the kernel to start writing out what was appended since the last time, once that is
-    /// [`PACK_WRITEBACK_BYTES`] or more. A refusal only leaves the writing to the kernel's own
-    /// time: it is not an error of the append.
+    /// Ask the kernel to start writing out the whole pages appended since the last time, once
+    /// they are [`PACK_WRITEBACK_BYTES`] or more (the page still being filled is left, so the
+    /// next append does not write into a page under I/O). The call is advice: refused, it leaves
+    /// the writing to the kernel's own time, is not an error of the append, and is not made again
+    /// for those bytes.
     fn start_writeback(&mut self) {
-        let pending = self.len - self.written_back_to;
+        const PAGE_BYTES: u64 = 4096;
+        let end = self.len & !(PAGE_BYTES - 1);
+        let Some(pending) = end.checked_sub(self.written_back_to) else { return };
         if pending < PACK_WRITEBACK_BYTES {
             return;
         }
         #[cfg(target_os = "linux")]
-        {
+        if let (Ok(offset), Ok(bytes)) = (i64::try_from(self.written_back_to), i64::try_from(pending)) {
             use std::os::fd::AsRawFd;
-            let (Ok(offset), Ok(bytes)) = (i64::try_from(self.written_back_to), i64::try_from(pending)) else {
-                return;
-            };
             // SAFETY: sync_file_range reads no memory of ours; the descriptor is this writer's
-            // open file, alive for the call, and a bad range is an error return, not UB.
+            // open file, borrowed for the call, and a bad range is an error return, not UB.
             #[allow(unsafe_code)]
-            let said =
-                unsafe { libc::sync_file_range(self.file.as_raw_fd(), offset, bytes, libc::SYNC_FILE_RANGE_WRITE) };
-            if said != 0 {
-                return;
-            }
+            let _ = unsafe { libc::sync_file_range(self.file.as_raw_fd(), offset, bytes, libc::SYNC_FILE_RANGE_WRITE) };
         }
-        self.written_back_to = self.len;
+        self.written_back_to = end;
     }
 }
 
@@ -134,12 +132,13 @@ impl Packs {
             .filter(|p| p.extension().is_some_and(|x| x == "pack"))
             .collect();
         paths.sort();
-        let own = self.writer.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|w| w.path.clone());
         for path in paths {
-            if own.as_deref() == Some(&path) {
+            let from = self.scanned.lock().unwrap_or_else(|p| p.into_inner()).get(&path).copied();
+            // This process's own packs are indexed as they are written (and the writer's lock,
+            // which a slow append holds, is not waited for here).
+            if from == Some(u64::MAX) {
                 continue;
             }
-            let from = self.scanned.lock().unwrap_or_else(|p| p.into_inner()).get(&path).copied();
             let (found, next) = scan(&path, from)?;
             self.scanned.lock().unwrap_or_else(|p| p.into_inner()).insert(path.clone(), next);
             let pack = Arc::new(path);
@@ -302,9 +301,11 @@ mod tests {
             keys.push(key);
             let writer = packs.writer.lock().expect("lock");
             let writer = writer.as_ref().expect("open pack");
-            // What the kernel was not asked to write out yet is always under a MiB.
-            assert!(writer.len - writer.written_back_to < PACK_WRITEBACK_BYTES, "{i}");
-            if cfg!(target_os = "linux") && writer.len >= PACK_WRITEBACK_BYTES {
+            // What the kernel was not asked to write out yet is always under a MiB and a page,
+            // and the asking stops at a page's start.
+            assert!(writer.len - writer.written_back_to < PACK_WRITEBACK_BYTES + 4096, "{i}");
+            assert_eq!(writer.written_back_to % 4096, 0, "{i}");
+            if writer.len >= PACK_WRITEBACK_BYTES + 4096 {
                 assert!(writer.written_back_to >= PACK_WRITEBACK_BYTES, "{i}");
             }
         }
