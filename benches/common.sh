@@ -11,7 +11,7 @@ else
 fi
 # The scripts read these; the daemons they start must not (`guild serve` reads GUILD_* as config
 # and warns about names it does not know).
-export -n GUILD_BIN GUILD_BIN_OFF GUILD_BIN_BEFORE 2>/dev/null || true
+for name in $(compgen -e | grep -E '^GUILD_(BIN|BENCH)' || true); do export -n "$name"; done
 # The echo tool every benchmark calls.
 cargo build --profile wasm --target wasm32-wasip2 -p guild-tool-echo --target-dir target/guild-wasm >/dev/null 2>&1
 echo_wasm=$PWD/target/guild-wasm/wasm32-wasip2/wasm/echo.wasm

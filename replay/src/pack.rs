@@ -88,8 +88,9 @@ struct Writer {
 
 impl Writer {
     /// Ask the kernel to start writing out the whole pages appended since the last time, once
-    /// they are [`PACK_WRITEBACK_BYTES`] or more (the page still being filled is left, so the
-    /// next append does not write into a page under I/O). The call is advice: refused, it leaves
+    /// they are [`PACK_WRITEBACK_BYTES`] or more, up to a 4 KiB boundary (a page on x86-64 and
+    /// most arm64 kernels: the page still being filled is left, so the next append does not
+    /// write into a page under I/O). The call is advice: refused, it leaves
     /// the writing to the kernel's own time, is not an error of the append, and is not made again
     /// for those bytes.
     fn start_writeback(&mut self) {
@@ -140,7 +141,13 @@ impl Packs {
                 continue;
             }
             let (found, next) = scan(&path, from)?;
-            self.scanned.lock().unwrap_or_else(|p| p.into_inner()).insert(path.clone(), next);
+            // A pack this process started meanwhile keeps its mark (indexed as written).
+            let mut scanned = self.scanned.lock().unwrap_or_else(|p| p.into_inner());
+            let mark = scanned.entry(path.clone()).or_insert(next);
+            if *mark != u64::MAX {
+                *mark = next;
+            }
+            drop(scanned);
             let pack = Arc::new(path);
             let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
             for (key, offset, len) in found {

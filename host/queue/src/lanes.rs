@@ -265,9 +265,9 @@ impl<T> FairTurns<T> {
         let (&priority, ring) = self.priorities.iter_mut().next_back()?;
         let name = ring.order.front()?.clone();
         let tenant = ring.tenants.get_mut(&name)?;
-        if tenant.credit == 0 {
-            tenant.credit = tenant.weight;
-        }
+        // A turn's credit is read as at most the tenant's weight now (its latest push may have
+        // lowered it), as the Redis queue reads it.
+        tenant.credit = if tenant.credit == 0 { tenant.weight } else { tenant.credit.min(tenant.weight) };
         let agent = tenant.order.pop_front()?;
         let line = tenant.agents.get_mut(&agent)?;
         let item = line.pop_front();
@@ -387,6 +387,22 @@ mod tests {
         let order: Vec<String> = std::iter::from_fn(|| turns.pop()).collect();
         assert_eq!(order, ["n0", "q0", "n1", "n2"]);
         assert!(turns.is_empty());
+    }
+
+    #[test]
+    fn a_weight_changed_mid_turn_holds_from_the_next_item_as_in_redis() {
+        let mut turns = FairTurns::default();
+        for i in 0..6 {
+            turns.push(&place(4, "a", ""), 5, format!("a{i}"));
+            turns.push(&place(4, "b", ""), 1, format!("b{i}"));
+        }
+        assert_eq!(turns.pop().as_deref(), Some("a0"));
+        turns.push(&place(4, "a", ""), 1, "a6".to_string());
+        let order: Vec<String> = (0..2).filter_map(|_| turns.pop()).collect();
+        assert_eq!(order, ["a1", "b0"], "weight 1 now: the turn of five ends");
+        turns.push(&place(4, "a", ""), 2, "a7".to_string());
+        let order: Vec<String> = (0..6).filter_map(|_| turns.pop()).collect();
+        assert_eq!(order, ["a2", "a3", "b1", "a4", "a5", "b2"]);
     }
 
     #[test]

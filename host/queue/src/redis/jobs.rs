@@ -401,11 +401,13 @@ impl RedisQueue {
     /// Ask for job `id` to be cancelled: the worker running it stops it (its lease renewal looks
     /// every `lease_ms / 3`), and a worker that takes it later ends it at once, cancelled. The
     /// request is kept for `results_ttl_s` plus [`CANCEL_HELD_FOR_TURN_S`], so it outlasts a job
-    /// held to a run limit's turn (at most a day) before any worker takes it.
+    /// held to a run limit's turn (at most a day) before any worker takes it; while the job's hash
+    /// lives, its `cancel` field says the same to the take. An operator's
+    /// [`RedisQueue::requeue`] of the dead job forgets both.
     ///
     /// # Errors
     /// [`QueueError::Unavailable`] when Redis cannot be reached; [`QueueError::Redis`] when it
-    /// refuses the write.
+    /// refuses the script.
     pub async fn request_cancel(&self, id: &str) -> Result<(), QueueError> {
         let keys = &self.inner.keys;
         let ttl_s = self.settings().results_ttl_s.max(1).saturating_add(CANCEL_HELD_FOR_TURN_S);

@@ -124,11 +124,30 @@ async fn a_tenant_whose_weight_changes_takes_turns_of_its_new_weight() {
     assert_eq!(taken_one_at_a_time(&queue, &default, 1).await, ["a0"]);
     queue.submit(&weighted("a6".into(), 1)).await.expect("submitted");
     assert_eq!(taken_one_at_a_time(&queue, &default, 2).await, ["a1", "b0"]);
-    // Weight 2 again: the credit left from the turn of five is read as at most 2.
+    // Weight 2 now: turns of two, the credit of the turn of five gone with it.
     queue.submit(&weighted("a7".into(), 2)).await.expect("submitted");
     let taken = queue.take("w1", &default, 6, Duration::ZERO).await.expect("taken");
     let order: Vec<_> = taken.into_iter().map(|l| l.job.id).collect();
     assert_eq!(order, ["a2", "a3", "b1", "a4", "a5", "b2"]);
+}
+
+#[tokio::test]
+async fn a_weight_lowered_mid_turn_then_raised_gives_a_whole_turn() {
+    let (_server, queue) = server().await;
+    queue.ensure_groups().await.expect("groups");
+    let weighted = |id: String, weight| Job { weight, ..job(&id, "c", None, 4, Needs::default()) };
+    for i in 0..6 {
+        queue.submit(&weighted(format!("c{i}"), 2)).await.expect("submitted");
+        queue.submit(&job(&format!("d{i}"), "d", None, 4, Needs::default())).await.expect("submitted");
+    }
+    let default = lanes(&[DEFAULT_LANE]);
+    // Into a turn of two, the weight drops to 1 (the turn ends), then rises to 3: the next turn
+    // is a whole three, not what was left of the turn of two.
+    assert_eq!(taken_one_at_a_time(&queue, &default, 1).await, ["c0"]);
+    queue.submit(&weighted("c6".into(), 1)).await.expect("submitted");
+    assert_eq!(taken_one_at_a_time(&queue, &default, 2).await, ["c1", "d0"]);
+    queue.submit(&weighted("c7".into(), 3)).await.expect("submitted");
+    assert_eq!(taken_one_at_a_time(&queue, &default, 4).await, ["c2", "c3", "c4", "d1"]);
 }
 
 #[tokio::test]

@@ -28,7 +28,7 @@
 //! | `tools` | hash | tool name → its record: revisions, current and candidate, ramp, flags (JSON) |
 //! | `tools:generation` | string | a counter every tool record write increments: nodes poll it |
 //! | `bundle:<blake3>` | hash | a bundle's `manifest`, `signature` and its parts under 4 KiB (`part:<blake3>`; larger ones in `blob:`s), for `results_ttl_s` |
-//! | `cancel:<id>` | string | a request to cancel job `<id>` (an MCP task's), for `results_ttl_s` |
+//! | `cancel:<id>` | string | a request to cancel job `<id>` (an MCP task's), written with the job hash's `cancel` field (`lua/cancel.lua`), for `results_ttl_s` plus `CANCEL_HELD_FOR_TURN_S`; deleted by an operator's retry |
 //! | `cache:<tool>:…` | string, sorted set, hash | the fleet's result cache entries, their use order, sizes and bytes; `cache:<tool>:f:<key>` an identical job in flight (`cache.rs`) |
 //! | `cache:tools` | set | the tools that have result cache entries |
 //!

@@ -31,8 +31,8 @@ end
 -- Capability lanes and fair turns (`lanes.rs`). Under `prefix` (the queue's `guild:{q}:`):
 -- `lane:<len>:<lane>:priorities` (sorted set of the priorities with queued jobs), then per
 -- priority `…:p<n>:tenants` (list: the tenants with queued jobs, in turn order) and
--- `…:p<n>:credit` (hash: what the tenant at the front may still take this turn, read as at most
--- its weight), per tenant `…:t:<len>:<tenant>:agents` (list: its agent labels with queued jobs,
+-- `…:p<n>:credit` (hash: what a tenant of weight above 1 at the front may still take this turn,
+-- read as at most its weight; dropped when a submit changes the weight), per tenant `…:t:<len>:<tenant>:agents` (list: its agent labels with queued jobs,
 -- in turn order) and per agent `…:a:<agent>` (list: job ids, oldest first). A list is in its
 -- parent's list exactly while it is not empty. `lanes:depth` (hash: lane → jobs queued),
 -- `wake:<lane>` (list: a few tokens a waiting worker blocks on).

@@ -8,8 +8,10 @@
 -- worker (its pending entry), renewed and reclaimed as any other.
 -- Jobs in the delayed set whose time has come are queued first.
 -- Returns {jobs, next}: per job to run {entry, body, attempt, id, cancel} (a body the hash lacks
--- is ''; cancel 1 when a cancel was asked for, so the worker need not ask), and in how many ms the delayed set's next job is due (-1: none); or an error reply
--- when the stream has no consumer group (the job it was taking is back in its lane, untouched).
+-- is ''; cancel 1 when the job's hash says a cancel was asked for, or, for a hash an earlier
+-- version wrote, its `cancel:<id>` key does: the worker need not ask), and in how many ms the
+-- delayed set's next job is due (-1: none); or an error reply when the stream has no consumer
+-- group (the job it was taking is back in its lane, untouched).
 local function take_jobs(stream, worker, prefix, jobs, count, lanes)
   local _, none_delayed = promote_due(prefix, jobs, count + 64)
   local weights = prefix .. 'weights'

@@ -29,7 +29,15 @@ end
 redis.call('HSET', KEYS[2], 'body', ARGV[2], 'state', 'queued', 'attempts', 0, 'attempts_max', ARGV[5],
   'tenant', ARGV[3], 'subject', ARGV[7], 'tool', ARGV[4], 'input', ARGV[6], 'entry', '', 'idem', KEYS[3] or '',
   'worker', '', 'lane', lane, 'prio', ARGV[11], 'agent', ARGV[12], 'cancel', 0)
-redis.call('HSET', prefix .. 'weights', ARGV[3], ARGV[13])
+-- A new weight starts the tenant's next turn afresh here (a credit kept under the old one is
+-- dropped: a take of a weight-1 tenant never reads or deletes one, so it would otherwise outlive
+-- the turn it belonged to). Credits in the tenant's other lanes and priorities are read as at
+-- most the new weight.
+local weights = prefix .. 'weights'
+if redis.call('HGET', weights, ARGV[3]) ~= ARGV[13] then
+  redis.call('HSET', weights, ARGV[3], ARGV[13])
+  redis.call('HDEL', lane_key(prefix, lane) .. ':p' .. ARGV[11] .. ':credit', ARGV[3])
+end
 if tonumber(ARGV[15]) > 0 then
   -- Held to a run limit's turn: queued in its lane once that comes (promote_due).
   redis.call('HSET', KEYS[2], 'state', 'delayed')
