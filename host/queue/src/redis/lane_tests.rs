@@ -41,6 +41,20 @@ fn lanes(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
 
+/// A job of `tenant`'s with `weight`, in the default lane at priority 4.
+fn weighted(id: &str, tenant: &str, weight: u32) -> Job {
+    Job { weight, ..job(id, tenant, None, 4, Needs::default()) }
+}
+
+/// Jobs `{heavy}0`…`{heavy}5` of tenant `heavy` at `weight`, each followed by the same-numbered
+/// job `{light}N` of tenant `light` at weight 1.
+async fn six_each(queue: &RedisQueue, heavy: &str, weight: u32, light: &str) {
+    for i in 0..6 {
+        queue.submit(&weighted(&format!("{heavy}{i}"), heavy, weight)).await.expect("submitted");
+        queue.submit(&weighted(&format!("{light}{i}"), light, 1)).await.expect("submitted");
+    }
+}
+
 /// The ids of the jobs `takes` takes of one job each from `lanes` give, in order.
 async fn taken_one_at_a_time(queue: &RedisQueue, lanes: &[String], takes: usize) -> Vec<String> {
     let mut order = Vec::new();
@@ -87,8 +101,7 @@ async fn a_tenant_of_weight_three_takes_three_jobs_a_turn() {
     let (_server, queue) = server().await;
     queue.ensure_groups().await.expect("groups");
     for i in 0..5 {
-        let heavy = Job { weight: 3, ..job(&format!("h{i}"), "heavy", None, 4, Needs::default()) };
-        queue.submit(&heavy).await.expect("submitted");
+        queue.submit(&weighted(&format!("h{i}"), "heavy", 3)).await.expect("submitted");
     }
     for i in 0..4 {
         queue.submit(&job(&format!("l{i}"), "light", None, 4, Needs::default())).await.expect("submitted");
@@ -101,8 +114,7 @@ async fn a_tenant_of_weight_three_takes_three_jobs_a_turn() {
     // A tenant that left mid-turn and came back starts a fresh turn: the credit it left with is
     // gone (else it would take two, not three).
     for i in 0..4 {
-        let heavy = Job { weight: 3, ..job(&format!("k{i}"), "heavy", None, 4, Needs::default()) };
-        queue.submit(&heavy).await.expect("submitted");
+        queue.submit(&weighted(&format!("k{i}"), "heavy", 3)).await.expect("submitted");
     }
     queue.submit(&job("m0", "light", None, 4, Needs::default())).await.expect("submitted");
     let taken = queue.take("w1", &default, 5, Duration::ZERO).await.expect("taken");
@@ -114,18 +126,14 @@ async fn a_tenant_of_weight_three_takes_three_jobs_a_turn() {
 async fn a_tenant_whose_weight_changes_takes_turns_of_its_new_weight() {
     let (_server, queue) = server().await;
     queue.ensure_groups().await.expect("groups");
-    let weighted = |id: String, weight| Job { weight, ..job(&id, "a", None, 4, Needs::default()) };
-    for i in 0..6 {
-        queue.submit(&weighted(format!("a{i}"), 5)).await.expect("submitted");
-        queue.submit(&job(&format!("b{i}"), "b", None, 4, Needs::default())).await.expect("submitted");
-    }
+    six_each(&queue, "a", 5, "b").await;
     let default = lanes(&[DEFAULT_LANE]);
     // One job into a turn of five, then the tenant's weight drops to 1: its turn ends at once.
     assert_eq!(taken_one_at_a_time(&queue, &default, 1).await, ["a0"]);
-    queue.submit(&weighted("a6".into(), 1)).await.expect("submitted");
+    queue.submit(&weighted("a6", "a", 1)).await.expect("submitted");
     assert_eq!(taken_one_at_a_time(&queue, &default, 2).await, ["a1", "b0"]);
     // Weight 2 now: turns of two, the credit of the turn of five gone with it.
-    queue.submit(&weighted("a7".into(), 2)).await.expect("submitted");
+    queue.submit(&weighted("a7", "a", 2)).await.expect("submitted");
     let taken = queue.take("w1", &default, 6, Duration::ZERO).await.expect("taken");
     let order: Vec<_> = taken.into_iter().map(|l| l.job.id).collect();
     assert_eq!(order, ["a2", "a3", "b1", "a4", "a5", "b2"]);
@@ -135,18 +143,14 @@ async fn a_tenant_whose_weight_changes_takes_turns_of_its_new_weight() {
 async fn a_weight_lowered_mid_turn_then_raised_gives_a_whole_turn() {
     let (_server, queue) = server().await;
     queue.ensure_groups().await.expect("groups");
-    let weighted = |id: String, weight| Job { weight, ..job(&id, "c", None, 4, Needs::default()) };
-    for i in 0..6 {
-        queue.submit(&weighted(format!("c{i}"), 2)).await.expect("submitted");
-        queue.submit(&job(&format!("d{i}"), "d", None, 4, Needs::default())).await.expect("submitted");
-    }
+    six_each(&queue, "c", 2, "d").await;
     let default = lanes(&[DEFAULT_LANE]);
     // Into a turn of two, the weight drops to 1 (the turn ends), then rises to 3: the next turn
     // is a whole three, not what was left of the turn of two.
     assert_eq!(taken_one_at_a_time(&queue, &default, 1).await, ["c0"]);
-    queue.submit(&weighted("c6".into(), 1)).await.expect("submitted");
+    queue.submit(&weighted("c6", "c", 1)).await.expect("submitted");
     assert_eq!(taken_one_at_a_time(&queue, &default, 2).await, ["c1", "d0"]);
-    queue.submit(&weighted("c7".into(), 3)).await.expect("submitted");
+    queue.submit(&weighted("c7", "c", 3)).await.expect("submitted");
     assert_eq!(taken_one_at_a_time(&queue, &default, 4).await, ["c2", "c3", "c4", "d1"]);
 }
 

@@ -32,13 +32,18 @@ end
 -- `lane:<len>:<lane>:priorities` (sorted set of the priorities with queued jobs), then per
 -- priority `…:p<n>:tenants` (list: the tenants with queued jobs, in turn order) and
 -- `…:p<n>:credit` (hash: what a tenant of weight above 1 at the front may still take this turn,
--- read as at most its weight; dropped when a submit changes the weight), per tenant `…:t:<len>:<tenant>:agents` (list: its agent labels with queued jobs,
--- in turn order) and per agent `…:a:<agent>` (list: job ids, oldest first). A list is in its
--- parent's list exactly while it is not empty. `lanes:depth` (hash: lane → jobs queued),
--- `wake:<lane>` (list: a few tokens a waiting worker blocks on).
+-- read as at most its weight; dropped when a submit changes the weight), per tenant
+-- `…:t:<len>:<tenant>:agents` (list: its agent labels with queued jobs, in turn order) and per
+-- agent `…:a:<agent>` (list: job ids, oldest first). A list is in its parent's list exactly
+-- while it is not empty. `lanes:depth` (hash: lane → jobs queued), `wake:<lane>` (list: a few
+-- tokens a waiting worker blocks on).
 local WAKE_TOKENS_MAX = 64
 local function lane_key(prefix, lane)
   return prefix .. 'lane:' .. #lane .. ':' .. lane
+end
+-- Where a lane's turns at priority `prio` live (`l`: the lane's key).
+local function turns_key(l, prio)
+  return l .. ':p' .. prio
 end
 local function tenant_key(base, tenant)
   return base .. ':t:' .. #tenant .. ':' .. tenant
@@ -46,7 +51,7 @@ end
 -- Queue job `id` in its lane, at its priority, behind its tenant's and agent's earlier jobs.
 local function enqueue(prefix, id, lane, prio, tenant, agent)
   local l = lane_key(prefix, lane)
-  local base = l .. ':p' .. prio
+  local base = turns_key(l, prio)
   local t = tenant_key(base, tenant)
   if redis.call('RPUSH', t .. ':a:' .. agent, id) == 1
     and redis.call('RPUSH', t .. ':agents', agent) == 1

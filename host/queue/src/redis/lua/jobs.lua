@@ -31,7 +31,7 @@ local function take_jobs(stream, worker, prefix, jobs, count, lanes)
       break
     end
     local l = lane_key(prefix, lane)
-    local base = l .. ':p' .. prio
+    local base = turns_key(l, prio)
     local tenants = base .. ':tenants'
     -- The tenant whose turn it is, moved to the back of the line at once: most tenants have
     -- weight 1 and their turn ends with this job; one whose turn goes on is put back in front.

@@ -36,7 +36,7 @@ redis.call('HSET', KEYS[2], 'body', ARGV[2], 'state', 'queued', 'attempts', 0, '
 local weights = prefix .. 'weights'
 if redis.call('HGET', weights, ARGV[3]) ~= ARGV[13] then
   redis.call('HSET', weights, ARGV[3], ARGV[13])
-  redis.call('HDEL', lane_key(prefix, lane) .. ':p' .. ARGV[11] .. ':credit', ARGV[3])
+  redis.call('HDEL', turns_key(lane_key(prefix, lane), ARGV[11]) .. ':credit', ARGV[3])
 end
 if tonumber(ARGV[15]) > 0 then
   -- Held to a run limit's turn: queued in its lane once that comes (promote_due).
