@@ -86,3 +86,33 @@ impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
         Ok(UniqueKeys)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// A tool's schemas come from the tool: compiling one must not read a file or open a
+    /// connection, whatever it refers to (jsonschema is built without its `resolve-file` and
+    /// `resolve-http` features; this holds it). Such a schema does not compile, and a tool whose
+    /// output schema does not compile is refused at load.
+    #[test]
+    fn a_schema_that_refers_outside_the_process_does_not_compile_and_reaches_nothing() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("schema.json");
+        std::fs::write(&file, r#"{"type": "string"}"#).expect("write");
+        let schemas = [
+            serde_json::json!({"$ref": format!("file://{}", file.display())}),
+            serde_json::json!({"$ref": format!("http://127.0.0.1:{port}/schema.json")}),
+            serde_json::json!({"$schema": format!("http://127.0.0.1:{port}/meta"), "type": "object"}),
+            serde_json::json!({"properties": {"a": {"$ref": format!("http://127.0.0.1:{port}/a#/x")}}}),
+        ];
+        for schema in &schemas {
+            assert!(jsonschema::validator_for(schema).is_err(), "{schema} compiled");
+        }
+        match listener.accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("compiling the schemas reached the listener: {other:?}"),
+        }
+    }
+}
