@@ -36,7 +36,6 @@ mod record;
 mod recording;
 mod replaying;
 mod run;
-mod schema_cost;
 mod signer;
 mod state;
 pub mod trace;
@@ -80,7 +79,6 @@ pub use run::{
     DESCRIBE_FUEL_UNITS, DESCRIBE_TIMEOUT_MS, FUEL_YIELD_INTERVAL_UNITS, Prepared, RunFor, RunReport, Runtime,
     RuntimeConfig, TOOLS_LOADED_MAX_DEFAULT, Tool,
 };
-pub use schema_cost::SCHEMA_NODES_VISITED_MAX;
 pub use signer::{
     BatchSigner, SIGN_BATCH_LEAVES_MAX_DEFAULT, SIGN_BATCH_WAIT_US_DEFAULT, SIGN_BATCH_WAIT_US_MAX, SignBatchLimits,
     SignerStopped,

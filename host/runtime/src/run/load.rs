@@ -216,12 +216,6 @@ impl Runtime {
             },
         };
         let info = self.describe(&pre).await?;
-        // The host checks values against these schemas on its own CPU: bounded here, once.
-        crate::schema_cost::check(&info.input_schema)
-            .map_err(|e| LoadError::Describe(format!("the input schema {e}")))?;
-        if let Some(schema) = &info.output_schema {
-            crate::schema_cost::check(schema).map_err(|e| LoadError::Describe(format!("the output schema {e}")))?;
-        }
         let output_schema = match &info.output_schema {
             Some(schema) => Some(jsonschema::validator_for(schema).map_err(|e| {
                 LoadError::Describe(format!(
