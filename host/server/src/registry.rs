@@ -134,23 +134,31 @@ impl RegisteredTool {
     pub fn validate(&self, input: &serde_json::Value) -> Result<(), InvalidInput> {
         let Some(validator) = &self.validator else { return Ok(()) };
         let Err(error) = validator.validate(input) else { return Ok(()) };
-        let mut field = error.instance_path().as_str().to_string();
-        match error.kind() {
-            jsonschema::error::ValidationErrorKind::Required { property } => {
-                field = format!("{field}/{}", property.as_str().unwrap_or_default());
-            }
-            jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
-                if let Some(first) = unexpected.first() {
-                    field = format!("{field}/{first}");
-                }
-            }
-            _ => {}
-        }
-        if field.is_empty() {
-            field = "/".into();
-        }
-        Err(InvalidInput { field, message: error.to_string() })
+        Err(InvalidInput { field: field_of(&error), message: error.to_string() })
     }
+}
+
+/// The JSON pointer (RFC 6901) to the field `error` is about: where it was found, and for a
+/// missing or an unexpected property, that property (its name escaped: `~` as `~0`, `/` as `~1`);
+/// `/` for the whole input.
+fn field_of(error: &jsonschema::ValidationError<'_>) -> String {
+    let escaped = |name: &str| name.replace('~', "~0").replace('/', "~1");
+    let mut field = error.instance_path().as_str().to_string();
+    match error.kind() {
+        jsonschema::error::ValidationErrorKind::Required { property } => {
+            field = format!("{field}/{}", escaped(property.as_str().unwrap_or_default()));
+        }
+        jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
+            if let Some(first) = unexpected.first() {
+                field = format!("{field}/{}", escaped(first));
+            }
+        }
+        _ => {}
+    }
+    if field.is_empty() {
+        field = "/".into();
+    }
+    field
 }
 
 /// What every revision of a name is granted and held to: the operator's config entry for it
@@ -545,5 +553,33 @@ impl ToolSpec {
             }
         }
         Ok(specs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field_of;
+    use serde_json::json;
+
+    fn field(schema: &serde_json::Value, input: &serde_json::Value) -> String {
+        let validator = jsonschema::validator_for(schema).expect("schema");
+        field_of(&validator.validate(input).expect_err("invalid"))
+    }
+
+    /// The field is a JSON pointer: a property whose name holds `/` or `~` is escaped, so a
+    /// client can follow the pointer to the very member.
+    #[test]
+    fn the_field_names_the_member_as_a_json_pointer() {
+        let schema = json!({
+            "type": "object",
+            "properties": {"a/b": {"type": "string"}, "c~d": {"type": "object", "required": ["e/f"]}},
+            "required": ["a/b"],
+            "additionalProperties": false
+        });
+        assert_eq!(field(&schema, &json!({})), "/a~1b");
+        assert_eq!(field(&schema, &json!({"a/b": 5})), "/a~1b");
+        assert_eq!(field(&schema, &json!({"a/b": "x", "c~d": {}})), "/c~0d/e~1f");
+        assert_eq!(field(&schema, &json!({"a/b": "x", "g/h~": 1})), "/g~1h~0");
+        assert_eq!(field(&json!({"type": "object"}), &json!(5)), "/");
     }
 }
