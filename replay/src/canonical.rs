@@ -710,7 +710,7 @@ mod tests {
     /// Every float a bundle can hold is written in its shortest form and must read back as the
     /// same double, or a document holding it would be judged not canonical (and one that was
     /// canonical when sealed could fail verification later). serde_json's `float_roundtrip`
-    /// (Cargo.toml) is what makes this hold: without it, some texts of 16 or 17 digits read one
+    /// (Cargo.toml) is what makes this hold: without it, some texts of 17 digits read one
     /// unit in the last place off.
     #[test]
     fn every_float_written_reads_back_as_itself() {

@@ -139,26 +139,20 @@ impl RegisteredTool {
 }
 
 /// The JSON pointer (RFC 6901) to the field `error` is about: where it was found, and for a
-/// missing or an unexpected property, that property (its name escaped: `~` as `~0`, `/` as `~1`);
-/// `/` for the whole input.
+/// missing or an unexpected property, that property (joined by jsonschema's own `Location`, which
+/// escapes `~` and `/` in its name); `/` for the whole input.
 fn field_of(error: &jsonschema::ValidationError<'_>) -> String {
-    let escaped = |name: &str| name.replace('~', "~0").replace('/', "~1");
-    let mut field = error.instance_path().as_str().to_string();
-    match error.kind() {
-        jsonschema::error::ValidationErrorKind::Required { property } => {
-            field = format!("{field}/{}", escaped(property.as_str().unwrap_or_default()));
-        }
-        jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } => {
-            if let Some(first) = unexpected.first() {
-                field = format!("{field}/{}", escaped(first));
-            }
-        }
-        _ => {}
-    }
-    if field.is_empty() {
-        field = "/".into();
-    }
-    field
+    use jsonschema::error::ValidationErrorKind;
+    let at = error.instance_path();
+    let field = match error.kind() {
+        ValidationErrorKind::Required { property } => at.join(property.as_str().unwrap_or_default()),
+        ValidationErrorKind::AdditionalProperties { unexpected } => match unexpected.first() {
+            Some(first) => at.join(first),
+            None => at.clone(),
+        },
+        _ => at.clone(),
+    };
+    if field.is_empty() { "/".into() } else { field.as_str().to_string() }
 }
 
 /// What every revision of a name is granted and held to: the operator's config entry for it
