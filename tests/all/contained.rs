@@ -4,7 +4,7 @@
 //! same ending (every stop is deterministic).
 
 use crate::{Guild, Ran, mount, tree};
-use guild_test_artifacts::{HOSTILE, LIAR};
+use guild_test_artifacts::{COSTLY_SCHEMA, HOSTILE, LIAR};
 
 /// The bundle a run sealed, replayed by a fresh auditor's `guild replay`.
 fn replays_identically(guild: &Guild, ran: &Ran) {
@@ -168,6 +168,22 @@ fn output_that_breaks_the_contract_is_a_tool_failure_on_record() {
     let fine = guild.run_tool(LIAR, &raw(r#"{"s":"ok \ud83d\ude00"}"#), &[]);
     fine.expect_code(0);
     assert_eq!(fine.json()["s"], "ok 😀");
+}
+
+/// A tool's own output schema can describe a check that runs for hours (here 2^22 visits of
+/// one rule); the host's schema checker stops it at its fuel limit, and the run fails on record
+/// with the limit named, in a fraction of a second rather than the 14.6 s it took unbounded.
+#[test]
+fn an_output_too_costly_to_check_fails_the_run_at_the_checkers_limit() {
+    let guild = Guild::new();
+    let started = std::time::Instant::now();
+    let costly = guild.run_tool(COSTLY_SCHEMA, r#"{"out":"x"}"#, &[]);
+    costly.expect_code(1).expect_stderr("could not be checked").expect_stderr("schema_check.fuel_units");
+    eprintln!("the costly check failed after {:?}", started.elapsed());
+    replays_identically(&guild, &costly);
+    let fine = guild.run_tool(COSTLY_SCHEMA, r#"{"out":"xy"}"#, &[]);
+    fine.expect_code(0);
+    assert_eq!(fine.json()["out"], "xy");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use crate::Guild;
 use crate::daemon::{Daemon, config_file, token_digest};
-use guild_test_artifacts::{ECHO, HOSTILE};
+use guild_test_artifacts::{COSTLY_SCHEMA, ECHO, HOSTILE};
 use serde_json::json;
 use std::time::Duration;
 
@@ -69,6 +69,38 @@ fn the_embedded_default_serves_the_examples_and_runs_replay_and_survive_a_restar
     let verified = guild.run(&["audit", "verify"]);
     verified.expect_code(0);
     assert!(verified.stdout.contains("3 records"), "{verified:?}");
+}
+
+/// The daemon checks every input against the tool's own input schema; one too costly to check
+/// (2^22 visits of one rule) is refused at the checker's fuel limit, as `invalid_input` on the
+/// whole input, and an output too costly to check fails the run; the daemon keeps answering.
+#[test]
+fn input_and_output_too_costly_to_check_stop_at_the_checkers_limit() {
+    let guild = Guild::new();
+    let config = format!(
+        "[[tools]]\npath = \"{COSTLY_SCHEMA}\"\n\n[[tenants]]\nname = \"root\"\ntoken_blake3 = \"{}\"\ntools = [\"*\"]\n",
+        token_digest(ROOT)
+    );
+    let config = config_file(guild.home(), &config);
+    let daemon = Daemon::start(&guild, &["--config", &config], &[]);
+    let run = |input: serde_json::Value| daemon.run(ROOT, json!({"tool": "costly-schema", "input": input}));
+
+    let refused = run(json!({"in": "x"}));
+    assert_eq!((refused.status, refused.code().as_str()), (400, "invalid_input"), "{}", refused.json());
+    assert_eq!(refused.json()["error"]["field"], "/", "{}", refused.json());
+    let message = refused.json()["error"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("schema_check.fuel_units"), "{message}");
+
+    let failed = run(json!({"in": "xy", "out": "x"}));
+    assert_eq!(failed.status, 200, "{}", failed.json());
+    assert_eq!(failed.json()["status"], "failed", "{}", failed.json());
+    assert!(failed.json().to_string().contains("schema_check.fuel_units"), "{}", failed.json());
+
+    let fine = run(json!({"in": "xy", "out": "xy"}));
+    assert_eq!(
+        (fine.json()["status"].as_str(), fine.json()["output"].clone()),
+        (Some("succeeded"), json!({"out": "xy"}))
+    );
 }
 
 const ALICE: &str = "alice-token";

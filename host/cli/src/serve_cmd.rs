@@ -156,6 +156,7 @@ pub(crate) fn open_runtime(
         http_connections_max: config.egress_connections_max,
         gpu: guild_runtime::GpuConfig { mode: global.gpu, ..guild_runtime::GpuConfig::default() },
         hermetic: config.cache.hermetic(),
+        schema_check: config.schema_check,
         ..RuntimeConfig::default()
     };
     let runtime = Arc::new(Runtime::new(runtime_config).map_err(|e| Failure::host(e.to_string()))?);

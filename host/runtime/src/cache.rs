@@ -85,6 +85,46 @@ impl DiskCache {
 }
 
 impl DiskCache {
+    /// The directory artifacts are kept in; `None`: memory only.
+    pub(crate) fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// Guild's own component `bytes` (not a tool's), compiled, from the first of `caches` that
+    /// keeps it under `key` — its file mapped, not read, copied or hashed, so that loading
+    /// megabytes of code costs only the pages that run — else compiled now and kept in each of
+    /// `caches`.
+    ///
+    /// The sidecar hash is not checked here: a tool's artifact is read whole anyway, but this one
+    /// is read at every start of every process. What makes it safe to map is what makes any
+    /// artifact safe to load: a directory only this user can write (checked), files written whole
+    /// and renamed into place, and wasmtime's own check of the engine that produced it.
+    pub(crate) fn load_or_compile_own(
+        caches: &[&DiskCache],
+        engine: &Engine,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<Component, LoadError> {
+        for dir in caches.iter().filter_map(|cache| cache.dir()) {
+            if !only_this_user_writes(dir) {
+                continue;
+            }
+            let (artifact_path, _) = paths(dir, &key);
+            if only_this_user_writes_file(&artifact_path)
+                && let Ok(component) = deserialize_file(engine, &artifact_path)
+            {
+                return Ok(component);
+            }
+        }
+        let artifact = engine.precompile_component(bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let component = deserialize(engine, &artifact).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        for dir in caches.iter().filter_map(|cache| cache.dir()) {
+            // A cache that cannot be written only costs a compile in the next process.
+            let _ = store(dir, &key, &artifact);
+        }
+        Ok(component)
+    }
+
     /// The component a preview-1 module with digest `module` was adapted into, when the cache
     /// holds it whole (`<module blake3>.adapted.wasm`, its blake3 in the sidecar).
     pub(crate) fn adapted(&self, module: &Digest) -> Option<Vec<u8>> {
@@ -156,6 +196,15 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Whether `file` is a file of this process's user that no one else may write (one kept by
+/// `write_atomically`, in a directory `only_this_user_writes` has checked).
+fn only_this_user_writes_file(file: &Path) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    #[allow(unsafe_code)]
+    let me = unsafe { libc::geteuid() };
+    std::fs::symlink_metadata(file).is_ok_and(|meta| meta.is_file() && meta.uid() == me && meta.mode() & 0o022 == 0)
+}
+
 /// Whether `dir` and its parent belong to this process's user and no one else may write them.
 fn only_this_user_writes(dir: &Path) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -174,6 +223,16 @@ fn deserialize(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> 
     // (`only_this_user_writes`), whose blake3 matches the sidecar written with it (so it is
     // whole). wasmtime also checks that a compatible engine produced it.
     unsafe { Component::deserialize(engine, artifact) }
+}
+
+#[allow(unsafe_code)]
+fn deserialize_file(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: the file is this user's, writable by no one else, in a directory only this user can
+    // write (`only_this_user_writes_file` and `only_this_user_writes`, checked by the caller), and
+    // was written whole, under a temporary name renamed into place (`write_atomically`); wasmtime
+    // checks that a compatible engine produced it. It stays mapped
+    // while the component lives: a file replaced by rename keeps its mapping.
+    unsafe { Component::deserialize_file(engine, path) }
 }
 
 #[allow(unsafe_code)]

@@ -163,6 +163,14 @@ fn fingerprint(engine: &Engine, settings: &EngineSettings) -> EngineFingerprint 
     EngineFingerprint { engine: version, id, determinism }
 }
 
+/// 32 bytes naming what `engine`'s compiled code is compatible with (wasmtime's own
+/// compatibility hash, fed through blake3 so that it is stable across Rust releases).
+pub(crate) fn compatibility_id(engine: &Engine) -> [u8; 32] {
+    let mut hasher = Blake3Hasher(blake3::Hasher::new());
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    *hasher.0.finalize().as_bytes()
+}
+
 /// The wasmtime version this host was built with.
 pub fn wasmtime_version() -> &'static str {
     // Pinned in the workspace manifest; a bump there must bump this too (a unit test checks).

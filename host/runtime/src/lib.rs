@@ -36,6 +36,7 @@ mod record;
 mod recording;
 mod replaying;
 mod run;
+mod schema_check;
 mod signer;
 mod state;
 pub mod trace;
@@ -78,6 +79,12 @@ pub use replaying::{DivergenceClass, Mismatch, REPLAY_BACKSTOP_MS_DEFAULT, Repla
 pub use run::{
     DESCRIBE_FUEL_UNITS, DESCRIBE_TIMEOUT_MS, FUEL_YIELD_INTERVAL_UNITS, Prepared, RunFor, RunReport, Runtime,
     RuntimeConfig, TOOLS_LOADED_MAX_DEFAULT, Tool,
+};
+pub use schema_check::{
+    CHECKER_IDLE_MEMORY_BYTES_MAX, CHECKERS_IDLE_MAX, CHECKERS_IDLE_MEMORY_BYTES_MAX, CHECKERS_IDLE_PER_SCHEMA_MAX,
+    CompiledSchema, SCHEMA_CHECK_FUEL_UNITS_DEFAULT, SCHEMA_CHECK_FUEL_UNITS_MIN,
+    SCHEMA_CHECK_FUEL_UNITS_PER_BYTE_DEFAULT, SCHEMA_CHECK_MEMORY_BYTES_DEFAULT, SCHEMA_CHECK_MEMORY_BYTES_MIN,
+    SchemaCheckError, SchemaCheckLimit, SchemaCheckLimits, Violation,
 };
 pub use signer::{
     BatchSigner, SIGN_BATCH_LEAVES_MAX_DEFAULT, SIGN_BATCH_WAIT_US_DEFAULT, SIGN_BATCH_WAIT_US_MAX, SignBatchLimits,

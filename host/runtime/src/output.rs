@@ -1,29 +1,36 @@
 //! The output contract a tool's result is held to, once, in the host.
 
+use crate::schema_check::CompiledSchema;
 use guild_vocab::{Outcome, ToolErrorKind};
 
 /// The output contract, checked once, here, for every path a run takes (CLI, API, MCP, workers)
 /// and recorded in the bundle: the output is JSON that strict parsers accept (no unpaired UTF-16
 /// surrogate escapes, which many parsers refuse), and matches the tool's own output schema when
-/// it declares one. A tool that breaks it failed. (Its size was bounded before it was copied out
+/// it declares one. A tool that breaks it failed, and so did one whose output could not be
+/// checked within the schema checker's limits. (Its size was bounded before it was copied out
 /// of the guest.)
-pub(crate) fn check_output(output: String, schema: Option<&jsonschema::Validator>) -> Outcome {
+pub(crate) fn check_output(output: String, schema: Option<&CompiledSchema>) -> Outcome {
     let broken = |message: String| Outcome::ToolError { kind: ToolErrorKind::Failed, message };
-    let value: serde_json::Value = match serde_json::from_str(&output) {
-        Ok(value) => value,
-        Err(e) => return broken(format!("the tool returned output that is not valid JSON: {e}")),
-    };
+    // Read whole (not skimmed): only reading each string checks its escapes.
+    if let Err(e) = serde_json::from_str::<serde_json::Value>(&output) {
+        return broken(format!("the tool returned output that is not valid JSON: {e}"));
+    }
     if let Err(e) = serde_json::from_str::<UniqueKeys>(&output) {
         return broken(format!("the tool returned output that strict JSON parsers refuse: {e}"));
     }
-    if let Some(error) = schema.and_then(|schema| schema.iter_errors(&value).next()) {
-        let at = match error.instance_path().as_str() {
-            "" => "/".to_string(),
-            path => path.to_string(),
-        };
-        return broken(format!("the tool's output does not match its declared output schema at {at}: {error}"));
+    match schema.map(|schema| schema.check(&output)) {
+        None | Some(Ok(None)) => Outcome::Output { output },
+        Some(Ok(Some(violation))) => {
+            let at = if violation.instance_path.is_empty() { "/" } else { violation.instance_path.as_str() };
+            broken(format!(
+                "the tool's output does not match its declared output schema at {at}: {}",
+                violation.message
+            ))
+        }
+        Some(Err(e)) => {
+            broken(format!("the tool's output could not be checked against its declared output schema: {e}"))
+        }
     }
-    Outcome::Output { output }
 }
 
 /// Any JSON value whose objects never name a key twice: RFC 8259 leaves what such an object
@@ -89,10 +96,13 @@ impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
 
 #[cfg(test)]
 mod tests {
+    use crate::cache::DiskCache;
+    use crate::schema_check::{CompiledSchema, SchemaCheckError, SchemaCheckLimits};
+
     /// A tool's schemas come from the tool: compiling one must not read a file or open a
-    /// connection, whatever it refers to (jsonschema is built without its `resolve-file` and
-    /// `resolve-http` features; this holds it). Such a schema does not compile, and a tool whose
-    /// output schema does not compile is refused at load.
+    /// connection, whatever it refers to (the checker runs with nothing granted, and jsonschema
+    /// is built without its `resolve-file` and `resolve-http` features). Such a schema does not
+    /// compile, and a tool whose output schema does not compile is refused at load.
     #[test]
     fn a_schema_that_refers_outside_the_process_does_not_compile_and_reaches_nothing() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -108,7 +118,8 @@ mod tests {
             serde_json::json!({"properties": {"a": {"$ref": format!("http://127.0.0.1:{port}/a#/x")}}}),
         ];
         for schema in &schemas {
-            assert!(jsonschema::validator_for(schema).is_err(), "{schema} compiled");
+            let compiled = CompiledSchema::compile(schema, SchemaCheckLimits::default(), &DiskCache::new(None));
+            assert!(matches!(compiled, Err(SchemaCheckError::Invalid(_))), "{schema}: {compiled:?}");
         }
         match listener.accept() {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}

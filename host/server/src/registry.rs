@@ -82,7 +82,8 @@ pub struct RegisteredTool {
     /// What a Redis worker must have to run it: the operator's needs, and a GPU when its
     /// `describe` says it uses GPU kernels. Its jobs wait in the lane these name.
     pub needs: guild_queue::Needs,
-    validator: Option<jsonschema::Validator>,
+    /// Whether the daemon checks input against the tool's input schema (it compiled).
+    checks_input: bool,
 }
 
 /// Input that does not match the tool's schema.
@@ -95,18 +96,25 @@ pub struct InvalidInput {
 }
 
 impl RegisteredTool {
-    /// Register `tool` as `name`; its input schema is compiled here. A schema that does not
-    /// compile leaves the tool's own check (the SDK validates input) as the only one.
+    /// Register `tool` as `name`; its input schema is compiled here (in the schema checker,
+    /// under its limits). A schema that does not compile leaves the tool's own check (the SDK
+    /// validates input) as the only one.
     pub fn new(name: String, tool: Arc<Tool>, grants: Grants, limits: Limits, source: ToolSource) -> Self {
-        let validator = match jsonschema::validator_for(&tool.info().input_schema) {
-            Ok(v) => Some(v),
+        let checks_input = match tool.input_schema() {
+            Ok(_) => true,
+            // The checker itself did not start: every input is refused with that error, rather
+            // than let through unchecked.
+            Err(e @ guild_runtime::SchemaCheckError::Host(_)) => {
+                tracing::error!(tool = %name, error = %e, "the schema checker could not start; the tool's input is refused");
+                true
+            }
             Err(e) => {
                 tracing::warn!(tool = %name, error = %e, "the tool's input schema does not compile; input is not checked by the daemon");
-                None
+                false
             }
         };
         let needs = guild_queue::Needs { gpu: tool.info().capabilities.gpu, ..guild_queue::Needs::default() };
-        Self { name, revision: 1, tool, grants, limits, source, cache: None, needs, validator }
+        Self { name, revision: 1, tool, grants, limits, source, cache: None, needs, checks_input }
     }
 
     /// The same registration as revision `revision`.
@@ -126,33 +134,28 @@ impl RegisteredTool {
         }
     }
 
-    /// Check `input` against the tool's input schema.
+    /// Check `input` (JSON text) against the tool's input schema, in the schema checker (bounded by the
+    /// runtime's [`guild_runtime::SchemaCheckLimits`]).
     ///
     /// # Errors
     /// [`InvalidInput`], with a JSON pointer to the field, for the first way `input` breaks the
-    /// schema. A tool whose schema did not compile accepts any input here.
-    pub fn validate(&self, input: &serde_json::Value) -> Result<(), InvalidInput> {
-        let Some(validator) = &self.validator else { return Ok(()) };
-        let Err(error) = validator.validate(input) else { return Ok(()) };
-        Err(InvalidInput { field: field_of(&error), message: error.to_string() })
+    /// schema; with the field `/` when the check ran past the checker's limits (the input is
+    /// then refused unchecked). A tool whose schema did not compile accepts any input here.
+    pub fn validate(&self, input: &str) -> Result<(), InvalidInput> {
+        if !self.checks_input {
+            return Ok(());
+        }
+        let whole = |message: String| InvalidInput { field: "/".into(), message };
+        let schema = self.tool.input_schema().map_err(|e| whole(e.to_string()))?;
+        match schema.check(input) {
+            Ok(None) => Ok(()),
+            Ok(Some(violation)) => {
+                let field = if violation.field.is_empty() { "/".into() } else { violation.field };
+                Err(InvalidInput { field, message: violation.message })
+            }
+            Err(e) => Err(whole(format!("the input could not be checked against the tool's input schema: {e}"))),
+        }
     }
-}
-
-/// The JSON pointer (RFC 6901) to the field `error` is about: where it was found, and for a
-/// missing or an unexpected property, that property (joined by jsonschema's own `Location`, which
-/// escapes `~` and `/` in its name); `/` for the whole input.
-fn field_of(error: &jsonschema::ValidationError<'_>) -> String {
-    use jsonschema::error::ValidationErrorKind;
-    let at = error.instance_path();
-    let field = match error.kind() {
-        ValidationErrorKind::Required { property } => at.join(property.as_str().unwrap_or_default()),
-        ValidationErrorKind::AdditionalProperties { unexpected } => match unexpected.first() {
-            Some(first) => at.join(first),
-            None => at.clone(),
-        },
-        _ => at.clone(),
-    };
-    if field.is_empty() { "/".into() } else { field.as_str().to_string() }
 }
 
 /// What every revision of a name is granted and held to: the operator's config entry for it
@@ -547,33 +550,5 @@ impl ToolSpec {
             }
         }
         Ok(specs)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::field_of;
-    use serde_json::json;
-
-    fn field(schema: &serde_json::Value, input: &serde_json::Value) -> String {
-        let validator = jsonschema::validator_for(schema).expect("schema");
-        field_of(&validator.validate(input).expect_err("invalid"))
-    }
-
-    /// The field is a JSON pointer: a property whose name holds `/` or `~` is escaped, so a
-    /// client can follow the pointer to the very member.
-    #[test]
-    fn the_field_names_the_member_as_a_json_pointer() {
-        let schema = json!({
-            "type": "object",
-            "properties": {"a/b": {"type": "string"}, "c~d": {"type": "object", "required": ["e/f"]}},
-            "required": ["a/b"],
-            "additionalProperties": false
-        });
-        assert_eq!(field(&schema, &json!({})), "/a~1b");
-        assert_eq!(field(&schema, &json!({"a/b": 5})), "/a~1b");
-        assert_eq!(field(&schema, &json!({"a/b": "x", "c~d": {}})), "/c~0d/e~1f");
-        assert_eq!(field(&schema, &json!({"a/b": "x", "g/h~": 1})), "/g~1h~0");
-        assert_eq!(field(&json!({"type": "object"}), &json!(5)), "/");
     }
 }

@@ -13,6 +13,7 @@ use crate::egress::hook::EgressRun;
 use crate::error::LoadError;
 use crate::gpu::GpuRun;
 use crate::record::fresh_seed;
+use crate::schema_check::CompiledSchema;
 use crate::state::HostState;
 use guild_replay::BlobStore;
 use guild_replay::Digest;
@@ -217,15 +218,22 @@ impl Runtime {
         };
         let info = self.describe(&pre).await?;
         let output_schema = match &info.output_schema {
-            Some(schema) => Some(jsonschema::validator_for(schema).map_err(|e| {
+            Some(schema) => Some(CompiledSchema::compile(schema, self.schema_check, &self.disk).map_err(|e| {
                 LoadError::Describe(format!(
                     "the output schema does not compile ({e}); every output is checked against it, so it must be a valid JSON Schema"
                 ))
             })?),
             None => None,
         };
-        let tool =
-            Arc::new(Tool { digest, info, entry: Entry::Tool(pre), size_bytes: bytes.len() as u64, output_schema });
+        let tool = Arc::new(Tool {
+            digest,
+            info,
+            entry: Entry::Tool(pre),
+            size_bytes: bytes.len() as u64,
+            output_schema,
+            input_schema: std::sync::OnceLock::new(),
+            schema_check: (self.schema_check, self.disk.clone()),
+        });
         self.remember(tool.clone());
         Ok((tool, source))
     }
@@ -258,6 +266,8 @@ impl Runtime {
             entry: Entry::Preview1(Arc::new(preview1), config),
             size_bytes: bytes.len() as u64,
             output_schema: None,
+            input_schema: std::sync::OnceLock::new(),
+            schema_check: (self.schema_check, self.disk.clone()),
         });
         self.remember(tool.clone());
         Ok((tool, source))
@@ -275,6 +285,8 @@ impl Runtime {
             entry: Entry::Command(pre, config),
             size_bytes: size as u64,
             output_schema: None,
+            input_schema: std::sync::OnceLock::new(),
+            schema_check: (self.schema_check, self.disk.clone()),
         });
         self.remember(tool.clone());
         tool

@@ -88,6 +88,8 @@ pub struct RuntimeConfig {
     pub gpu: guild_gpu::GpuConfig,
     /// What a hermetic run may hold of its mounts (snapshot bytes, file identities, listings).
     pub hermetic: crate::HermeticBounds,
+    /// What checking a value against a tool's own JSON Schema may use (fuel, memory).
+    pub schema_check: crate::SchemaCheckLimits,
 }
 
 /// Fuel `describe` may burn when a tool is loaded (~0.1 s of compute).
@@ -147,6 +149,7 @@ pub struct Runtime {
     fingerprint: EngineFingerprint,
     settings: EngineSettings,
     hermetic: crate::HermeticBounds,
+    schema_check: crate::SchemaCheckLimits,
     linker: Linker<HostState>,
     /// Preview-1 modules' linker: wasmtime-wasi's preview 1, nothing else.
     module_linker: wasmtime::Linker<HostState>,
@@ -195,6 +198,7 @@ impl Runtime {
             fingerprint,
             settings: config.engine,
             hermetic: config.hermetic,
+            schema_check: config.schema_check,
             linker,
             module_linker,
             disk: DiskCache::new(cache_dir),

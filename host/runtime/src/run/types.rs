@@ -4,18 +4,20 @@
 //! produced ([`Execution`]).
 
 use crate::bindings::GuildToolPre;
+use crate::cache::DiskCache;
 use crate::cancel::CancellationToken;
 use crate::command::{CommandConfig, InputRefused, command_capabilities, command_info};
 use crate::gpu::GpuReplay;
 use crate::guard::Stop;
 use crate::logs::LogLine;
 use crate::record::Recorder;
+use crate::schema_check::{CompiledSchema, SchemaCheckError, SchemaCheckLimits};
 use crate::state::HostState;
 use guild_replay::Digest;
 use guild_vocab::{Capabilities, Grants, Outcome, ToolErrorKind, ToolInfo};
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use wasmtime_wasi::p2::bindings::CommandPre;
 
@@ -54,7 +56,11 @@ pub struct Tool {
     /// Size of the component, bytes.
     pub(super) size_bytes: u64,
     /// The output schema the tool declares, compiled: every output is checked against it.
-    pub(super) output_schema: Option<jsonschema::Validator>,
+    pub(super) output_schema: Option<CompiledSchema>,
+    /// The input schema it declares, compiled on first need ([`Tool::input_schema`]).
+    pub(super) input_schema: OnceLock<Result<CompiledSchema, SchemaCheckError>>,
+    /// What its schemas are compiled and checked under, and where the checker's code is cached.
+    pub(super) schema_check: (SchemaCheckLimits, DiskCache),
 }
 
 impl Tool {
@@ -71,6 +77,18 @@ impl Tool {
     /// Size of the component file.
     pub fn size_bytes(&self) -> u64 {
         self.size_bytes
+    }
+
+    /// The tool's input schema, compiled in the schema checker the first time it is asked for.
+    ///
+    /// # Errors
+    /// [`SchemaCheckError`] when it does not compile (not a JSON Schema, or past the limits);
+    /// the same error every time.
+    pub fn input_schema(&self) -> Result<&CompiledSchema, SchemaCheckError> {
+        let (limits, disk) = &self.schema_check;
+        let compiled =
+            self.input_schema.get_or_init(|| CompiledSchema::compile(&self.info.input_schema, *limits, disk));
+        compiled.as_ref().map_err(Clone::clone)
     }
 
     /// Whether it is a WASI command (`wasi:cli/run`) rather than a `guild-tool` component.
@@ -111,6 +129,8 @@ impl Tool {
             entry,
             size_bytes: self.size_bytes,
             output_schema: None,
+            input_schema: OnceLock::new(),
+            schema_check: self.schema_check.clone(),
         })
     }
 

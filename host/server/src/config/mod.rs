@@ -102,6 +102,12 @@ pub struct DaemonConfig {
     /// most 10 000).
     #[serde(default)]
     pub signing: guild_runtime::SignBatchLimits,
+    /// What checking a value against a tool's own JSON Schema may use: `fuel_units` (one compile
+    /// or one check, default 500 000 000) plus `fuel_units_per_byte` of the schema or value
+    /// (default 1 000), and `memory_bytes` (default 256 MiB). A check past them refuses the
+    /// input (`invalid_input`) or fails the run.
+    #[serde(default)]
+    pub schema_check: guild_runtime::SchemaCheckLimits,
     /// Outgoing HTTP connections the runs of this process may hold open at once (in use or
     /// kept alive); a request that finds them all taken waits up to its connect timeout.
     #[serde(default = "egress_connections_max_default")]
@@ -903,6 +909,24 @@ impl DaemonConfig {
         }
         if self.queue.runs_kept_max == 0 {
             return Err(ConfigError::new("queue.runs_kept_max", "must be at least 1"));
+        }
+        if self.schema_check.fuel_units < guild_runtime::SCHEMA_CHECK_FUEL_UNITS_MIN {
+            return Err(ConfigError::new(
+                "schema_check.fuel_units",
+                format!(
+                    "must be at least {} units (compiling a small schema takes about that)",
+                    guild_runtime::SCHEMA_CHECK_FUEL_UNITS_MIN
+                ),
+            ));
+        }
+        if self.schema_check.memory_bytes < guild_runtime::SCHEMA_CHECK_MEMORY_BYTES_MIN {
+            return Err(ConfigError::new(
+                "schema_check.memory_bytes",
+                format!(
+                    "must be at least {} bytes (the checker's own memory)",
+                    guild_runtime::SCHEMA_CHECK_MEMORY_BYTES_MIN
+                ),
+            ));
         }
         for (i, tool) in self.tools.iter().enumerate() {
             let field = |f: &str| format!("tools[{i}].{f}");

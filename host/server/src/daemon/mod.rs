@@ -566,7 +566,6 @@ impl Daemon {
             }
         })?;
         let tool = routed.tool.clone();
-        tool.validate(&request.input).map_err(Rejection::InvalidInput)?;
         let priority = priority_for(tenant, request.priority).map_err(Rejection::Forbidden)?;
         let input = request.input.to_string();
         let input_digest = Digest::of(input.as_bytes());
@@ -588,6 +587,9 @@ impl Daemon {
             .admit(tenant, &tool, (request.agent.as_deref(), request.asynchronous))
             .instrument(admission_span(&tenant.name))
             .await?;
+        // After admission: checking input costs up to the schema checker's fuel, so it is the
+        // tenant's rate, concurrency and budgets that bound how often a caller can ask for it.
+        tool.validate(&input).map_err(Rejection::InvalidInput)?;
         let place = guild_queue::Place {
             priority,
             tenant: tenant.name.clone(),
@@ -731,6 +733,8 @@ impl Daemon {
             .admit(tenant, &tool, (request.agent.as_deref(), request.asynchronous))
             .instrument(admission_span(&tenant.name))
             .await?;
+        // After admission, as for a run here.
+        tool.validate(&input).map_err(Rejection::InvalidInput)?;
         // The producer span the worker's spans hang from: what the job carries.
         let enqueue = guild_telemetry::span!(
             "enqueue",

@@ -1,0 +1,531 @@
+//! Checking a JSON value against a tool's own JSON Schema, with a bound on the work.
+//!
+//! A tool declares its input and output schemas, so a schema is as hostile as the tool, and
+//! JSON Schema lets a few hundred bytes describe a check that runs for hours: references that fan
+//! out (`allOf` of two references to the level below, twenty levels deep), patterns that
+//! backtrack, `uniqueItems` over numbers that hash alike. The cost grows with the value too, so no
+//! bound on the schema alone holds. Checks therefore run inside a sandbox, like tools: the
+//! checker (`host/schema-check`, jsonschema compiled to a component) runs on its own wasmtime
+//! engine under [`SchemaCheckLimits`]: fuel for each compile and each check, and a memory limit.
+//! A check that runs past them fails with [`SchemaCheckError::Limit`]; nothing runs on after it.
+//!
+//! The checker component is compiled once per process (and kept in the disk cache beside the
+//! tools' compiled code). One instance holds one compiled schema; a [`CompiledSchema`] keeps
+//! instances between checks (at most [`CHECKERS_IDLE_PER_SCHEMA_MAX`] per schema, and
+//! [`CHECKERS_IDLE_MAX`] holding at most [`CHECKERS_IDLE_MEMORY_BYTES_MAX`] in a process) so that
+//! a check costs a call, not a compile. An instance that hit a limit or trapped is dropped,
+//! never reused.
+
+use crate::cache::DiskCache;
+use guild_replay::Digest;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../schema-check/wit",
+        world: "schema-checker",
+        additional_derives: [PartialEq, Eq],
+    });
+}
+
+use bindings::SchemaCheckerPre;
+pub use bindings::exports::guild::schema_check::checker::Violation;
+
+/// The checker component (`host/schema-check` built for `wasm32-wasip2` by `build.rs`, which
+/// also names the build: `GUILD_SCHEMA_CHECK_ID`, a hash of these bytes).
+const CHECKER_WASM: &[u8] = include_bytes!(env!("GUILD_SCHEMA_CHECK_WASM"));
+
+/// Default for [`SchemaCheckLimits::fuel_units`]: about 0.1 s of this machine's compute, some
+/// hundred times what compiling an ordinary schema or checking a small value takes.
+pub const SCHEMA_CHECK_FUEL_UNITS_DEFAULT: u64 = 500_000_000;
+/// Default for [`SchemaCheckLimits::fuel_units_per_byte`]: reading a value costs the checker up
+/// to ~430 units a byte (an array of small numbers, measured); twice that leaves room to check it.
+pub const SCHEMA_CHECK_FUEL_UNITS_PER_BYTE_DEFAULT: u64 = 1_000;
+/// Default for [`SchemaCheckLimits::memory_bytes`]: room for a 1 MiB value read into memory
+/// (a JSON array of small numbers takes ~30 times its text) beside the compiled schema.
+pub const SCHEMA_CHECK_MEMORY_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+/// The least [`SchemaCheckLimits::fuel_units`] an operator may set: about what compiling a small
+/// schema (with its meta-schema check) takes.
+pub const SCHEMA_CHECK_FUEL_UNITS_MIN: u64 = 10_000_000;
+/// The least [`SchemaCheckLimits::memory_bytes`] an operator may set: the checker's own memory.
+pub const SCHEMA_CHECK_MEMORY_BYTES_MIN: u64 = 4 * 1024 * 1024;
+/// Checker instances kept between checks in one process, over all schemas; past this an instance
+/// is dropped after its check, and the next check of that schema compiles it again.
+pub const CHECKERS_IDLE_MAX: usize = 64;
+/// Checker instances one schema keeps between checks (more are made while checks overlap).
+pub const CHECKERS_IDLE_PER_SCHEMA_MAX: usize = 2;
+/// The linear memory all kept instances of a process may hold together, bytes.
+pub const CHECKERS_IDLE_MEMORY_BYTES_MAX: u64 = 256 * 1024 * 1024;
+/// An instance whose memory grew past this is not kept between checks (one large value should
+/// not keep its memory held).
+pub const CHECKER_IDLE_MEMORY_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+/// What one compile of a schema, and one check of a value against it, may use. Operators set
+/// them (`[schema_check]` in the daemon's config); a tool cannot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemaCheckLimits {
+    /// Fuel (about one unit per wasm instruction of the checker) one compile or one check may
+    /// burn, units, besides [`Self::fuel_units_per_byte`].
+    pub fuel_units: u64,
+    /// Fuel allowed on top of `fuel_units` for each byte of the schema compiled or the value
+    /// checked (JSON text), units per byte: reading a large value honestly costs in proportion.
+    pub fuel_units_per_byte: u64,
+    /// Linear memory one checker may hold (the compiled schema and the value it checks), bytes.
+    pub memory_bytes: u64,
+}
+
+impl SchemaCheckLimits {
+    /// The fuel one compile of, or one check of, `bytes` of JSON text may burn, units.
+    pub fn fuel_for(&self, bytes: usize) -> u64 {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        self.fuel_units.saturating_add(self.fuel_units_per_byte.saturating_mul(bytes))
+    }
+}
+
+impl Default for SchemaCheckLimits {
+    fn default() -> Self {
+        Self {
+            fuel_units: SCHEMA_CHECK_FUEL_UNITS_DEFAULT,
+            fuel_units_per_byte: SCHEMA_CHECK_FUEL_UNITS_PER_BYTE_DEFAULT,
+            memory_bytes: SCHEMA_CHECK_MEMORY_BYTES_DEFAULT,
+        }
+    }
+}
+
+/// Why a schema could not be compiled or a value not checked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchemaCheckError {
+    /// The schema is not JSON, or not a JSON Schema the checker can use (jsonschema's reason).
+    #[error("{0}")]
+    Invalid(String),
+    /// Compiling the schema or checking the value ran past a bound.
+    #[error("{0}")]
+    Limit(SchemaCheckLimit),
+    /// The checker itself could not be started (compiled, linked or instantiated).
+    #[error("the schema checker could not start: {0}")]
+    Host(String),
+}
+
+/// The bound a compile or a check ran past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SchemaCheckLimit {
+    /// It burned all its fuel.
+    #[error(
+        "compiling the schema or checking the value against it took more than {limit_units} fuel units \
+         (schema_check.fuel_units, plus schema_check.fuel_units_per_byte for each byte); the schema is too \
+         costly for this value: simplify it (references that fan out, patterns that backtrack, uniqueItems \
+         over large arrays) or raise the limits"
+    )]
+    Fuel {
+        /// The limit, units.
+        limit_units: u64,
+    },
+    /// It needed more memory than allowed.
+    #[error(
+        "compiling the schema or checking the value against it needed more than {limit_bytes} bytes of \
+         memory (schema_check.memory_bytes); the schema or the value is too large: shrink it or raise the limit"
+    )]
+    Memory {
+        /// The limit, bytes.
+        limit_bytes: u64,
+    },
+    /// It recursed deeper than the checker's stack allows.
+    #[error(
+        "compiling the schema or checking the value against it recursed too deeply; the schema or the value is nested too deeply"
+    )]
+    Stack,
+}
+
+/// The checker component, compiled and linked once per process.
+struct Checker {
+    engine: Engine,
+    pre: SchemaCheckerPre<CheckState>,
+    /// Instances kept between checks, over all schemas.
+    idle: AtomicUsize,
+    /// Their linear memory, bytes.
+    idle_bytes: AtomicU64,
+}
+
+static CHECKER: OnceLock<Result<Arc<Checker>, String>> = OnceLock::new();
+
+/// The process's checker; the first call compiles it (or reads it from `disk`).
+fn checker(disk: &DiskCache) -> Result<Arc<Checker>, SchemaCheckError> {
+    CHECKER.get_or_init(|| Checker::start(disk).map(Arc::new)).clone().map_err(SchemaCheckError::Host)
+}
+
+impl Checker {
+    fn start(disk: &DiskCache) -> Result<Self, String> {
+        let mut config = Config::new();
+        config.wasm_component_model(true).consume_fuel(true).parallel_compilation(true);
+        let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
+        // The key names the checker's build and the engine it is compiled for: another build of
+        // either never reads this one's compiled code.
+        let engine_id = Digest::from_bytes(crate::engine::compatibility_id(&engine)).to_hex();
+        let key = format!("schema-check-{}-{}", env!("GUILD_SCHEMA_CHECK_ID"), &engine_id[..32]);
+        // The checker is the same for every Guild home: kept in the user's cache too, so that a new
+        // home (every test, a fresh container volume) does not compile its megabytes again.
+        let user = DiskCache::new(dirs::cache_dir().map(|dir| dir.join("guild")));
+        let component =
+            DiskCache::load_or_compile_own(&[disk, &user], &engine, &key, CHECKER_WASM).map_err(|e| format!("{e}"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| format!("{e:#}"))?;
+        let pre = linker.instantiate_pre(&component).map_err(|e| format!("{e:#}"))?;
+        let pre = SchemaCheckerPre::new(pre).map_err(|e| format!("{e:#}"))?;
+        Ok(Self { engine, pre, idle: AtomicUsize::new(0), idle_bytes: AtomicU64::new(0) })
+    }
+}
+
+/// A schema compiled in a checker: checks values against it under `limits`.
+pub struct CompiledSchema {
+    checker: Arc<Checker>,
+    /// The schema's JSON text, to compile it again in a new instance.
+    schema: String,
+    limits: SchemaCheckLimits,
+    idle: Mutex<Vec<Instance>>,
+}
+
+impl std::fmt::Debug for CompiledSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledSchema").field("schema", &self.schema).field("limits", &self.limits).finish()
+    }
+}
+
+/// One checker instance holding one compiled schema.
+struct Instance {
+    store: Store<CheckState>,
+    bindings: bindings::SchemaChecker,
+}
+
+impl CompiledSchema {
+    /// Compile `schema` (checked against its draft's meta-schema) under `limits`; `disk` keeps
+    /// the checker's own compiled code the first time.
+    ///
+    /// # Errors
+    /// [`SchemaCheckError::Invalid`] when it is not a JSON Schema, [`SchemaCheckError::Limit`]
+    /// when compiling it ran past `limits`, [`SchemaCheckError::Host`] when the checker could not
+    /// start.
+    pub(crate) fn compile(
+        schema: &serde_json::Value,
+        limits: SchemaCheckLimits,
+        disk: &DiskCache,
+    ) -> Result<Self, SchemaCheckError> {
+        let compiled =
+            Self { checker: checker(disk)?, schema: schema.to_string(), limits, idle: Mutex::new(Vec::new()) };
+        let instance = compiled.instance()?;
+        compiled.keep(instance);
+        Ok(compiled)
+    }
+
+    /// Check `value` (JSON text) against the schema: `None` when it matches, else the first way
+    /// it breaks it.
+    ///
+    /// # Errors
+    /// [`SchemaCheckError::Limit`] when the check ran past the limits (the value is then neither
+    /// accepted nor refused), [`SchemaCheckError::Invalid`] when `value` is not JSON,
+    /// [`SchemaCheckError::Host`] when no checker could be started.
+    pub fn check(&self, value: &str) -> Result<Option<Violation>, SchemaCheckError> {
+        let popped = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut instance = match popped {
+            Some(instance) => {
+                self.checker.idle.fetch_sub(1, Ordering::Relaxed);
+                self.checker.idle_bytes.fetch_sub(instance.memory_bytes(), Ordering::Relaxed);
+                instance
+            }
+            None => self.instance()?,
+        };
+        self.refuel(&mut instance.store, value.len())?;
+        let called = instance.bindings.guild_schema_check_checker().call_check(&mut instance.store, value);
+        let checked = called.map_err(|trap| self.classify(&trap, &instance.store))?;
+        self.keep(instance);
+        checked.map_err(SchemaCheckError::Invalid)
+    }
+
+    /// The limits checks run under.
+    pub fn limits(&self) -> SchemaCheckLimits {
+        self.limits
+    }
+
+    /// A new instance with the schema compiled in it.
+    fn instance(&self) -> Result<Instance, SchemaCheckError> {
+        let state = CheckState::new(self.limits.memory_bytes);
+        let mut store = Store::new(&self.checker.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        self.refuel(&mut store, self.schema.len())?;
+        let bindings = self.checker.pre.instantiate(&mut store).map_err(|e| self.classify(&e, &store))?;
+        let compiled = bindings.guild_schema_check_checker().call_compile(&mut store, &self.schema);
+        compiled.map_err(|trap| self.classify(&trap, &store))?.map_err(SchemaCheckError::Invalid)?;
+        Ok(Instance { store, bindings })
+    }
+
+    /// Fuel for one call over `bytes` of JSON text; the store remembers it to name the limit.
+    fn refuel(&self, store: &mut Store<CheckState>, bytes: usize) -> Result<(), SchemaCheckError> {
+        let fuel = self.limits.fuel_for(bytes);
+        store.data_mut().fuel_units = fuel;
+        store.set_fuel(fuel).map_err(|e| SchemaCheckError::Host(format!("{e:#}")))
+    }
+
+    /// Keep `instance` for the next check, unless this schema or the process keeps enough
+    /// already, or it holds much memory.
+    fn keep(&self, instance: Instance) {
+        let bytes = instance.memory_bytes();
+        if bytes > CHECKER_IDLE_MEMORY_BYTES_MAX {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() >= CHECKERS_IDLE_PER_SCHEMA_MAX {
+            return;
+        }
+        let counted = self
+            .checker
+            .idle
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < CHECKERS_IDLE_MAX).then_some(n + 1));
+        if counted.is_err() {
+            return;
+        }
+        let sized = self.checker.idle_bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+            held.checked_add(bytes).filter(|&total| total <= CHECKERS_IDLE_MEMORY_BYTES_MAX)
+        });
+        if sized.is_err() {
+            self.checker.idle.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        idle.push(instance);
+    }
+
+    /// A trap as the limit it hit; any other trap (the checker panicked, say) means this schema
+    /// or value cannot be checked.
+    fn classify(&self, error: &wasmtime::Error, store: &Store<CheckState>) -> SchemaCheckError {
+        if let Some(limit) = error.downcast_ref::<SchemaCheckLimit>() {
+            return SchemaCheckError::Limit(*limit);
+        }
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => {
+                SchemaCheckError::Limit(SchemaCheckLimit::Fuel { limit_units: store.data().fuel_units })
+            }
+            Some(Trap::StackOverflow) => SchemaCheckError::Limit(SchemaCheckLimit::Stack),
+            Some(trap) => {
+                SchemaCheckError::Invalid(format!("the schema checker stopped on this schema or value: {trap}"))
+            }
+            None => SchemaCheckError::Host(format!("the schema checker failed: {error:#}")),
+        }
+    }
+}
+
+impl Drop for CompiledSchema {
+    fn drop(&mut self) {
+        let idle = self.idle.get_mut().unwrap_or_else(|p| p.into_inner());
+        self.checker.idle.fetch_sub(idle.len(), Ordering::Relaxed);
+        let bytes = idle.iter().map(Instance::memory_bytes).sum();
+        self.checker.idle_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+impl Instance {
+    /// The linear memory the instance holds, bytes.
+    fn memory_bytes(&self) -> u64 {
+        self.store.data().limiter.memory_bytes
+    }
+}
+
+/// A checker instance's state: WASI with nothing granted, and its memory limit.
+struct CheckState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: CheckLimiter,
+    /// The fuel the current call was given, units.
+    fuel_units: u64,
+}
+
+impl CheckState {
+    fn new(memory_bytes_max: u64) -> Self {
+        // Nothing to read, nowhere to write; its randomness (hash seeds) fixed, so a check's
+        // outcome and its fuel are the same on every machine.
+        let wasi = WasiCtxBuilder::new()
+            .secure_random(crate::record::SeededRandom::new(&[0; 32], "schema-check secure"))
+            .insecure_random(crate::record::SeededRandom::new(&[0; 32], "schema-check insecure"))
+            .insecure_random_seed(0)
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: CheckLimiter { memory_bytes: 0, memory_bytes_max },
+            fuel_units: 0,
+        }
+    }
+}
+
+impl WasiView for CheckState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Refuses memory past the limit with [`SchemaCheckLimit::Memory`] (a trap, not a failed
+/// allocation the checker could mistake for something else).
+struct CheckLimiter {
+    memory_bytes: u64,
+    memory_bytes_max: u64,
+}
+
+impl ResourceLimiter for CheckLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let desired = desired as u64;
+        if desired > self.memory_bytes_max {
+            return Err(wasmtime::Error::new(SchemaCheckLimit::Memory { limit_bytes: self.memory_bytes_max }));
+        }
+        self.memory_bytes = self.memory_bytes.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= guild_vocab::limits::TABLE_ELEMENTS_MAX_DEFAULT as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn compile(schema: &serde_json::Value, limits: SchemaCheckLimits) -> Result<CompiledSchema, SchemaCheckError> {
+        CompiledSchema::compile(schema, limits, &DiskCache::new(None))
+    }
+
+    /// `$defs` a1..a`levels`, each an `anyOf` of two references to the level below: the check
+    /// of a value that breaks the innermost rule must try every way, 2^levels visits of it (at 22
+    /// levels of `allOf`, whose every error was collected, one check took 14.6 s of host CPU
+    /// before checks ran in the checker).
+    fn fan_out(levels: usize) -> serde_json::Value {
+        let mut defs = serde_json::Map::new();
+        defs.insert("a0".into(), json!({"type": "string", "minLength": 2}));
+        for level in 1..=levels {
+            let below = format!("#/$defs/a{}", level - 1);
+            defs.insert(format!("a{level}"), json!({"anyOf": [{"$ref": below}, {"$ref": below}]}));
+        }
+        json!({"$defs": defs, "$ref": format!("#/$defs/a{levels}")})
+    }
+
+    #[test]
+    fn a_value_is_checked_and_the_first_violation_named() {
+        let schema = json!({
+            "type": "object",
+            "properties": {"n": {"type": "integer"}, "a/b": {"type": "object", "required": ["c~d"]}},
+            "additionalProperties": false
+        });
+        let compiled = compile(&schema, SchemaCheckLimits::default()).expect("compiles");
+        assert_eq!(compiled.check(r#"{"n": 1}"#), Ok(None));
+        let wrong = compiled.check(r#"{"n": "x"}"#).expect("checked").expect("invalid");
+        assert_eq!((wrong.instance_path.as_str(), wrong.field.as_str()), ("/n", "/n"));
+        assert!(wrong.message.contains("integer"), "{}", wrong.message);
+        let missing = compiled.check(r#"{"a/b": {}}"#).expect("checked").expect("invalid");
+        assert_eq!((missing.instance_path.as_str(), missing.field.as_str()), ("/a~1b", "/a~1b/c~0d"));
+        // The same instance answers again after a refusal.
+        assert_eq!(compiled.check(r#"{"n": 2}"#), Ok(None));
+        assert!(matches!(compiled.check("{"), Err(SchemaCheckError::Invalid(m)) if m.contains("not JSON")));
+    }
+
+    #[test]
+    fn a_schema_that_is_not_json_schema_is_refused_with_the_reason() {
+        let refused = compile(&json!({"type": "nonsense"}), SchemaCheckLimits::default()).expect_err("refused");
+        assert!(matches!(&refused, SchemaCheckError::Invalid(m) if m.contains("nonsense")), "{refused:?}");
+    }
+
+    /// The check that took 14.6 s stops at the fuel limit, and the schema still checks the next
+    /// value (in a fresh instance: the one that ran out is dropped).
+    #[test]
+    fn a_check_that_fans_out_stops_at_the_fuel_limit() {
+        let compiled = compile(&fan_out(22), SchemaCheckLimits::default()).expect("compiles");
+        let started = std::time::Instant::now();
+        let stopped = compiled.check(r#""x""#);
+        let took = started.elapsed();
+        let limit_units = SchemaCheckLimits::default().fuel_for(r#""x""#.len());
+        assert_eq!(stopped, Err(SchemaCheckError::Limit(SchemaCheckLimit::Fuel { limit_units })));
+        eprintln!("stopped after {took:?}");
+        let message = stopped.expect_err("limit").to_string();
+        assert!(message.contains("schema_check.fuel_units"), "{message}");
+        // A value that matches visits each level once on the way that succeeds.
+        assert_eq!(compiled.check(r#""xy""#), Ok(None));
+    }
+
+    /// Compiling is bounded too: a schema past the fuel limit does not compile.
+    #[test]
+    fn a_compile_past_the_fuel_limit_is_refused() {
+        let limits = SchemaCheckLimits { fuel_units: 100_000, fuel_units_per_byte: 0, ..SchemaCheckLimits::default() };
+        assert_eq!(
+            compile(&fan_out(3), limits).expect_err("refused"),
+            SchemaCheckError::Limit(SchemaCheckLimit::Fuel { limit_units: 100_000 })
+        );
+    }
+
+    /// `uniqueItems` over large integers that jsonschema hashes alike (4.45 s for 1 MiB) and a
+    /// pattern that backtracks are bounded the same way.
+    #[test]
+    fn unique_items_and_backtracking_patterns_stop_at_the_fuel_limit() {
+        let limits =
+            SchemaCheckLimits { fuel_units: 50_000_000, fuel_units_per_byte: 0, ..SchemaCheckLimits::default() };
+        let unique = compile(&json!({"uniqueItems": true}), limits).expect("compiles");
+        let numbers: Vec<String> = (0..60_000u64).map(|i| (u64::MAX - i).to_string()).collect();
+        let fuel = SchemaCheckError::Limit(SchemaCheckLimit::Fuel { limit_units: 50_000_000 });
+        assert_eq!(unique.check(&format!("[{}]", numbers.join(","))), Err(fuel.clone()));
+        // A back-reference sends the pattern to fancy-regex's backtracking engine: ~32 ms a
+        // string natively, so an array of them was minutes.
+        let backtracking = json!({"items": {"type": "string", "pattern": "^(?:(a*)*\\1b|.*!)"}});
+        let pattern = compile(&backtracking, limits).expect("compiles");
+        let strings = vec![format!("\"{}\"", "a".repeat(24)); 1000];
+        assert_eq!(pattern.check(&format!("[{}]", strings.join(","))), Err(fuel));
+        assert_eq!(pattern.check(r#"["aab", "x!"]"#), Ok(None));
+    }
+
+    /// A large honest value is checked: the fuel grows with its bytes (4 MiB of small numbers,
+    /// the daemon's largest request, reads in ~1.7 billion units, past the flat allowance).
+    #[test]
+    fn a_large_value_gets_fuel_for_its_bytes() {
+        let compiled = compile(&json!({"type": "array", "items": {"type": "integer"}}), SchemaCheckLimits::default())
+            .expect("compiles");
+        let big = format!("[{}0]", "0,".repeat(2 << 20));
+        assert_eq!(compiled.check(&big), Ok(None));
+        let flat = SchemaCheckLimits { fuel_units_per_byte: 0, ..SchemaCheckLimits::default() };
+        let flat = compile(&json!({"type": "array"}), flat).expect("compiles");
+        assert!(matches!(flat.check(&big), Err(SchemaCheckError::Limit(SchemaCheckLimit::Fuel { .. }))));
+    }
+
+    /// A value whose parsed form needs more memory than the limit stops there.
+    #[test]
+    fn a_check_past_the_memory_limit_stops_there() {
+        let limits = SchemaCheckLimits { memory_bytes: 8 << 20, ..SchemaCheckLimits::default() };
+        let compiled = compile(&json!({"type": "array"}), limits).expect("compiles");
+        let big = format!("[{}0]", "0,".repeat(1 << 20));
+        assert_eq!(
+            compiled.check(&big),
+            Err(SchemaCheckError::Limit(SchemaCheckLimit::Memory { limit_bytes: 8 << 20 }))
+        );
+        assert_eq!(compiled.check("[1]"), Ok(None));
+    }
+
+    /// At most [`CHECKERS_IDLE_MAX`] instances are kept in a process, whatever the number of
+    /// schemas: past it a schema keeps none (and compiles again on its next check). One schema
+    /// keeps at most [`CHECKERS_IDLE_PER_SCHEMA_MAX`], however many checks overlapped.
+    #[test]
+    fn idle_instances_are_capped_per_process() {
+        let schemas: Vec<CompiledSchema> = (0..CHECKERS_IDLE_MAX + 8)
+            .map(|i| compile(&json!({"maxLength": i}), SchemaCheckLimits::default()).expect("compiles"))
+            .collect();
+        let keeping = schemas.iter().filter(|s| !s.idle.lock().expect("lock").is_empty()).count();
+        assert!(keeping <= CHECKERS_IDLE_MAX, "{keeping} schemas keep an instance");
+        let last = schemas.last().expect("schemas");
+        assert_eq!(last.check(r#""x""#), Ok(None));
+        drop(schemas);
+        let kept = compile(&json!({"minLength": 1}), SchemaCheckLimits::default()).expect("compiles");
+        assert_eq!(kept.idle.lock().expect("lock").len(), 1, "dropped schemas gave their places back");
+        let overlapping: Vec<Instance> = (0..4).map(|_| kept.instance().expect("instance")).collect();
+        overlapping.into_iter().for_each(|instance| kept.keep(instance));
+        assert_eq!(kept.idle.lock().expect("lock").len(), CHECKERS_IDLE_PER_SCHEMA_MAX);
+        assert!(kept.checker.idle_bytes.load(Ordering::Relaxed) <= CHECKERS_IDLE_MEMORY_BYTES_MAX);
+    }
+}
