@@ -49,9 +49,9 @@ pub const SCHEMA_CHECK_FUEL_UNITS_PER_BYTE_DEFAULT: u64 = 1_000;
 /// Default for [`SchemaCheckLimits::memory_bytes`]: room for a 1 MiB value read into memory
 /// (a JSON array of small numbers takes ~30 times its text) beside the compiled schema.
 pub const SCHEMA_CHECK_MEMORY_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
-/// The least [`SchemaCheckLimits::fuel_units`] an operator may set: about what compiling a small
-/// schema (with its meta-schema check) takes.
-pub const SCHEMA_CHECK_FUEL_UNITS_MIN: u64 = 10_000_000;
+/// The least [`SchemaCheckLimits::fuel_units`] an operator may set: a few times what compiling a
+/// small schema takes (with its meta-schema check: ~12 million units for a 1.5 KB one).
+pub const SCHEMA_CHECK_FUEL_UNITS_MIN: u64 = 50_000_000;
 /// The least [`SchemaCheckLimits::memory_bytes`] an operator may set: the checker's own memory.
 pub const SCHEMA_CHECK_MEMORY_BYTES_MIN: u64 = 4 * 1024 * 1024;
 /// Checker instances kept between checks in one process, over all schemas; past this an instance
@@ -104,9 +104,19 @@ pub enum SchemaCheckError {
     /// The schema is not JSON, or not a JSON Schema the checker can use (jsonschema's reason).
     #[error("{0}")]
     Invalid(String),
-    /// Compiling the schema or checking the value ran past a bound.
-    #[error("{0}")]
+    /// Checking a value ran past a bound.
+    #[error(
+        "checking the value against the schema {0}; the schema is too costly for this value (references that fan \
+         out, patterns that backtrack, uniqueItems over large arrays): the tool's author can simplify it, and the \
+         daemon's operator can raise [schema_check] (guild run uses the defaults)"
+    )]
     Limit(SchemaCheckLimit),
+    /// Compiling the schema ran past a bound.
+    #[error(
+        "compiling the schema {0}: the tool's author can simplify it, and the daemon's operator can raise \
+         [schema_check] (guild run uses the defaults)"
+    )]
+    CompileLimit(SchemaCheckLimit),
     /// The checker itself could not be started (compiled, linked or instantiated).
     #[error("the schema checker could not start: {0}")]
     Host(String),
@@ -117,28 +127,21 @@ pub enum SchemaCheckError {
 pub enum SchemaCheckLimit {
     /// It burned all its fuel.
     #[error(
-        "compiling the schema or checking the value against it took more than {limit_units} fuel units \
-         (schema_check.fuel_units, plus schema_check.fuel_units_per_byte for each byte); the schema is too \
-         costly for this value: simplify it (references that fan out, patterns that backtrack, uniqueItems \
-         over large arrays) or raise the limits"
+        "took more than {limit_units} fuel units (schema_check.fuel_units, plus schema_check.fuel_units_per_byte \
+         for each byte)"
     )]
     Fuel {
         /// The limit, units.
         limit_units: u64,
     },
     /// It needed more memory than allowed.
-    #[error(
-        "compiling the schema or checking the value against it needed more than {limit_bytes} bytes of \
-         memory (schema_check.memory_bytes); the schema or the value is too large: shrink it or raise the limit"
-    )]
+    #[error("needed more than {limit_bytes} bytes of memory (schema_check.memory_bytes)")]
     Memory {
         /// The limit, bytes.
         limit_bytes: u64,
     },
     /// It recursed deeper than the checker's stack allows.
-    #[error(
-        "compiling the schema or checking the value against it recursed too deeply; the schema or the value is nested too deeply"
-    )]
+    #[error("recursed deeper than the checker's stack allows (the schema or the value is nested too deeply)")]
     Stack,
 }
 
@@ -257,9 +260,13 @@ impl CompiledSchema {
         let mut store = Store::new(&self.checker.engine, state);
         store.limiter(|state| &mut state.limiter);
         self.refuel(&mut store, self.schema.len())?;
-        let bindings = self.checker.pre.instantiate(&mut store).map_err(|e| self.classify(&e, &store))?;
+        let compiling = |error: SchemaCheckError| match error {
+            SchemaCheckError::Limit(limit) => SchemaCheckError::CompileLimit(limit),
+            other => other,
+        };
+        let bindings = self.checker.pre.instantiate(&mut store).map_err(|e| compiling(self.classify(&e, &store)))?;
         let compiled = bindings.guild_schema_check_checker().call_compile(&mut store, &self.schema);
-        compiled.map_err(|trap| self.classify(&trap, &store))?.map_err(SchemaCheckError::Invalid)?;
+        compiled.map_err(|trap| compiling(self.classify(&trap, &store)))?.map_err(SchemaCheckError::Invalid)?;
         Ok(Instance { store, bindings })
     }
 
@@ -457,10 +464,9 @@ mod tests {
     #[test]
     fn a_compile_past_the_fuel_limit_is_refused() {
         let limits = SchemaCheckLimits { fuel_units: 100_000, fuel_units_per_byte: 0, ..SchemaCheckLimits::default() };
-        assert_eq!(
-            compile(&fan_out(3), limits).expect_err("refused"),
-            SchemaCheckError::Limit(SchemaCheckLimit::Fuel { limit_units: 100_000 })
-        );
+        let refused = compile(&fan_out(3), limits).expect_err("refused");
+        assert_eq!(refused, SchemaCheckError::CompileLimit(SchemaCheckLimit::Fuel { limit_units: 100_000 }));
+        assert!(refused.to_string().starts_with("compiling the schema took more than 100000 fuel units"), "{refused}");
     }
 
     /// `uniqueItems` over large integers that jsonschema hashes alike (4.45 s for 1 MiB) and a

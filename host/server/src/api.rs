@@ -414,11 +414,7 @@ fn rejection(rejection: Rejection) -> ApiError {
         }
         Rejection::InvalidInput(invalid) => ApiError {
             field: Some(invalid.field.clone()),
-            ..ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_input",
-                format!("input does not match the tool's schema at {}: {}", invalid.field, invalid.message),
-            )
+            ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_input", invalid.describe())
         },
         Rejection::KeyConflict { key, run } => ApiError::new(
             StatusCode::CONFLICT,

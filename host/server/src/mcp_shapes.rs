@@ -64,9 +64,7 @@ pub(crate) fn rejection_message(rejection: Rejection) -> String {
     match rejection {
         Rejection::Forbidden(message) => message,
         Rejection::UnknownTool(name) => format!("no tool named {name:?} is registered"),
-        Rejection::InvalidInput(invalid) => {
-            format!("input does not match the tool's schema at {}: {}", invalid.field, invalid.message)
-        }
+        Rejection::InvalidInput(invalid) => invalid.describe(),
         Rejection::KeyConflict { key, run } => format!("idempotency key {key:?} already names run {run}"),
         Rejection::Tenant { tenant, refusal } => refusal.message(&tenant),
         Rejection::Disabled { tool, reason } => {

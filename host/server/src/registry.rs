@@ -86,13 +86,27 @@ pub struct RegisteredTool {
     checks_input: bool,
 }
 
-/// Input that does not match the tool's schema.
+/// Input that does not match the tool's schema, or could not be checked against it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidInput {
     /// JSON pointer into the input (`/pattern`); `/` for the whole input.
     pub field: String,
     /// What is wrong.
     pub message: String,
+    /// The check itself stopped (past the schema checker's limits): whether the input matches
+    /// is not known.
+    pub unchecked: bool,
+}
+
+impl InvalidInput {
+    /// The refusal in words, as the API and MCP give it.
+    pub fn describe(&self) -> String {
+        if self.unchecked {
+            format!("input could not be checked against the tool's schema: {}", self.message)
+        } else {
+            format!("input does not match the tool's schema at {}: {}", self.field, self.message)
+        }
+    }
 }
 
 impl RegisteredTool {
@@ -145,15 +159,15 @@ impl RegisteredTool {
         if !self.checks_input {
             return Ok(());
         }
-        let whole = |message: String| InvalidInput { field: "/".into(), message };
+        let whole = |message: String| InvalidInput { field: "/".into(), message, unchecked: true };
         let schema = self.tool.input_schema().map_err(|e| whole(e.to_string()))?;
         match schema.check(input) {
             Ok(None) => Ok(()),
             Ok(Some(violation)) => {
                 let field = if violation.field.is_empty() { "/".into() } else { violation.field };
-                Err(InvalidInput { field, message: violation.message })
+                Err(InvalidInput { field, message: violation.message, unchecked: false })
             }
-            Err(e) => Err(whole(format!("the input could not be checked against the tool's input schema: {e}"))),
+            Err(e) => Err(whole(e.to_string())),
         }
     }
 }

@@ -97,7 +97,7 @@ impl Daemon {
         self.tools_changed();
         let summary = format!(
             "{} tools from the config ({} made a new revision current), {} no longer served ({}), {tenant_count} tenants, \
-             the [rollout] gate, [pricing], [[egress_limits]], [[run_limits]]; other sections ([queue], [redis], [http], listen, rollout.shadow_in_flight_max) take \
+             the [rollout] gate, [pricing], [[egress_limits]], [[run_limits]]; other sections ([queue], [redis], [http], [schema_check], listen, rollout.shadow_in_flight_max) take \
              effect at the next start",
             configured.len(),
             deployed.len(),

@@ -24,6 +24,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "redis",
     "http",
     "signing",
+    "schema_check",
     "egress_connections_max",
     "cache",
     "oauth",

@@ -914,7 +914,7 @@ impl DaemonConfig {
             return Err(ConfigError::new(
                 "schema_check.fuel_units",
                 format!(
-                    "must be at least {} units (compiling a small schema takes about that)",
+                    "must be at least {} units (compiling an ordinary schema takes tens of millions)",
                     guild_runtime::SCHEMA_CHECK_FUEL_UNITS_MIN
                 ),
             ));

@@ -133,6 +133,16 @@ fn errors_name_the_field() {
     assert_eq!(e.field, "signing.leaves_max");
     let e = load("", &[("GUILD_SIGNING__WAIT_US", "10001")]).expect_err("past the cap");
     assert_eq!(e.field, "signing.wait_us");
+    let e = load("", &[("GUILD_SCHEMA_CHECK__FUEL_UNITS", "5")]).expect_err("below the least");
+    assert_eq!(e.field, "schema_check.fuel_units");
+    let e = load("[schema_check]\nmemory_bytes = 1024\n", &[]).expect_err("below the least");
+    assert_eq!(e.field, "schema_check.memory_bytes");
+    let config = load("[schema_check]\nfuel_units = 900000000\n", &[("GUILD_SCHEMA_CHECK__FUEL_UNITS_PER_BYTE", "7")])
+        .expect("in range");
+    assert_eq!(
+        (config.schema_check.fuel_units, config.schema_check.fuel_units_per_byte, config.schema_check.memory_bytes),
+        (900_000_000, 7, guild_runtime::SCHEMA_CHECK_MEMORY_BYTES_DEFAULT)
+    );
     let config = load("[signing]\nwait_us = 500\n", &[]).expect("in range");
     assert_eq!(
         (config.signing.wait_us, config.signing.leaves_max),
