@@ -101,6 +101,14 @@ fn input_and_output_too_costly_to_check_stop_at_the_checkers_limit() {
         (fine.json()["status"].as_str(), fine.json()["output"].clone()),
         (Some("succeeded"), json!({"out": "xy"}))
     );
+
+    // Past 64 KiB an input is checked on the blocking pool: the same answers.
+    let pad = "p".repeat(100 * 1024);
+    let refused = run(json!({"in": "x", "pad": pad}));
+    assert_eq!((refused.status, refused.code().as_str()), (400, "invalid_input"), "{}", refused.json());
+    assert!(refused.json()["error"]["message"].as_str().unwrap_or_default().contains("could not be checked"));
+    let fine = run(json!({"in": "xy", "out": "xy", "pad": pad}));
+    assert_eq!(fine.json()["status"], "succeeded", "{}", fine.json());
 }
 
 const ALICE: &str = "alice-token";

@@ -188,12 +188,16 @@ fn store(dir: &Path, digest: &dyn std::fmt::Display, artifact: &[u8]) -> std::io
 
 /// Write to a temporary file beside `path` and rename it into place, so concurrent processes
 /// never see half a file.
+///
+/// The temporary file has a random name (processes in different containers sharing a cache
+/// volume can have the same pid) and mode 0600 whatever the umask, so the file kept is whole and
+/// this user's alone.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let mut tmp = tempfile::Builder::new().prefix(".tmp.").tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map(drop).map_err(|e| e.error)
 }
 
 /// Whether `file` is a file of this process's user that no one else may write (one kept by

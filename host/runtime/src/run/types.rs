@@ -82,12 +82,20 @@ impl Tool {
     /// The tool's input schema, compiled in the schema checker the first time it is asked for.
     ///
     /// # Errors
-    /// [`SchemaCheckError`] when it does not compile (not a JSON Schema, or past the limits);
-    /// the same error every time.
+    /// [`SchemaCheckError`] when it does not compile (not a JSON Schema, or past the limits):
+    /// the same error every time; or when the checker could not start ([`SchemaCheckError::Host`],
+    /// tried again at the next call).
     pub fn input_schema(&self) -> Result<&CompiledSchema, SchemaCheckError> {
+        if let Some(compiled) = self.input_schema.get() {
+            return compiled.as_ref().map_err(Clone::clone);
+        }
         let (limits, disk) = &self.schema_check;
-        let compiled =
-            self.input_schema.get_or_init(|| CompiledSchema::compile(&self.info.input_schema, *limits, disk));
+        let compiled = CompiledSchema::compile(&self.info.input_schema, *limits, disk);
+        // The checker failing to start is the host's state, not the schema's: asked again next time.
+        if let Err(host @ SchemaCheckError::Host(_)) = compiled {
+            return Err(host);
+        }
+        let compiled = self.input_schema.get_or_init(|| compiled);
         compiled.as_ref().map_err(Clone::clone)
     }
 

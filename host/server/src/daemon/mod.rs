@@ -589,7 +589,7 @@ impl Daemon {
             .await?;
         // After admission: checking input costs up to the schema checker's fuel, so it is the
         // tenant's rate, concurrency and budgets that bound how often a caller can ask for it.
-        tool.validate(&input).map_err(Rejection::InvalidInput)?;
+        check_input(&tool, &input).await.map_err(Rejection::InvalidInput)?;
         let place = guild_queue::Place {
             priority,
             tenant: tenant.name.clone(),
@@ -734,7 +734,7 @@ impl Daemon {
             .instrument(admission_span(&tenant.name))
             .await?;
         // After admission, as for a run here.
-        tool.validate(&input).map_err(Rejection::InvalidInput)?;
+        check_input(&tool, &input).await.map_err(Rejection::InvalidInput)?;
         // The producer span the worker's spans hang from: what the job carries.
         let enqueue = guild_telemetry::span!(
             "enqueue",
@@ -984,4 +984,23 @@ async fn wait_existing(entry: RunEntry, asynchronous: bool) -> Result<Submitted,
         RunState::Finished(finished) => Submitted::Replayed { entry, finished, output: None },
         _ => Submitted::Accepted { entry, replayed: true },
     })
+}
+
+/// Inputs up to this size are checked against the tool's schema on the calling task; larger ones
+/// on the blocking pool, since checking costs fuel in proportion to their bytes (a 4 MiB input
+/// may take ~0.3 s) and an async worker must not stall for that long. Bytes of JSON text.
+pub(crate) const INPUT_CHECK_INLINE_BYTES_MAX: usize = 64 * 1024;
+
+/// Check `input` (JSON text) against `tool`'s input schema ([`RegisteredTool::validate`]).
+async fn check_input(tool: &Arc<RegisteredTool>, input: &str) -> Result<(), InvalidInput> {
+    if input.len() <= INPUT_CHECK_INLINE_BYTES_MAX {
+        return tool.validate(input);
+    }
+    let (tool, input) = (tool.clone(), input.to_string());
+    match tokio::task::spawn_blocking(move || tool.validate(&input)).await {
+        Ok(checked) => checked,
+        Err(stopped) => {
+            Err(InvalidInput { field: "/".into(), message: format!("the check stopped: {stopped}"), unchecked: true })
+        }
+    }
 }
