@@ -203,6 +203,10 @@ mod tests {
         let hint = tracing::Subscriber::max_level_hint(&subscriber);
         assert_eq!(hint, Some(tracing_subscriber::filter::LevelFilter::INFO));
         tracing::subscriber::with_default(subscriber, || {
+            // Other tests of this binary register and drop dispatchers on their own threads; a
+            // call site's cached interest may have been computed without this one (tracing-core
+            // caches it process-wide), so it is computed again with this one in place.
+            tracing::callsite::rebuild_interest_cache();
             assert!(tracing::info_span!(target: SPAN_TARGET, "guild span").is_disabled());
             assert!(!tracing::info_span!(target: "guild_test", "log span").is_disabled());
             assert!(tracing::info_span!(target: "other", "below warn").is_disabled());
