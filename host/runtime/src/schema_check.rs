@@ -20,7 +20,7 @@ use crate::cache::DiskCache;
 use guild_replay::Digest;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -155,11 +155,19 @@ struct Checker {
     idle_bytes: AtomicU64,
 }
 
-static CHECKER: OnceLock<Result<Arc<Checker>, String>> = OnceLock::new();
+/// The process's checker once one started. A start that failed is not kept: the next call tries
+/// again (callers treat [`SchemaCheckError::Host`] as the host's state, not the schema's).
+static CHECKER: Mutex<Option<Arc<Checker>>> = Mutex::new(None);
 
-/// The process's checker; the first call compiles it (or reads it from `disk`).
+/// The process's checker; the first call compiles it (or reads it from `disk`), one at a time.
 fn checker(disk: &DiskCache) -> Result<Arc<Checker>, SchemaCheckError> {
-    CHECKER.get_or_init(|| Checker::start(disk).map(Arc::new)).clone().map_err(SchemaCheckError::Host)
+    let mut started = CHECKER.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(checker) = started.as_ref() {
+        return Ok(checker.clone());
+    }
+    let checker = Arc::new(Checker::start(disk).map_err(SchemaCheckError::Host)?);
+    *started = Some(checker.clone());
+    Ok(checker)
 }
 
 impl Checker {
@@ -247,11 +255,6 @@ impl CompiledSchema {
         let checked = called.map_err(|trap| self.classify(&trap, &instance.store))?;
         self.keep(instance);
         checked.map_err(SchemaCheckError::Invalid)
-    }
-
-    /// The limits checks run under.
-    pub fn limits(&self) -> SchemaCheckLimits {
-        self.limits
     }
 
     /// A new instance with the schema compiled in it.

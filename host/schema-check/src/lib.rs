@@ -54,12 +54,12 @@ impl Guest for Checker {
 /// Why it is not JSON or not a JSON Schema.
 pub fn compile(schema: &str) -> Result<jsonschema::Validator, String> {
     let schema: serde_json::Value = serde_json::from_str(schema).map_err(|e| format!("the schema is not JSON: {e}"))?;
-    jsonschema::validator_for(&schema).map_err(|e| e.to_string())
+    jsonschema::validator_for(&schema).map_err(|e| bounded(e.to_string()))
 }
 
-/// The longest text a violation carries in each of its fields, bytes: a message quotes the value
-/// and the schema, which can be megabytes; longer text is cut at a character boundary and ends
-/// with `…`.
+/// The longest text a violation carries in each of its fields, and a refusal of a schema, bytes:
+/// a message quotes the value and the schema, which can be megabytes; longer text is cut at a
+/// character boundary and ends with `…`.
 pub const VIOLATION_TEXT_BYTES_MAX: usize = 4096;
 
 /// The first way `value` breaks `validator`'s schema; `None` when it matches.
@@ -140,6 +140,14 @@ mod tests {
         let violation = violation(r#"{"type":"integer"}"#, &long).expect("invalid");
         assert!(violation.message.len() <= VIOLATION_TEXT_BYTES_MAX, "{}", violation.message.len());
         assert!(violation.message.ends_with('…'));
+    }
+
+    /// A refusal of a schema quotes it too: cut the same way.
+    #[test]
+    fn a_refused_schema_is_named_in_bounded_text() {
+        let long = format!(r#"{{"type":"{}"}}"#, "é".repeat(1 << 20));
+        let refused = compile(&long).expect_err("not a type");
+        assert!(refused.len() <= VIOLATION_TEXT_BYTES_MAX && refused.ends_with('…'), "{}", refused.len());
     }
 
     #[test]
