@@ -7,9 +7,11 @@
 //! On Linux with a glibc that loads packed relative relocations (2.36 and later), the binary is
 //! linked with them packed (see `packs_relative_relocations`).
 
+#[path = "scripts/guests.rs"]
+mod guests;
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::process::Command;
 
 /// (directory under tools/, package, artifact name).
 const EMBEDDED: &[(&str, &str, &str)] = &[
@@ -30,32 +32,18 @@ fn main() {
     for (dir, _, _) in EMBEDDED {
         println!("cargo:rerun-if-changed={}", root.join("tools").join(dir).display());
     }
-    for watched in ["sdk", "wit", "Cargo.lock"] {
+    for watched in ["sdk", "wit", "scripts/guests.rs", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("guild-wasm");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(&root)
-        .args(["build", "--target", "wasm32-wasip2", "--profile", "wasm", "--target-dir"])
-        .arg(&target_dir)
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTFLAGS")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env_remove("CARGO_BUILD_TARGET");
-    for (_, package, _) in EMBEDDED {
-        cmd.args(["-p", package]);
-    }
-    let status = cmd.status().expect("cargo can be started");
+    let target_dir = guests::target_dir(&root);
+    let packages: Vec<&str> = EMBEDDED.iter().map(|(_, package, _)| *package).collect();
+    let status = guests::build(&root, &target_dir, &packages);
     assert!(
         status.success(),
         "building the example tools for wasm32-wasip2 failed; run scripts/setup.sh \
          (`rustup target add wasm32-wasip2`) and try again"
     );
-    let out = target_dir.join("wasm32-wasip2").join("wasm");
+    let out = guests::out_dir(&target_dir);
     let mut code = String::from("/// The example tools, as (artifact, component bytes).\n");
     code.push_str("pub(crate) const EMBEDDED_TOOLS: &[(&str, &[u8])] = &[\n");
     for (_, _, artifact) in EMBEDDED {

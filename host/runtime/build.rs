@@ -5,8 +5,10 @@
 //! The guest builds into `target/guild-wasm`, the directory the example tools and the test
 //! artifacts use, so that it neither waits on the outer cargo's lock nor discards its work.
 
+#[path = "../../scripts/guests.rs"]
+mod guests;
+
 use std::path::PathBuf;
-use std::process::Command;
 
 const PACKAGE: &str = "guild-schema-check";
 const ARTIFACT: &str = "schema_check";
@@ -14,31 +16,17 @@ const ARTIFACT: &str = "schema_check";
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = manifest_dir.join("../..").canonicalize().expect("the workspace root exists");
-    for watched in ["host/schema-check", "Cargo.lock"] {
+    for watched in ["host/schema-check", "scripts/guests.rs", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("guild-wasm");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&root)
-        .args(["build", "--target", "wasm32-wasip2", "--profile", "wasm", "-p", PACKAGE, "--target-dir"])
-        .arg(&target_dir)
-        // Flags meant for the host build (coverage, clippy's wrapper) must not reach the guest.
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTFLAGS")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env_remove("CARGO_BUILD_TARGET")
-        .status()
-        .expect("cargo can be started");
+    let target_dir = guests::target_dir(&root);
+    let status = guests::build(&root, &target_dir, &[PACKAGE]);
     assert!(
         status.success(),
         "building the schema checker for wasm32-wasip2 failed; run scripts/setup.sh \
          (`rustup target add wasm32-wasip2`) and try again"
     );
-    let artifact = target_dir.join("wasm32-wasip2").join("wasm").join(format!("{ARTIFACT}.wasm"));
+    let artifact = guests::out_dir(&target_dir).join(format!("{ARTIFACT}.wasm"));
     assert!(artifact.exists(), "{} is missing after the build", artifact.display());
     println!("cargo:rustc-env=GUILD_SCHEMA_CHECK_WASM={}", artifact.display());
     let bytes = std::fs::read(&artifact).expect("the schema checker can be read");

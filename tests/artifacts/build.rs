@@ -5,15 +5,13 @@
 //! the outer cargo's lock nor discards the host build's artifacts. Tools written in Python or
 //! JavaScript are built alongside, with their own toolchains (`lang.rs`).
 
+#[path = "../../scripts/guests.rs"]
+mod guests;
 #[path = "lang.rs"]
 mod lang;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-const GUEST_TARGET: &str = "wasm32-wasip2";
-const GUEST_PROFILE: &str = "wasm";
 
 struct Guest {
     dir: PathBuf,
@@ -24,7 +22,7 @@ struct Guest {
 fn main() {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
     let root = manifest_dir.join("../..").canonicalize().expect("workspace root exists");
-    for watched in ["tests/fixtures", "sdk", "wit", "Cargo.toml", "Cargo.lock"] {
+    for watched in ["tests/fixtures", "sdk", "wit", "scripts/guests.rs", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let mut guests = guests_in(&root.join("tools"));
@@ -37,10 +35,7 @@ fn main() {
     for tool in &lang_tools {
         lang::watch(&root, tool);
     }
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("guild-wasm");
+    let target_dir = guests::target_dir(&root);
     let lang_out = target_dir.join("lang");
     let built = std::thread::scope(|scope| {
         let others: Vec<_> = lang_tools
@@ -50,7 +45,7 @@ fn main() {
         build(&root, &target_dir, &guests);
         others.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect::<Vec<_>>()
     });
-    let out_dir = target_dir.join(GUEST_TARGET).join(GUEST_PROFILE);
+    let out_dir = guests::out_dir(&target_dir);
     write_constants(&out_dir, &guests, &built);
 }
 
@@ -95,25 +90,13 @@ fn manifest_value(manifest: &str, section: &str, key: &str) -> Option<String> {
 }
 
 fn build(root: &Path, target_dir: &Path, guests: &[Guest]) {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(root)
-        .args(["build", "--target", GUEST_TARGET, "--profile", GUEST_PROFILE])
-        .arg("--target-dir")
-        .arg(target_dir)
-        // Flags meant for the host build (coverage, clippy's wrapper) must not leak into guests.
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTFLAGS")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env_remove("CARGO_BUILD_TARGET");
-    for guest in guests {
-        cmd.args(["-p", &guest.package]);
-    }
-    let status = cmd.status().expect("cargo can be started");
+    let packages: Vec<&str> = guests.iter().map(|guest| guest.package.as_str()).collect();
+    let status = guests::build(root, target_dir, &packages);
     assert!(
         status.success(),
-        "building the guest tools for {GUEST_TARGET} failed (is the target installed? \
-         `rustup target add {GUEST_TARGET}`)"
+        "building the guest tools for {} failed (is the target installed? `rustup target add {}`)",
+        guests::TARGET,
+        guests::TARGET
     );
 }
 

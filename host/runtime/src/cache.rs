@@ -85,11 +85,6 @@ impl DiskCache {
 }
 
 impl DiskCache {
-    /// The directory artifacts are kept in; `None`: memory only.
-    pub(crate) fn dir(&self) -> Option<&Path> {
-        self.dir.as_deref()
-    }
-
     /// Guild's own component `bytes` (not a tool's), compiled, from the first of `caches` that
     /// keeps it under `key` — its file mapped, not read, copied or hashed, so that loading
     /// megabytes of code costs only the pages that run — else compiled now and kept in each of
@@ -105,7 +100,7 @@ impl DiskCache {
         key: &str,
         bytes: &[u8],
     ) -> Result<Component, LoadError> {
-        for dir in caches.iter().filter_map(|cache| cache.dir()) {
+        for dir in caches.iter().filter_map(|cache| cache.dir.as_deref()) {
             if !only_this_user_writes(dir) {
                 continue;
             }
@@ -118,7 +113,7 @@ impl DiskCache {
         }
         let artifact = engine.precompile_component(bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         let component = deserialize(engine, &artifact).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        for dir in caches.iter().filter_map(|cache| cache.dir()) {
+        for dir in caches.iter().filter_map(|cache| cache.dir.as_deref()) {
             // A cache that cannot be written only costs a compile in the next process.
             let _ = store(dir, &key, &artifact);
         }
@@ -203,21 +198,23 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Whether `file` is a file of this process's user that no one else may write (one kept by
 /// `write_atomically`, in a directory `only_this_user_writes` has checked).
 fn only_this_user_writes_file(file: &Path) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    #[allow(unsafe_code)]
-    let me = unsafe { libc::geteuid() };
-    std::fs::symlink_metadata(file).is_ok_and(|meta| meta.is_file() && meta.uid() == me && meta.mode() & 0o022 == 0)
+    std::fs::symlink_metadata(file).is_ok_and(|meta| meta.is_file() && mine_alone(&meta))
 }
 
 /// Whether `dir` and its parent belong to this process's user and no one else may write them.
 fn only_this_user_writes(dir: &Path) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    #[allow(unsafe_code)]
-    let me = unsafe { libc::geteuid() };
     [Some(dir), dir.parent()]
         .into_iter()
         .flatten()
-        .all(|d| std::fs::metadata(d).is_ok_and(|meta| meta.is_dir() && meta.uid() == me && meta.mode() & 0o022 == 0))
+        .all(|d| std::fs::metadata(d).is_ok_and(|meta| meta.is_dir() && mine_alone(&meta)))
+}
+
+/// Whether `meta` names this process's user as owner and gives no one else write permission.
+fn mine_alone(meta: &std::fs::Metadata) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    #[allow(unsafe_code)]
+    let me = unsafe { libc::geteuid() };
+    meta.uid() == me && meta.mode() & 0o022 == 0
 }
 
 #[allow(unsafe_code)]
