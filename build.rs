@@ -32,7 +32,7 @@ fn main() {
     for (dir, _, _) in EMBEDDED {
         println!("cargo:rerun-if-changed={}", root.join("tools").join(dir).display());
     }
-    for watched in ["sdk", "wit", "scripts/guests.rs", "Cargo.lock"] {
+    for watched in ["sdk", "wit", "scripts/guests.rs", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let target_dir = guests::target_dir(&root);

@@ -16,7 +16,7 @@ const ARTIFACT: &str = "schema_check";
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = manifest_dir.join("../..").canonicalize().expect("the workspace root exists");
-    for watched in ["host/schema-check", "scripts/guests.rs", "Cargo.lock"] {
+    for watched in ["host/schema-check", "scripts/guests.rs", "Cargo.toml", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     let target_dir = guests::target_dir(&root);
